@@ -1,0 +1,1 @@
+//! rk3s-openapi (being written).

@@ -1,0 +1,1 @@
+//! rk3s-printers (being written).
