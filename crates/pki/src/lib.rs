@@ -1,1 +1,32 @@
-//! rk3s-pki (being written).
+//! rk3s-pki: the cluster PKI of `rk3s server`, modelled on k3s.
+//!
+//! - [`ensure_server_pki`] creates (first start) or loads (restart) the cluster CA,
+//!   the kube-apiserver serving certificate, the `system:admin` client certificate,
+//!   the service-account signing key pair and the server join token, under
+//!   `<data-dir>/server/tls/` and `<data-dir>/server/token`.
+//! - [`write_kubeconfig`] writes a k3s-style kubeconfig with embedded credentials.
+//! - [`issue_client_cert`] / [`issue_serving_cert`] sign further certificates with the CA
+//!   (node and user client certificates, kubelet serving certificates).
+//! - [`client_identity`] maps a verified client certificate to a user and groups, as the
+//!   upstream x509 authenticator does (CN is the user name, O values are the groups).
+//! - [`parse_token`] / [`token_matches`] handle k3s tokens
+//!   (`K10<sha256 of the CA PEM>::<user>:<secret>` or a bare secret).
+
+mod cert;
+mod error;
+mod fsutil;
+mod kubeconfig;
+mod server;
+mod token;
+
+pub use cert::{
+    client_identity, issue_client_cert, issue_serving_cert, verify_issued_by, ClientIdentity,
+};
+pub use error::PkiError;
+pub use kubeconfig::{kubeconfig_yaml, write_kubeconfig};
+pub use server::{
+    ensure_server_pki, PkiOptions, ServerPki, ADMIN_CERT_FILE, ADMIN_KEY_FILE, CA_CERT_FILE,
+    CA_KEY_FILE, CA_VALIDITY_DAYS, LEAF_VALIDITY_DAYS, RENEW_BEFORE_DAYS, SA_KEY_FILE, SA_PUB_FILE,
+    SERVING_CERT_FILE, SERVING_KEY_FILE, TLS_DIR, TOKEN_FILE,
+};
+pub use token::{ca_cert_hash, format_token, parse_token, token_matches, ParsedToken};
