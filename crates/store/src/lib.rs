@@ -163,8 +163,11 @@ pub trait Store: Send + Sync + 'static {
     /// Streams every change to keys under `prefix` with revision > `after_revision`,
     /// first the stored history, then live changes, without gaps or duplicates.
     /// `Compacted` if `after_revision` is older than the compacted revision.
-    async fn watch(&self, prefix: &str, after_revision: Revision)
-        -> Result<WatchStream, StoreError>;
+    async fn watch(
+        &self,
+        prefix: &str,
+        after_revision: Revision,
+    ) -> Result<WatchStream, StoreError>;
 
     /// The revision of the latest write (0 for an empty store).
     async fn current_revision(&self) -> Result<Revision, StoreError>;
