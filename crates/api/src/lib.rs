@@ -14,5 +14,5 @@ pub mod resource;
 pub mod selector;
 pub mod status;
 
-pub use resource::{Registry, ResourceInfo, Scope, Subresource};
+pub use resource::{GroupVersions, Registry, ResourceInfo, Scope, Subresource};
 pub use status::{ApiError, Cause};

@@ -217,3 +217,19 @@ pub fn success_status(details: Option<Value>) -> Value {
     }
     s
 }
+
+impl ApiError {
+    /// 422 about a request parameter (e.g. watch options), as upstream's
+    /// `ListOptions.meta.k8s.io "" is invalid: field: Forbidden: message`.
+    pub fn invalid_simple(_param: &str, field: &str, message: &str) -> Self {
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("ListOptions.meta.k8s.io \"\" is invalid: {field}: Forbidden: {message}"),
+        );
+        e.group = Some("meta.k8s.io".into());
+        e.kind = Some("ListOptions".into());
+        e.causes = vec![Cause { reason: "FieldValueForbidden".into(), message: format!("Forbidden: {message}"), field: field.into() }];
+        e
+    }
+}
