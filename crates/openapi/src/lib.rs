@@ -1,1 +1,443 @@
-//! rk3s-openapi (being written).
+//! OpenAPI v2 (Swagger 2.0) and v3 documents for the served API, generated from the
+//! k8s-openapi types' `schemars::JsonSchema` impls plus our own table of facts
+//! (patch strategies, merge keys, list types) — nothing is vendored from upstream.
+//!
+//! Built once at start ([`OpenApi::build`]), serialized once, cheap to clone and share.
+//! The documents are what `kubectl` needs: `explain` (v3, schemas found by
+//! `x-kubernetes-group-version-kind`), server-side field validation detection (the
+//! `fieldValidation` parameter on PATCH operations in v3), and client-side strategic
+//! merge patch (`x-kubernetes-patch-strategy` / `x-kubernetes-patch-merge-key`).
+
+pub mod facts;
+mod kinds;
+mod paths;
+mod proto;
+mod schema;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use rk3s_api::ResourceInfo;
+use rk3s_patch::{FieldMeta, PatchSchema};
+use serde_json::{json, Map, Value};
+
+use crate::paths::{Dialect, PathItem};
+use crate::schema::REF_V2;
+
+/// Errors while building the documents.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenApiError {
+    /// A document could not be serialized.
+    #[error("serializing OpenAPI document: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// One served group version's OpenAPI v3 document, serialized, with its content hash.
+#[derive(Clone, Debug)]
+pub struct V3Document {
+    /// The JSON document.
+    pub json: Arc<[u8]>,
+    /// Upper-case hex SHA-512 of `json` (used in `?hash=` URLs of the index).
+    pub hash: String,
+}
+
+struct Inner {
+    /// Neutral definitions (JSON schema with `#/definitions/` refs), facts applied.
+    definitions: BTreeMap<String, Value>,
+    v2: Arc<[u8]>,
+    v2_protobuf: Arc<[u8]>,
+    v3: BTreeMap<String, V3Document>,
+    v3_index: Value,
+    missing: Vec<String>,
+}
+
+/// The OpenAPI documents of the served API. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct OpenApi {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for OpenApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenApi")
+            .field("definitions", &self.inner.definitions.len())
+            .field("v3_documents", &self.inner.v3.len())
+            .finish()
+    }
+}
+
+/// The definition name upstream gives a custom resource's schema:
+/// the reversed group, the version and the kind (`com.example.stable.v1.CronTab`).
+pub fn crd_definition_name(group: &str, version: &str, kind: &str) -> String {
+    let mut parts: Vec<&str> = group.split('.').filter(|s| !s.is_empty()).collect();
+    parts.reverse();
+    parts.push(version);
+    parts.push(kind);
+    parts.join(".")
+}
+
+/// The definition name of a resource: its `definition`, or the CRD naming when empty.
+pub fn resource_definition_name(r: &ResourceInfo) -> String {
+    if r.definition.is_empty() {
+        crd_definition_name(&r.group, &r.version, &r.kind)
+    } else {
+        r.definition.clone()
+    }
+}
+
+fn gvk_value(group: &str, version: &str, kind: &str) -> Value {
+    json!({ "group": group, "kind": kind, "version": version })
+}
+
+fn hash_hex(data: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA512, data);
+    d.as_ref().iter().map(|b| format!("{b:02X}")).collect()
+}
+
+impl OpenApi {
+    /// Builds the documents for `resources` (built-in kinds take their schema from
+    /// k8s-openapi). `git_version` goes into `info.version` (e.g. `v1.33.0+rk3s`).
+    pub fn build(resources: &[ResourceInfo], git_version: &str) -> Result<OpenApi, OpenApiError> {
+        Self::build_with_schemas(resources, git_version, &BTreeMap::new())
+    }
+
+    /// Like [`OpenApi::build`], with extra definitions (e.g. CRD schemas, keyed by
+    /// [`resource_definition_name`]) that take precedence over k8s-openapi's. Refs inside
+    /// them must use `#/definitions/`. Rebuild to add a CRD.
+    pub fn build_with_schemas(
+        resources: &[ResourceInfo],
+        git_version: &str,
+        custom: &BTreeMap<String, Value>,
+    ) -> Result<OpenApi, OpenApiError> {
+        let kinds = kinds::all();
+        let by_name: HashMap<String, usize> =
+            kinds.iter().enumerate().map(|(i, k)| ((k.name)().into_owned(), i)).collect();
+        let by_gvk: HashMap<(&str, &str, &str), usize> =
+            kinds.iter().enumerate().map(|(i, k)| ((k.group, k.version, k.kind), i)).collect();
+        let def_of = |g: &str, v: &str, k: &str| -> String {
+            match by_gvk.get(&(g, v, k)) {
+                Some(i) => (kinds[*i].name)().into_owned(),
+                None => crd_definition_name(g, v, k),
+            }
+        };
+
+        // 1. Generate the schemas of every kind we need.
+        let mut gen = schema::generator();
+        schema::generate_common(&mut gen);
+        let mut missing = Vec::new();
+        let mut gvks: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut lists: Vec<(String, String)> = Vec::new(); // (item def, kind)
+        let mut served_gvs: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut add_gvk = |def: &str, g: &str, v: &str, k: &str| {
+            let e = gvks.entry(def.to_string()).or_default();
+            let val = gvk_value(g, v, k);
+            if !e.contains(&val) {
+                e.push(val);
+            }
+        };
+        let want = |name: &str, gen: &mut schemars::SchemaGenerator, missing: &mut Vec<String>| {
+            if custom.contains_key(name) {
+                return;
+            }
+            match by_name.get(name) {
+                Some(i) => (kinds[*i].generate)(gen),
+                None => {
+                    if !missing.iter().any(|m| m == name) {
+                        missing.push(name.to_string());
+                    }
+                }
+            }
+        };
+        for r in resources {
+            let def = resource_definition_name(r);
+            want(&def, &mut gen, &mut missing);
+            served_gvs.insert((r.group.clone(), r.version.clone()));
+            add_gvk(&def, &r.group, &r.version, &r.kind);
+            if r.has_verb("list") {
+                let list_kind = format!("{}List", r.kind);
+                add_gvk(&format!("{def}List"), &r.group, &r.version, &list_kind);
+                lists.push((def.clone(), r.kind.clone()));
+            }
+            for s in &r.subresources {
+                if s.kind.is_empty()
+                    || s.kind == r.kind && s.group.is_empty() && s.version.is_empty()
+                    || paths::is_connect(&s.name)
+                {
+                    continue;
+                }
+                let g = if s.group.is_empty() && s.version.is_empty() { r.group.as_str() } else { s.group.as_str() };
+                let v = if s.version.is_empty() { r.version.as_str() } else { s.version.as_str() };
+                let sdef = def_of(g, v, &s.kind);
+                want(&sdef, &mut gen, &mut missing);
+                add_gvk(&sdef, g, v, &s.kind);
+            }
+        }
+        for (g, v) in &served_gvs {
+            add_gvk("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions", g, v, "DeleteOptions");
+            add_gvk("io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent", g, v, "WatchEvent");
+        }
+        add_gvk("io.k8s.apimachinery.pkg.apis.meta.v1.Status", "", "v1", "Status");
+
+        let mut definitions: BTreeMap<String, Value> = gen.take_definitions(false).into_iter().collect();
+        for d in definitions.values_mut() {
+            schema::neutralize(d);
+        }
+        for (name, s) in custom {
+            definitions.insert(name.clone(), s.clone());
+        }
+        for name in &missing {
+            definitions.insert(
+                name.clone(),
+                json!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true }),
+            );
+        }
+        for (item, kind) in &lists {
+            definitions
+                .entry(format!("{item}List"))
+                .or_insert_with(|| schema::list_schema(kind, item));
+        }
+        schema::apply_facts(&mut definitions);
+        for (def, list) in gvks {
+            if let Some(Value::Object(m)) = definitions.get_mut(&def) {
+                m.insert("x-kubernetes-group-version-kind".into(), Value::Array(list));
+            }
+        }
+
+        // 2. Paths.
+        let mut items: Vec<PathItem> = paths::root_paths();
+        let groups: BTreeSet<&str> =
+            served_gvs.iter().map(|(g, _)| g.as_str()).filter(|g| !g.is_empty()).collect();
+        items.extend(groups.into_iter().map(paths::group_path));
+        for (g, v) in &served_gvs {
+            items.push(paths::resources_path(g, v));
+        }
+        for r in resources {
+            items.extend(paths::resource_paths(r, &resource_definition_name(r), &def_of));
+        }
+        items.sort_by(|a, b| a.path.cmp(&b.path));
+        items.dedup_by(|a, b| a.path == b.path);
+
+        let info = json!({ "title": "Kubernetes", "version": git_version });
+
+        // 3. Swagger 2.0.
+        let mut v2_paths = Map::new();
+        for p in &items {
+            v2_paths.insert(p.path.clone(), paths::render_path(p, Dialect::V2));
+        }
+        let v2_paths = Value::Object(v2_paths);
+        let mut roots = BTreeSet::new();
+        schema::collect_refs(&v2_paths, REF_V2, &mut roots);
+        for (name, d) in &definitions {
+            if d.get("x-kubernetes-group-version-kind").is_some() {
+                roots.insert(name.clone());
+            }
+        }
+        let mut v2_defs = Map::new();
+        for name in schema::reachable(&definitions, roots) {
+            if let Some(d) = definitions.get(&name) {
+                v2_defs.insert(name.clone(), schema::to_v2(&name, d));
+            }
+        }
+        let security_scheme = json!({
+            "BearerToken": {
+                "description": "Bearer Token authentication",
+                "in": "header",
+                "name": "authorization",
+                "type": "apiKey"
+            }
+        });
+        let v2_doc = json!({
+            "swagger": "2.0",
+            "info": info,
+            "paths": v2_paths,
+            "definitions": v2_defs,
+            "securityDefinitions": security_scheme,
+            "security": [{ "BearerToken": [] }]
+        });
+        let v2_protobuf: Arc<[u8]> = proto::encode_document(&v2_doc).into();
+        let v2: Arc<[u8]> = serde_json::to_vec(&v2_doc)?.into();
+
+        // 4. OpenAPI 3.0, one document per group version (and root documents).
+        let mut docs: BTreeMap<String, Vec<&PathItem>> = BTreeMap::new();
+        for p in &items {
+            docs.entry(p.doc.clone()).or_default().push(p);
+        }
+        let mut v3 = BTreeMap::new();
+        let mut index = Map::new();
+        for (doc, ps) in docs {
+            let mut pmap = Map::new();
+            for p in &ps {
+                pmap.insert(p.path.clone(), paths::render_path(p, Dialect::V3));
+            }
+            let mut roots = BTreeSet::new();
+            for p in &ps {
+                schema::collect_refs(&paths::render_path(p, Dialect::V2), REF_V2, &mut roots);
+            }
+            let mut schemas = Map::new();
+            for name in schema::reachable(&definitions, roots) {
+                if let Some(d) = definitions.get(&name) {
+                    schemas.insert(name.clone(), schema::to_v3(&name, d));
+                }
+            }
+            let body = json!({
+                "openapi": "3.0.0",
+                "info": info,
+                "paths": pmap,
+                "components": {
+                    "schemas": schemas,
+                    "securitySchemes": security_scheme
+                },
+                "security": [{ "BearerToken": [] }]
+            });
+            let json: Arc<[u8]> = serde_json::to_vec(&body)?.into();
+            let hash = hash_hex(&json);
+            index.insert(
+                doc.clone(),
+                json!({ "serverRelativeURL": format!("/openapi/v3/{doc}?hash={hash}") }),
+            );
+            v3.insert(doc, V3Document { json, hash });
+        }
+
+        Ok(OpenApi {
+            inner: Arc::new(Inner {
+                definitions,
+                v2,
+                v2_protobuf,
+                v3,
+                v3_index: json!({ "paths": index }),
+                missing,
+            }),
+        })
+    }
+
+    /// The Swagger 2.0 document (`GET /openapi/v2`, `application/json`).
+    pub fn v2_json(&self) -> Arc<[u8]> {
+        self.inner.v2.clone()
+    }
+
+    /// The Swagger 2.0 document as the gnostic `openapi.v2.Document` protobuf message
+    /// (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`, what kubectl asks for).
+    pub fn v2_protobuf(&self) -> Arc<[u8]> {
+        self.inner.v2_protobuf.clone()
+    }
+
+    /// The OpenAPI v3 index (`GET /openapi/v3`): `{"paths": {"api/v1": {"serverRelativeURL": ...}}}`.
+    pub fn v3_index(&self) -> serde_json::Value {
+        self.inner.v3_index.clone()
+    }
+
+    /// The OpenAPI v3 document of `gv_path` (`api/v1`, `apis/apps/v1`, `apis/apps`, `api`,
+    /// `apis`, `version`), as served at `/openapi/v3/<gv_path>`, with its hash.
+    pub fn v3_group_version(&self, gv_path: &str) -> Option<(Arc<[u8]>, String)> {
+        let gv_path = gv_path.trim_matches('/');
+        self.inner.v3.get(gv_path).map(|d| (d.json.clone(), d.hash.clone()))
+    }
+
+    /// Every v3 document path, sorted.
+    pub fn v3_paths(&self) -> Vec<String> {
+        self.inner.v3.keys().cloned().collect()
+    }
+
+    /// The neutral definition `name` (JSON schema, refs under `#/definitions/`).
+    pub fn definition(&self, name: &str) -> Option<&serde_json::Value> {
+        self.inner.definitions.get(name)
+    }
+
+    /// Definitions named by resources that had no schema (neither from k8s-openapi nor
+    /// given); they are served as free-form objects.
+    pub fn missing_definitions(&self) -> &[String] {
+        &self.inner.missing
+    }
+
+    /// Unknown fields of `obj`, an object of definition `name` (for `fieldValidation=Strict`
+    /// / `Warn`), as paths like `spec.template.spec.containers[0].imagePullPolcy`.
+    pub fn unknown_fields(&self, name: &str, obj: &serde_json::Value) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(d) = self.inner.definitions.get(name) {
+            self.unknown_in(d, obj, String::new(), &mut out, 0);
+        }
+        out
+    }
+
+    fn resolve<'a>(&'a self, mut schema: &'a Value) -> &'a Value {
+        for _ in 0..8 {
+            let r = schema
+                .get("$ref")
+                .or_else(|| schema.get("allOf").and_then(|a| a.get(0)).and_then(|s| s.get("$ref")));
+            match r.and_then(Value::as_str).and_then(|r| r.strip_prefix(REF_V2)) {
+                Some(name) => match self.inner.definitions.get(name) {
+                    Some(d) => schema = d,
+                    None => return schema,
+                },
+                None => return schema,
+            }
+        }
+        schema
+    }
+
+    fn unknown_in(&self, schema: &Value, obj: &Value, path: String, out: &mut Vec<String>, depth: usize) {
+        if depth > 64 {
+            return;
+        }
+        let schema = self.resolve(schema);
+        if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+            return;
+        }
+        match obj {
+            Value::Object(fields) => {
+                if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                    for (k, v) in fields {
+                        let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        match props.get(k) {
+                            Some(s) => self.unknown_in(s, v, p, out, depth + 1),
+                            None => out.push(p),
+                        }
+                    }
+                } else if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                    for (k, v) in fields {
+                        let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        self.unknown_in(ap, v, p, out, depth + 1);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(s) = schema.get("items").filter(|s| s.is_object()) {
+                    for (i, v) in items.iter().enumerate() {
+                        self.unknown_in(s, v, format!("{path}[{i}]"), out, depth + 1);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn ref_object_name(&self, schema: &Value) -> Option<String> {
+        let r = schema
+            .get("$ref")
+            .or_else(|| schema.get("allOf").and_then(|a| a.get(0)).and_then(|s| s.get("$ref")))?
+            .as_str()?
+            .strip_prefix(REF_V2)?;
+        let d = self.inner.definitions.get(r)?;
+        d.get("properties").is_some().then(|| r.to_string())
+    }
+}
+
+impl PatchSchema for OpenApi {
+    fn field(&self, type_name: &str, field: &str) -> Option<FieldMeta> {
+        let prop = self.inner.definitions.get(type_name)?.get("properties")?.get(field)?;
+        let is_list = prop.get("type").and_then(Value::as_str) == Some("array");
+        let map_values = prop.get("additionalProperties").filter(|a| a.is_object());
+        let target = if is_list { prop.get("items") } else { map_values.or(Some(prop)) };
+        let type_name = target.and_then(|t| self.ref_object_name(t));
+        let patch_strategy = prop
+            .get("x-kubernetes-patch-strategy")
+            .and_then(Value::as_str)
+            .map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
+            .unwrap_or_default();
+        let merge_key = prop.get("x-kubernetes-patch-merge-key").and_then(Value::as_str).map(String::from);
+        Some(FieldMeta { type_name, is_list, is_map: map_values.is_some(), patch_strategy, merge_key })
+    }
+}
+
+#[cfg(test)]
+mod tests;

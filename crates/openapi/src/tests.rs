@@ -1,0 +1,310 @@
+use super::*;
+use rk3s_api::resource::{Scope, Subresource};
+
+fn res(group: &str, version: &str, kind: &str, plural: &str, scope: Scope, def: &str, subs: &[&str]) -> ResourceInfo {
+    ResourceInfo {
+        group: group.into(),
+        version: version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        singular: kind.to_lowercase(),
+        short_names: vec![],
+        categories: vec![],
+        scope,
+        verbs: ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        subresources: subs
+            .iter()
+            .map(|s| {
+                let (kind, group, version) = if *s == "scale" {
+                    ("Scale", "autoscaling", "v1")
+                } else {
+                    (kind, "", "")
+                };
+                Subresource {
+                    name: s.to_string(),
+                    kind: kind.into(),
+                    group: group.into(),
+                    version: version.into(),
+                    verbs: vec!["get".into(), "patch".into(), "update".into()],
+                }
+            })
+            .collect(),
+        definition: def.into(),
+        storage_group: group.into(),
+        preferred: true,
+    }
+}
+
+fn sample() -> Vec<ResourceInfo> {
+    vec![
+        res("", "v1", "Pod", "pods", Scope::Namespaced, "io.k8s.api.core.v1.Pod", &["status"]),
+        res("", "v1", "Namespace", "namespaces", Scope::Cluster, "io.k8s.api.core.v1.Namespace", &["status"]),
+        res("", "v1", "Service", "services", Scope::Namespaced, "io.k8s.api.core.v1.Service", &["status"]),
+        res("apps", "v1", "Deployment", "deployments", Scope::Namespaced, "io.k8s.api.apps.v1.Deployment", &["status", "scale"]),
+        res("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", Scope::Cluster, "io.k8s.api.rbac.v1.ClusterRole", &[]),
+        res("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", Scope::Cluster,
+            "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition", &["status"]),
+    ]
+}
+
+fn built() -> OpenApi {
+    let start = std::time::Instant::now();
+    let o = OpenApi::build(&sample(), "v1.33.0+rk3s").expect("build");
+    eprintln!("OpenApi::build took {:?}", start.elapsed());
+    o
+}
+
+fn v3(o: &OpenApi, gv: &str) -> Value {
+    let (json, _) = o.v3_group_version(gv).expect("gv doc");
+    serde_json::from_slice(&json).expect("json")
+}
+
+#[test]
+fn definitions_have_gvk() {
+    let o = built();
+    assert!(o.missing_definitions().is_empty());
+    let d = o.definition("io.k8s.api.apps.v1.Deployment").expect("deployment");
+    assert_eq!(d["x-kubernetes-group-version-kind"], json!([{"group": "apps", "kind": "Deployment", "version": "v1"}]));
+    let p = o.definition("io.k8s.api.core.v1.Pod").expect("pod");
+    assert_eq!(p["x-kubernetes-group-version-kind"][0]["kind"], "Pod");
+    let l = o.definition("io.k8s.api.core.v1.PodList").expect("pod list");
+    assert_eq!(l["x-kubernetes-group-version-kind"][0]["kind"], "PodList");
+    let s = o.definition("io.k8s.api.autoscaling.v1.Scale").expect("scale");
+    assert_eq!(s["x-kubernetes-group-version-kind"][0]["group"], "autoscaling");
+}
+
+#[test]
+fn container_merge_key_in_documents_and_patch_schema() {
+    let o = built();
+    let v2: Value = serde_json::from_slice(&o.v2_json()).expect("v2");
+    let c = &v2["definitions"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+    assert_eq!(c["x-kubernetes-patch-merge-key"], "name");
+    assert_eq!(c["x-kubernetes-patch-strategy"], "merge");
+    let d = v3(&o, "api/v1");
+    let c3 = &d["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+    assert_eq!(c3["x-kubernetes-patch-merge-key"], "name");
+    assert_eq!(c3["x-kubernetes-list-map-keys"], json!(["name"]));
+
+    let m = o.field("io.k8s.api.core.v1.PodSpec", "containers").expect("meta");
+    assert_eq!(m.merge_key.as_deref(), Some("name"));
+    assert_eq!(m.patch_strategy, vec!["merge".to_string()]);
+    assert!(m.is_list);
+    assert_eq!(m.type_name.as_deref(), Some("io.k8s.api.core.v1.Container"));
+    let v = o.field("io.k8s.api.core.v1.PodSpec", "volumes").expect("volumes");
+    assert_eq!(v.patch_strategy, vec!["merge".to_string(), "retainKeys".to_string()]);
+    let s = o.field("io.k8s.api.apps.v1.DeploymentSpec", "strategy").expect("strategy");
+    assert_eq!(s.patch_strategy, vec!["retainKeys".to_string()]);
+    assert_eq!(s.type_name.as_deref(), Some("io.k8s.api.apps.v1.DeploymentStrategy"));
+    assert!(!s.is_list);
+    let l = o.field("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "labels").expect("labels");
+    assert!(l.is_map);
+    assert_eq!(l.type_name, None);
+    assert!(o.field("io.k8s.api.core.v1.PodSpec", "nope").is_none());
+}
+
+#[test]
+fn v3_index_and_apps_document() {
+    let o = built();
+    let idx = o.v3_index();
+    for gv in ["api/v1", "apis/apps/v1", "apis/apps", "api", "apis", "version"] {
+        let url = idx["paths"][gv]["serverRelativeURL"].as_str().unwrap_or_default();
+        assert!(url.starts_with(&format!("/openapi/v3/{gv}?hash=")), "{gv}: {url}");
+        let (_, hash) = o.v3_group_version(gv).expect("doc");
+        assert!(url.ends_with(&hash));
+    }
+    let d = v3(&o, "apis/apps/v1");
+    assert_eq!(d["openapi"], "3.0.0");
+    let item = &d["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"];
+    let patch = &item["patch"];
+    assert_eq!(patch["operationId"], "patchAppsV1NamespacedDeployment");
+    assert_eq!(patch["x-kubernetes-action"], "patch");
+    assert_eq!(patch["x-kubernetes-group-version-kind"], json!({"group": "apps", "kind": "Deployment", "version": "v1"}));
+    let names: Vec<&str> = patch["parameters"].as_array().expect("params").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(names.contains(&"fieldValidation"));
+    assert!(patch["requestBody"]["content"]["application/apply-patch+yaml"].is_object());
+    assert!(d["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments"]["post"]["parameters"]
+        .as_array().expect("post params").iter().any(|p| p["name"] == "fieldValidation"));
+    assert_eq!(d["paths"]["/apis/apps/v1/deployments"]["get"]["operationId"], "listAppsV1DeploymentForAllNamespaces");
+    let scale = &d["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"]["put"];
+    assert_eq!(scale["x-kubernetes-group-version-kind"]["group"], "autoscaling");
+    let schemas = &d["components"]["schemas"];
+    assert!(schemas["io.k8s.api.apps.v1.DeploymentStrategy"].is_object());
+    assert!(schemas["io.k8s.api.autoscaling.v1.Scale"].is_object());
+    // description next to a $ref becomes allOf in v3
+    let strategy = &schemas["io.k8s.api.apps.v1.DeploymentSpec"]["properties"]["strategy"];
+    assert_eq!(strategy["allOf"][0]["$ref"], "#/components/schemas/io.k8s.api.apps.v1.DeploymentStrategy");
+    assert_eq!(strategy["x-kubernetes-patch-strategy"], "retainKeys");
+    // kinds of other groups are not in this document
+    assert!(schemas.get("io.k8s.api.rbac.v1.ClusterRole").is_none());
+    // int-or-string has no type in v3 (explain prints <IntOrString>)
+    let ios = &schemas["io.k8s.apimachinery.pkg.util.intstr.IntOrString"];
+    assert_eq!(ios["x-kubernetes-int-or-string"], true);
+    assert!(ios.get("type").is_none());
+}
+
+fn check_refs(v: &Value, prefix: &str, defs: &Value, where_: &str) -> usize {
+    let mut n = 0;
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if let (true, Some(r)) = (k == "$ref", x.as_str()) {
+                    let name = r.strip_prefix(prefix).unwrap_or_else(|| panic!("{where_}: bad ref prefix {r}"));
+                    assert!(defs.get(name).is_some(), "{where_}: dangling $ref {r}");
+                    n += 1;
+                } else {
+                    n += check_refs(x, prefix, defs, where_);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| n += check_refs(x, prefix, defs, where_)),
+        _ => {}
+    }
+    n
+}
+
+#[test]
+fn no_dangling_refs() {
+    let o = built();
+    let v2: Value = serde_json::from_slice(&o.v2_json()).expect("v2");
+    assert_eq!(v2["swagger"], "2.0");
+    assert!(check_refs(&v2, "#/definitions/", &v2["definitions"], "v2") > 100);
+    let s = serde_json::to_string(&v2).expect("s");
+    assert!(!s.contains("\"nullable\":true"));
+    assert!(!s.contains("#/components/"));
+    for gv in o.v3_paths() {
+        let d = v3(&o, &gv);
+        check_refs(&d, "#/components/schemas/", &d["components"]["schemas"], &gv);
+        let s = serde_json::to_string(&d).expect("s");
+        assert!(!s.contains("#/definitions/"), "{gv}");
+    }
+    let v2_ios = &v2["definitions"]["io.k8s.apimachinery.pkg.util.intstr.IntOrString"];
+    assert_eq!(v2_ios["format"], "int-or-string");
+    assert_eq!(v2_ios["type"], "string");
+}
+
+#[test]
+fn unknown_fields_nested_in_container() {
+    let o = built();
+    let d = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "labels": {"app": "web"}, "bogus": 1},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"rollingUpdate": {"maxSurge": "25%"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [
+                    {"name": "a", "image": "x", "resources": {"limits": {"cpu": "1"}}},
+                    {"name": "b", "image": "y", "imagePullPolcy": "Always",
+                     "ports": [{"containerPort": 80, "prot": "TCP"}]}
+                ]}
+            }
+        }
+    });
+    let mut u = o.unknown_fields("io.k8s.api.apps.v1.Deployment", &d);
+    u.sort();
+    assert_eq!(u, vec![
+        "metadata.bogus".to_string(),
+        "spec.template.spec.containers[1].imagePullPolcy".to_string(),
+        "spec.template.spec.containers[1].ports[0].prot".to_string(),
+    ]);
+    // free-form fields (CRD validation schemas, raw extensions) are not reported
+    let crd = json!({"spec": {"versions": [{"name": "v1", "schema": {"openAPIV3Schema": {"type": "object",
+        "properties": {"spec": {"type": "object", "default": {"any": {"thing": 1}}, "x-kubernetes-preserve-unknown-fields": true}}}}}]}});
+    assert!(o.unknown_fields("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition", &crd).is_empty());
+}
+
+#[test]
+fn custom_schema_for_crd() {
+    let mut r = res("stable.example.com", "v1", "CronTab", "crontabs", Scope::Namespaced, "", &["status"]);
+    r.storage_group = "stable.example.com".into();
+    let name = resource_definition_name(&r);
+    assert_eq!(name, "com.example.stable.v1.CronTab");
+    let mut custom = BTreeMap::new();
+    custom.insert(name.clone(), json!({"type": "object", "properties": {
+        "metadata": {"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+        "spec": {"type": "object", "properties": {"cronSpec": {"type": "string"}}}}}));
+    let o = OpenApi::build_with_schemas(&[r], "v1.33.0", &custom).expect("build");
+    let d = v3(&o, "apis/stable.example.com/v1");
+    let s = &d["components"]["schemas"]["com.example.stable.v1.CronTab"];
+    assert_eq!(s["x-kubernetes-group-version-kind"][0]["kind"], "CronTab");
+    assert!(d["components"]["schemas"]["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"].is_object());
+    assert_eq!(
+        d["paths"]["/apis/stable.example.com/v1/namespaces/{namespace}/crontabs/{name}"]["patch"]["operationId"],
+        "patchStableExampleComV1NamespacedCronTab"
+    );
+    assert_eq!(o.unknown_fields("com.example.stable.v1.CronTab", &json!({"spec": {"cronSpc": "x"}})), vec!["spec.cronSpc".to_string()]);
+}
+
+#[test]
+fn unknown_definitions_are_reported_not_fatal() {
+    let r = res("example.io", "v1", "Thing", "things", Scope::Cluster, "io.example.v1.Thing", &[]);
+    let o = OpenApi::build(&[r], "v1").expect("build");
+    assert_eq!(o.missing_definitions(), ["io.example.v1.Thing".to_string()]);
+    assert!(o.v3_group_version("apis/example.io/v1").is_some());
+}
+
+#[test]
+fn v2_protobuf_carries_definitions_and_extensions() {
+    use crate::proto::decode::{get, named};
+    let o = built();
+    let pb = o.v2_protobuf();
+    assert_eq!(get(&pb, 1), Some(&b"2.0"[..]));
+    let defs = get(&pb, 9).expect("definitions");
+    let dep = named(defs, 1, "io.k8s.api.apps.v1.Deployment").expect("deployment");
+    let gvk = named(dep, 31, "x-kubernetes-group-version-kind").expect("gvk");
+    let yaml = std::str::from_utf8(get(gvk, 2).expect("yaml")).expect("utf8");
+    let v: Value = serde_json::from_str(yaml).expect("json is yaml");
+    assert_eq!(v, json!([{"group": "apps", "kind": "Deployment", "version": "v1"}]));
+    let spec = named(defs, 1, "io.k8s.api.core.v1.PodSpec").expect("podspec");
+    let containers = named(get(spec, 25).expect("props"), 1, "containers").expect("containers");
+    let mk = named(containers, 31, "x-kubernetes-patch-merge-key").expect("merge key");
+    assert_eq!(get(mk, 2), Some(&b"\"name\""[..]));
+}
+
+#[test]
+fn every_k8s_openapi_kind_builds_without_dangling_refs() {
+    let mut all: Vec<ResourceInfo> = crate::kinds::all()
+        .iter()
+        .map(|k| (k.name)().into_owned())
+        .zip(crate::kinds::all())
+        .filter(|(name, _)| !name.starts_with("io.k8s.apimachinery."))
+        .map(|(name, k)| {
+            let plural = format!("{}s", k.kind.to_lowercase());
+            res(k.group, k.version, k.kind, &plural, Scope::Namespaced, &name, &["status"])
+        })
+        .collect();
+    all.extend(rk3s_api::resource::builtin::resources());
+    let start = std::time::Instant::now();
+    let o = OpenApi::build(&all, "v1.33.0").expect("build");
+    eprintln!("OpenApi::build of {} resources took {:?}", all.len(), start.elapsed());
+    assert!(o.missing_definitions().is_empty(), "{:?}", o.missing_definitions());
+    let v2: Value = serde_json::from_slice(&o.v2_json()).expect("v2");
+    check_refs(&v2, "#/definitions/", &v2["definitions"], "v2");
+    eprintln!("v2: {} bytes json, {} bytes protobuf", o.v2_json().len(), o.v2_protobuf().len());
+    for gv in o.v3_paths() {
+        let d = v3(&o, &gv);
+        check_refs(&d, "#/components/schemas/", &d["components"]["schemas"], &gv);
+    }
+    assert!(o.v3_group_version("apis/resource.k8s.io/v1beta2").is_some());
+}
+
+#[test]
+fn builtin_table_builds() {
+    let all = rk3s_api::resource::builtin::resources();
+    let start = std::time::Instant::now();
+    let o = OpenApi::build(&all, "v1.33.0").expect("build");
+    eprintln!("OpenApi::build of the {} built-in resources took {:?}", all.len(), start.elapsed());
+    assert!(o.missing_definitions().is_empty(), "{:?}", o.missing_definitions());
+    for r in &all {
+        let def = resource_definition_name(r);
+        let d = o.definition(&def).unwrap_or_else(|| panic!("{def}"));
+        let gvk = gvk_value(&r.group, &r.version, &r.kind);
+        assert!(d["x-kubernetes-group-version-kind"].as_array().is_some_and(|a| a.contains(&gvk)), "{def}");
+    }
+}
