@@ -1,1 +1,92 @@
-//! rk3s-apiserver (being written).
+//! The Kubernetes API server of rk3s.
+//!
+//! Map of this crate:
+//! - [`server`]: TLS listener (HTTP/1.1 and HTTP/2), client-certificate authentication.
+//! - [`handler`]: the entry point of every request: non-resource paths (health,
+//!   version, discovery, OpenAPI) and dispatch of resource requests.
+//! - [`request`]: path → [`request::RequestInfo`] (group, version, namespace, resource,
+//!   name, subresource, verb), as upstream's RequestInfoFactory.
+//! - [`rest`]: the verbs on resources (get, list, create, update, patch, delete,
+//!   deletecollection), object semantics (uid, generation, finalizers, ...), subresources.
+//! - [`watch`]: watch streams served from the [`cache`].
+//! - [`cache`]: the watch cache fed by one store watch.
+//! - [`alloc`]: Service cluster IPs and node ports.
+//! - [`bootstrap`]: objects every cluster has (namespaces, the `kubernetes` Service).
+//!
+//! Invariants: every object in the store is JSON without `metadata.resourceVersion`;
+//! the resourceVersion a client sees is the store's mod revision of the key.
+
+pub mod alloc;
+pub mod body;
+pub mod bootstrap;
+pub mod cache;
+pub mod handler;
+pub mod object;
+pub mod request;
+pub mod rest;
+pub mod server;
+pub mod watch;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+pub use handler::ApiServer;
+
+/// Who is making a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    /// User name, e.g. `system:admin`.
+    pub name: String,
+    /// Groups, e.g. `system:masters`, `system:authenticated`.
+    pub groups: Vec<String>,
+}
+
+/// Errors of starting or running the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    /// TLS material could not be used.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// The listener failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The datastore failed.
+    #[error("datastore: {0}")]
+    Store(#[from] rk3s_store::StoreError),
+    /// Building the OpenAPI documents failed.
+    #[error("openapi: {0}")]
+    OpenApi(String),
+    /// Bad configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Everything the API server needs to start.
+pub struct Config {
+    /// Address to listen on (`--bind-address`:`--https-listen-port`).
+    pub listen: SocketAddr,
+    /// Address other nodes and pods use to reach this server (the `kubernetes` endpoints).
+    pub advertise_address: IpAddr,
+    /// Port advertised with `advertise_address`.
+    pub advertise_port: u16,
+    /// Serving certificate chain (PEM).
+    pub serving_cert_pem: String,
+    /// Serving key (PEM).
+    pub serving_key_pem: String,
+    /// CA that signs client certificates (PEM).
+    pub client_ca_pem: String,
+    /// The datastore.
+    pub store: Arc<dyn rk3s_store::Store>,
+    /// Service CIDR (`--service-cidr`), e.g. `10.43.0.0/16`.
+    pub service_cidr: String,
+    /// NodePort range, inclusive.
+    pub node_port_range: (u16, u16),
+}
+
+/// The Kubernetes version this server speaks.
+pub const KUBERNETES_VERSION: &str = "v1.33.0";

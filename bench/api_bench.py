@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""API server benchmark: creates/s from 8 clients (p50/p99), GET latency, LIST latency at
+10,000 ConfigMaps, and the server's RSS idle and after the load. Prints figures; never fails.
+
+Usage: bench/api_bench.py [--binary target/release/rk3s] [--objects 10000] [--clients 8]
+"""
+import argparse, base64, http.client, json, multiprocessing as mp, os, shutil, signal, socket
+import ssl, statistics, subprocess, sys, tempfile, time
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+def load_kubeconfig(path, tmp):
+    import re
+    text = open(path).read()
+    def field(name):
+        m = re.search(name + r":\s*(\S+)", text)
+        return base64.b64decode(m.group(1))
+    paths = {}
+    for k in ("certificate-authority-data", "client-certificate-data", "client-key-data"):
+        p = os.path.join(tmp, k); open(p, "wb").write(field(k)); paths[k] = p
+    return paths
+
+def ctx(paths):
+    c = ssl.create_default_context(cafile=paths["certificate-authority-data"])
+    c.load_cert_chain(paths["client-certificate-data"], paths["client-key-data"])
+    return c
+
+def worker(args):
+    port, paths, ns, start, count = args
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+    lat = []
+    for i in range(start, start + count):
+        body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": f"cm-{i}", "labels": {"bench": "yes", "n": str(i % 10)}},
+                           "data": {"key": "x" * 200}})
+        t = time.perf_counter()
+        conn.request("POST", f"/api/v1/namespaces/{ns}/configmaps", body, {"Content-Type": "application/json"})
+        r = conn.getresponse(); r.read()
+        lat.append(time.perf_counter() - t)
+        if r.status != 201:
+            raise SystemExit(f"create failed: {r.status}")
+    return lat
+
+def getter(args):
+    port, paths, ns, names = args
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+    lat = []
+    for n in names:
+        t = time.perf_counter()
+        conn.request("GET", f"/api/v1/namespaces/{ns}/configmaps/{n}")
+        r = conn.getresponse(); r.read()
+        lat.append(time.perf_counter() - t)
+    return lat
+
+def pct(xs, p):
+    xs = sorted(xs); return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="target/release/rk3s")
+    ap.add_argument("--objects", type=int, default=10000)
+    ap.add_argument("--clients", type=int, default=8)
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="rk3s-bench-")
+    port = free_port()
+    kc = os.path.join(tmp, "kubeconfig")
+    t0 = time.perf_counter()
+    open(os.path.join(tmp, "config.yaml"), "w").write("{}\n")
+    srv = subprocess.Popen([a.binary, "server", f"--config={tmp}/config.yaml", f"--data-dir={tmp}/data",
+                            f"--https-listen-port={port}", "--bind-address=127.0.0.1",
+                            "--advertise-address=127.0.0.1", f"--write-kubeconfig={kc}", "--disable-agent",
+                            "--log-level=warn"], stderr=open(os.path.join(tmp, "log"), "w"))
+    try:
+        paths = None
+        while time.perf_counter() - t0 < 30:
+            if os.path.exists(kc):
+                try:
+                    paths = paths or load_kubeconfig(kc, tmp)
+                    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+                    c.request("GET", "/readyz"); r = c.getresponse()
+                    if r.read() == b"ok": break
+                except (OSError, ssl.SSLError, http.client.HTTPException):
+                    pass
+            time.sleep(0.01)
+        ready = time.perf_counter() - t0
+        time.sleep(1.0)
+        idle = rss_mb(srv.pid)
+        ns = "bench"
+        c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+        c.request("POST", "/api/v1/namespaces", json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                  {"Content-Type": "application/json"}); c.getresponse().read()
+        per = a.objects // a.clients
+        t = time.perf_counter()
+        with mp.Pool(a.clients) as pool:
+            lats = pool.map(worker, [(port, paths, ns, k * per, per) for k in range(a.clients)])
+        dt = time.perf_counter() - t
+        lat = [x for l in lats for x in l]
+        n = per * a.clients
+        names = [f"cm-{i}" for i in range(0, n, max(1, n // 2000))]
+        chunks = [names[k::a.clients] for k in range(a.clients)]
+        t = time.perf_counter()
+        with mp.Pool(a.clients) as pool:
+            glats = pool.map(getter, [(port, paths, ns, ch) for ch in chunks])
+        gdt = time.perf_counter() - t
+        glat = [x for l in glats for x in l]
+        list_lat = []
+        for _ in range(5):
+            t = time.perf_counter()
+            c.request("GET", f"/api/v1/namespaces/{ns}/configmaps"); r = c.getresponse(); body = r.read()
+            list_lat.append(time.perf_counter() - t)
+        items = len(json.loads(body)["items"])
+        after = rss_mb(srv.pid)
+        print(f"api ready after start:        {ready*1000:.0f} ms")
+        print(f"RSS idle:                      {idle:.1f} MB")
+        print(f"creates ({a.clients} clients):          {n/dt:.0f} /s  (p50 {pct(lat,.5)*1000:.2f} ms, p99 {pct(lat,.99)*1000:.2f} ms)")
+        print(f"gets ({a.clients} clients):             {len(glat)/gdt:.0f} /s  (p50 {pct(glat,.5)*1000:.2f} ms)")
+        print(f"LIST {items} ConfigMaps:        median {statistics.median(list_lat)*1000:.1f} ms (incl. JSON transfer)")
+        print(f"RSS after load ({items} objects): {after:.1f} MB")
+    finally:
+        srv.send_signal(signal.SIGKILL); srv.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+//! Objects every cluster has from the start: the `default`, `kube-system`, `kube-public`
+//! and `kube-node-lease` namespaces, the `default/kubernetes` Service and its Endpoints;
+//! and the namespace finalizer that empties a deleted namespace (until the controller
+//! manager takes that job over).
+
+use std::time::Duration;
+
+use rk3s_store::StoreError;
+use serde_json::{json, Value};
+
+use crate::cache::CacheEventKind;
+use crate::handler::{prepare_create, ApiServer, Inner};
+use crate::{object, ApiServerError, Config};
+
+async fn ensure(inner: &Inner, key: &str, mut obj: Value) -> Result<(), ApiServerError> {
+    if inner.store.get(key).await?.is_some() {
+        return Ok(());
+    }
+    if let Some(m) = object::meta_mut(&mut obj) {
+        m.insert("uid".into(), json!(object::new_uid()));
+        m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+    }
+    let bytes = serde_json::to_vec(&obj).map_err(|e| ApiServerError::Config(e.to_string()))?;
+    match inner.store.create(key, bytes).await {
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates the built-in objects that are missing and starts the namespace finalizer.
+pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError> {
+    let inner = api.inner();
+    let ns_res = inner.registry.get("", "v1", "namespaces");
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let mut obj = json!({
+            "kind": "Namespace", "apiVersion": "v1",
+            "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
+            "spec": {"finalizers": ["kubernetes"]},
+        });
+        if let Some(r) = &ns_res {
+            prepare_create(r, &mut obj);
+        }
+        ensure(inner, &format!("/registry/core/namespaces/{ns}"), obj).await?;
+    }
+    let ip = inner.alloc.first_ip().to_string();
+    ensure(
+        inner,
+        "/registry/core/services/default/kubernetes",
+        json!({
+            "kind": "Service", "apiVersion": "v1",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {
+                "ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": config.advertise_port}],
+                "clusterIP": ip, "clusterIPs": [ip], "type": "ClusterIP", "sessionAffinity": "None",
+                "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
+            },
+            "status": {"loadBalancer": {}},
+        }),
+    )
+    .await?;
+    ensure(
+        inner,
+        "/registry/core/endpoints/default/kubernetes",
+        json!({
+            "kind": "Endpoints", "apiVersion": "v1",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": [{
+                "addresses": [{"ip": config.advertise_address.to_string()}],
+                "ports": [{"name": "https", "port": config.advertise_port, "protocol": "TCP"}],
+            }],
+        }),
+    )
+    .await?;
+    let a = api.clone();
+    tokio::spawn(async move { namespace_finalizer(a).await });
+    Ok(())
+}
+
+/// Empties namespaces marked for deletion, then removes them.
+async fn namespace_finalizer(api: ApiServer) {
+    let inner = api.inner().clone();
+    loop {
+        let (items, _rev, mut live) = inner.cache.snapshot_and_subscribe("/registry/core/namespaces/");
+        for o in items {
+            if object::meta(&o.object).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+                finalize_namespace(&inner, object::name(&o.object).unwrap_or("")).await;
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok(ev) => {
+                    if ev.kind != CacheEventKind::Deleted
+                        && ev.key.starts_with("/registry/core/namespaces/")
+                        && object::meta(&ev.object).is_some_and(|m| m.contains_key("deletionTimestamp"))
+                    {
+                        let name = object::name(&ev.object).unwrap_or("").to_string();
+                        let inner = inner.clone();
+                        tokio::spawn(async move { finalize_namespace(&inner, &name).await });
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+async fn finalize_namespace(inner: &Inner, ns: &str) {
+    if ns.is_empty() {
+        return;
+    }
+    for attempt in 0..300u32 {
+        let mut remaining = 0usize;
+        for res in inner.registry.all() {
+            if !res.namespaced() || !res.preferred || !res.has_verb("delete") {
+                continue;
+            }
+            let (objs, _) = inner.cache.list(&res.namespace_prefix(Some(ns)));
+            for o in objs {
+                remaining += 1;
+                let name = object::name(&o.object).unwrap_or("").to_string();
+                let opts = json!({"propagationPolicy": "Background", "gracePeriodSeconds": 0});
+                if let Err(e) = inner.delete_object(&res, Some(ns), &name, &opts, false).await {
+                    if e.code != 404 {
+                        tracing::debug!(namespace = ns, object = %name, error = %e.message, "namespace finalizer: delete failed");
+                    }
+                }
+            }
+        }
+        if remaining == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(20) + 1))).await;
+    }
+    // Drop the `kubernetes` finalizer and delete the namespace.
+    let key = format!("/registry/core/namespaces/{ns}");
+    for _ in 0..16 {
+        let Ok(Some(kv)) = inner.store.get(&key).await else { return };
+        let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else { return };
+        if let Some(f) = obj.pointer_mut("/spec/finalizers").and_then(|f| f.as_array_mut()) {
+            f.retain(|x| x.as_str() != Some("kubernetes"));
+        }
+        let spec_empty = obj.pointer("/spec/finalizers").and_then(|f| f.as_array()).is_none_or(|f| f.is_empty());
+        let result = if spec_empty && object::finalizers(&obj).is_empty() {
+            inner.store.delete(&key, Some(kv.mod_revision)).await.map(|_| ())
+        } else {
+            let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+            inner.store.update(&key, bytes, kv.mod_revision).await.map(|_| ())
+        };
+        match result {
+            Ok(()) => return,
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => {
+                tracing::warn!(namespace = ns, error = %e, "namespace finalizer failed");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The watch cache: one store watch feeds an in-memory copy of every object and a window
+//! of recent events, from which lists and watches are served (so N watchers cost one
+//! store watch, as upstream's cacher).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rk3s_store::{EventKind, Revision, Store, StoreError};
+use serde_json::Value;
+use tokio::sync::{broadcast, watch};
+
+/// How many recent events the cache keeps for watches that start in the past.
+const HISTORY: usize = 20_000;
+
+/// A cached object: its key, revision and parsed JSON (with `metadata.resourceVersion`).
+#[derive(Clone, Debug)]
+pub struct CachedObject {
+    /// Store key.
+    pub key: String,
+    /// Mod revision.
+    pub revision: Revision,
+    /// The object, with `metadata.resourceVersion` set.
+    pub object: Arc<Value>,
+}
+
+/// The kind of a cache event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheEventKind {
+    /// Created.
+    Added,
+    /// Updated.
+    Modified,
+    /// Deleted.
+    Deleted,
+}
+
+/// One change seen by the cache.
+#[derive(Clone, Debug)]
+pub struct CacheEvent {
+    /// What happened.
+    pub kind: CacheEventKind,
+    /// The store key.
+    pub key: String,
+    /// Revision of the change.
+    pub revision: Revision,
+    /// The object after the change (for a delete: the last state, with the delete's
+    /// resourceVersion).
+    pub object: Arc<Value>,
+    /// The object before the change, if any.
+    pub prev: Option<Arc<Value>>,
+}
+
+struct State {
+    objects: BTreeMap<String, CachedObject>,
+    history: VecDeque<Arc<CacheEvent>>,
+    revision: Revision,
+    /// Events older than this revision are no longer in `history`.
+    oldest: Revision,
+}
+
+/// The watch cache over all of `/registry/`.
+pub struct WatchCache {
+    store: Arc<dyn Store>,
+    state: RwLock<State>,
+    events: broadcast::Sender<Arc<CacheEvent>>,
+    progress: watch::Sender<Revision>,
+}
+
+/// Parses stored bytes and sets `metadata.resourceVersion`.
+pub fn decode(value: &[u8], revision: Revision) -> Option<Value> {
+    let mut v: Value = serde_json::from_slice(value).ok()?;
+    set_resource_version(&mut v, revision);
+    Some(v)
+}
+
+/// Sets `metadata.resourceVersion` to the given revision.
+pub fn set_resource_version(v: &mut Value, revision: Revision) {
+    if let Some(obj) = v.as_object_mut() {
+        let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        }
+    }
+}
+
+/// What a watcher gets when it subscribes: the events it missed, then a live receiver.
+pub struct Subscription {
+    /// Events after the requested revision that already happened.
+    pub backlog: Vec<Arc<CacheEvent>>,
+    /// Live events (may repeat some of `backlog`: skip revisions ≤ the last one seen).
+    pub live: broadcast::Receiver<Arc<CacheEvent>>,
+}
+
+impl WatchCache {
+    /// Loads everything under `/registry/` and starts following the store.
+    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<WatchCache>, StoreError> {
+        let list = store.list("/registry/", Default::default()).await?;
+        let mut objects = BTreeMap::new();
+        for kv in list.items {
+            if let Some(v) = decode(&kv.value, kv.mod_revision) {
+                objects.insert(
+                    kv.key.clone(),
+                    CachedObject { key: kv.key, revision: kv.mod_revision, object: Arc::new(v) },
+                );
+            }
+        }
+        let (events, _) = broadcast::channel(HISTORY);
+        let (progress, _) = watch::channel(list.revision);
+        let cache = Arc::new(WatchCache {
+            store: store.clone(),
+            state: RwLock::new(State { objects, history: VecDeque::new(), revision: list.revision, oldest: list.revision }),
+            events,
+            progress,
+        });
+        let c = cache.clone();
+        tokio::spawn(async move { c.follow(list.revision).await });
+        Ok(cache)
+    }
+
+    async fn follow(self: Arc<Self>, mut from: Revision) {
+        loop {
+            match self.store.watch("/registry/", from).await {
+                Ok(mut stream) => {
+                    while let Some(ev) = stream.next().await {
+                        match ev {
+                            Ok(ev) => {
+                                from = ev.revision();
+                                self.apply(ev);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "watch cache: store watch ended");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch cache: cannot watch the store");
+                    if let StoreError::Compacted { .. } = e {
+                        // We fell behind compaction: reload everything.
+                        if let Ok(r) = self.reload().await {
+                            from = r;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn reload(&self) -> Result<Revision, StoreError> {
+        let list = self.store.list("/registry/", Default::default()).await?;
+        let mut objects = BTreeMap::new();
+        for kv in list.items {
+            if let Some(v) = decode(&kv.value, kv.mod_revision) {
+                objects.insert(kv.key.clone(), CachedObject { key: kv.key, revision: kv.mod_revision, object: Arc::new(v) });
+            }
+        }
+        if let Ok(mut st) = self.state.write() {
+            st.objects = objects;
+            st.history.clear();
+            st.revision = list.revision;
+            st.oldest = list.revision;
+        }
+        let _ = self.progress.send(list.revision);
+        Ok(list.revision)
+    }
+
+    fn apply(&self, ev: rk3s_store::Event) {
+        let rev = ev.revision();
+        let Some(object) = decode(&ev.kv.value, rev) else {
+            tracing::warn!(key = %ev.kv.key, "watch cache: undecodable value");
+            return;
+        };
+        let object = Arc::new(object);
+        let mut st = match self.state.write() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let prev = st.objects.get(&ev.kv.key).map(|o| o.object.clone());
+        let kind = match ev.kind {
+            EventKind::Delete => {
+                st.objects.remove(&ev.kv.key);
+                CacheEventKind::Deleted
+            }
+            EventKind::Put => {
+                st.objects.insert(
+                    ev.kv.key.clone(),
+                    CachedObject { key: ev.kv.key.clone(), revision: rev, object: object.clone() },
+                );
+                if prev.is_some() {
+                    CacheEventKind::Modified
+                } else {
+                    CacheEventKind::Added
+                }
+            }
+        };
+        let cev = Arc::new(CacheEvent { kind, key: ev.kv.key, revision: rev, object, prev });
+        st.history.push_back(cev.clone());
+        while st.history.len() > HISTORY {
+            if let Some(old) = st.history.pop_front() {
+                st.oldest = old.revision;
+            }
+        }
+        st.revision = rev;
+        drop(st);
+        let _ = self.events.send(cev);
+        let _ = self.progress.send(rev);
+    }
+
+    /// The newest revision the cache has seen.
+    pub fn revision(&self) -> Revision {
+        self.state.read().map(|s| s.revision).unwrap_or(0)
+    }
+
+    /// Waits until the cache has caught up with the store's current revision (a
+    /// consistent read), at most `timeout`.
+    pub async fn wait_fresh(&self, timeout: Duration) -> Result<Revision, StoreError> {
+        let want = self.store.current_revision().await?;
+        self.wait_for(want, timeout).await;
+        Ok(self.revision().max(want))
+    }
+
+    /// Waits until the cache has seen revision `rev` (or the timeout passes).
+    pub async fn wait_for(&self, rev: Revision, timeout: Duration) {
+        let mut rx = self.progress.subscribe();
+        let _ = tokio::time::timeout(timeout, async {
+            loop {
+                if *rx.borrow_and_update() >= rev {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Every object under `prefix`, in key order, with the cache's revision.
+    pub fn list(&self, prefix: &str) -> (Vec<CachedObject>, Revision) {
+        let st = match self.state.read() {
+            Ok(s) => s,
+            Err(_) => return (Vec::new(), 0),
+        };
+        let items = st
+            .objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
+        (items, st.revision)
+    }
+
+    /// One object by key.
+    pub fn get(&self, key: &str) -> Option<CachedObject> {
+        self.state.read().ok()?.objects.get(key).cloned()
+    }
+
+    /// Subscribes to events after `after` (`None`: after the current revision).
+    /// `Err(oldest)` if `after` is older than the cache's history.
+    pub fn subscribe(&self, after: Option<Revision>) -> Result<(Subscription, Revision), Revision> {
+        let st = match self.state.read() {
+            Ok(s) => s,
+            Err(_) => return Err(0),
+        };
+        let live = self.events.subscribe();
+        let after = after.unwrap_or(st.revision);
+        if after < st.oldest {
+            return Err(st.oldest);
+        }
+        let backlog: Vec<Arc<CacheEvent>> =
+            st.history.iter().filter(|e| e.revision > after).cloned().collect();
+        Ok((Subscription { backlog, live }, st.revision))
+    }
+
+    /// A snapshot of `prefix` plus a subscription to everything after it, atomically.
+    pub fn snapshot_and_subscribe(&self, prefix: &str) -> (Vec<CachedObject>, Revision, broadcast::Receiver<Arc<CacheEvent>>) {
+        let st = match self.state.read() {
+            Ok(s) => s,
+            Err(_) => return (Vec::new(), 0, self.events.subscribe()),
+        };
+        let live = self.events.subscribe();
+        let items = st
+            .objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
+        (items, st.revision, live)
+    }
+}

@@ -1,0 +1,720 @@
+//! Entry point of every request: authentication check, non-resource paths (health,
+//! version, discovery, OpenAPI), and dispatch of resource requests to [`crate::rest`]
+//! and [`crate::watch`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use rk3s_api::{ApiError, Registry, ResourceInfo};
+use rk3s_openapi::OpenApi;
+use rk3s_store::{Store, StoreError};
+use serde_json::{json, Value};
+
+use crate::alloc::{Allocator, Cidr};
+use crate::body::{self, Response};
+use crate::cache::{set_resource_version, WatchCache};
+use crate::object::{self, meta_mut};
+use crate::request::{self, Query};
+use crate::rest::{self, store_err, Call};
+use crate::{ApiServerError, Config, UserInfo};
+
+/// Largest request body accepted (upstream's limit is 3 MiB per object; allow lists).
+const MAX_BODY: usize = 8 << 20;
+
+/// Shared state of the API server.
+pub struct Inner {
+    /// The datastore.
+    pub store: Arc<dyn Store>,
+    /// The watch cache.
+    pub cache: Arc<WatchCache>,
+    /// Served resources.
+    pub registry: Registry,
+    /// OpenAPI documents and schema lookups.
+    pub openapi: Arc<OpenApi>,
+    /// Service IP / node port allocator.
+    pub alloc: Allocator,
+    /// Serialises service allocations.
+    pub alloc_lock: tokio::sync::Mutex<()>,
+    /// Advertised address (for `/api`'s serverAddressByClientCIDRs).
+    pub advertise: String,
+}
+
+/// The API server: cheap to clone, one per process.
+#[derive(Clone)]
+pub struct ApiServer {
+    inner: Arc<Inner>,
+}
+
+/// How a response is rendered, from the `Accept` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Plain JSON objects.
+    Json,
+    /// `meta.k8s.io/v1` `Table` (kubectl get), with `includeObject`.
+    Table(rk3s_printers::IncludeObject),
+    /// `PartialObjectMetadata(List)`.
+    PartialMetadata,
+}
+
+impl Output {
+    /// Picks the rendering from the Accept header and query.
+    pub fn negotiate(headers: &http::HeaderMap, query: &Query) -> Output {
+        let accept = headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(|s| s.trim());
+            let mt = parts.next().unwrap_or("");
+            if mt != "application/json" && mt != "*/*" && mt != "application/*" {
+                continue;
+            }
+            let mut as_ = "";
+            let mut g = "";
+            for p in parts {
+                if let Some(v) = p.strip_prefix("as=") {
+                    as_ = v;
+                } else if let Some(v) = p.strip_prefix("g=") {
+                    g = v;
+                }
+            }
+            match (as_, g) {
+                ("Table", "meta.k8s.io") => {
+                    let inc = match query.get("includeObject") {
+                        Some("None") => rk3s_printers::IncludeObject::None,
+                        Some("Object") => rk3s_printers::IncludeObject::Object,
+                        _ => rk3s_printers::IncludeObject::Metadata,
+                    };
+                    return Output::Table(inc);
+                }
+                ("PartialObjectMetadata" | "PartialObjectMetadataList", "meta.k8s.io") => return Output::PartialMetadata,
+                ("", _) => return Output::Json,
+                _ => continue,
+            }
+        }
+        Output::Json
+    }
+
+    /// Renders one object.
+    pub fn one(&self, res: &ResourceInfo, obj: Value, code: u16) -> Response {
+        match self {
+            Output::Json => body::json(code, &obj),
+            Output::Table(inc) => {
+                let rv = object::meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
+                let t = rk3s_printers::table(&res.group, &res.kind, std::slice::from_ref(&obj), &rv, None, inc.clone(), jiff::Timestamp::now());
+                body::json(code, &t)
+            }
+            Output::PartialMetadata => body::json(code, &partial_metadata(&obj)),
+        }
+    }
+
+    /// Renders a list.
+    pub fn list(&self, res: &ResourceInfo, items: Vec<Value>, rv: i64, cont: Option<String>, remaining: Option<usize>) -> Response {
+        match self {
+            Output::Json => body::json(200, &rest::list_object(res, items, rv, cont, remaining)),
+            Output::Table(inc) => {
+                let t = rk3s_printers::table(&res.group, &res.kind, &items, &rv.to_string(), cont.as_deref(), inc.clone(), jiff::Timestamp::now());
+                body::json(200, &t)
+            }
+            Output::PartialMetadata => {
+                let mut meta = json!({"resourceVersion": rv.to_string()});
+                if let Some(c) = cont {
+                    meta["continue"] = json!(c);
+                }
+                body::json(200, &json!({
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": meta,
+                    "items": items.iter().map(partial_metadata).collect::<Vec<_>>(),
+                }))
+            }
+        }
+    }
+}
+
+/// `PartialObjectMetadata` of an object.
+pub fn partial_metadata(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+    })
+}
+
+/// Kinds whose `metadata.generation` upstream maintains.
+pub fn tracks_generation(res: &ResourceInfo) -> bool {
+    matches!(
+        (res.group.as_str(), res.kind.as_str()),
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet")
+            | ("batch", _)
+            | ("", "ReplicationController")
+            | ("policy", "PodDisruptionBudget")
+            | ("autoscaling", "HorizontalPodAutoscaler")
+            | ("networking.k8s.io", "Ingress" | "NetworkPolicy" | "IngressClass")
+            | ("apiextensions.k8s.io", _)
+            | ("admissionregistration.k8s.io", _)
+            | ("flowcontrol.apiserver.k8s.io", _)
+    ) || res.definition.is_empty()
+}
+
+/// Resource-specific preparation of a new object (upstream's PrepareForCreate).
+pub fn prepare_create(res: &ResourceInfo, obj: &mut Value) {
+    let Some(o) = obj.as_object_mut() else { return };
+    match (res.group.as_str(), res.plural.as_str()) {
+        ("", "pods") => {
+            let qos = qos_class(o.get("spec"));
+            o.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+        }
+        ("", "namespaces") => {
+            o.insert("status".into(), json!({"phase": "Active"}));
+        }
+        ("", "persistentvolumeclaims") | ("", "persistentvolumes") => {
+            o.insert("status".into(), json!({"phase": "Pending"}));
+        }
+        ("", "nodes") => {}
+        _ => {
+            if res.subresource("status").is_some() {
+                o.insert("status".into(), json!({}));
+            }
+        }
+    }
+}
+
+fn qos_class(spec: Option<&Value>) -> &'static str {
+    let containers: Vec<&Value> = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(|c| c.as_array())
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in &containers {
+        let req = c.pointer("/resources/requests").and_then(|r| r.as_object());
+        let lim = c.pointer("/resources/limits").and_then(|r| r.as_object());
+        if req.is_some_and(|r| !r.is_empty()) || lim.is_some_and(|l| !l.is_empty()) {
+            any = true;
+        }
+        for r in ["cpu", "memory"] {
+            let l = lim.and_then(|l| l.get(r));
+            let q = req.and_then(|q| q.get(r)).or(l);
+            if l.is_none() || q != l {
+                guaranteed = false;
+            }
+        }
+    }
+    if guaranteed {
+        "Guaranteed"
+    } else if any {
+        "Burstable"
+    } else {
+        "BestEffort"
+    }
+}
+
+/// Builds the stored form of an update (upstream's PrepareForUpdate): immutable metadata
+/// comes from `old`; a main-resource update keeps `old`'s status, a `status` update keeps
+/// everything but status; `generation` is bumped when the spec changes.
+pub fn prepare_update(res: &ResourceInfo, sub: Option<&str>, old: &Value, new: &mut Value) -> Value {
+    let mut out = match sub {
+        Some("status") => {
+            let mut o = old.clone();
+            if let (Some(oo), Some(s)) = (o.as_object_mut(), new.get("status")) {
+                oo.insert("status".into(), s.clone());
+            }
+            o
+        }
+        _ => {
+            let mut n = new.clone();
+            if res.subresource("status").is_some() {
+                if let Some(no) = n.as_object_mut() {
+                    match old.get("status") {
+                        Some(s) => {
+                            no.insert("status".into(), s.clone());
+                        }
+                        None => {
+                            no.remove("status");
+                        }
+                    }
+                }
+            }
+            n
+        }
+    };
+    let old_meta = object::meta(old).cloned().unwrap_or_default();
+    if let Some(m) = meta_mut(&mut out) {
+        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "generation"] {
+            match old_meta.get(k) {
+                Some(v) => {
+                    m.insert(k.into(), v.clone());
+                }
+                None => {
+                    m.remove(k);
+                }
+            }
+        }
+        m.insert("resourceVersion".into(), old_meta.get("resourceVersion").cloned().unwrap_or(Value::Null));
+        m.remove("selfLink");
+    }
+    if tracks_generation(res) && object::spec_part(&out) != object::spec_part(old) {
+        let g = old_meta.get("generation").and_then(|g| g.as_i64()).unwrap_or(0) + 1;
+        if let Some(m) = meta_mut(&mut out) {
+            m.insert("generation".into(), json!(g));
+        }
+    }
+    out
+}
+
+/// Records the writer in `metadata.managedFields` (manager, operation, time). The
+/// field set is the set of top-level fields written; full server-side-apply field
+/// tracking comes with server-side apply.
+pub fn update_managed_fields(obj: &mut Value, old: Option<&Value>, query: &Query, headers: &http::HeaderMap, operation: &str) {
+    let manager = query.get("fieldManager").map(String::from).unwrap_or_else(|| {
+        headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.split('/').next().unwrap_or(ua).to_string())
+            .unwrap_or_else(|| "unknown".into())
+    });
+    let api_version = obj.get("apiVersion").cloned().unwrap_or(Value::Null);
+    let mut fields = serde_json::Map::new();
+    if let Some(o) = obj.as_object() {
+        for (k, v) in o {
+            if matches!(k.as_str(), "kind" | "apiVersion" | "status") {
+                continue;
+            }
+            let mut inner = serde_json::Map::new();
+            if k == "metadata" {
+                if let Some(m) = v.as_object() {
+                    for mk in ["labels", "annotations", "finalizers", "ownerReferences"] {
+                        if let Some(x) = m.get(mk).and_then(|x| x.as_object()) {
+                            let sub: serde_json::Map<String, Value> = x.keys().map(|kk| (format!("f:{kk}"), json!({}))).collect();
+                            inner.insert(format!("f:{mk}"), Value::Object(sub));
+                        } else if m.contains_key(mk) {
+                            inner.insert(format!("f:{mk}"), json!({}));
+                        }
+                    }
+                }
+                if inner.is_empty() {
+                    continue;
+                }
+            } else if let Some(m) = v.as_object() {
+                for kk in m.keys() {
+                    inner.insert(format!("f:{kk}"), json!({}));
+                }
+            }
+            fields.insert(format!("f:{k}"), Value::Object(inner));
+        }
+    }
+    let mut entries: Vec<Value> = old
+        .and_then(|o| o.pointer("/metadata/managedFields"))
+        .and_then(|m| m.as_array())
+        .cloned()
+        .unwrap_or_default();
+    entries.retain(|e| !(e.get("manager").and_then(|m| m.as_str()) == Some(&manager) && e.get("operation").and_then(|m| m.as_str()) == Some(operation) && e.get("subresource").is_none()));
+    entries.push(json!({
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": api_version,
+        "time": object::now_rfc3339(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": Value::Object(fields),
+    }));
+    if let Some(m) = meta_mut(obj) {
+        m.insert("managedFields".into(), Value::Array(entries));
+    }
+}
+
+impl Inner {
+    /// 404 if the namespace does not exist, 403 if it is terminating.
+    pub async fn check_namespace_open(&self, ns: &str, res: &ResourceInfo, name: &str) -> Result<(), ApiError> {
+        let kv = self
+            .store
+            .get(&format!("/registry/core/namespaces/{ns}"))
+            .await
+            .map_err(|e| store_err(res, name, e))?;
+        let Some(kv) = kv else {
+            return Err(ApiError::not_found_named("namespaces", "", ns));
+        };
+        let phase = serde_json::from_slice::<Value>(&kv.value)
+            .ok()
+            .and_then(|v| v.pointer("/status/phase").and_then(|p| p.as_str()).map(String::from));
+        if phase.as_deref() == Some("Terminating") {
+            let mut e = ApiError::forbidden(format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                res.qualified_plural(),
+                name
+            ));
+            e.name = Some(name.to_string());
+            e.kind = Some(res.plural.clone());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives a Service its cluster IP(s) and node ports (keeping those of `old`).
+    pub fn allocate_service(&self, obj: &mut Value, old: Option<&Value>, res: &ResourceInfo, name: &str) -> Result<(), ApiError> {
+        let (svcs, _) = self.cache.list("/registry/core/services/");
+        let own_key = obj
+            .get("metadata")
+            .map(|_| res.key(object::namespace(obj), name))
+            .unwrap_or_default();
+        let others: Vec<_> = svcs.into_iter().filter(|o| o.key != own_key).collect();
+        let (ips, ports) = rest::services_in_use(&others);
+        let invalid = |field: &str, msg: String| {
+            ApiError::invalid(res, name, vec![rk3s_api::Cause { reason: "FieldValueInvalid".into(), message: msg, field: field.into() }])
+        };
+        let typ = obj.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP").to_string();
+        if typ != "ExternalName" {
+            let old_ip = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(|v| v.as_str()).map(String::from);
+            let want = obj.pointer("/spec/clusterIP").and_then(|v| v.as_str()).map(String::from);
+            let ip = match (want.as_deref(), old_ip) {
+                (Some("None"), _) => "None".to_string(),
+                (Some(w), Some(o)) if !w.is_empty() && w == o => o,
+                (None | Some(""), Some(o)) => o,
+                (Some(w), _) if !w.is_empty() => {
+                    let parsed = w.parse().map_err(|_| invalid("spec.clusterIPs[0]", format!("Invalid value: \"{w}\": must be a valid IP address")))?;
+                    self.alloc
+                        .allocate_ip(Some(parsed), &ips)
+                        .map_err(|e| invalid("spec.clusterIPs", format!("Invalid value: []string{{\"{w}\"}}: failed to allocate IP {w}: {e}")))?
+                        .to_string()
+                }
+                _ => self.alloc.allocate_ip(None, &ips).map_err(|e| ApiError::internal(format!("failed to allocate a serviceIP: {e}")))?.to_string(),
+            };
+            if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                spec.insert("clusterIP".into(), json!(ip));
+                spec.insert("clusterIPs".into(), json!([ip]));
+                if ip != "None" || !spec.contains_key("ipFamilies") {
+                    spec.insert("ipFamilies".into(), json!(["IPv4"]));
+                }
+                spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
+            }
+        }
+        if typ == "NodePort" || typ == "LoadBalancer" {
+            let old_ports: Vec<Value> = old.and_then(|o| o.pointer("/spec/ports")).and_then(|p| p.as_array()).cloned().unwrap_or_default();
+            let mut used_here = std::collections::HashSet::new();
+            if let Some(ps) = obj.pointer_mut("/spec/ports").and_then(|p| p.as_array_mut()) {
+                for (i, p) in ps.iter_mut().enumerate() {
+                    let want = p.get("nodePort").and_then(|v| v.as_u64()).map(|v| v as u16);
+                    let port = p.get("port").cloned();
+                    let keep = old_ports.iter().find(|op| op.get("port") == port.as_ref()).and_then(|op| op.get("nodePort")).and_then(|v| v.as_u64()).map(|v| v as u16);
+                    let np = match (want, keep) {
+                        (Some(w), Some(k)) if w == k => k,
+                        (None, Some(k)) => k,
+                        (w, _) => {
+                            let mut in_use = ports.clone();
+                            in_use.extend(used_here.iter().copied());
+                            self.alloc.allocate_port(w, &in_use).map_err(|e| {
+                                invalid(&format!("spec.ports[{i}].nodePort"), format!("Invalid value: {}: {e}", w.map(|x| x.to_string()).unwrap_or_default()))
+                            })?
+                        }
+                    };
+                    used_here.insert(np);
+                    p["nodePort"] = json!(np);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes one object with upstream's semantics: finalizers and graceful deletion
+    /// set `deletionTimestamp` instead; preconditions are checked. Returns the HTTP code
+    /// and the object (as deleted, or as now marked for deletion).
+    pub async fn delete_object(&self, res: &ResourceInfo, ns: Option<&str>, name: &str, opts: &Value, dry_run: bool) -> Result<(u16, Value), ApiError> {
+        let key = res.key(ns, name);
+        for _ in 0..16 {
+            let kv = self.store.get(&key).await.map_err(|e| store_err(res, name, e))?;
+            let kv = kv.ok_or_else(|| ApiError::not_found(res, name))?;
+            let mut obj = crate::cache::decode(&kv.value, kv.mod_revision).ok_or_else(|| ApiError::internal("undecodable object"))?;
+            if let Some(uid) = opts.pointer("/preconditions/uid").and_then(|u| u.as_str()) {
+                if object::meta_str(&obj, "uid") != Some(uid) {
+                    return Err(ApiError::conflict_msg(res, name, format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        object::meta_str(&obj, "uid").unwrap_or("")
+                    )));
+                }
+            }
+            if let Some(rv) = opts.pointer("/preconditions/resourceVersion").and_then(|u| u.as_str()) {
+                if rv != kv.mod_revision.to_string() {
+                    return Err(ApiError::conflict_msg(res, name, format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        kv.mod_revision
+                    )));
+                }
+            }
+            let already = object::meta(&obj).is_some_and(|m| m.contains_key("deletionTimestamp"));
+            let is_namespace = res.group.is_empty() && res.plural == "namespaces";
+            let graceful_pod = res.group.is_empty()
+                && res.plural == "pods"
+                && obj.pointer("/spec/nodeName").and_then(|n| n.as_str()).is_some_and(|n| !n.is_empty())
+                && opts.get("gracePeriodSeconds").and_then(|g| g.as_i64()).unwrap_or(1) > 0
+                && !matches!(obj.pointer("/status/phase").and_then(|p| p.as_str()), Some("Succeeded" | "Failed"));
+            let has_finalizers = !object::finalizers(&obj).is_empty();
+            if has_finalizers || is_namespace || graceful_pod {
+                if already {
+                    return Ok((if graceful_pod { 202 } else { 200 }, obj));
+                }
+                let grace = if graceful_pod {
+                    opts.get("gracePeriodSeconds")
+                        .and_then(|g| g.as_i64())
+                        .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(|g| g.as_i64()))
+                        .unwrap_or(30)
+                } else {
+                    0
+                };
+                let ts = jiff::Timestamp::now()
+                    .checked_add(jiff::SignedDuration::from_secs(grace))
+                    .unwrap_or_else(|_| jiff::Timestamp::now())
+                    .strftime("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string();
+                if let Some(m) = meta_mut(&mut obj) {
+                    m.insert("deletionTimestamp".into(), json!(ts));
+                    m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                    m.remove("resourceVersion");
+                }
+                if is_namespace {
+                    if let Some(o) = obj.as_object_mut() {
+                        o.insert("status".into(), json!({"phase": "Terminating"}));
+                    }
+                }
+                if dry_run {
+                    return Ok((200, obj));
+                }
+                let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+                match self.store.update(&key, bytes, kv.mod_revision).await {
+                    Ok(nkv) => {
+                        set_resource_version(&mut obj, nkv.mod_revision);
+                        return Ok((if graceful_pod { 202 } else { 200 }, obj));
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(store_err(res, name, e)),
+                }
+            }
+            if dry_run {
+                return Ok((200, obj));
+            }
+            match self.store.delete(&key, Some(kv.mod_revision)).await {
+                Ok(dkv) => {
+                    set_resource_version(&mut obj, dkv.mod_revision);
+                    return Ok((200, obj));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(res, name)),
+                Err(e) => return Err(store_err(res, name, e)),
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
+}
+
+impl ApiServer {
+    /// Creates the server state: watch cache, OpenAPI documents, built-in objects.
+    pub async fn new(config: &Config) -> Result<ApiServer, ApiServerError> {
+        let registry = Registry::builtin();
+        let resources: Vec<ResourceInfo> = registry.all().iter().map(|r| (**r).clone()).collect();
+        let openapi = OpenApi::build(&resources, crate::KUBERNETES_VERSION).map_err(|e| ApiServerError::OpenApi(e.to_string()))?;
+        let cidr = Cidr::parse(&config.service_cidr)
+            .ok_or_else(|| ApiServerError::Config(format!("invalid service CIDR {:?}", config.service_cidr)))?;
+        let cache = WatchCache::start(config.store.clone()).await?;
+        let inner = Arc::new(Inner {
+            store: config.store.clone(),
+            cache,
+            registry,
+            openapi: Arc::new(openapi),
+            alloc: Allocator::new(cidr, config.node_port_range),
+            alloc_lock: tokio::sync::Mutex::new(()),
+            advertise: format!("{}:{}", config.advertise_address, config.advertise_port),
+        });
+        let api = ApiServer { inner };
+        crate::bootstrap::run(&api, config).await?;
+        Ok(api)
+    }
+
+    /// The shared state.
+    pub fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// Serves one request from the network.
+    pub async fn handle_incoming(&self, req: hyper::Request<hyper::body::Incoming>, user: Option<UserInfo>) -> Response {
+        let (parts, body) = req.into_parts();
+        let limited = http_body_util::Limited::new(body, MAX_BODY);
+        let bytes = match limited.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                let mut err = ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}"));
+                err.code = 413;
+                return body::error(&err);
+            }
+        };
+        self.handle(parts, bytes, user).await
+    }
+
+    /// Serves one request (also the in-process entry point).
+    pub async fn handle(&self, parts: http::request::Parts, body: Bytes, user: Option<UserInfo>) -> Response {
+        let path = parts.uri.path().to_string();
+        let query = Query::parse(parts.uri.query());
+        let started = std::time::Instant::now();
+        let resp = self.route(&parts, &path, query, body, user.as_ref()).await;
+        tracing::debug!(method = %parts.method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        resp
+    }
+
+    async fn route(&self, parts: &http::request::Parts, path: &str, query: Query, body: Bytes, user: Option<&UserInfo>) -> Response {
+        let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/version/")
+            || path.starts_with("/healthz/")
+            || path.starts_with("/livez/")
+            || path.starts_with("/readyz/");
+        if user.is_none() && !public {
+            return body::error(&ApiError::unauthorized());
+        }
+        if public {
+            if path.starts_with("/version") {
+                return body::json(200, &version_info());
+            }
+            return body::bytes_response(200, "text/plain; charset=utf-8", "ok");
+        }
+        if path == "/openapi/v2" {
+            let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if accept.contains("application/com.github.proto-openapi.spec.v2") {
+                return body::bytes_response(200, "application/com.github.proto-openapi.spec.v2@v1.0+protobuf", bytes::Bytes::from_owner(self.inner.openapi.v2_protobuf()));
+            }
+            return body::bytes_response(200, "application/json", bytes::Bytes::from_owner(self.inner.openapi.v2_json()));
+        }
+        if path == "/openapi/v3" || path == "/openapi/v3/" {
+            return body::json(200, &self.inner.openapi.v3_index());
+        }
+        if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+            return match self.inner.openapi.v3_group_version(gv) {
+                Some((doc, _hash)) => {
+                    let mut r = body::bytes_response(200, "application/json", bytes::Bytes::from_owner(doc));
+                    r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("public, immutable"));
+                    r
+                }
+                None => body::bytes_response(404, "text/plain", "404 page not found\n"),
+            };
+        }
+        if let Some(r) = self.discovery(parts, path) {
+            return r;
+        }
+        let Some(info) = request::parse(&parts.method, path, &query) else {
+            return body::bytes_response(404, "text/plain; charset=utf-8", "404 page not found\n");
+        };
+        match self.resource(parts, info, query, body).await {
+            Ok(r) => r,
+            Err(e) => body::error(&e),
+        }
+    }
+
+    fn discovery(&self, parts: &http::request::Parts, path: &str) -> Option<Response> {
+        let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let aggregated = ["v2", "v2beta1"].into_iter().find(|v| {
+            accept.split(',').any(|r| r.contains("g=apidiscovery.k8s.io") && r.contains(&format!("v={v};")) || r.contains("g=apidiscovery.k8s.io") && r.trim_end().ends_with(&format!("v={v}")))
+        });
+        let reg = &self.inner.registry;
+        let path = path.trim_end_matches('/');
+        let agg_ct = |v: &str| format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList");
+        match path {
+            "/api" => Some(match aggregated {
+                Some(v) => body::bytes_response(200, &agg_ct(v), serde_json::to_vec(&rk3s_api::discovery::aggregated_api(reg, v)).unwrap_or_default()),
+                None => body::json(200, &rk3s_api::discovery::api_versions(&self.inner.advertise)),
+            }),
+            "/apis" => Some(match aggregated {
+                Some(v) => body::bytes_response(200, &agg_ct(v), serde_json::to_vec(&rk3s_api::discovery::aggregated_apis(reg, v)).unwrap_or_default()),
+                None => body::json(200, &rk3s_api::discovery::api_group_list(reg)),
+            }),
+            _ => {
+                let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+                match parts.as_slice() {
+                    ["api", v] => Some(match rk3s_api::discovery::api_resource_list(reg, "", v) {
+                        Some(doc) => body::json(200, &doc),
+                        None => body::bytes_response(404, "text/plain", "404 page not found\n"),
+                    }),
+                    ["apis", g] => Some(match rk3s_api::discovery::api_group(reg, g) {
+                        Some(doc) => body::json(200, &doc),
+                        None => body::bytes_response(404, "text/plain", "404 page not found\n"),
+                    }),
+                    ["apis", g, v] => Some(match rk3s_api::discovery::api_resource_list(reg, g, v) {
+                        Some(doc) => body::json(200, &doc),
+                        None => body::bytes_response(404, "text/plain", "404 page not found\n"),
+                    }),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    async fn resource(&self, parts: &http::request::Parts, info: request::RequestInfo, query: Query, body: Bytes) -> Result<Response, ApiError> {
+        let not_found = || ApiError::new(404, "NotFound", "the server could not find the requested resource");
+        let res = self.inner.registry.get(&info.group, &info.version, &info.resource).ok_or_else(not_found)?;
+        if !res.namespaced() && info.namespace.is_some() {
+            return Err(not_found());
+        }
+        if let Some(sub) = &info.subresource {
+            if res.subresource(sub).is_none() {
+                return Err(not_found());
+            }
+            if !matches!(sub.as_str(), "status" | "scale") {
+                return Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")));
+            }
+        } else if !res.has_verb(&info.verb) {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource"
+            )));
+        }
+        let output = Output::negotiate(&parts.headers, &query);
+        let call = Call { inner: &self.inner, info, res, query, headers: parts.headers.clone(), body, output };
+        match call.info.verb.as_str() {
+            "get" => call.get().await,
+            "list" => call.list().await,
+            "watch" => crate::watch::serve(&call).await,
+            "create" => call.create().await,
+            "update" => call.update_or_patch(false).await,
+            "patch" => call.update_or_patch(true).await,
+            "delete" => call.delete().await,
+            "deletecollection" => call.delete_collection().await,
+            _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+        }
+    }
+
+    /// Waits until the API is ready (cache loaded, built-in objects present).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        self.inner.cache.wait_fresh(timeout).await.is_ok()
+    }
+}
+
+/// The `/version` document.
+pub fn version_info() -> Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": format!("{}+rk3s{}", crate::KUBERNETES_VERSION, env!("CARGO_PKG_VERSION").replace('.', "")),
+        "gitCommit": option_env!("RK3S_GIT_COMMIT").unwrap_or("unknown"),
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "n/a (rust)",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
+        assert_eq!(Output::negotiate(&h, &Query::default()), Output::Table(rk3s_printers::IncludeObject::Metadata));
+        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        assert_eq!(Output::negotiate(&h, &Query::default()), Output::Json);
+        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"));
+        assert_eq!(Output::negotiate(&h, &Query::default()), Output::PartialMetadata);
+    }
+
+    #[test]
+    fn qos() {
+        assert_eq!(qos_class(Some(&json!({"containers": [{"name": "a"}]}))), "BestEffort");
+        assert_eq!(qos_class(Some(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}))), "Guaranteed");
+        assert_eq!(qos_class(Some(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]}))), "Burstable");
+    }
+}

@@ -1,0 +1,771 @@
+//! The verbs on resources: get, list, create, update, patch, delete, deletecollection,
+//! and the `status` and `scale` subresources, with upstream's object semantics.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rk3s_api::selector::{FieldSelector, LabelSelector};
+use rk3s_api::{ApiError, Cause, ResourceInfo};
+use rk3s_store::{KeyValue, ListOptions, StoreError};
+use serde_json::{json, Map, Value};
+
+use crate::body::{self, Response};
+use crate::cache::{decode, set_resource_version};
+use crate::handler::{Inner, Output};
+use crate::object::{self, meta_mut};
+use crate::request::{Query, RequestInfo};
+
+/// How long a consistent read waits for the watch cache to catch up.
+const FRESH_WAIT: Duration = Duration::from_secs(3);
+
+/// One resource request, parsed.
+pub struct Call<'a> {
+    /// Shared server state.
+    pub inner: &'a Inner,
+    /// Path facts.
+    pub info: RequestInfo,
+    /// The resource.
+    pub res: Arc<ResourceInfo>,
+    /// Query parameters.
+    pub query: Query,
+    /// Request headers.
+    pub headers: http::HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+    /// How to render the answer.
+    pub output: Output,
+}
+
+/// Maps store errors to API errors.
+pub fn store_err(res: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::AlreadyExists(_) => ApiError::already_exists(res, name),
+        StoreError::NotFound(_) => ApiError::not_found(res, name),
+        StoreError::Conflict { .. } => ApiError::conflict(res, name),
+        StoreError::Compacted { requested, compacted } => {
+            ApiError::gone(format!("too old resource version: {requested} ({compacted})"))
+        }
+        StoreError::FutureRevision { requested, current } => {
+            let mut e = ApiError::timeout(format!(
+                "Too large resource version: {requested}, current: {current}"
+            ));
+            e.retry_after_seconds = Some(1);
+            e
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+fn kv_to_object(kv: &KeyValue) -> Result<Value, ApiError> {
+    decode(&kv.value, kv.mod_revision).ok_or_else(|| ApiError::internal(format!("object at {} cannot be decoded", kv.key)))
+}
+
+/// Label and field selectors of a list, watch or deletecollection.
+pub struct Filter {
+    label: Option<LabelSelector>,
+    field: Option<FieldSelector>,
+    group: String,
+    kind: String,
+}
+
+impl Filter {
+    /// Parses `labelSelector` and `fieldSelector`.
+    pub fn from_query(res: &ResourceInfo, q: &Query) -> Result<Filter, ApiError> {
+        let label = match q.get("labelSelector") {
+            Some(s) => Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?),
+            None => None,
+        };
+        let field = match q.get("fieldSelector") {
+            Some(s) => {
+                let fs = FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                Some(fs.convert_for(&res.group, &res.kind).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
+            None => None,
+        };
+        Ok(Filter { label, field, group: res.group.clone(), kind: res.kind.clone() })
+    }
+
+    /// Whether the filter selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.label.is_none() && self.field.is_none()
+    }
+
+    /// Whether `obj` is selected.
+    pub fn matches(&self, obj: &Value) -> bool {
+        if let Some(l) = &self.label {
+            if !l.matches_json(object::labels(obj)) {
+                return false;
+            }
+        }
+        if let Some(f) = &self.field {
+            if !f.matches(|field| rk3s_api::selector::field_value(&self.group, &self.kind, obj, field)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The list object for items.
+pub fn list_object(res: &ResourceInfo, items: Vec<Value>, rv: i64, cont: Option<String>, remaining: Option<usize>) -> Value {
+    let mut meta = Map::new();
+    meta.insert("resourceVersion".into(), json!(rv.to_string()));
+    if let Some(c) = cont {
+        meta.insert("continue".into(), json!(c));
+    }
+    if let Some(r) = remaining {
+        meta.insert("remainingItemCount".into(), json!(r));
+    }
+    json!({
+        "kind": format!("{}List", res.kind),
+        "apiVersion": res.api_version(),
+        "metadata": Value::Object(meta),
+        "items": items,
+    })
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: i64,
+    start: String,
+}
+
+fn encode_continue(rv: i64, start: &str) -> String {
+    use base64::Engine;
+    let t = ContinueToken { v: "meta.k8s.io/v1".into(), rv, start: start.to_string() };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&t).unwrap_or_default())
+}
+
+fn decode_continue(s: &str) -> Result<ContinueToken, ApiError> {
+    use base64::Engine;
+    let bad = || ApiError::bad_request("continue key is not valid: illegal base64 data at input byte 0".to_string());
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| bad())?;
+    let t: ContinueToken = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    if t.v != "meta.k8s.io/v1" {
+        return Err(bad());
+    }
+    Ok(t)
+}
+
+impl<'a> Call<'a> {
+    fn name(&self) -> &str {
+        self.info.name.as_deref().unwrap_or("")
+    }
+
+    fn ns(&self) -> Option<&str> {
+        if self.res.namespaced() {
+            self.info.namespace.as_deref()
+        } else {
+            None
+        }
+    }
+
+    fn key(&self) -> String {
+        self.res.key(self.ns(), self.name())
+    }
+
+    fn dry_run(&self) -> bool {
+        self.query.get("dryRun").is_some()
+    }
+
+    /// GET of one object (or its `status`).
+    pub async fn get(&self) -> Result<Response, ApiError> {
+        let kv = self.inner.store.get(&self.key()).await.map_err(|e| store_err(&self.res, self.name(), e))?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(&self.res, self.name()))?;
+        let obj = kv_to_object(&kv)?;
+        if self.info.subresource.as_deref() == Some("scale") {
+            return Ok(body::json(200, &self.to_scale(&obj)?));
+        }
+        Ok(self.output.one(&self.res, obj, 200))
+    }
+
+    /// LIST, from the watch cache, or from the store when paging.
+    pub async fn list(&self) -> Result<Response, ApiError> {
+        let filter = Filter::from_query(&self.res, &self.query)?;
+        let limit: usize = self.query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let prefix = self.res.namespace_prefix(self.ns());
+        let rv_param = self.query.get("resourceVersion");
+        if let Some(c) = self.query.get("continue") {
+            let t = decode_continue(c)?;
+            return self.list_from_store(&prefix, &filter, limit, Some(t.rv), Some(format!("{prefix}{}", t.start))).await;
+        }
+        if limit > 0 && rv_param != Some("0") {
+            let rev = match (rv_param, self.query.get("resourceVersionMatch")) {
+                (Some(rv), Some("Exact")) => Some(rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?),
+                _ => None,
+            };
+            return self.list_from_store(&prefix, &filter, limit, rev, None).await;
+        }
+        let rev = match rv_param {
+            Some("0") => self.inner.cache.revision(),
+            Some(rv) => {
+                let want: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+                self.inner.cache.wait_for(want, FRESH_WAIT).await;
+                self.inner.cache.revision()
+            }
+            None => self.inner.cache.wait_fresh(FRESH_WAIT).await.map_err(|e| store_err(&self.res, "", e))?,
+        };
+        let (items, cache_rev) = self.inner.cache.list(&prefix);
+        let items: Vec<Value> = items
+            .into_iter()
+            .filter(|o| filter.matches(&o.object))
+            .map(|o| (*o.object).clone())
+            .collect();
+        Ok(self.output.list(&self.res, items, cache_rev.max(rev), None, None))
+    }
+
+    async fn list_from_store(&self, prefix: &str, filter: &Filter, limit: usize, rev: Option<i64>, start: Option<String>) -> Result<Response, ApiError> {
+        let mut items = Vec::new();
+        let mut start_after = start;
+        let mut read_rev = rev;
+        let mut more;
+        let mut remaining;
+        let mut last_key = String::new();
+        loop {
+            let want = if limit == 0 { 0 } else { limit - items.len() };
+            let page = self
+                .inner
+                .store
+                .list(prefix, ListOptions { revision: read_rev, limit: if want == 0 { None } else { Some(want.max(1)) }, start_after: start_after.clone() })
+                .await
+                .map_err(|e| match e {
+                    StoreError::Compacted { .. } => ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."),
+                    e => store_err(&self.res, "", e),
+                })?;
+            read_rev = Some(page.revision);
+            more = page.more;
+            remaining = page.remaining;
+            for kv in &page.items {
+                last_key = kv.key.clone();
+                let obj = kv_to_object(kv)?;
+                if filter.matches(&obj) {
+                    items.push(obj);
+                }
+            }
+            if !more || (limit > 0 && items.len() >= limit) || page.items.is_empty() {
+                break;
+            }
+            start_after = Some(last_key.clone());
+        }
+        let rv = read_rev.unwrap_or(0);
+        let cont = if more { Some(encode_continue(rv, last_key.strip_prefix(prefix).unwrap_or(&last_key))) } else { None };
+        let rem = if more && filter.is_empty() { Some(remaining) } else { None };
+        Ok(self.output.list(&self.res, items, rv, cont, rem))
+    }
+
+    /// Decodes the request body (JSON or YAML) into an object.
+    pub fn body_object(&self) -> Result<Value, ApiError> {
+        let ct = self.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+        let mt = ct.split(';').next().unwrap_or("").trim();
+        let v: Value = match mt {
+            "application/json" | "" | "*/*" => serde_json::from_slice(&self.body).map_err(|e| self.decode_error(&e.to_string()))?,
+            "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(&self.body).map_err(|e| self.decode_error(&e.to_string()))?,
+            other => return Err(ApiError::unsupported_media_type(other)),
+        };
+        if !v.is_object() {
+            return Err(self.decode_error("expected an object"));
+        }
+        Ok(v)
+    }
+
+    fn decode_error(&self, e: &str) -> ApiError {
+        ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {}", self.res.kind, self.res.version, self.res.kind, e))
+    }
+
+    /// Checks kind/apiVersion, applies fieldValidation, prunes unknown fields.
+    fn check_type(&self, obj: &mut Value, kind: &str, api_version: &str) -> Result<Vec<String>, ApiError> {
+        let mut warnings = Vec::new();
+        if let Some(k) = obj.get("kind").and_then(|k| k.as_str()) {
+            if !k.is_empty() && k != kind {
+                return Err(ApiError::bad_request(format!("{k} in version \"{}\" cannot be handled as a {kind}: expected kind {kind}, got {k}", self.res.version)));
+            }
+        }
+        if let Some(av) = obj.get("apiVersion").and_then(|k| k.as_str()) {
+            if !av.is_empty() && av != api_version {
+                return Err(ApiError::bad_request(format!("the API version in the data ({av}) does not match the expected API version ({api_version})")));
+            }
+        }
+        if let Some(m) = obj.as_object_mut() {
+            m.insert("kind".into(), json!(kind));
+            m.insert("apiVersion".into(), json!(api_version));
+        }
+        let definition = if kind == self.res.kind { self.res.definition.clone() } else { String::new() };
+        if !definition.is_empty() {
+            let unknown = self.inner.openapi.unknown_fields(&definition, obj);
+            if !unknown.is_empty() {
+                match self.query.get("fieldValidation").unwrap_or("Warn") {
+                    "Strict" => {
+                        let msg = if unknown.len() == 1 {
+                            format!("unknown field \"{}\"", unknown[0])
+                        } else {
+                            format!("[{}]", unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect::<Vec<_>>().join(", "))
+                        };
+                        return Err(self.decode_error(&format!("strict decoding error: {msg}")));
+                    }
+                    "Ignore" => {}
+                    _ => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
+                }
+                for path in &unknown {
+                    remove_path(obj, path);
+                }
+            }
+        }
+        Ok(warnings)
+    }
+
+    fn invalid(&self, name: &str, errs: Vec<rk3s_validation::FieldError>) -> ApiError {
+        let causes = errs
+            .iter()
+            .map(|e| Cause { reason: e.reason().to_string(), message: e.message(), field: e.field.clone() })
+            .collect();
+        ApiError::invalid(&self.res, name, causes)
+    }
+
+    /// POST: create an object.
+    pub async fn create(&self) -> Result<Response, ApiError> {
+        if self.info.subresource.is_some() || self.info.name.is_some() {
+            return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+        }
+        let mut obj = self.body_object()?;
+        let warnings = self.check_type(&mut obj, &self.res.kind, &self.res.api_version())?;
+        // metadata
+        let ns = self.ns().map(String::from);
+        {
+            let m = meta_mut(&mut obj).ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+            if m.get("resourceVersion").and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty()) {
+                return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+            }
+            m.remove("resourceVersion");
+            let has_name = m.get("name").and_then(|n| n.as_str()).is_some_and(|n| !n.is_empty());
+            if !has_name {
+                if let Some(g) = m.get("generateName").and_then(|n| n.as_str()).filter(|g| !g.is_empty()) {
+                    let g = g.to_string();
+                    m.insert("name".into(), json!(format!("{g}{}", object::random_suffix())));
+                }
+            }
+            if self.res.namespaced() {
+                let body_ns = m.get("namespace").and_then(|n| n.as_str()).filter(|s| !s.is_empty()).map(String::from);
+                match (&ns, body_ns) {
+                    (Some(p), Some(b)) if *p != b => {
+                        return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                    }
+                    (Some(p), _) => {
+                        m.insert("namespace".into(), json!(p));
+                    }
+                    (None, _) => {
+                        return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+                    }
+                }
+            } else {
+                m.remove("namespace");
+            }
+            m.insert("uid".into(), json!(object::new_uid()));
+            m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+            m.remove("deletionTimestamp");
+            m.remove("deletionGracePeriodSeconds");
+            m.remove("selfLink");
+            if crate::handler::tracks_generation(&self.res) {
+                m.insert("generation".into(), json!(1));
+            } else {
+                m.remove("generation");
+            }
+        }
+        let name = object::name(&obj).unwrap_or("").to_string();
+        if let Some(ns) = &ns {
+            self.inner.check_namespace_open(ns, &self.res, &name).await?;
+        }
+        rk3s_validation::apply_defaults(&self.res.group, &self.res.version, &self.res.kind, &mut obj);
+        crate::handler::prepare_create(&self.res, &mut obj);
+        let errs = rk3s_validation::validate_create(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &obj);
+        if !errs.is_empty() {
+            return Err(self.invalid(&name, errs));
+        }
+        let key = self.res.key(ns.as_deref(), &name);
+        if self.res.plural == "services" && self.res.group.is_empty() {
+            self.inner.allocate_service(&mut obj, None, &self.res, &name)?;
+        }
+        crate::handler::update_managed_fields(&mut obj, None, &self.query, &self.headers, "Update");
+        if self.dry_run() {
+            if self.inner.store.get(&key).await.map_err(|e| store_err(&self.res, &name, e))?.is_some() {
+                return Err(ApiError::already_exists(&self.res, &name));
+            }
+            return Ok(with_warnings(self.output.one(&self.res, obj, 201), &warnings));
+        }
+        let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+        let kv = self.inner.store.create(&key, bytes).await.map_err(|e| store_err(&self.res, &name, e))?;
+        set_resource_version(&mut obj, kv.mod_revision);
+        Ok(with_warnings(self.output.one(&self.res, obj, 201), &warnings))
+    }
+
+    /// PUT and PATCH (and their `status`/`scale` forms).
+    pub async fn update_or_patch(&self, patch: bool) -> Result<Response, ApiError> {
+        let name = self.name().to_string();
+        let key = self.key();
+        let sub = self.info.subresource.clone();
+        let mut warnings = Vec::new();
+        let (patch_kind, patch_body) = if patch {
+            let ct = self.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let mt = ct.split(';').next().unwrap_or("").trim().to_string();
+            let pb: Value = if mt == "application/apply-patch+yaml" {
+                serde_yaml::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+            } else {
+                serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+            };
+            (mt, Some(pb))
+        } else {
+            (String::new(), None)
+        };
+        let body_obj = if patch { None } else { Some(self.body_object()?) };
+        for _attempt in 0..16 {
+            let current = self.inner.store.get(&key).await.map_err(|e| store_err(&self.res, &name, e))?;
+            let Some(current) = current else {
+                if patch_kind == "application/apply-patch+yaml" && sub.is_none() {
+                    // Server-side apply to a missing object creates it.
+                    return self.apply_create(patch_body.clone().unwrap_or(Value::Null)).await;
+                }
+                return Err(ApiError::not_found(&self.res, &name));
+            };
+            let cur_obj = kv_to_object(&current)?;
+            // The object as the client wants it.
+            let mut desired = match sub.as_deref() {
+                Some("scale") => {
+                    let scale = self.to_scale(&cur_obj)?;
+                    let new_scale = match &patch_body {
+                        Some(pb) => self.apply_patch_to(&patch_kind, &scale, pb, "io.k8s.api.autoscaling.v1.Scale")?,
+                        None => body_obj.clone().unwrap_or(Value::Null),
+                    };
+                    if let Some(rv) = new_scale.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()) {
+                        if !rv.is_empty() && rv != current.mod_revision.to_string() {
+                            return Err(ApiError::conflict(&self.res, &name));
+                        }
+                    }
+                    let replicas = new_scale.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(0);
+                    if replicas < 0 {
+                        return Err(ApiError::invalid(&self.res, &name, vec![Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {replicas}: must be greater than or equal to 0"), field: "spec.replicas".into() }]));
+                    }
+                    let mut d = cur_obj.clone();
+                    if let Some(spec) = d.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                        spec.insert("replicas".into(), json!(replicas));
+                    }
+                    d
+                }
+                _ => {
+                    let mut d = match &patch_body {
+                        Some(pb) => self.apply_patch_to(&patch_kind, &cur_obj, pb, &self.res.definition)?,
+                        None => body_obj.clone().unwrap_or(Value::Null),
+                    };
+                    warnings = self.check_type(&mut d, &self.res.kind, &self.res.api_version())?;
+                    d
+                }
+            };
+            if object::name(&desired).is_some_and(|n| n != name) {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    object::name(&desired).unwrap_or("")
+                )));
+            }
+            // Precondition: a resourceVersion in the body must match.
+            let body_rv = object::meta_str(&desired, "resourceVersion").filter(|s| !s.is_empty()).map(String::from);
+            if let Some(rv) = &body_rv {
+                if *rv != current.mod_revision.to_string() {
+                    return Err(ApiError::conflict(&self.res, &name));
+                }
+            }
+            let mut new_obj = crate::handler::prepare_update(&self.res, sub.as_deref(), &cur_obj, &mut desired);
+            rk3s_validation::apply_defaults(&self.res.group, &self.res.version, &self.res.kind, &mut new_obj);
+            if new_obj == cur_obj {
+                // No-op updates are not written (upstream skips them too).
+                return Ok(with_warnings(self.answer_update(cur_obj)?, &warnings));
+            }
+            let errs = rk3s_validation::validate_update(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &new_obj, &cur_obj);
+            if !errs.is_empty() {
+                return Err(self.invalid(&name, errs));
+            }
+            if self.res.plural == "services" && self.res.group.is_empty() {
+                self.inner.allocate_service(&mut new_obj, Some(&cur_obj), &self.res, &name)?;
+            }
+            crate::handler::update_managed_fields(&mut new_obj, Some(&cur_obj), &self.query, &self.headers, if patch_kind == "application/apply-patch+yaml" { "Apply" } else { "Update" });
+            if self.dry_run() {
+                return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
+            }
+            // An object being deleted whose last finalizer went away is deleted now.
+            let deleting = object::meta(&new_obj).is_some_and(|m| m.contains_key("deletionTimestamp"));
+            if deleting && object::finalizers(&new_obj).is_empty() {
+                match self.inner.store.delete(&key, Some(current.mod_revision)).await {
+                    Ok(kv) => {
+                        set_resource_version(&mut new_obj, kv.mod_revision);
+                        return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
+                    }
+                    Err(StoreError::Conflict { .. }) if body_rv.is_none() => continue,
+                    Err(e) => return Err(store_err(&self.res, &name, e)),
+                }
+            }
+            if let Some(m) = meta_mut(&mut new_obj) {
+                m.remove("resourceVersion");
+            }
+            let bytes = serde_json::to_vec(&new_obj).map_err(|e| ApiError::internal(e.to_string()))?;
+            match self.inner.store.update(&key, bytes, current.mod_revision).await {
+                Ok(kv) => {
+                    set_resource_version(&mut new_obj, kv.mod_revision);
+                    return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
+                }
+                Err(StoreError::Conflict { .. }) if body_rv.is_none() => continue,
+                Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(&self.res, &name)),
+                Err(e) => return Err(store_err(&self.res, &name, e)),
+            }
+        }
+        Err(ApiError::conflict(&self.res, &name))
+    }
+
+    fn answer_update(&self, obj: Value) -> Result<Response, ApiError> {
+        if self.info.subresource.as_deref() == Some("scale") {
+            return Ok(body::json(200, &self.to_scale(&obj)?));
+        }
+        Ok(self.output.one(&self.res, obj, 200))
+    }
+
+    async fn apply_create(&self, mut obj: Value) -> Result<Response, ApiError> {
+        // Minimal server-side apply create: the applied configuration becomes the object.
+        if let Some(m) = meta_mut(&mut obj) {
+            m.insert("name".into(), json!(self.name()));
+        }
+        let call = Call {
+            inner: self.inner,
+            info: RequestInfo { name: None, verb: "create".into(), ..self.info.clone() },
+            res: self.res.clone(),
+            query: self.query.clone(),
+            headers: {
+                let mut h = self.headers.clone();
+                h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                h
+            },
+            body: Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()),
+            output: self.output.clone(),
+        };
+        Box::pin(call.create()).await
+    }
+
+    fn apply_patch_to(&self, patch_kind: &str, cur: &Value, patch: &Value, definition: &str) -> Result<Value, ApiError> {
+        let mut base = cur.clone();
+        if let Some(m) = meta_mut(&mut base) {
+            m.remove("resourceVersion");
+        }
+        // Keep the current resourceVersion out of the base so that only a patch which
+        // names a resourceVersion sets a precondition.
+        let r = match patch_kind {
+            "application/json-patch+json" => rk3s_patch::apply_json_patch(&base, patch),
+            "application/merge-patch+json" => rk3s_patch::apply_merge_patch(&base, patch),
+            "application/strategic-merge-patch+json" => {
+                if definition.is_empty() {
+                    return Err(ApiError::unsupported_media_type(patch_kind));
+                }
+                rk3s_patch::apply_strategic_merge_patch(&base, patch, &*self.inner.openapi, definition)
+            }
+            "application/apply-patch+yaml" => rk3s_patch::apply_merge_patch(&base, patch),
+            other => return Err(ApiError::unsupported_media_type(other)),
+        };
+        r.map_err(|e| ApiError::new(422, "Invalid", e.to_string()))
+    }
+
+    /// Builds the `autoscaling/v1` `Scale` of an object.
+    pub fn to_scale(&self, obj: &Value) -> Result<Value, ApiError> {
+        let m = object::meta(obj).cloned().unwrap_or_default();
+        let mut smeta = Map::new();
+        for k in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+            if let Some(v) = m.get(k) {
+                smeta.insert(k.into(), v.clone());
+            }
+        }
+        let spec_replicas = obj.pointer("/spec/replicas").and_then(|v| v.as_i64()).unwrap_or(1);
+        let status_replicas = obj.pointer("/status/replicas").and_then(|v| v.as_i64()).unwrap_or(0);
+        let selector = obj
+            .pointer("/spec/selector")
+            .map(|s| if s.get("matchLabels").is_some() || s.get("matchExpressions").is_some() { selector_string(s) } else { selector_string(&json!({"matchLabels": s})) })
+            .unwrap_or_default();
+        let mut status = json!({"replicas": status_replicas});
+        if !selector.is_empty() {
+            status["selector"] = json!(selector);
+        }
+        Ok(json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": Value::Object(smeta),
+            "spec": {"replicas": spec_replicas},
+            "status": status,
+        }))
+    }
+
+    /// DELETE of one object.
+    pub async fn delete(&self) -> Result<Response, ApiError> {
+        let name = self.name().to_string();
+        let opts = self.delete_options()?;
+        let (code, obj) = self.inner.delete_object(&self.res, self.ns(), &name, &opts, self.dry_run()).await?;
+        Ok(self.output.one(&self.res, obj, code))
+    }
+
+    fn delete_options(&self) -> Result<Value, ApiError> {
+        let mut opts = if self.body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice::<Value>(&self.body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+        };
+        if let Some(p) = self.query.get("propagationPolicy") {
+            opts["propagationPolicy"] = json!(p);
+        }
+        if let Some(g) = self.query.get("gracePeriodSeconds").and_then(|g| g.parse::<i64>().ok()) {
+            opts["gracePeriodSeconds"] = json!(g);
+        }
+        Ok(opts)
+    }
+
+    /// DELETE of a collection (with selectors).
+    pub async fn delete_collection(&self) -> Result<Response, ApiError> {
+        let filter = Filter::from_query(&self.res, &self.query)?;
+        let opts = self.delete_options()?;
+        let prefix = self.res.namespace_prefix(self.ns());
+        self.inner.cache.wait_fresh(FRESH_WAIT).await.map_err(|e| store_err(&self.res, "", e))?;
+        let (items, rev) = self.inner.cache.list(&prefix);
+        let mut deleted = Vec::new();
+        for o in items {
+            if !filter.matches(&o.object) {
+                continue;
+            }
+            let name = object::name(&o.object).unwrap_or("").to_string();
+            let ns = object::namespace(&o.object).map(String::from);
+            match self.inner.delete_object(&self.res, ns.as_deref(), &name, &opts, self.dry_run()).await {
+                Ok((_, obj)) => deleted.push(obj),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.output.list(&self.res, deleted, rev, None, None))
+    }
+}
+
+/// Removes the field at a path such as `spec.containers[1].imagePullPolcy`.
+pub fn remove_path(obj: &mut Value, path: &str) {
+    let mut cur = obj;
+    let segs: Vec<&str> = path.split('.').collect();
+    for (i, seg) in segs.iter().enumerate() {
+        let (name, idx) = match seg.find('[') {
+            Some(b) => (&seg[..b], seg[b + 1..].trim_end_matches(']').parse::<usize>().ok()),
+            None => (*seg, None),
+        };
+        let last = i == segs.len() - 1;
+        if last && idx.is_none() {
+            if let Some(m) = cur.as_object_mut() {
+                m.remove(name);
+            }
+            return;
+        }
+        let next = if name.is_empty() { Some(cur) } else { cur.get_mut(name) };
+        let Some(next) = next else { return };
+        cur = match idx {
+            Some(n) => match next.get_mut(n) {
+                Some(v) => v,
+                None => return,
+            },
+            None => next,
+        };
+    }
+}
+
+/// Adds `Warning` headers (upstream's `299 - "..."` form).
+pub fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let v = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(h) = http::HeaderValue::from_str(&v) {
+            r.headers_mut().append("Warning", h);
+        }
+    }
+    r
+}
+
+/// The string form of a `LabelSelector` object, as upstream's `metav1.FormatLabelSelector`.
+pub fn selector_string(sel: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(ml) = sel.get("matchLabels").and_then(|m| m.as_object()) {
+        let mut kv: Vec<_> = ml.iter().collect();
+        kv.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in kv {
+            parts.push(format!("{k}={}", v.as_str().unwrap_or("")));
+        }
+    }
+    if let Some(exprs) = sel.get("matchExpressions").and_then(|m| m.as_array()) {
+        for e in exprs {
+            let key = e.get("key").and_then(|k| k.as_str()).unwrap_or("");
+            let op = e.get("operator").and_then(|k| k.as_str()).unwrap_or("");
+            let mut vals: Vec<String> = e
+                .get("values")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            vals.sort();
+            match op {
+                "In" => parts.push(format!("{key} in ({})", vals.join(","))),
+                "NotIn" => parts.push(format!("{key} notin ({})", vals.join(","))),
+                "Exists" => parts.push(key.to_string()),
+                "DoesNotExist" => parts.push(format!("!{key}")),
+                _ => {}
+            }
+        }
+    }
+    parts.join(",")
+}
+
+/// IPv4 addresses and node ports of Services, as seen in the cache.
+pub fn services_in_use(objs: &[crate::cache::CachedObject]) -> (HashSet<Ipv4Addr>, HashSet<u16>) {
+    let mut ips = HashSet::new();
+    let mut ports = HashSet::new();
+    for o in objs {
+        if let Some(ip) = o.object.pointer("/spec/clusterIP").and_then(|v| v.as_str()).and_then(|s| s.parse().ok()) {
+            ips.insert(ip);
+        }
+        if let Some(list) = o.object.pointer("/spec/clusterIPs").and_then(|v| v.as_array()) {
+            for ip in list.iter().filter_map(|v| v.as_str()).filter_map(|s| s.parse().ok()) {
+                ips.insert(ip);
+            }
+        }
+        if let Some(ps) = o.object.pointer("/spec/ports").and_then(|v| v.as_array()) {
+            for p in ps {
+                if let Some(np) = p.get("nodePort").and_then(|v| v.as_u64()) {
+                    ports.insert(np as u16);
+                }
+            }
+        }
+    }
+    (ips, ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_token_roundtrip() {
+        let t = decode_continue(&encode_continue(42, "default/foo")).expect("valid token");
+        assert_eq!(t.rv, 42);
+        assert_eq!(t.start, "default/foo");
+        assert!(decode_continue("!!!").is_err());
+    }
+
+    #[test]
+    fn remove_nested_path() {
+        let mut v = json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "bogus": 1}]}, "top": 2});
+        remove_path(&mut v, "spec.containers[1].bogus");
+        remove_path(&mut v, "top");
+        assert_eq!(v, json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}));
+    }
+
+    #[test]
+    fn selector_string_formats() {
+        let s = json!({"matchLabels": {"b": "2", "a": "1"}, "matchExpressions": [{"key": "x", "operator": "In", "values": ["q", "p"]}, {"key": "y", "operator": "DoesNotExist"}]});
+        assert_eq!(selector_string(&s), "a=1,b=2,x in (p,q),!y");
+    }
+}

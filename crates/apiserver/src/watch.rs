@@ -1,0 +1,225 @@
+//! Watch streams, served from the watch cache: initial events (`sendInitialEvents`,
+//! or the legacy "no resourceVersion" form), then live changes filtered by selectors,
+//! bookmarks, `410 Gone` for expired resource versions, and `timeoutSeconds`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rk3s_api::{ApiError, ResourceInfo};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::body::{Response, ResponseBody};
+use crate::cache::{CacheEvent, CacheEventKind};
+use crate::handler::{partial_metadata, Output};
+use crate::rest::{Call, Filter};
+
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+struct Encoder {
+    res: Arc<ResourceInfo>,
+    output: Output,
+    first: bool,
+}
+
+impl Encoder {
+    fn event(&mut self, typ: &str, obj: &Value) -> Bytes {
+        let object = match &self.output {
+            Output::Json => obj.clone(),
+            Output::PartialMetadata => partial_metadata(obj),
+            Output::Table(inc) => {
+                let rv = crate::object::meta_str(obj, "resourceVersion").unwrap_or("").to_string();
+                let mut t = rk3s_printers::table(&self.res.group, &self.res.kind, std::slice::from_ref(obj), &rv, None, inc.clone(), jiff::Timestamp::now());
+                if !self.first {
+                    if let Some(m) = t.as_object_mut() {
+                        m.insert("columnDefinitions".into(), Value::Null);
+                    }
+                }
+                self.first = false;
+                t
+            }
+        };
+        let mut line = serde_json::to_vec(&json!({"type": typ, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn bookmark(&self, rv: i64, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj = json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta});
+        let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn error(&self, e: &ApiError) -> Bytes {
+        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
+
+/// Serves a watch request.
+pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
+    let q = &call.query;
+    let mut filter = Filter::from_query(&call.res, q)?;
+    let _ = &mut filter;
+    let name = call.info.name.clone();
+    let prefix = match &name {
+        Some(n) => call.res.key(if call.res.namespaced() { call.info.namespace.as_deref() } else { None }, n),
+        None => call.res.namespace_prefix(if call.res.namespaced() { call.info.namespace.as_deref() } else { None }),
+    };
+    let rv = q.get("resourceVersion").map(String::from);
+    let send_initial = match q.get("sendInitialEvents") {
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        _ => None,
+    };
+    if send_initial.is_some() {
+        if q.get("resourceVersionMatch") != Some("NotOlderThan") {
+            return Err(ApiError::invalid_simple("sendInitialEvents", "resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
+        }
+        if !q.flag("allowWatchBookmarks") && send_initial == Some(true) {
+            return Err(ApiError::invalid_simple("sendInitialEvents", "allowWatchBookmarks", "sendInitialEvents requires setting allowWatchBookmarks to true"));
+        }
+    }
+    let bookmarks = q.flag("allowWatchBookmarks");
+    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
+    let legacy_initial = send_initial.is_none() && matches!(rv.as_deref(), None | Some("0"));
+    let initial = send_initial == Some(true) || legacy_initial;
+
+    let cache = call.inner.cache.clone();
+    let mut enc = Encoder { res: call.res.clone(), output: call.output.clone(), first: true };
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+
+    // Work out the starting point before answering, so a 410 can be a plain error when
+    // possible (upstream sends it as an ERROR event in a 200 stream; do the same).
+    let mut initial_items = Vec::new();
+    let start_rev;
+    let mut backlog: Vec<Arc<CacheEvent>> = Vec::new();
+    let live: broadcast::Receiver<Arc<CacheEvent>>;
+    let mut expired: Option<ApiError> = None;
+    if initial {
+        if let Some(want) = rv.as_deref().and_then(|r| r.parse::<i64>().ok()).filter(|r| *r > 0) {
+            cache.wait_for(want, Duration::from_secs(3)).await;
+        } else if send_initial == Some(true) && rv.as_deref().is_none_or(|r| r.is_empty()) {
+            let _ = cache.wait_fresh(Duration::from_secs(3)).await;
+        }
+        let (items, rev, rx_live) = cache.snapshot_and_subscribe(&prefix);
+        initial_items = items;
+        start_rev = rev;
+        live = rx_live;
+    } else {
+        let after: i64 = match rv.as_deref().unwrap_or("").parse() {
+            Ok(r) => r,
+            Err(_) => return Err(ApiError::bad_request(format!("invalid resource version: {}", rv.unwrap_or_default()))),
+        };
+        match cache.subscribe(Some(after)) {
+            Ok((sub, _now)) => {
+                backlog = sub.backlog;
+                live = sub.live;
+                start_rev = after;
+            }
+            Err(oldest) => {
+                expired = Some(ApiError::gone(format!("too old resource version: {after} ({oldest})")));
+                live = cache.subscribe(None).map(|(s, _)| s.live).map_err(|_| ApiError::internal("watch cache unavailable"))?;
+                start_rev = after;
+            }
+        }
+    }
+
+    let mut resp = http::Response::new(ResponseBody::Stream(rx));
+    let ct = match &call.output {
+        Output::Json => "application/json",
+        _ => "application/json",
+    };
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+    resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
+
+    let res_key_prefix = prefix.clone();
+    let exact = name.is_some();
+    tokio::spawn(async move {
+        let mut live = live;
+        if let Some(e) = expired {
+            let _ = tx.send(enc.error(&e)).await;
+            return;
+        }
+        let matches_key = |k: &str| if exact { k == res_key_prefix } else { k.starts_with(&res_key_prefix) };
+        for o in &initial_items {
+            if filter.matches(&o.object) && tx.send(enc.event("ADDED", &o.object)).await.is_err() {
+                return;
+            }
+        }
+        if send_initial == Some(true) && tx.send(enc.bookmark(start_rev, true)).await.is_err() {
+            return;
+        }
+        let mut last = start_rev;
+        for ev in backlog {
+            if ev.revision <= last || !matches_key(&ev.key) {
+                continue;
+            }
+            last = ev.revision;
+            if let Some(b) = encode_event(&mut enc, &filter, &ev) {
+                if tx.send(b).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = tx.closed() => return,
+                _ = tick.tick() => {
+                    if bookmarks && tx.send(enc.bookmark(last.max(cache.revision()), false)).await.is_err() {
+                        return;
+                    }
+                }
+                ev = live.recv() => match ev {
+                    Ok(ev) => {
+                        if ev.revision <= last {
+                            continue;
+                        }
+                        last = ev.revision;
+                        if !matches_key(&ev.key) {
+                            continue;
+                        }
+                        if let Some(b) = encode_event(&mut enc, &filter, &ev) {
+                            if tx.send(b).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        tracing::debug!("watcher lagged; closing its stream");
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+    Ok(resp)
+}
+
+fn encode_event(enc: &mut Encoder, filter: &Filter, ev: &CacheEvent) -> Option<Bytes> {
+    let now = filter.matches(&ev.object);
+    let before = ev.prev.as_ref().map(|p| filter.matches(p)).unwrap_or(false);
+    let typ = match ev.kind {
+        CacheEventKind::Added => now.then_some("ADDED"),
+        CacheEventKind::Modified => match (before, now) {
+            (true, true) => Some("MODIFIED"),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
+            (false, false) => None,
+        },
+        CacheEventKind::Deleted => (before || now).then_some("DELETED"),
+    }?;
+    Some(enc.event(typ, &ev.object))
+}

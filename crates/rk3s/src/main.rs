@@ -1,0 +1,72 @@
+//! `rk3s`: a lightweight, Kubernetes-compatible distribution in one binary.
+//!
+//! Subcommands: `server` (API server + datastore; controllers, scheduler and the node
+//! agent arrive in later milestones), `kubectl` (runs kubectl with the admin
+//! kubeconfig).
+
+mod config;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// rk3s: a lightweight Kubernetes distribution in one binary.
+#[derive(Parser, Debug)]
+#[command(name = "rk3s", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control plane: Kubernetes API server on an embedded datastore.
+    Server(Box<server::ServerArgs>),
+    /// Run kubectl (from PATH) against this machine's cluster (admin kubeconfig).
+    #[command(disable_help_flag = true)]
+    Kubectl {
+        /// Arguments passed to kubectl unchanged.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv = match config::merge_config_file(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("rk3s: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Server(args) => match server::run(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s server: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Kubectl { args } => {
+            let kubeconfig = std::env::var_os("KUBECONFIG").unwrap_or_else(|| config::DEFAULT_KUBECONFIG.into());
+            let status = std::process::Command::new("kubectl").env("KUBECONFIG", kubeconfig).args(args).status();
+            match status {
+                Ok(s) => ExitCode::from(s.code().unwrap_or(1) as u8),
+                Err(e) => {
+                    eprintln!("rk3s kubectl: cannot run kubectl: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

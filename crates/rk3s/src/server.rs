@@ -1,0 +1,210 @@
+//! `rk3s server`: flags (k3s names and meanings) and start-up of the control plane.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+/// Flags of `rk3s server` (k3s names; every flag can also be set in the config file).
+#[derive(Args, Debug, Clone)]
+#[command(args_override_self = true)]
+pub struct ServerArgs {
+    /// Config file: YAML whose keys are these flags' long names
+    #[arg(long, short = 'c', value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Folder to hold state
+    #[arg(long, short = 'd', value_name = "DIR", default_value = "/var/lib/rk3s")]
+    pub data_dir: PathBuf,
+    /// HTTPS listen port of the API server
+    #[arg(long, value_name = "PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Address the API server binds to
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Address advertised to the cluster (the `kubernetes` Service endpoints); default: the node's primary IP
+    #[arg(long, value_name = "IP")]
+    pub advertise_address: Option<IpAddr>,
+    /// Port advertised to the cluster; default: the listen port
+    #[arg(long, value_name = "PORT")]
+    pub advertise_port: Option<u16>,
+    /// Extra host names or IPs in the serving certificate (repeatable)
+    #[arg(long, value_name = "NAME", action = clap::ArgAction::Append)]
+    pub tls_san: Vec<String>,
+    /// Write the admin kubeconfig to this file
+    #[arg(long, short = 'o', value_name = "FILE", default_value = crate::config::DEFAULT_KUBECONFIG)]
+    pub write_kubeconfig: PathBuf,
+    /// File mode of the written kubeconfig (octal)
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    pub write_kubeconfig_mode: u32,
+    /// Shared secret used to join agents and servers (default: generated)
+    #[arg(long, short = 't', value_name = "TOKEN", env = "RK3S_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// IPv4 network for pod IPs
+    #[arg(long, value_name = "CIDR", default_value = "10.42.0.0/16", value_parser = parse_cidr)]
+    pub cluster_cidr: String,
+    /// IPv4 network for Service cluster IPs
+    #[arg(long, value_name = "CIDR", default_value = "10.43.0.0/16", value_parser = parse_cidr)]
+    pub service_cidr: String,
+    /// Port range for NodePort Services
+    #[arg(long, value_name = "RANGE", default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: (u16, u16),
+    /// Cluster DNS Service IP (default: the 10th IP of the service CIDR)
+    #[arg(long, value_name = "IP")]
+    pub cluster_dns: Option<Ipv4Addr>,
+    /// Cluster domain
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Do not run the node agent on this server (control plane only)
+    #[arg(long)]
+    pub disable_agent: bool,
+    /// Datastore: empty for the embedded SQLite (only SQLite is supported so far)
+    #[arg(long, value_name = "URL")]
+    pub datastore_endpoint: Option<String>,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info`, `rk3s_apiserver=debug`)
+    #[arg(long, value_name = "FILTER", env = "RK3S_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("invalid file mode {s:?}: expected octal such as 0600"))
+}
+
+fn parse_cidr(s: &str) -> Result<String, String> {
+    let bad = || format!("invalid CIDR {s:?}: expected an IPv4 network such as 10.42.0.0/16");
+    let (ip, len) = s.split_once('/').ok_or_else(bad)?;
+    let _: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if !(8..=28).contains(&len) {
+        return Err(format!("invalid CIDR {s:?}: prefix length must be between 8 and 28"));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("invalid port range {s:?}: expected FROM-TO such as 30000-32767");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// The first IPv4 address of a host interface that is not loopback, or 127.0.0.1.
+fn primary_ip() -> IpAddr {
+    // The kernel picks the source address of a route; nothing is sent.
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0");
+    if let Ok(s) = sock {
+        if s.connect("10.255.255.255:1").is_ok() {
+            if let Ok(a) = s.local_addr() {
+                if !a.ip().is_unspecified() {
+                    return a.ip();
+                }
+            }
+        }
+    }
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log_level).context("invalid --log-level")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    if let Some(ep) = &args.datastore_endpoint {
+        if !ep.is_empty() {
+            bail!("--datastore-endpoint {ep:?}: external datastores (etcd, PostgreSQL) are not supported yet; leave it empty for the embedded SQLite datastore");
+        }
+    }
+    let server_dir = args.data_dir.join("server");
+    std::fs::create_dir_all(&server_dir).with_context(|| format!("creating {}", server_dir.display()))?;
+    let advertise = args.advertise_address.unwrap_or_else(primary_ip);
+    let service_ip = first_ip(&args.service_cidr)?;
+    let mut sans = args.tls_san.clone();
+    sans.push(advertise.to_string());
+    let pki = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions {
+        server_dir: server_dir.clone(),
+        sans,
+        cluster_domain: args.cluster_domain.clone(),
+        service_ip: IpAddr::V4(service_ip),
+        token: args.token.clone(),
+    })
+    .context("setting up the cluster PKI")?;
+
+    let db_dir = server_dir.join("db");
+    std::fs::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
+    let store = rk3s_store::sqlite::SqliteStore::open(&db_dir.join("state.db")).context("opening the SQLite datastore")?;
+    let store = Arc::new(store);
+    store.spawn_compactor(std::time::Duration::from_secs(300), 1000);
+    let store: Arc<dyn rk3s_store::Store> = store;
+
+    let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
+    let config = rk3s_apiserver::Config {
+        listen,
+        advertise_address: advertise,
+        advertise_port: args.advertise_port.unwrap_or(args.https_listen_port),
+        serving_cert_pem: pki.serving_cert_pem.clone(),
+        serving_key_pem: pki.serving_key_pem.clone(),
+        client_ca_pem: pki.ca_cert_pem.clone(),
+        store,
+        service_cidr: args.service_cidr.clone(),
+        node_port_range: args.service_node_port_range,
+    };
+    let tls = rk3s_apiserver::server::tls_config(&config.serving_cert_pem, &config.serving_key_pem, &config.client_ca_pem)?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let api = rk3s_apiserver::ApiServer::new(&config).await.context("starting the API server")?;
+    let serving = tokio::spawn(rk3s_apiserver::server::serve(api, listener, tls));
+
+    let host = if args.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { args.bind_address.to_string() };
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let url = format!("https://{host}:{}", args.https_listen_port);
+    rk3s_pki::write_kubeconfig(&args.write_kubeconfig, args.write_kubeconfig_mode, &url, &pki.ca_cert_pem, &pki.admin_cert_pem, &pki.admin_key_pem, "default")
+        .with_context(|| format!("writing kubeconfig {}", args.write_kubeconfig.display()))?;
+    tracing::info!(
+        %url,
+        kubeconfig = %args.write_kubeconfig.display(),
+        token_file = %pki.token_path.display(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rk3s API server is up"
+    );
+    if !args.disable_agent {
+        tracing::warn!("the node agent is not implemented yet: this server runs the control plane only (as with --disable-agent)");
+    }
+    let _ = (&args.cluster_cidr, &args.cluster_dns);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
+    tokio::select! {
+        r = serving => {
+            match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => bail!("API server task failed: {e}"),
+            }
+        }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; shutting down"); Ok(()) }
+        _ = term.recv() => { tracing::info!("terminated; shutting down"); Ok(()) }
+    }
+}
+
+fn first_ip(cidr: &str) -> anyhow::Result<Ipv4Addr> {
+    let (ip, len) = cidr.split_once('/').context("CIDR without prefix length")?;
+    let ip: Ipv4Addr = ip.parse().context("CIDR address")?;
+    let len: u32 = len.parse().context("CIDR prefix length")?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Ok(Ipv4Addr::from((u32::from(ip) & mask) + 1))
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds rk3s and starts a single-node cluster on the embedded SQLite datastore.
+# For a fresh Debian 12 machine, run as root. Installs what it needs from Debian's packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*"; }
+
+need_pkgs=()
+command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+# The node agent (later milestones) uses these; install them now so the node is ready.
+for p in containerd runc containernetworking-plugins iptables nftables conntrack; do
+  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+  need_pkgs+=(cargo rustc)
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log "building rk3s (release)"
+cargo build --release -p rk3s
+install -m 0755 target/release/rk3s /usr/local/bin/rk3s
+
+if [ -f /run/rk3s.pid ] && kill -0 "$(cat /run/rk3s.pid)" 2>/dev/null; then
+  log "stopping the running rk3s server"
+  kill "$(cat /run/rk3s.pid)" || true
+  for _ in $(seq 1 100); do kill -0 "$(cat /run/rk3s.pid)" 2>/dev/null || break; sleep 0.1; done
+fi
+
+log "starting rk3s server (log: /var/log/rk3s.log)"
+nohup /usr/local/bin/rk3s server "$@" >>/var/log/rk3s.log 2>&1 &
+echo $! > /run/rk3s.pid
+
+export KUBECONFIG=/etc/rk3s/rk3s.yaml
+for _ in $(seq 1 300); do
+  if [ -f "$KUBECONFIG" ] && kubectl_out=$(rk3s kubectl get --raw /readyz 2>/dev/null) && [ "$kubectl_out" = ok ]; then
+    log "rk3s is ready: export KUBECONFIG=$KUBECONFIG (or use 'rk3s kubectl ...')"
+    command -v kubectl >/dev/null 2>&1 && kubectl get namespaces
+    exit 0
+  fi
+  kill -0 "$(cat /run/rk3s.pid)" 2>/dev/null || { echo "rk3s server exited; see /var/log/rk3s.log" >&2; tail -n 20 /var/log/rk3s.log >&2; exit 1; }
+  sleep 0.1
+done
+echo "rk3s server did not become ready in 30 s; see /var/log/rk3s.log" >&2
+exit 1
