@@ -574,8 +574,8 @@ impl ApiServer {
         }
         if path == "/openapi/v2" {
             let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-            if accept.contains("application/com.github.proto-openapi.spec.v2") {
-                return body::bytes_response(200, "application/com.github.proto-openapi.spec.v2@v1.0+protobuf", bytes::Bytes::from_owner(self.inner.openapi.v2_protobuf()));
+            if accept.contains("proto-openapi.spec.v2") {
+                return body::bytes_response(200, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf", bytes::Bytes::from_owner(self.inner.openapi.v2_protobuf()));
             }
             return body::bytes_response(200, "application/json", bytes::Bytes::from_owner(self.inner.openapi.v2_json()));
         }
