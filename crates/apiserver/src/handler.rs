@@ -100,7 +100,7 @@ impl Output {
             Output::Json => body::json(code, &obj),
             Output::Table(inc) => {
                 let rv = object::meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
-                let t = rk3s_printers::table(&res.group, &res.kind, std::slice::from_ref(&obj), &rv, None, inc.clone(), jiff::Timestamp::now());
+                let t = rk3s_printers::table(&res.group, &res.kind, std::slice::from_ref(&obj), &rv, None, *inc, jiff::Timestamp::now());
                 body::json(code, &t)
             }
             Output::PartialMetadata => body::json(code, &partial_metadata(&obj)),
@@ -112,7 +112,7 @@ impl Output {
         match self {
             Output::Json => body::json(200, &rest::list_object(res, items, rv, cont, remaining)),
             Output::Table(inc) => {
-                let t = rk3s_printers::table(&res.group, &res.kind, &items, &rv.to_string(), cont.as_deref(), inc.clone(), jiff::Timestamp::now());
+                let t = rk3s_printers::table(&res.group, &res.kind, &items, &rv.to_string(), cont.as_deref(), *inc, jiff::Timestamp::now());
                 body::json(200, &t)
             }
             Output::PartialMetadata => {
@@ -656,9 +656,7 @@ impl ApiServer {
                 return Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")));
             }
         } else if !res.has_verb(&info.verb) {
-            return Err(ApiError::method_not_allowed(format!(
-                "the server does not allow this method on the requested resource"
-            )));
+            return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
         }
         let output = Output::negotiate(&parts.headers, &query);
         let call = Call { inner: &self.inner, info, res, query, headers: parts.headers.clone(), body, output };

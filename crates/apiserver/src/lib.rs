@@ -16,6 +16,9 @@
 //! Invariants: every object in the store is JSON without `metadata.resourceVersion`;
 //! the resourceVersion a client sees is the store's mod revision of the key.
 
+// ApiError (a Status with causes) is large, and errors are the rare path: not worth boxing.
+#![allow(clippy::result_large_err)]
+
 pub mod alloc;
 pub mod body;
 pub mod bootstrap;

@@ -31,7 +31,7 @@ impl Encoder {
             Output::PartialMetadata => partial_metadata(obj),
             Output::Table(inc) => {
                 let rv = crate::object::meta_str(obj, "resourceVersion").unwrap_or("").to_string();
-                let mut t = rk3s_printers::table(&self.res.group, &self.res.kind, std::slice::from_ref(obj), &rv, None, inc.clone(), jiff::Timestamp::now());
+                let mut t = rk3s_printers::table(&self.res.group, &self.res.kind, std::slice::from_ref(obj), &rv, None, *inc, jiff::Timestamp::now());
                 if !self.first {
                     if let Some(m) = t.as_object_mut() {
                         m.insert("columnDefinitions".into(), Value::Null);
