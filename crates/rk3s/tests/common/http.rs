@@ -44,6 +44,23 @@ impl Creds {
             .expect("client auth");
         Creds { config: Arc::new(config), port }
     }
+
+    /// The same server trust, but no client certificate (an anonymous client).
+    pub fn anonymous(path: &Path, port: u16) -> Creds {
+        let text = std::fs::read_to_string(path).expect("kubeconfig");
+        let ca = field(&text, "certificate-authority-data");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&ca) {
+            roots.add(c.expect("ca pem")).expect("add ca");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Creds { config: Arc::new(config), port }
+    }
 }
 
 /// One keep-alive connection.
@@ -62,9 +79,14 @@ impl Conn {
 
     /// Sends a request; returns (status, body).
     pub fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, Vec<u8>)> {
+        self.request_ct(method, path, "application/json", body)
+    }
+
+    /// Sends a request with a given Content-Type; returns (status, body).
+    pub fn request_ct(&mut self, method: &str, path: &str, content_type: &str, body: Option<&[u8]>) -> std::io::Result<(u16, Vec<u8>)> {
         let b = body.unwrap_or_default();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n",
             b.len()
         );
         let s = self.stream.get_mut();
