@@ -12,6 +12,7 @@
 //! - [`cache`]: the watch cache fed by one store watch.
 //! - [`alloc`]: Service cluster IPs and node ports.
 //! - [`bootstrap`]: objects every cluster has (namespaces, the `kubernetes` Service).
+//! - [`local`]: the in-process transport (a `tower::Service`) for components in this process.
 //!
 //! Invariants: every object in the store is JSON without `metadata.resourceVersion`;
 //! the resourceVersion a client sees is the store's mod revision of the key.
@@ -24,6 +25,7 @@ pub mod body;
 pub mod bootstrap;
 pub mod cache;
 pub mod handler;
+pub mod local;
 pub mod object;
 pub mod request;
 pub mod rest;
