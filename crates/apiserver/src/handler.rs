@@ -156,6 +156,27 @@ pub fn tracks_generation(res: &ResourceInfo) -> bool {
     ) || res.definition.is_empty()
 }
 
+/// Conversions upstream does when decoding a request into its internal form: a Secret's
+/// `stringData` is merged into `data` (base64) and dropped.
+pub fn normalize_input(res: &ResourceInfo, obj: &mut Value) {
+    if res.group.is_empty() && res.plural == "secrets" {
+        use base64::Engine;
+        let Some(o) = obj.as_object_mut() else { return };
+        if let Some(Value::Object(sd)) = o.remove("stringData") {
+            let data = o.entry("data").or_insert_with(|| json!({}));
+            if !data.is_object() {
+                *data = json!({});
+            }
+            if let Some(d) = data.as_object_mut() {
+                for (k, v) in sd {
+                    let text = v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
+                    d.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(text.as_bytes())));
+                }
+            }
+        }
+    }
+}
+
 /// Resource-specific preparation of a new object (upstream's PrepareForCreate).
 pub fn prepare_create(res: &ResourceInfo, obj: &mut Value) {
     let Some(o) = obj.as_object_mut() else { return };

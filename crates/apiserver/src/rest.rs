@@ -334,6 +334,7 @@ impl<'a> Call<'a> {
         }
         let mut obj = self.body_object()?;
         let warnings = self.check_type(&mut obj, &self.res.kind, &self.res.api_version())?;
+        crate::handler::normalize_input(&self.res, &mut obj);
         // metadata
         let ns = self.ns().map(String::from);
         {
@@ -461,6 +462,7 @@ impl<'a> Call<'a> {
                         None => body_obj.clone().unwrap_or(Value::Null),
                     };
                     warnings = self.check_type(&mut d, &self.res.kind, &self.res.api_version())?;
+                    crate::handler::normalize_input(&self.res, &mut d);
                     d
                 }
             };

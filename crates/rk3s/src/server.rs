@@ -168,6 +168,19 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let tls = rk3s_apiserver::server::tls_config(&config.serving_cert_pem, &config.serving_key_pem, &config.client_ca_pem)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let api = rk3s_apiserver::ApiServer::new(&config).await.context("starting the API server")?;
+    let controller_user = rk3s_apiserver::UserInfo {
+        name: "system:kube-controller-manager".into(),
+        groups: vec!["system:authenticated".into()],
+    };
+    let client = rk3s_controllers::client_over(api.local_service(controller_user));
+    let identity = format!("{}_{}", hostname(), std::process::id());
+    let ca = pki.ca_cert_pem.clone();
+    tokio::spawn(async move {
+        let opts = rk3s_controllers::Options { identity, root_ca_pem: ca, lease_duration: std::time::Duration::from_secs(15) };
+        if let Err(e) = rk3s_controllers::run(client, opts).await {
+            tracing::error!(error = %e, "controller manager stopped");
+        }
+    });
     let serving = tokio::spawn(rk3s_apiserver::server::serve(api, listener, tls));
 
     let host = if args.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { args.bind_address.to_string() };
@@ -199,6 +212,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; shutting down"); Ok(()) }
         _ = term.recv() => { tracing::info!("terminated; shutting down"); Ok(()) }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
 fn first_ip(cidr: &str) -> anyhow::Result<Ipv4Addr> {

@@ -29,6 +29,10 @@ fn cm(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": {"k": name}})
 }
 
+fn secret(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": labels}, "stringData": {"k": name}})
+}
+
 fn watch_events(body: &Value) -> Vec<Value> {
     match body {
         Value::String(s) => s.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).expect("event json")).collect(),
@@ -41,10 +45,12 @@ fn paging_and_selectors() {
     let c = Cluster::start();
     let mut k = conn(&c);
     for i in 0..25 {
-        let (code, _) = call(&mut k, "POST", "/api/v1/namespaces/default/configmaps", Some(cm(&format!("p{i:02}"), json!({"n": (i % 3).to_string()}))));
+        let (code, s) = call(&mut k, "POST", "/api/v1/namespaces/default/secrets", Some(secret(&format!("p{i:02}"), json!({"n": (i % 3).to_string()}))));
         assert_eq!(code, 201);
+        assert!(s.get("stringData").is_none(), "stringData is folded into data: {s}");
+        assert_eq!(s["data"]["k"].as_str().map(str::len), Some(4));
     }
-    let (code, page1) = call(&mut k, "GET", "/api/v1/namespaces/default/configmaps?limit=10", None);
+    let (code, page1) = call(&mut k, "GET", "/api/v1/namespaces/default/secrets?limit=10", None);
     assert_eq!(code, 200);
     assert_eq!(page1["items"].as_array().map(Vec::len), Some(10));
     assert_eq!(page1["metadata"]["remainingItemCount"], 15, "{page1}");
@@ -52,7 +58,7 @@ fn paging_and_selectors() {
     let mut names: Vec<String> = page1["items"].as_array().expect("items").iter().map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string()).collect();
     let mut next = Some(cont);
     while let Some(cn) = next {
-        let (code, page) = call(&mut k, "GET", &format!("/api/v1/namespaces/default/configmaps?limit=10&continue={cn}"), None);
+        let (code, page) = call(&mut k, "GET", &format!("/api/v1/namespaces/default/secrets?limit=10&continue={cn}"), None);
         assert_eq!(code, 200, "{page}");
         names.extend(page["items"].as_array().expect("items").iter().map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string()));
         next = page["metadata"]["continue"].as_str().filter(|s| !s.is_empty()).map(String::from);
@@ -63,12 +69,12 @@ fn paging_and_selectors() {
     assert_eq!(sorted.len(), names.len(), "duplicates across pages");
     assert!(names.iter().filter(|n| n.starts_with('p')).count() == 25);
 
-    let (_, sel) = call(&mut k, "GET", "/api/v1/namespaces/default/configmaps?labelSelector=n%20in%20(1,2)", None);
+    let (_, sel) = call(&mut k, "GET", "/api/v1/namespaces/default/secrets?labelSelector=n%20in%20(1,2)", None);
     assert_eq!(sel["items"].as_array().map(Vec::len), Some(16));
-    let (_, sel) = call(&mut k, "GET", "/api/v1/namespaces/default/configmaps?labelSelector=n!%3D0&limit=5", None);
+    let (_, sel) = call(&mut k, "GET", "/api/v1/namespaces/default/secrets?labelSelector=n!%3D0&limit=5", None);
     assert_eq!(sel["items"].as_array().map(Vec::len), Some(5));
     assert!(sel["metadata"]["remainingItemCount"].is_null(), "no remainingItemCount with selectors");
-    let (_, f) = call(&mut k, "GET", "/api/v1/configmaps?fieldSelector=metadata.name%3Dp07", None);
+    let (_, f) = call(&mut k, "GET", "/api/v1/secrets?fieldSelector=metadata.name%3Dp07", None);
     assert_eq!(f["items"].as_array().map(Vec::len), Some(1));
     let (code, bad) = call(&mut k, "GET", "/api/v1/configmaps?fieldSelector=spec.bogus%3D1", None);
     assert_eq!(code, 400, "{bad}");

@@ -237,3 +237,28 @@ fn bad_flags_exit_1() {
         assert!(help.contains(f), "help lacks {f}");
     }
 }
+
+#[test]
+fn every_namespace_gets_default_serviceaccount_and_root_ca() {
+    let c = Cluster::start();
+    c.ok_with(common::KUBECTL_1_27, &["create", "namespace", "fresh"], None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sa = c.kubectl(&["get", "serviceaccount", "default", "-n", "fresh", "-o", "name"]);
+        let cm = c.kubectl(&["get", "configmap", "kube-root-ca.crt", "-n", "fresh", "-o", "jsonpath={.data.ca\\.crt}"]);
+        if sa.status.success() && String::from_utf8_lossy(&cm.stdout).contains("BEGIN CERTIFICATE") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no default SA / kube-root-ca.crt in namespace fresh");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Deleted objects come back.
+    c.ok(&["delete", "serviceaccount", "default", "-n", "fresh"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.kubectl(&["get", "serviceaccount", "default", "-n", "fresh"]).status.success() {
+        assert!(Instant::now() < deadline, "default SA not recreated");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lease = c.ok(&["get", "lease", "kube-controller-manager", "-n", "kube-system", "-o", "jsonpath={.spec.holderIdentity}"]);
+    assert!(!lease.is_empty());
+}

@@ -1,0 +1,71 @@
+//! The rk3s controller manager: controllers with upstream's semantics, each an ordinary
+//! client of the Kubernetes API through kube-rs (in the server process over the API
+//! server's in-process transport), started once this process holds the
+//! `kube-controller-manager` Lease in `kube-system`.
+//!
+//! Map: [`leader`] (Lease-based leader election), [`serviceaccount`] (a `default`
+//! ServiceAccount and the `kube-root-ca.crt` ConfigMap in every namespace).
+
+pub mod leader;
+pub mod serviceaccount;
+
+use std::time::Duration;
+
+/// Errors of the controller manager.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// An API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A watch stream failed.
+    #[error("watch: {0}")]
+    Watch(String),
+}
+
+/// Settings of the controller manager.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// This process's identity in leader election (e.g. the host name + a random suffix).
+    pub identity: String,
+    /// The cluster CA certificate (PEM), published in every namespace as
+    /// `kube-root-ca.crt`.
+    pub root_ca_pem: String,
+    /// Lease duration for leader election.
+    pub lease_duration: Duration,
+}
+
+/// Runs the controller manager forever: waits for leadership, then runs every
+/// controller until leadership is lost (then waits again).
+pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerError> {
+    let elector = leader::LeaderElector::new(client.clone(), "kube-system", "kube-controller-manager", &opts.identity, opts.lease_duration);
+    loop {
+        let lost = elector.acquire().await?;
+        tracing::info!(identity = %opts.identity, "controller manager: became leader");
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(serviceaccount::run(client.clone(), opts.root_ca_pem.clone()));
+        tokio::select! {
+            _ = lost => {
+                tracing::warn!("controller manager: lost leadership; stopping controllers");
+            }
+            Some(r) = tasks.join_next() => {
+                if let Ok(Err(e)) = r {
+                    tracing::error!(error = %e, "controller ended");
+                }
+            }
+        }
+        tasks.abort_all();
+    }
+}
+
+/// A kube-rs client over any HTTP `tower::Service` (e.g. the API server's in-process
+/// transport).
+pub fn client_over<S, B>(service: S) -> kube::Client
+where
+    S: tower_service::Service<http::Request<kube::client::Body>, Response = http::Response<B>> + Send + Clone + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    kube::Client::new(service, "default")
+}
