@@ -164,7 +164,7 @@ impl WatchCache {
             st.revision = list.revision;
             st.oldest = list.revision;
         }
-        let _ = self.progress.send(list.revision);
+        self.progress.send_replace(list.revision);
         Ok(list.revision)
     }
 
@@ -207,7 +207,7 @@ impl WatchCache {
         st.revision = rev;
         drop(st);
         let _ = self.events.send(cev);
-        let _ = self.progress.send(rev);
+        self.progress.send_replace(rev);
     }
 
     /// The newest revision the cache has seen.
@@ -290,5 +290,31 @@ impl WatchCache {
             .map(|(_, v)| v.clone())
             .collect();
         (items, st.revision, live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn consistent_read_sees_the_latest_write_without_waiting_for_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("open"));
+        let cache = WatchCache::start(store.clone()).await.expect("cache");
+        for i in 0..5 {
+            let kv = store.create(&format!("/registry/core/configmaps/default/c{i}"), br#"{"metadata":{"name":"x"}}"#.to_vec()).await.expect("create");
+            // The cache must notice each revision on its own (no later write needed):
+            // wait_for with a very long timeout must return well before it.
+            let waited = tokio::time::timeout(Duration::from_secs(30), cache.wait_for(kv.mod_revision, Duration::from_secs(3600))).await;
+            assert!(waited.is_ok(), "cache never reported revision {}", kv.mod_revision);
+            assert!(cache.get(&kv.key).is_some());
+        }
+        let (items, rev) = cache.list("/registry/core/configmaps/");
+        assert_eq!(items.len(), 5);
+        assert_eq!(items[0].object["metadata"]["resourceVersion"], "1");
+        assert!(rev >= 5);
+        let (sub, _) = cache.subscribe(Some(2)).map_err(|_| "expired").expect("subscribe");
+        assert_eq!(sub.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![3, 4, 5]);
     }
 }

@@ -173,7 +173,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         groups: vec!["system:authenticated".into()],
     };
     let client = rk3s_controllers::client_over(api.local_service(controller_user));
-    let identity = format!("{}_{}", hostname(), std::process::id());
+    // Stable across restarts, so a restarted server takes its own Lease back at once.
+    let identity = hostname();
     let ca = pki.ca_cert_pem.clone();
     tokio::spawn(async move {
         let opts = rk3s_controllers::Options { identity, root_ca_pem: ca, lease_duration: std::time::Duration::from_secs(15) };

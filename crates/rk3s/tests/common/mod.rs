@@ -211,5 +211,10 @@ fn unsafe_kill_term(pid: u32) {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill9();
+        if std::env::var_os("RK3S_TEST_KEEP").is_some() {
+            eprintln!("keeping {}", self.dir.path().display());
+            let d = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            let _ = d.keep();
+        }
     }
 }
