@@ -9,6 +9,7 @@
 //! Errors carry the messages upstream's API server returns and the HTTP status it
 //! answers with ([`PatchError::status_code`]).
 
+pub mod apply;
 mod gofmt;
 mod jsonpatch;
 mod merge;
@@ -17,6 +18,12 @@ mod strategic;
 pub use jsonpatch::apply_json_patch;
 pub use merge::apply_merge_patch;
 pub use strategic::apply_strategic_merge_patch;
+
+pub use apply::{
+    conflict_message, fields_of, parse_managed_fields, server_side_apply, track_update, ApplyError,
+    ApplySchema, Conflict, DerivedApplySchema, FieldManager, FieldSet, ListType,
+    ManagedFieldsEntry, MapType, PathElement,
+};
 
 /// Why a patch could not be applied.
 ///
