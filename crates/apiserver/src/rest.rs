@@ -266,6 +266,7 @@ impl<'a> Call<'a> {
         let v: Value = match mt {
             "application/json" | "" | "*/*" => serde_json::from_slice(&self.body).map_err(|e| self.decode_error(&e.to_string()))?,
             "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(&self.body).map_err(|e| self.decode_error(&e.to_string()))?,
+            rk3s_protobuf::CONTENT_TYPE => rk3s_protobuf::decode(&self.body).map_err(|e| self.decode_error(&e.to_string()))?,
             other => return Err(ApiError::unsupported_media_type(other)),
         };
         if !v.is_object() {

@@ -152,7 +152,7 @@ fn get_watch_sees_changes_made_elsewhere() {
     let mut child = Command::new(kubectl_bin())
         .env("KUBECONFIG", &c.kubeconfig)
         .env("HOME", c.path())
-        .args(["get", "configmaps", "-w", "-o", "name", "--output-watch-events"])
+        .args(["get", "configmap", "watched", "-w", "-o", "name", "--output-watch-events"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
