@@ -6,6 +6,7 @@
 
 mod config;
 mod server;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,10 @@ struct Cli {
 enum Command {
     /// Run the control plane: Kubernetes API server on an embedded datastore.
     Server(Box<server::ServerArgs>),
+    /// Simulated nodes for tests and benchmarks (registers N nodes, keeps their Leases
+    /// fresh, moves their pods through their phases without containers)
+    #[command(hide = true)]
+    SimNodes(sim::SimArgs),
     /// Run kubectl (from PATH) against this machine's cluster (admin kubeconfig).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -54,6 +59,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rk3s server: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::SimNodes(args) => match sim::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s sim-nodes: {e:#}");
                 ExitCode::from(1)
             }
         },

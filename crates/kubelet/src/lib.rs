@@ -1,0 +1,20 @@
+//! The rk3s node agent.
+//!
+//! For now this crate holds [`sim`]: simulated nodes in the spirit of KWOK, which
+//! register Node objects, keep their Leases fresh and move the pods bound to them through
+//! their phases without running containers — so controllers and the scheduler can be
+//! tested and benchmarked at scale. The real agent (containerd, CNI, kubelet API) comes
+//! with the node-agent milestone.
+
+pub mod sim;
+
+/// Errors of the node agent.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    /// An API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A watch failed.
+    #[error("watch: {0}")]
+    Watch(String),
+}
