@@ -192,6 +192,32 @@ pub fn prepare_create(res: &ResourceInfo, obj: &mut Value) {
             o.insert("status".into(), json!({"phase": "Pending"}));
         }
         ("", "nodes") => {}
+        ("batch", "jobs") => {
+            o.insert("status".into(), json!({}));
+            let uid = o.get("metadata").and_then(|m| m.get("uid")).and_then(|u| u.as_str()).unwrap_or("").to_string();
+            let name = o.get("metadata").and_then(|m| m.get("name")).and_then(|u| u.as_str()).unwrap_or("").to_string();
+            let manual = o.get("spec").and_then(|s| s.get("manualSelector")).and_then(|m| m.as_bool()).unwrap_or(false);
+            if !manual && !uid.is_empty() {
+                // Upstream's Job strategy: a generated selector on the Job's uid and the
+                // matching labels on its pod template.
+                if let Some(spec) = o.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                    spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+                    let tmpl = spec.entry("template").or_insert_with(|| json!({}));
+                    if let Some(t) = tmpl.as_object_mut() {
+                        let meta = t.entry("metadata").or_insert_with(|| json!({}));
+                        if let Some(m) = meta.as_object_mut() {
+                            let labels = m.entry("labels").or_insert_with(|| json!({}));
+                            if let Some(l) = labels.as_object_mut() {
+                                l.insert("batch.kubernetes.io/controller-uid".into(), json!(uid));
+                                l.insert("batch.kubernetes.io/job-name".into(), json!(name));
+                                l.insert("controller-uid".into(), json!(uid));
+                                l.insert("job-name".into(), json!(name));
+                            }
+                        }
+                    }
+                }
+            }
+        }
         _ => {
             if res.subresource("status").is_some() {
                 o.insert("status".into(), json!({}));
@@ -468,6 +494,26 @@ impl Inner {
                 && obj.pointer("/spec/nodeName").and_then(|n| n.as_str()).is_some_and(|n| !n.is_empty())
                 && opts.get("gracePeriodSeconds").and_then(|g| g.as_i64()).unwrap_or(1) > 0
                 && !matches!(obj.pointer("/status/phase").and_then(|p| p.as_str()), Some("Succeeded" | "Failed"));
+            // Foreground and orphan deletion are carried out by the garbage collector
+            // through these finalizers, as upstream.
+            let policy = opts.get("propagationPolicy").and_then(|p| p.as_str()).map(String::from).or_else(|| {
+                (opts.get("orphanDependents").and_then(|o| o.as_bool()) == Some(true)).then(|| "Orphan".to_string())
+            });
+            let gc_finalizer = match policy.as_deref() {
+                Some("Foreground") => Some("foregroundDeletion"),
+                Some("Orphan") => Some("orphan"),
+                _ => None,
+            };
+            if let Some(f) = gc_finalizer {
+                if !already && !object::finalizers(&obj).iter().any(|x| x == f) {
+                    if let Some(m) = meta_mut(&mut obj) {
+                        let list = m.entry("finalizers").or_insert_with(|| json!([]));
+                        if let Some(a) = list.as_array_mut() {
+                            a.push(json!(f));
+                        }
+                    }
+                }
+            }
             let has_finalizers = !object::finalizers(&obj).is_empty();
             if has_finalizers || is_namespace || graceful_pod {
                 if already {
@@ -673,7 +719,7 @@ impl ApiServer {
             if res.subresource(sub).is_none() {
                 return Err(not_found());
             }
-            if !matches!(sub.as_str(), "status" | "scale") {
+            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction") {
                 return Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")));
             }
         } else if !res.has_verb(&info.verb) {
@@ -681,6 +727,15 @@ impl ApiServer {
         }
         let output = Output::negotiate(&parts.headers, &query);
         let call = Call { inner: &self.inner, info, res, query, headers: parts.headers.clone(), body, output };
+        match (call.info.subresource.as_deref(), call.info.verb.as_str()) {
+            (Some("binding"), "create") => return call.bind().await,
+            (Some("eviction"), "create") => return call.evict().await,
+            (Some("binding" | "eviction"), _) => return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+            _ => {}
+        }
+        if call.res.group.is_empty() && call.res.plural == "bindings" && call.info.verb == "create" {
+            return call.bind().await;
+        }
         match call.info.verb.as_str() {
             "get" => call.get().await,
             "list" => call.list().await,

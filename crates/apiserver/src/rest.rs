@@ -679,6 +679,104 @@ pub fn remove_path(obj: &mut Value, path: &str) {
     }
 }
 
+impl Call<'_> {
+    /// `pods/binding` (and the `bindings` resource): assigns a pod to a node, as the
+    /// scheduler does. 409 if the pod is already bound.
+    pub async fn bind(&self) -> Result<Response, ApiError> {
+        let binding = self.body_object()?;
+        let pod_name = match &self.info.name {
+            Some(n) => n.clone(),
+            None => object::name(&binding).unwrap_or("").to_string(),
+        };
+        let node = binding.pointer("/target/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+        let pods = self.inner.registry.get("", "v1", "pods").ok_or_else(|| ApiError::internal("pods resource missing"))?;
+        if node.is_empty() {
+            return Err(ApiError::invalid(&pods, &pod_name, vec![Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: "target.name".into() }]));
+        }
+        let key = pods.key(self.info.namespace.as_deref(), &pod_name);
+        for _ in 0..16 {
+            let kv = self.inner.store.get(&key).await.map_err(|e| store_err(&pods, &pod_name, e))?;
+            let kv = kv.ok_or_else(|| ApiError::not_found(&pods, &pod_name))?;
+            let mut pod = kv_to_object(&kv)?;
+            if object::meta(&pod).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+                return Err(ApiError::conflict_msg(&pods, &pod_name, format!("pod {pod_name} is being deleted, cannot be assigned to a host")));
+            }
+            if let Some(cur) = pod.pointer("/spec/nodeName").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
+                return Err(ApiError::conflict_msg(&pods, &pod_name, format!("pod {pod_name} is already assigned to node \"{cur}\"")));
+            }
+            if let Some(uid) = binding.pointer("/metadata/uid").and_then(|u| u.as_str()) {
+                if object::meta_str(&pod, "uid") != Some(uid) {
+                    return Err(ApiError::conflict_msg(&pods, &pod_name, "Precondition failed: UID in precondition does not match the pod"));
+                }
+            }
+            if let Some(spec) = pod.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                spec.insert("nodeName".into(), json!(node));
+            }
+            let now = object::now_rfc3339();
+            let status = pod.as_object_mut().map(|o| o.entry("status").or_insert_with(|| json!({})));
+            if let Some(st) = status.and_then(|s| s.as_object_mut()) {
+                let conds = st.entry("conditions").or_insert_with(|| json!([]));
+                if let Some(arr) = conds.as_array_mut() {
+                    arr.retain(|c| c.get("type").and_then(|t| t.as_str()) != Some("PodScheduled"));
+                    arr.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+                }
+            }
+            if let Some(m) = meta_mut(&mut pod) {
+                m.remove("resourceVersion");
+            }
+            if self.dry_run() {
+                return Ok(body::json(201, &crate::rest::success(None)));
+            }
+            let bytes = serde_json::to_vec(&pod).map_err(|e| ApiError::internal(e.to_string()))?;
+            match self.inner.store.update(&key, bytes, kv.mod_revision).await {
+                Ok(_) => return Ok(body::json(201, &crate::rest::success(None))),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_err(&pods, &pod_name, e)),
+            }
+        }
+        Err(ApiError::conflict(&pods, &pod_name))
+    }
+
+    /// `pods/eviction`: deletes the pod unless a PodDisruptionBudget forbids it
+    /// (429 with upstream's message), as upstream's eviction subresource.
+    pub async fn evict(&self) -> Result<Response, ApiError> {
+        let eviction = self.body_object().unwrap_or_else(|_| json!({}));
+        let ns = self.info.namespace.clone().unwrap_or_default();
+        let name = self.name().to_string();
+        let pods = self.inner.registry.get("", "v1", "pods").ok_or_else(|| ApiError::internal("pods resource missing"))?;
+        let kv = self.inner.store.get(&pods.key(Some(&ns), &name)).await.map_err(|e| store_err(&pods, &name, e))?;
+        let pod = kv.as_ref().map(kv_to_object).transpose()?.ok_or_else(|| ApiError::not_found(&pods, &name))?;
+        let phase = pod.pointer("/status/phase").and_then(|p| p.as_str()).unwrap_or("");
+        let terminal = matches!(phase, "Succeeded" | "Failed");
+        if !terminal {
+            let (pdbs, _) = self.inner.cache.list(&format!("/registry/policy/poddisruptionbudgets/{ns}/"));
+            for pdb in pdbs {
+                let Some(sel) = pdb.object.pointer("/spec/selector") else { continue };
+                let Ok(sel) = LabelSelector::from_json(sel) else { continue };
+                if sel.is_empty() || !sel.matches_json(object::labels(&pod)) {
+                    continue;
+                }
+                let allowed = pdb.object.pointer("/status/disruptionsAllowed").and_then(|d| d.as_i64()).unwrap_or(0);
+                if allowed <= 0 {
+                    let pdb_name = object::name(&pdb.object).unwrap_or("");
+                    let mut e = ApiError::new(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
+                    e.causes = vec![Cause { reason: "DisruptionBudget".into(), message: format!("The disruption budget {pdb_name} needs {} healthy pods and has {} currently", pdb.object.pointer("/status/desiredHealthy").and_then(|d| d.as_i64()).unwrap_or(0), pdb.object.pointer("/status/currentHealthy").and_then(|d| d.as_i64()).unwrap_or(0)), field: String::new() }];
+                    e.retry_after_seconds = Some(10);
+                    return Err(e);
+                }
+            }
+        }
+        let opts = eviction.get("deleteOptions").cloned().unwrap_or_else(|| json!({}));
+        self.inner.delete_object(&pods, Some(&ns), &name, &opts, self.dry_run()).await?;
+        Ok(body::json(201, &crate::rest::success(None)))
+    }
+}
+
+/// A success `Status`.
+pub fn success(details: Option<Value>) -> Value {
+    rk3s_api::status::success_status(details)
+}
+
 /// Adds `Warning` headers (upstream's `299 - "..."` form).
 pub fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
     for w in warnings {

@@ -235,3 +235,53 @@ fn namespaces_scope_services_strictness_and_authn() {
     let (code, _) = anon.request("GET", "/version", None).expect("req");
     assert_eq!(code, 200);
 }
+
+#[test]
+fn binding_eviction_job_selector_and_propagation_finalizers() {
+    let c = Cluster::start();
+    let mut k = conn(&c);
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+    let (code, p) = call(&mut k, "POST", "/api/v1/namespaces/default/pods", Some(pod));
+    assert_eq!(code, 201, "{p}");
+    assert_eq!(p["status"]["phase"], "Pending");
+    assert_eq!(p["status"]["qosClass"], "BestEffort");
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
+    let (code, b) = call(&mut k, "POST", "/api/v1/namespaces/default/pods/p/binding", Some(binding.clone()));
+    assert_eq!(code, 201, "{b}");
+    let (_, p) = call(&mut k, "GET", "/api/v1/namespaces/default/pods/p", None);
+    assert_eq!(p["spec"]["nodeName"], "n1");
+    let (code, again) = call(&mut k, "POST", "/api/v1/namespaces/default/pods/p/binding", Some(binding));
+    assert_eq!(code, 409, "{again}");
+    assert!(again["message"].as_str().unwrap_or("").contains("already assigned to node \"n1\""));
+
+    // A PDB with no disruptions allowed blocks eviction with 429.
+    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "pdb"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "x"}}}});
+    let (code, _) = call(&mut k, "POST", "/apis/policy/v1/namespaces/default/poddisruptionbudgets", Some(pdb));
+    assert_eq!(code, 201);
+    let ev = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p", "namespace": "default"}});
+    let (code, e) = call(&mut k, "POST", "/api/v1/namespaces/default/pods/p/eviction", Some(ev.clone()));
+    assert_eq!(code, 429, "{e}");
+    assert_eq!(e["message"], "Cannot evict pod as it would violate the pod's disruption budget.");
+    call(&mut k, "DELETE", "/apis/policy/v1/namespaces/default/poddisruptionbudgets/pdb", None);
+    let (code, _) = call(&mut k, "POST", "/api/v1/namespaces/default/pods/p/eviction", Some(ev));
+    assert_eq!(code, 201);
+    // The pod is bound, so eviction is graceful: it is marked for deletion.
+    let (_, p) = call(&mut k, "GET", "/api/v1/namespaces/default/pods/p", None);
+    assert!(p["metadata"]["deletionTimestamp"].is_string(), "{p}");
+
+    // Jobs get upstream's generated selector and template labels.
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}});
+    let (code, j) = call(&mut k, "POST", "/apis/batch/v1/namespaces/default/jobs", Some(job));
+    assert_eq!(code, 201, "{j}");
+    let uid = j["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    assert_eq!(j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], uid.as_str());
+    assert_eq!(j["spec"]["template"]["metadata"]["labels"]["batch.kubernetes.io/job-name"], "j");
+    assert_eq!(j["spec"]["backoffLimit"], 6);
+
+    // Foreground and orphan deletion leave the object to the garbage collector via finalizers.
+    call(&mut k, "POST", "/api/v1/namespaces/default/configmaps", Some(cm("fg", json!({}))));
+    let (code, fg) = call(&mut k, "DELETE", "/api/v1/namespaces/default/configmaps/fg?propagationPolicy=Foreground", None);
+    assert_eq!(code, 200);
+    assert!(fg["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|x| x == "foregroundDeletion")), "{fg}");
+    assert!(fg["metadata"]["deletionTimestamp"].is_string());
+}
