@@ -23,6 +23,15 @@ pub struct CachedObject {
     pub revision: Revision,
     /// The object, with `metadata.resourceVersion` set.
     pub object: Arc<Value>,
+    /// `object` serialized (JSON), so lists are answered without re-encoding.
+    pub raw: bytes::Bytes,
+}
+
+impl CachedObject {
+    fn new(key: String, revision: Revision, object: Arc<Value>) -> CachedObject {
+        let raw = bytes::Bytes::from(serde_json::to_vec(&*object).unwrap_or_default());
+        CachedObject { key, revision, object, raw }
+    }
 }
 
 /// The kind of a cache event.
@@ -102,7 +111,7 @@ impl WatchCache {
             if let Some(v) = decode(&kv.value, kv.mod_revision) {
                 objects.insert(
                     kv.key.clone(),
-                    CachedObject { key: kv.key, revision: kv.mod_revision, object: Arc::new(v) },
+                    CachedObject::new(kv.key, kv.mod_revision, Arc::new(v)),
                 );
             }
         }
@@ -155,7 +164,7 @@ impl WatchCache {
         let mut objects = BTreeMap::new();
         for kv in list.items {
             if let Some(v) = decode(&kv.value, kv.mod_revision) {
-                objects.insert(kv.key.clone(), CachedObject { key: kv.key, revision: kv.mod_revision, object: Arc::new(v) });
+                objects.insert(kv.key.clone(), CachedObject::new(kv.key, kv.mod_revision, Arc::new(v)));
             }
         }
         if let Ok(mut st) = self.state.write() {
@@ -188,7 +197,7 @@ impl WatchCache {
             EventKind::Put => {
                 st.objects.insert(
                     ev.kv.key.clone(),
-                    CachedObject { key: ev.kv.key.clone(), revision: rev, object: object.clone() },
+                    CachedObject::new(ev.kv.key.clone(), rev, object.clone()),
                 );
                 if prev.is_some() {
                     CacheEventKind::Modified

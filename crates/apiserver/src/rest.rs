@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use crate::body::{self, Response};
 use crate::cache::{decode, set_resource_version};
 use crate::handler::{Inner, Output};
+
 use crate::object::{self, meta_mut};
 use crate::request::{Query, RequestInfo};
 
@@ -212,12 +213,30 @@ impl<'a> Call<'a> {
             None => self.inner.cache.wait_fresh(FRESH_WAIT).await.map_err(|e| store_err(&self.res, "", e))?,
         };
         let (items, cache_rev) = self.inner.cache.list(&prefix);
+        let rv = cache_rev.max(rev);
+        if self.output == Output::Json {
+            // Fast path: splice the cached encodings into the list body.
+            let head = serde_json::to_vec(&list_object(&self.res, Vec::new(), rv, None, None)).unwrap_or_default();
+            let mut out: Vec<u8> = Vec::with_capacity(head.len() + items.iter().map(|o| o.raw.len() + 1).sum::<usize>());
+            // `head` ends with `"items":[]}`: reopen the array.
+            out.extend_from_slice(&head[..head.len().saturating_sub(2)]);
+            let mut first = true;
+            for o in items.iter().filter(|o| filter.matches(&o.object)) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(&o.raw);
+            }
+            out.extend_from_slice(b"]}");
+            return Ok(body::bytes_response(200, "application/json", out));
+        }
         let items: Vec<Value> = items
             .into_iter()
             .filter(|o| filter.matches(&o.object))
             .map(|o| (*o.object).clone())
             .collect();
-        Ok(self.output.list(&self.res, items, cache_rev.max(rev), None, None))
+        Ok(self.output.list(&self.res, items, rv, None, None))
     }
 
     async fn list_from_store(&self, prefix: &str, filter: &Filter, limit: usize, rev: Option<i64>, start: Option<String>) -> Result<Response, ApiError> {
