@@ -71,6 +71,15 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
         }),
     )
     .await?;
+    // Upstream's default RBAC roles and bindings (created when missing; like upstream's
+    // reconciliation with autoupdate, a missing one is recreated at every start).
+    for obj in rk3s_auth::bootstrap_policy() {
+        let kind = obj.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let Some(res) = inner.registry.by_kind("rbac.authorization.k8s.io", "v1", &kind) else { continue };
+        let name = object::name(&obj).unwrap_or("").to_string();
+        let key = res.key(object::namespace(&obj), &name);
+        ensure(inner, &key, obj).await?;
+    }
     let a = api.clone();
     tokio::spawn(async move { namespace_finalizer(a).await });
     Ok(())

@@ -75,6 +75,8 @@ pub struct WatchCache {
     state: RwLock<State>,
     events: broadcast::Sender<Arc<CacheEvent>>,
     progress: watch::Sender<Revision>,
+    /// Bumped whenever an RBAC object changes (the authorizer rebuilds on change).
+    pub rbac_generation: std::sync::atomic::AtomicU64,
 }
 
 /// Parses stored bytes and sets `metadata.resourceVersion`.
@@ -122,6 +124,7 @@ impl WatchCache {
             state: RwLock::new(State { objects, history: VecDeque::new(), revision: list.revision, oldest: list.revision }),
             events,
             progress,
+            rbac_generation: std::sync::atomic::AtomicU64::new(1),
         });
         let c = cache.clone();
         tokio::spawn(async move { c.follow(list.revision).await });
@@ -173,6 +176,7 @@ impl WatchCache {
             st.revision = list.revision;
             st.oldest = list.revision;
         }
+        self.rbac_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.progress.send_replace(list.revision);
         Ok(list.revision)
     }
@@ -206,6 +210,9 @@ impl WatchCache {
                 }
             }
         };
+        if ev.kv.key.starts_with("/registry/rbac.authorization.k8s.io/") {
+            self.rbac_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         let cev = Arc::new(CacheEvent { kind, key: ev.kv.key, revision: rev, object, prev });
         st.history.push_back(cev.clone());
         while st.history.len() > HISTORY {

@@ -39,6 +39,10 @@ pub struct Inner {
     pub alloc_lock: tokio::sync::Mutex<()>,
     /// Advertised address (for `/api`'s serverAddressByClientCIDRs).
     pub advertise: String,
+    /// The RBAC snapshot.
+    pub rbac_cache: crate::authz::RbacCache,
+    /// Bearer-token authentication and service-account token issuing.
+    pub token_auth: crate::authz::TokenAuth,
 }
 
 /// The API server: cheap to clone, one per process.
@@ -175,6 +179,131 @@ pub fn normalize_input(res: &ResourceInfo, obj: &mut Value) {
             }
         }
     }
+}
+
+/// Mutating admission of a new Pod, in upstream's order: ServiceAccount (default
+/// service account, projected token volume unless opted out), Priority (priority 0
+/// unless a PriorityClass says otherwise), DefaultTolerationSeconds (not-ready and
+/// unreachable NoExecute tolerations of 300 s).
+pub fn admit_pod(inner: &Inner, obj: &mut Value) {
+    let ns = object::namespace(obj).unwrap_or("").to_string();
+    let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) else { return };
+    // ServiceAccount
+    let sa_name = spec.get("serviceAccountName").and_then(|s| s.as_str()).filter(|s| !s.is_empty()).unwrap_or("default").to_string();
+    spec.insert("serviceAccountName".into(), json!(sa_name));
+    spec.insert("serviceAccount".into(), json!(sa_name));
+    let sa = inner.cache.get(&format!("/registry/core/serviceaccounts/{ns}/{sa_name}"));
+    let sa_automount = sa.as_ref().and_then(|s| s.object.get("automountServiceAccountToken")).and_then(|a| a.as_bool());
+    let pod_automount = spec.get("automountServiceAccountToken").and_then(|a| a.as_bool());
+    let automount = pod_automount.or(sa_automount).unwrap_or(true);
+    const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let already = ["containers", "initContainers"].iter().any(|k| {
+        spec.get(*k).and_then(|c| c.as_array()).is_some_and(|cs| {
+            cs.iter().any(|c| c.get("volumeMounts").and_then(|m| m.as_array()).is_some_and(|ms| ms.iter().any(|m| m.get("mountPath").and_then(|p| p.as_str()) == Some(MOUNT))))
+        })
+    });
+    if automount && !already {
+        let vol_name = format!("kube-api-access-{}", object::random_suffix());
+        let volume = json!({"name": vol_name, "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ]}});
+        let vols = spec.entry("volumes").or_insert_with(|| json!([]));
+        if let Some(v) = vols.as_array_mut() {
+            v.push(volume);
+        }
+        for k in ["containers", "initContainers"] {
+            if let Some(cs) = spec.get_mut(k).and_then(|c| c.as_array_mut()) {
+                for c in cs {
+                    if let Some(co) = c.as_object_mut() {
+                        let mounts = co.entry("volumeMounts").or_insert_with(|| json!([]));
+                        if let Some(m) = mounts.as_array_mut() {
+                            m.push(json!({"name": vol_name, "readOnly": true, "mountPath": MOUNT}));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Priority
+    let class = spec.get("priorityClassName").and_then(|p| p.as_str()).filter(|p| !p.is_empty()).map(String::from);
+    let (prio, policy) = match class {
+        Some(c) => match inner.cache.get(&format!("/registry/scheduling.k8s.io/priorityclasses/{c}")) {
+            Some(pc) => (
+                pc.object.get("value").and_then(|v| v.as_i64()).unwrap_or(0),
+                pc.object.get("preemptionPolicy").and_then(|v| v.as_str()).unwrap_or("PreemptLowerPriority").to_string(),
+            ),
+            None if c == "system-node-critical" => (2_000_001_000, "PreemptLowerPriority".into()),
+            None if c == "system-cluster-critical" => (2_000_000_000, "PreemptLowerPriority".into()),
+            None => (0, "PreemptLowerPriority".into()),
+        },
+        None => (0, "PreemptLowerPriority".into()),
+    };
+    spec.entry("priority").or_insert(json!(prio));
+    spec.entry("preemptionPolicy").or_insert(json!(policy));
+    // DefaultTolerationSeconds
+    let tols = spec.entry("tolerations").or_insert_with(|| json!([]));
+    if let Some(t) = tols.as_array_mut() {
+        for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+            let has = t.iter().any(|x| {
+                let k = x.get("key").and_then(|k| k.as_str());
+                let e = x.get("effect").and_then(|k| k.as_str()).unwrap_or("");
+                (k == Some(key) || (k.is_none() && x.get("operator").and_then(|o| o.as_str()) == Some("Exists"))) && (e.is_empty() || e == "NoExecute")
+            });
+            if !has {
+                t.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+}
+
+/// Escalation prevention for RBAC writes: a Role/ClusterRole may only grant what the
+/// writer holds (unless allowed `escalate`); a binding only to a role whose permissions
+/// the writer holds (unless allowed `bind` on it).
+pub fn check_rbac_escalation(inner: &Inner, res: &ResourceInfo, user: &UserInfo, obj: &Value) -> Result<(), ApiError> {
+    if res.group != "rbac.authorization.k8s.io" {
+        return Ok(());
+    }
+    let ns = object::namespace(obj).unwrap_or("").to_string();
+    let name = object::name(obj).unwrap_or("").to_string();
+    let allowed = |verb: &str, resource: &str, rname: &str| {
+        inner.decide(&rk3s_auth::Attributes::resource(user.clone(), verb, &ns, "rbac.authorization.k8s.io", resource, "", rname)).is_allowed()
+    };
+    let rules: Vec<rk3s_auth::PolicyRule> = match res.plural.as_str() {
+        "roles" | "clusterroles" => {
+            if allowed("escalate", &res.plural, &name) {
+                return Ok(());
+            }
+            obj.get("rules").and_then(|r| r.as_array()).map(|a| a.iter().map(rk3s_auth::PolicyRule::from_json).collect()).unwrap_or_default()
+        }
+        "rolebindings" | "clusterrolebindings" => {
+            let kind = obj.pointer("/roleRef/kind").and_then(|k| k.as_str()).unwrap_or("");
+            let rname = obj.pointer("/roleRef/name").and_then(|k| k.as_str()).unwrap_or("");
+            let plural = if kind == "ClusterRole" { "clusterroles" } else { "roles" };
+            if allowed("bind", plural, rname) {
+                return Ok(());
+            }
+            let snap = inner.rbac();
+            if kind == "ClusterRole" {
+                snap.cluster_role_rules(rname).map(|r| r.to_vec()).unwrap_or_default()
+            } else {
+                inner
+                    .cache
+                    .get(&format!("/registry/rbac.authorization.k8s.io/roles/{ns}/{rname}"))
+                    .and_then(|r| r.object.get("rules").and_then(|r| r.as_array()).map(|a| a.iter().map(rk3s_auth::PolicyRule::from_json).collect()))
+                    .unwrap_or_default()
+            }
+        }
+        _ => return Ok(()),
+    };
+    inner.rbac().confirm_no_escalation(user, &ns, &rules).map_err(|msg| {
+        let mut e = ApiError::forbidden(format!("{} \"{}\" is forbidden: {}", res.qualified_plural(), name, msg));
+        e.name = Some(name.clone());
+        e.group = Some(res.group.clone());
+        e.kind = Some(res.plural.clone());
+        e
+    })
 }
 
 /// Resource-specific preparation of a new object (upstream's PrepareForCreate).
@@ -581,6 +710,19 @@ impl ApiServer {
         let cidr = Cidr::parse(&config.service_cidr)
             .ok_or_else(|| ApiServerError::Config(format!("invalid service CIDR {:?}", config.service_cidr)))?;
         let cache = WatchCache::start(config.store.clone()).await?;
+        let audiences = vec![config.service_account_issuer.clone(), "k3s".to_string()];
+        let verifier = rk3s_auth::TokenVerifier::new(
+            &config.service_account_pub_pem,
+            vec![config.service_account_issuer.clone(), rk3s_auth::LEGACY_ISSUER.to_string()],
+            audiences.clone(),
+        )
+        .map_err(|e| ApiServerError::Config(format!("service-account key: {e}")))?;
+        let issuer = rk3s_auth::TokenIssuer::new(&config.service_account_key_pem, &config.service_account_issuer)
+            .map_err(|e| ApiServerError::Config(format!("service-account key: {e}")))?;
+        let token_file = match &config.token_auth_file {
+            Some(t) => Some(rk3s_auth::TokenFile::parse(t).map_err(|e| ApiServerError::Config(format!("--token-auth-file: {e}")))?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             store: config.store.clone(),
             cache,
@@ -589,6 +731,8 @@ impl ApiServer {
             alloc: Allocator::new(cidr, config.node_port_range),
             alloc_lock: tokio::sync::Mutex::new(()),
             advertise: format!("{}:{}", config.advertise_address, config.advertise_port),
+            rbac_cache: Default::default(),
+            token_auth: crate::authz::TokenAuth { verifier: Some(verifier), issuer: Some(issuer), token_file, audiences },
         });
         let api = ApiServer { inner };
         crate::bootstrap::run(&api, config).await?;
@@ -630,14 +774,47 @@ impl ApiServer {
             || path.starts_with("/healthz/")
             || path.starts_with("/livez/")
             || path.starts_with("/readyz/");
+        // Client certificate first, then a bearer token (upstream's union authenticator).
+        let mut user = user.cloned();
+        if user.is_none() {
+            if let Some(token) = parts
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            {
+                user = self.inner.authenticate_token(token.trim());
+                if user.is_none() && !public {
+                    return body::error(&ApiError::unauthorized());
+                }
+            }
+        }
         if user.is_none() && !public {
             return body::error(&ApiError::unauthorized());
         }
+        let user = match user {
+            Some(u) => match self.inner.impersonate(u, &parts.headers) {
+                Ok(u) => Some(u),
+                Err(e) => return body::error(&e),
+            },
+            None => None,
+        };
         if public {
             if path.starts_with("/version") {
                 return body::json(200, &version_info());
             }
             return body::bytes_response(200, "text/plain; charset=utf-8", "ok");
+        }
+        let Some(user) = user else {
+            return body::error(&ApiError::unauthorized());
+        };
+        let resource_info = request::parse(&parts.method, path, &query);
+        let attrs = match &resource_info {
+            Some(info) => crate::authz::resource_attributes(&user, info, &query),
+            None => crate::authz::non_resource_attributes(&user, &parts.method, path),
+        };
+        if let Err(e) = self.inner.authorize(&attrs) {
+            return body::error(&e);
         }
         if path == "/openapi/v2" {
             let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -662,10 +839,10 @@ impl ApiServer {
         if let Some(r) = self.discovery(parts, path) {
             return r;
         }
-        let Some(info) = request::parse(&parts.method, path, &query) else {
+        let Some(info) = resource_info else {
             return body::bytes_response(404, "text/plain; charset=utf-8", "404 page not found\n");
         };
-        match self.resource(parts, info, query, body).await {
+        match self.resource(parts, info, query, body, &user).await {
             Ok(r) => r,
             Err(e) => body::error(&e),
         }
@@ -709,9 +886,15 @@ impl ApiServer {
         }
     }
 
-    async fn resource(&self, parts: &http::request::Parts, info: request::RequestInfo, query: Query, body: Bytes) -> Result<Response, ApiError> {
+    async fn resource(&self, parts: &http::request::Parts, info: request::RequestInfo, query: Query, body: Bytes, user: &UserInfo) -> Result<Response, ApiError> {
         let not_found = || ApiError::new(404, "NotFound", "the server could not find the requested resource");
         let res = self.inner.registry.get(&info.group, &info.version, &info.resource).ok_or_else(not_found)?;
+        if info.verb == "create" && matches!(info.group.as_str(), "authorization.k8s.io" | "authentication.k8s.io") {
+            let obj: Value = serde_json::from_slice(&body).or_else(|_| rk3s_protobuf::decode(&body).map_err(|e| e.to_string())).map_err(|e| ApiError::bad_request(format!("decoding review: {e}")))?;
+            if let Some(r) = crate::authz::review(&self.inner, &info, user, &obj) {
+                return r.map(|v| body::json(201, &v));
+            }
+        }
         if !res.namespaced() && info.namespace.is_some() {
             return Err(not_found());
         }
@@ -719,18 +902,19 @@ impl ApiServer {
             if res.subresource(sub).is_none() {
                 return Err(not_found());
             }
-            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction") {
+            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction" | "token") {
                 return Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")));
             }
         } else if !res.has_verb(&info.verb) {
             return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
         }
         let output = Output::negotiate(&parts.headers, &query);
-        let call = Call { inner: &self.inner, info, res, query, headers: parts.headers.clone(), body, output };
+        let call = Call { inner: &self.inner, info, res, query, headers: parts.headers.clone(), body, output, user: user.clone() };
         match (call.info.subresource.as_deref(), call.info.verb.as_str()) {
             (Some("binding"), "create") => return call.bind().await,
             (Some("eviction"), "create") => return call.evict().await,
-            (Some("binding" | "eviction"), _) => return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+            (Some("token"), "create") => return call.token_request().await,
+            (Some("binding" | "eviction" | "token"), _) => return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
             _ => {}
         }
         if call.res.group.is_empty() && call.res.plural == "bindings" && call.info.verb == "create" {

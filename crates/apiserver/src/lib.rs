@@ -11,6 +11,7 @@
 //! - [`watch`]: watch streams served from the [`cache`].
 //! - [`cache`]: the watch cache fed by one store watch.
 //! - [`alloc`]: Service cluster IPs and node ports.
+//! - [`authz`]: bearer tokens, impersonation, Node + RBAC authorization, review APIs.
 //! - [`bootstrap`]: objects every cluster has (namespaces, the `kubernetes` Service).
 //! - [`local`]: the in-process transport (a `tower::Service`) for components in this process.
 //!
@@ -21,6 +22,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod alloc;
+pub mod authz;
 pub mod body;
 pub mod bootstrap;
 pub mod cache;
@@ -37,14 +39,8 @@ use std::sync::Arc;
 
 pub use handler::ApiServer;
 
-/// Who is making a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserInfo {
-    /// User name, e.g. `system:admin`.
-    pub name: String,
-    /// Groups, e.g. `system:masters`, `system:authenticated`.
-    pub groups: Vec<String>,
-}
+/// Who is making a request (user, uid, groups, extra), as upstream's `user.Info`.
+pub use rk3s_auth::UserInfo;
 
 /// Errors of starting or running the API server.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +87,14 @@ pub struct Config {
     pub service_cidr: String,
     /// NodePort range, inclusive.
     pub node_port_range: (u16, u16),
+    /// Service-account signing key (PKCS#8 PEM), for TokenRequest.
+    pub service_account_key_pem: String,
+    /// Service-account verification key (SPKI PEM).
+    pub service_account_pub_pem: String,
+    /// Issuer of service-account tokens (`--service-account-issuer`).
+    pub service_account_issuer: String,
+    /// Contents of `--token-auth-file`, if given.
+    pub token_auth_file: Option<String>,
 }
 
 /// The Kubernetes version this server speaks.

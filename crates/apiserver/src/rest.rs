@@ -38,6 +38,8 @@ pub struct Call<'a> {
     pub body: Bytes,
     /// How to render the answer.
     pub output: Output,
+    /// Who asks.
+    pub user: rk3s_auth::UserInfo,
 }
 
 /// Maps store errors to API errors.
@@ -403,6 +405,10 @@ impl<'a> Call<'a> {
         }
         rk3s_validation::apply_defaults(&self.res.group, &self.res.version, &self.res.kind, &mut obj);
         crate::handler::prepare_create(&self.res, &mut obj);
+        if self.res.group.is_empty() && self.res.plural == "pods" {
+            crate::handler::admit_pod(self.inner, &mut obj);
+        }
+        crate::handler::check_rbac_escalation(self.inner, &self.res, &self.user, &obj)?;
         let errs = rk3s_validation::validate_create(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &obj);
         if !errs.is_empty() {
             return Err(self.invalid(&name, errs));
@@ -509,6 +515,7 @@ impl<'a> Call<'a> {
             if !errs.is_empty() {
                 return Err(self.invalid(&name, errs));
             }
+            crate::handler::check_rbac_escalation(self.inner, &self.res, &self.user, &new_obj)?;
             if self.res.plural == "services" && self.res.group.is_empty() {
                 self.inner.allocate_service(&mut new_obj, Some(&cur_obj), &self.res, &name)?;
             }
@@ -569,6 +576,7 @@ impl<'a> Call<'a> {
             },
             body: Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()),
             output: self.output.clone(),
+            user: self.user.clone(),
         };
         Box::pin(call.create()).await
     }
@@ -788,6 +796,72 @@ impl Call<'_> {
         let opts = eviction.get("deleteOptions").cloned().unwrap_or_else(|| json!({}));
         self.inner.delete_object(&pods, Some(&ns), &name, &opts, self.dry_run()).await?;
         Ok(body::json(201, &crate::rest::success(None)))
+    }
+}
+
+impl Call<'_> {
+    /// `serviceaccounts/token` (TokenRequest): a bound service-account token, optionally
+    /// bound to a Pod or Secret, as `kubectl create token`.
+    pub async fn token_request(&self) -> Result<Response, ApiError> {
+        let mut req = self.body_object().unwrap_or_else(|_| json!({}));
+        let ns = self.info.namespace.clone().unwrap_or_default();
+        let name = self.name().to_string();
+        let sas = self.inner.registry.get("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("serviceaccounts resource missing"))?;
+        let kv = self.inner.store.get(&sas.key(Some(&ns), &name)).await.map_err(|e| store_err(&sas, &name, e))?;
+        let sa = kv.as_ref().map(kv_to_object).transpose()?.ok_or_else(|| ApiError::not_found(&sas, &name))?;
+        let issuer = self.inner.token_auth.issuer.as_ref().ok_or_else(|| ApiError::internal("no service-account signing key"))?;
+        let spec = req.get("spec").cloned().unwrap_or_else(|| json!({}));
+        let mut audiences: Vec<String> = spec.get("audiences").and_then(|a| a.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+        if audiences.is_empty() {
+            audiences = self.inner.token_auth.audiences.clone();
+        }
+        let exp = spec.get("expirationSeconds").and_then(|e| e.as_i64()).unwrap_or(3600);
+        if exp < 600 {
+            let tr = self.inner.registry.get("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("missing"))?;
+            return Err(ApiError::invalid(&tr, &name, vec![Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {exp}: may not specify a duration less than 10 minutes"), field: "spec.expirationSeconds".into() }]));
+        }
+        let now = jiff::Timestamp::now().as_second();
+        let uid = object::meta_str(&sa, "uid").unwrap_or("").to_string();
+        let mut claims = rk3s_auth::SaClaims::bound(&ns, &name, &uid, audiences.clone(), now, exp);
+        if let Some(bref) = spec.get("boundObjectRef") {
+            let kind = bref.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+            let bname = bref.get("name").and_then(|k| k.as_str()).unwrap_or("").to_string();
+            let (prefix, slot) = match kind {
+                "Pod" => ("pods", 0),
+                "Secret" => ("secrets", 1),
+                other => return Err(ApiError::bad_request(format!("cannot bind token to object of kind {other}"))),
+            };
+            let obj = self.inner.cache.get(&format!("/registry/core/{prefix}/{ns}/{bname}")).ok_or_else(|| ApiError::not_found_named(prefix, "", &bname))?;
+            let ouid = object::meta_str(&obj.object, "uid").unwrap_or("").to_string();
+            if let Some(want) = bref.get("uid").and_then(|u| u.as_str()).filter(|u| !u.is_empty()) {
+                if want != ouid {
+                    return Err(ApiError::conflict_msg(&sas, &name, format!("the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated")));
+                }
+            }
+            let r = rk3s_auth::ObjectRef { name: bname, uid: ouid };
+            if slot == 0 {
+                if let Some(node) = obj.object.pointer("/spec/nodeName").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
+                    let nuid = self.inner.cache.get(&format!("/registry/core/nodes/{node}")).and_then(|n| object::meta_str(&n.object, "uid").map(String::from)).unwrap_or_default();
+                    claims.bound.node = Some(rk3s_auth::ObjectRef { name: node.to_string(), uid: nuid });
+                }
+                claims.bound.pod = Some(r);
+            } else {
+                claims.bound.secret = Some(r);
+            }
+        }
+        let token = issuer.issue(&claims).map_err(|e| ApiError::internal(e.to_string()))?;
+        let expires = jiff::Timestamp::from_second(now + exp).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
+        if let Some(o) = req.as_object_mut() {
+            o.insert("kind".into(), json!("TokenRequest"));
+            o.insert("apiVersion".into(), json!("authentication.k8s.io/v1"));
+            o.insert("metadata".into(), json!({"name": name, "namespace": ns, "creationTimestamp": null}));
+            let mut spec = spec.clone();
+            spec["audiences"] = json!(audiences);
+            spec["expirationSeconds"] = json!(exp);
+            o.insert("spec".into(), spec);
+            o.insert("status".into(), json!({"token": token, "expirationTimestamp": expires}));
+        }
+        Ok(body::json(201, &req))
     }
 }
 

@@ -70,9 +70,9 @@ pub async fn serve(api: ApiServer, listener: TcpListener, tls: rustls::ServerCon
                 .and_then(|c| c.first())
                 .and_then(|der| rk3s_pki::client_identity(der.as_ref()).ok())
                 .map(|id| {
-                    let mut groups = id.groups;
-                    groups.push("system:authenticated".to_string());
-                    UserInfo { name: id.user, groups }
+                    let mut u = UserInfo::new(id.user, &[]);
+                    u.groups = id.groups;
+                    u.with_authenticated_group()
                 });
             let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let api = api.clone();

@@ -63,6 +63,9 @@ pub struct ServerArgs {
     /// Datastore: empty for the embedded SQLite (only SQLite is supported so far)
     #[arg(long, value_name = "URL")]
     pub datastore_endpoint: Option<String>,
+    /// File of static bearer tokens (CSV: token,user,uid,"group1,group2")
+    #[arg(long, value_name = "FILE")]
+    pub token_auth_file: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `rk3s_apiserver=debug`)
     #[arg(long, value_name = "FILTER", env = "RK3S_LOG", default_value = "info")]
     pub log_level: String,
@@ -164,14 +167,20 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         store,
         service_cidr: args.service_cidr.clone(),
         node_port_range: args.service_node_port_range,
+        service_account_key_pem: pki.sa_key_pem.clone(),
+        service_account_pub_pem: pki.sa_pub_pem.clone(),
+        service_account_issuer: format!("https://kubernetes.default.svc.{}", args.cluster_domain),
+        token_auth_file: match &args.token_auth_file {
+            Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading --token-auth-file {}", p.display()))?),
+            None => None,
+        },
     };
     let tls = rk3s_apiserver::server::tls_config(&config.serving_cert_pem, &config.serving_key_pem, &config.client_ca_pem)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let api = rk3s_apiserver::ApiServer::new(&config).await.context("starting the API server")?;
-    let controller_user = rk3s_apiserver::UserInfo {
-        name: "system:kube-controller-manager".into(),
-        groups: vec!["system:authenticated".into()],
-    };
+    // In-process components are trusted parts of the server (as k3s's supervisor
+    // certificates): they act in system:masters.
+    let controller_user = rk3s_apiserver::UserInfo::new("system:kube-controller-manager", &["system:masters"]).with_authenticated_group();
     let client = rk3s_controllers::client_over(api.local_service(controller_user));
     // Stable across restarts, so a restarted server takes its own Lease back at once.
     let identity = hostname();
