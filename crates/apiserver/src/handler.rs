@@ -439,64 +439,25 @@ pub fn prepare_update(res: &ResourceInfo, sub: Option<&str>, old: &Value, new: &
     out
 }
 
-/// Records the writer in `metadata.managedFields` (manager, operation, time). The
-/// field set is the set of top-level fields written; full server-side-apply field
-/// tracking comes with server-side apply.
-pub fn update_managed_fields(obj: &mut Value, old: Option<&Value>, query: &Query, headers: &http::HeaderMap, operation: &str) {
-    let manager = query.get("fieldManager").map(String::from).unwrap_or_else(|| {
+/// The field manager of a request: `?fieldManager=`, else the User-Agent's product
+/// (`kubectl`), as upstream.
+pub fn field_manager(query: &Query, headers: &http::HeaderMap) -> String {
+    query.get("fieldManager").map(String::from).unwrap_or_else(|| {
         headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.split('/').next().unwrap_or(ua).to_string())
             .unwrap_or_else(|| "unknown".into())
-    });
-    let api_version = obj.get("apiVersion").cloned().unwrap_or(Value::Null);
-    let mut fields = serde_json::Map::new();
-    if let Some(o) = obj.as_object() {
-        for (k, v) in o {
-            if matches!(k.as_str(), "kind" | "apiVersion" | "status") {
-                continue;
-            }
-            let mut inner = serde_json::Map::new();
-            if k == "metadata" {
-                if let Some(m) = v.as_object() {
-                    for mk in ["labels", "annotations", "finalizers", "ownerReferences"] {
-                        if let Some(x) = m.get(mk).and_then(|x| x.as_object()) {
-                            let sub: serde_json::Map<String, Value> = x.keys().map(|kk| (format!("f:{kk}"), json!({}))).collect();
-                            inner.insert(format!("f:{mk}"), Value::Object(sub));
-                        } else if m.contains_key(mk) {
-                            inner.insert(format!("f:{mk}"), json!({}));
-                        }
-                    }
-                }
-                if inner.is_empty() {
-                    continue;
-                }
-            } else if let Some(m) = v.as_object() {
-                for kk in m.keys() {
-                    inner.insert(format!("f:{kk}"), json!({}));
-                }
-            }
-            fields.insert(format!("f:{k}"), Value::Object(inner));
-        }
-    }
-    let mut entries: Vec<Value> = old
-        .and_then(|o| o.pointer("/metadata/managedFields"))
-        .and_then(|m| m.as_array())
-        .cloned()
-        .unwrap_or_default();
-    entries.retain(|e| !(e.get("manager").and_then(|m| m.as_str()) == Some(&manager) && e.get("operation").and_then(|m| m.as_str()) == Some(operation) && e.get("subresource").is_none()));
-    entries.push(json!({
-        "manager": manager,
-        "operation": operation,
-        "apiVersion": api_version,
-        "time": object::now_rfc3339(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": Value::Object(fields),
-    }));
-    if let Some(m) = meta_mut(obj) {
-        m.insert("managedFields".into(), Value::Array(entries));
-    }
+    })
+}
+
+/// Records a non-apply write in `metadata.managedFields` (server-side apply's field
+/// ownership: fields this write changed move to its manager).
+pub fn update_managed_fields(inner: &Inner, res: &ResourceInfo, obj: &mut Value, old: Option<&Value>, query: &Query, headers: &http::HeaderMap, subresource: Option<&str>) {
+    let manager = field_manager(query, headers);
+    let schema = rk3s_patch::DerivedApplySchema(&*inner.openapi);
+    let api_version = res.api_version();
+    rk3s_patch::track_update(old, obj, &manager, &schema, &res.definition, &object::now_rfc3339(), &api_version, subresource);
 }
 
 impl Inner {
@@ -909,7 +870,7 @@ impl ApiServer {
             return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
         }
         let output = Output::negotiate(&parts.headers, &query);
-        let call = Call { inner: &self.inner, info, res, query, headers: parts.headers.clone(), body, output, user: user.clone() };
+        let call = Call { inner: &self.inner, info, res, query, headers: parts.headers.clone(), body, output, user: user.clone(), applied: false };
         match (call.info.subresource.as_deref(), call.info.verb.as_str()) {
             (Some("binding"), "create") => return call.bind().await,
             (Some("eviction"), "create") => return call.evict().await,

@@ -40,6 +40,8 @@ pub struct Call<'a> {
     pub output: Output,
     /// Who asks.
     pub user: rk3s_auth::UserInfo,
+    /// The body is the result of a server-side apply (managedFields already set).
+    pub applied: bool,
 }
 
 /// Maps store errors to API errors.
@@ -417,7 +419,9 @@ impl<'a> Call<'a> {
         if self.res.plural == "services" && self.res.group.is_empty() {
             self.inner.allocate_service(&mut obj, None, &self.res, &name)?;
         }
-        crate::handler::update_managed_fields(&mut obj, None, &self.query, &self.headers, "Update");
+        if !self.applied {
+            crate::handler::update_managed_fields(self.inner, &self.res, &mut obj, None, &self.query, &self.headers, None);
+        }
         if self.dry_run() {
             if self.inner.store.get(&key).await.map_err(|e| store_err(&self.res, &name, e))?.is_some() {
                 return Err(ApiError::already_exists(&self.res, &name));
@@ -519,7 +523,9 @@ impl<'a> Call<'a> {
             if self.res.plural == "services" && self.res.group.is_empty() {
                 self.inner.allocate_service(&mut new_obj, Some(&cur_obj), &self.res, &name)?;
             }
-            crate::handler::update_managed_fields(&mut new_obj, Some(&cur_obj), &self.query, &self.headers, if patch_kind == "application/apply-patch+yaml" { "Apply" } else { "Update" });
+            if patch_kind != "application/apply-patch+yaml" {
+                crate::handler::update_managed_fields(self.inner, &self.res, &mut new_obj, Some(&cur_obj), &self.query, &self.headers, sub.as_deref());
+            }
             if self.dry_run() {
                 return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
             }
@@ -559,8 +565,10 @@ impl<'a> Call<'a> {
         Ok(self.output.one(&self.res, obj, 200))
     }
 
-    async fn apply_create(&self, mut obj: Value) -> Result<Response, ApiError> {
-        // Minimal server-side apply create: the applied configuration becomes the object.
+    async fn apply_create(&self, applied: Value) -> Result<Response, ApiError> {
+        // Server-side apply to a missing object: the applied configuration, owned by the
+        // applier, becomes the object and goes through the create path.
+        let mut obj = self.server_side_apply(None, &applied)?;
         if let Some(m) = meta_mut(&mut obj) {
             m.insert("name".into(), json!(self.name()));
         }
@@ -577,8 +585,32 @@ impl<'a> Call<'a> {
             body: Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()),
             output: self.output.clone(),
             user: self.user.clone(),
+            applied: true,
         };
         Box::pin(call.create()).await
+    }
+
+    /// Runs server-side apply of `applied` onto `live` for this request's field manager.
+    fn server_side_apply(&self, live: Option<&Value>, applied: &Value) -> Result<Value, ApiError> {
+        let Some(manager) = self.query.get("fieldManager") else {
+            return Err(ApiError::bad_request("PATCH, application/apply-patch+yaml: fieldManager is required for apply requests"));
+        };
+        if let Some(k) = applied.get("kind").and_then(|k| k.as_str()) {
+            if k != self.res.kind {
+                return Err(ApiError::bad_request(format!("the kind in the applied configuration ({k}) does not match the resource ({})", self.res.kind)));
+            }
+        }
+        let schema = rk3s_patch::DerivedApplySchema(&*self.inner.openapi);
+        let force = self.query.flag("force");
+        rk3s_patch::server_side_apply(live, applied, manager, force, &schema, &self.res.definition, &object::now_rfc3339(), &self.res.api_version(), None).map_err(|e| match e {
+            rk3s_patch::ApplyError::Conflicts(cs) => {
+                let mut err = ApiError::new(409, "Conflict", rk3s_patch::conflict_message(&cs));
+                err.causes = cs.iter().map(|c| Cause { reason: "FieldManagerConflict".into(), message: c.cause_message(), field: c.field.clone() }).collect();
+                err
+            }
+            rk3s_patch::ApplyError::BadRequest(m) => ApiError::bad_request(m),
+            rk3s_patch::ApplyError::Invalid(m) => ApiError::internal(m),
+        })
     }
 
     fn apply_patch_to(&self, patch_kind: &str, cur: &Value, patch: &Value, definition: &str) -> Result<Value, ApiError> {
@@ -597,7 +629,7 @@ impl<'a> Call<'a> {
                 }
                 rk3s_patch::apply_strategic_merge_patch(&base, patch, &*self.inner.openapi, definition)
             }
-            "application/apply-patch+yaml" => rk3s_patch::apply_merge_patch(&base, patch),
+            "application/apply-patch+yaml" => return self.server_side_apply(Some(&base), patch),
             other => return Err(ApiError::unsupported_media_type(other)),
         };
         r.map_err(|e| ApiError::new(422, "Invalid", e.to_string()))

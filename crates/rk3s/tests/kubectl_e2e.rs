@@ -264,3 +264,31 @@ fn every_namespace_gets_default_serviceaccount_and_root_ca() {
     let lease = c.ok(&["get", "lease", "kube-controller-manager", "-n", "kube-system", "-o", "jsonpath={.spec.holderIdentity}"]);
     assert!(!lease.is_empty());
 }
+
+#[test]
+fn server_side_apply_conflicts_and_force() {
+    let c = Cluster::start();
+    let m1 = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: ssa\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: ssa}}\n  template:\n    metadata: {labels: {app: ssa}}\n    spec:\n      containers:\n      - name: web\n        image: busybox:1\n";
+    let out = c.ok_with(&kubectl_bin(), &["apply", "--server-side", "--field-manager=team-a", "-f", "-"], Some(m1));
+    assert!(out.contains("deployment.apps/ssa serverside-applied"), "{out}");
+    // Same config again: no conflict.
+    c.ok_with(&kubectl_bin(), &["apply", "--server-side", "--field-manager=team-a", "-f", "-"], Some(m1));
+    let m2 = m1.replace("replicas: 2", "replicas: 5");
+    let err = c.kubectl_with(&kubectl_bin(), &["apply", "--server-side", "--field-manager=team-b", "-f", "-"], Some(&m2));
+    assert!(!err.status.success());
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(stderr.contains("Apply failed with 1 conflict: conflict with \"team-a\": .spec.replicas"), "{stderr}");
+    let d: Value = json(&c.ok(&["get", "deploy", "ssa", "-o", "json"]));
+    assert_eq!(d["spec"]["replicas"], 2);
+    c.ok_with(&kubectl_bin(), &["apply", "--server-side", "--field-manager=team-b", "--force-conflicts", "-f", "-"], Some(&m2));
+    let d: Value = json(&c.ok(&["get", "deploy", "ssa", "-o", "json", "--show-managed-fields"]));
+    assert_eq!(d["spec"]["replicas"], 5);
+    let mf = d["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    let owner_of_replicas: Vec<&str> = mf
+        .iter()
+        .filter(|e| e["fieldsV1"]["f:spec"].get("f:replicas").is_some())
+        .filter_map(|e| e["manager"].as_str())
+        .collect();
+    assert_eq!(owner_of_replicas, vec!["team-b"], "{mf:?}");
+    assert!(mf.iter().any(|e| e["manager"] == "team-a" && e["operation"] == "Apply"), "team-a still owns the rest: {mf:?}");
+}
