@@ -31,8 +31,10 @@ pub struct Inner {
     pub cache: Arc<WatchCache>,
     /// Served resources.
     pub registry: Registry,
-    /// OpenAPI documents and schema lookups.
-    pub openapi: Arc<OpenApi>,
+    /// OpenAPI documents and schema lookups (rebuilt when CRDs change).
+    pub openapi_docs: std::sync::RwLock<Arc<OpenApi>>,
+    /// Served custom resources: schemas, scale paths, printer columns.
+    pub crds: crate::crd::CrdState,
     /// Service IP / node port allocator.
     pub alloc: Allocator,
     /// Serialises service allocations.
@@ -455,12 +457,21 @@ pub fn field_manager(query: &Query, headers: &http::HeaderMap) -> String {
 /// ownership: fields this write changed move to its manager).
 pub fn update_managed_fields(inner: &Inner, res: &ResourceInfo, obj: &mut Value, old: Option<&Value>, query: &Query, headers: &http::HeaderMap, subresource: Option<&str>) {
     let manager = field_manager(query, headers);
-    let schema = rk3s_patch::DerivedApplySchema(&*inner.openapi);
+    let oa = inner.openapi();
+    let schema = rk3s_patch::DerivedApplySchema(&*oa);
     let api_version = res.api_version();
     rk3s_patch::track_update(old, obj, &manager, &schema, &res.definition, &object::now_rfc3339(), &api_version, subresource);
 }
 
 impl Inner {
+    /// The current OpenAPI documents.
+    pub fn openapi(&self) -> Arc<OpenApi> {
+        match self.openapi_docs.read() {
+            Ok(o) => o.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     /// 404 if the namespace does not exist, 403 if it is terminating.
     pub async fn check_namespace_open(&self, ns: &str, res: &ResourceInfo, name: &str) -> Result<(), ApiError> {
         let kv = self
@@ -688,7 +699,8 @@ impl ApiServer {
             store: config.store.clone(),
             cache,
             registry,
-            openapi: Arc::new(openapi),
+            openapi_docs: std::sync::RwLock::new(Arc::new(openapi)),
+            crds: Default::default(),
             alloc: Allocator::new(cidr, config.node_port_range),
             alloc_lock: tokio::sync::Mutex::new(()),
             advertise: format!("{}:{}", config.advertise_address, config.advertise_port),
@@ -697,6 +709,7 @@ impl ApiServer {
         });
         let api = ApiServer { inner };
         crate::bootstrap::run(&api, config).await?;
+        crate::crd::start(&api);
         Ok(api)
     }
 
@@ -780,15 +793,15 @@ impl ApiServer {
         if path == "/openapi/v2" {
             let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
             if accept.contains("proto-openapi.spec.v2") {
-                return body::bytes_response(200, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf", bytes::Bytes::from_owner(self.inner.openapi.v2_protobuf()));
+                return body::bytes_response(200, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf", bytes::Bytes::from_owner(self.inner.openapi().v2_protobuf()));
             }
-            return body::bytes_response(200, "application/json", bytes::Bytes::from_owner(self.inner.openapi.v2_json()));
+            return body::bytes_response(200, "application/json", bytes::Bytes::from_owner(self.inner.openapi().v2_json()));
         }
         if path == "/openapi/v3" || path == "/openapi/v3/" {
-            return body::json(200, &self.inner.openapi.v3_index());
+            return body::json(200, &self.inner.openapi().v3_index());
         }
         if let Some(gv) = path.strip_prefix("/openapi/v3/") {
-            return match self.inner.openapi.v3_group_version(gv) {
+            return match self.inner.openapi().v3_group_version(gv) {
                 Some((doc, _hash)) => {
                     let mut r = body::bytes_response(200, "application/json", bytes::Bytes::from_owner(doc));
                     r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("public, immutable"));

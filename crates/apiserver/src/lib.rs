@@ -10,6 +10,7 @@
 //!   deletecollection), object semantics (uid, generation, finalizers, ...), subresources.
 //! - [`watch`]: watch streams served from the [`cache`].
 //! - [`cache`]: the watch cache fed by one store watch.
+//! - [`crd`]: CustomResourceDefinitions: the CRD controller and custom-resource schemas.
 //! - [`alloc`]: Service cluster IPs and node ports.
 //! - [`authz`]: bearer tokens, impersonation, Node + RBAC authorization, review APIs.
 //! - [`bootstrap`]: objects every cluster has (namespaces, the `kubernetes` Service).
@@ -26,6 +27,7 @@ pub mod authz;
 pub mod body;
 pub mod bootstrap;
 pub mod cache;
+pub mod crd;
 pub mod handler;
 pub mod local;
 pub mod object;

@@ -159,6 +159,43 @@ fn decode_continue(s: &str) -> Result<ContinueToken, ApiError> {
 }
 
 impl<'a> Call<'a> {
+    /// Renders one object (custom resources use their CRD's printer columns).
+    pub fn render_one(&self, obj: Value, code: u16) -> Response {
+        if let (Output::Table(inc), Some(v)) = (&self.output, self.inner.crds.version(&self.res)) {
+            let rv = object::meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
+            return body::json(code, &crate::crd::table(&v, std::slice::from_ref(&obj), &rv, None, *inc));
+        }
+        self.output.one(&self.res, obj, code)
+    }
+
+    /// Renders a list.
+    pub fn render_list(&self, items: Vec<Value>, rv: i64, cont: Option<String>, remaining: Option<usize>) -> Response {
+        if let (Output::Table(inc), Some(v)) = (&self.output, self.inner.crds.version(&self.res)) {
+            return body::json(200, &crate::crd::table(&v, &items, &rv.to_string(), cont.as_deref(), *inc));
+        }
+        self.output.list(&self.res, items, rv, cont, remaining)
+    }
+
+    /// Applies `fieldValidation` to fields that were pruned: Strict → 400, Warn →
+    /// warnings, Ignore → nothing.
+    fn unknown_field_policy(&self, unknown: &[String]) -> Result<Vec<String>, ApiError> {
+        if unknown.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.query.get("fieldValidation").unwrap_or("Warn") {
+            "Strict" => {
+                let msg = if unknown.len() == 1 {
+                    format!("unknown field \"{}\"", unknown[0])
+                } else {
+                    format!("[{}]", unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect::<Vec<_>>().join(", "))
+                };
+                Err(self.decode_error(&format!("strict decoding error: {msg}")))
+            }
+            "Ignore" => Ok(Vec::new()),
+            _ => Ok(unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect()),
+        }
+    }
+
     fn name(&self) -> &str {
         self.info.name.as_deref().unwrap_or("")
     }
@@ -187,7 +224,7 @@ impl<'a> Call<'a> {
         if self.info.subresource.as_deref() == Some("scale") {
             return Ok(body::json(200, &self.to_scale(&obj)?));
         }
-        Ok(self.output.one(&self.res, obj, 200))
+        Ok(self.render_one(obj, 200))
     }
 
     /// LIST, from the watch cache, or from the store when paging.
@@ -240,7 +277,7 @@ impl<'a> Call<'a> {
             .filter(|o| filter.matches(&o.object))
             .map(|o| (*o.object).clone())
             .collect();
-        Ok(self.output.list(&self.res, items, rv, None, None))
+        Ok(self.render_list(items, rv, None, None))
     }
 
     async fn list_from_store(&self, prefix: &str, filter: &Filter, limit: usize, rev: Option<i64>, start: Option<String>) -> Result<Response, ApiError> {
@@ -279,7 +316,7 @@ impl<'a> Call<'a> {
         let rv = read_rev.unwrap_or(0);
         let cont = if more { Some(encode_continue(rv, last_key.strip_prefix(prefix).unwrap_or(&last_key))) } else { None };
         let rem = if more && filter.is_empty() { Some(remaining) } else { None };
-        Ok(self.output.list(&self.res, items, rv, cont, rem))
+        Ok(self.render_list(items, rv, cont, rem))
     }
 
     /// Decodes the request body (JSON or YAML) into an object.
@@ -321,7 +358,7 @@ impl<'a> Call<'a> {
         }
         let definition = if kind == self.res.kind { self.res.definition.clone() } else { String::new() };
         if !definition.is_empty() {
-            let unknown = self.inner.openapi.unknown_fields(&definition, obj);
+            let unknown = self.inner.openapi().unknown_fields(&definition, obj);
             if !unknown.is_empty() {
                 match self.query.get("fieldValidation").unwrap_or("Warn") {
                     "Strict" => {
@@ -411,6 +448,16 @@ impl<'a> Call<'a> {
             crate::handler::admit_pod(self.inner, &mut obj);
         }
         crate::handler::check_rbac_escalation(self.inner, &self.res, &self.user, &obj)?;
+        if self.res.group == "apiextensions.k8s.io" && self.res.plural == "customresourcedefinitions" {
+            crate::crd::prepare_create(&mut obj);
+            crate::crd::apply_defaults(&mut obj);
+            crate::crd::validate(&self.res, &obj, None)?;
+        }
+        let mut warnings = warnings;
+        if let Some(v) = self.inner.crds.version(&self.res) {
+            let pruned = crate::crd::admit_custom_resource(&v, &self.res, &mut obj)?;
+            warnings.extend(self.unknown_field_policy(&pruned)?);
+        }
         let errs = rk3s_validation::validate_create(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &obj);
         if !errs.is_empty() {
             return Err(self.invalid(&name, errs));
@@ -426,12 +473,12 @@ impl<'a> Call<'a> {
             if self.inner.store.get(&key).await.map_err(|e| store_err(&self.res, &name, e))?.is_some() {
                 return Err(ApiError::already_exists(&self.res, &name));
             }
-            return Ok(with_warnings(self.output.one(&self.res, obj, 201), &warnings));
+            return Ok(with_warnings(self.render_one(obj, 201), &warnings));
         }
         let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
         let kv = self.inner.store.create(&key, bytes).await.map_err(|e| store_err(&self.res, &name, e))?;
         set_resource_version(&mut obj, kv.mod_revision);
-        Ok(with_warnings(self.output.one(&self.res, obj, 201), &warnings))
+        Ok(with_warnings(self.render_one(obj, 201), &warnings))
     }
 
     /// PUT and PATCH (and their `status`/`scale` forms).
@@ -481,9 +528,8 @@ impl<'a> Call<'a> {
                         return Err(ApiError::invalid(&self.res, &name, vec![Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {replicas}: must be greater than or equal to 0"), field: "spec.replicas".into() }]));
                     }
                     let mut d = cur_obj.clone();
-                    if let Some(spec) = d.get_mut("spec").and_then(|s| s.as_object_mut()) {
-                        spec.insert("replicas".into(), json!(replicas));
-                    }
+                    let (spec_p, _, _) = self.scale_paths();
+                    set_pointer(&mut d, &spec_p, json!(replicas));
                     d
                 }
                 _ => {
@@ -520,6 +566,14 @@ impl<'a> Call<'a> {
                 return Err(self.invalid(&name, errs));
             }
             crate::handler::check_rbac_escalation(self.inner, &self.res, &self.user, &new_obj)?;
+            if self.res.group == "apiextensions.k8s.io" && self.res.plural == "customresourcedefinitions" && sub.is_none() {
+                crate::crd::apply_defaults(&mut new_obj);
+                crate::crd::validate(&self.res, &new_obj, Some(&cur_obj))?;
+            }
+            if let Some(v) = self.inner.crds.version(&self.res) {
+                let pruned = crate::crd::admit_custom_resource(&v, &self.res, &mut new_obj)?;
+                warnings.extend(self.unknown_field_policy(&pruned)?);
+            }
             if self.res.plural == "services" && self.res.group.is_empty() {
                 self.inner.allocate_service(&mut new_obj, Some(&cur_obj), &self.res, &name)?;
             }
@@ -562,7 +616,7 @@ impl<'a> Call<'a> {
         if self.info.subresource.as_deref() == Some("scale") {
             return Ok(body::json(200, &self.to_scale(&obj)?));
         }
-        Ok(self.output.one(&self.res, obj, 200))
+        Ok(self.render_one(obj, 200))
     }
 
     async fn apply_create(&self, applied: Value) -> Result<Response, ApiError> {
@@ -600,7 +654,8 @@ impl<'a> Call<'a> {
                 return Err(ApiError::bad_request(format!("the kind in the applied configuration ({k}) does not match the resource ({})", self.res.kind)));
             }
         }
-        let schema = rk3s_patch::DerivedApplySchema(&*self.inner.openapi);
+        let oa = self.inner.openapi();
+        let schema = rk3s_patch::DerivedApplySchema(&*oa);
         let force = self.query.flag("force");
         rk3s_patch::server_side_apply(live, applied, manager, force, &schema, &self.res.definition, &object::now_rfc3339(), &self.res.api_version(), None).map_err(|e| match e {
             rk3s_patch::ApplyError::Conflicts(cs) => {
@@ -627,12 +682,22 @@ impl<'a> Call<'a> {
                 if definition.is_empty() {
                     return Err(ApiError::unsupported_media_type(patch_kind));
                 }
-                rk3s_patch::apply_strategic_merge_patch(&base, patch, &*self.inner.openapi, definition)
+                rk3s_patch::apply_strategic_merge_patch(&base, patch, &*self.inner.openapi(), definition)
             }
             "application/apply-patch+yaml" => return self.server_side_apply(Some(&base), patch),
             other => return Err(ApiError::unsupported_media_type(other)),
         };
         r.map_err(|e| ApiError::new(422, "Invalid", e.to_string()))
+    }
+
+    /// Where replicas and the selector live: upstream's paths for built-ins, the CRD's
+    /// scale subresource paths for custom resources (as JSON pointers).
+    fn scale_paths(&self) -> (String, String, Option<String>) {
+        let ptr = |p: &str| p.trim_start_matches('.').split('.').fold(String::new(), |acc, seg| format!("{acc}/{seg}"));
+        match self.inner.crds.version(&self.res).and_then(|v| v.scale.clone()) {
+            Some(sc) => (ptr(&sc.spec_replicas_path), ptr(&sc.status_replicas_path), sc.label_selector_path.as_deref().map(ptr)),
+            None => ("/spec/replicas".into(), "/status/replicas".into(), None),
+        }
     }
 
     /// Builds the `autoscaling/v1` `Scale` of an object.
@@ -644,12 +709,16 @@ impl<'a> Call<'a> {
                 smeta.insert(k.into(), v.clone());
             }
         }
-        let spec_replicas = obj.pointer("/spec/replicas").and_then(|v| v.as_i64()).unwrap_or(1);
-        let status_replicas = obj.pointer("/status/replicas").and_then(|v| v.as_i64()).unwrap_or(0);
-        let selector = obj
-            .pointer("/spec/selector")
-            .map(|s| if s.get("matchLabels").is_some() || s.get("matchExpressions").is_some() { selector_string(s) } else { selector_string(&json!({"matchLabels": s})) })
-            .unwrap_or_default();
+        let (spec_p, status_p, sel_p) = self.scale_paths();
+        let spec_replicas = obj.pointer(&spec_p).and_then(|v| v.as_i64()).unwrap_or(if self.res.definition.is_empty() { 0 } else { 1 });
+        let status_replicas = obj.pointer(&status_p).and_then(|v| v.as_i64()).unwrap_or(0);
+        let selector = match sel_p {
+            Some(p) => obj.pointer(&p).and_then(|s| s.as_str()).unwrap_or("").to_string(),
+            None => obj
+                .pointer("/spec/selector")
+                .map(|s| if s.get("matchLabels").is_some() || s.get("matchExpressions").is_some() { selector_string(s) } else { selector_string(&json!({"matchLabels": s})) })
+                .unwrap_or_default(),
+        };
         let mut status = json!({"replicas": status_replicas});
         if !selector.is_empty() {
             status["selector"] = json!(selector);
@@ -668,7 +737,7 @@ impl<'a> Call<'a> {
         let name = self.name().to_string();
         let opts = self.delete_options()?;
         let (code, obj) = self.inner.delete_object(&self.res, self.ns(), &name, &opts, self.dry_run()).await?;
-        Ok(self.output.one(&self.res, obj, code))
+        Ok(self.render_one(obj, code))
     }
 
     fn delete_options(&self) -> Result<Value, ApiError> {
@@ -706,7 +775,24 @@ impl<'a> Call<'a> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(self.output.list(&self.res, deleted, rev, None, None))
+        Ok(self.render_list(deleted, rev, None, None))
+    }
+}
+
+/// Sets the value at a JSON pointer, creating objects on the way.
+pub fn set_pointer(obj: &mut Value, pointer: &str, value: Value) {
+    let segs: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    let mut cur = obj;
+    for (i, seg) in segs.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        let Some(m) = cur.as_object_mut() else { return };
+        if i == segs.len() - 1 {
+            m.insert(seg.to_string(), value);
+            return;
+        }
+        cur = m.entry(seg.to_string()).or_insert_with(|| json!({}));
     }
 }
 

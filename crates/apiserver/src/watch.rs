@@ -22,6 +22,7 @@ struct Encoder {
     res: Arc<ResourceInfo>,
     output: Output,
     first: bool,
+    crd: Option<Arc<crate::crd::CrdVersion>>,
 }
 
 impl Encoder {
@@ -31,7 +32,10 @@ impl Encoder {
             Output::PartialMetadata => partial_metadata(obj),
             Output::Table(inc) => {
                 let rv = crate::object::meta_str(obj, "resourceVersion").unwrap_or("").to_string();
-                let mut t = rk3s_printers::table(&self.res.group, &self.res.kind, std::slice::from_ref(obj), &rv, None, *inc, jiff::Timestamp::now());
+                let mut t = match &self.crd {
+                    Some(v) => crate::crd::table(v, std::slice::from_ref(obj), &rv, None, *inc),
+                    None => rk3s_printers::table(&self.res.group, &self.res.kind, std::slice::from_ref(obj), &rv, None, *inc, jiff::Timestamp::now()),
+                };
                 if !self.first {
                     if let Some(m) = t.as_object_mut() {
                         m.insert("columnDefinitions".into(), Value::Null);
@@ -94,7 +98,7 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
     let initial = send_initial == Some(true) || legacy_initial;
 
     let cache = call.inner.cache.clone();
-    let mut enc = Encoder { res: call.res.clone(), output: call.output.clone(), first: true };
+    let mut enc = Encoder { res: call.res.clone(), output: call.output.clone(), first: true, crd: call.inner.crds.version(&call.res) };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
 
     // Work out the starting point before answering, so a 410 can be a plain error when
