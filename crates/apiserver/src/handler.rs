@@ -393,6 +393,18 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
 /// everything but status; `generation` is bumped when the spec changes.
 pub fn prepare_update(res: &ResourceInfo, sub: Option<&str>, old: &Value, new: &mut Value) -> Value {
     let mut out = match sub {
+        Some("approval") => {
+            // Only the approval conditions change (kubectl certificate approve|deny).
+            let mut o = old.clone();
+            let conds = new.pointer("/status/conditions").cloned().unwrap_or_else(|| json!([]));
+            if let Some(oo) = o.as_object_mut() {
+                let st = oo.entry("status").or_insert_with(|| json!({}));
+                if let Some(m) = st.as_object_mut() {
+                    m.insert("conditions".into(), conds);
+                }
+            }
+            o
+        }
         Some("status") => {
             let mut o = old.clone();
             if let (Some(oo), Some(s)) = (o.as_object_mut(), new.get("status")) {
@@ -876,7 +888,7 @@ impl ApiServer {
             if res.subresource(sub).is_none() {
                 return Err(not_found());
             }
-            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction" | "token") {
+            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction" | "token" | "approval") {
                 return Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")));
             }
         } else if !res.has_verb(&info.verb) {

@@ -6,6 +6,7 @@
 //! Map: [`leader`] (Lease-based leader election), [`serviceaccount`] (a `default`
 //! ServiceAccount and the `kube-root-ca.crt` ConfigMap in every namespace).
 
+pub mod csrsigning;
 pub mod leader;
 pub mod serviceaccount;
 
@@ -32,6 +33,8 @@ pub struct Options {
     pub root_ca_pem: String,
     /// Lease duration for leader election.
     pub lease_duration: Duration,
+    /// The cluster CA key (PEM), for signing approved CertificateSigningRequests.
+    pub ca_key_pem: String,
 }
 
 /// Runs the controller manager forever: waits for leadership, then runs every
@@ -43,6 +46,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
         tracing::info!(identity = %opts.identity, "controller manager: became leader");
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(serviceaccount::run(client.clone(), opts.root_ca_pem.clone()));
+        tasks.spawn(csrsigning::run(client.clone(), opts.root_ca_pem.clone(), opts.ca_key_pem.clone()));
         tokio::select! {
             _ = lost => {
                 tracing::warn!("controller manager: lost leadership; stopping controllers");

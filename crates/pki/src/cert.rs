@@ -723,3 +723,59 @@ mod tests {
         assert!(issue_serving_cert(&ca_cert, &ca_key, "x", &["a b".into()], 1).is_err());
     }
 }
+
+/// What a certificate signed from a CSR may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CsrUsage {
+    /// TLS client (EKU clientAuth): `kubernetes.io/kube-apiserver-client[-kubelet]`.
+    Client,
+    /// TLS server (EKU serverAuth): `kubernetes.io/kubelet-serving`.
+    Server,
+}
+
+/// Signs a PKCS#10 certificate signing request (PEM) with the CA, keeping its subject
+/// and subject alternative names, for `validity_secs` seconds (as upstream's
+/// csrsigning controller does for the `kubernetes.io/*` signers). Returns the
+/// certificate PEM.
+pub fn sign_csr(ca_cert_pem: &str, ca_key_pem: &str, csr_pem: &str, usage: CsrUsage, validity_secs: i64) -> Result<String, PkiError> {
+    let ca = Ca::load(ca_cert_pem, ca_key_pem)?;
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+    let params = &mut csr.params;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![match usage {
+        CsrUsage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+        CsrUsage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+    }];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial()?);
+    let now = now_unix();
+    params.not_before = date(now - BACKDATE_SECS)?;
+    params.not_after = date(now + validity_secs.max(600))?;
+    let cert = csr.signed_by(&ca.issuer)?;
+    Ok(cert.pem())
+}
+
+#[cfg(test)]
+mod csr_tests {
+    use super::*;
+
+    #[test]
+    fn signs_a_csr_keeping_its_subject() {
+        let (ca_cert, ca_key) = generate_ca("test-ca", 10).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "system:nodes");
+        dn.push(DnType::CommonName, "system:node:n1");
+        params.distinguished_name = dn;
+        let csr = params.serialize_request(&key).expect("csr").pem().expect("pem");
+        let cert = sign_csr(&ca_cert, &ca_key, &csr, CsrUsage::Client, 3600).expect("signed");
+        assert!(verify_issued_by(&cert, &ca_cert).expect("verify"));
+        let der = pem_to_der(&cert, "certificate").expect("der");
+        let id = crate::client_identity(&der).expect("identity");
+        assert_eq!(id.user, "system:node:n1");
+        assert_eq!(id.groups, vec!["system:nodes".to_string()]);
+        assert!(sign_csr(&ca_cert, &ca_key, "garbage", CsrUsage::Client, 3600).is_err());
+    }
+}

@@ -185,8 +185,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     // Stable across restarts, so a restarted server takes its own Lease back at once.
     let identity = hostname();
     let ca = pki.ca_cert_pem.clone();
+    let ca_key = pki.ca_key_pem.clone();
     tokio::spawn(async move {
-        let opts = rk3s_controllers::Options { identity, root_ca_pem: ca, lease_duration: std::time::Duration::from_secs(15) };
+        let opts = rk3s_controllers::Options { identity, root_ca_pem: ca, lease_duration: std::time::Duration::from_secs(15), ca_key_pem: ca_key };
         if let Err(e) = rk3s_controllers::run(client, opts).await {
             tracing::error!(error = %e, "controller manager stopped");
         }

@@ -113,3 +113,54 @@ fn service_account_tokens_and_pod_admission() {
     assert_eq!(p["spec"]["containers"][0]["volumeMounts"][0]["mountPath"], "/var/run/secrets/kubernetes.io/serviceaccount");
     assert!(p["spec"]["tolerations"].as_array().is_some_and(|t| t.iter().any(|x| x["key"] == "node.kubernetes.io/not-ready" && x["tolerationSeconds"] == 300)));
 }
+
+#[test]
+fn certificate_signing_request_approve_and_use() {
+    use base64::Engine;
+    let c = Cluster::start();
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::OrganizationName, "dev-team");
+    dn.push(rcgen::DnType::CommonName, "bob");
+    params.distinguished_name = dn;
+    let csr_pem = params.serialize_request(&key).expect("csr").pem().expect("pem");
+    let request = base64::engine::general_purpose::STANDARD.encode(csr_pem.as_bytes());
+    let manifest = format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: bob\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  expirationSeconds: 86400\n  usages: [client auth]\n"
+    );
+    c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&manifest));
+    let pending = c.ok(&["get", "csr", "bob"]);
+    assert!(pending.contains("Pending"), "{pending}");
+    c.ok(&["certificate", "approve", "bob"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let cert_b64 = loop {
+        let out = c.ok(&["get", "csr", "bob", "-o", "jsonpath={.status.certificate}"]);
+        if !out.is_empty() {
+            break out;
+        }
+        assert!(std::time::Instant::now() < deadline, "CSR never signed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let table = c.ok(&["get", "csr", "bob"]);
+    assert!(table.contains("Approved,Issued"), "{table}");
+    // The signed certificate authenticates as bob in dev-team.
+    let admin = std::fs::read_to_string(&c.kubeconfig).expect("kubeconfig");
+    let field = |k: &str| admin.lines().find_map(|l| l.trim().strip_prefix(&format!("{k}:")).map(|v| v.trim().to_string())).expect("field");
+    let key_b64 = base64::engine::general_purpose::STANDARD.encode(key.serialize_pem().as_bytes());
+    let kc = c.path().join("bob.kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {cert_b64}\n    client-key-data: {key_b64}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            field("server"),
+            field("certificate-authority-data")
+        ),
+    )
+    .expect("write");
+    let who = as_user(&c, &kc, &["auth", "whoami", "-o", "json"]);
+    assert!(who.status.success(), "{}", String::from_utf8_lossy(&who.stderr));
+    let v: Value = serde_json::from_slice(&who.stdout).expect("json");
+    assert_eq!(v["status"]["userInfo"]["username"], "bob");
+    assert!(v["status"]["userInfo"]["groups"].as_array().is_some_and(|g| g.iter().any(|x| x == "dev-team")));
+}
