@@ -237,7 +237,11 @@ impl<'a> Call<'a> {
             let t = decode_continue(c)?;
             return self.list_from_store(&prefix, &filter, limit, Some(t.rv), Some(format!("{prefix}{}", t.start))).await;
         }
-        if limit > 0 && rv_param != Some("0") {
+        let exact = self.query.get("resourceVersionMatch") == Some("Exact");
+        if exact && rv_param.is_none_or(|r| r == "0") {
+            return Err(ApiError::invalid_simple("resourceVersionMatch", "resourceVersionMatch", "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"\""));
+        }
+        if (limit > 0 && rv_param != Some("0")) || exact {
             let rev = match (rv_param, self.query.get("resourceVersionMatch")) {
                 (Some(rv), Some("Exact")) => Some(rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?),
                 _ => None,

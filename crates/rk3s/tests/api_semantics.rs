@@ -285,3 +285,19 @@ fn binding_eviction_job_selector_and_propagation_finalizers() {
     assert!(fg["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|x| x == "foregroundDeletion")), "{fg}");
     assert!(fg["metadata"]["deletionTimestamp"].is_string());
 }
+
+#[test]
+fn list_at_an_exact_resource_version() {
+    let c = Cluster::start();
+    let mut k = conn(&c);
+    let (_, a) = call(&mut k, "POST", "/api/v1/namespaces/default/secrets", Some(secret("a", json!({}))));
+    let rv_a = a["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+    call(&mut k, "POST", "/api/v1/namespaces/default/secrets", Some(secret("b", json!({}))));
+    let (code, l) = call(&mut k, "GET", &format!("/api/v1/namespaces/default/secrets?resourceVersion={rv_a}&resourceVersionMatch=Exact"), None);
+    assert_eq!(code, 200, "{l}");
+    let names: Vec<&str> = l["items"].as_array().map(|a| a.iter().filter_map(|i| i["metadata"]["name"].as_str()).collect()).unwrap_or_default();
+    assert_eq!(names, vec!["a"], "the list as of {rv_a}");
+    assert_eq!(l["metadata"]["resourceVersion"], rv_a.as_str());
+    let (_, now) = call(&mut k, "GET", "/api/v1/namespaces/default/secrets", None);
+    assert_eq!(now["items"].as_array().map(Vec::len), Some(2));
+}
