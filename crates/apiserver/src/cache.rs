@@ -270,6 +270,16 @@ impl WatchCache {
         (items, st.revision)
     }
 
+    /// How many objects the cache holds.
+    pub fn len(&self) -> usize {
+        self.state.read().map(|s| s.objects.len()).unwrap_or(0)
+    }
+
+    /// Whether the cache holds no object.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// One object by key.
     pub fn get(&self, key: &str) -> Option<CachedObject> {
         self.state.read().ok()?.objects.get(key).cloned()

@@ -45,6 +45,10 @@ pub struct Inner {
     pub rbac_cache: crate::authz::RbacCache,
     /// Bearer-token authentication and service-account token issuing.
     pub token_auth: crate::authz::TokenAuth,
+    /// Request metrics.
+    pub metrics: crate::metrics::Metrics,
+    /// The audit log, if enabled.
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 /// The API server: cheap to clone, one per process.
@@ -718,6 +722,8 @@ impl ApiServer {
             advertise: format!("{}:{}", config.advertise_address, config.advertise_port),
             rbac_cache: Default::default(),
             token_auth: crate::authz::TokenAuth { verifier: Some(verifier), issuer: Some(issuer), token_file, audiences },
+            metrics: Default::default(),
+            audit: config.audit.clone(),
         });
         let api = ApiServer { inner };
         crate::bootstrap::run(&api, config).await?;
@@ -750,12 +756,55 @@ impl ApiServer {
         let path = parts.uri.path().to_string();
         let query = Query::parse(parts.uri.query());
         let started = std::time::Instant::now();
-        let resp = self.route(&parts, &path, query, body, user.as_ref()).await;
+        let info = request::parse(&parts.method, &path, &query);
+        let received = jiff::Timestamp::now();
+        let mut actx = AuditCtx::default();
+        let audit_body = self.inner.audit.as_ref().map(|_| body.clone());
+        let mut resp = self.route(&parts, &path, query, body, user.as_ref(), &mut actx).await;
+        if let (Some(audit), Some(authn)) = (&self.inner.audit, &actx.user) {
+            let attrs = crate::audit::AuditAttributes::from_request(authn, info.as_ref(), &parts.method, &path);
+            let level = audit.level_for(&attrs);
+            if level != crate::audit::Level::None {
+                let id = crate::audit::new_audit_id();
+                if let Ok(h) = http::HeaderValue::from_str(&id) {
+                    resp.headers_mut().insert("Audit-ID", h);
+                }
+                let code = resp.status().as_u16();
+                let resp_bytes = match resp.body() {
+                    crate::body::ResponseBody::Full(Some(b)) if level == crate::audit::Level::RequestResponse || code >= 400 => Some(b.clone()),
+                    _ => None,
+                };
+                let is_watch = info.as_ref().is_some_and(|i| i.verb == "watch");
+                let req_bytes = if level >= crate::audit::Level::Request { audit_body.as_deref() } else { None };
+                audit.record(crate::audit::AuditRecord {
+                    attributes: attrs,
+                    user: authn.clone(),
+                    impersonated_user: actx.impersonated.clone(),
+                    audit_id: Some(id),
+                    stage: if is_watch { crate::audit::Stage::ResponseStarted } else { crate::audit::Stage::ResponseComplete },
+                    request_uri: parts.uri.to_string(),
+                    source_ips: crate::audit::source_ips(&parts.headers, None),
+                    user_agent: parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+                    code,
+                    request_body: req_bytes,
+                    response_body: resp_bytes.as_deref(),
+                    received,
+                    decision: actx.decision.clone(),
+                });
+            }
+        }
+        let verb = match info.as_ref().map(|i| i.verb.as_str()) {
+            Some("list") => "LIST",
+            Some("watch") => "WATCH",
+            _ => parts.method.as_str(),
+        };
+        let (group, resource, sub) = info.as_ref().map(|i| (i.group.as_str(), i.resource.as_str(), i.subresource.as_deref().unwrap_or(""))).unwrap_or(("", "", ""));
+        self.inner.metrics.record(verb, group, resource, sub, resp.status().as_u16(), started.elapsed());
         tracing::debug!(method = %parts.method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
         resp
     }
 
-    async fn route(&self, parts: &http::request::Parts, path: &str, query: Query, body: Bytes, user: Option<&UserInfo>) -> Response {
+    async fn route(&self, parts: &http::request::Parts, path: &str, query: Query, body: Bytes, user: Option<&UserInfo>, actx: &mut AuditCtx) -> Response {
         let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/version/")
             || path.starts_with("/healthz/")
             || path.starts_with("/livez/")
@@ -778,9 +827,15 @@ impl ApiServer {
         if user.is_none() && !public {
             return body::error(&ApiError::unauthorized());
         }
+        actx.user = user.clone();
         let user = match user {
-            Some(u) => match self.inner.impersonate(u, &parts.headers) {
-                Ok(u) => Some(u),
+            Some(u) => match self.inner.impersonate(u.clone(), &parts.headers) {
+                Ok(imp) => {
+                    if imp != u {
+                        actx.impersonated = Some(imp.clone());
+                    }
+                    Some(imp)
+                }
                 Err(e) => return body::error(&e),
             },
             None => None,
@@ -800,7 +855,12 @@ impl ApiServer {
             None => crate::authz::non_resource_attributes(&user, &parts.method, path),
         };
         if let Err(e) = self.inner.authorize(&attrs) {
+            actx.decision = Some(crate::audit::AuthzDecision { allowed: false, reason: e.message.clone() });
             return body::error(&e);
+        }
+        actx.decision = Some(crate::audit::AuthzDecision { allowed: true, reason: String::new() });
+        if path == "/metrics" {
+            return body::bytes_response(200, "text/plain; version=0.0.4; charset=utf-8", self.inner.metrics.render(self.inner.cache.len()));
         }
         if path == "/openapi/v2" {
             let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -923,6 +983,17 @@ impl ApiServer {
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         self.inner.cache.wait_fresh(timeout).await.is_ok()
     }
+}
+
+/// What the audit log needs to know from request routing.
+#[derive(Default)]
+pub struct AuditCtx {
+    /// The authenticated user (before impersonation).
+    pub user: Option<UserInfo>,
+    /// The impersonated user, if any.
+    pub impersonated: Option<UserInfo>,
+    /// The authorization decision.
+    pub decision: Option<crate::audit::AuthzDecision>,
 }
 
 /// The `/version` document.

@@ -10,9 +10,12 @@
 //!   deletecollection), object semantics (uid, generation, finalizers, ...), subresources.
 //! - [`watch`]: watch streams served from the [`cache`].
 //! - [`cache`]: the watch cache fed by one store watch.
+//! - [`convert`]: API form <-> stored form (events.k8s.io Events are stored as core Events).
 //! - [`crd`]: CustomResourceDefinitions: the CRD controller and custom-resource schemas.
 //! - [`alloc`]: Service cluster IPs and node ports.
 //! - [`authz`]: bearer tokens, impersonation, Node + RBAC authorization, review APIs.
+//! - [`audit`]: the audit log (upstream policy and event formats).
+//! - [`metrics`]: `/metrics` (request counts and latencies, cached objects, memory).
 //! - [`bootstrap`]: objects every cluster has (namespaces, the `kubernetes` Service).
 //! - [`local`]: the in-process transport (a `tower::Service`) for components in this process.
 //!
@@ -23,13 +26,16 @@
 #![allow(clippy::result_large_err)]
 
 pub mod alloc;
+pub mod audit;
 pub mod authz;
 pub mod body;
 pub mod bootstrap;
 pub mod cache;
+pub mod convert;
 pub mod crd;
 pub mod handler;
 pub mod local;
+pub mod metrics;
 pub mod object;
 pub mod request;
 pub mod rest;
@@ -97,6 +103,8 @@ pub struct Config {
     pub service_account_issuer: String,
     /// Contents of `--token-auth-file`, if given.
     pub token_auth_file: Option<String>,
+    /// The audit log (`--audit-log-path`), if enabled.
+    pub audit: Option<audit::AuditLog>,
 }
 
 /// The Kubernetes version this server speaks.

@@ -220,7 +220,7 @@ impl<'a> Call<'a> {
     pub async fn get(&self) -> Result<Response, ApiError> {
         let kv = self.inner.store.get(&self.key()).await.map_err(|e| store_err(&self.res, self.name(), e))?;
         let kv = kv.ok_or_else(|| ApiError::not_found(&self.res, self.name()))?;
-        let obj = kv_to_object(&kv)?;
+        let obj = crate::convert::from_storage(&self.res, kv_to_object(&kv)?);
         if self.info.subresource.as_deref() == Some("scale") {
             return Ok(body::json(200, &self.to_scale(&obj)?));
         }
@@ -259,6 +259,14 @@ impl<'a> Call<'a> {
         };
         let (items, cache_rev) = self.inner.cache.list(&prefix);
         let rv = cache_rev.max(rev);
+        if crate::convert::needs_conversion(&self.res) {
+            let items: Vec<Value> = items
+                .into_iter()
+                .map(|o| crate::convert::from_storage(&self.res, (*o.object).clone()))
+                .filter(|o| filter.matches(o))
+                .collect();
+            return Ok(self.render_list(items, rv, None, None));
+        }
         if self.output == Output::Json {
             // Fast path: splice the cached encodings into the list body.
             let head = serde_json::to_vec(&list_object(&self.res, Vec::new(), rv, None, None)).unwrap_or_default();
@@ -307,7 +315,7 @@ impl<'a> Call<'a> {
             remaining = page.remaining;
             for kv in &page.items {
                 last_key = kv.key.clone();
-                let obj = kv_to_object(kv)?;
+                let obj = crate::convert::from_storage(&self.res, kv_to_object(kv)?);
                 if filter.matches(&obj) {
                     items.push(obj);
                 }
@@ -479,7 +487,7 @@ impl<'a> Call<'a> {
             }
             return Ok(with_warnings(self.render_one(obj, 201), &warnings));
         }
-        let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+        let bytes = serde_json::to_vec(&crate::convert::to_storage(&self.res, obj.clone())).map_err(|e| ApiError::internal(e.to_string()))?;
         let kv = self.inner.store.create(&key, bytes).await.map_err(|e| store_err(&self.res, &name, e))?;
         set_resource_version(&mut obj, kv.mod_revision);
         Ok(with_warnings(self.render_one(obj, 201), &warnings))
@@ -513,7 +521,7 @@ impl<'a> Call<'a> {
                 }
                 return Err(ApiError::not_found(&self.res, &name));
             };
-            let cur_obj = kv_to_object(&current)?;
+            let cur_obj = crate::convert::from_storage(&self.res, kv_to_object(&current)?);
             // The object as the client wants it.
             let mut desired = match sub.as_deref() {
                 Some("scale") => {
@@ -602,7 +610,7 @@ impl<'a> Call<'a> {
             if let Some(m) = meta_mut(&mut new_obj) {
                 m.remove("resourceVersion");
             }
-            let bytes = serde_json::to_vec(&new_obj).map_err(|e| ApiError::internal(e.to_string()))?;
+            let bytes = serde_json::to_vec(&crate::convert::to_storage(&self.res, new_obj.clone())).map_err(|e| ApiError::internal(e.to_string()))?;
             match self.inner.store.update(&key, bytes, current.mod_revision).await {
                 Ok(kv) => {
                     set_resource_version(&mut new_obj, kv.mod_revision);
@@ -741,7 +749,7 @@ impl<'a> Call<'a> {
         let name = self.name().to_string();
         let opts = self.delete_options()?;
         let (code, obj) = self.inner.delete_object(&self.res, self.ns(), &name, &opts, self.dry_run()).await?;
-        Ok(self.render_one(obj, code))
+        Ok(self.render_one(crate::convert::from_storage(&self.res, obj), code))
     }
 
     fn delete_options(&self) -> Result<Value, ApiError> {

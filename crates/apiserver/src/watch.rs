@@ -155,7 +155,8 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
         }
         let matches_key = |k: &str| if exact { k == res_key_prefix } else { k.starts_with(&res_key_prefix) };
         for o in &initial_items {
-            if filter.matches(&o.object) && tx.send(enc.event("ADDED", &o.object)).await.is_err() {
+            let obj = if crate::convert::needs_conversion(&enc.res) { crate::convert::from_storage(&enc.res, (*o.object).clone()) } else { (*o.object).clone() };
+            if filter.matches(&obj) && tx.send(enc.event("ADDED", &obj)).await.is_err() {
                 return;
             }
         }
@@ -213,8 +214,18 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
 }
 
 fn encode_event(enc: &mut Encoder, filter: &Filter, ev: &CacheEvent) -> Option<Bytes> {
-    let now = filter.matches(&ev.object);
-    let before = ev.prev.as_ref().map(|p| filter.matches(p)).unwrap_or(false);
+    let converted;
+    let (object, prev) = if crate::convert::needs_conversion(&enc.res) {
+        converted = (
+            crate::convert::from_storage(&enc.res, (*ev.object).clone()),
+            ev.prev.as_ref().map(|p| crate::convert::from_storage(&enc.res, (**p).clone())),
+        );
+        (&converted.0, converted.1.as_ref())
+    } else {
+        (&*ev.object, ev.prev.as_deref())
+    };
+    let now = filter.matches(object);
+    let before = prev.map(|p| filter.matches(p)).unwrap_or(false);
     let typ = match ev.kind {
         CacheEventKind::Added => now.then_some("ADDED"),
         CacheEventKind::Modified => match (before, now) {
@@ -225,5 +236,5 @@ fn encode_event(enc: &mut Encoder, filter: &Filter, ev: &CacheEvent) -> Option<B
         },
         CacheEventKind::Deleted => (before || now).then_some("DELETED"),
     }?;
-    Some(enc.event(typ, &ev.object))
+    Some(enc.event(typ, object))
 }

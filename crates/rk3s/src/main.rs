@@ -5,6 +5,7 @@
 //! kubeconfig).
 
 mod config;
+mod secrets;
 mod server;
 mod sim;
 
@@ -28,6 +29,9 @@ enum Command {
     /// fresh, moves their pods through their phases without containers)
     #[command(hide = true)]
     SimNodes(sim::SimArgs),
+    /// Secrets encryption at rest: status and re-encryption
+    #[command(subcommand)]
+    SecretsEncrypt(secrets::SecretsCommand),
     /// Run kubectl (from PATH) against this machine's cluster (admin kubeconfig).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -66,6 +70,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rk3s sim-nodes: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::SecretsEncrypt(cmd) => match secrets::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s secrets-encrypt: {e:#}");
                 ExitCode::from(1)
             }
         },

@@ -63,6 +63,24 @@ pub struct ServerArgs {
     /// Datastore: empty for the embedded SQLite (only SQLite is supported so far)
     #[arg(long, value_name = "URL")]
     pub datastore_endpoint: Option<String>,
+    /// Encrypt Secrets at rest (AES-GCM; key in <data-dir>/server/cred/encryption-config.json)
+    #[arg(long)]
+    pub secrets_encryption: bool,
+    /// Write an audit log to this file ("-" for standard output)
+    #[arg(long, value_name = "FILE")]
+    pub audit_log_path: Option<PathBuf>,
+    /// Audit policy (audit.k8s.io/v1 Policy); default: every request at Metadata level
+    #[arg(long, value_name = "FILE")]
+    pub audit_policy_file: Option<PathBuf>,
+    /// Rotate the audit log at this size in megabytes (0: never)
+    #[arg(long, value_name = "MB", default_value_t = 100)]
+    pub audit_log_maxsize: u64,
+    /// Rotated audit logs to keep (0: all)
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub audit_log_maxbackup: usize,
+    /// Days to keep rotated audit logs (0: forever)
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub audit_log_maxage: u64,
     /// File of static bearer tokens (CSV: token,user,uid,"group1,group2")
     #[arg(long, value_name = "FILE")]
     pub token_auth_file: Option<PathBuf>,
@@ -155,6 +173,30 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let store = Arc::new(store);
     store.spawn_compactor(std::time::Duration::from_secs(300), 1000);
     let store: Arc<dyn rk3s_store::Store> = store;
+    let store: Arc<dyn rk3s_store::Store> = if args.secrets_encryption {
+        let path = encryption_config_path(&args.data_dir);
+        let cfg = rk3s_store::encrypt::EncryptionConfig::load_or_create(&path).with_context(|| format!("encryption config {}", path.display()))?;
+        tracing::info!(config = %path.display(), "secrets are encrypted at rest (aesgcm)");
+        Arc::new(rk3s_store::encrypt::EncryptingStore::new(store, cfg))
+    } else {
+        store
+    };
+    let audit = match &args.audit_log_path {
+        Some(path) => {
+            let policy = match &args.audit_policy_file {
+                Some(p) => rk3s_apiserver::audit::AuditPolicy::parse(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                    .with_context(|| format!("audit policy {}", p.display()))?,
+                None => rk3s_apiserver::audit::AuditPolicy::default_metadata(),
+            };
+            let rotate = rk3s_apiserver::audit::RotateOptions {
+                max_size_mb: args.audit_log_maxsize,
+                max_backups: args.audit_log_maxbackup,
+                max_age_days: args.audit_log_maxage,
+            };
+            Some(rk3s_apiserver::audit::AuditLog::open_with_rotation(path, policy, rotate).with_context(|| format!("audit log {}", path.display()))?)
+        }
+        None => None,
+    };
 
     let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
     let config = rk3s_apiserver::Config {
@@ -170,6 +212,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         service_account_key_pem: pki.sa_key_pem.clone(),
         service_account_pub_pem: pki.sa_pub_pem.clone(),
         service_account_issuer: format!("https://kubernetes.default.svc.{}", args.cluster_domain),
+        audit,
         token_auth_file: match &args.token_auth_file {
             Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading --token-auth-file {}", p.display()))?),
             None => None,
@@ -190,6 +233,14 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         let opts = rk3s_controllers::Options { identity, root_ca_pem: ca, lease_duration: std::time::Duration::from_secs(15), ca_key_pem: ca_key };
         if let Err(e) = rk3s_controllers::run(client, opts).await {
             tracing::error!(error = %e, "controller manager stopped");
+        }
+    });
+    let scheduler_user = rk3s_apiserver::UserInfo::new("system:kube-scheduler", &["system:masters"]).with_authenticated_group();
+    let scheduler_client = rk3s_controllers::client_over(api.local_service(scheduler_user));
+    let scheduler_opts = rk3s_scheduler::RunOptions::new(&hostname());
+    tokio::spawn(async move {
+        if let Err(e) = rk3s_scheduler::run(scheduler_client, scheduler_opts).await {
+            tracing::error!(error = %e, "scheduler stopped");
         }
     });
     let serving = tokio::spawn(rk3s_apiserver::server::serve(api, listener, tls));
@@ -223,6 +274,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; shutting down"); Ok(()) }
         _ = term.recv() => { tracing::info!("terminated; shutting down"); Ok(()) }
     }
+}
+
+/// Where the secrets-encryption configuration lives.
+pub fn encryption_config_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("server").join("cred").join("encryption-config.json")
 }
 
 fn hostname() -> String {

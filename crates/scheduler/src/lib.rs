@@ -9,6 +9,10 @@
 //! PodTopologySpread 2, InterPodAffinity 2, BalancedAllocation 1, ImageLocality 1.
 //! PostFilter: DefaultPreemption (with PodDisruptionBudgets).
 //!
+//! The component ([`run`]) holds the `kube-scheduler` Lease, watches nodes, pods,
+//! volumes, PDBs and namespaces, keeps a [`Snapshot`] and a [`queue::SchedulingQueue`]
+//! current, and binds pods through `pods/binding` (see [`runner`]).
+//!
 //! ```no_run
 //! # use rk3s_scheduler::{Scheduler, Snapshot};
 //! # let (nodes, pods, pod) = (vec![], vec![], Default::default());
@@ -20,9 +24,12 @@
 //! }
 //! ```
 
+pub mod leader;
 mod plugins;
 pub mod quantity;
+pub mod queue;
 pub mod resources;
+pub mod runner;
 mod scheduler;
 pub mod selectors;
 mod snapshot;
@@ -35,4 +42,5 @@ pub use plugins::{Weights, MAX_NODE_SCORE};
 pub use quantity::{parse_milli_value, parse_value, QuantityError};
 pub use resources::{pod_non_zero_requests, pod_requests, Resources};
 pub use scheduler::{FitError, Preemption, Scheduler, SchedulerConfig};
+pub use runner::{run, RunOptions, SchedulerError};
 pub use snapshot::{pod_key, pod_priority, Snapshot};

@@ -15,6 +15,7 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 
+pub mod encrypt;
 pub mod sqlite;
 
 /// A store revision. Revisions start at 1; 0 means "none".

@@ -100,9 +100,9 @@ impl Row {
                 verbs: strings(ALL),
                 subresources: Vec::new(),
                 definition: definition_name(group, version, kind),
-                // Upstream stores core `events` and `events.k8s.io` events once (in the
-                // core group); we keep each in its own group for now.
-                storage_group: group.to_string(),
+                // Upstream stores core `events` and `events.k8s.io` events once, in
+                // the core group's form; the API server converts between the two.
+                storage_group: if group == "events.k8s.io" { String::new() } else { group.to_string() },
                 preferred: true,
             },
         }

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Scheduler benchmark: a release `rk3s server`, N simulated nodes (`rk3s sim-nodes`), M pods
+with requests created by a few parallel HTTPS clients; prints how fast they are bound (pods/s
+from the first create until the last pod has a nodeName, seen through a watch). Prints
+figures; never fails.
+
+Usage: bench/scheduler_bench.py [--binary target/release/rk3s] [--nodes 1000] [--pods 10000]
+                                [--clients 4] [--deadline 600]
+"""
+import argparse, base64, http.client, json, multiprocessing as mp, os, re, shutil, signal, socket
+import ssl, subprocess, sys, tempfile, threading, time
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def load_kubeconfig(path, tmp):
+    text = open(path).read()
+    paths = {}
+    for k in ("certificate-authority-data", "client-certificate-data", "client-key-data"):
+        m = re.search(k + r":\s*(\S+)", text)
+        p = os.path.join(tmp, k); open(p, "wb").write(base64.b64decode(m.group(1))); paths[k] = p
+    return paths
+
+
+def ctx(paths):
+    c = ssl.create_default_context(cafile=paths["certificate-authority-data"])
+    c.load_cert_chain(paths["client-certificate-data"], paths["client-key-data"])
+    return c
+
+
+def request(conn, method, path, body=None):
+    conn.request(method, path, json.dumps(body) if body is not None else None,
+                 {"Content-Type": "application/json"} if body is not None else {})
+    r = conn.getresponse(); data = r.read()
+    return r.status, data
+
+
+def creator(args):
+    port, paths, ns, start, count = args
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+    failed = 0
+    for i in range(start, start + count):
+        body = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"p-{i}", "labels": {"bench": "yes"}},
+                "spec": {"terminationGracePeriodSeconds": 0,
+                         "containers": [{"name": "c", "image": "busybox",
+                                         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}}
+        for _ in range(3):
+            try:
+                st, _ = request(conn, "POST", f"/api/v1/namespaces/{ns}/pods", body)
+                if st == 201:
+                    break
+            except (OSError, http.client.HTTPException):
+                conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+        else:
+            failed += 1
+    return failed
+
+
+class BindWatcher(threading.Thread):
+    """Counts pods of a namespace that have spec.nodeName, through a watch."""
+
+    def __init__(self, port, paths, ns, rv, target):
+        super().__init__(daemon=True)
+        self.port, self.paths, self.ns, self.rv, self.target = port, paths, ns, rv, target
+        self.bound = set(); self.first = None; self.done_at = None; self.error = None
+
+    def run(self):
+        while self.done_at is None:
+            try:
+                conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx(self.paths), timeout=600)
+                conn.request("GET", f"/api/v1/namespaces/{self.ns}/pods?watch=1&resourceVersion={self.rv}"
+                                    f"&allowWatchBookmarks=true&timeoutSeconds=3600")
+                r = conn.getresponse()
+                while self.done_at is None:
+                    line = r.readline()
+                    if not line:
+                        break
+                    ev = json.loads(line)
+                    obj = ev.get("object", {})
+                    rv = obj.get("metadata", {}).get("resourceVersion")
+                    if rv:
+                        self.rv = rv
+                    if ev.get("type") in ("ADDED", "MODIFIED") and obj.get("spec", {}).get("nodeName"):
+                        name = obj["metadata"]["name"]
+                        if name not in self.bound:
+                            self.bound.add(name)
+                            if self.first is None:
+                                self.first = time.perf_counter()
+                            if len(self.bound) >= self.target:
+                                self.done_at = time.perf_counter()
+            except Exception as e:  # keep watching; report at the end
+                self.error = repr(e)
+                time.sleep(0.2)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="target/release/rk3s")
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--pods", type=int, default=10000)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--deadline", type=float, default=600.0, help="seconds to wait for all pods to be bound")
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="rk3s-sched-bench-")
+    port = free_port()
+    kc = os.path.join(tmp, "kubeconfig")
+    open(os.path.join(tmp, "config.yaml"), "w").write("{}\n")
+    t0 = time.perf_counter()
+    srv = subprocess.Popen([a.binary, "server", f"--config={tmp}/config.yaml", f"--data-dir={tmp}/data",
+                            f"--https-listen-port={port}", "--bind-address=127.0.0.1",
+                            "--advertise-address=127.0.0.1", f"--write-kubeconfig={kc}", "--disable-agent",
+                            "--log-level=warn"], stderr=open(os.path.join(tmp, "server.log"), "w"))
+    sim = None
+    try:
+        paths = None
+        while time.perf_counter() - t0 < 60:
+            if os.path.exists(kc):
+                try:
+                    paths = paths or load_kubeconfig(kc, tmp)
+                    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+                    if request(c, "GET", "/readyz")[1] == b"ok":
+                        break
+                except (OSError, ssl.SSLError, http.client.HTTPException):
+                    pass
+            time.sleep(0.02)
+        if paths is None:
+            print("server did not start; see", os.path.join(tmp, "server.log")); return
+        c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+        t = time.perf_counter()
+        sim = subprocess.Popen([a.binary, "sim-nodes", f"--kubeconfig={kc}", f"--count={a.nodes}",
+                                "--lease-interval-ms=30000"], stdout=subprocess.DEVNULL,
+                               stderr=open(os.path.join(tmp, "sim.log"), "w"))
+        nodes = 0
+        while time.perf_counter() - t < 300:
+            st, body = request(c, "GET", "/api/v1/nodes")
+            if st == 200:
+                nodes = len(json.loads(body).get("items", []))
+                if nodes >= a.nodes:
+                    break
+            time.sleep(0.5)
+        reg = time.perf_counter() - t
+        print(f"nodes registered:              {nodes} in {reg:.1f} s")
+        ns = "bench"
+        request(c, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        st, body = request(c, "GET", f"/api/v1/namespaces/{ns}/pods")
+        rv = json.loads(body).get("metadata", {}).get("resourceVersion", "0") if st == 200 else "0"
+        w = BindWatcher(port, paths, ns, rv, a.pods)
+        w.start()
+        per = a.pods // a.clients
+        rest = a.pods - per * a.clients
+        jobs = [(port, paths, ns, k * per, per + (rest if k == a.clients - 1 else 0)) for k in range(a.clients)]
+        t_create = time.perf_counter()
+        with mp.Pool(a.clients) as pool:
+            failed = sum(pool.map(creator, jobs))
+        created_in = time.perf_counter() - t_create
+        print(f"pods created ({a.clients} clients):      {a.pods - failed} in {created_in:.1f} s "
+              f"({(a.pods - failed) / created_in:.0f} /s), {failed} failed")
+        w.join(timeout=max(0.0, a.deadline - (time.perf_counter() - t_create)))
+        now = time.perf_counter()
+        n = len(w.bound)
+        if w.done_at is not None:
+            total = w.done_at - t_create
+            print(f"all {n} pods bound after:      {total:.1f} s from the first create "
+                  f"({n / total:.0f} pods/s scheduled end-to-end)")
+            print(f"last bind after last create:   {max(0.0, w.done_at - t_create - created_in):.1f} s")
+        else:
+            total = now - t_create
+            print(f"NOT all bound: {n}/{a.pods} pods bound after {total:.1f} s ({n / total:.0f} pods/s)"
+                  + (f"; watch error {w.error}" if w.error else ""))
+        print(f"server RSS:                    {rss_mb(srv.pid):.1f} MB")
+    finally:
+        if sim is not None:
+            sim.send_signal(signal.SIGKILL); sim.wait()
+        srv.send_signal(signal.SIGKILL); srv.wait()
+        if os.environ.get("RK3S_BENCH_KEEP"):
+            print("kept", tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # a benchmark prints, never fails
+        print("benchmark error:", repr(e), file=sys.stderr)
