@@ -678,6 +678,12 @@ impl Inner {
             match self.store.delete(&key, Some(kv.mod_revision)).await {
                 Ok(dkv) => {
                     set_resource_version(&mut obj, dkv.mod_revision);
+                    if let Some(ns) = ns {
+                        if !self.cache.list(&format!("/registry/core/resourcequotas/{ns}/")).0.is_empty() {
+                            self.cache.wait_for(dkv.mod_revision, Duration::from_secs(2)).await;
+                            crate::admission::refresh_quotas(self, ns).await;
+                        }
+                    }
                     return Ok((200, obj));
                 }
                 Err(StoreError::Conflict { .. }) => continue,

@@ -12,6 +12,7 @@
 //! - [`cache`]: the watch cache fed by one store watch.
 //! - [`convert`]: API form <-> stored form (events.k8s.io Events are stored as core Events).
 //! - [`crd`]: CustomResourceDefinitions: the CRD controller and custom-resource schemas.
+//! - [`admission`]: LimitRanger, DefaultStorageClass, PodSecurity, webhooks, ResourceQuota.
 //! - [`alloc`]: Service cluster IPs and node ports.
 //! - [`authz`]: bearer tokens, impersonation, Node + RBAC authorization, review APIs.
 //! - [`audit`]: the audit log (upstream policy and event formats).
@@ -25,6 +26,7 @@
 // ApiError (a Status with causes) is large, and errors are the rare path: not worth boxing.
 #![allow(clippy::result_large_err)]
 
+pub mod admission;
 pub mod alloc;
 pub mod audit;
 pub mod authz;

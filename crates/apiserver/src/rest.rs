@@ -459,13 +459,17 @@ impl<'a> Call<'a> {
         if self.res.group.is_empty() && self.res.plural == "pods" {
             crate::handler::admit_pod(self.inner, &mut obj);
         }
+        let mut warnings = warnings;
+        warnings.extend(crate::admission::mutate(self.inner, &self.res, None, "CREATE", &mut obj, None, &self.user, self.dry_run()).await?);
+        if self.res.group.is_empty() && self.res.plural == "resourcequotas" {
+            obj["status"] = crate::admission::quota_status(self.inner, &obj);
+        }
         crate::handler::check_rbac_escalation(self.inner, &self.res, &self.user, &obj)?;
         if self.res.group == "apiextensions.k8s.io" && self.res.plural == "customresourcedefinitions" {
             crate::crd::prepare_create(&mut obj);
             crate::crd::apply_defaults(&mut obj);
             crate::crd::validate(&self.res, &obj, None)?;
         }
-        let mut warnings = warnings;
         if let Some(v) = self.inner.crds.version(&self.res) {
             let pruned = crate::crd::admit_custom_resource(&v, &self.res, &mut obj)?;
             warnings.extend(self.unknown_field_policy(&pruned)?);
@@ -474,6 +478,7 @@ impl<'a> Call<'a> {
         if !errs.is_empty() {
             return Err(self.invalid(&name, errs));
         }
+        warnings.extend(crate::admission::validate(self.inner, &self.res, None, "CREATE", &obj, None, &self.user, self.dry_run()).await?);
         let key = self.res.key(ns.as_deref(), &name);
         if self.res.plural == "services" && self.res.group.is_empty() {
             self.inner.allocate_service(&mut obj, None, &self.res, &name)?;
@@ -573,10 +578,15 @@ impl<'a> Call<'a> {
                 // No-op updates are not written (upstream skips them too).
                 return Ok(with_warnings(self.answer_update(cur_obj)?, &warnings));
             }
+            warnings.extend(crate::admission::mutate(self.inner, &self.res, sub.as_deref(), "UPDATE", &mut new_obj, Some(&cur_obj), &self.user, self.dry_run()).await?);
+            if self.res.group.is_empty() && self.res.plural == "resourcequotas" && new_obj.pointer("/spec/hard") != cur_obj.pointer("/spec/hard") {
+                new_obj["status"] = crate::admission::quota_status(self.inner, &new_obj);
+            }
             let errs = rk3s_validation::validate_update(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &new_obj, &cur_obj);
             if !errs.is_empty() {
                 return Err(self.invalid(&name, errs));
             }
+            warnings.extend(crate::admission::validate(self.inner, &self.res, sub.as_deref(), "UPDATE", &new_obj, Some(&cur_obj), &self.user, self.dry_run()).await?);
             crate::handler::check_rbac_escalation(self.inner, &self.res, &self.user, &new_obj)?;
             if self.res.group == "apiextensions.k8s.io" && self.res.plural == "customresourcedefinitions" && sub.is_none() {
                 crate::crd::apply_defaults(&mut new_obj);

@@ -292,3 +292,15 @@ fn server_side_apply_conflicts_and_force() {
     assert_eq!(owner_of_replicas, vec!["team-b"], "{mf:?}");
     assert!(mf.iter().any(|e| e["manager"] == "team-a" && e["operation"] == "Apply"), "team-a still owns the rest: {mf:?}");
 }
+
+#[test]
+fn kubectl_workflow_1_33() {
+    let bin = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+    if !std::path::Path::new(bin).exists() {
+        eprintln!("skipping: {bin} not installed");
+        return;
+    }
+    let c = Cluster::start();
+    api_surface(&c, bin);
+    workflow(&c, bin);
+}
