@@ -84,6 +84,9 @@ fn denied(d: webhook::AdmissionDenied) -> ApiError {
 /// Mutating admission. Returns warnings.
 #[allow(clippy::too_many_arguments)]
 pub async fn mutate(inner: &Inner, res: &ResourceInfo, sub: Option<&str>, op: &str, obj: &mut Value, old: Option<&Value>, user: &rk3s_auth::UserInfo, dry_run: bool) -> Result<Vec<String>, ApiError> {
+    // Admission reads policy objects (limit ranges, quotas, webhooks) from the watch
+    // cache: make it current first, so a policy created just before is in force.
+    let _ = inner.cache.wait_fresh(std::time::Duration::from_secs(3)).await;
     let ns = object::namespace(obj).unwrap_or("").to_string();
     if op == "CREATE" && sub.is_none() && res.group.is_empty() {
         match res.plural.as_str() {

@@ -567,6 +567,10 @@ impl<'a> Call<'a> {
             }
             // Precondition: a resourceVersion in the body must match.
             let body_rv = object::meta_str(&desired, "resourceVersion").filter(|s| !s.is_empty()).map(String::from);
+            // A patch is re-applied to the fresh object after a conflict (if it pinned the
+            // resourceVersion, the re-applied patch then fails the precondition); an
+            // update without resourceVersion is retried as is.
+            let retry_on_conflict = patch || body_rv.is_none();
             if let Some(rv) = &body_rv {
                 if *rv != current.mod_revision.to_string() {
                     return Err(ApiError::conflict(&self.res, &name));
@@ -613,7 +617,7 @@ impl<'a> Call<'a> {
                         set_resource_version(&mut new_obj, kv.mod_revision);
                         return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
                     }
-                    Err(StoreError::Conflict { .. }) if body_rv.is_none() => continue,
+                    Err(StoreError::Conflict { .. }) if retry_on_conflict => continue,
                     Err(e) => return Err(store_err(&self.res, &name, e)),
                 }
             }
@@ -626,7 +630,7 @@ impl<'a> Call<'a> {
                     set_resource_version(&mut new_obj, kv.mod_revision);
                     return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
                 }
-                Err(StoreError::Conflict { .. }) if body_rv.is_none() => continue,
+                Err(StoreError::Conflict { .. }) if retry_on_conflict => continue,
                 Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(&self.res, &name)),
                 Err(e) => return Err(store_err(&self.res, &name, e)),
             }
@@ -691,12 +695,10 @@ impl<'a> Call<'a> {
     }
 
     fn apply_patch_to(&self, patch_kind: &str, cur: &Value, patch: &Value, definition: &str) -> Result<Value, ApiError> {
-        let mut base = cur.clone();
-        if let Some(m) = meta_mut(&mut base) {
-            m.remove("resourceVersion");
-        }
-        // Keep the current resourceVersion out of the base so that only a patch which
-        // names a resourceVersion sets a precondition.
+        // The patch applies to the object as clients see it, resourceVersion included (a
+        // JSON patch may `test` it); a patch that changes it sets a precondition, which
+        // the caller checks against the current revision.
+        let base = cur.clone();
         let r = match patch_kind {
             "application/json-patch+json" => rk3s_patch::apply_json_patch(&base, patch),
             "application/merge-patch+json" => rk3s_patch::apply_merge_patch(&base, patch),
@@ -916,6 +918,7 @@ impl Call<'_> {
         let phase = pod.pointer("/status/phase").and_then(|p| p.as_str()).unwrap_or("");
         let terminal = matches!(phase, "Succeeded" | "Failed");
         if !terminal {
+            let _ = self.inner.cache.wait_fresh(FRESH_WAIT).await;
             let (pdbs, _) = self.inner.cache.list(&format!("/registry/policy/poddisruptionbudgets/{ns}/"));
             for pdb in pdbs {
                 let Some(sel) = pdb.object.pointer("/spec/selector") else { continue };

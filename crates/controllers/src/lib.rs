@@ -6,9 +6,24 @@
 //! Map: [`leader`] (Lease-based leader election), [`serviceaccount`] (a `default`
 //! ServiceAccount and the `kube-root-ca.crt` ConfigMap in every namespace).
 
+pub mod cronjob;
 pub mod csrsigning;
+pub mod daemonset;
+pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
+pub mod gc;
 pub mod leader;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod podgc;
+pub mod podutil;
+pub mod replicaset;
+pub mod job;
 pub mod serviceaccount;
+pub mod statefulset;
+pub mod ttlafterfinished;
+pub mod workload_util;
 
 use std::time::Duration;
 
@@ -35,6 +50,8 @@ pub struct Options {
     pub lease_duration: Duration,
     /// The cluster CA key (PEM), for signing approved CertificateSigningRequests.
     pub ca_key_pem: String,
+    /// Settings of the node lifecycle, node IPAM and pod GC controllers.
+    pub nodes: nodelifecycle::NodeOptions,
 }
 
 /// Runs the controller manager forever: waits for leadership, then runs every
@@ -46,6 +63,19 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
         tracing::info!(identity = %opts.identity, "controller manager: became leader");
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(serviceaccount::run(client.clone(), opts.root_ca_pem.clone()));
+        tasks.spawn(endpoints::run(client.clone()));
+        tasks.spawn(endpointslice::run(client.clone()));
+        tasks.spawn(nodelifecycle::run(client.clone(), opts.nodes.clone()));
+        tasks.spawn(nodeipam::run(client.clone(), opts.nodes.cluster_cidr.clone(), opts.nodes.node_cidr_mask_size));
+        tasks.spawn(podgc::run(client.clone(), opts.nodes.terminated_pod_gc_threshold));
+        tasks.spawn(job::run(client.clone()));
+        tasks.spawn(cronjob::run(client.clone()));
+        tasks.spawn(ttlafterfinished::run(client.clone()));
+        tasks.spawn(statefulset::run(client.clone()));
+        tasks.spawn(daemonset::run(client.clone()));
+        tasks.spawn(replicaset::run(client.clone()));
+        tasks.spawn(deployment::run(client.clone()));
+        tasks.spawn(gc::run(client.clone()));
         tasks.spawn(csrsigning::run(client.clone(), opts.root_ca_pem.clone(), opts.ca_key_pem.clone()));
         tokio::select! {
             _ = lost => {

@@ -3,9 +3,13 @@
 //! For now this crate holds [`sim`]: simulated nodes in the spirit of KWOK, which
 //! register Node objects, keep their Leases fresh and move the pods bound to them through
 //! their phases without running containers — so controllers and the scheduler can be
-//! tested and benchmarked at scale. The real agent (containerd, CNI, kubelet API) comes
-//! with the node-agent milestone.
+//! tested and benchmarked at scale. The real agent is being built from [`containerd`]
+//! (the supervised containerd and its config), [`cri`] (a CRI v1 client) and [`image`]
+//! (OCI archives, the sandbox image, imports).
 
+pub mod containerd;
+pub mod cri;
+pub mod image;
 pub mod sim;
 
 /// Errors of the node agent.

@@ -5,6 +5,7 @@
 //! kubeconfig).
 
 mod config;
+mod image;
 mod secrets;
 mod server;
 mod sim;
@@ -32,6 +33,8 @@ enum Command {
     /// Secrets encryption at rest: status and re-encryption
     #[command(subcommand)]
     SecretsEncrypt(secrets::SecretsCommand),
+    /// Images on this node: build an OCI archive from a directory, import, list.
+    Image(image::ImageArgs),
     /// Run kubectl (from PATH) against this machine's cluster (admin kubeconfig).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -77,6 +80,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rk3s secrets-encrypt: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Image(args) => match image::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s image: {e:#}");
                 ExitCode::from(1)
             }
         },

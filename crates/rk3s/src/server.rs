@@ -84,6 +84,9 @@ pub struct ServerArgs {
     /// File of static bearer tokens (CSV: token,user,uid,"group1,group2")
     #[arg(long, value_name = "FILE")]
     pub token_auth_file: Option<PathBuf>,
+    /// How long a node may stop renewing its Lease before it is marked unreachable and tainted (e.g. `40s`, `500ms`)
+    #[arg(long, value_name = "DURATION", default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `rk3s_apiserver=debug`)
     #[arg(long, value_name = "FILTER", env = "RK3S_LOG", default_value = "info")]
     pub log_level: String,
@@ -94,6 +97,25 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("invalid file mode {s:?}: expected octal such as 0600"))
+}
+
+/// A duration like Go's (`40s`, `500ms`, `2m`, `1h`) or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {s:?}: expected e.g. 40s, 500ms or 2m");
+    let t = s.trim();
+    let (num, unit) = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).map_or((t, "s"), |i| t.split_at(i));
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn parse_cidr(s: &str) -> Result<String, String> {
@@ -229,8 +251,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let identity = hostname();
     let ca = pki.ca_cert_pem.clone();
     let ca_key = pki.ca_key_pem.clone();
+    let nodes = rk3s_controllers::nodelifecycle::NodeOptions {
+        node_monitor_grace_period: args.node_monitor_grace_period,
+        cluster_cidr: args.cluster_cidr.clone(),
+        ..Default::default()
+    };
     tokio::spawn(async move {
-        let opts = rk3s_controllers::Options { identity, root_ca_pem: ca, lease_duration: std::time::Duration::from_secs(15), ca_key_pem: ca_key };
+        let opts = rk3s_controllers::Options { identity, root_ca_pem: ca, lease_duration: std::time::Duration::from_secs(15), ca_key_pem: ca_key, nodes };
         if let Err(e) = rk3s_controllers::run(client, opts).await {
             tracing::error!(error = %e, "controller manager stopped");
         }

@@ -301,3 +301,25 @@ fn list_at_an_exact_resource_version() {
     let (_, now) = call(&mut k, "GET", "/api/v1/namespaces/default/secrets", None);
     assert_eq!(now["items"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn patches_see_and_pin_the_resource_version() {
+    let c = Cluster::start();
+    let mut k = conn(&c);
+    let (_, created) = call(&mut k, "POST", "/api/v1/namespaces/default/configmaps", Some(cm("rvp", json!({}))));
+    let rv = created["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+    let uid = created["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let jp = json!([{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, {"op": "test", "path": "/metadata/uid", "value": uid}, {"op": "add", "path": "/data/x", "value": "1"}]);
+    let (code, after) = patch(&mut k, "/api/v1/namespaces/default/configmaps/rvp", "application/json-patch+json", jp.clone());
+    assert_eq!(code, 200, "{after}");
+    assert_eq!(after["data"]["x"], "1");
+    // The same test against the old resourceVersion now fails.
+    let (code, _) = patch(&mut k, "/api/v1/namespaces/default/configmaps/rvp", "application/json-patch+json", jp);
+    assert_eq!(code, 422);
+    // A merge patch naming a stale resourceVersion is a precondition: 409.
+    let (code, e) = patch(&mut k, "/api/v1/namespaces/default/configmaps/rvp", "application/merge-patch+json", json!({"metadata": {"resourceVersion": rv}, "data": {"y": "2"}}));
+    assert_eq!(code, 409, "{e}");
+    // Without one, merge patches apply to the latest object.
+    let (code, _) = patch(&mut k, "/api/v1/namespaces/default/configmaps/rvp", "application/merge-patch+json", json!({"data": {"y": "2"}}));
+    assert_eq!(code, 200);
+}

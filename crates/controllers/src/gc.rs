@@ -1,0 +1,564 @@
+//! The garbage collector (upstream's `pkg/controller/garbagecollector`): a graph of
+//! `ownerReferences` over the metadata of every listable, watchable, deletable resource
+//! (found by discovery, re-discovered every 30 s so CRDs join), fed by metadata-only
+//! watches. Objects whose owners are all gone are deleted (background by default);
+//! owners deleted with `propagationPolicy: Foreground` keep the `foregroundDeletion`
+//! finalizer until their blocking dependents are gone; owners deleted with `Orphan` keep
+//! the `orphan` finalizer until their dependents no longer reference them. The API server
+//! adds those finalizers on DELETE; this controller removes them.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams, Preconditions, PropagationPolicy};
+use kube::core::{ApiResource, GroupVersion};
+use kube::discovery::{verbs, Discovery, Scope};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{watcher, WatchStreamExt};
+use tokio::sync::mpsc;
+
+use crate::ControllerError;
+
+/// Finalizer of owners deleted with `propagationPolicy: Foreground`.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// Finalizer of owners deleted with `propagationPolicy: Orphan`.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+/// What an owner reference points at, as the collector sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerState {
+    /// The owner exists and is not waiting for its dependents.
+    Solid,
+    /// The owner no longer exists (or has another uid).
+    Dangling,
+    /// The owner is being deleted in the foreground (waits for its dependents).
+    Waiting,
+}
+
+/// What to do with an object that has owner references.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DependentAction {
+    /// Keep it.
+    Keep,
+    /// Keep it, dropping the owner references with these uids.
+    RemoveOwners(Vec<String>),
+    /// Delete it with this propagation policy.
+    Delete(PropagationPolicy),
+}
+
+/// Upstream's `attemptToDeleteItem` decision for an object given the state of each of
+/// its owners, whether it has dependents itself, and its finalizers.
+pub fn decide_dependent(owners: &[(OwnerReference, OwnerState)], has_dependents: bool, finalizers: &[String]) -> DependentAction {
+    if owners.is_empty() {
+        return DependentAction::Keep;
+    }
+    let uids = |s: OwnerState| owners.iter().filter(|(_, st)| *st == s).map(|(r, _)| r.uid.clone()).collect::<Vec<_>>();
+    let (solid, dangling, waiting) = (uids(OwnerState::Solid), uids(OwnerState::Dangling), uids(OwnerState::Waiting));
+    if !solid.is_empty() {
+        if dangling.is_empty() && waiting.is_empty() {
+            return DependentAction::Keep;
+        }
+        let mut remove = dangling;
+        remove.extend(waiting);
+        return DependentAction::RemoveOwners(remove);
+    }
+    if !waiting.is_empty() && has_dependents {
+        return DependentAction::Delete(PropagationPolicy::Foreground);
+    }
+    let policy = if finalizers.iter().any(|f| f == ORPHAN_FINALIZER) {
+        PropagationPolicy::Orphan
+    } else if finalizers.iter().any(|f| f == FOREGROUND_FINALIZER) {
+        PropagationPolicy::Foreground
+    } else {
+        PropagationPolicy::Background
+    };
+    DependentAction::Delete(policy)
+}
+
+/// What to do with an owner that is being deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerAction {
+    /// Nothing (not a GC finalizer case).
+    None,
+    /// Drop references to it from its dependents, then remove the `orphan` finalizer.
+    Orphan,
+    /// Remove the `foregroundDeletion` finalizer (no blocking dependents left).
+    RemoveForeground,
+    /// Delete its blocking dependents first.
+    DeleteDependents,
+}
+
+/// The decision for an object with a deletionTimestamp: orphan first, then foreground.
+pub fn decide_deleting_owner(deleting: bool, finalizers: &[String], blocking_dependents: usize) -> OwnerAction {
+    if !deleting {
+        return OwnerAction::None;
+    }
+    if finalizers.iter().any(|f| f == ORPHAN_FINALIZER) {
+        return OwnerAction::Orphan;
+    }
+    if finalizers.iter().any(|f| f == FOREGROUND_FINALIZER) {
+        return if blocking_dependents == 0 { OwnerAction::RemoveForeground } else { OwnerAction::DeleteDependents };
+    }
+    OwnerAction::None
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    res: usize,
+    namespace: Option<String>,
+    name: String,
+    owners: Vec<OwnerReference>,
+    deleting: bool,
+    finalizers: Vec<String>,
+}
+
+impl Node {
+    fn deleting_dependents(&self) -> bool {
+        self.deleting && self.finalizers.iter().any(|f| f == FOREGROUND_FINALIZER)
+    }
+}
+
+#[derive(Default)]
+struct Graph {
+    resources: Vec<(ApiResource, bool)>,
+    nodes: HashMap<String, Node>,
+    dependents: HashMap<String, BTreeSet<String>>,
+}
+
+impl Graph {
+    fn resource_for(&self, api_version: &str, kind: &str) -> Option<usize> {
+        let gv: GroupVersion = api_version.parse().ok()?;
+        self.resources.iter().position(|(ar, _)| ar.group == gv.group && ar.kind == kind)
+    }
+
+    /// Inserts or updates a node; returns uids to look at.
+    fn upsert(&mut self, uid: String, node: Node) -> Vec<String> {
+        let mut out = Vec::new();
+        let old = self.nodes.insert(uid.clone(), node.clone());
+        let changed = old.as_ref().is_none_or(|o| o.owners != node.owners || o.deleting != node.deleting || o.finalizers != node.finalizers);
+        if let Some(o) = &old {
+            for r in &o.owners {
+                if let Some(s) = self.dependents.get_mut(&r.uid) {
+                    s.remove(&uid);
+                }
+            }
+        }
+        for r in &node.owners {
+            self.dependents.entry(r.uid.clone()).or_default().insert(uid.clone());
+        }
+        if changed {
+            if !node.owners.is_empty() || node.deleting {
+                out.push(uid.clone());
+            }
+            if node.deleting_dependents() {
+                out.extend(self.dependents.get(&uid).into_iter().flatten().cloned());
+            }
+        }
+        out
+    }
+
+    /// Removes a node; returns its dependents and any owners waiting for it.
+    fn remove(&mut self, uid: &str) -> Vec<String> {
+        let mut out: Vec<String> = self.dependents.get(uid).into_iter().flatten().cloned().collect();
+        if let Some(n) = self.nodes.remove(uid) {
+            for r in &n.owners {
+                if let Some(s) = self.dependents.get_mut(&r.uid) {
+                    s.remove(uid);
+                }
+                if self.nodes.get(&r.uid).is_some_and(|o| o.deleting_dependents()) {
+                    out.push(r.uid.clone());
+                }
+            }
+        }
+        if self.dependents.get(uid).is_some_and(|s| s.is_empty()) {
+            self.dependents.remove(uid);
+        }
+        out
+    }
+}
+
+struct Gc {
+    client: kube::Client,
+    graph: Mutex<Graph>,
+    queue: mpsc::UnboundedSender<String>,
+    pending: Mutex<HashSet<String>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+fn api_for(client: &kube::Client, ar: &ApiResource, namespaced: bool, ns: Option<&str>) -> Api<DynamicObject> {
+    match (namespaced, ns) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
+        _ => Api::all_with(client.clone(), ar),
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> ControllerError {
+    ControllerError::Watch(e.to_string())
+}
+
+impl Gc {
+    fn enqueue(&self, uid: String) {
+        if let Ok(mut p) = self.pending.lock() {
+            if p.insert(uid.clone()) {
+                let _ = self.queue.send(uid);
+            }
+        }
+    }
+
+    fn node(&self, uid: &str) -> Option<(Node, ApiResource, bool)> {
+        let g = self.graph.lock().ok()?;
+        let n = g.nodes.get(uid)?.clone();
+        let (ar, namespaced) = g.resources.get(n.res)?.clone();
+        Some((n, ar, namespaced))
+    }
+
+    /// The state of one owner, confirmed with the API server when absent from the graph.
+    async fn owner_state(&self, r: &OwnerReference, ns: Option<&str>) -> Result<OwnerState, ControllerError> {
+        let known = self.graph.lock().ok().and_then(|g| g.nodes.get(&r.uid).cloned());
+        if let Some(o) = known {
+            return Ok(if o.deleting_dependents() { OwnerState::Waiting } else { OwnerState::Solid });
+        }
+        let res = self.graph.lock().ok().and_then(|g| g.resource_for(&r.api_version, &r.kind).and_then(|i| g.resources.get(i).cloned()));
+        let Some((ar, namespaced)) = res else {
+            // An unknown kind: never collect on a guess.
+            return Ok(OwnerState::Solid);
+        };
+        let api = api_for(&self.client, &ar, namespaced, ns);
+        match api.get_metadata_opt(&r.name).await? {
+            Some(o) if o.metadata.uid.as_deref() == Some(r.uid.as_str()) => {
+                let fin = o.metadata.finalizers.clone().unwrap_or_default();
+                Ok(if o.metadata.deletion_timestamp.is_some() && fin.iter().any(|f| f == FOREGROUND_FINALIZER) { OwnerState::Waiting } else { OwnerState::Solid })
+            }
+            _ => Ok(OwnerState::Dangling),
+        }
+    }
+
+    /// Rewrites a list field of an object's metadata with a read-modify-write PUT
+    /// (optimistic concurrency on resourceVersion; a conflict is retried by the queue).
+    async fn patch_meta_list(&self, api: &Api<DynamicObject>, name: &str, path: &str, edit: impl Fn(&ObjectMeta) -> Option<serde_json::Value>) -> Result<(), ControllerError> {
+        let Some(mut cur) = api.get_opt(name).await? else { return Ok(()) };
+        let Some(value) = edit(&cur.metadata) else { return Ok(()) };
+        match path {
+            "/metadata/finalizers" => cur.metadata.finalizers = serde_json::from_value(value).map_err(err)?,
+            _ => cur.metadata.owner_references = serde_json::from_value(value).map_err(err)?,
+        }
+        match api.replace(name, &PostParams::default(), &cur).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove_finalizer(&self, api: &Api<DynamicObject>, name: &str, uid: &str, finalizer: &str) -> Result<(), ControllerError> {
+        self.patch_meta_list(api, name, "/metadata/finalizers", |m| {
+            if m.uid.as_deref() != Some(uid) {
+                return None;
+            }
+            let f = m.finalizers.clone().unwrap_or_default();
+            f.iter().any(|x| x == finalizer).then(|| serde_json::json!(f.iter().filter(|x| *x != finalizer).collect::<Vec<_>>()))
+        })
+        .await
+    }
+
+    async fn remove_owner_refs(&self, api: &Api<DynamicObject>, name: &str, uid: &str, owners: &[String]) -> Result<(), ControllerError> {
+        self.patch_meta_list(api, name, "/metadata/ownerReferences", |m| {
+            if m.uid.as_deref() != Some(uid) {
+                return None;
+            }
+            let refs = m.owner_references.clone().unwrap_or_default();
+            refs.iter().any(|r| owners.contains(&r.uid)).then(|| serde_json::json!(refs.iter().filter(|r| !owners.contains(&r.uid)).collect::<Vec<_>>()))
+        })
+        .await
+    }
+
+    async fn process(&self, uid: &str) -> Result<(), ControllerError> {
+        let Some((node, ar, namespaced)) = self.node(uid) else { return Ok(()) };
+        let api = api_for(&self.client, &ar, namespaced, node.namespace.as_deref());
+        let dependents: Vec<String> = self.graph.lock().ok().and_then(|g| g.dependents.get(uid).cloned()).unwrap_or_default().into_iter().collect();
+        if node.deleting {
+            let blocking: Vec<String> = {
+                let g = self.graph.lock().map_err(err)?;
+                dependents
+                    .iter()
+                    .filter(|d| g.nodes.get(*d).is_some_and(|n| n.owners.iter().any(|r| r.uid == uid && r.block_owner_deletion == Some(true))))
+                    .cloned()
+                    .collect()
+            };
+            match decide_deleting_owner(true, &node.finalizers, blocking.len()) {
+                OwnerAction::Orphan => {
+                    for d in &dependents {
+                        if let Some((dn, dar, dnamespaced)) = self.node(d) {
+                            let dapi = api_for(&self.client, &dar, dnamespaced, dn.namespace.as_deref());
+                            self.remove_owner_refs(&dapi, &dn.name, d, &[uid.to_string()]).await?;
+                        }
+                    }
+                    self.remove_finalizer(&api, &node.name, uid, ORPHAN_FINALIZER).await?;
+                }
+                OwnerAction::RemoveForeground => self.remove_finalizer(&api, &node.name, uid, FOREGROUND_FINALIZER).await?,
+                OwnerAction::DeleteDependents => {
+                    for d in blocking {
+                        if self.node(&d).is_some_and(|(n, _, _)| !n.deleting_dependents()) {
+                            self.enqueue(d);
+                        }
+                    }
+                }
+                OwnerAction::None => {}
+            }
+            if !node.deleting_dependents() {
+                return Ok(());
+            }
+        }
+        if node.owners.is_empty() {
+            return Ok(());
+        }
+        let mut states = Vec::new();
+        for r in &node.owners {
+            states.push((r.clone(), self.owner_state(r, node.namespace.as_deref()).await?));
+        }
+        match decide_dependent(&states, !dependents.is_empty(), &node.finalizers) {
+            DependentAction::Keep => Ok(()),
+            DependentAction::RemoveOwners(uids) => self.remove_owner_refs(&api, &node.name, uid, &uids).await,
+            DependentAction::Delete(policy) => {
+                if node.deleting {
+                    return Ok(());
+                }
+                tracing::debug!(kind = %ar.kind, name = %node.name, "garbage collector: deleting");
+                let dp = DeleteParams { propagation_policy: Some(policy), preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }), ..Default::default() };
+                match api.delete(&node.name, &dp).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+fn node_of(res: usize, m: &ObjectMeta) -> Option<(String, Node)> {
+    Some((
+        m.uid.clone()?,
+        Node {
+            res,
+            namespace: m.namespace.clone(),
+            name: m.name.clone()?,
+            owners: m.owner_references.clone().unwrap_or_default(),
+            deleting: m.deletion_timestamp.is_some(),
+            finalizers: m.finalizers.clone().unwrap_or_default(),
+        },
+    ))
+}
+
+/// Resources the collector ignores (as upstream: events).
+fn ignored(ar: &ApiResource) -> bool {
+    ar.plural == "events" && (ar.group.is_empty() || ar.group == "events.k8s.io")
+}
+
+/// Starts metadata watches for resources not yet watched; returns how many were started.
+async fn discover(gc: &Arc<Gc>, started: &mut HashSet<(String, String)>, synced: &mpsc::UnboundedSender<()>) -> Result<usize, ControllerError> {
+    let discovery = Discovery::new(gc.client.clone()).run().await?;
+    let mut n = 0;
+    for group in discovery.groups() {
+        for (ar, caps) in group.recommended_resources() {
+            if !caps.supports_operation(verbs::LIST) || !caps.supports_operation(verbs::WATCH) || !caps.supports_operation(verbs::DELETE) || ignored(&ar) {
+                continue;
+            }
+            if !started.insert((ar.group.clone(), ar.plural.clone())) {
+                continue;
+            }
+            let namespaced = caps.scope == Scope::Namespaced;
+            let idx = {
+                let mut g = gc.graph.lock().map_err(err)?;
+                g.resources.push((ar.clone(), namespaced));
+                g.resources.len() - 1
+            };
+            n += 1;
+            let gc = gc.clone();
+            let synced = synced.clone();
+            tokio::spawn(async move {
+                let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(gc.client.clone(), &ar);
+                let stream = watcher(api, watcher::Config::default()).default_backoff();
+                futures_util::pin_mut!(stream);
+                let mut init: Vec<String> = Vec::new();
+                let mut first = true;
+                while let Some(ev) = stream.next().await {
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            tracing::debug!(resource = %ar.plural, error = %e, "garbage collector: watch error");
+                            continue;
+                        }
+                    };
+                    let mut todo = Vec::new();
+                    match ev {
+                        watcher::Event::Init => init.clear(),
+                        watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                            if let Some((uid, node)) = node_of(idx, &o.metadata) {
+                                init.push(uid.clone());
+                                if let Ok(mut g) = gc.graph.lock() {
+                                    todo = g.upsert(uid, node);
+                                }
+                            }
+                        }
+                        watcher::Event::Delete(o) => {
+                            if let (Some(uid), Ok(mut g)) = (o.metadata.uid.clone(), gc.graph.lock()) {
+                                todo = g.remove(&uid);
+                            }
+                        }
+                        watcher::Event::InitDone => {
+                            // Forget objects of this resource that vanished while not watching.
+                            let keep: HashSet<String> = init.drain(..).collect();
+                            if let Ok(mut g) = gc.graph.lock() {
+                                let gone: Vec<String> = g.nodes.iter().filter(|(u, n)| n.res == idx && !keep.contains(*u)).map(|(u, _)| u.clone()).collect();
+                                for u in gone {
+                                    todo.extend(g.remove(&u));
+                                }
+                            }
+                            if first {
+                                first = false;
+                                let _ = synced.send(());
+                            }
+                        }
+                    }
+                    for u in todo {
+                        gc.enqueue(u);
+                    }
+                }
+            });
+        }
+    }
+    Ok(n)
+}
+
+/// Runs the garbage collector until it fails.
+pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let gc = Arc::new(Gc { client, graph: Mutex::new(Graph::default()), queue: tx, pending: Mutex::new(HashSet::new()), failures: Mutex::new(HashMap::new()) });
+    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<()>();
+    let mut started = HashSet::new();
+    let expected = loop {
+        match discover(&gc, &mut started, &synced_tx).await {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collector: discovery failed; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    // Wait for the initial lists (bounded), as upstream waits for its caches.
+    let wait = async {
+        for _ in 0..expected {
+            if synced_rx.recv().await.is_none() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
+    tracing::info!(resources = expected, "garbage collector: graph synced");
+
+    // Re-discover periodically so new resources (CRDs) are watched.
+    let rediscover = {
+        let gc = gc.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = discover(&gc, &mut started, &synced_tx).await {
+                    tracing::debug!(error = %e, "garbage collector: rediscovery failed");
+                }
+            }
+        }
+    };
+    let worker = async {
+        while let Some(uid) = rx.recv().await {
+            if let Ok(mut p) = gc.pending.lock() {
+                p.remove(&uid);
+            }
+            match gc.process(&uid).await {
+                Ok(()) => {
+                    if let Ok(mut f) = gc.failures.lock() {
+                        f.remove(&uid);
+                    }
+                }
+                Err(e) => {
+                    let n = gc.failures.lock().map(|mut f| {
+                        let n = f.entry(uid.clone()).or_insert(0);
+                        *n += 1;
+                        *n
+                    });
+                    let n = n.unwrap_or(1);
+                    let delay = Duration::from_millis((100u64 << n.min(8)).min(30_000));
+                    tracing::debug!(uid = %uid, error = %e, ?delay, "garbage collector: retry");
+                    let gc = gc.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        gc.enqueue(uid);
+                    });
+                }
+            }
+        }
+    };
+    tokio::join!(rediscover, worker);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oref(uid: &str, block: bool) -> OwnerReference {
+        OwnerReference { api_version: "apps/v1".into(), kind: "ReplicaSet".into(), name: uid.into(), uid: uid.into(), controller: Some(true), block_owner_deletion: Some(block) }
+    }
+
+    #[test]
+    fn background_collects_when_all_owners_gone() {
+        let owners = [(oref("a", true), OwnerState::Dangling)];
+        assert_eq!(decide_dependent(&owners, false, &[]), DependentAction::Delete(PropagationPolicy::Background));
+        let mixed = [(oref("a", true), OwnerState::Dangling), (oref("b", false), OwnerState::Solid)];
+        assert_eq!(decide_dependent(&mixed, false, &[]), DependentAction::RemoveOwners(vec!["a".into()]));
+        let solid = [(oref("b", false), OwnerState::Solid)];
+        assert_eq!(decide_dependent(&solid, false, &[]), DependentAction::Keep);
+        assert_eq!(decide_dependent(&[], false, &[]), DependentAction::Keep);
+    }
+
+    #[test]
+    fn foreground_owner_deletes_dependents_in_foreground_when_they_have_dependents() {
+        let waiting = [(oref("d", true), OwnerState::Waiting)];
+        assert_eq!(decide_dependent(&waiting, true, &[]), DependentAction::Delete(PropagationPolicy::Foreground));
+        assert_eq!(decide_dependent(&waiting, false, &[]), DependentAction::Delete(PropagationPolicy::Background));
+        assert_eq!(decide_dependent(&waiting, false, &[ORPHAN_FINALIZER.into()]), DependentAction::Delete(PropagationPolicy::Orphan));
+    }
+
+    #[test]
+    fn deleting_owner_finalizers() {
+        let fg = vec![FOREGROUND_FINALIZER.to_string()];
+        assert_eq!(decide_deleting_owner(true, &fg, 2), OwnerAction::DeleteDependents);
+        assert_eq!(decide_deleting_owner(true, &fg, 0), OwnerAction::RemoveForeground);
+        assert_eq!(decide_deleting_owner(true, &[ORPHAN_FINALIZER.into()], 3), OwnerAction::Orphan);
+        assert_eq!(decide_deleting_owner(false, &fg, 0), OwnerAction::None);
+        assert_eq!(decide_deleting_owner(true, &["other".into()], 0), OwnerAction::None);
+    }
+
+    #[test]
+    fn graph_tracks_dependents_and_wakes_them() {
+        let mut g = Graph::default();
+        let owner = Node { res: 0, namespace: Some("ns".into()), name: "rs".into(), owners: vec![], deleting: false, finalizers: vec![] };
+        assert!(g.upsert("rs".into(), owner.clone()).is_empty());
+        let pod = Node { res: 1, namespace: Some("ns".into()), name: "p".into(), owners: vec![oref("rs", true)], deleting: false, finalizers: vec![] };
+        assert_eq!(g.upsert("p".into(), pod.clone()), vec!["p".to_string()]);
+        // Unchanged update: nothing to do.
+        assert!(g.upsert("p".into(), pod).is_empty());
+        // Owner enters foreground deletion: itself and its dependents are looked at.
+        let mut del = owner;
+        del.deleting = true;
+        del.finalizers = vec![FOREGROUND_FINALIZER.into()];
+        assert_eq!(g.upsert("rs".into(), del), vec!["rs".to_string(), "p".to_string()]);
+        // Dependent gone: the waiting owner is looked at again.
+        assert_eq!(g.remove("p"), vec!["rs".to_string()]);
+        // Owner gone: its (no longer present) dependents are none.
+        assert!(g.remove("rs").is_empty());
+    }
+}

@@ -1,0 +1,273 @@
+//! Helpers shared by the workload controllers (upstream's `pkg/controller` and
+//! `pkg/api/v1/pod` utilities): label-selector matching, pod readiness and availability
+//! (`minReadySeconds`), active-pod filtering and deletion ranking, controller owner
+//! references, and pods made from a `PodTemplateSpec` with upstream's naming.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+
+/// Annotation with a pod's deletion cost (lower is deleted first).
+pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// Whether `labels` match `sel` as a label selector (matchLabels and matchExpressions
+/// with In, NotIn, Exists, DoesNotExist). An empty selector matches everything; an
+/// unknown operator matches nothing.
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    if let Some(ml) = &sel.match_labels {
+        for (k, v) in ml {
+            if labels.get(k) != Some(v) {
+                return false;
+            }
+        }
+    }
+    if let Some(exprs) = &sel.match_expressions {
+        for e in exprs {
+            let val = labels.get(&e.key);
+            let values = e.values.as_deref().unwrap_or(&[]);
+            let ok = match e.operator.as_str() {
+                "In" => val.is_some_and(|v| values.contains(v)),
+                "NotIn" => val.is_none_or(|v| !values.contains(v)),
+                "Exists" => val.is_some(),
+                "DoesNotExist" => val.is_none(),
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Whether a selector selects nothing in particular (no labels, no expressions).
+pub fn selector_is_empty(sel: &LabelSelector) -> bool {
+    sel.match_labels.as_ref().is_none_or(|m| m.is_empty()) && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty())
+}
+
+/// The `Ready` condition of a pod, if any.
+fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+}
+
+/// Whether the pod's `Ready` condition is `True`.
+pub fn is_pod_ready(pod: &Pod) -> bool {
+    ready_condition(pod).is_some_and(|c| c.status == "True")
+}
+
+/// Whether the pod has been ready for at least `min_ready_seconds` at `now` (upstream's
+/// `IsPodAvailable`).
+pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
+    let Some(c) = ready_condition(pod) else { return false };
+    if c.status != "True" {
+        return false;
+    }
+    if min_ready_seconds <= 0 {
+        return true;
+    }
+    match &c.last_transition_time {
+        Some(t) => t.0.as_second() + i64::from(min_ready_seconds) <= now.as_second(),
+        None => false,
+    }
+}
+
+/// Seconds until a ready pod becomes available, when it is ready but not yet available.
+pub fn seconds_until_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> Option<i64> {
+    let c = ready_condition(pod)?;
+    if c.status != "True" || min_ready_seconds <= 0 {
+        return None;
+    }
+    let t = c.last_transition_time.as_ref()?;
+    let left = t.0.as_second() + i64::from(min_ready_seconds) - now.as_second();
+    (left > 0).then_some(left)
+}
+
+/// Whether the pod counts as active: not Succeeded/Failed and not being deleted.
+pub fn is_pod_active(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed")) && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// The owner reference with `controller: true`, if any.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true))
+}
+
+/// A controller owner reference (`controller: true`, `blockOwnerDeletion: true`) to an
+/// owner of the given apiVersion and kind.
+pub fn controller_ref(owner: &ObjectMeta, api_version: &str, kind: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        name: owner.name.clone().unwrap_or_default(),
+        uid: owner.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// The `generateName` prefix upstream uses for pods of a controller: `<name>-`, or the
+/// name itself when `<name>-` would not be a valid name prefix.
+pub fn pods_prefix(controller_name: &str) -> String {
+    let prefix = format!("{controller_name}-");
+    // A generated name adds 5 characters to the prefix; the result must stay a valid
+    // DNS subdomain (253 characters).
+    if prefix.len() + 5 > 253 {
+        controller_name.to_string()
+    } else {
+        prefix
+    }
+}
+
+/// A pod made from a template for its controller (upstream's `GetPodFromTemplate`):
+/// template labels, annotations and finalizers, `generateName` from the controller's
+/// name, the controller reference, and the template's spec.
+pub fn pod_from_template(template: &PodTemplateSpec, namespace: &str, controller_ref: &OwnerReference) -> Pod {
+    let tmeta = template.metadata.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(pods_prefix(&controller_ref.name)),
+            namespace: Some(namespace.to_string()),
+            labels: tmeta.labels,
+            annotations: tmeta.annotations,
+            finalizers: tmeta.finalizers,
+            owner_references: Some(vec![controller_ref.clone()]),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+fn phase_rank(pod: &Pod) -> u8 {
+    match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Pending") => 0,
+        Some("Unknown") => 1,
+        Some("Running") => 2,
+        _ => 3,
+    }
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).max().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn deletion_cost(pod: &Pod) -> i32 {
+    pod.metadata.annotations.as_ref().and_then(|a| a.get(POD_DELETION_COST)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Orders pods by how readily they are deleted when scaling down (upstream's
+/// `ActivePods` ordering): unassigned before assigned; Pending, Unknown, then Running;
+/// not ready before ready; lower deletion cost first; ready for less time first; more
+/// restarts first; newer first.
+pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
+    let assigned = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+    assigned(a)
+        .cmp(&assigned(b))
+        .then_with(|| phase_rank(a).cmp(&phase_rank(b)))
+        .then_with(|| is_pod_ready(a).cmp(&is_pod_ready(b)))
+        .then_with(|| deletion_cost(a).cmp(&deletion_cost(b)))
+        .then_with(|| {
+            if is_pod_ready(a) && is_pod_ready(b) {
+                let t = |p: &Pod| ready_condition(p).and_then(|c| c.last_transition_time.as_ref()).map(|t| t.0);
+                // Ready for less time (later transition) first.
+                t(b).cmp(&t(a))
+            } else {
+                Ordering::Equal
+            }
+        })
+        .then_with(|| restarts(b).cmp(&restarts(a)))
+        .then_with(|| {
+            let c = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            c(b).cmp(&c(a))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn pod(phase: &str, ready: Option<i64>, node: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta::default(),
+            spec: Some(PodSpec { node_name: node.map(String::from), ..Default::default() }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                conditions: ready.map(|t| {
+                    vec![PodCondition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        last_transition_time: Some(Time(jiff::Timestamp::from_second(t).unwrap())),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn selectors() {
+        let sel = LabelSelector {
+            match_labels: Some(labels(&[("app", "web")])),
+            match_expressions: Some(vec![LabelSelectorRequirement { key: "tier".into(), operator: "In".into(), values: Some(vec!["a".into(), "b".into()]) }]),
+        };
+        assert!(selector_matches(&sel, &labels(&[("app", "web"), ("tier", "b")])));
+        assert!(!selector_matches(&sel, &labels(&[("app", "web"), ("tier", "c")])));
+        assert!(!selector_matches(&sel, &labels(&[("app", "web")])));
+        let not = LabelSelector { match_expressions: Some(vec![LabelSelectorRequirement { key: "x".into(), operator: "DoesNotExist".into(), values: None }]), ..Default::default() };
+        assert!(selector_matches(&not, &labels(&[])));
+        assert!(!selector_matches(&not, &labels(&[("x", "1")])));
+        assert!(selector_is_empty(&LabelSelector::default()));
+    }
+
+    #[test]
+    fn availability_respects_min_ready_seconds() {
+        let now = jiff::Timestamp::from_second(1000).unwrap();
+        let p = pod("Running", Some(995), None);
+        assert!(is_pod_ready(&p));
+        assert!(is_pod_available(&p, 0, now));
+        assert!(is_pod_available(&p, 5, now));
+        assert!(!is_pod_available(&p, 10, now));
+        assert_eq!(seconds_until_available(&p, 10, now), Some(5));
+        assert!(!is_pod_available(&pod("Running", None, None), 0, now));
+    }
+
+    #[test]
+    fn active_and_order() {
+        let mut done = pod("Succeeded", None, None);
+        assert!(!is_pod_active(&done));
+        done.status = None;
+        assert!(is_pod_active(&done));
+        let pending = pod("Pending", None, None);
+        let running = pod("Running", Some(10), Some("n1"));
+        let mut v = [running.clone(), pending.clone()];
+        v.sort_by(deletion_order);
+        assert_eq!(v[0].status.as_ref().and_then(|s| s.phase.clone()).as_deref(), Some("Pending"));
+    }
+
+    #[test]
+    fn pods_from_template_carry_controller_ref() {
+        let owner = ObjectMeta { name: Some("web-abc".into()), uid: Some("u1".into()), ..Default::default() };
+        let r = controller_ref(&owner, "apps/v1", "ReplicaSet");
+        assert_eq!(r.controller, Some(true));
+        assert_eq!(r.block_owner_deletion, Some(true));
+        let t = PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels(&[("app", "web")])), ..Default::default() }), spec: Some(PodSpec::default()) };
+        let p = pod_from_template(&t, "ns", &r);
+        assert_eq!(p.metadata.generate_name.as_deref(), Some("web-abc-"));
+        assert_eq!(p.metadata.labels, Some(labels(&[("app", "web")])));
+        assert_eq!(controller_of(&p.metadata).map(|o| o.uid.as_str()), Some("u1"));
+    }
+}
