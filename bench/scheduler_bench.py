@@ -114,6 +114,8 @@ def main():
     ap.add_argument("--pods", type=int, default=10000)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--deadline", type=float, default=600.0, help="seconds to wait for all pods to be bound")
+    ap.add_argument("--deployment-replicas", type=int, default=1000,
+                    help="then time a Deployment of this many replicas until available (0: skip)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="rk3s-sched-bench-")
     port = free_port()
@@ -182,6 +184,30 @@ def main():
             print(f"NOT all bound: {n}/{a.pods} pods bound after {total:.1f} s ({n / total:.0f} pods/s)"
                   + (f"; watch error {w.error}" if w.error else ""))
         print(f"server RSS:                    {rss_mb(srv.pid):.1f} MB")
+        if a.deployment_replicas > 0:
+            dns = "deploy"
+            request(c, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": dns}})
+            dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "big"},
+                   "spec": {"replicas": a.deployment_replicas, "selector": {"matchLabels": {"app": "big"}},
+                            "template": {"metadata": {"labels": {"app": "big"}},
+                                         "spec": {"containers": [{"name": "c", "image": "busybox",
+                                                                  "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}}}]}}}}
+            t_dep = time.perf_counter()
+            request(c, "POST", f"/apis/apps/v1/namespaces/{dns}/deployments", dep)
+            avail = 0
+            while time.perf_counter() - t_dep < a.deadline:
+                st, body = request(c, "GET", f"/apis/apps/v1/namespaces/{dns}/deployments/big")
+                if st == 200:
+                    avail = json.loads(body).get("status", {}).get("availableReplicas", 0) or 0
+                    if avail >= a.deployment_replicas:
+                        break
+                time.sleep(0.2)
+            took = time.perf_counter() - t_dep
+            if avail >= a.deployment_replicas:
+                print(f"Deployment of {a.deployment_replicas} available after: {took:.1f} s")
+            else:
+                print(f"Deployment NOT available: {avail}/{a.deployment_replicas} after {took:.1f} s")
+            print(f"server RSS after deployment:   {rss_mb(srv.pid):.1f} MB")
     finally:
         if sim is not None:
             sim.send_signal(signal.SIGKILL); sim.wait()
