@@ -218,3 +218,48 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Simulated nodes (`rk3s sim-nodes`) as a child process, killed on drop.
+pub struct SimNodes {
+    child: Child,
+}
+
+impl SimNodes {
+    /// Starts `count` nodes named `<prefix>-<i>` against the cluster.
+    pub fn start(c: &Cluster, prefix: &str, count: u32) -> SimNodes {
+        let log = std::fs::File::create(c.path().join(format!("sim-{prefix}.log"))).expect("sim log");
+        let child = Command::new(env!("CARGO_BIN_EXE_rk3s"))
+            .args(["sim-nodes", "--kubeconfig"])
+            .arg(&c.kubeconfig)
+            .args(["--count", &count.to_string(), "--prefix", prefix, "--lease-interval-ms", "500", "--run-for-ms", "300"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rk3s sim-nodes");
+        SimNodes { child }
+    }
+
+    /// Stops the nodes (their Leases are no longer renewed).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SimNodes {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
