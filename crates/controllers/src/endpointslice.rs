@@ -35,6 +35,8 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// The ports of a slice (sorted, as compared between desired and existing slices).
 type PortSet = Vec<EndpointPort>;
+/// A port set as comparable tuples.
+type PortKey = Vec<(Option<String>, Option<i32>, Option<String>)>;
 
 fn port_key(p: &EndpointPort) -> (Option<String>, Option<i32>, Option<String>) {
     (p.name.clone(), p.port, p.protocol.clone())
@@ -62,7 +64,7 @@ pub fn pod_endpoint(svc: &Service, pod: &Pod, zones: &BTreeMap<String, String>) 
 /// The endpoints of a Service grouped by port set (each group sorted by address).
 pub fn desired_groups(svc: &Service, pods: &[&Pod], zones: &BTreeMap<String, String>) -> Vec<(PortSet, Vec<Endpoint>)> {
     let ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
-    let mut groups: BTreeMap<Vec<(Option<String>, Option<i32>, Option<String>)>, (PortSet, Vec<Endpoint>)> = BTreeMap::new();
+    let mut groups: BTreeMap<PortKey, (PortSet, Vec<Endpoint>)> = BTreeMap::new();
     for pod in pods {
         if !should_pod_be_in_endpoints(pod, true) {
             continue;

@@ -6,18 +6,22 @@
 //! Map: [`leader`] (Lease-based leader election), [`serviceaccount`] (a `default`
 //! ServiceAccount and the `kube-root-ca.crt` ConfigMap in every namespace).
 
+pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod csrsigning;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod gc;
+pub mod hpa;
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod podutil;
+pub mod pvbinder;
 pub mod replicaset;
 pub mod job;
 pub mod serviceaccount;
@@ -68,6 +72,10 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
         tasks.spawn(nodelifecycle::run(client.clone(), opts.nodes.clone()));
         tasks.spawn(nodeipam::run(client.clone(), opts.nodes.cluster_cidr.clone(), opts.nodes.node_cidr_mask_size));
         tasks.spawn(podgc::run(client.clone(), opts.nodes.terminated_pod_gc_threshold));
+        tasks.spawn(disruption::run(client.clone()));
+        tasks.spawn(pvbinder::run(client.clone()));
+        tasks.spawn(clusterrole_aggregation::run(client.clone()));
+        tasks.spawn(hpa::run(client.clone()));
         tasks.spawn(job::run(client.clone()));
         tasks.spawn(cronjob::run(client.clone()));
         tasks.spawn(ttlafterfinished::run(client.clone()));

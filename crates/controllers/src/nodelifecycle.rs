@@ -253,13 +253,16 @@ pub fn not_ready_conditions(pod: &Pod, now: Timestamp) -> Option<Vec<PodConditio
 struct State {
     started: Timestamp,
     last_ready: HashMap<String, String>,
+    node_events: Events,
+    pod_events: Events,
+    evict_events: Events,
 }
 
 fn to_std(d: jiff::SignedDuration) -> Duration {
     Duration::try_from(d).unwrap_or(Duration::ZERO)
 }
 
-async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, leases: &Store<Lease>, pods: &Store<Pod>, st: &mut State, node_events: &Events, pod_events: &Events, evict_events: &Events) -> Result<Option<Duration>, ControllerError> {
+async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, leases: &Store<Lease>, pods: &Store<Pod>, st: &mut State) -> Result<Option<Duration>, ControllerError> {
     let now = Timestamp::now();
     let node_api: Api<Node> = Api::all(client.clone());
     let all_pods = pods.state();
@@ -284,7 +287,7 @@ async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, le
                     let api: Api<Pod> = Api::namespaced(client.clone(), pod.metadata.namespace.as_deref().unwrap_or(""));
                     let r = api.patch_status(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": conds}}))).await;
                     ignore_not_found(r)?;
-                    pod_events.record(&pod.object_ref(&()), true, "NodeNotReady", "Node is not ready".into()).await;
+                    st.pod_events.record(&pod.object_ref(&()), true, "NodeNotReady", "Node is not ready".into()).await;
                 }
             }
         } else {
@@ -295,7 +298,7 @@ async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, le
         if let Some(status) = &effective {
             let before = st.last_ready.insert(name.clone(), status.clone());
             if before.as_deref().is_some_and(|b| b == "True") && status != "True" {
-                node_events.record(&node.object_ref(&()), false, "NodeNotReady", format!("Node {name} status is now: NodeNotReady")).await;
+                st.node_events.record(&node.object_ref(&()), false, "NodeNotReady", format!("Node {name} status is now: NodeNotReady")).await;
             }
         }
         let taints = desired_taints(&node, effective.as_deref(), now);
@@ -318,7 +321,7 @@ async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, le
                 let ns = pod.metadata.namespace.clone().unwrap_or_default();
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 tracing::info!(pod = %name, namespace = %ns, node, "evicting pod from tainted node");
-                evict_events.record(&pod.object_ref(&()), false, "TaintManagerEviction", format!("Marking for deletion Pod {ns}/{name}")).await;
+                st.evict_events.record(&pod.object_ref(&()), false, "TaintManagerEviction", format!("Marking for deletion Pod {ns}/{name}")).await;
                 let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
                 let mut conds = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
                 conds.retain(|c| c.type_ != "DisruptionTarget");
@@ -351,11 +354,11 @@ pub async fn run(client: kube::Client, opts: NodeOptions) -> Result<(), Controll
     let node_events = Events::new(client.clone(), "node-controller");
     let pod_events = Events::new(client.clone(), "node-controller");
     let evict_events = Events::new(client.clone(), "taint-eviction-controller");
-    let mut st = State { started: Timestamp::now(), last_ready: HashMap::new() };
+    let mut st = State { started: Timestamp::now(), last_ready: HashMap::new(), node_events, pod_events, evict_events };
     // Upstream's node monitor period is 5 s; a short grace period (tests) checks sooner.
     let period = (opts.node_monitor_grace_period / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let r = sync(&client, &opts, &nodes, &leases, &pods, &mut st, &node_events, &pod_events, &evict_events).await;
+        let r = sync(&client, &opts, &nodes, &leases, &pods, &mut st).await;
         // Lease renewals wake the loop often; don't spin faster than the monitor period.
         wait_next("nodelifecycle", &notify, period, r.map(|d| Some(d.unwrap_or(period).max(period / 2)))).await;
     }

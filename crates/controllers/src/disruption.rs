@@ -1,0 +1,312 @@
+//! The disruption controller (upstream's `pkg/controller/disruption`): keeps every
+//! PodDisruptionBudget's status — `currentHealthy`, `desiredHealthy`, `expectedPods`,
+//! `disruptionsAllowed`, `observedGeneration` and the `DisruptionAllowed` condition — from
+//! its selected pods and `minAvailable`/`maxUnavailable` (percentages are taken of the
+//! scale of the pods' controllers). The API server's eviction subresource reads
+//! `status.disruptionsAllowed`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::endpoints::{cache, ready, wait_next};
+use crate::podutil::{controller_of, is_pod_ready, selector_matches};
+use crate::workload_util::is_not_found;
+use crate::ControllerError;
+
+/// Upstream's `GetScaledValueFromIntOrPercent`: an integer as is, or a percentage of
+/// `total`, rounded up or down. `None` for a malformed percentage.
+pub fn scaled_value(v: &IntOrString, total: i32, round_up: bool) -> Option<i32> {
+    match v {
+        IntOrString::Int(i) => Some(*i),
+        IntOrString::String(s) => {
+            let pct: i64 = s.strip_suffix('%')?.parse().ok()?;
+            let prod = pct * i64::from(total);
+            let v = if round_up { (prod + 99).div_euclid(100) } else { prod.div_euclid(100) };
+            i32::try_from(v).ok()
+        }
+    }
+}
+
+/// Why the expected pod count could not be computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleError(pub String);
+
+/// `(expectedPods, desiredHealthy)` of a budget. `scale_of_pods` is called only when the
+/// budget needs its controllers' scale (`maxUnavailable`, or a percentage
+/// `minAvailable`) and gives the summed scale of the pods' controllers.
+pub fn expected_and_desired(pdb: &PodDisruptionBudget, pod_count: i32, scale_of_pods: impl FnOnce() -> Result<i32, ScaleError>) -> Result<(i32, i32), ScaleError> {
+    let spec = pdb.spec.as_ref();
+    let min = spec.and_then(|s| s.min_available.as_ref());
+    let max = spec.and_then(|s| s.max_unavailable.as_ref());
+    if let Some(max) = max {
+        let expected = scale_of_pods()?;
+        let max = scaled_value(max, expected, true).ok_or_else(|| ScaleError(format!("invalid value for maxUnavailable: {max:?}")))?;
+        return Ok((expected, (expected - max).max(0)));
+    }
+    match min {
+        Some(IntOrString::Int(i)) => Ok((pod_count, *i)),
+        Some(pct @ IntOrString::String(_)) => {
+            let expected = scale_of_pods()?;
+            let desired = scaled_value(pct, expected, true).ok_or_else(|| ScaleError(format!("invalid value for minAvailable: {pct:?}")))?;
+            Ok((expected, desired))
+        }
+        None => Ok((pod_count, 0)),
+    }
+}
+
+/// The healthy pods: not being deleted, and Ready.
+pub fn count_healthy(pods: &[&Pod]) -> i32 {
+    i32::try_from(pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none() && is_pod_ready(p)).count()).unwrap_or(i32::MAX)
+}
+
+/// The new status of a budget (keeping `disruptedPods` and unchanged condition times).
+pub fn compute_status(pdb: &PodDisruptionBudget, current_healthy: i32, expected: i32, desired: i32, now: Time) -> PodDisruptionBudgetStatus {
+    let old = pdb.status.clone().unwrap_or_default();
+    let allowed = (current_healthy - desired).max(0);
+    let (status, reason) = if allowed > 0 { ("True", "SufficientPods") } else { ("False", "InsufficientPods") };
+    let cond = condition(&old, status, reason, "", now);
+    PodDisruptionBudgetStatus {
+        current_healthy,
+        desired_healthy: desired,
+        disruptions_allowed: allowed,
+        expected_pods: expected,
+        observed_generation: pdb.metadata.generation,
+        disrupted_pods: old.disrupted_pods.clone(),
+        conditions: Some(vec![cond]),
+    }
+}
+
+fn condition(old: &PodDisruptionBudgetStatus, status: &str, reason: &str, message: &str, now: Time) -> Condition {
+    let prev = old.conditions.iter().flatten().find(|c| c.type_ == "DisruptionAllowed");
+    let ltt = match prev {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => now,
+    };
+    Condition { type_: "DisruptionAllowed".into(), status: status.into(), reason: reason.into(), message: message.into(), last_transition_time: ltt, observed_generation: None }
+}
+
+/// The status of a budget whose expected count could not be computed: nothing allowed,
+/// condition reason `SyncFailed`.
+pub fn failed_status(pdb: &PodDisruptionBudget, current_healthy: i32, message: &str, now: Time) -> PodDisruptionBudgetStatus {
+    let old = pdb.status.clone().unwrap_or_default();
+    PodDisruptionBudgetStatus {
+        current_healthy,
+        disruptions_allowed: 0,
+        observed_generation: pdb.metadata.generation,
+        conditions: Some(vec![condition(&old, "False", "SyncFailed", message, now)]),
+        ..old
+    }
+}
+
+/// The scale of a pod's controller, by (kind, name): Deployments for ReplicaSets owned by
+/// one, else the ReplicaSet/StatefulSet/ReplicationController itself.
+async fn controller_scale(client: &kube::Client, ns: &str, kind: &str, name: &str) -> Result<Option<((String, String), i32)>, ControllerError> {
+    let r = match kind {
+        "ReplicaSet" => {
+            let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+            match api.get(name).await {
+                Ok(rs) => {
+                    if let Some(owner) = controller_of(&rs.metadata).filter(|o| o.kind == "Deployment") {
+                        let d: Api<Deployment> = Api::namespaced(client.clone(), ns);
+                        match d.get(&owner.name).await {
+                            Ok(dep) => Some((("Deployment".to_string(), owner.name.clone()), dep.spec.and_then(|s| s.replicas).unwrap_or(1))),
+                            Err(e) if is_not_found(&e) => None,
+                            Err(e) => return Err(e.into()),
+                        }
+                    } else {
+                        Some((("ReplicaSet".to_string(), name.to_string()), rs.spec.and_then(|s| s.replicas).unwrap_or(1)))
+                    }
+                }
+                Err(e) if is_not_found(&e) => None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        "StatefulSet" => {
+            let api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+            match api.get(name).await {
+                Ok(s) => Some((("StatefulSet".to_string(), name.to_string()), s.spec.and_then(|s| s.replicas).unwrap_or(1))),
+                Err(e) if is_not_found(&e) => None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        "ReplicationController" => {
+            let api: Api<ReplicationController> = Api::namespaced(client.clone(), ns);
+            match api.get(name).await {
+                Ok(s) => Some((("ReplicationController".to_string(), name.to_string()), s.spec.and_then(|s| s.replicas).unwrap_or(1))),
+                Err(e) if is_not_found(&e) => None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        _ => None,
+    };
+    Ok(r)
+}
+
+async fn sync(client: &kube::Client, pdbs: &Store<PodDisruptionBudget>, pods: &Store<Pod>) -> Result<Option<Duration>, ControllerError> {
+    let all_pods = pods.state();
+    let now = Time(jiff::Timestamp::now());
+    for pdb in pdbs.state() {
+        if pdb.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let ns = pdb.metadata.namespace.clone().unwrap_or_default();
+        let name = pdb.metadata.name.clone().unwrap_or_default();
+        let sel = pdb.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+        let selected: Vec<&Pod> = all_pods
+            .iter()
+            .map(|p| p.as_ref())
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .filter(|p| pdb.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some() && selector_matches(&sel, p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
+            .collect();
+        let healthy = count_healthy(&selected);
+        let needs_scale = pdb.spec.as_ref().is_some_and(|s| s.max_unavailable.is_some() || matches!(s.min_available, Some(IntOrString::String(_))));
+        let scale = if needs_scale {
+            let mut controllers: BTreeMap<(String, String), i32> = BTreeMap::new();
+            let mut err = None;
+            for p in &selected {
+                match controller_of(&p.metadata) {
+                    None => {
+                        err = Some(ScaleError(format!("found no controllers for pod {:?}", p.metadata.name.as_deref().unwrap_or(""))));
+                        break;
+                    }
+                    Some(owner) => match controller_scale(client, &ns, &owner.kind, &owner.name).await? {
+                        Some((k, n)) => {
+                            controllers.insert(k, n);
+                        }
+                        None => {
+                            err = Some(ScaleError(format!("found no controllers for pod {:?}", p.metadata.name.as_deref().unwrap_or(""))));
+                            break;
+                        }
+                    },
+                }
+            }
+            match err {
+                Some(e) => Err(e),
+                None => Ok(controllers.values().sum::<i32>()),
+            }
+        } else {
+            Ok(0)
+        };
+        let count = i32::try_from(selected.len()).unwrap_or(i32::MAX);
+        let status = match expected_and_desired(&pdb, count, || scale) {
+            Ok((expected, desired)) => compute_status(&pdb, healthy, expected, desired, now.clone()),
+            Err(ScaleError(msg)) => failed_status(&pdb, healthy, &msg, now.clone()),
+        };
+        if pdb.status.as_ref() != Some(&status) {
+            let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+            let r = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await;
+            if let Err(e) = r {
+                if !is_not_found(&e) {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Runs the disruption controller forever.
+pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+    let notify = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    let pdbs = cache(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
+    let pods = cache(Api::<Pod>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
+    ready(&pdbs).await?;
+    ready(&pods).await?;
+    loop {
+        let r = sync(&client, &pdbs, &pods).await;
+        // Controllers' scale changes are picked up on the next pass (30 s at most).
+        wait_next("disruption", &notify, Duration::from_secs(30), r).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn pdb(min: Option<IntOrString>, max: Option<IntOrString>) -> PodDisruptionBudget {
+        PodDisruptionBudget {
+            metadata: ObjectMeta { name: Some("b".into()), generation: Some(3), ..Default::default() },
+            spec: Some(PodDisruptionBudgetSpec { min_available: min, max_unavailable: max, ..Default::default() }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn percentages_round_up() {
+        assert_eq!(scaled_value(&IntOrString::String("50%".into()), 5, true), Some(3));
+        assert_eq!(scaled_value(&IntOrString::String("50%".into()), 5, false), Some(2));
+        assert_eq!(scaled_value(&IntOrString::String("0%".into()), 5, true), Some(0));
+        assert_eq!(scaled_value(&IntOrString::Int(4), 5, true), Some(4));
+        assert_eq!(scaled_value(&IntOrString::String("x".into()), 5, true), None);
+    }
+
+    #[test]
+    fn pdb_math() {
+        // minAvailable integer: expected = pods matched, scale not needed.
+        let b = pdb(Some(IntOrString::Int(2)), None);
+        assert_eq!(expected_and_desired(&b, 3, || panic!("no scale needed")), Ok((3, 2)));
+        // minAvailable 50% of a controller scaled to 5: desired 3.
+        let b = pdb(Some(IntOrString::String("50%".into())), None);
+        assert_eq!(expected_and_desired(&b, 4, || Ok(5)), Ok((5, 3)));
+        // maxUnavailable 1 of 5: desired 4; 30% of 5 rounds up to 2: desired 3.
+        let b = pdb(None, Some(IntOrString::Int(1)));
+        assert_eq!(expected_and_desired(&b, 5, || Ok(5)), Ok((5, 4)));
+        let b = pdb(None, Some(IntOrString::String("30%".into())));
+        assert_eq!(expected_and_desired(&b, 5, || Ok(5)), Ok((5, 3)));
+        // More unavailable than pods: desired never negative.
+        let b = pdb(None, Some(IntOrString::Int(9)));
+        assert_eq!(expected_and_desired(&b, 2, || Ok(2)), Ok((2, 0)));
+        let b = pdb(None, Some(IntOrString::Int(1)));
+        assert!(expected_and_desired(&b, 1, || Err(ScaleError("found no controllers".into()))).is_err());
+    }
+
+    #[test]
+    fn status_and_condition() {
+        let b = pdb(Some(IntOrString::Int(2)), None);
+        let now = Time(jiff::Timestamp::from_second(1_700_000_000).unwrap());
+        let s = compute_status(&b, 3, 3, 2, now.clone());
+        assert_eq!((s.current_healthy, s.desired_healthy, s.disruptions_allowed, s.expected_pods), (3, 2, 1, 3));
+        assert_eq!(s.observed_generation, Some(3));
+        let c = &s.conditions.as_ref().unwrap()[0];
+        assert_eq!((c.type_.as_str(), c.status.as_str(), c.reason.as_str()), ("DisruptionAllowed", "True", "SufficientPods"));
+        let s2 = compute_status(&b, 1, 3, 2, now.clone());
+        assert_eq!(s2.disruptions_allowed, 0);
+        assert_eq!(s2.conditions.as_ref().unwrap()[0].reason, "InsufficientPods");
+        // The transition time is kept while the status stays the same.
+        let mut b2 = b.clone();
+        b2.status = Some(s.clone());
+        let later = Time(jiff::Timestamp::from_second(1_700_000_100).unwrap());
+        let s3 = compute_status(&b2, 4, 4, 2, later.clone());
+        assert_eq!(s3.conditions.as_ref().unwrap()[0].last_transition_time, now);
+        let s4 = compute_status(&b2, 2, 4, 2, later.clone());
+        assert_eq!(s4.conditions.as_ref().unwrap()[0].last_transition_time, later);
+        let f = failed_status(&b2, 2, "found no controllers for pod \"x\"", later);
+        assert_eq!(f.disruptions_allowed, 0);
+        assert_eq!(f.conditions.as_ref().unwrap()[0].reason, "SyncFailed");
+    }
+
+    #[test]
+    fn healthy_excludes_terminating_and_unready() {
+        use crate::endpoints::tests::pod;
+        let a = pod("a", Some("1.1.1.1"), true);
+        let b = pod("b", Some("1.1.1.2"), false);
+        let mut c = pod("c", Some("1.1.1.3"), true);
+        c.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+        assert_eq!(count_healthy(&[&a, &b, &c]), 1);
+    }
+}
