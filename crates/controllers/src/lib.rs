@@ -16,7 +16,8 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod gc;
 pub mod hpa;
-pub mod leader;
+/// Leader election (shared with the scheduler).
+pub use rk3s_leader as leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
@@ -63,7 +64,7 @@ pub struct Options {
 pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerError> {
     let elector = leader::LeaderElector::new(client.clone(), "kube-system", "kube-controller-manager", &opts.identity, opts.lease_duration);
     loop {
-        let lost = elector.acquire().await?;
+        let lost = elector.acquire().await;
         tracing::info!(identity = %opts.identity, "controller manager: became leader");
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(serviceaccount::run(client.clone(), opts.root_ca_pem.clone()));

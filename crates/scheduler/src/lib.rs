@@ -24,7 +24,8 @@
 //! }
 //! ```
 
-pub mod leader;
+/// Leader election (shared with the controller manager).
+pub use rk3s_leader as leader;
 mod plugins;
 pub mod quantity;
 pub mod queue;
