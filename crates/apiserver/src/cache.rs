@@ -59,6 +59,8 @@ pub struct CacheEvent {
     pub object: Arc<Value>,
     /// The object before the change, if any.
     pub prev: Option<Arc<Value>>,
+    /// `object` serialized once (JSON), shared by every watcher.
+    pub raw: bytes::Bytes,
 }
 
 struct State {
@@ -188,6 +190,7 @@ impl WatchCache {
             return;
         };
         let object = Arc::new(object);
+        let raw = bytes::Bytes::from(serde_json::to_vec(&*object).unwrap_or_default());
         let mut st = match self.state.write() {
             Ok(s) => s,
             Err(_) => return,
@@ -201,7 +204,7 @@ impl WatchCache {
             EventKind::Put => {
                 st.objects.insert(
                     ev.kv.key.clone(),
-                    CachedObject::new(ev.kv.key.clone(), rev, object.clone()),
+                    CachedObject { key: ev.kv.key.clone(), revision: rev, object: object.clone(), raw: raw.clone() },
                 );
                 if prev.is_some() {
                     CacheEventKind::Modified
@@ -213,7 +216,7 @@ impl WatchCache {
         if ev.kv.key.starts_with("/registry/rbac.authorization.k8s.io/") {
             self.rbac_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
-        let cev = Arc::new(CacheEvent { kind, key: ev.kv.key, revision: rev, object, prev });
+        let cev = Arc::new(CacheEvent { kind, key: ev.kv.key, revision: rev, object, prev, raw });
         st.history.push_back(cev.clone());
         while st.history.len() > HISTORY {
             if let Some(old) = st.history.pop_front() {

@@ -50,6 +50,17 @@ impl Encoder {
         Bytes::from(line)
     }
 
+    /// A JSON watch line from an already serialized object (no re-encoding).
+    fn event_raw(&self, typ: &str, raw: &[u8]) -> Bytes {
+        let mut line = Vec::with_capacity(raw.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(typ.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(raw);
+        line.extend_from_slice(b"}\n");
+        Bytes::from(line)
+    }
+
     fn bookmark(&self, rv: i64, initial_end: bool) -> Bytes {
         let mut meta = json!({"resourceVersion": rv.to_string()});
         if initial_end {
@@ -155,6 +166,12 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
         }
         let matches_key = |k: &str| if exact { k == res_key_prefix } else { k.starts_with(&res_key_prefix) };
         for o in &initial_items {
+            if !crate::convert::needs_conversion(&enc.res) && enc.output == Output::Json {
+                if filter.matches(&o.object) && tx.send(enc.event_raw("ADDED", &o.raw)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let obj = if crate::convert::needs_conversion(&enc.res) { crate::convert::from_storage(&enc.res, (*o.object).clone()) } else { (*o.object).clone() };
             if filter.matches(&obj) && tx.send(enc.event("ADDED", &obj)).await.is_err() {
                 return;
@@ -236,5 +253,8 @@ fn encode_event(enc: &mut Encoder, filter: &Filter, ev: &CacheEvent) -> Option<B
         },
         CacheEventKind::Deleted => (before || now).then_some("DELETED"),
     }?;
+    if !crate::convert::needs_conversion(&enc.res) && enc.output == Output::Json {
+        return Some(enc.event_raw(typ, &ev.raw));
+    }
     Some(enc.event(typ, object))
 }
