@@ -17,6 +17,20 @@ fn values(inner: &Inner, prefix: &str) -> Vec<Value> {
     inner.cache.list(prefix).0.into_iter().map(|o| (*o.object).clone()).collect()
 }
 
+/// Policy objects of one prefix: from the watch cache, or — when the cache has none,
+/// e.g. right after they were created — from the store (upstream's LimitRanger and
+/// ResourceQuota do the same "live lookup" when their informer is empty).
+async fn values_live(inner: &Inner, prefix: &str) -> Vec<Value> {
+    let cached = values(inner, prefix);
+    if !cached.is_empty() {
+        return cached;
+    }
+    match inner.store.list(prefix, Default::default()).await {
+        Ok(l) => l.items.iter().filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 fn namespace_labels(inner: &Inner, ns: &str) -> Option<Value> {
     inner.cache.get(&format!("/registry/core/namespaces/{ns}")).map(|o| o.object.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({})))
 }
@@ -84,20 +98,17 @@ fn denied(d: webhook::AdmissionDenied) -> ApiError {
 /// Mutating admission. Returns warnings.
 #[allow(clippy::too_many_arguments)]
 pub async fn mutate(inner: &Inner, res: &ResourceInfo, sub: Option<&str>, op: &str, obj: &mut Value, old: Option<&Value>, user: &rk3s_auth::UserInfo, dry_run: bool) -> Result<Vec<String>, ApiError> {
-    // Admission reads policy objects (limit ranges, quotas, webhooks) from the watch
-    // cache: make it current first, so a policy created just before is in force.
-    let _ = inner.cache.wait_fresh(std::time::Duration::from_secs(3)).await;
     let ns = object::namespace(obj).unwrap_or("").to_string();
     if op == "CREATE" && sub.is_none() && res.group.is_empty() {
         match res.plural.as_str() {
             "pods" => {
-                let lrs = values(inner, &format!("/registry/core/limitranges/{ns}/"));
+                let lrs = values_live(inner, &format!("/registry/core/limitranges/{ns}/")).await;
                 if !lrs.is_empty() {
                     rk3s_admission::LimitRanger::default_pod(&lrs, obj);
                 }
             }
             "persistentvolumeclaims" => {
-                let classes = values(inner, "/registry/storage.k8s.io/storageclasses/");
+                let classes = values_live(inner, "/registry/storage.k8s.io/storageclasses/").await;
                 rk3s_admission::default_storage_class(obj, &classes);
             }
             _ => {}
@@ -124,7 +135,7 @@ pub async fn validate(inner: &Inner, res: &ResourceInfo, sub: Option<&str>, op: 
     let mut warnings = Vec::new();
     let ns = object::namespace(obj).unwrap_or("").to_string();
     if sub.is_none() && res.group.is_empty() && matches!(res.plural.as_str(), "pods" | "persistentvolumeclaims") && op == "CREATE" {
-        let lrs = values(inner, &format!("/registry/core/limitranges/{ns}/"));
+        let lrs = values_live(inner, &format!("/registry/core/limitranges/{ns}/")).await;
         if !lrs.is_empty() {
             let mut copy = obj.clone();
             rk3s_admission::LimitRanger::apply(&lrs, &res.plural, op, &mut copy).map_err(ApiError::forbidden)?;
@@ -145,7 +156,7 @@ pub async fn validate(inner: &Inner, res: &ResourceInfo, sub: Option<&str>, op: 
         warnings.extend(webhook::run_validating(&configs, &req, labels.as_ref(), &resolve).await.map_err(denied)?);
     }
     if !ns.is_empty() && sub.is_none() {
-        let quotas = values(inner, &format!("/registry/core/resourcequotas/{ns}/"));
+        let quotas = values_live(inner, &format!("/registry/core/resourcequotas/{ns}/")).await;
         if !quotas.is_empty() {
             let charges = rk3s_admission::quota::check(&quotas, &res.group, &res.plural, obj, old).map_err(ApiError::forbidden)?;
             if !dry_run {
