@@ -17,6 +17,11 @@ def rss_mb(pid):
                 return int(line.split()[1]) / 1024.0
     return 0.0
 
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 def load_kubeconfig(path, tmp):
     import re
     text = open(path).read()
@@ -93,6 +98,9 @@ def main():
         ready = time.perf_counter() - t0
         time.sleep(1.0)
         idle = rss_mb(srv.pid)
+        c0, w0 = cpu_seconds(srv.pid), time.perf_counter()
+        time.sleep(5.0)
+        idle_cpu = 100.0 * (cpu_seconds(srv.pid) - c0) / (time.perf_counter() - w0)
         ns = "bench"
         c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
         c.request("POST", "/api/v1/namespaces", json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
@@ -120,6 +128,7 @@ def main():
         after = rss_mb(srv.pid)
         print(f"api ready after start:        {ready*1000:.0f} ms")
         print(f"RSS idle:                      {idle:.1f} MB")
+        print(f"CPU idle (5 s):                {idle_cpu:.1f} % of one core")
         print(f"creates ({a.clients} clients):          {n/dt:.0f} /s  (p50 {pct(lat,.5)*1000:.2f} ms, p99 {pct(lat,.99)*1000:.2f} ms)")
         print(f"gets ({a.clients} clients):             {len(glat)/gdt:.0f} /s  (p50 {pct(glat,.5)*1000:.2f} ms)")
         print(f"LIST {items} ConfigMaps:        median {statistics.median(list_lat)*1000:.1f} ms (incl. JSON transfer)")
