@@ -49,6 +49,8 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     /// The audit log, if enabled.
     pub audit: Option<crate::audit::AuditLog>,
+    /// The client for kubelet-backed subresources, if configured.
+    pub kubelet_client: Option<crate::proxy::KubeletClient>,
 }
 
 /// The API server: cheap to clone, one per process.
@@ -730,6 +732,7 @@ impl ApiServer {
             token_auth: crate::authz::TokenAuth { verifier: Some(verifier), issuer: Some(issuer), token_file, audiences },
             metrics: Default::default(),
             audit: config.audit.clone(),
+            kubelet_client: config.kubelet_client.as_ref().map(crate::proxy::KubeletClient::new).transpose()?,
         });
         let api = ApiServer { inner };
         crate::bootstrap::run(&api, config).await?;
@@ -954,11 +957,14 @@ impl ApiServer {
             if res.subresource(sub).is_none() {
                 return Err(not_found());
             }
-            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction" | "token" | "approval") {
+            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction" | "token" | "approval" | "log" | "proxy") {
                 return Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")));
             }
         } else if !res.has_verb(&info.verb) {
             return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+        }
+        if let Some(r) = crate::proxy::dispatch(&self.inner, parts, &info, &query).await {
+            return r;
         }
         let output = Output::negotiate(&parts.headers, &query);
         let call = Call { inner: &self.inner, info, res, query, headers: parts.headers.clone(), body, output, user: user.clone(), applied: false };

@@ -39,6 +39,7 @@ pub mod handler;
 pub mod local;
 pub mod metrics;
 pub mod object;
+pub mod proxy;
 pub mod request;
 pub mod rest;
 pub mod server;
@@ -107,6 +108,8 @@ pub struct Config {
     pub token_auth_file: Option<String>,
     /// The audit log (`--audit-log-path`), if enabled.
     pub audit: Option<audit::AuditLog>,
+    /// Client certificate and CA for talking to kubelets (`pods/log`, `nodes/proxy`).
+    pub kubelet_client: Option<proxy::KubeletClientConfig>,
 }
 
 /// The Kubernetes version this server speaks.

@@ -7,10 +7,18 @@
 //! (the supervised containerd and its config), [`cri`] (a CRI v1 client) and [`image`]
 //! (OCI archives, the sandbox image, imports).
 
+pub mod agent;
+pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod image;
+pub mod logs;
+pub mod node;
+pub mod pods;
+pub mod server;
 pub mod sim;
+pub mod stats;
+pub mod volumes;
 
 /// Errors of the node agent.
 #[derive(Debug, thiserror::Error)]

@@ -60,6 +60,18 @@ pub struct ServerArgs {
     /// Do not run the node agent on this server (control plane only)
     #[arg(long)]
     pub disable_agent: bool,
+    /// Node name (default: the hostname)
+    #[arg(long, value_name = "NAME", env = "RK3S_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// IP address to advertise for the node (default: the advertise address)
+    #[arg(long, value_name = "IP")]
+    pub node_ip: Option<IpAddr>,
+    /// Use an existing CRI socket instead of rk3s's own containerd
+    #[arg(long, value_name = "SOCKET")]
+    pub container_runtime_endpoint: Option<String>,
+    /// State dir (and socket) of rk3s's own containerd (tests run several side by side)
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub containerd_state_dir: Option<PathBuf>,
     /// Datastore: empty for the embedded SQLite (only SQLite is supported so far)
     #[arg(long, value_name = "URL")]
     pub datastore_endpoint: Option<String>,
@@ -235,6 +247,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         service_account_pub_pem: pki.sa_pub_pem.clone(),
         service_account_issuer: format!("https://kubernetes.default.svc.{}", args.cluster_domain),
         audit,
+        kubelet_client: Some(kubelet_client_config(&pki)?),
         token_auth_file: match &args.token_auth_file {
             Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading --token-auth-file {}", p.display()))?),
             None => None,
@@ -270,6 +283,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "scheduler stopped");
         }
     });
+    let api_for_agent = api.clone();
     let serving = tokio::spawn(rk3s_apiserver::server::serve(api, listener, tls));
 
     let host = if args.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { args.bind_address.to_string() };
@@ -285,7 +299,28 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         "rk3s API server is up"
     );
     if !args.disable_agent {
-        tracing::warn!("the node agent is not implemented yet: this server runs the control plane only (as with --disable-agent)");
+        let node_name = args.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(rk3s_kubelet::node::hostname);
+        // The node agent acts as its node (system:node:<name>); the API server has no
+        // Node authorizer yet, so it also gets system:masters.
+        let node_user = rk3s_apiserver::UserInfo::new(&format!("system:node:{node_name}"), &["system:nodes", "system:masters"]).with_authenticated_group();
+        let node_client = rk3s_controllers::client_over(api_for_agent.local_service(node_user));
+        let cluster_dns = args.cluster_dns.unwrap_or_else(|| Ipv4Addr::from(u32::from(service_ip) + 9));
+        let opts = rk3s_kubelet::agent::AgentOptions {
+            node_name,
+            node_ip: args.node_ip.unwrap_or(advertise),
+            data_dir: args.data_dir.clone(),
+            cluster_dns: vec![cluster_dns.to_string()],
+            cluster_domain: args.cluster_domain.clone(),
+            runtime_endpoint: args.container_runtime_endpoint.clone(),
+            containerd_state_dir: args.containerd_state_dir.clone(),
+            control_plane: true,
+            labels: Default::default(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = rk3s_kubelet::agent::run(node_client, opts).await {
+                tracing::error!(error = %e, "node agent stopped");
+            }
+        });
     }
     let _ = (&args.cluster_cidr, &args.cluster_dns);
 
@@ -306,6 +341,15 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 /// Where the secrets-encryption configuration lives.
 pub fn encryption_config_path(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("server").join("cred").join("encryption-config.json")
+}
+
+/// The API server's client certificate towards kubelets (`pods/log`, `nodes/proxy`),
+/// issued by the cluster CA at each start: CN `kube-apiserver-kubelet-client`, O
+/// `system:masters`.
+fn kubelet_client_config(pki: &rk3s_pki::ServerPki) -> anyhow::Result<rk3s_apiserver::proxy::KubeletClientConfig> {
+    let (cert_pem, key_pem) = rk3s_pki::issue_client_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "kube-apiserver-kubelet-client", &["system:masters"], 365)
+        .context("issuing the kubelet client certificate")?;
+    Ok(rk3s_apiserver::proxy::KubeletClientConfig { cert_pem, key_pem, ca_pem: pki.ca_cert_pem.clone() })
 }
 
 fn hostname() -> String {

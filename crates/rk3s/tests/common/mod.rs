@@ -27,6 +27,8 @@ pub struct Cluster {
     pub log: PathBuf,
     pub started: Instant,
     pub ready_after: Duration,
+    /// True when the node agent runs (no `--disable-agent`).
+    pub agent: bool,
 }
 
 pub fn free_port() -> u16 {
@@ -50,9 +52,33 @@ impl Cluster {
         let port = free_port();
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let log = dir.path().join(format!("server-{port}.log"));
-        let mut c = Cluster { child: None, dir, port, kubeconfig, log, started: Instant::now(), ready_after: Duration::ZERO };
+        let mut c = Cluster { child: None, dir, port, kubeconfig, log, started: Instant::now(), ready_after: Duration::ZERO, agent: false };
         c.spawn(extra);
         c
+    }
+
+    /// Starts a server WITH its node agent on an existing data dir: its own containerd
+    /// (state dir and socket under the test dir, so tests never share one).
+    pub fn start_agent_in(dir: tempfile::TempDir, extra: &[&str]) -> Cluster {
+        let port = free_port();
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let log = dir.path().join(format!("server-{port}.log"));
+        let mut c = Cluster { child: None, dir, port, kubeconfig, log, started: Instant::now(), ready_after: Duration::ZERO, agent: true };
+        let state = format!("--containerd-state-dir={}", c.containerd_state_dir().display());
+        let mut args: Vec<&str> = vec![state.as_str()];
+        args.extend_from_slice(extra);
+        c.spawn(&args);
+        c
+    }
+
+    /// Starts a server with its node agent on a fresh data dir.
+    pub fn start_agent(extra: &[&str]) -> Cluster {
+        Self::start_agent_in(tempfile::tempdir().expect("tempdir"), extra)
+    }
+
+    /// State dir of the agent's containerd (its socket is `containerd.sock` in it).
+    pub fn containerd_state_dir(&self) -> PathBuf {
+        self.dir.path().join("cs")
     }
 
     /// An empty config file, so a machine's /etc/rk3s/config.yaml does not leak in.
@@ -79,7 +105,7 @@ impl Cluster {
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--write-kubeconfig={}", self.kubeconfig.display()))
-            .arg("--disable-agent")
+            .args(if self.agent { None } else { Some("--disable-agent") })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(logf)

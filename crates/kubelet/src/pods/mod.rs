@@ -1,0 +1,288 @@
+//! The pod workers: a watch of the pods bound to this node drives one worker task per
+//! pod, which reconciles the pod with the runtime (CRI) and reports its status.
+//!
+//! A sync of a pod, as upstream's kubelet: terminate it when it is being deleted; make
+//! sure it has a ready sandbox (creating one, with its volumes, when not); run the init
+//! containers one after the other; then start or restart the containers as the
+//! `restartPolicy` says, with CrashLoopBackOff (10 s, doubling to 5 min) between
+//! restarts; run the probes; and patch the pod's status when it changed. Everything is
+//! derived from what the runtime reports (labels on sandboxes and containers), so an
+//! agent restarted while its pods run adopts them without restarting anything.
+//!
+//! A relist of the runtime every second (upstream's PLEG) wakes the worker of a pod
+//! whose containers changed state.
+
+pub mod probes;
+pub mod spec;
+pub mod status;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::watcher;
+use tokio::sync::{watch, Notify};
+
+use crate::cri::types::{PodSandboxFilter, PodSandboxState};
+use crate::cri::CriClient;
+use crate::volumes::VolumeManager;
+use crate::KubeletError;
+
+pub use spec::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
+
+/// Settings of the pod workers.
+#[derive(Clone, Debug)]
+pub struct PodConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// This node's IP (`status.hostIP`).
+    pub node_ip: String,
+    /// The rk3s data dir.
+    pub data_dir: PathBuf,
+    /// Cluster DNS servers.
+    pub cluster_dns: Vec<String>,
+    /// Cluster domain.
+    pub cluster_domain: String,
+}
+
+impl PodConfig {
+    /// Root of the container logs (upstream's `/var/log/pods`): `<data-dir>/agent/pod-logs`.
+    pub fn log_root(&self) -> PathBuf {
+        log_root(&self.data_dir)
+    }
+
+    /// Root of the pod directories (upstream's `/var/lib/kubelet/pods`).
+    pub fn pods_root(&self) -> PathBuf {
+        self.data_dir.join("agent/pods")
+    }
+}
+
+/// `<data-dir>/agent/pod-logs`: the root of container logs, laid out below as
+/// upstream's `/var/log/pods/<ns>_<pod>_<uid>/<container>/<restart>.log`.
+pub fn log_root(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("agent/pod-logs")
+}
+
+/// The log file of a container instance.
+pub fn container_log_path(data_dir: &std::path::Path, ns: &str, pod: &str, uid: &str, container: &str, restart: u32) -> PathBuf {
+    log_root(data_dir).join(format!("{ns}_{pod}_{uid}")).join(container).join(format!("{restart}.log"))
+}
+
+/// What every worker shares.
+pub(crate) struct Shared {
+    pub client: kube::Client,
+    pub cri: CriClient,
+    pub cfg: PodConfig,
+    pub ctx: spec::SpecContext,
+    pub volumes: VolumeManager,
+    pub node_cpus: usize,
+}
+
+struct WorkerHandle {
+    tx: watch::Sender<Option<Pod>>,
+    wake: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Workers = Arc<Mutex<HashMap<String, WorkerHandle>>>;
+
+/// Runs the pod workers for this node until the watch ends for good.
+pub async fn run(client: kube::Client, cri: CriClient, cfg: PodConfig) -> Result<(), KubeletError> {
+    let host = crate::node::HostResources::probe(&cfg.data_dir);
+    let ctx = spec::SpecContext {
+        cluster_dns: cfg.cluster_dns.clone(),
+        cluster_domain: cfg.cluster_domain.clone(),
+        host_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        node_memory: host.memory_bytes,
+        log_root: cfg.log_root(),
+    };
+    let volumes = VolumeManager::new(client.clone(), cfg.pods_root(), cfg.node_ip.clone(), host.cpus, host.memory_bytes);
+    let shared = Arc::new(Shared { client: client.clone(), cri, cfg: cfg.clone(), ctx, volumes, node_cpus: host.cpus });
+    let workers: Workers = Arc::new(Mutex::new(HashMap::new()));
+    let pleg = tokio::spawn(relist(shared.clone(), workers.clone()));
+    let mut housekeeping: Option<tokio::task::JoinHandle<()>> = None;
+
+    let api: Api<Pod> = Api::all(client);
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
+    let mut stream = watcher(api, wc).boxed();
+    let mut init_seen: HashSet<String> = HashSet::new();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod)) => {
+                if let Some(uid) = pod.metadata.uid.clone() {
+                    init_seen.insert(uid);
+                }
+                dispatch(&shared, &workers, pod);
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if let Ok(w) = workers.lock() {
+                    if let Some(h) = w.get(&uid) {
+                        let _ = h.tx.send(None);
+                    }
+                }
+            }
+            Ok(watcher::Event::Init) => init_seen.clear(),
+            Ok(watcher::Event::InitDone) => {
+                // Pods that vanished while the watch was down (or the agent was not
+                // running) are torn down by their workers; unknown sandboxes by the
+                // housekeeping.
+                if let Ok(w) = workers.lock() {
+                    for (uid, h) in w.iter() {
+                        if !init_seen.contains(uid) {
+                            let _ = h.tx.send(None);
+                        }
+                    }
+                }
+                if housekeeping.is_none() {
+                    housekeeping = Some(tokio::spawn(housekeep(shared.clone(), workers.clone())));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pod watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    pleg.abort();
+    if let Some(h) = housekeeping {
+        h.abort();
+    }
+    Err(KubeletError::Watch("pod watch ended".into()))
+}
+
+fn dispatch(shared: &Arc<Shared>, workers: &Workers, pod: Pod) {
+    let Some(uid) = pod.metadata.uid.clone() else { return };
+    let Ok(mut w) = workers.lock() else { return };
+    if let Some(h) = w.get(&uid) {
+        if !h.task.is_finished() {
+            let _ = h.tx.send(Some(pod));
+            return;
+        }
+        // A finished worker whose pod is still there (e.g. a terminal pod being deleted
+        // again): start over; every step is idempotent.
+    }
+    let (tx, rx) = watch::channel(Some(pod));
+    let wake = Arc::new(Notify::new());
+    let task = tokio::spawn(worker::run(shared.clone(), rx, wake.clone()));
+    w.insert(uid, WorkerHandle { tx, wake, task });
+}
+
+/// Relists the runtime every second and wakes the workers of pods whose containers or
+/// sandboxes changed state.
+async fn relist(shared: Arc<Shared>, workers: Workers) {
+    let mut last: HashMap<String, (i32, String)> = HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut now: HashMap<String, (i32, String)> = HashMap::new();
+        if let Ok(cs) = shared.cri.list_containers(None).await {
+            for c in cs {
+                let uid = c.labels.get(LABEL_POD_UID).cloned().unwrap_or_default();
+                now.insert(c.id, (c.state, uid));
+            }
+        } else {
+            continue;
+        }
+        if let Ok(ss) = shared.cri.list_pod_sandboxes(None).await {
+            for s in ss {
+                let uid = s.labels.get(LABEL_POD_UID).cloned().unwrap_or_default();
+                now.insert(format!("sandbox/{}", s.id), (s.state + 10, uid));
+            }
+        }
+        let mut changed: HashSet<&str> = HashSet::new();
+        for (id, (state, uid)) in &now {
+            if last.get(id).map(|x| x.0) != Some(*state) {
+                changed.insert(uid);
+            }
+        }
+        for (id, (_, uid)) in &last {
+            if !now.contains_key(id) {
+                changed.insert(uid);
+            }
+        }
+        if !changed.is_empty() {
+            if let Ok(w) = workers.lock() {
+                for uid in changed {
+                    if let Some(h) = w.get(uid) {
+                        h.wake.notify_one();
+                    }
+                }
+            }
+        }
+        last = now;
+    }
+}
+
+/// Every 10 s: removes sandboxes (and pod directories) of pods this node no longer has
+/// a worker for, and forgets finished workers.
+async fn housekeep(shared: Arc<Shared>, workers: Workers) {
+    loop {
+        let known: HashSet<String> = match workers.lock() {
+            Ok(mut w) => {
+                w.retain(|_, h| !h.task.is_finished() || !h.tx.borrow().is_none());
+                w.keys().cloned().collect()
+            }
+            Err(_) => HashSet::new(),
+        };
+        if let Ok(sandboxes) = shared.cri.list_pod_sandboxes(None).await {
+            for s in sandboxes {
+                let Some(uid) = s.labels.get(LABEL_POD_UID) else { continue };
+                if known.contains(uid) {
+                    continue;
+                }
+                tracing::info!(pod_uid = %uid, sandbox = %s.id, "removing the sandbox of a pod that is gone");
+                if s.state == PodSandboxState::SandboxReady as i32 {
+                    stop_all_containers(&shared.cri, &s.id, 2).await;
+                    let _ = shared.cri.stop_pod_sandbox(&s.id).await;
+                }
+                let _ = shared.cri.remove_pod_sandbox(&s.id).await;
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(shared.cfg.pods_root()) {
+            for e in rd.flatten() {
+                let uid = e.file_name().to_string_lossy().into_owned();
+                if !known.contains(&uid) {
+                    shared.volumes.teardown(&uid);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// Stops every running container of a sandbox with the grace period.
+pub(crate) async fn stop_all_containers(cri: &CriClient, sandbox_id: &str, grace: i64) {
+    let filter = crate::cri::types::ContainerFilter { pod_sandbox_id: sandbox_id.to_string(), ..Default::default() };
+    let Ok(cs) = cri.list_containers(Some(filter)).await else { return };
+    let futs = cs
+        .iter()
+        .filter(|c| c.state == crate::cri::types::ContainerState::ContainerRunning as i32)
+        .map(|c| cri.stop_container(&c.id, grace));
+    futures_util::future::join_all(futs).await;
+}
+
+/// The sandboxes of a pod (by UID label), newest first.
+pub(crate) async fn pod_sandboxes(cri: &CriClient, uid: &str) -> Vec<crate::cri::types::PodSandbox> {
+    let mut sel = HashMap::new();
+    sel.insert(LABEL_POD_UID.to_string(), uid.to_string());
+    let filter = PodSandboxFilter { label_selector: sel, ..Default::default() };
+    let mut v = cri.list_pod_sandboxes(Some(filter)).await.unwrap_or_default();
+    v.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_layout_is_upstreams() {
+        let p = container_log_path(std::path::Path::new("/var/lib/rk3s"), "default", "web", "u-1", "app", 2);
+        assert_eq!(p, PathBuf::from("/var/lib/rk3s/agent/pod-logs/default_web_u-1/app/2.log"));
+    }
+}

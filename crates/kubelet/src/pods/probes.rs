@@ -1,0 +1,289 @@
+//! Container probes (startup, readiness, liveness): exec through CRI `ExecSync`,
+//! `httpGet` and `tcpSocket` against the pod IP, with upstream's periods, timeouts and
+//! thresholds. Each probe of a running container is a task that records its result in a
+//! shared table and wakes the pod worker when the result changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::cri::CriClient;
+
+/// The probe results of one container instance.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeResults {
+    /// Readiness (None until the first readiness result).
+    pub ready: Option<bool>,
+    /// Startup probe succeeded.
+    pub started: bool,
+    /// Liveness (or startup) probe failed its threshold: the container must restart.
+    pub must_restart: bool,
+}
+
+/// Results of every probed container instance, by container ID.
+pub type ProbeTable = Arc<Mutex<HashMap<String, ProbeResults>>>;
+
+/// Kind of probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    /// startupProbe.
+    Startup,
+    /// readinessProbe.
+    Readiness,
+    /// livenessProbe.
+    Liveness,
+}
+
+/// Outcome of one probe run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Success.
+    Success,
+    /// Failure, with a reason.
+    Failure(String),
+}
+
+fn port_of(c: &Container, port: &IntOrString) -> Option<u16> {
+    match port {
+        IntOrString::Int(p) => u16::try_from(*p).ok(),
+        IntOrString::String(name) => {
+            if let Ok(n) = name.parse::<u16>() {
+                return Some(n);
+            }
+            c.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name)).and_then(|p| u16::try_from(p.container_port).ok())
+        }
+    }
+}
+
+/// Parses the status code of an HTTP/1.x response head.
+pub fn http_status(head: &str) -> Option<u16> {
+    let line = head.lines().next()?;
+    let mut it = line.split_whitespace();
+    let v = it.next()?;
+    if !v.starts_with("HTTP/") {
+        return None;
+    }
+    it.next()?.parse().ok()
+}
+
+/// Runs a probe once.
+pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe: &Probe, pod_ip: &str) -> Outcome {
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    if let Some(e) = &probe.exec {
+        let cmd = e.command.clone().unwrap_or_default();
+        return match tokio::time::timeout(timeout + Duration::from_secs(1), cri.exec_sync(container_id, cmd, timeout.as_secs() as i64)).await {
+            Ok(Ok(r)) if r.exit_code == 0 => Outcome::Success,
+            Ok(Ok(r)) => Outcome::Failure(format!("command failed with exit code {}: {}", r.exit_code, String::from_utf8_lossy(&r.stdout))),
+            Ok(Err(e)) => Outcome::Failure(e.to_string()),
+            Err(_) => Outcome::Failure(format!("command timed out after {}s", timeout.as_secs())),
+        };
+    }
+    if let Some(t) = &probe.tcp_socket {
+        let host = t.host.clone().unwrap_or_else(|| pod_ip.to_string());
+        let Some(port) = port_of(c, &t.port) else { return Outcome::Failure("invalid port".into()) };
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+            Ok(Ok(_)) => Outcome::Success,
+            Ok(Err(e)) => Outcome::Failure(format!("dial tcp {host}:{port}: {e}")),
+            Err(_) => Outcome::Failure(format!("dial tcp {host}:{port}: i/o timeout")),
+        };
+    }
+    if let Some(h) = &probe.http_get {
+        let host = h.host.clone().unwrap_or_else(|| pod_ip.to_string());
+        let Some(port) = port_of(c, &h.port) else { return Outcome::Failure("invalid port".into()) };
+        if h.scheme.as_deref() == Some("HTTPS") {
+            // No TLS client here: a TCP connect stands in, as a reachability check.
+            return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+                Ok(Ok(_)) => Outcome::Success,
+                _ => Outcome::Failure(format!("Get \"https://{host}:{port}\": connection refused")),
+            };
+        }
+        let path = h.path.clone().unwrap_or_else(|| "/".into());
+        let path = if path.starts_with('/') { path } else { format!("/{path}") };
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
+        for hd in h.http_headers.iter().flatten() {
+            req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
+        }
+        req.push_str("\r\n");
+        let url = format!("http://{host}:{port}{path}");
+        let fut = async {
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            s.write_all(req.as_bytes()).await?;
+            let mut buf = vec![0u8; 1024];
+            let mut n = 0;
+            while n < buf.len() {
+                let r = s.read(&mut buf[n..]).await?;
+                if r == 0 || buf[..n + r].windows(2).any(|w| w == b"\r\n") {
+                    n += r;
+                    break;
+                }
+                n += r;
+            }
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        return match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(head)) => match http_status(&head) {
+                Some(code) if (200..400).contains(&code) => Outcome::Success,
+                Some(code) => Outcome::Failure(format!("HTTP probe failed with statuscode: {code}")),
+                None => Outcome::Failure(format!("Get {url:?}: malformed HTTP response")),
+            },
+            Ok(Err(e)) => Outcome::Failure(format!("Get {url:?}: {e}")),
+            Err(_) => Outcome::Failure(format!("Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)")),
+        };
+    }
+    // gRPC probes and probes without a handler are not run here: report success.
+    Outcome::Success
+}
+
+/// Runs one probe of a container instance until the task is aborted (or, for liveness
+/// and startup, until it decides the container must restart).
+#[allow(clippy::too_many_arguments)]
+pub async fn probe_loop(
+    cri: CriClient,
+    table: ProbeTable,
+    wake: Arc<Notify>,
+    container_id: String,
+    c: Container,
+    probe: Probe,
+    kind: ProbeKind,
+    pod_ip: String,
+) {
+    let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
+    let success_threshold = probe.success_threshold.unwrap_or(1).max(1);
+    let failure_threshold = probe.failure_threshold.unwrap_or(3).max(1);
+    let initial = Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64);
+    tokio::time::sleep(initial).await;
+    let (mut ok_run, mut fail_run) = (0, 0);
+    loop {
+        // Readiness and liveness wait for the startup probe.
+        let started = table.lock().map(|t| t.get(&container_id).map(|r| r.started).unwrap_or(false)).unwrap_or(false);
+        if kind == ProbeKind::Startup || started {
+            let outcome = run_once(&cri, &container_id, &c, &probe, &pod_ip).await;
+            match &outcome {
+                Outcome::Success => {
+                    ok_run += 1;
+                    fail_run = 0;
+                }
+                Outcome::Failure(why) => {
+                    fail_run += 1;
+                    ok_run = 0;
+                    tracing::debug!(container = %c.name, ?kind, reason = %why, "probe failed");
+                }
+            }
+            let mut changed = false;
+            let mut done = false;
+            if let Ok(mut t) = table.lock() {
+                let r = t.entry(container_id.clone()).or_default();
+                let before = r.clone();
+                match kind {
+                    ProbeKind::Startup => {
+                        if ok_run >= 1 {
+                            r.started = true;
+                            done = true;
+                        } else if fail_run >= failure_threshold {
+                            r.must_restart = true;
+                            done = true;
+                        }
+                    }
+                    ProbeKind::Readiness => {
+                        if ok_run >= success_threshold {
+                            r.ready = Some(true);
+                        } else if fail_run >= failure_threshold || r.ready.is_none() && fail_run > 0 {
+                            r.ready = Some(false);
+                        }
+                    }
+                    ProbeKind::Liveness => {
+                        if fail_run >= failure_threshold {
+                            r.must_restart = true;
+                            done = true;
+                        }
+                    }
+                }
+                changed = *r != before;
+            }
+            if changed {
+                wake.notify_one();
+            }
+            if done {
+                return;
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_status_line() {
+        assert_eq!(http_status("HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(http_status("HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(http_status("garbage"), None);
+    }
+
+    #[test]
+    fn named_ports() {
+        let c = Container {
+            name: "c".into(),
+            ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort { name: Some("http".into()), container_port: 8080, ..Default::default() }]),
+            ..Default::default()
+        };
+        assert_eq!(port_of(&c, &IntOrString::String("http".into())), Some(8080));
+        assert_eq!(port_of(&c, &IntOrString::Int(81)), Some(81));
+        assert_eq!(port_of(&c, &IntOrString::String("nope".into())), None);
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes_against_a_local_server() {
+        let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else { return };
+        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut b = [0u8; 512];
+                let n = s.read(&mut b).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&b[..n]).to_string();
+                let code = if req.starts_with("GET /healthz ") { "200 OK" } else { "500 Internal Server Error" };
+                let _ = s.write_all(format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+            }
+        });
+        let Some(cri) = dummy_client().await else { panic!("dummy CRI socket") };
+        let c = Container { name: "c".into(), ..Default::default() };
+        let get = |path: &str| Probe {
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(port as i32), ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(run_once(&cri, "x", &c, &get("/healthz"), "127.0.0.1").await, Outcome::Success);
+        let bad = run_once(&cri, "x", &c, &get("/bad"), "127.0.0.1").await;
+        assert!(matches!(&bad, Outcome::Failure(m) if m.contains("statuscode: 500")), "{bad:?}");
+        let tcp = Probe {
+            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction { port: IntOrString::Int(port as i32), host: None }),
+            ..Default::default()
+        };
+        assert_eq!(run_once(&cri, "x", &c, &tcp, "127.0.0.1").await, Outcome::Success);
+        let closed = Probe {
+            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction { port: IntOrString::Int(1), host: None }),
+            ..Default::default()
+        };
+        assert!(matches!(run_once(&cri, "x", &c, &closed, "127.0.0.1").await, Outcome::Failure(_)));
+    }
+
+    async fn dummy_client() -> Option<CriClient> {
+        // A unix socket that accepts connections is enough for the channel to connect.
+        let dir = tempfile::tempdir().ok()?;
+        let path = dir.path().join("cri.sock");
+        let l = tokio::net::UnixListener::bind(&path).ok()?;
+        tokio::spawn(async move {
+            let _dir = dir;
+            while let Ok((s, _)) = l.accept().await {
+                std::mem::forget(s);
+            }
+        });
+        CriClient::connect(&path).await.ok()
+    }
+}

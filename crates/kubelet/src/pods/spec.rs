@@ -1,0 +1,569 @@
+//! From a Pod to CRI configs: the sandbox config (hostname, DNS, ports, namespaces,
+//! cgroup parent), container configs (command with `$(VAR)` expansion, env, working
+//! dir, security context, resources, log path), quantities and QoS.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+
+use crate::cri::types::*;
+
+/// CRI label: pod name.
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+/// CRI label: pod namespace.
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+/// CRI label: pod UID.
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+/// CRI label: container name.
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+/// CRI annotation: restart count of a container.
+pub const ANN_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+/// CRI annotation: termination message path of a container.
+pub const ANN_TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
+/// CRI annotation: grace period of the pod.
+pub const ANN_GRACE: &str = "io.kubernetes.pod.terminationGracePeriod";
+
+/// Node-level settings that shape the CRI configs.
+#[derive(Clone, Debug)]
+pub struct SpecContext {
+    /// Cluster DNS servers (`--cluster-dns`).
+    pub cluster_dns: Vec<String>,
+    /// Cluster domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// The host's resolv.conf text.
+    pub host_resolv_conf: String,
+    /// The node's memory capacity in bytes (for OOM score of burstable pods).
+    pub node_memory: u64,
+    /// Where the pod's logs go: `<log root>/<ns>_<name>_<uid>`.
+    pub log_root: std::path::PathBuf,
+}
+
+/// A Kubernetes quantity in its base unit (cores, bytes...), or None when malformed.
+pub fn parse_quantity(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse::<i32>().ok()?),
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+fn resource(c: &Container, kind: &str, name: &str) -> Option<f64> {
+    let r = c.resources.as_ref()?;
+    let m = if kind == "limits" { r.limits.as_ref()? } else { r.requests.as_ref()? };
+    parse_quantity(&m.get(name)?.0)
+}
+
+/// The pod's QoS class (`Guaranteed`, `Burstable`, `BestEffort`), as upstream computes it.
+pub fn qos_class(spec: &PodSpec) -> &'static str {
+    let all: Vec<&Container> = spec.containers.iter().chain(spec.init_containers.iter().flatten()).collect();
+    let any = all.iter().any(|c| {
+        c.resources.as_ref().is_some_and(|r| {
+            r.requests.as_ref().is_some_and(|m| m.iter().any(|(k, v)| (k == "cpu" || k == "memory") && parse_quantity(&v.0).is_some_and(|x| x > 0.0)))
+                || r.limits.as_ref().is_some_and(|m| m.iter().any(|(k, v)| (k == "cpu" || k == "memory") && parse_quantity(&v.0).is_some_and(|x| x > 0.0)))
+        })
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = all.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let lim = resource(c, "limits", r);
+            let req = resource(c, "requests", r).or(lim);
+            lim.is_some() && req == lim
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// The cgroup parent of a pod (cgroupfs layout, as upstream's kubelet).
+pub fn cgroup_parent(pod: &Pod) -> String {
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    match pod.spec.as_ref().map(qos_class).unwrap_or("BestEffort") {
+        "Guaranteed" => format!("/kubepods/pod{uid}"),
+        "Burstable" => format!("/kubepods/burstable/pod{uid}"),
+        _ => format!("/kubepods/besteffort/pod{uid}"),
+    }
+}
+
+/// CRI Linux resources of a container (cpu shares/quota, memory limit, OOM score).
+pub fn container_resources(c: &Container, qos: &str, node_memory: u64) -> LinuxContainerResources {
+    let cpu_limit = resource(c, "limits", "cpu");
+    let cpu_request = resource(c, "requests", "cpu").or(cpu_limit);
+    let mem_limit = resource(c, "limits", "memory");
+    let mem_request = resource(c, "requests", "memory").or(mem_limit);
+    let milli = |x: f64| (x * 1000.0).round() as i64;
+    let cpu_shares = cpu_request.map(|r| (milli(r) * 1024 / 1000).max(2)).unwrap_or(2);
+    let (cpu_period, cpu_quota) = match cpu_limit {
+        Some(l) => (100_000, (milli(l) * 100_000 / 1000).max(1000)),
+        None => (0, 0),
+    };
+    let oom_score_adj = match qos {
+        "Guaranteed" => -997,
+        "BestEffort" => 1000,
+        _ => {
+            let req = mem_request.unwrap_or(0.0) as u64;
+            let adj = (1000 * req).checked_div(node_memory).map(|x| 1000 - x as i64).unwrap_or(999);
+            adj.clamp(2, 999)
+        }
+    };
+    LinuxContainerResources {
+        cpu_period,
+        cpu_quota,
+        cpu_shares,
+        memory_limit_in_bytes: mem_limit.map(|m| m as i64).unwrap_or(0),
+        oom_score_adj,
+        ..Default::default()
+    }
+}
+
+/// Expands `$(VAR)` references in `s` from `env` as upstream does: `$$` is an escaped
+/// `$`, and unknown references are left as they are.
+pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'(' {
+                if let Some(end) = s[i + 2..].find(')') {
+                    let name = &s[i + 2..i + 2 + end];
+                    match env(name) {
+                        Some(v) => out.push_str(&v),
+                        None => out.push_str(&s[i..i + 3 + end]),
+                    }
+                    i += 3 + end;
+                    continue;
+                }
+            }
+        }
+        let ch = s[i..].chars().next().unwrap_or('\u{fffd}');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// Parses a resolv.conf: (nameservers, searches, options).
+pub fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (mut ns, mut search, mut opts) = (Vec::new(), Vec::new(), Vec::new());
+    for line in text.lines() {
+        let line = line.split(['#', ';']).next().unwrap_or_default();
+        let mut f = line.split_whitespace();
+        match f.next() {
+            Some("nameserver") => ns.extend(f.next().map(str::to_string)),
+            Some("search") | Some("domain") => search = f.map(str::to_string).collect(),
+            Some("options") => opts.extend(f.map(str::to_string)),
+            _ => {}
+        }
+    }
+    (ns, search, opts)
+}
+
+/// The DNS config of a pod (dnsPolicy and dnsConfig as upstream).
+pub fn dns_config(pod: &Pod, ctx: &SpecContext) -> DnsConfig {
+    let spec = pod.spec.as_ref();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let policy = spec.and_then(|s| s.dns_policy.as_deref()).unwrap_or("ClusterFirst");
+    let (host_ns, host_search, host_opts) = parse_resolv_conf(&ctx.host_resolv_conf);
+    let cluster_first = match policy {
+        "ClusterFirstWithHostNet" => true,
+        "ClusterFirst" => !host_network,
+        _ => false,
+    };
+    let mut cfg = if cluster_first && !ctx.cluster_dns.is_empty() {
+        let d = &ctx.cluster_domain;
+        let mut searches = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
+        searches.extend(host_search.into_iter().filter(|s| !s.is_empty()));
+        DnsConfig { servers: ctx.cluster_dns.clone(), searches, options: vec!["ndots:5".into()] }
+    } else if policy == "None" {
+        DnsConfig::default()
+    } else {
+        DnsConfig { servers: host_ns, searches: host_search, options: host_opts }
+    };
+    if let Some(extra) = spec.and_then(|s| s.dns_config.as_ref()) {
+        for s in extra.nameservers.iter().flatten() {
+            if !cfg.servers.contains(s) {
+                cfg.servers.push(s.clone());
+            }
+        }
+        for s in extra.searches.iter().flatten() {
+            if !cfg.searches.contains(s) {
+                cfg.searches.push(s.clone());
+            }
+        }
+        for o in extra.options.iter().flatten() {
+            let Some(name) = o.name.as_deref() else { continue };
+            cfg.options.retain(|x| x.split(':').next() != Some(name));
+            cfg.options.push(match &o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name.to_string(),
+            });
+        }
+    }
+    cfg.servers.truncate(3);
+    cfg.searches.truncate(32);
+    cfg
+}
+
+/// `<ns>_<name>_<uid>`: the pod's log directory name (upstream's `/var/log/pods` layout).
+pub fn pod_log_dir_name(pod: &Pod) -> String {
+    format!(
+        "{}_{}_{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        pod.metadata.uid.as_deref().unwrap_or_default()
+    )
+}
+
+fn ns_mode(b: bool, node: NamespaceMode, otherwise: NamespaceMode) -> i32 {
+    if b {
+        node as i32
+    } else {
+        otherwise as i32
+    }
+}
+
+/// The sandbox config of a pod; `attempt` counts sandboxes created before for it.
+pub fn sandbox_config(pod: &Pod, ctx: &SpecContext, attempt: u32) -> PodSandboxConfig {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let host_network = spec.host_network.unwrap_or(false);
+    let hostname = if host_network {
+        String::new()
+    } else {
+        let mut h = spec.hostname.clone().unwrap_or_else(|| name.clone());
+        h.truncate(63);
+        h.trim_end_matches(['-', '.']).to_string()
+    };
+    let mut labels: HashMap<String, String> = pod.metadata.labels.clone().unwrap_or_default().into_iter().collect();
+    labels.insert(LABEL_POD_NAME.into(), name.clone());
+    labels.insert(LABEL_POD_NAMESPACE.into(), pod.metadata.namespace.clone().unwrap_or_default());
+    labels.insert(LABEL_POD_UID.into(), pod.metadata.uid.clone().unwrap_or_default());
+    let annotations: HashMap<String, String> = pod.metadata.annotations.clone().unwrap_or_default().into_iter().collect();
+    let mut port_mappings = Vec::new();
+    for c in &spec.containers {
+        for p in c.ports.iter().flatten() {
+            let Some(hp) = p.host_port.filter(|h| *h > 0) else { continue };
+            let protocol = match p.protocol.as_deref() {
+                Some("UDP") => Protocol::Udp,
+                Some("SCTP") => Protocol::Sctp,
+                _ => Protocol::Tcp,
+            };
+            port_mappings.push(PortMapping {
+                protocol: protocol as i32,
+                container_port: p.container_port,
+                host_port: hp,
+                host_ip: p.host_ip.clone().unwrap_or_default(),
+            });
+        }
+    }
+    let share_pid = spec.share_process_namespace.unwrap_or(false);
+    let psc = spec.security_context.clone().unwrap_or_default();
+    let privileged = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false));
+    let sysctls = psc.sysctls.iter().flatten().map(|s| (s.name.clone(), s.value.clone())).collect();
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name,
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            attempt,
+        }),
+        hostname,
+        log_directory: ctx.log_root.join(pod_log_dir_name(pod)).to_string_lossy().into_owned(),
+        dns_config: Some(dns_config(pod, ctx)),
+        port_mappings,
+        labels,
+        annotations,
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent(pod),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: ns_mode(host_network, NamespaceMode::Node, NamespaceMode::Pod),
+                    pid: if spec.host_pid.unwrap_or(false) {
+                        NamespaceMode::Node as i32
+                    } else if share_pid {
+                        NamespaceMode::Pod as i32
+                    } else {
+                        NamespaceMode::Container as i32
+                    },
+                    ipc: ns_mode(spec.host_ipc.unwrap_or(false), NamespaceMode::Node, NamespaceMode::Pod),
+                    target_id: String::new(),
+                }),
+                run_as_user: psc.run_as_user.map(|value| Int64Value { value }),
+                run_as_group: psc.run_as_group.map(|value| Int64Value { value }),
+                supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),
+                privileged,
+                ..Default::default()
+            }),
+            sysctls,
+            ..Default::default()
+        }),
+    }
+}
+
+/// The environment of a container, already resolved to name/value pairs (in order).
+pub type Env = Vec<(String, String)>;
+
+/// The container config of one container instance.
+pub fn container_config(
+    pod: &Pod,
+    c: &Container,
+    attempt: u32,
+    env: &Env,
+    mounts: Vec<Mount>,
+    image_ref: &str,
+    node_memory: u64,
+) -> ContainerConfig {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let lookup: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let get = |k: &str| lookup.get(k).map(|v| v.to_string());
+    let command = c.command.iter().flatten().map(|s| expand(s, &get)).collect();
+    let args = c.args.iter().flatten().map(|s| expand(s, &get)).collect();
+    let mut labels = HashMap::new();
+    labels.insert(LABEL_POD_NAME.to_string(), pod.metadata.name.clone().unwrap_or_default());
+    labels.insert(LABEL_POD_NAMESPACE.to_string(), pod.metadata.namespace.clone().unwrap_or_default());
+    labels.insert(LABEL_POD_UID.to_string(), pod.metadata.uid.clone().unwrap_or_default());
+    labels.insert(LABEL_CONTAINER_NAME.to_string(), c.name.clone());
+    let mut annotations = HashMap::new();
+    annotations.insert(ANN_RESTART_COUNT.to_string(), attempt.to_string());
+    annotations.insert(
+        ANN_TERMINATION_MESSAGE_PATH.to_string(),
+        c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into()),
+    );
+    annotations.insert(ANN_GRACE.to_string(), spec.termination_grace_period_seconds.unwrap_or(30).to_string());
+    let psc = spec.security_context.clone().unwrap_or_default();
+    let csc = c.security_context.clone().unwrap_or_default();
+    let host_network = spec.host_network.unwrap_or(false);
+    let pid = if spec.host_pid.unwrap_or(false) {
+        NamespaceMode::Node
+    } else if spec.share_process_namespace.unwrap_or(false) {
+        NamespaceMode::Pod
+    } else {
+        NamespaceMode::Container
+    };
+    let mut groups = psc.supplemental_groups.clone().unwrap_or_default();
+    if let Some(g) = psc.fs_group {
+        groups.push(g);
+    }
+    let privileged = csc.privileged.unwrap_or(false);
+    let security = LinuxContainerSecurityContext {
+        capabilities: csc.capabilities.as_ref().map(|cap| Capability {
+            add_capabilities: cap.add.clone().unwrap_or_default(),
+            drop_capabilities: cap.drop.clone().unwrap_or_default(),
+        }),
+        privileged,
+        namespace_options: Some(NamespaceOption {
+            network: ns_mode(host_network, NamespaceMode::Node, NamespaceMode::Pod),
+            pid: pid as i32,
+            ipc: ns_mode(spec.host_ipc.unwrap_or(false), NamespaceMode::Node, NamespaceMode::Pod),
+            target_id: String::new(),
+        }),
+        run_as_user: csc.run_as_user.or(psc.run_as_user).map(|value| Int64Value { value }),
+        run_as_group: csc.run_as_group.or(psc.run_as_group).map(|value| Int64Value { value }),
+        readonly_rootfs: csc.read_only_root_filesystem.unwrap_or(false),
+        supplemental_groups: groups,
+        no_new_privs: csc.allow_privilege_escalation == Some(false),
+        ..Default::default()
+    };
+    let qos = qos_class(&spec);
+    ContainerConfig {
+        metadata: Some(ContainerMetadata { name: c.name.clone(), attempt }),
+        image: Some(ImageSpec { image: image_ref.to_string(), user_specified_image: c.image.clone().unwrap_or_default(), ..Default::default() }),
+        command,
+        args,
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        envs: env.iter().map(|(k, v)| KeyValue { key: k.clone(), value: v.clone() }).collect(),
+        mounts,
+        labels,
+        annotations,
+        log_path: format!("{}/{}.log", c.name, attempt),
+        stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
+        linux: Some(LinuxContainerConfig {
+            resources: Some(container_resources(c, qos, node_memory)),
+            security_context: Some(security),
+        }),
+    }
+}
+
+/// Service environment variables (`<NAME>_SERVICE_HOST` etc.) for one Service, as
+/// upstream's service links.
+pub fn service_env(name: &str, cluster_ip: &str, ports: &[(Option<String>, i32, String)]) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    if cluster_ip.is_empty() || cluster_ip == "None" || ports.is_empty() {
+        return m;
+    }
+    let n = name.to_uppercase().replace('-', "_");
+    m.insert(format!("{n}_SERVICE_HOST"), cluster_ip.to_string());
+    m.insert(format!("{n}_SERVICE_PORT"), ports[0].1.to_string());
+    for (pname, port, _) in ports {
+        if let Some(pn) = pname.as_deref().filter(|p| !p.is_empty()) {
+            m.insert(format!("{n}_SERVICE_PORT_{}", pn.to_uppercase().replace('-', "_")), port.to_string());
+        }
+    }
+    let (_, p0, proto0) = &ports[0];
+    m.insert(format!("{n}_PORT"), format!("{}://{cluster_ip}:{p0}", proto0.to_lowercase()));
+    for (_, port, proto) in ports {
+        let pr = proto.to_uppercase();
+        let prefix = format!("{n}_PORT_{port}_{pr}");
+        m.insert(prefix.clone(), format!("{}://{cluster_ip}:{port}", proto.to_lowercase()));
+        m.insert(format!("{prefix}_PROTO"), proto.to_lowercase());
+        m.insert(format!("{prefix}_PORT"), port.to_string());
+        m.insert(format!("{prefix}_ADDR"), cluster_ip.to_string());
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn pod(ns: &str, spec: PodSpec) -> Pod {
+        Pod {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some(ns.into()),
+                uid: Some("u1".into()),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            status: None,
+        }
+    }
+
+    fn ctx() -> SpecContext {
+        SpecContext {
+            cluster_dns: vec!["10.43.0.10".into()],
+            cluster_domain: "cluster.local".into(),
+            host_resolv_conf: "nameserver 1.1.1.1\nsearch example.com\noptions edns0\n".into(),
+            node_memory: 1 << 30,
+            log_root: "/logs".into(),
+        }
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("100m"), Some(0.1));
+        assert_eq!(parse_quantity("2"), Some(2.0));
+        assert_eq!(parse_quantity("64Mi"), Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(parse_quantity("1G"), Some(1e9));
+        assert_eq!(parse_quantity("1e3"), Some(1000.0));
+        assert_eq!(parse_quantity("x"), None);
+    }
+
+    #[test]
+    fn expansion_as_upstream() {
+        let env = |k: &str| (k == "A").then(|| "1".to_string());
+        assert_eq!(expand("x$(A)y", &env), "x1y");
+        assert_eq!(expand("$(B)", &env), "$(B)");
+        assert_eq!(expand("$$(A)", &env), "$(A)");
+        assert_eq!(expand("a$", &env), "a$");
+        assert_eq!(expand("é$(A", &env), "é$(A");
+    }
+
+    #[test]
+    fn cluster_first_dns() {
+        let p = pod("team", PodSpec::default());
+        let d = dns_config(&p, &ctx());
+        assert_eq!(d.servers, vec!["10.43.0.10"]);
+        assert_eq!(d.searches, vec!["team.svc.cluster.local", "svc.cluster.local", "cluster.local", "example.com"]);
+        assert_eq!(d.options, vec!["ndots:5"]);
+        let hp = pod("team", PodSpec { host_network: Some(true), ..Default::default() });
+        let d = dns_config(&hp, &ctx());
+        assert_eq!(d.servers, vec!["1.1.1.1"]);
+        assert_eq!(d.options, vec!["edns0"]);
+        assert_eq!(sandbox_config(&hp, &ctx(), 0).hostname, "");
+        assert_eq!(sandbox_config(&p, &ctx(), 0).hostname, "web");
+        assert_eq!(sandbox_config(&p, &ctx(), 0).log_directory, "/logs/team_web_u1");
+    }
+
+    #[test]
+    fn resources_and_qos() {
+        let mut lim = BTreeMap::new();
+        lim.insert("cpu".to_string(), Quantity("500m".into()));
+        lim.insert("memory".to_string(), Quantity("128Mi".into()));
+        let c = Container {
+            name: "c".into(),
+            resources: Some(ResourceRequirements { limits: Some(lim), ..Default::default() }),
+            ..Default::default()
+        };
+        let spec = PodSpec { containers: vec![c.clone()], ..Default::default() };
+        assert_eq!(qos_class(&spec), "Guaranteed");
+        let r = container_resources(&c, "Guaranteed", 1 << 30);
+        assert_eq!(r.cpu_shares, 512);
+        assert_eq!(r.cpu_quota, 50_000);
+        assert_eq!(r.cpu_period, 100_000);
+        assert_eq!(r.memory_limit_in_bytes, 128 * 1024 * 1024);
+        assert_eq!(r.oom_score_adj, -997);
+        let be = PodSpec { containers: vec![Container { name: "c".into(), ..Default::default() }], ..Default::default() };
+        assert_eq!(qos_class(&be), "BestEffort");
+        assert_eq!(container_resources(&be.containers[0], "BestEffort", 1).cpu_shares, 2);
+        assert!(cgroup_parent(&pod("d", be)).starts_with("/kubepods/besteffort/pod"));
+    }
+
+    #[test]
+    fn container_config_paths_and_command() {
+        let c = Container {
+            name: "app".into(),
+            image: Some("busybox".into()),
+            command: Some(vec!["sh".into(), "-c".into()]),
+            args: Some(vec!["echo $(GREETING)".into()]),
+            ..Default::default()
+        };
+        let p = pod("d", PodSpec { containers: vec![c.clone()], ..Default::default() });
+        let cfg = container_config(&p, &c, 2, &vec![("GREETING".into(), "hi".into())], vec![], "sha256:x", 1);
+        assert_eq!(cfg.log_path, "app/2.log");
+        assert_eq!(cfg.args, vec!["echo hi"]);
+        assert_eq!(cfg.labels.get(LABEL_CONTAINER_NAME).map(String::as_str), Some("app"));
+        assert_eq!(cfg.annotations.get(ANN_RESTART_COUNT).map(String::as_str), Some("2"));
+    }
+
+    #[test]
+    fn service_links() {
+        let m = service_env("my-svc", "10.43.0.5", &[(Some("http".into()), 80, "TCP".into())]);
+        assert_eq!(m.get("MY_SVC_SERVICE_HOST").map(String::as_str), Some("10.43.0.5"));
+        assert_eq!(m.get("MY_SVC_SERVICE_PORT_HTTP").map(String::as_str), Some("80"));
+        assert_eq!(m.get("MY_SVC_PORT_80_TCP").map(String::as_str), Some("tcp://10.43.0.5:80"));
+        assert!(service_env("x", "None", &[(None, 1, "TCP".into())]).is_empty());
+    }
+}

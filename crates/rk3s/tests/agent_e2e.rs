@@ -1,0 +1,354 @@
+//! The node agent end to end: `rk3s server` without `--disable-agent` runs real pods on
+//! its own containerd with a busybox image built by `rk3s image build`.
+//!
+//! Needs root, containerd, runc, busybox-static and the CNI plugins; skips (with a
+//! message) otherwise. Cleans up after itself: pods, sandboxes, containerd and its shims,
+//! mounts, the cni0 bridge, the iptables rules and chains the CNI plugins added, and
+//! the cgroups.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Cluster};
+
+fn missing_prereqs() -> Option<String> {
+    if unsafe_geteuid() != 0 {
+        return Some("not root".into());
+    }
+    for bin in ["containerd", "runc", "ctr", "iptables-save", "ip"] {
+        if !Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success()) {
+            return Some(format!("{bin} is missing (apt-get install containerd runc iptables iproute2)"));
+        }
+    }
+    for p in ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/portmap", "/usr/lib/cni/loopback"] {
+        if !Path::new(p).exists() {
+            return Some(format!("{p} is missing (apt-get install containernetworking-plugins)"));
+        }
+    }
+    if rk3s_kubelet::image::find_static_busybox().is_err() {
+        return Some("no static busybox (apt-get install busybox-static)".into());
+    }
+    None
+}
+
+fn unsafe_geteuid() -> u32 {
+    Command::new("id").arg("-u").output().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(1)
+}
+
+fn sh(cmd: &str) -> String {
+    Command::new("sh").args(["-c", cmd]).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default()
+}
+
+fn iptables_lines() -> BTreeSet<String> {
+    sh("iptables-save 2>/dev/null").lines().filter(|l| l.starts_with('-') || l.starts_with(':') || l.starts_with('*')).map(|l| {
+        // Counters in chain headers change all the time.
+        if l.starts_with(':') { l.split_whitespace().take(2).collect::<Vec<_>>().join(" ") } else { l.to_string() }
+    }).collect()
+}
+
+fn links() -> BTreeSet<String> {
+    sh("ip -o link show").lines().filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("").to_string())).collect()
+}
+
+/// Everything the test must put back as it was.
+struct HostSnapshot {
+    links: BTreeSet<String>,
+    iptables: BTreeSet<String>,
+    kubepods: bool,
+}
+
+impl HostSnapshot {
+    fn take() -> Self {
+        HostSnapshot { links: links(), iptables: iptables_lines(), kubepods: Path::new("/sys/fs/cgroup/memory/kubepods").exists() || Path::new("/sys/fs/cgroup/kubepods").exists() }
+    }
+}
+
+/// Stops the cluster and removes what the agent left on the host.
+fn cleanup(c: &mut Cluster, before: &HostSnapshot) {
+    let state = c.containerd_state_dir();
+    let socket = state.join("containerd.sock");
+    c.stop();
+    // Shims of our containerd (their command line names its socket), then containerd.
+    let want = format!("-address\0{}", socket.display());
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("containerd-shim") && cmdline.contains(&want) {
+            let _ = Command::new("kill").args(["-KILL", &e.file_name().to_string_lossy()]).status();
+        }
+    }
+    if let Ok(pid) = std::fs::read_to_string(state.join("containerd.pid")) {
+        let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    rk3s_kubelet::containerd::unmount_under(&state);
+    rk3s_kubelet::containerd::unmount_under(&c.data_dir());
+    // Network namespaces containerd made for sandboxes that were not removed.
+    for l in links().difference(&before.links) {
+        let _ = Command::new("ip").args(["link", "del", l]).status();
+    }
+    // iptables: delete added rules, then added chains.
+    let mut table = String::new();
+    let mut chains = Vec::new();
+    let save = sh("iptables-save 2>/dev/null");
+    for l in save.lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            table = t.to_string();
+            continue;
+        }
+        if l.starts_with("-A ") && !before.iptables.contains(l) {
+            let args: Vec<String> = shell_words(&l.replacen("-A ", "-D ", 1));
+            let _ = Command::new("iptables").arg("-t").arg(&table).args(&args).status();
+        }
+        if let Some(h) = l.strip_prefix(':') {
+            let name = h.split_whitespace().next().unwrap_or_default().to_string();
+            let key = format!(":{name}");
+            if !before.iptables.iter().any(|b| b.split_whitespace().next() == Some(key.as_str())) {
+                chains.push((table.clone(), name));
+            }
+        }
+    }
+    for (t, ch) in &chains {
+        let _ = Command::new("iptables").args(["-t", t, "-F", ch]).status();
+    }
+    for (t, ch) in &chains {
+        let _ = Command::new("iptables").args(["-t", t, "-X", ch]).status();
+    }
+    // Tables the plugins created (iptables-nft keeps empty built-in chains in them).
+    for l in iptables_lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            if !before.iptables.contains(&l) {
+                let _ = Command::new("nft").args(["delete", "table", "ip", t]).status();
+            }
+        }
+    }
+    if !before.kubepods {
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/blkio", "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/devices", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/hugetlb", "/sys/fs/cgroup/net_cls,net_prio", "/sys/fs/cgroup/perf_event"] {
+            let _ = sh(&format!("[ -d {root}/kubepods ] && find {root}/kubepods -depth -type d -exec rmdir {{}} \\; 2>/dev/null"));
+        }
+    }
+}
+
+/// Splits an iptables-save rule line into arguments (double quotes group words).
+fn shell_words(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = s.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '"' => quoted = !quoted,
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn build_busybox_image(out: &Path, work: &Path) {
+    let busybox = rk3s_kubelet::image::find_static_busybox().expect("static busybox");
+    let root = work.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).expect("rootfs");
+    std::fs::create_dir_all(root.join("tmp")).expect("rootfs tmp");
+    std::fs::create_dir_all(root.join("etc")).expect("rootfs etc");
+    std::fs::copy(&busybox, root.join("bin/busybox")).expect("copy busybox");
+    for applet in ["sh", "sleep", "echo", "cat", "ls", "true", "false", "httpd", "wget", "env", "id", "hostname", "ip"] {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    std::fs::create_dir_all(out.parent().expect("parent")).expect("images dir");
+    let o = Command::new(env!("CARGO_BIN_EXE_rk3s"))
+        .args(["image", "build", "--from"])
+        .arg(&root)
+        .args(["--tag", "rk3s.test/busybox:e2e", "-o"])
+        .arg(out)
+        .output()
+        .expect("rk3s image build");
+    assert!(o.status.success(), "image build: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn jsonpath(c: &Cluster, args: &[&str], path: &str) -> String {
+    let p = format!("jsonpath={path}");
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["-o", p.as_str()]);
+    let out = c.kubectl(&a);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn pod_manifest(name: &str, image: &str, cmd: &str, restart: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  restartPolicy: {restart}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: {name}
+    image: {image}
+    imagePullPolicy: Never
+    command: ["sh", "-c", "{cmd}"]
+"#
+    )
+}
+
+fn cidr_contains(cidr: &str, ip: &str) -> bool {
+    let parse = |s: &str| s.parse::<std::net::Ipv4Addr>().ok().map(u32::from);
+    let Some((net, len)) = cidr.split_once('/') else { return false };
+    let (Some(net), Some(ip), Ok(len)) = (parse(net), parse(ip), len.parse::<u32>()) else { return false };
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    net & mask == ip & mask
+}
+
+fn ctr_containers(c: &Cluster) -> usize {
+    let sock = c.containerd_state_dir().join("containerd.sock");
+    sh(&format!("ctr --address {} -n k8s.io containers ls -q 2>/dev/null", sock.display())).lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[test]
+fn agent_runs_real_pods() {
+    if let Some(why) = missing_prereqs() {
+        eprintln!("SKIP agent_runs_real_pods: {why}");
+        return;
+    }
+    let before = HostSnapshot::take();
+    if before.links.contains("cni0") {
+        eprintln!("SKIP agent_runs_real_pods: a cni0 bridge exists already (another node agent runs here)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_busybox_image(&dir.path().join("data/agent/images/busybox.tar"), dir.path());
+    let mut c = Cluster::start_agent_in(dir, &[]);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut c)));
+    if result.is_err() {
+        eprintln!("--- server log ---\n{}", std::fs::read_to_string(&c.log).unwrap_or_default().lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    // Delete what is left through the agent (so CNI DEL runs), then tear down.
+    let _ = c.kubectl(&["delete", "pods", "--all", "--grace-period=1", "--timeout=60s"]);
+    cleanup(&mut c, &before);
+    let after = HostSnapshot::take();
+    let new_links: Vec<_> = after.links.difference(&before.links).collect();
+    let new_rules: Vec<_> = after.iptables.difference(&before.iptables).collect();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert!(new_links.is_empty(), "links left behind: {new_links:?}");
+    assert!(new_rules.is_empty(), "iptables rules left behind: {new_rules:?}");
+}
+
+fn scenario(c: &mut Cluster) {
+    let t0 = Instant::now();
+    let node = rk3s_kubelet::node::hostname();
+    wait_for("node Ready", Duration::from_secs(60), || {
+        let s = jsonpath(c, &["get", "node", &node], r#"{.status.conditions[?(@.type=="Ready")].status}"#);
+        (s == "True").then_some(())
+    });
+    eprintln!("node Ready {:?} after the API server", t0.elapsed());
+    let pod_cidr = jsonpath(c, &["get", "node", &node], "{.spec.podCIDR}");
+    assert!(!pod_cidr.is_empty(), "node has a podCIDR");
+    let labels = jsonpath(c, &["get", "node", &node], "{.metadata.labels}");
+    assert!(labels.contains("node-role.kubernetes.io/control-plane"), "{labels}");
+    let runtime = jsonpath(c, &["get", "node", &node], "{.status.nodeInfo.containerRuntimeVersion}");
+    assert!(runtime.starts_with("containerd://"), "{runtime}");
+    wait_for("default service account", Duration::from_secs(30), || c.kubectl(&["get", "sa", "default"]).status.success().then_some(()));
+
+    // A long-running pod.
+    let image = "rk3s.test/busybox:e2e";
+    let created = Instant::now();
+    c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pod_manifest("busybox", image, "echo hello; sleep 3600", "Always")));
+    wait_for("busybox Running", Duration::from_secs(60), || (jsonpath(c, &["get", "pod", "busybox"], "{.status.phase}") == "Running").then_some(()));
+    let latency = created.elapsed();
+    eprintln!("pod create -> Running: {latency:?} (first pod, including kubectl)");
+    let ip = jsonpath(c, &["get", "pod", "busybox"], "{.status.podIP}");
+    assert!(cidr_contains(&pod_cidr, &ip), "pod IP {ip} in {pod_cidr}");
+    wait_for("busybox Ready", Duration::from_secs(10), || (jsonpath(c, &["get", "pod", "busybox"], r#"{.status.conditions[?(@.type=="Ready")].status}"#) == "True").then_some(()));
+    let uid = jsonpath(c, &["get", "pod", "busybox"], "{.metadata.uid}");
+    let log: PathBuf = c.data_dir().join(format!("agent/pod-logs/default_busybox_{uid}/busybox/0.log"));
+    wait_for("container log", Duration::from_secs(10), || std::fs::read_to_string(&log).ok().filter(|t| t.contains("hello")).map(|_| ()));
+    // The service-account token volume is there.
+    let sa = c.data_dir().join(format!("agent/pods/{uid}/volumes/kubernetes.io~projected"));
+    assert!(sa.exists(), "projected service account volume at {}", sa.display());
+
+    // Deletion stops and removes it.
+    let del = Instant::now();
+    c.ok(&["delete", "pod", "busybox", "--timeout=60s"]);
+    eprintln!("pod delete (grace 2 s): {:?}", del.elapsed());
+    wait_for("busybox gone", Duration::from_secs(30), || (!c.kubectl(&["get", "pod", "busybox"]).status.success()).then_some(()));
+    wait_for("containers removed", Duration::from_secs(30), || (ctr_containers(c) == 0).then_some(()));
+
+    // Runs to completion.
+    c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pod_manifest("done", image, "echo bye; exit 0", "Never")));
+    wait_for("done Succeeded", Duration::from_secs(60), || (jsonpath(c, &["get", "pod", "done"], "{.status.phase}") == "Succeeded").then_some(()));
+    let reason = jsonpath(c, &["get", "pod", "done"], "{.status.containerStatuses[0].state.terminated.reason}");
+    assert_eq!(reason, "Completed");
+
+    // Crash loop.
+    c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pod_manifest("crash", image, "exit 1", "Always")));
+    let first = wait_for("crash CrashLoopBackOff", Duration::from_secs(60), || {
+        let r = jsonpath(c, &["get", "pod", "crash"], "{.status.containerStatuses[0].state.waiting.reason}");
+        let n: u32 = jsonpath(c, &["get", "pod", "crash"], "{.status.containerStatuses[0].restartCount}").parse().unwrap_or(0);
+        (r == "CrashLoopBackOff").then_some(n)
+    });
+    let last_exit = jsonpath(c, &["get", "pod", "crash"], "{.status.containerStatuses[0].lastState.terminated.exitCode}");
+    assert_eq!(last_exit, "1");
+    let later = wait_for("restart count rises", Duration::from_secs(60), || {
+        let n: u32 = jsonpath(c, &["get", "pod", "crash"], "{.status.containerStatuses[0].restartCount}").parse().unwrap_or(0);
+        (n > first).then_some(n)
+    });
+    eprintln!("crash loop: restartCount {first} -> {later}");
+
+    // An image that is not there with pullPolicy Never.
+    c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pod_manifest("nopull", "rk3s.test/absent:1", "true", "Always")));
+    wait_for("ErrImageNeverPull", Duration::from_secs(30), || {
+        let r = jsonpath(c, &["get", "pod", "nopull"], "{.status.containerStatuses[0].state.waiting.reason}");
+        (r == "ErrImageNeverPull").then_some(())
+    });
+    let msg = jsonpath(c, &["get", "pod", "nopull"], "{.status.containerStatuses[0].state.waiting.message}");
+    assert_eq!(msg, "Container image \"rk3s.test/absent:1\" is not present with pull policy of Never");
+
+    // Pod create -> Running latency, image present, one at a time.
+    let mut lat = Vec::new();
+    for i in 0..5 {
+        let name = format!("lat-{i}");
+        let t = Instant::now();
+        c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pod_manifest(&name, image, "sleep 3600", "Always")));
+        wait_for("Running", Duration::from_secs(60), || (jsonpath(c, &["get", "pod", &name], "{.status.phase}") == "Running").then_some(()));
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    eprintln!("pod create -> Running (5 pods, serial, via kubectl): min {:?} median {:?} max {:?}", lat[0], lat[2], lat[4]);
+
+    // Fail-static: kill -9 of rk3s leaves the containers running; the restarted agent
+    // adopts them (same container, no restart).
+    let id_before = jsonpath(c, &["get", "pod", "lat-0"], "{.status.containerStatuses[0].containerID}");
+    assert!(id_before.starts_with("containerd://"), "{id_before}");
+    let state = format!("--containerd-state-dir={}", c.containerd_state_dir().display());
+    c.restart_after_kill(&[state.as_str()]);
+    let t = Instant::now();
+    wait_for("node Ready after restart", Duration::from_secs(60), || {
+        let s = jsonpath(c, &["get", "node", &node], r#"{.status.conditions[?(@.type=="Ready")].status}"#);
+        (s == "True").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let id_after = jsonpath(c, &["get", "pod", "lat-0"], "{.status.containerStatuses[0].containerID}");
+    let restarts = jsonpath(c, &["get", "pod", "lat-0"], "{.status.containerStatuses[0].restartCount}");
+    let phase = jsonpath(c, &["get", "pod", "lat-0"], "{.status.phase}");
+    assert_eq!((id_after.as_str(), restarts.as_str(), phase.as_str()), (id_before.as_str(), "0", "Running"), "adopted after kill -9");
+    eprintln!("after kill -9 and restart: node Ready again in {:?}, pod lat-0 adopted", t.elapsed());
+}
