@@ -38,6 +38,20 @@ pub struct AgentOptions {
     pub control_plane: bool,
     /// Extra node labels.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The kubelet API (`:10250`): where to listen and the cluster CA (cert, key) that
+    /// issues its serving certificate and verifies clients. None: no kubelet API.
+    pub kubelet_api: Option<KubeletApiOptions>,
+}
+
+/// Settings of the kubelet HTTPS API.
+#[derive(Clone, Debug)]
+pub struct KubeletApiOptions {
+    /// Listen address (upstream: 0.0.0.0:10250).
+    pub listen: std::net::SocketAddr,
+    /// Cluster CA certificate (PEM).
+    pub ca_cert_pem: String,
+    /// Cluster CA key (PEM), to issue the kubelet's serving certificate.
+    pub ca_key_pem: String,
 }
 
 /// Errors of the agent's start-up.
@@ -126,6 +140,29 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
         }
     };
     tracing::info!(node = %opts.node_name, elapsed_ms = t0.elapsed().as_millis() as u64, "node registered");
+    if let Some(api) = &opts.kubelet_api {
+        let sans = vec![opts.node_name.clone(), opts.node_ip.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
+        match rk3s_pki::issue_serving_cert(&api.ca_cert_pem, &api.ca_key_pem, &opts.node_name, &sans, 365) {
+            Ok((cert, key)) => {
+                let sopts = crate::server::KubeletServerOptions {
+                    listen: api.listen,
+                    node_name: opts.node_name.clone(),
+                    serving_cert_pem: cert,
+                    serving_key_pem: key,
+                    client_ca_pem: api.ca_cert_pem.clone(),
+                    cri: cri.clone(),
+                    authorizer: None,
+                    pods: None,
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = crate::server::serve(sopts).await {
+                        tracing::error!(error = %e, "kubelet API stopped");
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot issue the kubelet serving certificate; no kubelet API"),
+        }
+    }
     let wake = Arc::new(tokio::sync::Notify::new());
     let status = tokio::spawn(crate::node::run_status(client.clone(), node_cfg.clone(), cri.clone(), wake.clone()));
     let lease = tokio::spawn(crate::node::run_lease(client.clone(), opts.node_name.clone(), node.metadata.uid.clone()));

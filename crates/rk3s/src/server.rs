@@ -284,6 +284,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     });
     let api_for_agent = api.clone();
+    let (kubelet_ca, kubelet_ca_key) = (pki.ca_cert_pem.clone(), pki.ca_key_pem.clone());
     let serving = tokio::spawn(rk3s_apiserver::server::serve(api, listener, tls));
 
     let host = if args.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { args.bind_address.to_string() };
@@ -315,6 +316,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             containerd_state_dir: args.containerd_state_dir.clone(),
             control_plane: true,
             labels: Default::default(),
+            kubelet_api: Some(rk3s_kubelet::agent::KubeletApiOptions {
+                listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 10250),
+                ca_cert_pem: kubelet_ca.clone(),
+                ca_key_pem: kubelet_ca_key.clone(),
+            }),
         };
         tokio::spawn(async move {
             if let Err(e) = rk3s_kubelet::agent::run(node_client, opts).await {

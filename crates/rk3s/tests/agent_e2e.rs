@@ -281,6 +281,12 @@ fn scenario(c: &mut Cluster) {
     let uid = jsonpath(c, &["get", "pod", "busybox"], "{.metadata.uid}");
     let log: PathBuf = c.data_dir().join(format!("agent/pod-logs/default_busybox_{uid}/busybox/0.log"));
     wait_for("container log", Duration::from_secs(10), || std::fs::read_to_string(&log).ok().filter(|t| t.contains("hello")).map(|_| ()));
+    // kubectl logs goes API server -> kubelet API -> the CRI log file.
+    let logs = wait_for("kubectl logs", Duration::from_secs(20), || {
+        let out = c.kubectl(&["logs", "busybox"]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    });
+    assert_eq!(logs.trim(), "hello", "{logs}");
     // The service-account token volume is there.
     let sa = c.data_dir().join(format!("agent/pods/{uid}/volumes/kubernetes.io~projected"));
     assert!(sa.exists(), "projected service account volume at {}", sa.display());
