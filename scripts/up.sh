@@ -10,8 +10,8 @@ need_pkgs=()
 command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-# The node agent (later milestones) uses these; install them now so the node is ready.
-for p in containerd runc containernetworking-plugins iptables nftables conntrack; do
+# The node agent uses these (busybox-static: rk3s builds its pause image from it).
+for p in containerd runc containernetworking-plugins iptables nftables conntrack busybox-static; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
@@ -43,7 +43,11 @@ export KUBECONFIG=/etc/rk3s/rk3s.yaml
 for _ in $(seq 1 300); do
   if [ -f "$KUBECONFIG" ] && kubectl_out=$(rk3s kubectl get --raw /readyz 2>/dev/null) && [ "$kubectl_out" = ok ]; then
     log "rk3s is ready: export KUBECONFIG=$KUBECONFIG (or use 'rk3s kubectl ...')"
-    command -v kubectl >/dev/null 2>&1 && kubectl get namespaces
+    for _ in $(seq 1 300); do
+      rk3s kubectl get nodes 2>/dev/null | grep -q ' Ready ' && break
+      sleep 0.1
+    done
+    rk3s kubectl get nodes -o wide || true
     exit 0
   fi
   kill -0 "$(cat /run/rk3s.pid)" 2>/dev/null || { echo "rk3s server exited; see /var/log/rk3s.log" >&2; tail -n 20 /var/log/rk3s.log >&2; exit 1; }
