@@ -40,14 +40,21 @@ nohup /usr/local/bin/rk3s server "$@" >>/var/log/rk3s.log 2>&1 &
 echo $! > /run/rk3s.pid
 
 export KUBECONFIG=/etc/rk3s/rk3s.yaml
+tls=/var/lib/rk3s/server/tls
+api() { curl -sf --cacert "$tls/server-ca.crt" --cert "$tls/client-admin.crt" --key "$tls/client-admin.key" "https://127.0.0.1:6443$1"; }
 for _ in $(seq 1 300); do
-  if [ -f "$KUBECONFIG" ] && kubectl_out=$(rk3s kubectl get --raw /readyz 2>/dev/null) && [ "$kubectl_out" = ok ]; then
-    log "rk3s is ready: export KUBECONFIG=$KUBECONFIG (or use 'rk3s kubectl ...')"
+  if [ "$(curl -sk https://127.0.0.1:6443/readyz 2>/dev/null)" = ok ]; then
+    log "API server is ready; waiting for the node"
     for _ in $(seq 1 300); do
-      rk3s kubectl get nodes 2>/dev/null | grep -q ' Ready ' && break
+      api /api/v1/nodes 2>/dev/null | grep -q '"type":"Ready","status":"True"' && break
       sleep 0.1
     done
-    rk3s kubectl get nodes -o wide || true
+    if command -v kubectl >/dev/null 2>&1; then
+      kubectl get nodes -o wide
+    else
+      api /api/v1/nodes | grep -o '"name":"[^"]*"' | head -1
+    fi
+    log "rk3s is ready: export KUBECONFIG=$KUBECONFIG (or use 'rk3s kubectl ...' if kubectl is installed)"
     exit 0
   fi
   kill -0 "$(cat /run/rk3s.pid)" 2>/dev/null || { echo "rk3s server exited; see /var/log/rk3s.log" >&2; tail -n 20 /var/log/rk3s.log >&2; exit 1; }
