@@ -957,11 +957,18 @@ impl ApiServer {
             if res.subresource(sub).is_none() {
                 return Err(not_found());
             }
-            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction" | "token" | "approval" | "log" | "proxy") {
+            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction" | "token" | "approval" | "log" | "proxy" | "exec" | "attach" | "portforward") {
                 return Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")));
             }
         } else if !res.has_verb(&info.verb) {
             return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+        }
+        // WebSocket exec/attach/port-forward arrive as GET (verb `get`); as upstream
+        // (AuthorizePodWebsocketUpgradeCreatePermission) they also need `create`.
+        if info.group.is_empty() && info.resource == "pods" && info.verb == "get" && matches!(info.subresource.as_deref(), Some("exec" | "attach" | "portforward")) {
+            let mut as_create = info.clone();
+            as_create.verb = "create".into();
+            self.inner.authorize(&crate::authz::resource_attributes(user, &as_create, &query))?;
         }
         if let Some(r) = crate::proxy::dispatch(&self.inner, parts, &info, &query).await {
             return r;

@@ -8,8 +8,15 @@
 //! (so `kubectl logs -f` is a long-lived chunked response); a kubelet error becomes a
 //! `Status` with the kubelet's code and message, as upstream.
 //!
-//! Not yet: `pods/exec`, `pods/attach`, `pods/portforward` (upgrades), `pods/proxy`,
-//! `services/proxy`, and non-GET methods on `nodes/proxy`.
+//! `pods/exec`, `pods/attach` and `pods/portforward` (connect verbs, GET or POST with
+//! `Upgrade: SPDY/3.1` or `Upgrade: websocket`) are proxied as raw upgraded connections
+//! to the kubelet's `/exec`, `/attach` and `/portForward` endpoints: the upgrade headers
+//! go to the kubelet, its `101 Switching Protocols` comes back to the client, and then
+//! bytes are copied both ways. The client's `OnUpgrade` is taken from the request
+//! extensions, which `handle_incoming` keeps in `parts` (upgrade requests have no body,
+//! so collecting it first is harmless).
+//!
+//! Not yet: `pods/proxy`, `services/proxy`, and non-GET methods on `nodes/proxy`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -128,6 +135,98 @@ impl KubeletClient {
             r.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
         }
         Ok(r)
+    }
+}
+
+/// Request headers that carry an upgrade negotiation (SPDY or WebSocket) to the kubelet.
+const UPGRADE_HEADERS: &[&str] = &[
+    "connection",
+    "upgrade",
+    "x-stream-protocol-version",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "origin",
+];
+
+impl KubeletClient {
+    /// Sends an upgrade request (`method`, the upgrade headers of `headers`) to the
+    /// kubelet's `path_and_query`. When the kubelet switches protocols, answers the
+    /// client with its 101 and joins `client` (the client's pending upgrade) with the
+    /// kubelet connection; any other answer becomes an error `Status`.
+    pub async fn upgrade(
+        &self,
+        host: &str,
+        port: u16,
+        method: &http::Method,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+        client: hyper::upgrade::OnUpgrade,
+    ) -> Result<Response, ApiError> {
+        let url = format!("https://{}/{}", host_port(host, port), path_and_query.trim_start_matches('/'));
+        let fail = |e: &dyn std::fmt::Display| ApiError::internal(format!("error dialing backend: {e}"));
+        let connect = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host, port)));
+        let tcp = match connect.await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(fail(&format!("dial tcp {}: connect: {e}", host_port(host, port)))),
+            Err(_) => return Err(fail(&format!("dial tcp {}: i/o timeout", host_port(host, port)))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let name = match host.parse::<IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?,
+        };
+        let stream = self.tls.connect(name, tcp).await.map_err(|e| fail(&e))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| fail(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "kubelet stream connection ended");
+            }
+        });
+        let mut b = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("/{}", path_and_query.trim_start_matches('/')))
+            .header(http::header::HOST, host_port(host, port));
+        for h in UPGRADE_HEADERS {
+            for v in headers.get_all(*h) {
+                b = b.header(*h, v.clone());
+            }
+        }
+        let req = b.body(http_body_util::Empty::<Bytes>::new()).map_err(|e| fail(&e))?;
+        let mut resp = send.send_request(req).await.map_err(|e| ApiError::internal(format!("{url}: {e}")))?;
+        let status = resp.status();
+        if status != http::StatusCode::SWITCHING_PROTOCOLS {
+            let collected = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect()).await;
+            let text = match collected {
+                Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
+                _ => String::new(),
+            };
+            return Err(kubelet_error(status.as_u16(), text));
+        }
+        let backend = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (c, k) = match (client.await, backend.await) {
+                (Ok(c), Ok(k)) => (c, k),
+                (c, k) => {
+                    tracing::debug!(client = c.is_ok(), kubelet = k.is_ok(), "stream upgrade failed");
+                    return;
+                }
+            };
+            let mut c = hyper_util::rt::TokioIo::new(c);
+            let mut k = hyper_util::rt::TokioIo::new(k);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut k).await {
+                tracing::debug!(error = %e, "stream ended");
+            }
+        });
+        let mut out = http::Response::new(ResponseBody::Full(None));
+        *out.status_mut() = status;
+        for (k, v) in resp.headers() {
+            if k != http::header::CONTENT_LENGTH && k != http::header::TRANSFER_ENCODING {
+                out.headers_mut().append(k.clone(), v.clone());
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -336,6 +435,72 @@ pub async fn node_proxy(inner: &Inner, name: &str, rest: &[String], raw_query: O
     client(inner)?.get(&host, port, &path).await
 }
 
+/// Every value of a repeated query parameter, in order (`command=sh&command=-c`).
+fn all_values(raw: Option<&str>, key: &str) -> Vec<String> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes()).filter(|(k, _)| k == key).map(|(_, v)| v.into_owned()).collect()
+}
+
+/// Serves `pods/{name}/exec|attach|portforward` (connect verbs, upgraded connections).
+pub async fn pod_stream(inner: &Inner, parts: &http::request::Parts, ns: &str, name: &str, sub: &str, query: &Query) -> Result<Response, ApiError> {
+    let Some(on_upgrade) = parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned() else {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    };
+    let pod = inner
+        .cache
+        .get(&format!("/registry/core/pods/{ns}/{name}"))
+        .map(|o| (*o.object).clone())
+        .ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
+    let phase = pod.pointer("/status/phase").and_then(|p| p.as_str()).unwrap_or("");
+    let node_name = pod.pointer("/spec/nodeName").and_then(|n| n.as_str()).unwrap_or("").to_string();
+    let path = if sub == "portforward" {
+        if matches!(phase, "Succeeded" | "Failed") {
+            return Err(ApiError::bad_request(format!("cannot port-forward to a completed pod; current phase is {phase}")));
+        }
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for p in all_values(parts.uri.query(), "ports").iter().flat_map(|v| v.split(',')).filter(|p| !p.is_empty()) {
+            q.append_pair("port", p);
+        }
+        let q = q.finish();
+        if q.is_empty() {
+            format!("/portForward/{ns}/{name}")
+        } else {
+            format!("/portForward/{ns}/{name}?{q}")
+        }
+    } else {
+        let container = choose_container(&pod, query.get("container"))?;
+        let (stdin, stdout, stderr, tty) = (query.flag("stdin"), query.flag("stdout"), query.flag("stderr"), query.flag("tty"));
+        if !stdin && !stdout && !stderr {
+            return Err(ApiError::bad_request("you must specify at least 1 of stdin, stdout, stderr"));
+        }
+        if matches!(phase, "Succeeded" | "Failed") {
+            let what = if sub == "exec" { "exec into" } else { "attach to" };
+            return Err(ApiError::bad_request(format!("cannot {what} a container in a completed pod; current phase is {phase}")));
+        }
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if sub == "exec" {
+            let cmd = all_values(parts.uri.query(), "command");
+            if cmd.is_empty() {
+                return Err(ApiError::bad_request("you must specify at least one command for the container"));
+            }
+            for c in &cmd {
+                q.append_pair("command", c);
+            }
+        }
+        for (k, v) in [("stdin", stdin), ("stdout", stdout), ("stderr", stderr), ("tty", tty)] {
+            if v {
+                q.append_pair(k, "1");
+            }
+        }
+        format!("/{sub}/{ns}/{name}/{container}?{}", q.finish())
+    };
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+    }
+    let n = node(inner, &node_name)?;
+    let (host, port) = node_endpoint(&n).ok_or_else(|| no_address(&node_name))?;
+    client(inner)?.upgrade(&host, port, &parts.method, &path, &parts.headers, on_upgrade).await
+}
+
 /// Serves the kubelet-backed subresources; `None` for every other request.
 pub async fn dispatch(inner: &Inner, parts: &http::request::Parts, info: &RequestInfo, query: &Query) -> Option<Result<Response, ApiError>> {
     let sub = info.subresource.as_deref()?;
@@ -348,6 +513,10 @@ pub async fn dispatch(inner: &Inner, parts: &http::request::Parts, info: &Reques
         ("", "nodes", "proxy") => Some(match info.verb.as_str() {
             "get" => node_proxy(inner, name, &info.rest, parts.uri.query()).await,
             _ => Err(ApiError::method_not_allowed("only GET is proxied to kubelets by this server")),
+        }),
+        ("", "pods", "exec" | "attach" | "portforward") => Some(match parts.method {
+            http::Method::GET | http::Method::POST => pod_stream(inner, parts, info.namespace.as_deref().unwrap_or(""), name, sub, query).await,
+            _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
         }),
         (_, _, "proxy") => Some(Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")))),
         _ => None,
@@ -477,6 +646,121 @@ mod tests {
         drop(l);
         let e = c.get("127.0.0.1", port, "/healthz").await.err().map(|e| e.message);
         assert!(e.as_deref().is_some_and(|m| m.contains("connect")), "{e:?}");
+    }
+
+    /// A fake kubelet that switches to the requested protocol and echoes bytes, after
+    /// writing the request line and `X-Stream-Protocol-Version`; 400 without `Upgrade`.
+    async fn fake_upgrading_kubelet(ca: &str, ca_key: &str) -> std::net::SocketAddr {
+        use std::convert::Infallible;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok((cert, key)) = rk3s_pki::issue_serving_cert(ca, ca_key, "node", &["127.0.0.1".to_string()], 1) else { panic!("cert") };
+        let Ok(tls) = crate::server::tls_config(&cert, &key, ca) else { panic!("tls") };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else { panic!("bind") };
+        let Ok(addr) = listener.local_addr() else { panic!("addr") };
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(stream) = acceptor.accept(tcp).await else { continue };
+                let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                    let Some(proto) = req.headers().get("upgrade").cloned() else {
+                        return Ok::<_, Infallible>(body::bytes_response(400, "text/plain", "Upgrade request required"));
+                    };
+                    let line = format!(
+                        "{} {} {}\n",
+                        req.method(),
+                        req.uri(),
+                        req.headers().get("x-stream-protocol-version").and_then(|v| v.to_str().ok()).unwrap_or("")
+                    );
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(up) = on.await else { return };
+                        let mut io = hyper_util::rt::TokioIo::new(up);
+                        let _ = io.write_all(line.as_bytes()).await;
+                        let mut buf = [0u8; 64];
+                        while let Ok(n) = io.read(&mut buf).await {
+                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut r = http::Response::new(ResponseBody::Full(None));
+                    *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                    r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
+                    r.headers_mut().insert(http::header::UPGRADE, proto);
+                    r.headers_mut().insert("x-stream-protocol-version", http::HeaderValue::from_static("v4.channel.k8s.io"));
+                    Ok(r)
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).with_upgrades());
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn upgrades_are_joined_end_to_end() {
+        use std::convert::Infallible;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(pki) = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.path())) else { panic!("pki") };
+        let kubelet = fake_upgrading_kubelet(&pki.ca_cert_pem, &pki.ca_key_pem).await;
+        let Ok((cert_pem, key_pem)) = rk3s_pki::issue_client_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "kube-apiserver-kubelet-client", &["system:masters"], 1)
+        else {
+            panic!("client cert")
+        };
+        let Ok(client) = KubeletClient::new(&KubeletClientConfig { cert_pem, key_pem, ca_pem: pki.ca_cert_pem.clone() }) else { panic!("client") };
+        // A plain-HTTP front that proxies every request with `KubeletClient::upgrade`.
+        let Ok(front) = tokio::net::TcpListener::bind("127.0.0.1:0").await else { panic!("bind") };
+        let Ok(front_addr) = front.local_addr() else { panic!("addr") };
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = front.accept().await {
+                let client = client.clone();
+                let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    let client = client.clone();
+                    async move {
+                        let on = hyper::upgrade::on(&mut req);
+                        let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                        let r = client.upgrade("127.0.0.1", kubelet.port(), req.method(), &pq, req.headers(), on).await;
+                        Ok::<_, Infallible>(r.unwrap_or_else(|e| body::bytes_response(e.code, "text/plain", e.message)))
+                    }
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).with_upgrades());
+            }
+        });
+        let Ok(mut s) = tokio::net::TcpStream::connect(front_addr).await else { panic!("connect") };
+        let req = "POST /exec/ns/p/c?command=echo&stdout=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n";
+        assert!(s.write_all(req.as_bytes()).await.is_ok());
+        let mut got = Vec::new();
+        let want_line = b"POST /exec/ns/p/c?command=echo&stdout=1 v4.channel.k8s.io\n";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !got.windows(want_line.len()).any(|w| w == want_line) {
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                other => panic!("read: {other:?} after {:?}", String::from_utf8_lossy(&got)),
+            }
+        }
+        let head = String::from_utf8_lossy(&got).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("upgrade: spdy/3.1"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("x-stream-protocol-version: v4.channel.k8s.io"), "{head}");
+        // Bytes now flow both ways through the API server hop.
+        assert!(s.write_all(b"ping").await.is_ok());
+        let mut echo = [0u8; 4];
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echo)).await;
+        assert!(matches!(r, Ok(Ok(4))), "{r:?}");
+        assert_eq!(&echo, b"ping");
+        // Without an upgrade the kubelet's refusal becomes an error status.
+        let Ok(mut s) = tokio::net::TcpStream::connect(front_addr).await else { panic!("connect") };
+        assert!(s.write_all(b"GET /exec/ns/p/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.is_ok());
+        let mut resp = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut resp)).await;
+        assert!(resp.starts_with("HTTP/1.1 400") && resp.ends_with("Upgrade request required"), "{resp}");
+    }
+
+    #[test]
+    fn repeated_query_values() {
+        assert_eq!(all_values(Some("command=sh&stdin=1&command=-c&command=echo%20hi"), "command"), vec!["sh", "-c", "echo hi"]);
+        assert!(all_values(None, "command").is_empty());
     }
 
     #[test]

@@ -155,8 +155,17 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
                     pods: None,
                 };
                 tokio::spawn(async move {
-                    if let Err(e) = crate::server::serve(sopts).await {
-                        tracing::error!(error = %e, "kubelet API stopped");
+                    // The port may still be held (a previous process, a test); retry.
+                    let mut delay = Duration::from_secs(1);
+                    loop {
+                        match crate::server::serve(sopts.clone()).await {
+                            Ok(()) => return,
+                            Err(e) => {
+                                tracing::error!(error = %e, retry_in_s = delay.as_secs(), "kubelet API stopped; retrying");
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(Duration::from_secs(30));
+                            }
+                        }
                     }
                 });
             }

@@ -279,6 +279,25 @@ impl CriClient {
         self.call(RUNTIME, "ExecSync", req).await
     }
 
+    /// `Exec`: the streaming URL of an exec of `cmd` in container `id`.
+    pub async fn exec(&self, req: ExecRequest) -> Result<String, CriError> {
+        let r: ExecResponse = self.call(RUNTIME, "Exec", req).await?;
+        Ok(r.url)
+    }
+
+    /// `Attach`: the streaming URL of an attach to container `id`.
+    pub async fn attach(&self, req: AttachRequest) -> Result<String, CriError> {
+        let r: AttachResponse = self.call(RUNTIME, "Attach", req).await?;
+        Ok(r.url)
+    }
+
+    /// `PortForward`: the streaming URL of a port forward into sandbox `pod_sandbox_id`.
+    pub async fn port_forward(&self, pod_sandbox_id: &str, ports: Vec<i32>) -> Result<String, CriError> {
+        let req = PortForwardRequest { pod_sandbox_id: pod_sandbox_id.into(), port: ports };
+        let r: PortForwardResponse = self.call(RUNTIME, "PortForward", req).await?;
+        Ok(r.url)
+    }
+
     /// `ListImages`.
     pub async fn list_images(&self, filter: Option<ImageFilter>) -> Result<Vec<Image>, CriError> {
         let r: ListImagesResponse = self.call(IMAGE, "ListImages", ListImagesRequest { filter }).await?;

@@ -18,6 +18,7 @@ pub mod pods;
 pub mod server;
 pub mod sim;
 pub mod stats;
+pub mod streaming;
 pub mod volumes;
 
 /// Errors of the node agent.

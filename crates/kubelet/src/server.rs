@@ -3,7 +3,8 @@
 //! Routes (GET): `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}` (with
 //! `follow`, `tailLines`, `sinceSeconds`, `sinceTime`, `timestamps`, `limitBytes`,
 //! `previous`), `/stats/summary`, `/metrics/resource`.
-//! Not served yet: `exec`, `attach`, `portForward`, `run`, `/logs/` (node logs), `/spec`.
+//! `/exec/...`, `/attach/...`, `/portForward/...` (upgraded, see [`crate::streaming`]).
+//! Not served yet: `run`, `/logs/` (node logs), `/spec`.
 //!
 //! Authentication: a client certificate signed by the cluster CA (its CN is the user, its
 //! O values the groups); requests without one get 401 (token authentication is not wired
@@ -91,6 +92,7 @@ pub fn default_authorizer() -> Authorizer {
 }
 
 /// What [`serve`] needs.
+#[derive(Clone)]
 pub struct KubeletServerOptions {
     /// Address to listen on (`0.0.0.0:10250`).
     pub listen: SocketAddr,
@@ -177,13 +179,10 @@ pub async fn serve_listener(listener: TcpListener, opts: KubeletServerOptions) -
             let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let api = api.clone();
                 let user = user.clone();
-                async move {
-                    let (parts, _) = req.into_parts();
-                    Ok::<_, Infallible>(api.handle(&parts.method, parts.uri.path(), parts.uri.query(), user.as_ref()).await)
-                }
+                async move { Ok::<_, Infallible>(api.handle_request(req, user.as_ref()).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
                 tracing::debug!(%peer, error = %e, "kubelet API: connection ended with error");
             }
         });
@@ -434,6 +433,29 @@ impl KubeletApi {
         }
     }
 
+    /// Serves one request from the network: the streaming routes (`exec`, `attach`,
+    /// `portForward`, which need the connection's upgrade) here, the others by [`KubeletApi::handle`].
+    pub async fn handle_request(&self, req: hyper::Request<Incoming>, user: Option<&RequestUser>) -> Response {
+        if let Some(target) = crate::streaming::StreamTarget::parse(req.uri().path()) {
+            let Some(user) = user else {
+                return text(401, "Unauthorized");
+            };
+            let attrs = request_attributes(req.method(), req.uri().path(), &self.node_name);
+            if !(self.authorizer)(user, &attrs) {
+                return text(
+                    403,
+                    format!("Forbidden (user={}, verb={}, resource={}, subresource={})", user.name, attrs.verb, attrs.resource, attrs.subresource),
+                );
+            }
+            if req.method() != http::Method::GET && req.method() != http::Method::POST {
+                return text(405, "Method Not Allowed");
+            }
+            return crate::streaming::serve(&self.cri, target, req).await;
+        }
+        let (parts, _) = req.into_parts();
+        self.handle(&parts.method, parts.uri.path(), parts.uri.query(), user).await
+    }
+
     /// Serves one request of `user` (None: no client certificate).
     pub async fn handle(&self, method: &http::Method, path: &str, query: Option<&str>, user: Option<&RequestUser>) -> Response {
         let Some(user) = user else {
@@ -465,7 +487,8 @@ impl KubeletApi {
                 }
                 Err(e) => text(500, format!("failed to get stats: {e}")),
             },
-            ["exec" | "attach" | "portForward" | "run", ..] => text(501, "not implemented yet by rk3s's kubelet"),
+            ["exec" | "attach" | "portForward", ..] => text(400, "streaming requests need an upgradeable connection"),
+            ["run", ..] => text(501, "not implemented yet by rk3s's kubelet"),
             _ => text(404, "404 page not found\n"),
         }
     }

@@ -200,7 +200,7 @@ async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
         ..Default::default()
     };
     let mut ids = Vec::new();
-    for (name, script) in [("talker", "echo one; echo two; echo three >&2; exec sleep 3600"), ("ticker", "while true; do echo tick; sleep 0.2; done")] {
+    for (name, script) in [("talker", "echo one; echo two; sleep 0.3; echo three >&2; exec sleep 3600"), ("ticker", "while true; do echo tick; sleep 0.2; done")] {
         let c = cri.create_container(&sb, container(name, script), sandbox.clone()).await;
         let Ok(c) = c else { panic!("create: {c:?}") };
         assert!(cri.start_container(&c).await.is_ok());

@@ -252,6 +252,84 @@ fn agent_runs_real_pods() {
     assert!(new_rules.is_empty(), "iptables rules left behind: {new_rules:?}");
 }
 
+/// Runs `kubectl attach` to a pod that prints a line every 200 ms and reads one.
+fn attach(c: &Cluster, image: &str) {
+    use std::io::Read;
+    c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pod_manifest("ticker", image, "while true; do echo tick; sleep 0.2; done", "Always")));
+    wait_for("ticker Running", Duration::from_secs(60), || (jsonpath(c, &["get", "pod", "ticker"], "{.status.phase}") == "Running").then_some(()));
+    let mut child = Command::new(common::kubectl_bin())
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .args(["attach", "ticker"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl attach");
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(mut out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut seen = String::new();
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if seen.contains("tick\n") {
+                    let _ = tx.send(seen.clone());
+                    break;
+                }
+            }
+        });
+    }
+    let got = rx.recv_timeout(Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = got.expect("kubectl attach printed the container's output");
+    assert!(got.contains("tick"), "{got}");
+    c.ok(&["delete", "pod", "ticker", "--timeout=60s"]);
+}
+
+/// Runs `kubectl port-forward` to a pod serving HTTP on 8080 and fetches a page through it.
+fn port_forward(c: &Cluster, image: &str) {
+    use std::io::{Read, Write};
+    c.ok_with(
+        &common::kubectl_bin(),
+        &["apply", "-f", "-"],
+        Some(&pod_manifest("web", image, "busybox mkdir -p /tmp/www; echo pf-ok > /tmp/www/index.html; exec httpd -f -p 8080 -h /tmp/www", "Always")),
+    );
+    wait_for("web Running", Duration::from_secs(60), || (jsonpath(c, &["get", "pod", "web"], "{.status.phase}") == "Running").then_some(()));
+    let local = common::free_port();
+    let mut pf = Command::new(common::kubectl_bin())
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .args(["port-forward", "pod/web", &format!("{local}:8080")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl port-forward");
+    let fetched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("HTTP through port-forward", Duration::from_secs(30), || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            resp.contains("pf-ok").then_some(resp)
+        })
+    }));
+    let _ = pf.kill();
+    let _ = pf.wait();
+    let resp = match fetched {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e),
+    };
+    assert!(resp.starts_with("HTTP/1.") && resp.contains(" 200 "), "{resp}");
+    c.ok(&["delete", "pod", "web", "--timeout=60s"]);
+}
+
 fn scenario(c: &mut Cluster) {
     let t0 = Instant::now();
     let node = rk3s_kubelet::node::hostname();
@@ -287,6 +365,32 @@ fn scenario(c: &mut Cluster) {
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
     });
     assert_eq!(logs.trim(), "hello", "{logs}");
+    // kubectl exec: API server -> kubelet /exec -> containerd's streaming server
+    // (WebSocket first, SPDY when the runtime refuses v5.channel.k8s.io).
+    let hi = wait_for("kubectl exec", Duration::from_secs(30), || {
+        let out = c.kubectl(&["exec", "busybox", "--", "echo", "hi"]);
+        if !out.status.success() {
+            eprintln!("kubectl exec: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    });
+    assert_eq!(hi, "hi\n");
+    // With stdin.
+    let out = c.kubectl_with(&common::kubectl_bin(), &["exec", "-i", "busybox", "--", "cat"], Some("foo\nbar\n"));
+    assert!(out.status.success(), "kubectl exec -i: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "foo\nbar\n");
+    // A failing command's exit code comes back.
+    let out = c.kubectl(&["exec", "busybox", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // Which protocol kubectl ended up with (informational).
+    let v = c.kubectl(&["exec", "-v=8", "busybox", "--", "true"]);
+    for l in String::from_utf8_lossy(&v.stderr).lines().filter(|l| l.contains("101 Switching") || l.to_lowercase().contains("fallback") || l.contains("Upgrade:")) {
+        eprintln!("exec -v=8: {l}");
+    }
+    // kubectl port-forward to busybox httpd.
+    port_forward(c, image);
+    // kubectl attach to a pod that writes every 200 ms.
+    attach(c, image);
     // The service-account token volume is there.
     let sa = c.data_dir().join(format!("agent/pods/{uid}/volumes/kubernetes.io~projected"));
     assert!(sa.exists(), "projected service account volume at {}", sa.display());

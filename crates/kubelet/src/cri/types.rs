@@ -1004,3 +1004,81 @@ pub struct StatusResponse {
     #[prost(map = "string, string", tag = "2")]
     pub info: HashMap<String, String>,
 }
+
+/// `Exec` request: prepares a streaming exec and returns its URL.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExecRequest {
+    /// Container ID.
+    #[prost(string, tag = "1")]
+    pub container_id: String,
+    /// Command.
+    #[prost(string, repeated, tag = "2")]
+    pub cmd: Vec<String>,
+    /// Whether to run the command in a TTY.
+    #[prost(bool, tag = "3")]
+    pub tty: bool,
+    /// Whether to stream stdin.
+    #[prost(bool, tag = "4")]
+    pub stdin: bool,
+    /// Whether to stream stdout.
+    #[prost(bool, tag = "5")]
+    pub stdout: bool,
+    /// Whether to stream stderr.
+    #[prost(bool, tag = "6")]
+    pub stderr: bool,
+}
+
+/// `Exec` response.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExecResponse {
+    /// The streaming server URL.
+    #[prost(string, tag = "1")]
+    pub url: String,
+}
+
+/// `Attach` request: prepares a streaming attach and returns its URL.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttachRequest {
+    /// Container ID.
+    #[prost(string, tag = "1")]
+    pub container_id: String,
+    /// Whether to stream stdin.
+    #[prost(bool, tag = "2")]
+    pub stdin: bool,
+    /// Whether the container has a TTY.
+    #[prost(bool, tag = "3")]
+    pub tty: bool,
+    /// Whether to stream stdout.
+    #[prost(bool, tag = "4")]
+    pub stdout: bool,
+    /// Whether to stream stderr.
+    #[prost(bool, tag = "5")]
+    pub stderr: bool,
+}
+
+/// `Attach` response.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttachResponse {
+    /// The streaming server URL.
+    #[prost(string, tag = "1")]
+    pub url: String,
+}
+
+/// `PortForward` request: prepares a streaming port forward and returns its URL.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PortForwardRequest {
+    /// Sandbox ID.
+    #[prost(string, tag = "1")]
+    pub pod_sandbox_id: String,
+    /// Ports to forward.
+    #[prost(int32, repeated, tag = "2")]
+    pub port: Vec<i32>,
+}
+
+/// `PortForward` response.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PortForwardResponse {
+    /// The streaming server URL.
+    #[prost(string, tag = "1")]
+    pub url: String,
+}
