@@ -434,18 +434,16 @@ fn error_policy(_ds: Arc<DaemonSet>, err: &ControllerError, _ctx: Arc<Ctx>) -> A
 }
 
 /// Runs the DaemonSet controller until the watch ends (node changes resync every set).
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let dss: Api<DaemonSet> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let revs: Api<ControllerRevision> = Api::all(client.clone());
-    let nodes: Api<Node> = Api::all(client.clone());
     let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "daemonset-controller"), client });
     let controller = Controller::new(dss, watcher::Config::default());
     let store = controller.store();
     controller
-        .owns(pods, watcher::Config::default())
+        .owns_shared_stream(informers.subscribe::<Pod>())
         .owns(revs, watcher::Config::default())
-        .watches(nodes, watcher::Config::default(), move |_node: Node| {
+        .watches_shared_stream(informers.subscribe::<Node>(), move |_node: Arc<Node>| {
             store.state().into_iter().map(|ds| ObjectRef::from_obj(&*ds)).collect::<Vec<_>>()
         })
         .run(reconcile, error_policy, ctx)

@@ -218,11 +218,11 @@ async fn sync(client: &kube::Client, pdbs: &Store<PodDisruptionBudget>, pods: &S
 }
 
 /// Runs the disruption controller forever.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let pdbs = cache(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    let pods = cache(Api::<Pod>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
+    let pods = informers.cache::<Pod>(&notify, &mut tasks).await;
     ready(&pdbs).await?;
     ready(&pods).await?;
     loop {

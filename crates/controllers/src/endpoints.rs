@@ -312,11 +312,11 @@ fn seen_now() -> String {
 }
 
 /// Runs the endpoints controller forever.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    let services = cache(Api::<Service>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    let pods = cache(Api::<Pod>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
+    let services = informers.cache::<Service>(&notify, &mut tasks).await;
+    let pods = informers.cache::<Pod>(&notify, &mut tasks).await;
     let endpoints = cache(Api::<Endpoints>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
     ready(&services).await?;
     ready(&pods).await?;

@@ -254,13 +254,13 @@ async fn sync(client: &kube::Client, services: &Store<Service>, pods: &Store<Pod
 }
 
 /// Runs the EndpointSlice controller forever.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    let services = cache(Api::<Service>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    let pods = cache(Api::<Pod>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
+    let services = informers.cache::<Service>(&notify, &mut tasks).await;
+    let pods = informers.cache::<Pod>(&notify, &mut tasks).await;
     let slices = cache(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={CONTROLLER_NAME}")), &notify, &mut tasks);
-    let nodes = cache(Api::<Node>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
+    let nodes = informers.cache::<Node>(&notify, &mut tasks).await;
     ready(&services).await?;
     ready(&pods).await?;
     ready(&slices).await?;

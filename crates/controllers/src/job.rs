@@ -632,15 +632,16 @@ fn pod_error_policy(_pod: Arc<Pod>, err: &ControllerError, _ctx: Arc<Ctx>) -> Ac
 
 /// Runs the Job controller until the watch ends (plus a pod watch that releases the
 /// tracking finalizer of pods whose Job was deleted).
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let jobs: Api<Job> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "job-controller"), client });
     let main = Controller::new(jobs, watcher::Config::default())
-        .owns(pods.clone(), watcher::Config::default())
+        .owns_shared_stream(informers.subscribe::<Pod>())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
-    let orphans = Controller::new(pods, watcher::Config::default().labels(JOB_NAME_LABEL))
+    // Pods of Jobs only (upstream's label selector on the orphan watch).
+    let job_pods = informers.subscribe::<Pod>().filter(|p| futures_util::future::ready(p.metadata.labels.as_ref().is_some_and(|l| l.contains_key(JOB_NAME_LABEL))));
+    let orphans = Controller::for_shared_stream(job_pods, informers.store::<Pod>().await)
         .run(reconcile_pod, pod_error_policy, ctx)
         .for_each(|_| async {});
     futures_util::future::join(main, orphans).await;

@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod endpointslice;
 pub mod gc;
 pub mod hpa;
+pub mod informers;
 /// Leader election (shared with the scheduler).
 pub use rk3s_leader as leader;
 pub mod nodeipam;
@@ -67,22 +68,24 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
         let lost = elector.acquire().await;
         tracing::info!(identity = %opts.identity, "controller manager: became leader");
         let mut tasks = tokio::task::JoinSet::new();
+        // One watch per resource type for every controller of this term.
+        let informers = informers::SharedInformers::new(client.clone());
         tasks.spawn(serviceaccount::run(client.clone(), opts.root_ca_pem.clone()));
-        tasks.spawn(endpoints::run(client.clone()));
-        tasks.spawn(endpointslice::run(client.clone()));
-        tasks.spawn(nodelifecycle::run(client.clone(), opts.nodes.clone()));
+        tasks.spawn(endpoints::run(client.clone(), informers.clone()));
+        tasks.spawn(endpointslice::run(client.clone(), informers.clone()));
+        tasks.spawn(nodelifecycle::run(client.clone(), opts.nodes.clone(), informers.clone()));
         tasks.spawn(nodeipam::run(client.clone(), opts.nodes.cluster_cidr.clone(), opts.nodes.node_cidr_mask_size));
-        tasks.spawn(podgc::run(client.clone(), opts.nodes.terminated_pod_gc_threshold));
-        tasks.spawn(disruption::run(client.clone()));
+        tasks.spawn(podgc::run(client.clone(), opts.nodes.terminated_pod_gc_threshold, informers.clone()));
+        tasks.spawn(disruption::run(client.clone(), informers.clone()));
         tasks.spawn(pvbinder::run(client.clone()));
         tasks.spawn(clusterrole_aggregation::run(client.clone()));
         tasks.spawn(hpa::run(client.clone()));
-        tasks.spawn(job::run(client.clone()));
+        tasks.spawn(job::run(client.clone(), informers.clone()));
         tasks.spawn(cronjob::run(client.clone()));
         tasks.spawn(ttlafterfinished::run(client.clone()));
-        tasks.spawn(statefulset::run(client.clone()));
-        tasks.spawn(daemonset::run(client.clone()));
-        tasks.spawn(replicaset::run(client.clone()));
+        tasks.spawn(statefulset::run(client.clone(), informers.clone()));
+        tasks.spawn(daemonset::run(client.clone(), informers.clone()));
+        tasks.spawn(replicaset::run(client.clone(), informers.clone()));
         tasks.spawn(deployment::run(client.clone()));
         tasks.spawn(gc::run(client.clone()));
         tasks.spawn(csrsigning::run(client.clone(), opts.root_ca_pem.clone(), opts.ca_key_pem.clone()));
@@ -91,12 +94,15 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
                 tracing::warn!("controller manager: lost leadership; stopping controllers");
             }
             Some(r) = tasks.join_next() => {
-                if let Ok(Err(e)) = r {
-                    tracing::error!(error = %e, "controller ended");
+                match r {
+                    Ok(Err(e)) => tracing::error!(error = %e, "controller ended"),
+                    Ok(Ok(())) => tracing::error!("a controller ended; restarting the controllers"),
+                    Err(e) => tracing::error!(error = %e, "a controller panicked or was cancelled; restarting the controllers"),
                 }
             }
         }
         tasks.abort_all();
+        informers.stop();
     }
 }
 

@@ -342,12 +342,12 @@ async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, le
 }
 
 /// Runs the node lifecycle and taint eviction controllers forever.
-pub async fn run(client: kube::Client, opts: NodeOptions) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, opts: NodeOptions, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    let nodes = cache(Api::<Node>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
+    let nodes = informers.cache::<Node>(&notify, &mut tasks).await;
     let leases = cache(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"), watcher::Config::default(), &notify, &mut tasks);
-    let pods = cache(Api::<Pod>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
+    let pods = informers.cache::<Pod>(&notify, &mut tasks).await;
     ready(&nodes).await?;
     ready(&leases).await?;
     ready(&pods).await?;

@@ -13,11 +13,10 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::endpoints::{cache, ready, wait_next};
+use crate::endpoints::{ready, wait_next};
 use crate::workload_util::{ignore_not_found, is_not_found};
 use crate::ControllerError;
 
@@ -155,13 +154,13 @@ async fn sync(client: &kube::Client, threshold: usize, pods: &Store<Pod>, nodes:
 }
 
 /// Runs the pod GC forever.
-pub async fn run(client: kube::Client, terminated_pod_gc_threshold: usize) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, terminated_pod_gc_threshold: usize, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     // Upstream runs on a timer; changes to pods and nodes are batched into the next pass.
     let notify = Arc::new(Notify::new());
     let idle = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    let pods = cache(Api::<Pod>::all(client.clone()), watcher::Config::default(), &idle, &mut tasks);
-    let nodes = cache(Api::<Node>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
+    let pods = informers.cache::<Pod>(&idle, &mut tasks).await;
+    let nodes = informers.cache::<Node>(&notify, &mut tasks).await;
     ready(&pods).await?;
     ready(&nodes).await?;
     let mut missing_since = HashMap::new();

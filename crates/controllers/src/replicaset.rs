@@ -581,10 +581,12 @@ fn run_applier<K: ReplicaOwner>(
     .for_each(|_| async {})
 }
 
-/// Runs the ReplicaSet and ReplicationController controllers (one pod watch shared by
-/// both) until the watches end.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
+/// Runs the ReplicaSet and ReplicationController controllers (on the shared pod
+/// informer) until the watches end.
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+    // Subscribe first: no change between the first list and the subscription is missed.
+    let pod_changes = informers.subscribe::<Pod>();
+    let pod_store = informers.store::<Pod>().await;
     let (rs_store, rs_writer) = reflector::store::<ReplicaSet>();
     let (rc_store, rc_writer) = reflector::store::<ReplicationController>();
     let (rs_tx, rs_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -592,22 +594,14 @@ pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
 
     let pods_task = {
         let (rs_store, rc_store, rs_tx, rc_tx) = (rs_store.clone(), rc_store.clone(), rs_tx.clone(), rc_tx.clone());
-        let api: Api<Pod> = Api::all(client.clone());
         async move {
-            let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(pod_writer);
-            futures_util::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
-                match ev {
-                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p)) => {
-                        for r in owners_of_pod::<ReplicaSet>(&p, &rs_store) {
-                            let _ = rs_tx.send(r);
-                        }
-                        for r in owners_of_pod::<ReplicationController>(&p, &rc_store) {
-                            let _ = rc_tx.send(r);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "pod watch error"),
+            futures_util::pin_mut!(pod_changes);
+            while let Some(p) = pod_changes.next().await {
+                for r in owners_of_pod::<ReplicaSet>(&p, &rs_store) {
+                    let _ = rs_tx.send(r);
+                }
+                for r in owners_of_pod::<ReplicationController>(&p, &rc_store) {
+                    let _ = rc_tx.send(r);
                 }
             }
         }

@@ -385,13 +385,12 @@ fn error_policy(_set: Arc<StatefulSet>, err: &ControllerError, _ctx: Arc<Ctx>) -
 }
 
 /// Runs the StatefulSet controller until the watch ends.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let sets: Api<StatefulSet> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let revs: Api<ControllerRevision> = Api::all(client.clone());
     let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "statefulset-controller"), client });
     Controller::new(sets, watcher::Config::default())
-        .owns(pods, watcher::Config::default())
+        .owns_shared_stream(informers.subscribe::<Pod>())
         .owns(revs, watcher::Config::default())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
