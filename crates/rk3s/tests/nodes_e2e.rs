@@ -4,56 +4,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{wait_for, Cluster, SimNodes};
 use serde_json::Value;
-
-/// A `rk3s sim-nodes` process, killed on drop.
-struct SimNodes(Child);
-
-impl SimNodes {
-    fn start(c: &Cluster, prefix: &str, count: u32) -> SimNodes {
-        let log = std::fs::File::create(c.path().join(format!("sim-{prefix}.log"))).expect("sim log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rk3s"))
-            .args(["sim-nodes", "--kubeconfig"])
-            .arg(&c.kubeconfig)
-            .args(["--prefix", prefix, "--count", &count.to_string(), "--lease-interval-ms", "500"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn rk3s sim-nodes");
-        SimNodes(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for SimNodes {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn get(c: &Cluster, args: &[&str]) -> Value {

@@ -2,57 +2,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Cluster;
+use common::{wait_for, Cluster, SimNodes};
 use serde_json::Value;
-
-/// Simulated nodes, killed on drop.
-struct SimNodes(Child);
-
-impl SimNodes {
-    fn start(c: &Cluster, count: u32) -> SimNodes {
-        let log = std::fs::File::create(c.path().join("sim-nodes.log")).expect("sim log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rk3s"))
-            .arg("sim-nodes")
-            .arg("--kubeconfig")
-            .arg(&c.kubeconfig)
-            .arg("--count")
-            .arg(count.to_string())
-            .arg("--lease-interval-ms")
-            .arg("1000")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn rk3s sim-nodes");
-        SimNodes(child)
-    }
-}
-
-impl Drop for SimNodes {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-/// Polls `f` until it returns Some or the deadline passes.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn apply(c: &Cluster, yaml: &str) {
@@ -82,7 +38,7 @@ fn bound_nodes(c: &Cluster, selector: &str, count: usize) -> Vec<(String, String
 #[test]
 fn scheduler_places_pods_with_upstream_rules() {
     let c = Cluster::start();
-    let _sim = SimNodes::start(&c, 3);
+    let _sim = SimNodes::start(&c, "sim-node", 3);
     wait_for("3 ready nodes", Duration::from_secs(30), || {
         let v = json(&c.ok(&["get", "nodes", "-o", "json"]));
         let ready = v["items"]
@@ -194,7 +150,7 @@ fn scheduler_places_pods_with_upstream_rules() {
 #[test]
 fn scheduler_preempts_lower_priority_pods() {
     let c = Cluster::start();
-    let _sim = SimNodes::start(&c, 3);
+    let _sim = SimNodes::start(&c, "sim-node", 3);
     wait_for("3 nodes", Duration::from_secs(30), || {
         let out = c.ok(&["get", "nodes", "-o", "name"]);
         (out.lines().count() == 3).then_some(())

@@ -3,53 +3,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Cluster;
+use common::{wait_for, Cluster, SimNodes};
 use serde_json::Value;
-
-/// Simulated nodes, killed on drop.
-struct SimNodes(Child);
-
-impl SimNodes {
-    fn start(c: &Cluster, count: u32) -> SimNodes {
-        let log = std::fs::File::create(c.path().join("sim-nodes.log")).expect("sim log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rk3s"))
-            .args(["sim-nodes", "--kubeconfig"])
-            .arg(&c.kubeconfig)
-            .args(["--count", &count.to_string(), "--lease-interval-ms", "1000"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn rk3s sim-nodes");
-        SimNodes(child)
-    }
-}
-
-impl Drop for SimNodes {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-/// Polls `f` until it returns Some or the deadline passes.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn items(c: &Cluster, args: &[&str]) -> Vec<Value> {
@@ -66,7 +26,7 @@ fn controller_uid(o: &Value) -> Option<String> {
 #[test]
 fn deployment_lifecycle_rollout_history_and_background_gc() {
     let c = Cluster::start();
-    let _nodes = SimNodes::start(&c, 2);
+    let _nodes = SimNodes::start(&c, "sim-node", 2);
     c.ok(&["create", "deployment", "web", "--image=nginx:1", "--replicas=3"]);
     c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
 
@@ -126,7 +86,7 @@ fn deployment_lifecycle_rollout_history_and_background_gc() {
 #[test]
 fn foreground_and_orphan_deletion_and_replication_controllers() {
     let c = Cluster::start();
-    let _nodes = SimNodes::start(&c, 2);
+    let _nodes = SimNodes::start(&c, "sim-node", 2);
     c.ok(&["create", "deployment", "fg", "--image=nginx", "--replicas=2"]);
     c.ok(&["create", "deployment", "keep", "--image=nginx", "--replicas=2"]);
     c.ok(&["rollout", "status", "deployment/fg", "--timeout=60s"]);
