@@ -17,10 +17,13 @@ struct Histogram {
     count: u64,
 }
 
+/// (verb, group, resource, subresource, code).
+type RequestKey = (String, String, String, String, u16);
+
 /// Request metrics.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, String, String, u16), u64>>,
+    requests: Mutex<BTreeMap<RequestKey, u64>>,
     durations: Mutex<BTreeMap<(String, String, String), Histogram>>,
 }
 

@@ -303,7 +303,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         let node_name = args.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(rk3s_kubelet::node::hostname);
         // The node agent acts as its node (system:node:<name>); the API server has no
         // Node authorizer yet, so it also gets system:masters.
-        let node_user = rk3s_apiserver::UserInfo::new(&format!("system:node:{node_name}"), &["system:nodes", "system:masters"]).with_authenticated_group();
+        let node_user = rk3s_apiserver::UserInfo::new(format!("system:node:{node_name}"), &["system:nodes", "system:masters"]).with_authenticated_group();
         let node_client = rk3s_controllers::client_over(api_for_agent.local_service(node_user));
         let cluster_dns = args.cluster_dns.unwrap_or_else(|| Ipv4Addr::from(u32::from(service_ip) + 9));
         let opts = rk3s_kubelet::agent::AgentOptions {
