@@ -616,17 +616,22 @@ mod tests {
         addr
     }
 
-    #[tokio::test]
-    async fn kubelet_client_streams_and_maps_errors() {
+    /// A cluster PKI in a temp dir and the API server's kubelet client built from it.
+    fn test_pki_and_client() -> (tempfile::TempDir, rk3s_pki::ServerPki, KubeletClient) {
         let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
         let Ok(pki) = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.path())) else { panic!("pki") };
-        let addr = fake_kubelet(&pki.ca_cert_pem, &pki.ca_key_pem).await;
         let Ok((cert_pem, key_pem)) = rk3s_pki::issue_client_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "kube-apiserver-kubelet-client", &["system:masters"], 1)
         else {
             panic!("client cert")
         };
-        let c = KubeletClient::new(&KubeletClientConfig { cert_pem, key_pem, ca_pem: pki.ca_cert_pem.clone() });
-        let Ok(c) = c else { panic!("client") };
+        let Ok(client) = KubeletClient::new(&KubeletClientConfig { cert_pem, key_pem, ca_pem: pki.ca_cert_pem.clone() }) else { panic!("client") };
+        (dir, pki, client)
+    }
+
+    #[tokio::test]
+    async fn kubelet_client_streams_and_maps_errors() {
+        let (_dir, pki, c) = test_pki_and_client();
+        let addr = fake_kubelet(&pki.ca_cert_pem, &pki.ca_key_pem).await;
         let r = c.get("127.0.0.1", addr.port(), "/containerLogs/ns/p/c?follow=true").await;
         let Ok(r) = r else { panic!("get: {:?}", r.err().map(|e| e.message)) };
         assert_eq!(r.status(), 200);
@@ -700,14 +705,8 @@ mod tests {
     async fn upgrades_are_joined_end_to_end() {
         use std::convert::Infallible;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
-        let Ok(pki) = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.path())) else { panic!("pki") };
+        let (_dir, pki, client) = test_pki_and_client();
         let kubelet = fake_upgrading_kubelet(&pki.ca_cert_pem, &pki.ca_key_pem).await;
-        let Ok((cert_pem, key_pem)) = rk3s_pki::issue_client_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "kube-apiserver-kubelet-client", &["system:masters"], 1)
-        else {
-            panic!("client cert")
-        };
-        let Ok(client) = KubeletClient::new(&KubeletClientConfig { cert_pem, key_pem, ca_pem: pki.ca_cert_pem.clone() }) else { panic!("client") };
         // A plain-HTTP front that proxies every request with `KubeletClient::upgrade`.
         let Ok(front) = tokio::net::TcpListener::bind("127.0.0.1:0").await else { panic!("bind") };
         let Ok(front_addr) = front.local_addr() else { panic!("addr") };
