@@ -195,8 +195,19 @@ pub fn normalize_input(res: &ResourceInfo, obj: &mut Value) {
 /// unreachable NoExecute tolerations of 300 s).
 pub fn admit_pod(inner: &Inner, obj: &mut Value) {
     let ns = object::namespace(obj).unwrap_or("").to_string();
+    // Mirror pods (the API copies of a kubelet's static pods) get no service account or
+    // token volume, as upstream: the kubelet runs the static pod's spec, not the mirror's.
+    let mirror = obj.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some();
     let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) else { return };
     // ServiceAccount
+    if !mirror {
+        admit_service_account(inner, &ns, spec);
+    }
+    admit_priority_and_tolerations(inner, spec);
+}
+
+/// ServiceAccount admission: the default service account and its token volume.
+fn admit_service_account(inner: &Inner, ns: &str, spec: &mut serde_json::Map<String, Value>) {
     let sa_name = spec.get("serviceAccountName").and_then(|s| s.as_str()).filter(|s| !s.is_empty()).unwrap_or("default").to_string();
     spec.insert("serviceAccountName".into(), json!(sa_name));
     spec.insert("serviceAccount".into(), json!(sa_name));
@@ -204,6 +215,13 @@ pub fn admit_pod(inner: &Inner, obj: &mut Value) {
     let sa_automount = sa.as_ref().and_then(|s| s.object.get("automountServiceAccountToken")).and_then(|a| a.as_bool());
     let pod_automount = spec.get("automountServiceAccountToken").and_then(|a| a.as_bool());
     let automount = pod_automount.or(sa_automount).unwrap_or(true);
+    // A pod that names no image pull secrets gets its service account's.
+    let pod_secrets = spec.get("imagePullSecrets").and_then(|s| s.as_array()).is_some_and(|a| !a.is_empty());
+    if !pod_secrets {
+        if let Some(secrets) = sa.as_ref().and_then(|s| s.object.get("imagePullSecrets")).and_then(|s| s.as_array()).filter(|a| !a.is_empty()) {
+            spec.insert("imagePullSecrets".into(), Value::Array(secrets.clone()));
+        }
+    }
     const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
     let already = ["containers", "initContainers"].iter().any(|k| {
         spec.get(*k).and_then(|c| c.as_array()).is_some_and(|cs| {
@@ -234,7 +252,10 @@ pub fn admit_pod(inner: &Inner, obj: &mut Value) {
             }
         }
     }
-    // Priority
+}
+
+/// Priority admission and DefaultTolerationSeconds.
+fn admit_priority_and_tolerations(inner: &Inner, spec: &mut serde_json::Map<String, Value>) {
     let class = spec.get("priorityClassName").and_then(|p| p.as_str()).filter(|p| !p.is_empty()).map(String::from);
     let (prio, policy) = match class {
         Some(c) => match inner.cache.get(&format!("/registry/scheduling.k8s.io/priorityclasses/{c}")) {
@@ -418,6 +439,7 @@ pub fn prepare_update(res: &ResourceInfo, sub: Option<&str>, old: &Value, new: &
             }
             o
         }
+        Some("ephemeralcontainers") => crate::ephemeral::prepare_update(old, new),
         _ => {
             let mut n = new.clone();
             if res.subresource("status").is_some() {
@@ -957,7 +979,7 @@ impl ApiServer {
             if res.subresource(sub).is_none() {
                 return Err(not_found());
             }
-            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction" | "token" | "approval" | "log" | "proxy" | "exec" | "attach" | "portforward") {
+            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction" | "token" | "approval" | "log" | "proxy" | "exec" | "attach" | "portforward" | "ephemeralcontainers") {
                 return Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")));
             }
         } else if !res.has_verb(&info.verb) {

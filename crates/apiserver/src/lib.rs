@@ -35,6 +35,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod convert;
 pub mod crd;
+pub mod ephemeral;
 pub mod handler;
 pub mod local;
 pub mod metrics;

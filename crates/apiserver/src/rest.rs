@@ -586,7 +586,11 @@ impl<'a> Call<'a> {
             if self.res.group.is_empty() && self.res.plural == "resourcequotas" && new_obj.pointer("/spec/hard") != cur_obj.pointer("/spec/hard") {
                 new_obj["status"] = crate::admission::quota_status(self.inner, &new_obj);
             }
-            let errs = rk3s_validation::validate_update(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &new_obj, &cur_obj);
+            let errs = if sub.as_deref() == Some("ephemeralcontainers") {
+                crate::ephemeral::validate_update(&new_obj, &cur_obj)
+            } else {
+                rk3s_validation::validate_update(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &new_obj, &cur_obj)
+            };
             if !errs.is_empty() {
                 return Err(self.invalid(&name, errs));
             }

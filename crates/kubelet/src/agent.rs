@@ -34,6 +34,8 @@ pub struct AgentOptions {
     pub runtime_endpoint: Option<String>,
     /// State dir of rk3s's own containerd (default `/run/rk3s/containerd`).
     pub containerd_state_dir: Option<PathBuf>,
+    /// k3s-style registries file (`--private-registry`); ignored when it does not exist.
+    pub private_registry: Option<PathBuf>,
     /// True on servers (control-plane role labels).
     pub control_plane: bool,
     /// Extra node labels.
@@ -108,6 +110,7 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
     if let Some(dir) = &opts.containerd_state_dir {
         cfg = cfg.with_state_dir(dir);
     }
+    cfg.private_registry = opts.private_registry.clone();
     let conf_dir = cfg.cni_conf_dir.clone();
     let runtime = RuntimeEndpoint::start(cfg, opts.runtime_endpoint.as_deref()).await?;
     let cri = CriClient::connect(runtime.socket()).await?;
@@ -151,7 +154,7 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
                     serving_key_pem: key,
                     client_ca_pem: api.ca_cert_pem.clone(),
                     cri: cri.clone(),
-                    authorizer: None,
+                    authorizer: Some(Arc::new(crate::server::WebhookAuth::new(client.clone()))),
                     pods: None,
                 };
                 tokio::spawn(async move {

@@ -75,6 +75,14 @@ pub enum ContainerdError {
         /// The end of containerd's log.
         log_tail: String,
     },
+    /// `registries.yaml` is not valid.
+    #[error("{path}: invalid registries file: {message}")]
+    Registries {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// An external runtime endpoint does not exist.
     #[error("container runtime endpoint {0} is not a socket")]
     NoEndpoint(PathBuf),
@@ -105,6 +113,8 @@ pub struct ContainerdConfig {
     pub crun: Option<PathBuf>,
     /// How long start-up may take until CRI answers.
     pub ready_timeout: Duration,
+    /// k3s-style `registries.yaml` (`--private-registry`); ignored when absent.
+    pub private_registry: Option<PathBuf>,
 }
 
 impl ContainerdConfig {
@@ -122,6 +132,7 @@ impl ContainerdConfig {
             cni_bin_dir: PathBuf::from(DEBIAN_CNI_BIN_DIR),
             crun,
             ready_timeout: Duration::from_secs(30),
+            private_registry: None,
         }
     }
 
@@ -147,13 +158,25 @@ impl ContainerdConfig {
         self.root_dir().join("containerd.log")
     }
 
+    /// The registry hosts directory (`config_path`): `<data-dir>/agent/etc/containerd/certs.d`,
+    /// one `<host>/hosts.toml` per registry, as k3s writes it.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.data_dir.join("agent/etc/containerd/certs.d")
+    }
+
     /// The pid file of the running containerd: `<state>/containerd.pid`.
     pub fn pid_path(&self) -> PathBuf {
         self.state_dir.join("containerd.pid")
     }
 
-    /// The config file's text (containerd config version 2).
+    /// The config file's text (containerd config version 2), without registry settings.
     pub fn render(&self) -> String {
+        self.render_with(None)
+    }
+
+    /// The config file's text with the CRI registry section for `registries` (hosts in
+    /// [`ContainerdConfig::certs_dir`], credentials of `configs.<host>.auth`).
+    pub fn render_with(&self, registries: Option<&Registries>) -> String {
         let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
         let mut s = String::new();
         let _ = writeln!(s, "# Written by rk3s at every start; edits are overwritten.");
@@ -186,13 +209,19 @@ impl ContainerdConfig {
             let _ = writeln!(s, "  BinaryName = {}\n  SystemdCgroup = false", toml_str(&crun.to_string_lossy()));
             let _ = writeln!(s, "  Root = {}", toml_str(&self.state_dir.join("crun").to_string_lossy()));
         }
+        let _ = writeln!(s, "\n[{cri}.registry]");
+        let _ = writeln!(s, "  config_path = {}", toml_str(&self.certs_dir().to_string_lossy()));
+        if let Some(r) = registries {
+            s.push_str(&r.render_cri_auth(cri));
+        }
         let _ = writeln!(s, "\n[{cri}.cni]");
         let _ = writeln!(s, "  bin_dir = {}", toml_str(&self.cni_bin_dir.to_string_lossy()));
         let _ = writeln!(s, "  conf_dir = {}", toml_str(&self.cni_conf_dir.to_string_lossy()));
         s
     }
 
-    /// Creates the directories and writes the config file.
+    /// Creates the directories, writes the registry hosts directory (from
+    /// `private_registry`, replacing what an earlier start wrote) and the config file.
     pub fn write(&self) -> Result<(), ContainerdError> {
         for dir in [self.root_dir(), self.state_dir.clone(), self.cni_conf_dir.clone()] {
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -201,7 +230,265 @@ impl ContainerdConfig {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
-        std::fs::write(&path, self.render()).map_err(io_err(&path))
+        let registries = match &self.private_registry {
+            Some(p) => Registries::load(p)?,
+            None => None,
+        };
+        let certs = self.certs_dir();
+        if certs.exists() {
+            std::fs::remove_dir_all(&certs).map_err(io_err(&certs))?;
+        }
+        std::fs::create_dir_all(&certs).map_err(io_err(&certs))?;
+        if let Some(r) = &registries {
+            for (dir, text) in r.hosts_files() {
+                let d = certs.join(&dir);
+                std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+                let f = d.join("hosts.toml");
+                std::fs::write(&f, text).map_err(io_err(&f))?;
+            }
+            info!(file = ?self.private_registry, registries = r.mirrors.len() + r.configs.len(), "registry configuration written");
+        }
+        std::fs::write(&path, self.render_with(registries.as_ref())).map_err(io_err(&path))
+    }
+}
+
+/// A registry mirror of k3s's `registries.yaml` (`mirrors.<host>`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegistryMirror {
+    /// Endpoints tried in order before the registry itself (`endpoint`).
+    pub endpoints: Vec<String>,
+    /// Repository rewrites (`rewrite`, regular expression -> replacement). containerd
+    /// 1.6 has no rewrite support: they are accepted and reported, not applied.
+    pub rewrites: Vec<(String, String)>,
+}
+
+/// Credentials of a registry host (`configs.<host>.auth`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegistryAuth {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// base64 of `user:password`.
+    pub auth: String,
+    /// Identity (refresh) token.
+    pub identity_token: String,
+}
+
+/// TLS settings of a registry host (`configs.<host>.tls`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegistryTls {
+    /// CA bundle (PEM file).
+    pub ca_file: String,
+    /// Client certificate (PEM file).
+    pub cert_file: String,
+    /// Client key (PEM file).
+    pub key_file: String,
+    /// Skip server certificate verification.
+    pub insecure_skip_verify: bool,
+}
+
+/// Settings of one registry host (`configs.<host>`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegistryHostConfig {
+    /// Credentials.
+    pub auth: Option<RegistryAuth>,
+    /// TLS settings.
+    pub tls: Option<RegistryTls>,
+}
+
+/// k3s's `registries.yaml` (`--private-registry`, default `/etc/rk3s/registries.yaml`):
+/// mirrors and per-host auth/TLS. Rendered, as k3s does it, into containerd's registry
+/// hosts directory (`certs.d/<host>/hosts.toml`) and the CRI plugin's
+/// `registry.configs.<host>.auth` (credentials are looked up by the host containerd
+/// contacts, i.e. the mirror endpoint's host).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Registries {
+    /// `mirrors`, by registry host (`*` for every registry).
+    pub mirrors: std::collections::BTreeMap<String, RegistryMirror>,
+    /// `configs`, by registry or endpoint host.
+    pub configs: std::collections::BTreeMap<String, RegistryHostConfig>,
+}
+
+impl Registries {
+    /// Reads `path`; `Ok(None)` when it does not exist.
+    pub fn load(path: &Path) -> Result<Option<Self>, ContainerdError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ContainerdError::Io { path: path.to_path_buf(), source: e }),
+        };
+        Self::parse(&text).map(Some).map_err(|message| ContainerdError::Registries { path: path.to_path_buf(), message })
+    }
+
+    /// Parses the YAML text (an empty document is an empty configuration).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let v: serde_json::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let mut out = Registries::default();
+        let obj = match &v {
+            serde_json::Value::Null => return Ok(out),
+            serde_json::Value::Object(o) => o,
+            _ => return Err("expected a map with mirrors and configs".into()),
+        };
+        for (k, _) in obj.iter().filter(|(k, _)| *k != "mirrors" && *k != "configs") {
+            tracing::warn!(key = %k, "registries.yaml: unknown key ignored");
+        }
+        for (host, m) in map_of(obj.get("mirrors"), "mirrors")? {
+            let mut mirror = RegistryMirror::default();
+            match m.get("endpoint") {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::Array(a)) => {
+                    for e in a {
+                        let e = e.as_str().ok_or_else(|| format!("mirrors.{host}.endpoint: expected strings"))?;
+                        mirror.endpoints.push(e.to_string());
+                    }
+                }
+                Some(_) => return Err(format!("mirrors.{host}.endpoint: expected a list")),
+            }
+            for (re, to) in map_of(m.get("rewrite"), &format!("mirrors.{host}.rewrite"))? {
+                let to = to.as_str().ok_or_else(|| format!("mirrors.{host}.rewrite.{re}: expected a string"))?;
+                mirror.rewrites.push((re.clone(), to.to_string()));
+            }
+            out.mirrors.insert(host.clone(), mirror);
+        }
+        for (host, c) in map_of(obj.get("configs"), "configs")? {
+            let mut cfg = RegistryHostConfig::default();
+            let text = |o: &serde_json::Map<String, serde_json::Value>, keys: &[&str]| -> String {
+                keys.iter().find_map(|k| o.get(*k).and_then(|v| v.as_str())).unwrap_or_default().to_string()
+            };
+            if let Some(a) = c.get("auth").filter(|a| !a.is_null()) {
+                let a = a.as_object().ok_or_else(|| format!("configs.{host}.auth: expected a map"))?;
+                cfg.auth = Some(RegistryAuth {
+                    username: text(a, &["username"]),
+                    password: text(a, &["password"]),
+                    auth: text(a, &["auth"]),
+                    identity_token: text(a, &["identitytoken", "identity_token"]),
+                });
+            }
+            if let Some(t) = c.get("tls").filter(|t| !t.is_null()) {
+                let t = t.as_object().ok_or_else(|| format!("configs.{host}.tls: expected a map"))?;
+                cfg.tls = Some(RegistryTls {
+                    ca_file: text(t, &["ca_file"]),
+                    cert_file: text(t, &["cert_file"]),
+                    key_file: text(t, &["key_file"]),
+                    insecure_skip_verify: t.get("insecure_skip_verify").and_then(|v| v.as_bool()).unwrap_or(false),
+                });
+            }
+            out.configs.insert(host.clone(), cfg);
+        }
+        Ok(out)
+    }
+
+    /// The hosts files to write: (directory name under `certs.d`, `hosts.toml` text).
+    /// One per mirrored registry (`*` becomes `_default`) and one per configured host
+    /// with TLS settings that is not mirrored.
+    pub fn hosts_files(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (host, mirror) in &self.mirrors {
+            if !mirror.rewrites.is_empty() {
+                tracing::warn!(registry = %host, "registries.yaml: rewrites are not supported by containerd 1.6; ignored");
+            }
+            let mut t = String::from("# Written by rk3s from registries.yaml; edits are overwritten.\n");
+            let wildcard = host == "*";
+            if !wildcard {
+                let _ = writeln!(t, "server = {}", toml_str(&default_endpoint(host)));
+                t.push_str(&self.tls_lines(host, ""));
+            }
+            for e in &mirror.endpoints {
+                let Some((url, ep_host, override_path)) = endpoint_url(e) else {
+                    tracing::warn!(registry = %host, endpoint = %e, "registries.yaml: invalid endpoint ignored");
+                    continue;
+                };
+                let _ = writeln!(t, "\n[host.{}]", toml_str(&url));
+                let _ = writeln!(t, "  capabilities = [\"pull\", \"resolve\"]");
+                if override_path {
+                    let _ = writeln!(t, "  override_path = true");
+                }
+                t.push_str(&self.tls_lines(&ep_host, "  "));
+            }
+            out.push((if wildcard { "_default".to_string() } else { host.clone() }, t));
+        }
+        for (host, cfg) in &self.configs {
+            if self.mirrors.contains_key(host) || host == "*" || cfg.tls.is_none() {
+                continue;
+            }
+            let mut t = String::from("# Written by rk3s from registries.yaml; edits are overwritten.\n");
+            let _ = writeln!(t, "server = {}", toml_str(&default_endpoint(host)));
+            t.push_str(&self.tls_lines(host, ""));
+            out.push((host.clone(), t));
+        }
+        out
+    }
+
+    /// `ca`, `client`, `skip_verify` lines for a host with a TLS config.
+    fn tls_lines(&self, host: &str, indent: &str) -> String {
+        let mut t = String::new();
+        let Some(tls) = self.configs.get(host).and_then(|c| c.tls.as_ref()) else { return t };
+        if !tls.ca_file.is_empty() {
+            let _ = writeln!(t, "{indent}ca = [{}]", toml_str(&tls.ca_file));
+        }
+        if !tls.cert_file.is_empty() {
+            let _ = writeln!(t, "{indent}client = [[{}, {}]]", toml_str(&tls.cert_file), toml_str(&tls.key_file));
+        }
+        if tls.insecure_skip_verify {
+            let _ = writeln!(t, "{indent}skip_verify = true");
+        }
+        t
+    }
+
+    /// The CRI plugin's `registry.configs."<host>".auth` tables.
+    fn render_cri_auth(&self, cri: &str) -> String {
+        let mut s = String::new();
+        for (host, cfg) in &self.configs {
+            let Some(a) = &cfg.auth else { continue };
+            let _ = writeln!(s, "\n[{cri}.registry.configs.{}.auth]", toml_str(host));
+            for (k, v) in [("username", &a.username), ("password", &a.password), ("auth", &a.auth), ("identitytoken", &a.identity_token)] {
+                if !v.is_empty() {
+                    let _ = writeln!(s, "  {k} = {}", toml_str(v));
+                }
+            }
+        }
+        s
+    }
+}
+
+fn map_of<'a>(v: Option<&'a serde_json::Value>, what: &str) -> Result<Vec<(&'a String, &'a serde_json::Value)>, String> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Object(o)) => Ok(o.iter().collect()),
+        Some(_) => Err(format!("{what}: expected a map")),
+    }
+}
+
+/// The registry's own endpoint (containerd's default for the host).
+fn default_endpoint(host: &str) -> String {
+    if host == "docker.io" {
+        "https://registry-1.docker.io/v2".into()
+    } else {
+        format!("https://{host}/v2")
+    }
+}
+
+/// An endpoint of registries.yaml as a hosts.toml host URL: (url, host[:port],
+/// override_path). Without a scheme it is https; without a path the API root is `/v2`;
+/// a path other than `/v2` is the API root itself (`override_path`), as k3s does it.
+fn endpoint_url(endpoint: &str) -> Option<(String, String, bool)> {
+    let (scheme, rest) = match endpoint.split_once("://") {
+        Some((s, r)) if s == "http" || s == "https" => (s, r),
+        Some(_) => return None,
+        None => ("https", endpoint),
+    };
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if host.is_empty() || host.contains(['?', '#', ' ']) {
+        return None;
+    }
+    if path.is_empty() || path == "/v2" {
+        Some((format!("{scheme}://{host}/v2"), host.to_string(), false))
+    } else {
+        Some((format!("{scheme}://{host}{path}"), host.to_string(), true))
     }
 }
 
@@ -531,6 +818,94 @@ fn unescape_mountinfo(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const REGISTRIES: &str = r#"
+mirrors:
+  docker.io:
+    endpoint:
+      - "https://mirror.example:5000"
+      - "http://127.0.0.1:5001/custom/root/"
+  registry.rk3s.test:
+    endpoint: ["http://127.0.0.1:5002"]
+    rewrite:
+      "^library/(.*)": "mirrored/$1"
+  "*":
+    endpoint: ["https://any.example"]
+configs:
+  "mirror.example:5000":
+    auth: {username: alice, password: "p\"w"}
+    tls: {ca_file: /etc/ssl/ca.pem, cert_file: /c.pem, key_file: /k.pem}
+  "127.0.0.1:5002":
+    auth: {auth: YWxpY2U6cHc=, identitytoken: tok}
+  private.example:
+    tls: {insecure_skip_verify: true}
+"#;
+
+    #[test]
+    fn registries_yaml_parses_like_k3s() {
+        let r = Registries::parse(REGISTRIES).unwrap();
+        assert_eq!(r.mirrors.len(), 3);
+        assert_eq!(r.mirrors["docker.io"].endpoints, ["https://mirror.example:5000", "http://127.0.0.1:5001/custom/root/"]);
+        assert_eq!(r.mirrors["registry.rk3s.test"].rewrites, [("^library/(.*)".to_string(), "mirrored/$1".to_string())]);
+        let a = r.configs["mirror.example:5000"].auth.clone().unwrap();
+        assert_eq!((a.username.as_str(), a.password.as_str()), ("alice", "p\"w"));
+        assert_eq!(r.configs["127.0.0.1:5002"].auth.as_ref().map(|a| a.identity_token.as_str()), Some("tok"));
+        assert_eq!(r.configs["private.example"].tls.as_ref().map(|t| t.insecure_skip_verify), Some(true));
+        assert_eq!(Registries::parse("").unwrap(), Registries::default());
+        assert!(Registries::parse("mirrors: [a]").unwrap_err().contains("mirrors: expected a map"));
+        assert!(Registries::parse("mirrors: {a: {endpoint: x}}").unwrap_err().contains("expected a list"));
+    }
+
+    #[test]
+    fn registries_render_hosts_toml_per_host() {
+        let r = Registries::parse(REGISTRIES).unwrap();
+        let files: std::collections::BTreeMap<String, String> = r.hosts_files().into_iter().collect();
+        assert_eq!(files.keys().collect::<Vec<_>>(), ["_default", "docker.io", "mirror.example:5000", "private.example", "registry.rk3s.test"]);
+        let hub = &files["docker.io"];
+        assert!(hub.contains("server = \"https://registry-1.docker.io/v2\"\n"), "{hub}");
+        let m1 = hub.find("[host.\"https://mirror.example:5000/v2\"]").unwrap();
+        let m2 = hub.find("[host.\"http://127.0.0.1:5001/custom/root\"]").unwrap();
+        assert!(m1 < m2, "endpoints keep their order");
+        assert!(hub[m1..m2].contains("  capabilities = [\"pull\", \"resolve\"]\n  ca = [\"/etc/ssl/ca.pem\"]\n  client = [[\"/c.pem\", \"/k.pem\"]]\n"), "{hub}");
+        assert!(!hub[m1..m2].contains("override_path"));
+        assert!(hub[m2..].contains("override_path = true"), "{hub}");
+        let fake = &files["registry.rk3s.test"];
+        assert!(fake.contains("server = \"https://registry.rk3s.test/v2\"") && fake.contains("[host.\"http://127.0.0.1:5002/v2\"]"), "{fake}");
+        assert!(!files["_default"].contains("server ="));
+        assert!(files["private.example"].contains("server = \"https://private.example/v2\"\nskip_verify = true\n"), "{}", files["private.example"]);
+    }
+
+    #[test]
+    fn registries_render_cri_auth_and_config_path() {
+        let r = Registries::parse(REGISTRIES).unwrap();
+        let c = ContainerdConfig::new("/var/lib/rk3s");
+        let t = c.render_with(Some(&r));
+        assert!(t.contains("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/var/lib/rk3s/agent/etc/containerd/certs.d\"\n"), "{t}");
+        assert!(t.contains("[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"mirror.example:5000\".auth]\n  username = \"alice\"\n  password = \"p\\\"w\"\n"), "{t}");
+        assert!(t.contains(".registry.configs.\"127.0.0.1:5002\".auth]\n  auth = \"YWxpY2U6cHc=\"\n  identitytoken = \"tok\"\n"), "{t}");
+        assert!(!t.contains("private.example"), "TLS-only hosts live in hosts.toml");
+        // Without a registries file: the hosts dir only.
+        assert!(!c.render().contains(".registry.configs."));
+    }
+
+    #[test]
+    fn write_replaces_the_hosts_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = tmp.path().join("registries.yaml");
+        std::fs::write(&reg, REGISTRIES).unwrap();
+        let mut c = ContainerdConfig::new(tmp.path().join("data")).with_state_dir(tmp.path().join("state"));
+        c.private_registry = Some(reg.clone());
+        c.write().unwrap();
+        assert!(c.certs_dir().join("docker.io/hosts.toml").is_file());
+        assert!(std::fs::read_to_string(c.config_path()).unwrap().contains("alice"));
+        // The file removed: the next start forgets the hosts.
+        std::fs::remove_file(&reg).unwrap();
+        c.write().unwrap();
+        assert!(c.certs_dir().is_dir() && !c.certs_dir().join("docker.io").exists());
+        std::fs::write(&reg, "mirrors: 3").unwrap();
+        let e = c.write().unwrap_err().to_string();
+        assert!(e.contains("invalid registries file: mirrors: expected a map"), "{e}");
+    }
 
     #[test]
     fn config_has_paths_runtimes_and_sandbox_image() {

@@ -6,14 +6,17 @@
 //! `/exec/...`, `/attach/...`, `/portForward/...` (upgraded, see [`crate::streaming`]).
 //! Not served yet: `run`, `/logs/` (node logs), `/spec`.
 //!
-//! Authentication: a client certificate signed by the cluster CA (its CN is the user, its
-//! O values the groups); requests without one get 401 (token authentication is not wired
-//! yet). Authorization: every request is described as upstream's kubelet does — verb from
-//! the method (`get`, `create`, ...), resource `nodes`, name the node, subresource `stats`
-//! for `/stats/*`, `metrics` for `/metrics/*`, `log` for `/logs/*`, `healthz` for
-//! `/healthz`, `proxy` for everything else — and passed to the [`Authorizer`] hook.
-//! [`default_authorizer`] allows `system:masters` and `kube-apiserver-kubelet-client`;
-//! the agent can swap in one that sends a SubjectAccessReview.
+//! Authentication, as upstream's kubelet with `--anonymous-auth=false` and webhook token
+//! authentication: a client certificate signed by the cluster CA (its CN is the user, its
+//! O values the groups), else a bearer token the API server vouches for in a TokenReview;
+//! anything else gets 401 `Unauthorized`. Authorization (`--authorization-mode=Webhook`):
+//! every request is described by [`request_attributes`] — verb from the method (`get`,
+//! `create`, ...), resource `nodes`, name the node, subresource from the path with
+//! upstream's fine-grained mapping and its `proxy` fallback — and each description is
+//! sent to the API server as a SubjectAccessReview until one is allowed; otherwise 403
+//! `Forbidden (user=..., verb=..., resource=nodes, subresource(s)=[...])`. Answers are
+//! cached as upstream does (tokens 2 min; allowed 5 min, denied 30 s). See
+//! [`WebhookAuth`]; [`default_authorizer`] is the fallback without an API server.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -22,8 +25,12 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
@@ -53,17 +60,17 @@ pub enum ServerError {
     },
 }
 
-/// The authenticated user of a request (from its client certificate).
+/// The authenticated user of a request (from its client certificate or bearer token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestUser {
-    /// User name (certificate CN).
+    /// User name (certificate CN, or the TokenReview's `username`).
     pub name: String,
-    /// Groups (certificate O values).
+    /// Groups (certificate O values, or the TokenReview's `groups`).
     pub groups: Vec<String>,
 }
 
 /// What a request asks to do, in the terms of upstream's kubelet authorizer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestAttributes {
     /// `get`, `create`, `update`, `patch`, `delete`.
     pub verb: String,
@@ -71,12 +78,27 @@ pub struct RequestAttributes {
     pub resource: String,
     /// The node name.
     pub name: String,
-    /// `stats`, `metrics`, `log`, `healthz`, `proxy`, ...
+    /// `stats`, `metrics`, `log`, `pods`, `healthz`, `configz`, `checkpoint`, `proxy`.
     pub subresource: String,
 }
 
-/// The authorization hook: true allows the request.
-pub type Authorizer = Arc<dyn Fn(&RequestUser, &RequestAttributes) -> bool + Send + Sync>;
+/// Errors of the authentication and authorization hooks (the API server could not be
+/// asked).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(pub String);
+
+/// Authentication of bearer tokens and authorization of requests for the kubelet API
+/// (upstream's `--authentication-token-webhook` and `--authorization-mode=Webhook`).
+pub trait KubeletAuth: Send + Sync {
+    /// The user a bearer token belongs to; `Ok(None)` when the token is not valid.
+    fn authenticate_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<RequestUser>, AuthError>>;
+    /// True when `user` may do `attrs`.
+    fn authorize<'a>(&'a self, user: &'a RequestUser, attrs: &'a RequestAttributes) -> BoxFuture<'a, Result<bool, AuthError>>;
+}
+
+/// The authentication/authorization hook of the kubelet API.
+pub type Authorizer = Arc<dyn KubeletAuth>;
 
 /// Provides the `PodList` served at `/pods` (the agent's view of its pods).
 pub type PodsProvider = Arc<dyn Fn() -> Value + Send + Sync>;
@@ -84,11 +106,144 @@ pub type PodsProvider = Arc<dyn Fn() -> Value + Send + Sync>;
 /// The user name the API server presents to kubelets.
 pub const APISERVER_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
-/// Allows users in `system:masters` and [`APISERVER_CLIENT_USER`]; denies everyone else.
+/// The static policy of [`default_authorizer`].
+struct StaticAuth;
+
+impl KubeletAuth for StaticAuth {
+    fn authenticate_token<'a>(&'a self, _token: &'a str) -> BoxFuture<'a, Result<Option<RequestUser>, AuthError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn authorize<'a>(&'a self, user: &'a RequestUser, _attrs: &'a RequestAttributes) -> BoxFuture<'a, Result<bool, AuthError>> {
+        let ok = user.name == APISERVER_CLIENT_USER || user.groups.iter().any(|g| g == "system:masters");
+        Box::pin(async move { Ok(ok) })
+    }
+}
+
+/// Without an API server to ask: no bearer tokens; allows users in `system:masters` and
+/// [`APISERVER_CLIENT_USER`], denies everyone else.
 pub fn default_authorizer() -> Authorizer {
-    Arc::new(|user: &RequestUser, _: &RequestAttributes| {
-        user.name == APISERVER_CLIENT_USER || user.groups.iter().any(|g| g == "system:masters")
-    })
+    Arc::new(StaticAuth)
+}
+
+/// How long upstream's kubelet caches webhook answers (its defaults): tokens 2 min,
+/// allowed decisions 5 min, denied ones 30 s.
+const TOKEN_TTL: Duration = Duration::from_secs(120);
+const TOKEN_FAILURE_TTL: Duration = Duration::from_secs(10);
+const ALLOWED_TTL: Duration = Duration::from_secs(300);
+const DENIED_TTL: Duration = Duration::from_secs(30);
+/// Cache entries kept at most (the oldest half is dropped beyond).
+const CACHE_MAX: usize = 4096;
+
+/// A small TTL map.
+struct TtlCache<K, V> {
+    map: Mutex<HashMap<K, (V, Instant)>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
+    fn new() -> Self {
+        TtlCache { map: Mutex::new(HashMap::new()) }
+    }
+
+    fn get(&self, k: &K) -> Option<V> {
+        let map = self.map.lock().ok()?;
+        map.get(k).filter(|(_, exp)| *exp > Instant::now()).map(|(v, _)| v.clone())
+    }
+
+    fn put(&self, k: K, v: V, ttl: Duration) {
+        if let Ok(mut map) = self.map.lock() {
+            let now = Instant::now();
+            if map.len() >= CACHE_MAX {
+                map.retain(|_, (_, exp)| *exp > now);
+                if map.len() >= CACHE_MAX {
+                    map.clear();
+                }
+            }
+            map.insert(k, (v, now + ttl));
+        }
+    }
+}
+
+/// Asks the API server: a TokenReview for bearer tokens, a SubjectAccessReview for every
+/// request, answers cached as upstream's kubelet does.
+pub struct WebhookAuth {
+    client: kube::Client,
+    tokens: TtlCache<[u8; 32], Option<RequestUser>>,
+    decisions: TtlCache<(String, Vec<String>, RequestAttributes), bool>,
+}
+
+impl WebhookAuth {
+    /// A webhook authenticator/authorizer over `client` (the node's credentials; the
+    /// `system:node` role may create TokenReviews and SubjectAccessReviews).
+    pub fn new(client: kube::Client) -> WebhookAuth {
+        WebhookAuth { client, tokens: TtlCache::new(), decisions: TtlCache::new() }
+    }
+}
+
+/// The SubjectAccessReview the kubelet sends for `attrs` of `user`.
+pub fn subject_access_review(user: &RequestUser, attrs: &RequestAttributes) -> SubjectAccessReview {
+    SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.name.clone()),
+            groups: Some(user.groups.clone()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(attrs.verb.clone()),
+                group: Some(String::new()),
+                version: Some("v1".into()),
+                resource: Some(attrs.resource.clone()),
+                subresource: Some(attrs.subresource.clone()),
+                name: Some(attrs.name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+impl KubeletAuth for WebhookAuth {
+    fn authenticate_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<RequestUser>, AuthError>> {
+        Box::pin(async move {
+            let mut key = [0u8; 32];
+            key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+            if let Some(u) = self.tokens.get(&key) {
+                return Ok(u);
+            }
+            let review = TokenReview {
+                spec: TokenReviewSpec { token: Some(token.to_string()), ..Default::default() },
+                ..Default::default()
+            };
+            let api: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
+            let out = api.create(&kube::api::PostParams::default(), &review).await.map_err(|e| AuthError(format!("TokenReview: {e}")))?;
+            let status = out.status.unwrap_or_default();
+            let user = match (status.authenticated, status.user) {
+                (Some(true), Some(u)) if u.username.as_deref().is_some_and(|n| !n.is_empty()) => {
+                    Some(RequestUser { name: u.username.unwrap_or_default(), groups: u.groups.unwrap_or_default() })
+                }
+                _ => None,
+            };
+            let ttl = if user.is_some() { TOKEN_TTL } else { TOKEN_FAILURE_TTL };
+            self.tokens.put(key, user.clone(), ttl);
+            Ok(user)
+        })
+    }
+
+    fn authorize<'a>(&'a self, user: &'a RequestUser, attrs: &'a RequestAttributes) -> BoxFuture<'a, Result<bool, AuthError>> {
+        Box::pin(async move {
+            let key = (user.name.clone(), user.groups.clone(), attrs.clone());
+            if let Some(d) = self.decisions.get(&key) {
+                return Ok(d);
+            }
+            let api: kube::Api<SubjectAccessReview> = kube::Api::all(self.client.clone());
+            let out = api
+                .create(&kube::api::PostParams::default(), &subject_access_review(user, attrs))
+                .await
+                .map_err(|e| AuthError(format!("SubjectAccessReview: {e}")))?;
+            let allowed = out.status.is_some_and(|s| s.allowed);
+            self.decisions.put(key, allowed, if allowed { ALLOWED_TTL } else { DENIED_TTL });
+            Ok(allowed)
+        })
+    }
 }
 
 /// What [`serve`] needs.
@@ -240,29 +395,65 @@ fn respond(code: u16, content_type: &'static str, body: Bytes) -> Response {
     r
 }
 
-/// Describes a request for authorization as upstream's kubelet does.
-pub fn request_attributes(method: &http::Method, path: &str, node_name: &str) -> RequestAttributes {
+/// True when `path` is `base` or below it (upstream's `isSubpath`).
+fn is_subpath(path: &str, base: &str) -> bool {
+    let base = base.trim_end_matches('/');
+    path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Describes a request for authorization as upstream's kubelet does (with fine-grained
+/// authorization, on by default since 1.33): verb from the method, resource `nodes`, name
+/// the node, and one or two subresources tried in order — `pods` (for `/pods` and
+/// `/runningpods/`), `healthz`, `configz` or `statusz` first, then the path's own:
+/// `stats`, `metrics`, `log` (`/logs/`), `checkpoint`, or `proxy` for everything else.
+pub fn request_attributes(method: &http::Method, path: &str, node_name: &str) -> Vec<RequestAttributes> {
     let verb = match *method {
         http::Method::POST => "create",
+        http::Method::GET => "get",
         http::Method::PUT => "update",
         http::Method::PATCH => "patch",
         http::Method::DELETE => "delete",
-        _ => "get",
+        _ => "",
     };
-    let sub = if path == "/stats" || path.starts_with("/stats/") {
+    let mut subs = Vec::new();
+    if is_subpath(path, "/pods") || is_subpath(path, "/runningpods/") {
+        subs.push("pods");
+    } else if is_subpath(path, "/healthz") {
+        subs.push("healthz");
+    } else if is_subpath(path, "/configz") {
+        subs.push("configz");
+    } else if is_subpath(path, "/statusz") {
+        subs.push("statusz");
+    }
+    subs.push(if is_subpath(path, "/stats/") {
         "stats"
-    } else if path == "/metrics" || path.starts_with("/metrics/") {
+    } else if is_subpath(path, "/metrics") {
         "metrics"
-    } else if path == "/logs" || path.starts_with("/logs/") {
+    } else if is_subpath(path, "/logs/") {
         "log"
-    } else if path == "/healthz" || path.starts_with("/healthz/") {
-        "healthz"
-    } else if path == "/spec" || path.starts_with("/spec/") {
-        "spec"
+    } else if is_subpath(path, "/checkpoint") {
+        "checkpoint"
     } else {
         "proxy"
-    };
-    RequestAttributes { verb: verb.into(), resource: "nodes".into(), name: node_name.into(), subresource: sub.into() }
+    });
+    subs.into_iter()
+        .map(|sub| RequestAttributes { verb: verb.into(), resource: "nodes".into(), name: node_name.into(), subresource: sub.into() })
+        .collect()
+}
+
+/// The body of upstream's 403: `Forbidden (user=U, verb=V, resource=nodes, subresource(s)=[a b])`.
+pub fn forbidden_message(user: &RequestUser, attrs: &[RequestAttributes]) -> String {
+    let subs: Vec<&str> = attrs.iter().map(|a| a.subresource.as_str()).collect();
+    let (verb, resource) = attrs.first().map(|a| (a.verb.as_str(), a.resource.as_str())).unwrap_or(("", "nodes"));
+    format!("Forbidden (user={}, verb={verb}, resource={resource}, subresource(s)=[{}])\n", user.name, subs.join(" "))
+}
+
+/// The bearer token of a request's `Authorization` header.
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The state behind the routes.
@@ -433,41 +624,78 @@ impl KubeletApi {
         }
     }
 
-    /// Serves one request from the network: the streaming routes (`exec`, `attach`,
-    /// `portForward`, which need the connection's upgrade) here, the others by [`KubeletApi::handle`].
-    pub async fn handle_request(&self, req: hyper::Request<Incoming>, user: Option<&RequestUser>) -> Response {
-        if let Some(target) = crate::streaming::StreamTarget::parse(req.uri().path()) {
-            let Some(user) = user else {
-                return text(401, "Unauthorized");
-            };
-            let attrs = request_attributes(req.method(), req.uri().path(), &self.node_name);
-            if !(self.authorizer)(user, &attrs) {
-                return text(
-                    403,
-                    format!("Forbidden (user={}, verb={}, resource={}, subresource={})", user.name, attrs.verb, attrs.resource, attrs.subresource),
-                );
+    /// Serves one request from the network: authenticates it (the client certificate's
+    /// user `cert_user`, else a bearer token checked by TokenReview), authorizes it, then
+    /// serves the streaming routes (`exec`, `attach`, `portForward`, which need the
+    /// connection's upgrade) here and the others as [`KubeletApi::handle`].
+    pub async fn handle_request(&self, req: hyper::Request<Incoming>, cert_user: Option<&RequestUser>) -> Response {
+        let token_user;
+        let user = match cert_user {
+            Some(u) => u,
+            None => {
+                let Some(token) = bearer_token(req.headers()) else {
+                    return text(401, "Unauthorized");
+                };
+                match self.authorizer.authenticate_token(token).await {
+                    Ok(Some(u)) => {
+                        token_user = u;
+                        &token_user
+                    }
+                    Ok(None) => return text(401, "Unauthorized"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kubelet API: unable to authenticate the request");
+                        return text(401, "Unauthorized");
+                    }
+                }
             }
+        };
+        if let Some(denied) = self.authorize(user, req.method(), req.uri().path()).await {
+            return denied;
+        }
+        if let Some(target) = crate::streaming::StreamTarget::parse(req.uri().path()) {
             if req.method() != http::Method::GET && req.method() != http::Method::POST {
                 return text(405, "Method Not Allowed");
             }
             return crate::streaming::serve(&self.cri, target, req).await;
         }
         let (parts, _) = req.into_parts();
-        self.handle(&parts.method, parts.uri.path(), parts.uri.query(), user).await
+        self.route(&parts.method, parts.uri.path(), parts.uri.query()).await
     }
 
-    /// Serves one request of `user` (None: no client certificate).
+    /// Authorizes `user` for a request: `None` when one of the request's attributes is
+    /// allowed, else the 403 (or 500 when the authorizer failed) to answer.
+    async fn authorize(&self, user: &RequestUser, method: &http::Method, path: &str) -> Option<Response> {
+        let attrs = request_attributes(method, path, &self.node_name);
+        for a in &attrs {
+            match self.authorizer.authorize(user, a).await {
+                Ok(true) => return None,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, user = %user.name, verb = %a.verb, subresource = %a.subresource, "kubelet API: authorization error");
+                    return Some(text(
+                        500,
+                        format!("Authorization error (user={}, verb={}, resource={}, subresource={})", user.name, a.verb, a.resource, a.subresource),
+                    ));
+                }
+            }
+        }
+        tracing::debug!(user = %user.name, path, "kubelet API: forbidden");
+        Some(text(403, forbidden_message(user, &attrs)))
+    }
+
+    /// Serves one non-streaming request of `user` (None: not authenticated).
     pub async fn handle(&self, method: &http::Method, path: &str, query: Option<&str>, user: Option<&RequestUser>) -> Response {
         let Some(user) = user else {
             return text(401, "Unauthorized");
         };
-        let attrs = request_attributes(method, path, &self.node_name);
-        if !(self.authorizer)(user, &attrs) {
-            return text(
-                403,
-                format!("Forbidden (user={}, verb={}, resource={}, subresource={})", user.name, attrs.verb, attrs.resource, attrs.subresource),
-            );
+        if let Some(denied) = self.authorize(user, method, path).await {
+            return denied;
         }
+        self.route(method, path, query).await
+    }
+
+    /// Serves an authorized request.
+    async fn route(&self, method: &http::Method, path: &str, query: Option<&str>) -> Response {
         if method != http::Method::GET && method != http::Method::HEAD {
             return text(405, "Method Not Allowed");
         }
@@ -711,26 +939,161 @@ mod tests {
     use super::*;
     use crate::cri::types::PodSandboxMetadata;
 
-    #[test]
-    fn attributes_as_upstream() {
-        let a = request_attributes(&http::Method::GET, "/stats/summary", "n1");
-        assert_eq!((a.verb.as_str(), a.resource.as_str(), a.name.as_str(), a.subresource.as_str()), ("get", "nodes", "n1", "stats"));
-        assert_eq!(request_attributes(&http::Method::GET, "/metrics/resource", "n").subresource, "metrics");
-        assert_eq!(request_attributes(&http::Method::GET, "/containerLogs/a/b/c", "n").subresource, "proxy");
-        assert_eq!(request_attributes(&http::Method::GET, "/pods", "n").subresource, "proxy");
-        assert_eq!(request_attributes(&http::Method::GET, "/logs/syslog", "n").subresource, "log");
-        assert_eq!(request_attributes(&http::Method::GET, "/healthz", "n").subresource, "healthz");
-        assert_eq!(request_attributes(&http::Method::POST, "/exec/a/b/c", "n").verb, "create");
+    fn subs(method: http::Method, path: &str) -> Vec<String> {
+        request_attributes(&method, path, "n").into_iter().map(|a| a.subresource).collect()
     }
 
     #[test]
-    fn default_authorizer_allows_masters_and_the_apiserver() {
+    fn attributes_as_upstream() {
+        let a = request_attributes(&http::Method::GET, "/stats/summary", "n1");
+        assert_eq!(a.len(), 1);
+        let a = &a[0];
+        assert_eq!((a.verb.as_str(), a.resource.as_str(), a.name.as_str(), a.subresource.as_str()), ("get", "nodes", "n1", "stats"));
+        assert_eq!(subs(http::Method::GET, "/metrics/resource"), ["metrics"]);
+        assert_eq!(subs(http::Method::GET, "/metrics"), ["metrics"]);
+        assert_eq!(subs(http::Method::GET, "/metricsfoo"), ["proxy"], "a prefix that is not a path segment");
+        assert_eq!(subs(http::Method::GET, "/containerLogs/a/b/c"), ["proxy"]);
+        assert_eq!(subs(http::Method::GET, "/pods"), ["pods", "proxy"]);
+        assert_eq!(subs(http::Method::GET, "/pods/"), ["pods", "proxy"]);
+        assert_eq!(subs(http::Method::GET, "/runningpods/"), ["pods", "proxy"]);
+        assert_eq!(subs(http::Method::GET, "/healthz"), ["healthz", "proxy"]);
+        assert_eq!(subs(http::Method::GET, "/healthz/ping"), ["healthz", "proxy"]);
+        assert_eq!(subs(http::Method::GET, "/configz"), ["configz", "proxy"]);
+        assert_eq!(subs(http::Method::GET, "/logs/syslog"), ["log"]);
+        assert_eq!(subs(http::Method::GET, "/logs"), ["log"]);
+        assert_eq!(subs(http::Method::POST, "/checkpoint/ns/p/c"), ["checkpoint"]);
+        assert_eq!(subs(http::Method::GET, "/spec/"), ["proxy"]);
+        assert_eq!(subs(http::Method::GET, "/stats"), ["stats"]);
+        let verb = |m: http::Method| request_attributes(&m, "/exec/a/b/c", "n")[0].verb.clone();
+        assert_eq!(verb(http::Method::POST), "create");
+        assert_eq!(verb(http::Method::GET), "get");
+        assert_eq!(verb(http::Method::PUT), "update");
+        assert_eq!(verb(http::Method::PATCH), "patch");
+        assert_eq!(verb(http::Method::DELETE), "delete");
+        assert_eq!(verb(http::Method::OPTIONS), "");
+    }
+
+    #[test]
+    fn forbidden_message_as_upstream() {
+        let u = RequestUser { name: "system:serviceaccount:default:nobody".into(), groups: vec![] };
+        assert_eq!(
+            forbidden_message(&u, &request_attributes(&http::Method::GET, "/pods", "n")),
+            "Forbidden (user=system:serviceaccount:default:nobody, verb=get, resource=nodes, subresource(s)=[pods proxy])\n"
+        );
+        assert_eq!(
+            forbidden_message(&u, &request_attributes(&http::Method::POST, "/exec/a/b/c", "n")),
+            "Forbidden (user=system:serviceaccount:default:nobody, verb=create, resource=nodes, subresource(s)=[proxy])\n"
+        );
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::AUTHORIZATION, http::HeaderValue::from_str(v).unwrap_or(http::HeaderValue::from_static("")));
+            m
+        };
+        assert_eq!(bearer_token(&h("Bearer abc.def")), Some("abc.def"));
+        assert_eq!(bearer_token(&h("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer_token(&h("Basic dXNlcg==")), None);
+        assert_eq!(bearer_token(&h("Bearer ")), None);
+        assert_eq!(bearer_token(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn default_authorizer_allows_masters_and_the_apiserver() {
         let auth = default_authorizer();
-        let a = request_attributes(&http::Method::GET, "/pods", "n");
+        let a = &request_attributes(&http::Method::GET, "/pods", "n")[0];
         let u = |name: &str, groups: &[&str]| RequestUser { name: name.into(), groups: groups.iter().map(|s| s.to_string()).collect() };
-        assert!(auth(&u("system:admin", &["system:masters"]), &a));
-        assert!(auth(&u(APISERVER_CLIENT_USER, &[]), &a));
-        assert!(!auth(&u("system:node:x", &["system:nodes"]), &a));
+        assert!(auth.authorize(&u("system:admin", &["system:masters"]), a).await.unwrap_or(false));
+        assert!(auth.authorize(&u(APISERVER_CLIENT_USER, &[]), a).await.unwrap_or(false));
+        assert!(!auth.authorize(&u("system:node:x", &["system:nodes"]), a).await.unwrap_or(true));
+        assert_eq!(auth.authenticate_token("anything").await.ok(), Some(None));
+    }
+
+    /// A fake API server: answers TokenReviews (token `good` is alice in group `devs`) and
+    /// SubjectAccessReviews (alice may use `nodes/proxy`), recording the request bodies.
+    #[derive(Clone, Default)]
+    struct FakeApi {
+        seen: Arc<Mutex<Vec<(String, Value)>>>,
+    }
+
+    impl tower_service::Service<http::Request<kube::client::Body>> for FakeApi {
+        type Response = http::Response<http_body_util::Full<Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+            let seen = self.seen.clone();
+            Box::pin(async move {
+                use http_body_util::BodyExt;
+                let path = req.uri().path().to_string();
+                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if let Ok(mut s) = seen.lock() {
+                    s.push((path.clone(), obj.clone()));
+                }
+                let spec = obj["spec"].clone();
+                obj["status"] = if path.ends_with("/tokenreviews") {
+                    if spec["token"] == "good" {
+                        json!({"authenticated": true, "user": {"username": "alice", "groups": ["devs", "system:authenticated"]}})
+                    } else {
+                        json!({"authenticated": false, "error": "invalid bearer token"})
+                    }
+                } else {
+                    json!({"allowed": spec["user"] == "alice" && spec["resourceAttributes"]["subresource"] == "proxy"})
+                };
+                let mut r = http::Response::new(http_body_util::Full::new(Bytes::from(obj.to_string())));
+                r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                Ok(r)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn webhook_asks_the_api_server_and_caches() {
+        let fake = FakeApi::default();
+        let auth = WebhookAuth::new(kube::Client::new(fake.clone(), "default"));
+        let count = || fake.seen.lock().map(|s| s.len()).unwrap_or(0);
+
+        let alice = auth.authenticate_token("good").await.ok().flatten();
+        assert_eq!(alice, Some(RequestUser { name: "alice".into(), groups: vec!["devs".into(), "system:authenticated".into()] }));
+        assert_eq!(auth.authenticate_token("bad").await.ok(), Some(None));
+        assert_eq!(count(), 2);
+        let (path, body) = fake.seen.lock().map(|s| s[0].clone()).unwrap_or_default();
+        assert_eq!(path, "/apis/authentication.k8s.io/v1/tokenreviews");
+        assert_eq!(body["spec"]["token"], "good");
+        // Cached: no more TokenReviews.
+        assert!(auth.authenticate_token("good").await.ok().flatten().is_some());
+        assert_eq!(auth.authenticate_token("bad").await.ok(), Some(None));
+        assert_eq!(count(), 2);
+
+        let Some(alice) = alice else { panic!("alice") };
+        let attrs = request_attributes(&http::Method::GET, "/pods", "node1");
+        assert!(!auth.authorize(&alice, &attrs[0]).await.unwrap_or(true), "nodes/pods is not granted");
+        assert!(auth.authorize(&alice, &attrs[1]).await.unwrap_or(false), "nodes/proxy is");
+        assert_eq!(count(), 4);
+        let (path, body) = fake.seen.lock().map(|s| s[2].clone()).unwrap_or_default();
+        assert_eq!(path, "/apis/authorization.k8s.io/v1/subjectaccessreviews");
+        assert_eq!(body["kind"], "SubjectAccessReview");
+        assert_eq!(body["spec"]["user"], "alice");
+        assert_eq!(body["spec"]["groups"], json!(["devs", "system:authenticated"]));
+        assert_eq!(
+            body["spec"]["resourceAttributes"],
+            json!({"verb": "get", "group": "", "version": "v1", "resource": "nodes", "subresource": "pods", "name": "node1"})
+        );
+        // Both decisions are cached.
+        assert!(!auth.authorize(&alice, &attrs[0]).await.unwrap_or(true));
+        assert!(auth.authorize(&alice, &attrs[1]).await.unwrap_or(false));
+        assert_eq!(count(), 4);
+        // Another user is asked about separately.
+        let bob = RequestUser { name: "bob".into(), groups: vec![] };
+        assert!(!auth.authorize(&bob, &attrs[1]).await.unwrap_or(true));
+        assert_eq!(count(), 5);
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! Pod volumes: emptyDir (a directory under the pod dir; medium `Memory` is a tmpfs),
 //! configMap, secret, downwardAPI and projected (including service-account tokens from
-//! the TokenRequest API, refreshed before they expire), and hostPath. Files are written
-//! as upstream's atomic writer does (a timestamped directory behind a `..data` symlink
-//! that is swapped in one rename), so updates reach running containers whole.
+//! the TokenRequest API, refreshed before they expire), hostPath, and
+//! persistentVolumeClaim (a claim bound to a hostPath or local PV mounts the PV's path).
+//! Files are written as upstream's atomic writer does (a timestamped directory behind a
+//! `..data` symlink that is swapped in one rename), so updates reach running containers
+//! whole; a watch per referenced ConfigMap/Secret republishes them when they change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, Volume};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume};
 use kube::api::{Api, PostParams};
+use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::cri::types::Mount;
@@ -58,10 +63,55 @@ struct Token {
     ttl: Duration,
 }
 
-/// Per-pod state of its volumes (tokens and when they were fetched).
+/// Whether a service-account token fetched `age` ago with lifetime `ttl` must be
+/// requested again: as upstream's token manager, once 80% of its lifetime has passed
+/// or it is older than 24 hours.
+pub fn token_needs_refresh(age: Duration, ttl: Duration) -> bool {
+    age >= ttl.mul_f64(0.8).min(Duration::from_secs(24 * 3600))
+}
+
+/// Per-pod state of its volumes, held by the pod's worker. The state that must be
+/// shared with the update watches (tokens) lives in the [`VolumeManager`].
 #[derive(Debug, Default)]
-pub struct PodVolumes {
+pub struct PodVolumes {}
+
+/// What the manager tracks for the volume updates.
+#[derive(Default)]
+struct Tracked {
+    /// Pods whose volumes are set up, by UID.
+    pods: HashMap<String, Pod>,
+    /// Service-account tokens by `<pod uid>/<volume>/<path>`.
     tokens: HashMap<String, Token>,
+    /// One watch per referenced ConfigMap / Secret, by `<kind>/<namespace>/<name>`.
+    watches: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// Serializes the writes of one pod's volumes.
+    locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// The ConfigMaps and Secrets a pod's volumes read, as `configmap/<ns>/<name>` and
+/// `secret/<ns>/<name>`.
+pub fn referenced_objects(pod: &Pod) -> Vec<String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut out = Vec::new();
+    for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
+        if let Some(cm) = &v.config_map {
+            out.push(format!("configmap/{ns}/{}", cm.name));
+        }
+        if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.as_ref()) {
+            out.push(format!("secret/{ns}/{name}"));
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(cm) = &src.config_map {
+                out.push(format!("configmap/{ns}/{}", cm.name));
+            }
+            if let Some(s) = &src.secret {
+                out.push(format!("secret/{ns}/{}", s.name));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The directory of a pod: `<pods root>/<uid>`.
@@ -224,10 +274,15 @@ fn listed_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The kubelet's volume manager for one node.
+/// The kubelet's volume manager for one node. ConfigMap and Secret volumes follow
+/// their objects: the manager watches every referenced object (by name, as the Node
+/// authorizer allows) and republishes the volumes of the pods using it when it changes,
+/// so updates reach running containers within a second (`subPath` mounts keep the file
+/// they started with, as upstream).
 #[derive(Clone)]
 pub struct VolumeManager {
     client: kube::Client,
+    tracked: Arc<Mutex<Tracked>>,
     /// `<data-dir>/agent/pods`.
     pub root: PathBuf,
     /// The node IP (for `status.hostIP`).
@@ -241,7 +296,7 @@ pub struct VolumeManager {
 impl VolumeManager {
     /// A manager keeping pod directories under `root`.
     pub fn new(client: kube::Client, root: PathBuf, host_ip: String, node_cpus: usize, node_memory: u64) -> Self {
-        VolumeManager { client, root, host_ip, node_cpus, node_memory }
+        VolumeManager { client, tracked: Arc::new(Mutex::new(Tracked::default())), root, host_ip, node_cpus, node_memory }
     }
 
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
@@ -262,12 +317,12 @@ impl VolumeManager {
         }))
     }
 
-    async fn token(&self, pod: &Pod, state: &mut PodVolumes, key: &str, audience: Option<&str>, expiration: i64) -> Result<String, VolumeError> {
-        if let Some(t) = state.tokens.get(key) {
-            // Refresh at 80% of the lifetime or after 24 h, as upstream.
-            let refresh_at = (t.ttl.mul_f64(0.8)).min(Duration::from_secs(86400));
-            if t.fetched.elapsed() < refresh_at {
-                return Ok(t.token.clone());
+    async fn token(&self, pod: &Pod, key: &str, audience: Option<&str>, expiration: i64) -> Result<String, VolumeError> {
+        let key = format!("{}/{key}", pod.metadata.uid.as_deref().unwrap_or_default());
+        let cached = self.tracked.lock().ok().and_then(|t| t.tokens.get(&key).cloned());
+        if let Some(t) = cached {
+            if !token_needs_refresh(t.fetched.elapsed(), t.ttl) {
+                return Ok(t.token);
             }
         }
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -286,18 +341,44 @@ impl VolumeManager {
         let status = tr.status.ok_or_else(|| VolumeError::Invalid("TokenRequest answered without status".into()))?;
         let exp = status.expiration_timestamp.0;
         let ttl_secs = (exp.as_second() - jiff::Timestamp::now().as_second()).max(60) as u64;
-        state.tokens.insert(key.to_string(), Token { token: status.token.clone(), fetched: Instant::now(), ttl: Duration::from_secs(ttl_secs) });
+        if let Ok(mut t) = self.tracked.lock() {
+            t.tokens.insert(key, Token { token: status.token.clone(), fetched: Instant::now(), ttl: Duration::from_secs(ttl_secs) });
+        }
         Ok(status.token)
     }
 
     /// Sets up (or refreshes) every volume of the pod; returns where each volume lives.
-    pub async fn setup(&self, pod: &Pod, state: &mut PodVolumes) -> Result<HashMap<String, VolumeInfo>, VolumeError> {
+    /// From then on the pod's ConfigMap and Secret volumes follow their objects until
+    /// [`VolumeManager::teardown`].
+    pub async fn setup(&self, pod: &Pod, _state: &mut PodVolumes) -> Result<HashMap<String, VolumeInfo>, VolumeError> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let lock = {
+            let Ok(mut t) = self.tracked.lock() else { return Err(VolumeError::Invalid("volume manager state poisoned".into())) };
+            t.pods.insert(uid.to_string(), pod.clone());
+            for obj in referenced_objects(pod) {
+                if let std::collections::hash_map::Entry::Vacant(e) = t.watches.entry(obj) {
+                    let task = tokio::spawn(self.clone().follow(e.key().clone()));
+                    e.insert(task);
+                }
+            }
+            t.locks.entry(uid.to_string()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        self.setup_locked(pod, false).await
+    }
+
+    /// Sets up the pod's volumes; `files_only` republishes just the volumes made of
+    /// API objects (configMap, secret, downwardAPI, projected).
+    async fn setup_locked(&self, pod: &Pod, files_only: bool) -> Result<HashMap<String, VolumeInfo>, VolumeError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let dir = pod_dir(&self.root, uid).join("volumes");
         let mut out = HashMap::new();
         for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
-            let info = self.setup_one(pod, ns, &dir, v, state).await.map_err(|e| match e {
+            if files_only && v.config_map.is_none() && v.secret.is_none() && v.downward_api.is_none() && v.projected.is_none() {
+                continue;
+            }
+            let info = self.setup_one(pod, ns, &dir, v).await.map_err(|e| match e {
                 VolumeError::Missing(m) => VolumeError::Missing(format!("MountVolume.SetUp failed for volume {:?} : {m}", v.name)),
                 other => other,
             })?;
@@ -308,7 +389,47 @@ impl VolumeManager {
         Ok(out)
     }
 
-    async fn setup_one(&self, pod: &Pod, ns: &str, dir: &Path, v: &Volume, state: &mut PodVolumes) -> Result<Option<VolumeInfo>, VolumeError> {
+    /// Watches one ConfigMap or Secret (`<kind>/<ns>/<name>`) and republishes the
+    /// volumes of the pods that use it whenever it changes.
+    async fn follow(self, obj: String) {
+        let mut parts = obj.splitn(3, '/');
+        let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else { return };
+        let wc = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut stream = if kind == "configmap" {
+            watcher(Api::<ConfigMap>::namespaced(self.client.clone(), ns), wc).map(|e| e.map(|_| ())).boxed()
+        } else {
+            watcher(Api::<Secret>::namespaced(self.client.clone(), ns), wc).map(|e| e.map(|_| ())).boxed()
+        };
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::debug!(object = %obj, error = %e, "volume source watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let pods: Vec<Pod> = match self.tracked.lock() {
+                Ok(t) => t.pods.values().filter(|p| referenced_objects(p).contains(&obj)).cloned().collect(),
+                Err(_) => return,
+            };
+            for pod in pods {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let lock = match self.tracked.lock() {
+                    Ok(t) => t.locks.get(&uid).cloned(),
+                    Err(_) => return,
+                };
+                let Some(lock) = lock else { continue };
+                let _guard = lock.lock().await;
+                // Torn down meanwhile?
+                if !self.tracked.lock().is_ok_and(|t| t.pods.contains_key(&uid)) {
+                    continue;
+                }
+                if let Err(e) = self.setup_locked(&pod, true).await {
+                    tracing::debug!(object = %obj, pod_uid = %uid, error = %e, "republishing volumes failed");
+                }
+            }
+        }
+    }
+
+    async fn setup_one(&self, pod: &Pod, ns: &str, dir: &Path, v: &Volume) -> Result<Option<VolumeInfo>, VolumeError> {
         if let Some(ed) = &v.empty_dir {
             let p = dir.join("kubernetes.io~empty-dir").join(&v.name);
             std::fs::create_dir_all(&p).map_err(io(&p))?;
@@ -406,7 +527,7 @@ impl VolumeManager {
                 }
                 if let Some(t) = &src.service_account_token {
                     let key = format!("{}/{}", v.name, t.path);
-                    let token = self.token(pod, state, &key, t.audience.as_deref(), t.expiration_seconds.unwrap_or(3600)).await?;
+                    let token = self.token(pod, &key, t.audience.as_deref(), t.expiration_seconds.unwrap_or(3600)).await?;
                     // Token files are private to the owner unless a mode says otherwise.
                     let tmode = if pr.default_mode.is_some() { mode } else { 0o600 };
                     files.insert(t.path.clone(), (token.into_bytes(), tmode));
@@ -415,10 +536,39 @@ impl VolumeManager {
             write_atomic(&p, &files)?;
             return Ok(Some(VolumeInfo { host_path: p, read_only: true }));
         }
-        if v.persistent_volume_claim.is_some() {
-            return Err(VolumeError::Invalid(format!("volume {:?}: persistentVolumeClaim volumes are not supported by this node yet", v.name)));
+        if let Some(src) = &v.persistent_volume_claim {
+            let host_path = self.claim_path(ns, &src.claim_name).await.map_err(|m| {
+                VolumeError::Invalid(format!(
+                    "Unable to attach or mount volumes: unmounted volumes=[{0}], unattached volumes=[], failed to process volumes=[{0}]: {m}",
+                    v.name
+                ))
+            })?;
+            return Ok(Some(VolumeInfo { host_path, read_only: src.read_only.unwrap_or(false) }));
         }
         Ok(None)
+    }
+
+    /// The host directory of the PersistentVolume a claim is bound to (hostPath or local
+    /// PVs). Errors are upstream's volume-manager messages.
+    async fn claim_path(&self, ns: &str, claim: &str) -> Result<PathBuf, String> {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+        let pvc = match pvcs.get_opt(claim).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(format!("error processing PVC {ns}/{claim}: failed to fetch PVC from API server: persistentvolumeclaims {claim:?} not found")),
+            Err(e) => return Err(format!("error processing PVC {ns}/{claim}: failed to fetch PVC from API server: {e}")),
+        };
+        let phase = pvc.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+        let pv_name = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
+        if phase != "Bound" || pv_name.is_empty() {
+            return Err(format!("error processing PVC {ns}/{claim}: PVC is not bound"));
+        }
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        let pv = match pvs.get_opt(&pv_name).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(format!("error processing PVC {ns}/{claim}: failed to fetch PV {pv_name:?} from API server: persistentvolumes {pv_name:?} not found")),
+            Err(e) => return Err(format!("error processing PVC {ns}/{claim}: failed to fetch PV {pv_name:?} from API server: {e}")),
+        };
+        pv_host_path(&pv).map_err(|m| format!("error processing PVC {ns}/{claim}: {m}"))
     }
 
     fn downward_item(&self, pod: &Pod, it: &k8s_openapi::api::core::v1::DownwardAPIVolumeFile) -> Result<String, VolumeError> {
@@ -436,8 +586,23 @@ impl VolumeManager {
         Ok(String::new())
     }
 
-    /// Unmounts and removes the pod's directory.
+    /// Unmounts and removes the pod's directory, and forgets the pod (its tokens, and
+    /// the watches no other pod needs).
     pub fn teardown(&self, uid: &str) {
+        if let Ok(mut t) = self.tracked.lock() {
+            t.pods.remove(uid);
+            t.locks.remove(uid);
+            let prefix = format!("{uid}/");
+            t.tokens.retain(|k, _| !k.starts_with(&prefix));
+            let wanted: std::collections::HashSet<String> = t.pods.values().flat_map(referenced_objects).collect();
+            t.watches.retain(|obj, task| {
+                let keep = wanted.contains(obj);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+        }
         let dir = pod_dir(&self.root, uid);
         if dir.exists() {
             crate::containerd::unmount_under(&dir);
@@ -446,6 +611,30 @@ impl VolumeManager {
             }
         }
     }
+}
+
+/// The host directory of a hostPath or local PersistentVolume (creating a hostPath
+/// directory when its type says `DirectoryOrCreate`; a local volume's path must exist).
+pub fn pv_host_path(pv: &PersistentVolume) -> Result<PathBuf, String> {
+    let name = pv.metadata.name.as_deref().unwrap_or_default();
+    let spec = pv.spec.as_ref().ok_or_else(|| format!("PersistentVolume {name:?} has no spec"))?;
+    if let Some(hp) = &spec.host_path {
+        let p = PathBuf::from(&hp.path);
+        match hp.type_.as_deref().unwrap_or_default() {
+            "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", hp.path))?,
+            "Directory" if !p.is_dir() => return Err(format!("hostPath type check failed: {} is not a directory", hp.path)),
+            _ => {}
+        }
+        return Ok(p);
+    }
+    if let Some(l) = &spec.local {
+        let p = PathBuf::from(&l.path);
+        if !p.exists() {
+            return Err(format!("path {:?} does not exist", l.path));
+        }
+        return Ok(p);
+    }
+    Err(format!("PersistentVolume {name:?}: only hostPath and local volumes are supported by this node"))
 }
 
 /// CRI mounts of a container from its volumeMounts.
@@ -526,6 +715,47 @@ mod tests {
         let mut bad = Files::new();
         bad.insert("../x".into(), (vec![], 0o644));
         assert!(write_atomic(d.path(), &bad).is_err());
+    }
+
+    #[test]
+    fn token_refresh_at_80_percent_or_a_day() {
+        let hour = Duration::from_secs(3600);
+        assert!(!token_needs_refresh(Duration::from_secs(0), hour));
+        assert!(!token_needs_refresh(Duration::from_secs(2879), hour), "before 80% of 1 h (48 min)");
+        assert!(token_needs_refresh(Duration::from_secs(2880), hour), "at 80% of the lifetime");
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert!(!token_needs_refresh(Duration::from_secs(23 * 3600), week));
+        assert!(token_needs_refresh(Duration::from_secs(24 * 3600), week), "a long-lived token is refreshed after 24 h");
+        assert!(token_needs_refresh(Duration::from_secs(600), Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn referenced_objects_of_a_pod() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"containers": [], "volumes": [
+                {"name": "a", "configMap": {"name": "cm"}},
+                {"name": "b", "secret": {"secretName": "s"}},
+                {"name": "c", "projected": {"sources": [{"configMap": {"name": "cm"}}, {"secret": {"name": "t"}}, {"serviceAccountToken": {"path": "token"}}]}},
+                {"name": "d", "emptyDir": {}},
+            ]},
+        }))
+        .unwrap();
+        assert_eq!(referenced_objects(&pod), vec!["configmap/ns/cm", "secret/ns/s", "secret/ns/t"]);
+    }
+
+    #[test]
+    fn pv_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("made");
+        let hp: PersistentVolume = serde_json::from_value(json!({"metadata": {"name": "hp"}, "spec": {"hostPath": {"path": dir, "type": "DirectoryOrCreate"}}})).unwrap();
+        assert_eq!(pv_host_path(&hp), Ok(dir.clone()));
+        assert!(dir.is_dir(), "DirectoryOrCreate makes the directory");
+        let missing = d.path().join("missing");
+        let local: PersistentVolume = serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"local": {"path": missing}}})).unwrap();
+        assert_eq!(pv_host_path(&local), Err(format!("path {:?} does not exist", missing.display().to_string())));
+        let nfs: PersistentVolume = serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {"nfs": {"server": "x", "path": "/"}}})).unwrap();
+        assert!(pv_host_path(&nfs).is_err());
     }
 
     #[test]

@@ -240,7 +240,7 @@ async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
     assert_eq!(api.get("/healthz").await, (200, "ok".to_string()));
     assert_eq!(Client::new(&ca, None, addr).get("/healthz").await.0, 401);
     let (code, msg) = Client::new(&ca, Some((&ncert, &nkey)), addr).get("/pods").await;
-    assert_eq!((code, msg.as_str()), (403, "Forbidden (user=system:node:other, verb=get, resource=nodes, subresource=proxy)"));
+    assert_eq!((code, msg.as_str()), (403, "Forbidden (user=system:node:other, verb=get, resource=nodes, subresource(s)=[pods proxy])\n"));
 
     // Logs.
     assert_eq!(api.get("/containerLogs/default/talk/talker").await, (200, "one\ntwo\nthree\n".to_string()));

@@ -4,8 +4,10 @@
 //! agent arrive in later milestones), `kubectl` (runs kubectl with the admin
 //! kubeconfig).
 
+mod check_config;
 mod config;
 mod image;
+mod killall;
 mod secrets;
 mod server;
 mod sim;
@@ -35,6 +37,11 @@ enum Command {
     SecretsEncrypt(secrets::SecretsCommand),
     /// Images on this node: build an OCI archive from a directory, import, list.
     Image(image::ImageArgs),
+    /// Stop all pods, rk3s's containerd and rk3s itself, and remove the mounts, network
+    /// interfaces, iptables/nftables rules and cgroups the node agent made (as k3s-killall.sh)
+    Killall(killall::KillallArgs),
+    /// Check this machine for the kernel features and packages the node agent needs
+    CheckConfig(check_config::CheckConfigArgs),
     /// Run kubectl (from PATH) against this machine's cluster (admin kubeconfig).
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -87,6 +94,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rk3s image: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Killall(args) => match killall::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s killall: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::CheckConfig(args) => match check_config::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s check-config: {e:#}");
                 ExitCode::from(1)
             }
         },

@@ -69,6 +69,9 @@ pub struct ServerArgs {
     /// Use an existing CRI socket instead of rk3s's own containerd
     #[arg(long, value_name = "SOCKET")]
     pub container_runtime_endpoint: Option<String>,
+    /// Private registry configuration file (k3s's registries.yaml format)
+    #[arg(long, value_name = "FILE", default_value = "/etc/rk3s/registries.yaml")]
+    pub private_registry: PathBuf,
     /// State dir (and socket) of rk3s's own containerd (tests run several side by side)
     #[arg(long, value_name = "DIR", hide = true)]
     pub containerd_state_dir: Option<PathBuf>,
@@ -314,6 +317,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             cluster_domain: args.cluster_domain.clone(),
             runtime_endpoint: args.container_runtime_endpoint.clone(),
             containerd_state_dir: args.containerd_state_dir.clone(),
+            private_registry: Some(args.private_registry.clone()),
             control_plane: true,
             labels: Default::default(),
             kubelet_api: Some(rk3s_kubelet::agent::KubeletApiOptions {

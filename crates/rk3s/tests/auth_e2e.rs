@@ -112,6 +112,20 @@ fn service_account_tokens_and_pod_admission() {
     assert_eq!(vol["projected"]["sources"][0]["serviceAccountToken"]["path"], "token");
     assert_eq!(p["spec"]["containers"][0]["volumeMounts"][0]["mountPath"], "/var/run/secrets/kubernetes.io/serviceaccount");
     assert!(p["spec"]["tolerations"].as_array().is_some_and(|t| t.iter().any(|x| x["key"] == "node.kubernetes.io/not-ready" && x["tolerationSeconds"] == 300)));
+
+    // A service account's imagePullSecrets go to pods that name none.
+    c.ok(&["create", "sa", "puller", "-n", "apps"]);
+    c.ok(&["patch", "sa", "puller", "-n", "apps", "--type=merge", "-p", r#"{"imagePullSecrets":[{"name":"regcred"}]}"#]);
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: q\n  namespace: apps\nspec:\n  serviceAccountName: puller\n  containers:\n  - name: c\n    image: busybox\n";
+    c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(pod));
+    let q: Value = serde_json::from_str(&c.ok(&["get", "pod", "q", "-n", "apps", "-o", "json"])).expect("json");
+    assert_eq!(q["spec"]["imagePullSecrets"], serde_json::json!([{"name": "regcred"}]));
+    // A mirror pod (a kubelet's static pod) gets no service account and no token volume.
+    let mirror = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: m\n  namespace: apps\n  annotations:\n    kubernetes.io/config.mirror: abc\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: busybox\n";
+    c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(mirror));
+    let m: Value = serde_json::from_str(&c.ok(&["get", "pod", "m", "-n", "apps", "-o", "json"])).expect("json");
+    assert!(m["spec"]["serviceAccountName"].is_null(), "{}", m["spec"]);
+    assert!(m["spec"]["volumes"].is_null(), "{}", m["spec"]);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 mod import;
 mod oci;
 mod pause;
+pub mod pull;
 
 pub use import::{import, import_dir, is_image_archive, ImportOutcome};
 pub use oci::{

@@ -11,7 +11,11 @@
 //!
 //! A relist of the runtime every second (upstream's PLEG) wakes the worker of a pod
 //! whose containers changed state.
+//!
+//! Static pods (manifest files, [`crate::static_pods`]) run on the same workers; mirror
+//! pods seen by the watch go to the static pod source instead of a worker.
 
+mod ephemeral;
 pub mod probes;
 pub mod spec;
 pub mod status;
@@ -30,6 +34,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::cri::types::{PodSandboxFilter, PodSandboxState};
 use crate::cri::CriClient;
+use crate::static_pods::{self, MirrorEvent, StaticPods};
 use crate::volumes::VolumeManager;
 use crate::KubeletError;
 
@@ -81,6 +86,7 @@ pub(crate) struct Shared {
     pub ctx: spec::SpecContext,
     pub volumes: VolumeManager,
     pub node_cpus: usize,
+    pub events: crate::events::Recorder,
 }
 
 struct WorkerHandle {
@@ -102,17 +108,33 @@ pub async fn run(client: kube::Client, cri: CriClient, cfg: PodConfig) -> Result
         log_root: cfg.log_root(),
     };
     let volumes = VolumeManager::new(client.clone(), cfg.pods_root(), cfg.node_ip.clone(), host.cpus, host.memory_bytes);
-    let shared = Arc::new(Shared { client: client.clone(), cri, cfg: cfg.clone(), ctx, volumes, node_cpus: host.cpus });
+    let shared = Arc::new(Shared { client: client.clone(), cri, cfg: cfg.clone(), ctx, volumes, node_cpus: host.cpus, events: crate::events::Recorder::new(client.clone(), &cfg.node_name) });
     let workers: Workers = Arc::new(Mutex::new(HashMap::new()));
     let pleg = tokio::spawn(relist(shared.clone(), workers.clone()));
     let mut housekeeping: Option<tokio::task::JoinHandle<()>> = None;
+
+    // Static pods start at once, before (and without) the API server.
+    let sink = Arc::new(WorkerSink { shared: shared.clone(), workers: workers.clone() });
+    let mut statics = StaticPods::new(client.clone(), &cfg.node_name, static_pods::manifests_dir(&cfg.data_dir), sink);
+    statics.scan();
+    let (mirror_tx, mirror_rx) = tokio::sync::mpsc::unbounded_channel();
+    let static_task = tokio::spawn(statics.run(mirror_rx));
 
     let api: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let mut stream = watcher(api, wc).boxed();
     let mut init_seen: HashSet<String> = HashSet::new();
+    let mut init_mirrors: Vec<Pod> = Vec::new();
     while let Some(ev) = stream.next().await {
         match ev {
+            // Mirror pods stand for static pods: the static pod source handles them.
+            Ok(watcher::Event::InitApply(pod)) if static_pods::is_mirror_pod(&pod) => init_mirrors.push(pod),
+            Ok(watcher::Event::Apply(pod)) if static_pods::is_mirror_pod(&pod) => {
+                let _ = mirror_tx.send(MirrorEvent::Apply(pod));
+            }
+            Ok(watcher::Event::Delete(pod)) if static_pods::is_mirror_pod(&pod) => {
+                let _ = mirror_tx.send(MirrorEvent::Delete(pod));
+            }
             Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod)) => {
                 if let Some(uid) = pod.metadata.uid.clone() {
                     init_seen.insert(uid);
@@ -127,14 +149,19 @@ pub async fn run(client: kube::Client, cri: CriClient, cfg: PodConfig) -> Result
                     }
                 }
             }
-            Ok(watcher::Event::Init) => init_seen.clear(),
+            Ok(watcher::Event::Init) => {
+                init_seen.clear();
+                init_mirrors.clear();
+            }
             Ok(watcher::Event::InitDone) => {
+                let _ = mirror_tx.send(MirrorEvent::Replace(std::mem::take(&mut init_mirrors)));
                 // Pods that vanished while the watch was down (or the agent was not
                 // running) are torn down by their workers; unknown sandboxes by the
-                // housekeeping.
+                // housekeeping. Static pods are not the API's to stop.
                 if let Ok(w) = workers.lock() {
                     for (uid, h) in w.iter() {
-                        if !init_seen.contains(uid) {
+                        let is_static = h.tx.borrow().as_ref().is_some_and(static_pods::is_static_pod);
+                        if !init_seen.contains(uid) && !is_static {
                             let _ = h.tx.send(None);
                         }
                     }
@@ -150,10 +177,31 @@ pub async fn run(client: kube::Client, cri: CriClient, cfg: PodConfig) -> Result
         }
     }
     pleg.abort();
+    static_task.abort();
     if let Some(h) = housekeeping {
         h.abort();
     }
     Err(KubeletError::Watch("pod watch ended".into()))
+}
+
+/// Runs static pods on the pod workers.
+struct WorkerSink {
+    shared: Arc<Shared>,
+    workers: Workers,
+}
+
+impl static_pods::PodSink for WorkerSink {
+    fn update(&self, pod: Pod) {
+        dispatch(&self.shared, &self.workers, pod);
+    }
+
+    fn remove(&self, uid: &str) {
+        if let Ok(w) = self.workers.lock() {
+            if let Some(h) = w.get(uid) {
+                let _ = h.tx.send(None);
+            }
+        }
+    }
 }
 
 fn dispatch(shared: &Arc<Shared>, workers: &Workers, pod: Pod) {

@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::cri::CriClient;
+use crate::events::{reason, EventType, Recorder};
 
 /// The probe results of one container instance.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -37,6 +38,26 @@ pub enum ProbeKind {
     Readiness,
     /// livenessProbe.
     Liveness,
+}
+
+impl ProbeKind {
+    /// The name upstream uses in messages (`Liveness probe failed: ...`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "Startup",
+            ProbeKind::Readiness => "Readiness",
+            ProbeKind::Liveness => "Liveness",
+        }
+    }
+}
+
+/// Where a probe's failures are reported: `Unhealthy` events about the probed container.
+#[derive(Clone, Debug)]
+pub struct ProbeEvents {
+    /// The kubelet's event recorder.
+    pub recorder: Recorder,
+    /// The pod of the probed container.
+    pub pod: Pod,
 }
 
 /// Outcome of one probe run.
@@ -71,16 +92,41 @@ pub fn http_status(head: &str) -> Option<u16> {
     it.next()?.parse().ok()
 }
 
+/// A failed connect as Go's net package words it (`dial tcp 10.42.0.5:80: connect:
+/// connection refused`).
+fn dial_error(host: &str, port: u16, e: &std::io::Error) -> String {
+    let why = match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connect: connection refused".to_string(),
+        std::io::ErrorKind::HostUnreachable => "connect: no route to host".to_string(),
+        std::io::ErrorKind::NetworkUnreachable => "connect: network is unreachable".to_string(),
+        std::io::ErrorKind::TimedOut => "i/o timeout".to_string(),
+        _ => {
+            // "Connection reset by peer (os error 104)" -> "connection reset by peer".
+            let s = e.to_string();
+            let s = s.split(" (os error").next().unwrap_or(&s).to_string();
+            let mut c = s.chars();
+            c.next().map(|f| f.to_lowercase().chain(c).collect()).unwrap_or(s)
+        }
+    };
+    format!("dial tcp {host}:{port}: {why}")
+}
+
 /// Runs a probe once.
 pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe: &Probe, pod_ip: &str) -> Outcome {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     if let Some(e) = &probe.exec {
         let cmd = e.command.clone().unwrap_or_default();
-        return match tokio::time::timeout(timeout + Duration::from_secs(1), cri.exec_sync(container_id, cmd, timeout.as_secs() as i64)).await {
+        let timed_out = || Outcome::Failure(format!("command {:?} timed out", cmd.join(" ")));
+        return match tokio::time::timeout(timeout + Duration::from_secs(1), cri.exec_sync(container_id, cmd.clone(), timeout.as_secs() as i64)).await {
             Ok(Ok(r)) if r.exit_code == 0 => Outcome::Success,
-            Ok(Ok(r)) => Outcome::Failure(format!("command failed with exit code {}: {}", r.exit_code, String::from_utf8_lossy(&r.stdout))),
+            // Upstream reports the command's output (stdout, then stderr) as the reason.
+            Ok(Ok(r)) => {
+                let mut out = r.stdout;
+                out.extend_from_slice(&r.stderr);
+                Outcome::Failure(String::from_utf8_lossy(&out).into_owned())
+            }
+            Ok(Err(crate::cri::CriError::Timeout { .. })) | Err(_) => timed_out(),
             Ok(Err(e)) => Outcome::Failure(e.to_string()),
-            Err(_) => Outcome::Failure(format!("command timed out after {}s", timeout.as_secs())),
         };
     }
     if let Some(t) = &probe.tcp_socket {
@@ -88,7 +134,7 @@ pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe:
         let Some(port) = port_of(c, &t.port) else { return Outcome::Failure("invalid port".into()) };
         return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
             Ok(Ok(_)) => Outcome::Success,
-            Ok(Err(e)) => Outcome::Failure(format!("dial tcp {host}:{port}: {e}")),
+            Ok(Err(e)) => Outcome::Failure(dial_error(&host, port, &e)),
             Err(_) => Outcome::Failure(format!("dial tcp {host}:{port}: i/o timeout")),
         };
     }
@@ -111,19 +157,19 @@ pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe:
         req.push_str("\r\n");
         let url = format!("http://{host}:{port}{path}");
         let fut = async {
-            let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            s.write_all(req.as_bytes()).await?;
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| dial_error(&host, port, &e))?;
+            s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
             let mut buf = vec![0u8; 1024];
             let mut n = 0;
             while n < buf.len() {
-                let r = s.read(&mut buf[n..]).await?;
+                let r = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
                 if r == 0 || buf[..n + r].windows(2).any(|w| w == b"\r\n") {
                     n += r;
                     break;
                 }
                 n += r;
             }
-            Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
+            Ok::<_, String>(String::from_utf8_lossy(&buf[..n]).into_owned())
         };
         return match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(head)) => match http_status(&head) {
@@ -151,6 +197,7 @@ pub async fn probe_loop(
     probe: Probe,
     kind: ProbeKind,
     pod_ip: String,
+    events: ProbeEvents,
 ) {
     let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
     let success_threshold = probe.success_threshold.unwrap_or(1).max(1);
@@ -172,6 +219,7 @@ pub async fn probe_loop(
                     fail_run += 1;
                     ok_run = 0;
                     tracing::debug!(container = %c.name, ?kind, reason = %why, "probe failed");
+                    events.recorder.container_event(&events.pod, &c.name, EventType::Warning, reason::UNHEALTHY, format!("{} probe failed: {why}", kind.as_str()));
                 }
             }
             let mut changed = false;
@@ -258,6 +306,10 @@ mod tests {
             http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(port as i32), ..Default::default() }),
             ..Default::default()
         };
+        let get_port = |path: &str, port: i32| Probe {
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(port), ..Default::default() }),
+            ..Default::default()
+        };
         assert_eq!(run_once(&cri, "x", &c, &get("/healthz"), "127.0.0.1").await, Outcome::Success);
         let bad = run_once(&cri, "x", &c, &get("/bad"), "127.0.0.1").await;
         assert!(matches!(&bad, Outcome::Failure(m) if m.contains("statuscode: 500")), "{bad:?}");
@@ -270,7 +322,9 @@ mod tests {
             tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction { port: IntOrString::Int(1), host: None }),
             ..Default::default()
         };
-        assert!(matches!(run_once(&cri, "x", &c, &closed, "127.0.0.1").await, Outcome::Failure(_)));
+        assert_eq!(run_once(&cri, "x", &c, &closed, "127.0.0.1").await, Outcome::Failure("dial tcp 127.0.0.1:1: connect: connection refused".into()));
+        let refused = run_once(&cri, "x", &c, &get_port("/", 1), "127.0.0.1").await;
+        assert_eq!(refused, Outcome::Failure("Get \"http://127.0.0.1:1/\": dial tcp 127.0.0.1:1: connect: connection refused".into()));
     }
 
     async fn dummy_client() -> Option<CriClient> {

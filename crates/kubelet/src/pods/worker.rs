@@ -15,7 +15,8 @@ use super::spec::{self, Env};
 use super::status::{self, ContainerView};
 use super::{pod_sandboxes, stop_all_containers, Shared, LABEL_POD_UID};
 use crate::cri::types::{ContainerFilter, ContainerState, ContainerStatus, PodSandboxState};
-use crate::cri::CriError;
+use crate::cri::{CriClient, CriError};
+use crate::events::{reason, EventType, Recorder};
 use crate::volumes::{PodVolumes, VolumeInfo};
 
 /// Initial CrashLoopBackOff / image pull back-off.
@@ -24,6 +25,9 @@ const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Resync period of a pod without events.
 const RESYNC: Duration = Duration::from_secs(10);
+/// The shortest time a container gets between SIGTERM and SIGKILL (upstream's
+/// `minimumGracePeriodInSeconds`).
+const MIN_GRACE: i64 = 2;
 /// How often configMap/secret/projected volumes are refreshed.
 const VOLUME_RESYNC: Duration = Duration::from_secs(30);
 
@@ -128,32 +132,48 @@ fn pull_policy(c: &Container) -> String {
     }
 }
 
-async fn ensure_image(sh: &Shared, st: &mut PodState, c: &Container) -> Result<String, (String, String)> {
+/// Makes sure the container's image is present, pulling it as the pull policy says
+/// with the pod's pull secrets (logic in [`crate::image::pull`]). Errors are (reason,
+/// message) as upstream's image manager reports them.
+async fn ensure_image(sh: &Shared, st: &mut PodState, pod: &Pod, c: &Container) -> Result<String, (String, String)> {
+    use crate::image::pull;
     let image = c.image.clone().unwrap_or_default();
     let policy = pull_policy(c);
-    let present = sh.cri.image_status(&image).await.map_err(|e| ("ErrImageInspect".to_string(), grpc_message(&e)))?;
+    let spec = pull::apply_default_tag(&image)
+        .map_err(|e| ("InvalidImageName".to_string(), format!("Failed to apply default image tag {image:?}: {e}")))?;
     if policy != "Always" {
-        if let Some(img) = &present {
-            return Ok(img.id.clone());
+        match sh.cri.image_status(&spec).await {
+            Ok(Some(img)) => return Ok(img.id),
+            Ok(None) if policy == "Never" => {
+                return Err(("ErrImageNeverPull".into(), format!("Container image {image:?} is not present with pull policy of Never")))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(("ErrImageInspect".into(), format!("Failed to inspect image \"\": {}", grpc_message(&e)))),
         }
     }
-    if policy == "Never" {
-        return Err(("ErrImageNeverPull".into(), format!("Container image \"{image}\" is not present with pull policy of Never")));
-    }
-    if let Some((until, _)) = st.pull.get(&c.name) {
-        if Instant::now() < *until {
-            return Err(("ImagePullBackOff".into(), format!("Back-off pulling image \"{image}\"")));
+    let key = pull::backoff_key(pod.metadata.uid.as_deref().unwrap_or_default(), &image);
+    if let Some((until, delay)) = st.pull.get(&c.name).copied().filter(|(until, _)| Instant::now() < *until) {
+        // Right after the failure the error itself stands; then the back-off shows.
+        if Instant::now() < until - delay + pull::ERR_IMAGE_PULL_HOLD {
+            if let Some(e) = pull::last_error(&key) {
+                return Err(e);
+            }
         }
+        return Err(("ImagePullBackOff".into(), pull::backoff_message(&key, &image)));
     }
-    match sh.cri.pull_image(&image, None, None).await {
+    pull::forget_error(&key);
+    let secrets = pull::pull_secrets(&sh.client, pod).await;
+    let creds = pull::credentials_for(&spec, &secrets).map_err(|e| (e.to_string(), e.to_string()))?;
+    match pull::pull(&sh.cri, &spec, creds, grpc_message).await {
         Ok(r) => {
             st.pull.remove(&c.name);
             Ok(r)
         }
-        Err(e) => {
+        Err(msg) => {
             let delay = st.pull.get(&c.name).map(|(_, d)| (*d * 2).min(BACKOFF_MAX)).unwrap_or(BACKOFF_INITIAL);
             st.pull.insert(c.name.clone(), (Instant::now() + delay, delay));
-            Err(("ErrImagePull".into(), grpc_message(&e)))
+            pull::remember_error(&key, "ErrImagePull", &msg);
+            Err(("ErrImagePull".into(), msg))
         }
     }
 }
@@ -288,6 +308,45 @@ fn termination_file(sh: &Shared, uid: &str, name: &str, attempt: u32) -> std::pa
     sh.cfg.pods_root().join(uid).join("containers").join(name).join(attempt.to_string())
 }
 
+/// [`ensure_image`] with the image manager's events, as upstream records them:
+/// `Pulled` ("already present on machine" / "Successfully pulled"), `Pulling`,
+/// `ErrImageNeverPull`, `BackOff` (pull back-off) and `Failed` (pull failed).
+async fn ensure_image_with_events(sh: &Shared, st: &mut PodState, pod: &Pod, c: &Container) -> Result<String, (String, String)> {
+    let image = c.image.clone().unwrap_or_default();
+    let policy = pull_policy(c);
+    let present = match crate::image::pull::apply_default_tag(&image) {
+        Ok(spec) if policy != "Always" => sh.cri.image_status(&spec).await.ok().flatten().is_some(),
+        _ => false,
+    };
+    let in_backoff = st.pull.get(&c.name).is_some_and(|(until, _)| Instant::now() < *until);
+    let pulling = !present && policy != "Never" && !in_backoff;
+    let ev = |ty: EventType, r: &str, m: String| sh.events.container_event(pod, &c.name, ty, r, m);
+    if pulling {
+        ev(EventType::Normal, reason::PULLING, format!("Pulling image {image:?}"));
+    }
+    let t = Instant::now();
+    match ensure_image(sh, st, pod, c).await {
+        Ok(id) => {
+            if pulling {
+                let d = t.elapsed();
+                ev(EventType::Normal, reason::PULLED, format!("Successfully pulled image {image:?} in {d:?} ({d:?} including waiting)"));
+            } else {
+                ev(EventType::Normal, reason::PULLED, format!("Container image {image:?} already present on machine"));
+            }
+            Ok(id)
+        }
+        Err((r, m)) => {
+            match r.as_str() {
+                "ErrImageNeverPull" => ev(EventType::Warning, reason::ERR_IMAGE_NEVER_PULL, m.clone()),
+                "ImagePullBackOff" => ev(EventType::Normal, reason::BACK_OFF, m.clone()),
+                "ErrImagePull" => ev(EventType::Warning, reason::FAILED, format!("Failed to pull image {image:?}: {m}")),
+                _ => {}
+            }
+            Err((r, m))
+        }
+    }
+}
+
 /// Creates and starts one container instance. Errors are (reason, message) for the
 /// container's waiting state.
 #[allow(clippy::too_many_arguments)]
@@ -302,10 +361,14 @@ async fn start_container(
     pod_ip: &str,
 ) -> Result<(), (String, String)> {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-    let image = ensure_image(sh, st, c).await?;
-    let env = build_env(sh, pod, c, pod_ip).await.map_err(|m| ("CreateContainerConfigError".to_string(), m))?;
+    let ev = &sh.events;
+    let failed = |msg: &str| ev.container_event(pod, &c.name, EventType::Warning, reason::FAILED, format!("Error: {msg}"));
+    let image = ensure_image_with_events(sh, st, pod, c).await.inspect_err(|(r, _)| failed(r))?;
+    let env = build_env(sh, pod, c, pod_ip).await.map_err(|m| ("CreateContainerConfigError".to_string(), m)).inspect_err(|(_, m)| failed(m))?;
     let vols = st.volume_info.clone().unwrap_or_default();
-    let mut mounts = crate::volumes::container_mounts(c, &vols).map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+    let mut mounts = crate::volumes::container_mounts(c, &vols)
+        .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))
+        .inspect_err(|(_, m)| failed(m))?;
     let tpath = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
     if !tpath.is_empty() {
         let f = termination_file(sh, uid, &c.name, attempt);
@@ -330,17 +393,33 @@ async fn start_container(
         .cri
         .create_container(sandbox_id, cfg, sandbox_config)
         .await
-        .map_err(|e| ("CreateContainerError".to_string(), grpc_message(&e)))?;
+        .map_err(|e| ("CreateContainerError".to_string(), grpc_message(&e)))
+        .inspect_err(|(_, m)| failed(m))?;
+    ev.container_event(pod, &c.name, EventType::Normal, reason::CREATED, format!("Created container: {}", c.name));
     if let Err(e) = sh.cri.start_container(&id).await {
+        failed(&grpc_message(&e));
         return Err(("RunContainerError".to_string(), grpc_message(&e)));
     }
-    // postStart exec hooks run right after the start (upstream blocks the container's
-    // Running report on them; here they run in the background).
-    if let Some(cmd) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()).and_then(|h| h.exec.as_ref()).and_then(|e| e.command.clone()) {
-        let cri = sh.cri.clone();
-        let id2 = id.clone();
+    ev.container_event(pod, &c.name, EventType::Normal, reason::STARTED, format!("Started container {}", c.name));
+    // postStart hooks run right after the start (upstream blocks the container's Running
+    // report on them; here they run in the background). A failed hook kills the
+    // container, which then restarts as the restartPolicy says.
+    if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()).filter(|h| h.exec.is_some() || h.http_get.is_some() || h.sleep.is_some()) {
+        let action = k8s_openapi::api::core::v1::Probe { exec: hook.exec.clone(), http_get: hook.http_get.clone(), timeout_seconds: Some(30), ..Default::default() };
+        let sleep = hook.sleep.as_ref().map(|s| Duration::from_secs(s.seconds.max(0) as u64));
+        let (cri, events, pod, c, id, pod_ip) = (sh.cri.clone(), sh.events.clone(), pod.clone(), c.clone(), id.clone(), pod_ip.to_string());
+        let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
         tokio::spawn(async move {
-            let _ = cri.exec_sync(&id2, cmd, 30).await;
+            if let Some(d) = sleep {
+                tokio::time::sleep(d).await;
+                return;
+            }
+            if let probes::Outcome::Failure(why) = probes::run_once(&cri, &id, &c, &action, &pod_ip).await {
+                tracing::warn!(pod = %pod_key(&pod), container = %c.name, reason = %why, "postStart hook failed");
+                // The hook's output stays out of the event (it may hold secrets).
+                events.container_event(&pod, &c.name, EventType::Warning, reason::FAILED_POST_START_HOOK, "PostStartHook failed");
+                kill_container(cri, events, pod, c, id, "FailedPostStartHook".into(), grace).await;
+            }
         });
     }
     st.waiting.remove(&c.name);
@@ -398,6 +477,12 @@ fn crash_backoff(st: &PodState, name: &str, finished_at: i64) -> Option<Duration
 fn note_restart(st: &mut PodState, name: &str) {
     let next = st.crash.get(name).map(|d| (*d * 2).min(BACKOFF_MAX)).unwrap_or(BACKOFF_INITIAL);
     st.crash.insert(name.to_string(), next);
+}
+
+/// The `BackOff` event of a container waiting to be restarted.
+fn back_off_event(sh: &Shared, pod: &Pod, name: &str) {
+    let msg = format!("Back-off restarting failed container {name} in pod {}", pod_key(pod));
+    sh.events.container_event(pod, name, EventType::Warning, reason::BACK_OFF, msg);
 }
 
 fn fmt_backoff(d: Duration) -> String {
@@ -548,6 +633,7 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                 }
                 let attempt = s.metadata.as_ref().map(|m| m.attempt + 1).unwrap_or(1);
                 if let Some(rem) = crash_backoff(st, &c.name, s.finished_at) {
+                    back_off_event(sh, pod, &c.name);
                     st.waiting.insert(
                         c.name.clone(),
                         ("CrashLoopBackOff".into(), format!("back-off {} restarting failed container={} pod={}", fmt_backoff(*st.crash.get(&c.name).unwrap_or(&BACKOFF_INITIAL)), c.name, pod_key(pod))),
@@ -596,21 +682,20 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                 }
                 Some(s) if is(&s, ContainerState::ContainerRunning) => {
                     st.waiting.remove(&c.name);
-                    ensure_probes(sh, st, c, &s.id, &pod_ip, wake);
-                    let must = st.probes.lock().map(|t| t.get(&s.id).is_some_and(|r| r.must_restart)).unwrap_or(false);
-                    if must && st.killing.insert(s.id.clone()) {
-                        tracing::info!(pod = %pod_key(pod), container = %c.name, "liveness probe failed; restarting the container");
-                        let grace = c
-                            .liveness_probe
+                    ensure_probes(sh, st, pod, c, &s.id, &pod_ip, wake);
+                    let verdict = st.probes.lock().ok().and_then(|t| t.get(&s.id).filter(|r| r.must_restart).map(|r| r.started));
+                    if let Some(started) = verdict.filter(|_| st.killing.insert(s.id.clone())) {
+                        // A failed startup probe leaves `started` false; a failed liveness
+                        // probe happens after the start.
+                        let (which, probe) = if started { ("liveness", &c.liveness_probe) } else { ("startup", &c.startup_probe) };
+                        tracing::info!(pod = %pod_key(pod), container = %c.name, probe = which, "probe failed; restarting the container");
+                        let grace = probe
                             .as_ref()
                             .and_then(|p| p.termination_grace_period_seconds)
                             .or(pspec.termination_grace_period_seconds)
                             .unwrap_or(30);
-                        let cri = sh.cri.clone();
-                        let id = s.id.clone();
-                        tokio::spawn(async move {
-                            let _ = cri.stop_container(&id, grace).await;
-                        });
+                        let msg = format!("Container {} failed {which} probe, will be restarted", c.name);
+                        tokio::spawn(kill_container(sh.cri.clone(), sh.events.clone(), pod.clone(), c.clone(), s.id.clone(), msg, grace));
                     }
                 }
                 Some(s) => {
@@ -621,6 +706,7 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                     }
                     let attempt = s.metadata.as_ref().map(|m| m.attempt + 1).unwrap_or(1);
                     if let Some(rem) = crash_backoff(st, &c.name, s.finished_at) {
+                        back_off_event(sh, pod, &c.name);
                         let d = *st.crash.get(&c.name).unwrap_or(&BACKOFF_INITIAL);
                         st.waiting.insert(
                             c.name.clone(),
@@ -637,6 +723,8 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                 }
             }
         }
+        // Ephemeral containers (kubectl debug): started once, reported in their own status.
+        super::ephemeral::sync(sh, pod, &sandbox_id, sandbox_attempt).await;
         instances = pod_containers(sh, &uid).await;
     } else {
         instances = pod_containers(sh, &uid).await;
@@ -705,12 +793,12 @@ async fn runtime_handler(sh: &Shared, class: Option<&str>) -> Result<String, Str
     let api: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(sh.client.clone());
     match api.get_opt(class).await {
         Ok(Some(rc)) => Ok(rc.handler),
-        Ok(None) => Err(format!("RuntimeClass {class:?} not found")),
+        Ok(None) => Err(format!("Failed to create pod sandbox: runtimeclass.node.k8s.io {class:?} not found")),
         Err(e) => Err(e.to_string()),
     }
 }
 
-fn ensure_probes(sh: &Arc<Shared>, st: &mut PodState, c: &Container, id: &str, pod_ip: &str, wake: &Arc<Notify>) {
+fn ensure_probes(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, c: &Container, id: &str, pod_ip: &str, wake: &Arc<Notify>) {
     if c.startup_probe.is_none() {
         if let Ok(mut t) = st.probes.lock() {
             t.entry(id.to_string()).or_default().started = true;
@@ -735,6 +823,7 @@ fn ensure_probes(sh: &Arc<Shared>, st: &mut PodState, c: &Container, id: &str, p
             probe.clone(),
             kind,
             pod_ip.to_string(),
+            probes::ProbeEvents { recorder: sh.events.clone(), pod: pod.clone() },
         ));
         st.probe_tasks.insert(key, task);
     }
@@ -827,34 +916,79 @@ async fn post_status(
     }
 }
 
-/// Stops every container of the pod (preStop hooks, then TERM, then KILL at the grace
-/// deadline), removes its sandboxes and volumes.
+/// Stops one container as upstream's `killContainer`: a `Killing` event, the preStop
+/// hook (bounded by the grace period, whose time it uses up), then `StopContainer`
+/// (SIGTERM, and SIGKILL when what is left of the grace period — at least 2 s — is over).
+async fn kill_container(cri: CriClient, events: Recorder, pod: Pod, c: Container, id: String, message: String, grace: i64) {
+    events.container_event(&pod, &c.name, EventType::Normal, reason::KILLING, message);
+    let mut grace = grace;
+    if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).filter(|_| grace > 0) {
+        let started = Instant::now();
+        let limit = Duration::from_secs(grace as u64);
+        let failed = if let Some(sleep) = &hook.sleep {
+            let _ = tokio::time::timeout(limit, tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64))).await;
+            false
+        } else if hook.exec.is_some() || hook.http_get.is_some() {
+            let action = k8s_openapi::api::core::v1::Probe {
+                exec: hook.exec.clone(),
+                http_get: hook.http_get.clone(),
+                timeout_seconds: Some(grace.min(i32::MAX as i64) as i32),
+                ..Default::default()
+            };
+            let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+            match tokio::time::timeout(limit, probes::run_once(&cri, &id, &c, &action, &pod_ip)).await {
+                Ok(probes::Outcome::Failure(why)) => {
+                    tracing::warn!(pod = %pod_key(&pod), container = %c.name, reason = %why, "preStop hook failed");
+                    true
+                }
+                Ok(probes::Outcome::Success) => false,
+                Err(_) => {
+                    tracing::info!(pod = %pod_key(&pod), container = %c.name, grace, "preStop hook did not complete in the grace period");
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        if failed {
+            // Upstream leaves the hook's output out of the event (it may hold secrets).
+            events.container_event(&pod, &c.name, EventType::Warning, reason::FAILED_PRE_STOP_HOOK, "PreStopHook failed");
+        }
+        grace -= started.elapsed().as_secs() as i64;
+    }
+    let grace = grace.max(MIN_GRACE);
+    if let Err(e) = cri.stop_container(&id, grace).await {
+        if !matches!(e, CriError::NotFound { .. }) {
+            tracing::warn!(pod = %pod_key(&pod), container = %c.name, error = %e, grace, "stopping the container failed");
+        }
+    }
+}
+
+/// Stops every container of the pod (each with its preStop hook, then TERM, then KILL at
+/// the grace deadline), removes its sandboxes and volumes.
 async fn terminate(sh: &Shared, st: &mut PodState, pod: &Pod, grace: i64) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     for (_, t) in st.probe_tasks.drain() {
         t.abort();
     }
-    let deadline = Instant::now() + Duration::from_secs(grace.max(0) as u64);
-    let specs: Vec<Container> = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+    let specs: Vec<Container> = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).cloned().collect())
+        .unwrap_or_default();
     for s in pod_sandboxes(&sh.cri, &uid).await {
         if s.state == PodSandboxState::SandboxReady as i32 {
-            // preStop exec hooks, bounded by the grace period.
             let filter = ContainerFilter { pod_sandbox_id: s.id.clone(), ..Default::default() };
             let running = sh.cri.list_containers(Some(filter)).await.unwrap_or_default();
-            let hooks = running.iter().filter(|c| c.state == ContainerState::ContainerRunning as i32).filter_map(|c| {
-                let name = c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-                let cmd = specs
-                    .iter()
-                    .find(|sc| sc.name == name)
-                    .and_then(|sc| sc.lifecycle.as_ref())
-                    .and_then(|l| l.pre_stop.as_ref())
-                    .and_then(|h| h.exec.as_ref())
-                    .and_then(|e| e.command.clone())?;
-                Some(sh.cri.exec_sync(&c.id, cmd, grace.max(1)))
+            let kills = running.iter().filter(|c| c.state == ContainerState::ContainerRunning as i32).map(|rc| {
+                let name = rc.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+                let spec = specs.iter().find(|sc| sc.name == name).cloned().unwrap_or_else(|| Container { name: name.clone(), ..Default::default() });
+                let msg = format!("Stopping container {name}");
+                kill_container(sh.cri.clone(), sh.events.clone(), pod.clone(), spec, rc.id.clone(), msg, grace)
             });
-            let _ = tokio::time::timeout(Duration::from_secs(grace.max(0) as u64), futures_util::future::join_all(hooks)).await;
-            let left = deadline.saturating_duration_since(Instant::now()).as_secs() as i64;
-            stop_all_containers(&sh.cri, &s.id, left).await;
+            futures_util::future::join_all(kills).await;
+            // Whatever is left (created, not started) goes with the sandbox.
+            stop_all_containers(&sh.cri, &s.id, MIN_GRACE).await;
             if let Err(e) = sh.cri.stop_pod_sandbox(&s.id).await {
                 tracing::warn!(pod = %pod_key(pod), error = %e, "stopping the sandbox failed");
             }

@@ -49,6 +49,10 @@ pub fn run_node_test(name: &str, extra: &[&str], scenario: impl FnOnce(&mut Clus
     }
     assert!(new_links.is_empty(), "links left behind: {new_links:?}");
     assert!(new_rules.is_empty(), "iptables rules left behind: {new_rules:?}");
+    let new_netns: Vec<_> = after.netns.difference(&before.netns).collect();
+    assert!(new_netns.is_empty(), "network namespaces left behind: {new_netns:?}");
+    let new_tables: Vec<_> = after.nft_tables.difference(&before.nft_tables).collect();
+    assert!(new_tables.is_empty(), "nftables tables left behind: {new_tables:?}");
 }
 
 pub fn missing_prereqs() -> Option<String> {
@@ -95,11 +99,21 @@ pub struct HostSnapshot {
     pub links: BTreeSet<String>,
     pub iptables: BTreeSet<String>,
     pub kubepods: bool,
+    /// Named network namespaces (`/run/netns`).
+    pub netns: BTreeSet<String>,
+    /// nftables tables (`family name`), ip6tables-nft's included.
+    pub nft_tables: BTreeSet<String>,
 }
 
 impl HostSnapshot {
     pub fn take() -> Self {
-        HostSnapshot { links: links(), iptables: iptables_lines(), kubepods: Path::new("/sys/fs/cgroup/memory/kubepods").exists() || Path::new("/sys/fs/cgroup/kubepods").exists() }
+        HostSnapshot {
+            links: links(),
+            iptables: iptables_lines(),
+            kubepods: Path::new("/sys/fs/cgroup/memory/kubepods").exists() || Path::new("/sys/fs/cgroup/kubepods").exists(),
+            netns: std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect(),
+            nft_tables: sh("nft list tables 2>/dev/null").lines().filter_map(|l| l.strip_prefix("table ")).map(String::from).collect(),
+        }
     }
 }
 
@@ -161,6 +175,15 @@ pub fn cleanup(c: &mut Cluster, before: &HostSnapshot) {
                 let _ = Command::new("nft").args(["delete", "table", "ip", t]).status();
             }
         }
+    }
+    // Any other table (ip6tables-nft's `ip6 nat` from the portmap plugin, ...).
+    let now = HostSnapshot::take();
+    for t in now.nft_tables.difference(&before.nft_tables) {
+        let _ = Command::new("sh").args(["-c", &format!("nft delete table {t}")]).status();
+    }
+    // Network namespaces of sandboxes that were not torn down.
+    for n in now.netns.difference(&before.netns) {
+        let _ = Command::new("ip").args(["netns", "del", n]).status();
     }
     if !before.kubepods {
         for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/blkio", "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/devices", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/hugetlb", "/sys/fs/cgroup/net_cls,net_prio", "/sys/fs/cgroup/perf_event"] {

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Node agent benchmark (root, real containerd): pod create -> Running latency and memory.
+
+Starts `rk3s server` with its node agent on a temporary data dir, drops a busybox image
+built by `rk3s image build` into the images folder, then prints:
+  - API ready and node Ready after start;
+  - idle RSS of rk3s and of its containerd (+ shims) with 0 pods;
+  - create -> Running latency (p50, p99, max) for N pods created one after another, each
+    measured from the POST to the watch event that shows it Running (image present);
+  - RSS of rk3s and containerd (+ shims) with the first --keep pods running;
+  - the time for a burst of --burst pods created at once to all be Running.
+Cleans up with `rk3s killall`. Prints figures; never fails on a slow machine.
+
+Usage: bench/pod_bench.py [--binary target/release/rk3s] [--pods 100] [--keep 30] [--burst 20]
+"""
+import argparse, base64, http.client, json, os, re, shutil, signal, socket, ssl, statistics
+import subprocess, sys, tempfile, threading, time
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def pids_with_cmdline(needle):
+    out = []
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{e}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmd:
+            out.append(int(e))
+    return out
+
+
+def load_kubeconfig(path, tmp):
+    text = open(path).read()
+    paths = {}
+    for k in ("certificate-authority-data", "client-certificate-data", "client-key-data"):
+        m = re.search(k + r":\s*(\S+)", text)
+        p = os.path.join(tmp, k); open(p, "wb").write(base64.b64decode(m.group(1))); paths[k] = p
+    return paths
+
+
+def ctx(paths):
+    c = ssl.create_default_context(cafile=paths["certificate-authority-data"])
+    c.load_cert_chain(paths["client-certificate-data"], paths["client-key-data"])
+    return c
+
+
+def pct(xs, p):
+    xs = sorted(xs); return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+def build_image(binary, tmp, out):
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    root = os.path.join(tmp, "rootfs")
+    os.makedirs(os.path.join(root, "bin")); os.makedirs(os.path.join(root, "tmp"))
+    shutil.copy(busybox, os.path.join(root, "bin/busybox"))
+    for applet in ("sh", "sleep", "true"):
+        os.symlink("busybox", os.path.join(root, "bin", applet))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    subprocess.run([binary, "image", "build", "--from", root, "--tag", "rk3s.bench/busybox:1", "-o", out],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+class Watch(threading.Thread):
+    """Watches pods in a namespace; records when each was first seen Running."""
+
+    def __init__(self, port, paths, ns):
+        super().__init__(daemon=True)
+        self.port, self.paths, self.ns = port, paths, ns
+        self.running = {}
+        self.cv = threading.Condition()
+
+    def run(self):
+        c = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx(self.paths))
+        c.request("GET", f"/api/v1/namespaces/{self.ns}/pods?watch=1&allowWatchBookmarks=false")
+        r = c.getresponse()
+        buf = b""
+        while True:
+            chunk = r.read1(65536) if hasattr(r, "read1") else r.read(1)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                obj = ev.get("object", {})
+                name = obj.get("metadata", {}).get("name")
+                if obj.get("status", {}).get("phase") == "Running" and name not in self.running:
+                    with self.cv:
+                        self.running[name] = time.perf_counter()
+                        self.cv.notify_all()
+
+    def wait_running(self, names, timeout):
+        deadline = time.perf_counter() + timeout
+        with self.cv:
+            while not all(n in self.running for n in names):
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    return False
+                self.cv.wait(left)
+        return True
+
+
+def pod(name):
+    return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                       "spec": {"terminationGracePeriodSeconds": 0, "containers": [
+                           {"name": "c", "image": "rk3s.bench/busybox:1", "imagePullPolicy": "Never",
+                            "command": ["sleep", "3600"]}]}})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="target/release/rk3s")
+    ap.add_argument("--pods", type=int, default=100)
+    ap.add_argument("--keep", type=int, default=30)
+    ap.add_argument("--burst", type=int, default=20)
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("pod_bench needs root (real containers)")
+    binary = os.path.abspath(a.binary)
+    tmp = tempfile.mkdtemp(prefix="rk3s-podbench-")
+    data = os.path.join(tmp, "data")
+    state = os.path.join(tmp, "containerd")
+    build_image(binary, tmp, os.path.join(data, "agent/images/busybox.tar"))
+    port = free_port()
+    kc = os.path.join(tmp, "kubeconfig")
+    open(os.path.join(tmp, "config.yaml"), "w").write("{}\n")
+    t0 = time.perf_counter()
+    srv = subprocess.Popen([binary, "server", f"--config={tmp}/config.yaml", f"--data-dir={data}",
+                            f"--https-listen-port={port}", "--bind-address=127.0.0.1",
+                            "--advertise-address=127.0.0.1", f"--write-kubeconfig={kc}",
+                            f"--containerd-state-dir={state}", "--log-level=warn"],
+                           stderr=open(os.path.join(tmp, "log"), "w"))
+    try:
+        paths = None
+        while time.perf_counter() - t0 < 60:
+            if os.path.exists(kc):
+                try:
+                    paths = paths or load_kubeconfig(kc, tmp)
+                    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+                    c.request("GET", "/readyz"); r = c.getresponse()
+                    if r.read() == b"ok":
+                        break
+                except (OSError, ssl.SSLError, http.client.HTTPException):
+                    pass
+            time.sleep(0.01)
+        api_ready = time.perf_counter() - t0
+        c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+        node_ready = None
+        while time.perf_counter() - t0 < 120:
+            c.request("GET", "/api/v1/nodes"); r = c.getresponse(); body = json.loads(r.read())
+            ok = [n for n in body.get("items", []) for cond in n.get("status", {}).get("conditions", [])
+                  if cond["type"] == "Ready" and cond["status"] == "True"]
+            if ok:
+                node_ready = time.perf_counter() - t0
+                break
+            time.sleep(0.05)
+        if node_ready is None:
+            sys.exit("node never became Ready; see " + os.path.join(tmp, "log"))
+        sock = os.path.join(state, "containerd.sock")
+
+        def containerd_rss():
+            cd = [int(open(os.path.join(state, "containerd.pid")).read().strip())]
+            shims = [p for p in pids_with_cmdline("containerd-shim") if p in pids_with_cmdline(sock)]
+            return rss_mb(cd[0]), sum(rss_mb(p) for p in shims), len(shims)
+
+        # The default ServiceAccount must exist before pods are admitted.
+        while True:
+            c.request("GET", "/api/v1/namespaces/default/serviceaccounts/default"); r = c.getresponse(); r.read()
+            if r.status == 200:
+                break
+            time.sleep(0.05)
+        time.sleep(3.0)  # let start-up work (image import, first syncs) settle before measuring idle
+        idle_rk3s = rss_mb(srv.pid)
+        idle_cd, idle_shims, _ = containerd_rss()
+        w = Watch(port, paths, "default"); w.start()
+        time.sleep(0.2)
+        lat = []
+        for i in range(a.pods):
+            name = f"p-{i}"
+            t = time.perf_counter()
+            c.request("POST", "/api/v1/namespaces/default/pods", pod(name), {"Content-Type": "application/json"})
+            r = c.getresponse(); r.read()
+            if r.status != 201:
+                sys.exit(f"create {name}: {r.status}")
+            if not w.wait_running([name], 60):
+                sys.exit(f"{name} not Running after 60 s")
+            lat.append(w.running[name] - t)
+            if i + 1 == a.keep:
+                time.sleep(2.0)
+                keep_rk3s = rss_mb(srv.pid)
+                keep_cd, keep_shims, nshims = containerd_rss()
+        # Burst: N pods at once.
+        names = [f"b-{i}" for i in range(a.burst)]
+        t = time.perf_counter()
+        for n in names:
+            c.request("POST", "/api/v1/namespaces/default/pods", pod(n), {"Content-Type": "application/json"})
+            r = c.getresponse(); r.read()
+        burst_ok = w.wait_running(names, 180)
+        burst = time.perf_counter() - t
+        print(f"API ready after start:            {api_ready*1000:.0f} ms")
+        print(f"node Ready after start:           {node_ready*1000:.0f} ms")
+        print(f"idle RSS, 0 pods:                 rk3s {idle_rk3s:.1f} MB, containerd {idle_cd:.1f} MB")
+        print(f"create -> Running, {a.pods} pods one by one: p50 {pct(lat,.5)*1000:.0f} ms, "
+              f"p99 {pct(lat,.99)*1000:.0f} ms, max {max(lat)*1000:.0f} ms, mean {statistics.mean(lat)*1000:.0f} ms")
+        if a.keep <= a.pods:
+            print(f"RSS with {a.keep} pods:               rk3s {keep_rk3s:.1f} MB, containerd {keep_cd:.1f} MB, "
+                  f"{nshims} shims {keep_shims:.1f} MB")
+        print(f"RSS with {a.pods} pods:              rk3s {rss_mb(srv.pid):.1f} MB, containerd {containerd_rss()[0]:.1f} MB")
+        print(f"burst of {a.burst} pods all Running:     {burst:.2f} s" + ("" if burst_ok else " (TIMED OUT)"))
+    finally:
+        try:
+            c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+            c.request("DELETE", "/api/v1/namespaces/default/pods"); c.getresponse().read()
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                c.request("GET", "/api/v1/namespaces/default/pods"); r = c.getresponse()
+                if not json.loads(r.read()).get("items"):
+                    break
+                time.sleep(0.5)
+        except Exception as e:  # best effort: killall below cleans up anyway
+            print(f"(pod deletion: {e})", file=sys.stderr)
+        srv.send_signal(signal.SIGKILL); srv.wait()
+        subprocess.run([binary, "killall", f"--data-dir={data}", f"--containerd-state-dir={state}"],
+                       stdout=subprocess.DEVNULL)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
