@@ -4,39 +4,11 @@
 
 Usage: bench/api_bench.py [--binary target/release/rk3s] [--objects 10000] [--clients 8]
 """
-import argparse, base64, http.client, json, multiprocessing as mp, os, shutil, signal, socket
-import ssl, statistics, subprocess, sys, tempfile, time
+import argparse, http.client, json, multiprocessing as mp, os, shutil, signal
+import statistics, subprocess, sys, tempfile, time
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-def load_kubeconfig(path, tmp):
-    import re
-    text = open(path).read()
-    def field(name):
-        m = re.search(name + r":\s*(\S+)", text)
-        return base64.b64decode(m.group(1))
-    paths = {}
-    for k in ("certificate-authority-data", "client-certificate-data", "client-key-data"):
-        p = os.path.join(tmp, k); open(p, "wb").write(field(k)); paths[k] = p
-    return paths
-
-def ctx(paths):
-    c = ssl.create_default_context(cafile=paths["certificate-authority-data"])
-    c.load_cert_chain(paths["client-certificate-data"], paths["client-key-data"])
-    return c
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import cpu_seconds, ctx, free_port, pct, rss_mb, wait_ready  # noqa: E402
 
 def worker(args):
     port, paths, ns, start, count = args
@@ -65,9 +37,6 @@ def getter(args):
         lat.append(time.perf_counter() - t)
     return lat
 
-def pct(xs, p):
-    xs = sorted(xs); return xs[min(len(xs) - 1, int(len(xs) * p))]
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default="target/release/rk3s")
@@ -84,18 +53,7 @@ def main():
                             "--advertise-address=127.0.0.1", f"--write-kubeconfig={kc}", "--disable-agent",
                             "--log-level=warn"], stderr=open(os.path.join(tmp, "log"), "w"))
     try:
-        paths = None
-        while time.perf_counter() - t0 < 30:
-            if os.path.exists(kc):
-                try:
-                    paths = paths or load_kubeconfig(kc, tmp)
-                    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
-                    c.request("GET", "/readyz"); r = c.getresponse()
-                    if r.read() == b"ok": break
-                except (OSError, ssl.SSLError, http.client.HTTPException):
-                    pass
-            time.sleep(0.01)
-        ready = time.perf_counter() - t0
+        paths, ready = wait_ready(port, kc, tmp, t0, timeout=30)
         time.sleep(1.0)
         idle = rss_mb(srv.pid)
         c0, w0 = cpu_seconds(srv.pid), time.perf_counter()

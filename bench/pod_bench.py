@@ -13,23 +13,10 @@ Cleans up with `rk3s killall`. Prints figures; never fails on a slow machine.
 
 Usage: bench/pod_bench.py [--binary target/release/rk3s] [--pods 100] [--keep 30] [--burst 20]
 """
-import argparse, base64, http.client, json, os, re, shutil, signal, socket, ssl, statistics
-import subprocess, sys, tempfile, threading, time
+import argparse, http.client, json, os, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
 
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def rss_mb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ctx, free_port, pct, rss_mb, wait_ready  # noqa: E402
 
 
 def pids_with_cmdline(needle):
@@ -44,25 +31,6 @@ def pids_with_cmdline(needle):
         if needle in cmd:
             out.append(int(e))
     return out
-
-
-def load_kubeconfig(path, tmp):
-    text = open(path).read()
-    paths = {}
-    for k in ("certificate-authority-data", "client-certificate-data", "client-key-data"):
-        m = re.search(k + r":\s*(\S+)", text)
-        p = os.path.join(tmp, k); open(p, "wb").write(base64.b64decode(m.group(1))); paths[k] = p
-    return paths
-
-
-def ctx(paths):
-    c = ssl.create_default_context(cafile=paths["certificate-authority-data"])
-    c.load_cert_chain(paths["client-certificate-data"], paths["client-key-data"])
-    return c
-
-
-def pct(xs, p):
-    xs = sorted(xs); return xs[min(len(xs) - 1, int(len(xs) * p))]
 
 
 def build_image(binary, tmp, out):
@@ -151,19 +119,7 @@ def main():
                             f"--containerd-state-dir={state}", "--log-level=warn"],
                            stderr=open(os.path.join(tmp, "log"), "w"))
     try:
-        paths = None
-        while time.perf_counter() - t0 < 60:
-            if os.path.exists(kc):
-                try:
-                    paths = paths or load_kubeconfig(kc, tmp)
-                    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
-                    c.request("GET", "/readyz"); r = c.getresponse()
-                    if r.read() == b"ok":
-                        break
-                except (OSError, ssl.SSLError, http.client.HTTPException):
-                    pass
-            time.sleep(0.01)
-        api_ready = time.perf_counter() - t0
+        paths, api_ready = wait_ready(port, kc, tmp, t0)
         c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
         node_ready = None
         while time.perf_counter() - t0 < 120:
