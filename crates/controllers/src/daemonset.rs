@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -369,6 +369,17 @@ pub fn compute_status(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], hash: &str, 
 struct Ctx {
     client: kube::Client,
     events: Events,
+    /// The shared Node store (no LIST of every node per sync).
+    nodes: kube::runtime::reflector::Store<Node>,
+}
+
+/// What of a Node matters to DaemonSets (labels, taints, spec.unschedulable, the Ready
+/// condition): only a change of it resyncs the sets, as upstream's `shouldIgnoreNodeUpdate`
+/// (status heartbeats of many nodes would otherwise resync every set all the time).
+pub fn node_fingerprint(node: &Node) -> String {
+    let spec = node.spec.as_ref();
+    let ready = node.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.as_str());
+    serde_json::json!([node.metadata.labels, spec.and_then(|s| s.taints.as_ref()), spec.and_then(|s| s.unschedulable), ready, node.metadata.deletion_timestamp.is_some()]).to_string()
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
@@ -382,7 +393,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let revs_api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
     let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let nodes: Vec<Node> = Api::<Node>::all(ctx.client.clone()).list(&ListParams::default()).await?.items;
+    let nodes: Vec<Node> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
     let pods: Vec<Pod> = wu::list_matching(&pods_api, &spec.selector).await?.into_iter().filter(|p| wu::controller_of(&p.metadata).is_some_and(|o| o.uid == uid)).collect();
     let revs = wu::owned_revisions(wu::list_matching(&revs_api, &spec.selector).await?, &uid);
     let owner = wu::controller_ref(&ds.metadata, "apps/v1", "DaemonSet");
@@ -437,14 +448,27 @@ fn error_policy(_ds: Arc<DaemonSet>, err: &ControllerError, _ctx: Arc<Ctx>) -> A
 pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let dss: Api<DaemonSet> = Api::all(client.clone());
     let revs: Api<ControllerRevision> = Api::all(client.clone());
-    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "daemonset-controller"), client });
+    let node_changes = informers.subscribe::<Node>();
+    let nodes = informers.store::<Node>().await;
+    let seen: std::sync::Mutex<std::collections::HashMap<String, String>> =
+        std::sync::Mutex::new(nodes.state().iter().map(|n| (n.name_any(), node_fingerprint(n))).collect());
+    let node_store = nodes.clone();
+    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "daemonset-controller"), client, nodes });
     let controller = Controller::new(dss, watcher::Config::default());
     let store = controller.store();
     controller
         .owns_shared_stream(informers.subscribe::<Pod>())
         .owns(revs, watcher::Config::default())
-        .watches_shared_stream(informers.subscribe::<Node>(), move |_node: Arc<Node>| {
-            store.state().into_iter().map(|ds| ObjectRef::from_obj(&*ds)).collect::<Vec<_>>()
+        .watches_shared_stream(node_changes, move |node: Arc<Node>| {
+            let fp = node_fingerprint(&node);
+            // A deleted node is no longer in the store (the stream gives it as last seen).
+            let deleted = node_store.get(&ObjectRef::from_obj(&*node)).is_none();
+            let changed = match seen.lock() {
+                Ok(mut m) if deleted => m.remove(&node.name_any()).is_some(),
+                Ok(mut m) => m.insert(node.name_any(), fp.clone()).is_none_or(|old| old != fp),
+                Err(_) => true,
+            };
+            if changed { store.state().into_iter().map(|ds| ObjectRef::from_obj(&*ds)).collect::<Vec<_>>() } else { Vec::new() }
         })
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -502,6 +526,20 @@ mod tests {
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn node_fingerprint_ignores_heartbeats() {
+        let mut n = node("n", &[("a", "b")], vec![]);
+        let fp = node_fingerprint(&n);
+        n.metadata.resource_version = Some("42".into());
+        n.status = Some(k8s_openapi::api::core::v1::NodeStatus { conditions: Some(vec![k8s_openapi::api::core::v1::NodeCondition { type_: "MemoryPressure".into(), status: "False".into(), ..Default::default() }]), ..Default::default() });
+        assert_eq!(node_fingerprint(&n), fp);
+        let mut ready = n.clone();
+        ready.status = Some(k8s_openapi::api::core::v1::NodeStatus { conditions: Some(vec![k8s_openapi::api::core::v1::NodeCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]), ..Default::default() });
+        assert_ne!(node_fingerprint(&ready), fp);
+        assert_ne!(node_fingerprint(&node("n", &[("a", "c")], vec![])), fp);
+        assert_ne!(node_fingerprint(&node("n", &[("a", "b")], vec![taint("x", "", "NoSchedule")])), fp);
     }
 
     #[test]

@@ -1004,10 +1004,13 @@ fn deployments_of_rs(rs: &ReplicaSet, ds: &Store<Deployment>) -> Vec<ObjectRef<D
     }
 }
 
-/// Runs the Deployment controller until the watches end.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+/// Runs the Deployment controller until the watches end (ReplicaSets from the shared
+/// informer).
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let (d_store, d_writer) = reflector::store::<Deployment>();
-    let (rs_store, rs_writer) = reflector::store::<ReplicaSet>();
+    // Subscribe before reading the store: no change in between is missed.
+    let rs_changes = informers.subscribe::<ReplicaSet>();
+    let rs_store = informers.store::<ReplicaSet>().await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let deployments = {
         let tx = tx.clone();
@@ -1028,19 +1031,11 @@ pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
     };
     let replicasets = {
         let d_store = d_store.clone();
-        let api: Api<ReplicaSet> = Api::all(client.clone());
         async move {
-            let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(rs_writer);
-            futures_util::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
-                match ev {
-                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o)) => {
-                        for r in deployments_of_rs(&o, &d_store) {
-                            let _ = tx.send(r);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "replicaset watch error"),
+            futures_util::pin_mut!(rs_changes);
+            while let Some(o) = rs_changes.next().await {
+                for r in deployments_of_rs(&o, &d_store) {
+                    let _ = tx.send(r);
                 }
             }
         }

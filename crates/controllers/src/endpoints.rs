@@ -22,6 +22,7 @@ use kube::Resource;
 use tokio::sync::Notify;
 
 use crate::workload_util::{ignore_not_found, is_conflict, rfc3339};
+use crate::informers::Index;
 use crate::ControllerError;
 
 /// Annotation with the time of the last pod or service change reflected in an Endpoints.
@@ -259,8 +260,7 @@ pub fn endpoints_up_to_date(ep: &Endpoints, subsets: &[EndpointSubset], labels: 
 
 /// One pass: bring every managed Service's Endpoints up to date, and delete the Endpoints
 /// of Services that went away (ours carry the trigger-time annotation).
-async fn sync(client: &kube::Client, services: &Store<Service>, pods: &Store<Pod>, endpoints: &Store<Endpoints>, seen: &mut HashSet<String>) -> Result<Option<Duration>, ControllerError> {
-    let pods = pods.state();
+async fn sync(client: &kube::Client, services: &Store<Service>, pods_by_ns: &Index<Pod>, endpoints: &Store<Endpoints>, seen: &mut HashSet<String>) -> Result<Option<Duration>, ControllerError> {
     let svcs = services.state();
     let now = seen_now();
     let mut current = HashSet::new();
@@ -269,6 +269,8 @@ async fn sync(client: &kube::Client, services: &Store<Service>, pods: &Store<Pod
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
         current.insert(key_of(&svc.metadata));
+        // Only the Service's namespace (no scan of every pod).
+        let pods = pods_by_ns.get(&ns);
         let selected = selected_pods(svc, &pods);
         let subsets = desired_subsets(svc, &selected);
         let labels = endpoints_labels(svc);
@@ -321,9 +323,10 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
     ready(&services).await?;
     ready(&pods).await?;
     ready(&endpoints).await?;
+    let pods_by_ns = informers.index::<Pod>(crate::informers::by_namespace).await;
     let mut seen = HashSet::new();
     loop {
-        let r = sync(&client, &services, &pods, &endpoints, &mut seen).await;
+        let r = sync(&client, &services, &pods_by_ns, &endpoints, &mut seen).await;
         wait_next("endpoints", &notify, Duration::from_secs(30), r).await;
     }
 }

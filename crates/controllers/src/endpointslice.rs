@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use crate::endpoints::{cache, endpoint_hostname, find_port, is_headless, manages, pod_ip, pod_ref, ready, selected_pods, should_pod_be_in_endpoints, wait_next, HEADLESS_LABEL, LAST_CHANGE_TRIGGER_TIME};
 use crate::workload_util::{ignore_not_found, rfc3339};
+use crate::informers::Index;
 use crate::ControllerError;
 
 /// Label naming the Service of an EndpointSlice.
@@ -197,8 +198,7 @@ fn zones(nodes: &Store<Node>) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn sync(client: &kube::Client, services: &Store<Service>, pods: &Store<Pod>, slices: &Store<EndpointSlice>, nodes: &Store<Node>) -> Result<Option<Duration>, ControllerError> {
-    let pods = pods.state();
+async fn sync(client: &kube::Client, services: &Store<Service>, pods_by_ns: &Index<Pod>, slices: &Store<EndpointSlice>, nodes: &Store<Node>) -> Result<Option<Duration>, ControllerError> {
     let zones = zones(nodes);
     let all_slices = slices.state();
     let mut by_service: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
@@ -218,6 +218,8 @@ async fn sync(client: &kube::Client, services: &Store<Service>, pods: &Store<Pod
         let name = svc.metadata.name.clone().unwrap_or_default();
         handled.insert((ns.clone(), name.clone()));
         let existing = by_service.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
+        // Only the Service's namespace (no scan of every pod).
+        let pods = pods_by_ns.get(&ns);
         let groups = desired_groups(svc, &selected_pods(svc, &pods), &zones);
         let plan = plan_slices(svc, groups, &existing);
         let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
@@ -265,8 +267,9 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
     ready(&pods).await?;
     ready(&slices).await?;
     ready(&nodes).await?;
+    let pods_by_ns = informers.index::<Pod>(crate::informers::by_namespace).await;
     loop {
-        let r = sync(&client, &services, &pods, &slices, &nodes).await;
+        let r = sync(&client, &services, &pods_by_ns, &slices, &nodes).await;
         wait_next("endpointslice", &notify, Duration::from_secs(30), r).await;
     }
 }

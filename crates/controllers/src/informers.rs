@@ -33,10 +33,132 @@ struct Informer<K: InformerResource> {
     store: Store<K>,
     tx: broadcast::Sender<Arc<K>>,
     synced: tokio::sync::watch::Receiver<bool>,
+    indexes: Indexes<K>,
 }
 
 /// What [`SharedInformers::informer`] hands out.
-type Parts<K> = (Store<K>, broadcast::Sender<Arc<K>>, tokio::sync::watch::Receiver<bool>);
+type Parts<K> = (Store<K>, broadcast::Sender<Arc<K>>, tokio::sync::watch::Receiver<bool>, Indexes<K>);
+
+/// The indexes registered on one informer (kept up to date by its watch task).
+type Indexes<K> = Arc<Mutex<Vec<Arc<Index<K>>>>>;
+
+/// The keys an object is indexed under (upstream's `IndexFunc`).
+pub type IndexFn<K> = fn(&K) -> Vec<String>;
+
+/// A secondary index of an informer's store (upstream's `cache.Indexer`): objects by the
+/// keys an [`IndexFn`] gives them, so a controller looks up "pods of owner X" or "pods
+/// on node Y" without scanning the whole store.
+pub struct Index<K: InformerResource> {
+    func: IndexFn<K>,
+    state: std::sync::RwLock<IndexState<K>>,
+}
+
+struct IndexState<K: InformerResource> {
+    by_key: HashMap<String, HashMap<ObjectRef<K>, Arc<K>>>,
+    keys_of: HashMap<ObjectRef<K>, Vec<String>>,
+}
+
+impl<K: InformerResource> Index<K> {
+    /// An empty index computing keys with `func`.
+    pub fn new(func: IndexFn<K>) -> Self {
+        Index { func, state: std::sync::RwLock::new(IndexState { by_key: HashMap::new(), keys_of: HashMap::new() }) }
+    }
+
+    /// The objects indexed under `key` (in no particular order).
+    pub fn get(&self, key: &str) -> Vec<Arc<K>> {
+        let st = match self.state.read() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        st.by_key.get(key).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// How many objects are indexed under `key`.
+    pub fn count(&self, key: &str) -> usize {
+        let st = match self.state.read() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        st.by_key.get(key).map_or(0, |m| m.len())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, IndexState<K>> {
+        match self.state.write() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Indexes (or re-indexes) an added or changed object.
+    pub fn apply(&self, obj: Arc<K>) {
+        let r = ObjectRef::from_obj(&*obj);
+        let keys = (self.func)(&obj);
+        let mut st = self.write();
+        Self::remove_locked(&mut st, &r);
+        for k in &keys {
+            st.by_key.entry(k.clone()).or_default().insert(r.clone(), obj.clone());
+        }
+        if !keys.is_empty() {
+            st.keys_of.insert(r, keys);
+        }
+    }
+
+    /// Drops a deleted object.
+    pub fn delete(&self, obj: &K) {
+        let r = ObjectRef::from_obj(obj);
+        Self::remove_locked(&mut self.write(), &r);
+    }
+
+    /// Replaces the whole content (after a relist).
+    pub fn rebuild(&self, objs: Vec<Arc<K>>) {
+        let mut st = self.write();
+        st.by_key.clear();
+        st.keys_of.clear();
+        drop(st);
+        for o in objs {
+            self.apply(o);
+        }
+    }
+
+    fn remove_locked(st: &mut IndexState<K>, r: &ObjectRef<K>) {
+        if let Some(old) = st.keys_of.remove(r) {
+            for k in old {
+                if let Some(m) = st.by_key.get_mut(&k) {
+                    m.remove(r);
+                    if m.is_empty() {
+                        st.by_key.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Index function: the UID of the object's controller (owner reference with
+/// `controller: true`), for "pods of this ReplicaSet/Job/StatefulSet/DaemonSet".
+pub fn by_controller_uid<K: kube::Resource>(obj: &K) -> Vec<String> {
+    obj.meta().owner_references.iter().flatten().filter(|r| r.controller == Some(true)).map(|r| r.uid.clone()).take(1).collect()
+}
+
+/// Index function: the namespace of objects without a controller (orphans a controller
+/// may adopt).
+pub fn orphans_by_namespace<K: kube::Resource>(obj: &K) -> Vec<String> {
+    let controlled = obj.meta().owner_references.iter().flatten().any(|r| r.controller == Some(true));
+    if controlled {
+        return Vec::new();
+    }
+    vec![obj.meta().namespace.clone().unwrap_or_default()]
+}
+
+/// Index function: the namespace of an object.
+pub fn by_namespace<K: kube::Resource>(obj: &K) -> Vec<String> {
+    vec![obj.meta().namespace.clone().unwrap_or_default()]
+}
+
+/// Index function: the node a pod is bound to (`spec.nodeName`).
+pub fn pods_by_node(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<String> {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()).into_iter().collect()
+}
 
 /// The registry of shared informers of one leadership term. Cloning is cheap (all clones
 /// share the informers); the watches stop when the last clone is dropped (or [`Self::stop`]).
@@ -83,25 +205,46 @@ impl SharedInformers {
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Some(inf) = map.get(&TypeId::of::<K>()).and_then(|b| b.downcast_ref::<Informer<K>>()) {
-            return (inf.store.clone(), inf.tx.clone(), inf.synced.clone());
+            return (inf.store.clone(), inf.tx.clone(), inf.synced.clone(), inf.indexes.clone());
         }
         let (store, writer) = reflector::store::<K>();
         let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
         let api: Api<K> = Api::all(self.client.clone());
         let (synced_tx, synced) = tokio::sync::watch::channel(false);
-        let handle = tokio::spawn(run_informer(api, writer, store.clone(), tx.clone(), synced_tx));
+        let indexes: Indexes<K> = Arc::new(Mutex::new(Vec::new()));
+        let handle = tokio::spawn(run_informer(api, writer, store.clone(), tx.clone(), synced_tx, indexes.clone()));
         match self.inner.tasks.lock() {
             Ok(mut t) => t.push(handle),
             Err(poisoned) => poisoned.into_inner().push(handle),
         }
-        map.insert(TypeId::of::<K>(), Box::new(Informer { store: store.clone(), tx: tx.clone(), synced: synced.clone() }));
-        (store, tx, synced)
+        map.insert(TypeId::of::<K>(), Box::new(Informer { store: store.clone(), tx: tx.clone(), synced: synced.clone(), indexes: indexes.clone() }));
+        (store, tx, synced, indexes)
+    }
+
+    /// A secondary index of `K`'s shared store by `func` (one per function for every
+    /// controller), once the store holds its first complete list.
+    pub async fn index<K: InformerResource>(&self, func: IndexFn<K>) -> Arc<Index<K>> {
+        let (store, _, mut synced, indexes) = self.informer::<K>();
+        let _ = synced.wait_for(|s| *s).await;
+        let mut list = match indexes.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(i) = list.iter().find(|i| std::ptr::fn_addr_eq(i.func, func)) {
+            return i.clone();
+        }
+        // Under the lock the watch task cannot update indexes: fill from the store, then
+        // every later event (including ones already in the store) is applied on top.
+        let idx = Arc::new(Index::new(func));
+        idx.rebuild(store.state());
+        list.push(idx.clone());
+        idx
     }
 
     /// The shared store of `K`, once it holds its first complete list. (Not kube's
     /// `Store::wait_until_ready`: that wakes only one of several concurrent waiters.)
     pub async fn store<K: InformerResource>(&self) -> Store<K> {
-        let (store, _, mut synced) = self.informer::<K>();
+        let (store, _, mut synced, _) = self.informer::<K>();
         // An error means the informer stopped: the store stays as it is.
         let _ = synced.wait_for(|s| *s).await;
         store
@@ -111,14 +254,14 @@ impl SharedInformers {
     /// last seen). A subscriber that falls too far behind gets every object of the store
     /// again instead of the changes it missed.
     pub fn subscribe<K: InformerResource>(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        let (store, tx, _) = self.informer::<K>();
+        let (store, tx, _, _) = self.informer::<K>();
         subscription(store, tx.subscribe())
     }
 
     /// The shared store of `K` once it holds its first complete list; every change of it
     /// wakes `notify` (through a task of `tasks`, which stops when `tasks` is aborted).
     pub async fn cache<K: InformerResource>(&self, notify: &Arc<Notify>, tasks: &mut tokio::task::JoinSet<()>) -> Store<K> {
-        let (store, tx, mut synced) = self.informer::<K>();
+        let (store, tx, mut synced, _) = self.informer::<K>();
         let mut rx = tx.subscribe();
         let notify = notify.clone();
         tasks.spawn(async move {
@@ -151,23 +294,40 @@ fn subscription<K: InformerResource>(store: Store<K>, rx: broadcast::Receiver<Ar
     .flatten()
 }
 
+fn lock<K: InformerResource>(indexes: &Indexes<K>) -> std::sync::MutexGuard<'_, Vec<Arc<Index<K>>>> {
+    match indexes.lock() {
+        Ok(l) => l,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// The one watch of an informer: reflects into the store and broadcasts every change
 /// (the store's own `Arc` for added/modified objects).
-async fn run_informer<K: InformerResource>(api: Api<K>, writer: reflector::store::Writer<K>, store: Store<K>, tx: broadcast::Sender<Arc<K>>, synced: tokio::sync::watch::Sender<bool>) {
+async fn run_informer<K: InformerResource>(api: Api<K>, writer: reflector::store::Writer<K>, store: Store<K>, tx: broadcast::Sender<Arc<K>>, synced: tokio::sync::watch::Sender<bool>, indexes: Indexes<K>) {
     tracing::debug!(kind = %K::kind(&()), "shared informer started");
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().reflect(writer));
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                 let obj = store.get(&ObjectRef::from_obj(&o)).unwrap_or_else(|| Arc::new(o));
+                for i in lock(&indexes).iter() {
+                    i.apply(obj.clone());
+                }
                 let _ = tx.send(obj);
             }
             Ok(watcher::Event::Delete(o)) => {
+                for i in lock(&indexes).iter() {
+                    i.delete(&o);
+                }
                 let _ = tx.send(Arc::new(o));
             }
             Ok(watcher::Event::Init) => {}
             Ok(watcher::Event::InitDone) => {
                 tracing::debug!(kind = %K::kind(&()), objects = store.len(), "shared informer synced");
+                // A relist replaced the store: objects deleted meanwhile leave the indexes.
+                for i in lock(&indexes).iter() {
+                    i.rebuild(store.state());
+                }
                 synced.send_replace(true);
             }
             Err(e) => tracing::debug!(kind = %K::kind(&()), error = %e, "shared informer watch error"),
@@ -185,6 +345,49 @@ mod tests {
         p.metadata.name = Some(name.into());
         p.metadata.namespace = Some("default".into());
         Arc::new(p)
+    }
+
+    fn owned_pod(name: &str, owner: Option<&str>, node: Option<&str>) -> Arc<Pod> {
+        let mut p = (*pod(name)).clone();
+        p.metadata.owner_references = owner.map(|uid| {
+            vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference { uid: uid.into(), controller: Some(true), ..Default::default() }]
+        });
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec { node_name: node.map(String::from), ..Default::default() });
+        Arc::new(p)
+    }
+
+    fn names(v: Vec<Arc<Pod>>) -> Vec<String> {
+        let mut n: Vec<String> = v.iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn index_follows_changes_and_deletes() {
+        let by_owner = Index::new(by_controller_uid::<Pod>);
+        let orphans = Index::new(orphans_by_namespace::<Pod>);
+        let by_node = Index::new(pods_by_node);
+        for i in [&by_owner, &orphans, &by_node] {
+            i.rebuild(vec![owned_pod("a", Some("u1"), Some("n1")), owned_pod("b", Some("u1"), None), owned_pod("c", None, Some("n1"))]);
+        }
+        assert_eq!(names(by_owner.get("u1")), ["a", "b"]);
+        assert_eq!(names(orphans.get("default")), ["c"]);
+        assert_eq!(names(by_node.get("n1")), ["a", "c"]);
+        // An orphan adopted by u2 moves between keys; a bound pod joins its node.
+        for i in [&by_owner, &orphans, &by_node] {
+            i.apply(owned_pod("c", Some("u2"), Some("n1")));
+            i.apply(owned_pod("b", Some("u1"), Some("n2")));
+        }
+        assert_eq!(names(by_owner.get("u2")), ["c"]);
+        assert!(orphans.get("default").is_empty());
+        assert_eq!(names(by_node.get("n2")), ["b"]);
+        assert_eq!(by_node.count("n1"), 2);
+        for i in [&by_owner, &orphans, &by_node] {
+            i.delete(&owned_pod("a", Some("u1"), Some("n1")));
+        }
+        assert_eq!(names(by_owner.get("u1")), ["b"]);
+        assert_eq!(names(by_node.get("n1")), ["c"]);
+        assert!(by_owner.get("nobody").is_empty());
     }
 
     #[tokio::test]

@@ -86,7 +86,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
         tasks.spawn(statefulset::run(client.clone(), informers.clone()));
         tasks.spawn(daemonset::run(client.clone(), informers.clone()));
         tasks.spawn(replicaset::run(client.clone(), informers.clone()));
-        tasks.spawn(deployment::run(client.clone()));
+        tasks.spawn(deployment::run(client.clone(), informers.clone()));
         tasks.spawn(gc::run(client.clone()));
         tasks.spawn(csrsigning::run(client.clone(), opts.root_ca_pem.clone(), opts.ca_key_pem.clone()));
         tokio::select! {

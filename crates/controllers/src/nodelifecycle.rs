@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use crate::endpoints::{cache, ready, wait_next};
 use crate::workload_util::{ignore_not_found, Events};
+use crate::informers::Index;
 use crate::ControllerError;
 
 /// Taint of nodes whose Ready condition is False.
@@ -262,10 +263,9 @@ fn to_std(d: jiff::SignedDuration) -> Duration {
     Duration::try_from(d).unwrap_or(Duration::ZERO)
 }
 
-async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, leases: &Store<Lease>, pods: &Store<Pod>, st: &mut State) -> Result<Option<Duration>, ControllerError> {
+async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, leases: &Store<Lease>, pods_by_node: &Index<Pod>, st: &mut State) -> Result<Option<Duration>, ControllerError> {
     let now = Timestamp::now();
     let node_api: Api<Node> = Api::all(client.clone());
-    let all_pods = pods.state();
     let mut next: Option<Duration> = None;
     let mut soonest = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
     let mut taints_by_node: BTreeMap<String, Vec<Taint>> = BTreeMap::new();
@@ -282,7 +282,7 @@ async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, le
             }
             effective = Some("Unknown".into());
             // Mark its pods not ready, as upstream.
-            for pod in all_pods.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())) {
+            for pod in pods_by_node.get(&name).iter() {
                 if let Some(conds) = not_ready_conditions(pod, now) {
                     let api: Api<Pod> = Api::namespaced(client.clone(), pod.metadata.namespace.as_deref().unwrap_or(""));
                     let r = api.patch_status(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": conds}}))).await;
@@ -311,7 +311,9 @@ async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, le
         taints_by_node.insert(name, taints);
     }
     // Taint-based eviction.
-    for pod in all_pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+    // Only pods on nodes with a NoExecute taint can be evicted (no scan of every pod).
+    let tainted: Vec<Arc<Pod>> = taints_by_node.iter().filter(|(_, t)| t.iter().any(|t| t.effect == "NoExecute")).flat_map(|(n, _)| pods_by_node.get(n)).collect();
+    for pod in tainted.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
         let Some(taints) = taints_by_node.get(node) else { continue };
         match eviction_for(pod, taints, now) {
@@ -351,6 +353,7 @@ pub async fn run(client: kube::Client, opts: NodeOptions, informers: crate::info
     ready(&nodes).await?;
     ready(&leases).await?;
     ready(&pods).await?;
+    let pods_by_node = informers.index::<Pod>(crate::informers::pods_by_node).await;
     let node_events = Events::new(client.clone(), "node-controller");
     let pod_events = Events::new(client.clone(), "node-controller");
     let evict_events = Events::new(client.clone(), "taint-eviction-controller");
@@ -358,7 +361,7 @@ pub async fn run(client: kube::Client, opts: NodeOptions, informers: crate::info
     // Upstream's node monitor period is 5 s; a short grace period (tests) checks sooner.
     let period = (opts.node_monitor_grace_period / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let r = sync(&client, &opts, &nodes, &leases, &pods, &mut st).await;
+        let r = sync(&client, &opts, &nodes, &leases, &pods_by_node, &mut st).await;
         // Lease renewals wake the loop often; don't spin faster than the monitor period.
         wait_next("nodelifecycle", &notify, period, r.map(|d| Some(d.unwrap_or(period).max(period / 2)))).await;
     }

@@ -21,12 +21,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::informers::Index;
 use crate::podutil;
 use crate::ControllerError;
 
@@ -305,6 +305,10 @@ struct Expectations {
 struct Ctx<K: ReplicaOwner> {
     client: kube::Client,
     pods: Store<Pod>,
+    /// Pods by their controller's UID.
+    by_owner: Arc<Index<Pod>>,
+    /// Pods without a controller, by namespace.
+    orphans: Arc<Index<Pod>>,
     recorder: Recorder,
     expectations: Mutex<HashMap<String, Expectations>>,
     _k: std::marker::PhantomData<K>,
@@ -359,7 +363,9 @@ async fn claim_pods<K: ReplicaOwner>(ctx: &Ctx<K>, owner: &K, sel: &LabelSelecto
     let deleting = owner.meta().deletion_timestamp.is_some();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let mut owned = Vec::new();
-    for pod in ctx.pods.state().into_iter().filter(|p| p.metadata.namespace.as_deref() == Some(ns)) {
+    // Only our own pods and the namespace's orphans can be ours (no scan of every pod).
+    let candidates = ctx.by_owner.get(&uid).into_iter().chain(ctx.orphans.get(ns));
+    for pod in candidates.filter(|p| p.metadata.namespace.as_deref() == Some(ns)) {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let matches = podutil::selector_matches(sel, &labels);
         match podutil::controller_of(&pod.metadata) {
@@ -423,25 +429,28 @@ async fn reconcile<K: ReplicaOwner>(owner: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<A
                     'batches: for b in slow_start_batches(n) {
                         let results = futures_util::future::join_all((0..b).map(|_| api.create(&pp, &pod))).await;
                         let mut created = Vec::new();
+                        let mut events = Vec::new();
                         for r in results {
                             match r {
                                 Ok(p) => {
                                     let pname = p.name_any();
                                     created.push((pname.clone(), p.metadata.uid.clone().unwrap_or_default()));
-                                    ctx.event(&owner, EventType::Normal, "SuccessfulCreate", "Create", format!("Created pod: {pname}")).await;
+                                    events.push((EventType::Normal, "SuccessfulCreate", format!("Created pod: {pname}")));
                                 }
                                 Err(e) => {
                                     let msg = match &e {
                                         kube::Error::Api(s) => s.message.clone(),
                                         other => other.to_string(),
                                     };
-                                    ctx.event(&owner, EventType::Warning, "FailedCreate", "Create", format!("Error creating: {msg}")).await;
+                                    events.push((EventType::Warning, "FailedCreate", format!("Error creating: {msg}")));
                                     failure = Some(("FailedCreate", msg));
                                     manage_err = Some(e.into());
                                 }
                             }
                         }
                         ctx.expect(&key, created, Vec::new());
+                        // The batch's events are recorded concurrently, like its creates.
+                        futures_util::future::join_all(events.into_iter().map(|(t, reason, note)| ctx.event(&owner, t, reason, "Create", note))).await;
                         if manage_err.is_some() {
                             break 'batches;
                         }
@@ -541,32 +550,27 @@ fn queue_stream<K: ReplicaOwner>(rx: tokio::sync::mpsc::UnboundedReceiver<Object
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (Ok(r), rx)) })
 }
 
-/// Mirrors objects of `K` into a store, queueing each changed object for reconciling.
-async fn reflect_owners<K: ReplicaOwner>(client: kube::Client, writer: reflector::store::Writer<K>, tx: Queue<K>) {
-    let api: Api<K> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
-    futures_util::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o)) => {
-                let _ = tx.send(ObjectRef::from_obj(&o));
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(kind = K::KIND, error = %e, "watch error"),
-        }
+/// Queues each changed object of `K` (from its shared informer) for reconciling.
+async fn queue_owners<K: ReplicaOwner>(changes: impl Stream<Item = Arc<K>> + Send, tx: Queue<K>) {
+    futures_util::pin_mut!(changes);
+    while let Some(o) = changes.next().await {
+        let _ = tx.send(ObjectRef::from_obj(&*o));
     }
 }
 
 fn run_applier<K: ReplicaOwner>(
     client: kube::Client,
-    pods: Store<Pod>,
+    pods: (Store<Pod>, Arc<Index<Pod>>, Arc<Index<Pod>>),
     store: Store<K>,
     rx: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<K>>,
 ) -> impl std::future::Future<Output = ()> + Send {
+    let (pods, by_owner, orphans) = pods;
     let ctx = Arc::new(Ctx::<K> {
         recorder: Recorder::new(client.clone(), Reporter { controller: K::REPORTER.into(), instance: None }),
         client,
         pods,
+        by_owner,
+        orphans,
         expectations: Mutex::new(HashMap::new()),
         _k: std::marker::PhantomData,
     });
@@ -586,11 +590,22 @@ fn run_applier<K: ReplicaOwner>(
 pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     // Subscribe first: no change between the first list and the subscription is missed.
     let pod_changes = informers.subscribe::<Pod>();
+    let rs_changes = informers.subscribe::<ReplicaSet>();
+    let rc_changes = informers.subscribe::<ReplicationController>();
     let pod_store = informers.store::<Pod>().await;
-    let (rs_store, rs_writer) = reflector::store::<ReplicaSet>();
-    let (rc_store, rc_writer) = reflector::store::<ReplicationController>();
+    let by_owner = informers.index::<Pod>(crate::informers::by_controller_uid).await;
+    let orphans = informers.index::<Pod>(crate::informers::orphans_by_namespace).await;
+    let rs_store = informers.store::<ReplicaSet>().await;
+    let rc_store = informers.store::<ReplicationController>().await;
     let (rs_tx, rs_rx) = tokio::sync::mpsc::unbounded_channel();
     let (rc_tx, rc_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Every owner once at start (the subscriptions only carry later changes).
+    for o in rs_store.state() {
+        let _ = rs_tx.send(ObjectRef::from_obj(&*o));
+    }
+    for o in rc_store.state() {
+        let _ = rc_tx.send(ObjectRef::from_obj(&*o));
+    }
 
     let pods_task = {
         let (rs_store, rc_store, rs_tx, rc_tx) = (rs_store.clone(), rc_store.clone(), rs_tx.clone(), rc_tx.clone());
@@ -606,12 +621,13 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
             }
         }
     };
+    let pods = (pod_store, by_owner, orphans);
     tokio::join!(
         pods_task,
-        reflect_owners::<ReplicaSet>(client.clone(), rs_writer, rs_tx),
-        reflect_owners::<ReplicationController>(client.clone(), rc_writer, rc_tx),
-        run_applier::<ReplicaSet>(client.clone(), pod_store.clone(), rs_store, rs_rx),
-        run_applier::<ReplicationController>(client.clone(), pod_store, rc_store, rc_rx),
+        queue_owners::<ReplicaSet>(rs_changes, rs_tx),
+        queue_owners::<ReplicationController>(rc_changes, rc_tx),
+        run_applier::<ReplicaSet>(client.clone(), pods.clone(), rs_store, rs_rx),
+        run_applier::<ReplicationController>(client.clone(), pods, rc_store, rc_rx),
     );
     Ok(())
 }
@@ -627,6 +643,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus, ReplicationControllerSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::runtime::{reflector, watcher};
 
     fn pod(name: &str, phase: &str, ready: bool, node: Option<&str>) -> Pod {
         Pod {
