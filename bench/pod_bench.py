@@ -52,15 +52,30 @@ class Watch(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.paths, self.ns = port, paths, ns
         self.running = {}
+        self.ends = 0
+        self.stop = False
+        self.rv = ""
         self.cv = threading.Condition()
 
     def run(self):
+        while not self.stop:
+            try:
+                self.follow()
+                self.ends += 1
+            except (OSError, http.client.HTTPException) as e:
+                self.ends += 1
+                if not self.stop:
+                    print(f"(watch ended: {e!r}; resuming from {self.rv})", file=sys.stderr)
+                time.sleep(0.1)
+
+    def follow(self):
+        """Follows one watch from the last resourceVersion seen until it ends."""
         c = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx(self.paths))
-        c.request("GET", f"/api/v1/namespaces/{self.ns}/pods?watch=1&allowWatchBookmarks=false")
+        c.request("GET", f"/api/v1/namespaces/{self.ns}/pods?watch=1&resourceVersion={self.rv}")
         r = c.getresponse()
         buf = b""
         while True:
-            chunk = r.read1(65536) if hasattr(r, "read1") else r.read(1)
+            chunk = r.read1(65536)
             if not chunk:
                 return
             buf += chunk
@@ -71,6 +86,7 @@ class Watch(threading.Thread):
                 except ValueError:
                     continue
                 obj = ev.get("object", {})
+                self.rv = obj.get("metadata", {}).get("resourceVersion", self.rv)
                 name = obj.get("metadata", {}).get("name")
                 if obj.get("status", {}).get("phase") == "Running" and name not in self.running:
                     with self.cv:
@@ -165,7 +181,16 @@ def main():
                 time.sleep(2.0)
                 keep_rk3s = rss_mb(srv.pid)
                 keep_cd, keep_shims, nshims = containerd_rss()
-        # Burst: N pods at once.
+        rss_all = (rss_mb(srv.pid), containerd_rss()[0])
+        # Delete them all (graceful, 0 s), then a burst of N pods at once.
+        t = time.perf_counter()
+        c.request("DELETE", "/api/v1/namespaces/default/pods"); c.getresponse().read()
+        while True:
+            c.request("GET", "/api/v1/namespaces/default/pods?limit=1"); r = c.getresponse()
+            if not json.loads(r.read()).get("items"):
+                break
+            time.sleep(0.05)
+        delete_all = time.perf_counter() - t
         names = [f"b-{i}" for i in range(a.burst)]
         t = time.perf_counter()
         for n in names:
@@ -181,7 +206,10 @@ def main():
         if a.keep <= a.pods:
             print(f"RSS with {a.keep} pods:               rk3s {keep_rk3s:.1f} MB, containerd {keep_cd:.1f} MB, "
                   f"{nshims} shims {keep_shims:.1f} MB")
-        print(f"RSS with {a.pods} pods:              rk3s {rss_mb(srv.pid):.1f} MB, containerd {containerd_rss()[0]:.1f} MB")
+        print(f"RSS with {a.pods} pods:              rk3s {rss_all[0]:.1f} MB, containerd {rss_all[1]:.1f} MB")
+        print(f"delete {a.pods} pods (until gone):    {delete_all:.2f} s")
+        if w.ends:
+            print(f"(the pod watch ended {w.ends} time(s) and was resumed)")
         print(f"burst of {a.burst} pods all Running:     {burst:.2f} s" + ("" if burst_ok else " (TIMED OUT)"))
     finally:
         try:
@@ -195,6 +223,11 @@ def main():
                 time.sleep(0.5)
         except Exception as e:  # best effort: killall below cleans up anyway
             print(f"(pod deletion: {e})", file=sys.stderr)
+        if 'w' in locals():
+            w.stop = True
+        if srv.poll() is not None:
+            print(f"rk3s server exited with {srv.returncode}; its log is kept at {tmp}/log.saved", file=sys.stderr)
+            shutil.copy(os.path.join(tmp, "log"), "/tmp/pod_bench_server.log")
         srv.send_signal(signal.SIGKILL); srv.wait()
         subprocess.run([binary, "killall", f"--data-dir={data}", f"--containerd-state-dir={state}"],
                        stdout=subprocess.DEVNULL)
