@@ -10,35 +10,13 @@ Usage: bench/scheduler_bench.py [--binary target/release/rk3s] [--nodes 1000] [-
 import argparse, base64, http.client, json, multiprocessing as mp, os, re, shutil, signal, socket
 import ssl, subprocess, sys, tempfile, threading, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import cpu_seconds, ctx, free_port, load_kubeconfig, rss_mb  # noqa: E402
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def rss_mb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
-
-
-def load_kubeconfig(path, tmp):
-    text = open(path).read()
-    paths = {}
-    for k in ("certificate-authority-data", "client-certificate-data", "client-key-data"):
-        m = re.search(k + r":\s*(\S+)", text)
-        p = os.path.join(tmp, k); open(p, "wb").write(base64.b64decode(m.group(1))); paths[k] = p
-    return paths
-
-
-def ctx(paths):
-    c = ssl.create_default_context(cafile=paths["certificate-authority-data"])
-    c.load_cert_chain(paths["client-certificate-data"], paths["client-key-data"])
-    return c
+# What one simulated node offers (`rk3s sim-nodes`): 4 CPUs, 16 GiB, 110 pods.
+SIM_NODE_CPU_M, SIM_NODE_MEM_MI, SIM_NODE_PODS = 4000, 16384, 110
+# What each benchmark pod requests.
+POD_CPU_M, POD_MEM_MI = 100, 128
 
 
 def request(conn, method, path, body=None):
@@ -117,6 +95,10 @@ def main():
     ap.add_argument("--deployment-replicas", type=int, default=1000,
                     help="then time a Deployment of this many replicas until available (0: skip)")
     a = ap.parse_args()
+    fit = a.nodes * min(SIM_NODE_CPU_M // POD_CPU_M, SIM_NODE_MEM_MI // POD_MEM_MI, SIM_NODE_PODS)
+    if a.pods > fit:
+        print(f"WARNING: {a.pods} pods of {POD_CPU_M}m/{POD_MEM_MI}Mi fit at most {fit} on {a.nodes} "
+              f"simulated nodes: the rest stay Pending and the run waits for the deadline")
     tmp = tempfile.mkdtemp(prefix="rk3s-sched-bench-")
     port = free_port()
     kc = os.path.join(tmp, "kubeconfig")
@@ -184,6 +166,8 @@ def main():
             print(f"NOT all bound: {n}/{a.pods} pods bound after {total:.1f} s ({n / total:.0f} pods/s)"
                   + (f"; watch error {w.error}" if w.error else ""))
         print(f"server RSS:                    {rss_mb(srv.pid):.1f} MB")
+        cpu_pods = cpu_seconds(srv.pid)
+        print(f"server CPU so far:             {cpu_pods:.1f} s")
         if a.deployment_replicas > 0:
             dns = "deploy"
             request(c, "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": dns}})
@@ -208,6 +192,8 @@ def main():
             else:
                 print(f"Deployment NOT available: {avail}/{a.deployment_replicas} after {took:.1f} s")
             print(f"server RSS after deployment:   {rss_mb(srv.pid):.1f} MB")
+            cpu_dep = cpu_seconds(srv.pid)
+            print(f"server CPU for the deployment: {cpu_dep - cpu_pods:.1f} s ({cpu_dep:.1f} s in all)")
     finally:
         if sim is not None:
             sim.send_signal(signal.SIGKILL); sim.wait()

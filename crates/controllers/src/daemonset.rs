@@ -23,9 +23,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
+use crate::expectations::{Expectations, MetaOf};
+use crate::informers::OwnedCache;
 use crate::workload_util::{self as wu, Events, CONTROLLER_REVISION_HASH};
 use crate::ControllerError;
 
@@ -369,6 +370,12 @@ pub fn compute_status(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], hash: &str, 
 struct Ctx {
     client: kube::Client,
     events: Events,
+    /// Pods from the shared informer, by controller.
+    pods: OwnedCache<Pod>,
+    /// ControllerRevisions from the shared informer, by controller.
+    revs: OwnedCache<ControllerRevision>,
+    /// Pod creations and deletions not yet seen in `pods`.
+    expectations: Expectations,
     /// The shared Node store (no LIST of every node per sync).
     nodes: kube::runtime::reflector::Store<Node>,
 }
@@ -394,8 +401,14 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     let revs_api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
     let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
     let nodes: Vec<Node> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
-    let pods: Vec<Pod> = wu::list_matching(&pods_api, &spec.selector).await?.into_iter().filter(|p| wu::controller_of(&p.metadata).is_some_and(|o| o.uid == uid)).collect();
-    let revs = wu::owned_revisions(wu::list_matching(&revs_api, &spec.selector).await?, &uid);
+    let key = format!("{ns}/{name}");
+    // Decide only from a cache that shows this set's own earlier pod writes.
+    if !ctx.expectations.satisfied(&key, |n| ctx.pods.get(&ns, n).map(MetaOf)) {
+        let left = ctx.expectations.time_left(&key).unwrap_or_default();
+        return Ok(Action::requeue(left + Duration::from_millis(100)));
+    }
+    let pods: Vec<Pod> = ctx.pods.owned_matching(&uid, &ns, &spec.selector);
+    let revs = wu::owned_revisions(ctx.revs.owned_matching(&uid, &ns, &spec.selector), &uid);
     let owner = wu::controller_ref(&ds.metadata, "apps/v1", "DaemonSet");
     let collision = ds.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
@@ -409,14 +422,21 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     }
     for n in &p.delete {
         match pods_api.delete(n, &Default::default()).await {
-            Ok(_) => ctx.events.record(&oref, false, "SuccessfulDelete", format!("Deleted pod: {n}")).await,
+            Ok(_) => {
+                let uid = pods.iter().find(|x| x.metadata.name.as_deref() == Some(n)).and_then(|x| x.metadata.uid.clone()).unwrap_or_default();
+                ctx.expectations.expect_deletions(&key, [(n.clone(), uid)]);
+                ctx.events.record(&oref, false, "SuccessfulDelete", format!("Deleted pod: {n}")).await
+            }
             Err(e) if wu::is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
     }
     for node in &p.create {
         match pods_api.create(&PostParams::default(), &new_pod(&ds, node, &hash)).await {
-            Ok(pod) => ctx.events.record(&oref, false, "SuccessfulCreate", format!("Created pod: {}", pod.name_any())).await,
+            Ok(pod) => {
+                ctx.expectations.expect_creations(&key, [(pod.name_any(), pod.metadata.uid.clone().unwrap_or_default())]);
+                ctx.events.record(&oref, false, "SuccessfulCreate", format!("Created pod: {}", pod.name_any())).await
+            }
             Err(e) => {
                 ctx.events.record(&oref, true, "FailedCreate", format!("Error creating: {e}")).await;
                 return Err(e.into());
@@ -431,7 +451,12 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     }
     let mut live = vec![rev.metadata.name.clone().unwrap_or_default()];
     live.extend(pods.iter().filter_map(|p| hash_of(p).map(|h| format!("{name}-{h}"))));
-    let revs = wu::owned_revisions(wu::list_matching(&revs_api, &spec.selector).await?, &uid);
+    let mut revs = wu::owned_revisions(ctx.revs.owned_matching(&uid, &ns, &spec.selector), &uid);
+    // The cache may not show the revision just created yet.
+    if !revs.iter().any(|r| r.metadata.name == rev.metadata.name) {
+        revs.push(rev.clone());
+        revs.sort_by_key(|r| r.revision);
+    }
     wu::truncate_history(&revs_api, &revs, &live, spec.revision_history_limit.unwrap_or(10)).await?;
     if spec.min_ready_seconds.unwrap_or(0) > 0 && status.number_available != Some(status.number_ready) {
         return Ok(Action::requeue(Duration::from_secs(1)));
@@ -446,19 +471,26 @@ fn error_policy(_ds: Arc<DaemonSet>, err: &ControllerError, _ctx: Arc<Ctx>) -> A
 
 /// Runs the DaemonSet controller until the watch ends (node changes resync every set).
 pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
-    let dss: Api<DaemonSet> = Api::all(client.clone());
-    let revs: Api<ControllerRevision> = Api::all(client.clone());
+    // Subscribe before reading the stores: no change after the first list is missed.
+    let ds_changes = informers.subscribe::<DaemonSet>();
+    let pod_changes = informers.subscribe::<Pod>();
+    let rev_changes = informers.subscribe::<ControllerRevision>();
     let node_changes = informers.subscribe::<Node>();
+    let dss = informers.store::<DaemonSet>().await;
     let nodes = informers.store::<Node>().await;
+    let pods = informers.owned_cache::<Pod>().await;
+    let revs = informers.owned_cache::<ControllerRevision>().await;
+    let expectations = Expectations::new();
+    let pod_changes = pod_changes.inspect(crate::statefulset::observe_gone_pods(pods.store.clone(), "DaemonSet", expectations.clone()));
     let seen: std::sync::Mutex<std::collections::HashMap<String, String>> =
         std::sync::Mutex::new(nodes.state().iter().map(|n| (n.name_any(), node_fingerprint(n))).collect());
     let node_store = nodes.clone();
-    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "daemonset-controller"), client, nodes });
-    let controller = Controller::new(dss, watcher::Config::default());
-    let store = controller.store();
-    controller
-        .owns_shared_stream(informers.subscribe::<Pod>())
-        .owns(revs, watcher::Config::default())
+    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "daemonset-controller"), client, nodes, pods, revs, expectations });
+    let store = dss.clone();
+    Controller::for_shared_stream(ds_changes, dss)
+        .owns_shared_stream(pod_changes)
+        .owns_shared_stream(rev_changes)
+        .reconcile_all_on(futures_util::stream::once(async {}))
         .watches_shared_stream(node_changes, move |node: Arc<Node>| {
             let fp = node_fingerprint(&node);
             // A deleted node is no longer in the store (the stream gives it as last seen).

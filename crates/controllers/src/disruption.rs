@@ -6,7 +6,6 @@
 //! `status.disruptionsAllowed`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
@@ -15,12 +14,14 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatu
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use futures_util::StreamExt;
+use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
-use tokio::sync::Notify;
+use std::collections::{HashMap, HashSet};
 
-use crate::endpoints::{cache, ready, wait_next};
+use crate::endpoints::key_of;
+use crate::informers::Index;
+use crate::workqueue::WorkQueue;
 use crate::podutil::{controller_of, is_pod_ready, selector_matches};
 use crate::workload_util::is_not_found;
 use crate::ControllerError;
@@ -154,17 +155,29 @@ async fn controller_scale(client: &kube::Client, ns: &str, kind: &str, name: &st
     Ok(r)
 }
 
-async fn sync(client: &kube::Client, pdbs: &Store<PodDisruptionBudget>, pods: &Store<Pod>) -> Result<Option<Duration>, ControllerError> {
-    let all_pods = pods.state();
+/// How often a budget whose pod count depends on its controllers' scale looks again
+/// (a scale change does not change any pod at first).
+const SCALE_RESYNC: Duration = Duration::from_secs(30);
+
+/// Whether a budget selects a pod (same namespace, a selector matching its labels).
+pub fn pdb_selects(pdb: &PodDisruptionBudget, pod: &Pod) -> bool {
+    let Some(sel) = pdb.spec.as_ref().and_then(|s| s.selector.as_ref()) else { return false };
+    pdb.metadata.namespace == pod.metadata.namespace && selector_matches(sel, pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
+}
+
+/// Brings the status of the budget `ns/name` up to date (upstream's `sync`).
+async fn sync_pdb(client: &kube::Client, pdbs: &Store<PodDisruptionBudget>, pods_by_ns: &Index<Pod>, key: &str) -> Result<Option<Duration>, ControllerError> {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
     let now = Time(jiff::Timestamp::now());
-    for pdb in pdbs.state() {
+    let Some(pdb) = pdbs.get(&ObjectRef::new(name).within(ns)) else { return Ok(None) };
+    {
         if pdb.metadata.deletion_timestamp.is_some() {
-            continue;
+            return Ok(None);
         }
-        let ns = pdb.metadata.namespace.clone().unwrap_or_default();
-        let name = pdb.metadata.name.clone().unwrap_or_default();
+        let (ns, name) = (ns.to_string(), name.to_string());
         let sel = pdb.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
-        let selected: Vec<&Pod> = all_pods
+        let ns_pods = pods_by_ns.get(&ns);
+        let selected: Vec<&Pod> = ns_pods
             .iter()
             .map(|p| p.as_ref())
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
@@ -213,23 +226,51 @@ async fn sync(client: &kube::Client, pdbs: &Store<PodDisruptionBudget>, pods: &S
                 }
             }
         }
+        if needs_scale {
+            return Ok(Some(SCALE_RESYNC));
+        }
     }
     Ok(None)
 }
 
-/// Runs the disruption controller forever.
+/// Runs the disruption controller forever: a work queue of budget keys, fed by budget
+/// changes and by pod changes (only the budgets selecting the pod, before or after).
 pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
-    let notify = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
-    let pdbs = cache(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    let pods = informers.cache::<Pod>(&notify, &mut tasks).await;
-    ready(&pdbs).await?;
-    ready(&pods).await?;
-    loop {
-        let r = sync(&client, &pdbs, &pods).await;
-        // Controllers' scale changes are picked up on the next pass (30 s at most).
-        wait_next("disruption", &notify, Duration::from_secs(30), r).await;
+    // Subscribe before reading the stores: no change after the first list is missed.
+    let pdb_changes = informers.subscribe::<PodDisruptionBudget>();
+    let pod_changes = informers.subscribe::<Pod>();
+    let pdbs = informers.store::<PodDisruptionBudget>().await;
+    let pods = informers.store::<Pod>().await;
+    let pods_by_ns = informers.index::<Pod>(crate::informers::by_namespace).await;
+    let pdbs_by_ns = informers.index::<PodDisruptionBudget>(crate::informers::by_namespace).await;
+    let queue: WorkQueue<String> = WorkQueue::new();
+    for p in pdbs.state() {
+        queue.add(key_of(&p.metadata));
     }
+    let (q1, q2) = (queue.clone(), queue.clone());
+    let mut last: HashMap<String, HashSet<String>> = HashMap::new();
+    let store = pdbs.clone();
+    tokio::join!(
+        pdb_changes.for_each(|p| {
+            q1.add(key_of(&p.metadata));
+            async {}
+        }),
+        pod_changes.for_each(|p| {
+            let pkey = key_of(&p.metadata);
+            let now: HashSet<String> = pdbs_by_ns.get(p.metadata.namespace.as_deref().unwrap_or_default()).iter().filter(|b| pdb_selects(b, &p)).map(|b| key_of(&b.metadata)).collect();
+            let deleted = pods.get(&ObjectRef::from_obj(&*p)).is_none();
+            let before = if deleted || now.is_empty() { last.remove(&pkey) } else { last.insert(pkey, now.clone()) };
+            for k in before.into_iter().flatten().chain(now) {
+                q2.add(k);
+            }
+            async {}
+        }),
+        queue.run(2, "disruption", move |key: String| {
+            let (client, store, pods_by_ns) = (client.clone(), store.clone(), pods_by_ns.clone());
+            async move { sync_pdb(&client, &store, &pods_by_ns, &key).await }
+        }),
+    );
+    Ok(())
 }
 
 #[cfg(test)]

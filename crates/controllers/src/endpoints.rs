@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 
 use crate::workload_util::{ignore_not_found, is_conflict, rfc3339};
 use crate::informers::Index;
+use crate::workqueue::WorkQueue;
 use crate::ControllerError;
 
 /// Annotation with the time of the last pod or service change reflected in an Endpoints.
@@ -258,77 +259,155 @@ pub fn endpoints_up_to_date(ep: &Endpoints, subsets: &[EndpointSubset], labels: 
     ep.subsets.as_deref().unwrap_or(&[]) == subsets && ep.metadata.labels.clone().unwrap_or_default() == *labels
 }
 
-/// One pass: bring every managed Service's Endpoints up to date, and delete the Endpoints
-/// of Services that went away (ours carry the trigger-time annotation).
-async fn sync(client: &kube::Client, services: &Store<Service>, pods_by_ns: &Index<Pod>, endpoints: &Store<Endpoints>, seen: &mut HashSet<String>) -> Result<Option<Duration>, ControllerError> {
-    let svcs = services.state();
-    let now = seen_now();
-    let mut current = HashSet::new();
-    let mut first_err = None;
-    for svc in svcs.iter().filter(|s| manages(s)) {
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        current.insert(key_of(&svc.metadata));
-        // Only the Service's namespace (no scan of every pod).
-        let pods = pods_by_ns.get(&ns);
-        let selected = selected_pods(svc, &pods);
-        let subsets = desired_subsets(svc, &selected);
-        let labels = endpoints_labels(svc);
-        let existing = endpoints.get(&reflector::ObjectRef::new(&name).within(&ns));
-        if existing.as_ref().is_some_and(|e| endpoints_up_to_date(e, &subsets, &labels)) {
-            continue;
+/// The caches the endpoints controller reads.
+struct Ctx {
+    client: kube::Client,
+    services: Store<Service>,
+    pods_by_ns: Arc<Index<Pod>>,
+    endpoints: Store<Endpoints>,
+    /// Services whose Endpoints this controller manages (so it deletes them when the
+    /// Service goes away or loses its selector).
+    seen: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Ctx {
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        match self.seen.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
         }
-        let api: Api<Endpoints> = Api::namespaced(client.clone(), &ns);
-        let mut ep = existing.as_deref().cloned().unwrap_or_else(|| Endpoints { metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), ..Default::default() }, subsets: None });
-        ep.metadata.labels = Some(labels);
-        ep.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(LAST_CHANGE_TRIGGER_TIME.into(), now.clone());
-        ep.subsets = (!subsets.is_empty()).then_some(subsets);
-        let r = if existing.is_some() { api.replace(&name, &PostParams::default(), &ep).await } else { api.create(&PostParams::default(), &ep).await };
-        match r {
+    }
+}
+
+/// Brings the Endpoints of the Service `ns/name` up to date (upstream's `syncService`):
+/// written from the Service's pods when it has a selector, deleted when the Service went
+/// away (or lost its selector) and the Endpoints were ours.
+async fn sync_service(ctx: &Ctx, key: &str) -> Result<Option<Duration>, ControllerError> {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    let oref = reflector::ObjectRef::new(name).within(ns);
+    let existing = ctx.endpoints.get(&reflector::ObjectRef::new(name).within(ns));
+    let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), ns);
+    let svc = ctx.services.get(&oref);
+    let Some(svc) = svc.filter(|s| manages(s)) else {
+        let was_ours = ctx.seen().remove(key);
+        let service_gone = ctx.services.get(&oref).is_none();
+        let annotated = existing.as_ref().is_some_and(|ep| ep.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(LAST_CHANGE_TRIGGER_TIME)));
+        if existing.is_some() && (was_ours || (service_gone && annotated)) {
+            ignore_not_found(api.delete(name, &Default::default()).await.map(|_| ()))?;
+        }
+        return Ok(None);
+    };
+    ctx.seen().insert(key.to_string());
+    // Only the Service's namespace (no scan of every pod).
+    let pods = ctx.pods_by_ns.get(ns);
+    let selected = selected_pods(&svc, &pods);
+    let subsets = desired_subsets(&svc, &selected);
+    let labels = endpoints_labels(&svc);
+    if existing.as_ref().is_some_and(|e| endpoints_up_to_date(e, &subsets, &labels)) {
+        return Ok(None);
+    }
+    let mut ep = existing.as_deref().cloned().unwrap_or_else(|| Endpoints { metadata: ObjectMeta { name: Some(name.to_string()), namespace: Some(ns.to_string()), ..Default::default() }, subsets: None });
+    ep.metadata.labels = Some(labels);
+    ep.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(LAST_CHANGE_TRIGGER_TIME.into(), seen_now());
+    ep.subsets = (!subsets.is_empty()).then_some(subsets);
+    if existing.is_some() {
+        api.replace(name, &PostParams::default(), &ep).await?;
+    } else {
+        match api.create(&PostParams::default(), &ep).await {
             Ok(_) => {}
-            Err(e) if is_conflict(&e) => first_err = Some(Duration::from_millis(200)),
-            Err(e) => {
-                tracing::debug!(service = %name, error = %e, "endpoints: write failed");
-                first_err = Some(Duration::from_secs(1));
-            }
+            // Created meanwhile (the cache did not show it yet): look again.
+            Err(e) if is_conflict(&e) => return Ok(Some(Duration::from_millis(100))),
+            Err(e) => return Err(e.into()),
         }
     }
-    // Services gone since the last pass (or, at start, leftovers of deleted Services).
-    let existing_services: HashSet<String> = svcs.iter().map(|s| key_of(&s.metadata)).collect();
-    for ep in endpoints.state() {
-        let k = key_of(&ep.metadata);
-        let ours = ep.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(LAST_CHANGE_TRIGGER_TIME));
-        let gone = !existing_services.contains(&k) && (seen.contains(&k) || ours);
-        let deselected = existing_services.contains(&k) && !current.contains(&k) && seen.contains(&k);
-        if gone || deselected {
-            let api: Api<Endpoints> = Api::namespaced(client.clone(), ep.metadata.namespace.as_deref().unwrap_or(""));
-            ignore_not_found(api.delete(ep.metadata.name.as_deref().unwrap_or(""), &Default::default()).await.map(|_| ()))?;
-        }
+    Ok(None)
+}
+
+/// The Services of `ns` (from `services_by_ns`) whose selector matches a pod's labels.
+pub fn services_selecting(pod: &Pod, services_by_ns: &Index<Service>) -> HashSet<String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let labels = pod.metadata.labels.as_ref();
+    services_by_ns
+        .get(ns)
+        .iter()
+        .filter(|s| service_selector(s).is_some_and(|sel| sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))))
+        .map(|s| key_of(&s.metadata))
+        .collect()
+}
+
+/// Maps each pod change to the Services it concerns: the ones selecting it now and the
+/// ones that selected it before (upstream's old/new pod comparison), then queues them.
+pub struct PodServiceMapper {
+    services_by_ns: Arc<Index<Service>>,
+    pods: Store<Pod>,
+    last: std::collections::HashMap<String, HashSet<String>>,
+}
+
+impl PodServiceMapper {
+    /// A mapper over the shared Service index and pod store.
+    pub fn new(services_by_ns: Arc<Index<Service>>, pods: Store<Pod>) -> Self {
+        PodServiceMapper { services_by_ns, pods, last: std::collections::HashMap::new() }
     }
-    *seen = current;
-    Ok(first_err)
+
+    /// The Service keys a change of `pod` concerns.
+    pub fn services_of(&mut self, pod: &Pod) -> HashSet<String> {
+        let pkey = key_of(&pod.metadata);
+        let deleted = self.pods.get(&reflector::ObjectRef::from_obj(pod)).is_none();
+        let now = services_selecting(pod, &self.services_by_ns);
+        let mut all = if deleted { self.last.remove(&pkey).unwrap_or_default() } else { self.last.insert(pkey, now.clone()).unwrap_or_default() };
+        all.extend(now);
+        all
+    }
 }
 
 fn seen_now() -> String {
     rfc3339(jiff::Timestamp::now())
 }
 
-/// Runs the endpoints controller forever.
+/// Runs the endpoints controller forever: a work queue of Service keys, fed by Service,
+/// pod and Endpoints changes (a pod change queues only the Services that select it).
 pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
-    let notify = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
-    let services = informers.cache::<Service>(&notify, &mut tasks).await;
-    let pods = informers.cache::<Pod>(&notify, &mut tasks).await;
-    let endpoints = cache(Api::<Endpoints>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    ready(&services).await?;
-    ready(&pods).await?;
-    ready(&endpoints).await?;
+    // Subscribe before reading the stores: no change after the first list is missed.
+    let svc_changes = informers.subscribe::<Service>();
+    let pod_changes = informers.subscribe::<Pod>();
+    let ep_changes = informers.subscribe::<Endpoints>();
+    let services = informers.store::<Service>().await;
+    let pods = informers.store::<Pod>().await;
+    let endpoints = informers.store::<Endpoints>().await;
     let pods_by_ns = informers.index::<Pod>(crate::informers::by_namespace).await;
-    let mut seen = HashSet::new();
-    loop {
-        let r = sync(&client, &services, &pods_by_ns, &endpoints, &mut seen).await;
-        wait_next("endpoints", &notify, Duration::from_secs(30), r).await;
+    let services_by_ns = informers.index::<Service>(crate::informers::by_namespace).await;
+    let queue: WorkQueue<String> = WorkQueue::new();
+    // Every Service, and every Endpoints (leftovers of Services deleted meanwhile).
+    for s in services.state() {
+        queue.add(key_of(&s.metadata));
     }
+    for e in endpoints.state() {
+        queue.add(key_of(&e.metadata));
+    }
+    let ctx = Arc::new(Ctx { client, services, pods_by_ns, endpoints, seen: std::sync::Mutex::new(HashSet::new()) });
+    let mut mapper = PodServiceMapper::new(services_by_ns, pods);
+    let (q1, q2, q3) = (queue.clone(), queue.clone(), queue.clone());
+    tokio::join!(
+        svc_changes.for_each(|s| {
+            q1.add(key_of(&s.metadata));
+            async {}
+        }),
+        ep_changes.for_each(|e| {
+            q2.add(key_of(&e.metadata));
+            async {}
+        }),
+        pod_changes.for_each(|p| {
+            for k in mapper.services_of(&p) {
+                q3.add(k);
+            }
+            async {}
+        }),
+        queue.run(4, "endpoints", move |key: String| {
+            let ctx = ctx.clone();
+            async move { sync_service(&ctx, &key).await }
+        }),
+    );
+    Ok(())
 }
 
 /// A reference to a Service for events.
@@ -379,6 +458,30 @@ pub(crate) mod tests {
 
     pub(crate) fn named_port() -> ServicePort {
         ServicePort { name: Some("web".into()), port: 80, target_port: Some(IntOrString::String("http".into())), protocol: Some("TCP".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn pod_changes_queue_services_selecting_it_before_and_after() {
+        use kube::runtime::watcher;
+        let svc_index = Arc::new(Index::new(crate::informers::by_namespace::<Service>));
+        let mut other = service(vec![]);
+        other.metadata.name = Some("other".into());
+        if let Some(s) = other.spec.as_mut() {
+            s.selector = Some([("app".to_string(), "db".to_string())].into());
+        }
+        svc_index.rebuild(vec![Arc::new(service(vec![])), Arc::new(other)]);
+        let (store, mut writer) = reflector::store::<Pod>();
+        let mut mapper = PodServiceMapper::new(svc_index, store);
+        let p = pod("a", Some("10.0.0.1"), true);
+        writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        assert_eq!(mapper.services_of(&p), HashSet::from(["default/web".to_string()]));
+        // Relabelled: the Service that selected it before is queued too.
+        let mut moved = p.clone();
+        moved.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        writer.apply_watcher_event(&watcher::Event::Apply(moved.clone()));
+        assert_eq!(mapper.services_of(&moved), HashSet::from(["default/web".to_string(), "default/other".to_string()]));
+        writer.apply_watcher_event(&watcher::Event::Delete(moved.clone()));
+        assert_eq!(mapper.services_of(&moved), HashSet::from(["default/other".to_string()]));
     }
 
     #[test]

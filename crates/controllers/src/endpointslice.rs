@@ -14,11 +14,12 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
-use tokio::sync::Notify;
+use futures_util::StreamExt;
+use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::endpoints::{cache, endpoint_hostname, find_port, is_headless, manages, pod_ip, pod_ref, ready, selected_pods, should_pod_be_in_endpoints, wait_next, HEADLESS_LABEL, LAST_CHANGE_TRIGGER_TIME};
+use crate::endpoints::{endpoint_hostname, find_port, is_headless, key_of, manages, pod_ip, pod_ref, selected_pods, should_pod_be_in_endpoints, PodServiceMapper, HEADLESS_LABEL, LAST_CHANGE_TRIGGER_TIME};
+use crate::expectations::{Expectations, MetaOf};
+use crate::workqueue::WorkQueue;
 use crate::workload_util::{ignore_not_found, rfc3339};
 use crate::informers::Index;
 use crate::ControllerError;
@@ -198,80 +199,137 @@ fn zones(nodes: &Store<Node>) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn sync(client: &kube::Client, services: &Store<Service>, pods_by_ns: &Index<Pod>, slices: &Store<EndpointSlice>, nodes: &Store<Node>) -> Result<Option<Duration>, ControllerError> {
-    let zones = zones(nodes);
-    let all_slices = slices.state();
-    let mut by_service: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
-    for s in &all_slices {
-        let labels = s.metadata.labels.as_ref();
-        if labels.and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) != Some(CONTROLLER_NAME) {
-            continue;
-        }
-        let Some(svc) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
-        by_service.entry((s.metadata.namespace.clone().unwrap_or_default(), svc.clone())).or_default().push(s.clone());
+/// Index function: the `namespace/service` of a slice this controller manages.
+pub fn slices_by_service(s: &EndpointSlice) -> Vec<String> {
+    let labels = s.metadata.labels.as_ref();
+    if labels.and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) != Some(CONTROLLER_NAME) {
+        return Vec::new();
     }
-    let mut retry = None;
-    let mut handled = HashSet::new();
-    let now = rfc3339(jiff::Timestamp::now());
-    for svc in services.state().iter().filter(|s| manages(s)) {
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        handled.insert((ns.clone(), name.clone()));
-        let existing = by_service.get(&(ns.clone(), name.clone())).cloned().unwrap_or_default();
-        // Only the Service's namespace (no scan of every pod).
-        let pods = pods_by_ns.get(&ns);
-        let groups = desired_groups(svc, &selected_pods(svc, &pods), &zones);
-        let plan = plan_slices(svc, groups, &existing);
-        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
-        for mut s in plan.create {
-            s.metadata.annotations = Some([(LAST_CHANGE_TRIGGER_TIME.to_string(), now.clone())].into());
-            if let Err(e) = api.create(&PostParams::default(), &s).await {
-                tracing::debug!(service = %name, error = %e, "endpointslice: create failed");
-                retry = Some(Duration::from_millis(500));
-            }
-        }
-        for mut s in plan.update {
-            s.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(LAST_CHANGE_TRIGGER_TIME.into(), now.clone());
-            let n = s.metadata.name.clone().unwrap_or_default();
-            if let Err(e) = api.replace(&n, &PostParams::default(), &s).await {
-                tracing::debug!(service = %name, error = %e, "endpointslice: update failed");
-                retry = Some(Duration::from_millis(200));
-            }
-        }
-        for n in plan.delete {
-            ignore_not_found(api.delete(&n, &DeleteParams::default()).await.map(|_| ()))?;
-        }
-    }
-    // Slices of Services that are gone or no longer have a selector.
-    for ((ns, svc), list) in by_service {
-        if handled.contains(&(ns.clone(), svc)) {
-            continue;
-        }
-        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
-        for s in list {
-            ignore_not_found(api.delete(s.metadata.name.as_deref().unwrap_or(""), &DeleteParams::default()).await.map(|_| ()))?;
-        }
-    }
-    Ok(retry)
+    labels.and_then(|l| l.get(SERVICE_NAME_LABEL)).map(|svc| format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or_default(), svc)).into_iter().collect()
 }
 
-/// Runs the EndpointSlice controller forever.
-pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
-    let notify = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
-    let services = informers.cache::<Service>(&notify, &mut tasks).await;
-    let pods = informers.cache::<Pod>(&notify, &mut tasks).await;
-    let slices = cache(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={CONTROLLER_NAME}")), &notify, &mut tasks);
-    let nodes = informers.cache::<Node>(&notify, &mut tasks).await;
-    ready(&services).await?;
-    ready(&pods).await?;
-    ready(&slices).await?;
-    ready(&nodes).await?;
-    let pods_by_ns = informers.index::<Pod>(crate::informers::by_namespace).await;
-    loop {
-        let r = sync(&client, &services, &pods_by_ns, &slices, &nodes).await;
-        wait_next("endpointslice", &notify, Duration::from_secs(30), r).await;
+/// The caches the EndpointSlice controller reads.
+struct Ctx {
+    client: kube::Client,
+    services: Store<Service>,
+    pods_by_ns: Arc<Index<Pod>>,
+    slices: Store<EndpointSlice>,
+    slices_by_service: Arc<Index<EndpointSlice>>,
+    nodes: Store<Node>,
+    /// Slices created or deleted and not yet in the cache (upstream's slice tracker).
+    expectations: Expectations,
+}
+
+/// Brings the slices of the Service `ns/name` up to date (upstream's `syncService`):
+/// planned from its pods while it has a selector, deleted once it is gone or has none.
+async fn sync_service(ctx: &Ctx, key: &str) -> Result<Option<Duration>, ControllerError> {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    if !ctx.expectations.satisfied(key, |n| ctx.slices.get(&ObjectRef::new(n).within(ns)).map(MetaOf)) {
+        // The slice events will queue the Service again; this is the fallback.
+        return Ok(ctx.expectations.time_left(key));
     }
+    let mut existing = ctx.slices_by_service.get(key);
+    existing.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    let svc = ctx.services.get(&ObjectRef::new(name).within(ns)).filter(|s| manages(s));
+    let Some(svc) = svc else {
+        // A Service that is gone or has no selector keeps no slices.
+        let mut deleted = Vec::new();
+        for s in existing {
+            let n = s.metadata.name.clone().unwrap_or_default();
+            ignore_not_found(api.delete(&n, &DeleteParams::default()).await.map(|_| ()))?;
+            deleted.push((n, s.metadata.uid.clone().unwrap_or_default()));
+        }
+        ctx.expectations.expect_deletions(key, deleted);
+        return Ok(None);
+    };
+    let zones = zones(&ctx.nodes);
+    let now = rfc3339(jiff::Timestamp::now());
+    // Only the Service's namespace (no scan of every pod).
+    let pods = ctx.pods_by_ns.get(ns);
+    let groups = desired_groups(&svc, &selected_pods(&svc, &pods), &zones);
+    let plan = plan_slices(&svc, groups, &existing);
+    for mut s in plan.create {
+        s.metadata.annotations = Some([(LAST_CHANGE_TRIGGER_TIME.to_string(), now.clone())].into());
+        let created = api.create(&PostParams::default(), &s).await?;
+        ctx.expectations.expect_creations(key, [(created.metadata.name.clone().unwrap_or_default(), created.metadata.uid.clone().unwrap_or_default())]);
+    }
+    for mut s in plan.update {
+        s.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(LAST_CHANGE_TRIGGER_TIME.into(), now.clone());
+        let n = s.metadata.name.clone().unwrap_or_default();
+        api.replace(&n, &PostParams::default(), &s).await?;
+    }
+    for n in plan.delete {
+        ignore_not_found(api.delete(&n, &DeleteParams::default()).await.map(|_| ()))?;
+        let uid = existing.iter().find(|s| s.metadata.name.as_deref() == Some(n.as_str())).and_then(|s| s.metadata.uid.clone()).unwrap_or_default();
+        ctx.expectations.expect_deletions(key, [(n, uid)]);
+    }
+    Ok(None)
+}
+
+/// Runs the EndpointSlice controller forever: a work queue of Service keys, fed by
+/// Service, slice and pod changes (a pod change queues only the Services that select
+/// it; a node change queues every Service only when node zones changed).
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+    // Subscribe before reading the stores: no change after the first list is missed.
+    let svc_changes = informers.subscribe::<Service>();
+    let pod_changes = informers.subscribe::<Pod>();
+    let slice_changes = informers.subscribe::<EndpointSlice>();
+    let node_changes = informers.subscribe::<Node>();
+    let services = informers.store::<Service>().await;
+    let pods = informers.store::<Pod>().await;
+    let slices = informers.store::<EndpointSlice>().await;
+    let nodes = informers.store::<Node>().await;
+    let pods_by_ns = informers.index::<Pod>(crate::informers::by_namespace).await;
+    let services_by_ns = informers.index::<Service>(crate::informers::by_namespace).await;
+    let slices_by_service = informers.index::<EndpointSlice>(slices_by_service).await;
+    let queue: WorkQueue<String> = WorkQueue::new();
+    for s in services.state() {
+        queue.add(key_of(&s.metadata));
+    }
+    for s in slices.state() {
+        for k in crate::endpointslice::slices_by_service(&s) {
+            queue.add(k);
+        }
+    }
+    let mut last_zones = zones(&nodes);
+    let ctx = Arc::new(Ctx { client, services: services.clone(), pods_by_ns, slices, slices_by_service, nodes: nodes.clone(), expectations: Expectations::new() });
+    let mut mapper = PodServiceMapper::new(services_by_ns, pods);
+    let (q1, q2, q3, q4) = (queue.clone(), queue.clone(), queue.clone(), queue.clone());
+    tokio::join!(
+        svc_changes.for_each(|s| {
+            q1.add(key_of(&s.metadata));
+            async {}
+        }),
+        slice_changes.for_each(|s| {
+            for k in crate::endpointslice::slices_by_service(&s) {
+                q2.add(k);
+            }
+            async {}
+        }),
+        pod_changes.for_each(|p| {
+            for k in mapper.services_of(&p) {
+                q3.add(k);
+            }
+            async {}
+        }),
+        node_changes.for_each(|_| {
+            // Heartbeats change nothing here: only a change of node zones resyncs.
+            let z = zones(&nodes);
+            if z != last_zones {
+                last_zones = z;
+                for s in services.state() {
+                    q4.add(key_of(&s.metadata));
+                }
+            }
+            async {}
+        }),
+        queue.run(4, "endpointslice", move |key: String| {
+            let ctx = ctx.clone();
+            async move { sync_service(&ctx, &key).await }
+        }),
+    );
+    Ok(())
 }
 
 #[cfg(test)]

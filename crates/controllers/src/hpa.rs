@@ -12,12 +12,11 @@ use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, HorizontalPodAu
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::Resource;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::endpoints::{cache, ready, wait_next};
+use crate::endpoints::wait_next;
 use crate::workload_util::{is_not_found, Events};
 use crate::ControllerError;
 
@@ -185,11 +184,10 @@ async fn sync(client: &kube::Client, events: &Events, hpas: &Store<HorizontalPod
 }
 
 /// Runs the HPA controller forever.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    let hpas = cache(Api::<HorizontalPodAutoscaler>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    ready(&hpas).await?;
+    let hpas = informers.cache::<HorizontalPodAutoscaler>(&notify, &mut tasks).await;
     let events = Events::new(client.clone(), "horizontal-pod-autoscaler");
     loop {
         let r = sync(&client, &events, &hpas).await;

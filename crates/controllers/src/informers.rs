@@ -160,6 +160,43 @@ pub fn pods_by_node(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<String> {
     pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()).into_iter().collect()
 }
 
+/// A shared store with its index by controller UID: what a workload controller needs to
+/// find "the objects I control" (pods, ControllerRevisions) without an API call.
+pub struct OwnedCache<K: InformerResource> {
+    /// The shared store.
+    pub store: Store<K>,
+    /// Objects by the UID of their controller.
+    pub by_owner: Arc<Index<K>>,
+}
+
+impl<K: InformerResource> Clone for OwnedCache<K> {
+    fn clone(&self) -> Self {
+        OwnedCache { store: self.store.clone(), by_owner: self.by_owner.clone() }
+    }
+}
+
+impl<K: InformerResource> OwnedCache<K> {
+    /// The objects in `ns` controlled by the object of `uid` whose labels `sel` matches,
+    /// as copies (for the pure planning functions), sorted by name.
+    pub fn owned_matching(&self, uid: &str, ns: &str, sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Vec<K> {
+        let mut v: Vec<K> = self
+            .by_owner
+            .get(uid)
+            .into_iter()
+            .filter(|o| o.meta().namespace.as_deref() == Some(ns))
+            .filter(|o| crate::workload_util::selector_matches(sel, o.meta().labels.as_ref().unwrap_or(&std::collections::BTreeMap::new())))
+            .map(|o| (*o).clone())
+            .collect();
+        v.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+        v
+    }
+
+    /// The cached object `ns/name`.
+    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
+        self.store.get(&ObjectRef::new(name).within(ns))
+    }
+}
+
 /// The registry of shared informers of one leadership term. Cloning is cheap (all clones
 /// share the informers); the watches stop when the last clone is dropped (or [`Self::stop`]).
 #[derive(Clone)]
@@ -239,6 +276,12 @@ impl SharedInformers {
         idx.rebuild(store.state());
         list.push(idx.clone());
         idx
+    }
+
+    /// The shared store of `K` with its controller-UID index, once synced.
+    pub async fn owned_cache<K: InformerResource>(&self) -> OwnedCache<K> {
+        let by_owner = self.index::<K>(by_controller_uid::<K>).await;
+        OwnedCache { store: self.store::<K>().await, by_owner }
     }
 
     /// The shared store of `K`, once it holds its first complete list. (Not kube's

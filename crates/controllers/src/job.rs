@@ -18,9 +18,11 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
+use crate::expectations::{Expectations, MetaOf};
+use crate::informers::OwnedCache;
 use crate::workload_util::{self as wu, Events, PlannedEvent};
 use crate::ControllerError;
 
@@ -538,6 +540,12 @@ pub fn new_pod(job: &Job, index: Option<i32>) -> Pod {
 struct Ctx {
     client: kube::Client,
     events: Events,
+    /// Pods from the shared informer, by controller.
+    pods: OwnedCache<Pod>,
+    /// The shared Job store.
+    jobs: Store<Job>,
+    /// Pod creations, deletions and finalizer removals not yet seen in `pods`.
+    expectations: Expectations,
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
@@ -545,7 +553,15 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     let name = job.name_any();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods = wu::list_matching(&pods_api, &job_selector(&job)).await?;
+    let key = format!("{ns}/{name}");
+    // Decide only from a cache that shows this Job's own earlier writes (else pods
+    // would be created twice, or a finished pod counted twice).
+    if !ctx.expectations.satisfied(&key, |n| ctx.pods.get(&ns, n).map(MetaOf)) {
+        let left = ctx.expectations.time_left(&key).unwrap_or_default();
+        return Ok(Action::requeue(left + Duration::from_millis(100)));
+    }
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let pods = ctx.pods.owned_matching(&uid, &ns, &job_selector(&job));
     let now = Timestamp::now();
     let p = plan(&job, &pods, now);
     let oref = job.object_ref(&());
@@ -556,14 +572,19 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
         current = jobs.replace_status(&name, &PostParams::default(), &current).await?;
     }
     let by_name: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
+    let uid_of = |n: &str| by_name.get(n).and_then(|p| p.metadata.uid.clone()).unwrap_or_default();
     for n in &p.remove_finalizer {
         if let Some(pod) = by_name.get(n) {
             wu::remove_finalizer(&pods_api, &pod.metadata, TRACKING_FINALIZER).await?;
+            ctx.expectations.expect_finalizer_removals(&key, TRACKING_FINALIZER, [(n.clone(), uid_of(n))]);
         }
     }
     for n in &p.delete {
         match pods_api.delete(n, &Default::default()).await {
-            Ok(_) => ctx.events.record(&oref, false, "SuccessfulDelete", format!("Deleted pod: {n}")).await,
+            Ok(_) => {
+                ctx.expectations.expect_deletions(&key, [(n.clone(), uid_of(n))]);
+                ctx.events.record(&oref, false, "SuccessfulDelete", format!("Deleted pod: {n}")).await
+            }
             Err(e) if wu::is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
         }
@@ -573,6 +594,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
         match pods_api.create(&PostParams::default(), &new_pod(&job, *idx)).await {
             Ok(pod) => {
                 created += 1;
+                ctx.expectations.expect_creations(&key, [(pod.name_any(), pod.metadata.uid.clone().unwrap_or_default())]);
                 ctx.events.record(&oref, false, "SuccessfulCreate", format!("Created pod: {}", pod.name_any())).await;
             }
             Err(e) => {
@@ -614,11 +636,8 @@ pub fn orphaned_tracking(pod: &Pod, job: Option<&Job>) -> bool {
 async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
     let ns = pod.namespace().unwrap_or_default();
     let owner = wu::controller_of(&pod.metadata).filter(|o| o.kind == "Job").map(|o| o.name.clone());
-    let job = match owner {
-        Some(n) => Api::<Job>::namespaced(ctx.client.clone(), &ns).get_opt(&n).await?,
-        None => None,
-    };
-    if orphaned_tracking(&pod, job.as_ref()) {
+    let job = owner.and_then(|n| ctx.jobs.get(&ObjectRef::new(&n).within(&ns)));
+    if orphaned_tracking(&pod, job.as_deref()) {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
         wu::remove_finalizer(&pods, &pod.metadata, TRACKING_FINALIZER).await?;
     }
@@ -633,15 +652,35 @@ fn pod_error_policy(_pod: Arc<Pod>, err: &ControllerError, _ctx: Arc<Ctx>) -> Ac
 /// Runs the Job controller until the watch ends (plus a pod watch that releases the
 /// tracking finalizer of pods whose Job was deleted).
 pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
-    let jobs: Api<Job> = Api::all(client.clone());
-    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "job-controller"), client });
-    let main = Controller::new(jobs, watcher::Config::default())
-        .owns_shared_stream(informers.subscribe::<Pod>())
+    // Subscribe before reading the stores: no change after the first list is missed.
+    let job_changes = informers.subscribe::<Job>();
+    let pod_changes = informers.subscribe::<Pod>();
+    let orphan_changes = informers.subscribe::<Pod>();
+    let jobs = informers.store::<Job>().await;
+    let pods = informers.owned_cache::<Pod>().await;
+    let expectations = Expectations::new();
+    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "job-controller"), client, pods: pods.clone(), jobs: jobs.clone(), expectations: expectations.clone() });
+    // A pod deleted before the cache showed it settles what its Job expected of it.
+    let pod_store = pods.store.clone();
+    let pod_changes = pod_changes.inspect(move |p| {
+        if pod_store.get(&ObjectRef::from_obj(&**p)).is_none() {
+            if let (Some(o), Some(uid)) = (wu::controller_of(&p.metadata).filter(|o| o.kind == "Job"), p.metadata.uid.as_deref()) {
+                expectations.observe_gone(&format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or_default(), o.name), uid);
+            }
+        }
+    });
+    let main = Controller::for_shared_stream(job_changes, jobs)
+        .owns_shared_stream(pod_changes)
+        .reconcile_all_on(futures_util::stream::once(async {}))
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
-    // Pods of Jobs only (upstream's label selector on the orphan watch).
-    let job_pods = informers.subscribe::<Pod>().filter(|p| futures_util::future::ready(p.metadata.labels.as_ref().is_some_and(|l| l.contains_key(JOB_NAME_LABEL))));
-    let orphans = Controller::for_shared_stream(job_pods, informers.store::<Pod>().await)
+    // Pods of Jobs only (upstream's label selector on the orphan watch), and only those
+    // still holding the tracking finalizer.
+    let job_pods = orphan_changes.filter(|p| {
+        let tracked = p.metadata.labels.as_ref().is_some_and(|l| l.contains_key(JOB_NAME_LABEL)) && p.metadata.finalizers.iter().flatten().any(|f| f == TRACKING_FINALIZER);
+        futures_util::future::ready(tracked)
+    });
+    let orphans = Controller::for_shared_stream(job_pods, pods.store.clone())
         .run(reconcile_pod, pod_error_policy, ctx)
         .for_each(|_| async {});
     futures_util::future::join(main, orphans).await;

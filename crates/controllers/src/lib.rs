@@ -13,6 +13,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod expectations;
 pub mod endpointslice;
 pub mod gc;
 pub mod hpa;
@@ -30,6 +31,7 @@ pub mod serviceaccount;
 pub mod statefulset;
 pub mod ttlafterfinished;
 pub mod workload_util;
+pub mod workqueue;
 
 use std::time::Duration;
 
@@ -79,7 +81,7 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
         tasks.spawn(disruption::run(client.clone(), informers.clone()));
         tasks.spawn(pvbinder::run(client.clone()));
         tasks.spawn(clusterrole_aggregation::run(client.clone()));
-        tasks.spawn(hpa::run(client.clone()));
+        tasks.spawn(hpa::run(client.clone(), informers.clone()));
         tasks.spawn(job::run(client.clone(), informers.clone()));
         tasks.spawn(cronjob::run(client.clone()));
         tasks.spawn(ttlafterfinished::run(client.clone()));

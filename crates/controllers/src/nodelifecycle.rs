@@ -20,12 +20,12 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, PodCondition, Taint, 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::Resource;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::endpoints::{cache, ready, wait_next};
+use crate::endpoints::wait_next;
+use futures_util::StreamExt;
 use crate::workload_util::{ignore_not_found, Events};
 use crate::informers::Index;
 use crate::ControllerError;
@@ -348,11 +348,32 @@ pub async fn run(client: kube::Client, opts: NodeOptions, informers: crate::info
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let nodes = informers.cache::<Node>(&notify, &mut tasks).await;
-    let leases = cache(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"), watcher::Config::default(), &notify, &mut tasks);
-    let pods = informers.cache::<Pod>(&notify, &mut tasks).await;
-    ready(&nodes).await?;
-    ready(&leases).await?;
-    ready(&pods).await?;
+    // Node Leases (the shared Lease informer also sees leader-election Leases, which
+    // must not wake the loop).
+    let lease_changes = informers.subscribe::<Lease>();
+    let pod_changes = informers.subscribe::<Pod>();
+    let leases = informers.store::<Lease>().await;
+    {
+        let notify = notify.clone();
+        tasks.spawn(lease_changes.for_each(move |l| {
+            if l.metadata.namespace.as_deref() == Some("kube-node-lease") {
+                notify.notify_one();
+            }
+            async {}
+        }));
+    }
+    {
+        // A pod change matters only on a node with a NoExecute taint (taint eviction);
+        // everything else is the periodic node monitor's business.
+        let (notify, nodes) = (notify.clone(), nodes.clone());
+        tasks.spawn(pod_changes.for_each(move |p| {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| nodes.get(&ObjectRef::new(n)));
+            if node.is_some_and(|n| n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.effect == "NoExecute"))) {
+                notify.notify_one();
+            }
+            async {}
+        }));
+    }
     let pods_by_node = informers.index::<Pod>(crate::informers::pods_by_node).await;
     let node_events = Events::new(client.clone(), "node-controller");
     let pod_events = Events::new(client.clone(), "node-controller");

@@ -8,11 +8,11 @@
 //! One pod watch feeds both controllers (a shared reflector store); expectations keep a
 //! controller from acting twice on a cache that has not yet seen its own writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
@@ -26,14 +26,13 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::expectations::{Expectations, MetaOf};
 use crate::informers::Index;
 use crate::podutil;
 use crate::ControllerError;
 
 /// Most pods created or deleted by one sync (upstream's `burstReplicas`).
 pub const BURST_REPLICAS: usize = 500;
-/// How long unmet expectations block a sync (upstream's `ExpectationsTimeout`).
-const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One condition of a ReplicaSet or ReplicationController status.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -295,13 +294,6 @@ pub fn calculate_status<K: ReplicaOwner>(owner: &K, active: &[&Pod], failure: Op
     st
 }
 
-#[derive(Default)]
-struct Expectations {
-    creates: Vec<(String, String)>,
-    deletes: Vec<(String, String)>,
-    since: Option<Instant>,
-}
-
 struct Ctx<K: ReplicaOwner> {
     client: kube::Client,
     pods: Store<Pod>,
@@ -310,39 +302,14 @@ struct Ctx<K: ReplicaOwner> {
     /// Pods without a controller, by namespace.
     orphans: Arc<Index<Pod>>,
     recorder: Recorder,
-    expectations: Mutex<HashMap<String, Expectations>>,
+    expectations: Expectations,
     _k: std::marker::PhantomData<K>,
 }
 
 impl<K: ReplicaOwner> Ctx<K> {
     /// Whether earlier creates/deletes of this owner are all visible in the pod cache.
     fn satisfied(&self, key: &str, ns: &str) -> bool {
-        let Ok(mut map) = self.expectations.lock() else { return true };
-        let Some(e) = map.get_mut(key) else { return true };
-        if e.since.is_some_and(|s| s.elapsed() > EXPECTATIONS_TIMEOUT) {
-            map.remove(key);
-            return true;
-        }
-        let cached = |name: &str| self.pods.get(&ObjectRef::new(name).within(ns));
-        e.creates.retain(|(name, uid)| cached(name).is_none_or(|p| p.metadata.uid.as_deref() != Some(uid)));
-        e.deletes.retain(|(name, uid)| cached(name).is_some_and(|p| p.metadata.uid.as_deref() == Some(uid) && p.metadata.deletion_timestamp.is_none()));
-        let done = e.creates.is_empty() && e.deletes.is_empty();
-        if done {
-            map.remove(key);
-        }
-        done
-    }
-
-    fn expect(&self, key: &str, creates: Vec<(String, String)>, deletes: Vec<(String, String)>) {
-        if creates.is_empty() && deletes.is_empty() {
-            return;
-        }
-        if let Ok(mut map) = self.expectations.lock() {
-            let e = map.entry(key.to_string()).or_default();
-            e.creates.extend(creates);
-            e.deletes.extend(deletes);
-            e.since = Some(Instant::now());
-        }
+        self.expectations.satisfied(key, |name| self.pods.get(&ObjectRef::new(name).within(ns)).map(MetaOf))
     }
 
     async fn event(&self, owner: &K, type_: EventType, reason: &str, action: &str, note: String) {
@@ -448,7 +415,7 @@ async fn reconcile<K: ReplicaOwner>(owner: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<A
                                 }
                             }
                         }
-                        ctx.expect(&key, created, Vec::new());
+                        ctx.expectations.expect_creations(&key, created);
                         // The batch's events are recorded concurrently, like its creates.
                         futures_util::future::join_all(events.into_iter().map(|(t, reason, note)| ctx.event(&owner, t, reason, "Create", note))).await;
                         if manage_err.is_some() {
@@ -476,7 +443,7 @@ async fn reconcile<K: ReplicaOwner>(owner: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<A
                         }
                     }
                 }
-                ctx.expect(&key, Vec::new(), deleted);
+                ctx.expectations.expect_deletions(&key, deleted);
             }
         }
     }
@@ -563,6 +530,7 @@ fn run_applier<K: ReplicaOwner>(
     pods: (Store<Pod>, Arc<Index<Pod>>, Arc<Index<Pod>>),
     store: Store<K>,
     rx: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<K>>,
+    expectations: Expectations,
 ) -> impl std::future::Future<Output = ()> + Send {
     let (pods, by_owner, orphans) = pods;
     let ctx = Arc::new(Ctx::<K> {
@@ -571,7 +539,7 @@ fn run_applier<K: ReplicaOwner>(
         pods,
         by_owner,
         orphans,
-        expectations: Mutex::new(HashMap::new()),
+        expectations,
         _k: std::marker::PhantomData,
     });
     controller::applier(
@@ -607,11 +575,24 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
         let _ = rc_tx.send(ObjectRef::from_obj(&*o));
     }
 
+    let (rs_exp, rc_exp) = (Expectations::new(), Expectations::new());
     let pods_task = {
         let (rs_store, rc_store, rs_tx, rc_tx) = (rs_store.clone(), rc_store.clone(), rs_tx.clone(), rc_tx.clone());
+        let (rs_exp, rc_exp, pod_store) = (rs_exp.clone(), rc_exp.clone(), pod_store.clone());
         async move {
             futures_util::pin_mut!(pod_changes);
             while let Some(p) = pod_changes.next().await {
+                // A deleted pod (no longer cached) settles what its owner expected of it.
+                if pod_store.get(&ObjectRef::from_obj(&*p)).is_none() {
+                    if let (Some(r), Some(uid)) = (podutil::controller_of(&p.metadata), p.metadata.uid.as_deref()) {
+                        let key = format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or_default(), r.name);
+                        match r.kind.as_str() {
+                            "ReplicaSet" => rs_exp.observe_gone(&key, uid),
+                            "ReplicationController" => rc_exp.observe_gone(&key, uid),
+                            _ => {}
+                        }
+                    }
+                }
                 for r in owners_of_pod::<ReplicaSet>(&p, &rs_store) {
                     let _ = rs_tx.send(r);
                 }
@@ -626,8 +607,8 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
         pods_task,
         queue_owners::<ReplicaSet>(rs_changes, rs_tx),
         queue_owners::<ReplicationController>(rc_changes, rc_tx),
-        run_applier::<ReplicaSet>(client.clone(), pods.clone(), rs_store, rs_rx),
-        run_applier::<ReplicationController>(client.clone(), pods, rc_store, rc_rx),
+        run_applier::<ReplicaSet>(client.clone(), pods.clone(), rs_store, rs_rx, rs_exp),
+        run_applier::<ReplicationController>(client.clone(), pods, rc_store, rc_rx, rc_exp),
     );
     Ok(())
 }

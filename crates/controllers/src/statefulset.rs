@@ -21,10 +21,11 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVol
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use crate::expectations::{Expectations, MetaOf};
+use crate::informers::OwnedCache;
 use crate::workload_util::{self as wu, Events, CONTROLLER_REVISION_HASH};
 use crate::ControllerError;
 
@@ -271,6 +272,12 @@ pub fn new_claims(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim>
 struct Ctx {
     client: kube::Client,
     events: Events,
+    /// Pods from the shared informer, by controller.
+    pods: OwnedCache<Pod>,
+    /// ControllerRevisions from the shared informer, by controller.
+    revs: OwnedCache<ControllerRevision>,
+    /// Pod creations and deletions not yet seen in `pods`.
+    expectations: Expectations,
 }
 
 async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
@@ -287,8 +294,14 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let oref = set.object_ref(&());
 
-    let pods: Vec<Pod> = wu::list_matching(&pods_api, &spec.selector).await?.into_iter().filter(|p| wu::controller_of(&p.metadata).is_some_and(|o| o.uid == uid)).collect();
-    let revs = wu::owned_revisions(wu::list_matching(&revs_api, &spec.selector).await?, &uid);
+    let key = format!("{ns}/{set_name}");
+    // Decide only from a cache that shows this set's own earlier pod writes.
+    if !ctx.expectations.satisfied(&key, |n| ctx.pods.get(&ns, n).map(MetaOf)) {
+        let left = ctx.expectations.time_left(&key).unwrap_or_default();
+        return Ok(Action::requeue(left + Duration::from_millis(100)));
+    }
+    let pods: Vec<Pod> = ctx.pods.owned_matching(&uid, &ns, &spec.selector);
+    let revs = wu::owned_revisions(ctx.revs.owned_matching(&uid, &ns, &spec.selector), &uid);
     let owner = wu::controller_ref(&set.metadata, "apps/v1", "StatefulSet");
     let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
     let labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
@@ -325,7 +338,11 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
             }
         }
         match pods_api.delete(n, &Default::default()).await {
-            Ok(_) => ctx.events.record(&oref, false, "SuccessfulDelete", format!("delete Pod {n} in StatefulSet {set_name} successful")).await,
+            Ok(_) => {
+                let uid = pods.iter().find(|x| x.metadata.name.as_deref() == Some(n)).and_then(|x| x.metadata.uid.clone()).unwrap_or_default();
+                ctx.expectations.expect_deletions(&key, [(n.clone(), uid)]);
+                ctx.events.record(&oref, false, "SuccessfulDelete", format!("delete Pod {n} in StatefulSet {set_name} successful")).await
+            }
             Err(e) if wu::is_not_found(&e) => {}
             Err(e) => {
                 ctx.events.record(&oref, true, "FailedDelete", format!("delete Pod {n} in StatefulSet {set_name} failed error: {e}")).await;
@@ -351,7 +368,10 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
             }
         }
         match pods_api.create(&PostParams::default(), &pod).await {
-            Ok(_) => ctx.events.record(&oref, false, "SuccessfulCreate", format!("create Pod {pod_name} in StatefulSet {set_name} successful")).await,
+            Ok(created) => {
+                ctx.expectations.expect_creations(&key, [(pod_name.clone(), created.metadata.uid.clone().unwrap_or_default())]);
+                ctx.events.record(&oref, false, "SuccessfulCreate", format!("create Pod {pod_name} in StatefulSet {set_name} successful")).await
+            }
             Err(e) if wu::is_conflict(&e) => {}
             Err(e) => {
                 ctx.events.record(&oref, true, "FailedCreate", format!("create Pod {pod_name} in StatefulSet {set_name} failed error: {e}")).await;
@@ -368,7 +388,12 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
     }
     let mut live: Vec<String> = vec![current_name.clone(), update_name.clone()];
     live.extend(pods.iter().filter_map(|p| revision_of(p).map(String::from)));
-    let revs = wu::owned_revisions(wu::list_matching(&revs_api, &spec.selector).await?, &uid);
+    let mut revs = wu::owned_revisions(ctx.revs.owned_matching(&uid, &ns, &spec.selector), &uid);
+    // The cache may not show the revision just created yet.
+    if !revs.iter().any(|r| r.metadata.name == update.metadata.name) {
+        revs.push(update.clone());
+        revs.sort_by_key(|r| r.revision);
+    }
     wu::truncate_history(&revs_api, &revs, &live, spec.revision_history_limit.unwrap_or(10)).await?;
 
     // Look again when a ready pod becomes available (minReadySeconds).
@@ -386,16 +411,37 @@ fn error_policy(_set: Arc<StatefulSet>, err: &ControllerError, _ctx: Arc<Ctx>) -
 
 /// Runs the StatefulSet controller until the watch ends.
 pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
-    let sets: Api<StatefulSet> = Api::all(client.clone());
-    let revs: Api<ControllerRevision> = Api::all(client.clone());
-    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "statefulset-controller"), client });
-    Controller::new(sets, watcher::Config::default())
-        .owns_shared_stream(informers.subscribe::<Pod>())
-        .owns(revs, watcher::Config::default())
+    // Subscribe before reading the stores: no change after the first list is missed.
+    let set_changes = informers.subscribe::<StatefulSet>();
+    let pod_changes = informers.subscribe::<Pod>();
+    let rev_changes = informers.subscribe::<ControllerRevision>();
+    let sets = informers.store::<StatefulSet>().await;
+    let pods = informers.owned_cache::<Pod>().await;
+    let revs = informers.owned_cache::<ControllerRevision>().await;
+    let expectations = Expectations::new();
+    let pod_changes = pod_changes.inspect(observe_gone_pods(pods.store.clone(), "StatefulSet", expectations.clone()));
+    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "statefulset-controller"), client, pods, revs, expectations });
+    Controller::for_shared_stream(set_changes, sets)
+        .owns_shared_stream(pod_changes)
+        .owns_shared_stream(rev_changes)
+        .reconcile_all_on(futures_util::stream::once(async {}))
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
     Ok(())
+}
+
+/// A pod-change observer that settles, for a pod deleted before the cache showed it,
+/// what its controller of `kind` expected of it.
+pub fn observe_gone_pods(store: kube::runtime::reflector::Store<Pod>, kind: &'static str, expectations: Expectations) -> impl Fn(&Arc<Pod>) + Send + 'static {
+    move |p: &Arc<Pod>| {
+        if store.get(&kube::runtime::reflector::ObjectRef::from_obj(&**p)).is_some() {
+            return;
+        }
+        if let (Some(o), Some(uid)) = (wu::controller_of(&p.metadata).filter(|o| o.kind == kind), p.metadata.uid.as_deref()) {
+            expectations.observe_gone(&format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or_default(), o.name), uid);
+        }
+    }
 }
 
 #[cfg(test)]
