@@ -224,8 +224,13 @@ impl WatchCache {
             }
         }
         st.revision = rev;
-        drop(st);
+        // Broadcast while still holding the write lock: whoever reads `revision() >= rev`
+        // (or subscribes under the read lock) then knows event `rev` is already in the
+        // channel or in `history`. A watcher can therefore drain its receiver and send
+        // a bookmark at the revision it read without running ahead of its events, and
+        // `subscribe` splits history and live events without a gap.
         let _ = self.events.send(cev);
+        drop(st);
         self.progress.send_replace(rev);
     }
 
@@ -235,11 +240,13 @@ impl WatchCache {
     }
 
     /// Waits until the cache has caught up with the store's current revision (a
-    /// consistent read), at most `timeout`.
+    /// consistent read), at most `timeout`. Returns that store revision: when the wait
+    /// timed out the cache is still older than it (compare with [`WatchCache::revision`]),
+    /// and nothing read from the cache may be labelled with it.
     pub async fn wait_fresh(&self, timeout: Duration) -> Result<Revision, StoreError> {
         let want = self.store.current_revision().await?;
         self.wait_for(want, timeout).await;
-        Ok(self.revision().max(want))
+        Ok(want)
     }
 
     /// Waits until the cache has seen revision `rev` (or the timeout passes).
@@ -345,5 +352,180 @@ mod tests {
         assert!(rev >= 5);
         let (sub, _) = cache.subscribe(Some(2)).map_err(|_| "expired").expect("subscribe");
         assert_eq!(sub.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![3, 4, 5]);
+    }
+
+    const KEY: &str = "/registry/core/configmaps/default/x";
+
+    fn cm(uid: &str, data: &str) -> Vec<u8> {
+        format!(r#"{{"metadata":{{"name":"x","namespace":"default","uid":"{uid}"}},"data":{{"v":"{data}"}}}}"#).into_bytes()
+    }
+
+    async fn open() -> (tempfile::TempDir, Arc<dyn Store>, Arc<WatchCache>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("open"));
+        let cache = WatchCache::start(store.clone()).await.expect("cache");
+        (dir, store, cache)
+    }
+
+    fn uid(v: &Value) -> String {
+        v["metadata"]["uid"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// What a watcher from `after` delivers for keys under `prefix`, up to revision
+    /// `until`, deduplicated exactly as `watch.rs` does (skip revisions already seen).
+    async fn drain(sub: Subscription, after: Revision, prefix: &str, until: Revision) -> Vec<(CacheEventKind, Revision, String)> {
+        let mut out = Vec::new();
+        let mut last = after;
+        let take = |ev: &CacheEvent, last: &mut Revision, out: &mut Vec<_>| {
+            if ev.revision > *last {
+                *last = ev.revision;
+                if ev.key.starts_with(prefix) {
+                    out.push((ev.kind, ev.revision, uid(&ev.object)));
+                }
+            }
+        };
+        for ev in &sub.backlog {
+            take(ev, &mut last, &mut out);
+        }
+        let mut live = sub.live;
+        while last < until {
+            let ev = tokio::time::timeout(Duration::from_secs(10), live.recv()).await.expect("event in time").expect("live event");
+            take(&ev, &mut last, &mut out);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn list_then_watch_from_its_revision_sees_delete_and_recreate_exactly_once() {
+        let (_dir, store, cache) = open().await;
+        let kv = store.create(KEY, cm("old", "1")).await.expect("create");
+        cache.wait_for(kv.mod_revision, Duration::from_secs(10)).await;
+        let (items, r) = cache.list("/registry/core/configmaps/default/");
+        assert_eq!(r, kv.mod_revision, "the list is labelled with the state it shows");
+        assert_eq!(items.iter().map(|o| uid(&o.object)).collect::<Vec<_>>(), vec!["old"]);
+
+        // A watcher that subscribes before the changes (all live), one in the middle
+        // (history + live), one after (all history).
+        let before = cache.subscribe(Some(r)).map_err(|_| "expired").expect("subscribe").0;
+        let del = store.delete(KEY, None).await.expect("delete");
+        assert_eq!(del.mod_revision, r + 1);
+        cache.wait_for(r + 1, Duration::from_secs(10)).await;
+        let middle = cache.subscribe(Some(r)).map_err(|_| "expired").expect("subscribe").0;
+        let new = store.create(KEY, cm("new", "1")).await.expect("recreate");
+        assert_eq!(new.mod_revision, r + 2);
+        let upd = store.update(KEY, cm("new", "2"), r + 2).await.expect("update");
+        cache.wait_for(upd.mod_revision, Duration::from_secs(10)).await;
+        let after = cache.subscribe(Some(r)).map_err(|_| "expired").expect("subscribe").0;
+
+        let want = vec![
+            (CacheEventKind::Deleted, r + 1, "old".to_string()),
+            (CacheEventKind::Added, r + 2, "new".to_string()),
+            (CacheEventKind::Modified, r + 3, "new".to_string()),
+        ];
+        for (name, sub) in [("before", before), ("middle", middle), ("after", after)] {
+            assert_eq!(drain(sub, r, KEY, r + 3).await, want, "watcher subscribed {name} the changes");
+        }
+        // The DELETED event carries the object's last state at the delete's revision.
+        let (sub, _) = cache.subscribe(Some(r)).map_err(|_| "expired").expect("subscribe");
+        let d = &sub.backlog[0];
+        assert_eq!(d.kind, CacheEventKind::Deleted);
+        assert_eq!(d.object["metadata"]["resourceVersion"], (r + 1).to_string());
+        assert_eq!(d.object["metadata"]["name"], "x");
+        assert_eq!(d.prev.as_ref().map(|p| uid(p)), Some("old".to_string()));
+        // A watch from r + 1 (a list taken after the delete) starts at the re-creation.
+        let (sub, _) = cache.subscribe(Some(r + 1)).map_err(|_| "expired").expect("subscribe");
+        assert_eq!(drain(sub, r + 1, KEY, r + 3).await, want[1..].to_vec());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lists_taken_during_delete_recreate_churn_resume_into_watches_without_gaps() {
+        let (_dir, store, cache) = open().await;
+        let prefix = "/registry/core/configmaps/default/";
+        let kv = store.create(KEY, cm("u0", "0")).await.expect("create");
+        cache.wait_for(kv.mod_revision, Duration::from_secs(10)).await;
+        // The writer deletes and re-creates x (as a kubelet re-creates a mirror pod),
+        // with unrelated writes in between; readers list and then subscribe from the
+        // list's revision while it runs, as a client's LIST then WATCH.
+        const ROUNDS: usize = 150;
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut last = 0;
+                for i in 1..=ROUNDS {
+                    store.delete(KEY, None).await.expect("delete");
+                    last = store.create(KEY, cm(&format!("u{i}"), "0")).await.expect("create").mod_revision;
+                    store.create(&format!("/registry/core/configmaps/other/n{i}"), cm("n", "0")).await.expect("noise");
+                }
+                last
+            })
+        };
+        let mut taken = Vec::new();
+        while !writer.is_finished() {
+            let (items, r) = cache.list(prefix);
+            tokio::task::yield_now().await;
+            let sub = cache.subscribe(Some(r)).map_err(|_| "expired").expect("subscribe").0;
+            taken.push((items.first().map(|o| uid(&o.object)), r, sub));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let end = writer.await.expect("writer");
+        assert!(taken.len() >= 5, "only {} lists during the churn", taken.len());
+        for (listed, r, sub) in taken {
+            let events = drain(sub, r, prefix, end).await;
+            // Ground truth: the store's own history after r.
+            let mut truth = Vec::new();
+            let mut stream = store.watch(prefix, r).await.expect("store watch");
+            while truth.last().map(|(_, rev, _)| *rev).unwrap_or(r) < end {
+                let ev = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("store event in time").expect("stream open").expect("store event");
+                let kind = if ev.kind == EventKind::Delete { CacheEventKind::Deleted } else if ev.prev.is_some() { CacheEventKind::Modified } else { CacheEventKind::Added };
+                let v: Value = serde_json::from_slice(&ev.kv.value).expect("json");
+                truth.push((kind, ev.revision(), uid(&v)));
+            }
+            assert_eq!(events, truth, "watch from list revision {r}");
+            // Replaying the events on the listed state is consistent: every DELETED
+            // removes the object the client holds, every ADDED finds none.
+            let mut have = listed;
+            for (kind, rev, u) in &events {
+                match kind {
+                    CacheEventKind::Deleted => assert_eq!(have.take().as_deref(), Some(u.as_str()), "DELETED at {rev} of an object the client does not hold"),
+                    CacheEventKind::Added => assert!(have.replace(u.clone()).is_none(), "ADDED at {rev} over a held object"),
+                    CacheEventKind::Modified => assert_eq!(have.as_deref(), Some(u.as_str())),
+                }
+            }
+            assert_eq!(have, Some(format!("u{ROUNDS}")));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revision_the_cache_reports_is_already_in_every_subscribers_channel() {
+        // What a bookmark relies on: once `revision()` says r, a subscriber can drain
+        // its receiver and will have received every event up to r.
+        let (_dir, store, cache) = open().await;
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..300 {
+                    store.create(&format!("/registry/core/configmaps/default/c{i}"), cm("u", "0")).await.expect("create");
+                }
+            })
+        };
+        let (sub, start) = cache.subscribe(None).map_err(|_| "expired").expect("subscribe");
+        let mut live = sub.live;
+        let mut last = start;
+        let mut checks = 0;
+        while !writer.is_finished() {
+            let seen = cache.revision();
+            loop {
+                match live.try_recv() {
+                    Ok(ev) => last = last.max(ev.revision),
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(e) => panic!("receiver failed: {e}"),
+                }
+            }
+            assert!(last >= seen, "cache reported revision {seen} but the subscriber had only received up to {last}");
+            checks += 1;
+            tokio::task::yield_now().await;
+        }
+        writer.await.expect("writer");
+        assert!(checks > 10, "only {checks} checks");
     }
 }

@@ -192,18 +192,44 @@ pub fn normalize_input(res: &ResourceInfo, obj: &mut Value) {
 /// Mutating admission of a new Pod, in upstream's order: ServiceAccount (default
 /// service account, projected token volume unless opted out), Priority (priority 0
 /// unless a PriorityClass says otherwise), DefaultTolerationSeconds (not-ready and
-/// unreachable NoExecute tolerations of 300 s).
-pub fn admit_pod(inner: &Inner, obj: &mut Value) {
+/// unreachable NoExecute tolerations of 300 s), RuntimeClass (overhead, node selector
+/// and tolerations of the pod's RuntimeClass; 403 when it does not exist, or conflicts).
+pub async fn admit_pod(inner: &Inner, obj: &mut Value) -> Result<(), ApiError> {
     let ns = object::namespace(obj).unwrap_or("").to_string();
+    let name = object::name(obj).unwrap_or("").to_string();
     // Mirror pods (the API copies of a kubelet's static pods) get no service account or
     // token volume, as upstream: the kubelet runs the static pod's spec, not the mirror's.
     let mirror = obj.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some();
-    let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) else { return };
+    let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) else { return Ok(()) };
     // ServiceAccount
     if !mirror {
         admit_service_account(inner, &ns, spec);
     }
     admit_priority_and_tolerations(inner, spec);
+    let class = match spec.get("runtimeClassName").and_then(|c| c.as_str()) {
+        Some(c) => runtime_class(inner, c).await?,
+        None => None,
+    };
+    crate::runtimeclass::admit(spec, class.as_ref()).map_err(|m| {
+        let message = if name.is_empty() { format!("pods is forbidden: {m}") } else { format!("pods {name:?} is forbidden: {m}") };
+        let mut e = ApiError::forbidden(message);
+        e.name = Some(name.clone());
+        e.kind = Some("pods".into());
+        e
+    })
+}
+
+/// A RuntimeClass by name: from the watch cache, else (the cache may lag behind a class
+/// created just now) from the store, as upstream's live lookup.
+async fn runtime_class(inner: &Inner, name: &str) -> Result<Option<Value>, ApiError> {
+    let key = format!("/registry/node.k8s.io/runtimeclasses/{name}");
+    if let Some(c) = inner.cache.get(&key) {
+        return Ok(Some((*c.object).clone()));
+    }
+    match inner.store.get(&key).await {
+        Ok(kv) => Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok())),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
 }
 
 /// ServiceAccount admission: the default service account and its token volume.
@@ -498,9 +524,29 @@ pub fn field_manager(query: &Query, headers: &http::HeaderMap) -> String {
 pub fn update_managed_fields(inner: &Inner, res: &ResourceInfo, obj: &mut Value, old: Option<&Value>, query: &Query, headers: &http::HeaderMap, subresource: Option<&str>) {
     let manager = field_manager(query, headers);
     let oa = inner.openapi();
-    let schema = rk3s_patch::DerivedApplySchema(&*oa);
+    let derived = rk3s_patch::DerivedApplySchema(&*oa);
+    let cache = apply_type_cache(&oa);
+    let schema = rk3s_patch::CachedApplySchema { schema: &derived, cache: &cache };
     let api_version = res.api_version();
     rk3s_patch::track_update(old, obj, &manager, &schema, &res.definition, &object::now_rfc3339(), &api_version, subresource);
+}
+
+/// The field types server-side apply resolved from `oa`, kept while `oa` is the
+/// current OpenAPI document (a rebuilt document, e.g. after a CRD change, starts a
+/// new cache). The `Weak` pins the document's allocation, so its address cannot be
+/// reused by another document while the cache refers to it.
+pub fn apply_type_cache(oa: &Arc<OpenApi>) -> Arc<rk3s_patch::TypeCache> {
+    type Slot = Option<(std::sync::Weak<OpenApi>, Arc<rk3s_patch::TypeCache>)>;
+    static CACHE: std::sync::Mutex<Slot> = std::sync::Mutex::new(None);
+    let mut slot = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((doc, cache)) = slot.as_ref() {
+        if std::ptr::eq(doc.as_ptr(), Arc::as_ptr(oa)) {
+            return cache.clone();
+        }
+    }
+    let cache = Arc::new(rk3s_patch::TypeCache::new());
+    *slot = Some((Arc::downgrade(oa), cache.clone()));
+    cache
 }
 
 impl Inner {

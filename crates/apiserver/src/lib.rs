@@ -43,6 +43,7 @@ pub mod object;
 pub mod proxy;
 pub mod request;
 pub mod rest;
+pub mod runtimeclass;
 pub mod server;
 pub mod watch;
 

@@ -64,6 +64,17 @@ pub fn store_err(res: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
     }
 }
 
+/// The stored JSON of `obj` (serialized in place: no copy unless the resource is
+/// stored in another form).
+fn storage_bytes(res: &ResourceInfo, obj: &Value) -> Result<Vec<u8>, ApiError> {
+    let r = if crate::convert::needs_conversion(res) {
+        serde_json::to_vec(&crate::convert::to_storage(res, obj.clone()))
+    } else {
+        serde_json::to_vec(obj)
+    };
+    r.map_err(|e| ApiError::internal(e.to_string()))
+}
+
 fn kv_to_object(kv: &KeyValue) -> Result<Value, ApiError> {
     decode(&kv.value, kv.mod_revision).ok_or_else(|| ApiError::internal(format!("object at {} cannot be decoded", kv.key)))
 }
@@ -248,17 +259,30 @@ impl<'a> Call<'a> {
             };
             return self.list_from_store(&prefix, &filter, limit, rev, None).await;
         }
-        let rev = match rv_param {
-            Some("0") => self.inner.cache.revision(),
+        // The revision the answer must be at least as new as (none for "0": any).
+        let want = match rv_param {
+            Some("0") => None,
             Some(rv) => {
                 let want: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
                 self.inner.cache.wait_for(want, FRESH_WAIT).await;
-                self.inner.cache.revision()
+                Some(want)
             }
-            None => self.inner.cache.wait_fresh(FRESH_WAIT).await.map_err(|e| store_err(&self.res, "", e))?,
+            None => Some(self.inner.cache.wait_fresh(FRESH_WAIT).await.map_err(|e| store_err(&self.res, "", e))?),
         };
-        let (items, cache_rev) = self.inner.cache.list(&prefix);
-        let rv = cache_rev.max(rev);
+        // The items and the revision come from one snapshot of the cache: the list's
+        // resourceVersion is exactly the state it shows, so a watch from it misses
+        // nothing and repeats nothing.
+        let (items, rv) = self.inner.cache.list(&prefix);
+        if let Some(want) = want.filter(|w| rv < *w) {
+            // The cache did not catch up in time: answer from the store, as upstream
+            // falls back to etcd, rather than label older items with a newer revision.
+            tracing::debug!(want, cache = rv, "watch cache behind; listing from the store");
+            let current = self.inner.store.current_revision().await.map_err(|e| store_err(&self.res, "", e))?;
+            if current < want {
+                return Err(store_err(&self.res, "", StoreError::FutureRevision { requested: want, current }));
+            }
+            return self.list_from_store(&prefix, &filter, 0, None, None).await;
+        }
         if crate::convert::needs_conversion(&self.res) {
             let items: Vec<Value> = items
                 .into_iter()
@@ -457,7 +481,7 @@ impl<'a> Call<'a> {
         rk3s_validation::apply_defaults(&self.res.group, &self.res.version, &self.res.kind, &mut obj);
         crate::handler::prepare_create(&self.res, &mut obj);
         if self.res.group.is_empty() && self.res.plural == "pods" {
-            crate::handler::admit_pod(self.inner, &mut obj);
+            crate::handler::admit_pod(self.inner, &mut obj).await?;
         }
         let mut warnings = warnings;
         warnings.extend(crate::admission::mutate(self.inner, &self.res, None, "CREATE", &mut obj, None, &self.user, self.dry_run()).await?);
@@ -492,7 +516,7 @@ impl<'a> Call<'a> {
             }
             return Ok(with_warnings(self.render_one(obj, 201), &warnings));
         }
-        let bytes = serde_json::to_vec(&crate::convert::to_storage(&self.res, obj.clone())).map_err(|e| ApiError::internal(e.to_string()))?;
+        let bytes = storage_bytes(&self.res, &obj)?;
         let kv = self.inner.store.create(&key, bytes).await.map_err(|e| store_err(&self.res, &name, e))?;
         set_resource_version(&mut obj, kv.mod_revision);
         Ok(with_warnings(self.render_one(obj, 201), &warnings))
@@ -628,7 +652,7 @@ impl<'a> Call<'a> {
             if let Some(m) = meta_mut(&mut new_obj) {
                 m.remove("resourceVersion");
             }
-            let bytes = serde_json::to_vec(&crate::convert::to_storage(&self.res, new_obj.clone())).map_err(|e| ApiError::internal(e.to_string()))?;
+            let bytes = storage_bytes(&self.res, &new_obj)?;
             match self.inner.store.update(&key, bytes, current.mod_revision).await {
                 Ok(kv) => {
                     set_resource_version(&mut new_obj, kv.mod_revision);
@@ -685,7 +709,9 @@ impl<'a> Call<'a> {
             }
         }
         let oa = self.inner.openapi();
-        let schema = rk3s_patch::DerivedApplySchema(&*oa);
+        let derived = rk3s_patch::DerivedApplySchema(&*oa);
+        let cache = crate::handler::apply_type_cache(&oa);
+        let schema = rk3s_patch::CachedApplySchema { schema: &derived, cache: &cache };
         let force = self.query.flag("force");
         rk3s_patch::server_side_apply(live, applied, manager, force, &schema, &self.res.definition, &object::now_rfc3339(), &self.res.api_version(), None).map_err(|e| match e {
             rk3s_patch::ApplyError::Conflicts(cs) => {

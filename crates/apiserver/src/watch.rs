@@ -182,11 +182,7 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
         }
         let mut last = start_rev;
         for ev in backlog {
-            if ev.revision <= last || !matches_key(&ev.key) {
-                continue;
-            }
-            last = ev.revision;
-            if let Some(b) = encode_event(&mut enc, &filter, &ev) {
+            if let Some(b) = next_event(&mut enc, &filter, &matches_key, &ev, &mut last) {
                 if tx.send(b).await.is_err() {
                     return;
                 }
@@ -199,20 +195,37 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = tx.closed() => return,
                 _ = tick.tick() => {
-                    if bookmarks && tx.send(enc.bookmark(last.max(cache.revision()), false)).await.is_err() {
+                    if !bookmarks {
+                        continue;
+                    }
+                    // A bookmark promises that every event up to its resourceVersion has
+                    // been sent. The cache broadcasts under its lock, so every event up to
+                    // `seen` is already in `live`: deliver those first.
+                    let seen = cache.revision();
+                    loop {
+                        match live.try_recv() {
+                            Ok(ev) => {
+                                if let Some(b) = next_event(&mut enc, &filter, &matches_key, &ev, &mut last) {
+                                    if tx.send(b).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(broadcast::error::TryRecvError::Empty) => break,
+                            Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                                tracing::debug!("watcher lagged; closing its stream");
+                                return;
+                            }
+                            Err(broadcast::error::TryRecvError::Closed) => return,
+                        }
+                    }
+                    if tx.send(enc.bookmark(last.max(seen), false)).await.is_err() {
                         return;
                     }
                 }
                 ev = live.recv() => match ev {
                     Ok(ev) => {
-                        if ev.revision <= last {
-                            continue;
-                        }
-                        last = ev.revision;
-                        if !matches_key(&ev.key) {
-                            continue;
-                        }
-                        if let Some(b) = encode_event(&mut enc, &filter, &ev) {
+                        if let Some(b) = next_event(&mut enc, &filter, &matches_key, &ev, &mut last) {
                             if tx.send(b).await.is_err() {
                                 return;
                             }
@@ -228,6 +241,20 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
         }
     });
     Ok(resp)
+}
+
+/// The watch line for the next cache event, if this watcher gets one: events at or
+/// before `last` were already handled (history and live events overlap), other keys
+/// and events the selectors filter out advance `last` but send nothing.
+fn next_event(enc: &mut Encoder, filter: &Filter, matches_key: &impl Fn(&str) -> bool, ev: &CacheEvent, last: &mut i64) -> Option<Bytes> {
+    if ev.revision <= *last {
+        return None;
+    }
+    *last = ev.revision;
+    if !matches_key(&ev.key) {
+        return None;
+    }
+    encode_event(enc, filter, ev)
 }
 
 fn encode_event(enc: &mut Encoder, filter: &Filter, ev: &CacheEvent) -> Option<Bytes> {
@@ -257,4 +284,94 @@ fn encode_event(enc: &mut Encoder, filter: &Filter, ev: &CacheEvent) -> Option<B
         return Some(enc.event_raw(typ, &ev.raw));
     }
     Some(enc.event(typ, object))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Query;
+
+    fn encoder(plural: &str) -> Encoder {
+        let res = rk3s_api::Registry::builtin().get("", "v1", plural).expect("built-in resource");
+        Encoder { res, output: Output::Json, first: true, crd: None }
+    }
+
+    fn filter(plural: &str, query: &str) -> Filter {
+        let res = rk3s_api::Registry::builtin().get("", "v1", plural).expect("built-in resource");
+        Filter::from_query(&res, &Query::parse(Some(query))).expect("selectors")
+    }
+
+    fn cm(name: &str, uid: &str, rv: i64, labels: Value) -> Arc<Value> {
+        Arc::new(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+            "name": name, "namespace": "default", "uid": uid, "resourceVersion": rv.to_string(), "labels": labels}}))
+    }
+
+    fn event(kind: CacheEventKind, revision: i64, object: Arc<Value>, prev: Option<Arc<Value>>) -> CacheEvent {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let raw = Bytes::from(serde_json::to_vec(&*object).expect("json"));
+        CacheEvent { kind, key: format!("/registry/core/configmaps/default/{name}"), revision, object, prev, raw }
+    }
+
+    /// (type, uid) of the line sent for `ev`, if any.
+    fn sent(enc: &mut Encoder, f: &Filter, ev: &CacheEvent) -> Option<(String, String)> {
+        let line = encode_event(enc, f, ev)?;
+        let v: Value = serde_json::from_slice(&line).expect("watch line is JSON");
+        Some((v["type"].as_str().unwrap_or_default().into(), v["object"]["metadata"]["uid"].as_str().unwrap_or_default().into()))
+    }
+
+    #[test]
+    fn name_selected_watch_gets_deleted_for_the_old_object_then_added_for_the_new_one() {
+        // kubectl's delete wait: fieldSelector=metadata.name=x, while x is deleted and
+        // re-created with another UID.
+        let mut enc = encoder("configmaps");
+        let f = filter("configmaps", "fieldSelector=metadata.name%3Dx");
+        let old = cm("x", "old", 10, json!({}));
+        let del = event(CacheEventKind::Deleted, 11, cm("x", "old", 11, json!({})), Some(old));
+        assert_eq!(sent(&mut enc, &f, &del), Some(("DELETED".into(), "old".into())));
+        let add = event(CacheEventKind::Added, 12, cm("x", "new", 12, json!({})), None);
+        assert_eq!(sent(&mut enc, &f, &add), Some(("ADDED".into(), "new".into())));
+        // Other names are filtered out, deletes included.
+        let other = event(CacheEventKind::Deleted, 13, cm("y", "y", 13, json!({})), Some(cm("y", "y", 9, json!({}))));
+        assert_eq!(sent(&mut enc, &f, &other), None);
+    }
+
+    #[test]
+    fn label_selected_watch_sees_objects_leave_and_enter_the_selection() {
+        let mut enc = encoder("configmaps");
+        let f = filter("configmaps", "labelSelector=app%3Da");
+        let a = json!({"app": "a"});
+        let b = json!({"app": "b"});
+        let leave = event(CacheEventKind::Modified, 5, cm("x", "u", 5, b.clone()), Some(cm("x", "u", 4, a.clone())));
+        assert_eq!(sent(&mut enc, &f, &leave), Some(("DELETED".into(), "u".into())));
+        let enter = event(CacheEventKind::Modified, 6, cm("x", "u", 6, a.clone()), Some(cm("x", "u", 5, b.clone())));
+        assert_eq!(sent(&mut enc, &f, &enter), Some(("ADDED".into(), "u".into())));
+        let stay = event(CacheEventKind::Modified, 7, cm("x", "u", 7, a.clone()), Some(cm("x", "u", 6, a.clone())));
+        assert_eq!(sent(&mut enc, &f, &stay), Some(("MODIFIED".into(), "u".into())));
+        // Deleted while selected: DELETED (matched by its last state).
+        let gone = event(CacheEventKind::Deleted, 8, cm("x", "u", 8, a.clone()), Some(cm("x", "u", 7, a)));
+        assert_eq!(sent(&mut enc, &f, &gone), Some(("DELETED".into(), "u".into())));
+        // Never selected: nothing.
+        let unseen = event(CacheEventKind::Deleted, 9, cm("z", "z", 9, b.clone()), Some(cm("z", "z", 3, b)));
+        assert_eq!(sent(&mut enc, &f, &unseen), None);
+    }
+
+    #[test]
+    fn events_at_or_before_the_last_revision_are_sent_once() {
+        let mut enc = encoder("configmaps");
+        let f = filter("configmaps", "");
+        let key = |k: &str| k.starts_with("/registry/core/configmaps/default/");
+        let mut last = 10;
+        let at = |rev| event(CacheEventKind::Added, rev, cm("x", "u", rev, json!({})), None);
+        // The watch started from resourceVersion 10: revision 10 itself is not sent,
+        // 11 is, and a repeat of 11 (history and live overlap) is not.
+        assert!(next_event(&mut enc, &f, &key, &at(10), &mut last).is_none());
+        assert!(next_event(&mut enc, &f, &key, &at(11), &mut last).is_some());
+        assert!(next_event(&mut enc, &f, &key, &at(11), &mut last).is_none());
+        assert_eq!(last, 11);
+        // Another resource's event advances `last` but sends nothing.
+        let mut pod = at(12);
+        pod.key = "/registry/core/pods/default/x".into();
+        assert!(next_event(&mut enc, &f, &key, &pod, &mut last).is_none());
+        assert_eq!(last, 12);
+    }
 }

@@ -81,6 +81,58 @@ pub trait ApplySchema: PatchSchema {
     fn map_type(&self, _type_name: &str, _field: &str) -> MapType {
         MapType::Granular
     }
+
+    /// Where the field types resolved from this schema are remembered across
+    /// calls (None: resolved anew by every call). See [`CachedApplySchema`].
+    fn type_cache(&self) -> Option<&TypeCache> {
+        None
+    }
+}
+
+/// The field types resolved from one schema (field metadata, list and map types),
+/// remembered so that later calls skip the schema lookups. Only valid for the schema
+/// it was filled from, and only while that schema does not change: make a new one
+/// when the schema is rebuilt (e.g. when CRDs change).
+#[derive(Debug, Default)]
+pub struct TypeCache {
+    memo: typed::TyMemo,
+}
+
+impl TypeCache {
+    /// An empty cache.
+    pub fn new() -> TypeCache {
+        TypeCache::default()
+    }
+}
+
+/// An [`ApplySchema`] whose resolved field types are kept in a [`TypeCache`]; it
+/// answers exactly as `schema` does.
+#[derive(Clone, Copy)]
+pub struct CachedApplySchema<'a> {
+    /// The schema asked on a cache miss.
+    pub schema: &'a dyn ApplySchema,
+    /// The cache, filled from `schema` only.
+    pub cache: &'a TypeCache,
+}
+
+impl PatchSchema for CachedApplySchema<'_> {
+    fn field(&self, type_name: &str, field: &str) -> Option<crate::FieldMeta> {
+        self.schema.field(type_name, field)
+    }
+}
+
+impl ApplySchema for CachedApplySchema<'_> {
+    fn list_type(&self, type_name: &str, field: &str) -> Option<ListType> {
+        self.schema.list_type(type_name, field)
+    }
+
+    fn map_type(&self, type_name: &str, field: &str) -> MapType {
+        self.schema.map_type(type_name, field)
+    }
+
+    fn type_cache(&self) -> Option<&TypeCache> {
+        Some(self.cache)
+    }
 }
 
 /// Uses any [`PatchSchema`] as an [`ApplySchema`] with the default list and map
@@ -350,7 +402,12 @@ impl ApplyError {
 }
 
 /// The fields upstream never tracks (its `stripMeta` set).
-fn strip_set() -> FieldSet {
+fn strip_set() -> &'static FieldSet {
+    static SET: std::sync::OnceLock<FieldSet> = std::sync::OnceLock::new();
+    SET.get_or_init(build_strip_set)
+}
+
+fn build_strip_set() -> FieldSet {
     let f = |s: &str| PathElement::Field(s.to_string());
     let mut set = FieldSet::new();
     set.insert(&[f("apiVersion")]);
@@ -405,8 +462,11 @@ impl FieldManager<'_> {
     }
 
     fn clean(&self, set: FieldSet) -> FieldSet {
-        set.difference(&strip_set())
-            .recursive_difference(&self.reset_fields)
+        let set = set.difference(strip_set());
+        if self.reset_fields.is_empty() {
+            return set;
+        }
+        set.recursive_difference(&self.reset_fields)
     }
 
     fn entry(&self, manager: &str, operation: &str) -> ManagedFieldsEntry {
@@ -430,13 +490,17 @@ impl FieldManager<'_> {
         entries: &mut [ManagedFieldsEntry],
         me: Option<usize>,
         force: bool,
+        skip_managed_fields: bool,
     ) -> Result<typed::Comparison, Vec<Conflict>> {
         let typer = self.typer();
         let ty = typer.root(self.root_type);
         let created = old.is_none();
         let empty = Value::Object(Map::new());
         let old = old.unwrap_or(&empty);
-        let cmp = typer.compare(Some(old), Some(new), &ty, created);
+        let cmp = typer.compare(Some(old), Some(new), &ty, created, skip_managed_fields);
+        if entries.iter().enumerate().all(|(i, _)| Some(i) == me) {
+            return Ok(cmp);
+        }
         let changed = cmp.modified.union(&cmp.added);
         let mut conflicts = Vec::new();
         for (i, e) in entries.iter_mut().enumerate() {
@@ -516,7 +580,7 @@ impl FieldManager<'_> {
             // Objects that were never tracked: everything present belongs to
             // `before-first-apply`.
             let mut e = self.entry(BEFORE_FIRST_APPLY, OPERATION_UPDATE);
-            let cmp = typer.compare(None, Some(l), &ty, true);
+            let cmp = typer.compare(None, Some(l), &ty, true, false);
             e.fields = self.clean(cmp.added.union(&cmp.modified));
             if !e.fields.is_empty() {
                 e.time = Some(self.now.to_string());
@@ -557,7 +621,7 @@ impl FieldManager<'_> {
             }
         }
 
-        self.take_changed(live_clean.as_ref(), &result, &mut entries, Some(me), force)
+        self.take_changed(live_clean.as_ref(), &result, &mut entries, Some(me), force, false)
             .map_err(ApplyError::Conflicts)?;
 
         let changed = live_clean.as_ref() != Some(&result);
@@ -575,11 +639,8 @@ impl FieldManager<'_> {
         // Managed fields the client sent win (that is how they are edited or
         // reset); a subresource write, or a client that dropped them, keeps the
         // live ones.
-        let sent = new
-            .get("metadata")
-            .and_then(|m| m.get("managedFields"))
-            .cloned();
-        let reset = match &sent {
+        let sent = new.get("metadata").and_then(|m| m.get("managedFields"));
+        let reset = match sent {
             Some(Value::Array(a)) if a.is_empty() => true,
             Some(Value::Array(a)) if a.len() == 1 => a[0].as_object().is_some_and(|m| m.is_empty()),
             _ => false,
@@ -587,7 +648,7 @@ impl FieldManager<'_> {
         let mut entries = if reset {
             Vec::new()
         } else {
-            let from_new = match (&sent, self.subresource) {
+            let from_new = match (sent, self.subresource) {
                 (Some(_), None) => parse_managed_fields(new).ok().filter(|e| !e.is_empty()),
                 _ => None,
             };
@@ -598,22 +659,28 @@ impl FieldManager<'_> {
                     .unwrap_or_default(),
             }
         };
-        let new_clean = without_managed_fields(new);
         if entries.is_empty() && old.is_some() {
             // Upstream does not start tracking on updates of untracked objects.
             set_managed_fields(new, Vec::new());
             return;
         }
-        let old_clean = old.map(without_managed_fields);
         // The change is computed as a fresh manager ("current-operation"), then
-        // added to this manager's Update entry.
+        // added to this manager's Update entry; managed fields are left out of the
+        // comparison.
         let me_entry = self.entry(manager, OPERATION_UPDATE);
-        let cmp = match self.take_changed(old_clean.as_ref(), &new_clean, &mut entries, None, true)
-        {
+        let cmp = match self.take_changed(old, new, &mut entries, None, true, true) {
             Ok(c) => c,
             Err(_) => return,
         };
-        let changed = self.clean(cmp.modified.union(&cmp.added));
+        let typed::Comparison {
+            added, modified, ..
+        } = cmp;
+        let changed = if modified.is_empty() {
+            added
+        } else {
+            modified.union(&added)
+        };
+        let changed = self.clean(changed);
         if !changed.is_empty() {
             match entries.iter_mut().find(|e| e.same_identity(&me_entry)) {
                 Some(e) => {

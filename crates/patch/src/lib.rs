@@ -21,8 +21,8 @@ pub use strategic::apply_strategic_merge_patch;
 
 pub use apply::{
     conflict_message, fields_of, parse_managed_fields, server_side_apply, track_update, ApplyError,
-    ApplySchema, Conflict, DerivedApplySchema, FieldManager, FieldSet, ListType,
-    ManagedFieldsEntry, MapType, PathElement,
+    ApplySchema, CachedApplySchema, Conflict, DerivedApplySchema, FieldManager, FieldSet, ListType,
+    ManagedFieldsEntry, MapType, PathElement, TypeCache,
 };
 
 /// Why a patch could not be applied.

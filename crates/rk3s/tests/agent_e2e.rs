@@ -202,20 +202,29 @@ fn scenario(c: &mut Cluster) {
 
     // Pod create -> Running latency, image present, one at a time.
     let mut lat = Vec::new();
+    // lat-0 serves HTTP: the fail-static check below fetches from it while rk3s is dead.
+    const WEB: &str = "busybox mkdir -p /tmp/www; echo static-ok > /tmp/www/index.html; exec httpd -f -p 8080 -h /tmp/www";
     for i in 0..5 {
         let name = format!("lat-{i}");
         let t = Instant::now();
-        c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pod_manifest(&name, image, "sleep 3600", "Always")));
+        c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pod_manifest(&name, image, if i == 0 { WEB } else { "sleep 3600" }, "Always")));
         wait_for("Running", Duration::from_secs(60), || (jsonpath(c, &["get", "pod", &name], "{.status.phase}") == "Running").then_some(()));
         lat.push(t.elapsed());
     }
     lat.sort();
     eprintln!("pod create -> Running (5 pods, serial, via kubectl): min {:?} median {:?} max {:?}", lat[0], lat[2], lat[4]);
 
-    // Fail-static: kill -9 of rk3s leaves the containers running; the restarted agent
-    // adopts them (same container, no restart).
+    // Fail-static: kill -9 of rk3s leaves the containers running and serving; the
+    // restarted agent adopts them (same container, no restart); deleting the adopted
+    // pod then stops them.
     let id_before = jsonpath(c, &["get", "pod", "lat-0"], "{.status.containerStatuses[0].containerID}");
     assert!(id_before.starts_with("containerd://"), "{id_before}");
+    let web_ip = jsonpath(c, &["get", "pod", "lat-0"], "{.status.podIP}");
+    assert_eq!(http_get(&web_ip, 8080).as_deref().map(|r| r.contains("static-ok")), Some(true), "lat-0 serves before the kill");
+    c.kill9();
+    let served = wait_for("lat-0 serving while rk3s is dead", Duration::from_secs(10), || http_get(&web_ip, 8080).filter(|r| r.contains("static-ok")));
+    assert!(served.starts_with("HTTP/1.") && served.contains(" 200 "), "{served}");
+    eprintln!("with rk3s killed: GET http://{web_ip}:8080/ answered 200");
     let state = format!("--containerd-state-dir={}", c.containerd_state_dir().display());
     c.restart_after_kill(&[state.as_str()]);
     let t = Instant::now();
@@ -223,10 +232,38 @@ fn scenario(c: &mut Cluster) {
         let s = jsonpath(c, &["get", "node", &node], r#"{.status.conditions[?(@.type=="Ready")].status}"#);
         (s == "True").then_some(())
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // The restarted agent's first sync of lat-0 found its container running, posted the
+    // status and logged the adoption: what the API shows now is that agent's view.
+    wait_for("lat-0 adopted by the restarted agent", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&c.log).ok()?;
+        log.lines().any(|l| l.contains("adopted the running containers of the pod") && l.contains("lat-0_default")).then_some(())
+    });
     let id_after = jsonpath(c, &["get", "pod", "lat-0"], "{.status.containerStatuses[0].containerID}");
     let restarts = jsonpath(c, &["get", "pod", "lat-0"], "{.status.containerStatuses[0].restartCount}");
     let phase = jsonpath(c, &["get", "pod", "lat-0"], "{.status.phase}");
     assert_eq!((id_after.as_str(), restarts.as_str(), phase.as_str()), (id_before.as_str(), "0", "Running"), "adopted after kill -9");
-    eprintln!("after kill -9 and restart: node Ready again in {:?}, pod lat-0 adopted", t.elapsed());
+    assert!(http_get(&web_ip, 8080).is_some_and(|r| r.contains("static-ok")), "still serving after the restart");
+    eprintln!("after kill -9 and restart: node Ready again and pod lat-0 adopted in {:?}", t.elapsed());
+    // Deleting the adopted pod stops its containers.
+    let before = ctr_containers(c);
+    c.ok(&["delete", "pod", "lat-0", "--timeout=60s"]);
+    let cid = id_before.trim_start_matches("containerd://").to_string();
+    wait_for("lat-0's container gone from containerd", Duration::from_secs(30), || {
+        let ids = sh(&format!("ctr --address {}/containerd.sock -n k8s.io containers ls -q", c.containerd_state_dir().display()));
+        (!ids.lines().any(|l| l.trim() == cid)).then_some(())
+    });
+    assert!(http_get(&web_ip, 8080).is_none(), "lat-0 stopped serving");
+    assert!(ctr_containers(c) < before, "fewer containers after deleting lat-0");
+}
+
+/// `GET /` over HTTP/1.0 from the host; the whole answer, or None when nothing answers.
+fn http_get(ip: &str, port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    (!resp.is_empty()).then_some(resp)
 }

@@ -16,25 +16,6 @@ use std::time::{Duration, Instant};
 use common::node::*;
 use common::{kubectl_bin, wait_for, Cluster};
 
-fn apply(c: &Cluster, yaml: &str) {
-    c.ok_with(&kubectl_bin(), &["apply", "-f", "-"], Some(yaml));
-}
-
-fn wait_running(c: &Cluster, pod: &str) {
-    wait_for(&format!("{pod} Running"), Duration::from_secs(60), || {
-        (jsonpath(c, &["get", "pod", pod], "{.status.phase}") == "Running").then_some(())
-    });
-}
-
-fn wait_node_ready(c: &Cluster) {
-    let node = rk3s_kubelet::node::hostname();
-    wait_for("node Ready", Duration::from_secs(60), || {
-        let s = jsonpath(c, &["get", "node", &node], r#"{.status.conditions[?(@.type=="Ready")].status}"#);
-        (s == "True").then_some(())
-    });
-    wait_for("default service account", Duration::from_secs(30), || c.kubectl(&["get", "sa", "default"]).status.success().then_some(()));
-}
-
 fn kubectl_child(c: &Cluster, args: &[&str]) -> Child {
     Command::new(kubectl_bin())
         .env("KUBECONFIG", &c.kubeconfig)

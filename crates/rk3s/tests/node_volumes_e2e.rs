@@ -13,15 +13,6 @@ use std::time::{Duration, Instant};
 use common::node::*;
 use common::{wait_for, Cluster};
 
-fn wait_node_ready(c: &Cluster) -> String {
-    let node = rk3s_kubelet::node::hostname();
-    wait_for("node Ready", Duration::from_secs(60), || {
-        let s = jsonpath(c, &["get", "node", &node], r#"{.status.conditions[?(@.type=="Ready")].status}"#);
-        (s == "True").then_some(())
-    });
-    node
-}
-
 fn static_manifest(cmd: &str) -> String {
     format!(
         r#"apiVersion: v1
@@ -86,7 +77,10 @@ fn node_static_pods() {
         assert_eq!(c.ok(&["exec", &mirror, "--", "echo", "exec-ok"]).trim(), "exec-ok");
 
         // Deleting the mirror pod recreates it; the static pod keeps running.
-        c.ok(&["delete", "pod", &mirror, "--timeout=30s"]);
+        // `--wait=false`: kubectl's delete-wait looks at names only once its watch cache
+        // synced, so a mirror recreated within its 100 ms poll makes it wait forever
+        // (kubernetes/kubernetes#135563); the new UID below proves the deletion instead.
+        c.ok(&["delete", "pod", &mirror, "--wait=false"]);
         let (uid2, _, cid2, hash2) = wait_for("mirror pod recreated", Duration::from_secs(30), || {
             let f = pod_facts(c, &mirror);
             (!f.0.is_empty() && f.0 != uid1 && f.1 == "Running").then_some(f)

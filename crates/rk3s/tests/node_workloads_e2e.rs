@@ -13,19 +13,6 @@ use common::node::*;
 use common::{wait_for, Cluster};
 use serde_json::Value;
 
-fn apply(c: &Cluster, yaml: &str) {
-    c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(yaml));
-}
-
-fn wait_node_ready(c: &Cluster) {
-    let node = rk3s_kubelet::node::hostname();
-    wait_for("node Ready", Duration::from_secs(60), || {
-        let s = jsonpath(c, &["get", "node", &node], r#"{.status.conditions[?(@.type=="Ready")].status}"#);
-        (s == "True").then_some(())
-    });
-    wait_for("default service account", Duration::from_secs(30), || c.kubectl(&["get", "sa", "default"]).status.success().then_some(()));
-}
-
 /// The events of one pod (core/v1, as `kubectl get events` shows them).
 fn pod_events(c: &Cluster, pod: &str) -> Vec<Value> {
     let sel = format!("involvedObject.name={pod}");
@@ -288,6 +275,100 @@ spec:
         assert!(term - pre <= 3, "TERM follows the hook at once: {text:?}");
         let order: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
         assert_eq!(order, ["start", "prestop", "prestop-done", "term"], "{text:?}");
+        wait_for("containers removed", Duration::from_secs(30), || (ctr_containers(c) == 0).then_some(()));
+    });
+}
+
+/// The `/etc/resolv.conf` a pod gets for each dnsPolicy, and a hostPort reached on the
+/// node IP (the portmap CNI plugin).
+#[test]
+fn node_pod_dns_config_and_host_port() {
+    run_node_test("node_pod_dns_config_and_host_port", &[], |c| {
+        wait_node_ready(c);
+        let pod = |name: &str, extra_spec: &str, cmd: &str, ports: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n{extra_spec}  containers:\n  - name: c\n    image: {BUSYBOX_IMAGE}\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"{cmd}\"]\n{ports}"
+            )
+        };
+        let sleep = "sleep 3600";
+        apply(c, &pod("dns-cluster", "", sleep, ""));
+        apply(c, &pod("dns-default", "  dnsPolicy: Default\n", sleep, ""));
+        apply(c, &pod("dns-none", "  dnsPolicy: None\n  dnsConfig:\n    nameservers: [192.0.2.1]\n    searches: [my.dns.search.suffix]\n    options:\n    - {name: ndots, value: \"2\"}\n    - {name: edns0}\n", sleep, ""));
+        apply(c, &pod("dns-hostnet", "  hostNetwork: true\n  dnsPolicy: ClusterFirstWithHostNet\n", sleep, ""));
+        let web = "mkdir -p /tmp/www; echo hostport-ok > /tmp/www/index.html; exec httpd -f -p 8080 -h /tmp/www";
+        let host_port = common::free_port();
+        apply(c, &pod("hostport", "", web, &format!("    ports:\n    - {{containerPort: 8080, hostPort: {host_port}}}\n")));
+        for p in ["dns-cluster", "dns-default", "dns-none", "dns-hostnet", "hostport"] {
+            wait_for(&format!("{p} Running"), Duration::from_secs(60), || (jsonpath(c, &["get", "pod", p], "{.status.phase}") == "Running").then_some(()));
+        }
+        // (nameservers, search domains, options) of a pod's /etc/resolv.conf.
+        let resolv = |p: &str| {
+            let text = c.ok(&["exec", p, "--", "cat", "/etc/resolv.conf"]);
+            let (mut ns, mut search, mut opts) = (Vec::new(), Vec::new(), Vec::new());
+            for l in text.lines() {
+                let mut f = l.split_whitespace();
+                match f.next() {
+                    Some("nameserver") => ns.extend(f.map(String::from)),
+                    Some("search") => search = f.map(String::from).collect(),
+                    Some("options") => opts.extend(f.map(String::from)),
+                    _ => {}
+                }
+            }
+            (ns, search, opts, text)
+        };
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let host_ns: Vec<String> = host.lines().filter_map(|l| l.strip_prefix("nameserver")).map(|s| s.trim().to_string()).collect();
+        let host_search: Vec<String> =
+            host.lines().rev().find_map(|l| l.strip_prefix("search ")).map(|s| s.split_whitespace().map(|d| d.trim_end_matches('.').to_string()).collect()).unwrap_or_default();
+        let cluster_search = |ns: &str| {
+            let mut s: Vec<String> = vec![format!("{ns}.svc.cluster.local"), "svc.cluster.local".into(), "cluster.local".into()];
+            s.extend(host_search.iter().filter(|d| !s.contains(d)).cloned().collect::<Vec<_>>());
+            s
+        };
+
+        // ClusterFirst (the default): the cluster DNS (k3s's 10.43.0.10) and upstream's search path.
+        let (ns, search, opts, text) = resolv("dns-cluster");
+        assert_eq!(ns, ["10.43.0.10"], "{text}");
+        assert_eq!(search, cluster_search("default"), "{text}");
+        assert_eq!(opts, ["ndots:5"], "{text}");
+        // ClusterFirstWithHostNet: the same for a host-network pod.
+        let (ns, search, opts, text) = resolv("dns-hostnet");
+        assert_eq!((ns, search, opts), (vec!["10.43.0.10".to_string()], cluster_search("default"), vec!["ndots:5".to_string()]), "{text}");
+        // Default: the host's (k3s's choice: a loopback stub resolver is replaced).
+        let (ns, search, _, text) = resolv("dns-default");
+        let loopback = host_ns.iter().any(|n| n.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+        if !loopback && !host_ns.is_empty() {
+            assert_eq!(ns, host_ns, "{text}");
+            assert_eq!(search, host_search, "{text}");
+        } else {
+            assert!(!ns.is_empty() && !ns.iter().any(|n| n.starts_with("127.")), "{text}");
+        }
+        // None: dnsConfig only.
+        let (ns, search, opts, text) = resolv("dns-none");
+        assert_eq!((ns, search, opts), (vec!["192.0.2.1".to_string()], vec!["my.dns.search.suffix".to_string()], vec!["ndots:2".to_string(), "edns0".to_string()]), "{text}");
+
+        // hostPort: the pod answers on the node IP at that port.
+        let get = |ip: &str| {
+            use std::io::{Read, Write};
+            let addr: std::net::SocketAddr = format!("{ip}:{host_port}").parse().ok()?;
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: node\r\n\r\n").ok()?;
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            r.contains("hostport-ok").then_some(r)
+        };
+        let node_ip = jsonpath(c, &["get", "pod", "hostport"], "{.status.hostIP}");
+        let resp = wait_for("GET through the hostPort on the node IP", Duration::from_secs(20), || get(&node_ip));
+        assert!(resp.contains(" 200 "), "{resp}");
+        // The tests' node IP is 127.0.0.1; the host's own global address works as well.
+        let global = sh("ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | grep -v '^10\\.42\\.' | head -n1");
+        let global = global.trim();
+        if !global.is_empty() {
+            wait_for("GET through the hostPort on the host's address", Duration::from_secs(20), || get(global));
+        }
+        eprintln!("hostPort {host_port} on node IP {node_ip} and {global:?}: 200");
+        c.ok(&["delete", "pod", "--all", "--timeout=60s"]);
         wait_for("containers removed", Duration::from_secs(30), || (ctr_containers(c) == 0).then_some(()));
     });
 }

@@ -477,7 +477,8 @@ fn read_history(
 ) -> Result<Vec<Event>, StoreError> {
     let tx = conn.transaction().map_err(db_err)?;
     let compacted: i64 = tx
-        .query_row(SQL_COMPACTED, [], |row| row.get(0))
+        .prepare_cached(SQL_COMPACTED)
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
         .map_err(db_err)?;
     if after < compacted {
         return Err(StoreError::Compacted {
@@ -535,10 +536,12 @@ fn read_list(
     }
     let tx = conn.transaction().map_err(db_err)?;
     let current: i64 = tx
-        .query_row(SQL_MAX_REVISION, [], |row| row.get(0))
+        .prepare_cached(SQL_MAX_REVISION)
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
         .map_err(db_err)?;
     let compacted: i64 = tx
-        .query_row(SQL_COMPACTED, [], |row| row.get(0))
+        .prepare_cached(SQL_COMPACTED)
+        .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
         .map_err(db_err)?;
     let revision = match opts.revision {
         Some(requested) if requested > 0 => {

@@ -473,12 +473,6 @@ fn aggregate(errs: &[String]) -> String {
     }
 }
 
-/// How long after a failed pull later syncs keep reporting `ErrImagePull` (with the
-/// same message, without pulling) before `ImagePullBackOff`. Upstream's pod worker
-/// retries a failed sync only after its own back-off, so the first error stays visible
-/// for a while; our worker also wakes on its own status patches.
-pub const ERR_IMAGE_PULL_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// The last pull error per pod and image (upstream's `prevPullErrMsg`): (reason,
 /// message). Bounded: the first keys go past 4096 entries.
 static LAST_ERRORS: Mutex<BTreeMap<String, (String, String)>> = Mutex::new(BTreeMap::new());

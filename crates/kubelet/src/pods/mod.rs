@@ -103,7 +103,7 @@ pub async fn run(client: kube::Client, cri: CriClient, cfg: PodConfig) -> Result
     let ctx = spec::SpecContext {
         cluster_dns: cfg.cluster_dns.clone(),
         cluster_domain: cfg.cluster_domain.clone(),
-        host_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        host_resolv_conf: spec::host_resolv_conf(),
         node_memory: host.memory_bytes,
         log_root: cfg.log_root(),
     };
@@ -204,12 +204,16 @@ impl static_pods::PodSink for WorkerSink {
     }
 }
 
+/// Hands a pod to its worker (starting one when there is none). The worker is woken
+/// only when [`update_matters`]; other updates (the kubelet's own status patches, an
+/// added owner reference, ...) are stored for the worker's next sync without waking it,
+/// as upstream's pod config turns status-only updates into reconciles, not syncs.
 fn dispatch(shared: &Arc<Shared>, workers: &Workers, pod: Pod) {
     let Some(uid) = pod.metadata.uid.clone() else { return };
     let Ok(mut w) = workers.lock() else { return };
     if let Some(h) = w.get(&uid) {
         if !h.task.is_finished() {
-            let _ = h.tx.send(Some(pod));
+            offer(&h.tx, pod);
             return;
         }
         // A finished worker whose pod is still there (e.g. a terminal pod being deleted
@@ -219,6 +223,31 @@ fn dispatch(shared: &Arc<Shared>, workers: &Workers, pod: Pod) {
     let wake = Arc::new(Notify::new());
     let task = tokio::spawn(worker::run(shared.clone(), rx, wake.clone()));
     w.insert(uid, WorkerHandle { tx, wake, task });
+}
+
+/// Stores the newest version of a pod for its worker; wakes the worker (and returns
+/// true) only when the update matters.
+fn offer(tx: &watch::Sender<Option<Pod>>, pod: Pod) -> bool {
+    tx.send_if_modified(|cur| {
+        let wake = cur.as_ref().is_none_or(|old| update_matters(old, &pod));
+        *cur = Some(pod);
+        wake
+    })
+}
+
+/// Whether a new version of a pod asks its worker to act: anything the kubelet acts on
+/// changed — the spec (containers, ephemeral containers, resources, ...), labels or
+/// annotations (downward API), `deletionTimestamp` or `deletionGracePeriodSeconds` — as
+/// upstream's `podsDifferSemantically`. Status-only updates, most of them the kubelet's
+/// own status patches, and other metadata (resourceVersion, managedFields, owner
+/// references, finalizers) do not matter.
+pub(crate) fn update_matters(old: &Pod, new: &Pod) -> bool {
+    let (o, n) = (&old.metadata, &new.metadata);
+    old.spec != new.spec
+        || o.labels != n.labels
+        || o.annotations != n.annotations
+        || o.deletion_timestamp != n.deletion_timestamp
+        || o.deletion_grace_period_seconds != n.deletion_grace_period_seconds
 }
 
 /// Relists the runtime every second and wakes the workers of pods whose containers or
@@ -327,6 +356,66 @@ pub(crate) async fn pod_sandboxes(cri: &CriClient, uid: &str) -> Vec<crate::cri:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn running_pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u-1", "resourceVersion": "10",
+                         "labels": {"app": "web"}, "annotations": {"a": "1"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}], "nodeName": "n1"},
+            "status": {"phase": "Pending"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn status_only_updates_do_not_matter() {
+        let old = running_pod();
+        let mut new = old.clone();
+        new.metadata.resource_version = Some("11".into());
+        new.status = serde_json::from_value(serde_json::json!({"phase": "Running", "podIP": "10.42.0.5",
+            "conditions": [{"type": "Ready", "status": "True"}]})).unwrap();
+        new.metadata.managed_fields = Some(vec![Default::default()]);
+        assert!(!update_matters(&old, &new), "the kubelet's own status patch");
+        new.metadata.owner_references = Some(vec![Default::default()]);
+        new.metadata.finalizers = Some(vec!["x/y".into()]);
+        assert!(!update_matters(&old, &new), "metadata the kubelet does not act on");
+    }
+
+    #[test]
+    fn spec_and_acted_on_metadata_matter() {
+        let old = running_pod();
+        let changed = |f: &dyn Fn(&mut Pod)| {
+            let mut p = old.clone();
+            f(&mut p);
+            update_matters(&old, &p)
+        };
+        assert!(changed(&|p| p.metadata.labels.get_or_insert_default().insert("tier".into(), "x".into()).map(|_| ()).unwrap_or(())));
+        assert!(changed(&|p| p.metadata.annotations = None));
+        assert!(changed(&|p| p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()))));
+        assert!(changed(&|p| p.metadata.deletion_grace_period_seconds = Some(0)));
+        assert!(changed(&|p| p.spec.as_mut().unwrap().containers[0].image = Some("busybox:2".into())));
+        // kubectl debug adds an ephemeral container: a spec change (pods/ephemeralcontainers).
+        assert!(changed(&|p| p.spec.as_mut().unwrap().ephemeral_containers =
+            Some(vec![k8s_openapi::api::core::v1::EphemeralContainer { name: "debugger".into(), ..Default::default() }])));
+        assert!(changed(&|p| p.spec.as_mut().unwrap().active_deadline_seconds = Some(5)));
+        assert!(!changed(&|_| {}));
+    }
+
+    #[tokio::test]
+    async fn dispatch_stores_status_updates_without_waking() {
+        let (tx, mut rx) = watch::channel(Some(running_pod()));
+        rx.borrow_and_update();
+        let mut status_patch = running_pod();
+        status_patch.status.as_mut().unwrap().phase = Some("Running".into());
+        let send = |pod: Pod| offer(&tx, pod);
+        assert!(!send(status_patch));
+        assert!(!rx.has_changed().unwrap(), "no wake-up for a status patch");
+        assert_eq!(rx.borrow().as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()), Some("Running"), "but the worker sees the newest status");
+        let mut deleted = running_pod();
+        deleted.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+        assert!(send(deleted));
+        assert!(rx.has_changed().unwrap());
+    }
 
     #[test]
     fn log_layout_is_upstreams() {

@@ -175,7 +175,8 @@ pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// Parses a resolv.conf: (nameservers, searches, options).
+/// Parses a resolv.conf as upstream's kubelet: (nameservers, searches, options). The
+/// last `search` line wins, its domains without a trailing dot (`.` itself dropped).
 pub fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
     let (mut ns, mut search, mut opts) = (Vec::new(), Vec::new(), Vec::new());
     for line in text.lines() {
@@ -183,12 +184,34 @@ pub fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>, Vec<String>) 
         let mut f = line.split_whitespace();
         match f.next() {
             Some("nameserver") => ns.extend(f.next().map(str::to_string)),
-            Some("search") | Some("domain") => search = f.map(str::to_string).collect(),
+            Some("search") => search = f.filter(|d| *d != ".").map(|d| d.trim_end_matches('.').to_string()).collect(),
             Some("options") => opts.extend(f.map(str::to_string)),
             _ => {}
         }
     }
     (ns, search, opts)
+}
+
+/// The host resolv.conf pods with dnsPolicy `Default` get (and whose search domains
+/// `ClusterFirst` pods inherit), chosen as k3s does: `/etc/resolv.conf` when it names a
+/// nameserver that is not a loopback address (a local stub resolver is unreachable
+/// from a pod), else systemd-resolved's upstream file, else `nameserver 8.8.8.8`.
+pub fn host_resolv_conf() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    choose_resolv_conf(read("/etc/resolv.conf"), read("/run/systemd/resolve/resolv.conf"))
+}
+
+fn choose_resolv_conf(etc: Option<String>, systemd: Option<String>) -> String {
+    let usable = |t: &String| {
+        parse_resolv_conf(t).0.iter().any(|n| n.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback() && !ip.is_unspecified()))
+    };
+    etc.filter(usable).or(systemd.filter(usable)).unwrap_or_else(|| "nameserver 8.8.8.8\n".to_string())
+}
+
+fn push_unique(list: &mut Vec<String>, v: &str) {
+    if !v.is_empty() && !list.iter().any(|x| x == v) {
+        list.push(v.to_string());
+    }
 }
 
 /// The DNS config of a pod (dnsPolicy and dnsConfig as upstream).
@@ -206,7 +229,9 @@ pub fn dns_config(pod: &Pod, ctx: &SpecContext) -> DnsConfig {
     let mut cfg = if cluster_first && !ctx.cluster_dns.is_empty() {
         let d = &ctx.cluster_domain;
         let mut searches = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
-        searches.extend(host_search.into_iter().filter(|s| !s.is_empty()));
+        for s in &host_search {
+            push_unique(&mut searches, s);
+        }
         DnsConfig { servers: ctx.cluster_dns.clone(), searches, options: vec!["ndots:5".into()] }
     } else if policy == "None" {
         DnsConfig::default()
@@ -215,14 +240,10 @@ pub fn dns_config(pod: &Pod, ctx: &SpecContext) -> DnsConfig {
     };
     if let Some(extra) = spec.and_then(|s| s.dns_config.as_ref()) {
         for s in extra.nameservers.iter().flatten() {
-            if !cfg.servers.contains(s) {
-                cfg.servers.push(s.clone());
-            }
+            push_unique(&mut cfg.servers, s);
         }
         for s in extra.searches.iter().flatten() {
-            if !cfg.searches.contains(s) {
-                cfg.searches.push(s.clone());
-            }
+            push_unique(&mut cfg.searches, s);
         }
         for o in extra.options.iter().flatten() {
             let Some(name) = o.name.as_deref() else { continue };
@@ -234,7 +255,11 @@ pub fn dns_config(pod: &Pod, ctx: &SpecContext) -> DnsConfig {
         }
     }
     cfg.servers.truncate(3);
+    // Upstream's limits: 32 search domains in at most 2048 characters.
     cfg.searches.truncate(32);
+    while cfg.searches.join(" ").len() > 2048 {
+        cfg.searches.pop();
+    }
     cfg
 }
 
@@ -515,6 +540,61 @@ mod tests {
         assert_eq!(sandbox_config(&hp, &ctx(), 0).hostname, "");
         assert_eq!(sandbox_config(&p, &ctx(), 0).hostname, "web");
         assert_eq!(sandbox_config(&p, &ctx(), 0).log_directory, "/logs/team_web_u1");
+    }
+
+    #[test]
+    fn dns_policies_as_upstream() {
+        use k8s_openapi::api::core::v1::{PodDNSConfig, PodDNSConfigOption};
+        let with = |policy: &str, host_network: bool, cfg: Option<PodDNSConfig>| {
+            let p = pod("team", PodSpec { dns_policy: Some(policy.into()), host_network: Some(host_network), dns_config: cfg, ..Default::default() });
+            dns_config(&p, &ctx())
+        };
+        // ClusterFirstWithHostNet: cluster DNS also with the host network.
+        let d = with("ClusterFirstWithHostNet", true, None);
+        assert_eq!((d.servers, d.options), (vec!["10.43.0.10".to_string()], vec!["ndots:5".to_string()]));
+        // Default: the host's file.
+        let d = with("Default", false, None);
+        assert_eq!((d.servers, d.searches, d.options), (vec!["1.1.1.1".into()], vec!["example.com".into()], vec!["edns0".into()]));
+        // None: only dnsConfig.
+        let extra = PodDNSConfig {
+            nameservers: Some(vec!["192.0.2.1".into(), "192.0.2.1".into()]),
+            searches: Some(vec!["my.dns.search.suffix".into()]),
+            options: Some(vec![
+                PodDNSConfigOption { name: Some("ndots".into()), value: Some("2".into()) },
+                PodDNSConfigOption { name: Some("edns0".into()), value: None },
+            ]),
+        };
+        let d = with("None", false, Some(extra.clone()));
+        assert_eq!(d.servers, vec!["192.0.2.1"]);
+        assert_eq!(d.searches, vec!["my.dns.search.suffix"]);
+        assert_eq!(d.options, vec!["ndots:2", "edns0"]);
+        // ClusterFirst + dnsConfig: appended; an option of the same name replaces ours.
+        let d = with("ClusterFirst", false, Some(extra));
+        assert_eq!(d.servers, vec!["10.43.0.10", "192.0.2.1"]);
+        assert_eq!(d.searches.last().map(String::as_str), Some("my.dns.search.suffix"));
+        assert_eq!(d.options, vec!["ndots:2", "edns0"]);
+        // No cluster DNS configured: ClusterFirst falls back to the host's.
+        let mut no_dns = ctx();
+        no_dns.cluster_dns.clear();
+        assert_eq!(dns_config(&pod("team", PodSpec::default()), &no_dns).servers, vec!["1.1.1.1"]);
+        // Search domains from the host are not repeated; long lists are cut.
+        let mut dup = ctx();
+        dup.host_resolv_conf = "nameserver 1.1.1.1\nsearch cluster.local corp.example. .\n".into();
+        assert_eq!(dns_config(&pod("a", PodSpec::default()), &dup).searches, vec!["a.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"]);
+        let mut long = ctx();
+        long.host_resolv_conf = format!("search {}\n", (0..40).map(|i| format!("d{i}.{}", "x".repeat(100))).collect::<Vec<_>>().join(" "));
+        let d = dns_config(&pod("a", PodSpec { dns_policy: Some("Default".into()), ..Default::default() }), &long);
+        assert!(d.searches.len() <= 32 && d.searches.join(" ").len() <= 2048, "{}", d.searches.len());
+    }
+
+    #[test]
+    fn host_resolv_conf_skips_loopback_resolvers() {
+        let etc = Some("nameserver 127.0.0.53\noptions edns0\n".to_string());
+        let systemd = Some("nameserver 10.0.0.2\nsearch lan\n".to_string());
+        assert_eq!(choose_resolv_conf(etc.clone(), systemd), "nameserver 10.0.0.2\nsearch lan\n");
+        assert_eq!(choose_resolv_conf(etc, None), "nameserver 8.8.8.8\n");
+        let good = Some("nameserver 10.255.255.53\n".to_string());
+        assert_eq!(choose_resolv_conf(good.clone(), None), "nameserver 10.255.255.53\n");
     }
 
     #[test]

@@ -25,6 +25,14 @@ const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Resync period of a pod without events.
 const RESYNC: Duration = Duration::from_secs(10);
+/// Upstream's pod worker back-off (`workerBackOffPeriod`): a sync that failed on the
+/// image (ErrImagePull, ImagePullBackOff, ...) is retried after this (not when the
+/// kubelet's own status patch comes back). So `ErrImagePull` stands until that retry,
+/// which, inside the pull back-off, shows `ImagePullBackOff`; the retry after the
+/// back-off pulls again.
+const WORKER_BACKOFF: Duration = Duration::from_secs(10);
+/// Retry of a sync that failed starting a container for another reason.
+const START_RETRY: Duration = Duration::from_secs(2);
 /// The shortest time a container gets between SIGTERM and SIGKILL (upstream's
 /// `minimumGracePeriodInSeconds`).
 const MIN_GRACE: i64 = 2;
@@ -49,6 +57,11 @@ struct PodState {
     start_time: Option<String>,
     sandbox_error: Option<String>,
     stopped_terminal: bool,
+    /// The phase this worker last reported is terminal (Succeeded/Failed): the worker
+    /// does not wait for its own status patch to come back through the watch.
+    reported_terminal: bool,
+    /// A sync reached the containers once.
+    synced_once: bool,
 }
 
 impl Drop for PodState {
@@ -72,6 +85,8 @@ fn now_rfc3339() -> String {
 pub(super) async fn run(sh: Arc<Shared>, mut rx: watch::Receiver<Option<Pod>>, wake: Arc<Notify>) {
     let mut st = PodState::default();
     let mut last_pod: Option<Pod> = None;
+    let mut syncs: u64 = 0;
+    let mut cause = "new";
     loop {
         let cur = rx.borrow_and_update().clone();
         let next = match cur {
@@ -83,6 +98,8 @@ pub(super) async fn run(sh: Arc<Shared>, mut rx: watch::Receiver<Option<Pod>>, w
                 return;
             }
             Some(pod) => {
+                syncs += 1;
+                tracing::debug!(pod = %pod_key(&pod), syncs, cause, "pod sync");
                 let r = sync(&sh, &mut st, &pod, &wake).await;
                 last_pod = Some(pod);
                 match r {
@@ -91,11 +108,11 @@ pub(super) async fn run(sh: Arc<Shared>, mut rx: watch::Receiver<Option<Pod>>, w
                 }
             }
         };
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(next) => {}
-        }
+        cause = tokio::select! {
+            r = rx.changed() => if r.is_err() { return } else { "update" },
+            _ = wake.notified() => "runtime",
+            _ = tokio::time::sleep(next) => "timer",
+        };
     }
 }
 
@@ -152,13 +169,7 @@ async fn ensure_image(sh: &Shared, st: &mut PodState, pod: &Pod, c: &Container) 
         }
     }
     let key = pull::backoff_key(pod.metadata.uid.as_deref().unwrap_or_default(), &image);
-    if let Some((until, delay)) = st.pull.get(&c.name).copied().filter(|(until, _)| Instant::now() < *until) {
-        // Right after the failure the error itself stands; then the back-off shows.
-        if Instant::now() < until - delay + pull::ERR_IMAGE_PULL_HOLD {
-            if let Some(e) = pull::last_error(&key) {
-                return Err(e);
-            }
-        }
+    if st.pull.get(&c.name).is_some_and(|(until, _)| Instant::now() < *until) {
         return Err(("ImagePullBackOff".into(), pull::backoff_message(&key, &image)));
     }
     pull::forget_error(&key);
@@ -347,6 +358,22 @@ async fn ensure_image_with_events(sh: &Shared, st: &mut PodState, pod: &Pod, c: 
     }
 }
 
+/// When to sync again after starting a container failed with `reason`: image errors
+/// wait for the worker back-off, other errors (a missing ConfigMap, a runtime error)
+/// are retried sooner.
+fn retry_after(reason: &str) -> Duration {
+    if is_image_error(reason) {
+        WORKER_BACKOFF
+    } else {
+        START_RETRY
+    }
+}
+
+/// The waiting reasons of upstream's image manager.
+fn is_image_error(reason: &str) -> bool {
+    matches!(reason, "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "InvalidImageName" | "ErrImageInspect")
+}
+
 /// Creates and starts one container instance. Errors are (reason, message) for the
 /// container's waiting state.
 #[allow(clippy::too_many_arguments)]
@@ -522,7 +549,7 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
         }
     }
     let phase_now = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-    if phase_now == "Succeeded" || phase_now == "Failed" {
+    if phase_now == "Succeeded" || phase_now == "Failed" || st.reported_terminal {
         if !st.stopped_terminal {
             for (_, t) in st.probe_tasks.drain() {
                 t.abort();
@@ -607,6 +634,14 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
     };
 
     let mut instances = pod_containers(sh, &uid).await;
+    // The first sync of a worker that finds containers running (the agent restarted):
+    // they are adopted as they are, said once the status is posted.
+    let adopted = if st.synced_once {
+        0
+    } else {
+        st.synced_once = true;
+        instances.values().filter(|v| v.first().is_some_and(|s| is(s, ContainerState::ContainerRunning))).count()
+    };
     let policy = pspec.restart_policy.clone().unwrap_or_else(|| "Always".into());
     let mut next = RESYNC;
 
@@ -642,8 +677,8 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                 } else {
                     note_restart(st, &c.name);
                     if let Err(w) = start_container(sh, st, pod, c, attempt, &sandbox_id, sandbox_attempt, &pod_ip).await {
+                        next = next.min(retry_after(&w.0));
                         st.waiting.insert(c.name.clone(), w);
-                        next = next.min(Duration::from_secs(2));
                     }
                 }
                 break;
@@ -656,8 +691,8 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
             _ => {
                 init_done = false;
                 if let Err(w) = start_container(sh, st, pod, c, 0, &sandbox_id, sandbox_attempt, &pod_ip).await {
+                    next = next.min(retry_after(&w.0));
                     st.waiting.insert(c.name.clone(), w);
-                    next = next.min(Duration::from_secs(2));
                 }
                 break;
             }
@@ -671,8 +706,8 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
             match cur {
                 None => {
                     if let Err(w) = start_container(sh, st, pod, c, 0, &sandbox_id, sandbox_attempt, &pod_ip).await {
+                        next = next.min(retry_after(&w.0));
                         st.waiting.insert(c.name.clone(), w);
-                        next = next.min(Duration::from_secs(2));
                     }
                 }
                 Some(s) if is(&s, ContainerState::ContainerCreated) => {
@@ -716,8 +751,8 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                     } else {
                         note_restart(st, &c.name);
                         if let Err(w) = start_container(sh, st, pod, c, attempt, &sandbox_id, sandbox_attempt, &pod_ip).await {
+                            next = next.min(retry_after(&w.0));
                             st.waiting.insert(c.name.clone(), w);
-                            next = next.min(Duration::from_secs(2));
                         }
                     }
                 }
@@ -785,6 +820,13 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
     let views_main = views(&pspec.containers, if init_done { "ContainerCreating" } else { "PodInitializing" }, st);
     let sandbox_ready = !pod_ip.is_empty() || host_network;
     post_status(sh, st, pod, &init_views, &views_main, init_done, init_failed, Some(sandbox_ready), &pod_ip).await;
+    if adopted > 0 {
+        tracing::info!(pod = %pod_key(pod), containers = adopted, "adopted the running containers of the pod");
+    }
+    if st.reported_terminal {
+        // Stop what is left of a pod that just finished, now.
+        return Next::After(Duration::ZERO);
+    }
     Next::After(next)
 }
 
@@ -911,7 +953,10 @@ async fn post_status(
     let api: Api<Pod> = Api::namespaced(sh.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": s}))).await {
-        Ok(_) => st.last_status = Some(s),
+        Ok(_) => {
+            st.reported_terminal = terminal;
+            st.last_status = Some(s);
+        }
         Err(e) => tracing::warn!(pod = %pod_key(pod), error = %e, "pod status update failed"),
     }
 }
@@ -1040,6 +1085,14 @@ mod tests {
         assert_eq!(fmt_backoff(Duration::from_secs(40)), "40s");
         assert_eq!(fmt_backoff(Duration::from_secs(300)), "5m0s");
         assert_eq!(fmt_backoff(Duration::from_secs(160)), "2m40s");
+    }
+
+    #[test]
+    fn image_errors_wait_for_the_worker_back_off() {
+        for r in ["ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"] {
+            assert_eq!(retry_after(r), WORKER_BACKOFF, "{r}");
+        }
+        assert_eq!(retry_after("CreateContainerConfigError"), START_RETRY);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Sets of field paths (upstream's `fieldpath.Set`) and their `FieldsV1` encoding.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
@@ -207,8 +206,66 @@ pub fn path_string(path: &[PathElement]) -> String {
 /// members below it without being one (its children).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FieldSet {
-    members: BTreeSet<PathElement>,
-    children: BTreeMap<PathElement, FieldSet>,
+    /// The elements of this level, sorted and unique; every node is a member or
+    /// has members below it (so equal sets have equal representations).
+    nodes: Vec<Node>,
+}
+
+/// One element of a level of a [`FieldSet`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Node {
+    pe: PathElement,
+    /// The path to this element is a member.
+    member: bool,
+    /// Members below it (empty when none).
+    children: FieldSet,
+}
+
+impl Node {
+    fn new(pe: PathElement, member: bool, children: FieldSet) -> Node {
+        Node {
+            pe,
+            member,
+            children,
+        }
+    }
+
+    fn keep(&self) -> bool {
+        self.member || !self.children.is_empty()
+    }
+}
+
+/// Walks two sorted levels together, calling `f` with the node of each side for
+/// every element of either.
+fn merge_join<'s>(
+    a: &'s [Node],
+    b: &'s [Node],
+    mut f: impl FnMut(Option<&'s Node>, Option<&'s Node>),
+) {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].pe.cmp(&b[j].pe) {
+            Ordering::Less => {
+                f(Some(&a[i]), None);
+                i += 1;
+            }
+            Ordering::Greater => {
+                f(None, Some(&b[j]));
+                j += 1;
+            }
+            Ordering::Equal => {
+                f(Some(&a[i]), Some(&b[j]));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    for n in &a[i..] {
+        f(Some(n), None);
+    }
+    for n in &b[j..] {
+        f(None, Some(n));
+    }
 }
 
 impl FieldSet {
@@ -219,17 +276,50 @@ impl FieldSet {
 
     /// True when the set has no member.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.children.is_empty()
+        self.nodes.is_empty()
+    }
+
+    fn find(&self, pe: &PathElement) -> Result<usize, usize> {
+        self.nodes.binary_search_by(|n| n.pe.cmp(pe))
+    }
+
+    fn node(&self, pe: &PathElement) -> Option<&Node> {
+        self.find(pe).ok().map(|i| &self.nodes[i])
+    }
+
+    /// The node of `pe`, added (neither member nor with children: the caller makes
+    /// it one or the other) when missing.
+    fn node_mut(&mut self, pe: &PathElement) -> &mut Node {
+        let i = match self.find(pe) {
+            Ok(i) => i,
+            Err(i) => {
+                self.nodes
+                    .insert(i, Node::new(pe.clone(), false, FieldSet::new()));
+                i
+            }
+        };
+        &mut self.nodes[i]
     }
 
     /// Adds `path` (the empty path is ignored, as upstream does).
     pub fn insert(&mut self, path: &[PathElement]) {
         match path {
             [] => {}
-            [last] => {
-                self.members.insert(last.clone());
-            }
-            [first, rest @ ..] => self.children.entry(first.clone()).or_default().insert(rest),
+            [last] => self.node_mut(last).member = true,
+            [first, rest @ ..] => self.node_mut(first).children.insert(rest),
+        }
+    }
+
+    /// Builds a set from nodes of one level in any order with unique elements;
+    /// nodes that are neither members nor have children are dropped.
+    pub(crate) fn from_unsorted(mut entries: Vec<(PathElement, bool, FieldSet)>) -> FieldSet {
+        entries.retain(|(_, member, children)| *member || !children.is_empty());
+        entries.sort_unstable_by(|p, q| p.0.cmp(&q.0));
+        FieldSet {
+            nodes: entries
+                .into_iter()
+                .map(|(pe, member, children)| Node::new(pe, member, children))
+                .collect(),
         }
     }
 
@@ -237,8 +327,8 @@ impl FieldSet {
     pub fn contains(&self, path: &[PathElement]) -> bool {
         match path {
             [] => false,
-            [last] => self.members.contains(last),
-            [first, rest @ ..] => self.children.get(first).is_some_and(|c| c.contains(rest)),
+            [last] => self.node(last).is_some_and(|n| n.member),
+            [first, rest @ ..] => self.node(first).is_some_and(|n| n.children.contains(rest)),
         }
     }
 
@@ -246,101 +336,144 @@ impl FieldSet {
     pub fn contains_prefix(&self, path: &[PathElement]) -> bool {
         match path {
             [] => !self.is_empty(),
-            [last] => self.members.contains(last) || self.children.contains_key(last),
+            [last] => self.node(last).is_some(),
             [first, rest @ ..] => self
-                .children
-                .get(first)
-                .is_some_and(|c| c.contains_prefix(rest)),
+                .node(first)
+                .is_some_and(|n| n.children.contains_prefix(rest)),
         }
     }
 
-    /// The sub-set below `pe` (empty when none).
+    /// The sub-set below `pe` (None when there is no member below it).
     pub(crate) fn child(&self, pe: &PathElement) -> Option<&FieldSet> {
-        self.children.get(pe)
+        self.node(pe)
+            .map(|n| &n.children)
+            .filter(|c| !c.is_empty())
     }
 
     /// True when `pe` is a member at this level.
     pub(crate) fn has_member(&self, pe: &PathElement) -> bool {
-        self.members.contains(pe)
+        self.node(pe).is_some_and(|n| n.member)
     }
 
     /// Paths in either set.
     pub fn union(&self, other: &FieldSet) -> FieldSet {
-        let mut out = self.clone();
-        out.members.extend(other.members.iter().cloned());
-        for (pe, c) in &other.children {
-            let merged = match out.children.get(pe) {
-                Some(mine) => mine.union(c),
-                None => c.clone(),
-            };
-            out.children.insert(pe.clone(), merged);
+        if other.is_empty() {
+            return self.clone();
         }
-        out
+        if self.is_empty() {
+            return other.clone();
+        }
+        let mut nodes = Vec::with_capacity(self.nodes.len().max(other.nodes.len()));
+        merge_join(&self.nodes, &other.nodes, |a, b| {
+            nodes.push(match (a, b) {
+                (Some(a), Some(b)) => {
+                    Node::new(a.pe.clone(), a.member || b.member, a.children.union(&b.children))
+                }
+                (Some(n), None) | (None, Some(n)) => n.clone(),
+                (None, None) => return,
+            })
+        });
+        FieldSet { nodes }
+    }
+
+    /// Adds every path of `other` to this set.
+    pub(crate) fn union_with(&mut self, other: &FieldSet) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            self.nodes = other.nodes.clone();
+            return;
+        }
+        *self = self.union(other);
     }
 
     /// Paths in both sets.
     pub fn intersection(&self, other: &FieldSet) -> FieldSet {
-        let mut out = FieldSet::new();
-        out.members = self.members.intersection(&other.members).cloned().collect();
-        for (pe, c) in &self.children {
-            if let Some(o) = other.children.get(pe) {
-                let i = c.intersection(o);
-                if !i.is_empty() {
-                    out.children.insert(pe.clone(), i);
+        let mut nodes = Vec::new();
+        if self.is_empty() || other.is_empty() {
+            return FieldSet { nodes };
+        }
+        merge_join(&self.nodes, &other.nodes, |a, b| {
+            if let (Some(a), Some(b)) = (a, b) {
+                let n = Node::new(
+                    a.pe.clone(),
+                    a.member && b.member,
+                    a.children.intersection(&b.children),
+                );
+                if n.keep() {
+                    nodes.push(n);
                 }
             }
-        }
-        out
+        });
+        FieldSet { nodes }
     }
 
     /// Paths of `self` that are not members of `other` (members below a member of
     /// `other` stay).
     pub fn difference(&self, other: &FieldSet) -> FieldSet {
-        let mut out = FieldSet::new();
-        out.members = self.members.difference(&other.members).cloned().collect();
-        for (pe, c) in &self.children {
-            let d = match other.children.get(pe) {
-                Some(o) => c.difference(o),
-                None => c.clone(),
-            };
-            if !d.is_empty() {
-                out.children.insert(pe.clone(), d);
-            }
+        if other.is_empty() || self.is_empty() {
+            return self.clone();
         }
-        out
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        merge_join(&self.nodes, &other.nodes, |a, b| match (a, b) {
+            (Some(a), Some(b)) => {
+                let n = Node::new(
+                    a.pe.clone(),
+                    a.member && !b.member,
+                    a.children.difference(&b.children),
+                );
+                if n.keep() {
+                    nodes.push(n);
+                }
+            }
+            (Some(a), None) => nodes.push(a.clone()),
+            _ => {}
+        });
+        FieldSet { nodes }
     }
 
     /// Paths of `self` that are neither members of `other` nor below one.
     pub fn recursive_difference(&self, other: &FieldSet) -> FieldSet {
-        let mut out = FieldSet::new();
-        out.members = self.members.difference(&other.members).cloned().collect();
-        for (pe, c) in &self.children {
-            if other.members.contains(pe) {
-                continue;
-            }
-            let d = match other.children.get(pe) {
-                Some(o) => c.recursive_difference(o),
-                None => c.clone(),
-            };
-            if !d.is_empty() {
-                out.children.insert(pe.clone(), d);
-            }
+        if other.is_empty() || self.is_empty() {
+            return self.clone();
         }
-        out
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        merge_join(&self.nodes, &other.nodes, |a, b| match (a, b) {
+            (Some(a), Some(b)) => {
+                let children = if b.member {
+                    FieldSet::new()
+                } else {
+                    a.children.recursive_difference(&b.children)
+                };
+                let n = Node::new(a.pe.clone(), a.member && !b.member, children);
+                if n.keep() {
+                    nodes.push(n);
+                }
+            }
+            (Some(a), None) => nodes.push(a.clone()),
+            _ => {}
+        });
+        FieldSet { nodes }
     }
 
     /// The same set where every object field that has members below it is a
     /// member too (upstream's `EnsureNamedFieldsAreMembers`, used when pruning).
     pub(crate) fn with_field_prefixes(&self) -> FieldSet {
-        let mut out = FieldSet::new();
-        out.members = self.members.clone();
-        for (pe, c) in &self.children {
-            if matches!(pe, PathElement::Field(_)) {
-                out.members.insert(pe.clone());
-            }
-            out.children.insert(pe.clone(), c.with_field_prefixes());
+        FieldSet {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let field = matches!(n.pe, PathElement::Field(_));
+                    Node::new(
+                        n.pe.clone(),
+                        n.member || (field && !n.children.is_empty()),
+                        n.children.with_field_prefixes(),
+                    )
+                })
+                .collect(),
         }
-        out
     }
 
     /// Every member, in upstream's iteration order (members of a level first, then
@@ -352,21 +485,24 @@ impl FieldSet {
     }
 
     fn collect(&self, prefix: &mut FieldPath, out: &mut Vec<FieldPath>) {
-        for m in &self.members {
+        for n in self.nodes.iter().filter(|n| n.member) {
             let mut p = prefix.clone();
-            p.push(m.clone());
+            p.push(n.pe.clone());
             out.push(p);
         }
-        for (pe, c) in &self.children {
-            prefix.push(pe.clone());
-            c.collect(prefix, out);
+        for n in self.nodes.iter().filter(|n| !n.children.is_empty()) {
+            prefix.push(n.pe.clone());
+            n.children.collect(prefix, out);
             prefix.pop();
         }
     }
 
     /// Number of members.
     pub fn len(&self) -> usize {
-        self.members.len() + self.children.values().map(FieldSet::len).sum::<usize>()
+        self.nodes
+            .iter()
+            .map(|n| usize::from(n.member) + n.children.len())
+            .sum()
     }
 
     /// The `FieldsV1` JSON of the set, exactly as upstream encodes it: keys sorted
@@ -377,15 +513,14 @@ impl FieldSet {
     }
 
     fn emit(&self, include_self: bool) -> Map<String, Value> {
-        let mut out = Map::new();
-        let mut keys: BTreeSet<&PathElement> = self.members.iter().collect();
-        keys.extend(self.children.keys());
-        for pe in keys {
-            let v = match self.children.get(pe) {
-                Some(c) => Value::Object(c.emit(self.members.contains(pe))),
-                None => Value::Object(Map::new()),
+        let mut out = Map::with_capacity(self.nodes.len() + usize::from(include_self));
+        for n in &self.nodes {
+            let v = if n.children.is_empty() {
+                Value::Object(Map::new())
+            } else {
+                Value::Object(n.children.emit(n.member))
             };
-            out.insert(pe.to_fields_v1_key(), v);
+            out.insert(n.pe.to_fields_v1_key(), v);
         }
         if include_self && !out.is_empty() {
             out.insert(".".to_string(), Value::Object(Map::new()));
@@ -423,16 +558,12 @@ impl FieldSet {
             };
             let (grand, child_member) = Self::read(sub)?;
             let c = children.get_or_insert_with(FieldSet::new);
-            if child_member {
-                c.members.insert(pe.clone());
-            }
-            if let Some(g) = grand {
-                if !g.is_empty() {
-                    let merged = match c.children.remove(&pe) {
-                        Some(prev) => prev.union(&g),
-                        None => g,
-                    };
-                    c.children.insert(pe, merged);
+            let grand = grand.filter(|g| !g.is_empty());
+            if child_member || grand.is_some() {
+                let node = c.node_mut(&pe);
+                node.member |= child_member;
+                if let Some(g) = grand {
+                    node.children.union_with(&g);
                 }
             }
         }

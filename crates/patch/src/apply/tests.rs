@@ -540,3 +540,89 @@ fn update_managers_are_capped_into_ancient_changes() {
         .iter()
         .all(|e| !["m0", "m1", "m2"].contains(&e.manager.as_str())));
 }
+
+#[test]
+fn cached_schema_tracks_exactly_like_the_schema() {
+    let schema = TestSchema::new();
+    let cache = TypeCache::new();
+    let cached = CachedApplySchema {
+        schema: &schema,
+        cache: &cache,
+    };
+    let mut created = with_containers(&[("web", "nginx"), ("log", "busybox")]);
+    created["spec"]["selector"] = json!({"matchLabels": {"app": "web"}});
+    let mut plain = created.clone();
+    track_update(None, &mut plain, "m", &schema, "Deployment", T1, "apps/v1", None);
+    // Twice through the cache: filled on the first call, read on the second.
+    for _ in 0..2 {
+        let mut c = created.clone();
+        track_update(None, &mut c, "m", &cached, "Deployment", T1, "apps/v1", None);
+        assert_eq!(c, plain);
+    }
+    let mut cfg = with_containers(&[("web", "nginx:2")]);
+    cfg["spec"]["selector"] = json!({"matchLabels": {"app": "other"}});
+    let want = server_side_apply(Some(&plain), &cfg, "a", true, &schema, "Deployment", T2, "apps/v1", None);
+    let got = server_side_apply(Some(&plain), &cfg, "a", true, &cached, "Deployment", T2, "apps/v1", None);
+    assert_eq!(got, want);
+    // The atomic selector is owned whole, through the cache too.
+    let e = entry(&got.unwrap(), "a").unwrap();
+    assert!(e.fields.contains(&[f("spec"), f("selector")]));
+    assert!(!e.fields.contains(&[f("spec"), f("selector"), f("matchLabels")]));
+}
+
+#[test]
+fn update_leaves_managed_fields_out_of_the_change() {
+    let live = apply(None, &deploy(1), "A", false, T1).unwrap();
+    // The client sends the object back with its managedFields and a new label.
+    let mut new = live.clone();
+    new["metadata"]["labels"]["tier"] = json!("front");
+    update(Some(&live), &mut new, "editor", T2);
+    let e = entry(&new, "editor").unwrap();
+    assert_eq!(
+        serde_json::to_string(&e.fields.to_fields_v1()).unwrap(),
+        r#"{"f:metadata":{"f:labels":{"f:tier":{}}}}"#
+    );
+    assert_eq!(e.time.as_deref(), Some(T2));
+    // The applier keeps what it applied, and its entry is unchanged.
+    assert_eq!(entry(&new, "A"), entry(&live, "A"));
+    // A create that sets nothing tracked records no entry.
+    let mut bare = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {}});
+    update(None, &mut bare, "m", T1);
+    assert!(bare["metadata"].get("managedFields").is_none());
+}
+
+#[test]
+fn field_set_algebra_keeps_a_canonical_form() {
+    let k = |n: &str| PathElement::Key(vec![("name".into(), json!(n))]);
+    let mut a = FieldSet::new();
+    a.insert(&[f("spec"), f("containers"), k("web"), f("image")]);
+    a.insert(&[f("spec"), f("containers"), k("web")]);
+    a.insert(&[f("spec"), f("replicas")]);
+    let mut b = FieldSet::new();
+    b.insert(&[f("spec"), f("replicas")]);
+    b.insert(&[f("spec"), f("containers"), k("web"), f("image")]);
+    // Differences that empty a level leave no trace of it.
+    let d = a.difference(&b);
+    assert_eq!(d.paths(), vec![vec![f("spec"), f("containers"), k("web")]]);
+    let mut only_item = FieldSet::new();
+    only_item.insert(&[f("spec"), f("containers"), k("web")]);
+    assert_eq!(d, only_item);
+    assert!(d.difference(&only_item).is_empty());
+    assert_eq!(d.difference(&only_item), FieldSet::new());
+    // Intersections too; unions are order-independent.
+    assert_eq!(a.intersection(&b), b);
+    assert_eq!(a.union(&b), b.union(&a));
+    assert_eq!(a.union(&b), a);
+    // Inserting in another order gives an equal set, and the same FieldsV1.
+    let mut c = FieldSet::new();
+    c.insert(&[f("spec"), f("replicas")]);
+    c.insert(&[f("spec"), f("containers"), k("web")]);
+    c.insert(&[f("spec"), f("containers"), k("web"), f("image")]);
+    assert_eq!(c, a);
+    assert_eq!(c.to_fields_v1(), a.to_fields_v1());
+    assert_eq!(FieldSet::from_fields_v1(&a.to_fields_v1()).unwrap(), a);
+    // Below a member of the other set, recursive difference removes everything.
+    let mut spec = FieldSet::new();
+    spec.insert(&[f("spec"), f("containers")]);
+    assert_eq!(a.recursive_difference(&spec).paths(), vec![vec![f("spec"), f("replicas")]]);
+}

@@ -1,23 +1,48 @@
 //! Schema-aware walks over JSON objects: field sets, merge, comparison, removal
 //! (upstream's `typed` package of structured-merge-diff).
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use serde_json::{Map, Value};
 
 use super::fieldset::{path_string, FieldPath, FieldSet, PathElement};
 use super::{ApplySchema, ListType, MapType};
 use crate::{json_eq, FieldMeta};
 
-/// The schema of one JSON value.
+/// The schema of one JSON value (cheap to clone: its parts are shared).
 #[derive(Clone, Debug)]
 pub(crate) enum Ty {
     /// Unknown: objects merge field by field, lists are atomic.
     Unknown,
     /// An object type with named fields.
-    Struct { name: String, atomic: bool },
+    Struct { name: Arc<str>, atomic: bool },
     /// A map whose values all have one schema.
-    Map { values: Box<Ty>, atomic: bool },
+    Map { values: Arc<Ty>, atomic: bool },
     /// A list.
-    List { items: Box<Ty>, kind: ListType },
+    List { items: Arc<Ty>, kind: Arc<ListType> },
+}
+
+/// Memo of resolved field types, for schemas that never change (see
+/// [`super::TypeCache`]).
+#[derive(Debug, Default)]
+pub(crate) struct TyMemo {
+    by_type: RwLock<HashMap<String, HashMap<String, Ty>>>,
+}
+
+impl TyMemo {
+    fn get(&self, type_name: &str, field: &str) -> Option<Ty> {
+        let map = self.by_type.read().ok()?;
+        map.get(type_name)?.get(field).cloned()
+    }
+
+    fn put(&self, type_name: &str, field: &str, ty: &Ty) {
+        if let Ok(mut map) = self.by_type.write() {
+            map.entry(type_name.to_string())
+                .or_default()
+                .insert(field.to_string(), ty.clone());
+        }
+    }
 }
 
 /// Resolves the schema of fields.
@@ -31,7 +56,7 @@ impl Typer<'_> {
             Ty::Unknown
         } else {
             Ty::Struct {
-                name: root_type.to_string(),
+                name: root_type.into(),
                 atomic: false,
             }
         }
@@ -39,10 +64,20 @@ impl Typer<'_> {
 
     fn field(&self, parent: &Ty, field: &str) -> Ty {
         match parent {
-            Ty::Struct { name, .. } => match self.schema.field(name, field) {
-                Some(meta) => self.of_meta(name, field, &meta),
-                None => Ty::Unknown,
-            },
+            Ty::Struct { name, .. } => {
+                let memo = self.schema.type_cache().map(|c| &c.memo);
+                if let Some(ty) = memo.and_then(|m| m.get(name, field)) {
+                    return ty;
+                }
+                let ty = match self.schema.field(name, field) {
+                    Some(meta) => self.of_meta(name, field, &meta),
+                    None => Ty::Unknown,
+                };
+                if let Some(m) = memo {
+                    m.put(name, field, &ty);
+                }
+                ty
+            }
             Ty::Map { values, .. } => (**values).clone(),
             _ => Ty::Unknown,
         }
@@ -51,7 +86,7 @@ impl Typer<'_> {
     fn of_meta(&self, parent: &str, field: &str, meta: &FieldMeta) -> Ty {
         let elem = match &meta.type_name {
             Some(t) => Ty::Struct {
-                name: t.clone(),
+                name: t.as_str().into(),
                 atomic: false,
             },
             None => Ty::Unknown,
@@ -62,24 +97,24 @@ impl Typer<'_> {
                 .list_type(parent, field)
                 .unwrap_or(ListType::Atomic);
             return Ty::List {
-                items: Box::new(elem),
-                kind,
+                items: Arc::new(elem),
+                kind: Arc::new(kind),
             };
         }
         let atomic = self.schema.map_type(parent, field) == MapType::Atomic;
         if meta.is_map {
             Ty::Map {
-                values: Box::new(elem),
+                values: Arc::new(elem),
                 atomic,
             }
         } else if let Some(name) = &meta.type_name {
             Ty::Struct {
-                name: name.clone(),
+                name: name.as_str().into(),
                 atomic,
             }
         } else if atomic {
             Ty::Map {
-                values: Box::new(Ty::Unknown),
+                values: Arc::new(Ty::Unknown),
                 atomic,
             }
         } else {
@@ -154,7 +189,7 @@ fn shape<'v>(v: &'v Value, ty: &Ty) -> Shape<'v> {
             Shape::Leaf
         }
         (Value::Object(m), Ty::Struct { .. } | Ty::Map { .. } | Ty::Unknown) => Shape::Fields(m),
-        (Value::Array(a), Ty::List { kind, .. }) if !matches!(kind, ListType::Atomic) => {
+        (Value::Array(a), Ty::List { kind, .. }) if !matches!(**kind, ListType::Atomic) => {
             match list_items(kind, a) {
                 Ok(items) => Shape::Items(items),
                 Err(_) => Shape::Leaf,
@@ -181,7 +216,7 @@ impl Typer<'_> {
                 }
                 Ok(())
             }
-            (Value::Array(a), Ty::List { kind, items }) if !matches!(kind, ListType::Atomic) => {
+            (Value::Array(a), Ty::List { kind, items }) if !matches!(**kind, ListType::Atomic) => {
                 let items_list =
                     list_items(kind, a).map_err(|e| format!("{}{e}", path_string(path)))?;
                 for (pe, item) in items_list {
@@ -314,79 +349,80 @@ impl Typer<'_> {
     /// Compares `lhs` with `rhs` (upstream's `TypedValue.Compare`). With
     /// `created`, objects of named types that appear are not themselves counted
     /// as added (upstream compares against the zero value of the Go type, where
-    /// they already exist).
+    /// they already exist). With `skip_managed_fields`, `metadata.managedFields` is
+    /// left out on both sides, as if removed.
     pub(crate) fn compare(
         &self,
         lhs: Option<&Value>,
         rhs: Option<&Value>,
         ty: &Ty,
         created: bool,
+        skip_managed_fields: bool,
     ) -> Comparison {
-        let mut c = Comparison::default();
-        self.cmp_into(lhs, rhs, ty, created, false, &mut Vec::new(), &mut c);
-        c
+        let skip = if skip_managed_fields {
+            Skip::Root
+        } else {
+            Skip::None
+        };
+        self.cmp_node(lhs, rhs, ty, created, false, skip).below
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn cmp_into(
+    /// Compares one node: what changed below it, and how the node itself changed.
+    fn cmp_node(
         &self,
         lhs: Option<&Value>,
         rhs: Option<&Value>,
         ty: &Ty,
         created: bool,
         is_item: bool,
-        path: &mut FieldPath,
-        c: &mut Comparison,
-    ) {
-        let ls = lhs.map(|v| shape(v, ty));
-        let rs = rhs.map(|v| shape(v, ty));
-        let interior = match (&ls, &rs) {
+        skip: Skip,
+    ) -> NodeCmp {
+        let mut below = Levels::default();
+        let interior = match (lhs.map(|v| shape(v, ty)), rhs.map(|v| shape(v, ty))) {
             (Some(Shape::Fields(l)), Some(Shape::Fields(r))) => {
-                let mut keys: Vec<&String> = l.keys().collect();
-                keys.extend(r.keys().filter(|k| !l.contains_key(*k)));
-                for k in keys {
-                    path.push(PathElement::Field(k.clone()));
-                    self.cmp_into(
-                        l.get(k),
-                        r.get(k),
-                        &self.field(ty, k),
-                        created,
-                        false,
-                        path,
-                        c,
-                    );
-                    path.pop();
+                for (k, lv) in l {
+                    if skip.skips(k) {
+                        continue;
+                    }
+                    let c = self.cmp_node(Some(lv), r.get(k), &self.field(ty, k), created, false, skip.child(k));
+                    below.push(PathElement::Field(k.clone()), c);
+                }
+                for (k, rv) in r {
+                    if l.contains_key(k) || skip.skips(k) {
+                        continue;
+                    }
+                    let c = self.cmp_node(None, Some(rv), &self.field(ty, k), created, false, skip.child(k));
+                    below.push(PathElement::Field(k.clone()), c);
                 }
                 true
             }
             (Some(Shape::Fields(m)), None) | (None, Some(Shape::Fields(m))) => {
                 let left = lhs.is_some();
-                for (k, v) in m.iter() {
-                    path.push(PathElement::Field(k.clone()));
-                    let (l, r) = if left {
-                        (Some(v), None)
-                    } else {
-                        (None, Some(v))
-                    };
-                    self.cmp_into(l, r, &self.field(ty, k), created, false, path, c);
-                    path.pop();
+                for (k, v) in m {
+                    if skip.skips(k) {
+                        continue;
+                    }
+                    let (l, r) = if left { (Some(v), None) } else { (None, Some(v)) };
+                    let c = self.cmp_node(l, r, &self.field(ty, k), created, false, skip.child(k));
+                    below.push(PathElement::Field(k.clone()), c);
                 }
                 true
             }
             (Some(Shape::Items(l)), Some(Shape::Items(r))) => {
                 let ity = items_ty(ty);
-                let mut pes: Vec<&PathElement> = l.iter().map(|(p, _)| p).collect();
-                pes.extend(
-                    r.iter()
-                        .map(|(p, _)| p)
-                        .filter(|p| !l.iter().any(|(q, _)| q == *p)),
-                );
-                for pe in pes {
-                    let lv = l.iter().find(|(p, _)| p == pe).map(|(_, v)| *v);
-                    let rv = r.iter().find(|(p, _)| p == pe).map(|(_, v)| *v);
-                    path.push(pe.clone());
-                    self.cmp_into(lv, rv, &ity, created, true, path, c);
-                    path.pop();
+                let mut r: Vec<Option<(PathElement, &Value)>> = r.into_iter().map(Some).collect();
+                for (pe, lv) in l {
+                    let rv = r
+                        .iter_mut()
+                        .find(|x| x.as_ref().is_some_and(|(p, _)| *p == pe))
+                        .and_then(Option::take)
+                        .map(|(_, v)| v);
+                    let c = self.cmp_node(Some(lv), rv, &ity, created, true, Skip::None);
+                    below.push(pe, c);
+                }
+                for (pe, rv) in r.into_iter().flatten() {
+                    let c = self.cmp_node(None, Some(rv), &ity, created, true, Skip::None);
+                    below.push(pe, c);
                 }
                 true
             }
@@ -394,38 +430,28 @@ impl Typer<'_> {
                 let ity = items_ty(ty);
                 let left = lhs.is_some();
                 for (pe, v) in items {
-                    path.push(pe.clone());
-                    let (l, r) = if left {
-                        (Some(*v), None)
-                    } else {
-                        (None, Some(*v))
-                    };
-                    self.cmp_into(l, r, &ity, created, true, path, c);
-                    path.pop();
+                    let (l, r) = if left { (Some(v), None) } else { (None, Some(v)) };
+                    let c = self.cmp_node(l, r, &ity, created, true, Skip::None);
+                    below.push(pe, c);
                 }
                 true
             }
             _ => false,
         };
-        if !interior {
-            match (lhs, rhs) {
-                (None, Some(_)) => c.added.insert(path),
-                (Some(_), None) => c.removed.insert(path),
-                (Some(l), Some(r)) if !json_eq(l, r) => c.modified.insert(path),
-                _ => {}
-            }
-            return;
-        }
+        let mut node = NodeCmp {
+            below: below.finish(),
+            ..NodeCmp::default()
+        };
         match (lhs, rhs) {
             (None, Some(_)) => {
                 let named_struct = matches!(ty, Ty::Struct { .. }) && !is_item;
-                if !(created && named_struct) {
-                    c.added.insert(path);
-                }
+                node.added = !(interior && created && named_struct);
             }
-            (Some(_), None) => c.removed.insert(path),
+            (Some(_), None) => node.removed = true,
+            (Some(l), Some(r)) if !interior => node.modified = !skip.leaf_eq(l, r),
             _ => {}
         }
+        node
     }
 
     /// Removes the members of `set` from `v` (upstream's `RemoveItems`).
@@ -471,4 +497,93 @@ pub(crate) struct Comparison {
     pub(crate) added: FieldSet,
     pub(crate) modified: FieldSet,
     pub(crate) removed: FieldSet,
+}
+
+/// How one node compared, and what changed below it.
+#[derive(Default)]
+struct NodeCmp {
+    added: bool,
+    modified: bool,
+    removed: bool,
+    below: Comparison,
+}
+
+/// The nodes of one level of a comparison, collected in any order.
+#[derive(Default)]
+struct Levels {
+    added: Vec<(PathElement, bool, FieldSet)>,
+    modified: Vec<(PathElement, bool, FieldSet)>,
+    removed: Vec<(PathElement, bool, FieldSet)>,
+}
+
+impl Levels {
+    fn push(&mut self, pe: PathElement, c: NodeCmp) {
+        let NodeCmp {
+            added,
+            modified,
+            removed,
+            below,
+        } = c;
+        let mut pe = Some(pe);
+        // Each set takes the element only when the node or something below it is in it.
+        let mut put = |list: &mut Vec<(PathElement, bool, FieldSet)>, member: bool, set: FieldSet, last: bool| {
+            if member || !set.is_empty() {
+                let e = if last { pe.take() } else { pe.clone() };
+                if let Some(e) = e {
+                    list.push((e, member, set));
+                }
+            }
+        };
+        put(&mut self.added, added, below.added, false);
+        put(&mut self.modified, modified, below.modified, false);
+        put(&mut self.removed, removed, below.removed, true);
+    }
+
+    fn finish(self) -> Comparison {
+        Comparison {
+            added: FieldSet::from_unsorted(self.added),
+            modified: FieldSet::from_unsorted(self.modified),
+            removed: FieldSet::from_unsorted(self.removed),
+        }
+    }
+}
+
+/// Where `metadata.managedFields` is left out of a comparison.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// Nowhere (below the root's `metadata`).
+    None,
+    /// At the root: its `metadata` child skips.
+    Root,
+    /// In `metadata`: its `managedFields` key is left out.
+    Metadata,
+}
+
+impl Skip {
+    fn child(self, key: &str) -> Skip {
+        if self == Skip::Root && key == "metadata" {
+            Skip::Metadata
+        } else {
+            Skip::None
+        }
+    }
+
+    fn skips(self, key: &str) -> bool {
+        self == Skip::Metadata && key == "managedFields"
+    }
+
+    /// Equality of two leaves (a `metadata` compared as a whole ignores its
+    /// `managedFields`).
+    fn leaf_eq(self, l: &Value, r: &Value) -> bool {
+        match (self, l, r) {
+            (Skip::Metadata, Value::Object(a), Value::Object(b)) => {
+                let count = |m: &Map<String, Value>| m.len() - usize::from(m.contains_key("managedFields"));
+                count(a) == count(b)
+                    && a.iter()
+                        .filter(|(k, _)| *k != "managedFields")
+                        .all(|(k, v)| b.get(k).is_some_and(|w| json_eq(v, w)))
+            }
+            _ => json_eq(l, r),
+        }
+    }
 }

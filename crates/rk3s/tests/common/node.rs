@@ -279,3 +279,27 @@ pub fn ctr_containers(c: &Cluster) -> usize {
     let sock = c.containerd_state_dir().join("containerd.sock");
     sh(&format!("ctr --address {} -n k8s.io containers ls -q 2>/dev/null", sock.display())).lines().filter(|l| !l.trim().is_empty()).count()
 }
+
+/// Waits until this host's node is Ready and the `default` ServiceAccount exists (pods
+/// are admitted); returns the node's name.
+pub fn wait_node_ready(c: &Cluster) -> String {
+    let node = rk3s_kubelet::node::hostname();
+    super::wait_for("node Ready", Duration::from_secs(60), || {
+        let s = jsonpath(c, &["get", "node", &node], r#"{.status.conditions[?(@.type=="Ready")].status}"#);
+        (s == "True").then_some(())
+    });
+    super::wait_for("default service account", Duration::from_secs(30), || c.kubectl(&["get", "sa", "default"]).status.success().then_some(()));
+    node
+}
+
+/// `kubectl apply -f -` of a manifest; panics on failure.
+pub fn apply(c: &Cluster, yaml: &str) {
+    c.ok_with(&super::kubectl_bin(), &["apply", "-f", "-"], Some(yaml));
+}
+
+/// Waits until a pod's phase is Running.
+pub fn wait_running(c: &Cluster, pod: &str) {
+    super::wait_for(&format!("{pod} Running"), Duration::from_secs(60), || {
+        (jsonpath(c, &["get", "pod", pod], "{.status.phase}") == "Running").then_some(())
+    });
+}
