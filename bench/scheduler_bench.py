@@ -48,6 +48,17 @@ def creator(args):
     return failed
 
 
+def cordoner(args):
+    """Sets spec.unschedulable on a slice of the simulated nodes."""
+    port, paths, names, unschedulable = args
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+    body = json.dumps({"spec": {"unschedulable": unschedulable}})
+    for n in names:
+        conn.request("PATCH", f"/api/v1/nodes/{n}", body, {"Content-Type": "application/merge-patch+json"})
+        r = conn.getresponse(); r.read()
+    return len(names)
+
+
 class BindWatcher(threading.Thread):
     """Counts pods of a namespace that have spec.nodeName, through a watch."""
 
@@ -94,6 +105,9 @@ def main():
     ap.add_argument("--deadline", type=float, default=600.0, help="seconds to wait for all pods to be bound")
     ap.add_argument("--deployment-replicas", type=int, default=1000,
                     help="then time a Deployment of this many replicas until available (0: skip)")
+    ap.add_argument("--pending-first", action="store_true",
+                    help="measure the scheduler alone: create the pods while every node is cordoned, "
+                         "then uncordon the nodes and time the binds (the create rate no longer caps it)")
     a = ap.parse_args()
     fit = a.nodes * min(SIM_NODE_CPU_M // POD_CPU_M, SIM_NODE_MEM_MI // POD_MEM_MI, SIM_NODE_PODS)
     if a.pods > fit:
@@ -147,10 +161,30 @@ def main():
         per = a.pods // a.clients
         rest = a.pods - per * a.clients
         jobs = [(port, paths, ns, k * per, per + (rest if k == a.clients - 1 else 0)) for k in range(a.clients)]
+        node_names = []
+        if a.pending_first:
+            st, body = request(c, "GET", "/api/v1/nodes")
+            node_names = [n["metadata"]["name"] for n in json.loads(body).get("items", [])]
+            with mp.Pool(a.clients) as pool:
+                pool.map(cordoner, [(port, paths, node_names[k::a.clients], True) for k in range(a.clients)])
         t_create = time.perf_counter()
         with mp.Pool(a.clients) as pool:
             failed = sum(pool.map(creator, jobs))
         created_in = time.perf_counter() - t_create
+        if a.pending_first:
+            print(f"pods created (all nodes cordoned): {a.pods - failed} in {created_in:.1f} s; "
+                  f"{len(w.bound)} bound meanwhile")
+            t_release = time.perf_counter()
+            with mp.Pool(a.clients) as pool:
+                pool.map(cordoner, [(port, paths, node_names[k::a.clients], False) for k in range(a.clients)])
+            uncordoned = time.perf_counter() - t_release
+            w.join(timeout=a.deadline)
+            if w.done_at is not None:
+                took = w.done_at - t_release
+                print(f"scheduler alone: {len(w.bound)} pods bound {took:.1f} s after the uncordon began "
+                      f"({len(w.bound) / took:.0f} pods/s; uncordoning {len(node_names)} nodes took {uncordoned:.1f} s)")
+            else:
+                print(f"scheduler alone: NOT all bound: {len(w.bound)}/{a.pods} after {a.deadline:.0f} s")
         print(f"pods created ({a.clients} clients):      {a.pods - failed} in {created_in:.1f} s "
               f"({(a.pods - failed) / created_in:.0f} /s), {failed} failed")
         w.join(timeout=max(0.0, a.deadline - (time.perf_counter() - t_create)))
@@ -179,12 +213,18 @@ def main():
             t_dep = time.perf_counter()
             request(c, "POST", f"/apis/apps/v1/namespaces/{dns}/deployments", dep)
             avail = 0
+            next_progress = t_dep + 15
             while time.perf_counter() - t_dep < a.deadline:
                 st, body = request(c, "GET", f"/apis/apps/v1/namespaces/{dns}/deployments/big")
                 if st == 200:
-                    avail = json.loads(body).get("status", {}).get("availableReplicas", 0) or 0
+                    status = json.loads(body).get("status", {})
+                    avail = status.get("availableReplicas", 0) or 0
                     if avail >= a.deployment_replicas:
                         break
+                    if time.perf_counter() >= next_progress:
+                        next_progress += 15
+                        print(f"  ... {time.perf_counter() - t_dep:.0f} s: replicas {status.get('replicas', 0)}, "
+                              f"ready {status.get('readyReplicas', 0)}, available {avail}", flush=True)
                 time.sleep(0.2)
             took = time.perf_counter() - t_dep
             if avail >= a.deployment_replicas:
