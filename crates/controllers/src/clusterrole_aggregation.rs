@@ -10,11 +10,10 @@ use std::time::Duration;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::endpoints::{cache, ready, wait_next};
+use crate::endpoints::wait_next;
 use crate::workload_util::ignore_not_found;
 use crate::ControllerError;
 
@@ -44,11 +43,11 @@ async fn sync(api: &Api<ClusterRole>, roles: &Store<ClusterRole>) -> Result<Opti
 }
 
 /// Runs the ClusterRole aggregation controller forever.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    let roles = cache(Api::<ClusterRole>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    ready(&roles).await?;
+    // The shared ClusterRole informer; every change wakes the loop.
+    let roles = informers.cache::<ClusterRole>(&notify, &mut tasks).await;
     let api: Api<ClusterRole> = Api::all(client.clone());
     loop {
         let r = sync(&api, &roles).await;

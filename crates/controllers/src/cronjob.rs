@@ -17,12 +17,12 @@ use jiff::{Timestamp, Zoned};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use crate::informers::{OwnedCache, SharedInformers};
 use crate::workload_util::{self as wu, Events, PlannedEvent};
 use crate::ControllerError;
 
@@ -323,7 +323,9 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
                         }
                     }
                 }
-                None => out.active.push(job_ref(j)),
+                // Still running: the reference stays as recorded (as upstream; no status
+                // write for every change of the Job).
+                None => out.active.push(r.clone()),
             },
         }
     }
@@ -427,13 +429,37 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
 struct Ctx {
     client: kube::Client,
     events: Events,
+    /// The shared Job informer's store, indexed by controller UID.
+    jobs: OwnedCache<Job>,
+}
+
+/// The Jobs a CronJob controls, from the shared cache; an active Job the cache does not
+/// show yet (just created) is confirmed with the API server, as upstream does, so a slow
+/// cache does not make it "missing".
+async fn children_of(cj: &CronJob, ctx: &Ctx, jobs_api: &Api<Job>) -> Result<Vec<Job>, ControllerError> {
+    let ns = cj.namespace().unwrap_or_default();
+    let uid = cj.metadata.uid.clone().unwrap_or_default();
+    let mut jobs: Vec<Job> = ctx.jobs.by_owner.get(&uid).into_iter().filter(|j| j.metadata.namespace.as_deref() == Some(ns.as_str())).map(|j| (*j).clone()).collect();
+    let active = cj.status.as_ref().and_then(|s| s.active.clone()).unwrap_or_default();
+    for r in active {
+        if jobs.iter().any(|j| j.metadata.uid == r.uid) {
+            continue;
+        }
+        let Some(name) = r.name.as_deref() else { continue };
+        if let Some(j) = jobs_api.get_opt(name).await? {
+            if j.metadata.uid == r.uid {
+                jobs.push(j);
+            }
+        }
+    }
+    Ok(jobs)
 }
 
 async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
     let ns = cj.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let cjs: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let jobs = jobs_api.list(&ListParams::default()).await?.items;
+    let jobs = children_of(&cj, &ctx, &jobs_api).await?;
     let now = Timestamp::now();
     let mut p = plan(&cj, &jobs, now);
     let oref = cj.object_ref(&());
@@ -447,7 +473,25 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Controller
                     *r = job_ref(&created);
                 }
             }
-            Err(e) if wu::is_conflict(&e) => {}
+            Err(e) if wu::is_conflict(&e) => {
+                // Created by an earlier pass the cache has not shown yet: track that Job if
+                // it is ours, else do not claim it.
+                let existing = match job.metadata.name.as_deref() {
+                    Some(n) => jobs_api.get_opt(n).await?,
+                    None => None,
+                };
+                match existing.filter(|j| wu::controller_of(&j.metadata).is_some_and(|o| Some(&o.uid) == cj.metadata.uid.as_ref())) {
+                    Some(j) => {
+                        if let Some(r) = p.active.last_mut() {
+                            *r = job_ref(&j);
+                        }
+                    }
+                    None => {
+                        p.active.pop();
+                    }
+                }
+                p.events.retain(|e| e.reason != "SuccessfulCreate");
+            }
             Err(e) => {
                 ctx.events.record(&oref, true, "FailedCreate", format!("Error creating job: {e}")).await;
                 return Err(e.into());
@@ -460,7 +504,10 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Controller
     let old = cj.status.clone().unwrap_or_default();
     let active = (!p.active.is_empty()).then(|| p.active.clone());
     if old.active != active || old.last_schedule_time != p.last_schedule_time || old.last_successful_time != p.last_successful_time {
-        let patch = json!({"status": {
+        // On the resourceVersion this plan was made from: a pass that ran on a CronJob
+        // the cache had not yet updated gets a conflict (and is retried) instead of
+        // overwriting a newer status, as upstream's UpdateStatus.
+        let patch = json!({"metadata": {"resourceVersion": cj.metadata.resource_version}, "status": {
             "active": active,
             "lastScheduleTime": p.last_schedule_time.as_ref().map(|t| wu::rfc3339(t.0)),
             "lastSuccessfulTime": p.last_successful_time.as_ref().map(|t| wu::rfc3339(t.0)),
@@ -482,13 +529,19 @@ fn error_policy(_cj: Arc<CronJob>, err: &ControllerError, _ctx: Arc<Ctx>) -> Act
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Runs the CronJob controller until the watch ends.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
-    let cjs: Api<CronJob> = Api::all(client.clone());
-    let jobs: Api<Job> = Api::all(client.clone());
-    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "cronjob-controller"), client });
-    Controller::new(cjs, watcher::Config::default())
-        .owns(jobs, watcher::Config::default())
+/// Runs the CronJob controller until the watches end (CronJobs and Jobs from the shared
+/// informers).
+pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(), ControllerError> {
+    // Subscribe before reading the stores: no change after the first list is missed.
+    let cj_changes = informers.subscribe::<CronJob>();
+    let job_changes = informers.subscribe::<Job>();
+    let cjs = informers.store::<CronJob>().await;
+    let jobs = informers.owned_cache::<Job>().await;
+    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "cronjob-controller"), client, jobs });
+    Controller::for_shared_stream(cj_changes, cjs)
+        .owns_shared_stream(job_changes)
+        // The CronJobs listed before this controller subscribed.
+        .reconcile_all_on(futures_util::stream::once(async {}))
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;
@@ -668,6 +721,20 @@ mod tests {
         }
         let p = plan(&cj, std::slice::from_ref(&running), now);
         assert!(p.create.is_none() && p.replace.is_empty());
+    }
+
+    #[test]
+    fn running_job_keeps_its_recorded_reference() {
+        let mut cj = cronjob("*/10 * * * *");
+        let mut running = child(&cj, "2024-01-01T00:00:00Z", None);
+        running.metadata.resource_version = Some("5".into());
+        let recorded = job_ref(&running);
+        cj.status = Some(CronJobStatus { active: Some(vec![recorded.clone()]), last_schedule_time: Some(Time(utc("2024-01-01T00:00:00Z"))), ..Default::default() });
+        // The Job's status changed (a newer resourceVersion): the CronJob's status does not.
+        running.metadata.resource_version = Some("9".into());
+        let p = plan(&cj, std::slice::from_ref(&running), utc("2024-01-01T00:05:00Z"));
+        assert_eq!(p.active, vec![recorded]);
+        assert!(p.create.is_none() && p.events.is_empty());
     }
 
     #[test]

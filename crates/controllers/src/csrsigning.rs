@@ -8,7 +8,6 @@ use futures_util::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
@@ -66,10 +65,17 @@ fn error_policy(_csr: Arc<CertificateSigningRequest>, err: &ControllerError, _ct
     Action::requeue(std::time::Duration::from_secs(2))
 }
 
-/// Runs the signer until the watch ends.
-pub async fn run(client: kube::Client, ca_cert: String, ca_key: String) -> Result<(), ControllerError> {
-    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
+/// Runs the signer until the watch ends (CSRs from the shared informer).
+pub async fn run(client: kube::Client, ca_cert: String, ca_key: String, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+    // Subscribe before reading the store: no change after the first list is missed.
+    let changes = informers.subscribe::<CertificateSigningRequest>();
+    let csrs = informers.store::<CertificateSigningRequest>().await;
     let ctx = Arc::new(Ctx { client, ca_cert, ca_key });
-    Controller::new(api, watcher::Config::default()).run(reconcile, error_policy, ctx).for_each(|_| async {}).await;
+    Controller::for_shared_stream(changes, csrs)
+        // The CSRs listed before this controller subscribed.
+        .reconcile_all_on(futures_util::stream::once(async {}))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
     Ok(())
 }

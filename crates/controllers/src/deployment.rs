@@ -19,8 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 
 use crate::podutil;
@@ -1004,28 +1003,25 @@ fn deployments_of_rs(rs: &ReplicaSet, ds: &Store<Deployment>) -> Vec<ObjectRef<D
     }
 }
 
-/// Runs the Deployment controller until the watches end (ReplicaSets from the shared
-/// informer).
+/// Runs the Deployment controller until the watches end (Deployments and ReplicaSets
+/// from the shared informers).
 pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
-    let (d_store, d_writer) = reflector::store::<Deployment>();
-    // Subscribe before reading the store: no change in between is missed.
+    // Subscribe before reading the stores: no change in between is missed.
+    let d_changes = informers.subscribe::<Deployment>();
     let rs_changes = informers.subscribe::<ReplicaSet>();
+    let d_store = informers.store::<Deployment>().await;
     let rs_store = informers.store::<ReplicaSet>().await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // Every Deployment listed before this controller subscribed.
+    for d in d_store.state() {
+        let _ = tx.send(ObjectRef::from_obj(&*d));
+    }
     let deployments = {
         let tx = tx.clone();
-        let api: Api<Deployment> = Api::all(client.clone());
         async move {
-            let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(d_writer);
-            futures_util::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
-                match ev {
-                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                        let _ = tx.send(ObjectRef::from_obj(&o));
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "deployment watch error"),
-                }
+            futures_util::pin_mut!(d_changes);
+            while let Some(d) = d_changes.next().await {
+                let _ = tx.send(ObjectRef::from_obj(&*d));
             }
         }
     };

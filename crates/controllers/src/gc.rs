@@ -6,6 +6,11 @@
 //! finalizer until their blocking dependents are gone; owners deleted with `Orphan` keep
 //! the `orphan` finalizer until their dependents no longer reference them. The API server
 //! adds those finalizers on DELETE; this controller removes them.
+//!
+//! Resources the other controllers already watch through [`SharedInformers`] (pods,
+//! ReplicaSets, Jobs, ControllerRevisions, ... see [`shared_resource`]) feed the graph from
+//! those informers, so each resource is watched once by the whole controller manager;
+//! the rest get a metadata-only watch of their own, as upstream's metadata informers.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,8 +23,22 @@ use kube::core::{ApiResource, GroupVersion};
 use kube::discovery::{verbs, Discovery, Scope};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{watcher, WatchStreamExt};
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node as KubeNode, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::Resource;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
+use crate::informers::{Change, InformerResource, SharedInformers};
 use crate::ControllerError;
 
 /// Finalizer of owners deleted with `propagationPolicy: Foreground`.
@@ -160,6 +179,13 @@ impl Graph {
         out
     }
 
+    /// Removes the nodes of resource `res` whose uids `keep` lacks (gone while not
+    /// watched); returns the uids to look at.
+    fn forget_missing(&mut self, res: usize, keep: &HashSet<String>) -> Vec<String> {
+        let gone: Vec<String> = self.nodes.iter().filter(|(u, n)| n.res == res && !keep.contains(*u)).map(|(u, _)| u.clone()).collect();
+        gone.iter().flat_map(|u| self.remove(u)).collect()
+    }
+
     /// Removes a node; returns its dependents and any owners waiting for it.
     fn remove(&mut self, uid: &str) -> Vec<String> {
         let mut out: Vec<String> = self.dependents.get(uid).into_iter().flatten().cloned().collect();
@@ -200,6 +226,49 @@ fn err(e: impl std::fmt::Display) -> ControllerError {
 }
 
 impl Gc {
+    /// An object of resource `idx` was added or changed.
+    fn apply(&self, idx: usize, meta: &ObjectMeta) {
+        let Some((uid, node)) = node_of(idx, meta) else { return };
+        let todo = match self.graph.lock() {
+            Ok(mut g) => g.upsert(uid, node),
+            Err(_) => return,
+        };
+        for u in todo {
+            self.enqueue(u);
+        }
+    }
+
+    /// An object was deleted.
+    fn delete(&self, meta: &ObjectMeta) {
+        let Some(uid) = meta.uid.as_deref() else { return };
+        let todo = match self.graph.lock() {
+            Ok(mut g) => g.remove(uid),
+            Err(_) => return,
+        };
+        for u in todo {
+            self.enqueue(u);
+        }
+    }
+
+    /// A complete list of resource `idx`: applies every object and forgets the objects
+    /// of that resource that are no longer there.
+    fn resync<'a>(&self, idx: usize, objects: impl Iterator<Item = &'a ObjectMeta>) {
+        let mut keep = HashSet::new();
+        for m in objects {
+            if let Some(uid) = m.uid.clone() {
+                keep.insert(uid);
+            }
+            self.apply(idx, m);
+        }
+        let todo = match self.graph.lock() {
+            Ok(mut g) => g.forget_missing(idx, &keep),
+            Err(_) => return,
+        };
+        for u in todo {
+            self.enqueue(u);
+        }
+    }
+
     fn enqueue(&self, uid: String) {
         if let Ok(mut p) = self.pending.lock() {
             if p.insert(uid.clone()) {
@@ -356,8 +425,84 @@ fn ignored(ar: &ApiResource) -> bool {
     ar.plural == "events" && (ar.group.is_empty() || ar.group == "events.k8s.io")
 }
 
-/// Starts metadata watches for resources not yet watched; returns how many were started.
-async fn discover(gc: &Arc<Gc>, started: &mut HashSet<(String, String)>, synced: &mpsc::UnboundedSender<()>) -> Result<usize, ControllerError> {
+/// Feeds the graph with one resource's objects (a task of the collector).
+type Feeder = fn(Arc<Gc>, SharedInformers, usize, mpsc::UnboundedSender<()>) -> BoxFuture<'static, ()>;
+
+/// Whether the controller manager's shared informers serve the resource `group`/`plural`
+/// (a controller reads it from there): then the collector feeds its graph from that
+/// informer instead of a watch of its own.
+pub fn shared_resource(group: &str, plural: &str) -> bool {
+    shared_feeder(group, plural).is_some()
+}
+
+fn shared_feeder(group: &str, plural: &str) -> Option<Feeder> {
+    fn is<K: Resource<DynamicType = ()>>(group: &str, plural: &str) -> bool {
+        K::group(&()) == group && K::plural(&()) == plural
+    }
+    macro_rules! shared {
+        ($($t:ty),* $(,)?) => {
+            $(
+                if is::<$t>(group, plural) {
+                    return Some(|gc, informers, idx, synced| Box::pin(feed_shared::<$t>(gc, informers, idx, synced)));
+                }
+            )*
+        };
+    }
+    shared!(
+        Pod, KubeNode, Service, Endpoints, Namespace, ServiceAccount, ConfigMap, ReplicationController, PersistentVolume, PersistentVolumeClaim,
+        ReplicaSet, Deployment, StatefulSet, DaemonSet, ControllerRevision, Job, CronJob, EndpointSlice, PodDisruptionBudget, Lease,
+        HorizontalPodAutoscaler, CertificateSigningRequest, ClusterRole, StorageClass,
+    );
+    None
+}
+
+/// Feeds the graph from the shared informer of `K`: its store once synced, then its
+/// changes.
+async fn feed_shared<K: InformerResource>(gc: Arc<Gc>, informers: SharedInformers, idx: usize, synced: mpsc::UnboundedSender<()>) {
+    // Subscribe before reading the store: nothing in between is missed.
+    let changes = informers.changes::<K>();
+    let store = informers.store::<K>().await;
+    gc.resync(idx, store.state().iter().map(|o| o.meta()));
+    let _ = synced.send(());
+    futures_util::pin_mut!(changes);
+    while let Some(c) = changes.next().await {
+        match c {
+            Change::Applied(o) => gc.apply(idx, o.meta()),
+            Change::Deleted(o) => gc.delete(o.meta()),
+            Change::Resync(all) => gc.resync(idx, all.iter().map(|o| o.meta())),
+        }
+    }
+}
+
+/// Feeds the graph from a metadata-only watch of a resource no shared informer serves.
+async fn feed_metadata(gc: Arc<Gc>, ar: ApiResource, idx: usize, synced: mpsc::UnboundedSender<()>) {
+    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(gc.client.clone(), &ar);
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures_util::pin_mut!(stream);
+    let mut init: Vec<ObjectMeta> = Vec::new();
+    let mut first = true;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => init.clear(),
+            Ok(watcher::Event::InitApply(o)) => init.push(o.metadata),
+            Ok(watcher::Event::Apply(o)) => gc.apply(idx, &o.metadata),
+            Ok(watcher::Event::Delete(o)) => gc.delete(&o.metadata),
+            Ok(watcher::Event::InitDone) => {
+                gc.resync(idx, init.iter());
+                init = Vec::new();
+                if first {
+                    first = false;
+                    let _ = synced.send(());
+                }
+            }
+            Err(e) => tracing::debug!(resource = %ar.plural, error = %e, "garbage collector: watch error"),
+        }
+    }
+}
+
+/// Starts feeding the graph for resources not yet fed (from a shared informer where one
+/// serves the resource, else a metadata watch); returns how many were started.
+async fn discover(gc: &Arc<Gc>, informers: &SharedInformers, started: &mut HashSet<(String, String)>, synced: &mpsc::UnboundedSender<()>, tasks: &mut JoinSet<()>) -> Result<usize, ControllerError> {
     let discovery = Discovery::new(gc.client.clone()).run().await?;
     let mut n = 0;
     for group in discovery.groups() {
@@ -375,71 +520,30 @@ async fn discover(gc: &Arc<Gc>, started: &mut HashSet<(String, String)>, synced:
                 g.resources.len() - 1
             };
             n += 1;
-            let gc = gc.clone();
-            let synced = synced.clone();
-            tokio::spawn(async move {
-                let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(gc.client.clone(), &ar);
-                let stream = watcher(api, watcher::Config::default()).default_backoff();
-                futures_util::pin_mut!(stream);
-                let mut init: Vec<String> = Vec::new();
-                let mut first = true;
-                while let Some(ev) = stream.next().await {
-                    let ev = match ev {
-                        Ok(ev) => ev,
-                        Err(e) => {
-                            tracing::debug!(resource = %ar.plural, error = %e, "garbage collector: watch error");
-                            continue;
-                        }
-                    };
-                    let mut todo = Vec::new();
-                    match ev {
-                        watcher::Event::Init => init.clear(),
-                        watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
-                            if let Some((uid, node)) = node_of(idx, &o.metadata) {
-                                init.push(uid.clone());
-                                if let Ok(mut g) = gc.graph.lock() {
-                                    todo = g.upsert(uid, node);
-                                }
-                            }
-                        }
-                        watcher::Event::Delete(o) => {
-                            if let (Some(uid), Ok(mut g)) = (o.metadata.uid.clone(), gc.graph.lock()) {
-                                todo = g.remove(&uid);
-                            }
-                        }
-                        watcher::Event::InitDone => {
-                            // Forget objects of this resource that vanished while not watching.
-                            let keep: HashSet<String> = init.drain(..).collect();
-                            if let Ok(mut g) = gc.graph.lock() {
-                                let gone: Vec<String> = g.nodes.iter().filter(|(u, n)| n.res == idx && !keep.contains(*u)).map(|(u, _)| u.clone()).collect();
-                                for u in gone {
-                                    todo.extend(g.remove(&u));
-                                }
-                            }
-                            if first {
-                                first = false;
-                                let _ = synced.send(());
-                            }
-                        }
-                    }
-                    for u in todo {
-                        gc.enqueue(u);
-                    }
+            match shared_feeder(&ar.group, &ar.plural) {
+                Some(feed) => {
+                    tracing::debug!(resource = %ar.plural, group = %ar.group, "garbage collector: graph fed by the shared informer");
+                    tasks.spawn(feed(gc.clone(), informers.clone(), idx, synced.clone()));
                 }
-            });
+                None => {
+                    tasks.spawn(feed_metadata(gc.clone(), ar, idx, synced.clone()));
+                }
+            }
         }
     }
     Ok(n)
 }
 
-/// Runs the garbage collector until it fails.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+/// Runs the garbage collector until it fails (or is dropped: its watches stop with it).
+pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(), ControllerError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let gc = Arc::new(Gc { client, graph: Mutex::new(Graph::default()), queue: tx, pending: Mutex::new(HashSet::new()), failures: Mutex::new(HashMap::new()) });
     let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<()>();
     let mut started = HashSet::new();
+    // The feeding tasks, aborted when this future is dropped (end of a leadership term).
+    let mut tasks = JoinSet::new();
     let expected = loop {
-        match discover(&gc, &mut started, &synced_tx).await {
+        match discover(&gc, &informers, &mut started, &synced_tx, &mut tasks).await {
             Ok(n) => break n,
             Err(e) => {
                 tracing::warn!(error = %e, "garbage collector: discovery failed; retrying");
@@ -466,7 +570,7 @@ pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(e) = discover(&gc, &mut started, &synced_tx).await {
+                if let Err(e) = discover(&gc, &informers, &mut started, &synced_tx, &mut tasks).await {
                     tracing::debug!(error = %e, "garbage collector: rediscovery failed");
                 }
             }
@@ -540,6 +644,33 @@ mod tests {
         assert_eq!(decide_deleting_owner(true, &[ORPHAN_FINALIZER.into()], 3), OwnerAction::Orphan);
         assert_eq!(decide_deleting_owner(false, &fg, 0), OwnerAction::None);
         assert_eq!(decide_deleting_owner(true, &["other".into()], 0), OwnerAction::None);
+    }
+
+    #[test]
+    fn resources_of_the_shared_informers_are_not_watched_twice() {
+        for (group, plural) in [("", "pods"), ("apps", "replicasets"), ("apps", "deployments"), ("batch", "jobs"), ("batch", "cronjobs"), ("apps", "controllerrevisions"), ("", "nodes"), ("coordination.k8s.io", "leases"), ("", "namespaces")] {
+            assert!(shared_resource(group, plural), "{group}/{plural} has a shared informer");
+        }
+        // No controller reads these: the collector watches their metadata itself.
+        for (group, plural) in [("", "secrets"), ("rbac.authorization.k8s.io", "roles"), ("apps", "pods"), ("networking.k8s.io", "ingresses")] {
+            assert!(!shared_resource(group, plural), "{group}/{plural}");
+        }
+    }
+
+    #[test]
+    fn relist_forgets_vanished_objects_of_that_resource_only() {
+        let mut g = Graph::default();
+        let owner = |res: usize, name: &str| Node { res, namespace: Some("ns".into()), name: name.into(), owners: vec![], deleting: false, finalizers: vec![] };
+        g.upsert("rs".into(), owner(0, "rs"));
+        g.upsert("gone-rs".into(), owner(0, "gone-rs"));
+        g.upsert("cm".into(), owner(2, "cm"));
+        let pod = Node { res: 1, namespace: Some("ns".into()), name: "p".into(), owners: vec![oref("gone-rs", true)], deleting: false, finalizers: vec![] };
+        g.upsert("p".into(), pod);
+        let keep: HashSet<String> = ["rs".to_string()].into();
+        // The vanished ReplicaSet's pod is looked at (its owner is now dangling).
+        assert_eq!(g.forget_missing(0, &keep), vec!["p".to_string()]);
+        assert!(g.nodes.contains_key("rs") && g.nodes.contains_key("cm") && g.nodes.contains_key("p"));
+        assert!(!g.nodes.contains_key("gone-rs"));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! [`SharedInformers::store`] gives the shared [`Store`]; [`SharedInformers::subscribe`]
 //! gives a stream of the changed objects (the `Arc`s held by the store, so no copies), for
-//! `Controller::owns_shared_stream`/`watches_shared_stream`; [`SharedInformers::cache`]
+//! `Controller::owns_shared_stream`/`watches_shared_stream`; [`SharedInformers::changes`]
+//! gives the same with the kind of each change (applied or deleted), for consumers that
+//! must tell deletions apart (the garbage collector's graph); [`SharedInformers::cache`]
 //! is the shared counterpart of [`crate::endpoints::cache`] (a store whose changes wake a
 //! `Notify`).
 
@@ -28,16 +30,37 @@ const CHANNEL_CAPACITY: usize = 1024;
 pub trait InformerResource: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
 impl<K> InformerResource for K where K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
 
+/// A change of a shared informer's store, as [`SharedInformers::changes`] yields it.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// The object was added or modified (the store's own `Arc`).
+    Applied(Arc<K>),
+    /// The object was deleted (as last seen), including objects found gone by a relist.
+    Deleted(Arc<K>),
+    /// The subscriber fell behind and missed changes: this is the whole store now.
+    Resync(Vec<Arc<K>>),
+}
+
+impl<K> Clone for Change<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Change::Applied(o) => Change::Applied(o.clone()),
+            Change::Deleted(o) => Change::Deleted(o.clone()),
+            Change::Resync(v) => Change::Resync(v.clone()),
+        }
+    }
+}
+
 /// One shared informer: the store and the channel of its changes.
 struct Informer<K: InformerResource> {
     store: Store<K>,
-    tx: broadcast::Sender<Arc<K>>,
+    tx: broadcast::Sender<Change<K>>,
     synced: tokio::sync::watch::Receiver<bool>,
     indexes: Indexes<K>,
 }
 
 /// What [`SharedInformers::informer`] hands out.
-type Parts<K> = (Store<K>, broadcast::Sender<Arc<K>>, tokio::sync::watch::Receiver<bool>, Indexes<K>);
+type Parts<K> = (Store<K>, broadcast::Sender<Change<K>>, tokio::sync::watch::Receiver<bool>, Indexes<K>);
 
 /// The indexes registered on one informer (kept up to date by its watch task).
 type Indexes<K> = Arc<Mutex<Vec<Arc<Index<K>>>>>;
@@ -301,6 +324,15 @@ impl SharedInformers {
         subscription(store, tx.subscribe())
     }
 
+    /// A stream of the changes of `K` from now on, each saying whether the object was
+    /// applied or deleted; a subscriber that falls too far behind gets
+    /// [`Change::Resync`] with the whole store. Subscribe before reading the store (e.g.
+    /// with [`Self::store`]) so that no change in between is missed.
+    pub fn changes<K: InformerResource>(&self) -> impl Stream<Item = Change<K>> + Send + 'static {
+        let (store, tx, _, _) = self.informer::<K>();
+        change_subscription(store, tx.subscribe())
+    }
+
     /// The shared store of `K` once it holds its first complete list; every change of it
     /// wakes `notify` (through a task of `tasks`, which stops when `tasks` is aborted).
     pub async fn cache<K: InformerResource>(&self, notify: &Arc<Notify>, tasks: &mut tokio::task::JoinSet<()>) -> Store<K> {
@@ -317,24 +349,28 @@ impl SharedInformers {
     }
 }
 
-/// A subscriber's stream: the changes, or the whole store after a lag.
-fn subscription<K: InformerResource>(store: Store<K>, rx: broadcast::Receiver<Arc<K>>) -> impl Stream<Item = Arc<K>> + Send + 'static {
+/// A subscriber's stream: the changed objects, or the whole store after a lag.
+fn subscription<K: InformerResource>(store: Store<K>, rx: broadcast::Receiver<Change<K>>) -> impl Stream<Item = Arc<K>> + Send + 'static {
+    change_subscription(store, rx)
+        .map(|c| match c {
+            Change::Applied(o) | Change::Deleted(o) => futures_util::stream::iter(vec![o]),
+            Change::Resync(all) => futures_util::stream::iter(all),
+        })
+        .flatten()
+}
+
+/// A subscriber's stream of changes, with [`Change::Resync`] after a lag.
+fn change_subscription<K: InformerResource>(store: Store<K>, rx: broadcast::Receiver<Change<K>>) -> impl Stream<Item = Change<K>> + Send + 'static {
     futures_util::stream::unfold((store, rx), |(store, mut rx)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(obj) => return Some((futures_util::stream::iter(vec![obj]), (store, rx))),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(kind = %K::kind(&()), missed = n, "informer subscriber lagged; resyncing from the store");
-                    let all = store.state();
-                    if !all.is_empty() {
-                        return Some((futures_util::stream::iter(all), (store, rx)));
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        match rx.recv().await {
+            Ok(c) => Some((c, (store, rx))),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(kind = %K::kind(&()), missed = n, "informer subscriber lagged; resyncing from the store");
+                Some((Change::Resync(store.state()), (store, rx)))
             }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     })
-    .flatten()
 }
 
 fn lock<K: InformerResource>(indexes: &Indexes<K>) -> std::sync::MutexGuard<'_, Vec<Arc<Index<K>>>> {
@@ -344,11 +380,25 @@ fn lock<K: InformerResource>(indexes: &Indexes<K>) -> std::sync::MutexGuard<'_, 
     }
 }
 
+/// The objects of `before` that `store` no longer holds (same name, same uid): what a
+/// relist found deleted while the watch was down.
+fn vanished<K: InformerResource>(before: Vec<Arc<K>>, store: &Store<K>) -> Vec<Arc<K>> {
+    before
+        .into_iter()
+        .filter(|o| match store.get(&ObjectRef::from_obj(&**o)) {
+            Some(now) => now.meta().uid != o.meta().uid,
+            None => true,
+        })
+        .collect()
+}
+
 /// The one watch of an informer: reflects into the store and broadcasts every change
 /// (the store's own `Arc` for added/modified objects).
-async fn run_informer<K: InformerResource>(api: Api<K>, writer: reflector::store::Writer<K>, store: Store<K>, tx: broadcast::Sender<Arc<K>>, synced: tokio::sync::watch::Sender<bool>, indexes: Indexes<K>) {
+async fn run_informer<K: InformerResource>(api: Api<K>, writer: reflector::store::Writer<K>, store: Store<K>, tx: broadcast::Sender<Change<K>>, synced: tokio::sync::watch::Sender<bool>, indexes: Indexes<K>) {
     tracing::debug!(kind = %K::kind(&()), "shared informer started");
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().reflect(writer));
+    // The store's content when a (re)list began, to find what it dropped.
+    let mut before: Vec<Arc<K>> = Vec::new();
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
@@ -356,20 +406,24 @@ async fn run_informer<K: InformerResource>(api: Api<K>, writer: reflector::store
                 for i in lock(&indexes).iter() {
                     i.apply(obj.clone());
                 }
-                let _ = tx.send(obj);
+                let _ = tx.send(Change::Applied(obj));
             }
             Ok(watcher::Event::Delete(o)) => {
                 for i in lock(&indexes).iter() {
                     i.delete(&o);
                 }
-                let _ = tx.send(Arc::new(o));
+                let _ = tx.send(Change::Deleted(Arc::new(o)));
             }
-            Ok(watcher::Event::Init) => {}
+            Ok(watcher::Event::Init) => before = store.state(),
             Ok(watcher::Event::InitDone) => {
                 tracing::debug!(kind = %K::kind(&()), objects = store.len(), "shared informer synced");
-                // A relist replaced the store: objects deleted meanwhile leave the indexes.
+                // A relist replaced the store: objects deleted meanwhile leave the indexes
+                // and are announced as deleted.
                 for i in lock(&indexes).iter() {
                     i.rebuild(store.state());
+                }
+                for o in vanished(std::mem::take(&mut before), &store) {
+                    let _ = tx.send(Change::Deleted(o));
                 }
                 synced.send_replace(true);
             }
@@ -438,11 +492,63 @@ mod tests {
         let (store, _writer) = reflector::store::<Pod>();
         let (tx, rx) = broadcast::channel(8);
         let mut s = std::pin::pin!(subscription(store, rx));
-        tx.send(pod("a")).ok();
-        tx.send(pod("b")).ok();
+        tx.send(Change::Applied(pod("a"))).ok();
+        tx.send(Change::Deleted(pod("b"))).ok();
         drop(tx);
         let names: Vec<String> = s.by_ref().map(|p| p.metadata.name.clone().unwrap_or_default()).collect().await;
         assert_eq!(names, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn changes_tell_deletions_apart_and_resync_after_a_lag() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        writer.apply_watcher_event(&watcher::Event::Apply((*pod("x")).clone()));
+        let (tx, rx) = broadcast::channel(2);
+        let s = change_subscription(store.clone(), rx);
+        tx.send(Change::Applied(pod("a"))).ok();
+        tx.send(Change::Deleted(pod("b"))).ok();
+        let first: Vec<String> = s
+            .take(2)
+            .map(|c| match c {
+                Change::Applied(o) => format!("+{}", o.metadata.name.clone().unwrap_or_default()),
+                Change::Deleted(o) => format!("-{}", o.metadata.name.clone().unwrap_or_default()),
+                Change::Resync(v) => format!("resync {}", v.len()),
+            })
+            .collect()
+            .await;
+        assert_eq!(first, ["+a", "-b"]);
+        let rx = tx.subscribe();
+        for n in ["1", "2", "3"] {
+            tx.send(Change::Applied(pod(n))).ok();
+        }
+        drop(tx);
+        let mut s = std::pin::pin!(change_subscription(store, rx));
+        match s.next().await {
+            Some(Change::Resync(v)) => assert_eq!(names(v), ["x"]),
+            other => panic!("expected a resync, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn relist_finds_deleted_and_replaced_objects() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let with_uid = |name: &str, uid: &str| {
+            let mut p = (*pod(name)).clone();
+            p.metadata.uid = Some(uid.into());
+            p
+        };
+        for p in [with_uid("kept", "1"), with_uid("gone", "2"), with_uid("replaced", "3")] {
+            writer.apply_watcher_event(&watcher::Event::Apply(p));
+        }
+        let before = store.state();
+        // The relist: "gone" is missing, "replaced" came back with another uid.
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for p in [with_uid("kept", "1"), with_uid("replaced", "4")] {
+            writer.apply_watcher_event(&watcher::Event::InitApply(p));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let gone: Vec<String> = vanished(before, &store).iter().map(|p| format!("{}/{}", p.metadata.name.clone().unwrap_or_default(), p.metadata.uid.clone().unwrap_or_default())).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        assert_eq!(gone, ["gone/2", "replaced/3"]);
     }
 
     #[tokio::test]
@@ -453,7 +559,7 @@ mod tests {
         }
         let (tx, rx) = broadcast::channel(2);
         for n in ["1", "2", "3", "4"] {
-            tx.send(pod(n)).ok();
+            tx.send(Change::Applied(pod(n))).ok();
         }
         drop(tx);
         let s = subscription(store, rx);

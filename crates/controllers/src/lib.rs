@@ -72,25 +72,25 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
         let mut tasks = tokio::task::JoinSet::new();
         // One watch per resource type for every controller of this term.
         let informers = informers::SharedInformers::new(client.clone());
-        tasks.spawn(serviceaccount::run(client.clone(), opts.root_ca_pem.clone()));
+        tasks.spawn(serviceaccount::run(client.clone(), opts.root_ca_pem.clone(), informers.clone()));
         tasks.spawn(endpoints::run(client.clone(), informers.clone()));
         tasks.spawn(endpointslice::run(client.clone(), informers.clone()));
         tasks.spawn(nodelifecycle::run(client.clone(), opts.nodes.clone(), informers.clone()));
-        tasks.spawn(nodeipam::run(client.clone(), opts.nodes.cluster_cidr.clone(), opts.nodes.node_cidr_mask_size));
+        tasks.spawn(nodeipam::run(client.clone(), opts.nodes.cluster_cidr.clone(), opts.nodes.node_cidr_mask_size, informers.clone()));
         tasks.spawn(podgc::run(client.clone(), opts.nodes.terminated_pod_gc_threshold, informers.clone()));
         tasks.spawn(disruption::run(client.clone(), informers.clone()));
-        tasks.spawn(pvbinder::run(client.clone()));
-        tasks.spawn(clusterrole_aggregation::run(client.clone()));
+        tasks.spawn(pvbinder::run(client.clone(), informers.clone()));
+        tasks.spawn(clusterrole_aggregation::run(client.clone(), informers.clone()));
         tasks.spawn(hpa::run(client.clone(), informers.clone()));
         tasks.spawn(job::run(client.clone(), informers.clone()));
-        tasks.spawn(cronjob::run(client.clone()));
-        tasks.spawn(ttlafterfinished::run(client.clone()));
+        tasks.spawn(cronjob::run(client.clone(), informers.clone()));
+        tasks.spawn(ttlafterfinished::run(client.clone(), informers.clone()));
         tasks.spawn(statefulset::run(client.clone(), informers.clone()));
         tasks.spawn(daemonset::run(client.clone(), informers.clone()));
         tasks.spawn(replicaset::run(client.clone(), informers.clone()));
         tasks.spawn(deployment::run(client.clone(), informers.clone()));
-        tasks.spawn(gc::run(client.clone()));
-        tasks.spawn(csrsigning::run(client.clone(), opts.root_ca_pem.clone(), opts.ca_key_pem.clone()));
+        tasks.spawn(gc::run(client.clone(), informers.clone()));
+        tasks.spawn(csrsigning::run(client.clone(), opts.root_ca_pem.clone(), opts.ca_key_pem.clone(), informers.clone()));
         tokio::select! {
             _ = lost => {
                 tracing::warn!("controller manager: lost leadership; stopping controllers");

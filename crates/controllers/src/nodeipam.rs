@@ -12,12 +12,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::Resource;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::endpoints::{cache, ready, wait_next};
+use crate::endpoints::wait_next;
 use crate::workload_util::Events;
 use crate::ControllerError;
 
@@ -122,7 +121,7 @@ pub fn plan(set: &CidrSet, nodes: &[&Node], pending: &HashMap<String, u64>) -> V
 
 /// Runs the node IPAM controller forever (returns at once when the cluster CIDR is
 /// invalid, after logging it).
-pub async fn run(client: kube::Client, cluster_cidr: String, mask: u8) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, cluster_cidr: String, mask: u8, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let Some(set) = CidrSet::new(&cluster_cidr, mask) else {
         tracing::error!(cidr = %cluster_cidr, mask, "node IPAM: invalid cluster CIDR or mask; not allocating pod CIDRs");
         std::future::pending::<()>().await;
@@ -130,8 +129,8 @@ pub async fn run(client: kube::Client, cluster_cidr: String, mask: u8) -> Result
     };
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    let nodes = cache(Api::<Node>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    ready(&nodes).await?;
+    // The shared Node informer; every change wakes the loop.
+    let nodes = informers.cache::<Node>(&notify, &mut tasks).await;
     let events = Events::new(client.clone(), "node-controller");
     let api: Api<Node> = Api::all(client.clone());
     // Subnets patched but possibly not yet in the cache.

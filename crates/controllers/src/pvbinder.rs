@@ -17,12 +17,11 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::Resource;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::endpoints::{cache, ready, wait_next};
+use crate::endpoints::wait_next;
 use crate::podutil::selector_matches;
 use crate::workload_util::{is_not_found, Events};
 use crate::ControllerError;
@@ -332,15 +331,13 @@ async fn sync(ctx: &mut Ctx, pvs: &Store<PersistentVolume>, pvcs: &Store<Persist
 }
 
 /// Runs the PersistentVolume binder forever.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    let pvs = cache(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    let pvcs = cache(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    let classes = cache(Api::<StorageClass>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks);
-    ready(&pvs).await?;
-    ready(&pvcs).await?;
-    ready(&classes).await?;
+    // The shared informers; every change wakes the loop.
+    let pvs = informers.cache::<PersistentVolume>(&notify, &mut tasks).await;
+    let pvcs = informers.cache::<PersistentVolumeClaim>(&notify, &mut tasks).await;
+    let classes = informers.cache::<StorageClass>(&notify, &mut tasks).await;
     let mut ctx = Ctx { events: Events::new(client.clone(), "persistentvolume-controller"), client, reported: HashSet::new() };
     loop {
         let r = sync(&mut ctx, &pvs, &pvcs, &classes).await;

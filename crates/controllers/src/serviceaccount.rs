@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
 use crate::ControllerError;
@@ -68,19 +68,27 @@ fn error_policy(_ns: Arc<Namespace>, err: &ControllerError, _ctx: Arc<Ctx>) -> A
     Action::requeue(std::time::Duration::from_secs(2))
 }
 
-/// Runs the controller until the watch ends.
-pub async fn run(client: kube::Client, ca: String) -> Result<(), ControllerError> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
+/// The namespace of `obj` when it is named `name` (the only ServiceAccount / ConfigMap
+/// this controller keeps).
+fn namespace_if_named<K: kube::Resource>(obj: &K, name: &str) -> Option<ObjectRef<Namespace>> {
+    let m = obj.meta();
+    (m.name.as_deref() == Some(name)).then(|| m.namespace.as_deref().map(ObjectRef::new)).flatten()
+}
+
+/// Runs the controller until the watch ends (Namespaces, ServiceAccounts and ConfigMaps
+/// from the shared informers, as upstream's controllers).
+pub async fn run(client: kube::Client, ca: String, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+    // Subscribe before reading the store: no change after the first list is missed.
+    let ns_changes = informers.subscribe::<Namespace>();
+    let sa_changes = informers.subscribe::<ServiceAccount>();
+    let cm_changes = informers.subscribe::<ConfigMap>();
+    let namespaces = informers.store::<Namespace>().await;
     let ctx = Arc::new(Ctx { client: client.clone(), ca });
-    let sas: Api<ServiceAccount> = Api::all(client.clone());
-    let cms: Api<ConfigMap> = Api::all(client.clone());
-    Controller::new(namespaces, watcher::Config::default())
-        .watches(sas, watcher::Config::default().fields("metadata.name=default"), |sa: ServiceAccount| {
-            sa.metadata.namespace.clone().map(|ns| kube::runtime::reflector::ObjectRef::<Namespace>::new(&ns))
-        })
-        .watches(cms, watcher::Config::default().fields(&format!("metadata.name={ROOT_CA_CONFIGMAP}")), move |cm: ConfigMap| {
-            cm.metadata.namespace.clone().map(|ns| kube::runtime::reflector::ObjectRef::<Namespace>::new(&ns))
-        })
+    Controller::for_shared_stream(ns_changes, namespaces)
+        .watches_shared_stream(sa_changes, |sa: Arc<ServiceAccount>| namespace_if_named(&*sa, "default"))
+        .watches_shared_stream(cm_changes, |cm: Arc<ConfigMap>| namespace_if_named(&*cm, ROOT_CA_CONFIGMAP))
+        // The namespaces listed before this controller subscribed.
+        .reconcile_all_on(futures_util::stream::once(async {}))
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
         .await;

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
 use crate::workload_util as wu;
@@ -69,12 +69,27 @@ fn error_policy(_job: Arc<Job>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action
     Action::requeue(Duration::from_secs(2))
 }
 
-/// Runs the TTL-after-finished controller until the watch ends.
-pub async fn run(client: kube::Client) -> Result<(), ControllerError> {
-    let jobs: Api<Job> = Api::all(client.clone());
+/// Runs the TTL-after-finished controller until the watch ends (Jobs from the shared
+/// informer).
+pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+    // Subscribe before reading the store: no change after the first list is missed.
+    let changes = informers.subscribe::<Job>();
+    let jobs = informers.store::<Job>().await;
     let ctx = Arc::new(Ctx { client });
-    Controller::new(jobs, watcher::Config::default()).run(reconcile, error_policy, ctx).for_each(|_| async {}).await;
+    // Only Jobs with a TTL are this controller's business (upstream's `needsCleanup`).
+    let with_ttl = changes.filter(|j| futures_util::future::ready(has_ttl(j)));
+    let initial = jobs.state().into_iter().filter(|j| has_ttl(j)).map(|j| ObjectRef::from_obj(&*j)).collect::<Vec<_>>();
+    Controller::for_shared_stream(with_ttl, jobs)
+        // The Jobs listed before this controller subscribed.
+        .reconcile_on(futures_util::stream::iter(initial))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
     Ok(())
+}
+
+fn has_ttl(job: &Job) -> bool {
+    job.spec.as_ref().is_some_and(|s| s.ttl_seconds_after_finished.is_some())
 }
 
 #[cfg(test)]
