@@ -16,6 +16,7 @@
 //! pods seen by the watch go to the static pod source instead of a worker.
 
 mod ephemeral;
+pub mod grpc_probe;
 pub mod probes;
 pub mod spec;
 pub mod status;

@@ -111,6 +111,74 @@ fn dial_error(host: &str, port: u16, e: &std::io::Error) -> String {
     format!("dial tcp {host}:{port}: {why}")
 }
 
+/// Sends an HTTP/1.1 request and reads the response up to the end of its status line.
+async fn response_head<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, req: &str) -> Result<String, String> {
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1024];
+    let mut n = 0;
+    while n < buf.len() {
+        let r = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
+        n += r;
+        if r == 0 || buf[..n].windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Accepts any server certificate: HTTPS probes do not verify, as upstream's prober.
+#[derive(Debug)]
+struct AcceptAnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS client configuration of HTTPS probes (built once).
+fn insecure_tls_config() -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map(|b| std::sync::Arc::new(b.dangerous().with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyCert(provider))).with_no_client_auth()))
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+}
+
 /// Runs a probe once.
 pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe: &Probe, pod_ip: &str) -> Outcome {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
@@ -141,13 +209,7 @@ pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe:
     if let Some(h) = &probe.http_get {
         let host = h.host.clone().unwrap_or_else(|| pod_ip.to_string());
         let Some(port) = port_of(c, &h.port) else { return Outcome::Failure("invalid port".into()) };
-        if h.scheme.as_deref() == Some("HTTPS") {
-            // No TLS client here: a TCP connect stands in, as a reachability check.
-            return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
-                Ok(Ok(_)) => Outcome::Success,
-                _ => Outcome::Failure(format!("Get \"https://{host}:{port}\": connection refused")),
-            };
-        }
+        let https = h.scheme.as_deref() == Some("HTTPS");
         let path = h.path.clone().unwrap_or_else(|| "/".into());
         let path = if path.starts_with('/') { path } else { format!("/{path}") };
         let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
@@ -155,21 +217,17 @@ pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe:
             req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
         }
         req.push_str("\r\n");
-        let url = format!("http://{host}:{port}{path}");
+        let url = format!("{}://{host}:{port}{path}", if https { "https" } else { "http" });
         let fut = async {
-            let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| dial_error(&host, port, &e))?;
-            s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-            let mut buf = vec![0u8; 1024];
-            let mut n = 0;
-            while n < buf.len() {
-                let r = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
-                if r == 0 || buf[..n + r].windows(2).any(|w| w == b"\r\n") {
-                    n += r;
-                    break;
-                }
-                n += r;
+            let s = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| dial_error(&host, port, &e))?;
+            if https {
+                // As upstream: TLS without verifying the pod's certificate.
+                let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+                let s = tokio_rustls::TlsConnector::from(insecure_tls_config()?).connect(name, s).await.map_err(|e| e.to_string())?;
+                response_head(s, &req).await
+            } else {
+                response_head(s, &req).await
             }
-            Ok::<_, String>(String::from_utf8_lossy(&buf[..n]).into_owned())
         };
         return match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(head)) => match http_status(&head) {
@@ -181,7 +239,11 @@ pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe:
             Err(_) => Outcome::Failure(format!("Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)")),
         };
     }
-    // gRPC probes and probes without a handler are not run here: report success.
+    if let Some(g) = &probe.grpc {
+        let Ok(port) = u16::try_from(g.port) else { return Outcome::Failure(format!("invalid port {}", g.port)) };
+        return super::grpc_probe::check(pod_ip, port, g.service.as_deref().unwrap_or_default(), timeout).await;
+    }
+    // A probe without a handler is refused by validation; nothing to run.
     Outcome::Success
 }
 
@@ -325,6 +387,45 @@ mod tests {
         assert_eq!(run_once(&cri, "x", &c, &closed, "127.0.0.1").await, Outcome::Failure("dial tcp 127.0.0.1:1: connect: connection refused".into()));
         let refused = run_once(&cri, "x", &c, &get_port("/", 1), "127.0.0.1").await;
         assert_eq!(refused, Outcome::Failure("Get \"http://127.0.0.1:1/\": dial tcp 127.0.0.1:1: connect: connection refused".into()));
+    }
+
+    #[tokio::test]
+    async fn https_probes_speak_tls_without_verifying_the_certificate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(tmp.path().join("server"))).unwrap();
+        // A certificate for another name: the prober must not care.
+        let (cert, key) = rk3s_pki::issue_serving_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "pod", &["pod.example".to_string()], 1).unwrap();
+        let cfg = crate::server::tls_config(&cert, &key, &pki.ca_cert_pem).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let Ok(mut s) = acceptor.accept(s).await else { continue };
+                let mut b = [0u8; 512];
+                let n = s.read(&mut b).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&b[..n]).to_string();
+                let code = if req.starts_with("GET /ready ") { "204 No Content" } else { "503 Service Unavailable" };
+                let _ = s.write_all(format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let Some(cri) = dummy_client().await else { panic!("dummy CRI socket") };
+        let c = Container { name: "c".into(), ..Default::default() };
+        let get = |path: &str| Probe {
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::Int(port as i32),
+                scheme: Some("HTTPS".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(run_once(&cri, "x", &c, &get("/ready"), "127.0.0.1").await, Outcome::Success);
+        assert_eq!(
+            run_once(&cri, "x", &c, &get("/other"), "127.0.0.1").await,
+            Outcome::Failure("HTTP probe failed with statuscode: 503".into())
+        );
     }
 
     async fn dummy_client() -> Option<CriClient> {
