@@ -2,7 +2,11 @@
 //! k8s-openapi types' `schemars::JsonSchema` impls plus our own table of facts
 //! (patch strategies, merge keys, list types) — nothing is vendored from upstream.
 //!
-//! Built once at start ([`OpenApi::build`]), serialized once, cheap to clone and share.
+//! [`OpenApi::build`] generates the definitions (kept as one JSON tree: the REST layer
+//! looks up patch strategies and unknown fields in them) and the path table; each
+//! document is rendered on its first request, streamed one path and one definition at
+//! a time (the whole document never exists as a JSON tree), and kept as shared bytes.
+//! Clones are cheap (an `Arc` inside).
 //! The documents are what `kubectl` needs: `explain` (v3, schemas found by
 //! `x-kubernetes-group-version-kind`), server-side field validation detection (the
 //! `fieldValidation` parameter on PATCH operations in v3), and client-side strategic
@@ -15,7 +19,7 @@ mod proto;
 mod schema;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rk3s_api::ResourceInfo;
 use rk3s_patch::{FieldMeta, PatchSchema};
@@ -44,10 +48,17 @@ pub struct V3Document {
 struct Inner {
     /// Neutral definitions (JSON schema with `#/definitions/` refs), facts applied.
     definitions: BTreeMap<String, Value>,
-    v2: Arc<[u8]>,
-    v2_protobuf: Arc<[u8]>,
-    v3: BTreeMap<String, V3Document>,
-    v3_index: Value,
+    /// Every path of the API, sorted by path.
+    items: Vec<PathItem>,
+    git_version: String,
+    /// The documents, rendered on first request (most clients never ask for v2, and
+    /// kubectl asks for the v3 documents of the groups it touches only).
+    v2: OnceLock<Arc<[u8]>>,
+    v2_protobuf: OnceLock<Arc<[u8]>>,
+    /// v3 document path -> (indices into `items`, the rendered document).
+    v3: BTreeMap<String, (Vec<usize>, OnceLock<V3Document>)>,
+    /// v3 document path -> hash of its JSON.
+    v3_hashes: OnceLock<BTreeMap<String, String>>,
     missing: Vec<String>,
 }
 
@@ -62,6 +73,7 @@ impl std::fmt::Debug for OpenApi {
         f.debug_struct("OpenApi")
             .field("definitions", &self.inner.definitions.len())
             .field("v3_documents", &self.inner.v3.len())
+            .field("rendered_bytes", &self.rendered_bytes())
             .finish()
     }
 }
@@ -87,6 +99,34 @@ pub fn resource_definition_name(r: &ResourceInfo) -> String {
 
 fn gvk_value(group: &str, version: &str, kind: &str) -> Value {
     json!({ "group": group, "kind": kind, "version": version })
+}
+
+/// Which part of the Swagger 2.0 document a rendered piece belongs to.
+#[derive(Clone, Copy)]
+enum V2Part {
+    Path,
+    Definition,
+}
+
+/// Appends `v` as JSON (serializing a `Value` into memory cannot fail).
+fn put_json(out: &mut Vec<u8>, v: &Value) {
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
+/// Appends `"key":value`.
+fn put_key_value(out: &mut Vec<u8>, key: &str, v: &Value) {
+    let _ = serde_json::to_writer(&mut *out, key);
+    out.push(b':');
+    put_json(out, v);
+}
+
+/// Appends `"key":value` to the members of an object being written (comma first unless
+/// it is the first member).
+fn put_entry(out: &mut Vec<u8>, key: &str, v: &Value) {
+    if !out.is_empty() {
+        out.push(b',');
+    }
+    put_key_value(out, key, v);
 }
 
 fn hash_hex(data: &[u8]) -> String {
@@ -217,125 +257,191 @@ impl OpenApi {
         items.sort_by(|a, b| a.path.cmp(&b.path));
         items.dedup_by(|a, b| a.path == b.path);
 
-        let info = json!({ "title": "Kubernetes", "version": git_version });
+        let mut docs: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, p) in items.iter().enumerate() {
+            docs.entry(p.doc.clone()).or_default().push(i);
+        }
+        let v3 = docs.into_iter().map(|(doc, ps)| (doc, (ps, OnceLock::new()))).collect();
 
-        // 3. Swagger 2.0.
-        let mut v2_paths = Map::new();
-        for p in &items {
-            v2_paths.insert(p.path.clone(), paths::render_path(p, Dialect::V2));
-        }
-        let v2_paths = Value::Object(v2_paths);
-        let mut roots = BTreeSet::new();
-        schema::collect_refs(&v2_paths, REF_V2, &mut roots);
-        for (name, d) in &definitions {
-            if d.get("x-kubernetes-group-version-kind").is_some() {
-                roots.insert(name.clone());
-            }
-        }
-        let mut v2_defs = Map::new();
-        for name in schema::reachable(&definitions, roots) {
-            if let Some(d) = definitions.get(&name) {
-                v2_defs.insert(name.clone(), schema::to_v2(&name, d));
-            }
-        }
-        let security_scheme = json!({
+        Ok(OpenApi {
+            inner: Arc::new(Inner {
+                definitions,
+                items,
+                git_version: git_version.to_string(),
+                v2: OnceLock::new(),
+                v2_protobuf: OnceLock::new(),
+                v3,
+                v3_hashes: OnceLock::new(),
+                missing,
+            }),
+        })
+    }
+
+    fn info(&self) -> Value {
+        json!({ "title": "Kubernetes", "version": self.inner.git_version })
+    }
+
+    fn security_schemes() -> Value {
+        json!({
             "BearerToken": {
                 "description": "Bearer Token authentication",
                 "in": "header",
                 "name": "authorization",
                 "type": "apiKey"
             }
-        });
-        let v2_doc = json!({
-            "swagger": "2.0",
-            "info": info,
-            "paths": v2_paths,
-            "definitions": v2_defs,
-            "securityDefinitions": security_scheme,
-            "security": [{ "BearerToken": [] }]
-        });
-        let v2_protobuf: Arc<[u8]> = proto::encode_document(&v2_doc).into();
-        let v2: Arc<[u8]> = serde_json::to_vec(&v2_doc)?.into();
-
-        // 4. OpenAPI 3.0, one document per group version (and root documents).
-        let mut docs: BTreeMap<String, Vec<&PathItem>> = BTreeMap::new();
-        for p in &items {
-            docs.entry(p.doc.clone()).or_default().push(p);
-        }
-        let mut v3 = BTreeMap::new();
-        let mut index = Map::new();
-        for (doc, ps) in docs {
-            let mut pmap = Map::new();
-            for p in &ps {
-                pmap.insert(p.path.clone(), paths::render_path(p, Dialect::V3));
-            }
-            let mut roots = BTreeSet::new();
-            for p in &ps {
-                schema::collect_refs(&paths::render_path(p, Dialect::V2), REF_V2, &mut roots);
-            }
-            let mut schemas = Map::new();
-            for name in schema::reachable(&definitions, roots) {
-                if let Some(d) = definitions.get(&name) {
-                    schemas.insert(name.clone(), schema::to_v3(&name, d));
-                }
-            }
-            let body = json!({
-                "openapi": "3.0.0",
-                "info": info,
-                "paths": pmap,
-                "components": {
-                    "schemas": schemas,
-                    "securitySchemes": security_scheme
-                },
-                "security": [{ "BearerToken": [] }]
-            });
-            let json: Arc<[u8]> = serde_json::to_vec(&body)?.into();
-            let hash = hash_hex(&json);
-            index.insert(
-                doc.clone(),
-                json!({ "serverRelativeURL": format!("/openapi/v3/{doc}?hash={hash}") }),
-            );
-            v3.insert(doc, V3Document { json, hash });
-        }
-
-        Ok(OpenApi {
-            inner: Arc::new(Inner {
-                definitions,
-                v2,
-                v2_protobuf,
-                v3,
-                v3_index: json!({ "paths": index }),
-                missing,
-            }),
         })
     }
 
-    /// The Swagger 2.0 document (`GET /openapi/v2`, `application/json`).
+    /// Walks the Swagger 2.0 document: every path item, then every definition they or
+    /// a kind refer to, each rendered on its own (the whole document is never a tree).
+    fn walk_v2(&self, emit: &mut dyn FnMut(V2Part, &str, &Value)) {
+        let definitions = &self.inner.definitions;
+        let mut roots = BTreeSet::new();
+        for p in &self.inner.items {
+            let rendered = paths::render_path(p, Dialect::V2);
+            schema::collect_refs(&rendered, REF_V2, &mut roots);
+            emit(V2Part::Path, &p.path, &rendered);
+        }
+        for (name, d) in definitions {
+            if d.get("x-kubernetes-group-version-kind").is_some() {
+                roots.insert(name.clone());
+            }
+        }
+        for name in schema::reachable(definitions, roots) {
+            if let Some(d) = definitions.get(&name) {
+                emit(V2Part::Definition, &name, &schema::to_v2(&name, d));
+            }
+        }
+    }
+
+    fn render_v2_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 << 20);
+        out.extend_from_slice(b"{\"swagger\":\"2.0\",\"info\":");
+        put_json(&mut out, &self.info());
+        out.extend_from_slice(b",\"paths\":{");
+        let mut paths_out = Vec::new();
+        let mut defs_out = Vec::new();
+        self.walk_v2(&mut |part, name, v| match part {
+            V2Part::Path => put_entry(&mut paths_out, name, v),
+            V2Part::Definition => put_entry(&mut defs_out, name, v),
+        });
+        out.append(&mut paths_out);
+        out.extend_from_slice(b"},\"definitions\":{");
+        out.append(&mut defs_out);
+        out.extend_from_slice(b"},\"securityDefinitions\":");
+        put_json(&mut out, &Self::security_schemes());
+        out.extend_from_slice(b",\"security\":[{\"BearerToken\":[]}]}");
+        out
+    }
+
+    fn render_v2_protobuf(&self) -> Vec<u8> {
+        let mut e = proto::V2Encoder::default();
+        self.walk_v2(&mut |part, name, v| match part {
+            V2Part::Path => e.path(name, v),
+            V2Part::Definition => e.definition(name, v),
+        });
+        let head = json!({
+            "swagger": "2.0",
+            "info": self.info(),
+            "securityDefinitions": Self::security_schemes(),
+            "security": [{ "BearerToken": [] }]
+        });
+        e.finish(&head)
+    }
+
+    /// Renders the OpenAPI 3.0 document of one group version (or root document).
+    fn render_v3(&self, items: &[usize]) -> V3Document {
+        let definitions = &self.inner.definitions;
+        let mut out = Vec::with_capacity(64 << 10);
+        out.extend_from_slice(b"{\"openapi\":\"3.0.0\",\"info\":");
+        put_json(&mut out, &self.info());
+        out.extend_from_slice(b",\"paths\":{");
+        let mut roots = BTreeSet::new();
+        let mut first = true;
+        for p in items.iter().filter_map(|i| self.inner.items.get(*i)) {
+            schema::collect_refs(&paths::render_path(p, Dialect::V2), REF_V2, &mut roots);
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            put_key_value(&mut out, &p.path, &paths::render_path(p, Dialect::V3));
+        }
+        out.extend_from_slice(b"},\"components\":{\"schemas\":{");
+        let mut first = true;
+        for name in schema::reachable(definitions, roots) {
+            if let Some(d) = definitions.get(&name) {
+                if !std::mem::take(&mut first) {
+                    out.push(b',');
+                }
+                put_key_value(&mut out, &name, &schema::to_v3(&name, d));
+            }
+        }
+        out.extend_from_slice(b"},\"securitySchemes\":");
+        put_json(&mut out, &Self::security_schemes());
+        out.extend_from_slice(b"},\"security\":[{\"BearerToken\":[]}]}");
+        let hash = hash_hex(&out);
+        V3Document { json: out.into(), hash }
+    }
+
+    /// The Swagger 2.0 document (`GET /openapi/v2`, `application/json`), rendered on
+    /// first use and kept.
     pub fn v2_json(&self) -> Arc<[u8]> {
-        self.inner.v2.clone()
+        self.inner.v2.get_or_init(|| self.render_v2_json().into()).clone()
     }
 
     /// The Swagger 2.0 document as the gnostic `openapi.v2.Document` protobuf message
-    /// (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`, what kubectl asks for).
+    /// (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`, what kubectl asks for),
+    /// rendered on first use and kept.
     pub fn v2_protobuf(&self) -> Arc<[u8]> {
-        self.inner.v2_protobuf.clone()
+        self.inner.v2_protobuf.get_or_init(|| self.render_v2_protobuf().into()).clone()
+    }
+
+    /// The hash of every v3 document (the first call renders the documents not served
+    /// yet, keeping only their hashes).
+    fn v3_hashes(&self) -> &BTreeMap<String, String> {
+        self.inner.v3_hashes.get_or_init(|| {
+            self.inner
+                .v3
+                .iter()
+                .map(|(doc, (items, cached))| {
+                    let hash = match cached.get() {
+                        Some(d) => d.hash.clone(),
+                        None => self.render_v3(items).hash,
+                    };
+                    (doc.clone(), hash)
+                })
+                .collect()
+        })
     }
 
     /// The OpenAPI v3 index (`GET /openapi/v3`): `{"paths": {"api/v1": {"serverRelativeURL": ...}}}`.
     pub fn v3_index(&self) -> serde_json::Value {
-        self.inner.v3_index.clone()
+        let mut index = Map::new();
+        for (doc, hash) in self.v3_hashes() {
+            index.insert(doc.clone(), json!({ "serverRelativeURL": format!("/openapi/v3/{doc}?hash={hash}") }));
+        }
+        json!({ "paths": index })
     }
 
     /// The OpenAPI v3 document of `gv_path` (`api/v1`, `apis/apps/v1`, `apis/apps`, `api`,
-    /// `apis`, `version`), as served at `/openapi/v3/<gv_path>`, with its hash.
+    /// `apis`, `version`), as served at `/openapi/v3/<gv_path>`, with its hash; rendered
+    /// on first use and kept.
     pub fn v3_group_version(&self, gv_path: &str) -> Option<(Arc<[u8]>, String)> {
         let gv_path = gv_path.trim_matches('/');
-        self.inner.v3.get(gv_path).map(|d| (d.json.clone(), d.hash.clone()))
+        let (items, cached) = self.inner.v3.get(gv_path)?;
+        let d = cached.get_or_init(|| self.render_v3(items));
+        Some((d.json.clone(), d.hash.clone()))
     }
 
     /// Every v3 document path, sorted.
     pub fn v3_paths(&self) -> Vec<String> {
         self.inner.v3.keys().cloned().collect()
+    }
+
+    /// Bytes of rendered documents held (v2 JSON and protobuf, v3 documents served so
+    /// far); the documents are rendered on first request, so this is 0 after a build.
+    pub fn rendered_bytes(&self) -> usize {
+        let v2 = self.inner.v2.get().map_or(0, |b| b.len()) + self.inner.v2_protobuf.get().map_or(0, |b| b.len());
+        v2 + self.inner.v3.values().filter_map(|(_, d)| d.get()).map(|d| d.json.len()).sum::<usize>()
     }
 
     /// The neutral definition `name` (JSON schema, refs under `#/definitions/`).

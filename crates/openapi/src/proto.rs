@@ -303,61 +303,88 @@ fn path_item(p: &Value) -> Msg {
 }
 
 /// Encodes a Swagger 2.0 JSON document as `openapi.v2.Document`.
+#[cfg(test)]
 pub(crate) fn encode_document(doc: &Value) -> Vec<u8> {
-    let mut d = Msg::default();
-    let Some(o) = doc.as_object() else { return d.0 };
-    d.opt_str(1, o.get("swagger"));
-    if let Some(info) = o.get("info") {
-        let mut i = Msg::default();
-        i.opt_str(1, info.get("title"));
-        i.opt_str(2, info.get("version"));
-        i.opt_str(3, info.get("description"));
-        d.msg(2, i);
-    }
-    if let Some(paths) = o.get("paths").and_then(Value::as_object) {
-        let mut ps = Msg::default();
+    let mut e = V2Encoder::default();
+    if let Some(paths) = doc.get("paths").and_then(Value::as_object) {
         for (k, v) in paths {
-            ps.msg(2, named(k, path_item(v)));
+            e.path(k, v);
         }
-        d.msg(8, ps);
     }
-    if let Some(defs) = o.get("definitions").and_then(Value::as_object) {
-        let mut ds = Msg::default();
+    if let Some(defs) = doc.get("definitions").and_then(Value::as_object) {
         for (k, v) in defs {
-            ds.msg(1, named(k, schema(v)));
+            e.definition(k, v);
         }
-        d.msg(9, ds);
     }
-    if let Some(sec) = o.get("security").and_then(Value::as_array) {
-        for req in sec.iter().filter_map(Value::as_object) {
-            let mut r = Msg::default();
-            for (name, scopes) in req {
-                let mut sa = Msg::default();
-                sa.strings(1, Some(scopes));
-                r.msg(1, named(name, sa));
+    e.finish(doc)
+}
+
+/// Encodes a Swagger 2.0 document as `openapi.v2.Document` one path and one definition
+/// at a time, so the whole document never exists as a JSON tree.
+#[derive(Default)]
+pub(crate) struct V2Encoder {
+    paths: Msg,
+    definitions: Msg,
+}
+
+impl V2Encoder {
+    /// Adds the path item `name` (in document order).
+    pub(crate) fn path(&mut self, name: &str, item: &Value) {
+        self.paths.msg(2, named(name, path_item(item)));
+    }
+
+    /// Adds the definition `name` (in document order).
+    pub(crate) fn definition(&mut self, name: &str, schema_value: &Value) {
+        self.definitions.msg(1, named(name, schema(schema_value)));
+    }
+
+    /// The encoded document; `head` holds its other top-level fields (`swagger`, `info`,
+    /// `security`, `securityDefinitions`, `x-` extensions); its `paths` and
+    /// `definitions` are ignored.
+    pub(crate) fn finish(self, head: &Value) -> Vec<u8> {
+        let mut d = Msg::default();
+        let Some(o) = head.as_object() else { return d.0 };
+        d.opt_str(1, o.get("swagger"));
+        if let Some(info) = o.get("info") {
+            let mut i = Msg::default();
+            i.opt_str(1, info.get("title"));
+            i.opt_str(2, info.get("version"));
+            i.opt_str(3, info.get("description"));
+            d.msg(2, i);
+        }
+        d.msg(8, self.paths);
+        d.msg(9, self.definitions);
+        if let Some(sec) = o.get("security").and_then(Value::as_array) {
+            for req in sec.iter().filter_map(Value::as_object) {
+                let mut r = Msg::default();
+                for (name, scopes) in req {
+                    let mut sa = Msg::default();
+                    sa.strings(1, Some(scopes));
+                    r.msg(1, named(name, sa));
+                }
+                d.msg(12, r);
             }
-            d.msg(12, r);
         }
-    }
-    if let Some(defs) = o.get("securityDefinitions").and_then(Value::as_object) {
-        let mut sd = Msg::default();
-        for (name, s) in defs {
-            if s.get("type").and_then(Value::as_str) != Some("apiKey") {
-                continue;
+        if let Some(defs) = o.get("securityDefinitions").and_then(Value::as_object) {
+            let mut sd = Msg::default();
+            for (name, s) in defs {
+                if s.get("type").and_then(Value::as_str) != Some("apiKey") {
+                    continue;
+                }
+                let mut k = Msg::default();
+                k.opt_str(1, s.get("type"));
+                k.opt_str(2, s.get("name"));
+                k.opt_str(3, s.get("in"));
+                k.opt_str(4, s.get("description"));
+                let mut item = Msg::default();
+                item.msg(2, k);
+                sd.msg(1, named(name, item));
             }
-            let mut k = Msg::default();
-            k.opt_str(1, s.get("type"));
-            k.opt_str(2, s.get("name"));
-            k.opt_str(3, s.get("in"));
-            k.opt_str(4, s.get("description"));
-            let mut item = Msg::default();
-            item.msg(2, k);
-            sd.msg(1, named(name, item));
+            d.msg(13, sd);
         }
-        d.msg(13, sd);
+        d.extensions(16, o);
+        d.0
     }
-    d.extensions(16, o);
-    d.0
 }
 
 #[cfg(test)]

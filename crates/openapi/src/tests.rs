@@ -308,3 +308,67 @@ fn builtin_table_builds() {
         assert!(d["x-kubernetes-group-version-kind"].as_array().is_some_and(|a| a.contains(&gvk)), "{def}");
     }
 }
+
+/// The Swagger 2.0 document built the simple way, as one JSON tree, to check the
+/// streaming renderers against.
+fn v2_tree(o: &OpenApi) -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut roots = std::collections::BTreeSet::new();
+    for p in &o.inner.items {
+        let v = crate::paths::render_path(p, crate::paths::Dialect::V2);
+        crate::schema::collect_refs(&v, crate::schema::REF_V2, &mut roots);
+        paths.insert(p.path.clone(), v);
+    }
+    for (name, d) in &o.inner.definitions {
+        if d.get("x-kubernetes-group-version-kind").is_some() {
+            roots.insert(name.clone());
+        }
+    }
+    let mut defs = serde_json::Map::new();
+    for name in crate::schema::reachable(&o.inner.definitions, roots) {
+        defs.insert(name.clone(), crate::schema::to_v2(&name, &o.inner.definitions[&name]));
+    }
+    json!({
+        "swagger": "2.0",
+        "info": { "title": "Kubernetes", "version": "v1.33.0+rk3s" },
+        "paths": paths,
+        "definitions": defs,
+        "securityDefinitions": { "BearerToken": {
+            "description": "Bearer Token authentication", "in": "header", "name": "authorization", "type": "apiKey"
+        } },
+        "security": [{ "BearerToken": [] }]
+    })
+}
+
+#[test]
+fn streamed_v2_documents_equal_the_tree() {
+    let o = built();
+    let tree = v2_tree(&o);
+    let json = o.v2_json();
+    assert_eq!(&json[..], &serde_json::to_vec(&tree).expect("json")[..], "v2 JSON differs from the tree");
+    assert_eq!(&o.v2_protobuf()[..], &crate::proto::encode_document(&tree)[..], "v2 protobuf differs");
+}
+
+#[test]
+fn documents_render_on_first_request_only() {
+    let o = built();
+    assert_eq!(o.rendered_bytes(), 0, "nothing is rendered by build");
+    let idx = o.v3_index();
+    assert_eq!(o.rendered_bytes(), 0, "the index keeps hashes only");
+    let url = idx["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().expect("url").to_string();
+    let (apps, hash) = o.v3_group_version("apis/apps/v1").expect("apps");
+    assert!(url.ends_with(&format!("?hash={hash}")), "{url} vs {hash}");
+    assert_eq!(hash, crate::hash_hex(&apps));
+    assert_eq!(o.rendered_bytes(), apps.len());
+    // Served again from the kept bytes, and the index still agrees.
+    let (again, _) = o.v3_group_version("/apis/apps/v1/").expect("apps");
+    assert!(Arc::ptr_eq(&apps, &again));
+    assert_eq!(o.v3_index(), idx);
+    let v2 = o.v2_json();
+    assert_eq!(o.rendered_bytes(), apps.len() + v2.len());
+    let doc: Value = serde_json::from_slice(&apps).expect("json");
+    let keys: Vec<&str> = doc.as_object().expect("object").keys().map(String::as_str).collect();
+    assert_eq!(keys, ["openapi", "info", "paths", "components", "security"]);
+    assert!(doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
+    assert!(o.v3_group_version("apis/nope/v1").is_none());
+}

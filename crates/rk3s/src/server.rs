@@ -178,8 +178,19 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get())))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(serve(args))
+}
+
+/// Runtime worker threads for `cores` CPUs: one per core, at most 4. Each worker
+/// keeps its own allocator arena and stack; an idle control plane on a big machine
+/// gains nothing from dozens of them, and an edge box (1-2 cores) keeps one per core.
+fn worker_threads(cores: usize) -> usize {
+    cores.clamp(1, 4)
 }
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
@@ -372,4 +383,18 @@ fn first_ip(cidr: &str) -> anyhow::Result<Ipv4Addr> {
     let len: u32 = len.parse().context("CIDR prefix length")?;
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     Ok(Ipv4Addr::from((u32::from(ip) & mask) + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_worker_per_core_up_to_four() {
+        assert_eq!(worker_threads(0), 1);
+        assert_eq!(worker_threads(1), 1);
+        assert_eq!(worker_threads(2), 2);
+        assert_eq!(worker_threads(4), 4);
+        assert_eq!(worker_threads(64), 4);
+    }
 }
