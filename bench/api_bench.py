@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""API server benchmark: creates/s from 8 clients (p50/p99), GET latency, LIST latency at
-10,000 ConfigMaps, and the server's RSS idle and after the load. Prints figures; never fails.
+"""API server benchmark: creates/s from 8 clients (p50/p99) and the server's CPU time
+per create, GET latency, LIST latency at 10,000 ConfigMaps, and the server's RSS idle
+and after the load. Prints figures; never fails.
 
 Usage: bench/api_bench.py [--binary target/release/rk3s] [--objects 10000] [--clients 8]
 """
@@ -65,9 +66,11 @@ def main():
                   {"Content-Type": "application/json"}); c.getresponse().read()
         per = a.objects // a.clients
         t = time.perf_counter()
+        cpu0 = cpu_seconds(srv.pid)
         with mp.Pool(a.clients) as pool:
             lats = pool.map(worker, [(port, paths, ns, k * per, per) for k in range(a.clients)])
         dt = time.perf_counter() - t
+        create_cpu = cpu_seconds(srv.pid) - cpu0
         lat = [x for l in lats for x in l]
         n = per * a.clients
         names = [f"cm-{i}" for i in range(0, n, max(1, n // 2000))]
@@ -88,6 +91,7 @@ def main():
         print(f"RSS idle:                      {idle:.1f} MB")
         print(f"CPU idle (5 s):                {idle_cpu:.1f} % of one core")
         print(f"creates ({a.clients} clients):          {n/dt:.0f} /s  (p50 {pct(lat,.5)*1000:.2f} ms, p99 {pct(lat,.99)*1000:.2f} ms)")
+        print(f"server CPU per create:         {create_cpu / n * 1e6:.0f} us  ({create_cpu:.2f} s for {n})")
         print(f"gets ({a.clients} clients):             {len(glat)/gdt:.0f} /s  (p50 {pct(glat,.5)*1000:.2f} ms)")
         print(f"LIST {items} ConfigMaps:        median {statistics.median(list_lat)*1000:.1f} ms (incl. JSON transfer)")
         print(f"RSS after load ({items} objects): {after:.1f} MB")

@@ -2,8 +2,8 @@
 //! of recent events, from which lists and watches are served (so N watchers cost one
 //! store watch, as upstream's cacher).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -28,11 +28,200 @@ pub struct CachedObject {
 }
 
 impl CachedObject {
-    fn new(key: String, revision: Revision, object: Arc<Value>) -> CachedObject {
-        let raw = bytes::Bytes::from(serde_json::to_vec(&*object).unwrap_or_default());
-        CachedObject { key, revision, object, raw }
+    /// From the stored bytes: parsed once; `raw` is spliced from `stored`, not re-encoded.
+    fn decode(key: String, revision: Revision, stored: &[u8]) -> Option<CachedObject> {
+        let object = Arc::new(decode(stored, revision)?);
+        let raw = encoded_with_resource_version(stored, revision, &object);
+        Some(CachedObject { key, revision, object, raw })
     }
 }
+
+/// `object` (the parse of `stored` with `metadata.resourceVersion` set to `revision`)
+/// as JSON: `stored` with the resourceVersion spliced in, which is byte for byte what
+/// encoding `object` would give for compact stored JSON; encodes `object` only when the
+/// stored bytes do not have the expected shape.
+fn encoded_with_resource_version(stored: &[u8], revision: Revision, object: &Value) -> bytes::Bytes {
+    match splice_resource_version(stored, revision) {
+        Some(raw) => bytes::Bytes::from(raw),
+        None => bytes::Bytes::from(serde_json::to_vec(object).unwrap_or_default()),
+    }
+}
+
+/// Inserts `"resourceVersion":"<revision>"` as the last member of the top-level
+/// `metadata` object of the JSON document `stored`, without parsing it into values.
+/// `None` when `stored` has no (single, plainly spelled) `metadata` object, already has
+/// a resourceVersion, or is not well-formed enough to be sure (the caller then encodes).
+/// Appending matches what [`set_resource_version`] does to a parsed object (serde_json
+/// keeps insertion order here), so the result equals encoding the decoded object.
+pub fn splice_resource_version(stored: &[u8], revision: Revision) -> Option<Vec<u8>> {
+    let mut s = JsonScan { b: stored, i: 0 };
+    s.ws();
+    s.eat(b'{')?;
+    let mut meta: Option<(usize, usize, bool)> = None;
+    s.ws();
+    if s.peek()? == b'}' {
+        return None;
+    }
+    loop {
+        s.ws();
+        let key = s.string()?;
+        s.ws();
+        s.eat(b':')?;
+        s.ws();
+        if key == b"\"metadata\"" {
+            if meta.is_some() || s.peek()? != b'{' {
+                return None;
+            }
+            // Walk the metadata members, looking for a resourceVersion.
+            s.eat(b'{')?;
+            s.ws();
+            let mut empty = true;
+            if s.peek()? != b'}' {
+                empty = false;
+                loop {
+                    s.ws();
+                    let k = s.string()?;
+                    if k == b"\"resourceVersion\"" {
+                        return None;
+                    }
+                    s.ws();
+                    s.eat(b':')?;
+                    s.ws();
+                    s.value()?;
+                    s.ws();
+                    match s.next()? {
+                        b',' => continue,
+                        b'}' => break,
+                        _ => return None,
+                    }
+                }
+            } else {
+                s.i += 1;
+            }
+            // s.i is just past the metadata's closing brace.
+            meta = Some((s.i - 1, s.i, empty));
+        } else {
+            s.value()?;
+        }
+        s.ws();
+        match s.next()? {
+            b',' => continue,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    s.ws();
+    if s.i != stored.len() {
+        return None;
+    }
+    let (close, _, empty) = meta?;
+    let rv = revision.to_string();
+    let mut out = Vec::with_capacity(stored.len() + rv.len() + 22);
+    out.extend_from_slice(&stored[..close]);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"resourceVersion\":\"");
+    out.extend_from_slice(rv.as_bytes());
+    out.push(b'"');
+    out.extend_from_slice(&stored[close..]);
+    Some(out)
+}
+
+/// A forward-only scanner over JSON text that checks structure but builds nothing.
+struct JsonScan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> JsonScan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    /// A string, quotes included (escapes are skipped, not decoded).
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let start = self.i;
+        self.eat(b'"')?;
+        loop {
+            match self.next()? {
+                b'"' => return Some(&self.b[start..self.i]),
+                b'\\' => {
+                    self.next()?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Any value; nesting is tracked with a depth count (strings skipped whole).
+    fn value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match self.peek()? {
+                        b'"' => {
+                            self.string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth = depth.checked_sub(1)?;
+                            if depth == 0 {
+                                self.i += 1;
+                                return Some(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.i += 1;
+                }
+            }
+            _ => {
+                // Number, true, false, null: up to the next delimiter.
+                let start = self.i;
+                while let Some(c) = self.peek() {
+                    if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                        break;
+                    }
+                    self.i += 1;
+                }
+                (self.i > start).then_some(())
+            }
+        }
+    }
+}
+
+/// A write the API server is about to make, handed to the cache so that it need not
+/// parse what the writer already holds parsed.
+struct PendingWrite {
+    /// The exact bytes written (the cache only uses `object` for an event with these).
+    stored: bytes::Bytes,
+    /// `stored`, parsed (without resourceVersion).
+    object: Value,
+}
+
+/// Writes handed over and not yet seen; more than this (writes whose event never came,
+/// e.g. across a reload) and the map is cleared.
+const MAX_PENDING: usize = 4096;
 
 /// The kind of a cache event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +268,8 @@ pub struct WatchCache {
     progress: watch::Sender<Revision>,
     /// Bumped whenever an RBAC object changes (the authorizer rebuilds on change).
     pub rbac_generation: std::sync::atomic::AtomicU64,
+    /// Objects the API server is writing, by key (see [`WatchCache::expect_write`]).
+    pending: Mutex<HashMap<String, PendingWrite>>,
 }
 
 /// Parses stored bytes and sets `metadata.resourceVersion`.
@@ -112,11 +303,8 @@ impl WatchCache {
         let list = store.list("/registry/", Default::default()).await?;
         let mut objects = BTreeMap::new();
         for kv in list.items {
-            if let Some(v) = decode(&kv.value, kv.mod_revision) {
-                objects.insert(
-                    kv.key.clone(),
-                    CachedObject::new(kv.key, kv.mod_revision, Arc::new(v)),
-                );
+            if let Some(o) = CachedObject::decode(kv.key.clone(), kv.mod_revision, &kv.value) {
+                objects.insert(kv.key, o);
             }
         }
         let (events, _) = broadcast::channel(HISTORY);
@@ -127,6 +315,7 @@ impl WatchCache {
             events,
             progress,
             rbac_generation: std::sync::atomic::AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
         });
         let c = cache.clone();
         tokio::spawn(async move { c.follow(list.revision).await });
@@ -168,8 +357,8 @@ impl WatchCache {
         let list = self.store.list("/registry/", Default::default()).await?;
         let mut objects = BTreeMap::new();
         for kv in list.items {
-            if let Some(v) = decode(&kv.value, kv.mod_revision) {
-                objects.insert(kv.key.clone(), CachedObject::new(kv.key, kv.mod_revision, Arc::new(v)));
+            if let Some(o) = CachedObject::decode(kv.key.clone(), kv.mod_revision, &kv.value) {
+                objects.insert(kv.key, o);
             }
         }
         if let Ok(mut st) = self.state.write() {
@@ -183,14 +372,58 @@ impl WatchCache {
         Ok(list.revision)
     }
 
+    /// Hands the cache a write the caller is about to make: `stored` are the exact bytes
+    /// it will write at `key`, `object` their parse (resourceVersion aside). When the
+    /// store's event for that write arrives with the same bytes, the cache takes `object`
+    /// instead of parsing `stored` again. Call before the write (the event may be seen
+    /// before the write returns); [`WatchCache::forget_write`] if the write fails.
+    pub fn expect_write(&self, key: &str, stored: bytes::Bytes, object: Value) {
+        let Ok(mut p) = self.pending.lock() else { return };
+        if p.len() >= MAX_PENDING {
+            p.clear();
+        }
+        p.insert(key.to_string(), PendingWrite { stored, object });
+    }
+
+    /// Withdraws a write handed over with [`WatchCache::expect_write`] (it failed).
+    pub fn forget_write(&self, key: &str, stored: &[u8]) {
+        let Ok(mut p) = self.pending.lock() else { return };
+        if p.get(key).is_some_and(|w| w.stored == stored) {
+            p.remove(key);
+        }
+    }
+
+    /// The handed-over parse of a put of `value` at `key`, if any.
+    fn take_pending(&self, key: &str, value: &[u8]) -> Option<Value> {
+        let mut p = self.pending.lock().ok()?;
+        if p.get(key)?.stored != value {
+            // An earlier write to the key (or another writer's): keep it for its event.
+            return None;
+        }
+        p.remove(key).map(|w| w.object)
+    }
+
     fn apply(&self, ev: rk3s_store::Event) {
         let rev = ev.revision();
-        let Some(object) = decode(&ev.kv.value, rev) else {
-            tracing::warn!(key = %ev.kv.key, "watch cache: undecodable value");
-            return;
+        let handed = match ev.kind {
+            EventKind::Put => self.take_pending(&ev.kv.key, &ev.kv.value),
+            EventKind::Delete => None,
+        };
+        let object = match handed {
+            Some(mut v) => {
+                set_resource_version(&mut v, rev);
+                v
+            }
+            None => match decode(&ev.kv.value, rev) {
+                Some(v) => v,
+                None => {
+                    tracing::warn!(key = %ev.kv.key, "watch cache: undecodable value");
+                    return;
+                }
+            },
         };
         let object = Arc::new(object);
-        let raw = bytes::Bytes::from(serde_json::to_vec(&*object).unwrap_or_default());
+        let raw = encoded_with_resource_version(&ev.kv.value, rev, &object);
         let mut st = match self.state.write() {
             Ok(s) => s,
             Err(_) => return,
@@ -332,6 +565,7 @@ impl WatchCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[tokio::test]
     async fn consistent_read_sees_the_latest_write_without_waiting_for_another() {
@@ -352,6 +586,72 @@ mod tests {
         assert!(rev >= 5);
         let (sub, _) = cache.subscribe(Some(2)).map_err(|_| "expired").expect("subscribe");
         assert_eq!(sub.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn spliced_resource_version_equals_encoding_the_decoded_object() {
+        let docs = [
+            json!({"kind": "ConfigMap", "metadata": {"name": "a", "namespace": "default", "labels": {"x": "}{\"]["}}, "data": {"k": "v\\\"", "metadata": "{"}}),
+            json!({"metadata": {}, "spec": {"a": [1, -2, 3.5, true, null, {"b": []}]}}),
+            json!({"apiVersion": "v1", "metadata": {"name": "n", "managedFields": [{"manager": "m", "fieldsV1": {"f:data": {".": {}}}}]}, "status": {}}),
+            json!({"spec": {"metadata": {"resourceVersion": "7"}}, "metadata": {"name": "nested \u{e9}\u{1F600}"}}),
+        ];
+        for doc in docs {
+            let stored = serde_json::to_vec(&doc).expect("json");
+            let spliced = splice_resource_version(&stored, 42).expect("spliced");
+            let want = serde_json::to_vec(&decode(&stored, 42).expect("decode")).expect("json");
+            assert_eq!(String::from_utf8_lossy(&spliced), String::from_utf8_lossy(&want));
+        }
+        // Whitespace is kept and the result is still the same object.
+        let pretty = serde_json::to_vec_pretty(&json!({"metadata": {"name": "p"}, "data": {"a": "b"}})).expect("json");
+        let spliced = splice_resource_version(&pretty, 9).expect("spliced");
+        assert_eq!(serde_json::from_slice::<Value>(&spliced).expect("valid"), decode(&pretty, 9).expect("decode"));
+        // Shapes it does not handle: the caller encodes instead.
+        for bad in [
+            &br#"{"metadata":{"name":"a","resourceVersion":"3"}}"#[..],
+            br#"{"data":{}}"#,
+            br#"{"metadata":"x"}"#,
+            br#"{"metadata":{},"metadata":{}}"#,
+            br#"{"metadata":{"name":"a"}"#,
+            br#"{"metadata":{"name":"a"}} trailing"#,
+            br#"[]"#,
+            br#"{}"#,
+        ] {
+            assert_eq!(splice_resource_version(bad, 1), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_write_is_used_only_for_the_event_with_its_bytes() {
+        let (_dir, store, cache) = open().await;
+        // Handed over: the cache takes the writer's parse (a marker proves it was used).
+        let stored = cm("u1", "1");
+        let mut parsed: Value = serde_json::from_slice(&stored).expect("json");
+        parsed["marker"] = json!("handed");
+        cache.expect_write(KEY, bytes::Bytes::from(stored.clone()), parsed);
+        let kv = store.create(KEY, stored).await.expect("create");
+        cache.wait_for(kv.mod_revision, Duration::from_secs(10)).await;
+        let o = cache.get(KEY).expect("cached");
+        assert_eq!(o.object["marker"], "handed");
+        assert_eq!(o.object["metadata"]["resourceVersion"], kv.mod_revision.to_string());
+        // raw comes from the written bytes (which lack the marker), resourceVersion spliced.
+        let mut want = (*o.object).clone();
+        want.as_object_mut().expect("object").remove("marker");
+        assert_eq!(o.raw, bytes::Bytes::from(serde_json::to_vec(&want).expect("json")));
+        assert!(cache.pending.lock().expect("lock").is_empty(), "taken once seen");
+        // Handed over for different bytes than were written: the cache parses the event.
+        let mut other: Value = serde_json::from_slice(&cm("u1", "3")).expect("json");
+        other["marker"] = json!("stale");
+        cache.expect_write(KEY, bytes::Bytes::from(cm("u1", "3")), other);
+        let kv = store.update(KEY, cm("u1", "2"), kv.mod_revision).await.expect("update");
+        cache.wait_for(kv.mod_revision, Duration::from_secs(10)).await;
+        let o = cache.get(KEY).expect("cached");
+        assert!(o.object.get("marker").is_none());
+        assert_eq!(o.object["data"]["v"], "2");
+        assert_eq!(o.raw, bytes::Bytes::from(serde_json::to_vec(&*o.object).expect("json")));
+        // A failed write is withdrawn.
+        cache.forget_write(KEY, &cm("u1", "3"));
+        assert!(cache.pending.lock().expect("lock").is_empty());
     }
 
     const KEY: &str = "/registry/core/configmaps/default/x";

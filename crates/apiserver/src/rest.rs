@@ -75,6 +75,34 @@ fn storage_bytes(res: &ResourceInfo, obj: &Value) -> Result<Vec<u8>, ApiError> {
     r.map_err(|e| ApiError::internal(e.to_string()))
 }
 
+/// A write serialized once (see [`Call::stage`]).
+struct Staged {
+    /// The bytes written to the store.
+    stored: Bytes,
+    /// The object, when the answer needs it (else it went to the watch cache).
+    object: Option<Value>,
+    /// Whether the watch cache was handed the object.
+    handed: bool,
+}
+
+/// Whether two objects are equal but for `metadata.resourceVersion` (an update that
+/// would store `a` over `b` changes nothing).
+fn same_but_resource_version(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().all(|(k, v)| match (b.get(k), k.as_str()) {
+        (None, _) => false,
+        (Some(Value::Object(mb)), "metadata") => {
+            let Some(ma) = v.as_object() else { return false };
+            let count = |m: &Map<String, Value>| m.len() - usize::from(m.contains_key("resourceVersion"));
+            count(ma) == count(mb) && ma.iter().filter(|(k, _)| *k != "resourceVersion").all(|(k, v)| mb.get(k) == Some(v))
+        }
+        (Some(w), _) => v == w,
+    })
+}
+
 fn kv_to_object(kv: &KeyValue) -> Result<Value, ApiError> {
     decode(&kv.value, kv.mod_revision).ok_or_else(|| ApiError::internal(format!("object at {} cannot be decoded", kv.key)))
 }
@@ -516,10 +544,50 @@ impl<'a> Call<'a> {
             }
             return Ok(with_warnings(self.render_one(obj, 201), &warnings));
         }
-        let bytes = storage_bytes(&self.res, &obj)?;
-        let kv = self.inner.store.create(&key, bytes).await.map_err(|e| store_err(&self.res, &name, e))?;
-        set_resource_version(&mut obj, kv.mod_revision);
-        Ok(with_warnings(self.render_one(obj, 201), &warnings))
+        let staged = self.stage(&key, obj, false)?;
+        let kv = match self.inner.store.create(&key, staged.stored.to_vec()).await {
+            Ok(kv) => kv,
+            Err(e) => {
+                self.unstage(&key, &staged);
+                return Err(store_err(&self.res, &name, e));
+            }
+        };
+        Ok(with_warnings(self.written(staged, kv.mod_revision, 201, |obj| Ok(self.render_one(obj, 201)))?, &warnings))
+    }
+
+    /// Serializes `obj` for the store, once: the bytes go to the store, to the watch
+    /// cache (with `obj`, so it need not parse them back) and, resourceVersion spliced
+    /// in, to a JSON response. `need_object` keeps a copy of `obj` for a response that
+    /// is not the object itself (e.g. a `Scale`).
+    fn stage(&self, key: &str, obj: Value, need_object: bool) -> Result<Staged, ApiError> {
+        let stored = Bytes::from(storage_bytes(&self.res, &obj)?);
+        if crate::convert::needs_conversion(&self.res) {
+            // The stored form differs from `obj`: the cache parses it, the answer is `obj`.
+            return Ok(Staged { stored, object: Some(obj), handed: false });
+        }
+        let object = (need_object || self.output != Output::Json).then(|| obj.clone());
+        self.inner.cache.expect_write(key, stored.clone(), obj);
+        Ok(Staged { stored, object, handed: true })
+    }
+
+    /// Withdraws a staged write that did not happen.
+    fn unstage(&self, key: &str, staged: &Staged) {
+        if staged.handed {
+            self.inner.cache.forget_write(key, &staged.stored);
+        }
+    }
+
+    /// The answer to a staged write stored at `revision`: `render` of the object, or
+    /// (plain JSON of the object itself) the stored bytes with the resourceVersion.
+    fn written(&self, staged: Staged, revision: i64, code: u16, render: impl FnOnce(Value) -> Result<Response, ApiError>) -> Result<Response, ApiError> {
+        if let Some(mut obj) = staged.object {
+            set_resource_version(&mut obj, revision);
+            return render(obj);
+        }
+        match crate::cache::splice_resource_version(&staged.stored, revision) {
+            Some(raw) => Ok(body::bytes_response(code, "application/json", raw)),
+            None => render(decode(&staged.stored, revision).ok_or_else(|| ApiError::internal("stored object cannot be decoded"))?),
+        }
     }
 
     /// PUT and PATCH (and their `status`/`scale` forms).
@@ -634,6 +702,11 @@ impl<'a> Call<'a> {
             if patch_kind != "application/apply-patch+yaml" {
                 crate::handler::update_managed_fields(self.inner, &self.res, &mut new_obj, Some(&cur_obj), &self.query, &self.headers, sub.as_deref());
             }
+            if same_but_resource_version(&new_obj, &cur_obj) {
+                // As upstream's GuaranteedUpdate: an update that leaves the object as it
+                // is stored is not written (no new resourceVersion, no watch event).
+                return Ok(with_warnings(self.answer_update(cur_obj)?, &warnings));
+            }
             if self.dry_run() {
                 return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
             }
@@ -652,12 +725,13 @@ impl<'a> Call<'a> {
             if let Some(m) = meta_mut(&mut new_obj) {
                 m.remove("resourceVersion");
             }
-            let bytes = storage_bytes(&self.res, &new_obj)?;
-            match self.inner.store.update(&key, bytes, current.mod_revision).await {
-                Ok(kv) => {
-                    set_resource_version(&mut new_obj, kv.mod_revision);
-                    return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
-                }
+            let staged = self.stage(&key, new_obj, sub.as_deref() == Some("scale"))?;
+            let result = self.inner.store.update(&key, staged.stored.to_vec(), current.mod_revision).await;
+            if result.is_err() {
+                self.unstage(&key, &staged);
+            }
+            match result {
+                Ok(kv) => return Ok(with_warnings(self.written(staged, kv.mod_revision, 200, |obj| self.answer_update(obj))?, &warnings)),
                 Err(StoreError::Conflict { .. }) if retry_on_conflict => continue,
                 Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(&self.res, &name)),
                 Err(e) => return Err(store_err(&self.res, &name, e)),
@@ -1128,6 +1202,27 @@ mod tests {
         remove_path(&mut v, "spec.containers[1].bogus");
         remove_path(&mut v, "top");
         assert_eq!(v, json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}));
+    }
+
+    #[test]
+    fn no_op_comparison_ignores_only_the_resource_version() {
+        let stored = json!({"metadata": {"name": "a", "resourceVersion": "5", "labels": {"x": "1"}}, "data": {"k": "v"}});
+        let same = json!({"data": {"k": "v"}, "metadata": {"labels": {"x": "1"}, "name": "a"}});
+        assert!(same_but_resource_version(&same, &stored));
+        assert!(same_but_resource_version(&stored, &same));
+        let mut other_rv = stored.clone();
+        other_rv["metadata"]["resourceVersion"] = json!("6");
+        assert!(same_but_resource_version(&other_rv, &stored));
+        for changed in [
+            json!({"metadata": {"name": "a", "labels": {"x": "2"}}, "data": {"k": "v"}}),
+            json!({"metadata": {"name": "a", "labels": {"x": "1"}, "generation": 1}, "data": {"k": "v"}}),
+            json!({"metadata": {"name": "a"}, "data": {"k": "v"}}),
+            json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "v"}, "status": {}}),
+            json!({"metadata": {"name": "a", "labels": {"x": "1"}}}),
+        ] {
+            assert!(!same_but_resource_version(&changed, &stored), "{changed}");
+            assert!(!same_but_resource_version(&stored, &changed), "{changed}");
+        }
     }
 
     #[test]

@@ -323,3 +323,70 @@ fn patches_see_and_pin_the_resource_version() {
     let (code, _) = patch(&mut k, "/api/v1/namespaces/default/configmaps/rvp", "application/merge-patch+json", json!({"data": {"y": "2"}}));
     assert_eq!(code, 200);
 }
+
+/// Upstream's GuaranteedUpdate does not write an update that leaves the object as
+/// stored: re-applying a manifest (client- and server-side), a patch or a PUT that
+/// changes nothing keep the resourceVersion and wake no watcher; the next real change
+/// is the first event a watcher sees.
+#[test]
+fn no_op_updates_are_not_written() {
+    use std::io::BufReader;
+    use std::process::{Command, Stdio};
+
+    let c = Cluster::start();
+    let mut k = conn(&c);
+    let manifest = c.path().join("noop.yaml");
+    std::fs::write(&manifest, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: noop\n  labels: {a: b}\ndata:\n  k: v\n").expect("manifest");
+    let file = manifest.to_str().expect("utf-8 path");
+    let rv = |k: &mut Conn| -> String {
+        let (code, o) = call(k, "GET", "/api/v1/namespaces/default/configmaps/noop", None);
+        assert_eq!(code, 200, "{o}");
+        o["metadata"]["resourceVersion"].as_str().expect("resourceVersion").to_string()
+    };
+    assert!(c.ok(&["apply", "-f", file]).contains("created"));
+    // The first server-side apply takes the fields over (a real change of managedFields).
+    c.ok(&["apply", "--server-side", "-f", file]);
+    let stored = rv(&mut k);
+
+    // A watcher (kubectl's own LIST + WATCH) from now on.
+    let mut watch = Command::new(common::kubectl_bin())
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.path())
+        .args(["get", "configmap", "noop", "--watch", "--output-watch-events", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get --watch");
+    let out = BufReader::new(watch.stdout.take().expect("stdout"));
+    let mut events = serde_json::Deserializer::from_reader(out).into_iter::<Value>();
+    let first = events.next().expect("initial event").expect("event json");
+    assert_eq!((first["type"].as_str(), first["object"]["metadata"]["resourceVersion"].as_str()), (Some("ADDED"), Some(stored.as_str())), "{first}");
+
+    // No-ops: the same manifest again (both ways), patches and a PUT that change nothing.
+    assert!(c.ok(&["apply", "-f", file]).contains("unchanged"));
+    c.ok(&["apply", "--server-side", "-f", file]);
+    assert!(c.ok(&["patch", "configmap", "noop", "-p", r#"{"data":{"k":"v"}}"#]).contains("no change"));
+    let (code, o) = patch(&mut k, "/api/v1/namespaces/default/configmaps/noop", "application/merge-patch+json", json!({"metadata": {"labels": {"a": "b"}}}));
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(o["metadata"]["resourceVersion"], stored.as_str(), "the answer is the stored object");
+    let (_, mut current) = call(&mut k, "GET", "/api/v1/namespaces/default/configmaps/noop", None);
+    let fields = current["metadata"]["managedFields"].clone();
+    // A PUT without managedFields keeps the recorded ones: still no change.
+    current["metadata"].as_object_mut().expect("metadata").remove("managedFields");
+    let (code, o) = call(&mut k, "PUT", "/api/v1/namespaces/default/configmaps/noop", Some(current));
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(o["metadata"]["resourceVersion"], stored.as_str());
+    assert_eq!(o["metadata"]["managedFields"], fields, "no manager's time moved");
+    assert_eq!(rv(&mut k), stored, "no-op updates were written");
+
+    // A real change is written, and it is the next thing the watcher sees.
+    c.ok(&["patch", "configmap", "noop", "-p", r#"{"data":{"k":"v2"}}"#]);
+    let changed = rv(&mut k);
+    assert!(changed.parse::<i64>().expect("rv") > stored.parse::<i64>().expect("rv"));
+    let next = events.next().expect("an event").expect("event json");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(next["type"], "MODIFIED", "{next}");
+    assert_eq!(next["object"]["metadata"]["resourceVersion"], changed.as_str(), "the watcher saw an event before the real change: {next}");
+    assert_eq!(next["object"]["data"]["k"], "v2");
+}
