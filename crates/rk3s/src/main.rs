@@ -1,8 +1,8 @@
 //! `rk3s`: a lightweight, Kubernetes-compatible distribution in one binary.
 //!
-//! Subcommands: `server` (API server + datastore; controllers, scheduler and the node
-//! agent arrive in later milestones), `kubectl` (runs kubectl with the admin
-//! kubeconfig).
+//! Subcommands: `server` (API server + datastore, controllers, scheduler, node agent),
+//! `image`, `secrets-encrypt`, `killall`, `check-config`, `kubectl` (runs kubectl with
+//! the admin kubeconfig) and the hidden `sim-nodes`.
 
 mod check_config;
 mod config;
@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the control plane: Kubernetes API server on an embedded datastore.
+    /// Run a server: API server on an embedded datastore, controllers, scheduler and (unless
+    /// --disable-agent) the node agent with its own containerd.
     Server(Box<server::ServerArgs>),
     /// Simulated nodes for tests and benchmarks (registers N nodes, keeps their Leases
     /// fresh, moves their pods through their phases without containers)
