@@ -67,26 +67,13 @@ fn literal_env(c: &Container) -> Env {
     env
 }
 
-/// The image's id, pulling it unless the policy is `Never`. Errors are (reason, message).
+/// The image's id, pulling it as the pull policy says (no back-off: an ephemeral
+/// container is started once). Errors are (reason, message).
 async fn ensure_image(sh: &Shared, pod: &Pod, c: &Container) -> Result<String, (String, String)> {
-    use crate::image::pull;
-    let image = c.image.clone().unwrap_or_default();
-    let spec = pull::apply_default_tag(&image)
-        .map_err(|e| ("InvalidImageName".to_string(), format!("Failed to apply default image tag {image:?}: {e}")))?;
-    let policy = c.image_pull_policy.clone().unwrap_or_default();
-    if policy != "Always" {
-        match sh.cri.image_status(&spec).await {
-            Ok(Some(img)) => return Ok(img.id),
-            Ok(None) if policy == "Never" => {
-                return Err(("ErrImageNeverPull".into(), format!("Container image {image:?} is not present with pull policy of Never")))
-            }
-            Ok(None) => {}
-            Err(e) => return Err(("ErrImageInspect".into(), format!("Failed to inspect image \"\": {}", grpc_message(&e)))),
-        }
+    match super::worker::present_image(sh, c).await? {
+        (_, Some(id)) => Ok(id),
+        (spec, None) => super::worker::pull_with_secrets(sh, pod, &spec).await.map_err(|m| ("ErrImagePull".to_string(), m)),
     }
-    let secrets = pull::pull_secrets(&sh.client, pod).await;
-    let creds = pull::credentials_for(&spec, &secrets).map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
-    pull::pull(&sh.cri, &spec, creds, grpc_message).await.map_err(|m| ("ErrImagePull".to_string(), m))
 }
 
 /// The latest instance of each container of the pod, by name.

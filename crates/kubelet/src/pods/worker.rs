@@ -149,33 +149,49 @@ fn pull_policy(c: &Container) -> String {
     }
 }
 
-/// Makes sure the container's image is present, pulling it as the pull policy says
-/// with the pod's pull secrets (logic in [`crate::image::pull`]). Errors are (reason,
-/// message) as upstream's image manager reports them.
-async fn ensure_image(sh: &Shared, st: &mut PodState, pod: &Pod, c: &Container) -> Result<String, (String, String)> {
-    use crate::image::pull;
+/// The container's image with its default tag applied, and the image's id when it is
+/// present and the pull policy lets the present copy be used (`None`: pull it). Errors
+/// are (reason, message) as upstream's image manager reports them.
+pub(super) async fn present_image(sh: &Shared, c: &Container) -> Result<(String, Option<String>), (String, String)> {
     let image = c.image.clone().unwrap_or_default();
     let policy = pull_policy(c);
-    let spec = pull::apply_default_tag(&image)
+    let spec = crate::image::pull::apply_default_tag(&image)
         .map_err(|e| ("InvalidImageName".to_string(), format!("Failed to apply default image tag {image:?}: {e}")))?;
-    if policy != "Always" {
-        match sh.cri.image_status(&spec).await {
-            Ok(Some(img)) => return Ok(img.id),
-            Ok(None) if policy == "Never" => {
-                return Err(("ErrImageNeverPull".into(), format!("Container image {image:?} is not present with pull policy of Never")))
-            }
-            Ok(None) => {}
-            Err(e) => return Err(("ErrImageInspect".into(), format!("Failed to inspect image \"\": {}", grpc_message(&e)))),
-        }
+    if policy == "Always" {
+        return Ok((spec, None));
     }
+    match sh.cri.image_status(&spec).await {
+        Ok(Some(img)) => Ok((spec, Some(img.id))),
+        Ok(None) if policy == "Never" => Err(("ErrImageNeverPull".into(), format!("Container image {image:?} is not present with pull policy of Never"))),
+        Ok(None) => Ok((spec, None)),
+        Err(e) => Err(("ErrImageInspect".into(), format!("Failed to inspect image \"\": {}", grpc_message(&e)))),
+    }
+}
+
+/// Pulls `spec` with the pod's pull secrets (logic in [`crate::image::pull`]); the error
+/// is the message of an `ErrImagePull`.
+pub(super) async fn pull_with_secrets(sh: &Shared, pod: &Pod, spec: &str) -> Result<String, String> {
+    use crate::image::pull;
+    let secrets = pull::pull_secrets(&sh.client, pod).await;
+    let creds = pull::credentials_for(spec, &secrets).map_err(|e| e.to_string())?;
+    pull::pull(&sh.cri, spec, creds, grpc_message).await
+}
+
+/// Makes sure the container's image is present, pulling it as the pull policy says, with
+/// upstream's pull back-off per container.
+async fn ensure_image(sh: &Shared, st: &mut PodState, pod: &Pod, c: &Container) -> Result<String, (String, String)> {
+    use crate::image::pull;
+    let (spec, present) = present_image(sh, c).await?;
+    if let Some(id) = present {
+        return Ok(id);
+    }
+    let image = c.image.clone().unwrap_or_default();
     let key = pull::backoff_key(pod.metadata.uid.as_deref().unwrap_or_default(), &image);
     if st.pull.get(&c.name).is_some_and(|(until, _)| Instant::now() < *until) {
         return Err(("ImagePullBackOff".into(), pull::backoff_message(&key, &image)));
     }
     pull::forget_error(&key);
-    let secrets = pull::pull_secrets(&sh.client, pod).await;
-    let creds = pull::credentials_for(&spec, &secrets).map_err(|e| (e.to_string(), e.to_string()))?;
-    match pull::pull(&sh.cri, &spec, creds, grpc_message).await {
+    match pull_with_secrets(sh, pod, &spec).await {
         Ok(r) => {
             st.pull.remove(&c.name);
             Ok(r)
