@@ -5,15 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-need_pkgs=()
-command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
-fi
-if ! command -v kubectl >/dev/null 2>&1 && [ -z "${RK3S_TEST_KUBECTL:-}" ]; then
-  echo "kubectl is required for the end-to-end tests (set RK3S_TEST_KUBECTL or install it in PATH)" >&2
-  exit 1
+. scripts/lib.sh
+command -v cc >/dev/null 2>&1 && command -v pkg-config >/dev/null 2>&1 || rk3s_apt_install build-essential pkg-config
+# The end-to-end tests run real pods, Services and DNS: the node packages, and dig for DNS checks.
+rk3s_apt_install "${RK3S_NODE_PKGS[@]}" dnsutils
+if [ -z "${RK3S_TEST_KUBECTL:-}" ]; then
+  rk3s_ensure_kubectl
+  export RK3S_TEST_KUBECTL="$(command -v kubectl)"
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

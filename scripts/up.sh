@@ -6,23 +6,16 @@ cd "$(dirname "$0")/.."
 
 log() { printf '==> %s\n' "$*"; }
 
+. scripts/lib.sh
 need_pkgs=()
 command -v cc >/dev/null 2>&1 || need_pkgs+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-# The node agent uses these (busybox-static: rk3s builds its pause image from it).
-for p in containerd runc containernetworking-plugins iptables nftables conntrack busybox-static; do
-  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
-done
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need_pkgs+=(cargo rustc)
 fi
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing Debian packages: ${need_pkgs[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
-fi
+rk3s_apt_install "${need_pkgs[@]}" "${RK3S_NODE_PKGS[@]}"
+rk3s_ensure_kubectl
 export PATH="$HOME/.cargo/bin:$PATH"
 
 log "building rk3s (release)"

@@ -1,5 +1,6 @@
 //! Objects every cluster has from the start: the `default`, `kube-system`, `kube-public`
-//! and `kube-node-lease` namespaces, the `default/kubernetes` Service and its Endpoints;
+//! and `kube-node-lease` namespaces, the `default/kubernetes` Service with its Endpoints and
+//! EndpointSlice (kept at the advertised address);
 //! and the namespace finalizer that empties a deleted namespace (until the controller
 //! manager takes that job over).
 
@@ -23,6 +24,34 @@ async fn ensure(inner: &Inner, key: &str, mut obj: Value) -> Result<(), ApiServe
     let bytes = serde_json::to_vec(&obj).map_err(|e| ApiServerError::Config(e.to_string()))?;
     match inner.store.create(key, bytes).await {
         Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates `key` with `obj` when missing; when it exists and the fields named in
+/// `fields` differ from `obj`'s, writes them (compare-and-swap on the mod revision, so a
+/// concurrent writer wins and the next start reconciles again). Upstream's apiserver
+/// reconciles the `kubernetes` Endpoints/EndpointSlice this way when its address changes.
+async fn reconcile(inner: &Inner, key: &str, obj: Value, fields: &[&str]) -> Result<(), ApiServerError> {
+    let Some(kv) = inner.store.get(key).await? else {
+        return ensure(inner, key, obj).await;
+    };
+    let Ok(mut cur) = serde_json::from_slice::<Value>(&kv.value) else { return Ok(()) };
+    let mut changed = false;
+    for f in fields {
+        if cur.get(*f) != obj.get(*f) {
+            if let (Some(c), Some(v)) = (cur.as_object_mut(), obj.get(*f)) {
+                c.insert((*f).to_string(), v.clone());
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(&cur).map_err(|e| ApiServerError::Config(e.to_string()))?;
+    match inner.store.update(key, bytes, kv.mod_revision).await {
+        Ok(_) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -58,7 +87,7 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
         }),
     )
     .await?;
-    ensure(
+    reconcile(
         inner,
         "/registry/core/endpoints/default/kubernetes",
         json!({
@@ -69,6 +98,22 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
                 "ports": [{"name": "https", "port": config.advertise_port, "protocol": "TCP"}],
             }],
         }),
+        &["subsets"],
+    )
+    .await?;
+    // The EndpointSlice the service proxies read (upstream's reconciler writes both).
+    let family = if config.advertise_address.is_ipv6() { "IPv6" } else { "IPv4" };
+    reconcile(
+        inner,
+        "/registry/discovery.k8s.io/endpointslices/default/kubernetes",
+        json!({
+            "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": family,
+            "endpoints": [{"addresses": [config.advertise_address.to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": config.advertise_port, "protocol": "TCP"}],
+        }),
+        &["addressType", "endpoints", "ports"],
     )
     .await?;
     // Upstream's default RBAC roles and bindings (created when missing; like upstream's

@@ -6,6 +6,7 @@
 //! Map: [`leader`] (Lease-based leader election), [`serviceaccount`] (a `default`
 //! ServiceAccount and the `kube-root-ca.crt` ConfigMap in every namespace).
 
+pub mod clusterdns;
 pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod csrsigning;
@@ -28,6 +29,7 @@ pub mod pvbinder;
 pub mod replicaset;
 pub mod job;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 pub mod ttlafterfinished;
 pub mod workload_util;
@@ -60,6 +62,11 @@ pub struct Options {
     pub ca_key_pem: String,
     /// Settings of the node lifecycle, node IPAM and pod GC controllers.
     pub nodes: nodelifecycle::NodeOptions,
+    /// Whether ServiceLB sets the ingress of LoadBalancer Services (false with
+    /// `--disable servicelb`: such Services are left to another load balancer).
+    pub servicelb: bool,
+    /// The cluster DNS Service and its endpoints; `None` with `--disable coredns`.
+    pub cluster_dns: Option<clusterdns::ClusterDnsOptions>,
 }
 
 /// Runs the controller manager forever: waits for leadership, then runs every
@@ -75,6 +82,10 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
         tasks.spawn(serviceaccount::run(client.clone(), opts.root_ca_pem.clone(), informers.clone()));
         tasks.spawn(endpoints::run(client.clone(), informers.clone()));
         tasks.spawn(endpointslice::run(client.clone(), informers.clone()));
+        if opts.servicelb {
+            tasks.spawn(servicelb::run(client.clone(), informers.clone()));
+        }
+        tasks.spawn(clusterdns::run(client.clone(), opts.cluster_dns.clone(), informers.clone()));
         tasks.spawn(nodelifecycle::run(client.clone(), opts.nodes.clone(), informers.clone()));
         tasks.spawn(nodeipam::run(client.clone(), opts.nodes.cluster_cidr.clone(), opts.nodes.node_cidr_mask_size, informers.clone()));
         tasks.spawn(podgc::run(client.clone(), opts.nodes.terminated_pod_gc_threshold, informers.clone()));

@@ -178,7 +178,13 @@ impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
                             }
                         }
                         Err(e) => {
-                            tracing::debug!(controller = name, key = ?key, error = %e, failures = q.failures(&key) + 1, "sync failed; requeued with back-off");
+                            let failures = q.failures(&key) + 1;
+                            // Transient conflicts are normal; a key that keeps failing is not.
+                            if failures % 10 == 3 {
+                                tracing::warn!(controller = name, key = ?key, error = %e, failures, "sync keeps failing; requeued with back-off");
+                            } else {
+                                tracing::debug!(controller = name, key = ?key, error = %e, failures, "sync failed; requeued with back-off");
+                            }
                             q.add_rate_limited(key.clone());
                         }
                     }

@@ -60,6 +60,21 @@ pub struct ServerArgs {
     /// Do not run the node agent on this server (control plane only)
     #[arg(long)]
     pub disable_agent: bool,
+    /// Do not deploy a packaged component (repeatable or comma-separated): coredns
+    /// (cluster DNS), servicelb (LoadBalancer Services on node IPs), traefik, local-storage,
+    /// metrics-server
+    #[arg(long, value_name = "NAME", value_delimiter = ',', action = clap::ArgAction::Append, value_parser = parse_component)]
+    pub disable: Vec<String>,
+    /// Do not run the service proxy (ClusterIP, NodePort, LoadBalancer rules in nftables)
+    #[arg(long)]
+    pub disable_kube_proxy: bool,
+    /// Do not enforce NetworkPolicies
+    #[arg(long)]
+    pub disable_network_policy: bool,
+    /// Upstream resolvers of the cluster DNS (default: /etc/resolv.conf, or systemd-resolved's
+    /// upstream file when it names only a loopback stub)
+    #[arg(long, value_name = "FILE", env = "RK3S_RESOLV_CONF")]
+    pub resolv_conf: Option<PathBuf>,
     /// Node name (default: the hostname)
     #[arg(long, value_name = "NAME", env = "RK3S_NODE_NAME")]
     pub node_name: Option<String>,
@@ -105,6 +120,25 @@ pub struct ServerArgs {
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `rk3s_apiserver=debug`)
     #[arg(long, value_name = "FILTER", env = "RK3S_LOG", default_value = "info")]
     pub log_level: String,
+}
+
+/// Components `--disable` knows (k3s's names).
+pub const COMPONENTS: &[&str] = &["coredns", "servicelb", "traefik", "local-storage", "metrics-server"];
+
+fn parse_component(s: &str) -> Result<String, String> {
+    let n = s.trim();
+    if COMPONENTS.contains(&n) {
+        Ok(n.to_string())
+    } else {
+        Err(format!("unknown component {s:?}: expected one of {}", COMPONENTS.join(", ")))
+    }
+}
+
+impl ServerArgs {
+    /// True unless `--disable NAME` names the component.
+    pub fn enabled(&self, component: &str) -> bool {
+        !self.disable.iter().any(|d| d == component)
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -174,7 +208,7 @@ fn primary_ip() -> IpAddr {
 /// Runs the server until SIGINT/SIGTERM.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log_level).context("invalid --log-level")?)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(log_filter(&args.log_level)).context("invalid --log-level")?)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -184,6 +218,16 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(serve(args))
+}
+
+/// The log filter: the user's, with the DNS server library's per-query lines off unless
+/// the user asks for them.
+fn log_filter(user: &str) -> String {
+    if user.contains("hickory") {
+        user.to_string()
+    } else {
+        format!("{user},hickory_server=warn,hickory_proto=warn")
+    }
 }
 
 /// Runtime worker threads for `cores` CPUs: one per core, at most 4. Each worker
@@ -283,8 +327,19 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         cluster_cidr: args.cluster_cidr.clone(),
         ..Default::default()
     };
+    let cluster_dns = args.cluster_dns.unwrap_or_else(|| Ipv4Addr::from(u32::from(service_ip) + 9));
+    let dns_service = args.enabled("coredns").then(|| rk3s_controllers::clusterdns::ClusterDnsOptions { ip: IpAddr::V4(cluster_dns), domain: args.cluster_domain.clone() });
+    let servicelb = args.enabled("servicelb");
     tokio::spawn(async move {
-        let opts = rk3s_controllers::Options { identity, root_ca_pem: ca, lease_duration: std::time::Duration::from_secs(15), ca_key_pem: ca_key, nodes };
+        let opts = rk3s_controllers::Options {
+            identity,
+            root_ca_pem: ca,
+            lease_duration: std::time::Duration::from_secs(15),
+            ca_key_pem: ca_key,
+            nodes,
+            servicelb,
+            cluster_dns: dns_service,
+        };
         if let Err(e) = rk3s_controllers::run(client, opts).await {
             tracing::error!(error = %e, "controller manager stopped");
         }
@@ -319,7 +374,6 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         // Node authorizer yet, so it also gets system:masters.
         let node_user = rk3s_apiserver::UserInfo::new(format!("system:node:{node_name}"), &["system:nodes", "system:masters"]).with_authenticated_group();
         let node_client = rk3s_controllers::client_over(api_for_agent.local_service(node_user));
-        let cluster_dns = args.cluster_dns.unwrap_or_else(|| Ipv4Addr::from(u32::from(service_ip) + 9));
         let opts = rk3s_kubelet::agent::AgentOptions {
             node_name,
             node_ip: args.node_ip.unwrap_or(advertise),
@@ -337,13 +391,25 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 ca_key_pem: kubelet_ca_key.clone(),
             }),
         };
+        crate::node_network::spawn(
+            node_client.clone(),
+            crate::node_network::NodeNetworkOptions {
+                node_name: opts.node_name.clone(),
+                node_ip: opts.node_ip,
+                cluster_cidr: args.cluster_cidr.clone(),
+                cluster_domain: args.cluster_domain.clone(),
+                proxy: !args.disable_kube_proxy,
+                dns: args.enabled("coredns"),
+                network_policy: !args.disable_network_policy,
+                resolv_conf: args.resolv_conf.clone(),
+            },
+        );
         tokio::spawn(async move {
             if let Err(e) = rk3s_kubelet::agent::run(node_client, opts).await {
                 tracing::error!(error = %e, "node agent stopped");
             }
         });
     }
-    let _ = (&args.cluster_cidr, &args.cluster_dns);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
     tokio::select! {

@@ -63,9 +63,16 @@ fn pod_cgroups(uid: &str) -> Vec<String> {
 fn node_killall_stops_pods_containerd_and_removes_the_network() {
     run_node_test("node_killall_stops_pods_containerd_and_removes_the_network", &[], |c| {
         let setup = start_pod(c);
+        // The service proxy and the NetworkPolicy enforcer hold their nftables tables.
+        let tables = wait_for("the proxy's and netpol's nftables tables", Duration::from_secs(20), || {
+            let t = sh("nft list tables 2>/dev/null");
+            (t.contains("ip rk3s-proxy") && t.contains("ip rk3s-netpol")).then_some(t)
+        });
+        eprintln!("tables before killall:\n{tables}");
         // killall with the server still running, as k3s-killall.sh is used: the pods go
         // through CRI.
         let stdout = killall(c);
+        assert!(stdout.contains("deleted nftables table ip rk3s-proxy"), "{stdout}");
         assert!(stdout.contains("stopping rk3s server"), "{stdout}");
         assert!(stdout.contains("removed pod sandbox default/web"), "{stdout}");
         let mut child = c.child.take().expect("server child");

@@ -227,7 +227,7 @@ pub fn build_busybox_image(out: &Path, work: &Path) {
     std::fs::create_dir_all(root.join("tmp")).expect("rootfs tmp");
     std::fs::create_dir_all(root.join("etc")).expect("rootfs etc");
     std::fs::copy(&busybox, root.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "sleep", "echo", "cat", "ls", "true", "false", "httpd", "wget", "env", "id", "hostname", "ip", "tar", "mkdir", "rm", "touch", "kill", "head", "tail", "grep", "date", "ps", "dd", "nc", "mount", "df", "stat"] {
+    for applet in ["sh", "sleep", "echo", "cat", "ls", "true", "false", "httpd", "wget", "env", "id", "hostname", "ip", "tar", "mkdir", "rm", "touch", "kill", "head", "tail", "grep", "date", "ps", "dd", "nc", "mount", "df", "stat", "nslookup", "seq", "wc", "sort", "timeout", "ssl_client"] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
     std::fs::create_dir_all(out.parent().expect("parent")).expect("images dir");
