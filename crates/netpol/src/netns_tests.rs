@@ -1,11 +1,10 @@
 //! Tests against the real nftables: `nft -c` (check mode: the kernel validates the
 //! transaction and aborts it, changing nothing) of rendered scripts, and real traffic in
 //! network namespaces the tests create (a "node" with a bridge and two "pod"
-//! namespaces on veths). Every namespace is deleted by a Drop guard. Skipped with
-//! "SKIP" when not root or a tool is missing.
+//! namespaces on veths). The namespaces are anonymous (`unshare --net`), held by
+//! processes a Drop guard kills. Skipped with "SKIP" when not root or a tool is missing.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::json;
 
@@ -46,46 +45,73 @@ fn sh(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Namespaces (and processes in them) removed on drop.
+/// Anonymous network namespaces, each held by a `cat` process (`unshare --net cat`
+/// reading a pipe from this test), plus processes running in them. Dropping kills
+/// everything, and the namespaces vanish with their last process; should the test
+/// process die, the pipes close and the holders exit by themselves. Nothing appears in
+/// `/run/netns`, so other tests that sweep named namespaces never see or delete ours.
 struct Netns {
-    names: Vec<String>,
+    holders: Vec<Child>,
     children: Vec<Child>,
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().chain(self.holders.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
-        }
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
     }
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
 impl Netns {
     fn new(count: usize) -> Netns {
-        let id = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let mut g = Netns { names: Vec::new(), children: Vec::new() };
-        for i in 0..count {
-            let name = format!("rk3sh-netpol-{}-{id}-{i}", std::process::id());
-            sh(&["ip", "netns", "add", &name]).unwrap();
-            g.names.push(name);
+        let mut g = Netns { holders: Vec::new(), children: Vec::new() };
+        for _ in 0..count {
+            let child = Command::new("unshare").args(["--net", "cat"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+            g.holders.push(child);
+        }
+        // wait until each holder runs in its own namespace
+        let own = std::fs::read_link("/proc/self/ns/net").ok();
+        for h in &g.holders {
+            let path = format!("/proc/{}/ns/net", h.id());
+            for _ in 0..200 {
+                if std::fs::read_link(&path).ok().is_some_and(|ns| Some(&ns) != own.as_ref()) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
         g
     }
 
+    /// `nsenter --net=<namespace i> --`: the prefix running a command in namespace `i`.
+    fn prefix(&self, i: usize) -> Vec<String> {
+        vec!["nsenter".into(), format!("--net=/proc/{}/ns/net", self.holders[i].id()), "--".into()]
+    }
+
+    /// The holder's pid, for `ip link ... netns <pid>`.
+    fn pid(&self, i: usize) -> String {
+        self.holders[i].id().to_string()
+    }
+
     fn nft(&self, i: usize, script: &str) -> Result<(), crate::NetpolError> {
-        nft::apply_with(&["ip", "netns", "exec", &self.names[i]], script, false)
+        let p = self.prefix(i);
+        let p: Vec<&str> = p.iter().map(String::as_str).collect();
+        nft::apply_with(&p, script, false)
     }
 
     fn exec(&self, i: usize, args: &[&str]) -> Result<String, String> {
-        let mut v = vec!["ip", "netns", "exec", &self.names[i]];
+        let p = self.prefix(i);
+        let mut v: Vec<&str> = p.iter().map(String::as_str).collect();
         v.extend_from_slice(args);
         sh(&v)
+    }
+
+    fn spawn(&mut self, i: usize, args: &[&str]) {
+        let p = self.prefix(i);
+        let child = Command::new(&p[0]).args(&p[1..]).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        self.children.push(child);
     }
 }
 
@@ -136,7 +162,7 @@ fn rendered_scripts_pass_nft_check_mode() {
 
 #[test]
 fn full_and_incremental_syncs_apply_in_a_netns() {
-    if !can_run("netns sync", &["nft", "ip"]) {
+    if !can_run("netns sync", &["nft", "unshare", "nsenter"]) {
         return;
     }
     let g = Netns::new(1);
@@ -186,26 +212,24 @@ fn full_and_incremental_syncs_apply_in_a_netns() {
 /// (10.99.0.2, app=client) and 2 (10.99.0.3, app=web) on veths, br_netfilter on.
 fn node_with_two_pods() -> Option<Netns> {
     let g = Netns::new(3);
-    let node = g.names[0].clone();
     if g.exec(0, &["sh", "-c", "test -e /proc/sys/net/bridge/bridge-nf-call-iptables"]).is_err() {
         eprintln!("SKIP traffic test: br_netfilter not available in a netns");
         return None;
     }
-    let run = |args: &[&str]| sh(args).unwrap();
-    run(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
-    run(&["ip", "-n", &node, "link", "set", "lo", "up"]);
-    run(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"]);
-    run(&["ip", "-n", &node, "addr", "add", "10.99.0.1/24", "dev", "br0"]);
-    run(&["ip", "-n", &node, "link", "set", "br0", "up"]);
+    let run = |i: usize, args: &[&str]| g.exec(i, args).unwrap();
+    run(0, &["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+    run(0, &["ip", "link", "set", "lo", "up"]);
+    run(0, &["ip", "link", "add", "br0", "type", "bridge"]);
+    run(0, &["ip", "addr", "add", "10.99.0.1/24", "dev", "br0"]);
+    run(0, &["ip", "link", "set", "br0", "up"]);
     for (i, ip) in [(1usize, "10.99.0.2/24"), (2, "10.99.0.3/24")] {
-        let pod = g.names[i].clone();
         let veth = format!("veth{i}");
-        run(&["ip", "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod]);
-        run(&["ip", "-n", &node, "link", "set", &veth, "master", "br0", "up"]);
-        run(&["ip", "-n", &pod, "link", "set", "lo", "up"]);
-        run(&["ip", "-n", &pod, "addr", "add", ip, "dev", "eth0"]);
-        run(&["ip", "-n", &pod, "link", "set", "eth0", "up"]);
-        run(&["ip", "-n", &pod, "route", "add", "default", "via", "10.99.0.1"]);
+        run(0, &["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &g.pid(i)]);
+        run(0, &["ip", "link", "set", &veth, "master", "br0", "up"]);
+        run(i, &["ip", "link", "set", "lo", "up"]);
+        run(i, &["ip", "addr", "add", ip, "dev", "eth0"]);
+        run(i, &["ip", "link", "set", "eth0", "up"]);
+        run(i, &["ip", "route", "add", "default", "via", "10.99.0.1"]);
     }
     Some(g)
 }
@@ -229,30 +253,17 @@ fn reaches_web(g: &Netns, from: usize) -> bool {
 
 #[test]
 fn traffic_is_blocked_and_allowed_in_namespaces() {
-    if !can_run("traffic test", &["nft", "ip", "busybox", "timeout"]) {
+    if !can_run("traffic test", &["nft", "ip", "unshare", "nsenter", "busybox", "timeout", "sysctl"]) {
         return;
     }
     let Some(mut g) = node_with_two_pods() else { return };
     let dir = std::env::temp_dir().join(format!("rk3sh-netpol-www-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), "hello\n").unwrap();
-    let httpd = Command::new("ip")
-        .args(["netns", "exec", &g.names[2], "busybox", "httpd", "-f", "-p", "8080", "-h"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    g.children.push(httpd);
+    let www = dir.to_string_lossy().into_owned();
+    g.spawn(2, &["busybox", "httpd", "-f", "-p", "8080", "-h", &www]);
     // the "DNS server" on the node itself (TCP 53 on the bridge address)
-    let dns = Command::new("ip")
-        .args(["netns", "exec", &g.names[0], "busybox", "httpd", "-f", "-p", "10.99.0.1:53", "-h"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    g.children.push(dns);
+    g.spawn(0, &["busybox", "httpd", "-f", "-p", "10.99.0.1:53", "-h", &www]);
     const DNS_URL: &str = "http://10.99.0.1:53/index.html";
     // wait for the server (no policy yet)
     let mut up = false;

@@ -18,7 +18,8 @@
 //!   (`ct state established,related`) pass first; then egress of local pods (forward and
 //!   input: the cluster DNS server answers on the node itself); then, on forward only,
 //!   ingress of local pods (traffic from the node itself goes through output and is
-//!   never filtered; `fib saddr type local` lets it pass on forward too).
+//!   never filtered; `fib saddr type local` lets it pass on forward too); in `ip6`,
+//!   neighbor discovery always passes.
 //!
 //! An allowed egress packet `return`s to the base chain so the ingress of a local
 //! destination pod is still checked; an allowed ingress packet is accepted.
@@ -282,13 +283,21 @@ pub fn render_full(st: &TableState, table: &str) -> String {
         let e = map_elements(elems.iter());
         add_elements(&mut out, st.family, table, map, e.iter(), "add");
     }
+    // IPv6 neighbor discovery is link plumbing, not traffic a policy governs
+    let ndp = (st.family == Family::V6).then_some("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept");
     let _ = writeln!(out, "add chain {fam} {table} forward {{ type filter hook forward priority filter; policy accept; }}");
     let _ = writeln!(out, "add rule {fam} {table} forward ct state established,related accept");
+    if let Some(ndp) = ndp {
+        let _ = writeln!(out, "add rule {fam} {table} forward {ndp}");
+    }
     let _ = writeln!(out, "add rule {fam} {table} forward {fam} saddr vmap @{EGRESS_MAP}");
     let _ = writeln!(out, "add rule {fam} {table} forward fib saddr type local accept");
     let _ = writeln!(out, "add rule {fam} {table} forward {fam} daddr vmap @{INGRESS_MAP}");
     let _ = writeln!(out, "add chain {fam} {table} input {{ type filter hook input priority filter; policy accept; }}");
     let _ = writeln!(out, "add rule {fam} {table} input ct state established,related accept");
+    if let Some(ndp) = ndp {
+        let _ = writeln!(out, "add rule {fam} {table} input {ndp}");
+    }
     let _ = writeln!(out, "add rule {fam} {table} input {fam} saddr vmap @{EGRESS_MAP}");
     out
 }
@@ -449,7 +458,10 @@ mod tests {
         assert_eq!(v6.sets.len(), 1);
         assert_ne!(v4.sets.keys().next(), v6.sets.keys().next());
         assert!(v6.chains.values().next().unwrap()[0].starts_with("ip6 saddr @cidr-"));
-        assert!(render_full(&v6, "t").contains("add map ip6 t ingress-pods { type ipv6_addr : verdict; }"));
+        let full6 = render_full(&v6, "t");
+        assert!(full6.contains("add map ip6 t ingress-pods { type ipv6_addr : verdict; }"));
+        assert!(full6.contains("add rule ip6 t input icmpv6 type { nd-neighbor-solicit,"), "{full6}");
+        assert!(!render_full(&v4, "t").contains("icmpv6"));
         let v4only = plan_of(&[json!({"podSelector": {}})], vec![]);
         assert!(!needs_table(&v4only, Family::V6));
     }

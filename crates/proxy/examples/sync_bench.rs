@@ -123,7 +123,7 @@ fn main() {
     let nft = Nft::in_netns(&ns.0);
     println!("# proxy sync benchmark: nft {} ; {} endpoints per Service; {} single-Service changes", nft_version(), endpoints, changes);
     for &n in &services {
-        let cfg = RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec![] };
+        let cfg = RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec![], service_cidr: None };
         let mut p = FamilyProxier::new(TABLE, cfg);
         let t = Instant::now();
         let models: Vec<ProxiedService> = (0..n).map(|i| model(i, endpoints, 0)).collect();

@@ -30,6 +30,8 @@
 //! - nothing outside our own tables is touched, except the sysctls [`ensure_sysctls`] sets
 //!   when [`run`] starts.
 
+#![warn(missing_docs)]
+
 pub mod health;
 pub mod model;
 pub mod nft;
@@ -57,6 +59,10 @@ pub struct ProxyOptions {
     /// masqueraded, and pod traffic to `externalTrafficPolicy: Local` Services is
     /// short-circuited to every endpoint. Several families may be given, comma-separated.
     pub cluster_cidr: Option<String>,
+    /// The Service network(s), e.g. `10.43.0.0/16` (comma-separated for dual stack):
+    /// traffic to an address in it that no Service holds is dropped on the node instead
+    /// of being routed off it.
+    pub service_cidr: Option<String>,
     /// The nftables table name (`rk3s-proxy`), used in the `ip` and `ip6` families.
     pub table: String,
     /// How often a full resync rewrites every rule.

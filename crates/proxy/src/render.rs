@@ -16,7 +16,8 @@
 //!   (Local policy without local endpoints);
 //! - `firewall-check`: `@firewall-ips` sends LoadBalancer IPs with
 //!   `loadBalancerSourceRanges` to a per-port `firewall-…` chain that drops other sources;
-//! - `cluster-ips-check`: rejects ClusterIP traffic to ports no Service defines;
+//! - `cluster-ips-check`: rejects ClusterIP traffic to ports no Service defines, and drops
+//!   traffic to unallocated addresses of the Service network;
 //! - per service port: `service-…` (Cluster policy endpoints), `local-…` (Local policy
 //!   endpoints), `external-…` (NodePort/externalIP/LoadBalancer traffic: masquerade or the
 //!   Local-policy short-circuits), `firewall-…`; per endpoint: `endpoint-…` (hairpin
@@ -207,6 +208,10 @@ pub struct RenderConfig {
     /// The node's addresses of this family (source ranges that contain one also admit
     /// the LoadBalancer IPs, for VIPs that loop back through the node).
     pub node_ips: Vec<IpAddr>,
+    /// The Service network of this family: traffic to an address in it that no Service
+    /// holds is dropped here instead of being routed off the node (upstream's "drop
+    /// traffic to unallocated ClusterIPs").
+    pub service_cidr: Option<Cidr>,
 }
 
 /// `ip` or `ip6`.
@@ -629,7 +634,7 @@ impl Script {
     /// The fixed part of the table: base chains, top-level chains and their rules, maps.
     /// Every chain written here is flushed first, and the maps are flushed: a full sync
     /// re-adds every element.
-    pub fn setup(&mut self, family: IpFamily) {
+    pub fn setup(&mut self, family: IpFamily, service_cidr: Option<Cidr>) {
         let ipx = family_keyword(family);
         self.add_table();
         for (name, kind, hook, prio) in BASE_CHAINS {
@@ -664,6 +669,9 @@ impl Script {
             self.flush_map(map);
         }
         self.add_rule(CLUSTER_IPS_CHECK_CHAIN, &format!("{ipx} daddr @{} goto {REJECT_CHAIN}", MapName::ClusterIps.as_str()));
+        if let Some(cidr) = service_cidr.filter(|c| c.family() == family) {
+            self.add_rule(CLUSTER_IPS_CHECK_CHAIN, &format!("{ipx} daddr {cidr} drop"));
+        }
         self.add_rule(
             SERVICE_ENDPOINTS_CHECK_CHAIN,
             &format!("{ipx} daddr . meta l4proto . th dport vmap @{}", MapName::NoEndpointServices.as_str()),
@@ -687,7 +695,7 @@ mod tests {
     use crate::model::{Protocol, ServiceKey};
 
     fn cfg() -> RenderConfig {
-        RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec!["192.168.1.5".parse().unwrap()] }
+        RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec!["192.168.1.5".parse().unwrap()], service_cidr: None }
     }
 
     fn ep(last: u8, local: bool) -> Endpoint {
@@ -895,14 +903,14 @@ mod tests {
         let mut p = port(vec![Endpoint { ip: "fd00:42::5".parse().unwrap(), port: 53, local: false, ready: true, serving: true, terminating: false }]);
         p.protocol = Protocol::Sctp;
         p.cluster_ip = "fd00:43::a".parse().unwrap();
-        let c6 = RenderConfig { family: IpFamily::V6, cluster_cidr: Cidr::parse("fd00:42::/56"), node_ips: vec![] };
+        let c6 = RenderConfig { family: IpFamily::V6, cluster_cidr: Cidr::parse("fd00:42::/56"), node_ips: vec![], service_cidr: None };
         let r = render_service(&c6, &svc(p));
         let e = chain(&r, "endpoint-");
         assert_eq!(e.rules, vec!["ip6 saddr fd00:42::5 jump mark-for-masquerade".to_string(), "meta l4proto sctp dnat to [fd00:42::5]:53".to_string()]);
         assert_eq!(chain(&r, "service-").rules[0], "ip6 daddr fd00:43::a sctp dport 80 ip6 saddr != fd00:42::/56 jump mark-for-masquerade");
         assert_eq!(elems(&r, MapName::ServiceIps)[0].0, "fd00:43::a . sctp . 80");
         let mut s = Script::new(IpFamily::V6, "t");
-        s.setup(IpFamily::V6);
+        s.setup(IpFamily::V6, None);
         assert!(s.as_str().contains("add map ip6 t service-ips { type ipv6_addr . inet_proto . inet_service : verdict ;"));
         assert!(s.as_str().contains("ip6 daddr != ::1 meta l4proto . th dport vmap @no-endpoint-nodeports"));
     }
@@ -922,7 +930,7 @@ mod tests {
     #[test]
     fn setup_script_layout() {
         let mut s = Script::new(IpFamily::V4, "rk3s-proxy");
-        s.setup(IpFamily::V4);
+        s.setup(IpFamily::V4, Cidr::parse("10.43.0.0/16"));
         let text = s.as_str();
         for needle in [
             "add chain ip rk3s-proxy nat-prerouting { type nat hook prerouting priority -100 ; }",
@@ -934,6 +942,8 @@ mod tests {
             "add rule ip rk3s-proxy mark-for-masquerade meta mark set meta mark | 0x4000",
             "add rule ip rk3s-proxy masquerading masquerade fully-random",
             "add rule ip rk3s-proxy reject-chain meta l4proto tcp reject with tcp reset",
+            "add rule ip rk3s-proxy cluster-ips-check ip daddr @cluster-ips goto reject-chain",
+            "add rule ip rk3s-proxy cluster-ips-check ip daddr 10.43.0.0/16 drop",
             "flush map ip rk3s-proxy no-endpoint-services",
             "add set ip rk3s-proxy cluster-ips { type ipv4_addr ;",
         ] {

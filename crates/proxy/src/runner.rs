@@ -82,6 +82,7 @@ struct Loop {
     runner: Arc<dyn NftRunner>,
     recorder: Option<Recorder>,
     cidrs: [Option<Cidr>; 2],
+    service_cidrs: [Option<Cidr>; 2],
     services: HashMap<ServiceKey, Arc<Service>>,
     slices: HashMap<SliceKey, Arc<EndpointSlice>>,
     slice_owner: HashMap<SliceKey, ServiceKey>,
@@ -104,14 +105,18 @@ pub async fn run_with(client: kube::Client, opts: ProxyOptions, runner: Arc<dyn 
     if !valid_table_name(&opts.table) {
         return Err(ProxyError::InvalidOption(format!("table name {:?}", opts.table)));
     }
+    if opts.full_resync_period.is_zero() {
+        return Err(ProxyError::InvalidOption("full_resync_period must not be zero".into()));
+    }
     let cidrs = parse_cluster_cidrs(opts.cluster_cidr.as_deref())?;
+    let service_cidrs = parse_cluster_cidrs(opts.service_cidr.as_deref())?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _tasks = Tasks(vec![
         tokio::spawn(watch(Api::<Service>::all(client.clone()), tx.clone(), |e| Update::Service(Box::new(e)), "services")),
         tokio::spawn(watch(Api::<EndpointSlice>::all(client.clone()), tx, |e| Update::Slice(Box::new(e)), "endpointslices")),
     ]);
     let recorder = Recorder::new(client, Reporter { controller: "rk3s-proxy".into(), instance: Some(opts.node_name.clone()) });
-    let mut l = Loop::new(opts, runner, Some(recorder), cidrs);
+    let mut l = Loop::new(opts, runner, Some(recorder), cidrs, service_cidrs);
 
     let mut next_full = Instant::now() + l.opts.full_resync_period;
     let mut retry_at: Option<Instant> = None;
@@ -162,13 +167,14 @@ pub async fn run_with(client: kube::Client, opts: ProxyOptions, runner: Arc<dyn 
 }
 
 impl Loop {
-    fn new(opts: ProxyOptions, runner: Arc<dyn NftRunner>, recorder: Option<Recorder>, cidrs: [Option<Cidr>; 2]) -> Self {
+    fn new(opts: ProxyOptions, runner: Arc<dyn NftRunner>, recorder: Option<Recorder>, cidrs: [Option<Cidr>; 2], service_cidrs: [Option<Cidr>; 2]) -> Self {
         let health = HealthServer::new(opts.node_ips.clone());
         let mut l = Loop {
             opts,
             runner,
             recorder,
             cidrs,
+            service_cidrs,
             services: HashMap::new(),
             slices: HashMap::new(),
             slice_owner: HashMap::new(),
@@ -193,6 +199,7 @@ impl Loop {
             family,
             cluster_cidr: self.cidrs[usize::from(family == IpFamily::V6)],
             node_ips: self.opts.node_ips.iter().filter(|ip| IpFamily::of(ip) == family).copied().collect::<Vec<IpAddr>>(),
+            service_cidr: self.service_cidrs[usize::from(family == IpFamily::V6)],
         };
         FamilyProxier::new(&self.opts.table, cfg)
     }

@@ -217,7 +217,7 @@ impl FamilyProxier {
             s.head.add_table();
             s.head.delete_table();
         }
-        s.head.setup(self.cfg.family);
+        s.head.setup(self.cfg.family, self.cfg.service_cidr);
 
         let mut new_services: HashMap<ServiceKey, AppliedService> = HashMap::new();
         let mut claims: HashMap<ElementKey, Claims> = HashMap::new();
@@ -490,7 +490,7 @@ mod tests {
     use crate::model::{Cidr, Endpoint, IpFamily, Protocol, ServicePort};
 
     fn cfg() -> RenderConfig {
-        RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec![] }
+        RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec![], service_cidr: None }
     }
 
     fn svc(name: &str, cip: &str, eps: &[u8]) -> ProxiedService {

@@ -131,7 +131,7 @@ fn model(svc: &Service, slices: &[Arc<EndpointSlice>]) -> ProxiedService {
 }
 
 fn proxier(immediate: bool) -> FamilyProxier {
-    let cfg = RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec![] };
+    let cfg = RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec![], service_cidr: None };
     let mut p = FamilyProxier::new(TABLE, cfg);
     p.set_immediate_chain_delete(immediate);
     p
@@ -298,10 +298,15 @@ struct Pair {
     srv: Netns,
 }
 
+/// A short interface name unique to this process (at most 15 bytes).
+fn veth_name(tag: &str) -> String {
+    format!("rk{}{tag}{}", std::process::id() % 1_000_000, COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
 fn pair() -> Pair {
     let cli = Netns::new();
     let srv = Netns::new();
-    let veth_cli = format!("rk3shc{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+    let veth_cli = veth_name("c");
     let veth_srv = format!("{veth_cli}s");
     sh(&["ip", "link", "add", &veth_cli, "netns", &cli.0, "type", "veth", "peer", "name", &veth_srv, "netns", &srv.0]);
     cli.exec(&["ip", "addr", "add", "10.42.0.1/24", "dev", &veth_cli]);
@@ -464,7 +469,7 @@ fn traffic_from_outside_masquerade_local_policy_firewall_and_hairpin() {
     }
     let Pair { cli, srv } = pair();
     let ext = Netns::new();
-    let (a, b) = (format!("rk3she{}", COUNTER.fetch_add(1, Ordering::SeqCst)), format!("rk3shx{}", COUNTER.fetch_add(1, Ordering::SeqCst)));
+    let (a, b) = (veth_name("e"), veth_name("x"));
     sh(&["ip", "link", "add", &a, "netns", &cli.0, "type", "veth", "peer", "name", &b, "netns", &ext.0]);
     cli.exec(&["ip", "addr", "add", "192.168.77.1/24", "dev", &a]);
     cli.exec(&["ip", "link", "set", &a, "up"]);
@@ -519,4 +524,39 @@ fn traffic_from_outside_masquerade_local_policy_firewall_and_hairpin() {
     // endpoint chain, or its reply would bypass the node).
     let r = connect_from(&srv, Some("10.42.0.3"), "10.43.0.10:80", long).expect("hairpin");
     assert_eq!(r, "10.42.0.3:8080 from 10.42.0.1");
+}
+
+#[test]
+fn ipv6_and_udp_sctp_services_load() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::new();
+    let nft = ns.nft();
+    let mut svc = service("dns6", "fd00:43::a", 53, Some(30053));
+    let spec = svc.spec.as_mut().unwrap();
+    spec.ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
+    spec.ports.as_mut().unwrap().push(ServicePort { name: Some("sctp".into()), protocol: Some("SCTP".into()), port: 9, ..Default::default() });
+    spec.external_ips = Some(vec!["fd00:99::1".into()]);
+    spec.session_affinity = Some("ClientIP".into());
+    let mut slice6 = (*slice("dns6", &["fd00:42::5"], 5353)).clone();
+    slice6.address_type = "IPv6".into();
+    slice6.ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
+    slice6.ports.as_mut().unwrap().push(EndpointPort { name: Some("sctp".into()), protocol: Some("SCTP".into()), port: Some(9), ..Default::default() });
+    let m = proxied_service(&svc, &[Arc::new(slice6)], "node-a", IpFamily::V6).unwrap().unwrap();
+    let cfg = RenderConfig { family: IpFamily::V6, cluster_cidr: Cidr::parse("fd00:42::/56"), node_ips: vec![], service_cidr: None };
+    let mut p = FamilyProxier::new(TABLE, cfg);
+    full(&mut p, &nft, &[&m]);
+    let listing = ns.exec(&["nft", "list", "table", "ip6", TABLE]);
+    assert!(listing.contains("fd00:43::a . udp . 53 : goto service-"), "{listing}");
+    assert!(listing.contains("fd00:43::a . sctp . 9 : goto service-"), "{listing}");
+    assert!(listing.contains("dnat to [fd00:42::5]:5353"), "{listing}");
+    assert!(listing.contains("udp . 30053 : goto external-"), "{listing}");
+    assert!(listing.contains("type ipv6_addr") && listing.contains("timeout 3h"), "{listing}");
+    // Endpoints gone: UDP gets ICMP port unreachable through reject-chain.
+    let empty = proxied_service(&svc, &[], "node-a", IpFamily::V6).unwrap().unwrap();
+    incremental(&mut p, &nft, &[(m.key.clone(), Some(&empty))]);
+    let listing = ns.exec(&["nft", "list", "table", "ip6", TABLE]);
+    assert!(listing.contains("fd00:43::a . udp . 53 comment \"ns/dns6:http\" : goto reject-chain"), "{listing}");
+    assert!(!listing.contains("chain endpoint-"), "{listing}");
 }

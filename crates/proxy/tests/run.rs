@@ -181,6 +181,7 @@ async fn run_follows_the_api_and_skips_bad_services() {
         node_name: "node-a".into(),
         node_ips: vec!["127.0.0.1".parse().unwrap()],
         cluster_cidr: Some("10.42.0.0/16".into()),
+        service_cidr: Some("10.43.0.0/16".into()),
         table: TABLE.into(),
         full_resync_period: Duration::from_secs(3600),
         min_sync_interval: Duration::from_millis(10),
@@ -189,6 +190,7 @@ async fn run_follows_the_api_and_skips_bad_services() {
 
     wait_for("initial rules", || list(&ns).contains("10.43.0.10 . tcp . 80 : goto service-")).await;
     let table = list(&ns);
+    assert!(table.contains("ip daddr 10.43.0.0/16 drop"), "unallocated ClusterIPs are dropped:\n{table}");
     assert!(table.contains("192.0.2.50 . tcp . 80 : goto external-"), "LoadBalancer ingress IP answers through the table:\n{table}");
     assert!(table.contains("tcp . 31080 : goto external-"), "{table}");
     assert!(!table.contains("/bad/"));

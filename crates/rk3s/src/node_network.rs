@@ -23,6 +23,8 @@ pub struct NodeNetworkOptions {
     pub node_ip: IpAddr,
     /// The cluster's pod network (`--cluster-cidr`).
     pub cluster_cidr: String,
+    /// The Service network (`--service-cidr`).
+    pub service_cidr: String,
     /// The cluster domain (`--cluster-domain`).
     pub cluster_domain: String,
     /// Run the Service proxy (no `--disable-kube-proxy`).
@@ -42,6 +44,7 @@ pub fn spawn(client: kube::Client, opts: NodeNetworkOptions) {
             node_name: opts.node_name.clone(),
             node_ips: vec![opts.node_ip],
             cluster_cidr: Some(opts.cluster_cidr.clone()),
+            service_cidr: Some(opts.service_cidr.clone()),
             table: PROXY_TABLE.to_string(),
             full_resync_period: Duration::from_secs(3600),
             min_sync_interval: Duration::from_millis(10),

@@ -397,6 +397,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 node_name: opts.node_name.clone(),
                 node_ip: opts.node_ip,
                 cluster_cidr: args.cluster_cidr.clone(),
+                service_cidr: args.service_cidr.clone(),
                 cluster_domain: args.cluster_domain.clone(),
                 proxy: !args.disable_kube_proxy,
                 dns: args.enabled("coredns"),

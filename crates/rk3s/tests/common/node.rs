@@ -99,7 +99,8 @@ pub struct HostSnapshot {
     pub links: BTreeSet<String>,
     pub iptables: BTreeSet<String>,
     pub kubepods: bool,
-    /// Named network namespaces (`/run/netns`).
+    /// Named network namespaces of pod sandboxes (`/run/netns/cni-*`, containerd's
+    /// names; namespaces other tests make for themselves are theirs to remove).
     pub netns: BTreeSet<String>,
     /// nftables tables (`family name`), ip6tables-nft's included.
     pub nft_tables: BTreeSet<String>,
@@ -111,7 +112,13 @@ impl HostSnapshot {
             links: links(),
             iptables: iptables_lines(),
             kubepods: Path::new("/sys/fs/cgroup/memory/kubepods").exists() || Path::new("/sys/fs/cgroup/kubepods").exists(),
-            netns: std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect(),
+            netns: std::fs::read_dir("/run/netns")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with("cni-"))
+                .collect(),
             nft_tables: sh("nft list tables 2>/dev/null").lines().filter_map(|l| l.strip_prefix("table ")).map(String::from).collect(),
         }
     }
