@@ -7,7 +7,7 @@
 //!   proxy sends a pod's queries to its own node; created when missing, its ports, type,
 //!   traffic policy, selector, labels and annotations repaired when changed, re-created
 //!   when its ClusterIP is not the configured one (it is immutable);
-//! - ONE EndpointSlice `kube-system/kube-dns-rk3s` (managed-by `rk3s.io/cluster-dns`,
+//! - ONE EndpointSlice `kube-system/kube-dns-rk3s` (managed-by `cluster-dns.rk3s.io`,
 //!   owned by the Service) with one endpoint per node: the node's first InternalIP of the
 //!   DNS address's family, `nodeName`, the node's zone, ready = serving = the node's Ready
 //!   condition is True, terminating = false; written only when it differs.
