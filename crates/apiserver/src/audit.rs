@@ -477,7 +477,10 @@ fn insert_nonempty(m: &mut Map<String, Value>, k: &str, v: &str) {
 pub fn render_event(rec: &AuditRecord<'_>, level: Level, omit_managed_fields: bool, now: jiff::Timestamp) -> Value {
     let a = &rec.attributes;
     let parse = |b: Option<&[u8]>| -> Option<Value> {
-        let mut v: Value = serde_json::from_slice(b?).ok()?;
+        let b = b?;
+        // Request bodies may be protobuf (client-go); they are logged as their JSON.
+        let ct = if b.starts_with(rk3s_protobuf::MAGIC) { rk3s_protobuf::CONTENT_TYPE } else { "application/json" };
+        let mut v: Value = crate::body::decode_request(Some(ct), b, None).ok()?;
         if omit_managed_fields {
             strip_managed_fields(&mut v);
         }

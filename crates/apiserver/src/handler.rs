@@ -51,6 +51,10 @@ pub struct Inner {
     pub audit: Option<crate::audit::AuditLog>,
     /// The client for kubelet-backed subresources, if configured.
     pub kubelet_client: Option<crate::proxy::KubeletClient>,
+    /// Verifies client certificates against the cluster CA after the TLS handshake
+    /// (`server::serve`); `None` if the CA could not be read (then every client
+    /// certificate is refused with 401).
+    pub client_cert_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 /// The API server: cheap to clone, one per process.
@@ -801,6 +805,7 @@ impl ApiServer {
             metrics: Default::default(),
             audit: config.audit.clone(),
             kubelet_client: config.kubelet_client.as_ref().map(crate::proxy::KubeletClient::new).transpose()?,
+            client_cert_verifier: crate::server::client_cert_verifier(&config.client_ca_pem).ok(),
         });
         let api = ApiServer { inner };
         crate::bootstrap::run(&api, config).await?;
@@ -828,8 +833,15 @@ impl ApiServer {
         self.handle(parts, bytes, user).await
     }
 
-    /// Serves one request (also the in-process entry point).
+    /// Serves one request (also the in-process entry point). A panic in a handler is
+    /// answered 500 and logged ([`recover_panic`]); it never takes the connection down.
     pub async fn handle(&self, parts: http::request::Parts, body: Bytes, user: Option<UserInfo>) -> Response {
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_string();
+        recover_panic(&method, &path, self.handle_unguarded(parts, body, user)).await
+    }
+
+    async fn handle_unguarded(&self, parts: http::request::Parts, body: Bytes, user: Option<UserInfo>) -> Response {
         let path = parts.uri.path().to_string();
         let query = Query::parse(parts.uri.query());
         let started = std::time::Instant::now();
@@ -889,14 +901,12 @@ impl ApiServer {
         // Client certificate first, then a bearer token (upstream's union authenticator).
         let mut user = user.cloned();
         if user.is_none() {
-            if let Some(token) = parts
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            {
-                user = self.inner.authenticate_token(token.trim());
-                if user.is_none() && !public {
+            if let Some(token) = bearer_token(&parts.headers) {
+                user = self.inner.authenticate_token(token);
+                // Bad credentials are refused on every path, the public ones included:
+                // only a request with no credentials at all is anonymous (upstream's
+                // authenticator fails the request before any handler runs).
+                if user.is_none() {
                     return body::error(&ApiError::unauthorized());
                 }
             }
@@ -1013,7 +1023,13 @@ impl ApiServer {
         let not_found = || ApiError::new(404, "NotFound", "the server could not find the requested resource");
         let res = self.inner.registry.get(&info.group, &info.version, &info.resource).ok_or_else(not_found)?;
         if info.verb == "create" && matches!(info.group.as_str(), "authorization.k8s.io" | "authentication.k8s.io") {
-            let obj: Value = serde_json::from_slice(&body).or_else(|_| rk3s_protobuf::decode(&body).map_err(|e| e.to_string())).map_err(|e| ApiError::bad_request(format!("decoding review: {e}")))?;
+            let obj = crate::body::decode_request(crate::body::content_type(&parts.headers), &body, None).map_err(|e| match e {
+                crate::body::RequestBodyError::UnsupportedMediaType(mt) => ApiError::unsupported_media_type(&mt),
+                e => ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", res.kind, res.version, res.kind)),
+            })?;
+            if !obj.is_object() {
+                return Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: expected an object", res.kind, res.version, res.kind)));
+            }
             if let Some(r) = crate::authz::review(&self.inner, &info, user, &obj) {
                 return r.map(|v| body::json(201, &v));
             }
@@ -1072,6 +1088,36 @@ impl ApiServer {
     }
 }
 
+/// The bearer token of a request, as upstream's bearer-token authenticator reads it:
+/// `Authorization: Bearer <token>` (scheme case-insensitive); an empty token is no
+/// token (the request is then anonymous).
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let mut parts = auth.splitn(3, ' ');
+    let scheme = parts.next()?;
+    let token = parts.next()?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Runs a request's handler, answering 500 with upstream's text if it panics (and
+/// logging the panic), so one bad request never drops its connection or, over HTTP/2,
+/// the other requests on it. A safety net: handlers must not panic on any input.
+pub async fn recover_panic(method: &http::Method, path: &str, handler: impl std::future::Future<Output = Response>) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic payload".to_string());
+            tracing::error!(%method, %path, panic = %what, "request handler panicked");
+            body::bytes_response(500, "text/plain; charset=utf-8", "This request caused apiserver to panic. Look in the logs for details.\n")
+        }
+    }
+}
+
 /// What the audit log needs to know from request routing.
 #[derive(Default)]
 pub struct AuditCtx {
@@ -1111,6 +1157,42 @@ mod tests {
         assert_eq!(Output::negotiate(&h, &Query::default()), Output::Json);
         h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"));
         assert_eq!(Output::negotiate(&h, &Query::default()), Output::PartialMetadata);
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_as_upstream() {
+        let with = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static(v));
+            h
+        };
+        assert_eq!(bearer_token(&with("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&with("bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&with("BEARER abc extra")), Some("abc"));
+        assert_eq!(bearer_token(&with("  Bearer abc  ")), Some("abc"));
+        // No token, an empty token or another scheme: no bearer credentials (anonymous).
+        assert_eq!(bearer_token(&with("Bearer")), None);
+        assert_eq!(bearer_token(&with("Bearer  abc")), None);
+        assert_eq!(bearer_token(&with("Basic dTpw")), None);
+        assert_eq!(bearer_token(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500() {
+        let method = http::Method::DELETE;
+        let ok = recover_panic(&method, "/x", async { body::json(200, &json!({})) }).await;
+        assert_eq!(ok.status(), 200);
+        let boom = recover_panic(&method, "/api/v1/namespaces/default/configmaps/c", async {
+            let v: Vec<Value> = Vec::new();
+            let _ = &v[3];
+            body::json(200, &json!({}))
+        })
+        .await;
+        assert_eq!(boom.status(), 500);
+        match boom.body() {
+            body::ResponseBody::Full(Some(b)) => assert_eq!(&b[..], b"This request caused apiserver to panic. Look in the logs for details.\n"),
+            _ => panic!("expected a full body"),
+        }
     }
 
     #[test]

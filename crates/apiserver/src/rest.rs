@@ -383,16 +383,15 @@ impl<'a> Call<'a> {
         Ok(self.render_list(items, rv, cont, rem))
     }
 
-    /// Decodes the request body (JSON or YAML) into an object.
+    /// Decodes the request body (JSON, YAML or protobuf, by `Content-Type`, through
+    /// [`body::decode_request`]) into an object.
     pub fn body_object(&self) -> Result<Value, ApiError> {
-        let ct = self.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-        let mt = ct.split(';').next().unwrap_or("").trim();
-        let v: Value = match mt {
-            "application/json" | "" | "*/*" => serde_json::from_slice(&self.body).map_err(|e| self.decode_error(&e.to_string()))?,
-            "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(&self.body).map_err(|e| self.decode_error(&e.to_string()))?,
-            rk3s_protobuf::CONTENT_TYPE => rk3s_protobuf::decode(&self.body).map_err(|e| self.decode_error(&e.to_string()))?,
-            other => return Err(ApiError::unsupported_media_type(other)),
-        };
+        let api_version = if self.res.group.is_empty() { self.res.version.clone() } else { format!("{}/{}", self.res.group, self.res.version) };
+        let default_message = rk3s_protobuf::message_name(&api_version, &self.res.kind);
+        let v = body::decode_request(body::content_type(&self.headers), &self.body, default_message).map_err(|e| match e {
+            body::RequestBodyError::UnsupportedMediaType(mt) => ApiError::unsupported_media_type(&mt),
+            other => self.decode_error(&other.to_string()),
+        })?;
         if !v.is_object() {
             return Err(self.decode_error("expected an object"));
         }
@@ -436,9 +435,8 @@ impl<'a> Call<'a> {
                     "Ignore" => {}
                     _ => warnings.extend(unknown.iter().map(|u| format!("unknown field \"{u}\""))),
                 }
-                for path in &unknown {
-                    remove_path(obj, path);
-                }
+                // Removed by walking the object (paths cannot name fields like `.foo`).
+                self.inner.openapi().remove_unknown_fields(&definition, obj);
             }
         }
         Ok(warnings)
@@ -794,7 +792,9 @@ impl<'a> Call<'a> {
                 err
             }
             rk3s_patch::ApplyError::BadRequest(m) => ApiError::bad_request(m),
-            rk3s_patch::ApplyError::Invalid(m) => ApiError::internal(m),
+            // Upstream answers these (e.g. `failed to create typed patch object (...):
+            // .spec.foo: field not declared in schema`) as a plain error: 500, no reason.
+            rk3s_patch::ApplyError::Invalid(m) => ApiError::new(500, "", m),
         })
     }
 
@@ -815,7 +815,12 @@ impl<'a> Call<'a> {
             "application/apply-patch+yaml" => return self.server_side_apply(Some(&base), patch),
             other => return Err(ApiError::unsupported_media_type(other)),
         };
-        r.map_err(|e| ApiError::new(422, "Invalid", e.to_string()))
+        r.map_err(|e| match e {
+            // A patch document that is not one (e.g. a JSON patch that is an object, not
+            // a list of operations): 400, as upstream's DecodePatch failure.
+            rk3s_patch::PatchError::BadRequest(m) => ApiError::bad_request(m),
+            other => ApiError::new(422, "Invalid", other.to_string()),
+        })
     }
 
     /// Where replicas and the selector live: upstream's paths for built-ins, the CRD's
@@ -864,23 +869,25 @@ impl<'a> Call<'a> {
     pub async fn delete(&self) -> Result<Response, ApiError> {
         let name = self.name().to_string();
         let opts = self.delete_options()?;
-        let (code, obj) = self.inner.delete_object(&self.res, self.ns(), &name, &opts, self.dry_run()).await?;
+        let (code, obj) = self.inner.delete_object(&self.res, self.ns(), &name, &opts, options_dry_run(&opts)).await?;
         Ok(self.render_one(crate::convert::from_storage(&self.res, obj), code))
     }
 
+    /// The DeleteOptions of a DELETE: the body (JSON, YAML or protobuf, typed as
+    /// upstream: see [`body::decode_delete_options`]) with the query's
+    /// `propagationPolicy`/`gracePeriodSeconds`/`dryRun` on top. Always an object.
     fn delete_options(&self) -> Result<Value, ApiError> {
-        let mut opts = if self.body.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_slice::<Value>(&self.body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
-        };
+        let mut opts = body::decode_delete_options(body::content_type(&self.headers), &self.body)?;
         if let Some(p) = self.query.get("propagationPolicy") {
-            opts["propagationPolicy"] = json!(p);
+            opts.insert("propagationPolicy".into(), json!(p));
         }
         if let Some(g) = self.query.get("gracePeriodSeconds").and_then(|g| g.parse::<i64>().ok()) {
-            opts["gracePeriodSeconds"] = json!(g);
+            opts.insert("gracePeriodSeconds".into(), json!(g));
         }
-        Ok(opts)
+        if self.dry_run() {
+            opts.insert("dryRun".into(), json!(["All"]));
+        }
+        Ok(Value::Object(opts))
     }
 
     /// DELETE of a collection (with selectors).
@@ -897,7 +904,7 @@ impl<'a> Call<'a> {
             }
             let name = object::name(&o.object).unwrap_or("").to_string();
             let ns = object::namespace(&o.object).map(String::from);
-            match self.inner.delete_object(&self.res, ns.as_deref(), &name, &opts, self.dry_run()).await {
+            match self.inner.delete_object(&self.res, ns.as_deref(), &name, &opts, options_dry_run(&opts)).await {
                 Ok((_, obj)) => deleted.push(obj),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
@@ -905,6 +912,12 @@ impl<'a> Call<'a> {
         }
         Ok(self.render_list(deleted, rev, None, None))
     }
+}
+
+/// Whether DeleteOptions ask for a dry run (`dryRun: ["All"]`, in the body or from the
+/// query), as upstream honours both.
+fn options_dry_run(opts: &Value) -> bool {
+    opts.get("dryRun").and_then(|d| d.as_array()).is_some_and(|d| d.iter().any(|x| x == "All"))
 }
 
 /// Sets the value at a JSON pointer, creating objects on the way.
@@ -1013,9 +1026,12 @@ impl Call<'_> {
     /// `pods/eviction`: deletes the pod unless a PodDisruptionBudget forbids it
     /// (429 with upstream's message), as upstream's eviction subresource.
     pub async fn evict(&self) -> Result<Response, ApiError> {
-        let eviction = self.body_object().unwrap_or_else(|_| json!({}));
+        let eviction = body::decode_eviction(body::content_type(&self.headers), &self.body).map_err(|e| e.to_create_error("Eviction", &self.body))?;
         let ns = self.info.namespace.clone().unwrap_or_default();
         let name = self.name().to_string();
+        if eviction.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("") != name {
+            return Err(ApiError::bad_request("name in URL does not match name in Eviction object"));
+        }
         let pods = self.inner.registry.get("", "v1", "pods").ok_or_else(|| ApiError::internal("pods resource missing"))?;
         let kv = self.inner.store.get(&pods.key(Some(&ns), &name)).await.map_err(|e| store_err(&pods, &name, e))?;
         let pod = kv.as_ref().map(kv_to_object).transpose()?.ok_or_else(|| ApiError::not_found(&pods, &name))?;
@@ -1040,8 +1056,11 @@ impl Call<'_> {
                 }
             }
         }
-        let opts = eviction.get("deleteOptions").cloned().unwrap_or_else(|| json!({}));
-        self.inner.delete_object(&pods, Some(&ns), &name, &opts, self.dry_run()).await?;
+        let mut opts = eviction.get("deleteOptions").cloned().filter(|o| o.is_object()).unwrap_or_else(|| json!({}));
+        if self.dry_run() {
+            opts["dryRun"] = json!(["All"]);
+        }
+        self.inner.delete_object(&pods, Some(&ns), &name, &opts, options_dry_run(&opts)).await?;
         Ok(body::json(201, &crate::rest::success(None)))
     }
 }
@@ -1050,14 +1069,14 @@ impl Call<'_> {
     /// `serviceaccounts/token` (TokenRequest): a bound service-account token, optionally
     /// bound to a Pod or Secret, as `kubectl create token`.
     pub async fn token_request(&self) -> Result<Response, ApiError> {
-        let mut req = self.body_object().unwrap_or_else(|_| json!({}));
+        let mut req = body::decode_token_request(body::content_type(&self.headers), &self.body).map_err(|e| e.to_create_error("TokenRequest", &self.body))?;
         let ns = self.info.namespace.clone().unwrap_or_default();
         let name = self.name().to_string();
         let sas = self.inner.registry.get("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("serviceaccounts resource missing"))?;
         let kv = self.inner.store.get(&sas.key(Some(&ns), &name)).await.map_err(|e| store_err(&sas, &name, e))?;
         let sa = kv.as_ref().map(kv_to_object).transpose()?.ok_or_else(|| ApiError::not_found(&sas, &name))?;
         let issuer = self.inner.token_auth.issuer.as_ref().ok_or_else(|| ApiError::internal("no service-account signing key"))?;
-        let spec = req.get("spec").cloned().unwrap_or_else(|| json!({}));
+        let spec = req.get("spec").cloned().filter(|s| s.is_object()).unwrap_or_else(|| json!({}));
         let mut audiences: Vec<String> = spec.get("audiences").and_then(|a| a.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
         if audiences.is_empty() {
             audiences = self.inner.token_auth.audiences.clone();
@@ -1105,6 +1124,10 @@ impl Call<'_> {
             let mut spec = spec.clone();
             spec["audiences"] = json!(audiences);
             spec["expirationSeconds"] = json!(exp);
+            // TokenRequestSpec's fields have no omitempty: an absent ref is `null`.
+            if let Some(m) = spec.as_object_mut() {
+                m.entry("boundObjectRef").or_insert(Value::Null);
+            }
             o.insert("spec".into(), spec);
             o.insert("status".into(), json!({"token": token, "expirationTimestamp": expires}));
         }

@@ -5,31 +5,77 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{ApiServer, ApiServerError, UserInfo};
 
+/// The verifier of client certificates against the cluster CA (`client_ca_pem`).
+pub fn client_cert_verifier(client_ca_pem: &str) -> Result<Arc<dyn ClientCertVerifier>, ApiServerError> {
+    let tls = |e: &dyn std::fmt::Display| ApiServerError::Tls(e.to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+        roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).allow_unauthenticated().build().map_err(|e| tls(&e))
+}
+
+/// Lets any client certificate through the handshake, checking only its handshake
+/// signature (the client holds the key). The chain itself is verified per connection
+/// by [`serve`] against the cluster CA, and a certificate that fails is answered 401 on
+/// every path, as upstream (whose TLS layer requests but does not verify client
+/// certificates: the x509 authenticator does).
+#[derive(Debug)]
+struct DeferredClientCertVerifier(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for DeferredClientCertVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(&self, _end_entity: &CertificateDer<'_>, _intermediates: &[CertificateDer<'_>], _now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// Builds the rustls server configuration: our serving cert, optional client certs
-/// verified against the cluster CA, ALPN h2 and http/1.1.
+/// (their chain is verified against the cluster CA by [`serve`], after the handshake,
+/// so only use this configuration with [`serve`]), ALPN h2 and http/1.1.
 pub fn tls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Result<rustls::ServerConfig, ApiServerError> {
     let tls = |e: &dyn std::fmt::Display| ApiServerError::Tls(e.to_string());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| tls(&e))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
-        roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
-    }
+    let verifier = Arc::new(DeferredClientCertVerifier(client_cert_verifier(client_ca_pem)?));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| tls(&e))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
@@ -38,6 +84,35 @@ pub fn tls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Result<
         .map_err(|e| tls(&e))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+/// The identity a connection's client certificate gives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientCertIdentity {
+    /// No certificate, or one without a usable identity: the request may still carry
+    /// a bearer token, else it is anonymous.
+    None,
+    /// A certificate the cluster CA signed: CN = user, O = groups.
+    User(UserInfo),
+    /// A certificate the cluster CA does not vouch for (unknown issuer, expired, ...):
+    /// every request on the connection is 401.
+    Invalid(String),
+}
+
+/// Verifies a presented chain (leaf first) with `verifier` and reads its identity.
+pub fn client_cert_identity(verifier: &dyn ClientCertVerifier, chain: Option<&[CertificateDer<'_>]>) -> ClientCertIdentity {
+    let Some((leaf, intermediates)) = chain.and_then(|c| c.split_first()) else { return ClientCertIdentity::None };
+    if let Err(e) = verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+        return ClientCertIdentity::Invalid(e.to_string());
+    }
+    match rk3s_pki::client_identity(leaf.as_ref()) {
+        Ok(id) => {
+            let mut u = UserInfo::new(id.user, &[]);
+            u.groups = id.groups;
+            ClientCertIdentity::User(u.with_authenticated_group())
+        }
+        Err(_) => ClientCertIdentity::None,
+    }
 }
 
 /// Accepts connections on `listener` forever, serving `api`.
@@ -63,21 +138,28 @@ pub async fn serve(api: ApiServer, listener: TcpListener, tls: rustls::ServerCon
                     return;
                 }
             };
-            let user = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|der| rk3s_pki::client_identity(der.as_ref()).ok())
-                .map(|id| {
-                    let mut u = UserInfo::new(id.user, &[]);
-                    u.groups = id.groups;
-                    u.with_authenticated_group()
-                });
+            let identity = match &api.inner().client_cert_verifier {
+                Some(v) => client_cert_identity(v.as_ref(), stream.get_ref().1.peer_certificates()),
+                None if stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) => ClientCertIdentity::Invalid("no client CA".into()),
+                None => ClientCertIdentity::None,
+            };
+            let (user, invalid_cert) = match identity {
+                ClientCertIdentity::User(u) => (Some(u), false),
+                ClientCertIdentity::None => (None, false),
+                ClientCertIdentity::Invalid(e) => {
+                    tracing::debug!(%peer, error = %e, "client certificate not verified: requests are 401");
+                    (None, true)
+                }
+            };
             let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let api = api.clone();
                 let user = user.clone();
-                async move { Ok::<_, Infallible>(api.handle_incoming(req, user).await) }
+                async move {
+                    if invalid_cert {
+                        return Ok::<_, Infallible>(crate::body::error(&rk3s_api::ApiError::unauthorized()));
+                    }
+                    Ok::<_, Infallible>(api.handle_incoming(req, user).await)
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {

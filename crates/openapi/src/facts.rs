@@ -1,7 +1,12 @@
 //! Our table of facts about upstream's fields that the k8s-openapi schemas leave out:
 //! strategic-merge-patch strategies and merge keys, and server-side-apply list types.
 //! Emitted as `x-kubernetes-patch-strategy`, `x-kubernetes-patch-merge-key`,
-//! `x-kubernetes-list-type` and `x-kubernetes-list-map-keys` on the property schemas.
+//! `x-kubernetes-list-type` and `x-kubernetes-list-map-keys` on the property schemas;
+//! plus the `default`s upstream declares on list-map key fields ([`KEY_DEFAULTS`]).
+//!
+//! Invariant: list types and keys are those of Kubernetes 1.33's `+listType` /
+//! `+listMapKey` markers (server-side apply keys list items by them, e.g. a Service's
+//! ports by `port` and `protocol`).
 
 /// Facts about one field of one definition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -366,7 +371,7 @@ pub static FACTS: &[FieldFact] = &[
     f("io.k8s.api.resource.v1beta1.DeviceConstraint", "requests", None, None, Some("atomic"), &[]),
     f("io.k8s.api.resource.v1beta1.DeviceClaimConfiguration", "requests", None, None, Some("atomic"), &[]),
     f("io.k8s.api.resource.v1beta1.ResourceClaimStatus", "reservedFor", Some("merge"), Some("uid"), Some("map"), &["uid"]),
-    f("io.k8s.api.resource.v1beta1.ResourceClaimStatus", "devices", None, None, Some("map"), &["driver", "device", "pool", "shareID"]),
+    f("io.k8s.api.resource.v1beta1.ResourceClaimStatus", "devices", None, None, Some("map"), &["driver", "device", "pool"]),
     f("io.k8s.api.resource.v1beta1.DeviceAllocationResult", "results", None, None, Some("atomic"), &[]),
     f("io.k8s.api.resource.v1beta1.DeviceAllocationResult", "config", None, None, Some("atomic"), &[]),
     f("io.k8s.api.resource.v1beta1.DeviceRequestAllocationResult", "tolerations", None, None, Some("atomic"), &[]),
@@ -402,7 +407,7 @@ pub static FACTS: &[FieldFact] = &[
     f("io.k8s.api.resource.v1beta2.DeviceConstraint", "requests", None, None, Some("atomic"), &[]),
     f("io.k8s.api.resource.v1beta2.DeviceClaimConfiguration", "requests", None, None, Some("atomic"), &[]),
     f("io.k8s.api.resource.v1beta2.ResourceClaimStatus", "reservedFor", Some("merge"), Some("uid"), Some("map"), &["uid"]),
-    f("io.k8s.api.resource.v1beta2.ResourceClaimStatus", "devices", None, None, Some("map"), &["driver", "device", "pool", "shareID"]),
+    f("io.k8s.api.resource.v1beta2.ResourceClaimStatus", "devices", None, None, Some("map"), &["driver", "device", "pool"]),
     f("io.k8s.api.resource.v1beta2.DeviceAllocationResult", "results", None, None, Some("atomic"), &[]),
     f("io.k8s.api.resource.v1beta2.DeviceAllocationResult", "config", None, None, Some("atomic"), &[]),
     f("io.k8s.api.resource.v1beta2.DeviceRequestAllocationResult", "tolerations", None, None, Some("atomic"), &[]),
@@ -430,6 +435,28 @@ pub static FACTS: &[FieldFact] = &[
     f("io.k8s.api.storage.v1beta1.CSINodeDriver", "topologyKeys", None, None, Some("atomic"), &[]),
     f("io.k8s.api.storage.v1beta1.StorageHealth", "healthConditions", None, None, Some("atomic"), &[]),
     f("io.k8s.api.storage.v1beta1.CSINodeStatus", "storageHealth", Some("merge"), Some("name"), Some("map"), &["name"]),
+];
+
+/// A `default` upstream's OpenAPI documents give a field (its `+default=` marker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyDefault {
+    /// OpenAPI definition name of the object holding the field.
+    pub definition: &'static str,
+    /// JSON name of the field.
+    pub field: &'static str,
+    /// The default (a string).
+    pub default: &'static str,
+}
+
+/// The defaults of fields that are list-map keys (`x-kubernetes-list-map-keys`) of
+/// some list: server-side apply keys an item that leaves such a field out by its
+/// default, as upstream does (a Service port without `protocol` is
+/// `k:{"port":80,"protocol":"TCP"}`).
+pub static KEY_DEFAULTS: &[KeyDefault] = &[
+    KeyDefault { definition: "io.k8s.api.core.v1.ContainerPort", field: "protocol", default: "TCP" },
+    KeyDefault { definition: "io.k8s.api.core.v1.ServicePort", field: "protocol", default: "TCP" },
+    // imagePullSecrets are keyed by name.
+    KeyDefault { definition: "io.k8s.api.core.v1.LocalObjectReference", field: "name", default: "" },
 ];
 
 /// The facts about the fields of definition `definition`.

@@ -465,6 +465,49 @@ impl OpenApi {
         out
     }
 
+    /// Removes the unknown fields of `obj`, an object of definition `name` (those
+    /// [`OpenApi::unknown_fields`] lists), in place. Works on the object itself, not
+    /// on the listed paths, so fields whose names hold `.` or `[` go too.
+    pub fn remove_unknown_fields(&self, name: &str, obj: &mut serde_json::Value) {
+        if let Some(d) = self.inner.definitions.get(name) {
+            self.prune_in(d, obj, 0);
+        }
+    }
+
+    fn prune_in(&self, schema: &Value, obj: &mut Value, depth: usize) {
+        if depth > 64 {
+            return;
+        }
+        let schema = self.resolve(schema);
+        if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+            return;
+        }
+        match obj {
+            Value::Object(fields) => {
+                if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                    fields.retain(|k, _| props.contains_key(k));
+                    for (k, v) in fields.iter_mut() {
+                        if let Some(s) = props.get(k) {
+                            self.prune_in(s, v, depth + 1);
+                        }
+                    }
+                } else if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                    for v in fields.values_mut() {
+                        self.prune_in(ap, v, depth + 1);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(s) = schema.get("items").filter(|s| s.is_object()) {
+                    for v in items.iter_mut() {
+                        self.prune_in(s, v, depth + 1);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn resolve<'a>(&'a self, mut schema: &'a Value) -> &'a Value {
         for _ in 0..8 {
             let r = schema
@@ -541,7 +584,33 @@ impl PatchSchema for OpenApi {
             .map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
             .unwrap_or_default();
         let merge_key = prop.get("x-kubernetes-patch-merge-key").and_then(Value::as_str).map(String::from);
-        Some(FieldMeta { type_name, is_list, is_map: map_values.is_some(), patch_strategy, merge_key })
+        let list_type = prop.get("x-kubernetes-list-type").and_then(Value::as_str).map(String::from);
+        let list_map_keys = prop
+            .get("x-kubernetes-list-map-keys")
+            .and_then(Value::as_array)
+            .map(|keys| keys.iter().filter_map(Value::as_str).map(String::from).collect())
+            .unwrap_or_default();
+        let default = prop.get("default").cloned();
+        Some(FieldMeta {
+            type_name,
+            is_list,
+            is_map: map_values.is_some(),
+            patch_strategy,
+            merge_key,
+            list_type,
+            list_map_keys,
+            default,
+        })
+    }
+
+    /// Object definitions with `properties` and neither
+    /// `x-kubernetes-preserve-unknown-fields` nor `additionalProperties` hold only
+    /// their properties (upstream's typed schemas of built-in kinds).
+    fn declares_all_fields(&self, type_name: &str) -> bool {
+        let Some(d) = self.inner.definitions.get(type_name) else { return false };
+        d.get("properties").is_some_and(Value::is_object)
+            && d.get("x-kubernetes-preserve-unknown-fields") != Some(&Value::Bool(true))
+            && d.get("additionalProperties").is_none_or(|a| a == &Value::Bool(false))
     }
 }
 

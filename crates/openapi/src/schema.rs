@@ -157,7 +157,8 @@ pub(crate) fn neutralize(schema: &mut Value) {
     });
 }
 
-/// Applies the facts table: patch strategies, merge keys and list types on properties.
+/// Applies the facts table: patch strategies, merge keys and list types on properties,
+/// and the defaults of list-map key fields.
 pub(crate) fn apply_facts(defs: &mut BTreeMap<String, Value>) {
     for fact in crate::facts::FACTS {
         let Some(prop) = defs
@@ -179,6 +180,16 @@ pub(crate) fn apply_facts(defs: &mut BTreeMap<String, Value>) {
         }
         if !fact.list_map_keys.is_empty() {
             prop.insert("x-kubernetes-list-map-keys".into(), json!(fact.list_map_keys));
+        }
+    }
+    for d in crate::facts::KEY_DEFAULTS {
+        if let Some(prop) = defs
+            .get_mut(d.definition)
+            .and_then(|def| def.get_mut("properties"))
+            .and_then(|p| p.get_mut(d.field))
+            .and_then(Value::as_object_mut)
+        {
+            prop.insert("default".into(), json!(d.default));
         }
     }
 }

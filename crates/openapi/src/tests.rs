@@ -372,3 +372,132 @@ fn documents_render_on_first_request_only() {
     assert!(doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
     assert!(o.v3_group_version("apis/nope/v1").is_none());
 }
+
+#[test]
+fn multi_key_list_maps_are_upstreams() {
+    // Every list keyed by more than one field in Kubernetes 1.33 (`+listMapKey` markers
+    // of k8s.io/api v0.33), checked against the facts table.
+    let expected = [
+        ("io.k8s.api.core.v1.Container", "ports", vec!["containerPort", "protocol"]),
+        ("io.k8s.api.core.v1.EphemeralContainer", "ports", vec!["containerPort", "protocol"]),
+        ("io.k8s.api.core.v1.ServiceSpec", "ports", vec!["port", "protocol"]),
+        ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", vec!["topologyKey", "whenUnsatisfiable"]),
+        ("io.k8s.api.resource.v1beta1.ResourceClaimStatus", "devices", vec!["driver", "device", "pool"]),
+        ("io.k8s.api.resource.v1beta2.ResourceClaimStatus", "devices", vec!["driver", "device", "pool"]),
+    ];
+    for (def, field, keys) in &expected {
+        let fact = crate::facts::facts_for(def).find(|f| f.field == *field).expect("fact");
+        assert_eq!(fact.list_type, Some("map"), "{def}.{field}");
+        assert_eq!(fact.list_map_keys, keys.as_slice(), "{def}.{field}");
+    }
+}
+
+#[test]
+fn port_lists_are_keyed_by_port_and_protocol_for_server_side_apply() {
+    let o = built();
+    let v2: Value = serde_json::from_slice(&o.v2_json()).expect("v2");
+    let defs = &v2["definitions"];
+    assert_eq!(defs["io.k8s.api.core.v1.ServiceSpec"]["properties"]["ports"]["x-kubernetes-list-map-keys"], json!(["port", "protocol"]));
+    assert_eq!(defs["io.k8s.api.core.v1.ServicePort"]["properties"]["protocol"]["default"], json!("TCP"));
+    assert_eq!(defs["io.k8s.api.core.v1.ContainerPort"]["properties"]["protocol"]["default"], json!("TCP"));
+    let m = o.field("io.k8s.api.core.v1.Container", "ports").expect("ports");
+    assert_eq!(m.list_type.as_deref(), Some("map"));
+    assert_eq!(m.list_map_keys, vec!["containerPort".to_string(), "protocol".to_string()]);
+    assert_eq!(o.field("io.k8s.api.core.v1.ContainerPort", "protocol").and_then(|m| m.default), Some(json!("TCP")));
+
+    // The API server's apply schema (DerivedApplySchema over the documents): a DNS
+    // Service (53/UDP + 53/TCP) applies; a port without protocol is keyed by TCP.
+    let schema = rk3s_patch::DerivedApplySchema(&o);
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns", "namespace": "kube-system"},
+        "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                           {"name": "metrics", "port": 9153}]}});
+    let out = rk3s_patch::server_side_apply(None, &svc, "m", false, &schema, "io.k8s.api.core.v1.Service",
+        "2025-01-01T00:00:00Z", "v1", None).expect("apply");
+    let ports = &out["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:ports"];
+    for k in [r#"k:{"port":53,"protocol":"UDP"}"#, r#"k:{"port":53,"protocol":"TCP"}"#, r#"k:{"port":9153,"protocol":"TCP"}"#] {
+        assert!(ports.get(k).is_some(), "{k} in {ports}");
+    }
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x",
+        "ports": [{"containerPort": 53, "protocol": "UDP"}, {"containerPort": 53}]}]}});
+    rk3s_patch::server_side_apply(None, &pod, "m", false, &schema, "io.k8s.api.core.v1.Pod", "2025-01-01T00:00:00Z", "v1", None)
+        .expect("container ports 53/UDP and 53/TCP");
+}
+
+#[test]
+fn built_in_types_declare_all_their_fields() {
+    let o = built();
+    assert!(o.declares_all_fields("io.k8s.api.apps.v1.DeploymentSpec"));
+    assert!(o.declares_all_fields("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"));
+    assert!(!o.declares_all_fields("io.k8s.apimachinery.pkg.apis.meta.v1.Time"));
+    assert!(!o.declares_all_fields("no.such.Type"));
+    let schema = rk3s_patch::DerivedApplySchema(&o);
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "default"},
+        "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "image": "x", "bogus": true}]}}, ".foo": 1}});
+    let err = rk3s_patch::server_side_apply(None, &d, "m", false, &schema, "io.k8s.api.apps.v1.Deployment",
+        "2025-01-01T00:00:00Z", "apps/v1", None).expect_err("unknown fields");
+    assert_eq!(err.status_code(), 500);
+    assert_eq!(err.to_string(), "failed to create typed patch object (default/d; apps/v1, Kind=Deployment): errors:\n  .spec.template.spec.containers[name=\"c\"].bogus: field not declared in schema\n  .spec..foo: field not declared in schema");
+    // A free-form (missing) definition and a CRD schema preserving unknown fields accept anything.
+    let mut custom = BTreeMap::new();
+    custom.insert("com.example.v1.Thing".to_string(), json!({"type": "object", "properties": {"spec": {"type": "object"}},
+        "x-kubernetes-preserve-unknown-fields": true}));
+    let o2 = OpenApi::build_with_schemas(&sample(), "v1.33.0+rk3s", &custom).expect("build");
+    assert!(!o2.declares_all_fields("com.example.v1.Thing"));
+}
+
+#[test]
+fn unknown_fields_are_removed_in_place_whatever_their_names() {
+    let o = built();
+    let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", ".x": 1, "labels": {".kept": "label values are free-form"}},
+        "spec": {"replicas": 1, ".foo": {"a": 1}, "a.b": 2, "c[0]": 3, "template": {"spec": {"containers": [
+            {"name": "c", "image": "x", ".bogus": true, "ports": [{"containerPort": 80, "prot": "TCP"}]}]}}}});
+    let mut paths = o.unknown_fields("io.k8s.api.apps.v1.Deployment", &d);
+    paths.sort();
+    assert_eq!(paths, vec!["metadata..x", "spec..foo", "spec.a.b", "spec.c[0]",
+        "spec.template.spec.containers[0]..bogus", "spec.template.spec.containers[0].ports[0].prot"]);
+    o.remove_unknown_fields("io.k8s.api.apps.v1.Deployment", &mut d);
+    assert_eq!(d, json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "labels": {".kept": "label values are free-form"}},
+        "spec": {"replicas": 1, "template": {"spec": {"containers": [
+            {"name": "c", "image": "x", "ports": [{"containerPort": 80}]}]}}}}));
+    assert!(o.unknown_fields("io.k8s.api.apps.v1.Deployment", &d).is_empty());
+}
+
+#[test]
+fn a_full_featured_crd_applies_server_side() {
+    // Server-side apply of a CRD (kubectl apply --server-side -f crds.yaml) walks the
+    // JSONSchemaProps schema: every field upstream declares must be declared here too.
+    let o = built();
+    let schema = rk3s_patch::DerivedApplySchema(&o);
+    let crd: Value = serde_json::from_str(r#"{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "things.example.com", "annotations": {"a": "b"}},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "things", "singular": "thing", "kind": "Thing", "listKind": "ThingList", "shortNames": ["th"], "categories": ["all"]},
+            "preserveUnknownFields": false,
+            "conversion": {"strategy": "None"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "deprecated": false, "deprecationWarning": "x",
+                "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}},
+                "additionalPrinterColumns": [{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp", "description": "d", "format": "", "priority": 0}],
+                "selectableFields": [{"jsonPath": ".spec.color"}],
+                "schema": {"openAPIV3Schema": {"type": "object", "description": "d", "required": ["spec"],
+                    "x-kubernetes-validations": [{"rule": "self.spec.replicas >= 0", "message": "m", "messageExpression": "'x'", "reason": "FieldValueInvalid", "fieldPath": ".spec", "optionalOldSelf": false}],
+                    "properties": {
+                        "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "nullable": true,
+                            "properties": {
+                                "replicas": {"type": "integer", "format": "int32", "minimum": 0, "maximum": 10, "exclusiveMinimum": false, "default": 1, "multipleOf": 1},
+                                "color": {"type": "string", "enum": ["red", "blue"], "pattern": "^[a-z]+$", "maxLength": 10, "minLength": 1, "example": "red", "title": "t"},
+                                "port": {"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+                                "items": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}, "maxItems": 3, "minItems": 0, "uniqueItems": false,
+                                    "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+                                "labels": {"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 5, "minProperties": 0, "x-kubernetes-map-type": "granular"},
+                                "flags": {"type": "object", "additionalProperties": true},
+                                "embedded": {"type": "object", "x-kubernetes-embedded-resource": true, "x-kubernetes-preserve-unknown-fields": true},
+                                "oneof": {"oneOf": [{"required": ["a"]}, {"required": ["b"]}], "allOf": [{"required": ["a"]}], "not": {"required": ["c"]}},
+                                "ref": {"externalDocs": {"description": "d", "url": "https://example.com"}}}},
+                        "status": {"type": "object", "properties": {"replicas": {"type": "integer"}, "selector": {"type": "string"}}}}}}}]}}"#).expect("crd json");
+    let out = rk3s_patch::server_side_apply(None, &crd, "kubectl", false, &schema,
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition", "2025-01-01T00:00:00Z",
+        "apiextensions.k8s.io/v1", None);
+    assert!(out.is_ok(), "{:?}", out.err());
+}

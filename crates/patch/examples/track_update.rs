@@ -42,7 +42,7 @@ impl PatchSchema for Definitions {
             .map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
             .unwrap_or_default();
         let merge_key = prop.get("x-kubernetes-patch-merge-key").and_then(Value::as_str).map(String::from);
-        Some(FieldMeta { type_name, is_list, is_map: map_values.is_some(), patch_strategy, merge_key })
+        Some(FieldMeta { type_name, is_list, is_map: map_values.is_some(), patch_strategy, merge_key, ..FieldMeta::default() })
     }
 }
 

@@ -12,8 +12,12 @@
 //! - [`track_update`] records the fields a create / update / patch changed in the
 //!   manager's `Update` entry, taking them from other managers.
 //!
-//! Lists are atomic, sets or maps with key fields and objects granular or atomic,
-//! as an [`ApplySchema`] says.
+//! Lists are atomic, sets or maps with key fields (a key field an item leaves out
+//! takes its schema default) and objects granular or atomic, as an [`ApplySchema`]
+//! says. An applied configuration is typed first, as upstream types it: a field an
+//! object type does not declare ([`PatchSchema::declares_all_fields`]) or an
+//! associative list whose items cannot be keyed refuses the apply
+//! ([`ApplyError::Invalid`]), so nothing undeclared is ever merged or recorded.
 
 mod fieldset;
 mod typed;
@@ -58,13 +62,23 @@ pub enum MapType {
 pub trait ApplySchema: PatchSchema {
     /// The list type of the list field `field` of type `type_name`.
     ///
-    /// The default derives it from patch metadata as upstream does for schemas
-    /// without `x-kubernetes-list-type`: patch strategy `merge` with a merge key is
-    /// a map keyed by it, `merge` without a key a set, anything else atomic.
+    /// The default follows the field's `x-kubernetes-list-type` and
+    /// `x-kubernetes-list-map-keys` ([`crate::FieldMeta::list_type`]) when it has
+    /// one; otherwise it derives the type from patch metadata as upstream does for
+    /// schemas without it: patch strategy `merge` with a merge key is a map keyed by
+    /// it, `merge` without a key a set, anything else atomic.
     fn list_type(&self, type_name: &str, field: &str) -> Option<ListType> {
         let meta = self.field(type_name, field)?;
         if !meta.is_list {
             return None;
+        }
+        match meta.list_type.as_deref() {
+            Some("atomic") => return Some(ListType::Atomic),
+            Some("set") => return Some(ListType::Set),
+            // A map without keys is an associative list of primitives: a set.
+            Some("map") if meta.list_map_keys.is_empty() => return Some(ListType::Set),
+            Some("map") => return Some(ListType::Map(meta.list_map_keys)),
+            _ => {}
         }
         if meta.patch_strategy.iter().any(|s| s == "merge") {
             Some(match meta.merge_key {
@@ -119,6 +133,10 @@ impl PatchSchema for CachedApplySchema<'_> {
     fn field(&self, type_name: &str, field: &str) -> Option<crate::FieldMeta> {
         self.schema.field(type_name, field)
     }
+
+    fn declares_all_fields(&self, type_name: &str) -> bool {
+        self.schema.declares_all_fields(type_name)
+    }
 }
 
 impl ApplySchema for CachedApplySchema<'_> {
@@ -136,13 +154,18 @@ impl ApplySchema for CachedApplySchema<'_> {
 }
 
 /// Uses any [`PatchSchema`] as an [`ApplySchema`] with the default list and map
-/// types (derived from patch strategies and merge keys).
+/// types (the fields' list types and keys, else derived from patch strategies and
+/// merge keys).
 #[derive(Clone, Copy)]
 pub struct DerivedApplySchema<'a>(pub &'a dyn PatchSchema);
 
 impl PatchSchema for DerivedApplySchema<'_> {
     fn field(&self, type_name: &str, field: &str) -> Option<crate::FieldMeta> {
         self.0.field(type_name, field)
+    }
+
+    fn declares_all_fields(&self, type_name: &str) -> bool {
+        self.0.declares_all_fields(type_name)
     }
 }
 
@@ -384,8 +407,10 @@ pub enum ApplyError {
     /// The request is malformed (HTTP 400), e.g. `metadata.managedFields must be nil`.
     #[error("{0}")]
     BadRequest(String),
-    /// The configuration cannot be applied (upstream answers HTTP 500), e.g.
-    /// duplicate items in an associative list.
+    /// The configuration cannot be applied (upstream answers HTTP 500 with this
+    /// message and no reason), e.g. duplicate items in an associative list or a field
+    /// the schema does not declare (`failed to create typed patch object (ns/name;
+    /// apps/v1, Kind=Deployment): .spec.foo: field not declared in schema`).
     #[error("{0}")]
     Invalid(String),
 }
@@ -435,6 +460,30 @@ fn without_managed_fields(v: &Value) -> Value {
         meta.remove("managedFields");
     }
     v
+}
+
+/// How upstream names an object in server-side apply errors:
+/// `<namespace>/<name>; <group>/<version>, Kind=<kind>` (`default/web; apps/v1,
+/// Kind=Deployment`, `/cm; /v1, Kind=ConfigMap` for the core group), from the
+/// object's own metadata and type.
+fn object_gvknn(obj: &Value) -> String {
+    let meta = |k: &str| {
+        obj.get("metadata")
+            .and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    format!(
+        "{}/{}; {group}/{version}, Kind={kind}",
+        meta("namespace"),
+        meta("name")
+    )
 }
 
 /// Tracks field ownership for one resource (or subresource) and API version.
@@ -565,9 +614,15 @@ impl FieldManager<'_> {
         }
         let typer = self.typer();
         let ty = typer.root(self.root_type);
-        typer.validate(applied, &ty, &mut Vec::new()).map_err(|e| {
-            ApplyError::Invalid(format!("failed to create typed patch object: {e}"))
-        })?;
+        let mut errs = Vec::new();
+        typer.validate(applied, &ty, &mut Vec::new(), &mut errs);
+        if !errs.is_empty() {
+            return Err(ApplyError::Invalid(format!(
+                "failed to create typed patch object ({}): {}",
+                object_gvknn(applied),
+                typed::validation_errors_string(&errs)
+            )));
+        }
 
         let mut entries = match live {
             Some(l) => parse_managed_fields(l).map_err(|e| {

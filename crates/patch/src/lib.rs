@@ -95,6 +95,16 @@ pub struct FieldMeta {
     pub patch_strategy: Vec<String>,
     /// e.g. "name", "containerPort", "mountPath", "type", "ip".
     pub merge_key: Option<String>,
+    /// `x-kubernetes-list-type` of a list field (`atomic`, `set` or `map`), when the
+    /// schema declares one; server-side apply follows it rather than the patch
+    /// strategy.
+    pub list_type: Option<String>,
+    /// `x-kubernetes-list-map-keys` of a `map` list: the fields identifying its items
+    /// (e.g. `containerPort` and `protocol` for a container's ports).
+    pub list_map_keys: Vec<String>,
+    /// The field's `default` in the schema (e.g. `"TCP"` for a port's `protocol`):
+    /// server-side apply takes it for a key field an associative-list item leaves out.
+    pub default: Option<serde_json::Value>,
 }
 
 /// Where strategic merge patch learns each field's patch strategy.
@@ -102,6 +112,16 @@ pub trait PatchSchema: Send + Sync {
     /// Metadata of field `field` of the object type named `type_name` (OpenAPI
     /// definition name, e.g. "io.k8s.api.core.v1.PodSpec"); None if unknown.
     fn field(&self, type_name: &str, field: &str) -> Option<FieldMeta>;
+
+    /// True when objects of type `type_name` may hold only the fields the schema
+    /// declares for it (a known object type without
+    /// `x-kubernetes-preserve-unknown-fields`): server-side apply refuses any other
+    /// (`field not declared in schema`). False (the default) when the schema cannot
+    /// tell, so nothing is refused.
+    fn declares_all_fields(&self, type_name: &str) -> bool {
+        let _ = type_name;
+        false
+    }
 }
 
 /// A schema that knows nothing: strategic merge patch then behaves like a JSON

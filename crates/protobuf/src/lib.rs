@@ -247,3 +247,67 @@ mod fixture_tests {
         assert!(!is_protobuf_content_type("application/vnd.kubernetes.protobuf+json"));
     }
 }
+
+#[cfg(test)]
+mod options_tests {
+    //! DeleteOptions and Eviction, as client-go encodes them for DELETE and
+    //! `pods/eviction` (the envelope's typeMeta is the client's group version).
+    use super::*;
+    use serde_json::json;
+
+    fn field(tag: u32, wire: u8, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(((tag << 3) as u8) | wire);
+        if wire == 2 {
+            out.push(payload.len() as u8);
+        }
+        out.extend_from_slice(payload);
+    }
+
+    fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+        let mut tm = Vec::new();
+        field(1, 2, api_version.as_bytes(), &mut tm);
+        field(2, 2, kind.as_bytes(), &mut tm);
+        let mut out = MAGIC.to_vec();
+        field(1, 2, &tm, &mut out);
+        field(2, 2, raw, &mut out);
+        out
+    }
+
+    #[test]
+    fn delete_options_keep_explicit_zero_and_false() {
+        // gracePeriodSeconds = 0, preconditions{uid, resourceVersion}, orphanDependents
+        // = false, propagationPolicy, dryRun = [All]
+        let mut m = Vec::new();
+        field(1, 0, &[0], &mut m);
+        let mut pre = Vec::new();
+        field(1, 2, b"u1", &mut pre);
+        field(2, 2, b"42", &mut pre);
+        field(2, 2, &pre, &mut m);
+        field(3, 0, &[0], &mut m);
+        field(4, 2, b"Orphan", &mut m);
+        field(5, 2, b"All", &mut m);
+        for gv in ["v1", "apps/v1", "meta.k8s.io/v1"] {
+            assert_eq!(
+                decode(&envelope(gv, "DeleteOptions", &m)).expect("decodes"),
+                json!({"kind": "DeleteOptions", "apiVersion": gv, "gracePeriodSeconds": 0, "preconditions": {"uid": "u1", "resourceVersion": "42"}, "orphanDependents": false, "propagationPolicy": "Orphan", "dryRun": ["All"]})
+            );
+        }
+    }
+
+    #[test]
+    fn eviction_with_delete_options() {
+        let mut meta = Vec::new();
+        field(1, 2, b"web-0", &mut meta);
+        let mut opts = Vec::new();
+        field(1, 0, &[30], &mut opts);
+        let mut m = Vec::new();
+        field(1, 2, &meta, &mut m);
+        field(2, 2, &opts, &mut m);
+        for gv in ["policy/v1", "policy/v1beta1"] {
+            assert_eq!(
+                decode(&envelope(gv, "Eviction", &m)).expect("decodes"),
+                json!({"kind": "Eviction", "apiVersion": gv, "metadata": {"name": "web-0"}, "deleteOptions": {"gracePeriodSeconds": 30}})
+            );
+        }
+    }
+}

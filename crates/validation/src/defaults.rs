@@ -183,17 +183,7 @@ pub fn apply_defaults(group: &str, version: &str, kind: &str, obj: &mut Value) {
                 spec.insert("policyTypes".into(), Value::Array(types));
             }
         }
-        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
-            for s in arr_mut(o, "subjects") {
-                if let Some(so) = s.as_object_mut() {
-                    match so.get("kind").and_then(Value::as_str) {
-                        Some("User") | Some("Group") => set(so, "apiGroup", json!("rbac.authorization.k8s.io")),
-                        Some("ServiceAccount") => set(so, "apiGroup", json!("")),
-                        _ => {}
-                    }
-                }
-            }
-        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => default_role_binding(o),
         ("storage.k8s.io", "StorageClass") => {
             set(o, "reclaimPolicy", json!("Delete"));
             set(o, "volumeBindingMode", json!("Immediate"));
@@ -291,6 +281,41 @@ fn default_job_spec(spec: &mut Map<String, Value>) {
     }
     if let Some(t) = spec.get_mut("template") {
         default_template(t);
+    }
+}
+
+/// The rbac/v1 defaulters of RoleBinding / ClusterRoleBinding, then upstream's encoding
+/// of what they leave: an empty (or missing) `roleRef.apiGroup` becomes
+/// `rbac.authorization.k8s.io`; an empty subject `apiGroup` becomes
+/// `rbac.authorization.k8s.io` for `User` and `Group` and stays empty for
+/// `ServiceAccount` (and unknown kinds). `Subject.apiGroup` is `omitempty`, so an empty
+/// one is dropped, as upstream never returns it (`RoleRef.apiGroup` is always present).
+fn default_role_binding(o: &mut Map<String, Value>) {
+    const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+    let empty = |v: Option<&Value>| v.is_none_or(|v| v.is_null() || v.as_str() == Some(""));
+    // `roleRef` is a struct, not a pointer: upstream defaults it even when it was left out.
+    // A roleRef of the wrong type is left for decoding / validation to refuse.
+    if o.get("roleRef").is_none_or(Value::is_null) {
+        o.insert("roleRef".into(), json!({}));
+    }
+    if let Some(rr) = o.get_mut("roleRef").and_then(Value::as_object_mut) {
+        if empty(rr.get("apiGroup")) {
+            rr.insert("apiGroup".into(), json!(RBAC_GROUP));
+        }
+    }
+    for s in arr_mut(o, "subjects") {
+        let Some(so) = s.as_object_mut() else { continue };
+        if !empty(so.get("apiGroup")) {
+            continue;
+        }
+        match so.get("kind").and_then(Value::as_str) {
+            Some("User") | Some("Group") => {
+                so.insert("apiGroup".into(), json!(RBAC_GROUP));
+            }
+            _ => {
+                so.remove("apiGroup");
+            }
+        }
     }
 }
 
@@ -549,6 +574,43 @@ mod tests {
         assert_eq!(c["spec"]["failedJobsHistoryLimit"], json!(1));
         assert!(c["spec"]["jobTemplate"]["spec"].get("backoffLimit").is_none());
         assert_eq!(c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["schedulerName"], json!("default-scheduler"));
+    }
+
+    #[test]
+    fn role_binding_defaults_and_encoding() {
+        let rb = defaulted("rbac.authorization.k8s.io", "RoleBinding", json!({
+            "roleRef": {"apiGroup": "", "kind": "Role", "name": "r"},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "sa", "namespace": "ns", "apiGroup": ""},
+                {"kind": "ServiceAccount", "name": "sa2", "namespace": "ns"},
+                {"kind": "User", "name": "alice", "apiGroup": ""},
+                {"kind": "Group", "name": "devs"},
+                {"kind": "User", "name": "bob", "apiGroup": "example.com"},
+                {"kind": "Robot", "name": "r2", "apiGroup": null}]}));
+        assert_eq!(rb, json!({
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "sa", "namespace": "ns"},
+                {"kind": "ServiceAccount", "name": "sa2", "namespace": "ns"},
+                {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"},
+                {"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"},
+                {"kind": "User", "name": "bob", "apiGroup": "example.com"},
+                {"kind": "Robot", "name": "r2"}]}));
+        // A missing roleRef.apiGroup defaults too, on both binding kinds; the result validates.
+        let crb = defaulted("rbac.authorization.k8s.io", "ClusterRoleBinding", json!({
+            "metadata": {"name": "b"}, "roleRef": {"kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "kube-system"}]}));
+        assert_eq!(crb["roleRef"]["apiGroup"], json!("rbac.authorization.k8s.io"));
+        assert!(crb["subjects"][0].get("apiGroup").is_none());
+        let errs = crate::validate_create("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", false, &crb);
+        assert!(errs.is_empty(), "{errs:?}");
+        // A binding without roleRef gets upstream's zero RoleRef with the group set: only
+        // kind and name are then reported.
+        let bare = defaulted("rbac.authorization.k8s.io", "RoleBinding", json!({"metadata": {"name": "b", "namespace": "n"}}));
+        assert_eq!(bare["roleRef"], json!({"apiGroup": "rbac.authorization.k8s.io"}));
+        let fields: Vec<String> = crate::validate_create("rbac.authorization.k8s.io", "v1", "RoleBinding", true, &bare)
+            .iter().map(|e| e.field.clone()).collect();
+        assert_eq!(fields, vec!["roleRef.kind", "roleRef.name"]);
     }
 
     #[test]

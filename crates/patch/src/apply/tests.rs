@@ -626,3 +626,154 @@ fn field_set_algebra_keeps_a_canonical_form() {
     spec.insert(&[f("spec"), f("containers")]);
     assert_eq!(a.recursive_difference(&spec).paths(), vec![vec![f("spec"), f("replicas")]]);
 }
+
+/// A slice of the Service schema as the OpenAPI documents give it: ports keyed by
+/// `port` and `protocol` (`x-kubernetes-list-map-keys`), `protocol` defaulting to
+/// `TCP`, and object types that declare all their fields.
+struct ServiceSchema;
+
+impl PatchSchema for ServiceSchema {
+    fn field(&self, type_name: &str, field: &str) -> Option<FieldMeta> {
+        let scalar = FieldMeta::default();
+        Some(match (type_name, field) {
+            ("Service", "apiVersion" | "kind") => scalar,
+            ("Service", "metadata") => obj("ObjectMeta"),
+            ("Service", "spec") => obj("ServiceSpec"),
+            ("ObjectMeta", "name" | "namespace") => scalar,
+            ("ObjectMeta", "labels") => map_of(),
+            ("ServiceSpec", "selector") => map_of(),
+            ("ServiceSpec", "ports") => FieldMeta {
+                list_type: Some("map".into()),
+                list_map_keys: vec!["port".into(), "protocol".into()],
+                ..list(Some("ServicePort"), Some("port"), &["merge"])
+            },
+            ("ServiceSpec", "externalIPs") => FieldMeta {
+                list_type: Some("atomic".into()),
+                ..list(None, None, &[])
+            },
+            ("ServicePort", "protocol") => FieldMeta {
+                default: Some(json!("TCP")),
+                ..FieldMeta::default()
+            },
+            ("ServicePort", "port" | "name" | "targetPort") => scalar,
+            _ => return None,
+        })
+    }
+
+    fn declares_all_fields(&self, type_name: &str) -> bool {
+        type_name != "ObjectMeta"
+    }
+}
+
+impl ApplySchema for ServiceSchema {}
+
+fn apply_svc(live: Option<&Value>, cfg: &Value, manager: &str) -> Result<Value, ApplyError> {
+    server_side_apply(live, cfg, manager, false, &ServiceSchema, "Service", T1, "v1", None)
+}
+
+fn svc(ports: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns", "namespace": "kube-system"},
+           "spec": {"ports": ports}})
+}
+
+#[test]
+fn list_map_keys_from_the_schema_with_defaulted_key_fields() {
+    // Port 53 on UDP and TCP (every DNS Service): two items, keyed by port and protocol.
+    let cfg = svc(json!([
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+        {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]));
+    let live = apply_svc(None, &cfg, "A").unwrap();
+    assert_eq!(live["spec"]["ports"], cfg["spec"]["ports"]);
+    let fields = entry(&live, "A").unwrap().fields.to_fields_v1();
+    let ports = &fields["f:spec"]["f:ports"];
+    assert!(ports.get(r#"k:{"port":53,"protocol":"UDP"}"#).is_some(), "{ports}");
+    assert!(ports.get(r#"k:{"port":53,"protocol":"TCP"}"#).is_some(), "{ports}");
+    // A second manager applying the same items shares them; changing one conflicts on it alone.
+    apply_svc(Some(&live), &cfg, "B").unwrap();
+    let changed = svc(json!([
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+        {"name": "renamed", "port": 53, "protocol": "TCP"}]));
+    match apply_svc(Some(&live), &changed, "B").unwrap_err() {
+        ApplyError::Conflicts(cs) => {
+            let fields: Vec<&str> = cs.iter().map(|c| c.field.as_str()).collect();
+            assert_eq!(fields, vec![r#".spec.ports[port=53,protocol="TCP"].name"#]);
+        }
+        e => panic!("{e}"),
+    }
+    // A key field left out takes the schema default (protocol TCP), as upstream.
+    let no_proto = svc(json!([{"port": 80}, {"port": 80, "protocol": "UDP"}]));
+    let out = apply_svc(None, &no_proto, "A").unwrap();
+    let fields = entry(&out, "A").unwrap().fields.to_fields_v1();
+    assert!(fields["f:spec"]["f:ports"].get(r#"k:{"port":80,"protocol":"TCP"}"#).is_some(), "{fields}");
+    // The item with the default and the one spelling it out are the same item.
+    let dup = svc(json!([{"port": 80}, {"port": 80, "protocol": "TCP"}]));
+    assert_eq!(
+        apply_svc(None, &dup, "A").unwrap_err().to_string(),
+        r#"failed to create typed patch object (kube-system/dns; /v1, Kind=Service): .spec.ports: duplicate entries for key [port=80,protocol="TCP"]"#
+    );
+    let no_port = svc(json!([{"protocol": "UDP"}]));
+    let err = apply_svc(None, &no_port, "A").unwrap_err();
+    assert_eq!(err.status_code(), 500);
+    assert!(err.to_string().ends_with(
+        r#": .spec.ports: element 0: associative list with keys has an element that omits key field "port" (and doesn't have default value)"#
+    ), "{err}");
+}
+
+#[test]
+fn undeclared_fields_are_refused_as_upstream() {
+    let mut cfg = svc(json!([{"port": 80, "bogus": 1}]));
+    cfg["spec"][".hidden"] = json!("x");
+    let err = apply_svc(None, &cfg, "A").unwrap_err();
+    assert_eq!(err.status_code(), 500);
+    // The walk of an object stops at its first undeclared field (`.hidden`, the fields
+    // being walked in order); other objects are still checked.
+    assert_eq!(
+        err.to_string(),
+        "failed to create typed patch object (kube-system/dns; /v1, Kind=Service): errors:\n  .spec.ports[port=80,protocol=\"TCP\"].bogus: field not declared in schema\n  .spec..hidden: field not declared in schema"
+    );
+    let mut top = svc(json!([]));
+    top["status"] = json!({});
+    top["spec"]["externalIPs"] = json!([{"x": 1}]);
+    assert_eq!(
+        apply_svc(None, &top, "A").unwrap_err().to_string(),
+        "failed to create typed patch object (kube-system/dns; /v1, Kind=Service): .status: field not declared in schema"
+    );
+    // Types that do not declare all their fields (ObjectMeta here) and free-form maps
+    // accept anything; nothing undeclared is ever recorded.
+    let mut open = svc(json!([{"port": 80}]));
+    open["metadata"]["anything"] = json!({"goes": true});
+    open["spec"]["selector"] = json!({".x": "y"});
+    let out = apply_svc(None, &open, "A").unwrap();
+    assert_eq!(out["metadata"]["anything"], json!({"goes": true}));
+    // A schema that cannot tell (the default) refuses nothing.
+    let mut d = deploy(1);
+    d["spec"]["whatever"] = json!(1);
+    assert!(apply(None, &d, "A", false, T1).is_ok());
+}
+
+#[test]
+fn list_type_from_field_meta_wins_over_patch_strategy() {
+    let s = DerivedApplySchema(&ServiceSchema);
+    assert_eq!(
+        s.list_type("ServiceSpec", "ports"),
+        Some(ListType::Map(vec!["port".into(), "protocol".into()]))
+    );
+    assert_eq!(s.list_type("ServiceSpec", "externalIPs"), Some(ListType::Atomic));
+    assert!(s.declares_all_fields("ServiceSpec"));
+    let cache = TypeCache::new();
+    let cached = CachedApplySchema { schema: &s, cache: &cache };
+    assert!(cached.declares_all_fields("Service") && !cached.declares_all_fields("ObjectMeta"));
+    // `map` without keys is a set; no list type falls back to the patch strategy.
+    struct Keyless;
+    impl PatchSchema for Keyless {
+        fn field(&self, _t: &str, f: &str) -> Option<FieldMeta> {
+            Some(FieldMeta {
+                list_type: (f == "a").then(|| "map".to_string()),
+                ..list(None, Some("name"), &["merge"])
+            })
+        }
+    }
+    let k = DerivedApplySchema(&Keyless);
+    assert_eq!(k.list_type("T", "a"), Some(ListType::Set));
+    assert_eq!(k.list_type("T", "b"), Some(ListType::Map(vec!["name".into()])));
+}

@@ -19,8 +19,13 @@ pub(crate) enum Ty {
     Struct { name: Arc<str>, atomic: bool },
     /// A map whose values all have one schema.
     Map { values: Arc<Ty>, atomic: bool },
-    /// A list.
-    List { items: Arc<Ty>, kind: Arc<ListType> },
+    /// A list; `key_defaults` are the schema defaults of the key fields of a
+    /// `map` list's items (taken when an item leaves a key field out).
+    List {
+        items: Arc<Ty>,
+        kind: Arc<ListType>,
+        key_defaults: Arc<Vec<(String, Value)>>,
+    },
 }
 
 /// Memo of resolved field types, for schemas that never change (see
@@ -96,9 +101,18 @@ impl Typer<'_> {
                 .schema
                 .list_type(parent, field)
                 .unwrap_or(ListType::Atomic);
+            let mut key_defaults = Vec::new();
+            if let (ListType::Map(keys), Some(item_type)) = (&kind, &meta.type_name) {
+                for k in keys {
+                    if let Some(d) = self.schema.field(item_type, k).and_then(|m| m.default) {
+                        key_defaults.push((k.clone(), d));
+                    }
+                }
+            }
             return Ty::List {
                 items: Arc::new(elem),
                 kind: Arc::new(kind),
+                key_defaults: Arc::new(key_defaults),
             };
         }
         let atomic = self.schema.map_type(parent, field) == MapType::Atomic;
@@ -140,43 +154,73 @@ fn items_ty(ty: &Ty) -> Ty {
     }
 }
 
+/// The path element of one item of an associative list (a set or a `map` list),
+/// as upstream's structured-merge-diff builds it: the values of the key fields
+/// (a key field the item leaves out takes its schema default from `key_defaults`),
+/// or the value itself in a set. Err is upstream's message for an item that has none.
+pub(crate) fn item_path_element(
+    kind: &ListType,
+    key_defaults: &[(String, Value)],
+    item: &Value,
+) -> Result<PathElement, String> {
+    match kind {
+        ListType::Atomic => Err("invalid indexing of non-associative list".to_string()),
+        ListType::Set => match item {
+            Value::Object(_) => {
+                Err("associative list without keys has an element that's a map type".to_string())
+            }
+            Value::Array(_) => {
+                Err("not supported: associative list with lists as elements".to_string())
+            }
+            Value::Null => Err(
+                "associative list without keys has an element that's an explicit null"
+                    .to_string(),
+            ),
+            v => Ok(PathElement::Value(v.clone())),
+        },
+        ListType::Map(keys) => {
+            let m = match item {
+                Value::Object(m) => m,
+                Value::Null => {
+                    return Err("associative list with keys may not have a null element".to_string())
+                }
+                _ => {
+                    return Err(
+                        "associative list with keys may not have non-map elements".to_string()
+                    )
+                }
+            };
+            let mut fields = Vec::with_capacity(keys.len());
+            for k in keys {
+                let default = || key_defaults.iter().find(|(d, _)| d == k).map(|(_, v)| v);
+                match m.get(k).or_else(default) {
+                    Some(v) => fields.push((k.clone(), v.clone())),
+                    None => {
+                        return Err(format!(
+                            "associative list with keys has an element that omits key field {k:?} (and doesn't have default value)"
+                        ))
+                    }
+                }
+            }
+            fields.sort_by(|p, q| p.0.cmp(&q.0));
+            Ok(PathElement::Key(fields))
+        }
+    }
+}
+
 /// The path element of each item of an associative list; Err names the problem
 /// (missing key field, duplicate item, item of the wrong kind).
 pub(crate) fn list_items<'v>(
     kind: &ListType,
+    key_defaults: &[(String, Value)],
     list: &'v [Value],
 ) -> Result<Vec<(PathElement, &'v Value)>, String> {
     let mut out: Vec<(PathElement, &Value)> = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let pe = match kind {
-            ListType::Atomic => return Err("atomic list".to_string()),
-            ListType::Set => match item {
-                Value::Object(_) | Value::Array(_) => {
-                    return Err(format!("[{i}]: expected a primitive in a set"));
-                }
-                v => PathElement::Value(v.clone()),
-            },
-            ListType::Map(keys) => {
-                let Value::Object(m) = item else {
-                    return Err(format!("[{i}]: expected an object in an associative list"));
-                };
-                let mut fields = Vec::with_capacity(keys.len());
-                for k in keys {
-                    match m.get(k) {
-                        Some(v) => fields.push((k.clone(), v.clone())),
-                        None => {
-                            return Err(format!(
-                                "[{i}]: associative list with keys has an element that omits key field {k:?} (and doesn't have default value)"
-                            ))
-                        }
-                    }
-                }
-                fields.sort_by(|p, q| p.0.cmp(&q.0));
-                PathElement::Key(fields)
-            }
-        };
+        let pe = item_path_element(kind, key_defaults, item)
+            .map_err(|e| format!("element {i}: {e}"))?;
         if out.iter().any(|(p, _)| *p == pe) {
-            return Err(format!(": duplicate entries for key {pe}"));
+            return Err(format!("duplicate entries for key {pe}"));
         }
         out.push((pe, item));
     }
@@ -189,8 +233,10 @@ fn shape<'v>(v: &'v Value, ty: &Ty) -> Shape<'v> {
             Shape::Leaf
         }
         (Value::Object(m), Ty::Struct { .. } | Ty::Map { .. } | Ty::Unknown) => Shape::Fields(m),
-        (Value::Array(a), Ty::List { kind, .. }) if !matches!(**kind, ListType::Atomic) => {
-            match list_items(kind, a) {
+        (Value::Array(a), Ty::List { kind, key_defaults, .. })
+            if !matches!(**kind, ListType::Atomic) =>
+        {
+            match list_items(kind, key_defaults, a) {
                 Ok(items) => Shape::Items(items),
                 Err(_) => Shape::Leaf,
             }
@@ -199,35 +245,110 @@ fn shape<'v>(v: &'v Value, ty: &Ty) -> Shape<'v> {
     }
 }
 
+/// One problem of an applied configuration: where (`.spec.ports`) and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ValidationError {
+    pub(crate) path: String,
+    pub(crate) message: String,
+}
+
+/// Upstream's rendering of validation errors (structured-merge-diff's
+/// `ValidationErrors`): `path: message` for one, `errors:` and one indented line
+/// each for several.
+pub(crate) fn validation_errors_string(errs: &[ValidationError]) -> String {
+    let one = |e: &ValidationError| {
+        if e.path.is_empty() {
+            e.message.clone()
+        } else {
+            format!("{}: {}", e.path, e.message)
+        }
+    };
+    if let [e] = errs {
+        return one(e);
+    }
+    let mut lines = vec!["errors:".to_string()];
+    lines.extend(errs.iter().map(|e| format!("  {}", one(e))));
+    lines.join("\n")
+}
+
+fn push_error(errs: &mut Vec<ValidationError>, path: &FieldPath, message: String) {
+    errs.push(ValidationError {
+        path: path_string(path),
+        message,
+    });
+}
+
 impl Typer<'_> {
-    /// Checks that every associative list of an applied configuration can be
-    /// itemized (key fields present, no duplicates).
-    pub(crate) fn validate(&self, v: &Value, ty: &Ty, path: &mut FieldPath) -> Result<(), String> {
+    /// Validates an applied configuration as upstream types it
+    /// (structured-merge-diff's validating walk): every field of an object type
+    /// whose schema declares all its fields must be declared (`field not declared in
+    /// schema`; the walk of that object stops at the first such field, as
+    /// upstream's), and every associative list must be itemizable (key fields
+    /// present or defaulted, no duplicates).
+    pub(crate) fn validate(
+        &self,
+        v: &Value,
+        ty: &Ty,
+        path: &mut FieldPath,
+        errs: &mut Vec<ValidationError>,
+    ) {
+        if path.len() > 256 {
+            return;
+        }
         match (v, ty) {
-            (
-                Value::Object(m),
-                Ty::Struct { atomic: false, .. } | Ty::Map { atomic: false, .. } | Ty::Unknown,
-            ) => {
+            (Value::Object(m), Ty::Struct { .. } | Ty::Map { .. } | Ty::Unknown) => {
+                let closed = match ty {
+                    Ty::Struct { name, .. } => self.schema.declares_all_fields(name),
+                    _ => false,
+                };
                 for (k, child) in m {
                     path.push(PathElement::Field(k.clone()));
-                    let r = self.validate(child, &self.field(ty, k), path);
+                    if let (true, Ty::Struct { name, .. }) = (closed, ty) {
+                        if self.schema.field(name, k).is_none() {
+                            push_error(errs, path, "field not declared in schema".to_string());
+                            path.pop();
+                            break;
+                        }
+                    }
+                    self.validate(child, &self.field(ty, k), path, errs);
                     path.pop();
-                    r?;
                 }
-                Ok(())
             }
-            (Value::Array(a), Ty::List { kind, items }) if !matches!(**kind, ListType::Atomic) => {
-                let items_list =
-                    list_items(kind, a).map_err(|e| format!("{}{e}", path_string(path)))?;
-                for (pe, item) in items_list {
+            (
+                Value::Array(a),
+                Ty::List {
+                    kind,
+                    items,
+                    key_defaults,
+                },
+            ) => {
+                let mut seen: Vec<PathElement> = Vec::new();
+                for (i, item) in a.iter().enumerate() {
+                    let pe = if matches!(**kind, ListType::Atomic) {
+                        PathElement::Index(i)
+                    } else {
+                        match item_path_element(kind, key_defaults, item) {
+                            Ok(pe) => pe,
+                            Err(e) => {
+                                // Without the item's key nothing below it can be
+                                // reported: upstream stops at the list.
+                                push_error(errs, path, format!("element {i}: {e}"));
+                                return;
+                            }
+                        }
+                    };
+                    if !matches!(pe, PathElement::Index(_)) {
+                        if seen.contains(&pe) {
+                            push_error(errs, path, format!("duplicate entries for key {pe}"));
+                        }
+                        seen.push(pe.clone());
+                    }
                     path.push(pe);
-                    let r = self.validate(item, items, path);
+                    self.validate(item, items, path, errs);
                     path.pop();
-                    r?;
                 }
-                Ok(())
             }
-            _ => Ok(()),
+            _ => {}
         }
     }
 
