@@ -7,8 +7,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 . scripts/lib.sh
 command -v cc >/dev/null 2>&1 && command -v pkg-config >/dev/null 2>&1 || rk3s_apt_install build-essential pkg-config
-# The end-to-end tests run real pods, Services and DNS: the node packages, and dig for DNS checks.
-rk3s_apt_install "${RK3S_NODE_PKGS[@]}" dnsutils
+# The end-to-end tests run real pods, Services, DNS and NetworkPolicies: the node packages.
+rk3s_apt_install "${RK3S_NODE_PKGS[@]}"
 if [ -z "${RK3S_TEST_KUBECTL:-}" ]; then
   rk3s_ensure_kubectl
   export RK3S_TEST_KUBECTL="$(command -v kubectl)"
