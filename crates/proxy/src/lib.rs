@@ -15,7 +15,8 @@
 //! Structure: [`model`] (pure: Service + EndpointSlices -> service ports and endpoints),
 //! [`render`] (pure: service ports -> chains, sets, map elements, script text), [`sync`]
 //! (what the kernel holds; full and incremental transactions), [`nft`] (running
-//! `nft -f -`), and the watch/sync loop behind [`run`].
+//! `nft -f -`), [`conntrack`] (stale UDP flows of removed endpoints are deleted, as
+//! upstream), and the watch/sync loop behind [`run`].
 //!
 //! Invariants:
 //! - every change goes through one `nft -f -` transaction, so the table is always either
@@ -32,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+pub mod conntrack;
 pub mod health;
 pub mod model;
 pub mod nft;

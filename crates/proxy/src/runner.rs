@@ -17,6 +17,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::mpsc;
 
 use crate::health::{HealthCheck, HealthServer};
+use crate::conntrack::{self, udp_flows, UdpFlow};
 use crate::model::{cluster_ip_families, proxied_service, Cidr, IpFamily, ProxiedService, ServiceKey};
 use crate::nft::{valid_table_name, NftRunner};
 use crate::render::RenderConfig;
@@ -97,6 +98,8 @@ struct Loop {
     families: Vec<FamilyProxier>,
     health: HealthServer,
     health_by_family: [HashMap<ServiceKey, HealthCheck>; 2],
+    /// The UDP flow targets of every Service as last applied (stale conntrack cleanup).
+    udp_flows: HashMap<ServiceKey, BTreeSet<UdpFlow>>,
 }
 
 /// [`crate::run`] with a given nft runner (e.g. [`crate::Nft::in_netns`] in tests), without
@@ -166,6 +169,13 @@ pub async fn run_with(client: kube::Client, opts: ProxyOptions, runner: Arc<dyn 
     }
 }
 
+/// Adds one family's flow targets to those of the other (a Service may have both).
+fn merge_flows(into: &mut HashMap<ServiceKey, BTreeSet<UdpFlow>>, flows: Vec<(ServiceKey, BTreeSet<UdpFlow>)>) {
+    for (k, f) in flows {
+        into.entry(k).or_default().extend(f);
+    }
+}
+
 impl Loop {
     fn new(opts: ProxyOptions, runner: Arc<dyn NftRunner>, recorder: Option<Recorder>, cidrs: [Option<Cidr>; 2], service_cidrs: [Option<Cidr>; 2]) -> Self {
         let health = HealthServer::new(opts.node_ips.clone());
@@ -189,6 +199,7 @@ impl Loop {
             families: Vec::new(),
             health,
             health_by_family: [HashMap::new(), HashMap::new()],
+            udp_flows: HashMap::new(),
         };
         l.families.push(l.family_proxier(IpFamily::V4));
         l
@@ -353,9 +364,15 @@ impl Loop {
         let mut ran = !dirty.is_empty();
         let mut kind = SyncKind::Incremental;
         let now = Instant::now();
+        // UDP flow targets of the Services this sync computed (both families), and whether
+        // it covered every Service (a full sync).
+        let mut udp_seen: HashMap<ServiceKey, BTreeSet<UdpFlow>> = HashMap::new();
+        let mut covered_all = false;
         for i in 0..self.families.len() {
             let family = self.families[i].config().family;
             let fi = usize::from(family == IpFamily::V6);
+            let family_flows: Vec<(ServiceKey, BTreeSet<UdpFlow>)>;
+            let mut full_family = false;
             let plan = if self.families[i].next_kind() != SyncKind::Incremental {
                 let keys: Vec<ServiceKey> = self.services.keys().cloned().collect();
                 let mut models = Vec::with_capacity(keys.len());
@@ -367,6 +384,8 @@ impl Loop {
                 }
                 self.note_health(fi, &keys, &models);
                 ran = true;
+                family_flows = keys.iter().map(|k| (k.clone(), BTreeSet::new())).chain(models.iter().map(|m| (m.key.clone(), udp_flows(m)))).collect();
+                full_family = true;
                 self.families[i].plan_full(models.iter(), now)
             } else {
                 let mut models = Vec::with_capacity(dirty.len());
@@ -375,6 +394,7 @@ impl Loop {
                 }
                 let present: Vec<ProxiedService> = models.iter().filter_map(|(_, m)| m.clone()).collect();
                 self.note_health(fi, &dirty, &present);
+                family_flows = models.iter().map(|(k, m)| (k.clone(), m.as_ref().map(udp_flows).unwrap_or_default())).collect();
                 let changes: Vec<(ServiceKey, Option<&ProxiedService>)> = models.iter().map(|(k, m)| (k.clone(), m.as_ref())).collect();
                 self.families[i].plan_incremental(&changes, now)
             };
@@ -384,6 +404,8 @@ impl Loop {
             if plan.script.is_empty() {
                 changed += plan.changed;
                 self.families[i].commit(plan, now);
+                merge_flows(&mut udp_seen, family_flows);
+                covered_all |= full_family;
                 continue;
             }
             let runner = self.runner.clone();
@@ -397,6 +419,8 @@ impl Loop {
                     bytes += plan.script.len();
                     changed += plan.changed;
                     self.families[i].commit(plan, Instant::now());
+                    merge_flows(&mut udp_seen, family_flows);
+                    covered_all |= full_family;
                 }
                 Err(e) => {
                     tracing::error!(family = ?family, kind = ?plan.kind, error = %e, "nftables sync failed");
@@ -405,6 +429,9 @@ impl Loop {
                     ok = false;
                 }
             }
+        }
+        if ok {
+            self.clear_stale_udp(udp_seen, covered_all);
         }
         self.health.set_proxy_healthy(ok);
         self.sync_health().await;
@@ -415,6 +442,30 @@ impl Loop {
             record_sync(SyncStats { services, changed, bytes, elapsed, kind, finished_at: SystemTime::now(), count: 0 });
         }
         ok
+    }
+
+    /// Deletes the conntrack entries of UDP flows whose endpoint left (now that the rules
+    /// no longer send new flows there), in the background.
+    fn clear_stale_udp(&mut self, seen: HashMap<ServiceKey, BTreeSet<UdpFlow>>, covered_all: bool) {
+        let mut gone = Vec::new();
+        if covered_all {
+            let before = std::mem::take(&mut self.udp_flows);
+            for (k, old) in before {
+                if !seen.contains_key(&k) {
+                    gone.extend(old);
+                }
+            }
+        }
+        for (k, new) in seen {
+            let old = self.udp_flows.remove(&k).unwrap_or_default();
+            gone.extend(conntrack::removed(&old, &new));
+            if !new.is_empty() {
+                self.udp_flows.insert(k, new);
+            }
+        }
+        if !gone.is_empty() {
+            tokio::task::spawn_blocking(move || conntrack::delete(&gone));
+        }
     }
 
     fn note_health(&mut self, fi: usize, keys: &[ServiceKey], models: &[ProxiedService]) {
