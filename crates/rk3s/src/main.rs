@@ -28,7 +28,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a server: API server on an embedded datastore, controllers, scheduler and (unless
-    /// --disable-agent) the node agent with its own containerd.
+    /// --disable-agent) the node agent with its own containerd, the Service proxy, cluster
+    /// DNS and NetworkPolicy enforcement.
     Server(Box<server::ServerArgs>),
     /// Simulated nodes for tests and benchmarks (registers N nodes, keeps their Leases
     /// fresh, moves their pods through their phases without containers)
