@@ -14,15 +14,16 @@ if [ -z "${RK3S_TEST_KUBECTL:-}" ]; then
   export RK3S_TEST_KUBECTL="$(command -v kubectl)"
 fi
 
-# Helm 4's Go SDK for the Helm end-to-end test (PyPI's helm-python-sdk: real Helm, no binary),
-# in a virtualenv beside the build cache.
-helm_venv="${RK3S_HELM_VENV:-${CARGO_TARGET_DIR:-/var/cache/rk3s-ci/target}/../helm-venv}"
-if [ -z "${RK3S_TEST_HELM_PYTHON:-}" ]; then
-  if ! "$helm_venv/bin/python" -c 'import helm_python' >/dev/null 2>&1; then
-    python3 -m venv "$helm_venv" >/dev/null 2>&1 || { rk3s_apt_install python3-venv; python3 -m venv "$helm_venv"; }
-    "$helm_venv/bin/python" -m pip install -q helm-python-sdk
+# Third-party clients for the end-to-end tests, in a virtualenv beside the build cache: Helm 4's
+# Go SDK (PyPI's helm-python-sdk: real Helm, no binary) and the Python `kubernetes` client.
+client_venv="${RK3S_CLIENT_VENV:-${CARGO_TARGET_DIR:-/var/cache/rk3s-ci/target}/../client-venv}"
+if [ -z "${RK3S_TEST_HELM_PYTHON:-}" ] || [ -z "${RK3S_TEST_KUBERNETES_PYTHON:-}" ]; then
+  if ! "$client_venv/bin/python" -c 'import helm_python, kubernetes' >/dev/null 2>&1; then
+    python3 -m venv "$client_venv" >/dev/null 2>&1 || { rk3s_apt_install python3-venv; python3 -m venv "$client_venv"; }
+    "$client_venv/bin/python" -m pip install -q helm-python-sdk kubernetes
   fi
-  export RK3S_TEST_HELM_PYTHON="$helm_venv/bin/python"
+  export RK3S_TEST_HELM_PYTHON="${RK3S_TEST_HELM_PYTHON:-$client_venv/bin/python}"
+  export RK3S_TEST_KUBERNETES_PYTHON="${RK3S_TEST_KUBERNETES_PYTHON:-$client_venv/bin/python}"
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

@@ -191,12 +191,19 @@ async fn finalize_namespace(inner: &Inner, ns: &str) {
     for _ in 0..16 {
         let Ok(Some(kv)) = inner.store.get(&key).await else { return };
         let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else { return };
+        let mut removed = false;
         if let Some(f) = obj.pointer_mut("/spec/finalizers").and_then(|f| f.as_array_mut()) {
+            let before = f.len();
             f.retain(|x| x.as_str() != Some("kubernetes"));
+            removed = f.len() != before;
         }
         let spec_empty = obj.pointer("/spec/finalizers").and_then(|f| f.as_array()).is_none_or(|f| f.is_empty());
         let result = if spec_empty && object::finalizers(&obj).is_empty() {
             inner.store.delete(&key, Some(kv.mod_revision)).await.map(|_| ())
+        } else if !removed {
+            // Held by other finalizers (e.g. a user's, cleared with `namespaces/x/finalize`):
+            // nothing to write. Writing anyway would be an event that runs this again.
+            return;
         } else {
             let bytes = serde_json::to_vec(&obj).unwrap_or_default();
             inner.store.update(&key, bytes, kv.mod_revision).await.map(|_| ())

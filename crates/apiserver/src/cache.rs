@@ -1,6 +1,16 @@
 //! The watch cache: one store watch feeds an in-memory copy of every object and a window
 //! of recent events, from which lists and watches are served (so N watchers cost one
 //! store watch, as upstream's cacher).
+//!
+//! Which watches the window serves follows upstream's watch cache, which keeps one ring
+//! of events per resource (`/registry/<group>/<plural>/`): a ring starts with room for
+//! 100 events, doubles (up to 102,400) when it is full and its oldest event is younger
+//! than 75 s, halves when it is full and its newest quarter is older than that, and
+//! otherwise drops its oldest event to make room. A watch from a resourceVersion older
+//! than what its resource's ring still holds (or than the revision the cache loaded,
+//! while nothing was dropped) gets `410 Expired` ([`WatchCache::subscribe_to`]); the
+//! events themselves are kept once, in one global history of at most 20,000 events,
+//! which bounds every ring too.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,6 +23,80 @@ use tokio::sync::{broadcast, watch};
 
 /// How many recent events the cache keeps for watches that start in the past.
 const HISTORY: usize = 20_000;
+
+/// How each resource's window of events grows and shrinks (upstream's watch cache
+/// capacity rules; [`WindowPolicy::default`] has upstream's values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowPolicy {
+    /// Events a resource's window always has room for (upstream: 100).
+    pub lower_bound: usize,
+    /// Most events a resource's window may grow to (upstream: 100 * 1024).
+    pub upper_bound: usize,
+    /// Events younger than this are "fresh": a full window of fresh events grows
+    /// (upstream: bookmark frequency + 15 s = 75 s).
+    pub fresh: Duration,
+}
+
+impl Default for WindowPolicy {
+    fn default() -> Self {
+        WindowPolicy { lower_bound: 100, upper_bound: 100 * 1024, fresh: Duration::from_secs(75) }
+    }
+}
+
+/// The window of one resource: the revisions (and arrival times) of its newest events,
+/// managed as upstream's ring of events.
+#[derive(Debug)]
+struct ResourceWindow {
+    /// Revision and arrival of each event in the window, oldest first.
+    events: VecDeque<(Revision, std::time::Instant)>,
+    /// How many events the window has room for.
+    capacity: usize,
+    /// Whether an event was dropped since the cache (re)loaded.
+    dropped: bool,
+}
+
+impl ResourceWindow {
+    fn new(policy: &WindowPolicy) -> ResourceWindow {
+        ResourceWindow { events: VecDeque::new(), capacity: policy.lower_bound.max(1), dropped: false }
+    }
+
+    /// Records an event, resizing and dropping as upstream's `updateCache`.
+    fn record(&mut self, revision: Revision, at: std::time::Instant, policy: &WindowPolicy) {
+        let full = self.events.len() >= self.capacity;
+        let age = |i: usize| self.events.get(i).map(|(_, t)| at.saturating_duration_since(*t));
+        if full && age(0).is_some_and(|a| a < policy.fresh) {
+            self.capacity = (self.capacity * 2).min(policy.upper_bound.max(policy.lower_bound.max(1)));
+        } else if full && age(self.events.len().saturating_sub(self.capacity / 4)).is_some_and(|a| a > policy.fresh) {
+            self.capacity = (self.capacity / 2).max(policy.lower_bound.max(1));
+        }
+        while self.events.len() >= self.capacity {
+            self.events.pop_front();
+            self.dropped = true;
+        }
+        self.events.push_back((revision, at));
+    }
+
+    /// The oldest revision a watch of this resource may start from, once events were
+    /// dropped (upstream: the oldest event's resourceVersion - 1).
+    fn start(&self) -> Option<Revision> {
+        if !self.dropped {
+            return None;
+        }
+        self.events.front().map(|(r, _)| r - 1)
+    }
+}
+
+/// The resource part of a store key or key prefix (`/registry/core/pods/` of
+/// `/registry/core/pods/default/p`); `None` when it names no single resource.
+pub fn resource_prefix(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("/registry/")?;
+    let group_end = rest.find('/')?;
+    let plural_len = rest[group_end + 1..].find('/')?;
+    if group_end == 0 || plural_len == 0 {
+        return None;
+    }
+    Some(&key[.."/registry/".len() + group_end + 1 + plural_len + 1])
+}
 
 /// A cached object: its key, revision and parsed JSON (with `metadata.resourceVersion`).
 #[derive(Clone, Debug)]
@@ -258,11 +342,14 @@ struct State {
     revision: Revision,
     /// Events older than this revision are no longer in `history`.
     oldest: Revision,
+    /// Each resource's window (see the module docs), by [`resource_prefix`].
+    windows: HashMap<String, ResourceWindow>,
 }
 
 /// The watch cache over all of `/registry/`.
 pub struct WatchCache {
     store: Arc<dyn Store>,
+    policy: WindowPolicy,
     state: RwLock<State>,
     events: broadcast::Sender<Arc<CacheEvent>>,
     progress: watch::Sender<Revision>,
@@ -298,8 +385,17 @@ pub struct Subscription {
 }
 
 impl WatchCache {
-    /// Loads everything under `/registry/` and starts following the store.
+    /// Loads everything under `/registry/` and starts following the store, with
+    /// upstream's window sizes.
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<WatchCache>, StoreError> {
+        Self::start_with_policy(store, WindowPolicy::default()).await
+    }
+
+    /// [`WatchCache::start`] with other window sizes (tests use small ones). A window
+    /// never holds more than the global history does (20,000 events): beyond that its
+    /// events are gone anyway.
+    pub async fn start_with_policy(store: Arc<dyn Store>, policy: WindowPolicy) -> Result<Arc<WatchCache>, StoreError> {
+        let policy = WindowPolicy { upper_bound: policy.upper_bound.min(HISTORY), ..policy };
         let list = store.list("/registry/", Default::default()).await?;
         let mut objects = BTreeMap::new();
         for kv in list.items {
@@ -311,7 +407,8 @@ impl WatchCache {
         let (progress, _) = watch::channel(list.revision);
         let cache = Arc::new(WatchCache {
             store: store.clone(),
-            state: RwLock::new(State { objects, history: VecDeque::new(), revision: list.revision, oldest: list.revision }),
+            policy,
+            state: RwLock::new(State { objects, history: VecDeque::new(), revision: list.revision, oldest: list.revision, windows: HashMap::new() }),
             events,
             progress,
             rbac_generation: std::sync::atomic::AtomicU64::new(1),
@@ -364,6 +461,7 @@ impl WatchCache {
         if let Ok(mut st) = self.state.write() {
             st.objects = objects;
             st.history.clear();
+            st.windows.clear();
             st.revision = list.revision;
             st.oldest = list.revision;
         }
@@ -450,6 +548,15 @@ impl WatchCache {
             self.rbac_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         let cev = Arc::new(CacheEvent { kind, key: ev.kv.key, revision: rev, object, prev, raw });
+        if let Some(resource) = resource_prefix(&cev.key) {
+            let policy = self.policy;
+            if !st.windows.contains_key(resource) {
+                st.windows.insert(resource.to_string(), ResourceWindow::new(&policy));
+            }
+            if let Some(window) = st.windows.get_mut(resource) {
+                window.record(rev, std::time::Instant::now(), &policy);
+            }
+        }
         st.history.push_back(cev.clone());
         while st.history.len() > HISTORY {
             if let Some(old) = st.history.pop_front() {
@@ -531,14 +638,25 @@ impl WatchCache {
     /// Subscribes to events after `after` (`None`: after the current revision).
     /// `Err(oldest)` if `after` is older than the cache's history.
     pub fn subscribe(&self, after: Option<Revision>) -> Result<(Subscription, Revision), Revision> {
+        self.subscribe_to("/registry/", after)
+    }
+
+    /// Subscribes a watch of the keys under `prefix` to events after `after` (`None`:
+    /// after the current revision). `Err(oldest)` (the oldest revision a watch of it
+    /// may start from) if `after` is older than the window of `prefix`'s resource, as
+    /// upstream's `too old resource version: <after> (<oldest>)`. The backlog holds
+    /// every key's events (the caller filters).
+    pub fn subscribe_to(&self, prefix: &str, after: Option<Revision>) -> Result<(Subscription, Revision), Revision> {
         let st = match self.state.read() {
             Ok(s) => s,
             Err(_) => return Err(0),
         };
         let live = self.events.subscribe();
         let after = after.unwrap_or(st.revision);
-        if after < st.oldest {
-            return Err(st.oldest);
+        let window_start = resource_prefix(prefix).and_then(|r| st.windows.get(r)).and_then(ResourceWindow::start);
+        let oldest = window_start.map_or(st.oldest, |w| w.max(st.oldest));
+        if after < oldest {
+            return Err(oldest);
         }
         let backlog: Vec<Arc<CacheEvent>> =
             st.history.iter().filter(|e| e.revision > after).cloned().collect();
@@ -619,6 +737,88 @@ mod tests {
         ] {
             assert_eq!(splice_resource_version(bad, 1), None, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn resource_prefix_names_one_resource() {
+        assert_eq!(resource_prefix("/registry/core/pods/default/p"), Some("/registry/core/pods/"));
+        assert_eq!(resource_prefix("/registry/apps/deployments/"), Some("/registry/apps/deployments/"));
+        assert_eq!(resource_prefix("/registry/core/namespaces/default"), Some("/registry/core/namespaces/"));
+        for none in ["/registry/", "/registry/core/", "/registry/core/pods", "/other/core/pods/x", "/registry//pods/", "/registry/core//x"] {
+            assert_eq!(resource_prefix(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn a_resource_window_grows_while_fresh_and_drops_its_oldest_when_stale() {
+        let policy = WindowPolicy { lower_bound: 4, upper_bound: 8, fresh: Duration::from_secs(75) };
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = ResourceWindow::new(&policy);
+        for r in 1..=4 {
+            w.record(r, at(0), &policy);
+        }
+        assert_eq!((w.capacity, w.start()), (4, None), "not full yet: nothing dropped");
+        // Full of fresh events: room doubles instead of dropping.
+        w.record(5, at(1), &policy);
+        assert_eq!((w.capacity, w.events.len(), w.start()), (8, 5, None));
+        for r in 6..=8 {
+            w.record(r, at(80), &policy);
+        }
+        // Full, its oldest event stale, its newest quarter fresh: the oldest goes.
+        w.record(9, at(81), &policy);
+        assert_eq!((w.capacity, w.events.len(), w.start()), (8, 8, Some(1)));
+        // Full and its newest quarter stale too: room halves (not below the lower bound).
+        w.record(10, at(300), &policy);
+        assert_eq!((w.capacity, w.events.len(), w.start()), (4, 4, Some(6)));
+        assert_eq!(w.events.iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+
+        // At the upper bound a full window of fresh events drops its oldest too.
+        let mut w = ResourceWindow::new(&policy);
+        for r in 1..=8 {
+            w.record(r, at(0), &policy);
+        }
+        assert_eq!((w.capacity, w.start()), (8, None));
+        w.record(9, at(1), &policy);
+        assert_eq!((w.capacity, w.start()), (8, Some(1)));
+    }
+
+    #[tokio::test]
+    async fn a_watch_from_before_its_resources_window_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("open"));
+        let policy = WindowPolicy { lower_bound: 4, upper_bound: 8, fresh: Duration::from_secs(2) };
+        let cache = WatchCache::start_with_policy(store.clone(), policy).await.expect("cache");
+        const CMS: &str = "/registry/core/configmaps/";
+        let create = |i: usize| {
+            let store = store.clone();
+            async move { store.create(&format!("{CMS}default/c{i}"), cm(&format!("u{i}"), "0")).await.expect("create").mod_revision }
+        };
+        let mut revs = Vec::new();
+        for i in 0..5 {
+            revs.push(create(i).await);
+        }
+        let secret = store.create("/registry/core/secrets/default/s", cm("s", "0")).await.expect("secret").mod_revision;
+        cache.wait_for(secret, Duration::from_secs(10)).await;
+        // Five fresh events: the window grew, every watch from the start is served.
+        assert!(cache.subscribe_to(&format!("{CMS}default/"), Some(revs[0] - 1)).is_ok());
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        for i in 5..9 {
+            revs.push(create(i).await);
+        }
+        cache.wait_for(revs[8], Duration::from_secs(10)).await;
+        // Nine events in a window of 8 whose oldest is stale: the oldest was dropped, and
+        // the oldest revision a watch may start from is the one before the oldest kept.
+        assert_eq!(revs[1] - 1, revs[0]);
+        let err = cache.subscribe_to(&format!("{CMS}default/"), Some(revs[0] - 1)).map(|_| ()).expect_err("too old");
+        assert_eq!(err, revs[0]);
+        let (sub, _) = cache.subscribe_to(CMS, Some(revs[0])).map_err(|_| "expired").expect("oldest revision the window serves");
+        let got: Vec<Revision> = sub.backlog.iter().filter(|e| e.key.starts_with(CMS)).map(|e| e.revision).collect();
+        assert_eq!(got, revs[1..].to_vec());
+        // One object's watch uses its resource's window; other resources keep theirs.
+        assert!(cache.subscribe_to(&format!("{CMS}default/c3"), Some(revs[0] - 1)).is_err());
+        assert!(cache.subscribe_to("/registry/core/secrets/default/", Some(revs[0] - 1)).is_ok());
+        assert!(cache.subscribe(Some(revs[0] - 1)).is_ok(), "the global history still holds them");
     }
 
     #[tokio::test]

@@ -445,6 +445,72 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
     }
 }
 
+/// Keeps the values the server allocated to a Service that an update leaves out, as
+/// upstream's `patchAllocatedValues` (before validation, so that e.g. `kubectl replace`
+/// of a manifest without `clusterIP` is not an immutable-field change): `clusterIP`,
+/// `clusterIPs`, `ipFamilies` and `ipFamilyPolicy` while both need a cluster IP, node
+/// ports by port name while both need node ports (unless the new ports use that value
+/// already), `healthCheckNodePort` while both need one.
+pub fn patch_allocated_values(new: &mut Value, old: &Value) {
+    let typ = |v: &Value| v.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP").to_string();
+    let (new_type, old_type) = (typ(new), typ(old));
+    let needs_ip = |t: &str| t != "ExternalName";
+    let needs_node_port = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    let needs_hc = |v: &Value, t: &str| t == "LoadBalancer" && v.pointer("/spec/externalTrafficPolicy").and_then(|p| p.as_str()) == Some("Local");
+    let old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
+    let needs_hc_both = needs_hc(old, &old_type) && needs_hc(new, &new_type);
+    let Some(spec) = new.get_mut("spec").and_then(|s| s.as_object_mut()) else { return };
+    let missing = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Number(n)) => n.as_i64() == Some(0),
+        _ => false,
+    };
+    if needs_ip(&old_type) && needs_ip(&new_type) {
+        for k in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            if missing(spec.get(k)) && !missing(old_spec.get(k)) {
+                if let Some(v) = old_spec.get(k) {
+                    spec.insert(k.to_string(), v.clone());
+                }
+            }
+        }
+    }
+    if needs_node_port(&old_type) && needs_node_port(&new_type) {
+        let node_ports = |ports: Option<&Value>| -> std::collections::HashSet<i64> {
+            ports.and_then(|p| p.as_array()).map(|a| a.iter().filter_map(|p| p.get("nodePort").and_then(|n| n.as_i64())).filter(|n| *n != 0).collect()).unwrap_or_default()
+        };
+        let used: std::collections::HashSet<i64> = node_ports(old_spec.get("ports")).intersection(&node_ports(spec.get("ports"))).copied().collect();
+        let by_name: std::collections::HashMap<String, i64> = old_spec
+            .get("ports")
+            .and_then(|p| p.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|p| (p.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string(), p.get("nodePort").and_then(|n| n.as_i64()).unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(ports) = spec.get_mut("ports").and_then(|p| p.as_array_mut()) {
+            for p in ports.iter_mut() {
+                if !missing(p.get("nodePort")) {
+                    continue;
+                }
+                let name = p.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string();
+                if let Some(&np) = by_name.get(&name).filter(|np| **np != 0 && !used.contains(np)) {
+                    if let Some(po) = p.as_object_mut() {
+                        po.insert("nodePort".into(), json!(np));
+                    }
+                }
+            }
+        }
+    }
+    if needs_hc_both && missing(spec.get("healthCheckNodePort")) && !missing(old_spec.get("healthCheckNodePort")) {
+        if let Some(v) = old_spec.get("healthCheckNodePort") {
+            spec.insert("healthCheckNodePort".into(), v.clone());
+        }
+    }
+}
+
 /// Builds the stored form of an update (upstream's PrepareForUpdate): immutable metadata
 /// comes from `old`; a main-resource update keeps `old`'s status, a `status` update keeps
 /// everything but status; `generation` is bumped when the spec changes.
@@ -470,6 +536,7 @@ pub fn prepare_update(res: &ResourceInfo, sub: Option<&str>, old: &Value, new: &
             o
         }
         Some("ephemeralcontainers") => crate::ephemeral::prepare_update(old, new),
+        Some("resize") => crate::resize::prepare_update(old, new),
         _ => {
             let mut n = new.clone();
             if res.subresource("status").is_some() {
@@ -509,6 +576,34 @@ pub fn prepare_update(res: &ResourceInfo, sub: Option<&str>, old: &Value, new: &
         }
     }
     out
+}
+
+/// A Namespace's `spec.finalizers` after an update (call after defaulting, which
+/// would add `kubernetes` back): `namespaces/{name}/finalize` replaces them with the
+/// request's (an empty list is stored as none, as upstream encodes it); every other
+/// write keeps the stored ones (upstream's namespace strategy).
+pub fn namespace_finalizers(sub: Option<&str>, request: &Value, old: &Value, new: &mut Value) {
+    let source = if sub == Some("finalize") { request } else { old };
+    let finalizers = source.pointer("/spec/finalizers").filter(|f| !f.is_null()).cloned();
+    let finalizers = match finalizers {
+        Some(Value::Array(a)) if a.is_empty() && sub == Some("finalize") => None,
+        other => other,
+    };
+    let Some(o) = new.as_object_mut() else { return };
+    let spec = o.entry("spec").or_insert_with(|| json!({}));
+    if !spec.is_object() {
+        *spec = json!({});
+    }
+    if let Some(sm) = spec.as_object_mut() {
+        match finalizers {
+            Some(f) => {
+                sm.insert("finalizers".into(), f);
+            }
+            None => {
+                sm.remove("finalizers");
+            }
+        }
+    }
 }
 
 /// The field manager of a request: `?fieldManager=`, else the User-Agent's product
@@ -1038,11 +1133,13 @@ impl ApiServer {
             return Err(not_found());
         }
         if let Some(sub) = &info.subresource {
-            if res.subresource(sub).is_none() {
+            let Some(subresource) = res.subresource(sub) else {
                 return Err(not_found());
-            }
-            if !matches!(sub.as_str(), "status" | "scale" | "binding" | "eviction" | "token" | "approval" | "log" | "proxy" | "exec" | "attach" | "portforward" | "ephemeralcontainers") {
-                return Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")));
+            };
+            // Only the verbs discovery lists for the subresource (e.g. no DELETE of
+            // `pods/x/status`, only PUT of `namespaces/x/finalize`).
+            if !subresource.verbs.contains(&info.verb) {
+                return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
             }
         } else if !res.has_verb(&info.verb) {
             return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
@@ -1054,11 +1151,14 @@ impl ApiServer {
             as_create.verb = "create".into();
             self.inner.authorize(&crate::authz::resource_attributes(user, &as_create, &query))?;
         }
-        if let Some(r) = crate::proxy::dispatch(&self.inner, parts, &info, &query).await {
+        if let Some(r) = crate::proxy::dispatch(&self.inner, parts, &info, &query, &body).await {
             return r;
         }
         let output = Output::negotiate(&parts.headers, &query);
         let call = Call { inner: &self.inner, info, res, query, headers: parts.headers.clone(), body, output, user: user.clone(), applied: false };
+        if call.res.group.is_empty() && call.res.plural == "componentstatuses" {
+            return Ok(crate::componentstatus::serve(&call).await);
+        }
         match (call.info.subresource.as_deref(), call.info.verb.as_str()) {
             (Some("binding"), "create") => return call.bind().await,
             (Some("eviction"), "create") => return call.evict().await,
@@ -1192,6 +1292,64 @@ mod tests {
         match boom.body() {
             body::ResponseBody::Full(Some(b)) => assert_eq!(&b[..], b"This request caused apiserver to panic. Look in the logs for details.\n"),
             _ => panic!("expected a full body"),
+        }
+    }
+
+    #[test]
+    fn an_update_keeps_the_allocated_values_it_leaves_out() {
+        let old = json!({"spec": {"type": "NodePort", "clusterIP": "10.43.0.9", "clusterIPs": ["10.43.0.9"], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "ports": [{"name": "http", "port": 80, "nodePort": 30080}, {"name": "https", "port": 443, "nodePort": 30443}]}});
+        // A manifest without any of them (kubectl replace, or apply that dropped them).
+        let mut new = json!({"spec": {"type": "NodePort", "ports": [{"name": "http", "port": 8080}, {"name": "https", "port": 443, "nodePort": 30080}, {"name": "extra", "port": 9}]}});
+        patch_allocated_values(&mut new, &old);
+        assert_eq!(new["spec"]["clusterIP"], "10.43.0.9");
+        assert_eq!(new["spec"]["clusterIPs"], json!(["10.43.0.9"]));
+        assert_eq!(new["spec"]["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(new["spec"]["ipFamilyPolicy"], "SingleStack");
+        // `http` would get 30080, but `https` uses that value now: it stays unset (the
+        // allocator gives it a new one); a port without an old one gets nothing either.
+        assert!(new["spec"]["ports"][0].get("nodePort").is_none(), "{new}");
+        assert_eq!(new["spec"]["ports"][1]["nodePort"], 30080);
+        assert!(new["spec"]["ports"][2].get("nodePort").is_none());
+        let mut renamed = json!({"spec": {"type": "LoadBalancer", "clusterIP": "", "ports": [{"name": "https", "port": 443}]}});
+        patch_allocated_values(&mut renamed, &old);
+        assert_eq!(renamed["spec"]["clusterIP"], "10.43.0.9", "an empty value counts as left out");
+        assert_eq!(renamed["spec"]["ports"][0]["nodePort"], 30443);
+        // Values the client sets are its own; a type that needs none gets none.
+        let mut set = json!({"spec": {"type": "NodePort", "clusterIP": "10.43.0.10", "ports": [{"name": "http", "port": 80, "nodePort": 31000}]}});
+        patch_allocated_values(&mut set, &old);
+        assert_eq!((set["spec"]["clusterIP"].as_str(), set["spec"]["ports"][0]["nodePort"].as_i64()), (Some("10.43.0.10"), Some(31000)));
+        let mut external = json!({"spec": {"type": "ExternalName", "externalName": "example.com"}});
+        patch_allocated_values(&mut external, &old);
+        assert!(external["spec"].get("clusterIP").is_none());
+        let mut cluster_ip = json!({"spec": {"ports": [{"name": "http", "port": 80}]}});
+        patch_allocated_values(&mut cluster_ip, &old);
+        assert!(cluster_ip["spec"]["ports"][0].get("nodePort").is_none(), "ClusterIP Services have no node ports");
+        let hc_old = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000}});
+        let mut hc = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"}});
+        patch_allocated_values(&mut hc, &hc_old);
+        assert_eq!(hc["spec"]["healthCheckNodePort"], 32000);
+    }
+
+    #[test]
+    fn namespace_finalizers_change_only_through_finalize() {
+        let old = json!({"metadata": {"name": "n"}, "spec": {"finalizers": ["kubernetes"]}});
+        // The main resource keeps them, whatever the request or defaulting says.
+        let mut new = json!({"metadata": {"name": "n"}, "spec": {"finalizers": []}});
+        namespace_finalizers(None, &json!({}), &old, &mut new);
+        assert_eq!(new["spec"]["finalizers"], json!(["kubernetes"]));
+        let cleared = json!({"metadata": {"name": "n"}, "spec": {}});
+        let mut new = json!({"metadata": {"name": "n"}, "spec": {"finalizers": ["kubernetes"]}});
+        namespace_finalizers(Some("status"), &json!({}), &cleared, &mut new);
+        assert_eq!(new["spec"], json!({}), "defaulting does not bring `kubernetes` back");
+        // finalize takes the request's; an empty list is none.
+        let mut new = json!({"spec": {"finalizers": ["kubernetes"]}});
+        namespace_finalizers(Some("finalize"), &json!({"spec": {"finalizers": ["example.com/x"]}}), &old, &mut new);
+        assert_eq!(new["spec"]["finalizers"], json!(["example.com/x"]));
+        for request in [json!({"spec": {"finalizers": []}}), json!({"spec": {}}), json!({})] {
+            let mut new = json!({"spec": {"finalizers": ["kubernetes"]}});
+            namespace_finalizers(Some("finalize"), &request, &old, &mut new);
+            assert_eq!(new["spec"], json!({}), "{request}");
         }
     }
 

@@ -18,6 +18,8 @@
 //! - [`audit`]: the audit log (upstream policy and event formats).
 //! - [`metrics`]: `/metrics` (request counts and latencies, cached objects, memory).
 //! - [`bootstrap`]: objects every cluster has (namespaces, the `kubernetes` Service).
+//! - [`componentstatus`]: the (deprecated) `componentstatuses` of the control plane.
+//! - [`resize`]: `pods/{name}/resize` (in-place resize of container resources).
 //! - [`local`]: the in-process transport (a `tower::Service`) for components in this process.
 //!
 //! Invariants: every object in the store is JSON without `metadata.resourceVersion`;
@@ -33,6 +35,7 @@ pub mod authz;
 pub mod body;
 pub mod bootstrap;
 pub mod cache;
+pub mod componentstatus;
 pub mod convert;
 pub mod crd;
 pub mod ephemeral;
@@ -42,6 +45,7 @@ pub mod metrics;
 pub mod object;
 pub mod proxy;
 pub mod request;
+pub mod resize;
 pub mod rest;
 pub mod runtimeclass;
 pub mod server;

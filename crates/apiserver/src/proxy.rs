@@ -16,7 +16,17 @@
 //! extensions, which `handle_incoming` keeps in `parts` (upgrade requests have no body,
 //! so collecting it first is harmless).
 //!
-//! Not yet: `pods/proxy`, `services/proxy`, and non-GET methods on `nodes/proxy`.
+//! `pods/proxy`, `services/proxy` and `nodes/proxy` forward any method (with its body,
+//! query and headers, credentials and hop-by-hop headers removed) and stream the
+//! target's answer back unchanged, as upstream's proxy subresources: a pod by its IP
+//! (which must be a global unicast address, else 400 `address not allowed`) and the
+//! port named in `[scheme:]name[:port]` or its first container port; a Service through
+//! a ready address of its Endpoints that belongs to a pod (503 `no endpoints available
+//! for service`); a Node's kubelet with the client certificate (or another port of the
+//! node, when one is named). A target that cannot be reached is upstream's 503
+//! `error trying to reach service: ...`. HTTPS targets other than kubelets are not
+//! verified, as upstream's proxy transport. Not yet: upgrade (WebSocket) requests
+//! through these proxies, and upstream's rewriting of links in proxied HTML.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -424,15 +434,281 @@ pub async fn pod_log(inner: &Inner, ns: &str, name: &str, query: &Query) -> Resu
     client(inner)?.get(&host, port, &path).await
 }
 
-/// Serves `GET nodes/{name}/proxy/{path...}`.
-pub async fn node_proxy(inner: &Inner, name: &str, rest: &[String], raw_query: Option<&str>) -> Result<Response, ApiError> {
-    let n = node(inner, name)?;
-    let (host, port) = node_endpoint(&n).ok_or_else(|| no_address(name))?;
-    let mut path = format!("/{}", rest.join("/"));
-    if let Some(q) = raw_query.filter(|q| !q.is_empty()) {
-        path = format!("{path}?{q}");
+/// `[scheme:]name[:port]` of a proxy request, as upstream's `SplitSchemeNamePort`
+/// (`None` when malformed: more parts, an empty name, or a scheme other than http(s)).
+pub fn split_scheme_name_port(id: &str) -> Option<(&str, &str, &str)> {
+    let parts: Vec<&str> = id.split(':').collect();
+    let (scheme, name, port) = match parts.as_slice() {
+        [name] => ("", *name, ""),
+        [name, port] => ("", *name, *port),
+        [scheme, name, port] => (*scheme, *name, *port),
+        _ => return None,
+    };
+    (!name.is_empty() && matches!(scheme, "" | "http" | "https")).then_some((scheme, name, port))
+}
+
+/// The path a proxy request asks of its target: what follows `/<resource>/<id>/proxy`
+/// in the request path, verbatim (`/` when nothing does).
+pub fn proxied_path(raw_path: &str, resource: &str, id: &str) -> String {
+    let marker = format!("/{resource}/{id}/proxy");
+    let rest = raw_path.find(&marker).map(|i| &raw_path[i + marker.len()..]).unwrap_or("");
+    if rest.is_empty() {
+        "/".to_string()
+    } else {
+        rest.to_string()
     }
-    client(inner)?.get(&host, port, &path).await
+}
+
+/// Whether an address may be proxied to (Go's `IsGlobalUnicast`: not unspecified,
+/// loopback, link-local, multicast or broadcast).
+pub fn proxyable_ip(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_loopback() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80),
+    }
+}
+
+/// Headers never forwarded to a proxy target: hop-by-hop ones, the client's
+/// credentials (upstream's authentication filter drops them) and impersonation.
+fn forwarded(name: &http::HeaderName) -> bool {
+    let n = name.as_str();
+    !matches!(
+        n,
+        "connection" | "keep-alive" | "proxy-authenticate" | "proxy-authorization" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "host" | "authorization" | "content-length"
+    ) && !n.starts_with("impersonate-")
+}
+
+/// A TLS client that accepts any server certificate (upstream's proxy transport to
+/// pods and services does not verify them either).
+fn insecure_tls() -> tokio_rustls::TlsConnector {
+    #[derive(Debug)]
+    struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(AnyServer(provider))).with_no_client_auth());
+    match config {
+        Ok(c) => tokio_rustls::TlsConnector::from(Arc::new(c)),
+        // The default protocol versions are always available with the ring provider.
+        Err(_) => tokio_rustls::TlsConnector::from(Arc::new(rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())),
+    }
+}
+
+/// Where a proxy request goes.
+pub struct ProxyTarget {
+    /// Host (IP or name).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS towards the target (`None`: plain HTTP).
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// Forwards a request to `target` and streams its answer back unchanged (status,
+/// headers but hop-by-hop ones, body). Unreachable targets are upstream's 503.
+pub async fn forward(target: ProxyTarget, method: &http::Method, path_and_query: &str, headers: &http::HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let addr = host_port(&target.host, target.port);
+    let unreachable = |e: &dyn std::fmt::Display| ApiError::new(503, "ServiceUnavailable", format!("error trying to reach service: {e}"));
+    let connect = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((target.host.as_str(), target.port)));
+    let tcp = match connect.await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err(unreachable(&format!("dial tcp {addr}: connect: {e}"))),
+        Err(_) => return Err(unreachable(&format!("dial tcp {addr}: i/o timeout"))),
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut send: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>> = match target.tls {
+        Some(tls) => {
+            let name = match target.host.parse::<IpAddr>() {
+                Ok(ip) => ServerName::IpAddress(ip.into()),
+                Err(_) => ServerName::try_from(target.host.clone()).map_err(|e| unreachable(&e))?,
+            };
+            let stream = tls.connect(name, tcp).await.map_err(|e| unreachable(&e))?;
+            let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "proxy connection ended");
+                }
+            });
+            send
+        }
+        None => {
+            let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| unreachable(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "proxy connection ended");
+                }
+            });
+            send
+        }
+    };
+    let mut b = http::Request::builder().method(method.clone()).uri(path_and_query).header(http::header::HOST, addr.clone());
+    for (k, v) in headers {
+        if forwarded(k) {
+            b = b.header(k, v.clone());
+        }
+    }
+    let req = b.body(http_body_util::Full::new(body)).map_err(|e| ApiError::bad_request(format!("invalid proxy request: {e}")))?;
+    let resp = send.send_request(req).await.map_err(|e| unreachable(&e))?;
+    let (parts, mut incoming) = resp.into_parts();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        while let Some(frame) = incoming.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data() {
+                if tx.send(data).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut r = http::Response::new(ResponseBody::Stream(rx));
+    *r.status_mut() = parts.status;
+    for (k, v) in &parts.headers {
+        if forwarded(k) {
+            r.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    Ok(r)
+}
+
+fn path_and_query(path: String, raw_query: Option<&str>) -> String {
+    match raw_query.filter(|q| !q.is_empty()) {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    }
+}
+
+/// The target of `pods/{id}/proxy` (`id`: `[scheme:]name[:port]`).
+pub fn pod_target(pod: &Value, scheme: &str, port: &str) -> Result<ProxyTarget, ApiError> {
+    let ip = pod
+        .pointer("/status/podIPs/0/ip")
+        .or_else(|| pod.pointer("/status/podIP"))
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<IpAddr>().ok())
+        .filter(proxyable_ip)
+        .ok_or_else(|| ApiError::bad_request("address not allowed"))?;
+    let port: u16 = if port.is_empty() {
+        // The first port of the first container that has one; else the scheme's.
+        pod.pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find_map(|c| c.pointer("/ports/0/containerPort").and_then(Value::as_u64)))
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(if scheme == "https" { 443 } else { 80 })
+    } else {
+        port.parse().map_err(|_| ApiError::bad_request(format!("invalid port {port:?}")))?
+    };
+    Ok(ProxyTarget { host: ip.to_string(), port, tls: (scheme == "https").then(insecure_tls) })
+}
+
+/// The target of `services/{id}/proxy`, as upstream's service `ResourceLocation`: the
+/// Service port (by number or name), then a random ready address of its Endpoints with
+/// that port that belongs to a pod of the namespace with that IP.
+pub fn service_target(inner: &Inner, ns: &str, id: &str) -> Result<ProxyTarget, ApiError> {
+    let (scheme, name, port) = split_scheme_name_port(id).ok_or_else(|| ApiError::bad_request(format!("invalid service request {id:?}")))?;
+    let mut port_name = port.to_string();
+    if let Ok(number) = port.parse::<i64>() {
+        let svc = inner.cache.get(&format!("/registry/core/services/{ns}/{name}")).ok_or_else(|| ApiError::not_found_named("services", "", name))?;
+        let ports = svc.object.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+        let found = ports.iter().find(|p| p.get("port").and_then(Value::as_i64) == Some(number));
+        match found {
+            Some(p) => port_name = p.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+            None => return Err(ApiError::new(503, "ServiceUnavailable", format!("no service port {number} found for service {name:?}"))),
+        }
+    }
+    let eps = inner.cache.get(&format!("/registry/core/endpoints/{ns}/{name}")).ok_or_else(|| ApiError::not_found_named("endpoints", "", name))?;
+    let subsets = eps.object.get("subsets").and_then(Value::as_array).cloned().unwrap_or_default();
+    let none = || ApiError::new(503, "ServiceUnavailable", format!("no endpoints available for service {name:?}"));
+    if subsets.is_empty() {
+        return Err(none());
+    }
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as usize).unwrap_or(0);
+    for i in 0..subsets.len() {
+        let ss = &subsets[(seed + i) % subsets.len()];
+        let addrs = ss.get("addresses").and_then(Value::as_array).cloned().unwrap_or_default();
+        if addrs.is_empty() {
+            continue;
+        }
+        let ports = ss.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+        for p in ports.iter().filter(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name) {
+            let Some(port) = p.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()) else { continue };
+            for j in 0..addrs.len() {
+                let a = &addrs[(seed + j) % addrs.len()];
+                let ip = a.get("ip").and_then(Value::as_str).unwrap_or("");
+                if valid_endpoint_address(inner, ns, a, ip) {
+                    return Ok(ProxyTarget { host: ip.to_string(), port, tls: (scheme == "https").then(insecure_tls) });
+                }
+            }
+        }
+    }
+    Err(ApiError::new(503, "ServiceUnavailable", format!("no endpoints available for service {id:?}")))
+}
+
+/// upstream's `isValidAddress`: the address is a pod of this namespace that has the IP.
+fn valid_endpoint_address(inner: &Inner, ns: &str, addr: &Value, ip: &str) -> bool {
+    let Ok(parsed) = ip.parse::<IpAddr>() else { return false };
+    if !proxyable_ip(&parsed) {
+        return false;
+    }
+    let Some(target) = addr.get("targetRef") else { return false };
+    if target.get("namespace").and_then(Value::as_str) != Some(ns) {
+        return false;
+    }
+    let pod_name = target.get("name").and_then(Value::as_str).unwrap_or("");
+    let Some(pod) = inner.cache.get(&format!("/registry/core/pods/{ns}/{pod_name}")) else { return false };
+    let ips = pod.object.pointer("/status/podIPs").and_then(Value::as_array).cloned().unwrap_or_default();
+    ips.iter().any(|p| p.get("ip").and_then(Value::as_str) == Some(ip))
+}
+
+/// Serves `nodes/{id}/proxy/{path...}`: the node's kubelet (with the client
+/// certificate), or another port of the node when `id` names one.
+pub async fn node_proxy(inner: &Inner, parts: &http::request::Parts, id: &str, body: Bytes) -> Result<Response, ApiError> {
+    let (scheme, name, port) = split_scheme_name_port(id).ok_or_else(|| ApiError::bad_request(format!("invalid node request {id:?}")))?;
+    let n = node(inner, name)?;
+    let (host, kubelet_port) = node_endpoint(&n).ok_or_else(|| no_address(name))?;
+    let asked: Option<u16> = if port.is_empty() { None } else { Some(port.parse().map_err(|_| ApiError::bad_request(format!("invalid port {port:?}")))?) };
+    let target = match asked {
+        Some(p) if p != kubelet_port => ProxyTarget { host, port: p, tls: (scheme == "https").then(insecure_tls) },
+        _ => ProxyTarget { host, port: kubelet_port, tls: Some(client(inner)?.tls.clone()) },
+    };
+    let path = path_and_query(proxied_path(parts.uri.path(), "nodes", id), parts.uri.query());
+    forward(target, &parts.method, &path, &parts.headers, body).await
+}
+
+/// Serves `pods/{id}/proxy/{path...}`.
+pub async fn pod_proxy(inner: &Inner, parts: &http::request::Parts, ns: &str, id: &str, body: Bytes) -> Result<Response, ApiError> {
+    let (scheme, name, port) = split_scheme_name_port(id).ok_or_else(|| ApiError::bad_request(format!("invalid pod request {id:?}")))?;
+    let pod = inner.cache.get(&format!("/registry/core/pods/{ns}/{name}")).ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
+    let target = pod_target(&pod.object, scheme, port)?;
+    let path = path_and_query(proxied_path(parts.uri.path(), "pods", id), parts.uri.query());
+    forward(target, &parts.method, &path, &parts.headers, body).await
+}
+
+/// Serves `services/{id}/proxy/{path...}`.
+pub async fn service_proxy(inner: &Inner, parts: &http::request::Parts, ns: &str, id: &str, body: Bytes) -> Result<Response, ApiError> {
+    let target = service_target(inner, ns, id)?;
+    let path = path_and_query(proxied_path(parts.uri.path(), "services", id), parts.uri.query());
+    forward(target, &parts.method, &path, &parts.headers, body).await
 }
 
 /// Every value of a repeated query parameter, in order (`command=sh&command=-c`).
@@ -502,23 +778,25 @@ pub async fn pod_stream(inner: &Inner, parts: &http::request::Parts, ns: &str, n
 }
 
 /// Serves the kubelet-backed subresources; `None` for every other request.
-pub async fn dispatch(inner: &Inner, parts: &http::request::Parts, info: &RequestInfo, query: &Query) -> Option<Result<Response, ApiError>> {
+pub async fn dispatch(inner: &Inner, parts: &http::request::Parts, info: &RequestInfo, query: &Query, body: &Bytes) -> Option<Result<Response, ApiError>> {
     let sub = info.subresource.as_deref()?;
     let name = info.name.as_deref().unwrap_or("");
+    let ns = info.namespace.as_deref().unwrap_or("");
+    if sub == "proxy" && parts.headers.contains_key(http::header::UPGRADE) {
+        return Some(Err(ApiError::bad_request("upgrade requests are not proxied by this server")));
+    }
     match (info.group.as_str(), info.resource.as_str(), sub) {
         ("", "pods", "log") => Some(match info.verb.as_str() {
-            "get" => pod_log(inner, info.namespace.as_deref().unwrap_or(""), name, query).await,
+            "get" => pod_log(inner, ns, name, query).await,
             _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
         }),
-        ("", "nodes", "proxy") => Some(match info.verb.as_str() {
-            "get" => node_proxy(inner, name, &info.rest, parts.uri.query()).await,
-            _ => Err(ApiError::method_not_allowed("only GET is proxied to kubelets by this server")),
-        }),
+        ("", "nodes", "proxy") => Some(node_proxy(inner, parts, name, body.clone()).await),
+        ("", "pods", "proxy") => Some(pod_proxy(inner, parts, ns, name, body.clone()).await),
+        ("", "services", "proxy") => Some(service_proxy(inner, parts, ns, name, body.clone()).await),
         ("", "pods", "exec" | "attach" | "portforward") => Some(match parts.method {
             http::Method::GET | http::Method::POST => pod_stream(inner, parts, info.namespace.as_deref().unwrap_or(""), name, sub, query).await,
             _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
         }),
-        (_, _, "proxy") => Some(Err(ApiError::new(503, "ServiceUnavailable", format!("the subresource {sub} is not served by this server yet")))),
         _ => None,
     }
 }
@@ -527,6 +805,96 @@ pub async fn dispatch(inner: &Inner, parts: &http::request::Parts, info: &Reques
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn proxy_ids_paths_and_addresses() {
+        assert_eq!(split_scheme_name_port("web"), Some(("", "web", "")));
+        assert_eq!(split_scheme_name_port("web:8080"), Some(("", "web", "8080")));
+        assert_eq!(split_scheme_name_port("https:web:443"), Some(("https", "web", "443")));
+        assert_eq!(split_scheme_name_port("https:web:"), Some(("https", "web", "")));
+        for bad in ["", ":80", "ftp:web:21", "a:b:c:d"] {
+            assert_eq!(split_scheme_name_port(bad), None, "{bad}");
+        }
+        assert_eq!(proxied_path("/api/v1/namespaces/d/pods/web:80/proxy", "pods", "web:80"), "/");
+        assert_eq!(proxied_path("/api/v1/namespaces/d/pods/web:80/proxy/", "pods", "web:80"), "/");
+        assert_eq!(proxied_path("/api/v1/namespaces/pods/pods/x/proxy/a/b%20c/", "pods", "x"), "/a/b%20c/");
+        assert_eq!(proxied_path("/api/v1/nodes/n/proxy/metrics", "nodes", "n"), "/metrics");
+        for ok in ["10.42.0.5", "192.168.1.1", "8.8.8.8", "fd00::1"] {
+            assert!(proxyable_ip(&ok.parse().expect("ip")), "{ok}");
+        }
+        for bad in ["127.0.0.1", "0.0.0.0", "169.254.1.1", "224.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "ff02::1"] {
+            assert!(!proxyable_ip(&bad.parse().expect("ip")), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pod_targets_as_upstream() {
+        let pod = json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "ports": [{"containerPort": 8080}, {"containerPort": 9090}]}]},
+            "status": {"podIP": "10.42.0.7", "podIPs": [{"ip": "10.42.0.7"}]}});
+        let t = pod_target(&pod, "", "").expect("target");
+        assert_eq!((t.host.as_str(), t.port, t.tls.is_some()), ("10.42.0.7", 8080, false));
+        let t = pod_target(&pod, "https", "8443").expect("target");
+        assert_eq!((t.port, t.tls.is_some()), (8443, true));
+        let none = json!({"spec": {"containers": [{"name": "a"}]}, "status": {}});
+        let e = pod_target(&none, "", "").err().map(|e| (e.code, e.message));
+        assert_eq!(e, Some((400, "address not allowed".to_string())));
+        let host_net = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"podIP": "127.0.0.1"}});
+        assert!(pod_target(&host_net, "", "").is_err());
+        let no_ports = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"podIP": "10.42.0.8"}});
+        assert_eq!(pod_target(&no_ports, "", "").map(|t| t.port).ok(), Some(80));
+    }
+
+    #[tokio::test]
+    async fn forward_passes_requests_and_answers_through() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head and the 5-byte body.
+            loop {
+                let n = s.read(&mut buf).await.expect("read");
+                got.extend_from_slice(&buf[..n]);
+                if n == 0 || String::from_utf8_lossy(&got).ends_with("hello") {
+                    break;
+                }
+            }
+            s.write_all(b"HTTP/1.1 418 I'm a teapot\r\ncontent-type: text/plain\r\nx-backend: yes\r\ncontent-length: 6\r\nconnection: close\r\n\r\nteapot").await.expect("write");
+            String::from_utf8_lossy(&got).to_string()
+        });
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer secret"));
+        headers.insert("impersonate-user", http::HeaderValue::from_static("someone"));
+        headers.insert("x-client", http::HeaderValue::from_static("kept"));
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+        let target = ProxyTarget { host: "127.0.0.1".into(), port, tls: None };
+        let resp = forward(target, &http::Method::PUT, "/a/b?x=1", &headers, Bytes::from_static(b"hello")).await.expect("forwarded");
+        assert_eq!(resp.status(), 418);
+        assert_eq!(resp.headers().get("x-backend").and_then(|v| v.to_str().ok()), Some("yes"));
+        assert!(resp.headers().get("connection").is_none());
+        let mut body = Vec::new();
+        if let ResponseBody::Stream(mut rx) = resp.into_body() {
+            while let Some(chunk) = rx.recv().await {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        assert_eq!(body, b"teapot");
+        let request = server.await.expect("server").to_ascii_lowercase();
+        assert!(request.starts_with("put /a/b?x=1 http/1.1\r\n"), "{request}");
+        assert!(request.contains(&format!("host: 127.0.0.1:{port}")), "{request}");
+        assert!(request.contains("x-client: kept") && request.contains("content-length: 5"), "{request}");
+        assert!(!request.contains("authorization") && !request.contains("impersonate-user"), "{request}");
+        // Nobody listening: upstream's 503.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let e = forward(ProxyTarget { host: "127.0.0.1".into(), port, tls: None }, &http::Method::GET, "/", &http::HeaderMap::new(), Bytes::new()).await.err().map(|e| (e.code, e.message));
+        let (code, message) = e.expect("unreachable");
+        assert_eq!(code, 503);
+        assert!(message.starts_with(&format!("error trying to reach service: dial tcp 127.0.0.1:{port}: connect: ")), "{message}");
+    }
 
     #[test]
     fn container_defaulting() {

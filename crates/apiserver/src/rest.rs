@@ -197,6 +197,34 @@ fn decode_continue(s: &str) -> Result<ContinueToken, ApiError> {
     Ok(t)
 }
 
+/// How an object to write reached the server: upstream decodes each way differently,
+/// which decides how a value of the wrong type is refused.
+#[derive(Clone, Copy)]
+enum Decoded<'p> {
+    /// A create or update body (or a server-side apply result): 400, `K in version "v"
+    /// cannot be handled as a K: json: cannot unmarshal ...`.
+    Body,
+    /// The result of a JSON or merge patch: 422 on field `patch`.
+    JsonPatch,
+    /// The result of a strategic merge patch (`patch`, for the message): 422 on field
+    /// `patch`, with the unstructured converter's message.
+    StrategicPatch(&'p Value),
+}
+
+/// The definition of `autoscaling/v1` `Scale` (the `scale` subresource's body).
+const SCALE: &str = "io.k8s.api.autoscaling.v1.Scale";
+
+/// How the object an update or patch (of `patch_kind`, with `patch`) produced was decoded.
+fn decoded_as<'p>(patch_kind: &str, patch: Option<&'p Value>) -> Decoded<'p> {
+    match (patch_kind, patch) {
+        ("application/json-patch+json" | "application/merge-patch+json", _) => Decoded::JsonPatch,
+        ("application/strategic-merge-patch+json", Some(pb)) => Decoded::StrategicPatch(pb),
+        // Bodies of PUT; server-side apply results (upstream's typed apply refuses wrong
+        // types before: never stored either way).
+        _ => Decoded::Body,
+    }
+}
+
 impl<'a> Call<'a> {
     /// Renders one object (custom resources use their CRD's printer columns).
     pub fn render_one(&self, obj: Value, code: u16) -> Response {
@@ -402,8 +430,10 @@ impl<'a> Call<'a> {
         ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {}", self.res.kind, self.res.version, self.res.kind, e))
     }
 
-    /// Checks kind/apiVersion, applies fieldValidation, prunes unknown fields.
-    fn check_type(&self, obj: &mut Value, kind: &str, api_version: &str) -> Result<Vec<String>, ApiError> {
+    /// Checks kind/apiVersion, decodes the object as upstream's typed decoding does
+    /// (wrong JSON types refused, explicit nulls dropped: [`Call::decode_typed`]),
+    /// applies fieldValidation, prunes unknown fields.
+    fn check_type(&self, obj: &mut Value, kind: &str, api_version: &str, how: Decoded<'_>) -> Result<Vec<String>, ApiError> {
         let mut warnings = Vec::new();
         if let Some(k) = obj.get("kind").and_then(|k| k.as_str()) {
             if !k.is_empty() && k != kind {
@@ -421,6 +451,7 @@ impl<'a> Call<'a> {
         }
         let definition = if kind == self.res.kind { self.res.definition.clone() } else { String::new() };
         if !definition.is_empty() {
+            self.decode_typed(&definition, obj, how)?;
             let unknown = self.inner.openapi().unknown_fields(&definition, obj);
             if !unknown.is_empty() {
                 match self.query.get("fieldValidation").unwrap_or("Warn") {
@@ -442,6 +473,33 @@ impl<'a> Call<'a> {
         Ok(warnings)
     }
 
+    /// Decodes a built-in object (`definition`) as upstream's typed decoding: a value of
+    /// the wrong JSON type is refused as `how` says upstream refuses it, explicit nulls
+    /// are dropped (before admission and field tracking see the object).
+    fn decode_typed(&self, definition: &str, obj: &mut Value, how: Decoded<'_>) -> Result<(), ApiError> {
+        let path = match how {
+            Decoded::StrategicPatch(_) => rk3s_openapi::DecodePath::Unstructured,
+            _ => rk3s_openapi::DecodePath::Json,
+        };
+        let Err(e) = self.inner.openapi().decode_object(definition, obj, path) else { return Ok(()) };
+        let patch_error = |value: String| {
+            let message = format!("Invalid value: {}: {}", rk3s_openapi::decode::go_quote(&value), e.message);
+            let mut err = ApiError::new(422, "Invalid", format!(" \"\" is invalid: patch: {message}"));
+            err.causes = vec![Cause { reason: "FieldValueInvalid".into(), message, field: "patch".into() }];
+            err
+        };
+        Err(match how {
+            Decoded::Body if definition == SCALE => ApiError::bad_request(format!("Scale in version \"v1\" cannot be handled as a Scale: {}", e.message)),
+            Decoded::Body => self.decode_error(&e.message),
+            // Upstream decodes the patched JSON into the typed object: 422 on `patch`
+            // with the patched document as the value.
+            Decoded::JsonPatch => patch_error(serde_json::to_string(obj).unwrap_or_default()),
+            // Upstream converts the patched map to the typed object: 422 on `patch`
+            // with the patch itself (Go's `%+v`) as the value.
+            Decoded::StrategicPatch(patch) => patch_error(rk3s_openapi::decode::go_sprint(patch)),
+        })
+    }
+
     fn invalid(&self, name: &str, errs: Vec<rk3s_validation::FieldError>) -> ApiError {
         let causes = errs
             .iter()
@@ -456,7 +514,7 @@ impl<'a> Call<'a> {
             return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
         }
         let mut obj = self.body_object()?;
-        let warnings = self.check_type(&mut obj, &self.res.kind, &self.res.api_version())?;
+        let warnings = self.check_type(&mut obj, &self.res.kind, &self.res.api_version(), Decoded::Body)?;
         crate::handler::normalize_input(&self.res, &mut obj);
         // metadata
         let ns = self.ns().map(String::from);
@@ -504,6 +562,14 @@ impl<'a> Call<'a> {
         if let Some(ns) = &ns {
             self.inner.check_namespace_open(ns, &self.res, &name).await?;
         }
+        let is_service = self.res.plural == "services" && self.res.group.is_empty();
+        // The IP family fields the client did not set are the allocator's (upstream sets
+        // them when it allocates, after field tracking), even where defaulting fills them.
+        let allocator_fields: Vec<&str> = if is_service {
+            ["ipFamilies", "ipFamilyPolicy"].into_iter().filter(|k| obj.pointer(&format!("/spec/{k}")).is_none_or(|v| v.is_null())).collect()
+        } else {
+            Vec::new()
+        };
         rk3s_validation::apply_defaults(&self.res.group, &self.res.version, &self.res.kind, &mut obj);
         crate::handler::prepare_create(&self.res, &mut obj);
         if self.res.group.is_empty() && self.res.plural == "pods" {
@@ -530,12 +596,25 @@ impl<'a> Call<'a> {
         }
         warnings.extend(crate::admission::validate(self.inner, &self.res, None, "CREATE", &obj, None, &self.user, self.dry_run()).await?);
         let key = self.res.key(ns.as_deref(), &name);
-        if self.res.plural == "services" && self.res.group.is_empty() {
+        if !self.applied {
+            let withheld: Vec<(&str, Value)> = match obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                Some(spec) => allocator_fields.iter().filter_map(|k| spec.remove(*k).map(|v| (*k, v))).collect(),
+                None => Vec::new(),
+            };
+            crate::handler::update_managed_fields(self.inner, &self.res, &mut obj, None, &self.query, &self.headers, None);
+            if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                spec.extend(withheld.into_iter().map(|(k, v)| (k.to_string(), v)));
+            }
+        }
+        // After field tracking, as upstream's Service storage allocates: the allocated
+        // clusterIP(s), ipFamilies, ipFamilyPolicy and node ports have no owner, so a
+        // later server-side apply without them does not drop them.
+        if is_service {
             self.inner.allocate_service(&mut obj, None, &self.res, &name)?;
         }
-        if !self.applied {
-            crate::handler::update_managed_fields(self.inner, &self.res, &mut obj, None, &self.query, &self.headers, None);
-        }
+        // The status fields upstream always encodes, after field tracking (the status a
+        // create resets is owned by no one).
+        rk3s_openapi::decode::fill_always_encoded_status(&self.res.definition, &mut obj);
         if self.dry_run() {
             if self.inner.store.get(&key).await.map_err(|e| store_err(&self.res, &name, e))?.is_some() {
                 return Err(ApiError::already_exists(&self.res, &name));
@@ -621,10 +700,11 @@ impl<'a> Call<'a> {
             let mut desired = match sub.as_deref() {
                 Some("scale") => {
                     let scale = self.to_scale(&cur_obj)?;
-                    let new_scale = match &patch_body {
-                        Some(pb) => self.apply_patch_to(&patch_kind, &scale, pb, "io.k8s.api.autoscaling.v1.Scale")?,
+                    let mut new_scale = match &patch_body {
+                        Some(pb) => self.apply_patch_to(&patch_kind, &scale, pb, SCALE)?,
                         None => body_obj.clone().unwrap_or(Value::Null),
                     };
+                    self.decode_typed(SCALE, &mut new_scale, decoded_as(&patch_kind, patch_body.as_ref()))?;
                     if let Some(rv) = new_scale.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()) {
                         if !rv.is_empty() && rv != current.mod_revision.to_string() {
                             return Err(ApiError::conflict(&self.res, &name));
@@ -644,7 +724,7 @@ impl<'a> Call<'a> {
                         Some(pb) => self.apply_patch_to(&patch_kind, &cur_obj, pb, &self.res.definition)?,
                         None => body_obj.clone().unwrap_or(Value::Null),
                     };
-                    warnings = self.check_type(&mut d, &self.res.kind, &self.res.api_version())?;
+                    warnings = self.check_type(&mut d, &self.res.kind, &self.res.api_version(), decoded_as(&patch_kind, patch_body.as_ref()))?;
                     crate::handler::normalize_input(&self.res, &mut d);
                     d
                 }
@@ -668,6 +748,13 @@ impl<'a> Call<'a> {
             }
             let mut new_obj = crate::handler::prepare_update(&self.res, sub.as_deref(), &cur_obj, &mut desired);
             rk3s_validation::apply_defaults(&self.res.group, &self.res.version, &self.res.kind, &mut new_obj);
+            // Zero-valued status fields a writer left out are there, as after upstream's
+            // typed decoding (so field tracking sees no change for them).
+            rk3s_openapi::decode::fill_always_encoded_status(&self.res.definition, &mut new_obj);
+            let is_namespace = self.res.group.is_empty() && self.res.plural == "namespaces";
+            if is_namespace {
+                crate::handler::namespace_finalizers(sub.as_deref(), &desired, &cur_obj, &mut new_obj);
+            }
             if new_obj == cur_obj {
                 // No-op updates are not written (upstream skips them too).
                 return Ok(with_warnings(self.answer_update(cur_obj)?, &warnings));
@@ -676,8 +763,19 @@ impl<'a> Call<'a> {
             if self.res.group.is_empty() && self.res.plural == "resourcequotas" && new_obj.pointer("/spec/hard") != cur_obj.pointer("/spec/hard") {
                 new_obj["status"] = crate::admission::quota_status(self.inner, &new_obj);
             }
+            let is_service = self.res.plural == "services" && self.res.group.is_empty();
+            if is_service {
+                // Values the server allocated that the client left out are kept (upstream's
+                // patchAllocatedValues), before validation checks their immutability.
+                crate::handler::patch_allocated_values(&mut new_obj, &cur_obj);
+            }
             let errs = if sub.as_deref() == Some("ephemeralcontainers") {
                 crate::ephemeral::validate_update(&new_obj, &cur_obj)
+            } else if sub.as_deref() == Some("resize") {
+                // The pod as a whole must be valid; then upstream's resize rules (the
+                // rules of a pod update, which forbid changing resources, do not apply).
+                let spec_errors = rk3s_validation::validate_create(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &new_obj);
+                crate::resize::validate(&new_obj, &cur_obj, spec_errors)
             } else {
                 rk3s_validation::validate_update(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &new_obj, &cur_obj)
             };
@@ -694,11 +792,13 @@ impl<'a> Call<'a> {
                 let pruned = crate::crd::admit_custom_resource(&v, &self.res, &mut new_obj)?;
                 warnings.extend(self.unknown_field_policy(&pruned)?);
             }
-            if self.res.plural == "services" && self.res.group.is_empty() {
-                self.inner.allocate_service(&mut new_obj, Some(&cur_obj), &self.res, &name)?;
-            }
             if patch_kind != "application/apply-patch+yaml" {
                 crate::handler::update_managed_fields(self.inner, &self.res, &mut new_obj, Some(&cur_obj), &self.query, &self.headers, sub.as_deref());
+            }
+            if is_service {
+                // New allocations (e.g. node ports of a Service that became NodePort) come
+                // after field tracking, as on create: nobody owns them.
+                self.inner.allocate_service(&mut new_obj, Some(&cur_obj), &self.res, &name)?;
             }
             if same_but_resource_version(&new_obj, &cur_obj) {
                 // As upstream's GuaranteedUpdate: an update that leaves the object as it
@@ -708,9 +808,12 @@ impl<'a> Call<'a> {
             if self.dry_run() {
                 return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
             }
-            // An object being deleted whose last finalizer went away is deleted now.
+            // An object being deleted whose last finalizer went away is deleted now (a
+            // Namespace only once its spec.finalizers are gone too, as upstream's
+            // ShouldDeleteNamespaceDuringUpdate).
             let deleting = object::meta(&new_obj).is_some_and(|m| m.contains_key("deletionTimestamp"));
-            if deleting && object::finalizers(&new_obj).is_empty() {
+            let spec_finalizers_left = is_namespace && new_obj.pointer("/spec/finalizers").and_then(|f| f.as_array()).is_some_and(|f| !f.is_empty());
+            if deleting && object::finalizers(&new_obj).is_empty() && !spec_finalizers_left {
                 match self.inner.store.delete(&key, Some(current.mod_revision)).await {
                     Ok(kv) => {
                         set_resource_version(&mut new_obj, kv.mod_revision);

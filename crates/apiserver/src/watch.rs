@@ -134,7 +134,9 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
             Ok(r) => r,
             Err(_) => return Err(ApiError::bad_request(format!("invalid resource version: {}", rv.unwrap_or_default()))),
         };
-        match cache.subscribe(Some(after)) {
+        // Too old for the window of this resource (upstream's watch cache keeps a
+        // window per resource): 410 `Expired` as an ERROR event, and the client relists.
+        match cache.subscribe_to(&prefix, Some(after)) {
             Ok((sub, _now)) => {
                 backlog = sub.backlog;
                 live = sub.live;

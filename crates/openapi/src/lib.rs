@@ -11,8 +11,12 @@
 //! `x-kubernetes-group-version-kind`), server-side field validation detection (the
 //! `fieldValidation` parameter on PATCH operations in v3), and client-side strategic
 //! merge patch (`x-kubernetes-patch-strategy` / `x-kubernetes-patch-merge-key`).
+//! [`decode`] checks built-in objects against the definitions as upstream's typed decoding
+//! does (JSON types, Go's messages) and drops explicit nulls.
 
+pub mod decode;
 pub mod facts;
+mod go_types;
 mod kinds;
 mod paths;
 mod proto;
@@ -25,6 +29,7 @@ use rk3s_api::ResourceInfo;
 use rk3s_patch::{FieldMeta, PatchSchema};
 use serde_json::{json, Map, Value};
 
+pub use crate::decode::{DecodeError, DecodePath};
 use crate::paths::{Dialect, PathItem};
 use crate::schema::REF_V2;
 
