@@ -878,10 +878,10 @@ impl<'a> Call<'a> {
         let Some(manager) = self.query.get("fieldManager") else {
             return Err(ApiError::bad_request("PATCH, application/apply-patch+yaml: fieldManager is required for apply requests"));
         };
-        if let Some(k) = applied.get("kind").and_then(|k| k.as_str()) {
-            if k != self.res.kind {
-                return Err(ApiError::bad_request(format!("the kind in the applied configuration ({k}) does not match the resource ({})", self.res.kind)));
-            }
+        if self.info.subresource.as_deref() == Some("scale") {
+            check_applied_type(applied, "autoscaling/v1", "Scale")?;
+        } else {
+            check_applied_type(applied, &self.res.api_version(), &self.res.kind)?;
         }
         let oa = self.inner.openapi();
         let derived = rk3s_patch::DerivedApplySchema(&*oa);
@@ -1310,8 +1310,33 @@ pub fn services_in_use(objs: &[crate::cache::CachedObject]) -> (HashSet<Ipv4Addr
     (ips, ports)
 }
 
+/// Upstream's version check of server-side apply: the applied configuration must name
+/// the endpoint's own apiVersion and kind (missing ones included), else 400
+/// `invalid object type: <group>/<version>, Kind=<kind>` (Go's GroupVersionKind format).
+fn check_applied_type(applied: &Value, api_version: &str, kind: &str) -> Result<(), ApiError> {
+    let av = applied.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let k = applied.get("kind").and_then(Value::as_str).unwrap_or("");
+    if av == api_version && k == kind {
+        return Ok(());
+    }
+    let (group, version) = av.split_once('/').unwrap_or(("", av));
+    Err(ApiError::bad_request(format!("invalid object type: {group}/{version}, Kind={k}")))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn apply_must_name_the_endpoints_type() {
+        use serde_json::json;
+        assert!(super::check_applied_type(&json!({"apiVersion": "apps/v1", "kind": "Deployment"}), "apps/v1", "Deployment").is_ok());
+        let e = super::check_applied_type(&json!({"": []}), "v1", "Namespace").expect_err("no type");
+        assert_eq!((e.code, e.message.as_str()), (400, "invalid object type: /, Kind="));
+        let e = super::check_applied_type(&json!({"apiVersion": "v1", "kind": "Pod"}), "v1", "Namespace").expect_err("other kind");
+        assert_eq!(e.message, "invalid object type: /v1, Kind=Pod");
+        let e = super::check_applied_type(&json!({"apiVersion": "apps/v1beta1", "kind": "Deployment"}), "apps/v1", "Deployment").expect_err("other version");
+        assert_eq!(e.message, "invalid object type: apps/v1beta1, Kind=Deployment");
+    }
+
     use super::*;
 
     #[test]
