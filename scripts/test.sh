@@ -27,9 +27,9 @@ if [ -z "${RK3S_TEST_HELM_PYTHON:-}" ] || [ -z "${RK3S_TEST_KUBERNETES_PYTHON:-}
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
-  # nextest does not run doctests
+  # nextest does not run doctests: run them first, so the run closes on nextest's summary.
   cargo test --workspace --doc -q
+  cargo nextest run --workspace --no-fail-fast "$@"
 else
   cargo test --workspace --no-fail-fast "$@"
 fi

@@ -915,6 +915,24 @@ const EVENT_FIELDS: &[&str] = &[
     "metadata.namespace",
     "metadata.name",
 ];
+/// events.k8s.io/v1 Events: upstream maps these names onto the core Event fields
+/// (`regarding.*` is `involvedObject.*`, `reportingController` is `reportingComponent`);
+/// rk3s filters the events.k8s.io form of the object, so the names are read as they are.
+/// There is no `source` (nor `deprecatedSource`) here, as upstream.
+const EVENTS_K8S_IO_EVENT_FIELDS: &[&str] = &[
+    "reason",
+    "regarding.kind",
+    "regarding.namespace",
+    "regarding.name",
+    "regarding.uid",
+    "regarding.apiVersion",
+    "regarding.resourceVersion",
+    "regarding.fieldPath",
+    "reportingController",
+    "type",
+    "metadata.namespace",
+    "metadata.name",
+];
 
 /// The fields a kind can be selected on (upstream's field-label conversions). Kinds
 /// without their own list support `metadata.name` and `metadata.namespace`.
@@ -929,6 +947,7 @@ fn own_fields(group: &str, kind: &str) -> Option<&'static [&'static str]> {
         ("", "Node") => &["metadata.name", "spec.unschedulable"],
         ("", "ReplicationController") => &["metadata.name", "metadata.namespace", "status.replicas"],
         ("", "Event") => EVENT_FIELDS,
+        ("events.k8s.io", "Event") => EVENTS_K8S_IO_EVENT_FIELDS,
         ("", "Namespace") => &["status.phase", "metadata.name"],
         ("", "Secret") => &["type", "metadata.namespace", "metadata.name"],
         ("", "Service") => &["metadata.namespace", "metadata.name", "spec.clusterIP", "spec.type"],
@@ -1242,5 +1261,64 @@ mod tests {
             Some("kubernetes.io/kubelet-serving")
         );
         assert!(supported_fields("", "Namespace").contains(&"status.phase"));
+    }
+}
+
+#[cfg(test)]
+mod event_field_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn events_k8s_io_fields_select_the_new_names() {
+        let ev = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "d"},
+            "regarding": {"kind": "Pod", "name": "p", "namespace": "d", "uid": "u1", "fieldPath": "spec.containers{c}"},
+            "reason": "Started", "type": "Normal", "reportingController": "kubelet"});
+        let sel = |s: &str| FieldSelector::parse(s).unwrap_or_default().convert_for("events.k8s.io", "Event");
+        for (s, want) in [
+            ("regarding.kind=Pod", true),
+            ("regarding.name=p,regarding.namespace=d", true),
+            ("regarding.uid=u1", true),
+            ("regarding.fieldPath=spec.containers{c}", true),
+            ("regarding.apiVersion=", true),
+            ("regarding.resourceVersion!=", false),
+            ("reason=Started,type=Normal", true),
+            ("reportingController=kubelet", true),
+            ("reportingController=other", false),
+            ("metadata.name=e,metadata.namespace=d", true),
+        ] {
+            let f = sel(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(f.matches_object("events.k8s.io", "Event", &ev), want, "{s}");
+        }
+        // upstream's conversion knows none of the core-only names
+        for bad in ["involvedObject.kind", "source", "deprecatedSource", "reportingComponent", "note"] {
+            assert_eq!(
+                sel(&format!("{bad}=x")).map_err(|e| e.message),
+                Err(format!("field label not supported: {bad}"))
+            );
+        }
+    }
+
+    #[test]
+    fn core_event_fields_all_supported() {
+        let ev = json!({"metadata": {"name": "e", "namespace": "d"},
+            "involvedObject": {"kind": "Pod", "name": "p", "namespace": "d", "uid": "u", "apiVersion": "v1", "resourceVersion": "7", "fieldPath": "f"},
+            "reason": "R", "type": "Warning", "source": {"component": "sched"}, "reportingComponent": "rc"});
+        for (s, want) in [
+            ("involvedObject.kind=Pod,involvedObject.name=p,involvedObject.namespace=d", true),
+            ("involvedObject.uid=u,involvedObject.apiVersion=v1", true),
+            ("involvedObject.resourceVersion=7,involvedObject.fieldPath=f", true),
+            ("reason=R,type=Warning", true),
+            ("source=sched,reportingComponent=rc", true),
+            ("source=rc", false),
+        ] {
+            let f = FieldSelector::parse(s).unwrap_or_default().convert_for("", "Event").unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(f.matches_object("", "Event", &ev), want, "{s}");
+        }
+        assert_eq!(
+            FieldSelector::parse("regarding.kind=Pod").unwrap_or_default().convert_for("", "Event").map_err(|e| e.message),
+            Err("field label not supported: regarding.kind".to_string())
+        );
     }
 }

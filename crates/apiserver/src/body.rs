@@ -293,23 +293,10 @@ static TOKEN_REQUEST: GoStruct = GoStruct {
     ],
 };
 
-/// How Go's `encoding/json` names a JSON value in an `UnmarshalTypeError` (numbers
-/// carry their literal when the target is an integer).
-fn json_value_word(v: &Value, integer_target: bool) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Bool(_) => "bool".into(),
-        Value::Number(n) if integer_target => format!("number {n}"),
-        Value::Number(_) => "number".into(),
-        Value::String(_) => "string".into(),
-        Value::Array(_) => "array".into(),
-        Value::Object(_) => "object".into(),
-    }
-}
 
 /// Go's message for a value of the wrong type in struct field `owner`.`path`.
 fn field_type_error(v: &Value, t: GoType, owner: &str, path: &str) -> String {
-    let word = json_value_word(v, matches!(t, GoType::Int64));
+    let word = rk3s_openapi::decode::value_word(v, matches!(t, GoType::Int64));
     if owner.is_empty() && path.is_empty() {
         format!("json: cannot unmarshal {word} into Go value of type {}", t.go_name())
     } else {
@@ -366,7 +353,7 @@ fn interpret_type_meta(v: &Value) -> Result<(String, String), String> {
     let m = match v {
         Value::Object(m) => m,
         Value::Null => return Ok((String::new(), String::new())),
-        other => return Err(fail(format!("json: cannot unmarshal {} into Go value of type {FIND_KIND}", json_value_word(other, false)))),
+        other => return Err(fail(format!("json: cannot unmarshal {} into Go value of type {FIND_KIND}", rk3s_openapi::decode::value_word(other, false)))),
     };
     let (mut api_version, mut kind) = (String::new(), String::new());
     for (k, val) in m {
@@ -378,7 +365,7 @@ fn interpret_type_meta(v: &Value) -> Result<(String, String), String> {
         match val {
             Value::String(s) => *slot = s.clone(),
             Value::Null => {}
-            other => return Err(fail(format!("json: cannot unmarshal {} into Go struct field .{k} of type string", json_value_word(other, false)))),
+            other => return Err(fail(format!("json: cannot unmarshal {} into Go struct field .{k} of type string", rk3s_openapi::decode::value_word(other, false)))),
         }
     }
     Ok((api_version, kind))

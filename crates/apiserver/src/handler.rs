@@ -110,6 +110,33 @@ impl Output {
         Output::Json
     }
 
+    /// Whether upstream serves a `Table` for the resource (or subresource): only
+    /// storages that list (or convert to tables themselves) have a Table convertor;
+    /// create-only resources (reviews, `bindings`) and the `binding`, `eviction` and
+    /// `token` subresources have none.
+    pub fn has_table(res: &ResourceInfo, subresource: Option<&str>) -> bool {
+        match subresource {
+            Some("binding" | "eviction" | "token") => false,
+            Some(_) => true,
+            None => res.has_verb("list"),
+        }
+    }
+
+    /// Whether the Accept header asks only for `meta.k8s.io` Tables: every media range
+    /// names `as=Table;g=meta.k8s.io` (so there is no fallback to plain objects).
+    pub fn only_table_accepted(headers: &http::HeaderMap) -> bool {
+        let accept = headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mut any = false;
+        for range in accept.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let params: Vec<&str> = range.split(';').skip(1).map(str::trim).collect();
+            if !(params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io")) {
+                return false;
+            }
+            any = true;
+        }
+        any
+    }
+
     /// Renders one object.
     pub fn one(&self, res: &ResourceInfo, obj: Value, code: u16) -> Response {
         match self {
@@ -1117,6 +1144,11 @@ impl ApiServer {
     async fn resource(&self, parts: &http::request::Parts, info: request::RequestInfo, query: Query, body: Bytes, user: &UserInfo) -> Result<Response, ApiError> {
         let not_found = || ApiError::new(404, "NotFound", "the server could not find the requested resource");
         let res = self.inner.registry.get(&info.group, &info.version, &info.resource).ok_or_else(not_found)?;
+        // As upstream, output negotiation happens before the body is read: a Table
+        // asked of a resource with no Table convertor (and nothing else accepted) is 406.
+        if !Output::has_table(&res, info.subresource.as_deref()) && Output::only_table_accepted(&parts.headers) {
+            return Err(not_acceptable());
+        }
         if info.verb == "create" && matches!(info.group.as_str(), "authorization.k8s.io" | "authentication.k8s.io") {
             let obj = crate::body::decode_request(crate::body::content_type(&parts.headers), &body, None).map_err(|e| match e {
                 crate::body::RequestBodyError::UnsupportedMediaType(mt) => ApiError::unsupported_media_type(&mt),
@@ -1229,15 +1261,26 @@ pub struct AuditCtx {
     pub decision: Option<crate::audit::AuthzDecision>,
 }
 
+/// Upstream's 406 NotAcceptable when output negotiation finds no media type it can
+/// serve (the media types its serializers accept).
+fn not_acceptable() -> ApiError {
+    ApiError::new(
+        406,
+        "NotAcceptable",
+        "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf",
+    )
+}
+
 /// The `/version` document.
 pub fn version_info() -> Value {
     json!({
         "major": "1",
         "minor": "33",
         "gitVersion": format!("{}+rk3s{}", crate::KUBERNETES_VERSION, env!("CARGO_PKG_VERSION").replace('.', "")),
-        "gitCommit": option_env!("RK3S_GIT_COMMIT").unwrap_or("unknown"),
-        "gitTreeState": "clean",
-        "buildDate": "1970-01-01T00:00:00Z",
+        // Recorded by build.rs (empty without git, as upstream).
+        "gitCommit": env!("RK3S_GIT_COMMIT"),
+        "gitTreeState": env!("RK3S_GIT_TREE_STATE"),
+        "buildDate": env!("RK3S_BUILD_DATE"),
         "goVersion": "n/a (rust)",
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
@@ -1257,6 +1300,40 @@ mod tests {
         assert_eq!(Output::negotiate(&h, &Query::default()), Output::Json);
         h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"));
         assert_eq!(Output::negotiate(&h, &Query::default()), Output::PartialMetadata);
+    }
+
+    #[test]
+    fn version_carries_build_facts() {
+        let v = version_info();
+        let commit = v["gitCommit"].as_str().unwrap_or("x");
+        assert!(commit.is_empty() || (commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
+        assert!(["", "clean", "dirty"].contains(&v["gitTreeState"].as_str().unwrap_or("x")));
+        let date = v["buildDate"].as_str().unwrap_or("");
+        assert!(date.parse::<jiff::Timestamp>().is_ok() && date.ends_with('Z') && date.len() == 20, "{date}");
+        assert_ne!(date, "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn table_only_accept_and_resources_without_table() {
+        let mut h = http::HeaderMap::new();
+        assert!(!Output::only_table_accepted(&h));
+        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"));
+        assert!(Output::only_table_accepted(&h));
+        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=Table;v=v1beta1;g=meta.k8s.io"));
+        assert!(Output::only_table_accepted(&h));
+        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
+        assert!(!Output::only_table_accepted(&h));
+        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        assert!(!Output::only_table_accepted(&h));
+        let reg = rk3s_api::Registry::builtin();
+        let sar = reg.get("authorization.k8s.io", "v1", "selfsubjectaccessreviews").map(|r| (*r).clone()).expect("sar");
+        let pods = reg.get("", "v1", "pods").map(|r| (*r).clone()).expect("pods");
+        assert!(!Output::has_table(&sar, None));
+        assert!(Output::has_table(&pods, None));
+        assert!(Output::has_table(&pods, Some("status")));
+        assert!(!Output::has_table(&pods, Some("eviction")));
+        let e = not_acceptable();
+        assert_eq!(e.code, 406);
     }
 
     #[test]

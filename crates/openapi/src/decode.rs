@@ -122,7 +122,7 @@ fn qualified_name(definition: &str) -> String {
 
 /// How Go's decoder names a JSON value in an `UnmarshalTypeError` (numbers carry
 /// their literal when the target is an integer).
-fn value_word(v: &Value, integer_target: bool) -> String {
+pub fn value_word(v: &Value, integer_target: bool) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(_) => "bool".into(),
