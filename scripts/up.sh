@@ -20,7 +20,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 log "building rk3s (release)"
 cargo build --release -p rk3s
-install -m 0755 target/release/rk3s /usr/local/bin/rk3s
+install -m 0755 "${CARGO_TARGET_DIR:-target}/release/rk3s" /usr/local/bin/rk3s
 
 if [ -f /run/rk3s.pid ] && kill -0 "$(cat /run/rk3s.pid)" 2>/dev/null; then
   log "stopping the running rk3s server"
