@@ -1,7 +1,7 @@
 //! Build facts for `/version`, as upstream's `hack/lib/version.sh` records them:
 //! `RK3S_GIT_COMMIT` (`git rev-parse HEAD`), `RK3S_GIT_TREE_STATE` (`clean`/`dirty` from
-//! `git status --porcelain`) and `RK3S_BUILD_DATE` (RFC 3339 UTC, `SOURCE_DATE_EPOCH` if
-//! set). Without git (a source tarball) the commit and tree state are empty, as upstream
+//! `git status --porcelain`) and `RK3S_BUILD_EPOCH` (seconds since the epoch,
+//! `SOURCE_DATE_EPOCH` if set; `/version` formats it as RFC 3339). Without git (a source tarball) the commit and tree state are empty, as upstream
 //! leaves them; this script never fails the build. It reruns only when HEAD, the branch
 //! it points to or the index change (or the override variables do), so ordinary builds
 //! do not run git. Setting `RK3S_GIT_COMMIT` / `RK3S_GIT_TREE_STATE` overrides git.
@@ -15,23 +15,6 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
         return None;
     }
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (proleptic Gregorian, UTC).
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // days since 1970-01-01 to a civil date (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 fn main() {
@@ -78,5 +61,5 @@ fn main() {
         });
     println!("cargo:rustc-env=RK3S_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=RK3S_GIT_TREE_STATE={tree_state}");
-    println!("cargo:rustc-env=RK3S_BUILD_DATE={}", rfc3339(now));
+    println!("cargo:rustc-env=RK3S_BUILD_EPOCH={now}");
 }

@@ -1271,6 +1271,12 @@ fn not_acceptable() -> ApiError {
     )
 }
 
+/// The build time recorded by build.rs, as RFC 3339 UTC seconds (upstream's format).
+fn build_date() -> String {
+    let secs: i64 = env!("RK3S_BUILD_EPOCH").parse().unwrap_or(0);
+    jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// The `/version` document.
 pub fn version_info() -> Value {
     json!({
@@ -1280,7 +1286,7 @@ pub fn version_info() -> Value {
         // Recorded by build.rs (empty without git, as upstream).
         "gitCommit": env!("RK3S_GIT_COMMIT"),
         "gitTreeState": env!("RK3S_GIT_TREE_STATE"),
-        "buildDate": env!("RK3S_BUILD_DATE"),
+        "buildDate": build_date(),
         "goVersion": "n/a (rust)",
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", a => a }),
