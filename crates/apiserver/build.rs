@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git").args(args).current_dir(dir).output().ok()?;
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -19,7 +23,11 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    for v in ["RK3S_GIT_COMMIT", "RK3S_GIT_TREE_STATE", "SOURCE_DATE_EPOCH"] {
+    for v in [
+        "RK3S_GIT_COMMIT",
+        "RK3S_GIT_TREE_STATE",
+        "SOURCE_DATE_EPOCH",
+    ] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
@@ -28,9 +36,19 @@ fn main() {
     if let Some(gd) = &git_dir {
         // Only existing paths: a missing one would make cargo rerun this every build.
         let common = git(&dir, &["rev-parse", "--git-common-dir"])
-            .map(|c| if Path::new(&c).is_absolute() { PathBuf::from(c) } else { dir.join(c) })
+            .map(|c| {
+                if Path::new(&c).is_absolute() {
+                    PathBuf::from(c)
+                } else {
+                    dir.join(c)
+                }
+            })
             .unwrap_or_else(|| gd.clone());
-        let mut watch = vec![gd.join("HEAD"), gd.join("index"), common.join("packed-refs")];
+        let mut watch = vec![
+            gd.join("HEAD"),
+            gd.join("index"),
+            common.join("packed-refs"),
+        ];
         if let Some(r) = git(&dir, &["symbolic-ref", "-q", "HEAD"]) {
             watch.push(common.join(r));
         }
@@ -41,15 +59,24 @@ fn main() {
 
     let commit = std::env::var("RK3S_GIT_COMMIT")
         .ok()
-        .or_else(|| git_dir.as_ref().and_then(|_| git(&dir, &["rev-parse", "HEAD"])))
+        .or_else(|| {
+            git_dir
+                .as_ref()
+                .and_then(|_| git(&dir, &["rev-parse", "HEAD"]))
+        })
         .unwrap_or_default();
-    let tree_state = std::env::var("RK3S_GIT_TREE_STATE").ok().unwrap_or_else(|| {
-        match git_dir.as_ref().and_then(|_| git(&dir, &["status", "--porcelain"])) {
-            Some(s) if s.is_empty() => "clean".to_string(),
-            Some(_) => "dirty".to_string(),
-            None => String::new(),
-        }
-    });
+    let tree_state = std::env::var("RK3S_GIT_TREE_STATE")
+        .ok()
+        .unwrap_or_else(|| {
+            match git_dir
+                .as_ref()
+                .and_then(|_| git(&dir, &["status", "--porcelain"]))
+            {
+                Some(s) if s.is_empty() => "clean".to_string(),
+                Some(_) => "dirty".to_string(),
+                None => String::new(),
+            }
+        });
     let now = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())

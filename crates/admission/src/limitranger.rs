@@ -4,7 +4,7 @@
 //! `Container`, `Pod` and `PersistentVolumeClaim` limit types.
 
 use crate::quantity::{self, Quantity};
-use crate::util::{arr, forbidden_message, object_name, aggregate};
+use crate::util::{aggregate, arr, forbidden_message, object_name};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -15,7 +15,11 @@ type ResourceList = BTreeMap<String, Quantity>;
 
 fn resource_list(v: &Value) -> ResourceList {
     v.as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| quantity::from_json(v).map(|q| (k.clone(), q))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| quantity::from_json(v).map(|q| (k.clone(), q)))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -55,7 +59,14 @@ fn items(limit_range: &Value) -> Vec<Item> {
                     default_request.entry(k.clone()).or_insert(*v);
                 }
             }
-            Item { kind, min, max, default, default_request, ratio: resource_list(&l["maxLimitRequestRatio"]) }
+            Item {
+                kind,
+                min,
+                max,
+                default,
+                default_request,
+                ratio: resource_list(&l["maxLimitRequestRatio"]),
+            }
         })
         .collect()
 }
@@ -65,47 +76,86 @@ fn milli(q: Option<&Quantity>) -> i128 {
     q.map(|q| q.milli_value()).unwrap_or(0)
 }
 
-fn min_constraint(kind: &str, res: &str, enforced: &Quantity, req: &ResourceList, lim: &ResourceList) -> Option<String> {
+fn min_constraint(
+    kind: &str,
+    res: &str,
+    enforced: &Quantity,
+    req: &ResourceList,
+    lim: &ResourceList,
+) -> Option<String> {
     let Some(r) = req.get(res) else {
-        return Some(format!("minimum {res} usage per {kind} is {enforced}.  No request is specified."));
+        return Some(format!(
+            "minimum {res} usage per {kind} is {enforced}.  No request is specified."
+        ));
     };
     if r.milli_value() < enforced.milli_value() {
-        return Some(format!("minimum {res} usage per {kind} is {enforced}, but request is {r}."));
+        return Some(format!(
+            "minimum {res} usage per {kind} is {enforced}, but request is {r}."
+        ));
     }
     if let Some(l) = lim.get(res) {
         if l.milli_value() < enforced.milli_value() {
-            return Some(format!("minimum {res} usage per {kind} is {enforced}, but limit is {l}."));
+            return Some(format!(
+                "minimum {res} usage per {kind} is {enforced}, but limit is {l}."
+            ));
         }
     }
     None
 }
 
-fn max_constraint(kind: &str, res: &str, enforced: &Quantity, req: &ResourceList, lim: &ResourceList) -> Option<String> {
+fn max_constraint(
+    kind: &str,
+    res: &str,
+    enforced: &Quantity,
+    req: &ResourceList,
+    lim: &ResourceList,
+) -> Option<String> {
     let Some(l) = lim.get(res) else {
-        return Some(format!("maximum {res} usage per {kind} is {enforced}.  No limit is specified."));
+        return Some(format!(
+            "maximum {res} usage per {kind} is {enforced}.  No limit is specified."
+        ));
     };
     if l.milli_value() > enforced.milli_value() {
-        return Some(format!("maximum {res} usage per {kind} is {enforced}, but limit is {l}."));
+        return Some(format!(
+            "maximum {res} usage per {kind} is {enforced}, but limit is {l}."
+        ));
     }
     if let Some(r) = req.get(res) {
         if r.milli_value() > enforced.milli_value() {
-            return Some(format!("maximum {res} usage per {kind} is {enforced}, but request is {r}."));
+            return Some(format!(
+                "maximum {res} usage per {kind} is {enforced}, but request is {r}."
+            ));
         }
     }
     None
 }
 
-fn max_request_constraint(kind: &str, res: &str, enforced: &Quantity, req: &ResourceList) -> Option<String> {
+fn max_request_constraint(
+    kind: &str,
+    res: &str,
+    enforced: &Quantity,
+    req: &ResourceList,
+) -> Option<String> {
     let Some(r) = req.get(res) else {
-        return Some(format!("maximum {res} usage per {kind} is {enforced}.  No request is specified."));
+        return Some(format!(
+            "maximum {res} usage per {kind} is {enforced}.  No request is specified."
+        ));
     };
     if r.milli_value() > enforced.milli_value() {
-        return Some(format!("maximum {res} usage per {kind} is {enforced}, but request is {r}."));
+        return Some(format!(
+            "maximum {res} usage per {kind} is {enforced}, but request is {r}."
+        ));
     }
     None
 }
 
-fn ratio_constraint(kind: &str, res: &str, enforced: &Quantity, req: &ResourceList, lim: &ResourceList) -> Option<String> {
+fn ratio_constraint(
+    kind: &str,
+    res: &str,
+    enforced: &Quantity,
+    req: &ResourceList,
+    lim: &ResourceList,
+) -> Option<String> {
     let r = milli(req.get(res));
     let l = milli(lim.get(res));
     if r == 0 {
@@ -127,7 +177,13 @@ fn ratio_constraint(kind: &str, res: &str, enforced: &Quantity, req: &ResourceLi
     None
 }
 
-fn check_all(kind: &str, item: &Item, req: &ResourceList, lim: &ResourceList, errs: &mut Vec<String>) {
+fn check_all(
+    kind: &str,
+    item: &Item,
+    req: &ResourceList,
+    lim: &ResourceList,
+    errs: &mut Vec<String>,
+) {
     for (k, v) in &item.min {
         errs.extend(min_constraint(kind, k, v, req, lim));
     }
@@ -142,7 +198,12 @@ fn check_all(kind: &str, item: &Item, req: &ResourceList, lim: &ResourceList, er
 fn containers(pod: &Value, field: &str) -> Vec<(ResourceList, ResourceList)> {
     arr(&pod["spec"][field])
         .iter()
-        .map(|c| (resource_list(&c["resources"]["requests"]), resource_list(&c["resources"]["limits"])))
+        .map(|c| {
+            (
+                resource_list(&c["resources"]["requests"]),
+                resource_list(&c["resources"]["limits"]),
+            )
+        })
         .collect()
 }
 
@@ -152,7 +213,10 @@ fn sum(lists: &[&ResourceList]) -> ResourceList {
     let keys: std::collections::BTreeSet<&String> = lists.iter().flat_map(|l| l.keys()).collect();
     for k in keys {
         if lists.iter().all(|l| l.contains_key(k)) {
-            let total = lists.iter().filter_map(|l| l.get(k)).fold(Quantity::ZERO, |acc, q| acc.add(q));
+            let total = lists
+                .iter()
+                .filter_map(|l| l.get(k))
+                .fold(Quantity::ZERO, |acc, q| acc.add(q));
             out.insert(k.clone(), total);
         }
     }
@@ -175,18 +239,29 @@ impl LimitRanger {
                 continue;
             }
             let mut notes = Vec::new();
-            for (field, prefix) in [("containers", "container"), ("initContainers", "init container")] {
-                let Some(list) = pod["spec"].get_mut(field).and_then(Value::as_array_mut) else { continue };
+            for (field, prefix) in [
+                ("containers", "container"),
+                ("initContainers", "init container"),
+            ] {
+                let Some(list) = pod["spec"].get_mut(field).and_then(Value::as_array_mut) else {
+                    continue;
+                };
                 for c in list.iter_mut() {
                     let name = c["name"].as_str().unwrap_or_default().to_string();
-                    let Some(cobj) = c.as_object_mut() else { continue };
-                    let resources = cobj.entry("resources").or_insert_with(|| Value::Object(Map::new()));
+                    let Some(cobj) = c.as_object_mut() else {
+                        continue;
+                    };
+                    let resources = cobj
+                        .entry("resources")
+                        .or_insert_with(|| Value::Object(Map::new()));
                     if !resources.is_object() {
                         *resources = Value::Object(Map::new());
                     }
                     let mut set = |key: &str, defaults: &ResourceList| -> Vec<String> {
                         let mut names = Vec::new();
-                        let Some(robj) = resources.as_object_mut() else { return names };
+                        let Some(robj) = resources.as_object_mut() else {
+                            return names;
+                        };
                         let list = robj.entry(key).or_insert_with(|| Value::Object(Map::new()));
                         if !list.is_object() {
                             *list = Value::Object(Map::new());
@@ -204,21 +279,35 @@ impl LimitRanger {
                     let set_limits = set("limits", &lim_defaults);
                     let set_requests = set("requests", &req_defaults);
                     if !set_requests.is_empty() {
-                        notes.push(format!("{} request for {prefix} {name}", set_requests.join(", ")));
+                        notes.push(format!(
+                            "{} request for {prefix} {name}",
+                            set_requests.join(", ")
+                        ));
                     }
                     if !set_limits.is_empty() {
-                        notes.push(format!("{} limit for {prefix} {name}", set_limits.join(", ")));
+                        notes.push(format!(
+                            "{} limit for {prefix} {name}",
+                            set_limits.join(", ")
+                        ));
                     }
                 }
             }
             if !notes.is_empty() {
-                if let Some(meta) = pod.as_object_mut().map(|o| o.entry("metadata").or_insert_with(|| Value::Object(Map::new()))) {
+                if let Some(meta) = pod.as_object_mut().map(|o| {
+                    o.entry("metadata")
+                        .or_insert_with(|| Value::Object(Map::new()))
+                }) {
                     if let Some(m) = meta.as_object_mut() {
-                        let ann = m.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+                        let ann = m
+                            .entry("annotations")
+                            .or_insert_with(|| Value::Object(Map::new()));
                         if let Some(a) = ann.as_object_mut() {
                             a.insert(
                                 LIMIT_RANGER_ANNOTATION.to_string(),
-                                Value::String(format!("LimitRanger plugin set: {}", notes.join("; "))),
+                                Value::String(format!(
+                                    "LimitRanger plugin set: {}",
+                                    notes.join("; ")
+                                )),
                             );
                         }
                     }
@@ -236,7 +325,10 @@ impl LimitRanger {
             for item in items(lr) {
                 match (resource, item.kind.as_str()) {
                     ("pods", "Container") => {
-                        for (req, lim) in containers(obj, "containers").iter().chain(containers(obj, "initContainers").iter()) {
+                        for (req, lim) in containers(obj, "containers")
+                            .iter()
+                            .chain(containers(obj, "initContainers").iter())
+                        {
                             check_all("Container", &item, req, lim, &mut errs);
                         }
                     }
@@ -263,10 +355,21 @@ impl LimitRanger {
                     ("persistentvolumeclaims", "PersistentVolumeClaim") => {
                         let req = resource_list(&obj["spec"]["resources"]["requests"]);
                         for (k, v) in &item.min {
-                            errs.extend(min_constraint("PersistentVolumeClaim", k, v, &req, &ResourceList::new()));
+                            errs.extend(min_constraint(
+                                "PersistentVolumeClaim",
+                                k,
+                                v,
+                                &req,
+                                &ResourceList::new(),
+                            ));
                         }
                         for (k, v) in &item.max {
-                            errs.extend(max_request_constraint("PersistentVolumeClaim", k, v, &req));
+                            errs.extend(max_request_constraint(
+                                "PersistentVolumeClaim",
+                                k,
+                                v,
+                                &req,
+                            ));
                         }
                     }
                     _ => {}
@@ -285,13 +388,19 @@ impl LimitRanger {
     /// immutable); PVCs are validated on CREATE and UPDATE. Subresource requests
     /// must not be passed. The error is upstream's full message, e.g.
     /// `pods "p" is forbidden: maximum cpu usage per Container is 1, but limit is 2.`
-    pub fn apply(limit_ranges: &[Value], resource: &str, operation: &str, obj: &mut Value) -> Result<(), String> {
+    pub fn apply(
+        limit_ranges: &[Value],
+        resource: &str,
+        operation: &str,
+        obj: &mut Value,
+    ) -> Result<(), String> {
         match (resource, operation) {
             ("pods", "CREATE") => Self::default_pod(limit_ranges, obj),
             ("persistentvolumeclaims", "CREATE" | "UPDATE") => {}
             _ => return Ok(()),
         }
-        Self::validate(limit_ranges, resource, obj).map_err(|e| forbidden_message("", resource, &object_name(obj), &e))
+        Self::validate(limit_ranges, resource, obj)
+            .map_err(|e| forbidden_message("", resource, &object_name(obj), &e))
     }
 }
 
@@ -306,11 +415,16 @@ mod tests {
 
     #[test]
     fn defaults_container_resources_and_annotates() {
-        let ranges = [lr(json!([{"type": "Container", "default": {"cpu": "500m", "memory": "256Mi"}, "defaultRequest": {"cpu": "100m"}}]))];
+        let ranges = [lr(
+            json!([{"type": "Container", "default": {"cpu": "500m", "memory": "256Mi"}, "defaultRequest": {"cpu": "100m"}}]),
+        )];
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [
             {"name": "c", "image": "x", "resources": {"limits": {"memory": "1Gi"}}}
         ]}});
-        assert_eq!(LimitRanger::apply(&ranges, "pods", "CREATE", &mut pod), Ok(()));
+        assert_eq!(
+            LimitRanger::apply(&ranges, "pods", "CREATE", &mut pod),
+            Ok(())
+        );
         let res = &pod["spec"]["containers"][0]["resources"];
         assert_eq!(res["limits"]["cpu"], "500m");
         assert_eq!(res["limits"]["memory"], "1Gi", "explicit limit kept");
@@ -331,7 +445,10 @@ mod tests {
         ]}});
         assert_eq!(
             LimitRanger::apply(&ranges, "pods", "CREATE", &mut pod),
-            Err("pods \"p\" is forbidden: maximum cpu usage per Container is 1, but limit is 2.".to_string())
+            Err(
+                "pods \"p\" is forbidden: maximum cpu usage per Container is 1, but limit is 2."
+                    .to_string()
+            )
         );
     }
 
@@ -356,20 +473,28 @@ mod tests {
 
     #[test]
     fn pvc_min_max_on_requests() {
-        let ranges = [lr(json!([{"type": "PersistentVolumeClaim", "min": {"storage": "1Gi"}, "max": {"storage": "2Gi"}}]))];
+        let ranges = [lr(
+            json!([{"type": "PersistentVolumeClaim", "min": {"storage": "1Gi"}, "max": {"storage": "2Gi"}}]),
+        )];
         let mut pvc = json!({"metadata": {"name": "claim"}, "spec": {"resources": {"requests": {"storage": "5Gi"}}}});
         assert_eq!(
             LimitRanger::apply(&ranges, "persistentvolumeclaims", "CREATE", &mut pvc),
             Err("persistentvolumeclaims \"claim\" is forbidden: maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 5Gi.".to_string())
         );
         pvc["spec"]["resources"]["requests"]["storage"] = json!("1536Mi");
-        assert_eq!(LimitRanger::apply(&ranges, "persistentvolumeclaims", "CREATE", &mut pvc), Ok(()));
+        assert_eq!(
+            LimitRanger::apply(&ranges, "persistentvolumeclaims", "CREATE", &mut pvc),
+            Ok(())
+        );
     }
 
     #[test]
     fn pod_updates_are_ignored() {
         let ranges = [lr(json!([{"type": "Container", "max": {"cpu": "1"}}]))];
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "2"}}}]}});
-        assert_eq!(LimitRanger::apply(&ranges, "pods", "UPDATE", &mut pod), Ok(()));
+        assert_eq!(
+            LimitRanger::apply(&ranges, "pods", "UPDATE", &mut pod),
+            Ok(())
+        );
     }
 }

@@ -100,14 +100,22 @@ fn mode_policy(labels: &Value, mode: &str) -> LevelVersion {
         }
         let m: u32 = v.strip_prefix("v1.")?.parse().ok()?;
         // versions newer than known checks are "latest"
-        if m > MAX_MINOR { None } else { Some(m) }
+        if m > MAX_MINOR {
+            None
+        } else {
+            Some(m)
+        }
     });
     LevelVersion { level, minor }
 }
 
 /// The namespace policy from its labels (a JSON object of labels, or null).
 pub fn policy_from_labels(labels: &Value) -> Policy {
-    Policy { enforce: mode_policy(labels, "enforce"), audit: mode_policy(labels, "audit"), warn: mode_policy(labels, "warn") }
+    Policy {
+        enforce: mode_policy(labels, "enforce"),
+        audit: mode_policy(labels, "audit"),
+        warn: mode_policy(labels, "warn"),
+    }
 }
 
 /// The outcome of evaluating one request.
@@ -126,7 +134,11 @@ pub struct Decision {
 
 impl Decision {
     fn allow() -> Decision {
-        Decision { enforce: Ok(()), warnings: Vec::new(), audit: Vec::new() }
+        Decision {
+            enforce: Ok(()),
+            warnings: Vec::new(),
+            audit: Vec::new(),
+        }
     }
 }
 
@@ -138,7 +150,11 @@ struct Violation {
 }
 
 fn pluralize(one: &str, many: &str, n: usize) -> String {
-    if n == 1 { one.to_string() } else { many.to_string() }
+    if n == 1 {
+        one.to_string()
+    } else {
+        many.to_string()
+    }
 }
 
 fn join_quote<S: AsRef<str>>(items: &[S]) -> String {
@@ -150,7 +166,10 @@ fn join_quote<S: AsRef<str>>(items: &[S]) -> String {
 }
 
 fn containers(spec: &Value) -> impl Iterator<Item = &Value> {
-    arr(&spec["initContainers"]).iter().chain(arr(&spec["containers"])).chain(arr(&spec["ephemeralContainers"]))
+    arr(&spec["initContainers"])
+        .iter()
+        .chain(arr(&spec["containers"]))
+        .chain(arr(&spec["ephemeralContainers"]))
 }
 
 fn cname(c: &Value) -> String {
@@ -158,7 +177,10 @@ fn cname(c: &Value) -> String {
 }
 
 fn v(reason: &str, detail: String) -> Option<Violation> {
-    Some(Violation { reason: reason.to_string(), detail })
+    Some(Violation {
+        reason: reason.to_string(),
+        detail,
+    })
 }
 
 fn is_windows(spec: &Value) -> bool {
@@ -171,7 +193,11 @@ fn setters(pod: bool, containers: &[String]) -> Vec<String> {
         out.push("pod".to_string());
     }
     if !containers.is_empty() {
-        out.push(format!("{} {}", pluralize("container", "containers", containers.len()), join_quote(containers)));
+        out.push(format!(
+            "{} {}",
+            pluralize("container", "containers", containers.len()),
+            join_quote(containers)
+        ));
     }
     out
 }
@@ -199,9 +225,18 @@ fn check_allow_privilege_escalation(_: &Value, spec: &Value) -> Option<Violation
 
 fn check_app_armor(meta: &Value, spec: &Value) -> Option<Violation> {
     let mut bad: BTreeSet<String> = BTreeSet::new();
-    let bad_type = |p: &Value| p["type"].as_str().is_some_and(|t| t != "RuntimeDefault" && t != "Localhost");
+    let bad_type = |p: &Value| {
+        p["type"]
+            .as_str()
+            .is_some_and(|t| t != "RuntimeDefault" && t != "Localhost")
+    };
     if bad_type(&spec["securityContext"]["appArmorProfile"]) {
-        bad.insert(format!("pod must not set securityContext.appArmorProfile.type to {}", join_quote(&[spec["securityContext"]["appArmorProfile"]["type"].as_str().unwrap_or_default()])));
+        bad.insert(format!(
+            "pod must not set securityContext.appArmorProfile.type to {}",
+            join_quote(&[spec["securityContext"]["appArmorProfile"]["type"]
+                .as_str()
+                .unwrap_or_default()])
+        ));
     }
     for c in containers(spec) {
         let p = &c["securityContext"]["appArmorProfile"];
@@ -227,12 +262,30 @@ fn check_app_armor(meta: &Value, spec: &Value) -> Option<Violation> {
         return None;
     }
     let n = bad.len();
-    v(&pluralize("forbidden AppArmor profile", "forbidden AppArmor profiles", n), bad.into_iter().collect::<Vec<_>>().join(", "))
+    v(
+        &pluralize(
+            "forbidden AppArmor profile",
+            "forbidden AppArmor profiles",
+            n,
+        ),
+        bad.into_iter().collect::<Vec<_>>().join(", "),
+    )
 }
 
 const DEFAULT_CAPS: [&str; 13] = [
-    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "SETFCAP", "SETGID",
-    "SETPCAP", "SETUID", "SYS_CHROOT",
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
 ];
 
 fn check_capabilities_baseline(_: &Value, spec: &Value) -> Option<Violation> {
@@ -240,7 +293,10 @@ fn check_capabilities_baseline(_: &Value, spec: &Value) -> Option<Violation> {
     let mut caps = BTreeSet::new();
     for c in containers(spec) {
         let mut this_bad = false;
-        for cap in arr(&c["securityContext"]["capabilities"]["add"]).iter().filter_map(Value::as_str) {
+        for cap in arr(&c["securityContext"]["capabilities"]["add"])
+            .iter()
+            .filter_map(Value::as_str)
+        {
             if !DEFAULT_CAPS.contains(&cap) {
                 this_bad = true;
                 caps.insert(cap.to_string());
@@ -278,7 +334,10 @@ fn check_capabilities_restricted(_: &Value, spec: &Value) -> Option<Violation> {
             missing_drop.push(cname(c));
             continue;
         }
-        if !arr(&capsv["drop"]).iter().any(|d| d.as_str() == Some("ALL")) {
+        if !arr(&capsv["drop"])
+            .iter()
+            .any(|d| d.as_str() == Some("ALL"))
+        {
             missing_drop.push(cname(c));
         }
         let mut this_bad = false;
@@ -316,11 +375,15 @@ fn check_capabilities_restricted(_: &Value, spec: &Value) -> Option<Violation> {
 }
 
 fn check_host_namespaces(_: &Value, spec: &Value) -> Option<Violation> {
-    let set: Vec<&str> = [("hostNetwork", "hostNetwork=true"), ("hostPID", "hostPID=true"), ("hostIPC", "hostIPC=true")]
-        .iter()
-        .filter(|(f, _)| spec[*f] == Value::Bool(true))
-        .map(|(_, s)| *s)
-        .collect();
+    let set: Vec<&str> = [
+        ("hostNetwork", "hostNetwork=true"),
+        ("hostPID", "hostPID=true"),
+        ("hostIPC", "hostIPC=true"),
+    ]
+    .iter()
+    .filter(|(f, _)| spec[*f] == Value::Bool(true))
+    .map(|(_, s)| *s)
+    .collect();
     if set.is_empty() {
         return None;
     }
@@ -336,7 +399,14 @@ fn check_host_path_volumes(_: &Value, spec: &Value) -> Option<Violation> {
     if bad.is_empty() {
         return None;
     }
-    v("hostPath volumes", format!("{} {}", pluralize("volume", "volumes", bad.len()), join_quote(&bad)))
+    v(
+        "hostPath volumes",
+        format!(
+            "{} {}",
+            pluralize("volume", "volumes", bad.len()),
+            join_quote(&bad)
+        ),
+    )
 }
 
 fn check_host_ports(_: &Value, spec: &Value) -> Option<Violation> {
@@ -403,15 +473,21 @@ fn check_host_probes(_: &Value, spec: &Value) -> Option<Violation> {
             pluralize("container", "containers", bad.len()),
             join_quote(&bad),
             pluralize("uses", "use", bad.len()),
-            pluralize("probe or lifecycle host", "probe or lifecycle hosts", hosts.len()),
+            pluralize(
+                "probe or lifecycle host",
+                "probe or lifecycle hosts",
+                hosts.len()
+            ),
             join_quote(&hosts)
         ),
     )
 }
 
 fn check_privileged(_: &Value, spec: &Value) -> Option<Violation> {
-    let bad: Vec<String> =
-        containers(spec).filter(|c| c["securityContext"]["privileged"] == Value::Bool(true)).map(cname).collect();
+    let bad: Vec<String> = containers(spec)
+        .filter(|c| c["securityContext"]["privileged"] == Value::Bool(true))
+        .map(cname)
+        .collect();
     if bad.is_empty() {
         return None;
     }
@@ -433,7 +509,10 @@ fn check_proc_mount(_: &Value, spec: &Value) -> Option<Violation> {
     let mut bad = Vec::new();
     let mut vals = BTreeSet::new();
     for c in containers(spec) {
-        if let Some(pm) = c["securityContext"]["procMount"].as_str().filter(|p| *p != "Default") {
+        if let Some(pm) = c["securityContext"]["procMount"]
+            .as_str()
+            .filter(|p| *p != "Default")
+        {
             bad.push(cname(c));
             vals.insert(pm.to_string());
         }
@@ -454,13 +533,50 @@ fn check_proc_mount(_: &Value, spec: &Value) -> Option<Violation> {
 }
 
 const VOLUME_TYPES: [&str; 25] = [
-    "hostPath", "emptyDir", "gcePersistentDisk", "awsElasticBlockStore", "gitRepo", "secret", "nfs", "iscsi",
-    "glusterfs", "persistentVolumeClaim", "rbd", "flexVolume", "cinder", "cephfs", "flocker", "downwardAPI", "fc",
-    "azureFile", "configMap", "vsphereVolume", "quobyte", "azureDisk", "photonPersistentDisk", "projected", "portworxVolume",
+    "hostPath",
+    "emptyDir",
+    "gcePersistentDisk",
+    "awsElasticBlockStore",
+    "gitRepo",
+    "secret",
+    "nfs",
+    "iscsi",
+    "glusterfs",
+    "persistentVolumeClaim",
+    "rbd",
+    "flexVolume",
+    "cinder",
+    "cephfs",
+    "flocker",
+    "downwardAPI",
+    "fc",
+    "azureFile",
+    "configMap",
+    "vsphereVolume",
+    "quobyte",
+    "azureDisk",
+    "photonPersistentDisk",
+    "projected",
+    "portworxVolume",
 ];
-const MORE_VOLUME_TYPES: [&str; 6] = ["scaleIO", "storageos", "csi", "ephemeral", "image", "unknown"];
-const ALLOWED_VOLUMES: [&str; 8] =
-    ["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
+const MORE_VOLUME_TYPES: [&str; 6] = [
+    "scaleIO",
+    "storageos",
+    "csi",
+    "ephemeral",
+    "image",
+    "unknown",
+];
+const ALLOWED_VOLUMES: [&str; 8] = [
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+];
 
 fn check_restricted_volumes(_: &Value, spec: &Value) -> Option<Violation> {
     let mut bad = Vec::new();
@@ -489,7 +605,11 @@ fn check_restricted_volumes(_: &Value, spec: &Value) -> Option<Violation> {
             pluralize("volume", "volumes", bad.len()),
             join_quote(&bad),
             pluralize("uses", "use", bad.len()),
-            pluralize("restricted volume type", "restricted volume types", types.len()),
+            pluralize(
+                "restricted volume type",
+                "restricted volume types",
+                types.len()
+            ),
             join_quote(&types)
         ),
     )
@@ -514,7 +634,13 @@ fn check_run_as_non_root(_: &Value, spec: &Value) -> Option<Violation> {
     }
     let bad = setters(pod_bad, &explicit);
     if !bad.is_empty() {
-        return v("runAsNonRoot != true", format!("{} must not set securityContext.runAsNonRoot=false", bad.join(" and ")));
+        return v(
+            "runAsNonRoot != true",
+            format!(
+                "{} must not set securityContext.runAsNonRoot=false",
+                bad.join(" and ")
+            ),
+        );
     }
     if !implicit.is_empty() {
         return v(
@@ -534,12 +660,18 @@ fn check_run_as_user(_: &Value, spec: &Value) -> Option<Violation> {
         return None;
     }
     let pod_bad = spec["securityContext"]["runAsUser"].as_i64() == Some(0);
-    let bad: Vec<String> = containers(spec).filter(|c| c["securityContext"]["runAsUser"].as_i64() == Some(0)).map(cname).collect();
+    let bad: Vec<String> = containers(spec)
+        .filter(|c| c["securityContext"]["runAsUser"].as_i64() == Some(0))
+        .map(cname)
+        .collect();
     let s = setters(pod_bad, &bad);
     if s.is_empty() {
         return None;
     }
-    v("runAsUser=0", format!("{} must not set runAsUser=0", s.join(" and ")))
+    v(
+        "runAsUser=0",
+        format!("{} must not set runAsUser=0", s.join(" and ")),
+    )
 }
 
 fn check_selinux(_: &Value, spec: &Value, minor: u32) -> Option<Violation> {
@@ -569,19 +701,37 @@ fn check_selinux(_: &Value, spec: &Value, minor: u32) -> Option<Violation> {
         bad
     };
     let pod_bad = bad_opts(&spec["securityContext"]["seLinuxOptions"]);
-    let bad: Vec<String> = containers(spec).filter(|c| bad_opts(&c["securityContext"]["seLinuxOptions"])).map(cname).collect();
+    let bad: Vec<String> = containers(spec)
+        .filter(|c| bad_opts(&c["securityContext"]["seLinuxOptions"]))
+        .map(cname)
+        .collect();
     let s = setters(pod_bad, &bad);
     if s.is_empty() {
         return None;
     }
     let mut parts = Vec::new();
-    for (one, many, set) in [("type", "types", &types), ("user", "users", &users), ("role", "roles", &roles)] {
+    for (one, many, set) in [
+        ("type", "types", &types),
+        ("user", "users", &users),
+        ("role", "roles", &roles),
+    ] {
         if !set.is_empty() {
             let items: Vec<&String> = set.iter().collect();
-            parts.push(format!("{} {}", pluralize(one, many, set.len()), join_quote(&items)));
+            parts.push(format!(
+                "{} {}",
+                pluralize(one, many, set.len()),
+                join_quote(&items)
+            ));
         }
     }
-    v("seLinuxOptions", format!("{} set forbidden securityContext.seLinuxOptions: {}", s.join(" and "), parts.join("; ")))
+    v(
+        "seLinuxOptions",
+        format!(
+            "{} set forbidden securityContext.seLinuxOptions: {}",
+            s.join(" and "),
+            parts.join("; ")
+        ),
+    )
 }
 
 fn valid_seccomp(t: &str) -> bool {
@@ -599,7 +749,10 @@ fn check_seccomp_baseline(_: &Value, spec: &Value) -> Option<Violation> {
     };
     let mut bad = Vec::new();
     for c in containers(spec) {
-        if let Some(t) = c["securityContext"]["seccompProfile"]["type"].as_str().filter(|t| !valid_seccomp(t)) {
+        if let Some(t) = c["securityContext"]["seccompProfile"]["type"]
+            .as_str()
+            .filter(|t| !valid_seccomp(t))
+        {
             vals.insert(t.to_string());
             bad.push(cname(c));
         }
@@ -609,7 +762,14 @@ fn check_seccomp_baseline(_: &Value, spec: &Value) -> Option<Violation> {
         return None;
     }
     let vals: Vec<String> = vals.into_iter().collect();
-    v("seccompProfile", format!("{} must not set securityContext.seccompProfile.type to {}", s.join(" and "), join_quote(&vals)))
+    v(
+        "seccompProfile",
+        format!(
+            "{} must not set securityContext.seccompProfile.type to {}",
+            s.join(" and "),
+            join_quote(&vals)
+        ),
+    )
 }
 
 fn check_seccomp_restricted(meta: &Value, spec: &Value) -> Option<Violation> {
@@ -620,8 +780,10 @@ fn check_seccomp_restricted(meta: &Value, spec: &Value) -> Option<Violation> {
         return Some(bad);
     }
     let pod_set = spec["securityContext"]["seccompProfile"]["type"].is_string();
-    let implicit: Vec<String> =
-        containers(spec).filter(|c| !pod_set && !c["securityContext"]["seccompProfile"]["type"].is_string()).map(cname).collect();
+    let implicit: Vec<String> = containers(spec)
+        .filter(|c| !pod_set && !c["securityContext"]["seccompProfile"]["type"].is_string())
+        .map(cname)
+        .collect();
     if implicit.is_empty() {
         return None;
     }
@@ -647,7 +809,12 @@ fn check_sysctls(_: &Value, spec: &Value, minor: u32) -> Option<Violation> {
         allowed.push("net.ipv4.ip_local_reserved_ports");
     }
     if minor >= 29 {
-        allowed.extend(["net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"]);
+        allowed.extend([
+            "net.ipv4.tcp_keepalive_time",
+            "net.ipv4.tcp_fin_timeout",
+            "net.ipv4.tcp_keepalive_intvl",
+            "net.ipv4.tcp_keepalive_probes",
+        ]);
     }
     if minor >= 32 {
         allowed.extend(["net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"]);
@@ -673,7 +840,13 @@ fn check_windows_host_process(_: &Value, spec: &Value) -> Option<Violation> {
     if s.is_empty() {
         return None;
     }
-    v("hostProcess", format!("{} must not set securityContext.windowsOptions.hostProcess=true", s.join(" and ")))
+    v(
+        "hostProcess",
+        format!(
+            "{} must not set securityContext.windowsOptions.hostProcess=true",
+            s.join(" and ")
+        ),
+    )
 }
 
 /// Evaluates pod metadata + spec at a level; returns the violations in
@@ -721,7 +894,13 @@ fn evaluate_pod(lv: LevelVersion, meta: &Value, spec: &Value) -> Vec<Violation> 
 
 fn details(vs: &[Violation]) -> String {
     vs.iter()
-        .map(|v| if v.detail.is_empty() { v.reason.clone() } else { format!("{} ({})", v.reason, v.detail) })
+        .map(|v| {
+            if v.detail.is_empty() {
+                v.reason.clone()
+            } else {
+                format!("{} ({})", v.reason, v.detail)
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -731,7 +910,11 @@ fn details(vs: &[Violation]) -> String {
 /// or `None` when allowed.
 pub fn check_level(lv: LevelVersion, pod_meta: &Value, pod_spec: &Value) -> Option<String> {
     let vs = evaluate_pod(lv, pod_meta, pod_spec);
-    if vs.is_empty() { None } else { Some(details(&vs)) }
+    if vs.is_empty() {
+        None
+    } else {
+        Some(details(&vs))
+    }
 }
 
 fn significant_pod_update(new: &Value, old: &Value) -> bool {
@@ -748,7 +931,10 @@ fn significant_pod_update(new: &Value, old: &Value) -> bool {
             if x["image"] != y["image"] {
                 return true;
             }
-            let key = format!("container.seccomp.security.alpha.kubernetes.io/{}", cname(x));
+            let key = format!(
+                "container.seccomp.security.alpha.kubernetes.io/{}",
+                cname(x)
+            );
             if new["metadata"]["annotations"][&key] != old["metadata"]["annotations"][&key] {
                 return true;
             }
@@ -767,8 +953,15 @@ fn significant_pod_update(new: &Value, old: &Value) -> bool {
 /// without a pod template, and pod updates that change nothing security
 /// relevant (upstream only re-checks image or container-count changes), are
 /// allowed. The caller skips pod subresources other than `ephemeralcontainers`.
-pub fn evaluate(namespace_labels: &Value, kind: &str, obj: &Value, old: Option<&Value>) -> Decision {
-    let Some((meta, spec)) = pod_spec_of(kind, obj) else { return Decision::allow() };
+pub fn evaluate(
+    namespace_labels: &Value,
+    kind: &str,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Decision {
+    let Some((meta, spec)) = pod_spec_of(kind, obj) else {
+        return Decision::allow();
+    };
     let policy = policy_from_labels(namespace_labels);
     let is_pod = kind == "Pod";
     if let Some(old) = old {
@@ -793,11 +986,17 @@ pub fn evaluate(namespace_labels: &Value, kind: &str, obj: &Value, old: Option<&
     }
     if enforce_failed != Some(policy.warn) {
         if let Some(text) = check_level(policy.warn, meta, spec) {
-            d.warnings.push(format!("would violate PodSecurity \"{}\": {}", policy.warn, text));
+            d.warnings.push(format!(
+                "would violate PodSecurity \"{}\": {}",
+                policy.warn, text
+            ));
         }
     }
     if let Some(text) = check_level(policy.audit, meta, spec) {
-        d.audit.push(format!("would violate PodSecurity \"{}\": {}", policy.audit, text));
+        d.audit.push(format!(
+            "would violate PodSecurity \"{}\": {}",
+            policy.audit, text
+        ));
     }
     d
 }
@@ -881,11 +1080,19 @@ mod tests {
         let d = evaluate(&labels, "Deployment", &dep, None);
         assert_eq!(d.enforce, Ok(()));
         assert_eq!(d.warnings.len(), 1);
-        assert!(d.warnings[0].starts_with("would violate PodSecurity \"baseline:latest\": privileged"));
+        assert!(
+            d.warnings[0].starts_with("would violate PodSecurity \"baseline:latest\": privileged")
+        );
         // unchanged template on update: nothing to say
-        assert_eq!(evaluate(&labels, "Deployment", &dep, Some(&dep)), Decision::allow());
+        assert_eq!(
+            evaluate(&labels, "Deployment", &dep, Some(&dep)),
+            Decision::allow()
+        );
         // a ConfigMap has no pod template
-        assert_eq!(evaluate(&labels, "ConfigMap", &json!({}), None), Decision::allow());
+        assert_eq!(
+            evaluate(&labels, "ConfigMap", &json!({}), None),
+            Decision::allow()
+        );
     }
 
     #[test]
@@ -894,15 +1101,23 @@ mod tests {
         let old = privileged_pod();
         let mut relabelled = old.clone();
         relabelled["metadata"]["labels"] = json!({"a": "b"});
-        assert_eq!(evaluate(&labels, "Pod", &relabelled, Some(&old)).enforce, Ok(()));
+        assert_eq!(
+            evaluate(&labels, "Pod", &relabelled, Some(&old)).enforce,
+            Ok(())
+        );
         let mut new_image = old.clone();
         new_image["spec"]["containers"][0]["image"] = json!("nginx:2");
-        assert!(evaluate(&labels, "Pod", &new_image, Some(&old)).enforce.is_err());
+        assert!(evaluate(&labels, "Pod", &new_image, Some(&old))
+            .enforce
+            .is_err());
     }
 
     #[test]
     fn restricted_volume_and_run_as_user_details() {
-        let lv = LevelVersion { level: Level::Restricted, minor: None };
+        let lv = LevelVersion {
+            level: Level::Restricted,
+            minor: None,
+        };
         let spec = json!({"securityContext": {"runAsNonRoot": true, "runAsUser": 0, "seccompProfile": {"type": "Unconfined"}},
             "volumes": [{"name": "g", "gitRepo": {"repository": "x"}}, {"name": "h", "hostPath": {"path": "/"}}],
             "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]});

@@ -30,7 +30,9 @@ pub struct Quantity {
 
 /// Why a string is not a quantity.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")]
+#[error(
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+)]
 pub struct QuantityError;
 
 impl PartialEq for Quantity {
@@ -67,7 +69,10 @@ fn scale10(n: i128, e: i32) -> Option<i128> {
 
 impl Quantity {
     /// Zero, in decimal SI format.
-    pub const ZERO: Quantity = Quantity { nanos: 0, format: Format::DecimalSi };
+    pub const ZERO: Quantity = Quantity {
+        nanos: 0,
+        format: Format::DecimalSi,
+    };
 
     /// Parses a quantity string such as `500m`, `1.5Gi` or `1e3`.
     pub fn parse(s: &str) -> Result<Quantity, QuantityError> {
@@ -77,9 +82,14 @@ impl Quantity {
             Some(b'+') => (false, &s[1..]),
             _ => (false, s),
         };
-        let split = body.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(body.len());
+        let split = body
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(body.len());
         let (num, suffix) = body.split_at(split);
-        if num.is_empty() || num.matches('.').count() > 1 || !num.bytes().any(|b| b.is_ascii_digit()) {
+        if num.is_empty()
+            || num.matches('.').count() > 1
+            || !num.bytes().any(|b| b.is_ascii_digit())
+        {
             return Err(QuantityError);
         }
         let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
@@ -88,7 +98,11 @@ impl Quantity {
         if digits.len() > 30 {
             return Err(QuantityError);
         }
-        let n: i128 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| QuantityError)? };
+        let n: i128 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().map_err(|_| QuantityError)?
+        };
         let frac = frac_part.len() as i32;
         let (format, nanos) = match suffix {
             "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => {
@@ -132,17 +146,26 @@ impl Quantity {
                 (format, scale10(n, 9 + e - frac).ok_or(QuantityError)?)
             }
         };
-        Ok(Quantity { nanos: if neg { -nanos } else { nanos }, format })
+        Ok(Quantity {
+            nanos: if neg { -nanos } else { nanos },
+            format,
+        })
     }
 
     /// A quantity of `n` whole units in decimal SI format.
     pub fn from_int(n: i64) -> Quantity {
-        Quantity { nanos: n as i128 * NANO, format: Format::DecimalSi }
+        Quantity {
+            nanos: n as i128 * NANO,
+            format: Format::DecimalSi,
+        }
     }
 
     /// A quantity of `n` thousandths in decimal SI format (as upstream's `NewMilliQuantity`).
     pub fn from_milli(n: i64) -> Quantity {
-        Quantity { nanos: n as i128 * 1_000_000, format: Format::DecimalSi }
+        Quantity {
+            nanos: n as i128 * 1_000_000,
+            format: Format::DecimalSi,
+        }
     }
 
     /// The format the quantity keeps when printed.
@@ -153,13 +176,21 @@ impl Quantity {
     /// The value in thousandths, rounded up (upstream's `MilliValue`).
     pub fn milli_value(&self) -> i128 {
         let q = self.nanos / 1_000_000;
-        if self.nanos % 1_000_000 > 0 { q + 1 } else { q }
+        if self.nanos % 1_000_000 > 0 {
+            q + 1
+        } else {
+            q
+        }
     }
 
     /// The value in whole units, rounded up (upstream's `Value`).
     pub fn value(&self) -> i128 {
         let q = self.nanos / NANO;
-        if self.nanos % NANO > 0 { q + 1 } else { q }
+        if self.nanos % NANO > 0 {
+            q + 1
+        } else {
+            q
+        }
     }
 
     /// The value as a float, for ratios.
@@ -174,12 +205,18 @@ impl Quantity {
 
     /// The sum, keeping this quantity's format (as upstream's `Add`).
     pub fn add(&self, other: &Quantity) -> Quantity {
-        Quantity { nanos: self.nanos.saturating_add(other.nanos), format: self.format }
+        Quantity {
+            nanos: self.nanos.saturating_add(other.nanos),
+            format: self.format,
+        }
     }
 
     /// The difference, keeping this quantity's format (as upstream's `Sub`).
     pub fn sub(&self, other: &Quantity) -> Quantity {
-        Quantity { nanos: self.nanos.saturating_sub(other.nanos), format: self.format }
+        Quantity {
+            nanos: self.nanos.saturating_sub(other.nanos),
+            format: self.format,
+        }
     }
 }
 
@@ -192,7 +229,11 @@ impl std::str::FromStr for Quantity {
 
 fn decimal_suffix(exp: i32, format: Format) -> String {
     if format == Format::DecimalExponent {
-        return if exp == 0 { String::new() } else { format!("e{exp}") };
+        return if exp == 0 {
+            String::new()
+        } else {
+            format!("e{exp}")
+        };
     }
     match exp {
         -9 => "n",

@@ -37,7 +37,11 @@ fn count_name(group: &str, resource: &str) -> String {
 
 fn resource_list(v: &Value) -> Usage {
     v.as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| quantity::from_json(v).map(|q| (k.clone(), q))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| quantity::from_json(v).map(|q| (k.clone(), q)))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -59,9 +63,10 @@ fn pod_is_live(pod: &Value) -> bool {
     if phase == "Succeeded" || phase == "Failed" {
         return false;
     }
-    if let (Some(ts), Some(grace)) =
-        (pod["metadata"]["deletionTimestamp"].as_str(), pod["metadata"]["deletionGracePeriodSeconds"].as_i64())
-    {
+    if let (Some(ts), Some(grace)) = (
+        pod["metadata"]["deletionTimestamp"].as_str(),
+        pod["metadata"]["deletionGracePeriodSeconds"].as_i64(),
+    ) {
         if let Ok(t) = ts.parse::<jiff::Timestamp>() {
             let deadline = t.as_second().saturating_add(grace);
             if jiff::Timestamp::now().as_second() > deadline {
@@ -154,7 +159,13 @@ fn pod_usage(pod: &Value) -> Usage {
     let mut out = Usage::new();
     out.insert("count/pods".into(), one());
     if pod_is_live(pod) {
-        add_into(&mut out, &pod_compute_usage(&pod_resources(pod, "requests"), &pod_resources(pod, "limits")));
+        add_into(
+            &mut out,
+            &pod_compute_usage(
+                &pod_resources(pod, "requests"),
+                &pod_resources(pod, "limits"),
+            ),
+        );
     }
     out
 }
@@ -166,11 +177,17 @@ fn service_usage(svc: &Value) -> Usage {
     let ports = arr(&svc["spec"]["ports"]);
     match svc["spec"]["type"].as_str().unwrap_or("ClusterIP") {
         "NodePort" => {
-            out.insert("services.nodeports".into(), Quantity::from_int(ports.len() as i64));
+            out.insert(
+                "services.nodeports".into(),
+                Quantity::from_int(ports.len() as i64),
+            );
         }
         "LoadBalancer" => {
             let n = if svc["spec"]["allocateLoadBalancerNodePorts"] == Value::Bool(false) {
-                ports.iter().filter(|p| p["nodePort"].as_i64().unwrap_or(0) != 0).count()
+                ports
+                    .iter()
+                    .filter(|p| p["nodePort"].as_i64().unwrap_or(0) != 0)
+                    .count()
             } else {
                 ports.len()
             };
@@ -196,7 +213,10 @@ fn pvc_usage(pvc: &Value) -> Usage {
     out.insert("count/persistentvolumeclaims".into(), one());
     let class = pvc_storage_class(pvc);
     if let Some(c) = &class {
-        out.insert(format!("{c}{STORAGE_CLASS_SUFFIX}persistentvolumeclaims"), one());
+        out.insert(
+            format!("{c}{STORAGE_CLASS_SUFFIX}persistentvolumeclaims"),
+            one(),
+        );
     }
     let mut storage = quantity::from_json(&pvc["spec"]["resources"]["requests"]["storage"]);
     if let Some(alloc) = quantity::from_json(&pvc["status"]["allocatedResources"]["storage"]) {
@@ -250,11 +270,15 @@ fn tracks(group: &str, resource: &str, name: &str) -> bool {
                 || name.starts_with("limits.")
                 || name.starts_with("hugepages-")
         }
-        "services" => matches!(name, "services" | "services.loadbalancers" | "services.nodeports"),
+        "services" => matches!(
+            name,
+            "services" | "services.loadbalancers" | "services.nodeports"
+        ),
         "persistentvolumeclaims" => {
             matches!(name, "persistentvolumeclaims" | "requests.storage")
                 || (name.contains(STORAGE_CLASS_SUFFIX)
-                    && (name.ends_with("/requests.storage") || name.ends_with("/persistentvolumeclaims")))
+                    && (name.ends_with("/requests.storage")
+                        || name.ends_with("/persistentvolumeclaims")))
         }
         "configmaps" | "secrets" | "replicationcontrollers" | "resourcequotas" => name == resource,
         _ => false,
@@ -269,16 +293,22 @@ fn handles_update(group: &str, resource: &str) -> bool {
 
 fn is_best_effort(pod: &Value) -> bool {
     let spec = &pod["spec"];
-    arr(&spec["containers"]).iter().chain(arr(&spec["initContainers"])).all(|c| {
-        ["requests", "limits"].iter().all(|f| {
-            let l = resource_list(&c["resources"][f]);
-            !l.iter().any(|(k, v)| (k == "cpu" || k == "memory") && !v.is_zero())
+    arr(&spec["containers"])
+        .iter()
+        .chain(arr(&spec["initContainers"]))
+        .all(|c| {
+            ["requests", "limits"].iter().all(|f| {
+                let l = resource_list(&c["resources"][f]);
+                !l.iter()
+                    .any(|(k, v)| (k == "cpu" || k == "memory") && !v.is_zero())
+            })
         })
-    })
 }
 
 fn is_terminating(pod: &Value) -> bool {
-    pod["spec"]["activeDeadlineSeconds"].as_i64().is_some_and(|s| s >= 0)
+    pod["spec"]["activeDeadlineSeconds"]
+        .as_i64()
+        .is_some_and(|s| s >= 0)
 }
 
 /// The scope requirements of a quota: `(scope, operator, values)`.
@@ -291,7 +321,10 @@ fn quota_scopes(quota: &Value) -> Vec<(String, String, Vec<String>)> {
     for e in arr(&quota["spec"]["scopeSelector"]["matchExpressions"]) {
         let scope = e["scopeName"].as_str().unwrap_or_default().to_string();
         let op = e["operator"].as_str().unwrap_or("Exists").to_string();
-        let values = arr(&e["values"]).iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        let values = arr(&e["values"])
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
         out.push((scope, op, values));
     }
     out
@@ -304,7 +337,9 @@ fn pod_matches_scope(pod: &Value, scope: &str, op: &str, values: &[String]) -> b
         "BestEffort" => is_best_effort(pod),
         "NotBestEffort" => !is_best_effort(pod),
         "PriorityClass" => {
-            let pc = pod["spec"]["priorityClassName"].as_str().filter(|s| !s.is_empty());
+            let pc = pod["spec"]["priorityClassName"]
+                .as_str()
+                .filter(|s| !s.is_empty());
             match op {
                 "Exists" => pc.is_some(),
                 "DoesNotExist" => pc.is_none(),
@@ -316,13 +351,20 @@ fn pod_matches_scope(pod: &Value, scope: &str, op: &str, values: &[String]) -> b
         "CrossNamespacePodAffinity" => {
             let aff = &pod["spec"]["affinity"];
             let cross = ["podAffinity", "podAntiAffinity"].iter().any(|a| {
-                ["requiredDuringSchedulingIgnoredDuringExecution", "preferredDuringSchedulingIgnoredDuringExecution"]
-                    .iter()
-                    .flat_map(|f| arr(&aff[a][f]))
-                    .any(|t| {
-                        let term = if t["podAffinityTerm"].is_object() { &t["podAffinityTerm"] } else { t };
-                        !arr(&term["namespaces"]).is_empty() || term["namespaceSelector"].is_object()
-                    })
+                [
+                    "requiredDuringSchedulingIgnoredDuringExecution",
+                    "preferredDuringSchedulingIgnoredDuringExecution",
+                ]
+                .iter()
+                .flat_map(|f| arr(&aff[a][f]))
+                .any(|t| {
+                    let term = if t["podAffinityTerm"].is_object() {
+                        &t["podAffinityTerm"]
+                    } else {
+                        t
+                    };
+                    !arr(&term["namespaces"]).is_empty() || term["namespaceSelector"].is_object()
+                })
             });
             let want = op != "DoesNotExist";
             cross == want
@@ -334,7 +376,11 @@ fn pod_matches_scope(pod: &Value, scope: &str, op: &str, values: &[String]) -> b
 /// Hard limits of a quota: `status.hard`, else `spec.hard`.
 fn hard_of(quota: &Value) -> Usage {
     let h = resource_list(&quota["status"]["hard"]);
-    if h.is_empty() { resource_list(&quota["spec"]["hard"]) } else { h }
+    if h.is_empty() {
+        resource_list(&quota["spec"]["hard"])
+    } else {
+        h
+    }
 }
 
 /// Whether the quota applies to the object: it tracks some resource of the
@@ -350,28 +396,53 @@ fn quota_matches(quota: &Value, group: &str, resource: &str, obj: &Value, hard: 
     if !(group.is_empty() && resource == "pods") {
         return false;
     }
-    scopes.iter().all(|(s, op, vals)| pod_matches_scope(obj, s, op, vals))
+    scopes
+        .iter()
+        .all(|(s, op, vals)| pod_matches_scope(obj, s, op, vals))
 }
 
 fn pretty(u: &Usage) -> String {
-    u.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    u.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Resources every container must set when a quota tracks them
 /// (upstream's backward-compatible pod constraint).
 fn pod_constraints(required: &BTreeSet<String>, pod: &Value) -> Result<(), String> {
-    const VALIDATED: [&str; 6] = ["cpu", "memory", "requests.cpu", "requests.memory", "limits.cpu", "limits.memory"];
-    let required: Vec<&str> = VALIDATED.iter().copied().filter(|r| required.contains(*r)).collect();
+    const VALIDATED: [&str; 6] = [
+        "cpu",
+        "memory",
+        "requests.cpu",
+        "requests.memory",
+        "limits.cpu",
+        "limits.memory",
+    ];
+    let required: Vec<&str> = VALIDATED
+        .iter()
+        .copied()
+        .filter(|r| required.contains(*r))
+        .collect();
     if required.is_empty() {
         return Ok(());
     }
     let mut missing: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     let spec = &pod["spec"];
-    for c in arr(&spec["containers"]).iter().chain(arr(&spec["initContainers"])) {
-        let u = pod_compute_usage(&resource_list(&c["resources"]["requests"]), &resource_list(&c["resources"]["limits"]));
+    for c in arr(&spec["containers"])
+        .iter()
+        .chain(arr(&spec["initContainers"]))
+    {
+        let u = pod_compute_usage(
+            &resource_list(&c["resources"]["requests"]),
+            &resource_list(&c["resources"]["limits"]),
+        );
         for r in &required {
             if !u.contains_key(*r) {
-                missing.entry(r).or_default().insert(c["name"].as_str().unwrap_or_default().to_string());
+                missing
+                    .entry(r)
+                    .or_default()
+                    .insert(c["name"].as_str().unwrap_or_default().to_string());
             }
         }
     }
@@ -380,7 +451,12 @@ fn pod_constraints(required: &BTreeSet<String>, pod: &Value) -> Result<(), Strin
     }
     let parts: Vec<String> = missing
         .iter()
-        .map(|(r, names)| format!("{r} for: {}", names.iter().cloned().collect::<Vec<_>>().join(",")))
+        .map(|(r, names)| {
+            format!(
+                "{r} for: {}",
+                names.iter().cloned().collect::<Vec<_>>().join(",")
+            )
+        })
         .collect();
     Err(format!("must specify {}", parts.join("; ")))
 }
@@ -413,16 +489,33 @@ pub fn check(
         if !quota_matches(q, group, resource, obj, &hard) {
             continue;
         }
-        let qname = q["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let restricted: BTreeSet<String> = hard.keys().filter(|k| tracks(group, resource, k)).cloned().collect();
+        let qname = q["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let restricted: BTreeSet<String> = hard
+            .keys()
+            .filter(|k| tracks(group, resource, k))
+            .cloned()
+            .collect();
         if group.is_empty() && resource == "pods" {
-            pod_constraints(&restricted, obj).map_err(|e| forbid(format!("failed quota: {qname}: {e}")))?;
+            pod_constraints(&restricted, obj)
+                .map_err(|e| forbid(format!("failed quota: {qname}: {e}")))?;
         }
         let used = resource_list(&q["status"]["used"]);
-        let unknown: Vec<&String> = restricted.iter().filter(|r| !used.contains_key(*r)).collect();
+        let unknown: Vec<&String> = restricted
+            .iter()
+            .filter(|r| !used.contains_key(*r))
+            .collect();
         if !unknown.is_empty() {
-            let list = unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
-            return Err(forbid(format!("status unknown for quota: {qname}, resources: {list}")));
+            let list = unknown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            return Err(forbid(format!(
+                "status unknown for quota: {qname}, resources: {list}"
+            )));
         }
         interesting.push((qname, hard, used));
     }
@@ -432,12 +525,19 @@ pub fn check(
     let mut delta = usage(group, resource, obj);
     if let Some(old) = old {
         // charge the delta only when this is a real update of a stored object
-        if old["metadata"]["resourceVersion"].as_str().is_some_and(|rv| !rv.is_empty()) {
+        if old["metadata"]["resourceVersion"]
+            .as_str()
+            .is_some_and(|rv| !rv.is_empty())
+        {
             let prev = usage(group, resource, old);
             for (k, v) in delta.iter_mut() {
                 if let Some(p) = prev.get(k) {
                     let d = v.sub(p);
-                    *v = if d < Quantity::ZERO { Quantity::ZERO } else { d };
+                    *v = if d < Quantity::ZERO {
+                        Quantity::ZERO
+                    } else {
+                        d
+                    };
                 }
             }
         }
@@ -448,20 +548,29 @@ pub fn check(
     }
     let mut out = Vec::new();
     for (qname, hard, used) in interesting {
-        let requested: Usage = delta.iter().filter(|(k, _)| hard.contains_key(*k)).map(|(k, v)| (k.clone(), *v)).collect();
+        let requested: Usage = delta
+            .iter()
+            .filter(|(k, _)| hard.contains_key(*k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         if requested.is_empty() {
             continue;
         }
         let mut new_used = used.clone();
         add_into(&mut new_used, &requested);
-        let exceeded: Vec<&String> =
-            requested.keys().filter(|k| match (new_used.get(*k), hard.get(*k)) {
+        let exceeded: Vec<&String> = requested
+            .keys()
+            .filter(|k| match (new_used.get(*k), hard.get(*k)) {
                 (Some(n), Some(h)) => n > h,
                 _ => false,
-            }).collect();
+            })
+            .collect();
         if !exceeded.is_empty() {
             let mask = |u: &Usage| -> Usage {
-                u.iter().filter(|(k, _)| exceeded.contains(k)).map(|(k, v)| (k.clone(), *v)).collect()
+                u.iter()
+                    .filter(|(k, _)| exceeded.contains(k))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
             };
             return Err(forbid(format!(
                 "exceeded quota: {qname}, requested: {}, used: {}, limited: {}",
@@ -470,7 +579,13 @@ pub fn check(
                 pretty(&mask(&hard))
             )));
         }
-        out.push((qname, new_used.into_iter().map(|(k, v)| (k, v.to_string())).collect()));
+        out.push((
+            qname,
+            new_used
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+        ));
     }
     Ok(out)
 }
@@ -478,7 +593,10 @@ pub fn check(
 /// The `status.used` of a quota from all objects of its namespace (for the
 /// quota status controller): every hard resource is present, zero when unused.
 /// `objects` yields `(group, resource, object)`.
-pub fn compute_used<'a>(quota: &Value, objects: impl Iterator<Item = (&'a str, &'a str, &'a Value)>) -> BTreeMap<String, String> {
+pub fn compute_used<'a>(
+    quota: &Value,
+    objects: impl Iterator<Item = (&'a str, &'a str, &'a Value)>,
+) -> BTreeMap<String, String> {
     let hard = hard_of(quota);
     let mut used: Usage = hard.keys().map(|k| (k.clone(), Quantity::ZERO)).collect();
     for (group, resource, obj) in objects {
@@ -521,7 +639,10 @@ mod tests {
         assert!(!u.contains_key("limits.memory"));
         let mut done = pod("p", Some("250m"));
         done["status"] = json!({"phase": "Succeeded"});
-        assert_eq!(usage("", "pods", &done).keys().collect::<Vec<_>>(), vec!["count/pods"]);
+        assert_eq!(
+            usage("", "pods", &done).keys().collect::<Vec<_>>(),
+            vec!["count/pods"]
+        );
         assert!(usage("apps", "deployments", &json!({})).contains_key("count/deployments.apps"));
     }
 
@@ -534,17 +655,29 @@ mod tests {
         );
         let qs = [quota(json!({"pods": "2"}), json!({"pods": "1"}))];
         let ok = check(&qs, "", "pods", &pod("p", None), None).unwrap();
-        assert_eq!(ok, vec![("q".to_string(), BTreeMap::from([("pods".to_string(), "2".to_string())]))]);
+        assert_eq!(
+            ok,
+            vec![(
+                "q".to_string(),
+                BTreeMap::from([("pods".to_string(), "2".to_string())])
+            )]
+        );
     }
 
     #[test]
     fn exceeded_cpu_requests() {
-        let qs = [quota(json!({"requests.cpu": "1", "pods": "10"}), json!({"requests.cpu": "800m", "pods": "1"}))];
+        let qs = [quota(
+            json!({"requests.cpu": "1", "pods": "10"}),
+            json!({"requests.cpu": "800m", "pods": "1"}),
+        )];
         assert_eq!(
             check(&qs, "", "pods", &pod("p", Some("500m")), None),
             Err("pods \"p\" is forbidden: exceeded quota: q, requested: requests.cpu=500m, used: requests.cpu=800m, limited: requests.cpu=1".to_string())
         );
-        let qs = [quota(json!({"requests.cpu": "1", "pods": "10"}), json!({"requests.cpu": "500m", "pods": "1"}))];
+        let qs = [quota(
+            json!({"requests.cpu": "1", "pods": "10"}),
+            json!({"requests.cpu": "500m", "pods": "1"}),
+        )];
         let ok = check(&qs, "", "pods", &pod("p", Some("500m")), None).unwrap();
         assert_eq!(ok[0].1["requests.cpu"], "1");
         assert_eq!(ok[0].1["pods"], "2");
@@ -552,7 +685,10 @@ mod tests {
 
     #[test]
     fn must_specify_tracked_compute() {
-        let qs = [quota(json!({"requests.cpu": "1", "limits.cpu": "2"}), json!({"requests.cpu": "0", "limits.cpu": "0"}))];
+        let qs = [quota(
+            json!({"requests.cpu": "1", "limits.cpu": "2"}),
+            json!({"requests.cpu": "0", "limits.cpu": "0"}),
+        )];
         assert_eq!(
             check(&qs, "", "pods", &pod("p", None), None),
             Err("pods \"p\" is forbidden: failed quota: q: must specify limits.cpu for: c; requests.cpu for: c".to_string())
@@ -565,10 +701,16 @@ mod tests {
         let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "ClusterIP"}});
         assert_eq!(
             check(&[q], "", "services", &svc, None),
-            Err("services \"s\" is forbidden: status unknown for quota: q, resources: services".to_string())
+            Err(
+                "services \"s\" is forbidden: status unknown for quota: q, resources: services"
+                    .to_string()
+            )
         );
         // switching a service to NodePort charges only the new node ports
-        let qs = [quota(json!({"services": "1", "services.nodeports": "1"}), json!({"services": "1", "services.nodeports": "0"}))];
+        let qs = [quota(
+            json!({"services": "1", "services.nodeports": "1"}),
+            json!({"services": "1", "services.nodeports": "0"}),
+        )];
         let mut old = svc.clone();
         old["metadata"]["resourceVersion"] = json!("5");
         let mut new = old.clone();
@@ -578,8 +720,14 @@ mod tests {
             Err("services \"s\" is forbidden: exceeded quota: q, requested: services.nodeports=2, used: services.nodeports=0, limited: services.nodeports=1".to_string())
         );
         // configmap updates never change usage
-        let cq = [quota(json!({"configmaps": "0"}), json!({"configmaps": "0"}))];
-        assert_eq!(check(&cq, "", "configmaps", &json!({}), Some(&json!({}))), Ok(vec![]));
+        let cq = [quota(
+            json!({"configmaps": "0"}),
+            json!({"configmaps": "0"}),
+        )];
+        assert_eq!(
+            check(&cq, "", "configmaps", &json!({}), Some(&json!({}))),
+            Ok(vec![])
+        );
     }
 
     #[test]
@@ -587,12 +735,24 @@ mod tests {
         let mut q = quota(json!({"pods": "0"}), json!({"pods": "0"}));
         q["spec"]["scopes"] = json!(["BestEffort"]);
         // a pod with requests is not BestEffort: quota does not apply
-        assert_eq!(check(std::slice::from_ref(&q), "", "pods", &pod("p", Some("1")), None), Ok(vec![]));
+        assert_eq!(
+            check(
+                std::slice::from_ref(&q),
+                "",
+                "pods",
+                &pod("p", Some("1")),
+                None
+            ),
+            Ok(vec![])
+        );
         assert!(check(std::slice::from_ref(&q), "", "pods", &pod("p", None), None).is_err());
         let mut pq = quota(json!({"pods": "0"}), json!({"pods": "0"}));
         pq["spec"]["scopeSelector"] = json!({"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]});
         let mut hp = pod("p", None);
-        assert_eq!(check(std::slice::from_ref(&pq), "", "pods", &hp, None), Ok(vec![]));
+        assert_eq!(
+            check(std::slice::from_ref(&pq), "", "pods", &hp, None),
+            Ok(vec![])
+        );
         hp["spec"]["priorityClassName"] = json!("high");
         assert!(check(std::slice::from_ref(&pq), "", "pods", &hp, None).is_err());
     }
@@ -610,15 +770,24 @@ mod tests {
         let cm = json!({"metadata": {"name": "cm"}});
         let dep = json!({"metadata": {"name": "d"}});
         let pvc = json!({"metadata": {"name": "v"}, "spec": {"storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}}}});
-        let objs = [("", "pods", &p1), ("", "pods", &p2), ("", "pods", &dead), ("", "configmaps", &cm),
-                    ("apps", "deployments", &dep), ("", "persistentvolumeclaims", &pvc)];
+        let objs = [
+            ("", "pods", &p1),
+            ("", "pods", &p2),
+            ("", "pods", &dead),
+            ("", "configmaps", &cm),
+            ("apps", "deployments", &dep),
+            ("", "persistentvolumeclaims", &pvc),
+        ];
         let used = compute_used(&q, objs.iter().map(|(g, r, o)| (*g, *r, *o)));
         assert_eq!(used["pods"], "2");
         assert_eq!(used["requests.cpu"], "1500m");
         assert_eq!(used["configmaps"], "1");
         assert_eq!(used["count/deployments.apps"], "1");
         assert_eq!(used["requests.storage"], "1Gi");
-        assert_eq!(used["fast.storageclass.storage.k8s.io/requests.storage"], "1Gi");
+        assert_eq!(
+            used["fast.storageclass.storage.k8s.io/requests.storage"],
+            "1Gi"
+        );
         assert_eq!(used.len(), 6);
     }
 }

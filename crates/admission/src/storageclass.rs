@@ -10,7 +10,8 @@ pub const BETA_IS_DEFAULT_CLASS: &str = "storageclass.beta.kubernetes.io/is-defa
 
 fn is_default(sc: &Value) -> bool {
     let a = &sc["metadata"]["annotations"];
-    a[IS_DEFAULT_CLASS].as_str() == Some("true") || a[BETA_IS_DEFAULT_CLASS].as_str() == Some("true")
+    a[IS_DEFAULT_CLASS].as_str() == Some("true")
+        || a[BETA_IS_DEFAULT_CLASS].as_str() == Some("true")
 }
 
 /// The default StorageClass's name: among the classes annotated as default,
@@ -45,9 +46,15 @@ pub fn default_storage_class(pvc: &mut Value, storage_classes: &[Value]) -> bool
     if !pvc["spec"]["storageClassName"].is_null() {
         return false;
     }
-    let Some(name) = default_class_name(storage_classes) else { return false };
-    let Some(obj) = pvc.as_object_mut() else { return false };
-    let spec = obj.entry("spec").or_insert_with(|| Value::Object(Map::new()));
+    let Some(name) = default_class_name(storage_classes) else {
+        return false;
+    };
+    let Some(obj) = pvc.as_object_mut() else {
+        return false;
+    };
+    let spec = obj
+        .entry("spec")
+        .or_insert_with(|| Value::Object(Map::new()));
     match spec.as_object_mut() {
         Some(s) => {
             tracing::debug!(class = %name, "defaulting storageClassName");
@@ -64,7 +71,11 @@ mod tests {
     use serde_json::json;
 
     fn sc(name: &str, default: bool, ts: &str) -> Value {
-        let ann = if default { json!({IS_DEFAULT_CLASS: "true"}) } else { json!({}) };
+        let ann = if default {
+            json!({IS_DEFAULT_CLASS: "true"})
+        } else {
+            json!({})
+        };
         json!({"metadata": {"name": name, "annotations": ann, "creationTimestamp": ts}})
     }
 
@@ -87,7 +98,10 @@ mod tests {
         assert!(!default_storage_class(&mut empty, &classes));
         assert_eq!(empty["spec"]["storageClassName"], "");
         let mut none = json!({"spec": {}});
-        assert!(!default_storage_class(&mut none, &[sc("x", false, "2024-01-01T00:00:00Z")]));
+        assert!(!default_storage_class(
+            &mut none,
+            &[sc("x", false, "2024-01-01T00:00:00Z")]
+        ));
         assert!(none["spec"]["storageClassName"].is_null());
     }
 }

@@ -36,7 +36,13 @@ pub fn aggregate(errs: &[String]) -> String {
     if seen.len() == 1 {
         seen[0].clone()
     } else {
-        format!("[{}]", seen.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+        format!(
+            "[{}]",
+            seen.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
@@ -51,7 +57,12 @@ pub fn pod_spec_of<'a>(kind: &str, obj: &'a Value) -> Option<(&'a Value, &'a Val
             let t = &obj["spec"]["jobTemplate"]["spec"]["template"];
             (&t["metadata"], &t["spec"])
         }
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "ReplicationController" => {
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "ReplicationController" => {
             let t = &obj["spec"]["template"];
             (&t["metadata"], &t["spec"])
         }
@@ -76,9 +87,15 @@ mod tests {
 
     #[test]
     fn names_and_messages() {
-        assert_eq!(object_name(&json!({"metadata": {"generateName": "web-"}})), "web-");
+        assert_eq!(
+            object_name(&json!({"metadata": {"generateName": "web-"}})),
+            "web-"
+        );
         assert_eq!(object_name(&json!({})), "Unknown");
-        assert_eq!(forbidden_message("apps", "deployments", "d", "no"), "deployments.apps \"d\" is forbidden: no");
+        assert_eq!(
+            forbidden_message("apps", "deployments", "d", "no"),
+            "deployments.apps \"d\" is forbidden: no"
+        );
         assert_eq!(aggregate(&["a".into()]), "a");
         assert_eq!(aggregate(&["a".into(), "b".into(), "a".into()]), "[a, b]");
     }

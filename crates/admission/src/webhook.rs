@@ -146,7 +146,9 @@ pub struct Response {
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum WebhookError {
     /// The HTTP call failed (connect, TLS, timeout, status).
-    #[error("failed calling webhook \"{webhook}\": failed to call webhook: Post \"{url}\": {reason}")]
+    #[error(
+        "failed calling webhook \"{webhook}\": failed to call webhook: Post \"{url}\": {reason}"
+    )]
     Call {
         /// Webhook name.
         webhook: String,
@@ -188,10 +190,16 @@ fn rule_matches(rule: &Value, req: &Request) -> bool {
     if !ops.iter().any(|o| *o == "*" || *o == req.operation) {
         return false;
     }
-    if !strs(&rule["apiGroups"]).iter().any(|g| *g == "*" || *g == req.group) {
+    if !strs(&rule["apiGroups"])
+        .iter()
+        .any(|g| *g == "*" || *g == req.group)
+    {
         return false;
     }
-    if !strs(&rule["apiVersions"]).iter().any(|v| *v == "*" || *v == req.version) {
+    if !strs(&rule["apiVersions"])
+        .iter()
+        .any(|v| *v == "*" || *v == req.version)
+    {
         return false;
     }
     let res_ok = strs(&rule["resources"]).iter().any(|r| {
@@ -201,7 +209,8 @@ fn rule_matches(rule: &Value, req: &Request) -> bool {
     if !res_ok {
         return false;
     }
-    let is_namespace_object = req.group.is_empty() && req.resource == "namespaces" && req.subresource.is_empty();
+    let is_namespace_object =
+        req.group.is_empty() && req.resource == "namespaces" && req.subresource.is_empty();
     match rule["scope"].as_str().unwrap_or("*") {
         "Cluster" => is_namespace_object || req.namespace.is_empty(),
         "Namespaced" => !is_namespace_object && !req.namespace.is_empty(),
@@ -223,10 +232,16 @@ fn selector_matches(sel: &Value, labels: Option<&Value>) -> bool {
 }
 
 fn labels_of(obj: &Option<Value>) -> Option<&Value> {
-    obj.as_ref().map(|o| &o["metadata"]["labels"]).filter(|l| !l.is_null())
+    obj.as_ref()
+        .map(|o| &o["metadata"]["labels"])
+        .filter(|l| !l.is_null())
 }
 
-fn namespace_selector_matches(sel: &Value, req: &Request, namespace_labels: Option<&Value>) -> bool {
+fn namespace_selector_matches(
+    sel: &Value,
+    req: &Request,
+    namespace_labels: Option<&Value>,
+) -> bool {
     let is_namespace_object = req.group.is_empty() && req.resource == "namespaces";
     if req.namespace.is_empty() && !is_namespace_object {
         // cluster-scoped objects are not subject to namespaceSelector
@@ -250,14 +265,34 @@ fn object_selector_matches(sel: &Value, req: &Request) -> bool {
 fn parse_webhook(config_name: &str, mutating: bool, w: &Value) -> MatchedWebhook {
     let cc = &w["clientConfig"];
     let service = cc["service"].as_object().map(|s| ServiceRef {
-        namespace: s.get("namespace").and_then(Value::as_str).unwrap_or_default().to_string(),
-        name: s.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
-        path: s.get("path").and_then(Value::as_str).unwrap_or("/").to_string(),
-        port: s.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()).unwrap_or(443),
+        namespace: s
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        name: s
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        path: s
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or("/")
+            .to_string(),
+        port: s
+            .get("port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(443),
     });
     let ca_bundle = cc["caBundle"]
         .as_str()
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
         .unwrap_or_default();
     MatchedWebhook {
         configuration: config_name.to_string(),
@@ -266,7 +301,11 @@ fn parse_webhook(config_name: &str, mutating: bool, w: &Value) -> MatchedWebhook
         url: cc["url"].as_str().map(str::to_string),
         service,
         ca_bundle,
-        failure_policy: if w["failurePolicy"].as_str() == Some("Ignore") { FailurePolicy::Ignore } else { FailurePolicy::Fail },
+        failure_policy: if w["failurePolicy"].as_str() == Some("Ignore") {
+            FailurePolicy::Ignore
+        } else {
+            FailurePolicy::Fail
+        },
         timeout: Duration::from_secs(w["timeoutSeconds"].as_u64().unwrap_or(10).clamp(1, 30)),
         side_effects: w["sideEffects"].as_str().unwrap_or("Unknown").to_string(),
         reinvoke_if_needed: w["reinvocationPolicy"].as_str() == Some("IfNeeded"),
@@ -292,12 +331,20 @@ pub fn is_exempt(req: &Request) -> bool {
 /// ValidatingWebhookConfiguration objects) that apply to `req`, in upstream's
 /// order: configurations sorted by name, webhooks in their listed order.
 /// `namespace_labels` are the labels of the request's namespace (a JSON object).
-pub fn matching(configs: &[Value], req: &Request, namespace_labels: Option<&Value>) -> Vec<MatchedWebhook> {
+pub fn matching(
+    configs: &[Value],
+    req: &Request,
+    namespace_labels: Option<&Value>,
+) -> Vec<MatchedWebhook> {
     if is_exempt(req) {
         return Vec::new();
     }
     let mut sorted: Vec<&Value> = configs.iter().collect();
-    sorted.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
+    sorted.sort_by(|a, b| {
+        a["metadata"]["name"]
+            .as_str()
+            .cmp(&b["metadata"]["name"].as_str())
+    });
     let mut out = Vec::new();
     for cfg in sorted {
         let mutating = cfg["kind"].as_str() == Some("MutatingWebhookConfiguration");
@@ -367,10 +414,17 @@ fn timeout_param(t: Duration) -> String {
 }
 
 fn target(hook: &MatchedWebhook, resolve: ServiceResolver<'_>) -> Result<Target, WebhookError> {
-    let resp_err = |reason: String| WebhookError::Response { webhook: hook.name.clone(), reason };
+    let resp_err = |reason: String| WebhookError::Response {
+        webhook: hook.name.clone(),
+        reason,
+    };
     if let Some(svc) = &hook.service {
         let host = format!("{}.{}.svc", svc.name, svc.namespace);
-        let path = if svc.path.starts_with('/') { svc.path.clone() } else { format!("/{}", svc.path) };
+        let path = if svc.path.starts_with('/') {
+            svc.path.clone()
+        } else {
+            format!("/{}", svc.path)
+        };
         let sep = if path.contains('?') { '&' } else { '?' };
         let pq = format!("{path}{sep}{}", timeout_param(hook.timeout));
         let url = format!("https://{host}:{}{pq}", svc.port);
@@ -382,29 +436,63 @@ fn target(hook: &MatchedWebhook, resolve: ServiceResolver<'_>) -> Result<Target,
                 reason: format!("service \"{}\" not found", svc.name),
             });
         }
-        return Ok(Target { url, host: host.clone(), port: svc.port, path_and_query: pq, server_name: host, addr });
+        return Ok(Target {
+            url,
+            host: host.clone(),
+            port: svc.port,
+            path_and_query: pq,
+            server_name: host,
+            addr,
+        });
     }
-    let Some(raw) = &hook.url else { return Err(resp_err("webhook has no clientConfig url or service".into())) };
+    let Some(raw) = &hook.url else {
+        return Err(resp_err(
+            "webhook has no clientConfig url or service".into(),
+        ));
+    };
     let Some(rest) = raw.strip_prefix("https://") else {
         return Err(resp_err(format!("webhook url {raw:?} must use https")));
     };
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(split);
-    let tail = if tail.is_empty() { "/".to_string() } else if tail.starts_with('?') { format!("/{tail}") } else { tail.to_string() };
+    let tail = if tail.is_empty() {
+        "/".to_string()
+    } else if tail.starts_with('?') {
+        format!("/{tail}")
+    } else {
+        tail.to_string()
+    };
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or_else(|| resp_err(format!("bad webhook url {raw:?}")))?;
-        let port = after.strip_prefix(':').map(|p| p.parse::<u16>()).transpose().map_err(|_| resp_err(format!("bad webhook url {raw:?}")))?;
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| resp_err(format!("bad webhook url {raw:?}")))?;
+        let port = after
+            .strip_prefix(':')
+            .map(|p| p.parse::<u16>())
+            .transpose()
+            .map_err(|_| resp_err(format!("bad webhook url {raw:?}")))?;
         (h.to_string(), port.unwrap_or(443))
     } else {
         match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse::<u16>().map_err(|_| resp_err(format!("bad webhook url {raw:?}")))?),
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>()
+                    .map_err(|_| resp_err(format!("bad webhook url {raw:?}")))?,
+            ),
             None => (authority.to_string(), 443),
         }
     };
     let sep = if tail.contains('?') { '&' } else { '?' };
     let pq = format!("{tail}{sep}{}", timeout_param(hook.timeout));
     let url = format!("https://{authority}{pq}");
-    Ok(Target { url, server_name: host.clone(), host, port, path_and_query: pq, addr: None })
+    Ok(Target {
+        url,
+        server_name: host.clone(),
+        host,
+        port,
+        path_and_query: pq,
+        addr: None,
+    })
 }
 
 fn tls_config(ca_bundle: &[u8]) -> Result<rustls::ClientConfig, String> {
@@ -416,7 +504,9 @@ fn tls_config(ca_bundle: &[u8]) -> Result<rustls::ClientConfig, String> {
     };
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| format!("invalid caBundle: {e}"))?;
-        roots.add(cert).map_err(|e| format!("invalid caBundle: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("invalid caBundle: {e}"))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -447,51 +537,94 @@ async fn post(t: &Target, ca_bundle: &[u8], body: Vec<u8>) -> Result<(u16, Bytes
             .ok_or_else(|| format!("dial tcp: lookup {}: no such host", t.host))?,
     };
     let cfg = tls_config(ca_bundle)?;
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| io_reason(addr, &e))?;
-    let server_name = ServerName::try_from(t.server_name.clone()).map_err(|e| format!("invalid server name: {e}"))?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| io_reason(addr, &e))?;
+    let server_name = ServerName::try_from(t.server_name.clone())
+        .map_err(|e| format!("invalid server name: {e}"))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(server_name, tcp)
         .await
         .map_err(|e| format!("tls: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "webhook connection closed");
         }
     });
-    let host_header = if t.port == 443 { t.host.clone() } else { format!("{}:{}", t.host, t.port) };
+    let host_header = if t.port == 443 {
+        t.host.clone()
+    } else {
+        format!("{}:{}", t.host, t.port)
+    };
     let request = http::Request::post(t.path_and_query.as_str())
         .header(http::header::HOST, host_header)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::ACCEPT, "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok((status, bytes))
 }
 
-fn parse_response(hook: &MatchedWebhook, req: &Request, body: &[u8]) -> Result<Response, WebhookError> {
-    let err = |reason: String| WebhookError::Response { webhook: hook.name.clone(), reason };
-    let review: Value = serde_json::from_slice(body).map_err(|e| err(format!("failed to decode AdmissionReview: {e}")))?;
+fn parse_response(
+    hook: &MatchedWebhook,
+    req: &Request,
+    body: &[u8],
+) -> Result<Response, WebhookError> {
+    let err = |reason: String| WebhookError::Response {
+        webhook: hook.name.clone(),
+        reason,
+    };
+    let review: Value = serde_json::from_slice(body)
+        .map_err(|e| err(format!("failed to decode AdmissionReview: {e}")))?;
     let r = &review["response"];
     if !r.is_object() {
         return Err(err("webhook response was absent".into()));
     }
     let uid = r["uid"].as_str().unwrap_or_default();
     if uid != req.uid {
-        return Err(err(format!("expected response.uid=\"{}\", got \"{uid}\"", req.uid)));
+        return Err(err(format!(
+            "expected response.uid=\"{}\", got \"{uid}\"",
+            req.uid
+        )));
     }
     let mut out = Response {
         allowed: r["allowed"].as_bool().unwrap_or(false),
-        warnings: strs(&r["warnings"]).into_iter().map(str::to_string).collect(),
-        status_code: r["status"]["code"].as_u64().and_then(|c| u16::try_from(c).ok()),
-        status_message: r["status"]["message"].as_str().unwrap_or_default().to_string(),
-        status_reason: r["status"]["reason"].as_str().unwrap_or_default().to_string(),
+        warnings: strs(&r["warnings"])
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        status_code: r["status"]["code"]
+            .as_u64()
+            .and_then(|c| u16::try_from(c).ok()),
+        status_message: r["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        status_reason: r["status"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         audit_annotations: r["auditAnnotations"]
             .as_object()
-            .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                    .collect()
+            })
             .unwrap_or_default(),
         patch: None,
     };
@@ -499,10 +632,17 @@ fn parse_response(hook: &MatchedWebhook, req: &Request, body: &[u8]) -> Result<R
         match r["patchType"].as_str() {
             Some("JSONPatch") => {}
             Some(other) => return Err(err(format!("unsupported patch type {other:?}"))),
-            None => return Err(err("webhook returned response.patch but not response.patchType".into())),
+            None => {
+                return Err(err(
+                    "webhook returned response.patch but not response.patchType".into(),
+                ))
+            }
         }
-        let raw = base64::engine::general_purpose::STANDARD.decode(p).map_err(|e| err(format!("invalid patch encoding: {e}")))?;
-        let patch: Value = serde_json::from_slice(&raw).map_err(|e| err(format!("invalid JSON patch: {e}")))?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(p)
+            .map_err(|e| err(format!("invalid patch encoding: {e}")))?;
+        let patch: Value =
+            serde_json::from_slice(&raw).map_err(|e| err(format!("invalid JSON patch: {e}")))?;
         out.patch = Some(patch);
     }
     Ok(out)
@@ -511,16 +651,27 @@ fn parse_response(hook: &MatchedWebhook, req: &Request, body: &[u8]) -> Result<R
 /// Calls one webhook with `req` and returns its answer. Honors the webhook's
 /// timeout; the request goes to `clientConfig.url`, or to the Service's address
 /// given by `resolve` with TLS server name `<service>.<namespace>.svc`.
-pub async fn call(hook: &MatchedWebhook, req: &Request, resolve: ServiceResolver<'_>) -> Result<Response, WebhookError> {
+pub async fn call(
+    hook: &MatchedWebhook,
+    req: &Request,
+    resolve: ServiceResolver<'_>,
+) -> Result<Response, WebhookError> {
     let t = target(hook, resolve)?;
-    let body = serde_json::to_vec(&admission_review(req))
-        .map_err(|e| WebhookError::Response { webhook: hook.name.clone(), reason: e.to_string() })?;
-    let call_err = |reason: String| WebhookError::Call { webhook: hook.name.clone(), url: t.url.clone(), reason };
-    let (status, bytes) = match tokio::time::timeout(hook.timeout, post(&t, &hook.ca_bundle, body)).await {
-        Err(_) => return Err(call_err("context deadline exceeded".into())),
-        Ok(Err(reason)) => return Err(call_err(reason)),
-        Ok(Ok(r)) => r,
+    let body = serde_json::to_vec(&admission_review(req)).map_err(|e| WebhookError::Response {
+        webhook: hook.name.clone(),
+        reason: e.to_string(),
+    })?;
+    let call_err = |reason: String| WebhookError::Call {
+        webhook: hook.name.clone(),
+        url: t.url.clone(),
+        reason,
     };
+    let (status, bytes) =
+        match tokio::time::timeout(hook.timeout, post(&t, &hook.ca_bundle, body)).await {
+            Err(_) => return Err(call_err("context deadline exceeded".into())),
+            Ok(Err(reason)) => return Err(call_err(reason)),
+            Ok(Ok(r)) => r,
+        };
     if !(200..300).contains(&status) {
         let text = String::from_utf8_lossy(&bytes);
         return Err(WebhookError::Response {
@@ -543,12 +694,24 @@ fn denied(hook: &MatchedWebhook, r: &Response) -> AdmissionDenied {
         format!("{by} without explanation")
     };
     let code = r.status_code.filter(|c| *c >= 400).unwrap_or(403);
-    let reason = if r.status_reason.is_empty() { "Forbidden".to_string() } else { r.status_reason.clone() };
-    AdmissionDenied { code, reason, message }
+    let reason = if r.status_reason.is_empty() {
+        "Forbidden".to_string()
+    } else {
+        r.status_reason.clone()
+    };
+    AdmissionDenied {
+        code,
+        reason,
+        message,
+    }
 }
 
 fn internal(e: &WebhookError) -> AdmissionDenied {
-    AdmissionDenied { code: 500, reason: "InternalError".into(), message: format!("Internal error occurred: {e}") }
+    AdmissionDenied {
+        code: 500,
+        reason: "InternalError".into(),
+        message: format!("Internal error occurred: {e}"),
+    }
 }
 
 fn dry_run_refusal(hook: &MatchedWebhook, req: &Request) -> Option<AdmissionDenied> {
@@ -556,7 +719,10 @@ fn dry_run_refusal(hook: &MatchedWebhook, req: &Request) -> Option<AdmissionDeni
         return Some(AdmissionDenied {
             code: 400,
             reason: "BadRequest".into(),
-            message: format!("admission webhook \"{}\" does not support dry run", hook.name),
+            message: format!(
+                "admission webhook \"{}\" does not support dry run",
+                hook.name
+            ),
         });
     }
     None
@@ -564,7 +730,11 @@ fn dry_run_refusal(hook: &MatchedWebhook, req: &Request) -> Option<AdmissionDeni
 
 /// Outcome of one webhook within a phase: `Ok(Some(resp))` answered,
 /// `Ok(None)` failed but ignored.
-async fn invoke(hook: &MatchedWebhook, req: &Request, resolve: ServiceResolver<'_>) -> Result<Option<Response>, AdmissionDenied> {
+async fn invoke(
+    hook: &MatchedWebhook,
+    req: &Request,
+    resolve: ServiceResolver<'_>,
+) -> Result<Option<Response>, AdmissionDenied> {
     if let Some(d) = dry_run_refusal(hook, req) {
         return Err(d);
     }
@@ -582,10 +752,15 @@ async fn invoke(hook: &MatchedWebhook, req: &Request, resolve: ServiceResolver<'
 }
 
 fn apply_patch(hook: &MatchedWebhook, obj: &mut Value, patch: &Value) -> Result<(), WebhookError> {
-    let err = |reason: String| WebhookError::Response { webhook: hook.name.clone(), reason };
-    let p: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| err(format!("invalid JSON patch: {e}")))?;
+    let err = |reason: String| WebhookError::Response {
+        webhook: hook.name.clone(),
+        reason,
+    };
+    let p: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| err(format!("invalid JSON patch: {e}")))?;
     let mut patched = obj.clone();
-    json_patch::patch(&mut patched, &p.0).map_err(|e| err(format!("JSON patch could not be applied: {e}")))?;
+    json_patch::patch(&mut patched, &p.0)
+        .map_err(|e| err(format!("JSON patch could not be applied: {e}")))?;
     *obj = patched;
     Ok(())
 }
@@ -600,19 +775,29 @@ pub async fn run_mutating(
     namespace_labels: Option<&Value>,
     resolve: ServiceResolver<'_>,
 ) -> Result<(Option<Value>, Vec<String>), AdmissionDenied> {
-    let hooks: Vec<MatchedWebhook> =
-        matching(configs, req, namespace_labels).into_iter().filter(|h| h.mutating).collect();
+    let hooks: Vec<MatchedWebhook> = matching(configs, req, namespace_labels)
+        .into_iter()
+        .filter(|h| h.mutating)
+        .collect();
     let mut req = req.clone();
     let mut warnings = Vec::new();
     // index of each reinvocable webhook called, and the mutation count at that time
     let mut called: Vec<(usize, usize)> = Vec::new();
     let mut mutations = 0usize;
-    let run_one = |i: usize, req: &mut Request, warnings: &mut Vec<String>, resp: Option<Response>| -> Result<bool, AdmissionDenied> {
+    let run_one = |i: usize,
+                   req: &mut Request,
+                   warnings: &mut Vec<String>,
+                   resp: Option<Response>|
+     -> Result<bool, AdmissionDenied> {
         let hook = &hooks[i];
         let Some(resp) = resp else { return Ok(false) };
         warnings.extend(resp.warnings.iter().cloned());
-        let Some(patch) = &resp.patch else { return Ok(false) };
-        let Some(obj) = req.object.as_mut() else { return Ok(false) };
+        let Some(patch) = &resp.patch else {
+            return Ok(false);
+        };
+        let Some(obj) = req.object.as_mut() else {
+            return Ok(false);
+        };
         let before = obj.clone();
         match apply_patch(hook, obj, patch) {
             Ok(()) => Ok(*obj != before),
@@ -649,9 +834,12 @@ pub async fn run_validating(
     namespace_labels: Option<&Value>,
     resolve: ServiceResolver<'_>,
 ) -> Result<Vec<String>, AdmissionDenied> {
-    let hooks: Vec<MatchedWebhook> =
-        matching(configs, req, namespace_labels).into_iter().filter(|h| !h.mutating).collect();
-    let results = futures_util::future::join_all(hooks.iter().map(|h| invoke(h, req, resolve))).await;
+    let hooks: Vec<MatchedWebhook> = matching(configs, req, namespace_labels)
+        .into_iter()
+        .filter(|h| !h.mutating)
+        .collect();
+    let results =
+        futures_util::future::join_all(hooks.iter().map(|h| invoke(h, req, resolve))).await;
     let mut warnings = Vec::new();
     for r in results {
         if let Some(resp) = r? {
@@ -677,8 +865,14 @@ mod tests {
             resource: "pods".into(),
             name: "p".into(),
             namespace: "default".into(),
-            object: Some(json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"}}, "spec": {}})),
-            user: UserInfo { username: "alice".into(), groups: vec!["system:authenticated".into()], ..Default::default() },
+            object: Some(
+                json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"}}, "spec": {}}),
+            ),
+            user: UserInfo {
+                username: "alice".into(),
+                groups: vec!["system:authenticated".into()],
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -698,39 +892,90 @@ mod tests {
 
     #[test]
     fn rules_match_operations_resources_and_scope() {
-        let cfg = config("ValidatingWebhookConfiguration", "v", json!([
-            hook("create-pods", json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}])),
-            hook("all", json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*/*"]}])),
-            hook("star-no-sub", json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}])),
-            hook("pods-status", json!([{"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods/status"]}])),
-            hook("pods-any-sub", json!([{"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods/*"]}])),
-            hook("cluster-only", json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"], "scope": "Cluster"}])),
-            hook("apps", json!([{"operations": ["*"], "apiGroups": ["apps"], "apiVersions": ["*"], "resources": ["*"]}])),
-        ]));
+        let cfg = config(
+            "ValidatingWebhookConfiguration",
+            "v",
+            json!([
+                hook(
+                    "create-pods",
+                    json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}])
+                ),
+                hook(
+                    "all",
+                    json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*/*"]}])
+                ),
+                hook(
+                    "star-no-sub",
+                    json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}])
+                ),
+                hook(
+                    "pods-status",
+                    json!([{"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods/status"]}])
+                ),
+                hook(
+                    "pods-any-sub",
+                    json!([{"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods/*"]}])
+                ),
+                hook(
+                    "cluster-only",
+                    json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"], "scope": "Cluster"}])
+                ),
+                hook(
+                    "apps",
+                    json!([{"operations": ["*"], "apiGroups": ["apps"], "apiVersions": ["*"], "resources": ["*"]}])
+                ),
+            ]),
+        );
         let configs = [cfg];
         let create = pod_request("CREATE");
-        assert_eq!(names(&matching(&configs, &create, None)), vec!["create-pods", "all", "star-no-sub"]);
+        assert_eq!(
+            names(&matching(&configs, &create, None)),
+            vec!["create-pods", "all", "star-no-sub"]
+        );
         let mut status = pod_request("UPDATE");
         status.subresource = "status".into();
-        assert_eq!(names(&matching(&configs, &status, None)), vec!["all", "pods-status", "pods-any-sub"]);
+        assert_eq!(
+            names(&matching(&configs, &status, None)),
+            vec!["all", "pods-status", "pods-any-sub"]
+        );
         let update = pod_request("UPDATE");
-        assert_eq!(names(&matching(&configs, &update, None)), vec!["all", "star-no-sub", "pods-any-sub"]);
+        assert_eq!(
+            names(&matching(&configs, &update, None)),
+            vec!["all", "star-no-sub", "pods-any-sub"]
+        );
         let ns = Request {
-            operation: "CREATE".into(), version: "v1".into(), kind: "Namespace".into(), resource: "namespaces".into(),
-            name: "team".into(), namespace: "team".into(), ..Default::default()
+            operation: "CREATE".into(),
+            version: "v1".into(),
+            kind: "Namespace".into(),
+            resource: "namespaces".into(),
+            name: "team".into(),
+            namespace: "team".into(),
+            ..Default::default()
         };
-        assert_eq!(names(&matching(&configs, &ns, None)), vec!["all", "star-no-sub", "cluster-only"]);
+        assert_eq!(
+            names(&matching(&configs, &ns, None)),
+            vec!["all", "star-no-sub", "cluster-only"]
+        );
         // webhook configurations themselves are never intercepted
-        let exempt = Request { operation: "CREATE".into(), group: "admissionregistration.k8s.io".into(), version: "v1".into(),
-            resource: "validatingwebhookconfigurations".into(), ..Default::default() };
+        let exempt = Request {
+            operation: "CREATE".into(),
+            group: "admissionregistration.k8s.io".into(),
+            version: "v1".into(),
+            resource: "validatingwebhookconfigurations".into(),
+            ..Default::default()
+        };
         assert!(matching(&configs, &exempt, None).is_empty());
     }
 
     #[test]
     fn selectors_and_defaults() {
-        let mut w = hook("sel", json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}]));
+        let mut w = hook(
+            "sel",
+            json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}]),
+        );
         w["namespaceSelector"] = json!({"matchLabels": {"env": "prod"}});
-        w["objectSelector"] = json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]});
+        w["objectSelector"] =
+            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]});
         w["failurePolicy"] = json!("Ignore");
         w["timeoutSeconds"] = json!(3);
         let configs = [config("MutatingWebhookConfiguration", "m", json!([w]))];
@@ -750,9 +995,19 @@ mod tests {
         cluster.namespace = String::new();
         assert_eq!(matching(&configs, &cluster, Some(&json!({}))).len(), 1);
         // defaults
-        let plain = [config("ValidatingWebhookConfiguration", "v", json!([hook("d", json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}]))]))];
+        let plain = [config(
+            "ValidatingWebhookConfiguration",
+            "v",
+            json!([hook(
+                "d",
+                json!([{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}])
+            )]),
+        )];
         let d = &matching(&plain, &req, None)[0];
-        assert_eq!((d.failure_policy, d.timeout, d.mutating), (FailurePolicy::Fail, Duration::from_secs(10), false));
+        assert_eq!(
+            (d.failure_policy, d.timeout, d.mutating),
+            (FailurePolicy::Fail, Duration::from_secs(10), false)
+        );
     }
 
     // ---- end-to-end against a local HTTPS webhook server
@@ -766,7 +1021,8 @@ mod tests {
         let uid = review["request"]["uid"].clone();
         match path {
             "/mutate" => {
-                let patch = json!([{"op": "add", "path": "/metadata/labels/mutated", "value": "yes"}]);
+                let patch =
+                    json!([{"op": "add", "path": "/metadata/labels/mutated", "value": "yes"}]);
                 let b64 = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
                 json!({"response": {"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": b64, "warnings": ["mutated it"]}})
             }
@@ -777,9 +1033,14 @@ mod tests {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
                 json!({"response": {"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": b64}})
             }
-            "/deny" => json!({"response": {"uid": uid, "allowed": false, "status": {"code": 403, "message": "pods named p are not welcome"}}}),
+            "/deny" => {
+                json!({"response": {"uid": uid, "allowed": false, "status": {"code": 403, "message": "pods named p are not welcome"}}})
+            }
             "/echo-user" => {
-                let user = review["request"]["userInfo"]["username"].as_str().unwrap_or_default().to_string();
+                let user = review["request"]["userInfo"]["username"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 json!({"response": {"uid": uid, "allowed": true, "warnings": [format!("user {user} op {}", review["request"]["operation"].as_str().unwrap_or_default())]}})
             }
             _ => json!({"response": {"uid": "wrong", "allowed": true}}),
@@ -787,8 +1048,11 @@ mod tests {
     }
 
     async fn start_server() -> Server {
-        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "hooks.default.svc".to_string()])
-            .expect("generate certificate");
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_string(),
+            "hooks.default.svc".to_string(),
+        ])
+        .expect("generate certificate");
         let cert_der = ck.cert.der().clone();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -800,17 +1064,26 @@ mod tests {
             .expect("server cert");
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                         let path = req.uri().path().to_string();
                         let query = req.uri().query().unwrap_or_default().to_string();
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                         if path == "/slow" {
                             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -819,13 +1092,20 @@ mod tests {
                         if !query.starts_with("timeout=") {
                             out = json!({"response": {"uid": review["request"]["uid"], "allowed": false, "status": {"message": "no timeout param"}}});
                         }
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(out.to_string()))))
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(out.to_string()),
+                        )))
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
                 });
             }
         });
-        Server { addr, ca_b64: base64::engine::general_purpose::STANDARD.encode(ck.cert.pem()) }
+        Server {
+            addr,
+            ca_b64: base64::engine::general_purpose::STANDARD.encode(ck.cert.pem()),
+        }
     }
 
     fn url_hook(server: &Server, name: &str, path: &str) -> Value {
@@ -841,8 +1121,14 @@ mod tests {
     #[tokio::test]
     async fn mutating_webhook_patches_object() {
         let server = start_server().await;
-        let configs = [config("MutatingWebhookConfiguration", "m", json!([url_hook(&server, "label.example.com", "/mutate")]))];
-        let (obj, warnings) = run_mutating(&configs, &pod_request("CREATE"), None, &no_services).await.expect("allowed");
+        let configs = [config(
+            "MutatingWebhookConfiguration",
+            "m",
+            json!([url_hook(&server, "label.example.com", "/mutate")]),
+        )];
+        let (obj, warnings) = run_mutating(&configs, &pod_request("CREATE"), None, &no_services)
+            .await
+            .expect("allowed");
         let obj = obj.expect("object");
         assert_eq!(obj["metadata"]["labels"]["mutated"], "yes");
         assert_eq!(obj["metadata"]["labels"]["app"], "web");
@@ -853,36 +1139,57 @@ mod tests {
     async fn service_reference_uses_svc_server_name() {
         let server = start_server().await;
         let addr = server.addr;
-        let resolve = move |ns: &str, name: &str, port: u16| (ns == "default" && name == "hooks" && port == 8443).then_some(addr);
+        let resolve = move |ns: &str, name: &str, port: u16| {
+            (ns == "default" && name == "hooks" && port == 8443).then_some(addr)
+        };
         let mut w = url_hook(&server, "svc.example.com", "");
         w["clientConfig"] = json!({"service": {"namespace": "default", "name": "hooks", "path": "/echo-user", "port": 8443}, "caBundle": server.ca_b64});
         let configs = [config("ValidatingWebhookConfiguration", "v", json!([w]))];
-        let warnings = run_validating(&configs, &pod_request("CREATE"), None, &resolve).await.expect("allowed");
+        let warnings = run_validating(&configs, &pod_request("CREATE"), None, &resolve)
+            .await
+            .expect("allowed");
         assert_eq!(warnings, vec!["user alice op CREATE".to_string()]);
     }
 
     #[tokio::test]
     async fn validating_denial_message() {
         let server = start_server().await;
-        let configs = [config("ValidatingWebhookConfiguration", "v", json!([
-            url_hook(&server, "ok.example.com", "/echo-user"),
-            url_hook(&server, "x.example.com", "/deny"),
-        ]))];
-        let err = run_validating(&configs, &pod_request("CREATE"), None, &no_services).await.unwrap_err();
+        let configs = [config(
+            "ValidatingWebhookConfiguration",
+            "v",
+            json!([
+                url_hook(&server, "ok.example.com", "/echo-user"),
+                url_hook(&server, "x.example.com", "/deny"),
+            ]),
+        )];
+        let err = run_validating(&configs, &pod_request("CREATE"), None, &no_services)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, 403);
-        assert_eq!(err.message, "admission webhook \"x.example.com\" denied the request: pods named p are not welcome");
+        assert_eq!(
+            err.message,
+            "admission webhook \"x.example.com\" denied the request: pods named p are not welcome"
+        );
     }
 
     #[tokio::test]
     async fn dead_url_fail_and_ignore() {
         // a port nothing listens on
-        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = dead.local_addr().expect("addr").port();
         drop(dead);
         let mut w = json!({"name": "dead.example.com", "clientConfig": {"url": format!("https://127.0.0.1:{port}/x")},
             "rules": [{"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"], "resources": ["*"]}], "sideEffects": "None"});
-        let configs = [config("ValidatingWebhookConfiguration", "v", json!([w.clone()]))];
-        let err = run_validating(&configs, &pod_request("CREATE"), None, &no_services).await.unwrap_err();
+        let configs = [config(
+            "ValidatingWebhookConfiguration",
+            "v",
+            json!([w.clone()]),
+        )];
+        let err = run_validating(&configs, &pod_request("CREATE"), None, &no_services)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, 500);
         assert_eq!(
             err.message,
@@ -891,7 +1198,9 @@ mod tests {
         w["failurePolicy"] = json!("Ignore");
         let configs = [config("MutatingWebhookConfiguration", "m", json!([w]))];
         let req = pod_request("CREATE");
-        let (obj, warnings) = run_mutating(&configs, &req, None, &no_services).await.expect("ignored");
+        let (obj, warnings) = run_mutating(&configs, &req, None, &no_services)
+            .await
+            .expect("ignored");
         assert_eq!(obj, req.object);
         assert!(warnings.is_empty());
     }
@@ -903,7 +1212,9 @@ mod tests {
         w["timeoutSeconds"] = json!(1);
         let configs = [config("ValidatingWebhookConfiguration", "v", json!([w]))];
         let started = std::time::Instant::now();
-        let err = run_validating(&configs, &pod_request("CREATE"), None, &no_services).await.unwrap_err();
+        let err = run_validating(&configs, &pod_request("CREATE"), None, &no_services)
+            .await
+            .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(4));
         assert_eq!(
             err.message,
@@ -916,13 +1227,28 @@ mod tests {
         let server = start_server().await;
         let mut first = url_hook(&server, "a.example.com", "/mutate-again");
         first["reinvocationPolicy"] = json!("IfNeeded");
-        let configs = [config("MutatingWebhookConfiguration", "m", json!([first, url_hook(&server, "b.example.com", "/mutate")]))];
-        let (obj, _) = run_mutating(&configs, &pod_request("CREATE"), None, &no_services).await.expect("allowed");
+        let configs = [config(
+            "MutatingWebhookConfiguration",
+            "m",
+            json!([first, url_hook(&server, "b.example.com", "/mutate")]),
+        )];
+        let (obj, _) = run_mutating(&configs, &pod_request("CREATE"), None, &no_services)
+            .await
+            .expect("allowed");
         // a ran before b, then again after b's change
-        assert_eq!(obj.expect("object")["metadata"]["labels"]["second"], "saw-first");
+        assert_eq!(
+            obj.expect("object")["metadata"]["labels"]["second"],
+            "saw-first"
+        );
 
-        let configs = [config("ValidatingWebhookConfiguration", "v", json!([url_hook(&server, "uid.example.com", "/wrong-uid")]))];
-        let err = run_validating(&configs, &pod_request("CREATE"), None, &no_services).await.unwrap_err();
+        let configs = [config(
+            "ValidatingWebhookConfiguration",
+            "v",
+            json!([url_hook(&server, "uid.example.com", "/wrong-uid")]),
+        )];
+        let err = run_validating(&configs, &pod_request("CREATE"), None, &no_services)
+            .await
+            .unwrap_err();
         assert_eq!(err.message, "Internal error occurred: failed calling webhook \"uid.example.com\": expected response.uid=\"req-1\", got \"wrong\"");
 
         let mut w = url_hook(&server, "fx.example.com", "/echo-user");
@@ -930,7 +1256,15 @@ mod tests {
         let configs = [config("ValidatingWebhookConfiguration", "v", json!([w]))];
         let mut req = pod_request("CREATE");
         req.dry_run = true;
-        let err = run_validating(&configs, &req, None, &no_services).await.unwrap_err();
-        assert_eq!((err.code, err.message.as_str()), (400, "admission webhook \"fx.example.com\" does not support dry run"));
+        let err = run_validating(&configs, &req, None, &no_services)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code, err.message.as_str()),
+            (
+                400,
+                "admission webhook \"fx.example.com\" does not support dry run"
+            )
+        );
     }
 }

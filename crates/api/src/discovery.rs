@@ -98,8 +98,16 @@ fn base64(bytes: &[u8]) -> String {
         let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
         out.push(ALPHABET[(n >> 18) as usize & 63] as char);
         out.push(ALPHABET[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { ALPHABET[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { ALPHABET[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            ALPHABET[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            ALPHABET[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -125,7 +133,10 @@ fn resource_entry(r: &ResourceInfo) -> Value {
     }
     if has_storage(r) {
         let sg = &r.storage_group;
-        m.insert("storageVersionHash".into(), json!(storage_version_hash(sg, &r.version, &r.kind)));
+        m.insert(
+            "storageVersionHash".into(),
+            json!(storage_version_hash(sg, &r.version, &r.kind)),
+        );
     }
     Value::Object(m)
 }
@@ -164,7 +175,10 @@ pub fn api_resource_list(reg: &Registry, group: &str, version: &str) -> Option<V
     if !group.is_empty() {
         m.insert("apiVersion".into(), json!("v1"));
     }
-    m.insert("groupVersion".into(), json!(group_version_string(group, version)));
+    m.insert(
+        "groupVersion".into(),
+        json!(group_version_string(group, version)),
+    );
     m.insert("resources".into(), Value::Array(resources));
     Some(Value::Object(m))
 }
@@ -180,7 +194,10 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
     let mut m = Map::new();
     m.insert("resource".into(), json!(r.plural));
     // Upstream leaves group and version empty when the kind is the parent group/version's.
-    m.insert("responseKind".into(), json!({"group": "", "version": "", "kind": r.kind}));
+    m.insert(
+        "responseKind".into(),
+        json!({"group": "", "version": "", "kind": r.kind}),
+    );
     m.insert("scope".into(), json!(scope_str(r.scope)));
     m.insert("singularResource".into(), json!(r.singular));
     m.insert("verbs".into(), json!(r.verbs));
@@ -211,7 +228,11 @@ fn aggregated_group(reg: &Registry, name: &str, versions: &[String]) -> Value {
     let vs: Vec<Value> = versions
         .iter()
         .map(|v| {
-            let resources: Vec<Value> = reg.resources_in(name, v).iter().map(|r| aggregated_resource(r)).collect();
+            let resources: Vec<Value> = reg
+                .resources_in(name, v)
+                .iter()
+                .map(|r| aggregated_resource(r))
+                .collect();
             json!({"version": v, "resources": resources, "freshness": "Current"})
         })
         .collect();
@@ -277,8 +298,14 @@ mod tests {
         let v = reparse(&api_versions("10.0.0.1:6443"));
         assert_eq!(v["kind"], "APIVersions");
         assert_eq!(v["versions"], json!(["v1"]));
-        assert_eq!(v["serverAddressByClientCIDRs"][0]["clientCIDR"], "0.0.0.0/0");
-        assert_eq!(v["serverAddressByClientCIDRs"][0]["serverAddress"], "10.0.0.1:6443");
+        assert_eq!(
+            v["serverAddressByClientCIDRs"][0]["clientCIDR"],
+            "0.0.0.0/0"
+        );
+        assert_eq!(
+            v["serverAddressByClientCIDRs"][0]["serverAddress"],
+            "10.0.0.1:6443"
+        );
         assert!(v.get("apiVersion").is_none());
     }
 
@@ -291,28 +318,45 @@ mod tests {
         assert_eq!(groups.len(), 19);
         assert_eq!(groups[0]["name"], "apiregistration.k8s.io");
         assert_eq!(groups[1]["name"], "apps");
-        let autoscaling = groups.iter().find(|g| g["name"] == "autoscaling").cloned().unwrap_or_default();
+        let autoscaling = groups
+            .iter()
+            .find(|g| g["name"] == "autoscaling")
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(autoscaling["versions"][0]["groupVersion"], "autoscaling/v2");
         assert_eq!(autoscaling["versions"][1]["version"], "v1");
-        assert_eq!(autoscaling["preferredVersion"], json!({"groupVersion": "autoscaling/v2", "version": "v2"}));
+        assert_eq!(
+            autoscaling["preferredVersion"],
+            json!({"groupVersion": "autoscaling/v2", "version": "v2"})
+        );
 
-        let g = api_group(&reg(), "apps").map(|g| reparse(&g)).unwrap_or_default();
+        let g = api_group(&reg(), "apps")
+            .map(|g| reparse(&g))
+            .unwrap_or_default();
         assert_eq!(g["kind"], "APIGroup");
         assert_eq!(g["name"], "apps");
-        assert_eq!(g["versions"], json!([{"groupVersion": "apps/v1", "version": "v1"}]));
+        assert_eq!(
+            g["versions"],
+            json!([{"groupVersion": "apps/v1", "version": "v1"}])
+        );
         assert!(api_group(&reg(), "nosuch.example.com").is_none());
         assert!(api_group(&reg(), "").is_none());
     }
 
     #[test]
     fn core_resource_list() {
-        let v = api_resource_list(&reg(), "", "v1").map(|v| reparse(&v)).unwrap_or_default();
+        let v = api_resource_list(&reg(), "", "v1")
+            .map(|v| reparse(&v))
+            .unwrap_or_default();
         assert_eq!(v["kind"], "APIResourceList");
         assert_eq!(v["groupVersion"], "v1");
         assert!(v.get("apiVersion").is_none());
         let res = v["resources"].as_array().cloned().unwrap_or_default();
         let names: Vec<&str> = res.iter().filter_map(|r| r["name"].as_str()).collect();
-        let pods_at = names.iter().position(|n| *n == "pods").unwrap_or(usize::MAX);
+        let pods_at = names
+            .iter()
+            .position(|n| *n == "pods")
+            .unwrap_or(usize::MAX);
         assert_eq!(names.get(pods_at + 1), Some(&"pods/attach"));
         assert!(names.contains(&"pods/log"));
         assert!(names.contains(&"namespaces/finalize"));
@@ -325,25 +369,43 @@ mod tests {
         let hash = pods["storageVersionHash"].as_str().unwrap_or_default();
         assert_eq!(hash.len(), 12);
         assert!(hash.ends_with('='));
-        let eviction = res.iter().find(|r| r["name"] == "pods/eviction").cloned().unwrap_or_default();
+        let eviction = res
+            .iter()
+            .find(|r| r["name"] == "pods/eviction")
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(eviction["group"], "policy");
         assert_eq!(eviction["version"], "v1");
         assert_eq!(eviction["kind"], "Eviction");
         assert_eq!(eviction["singularName"], "");
         assert!(eviction.get("storageVersionHash").is_none());
-        let binding = res.iter().find(|r| r["name"] == "bindings").cloned().unwrap_or_default();
+        let binding = res
+            .iter()
+            .find(|r| r["name"] == "bindings")
+            .cloned()
+            .unwrap_or_default();
         assert!(binding.get("storageVersionHash").is_none());
-        let status = res.iter().find(|r| r["name"] == "pods/status").cloned().unwrap_or_default();
+        let status = res
+            .iter()
+            .find(|r| r["name"] == "pods/status")
+            .cloned()
+            .unwrap_or_default();
         assert!(status.get("group").is_none());
     }
 
     #[test]
     fn group_resource_list() {
-        let v = api_resource_list(&reg(), "apps", "v1").map(|v| reparse(&v)).unwrap_or_default();
+        let v = api_resource_list(&reg(), "apps", "v1")
+            .map(|v| reparse(&v))
+            .unwrap_or_default();
         assert_eq!(v["apiVersion"], "v1");
         assert_eq!(v["groupVersion"], "apps/v1");
         let res = v["resources"].as_array().cloned().unwrap_or_default();
-        let scale = res.iter().find(|r| r["name"] == "deployments/scale").cloned().unwrap_or_default();
+        let scale = res
+            .iter()
+            .find(|r| r["name"] == "deployments/scale")
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(scale["group"], "autoscaling");
         assert_eq!(scale["kind"], "Scale");
         assert_eq!(scale["verbs"], json!(["get", "patch", "update"]));
@@ -352,8 +414,14 @@ mod tests {
 
     #[test]
     fn storage_hash_is_stable_and_distinct() {
-        assert_eq!(storage_version_hash("", "v1", "Pod"), storage_version_hash("", "v1", "Pod"));
-        assert_ne!(storage_version_hash("", "v1", "Pod"), storage_version_hash("", "v1", "Node"));
+        assert_eq!(
+            storage_version_hash("", "v1", "Pod"),
+            storage_version_hash("", "v1", "Pod")
+        );
+        assert_ne!(
+            storage_version_hash("", "v1", "Pod"),
+            storage_version_hash("", "v1", "Node")
+        );
         assert_eq!(base64(b"Man"), "TWFu");
         assert_eq!(base64(b"Ma"), "TWE=");
         assert_eq!(base64(b"M"), "TQ==");
@@ -366,14 +434,21 @@ mod tests {
         assert_eq!(v["apiVersion"], "apidiscovery.k8s.io/v2");
         let items = v["items"].as_array().cloned().unwrap_or_default();
         assert_eq!(items[0]["metadata"]["name"], "apiregistration.k8s.io");
-        let apps = items.iter().find(|i| i["metadata"]["name"] == "apps").cloned().unwrap_or_default();
+        let apps = items
+            .iter()
+            .find(|i| i["metadata"]["name"] == "apps")
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(apps["versions"][0]["version"], "v1");
         assert_eq!(apps["versions"][0]["freshness"], "Current");
         let deploy = apps["versions"][0]["resources"]
             .as_array()
             .and_then(|a| a.iter().find(|r| r["resource"] == "deployments").cloned())
             .unwrap_or_default();
-        assert_eq!(deploy["responseKind"], json!({"group": "", "version": "", "kind": "Deployment"}));
+        assert_eq!(
+            deploy["responseKind"],
+            json!({"group": "", "version": "", "kind": "Deployment"})
+        );
         assert_eq!(deploy["scope"], "Namespaced");
         assert_eq!(deploy["singularResource"], "deployment");
         assert_eq!(deploy["shortNames"], json!(["deploy"]));
@@ -383,7 +458,11 @@ mod tests {
             deploy["subresources"][0]["responseKind"],
             json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
         );
-        let autoscaling = items.iter().find(|i| i["metadata"]["name"] == "autoscaling").cloned().unwrap_or_default();
+        let autoscaling = items
+            .iter()
+            .find(|i| i["metadata"]["name"] == "autoscaling")
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(autoscaling["versions"][0]["version"], "v2");
         assert_eq!(autoscaling["versions"][1]["version"], "v1");
 

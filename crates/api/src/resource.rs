@@ -99,7 +99,11 @@ impl ResourceInfo {
     /// The store key prefix holding every object of this resource:
     /// `/registry/<storage group or "core">/<plural>/`.
     pub fn key_prefix(&self) -> String {
-        let g = if self.storage_group.is_empty() { "core" } else { &self.storage_group };
+        let g = if self.storage_group.is_empty() {
+            "core"
+        } else {
+            &self.storage_group
+        };
         format!("/registry/{}/{}/", g, self.plural)
     }
 
@@ -141,7 +145,11 @@ impl Registry {
 
     /// Adds (or replaces) a resource.
     pub fn add(&self, info: ResourceInfo) {
-        let key = (info.group.clone(), info.version.clone(), info.plural.clone());
+        let key = (
+            info.group.clone(),
+            info.version.clone(),
+            info.plural.clone(),
+        );
         if let Ok(mut m) = self.inner.write() {
             m.insert(key, Arc::new(info));
         }
@@ -157,7 +165,8 @@ impl Registry {
     /// Looks up a resource by group, version and plural name.
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
         let m = self.inner.read().ok()?;
-        m.get(&(group.to_string(), version.to_string(), plural.to_string())).cloned()
+        m.get(&(group.to_string(), version.to_string(), plural.to_string()))
+            .cloned()
     }
 
     /// Looks up a resource by group, version and kind.
@@ -193,7 +202,11 @@ impl Registry {
     /// (`deployments.apps`), case-insensitively. `group_hint` restricts the group.
     /// Among several matches the core group wins, then the group with the highest
     /// priority; within a group the preferred version.
-    pub fn by_resource_name(&self, group_hint: Option<&str>, name: &str) -> Option<Arc<ResourceInfo>> {
+    pub fn by_resource_name(
+        &self,
+        group_hint: Option<&str>,
+        name: &str,
+    ) -> Option<Arc<ResourceInfo>> {
         let lname = name.to_ascii_lowercase();
         let all = self.all();
         let groups = self.groups();
@@ -214,7 +227,8 @@ impl Registry {
                     || r.short_names.iter().any(|s| s.eq_ignore_ascii_case(&res))
                     || (r.singular.is_empty() && r.kind.eq_ignore_ascii_case(&res))
             };
-            let mut found: Vec<&Arc<ResourceInfo>> = all.iter().filter(|r| group_ok(r) && name_ok(r)).collect();
+            let mut found: Vec<&Arc<ResourceInfo>> =
+                all.iter().filter(|r| group_ok(r) && name_ok(r)).collect();
             if found.is_empty() {
                 continue;
             }
@@ -223,7 +237,10 @@ impl Registry {
                 found.retain(|r| r.plural == res);
             }
             let rank = |r: &ResourceInfo| -> (usize, usize) {
-                let gi = groups.iter().position(|g| g.name == r.group).unwrap_or(usize::MAX);
+                let gi = groups
+                    .iter()
+                    .position(|g| g.name == r.group)
+                    .unwrap_or(usize::MAX);
                 let vi = groups
                     .get(gi)
                     .and_then(|g| g.versions.iter().position(|v| *v == r.version))
@@ -263,7 +280,11 @@ impl Registry {
                     let p = versions.remove(i);
                     versions.insert(0, p);
                 }
-                GroupVersions { name, versions, preferred_version: preferred }
+                GroupVersions {
+                    name,
+                    versions,
+                    preferred_version: preferred,
+                }
             })
             .collect();
         out.sort_by_key(|g| group_order_key(&g.name));
@@ -289,7 +310,10 @@ fn group_order_key(group: &str) -> (u8, usize, String) {
     if group.is_empty() {
         return (0, 0, String::new());
     }
-    match builtin::GROUP_PRIORITY.iter().position(|(g, _)| *g == group) {
+    match builtin::GROUP_PRIORITY
+        .iter()
+        .position(|(g, _)| *g == group)
+    {
         Some(i) => (1, i, String::new()),
         None => (2, 0, group.to_string()),
     }
@@ -342,24 +366,67 @@ mod tests {
         let r = Registry::builtin();
         let pods = r.get("", "v1", "pods").map(|p| p.kind.clone());
         assert_eq!(pods.as_deref(), Some("Pod"));
-        assert_eq!(r.by_kind("apps", "v1", "Deployment").map(|d| d.plural.clone()).as_deref(), Some("deployments"));
+        assert_eq!(
+            r.by_kind("apps", "v1", "Deployment")
+                .map(|d| d.plural.clone())
+                .as_deref(),
+            Some("deployments")
+        );
         assert_eq!(r.resources_in("apps", "v1").len(), 5);
-        assert_eq!(r.resources_in("", "v1").first().map(|x| x.plural.clone()).as_deref(), Some("bindings"));
+        assert_eq!(
+            r.resources_in("", "v1")
+                .first()
+                .map(|x| x.plural.clone())
+                .as_deref(),
+            Some("bindings")
+        );
     }
 
     #[test]
     fn resolves_names_like_kubectl() {
         let r = Registry::builtin();
-        let get = |hint: Option<&str>, n: &str| r.by_resource_name(hint, n).map(|x| (x.group.clone(), x.version.clone(), x.plural.clone()));
-        assert_eq!(get(None, "po"), Some(("".into(), "v1".into(), "pods".into())));
-        assert_eq!(get(None, "Pod"), Some(("".into(), "v1".into(), "pods".into())));
-        assert_eq!(get(None, "deploy"), Some(("apps".into(), "v1".into(), "deployments".into())));
-        assert_eq!(get(None, "deployments.apps"), Some(("apps".into(), "v1".into(), "deployments".into())));
-        assert_eq!(get(None, "hpa"), Some(("autoscaling".into(), "v2".into(), "horizontalpodautoscalers".into())));
-        assert_eq!(get(None, "crds"), Some(("apiextensions.k8s.io".into(), "v1".into(), "customresourcedefinitions".into())));
+        let get = |hint: Option<&str>, n: &str| {
+            r.by_resource_name(hint, n)
+                .map(|x| (x.group.clone(), x.version.clone(), x.plural.clone()))
+        };
+        assert_eq!(
+            get(None, "po"),
+            Some(("".into(), "v1".into(), "pods".into()))
+        );
+        assert_eq!(
+            get(None, "Pod"),
+            Some(("".into(), "v1".into(), "pods".into()))
+        );
+        assert_eq!(
+            get(None, "deploy"),
+            Some(("apps".into(), "v1".into(), "deployments".into()))
+        );
+        assert_eq!(
+            get(None, "deployments.apps"),
+            Some(("apps".into(), "v1".into(), "deployments".into()))
+        );
+        assert_eq!(
+            get(None, "hpa"),
+            Some((
+                "autoscaling".into(),
+                "v2".into(),
+                "horizontalpodautoscalers".into()
+            ))
+        );
+        assert_eq!(
+            get(None, "crds"),
+            Some((
+                "apiextensions.k8s.io".into(),
+                "v1".into(),
+                "customresourcedefinitions".into()
+            ))
+        );
         // events: core wins without a hint, the hint picks events.k8s.io
         assert_eq!(get(None, "ev").map(|x| x.0), Some("".into()));
-        assert_eq!(get(Some("events.k8s.io"), "events").map(|x| x.0), Some("events.k8s.io".into()));
+        assert_eq!(
+            get(Some("events.k8s.io"), "events").map(|x| x.0),
+            Some("events.k8s.io".into())
+        );
         assert_eq!(get(None, "nosuch"), None);
         assert_eq!(get(Some("apps"), "pods"), None);
     }
@@ -394,15 +461,25 @@ mod tests {
                 "flowcontrol.apiserver.k8s.io",
             ]
         );
-        let autoscaling = groups.iter().find(|g| g.name == "autoscaling").map(|g| (g.versions.clone(), g.preferred_version.clone()));
-        assert_eq!(autoscaling, Some((vec!["v2".to_string(), "v1".to_string()], "v2".to_string())));
+        let autoscaling = groups
+            .iter()
+            .find(|g| g.name == "autoscaling")
+            .map(|g| (g.versions.clone(), g.preferred_version.clone()));
+        assert_eq!(
+            autoscaling,
+            Some((vec!["v2".to_string(), "v1".to_string()], "v2".to_string()))
+        );
     }
 
     #[test]
     fn crd_groups_come_last_by_name() {
         let r = Registry::builtin();
         let mut info = (*r.get("", "v1", "configmaps").expect("cm")).clone();
-        for (g, v) in [("zeta.example.com", "v1"), ("alpha.example.com", "v1beta1"), ("alpha.example.com", "v1")] {
+        for (g, v) in [
+            ("zeta.example.com", "v1"),
+            ("alpha.example.com", "v1beta1"),
+            ("alpha.example.com", "v1"),
+        ] {
             info.group = g.into();
             info.version = v.into();
             info.plural = "widgets".into();
@@ -419,16 +496,44 @@ mod tests {
 
     #[test]
     fn kube_version_order() {
-        let mut v = vec!["foo1", "v1alpha1", "v1", "v2beta1", "v10", "v11alpha2", "v2", "foo10", "v1beta2", "v10beta3"];
+        let mut v = vec![
+            "foo1",
+            "v1alpha1",
+            "v1",
+            "v2beta1",
+            "v10",
+            "v11alpha2",
+            "v2",
+            "foo10",
+            "v1beta2",
+            "v10beta3",
+        ];
         v.sort_by(|a, b| compare_kube_versions(a, b));
-        assert_eq!(v, vec!["v10", "v2", "v1", "v10beta3", "v2beta1", "v1beta2", "v11alpha2", "v1alpha1", "foo1", "foo10"]);
+        assert_eq!(
+            v,
+            vec![
+                "v10",
+                "v2",
+                "v1",
+                "v10beta3",
+                "v2beta1",
+                "v1beta2",
+                "v11alpha2",
+                "v1alpha1",
+                "foo1",
+                "foo10"
+            ]
+        );
     }
 
     #[test]
     fn keys() {
         let r = Registry::builtin();
         let d = r.get("apps", "v1", "deployments").expect("deployments");
-        assert_eq!(d.key(Some("default"), "web"), "/registry/apps/deployments/default/web");
+        assert_eq!(
+            d.key(Some("default"), "web"),
+            "/registry/apps/deployments/default/web"
+        );
         let n = r.get("", "v1", "nodes").expect("nodes");
         assert_eq!(n.key(Some("x"), "n1"), "/registry/core/nodes/n1");
     }

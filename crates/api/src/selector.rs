@@ -23,7 +23,9 @@ pub struct SelectorError {
 
 impl SelectorError {
     fn new(message: impl Into<String>) -> Self {
-        SelectorError { message: message.into() }
+        SelectorError {
+            message: message.into(),
+        }
     }
 }
 
@@ -36,7 +38,8 @@ const QUALIFIED_NAME_MSG: &str =
     "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
-const DNS1123_SUBDOMAIN_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str =
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 
 fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
     if examples.is_empty() {
@@ -64,7 +67,8 @@ fn is_qualified_name_part(s: &str) -> bool {
         (Some(f), Some(l)) => {
             f.is_ascii_alphanumeric()
                 && l.is_ascii_alphanumeric()
-                && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         }
         _ => false,
     }
@@ -78,7 +82,8 @@ fn is_dns1123_subdomain(s: &str) -> bool {
                 (Some(f), Some(l)) => {
                     (f.is_ascii_lowercase() || f.is_ascii_digit())
                         && (l.is_ascii_lowercase() || l.is_ascii_digit())
-                        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                        && b.iter()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
                 }
                 _ => false,
             }
@@ -101,7 +106,11 @@ pub fn qualified_name_errors(value: &str) -> Vec<String> {
                 if !is_dns1123_subdomain(prefix) {
                     errs.push(format!(
                         "prefix part {}",
-                        regex_error(DNS1123_SUBDOMAIN_MSG, DNS1123_SUBDOMAIN_FMT, &["example.com"])
+                        regex_error(
+                            DNS1123_SUBDOMAIN_MSG,
+                            DNS1123_SUBDOMAIN_FMT,
+                            &["example.com"]
+                        )
                     ));
                 }
             }
@@ -123,7 +132,11 @@ pub fn qualified_name_errors(value: &str) -> Vec<String> {
     if !is_qualified_name_part(name) {
         errs.push(format!(
             "name part {}",
-            regex_error(QUALIFIED_NAME_MSG, QUALIFIED_NAME_FMT, &["MyName", "my.name", "123-abc"])
+            regex_error(
+                QUALIFIED_NAME_MSG,
+                QUALIFIED_NAME_FMT,
+                &["MyName", "my.name", "123-abc"]
+            )
         ));
     }
     errs
@@ -223,7 +236,11 @@ pub struct Requirement {
 
 impl Requirement {
     /// Builds a requirement, validating key and values as upstream's `NewRequirement`.
-    pub fn new(key: &str, operator: Operator, values: Vec<String>) -> Result<Requirement, SelectorError> {
+    pub fn new(
+        key: &str,
+        operator: Operator,
+        values: Vec<String>,
+    ) -> Result<Requirement, SelectorError> {
         let mut values = values;
         values.sort();
         values.dedup();
@@ -232,7 +249,14 @@ impl Requirement {
         if !key_errs.is_empty() {
             errs.push(invalid("key", key, &key_errs.join("; ")));
         }
-        let list = format!("[]string{{{}}}", values.iter().map(|v| go_quote(v)).collect::<Vec<_>>().join(", "));
+        let list = format!(
+            "[]string{{{}}}",
+            values
+                .iter()
+                .map(|v| go_quote(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         match operator {
             Operator::In | Operator::NotIn => {
                 if values.is_empty() {
@@ -278,7 +302,11 @@ impl Requirement {
         }
         match aggregate(errs) {
             Some(m) => Err(SelectorError::new(m)),
-            None => Ok(Requirement { key: key.to_string(), operator, values }),
+            None => Ok(Requirement {
+                key: key.to_string(),
+                operator,
+                values,
+            }),
         }
     }
 
@@ -293,7 +321,9 @@ impl Requirement {
             Operator::In | Operator::Equals | Operator::DoubleEquals => {
                 v.is_some_and(|v| self.values.iter().any(|x| x == v))
             }
-            Operator::NotIn | Operator::NotEquals => v.is_none_or(|v| !self.values.iter().any(|x| x == v)),
+            Operator::NotIn | Operator::NotEquals => {
+                v.is_none_or(|v| !self.values.iter().any(|x| x == v))
+            }
             Operator::Exists => v.is_some(),
             Operator::DoesNotExist => v.is_none(),
             Operator::GreaterThan | Operator::LessThan => {
@@ -413,7 +443,10 @@ fn lex(input: &str) -> Vec<(Tok, String)> {
             }
         } else {
             let start = i;
-            while i < chars.len() && !is_special(chars[i]) && !matches!(chars[i], ' ' | '\t' | '\r' | '\n') {
+            while i < chars.len()
+                && !is_special(chars[i])
+                && !matches!(chars[i], ' ' | '\t' | '\r' | '\n')
+            {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -440,7 +473,11 @@ struct Parser {
 
 impl Parser {
     fn lookahead(&self, ctx: Ctx) -> (Tok, String) {
-        let (t, l) = self.items.get(self.pos).cloned().unwrap_or((Tok::Eos, String::new()));
+        let (t, l) = self
+            .items
+            .get(self.pos)
+            .cloned()
+            .unwrap_or((Tok::Eos, String::new()));
         if ctx == Ctx::Values && matches!(t, Tok::In | Tok::NotIn) {
             return (Tok::Identifier, l);
         }
@@ -461,7 +498,9 @@ impl Parser {
             let (tok, lit) = self.lookahead(Ctx::Values);
             match tok {
                 Tok::Identifier | Tok::DoesNotExist => {
-                    let r = self.parse_requirement().map_err(|e| format!("unable to parse requirement: {e}"))?;
+                    let r = self
+                        .parse_requirement()
+                        .map_err(|e| format!("unable to parse requirement: {e}"))?;
                     reqs.push(r);
                     let (t, l) = self.consume(Ctx::Values);
                     match t {
@@ -469,14 +508,20 @@ impl Parser {
                         Tok::Comma => {
                             let (t2, l2) = self.lookahead(Ctx::Values);
                             if t2 != Tok::Identifier && t2 != Tok::DoesNotExist {
-                                return Err(format!("found '{l2}', expected: identifier after ','"));
+                                return Err(format!(
+                                    "found '{l2}', expected: identifier after ','"
+                                ));
                             }
                         }
                         _ => return Err(format!("found '{l}', expected: ',' or 'end of string'")),
                     }
                 }
                 Tok::Eos => return Ok(reqs),
-                _ => return Err(format!("found '{lit}', expected: !, identifier, or 'end of string'")),
+                _ => {
+                    return Err(format!(
+                        "found '{lit}', expected: !, identifier, or 'end of string'"
+                    ))
+                }
             }
         }
     }
@@ -525,7 +570,11 @@ impl Parser {
             Tok::LessThan => Operator::LessThan,
             Tok::NotIn => Operator::NotIn,
             Tok::NotEquals => Operator::NotEquals,
-            _ => return Err(format!("found '{lit}', expected: in, notin, =, ==, !=, gt, lt")),
+            _ => {
+                return Err(format!(
+                    "found '{lit}', expected: in, notin, =, ==, !=, gt, lt"
+                ))
+            }
         })
     }
 
@@ -606,16 +655,25 @@ impl LabelSelector {
 
     /// A selector matching nothing.
     pub fn nothing() -> Self {
-        LabelSelector { requirements: Vec::new(), nothing: true }
+        LabelSelector {
+            requirements: Vec::new(),
+            nothing: true,
+        }
     }
 
     /// Parses a selector string (`?labelSelector=`, `kubectl -l`) as upstream's
     /// `labels.Parse`. The empty string selects everything.
     pub fn parse(input: &str) -> Result<Self, SelectorError> {
-        let mut p = Parser { items: lex(input), pos: 0 };
+        let mut p = Parser {
+            items: lex(input),
+            pos: 0,
+        };
         let mut reqs = p.parse().map_err(SelectorError::new)?;
         reqs.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(LabelSelector { requirements: reqs, nothing: false })
+        Ok(LabelSelector {
+            requirements: reqs,
+            nothing: false,
+        })
     }
 
     /// Builds a selector from a `metav1.LabelSelector` JSON object (as in a Deployment's
@@ -637,7 +695,10 @@ impl LabelSelector {
         if let Some(exprs) = obj.get("matchExpressions").and_then(|m| m.as_array()) {
             for e in exprs {
                 let key = e.get("key").and_then(|k| k.as_str()).unwrap_or_default();
-                let op_str = e.get("operator").and_then(|k| k.as_str()).unwrap_or_default();
+                let op_str = e
+                    .get("operator")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or_default();
                 let op = match op_str {
                     "In" => Operator::In,
                     "NotIn" => Operator::NotIn,
@@ -653,13 +714,20 @@ impl LabelSelector {
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(|v| v.as_array())
-                    .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 reqs.push(Requirement::new(key, op, values)?);
             }
         }
         reqs.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(LabelSelector { requirements: reqs, nothing: false })
+        Ok(LabelSelector {
+            requirements: reqs,
+            nothing: false,
+        })
     }
 
     /// Whether the selector selects everything.
@@ -686,10 +754,14 @@ impl LabelSelector {
     /// If the selector pins `key` to one value (`key=v`, `key==v` or `key in (v)`),
     /// that value (useful for indexes).
     pub fn required_value(&self, key: &str) -> Option<&str> {
-        self.requirements.iter().find_map(|r| match (r.operator, r.values.as_slice()) {
-            (Operator::Equals | Operator::DoubleEquals | Operator::In, [v]) if r.key == key => Some(v.as_str()),
-            _ => None,
-        })
+        self.requirements
+            .iter()
+            .find_map(|r| match (r.operator, r.values.as_slice()) {
+                (Operator::Equals | Operator::DoubleEquals | Operator::In, [v]) if r.key == key => {
+                    Some(v.as_str())
+                }
+                _ => None,
+            })
     }
 }
 
@@ -778,7 +850,11 @@ fn unescape_value(s: &str) -> Result<String, SelectorError> {
         if in_slash {
             match c {
                 '\\' | ',' | '=' => out.push(c),
-                other => return Err(SelectorError::new(format!("invalid escape sequence: \\{other}"))),
+                other => {
+                    return Err(SelectorError::new(format!(
+                        "invalid escape sequence: \\{other}"
+                    )))
+                }
             }
             in_slash = false;
             continue;
@@ -801,7 +877,9 @@ fn unescape_value(s: &str) -> Result<String, SelectorError> {
 }
 
 fn escape_value(s: &str) -> String {
-    s.replace('\\', "\\\\").replace(',', "\\,").replace('=', "\\=")
+    s.replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace('=', "\\=")
 }
 
 impl FieldSelector {
@@ -816,11 +894,21 @@ impl FieldSelector {
                 continue;
             }
             let Some((lhs, op, rhs)) = split_term(part) else {
-                return Err(SelectorError::new(format!("invalid selector: '{input}'; can't understand '{part}'")));
+                return Err(SelectorError::new(format!(
+                    "invalid selector: '{input}'; can't understand '{part}'"
+                )));
             };
             let value = unescape_value(rhs)?;
-            let op = if op == "!=" { FieldOp::NotEquals } else { FieldOp::Equals };
-            reqs.push(FieldRequirement { field: lhs.to_string(), op, value });
+            let op = if op == "!=" {
+                FieldOp::NotEquals
+            } else {
+                FieldOp::Equals
+            };
+            reqs.push(FieldRequirement {
+                field: lhs.to_string(),
+                op,
+                value,
+            });
         }
         Ok(FieldSelector { requirements: reqs })
     }
@@ -945,15 +1033,24 @@ fn own_fields(group: &str, kind: &str) -> Option<&'static [&'static str]> {
     Some(match (group, kind) {
         ("", "Pod") => POD_FIELDS,
         ("", "Node") => &["metadata.name", "spec.unschedulable"],
-        ("", "ReplicationController") => &["metadata.name", "metadata.namespace", "status.replicas"],
+        ("", "ReplicationController") => {
+            &["metadata.name", "metadata.namespace", "status.replicas"]
+        }
         ("", "Event") => EVENT_FIELDS,
         ("events.k8s.io", "Event") => EVENTS_K8S_IO_EVENT_FIELDS,
         ("", "Namespace") => &["status.phase", "metadata.name"],
         ("", "Secret") => &["type", "metadata.namespace", "metadata.name"],
-        ("", "Service") => &["metadata.namespace", "metadata.name", "spec.clusterIP", "spec.type"],
+        ("", "Service") => &[
+            "metadata.namespace",
+            "metadata.name",
+            "spec.clusterIP",
+            "spec.type",
+        ],
         ("apps", "ReplicaSet") => &["metadata.name", "metadata.namespace", "status.replicas"],
         ("batch", "Job") => &["metadata.name", "metadata.namespace", "status.successful"],
-        ("certificates.k8s.io", "CertificateSigningRequest") => &["metadata.name", "spec.signerName"],
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            &["metadata.name", "spec.signerName"]
+        }
         _ => return None,
     })
 }
@@ -1032,9 +1129,8 @@ pub fn field_value(group: &str, kind: &str, obj: &Value, field: &str) -> Option<
             // accepted by upstream but not in its field set: always empty
             ("", "Pod", "status.podIPs") => String::new(),
             ("", "Node", "spec.unschedulable") => bool_at(obj, &["spec", "unschedulable"]),
-            ("", "ReplicationController", "status.replicas") | ("apps", "ReplicaSet", "status.replicas") => {
-                int_at(obj, &["status", "replicas"])
-            }
+            ("", "ReplicationController", "status.replicas")
+            | ("apps", "ReplicaSet", "status.replicas") => int_at(obj, &["status", "replicas"]),
             ("batch", "Job", "status.successful") => int_at(obj, &["status", "succeeded"]),
             ("", "Event", "source") => {
                 let s = str_at(obj, &["source", "component"]);
@@ -1059,7 +1155,10 @@ mod tests {
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn sel(s: &str) -> LabelSelector {
@@ -1095,7 +1194,10 @@ mod tests {
             ]
         );
         assert_eq!(s.requirements[3].values, vec!["x", "y"]);
-        assert_eq!(s.to_string(), "a=1,b==2,c!=3,d in (x,y),e notin (z),f,!g,h>5,i<7");
+        assert_eq!(
+            s.to_string(),
+            "a=1,b==2,c!=3,d in (x,y),e notin (z),f,!g,h>5,i<7"
+        );
     }
 
     #[test]
@@ -1107,17 +1209,32 @@ mod tests {
         assert_eq!(sel("a=").requirements[0].values, vec![""]);
         assert_eq!(sel("a in ()").requirements[0].values, vec![""]);
         assert_eq!(sel("in=notin").requirements[0].key, "in");
-        assert_eq!(sel("example.com/tier=front").requirements[0].key, "example.com/tier");
+        assert_eq!(
+            sel("example.com/tier=front").requirements[0].key,
+            "example.com/tier"
+        );
     }
 
     #[test]
     fn upstream_error_messages() {
-        assert_eq!(err("a b"), "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt");
+        assert_eq!(
+            err("a b"),
+            "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt"
+        );
         assert_eq!(err("a=b c"), "found 'c', expected: ',' or 'end of string'");
         assert_eq!(err("a=b,"), "found '', expected: identifier after ','");
-        assert_eq!(err(",a"), "found ',', expected: !, identifier, or 'end of string'");
-        assert_eq!(err("a in b"), "unable to parse requirement: found 'b' expected: '('");
-        assert_eq!(err("a in (b c)"), "unable to parse requirement: found 'c', expected: ',' or ')'");
+        assert_eq!(
+            err(",a"),
+            "found ',', expected: !, identifier, or 'end of string'"
+        );
+        assert_eq!(
+            err("a in b"),
+            "unable to parse requirement: found 'b' expected: '('"
+        );
+        assert_eq!(
+            err("a in (b c)"),
+            "unable to parse requirement: found 'c', expected: ',' or ')'"
+        );
         assert_eq!(err("!a=b"), "found '=', expected: ',' or 'end of string'");
         assert_eq!(err("a>x"), "unable to parse requirement: values[0]: Invalid value: \"x\": for 'Gt', 'Lt' operators, the value must be an integer");
         assert_eq!(
@@ -1173,13 +1290,26 @@ mod tests {
         };
         assert_eq!(s.to_string(), "app=web,!canary,tier in (back,front)");
         assert!(s.matches(&labels(&[("app", "web"), ("tier", "back")])));
-        assert!(!s.matches(&labels(&[("app", "web"), ("tier", "back"), ("canary", "1")])));
-        assert!(LabelSelector::from_json(&json!({})).map(|s| s.is_empty()).unwrap_or(false));
+        assert!(!s.matches(&labels(&[
+            ("app", "web"),
+            ("tier", "back"),
+            ("canary", "1")
+        ])));
+        assert!(LabelSelector::from_json(&json!({}))
+            .map(|s| s.is_empty())
+            .unwrap_or(false));
         let nothing = LabelSelector::from_json(&Value::Null).unwrap_or_default();
         assert!(!nothing.matches(&labels(&[])));
-        let bad = LabelSelector::from_json(&json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]}));
-        assert_eq!(bad.map_err(|e| e.message), Err("\"Foo\" is not a valid label selector operator".to_string()));
-        let empty_in = LabelSelector::from_json(&json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}));
+        let bad = LabelSelector::from_json(
+            &json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]}),
+        );
+        assert_eq!(
+            bad.map_err(|e| e.message),
+            Err("\"Foo\" is not a valid label selector operator".to_string())
+        );
+        let empty_in = LabelSelector::from_json(
+            &json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}),
+        );
         assert_eq!(
             empty_in.map_err(|e| e.message),
             Err("values: Invalid value: []string{}: for 'in', 'notin' operators, values set can't be empty".to_string())
@@ -1188,7 +1318,8 @@ mod tests {
 
     #[test]
     fn field_selector_parse() {
-        let f = FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed").map_err(|e| e.message);
+        let f =
+            FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed").map_err(|e| e.message);
         let f = match f {
             Ok(f) => f,
             Err(e) => panic!("{e}"),
@@ -1200,7 +1331,9 @@ mod tests {
         let d = FieldSelector::parse("metadata.name==a\\,b").unwrap_or_default();
         assert_eq!(d.requirements[0].value, "a,b");
         assert_eq!(d.requirements[0].op, FieldOp::Equals);
-        assert!(FieldSelector::parse("").map(|f| f.is_empty()).unwrap_or(false));
+        assert!(FieldSelector::parse("")
+            .map(|f| f.is_empty())
+            .unwrap_or(false));
         assert_eq!(
             FieldSelector::parse("foo").map_err(|e| e.message),
             Err("invalid selector: 'foo'; can't understand 'foo'".to_string())
@@ -1209,7 +1342,10 @@ mod tests {
             FieldSelector::parse("a=b=c").map_err(|e| e.message),
             Err("invalid field selector: unescaped character in value: 61".to_string())
         );
-        assert_eq!(FieldSelector::parse("a=b\\x").map_err(|e| e.message), Err("invalid escape sequence: \\x".to_string()));
+        assert_eq!(
+            FieldSelector::parse("a=b\\x").map_err(|e| e.message),
+            Err("invalid escape sequence: \\x".to_string())
+        );
     }
 
     #[test]
@@ -1222,22 +1358,41 @@ mod tests {
         let f = FieldSelector::parse("spec.nodeName=n1").unwrap_or_default();
         assert!(f.convert_for("", "Pod").is_ok());
         assert!(f.matches_object("", "Pod", &pod));
-        assert!(!FieldSelector::parse("spec.nodeName=n2").unwrap_or_default().matches_object("", "Pod", &pod));
-        assert!(FieldSelector::parse("spec.nodeName!=").unwrap_or_default().matches_object("", "Pod", &pod));
-        assert!(FieldSelector::parse("spec.hostNetwork=false,status.podIP=10.42.0.5,metadata.namespace=default")
+        assert!(!FieldSelector::parse("spec.nodeName=n2")
             .unwrap_or_default()
             .matches_object("", "Pod", &pod));
-        let old = FieldSelector::parse("spec.host=n1").unwrap_or_default().convert_for("", "Pod").unwrap_or_default();
+        assert!(FieldSelector::parse("spec.nodeName!=")
+            .unwrap_or_default()
+            .matches_object("", "Pod", &pod));
+        assert!(FieldSelector::parse(
+            "spec.hostNetwork=false,status.podIP=10.42.0.5,metadata.namespace=default"
+        )
+        .unwrap_or_default()
+        .matches_object("", "Pod", &pod));
+        let old = FieldSelector::parse("spec.host=n1")
+            .unwrap_or_default()
+            .convert_for("", "Pod")
+            .unwrap_or_default();
         assert_eq!(old.requirements[0].field, "spec.nodeName");
-        let bad = FieldSelector::parse("spec.foo=x").unwrap_or_default().convert_for("", "Pod");
-        assert_eq!(bad.map_err(|e| e.message), Err("field label not supported: spec.foo".to_string()));
-        let cm = FieldSelector::parse("data.x=y").unwrap_or_default().convert_for("", "ConfigMap");
+        let bad = FieldSelector::parse("spec.foo=x")
+            .unwrap_or_default()
+            .convert_for("", "Pod");
+        assert_eq!(
+            bad.map_err(|e| e.message),
+            Err("field label not supported: spec.foo".to_string())
+        );
+        let cm = FieldSelector::parse("data.x=y")
+            .unwrap_or_default()
+            .convert_for("", "ConfigMap");
         assert_eq!(
             cm.map_err(|e| e.message),
             Err("\"data.x\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"".to_string())
         );
         assert_eq!(
-            FieldSelector::parse("metadata.namespace=x").unwrap_or_default().convert_for("", "Node").map_err(|e| e.message),
+            FieldSelector::parse("metadata.namespace=x")
+                .unwrap_or_default()
+                .convert_for("", "Node")
+                .map_err(|e| e.message),
             Err("field label not supported: metadata.namespace".to_string())
         );
     }
@@ -1245,19 +1400,43 @@ mod tests {
     #[test]
     fn field_values_per_kind() {
         let ev = json!({"involvedObject": {"kind": "Pod", "name": "p"}, "reason": "Started", "type": "Normal", "reportingComponent": "kubelet"});
-        assert_eq!(field_value("", "Event", &ev, "involvedObject.kind").as_deref(), Some("Pod"));
-        assert_eq!(field_value("", "Event", &ev, "source").as_deref(), Some("kubelet"));
-        assert_eq!(field_value("", "Event", &ev, "involvedObject.uid").as_deref(), Some(""));
+        assert_eq!(
+            field_value("", "Event", &ev, "involvedObject.kind").as_deref(),
+            Some("Pod")
+        );
+        assert_eq!(
+            field_value("", "Event", &ev, "source").as_deref(),
+            Some("kubelet")
+        );
+        assert_eq!(
+            field_value("", "Event", &ev, "involvedObject.uid").as_deref(),
+            Some("")
+        );
         let node = json!({"metadata": {"name": "n"}, "spec": {"unschedulable": true}});
-        assert_eq!(field_value("", "Node", &node, "spec.unschedulable").as_deref(), Some("true"));
+        assert_eq!(
+            field_value("", "Node", &node, "spec.unschedulable").as_deref(),
+            Some("true")
+        );
         let job = json!({"status": {"succeeded": 3}});
-        assert_eq!(field_value("batch", "Job", &job, "status.successful").as_deref(), Some("3"));
+        assert_eq!(
+            field_value("batch", "Job", &job, "status.successful").as_deref(),
+            Some("3")
+        );
         let secret = json!({"type": "kubernetes.io/tls"});
-        assert_eq!(field_value("", "Secret", &secret, "type").as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(
+            field_value("", "Secret", &secret, "type").as_deref(),
+            Some("kubernetes.io/tls")
+        );
         assert_eq!(field_value("", "ConfigMap", &secret, "type"), None);
         let csr = json!({"spec": {"signerName": "kubernetes.io/kubelet-serving"}});
         assert_eq!(
-            field_value("certificates.k8s.io", "CertificateSigningRequest", &csr, "spec.signerName").as_deref(),
+            field_value(
+                "certificates.k8s.io",
+                "CertificateSigningRequest",
+                &csr,
+                "spec.signerName"
+            )
+            .as_deref(),
             Some("kubernetes.io/kubelet-serving")
         );
         assert!(supported_fields("", "Namespace").contains(&"status.phase"));
@@ -1275,7 +1454,11 @@ mod event_field_tests {
             "metadata": {"name": "e", "namespace": "d"},
             "regarding": {"kind": "Pod", "name": "p", "namespace": "d", "uid": "u1", "fieldPath": "spec.containers{c}"},
             "reason": "Started", "type": "Normal", "reportingController": "kubelet"});
-        let sel = |s: &str| FieldSelector::parse(s).unwrap_or_default().convert_for("events.k8s.io", "Event");
+        let sel = |s: &str| {
+            FieldSelector::parse(s)
+                .unwrap_or_default()
+                .convert_for("events.k8s.io", "Event")
+        };
         for (s, want) in [
             ("regarding.kind=Pod", true),
             ("regarding.name=p,regarding.namespace=d", true),
@@ -1292,7 +1475,13 @@ mod event_field_tests {
             assert_eq!(f.matches_object("events.k8s.io", "Event", &ev), want, "{s}");
         }
         // upstream's conversion knows none of the core-only names
-        for bad in ["involvedObject.kind", "source", "deprecatedSource", "reportingComponent", "note"] {
+        for bad in [
+            "involvedObject.kind",
+            "source",
+            "deprecatedSource",
+            "reportingComponent",
+            "note",
+        ] {
             assert_eq!(
                 sel(&format!("{bad}=x")).map_err(|e| e.message),
                 Err(format!("field label not supported: {bad}"))
@@ -1306,18 +1495,30 @@ mod event_field_tests {
             "involvedObject": {"kind": "Pod", "name": "p", "namespace": "d", "uid": "u", "apiVersion": "v1", "resourceVersion": "7", "fieldPath": "f"},
             "reason": "R", "type": "Warning", "source": {"component": "sched"}, "reportingComponent": "rc"});
         for (s, want) in [
-            ("involvedObject.kind=Pod,involvedObject.name=p,involvedObject.namespace=d", true),
+            (
+                "involvedObject.kind=Pod,involvedObject.name=p,involvedObject.namespace=d",
+                true,
+            ),
             ("involvedObject.uid=u,involvedObject.apiVersion=v1", true),
-            ("involvedObject.resourceVersion=7,involvedObject.fieldPath=f", true),
+            (
+                "involvedObject.resourceVersion=7,involvedObject.fieldPath=f",
+                true,
+            ),
             ("reason=R,type=Warning", true),
             ("source=sched,reportingComponent=rc", true),
             ("source=rc", false),
         ] {
-            let f = FieldSelector::parse(s).unwrap_or_default().convert_for("", "Event").unwrap_or_else(|e| panic!("{s}: {e}"));
+            let f = FieldSelector::parse(s)
+                .unwrap_or_default()
+                .convert_for("", "Event")
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
             assert_eq!(f.matches_object("", "Event", &ev), want, "{s}");
         }
         assert_eq!(
-            FieldSelector::parse("regarding.kind=Pod").unwrap_or_default().convert_for("", "Event").map_err(|e| e.message),
+            FieldSelector::parse("regarding.kind=Pod")
+                .unwrap_or_default()
+                .convert_for("", "Event")
+                .map_err(|e| e.message),
             Err("field label not supported: regarding.kind".to_string())
         );
     }

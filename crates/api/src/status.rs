@@ -62,13 +62,21 @@ impl ApiError {
 
     /// 404: `deployments.apps "web" not found`.
     pub fn not_found(r: &ResourceInfo, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{}\" not found", r.qualified_plural(), name))
-            .with_resource(r, name)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{}\" not found", r.qualified_plural(), name),
+        )
+        .with_resource(r, name)
     }
 
     /// 404 for a resource given by plural and group (e.g. a missing namespace).
     pub fn not_found_named(plural: &str, group: &str, name: &str) -> Self {
-        let q = if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") };
+        let q = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
         let mut e = Self::new(404, "NotFound", format!("{q} \"{name}\" not found"));
         e.name = Some(name.to_string());
         e.group = Some(group.to_string());
@@ -78,8 +86,12 @@ impl ApiError {
 
     /// 409: `configmaps "x" already exists`.
     pub fn already_exists(r: &ResourceInfo, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{}\" already exists", r.qualified_plural(), name))
-            .with_resource(r, name)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{}\" already exists", r.qualified_plural(), name),
+        )
+        .with_resource(r, name)
     }
 
     /// 409 on a stale resourceVersion, with upstream's message.
@@ -104,13 +116,31 @@ impl ApiError {
     /// 422: `Deployment.apps "web" is invalid: [field: Required value, ...]`.
     /// `kind` is the Kind (not the plural), as upstream.
     pub fn invalid(r: &ResourceInfo, name: &str, causes: Vec<Cause>) -> Self {
-        let gk = if r.group.is_empty() { r.kind.clone() } else { format!("{}.{}", r.kind, r.group) };
+        let gk = if r.group.is_empty() {
+            r.kind.clone()
+        } else {
+            format!("{}.{}", r.kind, r.group)
+        };
         let parts: Vec<String> = causes
             .iter()
-            .map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) })
+            .map(|c| {
+                if c.field.is_empty() {
+                    c.message.clone()
+                } else {
+                    format!("{}: {}", c.field, c.message)
+                }
+            })
             .collect();
-        let list = if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) };
-        let mut e = Self::new(422, "Invalid", format!("{gk} \"{name}\" is invalid: {list}"));
+        let list = if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            format!("[{}]", parts.join(", "))
+        };
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{gk} \"{name}\" is invalid: {list}"),
+        );
         e.name = Some(name.to_string());
         e.group = Some(r.group.clone());
         e.kind = Some(r.kind.clone());
@@ -155,7 +185,11 @@ impl ApiError {
 
     /// 500 InternalError.
     pub fn internal(msg: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", msg.into()))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", msg.into()),
+        )
     }
 
     /// 504 Timeout.
@@ -229,7 +263,11 @@ impl ApiError {
         );
         e.group = Some("meta.k8s.io".into());
         e.kind = Some("ListOptions".into());
-        e.causes = vec![Cause { reason: "FieldValueForbidden".into(), message: format!("Forbidden: {message}"), field: field.into() }];
+        e.causes = vec![Cause {
+            reason: "FieldValueForbidden".into(),
+            message: format!("Forbidden: {message}"),
+            field: field.into(),
+        }];
         e
     }
 }

@@ -14,7 +14,13 @@ use crate::handler::Inner;
 use crate::object;
 
 fn values(inner: &Inner, prefix: &str) -> Vec<Value> {
-    inner.cache.list(prefix).0.into_iter().map(|o| (*o.object).clone()).collect()
+    inner
+        .cache
+        .list(prefix)
+        .0
+        .into_iter()
+        .map(|o| (*o.object).clone())
+        .collect()
 }
 
 /// Policy objects of one prefix: from the watch cache, or — when the cache has none,
@@ -26,35 +32,82 @@ async fn values_live(inner: &Inner, prefix: &str) -> Vec<Value> {
         return cached;
     }
     match inner.store.list(prefix, Default::default()).await {
-        Ok(l) => l.items.iter().filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok()).collect(),
+        Ok(l) => l
+            .items
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
 
 fn namespace_labels(inner: &Inner, ns: &str) -> Option<Value> {
-    inner.cache.get(&format!("/registry/core/namespaces/{ns}")).map(|o| o.object.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({})))
+    inner
+        .cache
+        .get(&format!("/registry/core/namespaces/{ns}"))
+        .map(|o| {
+            o.object
+                .pointer("/metadata/labels")
+                .cloned()
+                .unwrap_or_else(|| json!({}))
+        })
 }
 
 fn webhook_configs(inner: &Inner) -> Vec<Value> {
-    let mut v = values(inner, "/registry/admissionregistration.k8s.io/mutatingwebhookconfigurations/");
-    v.extend(values(inner, "/registry/admissionregistration.k8s.io/validatingwebhookconfigurations/"));
+    let mut v = values(
+        inner,
+        "/registry/admissionregistration.k8s.io/mutatingwebhookconfigurations/",
+    );
+    v.extend(values(
+        inner,
+        "/registry/admissionregistration.k8s.io/validatingwebhookconfigurations/",
+    ));
     v
 }
 
 /// Resolves a Service to one ready endpoint (upstream's endpoint routing, as k3s
 /// enables it), falling back to the cluster IP.
 fn resolve_service(inner: &Inner, ns: &str, name: &str, port: u16) -> Option<SocketAddr> {
-    let svc = inner.cache.get(&format!("/registry/core/services/{ns}/{name}"))?;
-    let ports = svc.object.pointer("/spec/ports").and_then(|p| p.as_array()).cloned().unwrap_or_default();
-    let sp = ports.iter().find(|p| p.get("port").and_then(|x| x.as_u64()) == Some(u64::from(port)));
-    if let Some(ep) = inner.cache.get(&format!("/registry/core/endpoints/{ns}/{name}")) {
-        let target_name = sp.and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or("");
-        for subset in ep.object.get("subsets").and_then(|s| s.as_array()).into_iter().flatten() {
-            let Some(addr) = subset.pointer("/addresses/0/ip").and_then(|i| i.as_str()) else { continue };
+    let svc = inner
+        .cache
+        .get(&format!("/registry/core/services/{ns}/{name}"))?;
+    let ports = svc
+        .object
+        .pointer("/spec/ports")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let sp = ports
+        .iter()
+        .find(|p| p.get("port").and_then(|x| x.as_u64()) == Some(u64::from(port)));
+    if let Some(ep) = inner
+        .cache
+        .get(&format!("/registry/core/endpoints/{ns}/{name}"))
+    {
+        let target_name = sp
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("");
+        for subset in ep
+            .object
+            .get("subsets")
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let Some(addr) = subset.pointer("/addresses/0/ip").and_then(|i| i.as_str()) else {
+                continue;
+            };
             let eport = subset
                 .get("ports")
                 .and_then(|p| p.as_array())
-                .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(|n| n.as_str()).unwrap_or("") == target_name).or(ps.first()))
+                .and_then(|ps| {
+                    ps.iter()
+                        .find(|p| {
+                            p.get("name").and_then(|n| n.as_str()).unwrap_or("") == target_name
+                        })
+                        .or(ps.first())
+                })
                 .and_then(|p| p.get("port"))
                 .and_then(|p| p.as_u64());
             if let (Ok(ip), Some(p)) = (addr.parse(), eport) {
@@ -62,11 +115,24 @@ fn resolve_service(inner: &Inner, ns: &str, name: &str, port: u16) -> Option<Soc
             }
         }
     }
-    let ip = svc.object.pointer("/spec/clusterIP").and_then(|i| i.as_str())?.parse().ok()?;
+    let ip = svc
+        .object
+        .pointer("/spec/clusterIP")
+        .and_then(|i| i.as_str())?
+        .parse()
+        .ok()?;
     Some(SocketAddr::new(ip, port))
 }
 
-fn request(res: &ResourceInfo, sub: Option<&str>, op: &str, obj: Option<&Value>, old: Option<&Value>, user: &rk3s_auth::UserInfo, dry_run: bool) -> webhook::Request {
+fn request(
+    res: &ResourceInfo,
+    sub: Option<&str>,
+    op: &str,
+    obj: Option<&Value>,
+    old: Option<&Value>,
+    user: &rk3s_auth::UserInfo,
+    dry_run: bool,
+) -> webhook::Request {
     let any = obj.or(old);
     let ns = if res.group.is_empty() && res.plural == "namespaces" {
         any.and_then(object::name).unwrap_or("").to_string()
@@ -85,7 +151,12 @@ fn request(res: &ResourceInfo, sub: Option<&str>, op: &str, obj: Option<&Value>,
         namespace: ns,
         object: obj.cloned(),
         old_object: old.cloned(),
-        user: webhook::UserInfo { username: user.name.clone(), uid: user.uid.clone(), groups: user.groups.clone(), extra: user.extra.clone() },
+        user: webhook::UserInfo {
+            username: user.name.clone(),
+            uid: user.uid.clone(),
+            groups: user.groups.clone(),
+            extra: user.extra.clone(),
+        },
         dry_run,
         options: None,
     }
@@ -97,7 +168,16 @@ fn denied(d: webhook::AdmissionDenied) -> ApiError {
 
 /// Mutating admission. Returns warnings.
 #[allow(clippy::too_many_arguments)]
-pub async fn mutate(inner: &Inner, res: &ResourceInfo, sub: Option<&str>, op: &str, obj: &mut Value, old: Option<&Value>, user: &rk3s_auth::UserInfo, dry_run: bool) -> Result<Vec<String>, ApiError> {
+pub async fn mutate(
+    inner: &Inner,
+    res: &ResourceInfo,
+    sub: Option<&str>,
+    op: &str,
+    obj: &mut Value,
+    old: Option<&Value>,
+    user: &rk3s_auth::UserInfo,
+    dry_run: bool,
+) -> Result<Vec<String>, ApiError> {
     let ns = object::namespace(obj).unwrap_or("").to_string();
     if op == "CREATE" && sub.is_none() && res.group.is_empty() {
         match res.plural.as_str() {
@@ -121,7 +201,9 @@ pub async fn mutate(inner: &Inner, res: &ResourceInfo, sub: Option<&str>, op: &s
     let req = request(res, sub, op, Some(obj), old, user, dry_run);
     let labels = namespace_labels(inner, &req.namespace);
     let resolve = |n: &str, s: &str, p: u16| resolve_service(inner, n, s, p);
-    let (patched, warnings) = webhook::run_mutating(&configs, &req, labels.as_ref(), &resolve).await.map_err(denied)?;
+    let (patched, warnings) = webhook::run_mutating(&configs, &req, labels.as_ref(), &resolve)
+        .await
+        .map_err(denied)?;
     if let Some(p) = patched {
         *obj = p;
     }
@@ -131,14 +213,28 @@ pub async fn mutate(inner: &Inner, res: &ResourceInfo, sub: Option<&str>, op: &s
 /// Validating admission (after defaulting and validation). Returns warnings. Charges
 /// ResourceQuota usage (unless `dry_run`).
 #[allow(clippy::too_many_arguments)]
-pub async fn validate(inner: &Inner, res: &ResourceInfo, sub: Option<&str>, op: &str, obj: &Value, old: Option<&Value>, user: &rk3s_auth::UserInfo, dry_run: bool) -> Result<Vec<String>, ApiError> {
+pub async fn validate(
+    inner: &Inner,
+    res: &ResourceInfo,
+    sub: Option<&str>,
+    op: &str,
+    obj: &Value,
+    old: Option<&Value>,
+    user: &rk3s_auth::UserInfo,
+    dry_run: bool,
+) -> Result<Vec<String>, ApiError> {
     let mut warnings = Vec::new();
     let ns = object::namespace(obj).unwrap_or("").to_string();
-    if sub.is_none() && res.group.is_empty() && matches!(res.plural.as_str(), "pods" | "persistentvolumeclaims") && op == "CREATE" {
+    if sub.is_none()
+        && res.group.is_empty()
+        && matches!(res.plural.as_str(), "pods" | "persistentvolumeclaims")
+        && op == "CREATE"
+    {
         let lrs = values_live(inner, &format!("/registry/core/limitranges/{ns}/")).await;
         if !lrs.is_empty() {
             let mut copy = obj.clone();
-            rk3s_admission::LimitRanger::apply(&lrs, &res.plural, op, &mut copy).map_err(ApiError::forbidden)?;
+            rk3s_admission::LimitRanger::apply(&lrs, &res.plural, op, &mut copy)
+                .map_err(ApiError::forbidden)?;
         }
     }
     if !ns.is_empty() && matches!(sub, None | Some("ephemeralcontainers")) {
@@ -153,12 +249,17 @@ pub async fn validate(inner: &Inner, res: &ResourceInfo, sub: Option<&str>, op: 
         let req = request(res, sub, op, Some(obj), old, user, dry_run);
         let labels = namespace_labels(inner, &req.namespace);
         let resolve = |n: &str, s: &str, p: u16| resolve_service(inner, n, s, p);
-        warnings.extend(webhook::run_validating(&configs, &req, labels.as_ref(), &resolve).await.map_err(denied)?);
+        warnings.extend(
+            webhook::run_validating(&configs, &req, labels.as_ref(), &resolve)
+                .await
+                .map_err(denied)?,
+        );
     }
     if !ns.is_empty() && sub.is_none() {
         let quotas = values_live(inner, &format!("/registry/core/resourcequotas/{ns}/")).await;
         if !quotas.is_empty() {
-            let charges = rk3s_admission::quota::check(&quotas, &res.group, &res.plural, obj, old).map_err(ApiError::forbidden)?;
+            let charges = rk3s_admission::quota::check(&quotas, &res.group, &res.plural, obj, old)
+                .map_err(ApiError::forbidden)?;
             if !dry_run {
                 for (name, used) in charges {
                     set_quota_used(inner, &ns, &name, used).await;
@@ -169,13 +270,30 @@ pub async fn validate(inner: &Inner, res: &ResourceInfo, sub: Option<&str>, op: 
     Ok(warnings)
 }
 
-async fn set_quota_used(inner: &Inner, ns: &str, name: &str, used: std::collections::BTreeMap<String, String>) {
+async fn set_quota_used(
+    inner: &Inner,
+    ns: &str,
+    name: &str,
+    used: std::collections::BTreeMap<String, String>,
+) {
     let key = format!("/registry/core/resourcequotas/{ns}/{name}");
     for _ in 0..8 {
-        let Ok(Some(kv)) = inner.store.get(&key).await else { return };
-        let Ok(mut q) = serde_json::from_slice::<Value>(&kv.value) else { return };
+        let Ok(Some(kv)) = inner.store.get(&key).await else {
+            return;
+        };
+        let Ok(mut q) = serde_json::from_slice::<Value>(&kv.value) else {
+            return;
+        };
         q["status"]["used"] = json!(used);
-        match inner.store.update(&key, serde_json::to_vec(&q).unwrap_or_default(), kv.mod_revision).await {
+        match inner
+            .store
+            .update(
+                &key,
+                serde_json::to_vec(&q).unwrap_or_default(),
+                kv.mod_revision,
+            )
+            .await
+        {
             Ok(_) => return,
             Err(StoreError::Conflict { .. }) => continue,
             Err(_) => return,
@@ -196,7 +314,10 @@ pub fn quota_status(inner: &Inner, quota: &Value) -> Value {
             objs.push((r.group.clone(), r.plural.clone(), (*o.object).clone()));
         }
     }
-    let used = rk3s_admission::quota::compute_used(quota, objs.iter().map(|(g, p, o)| (g.as_str(), p.as_str(), o)));
+    let used = rk3s_admission::quota::compute_used(
+        quota,
+        objs.iter().map(|(g, p, o)| (g.as_str(), p.as_str(), o)),
+    );
     json!({"hard": quota.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({})), "used": used})
 }
 
@@ -206,8 +327,13 @@ pub async fn refresh_quotas(inner: &Inner, ns: &str) {
     for q in values(inner, &format!("/registry/core/resourcequotas/{ns}/")) {
         let st = quota_status(inner, &q);
         if q.get("status") != Some(&st) {
-            if let (Some(name), Some(used)) = (object::name(&q), st.get("used").and_then(|u| u.as_object())) {
-                let used = used.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect();
+            if let (Some(name), Some(used)) =
+                (object::name(&q), st.get("used").and_then(|u| u.as_object()))
+            {
+                let used = used
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect();
                 set_quota_used(inner, ns, name, used).await;
             }
         }

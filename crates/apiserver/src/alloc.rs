@@ -26,8 +26,15 @@ impl Cidr {
         if prefix > 30 {
             return None;
         }
-        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
-        Some(Cidr { base: u32::from(ip) & mask, prefix })
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        Some(Cidr {
+            base: u32::from(ip) & mask,
+            prefix,
+        })
     }
 
     /// Number of addresses.
@@ -42,7 +49,11 @@ impl Cidr {
 
     /// Whether the address is inside.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        };
         u32::from(ip) & mask == self.base
     }
 }
@@ -87,7 +98,14 @@ const RECENT: Duration = Duration::from_secs(30);
 impl Allocator {
     /// An allocator for the given service CIDR and node port range.
     pub fn new(cidr: Cidr, ports: (u16, u16)) -> Self {
-        Allocator { cidr, ports, recent: Mutex::new(Recent { next_ip: 10, ..Default::default() }) }
+        Allocator {
+            cidr,
+            ports,
+            recent: Mutex::new(Recent {
+                next_ip: 10,
+                ..Default::default()
+            }),
+        }
     }
 
     /// The first IP of the range (the `kubernetes` Service).
@@ -101,13 +119,21 @@ impl Allocator {
     }
 
     /// Allocates `wanted` (if given) or a free address, given the addresses in use.
-    pub fn allocate_ip(&self, wanted: Option<Ipv4Addr>, in_use: &HashSet<Ipv4Addr>) -> Result<Ipv4Addr, AllocError> {
+    pub fn allocate_ip(
+        &self,
+        wanted: Option<Ipv4Addr>,
+        in_use: &HashSet<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, AllocError> {
         let mut r = self.recent.lock().map_err(|_| AllocError::Full)?;
         let now = Instant::now();
         r.ips.retain(|(_, t)| now.duration_since(*t) < RECENT);
-        let taken = |ip: &Ipv4Addr, r: &Recent| in_use.contains(ip) || r.ips.iter().any(|(x, _)| x == ip);
+        let taken =
+            |ip: &Ipv4Addr, r: &Recent| in_use.contains(ip) || r.ips.iter().any(|(x, _)| x == ip);
         if let Some(ip) = wanted {
-            if !self.cidr.contains(ip) || ip == self.cidr.nth(0) || ip == self.cidr.nth(self.cidr.size() - 1) {
+            if !self.cidr.contains(ip)
+                || ip == self.cidr.nth(0)
+                || ip == self.cidr.nth(self.cidr.size() - 1)
+            {
                 return Err(AllocError::OutOfRange(ip.to_string(), self.range()));
             }
             if taken(&ip, &r) {
@@ -135,11 +161,16 @@ impl Allocator {
     }
 
     /// Allocates `wanted` (if given) or a free node port, given the ports in use.
-    pub fn allocate_port(&self, wanted: Option<u16>, in_use: &HashSet<u16>) -> Result<u16, AllocError> {
+    pub fn allocate_port(
+        &self,
+        wanted: Option<u16>,
+        in_use: &HashSet<u16>,
+    ) -> Result<u16, AllocError> {
         let mut r = self.recent.lock().map_err(|_| AllocError::Full)?;
         let now = Instant::now();
         r.ports.retain(|(_, t)| now.duration_since(*t) < RECENT);
-        let taken = |p: u16, r: &Recent| in_use.contains(&p) || r.ports.iter().any(|(x, _)| *x == p);
+        let taken =
+            |p: u16, r: &Recent| in_use.contains(&p) || r.ports.iter().any(|(x, _)| *x == p);
         if let Some(p) = wanted {
             if p < self.ports.0 || p > self.ports.1 {
                 return Err(AllocError::PortOutOfRange(self.ports.0, self.ports.1));
@@ -189,8 +220,14 @@ mod tests {
             used.insert(ip);
         }
         assert_eq!(a.allocate_ip(None, &used), Err(AllocError::Full));
-        assert!(matches!(a.allocate_ip(Some(Ipv4Addr::new(10, 43, 0, 3)), &used), Err(AllocError::IpTaken(_))));
-        assert!(matches!(a.allocate_ip(Some(Ipv4Addr::new(10, 9, 0, 3)), &used), Err(AllocError::OutOfRange(..))));
+        assert!(matches!(
+            a.allocate_ip(Some(Ipv4Addr::new(10, 43, 0, 3)), &used),
+            Err(AllocError::IpTaken(_))
+        ));
+        assert!(matches!(
+            a.allocate_ip(Some(Ipv4Addr::new(10, 9, 0, 3)), &used),
+            Err(AllocError::OutOfRange(..))
+        ));
     }
 
     #[test]
@@ -202,6 +239,9 @@ mod tests {
             assert!(got.insert(a.allocate_port(None, &used).expect("port")));
         }
         assert_eq!(a.allocate_port(None, &used), Err(AllocError::Full));
-        assert_eq!(a.allocate_port(Some(29999), &used), Err(AllocError::PortOutOfRange(30000, 30002)));
+        assert_eq!(
+            a.allocate_port(Some(29999), &used),
+            Err(AllocError::PortOutOfRange(30000, 30002))
+        );
     }
 }

@@ -35,7 +35,9 @@ pub enum AuditError {
 }
 
 /// How much of a request is recorded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub enum Level {
     /// Not recorded.
     #[default]
@@ -213,7 +215,10 @@ impl AuditAttributes {
                 resource_request: true,
                 ..base
             },
-            None => AuditAttributes { verb: method.as_str().to_ascii_lowercase(), ..base },
+            None => AuditAttributes {
+                verb: method.as_str().to_ascii_lowercase(),
+                ..base
+            },
         }
     }
 }
@@ -223,10 +228,15 @@ impl AuditPolicy {
     pub fn parse(yaml_or_json: &str) -> Result<Self, AuditError> {
         let file: PolicyFile = match serde_json::from_str(yaml_or_json) {
             Ok(f) => f,
-            Err(_) => serde_yaml::from_str(yaml_or_json).map_err(|e| AuditError::Policy(e.to_string()))?,
+            Err(_) => {
+                serde_yaml::from_str(yaml_or_json).map_err(|e| AuditError::Policy(e.to_string()))?
+            }
         };
         if file.kind != "Policy" {
-            return Err(AuditError::Policy(format!("kind is {:?}, want Policy", file.kind)));
+            return Err(AuditError::Policy(format!(
+                "kind is {:?}, want Policy",
+                file.kind
+            )));
         }
         if file.api_version != "audit.k8s.io/v1" {
             return Err(AuditError::Policy(format!(
@@ -235,7 +245,9 @@ impl AuditPolicy {
             )));
         }
         for (i, r) in file.rules.iter().enumerate() {
-            if !r.non_resource_urls.is_empty() && (!r.resources.is_empty() || !r.namespaces.is_empty()) {
+            if !r.non_resource_urls.is_empty()
+                && (!r.resources.is_empty() || !r.namespaces.is_empty())
+            {
                 return Err(AuditError::Policy(format!(
                     "rules[{i}]: rules cannot apply to both regular resources and non-resource URLs"
                 )));
@@ -339,7 +351,9 @@ fn rule_matches(r: &PolicyRule, a: &AuditAttributes) -> bool {
 fn path_matches(path: &str, spec: &str) -> bool {
     spec == "*"
         || spec == path
-        || spec.strip_suffix('*').is_some_and(|p| path.starts_with(p.trim_end_matches('*')))
+        || spec
+            .strip_suffix('*')
+            .is_some_and(|p| path.starts_with(p.trim_end_matches('*')))
 }
 
 fn resource_matches(r: &PolicyRule, a: &AuditAttributes) -> bool {
@@ -357,16 +371,20 @@ fn resource_matches(r: &PolicyRule, a: &AuditAttributes) -> bool {
     } else {
         format!("{}/{}", a.resource, a.subresource)
     };
-    r.resources.iter().filter(|g| g.group == a.api_group).any(|g| {
-        g.resources.is_empty()
-            || g.resources.iter().any(|res| {
-                (g.resource_names.is_empty() || has(&g.resource_names, &a.name))
-                    && (*res == combined
-                        || res == "*"
-                        || (!a.subresource.is_empty() && res.strip_prefix("*/") == Some(a.subresource.as_str()))
-                        || res.strip_suffix("/*") == Some(a.resource.as_str()))
-            })
-    })
+    r.resources
+        .iter()
+        .filter(|g| g.group == a.api_group)
+        .any(|g| {
+            g.resources.is_empty()
+                || g.resources.iter().any(|res| {
+                    (g.resource_names.is_empty() || has(&g.resource_names, &a.name))
+                        && (*res == combined
+                            || res == "*"
+                            || (!a.subresource.is_empty()
+                                && res.strip_prefix("*/") == Some(a.subresource.as_str()))
+                            || res.strip_suffix("/*") == Some(a.resource.as_str()))
+                })
+        })
 }
 
 /// The authorizer's decision, recorded as `authorization.k8s.io/*` annotations.
@@ -424,7 +442,11 @@ pub fn source_ips(headers: &http::HeaderMap, remote: Option<IpAddr>) -> Vec<Stri
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .unwrap_or_default();
-    if let Some(real) = headers.get("x-real-ip").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse().ok()) {
+    if let Some(real) = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
+    {
         if !ips.contains(&real) {
             ips.push(real);
         }
@@ -474,26 +496,42 @@ fn insert_nonempty(m: &mut Map<String, Value>, k: &str, v: &str) {
 }
 
 /// Renders the event of `rec` at `level` (the JSON object written as one line).
-pub fn render_event(rec: &AuditRecord<'_>, level: Level, omit_managed_fields: bool, now: jiff::Timestamp) -> Value {
+pub fn render_event(
+    rec: &AuditRecord<'_>,
+    level: Level,
+    omit_managed_fields: bool,
+    now: jiff::Timestamp,
+) -> Value {
     let a = &rec.attributes;
     let parse = |b: Option<&[u8]>| -> Option<Value> {
         let b = b?;
         // Request bodies may be protobuf (client-go); they are logged as their JSON.
-        let ct = if b.starts_with(rk3s_protobuf::MAGIC) { rk3s_protobuf::CONTENT_TYPE } else { "application/json" };
+        let ct = if b.starts_with(rk3s_protobuf::MAGIC) {
+            rk3s_protobuf::CONTENT_TYPE
+        } else {
+            "application/json"
+        };
         let mut v: Value = crate::body::decode_request(Some(ct), b, None).ok()?;
         if omit_managed_fields {
             strip_managed_fields(&mut v);
         }
         Some(v)
     };
-    let request_obj = if a.resource_request { parse(rec.request_body) } else { None };
+    let request_obj = if a.resource_request {
+        parse(rec.request_body)
+    } else {
+        None
+    };
     let response_obj = parse(rec.response_body);
 
     let mut ev = Map::new();
     ev.insert("kind".into(), json!("Event"));
     ev.insert("apiVersion".into(), json!("audit.k8s.io/v1"));
     ev.insert("level".into(), json!(level.as_str()));
-    ev.insert("auditID".into(), json!(rec.audit_id.clone().unwrap_or_else(new_audit_id)));
+    ev.insert(
+        "auditID".into(),
+        json!(rec.audit_id.clone().unwrap_or_else(new_audit_id)),
+    );
     ev.insert("stage".into(), json!(rec.stage.as_str()));
     ev.insert("requestURI".into(), json!(rec.request_uri));
     ev.insert("verb".into(), json!(a.verb));
@@ -509,8 +547,19 @@ pub fn render_event(rec: &AuditRecord<'_>, level: Level, omit_managed_fields: bo
         // As upstream, a missing namespace/name/uid/resourceVersion comes from the request
         // object (e.g. the name of a created object).
         let body_meta = request_obj.as_ref().and_then(|o| o.get("metadata"));
-        let from_body = |f: &str| body_meta.and_then(|m| m.get(f)).and_then(|v| v.as_str()).unwrap_or("");
-        let pick = |own: &'_ str, f: &str| if own.is_empty() { from_body(f).to_string() } else { own.to_string() };
+        let from_body = |f: &str| {
+            body_meta
+                .and_then(|m| m.get(f))
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+        };
+        let pick = |own: &'_ str, f: &str| {
+            if own.is_empty() {
+                from_body(f).to_string()
+            } else {
+                own.to_string()
+            }
+        };
         let mut r = Map::new();
         insert_nonempty(&mut r, "resource", &a.resource);
         insert_nonempty(&mut r, "namespace", &pick(&a.namespace, "namespace"));
@@ -524,7 +573,10 @@ pub fn render_event(rec: &AuditRecord<'_>, level: Level, omit_managed_fields: bo
     }
     let mut status = Map::new();
     status.insert("metadata".into(), json!({}));
-    if let Some(s) = response_obj.as_ref().filter(|o| o.get("kind").and_then(|k| k.as_str()) == Some("Status")) {
+    if let Some(s) = response_obj
+        .as_ref()
+        .filter(|o| o.get("kind").and_then(|k| k.as_str()) == Some("Status"))
+    {
         for f in ["status", "message", "reason", "details"] {
             if let Some(v) = s.get(f).filter(|v| !v.is_null() && *v != "") {
                 status.insert(f.into(), v.clone());
@@ -543,7 +595,10 @@ pub fn render_event(rec: &AuditRecord<'_>, level: Level, omit_managed_fields: bo
             ev.insert("responseObject".into(), o);
         }
     }
-    ev.insert("requestReceivedTimestamp".into(), json!(micro_time(rec.received)));
+    ev.insert(
+        "requestReceivedTimestamp".into(),
+        json!(micro_time(rec.received)),
+    );
     ev.insert("stageTimestamp".into(), json!(micro_time(now)));
     if let Some(d) = &rec.decision {
         ev.insert(
@@ -587,7 +642,9 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("rules", &self.inner.policy.rules.len()).finish()
+        f.debug_struct("AuditLog")
+            .field("rules", &self.inner.policy.rules.len())
+            .finish()
     }
 }
 
@@ -596,7 +653,12 @@ const QUEUE: usize = 10_000;
 
 enum Sink {
     Stdout,
-    File { path: PathBuf, file: std::io::BufWriter<std::fs::File>, size: u64, rotate: RotateOptions },
+    File {
+        path: PathBuf,
+        file: std::io::BufWriter<std::fs::File>,
+        size: u64,
+        rotate: RotateOptions,
+    },
 }
 
 fn open_append(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
@@ -617,7 +679,10 @@ fn open_append(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
 
 /// `dir/audit.log` → (`audit`, `.log`): rotated files are `audit-<time>.log` (as lumberjack).
 fn backup_parts(path: &Path) -> (String, String) {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     match name.rfind('.') {
         Some(i) if i > 0 => (name[..i].to_string(), name[i..].to_string()),
         _ => (name, String::new()),
@@ -632,9 +697,17 @@ impl Sink {
                 out.write_all(line.as_bytes())?;
                 out.write_all(b"\n")
             }
-            Sink::File { path, file, size, rotate } => {
+            Sink::File {
+                path,
+                file,
+                size,
+                rotate,
+            } => {
                 let n = line.len() as u64 + 1;
-                if rotate.max_size_mb > 0 && *size > 0 && *size + n > rotate.max_size_mb * 1024 * 1024 {
+                if rotate.max_size_mb > 0
+                    && *size > 0
+                    && *size + n > rotate.max_size_mb * 1024 * 1024
+                {
                     file.flush()?;
                     Self::rotate(path, *rotate)?;
                     let (f, s) = open_append(path)?;
@@ -651,8 +724,13 @@ impl Sink {
 
     fn rotate(path: &Path, opts: RotateOptions) -> std::io::Result<()> {
         let (stem, ext) = backup_parts(path);
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let stamp = jiff::Timestamp::now().strftime("%Y-%m-%dT%H-%M-%S%.3f").to_string();
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let stamp = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H-%M-%S%.3f")
+            .to_string();
         std::fs::rename(path, dir.join(format!("{stem}-{stamp}{ext}")))?;
         // Prune: names sort by time.
         let prefix = format!("{stem}-");
@@ -660,17 +738,26 @@ impl Sink {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let n = e.file_name().to_string_lossy().into_owned();
-                let is_backup = n.starts_with(&prefix) && n.ends_with(&ext) && n.len() > prefix.len() + ext.len();
+                let is_backup = n.starts_with(&prefix)
+                    && n.ends_with(&ext)
+                    && n.len() > prefix.len() + ext.len();
                 let mtime = e.metadata().ok()?.modified().ok()?;
                 is_backup.then_some((n, mtime))
             })
             .collect();
         backups.sort();
         let now = std::time::SystemTime::now();
-        let keep_from = if opts.max_backups > 0 { backups.len().saturating_sub(opts.max_backups) } else { 0 };
+        let keep_from = if opts.max_backups > 0 {
+            backups.len().saturating_sub(opts.max_backups)
+        } else {
+            0
+        };
         for (i, (n, mtime)) in backups.iter().enumerate() {
             let too_old = opts.max_age_days > 0
-                && now.duration_since(*mtime).map(|d| d.as_secs() > opts.max_age_days * 86_400).unwrap_or(false);
+                && now
+                    .duration_since(*mtime)
+                    .map(|d| d.as_secs() > opts.max_age_days * 86_400)
+                    .unwrap_or(false);
             if i < keep_from || too_old {
                 let _ = std::fs::remove_file(dir.join(n));
             }
@@ -724,20 +811,40 @@ impl AuditLog {
     }
 
     /// [`AuditLog::open`] with log rotation.
-    pub fn open_with_rotation(path: &Path, policy: AuditPolicy, rotate: RotateOptions) -> Result<Self, AuditError> {
+    pub fn open_with_rotation(
+        path: &Path,
+        policy: AuditPolicy,
+        rotate: RotateOptions,
+    ) -> Result<Self, AuditError> {
         let sink = if path.as_os_str() == "-" {
             Sink::Stdout
         } else {
-            let (f, size) =
-                open_append(path).map_err(|source| AuditError::Io { path: path.to_path_buf(), source })?;
-            Sink::File { path: path.to_path_buf(), file: std::io::BufWriter::new(f), size, rotate }
+            let (f, size) = open_append(path).map_err(|source| AuditError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Sink::File {
+                path: path.to_path_buf(),
+                file: std::io::BufWriter::new(f),
+                size,
+                rotate,
+            }
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("audit-log".into())
             .spawn(move || writer_loop(rx, sink))
-            .map_err(|source| AuditError::Io { path: path.to_path_buf(), source })?;
-        Ok(AuditLog { inner: Arc::new(Inner { tx, policy, dropped: AtomicU64::new(0) }) })
+            .map_err(|source| AuditError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                tx,
+                policy,
+                dropped: AtomicU64::new(0),
+            }),
+        })
     }
 
     /// The policy.
@@ -761,7 +868,12 @@ impl AuditLog {
         if level == Level::None || omit.contains(&rec.stage) {
             return;
         }
-        let ev = render_event(&rec, level, policy.omit_managed_fields_for(&rec.attributes), jiff::Timestamp::now());
+        let ev = render_event(
+            &rec,
+            level,
+            policy.omit_managed_fields_for(&rec.attributes),
+            jiff::Timestamp::now(),
+        );
         let line = match serde_json::to_string(&ev) {
             Ok(l) => l,
             Err(e) => {
@@ -858,15 +970,26 @@ rules:
         let p = AuditPolicy::parse(POLICY).unwrap();
         let level = |a: &AuditAttributes| p.level_for(a).0;
         // users + verbs
-        assert_eq!(level(&attrs("system:kube-proxy", &[], "watch")), Level::None);
+        assert_eq!(
+            level(&attrs("system:kube-proxy", &[], "watch")),
+            Level::None
+        );
         // (falls through to later rules: no rule matches a get of a pod in default)
         assert_eq!(level(&attrs("system:kube-proxy", &[], "get")), Level::None);
         // userGroups + resources
-        let mut ev = attrs("system:node:n1", &["system:authenticated", "system:nodes"], "delete");
+        let mut ev = attrs(
+            "system:node:n1",
+            &["system:authenticated", "system:nodes"],
+            "delete",
+        );
         ev.resource = "events".into();
         assert_eq!(level(&ev), Level::None);
         ev.groups = vec!["system:authenticated".into()];
-        assert_eq!(level(&ev), Level::Metadata, "the last rule (delete) matches");
+        assert_eq!(
+            level(&ev),
+            Level::Metadata,
+            "the last rule (delete) matches"
+        );
         // subresources: exact, */status
         let mut log = attrs("alice", &[], "get");
         log.subresource = "log".into();
@@ -895,7 +1018,10 @@ rules:
         node.namespace = String::new();
         assert_eq!(level(&node), Level::Request);
         // policy-level omitStages apply to no-match too
-        assert_eq!(p.level_for(&attrs("alice", &[], "get")).1, vec![Stage::RequestReceived]);
+        assert_eq!(
+            p.level_for(&attrs("alice", &[], "get")).1,
+            vec![Stage::RequestReceived]
+        );
         // nonResourceURLs with trailing *; never for resource requests
         assert_eq!(level(&non_resource("/healthz")), Level::Metadata);
         assert_eq!(level(&non_resource("/healthz/etcd")), Level::Metadata);
@@ -924,7 +1050,10 @@ rules:
     #[test]
     fn policy_parse_errors_and_default() {
         assert!(AuditPolicy::parse("apiVersion: audit.k8s.io/v1\nkind: Other\n").is_err());
-        assert!(AuditPolicy::parse("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules: [{level: Loud}]").is_err());
+        assert!(AuditPolicy::parse(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules: [{level: Loud}]"
+        )
+        .is_err());
         let both = "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules: [{level: Metadata, namespaces: [a], nonResourceURLs: [/x]}]";
         assert!(AuditPolicy::parse(both).is_err());
         let mid = "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules: [{level: Metadata, nonResourceURLs: ['/a*b']}]";
@@ -952,8 +1081,16 @@ rules:
             verb: "update".into(),
             rest: vec![],
         };
-        let a = AuditAttributes::from_request(&user, Some(&info), &http::Method::PUT, "/apis/apps/v1/namespaces/ns/deployments/d/scale");
-        assert_eq!((a.user.as_str(), a.verb.as_str(), a.subresource.as_str()), ("bob", "update", "scale"));
+        let a = AuditAttributes::from_request(
+            &user,
+            Some(&info),
+            &http::Method::PUT,
+            "/apis/apps/v1/namespaces/ns/deployments/d/scale",
+        );
+        assert_eq!(
+            (a.user.as_str(), a.verb.as_str(), a.subresource.as_str()),
+            ("bob", "update", "scale")
+        );
         assert!(a.resource_request);
         let n = AuditAttributes::from_request(&user, None, &http::Method::POST, "/apis");
         assert_eq!(n.verb, "post");
@@ -977,7 +1114,10 @@ rules:
             request_body: req,
             response_body: resp,
             received: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
-            decision: Some(AuthzDecision { allowed: true, reason: "RBAC: allowed".into() }),
+            decision: Some(AuthzDecision {
+                allowed: true,
+                reason: "RBAC: allowed".into(),
+            }),
         }
     }
 
@@ -995,15 +1135,24 @@ rules:
         assert_eq!(m["auditID"], "0b6c9a6e-2f3d-4d51-9a53-2b7e8c2f0a11");
         assert_eq!(m["stage"], "ResponseComplete");
         assert_eq!(m["verb"], "create");
-        assert_eq!(m["user"], json!({"username":"alice","groups":["system:authenticated"]}));
+        assert_eq!(
+            m["user"],
+            json!({"username":"alice","groups":["system:authenticated"]})
+        );
         assert_eq!(m["sourceIPs"], json!(["10.0.0.1"]));
         assert_eq!(m["userAgent"], "kubectl/v1.33.0");
-        assert_eq!(m["objectRef"], json!({"resource":"pods","namespace":"default","name":"p9","apiVersion":"v1"}));
+        assert_eq!(
+            m["objectRef"],
+            json!({"resource":"pods","namespace":"default","name":"p9","apiVersion":"v1"})
+        );
         assert_eq!(m["responseStatus"], json!({"metadata":{},"code":201}));
         assert_eq!(m["requestReceivedTimestamp"], "2023-11-14T22:13:20.000000Z");
         assert_eq!(m["stageTimestamp"], "2023-11-14T22:13:21.000000Z");
         assert_eq!(m["annotations"]["authorization.k8s.io/decision"], "allow");
-        assert_eq!(m["annotations"]["authorization.k8s.io/reason"], "RBAC: allowed");
+        assert_eq!(
+            m["annotations"]["authorization.k8s.io/reason"],
+            "RBAC: allowed"
+        );
         assert!(m.get("requestObject").is_none() && m.get("responseObject").is_none());
         assert!(m.get("impersonatedUser").is_none());
 
@@ -1012,22 +1161,46 @@ rules:
         assert!(r.get("responseObject").is_none());
 
         let rr = render_event(&rec, Level::RequestResponse, true, now);
-        assert!(rr["requestObject"]["metadata"].get("managedFields").is_none(), "omitManagedFields");
+        assert!(
+            rr["requestObject"]["metadata"]
+                .get("managedFields")
+                .is_none(),
+            "omitManagedFields"
+        );
         assert_eq!(rr["responseObject"]["metadata"]["uid"], "u-1");
 
         // Field order as upstream's struct.
         let keys: Vec<&str> = rr.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         assert_eq!(
             keys,
-            ["kind", "apiVersion", "level", "auditID", "stage", "requestURI", "verb", "user", "sourceIPs",
-             "userAgent", "objectRef", "responseStatus", "requestObject", "responseObject",
-             "requestReceivedTimestamp", "stageTimestamp", "annotations"]
+            [
+                "kind",
+                "apiVersion",
+                "level",
+                "auditID",
+                "stage",
+                "requestURI",
+                "verb",
+                "user",
+                "sourceIPs",
+                "userAgent",
+                "objectRef",
+                "responseStatus",
+                "requestObject",
+                "responseObject",
+                "requestReceivedTimestamp",
+                "stageTimestamp",
+                "annotations"
+            ]
         );
 
         // Error Status body fills responseStatus; forbid; impersonation; non-resource has no objectRef.
         let status = br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"pods is forbidden","reason":"Forbidden","details":{"kind":"pods"},"code":403}"#;
         let mut f = record(None, Some(status), 403);
-        f.decision = Some(AuthzDecision { allowed: false, reason: String::new() });
+        f.decision = Some(AuthzDecision {
+            allowed: false,
+            reason: String::new(),
+        });
         f.impersonated_user = Some(UserInfo::new("bob", &[]));
         let e = render_event(&f, Level::Metadata, false, now);
         assert_eq!(
@@ -1039,7 +1212,11 @@ rules:
         let mut nr = record(Some(b"{}"), Some(b"{}"), 200);
         nr.attributes = non_resource("/version");
         let e = render_event(&nr, Level::RequestResponse, false, now);
-        assert!(e.get("objectRef").is_none() && e.get("requestObject").is_none() && e.get("responseObject").is_none());
+        assert!(
+            e.get("objectRef").is_none()
+                && e.get("requestObject").is_none()
+                && e.get("responseObject").is_none()
+        );
     }
 
     #[test]
@@ -1049,9 +1226,15 @@ rules:
         assert_eq!(source_ips(&h, Some(remote)), vec!["10.0.0.9"]);
         h.insert("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
         h.insert("x-real-ip", "2.2.2.2".parse().unwrap());
-        assert_eq!(source_ips(&h, Some(remote)), vec!["1.1.1.1", "2.2.2.2", "10.0.0.9"]);
+        assert_eq!(
+            source_ips(&h, Some(remote)),
+            vec!["1.1.1.1", "2.2.2.2", "10.0.0.9"]
+        );
         h.insert("x-real-ip", "3.3.3.3".parse().unwrap());
-        assert_eq!(source_ips(&h, Some("3.3.3.3".parse().unwrap())), vec!["1.1.1.1", "2.2.2.2", "3.3.3.3"]);
+        assert_eq!(
+            source_ips(&h, Some("3.3.3.3".parse().unwrap())),
+            vec!["1.1.1.1", "2.2.2.2", "3.3.3.3"]
+        );
     }
 
     fn read_lines(path: &Path) -> Vec<Value> {
@@ -1088,7 +1271,10 @@ rules:
         let lines = read_lines(&path);
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert_eq!(lines[0]["previous"], true);
-        assert_eq!(lines[1]["requestURI"], "/api/v1/namespaces/default/pods?fieldManager=kubectl");
+        assert_eq!(
+            lines[1]["requestURI"],
+            "/api/v1/namespaces/default/pods?fieldManager=kubectl"
+        );
         assert_eq!(lines[1]["level"], "Metadata");
         assert_ne!(lines[1]["auditID"], lines[2]["auditID"]);
         assert_eq!(lines[1]["auditID"].as_str().unwrap().len(), 36);
@@ -1100,7 +1286,10 @@ rules:
             let l2 = AuditLog::open(&p2, AuditPolicy::default_metadata()).unwrap();
             l2.record(r);
             l2.flush();
-            assert_eq!(std::fs::metadata(&p2).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p2).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
             assert_eq!(read_lines(&p2).len(), 1);
         }
     }
@@ -1109,8 +1298,13 @@ rules:
     fn rotation_keeps_max_backups() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let opts = RotateOptions { max_size_mb: 1, max_backups: 2, max_age_days: 0 };
-        let log = AuditLog::open_with_rotation(&path, AuditPolicy::default_metadata(), opts).unwrap();
+        let opts = RotateOptions {
+            max_size_mb: 1,
+            max_backups: 2,
+            max_age_days: 0,
+        };
+        let log =
+            AuditLog::open_with_rotation(&path, AuditPolicy::default_metadata(), opts).unwrap();
         let big = format!("{{\"x\":\"{}\"}}", "a".repeat(300_000));
         for _ in 0..16 {
             let mut r = record(None, None, 200);
@@ -1123,7 +1317,10 @@ rules:
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        let backups = names.iter().filter(|n| n.starts_with("audit-") && n.ends_with(".log")).count();
+        let backups = names
+            .iter()
+            .filter(|n| n.starts_with("audit-") && n.ends_with(".log"))
+            .count();
         assert_eq!(backups, 2, "{names:?}");
         assert!(std::fs::metadata(&path).unwrap().len() <= 1024 * 1024);
         assert!(read_lines(&path).iter().all(|l| l["kind"] == "Event"));

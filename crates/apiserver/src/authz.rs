@@ -33,7 +33,9 @@ pub struct RbacCache {
 }
 
 fn values(inner: &Inner, plural: &str) -> Vec<Value> {
-    let (items, _) = inner.cache.list(&format!("/registry/rbac.authorization.k8s.io/{plural}/"));
+    let (items, _) = inner
+        .cache
+        .list(&format!("/registry/rbac.authorization.k8s.io/{plural}/"));
     items.into_iter().map(|o| (*o.object).clone()).collect()
 }
 
@@ -67,33 +69,57 @@ impl Inner {
         if let Some(v) = &self.token_auth.verifier {
             if let Ok(vt) = v.verify(token, now) {
                 let user = vt.user.clone();
-                let (ns, sa) = match user.name.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+                let (ns, sa) = match user
+                    .name
+                    .strip_prefix("system:serviceaccount:")
+                    .and_then(|r| r.split_once(':'))
+                {
                     Some((ns, sa)) => (ns.to_string(), sa.to_string()),
                     None => return None,
                 };
-                let sa_obj = self.cache.get(&format!("/registry/core/serviceaccounts/{ns}/{sa}"))?;
-                if !user.uid.is_empty() && crate::object::meta_str(&sa_obj.object, "uid") != Some(user.uid.as_str()) {
+                let sa_obj = self
+                    .cache
+                    .get(&format!("/registry/core/serviceaccounts/{ns}/{sa}"))?;
+                if !user.uid.is_empty()
+                    && crate::object::meta_str(&sa_obj.object, "uid") != Some(user.uid.as_str())
+                {
                     return None;
                 }
                 if let Some(b) = &vt.bound {
                     if let Some(pod) = &b.pod {
-                        let p = self.cache.get(&format!("/registry/core/pods/{ns}/{}", pod.name))?;
-                        if !pod.uid.is_empty() && crate::object::meta_str(&p.object, "uid") != Some(pod.uid.as_str()) {
+                        let p = self
+                            .cache
+                            .get(&format!("/registry/core/pods/{ns}/{}", pod.name))?;
+                        if !pod.uid.is_empty()
+                            && crate::object::meta_str(&p.object, "uid") != Some(pod.uid.as_str())
+                        {
                             return None;
                         }
                     }
                     if let Some(sec) = &b.secret {
-                        let s = self.cache.get(&format!("/registry/core/secrets/{ns}/{}", sec.name))?;
-                        if !sec.uid.is_empty() && crate::object::meta_str(&s.object, "uid") != Some(sec.uid.as_str()) {
+                        let s = self
+                            .cache
+                            .get(&format!("/registry/core/secrets/{ns}/{}", sec.name))?;
+                        if !sec.uid.is_empty()
+                            && crate::object::meta_str(&s.object, "uid") != Some(sec.uid.as_str())
+                        {
                             return None;
                         }
                     }
                 }
                 if let Some((sns, sname)) = &vt.legacy_secret {
-                    let s = self.cache.get(&format!("/registry/core/secrets/{sns}/{sname}"))?;
-                    let stored = s.object.pointer("/data/token").and_then(|t| t.as_str()).unwrap_or("");
+                    let s = self
+                        .cache
+                        .get(&format!("/registry/core/secrets/{sns}/{sname}"))?;
+                    let stored = s
+                        .object
+                        .pointer("/data/token")
+                        .and_then(|t| t.as_str())
+                        .unwrap_or("");
                     use base64::Engine;
-                    let decoded = base64::engine::general_purpose::STANDARD.decode(stored).unwrap_or_default();
+                    let decoded = base64::engine::general_purpose::STANDARD
+                        .decode(stored)
+                        .unwrap_or_default();
                     if decoded != token.as_bytes() {
                         return None;
                     }
@@ -107,8 +133,15 @@ impl Inner {
             }
         }
         if let Some(name) = rk3s_auth::bootstrap_token_secret_name(token) {
-            if let Some(sec) = self.cache.get(&format!("/registry/core/secrets/kube-system/{name}")) {
-                return rk3s_auth::authenticate_bootstrap_token(token, &sec.object, jiff::Timestamp::now().as_second());
+            if let Some(sec) = self
+                .cache
+                .get(&format!("/registry/core/secrets/kube-system/{name}"))
+            {
+                return rk3s_auth::authenticate_bootstrap_token(
+                    token,
+                    &sec.object,
+                    jiff::Timestamp::now().as_second(),
+                );
             }
         }
         None
@@ -120,7 +153,12 @@ impl Inner {
         if rbac.is_allowed() {
             return rbac;
         }
-        if attrs.user.groups.iter().any(|g| g == rk3s_auth::GROUP_NODES) {
+        if attrs
+            .user
+            .groups
+            .iter()
+            .any(|g| g == rk3s_auth::GROUP_NODES)
+        {
             let (pods, _) = self.cache.list("/registry/core/pods/");
             let pods: Vec<Value> = pods.into_iter().map(|o| (*o.object).clone()).collect();
             let (pvs, _) = self.cache.list("/registry/core/persistentvolumes/");
@@ -152,27 +190,52 @@ impl Inner {
 
     /// Applies `Impersonate-*` headers: checks the `impersonate` permission for the user,
     /// each group, uid and extra, and returns the impersonated user.
-    pub fn impersonate(&self, user: UserInfo, headers: &http::HeaderMap) -> Result<UserInfo, ApiError> {
-        let as_user = headers.get("impersonate-user").and_then(|v| v.to_str().ok()).map(String::from);
-        let groups: Vec<String> = headers.get_all("impersonate-group").iter().filter_map(|v| v.to_str().ok()).map(String::from).collect();
-        let uid = headers.get("impersonate-uid").and_then(|v| v.to_str().ok()).map(String::from);
+    pub fn impersonate(
+        &self,
+        user: UserInfo,
+        headers: &http::HeaderMap,
+    ) -> Result<UserInfo, ApiError> {
+        let as_user = headers
+            .get("impersonate-user")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let groups: Vec<String> = headers
+            .get_all("impersonate-group")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(String::from)
+            .collect();
+        let uid = headers
+            .get("impersonate-uid")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         let extras: Vec<(String, String)> = headers
             .iter()
-            .filter_map(|(k, v)| k.as_str().strip_prefix("impersonate-extra-").map(|x| (x.to_string(), v.to_str().unwrap_or("").to_string())))
+            .filter_map(|(k, v)| {
+                k.as_str()
+                    .strip_prefix("impersonate-extra-")
+                    .map(|x| (x.to_string(), v.to_str().unwrap_or("").to_string()))
+            })
             .collect();
         let Some(name) = as_user else {
             if !groups.is_empty() || uid.is_some() || !extras.is_empty() {
-                return Err(ApiError::bad_request("requested Impersonate-Group/Uid/Extra without impersonating a user"));
+                return Err(ApiError::bad_request(
+                    "requested Impersonate-Group/Uid/Extra without impersonating a user",
+                ));
             }
             return Ok(user);
         };
-        let check = |resource: &str, ns: &str, n: &str, group: &str, sub: &str| -> Result<(), ApiError> {
-            let a = Attributes::resource(user.clone(), "impersonate", ns, group, resource, sub, n);
-            match self.decide(&a) {
-                Decision::Allow => Ok(()),
-                Decision::Deny(r) | Decision::NoOpinion(r) => Err(ApiError::forbidden(rk3s_auth::forbidden_message(&a, &r))),
-            }
-        };
+        let check =
+            |resource: &str, ns: &str, n: &str, group: &str, sub: &str| -> Result<(), ApiError> {
+                let a =
+                    Attributes::resource(user.clone(), "impersonate", ns, group, resource, sub, n);
+                match self.decide(&a) {
+                    Decision::Allow => Ok(()),
+                    Decision::Deny(r) | Decision::NoOpinion(r) => {
+                        Err(ApiError::forbidden(rk3s_auth::forbidden_message(&a, &r)))
+                    }
+                }
+            };
         if let Some(sa) = name.strip_prefix("system:serviceaccount:") {
             let (ns, n) = sa.split_once(':').unwrap_or(("", sa));
             check("serviceaccounts", ns, n, "", "")?;
@@ -192,7 +255,10 @@ impl Inner {
         out.groups = groups;
         if let Some(sa) = name.strip_prefix("system:serviceaccount:") {
             let ns = sa.split_once(':').map(|x| x.0).unwrap_or("");
-            for g in ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")] {
+            for g in [
+                "system:serviceaccounts".to_string(),
+                format!("system:serviceaccounts:{ns}"),
+            ] {
                 if !out.groups.contains(&g) {
                     out.groups.push(g);
                 }
@@ -213,7 +279,10 @@ pub fn resource_attributes(user: &UserInfo, info: &RequestInfo, query: &Query) -
     if name.is_empty() && matches!(info.verb.as_str(), "list" | "watch") {
         // A list/watch narrowed to one name by `metadata.name=` is authorized by name.
         if let Some(fs) = &field_selector {
-            if let Some(n) = fs.split(',').find_map(|p| p.strip_prefix("metadata.name=").or_else(|| p.strip_prefix("metadata.name=="))) {
+            if let Some(n) = fs.split(',').find_map(|p| {
+                p.strip_prefix("metadata.name=")
+                    .or_else(|| p.strip_prefix("metadata.name=="))
+            }) {
                 name = n.to_string();
             }
         }
@@ -250,13 +319,38 @@ pub fn non_resource_attributes(user: &UserInfo, method: &http::Method, path: &st
 }
 
 fn user_from_spec(spec: &Value) -> UserInfo {
-    let name = spec.get("user").and_then(|u| u.as_str()).unwrap_or("").to_string();
+    let name = spec
+        .get("user")
+        .and_then(|u| u.as_str())
+        .unwrap_or("")
+        .to_string();
     let mut u = UserInfo::new(name, &[]);
-    u.groups = spec.get("groups").and_then(|g| g.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
-    u.uid = spec.get("uid").and_then(|g| g.as_str()).unwrap_or("").to_string();
+    u.groups = spec
+        .get("groups")
+        .and_then(|g| g.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    u.uid = spec
+        .get("uid")
+        .and_then(|g| g.as_str())
+        .unwrap_or("")
+        .to_string();
     if let Some(extra) = spec.get("extra").and_then(|e| e.as_object()) {
         for (k, v) in extra {
-            u.extra.insert(k.clone(), v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default());
+            u.extra.insert(
+                k.clone(),
+                v.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            );
         }
     }
     u
@@ -265,12 +359,25 @@ fn user_from_spec(spec: &Value) -> UserInfo {
 fn review_attributes(user: UserInfo, spec: &Value, namespace_override: Option<&str>) -> Attributes {
     if let Some(r) = spec.get("resourceAttributes") {
         let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-        let ns = namespace_override.map(String::from).unwrap_or_else(|| s("namespace"));
-        let mut a = Attributes::resource(user, &s("verb"), &ns, &s("group"), &s("resource"), &s("subresource"), &s("name"));
+        let ns = namespace_override
+            .map(String::from)
+            .unwrap_or_else(|| s("namespace"));
+        let mut a = Attributes::resource(
+            user,
+            &s("verb"),
+            &ns,
+            &s("group"),
+            &s("resource"),
+            &s("subresource"),
+            &s("name"),
+        );
         a.api_version = s("version");
         a
     } else {
-        let r = spec.get("nonResourceAttributes").cloned().unwrap_or(json!({}));
+        let r = spec
+            .get("nonResourceAttributes")
+            .cloned()
+            .unwrap_or(json!({}));
         let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
         Attributes::non_resource(user, &s("verb"), &s("path"))
     }
@@ -278,15 +385,28 @@ fn review_attributes(user: UserInfo, spec: &Value, namespace_override: Option<&s
 
 /// Serves the create-only review resources of `authorization.k8s.io` and
 /// `authentication.k8s.io`. `None` when the resource is not a review.
-pub fn review(inner: &Inner, info: &RequestInfo, user: &UserInfo, body: &Value) -> Option<Result<Value, ApiError>> {
+pub fn review(
+    inner: &Inner,
+    info: &RequestInfo,
+    user: &UserInfo,
+    body: &Value,
+) -> Option<Result<Value, ApiError>> {
     let mut out = body.clone();
     let spec = body.get("spec").cloned().unwrap_or(json!({}));
     let status = match (info.group.as_str(), info.resource.as_str()) {
-        ("authorization.k8s.io", "selfsubjectaccessreviews") => decision_status(inner.decide(&review_attributes(user.clone(), &spec, None))),
-        ("authorization.k8s.io", "subjectaccessreviews") => decision_status(inner.decide(&review_attributes(user_from_spec(&spec), &spec, None))),
+        ("authorization.k8s.io", "selfsubjectaccessreviews") => {
+            decision_status(inner.decide(&review_attributes(user.clone(), &spec, None)))
+        }
+        ("authorization.k8s.io", "subjectaccessreviews") => {
+            decision_status(inner.decide(&review_attributes(user_from_spec(&spec), &spec, None)))
+        }
         ("authorization.k8s.io", "localsubjectaccessreviews") => {
             let ns = info.namespace.clone().unwrap_or_default();
-            decision_status(inner.decide(&review_attributes(user_from_spec(&spec), &spec, Some(&ns))))
+            decision_status(inner.decide(&review_attributes(
+                user_from_spec(&spec),
+                &spec,
+                Some(&ns),
+            )))
         }
         ("authorization.k8s.io", "selfsubjectrulesreviews") => {
             let ns = spec.get("namespace").and_then(|n| n.as_str()).unwrap_or("");
@@ -296,7 +416,9 @@ pub fn review(inner: &Inner, info: &RequestInfo, user: &UserInfo, body: &Value) 
         ("authentication.k8s.io", "tokenreviews") => {
             let token = spec.get("token").and_then(|t| t.as_str()).unwrap_or("");
             match inner.authenticate_token(token) {
-                Some(u) => json!({"authenticated": true, "user": user_json(&u), "audiences": inner.token_auth.audiences}),
+                Some(u) => {
+                    json!({"authenticated": true, "user": user_json(&u), "audiences": inner.token_auth.audiences})
+                }
                 None => json!({"authenticated": false, "error": "invalid bearer token"}),
             }
         }

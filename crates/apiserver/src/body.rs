@@ -42,7 +42,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Stream(rx) => match rx.poll_recv(cx) {
@@ -78,7 +81,8 @@ pub fn json(code: u16, v: &serde_json::Value) -> Response {
 /// A response with the given content type.
 pub fn bytes_response(code: u16, content_type: &str, body: impl Into<Bytes>) -> Response {
     let mut r = http::Response::new(ResponseBody::full(body));
-    *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
@@ -102,7 +106,9 @@ pub fn error(e: &rk3s_api::ApiError) -> Response {
 
 /// The `Content-Type` of a request, if it has one that is valid text.
 pub fn content_type(headers: &http::HeaderMap) -> Option<&str> {
-    headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// The encodings of request bodies the API decodes.
@@ -119,7 +125,11 @@ pub enum BodyFormat {
 impl BodyFormat {
     /// The format a `Content-Type` value names (parameters and case are ignored).
     pub fn from_content_type(content_type: Option<&str>) -> Result<BodyFormat, RequestBodyError> {
-        let media_type = content_type.and_then(|c| c.split(';').next()).unwrap_or("").trim().to_ascii_lowercase();
+        let media_type = content_type
+            .and_then(|c| c.split(';').next())
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match media_type.as_str() {
             "" | "*/*" | "application/json" => Ok(BodyFormat::Json),
             "application/yaml" | "application/x-yaml" | "text/yaml" => Ok(BodyFormat::Yaml),
@@ -152,7 +162,11 @@ pub enum RequestBodyError {
 /// `default_message` (a full proto name) is used when the envelope has neither, as
 /// upstream defaults the kind from the endpoint. The value may be any JSON value: the
 /// callers check its shape.
-pub fn decode_request(content_type: Option<&str>, body: &[u8], default_message: Option<&str>) -> Result<Value, RequestBodyError> {
+pub fn decode_request(
+    content_type: Option<&str>,
+    body: &[u8],
+    default_message: Option<&str>,
+) -> Result<Value, RequestBodyError> {
     match BodyFormat::from_content_type(content_type)? {
         BodyFormat::Json => serde_json::from_slice(body).map_err(RequestBodyError::Json),
         BodyFormat::Yaml => serde_yaml::from_slice(body).map_err(RequestBodyError::Yaml),
@@ -166,14 +180,20 @@ fn decode_protobuf(body: &[u8], default_message: Option<&str>) -> Result<Value, 
         return Err(RequestBodyError::Protobuf("empty data".into()));
     }
     let r = match rk3s_protobuf::decode(body) {
-        Err(DecodeError::MissingTypeMeta) if default_message.is_some() => rk3s_protobuf::decode_with(body, default_message),
+        Err(DecodeError::MissingTypeMeta) if default_message.is_some() => {
+            rk3s_protobuf::decode_with(body, default_message)
+        }
         r => r,
     };
     r.map_err(|e| {
         RequestBodyError::Protobuf(match e {
             DecodeError::NotProtobuf => {
-                let prefix: Vec<String> = rk3s_protobuf::MAGIC.iter().map(|b| b.to_string()).collect();
-                format!("provided data does not appear to be a protobuf message, expected prefix [{}]", prefix.join(" "))
+                let prefix: Vec<String> =
+                    rk3s_protobuf::MAGIC.iter().map(|b| b.to_string()).collect();
+                format!(
+                    "provided data does not appear to be a protobuf message, expected prefix [{}]",
+                    prefix.join(" ")
+                )
             }
             other => other.to_string(),
         })
@@ -219,7 +239,10 @@ impl GoType {
 static PRECONDITIONS: GoStruct = GoStruct {
     name: "Preconditions",
     qualified: "v1.Preconditions",
-    fields: &[("uid", GoType::Str("types.UID")), ("resourceVersion", GoType::Str("string"))],
+    fields: &[
+        ("uid", GoType::Str("types.UID")),
+        ("resourceVersion", GoType::Str("string")),
+    ],
 };
 
 static DELETE_OPTIONS: GoStruct = GoStruct {
@@ -233,7 +256,10 @@ static DELETE_OPTIONS: GoStruct = GoStruct {
         ("orphanDependents", GoType::Bool),
         ("propagationPolicy", GoType::Str("v1.DeletionPropagation")),
         ("dryRun", GoType::StrSlice),
-        ("ignoreStoreReadErrorWithClusterBreakingPotential", GoType::Bool),
+        (
+            "ignoreStoreReadErrorWithClusterBreakingPotential",
+            GoType::Bool,
+        ),
     ],
 };
 
@@ -293,14 +319,19 @@ static TOKEN_REQUEST: GoStruct = GoStruct {
     ],
 };
 
-
 /// Go's message for a value of the wrong type in struct field `owner`.`path`.
 fn field_type_error(v: &Value, t: GoType, owner: &str, path: &str) -> String {
     let word = rk3s_openapi::decode::value_word(v, matches!(t, GoType::Int64));
     if owner.is_empty() && path.is_empty() {
-        format!("json: cannot unmarshal {word} into Go value of type {}", t.go_name())
+        format!(
+            "json: cannot unmarshal {word} into Go value of type {}",
+            t.go_name()
+        )
     } else {
-        format!("json: cannot unmarshal {word} into Go struct field {owner}.{path} of type {}", t.go_name())
+        format!(
+            "json: cannot unmarshal {word} into Go struct field {owner}.{path} of type {}",
+            t.go_name()
+        )
     }
 }
 
@@ -319,7 +350,9 @@ fn check_go(v: &mut Value, t: GoType, owner: &str, path: &str) -> Result<(), Str
                 match item {
                     Value::Null => *item = Value::String(String::new()),
                     Value::String(_) => {}
-                    other => return Err(field_type_error(other, GoType::Str("string"), owner, path)),
+                    other => {
+                        return Err(field_type_error(other, GoType::Str("string"), owner, path))
+                    }
                 }
             }
             true
@@ -327,8 +360,14 @@ fn check_go(v: &mut Value, t: GoType, owner: &str, path: &str) -> Result<(), Str
         (GoType::Struct(s), Value::Object(m)) => {
             m.retain(|_, v| !v.is_null());
             for (k, fv) in m.iter_mut() {
-                let Some(&(_, ft)) = s.fields.iter().find(|(n, _)| n == k) else { continue };
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let Some(&(_, ft)) = s.fields.iter().find(|(n, _)| n == k) else {
+                    continue;
+                };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 check_go(fv, ft, s.name, &p)?;
             }
             true
@@ -353,7 +392,12 @@ fn interpret_type_meta(v: &Value) -> Result<(String, String), String> {
     let m = match v {
         Value::Object(m) => m,
         Value::Null => return Ok((String::new(), String::new())),
-        other => return Err(fail(format!("json: cannot unmarshal {} into Go value of type {FIND_KIND}", rk3s_openapi::decode::value_word(other, false)))),
+        other => {
+            return Err(fail(format!(
+                "json: cannot unmarshal {} into Go value of type {FIND_KIND}",
+                rk3s_openapi::decode::value_word(other, false)
+            )))
+        }
     };
     let (mut api_version, mut kind) = (String::new(), String::new());
     for (k, val) in m {
@@ -365,7 +409,12 @@ fn interpret_type_meta(v: &Value) -> Result<(String, String), String> {
         match val {
             Value::String(s) => *slot = s.clone(),
             Value::Null => {}
-            other => return Err(fail(format!("json: cannot unmarshal {} into Go struct field .{k} of type string", rk3s_openapi::decode::value_word(other, false)))),
+            other => {
+                return Err(fail(format!(
+                    "json: cannot unmarshal {} into Go struct field .{k} of type string",
+                    rk3s_openapi::decode::value_word(other, false)
+                )))
+            }
         }
     }
     Ok((api_version, kind))
@@ -407,18 +456,24 @@ impl TypedBodyError {
     /// kind is known, `K in version "v" cannot be handled as a K: ...` after.
     pub fn to_create_error(&self, kind: &str, body: &[u8]) -> rk3s_api::ApiError {
         match self {
-            TypedBodyError::UnsupportedMediaType(mt) => rk3s_api::ApiError::unsupported_media_type(mt),
+            TypedBodyError::UnsupportedMediaType(mt) => {
+                rk3s_api::ApiError::unsupported_media_type(mt)
+            }
             TypedBodyError::Unrecognized(m) => rk3s_api::ApiError::bad_request(format!(
                 "the object provided is unrecognized (must be of type {kind}): {m} ({})",
                 summarize_data(body, 30)
             )),
-            TypedBodyError::WrongKind { api_version, kind: got, .. } => {
+            TypedBodyError::WrongKind {
+                api_version,
+                kind: got,
+                ..
+            } => {
                 let version = api_version.rsplit('/').next().unwrap_or("");
                 rk3s_api::ApiError::bad_request(format!("{got} in version \"{version}\" cannot be handled as a {kind}: expected kind {kind}, got {got}"))
             }
-            TypedBodyError::Field { version, message } => {
-                rk3s_api::ApiError::bad_request(format!("{kind} in version \"{version}\" cannot be handled as a {kind}: {message}"))
-            }
+            TypedBodyError::Field { version, message } => rk3s_api::ApiError::bad_request(format!(
+                "{kind} in version \"{version}\" cannot be handled as a {kind}: {message}"
+            )),
         }
     }
 }
@@ -426,11 +481,18 @@ impl TypedBodyError {
 /// Upstream's `summarizeData`: the start of a body for an error message (text when it
 /// looks like a JSON object, else hex).
 fn summarize_data(body: &[u8], max: usize) -> String {
-    let (head, more) = if body.len() > max { (&body[..max], " ...") } else { (body, "") };
+    let (head, more) = if body.len() > max {
+        (&body[..max], " ...")
+    } else {
+        (body, "")
+    };
     match body.first() {
         None => "<empty>".into(),
         Some(b'{') => format!("{}{more}", String::from_utf8_lossy(head)),
-        Some(_) => format!("{}{more}", head.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        Some(_) => format!(
+            "{}{more}",
+            head.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
     }
 }
 
@@ -445,30 +507,56 @@ fn decode_typed(
 ) -> Result<Value, TypedBodyError> {
     let mut v = decode_request(content_type, body, Some(proto_message)).map_err(|e| match e {
         RequestBodyError::UnsupportedMediaType(mt) => TypedBodyError::UnsupportedMediaType(mt),
-        RequestBodyError::Json(e) => TypedBodyError::Unrecognized(format!("couldn't get version/kind; json parse error: {e}")),
+        RequestBodyError::Json(e) => TypedBodyError::Unrecognized(format!(
+            "couldn't get version/kind; json parse error: {e}"
+        )),
         other => TypedBodyError::Unrecognized(other.to_string()),
     })?;
     let (api_version, kind) = interpret_type_meta(&v).map_err(TypedBodyError::Unrecognized)?;
     if !kind.is_empty() && kind != schema.name {
-        return Err(TypedBodyError::WrongKind { expected: schema.name, api_version, kind });
+        return Err(TypedBodyError::WrongKind {
+            expected: schema.name,
+            api_version,
+            kind,
+        });
     }
     if v.is_null() {
         v = Value::Object(Map::new());
     }
-    let version = if api_version.is_empty() { default_api_version } else { &api_version };
+    let version = if api_version.is_empty() {
+        default_api_version
+    } else {
+        &api_version
+    };
     let version = version.rsplit('/').next().unwrap_or("").to_string();
-    check_go(&mut v, GoType::Struct(schema), "", "").map_err(|message| TypedBodyError::Field { version, message })?;
+    check_go(&mut v, GoType::Struct(schema), "", "")
+        .map_err(|message| TypedBodyError::Field { version, message })?;
     Ok(v)
 }
 
 /// Kinds of meta.k8s.io that decode, but are not DeleteOptions.
-const OTHER_META_KINDS: &[&str] = &["Status", "APIVersions", "APIGroupList", "APIGroup", "APIResourceList", "CreateOptions", "UpdateOptions", "PatchOptions", "GetOptions", "ListOptions", "WatchEvent"];
+const OTHER_META_KINDS: &[&str] = &[
+    "Status",
+    "APIVersions",
+    "APIGroupList",
+    "APIGroup",
+    "APIResourceList",
+    "CreateOptions",
+    "UpdateOptions",
+    "PatchOptions",
+    "GetOptions",
+    "ListOptions",
+    "WatchEvent",
+];
 
 /// Decodes the body of a DELETE (one object or a collection) into `DeleteOptions`
 /// JSON, as upstream: JSON, YAML or protobuf; any apiVersion with kind DeleteOptions
 /// (or none); wrong-typed fields are 400 with Go's message; explicit nulls are
 /// absent. An empty body is `{}`. The result is always an object.
-pub fn decode_delete_options(content_type: Option<&str>, body: &[u8]) -> Result<Map<String, Value>, rk3s_api::ApiError> {
+pub fn decode_delete_options(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Map<String, Value>, rk3s_api::ApiError> {
     use rk3s_api::ApiError;
     if body.is_empty() {
         return Ok(Map::new());
@@ -495,14 +583,29 @@ pub fn decode_delete_options(content_type: Option<&str>, body: &[u8]) -> Result<
 /// Decodes the body of `pods/{name}/eviction` (policy/v1 or v1beta1 Eviction) with
 /// the checks of [`decode_delete_options`] on its `deleteOptions`.
 pub fn decode_eviction(content_type: Option<&str>, body: &[u8]) -> Result<Value, TypedBodyError> {
-    decode_typed(content_type, body, &EVICTION, "policy/v1", "k8s.io.api.policy.v1.Eviction")
+    decode_typed(
+        content_type,
+        body,
+        &EVICTION,
+        "policy/v1",
+        "k8s.io.api.policy.v1.Eviction",
+    )
 }
 
 /// Decodes the body of `serviceaccounts/{name}/token` (authentication.k8s.io/v1
 /// TokenRequest): explicit nulls (`"boundObjectRef": null`, as kubectl 1.27-1.31
 /// send) are absent; wrong-typed spec fields are refused.
-pub fn decode_token_request(content_type: Option<&str>, body: &[u8]) -> Result<Value, TypedBodyError> {
-    decode_typed(content_type, body, &TOKEN_REQUEST, "authentication.k8s.io/v1", "k8s.io.api.authentication.v1.TokenRequest")
+pub fn decode_token_request(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Value, TypedBodyError> {
+    decode_typed(
+        content_type,
+        body,
+        &TOKEN_REQUEST,
+        "authentication.k8s.io/v1",
+        "k8s.io.api.authentication.v1.TokenRequest",
+    )
 }
 
 #[cfg(test)]
@@ -562,9 +665,18 @@ mod tests {
 
     #[test]
     fn one_decoder_for_json_yaml_and_protobuf() {
-        assert_eq!(decode_request(JSON, br#"{"a":1}"#, None).expect("json"), json!({"a": 1}));
-        assert_eq!(decode_request(None, br#"{"a":1}"#, None).expect("no content type is JSON"), json!({"a": 1}));
-        assert_eq!(decode_request(Some("application/yaml; charset=utf-8"), b"a: 1\n", None).expect("yaml"), json!({"a": 1}));
+        assert_eq!(
+            decode_request(JSON, br#"{"a":1}"#, None).expect("json"),
+            json!({"a": 1})
+        );
+        assert_eq!(
+            decode_request(None, br#"{"a":1}"#, None).expect("no content type is JSON"),
+            json!({"a": 1})
+        );
+        assert_eq!(
+            decode_request(Some("application/yaml; charset=utf-8"), b"a: 1\n", None).expect("yaml"),
+            json!({"a": 1})
+        );
         let ns = envelope("v1", "Namespace", &{
             let mut meta = Vec::new();
             bytes_field(1, b"demo", &mut meta);
@@ -573,29 +685,47 @@ mod tests {
             m
         });
         assert_eq!(
-            decode_request(Some("Application/Vnd.Kubernetes.Protobuf"), &ns, None).expect("protobuf"),
+            decode_request(Some("Application/Vnd.Kubernetes.Protobuf"), &ns, None)
+                .expect("protobuf"),
             json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "demo"}})
         );
-        assert!(matches!(decode_request(Some("text/plain"), b"x", None), Err(RequestBodyError::UnsupportedMediaType(m)) if m == "text/plain"));
+        assert!(
+            matches!(decode_request(Some("text/plain"), b"x", None), Err(RequestBodyError::UnsupportedMediaType(m)) if m == "text/plain")
+        );
         let not_pb = decode_request(PB, b"{}", None).expect_err("no magic");
         assert_eq!(not_pb.to_string(), "provided data does not appear to be a protobuf message, expected prefix [107 56 115 0]");
-        assert!(decode_request(Some("application/yaml"), b"a: [", None).expect_err("bad yaml").to_string().starts_with("error converting YAML to JSON: "));
+        assert!(decode_request(Some("application/yaml"), b"a: [", None)
+            .expect_err("bad yaml")
+            .to_string()
+            .starts_with("error converting YAML to JSON: "));
     }
 
     #[test]
     fn protobuf_delete_options_as_client_go_sends_them() {
         // client-go encodes DeleteOptions under the client's group version.
         for gv in ["v1", "apps/v1", "meta.k8s.io/v1", "batch/v1"] {
-            let body = envelope(gv, "DeleteOptions", &delete_options_pb(0, "u-1", "Background", &["All"]));
+            let body = envelope(
+                gv,
+                "DeleteOptions",
+                &delete_options_pb(0, "u-1", "Background", &["All"]),
+            );
             let opts = decode_delete_options(PB, &body).expect("decodes");
             assert_eq!(opts.get("kind"), Some(&json!("DeleteOptions")), "{gv}");
-            assert_eq!(opts.get("gracePeriodSeconds"), Some(&json!(0)), "an explicit 0 stays: it means now");
+            assert_eq!(
+                opts.get("gracePeriodSeconds"),
+                Some(&json!(0)),
+                "an explicit 0 stays: it means now"
+            );
             assert_eq!(opts.get("propagationPolicy"), Some(&json!("Background")));
             assert_eq!(opts.get("preconditions"), Some(&json!({"uid": "u-1"})));
             assert_eq!(opts.get("dryRun"), Some(&json!(["All"])));
         }
         // An envelope without typeMeta is DeleteOptions, as upstream's default kind.
-        let bare = decode_delete_options(PB, &envelope("", "", &delete_options_pb(30, "x", "Foreground", &[]))).expect("bare");
+        let bare = decode_delete_options(
+            PB,
+            &envelope("", "", &delete_options_pb(30, "x", "Foreground", &[])),
+        )
+        .expect("bare");
         assert_eq!(bare.get("gracePeriodSeconds"), Some(&json!(30)));
         assert_eq!(bare.get("propagationPolicy"), Some(&json!("Foreground")));
         // Eviction (policy/v1) carries DeleteOptions at field 2.
@@ -604,7 +734,8 @@ mod tests {
         bytes_field(1, b"web-0", &mut meta);
         bytes_field(1, &meta, &mut ev);
         bytes_field(2, &delete_options_pb(5, "u-2", "Background", &[]), &mut ev);
-        let eviction = decode_eviction(PB, &envelope("policy/v1", "Eviction", &ev)).expect("eviction");
+        let eviction =
+            decode_eviction(PB, &envelope("policy/v1", "Eviction", &ev)).expect("eviction");
         assert_eq!(eviction["metadata"]["name"], "web-0");
         assert_eq!(eviction["deleteOptions"]["gracePeriodSeconds"], 5);
         assert_eq!(eviction["deleteOptions"]["preconditions"]["uid"], "u-2");
@@ -613,11 +744,24 @@ mod tests {
     #[test]
     fn delete_options_json_yaml_and_nulls() {
         assert_eq!(decode_delete_options(JSON, b"").expect("empty"), Map::new());
-        assert_eq!(decode_delete_options(JSON, b"null").expect("null"), Map::new());
+        assert_eq!(
+            decode_delete_options(JSON, b"null").expect("null"),
+            Map::new()
+        );
         let opts = decode_delete_options(JSON, br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":null,"gracePeriodSeconds":null,"preconditions":{"uid":null,"resourceVersion":"7"},"dryRun":[null]}"#).expect("nulls");
-        assert_eq!(Value::Object(opts), json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"resourceVersion": "7"}, "dryRun": [""]}));
-        let y = decode_delete_options(Some("application/yaml"), b"propagationPolicy: Foreground\ngracePeriodSeconds: 3\n").expect("yaml");
-        assert_eq!(Value::Object(y), json!({"propagationPolicy": "Foreground", "gracePeriodSeconds": 3}));
+        assert_eq!(
+            Value::Object(opts),
+            json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"resourceVersion": "7"}, "dryRun": [""]})
+        );
+        let y = decode_delete_options(
+            Some("application/yaml"),
+            b"propagationPolicy: Foreground\ngracePeriodSeconds: 3\n",
+        )
+        .expect("yaml");
+        assert_eq!(
+            Value::Object(y),
+            json!({"propagationPolicy": "Foreground", "gracePeriodSeconds": 3})
+        );
         // Unknown fields pass (upstream's DELETE decoding is not strict).
         assert!(decode_delete_options(JSON, br#"{"foo":[1,{"x":2}]}"#).is_ok());
     }
@@ -652,22 +796,50 @@ mod tests {
         ];
         for (body, want) in cases {
             let e = decode_delete_options(JSON, body).expect_err(&String::from_utf8_lossy(body));
-            assert_eq!((e.code, e.reason.as_str(), e.message.as_str()), (400, "BadRequest", want.as_str()), "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                (e.code, e.reason.as_str(), e.message.as_str()),
+                (400, "BadRequest", want.as_str()),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
         for body in [&b"{"[..], b"{\"a\":", b"nul", b"\xff\xfe", b"{}}"] {
             let e = decode_delete_options(JSON, body).expect_err("syntax");
             assert_eq!(e.code, 400);
-            assert!(e.message.starts_with("couldn't get version/kind; json parse error: "), "{}", e.message);
+            assert!(
+                e.message
+                    .starts_with("couldn't get version/kind; json parse error: "),
+                "{}",
+                e.message
+            );
         }
-        let e = decode_delete_options(Some("application/x-www-form-urlencoded"), b"a=b").expect_err("form");
+        let e = decode_delete_options(Some("application/x-www-form-urlencoded"), b"a=b")
+            .expect_err("form");
         assert_eq!(e.code, 415);
-        for body in [&b"k8s\0\x0a"[..], b"k8s\0\x12\x05abc", b"{\"gracePeriodSeconds\":0}"] {
-            assert_eq!(decode_delete_options(PB, body).expect_err("bad protobuf").code, 400);
+        for body in [
+            &b"k8s\0\x0a"[..],
+            b"k8s\0\x12\x05abc",
+            b"{\"gracePeriodSeconds\":0}",
+        ] {
+            assert_eq!(
+                decode_delete_options(PB, body)
+                    .expect_err("bad protobuf")
+                    .code,
+                400
+            );
         }
         // An empty envelope is empty DeleteOptions (upstream defaults the kind).
-        assert_eq!(decode_delete_options(PB, b"k8s\0").expect("empty envelope"), Map::new());
+        assert_eq!(
+            decode_delete_options(PB, b"k8s\0").expect("empty envelope"),
+            Map::new()
+        );
         let wrong_kind = envelope("v1", "Pod", b"");
-        assert_eq!(decode_delete_options(PB, &wrong_kind).expect_err("pod").code, 400);
+        assert_eq!(
+            decode_delete_options(PB, &wrong_kind)
+                .expect_err("pod")
+                .code,
+            400
+        );
     }
 
     /// xorshift64*: a fixed-seed generator, so a failure reproduces.
@@ -691,10 +863,30 @@ mod tests {
                 4 => json!(["All", "Foreground", "Orphan", "", "x"][self.below(5) as usize]),
                 5 => Value::Array((0..self.below(4)).map(|_| self.value(depth + 1)).collect()),
                 _ => {
-                    let keys = ["kind", "apiVersion", "gracePeriodSeconds", "preconditions", "uid", "resourceVersion", "orphanDependents", "propagationPolicy", "dryRun", "deleteOptions", "metadata", "name", "spec", "boundObjectRef", "audiences", "expirationSeconds"];
+                    let keys = [
+                        "kind",
+                        "apiVersion",
+                        "gracePeriodSeconds",
+                        "preconditions",
+                        "uid",
+                        "resourceVersion",
+                        "orphanDependents",
+                        "propagationPolicy",
+                        "dryRun",
+                        "deleteOptions",
+                        "metadata",
+                        "name",
+                        "spec",
+                        "boundObjectRef",
+                        "audiences",
+                        "expirationSeconds",
+                    ];
                     let mut m = Map::new();
                     for _ in 0..self.below(5) {
-                        m.insert(keys[self.below(keys.len() as u64) as usize].to_string(), self.value(depth + 1));
+                        m.insert(
+                            keys[self.below(keys.len() as u64) as usize].to_string(),
+                            self.value(depth + 1),
+                        );
                     }
                     Value::Object(m)
                 }
@@ -734,7 +926,11 @@ mod tests {
             decode_all(types[i % types.len()], &body);
         }
         // Mutations (bit flips, truncations) of valid protobuf bodies.
-        let valid = envelope("v1", "DeleteOptions", &delete_options_pb(7, "uid-1", "Background", &["All"]));
+        let valid = envelope(
+            "v1",
+            "DeleteOptions",
+            &delete_options_pb(7, "uid-1", "Background", &["All"]),
+        );
         for _ in 0..4000 {
             let mut b = valid.clone();
             for _ in 0..=rng.below(3) {
@@ -757,11 +953,18 @@ mod tests {
     #[test]
     fn eviction_and_token_request_bodies() {
         let ev = decode_eviction(JSON, br#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p","labels":null},"deleteOptions":null}"#).expect("eviction");
-        assert_eq!(ev, json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p"}}));
+        assert_eq!(
+            ev,
+            json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p"}})
+        );
         let body = br#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p"},"deleteOptions":{"gracePeriodSeconds":"x"}}"#;
-        let e = decode_eviction(JSON, body).expect_err("typed").to_create_error("Eviction", body);
+        let e = decode_eviction(JSON, body)
+            .expect_err("typed")
+            .to_create_error("Eviction", body);
         assert_eq!(e.message, "Eviction in version \"v1\" cannot be handled as a Eviction: json: cannot unmarshal string into Go struct field DeleteOptions.deleteOptions.gracePeriodSeconds of type int64");
-        let e = decode_eviction(JSON, b"[1]").expect_err("array").to_create_error("Eviction", b"[1]");
+        let e = decode_eviction(JSON, b"[1]")
+            .expect_err("array")
+            .to_create_error("Eviction", b"[1]");
         assert!(e.message.starts_with("the object provided is unrecognized (must be of type Eviction): couldn't get version/kind; json parse error: json: cannot unmarshal array"), "{}", e.message);
         assert!(e.message.ends_with("(5b315d)"), "{}", e.message);
 
@@ -770,13 +973,19 @@ mod tests {
         assert_eq!(tr["spec"], json!({}));
         assert_eq!(tr["metadata"], json!({}));
         let body = br#"{"spec":{"expirationSeconds":"3600"}}"#;
-        let e = decode_token_request(JSON, body).expect_err("typed").to_create_error("TokenRequest", body);
+        let e = decode_token_request(JSON, body)
+            .expect_err("typed")
+            .to_create_error("TokenRequest", body);
         assert_eq!(e.message, "TokenRequest in version \"v1\" cannot be handled as a TokenRequest: json: cannot unmarshal string into Go struct field TokenRequestSpec.spec.expirationSeconds of type int64");
         let body = br#"{"spec":"x"}"#;
-        let e = decode_token_request(JSON, body).expect_err("spec").to_create_error("TokenRequest", body);
+        let e = decode_token_request(JSON, body)
+            .expect_err("spec")
+            .to_create_error("TokenRequest", body);
         assert_eq!(e.message, "TokenRequest in version \"v1\" cannot be handled as a TokenRequest: json: cannot unmarshal string into Go struct field TokenRequest.spec of type v1.TokenRequestSpec");
         let body = br#"{"spec":{"boundObjectRef":{"kind":"Pod","name":7}}}"#;
-        let e = decode_token_request(JSON, body).expect_err("ref").to_create_error("TokenRequest", body);
+        let e = decode_token_request(JSON, body)
+            .expect_err("ref")
+            .to_create_error("TokenRequest", body);
         assert!(e.message.ends_with("json: cannot unmarshal number into Go struct field BoundObjectReference.spec.boundObjectRef.name of type string"), "{}", e.message);
     }
 }

@@ -32,11 +32,18 @@ async fn ensure(inner: &Inner, key: &str, mut obj: Value) -> Result<(), ApiServe
 /// `fields` differ from `obj`'s, writes them (compare-and-swap on the mod revision, so a
 /// concurrent writer wins and the next start reconciles again). Upstream's apiserver
 /// reconciles the `kubernetes` Endpoints/EndpointSlice this way when its address changes.
-async fn reconcile(inner: &Inner, key: &str, obj: Value, fields: &[&str]) -> Result<(), ApiServerError> {
+async fn reconcile(
+    inner: &Inner,
+    key: &str,
+    obj: Value,
+    fields: &[&str],
+) -> Result<(), ApiServerError> {
     let Some(kv) = inner.store.get(key).await? else {
         return ensure(inner, key, obj).await;
     };
-    let Ok(mut cur) = serde_json::from_slice::<Value>(&kv.value) else { return Ok(()) };
+    let Ok(mut cur) = serde_json::from_slice::<Value>(&kv.value) else {
+        return Ok(());
+    };
     let mut changed = false;
     for f in fields {
         if cur.get(*f) != obj.get(*f) {
@@ -102,7 +109,11 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
     )
     .await?;
     // The EndpointSlice the service proxies read (upstream's reconciler writes both).
-    let family = if config.advertise_address.is_ipv6() { "IPv6" } else { "IPv4" };
+    let family = if config.advertise_address.is_ipv6() {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
     reconcile(
         inner,
         "/registry/discovery.k8s.io/endpointslices/default/kubernetes",
@@ -119,8 +130,17 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
     // Upstream's default RBAC roles and bindings (created when missing; like upstream's
     // reconciliation with autoupdate, a missing one is recreated at every start).
     for obj in rk3s_auth::bootstrap_policy() {
-        let kind = obj.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
-        let Some(res) = inner.registry.by_kind("rbac.authorization.k8s.io", "v1", &kind) else { continue };
+        let kind = obj
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
+        let Some(res) = inner
+            .registry
+            .by_kind("rbac.authorization.k8s.io", "v1", &kind)
+        else {
+            continue;
+        };
         let name = object::name(&obj).unwrap_or("").to_string();
         let key = res.key(object::namespace(&obj), &name);
         ensure(inner, &key, obj).await?;
@@ -134,7 +154,9 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
 async fn namespace_finalizer(api: ApiServer) {
     let inner = api.inner().clone();
     loop {
-        let (items, _rev, mut live) = inner.cache.snapshot_and_subscribe("/registry/core/namespaces/");
+        let (items, _rev, mut live) = inner
+            .cache
+            .snapshot_and_subscribe("/registry/core/namespaces/");
         for o in items {
             if object::meta(&o.object).is_some_and(|m| m.contains_key("deletionTimestamp")) {
                 finalize_namespace(&inner, object::name(&o.object).unwrap_or("")).await;
@@ -145,7 +167,8 @@ async fn namespace_finalizer(api: ApiServer) {
                 Ok(ev) => {
                     if ev.kind != CacheEventKind::Deleted
                         && ev.key.starts_with("/registry/core/namespaces/")
-                        && object::meta(&ev.object).is_some_and(|m| m.contains_key("deletionTimestamp"))
+                        && object::meta(&ev.object)
+                            .is_some_and(|m| m.contains_key("deletionTimestamp"))
                     {
                         let name = object::name(&ev.object).unwrap_or("").to_string();
                         let inner = inner.clone();
@@ -174,7 +197,10 @@ async fn finalize_namespace(inner: &Inner, ns: &str) {
                 remaining += 1;
                 let name = object::name(&o.object).unwrap_or("").to_string();
                 let opts = json!({"propagationPolicy": "Background", "gracePeriodSeconds": 0});
-                if let Err(e) = inner.delete_object(&res, Some(ns), &name, &opts, false).await {
+                if let Err(e) = inner
+                    .delete_object(&res, Some(ns), &name, &opts, false)
+                    .await
+                {
                     if e.code != 404 {
                         tracing::debug!(namespace = ns, object = %name, error = %e.message, "namespace finalizer: delete failed");
                     }
@@ -189,24 +215,42 @@ async fn finalize_namespace(inner: &Inner, ns: &str) {
     // Drop the `kubernetes` finalizer and delete the namespace.
     let key = format!("/registry/core/namespaces/{ns}");
     for _ in 0..16 {
-        let Ok(Some(kv)) = inner.store.get(&key).await else { return };
-        let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else { return };
+        let Ok(Some(kv)) = inner.store.get(&key).await else {
+            return;
+        };
+        let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else {
+            return;
+        };
         let mut removed = false;
-        if let Some(f) = obj.pointer_mut("/spec/finalizers").and_then(|f| f.as_array_mut()) {
+        if let Some(f) = obj
+            .pointer_mut("/spec/finalizers")
+            .and_then(|f| f.as_array_mut())
+        {
             let before = f.len();
             f.retain(|x| x.as_str() != Some("kubernetes"));
             removed = f.len() != before;
         }
-        let spec_empty = obj.pointer("/spec/finalizers").and_then(|f| f.as_array()).is_none_or(|f| f.is_empty());
+        let spec_empty = obj
+            .pointer("/spec/finalizers")
+            .and_then(|f| f.as_array())
+            .is_none_or(|f| f.is_empty());
         let result = if spec_empty && object::finalizers(&obj).is_empty() {
-            inner.store.delete(&key, Some(kv.mod_revision)).await.map(|_| ())
+            inner
+                .store
+                .delete(&key, Some(kv.mod_revision))
+                .await
+                .map(|_| ())
         } else if !removed {
             // Held by other finalizers (e.g. a user's, cleared with `namespaces/x/finalize`):
             // nothing to write. Writing anyway would be an event that runs this again.
             return;
         } else {
             let bytes = serde_json::to_vec(&obj).unwrap_or_default();
-            inner.store.update(&key, bytes, kv.mod_revision).await.map(|_| ())
+            inner
+                .store
+                .update(&key, bytes, kv.mod_revision)
+                .await
+                .map(|_| ())
         };
         match result {
             Ok(()) => return,

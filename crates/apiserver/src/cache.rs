@@ -39,7 +39,11 @@ pub struct WindowPolicy {
 
 impl Default for WindowPolicy {
     fn default() -> Self {
-        WindowPolicy { lower_bound: 100, upper_bound: 100 * 1024, fresh: Duration::from_secs(75) }
+        WindowPolicy {
+            lower_bound: 100,
+            upper_bound: 100 * 1024,
+            fresh: Duration::from_secs(75),
+        }
     }
 }
 
@@ -57,16 +61,28 @@ struct ResourceWindow {
 
 impl ResourceWindow {
     fn new(policy: &WindowPolicy) -> ResourceWindow {
-        ResourceWindow { events: VecDeque::new(), capacity: policy.lower_bound.max(1), dropped: false }
+        ResourceWindow {
+            events: VecDeque::new(),
+            capacity: policy.lower_bound.max(1),
+            dropped: false,
+        }
     }
 
     /// Records an event, resizing and dropping as upstream's `updateCache`.
     fn record(&mut self, revision: Revision, at: std::time::Instant, policy: &WindowPolicy) {
         let full = self.events.len() >= self.capacity;
-        let age = |i: usize| self.events.get(i).map(|(_, t)| at.saturating_duration_since(*t));
+        let age = |i: usize| {
+            self.events
+                .get(i)
+                .map(|(_, t)| at.saturating_duration_since(*t))
+        };
         if full && age(0).is_some_and(|a| a < policy.fresh) {
-            self.capacity = (self.capacity * 2).min(policy.upper_bound.max(policy.lower_bound.max(1)));
-        } else if full && age(self.events.len().saturating_sub(self.capacity / 4)).is_some_and(|a| a > policy.fresh) {
+            self.capacity =
+                (self.capacity * 2).min(policy.upper_bound.max(policy.lower_bound.max(1)));
+        } else if full
+            && age(self.events.len().saturating_sub(self.capacity / 4))
+                .is_some_and(|a| a > policy.fresh)
+        {
             self.capacity = (self.capacity / 2).max(policy.lower_bound.max(1));
         }
         while self.events.len() >= self.capacity {
@@ -116,7 +132,12 @@ impl CachedObject {
     fn decode(key: String, revision: Revision, stored: &[u8]) -> Option<CachedObject> {
         let object = Arc::new(decode(stored, revision)?);
         let raw = encoded_with_resource_version(stored, revision, &object);
-        Some(CachedObject { key, revision, object, raw })
+        Some(CachedObject {
+            key,
+            revision,
+            object,
+            raw,
+        })
     }
 }
 
@@ -124,7 +145,11 @@ impl CachedObject {
 /// as JSON: `stored` with the resourceVersion spliced in, which is byte for byte what
 /// encoding `object` would give for compact stored JSON; encodes `object` only when the
 /// stored bytes do not have the expected shape.
-fn encoded_with_resource_version(stored: &[u8], revision: Revision, object: &Value) -> bytes::Bytes {
+fn encoded_with_resource_version(
+    stored: &[u8],
+    revision: Revision,
+    object: &Value,
+) -> bytes::Bytes {
     match splice_resource_version(stored, revision) {
         Some(raw) => bytes::Bytes::from(raw),
         None => bytes::Bytes::from(serde_json::to_vec(object).unwrap_or_default()),
@@ -369,9 +394,14 @@ pub fn decode(value: &[u8], revision: Revision) -> Option<Value> {
 /// Sets `metadata.resourceVersion` to the given revision.
 pub fn set_resource_version(v: &mut Value, revision: Revision) {
     if let Some(obj) = v.as_object_mut() {
-        let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Default::default()));
         if let Some(m) = meta.as_object_mut() {
-            m.insert("resourceVersion".into(), Value::String(revision.to_string()));
+            m.insert(
+                "resourceVersion".into(),
+                Value::String(revision.to_string()),
+            );
         }
     }
 }
@@ -394,8 +424,14 @@ impl WatchCache {
     /// [`WatchCache::start`] with other window sizes (tests use small ones). A window
     /// never holds more than the global history does (20,000 events): beyond that its
     /// events are gone anyway.
-    pub async fn start_with_policy(store: Arc<dyn Store>, policy: WindowPolicy) -> Result<Arc<WatchCache>, StoreError> {
-        let policy = WindowPolicy { upper_bound: policy.upper_bound.min(HISTORY), ..policy };
+    pub async fn start_with_policy(
+        store: Arc<dyn Store>,
+        policy: WindowPolicy,
+    ) -> Result<Arc<WatchCache>, StoreError> {
+        let policy = WindowPolicy {
+            upper_bound: policy.upper_bound.min(HISTORY),
+            ..policy
+        };
         let list = store.list("/registry/", Default::default()).await?;
         let mut objects = BTreeMap::new();
         for kv in list.items {
@@ -408,7 +444,13 @@ impl WatchCache {
         let cache = Arc::new(WatchCache {
             store: store.clone(),
             policy,
-            state: RwLock::new(State { objects, history: VecDeque::new(), revision: list.revision, oldest: list.revision, windows: HashMap::new() }),
+            state: RwLock::new(State {
+                objects,
+                history: VecDeque::new(),
+                revision: list.revision,
+                oldest: list.revision,
+                windows: HashMap::new(),
+            }),
             events,
             progress,
             rbac_generation: std::sync::atomic::AtomicU64::new(1),
@@ -465,7 +507,8 @@ impl WatchCache {
             st.revision = list.revision;
             st.oldest = list.revision;
         }
-        self.rbac_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.rbac_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.progress.send_replace(list.revision);
         Ok(list.revision)
     }
@@ -476,7 +519,9 @@ impl WatchCache {
     /// instead of parsing `stored` again. Call before the write (the event may be seen
     /// before the write returns); [`WatchCache::forget_write`] if the write fails.
     pub fn expect_write(&self, key: &str, stored: bytes::Bytes, object: Value) {
-        let Ok(mut p) = self.pending.lock() else { return };
+        let Ok(mut p) = self.pending.lock() else {
+            return;
+        };
         if p.len() >= MAX_PENDING {
             p.clear();
         }
@@ -485,7 +530,9 @@ impl WatchCache {
 
     /// Withdraws a write handed over with [`WatchCache::expect_write`] (it failed).
     pub fn forget_write(&self, key: &str, stored: &[u8]) {
-        let Ok(mut p) = self.pending.lock() else { return };
+        let Ok(mut p) = self.pending.lock() else {
+            return;
+        };
         if p.get(key).is_some_and(|w| w.stored == stored) {
             p.remove(key);
         }
@@ -535,7 +582,12 @@ impl WatchCache {
             EventKind::Put => {
                 st.objects.insert(
                     ev.kv.key.clone(),
-                    CachedObject { key: ev.kv.key.clone(), revision: rev, object: object.clone(), raw: raw.clone() },
+                    CachedObject {
+                        key: ev.kv.key.clone(),
+                        revision: rev,
+                        object: object.clone(),
+                        raw: raw.clone(),
+                    },
                 );
                 if prev.is_some() {
                     CacheEventKind::Modified
@@ -544,14 +596,27 @@ impl WatchCache {
                 }
             }
         };
-        if ev.kv.key.starts_with("/registry/rbac.authorization.k8s.io/") {
-            self.rbac_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if ev
+            .kv
+            .key
+            .starts_with("/registry/rbac.authorization.k8s.io/")
+        {
+            self.rbac_generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
-        let cev = Arc::new(CacheEvent { kind, key: ev.kv.key, revision: rev, object, prev, raw });
+        let cev = Arc::new(CacheEvent {
+            kind,
+            key: ev.kv.key,
+            revision: rev,
+            object,
+            prev,
+            raw,
+        });
         if let Some(resource) = resource_prefix(&cev.key) {
             let policy = self.policy;
             if !st.windows.contains_key(resource) {
-                st.windows.insert(resource.to_string(), ResourceWindow::new(&policy));
+                st.windows
+                    .insert(resource.to_string(), ResourceWindow::new(&policy));
             }
             if let Some(window) = st.windows.get_mut(resource) {
                 window.record(rev, std::time::Instant::now(), &policy);
@@ -646,25 +711,42 @@ impl WatchCache {
     /// may start from) if `after` is older than the window of `prefix`'s resource, as
     /// upstream's `too old resource version: <after> (<oldest>)`. The backlog holds
     /// every key's events (the caller filters).
-    pub fn subscribe_to(&self, prefix: &str, after: Option<Revision>) -> Result<(Subscription, Revision), Revision> {
+    pub fn subscribe_to(
+        &self,
+        prefix: &str,
+        after: Option<Revision>,
+    ) -> Result<(Subscription, Revision), Revision> {
         let st = match self.state.read() {
             Ok(s) => s,
             Err(_) => return Err(0),
         };
         let live = self.events.subscribe();
         let after = after.unwrap_or(st.revision);
-        let window_start = resource_prefix(prefix).and_then(|r| st.windows.get(r)).and_then(ResourceWindow::start);
+        let window_start = resource_prefix(prefix)
+            .and_then(|r| st.windows.get(r))
+            .and_then(ResourceWindow::start);
         let oldest = window_start.map_or(st.oldest, |w| w.max(st.oldest));
         if after < oldest {
             return Err(oldest);
         }
-        let backlog: Vec<Arc<CacheEvent>> =
-            st.history.iter().filter(|e| e.revision > after).cloned().collect();
+        let backlog: Vec<Arc<CacheEvent>> = st
+            .history
+            .iter()
+            .filter(|e| e.revision > after)
+            .cloned()
+            .collect();
         Ok((Subscription { backlog, live }, st.revision))
     }
 
     /// A snapshot of `prefix` plus a subscription to everything after it, atomically.
-    pub fn snapshot_and_subscribe(&self, prefix: &str) -> (Vec<CachedObject>, Revision, broadcast::Receiver<Arc<CacheEvent>>) {
+    pub fn snapshot_and_subscribe(
+        &self,
+        prefix: &str,
+    ) -> (
+        Vec<CachedObject>,
+        Revision,
+        broadcast::Receiver<Arc<CacheEvent>>,
+    ) {
         let st = match self.state.read() {
             Ok(s) => s,
             Err(_) => return (Vec::new(), 0, self.events.subscribe()),
@@ -688,22 +770,43 @@ mod tests {
     #[tokio::test]
     async fn consistent_read_sees_the_latest_write_without_waiting_for_another() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("open"));
+        let store: Arc<dyn Store> =
+            Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("open"));
         let cache = WatchCache::start(store.clone()).await.expect("cache");
         for i in 0..5 {
-            let kv = store.create(&format!("/registry/core/configmaps/default/c{i}"), br#"{"metadata":{"name":"x"}}"#.to_vec()).await.expect("create");
+            let kv = store
+                .create(
+                    &format!("/registry/core/configmaps/default/c{i}"),
+                    br#"{"metadata":{"name":"x"}}"#.to_vec(),
+                )
+                .await
+                .expect("create");
             // The cache must notice each revision on its own (no later write needed):
             // wait_for with a very long timeout must return well before it.
-            let waited = tokio::time::timeout(Duration::from_secs(30), cache.wait_for(kv.mod_revision, Duration::from_secs(3600))).await;
-            assert!(waited.is_ok(), "cache never reported revision {}", kv.mod_revision);
+            let waited = tokio::time::timeout(
+                Duration::from_secs(30),
+                cache.wait_for(kv.mod_revision, Duration::from_secs(3600)),
+            )
+            .await;
+            assert!(
+                waited.is_ok(),
+                "cache never reported revision {}",
+                kv.mod_revision
+            );
             assert!(cache.get(&kv.key).is_some());
         }
         let (items, rev) = cache.list("/registry/core/configmaps/");
         assert_eq!(items.len(), 5);
         assert_eq!(items[0].object["metadata"]["resourceVersion"], "1");
         assert!(rev >= 5);
-        let (sub, _) = cache.subscribe(Some(2)).map_err(|_| "expired").expect("subscribe");
-        assert_eq!(sub.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![3, 4, 5]);
+        let (sub, _) = cache
+            .subscribe(Some(2))
+            .map_err(|_| "expired")
+            .expect("subscribe");
+        assert_eq!(
+            sub.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
     }
 
     #[test]
@@ -718,12 +821,20 @@ mod tests {
             let stored = serde_json::to_vec(&doc).expect("json");
             let spliced = splice_resource_version(&stored, 42).expect("spliced");
             let want = serde_json::to_vec(&decode(&stored, 42).expect("decode")).expect("json");
-            assert_eq!(String::from_utf8_lossy(&spliced), String::from_utf8_lossy(&want));
+            assert_eq!(
+                String::from_utf8_lossy(&spliced),
+                String::from_utf8_lossy(&want)
+            );
         }
         // Whitespace is kept and the result is still the same object.
-        let pretty = serde_json::to_vec_pretty(&json!({"metadata": {"name": "p"}, "data": {"a": "b"}})).expect("json");
+        let pretty =
+            serde_json::to_vec_pretty(&json!({"metadata": {"name": "p"}, "data": {"a": "b"}}))
+                .expect("json");
         let spliced = splice_resource_version(&pretty, 9).expect("spliced");
-        assert_eq!(serde_json::from_slice::<Value>(&spliced).expect("valid"), decode(&pretty, 9).expect("decode"));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&spliced).expect("valid"),
+            decode(&pretty, 9).expect("decode")
+        );
         // Shapes it does not handle: the caller encodes instead.
         for bad in [
             &br#"{"metadata":{"name":"a","resourceVersion":"3"}}"#[..],
@@ -735,30 +846,59 @@ mod tests {
             br#"[]"#,
             br#"{}"#,
         ] {
-            assert_eq!(splice_resource_version(bad, 1), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                splice_resource_version(bad, 1),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn resource_prefix_names_one_resource() {
-        assert_eq!(resource_prefix("/registry/core/pods/default/p"), Some("/registry/core/pods/"));
-        assert_eq!(resource_prefix("/registry/apps/deployments/"), Some("/registry/apps/deployments/"));
-        assert_eq!(resource_prefix("/registry/core/namespaces/default"), Some("/registry/core/namespaces/"));
-        for none in ["/registry/", "/registry/core/", "/registry/core/pods", "/other/core/pods/x", "/registry//pods/", "/registry/core//x"] {
+        assert_eq!(
+            resource_prefix("/registry/core/pods/default/p"),
+            Some("/registry/core/pods/")
+        );
+        assert_eq!(
+            resource_prefix("/registry/apps/deployments/"),
+            Some("/registry/apps/deployments/")
+        );
+        assert_eq!(
+            resource_prefix("/registry/core/namespaces/default"),
+            Some("/registry/core/namespaces/")
+        );
+        for none in [
+            "/registry/",
+            "/registry/core/",
+            "/registry/core/pods",
+            "/other/core/pods/x",
+            "/registry//pods/",
+            "/registry/core//x",
+        ] {
             assert_eq!(resource_prefix(none), None, "{none}");
         }
     }
 
     #[test]
     fn a_resource_window_grows_while_fresh_and_drops_its_oldest_when_stale() {
-        let policy = WindowPolicy { lower_bound: 4, upper_bound: 8, fresh: Duration::from_secs(75) };
+        let policy = WindowPolicy {
+            lower_bound: 4,
+            upper_bound: 8,
+            fresh: Duration::from_secs(75),
+        };
         let t0 = std::time::Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut w = ResourceWindow::new(&policy);
         for r in 1..=4 {
             w.record(r, at(0), &policy);
         }
-        assert_eq!((w.capacity, w.start()), (4, None), "not full yet: nothing dropped");
+        assert_eq!(
+            (w.capacity, w.start()),
+            (4, None),
+            "not full yet: nothing dropped"
+        );
         // Full of fresh events: room doubles instead of dropping.
         w.record(5, at(1), &policy);
         assert_eq!((w.capacity, w.events.len(), w.start()), (8, 5, None));
@@ -771,7 +911,10 @@ mod tests {
         // Full and its newest quarter stale too: room halves (not below the lower bound).
         w.record(10, at(300), &policy);
         assert_eq!((w.capacity, w.events.len(), w.start()), (4, 4, Some(6)));
-        assert_eq!(w.events.iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+        assert_eq!(
+            w.events.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+            vec![7, 8, 9, 10]
+        );
 
         // At the upper bound a full window of fresh events drops its oldest too.
         let mut w = ResourceWindow::new(&policy);
@@ -786,22 +929,41 @@ mod tests {
     #[tokio::test]
     async fn a_watch_from_before_its_resources_window_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("open"));
-        let policy = WindowPolicy { lower_bound: 4, upper_bound: 8, fresh: Duration::from_secs(2) };
-        let cache = WatchCache::start_with_policy(store.clone(), policy).await.expect("cache");
+        let store: Arc<dyn Store> =
+            Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("open"));
+        let policy = WindowPolicy {
+            lower_bound: 4,
+            upper_bound: 8,
+            fresh: Duration::from_secs(2),
+        };
+        let cache = WatchCache::start_with_policy(store.clone(), policy)
+            .await
+            .expect("cache");
         const CMS: &str = "/registry/core/configmaps/";
         let create = |i: usize| {
             let store = store.clone();
-            async move { store.create(&format!("{CMS}default/c{i}"), cm(&format!("u{i}"), "0")).await.expect("create").mod_revision }
+            async move {
+                store
+                    .create(&format!("{CMS}default/c{i}"), cm(&format!("u{i}"), "0"))
+                    .await
+                    .expect("create")
+                    .mod_revision
+            }
         };
         let mut revs = Vec::new();
         for i in 0..5 {
             revs.push(create(i).await);
         }
-        let secret = store.create("/registry/core/secrets/default/s", cm("s", "0")).await.expect("secret").mod_revision;
+        let secret = store
+            .create("/registry/core/secrets/default/s", cm("s", "0"))
+            .await
+            .expect("secret")
+            .mod_revision;
         cache.wait_for(secret, Duration::from_secs(10)).await;
         // Five fresh events: the window grew, every watch from the start is served.
-        assert!(cache.subscribe_to(&format!("{CMS}default/"), Some(revs[0] - 1)).is_ok());
+        assert!(cache
+            .subscribe_to(&format!("{CMS}default/"), Some(revs[0] - 1))
+            .is_ok());
         tokio::time::sleep(Duration::from_millis(2500)).await;
         for i in 5..9 {
             revs.push(create(i).await);
@@ -810,15 +972,33 @@ mod tests {
         // Nine events in a window of 8 whose oldest is stale: the oldest was dropped, and
         // the oldest revision a watch may start from is the one before the oldest kept.
         assert_eq!(revs[1] - 1, revs[0]);
-        let err = cache.subscribe_to(&format!("{CMS}default/"), Some(revs[0] - 1)).map(|_| ()).expect_err("too old");
+        let err = cache
+            .subscribe_to(&format!("{CMS}default/"), Some(revs[0] - 1))
+            .map(|_| ())
+            .expect_err("too old");
         assert_eq!(err, revs[0]);
-        let (sub, _) = cache.subscribe_to(CMS, Some(revs[0])).map_err(|_| "expired").expect("oldest revision the window serves");
-        let got: Vec<Revision> = sub.backlog.iter().filter(|e| e.key.starts_with(CMS)).map(|e| e.revision).collect();
+        let (sub, _) = cache
+            .subscribe_to(CMS, Some(revs[0]))
+            .map_err(|_| "expired")
+            .expect("oldest revision the window serves");
+        let got: Vec<Revision> = sub
+            .backlog
+            .iter()
+            .filter(|e| e.key.starts_with(CMS))
+            .map(|e| e.revision)
+            .collect();
         assert_eq!(got, revs[1..].to_vec());
         // One object's watch uses its resource's window; other resources keep theirs.
-        assert!(cache.subscribe_to(&format!("{CMS}default/c3"), Some(revs[0] - 1)).is_err());
-        assert!(cache.subscribe_to("/registry/core/secrets/default/", Some(revs[0] - 1)).is_ok());
-        assert!(cache.subscribe(Some(revs[0] - 1)).is_ok(), "the global history still holds them");
+        assert!(cache
+            .subscribe_to(&format!("{CMS}default/c3"), Some(revs[0] - 1))
+            .is_err());
+        assert!(cache
+            .subscribe_to("/registry/core/secrets/default/", Some(revs[0] - 1))
+            .is_ok());
+        assert!(
+            cache.subscribe(Some(revs[0] - 1)).is_ok(),
+            "the global history still holds them"
+        );
     }
 
     #[tokio::test]
@@ -830,25 +1010,44 @@ mod tests {
         parsed["marker"] = json!("handed");
         cache.expect_write(KEY, bytes::Bytes::from(stored.clone()), parsed);
         let kv = store.create(KEY, stored).await.expect("create");
-        cache.wait_for(kv.mod_revision, Duration::from_secs(10)).await;
+        cache
+            .wait_for(kv.mod_revision, Duration::from_secs(10))
+            .await;
         let o = cache.get(KEY).expect("cached");
         assert_eq!(o.object["marker"], "handed");
-        assert_eq!(o.object["metadata"]["resourceVersion"], kv.mod_revision.to_string());
+        assert_eq!(
+            o.object["metadata"]["resourceVersion"],
+            kv.mod_revision.to_string()
+        );
         // raw comes from the written bytes (which lack the marker), resourceVersion spliced.
         let mut want = (*o.object).clone();
         want.as_object_mut().expect("object").remove("marker");
-        assert_eq!(o.raw, bytes::Bytes::from(serde_json::to_vec(&want).expect("json")));
-        assert!(cache.pending.lock().expect("lock").is_empty(), "taken once seen");
+        assert_eq!(
+            o.raw,
+            bytes::Bytes::from(serde_json::to_vec(&want).expect("json"))
+        );
+        assert!(
+            cache.pending.lock().expect("lock").is_empty(),
+            "taken once seen"
+        );
         // Handed over for different bytes than were written: the cache parses the event.
         let mut other: Value = serde_json::from_slice(&cm("u1", "3")).expect("json");
         other["marker"] = json!("stale");
         cache.expect_write(KEY, bytes::Bytes::from(cm("u1", "3")), other);
-        let kv = store.update(KEY, cm("u1", "2"), kv.mod_revision).await.expect("update");
-        cache.wait_for(kv.mod_revision, Duration::from_secs(10)).await;
+        let kv = store
+            .update(KEY, cm("u1", "2"), kv.mod_revision)
+            .await
+            .expect("update");
+        cache
+            .wait_for(kv.mod_revision, Duration::from_secs(10))
+            .await;
         let o = cache.get(KEY).expect("cached");
         assert!(o.object.get("marker").is_none());
         assert_eq!(o.object["data"]["v"], "2");
-        assert_eq!(o.raw, bytes::Bytes::from(serde_json::to_vec(&*o.object).expect("json")));
+        assert_eq!(
+            o.raw,
+            bytes::Bytes::from(serde_json::to_vec(&*o.object).expect("json"))
+        );
         // A failed write is withdrawn.
         cache.forget_write(KEY, &cm("u1", "3"));
         assert!(cache.pending.lock().expect("lock").is_empty());
@@ -862,18 +1061,27 @@ mod tests {
 
     async fn open() -> (tempfile::TempDir, Arc<dyn Store>, Arc<WatchCache>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("open"));
+        let store: Arc<dyn Store> =
+            Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("open"));
         let cache = WatchCache::start(store.clone()).await.expect("cache");
         (dir, store, cache)
     }
 
     fn uid(v: &Value) -> String {
-        v["metadata"]["uid"].as_str().unwrap_or_default().to_string()
+        v["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// What a watcher from `after` delivers for keys under `prefix`, up to revision
     /// `until`, deduplicated exactly as `watch.rs` does (skip revisions already seen).
-    async fn drain(sub: Subscription, after: Revision, prefix: &str, until: Revision) -> Vec<(CacheEventKind, Revision, String)> {
+    async fn drain(
+        sub: Subscription,
+        after: Revision,
+        prefix: &str,
+        until: Revision,
+    ) -> Vec<(CacheEventKind, Revision, String)> {
         let mut out = Vec::new();
         let mut last = after;
         let take = |ev: &CacheEvent, last: &mut Revision, out: &mut Vec<_>| {
@@ -889,7 +1097,10 @@ mod tests {
         }
         let mut live = sub.live;
         while last < until {
-            let ev = tokio::time::timeout(Duration::from_secs(10), live.recv()).await.expect("event in time").expect("live event");
+            let ev = tokio::time::timeout(Duration::from_secs(10), live.recv())
+                .await
+                .expect("event in time")
+                .expect("live event");
             take(&ev, &mut last, &mut out);
         }
         out
@@ -899,23 +1110,48 @@ mod tests {
     async fn list_then_watch_from_its_revision_sees_delete_and_recreate_exactly_once() {
         let (_dir, store, cache) = open().await;
         let kv = store.create(KEY, cm("old", "1")).await.expect("create");
-        cache.wait_for(kv.mod_revision, Duration::from_secs(10)).await;
+        cache
+            .wait_for(kv.mod_revision, Duration::from_secs(10))
+            .await;
         let (items, r) = cache.list("/registry/core/configmaps/default/");
-        assert_eq!(r, kv.mod_revision, "the list is labelled with the state it shows");
-        assert_eq!(items.iter().map(|o| uid(&o.object)).collect::<Vec<_>>(), vec!["old"]);
+        assert_eq!(
+            r, kv.mod_revision,
+            "the list is labelled with the state it shows"
+        );
+        assert_eq!(
+            items.iter().map(|o| uid(&o.object)).collect::<Vec<_>>(),
+            vec!["old"]
+        );
 
         // A watcher that subscribes before the changes (all live), one in the middle
         // (history + live), one after (all history).
-        let before = cache.subscribe(Some(r)).map_err(|_| "expired").expect("subscribe").0;
+        let before = cache
+            .subscribe(Some(r))
+            .map_err(|_| "expired")
+            .expect("subscribe")
+            .0;
         let del = store.delete(KEY, None).await.expect("delete");
         assert_eq!(del.mod_revision, r + 1);
         cache.wait_for(r + 1, Duration::from_secs(10)).await;
-        let middle = cache.subscribe(Some(r)).map_err(|_| "expired").expect("subscribe").0;
+        let middle = cache
+            .subscribe(Some(r))
+            .map_err(|_| "expired")
+            .expect("subscribe")
+            .0;
         let new = store.create(KEY, cm("new", "1")).await.expect("recreate");
         assert_eq!(new.mod_revision, r + 2);
-        let upd = store.update(KEY, cm("new", "2"), r + 2).await.expect("update");
-        cache.wait_for(upd.mod_revision, Duration::from_secs(10)).await;
-        let after = cache.subscribe(Some(r)).map_err(|_| "expired").expect("subscribe").0;
+        let upd = store
+            .update(KEY, cm("new", "2"), r + 2)
+            .await
+            .expect("update");
+        cache
+            .wait_for(upd.mod_revision, Duration::from_secs(10))
+            .await;
+        let after = cache
+            .subscribe(Some(r))
+            .map_err(|_| "expired")
+            .expect("subscribe")
+            .0;
 
         let want = vec![
             (CacheEventKind::Deleted, r + 1, "old".to_string()),
@@ -923,17 +1159,27 @@ mod tests {
             (CacheEventKind::Modified, r + 3, "new".to_string()),
         ];
         for (name, sub) in [("before", before), ("middle", middle), ("after", after)] {
-            assert_eq!(drain(sub, r, KEY, r + 3).await, want, "watcher subscribed {name} the changes");
+            assert_eq!(
+                drain(sub, r, KEY, r + 3).await,
+                want,
+                "watcher subscribed {name} the changes"
+            );
         }
         // The DELETED event carries the object's last state at the delete's revision.
-        let (sub, _) = cache.subscribe(Some(r)).map_err(|_| "expired").expect("subscribe");
+        let (sub, _) = cache
+            .subscribe(Some(r))
+            .map_err(|_| "expired")
+            .expect("subscribe");
         let d = &sub.backlog[0];
         assert_eq!(d.kind, CacheEventKind::Deleted);
         assert_eq!(d.object["metadata"]["resourceVersion"], (r + 1).to_string());
         assert_eq!(d.object["metadata"]["name"], "x");
         assert_eq!(d.prev.as_ref().map(|p| uid(p)), Some("old".to_string()));
         // A watch from r + 1 (a list taken after the delete) starts at the re-creation.
-        let (sub, _) = cache.subscribe(Some(r + 1)).map_err(|_| "expired").expect("subscribe");
+        let (sub, _) = cache
+            .subscribe(Some(r + 1))
+            .map_err(|_| "expired")
+            .expect("subscribe");
         assert_eq!(drain(sub, r + 1, KEY, r + 3).await, want[1..].to_vec());
     }
 
@@ -942,7 +1188,9 @@ mod tests {
         let (_dir, store, cache) = open().await;
         let prefix = "/registry/core/configmaps/default/";
         let kv = store.create(KEY, cm("u0", "0")).await.expect("create");
-        cache.wait_for(kv.mod_revision, Duration::from_secs(10)).await;
+        cache
+            .wait_for(kv.mod_revision, Duration::from_secs(10))
+            .await;
         // The writer deletes and re-creates x (as a kubelet re-creates a mirror pod),
         // with unrelated writes in between; readers list and then subscribe from the
         // list's revision while it runs, as a client's LIST then WATCH.
@@ -953,8 +1201,18 @@ mod tests {
                 let mut last = 0;
                 for i in 1..=ROUNDS {
                     store.delete(KEY, None).await.expect("delete");
-                    last = store.create(KEY, cm(&format!("u{i}"), "0")).await.expect("create").mod_revision;
-                    store.create(&format!("/registry/core/configmaps/other/n{i}"), cm("n", "0")).await.expect("noise");
+                    last = store
+                        .create(KEY, cm(&format!("u{i}"), "0"))
+                        .await
+                        .expect("create")
+                        .mod_revision;
+                    store
+                        .create(
+                            &format!("/registry/core/configmaps/other/n{i}"),
+                            cm("n", "0"),
+                        )
+                        .await
+                        .expect("noise");
                 }
                 last
             })
@@ -963,20 +1221,38 @@ mod tests {
         while !writer.is_finished() {
             let (items, r) = cache.list(prefix);
             tokio::task::yield_now().await;
-            let sub = cache.subscribe(Some(r)).map_err(|_| "expired").expect("subscribe").0;
+            let sub = cache
+                .subscribe(Some(r))
+                .map_err(|_| "expired")
+                .expect("subscribe")
+                .0;
             taken.push((items.first().map(|o| uid(&o.object)), r, sub));
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let end = writer.await.expect("writer");
-        assert!(taken.len() >= 5, "only {} lists during the churn", taken.len());
+        assert!(
+            taken.len() >= 5,
+            "only {} lists during the churn",
+            taken.len()
+        );
         for (listed, r, sub) in taken {
             let events = drain(sub, r, prefix, end).await;
             // Ground truth: the store's own history after r.
             let mut truth = Vec::new();
             let mut stream = store.watch(prefix, r).await.expect("store watch");
             while truth.last().map(|(_, rev, _)| *rev).unwrap_or(r) < end {
-                let ev = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("store event in time").expect("stream open").expect("store event");
-                let kind = if ev.kind == EventKind::Delete { CacheEventKind::Deleted } else if ev.prev.is_some() { CacheEventKind::Modified } else { CacheEventKind::Added };
+                let ev = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                    .await
+                    .expect("store event in time")
+                    .expect("stream open")
+                    .expect("store event");
+                let kind = if ev.kind == EventKind::Delete {
+                    CacheEventKind::Deleted
+                } else if ev.prev.is_some() {
+                    CacheEventKind::Modified
+                } else {
+                    CacheEventKind::Added
+                };
                 let v: Value = serde_json::from_slice(&ev.kv.value).expect("json");
                 truth.push((kind, ev.revision(), uid(&v)));
             }
@@ -986,8 +1262,15 @@ mod tests {
             let mut have = listed;
             for (kind, rev, u) in &events {
                 match kind {
-                    CacheEventKind::Deleted => assert_eq!(have.take().as_deref(), Some(u.as_str()), "DELETED at {rev} of an object the client does not hold"),
-                    CacheEventKind::Added => assert!(have.replace(u.clone()).is_none(), "ADDED at {rev} over a held object"),
+                    CacheEventKind::Deleted => assert_eq!(
+                        have.take().as_deref(),
+                        Some(u.as_str()),
+                        "DELETED at {rev} of an object the client does not hold"
+                    ),
+                    CacheEventKind::Added => assert!(
+                        have.replace(u.clone()).is_none(),
+                        "ADDED at {rev} over a held object"
+                    ),
                     CacheEventKind::Modified => assert_eq!(have.as_deref(), Some(u.as_str())),
                 }
             }
@@ -1004,11 +1287,20 @@ mod tests {
             let store = store.clone();
             tokio::spawn(async move {
                 for i in 0..300 {
-                    store.create(&format!("/registry/core/configmaps/default/c{i}"), cm("u", "0")).await.expect("create");
+                    store
+                        .create(
+                            &format!("/registry/core/configmaps/default/c{i}"),
+                            cm("u", "0"),
+                        )
+                        .await
+                        .expect("create");
                 }
             })
         };
-        let (sub, start) = cache.subscribe(None).map_err(|_| "expired").expect("subscribe");
+        let (sub, start) = cache
+            .subscribe(None)
+            .map_err(|_| "expired")
+            .expect("subscribe");
         let mut live = sub.live;
         let mut last = start;
         let mut checks = 0;
@@ -1021,7 +1313,10 @@ mod tests {
                     Err(e) => panic!("receiver failed: {e}"),
                 }
             }
-            assert!(last >= seen, "cache reported revision {seen} but the subscriber had only received up to {last}");
+            assert!(
+                last >= seen,
+                "cache reported revision {seen} but the subscriber had only received up to {last}"
+            );
             checks += 1;
             tokio::task::yield_now().await;
         }

@@ -26,14 +26,19 @@ pub const DEPRECATION: &str = "v1 ComponentStatus is deprecated in v1.19+";
 
 /// The components, in the order they are listed, and the Lease each is elected on
 /// (`None`: the datastore).
-pub const COMPONENTS: &[(&str, Option<&str>)] = &[("scheduler", Some("kube-scheduler")), ("controller-manager", Some("kube-controller-manager")), ("etcd-0", None)];
+pub const COMPONENTS: &[(&str, Option<&str>)] = &[
+    ("scheduler", Some("kube-scheduler")),
+    ("controller-manager", Some("kube-controller-manager")),
+    ("etcd-0", None),
+];
 
 /// How long the datastore read may take (upstream's probe timeout).
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A `ComponentStatus` with one `Healthy` condition.
 fn status(name: &str, healthy: bool, message: &str, error: &str) -> Value {
-    let mut condition = json!({"type": "Healthy", "status": if healthy { "True" } else { "False" }});
+    let mut condition =
+        json!({"type": "Healthy", "status": if healthy { "True" } else { "False" }});
     if !message.is_empty() {
         condition["message"] = json!(message);
     }
@@ -50,17 +55,36 @@ fn status(name: &str, healthy: bool, message: &str, error: &str) -> Value {
 
 /// The health of a component elected on Lease `kube-system/<lease_name>` (`lease`: the
 /// Lease object, if it exists) at `now`.
-pub fn lease_status(name: &str, lease_name: &str, lease: Option<&Value>, now: jiff::Timestamp) -> Value {
+pub fn lease_status(
+    name: &str,
+    lease_name: &str,
+    lease: Option<&Value>,
+    now: jiff::Timestamp,
+) -> Value {
     let what = format!("Lease kube-system/{lease_name}");
     let Some(lease) = lease else {
-        return status(name, false, &format!("{what} not found: no {lease_name} has been elected"), "");
+        return status(
+            name,
+            false,
+            &format!("{what} not found: no {lease_name} has been elected"),
+            "",
+        );
     };
-    let holder = lease.pointer("/spec/holderIdentity").and_then(Value::as_str).unwrap_or("");
+    let holder = lease
+        .pointer("/spec/holderIdentity")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if holder.is_empty() {
         return status(name, false, &format!("{what} has no holder"), "");
     }
-    let duration = lease.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64).unwrap_or(15);
-    let renewed = lease.pointer("/spec/renewTime").and_then(Value::as_str).and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let duration = lease
+        .pointer("/spec/leaseDurationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(15);
+    let renewed = lease
+        .pointer("/spec/renewTime")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
     match renewed {
         Some(t) if now.as_second() - t.as_second() <= duration => status(name, true, "ok", ""),
         Some(t) => status(
@@ -75,10 +99,23 @@ pub fn lease_status(name: &str, lease_name: &str, lease: Option<&Value>, now: ji
 
 /// The health of the datastore: a read of it.
 async fn store_status(inner: &Inner, name: &str) -> Value {
-    match tokio::time::timeout(STORE_PROBE_TIMEOUT, inner.store.get("/registry/core/namespaces/default")).await {
+    match tokio::time::timeout(
+        STORE_PROBE_TIMEOUT,
+        inner.store.get("/registry/core/namespaces/default"),
+    )
+    .await
+    {
         Ok(Ok(_)) => status(name, true, "ok", ""),
         Ok(Err(e)) => status(name, false, "", &e.to_string()),
-        Err(_) => status(name, false, "", &format!("datastore read timed out after {}s", STORE_PROBE_TIMEOUT.as_secs())),
+        Err(_) => status(
+            name,
+            false,
+            "",
+            &format!(
+                "datastore read timed out after {}s",
+                STORE_PROBE_TIMEOUT.as_secs()
+            ),
+        ),
     }
 }
 
@@ -87,8 +124,15 @@ pub async fn component(inner: &Inner, name: &str) -> Option<Value> {
     let (_, lease) = COMPONENTS.iter().find(|(n, _)| *n == name)?;
     Some(match lease {
         Some(lease_name) => {
-            let cached = inner.cache.get(&format!("/registry/coordination.k8s.io/leases/kube-system/{lease_name}"));
-            lease_status(name, lease_name, cached.as_ref().map(|c| &*c.object), jiff::Timestamp::now())
+            let cached = inner.cache.get(&format!(
+                "/registry/coordination.k8s.io/leases/kube-system/{lease_name}"
+            ));
+            lease_status(
+                name,
+                lease_name,
+                cached.as_ref().map(|c| &*c.object),
+                jiff::Timestamp::now(),
+            )
         }
         None => store_status(inner, name).await,
     })
@@ -99,7 +143,9 @@ pub async fn serve(call: &Call<'_>) -> Response {
     let response = match call.info.verb.as_str() {
         "get" => get(call).await,
         "list" => list(call).await,
-        _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+        _ => Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )),
     };
     let response = response.unwrap_or_else(|e| body::error(&e));
     with_warnings(response, &[DEPRECATION.to_string()])
@@ -110,7 +156,11 @@ async fn get(call: &Call<'_>) -> Result<Response, ApiError> {
     match component(call.inner, name).await {
         Some(obj) => Ok(call.render_one(obj, 200)),
         // upstream answers with a plain error: 500, no reason.
-        None => Err(ApiError::new(500, "", format!("Component not found: {name}"))),
+        None => Err(ApiError::new(
+            500,
+            "",
+            format!("Component not found: {name}"),
+        )),
     }
 }
 
@@ -133,10 +183,21 @@ async fn list(call: &Call<'_>) -> Result<Response, ApiError> {
                     o.remove("apiVersion");
                 }
             }
-            body::json(200, &json!({"kind": "ComponentStatusList", "apiVersion": "v1", "metadata": {}, "items": items}))
+            body::json(
+                200,
+                &json!({"kind": "ComponentStatusList", "apiVersion": "v1", "metadata": {}, "items": items}),
+            )
         }
         Output::Table(inc) => {
-            let mut t = rk3s_printers::table("", "ComponentStatus", &items, "", None, *inc, jiff::Timestamp::now());
+            let mut t = rk3s_printers::table(
+                "",
+                "ComponentStatus",
+                &items,
+                "",
+                None,
+                *inc,
+                jiff::Timestamp::now(),
+            );
             if let Some(m) = t.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.remove("resourceVersion");
             }
@@ -164,23 +225,52 @@ mod tests {
     #[test]
     fn a_component_is_healthy_while_its_lease_is_renewed() {
         let now = at("2025-01-01T00:00:30Z");
-        let ok = lease_status("scheduler", "kube-scheduler", Some(&lease("node-1", "2025-01-01T00:00:20.123456Z", 15)), now);
-        assert_eq!(ok, json!({"kind": "ComponentStatus", "apiVersion": "v1", "metadata": {"name": "scheduler", "creationTimestamp": null},
-            "conditions": [{"type": "Healthy", "status": "True", "message": "ok"}]}));
-        let stale = lease_status("scheduler", "kube-scheduler", Some(&lease("node-1", "2025-01-01T00:00:10Z", 15)), now);
+        let ok = lease_status(
+            "scheduler",
+            "kube-scheduler",
+            Some(&lease("node-1", "2025-01-01T00:00:20.123456Z", 15)),
+            now,
+        );
+        assert_eq!(
+            ok,
+            json!({"kind": "ComponentStatus", "apiVersion": "v1", "metadata": {"name": "scheduler", "creationTimestamp": null},
+            "conditions": [{"type": "Healthy", "status": "True", "message": "ok"}]})
+        );
+        let stale = lease_status(
+            "scheduler",
+            "kube-scheduler",
+            Some(&lease("node-1", "2025-01-01T00:00:10Z", 15)),
+            now,
+        );
         assert_eq!(stale["conditions"][0]["status"], "False");
         assert_eq!(
             stale["conditions"][0]["message"],
             "Lease kube-system/kube-scheduler held by \"node-1\" was last renewed at 2025-01-01T00:00:10Z, more than its duration of 15s ago"
         );
         assert!(stale["conditions"][0].get("error").is_none());
-        let free = lease_status("scheduler", "kube-scheduler", Some(&lease("", "2025-01-01T00:00:29Z", 15)), now);
-        assert_eq!(free["conditions"][0]["message"], "Lease kube-system/kube-scheduler has no holder");
+        let free = lease_status(
+            "scheduler",
+            "kube-scheduler",
+            Some(&lease("", "2025-01-01T00:00:29Z", 15)),
+            now,
+        );
+        assert_eq!(
+            free["conditions"][0]["message"],
+            "Lease kube-system/kube-scheduler has no holder"
+        );
         let missing = lease_status("controller-manager", "kube-controller-manager", None, now);
         assert_eq!(missing["conditions"][0]["status"], "False");
         assert_eq!(missing["metadata"]["name"], "controller-manager");
-        let never = lease_status("scheduler", "kube-scheduler", Some(&json!({"spec": {"holderIdentity": "x"}})), now);
-        assert_eq!(never["conditions"][0]["message"], "Lease kube-system/kube-scheduler held by \"x\" has never been renewed");
+        let never = lease_status(
+            "scheduler",
+            "kube-scheduler",
+            Some(&json!({"spec": {"holderIdentity": "x"}})),
+            now,
+        );
+        assert_eq!(
+            never["conditions"][0]["message"],
+            "Lease kube-system/kube-scheduler held by \"x\" has never been renewed"
+        );
     }
 
     #[test]

@@ -22,8 +22,16 @@ pub fn needs_conversion(res: &ResourceInfo) -> bool {
     res.group == "events.k8s.io"
 }
 
-fn rename(obj: &Value, pairs: &[(&str, &str)], forward: bool, kind: &str, api_version: &str) -> Value {
-    let Some(m) = obj.as_object() else { return obj.clone() };
+fn rename(
+    obj: &Value,
+    pairs: &[(&str, &str)],
+    forward: bool,
+    kind: &str,
+    api_version: &str,
+) -> Value {
+    let Some(m) = obj.as_object() else {
+        return obj.clone();
+    };
     let mut out = Map::new();
     out.insert("kind".into(), Value::String(kind.into()));
     out.insert("apiVersion".into(), Value::String(api_version.into()));
@@ -58,7 +66,10 @@ pub fn from_storage(res: &ResourceInfo, obj: Value) -> Value {
     // core Events written by old clients have no eventTime; events.k8s.io requires one.
     if let Some(m) = v.as_object_mut() {
         if m.get("eventTime").is_none_or(|t| t.is_null()) {
-            let t = m.get("deprecatedFirstTimestamp").cloned().or_else(|| m.pointer_like_creation());
+            let t = m
+                .get("deprecatedFirstTimestamp")
+                .cloned()
+                .or_else(|| m.pointer_like_creation());
             if let Some(t) = t {
                 m.insert("eventTime".into(), Value::String(micro(&t)));
             }
@@ -73,7 +84,9 @@ trait CreationTime {
 
 impl CreationTime for Map<String, Value> {
     fn pointer_like_creation(&self) -> Option<Value> {
-        self.get("metadata").and_then(|m| m.get("creationTimestamp")).cloned()
+        self.get("metadata")
+            .and_then(|m| m.get("creationTimestamp"))
+            .cloned()
     }
 }
 
@@ -91,7 +104,10 @@ mod tests {
     use serde_json::json;
 
     fn events_res() -> ResourceInfo {
-        rk3s_api::Registry::builtin().get("events.k8s.io", "v1", "events").map(|r| (*r).clone()).expect("events.k8s.io")
+        rk3s_api::Registry::builtin()
+            .get("events.k8s.io", "v1", "events")
+            .map(|r| (*r).clone())
+            .expect("events.k8s.io")
     }
 
     #[test]

@@ -44,7 +44,11 @@ impl CrdState {
         if !res.definition.is_empty() {
             return None;
         }
-        self.versions.read().ok()?.get(&(res.group.clone(), res.version.clone(), res.plural.clone())).cloned()
+        self.versions
+            .read()
+            .ok()?
+            .get(&(res.group.clone(), res.version.clone(), res.plural.clone()))
+            .cloned()
     }
 }
 
@@ -57,15 +61,25 @@ pub fn validate(res: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Result<
     let name = object::name(obj).unwrap_or("").to_string();
     let causes = errs
         .iter()
-        .map(|e| rk3s_api::Cause { reason: e.reason().to_string(), message: e.message(), field: e.field.clone() })
+        .map(|e| rk3s_api::Cause {
+            reason: e.reason().to_string(),
+            message: e.message(),
+            field: e.field.clone(),
+        })
         .collect();
     Err(ApiError::invalid(res, &name, causes))
 }
 
 /// Prunes, defaults and validates a custom resource against its schema. Returns the
 /// pruned field paths (for `fieldValidation`).
-pub fn admit_custom_resource(version: &CrdVersion, res: &ResourceInfo, obj: &mut Value) -> Result<Vec<String>, ApiError> {
-    let Some(schema) = &version.schema else { return Ok(Vec::new()) };
+pub fn admit_custom_resource(
+    version: &CrdVersion,
+    res: &ResourceInfo,
+    obj: &mut Value,
+) -> Result<Vec<String>, ApiError> {
+    let Some(schema) = &version.schema else {
+        return Ok(Vec::new());
+    };
     let pruned = schema.prune(obj);
     schema.apply_defaults(obj);
     let errs = schema.validate(obj);
@@ -73,7 +87,11 @@ pub fn admit_custom_resource(version: &CrdVersion, res: &ResourceInfo, obj: &mut
         let name = object::name(obj).unwrap_or("").to_string();
         let causes = errs
             .iter()
-            .map(|e| rk3s_api::Cause { reason: e.reason().to_string(), message: e.message(), field: e.field.clone() })
+            .map(|e| rk3s_api::Cause {
+                reason: e.reason().to_string(),
+                message: e.message(),
+                field: e.field.clone(),
+            })
             .collect();
         return Err(ApiError::invalid(res, &name, causes));
     }
@@ -96,7 +114,9 @@ async fn run(api: ApiServer) {
         loop {
             match live.recv().await {
                 Ok(ev) if ev.key.starts_with(CRD_PREFIX) => match ev.kind {
-                    CacheEventKind::Deleted => uninstall(&inner, object::name(&ev.object).unwrap_or("")),
+                    CacheEventKind::Deleted => {
+                        uninstall(&inner, object::name(&ev.object).unwrap_or(""))
+                    }
                     _ => reconcile(&inner, &ev.object).await,
                 },
                 Ok(_) => {}
@@ -109,8 +129,14 @@ async fn run(api: ApiServer) {
 
 fn rebuild_openapi(inner: &Inner) {
     let resources: Vec<ResourceInfo> = inner.registry.all().iter().map(|r| (**r).clone()).collect();
-    let custom = inner.crds.schemas.read().map(|s| s.clone()).unwrap_or_default();
-    match rk3s_openapi::OpenApi::build_with_schemas(&resources, crate::KUBERNETES_VERSION, &custom) {
+    let custom = inner
+        .crds
+        .schemas
+        .read()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    match rk3s_openapi::OpenApi::build_with_schemas(&resources, crate::KUBERNETES_VERSION, &custom)
+    {
         Ok(doc) => {
             if let Ok(mut w) = inner.openapi_docs.write() {
                 *w = Arc::new(doc);
@@ -121,7 +147,12 @@ fn rebuild_openapi(inner: &Inner) {
 }
 
 fn uninstall(inner: &Inner, name: &str) {
-    let removed = inner.crds.installed.write().ok().and_then(|mut m| m.remove(name));
+    let removed = inner
+        .crds
+        .installed
+        .write()
+        .ok()
+        .and_then(|mut m| m.remove(name));
     if let Some(resources) = removed {
         for r in &resources {
             inner.registry.remove(&r.group, &r.version, &r.plural);
@@ -129,7 +160,9 @@ fn uninstall(inner: &Inner, name: &str) {
                 v.remove(&(r.group.clone(), r.version.clone(), r.plural.clone()));
             }
             if let Ok(mut s) = inner.crds.schemas.write() {
-                s.remove(&rk3s_openapi::crd_definition_name(&r.group, &r.version, &r.kind));
+                s.remove(&rk3s_openapi::crd_definition_name(
+                    &r.group, &r.version, &r.kind,
+                ));
             }
         }
         rebuild_openapi(inner);
@@ -141,7 +174,13 @@ async fn reconcile(inner: &Inner, crd: &Value) {
     let name = object::name(crd).unwrap_or("").to_string();
     if object::meta(crd).is_some_and(|m| m.contains_key("deletionTimestamp")) {
         // Stop serving, delete every object, then drop the cleanup finalizer.
-        let resources = inner.crds.installed.read().ok().and_then(|m| m.get(&name).cloned()).unwrap_or_default();
+        let resources = inner
+            .crds
+            .installed
+            .read()
+            .ok()
+            .and_then(|m| m.get(&name).cloned())
+            .unwrap_or_default();
         uninstall(inner, &name);
         if let Some(r) = resources.first() {
             delete_all(inner, r).await;
@@ -165,7 +204,10 @@ async fn reconcile(inner: &Inner, crd: &Value) {
     let accepted = status
         .get("conditions")
         .and_then(|c| c.as_array())
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "NamesAccepted" && c["status"] == "True"));
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "NamesAccepted" && c["status"] == "True")
+        });
     if !accepted {
         return;
     }
@@ -178,9 +220,18 @@ async fn reconcile(inner: &Inner, crd: &Value) {
             return;
         }
     };
-    let old = inner.crds.installed.read().ok().and_then(|m| m.get(&name).cloned()).unwrap_or_default();
+    let old = inner
+        .crds
+        .installed
+        .read()
+        .ok()
+        .and_then(|m| m.get(&name).cloned())
+        .unwrap_or_default();
     for r in &old {
-        if !resources.iter().any(|n| n.group == r.group && n.version == r.version && n.plural == r.plural) {
+        if !resources
+            .iter()
+            .any(|n| n.group == r.group && n.version == r.version && n.plural == r.plural)
+        {
             inner.registry.remove(&r.group, &r.version, &r.plural);
         }
     }
@@ -191,11 +242,17 @@ async fn reconcile(inner: &Inner, crd: &Value) {
             columns: rk3s_crd::printer_columns(&with_status, &r.version),
         };
         if let Ok(mut v) = inner.crds.versions.write() {
-            v.insert((r.group.clone(), r.version.clone(), r.plural.clone()), Arc::new(version));
+            v.insert(
+                (r.group.clone(), r.version.clone(), r.plural.clone()),
+                Arc::new(version),
+            );
         }
         if let Some(schema) = rk3s_crd::openapi_schema(&with_status, &r.version) {
             if let Ok(mut s) = inner.crds.schemas.write() {
-                s.insert(rk3s_openapi::crd_definition_name(&r.group, &r.version, &r.kind), schema);
+                s.insert(
+                    rk3s_openapi::crd_definition_name(&r.group, &r.version, &r.kind),
+                    schema,
+                );
             }
         }
         inner.registry.add(r.clone());
@@ -213,8 +270,12 @@ async fn reconcile(inner: &Inner, crd: &Value) {
 async fn update_status(inner: &Inner, name: &str, status: Value) {
     let key = format!("{CRD_PREFIX}{name}");
     for _ in 0..8 {
-        let Ok(Some(kv)) = inner.store.get(&key).await else { return };
-        let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else { return };
+        let Ok(Some(kv)) = inner.store.get(&key).await else {
+            return;
+        };
+        let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else {
+            return;
+        };
         obj["status"] = status.clone();
         let bytes = serde_json::to_vec(&obj).unwrap_or_default();
         match inner.store.update(&key, bytes, kv.mod_revision).await {
@@ -237,22 +298,44 @@ async fn delete_all(inner: &Inner, r: &ResourceInfo) {
         for o in objs {
             let _ = inner.store.delete(&o.key, None).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt.min(25) + 1))).await;
+        tokio::time::sleep(std::time::Duration::from_millis(
+            20 * u64::from(attempt.min(25) + 1),
+        ))
+        .await;
     }
 }
 
 async fn remove_finalizer(inner: &Inner, name: &str) {
     let key = format!("{CRD_PREFIX}{name}");
     for _ in 0..8 {
-        let Ok(Some(kv)) = inner.store.get(&key).await else { return };
-        let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else { return };
-        if let Some(f) = obj.pointer_mut("/metadata/finalizers").and_then(|f| f.as_array_mut()) {
+        let Ok(Some(kv)) = inner.store.get(&key).await else {
+            return;
+        };
+        let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else {
+            return;
+        };
+        if let Some(f) = obj
+            .pointer_mut("/metadata/finalizers")
+            .and_then(|f| f.as_array_mut())
+        {
             f.retain(|x| x.as_str() != Some(CLEANUP_FINALIZER));
         }
         let result = if object::finalizers(&obj).is_empty() {
-            inner.store.delete(&key, Some(kv.mod_revision)).await.map(|_| ())
+            inner
+                .store
+                .delete(&key, Some(kv.mod_revision))
+                .await
+                .map(|_| ())
         } else {
-            inner.store.update(&key, serde_json::to_vec(&obj).unwrap_or_default(), kv.mod_revision).await.map(|_| ())
+            inner
+                .store
+                .update(
+                    &key,
+                    serde_json::to_vec(&obj).unwrap_or_default(),
+                    kv.mod_revision,
+                )
+                .await
+                .map(|_| ())
         };
         match result {
             Ok(()) => return,
@@ -265,19 +348,34 @@ async fn remove_finalizer(inner: &Inner, name: &str) {
 /// Upstream's v1 defaults of a CRD: `names.singular` (lower-case kind),
 /// `names.listKind` (`<Kind>List`), `conversion.strategy: None`.
 pub fn apply_defaults(obj: &mut Value) {
-    let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) else { return };
+    let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) else {
+        return;
+    };
     if let Some(names) = spec.get_mut("names").and_then(|n| n.as_object_mut()) {
-        let kind = names.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let kind = names
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
         if !kind.is_empty() {
-            if names.get("singular").and_then(|s| s.as_str()).is_none_or(|s| s.is_empty()) {
+            if names
+                .get("singular")
+                .and_then(|s| s.as_str())
+                .is_none_or(|s| s.is_empty())
+            {
                 names.insert("singular".into(), json!(kind.to_lowercase()));
             }
-            if names.get("listKind").and_then(|s| s.as_str()).is_none_or(|s| s.is_empty()) {
+            if names
+                .get("listKind")
+                .and_then(|s| s.as_str())
+                .is_none_or(|s| s.is_empty())
+            {
                 names.insert("listKind".into(), json!(format!("{kind}List")));
             }
         }
     }
-    spec.entry("conversion").or_insert_with(|| json!({"strategy": "None"}));
+    spec.entry("conversion")
+        .or_insert_with(|| json!({"strategy": "None"}));
 }
 
 /// Adds the cleanup finalizer to a new CRD.
@@ -293,7 +391,13 @@ pub fn prepare_create(obj: &mut Value) {
 }
 
 /// The `Table` for custom resources, from the CRD's printer columns.
-pub fn table(version: &CrdVersion, objects: &[Value], rv: &str, cont: Option<&str>, include: rk3s_printers::IncludeObject) -> Value {
+pub fn table(
+    version: &CrdVersion,
+    objects: &[Value],
+    rv: &str,
+    cont: Option<&str>,
+    include: rk3s_printers::IncludeObject,
+) -> Value {
     let now = jiff::Timestamp::now();
     let rows: Vec<Value> = objects
         .iter()

@@ -9,12 +9,24 @@ use rk3s_validation::{ErrorKind, FieldError};
 use serde_json::Value;
 
 /// Fields of a container that an ephemeral container may not set.
-const FORBIDDEN_FIELDS: &[&str] = &["ports", "resources", "resizePolicy", "lifecycle", "livenessProbe", "readinessProbe", "startupProbe", "restartPolicy"];
+const FORBIDDEN_FIELDS: &[&str] = &[
+    "ports",
+    "resources",
+    "resizePolicy",
+    "lifecycle",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "restartPolicy",
+];
 
 /// The pod as stored (`old`) with the ephemeral containers of `new`.
 pub fn prepare_update(old: &Value, new: &Value) -> Value {
     let mut o = old.clone();
-    let eph = new.pointer("/spec/ephemeralContainers").filter(|e| !e.is_null()).cloned();
+    let eph = new
+        .pointer("/spec/ephemeralContainers")
+        .filter(|e| !e.is_null())
+        .cloned();
     if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
         match eph {
             Some(e) => {
@@ -28,12 +40,25 @@ pub fn prepare_update(old: &Value, new: &Value) -> Value {
     o
 }
 
-fn err(kind: ErrorKind, field: String, value: Option<Value>, detail: impl Into<String>) -> FieldError {
-    FieldError { kind, field, value, detail: detail.into() }
+fn err(
+    kind: ErrorKind,
+    field: String,
+    value: Option<Value>,
+    detail: impl Into<String>,
+) -> FieldError {
+    FieldError {
+        kind,
+        field,
+        value,
+        detail: detail.into(),
+    }
 }
 
 fn list<'a>(pod: &'a Value, key: &str) -> &'a [Value] {
-    pod.pointer(&format!("/spec/{key}")).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    pod.pointer(&format!("/spec/{key}"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn name_of(c: &Value) -> &str {
@@ -44,13 +69,23 @@ fn name_of(c: &Value) -> &str {
 /// `ValidatePodEphemeralContainersUpdate`): the pod as a whole, the new ephemeral
 /// containers, and that existing ones are neither removed nor changed.
 pub fn validate_update(new: &Value, old: &Value) -> Vec<FieldError> {
-    let is_mirror = old.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some();
+    let is_mirror = old
+        .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+        .is_some();
     if is_mirror {
-        return vec![err(ErrorKind::Forbidden, String::new(), None, "static pods do not support ephemeral containers")];
+        return vec![err(
+            ErrorKind::Forbidden,
+            String::new(),
+            None,
+            "static pods do not support ephemeral containers",
+        )];
     }
     // The rest of the pod is checked as an update that did not touch ephemeral containers.
     let mut old_like = old.clone();
-    if let (Some(spec), Some(e)) = (old_like.get_mut("spec").and_then(Value::as_object_mut), new.pointer("/spec/ephemeralContainers")) {
+    if let (Some(spec), Some(e)) = (
+        old_like.get_mut("spec").and_then(Value::as_object_mut),
+        new.pointer("/spec/ephemeralContainers"),
+    ) {
         spec.insert("ephemeralContainers".into(), e.clone());
     }
     let mut errs = rk3s_validation::validate_update("", "v1", "Pod", true, new, &old_like);
@@ -58,9 +93,22 @@ pub fn validate_update(new: &Value, old: &Value) -> Vec<FieldError> {
     let base = "spec.ephemeralContainers".to_string();
     for o in list(old, "ephemeralContainers") {
         let name = name_of(o);
-        match list(new, "ephemeralContainers").iter().find(|n| name_of(n) == name) {
-            None => errs.push(err(ErrorKind::Forbidden, base.clone(), None, format!("existing ephemeral containers {name:?} may not be removed\n"))),
-            Some(n) if n != o => errs.push(err(ErrorKind::Forbidden, base.clone(), None, format!("existing ephemeral containers {name:?} may not be changed\n"))),
+        match list(new, "ephemeralContainers")
+            .iter()
+            .find(|n| name_of(n) == name)
+        {
+            None => errs.push(err(
+                ErrorKind::Forbidden,
+                base.clone(),
+                None,
+                format!("existing ephemeral containers {name:?} may not be removed\n"),
+            )),
+            Some(n) if n != o => errs.push(err(
+                ErrorKind::Forbidden,
+                base.clone(),
+                None,
+                format!("existing ephemeral containers {name:?} may not be changed\n"),
+            )),
             Some(_) => {}
         }
     }
@@ -70,7 +118,11 @@ pub fn validate_update(new: &Value, old: &Value) -> Vec<FieldError> {
 /// The checks of upstream's `validateEphemeralContainers` that matter here.
 fn validate_ephemeral_containers(pod: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    let mut names: std::collections::HashSet<&str> = list(pod, "containers").iter().chain(list(pod, "initContainers")).map(name_of).collect();
+    let mut names: std::collections::HashSet<&str> = list(pod, "containers")
+        .iter()
+        .chain(list(pod, "initContainers"))
+        .map(name_of)
+        .collect();
     let targets = names.clone();
     for (i, c) in list(pod, "ephemeralContainers").iter().enumerate() {
         let path = format!("spec.ephemeralContainers[{i}]");
@@ -79,18 +131,40 @@ fn validate_ephemeral_containers(pod: &Value) -> Vec<FieldError> {
             errs.push(err(ErrorKind::Required, format!("{path}.name"), None, ""));
         } else {
             for msg in rk3s_validation::is_dns1123_label(name) {
-                errs.push(err(ErrorKind::Invalid, format!("{path}.name"), Some(Value::from(name)), msg));
+                errs.push(err(
+                    ErrorKind::Invalid,
+                    format!("{path}.name"),
+                    Some(Value::from(name)),
+                    msg,
+                ));
             }
             if !names.insert(name) {
-                errs.push(err(ErrorKind::Duplicate, format!("{path}.name"), Some(Value::from(name)), ""));
+                errs.push(err(
+                    ErrorKind::Duplicate,
+                    format!("{path}.name"),
+                    Some(Value::from(name)),
+                    "",
+                ));
             }
         }
-        if c.get("image").and_then(Value::as_str).is_none_or(|i| i.trim().is_empty()) {
+        if c.get("image")
+            .and_then(Value::as_str)
+            .is_none_or(|i| i.trim().is_empty())
+        {
             errs.push(err(ErrorKind::Required, format!("{path}.image"), None, ""));
         }
-        if let Some(t) = c.get("targetContainerName").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+        if let Some(t) = c
+            .get("targetContainerName")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
             if !targets.contains(t) {
-                errs.push(err(ErrorKind::NotFound, format!("{path}.targetContainerName"), Some(Value::from(t)), ""));
+                errs.push(err(
+                    ErrorKind::NotFound,
+                    format!("{path}.targetContainerName"),
+                    Some(Value::from(t)),
+                    "",
+                ));
             }
         }
         for f in FORBIDDEN_FIELDS {
@@ -101,7 +175,12 @@ fn validate_ephemeral_containers(pod: &Value) -> Vec<FieldError> {
                 Some(_) => true,
             };
             if set {
-                errs.push(err(ErrorKind::Forbidden, format!("{path}.{f}"), None, "cannot be set for an Ephemeral Container"));
+                errs.push(err(
+                    ErrorKind::Forbidden,
+                    format!("{path}.{f}"),
+                    None,
+                    "cannot be set for an Ephemeral Container",
+                ));
             }
         }
     }
@@ -141,7 +220,11 @@ mod tests {
         assert_eq!(out["spec"]["containers"][0]["image"], "busybox");
         assert_eq!(out["status"]["phase"], "Running");
         assert!(out["metadata"].get("labels").is_none());
-        assert!(validate_update(&out, &old).is_empty(), "{:?}", validate_update(&out, &old));
+        assert!(
+            validate_update(&out, &old).is_empty(),
+            "{:?}",
+            validate_update(&out, &old)
+        );
     }
 
     #[test]
@@ -154,7 +237,11 @@ mod tests {
         let errs = validate_update(&prepare_update(&old, &pod(json!([changed]))), &old);
         assert_eq!(errs.len(), 1);
         assert!(errs[0].to_string().starts_with("spec.ephemeralContainers: Forbidden: existing ephemeral containers \"d1\" may not be changed"), "{}", errs[0]);
-        assert!(validate_update(&prepare_update(&old, &pod(json!([dbg("d1"), dbg("d2")]))), &old).is_empty());
+        assert!(validate_update(
+            &prepare_update(&old, &pod(json!([dbg("d1"), dbg("d2")]))),
+            &old
+        )
+        .is_empty());
     }
 
     #[test]
@@ -164,7 +251,10 @@ mod tests {
         bad["targetContainerName"] = json!("nope");
         bad["ports"] = json!([{"containerPort": 80}]);
         bad["image"] = json!("");
-        let errs: Vec<String> = validate_update(&prepare_update(&old, &pod(json!([bad]))), &old).iter().map(|e| e.to_string()).collect();
+        let errs: Vec<String> = validate_update(&prepare_update(&old, &pod(json!([bad]))), &old)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(
             errs,
             vec![
@@ -177,6 +267,9 @@ mod tests {
         let mut mirror = old.clone();
         mirror["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "x"});
         let errs = validate_update(&prepare_update(&mirror, &pod(json!([dbg("d")]))), &mirror);
-        assert_eq!(errs[0].to_string(), ": Forbidden: static pods do not support ephemeral containers");
+        assert_eq!(
+            errs[0].to_string(),
+            ": Forbidden: static pods do not support ephemeral containers"
+        );
     }
 }

@@ -77,7 +77,10 @@ pub enum Output {
 impl Output {
     /// Picks the rendering from the Accept header and query.
     pub fn negotiate(headers: &http::HeaderMap, query: &Query) -> Output {
-        let accept = headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let accept = headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         for range in accept.split(',') {
             let mut parts = range.split(';').map(|s| s.trim());
             let mt = parts.next().unwrap_or("");
@@ -102,7 +105,9 @@ impl Output {
                     };
                     return Output::Table(inc);
                 }
-                ("PartialObjectMetadata" | "PartialObjectMetadataList", "meta.k8s.io") => return Output::PartialMetadata,
+                ("PartialObjectMetadata" | "PartialObjectMetadataList", "meta.k8s.io") => {
+                    return Output::PartialMetadata
+                }
                 ("", _) => return Output::Json,
                 _ => continue,
             }
@@ -125,7 +130,10 @@ impl Output {
     /// Whether the Accept header asks only for `meta.k8s.io` Tables: every media range
     /// names `as=Table;g=meta.k8s.io` (so there is no fallback to plain objects).
     pub fn only_table_accepted(headers: &http::HeaderMap) -> bool {
-        let accept = headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let accept = headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let mut any = false;
         for range in accept.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             let params: Vec<&str> = range.split(';').skip(1).map(str::trim).collect();
@@ -142,8 +150,18 @@ impl Output {
         match self {
             Output::Json => body::json(code, &obj),
             Output::Table(inc) => {
-                let rv = object::meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
-                let t = rk3s_printers::table(&res.group, &res.kind, std::slice::from_ref(&obj), &rv, None, *inc, jiff::Timestamp::now());
+                let rv = object::meta_str(&obj, "resourceVersion")
+                    .unwrap_or("")
+                    .to_string();
+                let t = rk3s_printers::table(
+                    &res.group,
+                    &res.kind,
+                    std::slice::from_ref(&obj),
+                    &rv,
+                    None,
+                    *inc,
+                    jiff::Timestamp::now(),
+                );
                 body::json(code, &t)
             }
             Output::PartialMetadata => body::json(code, &partial_metadata(&obj)),
@@ -151,11 +169,26 @@ impl Output {
     }
 
     /// Renders a list.
-    pub fn list(&self, res: &ResourceInfo, items: Vec<Value>, rv: i64, cont: Option<String>, remaining: Option<usize>) -> Response {
+    pub fn list(
+        &self,
+        res: &ResourceInfo,
+        items: Vec<Value>,
+        rv: i64,
+        cont: Option<String>,
+        remaining: Option<usize>,
+    ) -> Response {
         match self {
             Output::Json => body::json(200, &rest::list_object(res, items, rv, cont, remaining)),
             Output::Table(inc) => {
-                let t = rk3s_printers::table(&res.group, &res.kind, &items, &rv.to_string(), cont.as_deref(), *inc, jiff::Timestamp::now());
+                let t = rk3s_printers::table(
+                    &res.group,
+                    &res.kind,
+                    &items,
+                    &rv.to_string(),
+                    cont.as_deref(),
+                    *inc,
+                    jiff::Timestamp::now(),
+                );
                 body::json(200, &t)
             }
             Output::PartialMetadata => {
@@ -163,12 +196,15 @@ impl Output {
                 if let Some(c) = cont {
                     meta["continue"] = json!(c);
                 }
-                body::json(200, &json!({
-                    "kind": "PartialObjectMetadataList",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": meta,
-                    "items": items.iter().map(partial_metadata).collect::<Vec<_>>(),
-                }))
+                body::json(
+                    200,
+                    &json!({
+                        "kind": "PartialObjectMetadataList",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": meta,
+                        "items": items.iter().map(partial_metadata).collect::<Vec<_>>(),
+                    }),
+                )
             }
         }
     }
@@ -187,12 +223,17 @@ pub fn partial_metadata(obj: &Value) -> Value {
 pub fn tracks_generation(res: &ResourceInfo) -> bool {
     matches!(
         (res.group.as_str(), res.kind.as_str()),
-        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet")
-            | ("batch", _)
+        (
+            "apps",
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+        ) | ("batch", _)
             | ("", "ReplicationController")
             | ("policy", "PodDisruptionBudget")
             | ("autoscaling", "HorizontalPodAutoscaler")
-            | ("networking.k8s.io", "Ingress" | "NetworkPolicy" | "IngressClass")
+            | (
+                "networking.k8s.io",
+                "Ingress" | "NetworkPolicy" | "IngressClass"
+            )
             | ("apiextensions.k8s.io", _)
             | ("admissionregistration.k8s.io", _)
             | ("flowcontrol.apiserver.k8s.io", _)
@@ -212,8 +253,14 @@ pub fn normalize_input(res: &ResourceInfo, obj: &mut Value) {
             }
             if let Some(d) = data.as_object_mut() {
                 for (k, v) in sd {
-                    let text = v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
-                    d.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(text.as_bytes())));
+                    let text = v
+                        .as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| v.to_string());
+                    d.insert(
+                        k,
+                        json!(base64::engine::general_purpose::STANDARD.encode(text.as_bytes())),
+                    );
                 }
             }
         }
@@ -230,8 +277,12 @@ pub async fn admit_pod(inner: &Inner, obj: &mut Value) -> Result<(), ApiError> {
     let name = object::name(obj).unwrap_or("").to_string();
     // Mirror pods (the API copies of a kubelet's static pods) get no service account or
     // token volume, as upstream: the kubelet runs the static pod's spec, not the mirror's.
-    let mirror = obj.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some();
-    let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) else { return Ok(()) };
+    let mirror = obj
+        .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+        .is_some();
+    let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) else {
+        return Ok(());
+    };
     // ServiceAccount
     if !mirror {
         admit_service_account(inner, &ns, spec);
@@ -242,7 +293,11 @@ pub async fn admit_pod(inner: &Inner, obj: &mut Value) -> Result<(), ApiError> {
         None => None,
     };
     crate::runtimeclass::admit(spec, class.as_ref()).map_err(|m| {
-        let message = if name.is_empty() { format!("pods is forbidden: {m}") } else { format!("pods {name:?} is forbidden: {m}") };
+        let message = if name.is_empty() {
+            format!("pods is forbidden: {m}")
+        } else {
+            format!("pods {name:?} is forbidden: {m}")
+        };
         let mut e = ApiError::forbidden(message);
         e.name = Some(name.clone());
         e.kind = Some("pods".into());
@@ -265,24 +320,51 @@ async fn runtime_class(inner: &Inner, name: &str) -> Result<Option<Value>, ApiEr
 
 /// ServiceAccount admission: the default service account and its token volume.
 fn admit_service_account(inner: &Inner, ns: &str, spec: &mut serde_json::Map<String, Value>) {
-    let sa_name = spec.get("serviceAccountName").and_then(|s| s.as_str()).filter(|s| !s.is_empty()).unwrap_or("default").to_string();
+    let sa_name = spec
+        .get("serviceAccountName")
+        .and_then(|s| s.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string();
     spec.insert("serviceAccountName".into(), json!(sa_name));
     spec.insert("serviceAccount".into(), json!(sa_name));
-    let sa = inner.cache.get(&format!("/registry/core/serviceaccounts/{ns}/{sa_name}"));
-    let sa_automount = sa.as_ref().and_then(|s| s.object.get("automountServiceAccountToken")).and_then(|a| a.as_bool());
-    let pod_automount = spec.get("automountServiceAccountToken").and_then(|a| a.as_bool());
+    let sa = inner
+        .cache
+        .get(&format!("/registry/core/serviceaccounts/{ns}/{sa_name}"));
+    let sa_automount = sa
+        .as_ref()
+        .and_then(|s| s.object.get("automountServiceAccountToken"))
+        .and_then(|a| a.as_bool());
+    let pod_automount = spec
+        .get("automountServiceAccountToken")
+        .and_then(|a| a.as_bool());
     let automount = pod_automount.or(sa_automount).unwrap_or(true);
     // A pod that names no image pull secrets gets its service account's.
-    let pod_secrets = spec.get("imagePullSecrets").and_then(|s| s.as_array()).is_some_and(|a| !a.is_empty());
+    let pod_secrets = spec
+        .get("imagePullSecrets")
+        .and_then(|s| s.as_array())
+        .is_some_and(|a| !a.is_empty());
     if !pod_secrets {
-        if let Some(secrets) = sa.as_ref().and_then(|s| s.object.get("imagePullSecrets")).and_then(|s| s.as_array()).filter(|a| !a.is_empty()) {
+        if let Some(secrets) = sa
+            .as_ref()
+            .and_then(|s| s.object.get("imagePullSecrets"))
+            .and_then(|s| s.as_array())
+            .filter(|a| !a.is_empty())
+        {
             spec.insert("imagePullSecrets".into(), Value::Array(secrets.clone()));
         }
     }
     const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
     let already = ["containers", "initContainers"].iter().any(|k| {
         spec.get(*k).and_then(|c| c.as_array()).is_some_and(|cs| {
-            cs.iter().any(|c| c.get("volumeMounts").and_then(|m| m.as_array()).is_some_and(|ms| ms.iter().any(|m| m.get("mountPath").and_then(|p| p.as_str()) == Some(MOUNT))))
+            cs.iter().any(|c| {
+                c.get("volumeMounts")
+                    .and_then(|m| m.as_array())
+                    .is_some_and(|ms| {
+                        ms.iter()
+                            .any(|m| m.get("mountPath").and_then(|p| p.as_str()) == Some(MOUNT))
+                    })
+            })
         })
     });
     if automount && !already {
@@ -313,15 +395,28 @@ fn admit_service_account(inner: &Inner, ns: &str, spec: &mut serde_json::Map<Str
 
 /// Priority admission and DefaultTolerationSeconds.
 fn admit_priority_and_tolerations(inner: &Inner, spec: &mut serde_json::Map<String, Value>) {
-    let class = spec.get("priorityClassName").and_then(|p| p.as_str()).filter(|p| !p.is_empty()).map(String::from);
+    let class = spec
+        .get("priorityClassName")
+        .and_then(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .map(String::from);
     let (prio, policy) = match class {
-        Some(c) => match inner.cache.get(&format!("/registry/scheduling.k8s.io/priorityclasses/{c}")) {
+        Some(c) => match inner
+            .cache
+            .get(&format!("/registry/scheduling.k8s.io/priorityclasses/{c}"))
+        {
             Some(pc) => (
                 pc.object.get("value").and_then(|v| v.as_i64()).unwrap_or(0),
-                pc.object.get("preemptionPolicy").and_then(|v| v.as_str()).unwrap_or("PreemptLowerPriority").to_string(),
+                pc.object
+                    .get("preemptionPolicy")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("PreemptLowerPriority")
+                    .to_string(),
             ),
             None if c == "system-node-critical" => (2_000_001_000, "PreemptLowerPriority".into()),
-            None if c == "system-cluster-critical" => (2_000_000_000, "PreemptLowerPriority".into()),
+            None if c == "system-cluster-critical" => {
+                (2_000_000_000, "PreemptLowerPriority".into())
+            }
             None => (0, "PreemptLowerPriority".into()),
         },
         None => (0, "PreemptLowerPriority".into()),
@@ -331,11 +426,17 @@ fn admit_priority_and_tolerations(inner: &Inner, spec: &mut serde_json::Map<Stri
     // DefaultTolerationSeconds
     let tols = spec.entry("tolerations").or_insert_with(|| json!([]));
     if let Some(t) = tols.as_array_mut() {
-        for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
             let has = t.iter().any(|x| {
                 let k = x.get("key").and_then(|k| k.as_str());
                 let e = x.get("effect").and_then(|k| k.as_str()).unwrap_or("");
-                (k == Some(key) || (k.is_none() && x.get("operator").and_then(|o| o.as_str()) == Some("Exists"))) && (e.is_empty() || e == "NoExecute")
+                (k == Some(key)
+                    || (k.is_none()
+                        && x.get("operator").and_then(|o| o.as_str()) == Some("Exists")))
+                    && (e.is_empty() || e == "NoExecute")
             });
             if !has {
                 t.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
@@ -347,49 +448,94 @@ fn admit_priority_and_tolerations(inner: &Inner, spec: &mut serde_json::Map<Stri
 /// Escalation prevention for RBAC writes: a Role/ClusterRole may only grant what the
 /// writer holds (unless allowed `escalate`); a binding only to a role whose permissions
 /// the writer holds (unless allowed `bind` on it).
-pub fn check_rbac_escalation(inner: &Inner, res: &ResourceInfo, user: &UserInfo, obj: &Value) -> Result<(), ApiError> {
+pub fn check_rbac_escalation(
+    inner: &Inner,
+    res: &ResourceInfo,
+    user: &UserInfo,
+    obj: &Value,
+) -> Result<(), ApiError> {
     if res.group != "rbac.authorization.k8s.io" {
         return Ok(());
     }
     let ns = object::namespace(obj).unwrap_or("").to_string();
     let name = object::name(obj).unwrap_or("").to_string();
     let allowed = |verb: &str, resource: &str, rname: &str| {
-        inner.decide(&rk3s_auth::Attributes::resource(user.clone(), verb, &ns, "rbac.authorization.k8s.io", resource, "", rname)).is_allowed()
+        inner
+            .decide(&rk3s_auth::Attributes::resource(
+                user.clone(),
+                verb,
+                &ns,
+                "rbac.authorization.k8s.io",
+                resource,
+                "",
+                rname,
+            ))
+            .is_allowed()
     };
     let rules: Vec<rk3s_auth::PolicyRule> = match res.plural.as_str() {
         "roles" | "clusterroles" => {
             if allowed("escalate", &res.plural, &name) {
                 return Ok(());
             }
-            obj.get("rules").and_then(|r| r.as_array()).map(|a| a.iter().map(rk3s_auth::PolicyRule::from_json).collect()).unwrap_or_default()
+            obj.get("rules")
+                .and_then(|r| r.as_array())
+                .map(|a| a.iter().map(rk3s_auth::PolicyRule::from_json).collect())
+                .unwrap_or_default()
         }
         "rolebindings" | "clusterrolebindings" => {
-            let kind = obj.pointer("/roleRef/kind").and_then(|k| k.as_str()).unwrap_or("");
-            let rname = obj.pointer("/roleRef/name").and_then(|k| k.as_str()).unwrap_or("");
-            let plural = if kind == "ClusterRole" { "clusterroles" } else { "roles" };
+            let kind = obj
+                .pointer("/roleRef/kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("");
+            let rname = obj
+                .pointer("/roleRef/name")
+                .and_then(|k| k.as_str())
+                .unwrap_or("");
+            let plural = if kind == "ClusterRole" {
+                "clusterroles"
+            } else {
+                "roles"
+            };
             if allowed("bind", plural, rname) {
                 return Ok(());
             }
             let snap = inner.rbac();
             if kind == "ClusterRole" {
-                snap.cluster_role_rules(rname).map(|r| r.to_vec()).unwrap_or_default()
+                snap.cluster_role_rules(rname)
+                    .map(|r| r.to_vec())
+                    .unwrap_or_default()
             } else {
                 inner
                     .cache
-                    .get(&format!("/registry/rbac.authorization.k8s.io/roles/{ns}/{rname}"))
-                    .and_then(|r| r.object.get("rules").and_then(|r| r.as_array()).map(|a| a.iter().map(rk3s_auth::PolicyRule::from_json).collect()))
+                    .get(&format!(
+                        "/registry/rbac.authorization.k8s.io/roles/{ns}/{rname}"
+                    ))
+                    .and_then(|r| {
+                        r.object
+                            .get("rules")
+                            .and_then(|r| r.as_array())
+                            .map(|a| a.iter().map(rk3s_auth::PolicyRule::from_json).collect())
+                    })
                     .unwrap_or_default()
             }
         }
         _ => return Ok(()),
     };
-    inner.rbac().confirm_no_escalation(user, &ns, &rules).map_err(|msg| {
-        let mut e = ApiError::forbidden(format!("{} \"{}\" is forbidden: {}", res.qualified_plural(), name, msg));
-        e.name = Some(name.clone());
-        e.group = Some(res.group.clone());
-        e.kind = Some(res.plural.clone());
-        e
-    })
+    inner
+        .rbac()
+        .confirm_no_escalation(user, &ns, &rules)
+        .map_err(|msg| {
+            let mut e = ApiError::forbidden(format!(
+                "{} \"{}\" is forbidden: {}",
+                res.qualified_plural(),
+                name,
+                msg
+            ));
+            e.name = Some(name.clone());
+            e.group = Some(res.group.clone());
+            e.kind = Some(res.plural.clone());
+            e
+        })
 }
 
 /// Resource-specific preparation of a new object (upstream's PrepareForCreate).
@@ -398,7 +544,10 @@ pub fn prepare_create(res: &ResourceInfo, obj: &mut Value) {
     match (res.group.as_str(), res.plural.as_str()) {
         ("", "pods") => {
             let qos = qos_class(o.get("spec"));
-            o.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+            o.insert(
+                "status".into(),
+                json!({"phase": "Pending", "qosClass": qos}),
+            );
         }
         ("", "namespaces") => {
             o.insert("status".into(), json!({"phase": "Active"}));
@@ -409,14 +558,31 @@ pub fn prepare_create(res: &ResourceInfo, obj: &mut Value) {
         ("", "nodes") => {}
         ("batch", "jobs") => {
             o.insert("status".into(), json!({}));
-            let uid = o.get("metadata").and_then(|m| m.get("uid")).and_then(|u| u.as_str()).unwrap_or("").to_string();
-            let name = o.get("metadata").and_then(|m| m.get("name")).and_then(|u| u.as_str()).unwrap_or("").to_string();
-            let manual = o.get("spec").and_then(|s| s.get("manualSelector")).and_then(|m| m.as_bool()).unwrap_or(false);
+            let uid = o
+                .get("metadata")
+                .and_then(|m| m.get("uid"))
+                .and_then(|u| u.as_str())
+                .unwrap_or("")
+                .to_string();
+            let name = o
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|u| u.as_str())
+                .unwrap_or("")
+                .to_string();
+            let manual = o
+                .get("spec")
+                .and_then(|s| s.get("manualSelector"))
+                .and_then(|m| m.as_bool())
+                .unwrap_or(false);
             if !manual && !uid.is_empty() {
                 // Upstream's Job strategy: a generated selector on the Job's uid and the
                 // matching labels on its pod template.
                 if let Some(spec) = o.get_mut("spec").and_then(|s| s.as_object_mut()) {
-                    spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+                    spec.insert(
+                        "selector".into(),
+                        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+                    );
                     let tmpl = spec.entry("template").or_insert_with(|| json!({}));
                     if let Some(t) = tmpl.as_object_mut() {
                         let meta = t.entry("metadata").or_insert_with(|| json!({}));
@@ -479,14 +645,26 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
 /// ports by port name while both need node ports (unless the new ports use that value
 /// already), `healthCheckNodePort` while both need one.
 pub fn patch_allocated_values(new: &mut Value, old: &Value) {
-    let typ = |v: &Value| v.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP").to_string();
+    let typ = |v: &Value| {
+        v.pointer("/spec/type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("ClusterIP")
+            .to_string()
+    };
     let (new_type, old_type) = (typ(new), typ(old));
     let needs_ip = |t: &str| t != "ExternalName";
     let needs_node_port = |t: &str| t == "NodePort" || t == "LoadBalancer";
-    let needs_hc = |v: &Value, t: &str| t == "LoadBalancer" && v.pointer("/spec/externalTrafficPolicy").and_then(|p| p.as_str()) == Some("Local");
+    let needs_hc = |v: &Value, t: &str| {
+        t == "LoadBalancer"
+            && v.pointer("/spec/externalTrafficPolicy")
+                .and_then(|p| p.as_str())
+                == Some("Local")
+    };
     let old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
     let needs_hc_both = needs_hc(old, &old_type) && needs_hc(new, &new_type);
-    let Some(spec) = new.get_mut("spec").and_then(|s| s.as_object_mut()) else { return };
+    let Some(spec) = new.get_mut("spec").and_then(|s| s.as_object_mut()) else {
+        return;
+    };
     let missing = |v: Option<&Value>| match v {
         None | Some(Value::Null) => true,
         Some(Value::String(s)) => s.is_empty(),
@@ -505,15 +683,34 @@ pub fn patch_allocated_values(new: &mut Value, old: &Value) {
     }
     if needs_node_port(&old_type) && needs_node_port(&new_type) {
         let node_ports = |ports: Option<&Value>| -> std::collections::HashSet<i64> {
-            ports.and_then(|p| p.as_array()).map(|a| a.iter().filter_map(|p| p.get("nodePort").and_then(|n| n.as_i64())).filter(|n| *n != 0).collect()).unwrap_or_default()
+            ports
+                .and_then(|p| p.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.get("nodePort").and_then(|n| n.as_i64()))
+                        .filter(|n| *n != 0)
+                        .collect()
+                })
+                .unwrap_or_default()
         };
-        let used: std::collections::HashSet<i64> = node_ports(old_spec.get("ports")).intersection(&node_ports(spec.get("ports"))).copied().collect();
+        let used: std::collections::HashSet<i64> = node_ports(old_spec.get("ports"))
+            .intersection(&node_ports(spec.get("ports")))
+            .copied()
+            .collect();
         let by_name: std::collections::HashMap<String, i64> = old_spec
             .get("ports")
             .and_then(|p| p.as_array())
             .map(|a| {
                 a.iter()
-                    .map(|p| (p.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string(), p.get("nodePort").and_then(|n| n.as_i64()).unwrap_or(0)))
+                    .map(|p| {
+                        (
+                            p.get("name")
+                                .and_then(|n| n.as_str())
+                                .unwrap_or("")
+                                .to_string(),
+                            p.get("nodePort").and_then(|n| n.as_i64()).unwrap_or(0),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -522,8 +719,15 @@ pub fn patch_allocated_values(new: &mut Value, old: &Value) {
                 if !missing(p.get("nodePort")) {
                     continue;
                 }
-                let name = p.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string();
-                if let Some(&np) = by_name.get(&name).filter(|np| **np != 0 && !used.contains(np)) {
+                let name = p
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                if let Some(&np) = by_name
+                    .get(&name)
+                    .filter(|np| **np != 0 && !used.contains(np))
+                {
                     if let Some(po) = p.as_object_mut() {
                         po.insert("nodePort".into(), json!(np));
                     }
@@ -531,7 +735,10 @@ pub fn patch_allocated_values(new: &mut Value, old: &Value) {
             }
         }
     }
-    if needs_hc_both && missing(spec.get("healthCheckNodePort")) && !missing(old_spec.get("healthCheckNodePort")) {
+    if needs_hc_both
+        && missing(spec.get("healthCheckNodePort"))
+        && !missing(old_spec.get("healthCheckNodePort"))
+    {
         if let Some(v) = old_spec.get("healthCheckNodePort") {
             spec.insert("healthCheckNodePort".into(), v.clone());
         }
@@ -541,12 +748,20 @@ pub fn patch_allocated_values(new: &mut Value, old: &Value) {
 /// Builds the stored form of an update (upstream's PrepareForUpdate): immutable metadata
 /// comes from `old`; a main-resource update keeps `old`'s status, a `status` update keeps
 /// everything but status; `generation` is bumped when the spec changes.
-pub fn prepare_update(res: &ResourceInfo, sub: Option<&str>, old: &Value, new: &mut Value) -> Value {
+pub fn prepare_update(
+    res: &ResourceInfo,
+    sub: Option<&str>,
+    old: &Value,
+    new: &mut Value,
+) -> Value {
     let mut out = match sub {
         Some("approval") => {
             // Only the approval conditions change (kubectl certificate approve|deny).
             let mut o = old.clone();
-            let conds = new.pointer("/status/conditions").cloned().unwrap_or_else(|| json!([]));
+            let conds = new
+                .pointer("/status/conditions")
+                .cloned()
+                .unwrap_or_else(|| json!([]));
             if let Some(oo) = o.as_object_mut() {
                 let st = oo.entry("status").or_insert_with(|| json!({}));
                 if let Some(m) = st.as_object_mut() {
@@ -583,7 +798,15 @@ pub fn prepare_update(res: &ResourceInfo, sub: Option<&str>, old: &Value, new: &
     };
     let old_meta = object::meta(old).cloned().unwrap_or_default();
     if let Some(m) = meta_mut(&mut out) {
-        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "generation"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+            "name",
+            "generation",
+        ] {
             match old_meta.get(k) {
                 Some(v) => {
                     m.insert(k.into(), v.clone());
@@ -593,11 +816,21 @@ pub fn prepare_update(res: &ResourceInfo, sub: Option<&str>, old: &Value, new: &
                 }
             }
         }
-        m.insert("resourceVersion".into(), old_meta.get("resourceVersion").cloned().unwrap_or(Value::Null));
+        m.insert(
+            "resourceVersion".into(),
+            old_meta
+                .get("resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null),
+        );
         m.remove("selfLink");
     }
     if tracks_generation(res) && object::spec_part(&out) != object::spec_part(old) {
-        let g = old_meta.get("generation").and_then(|g| g.as_i64()).unwrap_or(0) + 1;
+        let g = old_meta
+            .get("generation")
+            .and_then(|g| g.as_i64())
+            .unwrap_or(0)
+            + 1;
         if let Some(m) = meta_mut(&mut out) {
             m.insert("generation".into(), json!(g));
         }
@@ -610,8 +843,15 @@ pub fn prepare_update(res: &ResourceInfo, sub: Option<&str>, old: &Value, new: &
 /// request's (an empty list is stored as none, as upstream encodes it); every other
 /// write keeps the stored ones (upstream's namespace strategy).
 pub fn namespace_finalizers(sub: Option<&str>, request: &Value, old: &Value, new: &mut Value) {
-    let source = if sub == Some("finalize") { request } else { old };
-    let finalizers = source.pointer("/spec/finalizers").filter(|f| !f.is_null()).cloned();
+    let source = if sub == Some("finalize") {
+        request
+    } else {
+        old
+    };
+    let finalizers = source
+        .pointer("/spec/finalizers")
+        .filter(|f| !f.is_null())
+        .cloned();
     let finalizers = match finalizers {
         Some(Value::Array(a)) if a.is_empty() && sub == Some("finalize") => None,
         other => other,
@@ -636,25 +876,48 @@ pub fn namespace_finalizers(sub: Option<&str>, request: &Value, old: &Value, new
 /// The field manager of a request: `?fieldManager=`, else the User-Agent's product
 /// (`kubectl`), as upstream.
 pub fn field_manager(query: &Query, headers: &http::HeaderMap) -> String {
-    query.get("fieldManager").map(String::from).unwrap_or_else(|| {
-        headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|ua| ua.split('/').next().unwrap_or(ua).to_string())
-            .unwrap_or_else(|| "unknown".into())
-    })
+    query
+        .get("fieldManager")
+        .map(String::from)
+        .unwrap_or_else(|| {
+            headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|ua| ua.split('/').next().unwrap_or(ua).to_string())
+                .unwrap_or_else(|| "unknown".into())
+        })
 }
 
 /// Records a non-apply write in `metadata.managedFields` (server-side apply's field
 /// ownership: fields this write changed move to its manager).
-pub fn update_managed_fields(inner: &Inner, res: &ResourceInfo, obj: &mut Value, old: Option<&Value>, query: &Query, headers: &http::HeaderMap, subresource: Option<&str>) {
+pub fn update_managed_fields(
+    inner: &Inner,
+    res: &ResourceInfo,
+    obj: &mut Value,
+    old: Option<&Value>,
+    query: &Query,
+    headers: &http::HeaderMap,
+    subresource: Option<&str>,
+) {
     let manager = field_manager(query, headers);
     let oa = inner.openapi();
     let derived = rk3s_patch::DerivedApplySchema(&*oa);
     let cache = apply_type_cache(&oa);
-    let schema = rk3s_patch::CachedApplySchema { schema: &derived, cache: &cache };
+    let schema = rk3s_patch::CachedApplySchema {
+        schema: &derived,
+        cache: &cache,
+    };
     let api_version = res.api_version();
-    rk3s_patch::track_update(old, obj, &manager, &schema, &res.definition, &object::now_rfc3339(), &api_version, subresource);
+    rk3s_patch::track_update(
+        old,
+        obj,
+        &manager,
+        &schema,
+        &res.definition,
+        &object::now_rfc3339(),
+        &api_version,
+        subresource,
+    );
 }
 
 /// The field types server-side apply resolved from `oa`, kept while `oa` is the
@@ -685,7 +948,12 @@ impl Inner {
     }
 
     /// 404 if the namespace does not exist, 403 if it is terminating.
-    pub async fn check_namespace_open(&self, ns: &str, res: &ResourceInfo, name: &str) -> Result<(), ApiError> {
+    pub async fn check_namespace_open(
+        &self,
+        ns: &str,
+        res: &ResourceInfo,
+        name: &str,
+    ) -> Result<(), ApiError> {
         let kv = self
             .store
             .get(&format!("/registry/core/namespaces/{ns}"))
@@ -696,7 +964,11 @@ impl Inner {
         };
         let phase = serde_json::from_slice::<Value>(&kv.value)
             .ok()
-            .and_then(|v| v.pointer("/status/phase").and_then(|p| p.as_str()).map(String::from));
+            .and_then(|v| {
+                v.pointer("/status/phase")
+                    .and_then(|p| p.as_str())
+                    .map(String::from)
+            });
         if phase.as_deref() == Some("Terminating") {
             let mut e = ApiError::forbidden(format!(
                 "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
@@ -711,7 +983,13 @@ impl Inner {
     }
 
     /// Gives a Service its cluster IP(s) and node ports (keeping those of `old`).
-    pub fn allocate_service(&self, obj: &mut Value, old: Option<&Value>, res: &ResourceInfo, name: &str) -> Result<(), ApiError> {
+    pub fn allocate_service(
+        &self,
+        obj: &mut Value,
+        old: Option<&Value>,
+        res: &ResourceInfo,
+        name: &str,
+    ) -> Result<(), ApiError> {
         let (svcs, _) = self.cache.list("/registry/core/services/");
         let own_key = obj
             .get("metadata")
@@ -720,24 +998,53 @@ impl Inner {
         let others: Vec<_> = svcs.into_iter().filter(|o| o.key != own_key).collect();
         let (ips, ports) = rest::services_in_use(&others);
         let invalid = |field: &str, msg: String| {
-            ApiError::invalid(res, name, vec![rk3s_api::Cause { reason: "FieldValueInvalid".into(), message: msg, field: field.into() }])
+            ApiError::invalid(
+                res,
+                name,
+                vec![rk3s_api::Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: msg,
+                    field: field.into(),
+                }],
+            )
         };
-        let typ = obj.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP").to_string();
+        let typ = obj
+            .pointer("/spec/type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("ClusterIP")
+            .to_string();
         if typ != "ExternalName" {
-            let old_ip = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(|v| v.as_str()).map(String::from);
-            let want = obj.pointer("/spec/clusterIP").and_then(|v| v.as_str()).map(String::from);
+            let old_ip = old
+                .and_then(|o| o.pointer("/spec/clusterIP"))
+                .and_then(|v| v.as_str())
+                .map(String::from);
+            let want = obj
+                .pointer("/spec/clusterIP")
+                .and_then(|v| v.as_str())
+                .map(String::from);
             let ip = match (want.as_deref(), old_ip) {
                 (Some("None"), _) => "None".to_string(),
                 (Some(w), Some(o)) if !w.is_empty() && w == o => o,
                 (None | Some(""), Some(o)) => o,
                 (Some(w), _) if !w.is_empty() => {
-                    let parsed = w.parse().map_err(|_| invalid("spec.clusterIPs[0]", format!("Invalid value: \"{w}\": must be a valid IP address")))?;
+                    let parsed = w.parse().map_err(|_| {
+                        invalid(
+                            "spec.clusterIPs[0]",
+                            format!("Invalid value: \"{w}\": must be a valid IP address"),
+                        )
+                    })?;
                     self.alloc
                         .allocate_ip(Some(parsed), &ips)
                         .map_err(|e| invalid("spec.clusterIPs", format!("Invalid value: []string{{\"{w}\"}}: failed to allocate IP {w}: {e}")))?
                         .to_string()
                 }
-                _ => self.alloc.allocate_ip(None, &ips).map_err(|e| ApiError::internal(format!("failed to allocate a serviceIP: {e}")))?.to_string(),
+                _ => self
+                    .alloc
+                    .allocate_ip(None, &ips)
+                    .map_err(|e| {
+                        ApiError::internal(format!("failed to allocate a serviceIP: {e}"))
+                    })?
+                    .to_string(),
             };
             if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
                 spec.insert("clusterIP".into(), json!(ip));
@@ -749,13 +1056,25 @@ impl Inner {
             }
         }
         if typ == "NodePort" || typ == "LoadBalancer" {
-            let old_ports: Vec<Value> = old.and_then(|o| o.pointer("/spec/ports")).and_then(|p| p.as_array()).cloned().unwrap_or_default();
+            let old_ports: Vec<Value> = old
+                .and_then(|o| o.pointer("/spec/ports"))
+                .and_then(|p| p.as_array())
+                .cloned()
+                .unwrap_or_default();
             let mut used_here = std::collections::HashSet::new();
-            if let Some(ps) = obj.pointer_mut("/spec/ports").and_then(|p| p.as_array_mut()) {
+            if let Some(ps) = obj
+                .pointer_mut("/spec/ports")
+                .and_then(|p| p.as_array_mut())
+            {
                 for (i, p) in ps.iter_mut().enumerate() {
                     let want = p.get("nodePort").and_then(|v| v.as_u64()).map(|v| v as u16);
                     let port = p.get("port").cloned();
-                    let keep = old_ports.iter().find(|op| op.get("port") == port.as_ref()).and_then(|op| op.get("nodePort")).and_then(|v| v.as_u64()).map(|v| v as u16);
+                    let keep = old_ports
+                        .iter()
+                        .find(|op| op.get("port") == port.as_ref())
+                        .and_then(|op| op.get("nodePort"))
+                        .and_then(|v| v.as_u64())
+                        .map(|v| v as u16);
                     let np = match (want, keep) {
                         (Some(w), Some(k)) if w == k => k,
                         (None, Some(k)) => k,
@@ -763,7 +1082,13 @@ impl Inner {
                             let mut in_use = ports.clone();
                             in_use.extend(used_here.iter().copied());
                             self.alloc.allocate_port(w, &in_use).map_err(|e| {
-                                invalid(&format!("spec.ports[{i}].nodePort"), format!("Invalid value: {}: {e}", w.map(|x| x.to_string()).unwrap_or_default()))
+                                invalid(
+                                    &format!("spec.ports[{i}].nodePort"),
+                                    format!(
+                                        "Invalid value: {}: {e}",
+                                        w.map(|x| x.to_string()).unwrap_or_default()
+                                    ),
+                                )
                             })?
                         }
                     };
@@ -778,21 +1103,40 @@ impl Inner {
     /// Deletes one object with upstream's semantics: finalizers and graceful deletion
     /// set `deletionTimestamp` instead; preconditions are checked. Returns the HTTP code
     /// and the object (as deleted, or as now marked for deletion).
-    pub async fn delete_object(&self, res: &ResourceInfo, ns: Option<&str>, name: &str, opts: &Value, dry_run: bool) -> Result<(u16, Value), ApiError> {
+    pub async fn delete_object(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &Value,
+        dry_run: bool,
+    ) -> Result<(u16, Value), ApiError> {
         let key = res.key(ns, name);
         for _ in 0..16 {
-            let kv = self.store.get(&key).await.map_err(|e| store_err(res, name, e))?;
+            let kv = self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| store_err(res, name, e))?;
             let kv = kv.ok_or_else(|| ApiError::not_found(res, name))?;
-            let mut obj = crate::cache::decode(&kv.value, kv.mod_revision).ok_or_else(|| ApiError::internal("undecodable object"))?;
+            let mut obj = crate::cache::decode(&kv.value, kv.mod_revision)
+                .ok_or_else(|| ApiError::internal("undecodable object"))?;
             if let Some(uid) = opts.pointer("/preconditions/uid").and_then(|u| u.as_str()) {
                 if object::meta_str(&obj, "uid") != Some(uid) {
-                    return Err(ApiError::conflict_msg(res, name, format!(
+                    return Err(ApiError::conflict_msg(
+                        res,
+                        name,
+                        format!(
                         "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
                         object::meta_str(&obj, "uid").unwrap_or("")
-                    )));
+                    ),
+                    ));
                 }
             }
-            if let Some(rv) = opts.pointer("/preconditions/resourceVersion").and_then(|u| u.as_str()) {
+            if let Some(rv) = opts
+                .pointer("/preconditions/resourceVersion")
+                .and_then(|u| u.as_str())
+            {
                 if rv != kv.mod_revision.to_string() {
                     return Err(ApiError::conflict_msg(res, name, format!(
                         "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
@@ -804,14 +1148,29 @@ impl Inner {
             let is_namespace = res.group.is_empty() && res.plural == "namespaces";
             let graceful_pod = res.group.is_empty()
                 && res.plural == "pods"
-                && obj.pointer("/spec/nodeName").and_then(|n| n.as_str()).is_some_and(|n| !n.is_empty())
-                && opts.get("gracePeriodSeconds").and_then(|g| g.as_i64()).unwrap_or(1) > 0
-                && !matches!(obj.pointer("/status/phase").and_then(|p| p.as_str()), Some("Succeeded" | "Failed"));
+                && obj
+                    .pointer("/spec/nodeName")
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|n| !n.is_empty())
+                && opts
+                    .get("gracePeriodSeconds")
+                    .and_then(|g| g.as_i64())
+                    .unwrap_or(1)
+                    > 0
+                && !matches!(
+                    obj.pointer("/status/phase").and_then(|p| p.as_str()),
+                    Some("Succeeded" | "Failed")
+                );
             // Foreground and orphan deletion are carried out by the garbage collector
             // through these finalizers, as upstream.
-            let policy = opts.get("propagationPolicy").and_then(|p| p.as_str()).map(String::from).or_else(|| {
-                (opts.get("orphanDependents").and_then(|o| o.as_bool()) == Some(true)).then(|| "Orphan".to_string())
-            });
+            let policy = opts
+                .get("propagationPolicy")
+                .and_then(|p| p.as_str())
+                .map(String::from)
+                .or_else(|| {
+                    (opts.get("orphanDependents").and_then(|o| o.as_bool()) == Some(true))
+                        .then(|| "Orphan".to_string())
+                });
             let gc_finalizer = match policy.as_deref() {
                 Some("Foreground") => Some("foregroundDeletion"),
                 Some("Orphan") => Some("orphan"),
@@ -835,7 +1194,10 @@ impl Inner {
                 let grace = if graceful_pod {
                     opts.get("gracePeriodSeconds")
                         .and_then(|g| g.as_i64())
-                        .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(|g| g.as_i64()))
+                        .or_else(|| {
+                            obj.pointer("/spec/terminationGracePeriodSeconds")
+                                .and_then(|g| g.as_i64())
+                        })
                         .unwrap_or(30)
                 } else {
                     0
@@ -858,7 +1220,8 @@ impl Inner {
                 if dry_run {
                     return Ok((200, obj));
                 }
-                let bytes = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+                let bytes =
+                    serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
                 match self.store.update(&key, bytes, kv.mod_revision).await {
                     Ok(nkv) => {
                         set_resource_version(&mut obj, nkv.mod_revision);
@@ -875,8 +1238,15 @@ impl Inner {
                 Ok(dkv) => {
                     set_resource_version(&mut obj, dkv.mod_revision);
                     if let Some(ns) = ns {
-                        if !self.cache.list(&format!("/registry/core/resourcequotas/{ns}/")).0.is_empty() {
-                            self.cache.wait_for(dkv.mod_revision, Duration::from_secs(2)).await;
+                        if !self
+                            .cache
+                            .list(&format!("/registry/core/resourcequotas/{ns}/"))
+                            .0
+                            .is_empty()
+                        {
+                            self.cache
+                                .wait_for(dkv.mod_revision, Duration::from_secs(2))
+                                .await;
                             crate::admission::refresh_quotas(self, ns).await;
                         }
                     }
@@ -896,21 +1266,32 @@ impl ApiServer {
     pub async fn new(config: &Config) -> Result<ApiServer, ApiServerError> {
         let registry = Registry::builtin();
         let resources: Vec<ResourceInfo> = registry.all().iter().map(|r| (**r).clone()).collect();
-        let openapi = OpenApi::build(&resources, crate::KUBERNETES_VERSION).map_err(|e| ApiServerError::OpenApi(e.to_string()))?;
-        let cidr = Cidr::parse(&config.service_cidr)
-            .ok_or_else(|| ApiServerError::Config(format!("invalid service CIDR {:?}", config.service_cidr)))?;
+        let openapi = OpenApi::build(&resources, crate::KUBERNETES_VERSION)
+            .map_err(|e| ApiServerError::OpenApi(e.to_string()))?;
+        let cidr = Cidr::parse(&config.service_cidr).ok_or_else(|| {
+            ApiServerError::Config(format!("invalid service CIDR {:?}", config.service_cidr))
+        })?;
         let cache = WatchCache::start(config.store.clone()).await?;
         let audiences = vec![config.service_account_issuer.clone(), "k3s".to_string()];
         let verifier = rk3s_auth::TokenVerifier::new(
             &config.service_account_pub_pem,
-            vec![config.service_account_issuer.clone(), rk3s_auth::LEGACY_ISSUER.to_string()],
+            vec![
+                config.service_account_issuer.clone(),
+                rk3s_auth::LEGACY_ISSUER.to_string(),
+            ],
             audiences.clone(),
         )
         .map_err(|e| ApiServerError::Config(format!("service-account key: {e}")))?;
-        let issuer = rk3s_auth::TokenIssuer::new(&config.service_account_key_pem, &config.service_account_issuer)
-            .map_err(|e| ApiServerError::Config(format!("service-account key: {e}")))?;
+        let issuer = rk3s_auth::TokenIssuer::new(
+            &config.service_account_key_pem,
+            &config.service_account_issuer,
+        )
+        .map_err(|e| ApiServerError::Config(format!("service-account key: {e}")))?;
         let token_file = match &config.token_auth_file {
-            Some(t) => Some(rk3s_auth::TokenFile::parse(t).map_err(|e| ApiServerError::Config(format!("--token-auth-file: {e}")))?),
+            Some(t) => Some(
+                rk3s_auth::TokenFile::parse(t)
+                    .map_err(|e| ApiServerError::Config(format!("--token-auth-file: {e}")))?,
+            ),
             None => None,
         };
         let inner = Arc::new(Inner {
@@ -923,10 +1304,19 @@ impl ApiServer {
             alloc_lock: tokio::sync::Mutex::new(()),
             advertise: format!("{}:{}", config.advertise_address, config.advertise_port),
             rbac_cache: Default::default(),
-            token_auth: crate::authz::TokenAuth { verifier: Some(verifier), issuer: Some(issuer), token_file, audiences },
+            token_auth: crate::authz::TokenAuth {
+                verifier: Some(verifier),
+                issuer: Some(issuer),
+                token_file,
+                audiences,
+            },
             metrics: Default::default(),
             audit: config.audit.clone(),
-            kubelet_client: config.kubelet_client.as_ref().map(crate::proxy::KubeletClient::new).transpose()?,
+            kubelet_client: config
+                .kubelet_client
+                .as_ref()
+                .map(crate::proxy::KubeletClient::new)
+                .transpose()?,
             client_cert_verifier: crate::server::client_cert_verifier(&config.client_ca_pem).ok(),
         });
         let api = ApiServer { inner };
@@ -941,13 +1331,18 @@ impl ApiServer {
     }
 
     /// Serves one request from the network.
-    pub async fn handle_incoming(&self, req: hyper::Request<hyper::body::Incoming>, user: Option<UserInfo>) -> Response {
+    pub async fn handle_incoming(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        user: Option<UserInfo>,
+    ) -> Response {
         let (parts, body) = req.into_parts();
         let limited = http_body_util::Limited::new(body, MAX_BODY);
         let bytes = match limited.collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {
-                let mut err = ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}"));
+                let mut err =
+                    ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}"));
                 err.code = 413;
                 return body::error(&err);
             }
@@ -957,13 +1352,23 @@ impl ApiServer {
 
     /// Serves one request (also the in-process entry point). A panic in a handler is
     /// answered 500 and logged ([`recover_panic`]); it never takes the connection down.
-    pub async fn handle(&self, parts: http::request::Parts, body: Bytes, user: Option<UserInfo>) -> Response {
+    pub async fn handle(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        user: Option<UserInfo>,
+    ) -> Response {
         let method = parts.method.clone();
         let path = parts.uri.path().to_string();
         recover_panic(&method, &path, self.handle_unguarded(parts, body, user)).await
     }
 
-    async fn handle_unguarded(&self, parts: http::request::Parts, body: Bytes, user: Option<UserInfo>) -> Response {
+    async fn handle_unguarded(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        user: Option<UserInfo>,
+    ) -> Response {
         let path = parts.uri.path().to_string();
         let query = Query::parse(parts.uri.query());
         let started = std::time::Instant::now();
@@ -971,9 +1376,16 @@ impl ApiServer {
         let received = jiff::Timestamp::now();
         let mut actx = AuditCtx::default();
         let audit_body = self.inner.audit.as_ref().map(|_| body.clone());
-        let mut resp = self.route(&parts, &path, query, body, user.as_ref(), &mut actx).await;
+        let mut resp = self
+            .route(&parts, &path, query, body, user.as_ref(), &mut actx)
+            .await;
         if let (Some(audit), Some(authn)) = (&self.inner.audit, &actx.user) {
-            let attrs = crate::audit::AuditAttributes::from_request(authn, info.as_ref(), &parts.method, &path);
+            let attrs = crate::audit::AuditAttributes::from_request(
+                authn,
+                info.as_ref(),
+                &parts.method,
+                &path,
+            );
             let level = audit.level_for(&attrs);
             if level != crate::audit::Level::None {
                 let id = crate::audit::new_audit_id();
@@ -982,20 +1394,37 @@ impl ApiServer {
                 }
                 let code = resp.status().as_u16();
                 let resp_bytes = match resp.body() {
-                    crate::body::ResponseBody::Full(Some(b)) if level == crate::audit::Level::RequestResponse || code >= 400 => Some(b.clone()),
+                    crate::body::ResponseBody::Full(Some(b))
+                        if level == crate::audit::Level::RequestResponse || code >= 400 =>
+                    {
+                        Some(b.clone())
+                    }
                     _ => None,
                 };
                 let is_watch = info.as_ref().is_some_and(|i| i.verb == "watch");
-                let req_bytes = if level >= crate::audit::Level::Request { audit_body.as_deref() } else { None };
+                let req_bytes = if level >= crate::audit::Level::Request {
+                    audit_body.as_deref()
+                } else {
+                    None
+                };
                 audit.record(crate::audit::AuditRecord {
                     attributes: attrs,
                     user: authn.clone(),
                     impersonated_user: actx.impersonated.clone(),
                     audit_id: Some(id),
-                    stage: if is_watch { crate::audit::Stage::ResponseStarted } else { crate::audit::Stage::ResponseComplete },
+                    stage: if is_watch {
+                        crate::audit::Stage::ResponseStarted
+                    } else {
+                        crate::audit::Stage::ResponseComplete
+                    },
                     request_uri: parts.uri.to_string(),
                     source_ips: crate::audit::source_ips(&parts.headers, None),
-                    user_agent: parts.headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+                    user_agent: parts
+                        .headers
+                        .get(http::header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string(),
                     code,
                     request_body: req_bytes,
                     response_body: resp_bytes.as_deref(),
@@ -1009,15 +1438,41 @@ impl ApiServer {
             Some("watch") => "WATCH",
             _ => parts.method.as_str(),
         };
-        let (group, resource, sub) = info.as_ref().map(|i| (i.group.as_str(), i.resource.as_str(), i.subresource.as_deref().unwrap_or(""))).unwrap_or(("", "", ""));
-        self.inner.metrics.record(verb, group, resource, sub, resp.status().as_u16(), started.elapsed());
+        let (group, resource, sub) = info
+            .as_ref()
+            .map(|i| {
+                (
+                    i.group.as_str(),
+                    i.resource.as_str(),
+                    i.subresource.as_deref().unwrap_or(""),
+                )
+            })
+            .unwrap_or(("", "", ""));
+        self.inner.metrics.record(
+            verb,
+            group,
+            resource,
+            sub,
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
         tracing::debug!(method = %parts.method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
         resp
     }
 
-    async fn route(&self, parts: &http::request::Parts, path: &str, query: Query, body: Bytes, user: Option<&UserInfo>, actx: &mut AuditCtx) -> Response {
-        let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version" | "/version/")
-            || path.starts_with("/healthz/")
+    async fn route(
+        &self,
+        parts: &http::request::Parts,
+        path: &str,
+        query: Query,
+        body: Bytes,
+        user: Option<&UserInfo>,
+        actx: &mut AuditCtx,
+    ) -> Response {
+        let public = matches!(
+            path,
+            "/healthz" | "/livez" | "/readyz" | "/version" | "/version/"
+        ) || path.starts_with("/healthz/")
             || path.starts_with("/livez/")
             || path.starts_with("/readyz/");
         // Client certificate first, then a bearer token (upstream's union authenticator).
@@ -1064,19 +1519,41 @@ impl ApiServer {
             None => crate::authz::non_resource_attributes(&user, &parts.method, path),
         };
         if let Err(e) = self.inner.authorize(&attrs) {
-            actx.decision = Some(crate::audit::AuthzDecision { allowed: false, reason: e.message.clone() });
+            actx.decision = Some(crate::audit::AuthzDecision {
+                allowed: false,
+                reason: e.message.clone(),
+            });
             return body::error(&e);
         }
-        actx.decision = Some(crate::audit::AuthzDecision { allowed: true, reason: String::new() });
+        actx.decision = Some(crate::audit::AuthzDecision {
+            allowed: true,
+            reason: String::new(),
+        });
         if path == "/metrics" {
-            return body::bytes_response(200, "text/plain; version=0.0.4; charset=utf-8", self.inner.metrics.render(self.inner.cache.len()));
+            return body::bytes_response(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.inner.metrics.render(self.inner.cache.len()),
+            );
         }
         if path == "/openapi/v2" {
-            let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let accept = parts
+                .headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if accept.contains("proto-openapi.spec.v2") {
-                return body::bytes_response(200, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf", bytes::Bytes::from_owner(self.inner.openapi().v2_protobuf()));
+                return body::bytes_response(
+                    200,
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                    bytes::Bytes::from_owner(self.inner.openapi().v2_protobuf()),
+                );
             }
-            return body::bytes_response(200, "application/json", bytes::Bytes::from_owner(self.inner.openapi().v2_json()));
+            return body::bytes_response(
+                200,
+                "application/json",
+                bytes::Bytes::from_owner(self.inner.openapi().v2_json()),
+            );
         }
         if path == "/openapi/v3" || path == "/openapi/v3/" {
             return body::json(200, &self.inner.openapi().v3_index());
@@ -1084,8 +1561,15 @@ impl ApiServer {
         if let Some(gv) = path.strip_prefix("/openapi/v3/") {
             return match self.inner.openapi().v3_group_version(gv) {
                 Some((doc, _hash)) => {
-                    let mut r = body::bytes_response(200, "application/json", bytes::Bytes::from_owner(doc));
-                    r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("public, immutable"));
+                    let mut r = body::bytes_response(
+                        200,
+                        "application/json",
+                        bytes::Bytes::from_owner(doc),
+                    );
+                    r.headers_mut().insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("public, immutable"),
+                    );
                     r
                 }
                 None => body::bytes_response(404, "text/plain", "404 page not found\n"),
@@ -1104,20 +1588,43 @@ impl ApiServer {
     }
 
     fn discovery(&self, parts: &http::request::Parts, path: &str) -> Option<Response> {
-        let accept = parts.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let accept = parts
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let aggregated = ["v2", "v2beta1"].into_iter().find(|v| {
-            accept.split(',').any(|r| r.contains("g=apidiscovery.k8s.io") && r.contains(&format!("v={v};")) || r.contains("g=apidiscovery.k8s.io") && r.trim_end().ends_with(&format!("v={v}")))
+            accept.split(',').any(|r| {
+                r.contains("g=apidiscovery.k8s.io") && r.contains(&format!("v={v};"))
+                    || r.contains("g=apidiscovery.k8s.io")
+                        && r.trim_end().ends_with(&format!("v={v}"))
+            })
         });
         let reg = &self.inner.registry;
         let path = path.trim_end_matches('/');
-        let agg_ct = |v: &str| format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList");
+        let agg_ct = |v: &str| {
+            format!("application/json;g=apidiscovery.k8s.io;v={v};as=APIGroupDiscoveryList")
+        };
         match path {
             "/api" => Some(match aggregated {
-                Some(v) => body::bytes_response(200, &agg_ct(v), serde_json::to_vec(&rk3s_api::discovery::aggregated_api(reg, v)).unwrap_or_default()),
-                None => body::json(200, &rk3s_api::discovery::api_versions(&self.inner.advertise)),
+                Some(v) => body::bytes_response(
+                    200,
+                    &agg_ct(v),
+                    serde_json::to_vec(&rk3s_api::discovery::aggregated_api(reg, v))
+                        .unwrap_or_default(),
+                ),
+                None => body::json(
+                    200,
+                    &rk3s_api::discovery::api_versions(&self.inner.advertise),
+                ),
             }),
             "/apis" => Some(match aggregated {
-                Some(v) => body::bytes_response(200, &agg_ct(v), serde_json::to_vec(&rk3s_api::discovery::aggregated_apis(reg, v)).unwrap_or_default()),
+                Some(v) => body::bytes_response(
+                    200,
+                    &agg_ct(v),
+                    serde_json::to_vec(&rk3s_api::discovery::aggregated_apis(reg, v))
+                        .unwrap_or_default(),
+                ),
                 None => body::json(200, &rk3s_api::discovery::api_group_list(reg)),
             }),
             _ => {
@@ -1131,31 +1638,67 @@ impl ApiServer {
                         Some(doc) => body::json(200, &doc),
                         None => body::bytes_response(404, "text/plain", "404 page not found\n"),
                     }),
-                    ["apis", g, v] => Some(match rk3s_api::discovery::api_resource_list(reg, g, v) {
-                        Some(doc) => body::json(200, &doc),
-                        None => body::bytes_response(404, "text/plain", "404 page not found\n"),
-                    }),
+                    ["apis", g, v] => {
+                        Some(match rk3s_api::discovery::api_resource_list(reg, g, v) {
+                            Some(doc) => body::json(200, &doc),
+                            None => body::bytes_response(404, "text/plain", "404 page not found\n"),
+                        })
+                    }
                     _ => None,
                 }
             }
         }
     }
 
-    async fn resource(&self, parts: &http::request::Parts, info: request::RequestInfo, query: Query, body: Bytes, user: &UserInfo) -> Result<Response, ApiError> {
-        let not_found = || ApiError::new(404, "NotFound", "the server could not find the requested resource");
-        let res = self.inner.registry.get(&info.group, &info.version, &info.resource).ok_or_else(not_found)?;
+    async fn resource(
+        &self,
+        parts: &http::request::Parts,
+        info: request::RequestInfo,
+        query: Query,
+        body: Bytes,
+        user: &UserInfo,
+    ) -> Result<Response, ApiError> {
+        let not_found = || {
+            ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        };
+        let res = self
+            .inner
+            .registry
+            .get(&info.group, &info.version, &info.resource)
+            .ok_or_else(not_found)?;
         // As upstream, output negotiation happens before the body is read: a Table
         // asked of a resource with no Table convertor (and nothing else accepted) is 406.
-        if !Output::has_table(&res, info.subresource.as_deref()) && Output::only_table_accepted(&parts.headers) {
+        if !Output::has_table(&res, info.subresource.as_deref())
+            && Output::only_table_accepted(&parts.headers)
+        {
             return Err(not_acceptable());
         }
-        if info.verb == "create" && matches!(info.group.as_str(), "authorization.k8s.io" | "authentication.k8s.io") {
-            let obj = crate::body::decode_request(crate::body::content_type(&parts.headers), &body, None).map_err(|e| match e {
-                crate::body::RequestBodyError::UnsupportedMediaType(mt) => ApiError::unsupported_media_type(&mt),
-                e => ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", res.kind, res.version, res.kind)),
-            })?;
+        if info.verb == "create"
+            && matches!(
+                info.group.as_str(),
+                "authorization.k8s.io" | "authentication.k8s.io"
+            )
+        {
+            let obj =
+                crate::body::decode_request(crate::body::content_type(&parts.headers), &body, None)
+                    .map_err(|e| match e {
+                        crate::body::RequestBodyError::UnsupportedMediaType(mt) => {
+                            ApiError::unsupported_media_type(&mt)
+                        }
+                        e => ApiError::bad_request(format!(
+                            "{} in version \"{}\" cannot be handled as a {}: {e}",
+                            res.kind, res.version, res.kind
+                        )),
+                    })?;
             if !obj.is_object() {
-                return Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: expected an object", res.kind, res.version, res.kind)));
+                return Err(ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: expected an object",
+                    res.kind, res.version, res.kind
+                )));
             }
             if let Some(r) = crate::authz::review(&self.inner, &info, user, &obj) {
                 return r.map(|v| body::json(201, &v));
@@ -1171,23 +1714,45 @@ impl ApiServer {
             // Only the verbs discovery lists for the subresource (e.g. no DELETE of
             // `pods/x/status`, only PUT of `namespaces/x/finalize`).
             if !subresource.verbs.contains(&info.verb) {
-                return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+                return Err(ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                ));
             }
         } else if !res.has_verb(&info.verb) {
-            return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ));
         }
         // WebSocket exec/attach/port-forward arrive as GET (verb `get`); as upstream
         // (AuthorizePodWebsocketUpgradeCreatePermission) they also need `create`.
-        if info.group.is_empty() && info.resource == "pods" && info.verb == "get" && matches!(info.subresource.as_deref(), Some("exec" | "attach" | "portforward")) {
+        if info.group.is_empty()
+            && info.resource == "pods"
+            && info.verb == "get"
+            && matches!(
+                info.subresource.as_deref(),
+                Some("exec" | "attach" | "portforward")
+            )
+        {
             let mut as_create = info.clone();
             as_create.verb = "create".into();
-            self.inner.authorize(&crate::authz::resource_attributes(user, &as_create, &query))?;
+            self.inner
+                .authorize(&crate::authz::resource_attributes(user, &as_create, &query))?;
         }
         if let Some(r) = crate::proxy::dispatch(&self.inner, parts, &info, &query, &body).await {
             return r;
         }
         let output = Output::negotiate(&parts.headers, &query);
-        let call = Call { inner: &self.inner, info, res, query, headers: parts.headers.clone(), body, output, user: user.clone(), applied: false };
+        let call = Call {
+            inner: &self.inner,
+            info,
+            res,
+            query,
+            headers: parts.headers.clone(),
+            body,
+            output,
+            user: user.clone(),
+            applied: false,
+        };
         if call.res.group.is_empty() && call.res.plural == "componentstatuses" {
             return Ok(crate::componentstatus::serve(&call).await);
         }
@@ -1195,10 +1760,15 @@ impl ApiServer {
             (Some("binding"), "create") => return call.bind().await,
             (Some("eviction"), "create") => return call.evict().await,
             (Some("token"), "create") => return call.token_request().await,
-            (Some("binding" | "eviction" | "token"), _) => return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+            (Some("binding" | "eviction" | "token"), _) => {
+                return Err(ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                ))
+            }
             _ => {}
         }
-        if call.res.group.is_empty() && call.res.plural == "bindings" && call.info.verb == "create" {
+        if call.res.group.is_empty() && call.res.plural == "bindings" && call.info.verb == "create"
+        {
             return call.bind().await;
         }
         match call.info.verb.as_str() {
@@ -1210,7 +1780,9 @@ impl ApiServer {
             "patch" => call.update_or_patch(true).await,
             "delete" => call.delete().await,
             "deletecollection" => call.delete_collection().await,
-            _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
         }
     }
 
@@ -1224,7 +1796,11 @@ impl ApiServer {
 /// `Authorization: Bearer <token>` (scheme case-insensitive); an empty token is no
 /// token (the request is then anonymous).
 pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
-    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let auth = headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
     let mut parts = auth.splitn(3, ' ');
     let scheme = parts.next()?;
     let token = parts.next()?;
@@ -1234,7 +1810,11 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 /// Runs a request's handler, answering 500 with upstream's text if it panics (and
 /// logging the panic), so one bad request never drops its connection or, over HTTP/2,
 /// the other requests on it. A safety net: handlers must not panic on any input.
-pub async fn recover_panic(method: &http::Method, path: &str, handler: impl std::future::Future<Output = Response>) -> Response {
+pub async fn recover_panic(
+    method: &http::Method,
+    path: &str,
+    handler: impl std::future::Future<Output = Response>,
+) -> Response {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
         Ok(r) => r,
@@ -1245,7 +1825,11 @@ pub async fn recover_panic(method: &http::Method, path: &str, handler: impl std:
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic payload".to_string());
             tracing::error!(%method, %path, panic = %what, "request handler panicked");
-            body::bytes_response(500, "text/plain; charset=utf-8", "This request caused apiserver to panic. Look in the logs for details.\n")
+            body::bytes_response(
+                500,
+                "text/plain; charset=utf-8",
+                "This request caused apiserver to panic. Look in the logs for details.\n",
+            )
         }
     }
 }
@@ -1274,7 +1858,10 @@ fn not_acceptable() -> ApiError {
 /// The build time recorded by build.rs, as RFC 3339 UTC seconds (upstream's format).
 fn build_date() -> String {
     let secs: i64 = env!("RK3S_BUILD_EPOCH").parse().unwrap_or(0);
-    jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// The `/version` document.
@@ -1301,21 +1888,37 @@ mod tests {
     fn accept_negotiation() {
         let mut h = http::HeaderMap::new();
         h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
-        assert_eq!(Output::negotiate(&h, &Query::default()), Output::Table(rk3s_printers::IncludeObject::Metadata));
-        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        assert_eq!(
+            Output::negotiate(&h, &Query::default()),
+            Output::Table(rk3s_printers::IncludeObject::Metadata)
+        );
+        h.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
         assert_eq!(Output::negotiate(&h, &Query::default()), Output::Json);
         h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"));
-        assert_eq!(Output::negotiate(&h, &Query::default()), Output::PartialMetadata);
+        assert_eq!(
+            Output::negotiate(&h, &Query::default()),
+            Output::PartialMetadata
+        );
     }
 
     #[test]
     fn version_carries_build_facts() {
         let v = version_info();
         let commit = v["gitCommit"].as_str().unwrap_or("x");
-        assert!(commit.is_empty() || (commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{commit}");
+        assert!(
+            commit.is_empty()
+                || (commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+            "{commit}"
+        );
         assert!(["", "clean", "dirty"].contains(&v["gitTreeState"].as_str().unwrap_or("x")));
         let date = v["buildDate"].as_str().unwrap_or("");
-        assert!(date.parse::<jiff::Timestamp>().is_ok() && date.ends_with('Z') && date.len() == 20, "{date}");
+        assert!(
+            date.parse::<jiff::Timestamp>().is_ok() && date.ends_with('Z') && date.len() == 20,
+            "{date}"
+        );
         assert_ne!(date, "1970-01-01T00:00:00Z");
     }
 
@@ -1323,17 +1926,34 @@ mod tests {
     fn table_only_accept_and_resources_without_table() {
         let mut h = http::HeaderMap::new();
         assert!(!Output::only_table_accepted(&h));
-        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"));
+        h.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io"),
+        );
         assert!(Output::only_table_accepted(&h));
         h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=Table;v=v1beta1;g=meta.k8s.io"));
         assert!(Output::only_table_accepted(&h));
-        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
+        h.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static(
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            ),
+        );
         assert!(!Output::only_table_accepted(&h));
-        h.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        h.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
         assert!(!Output::only_table_accepted(&h));
         let reg = rk3s_api::Registry::builtin();
-        let sar = reg.get("authorization.k8s.io", "v1", "selfsubjectaccessreviews").map(|r| (*r).clone()).expect("sar");
-        let pods = reg.get("", "v1", "pods").map(|r| (*r).clone()).expect("pods");
+        let sar = reg
+            .get("authorization.k8s.io", "v1", "selfsubjectaccessreviews")
+            .map(|r| (*r).clone())
+            .expect("sar");
+        let pods = reg
+            .get("", "v1", "pods")
+            .map(|r| (*r).clone())
+            .expect("pods");
         assert!(!Output::has_table(&sar, None));
         assert!(Output::has_table(&pods, None));
         assert!(Output::has_table(&pods, Some("status")));
@@ -1346,7 +1966,10 @@ mod tests {
     fn bearer_tokens_are_read_as_upstream() {
         let with = |v: &'static str| {
             let mut h = http::HeaderMap::new();
-            h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static(v));
+            h.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_static(v),
+            );
             h
         };
         assert_eq!(bearer_token(&with("Bearer abc")), Some("abc"));
@@ -1373,7 +1996,10 @@ mod tests {
         .await;
         assert_eq!(boom.status(), 500);
         match boom.body() {
-            body::ResponseBody::Full(Some(b)) => assert_eq!(&b[..], b"This request caused apiserver to panic. Look in the logs for details.\n"),
+            body::ResponseBody::Full(Some(b)) => assert_eq!(
+                &b[..],
+                b"This request caused apiserver to panic. Look in the logs for details.\n"
+            ),
             _ => panic!("expected a full body"),
         }
     }
@@ -1396,18 +2022,30 @@ mod tests {
         assert!(new["spec"]["ports"][2].get("nodePort").is_none());
         let mut renamed = json!({"spec": {"type": "LoadBalancer", "clusterIP": "", "ports": [{"name": "https", "port": 443}]}});
         patch_allocated_values(&mut renamed, &old);
-        assert_eq!(renamed["spec"]["clusterIP"], "10.43.0.9", "an empty value counts as left out");
+        assert_eq!(
+            renamed["spec"]["clusterIP"], "10.43.0.9",
+            "an empty value counts as left out"
+        );
         assert_eq!(renamed["spec"]["ports"][0]["nodePort"], 30443);
         // Values the client sets are its own; a type that needs none gets none.
         let mut set = json!({"spec": {"type": "NodePort", "clusterIP": "10.43.0.10", "ports": [{"name": "http", "port": 80, "nodePort": 31000}]}});
         patch_allocated_values(&mut set, &old);
-        assert_eq!((set["spec"]["clusterIP"].as_str(), set["spec"]["ports"][0]["nodePort"].as_i64()), (Some("10.43.0.10"), Some(31000)));
+        assert_eq!(
+            (
+                set["spec"]["clusterIP"].as_str(),
+                set["spec"]["ports"][0]["nodePort"].as_i64()
+            ),
+            (Some("10.43.0.10"), Some(31000))
+        );
         let mut external = json!({"spec": {"type": "ExternalName", "externalName": "example.com"}});
         patch_allocated_values(&mut external, &old);
         assert!(external["spec"].get("clusterIP").is_none());
         let mut cluster_ip = json!({"spec": {"ports": [{"name": "http", "port": 80}]}});
         patch_allocated_values(&mut cluster_ip, &old);
-        assert!(cluster_ip["spec"]["ports"][0].get("nodePort").is_none(), "ClusterIP Services have no node ports");
+        assert!(
+            cluster_ip["spec"]["ports"][0].get("nodePort").is_none(),
+            "ClusterIP Services have no node ports"
+        );
         let hc_old = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000}});
         let mut hc = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"}});
         patch_allocated_values(&mut hc, &hc_old);
@@ -1424,12 +2062,25 @@ mod tests {
         let cleared = json!({"metadata": {"name": "n"}, "spec": {}});
         let mut new = json!({"metadata": {"name": "n"}, "spec": {"finalizers": ["kubernetes"]}});
         namespace_finalizers(Some("status"), &json!({}), &cleared, &mut new);
-        assert_eq!(new["spec"], json!({}), "defaulting does not bring `kubernetes` back");
+        assert_eq!(
+            new["spec"],
+            json!({}),
+            "defaulting does not bring `kubernetes` back"
+        );
         // finalize takes the request's; an empty list is none.
         let mut new = json!({"spec": {"finalizers": ["kubernetes"]}});
-        namespace_finalizers(Some("finalize"), &json!({"spec": {"finalizers": ["example.com/x"]}}), &old, &mut new);
+        namespace_finalizers(
+            Some("finalize"),
+            &json!({"spec": {"finalizers": ["example.com/x"]}}),
+            &old,
+            &mut new,
+        );
         assert_eq!(new["spec"]["finalizers"], json!(["example.com/x"]));
-        for request in [json!({"spec": {"finalizers": []}}), json!({"spec": {}}), json!({})] {
+        for request in [
+            json!({"spec": {"finalizers": []}}),
+            json!({"spec": {}}),
+            json!({}),
+        ] {
             let mut new = json!({"spec": {"finalizers": ["kubernetes"]}});
             namespace_finalizers(Some("finalize"), &request, &old, &mut new);
             assert_eq!(new["spec"], json!({}), "{request}");
@@ -1438,8 +2089,21 @@ mod tests {
 
     #[test]
     fn qos() {
-        assert_eq!(qos_class(Some(&json!({"containers": [{"name": "a"}]}))), "BestEffort");
-        assert_eq!(qos_class(Some(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}))), "Guaranteed");
-        assert_eq!(qos_class(Some(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]}))), "Burstable");
+        assert_eq!(
+            qos_class(Some(&json!({"containers": [{"name": "a"}]}))),
+            "BestEffort"
+        );
+        assert_eq!(
+            qos_class(Some(
+                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            )),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(Some(
+                &json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})
+            )),
+            "Burstable"
+        );
     }
 }

@@ -24,7 +24,10 @@ pub struct LocalService {
 impl ApiServer {
     /// A `tower::Service` that serves requests in-process as `user`.
     pub fn local_service(&self, user: UserInfo) -> LocalService {
-        LocalService { api: self.clone(), user }
+        LocalService {
+            api: self.clone(),
+            user,
+        }
     }
 }
 
@@ -52,7 +55,11 @@ where
         let user = self.user.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let bytes: Bytes = body.collect().await.map_err(|e| LocalBodyError(e.to_string()))?.to_bytes();
+            let bytes: Bytes = body
+                .collect()
+                .await
+                .map_err(|e| LocalBodyError(e.to_string()))?
+                .to_bytes();
             Ok(api.handle(parts, bytes, Some(user)).await)
         })
     }

@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -29,15 +31,32 @@ pub struct Metrics {
 
 impl Metrics {
     /// Records one request.
-    pub fn record(&self, verb: &str, group: &str, resource: &str, subresource: &str, code: u16, elapsed: Duration) {
+    pub fn record(
+        &self,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        subresource: &str,
+        code: u16,
+        elapsed: Duration,
+    ) {
         if let Ok(mut m) = self.requests.lock() {
-            *m.entry((verb.to_string(), group.to_string(), resource.to_string(), subresource.to_string(), code)).or_default() += 1;
+            *m.entry((
+                verb.to_string(),
+                group.to_string(),
+                resource.to_string(),
+                subresource.to_string(),
+                code,
+            ))
+            .or_default() += 1;
         }
         if verb == "WATCH" {
             return;
         }
         if let Ok(mut m) = self.durations.lock() {
-            let h = m.entry((verb.to_string(), group.to_string(), resource.to_string())).or_default();
+            let h = m
+                .entry((verb.to_string(), group.to_string(), resource.to_string()))
+                .or_default();
             let secs = elapsed.as_secs_f64();
             for (i, b) in BUCKETS.iter().enumerate() {
                 if secs <= *b {
@@ -63,11 +82,27 @@ impl Metrics {
             for ((verb, group, resource), h) in m.iter() {
                 let labels = format!("group=\"{group}\",resource=\"{resource}\",verb=\"{verb}\"");
                 for (i, b) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(out, "apiserver_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}", h.counts[i]);
+                    let _ = writeln!(
+                        out,
+                        "apiserver_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
+                        h.counts[i]
+                    );
                 }
-                let _ = writeln!(out, "apiserver_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-                let _ = writeln!(out, "apiserver_request_duration_seconds_sum{{{labels}}} {}", h.sum);
-                let _ = writeln!(out, "apiserver_request_duration_seconds_count{{{labels}}} {}", h.count);
+                let _ = writeln!(
+                    out,
+                    "apiserver_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(
+                    out,
+                    "apiserver_request_duration_seconds_sum{{{labels}}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "apiserver_request_duration_seconds_count{{{labels}}} {}",
+                    h.count
+                );
             }
         }
         let _ = writeln!(out, "# HELP apiserver_storage_objects Number of stored objects held by the watch cache.\n# TYPE apiserver_storage_objects gauge\napiserver_storage_objects {cached_objects}");
@@ -93,8 +128,22 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
-        m.record("GET", "apps", "deployments", "", 200, Duration::from_millis(3));
-        m.record("GET", "apps", "deployments", "", 200, Duration::from_millis(30));
+        m.record(
+            "GET",
+            "apps",
+            "deployments",
+            "",
+            200,
+            Duration::from_millis(3),
+        );
+        m.record(
+            "GET",
+            "apps",
+            "deployments",
+            "",
+            200,
+            Duration::from_millis(30),
+        );
         let text = m.render(7);
         assert!(text.contains("apiserver_request_total{code=\"200\",group=\"apps\",resource=\"deployments\",subresource=\"\",verb=\"GET\"} 2"), "{text}");
         assert!(text.contains("apiserver_request_duration_seconds_bucket{group=\"apps\",resource=\"deployments\",verb=\"GET\",le=\"0.005\"} 1"), "{text}");

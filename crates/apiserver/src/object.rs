@@ -10,7 +10,9 @@ pub fn meta(obj: &Value) -> Option<&Map<String, Value>> {
 /// Mutable `metadata`, created if missing.
 pub fn meta_mut(obj: &mut Value) -> Option<&mut Map<String, Value>> {
     let o = obj.as_object_mut()?;
-    let m = o.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let m = o
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
     if !m.is_object() {
         *m = Value::Object(Map::new());
     }
@@ -42,18 +44,26 @@ pub fn finalizers(obj: &Value) -> Vec<String> {
     meta(obj)
         .and_then(|m| m.get("finalizers"))
         .and_then(|f| f.as_array())
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Current time in RFC 3339 with second precision, as Kubernetes `Time`.
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Current time in RFC 3339 with microseconds (`MicroTime`).
 pub fn now_micro_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string()
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -79,14 +89,24 @@ pub fn new_uid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Upstream's generateName suffix: 5 characters from an alphabet without vowels and
 /// look-alikes.
 pub fn random_suffix() -> String {
     const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    random_bytes::<5>().iter().map(|b| ALPHA[*b as usize % ALPHA.len()] as char).collect()
+    random_bytes::<5>()
+        .iter()
+        .map(|b| ALPHA[*b as usize % ALPHA.len()] as char)
+        .collect()
 }
 
 /// Everything but `metadata` and `status` (what bumps `generation` when it changes).
@@ -94,7 +114,9 @@ pub fn spec_part(obj: &Value) -> Value {
     match obj.as_object() {
         Some(m) => Value::Object(
             m.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion"))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion")
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         ),
@@ -124,6 +146,9 @@ mod tests {
     #[test]
     fn spec_part_excludes_meta_and_status() {
         let v = serde_json::json!({"kind":"X","metadata":{"name":"a"},"spec":{"a":1},"status":{"b":2},"data":{"c":3}});
-        assert_eq!(spec_part(&v), serde_json::json!({"spec":{"a":1},"data":{"c":3}}));
+        assert_eq!(
+            spec_part(&v),
+            serde_json::json!({"spec":{"a":1},"data":{"c":3}})
+        );
     }
 }

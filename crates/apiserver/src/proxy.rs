@@ -60,7 +60,8 @@ pub struct KubeletClientConfig {
 
 impl std::fmt::Debug for KubeletClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeletClientConfig").finish_non_exhaustive()
+        f.debug_struct("KubeletClientConfig")
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,7 +80,9 @@ impl KubeletClient {
             roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
         }
         let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cfg.cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| tls(&e))?;
+            CertificateDer::pem_slice_iter(cfg.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| tls(&e))?;
         let key = PrivateKeyDer::from_pem_slice(cfg.key_pem.as_bytes()).map_err(|e| tls(&e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -88,25 +91,52 @@ impl KubeletClient {
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
             .map_err(|e| tls(&e))?;
-        Ok(KubeletClient { tls: tokio_rustls::TlsConnector::from(Arc::new(config)) })
+        Ok(KubeletClient {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
     }
 
     /// GETs `path_and_query` from the kubelet at `host:port` and streams the answer back.
-    pub async fn get(&self, host: &str, port: u16, path_and_query: &str) -> Result<Response, ApiError> {
-        let url = format!("https://{}/{}", host_port(host, port), path_and_query.trim_start_matches('/'));
+    pub async fn get(
+        &self,
+        host: &str,
+        port: u16,
+        path_and_query: &str,
+    ) -> Result<Response, ApiError> {
+        let url = format!(
+            "https://{}/{}",
+            host_port(host, port),
+            path_and_query.trim_start_matches('/')
+        );
         let fail = |e: &dyn std::fmt::Display| ApiError::internal(format!("Get \"{url}\": {e}"));
-        let connect = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host, port)));
+        let connect = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect((host, port)),
+        );
         let tcp = match connect.await {
             Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(fail(&format!("dial tcp {}: connect: {e}", host_port(host, port)))),
-            Err(_) => return Err(fail(&format!("dial tcp {}: i/o timeout", host_port(host, port)))),
+            Ok(Err(e)) => {
+                return Err(fail(&format!(
+                    "dial tcp {}: connect: {e}",
+                    host_port(host, port)
+                )))
+            }
+            Err(_) => {
+                return Err(fail(&format!(
+                    "dial tcp {}: i/o timeout",
+                    host_port(host, port)
+                )))
+            }
         };
         let name = match host.parse::<IpAddr>() {
             Ok(ip) => ServerName::IpAddress(ip.into()),
             Err(_) => ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?,
         };
         let stream = self.tls.connect(name, tcp).await.map_err(|e| fail(&e))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| fail(&e))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| fail(&e))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "kubelet connection ended");
@@ -142,7 +172,8 @@ impl KubeletClient {
         let mut r = http::Response::new(ResponseBody::Stream(rx));
         *r.status_mut() = parts.status;
         if let Some(ct) = parts.headers.get(http::header::CONTENT_TYPE) {
-            r.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
+            r.headers_mut()
+                .insert(http::header::CONTENT_TYPE, ct.clone());
         }
         Ok(r)
     }
@@ -174,13 +205,31 @@ impl KubeletClient {
         headers: &http::HeaderMap,
         client: hyper::upgrade::OnUpgrade,
     ) -> Result<Response, ApiError> {
-        let url = format!("https://{}/{}", host_port(host, port), path_and_query.trim_start_matches('/'));
-        let fail = |e: &dyn std::fmt::Display| ApiError::internal(format!("error dialing backend: {e}"));
-        let connect = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host, port)));
+        let url = format!(
+            "https://{}/{}",
+            host_port(host, port),
+            path_and_query.trim_start_matches('/')
+        );
+        let fail =
+            |e: &dyn std::fmt::Display| ApiError::internal(format!("error dialing backend: {e}"));
+        let connect = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect((host, port)),
+        );
         let tcp = match connect.await {
             Ok(Ok(t)) => t,
-            Ok(Err(e)) => return Err(fail(&format!("dial tcp {}: connect: {e}", host_port(host, port)))),
-            Err(_) => return Err(fail(&format!("dial tcp {}: i/o timeout", host_port(host, port)))),
+            Ok(Err(e)) => {
+                return Err(fail(&format!(
+                    "dial tcp {}: connect: {e}",
+                    host_port(host, port)
+                )))
+            }
+            Err(_) => {
+                return Err(fail(&format!(
+                    "dial tcp {}: i/o timeout",
+                    host_port(host, port)
+                )))
+            }
         };
         let _ = tcp.set_nodelay(true);
         let name = match host.parse::<IpAddr>() {
@@ -188,7 +237,10 @@ impl KubeletClient {
             Err(_) => ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?,
         };
         let stream = self.tls.connect(name, tcp).await.map_err(|e| fail(&e))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| fail(&e))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| fail(&e))?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "kubelet stream connection ended");
@@ -203,11 +255,17 @@ impl KubeletClient {
                 b = b.header(*h, v.clone());
             }
         }
-        let req = b.body(http_body_util::Empty::<Bytes>::new()).map_err(|e| fail(&e))?;
-        let mut resp = send.send_request(req).await.map_err(|e| ApiError::internal(format!("{url}: {e}")))?;
+        let req = b
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| fail(&e))?;
+        let mut resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| ApiError::internal(format!("{url}: {e}")))?;
         let status = resp.status();
         if status != http::StatusCode::SWITCHING_PROTOCOLS {
-            let collected = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect()).await;
+            let collected =
+                tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect()).await;
             let text = match collected {
                 Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
                 _ => String::new(),
@@ -219,7 +277,11 @@ impl KubeletClient {
             let (c, k) = match (client.await, backend.await) {
                 (Ok(c), Ok(k)) => (c, k),
                 (c, k) => {
-                    tracing::debug!(client = c.is_ok(), kubelet = k.is_ok(), "stream upgrade failed");
+                    tracing::debug!(
+                        client = c.is_ok(),
+                        kubelet = k.is_ok(),
+                        "stream upgrade failed"
+                    );
                     return;
                 }
             };
@@ -262,13 +324,19 @@ fn kubelet_error(code: u16, message: String) -> ApiError {
         504 => "Timeout",
         _ => "InternalError",
     };
-    let message = if message.is_empty() { format!("the kubelet answered {code}") } else { message };
+    let message = if message.is_empty() {
+        format!("the kubelet answered {code}")
+    } else {
+        message
+    };
     ApiError::new(code, reason, message)
 }
 
 /// The address and kubelet port of a Node object.
 pub fn node_endpoint(node: &Value) -> Option<(String, u16)> {
-    let addrs = node.pointer("/status/addresses").and_then(|a| a.as_array())?;
+    let addrs = node
+        .pointer("/status/addresses")
+        .and_then(|a| a.as_array())?;
     let find = |t: &str| {
         addrs
             .iter()
@@ -276,7 +344,9 @@ pub fn node_endpoint(node: &Value) -> Option<(String, u16)> {
             .and_then(|a| a.get("address").and_then(|x| x.as_str()))
             .filter(|s| !s.is_empty())
     };
-    let host = find("InternalIP").or_else(|| find("ExternalIP")).or_else(|| find("Hostname"))?;
+    let host = find("InternalIP")
+        .or_else(|| find("ExternalIP"))
+        .or_else(|| find("Hostname"))?;
     let port = node
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(|p| p.as_u64())
@@ -289,7 +359,11 @@ pub fn node_endpoint(node: &Value) -> Option<(String, u16)> {
 fn names(pod: &Value, key: &str) -> Vec<String> {
     pod.pointer(&format!("/spec/{key}"))
         .and_then(|c| c.as_array())
-        .map(|a| a.iter().filter_map(|c| c.get("name").and_then(|n| n.as_str()).map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.get("name").and_then(|n| n.as_str()).map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -297,30 +371,52 @@ fn names(pod: &Value, key: &str) -> Vec<String> {
 /// must exist), else the only container, else the `kubectl.kubernetes.io/default-container`
 /// annotation's; otherwise a 400 listing the choices.
 pub fn choose_container(pod: &Value, asked: Option<&str>) -> Result<String, ApiError> {
-    let pod_name = pod.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
+    let pod_name = pod
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("");
     let containers = names(pod, "containers");
     let inits = names(pod, "initContainers");
     let ephemeral = names(pod, "ephemeralContainers");
     if let Some(c) = asked {
-        if containers.iter().chain(&inits).chain(&ephemeral).any(|n| n == c) {
+        if containers
+            .iter()
+            .chain(&inits)
+            .chain(&ephemeral)
+            .any(|n| n == c)
+        {
             return Ok(c.to_string());
         }
-        return Err(ApiError::bad_request(format!("container {c} is not valid for pod {pod_name}")));
+        return Err(ApiError::bad_request(format!(
+            "container {c} is not valid for pod {pod_name}"
+        )));
     }
     if containers.len() == 1 {
         return Ok(containers[0].clone());
     }
-    if let Some(d) = pod.pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container").and_then(|d| d.as_str()) {
+    if let Some(d) = pod
+        .pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
+        .and_then(|d| d.as_str())
+    {
         if containers.iter().any(|n| n == d) {
             return Ok(d.to_string());
         }
     }
-    let mut msg = format!("a container name must be specified for pod {pod_name}, choose one of: [{}]", containers.join(" "));
+    let mut msg = format!(
+        "a container name must be specified for pod {pod_name}, choose one of: [{}]",
+        containers.join(" ")
+    );
     if !inits.is_empty() {
-        msg.push_str(&format!(" or one of the init containers: [{}]", inits.join(" ")));
+        msg.push_str(&format!(
+            " or one of the init containers: [{}]",
+            inits.join(" ")
+        ));
     }
     if !ephemeral.is_empty() {
-        msg.push_str(&format!(" or one of the ephemeral containers: [{}]", ephemeral.join(" ")));
+        msg.push_str(&format!(
+            " or one of the ephemeral containers: [{}]",
+            ephemeral.join(" ")
+        ));
     }
     Err(ApiError::bad_request(msg))
 }
@@ -329,11 +425,23 @@ pub fn choose_container(pod: &Value, asked: Option<&str>) -> Result<String, ApiE
 /// kubelet messages (`... is waiting to start: ContainerCreating`, `previous terminated
 /// container ... not found`).
 pub fn check_log_status(pod: &Value, container: &str, previous: bool) -> Result<(), ApiError> {
-    let pod_name = pod.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("");
-    let status = ["containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"].iter().find_map(|k| {
+    let pod_name = pod
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("");
+    let status = [
+        "containerStatuses",
+        "initContainerStatuses",
+        "ephemeralContainerStatuses",
+    ]
+    .iter()
+    .find_map(|k| {
         pod.pointer(&format!("/status/{k}"))
             .and_then(|s| s.as_array())
-            .and_then(|a| a.iter().find(|s| s.get("name").and_then(|n| n.as_str()) == Some(container)))
+            .and_then(|a| {
+                a.iter()
+                    .find(|s| s.get("name").and_then(|n| n.as_str()) == Some(container))
+            })
     });
     let bad = |m: String| Err(ApiError::bad_request(m));
     let Some(st) = status else {
@@ -343,11 +451,16 @@ pub fn check_log_status(pod: &Value, container: &str, previous: bool) -> Result<
     let last_terminated = st.pointer("/lastState/terminated");
     if previous {
         if last_terminated.is_none() {
-            return bad(format!("previous terminated container \"{container}\" in pod \"{pod_name}\" not found"));
+            return bad(format!(
+                "previous terminated container \"{container}\" in pod \"{pod_name}\" not found"
+            ));
         }
         return Ok(());
     }
-    if st.pointer("/state/running").is_some() || st.pointer("/state/terminated").is_some() || last_terminated.is_some() {
+    if st.pointer("/state/running").is_some()
+        || st.pointer("/state/terminated").is_some()
+        || last_terminated.is_some()
+    {
         return Ok(());
     }
     if let Some(w) = st.pointer("/state/waiting") {
@@ -357,9 +470,13 @@ pub fn check_log_status(pod: &Value, container: &str, previous: bool) -> Result<
             "ImagePullBackOff" => "trying and failing to pull image".to_string(),
             r => r.to_string(),
         };
-        return bad(format!("container \"{container}\" in pod \"{pod_name}\" is waiting to start: {what}"));
+        return bad(format!(
+            "container \"{container}\" in pod \"{pod_name}\" is waiting to start: {what}"
+        ));
     }
-    bad(format!("container \"{container}\" in pod \"{pod_name}\" is waiting to start - no logs yet"))
+    bad(format!(
+        "container \"{container}\" in pod \"{pod_name}\" is waiting to start - no logs yet"
+    ))
 }
 
 /// The kubelet query of a `pods/log` request (only the options the kubelet knows).
@@ -379,7 +496,13 @@ pub fn log_query(query: &Query) -> String {
 }
 
 fn client(inner: &Inner) -> Result<&KubeletClient, ApiError> {
-    inner.kubelet_client.as_ref().ok_or_else(|| ApiError::new(503, "ServiceUnavailable", "this API server has no kubelet client certificate"))
+    inner.kubelet_client.as_ref().ok_or_else(|| {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "this API server has no kubelet client certificate",
+        )
+    })
 }
 
 fn node(inner: &Inner, name: &str) -> Result<Value, ApiError> {
@@ -391,18 +514,35 @@ fn node(inner: &Inner, name: &str) -> Result<Value, ApiError> {
 }
 
 fn no_address(node: &str) -> ApiError {
-    ApiError::internal(format!("no preferred addresses found; known addresses: [] for node {node:?}"))
+    ApiError::internal(format!(
+        "no preferred addresses found; known addresses: [] for node {node:?}"
+    ))
 }
 
 /// Serves `GET pods/{name}/log`.
-pub async fn pod_log(inner: &Inner, ns: &str, name: &str, query: &Query) -> Result<Response, ApiError> {
+pub async fn pod_log(
+    inner: &Inner,
+    ns: &str,
+    name: &str,
+    query: &Query,
+) -> Result<Response, ApiError> {
     for k in ["tailLines", "sinceSeconds", "limitBytes"] {
         if let Some(v) = query.get(k) {
-            let n: i64 = v.parse().map_err(|_| ApiError::bad_request(format!("invalid {k}: {v:?}")))?;
+            let n: i64 = v
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid {k}: {v:?}")))?;
             let min = if k == "tailLines" { 0 } else { 1 };
             if n < min {
-                let what = if min == 0 { "must be greater than or equal to 0" } else { "must be greater than 0" };
-                let mut e = ApiError::new(422, "Invalid", format!("PodLogOptions \"{name}\" is invalid: {k}: Invalid value: {n}: {what}"));
+                let what = if min == 0 {
+                    "must be greater than or equal to 0"
+                } else {
+                    "must be greater than 0"
+                };
+                let mut e = ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("PodLogOptions \"{name}\" is invalid: {k}: Invalid value: {n}: {what}"),
+                );
                 e.name = Some(name.to_string());
                 e.kind = Some("PodLogOptions".into());
                 return Err(e);
@@ -410,7 +550,9 @@ pub async fn pod_log(inner: &Inner, ns: &str, name: &str, query: &Query) -> Resu
         }
     }
     if query.get("sinceSeconds").is_some() && query.get("sinceTime").is_some() {
-        return Err(ApiError::bad_request("at most one of sinceTime or sinceSeconds may be specified"));
+        return Err(ApiError::bad_request(
+            "at most one of sinceTime or sinceSeconds may be specified",
+        ));
     }
     let pod = inner
         .cache
@@ -418,7 +560,10 @@ pub async fn pod_log(inner: &Inner, ns: &str, name: &str, query: &Query) -> Resu
         .map(|o| (*o.object).clone())
         .ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
     let container = choose_container(&pod, query.get("container"))?;
-    let node_name = pod.pointer("/spec/nodeName").and_then(|n| n.as_str()).unwrap_or("");
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(|n| n.as_str())
+        .unwrap_or("");
     if node_name.is_empty() {
         // Not scheduled: no logs, as upstream.
         return Ok(body::bytes_response(200, "text/plain", Bytes::new()));
@@ -451,7 +596,10 @@ pub fn split_scheme_name_port(id: &str) -> Option<(&str, &str, &str)> {
 /// in the request path, verbatim (`/` when nothing does).
 pub fn proxied_path(raw_path: &str, resource: &str, id: &str) -> String {
     let marker = format!("/{resource}/{id}/proxy");
-    let rest = raw_path.find(&marker).map(|i| &raw_path[i + marker.len()..]).unwrap_or("");
+    let rest = raw_path
+        .find(&marker)
+        .map(|i| &raw_path[i + marker.len()..])
+        .unwrap_or("");
     if rest.is_empty() {
         "/".to_string()
     } else {
@@ -463,8 +611,19 @@ pub fn proxied_path(raw_path: &str, resource: &str, id: &str) -> String {
 /// loopback, link-local, multicast or broadcast).
 pub fn proxyable_ip(ip: &IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_loopback() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast()),
-        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80),
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
     }
 }
 
@@ -474,7 +633,18 @@ fn forwarded(name: &http::HeaderName) -> bool {
     let n = name.as_str();
     !matches!(
         n,
-        "connection" | "keep-alive" | "proxy-authenticate" | "proxy-authorization" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "host" | "authorization" | "content-length"
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "authorization"
+            | "content-length"
     ) && !n.starts_with("impersonate-")
 }
 
@@ -494,11 +664,31 @@ fn insecure_tls() -> tokio_rustls::TlsConnector {
         ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         }
-        fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
         }
-        fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
@@ -507,11 +697,19 @@ fn insecure_tls() -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(AnyServer(provider))).with_no_client_auth());
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+                .with_no_client_auth()
+        });
     match config {
         Ok(c) => tokio_rustls::TlsConnector::from(Arc::new(c)),
         // The default protocol versions are always available with the ring provider.
-        Err(_) => tokio_rustls::TlsConnector::from(Arc::new(rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())),
+        Err(_) => tokio_rustls::TlsConnector::from(Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )),
     }
 }
 
@@ -527,48 +725,77 @@ pub struct ProxyTarget {
 
 /// Forwards a request to `target` and streams its answer back unchanged (status,
 /// headers but hop-by-hop ones, body). Unreachable targets are upstream's 503.
-pub async fn forward(target: ProxyTarget, method: &http::Method, path_and_query: &str, headers: &http::HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn forward(
+    target: ProxyTarget,
+    method: &http::Method,
+    path_and_query: &str,
+    headers: &http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let addr = host_port(&target.host, target.port);
-    let unreachable = |e: &dyn std::fmt::Display| ApiError::new(503, "ServiceUnavailable", format!("error trying to reach service: {e}"));
-    let connect = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((target.host.as_str(), target.port)));
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("error trying to reach service: {e}"),
+        )
+    };
+    let connect = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
+    );
     let tcp = match connect.await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return Err(unreachable(&format!("dial tcp {addr}: connect: {e}"))),
         Err(_) => return Err(unreachable(&format!("dial tcp {addr}: i/o timeout"))),
     };
     let _ = tcp.set_nodelay(true);
-    let mut send: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>> = match target.tls {
-        Some(tls) => {
-            let name = match target.host.parse::<IpAddr>() {
-                Ok(ip) => ServerName::IpAddress(ip.into()),
-                Err(_) => ServerName::try_from(target.host.clone()).map_err(|e| unreachable(&e))?,
-            };
-            let stream = tls.connect(name, tcp).await.map_err(|e| unreachable(&e))?;
-            let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "proxy connection ended");
-                }
-            });
-            send
-        }
-        None => {
-            let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| unreachable(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "proxy connection ended");
-                }
-            });
-            send
-        }
-    };
-    let mut b = http::Request::builder().method(method.clone()).uri(path_and_query).header(http::header::HOST, addr.clone());
+    let mut send: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>> =
+        match target.tls {
+            Some(tls) => {
+                let name = match target.host.parse::<IpAddr>() {
+                    Ok(ip) => ServerName::IpAddress(ip.into()),
+                    Err(_) => {
+                        ServerName::try_from(target.host.clone()).map_err(|e| unreachable(&e))?
+                    }
+                };
+                let stream = tls.connect(name, tcp).await.map_err(|e| unreachable(&e))?;
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .map_err(|e| unreachable(&e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "proxy connection ended");
+                    }
+                });
+                send
+            }
+            None => {
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                        .await
+                        .map_err(|e| unreachable(&e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "proxy connection ended");
+                    }
+                });
+                send
+            }
+        };
+    let mut b = http::Request::builder()
+        .method(method.clone())
+        .uri(path_and_query)
+        .header(http::header::HOST, addr.clone());
     for (k, v) in headers {
         if forwarded(k) {
             b = b.header(k, v.clone());
         }
     }
-    let req = b.body(http_body_util::Full::new(body)).map_err(|e| ApiError::bad_request(format!("invalid proxy request: {e}")))?;
+    let req = b
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| ApiError::bad_request(format!("invalid proxy request: {e}")))?;
     let resp = send.send_request(req).await.map_err(|e| unreachable(&e))?;
     let (parts, mut incoming) = resp.into_parts();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
@@ -612,112 +839,256 @@ pub fn pod_target(pod: &Value, scheme: &str, port: &str) -> Result<ProxyTarget, 
         // The first port of the first container that has one; else the scheme's.
         pod.pointer("/spec/containers")
             .and_then(Value::as_array)
-            .and_then(|cs| cs.iter().find_map(|c| c.pointer("/ports/0/containerPort").and_then(Value::as_u64)))
+            .and_then(|cs| {
+                cs.iter()
+                    .find_map(|c| c.pointer("/ports/0/containerPort").and_then(Value::as_u64))
+            })
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(if scheme == "https" { 443 } else { 80 })
     } else {
-        port.parse().map_err(|_| ApiError::bad_request(format!("invalid port {port:?}")))?
+        port.parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid port {port:?}")))?
     };
-    Ok(ProxyTarget { host: ip.to_string(), port, tls: (scheme == "https").then(insecure_tls) })
+    Ok(ProxyTarget {
+        host: ip.to_string(),
+        port,
+        tls: (scheme == "https").then(insecure_tls),
+    })
 }
 
 /// The target of `services/{id}/proxy`, as upstream's service `ResourceLocation`: the
 /// Service port (by number or name), then a random ready address of its Endpoints with
 /// that port that belongs to a pod of the namespace with that IP.
 pub fn service_target(inner: &Inner, ns: &str, id: &str) -> Result<ProxyTarget, ApiError> {
-    let (scheme, name, port) = split_scheme_name_port(id).ok_or_else(|| ApiError::bad_request(format!("invalid service request {id:?}")))?;
+    let (scheme, name, port) = split_scheme_name_port(id)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid service request {id:?}")))?;
     let mut port_name = port.to_string();
     if let Ok(number) = port.parse::<i64>() {
-        let svc = inner.cache.get(&format!("/registry/core/services/{ns}/{name}")).ok_or_else(|| ApiError::not_found_named("services", "", name))?;
-        let ports = svc.object.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
-        let found = ports.iter().find(|p| p.get("port").and_then(Value::as_i64) == Some(number));
+        let svc = inner
+            .cache
+            .get(&format!("/registry/core/services/{ns}/{name}"))
+            .ok_or_else(|| ApiError::not_found_named("services", "", name))?;
+        let ports = svc
+            .object
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let found = ports
+            .iter()
+            .find(|p| p.get("port").and_then(Value::as_i64) == Some(number));
         match found {
-            Some(p) => port_name = p.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
-            None => return Err(ApiError::new(503, "ServiceUnavailable", format!("no service port {number} found for service {name:?}"))),
+            Some(p) => {
+                port_name = p
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            }
+            None => {
+                return Err(ApiError::new(
+                    503,
+                    "ServiceUnavailable",
+                    format!("no service port {number} found for service {name:?}"),
+                ))
+            }
         }
     }
-    let eps = inner.cache.get(&format!("/registry/core/endpoints/{ns}/{name}")).ok_or_else(|| ApiError::not_found_named("endpoints", "", name))?;
-    let subsets = eps.object.get("subsets").and_then(Value::as_array).cloned().unwrap_or_default();
-    let none = || ApiError::new(503, "ServiceUnavailable", format!("no endpoints available for service {name:?}"));
+    let eps = inner
+        .cache
+        .get(&format!("/registry/core/endpoints/{ns}/{name}"))
+        .ok_or_else(|| ApiError::not_found_named("endpoints", "", name))?;
+    let subsets = eps
+        .object
+        .get("subsets")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let none = || {
+        ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("no endpoints available for service {name:?}"),
+        )
+    };
     if subsets.is_empty() {
         return Err(none());
     }
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as usize).unwrap_or(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as usize)
+        .unwrap_or(0);
     for i in 0..subsets.len() {
         let ss = &subsets[(seed + i) % subsets.len()];
-        let addrs = ss.get("addresses").and_then(Value::as_array).cloned().unwrap_or_default();
+        let addrs = ss
+            .get("addresses")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if addrs.is_empty() {
             continue;
         }
-        let ports = ss.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
-        for p in ports.iter().filter(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name) {
-            let Some(port) = p.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()) else { continue };
+        let ports = ss
+            .get("ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for p in ports
+            .iter()
+            .filter(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name)
+        {
+            let Some(port) = p
+                .get("port")
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
             for j in 0..addrs.len() {
                 let a = &addrs[(seed + j) % addrs.len()];
                 let ip = a.get("ip").and_then(Value::as_str).unwrap_or("");
                 if valid_endpoint_address(inner, ns, a, ip) {
-                    return Ok(ProxyTarget { host: ip.to_string(), port, tls: (scheme == "https").then(insecure_tls) });
+                    return Ok(ProxyTarget {
+                        host: ip.to_string(),
+                        port,
+                        tls: (scheme == "https").then(insecure_tls),
+                    });
                 }
             }
         }
     }
-    Err(ApiError::new(503, "ServiceUnavailable", format!("no endpoints available for service {id:?}")))
+    Err(ApiError::new(
+        503,
+        "ServiceUnavailable",
+        format!("no endpoints available for service {id:?}"),
+    ))
 }
 
 /// upstream's `isValidAddress`: the address is a pod of this namespace that has the IP.
 fn valid_endpoint_address(inner: &Inner, ns: &str, addr: &Value, ip: &str) -> bool {
-    let Ok(parsed) = ip.parse::<IpAddr>() else { return false };
+    let Ok(parsed) = ip.parse::<IpAddr>() else {
+        return false;
+    };
     if !proxyable_ip(&parsed) {
         return false;
     }
-    let Some(target) = addr.get("targetRef") else { return false };
+    let Some(target) = addr.get("targetRef") else {
+        return false;
+    };
     if target.get("namespace").and_then(Value::as_str) != Some(ns) {
         return false;
     }
     let pod_name = target.get("name").and_then(Value::as_str).unwrap_or("");
-    let Some(pod) = inner.cache.get(&format!("/registry/core/pods/{ns}/{pod_name}")) else { return false };
-    let ips = pod.object.pointer("/status/podIPs").and_then(Value::as_array).cloned().unwrap_or_default();
-    ips.iter().any(|p| p.get("ip").and_then(Value::as_str) == Some(ip))
+    let Some(pod) = inner
+        .cache
+        .get(&format!("/registry/core/pods/{ns}/{pod_name}"))
+    else {
+        return false;
+    };
+    let ips = pod
+        .object
+        .pointer("/status/podIPs")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    ips.iter()
+        .any(|p| p.get("ip").and_then(Value::as_str) == Some(ip))
 }
 
 /// Serves `nodes/{id}/proxy/{path...}`: the node's kubelet (with the client
 /// certificate), or another port of the node when `id` names one.
-pub async fn node_proxy(inner: &Inner, parts: &http::request::Parts, id: &str, body: Bytes) -> Result<Response, ApiError> {
-    let (scheme, name, port) = split_scheme_name_port(id).ok_or_else(|| ApiError::bad_request(format!("invalid node request {id:?}")))?;
+pub async fn node_proxy(
+    inner: &Inner,
+    parts: &http::request::Parts,
+    id: &str,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (scheme, name, port) = split_scheme_name_port(id)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid node request {id:?}")))?;
     let n = node(inner, name)?;
     let (host, kubelet_port) = node_endpoint(&n).ok_or_else(|| no_address(name))?;
-    let asked: Option<u16> = if port.is_empty() { None } else { Some(port.parse().map_err(|_| ApiError::bad_request(format!("invalid port {port:?}")))?) };
-    let target = match asked {
-        Some(p) if p != kubelet_port => ProxyTarget { host, port: p, tls: (scheme == "https").then(insecure_tls) },
-        _ => ProxyTarget { host, port: kubelet_port, tls: Some(client(inner)?.tls.clone()) },
+    let asked: Option<u16> = if port.is_empty() {
+        None
+    } else {
+        Some(
+            port.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid port {port:?}")))?,
+        )
     };
-    let path = path_and_query(proxied_path(parts.uri.path(), "nodes", id), parts.uri.query());
+    let target = match asked {
+        Some(p) if p != kubelet_port => ProxyTarget {
+            host,
+            port: p,
+            tls: (scheme == "https").then(insecure_tls),
+        },
+        _ => ProxyTarget {
+            host,
+            port: kubelet_port,
+            tls: Some(client(inner)?.tls.clone()),
+        },
+    };
+    let path = path_and_query(
+        proxied_path(parts.uri.path(), "nodes", id),
+        parts.uri.query(),
+    );
     forward(target, &parts.method, &path, &parts.headers, body).await
 }
 
 /// Serves `pods/{id}/proxy/{path...}`.
-pub async fn pod_proxy(inner: &Inner, parts: &http::request::Parts, ns: &str, id: &str, body: Bytes) -> Result<Response, ApiError> {
-    let (scheme, name, port) = split_scheme_name_port(id).ok_or_else(|| ApiError::bad_request(format!("invalid pod request {id:?}")))?;
-    let pod = inner.cache.get(&format!("/registry/core/pods/{ns}/{name}")).ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
+pub async fn pod_proxy(
+    inner: &Inner,
+    parts: &http::request::Parts,
+    ns: &str,
+    id: &str,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (scheme, name, port) = split_scheme_name_port(id)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid pod request {id:?}")))?;
+    let pod = inner
+        .cache
+        .get(&format!("/registry/core/pods/{ns}/{name}"))
+        .ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
     let target = pod_target(&pod.object, scheme, port)?;
-    let path = path_and_query(proxied_path(parts.uri.path(), "pods", id), parts.uri.query());
+    let path = path_and_query(
+        proxied_path(parts.uri.path(), "pods", id),
+        parts.uri.query(),
+    );
     forward(target, &parts.method, &path, &parts.headers, body).await
 }
 
 /// Serves `services/{id}/proxy/{path...}`.
-pub async fn service_proxy(inner: &Inner, parts: &http::request::Parts, ns: &str, id: &str, body: Bytes) -> Result<Response, ApiError> {
+pub async fn service_proxy(
+    inner: &Inner,
+    parts: &http::request::Parts,
+    ns: &str,
+    id: &str,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let target = service_target(inner, ns, id)?;
-    let path = path_and_query(proxied_path(parts.uri.path(), "services", id), parts.uri.query());
+    let path = path_and_query(
+        proxied_path(parts.uri.path(), "services", id),
+        parts.uri.query(),
+    );
     forward(target, &parts.method, &path, &parts.headers, body).await
 }
 
 /// Every value of a repeated query parameter, in order (`command=sh&command=-c`).
 fn all_values(raw: Option<&str>, key: &str) -> Vec<String> {
-    form_urlencoded::parse(raw.unwrap_or("").as_bytes()).filter(|(k, _)| k == key).map(|(_, v)| v.into_owned()).collect()
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
 /// Serves `pods/{name}/exec|attach|portforward` (connect verbs, upgraded connections).
-pub async fn pod_stream(inner: &Inner, parts: &http::request::Parts, ns: &str, name: &str, sub: &str, query: &Query) -> Result<Response, ApiError> {
+pub async fn pod_stream(
+    inner: &Inner,
+    parts: &http::request::Parts,
+    ns: &str,
+    name: &str,
+    sub: &str,
+    query: &Query,
+) -> Result<Response, ApiError> {
     let Some(on_upgrade) = parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned() else {
         return Err(ApiError::bad_request("Upgrade request required"));
     };
@@ -726,14 +1097,27 @@ pub async fn pod_stream(inner: &Inner, parts: &http::request::Parts, ns: &str, n
         .get(&format!("/registry/core/pods/{ns}/{name}"))
         .map(|o| (*o.object).clone())
         .ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
-    let phase = pod.pointer("/status/phase").and_then(|p| p.as_str()).unwrap_or("");
-    let node_name = pod.pointer("/spec/nodeName").and_then(|n| n.as_str()).unwrap_or("").to_string();
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(|p| p.as_str())
+        .unwrap_or("");
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(|n| n.as_str())
+        .unwrap_or("")
+        .to_string();
     let path = if sub == "portforward" {
         if matches!(phase, "Succeeded" | "Failed") {
-            return Err(ApiError::bad_request(format!("cannot port-forward to a completed pod; current phase is {phase}")));
+            return Err(ApiError::bad_request(format!(
+                "cannot port-forward to a completed pod; current phase is {phase}"
+            )));
         }
         let mut q = form_urlencoded::Serializer::new(String::new());
-        for p in all_values(parts.uri.query(), "ports").iter().flat_map(|v| v.split(',')).filter(|p| !p.is_empty()) {
+        for p in all_values(parts.uri.query(), "ports")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .filter(|p| !p.is_empty())
+        {
             q.append_pair("port", p);
         }
         let q = q.finish();
@@ -744,25 +1128,45 @@ pub async fn pod_stream(inner: &Inner, parts: &http::request::Parts, ns: &str, n
         }
     } else {
         let container = choose_container(&pod, query.get("container"))?;
-        let (stdin, stdout, stderr, tty) = (query.flag("stdin"), query.flag("stdout"), query.flag("stderr"), query.flag("tty"));
+        let (stdin, stdout, stderr, tty) = (
+            query.flag("stdin"),
+            query.flag("stdout"),
+            query.flag("stderr"),
+            query.flag("tty"),
+        );
         if !stdin && !stdout && !stderr {
-            return Err(ApiError::bad_request("you must specify at least 1 of stdin, stdout, stderr"));
+            return Err(ApiError::bad_request(
+                "you must specify at least 1 of stdin, stdout, stderr",
+            ));
         }
         if matches!(phase, "Succeeded" | "Failed") {
-            let what = if sub == "exec" { "exec into" } else { "attach to" };
-            return Err(ApiError::bad_request(format!("cannot {what} a container in a completed pod; current phase is {phase}")));
+            let what = if sub == "exec" {
+                "exec into"
+            } else {
+                "attach to"
+            };
+            return Err(ApiError::bad_request(format!(
+                "cannot {what} a container in a completed pod; current phase is {phase}"
+            )));
         }
         let mut q = form_urlencoded::Serializer::new(String::new());
         if sub == "exec" {
             let cmd = all_values(parts.uri.query(), "command");
             if cmd.is_empty() {
-                return Err(ApiError::bad_request("you must specify at least one command for the container"));
+                return Err(ApiError::bad_request(
+                    "you must specify at least one command for the container",
+                ));
             }
             for c in &cmd {
                 q.append_pair("command", c);
             }
         }
-        for (k, v) in [("stdin", stdin), ("stdout", stdout), ("stderr", stderr), ("tty", tty)] {
+        for (k, v) in [
+            ("stdin", stdin),
+            ("stdout", stdout),
+            ("stderr", stderr),
+            ("tty", tty),
+        ] {
             if v {
                 q.append_pair(k, "1");
             }
@@ -770,32 +1174,67 @@ pub async fn pod_stream(inner: &Inner, parts: &http::request::Parts, ns: &str, n
         format!("/{sub}/{ns}/{name}/{container}?{}", q.finish())
     };
     if node_name.is_empty() {
-        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
     }
     let n = node(inner, &node_name)?;
     let (host, port) = node_endpoint(&n).ok_or_else(|| no_address(&node_name))?;
-    client(inner)?.upgrade(&host, port, &parts.method, &path, &parts.headers, on_upgrade).await
+    client(inner)?
+        .upgrade(
+            &host,
+            port,
+            &parts.method,
+            &path,
+            &parts.headers,
+            on_upgrade,
+        )
+        .await
 }
 
 /// Serves the kubelet-backed subresources; `None` for every other request.
-pub async fn dispatch(inner: &Inner, parts: &http::request::Parts, info: &RequestInfo, query: &Query, body: &Bytes) -> Option<Result<Response, ApiError>> {
+pub async fn dispatch(
+    inner: &Inner,
+    parts: &http::request::Parts,
+    info: &RequestInfo,
+    query: &Query,
+    body: &Bytes,
+) -> Option<Result<Response, ApiError>> {
     let sub = info.subresource.as_deref()?;
     let name = info.name.as_deref().unwrap_or("");
     let ns = info.namespace.as_deref().unwrap_or("");
     if sub == "proxy" && parts.headers.contains_key(http::header::UPGRADE) {
-        return Some(Err(ApiError::bad_request("upgrade requests are not proxied by this server")));
+        return Some(Err(ApiError::bad_request(
+            "upgrade requests are not proxied by this server",
+        )));
     }
     match (info.group.as_str(), info.resource.as_str(), sub) {
         ("", "pods", "log") => Some(match info.verb.as_str() {
             "get" => pod_log(inner, ns, name, query).await,
-            _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
         }),
         ("", "nodes", "proxy") => Some(node_proxy(inner, parts, name, body.clone()).await),
         ("", "pods", "proxy") => Some(pod_proxy(inner, parts, ns, name, body.clone()).await),
-        ("", "services", "proxy") => Some(service_proxy(inner, parts, ns, name, body.clone()).await),
+        ("", "services", "proxy") => {
+            Some(service_proxy(inner, parts, ns, name, body.clone()).await)
+        }
         ("", "pods", "exec" | "attach" | "portforward") => Some(match parts.method {
-            http::Method::GET | http::Method::POST => pod_stream(inner, parts, info.namespace.as_deref().unwrap_or(""), name, sub, query).await,
-            _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+            http::Method::GET | http::Method::POST => {
+                pod_stream(
+                    inner,
+                    parts,
+                    info.namespace.as_deref().unwrap_or(""),
+                    name,
+                    sub,
+                    query,
+                )
+                .await
+            }
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
         }),
         _ => None,
     }
@@ -809,20 +1248,51 @@ mod tests {
     #[test]
     fn proxy_ids_paths_and_addresses() {
         assert_eq!(split_scheme_name_port("web"), Some(("", "web", "")));
-        assert_eq!(split_scheme_name_port("web:8080"), Some(("", "web", "8080")));
-        assert_eq!(split_scheme_name_port("https:web:443"), Some(("https", "web", "443")));
-        assert_eq!(split_scheme_name_port("https:web:"), Some(("https", "web", "")));
+        assert_eq!(
+            split_scheme_name_port("web:8080"),
+            Some(("", "web", "8080"))
+        );
+        assert_eq!(
+            split_scheme_name_port("https:web:443"),
+            Some(("https", "web", "443"))
+        );
+        assert_eq!(
+            split_scheme_name_port("https:web:"),
+            Some(("https", "web", ""))
+        );
         for bad in ["", ":80", "ftp:web:21", "a:b:c:d"] {
             assert_eq!(split_scheme_name_port(bad), None, "{bad}");
         }
-        assert_eq!(proxied_path("/api/v1/namespaces/d/pods/web:80/proxy", "pods", "web:80"), "/");
-        assert_eq!(proxied_path("/api/v1/namespaces/d/pods/web:80/proxy/", "pods", "web:80"), "/");
-        assert_eq!(proxied_path("/api/v1/namespaces/pods/pods/x/proxy/a/b%20c/", "pods", "x"), "/a/b%20c/");
-        assert_eq!(proxied_path("/api/v1/nodes/n/proxy/metrics", "nodes", "n"), "/metrics");
+        assert_eq!(
+            proxied_path("/api/v1/namespaces/d/pods/web:80/proxy", "pods", "web:80"),
+            "/"
+        );
+        assert_eq!(
+            proxied_path("/api/v1/namespaces/d/pods/web:80/proxy/", "pods", "web:80"),
+            "/"
+        );
+        assert_eq!(
+            proxied_path("/api/v1/namespaces/pods/pods/x/proxy/a/b%20c/", "pods", "x"),
+            "/a/b%20c/"
+        );
+        assert_eq!(
+            proxied_path("/api/v1/nodes/n/proxy/metrics", "nodes", "n"),
+            "/metrics"
+        );
         for ok in ["10.42.0.5", "192.168.1.1", "8.8.8.8", "fd00::1"] {
             assert!(proxyable_ip(&ok.parse().expect("ip")), "{ok}");
         }
-        for bad in ["127.0.0.1", "0.0.0.0", "169.254.1.1", "224.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "ff02::1"] {
+        for bad in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "169.254.1.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "ff02::1",
+        ] {
             assert!(!proxyable_ip(&bad.parse().expect("ip")), "{bad}");
         }
     }
@@ -832,22 +1302,29 @@ mod tests {
         let pod = json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "ports": [{"containerPort": 8080}, {"containerPort": 9090}]}]},
             "status": {"podIP": "10.42.0.7", "podIPs": [{"ip": "10.42.0.7"}]}});
         let t = pod_target(&pod, "", "").expect("target");
-        assert_eq!((t.host.as_str(), t.port, t.tls.is_some()), ("10.42.0.7", 8080, false));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls.is_some()),
+            ("10.42.0.7", 8080, false)
+        );
         let t = pod_target(&pod, "https", "8443").expect("target");
         assert_eq!((t.port, t.tls.is_some()), (8443, true));
         let none = json!({"spec": {"containers": [{"name": "a"}]}, "status": {}});
         let e = pod_target(&none, "", "").err().map(|e| (e.code, e.message));
         assert_eq!(e, Some((400, "address not allowed".to_string())));
-        let host_net = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"podIP": "127.0.0.1"}});
+        let host_net =
+            json!({"spec": {"containers": [{"name": "a"}]}, "status": {"podIP": "127.0.0.1"}});
         assert!(pod_target(&host_net, "", "").is_err());
-        let no_ports = json!({"spec": {"containers": [{"name": "a"}]}, "status": {"podIP": "10.42.0.8"}});
+        let no_ports =
+            json!({"spec": {"containers": [{"name": "a"}]}, "status": {"podIP": "10.42.0.8"}});
         assert_eq!(pod_target(&no_ports, "", "").map(|t| t.port).ok(), Some(80));
     }
 
     #[tokio::test]
     async fn forward_passes_requests_and_answers_through() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.expect("accept");
@@ -865,14 +1342,40 @@ mod tests {
             String::from_utf8_lossy(&got).to_string()
         });
         let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer secret"));
-        headers.insert("impersonate-user", http::HeaderValue::from_static("someone"));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer secret"),
+        );
+        headers.insert(
+            "impersonate-user",
+            http::HeaderValue::from_static("someone"),
+        );
         headers.insert("x-client", http::HeaderValue::from_static("kept"));
-        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
-        let target = ProxyTarget { host: "127.0.0.1".into(), port, tls: None };
-        let resp = forward(target, &http::Method::PUT, "/a/b?x=1", &headers, Bytes::from_static(b"hello")).await.expect("forwarded");
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        let target = ProxyTarget {
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+        };
+        let resp = forward(
+            target,
+            &http::Method::PUT,
+            "/a/b?x=1",
+            &headers,
+            Bytes::from_static(b"hello"),
+        )
+        .await
+        .expect("forwarded");
         assert_eq!(resp.status(), 418);
-        assert_eq!(resp.headers().get("x-backend").and_then(|v| v.to_str().ok()), Some("yes"));
+        assert_eq!(
+            resp.headers()
+                .get("x-backend")
+                .and_then(|v| v.to_str().ok()),
+            Some("yes")
+        );
         assert!(resp.headers().get("connection").is_none());
         let mut body = Vec::new();
         if let ResponseBody::Stream(mut rx) = resp.into_body() {
@@ -882,18 +1385,50 @@ mod tests {
         }
         assert_eq!(body, b"teapot");
         let request = server.await.expect("server").to_ascii_lowercase();
-        assert!(request.starts_with("put /a/b?x=1 http/1.1\r\n"), "{request}");
-        assert!(request.contains(&format!("host: 127.0.0.1:{port}")), "{request}");
-        assert!(request.contains("x-client: kept") && request.contains("content-length: 5"), "{request}");
-        assert!(!request.contains("authorization") && !request.contains("impersonate-user"), "{request}");
+        assert!(
+            request.starts_with("put /a/b?x=1 http/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains(&format!("host: 127.0.0.1:{port}")),
+            "{request}"
+        );
+        assert!(
+            request.contains("x-client: kept") && request.contains("content-length: 5"),
+            "{request}"
+        );
+        assert!(
+            !request.contains("authorization") && !request.contains("impersonate-user"),
+            "{request}"
+        );
         // Nobody listening: upstream's 503.
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = closed.local_addr().expect("addr").port();
         drop(closed);
-        let e = forward(ProxyTarget { host: "127.0.0.1".into(), port, tls: None }, &http::Method::GET, "/", &http::HeaderMap::new(), Bytes::new()).await.err().map(|e| (e.code, e.message));
+        let e = forward(
+            ProxyTarget {
+                host: "127.0.0.1".into(),
+                port,
+                tls: None,
+            },
+            &http::Method::GET,
+            "/",
+            &http::HeaderMap::new(),
+            Bytes::new(),
+        )
+        .await
+        .err()
+        .map(|e| (e.code, e.message));
         let (code, message) = e.expect("unreachable");
         assert_eq!(code, 503);
-        assert!(message.starts_with(&format!("error trying to reach service: dial tcp 127.0.0.1:{port}: connect: ")), "{message}");
+        assert!(
+            message.starts_with(&format!(
+                "error trying to reach service: dial tcp 127.0.0.1:{port}: connect: "
+            )),
+            "{message}"
+        );
     }
 
     #[test]
@@ -901,30 +1436,49 @@ mod tests {
         let one = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}});
         assert_eq!(choose_container(&one, None).ok().as_deref(), Some("a"));
         let two = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}], "initContainers": [{"name": "i"}]}});
-        let e = choose_container(&two, None).err().map(|e| (e.code, e.message));
+        let e = choose_container(&two, None)
+            .err()
+            .map(|e| (e.code, e.message));
         assert_eq!(e, Some((400, "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]".into())));
         assert_eq!(choose_container(&two, Some("i")).ok().as_deref(), Some("i"));
         let e = choose_container(&two, Some("z")).err().map(|e| e.message);
         assert_eq!(e.as_deref(), Some("container z is not valid for pod p"));
         let mut annotated = two.clone();
-        annotated["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/default-container": "b"});
-        assert_eq!(choose_container(&annotated, None).ok().as_deref(), Some("b"));
+        annotated["metadata"]["annotations"] =
+            json!({"kubectl.kubernetes.io/default-container": "b"});
+        assert_eq!(
+            choose_container(&annotated, None).ok().as_deref(),
+            Some("b")
+        );
     }
 
     #[test]
     fn log_status_messages() {
-        let pod = |st: Value| json!({"metadata": {"name": "web"}, "status": {"containerStatuses": [st]}});
+        let pod =
+            |st: Value| json!({"metadata": {"name": "web"}, "status": {"containerStatuses": [st]}});
         let msg = |p: &Value, prev| check_log_status(p, "c", prev).err().map(|e| e.message);
-        let waiting = pod(json!({"name": "c", "state": {"waiting": {"reason": "ContainerCreating"}}}));
-        assert_eq!(msg(&waiting, false).as_deref(), Some("container \"c\" in pod \"web\" is waiting to start: ContainerCreating"));
+        let waiting =
+            pod(json!({"name": "c", "state": {"waiting": {"reason": "ContainerCreating"}}}));
+        assert_eq!(
+            msg(&waiting, false).as_deref(),
+            Some("container \"c\" in pod \"web\" is waiting to start: ContainerCreating")
+        );
         let none = json!({"metadata": {"name": "web"}, "status": {}});
-        assert_eq!(msg(&none, false).as_deref(), Some("container \"c\" in pod \"web\" is waiting to start: ContainerCreating"));
+        assert_eq!(
+            msg(&none, false).as_deref(),
+            Some("container \"c\" in pod \"web\" is waiting to start: ContainerCreating")
+        );
         let pull = pod(json!({"name": "c", "state": {"waiting": {"reason": "ImagePullBackOff"}}}));
         assert_eq!(msg(&pull, false).as_deref(), Some("container \"c\" in pod \"web\" is waiting to start: trying and failing to pull image"));
         let running = pod(json!({"name": "c", "state": {"running": {}}}));
         assert!(check_log_status(&running, "c", false).is_ok());
-        assert_eq!(msg(&running, true).as_deref(), Some("previous terminated container \"c\" in pod \"web\" not found"));
-        let crash = pod(json!({"name": "c", "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 1}}}));
+        assert_eq!(
+            msg(&running, true).as_deref(),
+            Some("previous terminated container \"c\" in pod \"web\" not found")
+        );
+        let crash = pod(
+            json!({"name": "c", "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"exitCode": 1}}}),
+        );
         assert!(check_log_status(&crash, "c", false).is_ok());
         assert!(check_log_status(&crash, "c", true).is_ok());
     }
@@ -944,14 +1498,26 @@ mod tests {
     /// the client's CN and the path, streams two chunks, or fails for `/fail`.
     async fn fake_kubelet(ca: &str, ca_key: &str) -> std::net::SocketAddr {
         use std::convert::Infallible;
-        let Ok((cert, key)) = rk3s_pki::issue_serving_cert(ca, ca_key, "node", &["127.0.0.1".to_string()], 1) else { panic!("cert") };
-        let Ok(tls) = crate::server::tls_config(&cert, &key, ca) else { panic!("tls") };
+        let Ok((cert, key)) =
+            rk3s_pki::issue_serving_cert(ca, ca_key, "node", &["127.0.0.1".to_string()], 1)
+        else {
+            panic!("cert")
+        };
+        let Ok(tls) = crate::server::tls_config(&cert, &key, ca) else {
+            panic!("tls")
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else { panic!("bind") };
-        let Ok(addr) = listener.local_addr() else { panic!("addr") };
+        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            panic!("bind")
+        };
+        let Ok(addr) = listener.local_addr() else {
+            panic!("addr")
+        };
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let Ok(stream) = acceptor.accept(tcp).await else { continue };
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    continue;
+                };
                 let cn = stream
                     .get_ref()
                     .1
@@ -960,25 +1526,37 @@ mod tests {
                     .and_then(|d| rk3s_pki::client_identity(d.as_ref()).ok())
                     .map(|i| i.user)
                     .unwrap_or_default();
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let cn = cn.clone();
-                    async move {
-                        let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-                        if pq == "/fail" {
-                            return Ok::<_, Infallible>(body::bytes_response(400, "text/plain", "container \"c\" in pod \"p\" is waiting to start: ContainerCreating\n"));
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let cn = cn.clone();
+                        async move {
+                            let pq = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            if pq == "/fail" {
+                                return Ok::<_, Infallible>(body::bytes_response(400, "text/plain", "container \"c\" in pod \"p\" is waiting to start: ContainerCreating\n"));
+                            }
+                            let (tx, rx) = tokio::sync::mpsc::channel(2);
+                            tokio::spawn(async move {
+                                let _ = tx.send(Bytes::from(format!("{cn} {pq}\n"))).await;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                let _ = tx.send(Bytes::from_static(b"more\n")).await;
+                            });
+                            let mut r = http::Response::new(ResponseBody::Stream(rx));
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("text/plain"),
+                            );
+                            Ok(r)
                         }
-                        let (tx, rx) = tokio::sync::mpsc::channel(2);
-                        tokio::spawn(async move {
-                            let _ = tx.send(Bytes::from(format!("{cn} {pq}\n"))).await;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            let _ = tx.send(Bytes::from_static(b"more\n")).await;
-                        });
-                        let mut r = http::Response::new(ResponseBody::Stream(rx));
-                        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
-                        Ok(r)
-                    }
-                });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc));
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
             }
         });
         addr
@@ -986,13 +1564,28 @@ mod tests {
 
     /// A cluster PKI in a temp dir and the API server's kubelet client built from it.
     fn test_pki_and_client() -> (tempfile::TempDir, rk3s_pki::ServerPki, KubeletClient) {
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
-        let Ok(pki) = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.path())) else { panic!("pki") };
-        let Ok((cert_pem, key_pem)) = rk3s_pki::issue_client_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "kube-apiserver-kubelet-client", &["system:masters"], 1)
-        else {
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let Ok(pki) = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.path())) else {
+            panic!("pki")
+        };
+        let Ok((cert_pem, key_pem)) = rk3s_pki::issue_client_cert(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+            1,
+        ) else {
             panic!("client cert")
         };
-        let Ok(client) = KubeletClient::new(&KubeletClientConfig { cert_pem, key_pem, ca_pem: pki.ca_cert_pem.clone() }) else { panic!("client") };
+        let Ok(client) = KubeletClient::new(&KubeletClientConfig {
+            cert_pem,
+            key_pem,
+            ca_pem: pki.ca_cert_pem.clone(),
+        }) else {
+            panic!("client")
+        };
         (dir, pki, client)
     }
 
@@ -1000,24 +1593,56 @@ mod tests {
     async fn kubelet_client_streams_and_maps_errors() {
         let (_dir, pki, c) = test_pki_and_client();
         let addr = fake_kubelet(&pki.ca_cert_pem, &pki.ca_key_pem).await;
-        let r = c.get("127.0.0.1", addr.port(), "/containerLogs/ns/p/c?follow=true").await;
-        let Ok(r) = r else { panic!("get: {:?}", r.err().map(|e| e.message)) };
+        let r = c
+            .get(
+                "127.0.0.1",
+                addr.port(),
+                "/containerLogs/ns/p/c?follow=true",
+            )
+            .await;
+        let Ok(r) = r else {
+            panic!("get: {:?}", r.err().map(|e| e.message))
+        };
         assert_eq!(r.status(), 200);
         let b = r.into_body().collect().await.map(|b| b.to_bytes());
-        assert_eq!(b.ok().as_deref(), Some(&b"kube-apiserver-kubelet-client /containerLogs/ns/p/c?follow=true\nmore\n"[..]));
+        assert_eq!(
+            b.ok().as_deref(),
+            Some(&b"kube-apiserver-kubelet-client /containerLogs/ns/p/c?follow=true\nmore\n"[..])
+        );
         let e = c.get("127.0.0.1", addr.port(), "/fail").await.err();
-        assert_eq!(e.map(|e| (e.code, e.reason, e.message)), Some((400, "BadRequest".into(), "container \"c\" in pod \"p\" is waiting to start: ContainerCreating".into())));
+        assert_eq!(
+            e.map(|e| (e.code, e.reason, e.message)),
+            Some((
+                400,
+                "BadRequest".into(),
+                "container \"c\" in pod \"p\" is waiting to start: ContainerCreating".into()
+            ))
+        );
         // A kubelet whose certificate is not from the cluster CA is refused.
-        let Ok(other) = tempfile::tempdir() else { panic!("tempdir") };
-        let Ok(pki2) = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(other.path())) else { panic!("pki") };
+        let Ok(other) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let Ok(pki2) = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(other.path())) else {
+            panic!("pki")
+        };
         let bad = fake_kubelet(&pki2.ca_cert_pem, &pki2.ca_key_pem).await;
-        let e = c.get("127.0.0.1", bad.port(), "/healthz").await.err().map(|e| e.code);
+        let e = c
+            .get("127.0.0.1", bad.port(), "/healthz")
+            .await
+            .err()
+            .map(|e| e.code);
         assert_eq!(e, Some(500));
         // Nothing listening.
-        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else { panic!("bind") };
+        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            panic!("bind")
+        };
         let port = l.local_addr().map(|a| a.port()).unwrap_or(1);
         drop(l);
-        let e = c.get("127.0.0.1", port, "/healthz").await.err().map(|e| e.message);
+        let e = c
+            .get("127.0.0.1", port, "/healthz")
+            .await
+            .err()
+            .map(|e| e.message);
         assert!(e.as_deref().is_some_and(|m| m.contains("connect")), "{e:?}");
     }
 
@@ -1026,44 +1651,75 @@ mod tests {
     async fn fake_upgrading_kubelet(ca: &str, ca_key: &str) -> std::net::SocketAddr {
         use std::convert::Infallible;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok((cert, key)) = rk3s_pki::issue_serving_cert(ca, ca_key, "node", &["127.0.0.1".to_string()], 1) else { panic!("cert") };
-        let Ok(tls) = crate::server::tls_config(&cert, &key, ca) else { panic!("tls") };
+        let Ok((cert, key)) =
+            rk3s_pki::issue_serving_cert(ca, ca_key, "node", &["127.0.0.1".to_string()], 1)
+        else {
+            panic!("cert")
+        };
+        let Ok(tls) = crate::server::tls_config(&cert, &key, ca) else {
+            panic!("tls")
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else { panic!("bind") };
-        let Ok(addr) = listener.local_addr() else { panic!("addr") };
+        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            panic!("bind")
+        };
+        let Ok(addr) = listener.local_addr() else {
+            panic!("addr")
+        };
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let Ok(stream) = acceptor.accept(tcp).await else { continue };
-                let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| async move {
-                    let Some(proto) = req.headers().get("upgrade").cloned() else {
-                        return Ok::<_, Infallible>(body::bytes_response(400, "text/plain", "Upgrade request required"));
-                    };
-                    let line = format!(
-                        "{} {} {}\n",
-                        req.method(),
-                        req.uri(),
-                        req.headers().get("x-stream-protocol-version").and_then(|v| v.to_str().ok()).unwrap_or("")
-                    );
-                    let on = hyper::upgrade::on(&mut req);
-                    tokio::spawn(async move {
-                        let Ok(up) = on.await else { return };
-                        let mut io = hyper_util::rt::TokioIo::new(up);
-                        let _ = io.write_all(line.as_bytes()).await;
-                        let mut buf = [0u8; 64];
-                        while let Ok(n) = io.read(&mut buf).await {
-                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                                break;
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let svc = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| async move {
+                        let Some(proto) = req.headers().get("upgrade").cloned() else {
+                            return Ok::<_, Infallible>(body::bytes_response(
+                                400,
+                                "text/plain",
+                                "Upgrade request required",
+                            ));
+                        };
+                        let line = format!(
+                            "{} {} {}\n",
+                            req.method(),
+                            req.uri(),
+                            req.headers()
+                                .get("x-stream-protocol-version")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                        );
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let Ok(up) = on.await else { return };
+                            let mut io = hyper_util::rt::TokioIo::new(up);
+                            let _ = io.write_all(line.as_bytes()).await;
+                            let mut buf = [0u8; 64];
+                            while let Ok(n) = io.read(&mut buf).await {
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
                             }
-                        }
-                    });
-                    let mut r = http::Response::new(ResponseBody::Full(None));
-                    *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-                    r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
-                    r.headers_mut().insert(http::header::UPGRADE, proto);
-                    r.headers_mut().insert("x-stream-protocol-version", http::HeaderValue::from_static("v4.channel.k8s.io"));
-                    Ok(r)
-                });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).with_upgrades());
+                        });
+                        let mut r = http::Response::new(ResponseBody::Full(None));
+                        *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                        r.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("Upgrade"),
+                        );
+                        r.headers_mut().insert(http::header::UPGRADE, proto);
+                        r.headers_mut().insert(
+                            "x-stream-protocol-version",
+                            http::HeaderValue::from_static("v4.channel.k8s.io"),
+                        );
+                        Ok(r)
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .with_upgrades(),
+                );
             }
         });
         addr
@@ -1076,24 +1732,51 @@ mod tests {
         let (_dir, pki, client) = test_pki_and_client();
         let kubelet = fake_upgrading_kubelet(&pki.ca_cert_pem, &pki.ca_key_pem).await;
         // A plain-HTTP front that proxies every request with `KubeletClient::upgrade`.
-        let Ok(front) = tokio::net::TcpListener::bind("127.0.0.1:0").await else { panic!("bind") };
-        let Ok(front_addr) = front.local_addr() else { panic!("addr") };
+        let Ok(front) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            panic!("bind")
+        };
+        let Ok(front_addr) = front.local_addr() else {
+            panic!("addr")
+        };
         tokio::spawn(async move {
             while let Ok((tcp, _)) = front.accept().await {
                 let client = client.clone();
-                let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    let client = client.clone();
-                    async move {
-                        let on = hyper::upgrade::on(&mut req);
-                        let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-                        let r = client.upgrade("127.0.0.1", kubelet.port(), req.method(), &pq, req.headers(), on).await;
-                        Ok::<_, Infallible>(r.unwrap_or_else(|e| body::bytes_response(e.code, "text/plain", e.message)))
-                    }
-                });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).with_upgrades());
+                let svc = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        let client = client.clone();
+                        async move {
+                            let on = hyper::upgrade::on(&mut req);
+                            let pq = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            let r = client
+                                .upgrade(
+                                    "127.0.0.1",
+                                    kubelet.port(),
+                                    req.method(),
+                                    &pq,
+                                    req.headers(),
+                                    on,
+                                )
+                                .await;
+                            Ok::<_, Infallible>(r.unwrap_or_else(|e| {
+                                body::bytes_response(e.code, "text/plain", e.message)
+                            }))
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .with_upgrades(),
+                );
             }
         });
-        let Ok(mut s) = tokio::net::TcpStream::connect(front_addr).await else { panic!("connect") };
+        let Ok(mut s) = tokio::net::TcpStream::connect(front_addr).await else {
+            panic!("connect")
+        };
         let req = "POST /exec/ns/p/c?command=echo&stdout=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n";
         assert!(s.write_all(req.as_bytes()).await.is_ok());
         let mut got = Vec::new();
@@ -1108,8 +1791,15 @@ mod tests {
         }
         let head = String::from_utf8_lossy(&got).to_string();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        assert!(head.to_ascii_lowercase().contains("upgrade: spdy/3.1"), "{head}");
-        assert!(head.to_ascii_lowercase().contains("x-stream-protocol-version: v4.channel.k8s.io"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("upgrade: spdy/3.1"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("x-stream-protocol-version: v4.channel.k8s.io"),
+            "{head}"
+        );
         // Bytes now flow both ways through the API server hop.
         assert!(s.write_all(b"ping").await.is_ok());
         let mut echo = [0u8; 4];
@@ -1117,24 +1807,44 @@ mod tests {
         assert!(matches!(r, Ok(Ok(4))), "{r:?}");
         assert_eq!(&echo, b"ping");
         // Without an upgrade the kubelet's refusal becomes an error status.
-        let Ok(mut s) = tokio::net::TcpStream::connect(front_addr).await else { panic!("connect") };
-        assert!(s.write_all(b"GET /exec/ns/p/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.is_ok());
+        let Ok(mut s) = tokio::net::TcpStream::connect(front_addr).await else {
+            panic!("connect")
+        };
+        assert!(s
+            .write_all(b"GET /exec/ns/p/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .is_ok());
         let mut resp = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut resp)).await;
-        assert!(resp.starts_with("HTTP/1.1 400") && resp.ends_with("Upgrade request required"), "{resp}");
+        assert!(
+            resp.starts_with("HTTP/1.1 400") && resp.ends_with("Upgrade request required"),
+            "{resp}"
+        );
     }
 
     #[test]
     fn repeated_query_values() {
-        assert_eq!(all_values(Some("command=sh&stdin=1&command=-c&command=echo%20hi"), "command"), vec!["sh", "-c", "echo hi"]);
+        assert_eq!(
+            all_values(
+                Some("command=sh&stdin=1&command=-c&command=echo%20hi"),
+                "command"
+            ),
+            vec!["sh", "-c", "echo hi"]
+        );
         assert!(all_values(None, "command").is_empty());
     }
 
     #[test]
     fn kubelet_query_keeps_known_options() {
         let q = Query::parse(Some("container=c&follow=true&tailLines=10&timestamps=1&pretty=true&sinceTime=2024-01-01T00:00:00Z"));
-        assert_eq!(log_query(&q), "follow=true&timestamps=true&tailLines=10&sinceTime=2024-01-01T00%3A00%3A00Z");
+        assert_eq!(
+            log_query(&q),
+            "follow=true&timestamps=true&tailLines=10&sinceTime=2024-01-01T00%3A00%3A00Z"
+        );
         assert_eq!(kubelet_error(400, "x".into()).reason, "BadRequest");
-        assert_eq!(kubelet_error(500, String::new()).message, "the kubelet answered 500");
+        assert_eq!(
+            kubelet_error(500, String::new()).message,
+            "the kubelet answered 500"
+        );
     }
 }

@@ -55,9 +55,16 @@ impl Query {
 /// Parses a resource path. Returns `None` for non-resource paths (`/api`, `/apis/apps`,
 /// `/version`, ...): those are served by discovery and friends.
 pub fn parse(method: &http::Method, path: &str, query: &Query) -> Option<RequestInfo> {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let parts: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let mut i;
-    let mut info = RequestInfo { is_resource_request: true, ..Default::default() };
+    let mut info = RequestInfo {
+        is_resource_request: true,
+        ..Default::default()
+    };
     match parts.first() {
         Some(&"api") => {
             if parts.len() < 3 {
@@ -85,7 +92,10 @@ pub fn parse(method: &http::Method, path: &str, query: &Query) -> Option<Request
     // namespaces/{ns}/{resource}... ; but `namespaces/{name}` and `namespaces/{name}/{sub}`
     // address the Namespace object itself.
     let seg: Vec<String>;
-    if rest.first().map(|s| s.as_str()) == Some("namespaces") && rest.len() >= 3 && !matches!(rest[2].as_str(), "status" | "finalize") {
+    if rest.first().map(|s| s.as_str()) == Some("namespaces")
+        && rest.len() >= 3
+        && !matches!(rest[2].as_str(), "status" | "finalize")
+    {
         info.namespace = Some(rest[1].clone());
         seg = rest[2..].to_vec();
     } else {
@@ -166,10 +176,18 @@ mod tests {
     fn group_list_watch_and_subresource() {
         let i = p(http::Method::GET, "/apis/apps/v1/deployments", "watch=true");
         assert_eq!((i.group.as_str(), i.verb.as_str()), ("apps", "watch"));
-        let i = p(http::Method::GET, "/apis/apps/v1/watch/namespaces/a/deployments", "");
+        let i = p(
+            http::Method::GET,
+            "/apis/apps/v1/watch/namespaces/a/deployments",
+            "",
+        );
         assert_eq!(i.verb, "watch");
         assert_eq!(i.namespace.as_deref(), Some("a"));
-        let i = p(http::Method::PATCH, "/apis/apps/v1/namespaces/a/deployments/w/scale", "");
+        let i = p(
+            http::Method::PATCH,
+            "/apis/apps/v1/namespaces/a/deployments/w/scale",
+            "",
+        );
         assert_eq!(i.subresource.as_deref(), Some("scale"));
         assert_eq!(i.verb, "patch");
         let i = p(http::Method::DELETE, "/api/v1/namespaces/a/configmaps", "");

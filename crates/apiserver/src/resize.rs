@@ -26,7 +26,10 @@ const CPU: &str = "cpu";
 const MEMORY: &str = "memory";
 
 fn containers<'a>(pod: &'a Value, list: &str) -> &'a [Value] {
-    pod.pointer(&format!("/spec/{list}")).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    pod.pointer(&format!("/spec/{list}"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn name(c: &Value) -> &str {
@@ -69,8 +72,13 @@ pub fn prepare_update(old: &Value, new: &Value) -> Value {
         }
     }
     let mut pod = new.clone();
-    let Some(p) = pod.as_object_mut() else { return pod };
-    let mut spec = old.get("spec").cloned().unwrap_or_else(|| Value::Object(Map::new()));
+    let Some(p) = pod.as_object_mut() else {
+        return pod;
+    };
+    let mut spec = old
+        .get("spec")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Map::new()));
     if let Some(s) = spec.as_object_mut() {
         s.extend(merged);
     }
@@ -84,9 +92,20 @@ pub fn prepare_update(old: &Value, new: &Value) -> Value {
         }
     }
     // upstream's ResetObjectMetaForStatus: these come from the stored object.
-    let old_meta = old.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+    let old_meta = old
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     if let Some(m) = meta_mut(&mut pod) {
-        for k in ["labels", "annotations", "finalizers", "ownerReferences", "deletionTimestamp", "generation"] {
+        for k in [
+            "labels",
+            "annotations",
+            "finalizers",
+            "ownerReferences",
+            "deletionTimestamp",
+            "generation",
+        ] {
             match old_meta.get(k) {
                 Some(v) => {
                     m.insert(k.into(), v.clone());
@@ -101,7 +120,12 @@ pub fn prepare_update(old: &Value, new: &Value) -> Value {
 }
 
 fn err(kind: ErrorKind, field: &str, value: Option<Value>, detail: &str) -> FieldError {
-    FieldError { kind, field: field.to_string(), value, detail: detail.to_string() }
+    FieldError {
+        kind,
+        field: field.to_string(),
+        value,
+        detail: detail.to_string(),
+    }
 }
 
 fn forbidden(field: &str, detail: &str) -> FieldError {
@@ -118,7 +142,9 @@ fn quantity(v: &Value) -> Option<f64> {
 }
 
 fn resource_list<'a>(c: &'a Value, which: &str) -> Option<&'a Map<String, Value>> {
-    c.get("resources").and_then(|r| r.get(which)).and_then(Value::as_object)
+    c.get("resources")
+        .and_then(|r| r.get(which))
+        .and_then(Value::as_object)
 }
 
 /// The pod's QoS class as upstream's `ComputePodQOS` (containers and init containers,
@@ -127,7 +153,10 @@ pub fn compute_qos(pod: &Value) -> &'static str {
     let mut requests: std::collections::BTreeMap<&str, f64> = Default::default();
     let mut limits: std::collections::BTreeMap<&str, f64> = Default::default();
     let mut guaranteed = true;
-    for c in containers(pod, "containers").iter().chain(containers(pod, "initContainers")) {
+    for c in containers(pod, "containers")
+        .iter()
+        .chain(containers(pod, "initContainers"))
+    {
         for (res, sums) in [("requests", &mut requests), ("limits", &mut limits)] {
             let mut found = (false, false);
             for (k, v) in resource_list(c, res).into_iter().flatten() {
@@ -153,7 +182,14 @@ pub fn compute_qos(pod: &Value) -> &'static str {
     if requests.is_empty() && limits.is_empty() {
         return "BestEffort";
     }
-    if guaranteed && requests.iter().all(|(k, r)| limits.get(k).is_some_and(|l| (l - r).abs() <= f64::EPSILON * l.abs().max(1.0))) && requests.len() == limits.len() {
+    if guaranteed
+        && requests.iter().all(|(k, r)| {
+            limits
+                .get(k)
+                .is_some_and(|l| (l - r).abs() <= f64::EPSILON * l.abs().max(1.0))
+        })
+        && requests.len() == limits.len()
+    {
         return "Guaranteed";
     }
     "Burstable"
@@ -172,10 +208,16 @@ fn semantic_eq(a: Option<&Value>, b: Option<&Value>, in_resources: bool) -> bool
         return true;
     }
     match (a, b) {
-        (Some(Value::Object(x)), Some(Value::Object(y))) => {
-            x.keys().chain(y.keys()).all(|k| semantic_eq(x.get(k), y.get(k), in_resources || k == "resources"))
+        (Some(Value::Object(x)), Some(Value::Object(y))) => x
+            .keys()
+            .chain(y.keys())
+            .all(|k| semantic_eq(x.get(k), y.get(k), in_resources || k == "resources")),
+        (Some(Value::Array(x)), Some(Value::Array(y))) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|(p, q)| semantic_eq(Some(p), Some(q), in_resources))
         }
-        (Some(Value::Array(x)), Some(Value::Array(y))) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| semantic_eq(Some(p), Some(q), in_resources)),
         (Some(x), Some(y)) if in_resources => match (quantity(x), quantity(y)) {
             (Some(p), Some(q)) => (p - q).abs() <= f64::EPSILON * p.abs().max(q.abs()).max(1.0),
             _ => x == y,
@@ -191,7 +233,9 @@ fn without_cpu_memory_changes(c: &Value, old: &Value) -> Value {
     let mut out = c.clone();
     let mut resources = Map::new();
     for which in ["limits", "requests"] {
-        let Some(old_list) = resource_list(old, which) else { continue };
+        let Some(old_list) = resource_list(old, which) else {
+            continue;
+        };
         let mut list = resource_list(c, which).cloned().unwrap_or_default();
         for k in [CPU, MEMORY] {
             list.remove(k);
@@ -212,28 +256,48 @@ fn without_cpu_memory_changes(c: &Value, old: &Value) -> Value {
 fn validate_container_resize(new: &Value, old: &Value, path: &str, errs: &mut Vec<FieldError>) {
     let removed = |which: &str| {
         let n = resource_list(new, which);
-        resource_list(old, which).is_some_and(|o| o.keys().any(|k| !n.is_some_and(|n| n.contains_key(k))))
+        resource_list(old, which)
+            .is_some_and(|o| o.keys().any(|k| !n.is_some_and(|n| n.contains_key(k))))
     };
     if removed("requests") {
-        errs.push(forbidden(&format!("{path}.requests"), "resource requests cannot be removed"));
+        errs.push(forbidden(
+            &format!("{path}.requests"),
+            "resource requests cannot be removed",
+        ));
     }
     if removed("limits") {
-        errs.push(forbidden(&format!("{path}.limits"), "resource limits cannot be removed"));
+        errs.push(forbidden(
+            &format!("{path}.limits"),
+            "resource limits cannot be removed",
+        ));
     }
     let policy = new
         .get("resizePolicy")
         .and_then(Value::as_array)
-        .and_then(|ps| ps.iter().find(|p| p.get("resourceName").and_then(Value::as_str) == Some(MEMORY)))
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p.get("resourceName").and_then(Value::as_str) == Some(MEMORY))
+        })
         .and_then(|p| p.get("restartPolicy").and_then(Value::as_str))
         .unwrap_or("");
     if policy == "NotRequired" || policy.is_empty() {
-        let limit = |c: &Value| resource_list(c, "limits").and_then(|l| l.get(MEMORY)).and_then(quantity);
+        let limit = |c: &Value| {
+            resource_list(c, "limits")
+                .and_then(|l| l.get(MEMORY))
+                .and_then(quantity)
+        };
         match (limit(new), limit(old)) {
             (Some(n), Some(o)) if n < o => {
-                errs.push(forbidden(&format!("{path}.limits[memory]"), "memory limits cannot be decreased unless resizePolicy is RestartContainer"));
+                errs.push(forbidden(
+                    &format!("{path}.limits[memory]"),
+                    "memory limits cannot be decreased unless resizePolicy is RestartContainer",
+                ));
             }
             (Some(_), None) => {
-                errs.push(forbidden(&format!("{path}.limits[memory]"), "memory limits cannot be added unless resizePolicy is RestartContainer"));
+                errs.push(forbidden(
+                    &format!("{path}.limits[memory]"),
+                    "memory limits cannot be added unless resizePolicy is RestartContainer",
+                ));
             }
             _ => {}
         }
@@ -250,40 +314,78 @@ fn restartable(c: &Value) -> bool {
 /// all gets only that error).
 pub fn validate(new: &Value, old: &Value, spec_errors: Vec<FieldError>) -> Vec<FieldError> {
     let pod_level = |p: &Value| {
-        ["requests", "limits"].iter().any(|k| p.pointer(&format!("/spec/resources/{k}")).and_then(Value::as_object).is_some_and(|m| !m.is_empty()))
+        ["requests", "limits"].iter().any(|k| {
+            p.pointer(&format!("/spec/resources/{k}"))
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
+        })
     };
     if pod_level(old) || pod_level(new) {
-        return vec![forbidden("", "pods with pod-level resources cannot be resized")];
+        return vec![forbidden(
+            "",
+            "pods with pod-level resources cannot be resized",
+        )];
     }
-    if old.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some() {
+    if old
+        .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+        .is_some()
+    {
         return vec![forbidden("", "static pods cannot be resized")];
     }
     if old.pointer("/spec/os/name").and_then(Value::as_str) == Some("windows") {
         return vec![forbidden("", "windows pods cannot be resized")];
     }
     let mut errs = spec_errors;
-    let old_qos = old.pointer("/status/qosClass").and_then(Value::as_str).filter(|q| !q.is_empty()).unwrap_or_else(|| compute_qos(old));
+    let old_qos = old
+        .pointer("/status/qosClass")
+        .and_then(Value::as_str)
+        .filter(|q| !q.is_empty())
+        .unwrap_or_else(|| compute_qos(old));
     if old_qos != compute_qos(new) {
-        let shown = new.pointer("/status/qosClass").cloned().unwrap_or(Value::String(String::new()));
-        errs.push(err(ErrorKind::Invalid, "spec", Some(shown), "Pod QOS Class may not change as a result of resizing"));
+        let shown = new
+            .pointer("/status/qosClass")
+            .cloned()
+            .unwrap_or(Value::String(String::new()));
+        errs.push(err(
+            ErrorKind::Invalid,
+            "spec",
+            Some(shown),
+            "Pod QOS Class may not change as a result of resizing",
+        ));
     }
     // A running container whose status has no resources: its node cannot resize.
-    let statuses = old.pointer("/status/containerStatuses").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
-    if let Some(running) = statuses.iter().find(|s| s.pointer("/state/running").is_some_and(|r| !r.is_null())) {
+    let statuses = old
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if let Some(running) = statuses
+        .iter()
+        .find(|s| s.pointer("/state/running").is_some_and(|r| !r.is_null()))
+    {
         if running.get("resources").is_none_or(Value::is_null) {
-            errs.push(forbidden("spec", "Pod running on node without support for resize"));
+            errs.push(forbidden(
+                "spec",
+                "Pod running on node without support for resize",
+            ));
         }
     }
     let mut ordering = Vec::new();
     for list in ["containers", "initContainers"] {
         let (n, o) = (containers(new, list), containers(old, list));
         if n.len() != o.len() {
-            ordering.push(forbidden(&format!("spec.{list}"), &format!("{list} may not be added or removed on resize")));
+            ordering.push(forbidden(
+                &format!("spec.{list}"),
+                &format!("{list} may not be added or removed on resize"),
+            ));
             continue;
         }
         for (i, (nc, oc)) in n.iter().zip(o).enumerate() {
             if name(nc) != name(oc) {
-                ordering.push(forbidden(&format!("spec.{list}[{i}].name"), &format!("{list} may not be renamed or reordered on resize")));
+                ordering.push(forbidden(
+                    &format!("spec.{list}[{i}].name"),
+                    &format!("{list} may not be renamed or reordered on resize"),
+                ));
             }
         }
     }
@@ -291,22 +393,38 @@ pub fn validate(new: &Value, old: &Value, spec_errors: Vec<FieldError>) -> Vec<F
         errs.extend(ordering);
         return errs;
     }
-    let (new_init, old_init) = (containers(new, "initContainers"), containers(old, "initContainers"));
+    let (new_init, old_init) = (
+        containers(new, "initContainers"),
+        containers(old, "initContainers"),
+    );
     for (i, (nc, oc)) in new_init.iter().zip(old_init).enumerate() {
         if restartable(oc) {
-            validate_container_resize(nc, oc, &format!("spec.initContainers[{i}].resources"), &mut errs);
+            validate_container_resize(
+                nc,
+                oc,
+                &format!("spec.initContainers[{i}].resources"),
+                &mut errs,
+            );
         }
     }
     let (new_c, old_c) = (containers(new, "containers"), containers(old, "containers"));
     for (i, (nc, oc)) in new_c.iter().zip(old_c).enumerate() {
-        validate_container_resize(nc, oc, &format!("spec.containers[{i}].resources"), &mut errs);
+        validate_container_resize(
+            nc,
+            oc,
+            &format!("spec.containers[{i}].resources"),
+            &mut errs,
+        );
     }
     let mut munged_spec = new.get("spec").cloned().unwrap_or(Value::Null);
     let mut munged = Vec::with_capacity(new_c.len());
     for (nc, oc) in new_c.iter().zip(old_c) {
         let m = without_cpu_memory_changes(nc, oc);
         if !semantic_eq(Some(&m), Some(oc), false) {
-            errs.push(forbidden("spec", "only cpu and memory resources are mutable"));
+            errs.push(forbidden(
+                "spec",
+                "only cpu and memory resources are mutable",
+            ));
         }
         munged.push(m);
     }
@@ -315,12 +433,18 @@ pub fn validate(new: &Value, old: &Value, spec_errors: Vec<FieldError>) -> Vec<F
         if restartable(nc) {
             let m = without_cpu_memory_changes(nc, oc);
             if !semantic_eq(Some(&m), Some(oc), false) {
-                errs.push(forbidden("spec", "only cpu and memory resources for sidecar containers are mutable"));
+                errs.push(forbidden(
+                    "spec",
+                    "only cpu and memory resources for sidecar containers are mutable",
+                ));
             }
             munged_init.push(m);
         } else {
             if !semantic_eq(Some(nc), Some(oc), false) {
-                errs.push(forbidden("spec", "resources for non-sidecar init containers are immutable"));
+                errs.push(forbidden(
+                    "spec",
+                    "resources for non-sidecar init containers are immutable",
+                ));
             }
             munged_init.push(nc.clone());
         }
@@ -337,7 +461,10 @@ pub fn validate(new: &Value, old: &Value, spec_errors: Vec<FieldError>) -> Vec<F
         }
     }
     if !semantic_eq(Some(&munged_spec), old.get("spec"), false) {
-        errs.push(forbidden("spec", "only cpu and memory resources are mutable"));
+        errs.push(forbidden(
+            "spec",
+            "only cpu and memory resources are mutable",
+        ));
     }
     errs
 }
@@ -359,22 +486,46 @@ mod tests {
     }
 
     fn messages(new: &Value, old: &Value) -> Vec<String> {
-        validate(&prepare_update(old, new), old, Vec::new()).iter().map(|e| e.to_string()).collect()
+        validate(&prepare_update(old, new), old, Vec::new())
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     fn burstable() -> Value {
-        pod(json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}}))
+        pod(
+            json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}}),
+        )
     }
 
     #[test]
     fn qos_classes_as_upstream_computes_them() {
         let spec = |c: Value| json!({"spec": {"containers": c}});
         assert_eq!(compute_qos(&spec(json!([{"name": "a"}]))), "BestEffort");
-        assert_eq!(compute_qos(&spec(json!([{"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1000m", "memory": "1024Mi"}}}]))), "Guaranteed");
-        assert_eq!(compute_qos(&spec(json!([{"resources": {"limits": {"cpu": "1"}}}]))), "Burstable", "memory limit missing");
-        assert_eq!(compute_qos(&spec(json!([{"resources": {"requests": {"ephemeral-storage": "1Gi"}}}]))), "BestEffort", "only cpu and memory count");
+        assert_eq!(
+            compute_qos(&spec(
+                json!([{"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1000m", "memory": "1024Mi"}}}])
+            )),
+            "Guaranteed"
+        );
+        assert_eq!(
+            compute_qos(&spec(json!([{"resources": {"limits": {"cpu": "1"}}}]))),
+            "Burstable",
+            "memory limit missing"
+        );
+        assert_eq!(
+            compute_qos(&spec(
+                json!([{"resources": {"requests": {"ephemeral-storage": "1Gi"}}}])
+            )),
+            "BestEffort",
+            "only cpu and memory count"
+        );
         let two = json!([{"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}}, {"name": "b"}]);
-        assert_eq!(compute_qos(&spec(two)), "Burstable", "every container needs limits");
+        assert_eq!(
+            compute_qos(&spec(two)),
+            "Burstable",
+            "every container needs limits"
+        );
     }
 
     #[test]
@@ -388,7 +539,10 @@ mod tests {
             p["status"]["phase"] = json!("Failed");
         });
         let out = prepare_update(&old, &new);
-        assert_eq!(out["spec"]["containers"][0]["resources"]["requests"]["cpu"], "150m");
+        assert_eq!(
+            out["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+            "150m"
+        );
         assert_eq!(out["spec"]["containers"][0]["image"], "i");
         assert!(out["spec"].get("activeDeadlineSeconds").is_none());
         assert_eq!(out["metadata"]["labels"]["a"], "b");
@@ -397,16 +551,31 @@ mod tests {
         // Renamed containers are kept as sent, and refused.
         let renamed = with(&old, |p| p["spec"]["containers"][0]["name"] = json!("d"));
         assert_eq!(messages(&renamed, &old), vec!["spec.containers[0].name: Forbidden: containers may not be renamed or reordered on resize"]);
-        let added = with(&old, |p| p["spec"]["containers"] = json!([p["spec"]["containers"][0].clone(), {"name": "e", "image": "i"}]));
-        assert_eq!(messages(&added, &old), vec!["spec.containers: Forbidden: containers may not be added or removed on resize"]);
+        let added =
+            with(
+                &old,
+                |p| {
+                    p["spec"]["containers"] =
+                        json!([p["spec"]["containers"][0].clone(), {"name": "e", "image": "i"}])
+                },
+            );
+        assert_eq!(
+            messages(&added, &old),
+            vec!["spec.containers: Forbidden: containers may not be added or removed on resize"]
+        );
     }
 
     #[test]
     fn refusals_carry_upstreams_messages() {
         let old = burstable();
-        let res = |f: &dyn Fn(&mut Value)| with(&old, |p| f(&mut p["spec"]["containers"][0]["resources"]));
+        let res = |f: &dyn Fn(&mut Value)| {
+            with(&old, |p| f(&mut p["spec"]["containers"][0]["resources"]))
+        };
         assert_eq!(
-            messages(&res(&|r| r["limits"]["ephemeral-storage"] = json!("1Gi")), &old),
+            messages(
+                &res(&|r| r["limits"]["ephemeral-storage"] = json!("1Gi")),
+                &old
+            ),
             vec!["spec: Forbidden: only cpu and memory resources are mutable"]
         );
         assert_eq!(
@@ -419,10 +588,22 @@ mod tests {
         );
         // The same decrease with the RestartContainer policy is fine... but the policy
         // itself may not change through resize.
-        let restart = with(&old, |p| p["spec"]["containers"][0]["resizePolicy"] = json!([{"resourceName": "memory", "restartPolicy": "RestartContainer"}]));
-        let lowered = with(&restart, |p| p["spec"]["containers"][0]["resources"]["limits"]["memory"] = json!("100Mi"));
+        let restart =
+            with(
+                &old,
+                |p| {
+                    p["spec"]["containers"][0]["resizePolicy"] =
+                        json!([{"resourceName": "memory", "restartPolicy": "RestartContainer"}])
+                },
+            );
+        let lowered = with(&restart, |p| {
+            p["spec"]["containers"][0]["resources"]["limits"]["memory"] = json!("100Mi")
+        });
         assert!(messages(&lowered, &restart).is_empty());
-        assert_eq!(messages(&restart, &old), vec!["spec: Forbidden: only cpu and memory resources are mutable"]);
+        assert_eq!(
+            messages(&restart, &old),
+            vec!["spec: Forbidden: only cpu and memory resources are mutable"]
+        );
         // Requests equal to limits would make the pod Guaranteed; the value shown is the
         // class the pod has.
         let guaranteed = res(&|r| r["requests"] = json!({"cpu": "200m", "memory": "128Mi"}));
@@ -431,24 +612,64 @@ mod tests {
         assert!(messages(&res(&|r| r["limits"]["memory"] = json!("0.125Gi")), &old).is_empty());
         // A BestEffort pod cannot get a memory limit (class, and the limit rule).
         let best = pod(json!({}));
-        let m = messages(&with(&best, |p| p["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "1Gi"}})), &best);
-        assert!(m.iter().any(|e| e.contains("Pod QOS Class may not change")), "{m:?}");
+        let m = messages(
+            &with(&best, |p| {
+                p["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "1Gi"}})
+            }),
+            &best,
+        );
+        assert!(
+            m.iter().any(|e| e.contains("Pod QOS Class may not change")),
+            "{m:?}"
+        );
     }
 
     #[test]
     fn pods_that_cannot_be_resized() {
         let old = burstable();
-        let up = with(&old, |p| p["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("300m"));
-        let mirror = with(&old, |p| p["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "x"}));
-        assert_eq!(validate(&prepare_update(&mirror, &up), &mirror, vec![forbidden("x", "y")]).iter().map(|e| e.to_string()).collect::<Vec<_>>(), vec![": Forbidden: static pods cannot be resized"]);
+        let up = with(&old, |p| {
+            p["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("300m")
+        });
+        let mirror = with(&old, |p| {
+            p["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "x"})
+        });
+        assert_eq!(
+            validate(
+                &prepare_update(&mirror, &up),
+                &mirror,
+                vec![forbidden("x", "y")]
+            )
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>(),
+            vec![": Forbidden: static pods cannot be resized"]
+        );
         let windows = with(&old, |p| p["spec"]["os"] = json!({"name": "windows"}));
-        assert_eq!(messages(&up, &windows), vec![": Forbidden: windows pods cannot be resized"]);
-        let pod_level = with(&old, |p| p["spec"]["resources"] = json!({"limits": {"cpu": "1"}}));
-        assert_eq!(messages(&up, &pod_level), vec![": Forbidden: pods with pod-level resources cannot be resized"]);
+        assert_eq!(
+            messages(&up, &windows),
+            vec![": Forbidden: windows pods cannot be resized"]
+        );
+        let pod_level = with(&old, |p| {
+            p["spec"]["resources"] = json!({"limits": {"cpu": "1"}})
+        });
+        assert_eq!(
+            messages(&up, &pod_level),
+            vec![": Forbidden: pods with pod-level resources cannot be resized"]
+        );
         // Running on a node that reports no container resources.
-        let running = with(&old, |p| p["status"]["containerStatuses"] = json!([{"name": "c", "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}]));
-        assert_eq!(messages(&up, &running), vec!["spec: Forbidden: Pod running on node without support for resize"]);
-        let reporting = with(&running, |p| p["status"]["containerStatuses"][0]["resources"] = json!({"limits": {"cpu": "200m"}}));
+        let running = with(
+            &old,
+            |p| {
+                p["status"]["containerStatuses"] = json!([{"name": "c", "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}])
+            },
+        );
+        assert_eq!(
+            messages(&up, &running),
+            vec!["spec: Forbidden: Pod running on node without support for resize"]
+        );
+        let reporting = with(&running, |p| {
+            p["status"]["containerStatuses"][0]["resources"] = json!({"limits": {"cpu": "200m"}})
+        });
         assert!(messages(&up, &reporting).is_empty());
     }
 
@@ -459,11 +680,26 @@ mod tests {
                 {"name": "side", "image": "i", "restartPolicy": "Always", "resources": {"requests": {"cpu": "10m"}}},
                 {"name": "init", "image": "i", "resources": {"requests": {"cpu": "10m"}}}])
         });
-        let side = with(&old, |p| p["spec"]["initContainers"][0]["resources"]["requests"]["cpu"] = json!("20m"));
+        let side = with(&old, |p| {
+            p["spec"]["initContainers"][0]["resources"]["requests"]["cpu"] = json!("20m")
+        });
         assert!(messages(&side, &old).is_empty());
-        let init = with(&old, |p| p["spec"]["initContainers"][1]["resources"]["requests"]["cpu"] = json!("20m"));
-        assert_eq!(messages(&init, &old), vec!["spec: Forbidden: resources for non-sidecar init containers are immutable"]);
-        let side_storage = with(&old, |p| p["spec"]["initContainers"][0]["resources"]["requests"]["ephemeral-storage"] = json!("1Gi"));
-        assert_eq!(messages(&side_storage, &old), vec!["spec: Forbidden: only cpu and memory resources for sidecar containers are mutable"]);
+        let init = with(&old, |p| {
+            p["spec"]["initContainers"][1]["resources"]["requests"]["cpu"] = json!("20m")
+        });
+        assert_eq!(
+            messages(&init, &old),
+            vec!["spec: Forbidden: resources for non-sidecar init containers are immutable"]
+        );
+        let side_storage = with(&old, |p| {
+            p["spec"]["initContainers"][0]["resources"]["requests"]["ephemeral-storage"] =
+                json!("1Gi")
+        });
+        assert_eq!(
+            messages(&side_storage, &old),
+            vec![
+                "spec: Forbidden: only cpu and memory resources for sidecar containers are mutable"
+            ]
+        );
     }
 }

@@ -50,9 +50,12 @@ pub fn store_err(res: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
         StoreError::AlreadyExists(_) => ApiError::already_exists(res, name),
         StoreError::NotFound(_) => ApiError::not_found(res, name),
         StoreError::Conflict { .. } => ApiError::conflict(res, name),
-        StoreError::Compacted { requested, compacted } => {
-            ApiError::gone(format!("too old resource version: {requested} ({compacted})"))
-        }
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => ApiError::gone(format!(
+            "too old resource version: {requested} ({compacted})"
+        )),
         StoreError::FutureRevision { requested, current } => {
             let mut e = ApiError::timeout(format!(
                 "Too large resource version: {requested}, current: {current}"
@@ -88,23 +91,33 @@ struct Staged {
 /// Whether two objects are equal but for `metadata.resourceVersion` (an update that
 /// would store `a` over `b` changes nothing).
 fn same_but_resource_version(a: &Value, b: &Value) -> bool {
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
     if a.len() != b.len() {
         return false;
     }
     a.iter().all(|(k, v)| match (b.get(k), k.as_str()) {
         (None, _) => false,
         (Some(Value::Object(mb)), "metadata") => {
-            let Some(ma) = v.as_object() else { return false };
-            let count = |m: &Map<String, Value>| m.len() - usize::from(m.contains_key("resourceVersion"));
-            count(ma) == count(mb) && ma.iter().filter(|(k, _)| *k != "resourceVersion").all(|(k, v)| mb.get(k) == Some(v))
+            let Some(ma) = v.as_object() else {
+                return false;
+            };
+            let count =
+                |m: &Map<String, Value>| m.len() - usize::from(m.contains_key("resourceVersion"));
+            count(ma) == count(mb)
+                && ma
+                    .iter()
+                    .filter(|(k, _)| *k != "resourceVersion")
+                    .all(|(k, v)| mb.get(k) == Some(v))
         }
         (Some(w), _) => v == w,
     })
 }
 
 fn kv_to_object(kv: &KeyValue) -> Result<Value, ApiError> {
-    decode(&kv.value, kv.mod_revision).ok_or_else(|| ApiError::internal(format!("object at {} cannot be decoded", kv.key)))
+    decode(&kv.value, kv.mod_revision)
+        .ok_or_else(|| ApiError::internal(format!("object at {} cannot be decoded", kv.key)))
 }
 
 /// Label and field selectors of a list, watch or deletecollection.
@@ -119,17 +132,28 @@ impl Filter {
     /// Parses `labelSelector` and `fieldSelector`.
     pub fn from_query(res: &ResourceInfo, q: &Query) -> Result<Filter, ApiError> {
         let label = match q.get("labelSelector") {
-            Some(s) => Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?),
+            Some(s) => {
+                Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            }
             None => None,
         };
         let field = match q.get("fieldSelector") {
             Some(s) => {
-                let fs = FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
-                Some(fs.convert_for(&res.group, &res.kind).map_err(|e| ApiError::bad_request(e.to_string()))?)
+                let fs =
+                    FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                Some(
+                    fs.convert_for(&res.group, &res.kind)
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                )
             }
             None => None,
         };
-        Ok(Filter { label, field, group: res.group.clone(), kind: res.kind.clone() })
+        Ok(Filter {
+            label,
+            field,
+            group: res.group.clone(),
+            kind: res.kind.clone(),
+        })
     }
 
     /// Whether the filter selects everything.
@@ -145,7 +169,9 @@ impl Filter {
             }
         }
         if let Some(f) = &self.field {
-            if !f.matches(|field| rk3s_api::selector::field_value(&self.group, &self.kind, obj, field)) {
+            if !f.matches(|field| {
+                rk3s_api::selector::field_value(&self.group, &self.kind, obj, field)
+            }) {
                 return false;
             }
         }
@@ -154,7 +180,13 @@ impl Filter {
 }
 
 /// The list object for items.
-pub fn list_object(res: &ResourceInfo, items: Vec<Value>, rv: i64, cont: Option<String>, remaining: Option<usize>) -> Value {
+pub fn list_object(
+    res: &ResourceInfo,
+    items: Vec<Value>,
+    rv: i64,
+    cont: Option<String>,
+    remaining: Option<usize>,
+) -> Value {
     let mut meta = Map::new();
     meta.insert("resourceVersion".into(), json!(rv.to_string()));
     if let Some(c) = cont {
@@ -180,13 +212,22 @@ struct ContinueToken {
 
 fn encode_continue(rv: i64, start: &str) -> String {
     use base64::Engine;
-    let t = ContinueToken { v: "meta.k8s.io/v1".into(), rv, start: start.to_string() };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&t).unwrap_or_default())
+    let t = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: start.to_string(),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&t).unwrap_or_default())
 }
 
 fn decode_continue(s: &str) -> Result<ContinueToken, ApiError> {
     use base64::Engine;
-    let bad = || ApiError::bad_request("continue key is not valid: illegal base64 data at input byte 0".to_string());
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: illegal base64 data at input byte 0".to_string(),
+        )
+    };
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s.trim_end_matches('='))
         .map_err(|_| bad())?;
@@ -229,16 +270,30 @@ impl<'a> Call<'a> {
     /// Renders one object (custom resources use their CRD's printer columns).
     pub fn render_one(&self, obj: Value, code: u16) -> Response {
         if let (Output::Table(inc), Some(v)) = (&self.output, self.inner.crds.version(&self.res)) {
-            let rv = object::meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
-            return body::json(code, &crate::crd::table(&v, std::slice::from_ref(&obj), &rv, None, *inc));
+            let rv = object::meta_str(&obj, "resourceVersion")
+                .unwrap_or("")
+                .to_string();
+            return body::json(
+                code,
+                &crate::crd::table(&v, std::slice::from_ref(&obj), &rv, None, *inc),
+            );
         }
         self.output.one(&self.res, obj, code)
     }
 
     /// Renders a list.
-    pub fn render_list(&self, items: Vec<Value>, rv: i64, cont: Option<String>, remaining: Option<usize>) -> Response {
+    pub fn render_list(
+        &self,
+        items: Vec<Value>,
+        rv: i64,
+        cont: Option<String>,
+        remaining: Option<usize>,
+    ) -> Response {
         if let (Output::Table(inc), Some(v)) = (&self.output, self.inner.crds.version(&self.res)) {
-            return body::json(200, &crate::crd::table(&v, &items, &rv.to_string(), cont.as_deref(), *inc));
+            return body::json(
+                200,
+                &crate::crd::table(&v, &items, &rv.to_string(), cont.as_deref(), *inc),
+            );
         }
         self.output.list(&self.res, items, rv, cont, remaining)
     }
@@ -254,12 +309,22 @@ impl<'a> Call<'a> {
                 let msg = if unknown.len() == 1 {
                     format!("unknown field \"{}\"", unknown[0])
                 } else {
-                    format!("[{}]", unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect::<Vec<_>>().join(", "))
+                    format!(
+                        "[{}]",
+                        unknown
+                            .iter()
+                            .map(|u| format!("unknown field \"{u}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 };
                 Err(self.decode_error(&format!("strict decoding error: {msg}")))
             }
             "Ignore" => Ok(Vec::new()),
-            _ => Ok(unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect()),
+            _ => Ok(unknown
+                .iter()
+                .map(|u| format!("unknown field \"{u}\""))
+                .collect()),
         }
     }
 
@@ -285,7 +350,12 @@ impl<'a> Call<'a> {
 
     /// GET of one object (or its `status`).
     pub async fn get(&self) -> Result<Response, ApiError> {
-        let kv = self.inner.store.get(&self.key()).await.map_err(|e| store_err(&self.res, self.name(), e))?;
+        let kv = self
+            .inner
+            .store
+            .get(&self.key())
+            .await
+            .map_err(|e| store_err(&self.res, self.name(), e))?;
         let kv = kv.ok_or_else(|| ApiError::not_found(&self.res, self.name()))?;
         let obj = crate::convert::from_storage(&self.res, kv_to_object(&kv)?);
         if self.info.subresource.as_deref() == Some("scale") {
@@ -297,33 +367,61 @@ impl<'a> Call<'a> {
     /// LIST, from the watch cache, or from the store when paging.
     pub async fn list(&self) -> Result<Response, ApiError> {
         let filter = Filter::from_query(&self.res, &self.query)?;
-        let limit: usize = self.query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let limit: usize = self
+            .query
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
         let prefix = self.res.namespace_prefix(self.ns());
         let rv_param = self.query.get("resourceVersion");
         if let Some(c) = self.query.get("continue") {
             let t = decode_continue(c)?;
-            return self.list_from_store(&prefix, &filter, limit, Some(t.rv), Some(format!("{prefix}{}", t.start))).await;
+            return self
+                .list_from_store(
+                    &prefix,
+                    &filter,
+                    limit,
+                    Some(t.rv),
+                    Some(format!("{prefix}{}", t.start)),
+                )
+                .await;
         }
         let exact = self.query.get("resourceVersionMatch") == Some("Exact");
         if exact && rv_param.is_none_or(|r| r == "0") {
-            return Err(ApiError::invalid_simple("resourceVersionMatch", "resourceVersionMatch", "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"\""));
+            return Err(ApiError::invalid_simple(
+                "resourceVersionMatch",
+                "resourceVersionMatch",
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"\"",
+            ));
         }
         if (limit > 0 && rv_param != Some("0")) || exact {
             let rev = match (rv_param, self.query.get("resourceVersionMatch")) {
-                (Some(rv), Some("Exact")) => Some(rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?),
+                (Some(rv), Some("Exact")) => Some(rv.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {rv}"))
+                })?),
                 _ => None,
             };
-            return self.list_from_store(&prefix, &filter, limit, rev, None).await;
+            return self
+                .list_from_store(&prefix, &filter, limit, rev, None)
+                .await;
         }
         // The revision the answer must be at least as new as (none for "0": any).
         let want = match rv_param {
             Some("0") => None,
             Some(rv) => {
-                let want: i64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+                let want: i64 = rv.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {rv}"))
+                })?;
                 self.inner.cache.wait_for(want, FRESH_WAIT).await;
                 Some(want)
             }
-            None => Some(self.inner.cache.wait_fresh(FRESH_WAIT).await.map_err(|e| store_err(&self.res, "", e))?),
+            None => Some(
+                self.inner
+                    .cache
+                    .wait_fresh(FRESH_WAIT)
+                    .await
+                    .map_err(|e| store_err(&self.res, "", e))?,
+            ),
         };
         // The items and the revision come from one snapshot of the cache: the list's
         // resourceVersion is exactly the state it shows, so a watch from it misses
@@ -332,10 +430,26 @@ impl<'a> Call<'a> {
         if let Some(want) = want.filter(|w| rv < *w) {
             // The cache did not catch up in time: answer from the store, as upstream
             // falls back to etcd, rather than label older items with a newer revision.
-            tracing::debug!(want, cache = rv, "watch cache behind; listing from the store");
-            let current = self.inner.store.current_revision().await.map_err(|e| store_err(&self.res, "", e))?;
+            tracing::debug!(
+                want,
+                cache = rv,
+                "watch cache behind; listing from the store"
+            );
+            let current = self
+                .inner
+                .store
+                .current_revision()
+                .await
+                .map_err(|e| store_err(&self.res, "", e))?;
             if current < want {
-                return Err(store_err(&self.res, "", StoreError::FutureRevision { requested: want, current }));
+                return Err(store_err(
+                    &self.res,
+                    "",
+                    StoreError::FutureRevision {
+                        requested: want,
+                        current,
+                    },
+                ));
             }
             return self.list_from_store(&prefix, &filter, 0, None, None).await;
         }
@@ -349,8 +463,11 @@ impl<'a> Call<'a> {
         }
         if self.output == Output::Json {
             // Fast path: splice the cached encodings into the list body.
-            let head = serde_json::to_vec(&list_object(&self.res, Vec::new(), rv, None, None)).unwrap_or_default();
-            let mut out: Vec<u8> = Vec::with_capacity(head.len() + items.iter().map(|o| o.raw.len() + 1).sum::<usize>());
+            let head = serde_json::to_vec(&list_object(&self.res, Vec::new(), rv, None, None))
+                .unwrap_or_default();
+            let mut out: Vec<u8> = Vec::with_capacity(
+                head.len() + items.iter().map(|o| o.raw.len() + 1).sum::<usize>(),
+            );
             // `head` ends with `"items":[]}`: reopen the array.
             out.extend_from_slice(&head[..head.len().saturating_sub(2)]);
             let mut first = true;
@@ -372,7 +489,14 @@ impl<'a> Call<'a> {
         Ok(self.render_list(items, rv, None, None))
     }
 
-    async fn list_from_store(&self, prefix: &str, filter: &Filter, limit: usize, rev: Option<i64>, start: Option<String>) -> Result<Response, ApiError> {
+    async fn list_from_store(
+        &self,
+        prefix: &str,
+        filter: &Filter,
+        limit: usize,
+        rev: Option<i64>,
+        start: Option<String>,
+    ) -> Result<Response, ApiError> {
         let mut items = Vec::new();
         let mut start_after = start;
         let mut read_rev = rev;
@@ -406,18 +530,40 @@ impl<'a> Call<'a> {
             start_after = Some(last_key.clone());
         }
         let rv = read_rev.unwrap_or(0);
-        let cont = if more { Some(encode_continue(rv, last_key.strip_prefix(prefix).unwrap_or(&last_key))) } else { None };
-        let rem = if more && filter.is_empty() { Some(remaining) } else { None };
+        let cont = if more {
+            Some(encode_continue(
+                rv,
+                last_key.strip_prefix(prefix).unwrap_or(&last_key),
+            ))
+        } else {
+            None
+        };
+        let rem = if more && filter.is_empty() {
+            Some(remaining)
+        } else {
+            None
+        };
         Ok(self.render_list(items, rv, cont, rem))
     }
 
     /// Decodes the request body (JSON, YAML or protobuf, by `Content-Type`, through
     /// [`body::decode_request`]) into an object.
     pub fn body_object(&self) -> Result<Value, ApiError> {
-        let api_version = if self.res.group.is_empty() { self.res.version.clone() } else { format!("{}/{}", self.res.group, self.res.version) };
+        let api_version = if self.res.group.is_empty() {
+            self.res.version.clone()
+        } else {
+            format!("{}/{}", self.res.group, self.res.version)
+        };
         let default_message = rk3s_protobuf::message_name(&api_version, &self.res.kind);
-        let v = body::decode_request(body::content_type(&self.headers), &self.body, default_message).map_err(|e| match e {
-            body::RequestBodyError::UnsupportedMediaType(mt) => ApiError::unsupported_media_type(&mt),
+        let v = body::decode_request(
+            body::content_type(&self.headers),
+            &self.body,
+            default_message,
+        )
+        .map_err(|e| match e {
+            body::RequestBodyError::UnsupportedMediaType(mt) => {
+                ApiError::unsupported_media_type(&mt)
+            }
             other => self.decode_error(&other.to_string()),
         })?;
         if !v.is_object() {
@@ -427,13 +573,22 @@ impl<'a> Call<'a> {
     }
 
     fn decode_error(&self, e: &str) -> ApiError {
-        ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {}", self.res.kind, self.res.version, self.res.kind, e))
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {}",
+            self.res.kind, self.res.version, self.res.kind, e
+        ))
     }
 
     /// Checks kind/apiVersion, decodes the object as upstream's typed decoding does
     /// (wrong JSON types refused, explicit nulls dropped: [`Call::decode_typed`]),
     /// applies fieldValidation, prunes unknown fields.
-    fn check_type(&self, obj: &mut Value, kind: &str, api_version: &str, how: Decoded<'_>) -> Result<Vec<String>, ApiError> {
+    fn check_type(
+        &self,
+        obj: &mut Value,
+        kind: &str,
+        api_version: &str,
+        how: Decoded<'_>,
+    ) -> Result<Vec<String>, ApiError> {
         let mut warnings = Vec::new();
         if let Some(k) = obj.get("kind").and_then(|k| k.as_str()) {
             if !k.is_empty() && k != kind {
@@ -449,7 +604,11 @@ impl<'a> Call<'a> {
             m.insert("kind".into(), json!(kind));
             m.insert("apiVersion".into(), json!(api_version));
         }
-        let definition = if kind == self.res.kind { self.res.definition.clone() } else { String::new() };
+        let definition = if kind == self.res.kind {
+            self.res.definition.clone()
+        } else {
+            String::new()
+        };
         if !definition.is_empty() {
             self.decode_typed(&definition, obj, how)?;
             let unknown = self.inner.openapi().unknown_fields(&definition, obj);
@@ -459,7 +618,14 @@ impl<'a> Call<'a> {
                         let msg = if unknown.len() == 1 {
                             format!("unknown field \"{}\"", unknown[0])
                         } else {
-                            format!("[{}]", unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect::<Vec<_>>().join(", "))
+                            format!(
+                                "[{}]",
+                                unknown
+                                    .iter()
+                                    .map(|u| format!("unknown field \"{u}\""))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
                         };
                         return Err(self.decode_error(&format!("strict decoding error: {msg}")));
                     }
@@ -476,20 +642,42 @@ impl<'a> Call<'a> {
     /// Decodes a built-in object (`definition`) as upstream's typed decoding: a value of
     /// the wrong JSON type is refused as `how` says upstream refuses it, explicit nulls
     /// are dropped (before admission and field tracking see the object).
-    fn decode_typed(&self, definition: &str, obj: &mut Value, how: Decoded<'_>) -> Result<(), ApiError> {
+    fn decode_typed(
+        &self,
+        definition: &str,
+        obj: &mut Value,
+        how: Decoded<'_>,
+    ) -> Result<(), ApiError> {
         let path = match how {
             Decoded::StrategicPatch(_) => rk3s_openapi::DecodePath::Unstructured,
             _ => rk3s_openapi::DecodePath::Json,
         };
-        let Err(e) = self.inner.openapi().decode_object(definition, obj, path) else { return Ok(()) };
+        let Err(e) = self.inner.openapi().decode_object(definition, obj, path) else {
+            return Ok(());
+        };
         let patch_error = |value: String| {
-            let message = format!("Invalid value: {}: {}", rk3s_openapi::decode::go_quote(&value), e.message);
-            let mut err = ApiError::new(422, "Invalid", format!(" \"\" is invalid: patch: {message}"));
-            err.causes = vec![Cause { reason: "FieldValueInvalid".into(), message, field: "patch".into() }];
+            let message = format!(
+                "Invalid value: {}: {}",
+                rk3s_openapi::decode::go_quote(&value),
+                e.message
+            );
+            let mut err = ApiError::new(
+                422,
+                "Invalid",
+                format!(" \"\" is invalid: patch: {message}"),
+            );
+            err.causes = vec![Cause {
+                reason: "FieldValueInvalid".into(),
+                message,
+                field: "patch".into(),
+            }];
             err
         };
         Err(match how {
-            Decoded::Body if definition == SCALE => ApiError::bad_request(format!("Scale in version \"v1\" cannot be handled as a Scale: {}", e.message)),
+            Decoded::Body if definition == SCALE => ApiError::bad_request(format!(
+                "Scale in version \"v1\" cannot be handled as a Scale: {}",
+                e.message
+            )),
             Decoded::Body => self.decode_error(&e.message),
             // Upstream decodes the patched JSON into the typed object: 422 on `patch`
             // with the patched document as the value.
@@ -503,7 +691,11 @@ impl<'a> Call<'a> {
     fn invalid(&self, name: &str, errs: Vec<rk3s_validation::FieldError>) -> ApiError {
         let causes = errs
             .iter()
-            .map(|e| Cause { reason: e.reason().to_string(), message: e.message(), field: e.field.clone() })
+            .map(|e| Cause {
+                reason: e.reason().to_string(),
+                message: e.message(),
+                field: e.field.clone(),
+            })
             .collect();
         ApiError::invalid(&self.res, name, causes)
     }
@@ -511,28 +703,55 @@ impl<'a> Call<'a> {
     /// POST: create an object.
     pub async fn create(&self) -> Result<Response, ApiError> {
         if self.info.subresource.is_some() || self.info.name.is_some() {
-            return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ));
         }
         let mut obj = self.body_object()?;
-        let warnings = self.check_type(&mut obj, &self.res.kind, &self.res.api_version(), Decoded::Body)?;
+        let warnings = self.check_type(
+            &mut obj,
+            &self.res.kind,
+            &self.res.api_version(),
+            Decoded::Body,
+        )?;
         crate::handler::normalize_input(&self.res, &mut obj);
         // metadata
         let ns = self.ns().map(String::from);
         {
-            let m = meta_mut(&mut obj).ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-            if m.get("resourceVersion").and_then(|v| v.as_str()).is_some_and(|s| !s.is_empty()) {
-                return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+            let m = meta_mut(&mut obj)
+                .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+            if m.get("resourceVersion")
+                .and_then(|v| v.as_str())
+                .is_some_and(|s| !s.is_empty())
+            {
+                return Err(ApiError::bad_request(
+                    "resourceVersion should not be set on objects to be created",
+                ));
             }
             m.remove("resourceVersion");
-            let has_name = m.get("name").and_then(|n| n.as_str()).is_some_and(|n| !n.is_empty());
+            let has_name = m
+                .get("name")
+                .and_then(|n| n.as_str())
+                .is_some_and(|n| !n.is_empty());
             if !has_name {
-                if let Some(g) = m.get("generateName").and_then(|n| n.as_str()).filter(|g| !g.is_empty()) {
+                if let Some(g) = m
+                    .get("generateName")
+                    .and_then(|n| n.as_str())
+                    .filter(|g| !g.is_empty())
+                {
                     let g = g.to_string();
-                    m.insert("name".into(), json!(format!("{g}{}", object::random_suffix())));
+                    m.insert(
+                        "name".into(),
+                        json!(format!("{g}{}", object::random_suffix())),
+                    );
                 }
             }
             if self.res.namespaced() {
-                let body_ns = m.get("namespace").and_then(|n| n.as_str()).filter(|s| !s.is_empty()).map(String::from);
+                let body_ns = m
+                    .get("namespace")
+                    .and_then(|n| n.as_str())
+                    .filter(|s| !s.is_empty())
+                    .map(String::from);
                 match (&ns, body_ns) {
                     (Some(p), Some(b)) if *p != b => {
                         return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
@@ -541,7 +760,9 @@ impl<'a> Call<'a> {
                         m.insert("namespace".into(), json!(p));
                     }
                     (None, _) => {
-                        return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+                        return Err(ApiError::method_not_allowed(
+                            "the server does not allow this method on the requested resource",
+                        ));
                     }
                 }
             } else {
@@ -560,28 +781,55 @@ impl<'a> Call<'a> {
         }
         let name = object::name(&obj).unwrap_or("").to_string();
         if let Some(ns) = &ns {
-            self.inner.check_namespace_open(ns, &self.res, &name).await?;
+            self.inner
+                .check_namespace_open(ns, &self.res, &name)
+                .await?;
         }
         let is_service = self.res.plural == "services" && self.res.group.is_empty();
         // The IP family fields the client did not set are the allocator's (upstream sets
         // them when it allocates, after field tracking), even where defaulting fills them.
         let allocator_fields: Vec<&str> = if is_service {
-            ["ipFamilies", "ipFamilyPolicy"].into_iter().filter(|k| obj.pointer(&format!("/spec/{k}")).is_none_or(|v| v.is_null())).collect()
+            ["ipFamilies", "ipFamilyPolicy"]
+                .into_iter()
+                .filter(|k| {
+                    obj.pointer(&format!("/spec/{k}"))
+                        .is_none_or(|v| v.is_null())
+                })
+                .collect()
         } else {
             Vec::new()
         };
-        rk3s_validation::apply_defaults(&self.res.group, &self.res.version, &self.res.kind, &mut obj);
+        rk3s_validation::apply_defaults(
+            &self.res.group,
+            &self.res.version,
+            &self.res.kind,
+            &mut obj,
+        );
         crate::handler::prepare_create(&self.res, &mut obj);
         if self.res.group.is_empty() && self.res.plural == "pods" {
             crate::handler::admit_pod(self.inner, &mut obj).await?;
         }
         let mut warnings = warnings;
-        warnings.extend(crate::admission::mutate(self.inner, &self.res, None, "CREATE", &mut obj, None, &self.user, self.dry_run()).await?);
+        warnings.extend(
+            crate::admission::mutate(
+                self.inner,
+                &self.res,
+                None,
+                "CREATE",
+                &mut obj,
+                None,
+                &self.user,
+                self.dry_run(),
+            )
+            .await?,
+        );
         if self.res.group.is_empty() && self.res.plural == "resourcequotas" {
             obj["status"] = crate::admission::quota_status(self.inner, &obj);
         }
         crate::handler::check_rbac_escalation(self.inner, &self.res, &self.user, &obj)?;
-        if self.res.group == "apiextensions.k8s.io" && self.res.plural == "customresourcedefinitions" {
+        if self.res.group == "apiextensions.k8s.io"
+            && self.res.plural == "customresourcedefinitions"
+        {
             crate::crd::prepare_create(&mut obj);
             crate::crd::apply_defaults(&mut obj);
             crate::crd::validate(&self.res, &obj, None)?;
@@ -590,18 +838,48 @@ impl<'a> Call<'a> {
             let pruned = crate::crd::admit_custom_resource(&v, &self.res, &mut obj)?;
             warnings.extend(self.unknown_field_policy(&pruned)?);
         }
-        let errs = rk3s_validation::validate_create(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &obj);
+        let errs = rk3s_validation::validate_create(
+            &self.res.group,
+            &self.res.version,
+            &self.res.kind,
+            self.res.namespaced(),
+            &obj,
+        );
         if !errs.is_empty() {
             return Err(self.invalid(&name, errs));
         }
-        warnings.extend(crate::admission::validate(self.inner, &self.res, None, "CREATE", &obj, None, &self.user, self.dry_run()).await?);
+        warnings.extend(
+            crate::admission::validate(
+                self.inner,
+                &self.res,
+                None,
+                "CREATE",
+                &obj,
+                None,
+                &self.user,
+                self.dry_run(),
+            )
+            .await?,
+        );
         let key = self.res.key(ns.as_deref(), &name);
         if !self.applied {
-            let withheld: Vec<(&str, Value)> = match obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
-                Some(spec) => allocator_fields.iter().filter_map(|k| spec.remove(*k).map(|v| (*k, v))).collect(),
-                None => Vec::new(),
-            };
-            crate::handler::update_managed_fields(self.inner, &self.res, &mut obj, None, &self.query, &self.headers, None);
+            let withheld: Vec<(&str, Value)> =
+                match obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                    Some(spec) => allocator_fields
+                        .iter()
+                        .filter_map(|k| spec.remove(*k).map(|v| (*k, v)))
+                        .collect(),
+                    None => Vec::new(),
+                };
+            crate::handler::update_managed_fields(
+                self.inner,
+                &self.res,
+                &mut obj,
+                None,
+                &self.query,
+                &self.headers,
+                None,
+            );
             if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
                 spec.extend(withheld.into_iter().map(|(k, v)| (k.to_string(), v)));
             }
@@ -610,13 +888,21 @@ impl<'a> Call<'a> {
         // clusterIP(s), ipFamilies, ipFamilyPolicy and node ports have no owner, so a
         // later server-side apply without them does not drop them.
         if is_service {
-            self.inner.allocate_service(&mut obj, None, &self.res, &name)?;
+            self.inner
+                .allocate_service(&mut obj, None, &self.res, &name)?;
         }
         // The status fields upstream always encodes, after field tracking (the status a
         // create resets is owned by no one).
         rk3s_openapi::decode::fill_always_encoded_status(&self.res.definition, &mut obj);
         if self.dry_run() {
-            if self.inner.store.get(&key).await.map_err(|e| store_err(&self.res, &name, e))?.is_some() {
+            if self
+                .inner
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| store_err(&self.res, &name, e))?
+                .is_some()
+            {
                 return Err(ApiError::already_exists(&self.res, &name));
             }
             return Ok(with_warnings(self.render_one(obj, 201), &warnings));
@@ -629,7 +915,12 @@ impl<'a> Call<'a> {
                 return Err(store_err(&self.res, &name, e));
             }
         };
-        Ok(with_warnings(self.written(staged, kv.mod_revision, 201, |obj| Ok(self.render_one(obj, 201)))?, &warnings))
+        Ok(with_warnings(
+            self.written(staged, kv.mod_revision, 201, |obj| {
+                Ok(self.render_one(obj, 201))
+            })?,
+            &warnings,
+        ))
     }
 
     /// Serializes `obj` for the store, once: the bytes go to the store, to the watch
@@ -640,11 +931,19 @@ impl<'a> Call<'a> {
         let stored = Bytes::from(storage_bytes(&self.res, &obj)?);
         if crate::convert::needs_conversion(&self.res) {
             // The stored form differs from `obj`: the cache parses it, the answer is `obj`.
-            return Ok(Staged { stored, object: Some(obj), handed: false });
+            return Ok(Staged {
+                stored,
+                object: Some(obj),
+                handed: false,
+            });
         }
         let object = (need_object || self.output != Output::Json).then(|| obj.clone());
         self.inner.cache.expect_write(key, stored.clone(), obj);
-        Ok(Staged { stored, object, handed: true })
+        Ok(Staged {
+            stored,
+            object,
+            handed: true,
+        })
     }
 
     /// Withdraws a staged write that did not happen.
@@ -656,14 +955,23 @@ impl<'a> Call<'a> {
 
     /// The answer to a staged write stored at `revision`: `render` of the object, or
     /// (plain JSON of the object itself) the stored bytes with the resourceVersion.
-    fn written(&self, staged: Staged, revision: i64, code: u16, render: impl FnOnce(Value) -> Result<Response, ApiError>) -> Result<Response, ApiError> {
+    fn written(
+        &self,
+        staged: Staged,
+        revision: i64,
+        code: u16,
+        render: impl FnOnce(Value) -> Result<Response, ApiError>,
+    ) -> Result<Response, ApiError> {
         if let Some(mut obj) = staged.object {
             set_resource_version(&mut obj, revision);
             return render(obj);
         }
         match crate::cache::splice_resource_version(&staged.stored, revision) {
             Some(raw) => Ok(body::bytes_response(code, "application/json", raw)),
-            None => render(decode(&staged.stored, revision).ok_or_else(|| ApiError::internal("stored object cannot be decoded"))?),
+            None => render(
+                decode(&staged.stored, revision)
+                    .ok_or_else(|| ApiError::internal("stored object cannot be decoded"))?,
+            ),
         }
     }
 
@@ -674,24 +982,41 @@ impl<'a> Call<'a> {
         let sub = self.info.subresource.clone();
         let mut warnings = Vec::new();
         let (patch_kind, patch_body) = if patch {
-            let ct = self.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let ct = self
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             let mt = ct.split(';').next().unwrap_or("").trim().to_string();
             let pb: Value = if mt == "application/apply-patch+yaml" {
-                serde_yaml::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+                serde_yaml::from_slice(&self.body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
             } else {
-                serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+                serde_json::from_slice(&self.body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
             };
             (mt, Some(pb))
         } else {
             (String::new(), None)
         };
-        let body_obj = if patch { None } else { Some(self.body_object()?) };
+        let body_obj = if patch {
+            None
+        } else {
+            Some(self.body_object()?)
+        };
         for _attempt in 0..16 {
-            let current = self.inner.store.get(&key).await.map_err(|e| store_err(&self.res, &name, e))?;
+            let current = self
+                .inner
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| store_err(&self.res, &name, e))?;
             let Some(current) = current else {
                 if patch_kind == "application/apply-patch+yaml" && sub.is_none() {
                     // Server-side apply to a missing object creates it.
-                    return self.apply_create(patch_body.clone().unwrap_or(Value::Null)).await;
+                    return self
+                        .apply_create(patch_body.clone().unwrap_or(Value::Null))
+                        .await;
                 }
                 return Err(ApiError::not_found(&self.res, &name));
             };
@@ -704,15 +1029,35 @@ impl<'a> Call<'a> {
                         Some(pb) => self.apply_patch_to(&patch_kind, &scale, pb, SCALE)?,
                         None => body_obj.clone().unwrap_or(Value::Null),
                     };
-                    self.decode_typed(SCALE, &mut new_scale, decoded_as(&patch_kind, patch_body.as_ref()))?;
-                    if let Some(rv) = new_scale.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()) {
+                    self.decode_typed(
+                        SCALE,
+                        &mut new_scale,
+                        decoded_as(&patch_kind, patch_body.as_ref()),
+                    )?;
+                    if let Some(rv) = new_scale
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(|v| v.as_str())
+                    {
                         if !rv.is_empty() && rv != current.mod_revision.to_string() {
                             return Err(ApiError::conflict(&self.res, &name));
                         }
                     }
-                    let replicas = new_scale.pointer("/spec/replicas").and_then(|r| r.as_i64()).unwrap_or(0);
+                    let replicas = new_scale
+                        .pointer("/spec/replicas")
+                        .and_then(|r| r.as_i64())
+                        .unwrap_or(0);
                     if replicas < 0 {
-                        return Err(ApiError::invalid(&self.res, &name, vec![Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {replicas}: must be greater than or equal to 0"), field: "spec.replicas".into() }]));
+                        return Err(ApiError::invalid(
+                            &self.res,
+                            &name,
+                            vec![Cause {
+                                reason: "FieldValueInvalid".into(),
+                                message: format!(
+                                    "Invalid value: {replicas}: must be greater than or equal to 0"
+                                ),
+                                field: "spec.replicas".into(),
+                            }],
+                        ));
                     }
                     let mut d = cur_obj.clone();
                     let (spec_p, _, _) = self.scale_paths();
@@ -721,10 +1066,17 @@ impl<'a> Call<'a> {
                 }
                 _ => {
                     let mut d = match &patch_body {
-                        Some(pb) => self.apply_patch_to(&patch_kind, &cur_obj, pb, &self.res.definition)?,
+                        Some(pb) => {
+                            self.apply_patch_to(&patch_kind, &cur_obj, pb, &self.res.definition)?
+                        }
                         None => body_obj.clone().unwrap_or(Value::Null),
                     };
-                    warnings = self.check_type(&mut d, &self.res.kind, &self.res.api_version(), decoded_as(&patch_kind, patch_body.as_ref()))?;
+                    warnings = self.check_type(
+                        &mut d,
+                        &self.res.kind,
+                        &self.res.api_version(),
+                        decoded_as(&patch_kind, patch_body.as_ref()),
+                    )?;
                     crate::handler::normalize_input(&self.res, &mut d);
                     d
                 }
@@ -736,7 +1088,9 @@ impl<'a> Call<'a> {
                 )));
             }
             // Precondition: a resourceVersion in the body must match.
-            let body_rv = object::meta_str(&desired, "resourceVersion").filter(|s| !s.is_empty()).map(String::from);
+            let body_rv = object::meta_str(&desired, "resourceVersion")
+                .filter(|s| !s.is_empty())
+                .map(String::from);
             // A patch is re-applied to the fresh object after a conflict (if it pinned the
             // resourceVersion, the re-applied patch then fails the precondition); an
             // update without resourceVersion is retried as is.
@@ -746,21 +1100,47 @@ impl<'a> Call<'a> {
                     return Err(ApiError::conflict(&self.res, &name));
                 }
             }
-            let mut new_obj = crate::handler::prepare_update(&self.res, sub.as_deref(), &cur_obj, &mut desired);
-            rk3s_validation::apply_defaults(&self.res.group, &self.res.version, &self.res.kind, &mut new_obj);
+            let mut new_obj =
+                crate::handler::prepare_update(&self.res, sub.as_deref(), &cur_obj, &mut desired);
+            rk3s_validation::apply_defaults(
+                &self.res.group,
+                &self.res.version,
+                &self.res.kind,
+                &mut new_obj,
+            );
             // Zero-valued status fields a writer left out are there, as after upstream's
             // typed decoding (so field tracking sees no change for them).
             rk3s_openapi::decode::fill_always_encoded_status(&self.res.definition, &mut new_obj);
             let is_namespace = self.res.group.is_empty() && self.res.plural == "namespaces";
             if is_namespace {
-                crate::handler::namespace_finalizers(sub.as_deref(), &desired, &cur_obj, &mut new_obj);
+                crate::handler::namespace_finalizers(
+                    sub.as_deref(),
+                    &desired,
+                    &cur_obj,
+                    &mut new_obj,
+                );
             }
             if new_obj == cur_obj {
                 // No-op updates are not written (upstream skips them too).
                 return Ok(with_warnings(self.answer_update(cur_obj)?, &warnings));
             }
-            warnings.extend(crate::admission::mutate(self.inner, &self.res, sub.as_deref(), "UPDATE", &mut new_obj, Some(&cur_obj), &self.user, self.dry_run()).await?);
-            if self.res.group.is_empty() && self.res.plural == "resourcequotas" && new_obj.pointer("/spec/hard") != cur_obj.pointer("/spec/hard") {
+            warnings.extend(
+                crate::admission::mutate(
+                    self.inner,
+                    &self.res,
+                    sub.as_deref(),
+                    "UPDATE",
+                    &mut new_obj,
+                    Some(&cur_obj),
+                    &self.user,
+                    self.dry_run(),
+                )
+                .await?,
+            );
+            if self.res.group.is_empty()
+                && self.res.plural == "resourcequotas"
+                && new_obj.pointer("/spec/hard") != cur_obj.pointer("/spec/hard")
+            {
                 new_obj["status"] = crate::admission::quota_status(self.inner, &new_obj);
             }
             let is_service = self.res.plural == "services" && self.res.group.is_empty();
@@ -774,17 +1154,45 @@ impl<'a> Call<'a> {
             } else if sub.as_deref() == Some("resize") {
                 // The pod as a whole must be valid; then upstream's resize rules (the
                 // rules of a pod update, which forbid changing resources, do not apply).
-                let spec_errors = rk3s_validation::validate_create(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &new_obj);
+                let spec_errors = rk3s_validation::validate_create(
+                    &self.res.group,
+                    &self.res.version,
+                    &self.res.kind,
+                    self.res.namespaced(),
+                    &new_obj,
+                );
                 crate::resize::validate(&new_obj, &cur_obj, spec_errors)
             } else {
-                rk3s_validation::validate_update(&self.res.group, &self.res.version, &self.res.kind, self.res.namespaced(), &new_obj, &cur_obj)
+                rk3s_validation::validate_update(
+                    &self.res.group,
+                    &self.res.version,
+                    &self.res.kind,
+                    self.res.namespaced(),
+                    &new_obj,
+                    &cur_obj,
+                )
             };
             if !errs.is_empty() {
                 return Err(self.invalid(&name, errs));
             }
-            warnings.extend(crate::admission::validate(self.inner, &self.res, sub.as_deref(), "UPDATE", &new_obj, Some(&cur_obj), &self.user, self.dry_run()).await?);
+            warnings.extend(
+                crate::admission::validate(
+                    self.inner,
+                    &self.res,
+                    sub.as_deref(),
+                    "UPDATE",
+                    &new_obj,
+                    Some(&cur_obj),
+                    &self.user,
+                    self.dry_run(),
+                )
+                .await?,
+            );
             crate::handler::check_rbac_escalation(self.inner, &self.res, &self.user, &new_obj)?;
-            if self.res.group == "apiextensions.k8s.io" && self.res.plural == "customresourcedefinitions" && sub.is_none() {
+            if self.res.group == "apiextensions.k8s.io"
+                && self.res.plural == "customresourcedefinitions"
+                && sub.is_none()
+            {
                 crate::crd::apply_defaults(&mut new_obj);
                 crate::crd::validate(&self.res, &new_obj, Some(&cur_obj))?;
             }
@@ -793,12 +1201,21 @@ impl<'a> Call<'a> {
                 warnings.extend(self.unknown_field_policy(&pruned)?);
             }
             if patch_kind != "application/apply-patch+yaml" {
-                crate::handler::update_managed_fields(self.inner, &self.res, &mut new_obj, Some(&cur_obj), &self.query, &self.headers, sub.as_deref());
+                crate::handler::update_managed_fields(
+                    self.inner,
+                    &self.res,
+                    &mut new_obj,
+                    Some(&cur_obj),
+                    &self.query,
+                    &self.headers,
+                    sub.as_deref(),
+                );
             }
             if is_service {
                 // New allocations (e.g. node ports of a Service that became NodePort) come
                 // after field tracking, as on create: nobody owns them.
-                self.inner.allocate_service(&mut new_obj, Some(&cur_obj), &self.res, &name)?;
+                self.inner
+                    .allocate_service(&mut new_obj, Some(&cur_obj), &self.res, &name)?;
             }
             if same_but_resource_version(&new_obj, &cur_obj) {
                 // As upstream's GuaranteedUpdate: an update that leaves the object as it
@@ -811,10 +1228,20 @@ impl<'a> Call<'a> {
             // An object being deleted whose last finalizer went away is deleted now (a
             // Namespace only once its spec.finalizers are gone too, as upstream's
             // ShouldDeleteNamespaceDuringUpdate).
-            let deleting = object::meta(&new_obj).is_some_and(|m| m.contains_key("deletionTimestamp"));
-            let spec_finalizers_left = is_namespace && new_obj.pointer("/spec/finalizers").and_then(|f| f.as_array()).is_some_and(|f| !f.is_empty());
+            let deleting =
+                object::meta(&new_obj).is_some_and(|m| m.contains_key("deletionTimestamp"));
+            let spec_finalizers_left = is_namespace
+                && new_obj
+                    .pointer("/spec/finalizers")
+                    .and_then(|f| f.as_array())
+                    .is_some_and(|f| !f.is_empty());
             if deleting && object::finalizers(&new_obj).is_empty() && !spec_finalizers_left {
-                match self.inner.store.delete(&key, Some(current.mod_revision)).await {
+                match self
+                    .inner
+                    .store
+                    .delete(&key, Some(current.mod_revision))
+                    .await
+                {
                     Ok(kv) => {
                         set_resource_version(&mut new_obj, kv.mod_revision);
                         return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
@@ -827,12 +1254,21 @@ impl<'a> Call<'a> {
                 m.remove("resourceVersion");
             }
             let staged = self.stage(&key, new_obj, sub.as_deref() == Some("scale"))?;
-            let result = self.inner.store.update(&key, staged.stored.to_vec(), current.mod_revision).await;
+            let result = self
+                .inner
+                .store
+                .update(&key, staged.stored.to_vec(), current.mod_revision)
+                .await;
             if result.is_err() {
                 self.unstage(&key, &staged);
             }
             match result {
-                Ok(kv) => return Ok(with_warnings(self.written(staged, kv.mod_revision, 200, |obj| self.answer_update(obj))?, &warnings)),
+                Ok(kv) => {
+                    return Ok(with_warnings(
+                        self.written(staged, kv.mod_revision, 200, |obj| self.answer_update(obj))?,
+                        &warnings,
+                    ))
+                }
                 Err(StoreError::Conflict { .. }) if retry_on_conflict => continue,
                 Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(&self.res, &name)),
                 Err(e) => return Err(store_err(&self.res, &name, e)),
@@ -857,12 +1293,19 @@ impl<'a> Call<'a> {
         }
         let call = Call {
             inner: self.inner,
-            info: RequestInfo { name: None, verb: "create".into(), ..self.info.clone() },
+            info: RequestInfo {
+                name: None,
+                verb: "create".into(),
+                ..self.info.clone()
+            },
             res: self.res.clone(),
             query: self.query.clone(),
             headers: {
                 let mut h = self.headers.clone();
-                h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                h.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
                 h
             },
             body: Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()),
@@ -876,7 +1319,9 @@ impl<'a> Call<'a> {
     /// Runs server-side apply of `applied` onto `live` for this request's field manager.
     fn server_side_apply(&self, live: Option<&Value>, applied: &Value) -> Result<Value, ApiError> {
         let Some(manager) = self.query.get("fieldManager") else {
-            return Err(ApiError::bad_request("PATCH, application/apply-patch+yaml: fieldManager is required for apply requests"));
+            return Err(ApiError::bad_request(
+                "PATCH, application/apply-patch+yaml: fieldManager is required for apply requests",
+            ));
         };
         if self.info.subresource.as_deref() == Some("scale") {
             check_applied_type(applied, "autoscaling/v1", "Scale")?;
@@ -886,12 +1331,33 @@ impl<'a> Call<'a> {
         let oa = self.inner.openapi();
         let derived = rk3s_patch::DerivedApplySchema(&*oa);
         let cache = crate::handler::apply_type_cache(&oa);
-        let schema = rk3s_patch::CachedApplySchema { schema: &derived, cache: &cache };
+        let schema = rk3s_patch::CachedApplySchema {
+            schema: &derived,
+            cache: &cache,
+        };
         let force = self.query.flag("force");
-        rk3s_patch::server_side_apply(live, applied, manager, force, &schema, &self.res.definition, &object::now_rfc3339(), &self.res.api_version(), None).map_err(|e| match e {
+        rk3s_patch::server_side_apply(
+            live,
+            applied,
+            manager,
+            force,
+            &schema,
+            &self.res.definition,
+            &object::now_rfc3339(),
+            &self.res.api_version(),
+            None,
+        )
+        .map_err(|e| match e {
             rk3s_patch::ApplyError::Conflicts(cs) => {
                 let mut err = ApiError::new(409, "Conflict", rk3s_patch::conflict_message(&cs));
-                err.causes = cs.iter().map(|c| Cause { reason: "FieldManagerConflict".into(), message: c.cause_message(), field: c.field.clone() }).collect();
+                err.causes = cs
+                    .iter()
+                    .map(|c| Cause {
+                        reason: "FieldManagerConflict".into(),
+                        message: c.cause_message(),
+                        field: c.field.clone(),
+                    })
+                    .collect();
                 err
             }
             rk3s_patch::ApplyError::BadRequest(m) => ApiError::bad_request(m),
@@ -901,7 +1367,13 @@ impl<'a> Call<'a> {
         })
     }
 
-    fn apply_patch_to(&self, patch_kind: &str, cur: &Value, patch: &Value, definition: &str) -> Result<Value, ApiError> {
+    fn apply_patch_to(
+        &self,
+        patch_kind: &str,
+        cur: &Value,
+        patch: &Value,
+        definition: &str,
+    ) -> Result<Value, ApiError> {
         // The patch applies to the object as clients see it, resourceVersion included (a
         // JSON patch may `test` it); a patch that changes it sets a precondition, which
         // the caller checks against the current revision.
@@ -913,7 +1385,12 @@ impl<'a> Call<'a> {
                 if definition.is_empty() {
                     return Err(ApiError::unsupported_media_type(patch_kind));
                 }
-                rk3s_patch::apply_strategic_merge_patch(&base, patch, &*self.inner.openapi(), definition)
+                rk3s_patch::apply_strategic_merge_patch(
+                    &base,
+                    patch,
+                    &*self.inner.openapi(),
+                    definition,
+                )
             }
             "application/apply-patch+yaml" => return self.server_side_apply(Some(&base), patch),
             other => return Err(ApiError::unsupported_media_type(other)),
@@ -929,9 +1406,22 @@ impl<'a> Call<'a> {
     /// Where replicas and the selector live: upstream's paths for built-ins, the CRD's
     /// scale subresource paths for custom resources (as JSON pointers).
     fn scale_paths(&self) -> (String, String, Option<String>) {
-        let ptr = |p: &str| p.trim_start_matches('.').split('.').fold(String::new(), |acc, seg| format!("{acc}/{seg}"));
-        match self.inner.crds.version(&self.res).and_then(|v| v.scale.clone()) {
-            Some(sc) => (ptr(&sc.spec_replicas_path), ptr(&sc.status_replicas_path), sc.label_selector_path.as_deref().map(ptr)),
+        let ptr = |p: &str| {
+            p.trim_start_matches('.')
+                .split('.')
+                .fold(String::new(), |acc, seg| format!("{acc}/{seg}"))
+        };
+        match self
+            .inner
+            .crds
+            .version(&self.res)
+            .and_then(|v| v.scale.clone())
+        {
+            Some(sc) => (
+                ptr(&sc.spec_replicas_path),
+                ptr(&sc.status_replicas_path),
+                sc.label_selector_path.as_deref().map(ptr),
+            ),
             None => ("/spec/replicas".into(), "/status/replicas".into(), None),
         }
     }
@@ -940,19 +1430,38 @@ impl<'a> Call<'a> {
     pub fn to_scale(&self, obj: &Value) -> Result<Value, ApiError> {
         let m = object::meta(obj).cloned().unwrap_or_default();
         let mut smeta = Map::new();
-        for k in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+        for k in [
+            "name",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+        ] {
             if let Some(v) = m.get(k) {
                 smeta.insert(k.into(), v.clone());
             }
         }
         let (spec_p, status_p, sel_p) = self.scale_paths();
-        let spec_replicas = obj.pointer(&spec_p).and_then(|v| v.as_i64()).unwrap_or(if self.res.definition.is_empty() { 0 } else { 1 });
+        let spec_replicas = obj
+            .pointer(&spec_p)
+            .and_then(|v| v.as_i64())
+            .unwrap_or(if self.res.definition.is_empty() { 0 } else { 1 });
         let status_replicas = obj.pointer(&status_p).and_then(|v| v.as_i64()).unwrap_or(0);
         let selector = match sel_p {
-            Some(p) => obj.pointer(&p).and_then(|s| s.as_str()).unwrap_or("").to_string(),
+            Some(p) => obj
+                .pointer(&p)
+                .and_then(|s| s.as_str())
+                .unwrap_or("")
+                .to_string(),
             None => obj
                 .pointer("/spec/selector")
-                .map(|s| if s.get("matchLabels").is_some() || s.get("matchExpressions").is_some() { selector_string(s) } else { selector_string(&json!({"matchLabels": s})) })
+                .map(|s| {
+                    if s.get("matchLabels").is_some() || s.get("matchExpressions").is_some() {
+                        selector_string(s)
+                    } else {
+                        selector_string(&json!({"matchLabels": s}))
+                    }
+                })
                 .unwrap_or_default(),
         };
         let mut status = json!({"replicas": status_replicas});
@@ -972,7 +1481,10 @@ impl<'a> Call<'a> {
     pub async fn delete(&self) -> Result<Response, ApiError> {
         let name = self.name().to_string();
         let opts = self.delete_options()?;
-        let (code, obj) = self.inner.delete_object(&self.res, self.ns(), &name, &opts, options_dry_run(&opts)).await?;
+        let (code, obj) = self
+            .inner
+            .delete_object(&self.res, self.ns(), &name, &opts, options_dry_run(&opts))
+            .await?;
         Ok(self.render_one(crate::convert::from_storage(&self.res, obj), code))
     }
 
@@ -984,7 +1496,11 @@ impl<'a> Call<'a> {
         if let Some(p) = self.query.get("propagationPolicy") {
             opts.insert("propagationPolicy".into(), json!(p));
         }
-        if let Some(g) = self.query.get("gracePeriodSeconds").and_then(|g| g.parse::<i64>().ok()) {
+        if let Some(g) = self
+            .query
+            .get("gracePeriodSeconds")
+            .and_then(|g| g.parse::<i64>().ok())
+        {
             opts.insert("gracePeriodSeconds".into(), json!(g));
         }
         if self.dry_run() {
@@ -998,7 +1514,11 @@ impl<'a> Call<'a> {
         let filter = Filter::from_query(&self.res, &self.query)?;
         let opts = self.delete_options()?;
         let prefix = self.res.namespace_prefix(self.ns());
-        self.inner.cache.wait_fresh(FRESH_WAIT).await.map_err(|e| store_err(&self.res, "", e))?;
+        self.inner
+            .cache
+            .wait_fresh(FRESH_WAIT)
+            .await
+            .map_err(|e| store_err(&self.res, "", e))?;
         let (items, rev) = self.inner.cache.list(&prefix);
         let mut deleted = Vec::new();
         for o in items {
@@ -1007,7 +1527,17 @@ impl<'a> Call<'a> {
             }
             let name = object::name(&o.object).unwrap_or("").to_string();
             let ns = object::namespace(&o.object).map(String::from);
-            match self.inner.delete_object(&self.res, ns.as_deref(), &name, &opts, options_dry_run(&opts)).await {
+            match self
+                .inner
+                .delete_object(
+                    &self.res,
+                    ns.as_deref(),
+                    &name,
+                    &opts,
+                    options_dry_run(&opts),
+                )
+                .await
+            {
                 Ok((_, obj)) => deleted.push(obj),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
@@ -1020,7 +1550,9 @@ impl<'a> Call<'a> {
 /// Whether DeleteOptions ask for a dry run (`dryRun: ["All"]`, in the body or from the
 /// query), as upstream honours both.
 fn options_dry_run(opts: &Value) -> bool {
-    opts.get("dryRun").and_then(|d| d.as_array()).is_some_and(|d| d.iter().any(|x| x == "All"))
+    opts.get("dryRun")
+        .and_then(|d| d.as_array())
+        .is_some_and(|d| d.iter().any(|x| x == "All"))
 }
 
 /// Sets the value at a JSON pointer, creating objects on the way.
@@ -1046,7 +1578,10 @@ pub fn remove_path(obj: &mut Value, path: &str) {
     let segs: Vec<&str> = path.split('.').collect();
     for (i, seg) in segs.iter().enumerate() {
         let (name, idx) = match seg.find('[') {
-            Some(b) => (&seg[..b], seg[b + 1..].trim_end_matches(']').parse::<usize>().ok()),
+            Some(b) => (
+                &seg[..b],
+                seg[b + 1..].trim_end_matches(']').parse::<usize>().ok(),
+            ),
             None => (*seg, None),
         };
         let last = i == segs.len() - 1;
@@ -1056,7 +1591,11 @@ pub fn remove_path(obj: &mut Value, path: &str) {
             }
             return;
         }
-        let next = if name.is_empty() { Some(cur) } else { cur.get_mut(name) };
+        let next = if name.is_empty() {
+            Some(cur)
+        } else {
+            cur.get_mut(name)
+        };
         let Some(next) = next else { return };
         cur = match idx {
             Some(n) => match next.get_mut(n) {
@@ -1077,32 +1616,71 @@ impl Call<'_> {
             Some(n) => n.clone(),
             None => object::name(&binding).unwrap_or("").to_string(),
         };
-        let node = binding.pointer("/target/name").and_then(|n| n.as_str()).unwrap_or("").to_string();
-        let pods = self.inner.registry.get("", "v1", "pods").ok_or_else(|| ApiError::internal("pods resource missing"))?;
+        let node = binding
+            .pointer("/target/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .to_string();
+        let pods = self
+            .inner
+            .registry
+            .get("", "v1", "pods")
+            .ok_or_else(|| ApiError::internal("pods resource missing"))?;
         if node.is_empty() {
-            return Err(ApiError::invalid(&pods, &pod_name, vec![Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: "target.name".into() }]));
+            return Err(ApiError::invalid(
+                &pods,
+                &pod_name,
+                vec![Cause {
+                    reason: "FieldValueRequired".into(),
+                    message: "Required value".into(),
+                    field: "target.name".into(),
+                }],
+            ));
         }
         let key = pods.key(self.info.namespace.as_deref(), &pod_name);
         for _ in 0..16 {
-            let kv = self.inner.store.get(&key).await.map_err(|e| store_err(&pods, &pod_name, e))?;
+            let kv = self
+                .inner
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| store_err(&pods, &pod_name, e))?;
             let kv = kv.ok_or_else(|| ApiError::not_found(&pods, &pod_name))?;
             let mut pod = kv_to_object(&kv)?;
             if object::meta(&pod).is_some_and(|m| m.contains_key("deletionTimestamp")) {
-                return Err(ApiError::conflict_msg(&pods, &pod_name, format!("pod {pod_name} is being deleted, cannot be assigned to a host")));
+                return Err(ApiError::conflict_msg(
+                    &pods,
+                    &pod_name,
+                    format!("pod {pod_name} is being deleted, cannot be assigned to a host"),
+                ));
             }
-            if let Some(cur) = pod.pointer("/spec/nodeName").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
-                return Err(ApiError::conflict_msg(&pods, &pod_name, format!("pod {pod_name} is already assigned to node \"{cur}\"")));
+            if let Some(cur) = pod
+                .pointer("/spec/nodeName")
+                .and_then(|n| n.as_str())
+                .filter(|n| !n.is_empty())
+            {
+                return Err(ApiError::conflict_msg(
+                    &pods,
+                    &pod_name,
+                    format!("pod {pod_name} is already assigned to node \"{cur}\""),
+                ));
             }
             if let Some(uid) = binding.pointer("/metadata/uid").and_then(|u| u.as_str()) {
                 if object::meta_str(&pod, "uid") != Some(uid) {
-                    return Err(ApiError::conflict_msg(&pods, &pod_name, "Precondition failed: UID in precondition does not match the pod"));
+                    return Err(ApiError::conflict_msg(
+                        &pods,
+                        &pod_name,
+                        "Precondition failed: UID in precondition does not match the pod",
+                    ));
                 }
             }
             if let Some(spec) = pod.get_mut("spec").and_then(|s| s.as_object_mut()) {
                 spec.insert("nodeName".into(), json!(node));
             }
             let now = object::now_rfc3339();
-            let status = pod.as_object_mut().map(|o| o.entry("status").or_insert_with(|| json!({})));
+            let status = pod
+                .as_object_mut()
+                .map(|o| o.entry("status").or_insert_with(|| json!({})));
             if let Some(st) = status.and_then(|s| s.as_object_mut()) {
                 let conds = st.entry("conditions").or_insert_with(|| json!([]));
                 if let Some(arr) = conds.as_array_mut() {
@@ -1129,41 +1707,86 @@ impl Call<'_> {
     /// `pods/eviction`: deletes the pod unless a PodDisruptionBudget forbids it
     /// (429 with upstream's message), as upstream's eviction subresource.
     pub async fn evict(&self) -> Result<Response, ApiError> {
-        let eviction = body::decode_eviction(body::content_type(&self.headers), &self.body).map_err(|e| e.to_create_error("Eviction", &self.body))?;
+        let eviction = body::decode_eviction(body::content_type(&self.headers), &self.body)
+            .map_err(|e| e.to_create_error("Eviction", &self.body))?;
         let ns = self.info.namespace.clone().unwrap_or_default();
         let name = self.name().to_string();
-        if eviction.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("") != name {
-            return Err(ApiError::bad_request("name in URL does not match name in Eviction object"));
+        if eviction
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            != name
+        {
+            return Err(ApiError::bad_request(
+                "name in URL does not match name in Eviction object",
+            ));
         }
-        let pods = self.inner.registry.get("", "v1", "pods").ok_or_else(|| ApiError::internal("pods resource missing"))?;
-        let kv = self.inner.store.get(&pods.key(Some(&ns), &name)).await.map_err(|e| store_err(&pods, &name, e))?;
-        let pod = kv.as_ref().map(kv_to_object).transpose()?.ok_or_else(|| ApiError::not_found(&pods, &name))?;
-        let phase = pod.pointer("/status/phase").and_then(|p| p.as_str()).unwrap_or("");
+        let pods = self
+            .inner
+            .registry
+            .get("", "v1", "pods")
+            .ok_or_else(|| ApiError::internal("pods resource missing"))?;
+        let kv = self
+            .inner
+            .store
+            .get(&pods.key(Some(&ns), &name))
+            .await
+            .map_err(|e| store_err(&pods, &name, e))?;
+        let pod = kv
+            .as_ref()
+            .map(kv_to_object)
+            .transpose()?
+            .ok_or_else(|| ApiError::not_found(&pods, &name))?;
+        let phase = pod
+            .pointer("/status/phase")
+            .and_then(|p| p.as_str())
+            .unwrap_or("");
         let terminal = matches!(phase, "Succeeded" | "Failed");
         if !terminal {
             let _ = self.inner.cache.wait_fresh(FRESH_WAIT).await;
-            let (pdbs, _) = self.inner.cache.list(&format!("/registry/policy/poddisruptionbudgets/{ns}/"));
+            let (pdbs, _) = self
+                .inner
+                .cache
+                .list(&format!("/registry/policy/poddisruptionbudgets/{ns}/"));
             for pdb in pdbs {
-                let Some(sel) = pdb.object.pointer("/spec/selector") else { continue };
-                let Ok(sel) = LabelSelector::from_json(sel) else { continue };
+                let Some(sel) = pdb.object.pointer("/spec/selector") else {
+                    continue;
+                };
+                let Ok(sel) = LabelSelector::from_json(sel) else {
+                    continue;
+                };
                 if sel.is_empty() || !sel.matches_json(object::labels(&pod)) {
                     continue;
                 }
-                let allowed = pdb.object.pointer("/status/disruptionsAllowed").and_then(|d| d.as_i64()).unwrap_or(0);
+                let allowed = pdb
+                    .object
+                    .pointer("/status/disruptionsAllowed")
+                    .and_then(|d| d.as_i64())
+                    .unwrap_or(0);
                 if allowed <= 0 {
                     let pdb_name = object::name(&pdb.object).unwrap_or("");
-                    let mut e = ApiError::new(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
+                    let mut e = ApiError::new(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                    );
                     e.causes = vec![Cause { reason: "DisruptionBudget".into(), message: format!("The disruption budget {pdb_name} needs {} healthy pods and has {} currently", pdb.object.pointer("/status/desiredHealthy").and_then(|d| d.as_i64()).unwrap_or(0), pdb.object.pointer("/status/currentHealthy").and_then(|d| d.as_i64()).unwrap_or(0)), field: String::new() }];
                     e.retry_after_seconds = Some(10);
                     return Err(e);
                 }
             }
         }
-        let mut opts = eviction.get("deleteOptions").cloned().filter(|o| o.is_object()).unwrap_or_else(|| json!({}));
+        let mut opts = eviction
+            .get("deleteOptions")
+            .cloned()
+            .filter(|o| o.is_object())
+            .unwrap_or_else(|| json!({}));
         if self.dry_run() {
             opts["dryRun"] = json!(["All"]);
         }
-        self.inner.delete_object(&pods, Some(&ns), &name, &opts, options_dry_run(&opts)).await?;
+        self.inner
+            .delete_object(&pods, Some(&ns), &name, &opts, options_dry_run(&opts))
+            .await?;
         Ok(body::json(201, &crate::rest::success(None)))
     }
 }
@@ -1172,58 +1795,147 @@ impl Call<'_> {
     /// `serviceaccounts/token` (TokenRequest): a bound service-account token, optionally
     /// bound to a Pod or Secret, as `kubectl create token`.
     pub async fn token_request(&self) -> Result<Response, ApiError> {
-        let mut req = body::decode_token_request(body::content_type(&self.headers), &self.body).map_err(|e| e.to_create_error("TokenRequest", &self.body))?;
+        let mut req = body::decode_token_request(body::content_type(&self.headers), &self.body)
+            .map_err(|e| e.to_create_error("TokenRequest", &self.body))?;
         let ns = self.info.namespace.clone().unwrap_or_default();
         let name = self.name().to_string();
-        let sas = self.inner.registry.get("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("serviceaccounts resource missing"))?;
-        let kv = self.inner.store.get(&sas.key(Some(&ns), &name)).await.map_err(|e| store_err(&sas, &name, e))?;
-        let sa = kv.as_ref().map(kv_to_object).transpose()?.ok_or_else(|| ApiError::not_found(&sas, &name))?;
-        let issuer = self.inner.token_auth.issuer.as_ref().ok_or_else(|| ApiError::internal("no service-account signing key"))?;
-        let spec = req.get("spec").cloned().filter(|s| s.is_object()).unwrap_or_else(|| json!({}));
-        let mut audiences: Vec<String> = spec.get("audiences").and_then(|a| a.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+        let sas = self
+            .inner
+            .registry
+            .get("", "v1", "serviceaccounts")
+            .ok_or_else(|| ApiError::internal("serviceaccounts resource missing"))?;
+        let kv = self
+            .inner
+            .store
+            .get(&sas.key(Some(&ns), &name))
+            .await
+            .map_err(|e| store_err(&sas, &name, e))?;
+        let sa = kv
+            .as_ref()
+            .map(kv_to_object)
+            .transpose()?
+            .ok_or_else(|| ApiError::not_found(&sas, &name))?;
+        let issuer = self
+            .inner
+            .token_auth
+            .issuer
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("no service-account signing key"))?;
+        let spec = req
+            .get("spec")
+            .cloned()
+            .filter(|s| s.is_object())
+            .unwrap_or_else(|| json!({}));
+        let mut audiences: Vec<String> = spec
+            .get("audiences")
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
         if audiences.is_empty() {
             audiences = self.inner.token_auth.audiences.clone();
         }
-        let exp = spec.get("expirationSeconds").and_then(|e| e.as_i64()).unwrap_or(3600);
+        let exp = spec
+            .get("expirationSeconds")
+            .and_then(|e| e.as_i64())
+            .unwrap_or(3600);
         if exp < 600 {
-            let tr = self.inner.registry.get("", "v1", "serviceaccounts").ok_or_else(|| ApiError::internal("missing"))?;
-            return Err(ApiError::invalid(&tr, &name, vec![Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {exp}: may not specify a duration less than 10 minutes"), field: "spec.expirationSeconds".into() }]));
+            let tr = self
+                .inner
+                .registry
+                .get("", "v1", "serviceaccounts")
+                .ok_or_else(|| ApiError::internal("missing"))?;
+            return Err(ApiError::invalid(
+                &tr,
+                &name,
+                vec![Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: format!(
+                        "Invalid value: {exp}: may not specify a duration less than 10 minutes"
+                    ),
+                    field: "spec.expirationSeconds".into(),
+                }],
+            ));
         }
         let now = jiff::Timestamp::now().as_second();
         let uid = object::meta_str(&sa, "uid").unwrap_or("").to_string();
         let mut claims = rk3s_auth::SaClaims::bound(&ns, &name, &uid, audiences.clone(), now, exp);
         if let Some(bref) = spec.get("boundObjectRef") {
             let kind = bref.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-            let bname = bref.get("name").and_then(|k| k.as_str()).unwrap_or("").to_string();
+            let bname = bref
+                .get("name")
+                .and_then(|k| k.as_str())
+                .unwrap_or("")
+                .to_string();
             let (prefix, slot) = match kind {
                 "Pod" => ("pods", 0),
                 "Secret" => ("secrets", 1),
-                other => return Err(ApiError::bad_request(format!("cannot bind token to object of kind {other}"))),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "cannot bind token to object of kind {other}"
+                    )))
+                }
             };
-            let obj = self.inner.cache.get(&format!("/registry/core/{prefix}/{ns}/{bname}")).ok_or_else(|| ApiError::not_found_named(prefix, "", &bname))?;
-            let ouid = object::meta_str(&obj.object, "uid").unwrap_or("").to_string();
-            if let Some(want) = bref.get("uid").and_then(|u| u.as_str()).filter(|u| !u.is_empty()) {
+            let obj = self
+                .inner
+                .cache
+                .get(&format!("/registry/core/{prefix}/{ns}/{bname}"))
+                .ok_or_else(|| ApiError::not_found_named(prefix, "", &bname))?;
+            let ouid = object::meta_str(&obj.object, "uid")
+                .unwrap_or("")
+                .to_string();
+            if let Some(want) = bref
+                .get("uid")
+                .and_then(|u| u.as_str())
+                .filter(|u| !u.is_empty())
+            {
                 if want != ouid {
                     return Err(ApiError::conflict_msg(&sas, &name, format!("the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated")));
                 }
             }
-            let r = rk3s_auth::ObjectRef { name: bname, uid: ouid };
+            let r = rk3s_auth::ObjectRef {
+                name: bname,
+                uid: ouid,
+            };
             if slot == 0 {
-                if let Some(node) = obj.object.pointer("/spec/nodeName").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
-                    let nuid = self.inner.cache.get(&format!("/registry/core/nodes/{node}")).and_then(|n| object::meta_str(&n.object, "uid").map(String::from)).unwrap_or_default();
-                    claims.bound.node = Some(rk3s_auth::ObjectRef { name: node.to_string(), uid: nuid });
+                if let Some(node) = obj
+                    .object
+                    .pointer("/spec/nodeName")
+                    .and_then(|n| n.as_str())
+                    .filter(|n| !n.is_empty())
+                {
+                    let nuid = self
+                        .inner
+                        .cache
+                        .get(&format!("/registry/core/nodes/{node}"))
+                        .and_then(|n| object::meta_str(&n.object, "uid").map(String::from))
+                        .unwrap_or_default();
+                    claims.bound.node = Some(rk3s_auth::ObjectRef {
+                        name: node.to_string(),
+                        uid: nuid,
+                    });
                 }
                 claims.bound.pod = Some(r);
             } else {
                 claims.bound.secret = Some(r);
             }
         }
-        let token = issuer.issue(&claims).map_err(|e| ApiError::internal(e.to_string()))?;
-        let expires = jiff::Timestamp::from_second(now + exp).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
+        let token = issuer
+            .issue(&claims)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let expires = jiff::Timestamp::from_second(now + exp)
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default();
         if let Some(o) = req.as_object_mut() {
             o.insert("kind".into(), json!("TokenRequest"));
             o.insert("apiVersion".into(), json!("authentication.k8s.io/v1"));
-            o.insert("metadata".into(), json!({"name": name, "namespace": ns, "creationTimestamp": null}));
+            o.insert(
+                "metadata".into(),
+                json!({"name": name, "namespace": ns, "creationTimestamp": null}),
+            );
             let mut spec = spec.clone();
             spec["audiences"] = json!(audiences);
             spec["expirationSeconds"] = json!(exp);
@@ -1232,7 +1944,10 @@ impl Call<'_> {
                 m.entry("boundObjectRef").or_insert(Value::Null);
             }
             o.insert("spec".into(), spec);
-            o.insert("status".into(), json!({"token": token, "expirationTimestamp": expires}));
+            o.insert(
+                "status".into(),
+                json!({"token": token, "expirationTimestamp": expires}),
+            );
         }
         Ok(body::json(201, &req))
     }
@@ -1271,7 +1986,11 @@ pub fn selector_string(sel: &Value) -> String {
             let mut vals: Vec<String> = e
                 .get("values")
                 .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             vals.sort();
             match op {
@@ -1291,11 +2010,24 @@ pub fn services_in_use(objs: &[crate::cache::CachedObject]) -> (HashSet<Ipv4Addr
     let mut ips = HashSet::new();
     let mut ports = HashSet::new();
     for o in objs {
-        if let Some(ip) = o.object.pointer("/spec/clusterIP").and_then(|v| v.as_str()).and_then(|s| s.parse().ok()) {
+        if let Some(ip) = o
+            .object
+            .pointer("/spec/clusterIP")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok())
+        {
             ips.insert(ip);
         }
-        if let Some(list) = o.object.pointer("/spec/clusterIPs").and_then(|v| v.as_array()) {
-            for ip in list.iter().filter_map(|v| v.as_str()).filter_map(|s| s.parse().ok()) {
+        if let Some(list) = o
+            .object
+            .pointer("/spec/clusterIPs")
+            .and_then(|v| v.as_array())
+        {
+            for ip in list
+                .iter()
+                .filter_map(|v| v.as_str())
+                .filter_map(|s| s.parse().ok())
+            {
                 ips.insert(ip);
             }
         }
@@ -1314,13 +2046,18 @@ pub fn services_in_use(objs: &[crate::cache::CachedObject]) -> (HashSet<Ipv4Addr
 /// the endpoint's own apiVersion and kind (missing ones included), else 400
 /// `invalid object type: <group>/<version>, Kind=<kind>` (Go's GroupVersionKind format).
 fn check_applied_type(applied: &Value, api_version: &str, kind: &str) -> Result<(), ApiError> {
-    let av = applied.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let av = applied
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let k = applied.get("kind").and_then(Value::as_str).unwrap_or("");
     if av == api_version && k == kind {
         return Ok(());
     }
     let (group, version) = av.split_once('/').unwrap_or(("", av));
-    Err(ApiError::bad_request(format!("invalid object type: {group}/{version}, Kind={k}")))
+    Err(ApiError::bad_request(format!(
+        "invalid object type: {group}/{version}, Kind={k}"
+    )))
 }
 
 #[cfg(test)]
@@ -1328,13 +2065,35 @@ mod tests {
     #[test]
     fn apply_must_name_the_endpoints_type() {
         use serde_json::json;
-        assert!(super::check_applied_type(&json!({"apiVersion": "apps/v1", "kind": "Deployment"}), "apps/v1", "Deployment").is_ok());
-        let e = super::check_applied_type(&json!({"": []}), "v1", "Namespace").expect_err("no type");
-        assert_eq!((e.code, e.message.as_str()), (400, "invalid object type: /, Kind="));
-        let e = super::check_applied_type(&json!({"apiVersion": "v1", "kind": "Pod"}), "v1", "Namespace").expect_err("other kind");
+        assert!(super::check_applied_type(
+            &json!({"apiVersion": "apps/v1", "kind": "Deployment"}),
+            "apps/v1",
+            "Deployment"
+        )
+        .is_ok());
+        let e =
+            super::check_applied_type(&json!({"": []}), "v1", "Namespace").expect_err("no type");
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (400, "invalid object type: /, Kind=")
+        );
+        let e = super::check_applied_type(
+            &json!({"apiVersion": "v1", "kind": "Pod"}),
+            "v1",
+            "Namespace",
+        )
+        .expect_err("other kind");
         assert_eq!(e.message, "invalid object type: /v1, Kind=Pod");
-        let e = super::check_applied_type(&json!({"apiVersion": "apps/v1beta1", "kind": "Deployment"}), "apps/v1", "Deployment").expect_err("other version");
-        assert_eq!(e.message, "invalid object type: apps/v1beta1, Kind=Deployment");
+        let e = super::check_applied_type(
+            &json!({"apiVersion": "apps/v1beta1", "kind": "Deployment"}),
+            "apps/v1",
+            "Deployment",
+        )
+        .expect_err("other version");
+        assert_eq!(
+            e.message,
+            "invalid object type: apps/v1beta1, Kind=Deployment"
+        );
     }
 
     use super::*;
@@ -1349,10 +2108,14 @@ mod tests {
 
     #[test]
     fn remove_nested_path() {
-        let mut v = json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "bogus": 1}]}, "top": 2});
+        let mut v =
+            json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "bogus": 1}]}, "top": 2});
         remove_path(&mut v, "spec.containers[1].bogus");
         remove_path(&mut v, "top");
-        assert_eq!(v, json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}));
+        assert_eq!(
+            v,
+            json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}})
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@ use serde_json::{Map, Value};
 /// spec names (`None` when it names one that does not exist). Errors are upstream's
 /// reasons, to be wrapped as `pods "NAME" is forbidden: <reason>`.
 pub fn admit(spec: &mut Map<String, Value>, class: Option<&Value>) -> Result<(), String> {
-    let name = spec.get("runtimeClassName").and_then(Value::as_str).map(String::from);
+    let name = spec
+        .get("runtimeClassName")
+        .and_then(Value::as_str)
+        .map(String::from);
     let Some(name) = name else {
         return check_overhead(spec, None);
     };
@@ -22,7 +25,9 @@ pub fn admit(spec: &mut Map<String, Value>, class: Option<&Value>) -> Result<(),
     let class_overhead = class.pointer("/overhead/podFixed").filter(|o| !o.is_null());
     if let Some(fixed) = class_overhead {
         match spec.get("overhead").filter(|o| !o.is_null()) {
-            Some(pod_overhead) if !same_resources(pod_overhead, fixed) => return Err(OVERHEAD_MISMATCH.into()),
+            Some(pod_overhead) if !same_resources(pod_overhead, fixed) => {
+                return Err(OVERHEAD_MISMATCH.into())
+            }
             _ => {
                 spec.insert("overhead".into(), fixed.clone());
             }
@@ -30,8 +35,13 @@ pub fn admit(spec: &mut Map<String, Value>, class: Option<&Value>) -> Result<(),
     }
     check_overhead(spec, class_overhead)?;
     // Scheduling.
-    if let Some(selector) = class.pointer("/scheduling/nodeSelector").and_then(Value::as_object) {
-        let pod_selector = spec.entry("nodeSelector").or_insert_with(|| Value::Object(Map::new()));
+    if let Some(selector) = class
+        .pointer("/scheduling/nodeSelector")
+        .and_then(Value::as_object)
+    {
+        let pod_selector = spec
+            .entry("nodeSelector")
+            .or_insert_with(|| Value::Object(Map::new()));
         if !pod_selector.is_object() {
             *pod_selector = Value::Object(Map::new());
         }
@@ -49,14 +59,26 @@ pub fn admit(spec: &mut Map<String, Value>, class: Option<&Value>) -> Result<(),
             }
         }
     }
-    if let Some(tols) = class.pointer("/scheduling/tolerations").and_then(Value::as_array).filter(|t| !t.is_empty()) {
-        let current = spec.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
-        spec.insert("tolerations".into(), Value::Array(merge_tolerations(&current, tols)));
+    if let Some(tols) = class
+        .pointer("/scheduling/tolerations")
+        .and_then(Value::as_array)
+        .filter(|t| !t.is_empty())
+    {
+        let current = spec
+            .get("tolerations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        spec.insert(
+            "tolerations".into(),
+            Value::Array(merge_tolerations(&current, tols)),
+        );
     }
     Ok(())
 }
 
-const OVERHEAD_MISMATCH: &str = "pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead";
+const OVERHEAD_MISMATCH: &str =
+    "pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead";
 
 /// The validating half: the pod's overhead must be the class's (none without one).
 fn check_overhead(spec: &Map<String, Value>, class_overhead: Option<&Value>) -> Result<(), String> {
@@ -64,20 +86,28 @@ fn check_overhead(spec: &Map<String, Value>, class_overhead: Option<&Value>) -> 
     match (class_overhead, pod_overhead) {
         (Some(c), Some(p)) if same_resources(c, p) => Ok(()),
         (Some(_), _) => Err(OVERHEAD_MISMATCH.into()),
-        (None, Some(_)) => Err("pod rejected: Pod Overhead set without corresponding RuntimeClass defined Overhead".into()),
+        (None, Some(_)) => Err(
+            "pod rejected: Pod Overhead set without corresponding RuntimeClass defined Overhead"
+                .into(),
+        ),
         (None, None) => Ok(()),
     }
 }
 
 /// Resource lists equal by value (`1000m` is `1`), as upstream's semantic equality.
 fn same_resources(a: &Value, b: &Value) -> bool {
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
     a.len() == b.len()
         && a.iter().all(|(k, va)| {
-            b.get(k).is_some_and(|vb| match (quantity(va), quantity(vb)) {
-                (Some(x), Some(y)) => (x - y).abs() <= f64::EPSILON * x.abs().max(y.abs()).max(1.0),
-                _ => va == vb,
-            })
+            b.get(k)
+                .is_some_and(|vb| match (quantity(va), quantity(vb)) {
+                    (Some(x), Some(y)) => {
+                        (x - y).abs() <= f64::EPSILON * x.abs().max(y.abs()).max(1.0)
+                    }
+                    _ => va == vb,
+                })
         })
 }
 
@@ -107,7 +137,12 @@ pub fn merge_tolerations(pod: &[Value], class: &[Value]) -> Vec<Value> {
 
 /// Whether toleration `a` tolerates everything `b` does.
 fn covers(a: &Value, b: &Value) -> bool {
-    let s = |t: &Value, f: &str| t.get(f).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |t: &Value, f: &str| {
+        t.get(f)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let (ak, bk) = (s(a, "key"), s(b, "key"));
     let (aop, bop) = (s(a, "operator"), s(b, "operator"));
     let exists = |op: &str| op == "Exists";
@@ -142,24 +177,36 @@ mod tests {
     #[test]
     fn missing_class_is_rejected() {
         let mut s = spec(json!({"runtimeClassName": "x", "containers": []}));
-        assert_eq!(admit(&mut s, None).unwrap_err(), "pod rejected: RuntimeClass \"x\" not found");
+        assert_eq!(
+            admit(&mut s, None).unwrap_err(),
+            "pod rejected: RuntimeClass \"x\" not found"
+        );
         let mut plain = spec(json!({"containers": []}));
         assert_eq!(admit(&mut plain, None), Ok(()));
     }
 
     #[test]
     fn overhead_is_copied_and_must_match() {
-        let class = json!({"handler": "crun", "overhead": {"podFixed": {"cpu": "250m", "memory": "64Mi"}}});
+        let class =
+            json!({"handler": "crun", "overhead": {"podFixed": {"cpu": "250m", "memory": "64Mi"}}});
         let mut s = spec(json!({"runtimeClassName": "crun"}));
         admit(&mut s, Some(&class)).unwrap();
         assert_eq!(s["overhead"], json!({"cpu": "250m", "memory": "64Mi"}));
-        let mut same = spec(json!({"runtimeClassName": "crun", "overhead": {"cpu": "0.25", "memory": "64Mi"}}));
+        let mut same = spec(
+            json!({"runtimeClassName": "crun", "overhead": {"cpu": "0.25", "memory": "64Mi"}}),
+        );
         assert_eq!(admit(&mut same, Some(&class)), Ok(()));
         let mut other = spec(json!({"runtimeClassName": "crun", "overhead": {"cpu": "1"}}));
-        assert_eq!(admit(&mut other, Some(&class)).unwrap_err(), "pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead");
+        assert_eq!(
+            admit(&mut other, Some(&class)).unwrap_err(),
+            "pod rejected: Pod's Overhead doesn't match RuntimeClass's defined Overhead"
+        );
         let bare = json!({"handler": "runc"});
         let mut set = spec(json!({"runtimeClassName": "runc", "overhead": {"cpu": "1"}}));
-        assert_eq!(admit(&mut set, Some(&bare)).unwrap_err(), "pod rejected: Pod Overhead set without corresponding RuntimeClass defined Overhead");
+        assert_eq!(
+            admit(&mut set, Some(&bare)).unwrap_err(),
+            "pod rejected: Pod Overhead set without corresponding RuntimeClass defined Overhead"
+        );
         let mut no_class = spec(json!({"overhead": {"cpu": "1"}}));
         assert!(admit(&mut no_class, None).is_err());
     }
@@ -169,13 +216,16 @@ mod tests {
         let class = json!({"handler": "h", "scheduling": {
             "nodeSelector": {"sandbox": "true"},
             "tolerations": [{"key": "sandbox", "operator": "Exists", "effect": "NoSchedule"}]}});
-        let mut s = spec(json!({"runtimeClassName": "h", "nodeSelector": {"zone": "a"},
-            "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]}));
+        let mut s = spec(
+            json!({"runtimeClassName": "h", "nodeSelector": {"zone": "a"},
+            "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]}),
+        );
         admit(&mut s, Some(&class)).unwrap();
         assert_eq!(s["nodeSelector"], json!({"zone": "a", "sandbox": "true"}));
         assert_eq!(s["tolerations"].as_array().unwrap().len(), 2);
         assert_eq!(s["tolerations"][1]["key"], "sandbox");
-        let mut conflict = spec(json!({"runtimeClassName": "h", "nodeSelector": {"sandbox": "false"}}));
+        let mut conflict =
+            spec(json!({"runtimeClassName": "h", "nodeSelector": {"sandbox": "false"}}));
         assert_eq!(
             admit(&mut conflict, Some(&class)).unwrap_err(),
             "conflict: runtimeClass.scheduling.nodeSelector[sandbox] = true; pod.spec.nodeSelector[sandbox] = false"
@@ -187,9 +237,16 @@ mod tests {
 
     #[test]
     fn tolerations_merge_drops_covered_ones() {
-        let pod = vec![json!({"key": "a", "operator": "Equal", "value": "1", "effect": "NoSchedule"})];
-        let class = vec![json!({"key": "a", "operator": "Exists"}), json!({"key": "a", "operator": "Exists"})];
-        assert_eq!(merge_tolerations(&pod, &class), vec![json!({"key": "a", "operator": "Exists"})]);
+        let pod =
+            vec![json!({"key": "a", "operator": "Equal", "value": "1", "effect": "NoSchedule"})];
+        let class = vec![
+            json!({"key": "a", "operator": "Exists"}),
+            json!({"key": "a", "operator": "Exists"}),
+        ];
+        assert_eq!(
+            merge_tolerations(&pod, &class),
+            vec![json!({"key": "a", "operator": "Exists"})]
+        );
         let class = vec![json!({"key": "b", "operator": "Exists", "effect": "NoSchedule"})];
         assert_eq!(merge_tolerations(&pod, &class).len(), 2);
     }

@@ -17,14 +17,19 @@ use tokio_rustls::TlsAcceptor;
 use crate::{ApiServer, ApiServerError, UserInfo};
 
 /// The verifier of client certificates against the cluster CA (`client_ca_pem`).
-pub fn client_cert_verifier(client_ca_pem: &str) -> Result<Arc<dyn ClientCertVerifier>, ApiServerError> {
+pub fn client_cert_verifier(
+    client_ca_pem: &str,
+) -> Result<Arc<dyn ClientCertVerifier>, ApiServerError> {
     let tls = |e: &dyn std::fmt::Display| ApiServerError::Tls(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
         roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).allow_unauthenticated().build().map_err(|e| tls(&e))
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls(&e))
 }
 
 /// Lets any client certificate through the handshake, checking only its handshake
@@ -48,15 +53,30 @@ impl ClientCertVerifier for DeferredClientCertVerifier {
         self.0.root_hint_subjects()
     }
 
-    fn verify_client_cert(&self, _end_entity: &CertificateDer<'_>, _intermediates: &[CertificateDer<'_>], _now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.0.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.0.verify_tls13_signature(message, cert, dss)
     }
 
@@ -68,13 +88,19 @@ impl ClientCertVerifier for DeferredClientCertVerifier {
 /// Builds the rustls server configuration: our serving cert, optional client certs
 /// (their chain is verified against the cluster CA by [`serve`], after the handshake,
 /// so only use this configuration with [`serve`]), ALPN h2 and http/1.1.
-pub fn tls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Result<rustls::ServerConfig, ApiServerError> {
+pub fn tls_config(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: &str,
+) -> Result<rustls::ServerConfig, ApiServerError> {
     let tls = |e: &dyn std::fmt::Display| ApiServerError::Tls(e.to_string());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| tls(&e))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
-    let verifier = Arc::new(DeferredClientCertVerifier(client_cert_verifier(client_ca_pem)?));
+    let verifier = Arc::new(DeferredClientCertVerifier(client_cert_verifier(
+        client_ca_pem,
+    )?));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -100,8 +126,13 @@ pub enum ClientCertIdentity {
 }
 
 /// Verifies a presented chain (leaf first) with `verifier` and reads its identity.
-pub fn client_cert_identity(verifier: &dyn ClientCertVerifier, chain: Option<&[CertificateDer<'_>]>) -> ClientCertIdentity {
-    let Some((leaf, intermediates)) = chain.and_then(|c| c.split_first()) else { return ClientCertIdentity::None };
+pub fn client_cert_identity(
+    verifier: &dyn ClientCertVerifier,
+    chain: Option<&[CertificateDer<'_>]>,
+) -> ClientCertIdentity {
+    let Some((leaf, intermediates)) = chain.and_then(|c| c.split_first()) else {
+        return ClientCertIdentity::None;
+    };
     if let Err(e) = verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
         return ClientCertIdentity::Invalid(e.to_string());
     }
@@ -116,7 +147,11 @@ pub fn client_cert_identity(verifier: &dyn ClientCertVerifier, chain: Option<&[C
 }
 
 /// Accepts connections on `listener` forever, serving `api`.
-pub async fn serve(api: ApiServer, listener: TcpListener, tls: rustls::ServerConfig) -> Result<(), ApiServerError> {
+pub async fn serve(
+    api: ApiServer,
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+) -> Result<(), ApiServerError> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -140,7 +175,14 @@ pub async fn serve(api: ApiServer, listener: TcpListener, tls: rustls::ServerCon
             };
             let identity = match &api.inner().client_cert_verifier {
                 Some(v) => client_cert_identity(v.as_ref(), stream.get_ref().1.peer_certificates()),
-                None if stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) => ClientCertIdentity::Invalid("no client CA".into()),
+                None if stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|c| !c.is_empty()) =>
+                {
+                    ClientCertIdentity::Invalid("no client CA".into())
+                }
                 None => ClientCertIdentity::None,
             };
             let (user, invalid_cert) = match identity {
@@ -156,13 +198,18 @@ pub async fn serve(api: ApiServer, listener: TcpListener, tls: rustls::ServerCon
                 let user = user.clone();
                 async move {
                     if invalid_cert {
-                        return Ok::<_, Infallible>(crate::body::error(&rk3s_api::ApiError::unauthorized()));
+                        return Ok::<_, Infallible>(crate::body::error(
+                            &rk3s_api::ApiError::unauthorized(),
+                        ));
                     }
                     Ok::<_, Infallible>(api.handle_incoming(req, user).await)
                 }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with error");
             }
         });

@@ -31,10 +31,20 @@ impl Encoder {
             Output::Json => obj.clone(),
             Output::PartialMetadata => partial_metadata(obj),
             Output::Table(inc) => {
-                let rv = crate::object::meta_str(obj, "resourceVersion").unwrap_or("").to_string();
+                let rv = crate::object::meta_str(obj, "resourceVersion")
+                    .unwrap_or("")
+                    .to_string();
                 let mut t = match &self.crd {
                     Some(v) => crate::crd::table(v, std::slice::from_ref(obj), &rv, None, *inc),
-                    None => rk3s_printers::table(&self.res.group, &self.res.kind, std::slice::from_ref(obj), &rv, None, *inc, jiff::Timestamp::now()),
+                    None => rk3s_printers::table(
+                        &self.res.group,
+                        &self.res.kind,
+                        std::slice::from_ref(obj),
+                        &rv,
+                        None,
+                        *inc,
+                        jiff::Timestamp::now(),
+                    ),
                 };
                 if !self.first {
                     if let Some(m) = t.as_object_mut() {
@@ -45,7 +55,8 @@ impl Encoder {
                 t
             }
         };
-        let mut line = serde_json::to_vec(&json!({"type": typ, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": typ, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -66,14 +77,17 @@ impl Encoder {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let obj = json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta});
-        let mut line = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
+        let obj =
+            json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta});
+        let mut line =
+            serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
 
     fn error(&self, e: &ApiError) -> Bytes {
-        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
+        let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()}))
+            .unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -86,8 +100,19 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
     let _ = &mut filter;
     let name = call.info.name.clone();
     let prefix = match &name {
-        Some(n) => call.res.key(if call.res.namespaced() { call.info.namespace.as_deref() } else { None }, n),
-        None => call.res.namespace_prefix(if call.res.namespaced() { call.info.namespace.as_deref() } else { None }),
+        Some(n) => call.res.key(
+            if call.res.namespaced() {
+                call.info.namespace.as_deref()
+            } else {
+                None
+            },
+            n,
+        ),
+        None => call.res.namespace_prefix(if call.res.namespaced() {
+            call.info.namespace.as_deref()
+        } else {
+            None
+        }),
     };
     let rv = q.get("resourceVersion").map(String::from);
     let send_initial = match q.get("sendInitialEvents") {
@@ -97,19 +122,36 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
     };
     if send_initial.is_some() {
         if q.get("resourceVersionMatch") != Some("NotOlderThan") {
-            return Err(ApiError::invalid_simple("sendInitialEvents", "resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
+            return Err(ApiError::invalid_simple(
+                "sendInitialEvents",
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
         }
         if !q.flag("allowWatchBookmarks") && send_initial == Some(true) {
-            return Err(ApiError::invalid_simple("sendInitialEvents", "allowWatchBookmarks", "sendInitialEvents requires setting allowWatchBookmarks to true"));
+            return Err(ApiError::invalid_simple(
+                "sendInitialEvents",
+                "allowWatchBookmarks",
+                "sendInitialEvents requires setting allowWatchBookmarks to true",
+            ));
         }
     }
     let bookmarks = q.flag("allowWatchBookmarks");
-    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT);
     let legacy_initial = send_initial.is_none() && matches!(rv.as_deref(), None | Some("0"));
     let initial = send_initial == Some(true) || legacy_initial;
 
     let cache = call.inner.cache.clone();
-    let mut enc = Encoder { res: call.res.clone(), output: call.output.clone(), first: true, crd: call.inner.crds.version(&call.res) };
+    let mut enc = Encoder {
+        res: call.res.clone(),
+        output: call.output.clone(),
+        first: true,
+        crd: call.inner.crds.version(&call.res),
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
 
     // Work out the starting point before answering, so a 410 can be a plain error when
@@ -120,7 +162,11 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
     let live: broadcast::Receiver<Arc<CacheEvent>>;
     let mut expired: Option<ApiError> = None;
     if initial {
-        if let Some(want) = rv.as_deref().and_then(|r| r.parse::<i64>().ok()).filter(|r| *r > 0) {
+        if let Some(want) = rv
+            .as_deref()
+            .and_then(|r| r.parse::<i64>().ok())
+            .filter(|r| *r > 0)
+        {
             cache.wait_for(want, Duration::from_secs(3)).await;
         } else if send_initial == Some(true) && rv.as_deref().is_none_or(|r| r.is_empty()) {
             let _ = cache.wait_fresh(Duration::from_secs(3)).await;
@@ -132,7 +178,12 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
     } else {
         let after: i64 = match rv.as_deref().unwrap_or("").parse() {
             Ok(r) => r,
-            Err(_) => return Err(ApiError::bad_request(format!("invalid resource version: {}", rv.unwrap_or_default()))),
+            Err(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid resource version: {}",
+                    rv.unwrap_or_default()
+                )))
+            }
         };
         // Too old for the window of this resource (upstream's watch cache keeps a
         // window per resource): 410 `Expired` as an ERROR event, and the client relists.
@@ -143,8 +194,13 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
                 start_rev = after;
             }
             Err(oldest) => {
-                expired = Some(ApiError::gone(format!("too old resource version: {after} ({oldest})")));
-                live = cache.subscribe(None).map(|(s, _)| s.live).map_err(|_| ApiError::internal("watch cache unavailable"))?;
+                expired = Some(ApiError::gone(format!(
+                    "too old resource version: {after} ({oldest})"
+                )));
+                live = cache
+                    .subscribe(None)
+                    .map(|(s, _)| s.live)
+                    .map_err(|_| ApiError::internal("watch cache unavailable"))?;
                 start_rev = after;
             }
         }
@@ -155,8 +211,14 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
         Output::Json => "application/json",
         _ => "application/json",
     };
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
-    resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ct),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache, private"),
+    );
 
     let res_key_prefix = prefix.clone();
     let exact = name.is_some();
@@ -166,15 +228,27 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
             let _ = tx.send(enc.error(&e)).await;
             return;
         }
-        let matches_key = |k: &str| if exact { k == res_key_prefix } else { k.starts_with(&res_key_prefix) };
+        let matches_key = |k: &str| {
+            if exact {
+                k == res_key_prefix
+            } else {
+                k.starts_with(&res_key_prefix)
+            }
+        };
         for o in &initial_items {
             if !crate::convert::needs_conversion(&enc.res) && enc.output == Output::Json {
-                if filter.matches(&o.object) && tx.send(enc.event_raw("ADDED", &o.raw)).await.is_err() {
+                if filter.matches(&o.object)
+                    && tx.send(enc.event_raw("ADDED", &o.raw)).await.is_err()
+                {
                     return;
                 }
                 continue;
             }
-            let obj = if crate::convert::needs_conversion(&enc.res) { crate::convert::from_storage(&enc.res, (*o.object).clone()) } else { (*o.object).clone() };
+            let obj = if crate::convert::needs_conversion(&enc.res) {
+                crate::convert::from_storage(&enc.res, (*o.object).clone())
+            } else {
+                (*o.object).clone()
+            };
             if filter.matches(&obj) && tx.send(enc.event("ADDED", &obj)).await.is_err() {
                 return;
             }
@@ -191,7 +265,8 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
@@ -248,7 +323,13 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
 /// The watch line for the next cache event, if this watcher gets one: events at or
 /// before `last` were already handled (history and live events overlap), other keys
 /// and events the selectors filter out advance `last` but send nothing.
-fn next_event(enc: &mut Encoder, filter: &Filter, matches_key: &impl Fn(&str) -> bool, ev: &CacheEvent, last: &mut i64) -> Option<Bytes> {
+fn next_event(
+    enc: &mut Encoder,
+    filter: &Filter,
+    matches_key: &impl Fn(&str) -> bool,
+    ev: &CacheEvent,
+    last: &mut i64,
+) -> Option<Bytes> {
     if ev.revision <= *last {
         return None;
     }
@@ -264,7 +345,9 @@ fn encode_event(enc: &mut Encoder, filter: &Filter, ev: &CacheEvent) -> Option<B
     let (object, prev) = if crate::convert::needs_conversion(&enc.res) {
         converted = (
             crate::convert::from_storage(&enc.res, (*ev.object).clone()),
-            ev.prev.as_ref().map(|p| crate::convert::from_storage(&enc.res, (**p).clone())),
+            ev.prev
+                .as_ref()
+                .map(|p| crate::convert::from_storage(&enc.res, (**p).clone())),
         );
         (&converted.0, converted.1.as_ref())
     } else {
@@ -294,31 +377,63 @@ mod tests {
     use crate::request::Query;
 
     fn encoder(plural: &str) -> Encoder {
-        let res = rk3s_api::Registry::builtin().get("", "v1", plural).expect("built-in resource");
-        Encoder { res, output: Output::Json, first: true, crd: None }
+        let res = rk3s_api::Registry::builtin()
+            .get("", "v1", plural)
+            .expect("built-in resource");
+        Encoder {
+            res,
+            output: Output::Json,
+            first: true,
+            crd: None,
+        }
     }
 
     fn filter(plural: &str, query: &str) -> Filter {
-        let res = rk3s_api::Registry::builtin().get("", "v1", plural).expect("built-in resource");
+        let res = rk3s_api::Registry::builtin()
+            .get("", "v1", plural)
+            .expect("built-in resource");
         Filter::from_query(&res, &Query::parse(Some(query))).expect("selectors")
     }
 
     fn cm(name: &str, uid: &str, rv: i64, labels: Value) -> Arc<Value> {
-        Arc::new(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-            "name": name, "namespace": "default", "uid": uid, "resourceVersion": rv.to_string(), "labels": labels}}))
+        Arc::new(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+            "name": name, "namespace": "default", "uid": uid, "resourceVersion": rv.to_string(), "labels": labels}}),
+        )
     }
 
-    fn event(kind: CacheEventKind, revision: i64, object: Arc<Value>, prev: Option<Arc<Value>>) -> CacheEvent {
-        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    fn event(
+        kind: CacheEventKind,
+        revision: i64,
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+    ) -> CacheEvent {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let raw = Bytes::from(serde_json::to_vec(&*object).expect("json"));
-        CacheEvent { kind, key: format!("/registry/core/configmaps/default/{name}"), revision, object, prev, raw }
+        CacheEvent {
+            kind,
+            key: format!("/registry/core/configmaps/default/{name}"),
+            revision,
+            object,
+            prev,
+            raw,
+        }
     }
 
     /// (type, uid) of the line sent for `ev`, if any.
     fn sent(enc: &mut Encoder, f: &Filter, ev: &CacheEvent) -> Option<(String, String)> {
         let line = encode_event(enc, f, ev)?;
         let v: Value = serde_json::from_slice(&line).expect("watch line is JSON");
-        Some((v["type"].as_str().unwrap_or_default().into(), v["object"]["metadata"]["uid"].as_str().unwrap_or_default().into()))
+        Some((
+            v["type"].as_str().unwrap_or_default().into(),
+            v["object"]["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+        ))
     }
 
     #[test]
@@ -328,12 +443,33 @@ mod tests {
         let mut enc = encoder("configmaps");
         let f = filter("configmaps", "fieldSelector=metadata.name%3Dx");
         let old = cm("x", "old", 10, json!({}));
-        let del = event(CacheEventKind::Deleted, 11, cm("x", "old", 11, json!({})), Some(old));
-        assert_eq!(sent(&mut enc, &f, &del), Some(("DELETED".into(), "old".into())));
-        let add = event(CacheEventKind::Added, 12, cm("x", "new", 12, json!({})), None);
-        assert_eq!(sent(&mut enc, &f, &add), Some(("ADDED".into(), "new".into())));
+        let del = event(
+            CacheEventKind::Deleted,
+            11,
+            cm("x", "old", 11, json!({})),
+            Some(old),
+        );
+        assert_eq!(
+            sent(&mut enc, &f, &del),
+            Some(("DELETED".into(), "old".into()))
+        );
+        let add = event(
+            CacheEventKind::Added,
+            12,
+            cm("x", "new", 12, json!({})),
+            None,
+        );
+        assert_eq!(
+            sent(&mut enc, &f, &add),
+            Some(("ADDED".into(), "new".into()))
+        );
         // Other names are filtered out, deletes included.
-        let other = event(CacheEventKind::Deleted, 13, cm("y", "y", 13, json!({})), Some(cm("y", "y", 9, json!({}))));
+        let other = event(
+            CacheEventKind::Deleted,
+            13,
+            cm("y", "y", 13, json!({})),
+            Some(cm("y", "y", 9, json!({}))),
+        );
         assert_eq!(sent(&mut enc, &f, &other), None);
     }
 
@@ -343,17 +479,54 @@ mod tests {
         let f = filter("configmaps", "labelSelector=app%3Da");
         let a = json!({"app": "a"});
         let b = json!({"app": "b"});
-        let leave = event(CacheEventKind::Modified, 5, cm("x", "u", 5, b.clone()), Some(cm("x", "u", 4, a.clone())));
-        assert_eq!(sent(&mut enc, &f, &leave), Some(("DELETED".into(), "u".into())));
-        let enter = event(CacheEventKind::Modified, 6, cm("x", "u", 6, a.clone()), Some(cm("x", "u", 5, b.clone())));
-        assert_eq!(sent(&mut enc, &f, &enter), Some(("ADDED".into(), "u".into())));
-        let stay = event(CacheEventKind::Modified, 7, cm("x", "u", 7, a.clone()), Some(cm("x", "u", 6, a.clone())));
-        assert_eq!(sent(&mut enc, &f, &stay), Some(("MODIFIED".into(), "u".into())));
+        let leave = event(
+            CacheEventKind::Modified,
+            5,
+            cm("x", "u", 5, b.clone()),
+            Some(cm("x", "u", 4, a.clone())),
+        );
+        assert_eq!(
+            sent(&mut enc, &f, &leave),
+            Some(("DELETED".into(), "u".into()))
+        );
+        let enter = event(
+            CacheEventKind::Modified,
+            6,
+            cm("x", "u", 6, a.clone()),
+            Some(cm("x", "u", 5, b.clone())),
+        );
+        assert_eq!(
+            sent(&mut enc, &f, &enter),
+            Some(("ADDED".into(), "u".into()))
+        );
+        let stay = event(
+            CacheEventKind::Modified,
+            7,
+            cm("x", "u", 7, a.clone()),
+            Some(cm("x", "u", 6, a.clone())),
+        );
+        assert_eq!(
+            sent(&mut enc, &f, &stay),
+            Some(("MODIFIED".into(), "u".into()))
+        );
         // Deleted while selected: DELETED (matched by its last state).
-        let gone = event(CacheEventKind::Deleted, 8, cm("x", "u", 8, a.clone()), Some(cm("x", "u", 7, a)));
-        assert_eq!(sent(&mut enc, &f, &gone), Some(("DELETED".into(), "u".into())));
+        let gone = event(
+            CacheEventKind::Deleted,
+            8,
+            cm("x", "u", 8, a.clone()),
+            Some(cm("x", "u", 7, a)),
+        );
+        assert_eq!(
+            sent(&mut enc, &f, &gone),
+            Some(("DELETED".into(), "u".into()))
+        );
         // Never selected: nothing.
-        let unseen = event(CacheEventKind::Deleted, 9, cm("z", "z", 9, b.clone()), Some(cm("z", "z", 3, b)));
+        let unseen = event(
+            CacheEventKind::Deleted,
+            9,
+            cm("z", "z", 9, b.clone()),
+            Some(cm("z", "z", 3, b)),
+        );
         assert_eq!(sent(&mut enc, &f, &unseen), None);
     }
 
@@ -363,7 +536,14 @@ mod tests {
         let f = filter("configmaps", "");
         let key = |k: &str| k.starts_with("/registry/core/configmaps/default/");
         let mut last = 10;
-        let at = |rev| event(CacheEventKind::Added, rev, cm("x", "u", rev, json!({})), None);
+        let at = |rev| {
+            event(
+                CacheEventKind::Added,
+                rev,
+                cm("x", "u", rev, json!({})),
+                None,
+            )
+        };
         // The watch started from resourceVersion 10: revision 10 itself is not sent,
         // 11 is, and a repeat of 11 (history and live overlap) is not.
         assert!(next_event(&mut enc, &f, &key, &at(10), &mut last).is_none());

@@ -10,7 +10,8 @@ use serde_json::{json, Map, Value};
 /// Label put on every bootstrap object.
 pub const BOOTSTRAPPING_LABEL: (&str, &str) = ("kubernetes.io/bootstrapping", "rbac-defaults");
 /// Annotation put on every bootstrap object: the reconciler may update it at start.
-pub const AUTOUPDATE_ANNOTATION: (&str, &str) = ("rbac.authorization.kubernetes.io/autoupdate", "true");
+pub const AUTOUPDATE_ANNOTATION: (&str, &str) =
+    ("rbac.authorization.kubernetes.io/autoupdate", "true");
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -417,7 +418,16 @@ fn expand_verbs(spec: &str) -> Vec<String> {
         let list: &[&str] = match t {
             "R" => &["get", "list", "watch"],
             "W" => &["create", "delete", "deletecollection", "patch", "update"],
-            "RW" => &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            "RW" => &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ],
             other => &[other][..],
         };
         out.extend(list.iter().map(|s| s.to_string()));
@@ -427,7 +437,13 @@ fn expand_verbs(spec: &str) -> Vec<String> {
 
 fn list(spec: &str) -> Vec<Value> {
     spec.split(',')
-        .map(|s| Value::String(if s == "~" { String::new() } else { s.to_string() }))
+        .map(|s| {
+            Value::String(if s == "~" {
+                String::new()
+            } else {
+                s.to_string()
+            })
+        })
         .collect()
 }
 
@@ -460,7 +476,14 @@ fn subject(spec: &str) -> Value {
     }
 }
 
-fn binding(kind: &str, name: &str, ns: Option<&str>, role_kind: &str, role: &str, subjects: &[&str]) -> Value {
+fn binding(
+    kind: &str,
+    name: &str,
+    ns: Option<&str>,
+    role_kind: &str,
+    role: &str,
+    subjects: &[&str],
+) -> Value {
     let mut b = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": kind,
@@ -469,7 +492,10 @@ fn binding(kind: &str, name: &str, ns: Option<&str>, role_kind: &str, role: &str
     });
     if !subjects.is_empty() {
         if let Some(o) = b.as_object_mut() {
-            o.insert("subjects".into(), subjects.iter().map(|s| subject(s)).collect());
+            o.insert(
+                "subjects".into(),
+                subjects.iter().map(|s| subject(s)).collect(),
+            );
         }
     }
     b
@@ -498,8 +524,14 @@ pub fn bootstrap_policy() -> Vec<Value> {
 
     for line in POLICY.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let Some((&op, args)) = f.split_first() else { continue };
-        let current = if current_is_cluster { cluster_roles.last_mut() } else { roles.last_mut() };
+        let Some((&op, args)) = f.split_first() else {
+            continue;
+        };
+        let current = if current_is_cluster {
+            cluster_roles.last_mut()
+        } else {
+            roles.last_mut()
+        };
         let push_rule = |rule: Value| {
             if let Some(r) = current {
                 if let Some(arr) = r.get_mut("rules").and_then(Value::as_array_mut) {
@@ -543,7 +575,14 @@ pub fn bootstrap_policy() -> Vec<Value> {
                     "rules": [],
                 }));
                 let sa = format!("SA:kube-system/{short}");
-                controller_crbs.push(binding("ClusterRoleBinding", &name, None, "ClusterRole", &name, &[&sa]));
+                controller_crbs.push(binding(
+                    "ClusterRoleBinding",
+                    &name,
+                    None,
+                    "ClusterRole",
+                    &name,
+                    &[&sa],
+                ));
             }
             ("role", [ns, name]) => {
                 current_is_cluster = false;
@@ -574,7 +613,14 @@ pub fn bootstrap_policy() -> Vec<Value> {
                 "resources": ["events"],
             })),
             ("crb", [name, role, subjects @ ..]) => {
-                crbs.push(binding("ClusterRoleBinding", name, None, "ClusterRole", role, subjects));
+                crbs.push(binding(
+                    "ClusterRoleBinding",
+                    name,
+                    None,
+                    "ClusterRole",
+                    role,
+                    subjects,
+                ));
             }
             ("rb", [ns, name, role_ref, subjects @ ..]) => {
                 let (kind, role) = role_ref.split_once(':').unwrap_or(("Role", role_ref));
@@ -608,28 +654,44 @@ mod tests {
         for line in POLICY.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if let Some(op) = f.first() {
-                assert!(["cr", "ctl", "role", "r", "u", "ev", "crb", "rb"].contains(op), "{line}");
+                assert!(
+                    ["cr", "ctl", "role", "r", "u", "ev", "crb", "rb"].contains(op),
+                    "{line}"
+                );
             }
         }
         let all = bootstrap_policy();
         // every object has the label and annotation
         for o in &all {
-            assert_eq!(o["metadata"]["labels"]["kubernetes.io/bootstrapping"], "rbac-defaults", "{o}");
-            assert_eq!(o["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"], "true");
+            assert_eq!(
+                o["metadata"]["labels"]["kubernetes.io/bootstrapping"], "rbac-defaults",
+                "{o}"
+            );
+            assert_eq!(
+                o["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"],
+                "true"
+            );
         }
         // every non-aggregated role has rules
-        for o in all.iter().filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role") {
+        for o in all
+            .iter()
+            .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+        {
             let n = o["rules"].as_array().map(Vec::len).unwrap_or(0);
             assert!(n > 0 || o.get("aggregationRule").is_some(), "{o}");
         }
         // every binding refers to an existing role
-        for b in all.iter().filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding") {
+        for b in all
+            .iter()
+            .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+        {
             let rk = str_at(b, &["roleRef", "kind"]);
             let rn = str_at(b, &["roleRef", "name"]);
             let exists = all.iter().any(|o| {
                 str_at(o, &["kind"]) == rk
                     && str_at(o, &["metadata", "name"]) == rn
-                    && (rk == "ClusterRole" || o["metadata"]["namespace"] == b["metadata"]["namespace"])
+                    && (rk == "ClusterRole"
+                        || o["metadata"]["namespace"] == b["metadata"]["namespace"])
             });
             assert!(exists, "{b}");
         }
@@ -639,31 +701,66 @@ mod tests {
     fn key_objects() {
         let all = bootstrap_policy();
         let ca = find(&all, "ClusterRoleBinding", "cluster-admin");
-        assert_eq!(ca["subjects"], json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:masters"}]));
+        assert_eq!(
+            ca["subjects"],
+            json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:masters"}])
+        );
         let view = find(&all, "ClusterRole", "view");
         assert_eq!(
-            view["aggregationRule"]["clusterRoleSelectors"][0]["matchLabels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+            view["aggregationRule"]["clusterRoleSelectors"][0]["matchLabels"]
+                ["rbac.authorization.k8s.io/aggregate-to-view"],
             "true"
         );
-        assert_eq!(view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
-        let ctl = find(&all, "ClusterRoleBinding", "system:controller:job-controller");
-        assert_eq!(ctl["subjects"][0], json!({"kind": "ServiceAccount", "name": "job-controller", "namespace": "kube-system"}));
+        assert_eq!(
+            view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"],
+            "true"
+        );
+        let ctl = find(
+            &all,
+            "ClusterRoleBinding",
+            "system:controller:job-controller",
+        );
+        assert_eq!(
+            ctl["subjects"][0],
+            json!({"kind": "ServiceAccount", "name": "job-controller", "namespace": "kube-system"})
+        );
         let node = find(&all, "ClusterRoleBinding", "system:node");
-        assert!(node.get("subjects").is_none(), "system:node is bound to nobody (Node authorizer)");
+        assert!(
+            node.get("subjects").is_none(),
+            "system:node is bound to nobody (Node authorizer)"
+        );
         let signer_nss: Vec<&str> = all
             .iter()
-            .filter(|o| o["kind"] == "RoleBinding" && o["metadata"]["name"] == "system:controller:bootstrap-signer")
+            .filter(|o| {
+                o["kind"] == "RoleBinding"
+                    && o["metadata"]["name"] == "system:controller:bootstrap-signer"
+            })
             .map(|o| str_at(o, &["metadata", "namespace"]))
             .collect();
         assert_eq!(signer_nss, vec!["kube-system", "kube-public"]);
-        let signer = find(&all, "ClusterRole", "system:certificates.k8s.io:kubelet-serving-approver");
-        assert_eq!(signer["rules"][0]["resourceNames"], json!(["kubernetes.io/kubelet-serving"]));
+        let signer = find(
+            &all,
+            "ClusterRole",
+            "system:certificates.k8s.io:kubelet-serving-approver",
+        );
+        assert_eq!(
+            signer["rules"][0]["resourceNames"],
+            json!(["kubernetes.io/kubelet-serving"])
+        );
         let edit = find(&all, "ClusterRole", "system:aggregate-to-edit");
-        assert_eq!(edit["rules"][2]["verbs"], json!(["create", "delete", "deletecollection", "patch", "update"]));
+        assert_eq!(
+            edit["rules"][2]["verbs"],
+            json!(["create", "delete", "deletecollection", "patch", "update"])
+        );
         // names are unique per kind/namespace
         let mut keys: Vec<String> = all
             .iter()
-            .map(|o| format!("{}/{}/{}", o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]))
+            .map(|o| {
+                format!(
+                    "{}/{}/{}",
+                    o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]
+                )
+            })
             .collect();
         let n = keys.len();
         keys.sort();

@@ -12,22 +12,31 @@ use crate::UserInfo;
 pub const BOOTSTRAP_GROUP: &str = "system:bootstrappers";
 
 fn valid_id(id: &str) -> bool {
-    id.len() == 6 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    id.len() == 6
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 fn valid_secret(s: &str) -> bool {
-    s.len() == 16 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// `^system:bootstrappers:[a-z0-9:-]{0,255}[a-z0-9]$`
 fn valid_extra_group(g: &str) -> bool {
-    let Some(rest) = g.strip_prefix("system:bootstrappers:") else { return false };
+    let Some(rest) = g.strip_prefix("system:bootstrappers:") else {
+        return false;
+    };
     let b = rest.as_bytes();
     match b.split_last() {
         Some((last, init)) => {
             (last.is_ascii_lowercase() || last.is_ascii_digit())
                 && init.len() <= 255
-                && init.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b':' || *c == b'-')
+                && init.iter().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b':' || *c == b'-'
+                })
         }
         None => false,
     }
@@ -66,7 +75,10 @@ pub fn authenticate_bootstrap_token(token: &str, secret: &Value, now: i64) -> Op
     if str_at(secret, &["type"]) != "bootstrap.kubernetes.io/token" {
         return None;
     }
-    if secret.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()) {
+    if secret
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|d| !d.is_null())
+    {
         return None;
     }
     let data = |key: &str| -> Option<String> {
@@ -108,7 +120,11 @@ pub fn authenticate_bootstrap_token(token: &str, secret: &Value, now: i64) -> Op
     }
     groups.sort();
     groups.dedup();
-    let user = UserInfo { name: format!("system:bootstrap:{id}"), groups, ..Default::default() };
+    let user = UserInfo {
+        name: format!("system:bootstrap:{id}"),
+        groups,
+        ..Default::default()
+    };
     Some(user.with_authenticated_group())
 }
 
@@ -143,27 +159,52 @@ mod tests {
 
     #[test]
     fn accepts_valid_token() {
-        let u = authenticate_bootstrap_token("abcdef.0123456789abcdef", &secret(Some("2030-01-01T00:00:00Z")), NOW);
+        let u = authenticate_bootstrap_token(
+            "abcdef.0123456789abcdef",
+            &secret(Some("2030-01-01T00:00:00Z")),
+            NOW,
+        );
         let u = u.unwrap_or_default();
         assert_eq!(u.name, "system:bootstrap:abcdef");
         assert_eq!(
             u.groups,
-            vec!["system:bootstrappers", "system:bootstrappers:kubeadm:default-node-token", "system:authenticated"]
+            vec![
+                "system:bootstrappers",
+                "system:bootstrappers:kubeadm:default-node-token",
+                "system:authenticated"
+            ]
         );
-        assert_eq!(bootstrap_token_secret_name("abcdef.0123456789abcdef").as_deref(), Some("bootstrap-token-abcdef"));
+        assert_eq!(
+            bootstrap_token_secret_name("abcdef.0123456789abcdef").as_deref(),
+            Some("bootstrap-token-abcdef")
+        );
         assert_eq!(bootstrap_token_secret_name("abc.def"), None);
     }
 
     #[test]
     fn rejects_expired() {
-        assert!(authenticate_bootstrap_token("abcdef.0123456789abcdef", &secret(Some("2020-01-01T00:00:00Z")), NOW).is_none());
-        assert!(authenticate_bootstrap_token("abcdef.0123456789abcdef", &secret(Some("garbage")), NOW).is_none());
+        assert!(authenticate_bootstrap_token(
+            "abcdef.0123456789abcdef",
+            &secret(Some("2020-01-01T00:00:00Z")),
+            NOW
+        )
+        .is_none());
+        assert!(authenticate_bootstrap_token(
+            "abcdef.0123456789abcdef",
+            &secret(Some("garbage")),
+            NOW
+        )
+        .is_none());
     }
 
     #[test]
     fn rejects_wrong_secret_and_bad_secrets() {
-        assert!(authenticate_bootstrap_token("abcdef.0123456789abcdee", &secret(None), NOW).is_none());
-        assert!(authenticate_bootstrap_token("ABCDEF.0123456789abcdef", &secret(None), NOW).is_none());
+        assert!(
+            authenticate_bootstrap_token("abcdef.0123456789abcdee", &secret(None), NOW).is_none()
+        );
+        assert!(
+            authenticate_bootstrap_token("ABCDEF.0123456789abcdef", &secret(None), NOW).is_none()
+        );
         let mut s = secret(None);
         s["data"]["usage-bootstrap-authentication"] = json!(b64("false"));
         assert!(authenticate_bootstrap_token("abcdef.0123456789abcdef", &s, NOW).is_none());
@@ -177,6 +218,8 @@ mod tests {
         s["metadata"]["deletionTimestamp"] = json!("2023-01-01T00:00:00Z");
         assert!(authenticate_bootstrap_token("abcdef.0123456789abcdef", &s, NOW).is_none());
         // no expiration at all is fine
-        assert!(authenticate_bootstrap_token("abcdef.0123456789abcdef", &secret(None), NOW).is_some());
+        assert!(
+            authenticate_bootstrap_token("abcdef.0123456789abcdef", &secret(None), NOW).is_some()
+        );
     }
 }

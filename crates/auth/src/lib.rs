@@ -32,11 +32,12 @@ mod tokenfile;
 pub(crate) mod util;
 
 pub use bootstrap::{bootstrap_policy, AUTOUPDATE_ANNOTATION, BOOTSTRAPPING_LABEL};
-pub use bootstrap_token::{authenticate_bootstrap_token, bootstrap_token_secret_name, BOOTSTRAP_GROUP};
+pub use bootstrap_token::{
+    authenticate_bootstrap_token, bootstrap_token_secret_name, BOOTSTRAP_GROUP,
+};
 pub use node::NodeGraph;
 pub use rbac::{
-    aggregate_cluster_roles, NonResourceRule, PolicyRule, RbacSnapshot, ResourceRule,
-    SubjectRules,
+    aggregate_cluster_roles, NonResourceRule, PolicyRule, RbacSnapshot, ResourceRule, SubjectRules,
 };
 pub use sa_token::{
     BoundRefs, ObjectRef, SaClaims, TokenIssuer, TokenVerifier, VerifiedToken, EXTRA_CREDENTIAL_ID,
@@ -255,7 +256,11 @@ pub enum AuthError {
 pub fn forbidden_message(a: &Attributes, reason: &str) -> String {
     let user = util::go_quote(&a.user.name);
     let msg = if !a.resource_request {
-        format!("User {user} cannot {} path {}", a.verb, util::go_quote(&a.path))
+        format!(
+            "User {user} cannot {} path {}",
+            a.verb,
+            util::go_quote(&a.path)
+        )
     } else {
         let mut resource = a.resource.clone();
         if !a.subresource.is_empty() {
@@ -297,7 +302,10 @@ pub fn forbidden_message(a: &Attributes, reason: &str) -> String {
     } else if a.name.is_empty() {
         format!("{qualified} is forbidden: {err}")
     } else {
-        format!("{qualified} {} is forbidden: {err}", util::go_quote(&a.name))
+        format!(
+            "{qualified} {} is forbidden: {err}",
+            util::go_quote(&a.name)
+        )
     }
 }
 
@@ -353,15 +361,22 @@ mod tests {
             Decision::NoOpinion("b".into()),
         ]);
         assert_eq!(d, Decision::NoOpinion("a\nb".into()));
-        let d = union_decision([Decision::NoOpinion("a".into()), Decision::Allow, Decision::Deny("x".into())]);
+        let d = union_decision([
+            Decision::NoOpinion("a".into()),
+            Decision::Allow,
+            Decision::Deny("x".into()),
+        ]);
         assert_eq!(d, Decision::Allow);
     }
 
     #[test]
     fn authenticated_group_added_once_not_for_anonymous() {
-        let u = UserInfo::new("bob", &[]).with_authenticated_group().with_authenticated_group();
+        let u = UserInfo::new("bob", &[])
+            .with_authenticated_group()
+            .with_authenticated_group();
         assert_eq!(u.groups, vec!["system:authenticated"]);
-        let anon = UserInfo::new(USER_ANONYMOUS, &[GROUP_UNAUTHENTICATED]).with_authenticated_group();
+        let anon =
+            UserInfo::new(USER_ANONYMOUS, &[GROUP_UNAUTHENTICATED]).with_authenticated_group();
         assert_eq!(anon.groups, vec![GROUP_UNAUTHENTICATED]);
     }
 }

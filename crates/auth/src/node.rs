@@ -58,12 +58,25 @@ fn names_in_pod_for(pod: &Value, secrets: &mut Vec<String>, configmaps: &mut Vec
     for v in arr(spec, "volumes") {
         secrets.push(str_at(v, &["secret", "secretName"]).to_string());
         configmaps.push(str_at(v, &["configMap", "name"]).to_string());
-        for src in v.pointer("/projected/sources").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
+        for src in v
+            .pointer("/projected/sources")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
             secrets.push(str_at(src, &["secret", "name"]).to_string());
             configmaps.push(str_at(src, &["configMap", "name"]).to_string());
         }
         secrets.push(str_at(v, &["azureFile", "secretName"]).to_string());
-        for plugin in ["cephfs", "cinder", "flexVolume", "iscsi", "rbd", "scaleIO", "storageos"] {
+        for plugin in [
+            "cephfs",
+            "cinder",
+            "flexVolume",
+            "iscsi",
+            "rbd",
+            "scaleIO",
+            "storageos",
+        ] {
             secrets.push(str_at(v, &[plugin, "secretRef", "name"]).to_string());
         }
         secrets.push(str_at(v, &["csi", "nodePublishSecretRef", "name"]).to_string());
@@ -78,7 +91,14 @@ fn pv_secret_refs(pv: &Value, claim_ns: &str) -> Vec<(String, String)> {
             let name = str_at(r, &["name"]);
             let ns = str_at(r, &["namespace"]);
             if !name.is_empty() {
-                out.push((if ns.is_empty() { default_ns.to_string() } else { ns.to_string() }, name.to_string()));
+                out.push((
+                    if ns.is_empty() {
+                        default_ns.to_string()
+                    } else {
+                        ns.to_string()
+                    },
+                    name.to_string(),
+                ));
             }
         }
     };
@@ -93,14 +113,29 @@ fn pv_secret_refs(pv: &Value, claim_ns: &str) -> Vec<(String, String)> {
             push(csi.get(k), "");
         }
     }
-    for plugin in ["cephfs", "cinder", "flexVolume", "iscsi", "rbd", "scaleIO", "storageos"] {
+    for plugin in [
+        "cephfs",
+        "cinder",
+        "flexVolume",
+        "iscsi",
+        "rbd",
+        "scaleIO",
+        "storageos",
+    ] {
         push(spec.get(plugin).and_then(|p| p.get("secretRef")), claim_ns);
     }
     if let Some(az) = spec.get("azureFile") {
         let name = str_at(az, &["secretName"]);
         let ns = str_at(az, &["secretNamespace"]);
         if !name.is_empty() {
-            out.push((if ns.is_empty() { claim_ns.to_string() } else { ns.to_string() }, name.to_string()));
+            out.push((
+                if ns.is_empty() {
+                    claim_ns.to_string()
+                } else {
+                    ns.to_string()
+                },
+                name.to_string(),
+            ));
         }
     }
     out
@@ -118,13 +153,17 @@ impl NodeGraph {
                 crate::bootstrap_policy()
                     .iter()
                     .find(|o| {
-                        str_at(o, &["kind"]) == "ClusterRole" && str_at(o, &["metadata", "name"]) == "system:node"
+                        str_at(o, &["kind"]) == "ClusterRole"
+                            && str_at(o, &["metadata", "name"]) == "system:node"
                     })
                     .map(|o| arr(o, "rules").iter().map(PolicyRule::from_json).collect())
                     .unwrap_or_default()
             })
             .clone();
-        let mut g = NodeGraph { reach: HashMap::new(), node_rules };
+        let mut g = NodeGraph {
+            reach: HashMap::new(),
+            node_rules,
+        };
         for pod in pods {
             let node = str_at(pod, &["spec", "nodeName"]);
             if node.is_empty() {
@@ -133,7 +172,12 @@ impl NodeGraph {
             let ns = str_at(pod, &["metadata", "namespace"]);
             let name = str_at(pod, &["metadata", "name"]);
             g.add(Kind::Pod, ns, name, node);
-            g.add(Kind::ServiceAccount, ns, str_at(pod, &["spec", "serviceAccountName"]), node);
+            g.add(
+                Kind::ServiceAccount,
+                ns,
+                str_at(pod, &["spec", "serviceAccountName"]),
+                node,
+            );
             let (mut secrets, mut cms) = (Vec::new(), Vec::new());
             names_in_pod_for(pod, &mut secrets, &mut cms);
             for s in secrets {
@@ -142,8 +186,18 @@ impl NodeGraph {
             for c in cms {
                 g.add(Kind::ConfigMap, ns, &c, node);
             }
-            for v in pod.pointer("/spec/volumes").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
-                g.add(Kind::Pvc, ns, str_at(v, &["persistentVolumeClaim", "claimName"]), node);
+            for v in pod
+                .pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+            {
+                g.add(
+                    Kind::Pvc,
+                    ns,
+                    str_at(v, &["persistentVolumeClaim", "claimName"]),
+                    node,
+                );
                 if v.get("ephemeral").is_some() {
                     let claim = format!("{name}-{}", str_at(v, &["name"]));
                     g.add(Kind::Pvc, ns, &claim, node);
@@ -155,7 +209,12 @@ impl NodeGraph {
                 .map(Vec::as_slice)
                 .unwrap_or(&[])
             {
-                g.add(Kind::ResourceClaim, ns, str_at(rc, &["resourceClaimName"]), node);
+                g.add(
+                    Kind::ResourceClaim,
+                    ns,
+                    str_at(rc, &["resourceClaimName"]),
+                    node,
+                );
             }
         }
         for pv in pvs {
@@ -176,7 +235,12 @@ impl NodeGraph {
         }
         for va in volume_attachments {
             let node = str_at(va, &["spec", "nodeName"]);
-            g.add(Kind::VolumeAttachment, "", str_at(va, &["metadata", "name"]), node);
+            g.add(
+                Kind::VolumeAttachment,
+                "",
+                str_at(va, &["metadata", "name"]),
+                node,
+            );
         }
         g
     }
@@ -185,7 +249,10 @@ impl NodeGraph {
         if name.is_empty() || node.is_empty() {
             return;
         }
-        self.reach.entry((kind, ns.to_string(), name.to_string())).or_default().insert(node.to_string());
+        self.reach
+            .entry((kind, ns.to_string(), name.to_string()))
+            .or_default()
+            .insert(node.to_string());
     }
 
     fn related(&self, node: &str, kind: Kind, a: &Attributes) -> Decision {
@@ -193,10 +260,16 @@ impl NodeGraph {
             return Decision::NoOpinion("No Object name found".into());
         }
         let key = (kind, a.namespace.clone(), a.name.clone());
-        if self.reach.get(&key).is_some_and(|nodes| nodes.contains(node)) {
+        if self
+            .reach
+            .get(&key)
+            .is_some_and(|nodes| nodes.contains(node))
+        {
             Decision::Allow
         } else {
-            Decision::NoOpinion(format!("no relationship found between node '{node}' and this object"))
+            Decision::NoOpinion(format!(
+                "no relationship found between node '{node}' and this object"
+            ))
         }
     }
 
@@ -255,26 +328,39 @@ impl NodeGraph {
                 ("", "persistentvolumeclaims") => {
                     if a.subresource == "status" {
                         if !matches!(a.verb.as_str(), "update" | "patch") {
-                            return Decision::NoOpinion("can only get/update/patch this type".into());
+                            return Decision::NoOpinion(
+                                "can only get/update/patch this type".into(),
+                            );
                         }
                         return self.related(node, Kind::Pvc, a);
                     }
                     return self.get_only(node, Kind::Pvc, a);
                 }
                 ("", "persistentvolumes") => return self.get_only(node, Kind::Pv, a),
-                ("resource.k8s.io", "resourceclaims") => return self.get_only(node, Kind::ResourceClaim, a),
-                ("storage.k8s.io", "volumeattachments") => return self.get_only(node, Kind::VolumeAttachment, a),
+                ("resource.k8s.io", "resourceclaims") => {
+                    return self.get_only(node, Kind::ResourceClaim, a)
+                }
+                ("storage.k8s.io", "volumeattachments") => {
+                    return self.get_only(node, Kind::VolumeAttachment, a)
+                }
                 ("", "serviceaccounts") => {
                     if a.verb != "create" || a.name.is_empty() {
-                        return Decision::NoOpinion("can only create tokens for individual service accounts".into());
+                        return Decision::NoOpinion(
+                            "can only create tokens for individual service accounts".into(),
+                        );
                     }
                     if a.subresource != "token" {
-                        return Decision::NoOpinion("can only create token subresource of serviceaccount".into());
+                        return Decision::NoOpinion(
+                            "can only create token subresource of serviceaccount".into(),
+                        );
                     }
                     return self.related(node, Kind::ServiceAccount, a);
                 }
                 ("coordination.k8s.io", "leases") => {
-                    if !matches!(a.verb.as_str(), "get" | "create" | "update" | "patch" | "delete") {
+                    if !matches!(
+                        a.verb.as_str(),
+                        "get" | "create" | "update" | "patch" | "delete"
+                    ) {
                         return Decision::NoOpinion(
                             "can only get, create, update, patch, or delete a node lease".into(),
                         );
@@ -286,21 +372,28 @@ impl NodeGraph {
                     }
                     if a.verb != "create" && a.name != node {
                         return Decision::NoOpinion(
-                            "can only access node lease with the same name as the requesting node".into(),
+                            "can only access node lease with the same name as the requesting node"
+                                .into(),
                         );
                     }
                     return Decision::Allow;
                 }
                 ("storage.k8s.io", "csinodes") => {
-                    if !matches!(a.verb.as_str(), "get" | "create" | "update" | "patch" | "delete") {
-                        return Decision::NoOpinion("can only get, create, update, patch, or delete a CSINode".into());
+                    if !matches!(
+                        a.verb.as_str(),
+                        "get" | "create" | "update" | "patch" | "delete"
+                    ) {
+                        return Decision::NoOpinion(
+                            "can only get, create, update, patch, or delete a CSINode".into(),
+                        );
                     }
                     if !a.subresource.is_empty() {
                         return Decision::NoOpinion("cannot authorize CSINode subresources".into());
                     }
                     if a.verb != "create" && a.name != node {
                         return Decision::NoOpinion(
-                            "can only access CSINode with the same name as the requesting node".into(),
+                            "can only access CSINode with the same name as the requesting node"
+                                .into(),
                         );
                     }
                     return Decision::Allow;
@@ -327,9 +420,13 @@ impl NodeGraph {
                 if !a.name.is_empty() {
                     return self.related(node, Kind::Pod, a);
                 }
-                Decision::NoOpinion("can only list/watch pods with spec.nodeName field selector".into())
+                Decision::NoOpinion(
+                    "can only list/watch pods with spec.nodeName field selector".into(),
+                )
             }
-            ("", "create" | "delete") | ("status", "update" | "patch") | ("eviction", "create") => Decision::Allow,
+            ("", "create" | "delete") | ("status", "update" | "patch") | ("eviction", "create") => {
+                Decision::Allow
+            }
             _ => Decision::NoOpinion(String::new()),
         }
     }
@@ -342,9 +439,14 @@ fn authorize_node(node: &str, a: &Attributes) -> Decision {
             if a.name == node {
                 Decision::Allow
             } else if a.name.is_empty() {
-                Decision::NoOpinion(format!("node '{node}' cannot read all nodes, only its own Node object"))
+                Decision::NoOpinion(format!(
+                    "node '{node}' cannot read all nodes, only its own Node object"
+                ))
             } else {
-                Decision::NoOpinion(format!("node '{node}' cannot read '{}', only its own Node object", a.name))
+                Decision::NoOpinion(format!(
+                    "node '{node}' cannot read '{}', only its own Node object",
+                    a.name
+                ))
             }
         }
         _ => Decision::NoOpinion(String::new()),
@@ -377,7 +479,10 @@ mod tests {
     use serde_json::json;
 
     fn node_user(n: &str) -> UserInfo {
-        UserInfo::new(format!("system:node:{n}"), &["system:nodes", "system:authenticated"])
+        UserInfo::new(
+            format!("system:node:{n}"),
+            &["system:nodes", "system:authenticated"],
+        )
     }
 
     fn graph() -> NodeGraph {
@@ -402,96 +507,305 @@ mod tests {
         NodeGraph::new(&pods, &pvs, &vas)
     }
 
-    fn req(node: &str, verb: &str, ns: &str, group: &str, res: &str, sub: &str, name: &str) -> Attributes {
+    fn req(
+        node: &str,
+        verb: &str,
+        ns: &str,
+        group: &str,
+        res: &str,
+        sub: &str,
+        name: &str,
+    ) -> Attributes {
         Attributes::resource(node_user(node), verb, ns, group, res, sub, name)
     }
 
     fn no_rel(node: &str) -> Decision {
-        Decision::NoOpinion(format!("no relationship found between node '{node}' and this object"))
+        Decision::NoOpinion(format!(
+            "no relationship found between node '{node}' and this object"
+        ))
     }
 
     #[test]
     fn secrets_of_own_pods_only() {
         let g = graph();
         for s in ["web-tls", "db-pass", "regcred"] {
-            assert_eq!(g.authorize(&req("n1", "get", "default", "", "secrets", "", s)), Decision::Allow, "{s}");
+            assert_eq!(
+                g.authorize(&req("n1", "get", "default", "", "secrets", "", s)),
+                Decision::Allow,
+                "{s}"
+            );
         }
-        assert_eq!(g.authorize(&req("n1", "watch", "default", "", "secrets", "", "web-tls")), Decision::Allow);
-        assert_eq!(g.authorize(&req("n1", "get", "default", "", "secrets", "", "n2-secret")), no_rel("n1"));
-        assert_eq!(g.authorize(&req("n2", "get", "default", "", "secrets", "", "web-tls")), no_rel("n2"));
-        assert_eq!(g.authorize(&req("n2", "get", "default", "", "secrets", "", "n2-secret")), Decision::Allow);
+        assert_eq!(
+            g.authorize(&req("n1", "watch", "default", "", "secrets", "", "web-tls")),
+            Decision::Allow
+        );
+        assert_eq!(
+            g.authorize(&req("n1", "get", "default", "", "secrets", "", "n2-secret")),
+            no_rel("n1")
+        );
+        assert_eq!(
+            g.authorize(&req("n2", "get", "default", "", "secrets", "", "web-tls")),
+            no_rel("n2")
+        );
+        assert_eq!(
+            g.authorize(&req("n2", "get", "default", "", "secrets", "", "n2-secret")),
+            Decision::Allow
+        );
         // unscheduled pods grant nothing
-        assert_eq!(g.authorize(&req("n1", "get", "default", "", "secrets", "", "pending-secret")), no_rel("n1"));
+        assert_eq!(
+            g.authorize(&req(
+                "n1",
+                "get",
+                "default",
+                "",
+                "secrets",
+                "",
+                "pending-secret"
+            )),
+            no_rel("n1")
+        );
         assert_eq!(
             g.authorize(&req("n1", "list", "default", "", "secrets", "", "")),
             Decision::NoOpinion("No Object name found".into())
         );
         assert_eq!(
-            g.authorize(&req("n1", "update", "default", "", "secrets", "", "web-tls")),
+            g.authorize(&req(
+                "n1", "update", "default", "", "secrets", "", "web-tls"
+            )),
             Decision::NoOpinion("can only read resources of this type".into())
         );
         // the CSI secret of the PV of the pod's claim, in its own namespace
-        assert_eq!(g.authorize(&req("n1", "get", "storage", "", "secrets", "", "csi-secret")), Decision::Allow);
+        assert_eq!(
+            g.authorize(&req(
+                "n1",
+                "get",
+                "storage",
+                "",
+                "secrets",
+                "",
+                "csi-secret"
+            )),
+            Decision::Allow
+        );
     }
 
     #[test]
     fn configmaps_pvcs_pvs_tokens() {
         let g = graph();
-        assert_eq!(g.authorize(&req("n1", "get", "default", "", "configmaps", "", "web-env")), Decision::Allow);
-        assert_eq!(g.authorize(&req("n1", "get", "default", "", "configmaps", "", "proj-cm")), Decision::Allow);
-        assert_eq!(g.authorize(&req("n1", "get", "default", "", "persistentvolumeclaims", "", "web-data")), Decision::Allow);
-        assert_eq!(g.authorize(&req("n1", "get", "", "", "persistentvolumes", "", "pv1")), Decision::Allow);
-        assert_eq!(g.authorize(&req("n2", "get", "", "", "persistentvolumes", "", "pv1")), no_rel("n2"));
+        assert_eq!(
+            g.authorize(&req(
+                "n1",
+                "get",
+                "default",
+                "",
+                "configmaps",
+                "",
+                "web-env"
+            )),
+            Decision::Allow
+        );
+        assert_eq!(
+            g.authorize(&req(
+                "n1",
+                "get",
+                "default",
+                "",
+                "configmaps",
+                "",
+                "proj-cm"
+            )),
+            Decision::Allow
+        );
+        assert_eq!(
+            g.authorize(&req(
+                "n1",
+                "get",
+                "default",
+                "",
+                "persistentvolumeclaims",
+                "",
+                "web-data"
+            )),
+            Decision::Allow
+        );
+        assert_eq!(
+            g.authorize(&req("n1", "get", "", "", "persistentvolumes", "", "pv1")),
+            Decision::Allow
+        );
+        assert_eq!(
+            g.authorize(&req("n2", "get", "", "", "persistentvolumes", "", "pv1")),
+            no_rel("n2")
+        );
         assert_eq!(
             g.authorize(&req("n1", "list", "", "", "persistentvolumes", "", "")),
             Decision::NoOpinion("can only get individual resources of this type".into())
         );
-        assert_eq!(g.authorize(&req("n1", "create", "default", "", "serviceaccounts", "token", "web-sa")), Decision::Allow);
-        assert_eq!(g.authorize(&req("n2", "create", "default", "", "serviceaccounts", "token", "web-sa")), no_rel("n2"));
-        assert_eq!(g.authorize(&req("n1", "get", "", "storage.k8s.io", "volumeattachments", "", "va1")), Decision::Allow);
+        assert_eq!(
+            g.authorize(&req(
+                "n1",
+                "create",
+                "default",
+                "",
+                "serviceaccounts",
+                "token",
+                "web-sa"
+            )),
+            Decision::Allow
+        );
+        assert_eq!(
+            g.authorize(&req(
+                "n2",
+                "create",
+                "default",
+                "",
+                "serviceaccounts",
+                "token",
+                "web-sa"
+            )),
+            no_rel("n2")
+        );
+        assert_eq!(
+            g.authorize(&req(
+                "n1",
+                "get",
+                "",
+                "storage.k8s.io",
+                "volumeattachments",
+                "",
+                "va1"
+            )),
+            Decision::Allow
+        );
     }
 
     #[test]
     fn nodes_leases_pods() {
         let g = graph();
-        assert_eq!(g.authorize(&req("n1", "get", "", "", "nodes", "", "n1")), Decision::Allow);
+        assert_eq!(
+            g.authorize(&req("n1", "get", "", "", "nodes", "", "n1")),
+            Decision::Allow
+        );
         assert_eq!(
             g.authorize(&req("n1", "get", "", "", "nodes", "", "n2")),
             Decision::NoOpinion("node 'n1' cannot read 'n2', only its own Node object".into())
         );
-        assert_eq!(g.authorize(&req("n1", "patch", "", "", "nodes", "status", "n1")), Decision::Allow);
-        assert_eq!(g.authorize(&req("n1", "update", "kube-node-lease", "coordination.k8s.io", "leases", "", "n1")), Decision::Allow);
-        assert!(!g.authorize(&req("n1", "update", "kube-node-lease", "coordination.k8s.io", "leases", "", "n2")).is_allowed());
-        assert!(!g.authorize(&req("n1", "get", "default", "coordination.k8s.io", "leases", "", "n1")).is_allowed());
-        assert_eq!(g.authorize(&req("n1", "get", "default", "", "pods", "", "web")), Decision::Allow);
-        assert_eq!(g.authorize(&req("n1", "get", "default", "", "pods", "", "other")), no_rel("n1"));
+        assert_eq!(
+            g.authorize(&req("n1", "patch", "", "", "nodes", "status", "n1")),
+            Decision::Allow
+        );
+        assert_eq!(
+            g.authorize(&req(
+                "n1",
+                "update",
+                "kube-node-lease",
+                "coordination.k8s.io",
+                "leases",
+                "",
+                "n1"
+            )),
+            Decision::Allow
+        );
+        assert!(!g
+            .authorize(&req(
+                "n1",
+                "update",
+                "kube-node-lease",
+                "coordination.k8s.io",
+                "leases",
+                "",
+                "n2"
+            ))
+            .is_allowed());
+        assert!(!g
+            .authorize(&req(
+                "n1",
+                "get",
+                "default",
+                "coordination.k8s.io",
+                "leases",
+                "",
+                "n1"
+            ))
+            .is_allowed());
+        assert_eq!(
+            g.authorize(&req("n1", "get", "default", "", "pods", "", "web")),
+            Decision::Allow
+        );
+        assert_eq!(
+            g.authorize(&req("n1", "get", "default", "", "pods", "", "other")),
+            no_rel("n1")
+        );
         let mut list = req("n1", "watch", "", "", "pods", "", "");
         assert!(!g.authorize(&list).is_allowed());
         list.field_selector = Some("spec.nodeName=n1".into());
         assert_eq!(g.authorize(&list), Decision::Allow);
         list.field_selector = Some("spec.nodeName=n2".into());
         assert!(!g.authorize(&list).is_allowed());
-        assert_eq!(g.authorize(&req("n1", "patch", "default", "", "pods", "status", "web")), Decision::Allow);
+        assert_eq!(
+            g.authorize(&req("n1", "patch", "default", "", "pods", "status", "web")),
+            Decision::Allow
+        );
         // static system:node rules for everything else
-        assert_eq!(g.authorize(&req("n1", "create", "default", "", "events", "", "")), Decision::Allow);
-        assert_eq!(g.authorize(&req("n1", "list", "", "", "services", "", "")), Decision::Allow);
-        assert_eq!(g.authorize(&req("n1", "delete", "default", "apps", "deployments", "", "x")), Decision::NoOpinion(String::new()));
+        assert_eq!(
+            g.authorize(&req("n1", "create", "default", "", "events", "", "")),
+            Decision::Allow
+        );
+        assert_eq!(
+            g.authorize(&req("n1", "list", "", "", "services", "", "")),
+            Decision::Allow
+        );
+        assert_eq!(
+            g.authorize(&req(
+                "n1",
+                "delete",
+                "default",
+                "apps",
+                "deployments",
+                "",
+                "x"
+            )),
+            Decision::NoOpinion(String::new())
+        );
     }
 
     #[test]
     fn non_nodes_get_no_opinion() {
         let g = graph();
-        let a = Attributes::resource(UserInfo::new("alice", &["system:authenticated"]), "get", "default", "", "secrets", "", "web-tls");
+        let a = Attributes::resource(
+            UserInfo::new("alice", &["system:authenticated"]),
+            "get",
+            "default",
+            "",
+            "secrets",
+            "",
+            "web-tls",
+        );
         assert_eq!(g.authorize(&a), Decision::NoOpinion(String::new()));
         // node name without the nodes group is not a node
-        let a = Attributes::resource(UserInfo::new("system:node:n1", &[]), "get", "default", "", "secrets", "", "web-tls");
+        let a = Attributes::resource(
+            UserInfo::new("system:node:n1", &[]),
+            "get",
+            "default",
+            "",
+            "secrets",
+            "",
+            "web-tls",
+        );
         assert_eq!(g.authorize(&a), Decision::NoOpinion(String::new()));
     }
 
     #[test]
     fn field_selectors() {
-        assert!(field_selector_equals(Some("metadata.namespace=x,spec.nodeName==n1"), "spec.nodeName", "n1"));
-        assert!(!field_selector_equals(Some("spec.nodeName!=n1"), "spec.nodeName", "n1"));
+        assert!(field_selector_equals(
+            Some("metadata.namespace=x,spec.nodeName==n1"),
+            "spec.nodeName",
+            "n1"
+        ));
+        assert!(!field_selector_equals(
+            Some("spec.nodeName!=n1"),
+            "spec.nodeName",
+            "n1"
+        ));
         assert!(!field_selector_equals(None, "spec.nodeName", "n1"));
     }
 }

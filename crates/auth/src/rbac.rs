@@ -26,7 +26,11 @@ pub struct PolicyRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resource_names: Vec<String>,
     /// Non-resource URLs (`/healthz`, `/api/*`, `*`).
-    #[serde(default, rename = "nonResourceURLs", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "nonResourceURLs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub non_resource_urls: Vec<String>,
 }
 
@@ -58,10 +62,16 @@ impl PolicyRule {
             parts.push(format!("Resources:{}", go_quote_list(&self.resources)));
         }
         if !self.non_resource_urls.is_empty() {
-            parts.push(format!("NonResourceURLs:{}", go_quote_list(&self.non_resource_urls)));
+            parts.push(format!(
+                "NonResourceURLs:{}",
+                go_quote_list(&self.non_resource_urls)
+            ));
         }
         if !self.resource_names.is_empty() {
-            parts.push(format!("ResourceNames:{}", go_quote_list(&self.resource_names)));
+            parts.push(format!(
+                "ResourceNames:{}",
+                go_quote_list(&self.resource_names)
+            ));
         }
         if !self.verbs.is_empty() {
             parts.push(format!("Verbs:{}", go_quote_list(&self.verbs)));
@@ -266,11 +276,15 @@ impl RbacSnapshot {
             snap.roles.insert(key, rules);
         }
         for b in cluster_role_bindings {
-            snap.cluster_role_bindings.push(Binding::from_json(b, "ClusterRoleBinding"));
+            snap.cluster_role_bindings
+                .push(Binding::from_json(b, "ClusterRoleBinding"));
         }
         for b in role_bindings {
             let b = Binding::from_json(b, "RoleBinding");
-            snap.role_bindings.entry(b.namespace.clone()).or_default().push(b);
+            snap.role_bindings
+                .entry(b.namespace.clone())
+                .or_default()
+                .push(b);
         }
         snap
     }
@@ -286,15 +300,26 @@ impl RbacSnapshot {
                 .roles
                 .get(&(b.namespace.clone(), b.role_name.clone()))
                 .map(Vec::as_slice)
-                .ok_or_else(|| format!("role.rbac.authorization.k8s.io {} not found", go_quote(&b.role_name))),
+                .ok_or_else(|| {
+                    format!(
+                        "role.rbac.authorization.k8s.io {} not found",
+                        go_quote(&b.role_name)
+                    )
+                }),
             "ClusterRole" => self
                 .cluster_roles
                 .get(&b.role_name)
                 .map(Vec::as_slice)
                 .ok_or_else(|| {
-                    format!("clusterrole.rbac.authorization.k8s.io {} not found", go_quote(&b.role_name))
+                    format!(
+                        "clusterrole.rbac.authorization.k8s.io {} not found",
+                        go_quote(&b.role_name)
+                    )
                 }),
-            other => Err(format!("unsupported role reference kind: {}", go_quote(other))),
+            other => Err(format!(
+                "unsupported role reference kind: {}",
+                go_quote(other)
+            )),
         }
     }
 
@@ -311,10 +336,15 @@ impl RbacSnapshot {
         let ns_bindings: &[Binding] = if namespace.is_empty() {
             &[]
         } else {
-            self.role_bindings.get(namespace).map(Vec::as_slice).unwrap_or(&[])
+            self.role_bindings
+                .get(namespace)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
         };
         for b in self.cluster_role_bindings.iter().chain(ns_bindings) {
-            let Some(subject) = b.applies_to(user) else { continue };
+            let Some(subject) = b.applies_to(user) else {
+                continue;
+            };
             match self.role_ref_rules(b) {
                 Ok(rules) => {
                     for r in rules {
@@ -338,7 +368,12 @@ impl RbacSnapshot {
             if r.allows(a) {
                 tracing::trace!(
                     "RBAC: allowed by {} {:?} of {} {:?} to {} {:?}",
-                    b.kind, b.name, b.role_kind, b.role_name, s.kind, s.name
+                    b.kind,
+                    b.name,
+                    b.role_kind,
+                    b.role_name,
+                    s.kind,
+                    s.name
                 );
                 allowed = true;
                 return false;
@@ -408,8 +443,10 @@ impl RbacSnapshot {
         if missing.is_empty() {
             return Ok(());
         }
-        let descriptions: BTreeSet<String> =
-            compact_rules(missing).iter().map(PolicyRule::compact_string).collect();
+        let descriptions: BTreeSet<String> = compact_rules(missing)
+            .iter()
+            .map(PolicyRule::compact_string)
+            .collect();
         let mut msg = format!(
             "user {} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
             go_quote(&user.name),
@@ -432,7 +469,10 @@ fn aggregate_errors(errors: &[String]) -> Option<String> {
         1 => Some(uniq[0].clone()),
         _ => Some(format!(
             "[{}]",
-            uniq.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            uniq.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -504,10 +544,12 @@ fn rule_covers(owner: &PolicyRule, sub: &PolicyRule) -> bool {
     let verbs = has(&owner.verbs, "*") || has_all(&owner.verbs, &sub.verbs);
     let groups = has(&owner.api_groups, "*") || has_all(&owner.api_groups, &sub.api_groups);
     let resources = resource_covers_all(&owner.resources, &sub.resources);
-    let urls = sub
-        .non_resource_urls
-        .iter()
-        .all(|p| owner.non_resource_urls.iter().any(|o| non_resource_url_covers(o, p)));
+    let urls = sub.non_resource_urls.iter().all(|p| {
+        owner
+            .non_resource_urls
+            .iter()
+            .any(|o| non_resource_url_covers(o, p))
+    });
     let names = if sub.resource_names.is_empty() {
         owner.resource_names.is_empty()
     } else {
@@ -539,7 +581,9 @@ fn compact_rules(rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
             continue;
         }
         if let Some(existing) = simple.iter_mut().find(|e| {
-            e.api_groups == r.api_groups && e.resources == r.resources && e.resource_names == r.resource_names
+            e.api_groups == r.api_groups
+                && e.resources == r.resources
+                && e.resource_names == r.resource_names
         }) {
             for v in r.verbs {
                 if !has(&existing.verbs, &v) {
@@ -616,7 +660,9 @@ fn aggregate_internal(cluster_roles: &[Value]) -> Vec<ClusterRoleInfo> {
     for _ in 0..16 {
         let mut changed = false;
         for i in 0..infos.len() {
-            let Some(selectors) = infos[i].selectors.clone() else { continue };
+            let Some(selectors) = infos[i].selectors.clone() else {
+                continue;
+            };
             let mut new_rules: Vec<PolicyRule> = Vec::new();
             for sel in &selectors {
                 for &j in &order {
@@ -763,9 +809,17 @@ mod tests {
         let mut all = bootstrap_policy();
         all.extend_from_slice(extra);
         let of = |k: &str| -> Vec<Value> {
-            all.iter().filter(|o| str_at(o, &["kind"]) == k).cloned().collect()
+            all.iter()
+                .filter(|o| str_at(o, &["kind"]) == k)
+                .cloned()
+                .collect()
         };
-        RbacSnapshot::new(&of("Role"), &of("ClusterRole"), &of("RoleBinding"), &of("ClusterRoleBinding"))
+        RbacSnapshot::new(
+            &of("Role"),
+            &of("ClusterRole"),
+            &of("RoleBinding"),
+            &of("ClusterRoleBinding"),
+        )
     }
 
     #[test]
@@ -783,9 +837,20 @@ mod tests {
         assert!(rules_allow(&get_pods, edit), "edit includes view");
         assert!(rules_allow(&secrets, edit));
         let admin = snap.cluster_role_rules("admin").unwrap_or_default();
-        let roles = Attributes::resource(u("x"), "create", "ns", "rbac.authorization.k8s.io", "rolebindings", "", "");
+        let roles = Attributes::resource(
+            u("x"),
+            "create",
+            "ns",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "",
+            "",
+        );
         assert!(rules_allow(&roles, admin));
-        assert!(rules_allow(&get_pods, admin), "admin includes edit includes view");
+        assert!(
+            rules_allow(&get_pods, admin),
+            "admin includes edit includes view"
+        );
         assert!(!rules_allow(&roles, edit));
     }
 
@@ -810,7 +875,11 @@ mod tests {
     fn view_binding_allows_reads_in_namespace_only() {
         let snap = snapshot_with(&[view_binding("default", "alice")]);
         for verb in ["get", "list", "watch"] {
-            assert_eq!(snap.authorize(&res(verb, "default", "", "pods", "", "")), Decision::Allow, "{verb}");
+            assert_eq!(
+                snap.authorize(&res(verb, "default", "", "pods", "", "")),
+                Decision::Allow,
+                "{verb}"
+            );
         }
         let create = res("create", "default", "", "pods", "", "");
         let d = snap.authorize(&create);
@@ -826,12 +895,16 @@ mod tests {
             r#"pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the namespace "kube-system""#
         );
         // all-namespace list is cluster scope: not allowed by a RoleBinding
-        assert!(!snap.authorize(&res("list", "", "", "pods", "", "")).is_allowed());
+        assert!(!snap
+            .authorize(&res("list", "", "", "pods", "", ""))
+            .is_allowed());
         // discovery is open to all authenticated users
         let disc = Attributes::non_resource(u("alice"), "get", "/apis/apps/v1");
         assert!(snap.authorize(&disc).is_allowed());
         // secrets are not part of view
-        assert!(!snap.authorize(&res("get", "default", "", "secrets", "", "s")).is_allowed());
+        assert!(!snap
+            .authorize(&res("get", "default", "", "secrets", "", "s"))
+            .is_allowed());
         // another user in the same namespace has nothing
         let bob = Attributes::resource(u("bob"), "get", "default", "", "pods", "", "p");
         assert!(!snap.authorize(&bob).is_allowed());
@@ -843,7 +916,9 @@ mod tests {
         let snap = snapshot_with(&[]);
         let a = Attributes::resource(root.clone(), "delete", "", "", "nodes", "", "n1");
         assert_eq!(snap.authorize(&a), Decision::Allow);
-        assert!(snap.authorize(&Attributes::non_resource(root.clone(), "get", "/metrics")).is_allowed());
+        assert!(snap
+            .authorize(&Attributes::non_resource(root.clone(), "get", "/metrics"))
+            .is_allowed());
         // without the binding, nothing special about the group
         let empty = RbacSnapshot::new(&[], &[], &[], &[]);
         assert!(!empty.authorize(&a).is_allowed());
@@ -855,7 +930,10 @@ mod tests {
             "roleRef": {"kind": "ClusterRole", "name": "view"},
             "subjects": [{"kind": "ServiceAccount", "name": "builder"}]});
         let snap = snapshot_with(&[b]);
-        let sa = UserInfo::new("system:serviceaccount:ns1:builder", &["system:serviceaccounts"]);
+        let sa = UserInfo::new(
+            "system:serviceaccount:ns1:builder",
+            &["system:serviceaccounts"],
+        );
         let a = Attributes::resource(sa, "list", "ns1", "", "pods", "", "");
         assert!(snap.authorize(&a).is_allowed());
         let other = UserInfo::new("system:serviceaccount:ns2:builder", &[]);
@@ -866,11 +944,22 @@ mod tests {
     #[test]
     fn controller_service_accounts_bound() {
         let snap = snapshot_with(&[]);
-        let sa = UserInfo::new("system:serviceaccount:kube-system:replicaset-controller", &[]);
+        let sa = UserInfo::new(
+            "system:serviceaccount:kube-system:replicaset-controller",
+            &[],
+        );
         let a = Attributes::resource(sa, "create", "default", "", "pods", "", "");
         assert!(snap.authorize(&a).is_allowed());
         let proxy = UserInfo::new("system:kube-proxy", &[]);
-        let a = Attributes::resource(proxy, "watch", "", "discovery.k8s.io", "endpointslices", "", "");
+        let a = Attributes::resource(
+            proxy,
+            "watch",
+            "",
+            "discovery.k8s.io",
+            "endpointslices",
+            "",
+            "",
+        );
         assert!(snap.authorize(&a).is_allowed());
     }
 
@@ -883,7 +972,9 @@ mod tests {
         let dangling = json!({"kind": "RoleBinding", "metadata": {"name": "d", "namespace": "ns1"},
             "roleRef": {"kind": "Role", "name": "gone"}, "subjects": [{"kind": "Group", "name": "system:authenticated"}]});
         let snap = snapshot_with(&[role, b, dangling]);
-        assert!(snap.authorize(&res("update", "ns1", "", "configmaps", "", "c1")).is_allowed());
+        assert!(snap
+            .authorize(&res("update", "ns1", "", "configmaps", "", "c1"))
+            .is_allowed());
         assert_eq!(
             snap.authorize(&res("update", "ns1", "", "configmaps", "", "c2")),
             Decision::NoOpinion(r#"RBAC: role.rbac.authorization.k8s.io "gone" not found"#.into())
@@ -909,9 +1000,21 @@ mod tests {
             })
         };
         // system:basic-user
-        assert!(has_rule(&["create"], "authorization.k8s.io", "selfsubjectaccessreviews"));
-        assert!(has_rule(&["create"], "authorization.k8s.io", "selfsubjectrulesreviews"));
-        assert!(has_rule(&["create"], "authentication.k8s.io", "selfsubjectreviews"));
+        assert!(has_rule(
+            &["create"],
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews"
+        ));
+        assert!(has_rule(
+            &["create"],
+            "authorization.k8s.io",
+            "selfsubjectrulesreviews"
+        ));
+        assert!(has_rule(
+            &["create"],
+            "authentication.k8s.io",
+            "selfsubjectreviews"
+        ));
         // view
         assert!(has_rule(&["get", "list", "watch"], "", "pods"));
         assert!(has_rule(&["get", "list", "watch"], "apps", "deployments"));
@@ -923,14 +1026,29 @@ mod tests {
             .iter()
             .flat_map(|n| n.non_resource_urls.iter().map(String::as_str))
             .collect();
-        for p in ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/readyz", "/version", "/version/", "/openapi", "/openapi/*"] {
+        for p in [
+            "/api",
+            "/api/*",
+            "/apis",
+            "/apis/*",
+            "/healthz",
+            "/livez",
+            "/readyz",
+            "/version",
+            "/version/",
+            "/openapi",
+            "/openapi/*",
+        ] {
             assert!(urls.contains(&p), "{p}");
         }
         assert!(r.non_resource_rules.iter().all(|n| n.verbs == vec!["get"]));
         // in another namespace only the cluster-wide rules remain
         let other = snap.rules_for(&u("alice"), "kube-system");
         assert!(other.resource_rules.len() < r.resource_rules.len());
-        assert!(!other.resource_rules.iter().any(|x| x.resources.iter().any(|s| s == "pods")));
+        assert!(!other
+            .resource_rules
+            .iter()
+            .any(|x| x.resources.iter().any(|s| s == "pods")));
         let status = r.to_status_json();
         assert_eq!(status["incomplete"], json!(false));
         assert!(status["nonResourceRules"][0]["nonResourceURLs"].is_array());
@@ -944,7 +1062,9 @@ mod tests {
             rule(&["get", "create"], &[""], &["secrets"]),
             rule(&["delete"], &["apps"], &["deployments"]),
         ];
-        let err = snap.confirm_no_escalation(&u("alice"), "default", &want).unwrap_err();
+        let err = snap
+            .confirm_no_escalation(&u("alice"), "default", &want)
+            .unwrap_err();
         assert_eq!(
             err,
             "user \"alice\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n\
@@ -965,9 +1085,14 @@ mod tests {
                 ..Default::default()
             },
         ];
-        assert_eq!(snap.confirm_no_escalation(&u("alice"), "default", &want), Ok(()));
+        assert_eq!(
+            snap.confirm_no_escalation(&u("alice"), "default", &want),
+            Ok(())
+        );
         // not in another namespace
-        assert!(snap.confirm_no_escalation(&u("alice"), "other", &want).is_err());
+        assert!(snap
+            .confirm_no_escalation(&u("alice"), "other", &want)
+            .is_err());
         // cluster-admin covers everything, including named and subresource rules
         let root = UserInfo::new("root", &["system:masters"]);
         let mut named = rule(&["*"], &["*"], &["*/scale", "secrets"]);
@@ -978,12 +1103,26 @@ mod tests {
     #[test]
     fn coverage_details() {
         let owner = vec![rule(&["get"], &["*"], &["*/status"])];
-        assert!(covers(&owner, &[rule(&["get"], &["apps"], &["deployments/status"])]).is_empty());
-        assert_eq!(covers(&owner, &[rule(&["get"], &["apps"], &["deployments"])]).len(), 1);
+        assert!(covers(
+            &owner,
+            &[rule(&["get"], &["apps"], &["deployments/status"])]
+        )
+        .is_empty());
+        assert_eq!(
+            covers(&owner, &[rule(&["get"], &["apps"], &["deployments"])]).len(),
+            1
+        );
         let mut named_owner = rule(&["get"], &[""], &["secrets"]);
         named_owner.resource_names = vec!["a".into()];
         // an owner restricted to names does not cover an unrestricted rule
-        assert_eq!(covers(&[named_owner.clone()], &[rule(&["get"], &[""], &["secrets"])]).len(), 1);
+        assert_eq!(
+            covers(
+                &[named_owner.clone()],
+                &[rule(&["get"], &[""], &["secrets"])]
+            )
+            .len(),
+            1
+        );
         let mut named = rule(&["get"], &[""], &["secrets"]);
         named.resource_names = vec!["a".into()];
         assert!(covers(&[named_owner], &[named]).is_empty());

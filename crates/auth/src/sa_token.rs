@@ -105,7 +105,12 @@ impl SaClaims {
     }
 
     /// Claims of a legacy token stored in Secret `secret_name`.
-    pub fn legacy(namespace: &str, service_account_name: &str, service_account_uid: &str, secret_name: &str) -> Self {
+    pub fn legacy(
+        namespace: &str,
+        service_account_name: &str,
+        service_account_uid: &str,
+        secret_name: &str,
+    ) -> Self {
         SaClaims {
             namespace: namespace.into(),
             service_account_name: service_account_name.into(),
@@ -140,7 +145,10 @@ fn pem_blocks(text: &str) -> Vec<(String, Vec<u8>)> {
     let mut label: Option<String> = None;
     let mut b64 = String::new();
     for line in text.lines().map(str::trim) {
-        if let Some(l) = line.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----")) {
+        if let Some(l) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
             label = Some(l.to_string());
             b64.clear();
         } else if line.starts_with("-----END ") {
@@ -176,7 +184,10 @@ pub struct TokenIssuer {
 
 impl std::fmt::Debug for TokenIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenIssuer").field("issuer", &self.issuer).field("kid", &self.kid).finish()
+        f.debug_struct("TokenIssuer")
+            .field("issuer", &self.issuer)
+            .field("kid", &self.kid)
+            .finish()
     }
 }
 
@@ -193,7 +204,12 @@ impl TokenIssuer {
         let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng)
             .map_err(|e| AuthError::InvalidKey(format!("not a P-256 PKCS#8 key: {e}")))?;
         let kid = key_id(&spki_from_point(key.public_key().as_ref()));
-        Ok(TokenIssuer { key, issuer: issuer.into(), kid, rng })
+        Ok(TokenIssuer {
+            key,
+            issuer: issuer.into(),
+            kid,
+            rng,
+        })
     }
 
     /// The `kid` header value: base64url(SHA-256(SPKI DER)), as upstream.
@@ -212,12 +228,22 @@ impl TokenIssuer {
         b[6] = (b[6] & 0x0f) | 0x40;
         b[8] = (b[8] & 0x3f) | 0x80;
         let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+        Ok(format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        ))
     }
 
     /// Issues a signed JWT (`header.payload.signature`).
     pub fn issue(&self, c: &SaClaims) -> Result<String, AuthError> {
-        let sub = format!("system:serviceaccount:{}:{}", c.namespace, c.service_account_name);
+        let sub = format!(
+            "system:serviceaccount:{}:{}",
+            c.namespace, c.service_account_name
+        );
         let payload = match &c.legacy_secret_name {
             Some(secret) => json!({
                 "iss": LEGACY_ISSUER,
@@ -270,7 +296,10 @@ impl TokenIssuer {
             .key
             .sign(&self.rng, signing_input.as_bytes())
             .map_err(|_| AuthError::Signing)?;
-        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())))
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(sig.as_ref())
+        ))
     }
 }
 
@@ -289,15 +318,23 @@ impl TokenVerifier {
     /// the accepted `iss` of bound tokens (legacy tokens, issuer
     /// [`LEGACY_ISSUER`], are always accepted); `api_audiences` the
     /// `--api-audiences` (a token must name one of them; when empty any is accepted).
-    pub fn new(public_pem: &str, issuers: Vec<String>, api_audiences: Vec<String>) -> Result<Self, AuthError> {
+    pub fn new(
+        public_pem: &str,
+        issuers: Vec<String>,
+        api_audiences: Vec<String>,
+    ) -> Result<Self, AuthError> {
         let mut keys = Vec::new();
         for (label, der) in pem_blocks(public_pem) {
             match label.as_str() {
                 "PUBLIC KEY" => {
-                    if der.len() == P256_SPKI_PREFIX.len() + 65 && der.starts_with(&P256_SPKI_PREFIX) {
+                    if der.len() == P256_SPKI_PREFIX.len() + 65
+                        && der.starts_with(&P256_SPKI_PREFIX)
+                    {
                         keys.push(der[P256_SPKI_PREFIX.len()..].to_vec());
                     } else {
-                        return Err(AuthError::InvalidKey("public key is not an ECDSA P-256 key".into()));
+                        return Err(AuthError::InvalidKey(
+                            "public key is not an ECDSA P-256 key".into(),
+                        ));
                     }
                 }
                 "PRIVATE KEY" => {
@@ -315,25 +352,35 @@ impl TokenVerifier {
         if keys.is_empty() {
             return Err(AuthError::InvalidKey("no PUBLIC KEY PEM block".into()));
         }
-        Ok(TokenVerifier { keys, issuers, api_audiences })
+        Ok(TokenVerifier {
+            keys,
+            issuers,
+            api_audiences,
+        })
     }
 
     /// Verifies `token` at time `now` (unix seconds): structure, `iss`, signature,
     /// `exp`/`nbf`/`iat` (60 s leeway), audience, then the claims of its kind.
     pub fn verify(&self, token: &str, now: i64) -> Result<VerifiedToken, AuthError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(AuthError::Malformed("not a compact JWS".into()));
         };
         let decode_json = |seg: &str, what: &str| -> Result<Value, AuthError> {
             let bytes = URL_SAFE_NO_PAD
                 .decode(seg.trim_end_matches('='))
                 .map_err(|_| AuthError::Malformed(format!("{what} is not base64url")))?;
-            serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed(format!("{what} is not JSON")))
+            serde_json::from_slice(&bytes)
+                .map_err(|_| AuthError::Malformed(format!("{what} is not JSON")))
         };
         let header = decode_json(h, "header")?;
         if str_at(&header, &["alg"]) != "ES256" {
-            return Err(AuthError::Malformed(format!("unsupported alg {:?}", str_at(&header, &["alg"]))));
+            return Err(AuthError::Malformed(format!(
+                "unsupported alg {:?}",
+                str_at(&header, &["alg"])
+            )));
         }
         let claims = decode_json(p, "payload")?;
         let iss = str_at(&claims, &["iss"]);
@@ -341,7 +388,9 @@ impl TokenVerifier {
         if !legacy && !self.issuers.iter().any(|i| i == iss) {
             return Err(AuthError::UnknownIssuer(iss.to_string()));
         }
-        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AuthError::InvalidSignature)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| AuthError::InvalidSignature)?;
         let input = format!("{h}.{p}");
         let ok = self.keys.iter().any(|k| {
             UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, k)
@@ -364,7 +413,10 @@ impl TokenVerifier {
         }
         let mut auds: Vec<String> = match claims.get("aud") {
             Some(Value::String(a)) => vec![a.clone()],
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
             _ => Vec::new(),
         };
         if auds.is_empty() {
@@ -372,7 +424,10 @@ impl TokenVerifier {
             auds = self.api_audiences.clone();
         }
         if !self.api_audiences.is_empty() && !auds.iter().any(|a| self.api_audiences.contains(a)) {
-            return Err(AuthError::InvalidAudience { token: auds, expected: self.api_audiences.clone() });
+            return Err(AuthError::InvalidAudience {
+                token: auds,
+                expected: self.api_audiences.clone(),
+            });
         }
         let sub = str_at(&claims, &["sub"]);
         let mut out = if legacy {
@@ -381,7 +436,9 @@ impl TokenVerifier {
             let sa = str_at(&claims, &[LEGACY_SA_NAME]);
             let uid = str_at(&claims, &[LEGACY_SA_UID]);
             if ns.is_empty() || secret.is_empty() || sa.is_empty() {
-                return Err(AuthError::InvalidClaims("legacy token lacks namespace, secret or service account name".into()));
+                return Err(AuthError::InvalidClaims(
+                    "legacy token lacks namespace, secret or service account name".into(),
+                ));
             }
             VerifiedToken {
                 user: sa_user(ns, sa, uid),
@@ -396,7 +453,9 @@ impl TokenVerifier {
             let sa = str_at(&k, &["serviceaccount", "name"]);
             let uid = str_at(&k, &["serviceaccount", "uid"]);
             if ns.is_empty() || sa.is_empty() || uid.is_empty() {
-                return Err(AuthError::InvalidClaims("service account token claims could not be retrieved".into()));
+                return Err(AuthError::InvalidClaims(
+                    "service account token claims could not be retrieved".into(),
+                ));
             }
             let r = |key: &str| {
                 k.get(key).map(|o| ObjectRef {
@@ -404,7 +463,11 @@ impl TokenVerifier {
                     uid: str_at(o, &["uid"]).to_string(),
                 })
             };
-            let bound = BoundRefs { pod: r("pod"), secret: r("secret"), node: r("node") };
+            let bound = BoundRefs {
+                pod: r("pod"),
+                secret: r("secret"),
+                node: r("node"),
+            };
             let mut user = sa_user(ns, sa, uid);
             let mut extra = BTreeMap::new();
             if let Some(p) = &bound.pod {
@@ -422,10 +485,18 @@ impl TokenVerifier {
                 }
             }
             user.extra = extra;
-            VerifiedToken { user, bound: Some(bound), legacy_secret: None, audiences: auds, expires_at: exp }
+            VerifiedToken {
+                user,
+                bound: Some(bound),
+                legacy_secret: None,
+                audiences: auds,
+                expires_at: exp,
+            }
         };
         if !sub.is_empty() && sub != out.user.name {
-            return Err(AuthError::InvalidClaims(format!("sub {sub:?} does not match the service account")));
+            return Err(AuthError::InvalidClaims(format!(
+                "sub {sub:?} does not match the service account"
+            )));
         }
         out.user = out.user.with_authenticated_group();
         Ok(out)
@@ -436,7 +507,10 @@ fn sa_user(ns: &str, sa: &str, uid: &str) -> UserInfo {
     UserInfo {
         name: format!("system:serviceaccount:{ns}:{sa}"),
         uid: uid.to_string(),
-        groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}")],
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+        ],
         extra: BTreeMap::new(),
     }
 }
@@ -447,8 +521,15 @@ mod tests {
 
     fn pem(label: &str, der: &[u8]) -> String {
         let b = STANDARD.encode(der);
-        let lines: Vec<&str> = b.as_bytes().chunks(64).filter_map(|c| std::str::from_utf8(c).ok()).collect();
-        format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+        let lines: Vec<&str> = b
+            .as_bytes()
+            .chunks(64)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
     }
 
     /// (private PEM, public PEM)
@@ -457,9 +538,16 @@ mod tests {
         let doc = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .map_err(|_| "keygen")
             .unwrap_or_else(|e| panic!("{e}"));
-        let kp = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng)
-            .unwrap_or_else(|e| panic!("{e}"));
-        (pem("PRIVATE KEY", doc.as_ref()), pem("PUBLIC KEY", &spki_from_point(kp.public_key().as_ref())))
+        let kp = EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            doc.as_ref(),
+            &rng,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        (
+            pem("PRIVATE KEY", doc.as_ref()),
+            pem("PUBLIC KEY", &spki_from_point(kp.public_key().as_ref())),
+        )
     }
 
     const ISS: &str = "https://kubernetes.default.svc.cluster.local";
@@ -468,27 +556,42 @@ mod tests {
     fn setup() -> (TokenIssuer, TokenVerifier) {
         let (private, public) = keypair();
         let issuer = TokenIssuer::new(&private, ISS).unwrap_or_else(|e| panic!("{e}"));
-        let verifier = TokenVerifier::new(&public, vec![ISS.into()], vec![ISS.into()]).unwrap_or_else(|e| panic!("{e}"));
+        let verifier = TokenVerifier::new(&public, vec![ISS.into()], vec![ISS.into()])
+            .unwrap_or_else(|e| panic!("{e}"));
         (issuer, verifier)
     }
 
     fn bound_claims() -> SaClaims {
         let mut c = SaClaims::bound("default", "builder", "sa-uid", vec![ISS.into()], NOW, 3600);
-        c.bound.pod = Some(ObjectRef { name: "web-0".into(), uid: "pod-uid".into() });
-        c.bound.node = Some(ObjectRef { name: "n1".into(), uid: "node-uid".into() });
+        c.bound.pod = Some(ObjectRef {
+            name: "web-0".into(),
+            uid: "pod-uid".into(),
+        });
+        c.bound.node = Some(ObjectRef {
+            name: "n1".into(),
+            uid: "node-uid".into(),
+        });
         c
     }
 
     #[test]
     fn bound_token_roundtrip() {
         let (issuer, verifier) = setup();
-        let token = issuer.issue(&bound_claims()).unwrap_or_else(|e| panic!("{e}"));
-        let v = verifier.verify(&token, NOW + 10).unwrap_or_else(|e| panic!("{e}"));
+        let token = issuer
+            .issue(&bound_claims())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let v = verifier
+            .verify(&token, NOW + 10)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.user.name, "system:serviceaccount:default:builder");
         assert_eq!(v.user.uid, "sa-uid");
         assert_eq!(
             v.user.groups,
-            vec!["system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"]
+            vec![
+                "system:serviceaccounts",
+                "system:serviceaccounts:default",
+                "system:authenticated"
+            ]
         );
         assert_eq!(v.user.extra[EXTRA_POD_NAME], vec!["web-0"]);
         assert_eq!(v.user.extra[EXTRA_POD_UID], vec!["pod-uid"]);
@@ -501,7 +604,8 @@ mod tests {
         assert_eq!(v.expires_at, Some(NOW + 3600));
         // header carries alg and kid
         let h = token.split('.').next().unwrap_or("");
-        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).unwrap_or_default()).unwrap_or_default();
+        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).unwrap_or_default())
+            .unwrap_or_default();
         assert_eq!(header["alg"], "ES256");
         assert_eq!(header["kid"], issuer.key_id());
         assert_eq!(issuer.key_id().len(), 43);
@@ -511,11 +615,21 @@ mod tests {
     fn legacy_token_roundtrip() {
         let (issuer, verifier) = setup();
         let token = issuer
-            .issue(&SaClaims::legacy("kube-system", "default", "u1", "default-token-abcde"))
+            .issue(&SaClaims::legacy(
+                "kube-system",
+                "default",
+                "u1",
+                "default-token-abcde",
+            ))
             .unwrap_or_else(|e| panic!("{e}"));
-        let v = verifier.verify(&token, NOW).unwrap_or_else(|e| panic!("{e}"));
+        let v = verifier
+            .verify(&token, NOW)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v.user.name, "system:serviceaccount:kube-system:default");
-        assert_eq!(v.legacy_secret, Some(("kube-system".into(), "default-token-abcde".into())));
+        assert_eq!(
+            v.legacy_secret,
+            Some(("kube-system".into(), "default-token-abcde".into()))
+        );
         assert!(v.bound.is_none());
         assert!(v.user.extra.is_empty());
         assert_eq!(v.expires_at, None);
@@ -524,10 +638,18 @@ mod tests {
     #[test]
     fn expiry_with_leeway() {
         let (issuer, verifier) = setup();
-        let token = issuer.issue(&bound_claims()).unwrap_or_else(|e| panic!("{e}"));
+        let token = issuer
+            .issue(&bound_claims())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(verifier.verify(&token, NOW + 3600 + 59).is_ok());
-        assert_eq!(verifier.verify(&token, NOW + 3600 + 61), Err(AuthError::Expired));
-        assert_eq!(verifier.verify(&token, NOW - 120), Err(AuthError::NotYetValid));
+        assert_eq!(
+            verifier.verify(&token, NOW + 3600 + 61),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            verifier.verify(&token, NOW - 120),
+            Err(AuthError::NotYetValid)
+        );
     }
 
     #[test]
@@ -539,7 +661,9 @@ mod tests {
         match verifier.verify(&token, NOW) {
             Err(e @ AuthError::InvalidAudience { .. }) => assert_eq!(
                 e.to_string(),
-                format!("token audiences [\"vault\"] is invalid for the target audiences [\"{ISS}\"]")
+                format!(
+                    "token audiences [\"vault\"] is invalid for the target audiences [\"{ISS}\"]"
+                )
             ),
             other => panic!("unexpected {other:?}"),
         }
@@ -548,35 +672,70 @@ mod tests {
     #[test]
     fn tampered_and_foreign_tokens_rejected() {
         let (issuer, verifier) = setup();
-        let token = issuer.issue(&bound_claims()).unwrap_or_else(|e| panic!("{e}"));
+        let token = issuer
+            .issue(&bound_claims())
+            .unwrap_or_else(|e| panic!("{e}"));
         // swap the payload for one naming another service account
         let parts: Vec<&str> = token.split('.').collect();
         let mut payload: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap_or_default()).unwrap_or_default();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap_or_default())
+                .unwrap_or_default();
         payload["kubernetes.io"]["serviceaccount"]["name"] = json!("admin");
-        let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(payload.to_string()), parts[2]);
-        assert_eq!(verifier.verify(&forged, NOW), Err(AuthError::InvalidSignature));
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(payload.to_string()),
+            parts[2]
+        );
+        assert_eq!(
+            verifier.verify(&forged, NOW),
+            Err(AuthError::InvalidSignature)
+        );
         // signed by another key
         let (other_private, _) = keypair();
         let other = TokenIssuer::new(&other_private, ISS).unwrap_or_else(|e| panic!("{e}"));
-        let foreign = other.issue(&bound_claims()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(verifier.verify(&foreign, NOW), Err(AuthError::InvalidSignature));
+        let foreign = other
+            .issue(&bound_claims())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            verifier.verify(&foreign, NOW),
+            Err(AuthError::InvalidSignature)
+        );
         // unknown issuer
-        let stranger = TokenIssuer::new(&other_private, "https://elsewhere").unwrap_or_else(|e| panic!("{e}"));
-        let t = stranger.issue(&bound_claims()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(verifier.verify(&t, NOW), Err(AuthError::UnknownIssuer("https://elsewhere".into())));
-        assert!(matches!(verifier.verify("a.b", NOW), Err(AuthError::Malformed(_))));
-        assert!(matches!(verifier.verify("x.y.z", NOW), Err(AuthError::Malformed(_))));
+        let stranger =
+            TokenIssuer::new(&other_private, "https://elsewhere").unwrap_or_else(|e| panic!("{e}"));
+        let t = stranger
+            .issue(&bound_claims())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            verifier.verify(&t, NOW),
+            Err(AuthError::UnknownIssuer("https://elsewhere".into()))
+        );
+        assert!(matches!(
+            verifier.verify("a.b", NOW),
+            Err(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            verifier.verify("x.y.z", NOW),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]
     fn verifier_accepts_private_key_pem_and_rejects_garbage() {
         let (private, _) = keypair();
         let issuer = TokenIssuer::new(&private, ISS).unwrap_or_else(|e| panic!("{e}"));
-        let v = TokenVerifier::new(&private, vec![ISS.into()], vec![]).unwrap_or_else(|e| panic!("{e}"));
-        let t = issuer.issue(&bound_claims()).unwrap_or_else(|e| panic!("{e}"));
+        let v = TokenVerifier::new(&private, vec![ISS.into()], vec![])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = issuer
+            .issue(&bound_claims())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(v.verify(&t, NOW).is_ok());
         assert!(TokenVerifier::new("nothing", vec![], vec![]).is_err());
-        assert!(TokenIssuer::new("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", ISS).is_err());
+        assert!(TokenIssuer::new(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            ISS
+        )
+        .is_err());
     }
 }

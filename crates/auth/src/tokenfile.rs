@@ -32,7 +32,10 @@ fn csv_fields(line: &str, line_no: usize) -> Result<Vec<String>, AuthError> {
                     Some('"') => break,
                     Some(c) => field.push(c),
                     None => {
-                        return Err(AuthError::TokenFile { line: line_no, message: "unterminated quoted field".into() })
+                        return Err(AuthError::TokenFile {
+                            line: line_no,
+                            message: "unterminated quoted field".into(),
+                        })
                     }
                 }
             }
@@ -61,7 +64,10 @@ fn csv_fields(line: &str, line_no: usize) -> Result<Vec<String>, AuthError> {
                         break;
                     }
                     Some('"') => {
-                        return Err(AuthError::TokenFile { line: line_no, message: "bare \" in non-quoted-field".into() })
+                        return Err(AuthError::TokenFile {
+                            line: line_no,
+                            message: "bare \" in non-quoted-field".into(),
+                        })
                     }
                     Some(c) => field.push(c),
                 }
@@ -97,10 +103,17 @@ impl TokenFile {
                 continue;
             }
             if tokens.contains_key(&token) {
-                tracing::warn!("duplicate token has been found in token file, line {}", i + 1);
+                tracing::warn!(
+                    "duplicate token has been found in token file, line {}",
+                    i + 1
+                );
                 continue;
             }
-            let mut user = UserInfo { name: record[1].clone(), uid: record[2].clone(), ..Default::default() };
+            let mut user = UserInfo {
+                name: record[1].clone(),
+                uid: record[2].clone(),
+                ..Default::default()
+            };
             if let Some(g) = record.get(3) {
                 user.groups = g.split(',').map(str::to_string).collect();
             }
@@ -139,11 +152,17 @@ mod tests {
         let a = f.authenticate("abc123").unwrap_or_default();
         assert_eq!(a.name, "alice");
         assert_eq!(a.uid, "1001");
-        assert_eq!(a.groups, vec!["system:masters", "dev", "system:authenticated"]);
+        assert_eq!(
+            a.groups,
+            vec!["system:masters", "dev", "system:authenticated"]
+        );
         let b = f.authenticate("tok2").unwrap_or_default();
         assert_eq!(b.name, "bob", "leading spaces trimmed");
         assert_eq!(b.groups, vec!["system:authenticated"]);
-        assert_eq!(f.authenticate("tok3").map(|u| u.groups), Some(vec!["ops".into(), "system:authenticated".into()]));
+        assert_eq!(
+            f.authenticate("tok3").map(|u| u.groups),
+            Some(vec!["ops".into(), "system:authenticated".into()])
+        );
         assert_eq!(f.authenticate("nope"), None);
     }
 
@@ -154,7 +173,9 @@ mod tests {
             e,
             Some(AuthError::TokenFile {
                 line: 2,
-                message: "token file must have at least 3 columns (token, user name, user uid), found 2".into()
+                message:
+                    "token file must have at least 3 columns (token, user name, user uid), found 2"
+                        .into()
             })
         );
         assert!(TokenFile::parse("t,\"unterminated,1\n").is_err());
@@ -166,6 +187,9 @@ mod tests {
     #[test]
     fn quoted_fields_with_escaped_quotes() {
         let f = TokenFile::parse("t,\"we \"\"quote\"\"\",u1").unwrap_or_default();
-        assert_eq!(f.authenticate("t").map(|u| u.name), Some("we \"quote\"".into()));
+        assert_eq!(
+            f.authenticate("t").map(|u| u.name),
+            Some("we \"quote\"".into())
+        );
     }
 }

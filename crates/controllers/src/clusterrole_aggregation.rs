@@ -27,23 +27,50 @@ pub fn plan(roles: &[Value]) -> Vec<(String, Value)> {
         .filter(|(old, _)| old.get("aggregationRule").is_some_and(|r| !r.is_null()))
         .filter_map(|(old, new)| {
             let new_rules = new.get("rules").cloned().unwrap_or_else(|| json!([]));
-            let old_rules = old.get("rules").cloned().filter(|r| !r.is_null()).unwrap_or_else(|| json!([]));
-            (new_rules != old_rules).then(|| (old["metadata"]["name"].as_str().unwrap_or("").to_string(), new_rules))
+            let old_rules = old
+                .get("rules")
+                .cloned()
+                .filter(|r| !r.is_null())
+                .unwrap_or_else(|| json!([]));
+            (new_rules != old_rules).then(|| {
+                (
+                    old["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    new_rules,
+                )
+            })
         })
         .collect()
 }
 
-async fn sync(api: &Api<ClusterRole>, roles: &Store<ClusterRole>) -> Result<Option<Duration>, ControllerError> {
-    let values: Vec<Value> = roles.state().iter().filter_map(|r| serde_json::to_value(r.as_ref()).ok()).collect();
+async fn sync(
+    api: &Api<ClusterRole>,
+    roles: &Store<ClusterRole>,
+) -> Result<Option<Duration>, ControllerError> {
+    let values: Vec<Value> = roles
+        .state()
+        .iter()
+        .filter_map(|r| serde_json::to_value(r.as_ref()).ok())
+        .collect();
     for (name, rules) in plan(&values) {
         tracing::debug!(role = %name, "updating aggregated ClusterRole rules");
-        ignore_not_found(api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"rules": rules}))).await.map(|_| ()))?;
+        ignore_not_found(
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"rules": rules})),
+            )
+            .await
+            .map(|_| ()),
+        )?;
     }
     Ok(None)
 }
 
 /// Runs the ClusterRole aggregation controller forever.
-pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+pub async fn run(
+    client: kube::Client,
+    informers: crate::informers::SharedInformers,
+) -> Result<(), ControllerError> {
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     // The shared ClusterRole informer; every change wakes the loop.
@@ -51,7 +78,13 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
     let api: Api<ClusterRole> = Api::all(client.clone());
     loop {
         let r = sync(&api, &roles).await;
-        wait_next("clusterrole-aggregation", &notify, Duration::from_secs(60), r).await;
+        wait_next(
+            "clusterrole-aggregation",
+            &notify,
+            Duration::from_secs(60),
+            r,
+        )
+        .await;
     }
 }
 
@@ -72,15 +105,33 @@ mod tests {
         let sel = json!({"clusterRoleSelectors": [{"matchLabels": {"agg": "yes"}}]});
         let roles = vec![
             role("parent", json!({}), json!([]), Some(sel.clone())),
-            role("a", json!({"agg": "yes"}), json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]), None),
-            role("b", json!({"agg": "yes"}), json!([{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list"]}]), None),
-            role("c", json!({"agg": "no"}), json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]), None),
+            role(
+                "a",
+                json!({"agg": "yes"}),
+                json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]),
+                None,
+            ),
+            role(
+                "b",
+                json!({"agg": "yes"}),
+                json!([{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list"]}]),
+                None,
+            ),
+            role(
+                "c",
+                json!({"agg": "no"}),
+                json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]),
+                None,
+            ),
         ];
         let p = plan(&roles);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].0, "parent");
         let text = p[0].1.to_string();
-        assert!(text.contains("pods") && text.contains("deployments") && !text.contains("secrets"), "{text}");
+        assert!(
+            text.contains("pods") && text.contains("deployments") && !text.contains("secrets"),
+            "{text}"
+        );
         // Already up to date: nothing to do.
         let mut roles2 = roles.clone();
         roles2[0]["rules"] = p[0].1.clone();

@@ -40,7 +40,9 @@ pub enum ScheduleError {
     #[error("{0}")]
     Field(String),
     /// `CRON_TZ=`/`TZ=` is not allowed; `spec.timeZone` is the way to choose a zone.
-    #[error("CRON_TZ or TZ used in schedule {0:?} is not supported, use spec.timeZone field instead")]
+    #[error(
+        "CRON_TZ or TZ used in schedule {0:?} is not supported, use spec.timeZone field instead"
+    )]
     TimeZonePrefix(String),
 }
 
@@ -57,7 +59,9 @@ pub struct Schedule {
     dow_star: bool,
 }
 
-const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
 const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 fn parse_value(s: &str, min: u32, names: &[&str], name_base: u32) -> Result<u32, ScheduleError> {
@@ -65,21 +69,33 @@ fn parse_value(s: &str, min: u32, names: &[&str], name_base: u32) -> Result<u32,
     if let Some(i) = names.iter().position(|n| *n == lower) {
         return Ok(u32::try_from(i).unwrap_or(0) + name_base);
     }
-    let v: u32 = s.parse().map_err(|_| ScheduleError::Field(format!("failed to parse int from {s}")))?;
+    let v: u32 = s
+        .parse()
+        .map_err(|_| ScheduleError::Field(format!("failed to parse int from {s}")))?;
     let _ = min;
     Ok(v)
 }
 
 /// Parses one field into a bit set; returns (bits, star).
-fn parse_field(field: &str, min: u32, max: u32, names: &[&str], name_base: u32) -> Result<(u64, bool), ScheduleError> {
+fn parse_field(
+    field: &str,
+    min: u32,
+    max: u32,
+    names: &[&str],
+    name_base: u32,
+) -> Result<(u64, bool), ScheduleError> {
     let mut bits = 0u64;
     let mut star = false;
     for part in field.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => {
-                let step: u32 = s.parse().map_err(|_| ScheduleError::Field(format!("failed to parse int from {s}")))?;
+                let step: u32 = s
+                    .parse()
+                    .map_err(|_| ScheduleError::Field(format!("failed to parse int from {s}")))?;
                 if step == 0 {
-                    return Err(ScheduleError::Field(format!("step of range should be a positive number: {part}")));
+                    return Err(ScheduleError::Field(format!(
+                        "step of range should be a positive number: {part}"
+                    )));
                 }
                 (r, Some(step))
             }
@@ -88,19 +104,29 @@ fn parse_field(field: &str, min: u32, max: u32, names: &[&str], name_base: u32) 
         let (start, end, is_star) = if range == "*" || range == "?" {
             (min, max, true)
         } else if let Some((a, b)) = range.split_once('-') {
-            (parse_value(a, min, names, name_base)?, parse_value(b, min, names, name_base)?, false)
+            (
+                parse_value(a, min, names, name_base)?,
+                parse_value(b, min, names, name_base)?,
+                false,
+            )
         } else {
             let v = parse_value(range, min, names, name_base)?;
             (v, if step.is_some() { max } else { v }, false)
         };
         if start < min {
-            return Err(ScheduleError::Field(format!("beginning of range ({start}) below minimum ({min}): {part}")));
+            return Err(ScheduleError::Field(format!(
+                "beginning of range ({start}) below minimum ({min}): {part}"
+            )));
         }
         if end > max {
-            return Err(ScheduleError::Field(format!("end of range ({end}) above maximum ({max}): {part}")));
+            return Err(ScheduleError::Field(format!(
+                "end of range ({end}) above maximum ({max}): {part}"
+            )));
         }
         if start > end {
-            return Err(ScheduleError::Field(format!("beginning of range ({start}) beyond end of range ({end}): {part}")));
+            return Err(ScheduleError::Field(format!(
+                "beginning of range ({start}) beyond end of range ({end}): {part}"
+            )));
         }
         let step = step.unwrap_or(1);
         star |= is_star && step == 1;
@@ -137,7 +163,15 @@ impl Schedule {
         let (dom, dom_star) = parse_field(fields[2], 1, 31, &[], 0)?;
         let (month, _) = parse_field(fields[3], 1, 12, &MONTHS, 1)?;
         let (dow, dow_star) = parse_field(fields[4], 0, 6, &DAYS, 0)?;
-        Ok(Schedule { minute, hour, dom, month, dow, dom_star, dow_star })
+        Ok(Schedule {
+            minute,
+            hour,
+            dom,
+            month,
+            dow,
+            dom_star,
+            dow_star,
+        })
     }
 
     fn day_matches(&self, z: &Zoned) -> bool {
@@ -162,7 +196,11 @@ impl Schedule {
                 return None;
             }
             while self.month & (1 << z.month()) == 0 {
-                let d = z.date().first_of_month().checked_add(jiff::Span::new().months(1)).ok()?;
+                let d = z
+                    .date()
+                    .first_of_month()
+                    .checked_add(jiff::Span::new().months(1))
+                    .ok()?;
                 z = d.to_zoned(tz.clone()).ok()?;
                 if z.month() == 1 {
                     continue 'wrap;
@@ -175,14 +213,19 @@ impl Schedule {
                 }
             }
             while self.hour & (1 << z.hour()) == 0 {
-                let hour_start = z.timestamp().as_second() - i64::from(z.minute()) * 60 - i64::from(z.second());
-                z = Timestamp::from_second(hour_start + 3600).ok()?.to_zoned(tz.clone());
+                let hour_start =
+                    z.timestamp().as_second() - i64::from(z.minute()) * 60 - i64::from(z.second());
+                z = Timestamp::from_second(hour_start + 3600)
+                    .ok()?
+                    .to_zoned(tz.clone());
                 if z.hour() == 0 {
                     continue 'wrap;
                 }
             }
             while self.minute & (1 << z.minute()) == 0 {
-                z = Timestamp::from_second(z.timestamp().as_second() + 60).ok()?.to_zoned(tz.clone());
+                z = Timestamp::from_second(z.timestamp().as_second() + 60)
+                    .ok()?
+                    .to_zoned(tz.clone());
                 if z.minute() == 0 {
                     continue 'wrap;
                 }
@@ -193,7 +236,12 @@ impl Schedule {
 }
 
 /// The most recent schedule time in `(earliest, now]` and how many times were missed.
-pub fn most_recent_schedule(sched: &Schedule, tz: &TimeZone, earliest: Timestamp, now: Timestamp) -> (Option<Timestamp>, u64) {
+pub fn most_recent_schedule(
+    sched: &Schedule,
+    tz: &TimeZone,
+    earliest: Timestamp,
+    now: Timestamp,
+) -> (Option<Timestamp>, u64) {
     let mut last = None;
     let mut count = 0u64;
     let mut t = earliest;
@@ -274,8 +322,16 @@ fn rfc3339_in(t: Timestamp, tz: &TimeZone) -> String {
 
 /// The Job a CronJob creates for a scheduled time.
 pub fn job_for(cj: &CronJob, scheduled: Timestamp, tz: &TimeZone) -> Job {
-    let name = format!("{}-{}", cj.metadata.name.as_deref().unwrap_or(""), scheduled.as_second().div_euclid(60));
-    let tmpl = cj.spec.as_ref().map(|s| s.job_template.clone()).unwrap_or_default();
+    let name = format!(
+        "{}-{}",
+        cj.metadata.name.as_deref().unwrap_or(""),
+        scheduled.as_second().div_euclid(60)
+    );
+    let tmpl = cj
+        .spec
+        .as_ref()
+        .map(|s| s.job_template.clone())
+        .unwrap_or_default();
     let tmeta = tmpl.metadata.unwrap_or_default();
     let mut annotations = tmeta.annotations.unwrap_or_default();
     annotations.insert(SCHEDULED_TIMESTAMP.into(), rfc3339_in(scheduled, tz));
@@ -285,7 +341,11 @@ pub fn job_for(cj: &CronJob, scheduled: Timestamp, tz: &TimeZone) -> Job {
             namespace: cj.metadata.namespace.clone(),
             labels: tmeta.labels,
             annotations: Some(annotations),
-            owner_references: Some(vec![wu::controller_ref(&cj.metadata, "batch/v1", "CronJob")]),
+            owner_references: Some(vec![wu::controller_ref(
+                &cj.metadata,
+                "batch/v1",
+                "CronJob",
+            )]),
             ..Default::default()
         },
         spec: tmpl.spec,
@@ -306,17 +366,33 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
     let status = cj.status.clone().unwrap_or_default();
     out.last_schedule_time = status.last_schedule_time.clone();
     out.last_successful_time = status.last_successful_time.clone();
-    let children: Vec<&Job> = jobs.iter().filter(|j| wu::controller_of(&j.metadata).is_some_and(|o| o.uid == uid)).collect();
+    let children: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| wu::controller_of(&j.metadata).is_some_and(|o| o.uid == uid))
+        .collect();
     let old_active = status.active.clone().unwrap_or_default();
 
     for r in &old_active {
         match children.iter().find(|j| j.metadata.uid == r.uid) {
-            None => out.events.push(PlannedEvent::normal("MissingJob", format!("Active job went missing: {}", r.name.as_deref().unwrap_or("")))),
+            None => out.events.push(PlannedEvent::normal(
+                "MissingJob",
+                format!(
+                    "Active job went missing: {}",
+                    r.name.as_deref().unwrap_or("")
+                ),
+            )),
             Some(j) => match job_finished(j) {
                 Some(cond) => {
-                    out.events.push(PlannedEvent::normal("SawCompletedJob", format!("Saw completed job: {}, condition: {cond}", j.metadata.name.as_deref().unwrap_or(""))));
+                    out.events.push(PlannedEvent::normal(
+                        "SawCompletedJob",
+                        format!(
+                            "Saw completed job: {}, condition: {cond}",
+                            j.metadata.name.as_deref().unwrap_or("")
+                        ),
+                    ));
                     if cond == "Complete" {
-                        if let Some(ct) = j.status.as_ref().and_then(|s| s.completion_time.clone()) {
+                        if let Some(ct) = j.status.as_ref().and_then(|s| s.completion_time.clone())
+                        {
                             if out.last_successful_time.as_ref().is_none_or(|l| l.0 < ct.0) {
                                 out.last_successful_time = Some(ct);
                             }
@@ -337,15 +413,38 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
     }
 
     // History limits.
-    let mut finished: Vec<(&Job, &str)> = children.iter().filter_map(|j| job_finished(j).map(|c| (*j, c))).collect();
+    let mut finished: Vec<(&Job, &str)> = children
+        .iter()
+        .filter_map(|j| job_finished(j).map(|c| (*j, c)))
+        .collect();
     finished.sort_by_key(|(j, _)| {
-        (j.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0), j.metadata.creation_timestamp.as_ref().map(|t| t.0), j.metadata.name.clone())
+        (
+            j.status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0),
+            j.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            j.metadata.name.clone(),
+        )
     });
-    for (cond, limit) in [("Complete", spec.successful_jobs_history_limit), ("Failed", spec.failed_jobs_history_limit)] {
+    for (cond, limit) in [
+        ("Complete", spec.successful_jobs_history_limit),
+        ("Failed", spec.failed_jobs_history_limit),
+    ] {
         let Some(limit) = limit else { continue };
-        let of: Vec<&Job> = finished.iter().filter(|(_, c)| *c == cond).map(|(j, _)| *j).collect();
-        let excess = of.len().saturating_sub(usize::try_from(limit.max(0)).unwrap_or(0));
-        out.cleanup.extend(of.iter().take(excess).filter_map(|j| j.metadata.name.clone()));
+        let of: Vec<&Job> = finished
+            .iter()
+            .filter(|(_, c)| *c == cond)
+            .map(|(j, _)| *j)
+            .collect();
+        let excess = of
+            .len()
+            .saturating_sub(usize::try_from(limit.max(0)).unwrap_or(0));
+        out.cleanup.extend(
+            of.iter()
+                .take(excess)
+                .filter_map(|j| j.metadata.name.clone()),
+        );
     }
 
     if cj.metadata.deletion_timestamp.is_some() || spec.suspend == Some(true) {
@@ -354,14 +453,23 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
     let tz = match cronjob_time_zone(cj) {
         Ok(tz) => tz,
         Err(e) => {
-            out.events.push(PlannedEvent::warning("UnknownTimeZone", format!("invalid timeZone: {:?}: {e}", spec.time_zone.unwrap_or_default())));
+            out.events.push(PlannedEvent::warning(
+                "UnknownTimeZone",
+                format!(
+                    "invalid timeZone: {:?}: {e}",
+                    spec.time_zone.unwrap_or_default()
+                ),
+            ));
             return out;
         }
     };
     let sched = match Schedule::parse(&spec.schedule) {
         Ok(s) => s,
         Err(e) => {
-            out.events.push(PlannedEvent::warning("UnparseableSchedule", format!("unparseable schedule: {:?} : {e}", spec.schedule)));
+            out.events.push(PlannedEvent::warning(
+                "UnparseableSchedule",
+                format!("unparseable schedule: {:?} : {e}", spec.schedule),
+            ));
             return out;
         }
     };
@@ -379,7 +487,11 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
             earliest = earliest.max(deadline);
         }
     }
-    let (scheduled, missed) = if earliest > now { (None, 0) } else { most_recent_schedule(&sched, &tz, earliest, now) };
+    let (scheduled, missed) = if earliest > now {
+        (None, 0)
+    } else {
+        most_recent_schedule(&sched, &tz, earliest, now)
+    };
     if missed > 100 {
         out.events.push(PlannedEvent::warning(
             "TooManyMissedTimes",
@@ -392,13 +504,22 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
     };
     if let Some(sds) = spec.starting_deadline_seconds {
         if scheduled.as_second() + sds < now.as_second() {
-            out.events.push(PlannedEvent::warning("MissSchedule", format!("Missed scheduled time to start a job: {}", wu::rfc3339(scheduled))));
+            out.events.push(PlannedEvent::warning(
+                "MissSchedule",
+                format!(
+                    "Missed scheduled time to start a job: {}",
+                    wu::rfc3339(scheduled)
+                ),
+            ));
             requeue(&mut out);
             return out;
         }
     }
     let job = job_for(cj, scheduled, &tz);
-    if children.iter().any(|j| j.metadata.name == job.metadata.name) {
+    if children
+        .iter()
+        .any(|j| j.metadata.name == job.metadata.name)
+    {
         requeue(&mut out);
         return out;
     }
@@ -411,14 +532,20 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
         Some("Replace") => {
             for r in std::mem::take(&mut out.active) {
                 if let Some(n) = r.name {
-                    out.events.push(PlannedEvent::normal("SuccessfulDelete", format!("Deleted job {n}")));
+                    out.events.push(PlannedEvent::normal(
+                        "SuccessfulDelete",
+                        format!("Deleted job {n}"),
+                    ));
                     out.replace.push(n);
                 }
             }
         }
         _ => {}
     }
-    out.events.push(PlannedEvent::normal("SuccessfulCreate", format!("Created job {}", job.metadata.name.as_deref().unwrap_or(""))));
+    out.events.push(PlannedEvent::normal(
+        "SuccessfulCreate",
+        format!("Created job {}", job.metadata.name.as_deref().unwrap_or("")),
+    ));
     out.active.push(job_ref(&job));
     out.last_schedule_time = Some(Time(scheduled));
     out.create = Some(job);
@@ -436,16 +563,33 @@ struct Ctx {
 /// The Jobs a CronJob controls, from the shared cache; an active Job the cache does not
 /// show yet (just created) is confirmed with the API server, as upstream does, so a slow
 /// cache does not make it "missing".
-async fn children_of(cj: &CronJob, ctx: &Ctx, jobs_api: &Api<Job>) -> Result<Vec<Job>, ControllerError> {
+async fn children_of(
+    cj: &CronJob,
+    ctx: &Ctx,
+    jobs_api: &Api<Job>,
+) -> Result<Vec<Job>, ControllerError> {
     let ns = cj.namespace().unwrap_or_default();
     let uid = cj.metadata.uid.clone().unwrap_or_default();
-    let mut jobs: Vec<Job> = ctx.jobs.by_owner.get(&uid).into_iter().filter(|j| j.metadata.namespace.as_deref() == Some(ns.as_str())).map(|j| (*j).clone()).collect();
-    let active = cj.status.as_ref().and_then(|s| s.active.clone()).unwrap_or_default();
+    let mut jobs: Vec<Job> = ctx
+        .jobs
+        .by_owner
+        .get(&uid)
+        .into_iter()
+        .filter(|j| j.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .map(|j| (*j).clone())
+        .collect();
+    let active = cj
+        .status
+        .as_ref()
+        .and_then(|s| s.active.clone())
+        .unwrap_or_default();
     for r in active {
         if jobs.iter().any(|j| j.metadata.uid == r.uid) {
             continue;
         }
-        let Some(name) = r.name.as_deref() else { continue };
+        let Some(name) = r.name.as_deref() else {
+            continue;
+        };
         if let Some(j) = jobs_api.get_opt(name).await? {
             if j.metadata.uid == r.uid {
                 jobs.push(j);
@@ -480,7 +624,10 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Controller
                     Some(n) => jobs_api.get_opt(n).await?,
                     None => None,
                 };
-                match existing.filter(|j| wu::controller_of(&j.metadata).is_some_and(|o| Some(&o.uid) == cj.metadata.uid.as_ref())) {
+                match existing.filter(|j| {
+                    wu::controller_of(&j.metadata)
+                        .is_some_and(|o| Some(&o.uid) == cj.metadata.uid.as_ref())
+                }) {
                     Some(j) => {
                         if let Some(r) = p.active.last_mut() {
                             *r = job_ref(&j);
@@ -493,17 +640,29 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Controller
                 p.events.retain(|e| e.reason != "SuccessfulCreate");
             }
             Err(e) => {
-                ctx.events.record(&oref, true, "FailedCreate", format!("Error creating job: {e}")).await;
+                ctx.events
+                    .record(
+                        &oref,
+                        true,
+                        "FailedCreate",
+                        format!("Error creating job: {e}"),
+                    )
+                    .await;
                 return Err(e.into());
             }
         }
     }
     for e in &p.events {
-        ctx.events.record(&oref, e.warning, &e.reason, e.message.clone()).await;
+        ctx.events
+            .record(&oref, e.warning, &e.reason, e.message.clone())
+            .await;
     }
     let old = cj.status.clone().unwrap_or_default();
     let active = (!p.active.is_empty()).then(|| p.active.clone());
-    if old.active != active || old.last_schedule_time != p.last_schedule_time || old.last_successful_time != p.last_successful_time {
+    if old.active != active
+        || old.last_schedule_time != p.last_schedule_time
+        || old.last_successful_time != p.last_successful_time
+    {
         // On the resourceVersion this plan was made from: a pass that ran on a CronJob
         // the cache had not yet updated gets a conflict (and is retried) instead of
         // overwriting a newer status, as upstream's UpdateStatus.
@@ -512,11 +671,18 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Controller
             "lastScheduleTime": p.last_schedule_time.as_ref().map(|t| wu::rfc3339(t.0)),
             "lastSuccessfulTime": p.last_successful_time.as_ref().map(|t| wu::rfc3339(t.0)),
         }});
-        cjs.patch_status(&cj.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+        cjs.patch_status(
+            &cj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
     }
     for n in &p.cleanup {
         wu::delete_background(&jobs_api, n).await?;
-        ctx.events.record(&oref, false, "SuccessfulDelete", format!("Deleted job {n}")).await;
+        ctx.events
+            .record(&oref, false, "SuccessfulDelete", format!("Deleted job {n}"))
+            .await;
     }
     Ok(match p.requeue_after {
         Some(d) => Action::requeue(d),
@@ -537,7 +703,11 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
     let job_changes = informers.subscribe::<Job>();
     let cjs = informers.store::<CronJob>().await;
     let jobs = informers.owned_cache::<Job>().await;
-    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "cronjob-controller"), client, jobs });
+    let ctx = Arc::new(Ctx {
+        events: Events::new(client.clone(), "cronjob-controller"),
+        client,
+        jobs,
+    });
     Controller::for_shared_stream(cj_changes, cjs)
         .owns_shared_stream(job_changes)
         // The CronJobs listed before this controller subscribed.
@@ -559,7 +729,10 @@ mod tests {
 
     fn next(spec: &str, after: &str, tz: &str) -> Option<String> {
         let tz = TimeZone::get(tz).ok()?;
-        Schedule::parse(spec).ok()?.next(utc(after), &tz).map(|t| t.to_string())
+        Schedule::parse(spec)
+            .ok()?
+            .next(utc(after), &tz)
+            .map(|t| t.to_string())
     }
 
     #[test]
@@ -567,42 +740,93 @@ mod tests {
         assert!(Schedule::parse("*/15 9-17 * JAN-mar mon,wed,FRI").is_ok());
         assert_eq!(Schedule::parse("@hourly"), Schedule::parse("0 * * * *"));
         assert_eq!(Schedule::parse("@weekly"), Schedule::parse("0 0 * * sun"));
-        assert!(matches!(Schedule::parse("* * * *"), Err(ScheduleError::FieldCount(4, _))));
+        assert!(matches!(
+            Schedule::parse("* * * *"),
+            Err(ScheduleError::FieldCount(4, _))
+        ));
         assert!(Schedule::parse("60 * * * *").is_err());
         assert!(Schedule::parse("* * 0 * *").is_err());
         assert!(Schedule::parse("* * * * 7").is_err());
         assert!(Schedule::parse("*/0 * * * *").is_err());
         assert!(Schedule::parse("5-2 * * * *").is_err());
-        assert!(matches!(Schedule::parse("CRON_TZ=UTC * * * * *"), Err(ScheduleError::TimeZonePrefix(_))));
-        assert!(matches!(Schedule::parse("TZ=Europe/Paris 0 * * * *"), Err(ScheduleError::TimeZonePrefix(_))));
+        assert!(matches!(
+            Schedule::parse("CRON_TZ=UTC * * * * *"),
+            Err(ScheduleError::TimeZonePrefix(_))
+        ));
+        assert!(matches!(
+            Schedule::parse("TZ=Europe/Paris 0 * * * *"),
+            Err(ScheduleError::TimeZonePrefix(_))
+        ));
     }
 
     #[test]
     fn next_times_in_utc() {
-        assert_eq!(next("*/1 * * * *", "2024-01-01T10:00:30Z", "UTC").as_deref(), Some("2024-01-01T10:01:00Z"));
-        assert_eq!(next("*/15 * * * *", "2024-01-01T10:00:00Z", "UTC").as_deref(), Some("2024-01-01T10:15:00Z"));
-        assert_eq!(next("5/20 * * * *", "2024-01-01T10:26:00Z", "UTC").as_deref(), Some("2024-01-01T10:45:00Z"));
-        assert_eq!(next("@daily", "2024-01-31T23:59:00Z", "UTC").as_deref(), Some("2024-02-01T00:00:00Z"));
-        assert_eq!(next("0 0 29 2 *", "2024-03-01T00:00:00Z", "UTC").as_deref(), Some("2028-02-29T00:00:00Z"));
+        assert_eq!(
+            next("*/1 * * * *", "2024-01-01T10:00:30Z", "UTC").as_deref(),
+            Some("2024-01-01T10:01:00Z")
+        );
+        assert_eq!(
+            next("*/15 * * * *", "2024-01-01T10:00:00Z", "UTC").as_deref(),
+            Some("2024-01-01T10:15:00Z")
+        );
+        assert_eq!(
+            next("5/20 * * * *", "2024-01-01T10:26:00Z", "UTC").as_deref(),
+            Some("2024-01-01T10:45:00Z")
+        );
+        assert_eq!(
+            next("@daily", "2024-01-31T23:59:00Z", "UTC").as_deref(),
+            Some("2024-02-01T00:00:00Z")
+        );
+        assert_eq!(
+            next("0 0 29 2 *", "2024-03-01T00:00:00Z", "UTC").as_deref(),
+            Some("2028-02-29T00:00:00Z")
+        );
         assert_eq!(next("0 0 30 2 *", "2024-03-01T00:00:00Z", "UTC"), None);
         // 2024-01-01 is a Monday: both day fields restricted => either matches.
-        assert_eq!(next("0 0 15 * FRI", "2024-01-01T00:00:00Z", "UTC").as_deref(), Some("2024-01-05T00:00:00Z"));
+        assert_eq!(
+            next("0 0 15 * FRI", "2024-01-01T00:00:00Z", "UTC").as_deref(),
+            Some("2024-01-05T00:00:00Z")
+        );
         // Day-of-month `*` => the weekday alone decides.
-        assert_eq!(next("0 12 * * 3", "2024-01-01T00:00:00Z", "UTC").as_deref(), Some("2024-01-03T12:00:00Z"));
-        assert_eq!(next("30 8 1 jan *", "2024-01-01T08:30:00Z", "UTC").as_deref(), Some("2025-01-01T08:30:00Z"));
+        assert_eq!(
+            next("0 12 * * 3", "2024-01-01T00:00:00Z", "UTC").as_deref(),
+            Some("2024-01-03T12:00:00Z")
+        );
+        assert_eq!(
+            next("30 8 1 jan *", "2024-01-01T08:30:00Z", "UTC").as_deref(),
+            Some("2025-01-01T08:30:00Z")
+        );
     }
 
     #[test]
     fn next_times_in_a_time_zone_and_across_dst() {
         // 09:00 in Paris is 08:00 UTC in winter and 07:00 UTC in summer.
-        assert_eq!(next("0 9 * * *", "2024-01-10T12:00:00Z", "Europe/Paris").as_deref(), Some("2024-01-11T08:00:00Z"));
-        assert_eq!(next("0 9 * * *", "2024-07-10T12:00:00Z", "Europe/Paris").as_deref(), Some("2024-07-11T07:00:00Z"));
+        assert_eq!(
+            next("0 9 * * *", "2024-01-10T12:00:00Z", "Europe/Paris").as_deref(),
+            Some("2024-01-11T08:00:00Z")
+        );
+        assert_eq!(
+            next("0 9 * * *", "2024-07-10T12:00:00Z", "Europe/Paris").as_deref(),
+            Some("2024-07-11T07:00:00Z")
+        );
         // New York springs forward on 2024-03-10 at 02:00: 02:30 does not exist that day.
-        assert_eq!(next("30 2 * * *", "2024-03-09T12:00:00Z", "America/New_York").as_deref(), Some("2024-03-11T06:30:00Z"));
+        assert_eq!(
+            next("30 2 * * *", "2024-03-09T12:00:00Z", "America/New_York").as_deref(),
+            Some("2024-03-11T06:30:00Z")
+        );
         // And falls back on 2024-11-03: 01:30 happens twice (EDT then EST).
-        assert_eq!(next("30 1 * * *", "2024-11-03T04:00:00Z", "America/New_York").as_deref(), Some("2024-11-03T05:30:00Z"));
-        assert_eq!(next("30 1 * * *", "2024-11-03T05:30:00Z", "America/New_York").as_deref(), Some("2024-11-03T06:30:00Z"));
-        assert_eq!(next("30 1 * * *", "2024-11-03T06:30:00Z", "America/New_York").as_deref(), Some("2024-11-04T06:30:00Z"));
+        assert_eq!(
+            next("30 1 * * *", "2024-11-03T04:00:00Z", "America/New_York").as_deref(),
+            Some("2024-11-03T05:30:00Z")
+        );
+        assert_eq!(
+            next("30 1 * * *", "2024-11-03T05:30:00Z", "America/New_York").as_deref(),
+            Some("2024-11-03T06:30:00Z")
+        );
+        assert_eq!(
+            next("30 1 * * *", "2024-11-03T06:30:00Z", "America/New_York").as_deref(),
+            Some("2024-11-04T06:30:00Z")
+        );
     }
 
     fn cronjob(schedule: &str) -> CronJob {
@@ -614,7 +838,11 @@ mod tests {
                 creation_timestamp: Some(Time(utc("2024-01-01T00:00:00Z"))),
                 ..Default::default()
             },
-            spec: Some(CronJobSpec { schedule: schedule.into(), time_zone: Some("UTC".into()), ..Default::default() }),
+            spec: Some(CronJobSpec {
+                schedule: schedule.into(),
+                time_zone: Some("UTC".into()),
+                ..Default::default()
+            }),
             status: None,
         }
     }
@@ -625,7 +853,13 @@ mod tests {
         j.status = Some(JobStatus {
             start_time: Some(Time(utc(at))),
             completion_time: finished.filter(|c| *c == "Complete").map(|_| Time(utc(at))),
-            conditions: finished.map(|c| vec![JobCondition { type_: c.into(), status: "True".into(), ..Default::default() }]),
+            conditions: finished.map(|c| {
+                vec![JobCondition {
+                    type_: c.into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]
+            }),
             ..Default::default()
         });
         j
@@ -641,14 +875,27 @@ mod tests {
         let p = plan(&cj, &[], now);
         let job = p.create.clone().unwrap_or_default();
         let scheduled = utc("2024-01-01T00:10:00Z");
-        assert_eq!(job.metadata.name, Some(format!("hello-{}", scheduled.as_second() / 60)));
-        assert_eq!(job.metadata.annotations.as_ref().and_then(|a| a.get(SCHEDULED_TIMESTAMP)).map(String::as_str), Some("2024-01-01T01:10:00+01:00"));
+        assert_eq!(
+            job.metadata.name,
+            Some(format!("hello-{}", scheduled.as_second() / 60))
+        );
+        assert_eq!(
+            job.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(SCHEDULED_TIMESTAMP))
+                .map(String::as_str),
+            Some("2024-01-01T01:10:00+01:00")
+        );
         assert_eq!(p.last_schedule_time, Some(Time(scheduled)));
         assert_eq!(p.active.len(), 1);
         assert_eq!(p.requeue_after, Some(Duration::from_millis(180_100)));
         // Nothing due between schedule times.
         let mut cj2 = cj.clone();
-        cj2.status = Some(CronJobStatus { last_schedule_time: Some(Time(scheduled)), ..Default::default() });
+        cj2.status = Some(CronJobStatus {
+            last_schedule_time: Some(Time(scheduled)),
+            ..Default::default()
+        });
         let p = plan(&cj2, &[], utc("2024-01-01T00:14:59Z"));
         assert!(p.create.is_none());
         assert_eq!(p.requeue_after, Some(Duration::from_millis(1_100)));
@@ -657,26 +904,41 @@ mod tests {
     #[test]
     fn starting_deadline_skips_old_times() {
         let mut cj = cronjob("0 * * * *");
-        cj.status = Some(CronJobStatus { last_schedule_time: Some(Time(utc("2024-01-01T00:00:00Z"))), ..Default::default() });
+        cj.status = Some(CronJobStatus {
+            last_schedule_time: Some(Time(utc("2024-01-01T00:00:00Z"))),
+            ..Default::default()
+        });
         // 5 hours later: without a deadline the 05:00 run starts (and 4 were missed).
         let now = utc("2024-01-01T05:10:00Z");
         let p = plan(&cj, &[], now);
-        assert_eq!(p.last_schedule_time, Some(Time(utc("2024-01-01T05:00:00Z"))));
+        assert_eq!(
+            p.last_schedule_time,
+            Some(Time(utc("2024-01-01T05:00:00Z")))
+        );
         // A 5-minute starting deadline: 05:00 is 10 minutes late => no Job.
         if let Some(s) = cj.spec.as_mut() {
             s.starting_deadline_seconds = Some(300);
         }
         let p = plan(&cj, &[], now);
         assert!(p.create.is_none());
-        assert_eq!(p.requeue_after, Some(Duration::from_millis(50 * 60_000 + 100)));
+        assert_eq!(
+            p.requeue_after,
+            Some(Duration::from_millis(50 * 60_000 + 100))
+        );
         let p = plan(&cj, &[], utc("2024-01-01T05:04:00Z"));
         assert!(p.create.is_some());
         // Too many missed times are reported.
         let mut cj = cronjob("* * * * *");
-        cj.status = Some(CronJobStatus { last_schedule_time: Some(Time(utc("2024-01-01T00:00:00Z"))), ..Default::default() });
+        cj.status = Some(CronJobStatus {
+            last_schedule_time: Some(Time(utc("2024-01-01T00:00:00Z"))),
+            ..Default::default()
+        });
         let p = plan(&cj, &[], utc("2024-01-01T05:00:00Z"));
         assert!(p.events.iter().any(|e| e.reason == "TooManyMissedTimes"));
-        assert_eq!(p.last_schedule_time, Some(Time(utc("2024-01-01T05:00:00Z"))));
+        assert_eq!(
+            p.last_schedule_time,
+            Some(Time(utc("2024-01-01T05:00:00Z")))
+        );
     }
 
     #[test]
@@ -705,14 +967,25 @@ mod tests {
         let p = plan(&cj, std::slice::from_ref(&done), now);
         assert!(p.create.is_some());
         assert_eq!(p.active.len(), 1);
-        assert_eq!(p.last_successful_time, Some(Time(utc("2024-01-01T00:00:00Z"))));
-        assert!(p.events.iter().any(|e| e.reason == "SawCompletedJob" && e.message == format!("Saw completed job: {}, condition: Complete", done.metadata.name.as_deref().unwrap_or(""))));
+        assert_eq!(
+            p.last_successful_time,
+            Some(Time(utc("2024-01-01T00:00:00Z")))
+        );
+        assert!(p.events.iter().any(|e| e.reason == "SawCompletedJob"
+            && e.message
+                == format!(
+                    "Saw completed job: {}, condition: Complete",
+                    done.metadata.name.as_deref().unwrap_or("")
+                )));
         // Replace: the active one is deleted.
         if let Some(s) = cj.spec.as_mut() {
             s.concurrency_policy = Some("Replace".into());
         }
         let p = plan(&cj, std::slice::from_ref(&running), now);
-        assert_eq!(p.replace, vec![running.metadata.name.clone().unwrap_or_default()]);
+        assert_eq!(
+            p.replace,
+            vec![running.metadata.name.clone().unwrap_or_default()]
+        );
         assert_eq!(p.active.len(), 1);
         assert!(p.create.is_some());
         // Suspended: nothing.
@@ -729,10 +1002,18 @@ mod tests {
         let mut running = child(&cj, "2024-01-01T00:00:00Z", None);
         running.metadata.resource_version = Some("5".into());
         let recorded = job_ref(&running);
-        cj.status = Some(CronJobStatus { active: Some(vec![recorded.clone()]), last_schedule_time: Some(Time(utc("2024-01-01T00:00:00Z"))), ..Default::default() });
+        cj.status = Some(CronJobStatus {
+            active: Some(vec![recorded.clone()]),
+            last_schedule_time: Some(Time(utc("2024-01-01T00:00:00Z"))),
+            ..Default::default()
+        });
         // The Job's status changed (a newer resourceVersion): the CronJob's status does not.
         running.metadata.resource_version = Some("9".into());
-        let p = plan(&cj, std::slice::from_ref(&running), utc("2024-01-01T00:05:00Z"));
+        let p = plan(
+            &cj,
+            std::slice::from_ref(&running),
+            utc("2024-01-01T00:05:00Z"),
+        );
         assert_eq!(p.active, vec![recorded]);
         assert!(p.create.is_none() && p.events.is_empty());
     }
@@ -754,21 +1035,33 @@ mod tests {
         ];
         let p = plan(&cj, &jobs, utc("2024-01-01T06:30:00Z"));
         let name = |at: &str| format!("hello-{}", utc(at).as_second() / 60);
-        assert_eq!(p.cleanup, vec![name("2024-01-01T01:00:00Z"), name("2024-01-01T04:00:00Z")]);
+        assert_eq!(
+            p.cleanup,
+            vec![name("2024-01-01T01:00:00Z"), name("2024-01-01T04:00:00Z")]
+        );
         // The unfinished child is adopted into the active list.
-        assert!(p.active.iter().any(|r| r.name == Some(name("2024-01-01T06:00:00Z"))));
+        assert!(p
+            .active
+            .iter()
+            .any(|r| r.name == Some(name("2024-01-01T06:00:00Z"))));
     }
 
     #[test]
     fn bad_schedule_and_time_zone_are_reported() {
         let p = plan(&cronjob("not a schedule"), &[], utc("2024-01-01T00:00:00Z"));
-        assert!(p.events.iter().any(|e| e.warning && e.reason == "UnparseableSchedule"));
+        assert!(p
+            .events
+            .iter()
+            .any(|e| e.warning && e.reason == "UnparseableSchedule"));
         let mut cj = cronjob("* * * * *");
         if let Some(s) = cj.spec.as_mut() {
             s.time_zone = Some("Mars/Olympus".into());
         }
         let p = plan(&cj, &[], utc("2024-01-01T00:00:00Z"));
-        assert!(p.events.iter().any(|e| e.warning && e.reason == "UnknownTimeZone"));
+        assert!(p
+            .events
+            .iter()
+            .any(|e| e.warning && e.reason == "UnknownTimeZone"));
         assert!(p.create.is_none());
     }
 }

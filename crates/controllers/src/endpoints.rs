@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
+    ServicePort,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
@@ -21,8 +24,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
 use tokio::sync::Notify;
 
-use crate::workload_util::{ignore_not_found, is_conflict, rfc3339};
 use crate::informers::Index;
+use crate::workload_util::{ignore_not_found, is_conflict, rfc3339};
 use crate::workqueue::WorkQueue;
 use crate::ControllerError;
 
@@ -33,9 +36,20 @@ pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
 /// Starts a reflector for `api` into a new store; every watch event wakes `notify`. The
 /// watch runs as a task of `tasks` until it is aborted.
-pub fn cache<K>(api: Api<K>, cfg: watcher::Config, notify: &Arc<Notify>, tasks: &mut tokio::task::JoinSet<()>) -> Store<K>
+pub fn cache<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    notify: &Arc<Notify>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Store<K>
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
@@ -60,13 +74,21 @@ where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    store.wait_until_ready().await.map_err(|e| ControllerError::Watch(e.to_string()))
+    store
+        .wait_until_ready()
+        .await
+        .map_err(|e| ControllerError::Watch(e.to_string()))
 }
 
 /// Waits for the next pass of a resync loop: until a change is signalled on `notify`
 /// (then 50 ms more, to batch bursts) or until `period` — sooner when the last pass
 /// asked for a retry delay, and after at most a second when it failed.
-pub async fn wait_next(name: &str, notify: &Notify, period: Duration, last: Result<Option<Duration>, ControllerError>) {
+pub async fn wait_next(
+    name: &str,
+    notify: &Notify,
+    period: Duration,
+    last: Result<Option<Duration>, ControllerError>,
+) {
     let wait = match last {
         Ok(Some(d)) => d.min(period),
         Ok(None) => period,
@@ -83,7 +105,11 @@ pub async fn wait_next(name: &str, notify: &Notify, period: Duration, last: Resu
 
 /// `namespace/name` of an object.
 pub fn key_of(meta: &ObjectMeta) -> String {
-    format!("{}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
 }
 
 /// Whether a Service is headless (`clusterIP: None`).
@@ -93,26 +119,34 @@ pub fn is_headless(svc: &Service) -> bool {
 
 /// The Service's selector, when it has a non-empty one (only those get endpoints).
 pub fn service_selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
-    svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty())
+    svc.spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())
 }
 
 /// Whether endpoints are managed for this Service: it has a selector and is not the API
 /// server's own `default/kubernetes` Service.
 pub fn manages(svc: &Service) -> bool {
-    let is_kubernetes = svc.metadata.namespace.as_deref() == Some("default") && svc.metadata.name.as_deref() == Some("kubernetes");
+    let is_kubernetes = svc.metadata.namespace.as_deref() == Some("default")
+        && svc.metadata.name.as_deref() == Some("kubernetes");
     !is_kubernetes && service_selector(svc).is_some() && svc.metadata.deletion_timestamp.is_none()
 }
 
 /// The pods of `pods` a Service selects (same namespace, labels matching).
 pub fn selected_pods<'a>(svc: &Service, pods: &'a [Arc<Pod>]) -> Vec<&'a Pod> {
-    let Some(sel) = service_selector(svc) else { return Vec::new() };
+    let Some(sel) = service_selector(svc) else {
+        return Vec::new();
+    };
     let ns = svc.metadata.namespace.as_deref();
     pods.iter()
         .map(|p| p.as_ref())
         .filter(|p| p.metadata.namespace.as_deref() == ns)
         .filter(|p| {
             let labels = p.metadata.labels.as_ref();
-            sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            sel.iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
         })
         .collect()
 }
@@ -130,12 +164,19 @@ pub fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
             }
             let proto = sp.protocol.as_deref().unwrap_or("TCP");
             let spec = pod.spec.as_ref()?;
-            let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+            let sidecars = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"));
             spec.containers
                 .iter()
                 .chain(sidecars)
                 .flat_map(|c| c.ports.iter().flatten())
-                .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == proto)
+                .find(|p| {
+                    p.name.as_deref() == Some(name.as_str())
+                        && p.protocol.as_deref().unwrap_or("TCP") == proto
+                })
                 .map(|p| p.container_port)
         }
     }
@@ -143,7 +184,11 @@ pub fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
 
 /// The pod's IP, when it has one.
 pub fn pod_ip(pod: &Pod) -> Option<&str> {
-    pod.status.as_ref()?.pod_ip.as_deref().filter(|ip| !ip.is_empty())
+    pod.status
+        .as_ref()?
+        .pod_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty())
 }
 
 /// Upstream's `ShouldPodBeInEndpoints`: the pod has an IP, is not terminal for its restart
@@ -155,8 +200,17 @@ pub fn should_pod_be_in_endpoints(pod: &Pod, include_terminating: bool) -> bool 
     if !include_terminating && pod.metadata.deletion_timestamp.is_some() {
         return false;
     }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-    match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always") {
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("");
+    match pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always")
+    {
         "Never" => phase != "Failed" && phase != "Succeeded",
         "OnFailure" => phase != "Succeeded",
         _ => true,
@@ -179,17 +233,28 @@ pub fn pod_ref(pod: &Pod) -> ObjectReference {
 pub fn endpoint_hostname(pod: &Pod, svc: &Service) -> Option<String> {
     let spec = pod.spec.as_ref()?;
     let host = spec.hostname.as_ref().filter(|h| !h.is_empty())?;
-    (spec.subdomain.as_deref() == svc.metadata.name.as_deref() && pod.metadata.namespace == svc.metadata.namespace).then(|| host.clone())
+    (spec.subdomain.as_deref() == svc.metadata.name.as_deref()
+        && pod.metadata.namespace == svc.metadata.namespace)
+        .then(|| host.clone())
 }
 
 /// The Endpoints subsets of a Service given the pods it selects: one subset per distinct
 /// set of resolved ports, addresses sorted by IP.
 pub fn desired_subsets(svc: &Service, pods: &[&Pod]) -> Vec<EndpointSubset> {
-    let tolerate_unready = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
-    let ports: &[ServicePort] = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
+    let tolerate_unready = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.publish_not_ready_addresses)
+        .unwrap_or(false);
+    let ports: &[ServicePort] = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or(&[]);
     // Port set (as sorted tuples) -> (ready, not ready) addresses.
     type PortKey = Vec<(String, i32, String, Option<String>)>;
-    let mut groups: BTreeMap<PortKey, (Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
+    let mut groups: BTreeMap<PortKey, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+        BTreeMap::new();
     for pod in pods {
         if !should_pod_be_in_endpoints(pod, tolerate_unready) {
             continue;
@@ -198,7 +263,12 @@ pub fn desired_subsets(svc: &Service, pods: &[&Pod]) -> Vec<EndpointSubset> {
         let mut key: PortKey = Vec::new();
         for sp in ports {
             if let Some(p) = find_port(pod, sp) {
-                key.push((sp.name.clone().unwrap_or_default(), p, sp.protocol.clone().unwrap_or_else(|| "TCP".into()), sp.app_protocol.clone()));
+                key.push((
+                    sp.name.clone().unwrap_or_default(),
+                    p,
+                    sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    sp.app_protocol.clone(),
+                ));
             }
         }
         if key.is_empty() && !(ports.is_empty() && is_headless(svc)) {
@@ -221,12 +291,24 @@ pub fn desired_subsets(svc: &Service, pods: &[&Pod]) -> Vec<EndpointSubset> {
     let mut subsets: Vec<EndpointSubset> = groups
         .into_iter()
         .map(|(key, (mut ready, mut not_ready))| {
-            let by_ip = |a: &EndpointAddress, b: &EndpointAddress| a.ip.cmp(&b.ip).then_with(|| a.target_ref.as_ref().map(|r| &r.uid).cmp(&b.target_ref.as_ref().map(|r| &r.uid)));
+            let by_ip = |a: &EndpointAddress, b: &EndpointAddress| {
+                a.ip.cmp(&b.ip).then_with(|| {
+                    a.target_ref
+                        .as_ref()
+                        .map(|r| &r.uid)
+                        .cmp(&b.target_ref.as_ref().map(|r| &r.uid))
+                })
+            };
             ready.sort_by(by_ip);
             not_ready.sort_by(by_ip);
             let ports: Vec<EndpointPort> = key
                 .into_iter()
-                .map(|(name, port, protocol, app_protocol)| EndpointPort { name: (!name.is_empty()).then_some(name), port, protocol: Some(protocol), app_protocol })
+                .map(|(name, port, protocol, app_protocol)| EndpointPort {
+                    name: (!name.is_empty()).then_some(name),
+                    port,
+                    protocol: Some(protocol),
+                    app_protocol,
+                })
                 .collect();
             EndpointSubset {
                 addresses: (!ready.is_empty()).then_some(ready),
@@ -240,7 +322,13 @@ pub fn desired_subsets(svc: &Service, pods: &[&Pod]) -> Vec<EndpointSubset> {
 }
 
 fn first_ip(s: &EndpointSubset) -> &str {
-    s.addresses.iter().chain(s.not_ready_addresses.iter()).flatten().map(|a| a.ip.as_str()).next().unwrap_or("")
+    s.addresses
+        .iter()
+        .chain(s.not_ready_addresses.iter())
+        .flatten()
+        .map(|a| a.ip.as_str())
+        .next()
+        .unwrap_or("")
 }
 
 /// The labels of a Service's Endpoints: the Service's labels, plus the headless label.
@@ -255,8 +343,13 @@ pub fn endpoints_labels(svc: &Service) -> BTreeMap<String, String> {
 }
 
 /// Whether an existing Endpoints already holds the wanted subsets and labels.
-pub fn endpoints_up_to_date(ep: &Endpoints, subsets: &[EndpointSubset], labels: &BTreeMap<String, String>) -> bool {
-    ep.subsets.as_deref().unwrap_or(&[]) == subsets && ep.metadata.labels.clone().unwrap_or_default() == *labels
+pub fn endpoints_up_to_date(
+    ep: &Endpoints,
+    subsets: &[EndpointSubset],
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    ep.subsets.as_deref().unwrap_or(&[]) == subsets
+        && ep.metadata.labels.clone().unwrap_or_default() == *labels
 }
 
 /// The caches the endpoints controller reads.
@@ -285,13 +378,20 @@ impl Ctx {
 async fn sync_service(ctx: &Ctx, key: &str) -> Result<Option<Duration>, ControllerError> {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
     let oref = reflector::ObjectRef::new(name).within(ns);
-    let existing = ctx.endpoints.get(&reflector::ObjectRef::new(name).within(ns));
+    let existing = ctx
+        .endpoints
+        .get(&reflector::ObjectRef::new(name).within(ns));
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), ns);
     let svc = ctx.services.get(&oref);
     let Some(svc) = svc.filter(|s| manages(s)) else {
         let was_ours = ctx.seen().remove(key);
         let service_gone = ctx.services.get(&oref).is_none();
-        let annotated = existing.as_ref().is_some_and(|ep| ep.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(LAST_CHANGE_TRIGGER_TIME)));
+        let annotated = existing.as_ref().is_some_and(|ep| {
+            ep.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(LAST_CHANGE_TRIGGER_TIME))
+        });
         if existing.is_some() && (was_ours || (service_gone && annotated)) {
             ignore_not_found(api.delete(name, &Default::default()).await.map(|_| ()))?;
         }
@@ -303,12 +403,25 @@ async fn sync_service(ctx: &Ctx, key: &str) -> Result<Option<Duration>, Controll
     let selected = selected_pods(&svc, &pods);
     let subsets = desired_subsets(&svc, &selected);
     let labels = endpoints_labels(&svc);
-    if existing.as_ref().is_some_and(|e| endpoints_up_to_date(e, &subsets, &labels)) {
+    if existing
+        .as_ref()
+        .is_some_and(|e| endpoints_up_to_date(e, &subsets, &labels))
+    {
         return Ok(None);
     }
-    let mut ep = existing.as_deref().cloned().unwrap_or_else(|| Endpoints { metadata: ObjectMeta { name: Some(name.to_string()), namespace: Some(ns.to_string()), ..Default::default() }, subsets: None });
+    let mut ep = existing.as_deref().cloned().unwrap_or_else(|| Endpoints {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        },
+        subsets: None,
+    });
     ep.metadata.labels = Some(labels);
-    ep.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(LAST_CHANGE_TRIGGER_TIME.into(), seen_now());
+    ep.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(LAST_CHANGE_TRIGGER_TIME.into(), seen_now());
     ep.subsets = (!subsets.is_empty()).then_some(subsets);
     if existing.is_some() {
         api.replace(name, &PostParams::default(), &ep).await?;
@@ -330,7 +443,12 @@ pub fn services_selecting(pod: &Pod, services_by_ns: &Index<Service>) -> HashSet
     services_by_ns
         .get(ns)
         .iter()
-        .filter(|s| service_selector(s).is_some_and(|sel| sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))))
+        .filter(|s| {
+            service_selector(s).is_some_and(|sel| {
+                sel.iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
+        })
         .map(|s| key_of(&s.metadata))
         .collect()
 }
@@ -346,15 +464,26 @@ pub struct PodServiceMapper {
 impl PodServiceMapper {
     /// A mapper over the shared Service index and pod store.
     pub fn new(services_by_ns: Arc<Index<Service>>, pods: Store<Pod>) -> Self {
-        PodServiceMapper { services_by_ns, pods, last: std::collections::HashMap::new() }
+        PodServiceMapper {
+            services_by_ns,
+            pods,
+            last: std::collections::HashMap::new(),
+        }
     }
 
     /// The Service keys a change of `pod` concerns.
     pub fn services_of(&mut self, pod: &Pod) -> HashSet<String> {
         let pkey = key_of(&pod.metadata);
-        let deleted = self.pods.get(&reflector::ObjectRef::from_obj(pod)).is_none();
+        let deleted = self
+            .pods
+            .get(&reflector::ObjectRef::from_obj(pod))
+            .is_none();
         let now = services_selecting(pod, &self.services_by_ns);
-        let mut all = if deleted { self.last.remove(&pkey).unwrap_or_default() } else { self.last.insert(pkey, now.clone()).unwrap_or_default() };
+        let mut all = if deleted {
+            self.last.remove(&pkey).unwrap_or_default()
+        } else {
+            self.last.insert(pkey, now.clone()).unwrap_or_default()
+        };
         all.extend(now);
         all
     }
@@ -366,7 +495,10 @@ fn seen_now() -> String {
 
 /// Runs the endpoints controller forever: a work queue of Service keys, fed by Service,
 /// pod and Endpoints changes (a pod change queues only the Services that select it).
-pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+pub async fn run(
+    client: kube::Client,
+    informers: crate::informers::SharedInformers,
+) -> Result<(), ControllerError> {
     // Subscribe before reading the stores: no change after the first list is missed.
     let svc_changes = informers.subscribe::<Service>();
     let pod_changes = informers.subscribe::<Pod>();
@@ -375,7 +507,9 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
     let pods = informers.store::<Pod>().await;
     let endpoints = informers.store::<Endpoints>().await;
     let pods_by_ns = informers.index::<Pod>(crate::informers::by_namespace).await;
-    let services_by_ns = informers.index::<Service>(crate::informers::by_namespace).await;
+    let services_by_ns = informers
+        .index::<Service>(crate::informers::by_namespace)
+        .await;
     let queue: WorkQueue<String> = WorkQueue::new();
     // Every Service, and every Endpoints (leftovers of Services deleted meanwhile).
     for s in services.state() {
@@ -384,7 +518,13 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
     for e in endpoints.state() {
         queue.add(key_of(&e.metadata));
     }
-    let ctx = Arc::new(Ctx { client, services, pods_by_ns, endpoints, seen: std::sync::Mutex::new(HashSet::new()) });
+    let ctx = Arc::new(Ctx {
+        client,
+        services,
+        pods_by_ns,
+        endpoints,
+        seen: std::sync::Mutex::new(HashSet::new()),
+    });
     let mut mapper = PodServiceMapper::new(services_by_ns, pods);
     let (q1, q2, q3) = (queue.clone(), queue.clone(), queue.clone());
     tokio::join!(
@@ -418,7 +558,9 @@ pub fn service_ref(svc: &Service) -> ObjectReference {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodCondition, PodSpec, PodStatus, ServiceSpec};
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort, PodCondition, PodSpec, PodStatus, ServiceSpec,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     pub(crate) fn pod(name: &str, ip: Option<&str>, ready: bool) -> Pod {
@@ -434,7 +576,12 @@ pub(crate) mod tests {
                 node_name: Some("n1".into()),
                 containers: vec![Container {
                     name: "c".into(),
-                    ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: 8080, protocol: Some("TCP".into()), ..Default::default() }]),
+                    ports: Some(vec![ContainerPort {
+                        name: Some("http".into()),
+                        container_port: 8080,
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    }]),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -442,7 +589,11 @@ pub(crate) mod tests {
             status: Some(PodStatus {
                 phase: Some("Running".into()),
                 pod_ip: ip.map(String::from),
-                conditions: Some(vec![PodCondition { type_: "Ready".into(), status: if ready { "True" } else { "False" }.into(), ..Default::default() }]),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
         }
@@ -450,14 +601,30 @@ pub(crate) mod tests {
 
     pub(crate) fn service(ports: Vec<ServicePort>) -> Service {
         Service {
-            metadata: ObjectMeta { name: Some("web".into()), namespace: Some("default".into()), uid: Some("svc-uid".into()), labels: Some([("team".to_string(), "a".to_string())].into()), ..Default::default() },
-            spec: Some(ServiceSpec { selector: Some([("app".to_string(), "web".to_string())].into()), ports: Some(ports), ..Default::default() }),
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("default".into()),
+                uid: Some("svc-uid".into()),
+                labels: Some([("team".to_string(), "a".to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some([("app".to_string(), "web".to_string())].into()),
+                ports: Some(ports),
+                ..Default::default()
+            }),
             status: None,
         }
     }
 
     pub(crate) fn named_port() -> ServicePort {
-        ServicePort { name: Some("web".into()), port: 80, target_port: Some(IntOrString::String("http".into())), protocol: Some("TCP".into()), ..Default::default() }
+        ServicePort {
+            name: Some("web".into()),
+            port: 80,
+            target_port: Some(IntOrString::String("http".into())),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -474,27 +641,52 @@ pub(crate) mod tests {
         let mut mapper = PodServiceMapper::new(svc_index, store);
         let p = pod("a", Some("10.0.0.1"), true);
         writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
-        assert_eq!(mapper.services_of(&p), HashSet::from(["default/web".to_string()]));
+        assert_eq!(
+            mapper.services_of(&p),
+            HashSet::from(["default/web".to_string()])
+        );
         // Relabelled: the Service that selected it before is queued too.
         let mut moved = p.clone();
         moved.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
         writer.apply_watcher_event(&watcher::Event::Apply(moved.clone()));
-        assert_eq!(mapper.services_of(&moved), HashSet::from(["default/web".to_string(), "default/other".to_string()]));
+        assert_eq!(
+            mapper.services_of(&moved),
+            HashSet::from(["default/web".to_string(), "default/other".to_string()])
+        );
         writer.apply_watcher_event(&watcher::Event::Delete(moved.clone()));
-        assert_eq!(mapper.services_of(&moved), HashSet::from(["default/other".to_string()]));
+        assert_eq!(
+            mapper.services_of(&moved),
+            HashSet::from(["default/other".to_string()])
+        );
     }
 
     #[test]
     fn named_and_numeric_target_ports() {
         let p = pod("a", Some("10.0.0.1"), true);
         assert_eq!(find_port(&p, &named_port()), Some(8080));
-        let num = ServicePort { port: 80, target_port: Some(IntOrString::Int(9000)), ..Default::default() };
+        let num = ServicePort {
+            port: 80,
+            target_port: Some(IntOrString::Int(9000)),
+            ..Default::default()
+        };
         assert_eq!(find_port(&p, &num), Some(9000));
-        let none = ServicePort { port: 81, ..Default::default() };
+        let none = ServicePort {
+            port: 81,
+            ..Default::default()
+        };
         assert_eq!(find_port(&p, &none), Some(81));
-        let missing = ServicePort { port: 80, target_port: Some(IntOrString::String("grpc".into())), ..Default::default() };
+        let missing = ServicePort {
+            port: 80,
+            target_port: Some(IntOrString::String("grpc".into())),
+            ..Default::default()
+        };
         assert_eq!(find_port(&p, &missing), None);
-        let udp = ServicePort { port: 80, target_port: Some(IntOrString::String("http".into())), protocol: Some("UDP".into()), ..Default::default() };
+        let udp = ServicePort {
+            port: 80,
+            target_port: Some(IntOrString::String("http".into())),
+            protocol: Some("UDP".into()),
+            ..Default::default()
+        };
         assert_eq!(find_port(&p, &udp), None);
     }
 
@@ -508,9 +700,19 @@ pub(crate) mod tests {
         let subsets = desired_subsets(&svc, &[&a, &b, &c, &no_ip]);
         assert_eq!(subsets.len(), 1);
         let s = &subsets[0];
-        let ips: Vec<&str> = s.addresses.iter().flatten().map(|a| a.ip.as_str()).collect();
+        let ips: Vec<&str> = s
+            .addresses
+            .iter()
+            .flatten()
+            .map(|a| a.ip.as_str())
+            .collect();
         assert_eq!(ips, vec!["10.0.0.1", "10.0.0.2"]);
-        let nr: Vec<&str> = s.not_ready_addresses.iter().flatten().map(|a| a.ip.as_str()).collect();
+        let nr: Vec<&str> = s
+            .not_ready_addresses
+            .iter()
+            .flatten()
+            .map(|a| a.ip.as_str())
+            .collect();
         assert_eq!(nr, vec!["10.0.0.3"]);
         let ports = s.ports.clone().unwrap_or_default();
         assert_eq!(ports.len(), 1);
@@ -518,7 +720,10 @@ pub(crate) mod tests {
         assert_eq!(ports[0].name.as_deref(), Some("web"));
         let first = &s.addresses.as_ref().unwrap()[0];
         assert_eq!(first.node_name.as_deref(), Some("n1"));
-        assert_eq!(first.target_ref.as_ref().and_then(|r| r.name.as_deref()), Some("b"));
+        assert_eq!(
+            first.target_ref.as_ref().and_then(|r| r.name.as_deref()),
+            Some("b")
+        );
     }
 
     #[test]
@@ -530,7 +735,10 @@ pub(crate) mod tests {
         let subsets = desired_subsets(&svc, &[&term, &unready]);
         assert_eq!(subsets.len(), 1);
         assert!(subsets[0].addresses.is_none());
-        assert_eq!(subsets[0].not_ready_addresses.as_ref().map(|a| a.len()), Some(1));
+        assert_eq!(
+            subsets[0].not_ready_addresses.as_ref().map(|a| a.len()),
+            Some(1)
+        );
         svc.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
         let subsets = desired_subsets(&svc, &[&term, &unready]);
         assert_eq!(subsets[0].addresses.as_ref().map(|a| a.len()), Some(2));
@@ -539,15 +747,29 @@ pub(crate) mod tests {
 
     #[test]
     fn pods_lacking_a_named_port_are_left_out_and_port_sets_group() {
-        let svc = service(vec![named_port(), ServicePort { name: Some("raw".into()), port: 90, target_port: Some(IntOrString::Int(9090)), ..Default::default() }]);
+        let svc = service(vec![
+            named_port(),
+            ServicePort {
+                name: Some("raw".into()),
+                port: 90,
+                target_port: Some(IntOrString::Int(9090)),
+                ..Default::default()
+            },
+        ]);
         let a = pod("a", Some("10.0.0.1"), true);
         let mut b = pod("b", Some("10.0.0.2"), true);
         b.spec.as_mut().unwrap().containers[0].ports = None;
         let subsets = desired_subsets(&svc, &[&a, &b]);
         assert_eq!(subsets.len(), 2);
-        let with_both = subsets.iter().find(|s| s.ports.as_ref().map(|p| p.len()) == Some(2)).unwrap();
+        let with_both = subsets
+            .iter()
+            .find(|s| s.ports.as_ref().map(|p| p.len()) == Some(2))
+            .unwrap();
         assert_eq!(with_both.addresses.as_ref().unwrap()[0].ip, "10.0.0.1");
-        let only_raw = subsets.iter().find(|s| s.ports.as_ref().map(|p| p.len()) == Some(1)).unwrap();
+        let only_raw = subsets
+            .iter()
+            .find(|s| s.ports.as_ref().map(|p| p.len()) == Some(1))
+            .unwrap();
         assert_eq!(only_raw.addresses.as_ref().unwrap()[0].ip, "10.0.0.2");
         assert_eq!(only_raw.ports.as_ref().unwrap()[0].port, 9090);
     }
@@ -578,13 +800,23 @@ pub(crate) mod tests {
     fn headless_label_and_hostname() {
         let mut svc = service(vec![]);
         svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
-        assert_eq!(endpoints_labels(&svc).get(HEADLESS_LABEL).map(String::as_str), Some(""));
+        assert_eq!(
+            endpoints_labels(&svc)
+                .get(HEADLESS_LABEL)
+                .map(String::as_str),
+            Some("")
+        );
         let mut p = pod("a", Some("10.0.0.1"), true);
         p.spec.as_mut().unwrap().hostname = Some("h0".into());
         p.spec.as_mut().unwrap().subdomain = Some("web".into());
         let subsets = desired_subsets(&svc, &[&p]);
         assert_eq!(subsets.len(), 1);
         assert!(subsets[0].ports.is_none());
-        assert_eq!(subsets[0].addresses.as_ref().unwrap()[0].hostname.as_deref(), Some("h0"));
+        assert_eq!(
+            subsets[0].addresses.as_ref().unwrap()[0]
+                .hostname
+                .as_deref(),
+            Some("h0")
+        );
     }
 }

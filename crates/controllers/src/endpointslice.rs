@@ -10,18 +10,21 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, PostParams};
-use futures_util::StreamExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::endpoints::{endpoint_hostname, find_port, is_headless, key_of, manages, pod_ip, pod_ref, selected_pods, should_pod_be_in_endpoints, PodServiceMapper, HEADLESS_LABEL, LAST_CHANGE_TRIGGER_TIME};
+use crate::endpoints::{
+    endpoint_hostname, find_port, is_headless, key_of, manages, pod_ip, pod_ref, selected_pods,
+    should_pod_be_in_endpoints, PodServiceMapper, HEADLESS_LABEL, LAST_CHANGE_TRIGGER_TIME,
+};
 use crate::expectations::{Expectations, MetaOf};
-use crate::workqueue::WorkQueue;
-use crate::workload_util::{ignore_not_found, rfc3339};
 use crate::informers::Index;
+use crate::workload_util::{ignore_not_found, rfc3339};
+use crate::workqueue::WorkQueue;
 use crate::ControllerError;
 
 /// Label naming the Service of an EndpointSlice.
@@ -45,16 +48,32 @@ fn port_key(p: &EndpointPort) -> (Option<String>, Option<i32>, Option<String>) {
 }
 
 /// The endpoint of a pod for a Service, given the node zones (`node -> zone`).
-pub fn pod_endpoint(svc: &Service, pod: &Pod, zones: &BTreeMap<String, String>) -> Option<Endpoint> {
+pub fn pod_endpoint(
+    svc: &Service,
+    pod: &Pod,
+    zones: &BTreeMap<String, String>,
+) -> Option<Endpoint> {
     let ip = pod_ip(pod)?;
-    let publish = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
+    let publish = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.publish_not_ready_addresses)
+        .unwrap_or(false);
     let terminating = pod.metadata.deletion_timestamp.is_some();
     let serving = publish || crate::podutil::is_pod_ready(pod);
     let ready = serving && (publish || !terminating);
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .filter(|n| !n.is_empty());
     Some(Endpoint {
         addresses: vec![ip.to_string()],
-        conditions: Some(EndpointConditions { ready: Some(ready), serving: Some(serving), terminating: Some(terminating) }),
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(serving),
+            terminating: Some(terminating),
+        }),
         hostname: endpoint_hostname(pod, svc),
         zone: node.as_ref().and_then(|n| zones.get(n).cloned()),
         node_name: node,
@@ -64,14 +83,24 @@ pub fn pod_endpoint(svc: &Service, pod: &Pod, zones: &BTreeMap<String, String>) 
 }
 
 /// The endpoints of a Service grouped by port set (each group sorted by address).
-pub fn desired_groups(svc: &Service, pods: &[&Pod], zones: &BTreeMap<String, String>) -> Vec<(PortSet, Vec<Endpoint>)> {
-    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or(&[]);
+pub fn desired_groups(
+    svc: &Service,
+    pods: &[&Pod],
+    zones: &BTreeMap<String, String>,
+) -> Vec<(PortSet, Vec<Endpoint>)> {
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or(&[]);
     let mut groups: BTreeMap<PortKey, (PortSet, Vec<Endpoint>)> = BTreeMap::new();
     for pod in pods {
         if !should_pod_be_in_endpoints(pod, true) {
             continue;
         }
-        let Some(ep) = pod_endpoint(svc, pod, zones) else { continue };
+        let Some(ep) = pod_endpoint(svc, pod, zones) else {
+            continue;
+        };
         let mut set: PortSet = ports
             .iter()
             .filter_map(|sp| {
@@ -88,7 +117,11 @@ pub fn desired_groups(svc: &Service, pods: &[&Pod], zones: &BTreeMap<String, Str
         }
         set.sort_by_key(port_key);
         let key = set.iter().map(port_key).collect();
-        groups.entry(key).or_insert_with(|| (set, Vec::new())).1.push(ep);
+        groups
+            .entry(key)
+            .or_insert_with(|| (set, Vec::new()))
+            .1
+            .push(ep);
     }
     groups
         .into_values()
@@ -104,7 +137,10 @@ pub fn desired_groups(svc: &Service, pods: &[&Pod], zones: &BTreeMap<String, Str
 pub fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
     let mut labels = svc.metadata.labels.clone().unwrap_or_default();
     labels.remove(HEADLESS_LABEL);
-    labels.insert(SERVICE_NAME_LABEL.into(), svc.metadata.name.clone().unwrap_or_default());
+    labels.insert(
+        SERVICE_NAME_LABEL.into(),
+        svc.metadata.name.clone().unwrap_or_default(),
+    );
     labels.insert(MANAGED_BY_LABEL.into(), CONTROLLER_NAME.into());
     if is_headless(svc) {
         labels.insert(HEADLESS_LABEL.into(), String::new());
@@ -157,7 +193,11 @@ fn sorted_ports(s: &EndpointSlice) -> Vec<(Option<String>, Option<i32>, Option<S
 /// slices: existing slices with the same port set are reused (updated only when they
 /// differ), missing ones created, the rest deleted; with no endpoints at all one empty
 /// placeholder slice remains.
-pub fn plan_slices(svc: &Service, mut groups: Vec<(PortSet, Vec<Endpoint>)>, existing: &[Arc<EndpointSlice>]) -> SlicePlan {
+pub fn plan_slices(
+    svc: &Service,
+    mut groups: Vec<(PortSet, Vec<Endpoint>)>,
+    existing: &[Arc<EndpointSlice>],
+) -> SlicePlan {
     let mut plan = SlicePlan::default();
     if groups.is_empty() {
         groups.push((Vec::new(), Vec::new()));
@@ -166,9 +206,17 @@ pub fn plan_slices(svc: &Service, mut groups: Vec<(PortSet, Vec<Endpoint>)>, exi
     let mut used: HashSet<usize> = HashSet::new();
     for (ports, eps) in groups {
         let key: Vec<_> = ports.iter().map(port_key).collect();
-        let chunks: Vec<Vec<Endpoint>> = if eps.is_empty() { vec![Vec::new()] } else { eps.chunks(MAX_ENDPOINTS_PER_SLICE).map(|c| c.to_vec()).collect() };
+        let chunks: Vec<Vec<Endpoint>> = if eps.is_empty() {
+            vec![Vec::new()]
+        } else {
+            eps.chunks(MAX_ENDPOINTS_PER_SLICE)
+                .map(|c| c.to_vec())
+                .collect()
+        };
         for chunk in chunks {
-            let found = existing.iter().enumerate().find(|(i, s)| !used.contains(i) && sorted_ports(s) == key && s.address_type == "IPv4");
+            let found = existing.iter().enumerate().find(|(i, s)| {
+                !used.contains(i) && sorted_ports(s) == key && s.address_type == "IPv4"
+            });
             match found {
                 Some((i, s)) => {
                     used.insert(i);
@@ -185,7 +233,8 @@ pub fn plan_slices(svc: &Service, mut groups: Vec<(PortSet, Vec<Endpoint>)>, exi
     }
     for (i, s) in existing.iter().enumerate() {
         if !used.contains(&i) {
-            plan.delete.push(s.metadata.name.clone().unwrap_or_default());
+            plan.delete
+                .push(s.metadata.name.clone().unwrap_or_default());
         }
     }
     plan
@@ -195,17 +244,36 @@ fn zones(nodes: &Store<Node>) -> BTreeMap<String, String> {
     nodes
         .state()
         .iter()
-        .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.labels.as_ref()?.get(ZONE_LABEL)?.clone())))
+        .filter_map(|n| {
+            Some((
+                n.metadata.name.clone()?,
+                n.metadata.labels.as_ref()?.get(ZONE_LABEL)?.clone(),
+            ))
+        })
         .collect()
 }
 
 /// Index function: the `namespace/service` of a slice this controller manages.
 pub fn slices_by_service(s: &EndpointSlice) -> Vec<String> {
     let labels = s.metadata.labels.as_ref();
-    if labels.and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) != Some(CONTROLLER_NAME) {
+    if labels
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .map(String::as_str)
+        != Some(CONTROLLER_NAME)
+    {
         return Vec::new();
     }
-    labels.and_then(|l| l.get(SERVICE_NAME_LABEL)).map(|svc| format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or_default(), svc)).into_iter().collect()
+    labels
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(|svc| {
+            format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                svc
+            )
+        })
+        .into_iter()
+        .collect()
 }
 
 /// The caches the EndpointSlice controller reads.
@@ -224,14 +292,19 @@ struct Ctx {
 /// planned from its pods while it has a selector, deleted once it is gone or has none.
 async fn sync_service(ctx: &Ctx, key: &str) -> Result<Option<Duration>, ControllerError> {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
-    if !ctx.expectations.satisfied(key, |n| ctx.slices.get(&ObjectRef::new(n).within(ns)).map(MetaOf)) {
+    if !ctx.expectations.satisfied(key, |n| {
+        ctx.slices.get(&ObjectRef::new(n).within(ns)).map(MetaOf)
+    }) {
         // The slice events will queue the Service again; this is the fallback.
         return Ok(ctx.expectations.time_left(key));
     }
     let mut existing = ctx.slices_by_service.get(key);
     existing.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
-    let svc = ctx.services.get(&ObjectRef::new(name).within(ns)).filter(|s| manages(s));
+    let svc = ctx
+        .services
+        .get(&ObjectRef::new(name).within(ns))
+        .filter(|s| manages(s));
     let Some(svc) = svc else {
         // A Service that is gone or has no selector keeps no slices.
         let mut deleted = Vec::new();
@@ -252,16 +325,29 @@ async fn sync_service(ctx: &Ctx, key: &str) -> Result<Option<Duration>, Controll
     for mut s in plan.create {
         s.metadata.annotations = Some([(LAST_CHANGE_TRIGGER_TIME.to_string(), now.clone())].into());
         let created = api.create(&PostParams::default(), &s).await?;
-        ctx.expectations.expect_creations(key, [(created.metadata.name.clone().unwrap_or_default(), created.metadata.uid.clone().unwrap_or_default())]);
+        ctx.expectations.expect_creations(
+            key,
+            [(
+                created.metadata.name.clone().unwrap_or_default(),
+                created.metadata.uid.clone().unwrap_or_default(),
+            )],
+        );
     }
     for mut s in plan.update {
-        s.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(LAST_CHANGE_TRIGGER_TIME.into(), now.clone());
+        s.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(LAST_CHANGE_TRIGGER_TIME.into(), now.clone());
         let n = s.metadata.name.clone().unwrap_or_default();
         api.replace(&n, &PostParams::default(), &s).await?;
     }
     for n in plan.delete {
         ignore_not_found(api.delete(&n, &DeleteParams::default()).await.map(|_| ()))?;
-        let uid = existing.iter().find(|s| s.metadata.name.as_deref() == Some(n.as_str())).and_then(|s| s.metadata.uid.clone()).unwrap_or_default();
+        let uid = existing
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(n.as_str()))
+            .and_then(|s| s.metadata.uid.clone())
+            .unwrap_or_default();
         ctx.expectations.expect_deletions(key, [(n, uid)]);
     }
     Ok(None)
@@ -270,7 +356,10 @@ async fn sync_service(ctx: &Ctx, key: &str) -> Result<Option<Duration>, Controll
 /// Runs the EndpointSlice controller forever: a work queue of Service keys, fed by
 /// Service, slice and pod changes (a pod change queues only the Services that select
 /// it; a node change queues every Service only when node zones changed).
-pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+pub async fn run(
+    client: kube::Client,
+    informers: crate::informers::SharedInformers,
+) -> Result<(), ControllerError> {
     // Subscribe before reading the stores: no change after the first list is missed.
     let svc_changes = informers.subscribe::<Service>();
     let pod_changes = informers.subscribe::<Pod>();
@@ -281,7 +370,9 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
     let slices = informers.store::<EndpointSlice>().await;
     let nodes = informers.store::<Node>().await;
     let pods_by_ns = informers.index::<Pod>(crate::informers::by_namespace).await;
-    let services_by_ns = informers.index::<Service>(crate::informers::by_namespace).await;
+    let services_by_ns = informers
+        .index::<Service>(crate::informers::by_namespace)
+        .await;
     let slices_by_service = informers.index::<EndpointSlice>(slices_by_service).await;
     let queue: WorkQueue<String> = WorkQueue::new();
     for s in services.state() {
@@ -293,7 +384,15 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
         }
     }
     let mut last_zones = zones(&nodes);
-    let ctx = Arc::new(Ctx { client, services: services.clone(), pods_by_ns, slices, slices_by_service, nodes: nodes.clone(), expectations: Expectations::new() });
+    let ctx = Arc::new(Ctx {
+        client,
+        services: services.clone(),
+        pods_by_ns,
+        slices,
+        slices_by_service,
+        nodes: nodes.clone(),
+        expectations: Expectations::new(),
+    });
     let mut mapper = PodServiceMapper::new(services_by_ns, pods);
     let (q1, q2, q3, q4) = (queue.clone(), queue.clone(), queue.clone(), queue.clone());
     tokio::join!(
@@ -344,16 +443,37 @@ mod tests {
         let zones: BTreeMap<String, String> = [("n1".to_string(), "z1".to_string())].into();
         let ready_pod = pod("a", Some("10.0.0.1"), true);
         let e = pod_endpoint(&svc, &ready_pod, &zones).unwrap();
-        assert_eq!(e.conditions, Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }));
+        assert_eq!(
+            e.conditions,
+            Some(EndpointConditions {
+                ready: Some(true),
+                serving: Some(true),
+                terminating: Some(false)
+            })
+        );
         assert_eq!(e.zone.as_deref(), Some("z1"));
         assert_eq!(e.node_name.as_deref(), Some("n1"));
         let mut term = ready_pod.clone();
         term.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
         let e = pod_endpoint(&svc, &term, &zones).unwrap();
-        assert_eq!(e.conditions, Some(EndpointConditions { ready: Some(false), serving: Some(true), terminating: Some(true) }));
+        assert_eq!(
+            e.conditions,
+            Some(EndpointConditions {
+                ready: Some(false),
+                serving: Some(true),
+                terminating: Some(true)
+            })
+        );
         let unready = pod("b", Some("10.0.0.2"), false);
         let e = pod_endpoint(&svc, &unready, &zones).unwrap();
-        assert_eq!(e.conditions, Some(EndpointConditions { ready: Some(false), serving: Some(false), terminating: Some(false) }));
+        assert_eq!(
+            e.conditions,
+            Some(EndpointConditions {
+                ready: Some(false),
+                serving: Some(false),
+                terminating: Some(false)
+            })
+        );
         svc.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
         let e = pod_endpoint(&svc, &term, &zones).unwrap();
         assert_eq!(e.conditions.unwrap().ready, Some(true));
@@ -368,17 +488,30 @@ mod tests {
         term.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
         let groups = desired_groups(&svc, &[&a, &term], &BTreeMap::new());
         assert_eq!(groups.len(), 1);
-        assert_eq!(groups[0].1.len(), 2, "terminating pods are listed in slices");
+        assert_eq!(
+            groups[0].1.len(),
+            2,
+            "terminating pods are listed in slices"
+        );
         let plan = plan_slices(&svc, groups.clone(), &[]);
         assert_eq!(plan.create.len(), 1);
         let s = &plan.create[0];
         assert_eq!(s.metadata.generate_name.as_deref(), Some("web-"));
         assert_eq!(s.address_type, "IPv4");
         let labels = s.metadata.labels.clone().unwrap();
-        assert_eq!(labels.get(SERVICE_NAME_LABEL).map(String::as_str), Some("web"));
-        assert_eq!(labels.get(MANAGED_BY_LABEL).map(String::as_str), Some(CONTROLLER_NAME));
+        assert_eq!(
+            labels.get(SERVICE_NAME_LABEL).map(String::as_str),
+            Some("web")
+        );
+        assert_eq!(
+            labels.get(MANAGED_BY_LABEL).map(String::as_str),
+            Some(CONTROLLER_NAME)
+        );
         assert_eq!(labels.get("team").map(String::as_str), Some("a"));
-        assert_eq!(s.metadata.owner_references.as_ref().unwrap()[0].kind, "Service");
+        assert_eq!(
+            s.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "Service"
+        );
         assert_eq!(s.ports.as_ref().unwrap()[0].port, Some(8080));
         // The same slice existing: nothing to do.
         let mut existing = s.clone();
@@ -401,7 +534,15 @@ mod tests {
     #[test]
     fn large_services_split_into_slices_of_100() {
         let svc = service(vec![named_port()]);
-        let pods: Vec<Pod> = (0..250).map(|i| pod(&format!("p{i}"), Some(&format!("10.1.{}.{}", i / 200, i % 200)), true)).collect();
+        let pods: Vec<Pod> = (0..250)
+            .map(|i| {
+                pod(
+                    &format!("p{i}"),
+                    Some(&format!("10.1.{}.{}", i / 200, i % 200)),
+                    true,
+                )
+            })
+            .collect();
         let refs: Vec<&Pod> = pods.iter().collect();
         let plan = plan_slices(&svc, desired_groups(&svc, &refs, &BTreeMap::new()), &[]);
         let sizes: Vec<usize> = plan.create.iter().map(|s| s.endpoints.len()).collect();

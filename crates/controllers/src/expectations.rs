@@ -73,7 +73,9 @@ impl Item {
             (Op::Create, None) => false,
             (Op::Delete, Some(m)) => !meta_matches(m, &self.uid) || m.deletion_timestamp.is_some(),
             (Op::Delete, None) => true,
-            (Op::RemoveFinalizer(f), Some(m)) => !meta_matches(m, &self.uid) || !m.finalizers.iter().flatten().any(|x| x == f),
+            (Op::RemoveFinalizer(f), Some(m)) => {
+                !meta_matches(m, &self.uid) || !m.finalizers.iter().flatten().any(|x| x == f)
+            }
             (Op::RemoveFinalizer(_), None) => true,
         }
     }
@@ -87,7 +89,10 @@ impl Expectations {
 
     /// No expectations, with a custom timeout (tests).
     pub fn with_timeout(timeout: Duration) -> Self {
-        Expectations { inner: Arc::new(Mutex::new(HashMap::new())), timeout }
+        Expectations {
+            inner: Arc::new(Mutex::new(HashMap::new())),
+            timeout,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -103,24 +108,53 @@ impl Expectations {
             return;
         }
         let mut map = self.lock();
-        let e = map.entry(key.to_string()).or_insert_with(|| Entry { items: Vec::new(), since: Instant::now() });
+        let e = map.entry(key.to_string()).or_insert_with(|| Entry {
+            items: Vec::new(),
+            since: Instant::now(),
+        });
         e.items.extend(items);
         e.since = Instant::now();
     }
 
     /// Records created objects `(name, uid)` of `key` (as the API returned them).
     pub fn expect_creations(&self, key: &str, created: impl IntoIterator<Item = (String, String)>) {
-        self.add(key, created.into_iter().map(|(name, uid)| Item { name, uid, op: Op::Create }));
+        self.add(
+            key,
+            created.into_iter().map(|(name, uid)| Item {
+                name,
+                uid,
+                op: Op::Create,
+            }),
+        );
     }
 
     /// Records deleted objects `(name, uid)` of `key`.
     pub fn expect_deletions(&self, key: &str, deleted: impl IntoIterator<Item = (String, String)>) {
-        self.add(key, deleted.into_iter().map(|(name, uid)| Item { name, uid, op: Op::Delete }));
+        self.add(
+            key,
+            deleted.into_iter().map(|(name, uid)| Item {
+                name,
+                uid,
+                op: Op::Delete,
+            }),
+        );
     }
 
     /// Records objects `(name, uid)` of `key` whose `finalizer` was removed.
-    pub fn expect_finalizer_removals(&self, key: &str, finalizer: &str, objs: impl IntoIterator<Item = (String, String)>) {
-        self.add(key, objs.into_iter().map(|(name, uid)| Item { name, uid, op: Op::RemoveFinalizer(finalizer.to_string()) }));
+    pub fn expect_finalizer_removals(
+        &self,
+        key: &str,
+        finalizer: &str,
+        objs: impl IntoIterator<Item = (String, String)>,
+    ) {
+        self.add(
+            key,
+            objs.into_iter().map(|(name, uid)| Item {
+                name,
+                uid,
+                op: Op::RemoveFinalizer(finalizer.to_string()),
+            }),
+        );
     }
 
     /// Settles the expectations of `key` about the object of `uid`, which the informer
@@ -143,7 +177,9 @@ impl Expectations {
         M: std::ops::Deref<Target = ObjectMeta>,
     {
         let mut map = self.lock();
-        let Some(e) = map.get_mut(key) else { return true };
+        let Some(e) = map.get_mut(key) else {
+            return true;
+        };
         if e.since.elapsed() > self.timeout {
             tracing::debug!(key, outstanding = e.items.len(), "expectations timed out");
             map.remove(key);
@@ -164,7 +200,9 @@ impl Expectations {
 
     /// How long until the expectations of `key` time out (None when it has none).
     pub fn time_left(&self, key: &str) -> Option<Duration> {
-        self.lock().get(key).map(|e| self.timeout.saturating_sub(e.since.elapsed()))
+        self.lock()
+            .get(key)
+            .map(|e| self.timeout.saturating_sub(e.since.elapsed()))
     }
 
     /// Forgets `key` (its controller object was deleted).
@@ -189,18 +227,30 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn meta(name: &str, uid: &str) -> ObjectMeta {
-        ObjectMeta { name: Some(name.into()), uid: Some(uid.into()), ..Default::default() }
+        ObjectMeta {
+            name: Some(name.into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        }
     }
 
     fn cache(objs: &[ObjectMeta]) -> impl Fn(&str) -> Option<Box<ObjectMeta>> + '_ {
-        move |n: &str| objs.iter().find(|m| m.name.as_deref() == Some(n)).cloned().map(Box::new)
+        move |n: &str| {
+            objs.iter()
+                .find(|m| m.name.as_deref() == Some(n))
+                .cloned()
+                .map(Box::new)
+        }
     }
 
     #[test]
     fn creations_wait_for_the_cache() {
         let e = Expectations::new();
         assert!(e.satisfied("ns/a", cache(&[])));
-        e.expect_creations("ns/a", [("p1".into(), "u1".into()), ("p2".into(), "u2".into())]);
+        e.expect_creations(
+            "ns/a",
+            [("p1".into(), "u1".into()), ("p2".into(), "u2".into())],
+        );
         assert!(!e.satisfied("ns/a", cache(&[])));
         assert!(!e.satisfied("ns/a", cache(&[meta("p1", "u1")])));
         assert_eq!(e.pending("ns/a"), 1);
@@ -214,7 +264,10 @@ mod tests {
     #[test]
     fn deletions_wait_until_gone_or_terminating() {
         let e = Expectations::new();
-        e.expect_deletions("k", [("p1".into(), "u1".into()), ("p2".into(), "u2".into())]);
+        e.expect_deletions(
+            "k",
+            [("p1".into(), "u1".into()), ("p2".into(), "u2".into())],
+        );
         let mut terminating = meta("p2", "u2");
         assert!(!e.satisfied("k", cache(&[meta("p1", "u1"), terminating.clone()])));
         terminating.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
@@ -254,7 +307,9 @@ mod tests {
         assert!(e.satisfied("k", cache(&[])));
         let e = Expectations::new();
         e.expect_creations("k", [("p".into(), "u".into())]);
-        assert!(e.time_left("k").is_some_and(|d| d > Duration::from_secs(200)));
+        assert!(e
+            .time_left("k")
+            .is_some_and(|d| d > Duration::from_secs(200)));
         e.forget("k");
         assert!(e.satisfied("k", cache(&[])));
     }

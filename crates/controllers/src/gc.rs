@@ -16,24 +16,29 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams, Preconditions, PropagationPolicy};
-use kube::core::{ApiResource, GroupVersion};
-use kube::discovery::{verbs, Discovery, Scope};
-use kube::core::PartialObjectMeta;
-use kube::runtime::{watcher, WatchStreamExt};
 use futures_util::future::BoxFuture;
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node as KubeNode, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node as KubeNode, PersistentVolume, PersistentVolumeClaim,
+    Pod, ReplicationController, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams, Preconditions, PropagationPolicy};
+use kube::core::PartialObjectMeta;
+use kube::core::{ApiResource, GroupVersion};
+use kube::discovery::{verbs, Discovery, Scope};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -70,12 +75,26 @@ pub enum DependentAction {
 
 /// Upstream's `attemptToDeleteItem` decision for an object given the state of each of
 /// its owners, whether it has dependents itself, and its finalizers.
-pub fn decide_dependent(owners: &[(OwnerReference, OwnerState)], has_dependents: bool, finalizers: &[String]) -> DependentAction {
+pub fn decide_dependent(
+    owners: &[(OwnerReference, OwnerState)],
+    has_dependents: bool,
+    finalizers: &[String],
+) -> DependentAction {
     if owners.is_empty() {
         return DependentAction::Keep;
     }
-    let uids = |s: OwnerState| owners.iter().filter(|(_, st)| *st == s).map(|(r, _)| r.uid.clone()).collect::<Vec<_>>();
-    let (solid, dangling, waiting) = (uids(OwnerState::Solid), uids(OwnerState::Dangling), uids(OwnerState::Waiting));
+    let uids = |s: OwnerState| {
+        owners
+            .iter()
+            .filter(|(_, st)| *st == s)
+            .map(|(r, _)| r.uid.clone())
+            .collect::<Vec<_>>()
+    };
+    let (solid, dangling, waiting) = (
+        uids(OwnerState::Solid),
+        uids(OwnerState::Dangling),
+        uids(OwnerState::Waiting),
+    );
     if !solid.is_empty() {
         if dangling.is_empty() && waiting.is_empty() {
             return DependentAction::Keep;
@@ -111,7 +130,11 @@ pub enum OwnerAction {
 }
 
 /// The decision for an object with a deletionTimestamp: orphan first, then foreground.
-pub fn decide_deleting_owner(deleting: bool, finalizers: &[String], blocking_dependents: usize) -> OwnerAction {
+pub fn decide_deleting_owner(
+    deleting: bool,
+    finalizers: &[String],
+    blocking_dependents: usize,
+) -> OwnerAction {
     if !deleting {
         return OwnerAction::None;
     }
@@ -119,7 +142,11 @@ pub fn decide_deleting_owner(deleting: bool, finalizers: &[String], blocking_dep
         return OwnerAction::Orphan;
     }
     if finalizers.iter().any(|f| f == FOREGROUND_FINALIZER) {
-        return if blocking_dependents == 0 { OwnerAction::RemoveForeground } else { OwnerAction::DeleteDependents };
+        return if blocking_dependents == 0 {
+            OwnerAction::RemoveForeground
+        } else {
+            OwnerAction::DeleteDependents
+        };
     }
     OwnerAction::None
 }
@@ -150,14 +177,20 @@ struct Graph {
 impl Graph {
     fn resource_for(&self, api_version: &str, kind: &str) -> Option<usize> {
         let gv: GroupVersion = api_version.parse().ok()?;
-        self.resources.iter().position(|(ar, _)| ar.group == gv.group && ar.kind == kind)
+        self.resources
+            .iter()
+            .position(|(ar, _)| ar.group == gv.group && ar.kind == kind)
     }
 
     /// Inserts or updates a node; returns uids to look at.
     fn upsert(&mut self, uid: String, node: Node) -> Vec<String> {
         let mut out = Vec::new();
         let old = self.nodes.insert(uid.clone(), node.clone());
-        let changed = old.as_ref().is_none_or(|o| o.owners != node.owners || o.deleting != node.deleting || o.finalizers != node.finalizers);
+        let changed = old.as_ref().is_none_or(|o| {
+            o.owners != node.owners
+                || o.deleting != node.deleting
+                || o.finalizers != node.finalizers
+        });
         if let Some(o) = &old {
             for r in &o.owners {
                 if let Some(s) = self.dependents.get_mut(&r.uid) {
@@ -166,7 +199,10 @@ impl Graph {
             }
         }
         for r in &node.owners {
-            self.dependents.entry(r.uid.clone()).or_default().insert(uid.clone());
+            self.dependents
+                .entry(r.uid.clone())
+                .or_default()
+                .insert(uid.clone());
         }
         if changed {
             if !node.owners.is_empty() || node.deleting {
@@ -182,19 +218,34 @@ impl Graph {
     /// Removes the nodes of resource `res` whose uids `keep` lacks (gone while not
     /// watched); returns the uids to look at.
     fn forget_missing(&mut self, res: usize, keep: &HashSet<String>) -> Vec<String> {
-        let gone: Vec<String> = self.nodes.iter().filter(|(u, n)| n.res == res && !keep.contains(*u)).map(|(u, _)| u.clone()).collect();
+        let gone: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(u, n)| n.res == res && !keep.contains(*u))
+            .map(|(u, _)| u.clone())
+            .collect();
         gone.iter().flat_map(|u| self.remove(u)).collect()
     }
 
     /// Removes a node; returns its dependents and any owners waiting for it.
     fn remove(&mut self, uid: &str) -> Vec<String> {
-        let mut out: Vec<String> = self.dependents.get(uid).into_iter().flatten().cloned().collect();
+        let mut out: Vec<String> = self
+            .dependents
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         if let Some(n) = self.nodes.remove(uid) {
             for r in &n.owners {
                 if let Some(s) = self.dependents.get_mut(&r.uid) {
                     s.remove(uid);
                 }
-                if self.nodes.get(&r.uid).is_some_and(|o| o.deleting_dependents()) {
+                if self
+                    .nodes
+                    .get(&r.uid)
+                    .is_some_and(|o| o.deleting_dependents())
+                {
                     out.push(r.uid.clone());
                 }
             }
@@ -214,7 +265,12 @@ struct Gc {
     failures: Mutex<HashMap<String, u32>>,
 }
 
-fn api_for(client: &kube::Client, ar: &ApiResource, namespaced: bool, ns: Option<&str>) -> Api<DynamicObject> {
+fn api_for(
+    client: &kube::Client,
+    ar: &ApiResource,
+    namespaced: bool,
+    ns: Option<&str>,
+) -> Api<DynamicObject> {
     match (namespaced, ns) {
         (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
         _ => Api::all_with(client.clone(), ar),
@@ -228,7 +284,9 @@ fn err(e: impl std::fmt::Display) -> ControllerError {
 impl Gc {
     /// An object of resource `idx` was added or changed.
     fn apply(&self, idx: usize, meta: &ObjectMeta) {
-        let Some((uid, node)) = node_of(idx, meta) else { return };
+        let Some((uid, node)) = node_of(idx, meta) else {
+            return;
+        };
         let todo = match self.graph.lock() {
             Ok(mut g) => g.upsert(uid, node),
             Err(_) => return,
@@ -240,7 +298,9 @@ impl Gc {
 
     /// An object was deleted.
     fn delete(&self, meta: &ObjectMeta) {
-        let Some(uid) = meta.uid.as_deref() else { return };
+        let Some(uid) = meta.uid.as_deref() else {
+            return;
+        };
         let todo = match self.graph.lock() {
             Ok(mut g) => g.remove(uid),
             Err(_) => return,
@@ -285,12 +345,27 @@ impl Gc {
     }
 
     /// The state of one owner, confirmed with the API server when absent from the graph.
-    async fn owner_state(&self, r: &OwnerReference, ns: Option<&str>) -> Result<OwnerState, ControllerError> {
-        let known = self.graph.lock().ok().and_then(|g| g.nodes.get(&r.uid).cloned());
+    async fn owner_state(
+        &self,
+        r: &OwnerReference,
+        ns: Option<&str>,
+    ) -> Result<OwnerState, ControllerError> {
+        let known = self
+            .graph
+            .lock()
+            .ok()
+            .and_then(|g| g.nodes.get(&r.uid).cloned());
         if let Some(o) = known {
-            return Ok(if o.deleting_dependents() { OwnerState::Waiting } else { OwnerState::Solid });
+            return Ok(if o.deleting_dependents() {
+                OwnerState::Waiting
+            } else {
+                OwnerState::Solid
+            });
         }
-        let res = self.graph.lock().ok().and_then(|g| g.resource_for(&r.api_version, &r.kind).and_then(|i| g.resources.get(i).cloned()));
+        let res = self.graph.lock().ok().and_then(|g| {
+            g.resource_for(&r.api_version, &r.kind)
+                .and_then(|i| g.resources.get(i).cloned())
+        });
         let Some((ar, namespaced)) = res else {
             // An unknown kind: never collect on a guess.
             return Ok(OwnerState::Solid);
@@ -299,7 +374,15 @@ impl Gc {
         match api.get_metadata_opt(&r.name).await? {
             Some(o) if o.metadata.uid.as_deref() == Some(r.uid.as_str()) => {
                 let fin = o.metadata.finalizers.clone().unwrap_or_default();
-                Ok(if o.metadata.deletion_timestamp.is_some() && fin.iter().any(|f| f == FOREGROUND_FINALIZER) { OwnerState::Waiting } else { OwnerState::Solid })
+                Ok(
+                    if o.metadata.deletion_timestamp.is_some()
+                        && fin.iter().any(|f| f == FOREGROUND_FINALIZER)
+                    {
+                        OwnerState::Waiting
+                    } else {
+                        OwnerState::Solid
+                    },
+                )
             }
             _ => Ok(OwnerState::Dangling),
         }
@@ -307,11 +390,23 @@ impl Gc {
 
     /// Rewrites a list field of an object's metadata with a read-modify-write PUT
     /// (optimistic concurrency on resourceVersion; a conflict is retried by the queue).
-    async fn patch_meta_list(&self, api: &Api<DynamicObject>, name: &str, path: &str, edit: impl Fn(&ObjectMeta) -> Option<serde_json::Value>) -> Result<(), ControllerError> {
-        let Some(mut cur) = api.get_opt(name).await? else { return Ok(()) };
-        let Some(value) = edit(&cur.metadata) else { return Ok(()) };
+    async fn patch_meta_list(
+        &self,
+        api: &Api<DynamicObject>,
+        name: &str,
+        path: &str,
+        edit: impl Fn(&ObjectMeta) -> Option<serde_json::Value>,
+    ) -> Result<(), ControllerError> {
+        let Some(mut cur) = api.get_opt(name).await? else {
+            return Ok(());
+        };
+        let Some(value) = edit(&cur.metadata) else {
+            return Ok(());
+        };
         match path {
-            "/metadata/finalizers" => cur.metadata.finalizers = serde_json::from_value(value).map_err(err)?,
+            "/metadata/finalizers" => {
+                cur.metadata.finalizers = serde_json::from_value(value).map_err(err)?
+            }
             _ => cur.metadata.owner_references = serde_json::from_value(value).map_err(err)?,
         }
         match api.replace(name, &PostParams::default(), &cur).await {
@@ -321,38 +416,72 @@ impl Gc {
         }
     }
 
-    async fn remove_finalizer(&self, api: &Api<DynamicObject>, name: &str, uid: &str, finalizer: &str) -> Result<(), ControllerError> {
+    async fn remove_finalizer(
+        &self,
+        api: &Api<DynamicObject>,
+        name: &str,
+        uid: &str,
+        finalizer: &str,
+    ) -> Result<(), ControllerError> {
         self.patch_meta_list(api, name, "/metadata/finalizers", |m| {
             if m.uid.as_deref() != Some(uid) {
                 return None;
             }
             let f = m.finalizers.clone().unwrap_or_default();
-            f.iter().any(|x| x == finalizer).then(|| serde_json::json!(f.iter().filter(|x| *x != finalizer).collect::<Vec<_>>()))
+            f.iter().any(|x| x == finalizer).then(|| {
+                serde_json::json!(f.iter().filter(|x| *x != finalizer).collect::<Vec<_>>())
+            })
         })
         .await
     }
 
-    async fn remove_owner_refs(&self, api: &Api<DynamicObject>, name: &str, uid: &str, owners: &[String]) -> Result<(), ControllerError> {
+    async fn remove_owner_refs(
+        &self,
+        api: &Api<DynamicObject>,
+        name: &str,
+        uid: &str,
+        owners: &[String],
+    ) -> Result<(), ControllerError> {
         self.patch_meta_list(api, name, "/metadata/ownerReferences", |m| {
             if m.uid.as_deref() != Some(uid) {
                 return None;
             }
             let refs = m.owner_references.clone().unwrap_or_default();
-            refs.iter().any(|r| owners.contains(&r.uid)).then(|| serde_json::json!(refs.iter().filter(|r| !owners.contains(&r.uid)).collect::<Vec<_>>()))
+            refs.iter().any(|r| owners.contains(&r.uid)).then(|| {
+                serde_json::json!(refs
+                    .iter()
+                    .filter(|r| !owners.contains(&r.uid))
+                    .collect::<Vec<_>>())
+            })
         })
         .await
     }
 
     async fn process(&self, uid: &str) -> Result<(), ControllerError> {
-        let Some((node, ar, namespaced)) = self.node(uid) else { return Ok(()) };
+        let Some((node, ar, namespaced)) = self.node(uid) else {
+            return Ok(());
+        };
         let api = api_for(&self.client, &ar, namespaced, node.namespace.as_deref());
-        let dependents: Vec<String> = self.graph.lock().ok().and_then(|g| g.dependents.get(uid).cloned()).unwrap_or_default().into_iter().collect();
+        let dependents: Vec<String> = self
+            .graph
+            .lock()
+            .ok()
+            .and_then(|g| g.dependents.get(uid).cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         if node.deleting {
             let blocking: Vec<String> = {
                 let g = self.graph.lock().map_err(err)?;
                 dependents
                     .iter()
-                    .filter(|d| g.nodes.get(*d).is_some_and(|n| n.owners.iter().any(|r| r.uid == uid && r.block_owner_deletion == Some(true))))
+                    .filter(|d| {
+                        g.nodes.get(*d).is_some_and(|n| {
+                            n.owners
+                                .iter()
+                                .any(|r| r.uid == uid && r.block_owner_deletion == Some(true))
+                        })
+                    })
                     .cloned()
                     .collect()
             };
@@ -360,16 +489,25 @@ impl Gc {
                 OwnerAction::Orphan => {
                     for d in &dependents {
                         if let Some((dn, dar, dnamespaced)) = self.node(d) {
-                            let dapi = api_for(&self.client, &dar, dnamespaced, dn.namespace.as_deref());
-                            self.remove_owner_refs(&dapi, &dn.name, d, &[uid.to_string()]).await?;
+                            let dapi =
+                                api_for(&self.client, &dar, dnamespaced, dn.namespace.as_deref());
+                            self.remove_owner_refs(&dapi, &dn.name, d, &[uid.to_string()])
+                                .await?;
                         }
                     }
-                    self.remove_finalizer(&api, &node.name, uid, ORPHAN_FINALIZER).await?;
+                    self.remove_finalizer(&api, &node.name, uid, ORPHAN_FINALIZER)
+                        .await?;
                 }
-                OwnerAction::RemoveForeground => self.remove_finalizer(&api, &node.name, uid, FOREGROUND_FINALIZER).await?,
+                OwnerAction::RemoveForeground => {
+                    self.remove_finalizer(&api, &node.name, uid, FOREGROUND_FINALIZER)
+                        .await?
+                }
                 OwnerAction::DeleteDependents => {
                     for d in blocking {
-                        if self.node(&d).is_some_and(|(n, _, _)| !n.deleting_dependents()) {
+                        if self
+                            .node(&d)
+                            .is_some_and(|(n, _, _)| !n.deleting_dependents())
+                        {
                             self.enqueue(d);
                         }
                     }
@@ -385,17 +523,29 @@ impl Gc {
         }
         let mut states = Vec::new();
         for r in &node.owners {
-            states.push((r.clone(), self.owner_state(r, node.namespace.as_deref()).await?));
+            states.push((
+                r.clone(),
+                self.owner_state(r, node.namespace.as_deref()).await?,
+            ));
         }
         match decide_dependent(&states, !dependents.is_empty(), &node.finalizers) {
             DependentAction::Keep => Ok(()),
-            DependentAction::RemoveOwners(uids) => self.remove_owner_refs(&api, &node.name, uid, &uids).await,
+            DependentAction::RemoveOwners(uids) => {
+                self.remove_owner_refs(&api, &node.name, uid, &uids).await
+            }
             DependentAction::Delete(policy) => {
                 if node.deleting {
                     return Ok(());
                 }
                 tracing::debug!(kind = %ar.kind, name = %node.name, "garbage collector: deleting");
-                let dp = DeleteParams { propagation_policy: Some(policy), preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }), ..Default::default() };
+                let dp = DeleteParams {
+                    propagation_policy: Some(policy),
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid.to_string()),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
                 match api.delete(&node.name, &dp).await {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
@@ -426,7 +576,8 @@ fn ignored(ar: &ApiResource) -> bool {
 }
 
 /// Feeds the graph with one resource's objects (a task of the collector).
-type Feeder = fn(Arc<Gc>, SharedInformers, usize, mpsc::UnboundedSender<()>) -> BoxFuture<'static, ()>;
+type Feeder =
+    fn(Arc<Gc>, SharedInformers, usize, mpsc::UnboundedSender<()>) -> BoxFuture<'static, ()>;
 
 /// Whether the controller manager's shared informers serve the resource `group`/`plural`
 /// (a controller reads it from there): then the collector feeds its graph from that
@@ -449,16 +600,42 @@ fn shared_feeder(group: &str, plural: &str) -> Option<Feeder> {
         };
     }
     shared!(
-        Pod, KubeNode, Service, Endpoints, Namespace, ServiceAccount, ConfigMap, ReplicationController, PersistentVolume, PersistentVolumeClaim,
-        ReplicaSet, Deployment, StatefulSet, DaemonSet, ControllerRevision, Job, CronJob, EndpointSlice, PodDisruptionBudget, Lease,
-        HorizontalPodAutoscaler, CertificateSigningRequest, ClusterRole, StorageClass,
+        Pod,
+        KubeNode,
+        Service,
+        Endpoints,
+        Namespace,
+        ServiceAccount,
+        ConfigMap,
+        ReplicationController,
+        PersistentVolume,
+        PersistentVolumeClaim,
+        ReplicaSet,
+        Deployment,
+        StatefulSet,
+        DaemonSet,
+        ControllerRevision,
+        Job,
+        CronJob,
+        EndpointSlice,
+        PodDisruptionBudget,
+        Lease,
+        HorizontalPodAutoscaler,
+        CertificateSigningRequest,
+        ClusterRole,
+        StorageClass,
     );
     None
 }
 
 /// Feeds the graph from the shared informer of `K`: its store once synced, then its
 /// changes.
-async fn feed_shared<K: InformerResource>(gc: Arc<Gc>, informers: SharedInformers, idx: usize, synced: mpsc::UnboundedSender<()>) {
+async fn feed_shared<K: InformerResource>(
+    gc: Arc<Gc>,
+    informers: SharedInformers,
+    idx: usize,
+    synced: mpsc::UnboundedSender<()>,
+) {
     // Subscribe before reading the store: nothing in between is missed.
     let changes = informers.changes::<K>();
     let store = informers.store::<K>().await;
@@ -475,7 +652,12 @@ async fn feed_shared<K: InformerResource>(gc: Arc<Gc>, informers: SharedInformer
 }
 
 /// Feeds the graph from a metadata-only watch of a resource no shared informer serves.
-async fn feed_metadata(gc: Arc<Gc>, ar: ApiResource, idx: usize, synced: mpsc::UnboundedSender<()>) {
+async fn feed_metadata(
+    gc: Arc<Gc>,
+    ar: ApiResource,
+    idx: usize,
+    synced: mpsc::UnboundedSender<()>,
+) {
     let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(gc.client.clone(), &ar);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures_util::pin_mut!(stream);
@@ -495,19 +677,31 @@ async fn feed_metadata(gc: Arc<Gc>, ar: ApiResource, idx: usize, synced: mpsc::U
                     let _ = synced.send(());
                 }
             }
-            Err(e) => tracing::debug!(resource = %ar.plural, error = %e, "garbage collector: watch error"),
+            Err(e) => {
+                tracing::debug!(resource = %ar.plural, error = %e, "garbage collector: watch error")
+            }
         }
     }
 }
 
 /// Starts feeding the graph for resources not yet fed (from a shared informer where one
 /// serves the resource, else a metadata watch); returns how many were started.
-async fn discover(gc: &Arc<Gc>, informers: &SharedInformers, started: &mut HashSet<(String, String)>, synced: &mpsc::UnboundedSender<()>, tasks: &mut JoinSet<()>) -> Result<usize, ControllerError> {
+async fn discover(
+    gc: &Arc<Gc>,
+    informers: &SharedInformers,
+    started: &mut HashSet<(String, String)>,
+    synced: &mpsc::UnboundedSender<()>,
+    tasks: &mut JoinSet<()>,
+) -> Result<usize, ControllerError> {
     let discovery = Discovery::new(gc.client.clone()).run().await?;
     let mut n = 0;
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
-            if !caps.supports_operation(verbs::LIST) || !caps.supports_operation(verbs::WATCH) || !caps.supports_operation(verbs::DELETE) || ignored(&ar) {
+            if !caps.supports_operation(verbs::LIST)
+                || !caps.supports_operation(verbs::WATCH)
+                || !caps.supports_operation(verbs::DELETE)
+                || ignored(&ar)
+            {
                 continue;
             }
             if !started.insert((ar.group.clone(), ar.plural.clone())) {
@@ -537,7 +731,13 @@ async fn discover(gc: &Arc<Gc>, informers: &SharedInformers, started: &mut HashS
 /// Runs the garbage collector until it fails (or is dropped: its watches stop with it).
 pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(), ControllerError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    let gc = Arc::new(Gc { client, graph: Mutex::new(Graph::default()), queue: tx, pending: Mutex::new(HashSet::new()), failures: Mutex::new(HashMap::new()) });
+    let gc = Arc::new(Gc {
+        client,
+        graph: Mutex::new(Graph::default()),
+        queue: tx,
+        pending: Mutex::new(HashSet::new()),
+        failures: Mutex::new(HashMap::new()),
+    });
     let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<()>();
     let mut started = HashSet::new();
     // The feeding tasks, aborted when this future is dropped (end of a leadership term).
@@ -570,7 +770,9 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(e) = discover(&gc, &informers, &mut started, &synced_tx, &mut tasks).await {
+                if let Err(e) =
+                    discover(&gc, &informers, &mut started, &synced_tx, &mut tasks).await
+                {
                     tracing::debug!(error = %e, "garbage collector: rediscovery failed");
                 }
             }
@@ -614,15 +816,31 @@ mod tests {
     use super::*;
 
     fn oref(uid: &str, block: bool) -> OwnerReference {
-        OwnerReference { api_version: "apps/v1".into(), kind: "ReplicaSet".into(), name: uid.into(), uid: uid.into(), controller: Some(true), block_owner_deletion: Some(block) }
+        OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: uid.into(),
+            uid: uid.into(),
+            controller: Some(true),
+            block_owner_deletion: Some(block),
+        }
     }
 
     #[test]
     fn background_collects_when_all_owners_gone() {
         let owners = [(oref("a", true), OwnerState::Dangling)];
-        assert_eq!(decide_dependent(&owners, false, &[]), DependentAction::Delete(PropagationPolicy::Background));
-        let mixed = [(oref("a", true), OwnerState::Dangling), (oref("b", false), OwnerState::Solid)];
-        assert_eq!(decide_dependent(&mixed, false, &[]), DependentAction::RemoveOwners(vec!["a".into()]));
+        assert_eq!(
+            decide_dependent(&owners, false, &[]),
+            DependentAction::Delete(PropagationPolicy::Background)
+        );
+        let mixed = [
+            (oref("a", true), OwnerState::Dangling),
+            (oref("b", false), OwnerState::Solid),
+        ];
+        assert_eq!(
+            decide_dependent(&mixed, false, &[]),
+            DependentAction::RemoveOwners(vec!["a".into()])
+        );
         let solid = [(oref("b", false), OwnerState::Solid)];
         assert_eq!(decide_dependent(&solid, false, &[]), DependentAction::Keep);
         assert_eq!(decide_dependent(&[], false, &[]), DependentAction::Keep);
@@ -631,28 +849,67 @@ mod tests {
     #[test]
     fn foreground_owner_deletes_dependents_in_foreground_when_they_have_dependents() {
         let waiting = [(oref("d", true), OwnerState::Waiting)];
-        assert_eq!(decide_dependent(&waiting, true, &[]), DependentAction::Delete(PropagationPolicy::Foreground));
-        assert_eq!(decide_dependent(&waiting, false, &[]), DependentAction::Delete(PropagationPolicy::Background));
-        assert_eq!(decide_dependent(&waiting, false, &[ORPHAN_FINALIZER.into()]), DependentAction::Delete(PropagationPolicy::Orphan));
+        assert_eq!(
+            decide_dependent(&waiting, true, &[]),
+            DependentAction::Delete(PropagationPolicy::Foreground)
+        );
+        assert_eq!(
+            decide_dependent(&waiting, false, &[]),
+            DependentAction::Delete(PropagationPolicy::Background)
+        );
+        assert_eq!(
+            decide_dependent(&waiting, false, &[ORPHAN_FINALIZER.into()]),
+            DependentAction::Delete(PropagationPolicy::Orphan)
+        );
     }
 
     #[test]
     fn deleting_owner_finalizers() {
         let fg = vec![FOREGROUND_FINALIZER.to_string()];
-        assert_eq!(decide_deleting_owner(true, &fg, 2), OwnerAction::DeleteDependents);
-        assert_eq!(decide_deleting_owner(true, &fg, 0), OwnerAction::RemoveForeground);
-        assert_eq!(decide_deleting_owner(true, &[ORPHAN_FINALIZER.into()], 3), OwnerAction::Orphan);
+        assert_eq!(
+            decide_deleting_owner(true, &fg, 2),
+            OwnerAction::DeleteDependents
+        );
+        assert_eq!(
+            decide_deleting_owner(true, &fg, 0),
+            OwnerAction::RemoveForeground
+        );
+        assert_eq!(
+            decide_deleting_owner(true, &[ORPHAN_FINALIZER.into()], 3),
+            OwnerAction::Orphan
+        );
         assert_eq!(decide_deleting_owner(false, &fg, 0), OwnerAction::None);
-        assert_eq!(decide_deleting_owner(true, &["other".into()], 0), OwnerAction::None);
+        assert_eq!(
+            decide_deleting_owner(true, &["other".into()], 0),
+            OwnerAction::None
+        );
     }
 
     #[test]
     fn resources_of_the_shared_informers_are_not_watched_twice() {
-        for (group, plural) in [("", "pods"), ("apps", "replicasets"), ("apps", "deployments"), ("batch", "jobs"), ("batch", "cronjobs"), ("apps", "controllerrevisions"), ("", "nodes"), ("coordination.k8s.io", "leases"), ("", "namespaces")] {
-            assert!(shared_resource(group, plural), "{group}/{plural} has a shared informer");
+        for (group, plural) in [
+            ("", "pods"),
+            ("apps", "replicasets"),
+            ("apps", "deployments"),
+            ("batch", "jobs"),
+            ("batch", "cronjobs"),
+            ("apps", "controllerrevisions"),
+            ("", "nodes"),
+            ("coordination.k8s.io", "leases"),
+            ("", "namespaces"),
+        ] {
+            assert!(
+                shared_resource(group, plural),
+                "{group}/{plural} has a shared informer"
+            );
         }
         // No controller reads these: the collector watches their metadata itself.
-        for (group, plural) in [("", "secrets"), ("rbac.authorization.k8s.io", "roles"), ("apps", "pods"), ("networking.k8s.io", "ingresses")] {
+        for (group, plural) in [
+            ("", "secrets"),
+            ("rbac.authorization.k8s.io", "roles"),
+            ("apps", "pods"),
+            ("networking.k8s.io", "ingresses"),
+        ] {
             assert!(!shared_resource(group, plural), "{group}/{plural}");
         }
     }
@@ -660,25 +917,55 @@ mod tests {
     #[test]
     fn relist_forgets_vanished_objects_of_that_resource_only() {
         let mut g = Graph::default();
-        let owner = |res: usize, name: &str| Node { res, namespace: Some("ns".into()), name: name.into(), owners: vec![], deleting: false, finalizers: vec![] };
+        let owner = |res: usize, name: &str| Node {
+            res,
+            namespace: Some("ns".into()),
+            name: name.into(),
+            owners: vec![],
+            deleting: false,
+            finalizers: vec![],
+        };
         g.upsert("rs".into(), owner(0, "rs"));
         g.upsert("gone-rs".into(), owner(0, "gone-rs"));
         g.upsert("cm".into(), owner(2, "cm"));
-        let pod = Node { res: 1, namespace: Some("ns".into()), name: "p".into(), owners: vec![oref("gone-rs", true)], deleting: false, finalizers: vec![] };
+        let pod = Node {
+            res: 1,
+            namespace: Some("ns".into()),
+            name: "p".into(),
+            owners: vec![oref("gone-rs", true)],
+            deleting: false,
+            finalizers: vec![],
+        };
         g.upsert("p".into(), pod);
         let keep: HashSet<String> = ["rs".to_string()].into();
         // The vanished ReplicaSet's pod is looked at (its owner is now dangling).
         assert_eq!(g.forget_missing(0, &keep), vec!["p".to_string()]);
-        assert!(g.nodes.contains_key("rs") && g.nodes.contains_key("cm") && g.nodes.contains_key("p"));
+        assert!(
+            g.nodes.contains_key("rs") && g.nodes.contains_key("cm") && g.nodes.contains_key("p")
+        );
         assert!(!g.nodes.contains_key("gone-rs"));
     }
 
     #[test]
     fn graph_tracks_dependents_and_wakes_them() {
         let mut g = Graph::default();
-        let owner = Node { res: 0, namespace: Some("ns".into()), name: "rs".into(), owners: vec![], deleting: false, finalizers: vec![] };
+        let owner = Node {
+            res: 0,
+            namespace: Some("ns".into()),
+            name: "rs".into(),
+            owners: vec![],
+            deleting: false,
+            finalizers: vec![],
+        };
         assert!(g.upsert("rs".into(), owner.clone()).is_empty());
-        let pod = Node { res: 1, namespace: Some("ns".into()), name: "p".into(), owners: vec![oref("rs", true)], deleting: false, finalizers: vec![] };
+        let pod = Node {
+            res: 1,
+            namespace: Some("ns".into()),
+            name: "p".into(),
+            owners: vec![oref("rs", true)],
+            deleting: false,
+            finalizers: vec![],
+        };
         assert_eq!(g.upsert("p".into(), pod.clone()), vec!["p".to_string()]);
         // Unchanged update: nothing to do.
         assert!(g.upsert("p".into(), pod).is_empty());
@@ -686,7 +973,10 @@ mod tests {
         let mut del = owner;
         del.deleting = true;
         del.finalizers = vec![FOREGROUND_FINALIZER.into()];
-        assert_eq!(g.upsert("rs".into(), del), vec!["rs".to_string(), "p".to_string()]);
+        assert_eq!(
+            g.upsert("rs".into(), del),
+            vec!["rs".to_string(), "p".to_string()]
+        );
         // Dependent gone: the waiting owner is looked at again.
         assert_eq!(g.remove("p"), vec!["rs".to_string()]);
         // Owner gone: its (no longer present) dependents are none.

@@ -27,8 +27,14 @@ use tokio::sync::{broadcast, Notify};
 const CHANNEL_CAPACITY: usize = 1024;
 
 /// The bounds of a resource type an informer can serve.
-pub trait InformerResource: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
-impl<K> InformerResource for K where K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {}
+pub trait InformerResource:
+    kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+impl<K> InformerResource for K where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
 
 /// A change of a shared informer's store, as [`SharedInformers::changes`] yields it.
 #[derive(Debug)]
@@ -60,7 +66,12 @@ struct Informer<K: InformerResource> {
 }
 
 /// What [`SharedInformers::informer`] hands out.
-type Parts<K> = (Store<K>, broadcast::Sender<Change<K>>, tokio::sync::watch::Receiver<bool>, Indexes<K>);
+type Parts<K> = (
+    Store<K>,
+    broadcast::Sender<Change<K>>,
+    tokio::sync::watch::Receiver<bool>,
+    Indexes<K>,
+);
 
 /// The indexes registered on one informer (kept up to date by its watch task).
 type Indexes<K> = Arc<Mutex<Vec<Arc<Index<K>>>>>;
@@ -84,7 +95,13 @@ struct IndexState<K: InformerResource> {
 impl<K: InformerResource> Index<K> {
     /// An empty index computing keys with `func`.
     pub fn new(func: IndexFn<K>) -> Self {
-        Index { func, state: std::sync::RwLock::new(IndexState { by_key: HashMap::new(), keys_of: HashMap::new() }) }
+        Index {
+            func,
+            state: std::sync::RwLock::new(IndexState {
+                by_key: HashMap::new(),
+                keys_of: HashMap::new(),
+            }),
+        }
     }
 
     /// The objects indexed under `key` (in no particular order).
@@ -93,7 +110,10 @@ impl<K: InformerResource> Index<K> {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        st.by_key.get(key).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        st.by_key
+            .get(key)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// How many objects are indexed under `key`.
@@ -119,7 +139,10 @@ impl<K: InformerResource> Index<K> {
         let mut st = self.write();
         Self::remove_locked(&mut st, &r);
         for k in &keys {
-            st.by_key.entry(k.clone()).or_default().insert(r.clone(), obj.clone());
+            st.by_key
+                .entry(k.clone())
+                .or_default()
+                .insert(r.clone(), obj.clone());
         }
         if !keys.is_empty() {
             st.keys_of.insert(r, keys);
@@ -160,13 +183,25 @@ impl<K: InformerResource> Index<K> {
 /// Index function: the UID of the object's controller (owner reference with
 /// `controller: true`), for "pods of this ReplicaSet/Job/StatefulSet/DaemonSet".
 pub fn by_controller_uid<K: kube::Resource>(obj: &K) -> Vec<String> {
-    obj.meta().owner_references.iter().flatten().filter(|r| r.controller == Some(true)).map(|r| r.uid.clone()).take(1).collect()
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.controller == Some(true))
+        .map(|r| r.uid.clone())
+        .take(1)
+        .collect()
 }
 
 /// Index function: the namespace of objects without a controller (orphans a controller
 /// may adopt).
 pub fn orphans_by_namespace<K: kube::Resource>(obj: &K) -> Vec<String> {
-    let controlled = obj.meta().owner_references.iter().flatten().any(|r| r.controller == Some(true));
+    let controlled = obj
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true));
     if controlled {
         return Vec::new();
     }
@@ -180,7 +215,12 @@ pub fn by_namespace<K: kube::Resource>(obj: &K) -> Vec<String> {
 
 /// Index function: the node a pod is bound to (`spec.nodeName`).
 pub fn pods_by_node(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<String> {
-    pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()).into_iter().collect()
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .filter(|n| !n.is_empty())
+        .into_iter()
+        .collect()
 }
 
 /// A shared store with its index by controller UID: what a workload controller needs to
@@ -194,20 +234,36 @@ pub struct OwnedCache<K: InformerResource> {
 
 impl<K: InformerResource> Clone for OwnedCache<K> {
     fn clone(&self) -> Self {
-        OwnedCache { store: self.store.clone(), by_owner: self.by_owner.clone() }
+        OwnedCache {
+            store: self.store.clone(),
+            by_owner: self.by_owner.clone(),
+        }
     }
 }
 
 impl<K: InformerResource> OwnedCache<K> {
     /// The objects in `ns` controlled by the object of `uid` whose labels `sel` matches,
     /// as copies (for the pure planning functions), sorted by name.
-    pub fn owned_matching(&self, uid: &str, ns: &str, sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Vec<K> {
+    pub fn owned_matching(
+        &self,
+        uid: &str,
+        ns: &str,
+        sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    ) -> Vec<K> {
         let mut v: Vec<K> = self
             .by_owner
             .get(uid)
             .into_iter()
             .filter(|o| o.meta().namespace.as_deref() == Some(ns))
-            .filter(|o| crate::workload_util::selector_matches(sel, o.meta().labels.as_ref().unwrap_or(&std::collections::BTreeMap::new())))
+            .filter(|o| {
+                crate::workload_util::selector_matches(
+                    sel,
+                    o.meta()
+                        .labels
+                        .as_ref()
+                        .unwrap_or(&std::collections::BTreeMap::new()),
+                )
+            })
             .map(|o| (*o).clone())
             .collect();
         v.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
@@ -246,7 +302,13 @@ impl Drop for Inner {
 impl SharedInformers {
     /// A registry whose informers watch through `client` (cluster-wide).
     pub fn new(client: kube::Client) -> Self {
-        SharedInformers { client, inner: Arc::new(Inner { informers: Mutex::new(HashMap::new()), tasks: Mutex::new(Vec::new()) }) }
+        SharedInformers {
+            client,
+            inner: Arc::new(Inner {
+                informers: Mutex::new(HashMap::new()),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        }
     }
 
     /// Stops every watch of this registry (the stores stay readable but go stale).
@@ -264,20 +326,43 @@ impl SharedInformers {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(inf) = map.get(&TypeId::of::<K>()).and_then(|b| b.downcast_ref::<Informer<K>>()) {
-            return (inf.store.clone(), inf.tx.clone(), inf.synced.clone(), inf.indexes.clone());
+        if let Some(inf) = map
+            .get(&TypeId::of::<K>())
+            .and_then(|b| b.downcast_ref::<Informer<K>>())
+        {
+            return (
+                inf.store.clone(),
+                inf.tx.clone(),
+                inf.synced.clone(),
+                inf.indexes.clone(),
+            );
         }
         let (store, writer) = reflector::store::<K>();
         let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
         let api: Api<K> = Api::all(self.client.clone());
         let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let indexes: Indexes<K> = Arc::new(Mutex::new(Vec::new()));
-        let handle = tokio::spawn(run_informer(api, writer, store.clone(), tx.clone(), synced_tx, indexes.clone()));
+        let handle = tokio::spawn(run_informer(
+            api,
+            writer,
+            store.clone(),
+            tx.clone(),
+            synced_tx,
+            indexes.clone(),
+        ));
         match self.inner.tasks.lock() {
             Ok(mut t) => t.push(handle),
             Err(poisoned) => poisoned.into_inner().push(handle),
         }
-        map.insert(TypeId::of::<K>(), Box::new(Informer { store: store.clone(), tx: tx.clone(), synced: synced.clone(), indexes: indexes.clone() }));
+        map.insert(
+            TypeId::of::<K>(),
+            Box::new(Informer {
+                store: store.clone(),
+                tx: tx.clone(),
+                synced: synced.clone(),
+                indexes: indexes.clone(),
+            }),
+        );
         (store, tx, synced, indexes)
     }
 
@@ -304,7 +389,10 @@ impl SharedInformers {
     /// The shared store of `K` with its controller-UID index, once synced.
     pub async fn owned_cache<K: InformerResource>(&self) -> OwnedCache<K> {
         let by_owner = self.index::<K>(by_controller_uid::<K>).await;
-        OwnedCache { store: self.store::<K>().await, by_owner }
+        OwnedCache {
+            store: self.store::<K>().await,
+            by_owner,
+        }
     }
 
     /// The shared store of `K`, once it holds its first complete list. (Not kube's
@@ -335,7 +423,11 @@ impl SharedInformers {
 
     /// The shared store of `K` once it holds its first complete list; every change of it
     /// wakes `notify` (through a task of `tasks`, which stops when `tasks` is aborted).
-    pub async fn cache<K: InformerResource>(&self, notify: &Arc<Notify>, tasks: &mut tokio::task::JoinSet<()>) -> Store<K> {
+    pub async fn cache<K: InformerResource>(
+        &self,
+        notify: &Arc<Notify>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Store<K> {
         let (store, tx, mut synced, _) = self.informer::<K>();
         let mut rx = tx.subscribe();
         let notify = notify.clone();
@@ -350,7 +442,10 @@ impl SharedInformers {
 }
 
 /// A subscriber's stream: the changed objects, or the whole store after a lag.
-fn subscription<K: InformerResource>(store: Store<K>, rx: broadcast::Receiver<Change<K>>) -> impl Stream<Item = Arc<K>> + Send + 'static {
+fn subscription<K: InformerResource>(
+    store: Store<K>,
+    rx: broadcast::Receiver<Change<K>>,
+) -> impl Stream<Item = Arc<K>> + Send + 'static {
     change_subscription(store, rx)
         .map(|c| match c {
             Change::Applied(o) | Change::Deleted(o) => futures_util::stream::iter(vec![o]),
@@ -360,7 +455,10 @@ fn subscription<K: InformerResource>(store: Store<K>, rx: broadcast::Receiver<Ch
 }
 
 /// A subscriber's stream of changes, with [`Change::Resync`] after a lag.
-fn change_subscription<K: InformerResource>(store: Store<K>, rx: broadcast::Receiver<Change<K>>) -> impl Stream<Item = Change<K>> + Send + 'static {
+fn change_subscription<K: InformerResource>(
+    store: Store<K>,
+    rx: broadcast::Receiver<Change<K>>,
+) -> impl Stream<Item = Change<K>> + Send + 'static {
     futures_util::stream::unfold((store, rx), |(store, mut rx)| async move {
         match rx.recv().await {
             Ok(c) => Some((c, (store, rx))),
@@ -373,7 +471,9 @@ fn change_subscription<K: InformerResource>(store: Store<K>, rx: broadcast::Rece
     })
 }
 
-fn lock<K: InformerResource>(indexes: &Indexes<K>) -> std::sync::MutexGuard<'_, Vec<Arc<Index<K>>>> {
+fn lock<K: InformerResource>(
+    indexes: &Indexes<K>,
+) -> std::sync::MutexGuard<'_, Vec<Arc<Index<K>>>> {
     match indexes.lock() {
         Ok(l) => l,
         Err(poisoned) => poisoned.into_inner(),
@@ -394,15 +494,26 @@ fn vanished<K: InformerResource>(before: Vec<Arc<K>>, store: &Store<K>) -> Vec<A
 
 /// The one watch of an informer: reflects into the store and broadcasts every change
 /// (the store's own `Arc` for added/modified objects).
-async fn run_informer<K: InformerResource>(api: Api<K>, writer: reflector::store::Writer<K>, store: Store<K>, tx: broadcast::Sender<Change<K>>, synced: tokio::sync::watch::Sender<bool>, indexes: Indexes<K>) {
+async fn run_informer<K: InformerResource>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    store: Store<K>,
+    tx: broadcast::Sender<Change<K>>,
+    synced: tokio::sync::watch::Sender<bool>,
+    indexes: Indexes<K>,
+) {
     tracing::debug!(kind = %K::kind(&()), "shared informer started");
-    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().reflect(writer));
+    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer));
     // The store's content when a (re)list began, to find what it dropped.
     let mut before: Vec<Arc<K>> = Vec::new();
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                let obj = store.get(&ObjectRef::from_obj(&o)).unwrap_or_else(|| Arc::new(o));
+                let obj = store
+                    .get(&ObjectRef::from_obj(&o))
+                    .unwrap_or_else(|| Arc::new(o));
                 for i in lock(&indexes).iter() {
                     i.apply(obj.clone());
                 }
@@ -427,7 +538,9 @@ async fn run_informer<K: InformerResource>(api: Api<K>, writer: reflector::store
                 }
                 synced.send_replace(true);
             }
-            Err(e) => tracing::debug!(kind = %K::kind(&()), error = %e, "shared informer watch error"),
+            Err(e) => {
+                tracing::debug!(kind = %K::kind(&()), error = %e, "shared informer watch error")
+            }
         }
     }
 }
@@ -447,14 +560,26 @@ mod tests {
     fn owned_pod(name: &str, owner: Option<&str>, node: Option<&str>) -> Arc<Pod> {
         let mut p = (*pod(name)).clone();
         p.metadata.owner_references = owner.map(|uid| {
-            vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference { uid: uid.into(), controller: Some(true), ..Default::default() }]
+            vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    uid: uid.into(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]
         });
-        p.spec = Some(k8s_openapi::api::core::v1::PodSpec { node_name: node.map(String::from), ..Default::default() });
+        p.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: node.map(String::from),
+            ..Default::default()
+        });
         Arc::new(p)
     }
 
     fn names(v: Vec<Arc<Pod>>) -> Vec<String> {
-        let mut n: Vec<String> = v.iter().map(|p| p.metadata.name.clone().unwrap_or_default()).collect();
+        let mut n: Vec<String> = v
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
         n.sort();
         n
     }
@@ -465,7 +590,11 @@ mod tests {
         let orphans = Index::new(orphans_by_namespace::<Pod>);
         let by_node = Index::new(pods_by_node);
         for i in [&by_owner, &orphans, &by_node] {
-            i.rebuild(vec![owned_pod("a", Some("u1"), Some("n1")), owned_pod("b", Some("u1"), None), owned_pod("c", None, Some("n1"))]);
+            i.rebuild(vec![
+                owned_pod("a", Some("u1"), Some("n1")),
+                owned_pod("b", Some("u1"), None),
+                owned_pod("c", None, Some("n1")),
+            ]);
         }
         assert_eq!(names(by_owner.get("u1")), ["a", "b"]);
         assert_eq!(names(orphans.get("default")), ["c"]);
@@ -495,7 +624,11 @@ mod tests {
         tx.send(Change::Applied(pod("a"))).ok();
         tx.send(Change::Deleted(pod("b"))).ok();
         drop(tx);
-        let names: Vec<String> = s.by_ref().map(|p| p.metadata.name.clone().unwrap_or_default()).collect().await;
+        let names: Vec<String> = s
+            .by_ref()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect()
+            .await;
         assert_eq!(names, vec!["a".to_string(), "b".to_string()]);
     }
 
@@ -537,7 +670,11 @@ mod tests {
             p.metadata.uid = Some(uid.into());
             p
         };
-        for p in [with_uid("kept", "1"), with_uid("gone", "2"), with_uid("replaced", "3")] {
+        for p in [
+            with_uid("kept", "1"),
+            with_uid("gone", "2"),
+            with_uid("replaced", "3"),
+        ] {
             writer.apply_watcher_event(&watcher::Event::Apply(p));
         }
         let before = store.state();
@@ -547,7 +684,18 @@ mod tests {
             writer.apply_watcher_event(&watcher::Event::InitApply(p));
         }
         writer.apply_watcher_event(&watcher::Event::InitDone);
-        let gone: Vec<String> = vanished(before, &store).iter().map(|p| format!("{}/{}", p.metadata.name.clone().unwrap_or_default(), p.metadata.uid.clone().unwrap_or_default())).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let gone: Vec<String> = vanished(before, &store)
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}/{}",
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.metadata.uid.clone().unwrap_or_default()
+                )
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         assert_eq!(gone, ["gone/2", "replaced/3"]);
     }
 
@@ -563,7 +711,10 @@ mod tests {
         }
         drop(tx);
         let s = subscription(store, rx);
-        let mut names: Vec<String> = s.map(|p| p.metadata.name.clone().unwrap_or_default()).collect().await;
+        let mut names: Vec<String> = s
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect()
+            .await;
         // The lag yields the whole store, then the two changes still buffered.
         let tail = names.split_off(2);
         names.sort();

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, PodFailurePolicy, UncountedTerminatedPods};
+use k8s_openapi::api::batch::v1::{
+    Job, JobCondition, JobStatus, PodFailurePolicy, UncountedTerminatedPods,
+};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use kube::api::{Api, PostParams};
@@ -73,15 +75,28 @@ pub enum PolicyAction {
 }
 
 fn cond_true(status: &JobStatus, type_: &str) -> Option<JobCondition> {
-    status.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True").cloned()
+    status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .cloned()
 }
 
 /// Whether the Job has a `Complete` or `Failed` condition that is true.
 pub fn is_finished(job: &Job) -> bool {
-    job.status.as_ref().is_some_and(|s| cond_true(s, "Complete").is_some() || cond_true(s, "Failed").is_some())
+    job.status
+        .as_ref()
+        .is_some_and(|s| cond_true(s, "Complete").is_some() || cond_true(s, "Failed").is_some())
 }
 
-fn new_condition(type_: &str, status: &str, reason: &str, message: &str, now: Timestamp) -> JobCondition {
+fn new_condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> JobCondition {
     JobCondition {
         type_: type_.into(),
         status: status.into(),
@@ -108,8 +123,16 @@ fn set_condition(status: &mut JobStatus, c: JobCondition) {
 
 /// The completion index of a pod (annotation, else label).
 pub fn pod_index(pod: &Pod) -> Option<i32> {
-    let a = pod.metadata.annotations.as_ref().and_then(|a| a.get(COMPLETION_INDEX));
-    let l = pod.metadata.labels.as_ref().and_then(|l| l.get(COMPLETION_INDEX));
+    let a = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(COMPLETION_INDEX));
+    let l = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(COMPLETION_INDEX));
     a.or(l)?.parse().ok().filter(|i: &i32| *i >= 0)
 }
 
@@ -143,7 +166,11 @@ pub fn format_indexes(set: &BTreeSet<i32>) -> String {
             end += 1;
             iter.next();
         }
-        parts.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
     }
     parts.join(",")
 }
@@ -158,9 +185,20 @@ pub fn match_pod_failure_policy(policy: &PodFailurePolicy, pod: &Pod) -> Option<
         .and_then(|s| s.init_container_statuses.as_ref())
         .into_iter()
         .flatten()
-        .chain(status.and_then(|s| s.container_statuses.as_ref()).into_iter().flatten());
+        .chain(
+            status
+                .and_then(|s| s.container_statuses.as_ref())
+                .into_iter()
+                .flatten(),
+        );
     let exits: Vec<(&str, i32)> = statuses
-        .filter_map(|c| c.state.as_ref()?.terminated.as_ref().map(|t| (c.name.as_str(), t.exit_code)))
+        .filter_map(|c| {
+            c.state
+                .as_ref()?
+                .terminated
+                .as_ref()
+                .map(|t| (c.name.as_str(), t.exit_code))
+        })
         .filter(|(_, code)| *code != 0)
         .collect();
     for (i, rule) in policy.rules.iter().enumerate() {
@@ -184,9 +222,17 @@ pub fn match_pod_failure_policy(policy: &PodFailurePolicy, pod: &Pod) -> Option<
         if let Some(patterns) = &rule.on_pod_conditions {
             let conds = status.and_then(|s| s.conditions.as_ref());
             for p in patterns {
-                let want = if p.status.is_empty() { "True" } else { p.status.as_str() };
-                if conds.is_some_and(|cs| cs.iter().any(|c| c.type_ == p.type_ && c.status == want)) {
-                    message = Some(format!("Pod {ns}/{name} has condition {} matching {} rule at index {i}", p.type_, rule.action));
+                let want = if p.status.is_empty() {
+                    "True"
+                } else {
+                    p.status.as_str()
+                };
+                if conds.is_some_and(|cs| cs.iter().any(|c| c.type_ == p.type_ && c.status == want))
+                {
+                    message = Some(format!(
+                        "Pod {ns}/{name} has condition {} matching {} rule at index {i}",
+                        p.type_, rule.action
+                    ));
                     break;
                 }
             }
@@ -210,34 +256,62 @@ pub fn finish_time(pod: &Pod) -> Option<Timestamp> {
         .and_then(|s| s.container_statuses.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0))
+        .filter_map(|c| {
+            c.state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .finished_at
+                .as_ref()
+                .map(|t| t.0)
+        })
         .max();
-    term.or_else(|| st.and_then(|s| s.conditions.as_ref()).into_iter().flatten().filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0)).max())
-        .or_else(|| pod.metadata.deletion_timestamp.as_ref().map(|t| t.0))
-        .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    term.or_else(|| {
+        st.and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+            .max()
+    })
+    .or_else(|| pod.metadata.deletion_timestamp.as_ref().map(|t| t.0))
+    .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
 fn is_failed(pod: &Pod, has_policy: bool) -> bool {
     let phase = wu::pod_phase(pod);
-    phase == "Failed" || (!has_policy && pod.metadata.deletion_timestamp.is_some() && phase != "Succeeded")
+    phase == "Failed"
+        || (!has_policy && pod.metadata.deletion_timestamp.is_some() && phase != "Succeeded")
 }
 
 /// The back-off before creating pods again: `10s · 2^(n-1)` (at most 6 min) after the
 /// latest of `n` failures since the last success; None when no back-off applies.
 /// Failures ignored by the pod failure policy do not count.
-pub fn remaining_backoff(pods: &[&Pod], policy: Option<&PodFailurePolicy>, now: Timestamp) -> Option<Duration> {
+pub fn remaining_backoff(
+    pods: &[&Pod],
+    policy: Option<&PodFailurePolicy>,
+    now: Timestamp,
+) -> Option<Duration> {
     let has_policy = policy.is_some();
-    let last_success = pods.iter().filter(|p| wu::pod_phase(p) == "Succeeded").filter_map(|p| finish_time(p)).max();
+    let last_success = pods
+        .iter()
+        .filter(|p| wu::pod_phase(p) == "Succeeded")
+        .filter_map(|p| finish_time(p))
+        .max();
     let failures: Vec<Timestamp> = pods
         .iter()
         .filter(|p| is_failed(p, has_policy))
-        .filter(|p| policy.and_then(|pol| match_pod_failure_policy(pol, p)) != Some(PolicyAction::Ignore))
+        .filter(|p| {
+            policy.and_then(|pol| match_pod_failure_policy(pol, p)) != Some(PolicyAction::Ignore)
+        })
         .filter_map(|p| finish_time(p))
         .filter(|t| last_success.is_none_or(|s| *t > s))
         .collect();
     let last = failures.iter().max()?;
     let n = u32::try_from(failures.len()).unwrap_or(u32::MAX);
-    let delay = BACKOFF_BASE.checked_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX)).unwrap_or(BACKOFF_MAX).min(BACKOFF_MAX);
+    let delay = BACKOFF_BASE
+        .checked_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX))
+        .unwrap_or(BACKOFF_MAX)
+        .min(BACKOFF_MAX);
     let ready_at = last.as_millisecond() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
     let left = ready_at - now.as_millisecond();
     (left > 0).then(|| Duration::from_millis(u64::try_from(left).unwrap_or(0)))
@@ -250,13 +324,25 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> JobPlan {
     let mut status = old_status.clone();
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let spec = job.spec.clone().unwrap_or_default();
-    let owned: Vec<&Pod> = pods.iter().filter(|p| wu::controller_of(&p.metadata).is_some_and(|o| o.uid == uid)).collect();
-    let has_fin = |p: &Pod| p.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER));
+    let owned: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| wu::controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
+        .collect();
+    let has_fin = |p: &Pod| {
+        p.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER))
+    };
     let pname = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
     let puid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
 
     if is_finished(job) || job.metadata.deletion_timestamp.is_some() {
-        out.remove_finalizer = owned.iter().filter(|p| has_fin(p)).map(|p| pname(p)).collect();
+        out.remove_finalizer = owned
+            .iter()
+            .filter(|p| has_fin(p))
+            .map(|p| pname(p))
+            .collect();
         out.status = status;
         return out;
     }
@@ -289,7 +375,11 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> JobPlan {
         } else if is_failed(p, has_policy) {
             if has_fin(p) && !unc_fail.contains(&id) {
                 let deleted_by_us = (suspended || finishing) && phase != "Failed";
-                let action = if deleted_by_us { Some(PolicyAction::Ignore) } else { policy.and_then(|pol| match_pod_failure_policy(pol, p)) };
+                let action = if deleted_by_us {
+                    Some(PolicyAction::Ignore)
+                } else {
+                    policy.and_then(|pol| match_pod_failure_policy(pol, p))
+                };
                 match action {
                     Some(PolicyAction::Ignore) => out.remove_finalizer.push(pname(p)),
                     Some(PolicyAction::FailJob(m)) => {
@@ -314,20 +404,36 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> JobPlan {
             out.remove_finalizer.push(pname(p));
         }
     }
-    let prev_unc = old_status.uncounted_terminated_pods.clone().unwrap_or_default();
-    if unc_succ.len() != prev_unc.succeeded.as_ref().map_or(0, Vec::len) || unc_fail.len() != prev_unc.failed.as_ref().map_or(0, Vec::len) {
+    let prev_unc = old_status
+        .uncounted_terminated_pods
+        .clone()
+        .unwrap_or_default();
+    if unc_succ.len() != prev_unc.succeeded.as_ref().map_or(0, Vec::len)
+        || unc_fail.len() != prev_unc.failed.as_ref().map_or(0, Vec::len)
+    {
         let mut interim = status.clone();
-        interim.uncounted_terminated_pods = Some(UncountedTerminatedPods { succeeded: Some(unc_succ.clone()), failed: Some(unc_fail.clone()) });
+        interim.uncounted_terminated_pods = Some(UncountedTerminatedPods {
+            succeeded: Some(unc_succ.clone()),
+            failed: Some(unc_fail.clone()),
+        });
         out.interim_status = Some(interim);
     }
-    let succeeded = status.succeeded.unwrap_or(0) + i32::try_from(unc_succ.len()).unwrap_or(i32::MAX);
+    let succeeded =
+        status.succeeded.unwrap_or(0) + i32::try_from(unc_succ.len()).unwrap_or(i32::MAX);
     let failed = status.failed.unwrap_or(0) + i32::try_from(unc_fail.len()).unwrap_or(i32::MAX);
     status.succeeded = Some(succeeded);
     status.failed = Some(failed);
-    status.uncounted_terminated_pods = Some(UncountedTerminatedPods { succeeded: Some(vec![]), failed: Some(vec![]) });
+    status.uncounted_terminated_pods = Some(UncountedTerminatedPods {
+        succeeded: Some(vec![]),
+        failed: Some(vec![]),
+    });
 
     // Completed indexes.
-    let mut completed: BTreeSet<i32> = status.completed_indexes.as_deref().map(parse_indexes).unwrap_or_default();
+    let mut completed: BTreeSet<i32> = status
+        .completed_indexes
+        .as_deref()
+        .map(parse_indexes)
+        .unwrap_or_default();
     if indexed {
         let total = completions.unwrap_or(0);
         for p in owned.iter().filter(|p| wu::pod_phase(p) == "Succeeded") {
@@ -343,23 +449,51 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> JobPlan {
     }
 
     // Failure.
-    let mut failure: Option<(String, String)> = failure_target.as_ref().map(|c| (c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()));
+    let mut failure: Option<(String, String)> = failure_target.as_ref().map(|c| {
+        (
+            c.reason.clone().unwrap_or_default(),
+            c.message.clone().unwrap_or_default(),
+        )
+    });
     if failure.is_none() && success_target.is_none() {
-        let restarts: i32 = if spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("OnFailure") {
-            active.iter().filter_map(|p| p.status.as_ref()?.container_statuses.as_ref()).flatten().map(|c| c.restart_count).sum()
+        let restarts: i32 = if spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            == Some("OnFailure")
+        {
+            active
+                .iter()
+                .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+                .flatten()
+                .map(|c| c.restart_count)
+                .sum()
         } else {
             0
         };
         if let Some(m) = fail_job {
             failure = Some(("PodFailurePolicy".into(), m));
         } else if failed.saturating_add(restarts) > backoff_limit {
-            failure = Some(("BackoffLimitExceeded".into(), "Job has reached the specified backoff limit".into()));
-        } else if let (Some(ads), Some(start), false) = (spec.active_deadline_seconds, status.start_time.as_ref(), suspended) {
+            failure = Some((
+                "BackoffLimitExceeded".into(),
+                "Job has reached the specified backoff limit".into(),
+            ));
+        } else if let (Some(ads), Some(start), false) = (
+            spec.active_deadline_seconds,
+            status.start_time.as_ref(),
+            suspended,
+        ) {
             let deadline = start.0.as_second().saturating_add(ads);
             if deadline <= now.as_second() {
-                failure = Some(("DeadlineExceeded".into(), "Job was active longer than specified deadline".into()));
+                failure = Some((
+                    "DeadlineExceeded".into(),
+                    "Job was active longer than specified deadline".into(),
+                ));
             } else {
-                out.requeue_after = Some(Duration::from_secs(u64::try_from(deadline - now.as_second()).unwrap_or(1)));
+                out.requeue_after = Some(Duration::from_secs(
+                    u64::try_from(deadline - now.as_second()).unwrap_or(1),
+                ));
             }
         }
     }
@@ -375,35 +509,57 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> JobPlan {
     let mut create: Vec<Option<i32>> = Vec::new();
     if let Some((reason, message)) = failure {
         if failure_target.is_none() {
-            set_condition(&mut status, new_condition("FailureTarget", "True", &reason, &message, now));
-            out.events.push(PlannedEvent::warning(&reason, message.clone()));
+            set_condition(
+                &mut status,
+                new_condition("FailureTarget", "True", &reason, &message, now),
+            );
+            out.events
+                .push(PlannedEvent::warning(&reason, message.clone()));
         }
         delete.extend(active.iter().copied());
         if active.is_empty() && terminating == 0 {
-            set_condition(&mut status, new_condition("Failed", "True", &reason, &message, now));
+            set_condition(
+                &mut status,
+                new_condition("Failed", "True", &reason, &message, now),
+            );
         }
     } else if success && !suspended {
         const MSG: &str = "Reached expected number of succeeded pods";
         if success_target.is_none() {
-            set_condition(&mut status, new_condition("SuccessCriteriaMet", "True", "CompletionsReached", MSG, now));
+            set_condition(
+                &mut status,
+                new_condition("SuccessCriteriaMet", "True", "CompletionsReached", MSG, now),
+            );
         }
         delete.extend(active.iter().copied());
         if active.is_empty() && terminating == 0 {
-            set_condition(&mut status, new_condition("Complete", "True", "CompletionsReached", MSG, now));
+            set_condition(
+                &mut status,
+                new_condition("Complete", "True", "CompletionsReached", MSG, now),
+            );
             status.completion_time = Some(Time(now));
-            out.events.push(PlannedEvent::normal("Completed", "Job completed"));
+            out.events
+                .push(PlannedEvent::normal("Completed", "Job completed"));
         }
     } else if suspended {
         delete.extend(active.iter().copied());
         if cond_true(&status, "Suspended").is_none() {
-            set_condition(&mut status, new_condition("Suspended", "True", "JobSuspended", "Job suspended", now));
-            out.events.push(PlannedEvent::normal("Suspended", "Job suspended"));
+            set_condition(
+                &mut status,
+                new_condition("Suspended", "True", "JobSuspended", "Job suspended", now),
+            );
+            out.events
+                .push(PlannedEvent::normal("Suspended", "Job suspended"));
         }
     } else {
         if cond_true(&status, "Suspended").is_some() {
-            set_condition(&mut status, new_condition("Suspended", "False", "JobResumed", "Job resumed", now));
+            set_condition(
+                &mut status,
+                new_condition("Suspended", "False", "JobResumed", "Job resumed", now),
+            );
             status.start_time = Some(Time(now));
-            out.events.push(PlannedEvent::normal("Resumed", "Job resumed"));
+            out.events
+                .push(PlannedEvent::normal("Resumed", "Job resumed"));
         }
         let mut sorted = active.clone();
         sorted.sort_by(|a, b| active_pod_order(a, b));
@@ -419,7 +575,12 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> JobPlan {
                 }
             }
             let free = usize::try_from(parallelism - keep).unwrap_or(0);
-            create.extend((0..total).filter(|i| !completed.contains(i) && !seen.contains(i)).take(free).map(Some));
+            create.extend(
+                (0..total)
+                    .filter(|i| !completed.contains(i) && !seen.contains(i))
+                    .take(free)
+                    .map(Some),
+            );
         } else {
             let want = match completions {
                 None if succeeded > 0 => i32::try_from(active.len()).unwrap_or(i32::MAX),
@@ -428,9 +589,16 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> JobPlan {
             };
             let have = i32::try_from(active.len()).unwrap_or(i32::MAX);
             if have > want {
-                delete.extend(sorted.iter().take(usize::try_from(have - want).unwrap_or(0)));
+                delete.extend(
+                    sorted
+                        .iter()
+                        .take(usize::try_from(have - want).unwrap_or(0)),
+                );
             } else {
-                create.extend(std::iter::repeat_n(None, usize::try_from(want - have).unwrap_or(0)));
+                create.extend(std::iter::repeat_n(
+                    None,
+                    usize::try_from(want - have).unwrap_or(0),
+                ));
             }
         }
         create.truncate(MAX_CREATE_PER_SYNC);
@@ -442,9 +610,15 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> JobPlan {
         }
     }
     let deleted: BTreeSet<String> = delete.iter().map(|p| pname(p)).collect();
-    let still_active: Vec<&&Pod> = active.iter().filter(|p| !deleted.contains(&pname(p))).collect();
+    let still_active: Vec<&&Pod> = active
+        .iter()
+        .filter(|p| !deleted.contains(&pname(p)))
+        .collect();
     status.active = Some(i32::try_from(still_active.len() + create.len()).unwrap_or(i32::MAX));
-    status.ready = Some(i32::try_from(still_active.iter().filter(|p| wu::is_pod_ready(p)).count()).unwrap_or(i32::MAX));
+    status.ready = Some(
+        i32::try_from(still_active.iter().filter(|p| wu::is_pod_ready(p)).count())
+            .unwrap_or(i32::MAX),
+    );
     status.terminating = Some(terminating + i32::try_from(deleted.len()).unwrap_or(i32::MAX));
     out.delete = deleted.into_iter().collect();
     out.create = create;
@@ -457,7 +631,12 @@ pub fn plan(job: &Job, pods: &[Pod], now: Timestamp) -> JobPlan {
 /// Upstream's ActivePods order (the first is deleted first): unassigned, then pending,
 /// then not ready, then newer.
 fn active_pod_order(a: &Pod, b: &Pod) -> std::cmp::Ordering {
-    let assigned = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+    let assigned = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty())
+    };
     let rank = |p: &Pod| match wu::pod_phase(p) {
         "Pending" | "" => 0,
         "Unknown" => 1,
@@ -477,7 +656,13 @@ pub fn job_selector(job: &Job) -> LabelSelector {
     match job.spec.as_ref().and_then(|s| s.selector.clone()) {
         Some(s) => s,
         None => LabelSelector {
-            match_labels: Some([(CONTROLLER_UID_LABEL.to_string(), job.metadata.uid.clone().unwrap_or_default())].into()),
+            match_labels: Some(
+                [(
+                    CONTROLLER_UID_LABEL.to_string(),
+                    job.metadata.uid.clone().unwrap_or_default(),
+                )]
+                .into(),
+            ),
             match_expressions: None,
         },
     }
@@ -487,13 +672,21 @@ pub fn job_selector(job: &Job) -> LabelSelector {
 pub fn new_pod(job: &Job, index: Option<i32>) -> Pod {
     let name = job.metadata.name.clone().unwrap_or_default();
     let uid = job.metadata.uid.clone().unwrap_or_default();
-    let template = job.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+    let template = job
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
     let tmeta = template.metadata.unwrap_or_default();
     let mut labels = tmeta.labels.unwrap_or_default();
     let manual = job.spec.as_ref().and_then(|s| s.manual_selector) == Some(true);
     if !manual {
-        labels.entry(CONTROLLER_UID_LABEL.into()).or_insert_with(|| uid.clone());
-        labels.entry(JOB_NAME_LABEL.into()).or_insert_with(|| name.clone());
+        labels
+            .entry(CONTROLLER_UID_LABEL.into())
+            .or_insert_with(|| uid.clone());
+        labels
+            .entry(JOB_NAME_LABEL.into())
+            .or_insert_with(|| name.clone());
     }
     let mut annotations = tmeta.annotations.unwrap_or_default();
     let mut spec = template.spec.unwrap_or_default();
@@ -509,11 +702,18 @@ pub fn new_pod(job: &Job, index: Option<i32>) -> Pod {
             name: "JOB_COMPLETION_INDEX".into(),
             value: None,
             value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { api_version: None, field_path: format!("metadata.labels['{COMPLETION_INDEX}']") }),
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: None,
+                    field_path: format!("metadata.labels['{COMPLETION_INDEX}']"),
+                }),
                 ..Default::default()
             }),
         };
-        for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
             let envs = c.env.get_or_insert_with(Vec::new);
             if !envs.iter().any(|e| e.name == env.name) {
                 envs.push(env.clone());
@@ -556,7 +756,10 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     let key = format!("{ns}/{name}");
     // Decide only from a cache that shows this Job's own earlier writes (else pods
     // would be created twice, or a finished pod counted twice).
-    if !ctx.expectations.satisfied(&key, |n| ctx.pods.get(&ns, n).map(MetaOf)) {
+    if !ctx
+        .expectations
+        .satisfied(&key, |n| ctx.pods.get(&ns, n).map(MetaOf))
+    {
         let left = ctx.expectations.time_left(&key).unwrap_or_default();
         return Ok(Action::requeue(left + Duration::from_millis(100)));
     }
@@ -569,21 +772,40 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     let mut current = (*job).clone();
     if let Some(interim) = &p.interim_status {
         current.status = Some(interim.clone());
-        current = jobs.replace_status(&name, &PostParams::default(), &current).await?;
+        current = jobs
+            .replace_status(&name, &PostParams::default(), &current)
+            .await?;
     }
     let by_name: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
-    let uid_of = |n: &str| by_name.get(n).and_then(|p| p.metadata.uid.clone()).unwrap_or_default();
+    let uid_of = |n: &str| {
+        by_name
+            .get(n)
+            .and_then(|p| p.metadata.uid.clone())
+            .unwrap_or_default()
+    };
     for n in &p.remove_finalizer {
         if let Some(pod) = by_name.get(n) {
             wu::remove_finalizer(&pods_api, &pod.metadata, TRACKING_FINALIZER).await?;
-            ctx.expectations.expect_finalizer_removals(&key, TRACKING_FINALIZER, [(n.clone(), uid_of(n))]);
+            ctx.expectations.expect_finalizer_removals(
+                &key,
+                TRACKING_FINALIZER,
+                [(n.clone(), uid_of(n))],
+            );
         }
     }
     for n in &p.delete {
         match pods_api.delete(n, &Default::default()).await {
             Ok(_) => {
-                ctx.expectations.expect_deletions(&key, [(n.clone(), uid_of(n))]);
-                ctx.events.record(&oref, false, "SuccessfulDelete", format!("Deleted pod: {n}")).await
+                ctx.expectations
+                    .expect_deletions(&key, [(n.clone(), uid_of(n))]);
+                ctx.events
+                    .record(
+                        &oref,
+                        false,
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {n}"),
+                    )
+                    .await
             }
             Err(e) if wu::is_not_found(&e) => {}
             Err(e) => return Err(e.into()),
@@ -591,28 +813,48 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     }
     let mut created = 0;
     for idx in &p.create {
-        match pods_api.create(&PostParams::default(), &new_pod(&job, *idx)).await {
+        match pods_api
+            .create(&PostParams::default(), &new_pod(&job, *idx))
+            .await
+        {
             Ok(pod) => {
                 created += 1;
-                ctx.expectations.expect_creations(&key, [(pod.name_any(), pod.metadata.uid.clone().unwrap_or_default())]);
-                ctx.events.record(&oref, false, "SuccessfulCreate", format!("Created pod: {}", pod.name_any())).await;
+                ctx.expectations.expect_creations(
+                    &key,
+                    [(pod.name_any(), pod.metadata.uid.clone().unwrap_or_default())],
+                );
+                ctx.events
+                    .record(
+                        &oref,
+                        false,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", pod.name_any()),
+                    )
+                    .await;
             }
             Err(e) => {
-                ctx.events.record(&oref, true, "FailedCreate", format!("Error creating: {e}")).await;
+                ctx.events
+                    .record(&oref, true, "FailedCreate", format!("Error creating: {e}"))
+                    .await;
                 break;
             }
         }
     }
     let mut status = p.status.clone();
     if created < p.create.len() {
-        status.active = status.active.map(|a| a - i32::try_from(p.create.len() - created).unwrap_or(0));
+        status.active = status
+            .active
+            .map(|a| a - i32::try_from(p.create.len() - created).unwrap_or(0));
     }
     if current.status.as_ref() != Some(&status) {
         current.status = Some(status);
-        jobs.replace_status(&name, &PostParams::default(), &current).await?;
+        jobs.replace_status(&name, &PostParams::default(), &current)
+            .await?;
     }
     for e in &p.events {
-        ctx.events.record(&oref, e.warning, &e.reason, e.message.clone()).await;
+        ctx.events
+            .record(&oref, e.warning, &e.reason, e.message.clone())
+            .await;
     }
     Ok(match p.requeue_after {
         Some(d) => Action::requeue(d + Duration::from_millis(100)),
@@ -628,14 +870,22 @@ fn error_policy(_job: Arc<Job>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action
 /// Whether a pod keeps the tracking finalizer although its Job is gone (or replaced by
 /// another of the same name): then nobody else would ever remove it.
 pub fn orphaned_tracking(pod: &Pod, job: Option<&Job>) -> bool {
-    let has = pod.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER));
-    let Some(owner) = wu::controller_of(&pod.metadata).filter(|o| o.kind == "Job") else { return has };
+    let has = pod
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER));
+    let Some(owner) = wu::controller_of(&pod.metadata).filter(|o| o.kind == "Job") else {
+        return has;
+    };
     has && job.is_none_or(|j| j.metadata.uid.as_deref() != Some(owner.uid.as_str()))
 }
 
 async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
     let ns = pod.namespace().unwrap_or_default();
-    let owner = wu::controller_of(&pod.metadata).filter(|o| o.kind == "Job").map(|o| o.name.clone());
+    let owner = wu::controller_of(&pod.metadata)
+        .filter(|o| o.kind == "Job")
+        .map(|o| o.name.clone());
     let job = owner.and_then(|n| ctx.jobs.get(&ObjectRef::new(&n).within(&ns)));
     if orphaned_tracking(&pod, job.as_deref()) {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -651,7 +901,10 @@ fn pod_error_policy(_pod: Arc<Pod>, err: &ControllerError, _ctx: Arc<Ctx>) -> Ac
 
 /// Runs the Job controller until the watch ends (plus a pod watch that releases the
 /// tracking finalizer of pods whose Job was deleted).
-pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+pub async fn run(
+    client: kube::Client,
+    informers: crate::informers::SharedInformers,
+) -> Result<(), ControllerError> {
     // Subscribe before reading the stores: no change after the first list is missed.
     let job_changes = informers.subscribe::<Job>();
     let pod_changes = informers.subscribe::<Pod>();
@@ -659,13 +912,29 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
     let jobs = informers.store::<Job>().await;
     let pods = informers.owned_cache::<Pod>().await;
     let expectations = Expectations::new();
-    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "job-controller"), client, pods: pods.clone(), jobs: jobs.clone(), expectations: expectations.clone() });
+    let ctx = Arc::new(Ctx {
+        events: Events::new(client.clone(), "job-controller"),
+        client,
+        pods: pods.clone(),
+        jobs: jobs.clone(),
+        expectations: expectations.clone(),
+    });
     // A pod deleted before the cache showed it settles what its Job expected of it.
     let pod_store = pods.store.clone();
     let pod_changes = pod_changes.inspect(move |p| {
         if pod_store.get(&ObjectRef::from_obj(&**p)).is_none() {
-            if let (Some(o), Some(uid)) = (wu::controller_of(&p.metadata).filter(|o| o.kind == "Job"), p.metadata.uid.as_deref()) {
-                expectations.observe_gone(&format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or_default(), o.name), uid);
+            if let (Some(o), Some(uid)) = (
+                wu::controller_of(&p.metadata).filter(|o| o.kind == "Job"),
+                p.metadata.uid.as_deref(),
+            ) {
+                expectations.observe_gone(
+                    &format!(
+                        "{}/{}",
+                        p.metadata.namespace.as_deref().unwrap_or_default(),
+                        o.name
+                    ),
+                    uid,
+                );
             }
         }
     });
@@ -677,7 +946,16 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
     // Pods of Jobs only (upstream's label selector on the orphan watch), and only those
     // still holding the tracking finalizer.
     let job_pods = orphan_changes.filter(|p| {
-        let tracked = p.metadata.labels.as_ref().is_some_and(|l| l.contains_key(JOB_NAME_LABEL)) && p.metadata.finalizers.iter().flatten().any(|f| f == TRACKING_FINALIZER);
+        let tracked = p
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(JOB_NAME_LABEL))
+            && p.metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == TRACKING_FINALIZER);
         futures_util::future::ready(tracked)
     });
     let orphans = Controller::for_shared_stream(job_pods, pods.store.clone())
@@ -690,8 +968,13 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::batch::v1::{JobSpec, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule};
-    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition, PodStatus};
+    use k8s_openapi::api::batch::v1::{
+        JobSpec, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern,
+        PodFailurePolicyRule,
+    };
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition, PodStatus,
+    };
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + s).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -699,8 +982,17 @@ mod tests {
 
     fn job(completions: Option<i32>, parallelism: i32) -> Job {
         Job {
-            metadata: ObjectMeta { name: Some("pi".into()), namespace: Some("default".into()), uid: Some("job-uid".into()), ..Default::default() },
-            spec: Some(JobSpec { completions, parallelism: Some(parallelism), ..Default::default() }),
+            metadata: ObjectMeta {
+                name: Some("pi".into()),
+                namespace: Some("default".into()),
+                uid: Some("job-uid".into()),
+                ..Default::default()
+            },
+            spec: Some(JobSpec {
+                completions,
+                parallelism: Some(parallelism),
+                ..Default::default()
+            }),
             status: None,
         }
     }
@@ -711,12 +1003,20 @@ mod tests {
         p.metadata.uid = Some(format!("uid-{name}"));
         p.metadata.creation_timestamp = Some(Time(ts(0)));
         let terminated = matches!(phase, "Succeeded" | "Failed").then(|| ContainerState {
-            terminated: Some(ContainerStateTerminated { exit_code: if phase == "Failed" { 1 } else { 0 }, finished_at: Some(Time(ts(finished_at))), ..Default::default() }),
+            terminated: Some(ContainerStateTerminated {
+                exit_code: if phase == "Failed" { 1 } else { 0 },
+                finished_at: Some(Time(ts(finished_at))),
+                ..Default::default()
+            }),
             ..Default::default()
         });
         p.status = Some(PodStatus {
             phase: Some(phase.into()),
-            container_statuses: Some(vec![ContainerStatus { name: "main".into(), state: terminated, ..Default::default() }]),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "main".into(),
+                state: terminated,
+                ..Default::default()
+            }]),
             ..Default::default()
         });
         p
@@ -733,17 +1033,25 @@ mod tests {
     fn apply(job: &mut Job, pods: &mut Vec<Pod>, p: &JobPlan, next: &mut usize) {
         job.status = Some(p.status.clone());
         for pod in pods.iter_mut() {
-            if p.remove_finalizer.contains(pod.metadata.name.as_ref().unwrap_or(&String::new())) {
+            if p.remove_finalizer
+                .contains(pod.metadata.name.as_ref().unwrap_or(&String::new()))
+            {
                 pod.metadata.finalizers = Some(vec![]);
             }
         }
-        pods.retain(|x| !p.delete.contains(x.metadata.name.as_ref().unwrap_or(&String::new())));
+        pods.retain(|x| {
+            !p.delete
+                .contains(x.metadata.name.as_ref().unwrap_or(&String::new()))
+        });
         for idx in &p.create {
             let mut np = new_pod(job, *idx);
             *next += 1;
             np.metadata.name = Some(format!("p{next}"));
             np.metadata.uid = Some(format!("uid-p{next}"));
-            np.status = Some(PodStatus { phase: Some("Pending".into()), ..Default::default() });
+            np.status = Some(PodStatus {
+                phase: Some("Pending".into()),
+                ..Default::default()
+            });
             pods.push(np);
         }
     }
@@ -766,7 +1074,13 @@ mod tests {
         // One pod succeeds: 2 more remain to do, both run in parallel => 1 new pod.
         set_phase(&mut pods[0], "Succeeded");
         let p = plan(&j, &pods, ts(10));
-        assert_eq!(p.interim_status.as_ref().and_then(|s| s.uncounted_terminated_pods.as_ref()).and_then(|u| u.succeeded.clone()), Some(vec!["uid-p1".to_string()]));
+        assert_eq!(
+            p.interim_status
+                .as_ref()
+                .and_then(|s| s.uncounted_terminated_pods.as_ref())
+                .and_then(|u| u.succeeded.clone()),
+            Some(vec!["uid-p1".to_string()])
+        );
         assert_eq!(p.remove_finalizer, vec!["p1".to_string()]);
         assert_eq!(p.status.succeeded, Some(1));
         assert_eq!(p.create.len(), 1);
@@ -785,10 +1099,24 @@ mod tests {
         set_phase(&mut pods[2], "Succeeded");
         let p = plan(&j, &pods, ts(30));
         assert_eq!(p.status.succeeded, Some(3));
-        let types: Vec<_> = p.status.conditions.iter().flatten().map(|c| (c.type_.as_str(), c.reason.as_deref())).collect();
-        assert_eq!(types, vec![("SuccessCriteriaMet", Some("CompletionsReached")), ("Complete", Some("CompletionsReached"))]);
+        let types: Vec<_> = p
+            .status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| (c.type_.as_str(), c.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            types,
+            vec![
+                ("SuccessCriteriaMet", Some("CompletionsReached")),
+                ("Complete", Some("CompletionsReached"))
+            ]
+        );
         assert_eq!(p.status.completion_time, Some(Time(ts(30))));
-        assert!(p.events.contains(&PlannedEvent::normal("Completed", "Job completed")));
+        assert!(p
+            .events
+            .contains(&PlannedEvent::normal("Completed", "Job completed")));
         apply(&mut j, &mut pods, &p, &mut n);
         assert!(is_finished(&j));
         assert_eq!(plan(&j, &pods, ts(40)).create.len(), 0);
@@ -800,7 +1128,10 @@ mod tests {
         if let Some(s) = j.spec.as_mut() {
             s.backoff_limit = Some(1);
         }
-        j.status = Some(JobStatus { start_time: Some(Time(ts(0))), ..Default::default() });
+        j.status = Some(JobStatus {
+            start_time: Some(Time(ts(0))),
+            ..Default::default()
+        });
         let pods = vec![pod("a", "Failed", 100)];
         let p = plan(&j, &pods, ts(105));
         assert_eq!(p.status.failed, Some(1));
@@ -817,9 +1148,30 @@ mod tests {
         }
         let p = plan(&j2, &pods2, ts(121));
         assert_eq!(p.status.failed, Some(2));
-        let c: Vec<_> = p.status.conditions.iter().flatten().map(|c| (c.type_.clone(), c.reason.clone())).collect();
-        assert_eq!(c, vec![("FailureTarget".to_string(), Some("BackoffLimitExceeded".to_string())), ("Failed".to_string(), Some("BackoffLimitExceeded".to_string()))]);
-        assert!(p.events.iter().any(|e| e.warning && e.reason == "BackoffLimitExceeded"));
+        let c: Vec<_> = p
+            .status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| (c.type_.clone(), c.reason.clone()))
+            .collect();
+        assert_eq!(
+            c,
+            vec![
+                (
+                    "FailureTarget".to_string(),
+                    Some("BackoffLimitExceeded".to_string())
+                ),
+                (
+                    "Failed".to_string(),
+                    Some("BackoffLimitExceeded".to_string())
+                )
+            ]
+        );
+        assert!(p
+            .events
+            .iter()
+            .any(|e| e.warning && e.reason == "BackoffLimitExceeded"));
         assert!(p.create.is_empty());
     }
 
@@ -828,8 +1180,13 @@ mod tests {
         let pods: Vec<Pod> = (0..3).map(|i| pod(&format!("f{i}"), "Failed", i)).collect();
         let refs: Vec<&Pod> = pods.iter().collect();
         // 3 failures: 40s after the last (t=2).
-        assert_eq!(remaining_backoff(&refs, None, ts(2)), Some(Duration::from_secs(40)));
-        let many: Vec<Pod> = (0..10).map(|i| pod(&format!("f{i}"), "Failed", i)).collect();
+        assert_eq!(
+            remaining_backoff(&refs, None, ts(2)),
+            Some(Duration::from_secs(40))
+        );
+        let many: Vec<Pod> = (0..10)
+            .map(|i| pod(&format!("f{i}"), "Failed", i))
+            .collect();
         let refs: Vec<&Pod> = many.iter().collect();
         assert_eq!(remaining_backoff(&refs, None, ts(9)), Some(BACKOFF_MAX));
         // A later success resets the count.
@@ -845,7 +1202,10 @@ mod tests {
         if let Some(s) = j.spec.as_mut() {
             s.active_deadline_seconds = Some(30);
         }
-        j.status = Some(JobStatus { start_time: Some(Time(ts(0))), ..Default::default() });
+        j.status = Some(JobStatus {
+            start_time: Some(Time(ts(0))),
+            ..Default::default()
+        });
         let pods = vec![pod("a", "Running", 0)];
         let p = plan(&j, &pods, ts(10));
         assert_eq!(p.requeue_after, Some(Duration::from_secs(20)));
@@ -865,22 +1225,59 @@ mod tests {
         }
         let p = plan(&j, &[], ts(0));
         assert_eq!(p.create, vec![Some(0), Some(1)]);
-        let pods = vec![indexed_pod(0, "Succeeded"), indexed_pod(1, "Running"), indexed_pod(1, "Pending")];
+        let pods = vec![
+            indexed_pod(0, "Succeeded"),
+            indexed_pod(1, "Running"),
+            indexed_pod(1, "Pending"),
+        ];
         let p = plan(&j, &pods, ts(1));
         assert_eq!(p.status.completed_indexes.as_deref(), Some("0"));
         assert_eq!(p.delete.len(), 1, "duplicate index 1 pod deleted");
         assert_eq!(p.create, vec![Some(2)]);
         let mut j2 = j.clone();
-        j2.status = Some(JobStatus { completed_indexes: Some("0-2,4".into()), succeeded: Some(4), ..Default::default() });
+        j2.status = Some(JobStatus {
+            completed_indexes: Some("0-2,4".into()),
+            succeeded: Some(4),
+            ..Default::default()
+        });
         let p = plan(&j2, &[], ts(2));
         assert_eq!(p.create, vec![Some(3)]);
         let pod = new_pod(&j, Some(3));
         assert_eq!(pod.metadata.generate_name.as_deref(), Some("pi-3-"));
-        assert_eq!(pod.spec.as_ref().and_then(|s| s.hostname.as_deref()), Some("pi-3"));
-        assert_eq!(pod.metadata.annotations.as_ref().and_then(|a| a.get(COMPLETION_INDEX)).map(String::as_str), Some("3"));
-        assert_eq!(pod.metadata.labels.as_ref().and_then(|a| a.get(COMPLETION_INDEX)).map(String::as_str), Some("3"));
-        assert_eq!(pod.metadata.labels.as_ref().and_then(|a| a.get(JOB_NAME_LABEL)).map(String::as_str), Some("pi"));
-        assert!(pod.metadata.finalizers.iter().flatten().any(|f| f == TRACKING_FINALIZER));
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.hostname.as_deref()),
+            Some("pi-3")
+        );
+        assert_eq!(
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(COMPLETION_INDEX))
+                .map(String::as_str),
+            Some("3")
+        );
+        assert_eq!(
+            pod.metadata
+                .labels
+                .as_ref()
+                .and_then(|a| a.get(COMPLETION_INDEX))
+                .map(String::as_str),
+            Some("3")
+        );
+        assert_eq!(
+            pod.metadata
+                .labels
+                .as_ref()
+                .and_then(|a| a.get(JOB_NAME_LABEL))
+                .map(String::as_str),
+            Some("pi")
+        );
+        assert!(pod
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == TRACKING_FINALIZER));
     }
 
     #[test]
@@ -895,7 +1292,11 @@ mod tests {
         PodFailurePolicy {
             rules: vec![PodFailurePolicyRule {
                 action: action.into(),
-                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement { container_name: None, operator: op.into(), values }),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: None,
+                    operator: op.into(),
+                    values,
+                }),
                 on_pod_conditions: None,
             }],
         }
@@ -904,22 +1305,40 @@ mod tests {
     #[test]
     fn pod_failure_policy_rules() {
         let failed = pod("a", "Failed", 1); // exit code 1
-        assert!(matches!(match_pod_failure_policy(&policy("FailJob", "In", vec![1, 2]), &failed), Some(PolicyAction::FailJob(m)) if m.contains("exit code 1")));
-        assert_eq!(match_pod_failure_policy(&policy("FailJob", "In", vec![42]), &failed), None);
-        assert!(matches!(match_pod_failure_policy(&policy("FailJob", "NotIn", vec![42]), &failed), Some(PolicyAction::FailJob(_))));
+        assert!(
+            matches!(match_pod_failure_policy(&policy("FailJob", "In", vec![1, 2]), &failed), Some(PolicyAction::FailJob(m)) if m.contains("exit code 1"))
+        );
+        assert_eq!(
+            match_pod_failure_policy(&policy("FailJob", "In", vec![42]), &failed),
+            None
+        );
+        assert!(matches!(
+            match_pod_failure_policy(&policy("FailJob", "NotIn", vec![42]), &failed),
+            Some(PolicyAction::FailJob(_))
+        ));
         let mut disrupted = pod("b", "Failed", 1);
         if let Some(s) = disrupted.status.as_mut() {
             s.container_statuses = None;
-            s.conditions = Some(vec![PodCondition { type_: "DisruptionTarget".into(), status: "True".into(), ..Default::default() }]);
+            s.conditions = Some(vec![PodCondition {
+                type_: "DisruptionTarget".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]);
         }
         let ignore = PodFailurePolicy {
             rules: vec![PodFailurePolicyRule {
                 action: "Ignore".into(),
                 on_exit_codes: None,
-                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern { type_: "DisruptionTarget".into(), status: "True".into() }]),
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: "True".into(),
+                }]),
             }],
         };
-        assert_eq!(match_pod_failure_policy(&ignore, &disrupted), Some(PolicyAction::Ignore));
+        assert_eq!(
+            match_pod_failure_policy(&ignore, &disrupted),
+            Some(PolicyAction::Ignore)
+        );
 
         // In a Job: FailJob fails at once; Ignore does not count toward the backoff limit.
         let mut j = job(Some(1), 1);
@@ -927,7 +1346,12 @@ mod tests {
             s.pod_failure_policy = Some(policy("FailJob", "In", vec![1]));
         }
         let p = plan(&j, std::slice::from_ref(&failed), ts(5));
-        assert!(p.status.conditions.iter().flatten().any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("PodFailurePolicy")));
+        assert!(p
+            .status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("PodFailurePolicy")));
         let mut j = job(Some(1), 1);
         if let Some(s) = j.spec.as_mut() {
             s.pod_failure_policy = Some(ignore);
@@ -936,7 +1360,11 @@ mod tests {
         let p = plan(&j, &[disrupted], ts(5));
         assert_eq!(p.status.failed, Some(0));
         assert_eq!(p.remove_finalizer, vec!["b".to_string()]);
-        assert_eq!(p.create.len(), 1, "ignored failure is replaced without back-off");
+        assert_eq!(
+            p.create.len(),
+            1,
+            "ignored failure is replaced without back-off"
+        );
     }
 
     #[test]
@@ -949,14 +1377,28 @@ mod tests {
         let p = plan(&j, &pods, ts(5));
         assert_eq!(p.delete, vec!["a".to_string()]);
         assert!(p.create.is_empty());
-        assert!(p.status.conditions.iter().flatten().any(|c| c.type_ == "Suspended" && c.status == "True" && c.reason.as_deref() == Some("JobSuspended")));
+        assert!(p
+            .status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Suspended"
+                && c.status == "True"
+                && c.reason.as_deref() == Some("JobSuspended")));
         assert!(p.status.start_time.is_none());
         j.status = Some(p.status);
         if let Some(s) = j.spec.as_mut() {
             s.suspend = Some(false);
         }
         let p = plan(&j, &[], ts(50));
-        assert!(p.status.conditions.iter().flatten().any(|c| c.type_ == "Suspended" && c.status == "False" && c.reason.as_deref() == Some("JobResumed")));
+        assert!(p
+            .status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Suspended"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("JobResumed")));
         assert_eq!(p.status.start_time, Some(Time(ts(50))));
         assert_eq!(p.create.len(), 2);
     }
@@ -971,13 +1413,27 @@ mod tests {
         assert!(p.status.conditions.is_none());
         let pods = vec![pod("a", "Succeeded", 1), pod("b", "Succeeded", 3)];
         let p = plan(&j, &pods, ts(4));
-        assert!(p.status.conditions.iter().flatten().any(|c| c.type_ == "Complete"));
+        assert!(p
+            .status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Complete"));
     }
 
     #[test]
     fn finished_job_only_releases_finalizers() {
         let mut j = job(Some(1), 1);
-        j.status = Some(JobStatus { conditions: Some(vec![new_condition("Complete", "True", "CompletionsReached", "", ts(0))]), ..Default::default() });
+        j.status = Some(JobStatus {
+            conditions: Some(vec![new_condition(
+                "Complete",
+                "True",
+                "CompletionsReached",
+                "",
+                ts(0),
+            )]),
+            ..Default::default()
+        });
         let pods = vec![pod("a", "Succeeded", 0)];
         let p = plan(&j, &pods, ts(1));
         assert_eq!(p.remove_finalizer, vec!["a".to_string()]);
@@ -999,7 +1455,10 @@ mod tests {
         // A Job being deleted releases its pods.
         let mut deleting = j.clone();
         deleting.metadata.deletion_timestamp = Some(Time(ts(0)));
-        assert_eq!(plan(&deleting, &[p], ts(1)).remove_finalizer, vec!["a".to_string()]);
+        assert_eq!(
+            plan(&deleting, &[p], ts(1)).remove_finalizer,
+            vec!["a".to_string()]
+        );
     }
 
     #[test]

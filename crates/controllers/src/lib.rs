@@ -14,20 +14,20 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
-pub mod expectations;
 pub mod endpointslice;
+pub mod expectations;
 pub mod gc;
 pub mod hpa;
 pub mod informers;
 /// Leader election (shared with the scheduler).
 pub use rk3s_leader as leader;
+pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod podutil;
 pub mod pvbinder;
 pub mod replicaset;
-pub mod job;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
@@ -72,26 +72,56 @@ pub struct Options {
 /// Runs the controller manager forever: waits for leadership, then runs every
 /// controller until leadership is lost (then waits again).
 pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerError> {
-    let elector = leader::LeaderElector::new(client.clone(), "kube-system", "kube-controller-manager", &opts.identity, opts.lease_duration);
+    let elector = leader::LeaderElector::new(
+        client.clone(),
+        "kube-system",
+        "kube-controller-manager",
+        &opts.identity,
+        opts.lease_duration,
+    );
     loop {
         let lost = elector.acquire().await;
         tracing::info!(identity = %opts.identity, "controller manager: became leader");
         let mut tasks = tokio::task::JoinSet::new();
         // One watch per resource type for every controller of this term.
         let informers = informers::SharedInformers::new(client.clone());
-        tasks.spawn(serviceaccount::run(client.clone(), opts.root_ca_pem.clone(), informers.clone()));
+        tasks.spawn(serviceaccount::run(
+            client.clone(),
+            opts.root_ca_pem.clone(),
+            informers.clone(),
+        ));
         tasks.spawn(endpoints::run(client.clone(), informers.clone()));
         tasks.spawn(endpointslice::run(client.clone(), informers.clone()));
         if opts.servicelb {
             tasks.spawn(servicelb::run(client.clone(), informers.clone()));
         }
-        tasks.spawn(clusterdns::run(client.clone(), opts.cluster_dns.clone(), informers.clone()));
-        tasks.spawn(nodelifecycle::run(client.clone(), opts.nodes.clone(), informers.clone()));
-        tasks.spawn(nodeipam::run(client.clone(), opts.nodes.cluster_cidr.clone(), opts.nodes.node_cidr_mask_size, informers.clone()));
-        tasks.spawn(podgc::run(client.clone(), opts.nodes.terminated_pod_gc_threshold, informers.clone()));
+        tasks.spawn(clusterdns::run(
+            client.clone(),
+            opts.cluster_dns.clone(),
+            informers.clone(),
+        ));
+        tasks.spawn(nodelifecycle::run(
+            client.clone(),
+            opts.nodes.clone(),
+            informers.clone(),
+        ));
+        tasks.spawn(nodeipam::run(
+            client.clone(),
+            opts.nodes.cluster_cidr.clone(),
+            opts.nodes.node_cidr_mask_size,
+            informers.clone(),
+        ));
+        tasks.spawn(podgc::run(
+            client.clone(),
+            opts.nodes.terminated_pod_gc_threshold,
+            informers.clone(),
+        ));
         tasks.spawn(disruption::run(client.clone(), informers.clone()));
         tasks.spawn(pvbinder::run(client.clone(), informers.clone()));
-        tasks.spawn(clusterrole_aggregation::run(client.clone(), informers.clone()));
+        tasks.spawn(clusterrole_aggregation::run(
+            client.clone(),
+            informers.clone(),
+        ));
         tasks.spawn(hpa::run(client.clone(), informers.clone()));
         tasks.spawn(job::run(client.clone(), informers.clone()));
         tasks.spawn(cronjob::run(client.clone(), informers.clone()));
@@ -101,7 +131,12 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
         tasks.spawn(replicaset::run(client.clone(), informers.clone()));
         tasks.spawn(deployment::run(client.clone(), informers.clone()));
         tasks.spawn(gc::run(client.clone(), informers.clone()));
-        tasks.spawn(csrsigning::run(client.clone(), opts.root_ca_pem.clone(), opts.ca_key_pem.clone(), informers.clone()));
+        tasks.spawn(csrsigning::run(
+            client.clone(),
+            opts.root_ca_pem.clone(),
+            opts.ca_key_pem.clone(),
+            informers.clone(),
+        ));
         tokio::select! {
             _ = lost => {
                 tracing::warn!("controller manager: lost leadership; stopping controllers");
@@ -123,7 +158,10 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
 /// transport).
 pub fn client_over<S, B>(service: S) -> kube::Client
 where
-    S: tower_service::Service<http::Request<kube::client::Body>, Response = http::Response<B>> + Send + Clone + 'static,
+    S: tower_service::Service<http::Request<kube::client::Body>, Response = http::Response<B>>
+        + Send
+        + Clone
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,

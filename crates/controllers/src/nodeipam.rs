@@ -38,8 +38,16 @@ impl CidrSet {
         if prefix > 32 || node_prefix > 32 || node_prefix < prefix {
             return None;
         }
-        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
-        Some(CidrSet { base: u32::from(ip) & mask, prefix, node_prefix })
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        Some(CidrSet {
+            base: u32::from(ip) & mask,
+            prefix,
+            node_prefix,
+        })
     }
 
     /// How many node subnets there are.
@@ -85,7 +93,10 @@ impl CidrSet {
 pub fn node_cidrs(node: &Node) -> Vec<String> {
     let spec = node.spec.as_ref();
     let mut v: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
-    if let Some(c) = spec.and_then(|s| s.pod_cidr.clone()).filter(|c| !c.is_empty()) {
+    if let Some(c) = spec
+        .and_then(|s| s.pod_cidr.clone())
+        .filter(|c| !c.is_empty())
+    {
         if !v.contains(&c) {
             v.insert(0, c);
         }
@@ -95,12 +106,32 @@ pub fn node_cidrs(node: &Node) -> Vec<String> {
 
 /// Plans the allocation: for each node without a pod CIDR (in name order), the subnet it
 /// gets; nodes left without one when the range is exhausted map to `None`.
-pub fn plan(set: &CidrSet, nodes: &[&Node], pending: &HashMap<String, u64>) -> Vec<(String, Option<String>)> {
-    let mut used: BTreeSet<u64> = nodes.iter().flat_map(|n| node_cidrs(n)).filter_map(|c| set.index_of(&c)).collect();
-    let names: BTreeSet<&str> = nodes.iter().filter_map(|n| n.metadata.name.as_deref()).collect();
-    used.extend(pending.iter().filter(|(n, _)| names.contains(n.as_str())).map(|(_, i)| *i));
+pub fn plan(
+    set: &CidrSet,
+    nodes: &[&Node],
+    pending: &HashMap<String, u64>,
+) -> Vec<(String, Option<String>)> {
+    let mut used: BTreeSet<u64> = nodes
+        .iter()
+        .flat_map(|n| node_cidrs(n))
+        .filter_map(|c| set.index_of(&c))
+        .collect();
+    let names: BTreeSet<&str> = nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    used.extend(
+        pending
+            .iter()
+            .filter(|(n, _)| names.contains(n.as_str()))
+            .map(|(_, i)| *i),
+    );
     let mut out = Vec::new();
-    let mut todo: Vec<&Node> = nodes.iter().copied().filter(|n| node_cidrs(n).is_empty() && n.metadata.deletion_timestamp.is_none()).collect();
+    let mut todo: Vec<&Node> = nodes
+        .iter()
+        .copied()
+        .filter(|n| node_cidrs(n).is_empty() && n.metadata.deletion_timestamp.is_none())
+        .collect();
     todo.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for n in todo {
         let name = n.metadata.name.clone().unwrap_or_default();
@@ -121,7 +152,12 @@ pub fn plan(set: &CidrSet, nodes: &[&Node], pending: &HashMap<String, u64>) -> V
 
 /// Runs the node IPAM controller forever (returns at once when the cluster CIDR is
 /// invalid, after logging it).
-pub async fn run(client: kube::Client, cluster_cidr: String, mask: u8, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+pub async fn run(
+    client: kube::Client,
+    cluster_cidr: String,
+    mask: u8,
+    informers: crate::informers::SharedInformers,
+) -> Result<(), ControllerError> {
     let Some(set) = CidrSet::new(&cluster_cidr, mask) else {
         tracing::error!(cidr = %cluster_cidr, mask, "node IPAM: invalid cluster CIDR or mask; not allocating pod CIDRs");
         std::future::pending::<()>().await;
@@ -141,24 +177,44 @@ pub async fn run(client: kube::Client, cluster_cidr: String, mask: u8, informers
     }
 }
 
-async fn sync(api: &Api<Node>, set: &CidrSet, nodes: &Store<Node>, pending: &mut HashMap<String, u64>, events: &Events) -> Result<Option<Duration>, ControllerError> {
+async fn sync(
+    api: &Api<Node>,
+    set: &CidrSet,
+    nodes: &Store<Node>,
+    pending: &mut HashMap<String, u64>,
+    events: &Events,
+) -> Result<Option<Duration>, ControllerError> {
     let state = nodes.state();
     let list: Vec<&Node> = state.iter().map(|n| n.as_ref()).collect();
     // Forget pending allocations the cache now shows (or whose node is gone).
-    pending.retain(|name, _| list.iter().any(|n| n.metadata.name.as_deref() == Some(name.as_str()) && node_cidrs(n).is_empty()));
+    pending.retain(|name, _| {
+        list.iter()
+            .any(|n| n.metadata.name.as_deref() == Some(name.as_str()) && node_cidrs(n).is_empty())
+    });
     for (name, cidr) in plan(set, &list, pending) {
         match cidr {
             Some(c) => {
                 let patch = json!({"spec": {"podCIDR": c, "podCIDRs": [c]}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
                 if let Some(i) = set.index_of(&c) {
                     pending.insert(name.clone(), i);
                 }
                 tracing::info!(node = %name, cidr = %c, "allocated pod CIDR");
             }
             None => {
-                if let Some(n) = list.iter().find(|n| n.metadata.name.as_deref() == Some(name.as_str())) {
-                    events.record(&n.object_ref(&()), false, "CIDRNotAvailable", format!("Node {name} status is now: CIDRNotAvailable")).await;
+                if let Some(n) = list
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(name.as_str()))
+                {
+                    events
+                        .record(
+                            &n.object_ref(&()),
+                            false,
+                            "CIDRNotAvailable",
+                            format!("Node {name} status is now: CIDRNotAvailable"),
+                        )
+                        .await;
                 }
             }
         }
@@ -174,8 +230,15 @@ mod tests {
 
     fn node(name: &str, cidr: Option<&str>) -> Node {
         Node {
-            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-            spec: Some(NodeSpec { pod_cidr: cidr.map(String::from), pod_cidrs: cidr.map(|c| vec![c.to_string()]), ..Default::default() }),
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: cidr.map(String::from),
+                pod_cidrs: cidr.map(|c| vec![c.to_string()]),
+                ..Default::default()
+            }),
             status: None,
         }
     }
@@ -205,7 +268,13 @@ mod tests {
         let c = node("c", None);
         let d = node("d", None);
         let p = plan(&s, &[&a, &b, &c, &d], &HashMap::new());
-        assert_eq!(p, vec![("c".into(), Some("10.42.1.0/24".into())), ("d".into(), Some("10.42.3.0/24".into()))]);
+        assert_eq!(
+            p,
+            vec![
+                ("c".into(), Some("10.42.1.0/24".into())),
+                ("d".into(), Some("10.42.3.0/24".into()))
+            ]
+        );
         // Node a deleted: its range is free again.
         let p = plan(&s, &[&b, &c], &HashMap::new());
         assert_eq!(p, vec![("c".into(), Some("10.42.0.0/24".into()))]);
@@ -213,7 +282,13 @@ mod tests {
         let e = node("e", None);
         let pending: HashMap<String, u64> = [("c".to_string(), 0u64)].into();
         let p = plan(&s, &[&b, &c, &e], &pending);
-        assert_eq!(p, vec![("c".into(), Some("10.42.0.0/24".into())), ("e".into(), Some("10.42.1.0/24".into()))]);
+        assert_eq!(
+            p,
+            vec![
+                ("c".into(), Some("10.42.0.0/24".into())),
+                ("e".into(), Some("10.42.1.0/24".into()))
+            ]
+        );
     }
 
     #[test]

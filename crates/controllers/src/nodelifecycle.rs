@@ -25,10 +25,10 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::endpoints::wait_next;
-use futures_util::StreamExt;
-use crate::workload_util::{ignore_not_found, Events};
 use crate::informers::Index;
+use crate::workload_util::{ignore_not_found, Events};
 use crate::ControllerError;
+use futures_util::StreamExt;
 
 /// Taint of nodes whose Ready condition is False.
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -41,7 +41,8 @@ pub const REASON_STATUS_UNKNOWN: &str = "NodeStatusUnknown";
 /// Message of conditions set Unknown by this controller.
 pub const MESSAGE_STATUS_UNKNOWN: &str = "Kubelet stopped posting node status.";
 /// Conditions the kubelet posts, set Unknown together with Ready.
-pub const KUBELET_CONDITIONS: [&str; 4] = ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"];
+pub const KUBELET_CONDITIONS: [&str; 4] =
+    ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"];
 
 /// Settings of the node controllers.
 #[derive(Clone, Debug)]
@@ -73,19 +74,36 @@ impl Default for NodeOptions {
 /// condition's `lastHeartbeatTime`, and `not_before` (when this controller started, so a
 /// restarted controller grants every node a full grace period as upstream does).
 pub fn probe_time(node: &Node, lease: Option<&Lease>, not_before: Timestamp) -> Timestamp {
-    let renew = lease.and_then(|l| l.spec.as_ref()?.renew_time.as_ref()).map(|t| t.0);
-    let heartbeat = ready_condition(node).and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0);
-    [renew, heartbeat, Some(not_before)].into_iter().flatten().max().unwrap_or(not_before)
+    let renew = lease
+        .and_then(|l| l.spec.as_ref()?.renew_time.as_ref())
+        .map(|t| t.0);
+    let heartbeat = ready_condition(node)
+        .and_then(|c| c.last_heartbeat_time.as_ref())
+        .map(|t| t.0);
+    [renew, heartbeat, Some(not_before)]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(not_before)
 }
 
 /// Whether a node last seen at `probe` is past the grace period at `now`.
 pub fn is_stale(probe: Timestamp, now: Timestamp, grace: Duration) -> bool {
-    let grace = jiff::SignedDuration::try_from(grace).unwrap_or(jiff::SignedDuration::from_secs(40));
-    probe.checked_add(grace).map(|deadline| now > deadline).unwrap_or(false)
+    let grace =
+        jiff::SignedDuration::try_from(grace).unwrap_or(jiff::SignedDuration::from_secs(40));
+    probe
+        .checked_add(grace)
+        .map(|deadline| now > deadline)
+        .unwrap_or(false)
 }
 
 fn ready_condition(node: &Node) -> Option<&NodeCondition> {
-    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
 }
 
 /// The node's Ready status (`True`, `False`, `Unknown`), if it has a Ready condition.
@@ -97,7 +115,11 @@ pub fn ready_status(node: &Node) -> Option<&str> {
 /// Unknown (existing ones keep their heartbeat; missing ones are added with reason
 /// `NodeStatusNeverUpdated`). `None` when they are all Unknown already.
 pub fn unknown_conditions(node: &Node, now: Timestamp) -> Option<Vec<NodeCondition>> {
-    let mut conds = node.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let mut conds = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
     let mut changed = false;
     for t in KUBELET_CONDITIONS {
         match conds.iter_mut().find(|c| c.type_ == t) {
@@ -126,16 +148,21 @@ pub fn unknown_conditions(node: &Node, now: Timestamp) -> Option<Vec<NodeConditi
 }
 
 fn condition_true(node: &Node, t: &str) -> bool {
-    node.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == t && c.status == "True"))
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == t && c.status == "True"))
 }
 
 /// Whether a taint is one this controller manages (so it may add or remove it).
 pub fn is_managed_taint(t: &Taint) -> bool {
     match t.key.as_str() {
         TAINT_NOT_READY | TAINT_UNREACHABLE => t.effect == "NoSchedule" || t.effect == "NoExecute",
-        "node.kubernetes.io/memory-pressure" | "node.kubernetes.io/disk-pressure" | "node.kubernetes.io/pid-pressure" | "node.kubernetes.io/network-unavailable" | TAINT_UNSCHEDULABLE => {
-            t.effect == "NoSchedule"
-        }
+        "node.kubernetes.io/memory-pressure"
+        | "node.kubernetes.io/disk-pressure"
+        | "node.kubernetes.io/pid-pressure"
+        | "node.kubernetes.io/network-unavailable"
+        | TAINT_UNSCHEDULABLE => t.effect == "NoSchedule",
         _ => false,
     }
 }
@@ -145,14 +172,27 @@ pub fn is_managed_taint(t: &Taint) -> bool {
 /// other taints unchanged, the managed ones added (with `timeAdded` = `now`, or kept
 /// from the existing taint) or removed.
 pub fn desired_taints(node: &Node, ready: Option<&str>, now: Timestamp) -> Vec<Taint> {
-    let existing: Vec<Taint> = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    let existing: Vec<Taint> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
     let mut want: Vec<(&str, &str)> = Vec::new();
     match ready {
-        Some("False") => want.extend([(TAINT_NOT_READY, "NoSchedule"), (TAINT_NOT_READY, "NoExecute")]),
+        Some("False") => want.extend([
+            (TAINT_NOT_READY, "NoSchedule"),
+            (TAINT_NOT_READY, "NoExecute"),
+        ]),
         Some("True") => {}
-        Some(_) => want.extend([(TAINT_UNREACHABLE, "NoSchedule"), (TAINT_UNREACHABLE, "NoExecute")]),
+        Some(_) => want.extend([
+            (TAINT_UNREACHABLE, "NoSchedule"),
+            (TAINT_UNREACHABLE, "NoExecute"),
+        ]),
         None => {
-            for t in existing.iter().filter(|t| t.key == TAINT_NOT_READY || t.key == TAINT_UNREACHABLE) {
+            for t in existing
+                .iter()
+                .filter(|t| t.key == TAINT_NOT_READY || t.key == TAINT_UNREACHABLE)
+            {
                 if is_managed_taint(t) {
                     want.push((t.key.as_str(), t.effect.as_str()));
                 }
@@ -163,19 +203,39 @@ pub fn desired_taints(node: &Node, ready: Option<&str>, now: Timestamp) -> Vec<T
         ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
         ("DiskPressure", "node.kubernetes.io/disk-pressure"),
         ("PIDPressure", "node.kubernetes.io/pid-pressure"),
-        ("NetworkUnavailable", "node.kubernetes.io/network-unavailable"),
+        (
+            "NetworkUnavailable",
+            "node.kubernetes.io/network-unavailable",
+        ),
     ] {
         if condition_true(node, cond) {
             want.push((key, "NoSchedule"));
         }
     }
-    if node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
+    if node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+    {
         want.push((TAINT_UNSCHEDULABLE, "NoSchedule"));
     }
-    let mut out: Vec<Taint> = existing.iter().filter(|t| !is_managed_taint(t)).cloned().collect();
+    let mut out: Vec<Taint> = existing
+        .iter()
+        .filter(|t| !is_managed_taint(t))
+        .cloned()
+        .collect();
     for (key, effect) in want {
-        let kept = existing.iter().find(|t| t.key == key && t.effect == effect).cloned();
-        out.push(kept.unwrap_or_else(|| Taint { key: key.into(), effect: effect.into(), time_added: Some(Time(now)), value: None }));
+        let kept = existing
+            .iter()
+            .find(|t| t.key == key && t.effect == effect)
+            .cloned();
+        out.push(kept.unwrap_or_else(|| Taint {
+            key: key.into(),
+            effect: effect.into(),
+            time_added: Some(Time(now)),
+            value: None,
+        }));
     }
     out
 }
@@ -193,7 +253,10 @@ pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
     }
     match tol.operator.as_deref().unwrap_or("Equal") {
         "Exists" => true,
-        "Equal" | "" => key == taint.key && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        "Equal" | "" => {
+            key == taint.key
+                && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
         _ => false,
     }
 }
@@ -218,10 +281,16 @@ pub fn eviction_for(pod: &Pod, taints: &[Taint], now: Timestamp) -> Eviction {
     if no_execute.is_empty() {
         return Eviction::Never;
     }
-    let tolerations: &[Toleration] = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or(&[]);
+    let tolerations: &[Toleration] = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or(&[]);
     let mut min_secs: Option<i64> = None;
     for taint in &no_execute {
-        let Some(tol) = tolerations.iter().find(|tol| tolerates(tol, taint)) else { return Eviction::Now };
+        let Some(tol) = tolerations.iter().find(|tol| tolerates(tol, taint)) else {
+            return Eviction::Now;
+        };
         if let Some(s) = tol.toleration_seconds {
             if s <= 0 {
                 return Eviction::Now;
@@ -229,11 +298,24 @@ pub fn eviction_for(pod: &Pod, taints: &[Taint], now: Timestamp) -> Eviction {
             min_secs = Some(min_secs.map_or(s, |m| m.min(s)));
         }
     }
-    let Some(secs) = min_secs else { return Eviction::Never };
-    let tainted_at = no_execute.iter().filter_map(|t| t.time_added.as_ref().map(|t| t.0)).min().unwrap_or(now);
-    let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(tainted_at);
+    let Some(secs) = min_secs else {
+        return Eviction::Never;
+    };
+    let tainted_at = no_execute
+        .iter()
+        .filter_map(|t| t.time_added.as_ref().map(|t| t.0))
+        .min()
+        .unwrap_or(now);
+    let created = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(tainted_at);
     let start = tainted_at.max(created);
-    let at = start.checked_add(jiff::SignedDuration::from_secs(secs)).unwrap_or(start);
+    let at = start
+        .checked_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap_or(start);
     if at <= now {
         Eviction::Now
     } else {
@@ -245,7 +327,9 @@ pub fn eviction_for(pod: &Pod, taints: &[Taint], now: Timestamp) -> Eviction {
 /// when it is not Ready=True.
 pub fn not_ready_conditions(pod: &Pod, now: Timestamp) -> Option<Vec<PodCondition>> {
     let mut conds = pod.status.as_ref()?.conditions.clone()?;
-    let c = conds.iter_mut().find(|c| c.type_ == "Ready" && c.status == "True")?;
+    let c = conds
+        .iter_mut()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
     c.status = "False".into();
     c.last_transition_time = Some(Time(now));
     Some(conds)
@@ -263,7 +347,14 @@ fn to_std(d: jiff::SignedDuration) -> Duration {
     Duration::try_from(d).unwrap_or(Duration::ZERO)
 }
 
-async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, leases: &Store<Lease>, pods_by_node: &Index<Pod>, st: &mut State) -> Result<Option<Duration>, ControllerError> {
+async fn sync(
+    client: &kube::Client,
+    opts: &NodeOptions,
+    nodes: &Store<Node>,
+    leases: &Store<Lease>,
+    pods_by_node: &Index<Pod>,
+    st: &mut State,
+) -> Result<Option<Duration>, ControllerError> {
     let now = Timestamp::now();
     let node_api: Api<Node> = Api::all(client.clone());
     let mut next: Option<Duration> = None;
@@ -278,44 +369,95 @@ async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, le
         if stale {
             if let Some(conds) = unknown_conditions(&node, now) {
                 tracing::info!(node = %name, "node stopped posting status; marking Unknown");
-                node_api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": conds}}))).await?;
+                node_api
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {"conditions": conds}})),
+                    )
+                    .await?;
             }
             effective = Some("Unknown".into());
             // Mark its pods not ready, as upstream.
             for pod in pods_by_node.get(&name).iter() {
                 if let Some(conds) = not_ready_conditions(pod, now) {
-                    let api: Api<Pod> = Api::namespaced(client.clone(), pod.metadata.namespace.as_deref().unwrap_or(""));
-                    let r = api.patch_status(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": conds}}))).await;
+                    let api: Api<Pod> = Api::namespaced(
+                        client.clone(),
+                        pod.metadata.namespace.as_deref().unwrap_or(""),
+                    );
+                    let r = api
+                        .patch_status(
+                            pod.metadata.name.as_deref().unwrap_or(""),
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"status": {"conditions": conds}})),
+                        )
+                        .await;
                     ignore_not_found(r)?;
-                    st.pod_events.record(&pod.object_ref(&()), true, "NodeNotReady", "Node is not ready".into()).await;
+                    st.pod_events
+                        .record(
+                            &pod.object_ref(&()),
+                            true,
+                            "NodeNotReady",
+                            "Node is not ready".into(),
+                        )
+                        .await;
                 }
             }
         } else {
             // Check again when the grace period would run out.
-            let deadline = probe.checked_add(jiff::SignedDuration::try_from(opts.node_monitor_grace_period).unwrap_or_default()).unwrap_or(now);
+            let deadline = probe
+                .checked_add(
+                    jiff::SignedDuration::try_from(opts.node_monitor_grace_period)
+                        .unwrap_or_default(),
+                )
+                .unwrap_or(now);
             soonest(to_std(now.duration_until(deadline)) + Duration::from_millis(10));
         }
         if let Some(status) = &effective {
             let before = st.last_ready.insert(name.clone(), status.clone());
             if before.as_deref().is_some_and(|b| b == "True") && status != "True" {
-                st.node_events.record(&node.object_ref(&()), false, "NodeNotReady", format!("Node {name} status is now: NodeNotReady")).await;
+                st.node_events
+                    .record(
+                        &node.object_ref(&()),
+                        false,
+                        "NodeNotReady",
+                        format!("Node {name} status is now: NodeNotReady"),
+                    )
+                    .await;
             }
         }
         let taints = desired_taints(&node, effective.as_deref(), now);
-        let current = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let current = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
         if taints != current {
             tracing::info!(node = %name, ?taints, "updating node taints");
             let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": taints}});
-            node_api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+            node_api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
         }
         taints_by_node.insert(name, taints);
     }
     // Taint-based eviction.
     // Only pods on nodes with a NoExecute taint can be evicted (no scan of every pod).
-    let tainted: Vec<Arc<Pod>> = taints_by_node.iter().filter(|(_, t)| t.iter().any(|t| t.effect == "NoExecute")).flat_map(|(n, _)| pods_by_node.get(n)).collect();
-    for pod in tainted.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
-        let Some(taints) = taints_by_node.get(node) else { continue };
+    let tainted: Vec<Arc<Pod>> = taints_by_node
+        .iter()
+        .filter(|(_, t)| t.iter().any(|t| t.effect == "NoExecute"))
+        .flat_map(|(n, _)| pods_by_node.get(n))
+        .collect();
+    for pod in tainted
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            continue;
+        };
+        let Some(taints) = taints_by_node.get(node) else {
+            continue;
+        };
         match eviction_for(pod, taints, now) {
             Eviction::Never => {}
             Eviction::At(t) => soonest(to_std(now.duration_until(t))),
@@ -323,9 +465,20 @@ async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, le
                 let ns = pod.metadata.namespace.clone().unwrap_or_default();
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 tracing::info!(pod = %name, namespace = %ns, node, "evicting pod from tainted node");
-                st.evict_events.record(&pod.object_ref(&()), false, "TaintManagerEviction", format!("Marking for deletion Pod {ns}/{name}")).await;
+                st.evict_events
+                    .record(
+                        &pod.object_ref(&()),
+                        false,
+                        "TaintManagerEviction",
+                        format!("Marking for deletion Pod {ns}/{name}"),
+                    )
+                    .await;
                 let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                let mut conds = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+                let mut conds = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.clone())
+                    .unwrap_or_default();
                 conds.retain(|c| c.type_ != "DisruptionTarget");
                 conds.push(PodCondition {
                     type_: "DisruptionTarget".into(),
@@ -335,8 +488,19 @@ async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, le
                     last_transition_time: Some(Time(now)),
                     ..Default::default()
                 });
-                ignore_not_found(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": conds}}))).await)?;
-                ignore_not_found(api.delete(&name, &DeleteParams::default()).await.map(|_| ()))?;
+                ignore_not_found(
+                    api.patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {"conditions": conds}})),
+                    )
+                    .await,
+                )?;
+                ignore_not_found(
+                    api.delete(&name, &DeleteParams::default())
+                        .await
+                        .map(|_| ()),
+                )?;
             }
         }
     }
@@ -344,7 +508,11 @@ async fn sync(client: &kube::Client, opts: &NodeOptions, nodes: &Store<Node>, le
 }
 
 /// Runs the node lifecycle and taint eviction controllers forever.
-pub async fn run(client: kube::Client, opts: NodeOptions, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+pub async fn run(
+    client: kube::Client,
+    opts: NodeOptions,
+    informers: crate::informers::SharedInformers,
+) -> Result<(), ControllerError> {
     let notify = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let nodes = informers.cache::<Node>(&notify, &mut tasks).await;
@@ -359,7 +527,11 @@ pub async fn run(client: kube::Client, opts: NodeOptions, informers: crate::info
         let (notify, nodes) = (notify.clone(), nodes.clone());
         tasks.spawn(lease_changes.for_each(move |l| {
             if l.metadata.namespace.as_deref() == Some("kube-node-lease") {
-                let node = l.metadata.name.as_deref().and_then(|n| nodes.get(&ObjectRef::new(n)));
+                let node = l
+                    .metadata
+                    .name
+                    .as_deref()
+                    .and_then(|n| nodes.get(&ObjectRef::new(n)));
                 if node.is_none_or(|n| ready_status(&n) != Some("True")) {
                     notify.notify_one();
                 }
@@ -372,8 +544,17 @@ pub async fn run(client: kube::Client, opts: NodeOptions, informers: crate::info
         // everything else is the periodic node monitor's business.
         let (notify, nodes) = (notify.clone(), nodes.clone());
         tasks.spawn(pod_changes.for_each(move |p| {
-            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| nodes.get(&ObjectRef::new(n)));
-            if node.is_some_and(|n| n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.effect == "NoExecute"))) {
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .and_then(|n| nodes.get(&ObjectRef::new(n)));
+            if node.is_some_and(|n| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|t| t.iter().any(|t| t.effect == "NoExecute"))
+            }) {
                 notify.notify_one();
             }
             async {}
@@ -383,16 +564,33 @@ pub async fn run(client: kube::Client, opts: NodeOptions, informers: crate::info
     let node_events = Events::new(client.clone(), "node-controller");
     let pod_events = Events::new(client.clone(), "node-controller");
     let evict_events = Events::new(client.clone(), "taint-eviction-controller");
-    let mut st = State { started: Timestamp::now(), last_ready: HashMap::new(), node_events, pod_events, evict_events };
+    let mut st = State {
+        started: Timestamp::now(),
+        last_ready: HashMap::new(),
+        node_events,
+        pod_events,
+        evict_events,
+    };
     // Upstream's node monitor period is 5 s; a short grace period (tests) checks sooner.
-    let period = (opts.node_monitor_grace_period / 8).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let period = (opts.node_monitor_grace_period / 8)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let started = std::time::Instant::now();
         let r = sync(&client, &opts, &nodes, &leases, &pods_by_node, &mut st).await;
         // A pass reads the shared stores only (no LIST); its cost, for idle-CPU checks.
-        tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, nodes = nodes.len(), "node lifecycle: pass");
+        tracing::trace!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            nodes = nodes.len(),
+            "node lifecycle: pass"
+        );
         // Lease renewals wake the loop often; don't spin faster than the monitor period.
-        wait_next("nodelifecycle", &notify, period, r.map(|d| Some(d.unwrap_or(period).max(period / 2)))).await;
+        wait_next(
+            "nodelifecycle",
+            &notify,
+            period,
+            r.map(|d| Some(d.unwrap_or(period).max(period / 2))),
+        )
+        .await;
     }
 }
 
@@ -409,13 +607,33 @@ mod tests {
 
     fn node(ready: Option<&str>, heartbeat: i64) -> Node {
         Node {
-            metadata: ObjectMeta { name: Some("n1".into()), ..Default::default() },
-            spec: Some(NodeSpec { taints: Some(vec![Taint { key: "dedicated".into(), value: Some("x".into()), effect: "NoSchedule".into(), time_added: None }]), ..Default::default() }),
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                taints: Some(vec![Taint {
+                    key: "dedicated".into(),
+                    value: Some("x".into()),
+                    effect: "NoSchedule".into(),
+                    time_added: None,
+                }]),
+                ..Default::default()
+            }),
             status: Some(NodeStatus {
                 conditions: ready.map(|r| {
                     vec![
-                        NodeCondition { type_: "Ready".into(), status: r.into(), last_heartbeat_time: Some(Time(ts(heartbeat))), ..Default::default() },
-                        NodeCondition { type_: "MemoryPressure".into(), status: "False".into(), ..Default::default() },
+                        NodeCondition {
+                            type_: "Ready".into(),
+                            status: r.into(),
+                            last_heartbeat_time: Some(Time(ts(heartbeat))),
+                            ..Default::default()
+                        },
+                        NodeCondition {
+                            type_: "MemoryPressure".into(),
+                            status: "False".into(),
+                            ..Default::default()
+                        },
                     ]
                 }),
                 ..Default::default()
@@ -424,7 +642,14 @@ mod tests {
     }
 
     fn lease(renew: i64) -> Lease {
-        Lease { metadata: ObjectMeta::default(), spec: Some(LeaseSpec { renew_time: Some(MicroTime(ts(renew))), lease_duration_seconds: Some(40), ..Default::default() }) }
+        Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(LeaseSpec {
+                renew_time: Some(MicroTime(ts(renew))),
+                lease_duration_seconds: Some(40),
+                ..Default::default()
+            }),
+        }
     }
 
     #[test]
@@ -463,15 +688,27 @@ mod tests {
     fn taints_follow_readiness() {
         let n = node(Some("True"), 0);
         let t = desired_taints(&n, Some("Unknown"), ts(5));
-        let keys: Vec<(&str, &str)> = t.iter().map(|t| (t.key.as_str(), t.effect.as_str())).collect();
-        assert_eq!(keys, vec![("dedicated", "NoSchedule"), (TAINT_UNREACHABLE, "NoSchedule"), (TAINT_UNREACHABLE, "NoExecute")]);
+        let keys: Vec<(&str, &str)> = t
+            .iter()
+            .map(|t| (t.key.as_str(), t.effect.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("dedicated", "NoSchedule"),
+                (TAINT_UNREACHABLE, "NoSchedule"),
+                (TAINT_UNREACHABLE, "NoExecute")
+            ]
+        );
         assert_eq!(t[2].time_added, Some(Time(ts(5))));
         // Applied: a later pass keeps timeAdded; Ready=False swaps to not-ready.
         let mut n2 = n.clone();
         n2.spec.as_mut().unwrap().taints = Some(t.clone());
         assert_eq!(desired_taints(&n2, Some("Unknown"), ts(9)), t);
         let nr = desired_taints(&n2, Some("False"), ts(9));
-        assert!(nr.iter().any(|t| t.key == TAINT_NOT_READY && t.effect == "NoExecute"));
+        assert!(nr
+            .iter()
+            .any(|t| t.key == TAINT_NOT_READY && t.effect == "NoExecute"));
         assert!(!nr.iter().any(|t| t.key == TAINT_UNREACHABLE));
         // Healthy again: only the user's taint remains.
         let healthy = desired_taints(&n2, Some("True"), ts(9));
@@ -482,55 +719,112 @@ mod tests {
         n3.status.as_mut().unwrap().conditions.as_mut().unwrap()[1].status = "True".into();
         n3.spec.as_mut().unwrap().unschedulable = Some(true);
         let t3 = desired_taints(&n3, Some("True"), ts(1));
-        assert!(t3.iter().any(|t| t.key == "node.kubernetes.io/memory-pressure"));
+        assert!(t3
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/memory-pressure"));
         assert!(t3.iter().any(|t| t.key == TAINT_UNSCHEDULABLE));
     }
 
     fn pod_with(tols: Vec<Toleration>, created: i64) -> Pod {
         Pod {
-            metadata: ObjectMeta { name: Some("p".into()), creation_timestamp: Some(Time(ts(created))), ..Default::default() },
-            spec: Some(PodSpec { tolerations: Some(tols), ..Default::default() }),
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                creation_timestamp: Some(Time(ts(created))),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                tolerations: Some(tols),
+                ..Default::default()
+            }),
             status: None,
         }
     }
 
     fn unreachable_taints(added: i64) -> Vec<Taint> {
         vec![
-            Taint { key: TAINT_UNREACHABLE.into(), effect: "NoSchedule".into(), time_added: Some(Time(ts(added))), value: None },
-            Taint { key: TAINT_UNREACHABLE.into(), effect: "NoExecute".into(), time_added: Some(Time(ts(added))), value: None },
+            Taint {
+                key: TAINT_UNREACHABLE.into(),
+                effect: "NoSchedule".into(),
+                time_added: Some(Time(ts(added))),
+                value: None,
+            },
+            Taint {
+                key: TAINT_UNREACHABLE.into(),
+                effect: "NoExecute".into(),
+                time_added: Some(Time(ts(added))),
+                value: None,
+            },
         ]
     }
 
     fn tol(key: &str, secs: Option<i64>) -> Toleration {
-        Toleration { key: Some(key.into()), operator: Some("Exists".into()), effect: Some("NoExecute".into()), toleration_seconds: secs, value: None }
+        Toleration {
+            key: Some(key.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            toleration_seconds: secs,
+            value: None,
+        }
     }
 
     #[test]
     fn toleration_timing() {
         let taints = unreachable_taints(10);
         // Not tolerated: now.
-        assert_eq!(eviction_for(&pod_with(vec![tol(TAINT_NOT_READY, Some(300))], 0), &taints, ts(11)), Eviction::Now);
+        assert_eq!(
+            eviction_for(
+                &pod_with(vec![tol(TAINT_NOT_READY, Some(300))], 0),
+                &taints,
+                ts(11)
+            ),
+            Eviction::Now
+        );
         // Tolerated for 2 s: at timeAdded + 2.
-        let p = pod_with(vec![tol(TAINT_NOT_READY, Some(300)), tol(TAINT_UNREACHABLE, Some(2))], 0);
+        let p = pod_with(
+            vec![
+                tol(TAINT_NOT_READY, Some(300)),
+                tol(TAINT_UNREACHABLE, Some(2)),
+            ],
+            0,
+        );
         assert_eq!(eviction_for(&p, &taints, ts(11)), Eviction::At(ts(12)));
         assert_eq!(eviction_for(&p, &taints, ts(12)), Eviction::Now);
         // Forever.
         let forever = pod_with(vec![tol(TAINT_UNREACHABLE, None)], 0);
         assert_eq!(eviction_for(&forever, &taints, ts(1000)), Eviction::Never);
         // Operator Exists without a key tolerates everything.
-        let all = pod_with(vec![Toleration { operator: Some("Exists".into()), ..Default::default() }], 0);
+        let all = pod_with(
+            vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }],
+            0,
+        );
         assert_eq!(eviction_for(&all, &taints, ts(1000)), Eviction::Never);
         // A pod created after the taint counts from its creation.
         let late = pod_with(vec![tol(TAINT_UNREACHABLE, Some(5))], 20);
         assert_eq!(eviction_for(&late, &taints, ts(21)), Eviction::At(ts(25)));
         // NoSchedule-only taints evict nobody.
-        assert_eq!(eviction_for(&pod_with(vec![], 0), &taints[..1], ts(100)), Eviction::Never);
+        assert_eq!(
+            eviction_for(&pod_with(vec![], 0), &taints[..1], ts(100)),
+            Eviction::Never
+        );
     }
 
     #[test]
     fn equal_operator_matches_value() {
-        let taint = Taint { key: "k".into(), value: Some("v".into()), effect: "NoExecute".into(), time_added: None };
-        let mut t = Toleration { key: Some("k".into()), operator: Some("Equal".into()), value: Some("v".into()), ..Default::default() };
+        let taint = Taint {
+            key: "k".into(),
+            value: Some("v".into()),
+            effect: "NoExecute".into(),
+            time_added: None,
+        };
+        let mut t = Toleration {
+            key: Some("k".into()),
+            operator: Some("Equal".into()),
+            value: Some("v".into()),
+            ..Default::default()
+        };
         assert!(tolerates(&t, &taint));
         t.value = Some("w".into());
         assert!(!tolerates(&t, &taint));
@@ -543,7 +837,11 @@ mod tests {
     fn pods_marked_not_ready() {
         let mut p = pod_with(vec![], 0);
         p.status = Some(k8s_openapi::api::core::v1::PodStatus {
-            conditions: Some(vec![PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
             ..Default::default()
         });
         let c = not_ready_conditions(&p, ts(3)).unwrap();

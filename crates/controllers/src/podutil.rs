@@ -44,12 +44,18 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
 
 /// Whether a selector selects nothing in particular (no labels, no expressions).
 pub fn selector_is_empty(sel: &LabelSelector) -> bool {
-    sel.match_labels.as_ref().is_none_or(|m| m.is_empty()) && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty())
+    sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty())
 }
 
 /// The `Ready` condition of a pod, if any.
 fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
-    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
 }
 
 /// Whether the pod's `Ready` condition is `True`.
@@ -60,7 +66,9 @@ pub fn is_pod_ready(pod: &Pod) -> bool {
 /// Whether the pod has been ready for at least `min_ready_seconds` at `now` (upstream's
 /// `IsPodAvailable`).
 pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
-    let Some(c) = ready_condition(pod) else { return false };
+    let Some(c) = ready_condition(pod) else {
+        return false;
+    };
     if c.status != "True" {
         return false;
     }
@@ -74,7 +82,11 @@ pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp)
 }
 
 /// Seconds until a ready pod becomes available, when it is ready but not yet available.
-pub fn seconds_until_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> Option<i64> {
+pub fn seconds_until_available(
+    pod: &Pod,
+    min_ready_seconds: i32,
+    now: jiff::Timestamp,
+) -> Option<i64> {
     let c = ready_condition(pod)?;
     if c.status != "True" || min_ready_seconds <= 0 {
         return None;
@@ -92,7 +104,10 @@ pub fn is_pod_active(pod: &Pod) -> bool {
 
 /// The owner reference with `controller: true`, if any.
 pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true))
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
 }
 
 /// A controller owner reference (`controller: true`, `blockOwnerDeletion: true`) to an
@@ -124,7 +139,11 @@ pub fn pods_prefix(controller_name: &str) -> String {
 /// A pod made from a template for its controller (upstream's `GetPodFromTemplate`):
 /// template labels, annotations and finalizers, `generateName` from the controller's
 /// name, the controller reference, and the template's spec.
-pub fn pod_from_template(template: &PodTemplateSpec, namespace: &str, controller_ref: &OwnerReference) -> Pod {
+pub fn pod_from_template(
+    template: &PodTemplateSpec,
+    namespace: &str,
+    controller_ref: &OwnerReference,
+) -> Pod {
     let tmeta = template.metadata.clone().unwrap_or_default();
     Pod {
         metadata: ObjectMeta {
@@ -159,7 +178,12 @@ fn restarts(pod: &Pod) -> i32 {
 }
 
 fn deletion_cost(pod: &Pod) -> i32 {
-    pod.metadata.annotations.as_ref().and_then(|a| a.get(POD_DELETION_COST)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(POD_DELETION_COST))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Orders pods by how readily they are deleted when scaling down (upstream's
@@ -167,7 +191,12 @@ fn deletion_cost(pod: &Pod) -> i32 {
 /// not ready before ready; lower deletion cost first; ready for less time first; more
 /// restarts first; newer first.
 pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
-    let assigned = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+    let assigned = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty())
+    };
     assigned(a)
         .cmp(&assigned(b))
         .then_with(|| phase_rank(a).cmp(&phase_rank(b)))
@@ -175,7 +204,11 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
         .then_with(|| deletion_cost(a).cmp(&deletion_cost(b)))
         .then_with(|| {
             if is_pod_ready(a) && is_pod_ready(b) {
-                let t = |p: &Pod| ready_condition(p).and_then(|c| c.last_transition_time.as_ref()).map(|t| t.0);
+                let t = |p: &Pod| {
+                    ready_condition(p)
+                        .and_then(|c| c.last_transition_time.as_ref())
+                        .map(|t| t.0)
+                };
                 // Ready for less time (later transition) first.
                 t(b).cmp(&t(a))
             } else {
@@ -196,13 +229,18 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn pod(phase: &str, ready: Option<i64>, node: Option<&str>) -> Pod {
         Pod {
             metadata: ObjectMeta::default(),
-            spec: Some(PodSpec { node_name: node.map(String::from), ..Default::default() }),
+            spec: Some(PodSpec {
+                node_name: node.map(String::from),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 phase: Some(phase.into()),
                 conditions: ready.map(|t| {
@@ -222,12 +260,29 @@ mod tests {
     fn selectors() {
         let sel = LabelSelector {
             match_labels: Some(labels(&[("app", "web")])),
-            match_expressions: Some(vec![LabelSelectorRequirement { key: "tier".into(), operator: "In".into(), values: Some(vec!["a".into(), "b".into()]) }]),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: Some(vec!["a".into(), "b".into()]),
+            }]),
         };
-        assert!(selector_matches(&sel, &labels(&[("app", "web"), ("tier", "b")])));
-        assert!(!selector_matches(&sel, &labels(&[("app", "web"), ("tier", "c")])));
+        assert!(selector_matches(
+            &sel,
+            &labels(&[("app", "web"), ("tier", "b")])
+        ));
+        assert!(!selector_matches(
+            &sel,
+            &labels(&[("app", "web"), ("tier", "c")])
+        ));
         assert!(!selector_matches(&sel, &labels(&[("app", "web")])));
-        let not = LabelSelector { match_expressions: Some(vec![LabelSelectorRequirement { key: "x".into(), operator: "DoesNotExist".into(), values: None }]), ..Default::default() };
+        let not = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "x".into(),
+                operator: "DoesNotExist".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
         assert!(selector_matches(&not, &labels(&[])));
         assert!(!selector_matches(&not, &labels(&[("x", "1")])));
         assert!(selector_is_empty(&LabelSelector::default()));
@@ -255,19 +310,38 @@ mod tests {
         let running = pod("Running", Some(10), Some("n1"));
         let mut v = [running.clone(), pending.clone()];
         v.sort_by(deletion_order);
-        assert_eq!(v[0].status.as_ref().and_then(|s| s.phase.clone()).as_deref(), Some("Pending"));
+        assert_eq!(
+            v[0].status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .as_deref(),
+            Some("Pending")
+        );
     }
 
     #[test]
     fn pods_from_template_carry_controller_ref() {
-        let owner = ObjectMeta { name: Some("web-abc".into()), uid: Some("u1".into()), ..Default::default() };
+        let owner = ObjectMeta {
+            name: Some("web-abc".into()),
+            uid: Some("u1".into()),
+            ..Default::default()
+        };
         let r = controller_ref(&owner, "apps/v1", "ReplicaSet");
         assert_eq!(r.controller, Some(true));
         assert_eq!(r.block_owner_deletion, Some(true));
-        let t = PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels(&[("app", "web")])), ..Default::default() }), spec: Some(PodSpec::default()) };
+        let t = PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels(&[("app", "web")])),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec::default()),
+        };
         let p = pod_from_template(&t, "ns", &r);
         assert_eq!(p.metadata.generate_name.as_deref(), Some("web-abc-"));
         assert_eq!(p.metadata.labels, Some(labels(&[("app", "web")])));
-        assert_eq!(controller_of(&p.metadata).map(|o| o.uid.as_str()), Some("u1"));
+        assert_eq!(
+            controller_of(&p.metadata).map(|o| o.uid.as_str()),
+            Some("u1")
+        );
     }
 }

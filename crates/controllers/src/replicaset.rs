@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController, ReplicationControllerCondition, ReplicationControllerStatus};
+use k8s_openapi::api::core::v1::{
+    Pod, PodTemplateSpec, ReplicationController, ReplicationControllerCondition,
+    ReplicationControllerStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
@@ -67,7 +70,16 @@ pub struct ReplicaStatus {
 }
 
 /// A kind that owns a number of identical pods: ReplicaSet or ReplicationController.
-pub trait ReplicaOwner: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static {
+pub trait ReplicaOwner:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
     /// `apiVersion` for owner references.
     const API_VERSION: &'static str;
     /// `kind` for owner references.
@@ -102,10 +114,15 @@ impl ReplicaOwner for ReplicaSet {
         self.spec.as_ref()?.template.as_ref()
     }
     fn min_ready_seconds(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
     }
     fn replica_status(&self) -> ReplicaStatus {
-        let Some(s) = &self.status else { return ReplicaStatus::default() };
+        let Some(s) = &self.status else {
+            return ReplicaStatus::default();
+        };
         ReplicaStatus {
             replicas: s.replicas,
             fully_labeled_replicas: s.fully_labeled_replicas.unwrap_or(0),
@@ -161,20 +178,31 @@ impl ReplicaOwner for ReplicationController {
     fn label_selector(&self) -> Option<LabelSelector> {
         let spec = self.spec.as_ref()?;
         // An RC without a selector selects its template's labels (API defaulting).
-        let labels = spec.selector.clone().or_else(|| spec.template.as_ref()?.metadata.as_ref()?.labels.clone())?;
+        let labels = spec
+            .selector
+            .clone()
+            .or_else(|| spec.template.as_ref()?.metadata.as_ref()?.labels.clone())?;
         if labels.is_empty() {
             return None;
         }
-        Some(LabelSelector { match_labels: Some(labels), match_expressions: None })
+        Some(LabelSelector {
+            match_labels: Some(labels),
+            match_expressions: None,
+        })
     }
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref()?.template.as_ref()
     }
     fn min_ready_seconds(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
     }
     fn replica_status(&self) -> ReplicaStatus {
-        let Some(s) = &self.status else { return ReplicaStatus::default() };
+        let Some(s) = &self.status else {
+            return ReplicaStatus::default();
+        };
         ReplicaStatus {
             replicas: s.replicas,
             fully_labeled_replicas: s.fully_labeled_replicas.unwrap_or(0),
@@ -235,7 +263,9 @@ pub fn replica_diff(desired: i32, active: &[&Pod]) -> ReplicaDiff {
     let desired = desired.max(0) as usize;
     match active.len().cmp(&desired) {
         std::cmp::Ordering::Equal => ReplicaDiff::None,
-        std::cmp::Ordering::Less => ReplicaDiff::Create((desired - active.len()).min(BURST_REPLICAS)),
+        std::cmp::Ordering::Less => {
+            ReplicaDiff::Create((desired - active.len()).min(BURST_REPLICAS))
+        }
         std::cmp::Ordering::Greater => {
             let n = (active.len() - desired).min(BURST_REPLICAS);
             let mut sorted: Vec<&Pod> = active.to_vec();
@@ -262,8 +292,17 @@ pub fn slow_start_batches(n: usize) -> Vec<usize> {
 
 /// Computes the status from the active owned pods (upstream's `calculateStatus`), keeping
 /// or clearing the ReplicaFailure condition according to `failure` (reason, message).
-pub fn calculate_status<K: ReplicaOwner>(owner: &K, active: &[&Pod], failure: Option<(&str, String)>, now: jiff::Timestamp) -> ReplicaStatus {
-    let template_labels = owner.pod_template().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
+pub fn calculate_status<K: ReplicaOwner>(
+    owner: &K,
+    active: &[&Pod],
+    failure: Option<(&str, String)>,
+    now: jiff::Timestamp,
+) -> ReplicaStatus {
+    let template_labels = owner
+        .pod_template()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
     let min_ready = owner.min_ready_seconds();
     let mut st = owner.replica_status();
     st.replicas = active.len() as i32;
@@ -271,13 +310,21 @@ pub fn calculate_status<K: ReplicaOwner>(owner: &K, active: &[&Pod], failure: Op
         .iter()
         .filter(|p| {
             let labels = p.metadata.labels.clone().unwrap_or_default();
-            template_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            template_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
         })
         .count() as i32;
     st.ready_replicas = active.iter().filter(|p| podutil::is_pod_ready(p)).count() as i32;
-    st.available_replicas = active.iter().filter(|p| podutil::is_pod_available(p, min_ready, now)).count() as i32;
+    st.available_replicas = active
+        .iter()
+        .filter(|p| podutil::is_pod_available(p, min_ready, now))
+        .count() as i32;
     st.observed_generation = owner.meta().generation;
-    let existing = st.conditions.iter().position(|c| c.type_ == "ReplicaFailure");
+    let existing = st
+        .conditions
+        .iter()
+        .position(|c| c.type_ == "ReplicaFailure");
     match (failure, existing) {
         (Some((reason, message)), None) => st.conditions.push(ReplicaCondition {
             type_: "ReplicaFailure".into(),
@@ -309,14 +356,22 @@ struct Ctx<K: ReplicaOwner> {
 impl<K: ReplicaOwner> Ctx<K> {
     /// Whether earlier creates/deletes of this owner are all visible in the pod cache.
     fn satisfied(&self, key: &str, ns: &str) -> bool {
-        self.expectations.satisfied(key, |name| self.pods.get(&ObjectRef::new(name).within(ns)).map(MetaOf))
+        self.expectations.satisfied(key, |name| {
+            self.pods.get(&ObjectRef::new(name).within(ns)).map(MetaOf)
+        })
     }
 
     async fn event(&self, owner: &K, type_: EventType, reason: &str, action: &str, note: String) {
         // The recorder aggregates by (reason, action, object): keep distinct messages apart.
         let _ = action;
         let action: String = note.chars().take(128).collect();
-        let ev = Event { type_, reason: reason.into(), note: Some(note), action, secondary: None };
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action,
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&ev, &owner.object_ref(&())).await {
             tracing::debug!(error = %e, "replicaset controller: event not recorded");
         }
@@ -325,13 +380,22 @@ impl<K: ReplicaOwner> Ctx<K> {
 
 /// Pods in `ns` this owner controls or may adopt, adopting and releasing as upstream's
 /// `ClaimPods`. Returns the pods it owns afterwards.
-async fn claim_pods<K: ReplicaOwner>(ctx: &Ctx<K>, owner: &K, sel: &LabelSelector, ns: &str) -> Result<Vec<Arc<Pod>>, ControllerError> {
+async fn claim_pods<K: ReplicaOwner>(
+    ctx: &Ctx<K>,
+    owner: &K,
+    sel: &LabelSelector,
+    ns: &str,
+) -> Result<Vec<Arc<Pod>>, ControllerError> {
     let uid = owner.meta().uid.clone().unwrap_or_default();
     let deleting = owner.meta().deletion_timestamp.is_some();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let mut owned = Vec::new();
     // Only our own pods and the namespace's orphans can be ours (no scan of every pod).
-    let candidates = ctx.by_owner.get(&uid).into_iter().chain(ctx.orphans.get(ns));
+    let candidates = ctx
+        .by_owner
+        .get(&uid)
+        .into_iter()
+        .chain(ctx.orphans.get(ns));
     for pod in candidates.filter(|p| p.metadata.namespace.as_deref() == Some(ns)) {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let matches = podutil::selector_matches(sel, &labels);
@@ -341,12 +405,28 @@ async fn claim_pods<K: ReplicaOwner>(ctx: &Ctx<K>, owner: &K, sel: &LabelSelecto
                     owned.push(pod);
                 } else if !deleting {
                     // Release: drop our controller reference.
-                    let refs: Vec<&OwnerReference> = pod.metadata.owner_references.iter().flatten().filter(|r| r.uid != uid).collect();
+                    let refs: Vec<&OwnerReference> = pod
+                        .metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .filter(|r| r.uid != uid)
+                        .collect();
                     let patch = serde_json::json!([
                         {"op": "test", "path": "/metadata/uid", "value": pod.metadata.uid},
                         {"op": "replace", "path": "/metadata/ownerReferences", "value": refs},
                     ]);
-                    match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(patch).map_err(|e| ControllerError::Watch(e.to_string()))?)).await {
+                    match api
+                        .patch(
+                            &pod.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Json::<()>(
+                                serde_json::from_value(patch)
+                                    .map_err(|e| ControllerError::Watch(e.to_string()))?,
+                            ),
+                        )
+                        .await
+                    {
                         Ok(_) => {}
                         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => {}
                         Err(e) => return Err(e.into()),
@@ -355,14 +435,33 @@ async fn claim_pods<K: ReplicaOwner>(ctx: &Ctx<K>, owner: &K, sel: &LabelSelecto
             }
             Some(_) => {}
             None => {
-                if matches && !deleting && pod.metadata.deletion_timestamp.is_none() && !podutil::selector_is_empty(sel) {
-                    let mut refs: Vec<OwnerReference> = pod.metadata.owner_references.clone().unwrap_or_default();
-                    refs.push(podutil::controller_ref(owner.meta(), K::API_VERSION, K::KIND));
+                if matches
+                    && !deleting
+                    && pod.metadata.deletion_timestamp.is_none()
+                    && !podutil::selector_is_empty(sel)
+                {
+                    let mut refs: Vec<OwnerReference> =
+                        pod.metadata.owner_references.clone().unwrap_or_default();
+                    refs.push(podutil::controller_ref(
+                        owner.meta(),
+                        K::API_VERSION,
+                        K::KIND,
+                    ));
                     let patch = serde_json::json!([
                         {"op": "test", "path": "/metadata/uid", "value": pod.metadata.uid},
                         {"op": "add", "path": "/metadata/ownerReferences", "value": refs},
                     ]);
-                    match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(patch).map_err(|e| ControllerError::Watch(e.to_string()))?)).await {
+                    match api
+                        .patch(
+                            &pod.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Json::<()>(
+                                serde_json::from_value(patch)
+                                    .map_err(|e| ControllerError::Watch(e.to_string()))?,
+                            ),
+                        )
+                        .await
+                    {
                         Ok(p) => owned.push(Arc::new(p)),
                         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => {}
                         Err(e) => return Err(e.into()),
@@ -374,13 +473,22 @@ async fn claim_pods<K: ReplicaOwner>(ctx: &Ctx<K>, owner: &K, sel: &LabelSelecto
     Ok(owned)
 }
 
-async fn reconcile<K: ReplicaOwner>(owner: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action, ControllerError> {
+async fn reconcile<K: ReplicaOwner>(
+    owner: Arc<K>,
+    ctx: Arc<Ctx<K>>,
+) -> Result<Action, ControllerError> {
     let ns = owner.namespace().unwrap_or_default();
     let name = owner.name_any();
     let key = format!("{ns}/{name}");
-    let Some(sel) = owner.label_selector() else { return Ok(Action::await_change()) };
+    let Some(sel) = owner.label_selector() else {
+        return Ok(Action::await_change());
+    };
     let owned = claim_pods(&*ctx, &*owner, &sel, &ns).await?;
-    let active: Vec<&Pod> = owned.iter().map(|p| &**p).filter(|p| podutil::is_pod_active(p)).collect();
+    let active: Vec<&Pod> = owned
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| podutil::is_pod_active(p))
+        .collect();
 
     let mut failure: Option<(&str, String)> = None;
     let mut manage_err: Option<ControllerError> = None;
@@ -394,22 +502,35 @@ async fn reconcile<K: ReplicaOwner>(owner: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<A
                     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
                     let pp = PostParams::default();
                     'batches: for b in slow_start_batches(n) {
-                        let results = futures_util::future::join_all((0..b).map(|_| api.create(&pp, &pod))).await;
+                        let results =
+                            futures_util::future::join_all((0..b).map(|_| api.create(&pp, &pod)))
+                                .await;
                         let mut created = Vec::new();
                         let mut events = Vec::new();
                         for r in results {
                             match r {
                                 Ok(p) => {
                                     let pname = p.name_any();
-                                    created.push((pname.clone(), p.metadata.uid.clone().unwrap_or_default()));
-                                    events.push((EventType::Normal, "SuccessfulCreate", format!("Created pod: {pname}")));
+                                    created.push((
+                                        pname.clone(),
+                                        p.metadata.uid.clone().unwrap_or_default(),
+                                    ));
+                                    events.push((
+                                        EventType::Normal,
+                                        "SuccessfulCreate",
+                                        format!("Created pod: {pname}"),
+                                    ));
                                 }
                                 Err(e) => {
                                     let msg = match &e {
                                         kube::Error::Api(s) => s.message.clone(),
                                         other => other.to_string(),
                                     };
-                                    events.push((EventType::Warning, "FailedCreate", format!("Error creating: {msg}")));
+                                    events.push((
+                                        EventType::Warning,
+                                        "FailedCreate",
+                                        format!("Error creating: {msg}"),
+                                    ));
                                     failure = Some(("FailedCreate", msg));
                                     manage_err = Some(e.into());
                                 }
@@ -417,7 +538,12 @@ async fn reconcile<K: ReplicaOwner>(owner: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<A
                         }
                         ctx.expectations.expect_creations(&key, created);
                         // The batch's events are recorded concurrently, like its creates.
-                        futures_util::future::join_all(events.into_iter().map(|(t, reason, note)| ctx.event(&owner, t, reason, "Create", note))).await;
+                        futures_util::future::join_all(
+                            events.into_iter().map(|(t, reason, note)| {
+                                ctx.event(&owner, t, reason, "Create", note)
+                            }),
+                        )
+                        .await;
                         if manage_err.is_some() {
                             break 'batches;
                         }
@@ -428,16 +554,34 @@ async fn reconcile<K: ReplicaOwner>(owner: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<A
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
                 let mut deleted = Vec::new();
                 for pname in names {
-                    let uid = active.iter().find(|p| p.name_any() == pname).and_then(|p| p.metadata.uid.clone()).unwrap_or_default();
+                    let uid = active
+                        .iter()
+                        .find(|p| p.name_any() == pname)
+                        .and_then(|p| p.metadata.uid.clone())
+                        .unwrap_or_default();
                     match api.delete(&pname, &DeleteParams::default()).await {
                         Ok(_) => {
                             deleted.push((pname.clone(), uid));
-                            ctx.event(&owner, EventType::Normal, "SuccessfulDelete", "Delete", format!("Deleted pod: {pname}")).await;
+                            ctx.event(
+                                &owner,
+                                EventType::Normal,
+                                "SuccessfulDelete",
+                                "Delete",
+                                format!("Deleted pod: {pname}"),
+                            )
+                            .await;
                         }
                         Err(kube::Error::Api(e)) if e.code == 404 => {}
                         Err(e) => {
                             let msg = e.to_string();
-                            ctx.event(&owner, EventType::Warning, "FailedDelete", "Delete", format!("Error deleting: {msg}")).await;
+                            ctx.event(
+                                &owner,
+                                EventType::Warning,
+                                "FailedDelete",
+                                "Delete",
+                                format!("Error deleting: {msg}"),
+                            )
+                            .await;
                             failure = Some(("FailedDelete", msg));
                             manage_err = Some(e.into());
                         }
@@ -458,19 +602,29 @@ async fn reconcile<K: ReplicaOwner>(owner: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<A
     }
     // Pods ready but not yet available: look again once minReadySeconds have passed.
     let min_ready = owner.min_ready_seconds();
-    let wait = active.iter().filter_map(|p| podutil::seconds_until_available(p, min_ready, now)).min();
+    let wait = active
+        .iter()
+        .filter_map(|p| podutil::seconds_until_available(p, min_ready, now))
+        .min();
     Ok(match wait {
         Some(s) => Action::requeue(Duration::from_secs(s.max(1) as u64)),
         None => Action::await_change(),
     })
 }
 
-async fn update_status<K: ReplicaOwner>(client: &kube::Client, owner: &K, status: &ReplicaStatus) -> Result<(), ControllerError> {
+async fn update_status<K: ReplicaOwner>(
+    client: &kube::Client,
+    owner: &K,
+    status: &ReplicaStatus,
+) -> Result<(), ControllerError> {
     let api: Api<K> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
     let mut obj = owner.clone();
     for attempt in 0..3 {
         obj.set_replica_status(status);
-        match api.replace_status(&obj.name_any(), &PostParams::default(), &obj).await {
+        match api
+            .replace_status(&obj.name_any(), &PostParams::default(), &obj)
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(e)) if e.code == 409 && attempt < 2 => {
                 let fresh = api.get(&obj.name_any()).await?;
@@ -486,7 +640,11 @@ async fn update_status<K: ReplicaOwner>(client: &kube::Client, owner: &K, status
     Ok(())
 }
 
-fn error_policy<K: ReplicaOwner>(owner: Arc<K>, err: &ControllerError, _ctx: Arc<Ctx<K>>) -> Action {
+fn error_policy<K: ReplicaOwner>(
+    owner: Arc<K>,
+    err: &ControllerError,
+    _ctx: Arc<Ctx<K>>,
+) -> Action {
     tracing::debug!(kind = K::KIND, name = %owner.name_any(), error = %err, "requeue");
     Action::requeue(Duration::from_secs(2))
 }
@@ -496,7 +654,9 @@ fn error_policy<K: ReplicaOwner>(owner: Arc<K>, err: &ControllerError, _ctx: Arc
 fn owners_of_pod<K: ReplicaOwner>(pod: &Pod, owners: &Store<K>) -> Vec<ObjectRef<K>> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     match podutil::controller_of(&pod.metadata) {
-        Some(r) if r.kind == K::KIND && r.api_version == K::API_VERSION => vec![ObjectRef::new(&r.name).within(&ns)],
+        Some(r) if r.kind == K::KIND && r.api_version == K::API_VERSION => {
+            vec![ObjectRef::new(&r.name).within(&ns)]
+        }
         Some(_) => Vec::new(),
         None => {
             let labels = pod.metadata.labels.clone().unwrap_or_default();
@@ -504,7 +664,11 @@ fn owners_of_pod<K: ReplicaOwner>(pod: &Pod, owners: &Store<K>) -> Vec<ObjectRef
                 .state()
                 .iter()
                 .filter(|o| o.namespace().as_deref() == Some(ns.as_str()))
-                .filter(|o| o.label_selector().is_some_and(|s| !podutil::selector_is_empty(&s) && podutil::selector_matches(&s, &labels)))
+                .filter(|o| {
+                    o.label_selector().is_some_and(|s| {
+                        !podutil::selector_is_empty(&s) && podutil::selector_matches(&s, &labels)
+                    })
+                })
                 .map(|o| ObjectRef::from_obj(&**o))
                 .collect()
         }
@@ -513,8 +677,13 @@ fn owners_of_pod<K: ReplicaOwner>(pod: &Pod, owners: &Store<K>) -> Vec<ObjectRef
 
 type Queue<K> = tokio::sync::mpsc::UnboundedSender<ObjectRef<K>>;
 
-fn queue_stream<K: ReplicaOwner>(rx: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<K>>) -> impl Stream<Item = Result<ObjectRef<K>, Infallible>> + Send {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (Ok(r), rx)) })
+fn queue_stream<K: ReplicaOwner>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<K>>,
+) -> impl Stream<Item = Result<ObjectRef<K>, Infallible>> + Send {
+    futures_util::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|r| (Ok(r), rx)) },
+    )
 }
 
 /// Queues each changed object of `K` (from its shared informer) for reconciling.
@@ -534,7 +703,13 @@ fn run_applier<K: ReplicaOwner>(
 ) -> impl std::future::Future<Output = ()> + Send {
     let (pods, by_owner, orphans) = pods;
     let ctx = Arc::new(Ctx::<K> {
-        recorder: Recorder::new(client.clone(), Reporter { controller: K::REPORTER.into(), instance: None }),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: K::REPORTER.into(),
+                instance: None,
+            },
+        ),
         client,
         pods,
         by_owner,
@@ -555,14 +730,21 @@ fn run_applier<K: ReplicaOwner>(
 
 /// Runs the ReplicaSet and ReplicationController controllers (on the shared pod
 /// informer) until the watches end.
-pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+pub async fn run(
+    client: kube::Client,
+    informers: crate::informers::SharedInformers,
+) -> Result<(), ControllerError> {
     // Subscribe first: no change between the first list and the subscription is missed.
     let pod_changes = informers.subscribe::<Pod>();
     let rs_changes = informers.subscribe::<ReplicaSet>();
     let rc_changes = informers.subscribe::<ReplicationController>();
     let pod_store = informers.store::<Pod>().await;
-    let by_owner = informers.index::<Pod>(crate::informers::by_controller_uid).await;
-    let orphans = informers.index::<Pod>(crate::informers::orphans_by_namespace).await;
+    let by_owner = informers
+        .index::<Pod>(crate::informers::by_controller_uid)
+        .await;
+    let orphans = informers
+        .index::<Pod>(crate::informers::orphans_by_namespace)
+        .await;
     let rs_store = informers.store::<ReplicaSet>().await;
     let rc_store = informers.store::<ReplicationController>().await;
     let (rs_tx, rs_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -577,15 +759,27 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
 
     let (rs_exp, rc_exp) = (Expectations::new(), Expectations::new());
     let pods_task = {
-        let (rs_store, rc_store, rs_tx, rc_tx) = (rs_store.clone(), rc_store.clone(), rs_tx.clone(), rc_tx.clone());
+        let (rs_store, rc_store, rs_tx, rc_tx) = (
+            rs_store.clone(),
+            rc_store.clone(),
+            rs_tx.clone(),
+            rc_tx.clone(),
+        );
         let (rs_exp, rc_exp, pod_store) = (rs_exp.clone(), rc_exp.clone(), pod_store.clone());
         async move {
             futures_util::pin_mut!(pod_changes);
             while let Some(p) = pod_changes.next().await {
                 // A deleted pod (no longer cached) settles what its owner expected of it.
                 if pod_store.get(&ObjectRef::from_obj(&*p)).is_none() {
-                    if let (Some(r), Some(uid)) = (podutil::controller_of(&p.metadata), p.metadata.uid.as_deref()) {
-                        let key = format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or_default(), r.name);
+                    if let (Some(r), Some(uid)) = (
+                        podutil::controller_of(&p.metadata),
+                        p.metadata.uid.as_deref(),
+                    ) {
+                        let key = format!(
+                            "{}/{}",
+                            p.metadata.namespace.as_deref().unwrap_or_default(),
+                            r.name
+                        );
                         match r.kind.as_str() {
                             "ReplicaSet" => rs_exp.observe_gone(&key, uid),
                             "ReplicationController" => rc_exp.observe_gone(&key, uid),
@@ -615,7 +809,9 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
 
 /// Labels helper for tests and other controllers: a `BTreeMap` from pairs.
 pub fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -628,14 +824,23 @@ mod tests {
 
     fn pod(name: &str, phase: &str, ready: bool, node: Option<&str>) -> Pod {
         Pod {
-            metadata: ObjectMeta { name: Some(name.into()), labels: Some(labels(&[("app", "web")])), ..Default::default() },
-            spec: Some(PodSpec { node_name: node.map(String::from), ..Default::default() }),
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(labels(&[("app", "web")])),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: node.map(String::from),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 phase: Some(phase.into()),
                 conditions: Some(vec![PodCondition {
                     type_: "Ready".into(),
                     status: if ready { "True" } else { "False" }.into(),
-                    last_transition_time: Some(Time(jiff::Timestamp::from_second(100).unwrap_or(jiff::Timestamp::UNIX_EPOCH))),
+                    last_transition_time: Some(Time(
+                        jiff::Timestamp::from_second(100).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                    )),
                     ..Default::default()
                 }]),
                 ..Default::default()
@@ -645,12 +850,26 @@ mod tests {
 
     fn rs(replicas: i32, min_ready: i32) -> ReplicaSet {
         ReplicaSet {
-            metadata: ObjectMeta { name: Some("web-1".into()), namespace: Some("default".into()), generation: Some(3), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("web-1".into()),
+                namespace: Some("default".into()),
+                generation: Some(3),
+                ..Default::default()
+            },
             spec: Some(ReplicaSetSpec {
                 replicas: Some(replicas),
                 min_ready_seconds: Some(min_ready),
-                selector: LabelSelector { match_labels: Some(labels(&[("app", "web")])), match_expressions: None },
-                template: Some(PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels(&[("app", "web"), ("v", "1")])), ..Default::default() }), spec: None }),
+                selector: LabelSelector {
+                    match_labels: Some(labels(&[("app", "web")])),
+                    match_expressions: None,
+                },
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels(&[("app", "web"), ("v", "1")])),
+                        ..Default::default()
+                    }),
+                    spec: None,
+                }),
             }),
             status: None,
         }
@@ -663,8 +882,14 @@ mod tests {
         let c = pod("c", "Running", false, Some("n"));
         assert_eq!(replica_diff(5, &[&a, &b]), ReplicaDiff::Create(3));
         assert_eq!(replica_diff(2, &[&a, &b]), ReplicaDiff::None);
-        assert_eq!(replica_diff(1, &[&a, &b, &c]), ReplicaDiff::Delete(vec!["b".into(), "c".into()]));
-        assert_eq!(replica_diff(10_000, &[]), ReplicaDiff::Create(BURST_REPLICAS));
+        assert_eq!(
+            replica_diff(1, &[&a, &b, &c]),
+            ReplicaDiff::Delete(vec!["b".into(), "c".into()])
+        );
+        assert_eq!(
+            replica_diff(10_000, &[]),
+            ReplicaDiff::Create(BURST_REPLICAS)
+        );
     }
 
     #[test]
@@ -680,9 +905,22 @@ mod tests {
         let b = pod("b", "Running", false, Some("n"));
         let r = rs(2, 10);
         let st = calculate_status(&r, &[&a, &b], None, now);
-        assert_eq!((st.replicas, st.ready_replicas, st.available_replicas, st.fully_labeled_replicas), (2, 1, 0, 0));
+        assert_eq!(
+            (
+                st.replicas,
+                st.ready_replicas,
+                st.available_replicas,
+                st.fully_labeled_replicas
+            ),
+            (2, 1, 0, 0)
+        );
         assert_eq!(st.observed_generation, Some(3));
-        let st = calculate_status(&rs(2, 0), &[&a, &b], Some(("FailedCreate", "quota".into())), now);
+        let st = calculate_status(
+            &rs(2, 0),
+            &[&a, &b],
+            Some(("FailedCreate", "quota".into())),
+            now,
+        );
         assert_eq!(st.available_replicas, 1);
         assert_eq!(st.conditions.len(), 1);
         assert_eq!(st.conditions[0].reason.as_deref(), Some("FailedCreate"));
@@ -697,12 +935,21 @@ mod tests {
         let rc = ReplicationController {
             metadata: ObjectMeta::default(),
             spec: Some(ReplicationControllerSpec {
-                template: Some(PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some(labels(&[("app", "x")])), ..Default::default() }), spec: None }),
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels(&[("app", "x")])),
+                        ..Default::default()
+                    }),
+                    spec: None,
+                }),
                 ..Default::default()
             }),
             status: None,
         };
-        assert_eq!(rc.label_selector().and_then(|s| s.match_labels), Some(labels(&[("app", "x")])));
+        assert_eq!(
+            rc.label_selector().and_then(|s| s.match_labels),
+            Some(labels(&[("app", "x")]))
+        );
         assert_eq!(rc.desired(), 1);
     }
 

@@ -30,7 +30,13 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Controll
     }
     let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &name);
     if sas.get_opt("default").await?.is_none() {
-        let sa = ServiceAccount { metadata: ObjectMeta { name: Some("default".into()), ..Default::default() }, ..Default::default() };
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some("default".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         match sas.create(&PostParams::default(), &sa).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 403 => {}
@@ -44,7 +50,11 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Controll
             let mut annotations = BTreeMap::new();
             annotations.insert("kubernetes.io/description".to_string(), "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.".to_string());
             let cm = ConfigMap {
-                metadata: ObjectMeta { name: Some(ROOT_CA_CONFIGMAP.into()), annotations: Some(annotations), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(ROOT_CA_CONFIGMAP.into()),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                },
                 data: Some(want),
                 ..Default::default()
             };
@@ -56,7 +66,8 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Controll
         }
         Some(mut cm) if cm.data.as_ref() != Some(&want) => {
             cm.data = Some(want);
-            cms.replace(ROOT_CA_CONFIGMAP, &PostParams::default(), &cm).await?;
+            cms.replace(ROOT_CA_CONFIGMAP, &PostParams::default(), &cm)
+                .await?;
         }
         Some(_) => {}
     }
@@ -72,21 +83,34 @@ fn error_policy(_ns: Arc<Namespace>, err: &ControllerError, _ctx: Arc<Ctx>) -> A
 /// this controller keeps).
 fn namespace_if_named<K: kube::Resource>(obj: &K, name: &str) -> Option<ObjectRef<Namespace>> {
     let m = obj.meta();
-    (m.name.as_deref() == Some(name)).then(|| m.namespace.as_deref().map(ObjectRef::new)).flatten()
+    (m.name.as_deref() == Some(name))
+        .then(|| m.namespace.as_deref().map(ObjectRef::new))
+        .flatten()
 }
 
 /// Runs the controller until the watch ends (Namespaces, ServiceAccounts and ConfigMaps
 /// from the shared informers, as upstream's controllers).
-pub async fn run(client: kube::Client, ca: String, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+pub async fn run(
+    client: kube::Client,
+    ca: String,
+    informers: crate::informers::SharedInformers,
+) -> Result<(), ControllerError> {
     // Subscribe before reading the store: no change after the first list is missed.
     let ns_changes = informers.subscribe::<Namespace>();
     let sa_changes = informers.subscribe::<ServiceAccount>();
     let cm_changes = informers.subscribe::<ConfigMap>();
     let namespaces = informers.store::<Namespace>().await;
-    let ctx = Arc::new(Ctx { client: client.clone(), ca });
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        ca,
+    });
     Controller::for_shared_stream(ns_changes, namespaces)
-        .watches_shared_stream(sa_changes, |sa: Arc<ServiceAccount>| namespace_if_named(&*sa, "default"))
-        .watches_shared_stream(cm_changes, |cm: Arc<ConfigMap>| namespace_if_named(&*cm, ROOT_CA_CONFIGMAP))
+        .watches_shared_stream(sa_changes, |sa: Arc<ServiceAccount>| {
+            namespace_if_named(&*sa, "default")
+        })
+        .watches_shared_stream(cm_changes, |cm: Arc<ConfigMap>| {
+            namespace_if_named(&*cm, ROOT_CA_CONFIGMAP)
+        })
         // The namespaces listed before this controller subscribed.
         .reconcile_all_on(futures_util::stream::once(async {}))
         .run(reconcile, error_policy, ctx)

@@ -41,7 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, PodSpec, PodTemplateSpec, Service, Toleration};
+use k8s_openapi::api::core::v1::{
+    LoadBalancerIngress, Node, PodSpec, PodTemplateSpec, Service, Toleration,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -75,8 +77,12 @@ pub const IP_MODE_VIP: &str = "VIP";
 /// `wantsLoadBalancer`: type LoadBalancer without a `loadBalancerClass`), and it is not
 /// being deleted.
 pub fn wants_load_balancer(svc: &Service) -> bool {
-    let Some(spec) = svc.spec.as_ref() else { return false };
-    spec.type_.as_deref() == Some("LoadBalancer") && spec.load_balancer_class.is_none() && svc.metadata.deletion_timestamp.is_none()
+    let Some(spec) = svc.spec.as_ref() else {
+        return false;
+    };
+    spec.type_.as_deref() == Some("LoadBalancer")
+        && spec.load_balancer_class.is_none()
+        && svc.metadata.deletion_timestamp.is_none()
 }
 
 fn is_load_balancer(svc: &Service) -> bool {
@@ -84,12 +90,21 @@ fn is_load_balancer(svc: &Service) -> bool {
 }
 
 fn current_ingress(svc: &Service) -> &[LoadBalancerIngress] {
-    svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_deref()).unwrap_or(&[])
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_deref())
+        .unwrap_or(&[])
 }
 
 /// Whether node selection is on: some node carries the `enablelb` label.
 pub fn node_selection_enabled<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> bool {
-    nodes.into_iter().any(|n| n.metadata.labels.as_ref().is_some_and(|l| l.contains_key(ENABLE_LB_LABEL)))
+    nodes.into_iter().any(|n| {
+        n.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(ENABLE_LB_LABEL))
+    })
 }
 
 /// The node selector k3s gives a Service's svclb pods: none, or `enablelb=true` plus the
@@ -98,7 +113,13 @@ pub fn svclb_node_selector(svc: &Service, selection_enabled: bool) -> BTreeMap<S
     let mut sel = BTreeMap::new();
     if selection_enabled {
         sel.insert(ENABLE_LB_LABEL.to_string(), "true".to_string());
-        if let Some(pool) = svc.metadata.labels.as_ref().and_then(|l| l.get(LB_POOL_LABEL)).filter(|p| !p.is_empty()) {
+        if let Some(pool) = svc
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LB_POOL_LABEL))
+            .filter(|p| !p.is_empty())
+        {
             sel.insert(LB_POOL_LABEL.to_string(), pool.clone());
         }
     }
@@ -107,7 +128,12 @@ pub fn svclb_node_selector(svc: &Service, selection_enabled: bool) -> BTreeMap<S
 
 /// The tolerations k3s puts on svclb pods (the DaemonSet defaults come on top).
 pub fn svclb_tolerations() -> Vec<Toleration> {
-    let t = |key: &str, effect: Option<&str>| Toleration { key: Some(key.into()), operator: Some("Exists".into()), effect: effect.map(String::from), ..Default::default() };
+    let t = |key: &str, effect: Option<&str>| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: effect.map(String::from),
+        ..Default::default()
+    };
     vec![
         t("node-role.kubernetes.io/master", Some("NoSchedule")),
         t("node-role.kubernetes.io/control-plane", Some("NoSchedule")),
@@ -120,7 +146,11 @@ pub fn svclb_tolerations() -> Vec<Toleration> {
 pub fn svclb_runs_on(node: &Node, node_selector: &BTreeMap<String, String>) -> bool {
     let template = PodTemplateSpec {
         metadata: None,
-        spec: Some(PodSpec { node_selector: Some(node_selector.clone()), tolerations: Some(svclb_tolerations()), ..Default::default() }),
+        spec: Some(PodSpec {
+            node_selector: Some(node_selector.clone()),
+            tolerations: Some(svclb_tolerations()),
+            ..Default::default()
+        }),
     };
     crate::daemonset::node_should_run(node, &template).0
 }
@@ -142,7 +172,10 @@ pub fn host_ports(svc: &Service) -> Vec<(String, i32)> {
 
 /// The order in which Services claim host ports: creation time, then namespace/name.
 fn claim_order(svc: &Service) -> (Option<jiff::Timestamp>, String) {
-    (svc.metadata.creation_timestamp.as_ref().map(|t| t.0), key_of(&svc.metadata))
+    (
+        svc.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        key_of(&svc.metadata),
+    )
 }
 
 /// Where the svclb pod of every ServiceLB Service would run (`namespace/name` -> node
@@ -150,7 +183,11 @@ fn claim_order(svc: &Service) -> (Option<jiff::Timestamp>, String) {
 /// ports is taken by a Service that claimed it earlier.
 pub fn place(services: &[&Service], nodes: &[&Node]) -> HashMap<String, BTreeSet<String>> {
     let selection = node_selection_enabled(nodes.iter().copied());
-    let mut lbs: Vec<&Service> = services.iter().copied().filter(|s| wants_load_balancer(s)).collect();
+    let mut lbs: Vec<&Service> = services
+        .iter()
+        .copied()
+        .filter(|s| wants_load_balancer(s))
+        .collect();
     lbs.sort_by_key(|s| claim_order(s));
     let mut taken: HashMap<&str, HashSet<(String, i32)>> = HashMap::new();
     let mut out = HashMap::new();
@@ -159,7 +196,9 @@ pub fn place(services: &[&Service], nodes: &[&Node]) -> HashMap<String, BTreeSet
         let ports = host_ports(svc);
         let mut on = BTreeSet::new();
         for node in nodes {
-            let Some(name) = node.metadata.name.as_deref() else { continue };
+            let Some(name) = node.metadata.name.as_deref() else {
+                continue;
+            };
             if !svclb_runs_on(node, &selector) {
                 continue;
             }
@@ -182,8 +221,11 @@ pub fn node_ready(node: &Node) -> bool {
 
 /// Whether a Service sends external traffic only to node-local endpoints.
 pub fn requests_only_local_traffic(svc: &Service) -> bool {
-    let Some(spec) = svc.spec.as_ref() else { return false };
-    matches!(spec.type_.as_deref(), Some("LoadBalancer" | "NodePort")) && spec.external_traffic_policy.as_deref() == Some("Local")
+    let Some(spec) = svc.spec.as_ref() else {
+        return false;
+    };
+    matches!(spec.type_.as_deref(), Some("LoadBalancer" | "NodePort"))
+        && spec.external_traffic_policy.as_deref() == Some("Local")
 }
 
 /// The nodes with a ready Pod endpoint in these EndpointSlices.
@@ -204,7 +246,13 @@ pub fn ingress_ips(svc: &Service, nodes: &[&Node]) -> Vec<String> {
     let mut external: BTreeSet<String> = BTreeSet::new();
     let mut internal: BTreeSet<String> = BTreeSet::new();
     for n in nodes {
-        for a in n.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
+        for a in n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+        {
             match a.type_.as_str() {
                 "ExternalIP" => external.insert(a.address.clone()),
                 "InternalIP" => internal.insert(a.address.clone()),
@@ -212,10 +260,22 @@ pub fn ingress_ips(svc: &Service, nodes: &[&Node]) -> Vec<String> {
             };
         }
     }
-    let chosen = if external.is_empty() { internal } else { external };
+    let chosen = if external.is_empty() {
+        internal
+    } else {
+        external
+    };
     // BTreeSet order is byte order: Go's sort.Strings.
-    let (v4, v6): (Vec<String>, Vec<String>) = chosen.into_iter().filter(|a| a.parse::<IpAddr>().is_ok()).partition(|a| a.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv4()));
-    let families: Vec<String> = svc.spec.as_ref().and_then(|s| s.ip_families.clone()).filter(|f| !f.is_empty()).unwrap_or_else(|| vec!["IPv4".into()]);
+    let (v4, v6): (Vec<String>, Vec<String>) = chosen
+        .into_iter()
+        .filter(|a| a.parse::<IpAddr>().is_ok())
+        .partition(|a| a.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv4()));
+    let families: Vec<String> = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ip_families.clone())
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| vec!["IPv4".into()]);
     let mut out = Vec::new();
     for f in families {
         match f.as_str() {
@@ -229,31 +289,70 @@ pub fn ingress_ips(svc: &Service, nodes: &[&Node]) -> Vec<String> {
 
 /// The ingress entries of a ServiceLB Service: one `{ip, ipMode: VIP}` per address of
 /// the nodes that serve it.
-pub fn desired_ingress(svc: &Service, placed_on: &BTreeSet<String>, nodes: &[&Node], slices: &[&EndpointSlice]) -> Vec<LoadBalancerIngress> {
+pub fn desired_ingress(
+    svc: &Service,
+    placed_on: &BTreeSet<String>,
+    nodes: &[&Node],
+    slices: &[&EndpointSlice],
+) -> Vec<LoadBalancerIngress> {
     let local = requests_only_local_traffic(svc).then(|| nodes_with_ready_endpoints(slices));
     let serving: Vec<&Node> = nodes
         .iter()
         .copied()
-        .filter(|n| n.metadata.name.as_ref().is_some_and(|name| placed_on.contains(name) && local.as_ref().is_none_or(|l| l.contains(name))))
+        .filter(|n| {
+            n.metadata.name.as_ref().is_some_and(|name| {
+                placed_on.contains(name) && local.as_ref().is_none_or(|l| l.contains(name))
+            })
+        })
         .filter(|n| node_ready(n))
         .collect();
-    ingress_ips(svc, &serving).into_iter().map(|ip| LoadBalancerIngress { ip: Some(ip), ip_mode: Some(IP_MODE_VIP.into()), ..Default::default() }).collect()
+    ingress_ips(svc, &serving)
+        .into_iter()
+        .map(|ip| LoadBalancerIngress {
+            ip: Some(ip),
+            ip_mode: Some(IP_MODE_VIP.into()),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// Whether two ingress lists are the same (order matters; an unset `ipMode` of an IP
 /// entry is `VIP`, as the API server defaults it).
 pub fn ingress_equal(a: &[LoadBalancerIngress], b: &[LoadBalancerIngress]) -> bool {
-    fn norm(i: &LoadBalancerIngress) -> (&str, &str, Option<&str>, &[k8s_openapi::api::core::v1::PortStatus]) {
+    fn norm(
+        i: &LoadBalancerIngress,
+    ) -> (
+        &str,
+        &str,
+        Option<&str>,
+        &[k8s_openapi::api::core::v1::PortStatus],
+    ) {
         let ip = i.ip.as_deref().unwrap_or("");
-        let mode = i.ip_mode.as_deref().or((!ip.is_empty()).then_some(IP_MODE_VIP));
-        (ip, i.hostname.as_deref().unwrap_or(""), mode, i.ports.as_deref().unwrap_or(&[]))
+        let mode = i
+            .ip_mode
+            .as_deref()
+            .or((!ip.is_empty()).then_some(IP_MODE_VIP));
+        (
+            ip,
+            i.hostname.as_deref().unwrap_or(""),
+            mode,
+            i.ports.as_deref().unwrap_or(&[]),
+        )
     }
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| norm(x) == norm(y))
 }
 
 /// An ingress list as k3s prints it in Events (Go's `%v` of the IPs or hostnames).
 pub fn ingress_to_string(ingress: &[LoadBalancerIngress]) -> String {
-    let parts: Vec<&str> = ingress.iter().map(|i| i.ip.as_deref().filter(|s| !s.is_empty()).or(i.hostname.as_deref()).unwrap_or("")).collect();
+    let parts: Vec<&str> = ingress
+        .iter()
+        .map(|i| {
+            i.ip.as_deref()
+                .filter(|s| !s.is_empty())
+                .or(i.hostname.as_deref())
+                .unwrap_or("")
+        })
+        .collect();
     format!("[{}]", parts.join(" "))
 }
 
@@ -268,11 +367,19 @@ pub struct StatusUpdate {
 
 /// What to write to a Service's status, given every Service, Node and the Service's
 /// EndpointSlices; `None` when nothing changes or the Service is not ours.
-pub fn plan(svc: &Service, services: &[&Service], nodes: &[&Node], slices: &[&EndpointSlice]) -> Option<StatusUpdate> {
+pub fn plan(
+    svc: &Service,
+    services: &[&Service],
+    nodes: &[&Node],
+    slices: &[&EndpointSlice],
+) -> Option<StatusUpdate> {
     let current = current_ingress(svc);
     if !is_load_balancer(svc) {
         // No load balancer any more: its addresses go (as the cloud service controller).
-        return (!current.is_empty()).then(|| StatusUpdate { ingress: Vec::new(), event: PlannedEvent::normal(REASON_DELETED, "Deleted load balancer") });
+        return (!current.is_empty()).then(|| StatusUpdate {
+            ingress: Vec::new(),
+            event: PlannedEvent::normal(REASON_DELETED, "Deleted load balancer"),
+        });
     }
     if !wants_load_balancer(svc) {
         return None;
@@ -285,11 +392,24 @@ pub fn plan(svc: &Service, services: &[&Service], nodes: &[&Node], slices: &[&En
         return None;
     }
     let event = if desired.is_empty() {
-        PlannedEvent::warning(REASON_UNAVAILABLE, "There are no available nodes for LoadBalancer")
+        PlannedEvent::warning(
+            REASON_UNAVAILABLE,
+            "There are no available nodes for LoadBalancer",
+        )
     } else {
-        PlannedEvent::normal(REASON_UPDATED, format!("Updated LoadBalancer with new IPs: {} -> {}", ingress_to_string(current), ingress_to_string(&desired)))
+        PlannedEvent::normal(
+            REASON_UPDATED,
+            format!(
+                "Updated LoadBalancer with new IPs: {} -> {}",
+                ingress_to_string(current),
+                ingress_to_string(&desired)
+            ),
+        )
     };
-    Some(StatusUpdate { ingress: desired, event })
+    Some(StatusUpdate {
+        ingress: desired,
+        event,
+    })
 }
 
 /// Index function: the `namespace/service` of any EndpointSlice (by its
@@ -299,7 +419,13 @@ pub fn slices_by_service_name(s: &EndpointSlice) -> Vec<String> {
         .labels
         .as_ref()
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        .map(|svc| format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or_default(), svc))
+        .map(|svc| {
+            format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                svc
+            )
+        })
         .into_iter()
         .collect()
 }
@@ -310,15 +436,28 @@ fn claim_fingerprint(svc: &Service) -> String {
     if !wants_load_balancer(svc) {
         return String::new();
     }
-    let pool = svc.metadata.labels.as_ref().and_then(|l| l.get(LB_POOL_LABEL));
-    json!([claim_order(svc).0.map(|t| t.to_string()), host_ports(svc), pool]).to_string()
+    let pool = svc
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LB_POOL_LABEL));
+    json!([
+        claim_order(svc).0.map(|t| t.to_string()),
+        host_ports(svc),
+        pool
+    ])
+    .to_string()
 }
 
 /// What of a Node matters here: labels, taints, unschedulable, Ready, deletion (as for
 /// DaemonSets) and its addresses. Heartbeats change none of it.
 fn node_fingerprint(node: &Node) -> String {
     let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
-    format!("{}{}", crate::daemonset::node_fingerprint(node), json!(addrs))
+    format!(
+        "{}{}",
+        crate::daemonset::node_fingerprint(node),
+        json!(addrs)
+    )
 }
 
 /// Whether a Service may need a status write when nodes or other Services change.
@@ -345,7 +484,9 @@ struct Ctx {
 /// Brings the status of the Service `ns/name` up to date.
 async fn sync(ctx: &Ctx, key: &str) -> Result<Option<Duration>, ControllerError> {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
-    let Some(svc) = ctx.services.get(&ObjectRef::new(name).within(ns)) else { return Ok(None) };
+    let Some(svc) = ctx.services.get(&ObjectRef::new(name).within(ns)) else {
+        return Ok(None);
+    };
     let services = ctx.services.state();
     let nodes = ctx.nodes.state();
     let slices = ctx.slices_by_service.get(key);
@@ -355,22 +496,38 @@ async fn sync(ctx: &Ctx, key: &str) -> Result<Option<Duration>, ControllerError>
         let slices: Vec<&EndpointSlice> = slices.iter().map(|s| s.as_ref()).collect();
         plan(&svc, &services, &nodes, &slices)
     };
-    let Some(update) = update else { return Ok(None) };
-    let ingress = if update.ingress.is_empty() { serde_json::Value::Null } else { json!(update.ingress) };
+    let Some(update) = update else {
+        return Ok(None);
+    };
+    let ingress = if update.ingress.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(update.ingress)
+    };
     let mut patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
     if let Some(rv) = &svc.metadata.resource_version {
         // Decided from this version: a newer one is looked at again.
         patch["metadata"] = json!({"resourceVersion": rv});
     }
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => {}
         Err(e) if is_not_found(&e) => return Ok(None),
         Err(e) if is_conflict(&e) => return Ok(Some(Duration::from_millis(100))),
         Err(e) => return Err(e.into()),
     }
     tracing::info!(service = %key, ingress = %ingress_to_string(&update.ingress), "servicelb: updated LoadBalancer status");
-    ctx.events.record(&service_ref(&svc), update.event.warning, &update.event.reason, update.event.message).await;
+    ctx.events
+        .record(
+            &service_ref(&svc),
+            update.event.warning,
+            &update.event.reason,
+            update.event.message,
+        )
+        .await;
     Ok(None)
 }
 
@@ -384,12 +541,33 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
     let slice_changes = informers.subscribe::<EndpointSlice>();
     let services = informers.store::<Service>().await;
     let nodes = informers.store::<Node>().await;
-    let slices_by_service = informers.index::<EndpointSlice>(slices_by_service_name).await;
+    let slices_by_service = informers
+        .index::<EndpointSlice>(slices_by_service_name)
+        .await;
     let queue: WorkQueue<String> = WorkQueue::new();
     queue_concerned(&queue, &services);
-    let mut claims: HashMap<String, String> = services.state().iter().map(|s| (key_of(&s.metadata), claim_fingerprint(s))).collect();
-    let mut node_fps: HashMap<String, String> = nodes.state().iter().map(|n| (n.metadata.name.clone().unwrap_or_default(), node_fingerprint(n))).collect();
-    let ctx = Arc::new(Ctx { client: client.clone(), services: services.clone(), nodes, slices_by_service, events: Events::new(client, EVENT_COMPONENT) });
+    let mut claims: HashMap<String, String> = services
+        .state()
+        .iter()
+        .map(|s| (key_of(&s.metadata), claim_fingerprint(s)))
+        .collect();
+    let mut node_fps: HashMap<String, String> = nodes
+        .state()
+        .iter()
+        .map(|n| {
+            (
+                n.metadata.name.clone().unwrap_or_default(),
+                node_fingerprint(n),
+            )
+        })
+        .collect();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        services: services.clone(),
+        nodes,
+        slices_by_service,
+        events: Events::new(client, EVENT_COMPONENT),
+    });
     let (q1, q2, q3) = (queue.clone(), queue.clone(), queue.clone());
     let (services1, services2) = (services.clone(), services);
     tokio::join!(
@@ -397,12 +575,23 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
             let (changed, claims_changed): (Vec<Arc<Service>>, bool) = match c {
                 Change::Applied(s) => {
                     let fp = claim_fingerprint(&s);
-                    let moved = claims.insert(key_of(&s.metadata), fp.clone()).unwrap_or_default() != fp;
+                    let moved = claims
+                        .insert(key_of(&s.metadata), fp.clone())
+                        .unwrap_or_default()
+                        != fp;
                     (vec![s], moved)
                 }
-                Change::Deleted(s) => (Vec::new(), claims.remove(&key_of(&s.metadata)).is_some_and(|fp| !fp.is_empty())),
+                Change::Deleted(s) => (
+                    Vec::new(),
+                    claims
+                        .remove(&key_of(&s.metadata))
+                        .is_some_and(|fp| !fp.is_empty()),
+                ),
                 Change::Resync(all) => {
-                    let now: HashMap<String, String> = all.iter().map(|s| (key_of(&s.metadata), claim_fingerprint(s))).collect();
+                    let now: HashMap<String, String> = all
+                        .iter()
+                        .map(|s| (key_of(&s.metadata), claim_fingerprint(s)))
+                        .collect();
                     let moved = now != claims;
                     claims = now;
                     (all, moved)
@@ -421,11 +610,23 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
             let changed = match c {
                 Change::Applied(n) => {
                     let fp = node_fingerprint(&n);
-                    node_fps.insert(n.metadata.name.clone().unwrap_or_default(), fp.clone()).is_none_or(|old| old != fp)
+                    node_fps
+                        .insert(n.metadata.name.clone().unwrap_or_default(), fp.clone())
+                        .is_none_or(|old| old != fp)
                 }
-                Change::Deleted(n) => node_fps.remove(n.metadata.name.as_deref().unwrap_or_default()).is_some(),
+                Change::Deleted(n) => node_fps
+                    .remove(n.metadata.name.as_deref().unwrap_or_default())
+                    .is_some(),
                 Change::Resync(all) => {
-                    let now: HashMap<String, String> = all.iter().map(|n| (n.metadata.name.clone().unwrap_or_default(), node_fingerprint(n))).collect();
+                    let now: HashMap<String, String> = all
+                        .iter()
+                        .map(|n| {
+                            (
+                                n.metadata.name.clone().unwrap_or_default(),
+                                node_fingerprint(n),
+                            )
+                        })
+                        .collect();
                     let changed = now != node_fps;
                     node_fps = now;
                     changed
@@ -453,17 +654,41 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeSpec, NodeStatus, ObjectReference, ServicePort, ServiceSpec, ServiceStatus, LoadBalancerStatus, Taint};
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerStatus, NodeAddress, NodeCondition, NodeSpec, NodeStatus, ObjectReference,
+        ServicePort, ServiceSpec, ServiceStatus, Taint,
+    };
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn node(name: &str, ready: bool, addrs: &[(&str, &str)], labels: &[(&str, &str)]) -> Node {
         Node {
-            metadata: ObjectMeta { name: Some(name.into()), labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
             spec: Some(NodeSpec::default()),
             status: Some(NodeStatus {
-                addresses: Some(addrs.iter().map(|(t, a)| NodeAddress { type_: t.to_string(), address: a.to_string() }).collect()),
-                conditions: Some(vec![NodeCondition { type_: "Ready".into(), status: if ready { "True" } else { "False" }.into(), ..Default::default() }]),
+                addresses: Some(
+                    addrs
+                        .iter()
+                        .map(|(t, a)| NodeAddress {
+                            type_: t.to_string(),
+                            address: a.to_string(),
+                        })
+                        .collect(),
+                ),
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
         }
@@ -482,7 +707,16 @@ mod tests {
                 type_: Some("LoadBalancer".into()),
                 ip_families: Some(vec!["IPv4".into()]),
                 external_traffic_policy: Some("Cluster".into()),
-                ports: Some(ports.iter().map(|(p, proto)| ServicePort { port: *p, protocol: Some(proto.to_string()), ..Default::default() }).collect()),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(p, proto)| ServicePort {
+                            port: *p,
+                            protocol: Some(proto.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
                 ..Default::default()
             }),
             status: None,
@@ -491,34 +725,70 @@ mod tests {
 
     fn with_ingress(mut svc: Service, ips: &[&str], mode: Option<&str>) -> Service {
         svc.status = Some(ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus { ingress: Some(ips.iter().map(|ip| LoadBalancerIngress { ip: Some(ip.to_string()), ip_mode: mode.map(String::from), ..Default::default() }).collect()) }),
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    ips.iter()
+                        .map(|ip| LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ip_mode: mode.map(String::from),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
             ..Default::default()
         });
         svc
     }
 
     fn ips(ingress: &[LoadBalancerIngress]) -> Vec<String> {
-        ingress.iter().map(|i| i.ip.clone().unwrap_or_default()).collect()
+        ingress
+            .iter()
+            .map(|i| i.ip.clone().unwrap_or_default())
+            .collect()
     }
 
-    fn status_of(svc: &Service, services: &[&Service], nodes: &[&Node], slices: &[&EndpointSlice]) -> Vec<String> {
+    fn status_of(
+        svc: &Service,
+        services: &[&Service],
+        nodes: &[&Node],
+        slices: &[&EndpointSlice],
+    ) -> Vec<String> {
         let mut placement = place(services, nodes);
-        ips(&desired_ingress(svc, &placement.remove(&key_of(&svc.metadata)).unwrap_or_default(), nodes, slices))
+        ips(&desired_ingress(
+            svc,
+            &placement.remove(&key_of(&svc.metadata)).unwrap_or_default(),
+            nodes,
+            slices,
+        ))
     }
 
     #[test]
     fn internal_ips_of_ready_nodes_sorted() {
-        let a = node("a", true, &[("InternalIP", "10.0.0.9"), ("Hostname", "a")], &[]);
+        let a = node(
+            "a",
+            true,
+            &[("InternalIP", "10.0.0.9"), ("Hostname", "a")],
+            &[],
+        );
         let b = node("b", true, &[("InternalIP", "10.0.0.10")], &[]);
         let c = node("c", false, &[("InternalIP", "10.0.0.2")], &[]);
         let svc = lb("web", 1, &[(80, "TCP")]);
         // String order, as k3s sorts.
-        assert_eq!(status_of(&svc, &[&svc], &[&a, &b, &c], &[]), ["10.0.0.10", "10.0.0.9"]);
+        assert_eq!(
+            status_of(&svc, &[&svc], &[&a, &b, &c], &[]),
+            ["10.0.0.10", "10.0.0.9"]
+        );
     }
 
     #[test]
     fn external_ips_win_over_internal_ips_across_nodes() {
-        let a = node("a", true, &[("InternalIP", "10.0.0.1"), ("ExternalIP", "203.0.113.1")], &[]);
+        let a = node(
+            "a",
+            true,
+            &[("InternalIP", "10.0.0.1"), ("ExternalIP", "203.0.113.1")],
+            &[],
+        );
         let b = node("b", true, &[("InternalIP", "10.0.0.2")], &[]);
         let svc = lb("web", 1, &[(80, "TCP")]);
         // k3s: once any serving node has an ExternalIP, only ExternalIPs are listed.
@@ -528,18 +798,36 @@ mod tests {
 
     #[test]
     fn ip_families_filter_and_order() {
-        let a = node("a", true, &[("InternalIP", "10.0.0.1"), ("InternalIP", "fd00::1")], &[]);
+        let a = node(
+            "a",
+            true,
+            &[("InternalIP", "10.0.0.1"), ("InternalIP", "fd00::1")],
+            &[],
+        );
         let mut svc = lb("web", 1, &[(80, "TCP")]);
         assert_eq!(status_of(&svc, &[&svc], &[&a], &[]), ["10.0.0.1"]);
         svc.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
-        assert_eq!(status_of(&svc, &[&svc], &[&a], &[]), ["fd00::1", "10.0.0.1"]);
+        assert_eq!(
+            status_of(&svc, &[&svc], &[&a], &[]),
+            ["fd00::1", "10.0.0.1"]
+        );
     }
 
     #[test]
     fn enablelb_label_restricts_nodes_once_any_node_has_it() {
-        let a = node("a", true, &[("InternalIP", "10.0.0.1")], &[(ENABLE_LB_LABEL, "true")]);
+        let a = node(
+            "a",
+            true,
+            &[("InternalIP", "10.0.0.1")],
+            &[(ENABLE_LB_LABEL, "true")],
+        );
         let b = node("b", true, &[("InternalIP", "10.0.0.2")], &[]);
-        let c = node("c", true, &[("InternalIP", "10.0.0.3")], &[(ENABLE_LB_LABEL, "false")]);
+        let c = node(
+            "c",
+            true,
+            &[("InternalIP", "10.0.0.3")],
+            &[(ENABLE_LB_LABEL, "false")],
+        );
         let svc = lb("web", 1, &[(80, "TCP")]);
         assert_eq!(status_of(&svc, &[&svc], &[&a, &b, &c], &[]), ["10.0.0.1"]);
         // Only "false" labels: selection is on and no node qualifies.
@@ -550,32 +838,70 @@ mod tests {
 
     #[test]
     fn lbpool_label_selects_the_pool_only_with_node_selection_on() {
-        let a = node("a", true, &[("InternalIP", "10.0.0.1")], &[(ENABLE_LB_LABEL, "true"), (LB_POOL_LABEL, "blue")]);
-        let b = node("b", true, &[("InternalIP", "10.0.0.2")], &[(ENABLE_LB_LABEL, "true"), (LB_POOL_LABEL, "green")]);
+        let a = node(
+            "a",
+            true,
+            &[("InternalIP", "10.0.0.1")],
+            &[(ENABLE_LB_LABEL, "true"), (LB_POOL_LABEL, "blue")],
+        );
+        let b = node(
+            "b",
+            true,
+            &[("InternalIP", "10.0.0.2")],
+            &[(ENABLE_LB_LABEL, "true"), (LB_POOL_LABEL, "green")],
+        );
         let mut svc = lb("web", 1, &[(80, "TCP")]);
         svc.metadata.labels = Some([(LB_POOL_LABEL.to_string(), "green".to_string())].into());
         assert_eq!(status_of(&svc, &[&svc], &[&a, &b], &[]), ["10.0.0.2"]);
         let plain = lb("other", 2, &[(81, "TCP")]);
-        assert_eq!(status_of(&plain, &[&svc, &plain], &[&a, &b], &[]), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(
+            status_of(&plain, &[&svc, &plain], &[&a, &b], &[]),
+            ["10.0.0.1", "10.0.0.2"]
+        );
         // Without any enablelb label the pool label is ignored (k3s adds no selector).
-        let a2 = node("a", true, &[("InternalIP", "10.0.0.1")], &[(LB_POOL_LABEL, "blue")]);
+        let a2 = node(
+            "a",
+            true,
+            &[("InternalIP", "10.0.0.1")],
+            &[(LB_POOL_LABEL, "blue")],
+        );
         assert_eq!(status_of(&svc, &[&svc], &[&a2], &[]), ["10.0.0.1"]);
     }
 
     #[test]
     fn taints_exclude_nodes_but_cordon_and_control_plane_do_not() {
         let mut tainted = node("t", true, &[("InternalIP", "10.0.0.1")], &[]);
-        tainted.spec.as_mut().unwrap().taints = Some(vec![Taint { key: "dedicated".into(), effect: "NoSchedule".into(), ..Default::default() }]);
+        tainted.spec.as_mut().unwrap().taints = Some(vec![Taint {
+            key: "dedicated".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]);
         let mut cordoned = node("c", true, &[("InternalIP", "10.0.0.2")], &[]);
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
-        cordoned.spec.as_mut().unwrap().taints = Some(vec![Taint { key: "node.kubernetes.io/unschedulable".into(), effect: "NoSchedule".into(), ..Default::default() }]);
+        cordoned.spec.as_mut().unwrap().taints = Some(vec![Taint {
+            key: "node.kubernetes.io/unschedulable".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]);
         let mut cp = node("cp", true, &[("InternalIP", "10.0.0.3")], &[]);
         cp.spec.as_mut().unwrap().taints = Some(vec![
-            Taint { key: "node-role.kubernetes.io/control-plane".into(), effect: "NoSchedule".into(), ..Default::default() },
-            Taint { key: "CriticalAddonsOnly".into(), value: Some("true".into()), effect: "NoExecute".into(), ..Default::default() },
+            Taint {
+                key: "node-role.kubernetes.io/control-plane".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            },
+            Taint {
+                key: "CriticalAddonsOnly".into(),
+                value: Some("true".into()),
+                effect: "NoExecute".into(),
+                ..Default::default()
+            },
         ]);
         let svc = lb("web", 1, &[(80, "TCP")]);
-        assert_eq!(status_of(&svc, &[&svc], &[&tainted, &cordoned, &cp], &[]), ["10.0.0.2", "10.0.0.3"]);
+        assert_eq!(
+            status_of(&svc, &[&svc], &[&tainted, &cordoned, &cp], &[]),
+            ["10.0.0.2", "10.0.0.3"]
+        );
     }
 
     #[test]
@@ -591,24 +917,43 @@ mod tests {
         // 80/TCP is taken: the second stays pending and so claims no 443 either.
         assert!(status_of(&second, &all, &nodes, &[]).is_empty());
         assert_eq!(status_of(&third, &all, &nodes, &[]), ["10.0.0.1"]);
-        assert_eq!(status_of(&udp, &all, &nodes, &[]), ["10.0.0.1"], "another protocol does not conflict");
+        assert_eq!(
+            status_of(&udp, &all, &nodes, &[]),
+            ["10.0.0.1"],
+            "another protocol does not conflict"
+        );
         // A foreign class claims nothing.
         let mut foreign = lb("foreign", 0, &[(80, "TCP")]);
         foreign.spec.as_mut().unwrap().load_balancer_class = Some("example.com/lb".into());
-        assert_eq!(status_of(&first, &[&foreign, &first], &nodes, &[]), ["10.0.0.1"]);
+        assert_eq!(
+            status_of(&first, &[&foreign, &first], &nodes, &[]),
+            ["10.0.0.1"]
+        );
     }
 
     fn slice(eps: &[(&str, bool, &str)]) -> EndpointSlice {
         EndpointSlice {
-            metadata: ObjectMeta { name: Some("web-x".into()), namespace: Some("default".into()), labels: Some([(SERVICE_NAME_LABEL.to_string(), "web".to_string())].into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("web-x".into()),
+                namespace: Some("default".into()),
+                labels: Some([(SERVICE_NAME_LABEL.to_string(), "web".to_string())].into()),
+                ..Default::default()
+            },
             address_type: "IPv4".into(),
             endpoints: eps
                 .iter()
                 .map(|(node, ready, kind)| Endpoint {
                     addresses: vec!["10.42.0.5".into()],
-                    conditions: Some(EndpointConditions { ready: Some(*ready), serving: Some(*ready), terminating: Some(false) }),
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        serving: Some(*ready),
+                        terminating: Some(false),
+                    }),
                     node_name: Some(node.to_string()),
-                    target_ref: Some(ObjectReference { kind: Some(kind.to_string()), ..Default::default() }),
+                    target_ref: Some(ObjectReference {
+                        kind: Some(kind.to_string()),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 })
                 .collect(),
@@ -637,8 +982,17 @@ mod tests {
         let svc = lb("web", 1, &[(80, "TCP")]);
         let u = plan(&svc, &[&svc], &[&a, &b], &[]).expect("a new LoadBalancer gets addresses");
         assert_eq!(ips(&u.ingress), ["10.0.0.1", "10.0.0.2"]);
-        assert!(u.ingress.iter().all(|i| i.ip_mode.as_deref() == Some("VIP")));
-        assert_eq!(u.event, PlannedEvent::normal("UpdatedLoadBalancer", "Updated LoadBalancer with new IPs: [] -> [10.0.0.1 10.0.0.2]"));
+        assert!(u
+            .ingress
+            .iter()
+            .all(|i| i.ip_mode.as_deref() == Some("VIP")));
+        assert_eq!(
+            u.event,
+            PlannedEvent::normal(
+                "UpdatedLoadBalancer",
+                "Updated LoadBalancer with new IPs: [] -> [10.0.0.1 10.0.0.2]"
+            )
+        );
         // Already there (ipMode defaulted or not): nothing to write.
         let done = with_ingress(svc.clone(), &["10.0.0.1", "10.0.0.2"], None);
         assert_eq!(plan(&done, &[&done], &[&a, &b], &[]), None);
@@ -646,12 +1000,21 @@ mod tests {
         assert_eq!(plan(&done, &[&done], &[&a, &b], &[]), None);
         // A node gone.
         let u = plan(&done, &[&done], &[&a], &[]).unwrap();
-        assert_eq!(u.event.message, "Updated LoadBalancer with new IPs: [10.0.0.1 10.0.0.2] -> [10.0.0.1]");
+        assert_eq!(
+            u.event.message,
+            "Updated LoadBalancer with new IPs: [10.0.0.1 10.0.0.2] -> [10.0.0.1]"
+        );
         // No node left: cleared with a Warning.
         let a_down = node("a", false, &[("InternalIP", "10.0.0.1")], &[]);
         let u = plan(&done, &[&done], &[&a_down], &[]).unwrap();
         assert!(u.ingress.is_empty());
-        assert_eq!(u.event, PlannedEvent::warning("UnAvailableLoadBalancer", "There are no available nodes for LoadBalancer"));
+        assert_eq!(
+            u.event,
+            PlannedEvent::warning(
+                "UnAvailableLoadBalancer",
+                "There are no available nodes for LoadBalancer"
+            )
+        );
         // Never had addresses and still none: nothing.
         assert_eq!(plan(&svc, &[&svc], &[&a_down], &[]), None);
     }
@@ -679,13 +1042,20 @@ mod tests {
     fn fingerprints_ignore_heartbeats_and_status() {
         let a = node("a", true, &[("InternalIP", "10.0.0.1")], &[]);
         let mut beat = a.clone();
-        beat.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_heartbeat_time = Some(Time(jiff::Timestamp::now()));
+        beat.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_heartbeat_time =
+            Some(Time(jiff::Timestamp::now()));
         assert_eq!(node_fingerprint(&a), node_fingerprint(&beat));
         let moved = node("a", true, &[("InternalIP", "10.0.0.2")], &[]);
         assert_ne!(node_fingerprint(&a), node_fingerprint(&moved));
         let svc = lb("web", 1, &[(80, "TCP")]);
-        assert_eq!(claim_fingerprint(&svc), claim_fingerprint(&with_ingress(svc.clone(), &["10.0.0.1"], None)));
-        assert_ne!(claim_fingerprint(&svc), claim_fingerprint(&lb("web", 1, &[(81, "TCP")])));
+        assert_eq!(
+            claim_fingerprint(&svc),
+            claim_fingerprint(&with_ingress(svc.clone(), &["10.0.0.1"], None))
+        );
+        assert_ne!(
+            claim_fingerprint(&svc),
+            claim_fingerprint(&lb("web", 1, &[(81, "TCP")]))
+        );
         let mut cip = svc.clone();
         cip.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
         assert_eq!(claim_fingerprint(&cip), "");
@@ -694,7 +1064,16 @@ mod tests {
     #[test]
     fn ingress_strings_as_go_prints_them() {
         assert_eq!(ingress_to_string(&[]), "[]");
-        let i = vec![LoadBalancerIngress { hostname: Some("lb.example.com".into()), ..Default::default() }, LoadBalancerIngress { ip: Some("10.0.0.1".into()), ..Default::default() }];
+        let i = vec![
+            LoadBalancerIngress {
+                hostname: Some("lb.example.com".into()),
+                ..Default::default()
+            },
+            LoadBalancerIngress {
+                ip: Some("10.0.0.1".into()),
+                ..Default::default()
+            },
+        ];
         assert_eq!(ingress_to_string(&i), "[lb.example.com 10.0.0.1]");
     }
 }

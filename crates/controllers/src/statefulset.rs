@@ -17,7 +17,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -37,7 +39,10 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 /// The ordinal of a pod named `<set>-<ordinal>`.
 pub fn parse_ordinal(set: &str, pod: &str) -> Option<i32> {
     let rest = pod.strip_prefix(set)?.strip_prefix('-')?;
-    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) || (rest.len() > 1 && rest.starts_with('0')) {
+    if rest.is_empty()
+        || !rest.bytes().all(|b| b.is_ascii_digit())
+        || (rest.len() > 1 && rest.starts_with('0'))
+    {
         return None;
     }
     rest.parse().ok()
@@ -60,32 +65,61 @@ pub struct StsPlan {
 }
 
 fn revision_of(pod: &Pod) -> Option<&str> {
-    pod.metadata.labels.as_ref()?.get(CONTROLLER_REVISION_HASH).map(String::as_str)
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(CONTROLLER_REVISION_HASH)
+        .map(String::as_str)
 }
 
 fn healthy(pod: &Pod, min_ready: i32, now: Timestamp) -> bool {
-    wu::is_running_and_ready(pod) && wu::is_pod_available(pod, min_ready, now) && pod.metadata.deletion_timestamp.is_none()
+    wu::is_running_and_ready(pod)
+        && wu::is_pod_available(pod, min_ready, now)
+        && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// Decides what to do for a set given its pods (owned by it), its current and update
 /// revision names, at `now`.
-pub fn plan(set: &StatefulSet, pods: &[Pod], current_rev: &str, update_rev: &str, now: Timestamp) -> StsPlan {
+pub fn plan(
+    set: &StatefulSet,
+    pods: &[Pod],
+    current_rev: &str,
+    update_rev: &str,
+    now: Timestamp,
+) -> StsPlan {
     let mut out = StsPlan::default();
     let name = set.metadata.name.clone().unwrap_or_default();
     let spec = set.spec.clone().unwrap_or_default();
-    let start = spec.ordinals.as_ref().and_then(|o| o.start).unwrap_or(0).max(0);
+    let start = spec
+        .ordinals
+        .as_ref()
+        .and_then(|o| o.start)
+        .unwrap_or(0)
+        .max(0);
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let end = start + replicas;
     let monotonic = spec.pod_management_policy.as_deref() != Some("Parallel");
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let strategy = spec.update_strategy.clone().unwrap_or_default();
     let on_delete = strategy.type_.as_deref() == Some("OnDelete");
-    let partition = strategy.rolling_update.as_ref().and_then(|r| r.partition).unwrap_or(0).max(0);
+    let partition = strategy
+        .rolling_update
+        .as_ref()
+        .and_then(|r| r.partition)
+        .unwrap_or(0)
+        .max(0);
 
     let mut slots: BTreeMap<i32, &Pod> = BTreeMap::new();
     let mut condemned: Vec<(i32, &Pod)> = Vec::new();
     for p in pods {
-        let Some(ord) = p.metadata.name.as_deref().and_then(|n| parse_ordinal(&name, n)) else { continue };
+        let Some(ord) = p
+            .metadata
+            .name
+            .as_deref()
+            .and_then(|n| parse_ordinal(&name, n))
+        else {
+            continue;
+        };
         if (start..end).contains(&ord) {
             slots.insert(ord, p);
         } else {
@@ -99,7 +133,8 @@ pub fn plan(set: &StatefulSet, pods: &[Pod], current_rev: &str, update_rev: &str
     for ord in start..end {
         match slots.get(&ord) {
             None => {
-                let use_current = !on_delete && current_rev != update_rev && ord < start + partition;
+                let use_current =
+                    !on_delete && current_rev != update_rev && ord < start + partition;
                 out.create.push((ord, use_current));
                 if monotonic {
                     return out;
@@ -151,7 +186,14 @@ pub fn plan(set: &StatefulSet, pods: &[Pod], current_rev: &str, update_rev: &str
 
 /// The status of a set from its pods (upstream's replica counting and rolling update
 /// completion).
-pub fn compute_status(set: &StatefulSet, pods: &[Pod], current_rev: &str, update_rev: &str, collision_count: i32, now: Timestamp) -> StatefulSetStatus {
+pub fn compute_status(
+    set: &StatefulSet,
+    pods: &[Pod],
+    current_rev: &str,
+    update_rev: &str,
+    collision_count: i32,
+    now: Timestamp,
+) -> StatefulSetStatus {
     let spec = set.spec.clone().unwrap_or_default();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let name = set.metadata.name.clone().unwrap_or_default();
@@ -164,7 +206,13 @@ pub fn compute_status(set: &StatefulSet, pods: &[Pod], current_rev: &str, update
         ..Default::default()
     };
     let (mut ready, mut avail, mut cur, mut upd) = (0, 0, 0, 0);
-    for p in pods.iter().filter(|p| p.metadata.name.as_deref().and_then(|n| parse_ordinal(&name, n)).is_some()) {
+    for p in pods.iter().filter(|p| {
+        p.metadata
+            .name
+            .as_deref()
+            .and_then(|n| parse_ordinal(&name, n))
+            .is_some()
+    }) {
         st.replicas += 1;
         let terminating = p.metadata.deletion_timestamp.is_some();
         if wu::is_running_and_ready(p) && !terminating {
@@ -182,7 +230,11 @@ pub fn compute_status(set: &StatefulSet, pods: &[Pod], current_rev: &str, update
             }
         }
     }
-    let rolling = spec.update_strategy.as_ref().and_then(|s| s.type_.as_deref()) != Some("OnDelete");
+    let rolling = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        != Some("OnDelete");
     if rolling && upd == st.replicas && ready == st.replicas {
         cur = upd;
         st.current_revision = Some(update_rev.to_string());
@@ -213,7 +265,10 @@ pub fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, ordinal: i32, revi
         let tname = t.metadata.name.clone().unwrap_or_default();
         let vol = Volume {
             name: tname.clone(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim_name(&tname, &set_name, ordinal), read_only: None }),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim_name(&tname, &set_name, ordinal),
+                read_only: None,
+            }),
             ..Default::default()
         };
         let vols = pspec.volumes.get_or_insert_with(Vec::new);
@@ -227,7 +282,11 @@ pub fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, ordinal: i32, revi
             labels: Some(labels),
             annotations: tmeta.annotations,
             finalizers: tmeta.finalizers,
-            owner_references: Some(vec![wu::controller_ref(&set.metadata, "apps/v1", "StatefulSet")]),
+            owner_references: Some(vec![wu::controller_ref(
+                &set.metadata,
+                "apps/v1",
+                "StatefulSet",
+            )]),
             ..Default::default()
         },
         spec: Some(pspec),
@@ -240,7 +299,11 @@ pub fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, ordinal: i32, revi
 pub fn new_claims(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim> {
     let set_name = set.metadata.name.clone().unwrap_or_default();
     let spec = set.spec.clone().unwrap_or_default();
-    let delete_with_set = spec.persistent_volume_claim_retention_policy.as_ref().and_then(|p| p.when_deleted.as_deref()) == Some("Delete");
+    let delete_with_set = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .and_then(|p| p.when_deleted.as_deref())
+        == Some("Delete");
     spec.volume_claim_templates
         .iter()
         .flatten()
@@ -296,16 +359,29 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
 
     let key = format!("{ns}/{set_name}");
     // Decide only from a cache that shows this set's own earlier pod writes.
-    if !ctx.expectations.satisfied(&key, |n| ctx.pods.get(&ns, n).map(MetaOf)) {
+    if !ctx
+        .expectations
+        .satisfied(&key, |n| ctx.pods.get(&ns, n).map(MetaOf))
+    {
         let left = ctx.expectations.time_left(&key).unwrap_or_default();
         return Ok(Action::requeue(left + Duration::from_millis(100)));
     }
     let pods: Vec<Pod> = ctx.pods.owned_matching(&uid, &ns, &spec.selector);
     let revs = wu::owned_revisions(ctx.revs.owned_matching(&uid, &ns, &spec.selector), &uid);
     let owner = wu::controller_ref(&set.metadata, "apps/v1", "StatefulSet");
-    let collision = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
-    let labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-    let (update, collision) = wu::ensure_revision(&revs_api, &owner, labels, &spec.template, collision, &revs).await?;
+    let collision = set
+        .status
+        .as_ref()
+        .and_then(|s| s.collision_count)
+        .unwrap_or(0);
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let (update, collision) =
+        wu::ensure_revision(&revs_api, &owner, labels, &spec.template, collision, &revs).await?;
     let update_name = update.metadata.name.clone().unwrap_or_default();
     let current = set
         .status
@@ -315,23 +391,41 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
         .cloned()
         .unwrap_or_else(|| update.clone());
     let current_name = current.metadata.name.clone().unwrap_or_default();
-    let current_template = wu::template_of_revision(&current).unwrap_or_else(|| spec.template.clone());
+    let current_template =
+        wu::template_of_revision(&current).unwrap_or_else(|| spec.template.clone());
 
     let now = Timestamp::now();
     let p = plan(&set, &pods, &current_name, &update_name, now);
-    let when_scaled_delete = spec.persistent_volume_claim_retention_policy.as_ref().and_then(|r| r.when_scaled.as_deref()) == Some("Delete");
+    let when_scaled_delete = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .and_then(|r| r.when_scaled.as_deref())
+        == Some("Delete");
     for n in &p.delete {
         let ord = parse_ordinal(&set_name, n).unwrap_or(-1);
         if when_scaled_delete && p.scaled_down.contains(&ord) {
             if let Some(pod) = pods.iter().find(|x| x.metadata.name.as_deref() == Some(n)) {
-                let pod_ref = OwnerReference { controller: None, ..wu::controller_ref(&pod.metadata, "v1", "Pod") };
+                let pod_ref = OwnerReference {
+                    controller: None,
+                    ..wu::controller_ref(&pod.metadata, "v1", "Pod")
+                };
                 for claim in new_claims(&set, ord) {
                     let cname = claim.metadata.name.clone().unwrap_or_default();
                     if let Some(existing) = pvc_api.get_opt(&cname).await? {
-                        let mut refs = existing.metadata.owner_references.clone().unwrap_or_default();
+                        let mut refs = existing
+                            .metadata
+                            .owner_references
+                            .clone()
+                            .unwrap_or_default();
                         if !refs.iter().any(|r| r.uid == pod_ref.uid) {
                             refs.push(pod_ref.clone());
-                            pvc_api.patch(&cname, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"ownerReferences": refs}}))).await?;
+                            pvc_api
+                                .patch(
+                                    &cname,
+                                    &PatchParams::default(),
+                                    &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})),
+                                )
+                                .await?;
                         }
                     }
                 }
@@ -339,19 +433,41 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
         }
         match pods_api.delete(n, &Default::default()).await {
             Ok(_) => {
-                let uid = pods.iter().find(|x| x.metadata.name.as_deref() == Some(n)).and_then(|x| x.metadata.uid.clone()).unwrap_or_default();
+                let uid = pods
+                    .iter()
+                    .find(|x| x.metadata.name.as_deref() == Some(n))
+                    .and_then(|x| x.metadata.uid.clone())
+                    .unwrap_or_default();
                 ctx.expectations.expect_deletions(&key, [(n.clone(), uid)]);
-                ctx.events.record(&oref, false, "SuccessfulDelete", format!("delete Pod {n} in StatefulSet {set_name} successful")).await
+                ctx.events
+                    .record(
+                        &oref,
+                        false,
+                        "SuccessfulDelete",
+                        format!("delete Pod {n} in StatefulSet {set_name} successful"),
+                    )
+                    .await
             }
             Err(e) if wu::is_not_found(&e) => {}
             Err(e) => {
-                ctx.events.record(&oref, true, "FailedDelete", format!("delete Pod {n} in StatefulSet {set_name} failed error: {e}")).await;
+                ctx.events
+                    .record(
+                        &oref,
+                        true,
+                        "FailedDelete",
+                        format!("delete Pod {n} in StatefulSet {set_name} failed error: {e}"),
+                    )
+                    .await;
                 return Err(e.into());
             }
         }
     }
     for (ord, use_current) in &p.create {
-        let (tmpl, rev) = if *use_current { (&current_template, &current_name) } else { (&spec.template, &update_name) };
+        let (tmpl, rev) = if *use_current {
+            (&current_template, &current_name)
+        } else {
+            (&spec.template, &update_name)
+        };
         let pod = new_pod(&set, tmpl, *ord, rev);
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         for claim in new_claims(&set, *ord) {
@@ -369,12 +485,34 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
         }
         match pods_api.create(&PostParams::default(), &pod).await {
             Ok(created) => {
-                ctx.expectations.expect_creations(&key, [(pod_name.clone(), created.metadata.uid.clone().unwrap_or_default())]);
-                ctx.events.record(&oref, false, "SuccessfulCreate", format!("create Pod {pod_name} in StatefulSet {set_name} successful")).await
+                ctx.expectations.expect_creations(
+                    &key,
+                    [(
+                        pod_name.clone(),
+                        created.metadata.uid.clone().unwrap_or_default(),
+                    )],
+                );
+                ctx.events
+                    .record(
+                        &oref,
+                        false,
+                        "SuccessfulCreate",
+                        format!("create Pod {pod_name} in StatefulSet {set_name} successful"),
+                    )
+                    .await
             }
             Err(e) if wu::is_conflict(&e) => {}
             Err(e) => {
-                ctx.events.record(&oref, true, "FailedCreate", format!("create Pod {pod_name} in StatefulSet {set_name} failed error: {e}")).await;
+                ctx.events
+                    .record(
+                        &oref,
+                        true,
+                        "FailedCreate",
+                        format!(
+                            "create Pod {pod_name} in StatefulSet {set_name} failed error: {e}"
+                        ),
+                    )
+                    .await;
                 return Err(e.into());
             }
         }
@@ -384,7 +522,8 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
     if set.status.as_ref() != Some(&status) {
         let mut s = (*set).clone();
         s.status = Some(status.clone());
-        sets.replace_status(&set_name, &PostParams::default(), &s).await?;
+        sets.replace_status(&set_name, &PostParams::default(), &s)
+            .await?;
     }
     let mut live: Vec<String> = vec![current_name.clone(), update_name.clone()];
     live.extend(pods.iter().filter_map(|p| revision_of(p).map(String::from)));
@@ -394,7 +533,13 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
         revs.push(update.clone());
         revs.sort_by_key(|r| r.revision);
     }
-    wu::truncate_history(&revs_api, &revs, &live, spec.revision_history_limit.unwrap_or(10)).await?;
+    wu::truncate_history(
+        &revs_api,
+        &revs,
+        &live,
+        spec.revision_history_limit.unwrap_or(10),
+    )
+    .await?;
 
     // Look again when a ready pod becomes available (minReadySeconds).
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
@@ -410,7 +555,10 @@ fn error_policy(_set: Arc<StatefulSet>, err: &ControllerError, _ctx: Arc<Ctx>) -
 }
 
 /// Runs the StatefulSet controller until the watch ends.
-pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+pub async fn run(
+    client: kube::Client,
+    informers: crate::informers::SharedInformers,
+) -> Result<(), ControllerError> {
     // Subscribe before reading the stores: no change after the first list is missed.
     let set_changes = informers.subscribe::<StatefulSet>();
     let pod_changes = informers.subscribe::<Pod>();
@@ -419,8 +567,18 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
     let pods = informers.owned_cache::<Pod>().await;
     let revs = informers.owned_cache::<ControllerRevision>().await;
     let expectations = Expectations::new();
-    let pod_changes = pod_changes.inspect(observe_gone_pods(pods.store.clone(), "StatefulSet", expectations.clone()));
-    let ctx = Arc::new(Ctx { events: Events::new(client.clone(), "statefulset-controller"), client, pods, revs, expectations });
+    let pod_changes = pod_changes.inspect(observe_gone_pods(
+        pods.store.clone(),
+        "StatefulSet",
+        expectations.clone(),
+    ));
+    let ctx = Arc::new(Ctx {
+        events: Events::new(client.clone(), "statefulset-controller"),
+        client,
+        pods,
+        revs,
+        expectations,
+    });
     Controller::for_shared_stream(set_changes, sets)
         .owns_shared_stream(pod_changes)
         .owns_shared_stream(rev_changes)
@@ -433,13 +591,30 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
 
 /// A pod-change observer that settles, for a pod deleted before the cache showed it,
 /// what its controller of `kind` expected of it.
-pub fn observe_gone_pods(store: kube::runtime::reflector::Store<Pod>, kind: &'static str, expectations: Expectations) -> impl Fn(&Arc<Pod>) + Send + 'static {
+pub fn observe_gone_pods(
+    store: kube::runtime::reflector::Store<Pod>,
+    kind: &'static str,
+    expectations: Expectations,
+) -> impl Fn(&Arc<Pod>) + Send + 'static {
     move |p: &Arc<Pod>| {
-        if store.get(&kube::runtime::reflector::ObjectRef::from_obj(&**p)).is_some() {
+        if store
+            .get(&kube::runtime::reflector::ObjectRef::from_obj(&**p))
+            .is_some()
+        {
             return;
         }
-        if let (Some(o), Some(uid)) = (wu::controller_of(&p.metadata).filter(|o| o.kind == kind), p.metadata.uid.as_deref()) {
-            expectations.observe_gone(&format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or_default(), o.name), uid);
+        if let (Some(o), Some(uid)) = (
+            wu::controller_of(&p.metadata).filter(|o| o.kind == kind),
+            p.metadata.uid.as_deref(),
+        ) {
+            expectations.observe_gone(
+                &format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    o.name
+                ),
+                uid,
+            );
         }
     }
 }
@@ -447,19 +622,35 @@ pub fn observe_gone_pods(store: kube::runtime::reflector::Store<Pod>, kind: &'st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::{RollingUpdateStatefulSetStrategy, StatefulSetSpec, StatefulSetUpdateStrategy};
+    use k8s_openapi::api::apps::v1::{
+        RollingUpdateStatefulSetStrategy, StatefulSetSpec, StatefulSetUpdateStrategy,
+    };
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 
     fn set(replicas: i32, parallel: bool) -> StatefulSet {
         StatefulSet {
-            metadata: ObjectMeta { name: Some("web".into()), namespace: Some("default".into()), uid: Some("sts-uid".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("default".into()),
+                uid: Some("sts-uid".into()),
+                ..Default::default()
+            },
             spec: Some(StatefulSetSpec {
                 replicas: Some(replicas),
                 service_name: Some("nginx".into()),
                 pod_management_policy: parallel.then(|| "Parallel".into()),
-                selector: LabelSelector { match_labels: Some([("app".to_string(), "web".to_string())].into()), match_expressions: None },
-                volume_claim_templates: Some(vec![PersistentVolumeClaim { metadata: ObjectMeta { name: Some("data".into()), ..Default::default() }, ..Default::default() }]),
+                selector: LabelSelector {
+                    match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                    match_expressions: None,
+                },
+                volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: Some("data".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
             status: None,
@@ -470,7 +661,12 @@ mod tests {
         let mut p = new_pod(&set(1, false), &PodTemplateSpec::default(), ord, rev);
         p.status = Some(PodStatus {
             phase: Some(if ready { "Running" } else { "Pending" }.into()),
-            conditions: Some(vec![PodCondition { type_: "Ready".into(), status: if ready { "True" } else { "False" }.into(), last_transition_time: Some(Time(Timestamp::UNIX_EPOCH)), ..Default::default() }]),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                last_transition_time: Some(Time(Timestamp::UNIX_EPOCH)),
+                ..Default::default()
+            }]),
             ..Default::default()
         });
         p
@@ -495,19 +691,54 @@ mod tests {
         let s = set(3, false);
         assert_eq!(plan(&s, &[], "r1", "r1", now()).create, vec![(0, false)]);
         // web-0 not ready yet: wait.
-        assert_eq!(plan(&s, &[pod(0, "r1", false)], "r1", "r1", now()), StsPlan::default());
-        assert_eq!(plan(&s, &[pod(0, "r1", true)], "r1", "r1", now()).create, vec![(1, false)]);
-        assert_eq!(plan(&s, &[pod(0, "r1", true), pod(1, "r1", true)], "r1", "r1", now()).create, vec![(2, false)]);
+        assert_eq!(
+            plan(&s, &[pod(0, "r1", false)], "r1", "r1", now()),
+            StsPlan::default()
+        );
+        assert_eq!(
+            plan(&s, &[pod(0, "r1", true)], "r1", "r1", now()).create,
+            vec![(1, false)]
+        );
+        assert_eq!(
+            plan(
+                &s,
+                &[pod(0, "r1", true), pod(1, "r1", true)],
+                "r1",
+                "r1",
+                now()
+            )
+            .create,
+            vec![(2, false)]
+        );
         // A lost pod in the middle is recreated first.
-        assert_eq!(plan(&s, &[pod(0, "r1", true), pod(2, "r1", true)], "r1", "r1", now()).create, vec![(1, false)]);
+        assert_eq!(
+            plan(
+                &s,
+                &[pod(0, "r1", true), pod(2, "r1", true)],
+                "r1",
+                "r1",
+                now()
+            )
+            .create,
+            vec![(1, false)]
+        );
     }
 
     #[test]
     fn parallel_creates_all_and_deletes_all_condemned() {
         let s = set(3, true);
-        assert_eq!(plan(&s, &[pod(0, "r1", false)], "r1", "r1", now()).create, vec![(1, false), (2, false)]);
+        assert_eq!(
+            plan(&s, &[pod(0, "r1", false)], "r1", "r1", now()).create,
+            vec![(1, false), (2, false)]
+        );
         let s = set(1, true);
-        let p = plan(&s, &[pod(0, "r1", true), pod(1, "r1", true), pod(2, "r1", false)], "r1", "r1", now());
+        let p = plan(
+            &s,
+            &[pod(0, "r1", true), pod(1, "r1", true), pod(2, "r1", false)],
+            "r1",
+            "r1",
+            now(),
+        );
         assert_eq!(p.delete, vec!["web-2".to_string(), "web-1".to_string()]);
     }
 
@@ -531,28 +762,46 @@ mod tests {
     fn rolling_update_from_highest_ordinal_with_partition() {
         let mut s = set(3, false);
         let all_old = vec![pod(0, "r1", true), pod(1, "r1", true), pod(2, "r1", true)];
-        assert_eq!(plan(&s, &all_old, "r1", "r2", now()).delete, vec!["web-2".to_string()]);
+        assert_eq!(
+            plan(&s, &all_old, "r1", "r2", now()).delete,
+            vec!["web-2".to_string()]
+        );
         // web-2 updated but not ready: wait.
         let mid = vec![pod(0, "r1", true), pod(1, "r1", true), pod(2, "r2", false)];
         assert!(plan(&s, &mid, "r1", "r2", now()).delete.is_empty());
         let mid = vec![pod(0, "r1", true), pod(1, "r1", true), pod(2, "r2", true)];
-        assert_eq!(plan(&s, &mid, "r1", "r2", now()).delete, vec!["web-1".to_string()]);
+        assert_eq!(
+            plan(&s, &mid, "r1", "r2", now()).delete,
+            vec!["web-1".to_string()]
+        );
         // Partition 2: only ordinals >= 2 are updated; recreated lower pods use the current revision.
         if let Some(sp) = s.spec.as_mut() {
             sp.update_strategy = Some(StatefulSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateStatefulSetStrategy { partition: Some(2), max_unavailable: None }),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: Some(2),
+                    max_unavailable: None,
+                }),
             });
         }
         assert!(plan(&s, &mid, "r1", "r2", now()).delete.is_empty());
         let missing0 = vec![pod(1, "r1", true), pod(2, "r2", true)];
-        assert_eq!(plan(&s, &missing0, "r1", "r2", now()).create, vec![(0, true)]);
+        assert_eq!(
+            plan(&s, &missing0, "r1", "r2", now()).create,
+            vec![(0, true)]
+        );
         // OnDelete: never deletes for updates; recreated pods get the update revision.
         if let Some(sp) = s.spec.as_mut() {
-            sp.update_strategy = Some(StatefulSetUpdateStrategy { type_: Some("OnDelete".into()), rolling_update: None });
+            sp.update_strategy = Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            });
         }
         assert!(plan(&s, &all_old, "r1", "r2", now()).delete.is_empty());
-        assert_eq!(plan(&s, &missing0, "r1", "r2", now()).create, vec![(0, false)]);
+        assert_eq!(
+            plan(&s, &missing0, "r1", "r2", now()).create,
+            vec![(0, false)]
+        );
     }
 
     #[test]
@@ -562,7 +811,10 @@ mod tests {
         if let Some(st) = failed.status.as_mut() {
             st.phase = Some("Failed".into());
         }
-        assert_eq!(plan(&s, &[failed, pod(1, "r1", true)], "r1", "r1", now()).delete, vec!["web-0".to_string()]);
+        assert_eq!(
+            plan(&s, &[failed, pod(1, "r1", true)], "r1", "r1", now()).delete,
+            vec!["web-0".to_string()]
+        );
     }
 
     #[test]
@@ -573,22 +825,53 @@ mod tests {
         let l = p.metadata.labels.clone().unwrap_or_default();
         assert_eq!(l.get(POD_NAME_LABEL).map(String::as_str), Some("web-1"));
         assert_eq!(l.get(POD_INDEX_LABEL).map(String::as_str), Some("1"));
-        assert_eq!(l.get(CONTROLLER_REVISION_HASH).map(String::as_str), Some("web-abc"));
+        assert_eq!(
+            l.get(CONTROLLER_REVISION_HASH).map(String::as_str),
+            Some("web-abc")
+        );
         let ps = p.spec.clone().unwrap_or_default();
         assert_eq!(ps.hostname.as_deref(), Some("web-1"));
         assert_eq!(ps.subdomain.as_deref(), Some("nginx"));
         let vols = ps.volumes.unwrap_or_default();
-        assert_eq!(vols[0].persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()), Some("data-web-1"));
+        assert_eq!(
+            vols[0]
+                .persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.as_str()),
+            Some("data-web-1")
+        );
         let claims = new_claims(&s, 1);
         assert_eq!(claims[0].metadata.name.as_deref(), Some("data-web-1"));
-        assert_eq!(claims[0].metadata.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str), Some("web"));
-        assert!(claims[0].metadata.owner_references.is_none(), "Retain by default");
+        assert_eq!(
+            claims[0]
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app"))
+                .map(String::as_str),
+            Some("web")
+        );
+        assert!(
+            claims[0].metadata.owner_references.is_none(),
+            "Retain by default"
+        );
         let mut s2 = s.clone();
         if let Some(sp) = s2.spec.as_mut() {
-            sp.persistent_volume_claim_retention_policy =
-                Some(k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy { when_deleted: Some("Delete".into()), when_scaled: None });
+            sp.persistent_volume_claim_retention_policy = Some(
+                k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".into()),
+                    when_scaled: None,
+                },
+            );
         }
-        assert_eq!(new_claims(&s2, 1)[0].metadata.owner_references.as_ref().map(|r| r[0].uid.as_str()), Some("sts-uid"));
+        assert_eq!(
+            new_claims(&s2, 1)[0]
+                .metadata
+                .owner_references
+                .as_ref()
+                .map(|r| r[0].uid.as_str()),
+            Some("sts-uid")
+        );
     }
 
     #[test]
@@ -596,7 +879,15 @@ mod tests {
         let s = set(2, false);
         let pods = vec![pod(0, "r1", true), pod(1, "r2", false)];
         let st = compute_status(&s, &pods, "r1", "r2", 0, now());
-        assert_eq!((st.replicas, st.ready_replicas, st.current_replicas, st.updated_replicas), (2, Some(1), Some(1), Some(1)));
+        assert_eq!(
+            (
+                st.replicas,
+                st.ready_replicas,
+                st.current_replicas,
+                st.updated_replicas
+            ),
+            (2, Some(1), Some(1), Some(1))
+        );
         assert_eq!(st.current_revision.as_deref(), Some("r1"));
         let pods = vec![pod(0, "r2", true), pod(1, "r2", true)];
         let st = compute_status(&s, &pods, "r1", "r2", 0, now());

@@ -23,8 +23,16 @@ use crate::ControllerError;
 pub fn expires_at(job: &Job) -> Option<Timestamp> {
     let ttl = job.spec.as_ref()?.ttl_seconds_after_finished?;
     let status = job.status.as_ref()?;
-    let cond = status.conditions.as_ref()?.iter().find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
-    let finished = cond.last_transition_time.as_ref().or(status.completion_time.as_ref())?.0;
+    let cond = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
+    let finished = cond
+        .last_transition_time
+        .as_ref()
+        .or(status.completion_time.as_ref())?
+        .0;
     Timestamp::from_second(finished.as_second().saturating_add(i64::from(ttl))).ok()
 }
 
@@ -39,7 +47,9 @@ pub fn decide(job: &Job, now: Timestamp) -> Option<Option<Duration>> {
     if left <= 0 {
         Some(None)
     } else {
-        Some(Some(Duration::from_millis(u64::try_from(left).unwrap_or(0))))
+        Some(Some(Duration::from_millis(
+            u64::try_from(left).unwrap_or(0),
+        )))
     }
 }
 
@@ -52,9 +62,13 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
         None => Ok(Action::await_change()),
         Some(Some(d)) => Ok(Action::requeue(d + Duration::from_millis(100))),
         Some(None) => {
-            let api: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+            let api: Api<Job> =
+                Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
             let dp = DeleteParams {
-                preconditions: Some(Preconditions { uid: job.metadata.uid.clone(), resource_version: None }),
+                preconditions: Some(Preconditions {
+                    uid: job.metadata.uid.clone(),
+                    resource_version: None,
+                }),
                 ..DeleteParams::background()
             };
             tracing::debug!(job = %job.name_any(), "ttl-after-finished: deleting expired job");
@@ -71,14 +85,22 @@ fn error_policy(_job: Arc<Job>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action
 
 /// Runs the TTL-after-finished controller until the watch ends (Jobs from the shared
 /// informer).
-pub async fn run(client: kube::Client, informers: crate::informers::SharedInformers) -> Result<(), ControllerError> {
+pub async fn run(
+    client: kube::Client,
+    informers: crate::informers::SharedInformers,
+) -> Result<(), ControllerError> {
     // Subscribe before reading the store: no change after the first list is missed.
     let changes = informers.subscribe::<Job>();
     let jobs = informers.store::<Job>().await;
     let ctx = Arc::new(Ctx { client });
     // Only Jobs with a TTL are this controller's business (upstream's `needsCleanup`).
     let with_ttl = changes.filter(|j| futures_util::future::ready(has_ttl(j)));
-    let initial = jobs.state().into_iter().filter(|j| has_ttl(j)).map(|j| ObjectRef::from_obj(&*j)).collect::<Vec<_>>();
+    let initial = jobs
+        .state()
+        .into_iter()
+        .filter(|j| has_ttl(j))
+        .map(|j| ObjectRef::from_obj(&*j))
+        .collect::<Vec<_>>();
     Controller::for_shared_stream(with_ttl, jobs)
         // The Jobs listed before this controller subscribed.
         .reconcile_on(futures_util::stream::iter(initial))
@@ -89,7 +111,9 @@ pub async fn run(client: kube::Client, informers: crate::informers::SharedInform
 }
 
 fn has_ttl(job: &Job) -> bool {
-    job.spec.as_ref().is_some_and(|s| s.ttl_seconds_after_finished.is_some())
+    job.spec
+        .as_ref()
+        .is_some_and(|s| s.ttl_seconds_after_finished.is_some())
 }
 
 #[cfg(test)]
@@ -100,10 +124,20 @@ mod tests {
 
     fn job(ttl: Option<i32>, cond: Option<&str>) -> Job {
         Job {
-            spec: Some(JobSpec { ttl_seconds_after_finished: ttl, ..Default::default() }),
+            spec: Some(JobSpec {
+                ttl_seconds_after_finished: ttl,
+                ..Default::default()
+            }),
             status: Some(JobStatus {
                 conditions: cond.map(|c| {
-                    vec![JobCondition { type_: c.into(), status: "True".into(), last_transition_time: Some(Time(Timestamp::from_second(1000).unwrap_or(Timestamp::UNIX_EPOCH))), ..Default::default() }]
+                    vec![JobCondition {
+                        type_: c.into(),
+                        status: "True".into(),
+                        last_transition_time: Some(Time(
+                            Timestamp::from_second(1000).unwrap_or(Timestamp::UNIX_EPOCH),
+                        )),
+                        ..Default::default()
+                    }]
                 }),
                 ..Default::default()
             }),
@@ -117,11 +151,25 @@ mod tests {
 
     #[test]
     fn deletes_finished_jobs_after_ttl() {
-        assert_eq!(decide(&job(Some(100), Some("Complete")), at(1050)), Some(Some(Duration::from_secs(50))));
-        assert_eq!(decide(&job(Some(100), Some("Complete")), at(1100)), Some(None));
+        assert_eq!(
+            decide(&job(Some(100), Some("Complete")), at(1050)),
+            Some(Some(Duration::from_secs(50)))
+        );
+        assert_eq!(
+            decide(&job(Some(100), Some("Complete")), at(1100)),
+            Some(None)
+        );
         assert_eq!(decide(&job(Some(0), Some("Failed")), at(1000)), Some(None));
-        assert_eq!(decide(&job(Some(100), None), at(5000)), None, "running jobs stay");
-        assert_eq!(decide(&job(None, Some("Complete")), at(5000)), None, "no TTL, no deletion");
+        assert_eq!(
+            decide(&job(Some(100), None), at(5000)),
+            None,
+            "running jobs stay"
+        );
+        assert_eq!(
+            decide(&job(None, Some("Complete")), at(5000)),
+            None,
+            "no TTL, no deletion"
+        );
         assert_eq!(decide(&job(Some(100), Some("Suspended")), at(5000)), None);
     }
 }

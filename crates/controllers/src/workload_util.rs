@@ -27,13 +27,25 @@ pub struct Events {
 impl Events {
     /// A recorder reporting as `controller` (e.g. `job-controller`).
     pub fn new(client: kube::Client, controller: &str) -> Self {
-        Events { recorder: Recorder::new(client, Reporter { controller: controller.to_string(), instance: None }) }
+        Events {
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: controller.to_string(),
+                    instance: None,
+                },
+            ),
+        }
     }
 
     /// Records an event about `obj`.
     pub async fn record(&self, obj: &ObjectReference, warning: bool, reason: &str, note: String) {
         let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.to_string(),
             note: Some(note),
             action: reason.to_string(),
@@ -59,11 +71,19 @@ pub struct PlannedEvent {
 impl PlannedEvent {
     /// A Normal event.
     pub fn normal(reason: &str, message: impl Into<String>) -> Self {
-        PlannedEvent { warning: false, reason: reason.into(), message: message.into() }
+        PlannedEvent {
+            warning: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
     /// A Warning event.
     pub fn warning(reason: &str, message: impl Into<String>) -> Self {
-        PlannedEvent { warning: true, reason: reason.into(), message: message.into() }
+        PlannedEvent {
+            warning: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -120,11 +140,17 @@ where
 
 /// Removes `finalizer` from an object with a merge patch guarded by its resourceVersion
 /// (a concurrent change gives 409 and a retry), ignoring NotFound.
-pub async fn remove_finalizer<K>(api: &Api<K>, meta: &ObjectMeta, finalizer: &str) -> Result<(), ControllerError>
+pub async fn remove_finalizer<K>(
+    api: &Api<K>,
+    meta: &ObjectMeta,
+    finalizer: &str,
+) -> Result<(), ControllerError>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let Some(fins) = &meta.finalizers else { return Ok(()) };
+    let Some(fins) = &meta.finalizers else {
+        return Ok(());
+    };
     if !fins.iter().any(|f| f == finalizer) {
         return Ok(());
     }
@@ -134,7 +160,14 @@ where
         m["resourceVersion"] = json!(rv);
     }
     let name = meta.name.clone().unwrap_or_default();
-    ignore_not_found(api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": m}))).await)
+    ignore_not_found(
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": m})),
+        )
+        .await,
+    )
 }
 
 /// The status of a condition of `type_` in a list of (type, status) pairs.
@@ -147,7 +180,10 @@ where
 
 /// The owner reference with `controller: true`, if any.
 pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true))
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
 }
 
 /// A controller owner reference (`controller: true`, `blockOwnerDeletion: true`).
@@ -164,7 +200,10 @@ pub fn controller_ref(owner: &ObjectMeta, api_version: &str, kind: &str) -> Owne
 
 /// Whether `labels` match a label selector (matchLabels and In/NotIn/Exists/DoesNotExist).
 pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v))
+    sel.match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v))
         && sel.match_expressions.iter().flatten().all(|e| {
             let val = labels.get(&e.key);
             let values = e.values.as_deref().unwrap_or(&[]);
@@ -180,7 +219,10 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
 
 /// A pod's phase ("" when unknown).
 pub fn pod_phase(pod: &Pod) -> &str {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
 }
 
 /// Whether the pod is Succeeded or Failed.
@@ -196,8 +238,19 @@ pub fn is_pod_ready(pod: &Pod) -> bool {
 /// When the pod became ready (the `Ready` condition's transition time; the Unix epoch
 /// when the time is missing), or None when it is not ready.
 pub fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
-    let c = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?;
-    (c.status == "True").then(|| c.last_transition_time.as_ref().map(|t| t.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    (c.status == "True").then(|| {
+        c.last_transition_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    })
 }
 
 /// Whether the pod is running and ready (upstream's `isRunningAndReady`).
@@ -208,7 +261,10 @@ pub fn is_running_and_ready(pod: &Pod) -> bool {
 /// Whether the pod has been ready for `min_ready_seconds` at `now`.
 pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
     match ready_since(pod) {
-        Some(t) => min_ready_seconds <= 0 || t.as_second() + i64::from(min_ready_seconds) <= now.as_second(),
+        Some(t) => {
+            min_ready_seconds <= 0
+                || t.as_second() + i64::from(min_ready_seconds) <= now.as_second()
+        }
         None => false,
     }
 }
@@ -249,7 +305,10 @@ pub fn revision_hash(data: &Value, collision_count: Option<i32>) -> String {
         feed(&c.to_le_bytes());
     }
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    h.to_string().bytes().map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char).collect()
+    h.to_string()
+        .bytes()
+        .map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// Revisions owned by an object (by controller reference uid), oldest revision first.
@@ -278,12 +337,22 @@ pub async fn ensure_revision(
 ) -> Result<(ControllerRevision, i32), ControllerError> {
     let data = revision_data(template);
     let max = existing.iter().map(|r| r.revision).max().unwrap_or(0);
-    if let Some(found) = existing.iter().rev().find(|r| r.data.as_ref().map(|d| &d.0) == Some(&data)) {
+    if let Some(found) = existing
+        .iter()
+        .rev()
+        .find(|r| r.data.as_ref().map(|d| &d.0) == Some(&data))
+    {
         if found.revision == max {
             return Ok((found.clone(), collision_count));
         }
         let name = found.metadata.name.clone().unwrap_or_default();
-        let updated = api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"revision": max + 1}))).await?;
+        let updated = api
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"revision": max + 1})),
+            )
+            .await?;
         return Ok((updated, collision_count));
     }
     for _ in 0..5 {
@@ -292,7 +361,12 @@ pub async fn ensure_revision(
         let mut l = labels.clone();
         l.insert(CONTROLLER_REVISION_HASH.to_string(), hash);
         let rev = ControllerRevision {
-            metadata: ObjectMeta { name: Some(name.clone()), labels: Some(l), owner_references: Some(vec![owner.clone()]), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(l),
+                owner_references: Some(vec![owner.clone()]),
+                ..Default::default()
+            },
             data: Some(RawExtension(data.clone())),
             revision: max + 1,
         };
@@ -308,12 +382,22 @@ pub async fn ensure_revision(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ControllerError::Watch("too many ControllerRevision hash collisions".into()))
+    Err(ControllerError::Watch(
+        "too many ControllerRevision hash collisions".into(),
+    ))
 }
 
 /// Deletes the oldest revisions beyond `limit` that are not in `live` (names in use).
-pub async fn truncate_history(api: &Api<ControllerRevision>, revs: &[ControllerRevision], live: &[String], limit: i32) -> Result<(), ControllerError> {
-    let history: Vec<&ControllerRevision> = revs.iter().filter(|r| !live.iter().any(|l| Some(l) == r.metadata.name.as_ref())).collect();
+pub async fn truncate_history(
+    api: &Api<ControllerRevision>,
+    revs: &[ControllerRevision],
+    live: &[String],
+    limit: i32,
+) -> Result<(), ControllerError> {
+    let history: Vec<&ControllerRevision> = revs
+        .iter()
+        .filter(|r| !live.iter().any(|l| Some(l) == r.metadata.name.as_ref()))
+        .collect();
     let limit = usize::try_from(limit.max(0)).unwrap_or(0);
     if history.len() <= limit {
         return Ok(());
@@ -332,7 +416,11 @@ where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let q = selector_query(sel);
-    let lp = if q.is_empty() { ListParams::default() } else { ListParams::default().labels(&q) };
+    let lp = if q.is_empty() {
+        ListParams::default()
+    } else {
+        ListParams::default().labels(&q)
+    };
     Ok(api.list(&lp).await?.items)
 }
 
@@ -346,9 +434,21 @@ mod tests {
         let sel = LabelSelector {
             match_labels: Some([("app".to_string(), "web".to_string())].into()),
             match_expressions: Some(vec![
-                LabelSelectorRequirement { key: "tier".into(), operator: "In".into(), values: Some(vec!["a".into(), "b".into()]) },
-                LabelSelectorRequirement { key: "x".into(), operator: "DoesNotExist".into(), values: None },
-                LabelSelectorRequirement { key: "y".into(), operator: "Exists".into(), values: None },
+                LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["a".into(), "b".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "x".into(),
+                    operator: "DoesNotExist".into(),
+                    values: None,
+                },
+                LabelSelectorRequirement {
+                    key: "y".into(),
+                    operator: "Exists".into(),
+                    values: None,
+                },
             ]),
         };
         assert_eq!(selector_query(&sel), "app=web,tier in (a,b),!x,y");
@@ -363,15 +463,30 @@ mod tests {
         assert_ne!(h, revision_hash(&d, Some(1)));
         assert!(h.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));
         let mut t2 = t.clone();
-        t2.metadata = Some(ObjectMeta { labels: Some([("a".to_string(), "b".to_string())].into()), ..Default::default() });
+        t2.metadata = Some(ObjectMeta {
+            labels: Some([("a".to_string(), "b".to_string())].into()),
+            ..Default::default()
+        });
         assert_ne!(h, revision_hash(&revision_data(&t2), None));
     }
 
     #[test]
     fn revision_round_trips_template() {
-        let t = PodTemplateSpec { metadata: Some(ObjectMeta { labels: Some([("a".to_string(), "b".to_string())].into()), ..Default::default() }), spec: None };
-        let rev = ControllerRevision { data: Some(RawExtension(revision_data(&t))), ..Default::default() };
+        let t = PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some([("a".to_string(), "b".to_string())].into()),
+                ..Default::default()
+            }),
+            spec: None,
+        };
+        let rev = ControllerRevision {
+            data: Some(RawExtension(revision_data(&t))),
+            ..Default::default()
+        };
         assert_eq!(template_of_revision(&rev), Some(t));
-        assert_eq!(revision_data(&PodTemplateSpec::default())["spec"]["template"]["$patch"], "replace");
+        assert_eq!(
+            revision_data(&PodTemplateSpec::default())["spec"]["template"]["$patch"],
+            "replace"
+        );
     }
 }

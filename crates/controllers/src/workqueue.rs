@@ -33,7 +33,10 @@ pub struct WorkQueue<T> {
 
 impl<T> Clone for WorkQueue<T> {
     fn clone(&self) -> Self {
-        WorkQueue { state: self.state.clone(), notify: self.notify.clone() }
+        WorkQueue {
+            state: self.state.clone(),
+            notify: self.notify.clone(),
+        }
     }
 }
 
@@ -53,7 +56,12 @@ impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
     /// An empty queue.
     pub fn new() -> Self {
         WorkQueue {
-            state: Arc::new(Mutex::new(State { queue: VecDeque::new(), dirty: HashSet::new(), processing: HashSet::new(), failures: HashMap::new() })),
+            state: Arc::new(Mutex::new(State {
+                queue: VecDeque::new(),
+                dirty: HashSet::new(),
+                processing: HashSet::new(),
+                failures: HashMap::new(),
+            })),
             notify: Arc::new(Notify::new()),
         }
     }
@@ -277,7 +285,11 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 3, "a successful key is not retried");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "a successful key is not retried"
+        );
         assert_eq!(q.failures(&"a"), 0);
         task.abort();
     }

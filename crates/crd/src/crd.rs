@@ -6,25 +6,43 @@ use rk3s_api::{ResourceInfo, Scope, Subresource};
 use rk3s_validation::{is_dns1035_label, is_dns1123_subdomain, FieldError};
 use serde_json::Value;
 
-use crate::util::{child, forbidden, go_repr, invalid, key, not_supported, required, str_at, strings_at};
+use crate::util::{
+    child, forbidden, go_repr, invalid, key, not_supported, required, str_at, strings_at,
+};
 use crate::CrdError;
 
 /// Verbs of a custom resource, in the order upstream's CRD discovery lists them.
-const VERBS: [&str; 8] = ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"];
+const VERBS: [&str; 8] = [
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "create",
+    "update",
+    "watch",
+];
 const SUB_VERBS: [&str; 3] = ["get", "patch", "update"];
 
 fn versions(crd: &Value) -> &[Value] {
-    crd.pointer("/spec/versions").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    crd.pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn version_obj<'a>(crd: &'a Value, version: &str) -> Option<&'a Value> {
-    versions(crd).iter().find(|v| str_at(v, &["name"]) == version)
+    versions(crd)
+        .iter()
+        .find(|v| str_at(v, &["name"]) == version)
 }
 
 /// The per-version value of `field` (e.g. `subresources`), or the deprecated
 /// top-level `spec.<field>`.
 fn per_version<'a>(crd: &'a Value, version: &str, field: &str) -> Option<&'a Value> {
-    version_obj(crd, version).and_then(|v| v.get(field)).or_else(|| crd.get("spec").and_then(|s| s.get(field)))
+    version_obj(crd, version)
+        .and_then(|v| v.get(field))
+        .or_else(|| crd.get("spec").and_then(|s| s.get(field)))
 }
 
 /// Names of the served versions, in upstream's discovery order (kube-aware
@@ -59,12 +77,16 @@ pub fn resources_of(crd: &Value) -> Result<Vec<ResourceInfo>, CrdError> {
     }
     let names = match crd.pointer("/status/acceptedNames") {
         Some(n) if !str_at(n, &["plural"]).is_empty() && !str_at(n, &["kind"]).is_empty() => n,
-        _ => crd.pointer("/spec/names").ok_or_else(|| CrdError::Invalid("spec.names is missing".into()))?,
+        _ => crd
+            .pointer("/spec/names")
+            .ok_or_else(|| CrdError::Invalid("spec.names is missing".into()))?,
     };
     let plural = str_at(names, &["plural"]).to_string();
     let kind = str_at(names, &["kind"]).to_string();
     if plural.is_empty() || kind.is_empty() {
-        return Err(CrdError::Invalid("spec.names.plural and spec.names.kind are required".into()));
+        return Err(CrdError::Invalid(
+            "spec.names.plural and spec.names.kind are required".into(),
+        ));
     }
     let singular = match str_at(names, &["singular"]) {
         "" => kind.to_ascii_lowercase(),
@@ -139,7 +161,10 @@ pub fn scale_spec(crd: &Value, version: &str) -> Option<ScaleSpec> {
     Some(ScaleSpec {
         spec_replicas_path: str_at(scale, &["specReplicasPath"]).to_string(),
         status_replicas_path: str_at(scale, &["statusReplicasPath"]).to_string(),
-        label_selector_path: scale.get("labelSelectorPath").and_then(Value::as_str).map(str::to_string),
+        label_selector_path: scale
+            .get("labelSelectorPath")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 
@@ -152,7 +177,11 @@ pub fn validate_crd(crd: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let plural = str_at(spec, &["names", "plural"]);
     let name = str_at(crd, &["metadata", "name"]);
     if name != format!("{plural}.{group}") {
-        errs.push(invalid("metadata.name", Value::from(name), "must be spec.names.plural+\".\"+spec.group"));
+        errs.push(invalid(
+            "metadata.name",
+            Value::from(name),
+            "must be spec.names.plural+\".\"+spec.group",
+        ));
     }
 
     // group
@@ -164,7 +193,11 @@ pub fn validate_crd(crd: &Value, old: Option<&Value>) -> Vec<FieldError> {
             errs.push(invalid("spec.group", Value::from(group), msgs.join(",")));
         }
         if group.split('.').count() < 2 {
-            errs.push(invalid("spec.group", Value::from(group), "should be a domain with at least one dot"));
+            errs.push(invalid(
+                "spec.group",
+                Value::from(group),
+                "should be a domain with at least one dot",
+            ));
         }
     }
 
@@ -172,7 +205,11 @@ pub fn validate_crd(crd: &Value, old: Option<&Value>) -> Vec<FieldError> {
     match str_at(spec, &["scope"]) {
         "" => errs.push(required("spec.scope", "")),
         "Cluster" | "Namespaced" => {}
-        other => errs.push(not_supported("spec.scope", Value::from(other), &["Cluster", "Namespaced"])),
+        other => errs.push(not_supported(
+            "spec.scope",
+            Value::from(other),
+            &["Cluster", "Namespaced"],
+        )),
     }
 
     // versions
@@ -191,7 +228,11 @@ pub fn validate_crd(crd: &Value, old: Option<&Value>) -> Vec<FieldError> {
         }
         let msgs = is_dns1035_label(vname);
         if !msgs.is_empty() {
-            errs.push(invalid(&child(&vp, "name"), Value::from(vname), msgs.join(",")));
+            errs.push(invalid(
+                &child(&vp, "name"),
+                Value::from(vname),
+                msgs.join(","),
+            ));
         }
         validate_version_schema(crd, v, &vp, &mut errs);
         if let Some(sub) = v.get("subresources") {
@@ -201,24 +242,48 @@ pub fn validate_crd(crd: &Value, old: Option<&Value>) -> Vec<FieldError> {
             validate_columns(cols, &child(&vp, "additionalPrinterColumns"), &mut errs);
         }
     }
-    let versions_repr = || go_repr(format!("[]apiextensions.CustomResourceDefinitionVersion{{/* {} versions */}}", vs.len()));
+    let versions_repr = || {
+        go_repr(format!(
+            "[]apiextensions.CustomResourceDefinitionVersion{{/* {} versions */}}",
+            vs.len()
+        ))
+    };
     if !unique {
-        errs.push(invalid("spec.versions", versions_repr(), "must contain unique version names"));
+        errs.push(invalid(
+            "spec.versions",
+            versions_repr(),
+            "must contain unique version names",
+        ));
     }
     if storage != 1 {
-        errs.push(invalid("spec.versions", versions_repr(), "must have exactly one version marked as storage version"));
+        errs.push(invalid(
+            "spec.versions",
+            versions_repr(),
+            "must have exactly one version marked as storage version",
+        ));
     }
 
-    validate_names(spec.get("names").unwrap_or(&Value::Null), "spec.names", &mut errs);
+    validate_names(
+        spec.get("names").unwrap_or(&Value::Null),
+        "spec.names",
+        &mut errs,
+    );
 
     if let Some(old) = old {
         let old_scope = str_at(old, &["spec", "scope"]);
         let scope = str_at(spec, &["scope"]);
         if !old_scope.is_empty() && scope != old_scope {
-            errs.push(invalid("spec.scope", Value::from(scope), "field is immutable"));
+            errs.push(invalid(
+                "spec.scope",
+                Value::from(scope),
+                "field is immutable",
+            ));
         }
         let names: Vec<&str> = vs.iter().map(|v| str_at(v, &["name"])).collect();
-        for (i, sv) in strings_at(old, &["status", "storedVersions"]).iter().enumerate() {
+        for (i, sv) in strings_at(old, &["status", "storedVersions"])
+            .iter()
+            .enumerate()
+        {
             if !names.contains(&sv.as_str()) {
                 errs.push(invalid(
                     &format!("status.storedVersions[{i}]"),
@@ -251,20 +316,31 @@ fn validate_names(names: &Value, path: &str, errs: &mut Vec<FieldError>) {
             errs.push(invalid(
                 &child(path, f),
                 Value::from(v),
-                format!("may have mixed case, but should otherwise match: {}", msgs.join(",")),
+                format!(
+                    "may have mixed case, but should otherwise match: {}",
+                    msgs.join(",")
+                ),
             ));
         }
     }
     let kind = str_at(names, &["kind"]);
     let list_kind = str_at(names, &["listKind"]);
     if !kind.is_empty() && kind == list_kind {
-        errs.push(invalid(&child(path, "listKind"), Value::from(list_kind), "kind and listKind may not be the same"));
+        errs.push(invalid(
+            &child(path, "listKind"),
+            Value::from(list_kind),
+            "kind and listKind may not be the same",
+        ));
     }
     for f in ["shortNames", "categories"] {
         for (i, s) in strings_at(names, &[f]).iter().enumerate() {
             let msgs = is_dns1035_label(s);
             if !msgs.is_empty() {
-                errs.push(invalid(&format!("{path}.{f}[{i}]"), Value::from(s.as_str()), msgs.join(",")));
+                errs.push(invalid(
+                    &format!("{path}.{f}[{i}]"),
+                    Value::from(s.as_str()),
+                    msgs.join(","),
+                ));
             }
         }
     }
@@ -272,7 +348,9 @@ fn validate_names(names: &Value, path: &str, errs: &mut Vec<FieldError>) {
 
 fn validate_version_schema(crd: &Value, v: &Value, vp: &str, errs: &mut Vec<FieldError>) {
     let sp = format!("{vp}.schema.openAPIV3Schema");
-    let schema = v.pointer("/schema/openAPIV3Schema").or_else(|| crd.pointer("/spec/validation/openAPIV3Schema"));
+    let schema = v
+        .pointer("/schema/openAPIV3Schema")
+        .or_else(|| crd.pointer("/spec/validation/openAPIV3Schema"));
     let Some(schema) = schema.filter(|s| !s.is_null()) else {
         errs.push(required(&sp, "schemas are required"));
         return;
@@ -313,7 +391,11 @@ fn validate_structural(s: &Value, lvl: Level, path: &str, errs: &mut Vec<FieldEr
         errs.push(forbidden(&child(path, "$ref"), "$ref is not supported"));
     }
     if m.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(false)) {
-        errs.push(invalid(&child(path, "x-kubernetes-preserve-unknown-fields"), Value::Bool(false), "must be true or undefined"));
+        errs.push(invalid(
+            &child(path, "x-kubernetes-preserve-unknown-fields"),
+            Value::Bool(false),
+            "must be true or undefined",
+        ));
     }
     if flag("uniqueItems") {
         errs.push(forbidden(
@@ -335,16 +417,25 @@ fn validate_structural(s: &Value, lvl: Level, path: &str, errs: &mut Vec<FieldEr
     }
     if let Some(a) = m.get("additionalProperties") {
         if lvl == Level::Root {
-            errs.push(forbidden(&child(path, "additionalProperties"), "must not be used at the root"));
+            errs.push(forbidden(
+                &child(path, "additionalProperties"),
+                "must not be used at the root",
+            ));
         }
         if props.is_some_and(|p| !p.is_empty()) && a != &Value::Bool(true) {
-            errs.push(forbidden(&child(path, "additionalProperties"), "additionalProperties and properties are mutual exclusive"));
+            errs.push(forbidden(
+                &child(path, "additionalProperties"),
+                "additionalProperties and properties are mutual exclusive",
+            ));
         }
         if a.is_object() {
             validate_structural(a, Level::Field, &child(path, "additionalProperties"), errs);
         }
         if embedded {
-            errs.push(forbidden(&child(path, "additionalProperties"), "must not be used if x-kubernetes-embedded-resource is set"));
+            errs.push(forbidden(
+                &child(path, "additionalProperties"),
+                "must not be used if x-kubernetes-embedded-resource is set",
+            ));
         }
     }
     if int_or_string && preserve {
@@ -363,9 +454,16 @@ fn validate_structural(s: &Value, lvl: Level, path: &str, errs: &mut Vec<FieldEr
     }
     if embedded && ty != "object" {
         if ty.is_empty() {
-            errs.push(required(&child(path, "type"), "must be object if x-kubernetes-embedded-resource is true"));
+            errs.push(required(
+                &child(path, "type"),
+                "must be object if x-kubernetes-embedded-resource is true",
+            ));
         } else {
-            errs.push(invalid(&child(path, "type"), Value::from(ty), "must be object if x-kubernetes-embedded-resource is true"));
+            errs.push(invalid(
+                &child(path, "type"),
+                Value::from(ty),
+                "must be object if x-kubernetes-embedded-resource is true",
+            ));
         }
     } else if ty.is_empty() && !int_or_string && !preserve {
         let detail = match lvl {
@@ -376,7 +474,11 @@ fn validate_structural(s: &Value, lvl: Level, path: &str, errs: &mut Vec<FieldEr
         errs.push(required(&child(path, "type"), detail));
     }
     if lvl == Level::Root && !ty.is_empty() && ty != "object" {
-        errs.push(invalid(&child(path, "type"), Value::from(ty), "must be object at the root"));
+        errs.push(invalid(
+            &child(path, "type"),
+            Value::from(ty),
+            "must be object at the root",
+        ));
     }
     let check_meta = lvl == Level::Root || embedded;
     if let Some(p) = props.filter(|_| check_meta) {
@@ -384,7 +486,11 @@ fn validate_structural(s: &Value, lvl: Level, path: &str, errs: &mut Vec<FieldEr
             if let Some(fs) = p.get(f) {
                 let t = str_at(fs, &["type"]);
                 if t != "string" {
-                    errs.push(invalid(&child(&key(&child(path, "properties"), f), "type"), Value::from(t), "must be string"));
+                    errs.push(invalid(
+                        &child(&key(&child(path, "properties"), f), "type"),
+                        Value::from(t),
+                        "must be string",
+                    ));
                 }
             }
         }
@@ -392,7 +498,11 @@ fn validate_structural(s: &Value, lvl: Level, path: &str, errs: &mut Vec<FieldEr
     if let Some(md) = props.and_then(|p| p.get("metadata")) {
         let mp = key(&child(path, "properties"), "metadata");
         if check_meta && str_at(md, &["type"]) != "object" {
-            errs.push(invalid(&child(&mp, "type"), Value::from(str_at(md, &["type"])), "must be object"));
+            errs.push(invalid(
+                &child(&mp, "type"),
+                Value::from(str_at(md, &["type"])),
+                "must be object",
+            ));
         }
         if lvl == Level::Root {
             let allowed = md.as_object().is_none_or(|mm| {
@@ -453,9 +563,17 @@ fn validate_defaults(s: &Value, path: &str, errs: &mut Vec<FieldError>) {
             let mut d = d.clone();
             let _ = sub.prune(&mut d);
             for e in sub.validate(&d) {
-                let field = if e.field.is_empty() { "default".to_string() } else { format!("default.{}", e.field) };
+                let field = if e.field.is_empty() {
+                    "default".to_string()
+                } else {
+                    format!("default.{}", e.field)
+                };
                 let detail = e.detail.replacen(&e.field, &field, 1);
-                errs.push(FieldError { field: child(path, &field), detail, ..e });
+                errs.push(FieldError {
+                    field: child(path, &field),
+                    detail,
+                    ..e
+                });
             }
         }
     }
@@ -478,27 +596,49 @@ fn is_simple_json_path(p: &str) -> bool {
 }
 
 fn validate_subresources(sub: &Value, path: &str, errs: &mut Vec<FieldError>) {
-    let Some(scale) = sub.get("scale").filter(|s| s.is_object()) else { return };
+    let Some(scale) = sub.get("scale").filter(|s| s.is_object()) else {
+        return;
+    };
     let sp = child(path, "scale");
     let spec_path = str_at(scale, &["specReplicasPath"]);
     if spec_path.is_empty() {
         errs.push(required(&child(&sp, "specReplicasPath"), ""));
     } else if !is_simple_json_path(spec_path) {
-        errs.push(invalid(&child(&sp, "specReplicasPath"), Value::from(spec_path), "must be a valid JSON path"));
+        errs.push(invalid(
+            &child(&sp, "specReplicasPath"),
+            Value::from(spec_path),
+            "must be a valid JSON path",
+        ));
     } else if !spec_path.starts_with(".spec.") {
-        errs.push(invalid(&child(&sp, "specReplicasPath"), Value::from(spec_path), "should be a json path under .spec"));
+        errs.push(invalid(
+            &child(&sp, "specReplicasPath"),
+            Value::from(spec_path),
+            "should be a json path under .spec",
+        ));
     }
     let status_path = str_at(scale, &["statusReplicasPath"]);
     if status_path.is_empty() {
         errs.push(required(&child(&sp, "statusReplicasPath"), ""));
     } else if !is_simple_json_path(status_path) {
-        errs.push(invalid(&child(&sp, "statusReplicasPath"), Value::from(status_path), "must be a valid JSON path"));
+        errs.push(invalid(
+            &child(&sp, "statusReplicasPath"),
+            Value::from(status_path),
+            "must be a valid JSON path",
+        ));
     } else if !status_path.starts_with(".status.") {
-        errs.push(invalid(&child(&sp, "statusReplicasPath"), Value::from(status_path), "should be a json path under .status"));
+        errs.push(invalid(
+            &child(&sp, "statusReplicasPath"),
+            Value::from(status_path),
+            "should be a json path under .status",
+        ));
     }
     if let Some(sel) = scale.get("labelSelectorPath").and_then(Value::as_str) {
         if !is_simple_json_path(sel) {
-            errs.push(invalid(&child(&sp, "labelSelectorPath"), Value::from(sel), "must be a valid JSON path"));
+            errs.push(invalid(
+                &child(&sp, "labelSelectorPath"),
+                Value::from(sel),
+                "must be a valid JSON path",
+            ));
         } else if !sel.starts_with(".spec.") && !sel.starts_with(".status.") {
             errs.push(invalid(
                 &child(&sp, "labelSelectorPath"),
@@ -525,18 +665,32 @@ fn validate_columns(cols: &[Value], path: &str, errs: &mut Vec<FieldError>) {
             )),
         }
         match str_at(c, &["format"]) {
-            "" | "int32" | "int64" | "float" | "double" | "byte" | "date" | "date-time" | "password" => {}
+            "" | "int32" | "int64" | "float" | "double" | "byte" | "date" | "date-time"
+            | "password" => {}
             f => errs.push(not_supported(
                 &child(&cp, "format"),
                 Value::from(f),
-                &["int32", "int64", "float", "double", "byte", "date", "date-time", "password"],
+                &[
+                    "int32",
+                    "int64",
+                    "float",
+                    "double",
+                    "byte",
+                    "date",
+                    "date-time",
+                    "password",
+                ],
             )),
         }
         let jp = str_at(c, &["jsonPath"]);
         if jp.is_empty() {
             errs.push(required(&child(&cp, "jsonPath"), ""));
         } else if crate::JsonPath::parse(jp).is_err() {
-            errs.push(invalid(&child(&cp, "jsonPath"), Value::from(jp), "must be a simple json path"));
+            errs.push(invalid(
+                &child(&cp, "jsonPath"),
+                Value::from(jp),
+                "must be a simple json path",
+            ));
         }
     }
 }
@@ -633,7 +787,10 @@ pub(crate) mod tests {
         assert_eq!(rs.len(), 2, "v2 is not served");
         let v1 = &rs[0];
         assert_eq!((v1.version.as_str(), v1.preferred), ("v1", true));
-        assert_eq!((rs[1].version.as_str(), rs[1].preferred), ("v1beta1", false));
+        assert_eq!(
+            (rs[1].version.as_str(), rs[1].preferred),
+            ("v1beta1", false)
+        );
         assert_eq!(v1.api_version(), "stable.example.com/v1");
         assert_eq!(v1.kind, "CronTab");
         assert_eq!(v1.singular, "crontab");
@@ -641,10 +798,23 @@ pub(crate) mod tests {
         assert_eq!(v1.categories, vec!["all"]);
         assert_eq!(v1.scope, Scope::Namespaced);
         assert_eq!(v1.verbs.len(), 8);
-        assert_eq!(v1.key(Some("ns"), "c"), "/registry/stable.example.com/crontabs/ns/c");
+        assert_eq!(
+            v1.key(Some("ns"), "c"),
+            "/registry/stable.example.com/crontabs/ns/c"
+        );
         let scale = v1.subresource("scale").expect("scale");
-        assert_eq!((scale.kind.as_str(), scale.group.as_str(), scale.version.as_str()), ("Scale", "autoscaling", "v1"));
-        assert_eq!(v1.subresource("status").map(|s| s.kind.clone()).as_deref(), Some("CronTab"));
+        assert_eq!(
+            (
+                scale.kind.as_str(),
+                scale.group.as_str(),
+                scale.version.as_str()
+            ),
+            ("Scale", "autoscaling", "v1")
+        );
+        assert_eq!(
+            v1.subresource("status").map(|s| s.kind.clone()).as_deref(),
+            Some("CronTab")
+        );
         assert!(rs[1].subresources.is_empty(), "v1beta1 has no subresources");
         assert_eq!(v1.definition, "");
     }
@@ -654,7 +824,10 @@ pub(crate) mod tests {
         let mut crd = crontab_crd();
         crd["spec"]["versions"][2]["served"] = json!(true);
         let rs = resources_of(&crd).expect("resources");
-        let vs: Vec<(&str, bool)> = rs.iter().map(|r| (r.version.as_str(), r.preferred)).collect();
+        let vs: Vec<(&str, bool)> = rs
+            .iter()
+            .map(|r| (r.version.as_str(), r.preferred))
+            .collect();
         assert_eq!(vs, vec![("v2", true), ("v1", false), ("v1beta1", false)]);
     }
 
@@ -663,7 +836,10 @@ pub(crate) mod tests {
         let s = scale_spec(&crontab_crd(), "v1").expect("scale");
         assert_eq!(s.spec_replicas_path, ".spec.replicas");
         assert_eq!(s.status_replicas_path, ".status.replicas");
-        assert_eq!(s.label_selector_path.as_deref(), Some(".status.labelSelector"));
+        assert_eq!(
+            s.label_selector_path.as_deref(),
+            Some(".status.labelSelector")
+        );
         assert!(scale_spec(&crontab_crd(), "v1beta1").is_none());
     }
 
@@ -679,8 +855,19 @@ pub(crate) mod tests {
         crd["spec"]["versions"][1]["schema"] = json!(null);
         crd["spec"]["versions"][1]["storage"] = json!(true);
         let m = msgs(&validate_crd(&crd, None));
-        assert!(m.contains(&"spec.versions[1].schema.openAPIV3Schema: Required value: schemas are required".to_string()), "{m:?}");
-        assert!(m.iter().any(|e| e.starts_with("spec.versions: Invalid value: ") && e.ends_with(": must have exactly one version marked as storage version")), "{m:?}");
+        assert!(
+            m.contains(
+                &"spec.versions[1].schema.openAPIV3Schema: Required value: schemas are required"
+                    .to_string()
+            ),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|e| e.starts_with("spec.versions: Invalid value: ")
+                    && e.ends_with(": must have exactly one version marked as storage version")),
+            "{m:?}"
+        );
         crd["spec"]["versions"][1]["schema"] = json!({"openAPIV3Schema": {"properties": {"spec": {"properties": {"x": {"type": "array"}}}}}});
         let m = msgs(&validate_crd(&crd, None));
         for want in [
@@ -717,7 +904,8 @@ pub(crate) mod tests {
     #[test]
     fn structural_and_default_rules() {
         let mut crd = crontab_crd();
-        let p = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let p = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
         p["replicas"]["default"] = json!(11);
         p["labels"]["properties"] = json!({"a": {"type": "string"}});
         p["bad"] = json!({"type": "string", "x-kubernetes-preserve-unknown-fields": false, "pattern": "("});
@@ -728,7 +916,8 @@ pub(crate) mod tests {
         assert!(m.iter().any(|e| e.starts_with(&format!("{base}[bad].pattern: Invalid value: \"(\": must be a valid regular expression, but isn't: "))), "{m:?}");
         // defaults are checked once the schema is structural
         let mut crd = crontab_crd();
-        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["replicas"]["default"] = json!(11);
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["replicas"]["default"] = json!(11);
         let m = msgs(&validate_crd(&crd, None));
         assert_eq!(m, vec![format!("{base}[replicas].default: Invalid value: 11: default in body should be less than or equal to 10")]);
     }
@@ -752,7 +941,8 @@ pub(crate) mod tests {
     #[test]
     fn subresource_and_column_rules() {
         let mut crd = crontab_crd();
-        crd["spec"]["versions"][0]["subresources"]["scale"]["specReplicasPath"] = json!(".status.replicas");
+        crd["spec"]["versions"][0]["subresources"]["scale"]["specReplicasPath"] =
+            json!(".status.replicas");
         crd["spec"]["versions"][0]["additionalPrinterColumns"][0]["type"] = json!("text");
         let m = msgs(&validate_crd(&crd, None));
         assert_eq!(

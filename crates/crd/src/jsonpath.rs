@@ -20,7 +20,10 @@ enum Step {
     Index(i64),
     All,
     /// `[?(@.a.b OP literal)]`, or existence when `op` is None.
-    Filter { path: Vec<String>, op: Option<(String, Value)> },
+    Filter {
+        path: Vec<String>,
+        op: Option<(String, Value)>,
+    },
 }
 
 /// A parsed JSONPath.
@@ -32,7 +35,10 @@ pub struct JsonPath {
 impl JsonPath {
     /// Parses a path such as `.status.conditions[?(@.type=="Ready")].status`.
     pub fn parse(path: &str) -> Result<JsonPath, JsonPathError> {
-        let fail = |m: &str| JsonPathError { path: path.to_string(), message: m.to_string() };
+        let fail = |m: &str| JsonPathError {
+            path: path.to_string(),
+            message: m.to_string(),
+        };
         let mut p = path.trim();
         if let Some(inner) = p.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
             p = inner.trim();
@@ -72,7 +78,9 @@ impl JsonPath {
                         steps.push(Step::All);
                     } else if let Some(q) = quoted(inner) {
                         steps.push(Step::Field(q));
-                    } else if let Some(f) = inner.strip_prefix("?(").and_then(|x| x.strip_suffix(')')) {
+                    } else if let Some(f) =
+                        inner.strip_prefix("?(").and_then(|x| x.strip_suffix(')'))
+                    {
                         steps.push(parse_filter(f).ok_or_else(|| fail("unsupported filter"))?);
                     } else {
                         let n: i64 = inner.parse().map_err(|_| fail("unsupported subscript"))?;
@@ -175,7 +183,11 @@ fn parse_filter(f: &str) -> Option<Step> {
         None => (f, None),
     };
     let lhs = lhs.trim().strip_prefix('@')?;
-    let path: Vec<String> = lhs.split('.').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let path: Vec<String> = lhs
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     let op = match op {
         None => None,
         Some((o, lit)) => {
@@ -191,7 +203,10 @@ fn parse_filter(f: &str) -> Option<Step> {
 
 fn compare(v: &Value, op: &str, lit: &Value) -> bool {
     let ord = match (v, lit) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64().zip(b.as_f64()).and_then(|(a, b)| a.partial_cmp(&b)),
+        (Value::Number(a), Value::Number(b)) => a
+            .as_f64()
+            .zip(b.as_f64())
+            .and_then(|(a, b)| a.partial_cmp(&b)),
         (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
         (a, b) if a == b => Some(std::cmp::Ordering::Equal),
         _ => None,
@@ -217,12 +232,20 @@ mod tests {
     fn selects_fields_indices_and_filters() {
         let o = json!({"spec": {"a.b": 1, "items": [{"n": "x"}, {"n": "y"}]},
             "status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Other", "status": "False"}]}});
-        let get = |p: &str| JsonPath::parse(p).map(|jp| jp.find(&o).into_iter().cloned().collect::<Vec<_>>());
+        let get = |p: &str| {
+            JsonPath::parse(p).map(|jp| jp.find(&o).into_iter().cloned().collect::<Vec<_>>())
+        };
         assert_eq!(get(".spec.items[1].n"), Ok(vec![json!("y")]));
         assert_eq!(get("{.spec.items[*].n}"), Ok(vec![json!("x"), json!("y")]));
         assert_eq!(get(".spec['a.b']"), Ok(vec![json!(1)]));
-        assert_eq!(get(r#".status.conditions[?(@.type=="Ready")].status"#), Ok(vec![json!("True")]));
-        assert_eq!(get(".status.conditions[?(@.type=='Other')].status"), Ok(vec![json!("False")]));
+        assert_eq!(
+            get(r#".status.conditions[?(@.type=="Ready")].status"#),
+            Ok(vec![json!("True")])
+        );
+        assert_eq!(
+            get(".status.conditions[?(@.type=='Other')].status"),
+            Ok(vec![json!("False")])
+        );
         assert_eq!(get(".spec.nosuch"), Ok(vec![]));
         assert_eq!(get(".spec.items[-1].n"), Ok(vec![json!("y")]));
         assert!(JsonPath::parse("spec").is_err());

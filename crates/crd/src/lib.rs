@@ -20,7 +20,9 @@ mod schema;
 mod status;
 mod util;
 
-pub use crd::{resources_of, scale_spec, served_versions, storage_version, validate_crd, ScaleSpec};
+pub use crd::{
+    resources_of, scale_spec, served_versions, storage_version, validate_crd, ScaleSpec,
+};
 pub use jsonpath::{JsonPath, JsonPathError};
 pub use openapi::{crd_definition_name, openapi_schema};
 pub use printer::{printer_cells, printer_columns, PrinterColumn};

@@ -41,17 +41,25 @@ pub fn openapi_schema(crd: &Value, version: &str) -> Option<Value> {
     if !m.contains_key("type") {
         m.insert("type".into(), Value::from("object"));
     }
-    let props = m.entry("properties").or_insert_with(|| Value::Object(Map::new()));
+    let props = m
+        .entry("properties")
+        .or_insert_with(|| Value::Object(Map::new()));
     if let Some(p) = props.as_object_mut() {
         let with_desc = |existing: Option<&Value>, default: &str| {
-            let d = existing.map(|e| str_at(e, &["description"])).filter(|d| !d.is_empty()).unwrap_or(default);
+            let d = existing
+                .map(|e| str_at(e, &["description"]))
+                .filter(|d| !d.is_empty())
+                .unwrap_or(default);
             json!({"type": "string", "description": d})
         };
         let api_version = with_desc(p.get("apiVersion"), API_VERSION_DESC);
         let kind_prop = with_desc(p.get("kind"), KIND_DESC);
         p.insert("apiVersion".into(), api_version);
         p.insert("kind".into(), kind_prop);
-        p.insert("metadata".into(), json!({"$ref": OBJECT_META_REF, "description": METADATA_DESC}));
+        p.insert(
+            "metadata".into(),
+            json!({"$ref": OBJECT_META_REF, "description": METADATA_DESC}),
+        );
     }
     m.insert(
         "x-kubernetes-group-version-kind".into(),
@@ -67,16 +75,25 @@ mod tests {
 
     #[test]
     fn definition_names() {
-        assert_eq!(crd_definition_name("stable.example.com", "v1", "CronTab"), "com.example.stable.v1.CronTab");
+        assert_eq!(
+            crd_definition_name("stable.example.com", "v1", "CronTab"),
+            "com.example.stable.v1.CronTab"
+        );
     }
 
     #[test]
     fn schema_for_explain() {
         let s = openapi_schema(&crontab_crd(), "v1").expect("schema");
-        assert_eq!(s["x-kubernetes-group-version-kind"], json!([{"group": "stable.example.com", "kind": "CronTab", "version": "v1"}]));
+        assert_eq!(
+            s["x-kubernetes-group-version-kind"],
+            json!([{"group": "stable.example.com", "kind": "CronTab", "version": "v1"}])
+        );
         assert_eq!(s["properties"]["metadata"]["$ref"], json!(OBJECT_META_REF));
         assert_eq!(s["properties"]["kind"]["type"], json!("string"));
-        assert_eq!(s["properties"]["spec"]["properties"]["replicas"]["maximum"], json!(10));
+        assert_eq!(
+            s["properties"]["spec"]["properties"]["replicas"]["maximum"],
+            json!(10)
+        );
         assert!(openapi_schema(&crontab_crd(), "v9").is_none());
     }
 }

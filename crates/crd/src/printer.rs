@@ -61,7 +61,10 @@ pub fn printer_columns(crd: &Value, version: &str) -> Vec<PrinterColumn> {
         .and_then(|v| v.get("additionalPrinterColumns"))
         .and_then(Value::as_array);
     let cols = per_version
-        .or_else(|| crd.pointer("/spec/additionalPrinterColumns").and_then(Value::as_array))
+        .or_else(|| {
+            crd.pointer("/spec/additionalPrinterColumns")
+                .and_then(Value::as_array)
+        })
         .filter(|c| !c.is_empty());
     match cols {
         Some(cols) => {
@@ -103,8 +106,12 @@ pub fn printer_cells(columns: &[PrinterColumn], obj: &Value, now: Timestamp) -> 
             if c.format == "name" && c.json_path == ".metadata.name" {
                 return Value::from(str_at(obj, &["metadata", "name"]));
             }
-            let Ok(jp) = JsonPath::parse(&c.json_path) else { return Value::Null };
-            let Some(v) = jp.find(obj).into_iter().next() else { return Value::Null };
+            let Ok(jp) = JsonPath::parse(&c.json_path) else {
+                return Value::Null;
+            };
+            let Some(v) = jp.find(obj).into_iter().next() else {
+                return Value::Null;
+            };
             cell(&c.type_, v, now)
         })
         .collect()
@@ -119,14 +126,19 @@ fn cell(ty: &str, v: &Value, now: Timestamp) -> Value {
         ("string", other) => Value::from(other.to_string()),
         ("integer", Value::Number(n)) => match n.as_i64() {
             Some(i) => Value::from(i),
-            None => n.as_f64().map(|f| Value::from(f.trunc() as i64)).unwrap_or(Value::Null),
+            None => n
+                .as_f64()
+                .map(|f| Value::from(f.trunc() as i64))
+                .unwrap_or(Value::Null),
         },
         ("number", Value::Number(n)) => n.as_f64().map(Value::from).unwrap_or(Value::Null),
         ("boolean", Value::Bool(b)) => Value::Bool(*b),
         ("date", Value::String(s)) => match s.parse::<Timestamp>() {
             Ok(t) => {
                 let secs = now.as_second().saturating_sub(t.as_second()).max(0);
-                Value::from(rk3s_printers::human_duration(std::time::Duration::from_secs(secs as u64)))
+                Value::from(rk3s_printers::human_duration(
+                    std::time::Duration::from_secs(secs as u64),
+                ))
             }
             Err(_) => Value::from("<invalid>"),
         },
@@ -140,7 +152,9 @@ mod tests {
     use crate::crd::tests::crontab_crd;
 
     fn now() -> Timestamp {
-        "2024-05-01T12:00:00Z".parse().unwrap_or(Timestamp::UNIX_EPOCH)
+        "2024-05-01T12:00:00Z"
+            .parse()
+            .unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
     #[test]
@@ -149,20 +163,38 @@ mod tests {
         let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["Name", "Spec", "Replicas", "Age"]);
         assert_eq!(cols[0].format, "name");
-        assert_eq!(cols[2].description, "Custom resource definition column (in JSONPath format): .spec.replicas");
+        assert_eq!(
+            cols[2].description,
+            "Custom resource definition column (in JSONPath format): .spec.replicas"
+        );
         assert_eq!(cols[3].to_json()["type"], json!("date"));
         let obj = json!({"metadata": {"name": "c1", "creationTimestamp": "2024-05-01T11:55:00Z"},
             "spec": {"cronSpec": "* * * * */5", "replicas": 3}});
-        assert_eq!(printer_cells(&cols, &obj, now()), vec![json!("c1"), json!("* * * * */5"), json!(3), json!("5m")]);
+        assert_eq!(
+            printer_cells(&cols, &obj, now()),
+            vec![json!("c1"), json!("* * * * */5"), json!(3), json!("5m")]
+        );
         let bare = json!({"metadata": {"name": "c2", "creationTimestamp": "garbage"}});
-        assert_eq!(printer_cells(&cols, &bare, now()), vec![json!("c2"), Value::Null, Value::Null, json!("<invalid>")]);
+        assert_eq!(
+            printer_cells(&cols, &bare, now()),
+            vec![json!("c2"), Value::Null, Value::Null, json!("<invalid>")]
+        );
     }
 
     #[test]
     fn default_columns_are_name_and_age() {
         let cols = printer_columns(&crontab_crd(), "v1beta1");
-        let names: Vec<(&str, &str)> = cols.iter().map(|c| (c.name.as_str(), c.json_path.as_str())).collect();
-        assert_eq!(names, vec![("Name", ".metadata.name"), ("Age", ".metadata.creationTimestamp")]);
+        let names: Vec<(&str, &str)> = cols
+            .iter()
+            .map(|c| (c.name.as_str(), c.json_path.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("Name", ".metadata.name"),
+                ("Age", ".metadata.creationTimestamp")
+            ]
+        );
         assert!(!cols[0].description.is_empty());
     }
 

@@ -78,8 +78,10 @@ fn collect_patterns(s: &Value, out: &mut HashMap<String, Regex>) -> Result<(), C
         Value::Object(m) => {
             if let Some(Value::String(p)) = m.get("pattern") {
                 if !out.contains_key(p) {
-                    let re = Regex::new(p)
-                        .map_err(|e| CrdError::BadPattern { pattern: p.clone(), message: e.to_string() })?;
+                    let re = Regex::new(p).map_err(|e| CrdError::BadPattern {
+                        pattern: p.clone(),
+                        message: e.to_string(),
+                    })?;
                     out.insert(p.clone(), re);
                 }
             }
@@ -119,7 +121,9 @@ impl Schema {
     /// A schema from an `openAPIV3Schema` value.
     pub fn new(root: Value) -> Result<Schema, CrdError> {
         if !root.is_object() {
-            return Err(CrdError::Invalid("openAPIV3Schema must be an object".into()));
+            return Err(CrdError::Invalid(
+                "openAPIV3Schema must be an object".into(),
+            ));
         }
         let mut patterns = HashMap::new();
         collect_patterns(&root, &mut patterns)?;
@@ -135,7 +139,11 @@ impl Schema {
     /// and `additionalProperties` only), used for the scale/status subresources.
     pub fn at_path(&self, path: &str) -> Option<&Value> {
         let mut cur = &self.root;
-        for part in path.trim_start_matches('.').split('.').filter(|p| !p.is_empty()) {
+        for part in path
+            .trim_start_matches('.')
+            .split('.')
+            .filter(|p| !p.is_empty())
+        {
             cur = match props(cur).and_then(|p| p.get(part)) {
                 Some(s) => s,
                 None => additional(cur).filter(|s| s.is_object())?,
@@ -170,7 +178,14 @@ impl Schema {
         errs
     }
 
-    fn validate_node(&self, x: &Value, s: &Value, path: &str, root: bool, errs: &mut Vec<FieldError>) {
+    fn validate_node(
+        &self,
+        x: &Value,
+        s: &Value,
+        path: &str,
+        root: bool,
+        errs: &mut Vec<FieldError>,
+    ) {
         if !s.is_object() {
             return;
         }
@@ -225,48 +240,95 @@ impl Schema {
         self.validate_junctors(x, s, path, root, errs);
     }
 
-    fn validate_string(&self, st: &str, x: &Value, s: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    fn validate_string(
+        &self,
+        st: &str,
+        x: &Value,
+        s: &Value,
+        path: &str,
+        errs: &mut Vec<FieldError>,
+    ) {
         let len = st.chars().count() as u64;
         if let Some(max) = s.get("maxLength").and_then(Value::as_u64) {
             if len > max {
-                errs.push(err(ErrorKind::TooLong, path, Some(x.clone()), format!("may not be more than {} bytes", max)));
+                errs.push(err(
+                    ErrorKind::TooLong,
+                    path,
+                    Some(x.clone()),
+                    format!("may not be more than {} bytes", max),
+                ));
             }
         }
         if let Some(min) = s.get("minLength").and_then(Value::as_u64) {
             if len < min {
-                errs.push(invalid(path, x.clone(), format!("{} in body should be at least {} chars long", path, min)));
+                errs.push(invalid(
+                    path,
+                    x.clone(),
+                    format!("{} in body should be at least {} chars long", path, min),
+                ));
             }
         }
         if let Some(p) = s.get("pattern").and_then(Value::as_str) {
             if let Some(re) = self.patterns.get(p) {
                 if !re.is_match(st) {
-                    errs.push(invalid(path, x.clone(), format!("{} in body should match '{}'", path, p)));
+                    errs.push(invalid(
+                        path,
+                        x.clone(),
+                        format!("{} in body should match '{}'", path, p),
+                    ));
                 }
             }
         }
         if let Some(f) = s.get("format").and_then(Value::as_str) {
             if !format_ok(f, st) {
-                errs.push(invalid(path, x.clone(), format!("{} in body must be of type {}: {}", path, f, go_quote(st))));
+                errs.push(invalid(
+                    path,
+                    x.clone(),
+                    format!("{} in body must be of type {}: {}", path, f, go_quote(st)),
+                ));
             }
         }
     }
 
-    fn validate_array(&self, items: &[Value], x: &Value, s: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    fn validate_array(
+        &self,
+        items: &[Value],
+        x: &Value,
+        s: &Value,
+        path: &str,
+        errs: &mut Vec<FieldError>,
+    ) {
         let n = items.len() as u64;
         if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
             if n > max {
-                errs.push(err(ErrorKind::TooMany, path, Some(Value::from(n)), format!("must have at most {} items", max)));
+                errs.push(err(
+                    ErrorKind::TooMany,
+                    path,
+                    Some(Value::from(n)),
+                    format!("must have at most {} items", max),
+                ));
             }
         }
         if let Some(min) = s.get("minItems").and_then(Value::as_u64) {
             if n < min {
-                errs.push(invalid(path, x.clone(), format!("{} in body should have at least {} items", path, min)));
+                errs.push(invalid(
+                    path,
+                    x.clone(),
+                    format!("{} in body should have at least {} items", path, min),
+                ));
             }
         }
         if flag(s, "uniqueItems") {
-            let dup = items.iter().enumerate().any(|(i, a)| items[..i].iter().any(|b| json_equal(a, b)));
+            let dup = items
+                .iter()
+                .enumerate()
+                .any(|(i, a)| items[..i].iter().any(|b| json_equal(a, b)));
             if dup {
-                errs.push(invalid(path, x.clone(), format!("{} in body shouldn't contain duplicates", path)));
+                errs.push(invalid(
+                    path,
+                    x.clone(),
+                    format!("{} in body shouldn't contain duplicates", path),
+                ));
             }
         }
         if let Some(is) = s.get("items") {
@@ -278,14 +340,21 @@ impl Schema {
             Some("set") => {
                 for (i, a) in items.iter().enumerate() {
                     if items[..i].iter().any(|b| json_equal(a, b)) {
-                        errs.push(err(ErrorKind::Duplicate, &index(path, i), Some(a.clone()), ""));
+                        errs.push(err(
+                            ErrorKind::Duplicate,
+                            &index(path, i),
+                            Some(a.clone()),
+                            "",
+                        ));
                     }
                 }
             }
             Some("map") => {
                 let keys: Vec<String> = crate::util::strings_at(s, &["x-kubernetes-list-map-keys"]);
                 let key_of = |v: &Value| -> Vec<(String, Value)> {
-                    keys.iter().map(|k| (k.clone(), v.get(k).cloned().unwrap_or(Value::Null))).collect()
+                    keys.iter()
+                        .map(|k| (k.clone(), v.get(k).cloned().unwrap_or(Value::Null)))
+                        .collect()
                 };
                 for (i, a) in items.iter().enumerate() {
                     let ka = key_of(a);
@@ -296,7 +365,12 @@ impl Schema {
                             .map(|(k, v)| format!("{}:{}", go_quote(k), go_plain(v)))
                             .collect();
                         let repr = format!("map[string]interface {{}}{{{}}}", shown.join(", "));
-                        errs.push(err(ErrorKind::Duplicate, &index(path, i), Some(go_repr(repr)), ""));
+                        errs.push(err(
+                            ErrorKind::Duplicate,
+                            &index(path, i),
+                            Some(go_repr(repr)),
+                            "",
+                        ));
                     }
                 }
             }
@@ -304,7 +378,14 @@ impl Schema {
         }
     }
 
-    fn validate_object(&self, m: &Map<String, Value>, s: &Value, path: &str, root: bool, errs: &mut Vec<FieldError>) {
+    fn validate_object(
+        &self,
+        m: &Map<String, Value>,
+        s: &Value,
+        path: &str,
+        root: bool,
+        errs: &mut Vec<FieldError>,
+    ) {
         for r in crate::util::strings_at(s, &["required"]) {
             if !m.contains_key(&r) {
                 errs.push(required(&child(path, &r), ""));
@@ -313,7 +394,12 @@ impl Schema {
         let n = m.len() as u64;
         if let Some(max) = s.get("maxProperties").and_then(Value::as_u64) {
             if n > max {
-                errs.push(err(ErrorKind::TooMany, path, Some(Value::from(n)), format!("must have at most {} items", max)));
+                errs.push(err(
+                    ErrorKind::TooMany,
+                    path,
+                    Some(Value::from(n)),
+                    format!("must have at most {} items", max),
+                ));
             }
         }
         if let Some(min) = s.get("minProperties").and_then(Value::as_u64) {
@@ -343,15 +429,30 @@ impl Schema {
                     errs.push(required(&child(path, f), "must not be empty"));
                 }
             }
-            if let Some(name) = m.get("metadata").and_then(|md| md.get("name")).and_then(Value::as_str) {
+            if let Some(name) = m
+                .get("metadata")
+                .and_then(|md| md.get("name"))
+                .and_then(Value::as_str)
+            {
                 for msg in rk3s_validation::is_valid_path_segment_name(name) {
-                    errs.push(invalid(&child(&child(path, "metadata"), "name"), Value::from(name), msg));
+                    errs.push(invalid(
+                        &child(&child(path, "metadata"), "name"),
+                        Value::from(name),
+                        msg,
+                    ));
                 }
             }
         }
     }
 
-    fn validate_junctors(&self, x: &Value, s: &Value, path: &str, root: bool, errs: &mut Vec<FieldError>) {
+    fn validate_junctors(
+        &self,
+        x: &Value,
+        s: &Value,
+        path: &str,
+        root: bool,
+        errs: &mut Vec<FieldError>,
+    ) {
         let ok = |sub: &Value| {
             let mut e = Vec::new();
             self.validate_node(x, sub, path, root, &mut e);
@@ -364,17 +465,32 @@ impl Schema {
         }
         if let Some(any) = s.get("anyOf").and_then(Value::as_array) {
             if !any.is_empty() && !any.iter().any(ok) {
-                errs.push(invalid(path, x.clone(), format!("{} in body must validate at least one schema (anyOf)", path)));
+                errs.push(invalid(
+                    path,
+                    x.clone(),
+                    format!("{} in body must validate at least one schema (anyOf)", path),
+                ));
             }
         }
         if let Some(one) = s.get("oneOf").and_then(Value::as_array) {
             if !one.is_empty() && one.iter().filter(|sub| ok(sub)).count() != 1 {
-                errs.push(invalid(path, x.clone(), format!("{} in body must validate one and only one schema (oneOf)", path)));
+                errs.push(invalid(
+                    path,
+                    x.clone(),
+                    format!(
+                        "{} in body must validate one and only one schema (oneOf)",
+                        path
+                    ),
+                ));
             }
         }
         if let Some(not) = s.get("not") {
             if not.is_object() && ok(not) {
-                errs.push(invalid(path, x.clone(), format!("{} in body must not validate the schema (not)", path)));
+                errs.push(invalid(
+                    path,
+                    x.clone(),
+                    format!("{} in body must not validate the schema (not)", path),
+                ));
             }
         }
     }
@@ -390,7 +506,16 @@ fn go_plain(v: &Value) -> String {
 
 fn type_error(path: &str, ty: &str, x: &Value) -> FieldError {
     let actual = type_name(x);
-    invalid(path, Value::from(actual), format!("{} in body must be of type {}: {}", path, ty, go_quote(actual)))
+    invalid(
+        path,
+        Value::from(actual),
+        format!(
+            "{} in body must be of type {}: {}",
+            path,
+            ty,
+            go_quote(actual)
+        ),
+    )
 }
 
 fn type_matches(ty: &str, x: &Value) -> bool {
@@ -409,35 +534,65 @@ fn type_matches(ty: &str, x: &Value) -> bool {
 fn json_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
+        }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
     }
 }
 
-fn validate_number(n: &serde_json::Number, x: &Value, s: &Value, path: &str, errs: &mut Vec<FieldError>) {
+fn validate_number(
+    n: &serde_json::Number,
+    x: &Value,
+    s: &Value,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
     let f = n.as_f64().unwrap_or(0.0);
     if let Some(max) = s.get("maximum").and_then(Value::as_f64) {
         if flag(s, "exclusiveMaximum") {
             if f >= max {
-                errs.push(invalid(path, x.clone(), format!("{} in body should be less than {}", path, go_float(max))));
+                errs.push(invalid(
+                    path,
+                    x.clone(),
+                    format!("{} in body should be less than {}", path, go_float(max)),
+                ));
             }
         } else if f > max {
-            errs.push(invalid(path, x.clone(), format!("{} in body should be less than or equal to {}", path, go_float(max))));
+            errs.push(invalid(
+                path,
+                x.clone(),
+                format!(
+                    "{} in body should be less than or equal to {}",
+                    path,
+                    go_float(max)
+                ),
+            ));
         }
     }
     if let Some(min) = s.get("minimum").and_then(Value::as_f64) {
         if flag(s, "exclusiveMinimum") {
             if f <= min {
-                errs.push(invalid(path, x.clone(), format!("{} in body should be greater than {}", path, go_float(min))));
+                errs.push(invalid(
+                    path,
+                    x.clone(),
+                    format!("{} in body should be greater than {}", path, go_float(min)),
+                ));
             }
         } else if f < min {
             errs.push(invalid(
                 path,
                 x.clone(),
-                format!("{} in body should be greater than or equal to {}", path, go_float(min)),
+                format!(
+                    "{} in body should be greater than or equal to {}",
+                    path,
+                    go_float(min)
+                ),
             ));
         }
     }
@@ -445,7 +600,11 @@ fn validate_number(n: &serde_json::Number, x: &Value, s: &Value, path: &str, err
         if m > 0.0 {
             let q = f / m;
             if (q - q.round()).abs() > 1e-9 {
-                errs.push(invalid(path, x.clone(), format!("{} in body should be a multiple of {}", path, go_float(m))));
+                errs.push(invalid(
+                    path,
+                    x.clone(),
+                    format!("{} in body should be a multiple of {}", path, go_float(m)),
+                ));
             }
         }
     }
@@ -470,13 +629,18 @@ fn format_ok(format: &str, s: &str) -> bool {
         "mac" => {
             let parts: Vec<&str> = s.split([':', '-']).collect();
             (parts.len() == 6 || parts.len() == 8)
-                && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+                && parts
+                    .iter()
+                    .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
         }
         "uuid" | "uuid3" | "uuid4" | "uuid5" => {
             let lens = [8, 4, 4, 4, 12];
             let parts: Vec<&str> = s.split('-').collect();
             parts.len() == 5
-                && parts.iter().zip(lens).all(|(p, l)| p.len() == l && p.chars().all(|c| c.is_ascii_hexdigit()))
+                && parts
+                    .iter()
+                    .zip(lens)
+                    .all(|(p, l)| p.len() == l && p.chars().all(|c| c.is_ascii_hexdigit()))
         }
         "hostname" => {
             !s.is_empty()
@@ -490,7 +654,9 @@ fn format_ok(format: &str, s: &str) -> bool {
                 })
         }
         "email" => match s.split_once('@') {
-            Some((local, domain)) => !local.is_empty() && domain.contains('.') && !domain.starts_with('.'),
+            Some((local, domain)) => {
+                !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+            }
             None => false,
         },
         "duration" => is_duration(s),
@@ -502,7 +668,8 @@ fn is_base64(s: &str) -> bool {
     let t = s.trim_end_matches('=');
     (s.len() & 3) == 0
         && s.len() - t.len() <= 2
-        && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
 }
 
 /// Go durations (`1h30m`, `1.5s`, `300ms`), optionally signed.
@@ -515,13 +682,20 @@ fn is_duration(s: &str) -> bool {
         return false;
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return false;
         }
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        if !matches!(&rest[..unit_len], "ns" | "us" | "µs" | "ms" | "s" | "m" | "h") {
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        if !matches!(
+            &rest[..unit_len],
+            "ns" | "us" | "µs" | "ms" | "s" | "m" | "h"
+        ) {
             return false;
         }
         rest = &rest[unit_len..];
@@ -530,11 +704,19 @@ fn is_duration(s: &str) -> bool {
 }
 
 /// Prunes `x` against `s` (None: no schema, i.e. under preserve-unknown-fields).
-fn prune(x: &mut Value, s: Option<&Value>, resource_root: bool, path: &str, pruned: &mut Vec<String>) {
+fn prune(
+    x: &mut Value,
+    s: Option<&Value>,
+    resource_root: bool,
+    path: &str,
+    pruned: &mut Vec<String>,
+) {
     let s = s.filter(|s| s.is_object());
     match x {
         Value::Object(m) => {
-            let keep_unknown = s.is_none_or(|s| preserve(s) || matches!(s.get("additionalProperties"), Some(Value::Bool(true))));
+            let keep_unknown = s.is_none_or(|s| {
+                preserve(s) || matches!(s.get("additionalProperties"), Some(Value::Bool(true)))
+            });
             let p = s.and_then(props);
             let addl = s.and_then(additional).filter(|a| a.is_object());
             let embedded = s.is_some_and(|s| flag(s, "x-kubernetes-embedded-resource"));
@@ -598,7 +780,9 @@ fn default(x: &mut Value, s: &Value) {
         Value::Object(m) => {
             if let Some(p) = props(s) {
                 for (k, sub) in p {
-                    let Some(d) = sub.get("default") else { continue };
+                    let Some(d) = sub.get("default") else {
+                        continue;
+                    };
                     let absent = match m.get(k) {
                         None => true,
                         Some(Value::Null) => !flag(sub, "nullable"),
@@ -607,7 +791,13 @@ fn default(x: &mut Value, s: &Value) {
                     if absent {
                         let mut d = d.clone();
                         let mut ignored = Vec::new();
-                        prune(&mut d, Some(sub), flag(sub, "x-kubernetes-embedded-resource"), "", &mut ignored);
+                        prune(
+                            &mut d,
+                            Some(sub),
+                            flag(sub, "x-kubernetes-embedded-resource"),
+                            "",
+                            &mut ignored,
+                        );
                         m.insert(k.clone(), d);
                     }
                 }
@@ -677,7 +867,9 @@ mod tests {
         o["spec"]["replicas"] = json!("three");
         assert_eq!(
             msgs(&s.validate(&o)),
-            vec![r#"spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string""#]
+            vec![
+                r#"spec.replicas: Invalid value: "string": spec.replicas in body must be of type integer: "string""#
+            ]
         );
         o["spec"]["replicas"] = json!(11);
         assert_eq!(
@@ -692,7 +884,9 @@ mod tests {
         o["spec"]["replicas"] = json!(1.5);
         assert_eq!(
             msgs(&s.validate(&o)),
-            vec![r#"spec.replicas: Invalid value: "number": spec.replicas in body must be of type integer: "number""#]
+            vec![
+                r#"spec.replicas: Invalid value: "number": spec.replicas in body must be of type integer: "number""#
+            ]
         );
         let mut o = valid_obj();
         o["spec"].as_object_mut().map(|m| m.remove("cronSpec"));
@@ -708,7 +902,9 @@ mod tests {
         o["spec"]["cronSpec"] = json!("x");
         assert_eq!(
             msgs(&s.validate(&o)),
-            vec![r#"spec.cronSpec: Invalid value: "x": spec.cronSpec in body should match '^(\d+|\*)(/\d+)?(\s+(\d+|\*)(/\d+)?){4}$'"#]
+            vec![
+                r#"spec.cronSpec: Invalid value: "x": spec.cronSpec in body should match '^(\d+|\*)(/\d+)?(\s+(\d+|\*)(/\d+)?){4}$'"#
+            ]
         );
     }
 
@@ -721,7 +917,9 @@ mod tests {
         o["spec"]["port"] = json!(true);
         assert_eq!(
             msgs(&s.validate(&o)),
-            vec![r#"spec.port: Invalid value: "boolean": spec.port in body must be of type integer,string: "boolean""#]
+            vec![
+                r#"spec.port: Invalid value: "boolean": spec.port in body must be of type integer,string: "boolean""#
+            ]
         );
         let mut o = valid_obj();
         o["spec"]["template"] = json!({"metadata": {}});
@@ -759,7 +957,8 @@ mod tests {
     #[test]
     fn defaults_are_applied_recursively_and_pruned() {
         let s = schema();
-        let mut o = json!({"spec": {"cronSpec": "* * * * *", "ports": [{"name": "a"}], "labels": {}}});
+        let mut o =
+            json!({"spec": {"cronSpec": "* * * * *", "ports": [{"name": "a"}], "labels": {}}});
         s.apply_defaults(&mut o);
         assert_eq!(o["spec"]["replicas"], json!(1));
         assert_eq!(o["spec"]["ports"][0]["port"], json!(80));
@@ -791,7 +990,12 @@ mod tests {
         pruned.sort();
         assert_eq!(
             pruned,
-            vec!["spec.foo", "spec.ports[1].bar", "spec.template.metadata.bogus", "top"]
+            vec![
+                "spec.foo",
+                "spec.ports[1].bar",
+                "spec.template.metadata.bogus",
+                "top"
+            ]
         );
         assert!(o["spec"].get("foo").is_none());
         assert!(o.get("top").is_none());
@@ -804,8 +1008,15 @@ mod tests {
     #[test]
     fn at_path_finds_subschemas() {
         let s = schema();
-        assert_eq!(s.at_path(".spec.replicas").and_then(|x| x.get("type")), Some(&json!("integer")));
-        assert_eq!(s.at_path(".spec.labels.anything").and_then(|x| x.get("type")), Some(&json!("string")));
+        assert_eq!(
+            s.at_path(".spec.replicas").and_then(|x| x.get("type")),
+            Some(&json!("integer"))
+        );
+        assert_eq!(
+            s.at_path(".spec.labels.anything")
+                .and_then(|x| x.get("type")),
+            Some(&json!("string"))
+        );
         assert!(s.at_path(".spec.nosuch").is_none());
     }
 
@@ -843,7 +1054,9 @@ mod tests {
 
     #[test]
     fn bad_pattern_is_an_error() {
-        let r = Schema::new(json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "("}}}));
+        let r = Schema::new(
+            json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "("}}}),
+        );
         assert!(matches!(r, Err(CrdError::BadPattern { .. })));
     }
 

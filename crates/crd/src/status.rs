@@ -22,7 +22,10 @@ fn set_condition(conds: &mut Vec<Value>, mut cond: Value, now: &str) {
         Some(existing) => {
             let same = str_at(existing, &["status"]) == str_at(&cond, &["status"]);
             let time = if same {
-                existing.get("lastTransitionTime").cloned().unwrap_or_else(|| Value::from(now))
+                existing
+                    .get("lastTransitionTime")
+                    .cloned()
+                    .unwrap_or_else(|| Value::from(now))
             } else {
                 Value::from(now)
             };
@@ -52,7 +55,11 @@ fn condition(ty: &str, status: &str, reason: &str, message: &str) -> Value {
 pub fn crd_status(crd: &Value, others: &[Value], now: &str) -> Value {
     let name = str_at(crd, &["metadata", "name"]);
     let group = str_at(crd, &["spec", "group"]);
-    let mut status = crd.get("status").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut status = crd
+        .get("status")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
 
     let mut resources: HashSet<String> = HashSet::new();
     let mut kinds: HashSet<String> = HashSet::new();
@@ -77,7 +84,10 @@ pub fn crd_status(crd: &Value, others: &[Value], now: &str) -> Value {
     }
 
     let requested = crd.pointer("/spec/names").unwrap_or(&Value::Null);
-    let accepted = status.get("acceptedNames").cloned().unwrap_or_else(|| json!({}));
+    let accepted = status
+        .get("acceptedNames")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     let mut new_names: Map<String, Value> = accepted.as_object().cloned().unwrap_or_default();
     let mut verdict: Option<(&str, String)> = None;
 
@@ -124,18 +134,32 @@ pub fn crd_status(crd: &Value, others: &[Value], now: &str) -> Value {
     } else {
         new_names.insert("categories".into(), json!(cats));
     }
-    if new_names.get("shortNames").is_some_and(|s| s.as_array().is_some_and(Vec::is_empty)) {
+    if new_names
+        .get("shortNames")
+        .is_some_and(|s| s.as_array().is_some_and(Vec::is_empty))
+    {
         new_names.remove("shortNames");
     }
     // upstream's field order
     let mut ordered = Map::new();
-    for f in ["plural", "singular", "shortNames", "kind", "listKind", "categories"] {
+    for f in [
+        "plural",
+        "singular",
+        "shortNames",
+        "kind",
+        "listKind",
+        "categories",
+    ] {
         if let Some(v) = new_names.get(f) {
             ordered.insert(f.into(), v.clone());
         }
     }
 
-    let mut conds: Vec<Value> = status.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut conds: Vec<Value> = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let names_ok = verdict.is_none();
     let names_cond = match &verdict {
         None => condition("NamesAccepted", "True", "NoConflicts", "no conflicts found"),
@@ -147,9 +171,19 @@ pub fn crd_status(crd: &Value, others: &[Value], now: &str) -> Value {
         .any(|c| str_at(c, &["type"]) == "Established" && str_at(c, &["status"]) == "True");
     if !was_established {
         let est = if names_ok {
-            condition("Established", "True", "InitialNamesAccepted", "the initial names have been accepted")
+            condition(
+                "Established",
+                "True",
+                "InitialNamesAccepted",
+                "the initial names have been accepted",
+            )
         } else {
-            condition("Established", "False", "NotAccepted", "not all names are accepted")
+            condition(
+                "Established",
+                "False",
+                "NotAccepted",
+                "not all names are accepted",
+            )
         };
         set_condition(&mut conds, est, now);
     }
@@ -179,14 +213,28 @@ mod tests {
             .as_array()
             .and_then(|a| a.iter().find(|c| c["type"] == ty))
             .unwrap_or(&Value::Null);
-        (str_at(c, &["status"]), str_at(c, &["reason"]), str_at(c, &["message"]))
+        (
+            str_at(c, &["status"]),
+            str_at(c, &["reason"]),
+            str_at(c, &["message"]),
+        )
     }
 
     #[test]
     fn accepts_fresh_names() {
         let s = crd_status(&crontab_crd(), &[], NOW);
-        assert_eq!(cond(&s, "NamesAccepted"), ("True", "NoConflicts", "no conflicts found"));
-        assert_eq!(cond(&s, "Established"), ("True", "InitialNamesAccepted", "the initial names have been accepted"));
+        assert_eq!(
+            cond(&s, "NamesAccepted"),
+            ("True", "NoConflicts", "no conflicts found")
+        );
+        assert_eq!(
+            cond(&s, "Established"),
+            (
+                "True",
+                "InitialNamesAccepted",
+                "the initial names have been accepted"
+            )
+        );
         assert_eq!(
             s["acceptedNames"],
             json!({"plural": "crontabs", "singular": "crontab", "shortNames": ["ct"], "kind": "CronTab",
@@ -200,7 +248,11 @@ mod tests {
         me["status"] = s.clone();
         let again = crd_status(&me, std::slice::from_ref(&me), "2024-05-01T13:00:00Z");
         assert_eq!(cond(&again, "NamesAccepted").0, "True");
-        assert_eq!(again["conditions"][0]["lastTransitionTime"], json!(NOW), "unchanged status keeps its time");
+        assert_eq!(
+            again["conditions"][0]["lastTransitionTime"],
+            json!(NOW),
+            "unchanged status keeps its time"
+        );
     }
 
     #[test]
@@ -215,15 +267,24 @@ mod tests {
         mine["spec"]["names"]["singular"] = json!("crontab2");
         mine["spec"]["names"]["shortNames"] = json!([]);
         let s = crd_status(&mine, std::slice::from_ref(&other), NOW);
-        assert_eq!(cond(&s, "NamesAccepted"), ("False", "PluralConflict", "\"crontabs\" is already in use"));
-        assert_eq!(cond(&s, "Established"), ("False", "NotAccepted", "not all names are accepted"));
+        assert_eq!(
+            cond(&s, "NamesAccepted"),
+            ("False", "PluralConflict", "\"crontabs\" is already in use")
+        );
+        assert_eq!(
+            cond(&s, "Established"),
+            ("False", "NotAccepted", "not all names are accepted")
+        );
         assert!(s["acceptedNames"].get("plural").is_none());
         assert_eq!(s["acceptedNames"]["kind"], json!("CronTab2"));
 
         mine["spec"]["names"]["plural"] = json!("crontabs2");
         mine["spec"]["names"]["shortNames"] = json!(["ct"]);
         let s = crd_status(&mine, std::slice::from_ref(&other), NOW);
-        assert_eq!(cond(&s, "NamesAccepted"), ("False", "ShortNamesConflict", "\"ct\" is already in use"));
+        assert_eq!(
+            cond(&s, "NamesAccepted"),
+            ("False", "ShortNamesConflict", "\"ct\" is already in use")
+        );
 
         // another group: no conflict
         other["spec"]["group"] = json!("other.example.com");

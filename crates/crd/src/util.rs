@@ -6,8 +6,18 @@ use serde_json::{Map, Value};
 /// Key under which the validation crate renders a value verbatim (Go `%#v` texts).
 const GO_REPR: &str = "\u{0}go";
 
-pub(crate) fn err(kind: ErrorKind, field: &str, value: Option<Value>, detail: impl Into<String>) -> FieldError {
-    FieldError { kind, field: field.to_string(), value, detail: detail.into() }
+pub(crate) fn err(
+    kind: ErrorKind,
+    field: &str,
+    value: Option<Value>,
+    detail: impl Into<String>,
+) -> FieldError {
+    FieldError {
+        kind,
+        field: field.to_string(),
+        value,
+        detail: detail.into(),
+    }
 }
 
 pub(crate) fn required(field: &str, detail: impl Into<String>) -> FieldError {
@@ -24,7 +34,12 @@ pub(crate) fn forbidden(field: &str, detail: impl Into<String>) -> FieldError {
 
 pub(crate) fn not_supported(field: &str, value: Value, supported: &[&str]) -> FieldError {
     let quoted: Vec<String> = supported.iter().map(|s| go_quote(s)).collect();
-    err(ErrorKind::NotSupported, field, Some(value), format!("supported values: {}", quoted.join(", ")))
+    err(
+        ErrorKind::NotSupported,
+        field,
+        Some(value),
+        format!("supported values: {}", quoted.join(", ")),
+    )
 }
 
 /// A value rendered verbatim in the message (for Go struct renderings).
@@ -45,7 +60,9 @@ pub(crate) fn go_quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -119,7 +136,11 @@ pub(crate) fn strings_at(v: &Value, path: &[&str]) -> Vec<String> {
         }
     }
     cur.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -32,15 +32,29 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { seconds: 5, clients: 8, services: 1000, server: None, name: "kubernetes.default.svc.cluster.local.".into() };
+    let mut a = Args {
+        seconds: 5,
+        clients: 8,
+        services: 1000,
+        server: None,
+        name: "kubernetes.default.svc.cluster.local.".into(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--seconds" => a.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--clients" => a.clients = value()?.parse().map_err(|e| format!("--clients: {e}"))?,
-            "--services" => a.services = value()?.parse().map_err(|e| format!("--services: {e}"))?,
-            "--server" => a.server = Some(value()?.parse().map_err(|e| format!("--server (IP:port): {e}"))?),
+            "--services" => {
+                a.services = value()?.parse().map_err(|e| format!("--services: {e}"))?
+            }
+            "--server" => {
+                a.server = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--server (IP:port): {e}"))?,
+                )
+            }
             "--name" => a.name = value()?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -55,11 +69,20 @@ fn parse_args() -> Result<Args, String> {
 fn service(i: usize) -> Service {
     let ip = format!("10.43.{}.{}", 1 + i / 250, 1 + i % 250);
     Service {
-        metadata: ObjectMeta { namespace: Some("bench".into()), name: Some(format!("svc-{i}")), ..Default::default() },
+        metadata: ObjectMeta {
+            namespace: Some("bench".into()),
+            name: Some(format!("svc-{i}")),
+            ..Default::default()
+        },
         spec: Some(ServiceSpec {
             cluster_ip: Some(ip.clone()),
             cluster_ips: Some(vec![ip]),
-            ports: Some(vec![ServicePort { name: Some("http".into()), port: 80, protocol: Some("TCP".into()), ..Default::default() }]),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         ..Default::default()
@@ -73,9 +96,19 @@ struct ClientStats {
     errors: u64,
 }
 
-async fn client(server: SocketAddr, names: Arc<Vec<Name>>, first: usize, step: usize, deadline: Instant) -> ClientStats {
+async fn client(
+    server: SocketAddr,
+    names: Arc<Vec<Name>>,
+    first: usize,
+    step: usize,
+    deadline: Instant,
+) -> ClientStats {
     let mut st = ClientStats::default();
-    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0".parse().unwrap_or(server) } else { "[::]:0".parse().unwrap_or(server) };
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(server)
+    } else {
+        "[::]:0".parse().unwrap_or(server)
+    };
     let sock = match UdpSocket::bind(bind).await {
         Ok(s) => s,
         Err(_) => {
@@ -119,7 +152,8 @@ async fn client(server: SocketAddr, names: Arc<Vec<Name>>, first: usize, step: u
         .await;
         match got {
             Ok(Some(resp)) => {
-                st.latencies_us.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                st.latencies_us
+                    .push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
                 if resp.metadata.response_code != ResponseCode::NoError || resp.answers.is_empty() {
                     st.errors += 1;
                 }
@@ -169,10 +203,19 @@ async fn main() {
                     std::process::exit(1);
                 }
             };
-            let sources = Sources { services: (0..args.services).map(|i| Arc::new(service(i))).collect(), ..Default::default() };
+            let sources = Sources {
+                services: (0..args.services).map(|i| Arc::new(service(i))).collect(),
+                ..Default::default()
+            };
             let records = Records::build(&cfg, &sources);
             let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
-            let server = match serve(&[listen], Arc::new(RecordsHandle::new(records)), Arc::new(Forwarder::new(vec![]))).await {
+            let server = match serve(
+                &[listen],
+                Arc::new(RecordsHandle::new(records)),
+                Arc::new(Forwarder::new(vec![])),
+            )
+            .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("dns_bench: {e}");
@@ -181,7 +224,9 @@ async fn main() {
             };
             let addr = server.local_addrs()[0];
             _server = Some(server);
-            let names = (0..args.services).filter_map(|i| Name::from_ascii(format!("svc-{i}.bench.svc.cluster.local.")).ok()).collect();
+            let names = (0..args.services)
+                .filter_map(|i| Name::from_ascii(format!("svc-{i}.bench.svc.cluster.local.")).ok())
+                .collect();
             (addr, names, args.services)
         }
     };
@@ -189,7 +234,9 @@ async fn main() {
     let names = Arc::new(names);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.seconds);
-    let tasks: Vec<_> = (0..args.clients).map(|c| tokio::spawn(client(target, names.clone(), c, args.clients, deadline))).collect();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|c| tokio::spawn(client(target, names.clone(), c, args.clients, deadline)))
+        .collect();
     let mut all = ClientStats::default();
     for t in tasks {
         if let Ok(s) = t.await {

@@ -41,7 +41,11 @@ pub fn parse_nameserver(s: &str) -> Option<SocketAddr> {
 /// empty or not a plausible name (whitespace, empty labels).
 pub fn normalize_name(s: &str) -> Option<String> {
     let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
-    if s.is_empty() || s.len() > 253 || s.split('.').any(|l| l.is_empty() || l.len() > 63) || s.chars().any(|c| c.is_whitespace() || c == '\\') {
+    if s.is_empty()
+        || s.len() > 253
+        || s.split('.').any(|l| l.is_empty() || l.len() > 63)
+        || s.chars().any(|c| c.is_whitespace() || c == '\\')
+    {
         return None;
     }
     Some(s)
@@ -58,7 +62,9 @@ pub fn parse(data: &BTreeMap<String, String>) -> CustomConfig {
         } else if key == "upstreamNameservers" {
             parse_upstreams(value, &mut out);
         } else if key.ends_with(".server") || key.ends_with(".override") {
-            out.warnings.push(format!("key {key:?}: CoreDNS snippets are not supported by rk3s's built-in DNS; ignored"));
+            out.warnings.push(format!(
+                "key {key:?}: CoreDNS snippets are not supported by rk3s's built-in DNS; ignored"
+            ));
         } else {
             out.warnings.push(format!("key {key:?}: unknown key ignored (expected *.hosts, stubDomains or upstreamNameservers)"));
         }
@@ -75,18 +81,27 @@ fn parse_hosts(key: &str, value: &str, out: &mut CustomConfig) {
         let mut fields = line.split_whitespace();
         let Some(addr) = fields.next() else { continue };
         let Ok(ip) = addr.parse::<IpAddr>() else {
-            out.warnings.push(format!("key {key:?} line {}: {addr:?} is not an IP address", n + 1));
+            out.warnings.push(format!(
+                "key {key:?} line {}: {addr:?} is not an IP address",
+                n + 1
+            ));
             continue;
         };
         let mut names = Vec::new();
         for f in fields {
             match normalize_name(f) {
                 Some(name) => names.push(name),
-                None => out.warnings.push(format!("key {key:?} line {}: {f:?} is not a valid name", n + 1)),
+                None => out.warnings.push(format!(
+                    "key {key:?} line {}: {f:?} is not a valid name",
+                    n + 1
+                )),
             }
         }
         if names.is_empty() {
-            out.warnings.push(format!("key {key:?} line {}: no name after the address", n + 1));
+            out.warnings.push(format!(
+                "key {key:?} line {}: no name after the address",
+                n + 1
+            ));
             continue;
         }
         out.hosts.push((ip, names));
@@ -97,18 +112,24 @@ fn parse_stub_domains(value: &str, out: &mut CustomConfig) {
     let parsed: BTreeMap<String, Vec<String>> = match serde_json::from_str(value) {
         Ok(p) => p,
         Err(e) => {
-            out.warnings.push(format!("key \"stubDomains\": not a JSON object of domain -> [nameserver]: {e}"));
+            out.warnings.push(format!(
+                "key \"stubDomains\": not a JSON object of domain -> [nameserver]: {e}"
+            ));
             return;
         }
     };
     for (domain, servers) in parsed {
         let Some(d) = normalize_name(&domain) else {
-            out.warnings.push(format!("key \"stubDomains\": {domain:?} is not a valid domain"));
+            out.warnings.push(format!(
+                "key \"stubDomains\": {domain:?} is not a valid domain"
+            ));
             continue;
         };
         let addrs = parse_server_list("stubDomains", &servers, out);
         if addrs.is_empty() {
-            out.warnings.push(format!("key \"stubDomains\": domain {domain:?} has no valid nameserver"));
+            out.warnings.push(format!(
+                "key \"stubDomains\": domain {domain:?} has no valid nameserver"
+            ));
             continue;
         }
         out.stub_domains.push((d, addrs));
@@ -119,7 +140,9 @@ fn parse_upstreams(value: &str, out: &mut CustomConfig) {
     let parsed: Vec<String> = match serde_json::from_str(value) {
         Ok(p) => p,
         Err(e) => {
-            out.warnings.push(format!("key \"upstreamNameservers\": not a JSON array of nameservers: {e}"));
+            out.warnings.push(format!(
+                "key \"upstreamNameservers\": not a JSON array of nameservers: {e}"
+            ));
             return;
         }
     };
@@ -134,7 +157,9 @@ fn parse_server_list(key: &str, servers: &[String], out: &mut CustomConfig) -> V
     for s in servers {
         match parse_nameserver(s) {
             Some(a) => addrs.push(a),
-            None => out.warnings.push(format!("key {key:?}: {s:?} is not a nameserver address")),
+            None => out
+                .warnings
+                .push(format!("key {key:?}: {s:?} is not a nameserver address")),
         }
     }
     addrs
@@ -145,7 +170,10 @@ mod tests {
     use super::*;
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -153,7 +181,13 @@ mod tests {
         let c = parse(&data(&[("extra.hosts", "# comment\n10.0.0.5 Foo.Example. bar # trailing\n\nnot-an-ip x\n10.0.0.6\nfd00::1 v6host\n")]));
         assert_eq!(
             c.hosts,
-            vec![("10.0.0.5".parse().unwrap(), vec!["foo.example".to_string(), "bar".to_string()]), ("fd00::1".parse().unwrap(), vec!["v6host".to_string()])]
+            vec![
+                (
+                    "10.0.0.5".parse().unwrap(),
+                    vec!["foo.example".to_string(), "bar".to_string()]
+                ),
+                ("fd00::1".parse().unwrap(), vec!["v6host".to_string()])
+            ]
         );
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     }
@@ -161,18 +195,41 @@ mod tests {
     #[test]
     fn stub_domains_and_upstreams() {
         let c = parse(&data(&[
-            ("stubDomains", r#"{"Acme.Local.": ["1.2.3.4", "1.2.3.5:5353"], "bad.local": ["nope"]}"#),
+            (
+                "stubDomains",
+                r#"{"Acme.Local.": ["1.2.3.4", "1.2.3.5:5353"], "bad.local": ["nope"]}"#,
+            ),
             ("upstreamNameservers", r#"["8.8.4.4", "[2001:db8::1]:53"]"#),
         ]));
-        assert_eq!(c.stub_domains, vec![("acme.local".to_string(), vec!["1.2.3.4:53".parse().unwrap(), "1.2.3.5:5353".parse().unwrap()])]);
-        assert_eq!(c.upstream_nameservers, Some(vec!["8.8.4.4:53".parse().unwrap(), "[2001:db8::1]:53".parse().unwrap()]));
+        assert_eq!(
+            c.stub_domains,
+            vec![(
+                "acme.local".to_string(),
+                vec![
+                    "1.2.3.4:53".parse().unwrap(),
+                    "1.2.3.5:5353".parse().unwrap()
+                ]
+            )]
+        );
+        assert_eq!(
+            c.upstream_nameservers,
+            Some(vec![
+                "8.8.4.4:53".parse().unwrap(),
+                "[2001:db8::1]:53".parse().unwrap()
+            ])
+        );
         // "nope" and then "bad.local has no valid nameserver".
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     }
 
     #[test]
     fn bad_json_and_snippets_are_warnings() {
-        let c = parse(&data(&[("stubDomains", "{not json"), ("upstreamNameservers", "\"1.1.1.1\""), ("log.override", "log"), ("foo.server", "foo:53 {}")]));
+        let c = parse(&data(&[
+            ("stubDomains", "{not json"),
+            ("upstreamNameservers", "\"1.1.1.1\""),
+            ("log.override", "log"),
+            ("foo.server", "foo:53 {}"),
+        ]));
         assert!(c.stub_domains.is_empty());
         assert_eq!(c.upstream_nameservers, None);
         assert_eq!(c.warnings.len(), 4);
@@ -181,10 +238,19 @@ mod tests {
 
     #[test]
     fn nameserver_forms() {
-        assert_eq!(parse_nameserver("10.0.0.1"), Some("10.0.0.1:53".parse().unwrap()));
-        assert_eq!(parse_nameserver("10.0.0.1:54"), Some("10.0.0.1:54".parse().unwrap()));
+        assert_eq!(
+            parse_nameserver("10.0.0.1"),
+            Some("10.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_nameserver("10.0.0.1:54"),
+            Some("10.0.0.1:54".parse().unwrap())
+        );
         assert_eq!(parse_nameserver("::1"), Some("[::1]:53".parse().unwrap()));
-        assert_eq!(parse_nameserver("[::1]:5353"), Some("[::1]:5353".parse().unwrap()));
+        assert_eq!(
+            parse_nameserver("[::1]:5353"),
+            Some("[::1]:5353".parse().unwrap())
+        );
         assert_eq!(parse_nameserver("10.0.0.1:0"), None);
         assert_eq!(parse_nameserver("dns.example"), None);
     }

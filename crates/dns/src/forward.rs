@@ -44,7 +44,12 @@ pub struct ForwardConfig {
 
 impl Default for ForwardConfig {
     fn default() -> Self {
-        ForwardConfig { timeout: Duration::from_secs(2), total_timeout: Duration::from_secs(5), cache_entries: 10_000, max_ttl: 30 }
+        ForwardConfig {
+            timeout: Duration::from_secs(2),
+            total_timeout: Duration::from_secs(5),
+            cache_entries: 10_000,
+            max_ttl: 30,
+        }
     }
 }
 
@@ -79,7 +84,13 @@ impl Forwarder {
     /// A forwarder with explicit tunables.
     pub fn with_config(resolv: Vec<SocketAddr>, cfg: ForwardConfig) -> Self {
         let cache = Mutex::new(Cache::new(cfg.cache_entries));
-        Forwarder { cfg, resolv: RwLock::new(resolv.into()), rotate: AtomicUsize::new(0), ids: AtomicU64::new(0), cache }
+        Forwarder {
+            cfg,
+            resolv: RwLock::new(resolv.into()),
+            rotate: AtomicUsize::new(0),
+            ids: AtomicU64::new(0),
+            cache,
+        }
     }
 
     /// Replaces the default upstreams (resolv.conf changed).
@@ -119,8 +130,18 @@ impl Forwarder {
 
     /// Resolves `name`/`qtype`/`qclass` through `upstream` (or the cache). The reply is
     /// not authoritative; its records are the upstream's.
-    pub async fn forward(&self, name: &Name, qtype: RecordType, qclass: DNSClass, upstream: &Upstream) -> Result<Reply, ForwardError> {
-        let key = CacheKey { name: name.to_lowercase(), qtype, qclass };
+    pub async fn forward(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        qclass: DNSClass,
+        upstream: &Upstream,
+    ) -> Result<Reply, ForwardError> {
+        let key = CacheKey {
+            name: name.to_lowercase(),
+            qtype,
+            qclass,
+        };
         if let Some(r) = self.lock_cache().get(&key, Instant::now()) {
             return Ok(r);
         }
@@ -140,7 +161,9 @@ impl Forwarder {
         let mut edns = Edns::new();
         edns.set_max_payload(1232);
         msg.set_edns(edns);
-        let bytes = msg.to_vec().map_err(|e| ForwardError::AllFailed(format!("encoding the query: {e}")))?;
+        let bytes = msg
+            .to_vec()
+            .map_err(|e| ForwardError::AllFailed(format!("encoding the query: {e}")))?;
 
         let deadline = Instant::now() + self.cfg.total_timeout;
         let n = servers.len();
@@ -157,7 +180,12 @@ impl Forwarder {
             let server = servers[idx];
             let t = self.cfg.timeout.min(deadline - now);
             match exchange(server, &bytes, id, name, qtype, t).await {
-                Ok(m) if matches!(m.metadata.response_code, ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp) => {
+                Ok(m)
+                    if matches!(
+                        m.metadata.response_code,
+                        ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp
+                    ) =>
+                {
                     tracing::debug!(%server, %name, rcode = %m.metadata.response_code, "upstream refused or failed; trying the next");
                     self.rotate.store((idx + 1) % n, Ordering::Relaxed);
                     fallback = Some(m);
@@ -169,10 +197,16 @@ impl Forwarder {
                     let mut reply = to_reply(m);
                     if let Some(ttl) = cache_ttl(&reply, self.cfg.max_ttl) {
                         // As CoreDNS's cache: clients see at most the time we keep it.
-                        for rec in reply.answers.iter_mut().chain(reply.authority.iter_mut()).chain(reply.additional.iter_mut()) {
+                        for rec in reply
+                            .answers
+                            .iter_mut()
+                            .chain(reply.authority.iter_mut())
+                            .chain(reply.additional.iter_mut())
+                        {
                             rec.ttl = rec.ttl.min(ttl);
                         }
-                        self.lock_cache().insert(key, reply.clone(), ttl, Instant::now());
+                        self.lock_cache()
+                            .insert(key, reply.clone(), ttl, Instant::now());
                     }
                     return Ok(reply);
                 }
@@ -191,43 +225,85 @@ impl Forwarder {
 }
 
 fn to_reply(m: Message) -> Reply {
-    Reply { rcode: m.metadata.response_code, authoritative: false, answers: m.answers, authority: m.authorities, additional: m.additionals }
+    Reply {
+        rcode: m.metadata.response_code,
+        authoritative: false,
+        answers: m.answers,
+        authority: m.authorities,
+        additional: m.additionals,
+    }
 }
 
 /// How long `reply` may be cached, if at all.
 fn cache_ttl(reply: &Reply, max_ttl: u32) -> Option<u32> {
     let ttl = match reply.rcode {
-        ResponseCode::NoError if !reply.answers.is_empty() => reply.answers.iter().map(|r| r.ttl).min(),
-        ResponseCode::NoError | ResponseCode::NXDomain => reply.authority.iter().find_map(|r| match &r.data {
-            RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
-            _ => None,
-        }),
+        ResponseCode::NoError if !reply.answers.is_empty() => {
+            reply.answers.iter().map(|r| r.ttl).min()
+        }
+        ResponseCode::NoError | ResponseCode::NXDomain => {
+            reply.authority.iter().find_map(|r| match &r.data {
+                RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                _ => None,
+            })
+        }
         _ => None,
     }?;
     Some(ttl.min(max_ttl)).filter(|t| *t > 0)
 }
 
 /// One exchange with one server: UDP, then TCP when the UDP answer is truncated.
-async fn exchange(server: SocketAddr, bytes: &[u8], id: u16, name: &Name, qtype: RecordType, t: Duration) -> Result<Message, String> {
-    let m = tokio::time::timeout(t, udp_exchange(server, bytes, id, name, qtype)).await.map_err(|_| "timed out (UDP)".to_string())??;
+async fn exchange(
+    server: SocketAddr,
+    bytes: &[u8],
+    id: u16,
+    name: &Name,
+    qtype: RecordType,
+    t: Duration,
+) -> Result<Message, String> {
+    let m = tokio::time::timeout(t, udp_exchange(server, bytes, id, name, qtype))
+        .await
+        .map_err(|_| "timed out (UDP)".to_string())??;
     if !m.metadata.truncation {
         return Ok(m);
     }
-    tokio::time::timeout(t, tcp_exchange(server, bytes, id, name, qtype)).await.map_err(|_| "timed out (TCP after truncation)".to_string())?
+    tokio::time::timeout(t, tcp_exchange(server, bytes, id, name, qtype))
+        .await
+        .map_err(|_| "timed out (TCP after truncation)".to_string())?
 }
 
 fn answers_question(m: &Message, id: u16, name: &Name, qtype: RecordType) -> bool {
-    m.metadata.id == id && m.metadata.message_type == MessageType::Response && m.queries.len() == 1 && m.queries[0].name() == name && m.queries[0].query_type() == qtype
+    m.metadata.id == id
+        && m.metadata.message_type == MessageType::Response
+        && m.queries.len() == 1
+        && m.queries[0].name() == name
+        && m.queries[0].query_type() == qtype
 }
 
-async fn udp_exchange(server: SocketAddr, bytes: &[u8], id: u16, name: &Name, qtype: RecordType) -> Result<Message, String> {
-    let bind: SocketAddr = if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
-    let sock = UdpSocket::bind(bind).await.map_err(|e| format!("bind: {e}"))?;
-    sock.connect(server).await.map_err(|e| format!("connect: {e}"))?;
+async fn udp_exchange(
+    server: SocketAddr,
+    bytes: &[u8],
+    id: u16,
+    name: &Name,
+    qtype: RecordType,
+) -> Result<Message, String> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    sock.connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     sock.send(bytes).await.map_err(|e| format!("send: {e}"))?;
     let mut buf = vec![0u8; 65_535];
     loop {
-        let n = sock.recv(&mut buf).await.map_err(|e| format!("recv: {e}"))?;
+        let n = sock
+            .recv(&mut buf)
+            .await
+            .map_err(|e| format!("recv: {e}"))?;
         match Message::from_vec(&buf[..n]) {
             Ok(m) if answers_question(&m, id, name, qtype) => return Ok(m),
             // Anything else (spoofed, stale, garbage) is ignored; the timeout bounds us.
@@ -236,17 +312,29 @@ async fn udp_exchange(server: SocketAddr, bytes: &[u8], id: u16, name: &Name, qt
     }
 }
 
-async fn tcp_exchange(server: SocketAddr, bytes: &[u8], id: u16, name: &Name, qtype: RecordType) -> Result<Message, String> {
-    let mut s = TcpStream::connect(server).await.map_err(|e| format!("connect: {e}"))?;
+async fn tcp_exchange(
+    server: SocketAddr,
+    bytes: &[u8],
+    id: u16,
+    name: &Name,
+    qtype: RecordType,
+) -> Result<Message, String> {
+    let mut s = TcpStream::connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let len = u16::try_from(bytes.len()).map_err(|_| "query too long".to_string())?;
     let mut out = Vec::with_capacity(bytes.len() + 2);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bytes);
     s.write_all(&out).await.map_err(|e| format!("write: {e}"))?;
     let mut lb = [0u8; 2];
-    s.read_exact(&mut lb).await.map_err(|e| format!("read: {e}"))?;
+    s.read_exact(&mut lb)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(lb))];
-    s.read_exact(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+    s.read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
     let m = Message::from_vec(&buf).map_err(|e| format!("bad answer: {e}"))?;
     if !answers_question(&m, id, name, qtype) {
         return Err("answer does not match the question".into());
@@ -280,7 +368,12 @@ struct Cache {
 
 impl Cache {
     fn new(capacity: usize) -> Self {
-        Cache { capacity, map: HashMap::new(), order: VecDeque::new(), generation: 0 }
+        Cache {
+            capacity,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            generation: 0,
+        }
     }
 
     fn get(&mut self, key: &CacheKey, now: Instant) -> Option<Reply> {
@@ -291,7 +384,12 @@ impl Cache {
         }
         let elapsed = u32::try_from(now.duration_since(e.stored).as_secs()).unwrap_or(u32::MAX);
         let mut r = e.reply.clone();
-        for rec in r.answers.iter_mut().chain(r.authority.iter_mut()).chain(r.additional.iter_mut()) {
+        for rec in r
+            .answers
+            .iter_mut()
+            .chain(r.authority.iter_mut())
+            .chain(r.additional.iter_mut())
+        {
             rec.decrement_ttl(elapsed);
         }
         Some(r)
@@ -302,18 +400,29 @@ impl Cache {
             return;
         }
         while self.map.len() >= self.capacity && !self.map.contains_key(&key) {
-            let Some((old, gen)) = self.order.pop_front() else { break };
+            let Some((old, gen)) = self.order.pop_front() else {
+                break;
+            };
             if self.map.get(&old).is_some_and(|e| e.generation == gen) {
                 self.map.remove(&old);
             }
         }
         self.generation += 1;
         let generation = self.generation;
-        self.map.insert(key.clone(), CacheEntry { reply, stored: now, expires: now + Duration::from_secs(u64::from(ttl)), generation });
+        self.map.insert(
+            key.clone(),
+            CacheEntry {
+                reply,
+                stored: now,
+                expires: now + Duration::from_secs(u64::from(ttl)),
+                generation,
+            },
+        );
         self.order.push_back((key, generation));
         if self.order.len() > self.capacity.saturating_mul(2) {
             let map = &self.map;
-            self.order.retain(|(k, g)| map.get(k).is_some_and(|e| e.generation == *g));
+            self.order
+                .retain(|(k, g)| map.get(k).is_some_and(|e| e.generation == *g));
         }
     }
 }
@@ -333,16 +442,32 @@ mod tests {
     }
 
     fn key(s: &str) -> CacheKey {
-        CacheKey { name: n(s).to_lowercase(), qtype: RecordType::A, qclass: DNSClass::IN }
+        CacheKey {
+            name: n(s).to_lowercase(),
+            qtype: RecordType::A,
+            qclass: DNSClass::IN,
+        }
     }
 
     fn positive(ttl: u32) -> Reply {
-        Reply { rcode: ResponseCode::NoError, authoritative: false, answers: vec![a_record(&n("a.example."), ttl, Ipv4Addr::new(192, 0, 2, 1))], authority: vec![], additional: vec![] }
+        Reply {
+            rcode: ResponseCode::NoError,
+            authoritative: false,
+            answers: vec![a_record(&n("a.example."), ttl, Ipv4Addr::new(192, 0, 2, 1))],
+            authority: vec![],
+            additional: vec![],
+        }
     }
 
     fn negative(rcode: ResponseCode, soa_ttl: u32, minimum: u32) -> Reply {
         let soa = SOA::new(n("ns.example."), n("host.example."), 1, 1, 1, 1, minimum);
-        Reply { rcode, authoritative: false, answers: vec![], authority: vec![Record::from_rdata(n("example."), soa_ttl, RData::SOA(soa))], additional: vec![] }
+        Reply {
+            rcode,
+            authoritative: false,
+            answers: vec![],
+            authority: vec![Record::from_rdata(n("example."), soa_ttl, RData::SOA(soa))],
+            additional: vec![],
+        }
     }
 
     #[test]
@@ -350,9 +475,19 @@ mod tests {
         assert_eq!(cache_ttl(&positive(300), 30), Some(30));
         assert_eq!(cache_ttl(&positive(7), 30), Some(7));
         assert_eq!(cache_ttl(&positive(0), 30), None);
-        assert_eq!(cache_ttl(&negative(ResponseCode::NXDomain, 60, 10), 30), Some(10));
-        assert_eq!(cache_ttl(&negative(ResponseCode::NoError, 3, 10), 30), Some(3));
-        assert_eq!(cache_ttl(&Reply::error(ResponseCode::NXDomain), 30), None, "no SOA, no negative caching");
+        assert_eq!(
+            cache_ttl(&negative(ResponseCode::NXDomain, 60, 10), 30),
+            Some(10)
+        );
+        assert_eq!(
+            cache_ttl(&negative(ResponseCode::NoError, 3, 10), 30),
+            Some(3)
+        );
+        assert_eq!(
+            cache_ttl(&Reply::error(ResponseCode::NXDomain), 30),
+            None,
+            "no SOA, no negative caching"
+        );
         assert_eq!(cache_ttl(&Reply::error(ResponseCode::ServFail), 30), None);
     }
 
@@ -361,9 +496,13 @@ mod tests {
         let mut c = Cache::new(10);
         let t0 = Instant::now();
         c.insert(key("a.example."), positive(20), 20, t0);
-        let r = c.get(&key("A.Example."), t0 + Duration::from_secs(5)).unwrap();
+        let r = c
+            .get(&key("A.Example."), t0 + Duration::from_secs(5))
+            .unwrap();
         assert_eq!(r.answers[0].ttl, 15);
-        assert!(c.get(&key("a.example."), t0 + Duration::from_secs(20)).is_none());
+        assert!(c
+            .get(&key("a.example."), t0 + Duration::from_secs(20))
+            .is_none());
         assert!(c.map.is_empty());
     }
 
@@ -389,7 +528,15 @@ mod tests {
     #[tokio::test]
     async fn no_upstream_is_an_error() {
         let f = Forwarder::new(vec![]);
-        let e = f.forward(&n("example.com."), RecordType::A, DNSClass::IN, &Upstream::Default).await.unwrap_err();
+        let e = f
+            .forward(
+                &n("example.com."),
+                RecordType::A,
+                DNSClass::IN,
+                &Upstream::Default,
+            )
+            .await
+            .unwrap_err();
         assert!(matches!(e, ForwardError::NoUpstream));
     }
 

@@ -67,7 +67,13 @@ pub struct DnsOptions {
 
 impl Default for DnsOptions {
     fn default() -> Self {
-        DnsOptions { listen: Vec::new(), cluster_domain: "cluster.local".into(), resolv_conf: None, ttl: 5, custom_config: None }
+        DnsOptions {
+            listen: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            resolv_conf: None,
+            ttl: 5,
+            custom_config: None,
+        }
     }
 }
 
@@ -119,15 +125,40 @@ pub async fn run(client: kube::Client, opts: DnsOptions) -> Result<(), DnsError>
     tracing::info!(servers = ?upstreams.servers, source = ?upstreams.source, "cluster DNS upstreams");
     let forwarder = Arc::new(Forwarder::new(upstreams.servers.clone()));
     let handle = Arc::new(RecordsHandle::new(Records::empty(&cfg)));
-    let (cm_ns, cm_name) = opts.custom_config.clone().unwrap_or_else(|| (DEFAULT_CUSTOM_CONFIG.0.into(), DEFAULT_CUSTOM_CONFIG.1.into()));
+    let (cm_ns, cm_name) = opts.custom_config.clone().unwrap_or_else(|| {
+        (
+            DEFAULT_CUSTOM_CONFIG.0.into(),
+            DEFAULT_CUSTOM_CONFIG.1.into(),
+        )
+    });
 
     let mut tasks = JoinSet::new();
     let notify = Arc::new(Notify::new());
     let stores = Stores {
-        services: reflect(Api::<Service>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks),
-        slices: reflect(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks),
-        nodes: reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), &notify, &mut tasks),
-        custom: reflect(Api::<ConfigMap>::namespaced(client, &cm_ns), watcher::Config::default().fields(&format!("metadata.name={cm_name}")), &notify, &mut tasks),
+        services: reflect(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            &notify,
+            &mut tasks,
+        ),
+        slices: reflect(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+            &notify,
+            &mut tasks,
+        ),
+        nodes: reflect(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            &notify,
+            &mut tasks,
+        ),
+        custom: reflect(
+            Api::<ConfigMap>::namespaced(client, &cm_ns),
+            watcher::Config::default().fields(&format!("metadata.name={cm_name}")),
+            &notify,
+            &mut tasks,
+        ),
         custom_name: cm_name,
     };
     let ready = async {
@@ -141,8 +172,18 @@ pub async fn run(client: kube::Client, opts: DnsOptions) -> Result<(), DnsError>
     }
     let mut last_warnings = Vec::new();
     rebuild(&cfg, &stores, &handle, &mut last_warnings).await;
-    tasks.spawn(rebuild_loop(cfg.clone(), stores, handle.clone(), notify, last_warnings));
-    tasks.spawn(resolv_reload_loop(opts.resolv_conf.clone(), forwarder.clone(), upstreams.servers));
+    tasks.spawn(rebuild_loop(
+        cfg.clone(),
+        stores,
+        handle.clone(),
+        notify,
+        last_warnings,
+    ));
+    tasks.spawn(resolv_reload_loop(
+        opts.resolv_conf.clone(),
+        forwarder.clone(),
+        upstreams.servers,
+    ));
 
     let server = serve(&opts.listen, handle, forwarder).await?;
     tracing::info!(listen = ?server.local_addrs(), domain = %cfg.domain(), "cluster DNS serving");
@@ -163,9 +204,20 @@ struct Stores {
 
 /// Starts a watch of `api` into a new store; every change (after the initial list)
 /// wakes `notify`.
-fn reflect<K>(api: Api<K>, cfg: watcher::Config, notify: &Arc<Notify>, tasks: &mut JoinSet<()>) -> Store<K>
+fn reflect<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    notify: &Arc<Notify>,
+    tasks: &mut JoinSet<()>,
+) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
     let notify = notify.clone();
@@ -191,12 +243,21 @@ where
     reader
 }
 
-async fn rebuild(cfg: &RecordsConfig, stores: &Stores, handle: &RecordsHandle, last_warnings: &mut Vec<String>) {
+async fn rebuild(
+    cfg: &RecordsConfig,
+    stores: &Stores,
+    handle: &RecordsHandle,
+    last_warnings: &mut Vec<String>,
+) {
     let sources = Sources {
         services: stores.services.state(),
         endpoint_slices: stores.slices.state(),
         nodes: stores.nodes.state(),
-        custom: stores.custom.state().into_iter().find(|c| c.metadata.name.as_deref() == Some(stores.custom_name.as_str())),
+        custom: stores
+            .custom
+            .state()
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() == Some(stores.custom_name.as_str())),
     };
     let cfg = cfg.clone();
     let records = match tokio::task::spawn_blocking(move || Records::build(&cfg, &sources)).await {
@@ -214,11 +275,21 @@ async fn rebuild(cfg: &RecordsConfig, stores: &Stores, handle: &RecordsHandle, l
         }
         *last_warnings = records.warnings().to_vec();
     }
-    tracing::debug!(services = records.service_count(), names = records.name_count(), "cluster DNS records rebuilt");
+    tracing::debug!(
+        services = records.service_count(),
+        names = records.name_count(),
+        "cluster DNS records rebuilt"
+    );
     handle.store(records);
 }
 
-async fn rebuild_loop(cfg: RecordsConfig, stores: Stores, handle: Arc<RecordsHandle>, notify: Arc<Notify>, mut last_warnings: Vec<String>) {
+async fn rebuild_loop(
+    cfg: RecordsConfig,
+    stores: Stores,
+    handle: Arc<RecordsHandle>,
+    notify: Arc<Notify>,
+    mut last_warnings: Vec<String>,
+) {
     loop {
         notify.notified().await;
         tokio::time::sleep(REBUILD_DEBOUNCE).await;
@@ -226,10 +297,19 @@ async fn rebuild_loop(cfg: RecordsConfig, stores: Stores, handle: Arc<RecordsHan
     }
 }
 
-async fn resolv_reload_loop(explicit: Option<PathBuf>, forwarder: Arc<Forwarder>, mut current: Vec<SocketAddr>) {
+async fn resolv_reload_loop(
+    explicit: Option<PathBuf>,
+    forwarder: Arc<Forwarder>,
+    mut current: Vec<SocketAddr>,
+) {
     loop {
         tokio::time::sleep(RESOLV_RELOAD).await;
-        let u = resolv::choose_upstreams(explicit.as_deref(), std::path::Path::new(resolv::ETC_RESOLV_CONF), std::path::Path::new(resolv::SYSTEMD_RESOLV_CONF), |p| std::fs::read_to_string(p).ok());
+        let u = resolv::choose_upstreams(
+            explicit.as_deref(),
+            std::path::Path::new(resolv::ETC_RESOLV_CONF),
+            std::path::Path::new(resolv::SYSTEMD_RESOLV_CONF),
+            |p| std::fs::read_to_string(p).ok(),
+        );
         if u.servers != current {
             if u.servers.is_empty() {
                 tracing::warn!("cluster DNS: the resolv.conf files no longer name a usable nameserver; names outside the cluster will get SERVFAIL");

@@ -63,10 +63,18 @@ pub struct RecordsConfig {
 impl RecordsConfig {
     /// Validates the cluster domain (`cluster.local`, trailing dot optional).
     pub fn new(cluster_domain: &str, ttl: u32) -> Result<Self, DnsError> {
-        let domain = normalize_name(cluster_domain).ok_or_else(|| DnsError::ClusterDomain(cluster_domain.to_string(), "not a DNS name".into()))?;
-        let zone_name = Name::from_ascii(format!("{domain}.")).map_err(|e| DnsError::ClusterDomain(cluster_domain.to_string(), e.to_string()))?;
+        let domain = normalize_name(cluster_domain).ok_or_else(|| {
+            DnsError::ClusterDomain(cluster_domain.to_string(), "not a DNS name".into())
+        })?;
+        let zone_name = Name::from_ascii(format!("{domain}."))
+            .map_err(|e| DnsError::ClusterDomain(cluster_domain.to_string(), e.to_string()))?;
         let zone_labels = domain.split('.').map(str::to_string).collect();
-        Ok(RecordsConfig { domain, zone_labels, zone_name, ttl })
+        Ok(RecordsConfig {
+            domain,
+            zone_labels,
+            zone_name,
+            ttl,
+        })
     }
 
     /// The cluster domain, lowercase, without the trailing dot.
@@ -111,15 +119,33 @@ pub struct Reply {
 impl Reply {
     /// An empty reply with `rcode` and no AA bit.
     pub fn error(rcode: ResponseCode) -> Self {
-        Reply { rcode, authoritative: false, answers: Vec::new(), authority: Vec::new(), additional: Vec::new() }
+        Reply {
+            rcode,
+            authoritative: false,
+            answers: Vec::new(),
+            authority: Vec::new(),
+            additional: Vec::new(),
+        }
     }
 
     fn answer(answers: Vec<Record>, additional: Vec<Record>) -> Self {
-        Reply { rcode: ResponseCode::NoError, authoritative: true, answers, authority: Vec::new(), additional }
+        Reply {
+            rcode: ResponseCode::NoError,
+            authoritative: true,
+            answers,
+            authority: Vec::new(),
+            additional,
+        }
     }
 
     fn negative(rcode: ResponseCode, soa: Option<&Record>) -> Self {
-        Reply { rcode, authoritative: true, answers: Vec::new(), authority: soa.cloned().into_iter().collect(), additional: Vec::new() }
+        Reply {
+            rcode,
+            authoritative: true,
+            answers: Vec::new(),
+            authority: soa.cloned().into_iter().collect(),
+            additional: Vec::new(),
+        }
     }
 }
 
@@ -227,22 +253,39 @@ impl Builder<'_> {
     }
 
     fn add_service(&mut self, svc: &Service, slices: &[&EndpointSlice]) {
-        let (Some(ns), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()) else { return };
-        let (Some(ns), Some(name)) = (dns_label(ns), dns_label(name)) else {
-            self.warnings.push(format!("Service {ns}/{name}: name or namespace is not a DNS label; no records"));
+        let (Some(ns), Some(name)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+        ) else {
             return;
         };
-        let Some(spec) = svc.spec.as_ref() else { return };
+        let (Some(ns), Some(name)) = (dns_label(ns), dns_label(name)) else {
+            self.warnings.push(format!(
+                "Service {ns}/{name}: name or namespace is not a DNS label; no records"
+            ));
+            return;
+        };
+        let Some(spec) = svc.spec.as_ref() else {
+            return;
+        };
         let base = format!("{name}.{ns}.svc.{}", self.cfg.domain);
         let Some(svc_name) = fqdn(&base) else { return };
 
         if spec.type_.as_deref() == Some("ExternalName") {
             // An address written as externalName is a name of digits, which CoreDNS does
             // not publish (Kubernetes documents it as not resolvable).
-            let target = spec.external_name.as_deref().and_then(normalize_name).filter(|t| t.parse::<IpAddr>().is_err()).and_then(|t| fqdn(&t));
+            let target = spec
+                .external_name
+                .as_deref()
+                .and_then(normalize_name)
+                .filter(|t| t.parse::<IpAddr>().is_err())
+                .and_then(|t| fqdn(&t));
             match target {
                 Some(t) => self.entry(&base).cname = Some(t),
-                None => self.warnings.push(format!("Service {ns}/{name}: externalName {:?} is not a DNS name; no records", spec.external_name.as_deref().unwrap_or(""))),
+                None => self.warnings.push(format!(
+                    "Service {ns}/{name}: externalName {:?} is not a DNS name; no records",
+                    spec.external_name.as_deref().unwrap_or("")
+                )),
             }
             return;
         }
@@ -255,7 +298,10 @@ impl Builder<'_> {
                 Some(ips) if !ips.is_empty() => ips.iter().collect(),
                 _ => spec.cluster_ip.iter().collect(),
             };
-            listed.into_iter().filter_map(|s| s.parse::<IpAddr>().ok()).collect()
+            listed
+                .into_iter()
+                .filter_map(|s| s.parse::<IpAddr>().ok())
+                .collect()
         };
         if !headless && cluster_ips.is_empty() {
             // Not allocated yet (or only "None" in clusterIPs): nothing to publish.
@@ -270,10 +316,14 @@ impl Builder<'_> {
         } else {
             for ip in &cluster_ips {
                 self.add_ip(&base, *ip);
-                self.cluster_ptrs.entry(*ip).or_insert_with(|| svc_name.clone());
+                self.cluster_ptrs
+                    .entry(*ip)
+                    .or_insert_with(|| svc_name.clone());
             }
             for p in spec.ports.iter().flatten() {
-                let Ok(port) = u16::try_from(p.port) else { continue };
+                let Ok(port) = u16::try_from(p.port) else {
+                    continue;
+                };
                 let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
                 let pname = p.name.as_deref().unwrap_or("").to_ascii_lowercase();
                 self.add_srv(&base, &pname, &proto, port, &svc_name);
@@ -282,7 +332,9 @@ impl Builder<'_> {
 
         for ep in &eps {
             let ep_key = format!("{}.{base}", ep.host);
-            let Some(ep_name) = fqdn(&ep_key) else { continue };
+            let Some(ep_name) = fqdn(&ep_key) else {
+                continue;
+            };
             self.add_ip(&ep_key, ep.ip);
             let ptrs = self.endpoint_ptrs.entry(ep.ip).or_default();
             if !ptrs.contains(&ep_name) {
@@ -329,7 +381,11 @@ fn ready_endpoints(slices: &[&EndpointSlice]) -> Vec<Ep> {
             .flatten()
             .filter_map(|p| {
                 let port = u16::try_from(p.port?).ok()?;
-                Some((p.name.as_deref().unwrap_or("").to_ascii_lowercase(), p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(), port))
+                Some((
+                    p.name.as_deref().unwrap_or("").to_ascii_lowercase(),
+                    p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+                    port,
+                ))
             })
             .collect();
         for ep in &slice.endpoints {
@@ -337,11 +393,17 @@ fn ready_endpoints(slices: &[&EndpointSlice]) -> Vec<Ep> {
                 continue;
             }
             for addr in &ep.addresses {
-                let Ok(ip) = addr.parse::<IpAddr>() else { continue };
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    continue;
+                };
                 if ip.is_ipv4() != v4 {
                     continue;
                 }
-                let host = ep.hostname.as_deref().and_then(dns_label).unwrap_or_else(|| dashed(ip));
+                let host = ep
+                    .hostname
+                    .as_deref()
+                    .and_then(dns_label)
+                    .unwrap_or_else(|| dashed(ip));
                 match index.get(&(ip, host.clone())) {
                     Some(&i) => {
                         for p in &ports {
@@ -352,7 +414,11 @@ fn ready_endpoints(slices: &[&EndpointSlice]) -> Vec<Ep> {
                     }
                     None => {
                         index.insert((ip, host.clone()), out.len());
-                        out.push(Ep { ip, host, ports: ports.clone() });
+                        out.push(Ep {
+                            ip,
+                            host,
+                            ports: ports.clone(),
+                        });
                     }
                 }
             }
@@ -371,14 +437,22 @@ fn dashed(ip: IpAddr) -> String {
 
 /// The address a pod name's first label spells (`10-42-0-5`, `fd00--5`), CoreDNS's rule.
 fn pod_ip(label: &str) -> Option<IpAddr> {
-    let text = if label.matches('-').count() == 3 && !label.contains("--") { label.replace('-', ".") } else { label.replace('-', ":") };
+    let text = if label.matches('-').count() == 3 && !label.contains("--") {
+        label.replace('-', ".")
+    } else {
+        label.replace('-', ":")
+    };
     text.parse().ok()
 }
 
 /// `s` lowercased when it is a single DNS label.
 fn dns_label(s: &str) -> Option<String> {
     let l = s.to_ascii_lowercase();
-    (!l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')).then_some(l)
+    (!l.is_empty()
+        && l.len() <= 63
+        && l.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    .then_some(l)
 }
 
 /// The absolute [`Name`] of a key.
@@ -427,10 +501,18 @@ impl Records {
     /// Builds the index from `sources`. Objects that make no valid record are skipped
     /// and reported in [`Records::warnings`].
     pub fn build(cfg: &RecordsConfig, sources: &Sources) -> Records {
-        let mut b = Builder { cfg, names: HashMap::new(), cluster_ptrs: HashMap::new(), endpoint_ptrs: HashMap::new(), warnings: Vec::new() };
+        let mut b = Builder {
+            cfg,
+            names: HashMap::new(),
+            cluster_ptrs: HashMap::new(),
+            endpoint_ptrs: HashMap::new(),
+            warnings: Vec::new(),
+        };
         let domain = cfg.domain.clone();
         b.names.insert(domain.clone(), Entry::default());
-        b.entry(&format!("dns-version.{domain}")).txt.push(DNS_SCHEMA_VERSION.to_string());
+        b.entry(&format!("dns-version.{domain}"))
+            .txt
+            .push(DNS_SCHEMA_VERSION.to_string());
         b.entry(&format!("pod.{domain}"));
         b.entry(&format!("svc.{domain}"));
         b.entry(&format!("ns.dns.{domain}"));
@@ -438,19 +520,42 @@ impl Records {
         // EndpointSlices by (namespace, Service name).
         let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
         for s in &sources.endpoint_slices {
-            let (Some(ns), Some(svc)) = (s.metadata.namespace.as_deref(), s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL))) else { continue };
+            let (Some(ns), Some(svc)) = (
+                s.metadata.namespace.as_deref(),
+                s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+            ) else {
+                continue;
+            };
             slices.entry((ns, svc.as_str())).or_default().push(s);
         }
         let mut services: Vec<&Service> = sources.services.iter().map(|s| &**s).collect();
-        services.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+        services.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
         for svc in &services {
-            let key = (svc.metadata.namespace.as_deref().unwrap_or(""), svc.metadata.name.as_deref().unwrap_or(""));
+            let key = (
+                svc.metadata.namespace.as_deref().unwrap_or(""),
+                svc.metadata.name.as_deref().unwrap_or(""),
+            );
             let s = slices.get(&key).map(Vec::as_slice).unwrap_or(&[]);
             b.add_service(svc, s);
         }
 
         // ns.dns.<zone>: the kube-dns Service's ClusterIPs (CoreDNS answers its own).
-        let dns_ips: Vec<IpAddr> = b.names.get(&format!("kube-dns.kube-system.svc.{domain}")).map(|e| e.a.iter().map(|v| IpAddr::V4(*v)).chain(e.aaaa.iter().map(|v| IpAddr::V6(*v))).collect()).unwrap_or_default();
+        let dns_ips: Vec<IpAddr> = b
+            .names
+            .get(&format!("kube-dns.kube-system.svc.{domain}"))
+            .map(|e| {
+                e.a.iter()
+                    .map(|v| IpAddr::V4(*v))
+                    .chain(e.aaaa.iter().map(|v| IpAddr::V6(*v)))
+                    .collect()
+            })
+            .unwrap_or_default();
         for ip in dns_ips {
             b.add_ip(&format!("ns.dns.{domain}"), ip);
         }
@@ -472,8 +577,16 @@ impl Records {
         let mut nodes: Vec<&Node> = sources.nodes.iter().map(|n| &**n).collect();
         nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         for node in nodes {
-            let Some(name) = node.metadata.name.as_deref().and_then(normalize_name) else { continue };
-            for a in node.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
+            let Some(name) = node.metadata.name.as_deref().and_then(normalize_name) else {
+                continue;
+            };
+            for a in node
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+            {
                 if a.type_ == "InternalIP" {
                     if let Ok(ip) = a.address.parse::<IpAddr>() {
                         host_lines.push((ip, vec![name.clone()]));
@@ -489,13 +602,23 @@ impl Records {
             let c = custom::parse(cm.data.as_ref().unwrap_or(&empty));
             host_lines.extend(c.hosts);
             for (domain, servers) in c.stub_domains {
-                stubs.push((domain.split('.').map(str::to_string).collect::<Vec<_>>(), Arc::<[SocketAddr]>::from(servers)));
+                stubs.push((
+                    domain.split('.').map(str::to_string).collect::<Vec<_>>(),
+                    Arc::<[SocketAddr]>::from(servers),
+                ));
             }
             if let Some(up) = c.upstream_nameservers {
                 upstream = Upstream::Servers(up.into());
             }
-            let (ns, name) = (cm.metadata.namespace.as_deref().unwrap_or(""), cm.metadata.name.as_deref().unwrap_or(""));
-            warnings.extend(c.warnings.into_iter().map(|w| format!("ConfigMap {ns}/{name}: {w}")));
+            let (ns, name) = (
+                cm.metadata.namespace.as_deref().unwrap_or(""),
+                cm.metadata.name.as_deref().unwrap_or(""),
+            );
+            warnings.extend(
+                c.warnings
+                    .into_iter()
+                    .map(|w| format!("ConfigMap {ns}/{name}: {w}")),
+            );
         }
         stubs.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         let mut hosts_ptrs: HashMap<IpAddr, Vec<Name>> = HashMap::new();
@@ -517,7 +640,18 @@ impl Records {
         }
 
         let soa = soa_record(cfg);
-        Records { cfg: cfg.clone(), soa, names: b.names, ptrs, hosts, hosts_ptrs, stubs, upstream, warnings, services: services.len() }
+        Records {
+            cfg: cfg.clone(),
+            soa,
+            names: b.names,
+            ptrs,
+            hosts,
+            hosts_ptrs,
+            stubs,
+            upstream,
+            warnings,
+            services: services.len(),
+        }
     }
 
     /// Problems found while building (bad objects, bad ConfigMap keys), for logging.
@@ -554,7 +688,11 @@ impl Records {
     fn resolve_depth(&self, qname: &Name, qtype: RecordType, depth: usize) -> Answer {
         let in_zone = self.cfg.zone_name.zone_of(qname);
         let Some(labels) = labels_of(qname) else {
-            return if in_zone { Answer::Reply(Reply::negative(ResponseCode::NXDomain, Some(&self.soa))) } else { Answer::Forward(self.upstream.clone()) };
+            return if in_zone {
+                Answer::Reply(Reply::negative(ResponseCode::NXDomain, Some(&self.soa)))
+            } else {
+                Answer::Forward(self.upstream.clone())
+            };
         };
         if let Some((_, servers)) = self.stubs.iter().find(|(s, _)| ends_with(&labels, s)) {
             return Answer::Forward(Upstream::Servers(servers.clone()));
@@ -571,7 +709,16 @@ impl Records {
         if qtype == RecordType::PTR && is_reverse(&labels) {
             if let Some(ip) = reverse_ip(qname) {
                 if let Some(targets) = self.hosts_ptrs.get(&ip).or_else(|| self.ptrs.get(&ip)) {
-                    let answers = targets.iter().map(|t| Record::from_rdata(qname.clone(), self.cfg.ttl, RData::PTR(PTR(t.clone())))).collect();
+                    let answers = targets
+                        .iter()
+                        .map(|t| {
+                            Record::from_rdata(
+                                qname.clone(),
+                                self.cfg.ttl,
+                                RData::PTR(PTR(t.clone())),
+                            )
+                        })
+                        .collect();
                     return Answer::Reply(Reply::answer(answers, Vec::new()));
                 }
             }
@@ -583,8 +730,12 @@ impl Records {
     /// `None` (continue down the chain) for other types.
     fn hosts_answer(&self, qname: &Name, qtype: RecordType, h: &HostEntry) -> Option<Reply> {
         let ttl = self.cfg.ttl;
-        let v4 = h.v4.iter().map(|ip| Record::from_rdata(qname.clone(), ttl, RData::A(A(*ip))));
-        let v6 = h.v6.iter().map(|ip| Record::from_rdata(qname.clone(), ttl, RData::AAAA(AAAA(*ip))));
+        let v4 =
+            h.v4.iter()
+                .map(|ip| Record::from_rdata(qname.clone(), ttl, RData::A(A(*ip))));
+        let v6 =
+            h.v6.iter()
+                .map(|ip| Record::from_rdata(qname.clone(), ttl, RData::AAAA(AAAA(*ip))));
         let answers: Vec<Record> = match qtype {
             RecordType::A => v4.collect(),
             RecordType::AAAA => v6.collect(),
@@ -602,22 +753,47 @@ impl Records {
         Answer::Reply(Reply::negative(ResponseCode::NoError, Some(&self.soa)))
     }
 
-    fn resolve_zone(&self, qname: &Name, labels: &[String], key: &str, qtype: RecordType, depth: usize) -> Answer {
+    fn resolve_zone(
+        &self,
+        qname: &Name,
+        labels: &[String],
+        key: &str,
+        qtype: RecordType,
+        depth: usize,
+    ) -> Answer {
         let ttl = self.cfg.ttl;
         let rel = &labels[..labels.len() - self.cfg.zone_labels.len()];
         if rel.last().map(String::as_str) == Some("pod") {
             return match rel.len() {
                 1 | 2 => self.nodata(),
                 3 => match pod_ip(&rel[0]) {
-                    Some(IpAddr::V4(v4)) if qtype == RecordType::A || qtype == RecordType::ANY => Answer::Reply(Reply::answer(vec![Record::from_rdata(qname.clone(), ttl, RData::A(A(v4)))], Vec::new())),
-                    Some(IpAddr::V6(v6)) if qtype == RecordType::AAAA || qtype == RecordType::ANY => Answer::Reply(Reply::answer(vec![Record::from_rdata(qname.clone(), ttl, RData::AAAA(AAAA(v6)))], Vec::new())),
+                    Some(IpAddr::V4(v4)) if qtype == RecordType::A || qtype == RecordType::ANY => {
+                        Answer::Reply(Reply::answer(
+                            vec![Record::from_rdata(qname.clone(), ttl, RData::A(A(v4)))],
+                            Vec::new(),
+                        ))
+                    }
+                    Some(IpAddr::V6(v6))
+                        if qtype == RecordType::AAAA || qtype == RecordType::ANY =>
+                    {
+                        Answer::Reply(Reply::answer(
+                            vec![Record::from_rdata(
+                                qname.clone(),
+                                ttl,
+                                RData::AAAA(AAAA(v6)),
+                            )],
+                            Vec::new(),
+                        ))
+                    }
                     Some(_) => self.nodata(),
                     None => self.nxdomain(),
                 },
                 _ => self.nxdomain(),
             };
         }
-        let Some(e) = self.names.get(key) else { return self.nxdomain() };
+        let Some(e) = self.names.get(key) else {
+            return self.nxdomain();
+        };
 
         if let Some(target) = &e.cname {
             let cname = Record::from_rdata(qname.clone(), ttl, RData::CNAME(CNAME(target.clone())));
@@ -626,7 +802,10 @@ impl Records {
                 return Answer::Reply(reply);
             }
             if !self.cfg.zone_name.zone_of(target) {
-                return Answer::Chase { reply, target: target.clone() };
+                return Answer::Chase {
+                    reply,
+                    target: target.clone(),
+                };
             }
             return match self.resolve_depth(target, qtype, depth + 1) {
                 Answer::Reply(r) => {
@@ -641,7 +820,10 @@ impl Records {
                     reply.answers.extend(r.answers);
                     Answer::Chase { reply, target }
                 }
-                Answer::Forward(_) => Answer::Chase { reply, target: target.clone() },
+                Answer::Forward(_) => Answer::Chase {
+                    reply,
+                    target: target.clone(),
+                },
             };
         }
 
@@ -650,13 +832,22 @@ impl Records {
         let mut additional = Vec::new();
         let any = qtype == RecordType::ANY;
         if qtype == RecordType::A || any {
-            answers.extend(e.a.iter().map(|ip| Record::from_rdata(qname.clone(), ttl, RData::A(A(*ip)))));
+            answers.extend(
+                e.a.iter()
+                    .map(|ip| Record::from_rdata(qname.clone(), ttl, RData::A(A(*ip)))),
+            );
         }
         if qtype == RecordType::AAAA || any {
-            answers.extend(e.aaaa.iter().map(|ip| Record::from_rdata(qname.clone(), ttl, RData::AAAA(AAAA(*ip)))));
+            answers.extend(
+                e.aaaa
+                    .iter()
+                    .map(|ip| Record::from_rdata(qname.clone(), ttl, RData::AAAA(AAAA(*ip)))),
+            );
         }
         if qtype == RecordType::TXT || any {
-            answers.extend(e.txt.iter().map(|t| Record::from_rdata(qname.clone(), ttl, RData::TXT(TXT::new(vec![t.clone()])))));
+            answers.extend(e.txt.iter().map(|t| {
+                Record::from_rdata(qname.clone(), ttl, RData::TXT(TXT::new(vec![t.clone()])))
+            }));
         }
         if qtype == RecordType::SRV || any {
             self.srv_answer(qname, e, &mut answers, &mut additional);
@@ -668,7 +859,11 @@ impl Records {
         }
         if apex && (qtype == RecordType::NS || any) {
             if let Some(ns_name) = fqdn(&format!("ns.dns.{}", self.cfg.domain)) {
-                answers.push(Record::from_rdata(qname.clone(), ttl, RData::NS(NS(ns_name.clone()))));
+                answers.push(Record::from_rdata(
+                    qname.clone(),
+                    ttl,
+                    RData::NS(NS(ns_name.clone())),
+                ));
                 self.addresses_of(&ns_name, &mut additional);
             }
         }
@@ -678,14 +873,24 @@ impl Records {
         Answer::Reply(Reply::answer(answers, additional))
     }
 
-    fn srv_answer(&self, qname: &Name, e: &Entry, answers: &mut Vec<Record>, additional: &mut Vec<Record>) {
+    fn srv_answer(
+        &self,
+        qname: &Name,
+        e: &Entry,
+        answers: &mut Vec<Record>,
+        additional: &mut Vec<Record>,
+    ) {
         if e.srv.is_empty() {
             return;
         }
         let weight = u16::try_from(100 / e.srv.len()).unwrap_or(1).max(1);
         let mut seen: Vec<&Name> = Vec::new();
         for (port, target) in &e.srv {
-            answers.push(Record::from_rdata(qname.clone(), self.cfg.ttl, RData::SRV(SRV::new(0, weight, *port, target.clone()))));
+            answers.push(Record::from_rdata(
+                qname.clone(),
+                self.cfg.ttl,
+                RData::SRV(SRV::new(0, weight, *port, target.clone())),
+            ));
             if !seen.contains(&target) {
                 seen.push(target);
                 self.addresses_of(target, additional);
@@ -695,10 +900,19 @@ impl Records {
 
     /// The A/AAAA records of a name in the zone, owned by that name.
     fn addresses_of(&self, name: &Name, out: &mut Vec<Record>) {
-        let Some(key) = labels_of(name).map(|l| l.join(".")) else { return };
+        let Some(key) = labels_of(name).map(|l| l.join(".")) else {
+            return;
+        };
         if let Some(e) = self.names.get(&key) {
-            out.extend(e.a.iter().map(|ip| Record::from_rdata(name.clone(), self.cfg.ttl, RData::A(A(*ip)))));
-            out.extend(e.aaaa.iter().map(|ip| Record::from_rdata(name.clone(), self.cfg.ttl, RData::AAAA(AAAA(*ip)))));
+            out.extend(
+                e.a.iter()
+                    .map(|ip| Record::from_rdata(name.clone(), self.cfg.ttl, RData::A(A(*ip)))),
+            );
+            out.extend(
+                e.aaaa.iter().map(|ip| {
+                    Record::from_rdata(name.clone(), self.cfg.ttl, RData::AAAA(AAAA(*ip)))
+                }),
+            );
         }
     }
 }
@@ -707,9 +921,17 @@ impl Records {
 /// TTL; the serial is the build time, so it moves when the records change).
 fn soa_record(cfg: &RecordsConfig) -> Record {
     let mname = fqdn(&format!("ns.dns.{}", cfg.domain)).unwrap_or_else(|| cfg.zone_name.clone());
-    let rname = fqdn(&format!("hostmaster.{}", cfg.domain)).unwrap_or_else(|| cfg.zone_name.clone());
-    let serial = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
-    Record::from_rdata(cfg.zone_name.clone(), cfg.ttl, RData::SOA(SOA::new(mname, rname, serial, 7200, 1800, 86400, cfg.ttl)))
+    let rname =
+        fqdn(&format!("hostmaster.{}", cfg.domain)).unwrap_or_else(|| cfg.zone_name.clone());
+    let serial = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1);
+    Record::from_rdata(
+        cfg.zone_name.clone(),
+        cfg.ttl,
+        RData::SOA(SOA::new(mname, rname, serial, 7200, 1800, 86400, cfg.ttl)),
+    )
 }
 
 /// The current [`Records`], swapped whole when the sources change; readers take an
@@ -722,7 +944,9 @@ pub struct RecordsHandle {
 impl RecordsHandle {
     /// A handle serving `records`.
     pub fn new(records: Records) -> Self {
-        RecordsHandle { current: RwLock::new(Arc::new(records)) }
+        RecordsHandle {
+            current: RwLock::new(Arc::new(records)),
+        }
     }
 
     /// The records in use now.
@@ -751,17 +975,36 @@ pub(crate) mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn meta(ns: &str, name: &str) -> ObjectMeta {
-        ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), ..Default::default() }
+        ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        }
     }
 
     /// A ClusterIP Service with `(name, port, protocol)` ports.
-    pub(crate) fn cluster_ip(ns: &str, name: &str, ips: &[&str], ports: &[(&str, i32, &str)]) -> Service {
+    pub(crate) fn cluster_ip(
+        ns: &str,
+        name: &str,
+        ips: &[&str],
+        ports: &[(&str, i32, &str)],
+    ) -> Service {
         Service {
             metadata: meta(ns, name),
             spec: Some(ServiceSpec {
                 cluster_ip: ips.first().map(|s| s.to_string()),
                 cluster_ips: Some(ips.iter().map(|s| s.to_string()).collect()),
-                ports: Some(ports.iter().map(|(n, p, proto)| ServicePort { name: (!n.is_empty()).then(|| n.to_string()), port: *p, protocol: Some(proto.to_string()), ..Default::default() }).collect()),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(n, p, proto)| ServicePort {
+                            name: (!n.is_empty()).then(|| n.to_string()),
+                            port: *p,
+                            protocol: Some(proto.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
                 ..Default::default()
             }),
             ..Default::default()
@@ -769,38 +1012,106 @@ pub(crate) mod tests {
     }
 
     fn headless(ns: &str, name: &str) -> Service {
-        Service { metadata: meta(ns, name), spec: Some(ServiceSpec { cluster_ip: Some("None".into()), cluster_ips: Some(vec!["None".into()]), ..Default::default() }), ..Default::default() }
+        Service {
+            metadata: meta(ns, name),
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("None".into()),
+                cluster_ips: Some(vec!["None".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     fn external(ns: &str, name: &str, target: &str) -> Service {
-        Service { metadata: meta(ns, name), spec: Some(ServiceSpec { type_: Some("ExternalName".into()), external_name: Some(target.into()), ..Default::default() }), ..Default::default() }
+        Service {
+            metadata: meta(ns, name),
+            spec: Some(ServiceSpec {
+                type_: Some("ExternalName".into()),
+                external_name: Some(target.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     /// An EndpointSlice of `svc` with `(address, hostname, ready)` endpoints.
-    pub(crate) fn slice(ns: &str, svc: &str, name: &str, family: &str, eps: &[(&str, Option<&str>, Option<bool>)], ports: &[(&str, i32, &str)]) -> EndpointSlice {
+    pub(crate) fn slice(
+        ns: &str,
+        svc: &str,
+        name: &str,
+        family: &str,
+        eps: &[(&str, Option<&str>, Option<bool>)],
+        ports: &[(&str, i32, &str)],
+    ) -> EndpointSlice {
         let mut m = meta(ns, name);
-        m.labels = Some([(SERVICE_NAME_LABEL.to_string(), svc.to_string())].into_iter().collect());
+        m.labels = Some(
+            [(SERVICE_NAME_LABEL.to_string(), svc.to_string())]
+                .into_iter()
+                .collect(),
+        );
         EndpointSlice {
             metadata: m,
             address_type: family.into(),
             endpoints: eps
                 .iter()
-                .map(|(ip, host, ready)| Endpoint { addresses: vec![ip.to_string()], hostname: host.map(str::to_string), conditions: Some(EndpointConditions { ready: *ready, ..Default::default() }), ..Default::default() })
+                .map(|(ip, host, ready)| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    hostname: host.map(str::to_string),
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
                 .collect(),
-            ports: Some(ports.iter().map(|(n, p, proto)| EndpointPort { name: Some(n.to_string()), port: Some(*p), protocol: Some(proto.to_string()), ..Default::default() }).collect()),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p, proto)| EndpointPort {
+                        name: Some(n.to_string()),
+                        port: Some(*p),
+                        protocol: Some(proto.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
         }
     }
 
     fn node(name: &str, addrs: &[(&str, &str)]) -> Node {
         Node {
-            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-            status: Some(NodeStatus { addresses: Some(addrs.iter().map(|(t, a)| NodeAddress { type_: t.to_string(), address: a.to_string() }).collect()), ..Default::default() }),
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                addresses: Some(
+                    addrs
+                        .iter()
+                        .map(|(t, a)| NodeAddress {
+                            type_: t.to_string(),
+                            address: a.to_string(),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
 
     fn custom_cm(pairs: &[(&str, &str)]) -> ConfigMap {
-        ConfigMap { metadata: meta("kube-system", "coredns-custom"), data: Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()), ..Default::default() }
+        ConfigMap {
+            metadata: meta("kube-system", "coredns-custom"),
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
     }
 
     fn cfg() -> RecordsConfig {
@@ -808,7 +1119,14 @@ pub(crate) mod tests {
     }
 
     fn build(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Records {
-        Records::build(&cfg(), &Sources { services: services.into_iter().map(Arc::new).collect(), endpoint_slices: slices.into_iter().map(Arc::new).collect(), ..Default::default() })
+        Records::build(
+            &cfg(),
+            &Sources {
+                services: services.into_iter().map(Arc::new).collect(),
+                endpoint_slices: slices.into_iter().map(Arc::new).collect(),
+                ..Default::default()
+            },
+        )
     }
 
     fn n(s: &str) -> Name {
@@ -851,8 +1169,24 @@ pub(crate) mod tests {
 
     fn web() -> Records {
         build(
-            vec![cluster_ip("default", "web", &["10.43.0.20"], &[("http", 80, "TCP"), ("", 81, "TCP"), ("dns", 53, "UDP")])],
-            vec![slice("default", "web", "web-abc", "IPv4", &[("10.42.0.5", None, Some(true)), ("10.42.0.6", None, None), ("10.42.0.7", None, Some(false))], &[("http", 8080, "TCP")])],
+            vec![cluster_ip(
+                "default",
+                "web",
+                &["10.43.0.20"],
+                &[("http", 80, "TCP"), ("", 81, "TCP"), ("dns", 53, "UDP")],
+            )],
+            vec![slice(
+                "default",
+                "web",
+                "web-abc",
+                "IPv4",
+                &[
+                    ("10.42.0.5", None, Some(true)),
+                    ("10.42.0.6", None, None),
+                    ("10.42.0.7", None, Some(false)),
+                ],
+                &[("http", 8080, "TCP")],
+            )],
         )
     }
 
@@ -864,63 +1198,153 @@ pub(crate) mod tests {
         assert!(a.authoritative);
         assert_eq!(data(&a), vec!["10.43.0.20"]);
         assert_eq!(a.answers[0].ttl, 5);
-        assert_eq!(a.answers[0].name.to_string(), "Web.Default.SVC.cluster.local.", "the owner keeps the asked case");
+        assert_eq!(
+            a.answers[0].name.to_string(),
+            "Web.Default.SVC.cluster.local.",
+            "the owner keeps the asked case"
+        );
     }
 
     #[test]
     fn aaaa_of_ipv4_service_is_nodata() {
-        assert_nodata(&q(&web(), "web.default.svc.cluster.local.", RecordType::AAAA));
+        assert_nodata(&q(
+            &web(),
+            "web.default.svc.cluster.local.",
+            RecordType::AAAA,
+        ));
         assert_nodata(&q(&web(), "web.default.svc.cluster.local.", RecordType::MX));
     }
 
     #[test]
     fn dual_stack_cluster_ips() {
-        let r = build(vec![cluster_ip("default", "ds", &["10.43.0.9", "fd00:43::9"], &[("http", 80, "TCP")])], vec![]);
-        assert_eq!(data(&q(&r, "ds.default.svc.cluster.local.", RecordType::A)), vec!["10.43.0.9"]);
-        assert_eq!(data(&q(&r, "ds.default.svc.cluster.local.", RecordType::AAAA)), vec!["fd00:43::9"]);
-        let p = q(&r, "9.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.3.4.0.0.0.0.d.f.ip6.arpa.", RecordType::PTR);
+        let r = build(
+            vec![cluster_ip(
+                "default",
+                "ds",
+                &["10.43.0.9", "fd00:43::9"],
+                &[("http", 80, "TCP")],
+            )],
+            vec![],
+        );
+        assert_eq!(
+            data(&q(&r, "ds.default.svc.cluster.local.", RecordType::A)),
+            vec!["10.43.0.9"]
+        );
+        assert_eq!(
+            data(&q(&r, "ds.default.svc.cluster.local.", RecordType::AAAA)),
+            vec!["fd00:43::9"]
+        );
+        let p = q(
+            &r,
+            "9.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.3.4.0.0.0.0.d.f.ip6.arpa.",
+            RecordType::PTR,
+        );
         assert_eq!(data(&p), vec!["ds.default.svc.cluster.local."]);
     }
 
     #[test]
     fn srv_for_named_ports_of_cluster_ip_service() {
         let r = web();
-        let s = q(&r, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV);
+        let s = q(
+            &r,
+            "_http._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+        );
         assert_eq!(data(&s), vec!["0 100 80 web.default.svc.cluster.local."]);
         assert_eq!(s.additional.len(), 1);
-        assert_eq!(s.additional[0].name.to_string(), "web.default.svc.cluster.local.");
+        assert_eq!(
+            s.additional[0].name.to_string(),
+            "web.default.svc.cluster.local."
+        );
         assert_eq!(s.additional[0].data.to_string(), "10.43.0.20");
-        assert_eq!(data(&q(&r, "_dns._udp.web.default.svc.cluster.local.", RecordType::SRV)), vec!["0 100 53 web.default.svc.cluster.local."]);
+        assert_eq!(
+            data(&q(
+                &r,
+                "_dns._udp.web.default.svc.cluster.local.",
+                RecordType::SRV
+            )),
+            vec!["0 100 53 web.default.svc.cluster.local."]
+        );
         // Wrong protocol or unknown port: no such name.
-        assert_nxdomain(&q(&r, "_http._udp.web.default.svc.cluster.local.", RecordType::SRV));
-        assert_nxdomain(&q(&r, "_nope._tcp.web.default.svc.cluster.local.", RecordType::SRV));
+        assert_nxdomain(&q(
+            &r,
+            "_http._udp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+        ));
+        assert_nxdomain(&q(
+            &r,
+            "_nope._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+        ));
         // The bare Service name lists every port, unnamed ones too; weight 100/3.
         assert_eq!(
             data(&q(&r, "web.default.svc.cluster.local.", RecordType::SRV)),
-            vec!["0 33 53 web.default.svc.cluster.local.", "0 33 80 web.default.svc.cluster.local.", "0 33 81 web.default.svc.cluster.local."]
+            vec![
+                "0 33 53 web.default.svc.cluster.local.",
+                "0 33 80 web.default.svc.cluster.local.",
+                "0 33 81 web.default.svc.cluster.local."
+            ]
         );
         // `_tcp.web...` is an empty non-terminal.
-        assert_nodata(&q(&r, "_tcp.web.default.svc.cluster.local.", RecordType::SRV));
+        assert_nodata(&q(
+            &r,
+            "_tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+        ));
     }
 
     #[test]
     fn ptr_for_cluster_ip_and_endpoints() {
         let r = web();
-        assert_eq!(data(&q(&r, "20.0.43.10.in-addr.arpa.", RecordType::PTR)), vec!["web.default.svc.cluster.local."]);
+        assert_eq!(
+            data(&q(&r, "20.0.43.10.in-addr.arpa.", RecordType::PTR)),
+            vec!["web.default.svc.cluster.local."]
+        );
         // Endpoints of a ClusterIP Service get their dashed name (CoreDNS).
-        assert_eq!(data(&q(&r, "5.0.42.10.in-addr.arpa.", RecordType::PTR)), vec!["10-42-0-5.web.default.svc.cluster.local."]);
+        assert_eq!(
+            data(&q(&r, "5.0.42.10.in-addr.arpa.", RecordType::PTR)),
+            vec!["10-42-0-5.web.default.svc.cluster.local."]
+        );
         // Not-ready endpoint and unknown addresses are forwarded.
-        assert_eq!(r.resolve(&n("7.0.42.10.in-addr.arpa."), RecordType::PTR), Answer::Forward(Upstream::Default));
-        assert_eq!(r.resolve(&n("8.8.8.8.in-addr.arpa."), RecordType::PTR), Answer::Forward(Upstream::Default));
-        assert_eq!(r.resolve(&n("42.10.in-addr.arpa."), RecordType::PTR), Answer::Forward(Upstream::Default));
+        assert_eq!(
+            r.resolve(&n("7.0.42.10.in-addr.arpa."), RecordType::PTR),
+            Answer::Forward(Upstream::Default)
+        );
+        assert_eq!(
+            r.resolve(&n("8.8.8.8.in-addr.arpa."), RecordType::PTR),
+            Answer::Forward(Upstream::Default)
+        );
+        assert_eq!(
+            r.resolve(&n("42.10.in-addr.arpa."), RecordType::PTR),
+            Answer::Forward(Upstream::Default)
+        );
     }
 
     #[test]
     fn endpoint_names_of_cluster_ip_service_resolve() {
         let r = web();
-        assert_eq!(data(&q(&r, "10-42-0-5.web.default.svc.cluster.local.", RecordType::A)), vec!["10.42.0.5"]);
-        assert_eq!(data(&q(&r, "10-42-0-6.web.default.svc.cluster.local.", RecordType::A)), vec!["10.42.0.6"], "ready unset means ready");
-        assert_nxdomain(&q(&r, "10-42-0-7.web.default.svc.cluster.local.", RecordType::A));
+        assert_eq!(
+            data(&q(
+                &r,
+                "10-42-0-5.web.default.svc.cluster.local.",
+                RecordType::A
+            )),
+            vec!["10.42.0.5"]
+        );
+        assert_eq!(
+            data(&q(
+                &r,
+                "10-42-0-6.web.default.svc.cluster.local.",
+                RecordType::A
+            )),
+            vec!["10.42.0.6"],
+            "ready unset means ready"
+        );
+        assert_nxdomain(&q(
+            &r,
+            "10-42-0-7.web.default.svc.cluster.local.",
+            RecordType::A,
+        ));
     }
 
     fn db() -> Records {
@@ -932,11 +1356,30 @@ pub(crate) mod tests {
                     "db",
                     "db-1",
                     "IPv4",
-                    &[("10.42.1.10", Some("db-0"), Some(true)), ("10.42.1.11", Some("db-1"), Some(true)), ("10.42.1.12", None, Some(true)), ("10.42.1.13", Some("db-3"), Some(false))],
+                    &[
+                        ("10.42.1.10", Some("db-0"), Some(true)),
+                        ("10.42.1.11", Some("db-1"), Some(true)),
+                        ("10.42.1.12", None, Some(true)),
+                        ("10.42.1.13", Some("db-3"), Some(false)),
+                    ],
                     &[("pg", 5432, "TCP")],
                 ),
-                slice("data", "db", "db-2", "IPv6", &[("fd00::10", Some("db-0"), Some(true))], &[("pg", 5432, "TCP")]),
-                slice("data", "db", "db-3", "FQDN", &[("db.example.com", None, Some(true))], &[]),
+                slice(
+                    "data",
+                    "db",
+                    "db-2",
+                    "IPv6",
+                    &[("fd00::10", Some("db-0"), Some(true))],
+                    &[("pg", 5432, "TCP")],
+                ),
+                slice(
+                    "data",
+                    "db",
+                    "db-3",
+                    "FQDN",
+                    &[("db.example.com", None, Some(true))],
+                    &[],
+                ),
             ],
         )
     }
@@ -944,18 +1387,41 @@ pub(crate) mod tests {
     #[test]
     fn headless_service_lists_ready_endpoints() {
         let r = db();
-        assert_eq!(data(&q(&r, "db.data.svc.cluster.local.", RecordType::A)), vec!["10.42.1.10", "10.42.1.11", "10.42.1.12"]);
-        assert_eq!(data(&q(&r, "db.data.svc.cluster.local.", RecordType::AAAA)), vec!["fd00::10"]);
+        assert_eq!(
+            data(&q(&r, "db.data.svc.cluster.local.", RecordType::A)),
+            vec!["10.42.1.10", "10.42.1.11", "10.42.1.12"]
+        );
+        assert_eq!(
+            data(&q(&r, "db.data.svc.cluster.local.", RecordType::AAAA)),
+            vec!["fd00::10"]
+        );
     }
 
     #[test]
     fn headless_hostnames_and_dashed_names() {
         let r = db();
-        assert_eq!(data(&q(&r, "db-0.db.data.svc.cluster.local.", RecordType::A)), vec!["10.42.1.10"]);
-        assert_eq!(data(&q(&r, "db-0.db.data.svc.cluster.local.", RecordType::AAAA)), vec!["fd00::10"]);
-        assert_eq!(data(&q(&r, "10-42-1-12.db.data.svc.cluster.local.", RecordType::A)), vec!["10.42.1.12"]);
+        assert_eq!(
+            data(&q(&r, "db-0.db.data.svc.cluster.local.", RecordType::A)),
+            vec!["10.42.1.10"]
+        );
+        assert_eq!(
+            data(&q(&r, "db-0.db.data.svc.cluster.local.", RecordType::AAAA)),
+            vec!["fd00::10"]
+        );
+        assert_eq!(
+            data(&q(
+                &r,
+                "10-42-1-12.db.data.svc.cluster.local.",
+                RecordType::A
+            )),
+            vec!["10.42.1.12"]
+        );
         // An endpoint with a hostname is named by it only, not by its dashed address.
-        assert_nxdomain(&q(&r, "fd00--10.db.data.svc.cluster.local.", RecordType::AAAA));
+        assert_nxdomain(&q(
+            &r,
+            "fd00--10.db.data.svc.cluster.local.",
+            RecordType::AAAA,
+        ));
         assert_nxdomain(&q(&r, "db-3.db.data.svc.cluster.local.", RecordType::A));
         assert_nxdomain(&q(&r, "db-9.db.data.svc.cluster.local.", RecordType::A));
     }
@@ -966,9 +1432,17 @@ pub(crate) mod tests {
         let s = q(&r, "_pg._tcp.db.data.svc.cluster.local.", RecordType::SRV);
         assert_eq!(
             data(&s),
-            vec!["0 33 5432 10-42-1-12.db.data.svc.cluster.local.", "0 33 5432 db-0.db.data.svc.cluster.local.", "0 33 5432 db-1.db.data.svc.cluster.local."]
+            vec![
+                "0 33 5432 10-42-1-12.db.data.svc.cluster.local.",
+                "0 33 5432 db-0.db.data.svc.cluster.local.",
+                "0 33 5432 db-1.db.data.svc.cluster.local."
+            ]
         );
-        let mut extra: Vec<String> = s.additional.iter().map(|r| format!("{} {}", r.name, r.data)).collect();
+        let mut extra: Vec<String> = s
+            .additional
+            .iter()
+            .map(|r| format!("{} {}", r.name, r.data))
+            .collect();
         extra.sort();
         assert_eq!(
             extra,
@@ -984,20 +1458,49 @@ pub(crate) mod tests {
     #[test]
     fn headless_ptr_uses_endpoint_name() {
         let r = db();
-        assert_eq!(data(&q(&r, "10.1.42.10.in-addr.arpa.", RecordType::PTR)), vec!["db-0.db.data.svc.cluster.local."]);
-        assert_eq!(data(&q(&r, "12.1.42.10.in-addr.arpa.", RecordType::PTR)), vec!["10-42-1-12.db.data.svc.cluster.local."]);
+        assert_eq!(
+            data(&q(&r, "10.1.42.10.in-addr.arpa.", RecordType::PTR)),
+            vec!["db-0.db.data.svc.cluster.local."]
+        );
+        assert_eq!(
+            data(&q(&r, "12.1.42.10.in-addr.arpa.", RecordType::PTR)),
+            vec!["10-42-1-12.db.data.svc.cluster.local."]
+        );
     }
 
     #[test]
     fn headless_without_ready_endpoints_is_nxdomain() {
-        let r = build(vec![headless("data", "empty")], vec![slice("data", "empty", "e-1", "IPv4", &[("10.42.1.50", None, Some(false))], &[])]);
+        let r = build(
+            vec![headless("data", "empty")],
+            vec![slice(
+                "data",
+                "empty",
+                "e-1",
+                "IPv4",
+                &[("10.42.1.50", None, Some(false))],
+                &[],
+            )],
+        );
         assert_nxdomain(&q(&r, "empty.data.svc.cluster.local.", RecordType::A));
     }
 
     #[test]
     fn endpoint_slices_of_other_services_do_not_leak() {
-        let r = build(vec![headless("a", "db"), headless("b", "db")], vec![slice("a", "db", "x", "IPv4", &[("10.42.0.1", None, None)], &[])]);
-        assert_eq!(data(&q(&r, "db.a.svc.cluster.local.", RecordType::A)), vec!["10.42.0.1"]);
+        let r = build(
+            vec![headless("a", "db"), headless("b", "db")],
+            vec![slice(
+                "a",
+                "db",
+                "x",
+                "IPv4",
+                &[("10.42.0.1", None, None)],
+                &[],
+            )],
+        );
+        assert_eq!(
+            data(&q(&r, "db.a.svc.cluster.local.", RecordType::A)),
+            vec!["10.42.0.1"]
+        );
         assert_nxdomain(&q(&r, "db.b.svc.cluster.local.", RecordType::A));
     }
 
@@ -1019,7 +1522,12 @@ pub(crate) mod tests {
     #[test]
     fn external_name_inside_cluster_is_followed() {
         let r = build(
-            vec![external("default", "alias", "web.default.svc.cluster.local"), cluster_ip("default", "web", &["10.43.0.20"], &[("http", 80, "TCP")]), external("default", "loop1", "loop2.default.svc.cluster.local"), external("default", "loop2", "loop1.default.svc.cluster.local")],
+            vec![
+                external("default", "alias", "web.default.svc.cluster.local"),
+                cluster_ip("default", "web", &["10.43.0.20"], &[("http", 80, "TCP")]),
+                external("default", "loop1", "loop2.default.svc.cluster.local"),
+                external("default", "loop2", "loop1.default.svc.cluster.local"),
+            ],
             vec![],
         );
         let a = q(&r, "alias.default.svc.cluster.local.", RecordType::A);
@@ -1029,18 +1537,43 @@ pub(crate) mod tests {
         // A loop stops after MAX_CNAME_CHAIN links instead of recursing forever.
         let l = q(&r, "loop1.default.svc.cluster.local.", RecordType::A);
         assert_eq!(l.answers.len(), MAX_CNAME_CHAIN);
-        assert!(l.answers.iter().all(|r| r.record_type() == RecordType::CNAME));
+        assert!(l
+            .answers
+            .iter()
+            .all(|r| r.record_type() == RecordType::CNAME));
     }
 
     #[test]
     fn pod_records_from_the_name() {
         let r = web();
-        assert_eq!(data(&q(&r, "10-42-0-99.anyns.pod.cluster.local.", RecordType::A)), vec!["10.42.0.99"]);
-        assert_eq!(data(&q(&r, "fd00--99.anyns.pod.cluster.local.", RecordType::AAAA)), vec!["fd00::99"]);
-        assert_nodata(&q(&r, "10-42-0-99.anyns.pod.cluster.local.", RecordType::AAAA));
+        assert_eq!(
+            data(&q(&r, "10-42-0-99.anyns.pod.cluster.local.", RecordType::A)),
+            vec!["10.42.0.99"]
+        );
+        assert_eq!(
+            data(&q(
+                &r,
+                "fd00--99.anyns.pod.cluster.local.",
+                RecordType::AAAA
+            )),
+            vec!["fd00::99"]
+        );
+        assert_nodata(&q(
+            &r,
+            "10-42-0-99.anyns.pod.cluster.local.",
+            RecordType::AAAA,
+        ));
         assert_nxdomain(&q(&r, "not-an-ip.anyns.pod.cluster.local.", RecordType::A));
-        assert_nxdomain(&q(&r, "10-42-0-300.anyns.pod.cluster.local.", RecordType::A));
-        assert_nxdomain(&q(&r, "x.10-42-0-99.anyns.pod.cluster.local.", RecordType::A));
+        assert_nxdomain(&q(
+            &r,
+            "10-42-0-300.anyns.pod.cluster.local.",
+            RecordType::A,
+        ));
+        assert_nxdomain(&q(
+            &r,
+            "x.10-42-0-99.anyns.pod.cluster.local.",
+            RecordType::A,
+        ));
         assert_nodata(&q(&r, "anyns.pod.cluster.local.", RecordType::A));
         assert_nodata(&q(&r, "pod.cluster.local.", RecordType::A));
     }
@@ -1050,7 +1583,10 @@ pub(crate) mod tests {
         let t = q(&web(), "dns-version.cluster.local.", RecordType::TXT);
         assert_eq!(t.answers.len(), 1);
         match &t.answers[0].data {
-            RData::TXT(txt) => assert_eq!(txt.txt_data.iter().map(|b| b.to_vec()).collect::<Vec<_>>(), vec![b"1.1.0".to_vec()]),
+            RData::TXT(txt) => assert_eq!(
+                txt.txt_data.iter().map(|b| b.to_vec()).collect::<Vec<_>>(),
+                vec![b"1.1.0".to_vec()]
+            ),
             other => panic!("{other:?}"),
         }
         assert_nodata(&q(&web(), "dns-version.cluster.local.", RecordType::A));
@@ -1061,7 +1597,11 @@ pub(crate) mod tests {
         let r = web();
         assert_nxdomain(&q(&r, "nope.default.svc.cluster.local.", RecordType::A));
         assert_nxdomain(&q(&r, "www.google.com.cluster.local.", RecordType::A));
-        assert_nxdomain(&q(&r, "web.default.default.svc.cluster.local.", RecordType::A));
+        assert_nxdomain(&q(
+            &r,
+            "web.default.default.svc.cluster.local.",
+            RecordType::A,
+        ));
         assert_nxdomain(&q(&r, "a.b.c.d.e.svc.cluster.local.", RecordType::SRV));
         assert_nxdomain(&q(&r, "nosuchns.svc.cluster.local.", RecordType::A));
     }
@@ -1087,8 +1627,19 @@ pub(crate) mod tests {
 
     #[test]
     fn ns_dns_answers_kube_dns_cluster_ip() {
-        let r = build(vec![cluster_ip("kube-system", "kube-dns", &["10.43.0.10"], &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")])], vec![]);
-        assert_eq!(data(&q(&r, "ns.dns.cluster.local.", RecordType::A)), vec!["10.43.0.10"]);
+        let r = build(
+            vec![cluster_ip(
+                "kube-system",
+                "kube-dns",
+                &["10.43.0.10"],
+                &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")],
+            )],
+            vec![],
+        );
+        assert_eq!(
+            data(&q(&r, "ns.dns.cluster.local.", RecordType::A)),
+            vec!["10.43.0.10"]
+        );
         let ns = q(&r, "cluster.local.", RecordType::NS);
         assert_eq!(ns.additional.len(), 1);
         assert_eq!(ns.additional[0].data.to_string(), "10.43.0.10");
@@ -1097,19 +1648,37 @@ pub(crate) mod tests {
     #[test]
     fn names_outside_the_zone_are_forwarded() {
         let r = web();
-        assert_eq!(r.resolve(&n("example.com."), RecordType::A), Answer::Forward(Upstream::Default));
-        assert_eq!(r.resolve(&n("."), RecordType::NS), Answer::Forward(Upstream::Default));
-        assert_eq!(r.resolve(&n("cluster.local.example.com."), RecordType::A), Answer::Forward(Upstream::Default));
+        assert_eq!(
+            r.resolve(&n("example.com."), RecordType::A),
+            Answer::Forward(Upstream::Default)
+        );
+        assert_eq!(
+            r.resolve(&n("."), RecordType::NS),
+            Answer::Forward(Upstream::Default)
+        );
+        assert_eq!(
+            r.resolve(&n("cluster.local.example.com."), RecordType::A),
+            Answer::Forward(Upstream::Default)
+        );
     }
 
     #[test]
     fn other_cluster_domain() {
         let c = RecordsConfig::new("Corp.Internal.", 30).unwrap();
-        let r = Records::build(&c, &Sources { services: vec![Arc::new(cluster_ip("default", "web", &["10.43.0.20"], &[]))], ..Default::default() });
+        let r = Records::build(
+            &c,
+            &Sources {
+                services: vec![Arc::new(cluster_ip("default", "web", &["10.43.0.20"], &[]))],
+                ..Default::default()
+            },
+        );
         let a = q(&r, "web.default.svc.corp.internal.", RecordType::A);
         assert_eq!(data(&a), vec!["10.43.0.20"]);
         assert_eq!(a.answers[0].ttl, 30);
-        assert_eq!(r.resolve(&n("web.default.svc.cluster.local."), RecordType::A), Answer::Forward(Upstream::Default));
+        assert_eq!(
+            r.resolve(&n("web.default.svc.cluster.local."), RecordType::A),
+            Answer::Forward(Upstream::Default)
+        );
         assert!(RecordsConfig::new("bad domain", 5).is_err());
         assert!(RecordsConfig::new("", 5).is_err());
     }
@@ -1118,15 +1687,32 @@ pub(crate) mod tests {
     fn node_names_resolve_to_internal_ips() {
         let r = Records::build(
             &cfg(),
-            &Sources { nodes: vec![Arc::new(node("Node-1", &[("InternalIP", "192.168.5.10"), ("ExternalIP", "203.0.113.9"), ("Hostname", "node-1"), ("InternalIP", "fd00::a")]))], ..Default::default() },
+            &Sources {
+                nodes: vec![Arc::new(node(
+                    "Node-1",
+                    &[
+                        ("InternalIP", "192.168.5.10"),
+                        ("ExternalIP", "203.0.113.9"),
+                        ("Hostname", "node-1"),
+                        ("InternalIP", "fd00::a"),
+                    ],
+                ))],
+                ..Default::default()
+            },
         );
         let a = q(&r, "node-1.", RecordType::A);
         assert_eq!(data(&a), vec!["192.168.5.10"]);
         assert!(a.authoritative);
         assert_eq!(data(&q(&r, "NODE-1.", RecordType::AAAA)), vec!["fd00::a"]);
-        assert_eq!(data(&q(&r, "10.5.168.192.in-addr.arpa.", RecordType::PTR)), vec!["node-1."]);
+        assert_eq!(
+            data(&q(&r, "10.5.168.192.in-addr.arpa.", RecordType::PTR)),
+            vec!["node-1."]
+        );
         // Other types fall through to forwarding, like CoreDNS's hosts plugin.
-        assert_eq!(r.resolve(&n("node-1."), RecordType::MX), Answer::Forward(Upstream::Default));
+        assert_eq!(
+            r.resolve(&n("node-1."), RecordType::MX),
+            Answer::Forward(Upstream::Default)
+        );
     }
 
     #[test]
@@ -1137,17 +1723,53 @@ pub(crate) mod tests {
             ("upstreamNameservers", r#"["10.7.7.7"]"#),
             ("log.override", "log"),
         ]);
-        let r = Records::build(&cfg(), &Sources { custom: Some(Arc::new(cm)), services: vec![Arc::new(cluster_ip("default", "web", &["10.43.0.20"], &[]))], ..Default::default() });
-        assert_eq!(data(&q(&r, "registry.corp.", RecordType::A)), vec!["10.1.2.3"]);
-        assert_eq!(data(&q(&r, "registry.corp.", RecordType::AAAA)), vec!["fd00::7"]);
+        let r = Records::build(
+            &cfg(),
+            &Sources {
+                custom: Some(Arc::new(cm)),
+                services: vec![Arc::new(cluster_ip("default", "web", &["10.43.0.20"], &[]))],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            data(&q(&r, "registry.corp.", RecordType::A)),
+            vec!["10.1.2.3"]
+        );
+        assert_eq!(
+            data(&q(&r, "registry.corp.", RecordType::AAAA)),
+            vec!["fd00::7"]
+        );
         // Hosts come before the kubernetes records, as the hosts plugin does.
-        assert_eq!(data(&q(&r, "web.default.svc.cluster.local.", RecordType::A)), vec!["10.1.2.4"]);
-        let stub = |s: &str| Answer::Forward(Upstream::Servers(vec![s.parse::<SocketAddr>().unwrap()].into()));
-        assert_eq!(r.resolve(&n("a.corp.example."), RecordType::A), stub("10.9.9.9:53"));
-        assert_eq!(r.resolve(&n("corp.example."), RecordType::A), stub("10.9.9.9:53"));
-        assert_eq!(r.resolve(&n("x.deep.corp.example."), RecordType::A), stub("10.8.8.8:5353"), "longest stub domain wins");
-        assert_eq!(r.resolve(&n("example.org."), RecordType::A), stub("10.7.7.7:53"));
-        assert_eq!(r.resolve(&n("8.8.8.8.in-addr.arpa."), RecordType::PTR), stub("10.7.7.7:53"));
+        assert_eq!(
+            data(&q(&r, "web.default.svc.cluster.local.", RecordType::A)),
+            vec!["10.1.2.4"]
+        );
+        let stub = |s: &str| {
+            Answer::Forward(Upstream::Servers(
+                vec![s.parse::<SocketAddr>().unwrap()].into(),
+            ))
+        };
+        assert_eq!(
+            r.resolve(&n("a.corp.example."), RecordType::A),
+            stub("10.9.9.9:53")
+        );
+        assert_eq!(
+            r.resolve(&n("corp.example."), RecordType::A),
+            stub("10.9.9.9:53")
+        );
+        assert_eq!(
+            r.resolve(&n("x.deep.corp.example."), RecordType::A),
+            stub("10.8.8.8:5353"),
+            "longest stub domain wins"
+        );
+        assert_eq!(
+            r.resolve(&n("example.org."), RecordType::A),
+            stub("10.7.7.7:53")
+        );
+        assert_eq!(
+            r.resolve(&n("8.8.8.8.in-addr.arpa."), RecordType::PTR),
+            stub("10.7.7.7:53")
+        );
         assert_eq!(r.warnings().len(), 1, "{:?}", r.warnings());
         assert!(r.warnings()[0].contains("log.override"));
     }
@@ -1155,7 +1777,13 @@ pub(crate) mod tests {
     #[test]
     fn only_hosts_name_with_other_family_is_nodata() {
         let cm = custom_cm(&[("a.hosts", "10.1.2.3 only4\n")]);
-        let r = Records::build(&cfg(), &Sources { custom: Some(Arc::new(cm)), ..Default::default() });
+        let r = Records::build(
+            &cfg(),
+            &Sources {
+                custom: Some(Arc::new(cm)),
+                ..Default::default()
+            },
+        );
         let rep = q(&r, "only4.", RecordType::AAAA);
         assert_eq!(rep.rcode, ResponseCode::NoError);
         assert!(rep.answers.is_empty());
@@ -1173,27 +1801,71 @@ pub(crate) mod tests {
                 external("default", "ip-ext", "192.0.2.1"),
                 no_ip,
                 cluster_ip("default", "bad.name", &["10.43.0.30"], &[]),
-                cluster_ip("default", "bad-port", &["10.43.0.31"], &[("http", 70000, "TCP")]),
-                Service { metadata: meta("default", "nospec"), ..Default::default() },
+                cluster_ip(
+                    "default",
+                    "bad-port",
+                    &["10.43.0.31"],
+                    &[("http", 70000, "TCP")],
+                ),
+                Service {
+                    metadata: meta("default", "nospec"),
+                    ..Default::default()
+                },
                 cluster_ip("default", "ok", &["10.43.0.32"], &[]),
             ],
-            vec![slice("default", "ok", "s", "IPv4", &[("garbage", None, None)], &[("p", -1, "TCP")])],
+            vec![slice(
+                "default",
+                "ok",
+                "s",
+                "IPv4",
+                &[("garbage", None, None)],
+                &[("p", -1, "TCP")],
+            )],
         );
         assert_eq!(r.warnings().len(), 3, "{:?}", r.warnings());
         assert_nxdomain(&q(&r, "bad-ext.default.svc.cluster.local.", RecordType::A));
         assert_nxdomain(&q(&r, "ip-ext.default.svc.cluster.local.", RecordType::A));
         assert_nxdomain(&q(&r, "pending.default.svc.cluster.local.", RecordType::A));
-        assert_eq!(data(&q(&r, "bad-port.default.svc.cluster.local.", RecordType::A)), vec!["10.43.0.31"]);
-        assert_nodata(&q(&r, "bad-port.default.svc.cluster.local.", RecordType::SRV));
-        assert_eq!(data(&q(&r, "ok.default.svc.cluster.local.", RecordType::A)), vec!["10.43.0.32"]);
+        assert_eq!(
+            data(&q(&r, "bad-port.default.svc.cluster.local.", RecordType::A)),
+            vec!["10.43.0.31"]
+        );
+        assert_nodata(&q(
+            &r,
+            "bad-port.default.svc.cluster.local.",
+            RecordType::SRV,
+        ));
+        assert_eq!(
+            data(&q(&r, "ok.default.svc.cluster.local.", RecordType::A)),
+            vec!["10.43.0.32"]
+        );
     }
 
     #[test]
     fn odd_query_names_never_panic() {
         let r = db();
-        let weird = [".", "cluster.local.", "a\\.b.svc.cluster.local.", "_.svc.cluster.local.", "-.-.pod.cluster.local.", "ip6.arpa.", "in-addr.arpa.", "1.in-addr.arpa."];
+        let weird = [
+            ".",
+            "cluster.local.",
+            "a\\.b.svc.cluster.local.",
+            "_.svc.cluster.local.",
+            "-.-.pod.cluster.local.",
+            "ip6.arpa.",
+            "in-addr.arpa.",
+            "1.in-addr.arpa.",
+        ];
         for w in weird {
-            for t in [RecordType::A, RecordType::AAAA, RecordType::SRV, RecordType::PTR, RecordType::ANY, RecordType::TXT, RecordType::CNAME, RecordType::NS, RecordType::SOA] {
+            for t in [
+                RecordType::A,
+                RecordType::AAAA,
+                RecordType::SRV,
+                RecordType::PTR,
+                RecordType::ANY,
+                RecordType::TXT,
+                RecordType::CNAME,
+                RecordType::NS,
+                RecordType::SOA,
+            ] {
                 if let Ok(name) = Name::from_ascii(w) {
                     let _ = r.resolve(&name, t);
                 }
@@ -1206,8 +1878,17 @@ pub(crate) mod tests {
     #[test]
     fn handle_swaps_records() {
         let h = RecordsHandle::new(Records::empty(&cfg()));
-        assert_nxdomain(&reply(h.load().resolve(&n("web.default.svc.cluster.local."), RecordType::A)));
+        assert_nxdomain(&reply(
+            h.load()
+                .resolve(&n("web.default.svc.cluster.local."), RecordType::A),
+        ));
         h.store(web());
-        assert_eq!(data(&reply(h.load().resolve(&n("web.default.svc.cluster.local."), RecordType::A))), vec!["10.43.0.20"]);
+        assert_eq!(
+            data(&reply(h.load().resolve(
+                &n("web.default.svc.cluster.local."),
+                RecordType::A
+            ))),
+            vec!["10.43.0.20"]
+        );
     }
 }

@@ -56,9 +56,22 @@ pub struct Upstreams {
 
 /// The upstreams by the rule of the module docs, reading files with `read`. `etc` and
 /// `systemd` are the default paths (parameters so tests can use temporary files).
-pub fn choose_upstreams(explicit: Option<&Path>, etc: &Path, systemd: &Path, read: impl Fn(&Path) -> Option<String>) -> Upstreams {
+pub fn choose_upstreams(
+    explicit: Option<&Path>,
+    etc: &Path,
+    systemd: &Path,
+    read: impl Fn(&Path) -> Option<String>,
+) -> Upstreams {
     if let Some(p) = explicit {
-        let servers = read(p).map(|t| to_addrs(parse_nameservers(&t).into_iter().filter(|ip| !ip.is_unspecified()))).unwrap_or_default();
+        let servers = read(p)
+            .map(|t| {
+                to_addrs(
+                    parse_nameservers(&t)
+                        .into_iter()
+                        .filter(|ip| !ip.is_unspecified()),
+                )
+            })
+            .unwrap_or_default();
         let source = (!servers.is_empty()).then(|| p.to_path_buf());
         return Upstreams { servers, source };
     }
@@ -66,16 +79,27 @@ pub fn choose_upstreams(explicit: Option<&Path>, etc: &Path, systemd: &Path, rea
         if let Some(text) = read(p) {
             let servers = to_addrs(parse_nameservers(&text).into_iter().filter(usable));
             if !servers.is_empty() {
-                return Upstreams { servers, source: Some(p.to_path_buf()) };
+                return Upstreams {
+                    servers,
+                    source: Some(p.to_path_buf()),
+                };
             }
         }
     }
-    Upstreams { servers: Vec::new(), source: None }
+    Upstreams {
+        servers: Vec::new(),
+        source: None,
+    }
 }
 
 /// [`choose_upstreams`] on the real files; logs a warning when no upstream is usable.
 pub fn load_upstreams(explicit: Option<&Path>) -> Upstreams {
-    let u = choose_upstreams(explicit, Path::new(ETC_RESOLV_CONF), Path::new(SYSTEMD_RESOLV_CONF), |p| std::fs::read_to_string(p).ok());
+    let u = choose_upstreams(
+        explicit,
+        Path::new(ETC_RESOLV_CONF),
+        Path::new(SYSTEMD_RESOLV_CONF),
+        |p| std::fs::read_to_string(p).ok(),
+    );
     if u.servers.is_empty() {
         match explicit {
             Some(p) => tracing::warn!(file = %p.display(), "cluster DNS: no nameserver in the resolv.conf file; names outside the cluster will get SERVFAIL"),
@@ -93,7 +117,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn files(pairs: &[(&str, &str)]) -> impl Fn(&Path) -> Option<String> {
-        let m: HashMap<PathBuf, String> = pairs.iter().map(|(p, t)| (PathBuf::from(p), t.to_string())).collect();
+        let m: HashMap<PathBuf, String> = pairs
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+            .collect();
         move |p: &Path| m.get(p).cloned()
     }
 
@@ -103,32 +130,67 @@ mod tests {
     #[test]
     fn parses_nameserver_lines() {
         let t = "# generated\nsearch example.com\nnameserver 10.0.0.2\nnameserver  fd00::53 # v6\nnameserver bogus\noptions ndots:2\nnameserver fe80::2%eth0\n";
-        assert_eq!(parse_nameservers(t), vec!["10.0.0.2".parse::<IpAddr>().unwrap(), "fd00::53".parse().unwrap()]);
+        assert_eq!(
+            parse_nameservers(t),
+            vec![
+                "10.0.0.2".parse::<IpAddr>().unwrap(),
+                "fd00::53".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
     fn plain_etc_resolv_conf_is_used() {
-        let u = choose_upstreams(None, Path::new(ETC), Path::new(SD), files(&[(ETC, "nameserver 10.0.0.2\nnameserver 10.0.0.3\n")]));
-        assert_eq!(u.servers, vec!["10.0.0.2:53".parse().unwrap(), "10.0.0.3:53".parse().unwrap()]);
+        let u = choose_upstreams(
+            None,
+            Path::new(ETC),
+            Path::new(SD),
+            files(&[(ETC, "nameserver 10.0.0.2\nnameserver 10.0.0.3\n")]),
+        );
+        assert_eq!(
+            u.servers,
+            vec![
+                "10.0.0.2:53".parse().unwrap(),
+                "10.0.0.3:53".parse().unwrap()
+            ]
+        );
         assert_eq!(u.source.as_deref(), Some(Path::new(ETC)));
     }
 
     #[test]
     fn loopback_stub_falls_back_to_systemd_file() {
-        let u = choose_upstreams(None, Path::new(ETC), Path::new(SD), files(&[(ETC, "nameserver 127.0.0.53\n"), (SD, "nameserver 192.0.2.1\nnameserver 127.0.0.1\n")]));
+        let u = choose_upstreams(
+            None,
+            Path::new(ETC),
+            Path::new(SD),
+            files(&[
+                (ETC, "nameserver 127.0.0.53\n"),
+                (SD, "nameserver 192.0.2.1\nnameserver 127.0.0.1\n"),
+            ]),
+        );
         assert_eq!(u.servers, vec!["192.0.2.1:53".parse().unwrap()]);
         assert_eq!(u.source.as_deref(), Some(Path::new(SD)));
     }
 
     #[test]
     fn mixed_file_drops_loopback_entries() {
-        let u = choose_upstreams(None, Path::new(ETC), Path::new(SD), files(&[(ETC, "nameserver 127.0.0.1\nnameserver 192.0.2.7\n")]));
+        let u = choose_upstreams(
+            None,
+            Path::new(ETC),
+            Path::new(SD),
+            files(&[(ETC, "nameserver 127.0.0.1\nnameserver 192.0.2.7\n")]),
+        );
         assert_eq!(u.servers, vec!["192.0.2.7:53".parse().unwrap()]);
     }
 
     #[test]
     fn nothing_usable_gives_empty_list_never_a_public_resolver() {
-        let u = choose_upstreams(None, Path::new(ETC), Path::new(SD), files(&[(ETC, "nameserver 127.0.0.53\n")]));
+        let u = choose_upstreams(
+            None,
+            Path::new(ETC),
+            Path::new(SD),
+            files(&[(ETC, "nameserver 127.0.0.53\n")]),
+        );
         assert!(u.servers.is_empty());
         assert_eq!(u.source, None);
         let u = choose_upstreams(None, Path::new(ETC), Path::new(SD), files(&[]));
@@ -137,9 +199,25 @@ mod tests {
 
     #[test]
     fn explicit_file_is_taken_as_is() {
-        let u = choose_upstreams(Some(Path::new("/x/resolv.conf")), Path::new(ETC), Path::new(SD), files(&[("/x/resolv.conf", "nameserver 127.0.0.1\n"), (ETC, "nameserver 10.0.0.2\n")]));
+        let u = choose_upstreams(
+            Some(Path::new("/x/resolv.conf")),
+            Path::new(ETC),
+            Path::new(SD),
+            files(&[
+                ("/x/resolv.conf", "nameserver 127.0.0.1\n"),
+                (ETC, "nameserver 10.0.0.2\n"),
+            ]),
+        );
         assert_eq!(u.servers, vec!["127.0.0.1:53".parse().unwrap()]);
-        let u = choose_upstreams(Some(Path::new("/missing")), Path::new(ETC), Path::new(SD), files(&[(ETC, "nameserver 10.0.0.2\n")]));
-        assert!(u.servers.is_empty(), "an explicit file that gives nothing does not fall back");
+        let u = choose_upstreams(
+            Some(Path::new("/missing")),
+            Path::new(ETC),
+            Path::new(SD),
+            files(&[(ETC, "nameserver 10.0.0.2\n")]),
+        );
+        assert!(
+            u.servers.is_empty(),
+            "an explicit file that gives nothing does not fall back"
+        );
     }
 }

@@ -63,7 +63,11 @@ impl Handler {
             match answer {
                 Answer::Reply(r) => return merge(chain, r),
                 Answer::Forward(upstream) => {
-                    return match self.forwarder.forward(&current, qtype, qclass, &upstream).await {
+                    return match self
+                        .forwarder
+                        .forward(&current, qtype, qclass, &upstream)
+                        .await
+                    {
                         Ok(r) => merge(chain, r),
                         Err(e) => {
                             tracing::debug!(name = %current, %qtype, error = %e, "cluster DNS: forwarding failed");
@@ -93,7 +97,8 @@ impl Handler {
             return Reply::error(ResponseCode::FormErr);
         };
         let q = info.query;
-        self.lookup(q.original().name(), q.query_type(), q.query_class()).await
+        self.lookup(q.original().name(), q.query_type(), q.query_class())
+            .await
     }
 }
 
@@ -110,7 +115,11 @@ fn merge(chain: Option<Reply>, next: Reply) -> Reply {
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response_handle: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
         let reply = self.reply_for(request).await;
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = reply.authoritative;
@@ -125,14 +134,23 @@ impl RequestHandler for Handler {
         if let Some(e) = &edns {
             builder.edns(e);
         }
-        let response = builder.build(metadata, reply.answers.iter(), reply.authority.iter(), std::iter::empty(), reply.additional.iter());
+        let response = builder.build(
+            metadata,
+            reply.answers.iter(),
+            reply.authority.iter(),
+            std::iter::empty(),
+            reply.additional.iter(),
+        );
         match response_handle.send_response(response).await {
             Ok(info) => info,
             Err(e) => {
                 tracing::debug!(src = %request.src(), error = %e, "cluster DNS: sending the answer failed");
                 let mut m = Metadata::response_from_request(&request.metadata);
                 m.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header { metadata: m, counts: HeaderCounts::default() })
+                ResponseInfo::from(Header {
+                    metadata: m,
+                    counts: HeaderCounts::default(),
+                })
             }
         }
     }
@@ -152,18 +170,28 @@ impl DnsServer {
 
     /// Serves until a socket fails for good.
     pub async fn wait(mut self) -> Result<(), DnsError> {
-        self.server.block_until_done().await.map_err(|e| DnsError::Server(e.to_string()))
+        self.server
+            .block_until_done()
+            .await
+            .map_err(|e| DnsError::Server(e.to_string()))
     }
 
     /// Stops accepting queries and waits for the tasks to end.
     pub async fn shutdown(mut self) -> Result<(), DnsError> {
-        self.server.shutdown_gracefully().await.map_err(|e| DnsError::Server(e.to_string()))
+        self.server
+            .shutdown_gracefully()
+            .await
+            .map_err(|e| DnsError::Server(e.to_string()))
     }
 }
 
 /// Binds UDP and TCP on every `listen` address (port 0: one free port shared by both)
 /// and starts serving with `records` and `forwarder`. Needs no Kubernetes client.
-pub async fn serve(listen: &[SocketAddr], records: Arc<RecordsHandle>, forwarder: Arc<Forwarder>) -> Result<DnsServer, DnsError> {
+pub async fn serve(
+    listen: &[SocketAddr],
+    records: Arc<RecordsHandle>,
+    forwarder: Arc<Forwarder>,
+) -> Result<DnsServer, DnsError> {
     if listen.is_empty() {
         return Err(DnsError::NoListen);
     }
@@ -171,7 +199,11 @@ pub async fn serve(listen: &[SocketAddr], records: Arc<RecordsHandle>, forwarder
     let mut addrs = Vec::new();
     for addr in listen {
         let (udp, tcp) = bind_pair(*addr).await?;
-        addrs.push(udp.local_addr().map_err(|source| DnsError::Bind { addr: *addr, proto: "udp", source })?);
+        addrs.push(udp.local_addr().map_err(|source| DnsError::Bind {
+            addr: *addr,
+            proto: "udp",
+            source,
+        })?);
         server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
     }
@@ -182,13 +214,32 @@ async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsErro
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { addr, proto: "udp", source })?;
-        let port = udp.local_addr().map_err(|source| DnsError::Bind { addr, proto: "udp", source })?.port();
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| DnsError::Bind {
+                addr,
+                proto: "udp",
+                source,
+            })?;
+        let port = udp
+            .local_addr()
+            .map_err(|source| DnsError::Bind {
+                addr,
+                proto: "udp",
+                source,
+            })?
+            .port();
         match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
             Ok(tcp) => return Ok((udp, tcp)),
             // The free UDP port is taken for TCP: pick another pair.
             Err(_) if addr.port() == 0 && attempt < 20 => continue,
-            Err(source) => return Err(DnsError::Bind { addr, proto: "tcp", source }),
+            Err(source) => {
+                return Err(DnsError::Bind {
+                    addr,
+                    proto: "tcp",
+                    source,
+                })
+            }
         }
     }
 }

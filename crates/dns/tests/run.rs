@@ -53,10 +53,15 @@ impl tower_service::Service<Request<Body>> for FakeApi {
         Box::pin(async move {
             let watch = query.contains("watch=true");
             if path == "/api/v1/namespaces/kube-system/configmaps" {
-                me.configmap_field_selectors.lock().unwrap().push(query.clone());
+                me.configmap_field_selectors
+                    .lock()
+                    .unwrap()
+                    .push(query.clone());
             }
             let body: Vec<u8> = if watch {
-                if path == "/api/v1/services" && me.services_watches.fetch_add(1, Ordering::SeqCst) == 0 {
+                if path == "/api/v1/services"
+                    && me.services_watches.fetch_add(1, Ordering::SeqCst) == 0
+                {
                     let ev = json!({"type": "ADDED", "object": service("late", "10.43.0.99", "2")});
                     let mut b = serde_json::to_vec(&ev).unwrap();
                     b.push(b'\n');
@@ -67,27 +72,42 @@ impl tower_service::Service<Request<Body>> for FakeApi {
                 }
             } else {
                 match path.as_str() {
-                    "/api/v1/services" => list("ServiceList", "v1", vec![service("web", "10.43.0.20", "1")]),
-                    "/apis/discovery.k8s.io/v1/endpointslices" => list("EndpointSliceList", "discovery.k8s.io/v1", vec![]),
+                    "/api/v1/services" => {
+                        list("ServiceList", "v1", vec![service("web", "10.43.0.20", "1")])
+                    }
+                    "/apis/discovery.k8s.io/v1/endpointslices" => {
+                        list("EndpointSliceList", "discovery.k8s.io/v1", vec![])
+                    }
                     "/api/v1/nodes" => list(
                         "NodeList",
                         "v1",
-                        vec![json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "resourceVersion": "1"},
-                            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.7"}]}})],
+                        vec![
+                            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "resourceVersion": "1"},
+                            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.7"}]}}),
+                        ],
                     ),
                     "/api/v1/namespaces/kube-system/configmaps" => list(
                         "ConfigMapList",
                         "v1",
-                        vec![json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coredns-custom", "namespace": "kube-system", "resourceVersion": "1"},
-                            "data": {"extra.hosts": "10.1.1.1 registry.local\n"}})],
+                        vec![
+                            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coredns-custom", "namespace": "kube-system", "resourceVersion": "1"},
+                            "data": {"extra.hosts": "10.1.1.1 registry.local\n"}}),
+                        ],
                     ),
                     _ => {
                         let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
-                        return Ok(Response::builder().status(404).body(Body::from(serde_json::to_vec(&status).unwrap())).unwrap());
+                        return Ok(Response::builder()
+                            .status(404)
+                            .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                            .unwrap());
                     }
                 }
             };
-            Ok(Response::builder().status(200).header("content-type", "application/json").body(Body::from(body)).unwrap())
+            Ok(Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap())
         })
     }
 }
@@ -111,7 +131,10 @@ async fn ask(server: SocketAddr, name: &str, qtype: RecordType) -> Option<Messag
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
     s.send(&m.to_vec().unwrap()).await.ok()?;
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_millis(500), s.recv(&mut buf)).await.ok()?.ok()?;
+    let n = tokio::time::timeout(Duration::from_millis(500), s.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     Message::from_vec(&buf[..n]).ok()
 }
 
@@ -135,7 +158,13 @@ async fn run_serves_records_from_the_informers_and_follows_changes() {
     let dir = tempfile::tempdir().unwrap();
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(&resolv, "# no upstream\n").unwrap();
-    let opts = DnsOptions { listen: vec![addr], cluster_domain: "cluster.local".into(), resolv_conf: Some(resolv), ttl: 5, custom_config: None };
+    let opts = DnsOptions {
+        listen: vec![addr],
+        cluster_domain: "cluster.local".into(),
+        resolv_conf: Some(resolv),
+        ttl: 5,
+        custom_config: None,
+    };
     let task = tokio::spawn(run(client, opts));
 
     let m = ask_until(addr, "web.default.svc.cluster.local.", "10.43.0.20").await;
@@ -145,11 +174,18 @@ async fn run_serves_records_from_the_informers_and_follows_changes() {
     // The ADDED event of the Services watch is picked up by a rebuild.
     ask_until(addr, "late.default.svc.cluster.local.", "10.43.0.99").await;
     // No upstream in the resolv.conf file: SERVFAIL, never a public resolver.
-    let m = ask(addr, "example.test.", RecordType::A).await.expect("an answer");
+    let m = ask(addr, "example.test.", RecordType::A)
+        .await
+        .expect("an answer");
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
 
     let selectors = api.configmap_field_selectors.lock().unwrap().clone();
-    assert!(selectors.iter().all(|q| q.contains("fieldSelector=metadata.name%3Dcoredns-custom")), "{selectors:?}");
+    assert!(
+        selectors
+            .iter()
+            .all(|q| q.contains("fieldSelector=metadata.name%3Dcoredns-custom")),
+        "{selectors:?}"
+    );
     assert!(!task.is_finished());
     task.abort();
 }
@@ -157,8 +193,25 @@ async fn run_serves_records_from_the_informers_and_follows_changes() {
 #[tokio::test]
 async fn run_rejects_bad_options() {
     let client = kube::Client::new(FakeApi::default(), "default");
-    let e = run(client.clone(), DnsOptions { listen: vec![], ..Default::default() }).await.unwrap_err();
+    let e = run(
+        client.clone(),
+        DnsOptions {
+            listen: vec![],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, rk3s_dns::DnsError::NoListen), "{e}");
-    let e = run(client, DnsOptions { listen: vec!["127.0.0.1:0".parse().unwrap()], cluster_domain: "bad domain".into(), ..Default::default() }).await.unwrap_err();
+    let e = run(
+        client,
+        DnsOptions {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            cluster_domain: "bad domain".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, rk3s_dns::DnsError::ClusterDomain(..)), "{e}");
 }

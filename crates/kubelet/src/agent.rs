@@ -81,13 +81,24 @@ fn images_dir(data_dir: &std::path::Path) -> PathBuf {
 }
 
 /// Imports the archives of the images dir that are new or changed since `seen`.
-async fn import_new(dir: &std::path::Path, socket: &std::path::Path, seen: &mut std::collections::HashMap<PathBuf, SystemTime>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+async fn import_new(
+    dir: &std::path::Path,
+    socket: &std::path::Path,
+    seen: &mut std::collections::HashMap<PathBuf, SystemTime>,
+) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut files: Vec<(PathBuf, SystemTime)> = rd
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.is_file() && crate::image::is_image_archive(p))
-        .filter_map(|p| std::fs::metadata(&p).and_then(|m| m.modified()).ok().map(|t| (p, t)))
+        .filter_map(|p| {
+            std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| (p, t))
+        })
         .collect();
     files.sort();
     for (p, t) in files {
@@ -96,7 +107,9 @@ async fn import_new(dir: &std::path::Path, socket: &std::path::Path, seen: &mut 
         }
         let t0 = Instant::now();
         match crate::image::import(&p, socket).await {
-            Ok(names) => tracing::info!(archive = %p.display(), images = ?names, elapsed_ms = t0.elapsed().as_millis() as u64, "imported images"),
+            Ok(names) => {
+                tracing::info!(archive = %p.display(), images = ?names, elapsed_ms = t0.elapsed().as_millis() as u64, "imported images")
+            }
             Err(e) => tracing::warn!(archive = %p.display(), error = %e, "image import failed"),
         }
         seen.insert(p, t);
@@ -144,8 +157,19 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
     };
     tracing::info!(node = %opts.node_name, elapsed_ms = t0.elapsed().as_millis() as u64, "node registered");
     if let Some(api) = &opts.kubelet_api {
-        let sans = vec![opts.node_name.clone(), opts.node_ip.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
-        match rk3s_pki::issue_serving_cert(&api.ca_cert_pem, &api.ca_key_pem, &opts.node_name, &sans, 365) {
+        let sans = vec![
+            opts.node_name.clone(),
+            opts.node_ip.to_string(),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ];
+        match rk3s_pki::issue_serving_cert(
+            &api.ca_cert_pem,
+            &api.ca_key_pem,
+            &opts.node_name,
+            &sans,
+            365,
+        ) {
             Ok((cert, key)) => {
                 let sopts = crate::server::KubeletServerOptions {
                     listen: api.listen,
@@ -172,14 +196,27 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
                     }
                 });
             }
-            Err(e) => tracing::error!(error = %e, "cannot issue the kubelet serving certificate; no kubelet API"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot issue the kubelet serving certificate; no kubelet API")
+            }
         }
     }
     let wake = Arc::new(tokio::sync::Notify::new());
-    let status = tokio::spawn(crate::node::run_status(client.clone(), node_cfg.clone(), cri.clone(), wake.clone()));
-    let lease = tokio::spawn(crate::node::run_lease(client.clone(), opts.node_name.clone(), node.metadata.uid.clone()));
+    let status = tokio::spawn(crate::node::run_status(
+        client.clone(),
+        node_cfg.clone(),
+        cri.clone(),
+        wake.clone(),
+    ));
+    let lease = tokio::spawn(crate::node::run_lease(
+        client.clone(),
+        opts.node_name.clone(),
+        node.metadata.uid.clone(),
+    ));
 
-    let cidr = match crate::node::wait_pod_cidr(&client, &opts.node_name, Duration::from_secs(10)).await {
+    let cidr = match crate::node::wait_pod_cidr(&client, &opts.node_name, Duration::from_secs(10))
+        .await
+    {
         Some(c) => c,
         None => {
             tracing::warn!(node = %opts.node_name, cidr = FALLBACK_POD_CIDR, "the node got no podCIDR from the node IPAM controller; using the fallback");
@@ -236,14 +273,38 @@ mod tests {
     #[tokio::test]
     async fn import_new_skips_non_archives_and_missing_dirs() {
         let mut seen = std::collections::HashMap::new();
-        import_new(std::path::Path::new("/nonexistent/rk3s-images"), std::path::Path::new("/nonexistent.sock"), &mut seen).await;
+        import_new(
+            std::path::Path::new("/nonexistent/rk3s-images"),
+            std::path::Path::new("/nonexistent.sock"),
+            &mut seen,
+        )
+        .await;
         assert!(seen.is_empty());
-        let Ok(d) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(d) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         assert!(std::fs::write(d.path().join("notes.txt"), "x").is_ok());
-        import_new(d.path(), std::path::Path::new("/nonexistent.sock"), &mut seen).await;
-        assert!(seen.is_empty(), "only *.tar / *.tar.gz / *.tar.zst are imported");
+        import_new(
+            d.path(),
+            std::path::Path::new("/nonexistent.sock"),
+            &mut seen,
+        )
+        .await;
+        assert!(
+            seen.is_empty(),
+            "only *.tar / *.tar.gz / *.tar.zst are imported"
+        );
         assert!(std::fs::write(d.path().join("img.tar"), "x").is_ok());
-        import_new(d.path(), std::path::Path::new("/nonexistent.sock"), &mut seen).await;
-        assert_eq!(seen.len(), 1, "a failed import is remembered and not retried until the file changes");
+        import_new(
+            d.path(),
+            std::path::Path::new("/nonexistent.sock"),
+            &mut seen,
+        )
+        .await;
+        assert_eq!(
+            seen.len(),
+            1,
+            "a failed import is remembered and not retried until the file changes"
+        );
     }
 }

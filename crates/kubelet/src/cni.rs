@@ -47,7 +47,9 @@ pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), CniError> {
 
 /// True when `ip` lies in `cidr`.
 pub fn cidr_contains(cidr: &str, ip: &str) -> bool {
-    let (Ok((net, len)), Ok(ip)) = (parse_cidr(cidr), ip.parse::<Ipv4Addr>()) else { return false };
+    let (Ok((net, len)), Ok(ip)) = (parse_cidr(cidr), ip.parse::<Ipv4Addr>()) else {
+        return false;
+    };
     let mask = u32::MAX << (32 - len);
     u32::from(ip) & mask == u32::from(net)
 }
@@ -111,8 +113,14 @@ mod tests {
         assert_eq!(v["plugins"][0]["isGateway"], true);
         assert_eq!(v["plugins"][0]["ipMasq"], true);
         assert_eq!(v["plugins"][0]["hairpinMode"], true);
-        assert_eq!(v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.42.3.0/24");
-        assert_eq!(v["plugins"][0]["ipam"]["ranges"][0][0]["gateway"], "10.42.3.1");
+        assert_eq!(
+            v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.42.3.0/24"
+        );
+        assert_eq!(
+            v["plugins"][0]["ipam"]["ranges"][0][0]["gateway"],
+            "10.42.3.1"
+        );
         assert_eq!(v["plugins"][1]["type"], "portmap");
         assert_eq!(v["plugins"][1]["capabilities"]["portMappings"], true);
     }
@@ -121,7 +129,8 @@ mod tests {
     fn bad_cidrs_are_rejected() {
         assert!(conflist("10.42.0.0", Path::new("/x")).is_err());
         assert!(conflist("fd00::/64", Path::new("/x")).is_err());
-        assert!(parse_cidr("10.42.0.7/24").is_ok_and(|(n, l)| n == Ipv4Addr::new(10, 42, 0, 0) && l == 24));
+        assert!(parse_cidr("10.42.0.7/24")
+            .is_ok_and(|(n, l)| n == Ipv4Addr::new(10, 42, 0, 0) && l == 24));
     }
 
     #[test]
@@ -133,7 +142,9 @@ mod tests {
 
     #[test]
     fn written_once() {
-        let Ok(d) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(d) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         assert!(write_config(d.path(), "10.42.0.0/24", Path::new("/x")).is_ok_and(|c| c));
         assert!(write_config(d.path(), "10.42.0.0/24", Path::new("/x")).is_ok_and(|c| !c));
         assert!(write_config(d.path(), "10.42.1.0/24", Path::new("/x")).is_ok_and(|c| c));

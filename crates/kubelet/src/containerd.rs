@@ -15,8 +15,8 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
@@ -66,7 +66,9 @@ pub enum ContainerdError {
         log_tail: String,
     },
     /// containerd did not answer on its socket in time.
-    #[error("containerd did not answer CRI on {socket} within {waited:?}; last log lines:\n{log_tail}")]
+    #[error(
+        "containerd did not answer CRI on {socket} within {waited:?}; last log lines:\n{log_tail}"
+    )]
     NotReady {
         /// Socket.
         socket: PathBuf,
@@ -89,7 +91,10 @@ pub enum ContainerdError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerdError + '_ {
-    move |source| ContainerdError::Io { path: path.to_path_buf(), source }
+    move |source| ContainerdError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Settings of the node's containerd.
@@ -121,7 +126,10 @@ impl ContainerdConfig {
     /// The defaults for a data dir.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
-        let crun = ["/usr/bin/crun", "/usr/local/bin/crun"].iter().map(PathBuf::from).find(|p| p.exists());
+        let crun = ["/usr/bin/crun", "/usr/local/bin/crun"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
         ContainerdConfig {
             cni_conf_dir: data_dir.join("agent/etc/cni/net.d"),
             data_dir,
@@ -179,51 +187,98 @@ impl ContainerdConfig {
     pub fn render_with(&self, registries: Option<&Registries>) -> String {
         let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
         let mut s = String::new();
-        let _ = writeln!(s, "# Written by rk3s at every start; edits are overwritten.");
+        let _ = writeln!(
+            s,
+            "# Written by rk3s at every start; edits are overwritten."
+        );
         let _ = writeln!(s, "version = 2");
         let _ = writeln!(s, "root = {}", toml_str(&self.root_dir().to_string_lossy()));
         let _ = writeln!(s, "state = {}", toml_str(&self.state_dir.to_string_lossy()));
-        let _ = writeln!(s, "\n[grpc]\n  address = {}", toml_str(&self.socket.to_string_lossy()));
+        let _ = writeln!(
+            s,
+            "\n[grpc]\n  address = {}",
+            toml_str(&self.socket.to_string_lossy())
+        );
         let _ = writeln!(s, "\n[plugins.\"io.containerd.internal.v1.opt\"]");
-        let _ = writeln!(s, "  path = {}", toml_str(&self.root_dir().join("opt").to_string_lossy()));
+        let _ = writeln!(
+            s,
+            "  path = {}",
+            toml_str(&self.root_dir().join("opt").to_string_lossy())
+        );
         let _ = writeln!(s, "\n[{cri}]");
         let _ = writeln!(s, "  sandbox_image = {}", toml_str(&self.sandbox_image));
         // A random loopback port for the exec/attach/port-forward streaming server, so
         // several node agents (multi-node tests) never collide on 10010.
-        let _ = writeln!(s, "  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"");
+        let _ = writeln!(
+            s,
+            "  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\""
+        );
         let _ = writeln!(s, "  enable_selinux = false");
         let _ = writeln!(s, "  disable_apparmor = {}", !apparmor_enabled());
         // Without CAP_SYS_RESOURCE (some VMs and containers) runc cannot give a pod a
         // lower OOM score than containerd's; then keep scores at or above it.
         let _ = writeln!(s, "  restrict_oom_score_adj = {}", !has_cap_sys_resource());
         let _ = writeln!(s, "\n[{cri}.containerd]");
-        let _ = writeln!(s, "  snapshotter = \"overlayfs\"\n  default_runtime_name = \"runc\"");
-        let _ = writeln!(s, "\n[{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"");
+        let _ = writeln!(
+            s,
+            "  snapshotter = \"overlayfs\"\n  default_runtime_name = \"runc\""
+        );
+        let _ = writeln!(
+            s,
+            "\n[{cri}.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\""
+        );
         // The cgroupfs driver on both cgroup v1 and v2: rk3s is not a systemd unit's
         // delegate in every setup, and cgroupfs works everywhere.
         let runc_root = toml_str(&self.state_dir.join("runc").to_string_lossy());
         let _ = writeln!(s, "\n[{cri}.containerd.runtimes.runc.options]\n  SystemdCgroup = false\n  Root = {runc_root}");
         if let Some(crun) = &self.crun {
-            let _ = writeln!(s, "\n[{cri}.containerd.runtimes.crun]\n  runtime_type = \"io.containerd.runc.v2\"");
+            let _ = writeln!(
+                s,
+                "\n[{cri}.containerd.runtimes.crun]\n  runtime_type = \"io.containerd.runc.v2\""
+            );
             let _ = writeln!(s, "\n[{cri}.containerd.runtimes.crun.options]");
-            let _ = writeln!(s, "  BinaryName = {}\n  SystemdCgroup = false", toml_str(&crun.to_string_lossy()));
-            let _ = writeln!(s, "  Root = {}", toml_str(&self.state_dir.join("crun").to_string_lossy()));
+            let _ = writeln!(
+                s,
+                "  BinaryName = {}\n  SystemdCgroup = false",
+                toml_str(&crun.to_string_lossy())
+            );
+            let _ = writeln!(
+                s,
+                "  Root = {}",
+                toml_str(&self.state_dir.join("crun").to_string_lossy())
+            );
         }
         let _ = writeln!(s, "\n[{cri}.registry]");
-        let _ = writeln!(s, "  config_path = {}", toml_str(&self.certs_dir().to_string_lossy()));
+        let _ = writeln!(
+            s,
+            "  config_path = {}",
+            toml_str(&self.certs_dir().to_string_lossy())
+        );
         if let Some(r) = registries {
             s.push_str(&r.render_cri_auth(cri));
         }
         let _ = writeln!(s, "\n[{cri}.cni]");
-        let _ = writeln!(s, "  bin_dir = {}", toml_str(&self.cni_bin_dir.to_string_lossy()));
-        let _ = writeln!(s, "  conf_dir = {}", toml_str(&self.cni_conf_dir.to_string_lossy()));
+        let _ = writeln!(
+            s,
+            "  bin_dir = {}",
+            toml_str(&self.cni_bin_dir.to_string_lossy())
+        );
+        let _ = writeln!(
+            s,
+            "  conf_dir = {}",
+            toml_str(&self.cni_conf_dir.to_string_lossy())
+        );
         s
     }
 
     /// Creates the directories, writes the registry hosts directory (from
     /// `private_registry`, replacing what an earlier start wrote) and the config file.
     pub fn write(&self) -> Result<(), ContainerdError> {
-        for dir in [self.root_dir(), self.state_dir.clone(), self.cni_conf_dir.clone()] {
+        for dir in [
+            self.root_dir(),
+            self.state_dir.clone(),
+            self.cni_conf_dir.clone(),
+        ] {
             std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         let path = self.config_path();
@@ -316,9 +371,19 @@ impl Registries {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ContainerdError::Io { path: path.to_path_buf(), source: e }),
+            Err(e) => {
+                return Err(ContainerdError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
         };
-        Self::parse(&text).map(Some).map_err(|message| ContainerdError::Registries { path: path.to_path_buf(), message })
+        Self::parse(&text)
+            .map(Some)
+            .map_err(|message| ContainerdError::Registries {
+                path: path.to_path_buf(),
+                message,
+            })
     }
 
     /// Parses the YAML text (an empty document is an empty configuration).
@@ -330,7 +395,10 @@ impl Registries {
             serde_json::Value::Object(o) => o,
             _ => return Err("expected a map with mirrors and configs".into()),
         };
-        for (k, _) in obj.iter().filter(|(k, _)| *k != "mirrors" && *k != "configs") {
+        for (k, _) in obj
+            .iter()
+            .filter(|(k, _)| *k != "mirrors" && *k != "configs")
+        {
             tracing::warn!(key = %k, "registries.yaml: unknown key ignored");
         }
         for (host, m) in map_of(obj.get("mirrors"), "mirrors")? {
@@ -339,14 +407,18 @@ impl Registries {
                 None | Some(serde_json::Value::Null) => {}
                 Some(serde_json::Value::Array(a)) => {
                     for e in a {
-                        let e = e.as_str().ok_or_else(|| format!("mirrors.{host}.endpoint: expected strings"))?;
+                        let e = e
+                            .as_str()
+                            .ok_or_else(|| format!("mirrors.{host}.endpoint: expected strings"))?;
                         mirror.endpoints.push(e.to_string());
                     }
                 }
                 Some(_) => return Err(format!("mirrors.{host}.endpoint: expected a list")),
             }
             for (re, to) in map_of(m.get("rewrite"), &format!("mirrors.{host}.rewrite"))? {
-                let to = to.as_str().ok_or_else(|| format!("mirrors.{host}.rewrite.{re}: expected a string"))?;
+                let to = to
+                    .as_str()
+                    .ok_or_else(|| format!("mirrors.{host}.rewrite.{re}: expected a string"))?;
                 mirror.rewrites.push((re.clone(), to.to_string()));
             }
             out.mirrors.insert(host.clone(), mirror);
@@ -354,10 +426,15 @@ impl Registries {
         for (host, c) in map_of(obj.get("configs"), "configs")? {
             let mut cfg = RegistryHostConfig::default();
             let text = |o: &serde_json::Map<String, serde_json::Value>, keys: &[&str]| -> String {
-                keys.iter().find_map(|k| o.get(*k).and_then(|v| v.as_str())).unwrap_or_default().to_string()
+                keys.iter()
+                    .find_map(|k| o.get(*k).and_then(|v| v.as_str()))
+                    .unwrap_or_default()
+                    .to_string()
             };
             if let Some(a) = c.get("auth").filter(|a| !a.is_null()) {
-                let a = a.as_object().ok_or_else(|| format!("configs.{host}.auth: expected a map"))?;
+                let a = a
+                    .as_object()
+                    .ok_or_else(|| format!("configs.{host}.auth: expected a map"))?;
                 cfg.auth = Some(RegistryAuth {
                     username: text(a, &["username"]),
                     password: text(a, &["password"]),
@@ -366,12 +443,17 @@ impl Registries {
                 });
             }
             if let Some(t) = c.get("tls").filter(|t| !t.is_null()) {
-                let t = t.as_object().ok_or_else(|| format!("configs.{host}.tls: expected a map"))?;
+                let t = t
+                    .as_object()
+                    .ok_or_else(|| format!("configs.{host}.tls: expected a map"))?;
                 cfg.tls = Some(RegistryTls {
                     ca_file: text(t, &["ca_file"]),
                     cert_file: text(t, &["cert_file"]),
                     key_file: text(t, &["key_file"]),
-                    insecure_skip_verify: t.get("insecure_skip_verify").and_then(|v| v.as_bool()).unwrap_or(false),
+                    insecure_skip_verify: t
+                        .get("insecure_skip_verify")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(false),
                 });
             }
             out.configs.insert(host.clone(), cfg);
@@ -388,7 +470,8 @@ impl Registries {
             if !mirror.rewrites.is_empty() {
                 tracing::warn!(registry = %host, "registries.yaml: rewrites are not supported by containerd 1.6; ignored");
             }
-            let mut t = String::from("# Written by rk3s from registries.yaml; edits are overwritten.\n");
+            let mut t =
+                String::from("# Written by rk3s from registries.yaml; edits are overwritten.\n");
             let wildcard = host == "*";
             if !wildcard {
                 let _ = writeln!(t, "server = {}", toml_str(&default_endpoint(host)));
@@ -406,13 +489,21 @@ impl Registries {
                 }
                 t.push_str(&self.tls_lines(&ep_host, "  "));
             }
-            out.push((if wildcard { "_default".to_string() } else { host.clone() }, t));
+            out.push((
+                if wildcard {
+                    "_default".to_string()
+                } else {
+                    host.clone()
+                },
+                t,
+            ));
         }
         for (host, cfg) in &self.configs {
             if self.mirrors.contains_key(host) || host == "*" || cfg.tls.is_none() {
                 continue;
             }
-            let mut t = String::from("# Written by rk3s from registries.yaml; edits are overwritten.\n");
+            let mut t =
+                String::from("# Written by rk3s from registries.yaml; edits are overwritten.\n");
             let _ = writeln!(t, "server = {}", toml_str(&default_endpoint(host)));
             t.push_str(&self.tls_lines(host, ""));
             out.push((host.clone(), t));
@@ -423,12 +514,19 @@ impl Registries {
     /// `ca`, `client`, `skip_verify` lines for a host with a TLS config.
     fn tls_lines(&self, host: &str, indent: &str) -> String {
         let mut t = String::new();
-        let Some(tls) = self.configs.get(host).and_then(|c| c.tls.as_ref()) else { return t };
+        let Some(tls) = self.configs.get(host).and_then(|c| c.tls.as_ref()) else {
+            return t;
+        };
         if !tls.ca_file.is_empty() {
             let _ = writeln!(t, "{indent}ca = [{}]", toml_str(&tls.ca_file));
         }
         if !tls.cert_file.is_empty() {
-            let _ = writeln!(t, "{indent}client = [[{}, {}]]", toml_str(&tls.cert_file), toml_str(&tls.key_file));
+            let _ = writeln!(
+                t,
+                "{indent}client = [[{}, {}]]",
+                toml_str(&tls.cert_file),
+                toml_str(&tls.key_file)
+            );
         }
         if tls.insecure_skip_verify {
             let _ = writeln!(t, "{indent}skip_verify = true");
@@ -442,7 +540,12 @@ impl Registries {
         for (host, cfg) in &self.configs {
             let Some(a) = &cfg.auth else { continue };
             let _ = writeln!(s, "\n[{cri}.registry.configs.{}.auth]", toml_str(host));
-            for (k, v) in [("username", &a.username), ("password", &a.password), ("auth", &a.auth), ("identitytoken", &a.identity_token)] {
+            for (k, v) in [
+                ("username", &a.username),
+                ("password", &a.password),
+                ("auth", &a.auth),
+                ("identitytoken", &a.identity_token),
+            ] {
                 if !v.is_empty() {
                     let _ = writeln!(s, "  {k} = {}", toml_str(v));
                 }
@@ -452,7 +555,10 @@ impl Registries {
     }
 }
 
-fn map_of<'a>(v: Option<&'a serde_json::Value>, what: &str) -> Result<Vec<(&'a String, &'a serde_json::Value)>, String> {
+fn map_of<'a>(
+    v: Option<&'a serde_json::Value>,
+    what: &str,
+) -> Result<Vec<(&'a String, &'a serde_json::Value)>, String> {
     match v {
         None | Some(serde_json::Value::Null) => Ok(Vec::new()),
         Some(serde_json::Value::Object(o)) => Ok(o.iter().collect()),
@@ -518,13 +624,16 @@ pub fn cgroup_v2() -> bool {
 /// True on a hybrid cgroup host whose unified hierarchy (`/sys/fs/cgroup/unified`) holds
 /// controllers; crun refuses to run there (runc works).
 pub fn cgroup_hybrid_with_controllers() -> bool {
-    std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").is_ok_and(|c| !c.trim().is_empty())
+    std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+        .is_ok_and(|c| !c.trim().is_empty())
 }
 
 /// True when AppArmor is enabled in the kernel (containerd then applies its default
 /// profile to containers).
 pub fn apparmor_enabled() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").map(|s| s.trim() == "Y").unwrap_or(false)
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .map(|s| s.trim() == "Y")
+        .unwrap_or(false)
 }
 
 /// True when this process has CAP_SYS_RESOURCE (needed to lower OOM scores).
@@ -539,7 +648,9 @@ pub fn has_cap_sys_resource() -> bool {
 
 /// The last `n` lines of a log file (empty when unreadable).
 pub fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
@@ -571,8 +682,21 @@ impl Containerd {
         let pid = Arc::new(AtomicU32::new(child.id().unwrap_or(0)));
         let restarts = Arc::new(AtomicU32::new(0));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(supervise(config.clone(), child, stop_rx, pid.clone(), restarts.clone()));
-        Ok(Containerd { config, stop_tx, task, pid, restarts, started_in })
+        let task = tokio::spawn(supervise(
+            config.clone(),
+            child,
+            stop_rx,
+            pid.clone(),
+            restarts.clone(),
+        ));
+        Ok(Containerd {
+            config,
+            stop_tx,
+            task,
+            pid,
+            restarts,
+            started_in,
+        })
     }
 
     /// The CRI socket.
@@ -611,11 +735,18 @@ impl Containerd {
 /// Terminates a containerd left by an earlier rk3s process (found through the pid file,
 /// and only if that process is containerd started with our config).
 async fn replace_stale(config: &ContainerdConfig) {
-    let Ok(text) = std::fs::read_to_string(config.pid_path()) else { return };
-    let Ok(pid) = text.trim().parse::<i32>() else { return };
+    let Ok(text) = std::fs::read_to_string(config.pid_path()) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
-    if pid <= 1 || !cmdline.contains("containerd") || !cmdline.contains(&*config.config_path().to_string_lossy()) {
+    if pid <= 1
+        || !cmdline.contains("containerd")
+        || !cmdline.contains(&*config.config_path().to_string_lossy())
+    {
         return;
     }
     warn!(pid, "replacing containerd left by an earlier rk3s process");
@@ -634,7 +765,11 @@ async fn replace_stale(config: &ContainerdConfig) {
 
 fn spawn(config: &ContainerdConfig) -> Result<Child, ContainerdError> {
     let log_path = config.log_path();
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io_err(&log_path))?;
     let log2 = log.try_clone().map_err(io_err(&log_path))?;
     let _ = std::fs::remove_file(&config.socket);
     let mut cmd = Command::new(&config.binary);
@@ -646,7 +781,10 @@ fn spawn(config: &ContainerdConfig) -> Result<Child, ContainerdError> {
         // Its own process group: a Ctrl-C at rk3s's terminal is rk3s's to handle.
         .process_group(0)
         .kill_on_drop(false);
-    let child = cmd.spawn().map_err(|source| ContainerdError::Spawn { binary: config.binary.clone(), source })?;
+    let child = cmd.spawn().map_err(|source| ContainerdError::Spawn {
+        binary: config.binary.clone(),
+        source,
+    })?;
     if let Some(pid) = child.id() {
         let p = config.pid_path();
         std::fs::write(&p, format!("{pid}\n")).map_err(io_err(&p))?;
@@ -658,11 +796,18 @@ async fn wait_ready(config: &ContainerdConfig, child: &mut Child) -> Result<(), 
     let t0 = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(ContainerdError::Exited { status: status.to_string(), log_tail: log_tail(&config.log_path(), 20) });
+            return Err(ContainerdError::Exited {
+                status: status.to_string(),
+                log_tail: log_tail(&config.log_path(), 20),
+            });
         }
         if config.socket.exists() {
             if let Ok(c) = CriClient::connect(&config.socket).await {
-                if c.with_timeout(Duration::from_secs(2)).version().await.is_ok() {
+                if c.with_timeout(Duration::from_secs(2))
+                    .version()
+                    .await
+                    .is_ok()
+                {
                     return Ok(());
                 }
             }
@@ -682,7 +827,10 @@ async fn terminate(child: &mut Child) {
     if let Some(pid) = child.id() {
         // SAFETY: kill(2) on our own child's pid; no memory is touched.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_ok() {
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_ok()
+        {
             return;
         }
     }
@@ -751,7 +899,10 @@ pub enum RuntimeEndpoint {
 impl RuntimeEndpoint {
     /// Starts the supervised containerd, unless `external` names an existing socket
     /// (`unix://PATH` or `PATH`), which is then used as is.
-    pub async fn start(config: ContainerdConfig, external: Option<&str>) -> Result<Self, ContainerdError> {
+    pub async fn start(
+        config: ContainerdConfig,
+        external: Option<&str>,
+    ) -> Result<Self, ContainerdError> {
         match external {
             Some(ep) => {
                 let path = PathBuf::from(ep.strip_prefix("unix://").unwrap_or(ep));
@@ -761,7 +912,9 @@ impl RuntimeEndpoint {
                     _ => Err(ContainerdError::NoEndpoint(path)),
                 }
             }
-            None => Ok(RuntimeEndpoint::Managed(Box::new(Containerd::start(config).await?))),
+            None => Ok(RuntimeEndpoint::Managed(Box::new(
+                Containerd::start(config).await?,
+            ))),
         }
     }
 
@@ -777,7 +930,9 @@ impl RuntimeEndpoint {
 /// Unmounts (lazily) every mount point at or under `dir`, deepest first; returns how
 /// many were unmounted. Used to clean up after containerd (snapshots, sandbox shm).
 pub fn unmount_under(dir: &Path) -> usize {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return 0 };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
     let mut points: Vec<String> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
@@ -788,7 +943,9 @@ pub fn unmount_under(dir: &Path) -> usize {
     points.dedup();
     let mut n = 0;
     for p in points {
-        let Ok(c) = std::ffi::CString::new(p) else { continue };
+        let Ok(c) = std::ffi::CString::new(p) else {
+            continue;
+        };
         // SAFETY: umount2 with a valid NUL-terminated path.
         if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
             n += 1;
@@ -803,8 +960,13 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -845,34 +1007,88 @@ configs:
     fn registries_yaml_parses_like_k3s() {
         let r = Registries::parse(REGISTRIES).unwrap();
         assert_eq!(r.mirrors.len(), 3);
-        assert_eq!(r.mirrors["docker.io"].endpoints, ["https://mirror.example:5000", "http://127.0.0.1:5001/custom/root/"]);
-        assert_eq!(r.mirrors["registry.rk3s.test"].rewrites, [("^library/(.*)".to_string(), "mirrored/$1".to_string())]);
+        assert_eq!(
+            r.mirrors["docker.io"].endpoints,
+            [
+                "https://mirror.example:5000",
+                "http://127.0.0.1:5001/custom/root/"
+            ]
+        );
+        assert_eq!(
+            r.mirrors["registry.rk3s.test"].rewrites,
+            [("^library/(.*)".to_string(), "mirrored/$1".to_string())]
+        );
         let a = r.configs["mirror.example:5000"].auth.clone().unwrap();
-        assert_eq!((a.username.as_str(), a.password.as_str()), ("alice", "p\"w"));
-        assert_eq!(r.configs["127.0.0.1:5002"].auth.as_ref().map(|a| a.identity_token.as_str()), Some("tok"));
-        assert_eq!(r.configs["private.example"].tls.as_ref().map(|t| t.insecure_skip_verify), Some(true));
+        assert_eq!(
+            (a.username.as_str(), a.password.as_str()),
+            ("alice", "p\"w")
+        );
+        assert_eq!(
+            r.configs["127.0.0.1:5002"]
+                .auth
+                .as_ref()
+                .map(|a| a.identity_token.as_str()),
+            Some("tok")
+        );
+        assert_eq!(
+            r.configs["private.example"]
+                .tls
+                .as_ref()
+                .map(|t| t.insecure_skip_verify),
+            Some(true)
+        );
         assert_eq!(Registries::parse("").unwrap(), Registries::default());
-        assert!(Registries::parse("mirrors: [a]").unwrap_err().contains("mirrors: expected a map"));
-        assert!(Registries::parse("mirrors: {a: {endpoint: x}}").unwrap_err().contains("expected a list"));
+        assert!(Registries::parse("mirrors: [a]")
+            .unwrap_err()
+            .contains("mirrors: expected a map"));
+        assert!(Registries::parse("mirrors: {a: {endpoint: x}}")
+            .unwrap_err()
+            .contains("expected a list"));
     }
 
     #[test]
     fn registries_render_hosts_toml_per_host() {
         let r = Registries::parse(REGISTRIES).unwrap();
-        let files: std::collections::BTreeMap<String, String> = r.hosts_files().into_iter().collect();
-        assert_eq!(files.keys().collect::<Vec<_>>(), ["_default", "docker.io", "mirror.example:5000", "private.example", "registry.rk3s.test"]);
+        let files: std::collections::BTreeMap<String, String> =
+            r.hosts_files().into_iter().collect();
+        assert_eq!(
+            files.keys().collect::<Vec<_>>(),
+            [
+                "_default",
+                "docker.io",
+                "mirror.example:5000",
+                "private.example",
+                "registry.rk3s.test"
+            ]
+        );
         let hub = &files["docker.io"];
-        assert!(hub.contains("server = \"https://registry-1.docker.io/v2\"\n"), "{hub}");
-        let m1 = hub.find("[host.\"https://mirror.example:5000/v2\"]").unwrap();
-        let m2 = hub.find("[host.\"http://127.0.0.1:5001/custom/root\"]").unwrap();
+        assert!(
+            hub.contains("server = \"https://registry-1.docker.io/v2\"\n"),
+            "{hub}"
+        );
+        let m1 = hub
+            .find("[host.\"https://mirror.example:5000/v2\"]")
+            .unwrap();
+        let m2 = hub
+            .find("[host.\"http://127.0.0.1:5001/custom/root\"]")
+            .unwrap();
         assert!(m1 < m2, "endpoints keep their order");
         assert!(hub[m1..m2].contains("  capabilities = [\"pull\", \"resolve\"]\n  ca = [\"/etc/ssl/ca.pem\"]\n  client = [[\"/c.pem\", \"/k.pem\"]]\n"), "{hub}");
         assert!(!hub[m1..m2].contains("override_path"));
         assert!(hub[m2..].contains("override_path = true"), "{hub}");
         let fake = &files["registry.rk3s.test"];
-        assert!(fake.contains("server = \"https://registry.rk3s.test/v2\"") && fake.contains("[host.\"http://127.0.0.1:5002/v2\"]"), "{fake}");
+        assert!(
+            fake.contains("server = \"https://registry.rk3s.test/v2\"")
+                && fake.contains("[host.\"http://127.0.0.1:5002/v2\"]"),
+            "{fake}"
+        );
         assert!(!files["_default"].contains("server ="));
-        assert!(files["private.example"].contains("server = \"https://private.example/v2\"\nskip_verify = true\n"), "{}", files["private.example"]);
+        assert!(
+            files["private.example"]
+                .contains("server = \"https://private.example/v2\"\nskip_verify = true\n"),
+            "{}",
+            files["private.example"]
+        );
     }
 
     #[test]
@@ -883,7 +1099,10 @@ configs:
         assert!(t.contains("[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/var/lib/rk3s/agent/etc/containerd/certs.d\"\n"), "{t}");
         assert!(t.contains("[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"mirror.example:5000\".auth]\n  username = \"alice\"\n  password = \"p\\\"w\"\n"), "{t}");
         assert!(t.contains(".registry.configs.\"127.0.0.1:5002\".auth]\n  auth = \"YWxpY2U6cHc=\"\n  identitytoken = \"tok\"\n"), "{t}");
-        assert!(!t.contains("private.example"), "TLS-only hosts live in hosts.toml");
+        assert!(
+            !t.contains("private.example"),
+            "TLS-only hosts live in hosts.toml"
+        );
         // Without a registries file: the hosts dir only.
         assert!(!c.render().contains(".registry.configs."));
     }
@@ -893,18 +1112,24 @@ configs:
         let tmp = tempfile::tempdir().unwrap();
         let reg = tmp.path().join("registries.yaml");
         std::fs::write(&reg, REGISTRIES).unwrap();
-        let mut c = ContainerdConfig::new(tmp.path().join("data")).with_state_dir(tmp.path().join("state"));
+        let mut c =
+            ContainerdConfig::new(tmp.path().join("data")).with_state_dir(tmp.path().join("state"));
         c.private_registry = Some(reg.clone());
         c.write().unwrap();
         assert!(c.certs_dir().join("docker.io/hosts.toml").is_file());
-        assert!(std::fs::read_to_string(c.config_path()).unwrap().contains("alice"));
+        assert!(std::fs::read_to_string(c.config_path())
+            .unwrap()
+            .contains("alice"));
         // The file removed: the next start forgets the hosts.
         std::fs::remove_file(&reg).unwrap();
         c.write().unwrap();
         assert!(c.certs_dir().is_dir() && !c.certs_dir().join("docker.io").exists());
         std::fs::write(&reg, "mirrors: 3").unwrap();
         let e = c.write().unwrap_err().to_string();
-        assert!(e.contains("invalid registries file: mirrors: expected a map"), "{e}");
+        assert!(
+            e.contains("invalid registries file: mirrors: expected a map"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -921,11 +1146,19 @@ configs:
         assert!(t.contains("default_runtime_name = \"runc\""));
         assert!(t.contains("runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\""));
         assert!(t.contains("SystemdCgroup = false\n  Root = \"/run/rk3s/containerd/runc\""));
-        assert!(t.contains("runtimes.crun.options]\n  BinaryName = \"/usr/bin/crun\"\n  SystemdCgroup = false"));
+        assert!(t.contains(
+            "runtimes.crun.options]\n  BinaryName = \"/usr/bin/crun\"\n  SystemdCgroup = false"
+        ));
         assert!(t.contains("bin_dir = \"/usr/lib/cni\"\n"));
         assert!(t.contains("conf_dir = \"/var/lib/rk3s/agent/etc/cni/net.d\"\n"));
-        assert_eq!(c.config_path(), Path::new("/var/lib/rk3s/agent/etc/containerd/config.toml"));
-        assert_eq!(c.log_path(), Path::new("/var/lib/rk3s/agent/containerd/containerd.log"));
+        assert_eq!(
+            c.config_path(),
+            Path::new("/var/lib/rk3s/agent/etc/containerd/config.toml")
+        );
+        assert_eq!(
+            c.log_path(),
+            Path::new("/var/lib/rk3s/agent/containerd/containerd.log")
+        );
         c.crun = None;
         assert!(!c.render().contains("crun"));
     }
@@ -950,7 +1183,9 @@ configs:
 
     #[test]
     fn log_tail_keeps_last_lines() {
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let p = dir.path().join("l");
         assert!(std::fs::write(&p, "1\n2\n3\n").is_ok());
         assert_eq!(log_tail(&p, 2), "2\n3");
@@ -959,13 +1194,17 @@ configs:
 
     #[tokio::test]
     async fn external_endpoint_must_be_a_socket() {
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let c = ContainerdConfig::new(dir.path());
         let missing = dir.path().join("none.sock");
         let r = RuntimeEndpoint::start(c.clone(), missing.to_str()).await;
         assert!(matches!(r, Err(ContainerdError::NoEndpoint(_))));
         let sock = dir.path().join("s.sock");
-        let Ok(_l) = std::os::unix::net::UnixListener::bind(&sock) else { panic!("bind") };
+        let Ok(_l) = std::os::unix::net::UnixListener::bind(&sock) else {
+            panic!("bind")
+        };
         let ep = format!("unix://{}", sock.display());
         match RuntimeEndpoint::start(c, Some(&ep)).await {
             Ok(RuntimeEndpoint::External(p)) => assert_eq!(p, sock),
@@ -987,7 +1226,9 @@ configs:
         }
         for bin in ["containerd", "ctr", "runc"] {
             if !on_path(bin) {
-                return Some(format!("{bin} not installed (apt-get install containerd runc)"));
+                return Some(format!(
+                    "{bin} not installed (apt-get install containerd runc)"
+                ));
             }
         }
         if let Err(e) = crate::image::find_static_busybox() {
@@ -1006,7 +1247,9 @@ configs:
     }
 
     fn processes_mentioning(needle: &str) -> Vec<i32> {
-        let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
         rd.filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
             .filter(|pid| {
@@ -1017,7 +1260,9 @@ configs:
     }
 
     fn busybox_rootfs(dir: &Path) {
-        let Ok(bb) = crate::image::find_static_busybox() else { panic!("busybox") };
+        let Ok(bb) = crate::image::find_static_busybox() else {
+            panic!("busybox")
+        };
         let bin = dir.join("bin");
         assert!(std::fs::create_dir_all(&bin).is_ok());
         assert!(std::fs::copy(&bb, bin.join("busybox")).is_ok());
@@ -1057,9 +1302,14 @@ configs:
             eprintln!("SKIP runs_pods_on_real_containerd: {why}");
             return;
         }
-        let Ok(tmp) = tempfile::Builder::new().prefix("rk3s-e2e").tempdir() else { panic!("tempdir") };
+        let Ok(tmp) = tempfile::Builder::new().prefix("rk3s-e2e").tempdir() else {
+            panic!("tempdir")
+        };
         let data = tmp.path().join("data");
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let state = PathBuf::from(format!("/run/rk3s-test-{}-{nanos}", std::process::id()));
         let config = ContainerdConfig::new(&data).with_state_dir(&state);
         let socket = config.socket.clone();
@@ -1068,7 +1318,9 @@ configs:
         let shim_dir_existed = Path::new("/run/containerd").exists();
         let t0 = Instant::now();
         let started = Containerd::start(config.clone()).await;
-        let Ok(ctd) = started else { panic!("containerd: {started:?}") };
+        let Ok(ctd) = started else {
+            panic!("containerd: {started:?}")
+        };
         let start_time = t0.elapsed();
         let cri = match CriClient::connect(&socket).await {
             Ok(c) => c,
@@ -1078,7 +1330,10 @@ configs:
         let result = std::panic::AssertUnwindSafe(body).catch_unwind().await;
 
         if result.is_err() {
-            eprintln!("containerd log (tail):\n{}", log_tail(&config.log_path(), 15));
+            eprintln!(
+                "containerd log (tail):\n{}",
+                log_tail(&config.log_path(), 15)
+            );
         }
         // Clean-up, whatever happened.
         remove_all(&cri).await;
@@ -1103,13 +1358,18 @@ configs:
         }
         eprintln!("containerd start (to CRI Version answering): {start_time:?}");
         assert_eq!(leftover_mounts, 0, "mounts left behind");
-        assert!(leftover_procs.is_empty(), "processes left behind: {leftover_procs:?}");
+        assert!(
+            leftover_procs.is_empty(),
+            "processes left behind: {leftover_procs:?}"
+        );
         assert!(!state.exists());
     }
 
     async fn e2e_body(cri: &CriClient, ctd: &Containerd, tmp: &Path, data: &Path) {
         use crate::cri::types::*;
-        use crate::image::{build_oci_archive, ensure_pause_image, import, import_dir, ImageConfig};
+        use crate::image::{
+            build_oci_archive, ensure_pause_image, import, import_dir, ImageConfig,
+        };
         let socket = ctd.socket().to_path_buf();
 
         let v = cri.version().await;
@@ -1118,7 +1378,12 @@ configs:
         assert_eq!(v.runtime_api_version, "v1");
         let st = cri.status().await;
         let Ok(st) = st else { panic!("status: {st:?}") };
-        assert!(st.conditions.iter().any(|c| c.r#type == "RuntimeReady" && c.status), "{st:?}");
+        assert!(
+            st.conditions
+                .iter()
+                .any(|c| c.r#type == "RuntimeReady" && c.status),
+            "{st:?}"
+        );
 
         // Images: the pause image, and a busybox image in three compressions.
         let t = Instant::now();
@@ -1134,7 +1399,10 @@ configs:
         assert!(std::fs::create_dir_all(&images).is_ok());
         let rootfs = tmp.join("rootfs");
         busybox_rootfs(&rootfs);
-        let opts = ImageConfig { cmd: vec!["sh".into()], ..Default::default() };
+        let opts = ImageConfig {
+            cmd: vec!["sh".into()],
+            ..Default::default()
+        };
         let b = build_oci_archive(&rootfs, &opts, "busybox:1.36", &images.join("busybox.tar"));
         assert!(b.is_ok(), "{b:?}");
         let mut expected = vec!["docker.io/library/busybox:1.36".to_string()];
@@ -1160,27 +1428,42 @@ configs:
             assert!(o.result.is_ok(), "{} : {:?}", o.archive.display(), o.result);
         }
         let list = cri.list_images(None).await;
-        let Ok(list) = list else { panic!("list: {list:?}") };
+        let Ok(list) = list else {
+            panic!("list: {list:?}")
+        };
         let tags: Vec<&String> = list.iter().flat_map(|i| i.repo_tags.iter()).collect();
         for e in expected.iter().chain([&SANDBOX_IMAGE.to_string()]) {
             assert!(tags.contains(&e), "{e} not in {tags:?}");
         }
         let bb = cri.image_status("busybox:1.36").await;
-        let Ok(Some(bb)) = bb else { panic!("image status: {bb:?}") };
+        let Ok(Some(bb)) = bb else {
+            panic!("image status: {bb:?}")
+        };
         assert!(bb.id.starts_with("sha256:"));
-        assert!(matches!(cri.image_status("rk3s.local/nothing:1").await, Ok(None)));
+        assert!(matches!(
+            cri.image_status("rk3s.local/nothing:1").await,
+            Ok(None)
+        ));
 
         // A host-network sandbox and a container that echoes.
         let logs = tmp.join("logs/default_e2e_uid-1");
         assert!(std::fs::create_dir_all(&logs).is_ok());
         let sandbox = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata { name: "e2e".into(), uid: "uid-1".into(), namespace: "default".into(), attempt: 0 }),
+            metadata: Some(PodSandboxMetadata {
+                name: "e2e".into(),
+                uid: "uid-1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
             // Upstream's kubelet sets no hostname for host-network pods (the UTS
             // namespace is the host's; runc refuses to set it).
             log_directory: logs.to_string_lossy().into_owned(),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -1189,22 +1472,34 @@ configs:
         };
         let t = Instant::now();
         let sb = cri.run_pod_sandbox(sandbox.clone(), "").await;
-        let Ok(sb) = sb else { panic!("run sandbox: {sb:?}") };
+        let Ok(sb) = sb else {
+            panic!("run sandbox: {sb:?}")
+        };
         let sandbox_time = t.elapsed();
         let container = |name: &str, cmd: &[&str]| ContainerConfig {
-            metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-            image: Some(ImageSpec { image: "docker.io/library/busybox:1.36".into(), ..Default::default() }),
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: "docker.io/library/busybox:1.36".into(),
+                ..Default::default()
+            }),
             command: cmd.iter().map(|s| s.to_string()).collect(),
             log_path: format!("{name}/0.log"),
             ..Default::default()
         };
         let t = Instant::now();
-        let c = cri.create_container(&sb, container("echo", &["echo", "hello"]), sandbox.clone()).await;
+        let c = cri
+            .create_container(&sb, container("echo", &["echo", "hello"]), sandbox.clone())
+            .await;
         let Ok(c) = c else { panic!("create: {c:?}") };
         let started = cri.start_container(&c).await;
         assert!(started.is_ok(), "{started:?}");
         let container_time = t.elapsed();
-        eprintln!("host-network sandbox: {sandbox_time:?}; container create+start: {container_time:?}");
+        eprintln!(
+            "host-network sandbox: {sandbox_time:?}; container create+start: {container_time:?}"
+        );
         let s = wait_exited(cri, &c).await;
         assert_eq!(s.exit_code, 0);
         assert_eq!(s.reason, "Completed");
@@ -1212,23 +1507,58 @@ configs:
         let line = log.lines().next().unwrap_or_default();
         let mut parts = line.splitn(4, ' ');
         let ts = parts.next().unwrap_or_default();
-        assert!(ts.parse::<jiff::Timestamp>().is_ok(), "CRI log timestamp {ts:?}");
-        assert_eq!(parts.collect::<Vec<_>>(), ["stdout", "F", "hello"], "log {log:?}");
+        assert!(
+            ts.parse::<jiff::Timestamp>().is_ok(),
+            "CRI log timestamp {ts:?}"
+        );
+        assert_eq!(
+            parts.collect::<Vec<_>>(),
+            ["stdout", "F", "hello"],
+            "log {log:?}"
+        );
 
         // A long-running container: exec into it.
-        let c2 = cri.create_container(&sb, container("sleeper", &["sleep", "3600"]), sandbox.clone()).await;
+        let c2 = cri
+            .create_container(
+                &sb,
+                container("sleeper", &["sleep", "3600"]),
+                sandbox.clone(),
+            )
+            .await;
         let Ok(c2) = c2 else { panic!("create: {c2:?}") };
         assert!(cri.start_container(&c2).await.is_ok());
-        let ex = cri.exec_sync(&c2, vec!["sh".into(), "-c".into(), "echo hi; echo err >&2; exit 3".into()], 10).await;
+        let ex = cri
+            .exec_sync(
+                &c2,
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo hi; echo err >&2; exit 3".into(),
+                ],
+                10,
+            )
+            .await;
         let Ok(ex) = ex else { panic!("exec: {ex:?}") };
-        assert_eq!((ex.stdout.as_slice(), ex.stderr.as_slice(), ex.exit_code), (&b"hi\n"[..], &b"err\n"[..], 3));
-        let filter = ContainerFilter { pod_sandbox_id: sb.clone(), ..Default::default() };
+        assert_eq!(
+            (ex.stdout.as_slice(), ex.stderr.as_slice(), ex.exit_code),
+            (&b"hi\n"[..], &b"err\n"[..], 3)
+        );
+        let filter = ContainerFilter {
+            pod_sandbox_id: sb.clone(),
+            ..Default::default()
+        };
         let cs = cri.list_containers(Some(filter)).await.unwrap_or_default();
         assert_eq!(cs.len(), 2);
         let sbs = cri.list_pod_sandboxes(None).await.unwrap_or_default();
-        assert_eq!(sbs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [sb.as_str()]);
+        assert_eq!(
+            sbs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            [sb.as_str()]
+        );
         let sbst = cri.pod_sandbox_status(&sb).await;
-        assert_eq!(sbst.map(|s| s.state).ok(), Some(PodSandboxState::SandboxReady as i32));
+        assert_eq!(
+            sbst.map(|s| s.state).ok(),
+            Some(PodSandboxState::SandboxReady as i32)
+        );
 
         // containerd killed: the supervisor restarts it, the containers survive.
         let old = ctd.pid();
@@ -1244,10 +1574,17 @@ configs:
         }
         assert!(back, "containerd not restarted");
         let cri2 = CriClient::connect(&socket).await;
-        let Ok(cri2) = cri2 else { panic!("reconnect: {cri2:?}") };
+        let Ok(cri2) = cri2 else {
+            panic!("reconnect: {cri2:?}")
+        };
         let st = cri2.container_status(&c2).await;
-        assert_eq!(st.map(|s| s.state).ok(), Some(ContainerState::ContainerRunning as i32));
-        let ex = cri2.exec_sync(&c2, vec!["echo".into(), "again".into()], 10).await;
+        assert_eq!(
+            st.map(|s| s.state).ok(),
+            Some(ContainerState::ContainerRunning as i32)
+        );
+        let ex = cri2
+            .exec_sync(&c2, vec!["echo".into(), "again".into()], 10)
+            .await;
         assert_eq!(ex.map(|e| e.stdout).ok(), Some(b"again\n".to_vec()));
 
         // The crun runtime handler. crun refuses hybrid cgroup hosts (v1 hierarchies plus
@@ -1269,22 +1606,37 @@ configs:
                 m.uid = "uid-2".into();
             }
             let sb2 = cri2.run_pod_sandbox(sc.clone(), "crun").await;
-            let Ok(sb2) = sb2 else { panic!("crun sandbox: {sb2:?}") };
-            let c3 = cri2.create_container(&sb2, container("echo-crun", &["echo", "crun"]), sc).await;
+            let Ok(sb2) = sb2 else {
+                panic!("crun sandbox: {sb2:?}")
+            };
+            let c3 = cri2
+                .create_container(&sb2, container("echo-crun", &["echo", "crun"]), sc)
+                .await;
             let Ok(c3) = c3 else { panic!("create: {c3:?}") };
             assert!(cri2.start_container(&c3).await.is_ok());
             assert_eq!(wait_exited(&cri2, &c3).await.exit_code, 0);
             let sbst = cri2.pod_sandbox_status(&sb2).await;
-            assert_eq!(sbst.map(|s| s.runtime_handler).ok(), Some("crun".to_string()));
+            assert_eq!(
+                sbst.map(|s| s.runtime_handler).ok(),
+                Some("crun".to_string())
+            );
         }
 
         // Clean-up through CRI.
         assert!(cri2.stop_container(&c2, 1).await.is_ok());
         assert!(cri2.remove_container(&c2).await.is_ok());
         assert!(cri2.remove_container(&c).await.is_ok());
-        assert!(cri2.list_containers(None).await.map(|c| c.len()).ok().is_some_and(|n| n <= 1));
+        assert!(cri2
+            .list_containers(None)
+            .await
+            .map(|c| c.len())
+            .ok()
+            .is_some_and(|n| n <= 1));
         remove_all(&cri2).await;
-        assert_eq!(cri2.list_pod_sandboxes(None).await.map(|l| l.len()).ok(), Some(0));
+        assert_eq!(
+            cri2.list_pod_sandboxes(None).await.map(|l| l.len()).ok(),
+            Some(0)
+        );
         assert!(cri2.remove_image("busybox:1.36").await.is_ok());
         assert!(matches!(cri2.image_status("busybox:1.36").await, Ok(None)));
     }

@@ -78,7 +78,11 @@ impl CriError {
             tonic::Code::NotFound => CriError::NotFound { method, message },
             tonic::Code::DeadlineExceeded => CriError::Timeout { method, message },
             tonic::Code::Unavailable => CriError::Unavailable { method, message },
-            code => CriError::Status { method, code, message },
+            code => CriError::Status {
+                method,
+                code,
+                message,
+            },
         }
     }
 
@@ -109,9 +113,14 @@ struct UnixConnector(PathBuf);
 impl tower_service::Service<Uri> for UnixConnector {
     type Response = TokioIo<tokio::net::UnixStream>;
     type Error = std::io::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -131,7 +140,9 @@ pub struct CriClient {
 
 impl std::fmt::Debug for CriClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CriClient").field("socket", &self.socket).finish()
+        f.debug_struct("CriClient")
+            .field("socket", &self.socket)
+            .finish()
     }
 }
 
@@ -147,12 +158,20 @@ impl CriClient {
             Some(p) => PathBuf::from(p),
             None => raw.to_path_buf(),
         };
-        let endpoint = Endpoint::from_static("http://localhost").connect_timeout(Duration::from_secs(10));
+        let endpoint =
+            Endpoint::from_static("http://localhost").connect_timeout(Duration::from_secs(10));
         let channel = endpoint
             .connect_with_connector(UnixConnector(path.clone()))
             .await
-            .map_err(|e| CriError::Connect { path: path.clone(), cause: innermost(&e) })?;
-        Ok(CriClient { channel, socket: path, timeout: Duration::from_secs(120) })
+            .map_err(|e| CriError::Connect {
+                path: path.clone(),
+                cause: innermost(&e),
+            })?;
+        Ok(CriClient {
+            channel,
+            socket: path,
+            timeout: Duration::from_secs(120),
+        })
     }
 
     /// The same client with another per-call timeout.
@@ -166,61 +185,122 @@ impl CriClient {
         &self.socket
     }
 
-    async fn call<Req, Resp>(&self, service: &str, method: &'static str, req: Req) -> Result<Resp, CriError>
+    async fn call<Req, Resp>(
+        &self,
+        service: &str,
+        method: &'static str,
+        req: Req,
+    ) -> Result<Resp, CriError>
     where
         Req: prost::Message + Send + Sync + 'static,
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready().await.map_err(|e| CriError::Unavailable { method, message: e.to_string() })?;
-        let path = PathAndQuery::try_from(format!("{service}{method}"))
-            .map_err(|e| CriError::Status { method, code: tonic::Code::Internal, message: e.to_string() })?;
+        grpc.ready().await.map_err(|e| CriError::Unavailable {
+            method,
+            message: e.to_string(),
+        })?;
+        let path =
+            PathAndQuery::try_from(format!("{service}{method}")).map_err(|e| CriError::Status {
+                method,
+                code: tonic::Code::Internal,
+                message: e.to_string(),
+            })?;
         let mut request = tonic::Request::new(req);
         request.set_timeout(self.timeout);
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-        grpc.unary(request, path, codec).await.map(|r| r.into_inner()).map_err(|s| CriError::from_status(method, s))
+        grpc.unary(request, path, codec)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| CriError::from_status(method, s))
     }
 
     /// `Version`.
     pub async fn version(&self) -> Result<VersionResponse, CriError> {
-        self.call(RUNTIME, "Version", VersionRequest { version: "v1".into() }).await
+        self.call(
+            RUNTIME,
+            "Version",
+            VersionRequest {
+                version: "v1".into(),
+            },
+        )
+        .await
     }
 
     /// `Status`: the runtime's conditions (`RuntimeReady`, `NetworkReady`).
     pub async fn status(&self) -> Result<RuntimeStatus, CriError> {
-        let r: StatusResponse = self.call(RUNTIME, "Status", StatusRequest { verbose: false }).await?;
-        r.status.ok_or(CriError::MissingField { method: "Status", field: "status" })
+        let r: StatusResponse = self
+            .call(RUNTIME, "Status", StatusRequest { verbose: false })
+            .await?;
+        r.status.ok_or(CriError::MissingField {
+            method: "Status",
+            field: "status",
+        })
     }
 
     /// `RunPodSandbox`: returns the sandbox ID.
-    pub async fn run_pod_sandbox(&self, config: PodSandboxConfig, runtime_handler: &str) -> Result<String, CriError> {
-        let req = RunPodSandboxRequest { config: Some(config), runtime_handler: runtime_handler.to_string() };
+    pub async fn run_pod_sandbox(
+        &self,
+        config: PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String, CriError> {
+        let req = RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: runtime_handler.to_string(),
+        };
         let r: RunPodSandboxResponse = self.call(RUNTIME, "RunPodSandbox", req).await?;
         Ok(r.pod_sandbox_id)
     }
 
     /// `StopPodSandbox` (stops its containers too; idempotent).
     pub async fn stop_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
-        let _: Empty = self.call(RUNTIME, "StopPodSandbox", PodSandboxIdRequest { pod_sandbox_id: id.into() }).await?;
+        let _: Empty = self
+            .call(
+                RUNTIME,
+                "StopPodSandbox",
+                PodSandboxIdRequest {
+                    pod_sandbox_id: id.into(),
+                },
+            )
+            .await?;
         Ok(())
     }
 
     /// `RemovePodSandbox` (removes its containers too; idempotent).
     pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), CriError> {
-        let _: Empty = self.call(RUNTIME, "RemovePodSandbox", PodSandboxIdRequest { pod_sandbox_id: id.into() }).await?;
+        let _: Empty = self
+            .call(
+                RUNTIME,
+                "RemovePodSandbox",
+                PodSandboxIdRequest {
+                    pod_sandbox_id: id.into(),
+                },
+            )
+            .await?;
         Ok(())
     }
 
     /// `PodSandboxStatus`.
     pub async fn pod_sandbox_status(&self, id: &str) -> Result<PodSandboxStatus, CriError> {
-        let req = PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false };
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: false,
+        };
         let r: PodSandboxStatusResponse = self.call(RUNTIME, "PodSandboxStatus", req).await?;
-        r.status.ok_or(CriError::MissingField { method: "PodSandboxStatus", field: "status" })
+        r.status.ok_or(CriError::MissingField {
+            method: "PodSandboxStatus",
+            field: "status",
+        })
     }
 
     /// `ListPodSandbox`.
-    pub async fn list_pod_sandboxes(&self, filter: Option<PodSandboxFilter>) -> Result<Vec<PodSandbox>, CriError> {
-        let r: ListPodSandboxResponse = self.call(RUNTIME, "ListPodSandbox", ListPodSandboxRequest { filter }).await?;
+    pub async fn list_pod_sandboxes(
+        &self,
+        filter: Option<PodSandboxFilter>,
+    ) -> Result<Vec<PodSandbox>, CriError> {
+        let r: ListPodSandboxResponse = self
+            .call(RUNTIME, "ListPodSandbox", ListPodSandboxRequest { filter })
+            .await?;
         Ok(r.items)
     }
 
@@ -242,40 +322,79 @@ impl CriClient {
 
     /// `StartContainer`.
     pub async fn start_container(&self, id: &str) -> Result<(), CriError> {
-        let _: Empty = self.call(RUNTIME, "StartContainer", ContainerIdRequest { container_id: id.into() }).await?;
+        let _: Empty = self
+            .call(
+                RUNTIME,
+                "StartContainer",
+                ContainerIdRequest {
+                    container_id: id.into(),
+                },
+            )
+            .await?;
         Ok(())
     }
 
     /// `StopContainer`: SIGTERM, then SIGKILL after `timeout_secs`.
     pub async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<(), CriError> {
-        let req = StopContainerRequest { container_id: id.into(), timeout: timeout_secs };
+        let req = StopContainerRequest {
+            container_id: id.into(),
+            timeout: timeout_secs,
+        };
         let _: Empty = self.call(RUNTIME, "StopContainer", req).await?;
         Ok(())
     }
 
     /// `RemoveContainer`.
     pub async fn remove_container(&self, id: &str) -> Result<(), CriError> {
-        let _: Empty = self.call(RUNTIME, "RemoveContainer", ContainerIdRequest { container_id: id.into() }).await?;
+        let _: Empty = self
+            .call(
+                RUNTIME,
+                "RemoveContainer",
+                ContainerIdRequest {
+                    container_id: id.into(),
+                },
+            )
+            .await?;
         Ok(())
     }
 
     /// `ListContainers`.
-    pub async fn list_containers(&self, filter: Option<ContainerFilter>) -> Result<Vec<Container>, CriError> {
-        let r: ListContainersResponse = self.call(RUNTIME, "ListContainers", ListContainersRequest { filter }).await?;
+    pub async fn list_containers(
+        &self,
+        filter: Option<ContainerFilter>,
+    ) -> Result<Vec<Container>, CriError> {
+        let r: ListContainersResponse = self
+            .call(RUNTIME, "ListContainers", ListContainersRequest { filter })
+            .await?;
         Ok(r.containers)
     }
 
     /// `ContainerStatus`.
     pub async fn container_status(&self, id: &str) -> Result<ContainerStatus, CriError> {
-        let req = ContainerStatusRequest { container_id: id.into(), verbose: false };
+        let req = ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        };
         let r: ContainerStatusResponse = self.call(RUNTIME, "ContainerStatus", req).await?;
-        r.status.ok_or(CriError::MissingField { method: "ContainerStatus", field: "status" })
+        r.status.ok_or(CriError::MissingField {
+            method: "ContainerStatus",
+            field: "status",
+        })
     }
 
     /// `ExecSync`: runs `cmd` in the container and collects its output (timeout in
     /// seconds, 0 for none).
-    pub async fn exec_sync(&self, id: &str, cmd: Vec<String>, timeout_secs: i64) -> Result<ExecSyncResponse, CriError> {
-        let req = ExecSyncRequest { container_id: id.into(), cmd, timeout: timeout_secs };
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_secs: i64,
+    ) -> Result<ExecSyncResponse, CriError> {
+        let req = ExecSyncRequest {
+            container_id: id.into(),
+            cmd,
+            timeout: timeout_secs,
+        };
         self.call(RUNTIME, "ExecSync", req).await
     }
 
@@ -292,21 +411,36 @@ impl CriClient {
     }
 
     /// `PortForward`: the streaming URL of a port forward into sandbox `pod_sandbox_id`.
-    pub async fn port_forward(&self, pod_sandbox_id: &str, ports: Vec<i32>) -> Result<String, CriError> {
-        let req = PortForwardRequest { pod_sandbox_id: pod_sandbox_id.into(), port: ports };
+    pub async fn port_forward(
+        &self,
+        pod_sandbox_id: &str,
+        ports: Vec<i32>,
+    ) -> Result<String, CriError> {
+        let req = PortForwardRequest {
+            pod_sandbox_id: pod_sandbox_id.into(),
+            port: ports,
+        };
         let r: PortForwardResponse = self.call(RUNTIME, "PortForward", req).await?;
         Ok(r.url)
     }
 
     /// `ListImages`.
     pub async fn list_images(&self, filter: Option<ImageFilter>) -> Result<Vec<Image>, CriError> {
-        let r: ListImagesResponse = self.call(IMAGE, "ListImages", ListImagesRequest { filter }).await?;
+        let r: ListImagesResponse = self
+            .call(IMAGE, "ListImages", ListImagesRequest { filter })
+            .await?;
         Ok(r.images)
     }
 
     /// `ImageStatus`: `None` when the image is not in the store.
     pub async fn image_status(&self, image: &str) -> Result<Option<Image>, CriError> {
-        let req = ImageStatusRequest { image: Some(ImageSpec { image: image.into(), ..Default::default() }), verbose: false };
+        let req = ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        };
         let r: ImageStatusResponse = self.call(IMAGE, "ImageStatus", req).await?;
         Ok(r.image)
     }
@@ -319,7 +453,10 @@ impl CriClient {
         sandbox_config: Option<PodSandboxConfig>,
     ) -> Result<String, CriError> {
         let req = PullImageRequest {
-            image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
             auth,
             sandbox_config,
         };
@@ -329,7 +466,12 @@ impl CriClient {
 
     /// `RemoveImage` (idempotent).
     pub async fn remove_image(&self, image: &str) -> Result<(), CriError> {
-        let req = RemoveImageRequest { image: Some(ImageSpec { image: image.into(), ..Default::default() }) };
+        let req = RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+        };
         let _: Empty = self.call(IMAGE, "RemoveImage", req).await?;
         Ok(())
     }
@@ -344,13 +486,26 @@ mod tests {
     fn messages_use_cri_field_numbers() {
         // ExecSyncRequest{container_id="a", cmd=["b"], timeout=3}:
         // field 1 (len) "a", field 2 (len) "b", field 3 (varint) 3.
-        let m = ExecSyncRequest { container_id: "a".into(), cmd: vec!["b".into()], timeout: 3 };
-        assert_eq!(m.encode_to_vec(), vec![0x0a, 1, b'a', 0x12, 1, b'b', 0x18, 3]);
+        let m = ExecSyncRequest {
+            container_id: "a".into(),
+            cmd: vec!["b".into()],
+            timeout: 3,
+        };
+        assert_eq!(
+            m.encode_to_vec(),
+            vec![0x0a, 1, b'a', 0x12, 1, b'b', 0x18, 3]
+        );
         // NamespaceOption network=NODE(2) is field 1 varint 2.
-        let ns = NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() };
+        let ns = NamespaceOption {
+            network: NamespaceMode::Node as i32,
+            ..Default::default()
+        };
         assert_eq!(ns.encode_to_vec(), vec![0x08, 2]);
         // ImageSpec user_specified_image is field 18: tag (18<<3|2)=146 -> varint 0x92 0x01.
-        let spec = ImageSpec { user_specified_image: "x".into(), ..Default::default() };
+        let spec = ImageSpec {
+            user_specified_image: "x".into(),
+            ..Default::default()
+        };
         assert_eq!(spec.encode_to_vec(), vec![0x92, 0x01, 1, b'x']);
     }
 
@@ -370,7 +525,10 @@ mod tests {
         let e = CriError::from_status("X", tonic::Status::unavailable("down"));
         assert!(matches!(e, CriError::Unavailable { .. }));
         assert!(!e.is_not_found());
-        let e = CriError::from_status("X", tonic::Status::unknown("container \"c\" in namespace: not found"));
+        let e = CriError::from_status(
+            "X",
+            tonic::Status::unknown("container \"c\" in namespace: not found"),
+        );
         assert!(e.is_not_found());
     }
 
@@ -381,6 +539,9 @@ mod tests {
         let r = CriClient::connect(dir.path().join("nope.sock")).await;
         assert!(matches!(r, Err(CriError::Connect { .. })), "{r:?}");
         let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.ends_with("nope.sock: No such file or directory (os error 2)"), "{msg}");
+        assert!(
+            msg.ends_with("nope.sock: No such file or directory (os error 2)"),
+            "{msg}"
+        );
     }
 }

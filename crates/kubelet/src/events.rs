@@ -72,14 +72,27 @@ impl EventType {
 /// `spec.containers{name}`, `spec.initContainers{name}` or `spec.ephemeralContainers{name}`.
 pub fn container_ref(pod: &Pod, container: &str) -> ObjectReference {
     let spec = pod.spec.as_ref();
-    let field = if spec.is_some_and(|s| s.init_containers.iter().flatten().any(|c| c.name == container)) {
+    let field = if spec.is_some_and(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == container)
+    }) {
         "initContainers"
-    } else if spec.is_some_and(|s| s.ephemeral_containers.iter().flatten().any(|c| c.name == container)) {
+    } else if spec.is_some_and(|s| {
+        s.ephemeral_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == container)
+    }) {
         "ephemeralContainers"
     } else {
         "containers"
     };
-    ObjectReference { field_path: Some(format!("spec.{field}{{{container}}}")), ..pod_ref(pod) }
+    ObjectReference {
+        field_path: Some(format!("spec.{field}{{{container}}}")),
+        ..pod_ref(pod)
+    }
 }
 
 /// The reference to a pod.
@@ -96,10 +109,25 @@ pub fn pod_ref(pod: &Pod) -> ObjectReference {
 }
 
 /// A new event (count 1) about `obj`, made at `now` by the kubelet of `node`.
-pub fn make_event(obj: &ObjectReference, ty: EventType, reason: &str, message: &str, node: &str, now: jiff::Timestamp) -> Event {
-    let name = format!("{}.{:x}", obj.name.as_deref().unwrap_or_default(), now.as_nanosecond());
+pub fn make_event(
+    obj: &ObjectReference,
+    ty: EventType,
+    reason: &str,
+    message: &str,
+    node: &str,
+    now: jiff::Timestamp,
+) -> Event {
+    let name = format!(
+        "{}.{:x}",
+        obj.name.as_deref().unwrap_or_default(),
+        now.as_nanosecond()
+    );
     Event {
-        metadata: ObjectMeta { name: Some(name), namespace: Some(obj.namespace.clone().unwrap_or_else(|| "default".into())), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(obj.namespace.clone().unwrap_or_else(|| "default".into())),
+            ..Default::default()
+        },
         involved_object: obj.clone(),
         reason: Some(reason.to_string()),
         message: Some(message.to_string()),
@@ -107,7 +135,10 @@ pub fn make_event(obj: &ObjectReference, ty: EventType, reason: &str, message: &
         count: Some(1),
         first_timestamp: Some(Time(now)),
         last_timestamp: Some(Time(now)),
-        source: Some(EventSource { component: Some(COMPONENT.into()), host: Some(node.to_string()) }),
+        source: Some(EventSource {
+            component: Some(COMPONENT.into()),
+            host: Some(node.to_string()),
+        }),
         reporting_component: Some(COMPONENT.into()),
         reporting_instance: Some(node.to_string()),
         ..Default::default()
@@ -189,10 +220,14 @@ impl SpamFilter {
         );
         if self.buckets.len() >= MAX_KEYS && !self.buckets.contains_key(&key) {
             // Full buckets are the same as no bucket.
-            self.buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() / SPAM_REFILL.as_secs_f64() < SPAM_BURST);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() / SPAM_REFILL.as_secs_f64()
+                    < SPAM_BURST
+            });
         }
         let (tokens, at) = self.buckets.entry(key).or_insert((SPAM_BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() / SPAM_REFILL.as_secs_f64()).min(SPAM_BURST);
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() / SPAM_REFILL.as_secs_f64())
+            .min(SPAM_BURST);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -215,7 +250,10 @@ impl Correlator {
             Some(s) if now.duration_since(s.at) < WINDOW => {
                 s.count += 1;
                 s.at = now;
-                Action::Patch { name: s.event_name.clone(), count: s.count }
+                Action::Patch {
+                    name: s.event_name.clone(),
+                    count: s.count,
+                }
             }
             _ => Action::Create,
         }
@@ -223,12 +261,20 @@ impl Correlator {
 
     fn created(&mut self, key: Key, event_name: String, now: Instant) {
         if self.seen.len() >= MAX_KEYS {
-            self.seen.retain(|_, s| now.duration_since(s.at) < WINDOW / 4);
+            self.seen
+                .retain(|_, s| now.duration_since(s.at) < WINDOW / 4);
             if self.seen.len() >= MAX_KEYS {
                 self.seen.clear();
             }
         }
-        self.seen.insert(key, Seen { event_name, count: 1, at: now });
+        self.seen.insert(
+            key,
+            Seen {
+                event_name,
+                count: 1,
+                at: now,
+            },
+        );
     }
 
     fn forget(&mut self, key: &Key) {
@@ -270,7 +316,14 @@ impl Recorder {
     }
 
     /// Records an event about container `container` of `pod`.
-    pub fn container_event(&self, pod: &Pod, container: &str, ty: EventType, reason: &str, message: impl Into<String>) {
+    pub fn container_event(
+        &self,
+        pod: &Pod,
+        container: &str,
+        ty: EventType,
+        reason: &str,
+        message: impl Into<String>,
+    ) {
         self.record(container_ref(pod, container), ty, reason, message.into());
     }
 
@@ -281,7 +334,13 @@ impl Recorder {
 
     fn record(&self, obj: ObjectReference, ty: EventType, reason: &str, message: String) {
         let Some(tx) = &self.tx else { return };
-        let p = Pending { obj, ty, reason: reason.to_string(), message, at: jiff::Timestamp::now() };
+        let p = Pending {
+            obj,
+            ty,
+            reason: reason.to_string(),
+            message,
+            at: jiff::Timestamp::now(),
+        };
         if let Err(e) = tx.try_send(p) {
             tracing::debug!(event = ?e, "event queue full; dropping the event");
         }
@@ -305,7 +364,10 @@ async fn write_events(client: kube::Client, node: String, mut rx: mpsc::Receiver
         }
         if let Action::Patch { name, count } = action {
             let patch = json!({"count": count, "lastTimestamp": Time(p.at)});
-            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
                 Ok(_) => continue,
                 Err(kube::Error::Api(e)) if e.code == 404 => corr.forget(&key),
                 Err(e) => {
@@ -339,8 +401,14 @@ mod tests {
                 ..Default::default()
             },
             spec: Some(PodSpec {
-                containers: vec![Container { name: "app".into(), ..Default::default() }],
-                init_containers: Some(vec![Container { name: "setup".into(), ..Default::default() }]),
+                containers: vec![Container {
+                    name: "app".into(),
+                    ..Default::default()
+                }],
+                init_containers: Some(vec![Container {
+                    name: "setup".into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -352,19 +420,42 @@ mod tests {
         let p = pod();
         let r = container_ref(&p, "app");
         assert_eq!(r.field_path.as_deref(), Some("spec.containers{app}"));
-        assert_eq!((r.kind.as_deref(), r.api_version.as_deref(), r.uid.as_deref()), (Some("Pod"), Some("v1"), Some("u-1")));
-        assert_eq!(container_ref(&p, "setup").field_path.as_deref(), Some("spec.initContainers{setup}"));
+        assert_eq!(
+            (
+                r.kind.as_deref(),
+                r.api_version.as_deref(),
+                r.uid.as_deref()
+            ),
+            (Some("Pod"), Some("v1"), Some("u-1"))
+        );
+        assert_eq!(
+            container_ref(&p, "setup").field_path.as_deref(),
+            Some("spec.initContainers{setup}")
+        );
         assert_eq!(pod_ref(&p).field_path, None);
     }
 
     #[test]
     fn events_look_like_upstreams() {
         let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
-        let e = make_event(&container_ref(&pod(), "app"), EventType::Normal, reason::STARTED, "Started container app", "node-1", now);
+        let e = make_event(
+            &container_ref(&pod(), "app"),
+            EventType::Normal,
+            reason::STARTED,
+            "Started container app",
+            "node-1",
+            now,
+        );
         let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(v["metadata"]["name"], format!("web.{:x}", 1_700_000_000_000_000_000i128));
+        assert_eq!(
+            v["metadata"]["name"],
+            format!("web.{:x}", 1_700_000_000_000_000_000i128)
+        );
         assert_eq!(v["metadata"]["namespace"], "prod");
-        assert_eq!(v["source"], json!({"component": "kubelet", "host": "node-1"}));
+        assert_eq!(
+            v["source"],
+            json!({"component": "kubelet", "host": "node-1"})
+        );
         assert_eq!(v["reportingComponent"], "kubelet");
         assert_eq!(v["reportingInstance"], "node-1");
         assert_eq!(v["count"], 1);
@@ -382,7 +473,16 @@ mod tests {
         let p = pod_ref(&pod());
         let t = Instant::now();
         assert_eq!((0..30).filter(|_| f.allow(&p, t)).count(), 25);
-        let other = container_ref(&Pod { metadata: ObjectMeta { name: Some("db".into()), ..Default::default() }, ..Default::default() }, "c");
+        let other = container_ref(
+            &Pod {
+                metadata: ObjectMeta {
+                    name: Some("db".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            "c",
+        );
         assert!(f.allow(&other, t), "another object has its own bucket");
         assert!(!f.allow(&p, t + Duration::from_secs(200)));
         assert!(f.allow(&p, t + Duration::from_secs(301)));
@@ -393,18 +493,48 @@ mod tests {
     fn repeats_are_counted_on_the_first_event() {
         let mut c = Correlator::default();
         let r = container_ref(&pod(), "app");
-        let k = Key::of(&r, EventType::Warning, reason::UNHEALTHY, "Liveness probe failed: x");
+        let k = Key::of(
+            &r,
+            EventType::Warning,
+            reason::UNHEALTHY,
+            "Liveness probe failed: x",
+        );
         let t = Instant::now();
         assert_eq!(c.observe(&k, t), Action::Create);
         c.created(k.clone(), "web.1".into(), t);
-        assert_eq!(c.observe(&k, t), Action::Patch { name: "web.1".into(), count: 2 });
-        assert_eq!(c.observe(&k, t), Action::Patch { name: "web.1".into(), count: 3 });
-        let other = Key::of(&r, EventType::Warning, reason::UNHEALTHY, "Liveness probe failed: y");
-        assert_eq!(c.observe(&other, t), Action::Create, "another message is another event");
+        assert_eq!(
+            c.observe(&k, t),
+            Action::Patch {
+                name: "web.1".into(),
+                count: 2
+            }
+        );
+        assert_eq!(
+            c.observe(&k, t),
+            Action::Patch {
+                name: "web.1".into(),
+                count: 3
+            }
+        );
+        let other = Key::of(
+            &r,
+            EventType::Warning,
+            reason::UNHEALTHY,
+            "Liveness probe failed: y",
+        );
+        assert_eq!(
+            c.observe(&other, t),
+            Action::Create,
+            "another message is another event"
+        );
         c.forget(&k);
         assert_eq!(c.observe(&k, t), Action::Create);
         let later = t + WINDOW + Duration::from_secs(1);
         c.created(k.clone(), "web.2".into(), t);
-        assert_eq!(c.observe(&k, later), Action::Create, "old events are not revived");
+        assert_eq!(
+            c.observe(&k, later),
+            Action::Create,
+            "old events are not revived"
+        );
     }
 }

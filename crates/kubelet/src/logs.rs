@@ -15,7 +15,9 @@ use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 
 /// Errors of reading a log file.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,10 @@ pub fn parse_cri_line(line: &[u8]) -> Result<LogRecord, LogError> {
     let stream = it.next().ok_or_else(bad)?;
     let tag = it.next().ok_or_else(bad)?;
     let text = it.next().unwrap_or(b"");
-    let time: jiff::Timestamp = std::str::from_utf8(ts).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let time: jiff::Timestamp = std::str::from_utf8(ts)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
     let stream = match stream {
         b"stdout" => Stream::Stdout,
         b"stderr" => Stream::Stderr,
@@ -85,7 +90,12 @@ pub fn parse_cri_line(line: &[u8]) -> Result<LogRecord, LogError> {
     if !partial {
         text.push(b'\n');
     }
-    Ok(LogRecord { time, stream, partial, text })
+    Ok(LogRecord {
+        time,
+        stream,
+        partial,
+        text,
+    })
 }
 
 /// Options of a log read (upstream's `PodLogOptions` as the kubelet uses them).
@@ -121,36 +131,57 @@ impl LogOptions {
                 "timestamps" => o.timestamps = flag(&v),
                 "previous" => o.previous = flag(&v),
                 "tailLines" => {
-                    let n: i64 = v.parse().map_err(|_| LogError::BadOption(format!("invalid tailLines {v:?}")))?;
+                    let n: i64 = v
+                        .parse()
+                        .map_err(|_| LogError::BadOption(format!("invalid tailLines {v:?}")))?;
                     if n < 0 {
-                        return Err(LogError::BadOption("tailLines: Invalid value: must be greater than or equal to 0".into()));
+                        return Err(LogError::BadOption(
+                            "tailLines: Invalid value: must be greater than or equal to 0".into(),
+                        ));
                     }
                     o.tail_lines = Some(n as u64);
                 }
                 "limitBytes" => {
-                    let n: i64 = v.parse().map_err(|_| LogError::BadOption(format!("invalid limitBytes {v:?}")))?;
+                    let n: i64 = v
+                        .parse()
+                        .map_err(|_| LogError::BadOption(format!("invalid limitBytes {v:?}")))?;
                     if n < 1 {
-                        return Err(LogError::BadOption("limitBytes: Invalid value: must be greater than 0".into()));
+                        return Err(LogError::BadOption(
+                            "limitBytes: Invalid value: must be greater than 0".into(),
+                        ));
                     }
                     o.limit_bytes = Some(n as u64);
                 }
                 "sinceSeconds" => {
-                    let n: i64 = v.parse().map_err(|_| LogError::BadOption(format!("invalid sinceSeconds {v:?}")))?;
+                    let n: i64 = v
+                        .parse()
+                        .map_err(|_| LogError::BadOption(format!("invalid sinceSeconds {v:?}")))?;
                     if n < 1 {
-                        return Err(LogError::BadOption("sinceSeconds: Invalid value: must be greater than 0".into()));
+                        return Err(LogError::BadOption(
+                            "sinceSeconds: Invalid value: must be greater than 0".into(),
+                        ));
                     }
                     since_seconds = Some(n);
                 }
                 "sinceTime" => {
-                    let t: jiff::Timestamp = v.parse().map_err(|_| LogError::BadOption(format!("invalid sinceTime {v:?}")))?;
+                    let t: jiff::Timestamp = v
+                        .parse()
+                        .map_err(|_| LogError::BadOption(format!("invalid sinceTime {v:?}")))?;
                     since_time = Some(t);
                 }
                 _ => {}
             }
         }
         o.since = match (since_seconds, since_time) {
-            (Some(_), Some(_)) => return Err(LogError::BadOption("at most one of sinceTime or sinceSeconds may be specified".into())),
-            (Some(s), None) => Some(now.checked_sub(jiff::SignedDuration::from_secs(s)).unwrap_or(now)),
+            (Some(_), Some(_)) => {
+                return Err(LogError::BadOption(
+                    "at most one of sinceTime or sinceSeconds may be specified".into(),
+                ))
+            }
+            (Some(s), None) => Some(
+                now.checked_sub(jiff::SignedDuration::from_secs(s))
+                    .unwrap_or(now),
+            ),
             (None, t) => t,
         };
         Ok(o)
@@ -176,7 +207,9 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
                         out.push(v);
@@ -287,13 +320,21 @@ fn inode(meta: &std::fs::Metadata) -> (u64, u64) {
 /// start. Following ends when `still_running()` answers false and the file is drained,
 /// when the byte limit is reached, or when writing fails (the client went away).
 /// Malformed lines are skipped with a debug log, as upstream does.
-pub async fn read_logs<W, F, Fut>(path: &Path, opts: &LogOptions, out: &mut W, mut still_running: F) -> Result<(), LogError>
+pub async fn read_logs<W, F, Fut>(
+    path: &Path,
+    opts: &LogOptions,
+    out: &mut W,
+    mut still_running: F,
+) -> Result<(), LogError>
 where
     W: AsyncWrite + Unpin,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let read_err = |e| LogError::Read { path: path.to_path_buf(), source: e };
+    let read_err = |e| LogError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    };
     let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
     let mut ident = inode(&file.metadata().await.map_err(read_err)?);
     let start = match opts.tail_lines {
@@ -302,13 +343,21 @@ where
     };
     file.seek(SeekFrom::Start(start)).await.map_err(read_err)?;
     let mut reader = BufReader::new(file);
-    let mut w = Writer { out, opts, written: 0, at_line_start: true };
+    let mut w = Writer {
+        out,
+        opts,
+        written: 0,
+        at_line_start: true,
+    };
     let mut pending: Vec<u8> = Vec::new();
     loop {
         // Drain what the file holds now.
         loop {
             if pending.last() != Some(&b'\n') {
-                let n = reader.read_until(b'\n', &mut pending).await.map_err(read_err)?;
+                let n = reader
+                    .read_until(b'\n', &mut pending)
+                    .await
+                    .map_err(read_err)?;
                 if n == 0 || pending.last() != Some(&b'\n') {
                     // EOF; an unterminated line waits for the rest (or is the file's last).
                     break;
@@ -340,7 +389,10 @@ where
         };
         if rotated {
             // Read anything appended to the old file before switching.
-            let n = reader.read_until(b'\n', &mut pending).await.map_err(read_err)?;
+            let n = reader
+                .read_until(b'\n', &mut pending)
+                .await
+                .map_err(read_err)?;
             if n > 0 {
                 continue;
             }
@@ -356,7 +408,10 @@ where
         }
         if !still_running().await {
             // One last drain: the runtime may have written after our last read.
-            let n = reader.read_until(b'\n', &mut pending).await.map_err(read_err)?;
+            let n = reader
+                .read_until(b'\n', &mut pending)
+                .await
+                .map_err(read_err)?;
             if n > 0 {
                 continue;
             }
@@ -418,14 +473,22 @@ mod tests {
         let dir = tempfile::tempdir();
         let Ok(dir) = dir else { panic!("tempdir") };
         let p = write_log(dir.path(), "0.log", LOG);
-        assert_eq!(read(&p, &LogOptions::default()).await, "one\ntwo\nthree\nfour\n");
+        assert_eq!(
+            read(&p, &LogOptions::default()).await,
+            "one\ntwo\nthree\nfour\n"
+        );
     }
 
     #[tokio::test]
     async fn tail_lines_counts_records_from_the_end() {
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let p = write_log(dir.path(), "0.log", LOG);
-        let o = |n| LogOptions { tail_lines: Some(n), ..Default::default() };
+        let o = |n| LogOptions {
+            tail_lines: Some(n),
+            ..Default::default()
+        };
         assert_eq!(read(&p, &o(1)).await, "four\n");
         assert_eq!(read(&p, &o(2)).await, "ee\nfour\n");
         assert_eq!(read(&p, &o(4)).await, "two\nthree\nfour\n");
@@ -438,9 +501,18 @@ mod tests {
 
     #[tokio::test]
     async fn timestamps_prefix_each_line_once() {
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let p = write_log(dir.path(), "0.log", LOG);
-        let out = read(&p, &LogOptions { timestamps: true, ..Default::default() }).await;
+        let out = read(
+            &p,
+            &LogOptions {
+                timestamps: true,
+                ..Default::default()
+            },
+        )
+        .await;
         assert_eq!(
             out,
             "2024-05-01T10:00:00.1Z one\n2024-05-01T10:00:01.5Z two\n2024-05-01T10:00:02Z three\n2024-05-01T10:00:03Z four\n"
@@ -449,41 +521,68 @@ mod tests {
 
     #[tokio::test]
     async fn since_and_limit_bytes() {
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let p = write_log(dir.path(), "0.log", LOG);
-        let since = LogOptions { since: Some(ts("2024-05-01T10:00:01.5Z")), ..Default::default() };
+        let since = LogOptions {
+            since: Some(ts("2024-05-01T10:00:01.5Z")),
+            ..Default::default()
+        };
         assert_eq!(read(&p, &since).await, "two\nthree\nfour\n");
-        let limit = LogOptions { limit_bytes: Some(6), ..Default::default() };
+        let limit = LogOptions {
+            limit_bytes: Some(6),
+            ..Default::default()
+        };
         assert_eq!(read(&p, &limit).await, "one\ntw");
     }
 
     #[test]
     fn options_from_query() {
         let now = ts("2024-05-01T10:00:10Z");
-        let o = LogOptions::from_query(Some("follow=true&tailLines=5&timestamps=1&limitBytes=10&sinceSeconds=4&previous=false"), now);
+        let o = LogOptions::from_query(
+            Some(
+                "follow=true&tailLines=5&timestamps=1&limitBytes=10&sinceSeconds=4&previous=false",
+            ),
+            now,
+        );
         let Ok(o) = o else { panic!("{o:?}") };
         assert!(o.follow && o.timestamps && !o.previous);
         assert_eq!((o.tail_lines, o.limit_bytes), (Some(5), Some(10)));
         assert_eq!(o.since, Some(ts("2024-05-01T10:00:06Z")));
         let t = LogOptions::from_query(Some("sinceTime=2024-05-01T09%3A00%3A00Z"), now);
-        assert_eq!(t.ok().and_then(|o| o.since), Some(ts("2024-05-01T09:00:00Z")));
+        assert_eq!(
+            t.ok().and_then(|o| o.since),
+            Some(ts("2024-05-01T09:00:00Z"))
+        );
         assert!(LogOptions::from_query(Some("tailLines=-1"), now).is_err());
         assert!(LogOptions::from_query(Some("limitBytes=0"), now).is_err());
-        assert!(LogOptions::from_query(Some("sinceSeconds=1&sinceTime=2024-05-01T09:00:00Z"), now).is_err());
-        assert_eq!(LogOptions::from_query(None, now).ok(), Some(LogOptions::default()));
+        assert!(
+            LogOptions::from_query(Some("sinceSeconds=1&sinceTime=2024-05-01T09:00:00Z"), now)
+                .is_err()
+        );
+        assert_eq!(
+            LogOptions::from_query(None, now).ok(),
+            Some(LogOptions::default())
+        );
     }
 
     #[tokio::test]
     async fn follow_reads_appended_lines_and_rotation() {
         use std::io::Write;
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let p = write_log(dir.path(), "0.log", "2024-05-01T10:00:00Z stdout F a\n");
         let path = p.clone();
         let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let r2 = running.clone();
         let (mut tx, mut rx) = tokio::io::duplex(4096);
         let task = tokio::spawn(async move {
-            let opts = LogOptions { follow: true, ..Default::default() };
+            let opts = LogOptions {
+                follow: true,
+                ..Default::default()
+            };
             read_logs(&path, &opts, &mut tx, || {
                 let r = r2.clone();
                 async move { r.load(std::sync::atomic::Ordering::SeqCst) }
@@ -491,13 +590,19 @@ mod tests {
             .await
         });
         let mut got = Vec::new();
-        async fn read_until(rx: &mut tokio::io::DuplexStream, want: &str, got: &mut Vec<u8>) -> bool {
+        async fn read_until(
+            rx: &mut tokio::io::DuplexStream,
+            want: &str,
+            got: &mut Vec<u8>,
+        ) -> bool {
             let mut buf = [0u8; 256];
             for _ in 0..50 {
                 if String::from_utf8_lossy(got).contains(want) {
                     return true;
                 }
-                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), rx.read(&mut buf)).await {
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(100), rx.read(&mut buf)).await
+                {
                     got.extend_from_slice(&buf[..n]);
                 }
             }
@@ -505,8 +610,12 @@ mod tests {
         }
         assert!(read_until(&mut rx, "a\n", &mut got).await);
         // Appended, with a line written in two halves.
-        let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&p) else { panic!("open") };
-        assert!(f.write_all(b"2024-05-01T10:00:01Z stdout F b\n2024-05-01T10:00:02Z std").is_ok());
+        let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&p) else {
+            panic!("open")
+        };
+        assert!(f
+            .write_all(b"2024-05-01T10:00:01Z stdout F b\n2024-05-01T10:00:02Z std")
+            .is_ok());
         assert!(f.flush().is_ok());
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(f.write_all(b"out F c\n").is_ok());

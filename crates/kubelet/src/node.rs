@@ -88,10 +88,21 @@ pub fn fs_capacity(path: &Path) -> Option<u64> {
 impl HostResources {
     /// Reads the host's resources.
     pub fn probe(data_dir: &Path) -> HostResources {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let memory_bytes = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| parse_meminfo_total(&t)).unwrap_or(0);
-        let ephemeral_bytes = fs_capacity(data_dir).or_else(|| fs_capacity(Path::new("/"))).unwrap_or(0);
-        HostResources { cpus, memory_bytes, ephemeral_bytes }
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| parse_meminfo_total(&t))
+            .unwrap_or(0);
+        let ephemeral_bytes = fs_capacity(data_dir)
+            .or_else(|| fs_capacity(Path::new("/")))
+            .unwrap_or(0);
+        HostResources {
+            cpus,
+            memory_bytes,
+            ephemeral_bytes,
+        }
     }
 
     /// Capacity as a Node's `status.capacity`.
@@ -155,7 +166,10 @@ pub fn node_labels(cfg: &NodeConfig) -> BTreeMap<String, String> {
     l.insert("kubernetes.io/os".into(), "linux".into());
     l.insert("kubernetes.io/hostname".into(), cfg.name.clone());
     if cfg.control_plane {
-        l.insert("node-role.kubernetes.io/control-plane".into(), "true".into());
+        l.insert(
+            "node-role.kubernetes.io/control-plane".into(),
+            "true".into(),
+        );
         l.insert("node-role.kubernetes.io/master".into(), "true".into());
     }
     for (k, v) in &cfg.labels {
@@ -179,13 +193,19 @@ pub struct RuntimeFacts {
 
 /// Asks the runtime for its version, conditions and images.
 pub async fn runtime_facts(cri: &CriClient) -> RuntimeFacts {
-    let mut f = RuntimeFacts { network_error: Some("container runtime is down".into()), ..Default::default() };
+    let mut f = RuntimeFacts {
+        network_error: Some("container runtime is down".into()),
+        ..Default::default()
+    };
     if let Ok(v) = cri.version().await {
         f.runtime_version = format!("{}://{}", v.runtime_name, v.runtime_version);
     }
     match cri.status().await {
         Ok(st) => {
-            f.runtime_ready = st.conditions.iter().any(|c| c.r#type == "RuntimeReady" && c.status);
+            f.runtime_ready = st
+                .conditions
+                .iter()
+                .any(|c| c.r#type == "RuntimeReady" && c.status);
             f.network_error = match st.conditions.iter().find(|c| c.r#type == "NetworkReady") {
                 Some(c) if c.status => None,
                 Some(c) => Some(format!(
@@ -218,11 +238,27 @@ pub async fn runtime_facts(cri: &CriClient) -> RuntimeFacts {
 /// The parts of the node status that are compared to decide whether to patch (no
 /// timestamps).
 fn status_body(cfg: &NodeConfig, host: &HostResources, facts: &RuntimeFacts) -> Value {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let os_image = std::fs::read_to_string("/etc/os-release").ok().and_then(|t| parse_os_release(&t)).unwrap_or_else(|| "Linux".into());
-    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default().trim().to_string();
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string();
-    let images: Vec<Value> = facts.images.iter().map(|(n, s)| json!({"names": n, "sizeBytes": s})).collect();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let os_image = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| parse_os_release(&t))
+        .unwrap_or_else(|| "Linux".into());
+    let machine_id = std::fs::read_to_string("/etc/machine-id")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let images: Vec<Value> = facts
+        .images
+        .iter()
+        .map(|(n, s)| json!({"names": n, "sizeBytes": s}))
+        .collect();
     json!({
         "capacity": host.capacity(),
         "allocatable": host.allocatable(),
@@ -250,22 +286,49 @@ fn status_body(cfg: &NodeConfig, host: &HostResources, facts: &RuntimeFacts) -> 
 /// The node's conditions: (type, status, reason, message).
 pub fn conditions(facts: &RuntimeFacts) -> Vec<(&'static str, &'static str, &'static str, String)> {
     let ready = if !facts.runtime_ready {
-        ("Ready", "False", "KubeletNotReady", "container runtime is down".to_string())
+        (
+            "Ready",
+            "False",
+            "KubeletNotReady",
+            "container runtime is down".to_string(),
+        )
     } else if let Some(m) = &facts.network_error {
         ("Ready", "False", "KubeletNotReady", m.clone())
     } else {
-        ("Ready", "True", "KubeletReady", "kubelet is posting ready status".to_string())
+        (
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status".to_string(),
+        )
     };
     vec![
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available".into()),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure".into()),
-        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available".into()),
+        (
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available".into(),
+        ),
+        (
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure".into(),
+        ),
+        (
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available".into(),
+        ),
         ready,
     ]
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Creates the Node if it does not exist (or refreshes its labels if it does).
@@ -274,16 +337,26 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<Node, K
     let labels = node_labels(cfg);
     let mut annotations = BTreeMap::new();
     annotations.insert("node.alpha.kubernetes.io/ttl".to_string(), "0".to_string());
-    annotations.insert("volumes.kubernetes.io/controller-managed-attach-detach".to_string(), "true".to_string());
+    annotations.insert(
+        "volumes.kubernetes.io/controller-managed-attach-detach".to_string(),
+        "true".to_string(),
+    );
     annotations.insert("rk3s.io/internal-ip".to_string(), cfg.ip.to_string());
     if let Some(existing) = api.get_opt(&cfg.name).await? {
         let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
-        let n = api.patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let n = api
+            .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
         let _ = existing;
         return Ok(n);
     }
     let node = Node {
-        metadata: ObjectMeta { name: Some(cfg.name.clone()), labels: Some(labels), annotations: Some(annotations), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(cfg.name.clone()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
         spec: Some(Default::default()),
         status: None,
     };
@@ -314,7 +387,12 @@ pub async fn wait_pod_cidr(client: &kube::Client, name: &str, timeout: Duration)
 
 /// Keeps the node's status up to date: every [`STATUS_INTERVAL`] (or when `wake` fires)
 /// it recomputes the status and patches it when it changed or the heartbeat is due.
-pub async fn run_status(client: kube::Client, cfg: NodeConfig, cri: CriClient, wake: std::sync::Arc<tokio::sync::Notify>) {
+pub async fn run_status(
+    client: kube::Client,
+    cfg: NodeConfig,
+    cri: CriClient,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+) {
     let api: Api<Node> = Api::all(client);
     let host = HostResources::probe(&cfg.data_dir);
     let mut last_body: Option<Value> = None;
@@ -330,7 +408,10 @@ pub async fn run_status(client: kube::Client, cfg: NodeConfig, cri: CriClient, w
             let now = now_rfc3339();
             let mut cjson = Vec::new();
             for c in &conds {
-                let changed = last_conds.iter().find(|p| p.0 == c.0).is_none_or(|p| p.1 != c.1);
+                let changed = last_conds
+                    .iter()
+                    .find(|p| p.0 == c.0)
+                    .is_none_or(|p| p.1 != c.1);
                 if changed || !transitions.contains_key(c.0) {
                     transitions.insert(c.0, now.clone());
                 }
@@ -342,7 +423,14 @@ pub async fn run_status(client: kube::Client, cfg: NodeConfig, cri: CriClient, w
             let mut status = body.clone();
             status["conditions"] = Value::Array(cjson);
             let patch = json!({"status": status});
-            match api.patch_status(&cfg.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+            match api
+                .patch_status(
+                    &cfg.name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(&patch),
+                )
+                .await
+            {
                 Ok(_) => {
                     last_body = Some(body);
                     last_conds = conds;
@@ -369,15 +457,29 @@ pub async fn run_lease(client: kube::Client, name: String, node_uid: Option<Stri
     }
 }
 
-async fn renew_lease(api: &Api<Lease>, name: &str, node_uid: Option<&str>) -> Result<(), kube::Error> {
+async fn renew_lease(
+    api: &Api<Lease>,
+    name: &str,
+    node_uid: Option<&str>,
+) -> Result<(), kube::Error> {
     let now = MicroTime(jiff::Timestamp::now());
     match api.get_opt(name).await? {
         None => {
             let owner = node_uid.map(|uid| {
-                vec![OwnerReference { api_version: "v1".into(), kind: "Node".into(), name: name.into(), uid: uid.into(), ..Default::default() }]
+                vec![OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    name: name.into(),
+                    uid: uid.into(),
+                    ..Default::default()
+                }]
             });
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(name.into()), owner_references: owner, ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    owner_references: owner,
+                    ..Default::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(name.into()),
                     lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
@@ -392,7 +494,9 @@ async fn renew_lease(api: &Api<Lease>, name: &str, node_uid: Option<&str>) -> Re
             spec.holder_identity = Some(name.into());
             spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
             spec.renew_time = Some(now);
-            api.replace(name, &PostParams::default(), &lease).await.map(|_| ())
+            api.replace(name, &PostParams::default(), &lease)
+                .await
+                .map(|_| ())
         }
     }
 }
@@ -411,7 +515,10 @@ mod tests {
     #[test]
     fn os_release_pretty_name() {
         let t = "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n";
-        assert_eq!(parse_os_release(t).as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(
+            parse_os_release(t).as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
     }
 
     #[test]
@@ -424,17 +531,34 @@ mod tests {
             labels: BTreeMap::from([("a".to_string(), "b".to_string())]),
         };
         let l = node_labels(&cfg);
-        assert_eq!(l.get("node-role.kubernetes.io/control-plane").map(String::as_str), Some("true"));
-        assert_eq!(l.get("node-role.kubernetes.io/master").map(String::as_str), Some("true"));
-        assert_eq!(l.get("kubernetes.io/hostname").map(String::as_str), Some("n1"));
+        assert_eq!(
+            l.get("node-role.kubernetes.io/control-plane")
+                .map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(
+            l.get("node-role.kubernetes.io/master").map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(
+            l.get("kubernetes.io/hostname").map(String::as_str),
+            Some("n1")
+        );
         assert_eq!(l.get("a").map(String::as_str), Some("b"));
-        let agent = node_labels(&NodeConfig { control_plane: false, ..cfg });
+        let agent = node_labels(&NodeConfig {
+            control_plane: false,
+            ..cfg
+        });
         assert!(!agent.contains_key("node-role.kubernetes.io/master"));
     }
 
     #[test]
     fn ready_condition_follows_runtime() {
-        let mut f = RuntimeFacts { runtime_ready: true, network_error: None, ..Default::default() };
+        let mut f = RuntimeFacts {
+            runtime_ready: true,
+            network_error: None,
+            ..Default::default()
+        };
         let c = conditions(&f);
         assert_eq!(c[3].0, "Ready");
         assert_eq!(c[3].1, "True");
@@ -446,7 +570,11 @@ mod tests {
 
     #[test]
     fn allocatable_subtracts_eviction_thresholds() {
-        let h = HostResources { cpus: 2, memory_bytes: 1024 * 1024 * 1024, ephemeral_bytes: 1000 };
+        let h = HostResources {
+            cpus: 2,
+            memory_bytes: 1024 * 1024 * 1024,
+            ephemeral_bytes: 1000,
+        };
         assert_eq!(h.allocatable()["memory"], "946176Ki");
         assert_eq!(h.allocatable()["ephemeral-storage"], "900");
         assert_eq!(h.capacity()["cpu"], "2");

@@ -29,10 +29,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
@@ -92,9 +94,16 @@ pub struct AuthError(pub String);
 /// (upstream's `--authentication-token-webhook` and `--authorization-mode=Webhook`).
 pub trait KubeletAuth: Send + Sync {
     /// The user a bearer token belongs to; `Ok(None)` when the token is not valid.
-    fn authenticate_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<RequestUser>, AuthError>>;
+    fn authenticate_token<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RequestUser>, AuthError>>;
     /// True when `user` may do `attrs`.
-    fn authorize<'a>(&'a self, user: &'a RequestUser, attrs: &'a RequestAttributes) -> BoxFuture<'a, Result<bool, AuthError>>;
+    fn authorize<'a>(
+        &'a self,
+        user: &'a RequestUser,
+        attrs: &'a RequestAttributes,
+    ) -> BoxFuture<'a, Result<bool, AuthError>>;
 }
 
 /// The authentication/authorization hook of the kubelet API.
@@ -110,12 +119,20 @@ pub const APISERVER_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 struct StaticAuth;
 
 impl KubeletAuth for StaticAuth {
-    fn authenticate_token<'a>(&'a self, _token: &'a str) -> BoxFuture<'a, Result<Option<RequestUser>, AuthError>> {
+    fn authenticate_token<'a>(
+        &'a self,
+        _token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RequestUser>, AuthError>> {
         Box::pin(async { Ok(None) })
     }
 
-    fn authorize<'a>(&'a self, user: &'a RequestUser, _attrs: &'a RequestAttributes) -> BoxFuture<'a, Result<bool, AuthError>> {
-        let ok = user.name == APISERVER_CLIENT_USER || user.groups.iter().any(|g| g == "system:masters");
+    fn authorize<'a>(
+        &'a self,
+        user: &'a RequestUser,
+        _attrs: &'a RequestAttributes,
+    ) -> BoxFuture<'a, Result<bool, AuthError>> {
+        let ok =
+            user.name == APISERVER_CLIENT_USER || user.groups.iter().any(|g| g == "system:masters");
         Box::pin(async move { Ok(ok) })
     }
 }
@@ -142,12 +159,16 @@ struct TtlCache<K, V> {
 
 impl<K: std::hash::Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     fn new() -> Self {
-        TtlCache { map: Mutex::new(HashMap::new()) }
+        TtlCache {
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     fn get(&self, k: &K) -> Option<V> {
         let map = self.map.lock().ok()?;
-        map.get(k).filter(|(_, exp)| *exp > Instant::now()).map(|(v, _)| v.clone())
+        map.get(k)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(v, _)| v.clone())
     }
 
     fn put(&self, k: K, v: V, ttl: Duration) {
@@ -176,7 +197,11 @@ impl WebhookAuth {
     /// A webhook authenticator/authorizer over `client` (the node's credentials; the
     /// `system:node` role may create TokenReviews and SubjectAccessReviews).
     pub fn new(client: kube::Client) -> WebhookAuth {
-        WebhookAuth { client, tokens: TtlCache::new(), decisions: TtlCache::new() }
+        WebhookAuth {
+            client,
+            tokens: TtlCache::new(),
+            decisions: TtlCache::new(),
+        }
     }
 }
 
@@ -202,33 +227,55 @@ pub fn subject_access_review(user: &RequestUser, attrs: &RequestAttributes) -> S
 }
 
 impl KubeletAuth for WebhookAuth {
-    fn authenticate_token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<RequestUser>, AuthError>> {
+    fn authenticate_token<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RequestUser>, AuthError>> {
         Box::pin(async move {
             let mut key = [0u8; 32];
-            key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+            key.copy_from_slice(
+                ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+            );
             if let Some(u) = self.tokens.get(&key) {
                 return Ok(u);
             }
             let review = TokenReview {
-                spec: TokenReviewSpec { token: Some(token.to_string()), ..Default::default() },
+                spec: TokenReviewSpec {
+                    token: Some(token.to_string()),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             let api: kube::Api<TokenReview> = kube::Api::all(self.client.clone());
-            let out = api.create(&kube::api::PostParams::default(), &review).await.map_err(|e| AuthError(format!("TokenReview: {e}")))?;
+            let out = api
+                .create(&kube::api::PostParams::default(), &review)
+                .await
+                .map_err(|e| AuthError(format!("TokenReview: {e}")))?;
             let status = out.status.unwrap_or_default();
             let user = match (status.authenticated, status.user) {
                 (Some(true), Some(u)) if u.username.as_deref().is_some_and(|n| !n.is_empty()) => {
-                    Some(RequestUser { name: u.username.unwrap_or_default(), groups: u.groups.unwrap_or_default() })
+                    Some(RequestUser {
+                        name: u.username.unwrap_or_default(),
+                        groups: u.groups.unwrap_or_default(),
+                    })
                 }
                 _ => None,
             };
-            let ttl = if user.is_some() { TOKEN_TTL } else { TOKEN_FAILURE_TTL };
+            let ttl = if user.is_some() {
+                TOKEN_TTL
+            } else {
+                TOKEN_FAILURE_TTL
+            };
             self.tokens.put(key, user.clone(), ttl);
             Ok(user)
         })
     }
 
-    fn authorize<'a>(&'a self, user: &'a RequestUser, attrs: &'a RequestAttributes) -> BoxFuture<'a, Result<bool, AuthError>> {
+    fn authorize<'a>(
+        &'a self,
+        user: &'a RequestUser,
+        attrs: &'a RequestAttributes,
+    ) -> BoxFuture<'a, Result<bool, AuthError>> {
         Box::pin(async move {
             let key = (user.name.clone(), user.groups.clone(), attrs.clone());
             if let Some(d) = self.decisions.get(&key) {
@@ -236,11 +283,15 @@ impl KubeletAuth for WebhookAuth {
             }
             let api: kube::Api<SubjectAccessReview> = kube::Api::all(self.client.clone());
             let out = api
-                .create(&kube::api::PostParams::default(), &subject_access_review(user, attrs))
+                .create(
+                    &kube::api::PostParams::default(),
+                    &subject_access_review(user, attrs),
+                )
                 .await
                 .map_err(|e| AuthError(format!("SubjectAccessReview: {e}")))?;
             let allowed = out.status.is_some_and(|s| s.allowed);
-            self.decisions.put(key, allowed, if allowed { ALLOWED_TTL } else { DENIED_TTL });
+            self.decisions
+                .put(key, allowed, if allowed { ALLOWED_TTL } else { DENIED_TTL });
             Ok(allowed)
         })
     }
@@ -270,20 +321,28 @@ pub struct KubeletServerOptions {
 /// Builds the TLS configuration: the serving certificate, client certificates verified
 /// against `client_ca_pem` (optional at the TLS level so the handler can answer 401),
 /// ALPN h2 and http/1.1, the ring provider.
-pub fn tls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Result<rustls::ServerConfig, ServerError> {
+pub fn tls_config(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: &str,
+) -> Result<rustls::ServerConfig, ServerError> {
     let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| tls(&e))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls(&e))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
         roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| tls(&e))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls(&e))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
@@ -296,13 +355,25 @@ pub fn tls_config(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Result<
 
 /// Binds `opts.listen` and serves the kubelet API until the task is dropped.
 pub async fn serve(opts: KubeletServerOptions) -> Result<(), ServerError> {
-    let listener = TcpListener::bind(opts.listen).await.map_err(|e| ServerError::Listen { addr: opts.listen, source: e })?;
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| ServerError::Listen {
+            addr: opts.listen,
+            source: e,
+        })?;
     serve_listener(listener, opts).await
 }
 
 /// Serves the kubelet API on an already bound listener (`opts.listen` is ignored).
-pub async fn serve_listener(listener: TcpListener, opts: KubeletServerOptions) -> Result<(), ServerError> {
-    let tls = tls_config(&opts.serving_cert_pem, &opts.serving_key_pem, &opts.client_ca_pem)?;
+pub async fn serve_listener(
+    listener: TcpListener,
+    opts: KubeletServerOptions,
+) -> Result<(), ServerError> {
+    let tls = tls_config(
+        &opts.serving_cert_pem,
+        &opts.serving_key_pem,
+        &opts.client_ca_pem,
+    )?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let api = Arc::new(KubeletApi::new(opts));
     loop {
@@ -330,14 +401,20 @@ pub async fn serve_listener(listener: TcpListener, opts: KubeletServerOptions) -
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|der| rk3s_pki::client_identity(der.as_ref()).ok())
-                .map(|id| RequestUser { name: id.user, groups: id.groups });
+                .map(|id| RequestUser {
+                    name: id.user,
+                    groups: id.groups,
+                });
             let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let api = api.clone();
                 let user = user.clone();
                 async move { Ok::<_, Infallible>(api.handle_request(req, user.as_ref()).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "kubelet API: connection ended with error");
             }
         });
@@ -356,7 +433,10 @@ impl hyper::body::Body for KubeletBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             KubeletBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             KubeletBody::Stream(r) => {
@@ -364,7 +444,9 @@ impl hyper::body::Body for KubeletBody {
                 let mut rb = ReadBuf::new(&mut buf);
                 match Pin::new(r).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(None),
-                    Poll::Ready(Ok(())) => Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(rb.filled()))))),
+                    Poll::Ready(Ok(())) => {
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(rb.filled())))))
+                    }
                     Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
                     Poll::Pending => Poll::Pending,
                 }
@@ -385,20 +467,31 @@ fn text(code: u16, body: impl Into<String>) -> Response {
 }
 
 fn json_response(v: &Value) -> Response {
-    respond(200, "application/json", Bytes::from(serde_json::to_vec(v).unwrap_or_default()))
+    respond(
+        200,
+        "application/json",
+        Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+    )
 }
 
 fn respond(code: u16, content_type: &'static str, body: Bytes) -> Response {
     let mut r = http::Response::new(KubeletBody::Full(Some(body)));
-    *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    *r.status_mut() =
+        http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
 /// True when `path` is `base` or below it (upstream's `isSubpath`).
 fn is_subpath(path: &str, base: &str) -> bool {
     let base = base.trim_end_matches('/');
-    path == base || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
+    path == base
+        || path
+            .strip_prefix(base)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Describes a request for authorization as upstream's kubelet does (with fine-grained
@@ -406,7 +499,11 @@ fn is_subpath(path: &str, base: &str) -> bool {
 /// the node, and one or two subresources tried in order — `pods` (for `/pods` and
 /// `/runningpods/`), `healthz`, `configz` or `statusz` first, then the path's own:
 /// `stats`, `metrics`, `log` (`/logs/`), `checkpoint`, or `proxy` for everything else.
-pub fn request_attributes(method: &http::Method, path: &str, node_name: &str) -> Vec<RequestAttributes> {
+pub fn request_attributes(
+    method: &http::Method,
+    path: &str,
+    node_name: &str,
+) -> Vec<RequestAttributes> {
     let verb = match *method {
         http::Method::POST => "create",
         http::Method::GET => "get",
@@ -437,20 +534,36 @@ pub fn request_attributes(method: &http::Method, path: &str, node_name: &str) ->
         "proxy"
     });
     subs.into_iter()
-        .map(|sub| RequestAttributes { verb: verb.into(), resource: "nodes".into(), name: node_name.into(), subresource: sub.into() })
+        .map(|sub| RequestAttributes {
+            verb: verb.into(),
+            resource: "nodes".into(),
+            name: node_name.into(),
+            subresource: sub.into(),
+        })
         .collect()
 }
 
 /// The body of upstream's 403: `Forbidden (user=U, verb=V, resource=nodes, subresource(s)=[a b])`.
 pub fn forbidden_message(user: &RequestUser, attrs: &[RequestAttributes]) -> String {
     let subs: Vec<&str> = attrs.iter().map(|a| a.subresource.as_str()).collect();
-    let (verb, resource) = attrs.first().map(|a| (a.verb.as_str(), a.resource.as_str())).unwrap_or(("", "nodes"));
-    format!("Forbidden (user={}, verb={verb}, resource={resource}, subresource(s)=[{}])\n", user.name, subs.join(" "))
+    let (verb, resource) = attrs
+        .first()
+        .map(|a| (a.verb.as_str(), a.resource.as_str()))
+        .unwrap_or(("", "nodes"));
+    format!(
+        "Forbidden (user={}, verb={verb}, resource={resource}, subresource(s)=[{}])\n",
+        user.name,
+        subs.join(" ")
+    )
 }
 
 /// The bearer token of a request's `Authorization` header.
 fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
-    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let v = headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
     let (scheme, token) = v.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -493,14 +606,28 @@ fn rfc3339_from_nanos(ns: i64) -> String {
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn sandbox_meta(sb: &PodSandbox) -> (String, String, String) {
     let m = sb.metadata.clone().unwrap_or_default();
-    let ns = sb.labels.get("io.kubernetes.pod.namespace").cloned().unwrap_or(m.namespace);
-    let name = sb.labels.get("io.kubernetes.pod.name").cloned().unwrap_or(m.name);
-    let uid = sb.labels.get("io.kubernetes.pod.uid").cloned().unwrap_or(m.uid);
+    let ns = sb
+        .labels
+        .get("io.kubernetes.pod.namespace")
+        .cloned()
+        .unwrap_or(m.namespace);
+    let name = sb
+        .labels
+        .get("io.kubernetes.pod.name")
+        .cloned()
+        .unwrap_or(m.name);
+    let uid = sb
+        .labels
+        .get("io.kubernetes.pod.uid")
+        .cloned()
+        .unwrap_or(m.uid);
     (ns, name, uid)
 }
 
@@ -508,7 +635,12 @@ fn container_name(c: &Container) -> String {
     c.labels
         .get("io.kubernetes.container.name")
         .cloned()
-        .unwrap_or_else(|| c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default())
+        .unwrap_or_else(|| {
+            c.metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        })
 }
 
 fn attempt(c: &Container) -> u32 {
@@ -533,7 +665,9 @@ pub fn pods_from_sandboxes(sandboxes: &[PodSandbox], node_name: &str) -> Value {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Renders the `/metrics/resource` Prometheus text from the samples.
@@ -549,12 +683,27 @@ fn render_metrics(node: Option<&Usage>, pods: &[PodSample], now_ms: i64) -> Stri
         }
     };
     let clabels = |p: &PodSample, c: &ContainerSample| {
-        format!("{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}}", escape_label(&c.name), escape_label(&p.namespace), escape_label(&p.name))
+        format!(
+            "{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}}",
+            escape_label(&c.name),
+            escape_label(&p.namespace),
+            escape_label(&p.name)
+        )
     };
-    let plabels = |p: &PodSample| format!("{{namespace=\"{}\",pod=\"{}\"}}", escape_label(&p.namespace), escape_label(&p.name));
+    let plabels = |p: &PodSample| {
+        format!(
+            "{{namespace=\"{}\",pod=\"{}\"}}",
+            escape_label(&p.namespace),
+            escape_label(&p.name)
+        )
+    };
     let per_container = |f: &dyn Fn(&ContainerSample, &Usage) -> String| -> Vec<(String, String)> {
         pods.iter()
-            .flat_map(|p| p.containers.iter().filter_map(move |c| c.usage.as_ref().map(|u| (clabels(p, c), f(c, u)))))
+            .flat_map(|p| {
+                p.containers
+                    .iter()
+                    .filter_map(move |c| c.usage.as_ref().map(|u| (clabels(p, c), f(c, u))))
+            })
             .collect()
     };
     family(
@@ -578,7 +727,12 @@ fn render_metrics(node: Option<&Usage>, pods: &[PodSample], now_ms: i64) -> Stri
             })
         })
         .collect();
-    family("container_start_time_seconds", "gauge", "Start time of the container since the Unix epoch, in seconds", starts);
+    family(
+        "container_start_time_seconds",
+        "gauge",
+        "Start time of the container since the Unix epoch, in seconds",
+        starts,
+    );
     let node_lines = |v: Option<String>| v.map(|v| vec![(String::new(), v)]).unwrap_or_default();
     family(
         "node_cpu_usage_seconds_total",
@@ -596,17 +750,25 @@ fn render_metrics(node: Option<&Usage>, pods: &[PodSample], now_ms: i64) -> Stri
         "pod_cpu_usage_seconds_total",
         "counter",
         "Cumulative CPU time used by the pod, in core-seconds",
-        pods.iter().map(|p| (plabels(p), secs(p.total.cpu_usage_core_nanos).to_string())).collect(),
+        pods.iter()
+            .map(|p| (plabels(p), secs(p.total.cpu_usage_core_nanos).to_string()))
+            .collect(),
     );
     family(
         "pod_memory_working_set_bytes",
         "gauge",
         "Working set memory of the pod, in bytes",
-        pods.iter().map(|p| (plabels(p), p.total.memory_working_set_bytes.to_string())).collect(),
+        pods.iter()
+            .map(|p| (plabels(p), p.total.memory_working_set_bytes.to_string()))
+            .collect(),
     );
     let _ = writeln!(out, "# HELP resource_scrape_error 1 if there was an error while getting container metrics, 0 otherwise");
     let _ = writeln!(out, "# TYPE resource_scrape_error gauge");
-    let _ = writeln!(out, "resource_scrape_error {}", if node.is_some() { 0 } else { 1 });
+    let _ = writeln!(
+        out,
+        "resource_scrape_error {}",
+        if node.is_some() { 0 } else { 1 }
+    );
     out
 }
 
@@ -628,7 +790,11 @@ impl KubeletApi {
     /// user `cert_user`, else a bearer token checked by TokenReview), authorizes it, then
     /// serves the streaming routes (`exec`, `attach`, `portForward`, which need the
     /// connection's upgrade) here and the others as [`KubeletApi::handle`].
-    pub async fn handle_request(&self, req: hyper::Request<Incoming>, cert_user: Option<&RequestUser>) -> Response {
+    pub async fn handle_request(
+        &self,
+        req: hyper::Request<Incoming>,
+        cert_user: Option<&RequestUser>,
+    ) -> Response {
         let token_user;
         let user = match cert_user {
             Some(u) => u,
@@ -659,12 +825,18 @@ impl KubeletApi {
             return crate::streaming::serve(&self.cri, target, req).await;
         }
         let (parts, _) = req.into_parts();
-        self.route(&parts.method, parts.uri.path(), parts.uri.query()).await
+        self.route(&parts.method, parts.uri.path(), parts.uri.query())
+            .await
     }
 
     /// Authorizes `user` for a request: `None` when one of the request's attributes is
     /// allowed, else the 403 (or 500 when the authorizer failed) to answer.
-    async fn authorize(&self, user: &RequestUser, method: &http::Method, path: &str) -> Option<Response> {
+    async fn authorize(
+        &self,
+        user: &RequestUser,
+        method: &http::Method,
+        path: &str,
+    ) -> Option<Response> {
         let attrs = request_attributes(method, path, &self.node_name);
         for a in &attrs {
             match self.authorizer.authorize(user, a).await {
@@ -674,7 +846,10 @@ impl KubeletApi {
                     tracing::error!(error = %e, user = %user.name, verb = %a.verb, subresource = %a.subresource, "kubelet API: authorization error");
                     return Some(text(
                         500,
-                        format!("Authorization error (user={}, verb={}, resource={}, subresource={})", user.name, a.verb, a.resource, a.subresource),
+                        format!(
+                            "Authorization error (user={}, verb={}, resource={}, subresource={})",
+                            user.name, a.verb, a.resource, a.subresource
+                        ),
                     ));
                 }
             }
@@ -684,7 +859,13 @@ impl KubeletApi {
     }
 
     /// Serves one non-streaming request of `user` (None: not authenticated).
-    pub async fn handle(&self, method: &http::Method, path: &str, query: Option<&str>, user: Option<&RequestUser>) -> Response {
+    pub async fn handle(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+        user: Option<&RequestUser>,
+    ) -> Response {
         let Some(user) = user else {
             return text(401, "Unauthorized");
         };
@@ -703,19 +884,31 @@ impl KubeletApi {
         match segs.as_slice() {
             ["healthz"] => text(200, "ok"),
             ["pods"] => self.pods().await,
-            ["containerLogs", ns, pod, container] => self.container_logs(ns, pod, container, query).await,
+            ["containerLogs", ns, pod, container] => {
+                self.container_logs(ns, pod, container, query).await
+            }
             ["stats", "summary"] => match self.collect().await {
                 Ok((node, pods)) => json_response(&self.summary(node.as_ref(), &pods)),
                 Err(e) => text(500, format!("failed to get stats: {e}")),
             },
             ["metrics", "resource"] => match self.collect().await {
                 Ok((node, pods)) => {
-                    let body = render_metrics(node.as_ref(), &pods, jiff::Timestamp::now().as_millisecond());
-                    respond(200, "text/plain; version=0.0.4; charset=utf-8", Bytes::from(body))
+                    let body = render_metrics(
+                        node.as_ref(),
+                        &pods,
+                        jiff::Timestamp::now().as_millisecond(),
+                    );
+                    respond(
+                        200,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        Bytes::from(body),
+                    )
                 }
                 Err(e) => text(500, format!("failed to get stats: {e}")),
             },
-            ["exec" | "attach" | "portForward", ..] => text(400, "streaming requests need an upgradeable connection"),
+            ["exec" | "attach" | "portForward", ..] => {
+                text(400, "streaming requests need an upgradeable connection")
+            }
             ["run", ..] => text(501, "not implemented yet by rk3s's kubelet"),
             _ => text(404, "404 page not found\n"),
         }
@@ -732,7 +925,11 @@ impl KubeletApi {
     }
 
     /// The sandboxes of pod `ns/name`, newest first.
-    async fn sandboxes_of(&self, ns: &str, name: &str) -> Result<Vec<PodSandbox>, crate::cri::CriError> {
+    async fn sandboxes_of(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Vec<PodSandbox>, crate::cri::CriError> {
         let mut sbs: Vec<PodSandbox> = self
             .cri
             .list_pod_sandboxes(None)
@@ -747,7 +944,13 @@ impl KubeletApi {
         Ok(sbs)
     }
 
-    async fn container_logs(&self, ns: &str, pod: &str, container: &str, query: Option<&str>) -> Response {
+    async fn container_logs(
+        &self,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        query: Option<&str>,
+    ) -> Response {
         let opts = match LogOptions::from_query(query, jiff::Timestamp::now()) {
             Ok(o) => o,
             Err(e) => return text(400, e.to_string()),
@@ -764,8 +967,12 @@ impl KubeletApi {
             Ok(c) => c,
             Err(e) => return text(500, e.to_string()),
         };
-        let mut mine: Vec<Container> =
-            all.into_iter().filter(|c| sandbox_ids.contains(c.pod_sandbox_id.as_str()) && container_name(c) == container).collect();
+        let mut mine: Vec<Container> = all
+            .into_iter()
+            .filter(|c| {
+                sandbox_ids.contains(c.pod_sandbox_id.as_str()) && container_name(c) == container
+            })
+            .collect();
         // Newest instance first.
         mine.sort_by_key(|c| std::cmp::Reverse((attempt(c), c.created_at)));
         let Some(current) = mine.first() else {
@@ -773,7 +980,12 @@ impl KubeletApi {
         };
         let path = if opts.previous {
             let prev = match mine.get(1) {
-                Some(p) => self.cri.container_status(&p.id).await.ok().map(|s| PathBuf::from(s.log_path)),
+                Some(p) => self
+                    .cri
+                    .container_status(&p.id)
+                    .await
+                    .ok()
+                    .map(|s| PathBuf::from(s.log_path)),
                 None => None,
             };
             let guessed = match (prev, attempt(current)) {
@@ -784,12 +996,21 @@ impl KubeletApi {
                     .container_status(&current.id)
                     .await
                     .ok()
-                    .and_then(|s| PathBuf::from(s.log_path).parent().map(|d| d.join(format!("{}.log", n - 1))))
+                    .and_then(|s| {
+                        PathBuf::from(s.log_path)
+                            .parent()
+                            .map(|d| d.join(format!("{}.log", n - 1)))
+                    })
                     .filter(|p| p.exists()),
             };
             match guessed {
                 Some(p) => p,
-                None => return text(400, format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")),
+                None => return text(
+                    400,
+                    format!(
+                        "previous terminated container \"{container}\" in pod \"{pod}\" not found"
+                    ),
+                ),
             }
         } else {
             match self.cri.container_status(&current.id).await {
@@ -801,11 +1022,17 @@ impl KubeletApi {
             }
         };
         if path.as_os_str().is_empty() {
-            return text(500, format!("container \"{container}\" in pod \"{pod}\" has no log file"));
+            return text(
+                500,
+                format!("container \"{container}\" in pod \"{pod}\" has no log file"),
+            );
         }
         // The file is opened before answering so errors get a proper status.
         if let Err(e) = tokio::fs::metadata(&path).await {
-            return text(500, format!("failed to read log file {}: {e}", path.display()));
+            return text(
+                500,
+                format!("failed to read log file {}: {e}", path.display()),
+            );
         }
         let (mut tx, rx) = tokio::io::duplex(64 * 1024);
         let cri = self.cri.clone();
@@ -817,7 +1044,11 @@ impl KubeletApi {
                 let id = follow_id.clone();
                 async move {
                     match id {
-                        Some(id) => cri.container_status(&id).await.map(|s| s.state == ContainerState::ContainerRunning as i32).unwrap_or(false),
+                        Some(id) => cri
+                            .container_status(&id)
+                            .await
+                            .map(|s| s.state == ContainerState::ContainerRunning as i32)
+                            .unwrap_or(false),
                         None => false,
                     }
                 }
@@ -827,7 +1058,10 @@ impl KubeletApi {
             }
         });
         let mut r = http::Response::new(KubeletBody::Stream(rx));
-        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
         r
     }
 
@@ -856,16 +1090,26 @@ impl KubeletApi {
         let mut by_sandbox: HashMap<&str, Vec<&Container>> = HashMap::new();
         for c in &containers {
             if c.state == ContainerState::ContainerRunning as i32 {
-                by_sandbox.entry(c.pod_sandbox_id.as_str()).or_default().push(c);
+                by_sandbox
+                    .entry(c.pod_sandbox_id.as_str())
+                    .or_default()
+                    .push(c);
             }
         }
         let mut keep = HashSet::new();
         let mut pods = Vec::new();
-        for sb in sbs.iter().filter(|s| s.state == PodSandboxState::SandboxReady as i32) {
+        for sb in sbs
+            .iter()
+            .filter(|s| s.state == PodSandboxState::SandboxReady as i32)
+        {
             let (namespace, name, uid) = sandbox_meta(sb);
             let mut total = self.usage_of(&sb.id).unwrap_or_default();
             let mut samples = Vec::new();
-            for c in by_sandbox.get(sb.id.as_str()).map(|v| v.as_slice()).unwrap_or(&[]) {
+            for c in by_sandbox
+                .get(sb.id.as_str())
+                .map(|v| v.as_slice())
+                .unwrap_or(&[])
+            {
                 let usage = self.usage_of(&c.id);
                 let nano_cores = usage.and_then(|u| self.rates.rate(&c.id, u.cpu_usage_core_nanos));
                 keep.insert(c.id.clone());
@@ -877,13 +1121,26 @@ impl KubeletApi {
                     total.page_faults += u.page_faults;
                     total.major_page_faults += u.major_page_faults;
                 }
-                samples.push(ContainerSample { name: container_name(c), start: rfc3339_from_nanos(c.created_at), usage, nano_cores });
+                samples.push(ContainerSample {
+                    name: container_name(c),
+                    start: rfc3339_from_nanos(c.created_at),
+                    usage,
+                    nano_cores,
+                });
             }
             samples.sort_by(|a, b| a.name.cmp(&b.name));
             let key = format!("pod:{}", sb.id);
             let nano_cores = self.rates.rate(&key, total.cpu_usage_core_nanos);
             keep.insert(key);
-            pods.push(PodSample { name, namespace, uid, start: rfc3339_from_nanos(sb.created_at), containers: samples, total, nano_cores });
+            pods.push(PodSample {
+                name,
+                namespace,
+                uid,
+                start: rfc3339_from_nanos(sb.created_at),
+                containers: samples,
+                total,
+                nano_cores,
+            });
         }
         let node = stats::node_usage();
         keep.insert("node".into());
@@ -930,8 +1187,18 @@ impl KubeletApi {
 /// The boot time of the host (`btime` of /proc/stat), RFC 3339.
 fn boot_time() -> Option<String> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let secs: i64 = stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
-    Some(jiff::Timestamp::from_second(secs).ok()?.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+    let secs: i64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(
+        jiff::Timestamp::from_second(secs)
+            .ok()?
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -940,7 +1207,10 @@ mod tests {
     use crate::cri::types::PodSandboxMetadata;
 
     fn subs(method: http::Method, path: &str) -> Vec<String> {
-        request_attributes(&method, path, "n").into_iter().map(|a| a.subresource).collect()
+        request_attributes(&method, path, "n")
+            .into_iter()
+            .map(|a| a.subresource)
+            .collect()
     }
 
     #[test]
@@ -948,20 +1218,38 @@ mod tests {
         let a = request_attributes(&http::Method::GET, "/stats/summary", "n1");
         assert_eq!(a.len(), 1);
         let a = &a[0];
-        assert_eq!((a.verb.as_str(), a.resource.as_str(), a.name.as_str(), a.subresource.as_str()), ("get", "nodes", "n1", "stats"));
+        assert_eq!(
+            (
+                a.verb.as_str(),
+                a.resource.as_str(),
+                a.name.as_str(),
+                a.subresource.as_str()
+            ),
+            ("get", "nodes", "n1", "stats")
+        );
         assert_eq!(subs(http::Method::GET, "/metrics/resource"), ["metrics"]);
         assert_eq!(subs(http::Method::GET, "/metrics"), ["metrics"]);
-        assert_eq!(subs(http::Method::GET, "/metricsfoo"), ["proxy"], "a prefix that is not a path segment");
+        assert_eq!(
+            subs(http::Method::GET, "/metricsfoo"),
+            ["proxy"],
+            "a prefix that is not a path segment"
+        );
         assert_eq!(subs(http::Method::GET, "/containerLogs/a/b/c"), ["proxy"]);
         assert_eq!(subs(http::Method::GET, "/pods"), ["pods", "proxy"]);
         assert_eq!(subs(http::Method::GET, "/pods/"), ["pods", "proxy"]);
         assert_eq!(subs(http::Method::GET, "/runningpods/"), ["pods", "proxy"]);
         assert_eq!(subs(http::Method::GET, "/healthz"), ["healthz", "proxy"]);
-        assert_eq!(subs(http::Method::GET, "/healthz/ping"), ["healthz", "proxy"]);
+        assert_eq!(
+            subs(http::Method::GET, "/healthz/ping"),
+            ["healthz", "proxy"]
+        );
         assert_eq!(subs(http::Method::GET, "/configz"), ["configz", "proxy"]);
         assert_eq!(subs(http::Method::GET, "/logs/syslog"), ["log"]);
         assert_eq!(subs(http::Method::GET, "/logs"), ["log"]);
-        assert_eq!(subs(http::Method::POST, "/checkpoint/ns/p/c"), ["checkpoint"]);
+        assert_eq!(
+            subs(http::Method::POST, "/checkpoint/ns/p/c"),
+            ["checkpoint"]
+        );
         assert_eq!(subs(http::Method::GET, "/spec/"), ["proxy"]);
         assert_eq!(subs(http::Method::GET, "/stats"), ["stats"]);
         let verb = |m: http::Method| request_attributes(&m, "/exec/a/b/c", "n")[0].verb.clone();
@@ -975,7 +1263,10 @@ mod tests {
 
     #[test]
     fn forbidden_message_as_upstream() {
-        let u = RequestUser { name: "system:serviceaccount:default:nobody".into(), groups: vec![] };
+        let u = RequestUser {
+            name: "system:serviceaccount:default:nobody".into(),
+            groups: vec![],
+        };
         assert_eq!(
             forbidden_message(&u, &request_attributes(&http::Method::GET, "/pods", "n")),
             "Forbidden (user=system:serviceaccount:default:nobody, verb=get, resource=nodes, subresource(s)=[pods proxy])\n"
@@ -990,7 +1281,10 @@ mod tests {
     fn bearer_tokens() {
         let h = |v: &str| {
             let mut m = http::HeaderMap::new();
-            m.insert(http::header::AUTHORIZATION, http::HeaderValue::from_str(v).unwrap_or(http::HeaderValue::from_static("")));
+            m.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(v).unwrap_or(http::HeaderValue::from_static("")),
+            );
             m
         };
         assert_eq!(bearer_token(&h("Bearer abc.def")), Some("abc.def"));
@@ -1004,10 +1298,22 @@ mod tests {
     async fn default_authorizer_allows_masters_and_the_apiserver() {
         let auth = default_authorizer();
         let a = &request_attributes(&http::Method::GET, "/pods", "n")[0];
-        let u = |name: &str, groups: &[&str]| RequestUser { name: name.into(), groups: groups.iter().map(|s| s.to_string()).collect() };
-        assert!(auth.authorize(&u("system:admin", &["system:masters"]), a).await.unwrap_or(false));
-        assert!(auth.authorize(&u(APISERVER_CLIENT_USER, &[]), a).await.unwrap_or(false));
-        assert!(!auth.authorize(&u("system:node:x", &["system:nodes"]), a).await.unwrap_or(true));
+        let u = |name: &str, groups: &[&str]| RequestUser {
+            name: name.into(),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(auth
+            .authorize(&u("system:admin", &["system:masters"]), a)
+            .await
+            .unwrap_or(false));
+        assert!(auth
+            .authorize(&u(APISERVER_CLIENT_USER, &[]), a)
+            .await
+            .unwrap_or(false));
+        assert!(!auth
+            .authorize(&u("system:node:x", &["system:nodes"]), a)
+            .await
+            .unwrap_or(true));
         assert_eq!(auth.authenticate_token("anything").await.ok(), Some(None));
     }
 
@@ -1032,7 +1338,12 @@ mod tests {
             Box::pin(async move {
                 use http_body_util::BodyExt;
                 let path = req.uri().path().to_string();
-                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 if let Ok(mut s) = seen.lock() {
                     s.push((path.clone(), obj.clone()));
@@ -1047,8 +1358,12 @@ mod tests {
                 } else {
                     json!({"allowed": spec["user"] == "alice" && spec["resourceAttributes"]["subresource"] == "proxy"})
                 };
-                let mut r = http::Response::new(http_body_util::Full::new(Bytes::from(obj.to_string())));
-                r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                let mut r =
+                    http::Response::new(http_body_util::Full::new(Bytes::from(obj.to_string())));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
                 Ok(r)
             })
         }
@@ -1061,27 +1376,47 @@ mod tests {
         let count = || fake.seen.lock().map(|s| s.len()).unwrap_or(0);
 
         let alice = auth.authenticate_token("good").await.ok().flatten();
-        assert_eq!(alice, Some(RequestUser { name: "alice".into(), groups: vec!["devs".into(), "system:authenticated".into()] }));
+        assert_eq!(
+            alice,
+            Some(RequestUser {
+                name: "alice".into(),
+                groups: vec!["devs".into(), "system:authenticated".into()]
+            })
+        );
         assert_eq!(auth.authenticate_token("bad").await.ok(), Some(None));
         assert_eq!(count(), 2);
         let (path, body) = fake.seen.lock().map(|s| s[0].clone()).unwrap_or_default();
         assert_eq!(path, "/apis/authentication.k8s.io/v1/tokenreviews");
         assert_eq!(body["spec"]["token"], "good");
         // Cached: no more TokenReviews.
-        assert!(auth.authenticate_token("good").await.ok().flatten().is_some());
+        assert!(auth
+            .authenticate_token("good")
+            .await
+            .ok()
+            .flatten()
+            .is_some());
         assert_eq!(auth.authenticate_token("bad").await.ok(), Some(None));
         assert_eq!(count(), 2);
 
         let Some(alice) = alice else { panic!("alice") };
         let attrs = request_attributes(&http::Method::GET, "/pods", "node1");
-        assert!(!auth.authorize(&alice, &attrs[0]).await.unwrap_or(true), "nodes/pods is not granted");
-        assert!(auth.authorize(&alice, &attrs[1]).await.unwrap_or(false), "nodes/proxy is");
+        assert!(
+            !auth.authorize(&alice, &attrs[0]).await.unwrap_or(true),
+            "nodes/pods is not granted"
+        );
+        assert!(
+            auth.authorize(&alice, &attrs[1]).await.unwrap_or(false),
+            "nodes/proxy is"
+        );
         assert_eq!(count(), 4);
         let (path, body) = fake.seen.lock().map(|s| s[2].clone()).unwrap_or_default();
         assert_eq!(path, "/apis/authorization.k8s.io/v1/subjectaccessreviews");
         assert_eq!(body["kind"], "SubjectAccessReview");
         assert_eq!(body["spec"]["user"], "alice");
-        assert_eq!(body["spec"]["groups"], json!(["devs", "system:authenticated"]));
+        assert_eq!(
+            body["spec"]["groups"],
+            json!(["devs", "system:authenticated"])
+        );
         assert_eq!(
             body["spec"]["resourceAttributes"],
             json!({"verb": "get", "group": "", "version": "v1", "resource": "nodes", "subresource": "pods", "name": "node1"})
@@ -1091,7 +1426,10 @@ mod tests {
         assert!(auth.authorize(&alice, &attrs[1]).await.unwrap_or(false));
         assert_eq!(count(), 4);
         // Another user is asked about separately.
-        let bob = RequestUser { name: "bob".into(), groups: vec![] };
+        let bob = RequestUser {
+            name: "bob".into(),
+            groups: vec![],
+        };
         assert!(!auth.authorize(&bob, &attrs[1]).await.unwrap_or(true));
         assert_eq!(count(), 5);
     }
@@ -1100,7 +1438,12 @@ mod tests {
     fn sandboxes_become_minimal_pods() {
         let sb = PodSandbox {
             id: "abc".into(),
-            metadata: Some(PodSandboxMetadata { name: "web".into(), uid: "u1".into(), namespace: "default".into(), attempt: 0 }),
+            metadata: Some(PodSandboxMetadata {
+                name: "web".into(),
+                uid: "u1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
             state: PodSandboxState::SandboxReady as i32,
             created_at: 1_700_000_000_000_000_000,
             ..Default::default()
@@ -1109,30 +1452,47 @@ mod tests {
         assert_eq!(list["kind"], "PodList");
         assert_eq!(list["items"][0]["metadata"]["name"], "web");
         assert_eq!(list["items"][0]["metadata"]["uid"], "u1");
-        assert_eq!(list["items"][0]["metadata"]["creationTimestamp"], "2023-11-14T22:13:20Z");
+        assert_eq!(
+            list["items"][0]["metadata"]["creationTimestamp"],
+            "2023-11-14T22:13:20Z"
+        );
         assert_eq!(list["items"][0]["status"]["phase"], "Running");
         assert_eq!(list["items"][0]["spec"]["nodeName"], "node1");
     }
 
     #[test]
     fn metrics_text() {
-        let u = Usage { cpu_usage_core_nanos: 1_500_000_000, memory_working_set_bytes: 4096, ..Default::default() };
+        let u = Usage {
+            cpu_usage_core_nanos: 1_500_000_000,
+            memory_working_set_bytes: 4096,
+            ..Default::default()
+        };
         let pods = vec![PodSample {
             name: "web".into(),
             namespace: "default".into(),
             uid: "u".into(),
             start: "2024-01-01T00:00:00Z".into(),
-            containers: vec![ContainerSample { name: "c".into(), start: "2024-01-01T00:00:01Z".into(), usage: Some(u), nano_cores: None }],
+            containers: vec![ContainerSample {
+                name: "c".into(),
+                start: "2024-01-01T00:00:01Z".into(),
+                usage: Some(u),
+                nano_cores: None,
+            }],
             total: u,
             nano_cores: None,
         }];
         let text = render_metrics(Some(&u), &pods, 1000);
-        assert!(text.contains("# TYPE container_cpu_usage_seconds_total counter\n"), "{text}");
+        assert!(
+            text.contains("# TYPE container_cpu_usage_seconds_total counter\n"),
+            "{text}"
+        );
         assert!(text.contains("container_cpu_usage_seconds_total{container=\"c\",namespace=\"default\",pod=\"web\"} 1.5 1000\n"), "{text}");
         assert!(text.contains("container_memory_working_set_bytes{container=\"c\",namespace=\"default\",pod=\"web\"} 4096 1000\n"));
         assert!(text.contains("container_start_time_seconds{container=\"c\",namespace=\"default\",pod=\"web\"} 1704067201 1000\n"));
         assert!(text.contains("node_cpu_usage_seconds_total 1.5 1000\n"));
-        assert!(text.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"web\"} 4096 1000\n"));
+        assert!(text.contains(
+            "pod_memory_working_set_bytes{namespace=\"default\",pod=\"web\"} 4096 1000\n"
+        ));
         assert!(text.ends_with("resource_scrape_error 0\n"));
     }
 }

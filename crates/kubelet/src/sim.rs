@@ -55,7 +55,9 @@ impl Default for SimOptions {
 }
 
 fn now_time() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn node_object(name: &str, opts: &SimOptions) -> Node {
@@ -67,7 +69,12 @@ fn node_object(name: &str, opts: &SimOptions) -> Node {
     let mut annotations = BTreeMap::new();
     annotations.insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
     Node {
-        metadata: ObjectMeta { name: Some(name.into()), labels: Some(labels), annotations: Some(annotations), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
         spec: Some(NodeSpec::default()),
         status: None,
     }
@@ -100,12 +107,21 @@ fn node_status(name: &str, opts: &SimOptions, index: usize) -> serde_json::Value
 pub async fn run(client: kube::Client, opts: SimOptions) -> Result<(), KubeletError> {
     let nodes: Api<Node> = Api::all(client.clone());
     for (i, name) in opts.nodes.iter().enumerate() {
-        match nodes.create(&PostParams::default(), &node_object(name, &opts)).await {
+        match nodes
+            .create(&PostParams::default(), &node_object(name, &opts))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
-        nodes.patch_status(name, &PatchParams::default(), &Patch::Merge(node_status(name, &opts, i))).await?;
+        nodes
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(node_status(name, &opts, i)),
+            )
+            .await?;
     }
     tracing::info!(count = opts.nodes.len(), "simulated nodes registered");
     let leases = tokio::spawn(run_leases(client.clone(), opts.clone()));
@@ -133,8 +149,16 @@ async fn renew_lease(api: &Api<Lease>, name: &str, opts: &SimOptions) -> Result<
     match api.get_opt(name).await? {
         None => {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-                spec: Some(LeaseSpec { holder_identity: Some(name.into()), lease_duration_seconds: Some(duration), renew_time: Some(now), ..Default::default() }),
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(name.into()),
+                    lease_duration_seconds: Some(duration),
+                    renew_time: Some(now),
+                    ..Default::default()
+                }),
             };
             api.create(&PostParams::default(), &lease).await.map(|_| ())
         }
@@ -143,7 +167,9 @@ async fn renew_lease(api: &Api<Lease>, name: &str, opts: &SimOptions) -> Result<
             spec.renew_time = Some(now);
             spec.holder_identity = Some(name.into());
             spec.lease_duration_seconds = Some(duration);
-            api.replace(name, &PostParams::default(), &l).await.map(|_| ())
+            api.replace(name, &PostParams::default(), &l)
+                .await
+                .map(|_| ())
         }
     }
 }
@@ -153,7 +179,13 @@ fn pod_ip(node_index: usize, counter: u32) -> String {
 }
 
 async fn run_pods(client: kube::Client, opts: SimOptions) -> Result<(), KubeletError> {
-    let ours: HashMap<String, usize> = opts.nodes.iter().cloned().enumerate().map(|(i, n)| (n, i)).collect();
+    let ours: HashMap<String, usize> = opts
+        .nodes
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, n)| (n, i))
+        .collect();
     let counter = Arc::new(AtomicU32::new(0));
     let all: Api<Pod> = Api::all(client.clone());
     let mut done: HashSet<String> = HashSet::new();
@@ -177,35 +209,73 @@ async fn run_pods(client: kube::Client, opts: SimOptions) -> Result<(), KubeletE
             _ => continue,
         };
         for pod in pods {
-            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
-            let Some(&idx) = ours.get(&node) else { continue };
+            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+                continue;
+            };
+            let Some(&idx) = ours.get(&node) else {
+                continue;
+            };
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             let name = pod.metadata.name.clone().unwrap_or_default();
             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
             if pod.metadata.deletion_timestamp.is_some() {
-                let _ = api.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                let _ = api
+                    .delete(
+                        &name,
+                        &DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
                 continue;
             }
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            let phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
             if phase != "Pending" && !phase.is_empty() || done.contains(&uid) {
                 continue;
             }
             done.insert(uid);
             let ip = pod_ip(idx, counter.fetch_add(1, Ordering::Relaxed));
-            let restart = pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
-            let fail = pod.metadata.annotations.as_ref().and_then(|a| a.get(FAIL_ANNOTATION)).is_some_and(|v| v == "true");
+            let restart = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.restart_policy.clone())
+                .unwrap_or_else(|| "Always".into());
+            let fail = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(FAIL_ANNOTATION))
+                .is_some_and(|v| v == "true");
             let run_for = opts.run_for;
             let api2 = api.clone();
             let pod2 = pod.clone();
             tokio::spawn(async move {
-                if let Err(e) = api2.patch_status(&name, &PatchParams::default(), &Patch::Merge(running_status(&pod2, &ip, idx))).await {
+                if let Err(e) = api2
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(running_status(&pod2, &ip, idx)),
+                    )
+                    .await
+                {
                     tracing::debug!(pod = %name, error = %e, "simulated node: status update failed");
                     return;
                 }
                 if restart != "Always" {
                     tokio::time::sleep(run_for).await;
-                    let _ = api2.patch_status(&name, &PatchParams::default(), &Patch::Merge(finished_status(&pod2, fail))).await;
+                    let _ = api2
+                        .patch_status(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(finished_status(&pod2, fail)),
+                        )
+                        .await;
                 }
             });
         }
@@ -216,7 +286,12 @@ async fn run_pods(client: kube::Client, opts: SimOptions) -> Result<(), KubeletE
 fn container_names(pod: &Pod) -> Vec<(String, String)> {
     pod.spec
         .as_ref()
-        .map(|s| s.containers.iter().map(|c| (c.name.clone(), c.image.clone().unwrap_or_default())).collect())
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -264,19 +339,34 @@ mod tests {
         let r = running_status(&pod, "10.42.0.2", 0);
         assert_eq!(r["status"]["phase"], "Running");
         assert_eq!(r["status"]["containerStatuses"][0]["ready"], true);
-        assert!(r["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")));
+        assert!(r["status"]["conditions"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")));
         let f = finished_status(&pod, true);
         assert_eq!(f["status"]["phase"], "Failed");
-        assert_eq!(f["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 1);
+        assert_eq!(
+            f["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+            1
+        );
         let s = finished_status(&pod, false);
-        assert_eq!(s["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+        assert_eq!(
+            s["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
+            "Completed"
+        );
     }
 
     #[test]
     fn nodes_have_capacity_and_labels() {
         let opts = SimOptions::default();
         let n = node_object("a", &opts);
-        assert_eq!(n.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/hostname")).map(String::as_str), Some("a"));
+        assert_eq!(
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/hostname"))
+                .map(String::as_str),
+            Some("a")
+        );
         let s = node_status("a", &opts, 3);
         assert_eq!(s["status"]["allocatable"]["cpu"], "4");
         assert_eq!(s["status"]["addresses"][0]["address"], "10.240.0.4");

@@ -50,16 +50,27 @@ pub fn manifests_dir(data_dir: &Path) -> PathBuf {
 
 /// True for a mirror pod (a pod in the API that stands for a static pod).
 pub fn is_mirror_pod(pod: &Pod) -> bool {
-    pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION_MIRROR))
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(ANNOTATION_MIRROR))
 }
 
 /// True for a static pod (one that came from a manifest file, not from the API).
 pub fn is_static_pod(pod: &Pod) -> bool {
-    pod.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_SOURCE)).is_some_and(|s| s != "api")
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_SOURCE))
+        .is_some_and(|s| s != "api")
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
-    pod.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str)
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
 }
 
 /// Errors reading a manifest.
@@ -84,36 +95,74 @@ pub enum StaticPodError {
 }
 
 fn is_manifest(p: &Path) -> bool {
-    let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
-    !hidden && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    let hidden = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    !hidden
+        && matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
 }
 
 /// Parses one manifest into the static pod this node runs for it (defaults applied as
 /// upstream's file source does; `seen` becomes the `kubernetes.io/config.seen` annotation).
-pub fn parse_manifest(path: &Path, content: &[u8], node_name: &str, seen: &str) -> Result<Pod, StaticPodError> {
-    let invalid = |message: String| StaticPodError::Invalid { path: path.to_path_buf(), message };
+pub fn parse_manifest(
+    path: &Path,
+    content: &[u8],
+    node_name: &str,
+    seen: &str,
+) -> Result<Pod, StaticPodError> {
+    let invalid = |message: String| StaticPodError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
     let value: Value = if path.extension().and_then(|e| e.to_str()) == Some("json") {
         serde_json::from_slice(content).map_err(|e| invalid(format!("invalid JSON: {e}")))?
     } else {
         serde_yaml::from_slice(content).map_err(|e| invalid(format!("invalid YAML: {e}")))?
     };
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if kind != "Pod" || api_version != "v1" {
-        return Err(invalid(format!("not a v1 Pod (apiVersion {api_version:?}, kind {kind:?})")));
+        return Err(invalid(format!(
+            "not a v1 Pod (apiVersion {api_version:?}, kind {kind:?})"
+        )));
     }
-    let mut pod: Pod = serde_json::from_value(value.clone()).map_err(|e| invalid(format!("invalid pod: {e}")))?;
-    let name = pod.metadata.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| invalid("invalid pod: metadata.name: Required value".into()))?;
-    let spec = pod.spec.as_mut().ok_or_else(|| invalid("invalid pod: spec: Required value".into()))?;
+    let mut pod: Pod =
+        serde_json::from_value(value.clone()).map_err(|e| invalid(format!("invalid pod: {e}")))?;
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| invalid("invalid pod: metadata.name: Required value".into()))?;
+    let spec = pod
+        .spec
+        .as_mut()
+        .ok_or_else(|| invalid("invalid pod: spec: Required value".into()))?;
     if spec.containers.is_empty() {
-        return Err(invalid("invalid pod: spec.containers: Required value".into()));
+        return Err(invalid(
+            "invalid pod: spec.containers: Required value".into(),
+        ));
     }
     for (i, c) in spec.containers.iter().enumerate() {
         if c.name.is_empty() {
-            return Err(invalid(format!("invalid pod: spec.containers[{i}].name: Required value")));
+            return Err(invalid(format!(
+                "invalid pod: spec.containers[{i}].name: Required value"
+            )));
         }
         if c.image.as_deref().unwrap_or_default().is_empty() {
-            return Err(invalid(format!("invalid pod: spec.containers[{i}].image: Required value")));
+            return Err(invalid(format!(
+                "invalid pod: spec.containers[{i}].image: Required value"
+            )));
         }
     }
     // The UID: a hash of where the pod comes from and what it is.
@@ -121,18 +170,35 @@ pub fn parse_manifest(path: &Path, content: &[u8], node_name: &str, seen: &str) 
     let mut input = format!("host:{node_name}file:{}", path.display()).into_bytes();
     input.extend_from_slice(&canonical);
     let digest = ring::digest::digest(&ring::digest::SHA256, &input);
-    let uid: String = digest.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let uid: String = digest
+        .as_ref()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
 
     spec.node_name = Some(node_name.to_string());
     let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
-    let tolerates_all = tolerations
-        .iter()
-        .any(|t| t.key.as_deref().unwrap_or_default().is_empty() && t.operator.as_deref() == Some("Exists") && t.effect.as_deref() == Some("NoExecute"));
+    let tolerates_all = tolerations.iter().any(|t| {
+        t.key.as_deref().unwrap_or_default().is_empty()
+            && t.operator.as_deref() == Some("Exists")
+            && t.effect.as_deref() == Some("NoExecute")
+    });
     if !tolerates_all {
-        tolerations.push(k8s_openapi::api::core::v1::Toleration { operator: Some("Exists".into()), effect: Some("NoExecute".into()), ..Default::default() });
+        tolerations.push(k8s_openapi::api::core::v1::Toleration {
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            ..Default::default()
+        });
     }
     pod.metadata.name = Some(format!("{name}-{}", node_name.to_lowercase()));
-    if pod.metadata.namespace.as_deref().unwrap_or_default().is_empty() {
+    if pod
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+    {
         pod.metadata.namespace = Some("default".into());
     }
     pod.metadata.uid = Some(uid.clone());
@@ -150,7 +216,10 @@ pub fn parse_manifest(path: &Path, content: &[u8], node_name: &str, seen: &str) 
 pub fn mirror_pod(static_pod: &Pod, node_name: &str, node_uid: &str) -> Value {
     let m = &static_pod.metadata;
     let mut ann = m.annotations.clone().unwrap_or_default();
-    ann.insert(ANNOTATION_MIRROR.into(), ann.get(ANNOTATION_HASH).cloned().unwrap_or_default());
+    ann.insert(
+        ANNOTATION_MIRROR.into(),
+        ann.get(ANNOTATION_HASH).cloned().unwrap_or_default(),
+    );
     let mut meta = json!({
         "name": m.name,
         "namespace": m.namespace,
@@ -205,16 +274,29 @@ pub struct StaticPods {
 }
 
 fn key(pod: &Pod) -> String {
-    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 fn rv(pod: &Pod) -> u64 {
-    pod.metadata.resource_version.as_deref().and_then(|r| r.parse().ok()).unwrap_or(0)
+    pod.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
 }
 
 impl StaticPods {
     /// A source reading `dir` for node `node_name`, running its pods through `sink`.
-    pub fn new(client: kube::Client, node_name: &str, dir: PathBuf, sink: Arc<dyn PodSink>) -> Self {
+    pub fn new(
+        client: kube::Client,
+        node_name: &str,
+        dir: PathBuf,
+        sink: Arc<dyn PodSink>,
+    ) -> Self {
         StaticPods {
             client,
             node_name: node_name.to_string(),
@@ -238,7 +320,12 @@ impl StaticPods {
     pub fn scan(&mut self) -> bool {
         let _ = std::fs::create_dir_all(&self.dir);
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file() && is_manifest(p)).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_file() && is_manifest(p))
+                    .collect()
+            })
             .unwrap_or_default();
         paths.sort();
         self.files.retain(|p, _| paths.contains(p));
@@ -265,12 +352,24 @@ impl StaticPods {
             });
             match parsed {
                 Ok(pod) => {
-                    self.files.insert(p.clone(), Manifest { content, pod: Some(pod) });
+                    self.files.insert(
+                        p.clone(),
+                        Manifest {
+                            content,
+                            pod: Some(pod),
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "invalid static pod manifest; keeping the previous pod of this file");
                     let previous = self.files.remove(p).and_then(|m| m.pod);
-                    self.files.insert(p.clone(), Manifest { content, pod: previous });
+                    self.files.insert(
+                        p.clone(),
+                        Manifest {
+                            content,
+                            pod: previous,
+                        },
+                    );
                 }
             }
         }
@@ -298,7 +397,11 @@ impl StaticPods {
                 tracing::info!(pod = %k, uid = %uid(new), "starting static pod");
                 let mut pod = new.clone();
                 // Carry the status the API holds for this very pod (agent restarts).
-                if let Some(m) = self.mirrors.get(k).filter(|m| annotation(m, ANNOTATION_MIRROR) == Some(uid(new).as_str())) {
+                if let Some(m) = self
+                    .mirrors
+                    .get(k)
+                    .filter(|m| annotation(m, ANNOTATION_MIRROR) == Some(uid(new).as_str()))
+                {
                     pod.status = m.status.clone();
                 }
                 self.sink.update(pod);
@@ -323,7 +426,11 @@ impl StaticPods {
             MirrorEvent::Apply(m) => self.apply_mirror(m),
             MirrorEvent::Delete(m) => {
                 let k = key(&m);
-                if self.mirrors.get(&k).is_some_and(|c| c.metadata.uid == m.metadata.uid) {
+                if self
+                    .mirrors
+                    .get(&k)
+                    .is_some_and(|c| c.metadata.uid == m.metadata.uid)
+                {
                     self.mirrors.remove(&k);
                 }
             }
@@ -344,7 +451,8 @@ impl StaticPods {
         }
         // Feed the mirror's status back into its static pod.
         if let Some(sp) = self.pods.get_mut(&k) {
-            let same = m.metadata.deletion_timestamp.is_none() && annotation(&m, ANNOTATION_MIRROR) == sp.metadata.uid.as_deref();
+            let same = m.metadata.deletion_timestamp.is_none()
+                && annotation(&m, ANNOTATION_MIRROR) == sp.metadata.uid.as_deref();
             if same && m.status.is_some() && m.status != sp.status {
                 sp.status = m.status.clone();
                 self.sink.update(sp.clone());
@@ -361,14 +469,29 @@ impl StaticPods {
         }
         let api_for = |ns: &str| -> Api<Pod> { Api::namespaced(self.client.clone(), ns) };
         // Orphans: mirrors of static pods that are gone.
-        let orphans: Vec<Pod> = self.mirrors.iter().filter(|(k, _)| !self.pods.contains_key(*k)).map(|(_, m)| m.clone()).collect();
+        let orphans: Vec<Pod> = self
+            .mirrors
+            .iter()
+            .filter(|(k, _)| !self.pods.contains_key(*k))
+            .map(|(_, m)| m.clone())
+            .collect();
         for m in orphans {
-            if self.delete_mirror(&api_for(m.metadata.namespace.as_deref().unwrap_or("default")), &m).await {
+            if self
+                .delete_mirror(
+                    &api_for(m.metadata.namespace.as_deref().unwrap_or("default")),
+                    &m,
+                )
+                .await
+            {
                 tracing::info!(pod = %key(&m), "deleted the mirror pod of a static pod that is gone");
                 self.mirrors.remove(&key(&m));
             }
         }
-        let pods: Vec<(String, Pod)> = self.pods.iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+        let pods: Vec<(String, Pod)> = self
+            .pods
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
         for (k, sp) in pods {
             let hash = sp.metadata.uid.clone().unwrap_or_default();
             let api = api_for(sp.metadata.namespace.as_deref().unwrap_or("default"));
@@ -387,7 +510,10 @@ impl StaticPods {
                     carry_status = m.status.clone();
                 }
             }
-            let node_uid = match Api::<Node>::all(self.client.clone()).get_opt(&self.node_name).await {
+            let node_uid = match Api::<Node>::all(self.client.clone())
+                .get_opt(&self.node_name)
+                .await
+            {
                 Ok(Some(n)) => n.metadata.uid.unwrap_or_default(),
                 Ok(None) => {
                     tracing::debug!(node = %self.node_name, "node not registered yet; mirror pods wait");
@@ -412,7 +538,14 @@ impl StaticPods {
                     let name = created.metadata.name.clone().unwrap_or_default();
                     self.mirrors.insert(k.clone(), created);
                     if let Some(status) = carry_status.filter(|s| s.phase.is_some()) {
-                        if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await {
+                        if let Err(e) = api
+                            .patch_status(
+                                &name,
+                                &PatchParams::default(),
+                                &Patch::Merge(&json!({"status": status})),
+                            )
+                            .await
+                        {
                             tracing::warn!(pod = %k, error = %e, "cannot restore the mirror pod's status");
                         }
                     }
@@ -430,10 +563,16 @@ impl StaticPods {
     async fn delete_mirror(&self, api: &Api<Pod>, m: &Pod) -> bool {
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: m.metadata.uid.clone(), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: m.metadata.uid.clone(),
+                resource_version: None,
+            }),
             ..Default::default()
         };
-        match api.delete(m.metadata.name.as_deref().unwrap_or_default(), &dp).await {
+        match api
+            .delete(m.metadata.name.as_deref().unwrap_or_default(), &dp)
+            .await
+        {
             Ok(_) => true,
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => true,
             Err(e) => {
@@ -463,7 +602,10 @@ impl StaticPods {
                     self.scan();
                 }
             }
-            if tokio::time::timeout(MIRROR_TIMEOUT, self.sync_mirrors()).await.is_err() {
+            if tokio::time::timeout(MIRROR_TIMEOUT, self.sync_mirrors())
+                .await
+                .is_err()
+            {
                 tracing::warn!("mirror pod sync timed out");
             }
         }
@@ -490,16 +632,30 @@ mod tests {
         let spec = pod.spec.clone().unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("Node1"));
         let tol = spec.tolerations.unwrap();
-        assert!(tol.iter().any(|t| t.operator.as_deref() == Some("Exists") && t.effect.as_deref() == Some("NoExecute") && t.key.is_none()));
+        assert!(tol.iter().any(|t| t.operator.as_deref() == Some("Exists")
+            && t.effect.as_deref() == Some("NoExecute")
+            && t.key.is_none()));
         assert!(is_static_pod(&pod));
         assert!(!is_mirror_pod(&pod));
 
         // Same file, same content: same hash; an edit or another path changes it.
         let again = parse_manifest(p, MANIFEST.as_bytes(), "Node1", "later").unwrap();
         assert_eq!(again.metadata.uid.as_deref(), Some(uid.as_str()));
-        let edited = parse_manifest(p, MANIFEST.replace("busybox", "busybox:2").as_bytes(), "Node1", "t").unwrap();
+        let edited = parse_manifest(
+            p,
+            MANIFEST.replace("busybox", "busybox:2").as_bytes(),
+            "Node1",
+            "t",
+        )
+        .unwrap();
         assert_ne!(edited.metadata.uid.as_deref(), Some(uid.as_str()));
-        let moved = parse_manifest(Path::new("/m/other.yaml"), MANIFEST.as_bytes(), "Node1", "t").unwrap();
+        let moved = parse_manifest(
+            Path::new("/m/other.yaml"),
+            MANIFEST.as_bytes(),
+            "Node1",
+            "t",
+        )
+        .unwrap();
         assert_ne!(moved.metadata.uid.as_deref(), Some(uid.as_str()));
     }
 
@@ -509,13 +665,37 @@ mod tests {
         let pod = parse_manifest(Path::new("/m/j.json"), json.as_bytes(), "n", "t").unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("j-n"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("kube-system"));
-        let e = parse_manifest(Path::new("/m/d.yaml"), b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n", "n", "t").err().map(|e| e.to_string());
-        assert_eq!(e.as_deref(), Some("/m/d.yaml: not a v1 Pod (apiVersion \"apps/v1\", kind \"Deployment\")"));
-        let e = parse_manifest(Path::new("/m/e.yaml"), b"apiVersion: v1\nkind: Pod\nmetadata: {name: e}\nspec: {containers: []}\n", "n", "t").err().map(|e| e.to_string());
-        assert_eq!(e.as_deref(), Some("/m/e.yaml: invalid pod: spec.containers: Required value"));
+        let e = parse_manifest(
+            Path::new("/m/d.yaml"),
+            b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
+            "n",
+            "t",
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("/m/d.yaml: not a v1 Pod (apiVersion \"apps/v1\", kind \"Deployment\")")
+        );
+        let e = parse_manifest(
+            Path::new("/m/e.yaml"),
+            b"apiVersion: v1\nkind: Pod\nmetadata: {name: e}\nspec: {containers: []}\n",
+            "n",
+            "t",
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("/m/e.yaml: invalid pod: spec.containers: Required value")
+        );
         assert!(parse_manifest(Path::new("/m/x.yaml"), b"{ not yaml", "n", "t").is_err());
         assert!(is_manifest(Path::new("/m/a.yml")) && is_manifest(Path::new("/m/a.json")));
-        assert!(!is_manifest(Path::new("/m/a.txt")) && !is_manifest(Path::new("/m/.a.yaml")) && !is_manifest(Path::new("/m/a.yaml.swp")));
+        assert!(
+            !is_manifest(Path::new("/m/a.txt"))
+                && !is_manifest(Path::new("/m/.a.yaml"))
+                && !is_manifest(Path::new("/m/a.yaml.swp"))
+        );
     }
 
     #[test]
@@ -528,8 +708,14 @@ mod tests {
         assert_eq!(m["metadata"]["annotations"][ANNOTATION_HASH], json!(hash));
         assert_eq!(m["metadata"]["annotations"][ANNOTATION_SOURCE], "file");
         assert_eq!(m["metadata"]["labels"]["app"], "web");
-        assert_eq!(m["metadata"]["ownerReferences"], json!([{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "node-uid", "controller": true}]));
-        assert!(m["metadata"].get("uid").is_none(), "the API server gives the mirror its own UID");
+        assert_eq!(
+            m["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "node-uid", "controller": true}])
+        );
+        assert!(
+            m["metadata"].get("uid").is_none(),
+            "the API server gives the mirror its own UID"
+        );
         assert_eq!(m["spec"]["nodeName"], "n1");
         let mp: Pod = serde_json::from_value(m).unwrap();
         assert!(is_mirror_pod(&mp));
@@ -539,7 +725,11 @@ mod tests {
     impl PodSink for Recorder {
         fn update(&self, pod: Pod) {
             if let Ok(mut v) = self.0.lock() {
-                v.push(format!("update {} {}", pod.metadata.name.unwrap_or_default(), pod.metadata.uid.unwrap_or_default()));
+                v.push(format!(
+                    "update {} {}",
+                    pod.metadata.name.unwrap_or_default(),
+                    pod.metadata.uid.unwrap_or_default()
+                ));
             }
         }
         fn remove(&self, uid: &str) {
@@ -578,7 +768,15 @@ mod tests {
         assert!(sp.scan());
         assert!(sp.pods().is_empty());
         let log = rec.0.lock().unwrap().clone();
-        assert_eq!(log, vec![format!("update web-n1 {uid1}"), format!("remove {uid1}"), format!("update web-n1 {uid2}"), format!("remove {uid2}")]);
+        assert_eq!(
+            log,
+            vec![
+                format!("update web-n1 {uid1}"),
+                format!("remove {uid1}"),
+                format!("update web-n1 {uid2}"),
+                format!("remove {uid2}")
+            ]
+        );
     }
 
     #[tokio::test]
@@ -593,17 +791,35 @@ mod tests {
         let mut mirror: Pod = serde_json::from_value(mirror_pod(&pod, "n1", "u")).unwrap();
         mirror.metadata.uid = Some("mirror-uid".into());
         mirror.metadata.resource_version = Some("5".into());
-        mirror.status = Some(k8s_openapi::api::core::v1::PodStatus { phase: Some("Running".into()), ..Default::default() });
+        mirror.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
         sp.on_event(MirrorEvent::Replace(vec![mirror.clone()]));
-        assert_eq!(sp.pods()[0].status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
-        assert_eq!(rec.0.lock().unwrap().len(), 2, "the status update re-dispatches the pod");
+        assert_eq!(
+            sp.pods()[0]
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref()),
+            Some("Running")
+        );
+        assert_eq!(
+            rec.0.lock().unwrap().len(),
+            2,
+            "the status update re-dispatches the pod"
+        );
         // An older event does not overwrite the cache; a delete of another UID is ignored.
         let mut old = mirror.clone();
         old.metadata.resource_version = Some("3".into());
         old.metadata.uid = Some("older".into());
         sp.on_event(MirrorEvent::Apply(old.clone()));
         sp.on_event(MirrorEvent::Delete(old));
-        assert_eq!(sp.mirrors.get("default/web-n1").and_then(|m| m.metadata.uid.as_deref()), Some("mirror-uid"));
+        assert_eq!(
+            sp.mirrors
+                .get("default/web-n1")
+                .and_then(|m| m.metadata.uid.as_deref()),
+            Some("mirror-uid")
+        );
         sp.on_event(MirrorEvent::Delete(mirror));
         assert!(sp.mirrors.is_empty());
     }

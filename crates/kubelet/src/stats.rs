@@ -63,7 +63,10 @@ impl CgroupLayout {
             .map(|d| root.join(d))
             .find(|p| p.join("cpuacct.usage").exists())
             .unwrap_or_else(|| root.join("cpuacct"));
-        CgroupLayout::V1 { memory: root.join("memory"), cpuacct }
+        CgroupLayout::V1 {
+            memory: root.join("memory"),
+            cpuacct,
+        }
     }
 
     /// The directory searched for container cgroups.
@@ -83,7 +86,9 @@ impl CgroupLayout {
         let root = self.search_root();
         let mut stack = vec![(root.to_path_buf(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in rd.flatten() {
                 if !e.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
@@ -110,7 +115,11 @@ impl CgroupLayout {
                 let current = read_u64(&dir.join("memory.current"))?;
                 let inactive = mem.get("inactive_file").copied().unwrap_or(0);
                 Some(Usage {
-                    cpu_usage_core_nanos: cpu.get("usage_usec").copied().unwrap_or(0).saturating_mul(1000),
+                    cpu_usage_core_nanos: cpu
+                        .get("usage_usec")
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_mul(1000),
                     memory_usage_bytes: current,
                     memory_working_set_bytes: current.saturating_sub(inactive),
                     memory_rss_bytes: mem.get("anon").copied().unwrap_or(0),
@@ -122,15 +131,31 @@ impl CgroupLayout {
                 let mdir = memory.join(rel);
                 let usage = read_u64(&mdir.join("memory.usage_in_bytes"))?;
                 let stat = read_keyed(&mdir.join("memory.stat"));
-                let inactive = stat.get("total_inactive_file").or_else(|| stat.get("inactive_file")).copied().unwrap_or(0);
+                let inactive = stat
+                    .get("total_inactive_file")
+                    .or_else(|| stat.get("inactive_file"))
+                    .copied()
+                    .unwrap_or(0);
                 let cpu = read_u64(&cpuacct.join(rel).join("cpuacct.usage")).unwrap_or(0);
                 Some(Usage {
                     cpu_usage_core_nanos: cpu,
                     memory_usage_bytes: usage,
                     memory_working_set_bytes: usage.saturating_sub(inactive),
-                    memory_rss_bytes: stat.get("total_rss").or_else(|| stat.get("rss")).copied().unwrap_or(0),
-                    page_faults: stat.get("total_pgfault").or_else(|| stat.get("pgfault")).copied().unwrap_or(0),
-                    major_page_faults: stat.get("total_pgmajfault").or_else(|| stat.get("pgmajfault")).copied().unwrap_or(0),
+                    memory_rss_bytes: stat
+                        .get("total_rss")
+                        .or_else(|| stat.get("rss"))
+                        .copied()
+                        .unwrap_or(0),
+                    page_faults: stat
+                        .get("total_pgfault")
+                        .or_else(|| stat.get("pgfault"))
+                        .copied()
+                        .unwrap_or(0),
+                    major_page_faults: stat
+                        .get("total_pgmajfault")
+                        .or_else(|| stat.get("pgmajfault"))
+                        .copied()
+                        .unwrap_or(0),
                 })
             }
         }
@@ -154,19 +179,31 @@ pub fn parse_keyed(text: &str) -> HashMap<String, u64> {
 }
 
 fn read_keyed(p: &Path) -> HashMap<String, u64> {
-    std::fs::read_to_string(p).map(|t| parse_keyed(&t)).unwrap_or_default()
+    std::fs::read_to_string(p)
+        .map(|t| parse_keyed(&t))
+        .unwrap_or_default()
 }
 
 /// Node CPU time from `/proc/stat`'s `cpu` line: all but idle and iowait, in ns
 /// (`user_hz` ticks a second, 100 on Linux).
 pub fn parse_proc_stat_cpu(text: &str, user_hz: u64) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     if v.len() < 4 {
         return None;
     }
     // user nice system idle iowait irq softirq steal (guest is already in user)
-    let busy: u64 = v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| *x).sum();
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| *x)
+        .sum();
     Some(busy.saturating_mul(1_000_000_000 / user_hz.max(1)))
 }
 
@@ -187,7 +224,12 @@ pub fn parse_meminfo(text: &str) -> Option<(u64, u64, u64)> {
 pub fn node_usage() -> Option<Usage> {
     let cpu = parse_proc_stat_cpu(&std::fs::read_to_string("/proc/stat").ok()?, 100)?;
     let (usage, ws, _) = parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)?;
-    Some(Usage { cpu_usage_core_nanos: cpu, memory_usage_bytes: usage, memory_working_set_bytes: ws, ..Default::default() })
+    Some(Usage {
+        cpu_usage_core_nanos: cpu,
+        memory_usage_bytes: usage,
+        memory_working_set_bytes: ws,
+        ..Default::default()
+    })
 }
 
 /// The node's total memory (bytes), for `availableBytes`.
@@ -276,13 +318,24 @@ mod tests {
 
     #[test]
     fn v1_tree_is_found_and_read() {
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let root = dir.path();
         let id = "0123456789abcdef0123";
         write(&root.join("cpuacct/cpuacct.usage"), "1\n");
-        write(&root.join(format!("memory/k8s.io/{id}/memory.usage_in_bytes")), "10000\n");
-        write(&root.join(format!("memory/k8s.io/{id}/memory.stat")), "cache 5\ntotal_inactive_file 4000\ntotal_rss 3000\ntotal_pgfault 7\n");
-        write(&root.join(format!("cpuacct/k8s.io/{id}/cpuacct.usage")), "123456789\n");
+        write(
+            &root.join(format!("memory/k8s.io/{id}/memory.usage_in_bytes")),
+            "10000\n",
+        );
+        write(
+            &root.join(format!("memory/k8s.io/{id}/memory.stat")),
+            "cache 5\ntotal_inactive_file 4000\ntotal_rss 3000\ntotal_pgfault 7\n",
+        );
+        write(
+            &root.join(format!("cpuacct/k8s.io/{id}/cpuacct.usage")),
+            "123456789\n",
+        );
         let l = CgroupLayout::detect_at(root);
         assert!(matches!(l, CgroupLayout::V1 { .. }), "{l:?}");
         let rel = l.find_cgroup(id);
@@ -305,18 +358,30 @@ mod tests {
 
     #[test]
     fn v2_tree_is_read() {
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let root = dir.path();
         write(&root.join("cgroup.controllers"), "cpu memory\n");
         let cg = root.join("kubepods/pod1/cri-containerd-abcdefabcdef1234.scope");
         write(&cg.join("cpu.stat"), "usage_usec 2500\nuser_usec 2000\n");
         write(&cg.join("memory.current"), "8192\n");
-        write(&cg.join("memory.stat"), "anon 4096\ninactive_file 1024\npgmajfault 2\n");
+        write(
+            &cg.join("memory.stat"),
+            "anon 4096\ninactive_file 1024\npgmajfault 2\n",
+        );
         let l = CgroupLayout::detect_at(root);
         let rel = l.find_cgroup("abcdefabcdef1234");
         let u = rel.and_then(|r| l.read(&r));
         let Some(u) = u else { panic!("no usage") };
-        assert_eq!((u.cpu_usage_core_nanos, u.memory_usage_bytes, u.memory_working_set_bytes), (2_500_000, 8192, 7168));
+        assert_eq!(
+            (
+                u.cpu_usage_core_nanos,
+                u.memory_usage_bytes,
+                u.memory_working_set_bytes
+            ),
+            (2_500_000, 8192, 7168)
+        );
         assert_eq!((u.memory_rss_bytes, u.major_page_faults), (4096, 2));
     }
 
@@ -327,7 +392,10 @@ mod tests {
         assert_eq!(parse_proc_stat_cpu(stat, 100), Some(161 * 10_000_000));
         assert_eq!(parse_proc_stat_cpu("intr 1\n", 100), None);
         let mi = "MemTotal:       1000 kB\nMemFree:         200 kB\nMemAvailable: 600 kB\nInactive(file):  300 kB\n";
-        assert_eq!(parse_meminfo(mi), Some((800 * 1024, 500 * 1024, 500 * 1024)));
+        assert_eq!(
+            parse_meminfo(mi),
+            Some((800 * 1024, 500 * 1024, 500 * 1024))
+        );
         assert_eq!(parse_meminfo("MemFree: 1 kB\n"), None);
     }
 
@@ -337,19 +405,36 @@ mod tests {
         let t0 = std::time::Instant::now();
         assert_eq!(r.rate_at("c", 1_000, t0), None);
         // 0.5 s of CPU over 1 s = half a core.
-        assert_eq!(r.rate_at("c", 500_001_000, t0 + std::time::Duration::from_secs(1)), Some(500_000_000));
+        assert_eq!(
+            r.rate_at("c", 500_001_000, t0 + std::time::Duration::from_secs(1)),
+            Some(500_000_000)
+        );
         // A counter reset gives no rate.
-        assert_eq!(r.rate_at("c", 10, t0 + std::time::Duration::from_secs(2)), None);
+        assert_eq!(
+            r.rate_at("c", 10, t0 + std::time::Duration::from_secs(2)),
+            None
+        );
         let keep = std::collections::HashSet::new();
         r.retain(&keep);
-        assert_eq!(r.rate_at("c", 20, t0 + std::time::Duration::from_secs(3)), None);
+        assert_eq!(
+            r.rate_at("c", 20, t0 + std::time::Duration::from_secs(3)),
+            None
+        );
     }
 
     #[test]
     fn json_shapes() {
-        let u = Usage { cpu_usage_core_nanos: 5, memory_usage_bytes: 10, memory_working_set_bytes: 8, ..Default::default() };
+        let u = Usage {
+            cpu_usage_core_nanos: 5,
+            memory_usage_bytes: 10,
+            memory_working_set_bytes: 8,
+            ..Default::default()
+        };
         let c = cpu_json("t", &u, Some(3));
-        assert_eq!(c, serde_json::json!({"time": "t", "usageCoreNanoSeconds": 5, "usageNanoCores": 3}));
+        assert_eq!(
+            c,
+            serde_json::json!({"time": "t", "usageCoreNanoSeconds": 5, "usageNanoCores": 3})
+        );
         let m = memory_json("t", &u, Some(100));
         assert_eq!(m["availableBytes"], 92);
         assert_eq!(m["workingSetBytes"], 8);

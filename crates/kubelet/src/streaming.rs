@@ -56,7 +56,10 @@ impl StreamOptions {
                 "tty" => o.tty = truthy(&v),
                 "port" | "ports" => {
                     for p in v.split(',').filter(|p| !p.is_empty()) {
-                        let n: i32 = p.trim().parse().map_err(|_| format!("invalid port {p:?}"))?;
+                        let n: i32 = p
+                            .trim()
+                            .parse()
+                            .map_err(|_| format!("invalid port {p:?}"))?;
                         if !(1..=65535).contains(&n) {
                             return Err(format!("port {n} must be > 0 and <= 65535"));
                         }
@@ -107,12 +110,25 @@ impl StreamTarget {
         let s = |x: &&str| x.to_string();
         match segs.as_slice() {
             ["exec", ns, pod, container] | ["exec", ns, pod, _, container] => {
-                Some(StreamTarget::Exec { ns: s(ns), pod: s(pod), container: s(container) })
+                Some(StreamTarget::Exec {
+                    ns: s(ns),
+                    pod: s(pod),
+                    container: s(container),
+                })
             }
             ["attach", ns, pod, container] | ["attach", ns, pod, _, container] => {
-                Some(StreamTarget::Attach { ns: s(ns), pod: s(pod), container: s(container) })
+                Some(StreamTarget::Attach {
+                    ns: s(ns),
+                    pod: s(pod),
+                    container: s(container),
+                })
             }
-            ["portForward", ns, pod] | ["portForward", ns, pod, _] => Some(StreamTarget::PortForward { ns: s(ns), pod: s(pod) }),
+            ["portForward", ns, pod] | ["portForward", ns, pod, _] => {
+                Some(StreamTarget::PortForward {
+                    ns: s(ns),
+                    pod: s(pod),
+                })
+            }
             _ => None,
         }
     }
@@ -122,21 +138,33 @@ impl StreamTarget {
 type Response = crate::server::Response;
 
 fn text(code: u16, msg: impl Into<String>) -> Response {
-    let mut r = http::Response::new(crate::server::KubeletBody::Full(Some(Bytes::from(msg.into()))));
-    *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    let mut r = http::Response::new(crate::server::KubeletBody::Full(Some(Bytes::from(
+        msg.into(),
+    ))));
+    *r.status_mut() =
+        http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 /// Serves a streaming request: resolves the container or sandbox, asks the CRI for
 /// the URL and proxies the upgrade to it.
-pub async fn serve(cri: &crate::cri::CriClient, target: StreamTarget, req: hyper::Request<hyper::body::Incoming>) -> Response {
+pub async fn serve(
+    cri: &crate::cri::CriClient,
+    target: StreamTarget,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Response {
     let opts = match StreamOptions::from_query(req.uri().query()) {
         Ok(o) => o,
         Err(e) => return text(400, e),
     };
     let (ns, pod) = match &target {
-        StreamTarget::Exec { ns, pod, .. } | StreamTarget::Attach { ns, pod, .. } | StreamTarget::PortForward { ns, pod } => (ns.clone(), pod.clone()),
+        StreamTarget::Exec { ns, pod, .. }
+        | StreamTarget::Attach { ns, pod, .. }
+        | StreamTarget::PortForward { ns, pod } => (ns.clone(), pod.clone()),
     };
     let sandboxes = match cri.list_pod_sandboxes(None).await {
         Ok(s) => s,
@@ -146,12 +174,25 @@ pub async fn serve(cri: &crate::cri::CriClient, target: StreamTarget, req: hyper
         .into_iter()
         .filter(|sb| {
             let m = sb.metadata.clone().unwrap_or_default();
-            let n = sb.labels.get("io.kubernetes.pod.namespace").cloned().unwrap_or(m.namespace);
-            let p = sb.labels.get("io.kubernetes.pod.name").cloned().unwrap_or(m.name);
+            let n = sb
+                .labels
+                .get("io.kubernetes.pod.namespace")
+                .cloned()
+                .unwrap_or(m.namespace);
+            let p = sb
+                .labels
+                .get("io.kubernetes.pod.name")
+                .cloned()
+                .unwrap_or(m.name);
             n == ns && p == pod
         })
         .collect();
-    mine.sort_by_key(|s| std::cmp::Reverse((s.state == crate::cri::types::PodSandboxState::SandboxReady as i32, s.created_at)));
+    mine.sort_by_key(|s| {
+        std::cmp::Reverse((
+            s.state == crate::cri::types::PodSandboxState::SandboxReady as i32,
+            s.created_at,
+        ))
+    });
     let Some(sandbox) = mine.first() else {
         return text(404, format!("pod \"{ns}/{pod}\" does not exist"));
     };
@@ -164,14 +205,29 @@ pub async fn serve(cri: &crate::cri::CriClient, target: StreamTarget, req: hyper
                 Err(e) => return text(500, e.to_string()),
             };
             let name_of = |c: &crate::cri::types::Container| {
-                c.labels.get("io.kubernetes.container.name").cloned().unwrap_or_else(|| c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default())
+                c.labels
+                    .get("io.kubernetes.container.name")
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        c.metadata
+                            .as_ref()
+                            .map(|m| m.name.clone())
+                            .unwrap_or_default()
+                    })
             };
             let running = containers
                 .iter()
-                .filter(|c| ids.contains(c.pod_sandbox_id.as_str()) && &name_of(c) == container && c.state == ContainerState::ContainerRunning as i32)
+                .filter(|c| {
+                    ids.contains(c.pod_sandbox_id.as_str())
+                        && &name_of(c) == container
+                        && c.state == ContainerState::ContainerRunning as i32
+                })
                 .max_by_key(|c| c.created_at);
             let Some(c) = running else {
-                return text(400, format!("container {container} is not running in pod {ns}/{pod}"));
+                return text(
+                    400,
+                    format!("container {container} is not running in pod {ns}/{pod}"),
+                );
             };
             if matches!(target, StreamTarget::Exec { .. }) {
                 if opts.command.is_empty() {
@@ -187,7 +243,13 @@ pub async fn serve(cri: &crate::cri::CriClient, target: StreamTarget, req: hyper
                 };
                 cri.exec(r).await
             } else {
-                let r = AttachRequest { container_id: c.id.clone(), stdin: opts.stdin, tty: opts.tty, stdout: opts.stdout, stderr: opts.stderr && !opts.tty };
+                let r = AttachRequest {
+                    container_id: c.id.clone(),
+                    stdin: opts.stdin,
+                    tty: opts.tty,
+                    stdout: opts.stdout,
+                    stderr: opts.stderr && !opts.tty,
+                };
                 cri.attach(r).await
             }
         }
@@ -211,8 +273,15 @@ pub async fn proxy_upgrade(url: &str, mut req: hyper::Request<hyper::body::Incom
         return text(500, format!("streaming URL {url:?} has no host"));
     };
     let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-    let mut path = uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let mut path = uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".into());
     if uri.query().is_none() {
         if let Some(q) = req.uri().query().filter(|q| !q.is_empty()) {
             path = format!("{path}?{q}");
@@ -231,7 +300,10 @@ pub async fn proxy_upgrade(url: &str, mut req: hyper::Request<hyper::body::Incom
             tracing::debug!(error = %e, "streaming server connection ended");
         }
     });
-    let mut b = http::Request::builder().method(req.method().clone()).uri(path).header(http::header::HOST, authority.as_str());
+    let mut b = http::Request::builder()
+        .method(req.method().clone())
+        .uri(path)
+        .header(http::header::HOST, authority.as_str());
     for name in FORWARDED_HEADERS {
         for v in req.headers().get_all(*name) {
             b = b.header(*name, v.clone());
@@ -252,7 +324,11 @@ pub async fn proxy_upgrade(url: &str, mut req: hyper::Request<hyper::body::Incom
             let (client, runtime) = match (client_upgrade.await, runtime_upgrade.await) {
                 (Ok(c), Ok(r)) => (c, r),
                 (c, r) => {
-                    tracing::debug!(client = c.is_ok(), runtime = r.is_ok(), "stream upgrade failed");
+                    tracing::debug!(
+                        client = c.is_ok(),
+                        runtime = r.is_ok(),
+                        "stream upgrade failed"
+                    );
                     return;
                 }
             };
@@ -264,7 +340,12 @@ pub async fn proxy_upgrade(url: &str, mut req: hyper::Request<hyper::body::Incom
         });
         http::Response::new(crate::server::KubeletBody::Full(None))
     } else {
-        let body = resp.body_mut().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = resp
+            .body_mut()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         http::Response::new(crate::server::KubeletBody::Full(Some(body)))
     };
     *out.status_mut() = status;
@@ -284,19 +365,38 @@ mod tests {
     fn parses_targets_and_options() {
         assert_eq!(
             StreamTarget::parse("/exec/default/web/c"),
-            Some(StreamTarget::Exec { ns: "default".into(), pod: "web".into(), container: "c".into() })
+            Some(StreamTarget::Exec {
+                ns: "default".into(),
+                pod: "web".into(),
+                container: "c".into()
+            })
         );
         assert_eq!(
             StreamTarget::parse("/attach/default/web/uid-1/c"),
-            Some(StreamTarget::Attach { ns: "default".into(), pod: "web".into(), container: "c".into() })
+            Some(StreamTarget::Attach {
+                ns: "default".into(),
+                pod: "web".into(),
+                container: "c".into()
+            })
         );
-        assert_eq!(StreamTarget::parse("/portForward/ns/p"), Some(StreamTarget::PortForward { ns: "ns".into(), pod: "p".into() }));
+        assert_eq!(
+            StreamTarget::parse("/portForward/ns/p"),
+            Some(StreamTarget::PortForward {
+                ns: "ns".into(),
+                pod: "p".into()
+            })
+        );
         assert_eq!(StreamTarget::parse("/containerLogs/a/b/c"), None);
-        let o = StreamOptions::from_query(Some("command=sh&command=-c&command=echo%20hi&stdin=true&stdout=1&tty=false"));
+        let o = StreamOptions::from_query(Some(
+            "command=sh&command=-c&command=echo%20hi&stdin=true&stdout=1&tty=false",
+        ));
         let o = o.unwrap_or_default();
         assert_eq!(o.command, vec!["sh", "-c", "echo hi"]);
         assert!(o.stdin && o.stdout && !o.stderr && !o.tty);
-        assert_eq!(StreamOptions::from_query(Some("ports=80,8080")).map(|o| o.ports), Ok(vec![80, 8080]));
+        assert_eq!(
+            StreamOptions::from_query(Some("ports=80,8080")).map(|o| o.ports),
+            Ok(vec![80, 8080])
+        );
         assert!(StreamOptions::from_query(Some("port=70000")).is_err());
     }
 }

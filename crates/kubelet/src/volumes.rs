@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -43,7 +45,10 @@ pub enum VolumeError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
-    move |source| VolumeError::Io { path: path.to_path_buf(), source }
+    move |source| VolumeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Where a volume lives on the host.
@@ -93,7 +98,13 @@ struct Tracked {
 pub fn referenced_objects(pod: &Pod) -> Vec<String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut out = Vec::new();
-    for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
+    for v in pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+    {
         if let Some(cm) = &v.config_map {
             out.push(format!("configmap/{ns}/{}", cm.name));
         }
@@ -124,16 +135,35 @@ pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
 pub fn field_value(pod: &Pod, path: &str, host_ip: &str) -> Option<String> {
     let m = &pod.metadata;
     let map_line = |m: &Option<BTreeMap<String, String>>| {
-        m.iter().flatten().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join("\n")
+        m.iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     let indexed = |prefix: &str| -> Option<String> {
-        path.strip_prefix(prefix)?.strip_prefix("['")?.strip_suffix("']").map(str::to_string)
+        path.strip_prefix(prefix)?
+            .strip_prefix("['")?
+            .strip_suffix("']")
+            .map(str::to_string)
     };
     if let Some(k) = indexed("metadata.labels") {
-        return Some(m.labels.as_ref().and_then(|l| l.get(&k)).cloned().unwrap_or_default());
+        return Some(
+            m.labels
+                .as_ref()
+                .and_then(|l| l.get(&k))
+                .cloned()
+                .unwrap_or_default(),
+        );
     }
     if let Some(k) = indexed("metadata.annotations") {
-        return Some(m.annotations.as_ref().and_then(|l| l.get(&k)).cloned().unwrap_or_default());
+        return Some(
+            m.annotations
+                .as_ref()
+                .and_then(|l| l.get(&k))
+                .cloned()
+                .unwrap_or_default(),
+        );
     }
     let st = pod.status.as_ref();
     Some(match path {
@@ -142,34 +172,70 @@ pub fn field_value(pod: &Pod, path: &str, host_ip: &str) -> Option<String> {
         "metadata.uid" => m.uid.clone().unwrap_or_default(),
         "metadata.labels" => map_line(&m.labels),
         "metadata.annotations" => map_line(&m.annotations),
-        "spec.nodeName" => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "spec.nodeName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
         "status.hostIP" | "status.hostIPs" => host_ip.to_string(),
         "status.podIP" => st.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
-        "status.podIPs" => st.and_then(|s| s.pod_ips.as_ref()).map(|v| v.iter().map(|i| i.ip.clone()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+        "status.podIPs" => st
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|v| v.iter().map(|i| i.ip.clone()).collect::<Vec<_>>().join(","))
+            .unwrap_or_default(),
         _ => return None,
     })
 }
 
 /// Value of a `resourceFieldRef` (limits/requests of a container, in units of `divisor`;
 /// a missing limit is the node's allocatable, as upstream).
-pub fn resource_value(c: &Container, resource: &str, divisor: Option<&str>, node_cpus: usize, node_memory: u64) -> Option<String> {
+pub fn resource_value(
+    c: &Container,
+    resource: &str,
+    divisor: Option<&str>,
+    node_cpus: usize,
+    node_memory: u64,
+) -> Option<String> {
     let (kind, name) = resource.split_once('.')?;
-    let q = c.resources.as_ref().and_then(|r| if kind == "limits" { r.limits.as_ref() } else { r.requests.as_ref() }).and_then(|m| m.get(name));
+    let q = c
+        .resources
+        .as_ref()
+        .and_then(|r| {
+            if kind == "limits" {
+                r.limits.as_ref()
+            } else {
+                r.requests.as_ref()
+            }
+        })
+        .and_then(|m| m.get(name));
     let v = match q.and_then(|q| crate::pods::spec::parse_quantity(&q.0)) {
         Some(v) => v,
         None if kind == "limits" && name == "cpu" => node_cpus as f64,
         None if kind == "limits" && name == "memory" => node_memory as f64,
         None => 0.0,
     };
-    let d = divisor.and_then(crate::pods::spec::parse_quantity).filter(|d| *d > 0.0).unwrap_or(1.0);
+    let d = divisor
+        .and_then(crate::pods::spec::parse_quantity)
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
     Some(((v / d).ceil() as i64).to_string())
 }
 
 /// A set of files (relative path → (content, mode)) to publish in a volume directory.
 pub type Files = BTreeMap<String, (Vec<u8>, u32)>;
 
-fn key_files(data: &BTreeMap<String, Vec<u8>>, items: Option<&Vec<KeyToPath>>, default_mode: u32, optional: bool, what: &str) -> Result<Files, VolumeError> {
+fn key_files(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: u32,
+    optional: bool,
+    what: &str,
+) -> Result<Files, VolumeError> {
     let mut out = Files::new();
     match items {
         Some(items) if !items.is_empty() => {
@@ -180,7 +246,12 @@ fn key_files(data: &BTreeMap<String, Vec<u8>>, items: Option<&Vec<KeyToPath>>, d
                         out.insert(it.path.clone(), (v.clone(), mode));
                     }
                     None if optional => {}
-                    None => return Err(VolumeError::Missing(format!("{what} references non-existent config key: {}", it.key))),
+                    None => {
+                        return Err(VolumeError::Missing(format!(
+                            "{what} references non-existent config key: {}",
+                            it.key
+                        )))
+                    }
                 }
             }
         }
@@ -194,8 +265,11 @@ fn key_files(data: &BTreeMap<String, Vec<u8>>, items: Option<&Vec<KeyToPath>>, d
 }
 
 fn check_rel_path(p: &str) -> Result<(), VolumeError> {
-    if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == ".." || c.starts_with("..")) {
-        return Err(VolumeError::Invalid(format!("invalid path {p:?} in volume")));
+    if p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == ".." || c.starts_with(".."))
+    {
+        return Err(VolumeError::Invalid(format!(
+            "invalid path {p:?} in volume"
+        )));
     }
     Ok(())
 }
@@ -212,7 +286,9 @@ pub fn write_atomic(dir: &Path, files: &Files) -> Result<bool, VolumeError> {
         && files.iter().all(|(p, (c, m))| {
             let f = data.join(p);
             std::fs::read(&f).ok().as_ref() == Some(c)
-                && std::fs::metadata(&f).map(|md| md.permissions().mode() & 0o7777 == *m).unwrap_or(false)
+                && std::fs::metadata(&f)
+                    .map(|md| md.permissions().mode() & 0o7777 == *m)
+                    .unwrap_or(false)
         })
         && listed_files(&data).len() == files.len();
     if unchanged {
@@ -221,7 +297,8 @@ pub fn write_atomic(dir: &Path, files: &Files) -> Result<bool, VolumeError> {
     let stamp = format!("..{}", jiff::Timestamp::now().as_nanosecond());
     let ts_dir = dir.join(&stamp);
     std::fs::create_dir_all(&ts_dir).map_err(io(&ts_dir))?;
-    std::fs::set_permissions(&ts_dir, std::fs::Permissions::from_mode(0o755)).map_err(io(&ts_dir))?;
+    std::fs::set_permissions(&ts_dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(io(&ts_dir))?;
     for (p, (content, mode)) in files {
         let f = ts_dir.join(p);
         if let Some(parent) = f.parent() {
@@ -235,7 +312,10 @@ pub fn write_atomic(dir: &Path, files: &Files) -> Result<bool, VolumeError> {
     std::os::unix::fs::symlink(&stamp, &tmp).map_err(io(&tmp))?;
     let old = std::fs::read_link(&data).ok();
     std::fs::rename(&tmp, &data).map_err(io(&data))?;
-    let tops: std::collections::BTreeSet<String> = files.keys().filter_map(|p| p.split('/').next().map(str::to_string)).collect();
+    let tops: std::collections::BTreeSet<String> = files
+        .keys()
+        .filter_map(|p| p.split('/').next().map(str::to_string))
+        .collect();
     for t in &tops {
         let link = dir.join(t);
         if std::fs::symlink_metadata(&link).is_err() {
@@ -261,7 +341,9 @@ fn listed_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -295,39 +377,95 @@ pub struct VolumeManager {
 
 impl VolumeManager {
     /// A manager keeping pod directories under `root`.
-    pub fn new(client: kube::Client, root: PathBuf, host_ip: String, node_cpus: usize, node_memory: u64) -> Self {
-        VolumeManager { client, tracked: Arc::new(Mutex::new(Tracked::default())), root, host_ip, node_cpus, node_memory }
+    pub fn new(
+        client: kube::Client,
+        root: PathBuf,
+        host_ip: String,
+        node_cpus: usize,
+        node_memory: u64,
+    ) -> Self {
+        VolumeManager {
+            client,
+            tracked: Arc::new(Mutex::new(Tracked::default())),
+            root,
+            host_ip,
+            node_cpus,
+            node_memory,
+        }
     }
 
-    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
+    async fn config_map(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         Ok(api.get_opt(name).await?.map(|cm| {
-            let mut m: BTreeMap<String, Vec<u8>> = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-            m.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+            let mut m: BTreeMap<String, Vec<u8>> = cm
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            m.extend(
+                cm.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
             m
         }))
     }
 
-    async fn secret(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
+    async fn secret(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         Ok(api.get_opt(name).await?.map(|s| {
-            let mut m: BTreeMap<String, Vec<u8>> = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-            m.extend(s.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+            let mut m: BTreeMap<String, Vec<u8>> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            m.extend(
+                s.string_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes())),
+            );
             m
         }))
     }
 
-    async fn token(&self, pod: &Pod, key: &str, audience: Option<&str>, expiration: i64) -> Result<String, VolumeError> {
+    async fn token(
+        &self,
+        pod: &Pod,
+        key: &str,
+        audience: Option<&str>,
+        expiration: i64,
+    ) -> Result<String, VolumeError> {
         let key = format!("{}/{key}", pod.metadata.uid.as_deref().unwrap_or_default());
-        let cached = self.tracked.lock().ok().and_then(|t| t.tokens.get(&key).cloned());
+        let cached = self
+            .tracked
+            .lock()
+            .ok()
+            .and_then(|t| t.tokens.get(&key).cloned());
         if let Some(t) = cached {
             if !token_needs_refresh(t.fetched.elapsed(), t.ttl) {
                 return Ok(t.token);
             }
         }
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
-        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+        let sa = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), ns);
         let audiences: Vec<&str> = audience.into_iter().filter(|a| !a.is_empty()).collect();
         let body = json!({
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
@@ -337,12 +475,23 @@ impl VolumeManager {
                 "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name, "uid": pod.metadata.uid},
             },
         });
-        let tr: k8s_openapi::api::authentication::v1::TokenRequest = api.create_subresource("token", &sa, &PostParams::default(), &body).await?;
-        let status = tr.status.ok_or_else(|| VolumeError::Invalid("TokenRequest answered without status".into()))?;
+        let tr: k8s_openapi::api::authentication::v1::TokenRequest = api
+            .create_subresource("token", &sa, &PostParams::default(), &body)
+            .await?;
+        let status = tr
+            .status
+            .ok_or_else(|| VolumeError::Invalid("TokenRequest answered without status".into()))?;
         let exp = status.expiration_timestamp.0;
         let ttl_secs = (exp.as_second() - jiff::Timestamp::now().as_second()).max(60) as u64;
         if let Ok(mut t) = self.tracked.lock() {
-            t.tokens.insert(key, Token { token: status.token.clone(), fetched: Instant::now(), ttl: Duration::from_secs(ttl_secs) });
+            t.tokens.insert(
+                key,
+                Token {
+                    token: status.token.clone(),
+                    fetched: Instant::now(),
+                    ttl: Duration::from_secs(ttl_secs),
+                },
+            );
         }
         Ok(status.token)
     }
@@ -350,10 +499,16 @@ impl VolumeManager {
     /// Sets up (or refreshes) every volume of the pod; returns where each volume lives.
     /// From then on the pod's ConfigMap and Secret volumes follow their objects until
     /// [`VolumeManager::teardown`].
-    pub async fn setup(&self, pod: &Pod, _state: &mut PodVolumes) -> Result<HashMap<String, VolumeInfo>, VolumeError> {
+    pub async fn setup(
+        &self,
+        pod: &Pod,
+        _state: &mut PodVolumes,
+    ) -> Result<HashMap<String, VolumeInfo>, VolumeError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let lock = {
-            let Ok(mut t) = self.tracked.lock() else { return Err(VolumeError::Invalid("volume manager state poisoned".into())) };
+            let Ok(mut t) = self.tracked.lock() else {
+                return Err(VolumeError::Invalid("volume manager state poisoned".into()));
+            };
             t.pods.insert(uid.to_string(), pod.clone());
             for obj in referenced_objects(pod) {
                 if let std::collections::hash_map::Entry::Vacant(e) = t.watches.entry(obj) {
@@ -369,19 +524,40 @@ impl VolumeManager {
 
     /// Sets up the pod's volumes; `files_only` republishes just the volumes made of
     /// API objects (configMap, secret, downwardAPI, projected).
-    async fn setup_locked(&self, pod: &Pod, files_only: bool) -> Result<HashMap<String, VolumeInfo>, VolumeError> {
+    async fn setup_locked(
+        &self,
+        pod: &Pod,
+        files_only: bool,
+    ) -> Result<HashMap<String, VolumeInfo>, VolumeError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let dir = pod_dir(&self.root, uid).join("volumes");
         let mut out = HashMap::new();
-        for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
-            if files_only && v.config_map.is_none() && v.secret.is_none() && v.downward_api.is_none() && v.projected.is_none() {
+        for v in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            if files_only
+                && v.config_map.is_none()
+                && v.secret.is_none()
+                && v.downward_api.is_none()
+                && v.projected.is_none()
+            {
                 continue;
             }
-            let info = self.setup_one(pod, ns, &dir, v).await.map_err(|e| match e {
-                VolumeError::Missing(m) => VolumeError::Missing(format!("MountVolume.SetUp failed for volume {:?} : {m}", v.name)),
-                other => other,
-            })?;
+            let info = self
+                .setup_one(pod, ns, &dir, v)
+                .await
+                .map_err(|e| match e {
+                    VolumeError::Missing(m) => VolumeError::Missing(format!(
+                        "MountVolume.SetUp failed for volume {:?} : {m}",
+                        v.name
+                    )),
+                    other => other,
+                })?;
             if let Some(info) = info {
                 out.insert(v.name.clone(), info);
             }
@@ -393,12 +569,18 @@ impl VolumeManager {
     /// volumes of the pods that use it whenever it changes.
     async fn follow(self, obj: String) {
         let mut parts = obj.splitn(3, '/');
-        let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else { return };
+        let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
         let wc = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut stream = if kind == "configmap" {
-            watcher(Api::<ConfigMap>::namespaced(self.client.clone(), ns), wc).map(|e| e.map(|_| ())).boxed()
+            watcher(Api::<ConfigMap>::namespaced(self.client.clone(), ns), wc)
+                .map(|e| e.map(|_| ()))
+                .boxed()
         } else {
-            watcher(Api::<Secret>::namespaced(self.client.clone(), ns), wc).map(|e| e.map(|_| ())).boxed()
+            watcher(Api::<Secret>::namespaced(self.client.clone(), ns), wc)
+                .map(|e| e.map(|_| ()))
+                .boxed()
         };
         while let Some(ev) = stream.next().await {
             if let Err(e) = ev {
@@ -407,7 +589,12 @@ impl VolumeManager {
                 continue;
             }
             let pods: Vec<Pod> = match self.tracked.lock() {
-                Ok(t) => t.pods.values().filter(|p| referenced_objects(p).contains(&obj)).cloned().collect(),
+                Ok(t) => t
+                    .pods
+                    .values()
+                    .filter(|p| referenced_objects(p).contains(&obj))
+                    .cloned()
+                    .collect(),
                 Err(_) => return,
             };
             for pod in pods {
@@ -429,16 +616,29 @@ impl VolumeManager {
         }
     }
 
-    async fn setup_one(&self, pod: &Pod, ns: &str, dir: &Path, v: &Volume) -> Result<Option<VolumeInfo>, VolumeError> {
+    async fn setup_one(
+        &self,
+        pod: &Pod,
+        ns: &str,
+        dir: &Path,
+        v: &Volume,
+    ) -> Result<Option<VolumeInfo>, VolumeError> {
         if let Some(ed) = &v.empty_dir {
             let p = dir.join("kubernetes.io~empty-dir").join(&v.name);
             std::fs::create_dir_all(&p).map_err(io(&p))?;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).map_err(io(&p))?;
             if ed.medium.as_deref() == Some("Memory") && !is_mount_point(&p) {
-                let size = ed.size_limit.as_ref().and_then(|q| crate::pods::spec::parse_quantity(&q.0)).map(|b| b as u64);
+                let size = ed
+                    .size_limit
+                    .as_ref()
+                    .and_then(|q| crate::pods::spec::parse_quantity(&q.0))
+                    .map(|b| b as u64);
                 mount_tmpfs(&p, size)?;
             }
-            return Ok(Some(VolumeInfo { host_path: p, read_only: false }));
+            return Ok(Some(VolumeInfo {
+                host_path: p,
+                read_only: false,
+            }));
         }
         if let Some(hp) = &v.host_path {
             let p = PathBuf::from(&hp.path);
@@ -451,16 +651,33 @@ impl VolumeManager {
                         std::fs::create_dir_all(parent).map_err(io(parent))?;
                     }
                     std::fs::write(&p, b"").map_err(io(&p))?;
-                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).map_err(io(&p))?;
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+                        .map_err(io(&p))?;
                 }
-                "Directory" if !p.is_dir() => return Err(VolumeError::Missing(format!("hostPath type check failed: {} is not a directory", hp.path))),
-                "File" if !p.is_file() => return Err(VolumeError::Missing(format!("hostPath type check failed: {} is not a file", hp.path))),
+                "Directory" if !p.is_dir() => {
+                    return Err(VolumeError::Missing(format!(
+                        "hostPath type check failed: {} is not a directory",
+                        hp.path
+                    )))
+                }
+                "File" if !p.is_file() => {
+                    return Err(VolumeError::Missing(format!(
+                        "hostPath type check failed: {} is not a file",
+                        hp.path
+                    )))
+                }
                 "Socket" | "CharDevice" | "BlockDevice" if !p.exists() => {
-                    return Err(VolumeError::Missing(format!("hostPath type check failed: {} does not exist", hp.path)))
+                    return Err(VolumeError::Missing(format!(
+                        "hostPath type check failed: {} does not exist",
+                        hp.path
+                    )))
                 }
                 _ => {}
             }
-            return Ok(Some(VolumeInfo { host_path: p, read_only: false }));
+            return Ok(Some(VolumeInfo {
+                host_path: p,
+                read_only: false,
+            }));
         }
         if let Some(cm) = &v.config_map {
             let p = dir.join("kubernetes.io~configmap").join(&v.name);
@@ -469,10 +686,18 @@ impl VolumeManager {
             let files = match self.config_map(ns, &cm.name).await? {
                 Some(data) => key_files(&data, cm.items.as_ref(), mode, optional, "configmap")?,
                 None if optional => Files::new(),
-                None => return Err(VolumeError::Missing(format!("configmap {:?} not found", cm.name))),
+                None => {
+                    return Err(VolumeError::Missing(format!(
+                        "configmap {:?} not found",
+                        cm.name
+                    )))
+                }
             };
             write_atomic(&p, &files)?;
-            return Ok(Some(VolumeInfo { host_path: p, read_only: true }));
+            return Ok(Some(VolumeInfo {
+                host_path: p,
+                read_only: true,
+            }));
         }
         if let Some(s) = &v.secret {
             let p = dir.join("kubernetes.io~secret").join(&v.name);
@@ -485,7 +710,10 @@ impl VolumeManager {
                 None => return Err(VolumeError::Missing(format!("secret {name:?} not found"))),
             };
             write_atomic(&p, &files)?;
-            return Ok(Some(VolumeInfo { host_path: p, read_only: true }));
+            return Ok(Some(VolumeInfo {
+                host_path: p,
+                read_only: true,
+            }));
         }
         if let Some(d) = &v.downward_api {
             let p = dir.join("kubernetes.io~downward-api").join(&v.name);
@@ -493,10 +721,16 @@ impl VolumeManager {
             let mut files = Files::new();
             for it in d.items.iter().flatten() {
                 let val = self.downward_item(pod, it)?;
-                files.insert(it.path.clone(), (val.into_bytes(), it.mode.map(|m| m as u32).unwrap_or(mode)));
+                files.insert(
+                    it.path.clone(),
+                    (val.into_bytes(), it.mode.map(|m| m as u32).unwrap_or(mode)),
+                );
             }
             write_atomic(&p, &files)?;
-            return Ok(Some(VolumeInfo { host_path: p, read_only: true }));
+            return Ok(Some(VolumeInfo {
+                host_path: p,
+                read_only: true,
+            }));
         }
         if let Some(pr) = &v.projected {
             let p = dir.join("kubernetes.io~projected").join(&v.name);
@@ -506,35 +740,74 @@ impl VolumeManager {
                 if let Some(cm) = &src.config_map {
                     let optional = cm.optional.unwrap_or(false);
                     match self.config_map(ns, &cm.name).await? {
-                        Some(data) => files.extend(key_files(&data, cm.items.as_ref(), mode, optional, "configmap")?),
+                        Some(data) => files.extend(key_files(
+                            &data,
+                            cm.items.as_ref(),
+                            mode,
+                            optional,
+                            "configmap",
+                        )?),
                         None if optional => {}
-                        None => return Err(VolumeError::Missing(format!("configmap {:?} not found", cm.name))),
+                        None => {
+                            return Err(VolumeError::Missing(format!(
+                                "configmap {:?} not found",
+                                cm.name
+                            )))
+                        }
                     }
                 }
                 if let Some(s) = &src.secret {
                     let optional = s.optional.unwrap_or(false);
                     match self.secret(ns, &s.name).await? {
-                        Some(data) => files.extend(key_files(&data, s.items.as_ref(), mode, optional, "secret")?),
+                        Some(data) => files.extend(key_files(
+                            &data,
+                            s.items.as_ref(),
+                            mode,
+                            optional,
+                            "secret",
+                        )?),
                         None if optional => {}
-                        None => return Err(VolumeError::Missing(format!("secret {:?} not found", s.name))),
+                        None => {
+                            return Err(VolumeError::Missing(format!(
+                                "secret {:?} not found",
+                                s.name
+                            )))
+                        }
                     }
                 }
                 if let Some(d) = &src.downward_api {
                     for it in d.items.iter().flatten() {
                         let val = self.downward_item(pod, it)?;
-                        files.insert(it.path.clone(), (val.into_bytes(), it.mode.map(|m| m as u32).unwrap_or(mode)));
+                        files.insert(
+                            it.path.clone(),
+                            (val.into_bytes(), it.mode.map(|m| m as u32).unwrap_or(mode)),
+                        );
                     }
                 }
                 if let Some(t) = &src.service_account_token {
                     let key = format!("{}/{}", v.name, t.path);
-                    let token = self.token(pod, &key, t.audience.as_deref(), t.expiration_seconds.unwrap_or(3600)).await?;
+                    let token = self
+                        .token(
+                            pod,
+                            &key,
+                            t.audience.as_deref(),
+                            t.expiration_seconds.unwrap_or(3600),
+                        )
+                        .await?;
                     // Token files are private to the owner unless a mode says otherwise.
-                    let tmode = if pr.default_mode.is_some() { mode } else { 0o600 };
+                    let tmode = if pr.default_mode.is_some() {
+                        mode
+                    } else {
+                        0o600
+                    };
                     files.insert(t.path.clone(), (token.into_bytes(), tmode));
                 }
             }
             write_atomic(&p, &files)?;
-            return Ok(Some(VolumeInfo { host_path: p, read_only: true }));
+            return Ok(Some(VolumeInfo {
+                host_path: p,
+                read_only: true,
+            }));
         }
         if let Some(src) = &v.persistent_volume_claim {
             let host_path = self.claim_path(ns, &src.claim_name).await.map_err(|m| {
@@ -543,7 +816,10 @@ impl VolumeManager {
                     v.name
                 ))
             })?;
-            return Ok(Some(VolumeInfo { host_path, read_only: src.read_only.unwrap_or(false) }));
+            return Ok(Some(VolumeInfo {
+                host_path,
+                read_only: src.read_only.unwrap_or(false),
+            }));
         }
         Ok(None)
     }
@@ -557,10 +833,20 @@ impl VolumeManager {
             Ok(None) => return Err(format!("error processing PVC {ns}/{claim}: failed to fetch PVC from API server: persistentvolumeclaims {claim:?} not found")),
             Err(e) => return Err(format!("error processing PVC {ns}/{claim}: failed to fetch PVC from API server: {e}")),
         };
-        let phase = pvc.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
-        let pv_name = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
+        let phase = pvc
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or_default();
+        let pv_name = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .unwrap_or_default();
         if phase != "Bound" || pv_name.is_empty() {
-            return Err(format!("error processing PVC {ns}/{claim}: PVC is not bound"));
+            return Err(format!(
+                "error processing PVC {ns}/{claim}: PVC is not bound"
+            ));
         }
         let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
         let pv = match pvs.get_opt(&pv_name).await {
@@ -571,17 +857,33 @@ impl VolumeManager {
         pv_host_path(&pv).map_err(|m| format!("error processing PVC {ns}/{claim}: {m}"))
     }
 
-    fn downward_item(&self, pod: &Pod, it: &k8s_openapi::api::core::v1::DownwardAPIVolumeFile) -> Result<String, VolumeError> {
+    fn downward_item(
+        &self,
+        pod: &Pod,
+        it: &k8s_openapi::api::core::v1::DownwardAPIVolumeFile,
+    ) -> Result<String, VolumeError> {
         if let Some(f) = &it.field_ref {
-            return field_value(pod, &f.field_path, &self.host_ip)
-                .ok_or_else(|| VolumeError::Invalid(format!("unsupported fieldPath {:?}", f.field_path)));
+            return field_value(pod, &f.field_path, &self.host_ip).ok_or_else(|| {
+                VolumeError::Invalid(format!("unsupported fieldPath {:?}", f.field_path))
+            });
         }
         if let Some(r) = &it.resource_field_ref {
             let cname = r.container_name.clone().unwrap_or_default();
-            let c = pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == cname));
-            let c = c.ok_or_else(|| VolumeError::Invalid(format!("resourceFieldRef: no container {cname:?}")))?;
-            return resource_value(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), self.node_cpus, self.node_memory)
-                .ok_or_else(|| VolumeError::Invalid(format!("unsupported resource {:?}", r.resource)));
+            let c = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == cname));
+            let c = c.ok_or_else(|| {
+                VolumeError::Invalid(format!("resourceFieldRef: no container {cname:?}"))
+            })?;
+            return resource_value(
+                c,
+                &r.resource,
+                r.divisor.as_ref().map(|d| d.0.as_str()),
+                self.node_cpus,
+                self.node_memory,
+            )
+            .ok_or_else(|| VolumeError::Invalid(format!("unsupported resource {:?}", r.resource)));
         }
         Ok(String::new())
     }
@@ -594,7 +896,8 @@ impl VolumeManager {
             t.locks.remove(uid);
             let prefix = format!("{uid}/");
             t.tokens.retain(|k, _| !k.starts_with(&prefix));
-            let wanted: std::collections::HashSet<String> = t.pods.values().flat_map(referenced_objects).collect();
+            let wanted: std::collections::HashSet<String> =
+                t.pods.values().flat_map(referenced_objects).collect();
             t.watches.retain(|obj, task| {
                 let keep = wanted.contains(obj);
                 if !keep {
@@ -617,12 +920,22 @@ impl VolumeManager {
 /// directory when its type says `DirectoryOrCreate`; a local volume's path must exist).
 pub fn pv_host_path(pv: &PersistentVolume) -> Result<PathBuf, String> {
     let name = pv.metadata.name.as_deref().unwrap_or_default();
-    let spec = pv.spec.as_ref().ok_or_else(|| format!("PersistentVolume {name:?} has no spec"))?;
+    let spec = pv
+        .spec
+        .as_ref()
+        .ok_or_else(|| format!("PersistentVolume {name:?} has no spec"))?;
     if let Some(hp) = &spec.host_path {
         let p = PathBuf::from(&hp.path);
         match hp.type_.as_deref().unwrap_or_default() {
-            "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", hp.path))?,
-            "Directory" if !p.is_dir() => return Err(format!("hostPath type check failed: {} is not a directory", hp.path)),
+            "DirectoryOrCreate" => {
+                std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", hp.path))?
+            }
+            "Directory" if !p.is_dir() => {
+                return Err(format!(
+                    "hostPath type check failed: {} is not a directory",
+                    hp.path
+                ))
+            }
             _ => {}
         }
         return Ok(p);
@@ -634,14 +947,21 @@ pub fn pv_host_path(pv: &PersistentVolume) -> Result<PathBuf, String> {
         }
         return Ok(p);
     }
-    Err(format!("PersistentVolume {name:?}: only hostPath and local volumes are supported by this node"))
+    Err(format!(
+        "PersistentVolume {name:?}: only hostPath and local volumes are supported by this node"
+    ))
 }
 
 /// CRI mounts of a container from its volumeMounts.
-pub fn container_mounts(c: &Container, vols: &HashMap<String, VolumeInfo>) -> Result<Vec<Mount>, VolumeError> {
+pub fn container_mounts(
+    c: &Container,
+    vols: &HashMap<String, VolumeInfo>,
+) -> Result<Vec<Mount>, VolumeError> {
     let mut out = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
-        let v = vols.get(&m.name).ok_or_else(|| VolumeError::Missing(format!("volume {:?} not found", m.name)))?;
+        let v = vols
+            .get(&m.name)
+            .ok_or_else(|| VolumeError::Missing(format!("volume {:?} not found", m.name)))?;
         let mut host = v.host_path.clone();
         let sub = m.sub_path.as_deref().filter(|s| !s.is_empty());
         if let Some(sub) = sub {
@@ -668,14 +988,18 @@ pub fn container_mounts(c: &Container, vols: &HashMap<String, VolumeInfo>) -> Re
 }
 
 fn is_mount_point(p: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = p.to_string_lossy();
-    text.lines().any(|l| l.split_whitespace().nth(4) == Some(want.as_ref()))
+    text.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(want.as_ref()))
 }
 
 fn mount_tmpfs(p: &Path, size: Option<u64>) -> Result<(), VolumeError> {
     use std::os::unix::ffi::OsStrExt;
-    let target = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| VolumeError::Invalid(e.to_string()))?;
+    let target = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| VolumeError::Invalid(e.to_string()))?;
     let opts = match size {
         Some(s) => format!("mode=0777,size={s}"),
         None => "mode=0777".to_string(),
@@ -683,10 +1007,19 @@ fn mount_tmpfs(p: &Path, size: Option<u64>) -> Result<(), VolumeError> {
     let data = std::ffi::CString::new(opts).map_err(|e| VolumeError::Invalid(e.to_string()))?;
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
     let rc = unsafe {
-        libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), 0, data.as_ptr() as *const libc::c_void)
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            data.as_ptr() as *const libc::c_void,
+        )
     };
     if rc != 0 {
-        return Err(VolumeError::Io { path: p.to_path_buf(), source: std::io::Error::last_os_error() });
+        return Err(VolumeError::Io {
+            path: p.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -697,20 +1030,37 @@ mod tests {
 
     #[test]
     fn atomic_writer_swaps_data() {
-        let Ok(d) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(d) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let mut f = Files::new();
         f.insert("a".into(), (b"1".to_vec(), 0o644));
         f.insert("sub/b".into(), (b"2".to_vec(), 0o600));
         assert!(write_atomic(d.path(), &f).is_ok_and(|c| c));
         assert_eq!(std::fs::read(d.path().join("a")).ok(), Some(b"1".to_vec()));
-        assert_eq!(std::fs::read(d.path().join("sub/b")).ok(), Some(b"2".to_vec()));
-        assert!(write_atomic(d.path(), &f).is_ok_and(|c| !c), "unchanged content is not rewritten");
+        assert_eq!(
+            std::fs::read(d.path().join("sub/b")).ok(),
+            Some(b"2".to_vec())
+        );
+        assert!(
+            write_atomic(d.path(), &f).is_ok_and(|c| !c),
+            "unchanged content is not rewritten"
+        );
         f.remove("sub/b");
         f.insert("a".into(), (b"3".to_vec(), 0o644));
         assert!(write_atomic(d.path(), &f).is_ok_and(|c| c));
         assert_eq!(std::fs::read(d.path().join("a")).ok(), Some(b"3".to_vec()));
-        assert!(std::fs::symlink_metadata(d.path().join("sub")).is_err(), "stale link removed");
-        let stamps = std::fs::read_dir(d.path()).map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("..1")).count()).unwrap_or(0);
+        assert!(
+            std::fs::symlink_metadata(d.path().join("sub")).is_err(),
+            "stale link removed"
+        );
+        let stamps = std::fs::read_dir(d.path())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("..1"))
+                    .count()
+            })
+            .unwrap_or(0);
         assert_eq!(stamps, 1, "old timestamped dirs are removed");
         let mut bad = Files::new();
         bad.insert("../x".into(), (vec![], 0o644));
@@ -721,12 +1071,24 @@ mod tests {
     fn token_refresh_at_80_percent_or_a_day() {
         let hour = Duration::from_secs(3600);
         assert!(!token_needs_refresh(Duration::from_secs(0), hour));
-        assert!(!token_needs_refresh(Duration::from_secs(2879), hour), "before 80% of 1 h (48 min)");
-        assert!(token_needs_refresh(Duration::from_secs(2880), hour), "at 80% of the lifetime");
+        assert!(
+            !token_needs_refresh(Duration::from_secs(2879), hour),
+            "before 80% of 1 h (48 min)"
+        );
+        assert!(
+            token_needs_refresh(Duration::from_secs(2880), hour),
+            "at 80% of the lifetime"
+        );
         let week = Duration::from_secs(7 * 24 * 3600);
         assert!(!token_needs_refresh(Duration::from_secs(23 * 3600), week));
-        assert!(token_needs_refresh(Duration::from_secs(24 * 3600), week), "a long-lived token is refreshed after 24 h");
-        assert!(token_needs_refresh(Duration::from_secs(600), Duration::from_secs(600)));
+        assert!(
+            token_needs_refresh(Duration::from_secs(24 * 3600), week),
+            "a long-lived token is refreshed after 24 h"
+        );
+        assert!(token_needs_refresh(
+            Duration::from_secs(600),
+            Duration::from_secs(600)
+        ));
     }
 
     #[test]
@@ -741,7 +1103,10 @@ mod tests {
             ]},
         }))
         .unwrap();
-        assert_eq!(referenced_objects(&pod), vec!["configmap/ns/cm", "secret/ns/s", "secret/ns/t"]);
+        assert_eq!(
+            referenced_objects(&pod),
+            vec!["configmap/ns/cm", "secret/ns/s", "secret/ns/t"]
+        );
     }
 
     #[test]
@@ -752,23 +1117,53 @@ mod tests {
         assert_eq!(pv_host_path(&hp), Ok(dir.clone()));
         assert!(dir.is_dir(), "DirectoryOrCreate makes the directory");
         let missing = d.path().join("missing");
-        let local: PersistentVolume = serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"local": {"path": missing}}})).unwrap();
-        assert_eq!(pv_host_path(&local), Err(format!("path {:?} does not exist", missing.display().to_string())));
-        let nfs: PersistentVolume = serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {"nfs": {"server": "x", "path": "/"}}})).unwrap();
+        let local: PersistentVolume = serde_json::from_value(
+            json!({"metadata": {"name": "l"}, "spec": {"local": {"path": missing}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            pv_host_path(&local),
+            Err(format!(
+                "path {:?} does not exist",
+                missing.display().to_string()
+            ))
+        );
+        let nfs: PersistentVolume = serde_json::from_value(
+            json!({"metadata": {"name": "n"}, "spec": {"nfs": {"server": "x", "path": "/"}}}),
+        )
+        .unwrap();
         assert!(pv_host_path(&nfs).is_err());
     }
 
     #[test]
     fn items_select_keys() {
-        let data = BTreeMap::from([("k".to_string(), b"v".to_vec()), ("o".to_string(), b"w".to_vec())]);
-        let items = vec![KeyToPath { key: "k".into(), path: "dir/file".into(), mode: Some(0o400) }];
+        let data = BTreeMap::from([
+            ("k".to_string(), b"v".to_vec()),
+            ("o".to_string(), b"w".to_vec()),
+        ]);
+        let items = vec![KeyToPath {
+            key: "k".into(),
+            path: "dir/file".into(),
+            mode: Some(0o400),
+        }];
         let f = key_files(&data, Some(&items), 0o644, false, "configmap").unwrap_or_default();
         assert_eq!(f.get("dir/file"), Some(&(b"v".to_vec(), 0o400)));
         assert_eq!(f.len(), 1);
-        let missing = vec![KeyToPath { key: "nope".into(), path: "x".into(), mode: None }];
-        let e = key_files(&data, Some(&missing), 0o644, false, "configmap").err().map(|e| e.to_string());
-        assert_eq!(e.as_deref(), Some("configmap references non-existent config key: nope"));
-        assert!(key_files(&data, Some(&missing), 0o644, true, "configmap").is_ok_and(|f| f.is_empty()));
+        let missing = vec![KeyToPath {
+            key: "nope".into(),
+            path: "x".into(),
+            mode: None,
+        }];
+        let e = key_files(&data, Some(&missing), 0o644, false, "configmap")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("configmap references non-existent config key: nope")
+        );
+        assert!(
+            key_files(&data, Some(&missing), 0o644, true, "configmap").is_ok_and(|f| f.is_empty())
+        );
     }
 
     #[test]
@@ -777,15 +1172,30 @@ mod tests {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 name: Some("p".into()),
                 namespace: Some("n".into()),
-                labels: Some(BTreeMap::from([("app".to_string(), "web".to_string()), ("b".to_string(), "x".to_string())])),
+                labels: Some(BTreeMap::from([
+                    ("app".to_string(), "web".to_string()),
+                    ("b".to_string(), "x".to_string()),
+                ])),
                 ..Default::default()
             },
             ..Default::default()
         };
-        assert_eq!(field_value(&pod, "metadata.namespace", "1.2.3.4").as_deref(), Some("n"));
-        assert_eq!(field_value(&pod, "metadata.labels['app']", "").as_deref(), Some("web"));
-        assert_eq!(field_value(&pod, "metadata.labels", "").as_deref(), Some("app=\"web\"\nb=\"x\""));
-        assert_eq!(field_value(&pod, "status.hostIP", "1.2.3.4").as_deref(), Some("1.2.3.4"));
+        assert_eq!(
+            field_value(&pod, "metadata.namespace", "1.2.3.4").as_deref(),
+            Some("n")
+        );
+        assert_eq!(
+            field_value(&pod, "metadata.labels['app']", "").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            field_value(&pod, "metadata.labels", "").as_deref(),
+            Some("app=\"web\"\nb=\"x\"")
+        );
+        assert_eq!(
+            field_value(&pod, "status.hostIP", "1.2.3.4").as_deref(),
+            Some("1.2.3.4")
+        );
         assert_eq!(field_value(&pod, "spec.bogus", ""), None);
     }
 }

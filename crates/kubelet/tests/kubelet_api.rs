@@ -16,7 +16,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false)
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
 }
 
 fn skip_reason() -> Option<String> {
@@ -29,14 +31,23 @@ fn skip_reason() -> Option<String> {
             return Some(format!("{bin} not installed"));
         }
     }
-    rk3s_kubelet::image::find_static_busybox().err().map(|e| e.to_string())
+    rk3s_kubelet::image::find_static_busybox()
+        .err()
+        .map(|e| e.to_string())
 }
 
 fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     rd.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|pid| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(needle))
+        .filter(|pid| {
+            String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+            )
+            .contains(needle)
+        })
         .collect()
 }
 
@@ -52,13 +63,19 @@ impl Client {
             assert!(roots.add(c).is_ok());
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let b = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions();
+        let b = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions();
         let Ok(b) = b else { panic!("tls versions") };
         let b = b.with_root_certificates(roots);
         let cfg = match cert_key {
             Some((c, k)) => {
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(c.as_bytes()).flatten().collect();
-                let Ok(key) = PrivateKeyDer::from_pem_slice(k.as_bytes()) else { panic!("key") };
+                let certs: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(c.as_bytes())
+                        .flatten()
+                        .collect();
+                let Ok(key) = PrivateKeyDer::from_pem_slice(k.as_bytes()) else {
+                    panic!("key")
+                };
                 match b.with_client_auth_cert(certs, key) {
                     Ok(c) => c,
                     Err(e) => panic!("client cert: {e}"),
@@ -66,30 +83,43 @@ impl Client {
             }
             None => b.with_no_client_auth(),
         };
-        Client { tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)), addr }
+        Client {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+            addr,
+        }
     }
 
     /// GET: status and a receiver of body chunks.
     async fn get_stream(&self, path: &str) -> (u16, hyper::body::Incoming) {
         let tcp = tokio::net::TcpStream::connect(self.addr).await;
         let Ok(tcp) = tcp else { panic!("connect") };
-        let Ok(name) = ServerName::try_from("127.0.0.1") else { panic!("name") };
+        let Ok(name) = ServerName::try_from("127.0.0.1") else {
+            panic!("name")
+        };
         let tls = self.tls.connect(name, tcp).await;
         let Ok(tls) = tls else { panic!("tls: {tls:?}") };
         let hs = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await;
-        let Ok((mut send, conn)) = hs else { panic!("handshake") };
+        let Ok((mut send, conn)) = hs else {
+            panic!("handshake")
+        };
         tokio::spawn(conn);
-        let req = http::Request::get(path).header("host", "127.0.0.1").body(http_body_util::Empty::<bytes::Bytes>::new());
+        let req = http::Request::get(path)
+            .header("host", "127.0.0.1")
+            .body(http_body_util::Empty::<bytes::Bytes>::new());
         let Ok(req) = req else { panic!("request") };
         let resp = send.send_request(req).await;
-        let Ok(resp) = resp else { panic!("send: {resp:?}") };
+        let Ok(resp) = resp else {
+            panic!("send: {resp:?}")
+        };
         (resp.status().as_u16(), resp.into_body())
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
         let (code, body) = self.get_stream(path).await;
         let b = tokio::time::timeout(Duration::from_secs(20), body.collect()).await;
-        let Ok(Ok(b)) = b else { panic!("body of {path}") };
+        let Ok(Ok(b)) = b else {
+            panic!("body of {path}")
+        };
         (code, String::from_utf8_lossy(&b.to_bytes()).into_owned())
     }
 }
@@ -100,22 +130,34 @@ async fn kubelet_api_on_real_containerd() {
         eprintln!("SKIP kubelet_api_on_real_containerd: {why}");
         return;
     }
-    let Ok(tmp) = tempfile::Builder::new().prefix("rk3s-kapi").tempdir() else { panic!("tempdir") };
+    let Ok(tmp) = tempfile::Builder::new().prefix("rk3s-kapi").tempdir() else {
+        panic!("tempdir")
+    };
     let data = tmp.path().join("data");
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let state = PathBuf::from(format!("/run/rk3s-kapi-{}-{nanos}", std::process::id()));
     let config = ContainerdConfig::new(&data).with_state_dir(&state);
     let socket = config.socket.clone();
     let shim_dir_existed = Path::new("/run/containerd").exists();
     let started = Containerd::start(config.clone()).await;
-    let Ok(ctd) = started else { panic!("containerd: {started:?}") };
+    let Ok(ctd) = started else {
+        panic!("containerd: {started:?}")
+    };
     let cri = match CriClient::connect(&socket).await {
         Ok(c) => c,
         Err(e) => panic!("connect: {e}"),
     };
-    let result = std::panic::AssertUnwindSafe(body(&cri, tmp.path(), &data, &socket)).catch_unwind().await;
+    let result = std::panic::AssertUnwindSafe(body(&cri, tmp.path(), &data, &socket))
+        .catch_unwind()
+        .await;
     if result.is_err() {
-        eprintln!("containerd log (tail):\n{}", log_tail(&config.log_path(), 15));
+        eprintln!(
+            "containerd log (tail):\n{}",
+            log_tail(&config.log_path(), 15)
+        );
     }
     if let Ok(list) = cri.list_pod_sandboxes(None).await {
         for sb in list {
@@ -148,26 +190,42 @@ async fn kubelet_api_on_real_containerd() {
 async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
     use rk3s_kubelet::image::{build_oci_archive, ensure_pause_image, import_dir, ImageConfig};
     // Images.
-    assert_eq!(ensure_pause_image(cri, &data.join("agent/cache")).await.ok(), Some(true));
+    assert_eq!(
+        ensure_pause_image(cri, &data.join("agent/cache"))
+            .await
+            .ok(),
+        Some(true)
+    );
     let images = data.join("agent/images");
     assert!(std::fs::create_dir_all(&images).is_ok());
     let rootfs = tmp.join("rootfs");
-    let Ok(bb) = rk3s_kubelet::image::find_static_busybox() else { panic!("busybox") };
+    let Ok(bb) = rk3s_kubelet::image::find_static_busybox() else {
+        panic!("busybox")
+    };
     assert!(std::fs::create_dir_all(rootfs.join("bin")).is_ok());
     assert!(std::fs::copy(&bb, rootfs.join("bin/busybox")).is_ok());
     for applet in ["sh", "echo", "sleep"] {
         assert!(std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).is_ok());
     }
-    let opts = ImageConfig { cmd: vec!["sh".into()], ..Default::default() };
+    let opts = ImageConfig {
+        cmd: vec!["sh".into()],
+        ..Default::default()
+    };
     assert!(build_oci_archive(&rootfs, &opts, "busybox:1.36", &images.join("busybox.tar")).is_ok());
-    assert!(import_dir(&images, socket).await.iter().all(|o| o.result.is_ok()));
+    assert!(import_dir(&images, socket)
+        .await
+        .iter()
+        .all(|o| o.result.is_ok()));
 
     // A host-network pod with a container that prints three lines and a ticker.
     let logs = tmp.join("logs/default_talk_uid-9");
     assert!(std::fs::create_dir_all(&logs).is_ok());
     let labels = |c: Option<&str>| {
         let mut m = std::collections::HashMap::from([
-            ("io.kubernetes.pod.namespace".to_string(), "default".to_string()),
+            (
+                "io.kubernetes.pod.namespace".to_string(),
+                "default".to_string(),
+            ),
             ("io.kubernetes.pod.name".to_string(), "talk".to_string()),
             ("io.kubernetes.pod.uid".to_string(), "uid-9".to_string()),
         ]);
@@ -177,12 +235,20 @@ async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
         m
     };
     let sandbox = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata { name: "talk".into(), uid: "uid-9".into(), namespace: "default".into(), attempt: 0 }),
+        metadata: Some(PodSandboxMetadata {
+            name: "talk".into(),
+            uid: "uid-9".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         log_directory: logs.to_string_lossy().into_owned(),
         labels: labels(None),
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -190,18 +256,34 @@ async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
         ..Default::default()
     };
     let sb = cri.run_pod_sandbox(sandbox.clone(), "").await;
-    let Ok(sb) = sb else { panic!("sandbox: {sb:?}") };
+    let Ok(sb) = sb else {
+        panic!("sandbox: {sb:?}")
+    };
     let container = |name: &str, script: &str| ContainerConfig {
-        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
-        image: Some(ImageSpec { image: "docker.io/library/busybox:1.36".into(), ..Default::default() }),
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: "docker.io/library/busybox:1.36".into(),
+            ..Default::default()
+        }),
         command: vec!["sh".into(), "-c".into(), script.into()],
         log_path: format!("{name}/0.log"),
         labels: labels(Some(name)),
         ..Default::default()
     };
     let mut ids = Vec::new();
-    for (name, script) in [("talker", "echo one; echo two; sleep 0.3; echo three >&2; exec sleep 3600"), ("ticker", "while true; do echo tick; sleep 0.2; done")] {
-        let c = cri.create_container(&sb, container(name, script), sandbox.clone()).await;
+    for (name, script) in [
+        (
+            "talker",
+            "echo one; echo two; sleep 0.3; echo three >&2; exec sleep 3600",
+        ),
+        ("ticker", "while true; do echo tick; sleep 0.2; done"),
+    ] {
+        let c = cri
+            .create_container(&sb, container(name, script), sandbox.clone())
+            .await;
         let Ok(c) = c else { panic!("create: {c:?}") };
         assert!(cri.start_container(&c).await.is_ok());
         ids.push(c);
@@ -209,7 +291,12 @@ async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
     // Wait for the three lines.
     let talker_log = logs.join("talker/0.log");
     for _ in 0..100 {
-        if std::fs::read_to_string(&talker_log).unwrap_or_default().lines().count() >= 3 {
+        if std::fs::read_to_string(&talker_log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 3
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -219,11 +306,27 @@ async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
     let pki = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(tmp.join("server")));
     let Ok(pki) = pki else { panic!("pki: {pki:?}") };
     let (ca, ca_key) = (pki.ca_cert_pem.clone(), pki.ca_key_pem.clone());
-    let Ok((cert, key)) = rk3s_pki::issue_serving_cert(&ca, &ca_key, "node1", &["127.0.0.1".to_string()], 1) else { panic!("serving") };
-    let Ok((acert, akey)) = rk3s_pki::issue_client_cert(&ca, &ca_key, "kube-apiserver-kubelet-client", &[], 1) else { panic!("client") };
-    let Ok((ncert, nkey)) = rk3s_pki::issue_client_cert(&ca, &ca_key, "system:node:other", &["system:nodes"], 1) else { panic!("client") };
-    let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else { panic!("bind") };
-    let Ok(addr) = listener.local_addr() else { panic!("addr") };
+    let Ok((cert, key)) =
+        rk3s_pki::issue_serving_cert(&ca, &ca_key, "node1", &["127.0.0.1".to_string()], 1)
+    else {
+        panic!("serving")
+    };
+    let Ok((acert, akey)) =
+        rk3s_pki::issue_client_cert(&ca, &ca_key, "kube-apiserver-kubelet-client", &[], 1)
+    else {
+        panic!("client")
+    };
+    let Ok((ncert, nkey)) =
+        rk3s_pki::issue_client_cert(&ca, &ca_key, "system:node:other", &["system:nodes"], 1)
+    else {
+        panic!("client")
+    };
+    let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+        panic!("bind")
+    };
+    let Ok(addr) = listener.local_addr() else {
+        panic!("addr")
+    };
     let opts = KubeletServerOptions {
         listen: addr,
         node_name: "node1".into(),
@@ -239,30 +342,62 @@ async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
 
     assert_eq!(api.get("/healthz").await, (200, "ok".to_string()));
     assert_eq!(Client::new(&ca, None, addr).get("/healthz").await.0, 401);
-    let (code, msg) = Client::new(&ca, Some((&ncert, &nkey)), addr).get("/pods").await;
+    let (code, msg) = Client::new(&ca, Some((&ncert, &nkey)), addr)
+        .get("/pods")
+        .await;
     assert_eq!((code, msg.as_str()), (403, "Forbidden (user=system:node:other, verb=get, resource=nodes, subresource(s)=[pods proxy])\n"));
 
     // Logs.
-    assert_eq!(api.get("/containerLogs/default/talk/talker").await, (200, "one\ntwo\nthree\n".to_string()));
-    assert_eq!(api.get("/containerLogs/default/talk/talker?tailLines=2").await, (200, "two\nthree\n".to_string()));
-    assert_eq!(api.get("/containerLogs/default/talk/talker?limitBytes=6").await, (200, "one\ntw".to_string()));
-    let (code, ts) = api.get("/containerLogs/default/talk/talker?tailLines=1&timestamps=true").await;
+    assert_eq!(
+        api.get("/containerLogs/default/talk/talker").await,
+        (200, "one\ntwo\nthree\n".to_string())
+    );
+    assert_eq!(
+        api.get("/containerLogs/default/talk/talker?tailLines=2")
+            .await,
+        (200, "two\nthree\n".to_string())
+    );
+    assert_eq!(
+        api.get("/containerLogs/default/talk/talker?limitBytes=6")
+            .await,
+        (200, "one\ntw".to_string())
+    );
+    let (code, ts) = api
+        .get("/containerLogs/default/talk/talker?tailLines=1&timestamps=true")
+        .await;
     assert_eq!(code, 200);
     let (t, rest) = ts.split_once(' ').unwrap_or_default();
     assert!(t.parse::<jiff::Timestamp>().is_ok(), "{ts:?}");
     assert_eq!(rest, "three\n");
-    let (code, msg) = api.get("/containerLogs/default/talk/talker?previous=true").await;
-    assert_eq!((code, msg.as_str()), (400, "previous terminated container \"talker\" in pod \"talk\" not found"));
+    let (code, msg) = api
+        .get("/containerLogs/default/talk/talker?previous=true")
+        .await;
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            400,
+            "previous terminated container \"talker\" in pod \"talk\" not found"
+        )
+    );
     assert_eq!(api.get("/containerLogs/default/nope/talker").await.0, 404);
-    assert_eq!(api.get("/containerLogs/default/talk/talker?tailLines=-1").await.0, 400);
+    assert_eq!(
+        api.get("/containerLogs/default/talk/talker?tailLines=-1")
+            .await
+            .0,
+        400
+    );
 
     // Follow: ticks arrive, and the stream ends when the container stops.
-    let (code, mut stream) = api.get_stream("/containerLogs/default/talk/ticker?follow=true&tailLines=1").await;
+    let (code, mut stream) = api
+        .get_stream("/containerLogs/default/talk/ticker?follow=true&tailLines=1")
+        .await;
     assert_eq!(code, 200);
     let mut got = String::new();
     while got.matches("tick\n").count() < 3 {
         match tokio::time::timeout(Duration::from_secs(5), stream.frame()).await {
-            Ok(Some(Ok(f))) => got.push_str(&String::from_utf8_lossy(f.data_ref().map(|b| b.as_ref()).unwrap_or(b""))),
+            Ok(Some(Ok(f))) => got.push_str(&String::from_utf8_lossy(
+                f.data_ref().map(|b| b.as_ref()).unwrap_or(b""),
+            )),
             other => panic!("follow stalled: {other:?} after {got:?}"),
         }
     }
@@ -271,25 +406,62 @@ async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
         while let Some(Ok(_)) = stream.frame().await {}
     })
     .await;
-    assert!(ended.is_ok(), "follow did not end after the container stopped");
+    assert!(
+        ended.is_ok(),
+        "follow did not end after the container stopped"
+    );
 
     // Stats.
     let (code, summary) = api.get("/stats/summary").await;
     assert_eq!(code, 200, "{summary}");
-    let Ok(summary) = serde_json::from_str::<serde_json::Value>(&summary) else { panic!("summary json: {summary}") };
+    let Ok(summary) = serde_json::from_str::<serde_json::Value>(&summary) else {
+        panic!("summary json: {summary}")
+    };
     assert_eq!(summary["node"]["nodeName"], "node1");
-    assert!(summary["node"]["memory"]["workingSetBytes"].as_u64().unwrap_or(0) > 0, "{summary}");
-    assert!(summary["node"]["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0) > 0, "{summary}");
+    assert!(
+        summary["node"]["memory"]["workingSetBytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{summary}"
+    );
+    assert!(
+        summary["node"]["cpu"]["usageCoreNanoSeconds"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{summary}"
+    );
     let pods = summary["pods"].as_array().cloned().unwrap_or_default();
-    let Some(pod) = pods.iter().find(|p| p["podRef"]["name"] == "talk") else { panic!("pod in {summary}") };
+    let Some(pod) = pods.iter().find(|p| p["podRef"]["name"] == "talk") else {
+        panic!("pod in {summary}")
+    };
     assert_eq!(pod["podRef"]["namespace"], "default");
     assert_eq!(pod["podRef"]["uid"], "uid-9");
     let cs = pod["containers"].as_array().cloned().unwrap_or_default();
-    assert_eq!(cs.iter().map(|c| c["name"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["talker"], "only running containers");
-    assert!(cs[0]["memory"]["workingSetBytes"].as_u64().unwrap_or(0) > 0, "{summary}");
-    assert!(cs[0]["memory"]["usageBytes"].as_u64().unwrap_or(0) > 0, "{summary}");
-    assert!(cs[0]["cpu"]["usageCoreNanoSeconds"].as_u64().is_some(), "{summary}");
-    assert!(pod["memory"]["workingSetBytes"].as_u64().unwrap_or(0) >= cs[0]["memory"]["workingSetBytes"].as_u64().unwrap_or(0));
+    assert_eq!(
+        cs.iter()
+            .map(|c| c["name"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        ["talker"],
+        "only running containers"
+    );
+    assert!(
+        cs[0]["memory"]["workingSetBytes"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    assert!(
+        cs[0]["memory"]["usageBytes"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    assert!(
+        cs[0]["cpu"]["usageCoreNanoSeconds"].as_u64().is_some(),
+        "{summary}"
+    );
+    assert!(
+        pod["memory"]["workingSetBytes"].as_u64().unwrap_or(0)
+            >= cs[0]["memory"]["workingSetBytes"].as_u64().unwrap_or(0)
+    );
     // A second scrape has an instantaneous CPU rate.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, again) = api.get("/stats/summary").await;
@@ -299,7 +471,10 @@ async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
     let (code, metrics) = api.get("/metrics/resource").await;
     assert_eq!(code, 200);
     assert!(metrics.contains("container_memory_working_set_bytes{container=\"talker\",namespace=\"default\",pod=\"talk\"} "), "{metrics}");
-    assert!(metrics.contains("\nnode_cpu_usage_seconds_total "), "{metrics}");
+    assert!(
+        metrics.contains("\nnode_cpu_usage_seconds_total "),
+        "{metrics}"
+    );
     assert!(metrics.contains("resource_scrape_error 0"), "{metrics}");
 
     let (code, pods) = api.get("/pods").await;

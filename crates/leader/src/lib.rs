@@ -25,15 +25,28 @@ fn now() -> MicroTime {
 /// Whether a Lease's holder has not renewed it within its duration.
 fn expired(l: &Lease, now: jiff::Timestamp) -> bool {
     let Some(spec) = &l.spec else { return true };
-    let Some(renew) = &spec.renew_time else { return true };
+    let Some(renew) = &spec.renew_time else {
+        return true;
+    };
     let secs = i64::from(spec.lease_duration_seconds.unwrap_or(15));
     now.as_second() - renew.0.as_second() > secs
 }
 
 impl LeaderElector {
     /// An elector for Lease `namespace/name`.
-    pub fn new(client: kube::Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
-        LeaderElector { api: Api::namespaced(client, namespace), name: name.to_string(), identity: identity.to_string(), duration }
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
+        LeaderElector {
+            api: Api::namespaced(client, namespace),
+            name: name.to_string(),
+            identity: identity.to_string(),
+            duration,
+        }
     }
 
     /// Tries once to take or renew the Lease; true when this process holds it.
@@ -42,7 +55,10 @@ impl LeaderElector {
         match self.api.get_opt(&self.name).await? {
             None => {
                 let lease = Lease {
-                    metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..Default::default()
+                    },
                     spec: Some(LeaseSpec {
                         holder_identity: Some(self.identity.clone()),
                         lease_duration_seconds: Some(secs),
@@ -59,7 +75,11 @@ impl LeaderElector {
                 }
             }
             Some(mut lease) => {
-                let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
+                let holder = lease
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.holder_identity.clone())
+                    .unwrap_or_default();
                 if holder != self.identity && !expired(&lease, jiff::Timestamp::now()) {
                     return Ok(false);
                 }
@@ -71,7 +91,11 @@ impl LeaderElector {
                 spec.holder_identity = Some(self.identity.clone());
                 spec.lease_duration_seconds = Some(secs);
                 spec.renew_time = Some(now());
-                match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                match self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(e),
@@ -93,7 +117,12 @@ impl LeaderElector {
             tokio::time::sleep(retry).await;
         }
         let (tx, rx) = oneshot::channel();
-        let me = LeaderElector { api: self.api.clone(), name: self.name.clone(), identity: self.identity.clone(), duration: self.duration };
+        let me = LeaderElector {
+            api: self.api.clone(),
+            name: self.name.clone(),
+            identity: self.identity.clone(),
+            duration: self.duration,
+        };
         tokio::spawn(async move {
             let every = (me.duration / 3).max(Duration::from_millis(200));
             let mut last_ok = tokio::time::Instant::now();
@@ -121,10 +150,15 @@ mod tests {
     use super::*;
 
     fn lease(renewed_secs_ago: i64, duration: i32) -> Lease {
-        let t = jiff::Timestamp::from_second(1_000_000 - renewed_secs_ago).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let t = jiff::Timestamp::from_second(1_000_000 - renewed_secs_ago)
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         Lease {
             metadata: ObjectMeta::default(),
-            spec: Some(LeaseSpec { renew_time: Some(MicroTime(t)), lease_duration_seconds: Some(duration), ..Default::default() }),
+            spec: Some(LeaseSpec {
+                renew_time: Some(MicroTime(t)),
+                lease_duration_seconds: Some(duration),
+                ..Default::default()
+            }),
         }
     }
 

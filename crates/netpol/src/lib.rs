@@ -83,7 +83,11 @@ pub enum NetpolError {
 /// transaction (for `rk3s killall`); nothing to do when `nft` is not installed.
 pub fn cleanup(table: &str) -> Result<(), NetpolError> {
     nft::check_table_name(table)?;
-    let script = format!("{}{}", render::render_delete(render::Family::V4, table), render::render_delete(render::Family::V6, table));
+    let script = format!(
+        "{}{}",
+        render::render_delete(render::Family::V4, table),
+        render::render_delete(render::Family::V6, table)
+    );
     match nft::apply_blocking(&script, false) {
         Err(NetpolError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         other => other,

@@ -24,7 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -107,7 +109,13 @@ impl PodInfo {
             return None;
         }
         let mut ips: Vec<IpAddr> = Vec::new();
-        for s in status.pod_ips.iter().flatten().map(|p| p.ip.as_str()).chain(status.pod_ip.as_deref()) {
+        for s in status
+            .pod_ips
+            .iter()
+            .flatten()
+            .map(|p| p.ip.as_str())
+            .chain(status.pod_ip.as_deref())
+        {
             if let Ok(ip) = s.parse::<IpAddr>() {
                 if !ips.contains(&ip) {
                     ips.push(ip);
@@ -120,13 +128,21 @@ impl PodInfo {
         let mut named_ports = Vec::new();
         for c in &spec.containers {
             for p in c.ports.iter().flatten() {
-                let (Some(name), Some(protocol), Ok(port)) = (p.name.as_ref(), Protocol::parse(p.protocol.as_deref()), u16::try_from(p.container_port)) else {
+                let (Some(name), Some(protocol), Ok(port)) = (
+                    p.name.as_ref(),
+                    Protocol::parse(p.protocol.as_deref()),
+                    u16::try_from(p.container_port),
+                ) else {
                     continue;
                 };
                 if name.is_empty() || port == 0 {
                     continue;
                 }
-                named_ports.push(NamedPort { name: name.clone(), protocol, port });
+                named_ports.push(NamedPort {
+                    name: name.clone(),
+                    protocol,
+                    port,
+                });
             }
         }
         Some(PodInfo {
@@ -154,13 +170,27 @@ pub fn builtin_dns_pod(ips: &[IpAddr]) -> Option<PodInfo> {
     Some(PodInfo {
         namespace: String::from("kube-system"),
         name: String::from("rk3s-dns"),
-        labels: [(String::from("k8s-app"), String::from("kube-dns"))].into_iter().collect(),
+        labels: [(String::from("k8s-app"), String::from("kube-dns"))]
+            .into_iter()
+            .collect(),
         node_name: String::new(),
         ips: ips.to_vec(),
         named_ports: vec![
-            NamedPort { name: String::from("dns"), protocol: Protocol::Udp, port: 53 },
-            NamedPort { name: String::from("dns-tcp"), protocol: Protocol::Tcp, port: 53 },
-            NamedPort { name: String::from("metrics"), protocol: Protocol::Tcp, port: 9153 },
+            NamedPort {
+                name: String::from("dns"),
+                protocol: Protocol::Udp,
+                port: 53,
+            },
+            NamedPort {
+                name: String::from("dns-tcp"),
+                protocol: Protocol::Tcp,
+                port: 53,
+            },
+            NamedPort {
+                name: String::from("metrics"),
+                protocol: Protocol::Tcp,
+                port: 9153,
+            },
         ],
     })
 }
@@ -178,14 +208,22 @@ impl NamespaceInfo {
     /// A namespace with `labels` (the name label is added when missing).
     pub fn new(name: &str, labels: BTreeMap<String, String>) -> Self {
         let mut labels = labels;
-        labels.entry(NAMESPACE_NAME_LABEL.to_string()).or_insert_with(|| name.to_string());
-        NamespaceInfo { name: name.to_string(), labels }
+        labels
+            .entry(NAMESPACE_NAME_LABEL.to_string())
+            .or_insert_with(|| name.to_string());
+        NamespaceInfo {
+            name: name.to_string(),
+            labels,
+        }
     }
 
     /// The model's view of `ns`.
     pub fn from_namespace(ns: &Namespace) -> Option<Self> {
         let name = ns.metadata.name.as_deref()?;
-        Some(Self::new(name, ns.metadata.labels.clone().unwrap_or_default()))
+        Some(Self::new(
+            name,
+            ns.metadata.labels.clone().unwrap_or_default(),
+        ))
     }
 }
 
@@ -326,8 +364,16 @@ pub(crate) fn short_hash(s: &str) -> String {
 /// A compiled peer: a set name and what fills it.
 #[derive(Debug, Clone)]
 enum PeerDef {
-    Pods { name: String, namespace: Option<String>, ns_sel: Option<Selector>, pod_sel: Selector },
-    Cidr { name: String, set: CidrSet },
+    Pods {
+        name: String,
+        namespace: Option<String>,
+        ns_sel: Option<Selector>,
+        pod_sel: Selector,
+    },
+    Cidr {
+        name: String,
+        set: CidrSet,
+    },
 }
 
 /// A compiled port.
@@ -397,7 +443,10 @@ fn ip_block_ranges(b: &IPBlock) -> Result<CidrSet, PolicyError> {
     for e in b.except.iter().flatten() {
         let (ev6, elo, ehi) = parse_cidr(e).ok_or_else(|| PolicyError::Cidr(e.clone()))?;
         if ev6 != v6 || elo < lo || ehi > hi {
-            return Err(PolicyError::Except { cidr: b.cidr.clone(), except: e.clone() });
+            return Err(PolicyError::Except {
+                cidr: b.cidr.clone(),
+                except: e.clone(),
+            });
         }
         let mut next = Vec::with_capacity(ranges.len() + 1);
         for (a, z) in ranges {
@@ -422,7 +471,13 @@ fn ip_block_ranges(b: &IPBlock) -> Result<CidrSet, PolicyError> {
             _ => merged.push((a, z)),
         }
     }
-    Ok(CidrSet { ipv6: v6, ranges: merged.into_iter().map(|(a, z)| (to_ip(v6, a), to_ip(v6, z))).collect() })
+    Ok(CidrSet {
+        ipv6: v6,
+        ranges: merged
+            .into_iter()
+            .map(|(a, z)| (to_ip(v6, a), to_ip(v6, z)))
+            .collect(),
+    })
 }
 
 fn compile_peer(p: &NetworkPolicyPeer, policy_ns: &str) -> Result<PeerDef, PolicyError> {
@@ -431,7 +486,10 @@ fn compile_peer(p: &NetworkPolicyPeer, policy_ns: &str) -> Result<PeerDef, Polic
             let set = ip_block_ranges(b)?;
             let mut except: Vec<&str> = b.except.iter().flatten().map(|s| s.trim()).collect();
             except.sort_unstable();
-            let name = format!("cidr-{}", short_hash(&format!("{}|{}", b.cidr.trim(), except.join(","))));
+            let name = format!(
+                "cidr-{}",
+                short_hash(&format!("{}|{}", b.cidr.trim(), except.join(",")))
+            );
             Ok(PeerDef::Cidr { name, set })
         }
         (None, None, None) | (Some(_), _, _) => Err(PolicyError::Peer),
@@ -440,7 +498,10 @@ fn compile_peer(p: &NetworkPolicyPeer, policy_ns: &str) -> Result<PeerDef, Polic
             let pod_json = selector_json(&pod_sel.clone().unwrap_or_default());
             match ns_sel {
                 None => Ok(PeerDef::Pods {
-                    name: format!("pods-{}", short_hash(&format!("ns={policy_ns}|pod={pod_json}"))),
+                    name: format!(
+                        "pods-{}",
+                        short_hash(&format!("ns={policy_ns}|pod={pod_json}"))
+                    ),
                     namespace: Some(policy_ns.to_string()),
                     ns_sel: None,
                     pod_sel: pod,
@@ -448,7 +509,10 @@ fn compile_peer(p: &NetworkPolicyPeer, policy_ns: &str) -> Result<PeerDef, Polic
                 Some(ns) => {
                     let nss = Selector::compile(ns)?;
                     Ok(PeerDef::Pods {
-                        name: format!("pods-{}", short_hash(&format!("nssel={}|pod={pod_json}", selector_json(ns)))),
+                        name: format!(
+                            "pods-{}",
+                            short_hash(&format!("nssel={}|pod={pod_json}", selector_json(ns)))
+                        ),
                         namespace: None,
                         ns_sel: Some(nss),
                         pod_sel: pod,
@@ -460,29 +524,56 @@ fn compile_peer(p: &NetworkPolicyPeer, policy_ns: &str) -> Result<PeerDef, Polic
 }
 
 fn compile_port(p: &NetworkPolicyPort) -> Result<PortDef, PolicyError> {
-    let protocol = Protocol::parse(p.protocol.as_deref()).ok_or_else(|| PolicyError::Protocol(p.protocol.clone().unwrap_or_default()))?;
+    let protocol = Protocol::parse(p.protocol.as_deref())
+        .ok_or_else(|| PolicyError::Protocol(p.protocol.clone().unwrap_or_default()))?;
     match &p.port {
-        None => Ok(PortDef::Range(PortRange { protocol, first: 0, last: u16::MAX })),
+        None => Ok(PortDef::Range(PortRange {
+            protocol,
+            first: 0,
+            last: u16::MAX,
+        })),
         Some(IntOrString::Int(n)) => {
-            let first = u16::try_from(*n).ok().filter(|n| *n > 0).ok_or_else(|| PolicyError::Port(n.to_string()))?;
+            let first = u16::try_from(*n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| PolicyError::Port(n.to_string()))?;
             let last = match p.end_port {
                 None => first,
-                Some(e) => u16::try_from(e).ok().filter(|e| *e >= first).ok_or_else(|| PolicyError::Port(format!("{n}-{e}")))?,
+                Some(e) => u16::try_from(e)
+                    .ok()
+                    .filter(|e| *e >= first)
+                    .ok_or_else(|| PolicyError::Port(format!("{n}-{e}")))?,
             };
-            Ok(PortDef::Range(PortRange { protocol, first, last }))
+            Ok(PortDef::Range(PortRange {
+                protocol,
+                first,
+                last,
+            }))
         }
-        Some(IntOrString::String(name)) if name.is_empty() => Err(PolicyError::Port(String::from("\"\""))),
+        Some(IntOrString::String(name)) if name.is_empty() => {
+            Err(PolicyError::Port(String::from("\"\"")))
+        }
         Some(IntOrString::String(name)) => Ok(PortDef::Named(protocol, name.clone())),
     }
 }
 
-fn compile_rule(peers: Option<&Vec<NetworkPolicyPeer>>, ports: Option<&Vec<NetworkPolicyPort>>, ns: &str) -> Result<RuleDef, PolicyError> {
+fn compile_rule(
+    peers: Option<&Vec<NetworkPolicyPeer>>,
+    ports: Option<&Vec<NetworkPolicyPort>>,
+    ns: &str,
+) -> Result<RuleDef, PolicyError> {
     let peers = match peers {
-        Some(v) if !v.is_empty() => Some(v.iter().map(|p| compile_peer(p, ns)).collect::<Result<Vec<_>, _>>()?),
+        Some(v) if !v.is_empty() => Some(
+            v.iter()
+                .map(|p| compile_peer(p, ns))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
         _ => None,
     };
     let ports = match ports {
-        Some(v) if !v.is_empty() => Some(v.iter().map(compile_port).collect::<Result<Vec<_>, _>>()?),
+        Some(v) if !v.is_empty() => {
+            Some(v.iter().map(compile_port).collect::<Result<Vec<_>, _>>()?)
+        }
         _ => None,
     };
     Ok(RuleDef { peers, ports })
@@ -490,7 +581,11 @@ fn compile_rule(peers: Option<&Vec<NetworkPolicyPeer>>, ports: Option<&Vec<Netwo
 
 fn compile_policy(np: &NetworkPolicy) -> Result<PolicyDef, PolicyError> {
     let namespace = np.metadata.namespace.clone().unwrap_or_default();
-    let key = format!("{}/{}", namespace, np.metadata.name.as_deref().unwrap_or_default());
+    let key = format!(
+        "{}/{}",
+        namespace,
+        np.metadata.name.as_deref().unwrap_or_default()
+    );
     let spec = np.spec.clone().unwrap_or_default();
     let pod_sel = Selector::compile(&spec.pod_selector.unwrap_or_default())?;
     let types: Vec<String> = match spec.policy_types.as_ref().filter(|t| !t.is_empty()) {
@@ -513,16 +608,34 @@ fn compile_policy(np: &NetworkPolicy) -> Result<PolicyDef, PolicyError> {
         }
     }
     let ingress = if has_in {
-        Some(spec.ingress.iter().flatten().map(|r| compile_rule(r.from.as_ref(), r.ports.as_ref(), &namespace)).collect::<Result<Vec<_>, _>>()?)
+        Some(
+            spec.ingress
+                .iter()
+                .flatten()
+                .map(|r| compile_rule(r.from.as_ref(), r.ports.as_ref(), &namespace))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
     } else {
         None
     };
     let egress = if has_out {
-        Some(spec.egress.iter().flatten().map(|r| compile_rule(r.to.as_ref(), r.ports.as_ref(), &namespace)).collect::<Result<Vec<_>, _>>()?)
+        Some(
+            spec.egress
+                .iter()
+                .flatten()
+                .map(|r| compile_rule(r.to.as_ref(), r.ports.as_ref(), &namespace))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
     } else {
         None
     };
-    Ok(PolicyDef { key, namespace, pod_sel, ingress, egress })
+    Ok(PolicyDef {
+        key,
+        namespace,
+        pod_sel,
+        ingress,
+        egress,
+    })
 }
 
 /// An ingress rule with its peers resolved; its ports still to resolve per pod.
@@ -545,10 +658,17 @@ impl SetBuilder<'_> {
     fn peer(&self, plan: &mut Plan, def: &PeerDef) -> PeerRef {
         match def {
             PeerDef::Cidr { name, set } => {
-                plan.cidr_sets.entry(name.clone()).or_insert_with(|| set.clone());
+                plan.cidr_sets
+                    .entry(name.clone())
+                    .or_insert_with(|| set.clone());
                 PeerRef::Cidr(name.clone())
             }
-            PeerDef::Pods { name, namespace, ns_sel, pod_sel } => {
+            PeerDef::Pods {
+                name,
+                namespace,
+                ns_sel,
+                pod_sel,
+            } => {
                 if !plan.pod_sets.contains_key(name) {
                     let mut ips = BTreeSet::new();
                     for p in self.pods {
@@ -569,11 +689,18 @@ impl SetBuilder<'_> {
     }
 
     fn named_port_set(&self, plan: &mut Plan, protocol: Protocol, port_name: &str) -> String {
-        let name = format!("port-{}", short_hash(&format!("{}|{port_name}", protocol.nft_name())));
+        let name = format!(
+            "port-{}",
+            short_hash(&format!("{}|{port_name}", protocol.nft_name()))
+        );
         if !plan.port_sets.contains_key(&name) {
             let mut set = BTreeSet::new();
             for p in self.pods {
-                for np in p.named_ports.iter().filter(|np| np.name == port_name && np.protocol == protocol) {
+                for np in p
+                    .named_ports
+                    .iter()
+                    .filter(|np| np.name == port_name && np.protocol == protocol)
+                {
                     for ip in &p.ips {
                         set.insert((*ip, protocol, np.port));
                     }
@@ -586,10 +713,21 @@ impl SetBuilder<'_> {
 }
 
 /// Computes the plan for node `node_name`: which local pods are restricted and how.
-pub fn compute(node_name: &str, policies: &[NetworkPolicy], pods: &[PodInfo], namespaces: &[NamespaceInfo]) -> Plan {
+pub fn compute(
+    node_name: &str,
+    policies: &[NetworkPolicy],
+    pods: &[PodInfo],
+    namespaces: &[NamespaceInfo],
+) -> Plan {
     let mut plan = Plan::default();
-    let builder = SetBuilder { pods, namespaces: namespaces.iter().map(|n| (n.name.as_str(), n)).collect() };
-    let mut local: Vec<&PodInfo> = pods.iter().filter(|p| !node_name.is_empty() && p.node_name == node_name).collect();
+    let builder = SetBuilder {
+        pods,
+        namespaces: namespaces.iter().map(|n| (n.name.as_str(), n)).collect(),
+    };
+    let mut local: Vec<&PodInfo> = pods
+        .iter()
+        .filter(|p| !node_name.is_empty() && p.node_name == node_name)
+        .collect();
     local.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
     let mut defs = Vec::new();
@@ -597,7 +735,11 @@ pub fn compute(node_name: &str, policies: &[NetworkPolicy], pods: &[PodInfo], na
         match compile_policy(np) {
             Ok(d) => defs.push(d),
             Err(e) => plan.skipped.push(SkippedPolicy {
-                policy: format!("{}/{}", np.metadata.namespace.as_deref().unwrap_or_default(), np.metadata.name.as_deref().unwrap_or_default()),
+                policy: format!(
+                    "{}/{}",
+                    np.metadata.namespace.as_deref().unwrap_or_default(),
+                    np.metadata.name.as_deref().unwrap_or_default()
+                ),
                 reason: e.to_string(),
             }),
         }
@@ -605,26 +747,44 @@ pub fn compute(node_name: &str, policies: &[NetworkPolicy], pods: &[PodInfo], na
     defs.sort_by(|a, b| a.key.cmp(&b.key));
 
     for def in &defs {
-        let selected: Vec<&PodInfo> = local.iter().copied().filter(|p| p.namespace == def.namespace && def.pod_sel.matches(&p.labels)).collect();
+        let selected: Vec<&PodInfo> = local
+            .iter()
+            .copied()
+            .filter(|p| p.namespace == def.namespace && def.pod_sel.matches(&p.labels))
+            .collect();
         if selected.is_empty() {
             continue;
         }
         // peers and egress ports do not depend on the selected pod: resolve once
-        let ingress: Option<Vec<ResolvedIngressRule>> = def
-            .ingress
-            .as_ref()
-            .map(|rules| rules.iter().map(|r| (r.peers.as_ref().map(|ps| ps.iter().map(|p| builder.peer(&mut plan, p)).collect()), &r.ports)).collect());
+        let ingress: Option<Vec<ResolvedIngressRule>> = def.ingress.as_ref().map(|rules| {
+            rules
+                .iter()
+                .map(|r| {
+                    (
+                        r.peers
+                            .as_ref()
+                            .map(|ps| ps.iter().map(|p| builder.peer(&mut plan, p)).collect()),
+                        &r.ports,
+                    )
+                })
+                .collect()
+        });
         let egress: Option<Vec<RuleMatch>> = def.egress.as_ref().map(|rules| {
             rules
                 .iter()
                 .filter_map(|r| {
-                    let peers = r.peers.as_ref().map(|ps| ps.iter().map(|p| builder.peer(&mut plan, p)).collect());
+                    let peers = r
+                        .peers
+                        .as_ref()
+                        .map(|ps| ps.iter().map(|p| builder.peer(&mut plan, p)).collect());
                     let ports = r.ports.as_ref().map(|ports| {
                         let mut spec = PortSpec::default();
                         for p in ports {
                             match p {
                                 PortDef::Range(r) => spec.ranges.push(*r),
-                                PortDef::Named(proto, name) => spec.named_sets.push(builder.named_port_set(&mut plan, *proto, name)),
+                                PortDef::Named(proto, name) => spec
+                                    .named_sets
+                                    .push(builder.named_port_set(&mut plan, *proto, name)),
                             }
                         }
                         spec
@@ -632,12 +792,20 @@ pub fn compute(node_name: &str, policies: &[NetworkPolicy], pods: &[PodInfo], na
                     if ports.as_ref().is_some_and(PortSpec::is_empty) {
                         return None;
                     }
-                    Some(RuleMatch { policy: def.key.clone(), peers, ports })
+                    Some(RuleMatch {
+                        policy: def.key.clone(),
+                        peers,
+                        ports,
+                    })
                 })
                 .collect()
         });
         for pod in selected {
-            let entry = plan.pods.entry(pod.key()).or_insert_with(|| PodPolicy { ips: pod.ips.clone(), ingress: None, egress: None });
+            let entry = plan.pods.entry(pod.key()).or_insert_with(|| PodPolicy {
+                ips: pod.ips.clone(),
+                ingress: None,
+                egress: None,
+            });
             if let Some(rules) = &ingress {
                 let v = entry.ingress.get_or_insert_with(Vec::new);
                 for (peers, ports) in rules {
@@ -646,13 +814,16 @@ pub fn compute(node_name: &str, policies: &[NetworkPolicy], pods: &[PodInfo], na
                         for p in ports {
                             match p {
                                 PortDef::Range(r) => spec.ranges.push(*r),
-                                PortDef::Named(proto, name) => {
-                                    spec.ranges.extend(pod.named_ports.iter().filter(|np| np.name == *name && np.protocol == *proto).map(|np| PortRange {
-                                        protocol: *proto,
-                                        first: np.port,
-                                        last: np.port,
-                                    }))
-                                }
+                                PortDef::Named(proto, name) => spec.ranges.extend(
+                                    pod.named_ports
+                                        .iter()
+                                        .filter(|np| np.name == *name && np.protocol == *proto)
+                                        .map(|np| PortRange {
+                                            protocol: *proto,
+                                            first: np.port,
+                                            last: np.port,
+                                        }),
+                                ),
                             }
                         }
                         spec
@@ -660,11 +831,18 @@ pub fn compute(node_name: &str, policies: &[NetworkPolicy], pods: &[PodInfo], na
                     if ports.as_ref().is_some_and(PortSpec::is_empty) {
                         continue; // a named port the pod does not have: the rule allows nothing here
                     }
-                    v.push(RuleMatch { policy: def.key.clone(), peers: peers.clone(), ports });
+                    v.push(RuleMatch {
+                        policy: def.key.clone(),
+                        peers: peers.clone(),
+                        ports,
+                    });
                 }
             }
             if let Some(rules) = &egress {
-                entry.egress.get_or_insert_with(Vec::new).extend(rules.iter().cloned());
+                entry
+                    .egress
+                    .get_or_insert_with(Vec::new)
+                    .extend(rules.iter().cloned());
             }
         }
     }
@@ -678,11 +856,20 @@ pub(crate) mod tests {
 
     pub(crate) const NODE: &str = "node-a";
 
-    pub(crate) fn pod(ns: &str, name: &str, node: &str, ip: &str, labels: &[(&str, &str)]) -> PodInfo {
+    pub(crate) fn pod(
+        ns: &str,
+        name: &str,
+        node: &str,
+        ip: &str,
+        labels: &[(&str, &str)],
+    ) -> PodInfo {
         PodInfo {
             namespace: ns.into(),
             name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             node_name: node.into(),
             ips: vec![ip.parse().unwrap()],
             named_ports: vec![],
@@ -690,11 +877,18 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn ns(name: &str, labels: &[(&str, &str)]) -> NamespaceInfo {
-        NamespaceInfo::new(name, labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        NamespaceInfo::new(
+            name,
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     pub(crate) fn np(ns: &str, name: &str, spec: serde_json::Value) -> NetworkPolicy {
-        serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec})).unwrap()
+        serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
+            .unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -712,19 +906,44 @@ pub(crate) mod tests {
         let pods = vec![
             pod("default", "web", NODE, "10.42.0.2", &[("app", "web")]),
             pod("default", "client", NODE, "10.42.0.3", &[("app", "client")]),
-            pod("default", "remote-client", "node-b", "10.42.1.3", &[("app", "client")]),
-            pod("other", "client", "node-b", "10.42.1.4", &[("app", "client")]),
+            pod(
+                "default",
+                "remote-client",
+                "node-b",
+                "10.42.1.3",
+                &[("app", "client")],
+            ),
+            pod(
+                "other",
+                "client",
+                "node-b",
+                "10.42.1.4",
+                &[("app", "client")],
+            ),
             pod("other", "db", NODE, "10.42.0.5", &[("app", "db")]),
             pod("prod", "api", "node-b", "10.42.1.6", &[("app", "api")]),
         ];
-        let nss = vec![ns("default", &[]), ns("other", &[("team", "x")]), ns("prod", &[("team", "x"), ("env", "prod")])];
+        let nss = vec![
+            ns("default", &[]),
+            ns("other", &[("team", "x")]),
+            ns("prod", &[("team", "x"), ("env", "prod")]),
+        ];
         (pods, nss)
     }
 
     #[test]
     fn unselected_pods_are_not_restricted() {
         let (pods, nss) = world();
-        let plan = compute(NODE, &[np("default", "p", json!({"podSelector": {"matchLabels": {"app": "web"}}}))], &pods, &nss);
+        let plan = compute(
+            NODE,
+            &[np(
+                "default",
+                "p",
+                json!({"podSelector": {"matchLabels": {"app": "web"}}}),
+            )],
+            &pods,
+            &nss,
+        );
         assert_eq!(plan.pods.keys().collect::<Vec<_>>(), vec!["default/web"]);
         let web = &plan.pods["default/web"];
         assert_eq!(web.ingress, Some(vec![]), "no ingress rules = deny all");
@@ -735,32 +954,64 @@ pub(crate) mod tests {
     #[test]
     fn policy_only_selects_pods_of_its_namespace_on_this_node() {
         let (pods, nss) = world();
-        let plan = compute(NODE, &[np("default", "all", json!({"podSelector": {}}))], &pods, &nss);
-        assert_eq!(plan.pods.keys().collect::<Vec<_>>(), vec!["default/client", "default/web"]);
-        let plan = compute("node-b", &[np("default", "all", json!({"podSelector": {}}))], &pods, &nss);
-        assert_eq!(plan.pods.keys().collect::<Vec<_>>(), vec!["default/remote-client"]);
+        let plan = compute(
+            NODE,
+            &[np("default", "all", json!({"podSelector": {}}))],
+            &pods,
+            &nss,
+        );
+        assert_eq!(
+            plan.pods.keys().collect::<Vec<_>>(),
+            vec!["default/client", "default/web"]
+        );
+        let plan = compute(
+            "node-b",
+            &[np("default", "all", json!({"podSelector": {}}))],
+            &pods,
+            &nss,
+        );
+        assert_eq!(
+            plan.pods.keys().collect::<Vec<_>>(),
+            vec!["default/remote-client"]
+        );
     }
 
     #[test]
     fn policy_types_defaulting() {
         let (pods, nss) = world();
         // egress rules and no policyTypes: both directions
-        let p = np("default", "p", json!({"podSelector": {"matchLabels": {"app": "web"}}, "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}));
+        let p = np(
+            "default",
+            "p",
+            json!({"podSelector": {"matchLabels": {"app": "web"}}, "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}),
+        );
         let plan = compute(NODE, &[p], &pods, &nss);
         let web = &plan.pods["default/web"];
         assert_eq!(web.ingress, Some(vec![]));
         assert_eq!(web.egress.as_ref().map(Vec::len), Some(1));
         // explicit Egress only: ingress not restricted, empty egress = deny all
-        let p = np("default", "p", json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"]}));
+        let p = np(
+            "default",
+            "p",
+            json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"]}),
+        );
         let plan = compute(NODE, &[p], &pods, &nss);
         assert_eq!(plan.pods["default/web"].ingress, None);
         assert_eq!(plan.pods["default/web"].egress, Some(vec![]));
         // an empty egress list without policyTypes: only Ingress (as the API server)
-        let p = np("default", "p", json!({"podSelector": {"matchLabels": {"app": "web"}}, "egress": []}));
+        let p = np(
+            "default",
+            "p",
+            json!({"podSelector": {"matchLabels": {"app": "web"}}, "egress": []}),
+        );
         let plan = compute(NODE, &[p], &pods, &nss);
         assert_eq!(plan.pods["default/web"].egress, None);
         // unknown type: skipped
-        let p = np("default", "p", json!({"podSelector": {}, "policyTypes": ["Sideways"]}));
+        let p = np(
+            "default",
+            "p",
+            json!({"podSelector": {}, "policyTypes": ["Sideways"]}),
+        );
         let plan = compute(NODE, &[p], &pods, &nss);
         assert!(plan.pods.is_empty());
         assert_eq!(plan.skipped.len(), 1);
@@ -769,12 +1020,34 @@ pub(crate) mod tests {
     #[test]
     fn empty_from_and_ports_allow_everything() {
         let (pods, nss) = world();
-        let p = np("default", "p", json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}));
+        let p = np(
+            "default",
+            "p",
+            json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{}]}),
+        );
         let plan = compute(NODE, &[p], &pods, &nss);
-        assert_eq!(plan.pods["default/web"].ingress, Some(vec![RuleMatch { policy: "default/p".into(), peers: None, ports: None }]));
-        let p = np("default", "p", json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [], "ports": []}]}));
+        assert_eq!(
+            plan.pods["default/web"].ingress,
+            Some(vec![RuleMatch {
+                policy: "default/p".into(),
+                peers: None,
+                ports: None
+            }])
+        );
+        let p = np(
+            "default",
+            "p",
+            json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [], "ports": []}]}),
+        );
         let plan = compute(NODE, &[p], &pods, &nss);
-        assert_eq!(plan.pods["default/web"].ingress, Some(vec![RuleMatch { policy: "default/p".into(), peers: None, ports: None }]));
+        assert_eq!(
+            plan.pods["default/web"].ingress,
+            Some(vec![RuleMatch {
+                policy: "default/p".into(),
+                peers: None,
+                ports: None
+            }])
+        );
     }
 
     #[test]
@@ -788,7 +1061,11 @@ pub(crate) mod tests {
         let plan = compute(NODE, &[p], &pods, &nss);
         let rules = plan.pods["default/web"].ingress.clone().unwrap();
         let peers = rules[0].peers.clone().unwrap();
-        assert_eq!(set(&plan, &peers[0]), &[ip("10.42.0.3"), ip("10.42.1.3")].into_iter().collect(), "clients of default on both nodes, not other/client");
+        assert_eq!(
+            set(&plan, &peers[0]),
+            &[ip("10.42.0.3"), ip("10.42.1.3")].into_iter().collect(),
+            "clients of default on both nodes, not other/client"
+        );
     }
 
     #[test]
@@ -800,8 +1077,16 @@ pub(crate) mod tests {
             json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "x"}}}]}]}),
         );
         let plan = compute(NODE, &[alone], &pods, &nss);
-        let peers = plan.pods["default/web"].ingress.clone().unwrap()[0].peers.clone().unwrap();
-        assert_eq!(set(&plan, &peers[0]), &[ip("10.42.1.4"), ip("10.42.0.5"), ip("10.42.1.6")].into_iter().collect());
+        let peers = plan.pods["default/web"].ingress.clone().unwrap()[0]
+            .peers
+            .clone()
+            .unwrap();
+        assert_eq!(
+            set(&plan, &peers[0]),
+            &[ip("10.42.1.4"), ip("10.42.0.5"), ip("10.42.1.6")]
+                .into_iter()
+                .collect()
+        );
 
         // both in one peer: AND
         let both = np(
@@ -810,8 +1095,14 @@ pub(crate) mod tests {
             json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "x"}}, "podSelector": {"matchLabels": {"app": "client"}}}]}]}),
         );
         let plan = compute(NODE, &[both], &pods, &nss);
-        let peers = plan.pods["default/web"].ingress.clone().unwrap()[0].peers.clone().unwrap();
-        assert_eq!(set(&plan, &peers[0]), &[ip("10.42.1.4")].into_iter().collect());
+        let peers = plan.pods["default/web"].ingress.clone().unwrap()[0]
+            .peers
+            .clone()
+            .unwrap();
+        assert_eq!(
+            set(&plan, &peers[0]),
+            &[ip("10.42.1.4")].into_iter().collect()
+        );
 
         // two peers: OR
         let either = np(
@@ -820,9 +1111,15 @@ pub(crate) mod tests {
             json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "x"}}}, {"podSelector": {"matchLabels": {"app": "client"}}}]}]}),
         );
         let plan = compute(NODE, &[either], &pods, &nss);
-        let peers = plan.pods["default/web"].ingress.clone().unwrap()[0].peers.clone().unwrap();
+        let peers = plan.pods["default/web"].ingress.clone().unwrap()[0]
+            .peers
+            .clone()
+            .unwrap();
         assert_eq!(peers.len(), 2);
-        assert_eq!(set(&plan, &peers[1]), &[ip("10.42.0.3"), ip("10.42.1.3")].into_iter().collect());
+        assert_eq!(
+            set(&plan, &peers[1]),
+            &[ip("10.42.0.3"), ip("10.42.1.3")].into_iter().collect()
+        );
 
         // the automatic name label, expressions on namespaces
         let by_name = np(
@@ -831,8 +1128,14 @@ pub(crate) mod tests {
             json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["prod"]}]}}]}]}),
         );
         let plan = compute(NODE, &[by_name], &pods, &nss);
-        let peers = plan.pods["default/web"].ingress.clone().unwrap()[0].peers.clone().unwrap();
-        assert_eq!(set(&plan, &peers[0]), &[ip("10.42.1.6")].into_iter().collect());
+        let peers = plan.pods["default/web"].ingress.clone().unwrap()[0]
+            .peers
+            .clone()
+            .unwrap();
+        assert_eq!(
+            set(&plan, &peers[0]),
+            &[ip("10.42.1.6")].into_iter().collect()
+        );
     }
 
     #[test]
@@ -856,19 +1159,42 @@ pub(crate) mod tests {
         let b: IPBlock = serde_json::from_value(json!({"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "10.0.0.0/24", "10.255.255.255/32"]})).unwrap();
         let s = ip_block_ranges(&b).unwrap();
         assert!(!s.ipv6);
-        assert_eq!(s.ranges, vec![(ip("10.0.1.0"), ip("10.0.255.255")), (ip("10.2.0.0"), ip("10.255.255.254"))]);
+        assert_eq!(
+            s.ranges,
+            vec![
+                (ip("10.0.1.0"), ip("10.0.255.255")),
+                (ip("10.2.0.0"), ip("10.255.255.254"))
+            ]
+        );
         // host bits are masked; /0 and /32 work
         let b: IPBlock = serde_json::from_value(json!({"cidr": "192.168.1.7/24"})).unwrap();
-        assert_eq!(ip_block_ranges(&b).unwrap().ranges, vec![(ip("192.168.1.0"), ip("192.168.1.255"))]);
-        let b: IPBlock = serde_json::from_value(json!({"cidr": "0.0.0.0/0", "except": ["0.0.0.0/1"]})).unwrap();
-        assert_eq!(ip_block_ranges(&b).unwrap().ranges, vec![(ip("128.0.0.0"), ip("255.255.255.255"))]);
-        let b: IPBlock = serde_json::from_value(json!({"cidr": "fd00::/8", "except": ["fd00::/16"]})).unwrap();
+        assert_eq!(
+            ip_block_ranges(&b).unwrap().ranges,
+            vec![(ip("192.168.1.0"), ip("192.168.1.255"))]
+        );
+        let b: IPBlock =
+            serde_json::from_value(json!({"cidr": "0.0.0.0/0", "except": ["0.0.0.0/1"]})).unwrap();
+        assert_eq!(
+            ip_block_ranges(&b).unwrap().ranges,
+            vec![(ip("128.0.0.0"), ip("255.255.255.255"))]
+        );
+        let b: IPBlock =
+            serde_json::from_value(json!({"cidr": "fd00::/8", "except": ["fd00::/16"]})).unwrap();
         let s = ip_block_ranges(&b).unwrap();
         assert!(s.ipv6);
-        assert_eq!(s.ranges, vec![(ip("fd01::"), ip("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))]);
+        assert_eq!(
+            s.ranges,
+            vec![(ip("fd01::"), ip("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))]
+        );
         // overlapping excepts
-        let b: IPBlock = serde_json::from_value(json!({"cidr": "10.0.0.0/24", "except": ["10.0.0.0/25", "10.0.0.0/26"]})).unwrap();
-        assert_eq!(ip_block_ranges(&b).unwrap().ranges, vec![(ip("10.0.0.128"), ip("10.0.0.255"))]);
+        let b: IPBlock = serde_json::from_value(
+            json!({"cidr": "10.0.0.0/24", "except": ["10.0.0.0/25", "10.0.0.0/26"]}),
+        )
+        .unwrap();
+        assert_eq!(
+            ip_block_ranges(&b).unwrap().ranges,
+            vec![(ip("10.0.0.128"), ip("10.0.0.255"))]
+        );
         // errors
         for bad in [
             json!({"cidr": "10.0.0.0/33"}),
@@ -897,10 +1223,26 @@ pub(crate) mod tests {
         assert_eq!(
             r.ports.as_ref().unwrap().ranges,
             vec![
-                PortRange { protocol: Protocol::Tcp, first: 80, last: 80 },
-                PortRange { protocol: Protocol::Tcp, first: 8000, last: 8080 },
-                PortRange { protocol: Protocol::Udp, first: 0, last: 65535 },
-                PortRange { protocol: Protocol::Sctp, first: 9, last: 9 },
+                PortRange {
+                    protocol: Protocol::Tcp,
+                    first: 80,
+                    last: 80
+                },
+                PortRange {
+                    protocol: Protocol::Tcp,
+                    first: 8000,
+                    last: 8080
+                },
+                PortRange {
+                    protocol: Protocol::Udp,
+                    first: 0,
+                    last: 65535
+                },
+                PortRange {
+                    protocol: Protocol::Sctp,
+                    first: 9,
+                    last: 9
+                },
             ]
         );
     }
@@ -917,42 +1259,104 @@ pub(crate) mod tests {
             json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]}),
             json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Bad"}]}}),
         ];
-        let mut policies: Vec<NetworkPolicy> = bad.iter().enumerate().map(|(i, s)| np("default", &format!("bad{i}"), s.clone())).collect();
+        let mut policies: Vec<NetworkPolicy> = bad
+            .iter()
+            .enumerate()
+            .map(|(i, s)| np("default", &format!("bad{i}"), s.clone()))
+            .collect();
         policies.push(np("other", "good", json!({"podSelector": {}})));
         let plan = compute(NODE, &policies, &pods, &nss);
         assert_eq!(plan.skipped.len(), bad.len());
-        assert_eq!(plan.pods.keys().collect::<Vec<_>>(), vec!["other/db"], "the good policy still applies, bad ones select nothing");
+        assert_eq!(
+            plan.pods.keys().collect::<Vec<_>>(),
+            vec!["other/db"],
+            "the good policy still applies, bad ones select nothing"
+        );
     }
 
     #[test]
     fn named_ports_ingress_resolve_on_the_selected_pod() {
         let (mut pods, nss) = world();
-        pods[0].named_ports =
-            vec![NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }, NamedPort { name: "dns".into(), protocol: Protocol::Udp, port: 5353 }];
+        pods[0].named_ports = vec![
+            NamedPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+            },
+            NamedPort {
+                name: "dns".into(),
+                protocol: Protocol::Udp,
+                port: 5353,
+            },
+        ];
         pods.push(PodInfo {
             name: "web2".into(),
             ips: vec![ip("10.42.0.9")],
-            named_ports: vec![NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 9090 }],
+            named_ports: vec![NamedPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 9090,
+            }],
             ..pods[0].clone()
         });
-        pods.push(PodInfo { name: "web3".into(), ips: vec![ip("10.42.0.10")], named_ports: vec![], ..pods[0].clone() });
+        pods.push(PodInfo {
+            name: "web3".into(),
+            ips: vec![ip("10.42.0.10")],
+            named_ports: vec![],
+            ..pods[0].clone()
+        });
         let p = np(
             "default",
             "p",
             json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": "http"}, {"port": "dns", "protocol": "TCP"}]}]}),
         );
         let plan = compute(NODE, &[p], &pods, &nss);
-        let ports = |k: &str| plan.pods[k].ingress.as_ref().unwrap().iter().map(|r| r.ports.clone().unwrap().ranges).collect::<Vec<_>>();
-        assert_eq!(ports("default/web"), vec![vec![PortRange { protocol: Protocol::Tcp, first: 8080, last: 8080 }]], "dns is UDP on the pod: no TCP match");
-        assert_eq!(ports("default/web2"), vec![vec![PortRange { protocol: Protocol::Tcp, first: 9090, last: 9090 }]]);
-        assert_eq!(plan.pods["default/web3"].ingress, Some(vec![]), "no such port: selected, nothing allowed");
+        let ports = |k: &str| {
+            plan.pods[k]
+                .ingress
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|r| r.ports.clone().unwrap().ranges)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ports("default/web"),
+            vec![vec![PortRange {
+                protocol: Protocol::Tcp,
+                first: 8080,
+                last: 8080
+            }]],
+            "dns is UDP on the pod: no TCP match"
+        );
+        assert_eq!(
+            ports("default/web2"),
+            vec![vec![PortRange {
+                protocol: Protocol::Tcp,
+                first: 9090,
+                last: 9090
+            }]]
+        );
+        assert_eq!(
+            plan.pods["default/web3"].ingress,
+            Some(vec![]),
+            "no such port: selected, nothing allowed"
+        );
     }
 
     #[test]
     fn named_ports_egress_resolve_on_destination_pods() {
         let (mut pods, nss) = world();
-        pods[4].named_ports = vec![NamedPort { name: "sql".into(), protocol: Protocol::Tcp, port: 5432 }];
-        pods[5].named_ports = vec![NamedPort { name: "sql".into(), protocol: Protocol::Tcp, port: 3306 }];
+        pods[4].named_ports = vec![NamedPort {
+            name: "sql".into(),
+            protocol: Protocol::Tcp,
+            port: 5432,
+        }];
+        pods[5].named_ports = vec![NamedPort {
+            name: "sql".into(),
+            protocol: Protocol::Tcp,
+            port: 3306,
+        }];
         let p = np(
             "default",
             "p",
@@ -962,26 +1366,57 @@ pub(crate) mod tests {
         let r = &plan.pods["default/web"].egress.as_ref().unwrap()[0];
         let spec = r.ports.as_ref().unwrap();
         assert!(spec.ranges.is_empty());
-        assert_eq!(plan.port_sets[&spec.named_sets[0]], [(ip("10.42.0.5"), Protocol::Tcp, 5432), (ip("10.42.1.6"), Protocol::Tcp, 3306)].into_iter().collect());
+        assert_eq!(
+            plan.port_sets[&spec.named_sets[0]],
+            [
+                (ip("10.42.0.5"), Protocol::Tcp, 5432),
+                (ip("10.42.1.6"), Protocol::Tcp, 3306)
+            ]
+            .into_iter()
+            .collect()
+        );
     }
 
     #[test]
     fn rules_of_several_policies_add_up() {
         let (pods, nss) = world();
-        let a = np("default", "a", json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": 80}]}]}));
-        let b = np("default", "b", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 443}]}], "policyTypes": ["Ingress", "Egress"]}));
+        let a = np(
+            "default",
+            "a",
+            json!({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": 80}]}]}),
+        );
+        let b = np(
+            "default",
+            "b",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 443}]}], "policyTypes": ["Ingress", "Egress"]}),
+        );
         let plan = compute(NODE, &[b, a], &pods, &nss);
         let web = &plan.pods["default/web"];
-        assert_eq!(web.ingress.as_ref().unwrap().iter().map(|r| r.policy.as_str()).collect::<Vec<_>>(), vec!["default/a", "default/b"]);
+        assert_eq!(
+            web.ingress
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|r| r.policy.as_str())
+                .collect::<Vec<_>>(),
+            vec!["default/a", "default/b"]
+        );
         assert_eq!(web.egress, Some(vec![]));
-        assert_eq!(plan.pods["default/client"].ingress.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            plan.pods["default/client"].ingress.as_ref().unwrap().len(),
+            1
+        );
     }
 
     #[test]
     fn unused_sets_are_not_built() {
         let (pods, nss) = world();
         // selects nothing on this node: no sets
-        let p = np("prod", "p", json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}));
+        let p = np(
+            "prod",
+            "p",
+            json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
+        );
         let plan = compute(NODE, &[p], &pods, &nss);
         assert!(plan.pods.is_empty());
         assert!(plan.pod_sets.is_empty());
@@ -1000,13 +1435,30 @@ pub(crate) mod tests {
         assert_eq!(info.node_name, "n");
         assert_eq!(
             info.named_ports,
-            vec![NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 80 }, NamedPort { name: "d".into(), protocol: Protocol::Udp, port: 53 }]
+            vec![
+                NamedPort {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 80
+                },
+                NamedPort {
+                    name: "d".into(),
+                    protocol: Protocol::Udp,
+                    port: 53
+                }
+            ]
         );
-        let host = mk(json!({"metadata": {"name": "h"}, "spec": {"hostNetwork": true, "containers": []}, "status": {"podIP": "192.168.0.1"}}));
+        let host = mk(
+            json!({"metadata": {"name": "h"}, "spec": {"hostNetwork": true, "containers": []}, "status": {"podIP": "192.168.0.1"}}),
+        );
         assert!(PodInfo::from_pod(&host).is_none());
-        let done = mk(json!({"metadata": {"name": "d"}, "spec": {"containers": []}, "status": {"phase": "Succeeded", "podIP": "10.42.0.3"}}));
+        let done = mk(
+            json!({"metadata": {"name": "d"}, "spec": {"containers": []}, "status": {"phase": "Succeeded", "podIP": "10.42.0.3"}}),
+        );
         assert!(PodInfo::from_pod(&done).is_none());
-        let pending = mk(json!({"metadata": {"name": "d"}, "spec": {"containers": []}, "status": {"phase": "Pending"}}));
+        let pending = mk(
+            json!({"metadata": {"name": "d"}, "spec": {"containers": []}, "status": {"phase": "Pending"}}),
+        );
         assert!(PodInfo::from_pod(&pending).is_none());
     }
 
@@ -1022,10 +1474,23 @@ pub(crate) mod tests {
         );
         let plan = compute(NODE, &[p], &pods, &nss);
         let r = &plan.pods["default/web"].egress.as_ref().unwrap()[0];
-        assert_eq!(set(&plan, &r.peers.as_ref().unwrap()[0]), &[ip("192.168.5.10")].into_iter().collect());
+        assert_eq!(
+            set(&plan, &r.peers.as_ref().unwrap()[0]),
+            &[ip("192.168.5.10")].into_iter().collect()
+        );
         let named = &r.ports.as_ref().unwrap().named_sets;
-        assert_eq!(plan.port_sets[&named[0]], [(ip("192.168.5.10"), Protocol::Udp, 53)].into_iter().collect());
-        assert_eq!(plan.port_sets[&named[1]], [(ip("192.168.5.10"), Protocol::Tcp, 53)].into_iter().collect());
+        assert_eq!(
+            plan.port_sets[&named[0]],
+            [(ip("192.168.5.10"), Protocol::Udp, 53)]
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(
+            plan.port_sets[&named[1]],
+            [(ip("192.168.5.10"), Protocol::Tcp, 53)]
+                .into_iter()
+                .collect()
+        );
         // never selected, even by a policy selecting every pod of kube-system on a node named ""
         let all = np("kube-system", "all", json!({"podSelector": {}}));
         assert!(compute("", &[all], &pods, &nss).pods.is_empty());

@@ -9,8 +9,13 @@ use crate::NetpolError;
 /// starting with a letter; at most 64 characters).
 pub fn check_table_name(table: &str) -> Result<(), NetpolError> {
     let ok = table.len() <= 64
-        && table.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && table
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+        && table
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
@@ -32,7 +37,10 @@ pub fn apply_with(prefix: &[&str], script: &str, check_only: bool) -> Result<(),
     if check_only {
         cmd.arg("-c");
     }
-    cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(script.as_bytes())?;
@@ -50,7 +58,10 @@ pub fn apply_with(prefix: &[&str], script: &str, check_only: bool) -> Result<(),
             stderr.truncate(cut);
             stderr.push_str("...");
         }
-        Err(NetpolError::Nft { status: out.status.to_string(), stderr })
+        Err(NetpolError::Nft {
+            status: out.status.to_string(),
+            stderr,
+        })
     }
 }
 
@@ -58,7 +69,6 @@ pub fn apply_with(prefix: &[&str], script: &str, check_only: bool) -> Result<(),
 pub fn apply_blocking(script: &str, check_only: bool) -> Result<(), NetpolError> {
     apply_with(&[], script, check_only)
 }
-
 
 #[cfg(test)]
 mod tests {

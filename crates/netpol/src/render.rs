@@ -65,7 +65,10 @@ impl Family {
 
     /// Whether `ip` belongs to this family.
     pub fn has(self, ip: &IpAddr) -> bool {
-        matches!((self, ip), (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)))
+        matches!(
+            (self, ip),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
     }
 }
 
@@ -112,7 +115,13 @@ enum Direction {
 }
 
 /// Renders the allow rules of one pod and direction; records the sets they use.
-fn rule_lines(plan: &Plan, family: Family, dir: Direction, rules: &[RuleMatch], used: &mut BTreeSet<String>) -> Vec<String> {
+fn rule_lines(
+    plan: &Plan,
+    family: Family,
+    dir: Direction,
+    rules: &[RuleMatch],
+    used: &mut BTreeSet<String>,
+) -> Vec<String> {
     let fam = family.nft();
     let (addr, verdict) = match dir {
         Direction::Ingress => ("saddr", "accept"),
@@ -128,7 +137,8 @@ fn rule_lines(plan: &Plan, family: Family, dir: Direction, rules: &[RuleMatch], 
                     PeerRef::Pods(n) => Some(Some((format!("{fam} {addr} @{n}"), n.as_str()))),
                     PeerRef::Cidr(n) => {
                         let ipv6 = plan.cidr_sets.get(n)?.ipv6;
-                        (ipv6 == (family == Family::V6)).then(|| Some((format!("{fam} {addr} @{n}"), n.as_str())))
+                        (ipv6 == (family == Family::V6))
+                            .then(|| Some((format!("{fam} {addr} @{n}"), n.as_str())))
                     }
                 })
                 .collect(),
@@ -151,15 +161,26 @@ fn rule_lines(plan: &Plan, family: Family, dir: Direction, rules: &[RuleMatch], 
                         .collect();
                     elems.sort();
                     elems.dedup();
-                    v.push(Some((format!("meta l4proto . th dport {{ {} }}", elems.join(", ")), None)));
+                    v.push(Some((
+                        format!("meta l4proto . th dport {{ {} }}", elems.join(", ")),
+                        None,
+                    )));
                 }
                 for n in &spec.named_sets {
-                    v.push(Some((format!("{fam} daddr . meta l4proto . th dport @{n}"), Some(n.as_str()))));
+                    v.push(Some((
+                        format!("{fam} daddr . meta l4proto . th dport @{n}"),
+                        Some(n.as_str()),
+                    )));
                 }
                 v
             }
         };
-        let comment = r.policy.chars().filter(|c| *c != '"' && *c != '\\').take(120).collect::<String>();
+        let comment = r
+            .policy
+            .chars()
+            .filter(|c| *c != '"' && *c != '\\')
+            .take(120)
+            .collect::<String>();
         for peer in &peers {
             for port in &ports {
                 let mut line = String::new();
@@ -185,7 +206,11 @@ fn rule_lines(plan: &Plan, family: Family, dir: Direction, rules: &[RuleMatch], 
     v
 }
 
-fn chain_for(chains: &mut BTreeMap<String, Vec<String>>, prefix: &str, lines: Vec<String>) -> String {
+fn chain_for(
+    chains: &mut BTreeMap<String, Vec<String>>,
+    prefix: &str,
+    lines: Vec<String>,
+) -> String {
     let name = format!("{prefix}-{}", short_hash(&lines.join("\n")));
     chains.entry(name.clone()).or_insert(lines);
     name
@@ -194,12 +219,22 @@ fn chain_for(chains: &mut BTreeMap<String, Vec<String>>, prefix: &str, lines: Ve
 /// Whether `plan` needs a table of `family` (IPv4: always; IPv6: when a restricted
 /// local pod has an IPv6 address).
 pub fn needs_table(plan: &Plan, family: Family) -> bool {
-    family == Family::V4 || plan.pods.values().any(|p| p.ips.iter().any(|ip| family.has(ip)))
+    family == Family::V4
+        || plan
+            .pods
+            .values()
+            .any(|p| p.ips.iter().any(|ip| family.has(ip)))
 }
 
 /// The desired table content of `family` for `plan`.
 pub fn desired(plan: &Plan, family: Family) -> TableState {
-    let mut st = TableState { family, sets: BTreeMap::new(), chains: BTreeMap::new(), ingress: BTreeMap::new(), egress: BTreeMap::new() };
+    let mut st = TableState {
+        family,
+        sets: BTreeMap::new(),
+        chains: BTreeMap::new(),
+        ingress: BTreeMap::new(),
+        egress: BTreeMap::new(),
+    };
     let mut used = BTreeSet::new();
     for pod in plan.pods.values() {
         let ips: Vec<&IpAddr> = pod.ips.iter().filter(|ip| family.has(ip)).collect();
@@ -207,13 +242,21 @@ pub fn desired(plan: &Plan, family: Family) -> TableState {
             continue;
         }
         if let Some(rules) = &pod.ingress {
-            let chain = chain_for(&mut st.chains, "ing", rule_lines(plan, family, Direction::Ingress, rules, &mut used));
+            let chain = chain_for(
+                &mut st.chains,
+                "ing",
+                rule_lines(plan, family, Direction::Ingress, rules, &mut used),
+            );
             for ip in &ips {
                 st.ingress.insert(ip.to_string(), chain.clone());
             }
         }
         if let Some(rules) = &pod.egress {
-            let chain = chain_for(&mut st.chains, "egr", rule_lines(plan, family, Direction::Egress, rules, &mut used));
+            let chain = chain_for(
+                &mut st.chains,
+                "egr",
+                rule_lines(plan, family, Direction::Egress, rules, &mut used),
+            );
             for ip in &ips {
                 st.egress.insert(ip.to_string(), chain.clone());
             }
@@ -221,13 +264,37 @@ pub fn desired(plan: &Plan, family: Family) -> TableState {
     }
     for name in used {
         let set = if let Some(ips) = plan.pod_sets.get(&name) {
-            SetState { kind: SetKind::Addr, elements: ips.iter().filter(|ip| family.has(ip)).map(IpAddr::to_string).collect() }
+            SetState {
+                kind: SetKind::Addr,
+                elements: ips
+                    .iter()
+                    .filter(|ip| family.has(ip))
+                    .map(IpAddr::to_string)
+                    .collect(),
+            }
         } else if let Some(c) = plan.cidr_sets.get(&name) {
-            SetState { kind: SetKind::Interval, elements: c.ranges.iter().map(|(a, z)| if a == z { a.to_string() } else { format!("{a}-{z}") }).collect() }
+            SetState {
+                kind: SetKind::Interval,
+                elements: c
+                    .ranges
+                    .iter()
+                    .map(|(a, z)| {
+                        if a == z {
+                            a.to_string()
+                        } else {
+                            format!("{a}-{z}")
+                        }
+                    })
+                    .collect(),
+            }
         } else if let Some(ports) = plan.port_sets.get(&name) {
             SetState {
                 kind: SetKind::AddrProtoPort,
-                elements: ports.iter().filter(|(ip, _, _)| family.has(ip)).map(|(ip, proto, port)| format!("{ip} . {} . {port}", proto.nft_name())).collect(),
+                elements: ports
+                    .iter()
+                    .filter(|(ip, _, _)| family.has(ip))
+                    .map(|(ip, proto, port)| format!("{ip} . {} . {port}", proto.nft_name()))
+                    .collect(),
             }
         } else {
             continue;
@@ -241,25 +308,43 @@ fn set_decl(family: Family, kind: SetKind) -> String {
     match kind {
         SetKind::Addr => format!("type {}", family.addr_type()),
         SetKind::Interval => format!("type {}; flags interval", family.addr_type()),
-        SetKind::AddrProtoPort => format!("type {} . inet_proto . inet_service", family.addr_type()),
+        SetKind::AddrProtoPort => {
+            format!("type {} . inet_proto . inet_service", family.addr_type())
+        }
     }
 }
 
-fn add_elements<'a>(out: &mut String, family: Family, table: &str, set: &str, elements: impl Iterator<Item = &'a String>, verb: &str) {
+fn add_elements<'a>(
+    out: &mut String,
+    family: Family,
+    table: &str,
+    set: &str,
+    elements: impl Iterator<Item = &'a String>,
+    verb: &str,
+) {
     let elements: Vec<&String> = elements.collect();
     for chunk in elements.chunks(ELEMENTS_PER_LINE) {
         let joined: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
-        let _ = writeln!(out, "{verb} element {} {table} {set} {{ {} }}", family.nft(), joined.join(", "));
+        let _ = writeln!(
+            out,
+            "{verb} element {} {table} {set} {{ {} }}",
+            family.nft(),
+            joined.join(", ")
+        );
     }
 }
 
 fn map_elements<'a>(m: impl Iterator<Item = (&'a String, &'a String)>) -> Vec<String> {
-    m.map(|(ip, chain)| format!("{ip} : jump {chain}")).collect()
+    m.map(|(ip, chain)| format!("{ip} : jump {chain}"))
+        .collect()
 }
 
 /// The script deleting `family`'s table if it exists (and doing nothing otherwise).
 pub fn render_delete(family: Family, table: &str) -> String {
-    format!("add table {0} {table}\ndelete table {0} {table}\n", family.nft())
+    format!(
+        "add table {0} {table}\ndelete table {0} {table}\n",
+        family.nft()
+    )
 }
 
 /// The script replacing `family`'s table (whatever it holds) with `st`, atomically
@@ -269,7 +354,11 @@ pub fn render_full(st: &TableState, table: &str) -> String {
     let mut out = render_delete(st.family, table);
     let _ = writeln!(out, "add table {fam} {table}");
     for (name, set) in &st.sets {
-        let _ = writeln!(out, "add set {fam} {table} {name} {{ {}; }}", set_decl(st.family, set.kind));
+        let _ = writeln!(
+            out,
+            "add set {fam} {table} {name} {{ {}; }}",
+            set_decl(st.family, set.kind)
+        );
         add_elements(&mut out, st.family, table, name, set.elements.iter(), "add");
     }
     for (name, rules) in &st.chains {
@@ -279,26 +368,48 @@ pub fn render_full(st: &TableState, table: &str) -> String {
         }
     }
     for (map, elems) in [(INGRESS_MAP, &st.ingress), (EGRESS_MAP, &st.egress)] {
-        let _ = writeln!(out, "add map {fam} {table} {map} {{ type {} : verdict; }}", st.family.addr_type());
+        let _ = writeln!(
+            out,
+            "add map {fam} {table} {map} {{ type {} : verdict; }}",
+            st.family.addr_type()
+        );
         let e = map_elements(elems.iter());
         add_elements(&mut out, st.family, table, map, e.iter(), "add");
     }
     // IPv6 neighbor discovery is link plumbing, not traffic a policy governs
     let ndp = (st.family == Family::V6).then_some("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept");
     let _ = writeln!(out, "add chain {fam} {table} forward {{ type filter hook forward priority filter; policy accept; }}");
-    let _ = writeln!(out, "add rule {fam} {table} forward ct state established,related accept");
+    let _ = writeln!(
+        out,
+        "add rule {fam} {table} forward ct state established,related accept"
+    );
     if let Some(ndp) = ndp {
         let _ = writeln!(out, "add rule {fam} {table} forward {ndp}");
     }
-    let _ = writeln!(out, "add rule {fam} {table} forward {fam} saddr vmap @{EGRESS_MAP}");
-    let _ = writeln!(out, "add rule {fam} {table} forward fib saddr type local accept");
-    let _ = writeln!(out, "add rule {fam} {table} forward {fam} daddr vmap @{INGRESS_MAP}");
+    let _ = writeln!(
+        out,
+        "add rule {fam} {table} forward {fam} saddr vmap @{EGRESS_MAP}"
+    );
+    let _ = writeln!(
+        out,
+        "add rule {fam} {table} forward fib saddr type local accept"
+    );
+    let _ = writeln!(
+        out,
+        "add rule {fam} {table} forward {fam} daddr vmap @{INGRESS_MAP}"
+    );
     let _ = writeln!(out, "add chain {fam} {table} input {{ type filter hook input priority filter; policy accept; }}");
-    let _ = writeln!(out, "add rule {fam} {table} input ct state established,related accept");
+    let _ = writeln!(
+        out,
+        "add rule {fam} {table} input ct state established,related accept"
+    );
     if let Some(ndp) = ndp {
         let _ = writeln!(out, "add rule {fam} {table} input {ndp}");
     }
-    let _ = writeln!(out, "add rule {fam} {table} input {fam} saddr vmap @{EGRESS_MAP}");
+    let _ = writeln!(
+        out,
+        "add rule {fam} {table} input {fam} saddr vmap @{EGRESS_MAP}"
+    );
     out
 }
 
@@ -311,10 +422,21 @@ pub fn render_update(old: &TableState, new: &TableState, table: &str) -> String 
     // 1. new sets, and elements added to existing ones
     for (name, set) in &new.sets {
         match old.sets.get(name) {
-            Some(o) if o.kind == set.kind => add_elements(&mut out, f, table, name, set.elements.difference(&o.elements), "add"),
+            Some(o) if o.kind == set.kind => add_elements(
+                &mut out,
+                f,
+                table,
+                name,
+                set.elements.difference(&o.elements),
+                "add",
+            ),
             Some(_) => {} // kind changed: cannot happen with hashed names; handled below by delete + add
             None => {
-                let _ = writeln!(out, "add set {fam} {table} {name} {{ {}; }}", set_decl(f, set.kind));
+                let _ = writeln!(
+                    out,
+                    "add set {fam} {table} {name} {{ {}; }}",
+                    set_decl(f, set.kind)
+                );
                 add_elements(&mut out, f, table, name, set.elements.iter(), "add");
             }
         }
@@ -329,8 +451,15 @@ pub fn render_update(old: &TableState, new: &TableState, table: &str) -> String 
         }
     }
     // 3. verdict maps
-    for (map, o, n) in [(INGRESS_MAP, &old.ingress, &new.ingress), (EGRESS_MAP, &old.egress, &new.egress)] {
-        let gone: Vec<String> = o.iter().filter(|(ip, c)| n.get(*ip) != Some(*c)).map(|(ip, _)| ip.clone()).collect();
+    for (map, o, n) in [
+        (INGRESS_MAP, &old.ingress, &new.ingress),
+        (EGRESS_MAP, &old.egress, &new.egress),
+    ] {
+        let gone: Vec<String> = o
+            .iter()
+            .filter(|(ip, c)| n.get(*ip) != Some(*c))
+            .map(|(ip, _)| ip.clone())
+            .collect();
         add_elements(&mut out, f, table, map, gone.iter(), "delete");
         let added = map_elements(n.iter().filter(|(ip, c)| o.get(*ip) != Some(*c)));
         add_elements(&mut out, f, table, map, added.iter(), "add");
@@ -338,7 +467,14 @@ pub fn render_update(old: &TableState, new: &TableState, table: &str) -> String 
     // 4. elements gone from kept sets
     for (name, set) in &new.sets {
         if let Some(o) = old.sets.get(name).filter(|o| o.kind == set.kind) {
-            add_elements(&mut out, f, table, name, o.elements.difference(&set.elements), "delete");
+            add_elements(
+                &mut out,
+                f,
+                table,
+                name,
+                o.elements.difference(&set.elements),
+                "delete",
+            );
         }
     }
     // 5. chains no longer used, then sets no longer used
@@ -354,7 +490,11 @@ pub fn render_update(old: &TableState, new: &TableState, table: &str) -> String 
     // a set whose kind changed is re-created after the old one is gone
     for (name, set) in &new.sets {
         if old.sets.get(name).is_some_and(|o| o.kind != set.kind) {
-            let _ = writeln!(out, "add set {fam} {table} {name} {{ {}; }}", set_decl(f, set.kind));
+            let _ = writeln!(
+                out,
+                "add set {fam} {table} {name} {{ {}; }}",
+                set_decl(f, set.kind)
+            );
             add_elements(&mut out, f, table, name, set.elements.iter(), "add");
         }
     }
@@ -372,17 +512,30 @@ mod tests {
         let mut pods = vec![
             pod("default", "web", NODE, "10.42.0.2", &[("app", "web")]),
             pod("default", "client", NODE, "10.42.0.3", &[("app", "client")]),
-            pod("default", "other", "node-b", "10.42.1.3", &[("app", "client")]),
+            pod(
+                "default",
+                "other",
+                "node-b",
+                "10.42.1.3",
+                &[("app", "client")],
+            ),
         ];
         pods.extend(extra);
         let nss = vec![ns("default", &[])];
-        let nps: Vec<_> = policies.iter().enumerate().map(|(i, s)| np("default", &format!("p{i}"), s.clone())).collect();
+        let nps: Vec<_> = policies
+            .iter()
+            .enumerate()
+            .map(|(i, s)| np("default", &format!("p{i}"), s.clone()))
+            .collect();
         compute(NODE, &nps, &pods, &nss)
     }
 
     #[test]
     fn default_deny_ingress() {
-        let plan = plan_of(&[json!({"podSelector": {"matchLabels": {"app": "web"}}})], vec![]);
+        let plan = plan_of(
+            &[json!({"podSelector": {"matchLabels": {"app": "web"}}})],
+            vec![],
+        );
         let st = desired(&plan, Family::V4);
         assert_eq!(st.ingress.len(), 1);
         let chain = &st.ingress["10.42.0.2"];
@@ -392,7 +545,9 @@ mod tests {
         assert!(st.sets.is_empty());
         let script = render_full(&st, "t");
         assert!(script.starts_with("add table ip t\ndelete table ip t\nadd table ip t\n"));
-        assert!(script.contains(&format!("add element ip t ingress-pods {{ 10.42.0.2 : jump {chain} }}")));
+        assert!(script.contains(&format!(
+            "add element ip t ingress-pods {{ 10.42.0.2 : jump {chain} }}"
+        )));
         assert!(script.contains("add rule ip t forward ct state established,related accept\nadd rule ip t forward ip saddr vmap @egress-pods\n"));
         assert!(script.contains("add rule ip t input ip saddr vmap @egress-pods"));
     }
@@ -400,7 +555,9 @@ mod tests {
     #[test]
     fn pods_with_same_rules_share_a_chain() {
         let plan = plan_of(
-            &[json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": 80}]}]})],
+            &[
+                json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": 80}]}]}),
+            ],
             vec![],
         );
         let st = desired(&plan, Family::V4);
@@ -409,40 +566,82 @@ mod tests {
         let rules = st.chains.values().next().unwrap();
         let set = st.sets.keys().next().unwrap();
         assert_eq!(rules[0], format!("ip saddr @{set} meta l4proto . th dport {{ tcp . 80 }} accept comment \"default/p0\""));
-        assert_eq!(st.sets[set].elements, ["10.42.0.3", "10.42.1.3"].iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            st.sets[set].elements,
+            ["10.42.0.3", "10.42.1.3"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        );
     }
 
     #[test]
     fn egress_rules_return_and_use_named_port_sets() {
         let db = PodInfo {
-            named_ports: vec![NamedPort { name: "sql".into(), protocol: Protocol::Tcp, port: 5432 }],
+            named_ports: vec![NamedPort {
+                name: "sql".into(),
+                protocol: Protocol::Tcp,
+                port: 5432,
+            }],
             ..pod("default", "db", "node-b", "10.42.1.9", &[("app", "db")])
         };
         let plan = plan_of(
-            &[json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"], "egress": [
-                {"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": "sql"}, {"port": 53, "protocol": "UDP"}, {"port": 1000, "endPort": 2000, "protocol": "SCTP"}]},
-                {"to": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}]}
-            ]})],
+            &[
+                json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"], "egress": [
+                    {"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": "sql"}, {"port": 53, "protocol": "UDP"}, {"port": 1000, "endPort": 2000, "protocol": "SCTP"}]},
+                    {"to": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}]}
+                ]}),
+            ],
             vec![db],
         );
         let st = desired(&plan, Family::V4);
         let chain = &st.chains[&st.egress["10.42.0.2"]];
-        let pods_set = st.sets.iter().find(|(n, _)| n.starts_with("pods-")).unwrap().0;
-        let port_set = st.sets.iter().find(|(n, _)| n.starts_with("port-")).unwrap().0;
-        let cidr_set = st.sets.iter().find(|(n, _)| n.starts_with("cidr-")).unwrap().0;
-        assert!(chain.contains(&format!("ip daddr @{cidr_set} return comment \"default/p0\"")));
+        let pods_set = st
+            .sets
+            .iter()
+            .find(|(n, _)| n.starts_with("pods-"))
+            .unwrap()
+            .0;
+        let port_set = st
+            .sets
+            .iter()
+            .find(|(n, _)| n.starts_with("port-"))
+            .unwrap()
+            .0;
+        let cidr_set = st
+            .sets
+            .iter()
+            .find(|(n, _)| n.starts_with("cidr-"))
+            .unwrap()
+            .0;
+        assert!(chain.contains(&format!(
+            "ip daddr @{cidr_set} return comment \"default/p0\""
+        )));
         assert!(chain.contains(&format!("ip daddr @{pods_set} meta l4proto . th dport {{ sctp . 1000-2000, udp . 53 }} return comment \"default/p0\"")));
         assert!(chain.contains(&format!("ip daddr @{pods_set} ip daddr . meta l4proto . th dport @{port_set} return comment \"default/p0\"")));
         assert_eq!(chain.last().unwrap(), "counter drop");
-        assert_eq!(st.sets[port_set].elements, ["10.42.1.9 . tcp . 5432".to_string()].into_iter().collect());
+        assert_eq!(
+            st.sets[port_set].elements,
+            ["10.42.1.9 . tcp . 5432".to_string()].into_iter().collect()
+        );
         assert_eq!(st.sets[cidr_set].kind, SetKind::Interval);
-        assert_eq!(st.sets[cidr_set].elements, ["192.168.0.0-192.168.0.255".to_string(), "192.168.2.0-192.168.255.255".to_string()].into_iter().collect());
+        assert_eq!(
+            st.sets[cidr_set].elements,
+            [
+                "192.168.0.0-192.168.0.255".to_string(),
+                "192.168.2.0-192.168.255.255".to_string()
+            ]
+            .into_iter()
+            .collect()
+        );
     }
 
     #[test]
     fn families_are_split() {
-        let dual =
-            PodInfo { ips: vec!["10.42.0.7".parse().unwrap(), "fd00:42::7".parse().unwrap()], ..pod("default", "dual", NODE, "10.42.0.7", &[("app", "dual")]) };
+        let dual = PodInfo {
+            ips: vec!["10.42.0.7".parse().unwrap(), "fd00:42::7".parse().unwrap()],
+            ..pod("default", "dual", NODE, "10.42.0.7", &[("app", "dual")])
+        };
         let plan = plan_of(
             &[
                 json!({"podSelector": {"matchLabels": {"app": "dual"}}, "ingress": [{"from": [{"ipBlock": {"cidr": "fd00::/8"}}, {"ipBlock": {"cidr": "10.0.0.0/8"}}]}]}),
@@ -460,7 +659,10 @@ mod tests {
         assert!(v6.chains.values().next().unwrap()[0].starts_with("ip6 saddr @cidr-"));
         let full6 = render_full(&v6, "t");
         assert!(full6.contains("add map ip6 t ingress-pods { type ipv6_addr : verdict; }"));
-        assert!(full6.contains("add rule ip6 t input icmpv6 type { nd-neighbor-solicit,"), "{full6}");
+        assert!(
+            full6.contains("add rule ip6 t input icmpv6 type { nd-neighbor-solicit,"),
+            "{full6}"
+        );
         assert!(!render_full(&v4, "t").contains("icmpv6"));
         let v4only = plan_of(&[json!({"podSelector": {}})], vec![]);
         assert!(!needs_table(&v4only, Family::V6));
@@ -472,10 +674,28 @@ mod tests {
         let a = desired(&plan_of(std::slice::from_ref(&policy), vec![]), Family::V4);
         assert_eq!(render_update(&a, &a, "t"), "", "nothing changed: no script");
         // a new client pod: one element added, nothing else
-        let b = desired(&plan_of(std::slice::from_ref(&policy), vec![pod("default", "c2", "node-c", "10.42.2.2", &[("app", "client")])]), Family::V4);
+        let b = desired(
+            &plan_of(
+                std::slice::from_ref(&policy),
+                vec![pod(
+                    "default",
+                    "c2",
+                    "node-c",
+                    "10.42.2.2",
+                    &[("app", "client")],
+                )],
+            ),
+            Family::V4,
+        );
         let set = a.sets.keys().next().unwrap();
-        assert_eq!(render_update(&a, &b, "t"), format!("add element ip t {set} {{ 10.42.2.2 }}\n"));
-        assert_eq!(render_update(&b, &a, "t"), format!("delete element ip t {set} {{ 10.42.2.2 }}\n"));
+        assert_eq!(
+            render_update(&a, &b, "t"),
+            format!("add element ip t {set} {{ 10.42.2.2 }}\n")
+        );
+        assert_eq!(
+            render_update(&b, &a, "t"),
+            format!("delete element ip t {set} {{ 10.42.2.2 }}\n")
+        );
         // policy removed: map element, chain and set go, in an order nft accepts
         let empty = desired(&plan_of(&[], vec![]), Family::V4);
         let chain = &a.ingress["10.42.0.2"];
@@ -485,10 +705,18 @@ mod tests {
             format!("delete element ip t ingress-pods {{ 10.42.0.2 }}\nflush chain ip t {chain}\ndelete chain ip t {chain}\ndelete set ip t {set}\n")
         );
         // the rules of the pod change: a new chain, the map element re-pointed
-        let c = desired(&plan_of(&[json!({"podSelector": {"matchLabels": {"app": "web"}}})], vec![]), Family::V4);
+        let c = desired(
+            &plan_of(
+                &[json!({"podSelector": {"matchLabels": {"app": "web"}}})],
+                vec![],
+            ),
+            Family::V4,
+        );
         let s = render_update(&a, &c, "t");
         let new_chain = &c.ingress["10.42.0.2"];
         assert!(s.starts_with(&format!("add chain ip t {new_chain}\nadd rule ip t {new_chain} counter drop\ndelete element ip t ingress-pods {{ 10.42.0.2 }}\nadd element ip t ingress-pods {{ 10.42.0.2 : jump {new_chain} }}\n")), "{s}");
-        assert!(s.ends_with(&format!("delete chain ip t {chain}\ndelete set ip t {set}\n")));
+        assert!(s.ends_with(&format!(
+            "delete chain ip t {chain}\ndelete set ip t {set}\n"
+        )));
     }
 }

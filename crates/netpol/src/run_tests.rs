@@ -34,7 +34,10 @@ fn one_frame(v: &Value) -> Body {
 impl FakeApi {
     fn respond(&self, req: &Request<kube::client::Body>) -> Response<Body> {
         let path = req.uri().path();
-        let Some(plural) = ["networkpolicies", "pods", "namespaces"].into_iter().find(|p| path.ends_with(&format!("/{p}"))) else {
+        let Some(plural) = ["networkpolicies", "pods", "namespaces"]
+            .into_iter()
+            .find(|p| path.ends_with(&format!("/{p}")))
+        else {
             let mut resp = Response::new(one_frame(&json!({"kind": "Status", "code": 404})));
             *resp.status_mut() = http::StatusCode::NOT_FOUND;
             return resp;
@@ -42,7 +45,10 @@ impl FakeApi {
         if req.uri().query().unwrap_or_default().contains("watch=true") {
             let rx = self.watches.lock().unwrap().remove(plural);
             let body: BoxStream<'static, Result<Frame<Bytes>, Infallible>> = match rx {
-                Some(rx) => stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(Frame::data(b)), rx)) }).boxed(),
+                Some(rx) => stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
+                })
+                .boxed(),
                 None => stream::pending().boxed(),
             };
             return Response::new(StreamBody::new(body));
@@ -63,7 +69,10 @@ fn pod(name: &str, ip: &str, app: &str, rv: &str) -> Value {
 }
 
 async fn next_script(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("a sync within 10 s").expect("the loop is running")
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a sync within 10 s")
+        .expect("the loop is running")
 }
 
 #[tokio::test]
@@ -75,8 +84,25 @@ async fn watch_changes_become_incremental_syncs() {
     let api = Arc::new(FakeApi {
         lists: HashMap::from([
             ("networkpolicies", list("NetworkPolicyList", vec![policy])),
-            ("pods", list("PodList", vec![pod("web", "10.42.0.2", "web", "1"), pod("client", "10.42.0.3", "other", "1")])),
-            ("namespaces", list("NamespaceList", vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "resourceVersion": "1"}})])),
+            (
+                "pods",
+                list(
+                    "PodList",
+                    vec![
+                        pod("web", "10.42.0.2", "web", "1"),
+                        pod("client", "10.42.0.3", "other", "1"),
+                    ],
+                ),
+            ),
+            (
+                "namespaces",
+                list(
+                    "NamespaceList",
+                    vec![
+                        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "resourceVersion": "1"}}),
+                    ],
+                ),
+            ),
         ]),
         watches: Mutex::new(HashMap::from([("pods", pod_rx)])),
     });
@@ -94,44 +120,86 @@ async fn watch_changes_become_incremental_syncs() {
         let failed = std::mem::take(&mut *fail.lock().unwrap());
         let _ = tx.send(script);
         if failed {
-            Err(NetpolError::Nft { status: "exit status: 1".into(), stderr: "injected".into() })
+            Err(NetpolError::Nft {
+                status: "exit status: 1".into(),
+                stderr: "injected".into(),
+            })
         } else {
             Ok(())
         }
     });
-    let opts = NetpolOptions { node_name: "n1".into(), table: "t".into(), min_sync_interval: Duration::from_millis(10), ..Default::default() };
+    let opts = NetpolOptions {
+        node_name: "n1".into(),
+        table: "t".into(),
+        min_sync_interval: Duration::from_millis(10),
+        ..Default::default()
+    };
     let task = tokio::spawn(run_with(client, opts, applier));
 
     let first = next_script(&mut scripts).await;
-    assert!(first.starts_with("add table ip t\ndelete table ip t\n"), "{first}");
-    assert!(first.contains("add element ip t ingress-pods { 10.42.0.2 : jump ing-"), "{first}");
-    let set = first.lines().find_map(|l| l.strip_prefix("add set ip t ")).and_then(|l| l.split(' ').next()).unwrap().to_string();
+    assert!(
+        first.starts_with("add table ip t\ndelete table ip t\n"),
+        "{first}"
+    );
+    assert!(
+        first.contains("add element ip t ingress-pods { 10.42.0.2 : jump ing-"),
+        "{first}"
+    );
+    let set = first
+        .lines()
+        .find_map(|l| l.strip_prefix("add set ip t "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_string();
 
     // the client pod gets the label the policy allows: one element added
     let ev = json!({"type": "MODIFIED", "object": pod("client", "10.42.0.3", "client", "2")});
     pod_tx.send(Bytes::from(format!("{ev}\n"))).unwrap();
-    assert_eq!(next_script(&mut scripts).await, format!("add element ip t {set} {{ 10.42.0.3 }}\n"));
+    assert_eq!(
+        next_script(&mut scripts).await,
+        format!("add element ip t {set} {{ 10.42.0.3 }}\n")
+    );
 
     // a failed transaction is retried as a full rebuild
     *fail_next.lock().unwrap() = true;
     let ev = json!({"type": "MODIFIED", "object": pod("client", "10.42.0.3", "other", "3")});
     pod_tx.send(Bytes::from(format!("{ev}\n"))).unwrap();
-    assert_eq!(next_script(&mut scripts).await, format!("delete element ip t {set} {{ 10.42.0.3 }}\n"));
+    assert_eq!(
+        next_script(&mut scripts).await,
+        format!("delete element ip t {set} {{ 10.42.0.3 }}\n")
+    );
     let retry = next_script(&mut scripts).await;
-    assert!(retry.starts_with("add table ip t\ndelete table ip t\n"), "{retry}");
+    assert!(
+        retry.starts_with("add table ip t\ndelete table ip t\n"),
+        "{retry}"
+    );
     assert!(!retry.contains("10.42.0.3"), "{retry}");
 
     // the pod deleted: nothing to change for web's rules, no script needed
     let ev = json!({"type": "DELETED", "object": pod("client", "10.42.0.3", "other", "4")});
     pod_tx.send(Bytes::from(format!("{ev}\n"))).unwrap();
-    assert!(tokio::time::timeout(Duration::from_millis(300), scripts.recv()).await.is_err(), "no-op changes apply nothing");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), scripts.recv())
+            .await
+            .is_err(),
+        "no-op changes apply nothing"
+    );
     task.abort();
 }
 
 #[tokio::test]
 async fn bad_table_name_is_fatal() {
-    let svc = tower::service_fn(|_req: Request<kube::client::Body>| async { Ok::<_, Infallible>(Response::new(one_frame(&json!({})))) });
+    let svc = tower::service_fn(|_req: Request<kube::client::Body>| async {
+        Ok::<_, Infallible>(Response::new(one_frame(&json!({}))))
+    });
     let client = kube::Client::new(svc, "default");
-    let opts = NetpolOptions { node_name: "n1".into(), table: "bad name".into(), ..Default::default() };
-    assert!(matches!(crate::run(client, opts).await, Err(NetpolError::TableName(_))));
+    let opts = NetpolOptions {
+        node_name: "n1".into(),
+        table: "bad name".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        crate::run(client, opts).await,
+        Err(NetpolError::TableName(_))
+    ));
 }

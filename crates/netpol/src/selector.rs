@@ -84,7 +84,10 @@ impl Selector {
             let values = e.values.clone().unwrap_or_default();
             let need_values = |values: Vec<String>| {
                 if values.is_empty() {
-                    Err(SelectorError::MissingValues { operator: e.operator.clone(), key: e.key.clone() })
+                    Err(SelectorError::MissingValues {
+                        operator: e.operator.clone(),
+                        key: e.key.clone(),
+                    })
                 } else {
                     Ok(values)
                 }
@@ -93,7 +96,10 @@ impl Selector {
                 if values.is_empty() {
                     Ok(())
                 } else {
-                    Err(SelectorError::UnexpectedValues { operator: e.operator.clone(), key: e.key.clone() })
+                    Err(SelectorError::UnexpectedValues {
+                        operator: e.operator.clone(),
+                        key: e.key.clone(),
+                    })
                 }
             };
             let r = match e.operator.as_str() {
@@ -134,7 +140,9 @@ mod tests {
     }
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -147,7 +155,10 @@ mod tests {
 
     #[test]
     fn match_labels_all_required() {
-        let s = Selector::compile(&sel(serde_json::json!({"matchLabels": {"app": "web", "tier": "fe"}}))).unwrap();
+        let s = Selector::compile(&sel(
+            serde_json::json!({"matchLabels": {"app": "web", "tier": "fe"}}),
+        ))
+        .unwrap();
         assert!(s.matches(&labels(&[("app", "web"), ("tier", "fe"), ("x", "y")])));
         assert!(!s.matches(&labels(&[("app", "web")])));
         assert!(!s.matches(&labels(&[("app", "web"), ("tier", "be")])));
@@ -165,9 +176,15 @@ mod tests {
         assert!(s.matches(&labels(&[("env", "prod"), ("app", "a")])));
         assert!(s.matches(&labels(&[("env", "staging"), ("app", "a"), ("team", "y")])));
         assert!(!s.matches(&labels(&[("env", "dev"), ("app", "a")])), "In");
-        assert!(!s.matches(&labels(&[("env", "prod"), ("app", "a"), ("team", "x")])), "NotIn");
+        assert!(
+            !s.matches(&labels(&[("env", "prod"), ("app", "a"), ("team", "x")])),
+            "NotIn"
+        );
         assert!(!s.matches(&labels(&[("env", "prod")])), "Exists");
-        assert!(!s.matches(&labels(&[("env", "prod"), ("app", "a"), ("debug", "")])), "DoesNotExist");
+        assert!(
+            !s.matches(&labels(&[("env", "prod"), ("app", "a"), ("debug", "")])),
+            "DoesNotExist"
+        );
     }
 
     #[test]

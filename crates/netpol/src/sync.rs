@@ -43,7 +43,12 @@ pub(crate) struct Syncer {
 
 impl Syncer {
     pub(crate) fn new(node_name: &str, table: &str) -> Self {
-        Syncer { node_name: node_name.to_string(), table: table.to_string(), applied: None, reported: BTreeSet::new() }
+        Syncer {
+            node_name: node_name.to_string(),
+            table: table.to_string(),
+            applied: None,
+            reported: BTreeSet::new(),
+        }
     }
 
     /// Forgets what is applied: the next sync rebuilds everything.
@@ -52,23 +57,43 @@ impl Syncer {
     }
 
     /// Computes the desired tables and the script leading there (empty: nothing to do).
-    pub(crate) fn plan(&mut self, policies: &[NetworkPolicy], pods: &[PodInfo], namespaces: &[NamespaceInfo]) -> (Tables, String) {
+    pub(crate) fn plan(
+        &mut self,
+        policies: &[NetworkPolicy],
+        pods: &[PodInfo],
+        namespaces: &[NamespaceInfo],
+    ) -> (Tables, String) {
         let plan = model::compute(&self.node_name, policies, pods, namespaces);
-        let now: BTreeSet<(String, String)> = plan.skipped.iter().map(|s| (s.policy.clone(), s.reason.clone())).collect();
+        let now: BTreeSet<(String, String)> = plan
+            .skipped
+            .iter()
+            .map(|s| (s.policy.clone(), s.reason.clone()))
+            .collect();
         for (policy, reason) in now.difference(&self.reported) {
             tracing::warn!(networkpolicy = %policy, %reason, "NetworkPolicy skipped: it cannot be enforced");
         }
         self.reported = now;
-        let desired =
-            Tables { v4: Some(render::desired(&plan, Family::V4)), v6: render::needs_table(&plan, Family::V6).then(|| render::desired(&plan, Family::V6)) };
+        let desired = Tables {
+            v4: Some(render::desired(&plan, Family::V4)),
+            v6: render::needs_table(&plan, Family::V6).then(|| render::desired(&plan, Family::V6)),
+        };
         let mut script = String::new();
         for (family, new) in [(Family::V4, &desired.v4), (Family::V6, &desired.v6)] {
-            let old = self.applied.as_ref().map(|a| if family == Family::V4 { &a.v4 } else { &a.v6 });
+            let old = self
+                .applied
+                .as_ref()
+                .map(|a| if family == Family::V4 { &a.v4 } else { &a.v6 });
             match (old, new) {
-                (None, Some(n)) | (Some(None), Some(n)) => script.push_str(&render::render_full(n, &self.table)),
+                (None, Some(n)) | (Some(None), Some(n)) => {
+                    script.push_str(&render::render_full(n, &self.table))
+                }
                 (None, None) => script.push_str(&render::render_delete(family, &self.table)),
-                (Some(Some(_)), None) => script.push_str(&render::render_delete(family, &self.table)),
-                (Some(Some(o)), Some(n)) => script.push_str(&render::render_update(o, n, &self.table)),
+                (Some(Some(_)), None) => {
+                    script.push_str(&render::render_delete(family, &self.table))
+                }
+                (Some(Some(o)), Some(n)) => {
+                    script.push_str(&render::render_update(o, n, &self.table))
+                }
                 (Some(None), None) => {}
             }
         }
@@ -90,10 +115,23 @@ fn strip_pod(pod: &mut Pod) {
     pod.spec = pod.spec.take().map(|s| PodSpec {
         node_name: s.node_name,
         host_network: s.host_network,
-        containers: s.containers.into_iter().map(|c| Container { name: c.name, ports: c.ports, ..Default::default() }).collect(),
+        containers: s
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                ports: c.ports,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     });
-    pod.status = pod.status.take().map(|s| PodStatus { phase: s.phase, pod_ip: s.pod_ip, pod_ips: s.pod_ips, ..Default::default() });
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        ..Default::default()
+    });
 }
 
 fn strip_namespace(ns: &mut Namespace) {
@@ -119,18 +157,28 @@ impl Drop for Tasks {
     }
 }
 
-fn informer<K>(api: Api<K>, strip: fn(&mut K), notify: Arc<Notify>, kind: &'static str) -> (Store<K>, JoinHandle<()>)
+fn informer<K>(
+    api: Api<K>,
+    strip: fn(&mut K),
+    notify: Arc<Notify>,
+    kind: &'static str,
+) -> (Store<K>, JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(strip).reflect(writer);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer);
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(_) => notify.notify_one(),
-                Err(e) => tracing::warn!(%kind, error = %e, "NetworkPolicy enforcer: watch failed, retrying"),
+                Err(e) => {
+                    tracing::warn!(%kind, error = %e, "NetworkPolicy enforcer: watch failed, retrying")
+                }
             }
         }
     });
@@ -138,7 +186,9 @@ where
 }
 
 fn retry_delay(failures: u32) -> Duration {
-    let secs = 1u64.checked_shl(failures.saturating_sub(1).min(5)).unwrap_or(32);
+    let secs = 1u64
+        .checked_shl(failures.saturating_sub(1).min(5))
+        .unwrap_or(32);
     Duration::from_secs(secs).min(MAX_RETRY)
 }
 
@@ -151,26 +201,62 @@ fn retry_delay(failures: u32) -> Duration {
 /// transaction (retried with backoff, the previous rules staying in place) and every
 /// `full_resync_period` (zero: never).
 pub async fn run(client: kube::Client, opts: NetpolOptions) -> Result<(), NetpolError> {
-    run_with(client, opts, Arc::new(|script: String| nft::apply_blocking(&script, false))).await
+    run_with(
+        client,
+        opts,
+        Arc::new(|script: String| nft::apply_blocking(&script, false)),
+    )
+    .await
 }
 
 /// Applies one script as one transaction (blocking; run on a blocking thread).
 pub(crate) type Applier = Arc<dyn Fn(String) -> Result<(), NetpolError> + Send + Sync>;
 
 /// [`run`] with the way scripts are applied given (tests record them instead).
-pub(crate) async fn run_with(client: kube::Client, opts: NetpolOptions, applier: Applier) -> Result<(), NetpolError> {
+pub(crate) async fn run_with(
+    client: kube::Client,
+    opts: NetpolOptions,
+    applier: Applier,
+) -> Result<(), NetpolError> {
     nft::check_table_name(&opts.table)?;
     let notify = Arc::new(Notify::new());
-    let (policies, t1) = informer(Api::<NetworkPolicy>::all(client.clone()), strip_policy, notify.clone(), "NetworkPolicy");
-    let (pods, t2) = informer(Api::<Pod>::all(client.clone()), strip_pod, notify.clone(), "Pod");
-    let (namespaces, t3) = informer(Api::<Namespace>::all(client), strip_namespace, notify.clone(), "Namespace");
+    let (policies, t1) = informer(
+        Api::<NetworkPolicy>::all(client.clone()),
+        strip_policy,
+        notify.clone(),
+        "NetworkPolicy",
+    );
+    let (pods, t2) = informer(
+        Api::<Pod>::all(client.clone()),
+        strip_pod,
+        notify.clone(),
+        "Pod",
+    );
+    let (namespaces, t3) = informer(
+        Api::<Namespace>::all(client),
+        strip_namespace,
+        notify.clone(),
+        "Namespace",
+    );
     let tasks = Tasks(vec![("NetworkPolicy", t1), ("Pod", t2), ("Namespace", t3)]);
-    policies.wait_until_ready().await.map_err(|_| NetpolError::InformerStopped("NetworkPolicy"))?;
-    pods.wait_until_ready().await.map_err(|_| NetpolError::InformerStopped("Pod"))?;
-    namespaces.wait_until_ready().await.map_err(|_| NetpolError::InformerStopped("Namespace"))?;
+    policies
+        .wait_until_ready()
+        .await
+        .map_err(|_| NetpolError::InformerStopped("NetworkPolicy"))?;
+    pods.wait_until_ready()
+        .await
+        .map_err(|_| NetpolError::InformerStopped("Pod"))?;
+    namespaces
+        .wait_until_ready()
+        .await
+        .map_err(|_| NetpolError::InformerStopped("Namespace"))?;
     tracing::info!(node = %opts.node_name, table = %opts.table, "NetworkPolicy enforcer started");
 
-    let full_period = if opts.full_resync_period.is_zero() { Duration::from_secs(u64::from(u32::MAX)) } else { opts.full_resync_period };
+    let full_period = if opts.full_resync_period.is_zero() {
+        Duration::from_secs(u64::from(u32::MAX))
+    } else {
+        opts.full_resync_period
+    };
     let mut syncer = Syncer::new(&opts.node_name, &opts.table);
     let mut last_full = Instant::now();
     let mut failures = 0u32;
@@ -183,10 +269,19 @@ pub(crate) async fn run_with(client: kube::Client, opts: NetpolOptions, applier:
             syncer.invalidate();
         }
         let full = syncer.applied.is_none();
-        let policy_list: Vec<NetworkPolicy> = policies.state().iter().map(|p| (**p).clone()).collect();
-        let mut pod_list: Vec<PodInfo> = pods.state().iter().filter_map(|p| PodInfo::from_pod(p)).collect();
+        let policy_list: Vec<NetworkPolicy> =
+            policies.state().iter().map(|p| (**p).clone()).collect();
+        let mut pod_list: Vec<PodInfo> = pods
+            .state()
+            .iter()
+            .filter_map(|p| PodInfo::from_pod(p))
+            .collect();
         pod_list.extend(model::builtin_dns_pod(&opts.builtin_dns_ips));
-        let ns_list: Vec<NamespaceInfo> = namespaces.state().iter().filter_map(|n| NamespaceInfo::from_namespace(n)).collect();
+        let ns_list: Vec<NamespaceInfo> = namespaces
+            .state()
+            .iter()
+            .filter_map(|n| NamespaceInfo::from_namespace(n))
+            .collect();
         let (desired, script) = syncer.plan(&policy_list, &pod_list, &ns_list);
         let mut retry = None;
         if script.is_empty() {
@@ -205,7 +300,12 @@ pub(crate) async fn run_with(client: kube::Client, opts: NetpolOptions, applier:
                     if full {
                         last_full = Instant::now();
                     }
-                    tracing::debug!(full, bytes, elapsed_ms = started.elapsed().as_millis() as u64, "NetworkPolicy rules synced");
+                    tracing::debug!(
+                        full,
+                        bytes,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "NetworkPolicy rules synced"
+                    );
                 }
                 Err(e) => {
                     syncer.applied(desired, false);
@@ -241,8 +341,14 @@ mod tests {
         let pods = vec![pod("default", "web", NODE, "10.42.0.2", &[("app", "web")])];
         let nss = vec![ns("default", &[])];
         let (d, script) = s.plan(&[], &pods, &nss);
-        assert!(script.starts_with("add table ip t\ndelete table ip t\nadd table ip t\n"), "{script}");
-        assert!(script.contains("add table ip6 t\ndelete table ip6 t\n"), "stale ip6 table removed at start");
+        assert!(
+            script.starts_with("add table ip t\ndelete table ip t\nadd table ip t\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains("add table ip6 t\ndelete table ip6 t\n"),
+            "stale ip6 table removed at start"
+        );
         s.applied(d, true);
         let (d, script) = s.plan(&[], &pods, &nss);
         assert_eq!(script, "");
@@ -253,7 +359,10 @@ mod tests {
         // a failure: the next sync is a full rebuild
         s.applied(d, false);
         let (_, script) = s.plan(&policies, &pods, &nss);
-        assert!(script.starts_with("add table ip t\ndelete table ip t\n"), "{script}");
+        assert!(
+            script.starts_with("add table ip t\ndelete table ip t\n"),
+            "{script}"
+        );
     }
 
     #[test]
@@ -268,13 +377,20 @@ mod tests {
         s.applied(d, true);
         let (d, script) = s.plan(&policies, &[], &nss);
         assert!(d.v6.is_none());
-        assert!(script.ends_with("add table ip6 t\ndelete table ip6 t\n"), "{script}");
+        assert!(
+            script.ends_with("add table ip6 t\ndelete table ip6 t\n"),
+            "{script}"
+        );
     }
 
     #[test]
     fn skipped_policies_are_reported_once() {
         let mut s = Syncer::new(NODE, "t");
-        let bad = vec![np("default", "bad", json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]}))];
+        let bad = vec![np(
+            "default",
+            "bad",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]}),
+        )];
         let _ = s.plan(&bad, &[], &[]);
         assert_eq!(s.reported.len(), 1);
         let _ = s.plan(&[], &[], &[]);

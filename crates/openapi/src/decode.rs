@@ -96,7 +96,12 @@ enum Ty<'a> {
 fn ref_name(schema: &Value) -> Option<&str> {
     schema
         .get("$ref")
-        .or_else(|| schema.get("allOf").and_then(|a| a.get(0)).and_then(|s| s.get("$ref")))?
+        .or_else(|| {
+            schema
+                .get("allOf")
+                .and_then(|a| a.get(0))
+                .and_then(|s| s.get("$ref"))
+        })?
         .as_str()?
         .strip_prefix(REF_V2)
 }
@@ -241,10 +246,26 @@ pub fn check_quantity(s: &str) -> Result<(), &'static str> {
         return Err(QUANTITY_FORMAT_ERROR);
     }
     let suffix = &s[suffix_start..];
-    let known = matches!(suffix, "" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei");
-    let exponent = suffix.len() > 1
-        && suffix.starts_with(['e', 'E'])
-        && suffix[1..].parse::<i64>().is_ok();
+    let known = matches!(
+        suffix,
+        "" | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+            | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+    );
+    let exponent =
+        suffix.len() > 1 && suffix.starts_with(['e', 'E']) && suffix[1..].parse::<i64>().is_ok();
     if known || exponent {
         Ok(())
     } else {
@@ -315,7 +336,10 @@ impl<'a> Walk<'a> {
                 Some(items) => Ty::Slice(items),
                 None => Ty::Raw,
             },
-            Some("object") => match (props, s.get("additionalProperties").filter(|a| a.is_object())) {
+            Some("object") => match (
+                props,
+                s.get("additionalProperties").filter(|a| a.is_object()),
+            ) {
                 (None, Some(ap)) => Ty::Map(ap),
                 (None, None) if name.is_none() => Ty::Raw,
                 _ => Ty::Struct(name, props),
@@ -329,10 +353,14 @@ impl<'a> Walk<'a> {
     /// field's type, or its element's `items` levels down).
     fn named_type(&self) -> Option<String> {
         let field = self.fields.rsplit('.').next().unwrap_or("");
-        let (_, _, t) = NAMED_FIELD_TYPES.iter().find(|(d, f, _)| *d == self.owner_def && *f == field)?;
+        let (_, _, t) = NAMED_FIELD_TYPES
+            .iter()
+            .find(|(d, f, _)| *d == self.owner_def && *f == field)?;
         let mut t: &str = t;
         for _ in 0..self.items {
-            t = t.strip_prefix("[]").or_else(|| t.strip_prefix("map[string]"))?;
+            t = t
+                .strip_prefix("[]")
+                .or_else(|| t.strip_prefix("map[string]"))?;
         }
         Some(t.to_string())
     }
@@ -349,21 +377,33 @@ impl<'a> Walk<'a> {
             (None, Ty::Bool) => "bool".into(),
             (None, Ty::Int(bits)) => format!("int{bits}"),
             (None, Ty::Float(bits)) => format!("float{bits}"),
-            (None, Ty::Slice(items)) if depth < 16 => format!("[]{}", self.go_type(items, depth + 1)),
-            (None, Ty::Map(values)) if depth < 16 => format!("map[string]{}", self.go_type(values, depth + 1)),
-            _ if s.get("type").and_then(Value::as_str) == Some("object") => "map[string]interface {}".into(),
+            (None, Ty::Slice(items)) if depth < 16 => {
+                format!("[]{}", self.go_type(items, depth + 1))
+            }
+            (None, Ty::Map(values)) if depth < 16 => {
+                format!("map[string]{}", self.go_type(values, depth + 1))
+            }
+            _ if s.get("type").and_then(Value::as_str) == Some("object") => {
+                "map[string]interface {}".into()
+            }
             _ => "interface {}".into(),
         }
     }
 
     /// Go's `UnmarshalTypeError` message for `v` at the current position.
     fn type_error(&self, v: &Value, go_type: &str) -> String {
-        let integer = matches!(go_type, "int8" | "int16" | "int32" | "int64" | "int" | "uint8" | "uint16" | "uint32" | "uint64");
+        let integer = matches!(
+            go_type,
+            "int8" | "int16" | "int32" | "int64" | "int" | "uint8" | "uint16" | "uint32" | "uint64"
+        );
         let word = value_word(v, integer);
         if self.fields.is_empty() {
             format!("json: cannot unmarshal {word} into Go value of type {go_type}")
         } else {
-            format!("json: cannot unmarshal {word} into Go struct field {}.{} of type {go_type}", self.owner, self.fields)
+            format!(
+                "json: cannot unmarshal {word} into Go struct field {}.{} of type {go_type}",
+                self.owner, self.fields
+            )
         }
     }
 
@@ -390,10 +430,15 @@ impl<'a> Walk<'a> {
                     Ty::Struct(..) => format!("cannot restore struct from: {st}"),
                     Ty::Map(_) => format!("cannot restore map from {st}"),
                     Ty::Slice(_) | Ty::Bytes => format!("cannot restore slice from {st}"),
-                    Ty::Str if matches!(v, Value::Number(_)) => format!("cannot convert {st} to {}", named_type()),
+                    Ty::Str if matches!(v, Value::Number(_)) => {
+                        format!("cannot convert {st} to {}", named_type())
+                    }
                     Ty::Str => "unrecognized type: string".into(),
                     Ty::Bool => "unrecognized type: bool".into(),
-                    Ty::Int(bits) if matches!(v, Value::Number(_)) => format!("cannot convert {st} to {}", named.clone().unwrap_or(format!("int{bits}"))),
+                    Ty::Int(bits) if matches!(v, Value::Number(_)) => format!(
+                        "cannot convert {st} to {}",
+                        named.clone().unwrap_or(format!("int{bits}"))
+                    ),
                     Ty::Int(bits) => format!("unrecognized type: int{bits}"),
                     Ty::Float(bits) => format!("unrecognized type: float{bits}"),
                     _ => format!("unrecognized type: {}", named_type()),
@@ -411,7 +456,10 @@ impl<'a> Walk<'a> {
             DecodePath::Json => Abort(self.type_error(v, go_type)),
             DecodePath::Unstructured => {
                 let integer = go_type.starts_with("int");
-                Abort(format!("json: cannot unmarshal {} into Go value of type {go_type}", value_word(v, integer)))
+                Abort(format!(
+                    "json: cannot unmarshal {} into Go value of type {go_type}",
+                    value_word(v, integer)
+                ))
             }
         }
     }
@@ -436,16 +484,21 @@ impl<'a> Walk<'a> {
         match ty {
             Ty::Raw => Ok(()),
             Ty::Struct(name, props) => {
-                let Value::Object(m) = v else { return self.mismatch(v, schema, ty) };
+                let Value::Object(m) = v else {
+                    return self.mismatch(v, schema, ty);
+                };
                 let Some(props) = props else { return Ok(()) };
-                if m.iter().any(|(k, fv)| fv.is_null() && props.contains_key(k)) {
+                if m.iter()
+                    .any(|(k, fv)| fv.is_null() && props.contains_key(k))
+                {
                     m.retain(|k, fv| !(fv.is_null() && props.contains_key(k)));
                 }
                 let owner_def = name.unwrap_or("");
                 let owner = short_name(owner_def);
                 for (k, fv) in m.iter_mut() {
                     let Some(fs) = props.get(k) else { continue };
-                    let (saved_owner, saved_def, saved_items) = (self.owner, self.owner_def, self.items);
+                    let (saved_owner, saved_def, saved_items) =
+                        (self.owner, self.owner_def, self.items);
                     let len = self.fields.len();
                     if !self.fields.is_empty() {
                         self.fields.push('.');
@@ -464,7 +517,9 @@ impl<'a> Walk<'a> {
                 Ok(())
             }
             Ty::Map(values) => {
-                let Value::Object(m) = v else { return self.mismatch(v, schema, ty) };
+                let Value::Object(m) = v else {
+                    return self.mismatch(v, schema, ty);
+                };
                 self.items += 1;
                 let mut r = Ok(());
                 for item in m.values_mut() {
@@ -483,7 +538,9 @@ impl<'a> Walk<'a> {
                 r
             }
             Ty::Slice(items) => {
-                let Value::Array(a) = v else { return self.mismatch(v, schema, ty) };
+                let Value::Array(a) = v else {
+                    return self.mismatch(v, schema, ty);
+                };
                 self.items += 1;
                 let mut r = Ok(());
                 for item in a.iter_mut() {
@@ -507,7 +564,9 @@ impl<'a> Walk<'a> {
                         let m = format!("illegal base64 data at input byte {at}");
                         match self.path {
                             DecodePath::Json => self.save(m),
-                            DecodePath::Unstructured => return Err(Abort(format!("error decoding from json: {m}"))),
+                            DecodePath::Unstructured => {
+                                return Err(Abort(format!("error decoding from json: {m}")))
+                            }
                         }
                     }
                     Ok(())
@@ -557,13 +616,21 @@ impl<'a> Walk<'a> {
                 _ => self.mismatch(v, schema, ty),
             },
             Ty::Float(bits) => match v {
-                Value::Number(n) if bits >= 64 || n.as_f64().is_some_and(|f| f.abs() <= f64::from(f32::MAX)) => Ok(()),
+                Value::Number(n)
+                    if bits >= 64 || n.as_f64().is_some_and(|f| f.abs() <= f64::from(f32::MAX)) =>
+                {
+                    Ok(())
+                }
                 _ => self.mismatch(v, schema, ty),
             },
             Ty::IntOrString => match v {
                 Value::String(_) => Ok(()),
                 Value::Number(n) if int_fits(n, 32) => Ok(()),
-                Value::Number(n) if self.path == DecodePath::Unstructured && n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 2147483648.0) => {
+                Value::Number(n)
+                    if self.path == DecodePath::Unstructured
+                        && n.as_f64()
+                            .is_some_and(|f| f.fract() == 0.0 && f.abs() < 2147483648.0) =>
+                {
                     *v = Value::from(n.as_f64().unwrap_or(0.0) as i64);
                     Ok(())
                 }
@@ -591,7 +658,11 @@ fn encode_base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -608,7 +679,13 @@ fn encode_base64(data: &[u8]) -> String {
 /// value is written too), by the definition of the object holding the status: the
 /// top-level status structs of the stored GA kinds (k8s.io/api 1.33).
 const ALWAYS_ENCODED_STATUS: &[(&str, &[(&str, ZeroValue)])] = &[
-    ("io.k8s.api.apps.v1.StatefulSet", &[("replicas", ZeroValue::Int), ("availableReplicas", ZeroValue::Int)]),
+    (
+        "io.k8s.api.apps.v1.StatefulSet",
+        &[
+            ("replicas", ZeroValue::Int),
+            ("availableReplicas", ZeroValue::Int),
+        ],
+    ),
     (
         "io.k8s.api.apps.v1.DaemonSet",
         &[
@@ -618,10 +695,25 @@ const ALWAYS_ENCODED_STATUS: &[(&str, &[(&str, ZeroValue)])] = &[
             ("numberReady", ZeroValue::Int),
         ],
     ),
-    ("io.k8s.api.apps.v1.ReplicaSet", &[("replicas", ZeroValue::Int)]),
-    ("io.k8s.api.core.v1.ReplicationController", &[("replicas", ZeroValue::Int)]),
-    ("io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler", &[("currentReplicas", ZeroValue::Int), ("desiredReplicas", ZeroValue::Int)]),
-    ("io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler", &[("desiredReplicas", ZeroValue::Int)]),
+    (
+        "io.k8s.api.apps.v1.ReplicaSet",
+        &[("replicas", ZeroValue::Int)],
+    ),
+    (
+        "io.k8s.api.core.v1.ReplicationController",
+        &[("replicas", ZeroValue::Int)],
+    ),
+    (
+        "io.k8s.api.autoscaling.v1.HorizontalPodAutoscaler",
+        &[
+            ("currentReplicas", ZeroValue::Int),
+            ("desiredReplicas", ZeroValue::Int),
+        ],
+    ),
+    (
+        "io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler",
+        &[("desiredReplicas", ZeroValue::Int)],
+    ),
     (
         "io.k8s.api.policy.v1.PodDisruptionBudget",
         &[
@@ -631,7 +723,10 @@ const ALWAYS_ENCODED_STATUS: &[(&str, &[(&str, ZeroValue)])] = &[
             ("expectedPods", ZeroValue::Int),
         ],
     ),
-    ("io.k8s.api.storage.v1.VolumeAttachment", &[("attached", ZeroValue::Bool)]),
+    (
+        "io.k8s.api.storage.v1.VolumeAttachment",
+        &[("attached", ZeroValue::Bool)],
+    ),
 ];
 
 /// A Go zero value.
@@ -647,13 +742,19 @@ enum ZeroValue {
 /// 0}`). Only `status` is touched (spec fields keep their "Required value" checks);
 /// a missing or non-object `status` becomes an object for those kinds.
 pub fn fill_always_encoded_status(definition: &str, obj: &mut Value) {
-    let Some((_, fields)) = ALWAYS_ENCODED_STATUS.iter().find(|(d, _)| *d == definition) else { return };
+    let Some((_, fields)) = ALWAYS_ENCODED_STATUS.iter().find(|(d, _)| *d == definition) else {
+        return;
+    };
     let Some(o) = obj.as_object_mut() else { return };
-    let status = o.entry("status").or_insert_with(|| Value::Object(Map::new()));
+    let status = o
+        .entry("status")
+        .or_insert_with(|| Value::Object(Map::new()));
     if !status.is_object() {
         *status = Value::Object(Map::new());
     }
-    let Some(status) = status.as_object_mut() else { return };
+    let Some(status) = status.as_object_mut() else {
+        return;
+    };
     for (field, zero) in fields.iter() {
         if status.get(*field).is_none_or(Value::is_null) {
             let z = match zero {
@@ -680,7 +781,9 @@ pub fn go_quote(s: &str) -> String {
             '\u{8}' => out.push_str("\\b"),
             '\u{b}' => out.push_str("\\v"),
             '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -771,12 +874,25 @@ impl OpenApi {
     /// explicit nulls of declared fields are dropped and null list/map items become
     /// Go's zero values (also when an error is returned, `obj` may be partly
     /// normalized). An unknown definition or a non-object `obj` is left alone.
-    pub fn decode_object(&self, name: &str, obj: &mut Value, path: DecodePath) -> Result<(), DecodeError> {
+    pub fn decode_object(
+        &self,
+        name: &str,
+        obj: &mut Value,
+        path: DecodePath,
+    ) -> Result<(), DecodeError> {
         if !obj.is_object() || !self.inner.definitions.contains_key(name) {
             return Ok(());
         }
         let root = serde_json::json!({ "$ref": format!("{REF_V2}{name}") });
-        let mut walk = Walk { api: self, path, owner: "", owner_def: "", fields: String::new(), saved: None, items: 0 };
+        let mut walk = Walk {
+            api: self,
+            path,
+            owner: "",
+            owner_def: "",
+            fields: String::new(),
+            saved: None,
+            items: 0,
+        };
         match walk.value(&root, obj, 0) {
             Err(Abort(message)) => Err(DecodeError { message }),
             Ok(()) => match walk.saved {
@@ -802,7 +918,9 @@ mod tests {
     }
 
     fn decode(def: &str, mut v: Value, path: DecodePath) -> (Result<(), String>, Value) {
-        let r = api().decode_object(def, &mut v, path).map_err(|e| e.message);
+        let r = api()
+            .decode_object(def, &mut v, path)
+            .map_err(|e| e.message);
         (r, v)
     }
 
@@ -839,8 +957,15 @@ mod tests {
 
     #[test]
     fn the_first_error_in_document_order_wins_but_custom_unmarshalers_abort() {
-        let (r, _) = decode(CONFIG_MAP, json!({"data": {"a": 1}, "metadata": {"labels": "x"}}), DecodePath::Json);
-        assert_eq!(r.unwrap_err(), "json: cannot unmarshal number into Go struct field ConfigMap.data of type string");
+        let (r, _) = decode(
+            CONFIG_MAP,
+            json!({"data": {"a": 1}, "metadata": {"labels": "x"}}),
+            DecodePath::Json,
+        );
+        assert_eq!(
+            r.unwrap_err(),
+            "json: cannot unmarshal number into Go struct field ConfigMap.data of type string"
+        );
         let svc = json!({"spec": {"ports": [{"port": "x", "targetPort": true}]}});
         let (r, _) = decode("io.k8s.api.core.v1.Service", svc, DecodePath::Json);
         assert_eq!(r.unwrap_err(), "json: cannot unmarshal bool into Go struct field ServicePort.spec.ports.targetPort of type int32");
@@ -850,50 +975,134 @@ mod tests {
     fn int_or_string_quantities_times_and_raw_extensions() {
         let svc = "io.k8s.api.core.v1.Service";
         for ok in [json!("http"), json!(8080)] {
-            let (r, _) = decode(svc, json!({"spec": {"ports": [{"port": 80, "targetPort": ok}]}}), DecodePath::Json);
+            let (r, _) = decode(
+                svc,
+                json!({"spec": {"ports": [{"port": 80, "targetPort": ok}]}}),
+                DecodePath::Json,
+            );
             assert_eq!(r, Ok(()));
         }
-        let (r, _) = decode(svc, json!({"spec": {"ports": [{"port": 80, "targetPort": 1.5}]}}), DecodePath::Json);
+        let (r, _) = decode(
+            svc,
+            json!({"spec": {"ports": [{"port": 80, "targetPort": 1.5}]}}),
+            DecodePath::Json,
+        );
         assert_eq!(r.unwrap_err(), "json: cannot unmarshal number 1.5 into Go struct field ServicePort.spec.ports.targetPort of type int32");
         let pod = "io.k8s.api.core.v1.Pod";
-        for ok in [json!("100m"), json!(2), json!(0.5), json!("1Gi"), json!(" 1e3 "), json!("m")] {
-            let (r, _) = decode(pod, json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": ok}}}]}}), DecodePath::Json);
+        for ok in [
+            json!("100m"),
+            json!(2),
+            json!(0.5),
+            json!("1Gi"),
+            json!(" 1e3 "),
+            json!("m"),
+        ] {
+            let (r, _) = decode(
+                pod,
+                json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": ok}}}]}}),
+                DecodePath::Json,
+            );
             assert_eq!(r, Ok(()), "{ok}");
         }
-        for (bad, want) in [(json!("abc"), QUANTITY_FORMAT_ERROR), (json!("1Xi"), QUANTITY_FORMAT_ERROR), (json!("1KK"), QUANTITY_SUFFIX_ERROR), (json!(true), QUANTITY_FORMAT_ERROR), (json!({}), QUANTITY_FORMAT_ERROR)] {
-            let (r, _) = decode(pod, json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": bad}}}]}}), DecodePath::Json);
+        for (bad, want) in [
+            (json!("abc"), QUANTITY_FORMAT_ERROR),
+            (json!("1Xi"), QUANTITY_FORMAT_ERROR),
+            (json!("1KK"), QUANTITY_SUFFIX_ERROR),
+            (json!(true), QUANTITY_FORMAT_ERROR),
+            (json!({}), QUANTITY_FORMAT_ERROR),
+        ] {
+            let (r, _) = decode(
+                pod,
+                json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": bad}}}]}}),
+                DecodePath::Json,
+            );
             assert_eq!(r.unwrap_err(), want, "{bad}");
         }
-        let (r, _) = decode(CONFIG_MAP, json!({"metadata": {"creationTimestamp": 5}}), DecodePath::Json);
+        let (r, _) = decode(
+            CONFIG_MAP,
+            json!({"metadata": {"creationTimestamp": 5}}),
+            DecodePath::Json,
+        );
         assert_eq!(r.unwrap_err(), "json: cannot unmarshal number into Go struct field ObjectMeta.metadata.creationTimestamp of type string");
         let rev = json!({"data": {"anything": [1, null, {"x": null}]}, "revision": 1});
-        let (r, v) = decode("io.k8s.api.apps.v1.ControllerRevision", rev.clone(), DecodePath::Json);
+        let (r, v) = decode(
+            "io.k8s.api.apps.v1.ControllerRevision",
+            rev.clone(),
+            DecodePath::Json,
+        );
         assert_eq!(r, Ok(()));
         assert_eq!(v, rev, "raw extensions are left alone");
     }
 
     #[test]
     fn explicit_nulls_are_dropped_and_null_items_become_zero_values() {
-        let (r, v) = decode(CONFIG_MAP, json!({"data": null, "metadata": {"name": "x", "labels": null, "annotations": {"a": null}}, "bogus": null}), DecodePath::Json);
+        let (r, v) = decode(
+            CONFIG_MAP,
+            json!({"data": null, "metadata": {"name": "x", "labels": null, "annotations": {"a": null}}, "bogus": null}),
+            DecodePath::Json,
+        );
         assert_eq!(r, Ok(()));
-        assert_eq!(v, json!({"metadata": {"name": "x", "annotations": {"a": ""}}, "bogus": null}), "unknown fields are pruning's business");
-        let (r, v) = decode(DEPLOYMENT, json!({"spec": {"replicas": null, "template": {"spec": {"containers": [{"name": "c", "args": ["a", null]}]}}}}), DecodePath::Json);
+        assert_eq!(
+            v,
+            json!({"metadata": {"name": "x", "annotations": {"a": ""}}, "bogus": null}),
+            "unknown fields are pruning's business"
+        );
+        let (r, v) = decode(
+            DEPLOYMENT,
+            json!({"spec": {"replicas": null, "template": {"spec": {"containers": [{"name": "c", "args": ["a", null]}]}}}}),
+            DecodePath::Json,
+        );
         assert_eq!(r, Ok(()));
-        assert_eq!(v, json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "args": ["a", ""]}]}}}}));
+        assert_eq!(
+            v,
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "args": ["a", ""]}]}}}})
+        );
     }
 
     #[test]
     fn strategic_merge_patch_results_get_the_unstructured_converters_messages() {
         let u = DecodePath::Unstructured;
         let cases = [
-            (DEPLOYMENT, json!({"spec": {"replicas": "1"}}), "unrecognized type: int32"),
-            (DEPLOYMENT, json!({"spec": {"replicas": 1.5}}), "cannot convert float64 to int32"),
-            (CONFIG_MAP, json!({"data": {"a": 1}}), "cannot convert int64 to string"),
-            (CONFIG_MAP, json!({"data": {"a": true}}), "unrecognized type: string"),
-            (CONFIG_MAP, json!({"metadata": {"labels": "x"}}), "cannot restore map from string"),
-            (CONFIG_MAP, json!({"metadata": []}), "cannot restore struct from: slice"),
-            (DEPLOYMENT, json!({"spec": {"template": {"spec": {"containers": "x"}}}}), "cannot restore slice from string"),
-            ("io.k8s.api.core.v1.Service", json!({"spec": {"ports": [{"port": 80, "targetPort": true}]}}), "json: cannot unmarshal bool into Go value of type int32"),
+            (
+                DEPLOYMENT,
+                json!({"spec": {"replicas": "1"}}),
+                "unrecognized type: int32",
+            ),
+            (
+                DEPLOYMENT,
+                json!({"spec": {"replicas": 1.5}}),
+                "cannot convert float64 to int32",
+            ),
+            (
+                CONFIG_MAP,
+                json!({"data": {"a": 1}}),
+                "cannot convert int64 to string",
+            ),
+            (
+                CONFIG_MAP,
+                json!({"data": {"a": true}}),
+                "unrecognized type: string",
+            ),
+            (
+                CONFIG_MAP,
+                json!({"metadata": {"labels": "x"}}),
+                "cannot restore map from string",
+            ),
+            (
+                CONFIG_MAP,
+                json!({"metadata": []}),
+                "cannot restore struct from: slice",
+            ),
+            (
+                DEPLOYMENT,
+                json!({"spec": {"template": {"spec": {"containers": "x"}}}}),
+                "cannot restore slice from string",
+            ),
+            (
+                "io.k8s.api.core.v1.Service",
+                json!({"spec": {"ports": [{"port": 80, "targetPort": true}]}}),
+                "json: cannot unmarshal bool into Go value of type int32",
+            ),
         ];
         for (def, v, want) in cases {
             let (r, _) = decode(def, v.clone(), u);
@@ -906,7 +1115,10 @@ mod tests {
 
     #[test]
     fn go_formatting_of_values_and_strings() {
-        assert_eq!(go_sprint(&json!({"spec": {"replicas": "x", "a": [1, 1.5, null, true]}})), "map[spec:map[a:[1 1.5 <nil> true] replicas:x]]");
+        assert_eq!(
+            go_sprint(&json!({"spec": {"replicas": "x", "a": [1, 1.5, null, true]}})),
+            "map[spec:map[a:[1 1.5 <nil> true] replicas:x]]"
+        );
         assert_eq!(go_float(1e21), "1e+21");
         assert_eq!(go_float(0.00001), "1e-05");
         assert_eq!(go_float(100.0), "100");
@@ -917,13 +1129,23 @@ mod tests {
     fn status_fields_without_omitempty_are_filled_with_zero_values() {
         let mut sts = json!({"spec": {}, "status": {"replicas": 2}});
         fill_always_encoded_status("io.k8s.api.apps.v1.StatefulSet", &mut sts);
-        assert_eq!(sts["status"], json!({"replicas": 2, "availableReplicas": 0}));
+        assert_eq!(
+            sts["status"],
+            json!({"replicas": 2, "availableReplicas": 0})
+        );
         let mut ds = json!({"spec": {}});
         fill_always_encoded_status("io.k8s.api.apps.v1.DaemonSet", &mut ds);
-        assert_eq!(ds["status"], json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}));
+        assert_eq!(
+            ds["status"],
+            json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0})
+        );
         let mut d = json!({"spec": {}, "status": {}});
         fill_always_encoded_status(DEPLOYMENT, &mut d);
-        assert_eq!(d["status"], json!({}), "DeploymentStatus omits all its zero values");
+        assert_eq!(
+            d["status"],
+            json!({}),
+            "DeploymentStatus omits all its zero values"
+        );
         let mut va = json!({"spec": {}, "status": {"attached": null}});
         fill_always_encoded_status("io.k8s.api.storage.v1.VolumeAttachment", &mut va);
         assert_eq!(va["status"], json!({"attached": false}));
@@ -940,7 +1162,11 @@ mod tests {
         assert_eq!(base64_error_offset("a==="), Some(1));
         assert_eq!(base64_error_offset("ab="), Some(3));
         assert_eq!(base64_error_offset("ab==x"), Some(4));
-        let (r, v) = decode("io.k8s.api.core.v1.Secret", json!({"data": {"a": [104, 105]}}), DecodePath::Json);
+        let (r, v) = decode(
+            "io.k8s.api.core.v1.Secret",
+            json!({"data": {"a": [104, 105]}}),
+            DecodePath::Json,
+        );
         assert_eq!(r, Ok(()));
         assert_eq!(v, json!({"data": {"a": "aGk="}}));
         assert_eq!(encode_base64(b"hello"), "aGVsbG8=");
@@ -963,7 +1189,11 @@ mod tests {
             "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object",
                 "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "default": {"a": null}}},
                 "additionalProperties": false}}}]}});
-        let (r, v) = decode("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition", crd.clone(), DecodePath::Json);
+        let (r, v) = decode(
+            "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition",
+            crd.clone(),
+            DecodePath::Json,
+        );
         assert_eq!(r, Ok(()));
         assert_eq!(v, crd);
     }

@@ -7,14 +7,24 @@ use crate::schema::KindEntry;
 pub(crate) fn all() -> Vec<KindEntry> {
     use k8s_openapi as k;
     vec![
-        crate::schema::listable::<k::api::admissionregistration::v1::MutatingWebhookConfiguration>(),
+        crate::schema::listable::<k::api::admissionregistration::v1::MutatingWebhookConfiguration>(
+        ),
         crate::schema::listable::<k::api::admissionregistration::v1::ValidatingAdmissionPolicy>(),
-        crate::schema::listable::<k::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>(),
-        crate::schema::listable::<k::api::admissionregistration::v1::ValidatingWebhookConfiguration>(),
-        crate::schema::listable::<k::api::admissionregistration::v1alpha1::MutatingAdmissionPolicy>(),
-        crate::schema::listable::<k::api::admissionregistration::v1alpha1::MutatingAdmissionPolicyBinding>(),
-        crate::schema::listable::<k::api::admissionregistration::v1beta1::ValidatingAdmissionPolicy>(),
-        crate::schema::listable::<k::api::admissionregistration::v1beta1::ValidatingAdmissionPolicyBinding>(),
+        crate::schema::listable::<
+            k::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
+        >(),
+        crate::schema::listable::<k::api::admissionregistration::v1::ValidatingWebhookConfiguration>(
+        ),
+        crate::schema::listable::<k::api::admissionregistration::v1alpha1::MutatingAdmissionPolicy>(
+        ),
+        crate::schema::listable::<
+            k::api::admissionregistration::v1alpha1::MutatingAdmissionPolicyBinding,
+        >(),
+        crate::schema::listable::<k::api::admissionregistration::v1beta1::ValidatingAdmissionPolicy>(
+        ),
+        crate::schema::listable::<
+            k::api::admissionregistration::v1beta1::ValidatingAdmissionPolicyBinding,
+        >(),
         crate::schema::listable::<k::api::apiserverinternal::v1alpha1::StorageVersion>(),
         crate::schema::listable::<k::api::apps::v1::ControllerRevision>(),
         crate::schema::listable::<k::api::apps::v1::DaemonSet>(),
@@ -96,7 +106,9 @@ pub(crate) fn all() -> Vec<KindEntry> {
         crate::schema::listable::<k::api::storage::v1alpha1::VolumeAttributesClass>(),
         crate::schema::listable::<k::api::storage::v1beta1::VolumeAttributesClass>(),
         crate::schema::listable::<k::api::storagemigration::v1alpha1::StorageVersionMigration>(),
-        crate::schema::listable::<k::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(),
+        crate::schema::listable::<
+            k::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >(),
         crate::schema::single::<k::apimachinery::pkg::apis::meta::v1::APIGroup>(),
         crate::schema::single::<k::apimachinery::pkg::apis::meta::v1::APIGroupList>(),
         crate::schema::single::<k::apimachinery::pkg::apis::meta::v1::APIResourceList>(),

@@ -155,10 +155,16 @@ impl OpenApi {
         custom: &BTreeMap<String, Value>,
     ) -> Result<OpenApi, OpenApiError> {
         let kinds = kinds::all();
-        let by_name: HashMap<String, usize> =
-            kinds.iter().enumerate().map(|(i, k)| ((k.name)().into_owned(), i)).collect();
-        let by_gvk: HashMap<(&str, &str, &str), usize> =
-            kinds.iter().enumerate().map(|(i, k)| ((k.group, k.version, k.kind), i)).collect();
+        let by_name: HashMap<String, usize> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| ((k.name)().into_owned(), i))
+            .collect();
+        let by_gvk: HashMap<(&str, &str, &str), usize> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| ((k.group, k.version, k.kind), i))
+            .collect();
         let def_of = |g: &str, v: &str, k: &str| -> String {
             match by_gvk.get(&(g, v, k)) {
                 Some(i) => (kinds[*i].name)().into_owned(),
@@ -210,20 +216,44 @@ impl OpenApi {
                 {
                     continue;
                 }
-                let g = if s.group.is_empty() && s.version.is_empty() { r.group.as_str() } else { s.group.as_str() };
-                let v = if s.version.is_empty() { r.version.as_str() } else { s.version.as_str() };
+                let g = if s.group.is_empty() && s.version.is_empty() {
+                    r.group.as_str()
+                } else {
+                    s.group.as_str()
+                };
+                let v = if s.version.is_empty() {
+                    r.version.as_str()
+                } else {
+                    s.version.as_str()
+                };
                 let sdef = def_of(g, v, &s.kind);
                 want(&sdef, &mut gen, &mut missing);
                 add_gvk(&sdef, g, v, &s.kind);
             }
         }
         for (g, v) in &served_gvs {
-            add_gvk("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions", g, v, "DeleteOptions");
-            add_gvk("io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent", g, v, "WatchEvent");
+            add_gvk(
+                "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions",
+                g,
+                v,
+                "DeleteOptions",
+            );
+            add_gvk(
+                "io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent",
+                g,
+                v,
+                "WatchEvent",
+            );
         }
-        add_gvk("io.k8s.apimachinery.pkg.apis.meta.v1.Status", "", "v1", "Status");
+        add_gvk(
+            "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
+            "",
+            "v1",
+            "Status",
+        );
 
-        let mut definitions: BTreeMap<String, Value> = gen.take_definitions(false).into_iter().collect();
+        let mut definitions: BTreeMap<String, Value> =
+            gen.take_definitions(false).into_iter().collect();
         for d in definitions.values_mut() {
             schema::neutralize(d);
         }
@@ -250,14 +280,21 @@ impl OpenApi {
 
         // 2. Paths.
         let mut items: Vec<PathItem> = paths::root_paths();
-        let groups: BTreeSet<&str> =
-            served_gvs.iter().map(|(g, _)| g.as_str()).filter(|g| !g.is_empty()).collect();
+        let groups: BTreeSet<&str> = served_gvs
+            .iter()
+            .map(|(g, _)| g.as_str())
+            .filter(|g| !g.is_empty())
+            .collect();
         items.extend(groups.into_iter().map(paths::group_path));
         for (g, v) in &served_gvs {
             items.push(paths::resources_path(g, v));
         }
         for r in resources {
-            items.extend(paths::resource_paths(r, &resource_definition_name(r), &def_of));
+            items.extend(paths::resource_paths(
+                r,
+                &resource_definition_name(r),
+                &def_of,
+            ));
         }
         items.sort_by(|a, b| a.path.cmp(&b.path));
         items.dedup_by(|a, b| a.path == b.path);
@@ -266,7 +303,10 @@ impl OpenApi {
         for (i, p) in items.iter().enumerate() {
             docs.entry(p.doc.clone()).or_default().push(i);
         }
-        let v3 = docs.into_iter().map(|(doc, ps)| (doc, (ps, OnceLock::new()))).collect();
+        let v3 = docs
+            .into_iter()
+            .map(|(doc, ps)| (doc, (ps, OnceLock::new())))
+            .collect();
 
         Ok(OpenApi {
             inner: Arc::new(Inner {
@@ -384,20 +424,29 @@ impl OpenApi {
         put_json(&mut out, &Self::security_schemes());
         out.extend_from_slice(b"},\"security\":[{\"BearerToken\":[]}]}");
         let hash = hash_hex(&out);
-        V3Document { json: out.into(), hash }
+        V3Document {
+            json: out.into(),
+            hash,
+        }
     }
 
     /// The Swagger 2.0 document (`GET /openapi/v2`, `application/json`), rendered on
     /// first use and kept.
     pub fn v2_json(&self) -> Arc<[u8]> {
-        self.inner.v2.get_or_init(|| self.render_v2_json().into()).clone()
+        self.inner
+            .v2
+            .get_or_init(|| self.render_v2_json().into())
+            .clone()
     }
 
     /// The Swagger 2.0 document as the gnostic `openapi.v2.Document` protobuf message
     /// (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`, what kubectl asks for),
     /// rendered on first use and kept.
     pub fn v2_protobuf(&self) -> Arc<[u8]> {
-        self.inner.v2_protobuf.get_or_init(|| self.render_v2_protobuf().into()).clone()
+        self.inner
+            .v2_protobuf
+            .get_or_init(|| self.render_v2_protobuf().into())
+            .clone()
     }
 
     /// The hash of every v3 document (the first call renders the documents not served
@@ -422,7 +471,10 @@ impl OpenApi {
     pub fn v3_index(&self) -> serde_json::Value {
         let mut index = Map::new();
         for (doc, hash) in self.v3_hashes() {
-            index.insert(doc.clone(), json!({ "serverRelativeURL": format!("/openapi/v3/{doc}?hash={hash}") }));
+            index.insert(
+                doc.clone(),
+                json!({ "serverRelativeURL": format!("/openapi/v3/{doc}?hash={hash}") }),
+            );
         }
         json!({ "paths": index })
     }
@@ -445,8 +497,15 @@ impl OpenApi {
     /// Bytes of rendered documents held (v2 JSON and protobuf, v3 documents served so
     /// far); the documents are rendered on first request, so this is 0 after a build.
     pub fn rendered_bytes(&self) -> usize {
-        let v2 = self.inner.v2.get().map_or(0, |b| b.len()) + self.inner.v2_protobuf.get().map_or(0, |b| b.len());
-        v2 + self.inner.v3.values().filter_map(|(_, d)| d.get()).map(|d| d.json.len()).sum::<usize>()
+        let v2 = self.inner.v2.get().map_or(0, |b| b.len())
+            + self.inner.v2_protobuf.get().map_or(0, |b| b.len());
+        v2 + self
+            .inner
+            .v3
+            .values()
+            .filter_map(|(_, d)| d.get())
+            .map(|d| d.json.len())
+            .sum::<usize>()
     }
 
     /// The neutral definition `name` (JSON schema, refs under `#/definitions/`).
@@ -496,7 +555,9 @@ impl OpenApi {
                             self.prune_in(s, v, depth + 1);
                         }
                     }
-                } else if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                } else if let Some(ap) =
+                    schema.get("additionalProperties").filter(|a| a.is_object())
+                {
                     for v in fields.values_mut() {
                         self.prune_in(ap, v, depth + 1);
                     }
@@ -515,10 +576,16 @@ impl OpenApi {
 
     fn resolve<'a>(&'a self, mut schema: &'a Value) -> &'a Value {
         for _ in 0..8 {
-            let r = schema
-                .get("$ref")
-                .or_else(|| schema.get("allOf").and_then(|a| a.get(0)).and_then(|s| s.get("$ref")));
-            match r.and_then(Value::as_str).and_then(|r| r.strip_prefix(REF_V2)) {
+            let r = schema.get("$ref").or_else(|| {
+                schema
+                    .get("allOf")
+                    .and_then(|a| a.get(0))
+                    .and_then(|s| s.get("$ref"))
+            });
+            match r
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix(REF_V2))
+            {
                 Some(name) => match self.inner.definitions.get(name) {
                     Some(d) => schema = d,
                     None => return schema,
@@ -529,7 +596,14 @@ impl OpenApi {
         schema
     }
 
-    fn unknown_in(&self, schema: &Value, obj: &Value, path: String, out: &mut Vec<String>, depth: usize) {
+    fn unknown_in(
+        &self,
+        schema: &Value,
+        obj: &Value,
+        path: String,
+        out: &mut Vec<String>,
+        depth: usize,
+    ) {
         if depth > 64 {
             return;
         }
@@ -541,15 +615,25 @@ impl OpenApi {
             Value::Object(fields) => {
                 if let Some(props) = schema.get("properties").and_then(Value::as_object) {
                     for (k, v) in fields {
-                        let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
                         match props.get(k) {
                             Some(s) => self.unknown_in(s, v, p, out, depth + 1),
                             None => out.push(p),
                         }
                     }
-                } else if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                } else if let Some(ap) =
+                    schema.get("additionalProperties").filter(|a| a.is_object())
+                {
                     for (k, v) in fields {
-                        let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                        let p = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
                         self.unknown_in(ap, v, p, out, depth + 1);
                     }
                 }
@@ -568,7 +652,12 @@ impl OpenApi {
     fn ref_object_name(&self, schema: &Value) -> Option<String> {
         let r = schema
             .get("$ref")
-            .or_else(|| schema.get("allOf").and_then(|a| a.get(0)).and_then(|s| s.get("$ref")))?
+            .or_else(|| {
+                schema
+                    .get("allOf")
+                    .and_then(|a| a.get(0))
+                    .and_then(|s| s.get("$ref"))
+            })?
             .as_str()?
             .strip_prefix(REF_V2)?;
         let d = self.inner.definitions.get(r)?;
@@ -578,22 +667,47 @@ impl OpenApi {
 
 impl PatchSchema for OpenApi {
     fn field(&self, type_name: &str, field: &str) -> Option<FieldMeta> {
-        let prop = self.inner.definitions.get(type_name)?.get("properties")?.get(field)?;
+        let prop = self
+            .inner
+            .definitions
+            .get(type_name)?
+            .get("properties")?
+            .get(field)?;
         let is_list = prop.get("type").and_then(Value::as_str) == Some("array");
         let map_values = prop.get("additionalProperties").filter(|a| a.is_object());
-        let target = if is_list { prop.get("items") } else { map_values.or(Some(prop)) };
+        let target = if is_list {
+            prop.get("items")
+        } else {
+            map_values.or(Some(prop))
+        };
         let type_name = target.and_then(|t| self.ref_object_name(t));
         let patch_strategy = prop
             .get("x-kubernetes-patch-strategy")
             .and_then(Value::as_str)
-            .map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
+            .map(|s| {
+                s.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
-        let merge_key = prop.get("x-kubernetes-patch-merge-key").and_then(Value::as_str).map(String::from);
-        let list_type = prop.get("x-kubernetes-list-type").and_then(Value::as_str).map(String::from);
+        let merge_key = prop
+            .get("x-kubernetes-patch-merge-key")
+            .and_then(Value::as_str)
+            .map(String::from);
+        let list_type = prop
+            .get("x-kubernetes-list-type")
+            .and_then(Value::as_str)
+            .map(String::from);
         let list_map_keys = prop
             .get("x-kubernetes-list-map-keys")
             .and_then(Value::as_array)
-            .map(|keys| keys.iter().filter_map(Value::as_str).map(String::from).collect())
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
             .unwrap_or_default();
         let default = prop.get("default").cloned();
         Some(FieldMeta {
@@ -612,10 +726,13 @@ impl PatchSchema for OpenApi {
     /// `x-kubernetes-preserve-unknown-fields` nor `additionalProperties` hold only
     /// their properties (upstream's typed schemas of built-in kinds).
     fn declares_all_fields(&self, type_name: &str) -> bool {
-        let Some(d) = self.inner.definitions.get(type_name) else { return false };
+        let Some(d) = self.inner.definitions.get(type_name) else {
+            return false;
+        };
         d.get("properties").is_some_and(Value::is_object)
             && d.get("x-kubernetes-preserve-unknown-fields") != Some(&Value::Bool(true))
-            && d.get("additionalProperties").is_none_or(|a| a == &Value::Bool(false))
+            && d.get("additionalProperties")
+                .is_none_or(|a| a == &Value::Bool(false))
     }
 }
 

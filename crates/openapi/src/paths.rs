@@ -34,7 +34,14 @@ pub(crate) struct Param {
 }
 
 const fn q(name: &'static str, ty: &'static str, description: &'static str) -> Param {
-    Param { name, location: "query", ty, required: false, unique: true, description }
+    Param {
+        name,
+        location: "query",
+        ty,
+        required: false,
+        unique: true,
+        description,
+    }
 }
 
 const P_NAME: Param = Param {
@@ -53,7 +60,11 @@ const P_NAMESPACE: Param = Param {
     unique: true,
     description: "object name and auth scope, such as for teams and projects",
 };
-const P_PRETTY: Param = q("pretty", "string", "If 'true', then the output is pretty printed.");
+const P_PRETTY: Param = q(
+    "pretty",
+    "string",
+    "If 'true', then the output is pretty printed.",
+);
 const P_DRY_RUN: Param = q(
     "dryRun",
     "string",
@@ -76,31 +87,86 @@ const P_FORCE: Param = q(
     "Force an apply request, taking over conflicting fields owned by other managers.",
 );
 const LIST_PARAMS: &[Param] = &[
-    q("allowWatchBookmarks", "boolean", "Ask for watch events of type BOOKMARK."),
-    q("continue", "string", "The continue token of a previous paginated list call."),
-    q("fieldSelector", "string", "A selector restricting the returned objects by their fields."),
-    q("labelSelector", "string", "A selector restricting the returned objects by their labels."),
-    q("limit", "integer", "Maximum number of objects to return in one list call."),
-    q("resourceVersion", "string", "Constrains the resource versions the request may be served from."),
-    q("resourceVersionMatch", "string", "How resourceVersion is applied to list calls."),
-    q("sendInitialEvents", "boolean", "Start a watch with synthetic events for the current state."),
-    q("timeoutSeconds", "integer", "Timeout for the list/watch call."),
-    q("watch", "boolean", "Watch for changes and return them as a stream of events."),
+    q(
+        "allowWatchBookmarks",
+        "boolean",
+        "Ask for watch events of type BOOKMARK.",
+    ),
+    q(
+        "continue",
+        "string",
+        "The continue token of a previous paginated list call.",
+    ),
+    q(
+        "fieldSelector",
+        "string",
+        "A selector restricting the returned objects by their fields.",
+    ),
+    q(
+        "labelSelector",
+        "string",
+        "A selector restricting the returned objects by their labels.",
+    ),
+    q(
+        "limit",
+        "integer",
+        "Maximum number of objects to return in one list call.",
+    ),
+    q(
+        "resourceVersion",
+        "string",
+        "Constrains the resource versions the request may be served from.",
+    ),
+    q(
+        "resourceVersionMatch",
+        "string",
+        "How resourceVersion is applied to list calls.",
+    ),
+    q(
+        "sendInitialEvents",
+        "boolean",
+        "Start a watch with synthetic events for the current state.",
+    ),
+    q(
+        "timeoutSeconds",
+        "integer",
+        "Timeout for the list/watch call.",
+    ),
+    q(
+        "watch",
+        "boolean",
+        "Watch for changes and return them as a stream of events.",
+    ),
 ];
 const DELETE_PARAMS: &[Param] = &[
     P_DRY_RUN,
-    q("gracePeriodSeconds", "integer", "Seconds before the object should be deleted."),
+    q(
+        "gracePeriodSeconds",
+        "integer",
+        "Seconds before the object should be deleted.",
+    ),
     q(
         "ignoreStoreReadErrorWithClusterBreakingPotential",
         "boolean",
         "Delete even an object that cannot be read from storage (unsafe).",
     ),
-    q("orphanDependents", "boolean", "Deprecated: use propagationPolicy."),
-    q("propagationPolicy", "string", "Garbage collection policy: Orphan, Background or Foreground."),
+    q(
+        "orphanDependents",
+        "boolean",
+        "Deprecated: use propagationPolicy.",
+    ),
+    q(
+        "propagationPolicy",
+        "string",
+        "Garbage collection policy: Orphan, Background or Foreground.",
+    ),
 ];
 
-const JSON_YAML_PB: &[&str] =
-    &["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"];
+const JSON_YAML_PB: &[&str] = &[
+    "application/json",
+    "application/yaml",
+    "application/vnd.kubernetes.protobuf",
+];
 const WATCH_TYPES: &[&str] = &[
     "application/json",
     "application/yaml",
@@ -190,8 +256,13 @@ pub(crate) fn gv_doc(group: &str, version: &str) -> String {
 }
 
 fn tag(group: &str, version: &str) -> String {
-    let g = if group.is_empty() { "core".to_string() } else {
-        group.strip_suffix(".k8s.io").unwrap_or(group).replace('.', "_")
+    let g = if group.is_empty() {
+        "core".to_string()
+    } else {
+        group
+            .strip_suffix(".k8s.io")
+            .unwrap_or(group)
+            .replace('.', "_")
     };
     let g = {
         // upstream joins dotted groups camel-style in tags (rbacAuthorization_v1)
@@ -267,7 +338,13 @@ pub(crate) fn resource_paths(
         ops.push(o);
     }
     if r.has_verb("create") {
-        let mut o = op("post", format!("create{gc}{vc}{scope}{kind}"), format!("create a {kind}"), "post", write_params());
+        let mut o = op(
+            "post",
+            format!("create{gc}{vc}{scope}{kind}"),
+            format!("create a {kind}"),
+            "post",
+            write_params(),
+        );
         o.body = Some(definition.to_string());
         o.responses = vec![
             ("200", "OK", Body::Def(definition.to_string())),
@@ -279,7 +356,14 @@ pub(crate) fn resource_paths(
     }
     if r.has_verb("deletecollection") {
         let mut params = DELETE_PARAMS.to_vec();
-        params.extend_from_slice(LIST_PARAMS.iter().filter(|p| p.name != "watch" && p.name != "allowWatchBookmarks").copied().collect::<Vec<_>>().as_slice());
+        params.extend_from_slice(
+            LIST_PARAMS
+                .iter()
+                .filter(|p| p.name != "watch" && p.name != "allowWatchBookmarks")
+                .copied()
+                .collect::<Vec<_>>()
+                .as_slice(),
+        );
         params.sort_by_key(|p| p.name);
         let mut o = op(
             "delete",
@@ -293,7 +377,12 @@ pub(crate) fn resource_paths(
         ops.push(o);
     }
     if !ops.is_empty() {
-        paths.push(PathItem { path: collection.clone(), doc: doc.clone(), params: scope_params(&[]), ops });
+        paths.push(PathItem {
+            path: collection.clone(),
+            doc: doc.clone(),
+            params: scope_params(&[]),
+            ops,
+        });
     }
 
     // All namespaces.
@@ -310,17 +399,34 @@ pub(crate) fn resource_paths(
         let mut params = LIST_PARAMS.to_vec();
         params.push(P_PRETTY);
         o.params = Vec::new();
-        paths.push(PathItem { path: format!("{base}/{}", r.plural), doc: doc.clone(), params, ops: vec![o] });
+        paths.push(PathItem {
+            path: format!("{base}/{}", r.plural),
+            doc: doc.clone(),
+            params,
+            ops: vec![o],
+        });
     }
 
     // Item.
     let item = format!("{collection}/{{name}}");
     let mut ops = Vec::new();
     if r.has_verb("get") {
-        ops.push(op("get", format!("read{gc}{vc}{scope}{kind}"), format!("read the specified {kind}"), "get", Vec::new()));
+        ops.push(op(
+            "get",
+            format!("read{gc}{vc}{scope}{kind}"),
+            format!("read the specified {kind}"),
+            "get",
+            Vec::new(),
+        ));
     }
     if r.has_verb("update") {
-        let mut o = op("put", format!("replace{gc}{vc}{scope}{kind}"), format!("replace the specified {kind}"), "put", write_params());
+        let mut o = op(
+            "put",
+            format!("replace{gc}{vc}{scope}{kind}"),
+            format!("replace the specified {kind}"),
+            "put",
+            write_params(),
+        );
         o.body = Some(definition.to_string());
         o.responses = vec![
             ("200", "OK", Body::Def(definition.to_string())),
@@ -330,7 +436,13 @@ pub(crate) fn resource_paths(
         ops.push(o);
     }
     if r.has_verb("delete") {
-        let mut o = op("delete", format!("delete{gc}{vc}{scope}{kind}"), format!("delete a {kind}"), "delete", DELETE_PARAMS.to_vec());
+        let mut o = op(
+            "delete",
+            format!("delete{gc}{vc}{scope}{kind}"),
+            format!("delete a {kind}"),
+            "delete",
+            DELETE_PARAMS.to_vec(),
+        );
         o.body = Some(DELETE_OPTIONS.to_string());
         o.responses = vec![
             ("200", "OK", Body::Def(STATUS.to_string())),
@@ -340,17 +452,40 @@ pub(crate) fn resource_paths(
         ops.push(o);
     }
     if r.has_verb("patch") {
-        ops.push(patch_op(op("patch", format!("patch{gc}{vc}{scope}{kind}"), format!("partially update the specified {kind}"), "patch", Vec::new())));
+        ops.push(patch_op(op(
+            "patch",
+            format!("patch{gc}{vc}{scope}{kind}"),
+            format!("partially update the specified {kind}"),
+            "patch",
+            Vec::new(),
+        )));
     }
     if !ops.is_empty() {
-        paths.push(PathItem { path: item.clone(), doc: doc.clone(), params: scope_params(&[P_NAME]), ops });
+        paths.push(PathItem {
+            path: item.clone(),
+            doc: doc.clone(),
+            params: scope_params(&[P_NAME]),
+            ops,
+        });
     }
 
     // Subresources.
     for sub in &r.subresources {
-        let sub_group = if sub.group.is_empty() && sub.version.is_empty() { r.group.clone() } else { sub.group.clone() };
-        let sub_version = if sub.version.is_empty() { r.version.clone() } else { sub.version.clone() };
-        let sub_kind = if sub.kind.is_empty() { r.kind.clone() } else { sub.kind.clone() };
+        let sub_group = if sub.group.is_empty() && sub.version.is_empty() {
+            r.group.clone()
+        } else {
+            sub.group.clone()
+        };
+        let sub_version = if sub.version.is_empty() {
+            r.version.clone()
+        } else {
+            sub.version.clone()
+        };
+        let sub_kind = if sub.kind.is_empty() {
+            r.kind.clone()
+        } else {
+            sub.kind.clone()
+        };
         let same_kind = sub_kind == r.kind && sub_group == r.group && sub_version == r.version;
         let sub_def = if same_kind {
             definition.to_string()
@@ -387,15 +522,32 @@ pub(crate) fn resource_paths(
         } else if sub.name == "log" {
             if has("get") {
                 let mut o = mk("get", "read", "get", Vec::new(), Body::Text);
-                o.produces = &["text/plain", "application/json", "application/yaml", "application/vnd.kubernetes.protobuf"];
+                o.produces = &[
+                    "text/plain",
+                    "application/json",
+                    "application/yaml",
+                    "application/vnd.kubernetes.protobuf",
+                ];
                 ops.push(o);
             }
         } else {
             if has("get") {
-                ops.push(mk("get", "read", "get", Vec::new(), Body::Def(sub_def.clone())));
+                ops.push(mk(
+                    "get",
+                    "read",
+                    "get",
+                    Vec::new(),
+                    Body::Def(sub_def.clone()),
+                ));
             }
             if has("create") {
-                let mut o = mk("post", "create", "post", write_params(), Body::Def(sub_def.clone()));
+                let mut o = mk(
+                    "post",
+                    "create",
+                    "post",
+                    write_params(),
+                    Body::Def(sub_def.clone()),
+                );
                 o.body = Some(sub_def.clone());
                 o.responses = vec![
                     ("200", "OK", Body::Def(sub_def.clone())),
@@ -406,7 +558,13 @@ pub(crate) fn resource_paths(
                 ops.push(o);
             }
             if has("update") {
-                let mut o = mk("put", "replace", "put", write_params(), Body::Def(sub_def.clone()));
+                let mut o = mk(
+                    "put",
+                    "replace",
+                    "put",
+                    write_params(),
+                    Body::Def(sub_def.clone()),
+                );
                 o.body = Some(sub_def.clone());
                 o.responses = vec![
                     ("200", "OK", Body::Def(sub_def.clone())),
@@ -416,7 +574,13 @@ pub(crate) fn resource_paths(
                 ops.push(o);
             }
             if has("patch") {
-                ops.push(patch_op(mk("patch", "patch", "patch", Vec::new(), Body::Def(sub_def.clone()))));
+                ops.push(patch_op(mk(
+                    "patch",
+                    "patch",
+                    "patch",
+                    Vec::new(),
+                    Body::Def(sub_def.clone()),
+                )));
             }
         }
         if !ops.is_empty() {
@@ -461,7 +625,12 @@ pub(crate) fn resources_path(group: &str, version: &str) -> PathItem {
         path: format!("/{doc}/"),
         doc,
         params: Vec::new(),
-        ops: vec![simple_get(format!("get{gc}{vc}APIResources"), "get available resources", API_RESOURCE_LIST, tag(group, version))],
+        ops: vec![simple_get(
+            format!("get{gc}{vc}APIResources"),
+            "get available resources",
+            API_RESOURCE_LIST,
+            tag(group, version),
+        )],
     }
 }
 
@@ -474,7 +643,12 @@ pub(crate) fn group_path(group: &str) -> PathItem {
         path: format!("/apis/{group}/"),
         doc: format!("apis/{group}"),
         params: Vec::new(),
-        ops: vec![simple_get(format!("get{gc}APIGroup"), "get information of a group", API_GROUP, t)],
+        ops: vec![simple_get(
+            format!("get{gc}APIGroup"),
+            "get information of a group",
+            API_GROUP,
+            t,
+        )],
     }
 }
 
@@ -485,19 +659,34 @@ pub(crate) fn root_paths() -> Vec<PathItem> {
             path: "/api/".into(),
             doc: "api".into(),
             params: Vec::new(),
-            ops: vec![simple_get("getCoreAPIVersions".into(), "get available API versions", API_VERSIONS, "core".into())],
+            ops: vec![simple_get(
+                "getCoreAPIVersions".into(),
+                "get available API versions",
+                API_VERSIONS,
+                "core".into(),
+            )],
         },
         PathItem {
             path: "/apis/".into(),
             doc: "apis".into(),
             params: Vec::new(),
-            ops: vec![simple_get("getAPIVersions".into(), "get available API versions", API_GROUP_LIST, "apis".into())],
+            ops: vec![simple_get(
+                "getAPIVersions".into(),
+                "get available API versions",
+                API_GROUP_LIST,
+                "apis".into(),
+            )],
         },
         PathItem {
             path: "/version/".into(),
             doc: "version".into(),
             params: Vec::new(),
-            ops: vec![simple_get("getCodeVersion".into(), "get the code version", VERSION_INFO, "version".into())],
+            ops: vec![simple_get(
+                "getCodeVersion".into(),
+                "get the code version",
+                VERSION_INFO,
+                "version".into(),
+            )],
         },
     ]
 }
@@ -511,7 +700,11 @@ fn simple_get(id: String, description: &str, def: &str, tag: String) -> Op {
         gvk: None,
         params: Vec::new(),
         body: None,
-        consumes: &["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"],
+        consumes: &[
+            "application/json",
+            "application/yaml",
+            "application/vnd.kubernetes.protobuf",
+        ],
         produces: JSON_YAML_PB,
         responses: ok(Body::Def(def.to_string())),
         tag,
@@ -577,9 +770,15 @@ fn render_op(o: &Op, d: Dialect) -> Value {
     if let (Some(body), Dialect::V3) = (&o.body, d) {
         let mut content = Map::new();
         for ct in o.consumes {
-            content.insert((*ct).to_string(), json!({ "schema": { "$ref": format!("{REF_V3}{body}") } }));
+            content.insert(
+                (*ct).to_string(),
+                json!({ "schema": { "$ref": format!("{REF_V3}{body}") } }),
+            );
         }
-        m.insert("requestBody".into(), json!({ "content": content, "required": true }));
+        m.insert(
+            "requestBody".into(),
+            json!({ "content": content, "required": true }),
+        );
     }
     let mut responses = Map::new();
     for (code, desc, body) in &o.responses {
@@ -606,7 +805,10 @@ fn render_op(o: &Op, d: Dialect) -> Value {
         m.insert("x-kubernetes-action".into(), o.action.into());
     }
     if let Some((g, v, k)) = &o.gvk {
-        m.insert("x-kubernetes-group-version-kind".into(), json!({ "group": g, "kind": k, "version": v }));
+        m.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!({ "group": g, "kind": k, "version": v }),
+        );
     }
     Value::Object(m)
 }
@@ -618,7 +820,10 @@ pub(crate) fn render_path(p: &PathItem, d: Dialect) -> Value {
         m.insert(o.method.to_string(), render_op(o, d));
     }
     if !p.params.is_empty() {
-        m.insert("parameters".into(), Value::Array(p.params.iter().map(|x| render_param(x, d)).collect()));
+        m.insert(
+            "parameters".into(),
+            Value::Array(p.params.iter().map(|x| render_param(x, d)).collect()),
+        );
     }
     Value::Object(m)
 }
@@ -631,9 +836,15 @@ mod tests {
     fn group_names_in_operation_ids() {
         assert_eq!(group_camel(""), "Core");
         assert_eq!(group_camel("apps"), "Apps");
-        assert_eq!(group_camel("rbac.authorization.k8s.io"), "RbacAuthorization");
+        assert_eq!(
+            group_camel("rbac.authorization.k8s.io"),
+            "RbacAuthorization"
+        );
         assert_eq!(group_camel("stable.example.com"), "StableExampleCom");
-        assert_eq!(tag("rbac.authorization.k8s.io", "v1"), "rbacAuthorization_v1");
+        assert_eq!(
+            tag("rbac.authorization.k8s.io", "v1"),
+            "rbacAuthorization_v1"
+        );
         assert_eq!(tag("", "v1"), "core_v1");
     }
 }

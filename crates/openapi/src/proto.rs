@@ -286,9 +286,15 @@ fn operation(op: &Value) -> Msg {
 fn path_item(p: &Value) -> Msg {
     let mut m = Msg::default();
     let Some(o) = p.as_object() else { return m };
-    for (field, method) in
-        [(2, "get"), (3, "put"), (4, "post"), (5, "delete"), (6, "options"), (7, "head"), (8, "patch")]
-    {
+    for (field, method) in [
+        (2, "get"),
+        (3, "put"),
+        (4, "post"),
+        (5, "delete"),
+        (6, "options"),
+        (7, "head"),
+        (8, "patch"),
+    ] {
         if let Some(op) = o.get(method) {
             m.msg(field, operation(op));
         }
@@ -343,7 +349,9 @@ impl V2Encoder {
     /// `definitions` are ignored.
     pub(crate) fn finish(self, head: &Value) -> Vec<u8> {
         let mut d = Msg::default();
-        let Some(o) = head.as_object() else { return d.0 };
+        let Some(o) = head.as_object() else {
+            return d.0;
+        };
         d.opt_str(1, o.get("swagger"));
         if let Some(info) = o.get("info") {
             let mut i = Msg::default();
@@ -480,8 +488,11 @@ mod tests {
         let item = named(get(&b, 8).expect("paths"), 2, "/api/v1/pods").expect("path");
         let op = get(item, 2).expect("get");
         assert_eq!(get(op, 5), Some(&b"listCoreV1PodForAllNamespaces"[..]));
-        let param = get(get(get(get(op, 8).expect("param item"), 1).expect("param"), 2).expect("non body"), 3)
-            .expect("query");
+        let param = get(
+            get(get(get(op, 8).expect("param item"), 1).expect("param"), 2).expect("non body"),
+            3,
+        )
+        .expect("query");
         assert_eq!(get(param, 4), Some(&b"fieldValidation"[..]));
         let ext = named(op, 13, "x-kubernetes-action").expect("ext");
         assert_eq!(get(ext, 2), Some(&b"\"list\""[..]));
@@ -490,7 +501,10 @@ mod tests {
         assert_eq!(get(get(a, 22).expect("type"), 1), Some(&b"array"[..]));
         let items = get(get(a, 23).expect("items"), 1).expect("schema");
         assert_eq!(get(items, 1), Some(&b"#/definitions/Y"[..]));
-        assert_eq!(get(named(a, 31, "x-kubernetes-patch-merge-key").expect("mk"), 2), Some(&b"\"name\""[..]));
+        assert_eq!(
+            get(named(a, 31, "x-kubernetes-patch-merge-key").expect("mk"), 2),
+            Some(&b"\"name\""[..])
+        );
     }
 
     #[test]

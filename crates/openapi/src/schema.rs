@@ -105,7 +105,9 @@ pub(crate) fn list_schema(kind: &str, item_def: &str) -> Value {
 /// Calls `f` on every subschema of `schema` (not on `schema` itself), depth first,
 /// knowing which JSON keys hold schemas (so a property *named* `oneOf` is not a keyword).
 pub(crate) fn for_each_subschema_mut(schema: &mut Value, f: &mut dyn FnMut(&mut Value)) {
-    let Some(obj) = schema.as_object_mut() else { return };
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
     for (key, value) in obj.iter_mut() {
         match key.as_str() {
             "properties" | "patternProperties" | "definitions" | "$defs" => {
@@ -179,7 +181,10 @@ pub(crate) fn apply_facts(defs: &mut BTreeMap<String, Value>) {
             prop.insert("x-kubernetes-list-type".into(), t.into());
         }
         if !fact.list_map_keys.is_empty() {
-            prop.insert("x-kubernetes-list-map-keys".into(), json!(fact.list_map_keys));
+            prop.insert(
+                "x-kubernetes-list-map-keys".into(),
+                json!(fact.list_map_keys),
+            );
         }
     }
     for d in crate::facts::KEY_DEFAULTS {
@@ -279,7 +284,9 @@ pub(crate) fn to_v3(name: &str, schema: &Value) -> Value {
     let mut out = schema.clone();
     walk_mut(&mut out, &mut |s| {
         let Some(o) = s.as_object_mut() else { return };
-        let Some(Value::String(r)) = o.remove("$ref") else { return };
+        let Some(Value::String(r)) = o.remove("$ref") else {
+            return;
+        };
         let r = match r.strip_prefix(REF_V2) {
             Some(n) => format!("{REF_V3}{n}"),
             None => r,
@@ -308,15 +315,27 @@ mod tests {
         let s = json!({"properties": {"a": {"$ref": "#/definitions/X", "description": "d"},
                                       "b": {"$ref": "#/definitions/Y"}}});
         let v3 = to_v3("T", &s);
-        assert_eq!(v3["properties"]["a"]["allOf"][0]["$ref"], "#/components/schemas/X");
+        assert_eq!(
+            v3["properties"]["a"]["allOf"][0]["$ref"],
+            "#/components/schemas/X"
+        );
         assert_eq!(v3["properties"]["a"]["description"], "d");
-        assert_eq!(v3["properties"]["b"], json!({"$ref": "#/components/schemas/Y"}));
+        assert_eq!(
+            v3["properties"]["b"],
+            json!({"$ref": "#/components/schemas/Y"})
+        );
     }
 
     #[test]
     fn v2_int_or_string_is_string_with_format() {
-        let v2 = to_v2(INT_OR_STRING, &json!({"description": "x", "x-kubernetes-int-or-string": true}));
-        assert_eq!(v2, json!({"description": "x", "type": "string", "format": "int-or-string"}));
+        let v2 = to_v2(
+            INT_OR_STRING,
+            &json!({"description": "x", "x-kubernetes-int-or-string": true}),
+        );
+        assert_eq!(
+            v2,
+            json!({"description": "x", "type": "string", "format": "int-or-string"})
+        );
     }
 
     #[test]

@@ -21,7 +21,12 @@ impl Definitions {
     fn ref_object_name(&self, schema: &Value) -> Option<String> {
         let r = schema
             .get("$ref")
-            .or_else(|| schema.get("allOf").and_then(|a| a.get(0)).and_then(|s| s.get("$ref")))?
+            .or_else(|| {
+                schema
+                    .get("allOf")
+                    .and_then(|a| a.get(0))
+                    .and_then(|s| s.get("$ref"))
+            })?
             .as_str()?
             .strip_prefix(REF)?;
         let d = self.0.get(r)?;
@@ -34,15 +39,34 @@ impl PatchSchema for Definitions {
         let prop = self.0.get(type_name)?.get("properties")?.get(field)?;
         let is_list = prop.get("type").and_then(Value::as_str) == Some("array");
         let map_values = prop.get("additionalProperties").filter(|a| a.is_object());
-        let target = if is_list { prop.get("items") } else { map_values.or(Some(prop)) };
+        let target = if is_list {
+            prop.get("items")
+        } else {
+            map_values.or(Some(prop))
+        };
         let type_name = target.and_then(|t| self.ref_object_name(t));
         let patch_strategy = prop
             .get("x-kubernetes-patch-strategy")
             .and_then(Value::as_str)
-            .map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
+            .map(|s| {
+                s.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
-        let merge_key = prop.get("x-kubernetes-patch-merge-key").and_then(Value::as_str).map(String::from);
-        Some(FieldMeta { type_name, is_list, is_map: map_values.is_some(), patch_strategy, merge_key, ..FieldMeta::default() })
+        let merge_key = prop
+            .get("x-kubernetes-patch-merge-key")
+            .and_then(Value::as_str)
+            .map(String::from);
+        Some(FieldMeta {
+            type_name,
+            is_list,
+            is_map: map_values.is_some(),
+            patch_strategy,
+            merge_key,
+            ..FieldMeta::default()
+        })
     }
 }
 
@@ -123,8 +147,15 @@ fn main() {
     let defs = Definitions(defs);
     // The API server keeps one type cache per OpenAPI document (NOCACHE=1: none).
     let cache = TypeCache::new();
-    let cached = CachedApplySchema { schema: &defs, cache: &cache };
-    let schema: &dyn ApplySchema = if std::env::var_os("NOCACHE").is_some() { &defs } else { &cached };
+    let cached = CachedApplySchema {
+        schema: &defs,
+        cache: &cache,
+    };
+    let schema: &dyn ApplySchema = if std::env::var_os("NOCACHE").is_some() {
+        &defs
+    } else {
+        &cached
+    };
     let now = "2025-01-01T00:00:01Z";
     let cm_type = "io.k8s.api.core.v1.ConfigMap";
     let pod_type = "io.k8s.api.core.v1.Pod";
@@ -141,7 +172,16 @@ fn main() {
     let pods: Vec<Value> = (0..16).map(pod).collect();
     bench("pod create", iters, |i| {
         let mut o = pods[i % 16].clone();
-        track_update(None, &mut o, "kube-controller-manager", schema, pod_type, now, "v1", None);
+        track_update(
+            None,
+            &mut o,
+            "kube-controller-manager",
+            schema,
+            pod_type,
+            now,
+            "v1",
+            None,
+        );
         std::hint::black_box(o);
     });
     // A pod as created, then its status written by the kubelet.
@@ -149,7 +189,16 @@ fn main() {
         .iter()
         .map(|p| {
             let mut o = p.clone();
-            track_update(None, &mut o, "kube-controller-manager", schema, pod_type, now, "v1", None);
+            track_update(
+                None,
+                &mut o,
+                "kube-controller-manager",
+                schema,
+                pod_type,
+                now,
+                "v1",
+                None,
+            );
             o["spec"]["nodeName"] = json!("node-1");
             o
         })
@@ -173,14 +222,32 @@ fn main() {
         .collect();
     bench("pod status update", iters, |i| {
         let mut o = running[i % 16].clone();
-        track_update(Some(&created[i % 16]), &mut o, "kubelet", schema, pod_type, now, "v1", Some("status"));
+        track_update(
+            Some(&created[i % 16]),
+            &mut o,
+            "kubelet",
+            schema,
+            pod_type,
+            now,
+            "v1",
+            Some("status"),
+        );
         std::hint::black_box(o);
     });
     if std::env::var_os("SHOW").is_some() {
         // The results, to compare implementations: a create, a status update, a
         // spec update by a second manager, and an update that removes fields.
         let mut status = running[0].clone();
-        track_update(Some(&created[0]), &mut status, "kubelet", schema, pod_type, now, "v1", Some("status"));
+        track_update(
+            Some(&created[0]),
+            &mut status,
+            "kubelet",
+            schema,
+            pod_type,
+            now,
+            "v1",
+            Some("status"),
+        );
         let mut relabel = status.clone();
         relabel["metadata"]["labels"]["tier"] = json!("front");
         relabel["spec"]["containers"][0]["image"] = json!("nginx");
@@ -188,11 +255,23 @@ fn main() {
         if let Some(m) = relabel["metadata"].as_object_mut() {
             m.remove("ownerReferences");
         }
-        track_update(Some(&status), &mut relabel, "kubectl-edit", schema, pod_type, now, "v1", None);
+        track_update(
+            Some(&status),
+            &mut relabel,
+            "kubectl-edit",
+            schema,
+            pod_type,
+            now,
+            "v1",
+            None,
+        );
         let mut cm = cms[0].clone();
         track_update(None, &mut cm, "python", schema, cm_type, now, "v1", None);
         for v in [&created[0], &status, &relabel, &cm] {
-            println!("{}", serde_json::to_string(&v["metadata"]["managedFields"]).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string(&v["metadata"]["managedFields"]).unwrap_or_default()
+            );
         }
     }
 }

@@ -676,8 +676,15 @@ impl FieldManager<'_> {
             }
         }
 
-        self.take_changed(live_clean.as_ref(), &result, &mut entries, Some(me), force, false)
-            .map_err(ApplyError::Conflicts)?;
+        self.take_changed(
+            live_clean.as_ref(),
+            &result,
+            &mut entries,
+            Some(me),
+            force,
+            false,
+        )
+        .map_err(ApplyError::Conflicts)?;
 
         let changed = live_clean.as_ref() != Some(&result);
         if changed {

@@ -737,12 +737,21 @@ pub enum CsrUsage {
 /// and subject alternative names, for `validity_secs` seconds (as upstream's
 /// csrsigning controller does for the `kubernetes.io/*` signers). Returns the
 /// certificate PEM.
-pub fn sign_csr(ca_cert_pem: &str, ca_key_pem: &str, csr_pem: &str, usage: CsrUsage, validity_secs: i64) -> Result<String, PkiError> {
+pub fn sign_csr(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    csr_pem: &str,
+    usage: CsrUsage,
+    validity_secs: i64,
+) -> Result<String, PkiError> {
     let ca = Ca::load(ca_cert_pem, ca_key_pem)?;
     let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
     let params = &mut csr.params;
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![match usage {
         CsrUsage::Client => ExtendedKeyUsagePurpose::ClientAuth,
         CsrUsage::Server => ExtendedKeyUsagePurpose::ServerAuth,
@@ -769,7 +778,11 @@ mod csr_tests {
         dn.push(DnType::OrganizationName, "system:nodes");
         dn.push(DnType::CommonName, "system:node:n1");
         params.distinguished_name = dn;
-        let csr = params.serialize_request(&key).expect("csr").pem().expect("pem");
+        let csr = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
         let cert = sign_csr(&ca_cert, &ca_key, &csr, CsrUsage::Client, 3600).expect("signed");
         assert!(verify_issued_by(&cert, &ca_cert).expect("verify"));
         let der = pem_to_der(&cert, "certificate").expect("der");

@@ -11,8 +11,14 @@ use crate::{DecodeError, MAGIC};
 const MAX_DEPTH: usize = 100;
 
 /// Decodes `k8s\0` + runtime.Unknown.
-pub(crate) fn envelope(bytes: &[u8], expected: Option<&str>, depth: usize) -> Result<Value, DecodeError> {
-    let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or(DecodeError::NotProtobuf)?;
+pub(crate) fn envelope(
+    bytes: &[u8],
+    expected: Option<&str>,
+    depth: usize,
+) -> Result<Value, DecodeError> {
+    let body = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or(DecodeError::NotProtobuf)?;
     let (mut api_version, mut kind, mut raw, mut encoding) = ("", "", &[][..], "");
     let mut r = Reader::new(body);
     while let Some((tag, value)) = r.next()? {
@@ -36,8 +42,12 @@ pub(crate) fn envelope(bytes: &[u8], expected: Option<&str>, depth: usize) -> Re
         return Err(DecodeError::UnsupportedEncoding(encoding.to_string()));
     }
     let index = match expected {
-        Some(name) => table::index_of(name).ok_or_else(|| DecodeError::UnknownMessage(name.to_string()))?,
-        None if api_version.is_empty() && kind.is_empty() => return Err(DecodeError::MissingTypeMeta),
+        Some(name) => {
+            table::index_of(name).ok_or_else(|| DecodeError::UnknownMessage(name.to_string()))?
+        }
+        None if api_version.is_empty() && kind.is_empty() => {
+            return Err(DecodeError::MissingTypeMeta)
+        }
         None => table::index_for(api_version, kind).ok_or_else(|| DecodeError::UnknownKind {
             api_version: api_version.to_string(),
             kind: kind.to_string(),
@@ -58,17 +68,29 @@ pub(crate) fn envelope(bytes: &[u8], expected: Option<&str>, depth: usize) -> Re
 }
 
 fn envelope_str<'a>(s: &'a [u8], field: &'static str) -> Result<&'a str, DecodeError> {
-    std::str::from_utf8(s).map_err(|_| DecodeError::InvalidUtf8 { message: "runtime.Unknown", field })
+    std::str::from_utf8(s).map_err(|_| DecodeError::InvalidUtf8 {
+        message: "runtime.Unknown",
+        field,
+    })
 }
 
 /// Decodes the message at `index` into a JSON object.
-pub(crate) fn message(index: u16, bytes: &[u8], depth: usize) -> Result<Map<String, Value>, DecodeError> {
+pub(crate) fn message(
+    index: u16,
+    bytes: &[u8],
+    depth: usize,
+) -> Result<Map<String, Value>, DecodeError> {
     let mut out = Map::new();
     message_into(index, bytes, depth, &mut out)?;
     Ok(out)
 }
 
-fn message_into(index: u16, bytes: &[u8], depth: usize, out: &mut Map<String, Value>) -> Result<(), DecodeError> {
+fn message_into(
+    index: u16,
+    bytes: &[u8],
+    depth: usize,
+    out: &mut Map<String, Value>,
+) -> Result<(), DecodeError> {
     if depth > MAX_DEPTH {
         return Err(DecodeError::TooDeep);
     }
@@ -76,7 +98,9 @@ fn message_into(index: u16, bytes: &[u8], depth: usize, out: &mut Map<String, Va
     let mut r = Reader::new(bytes);
     while let Some((tag, raw)) = r.next()? {
         // Unknown fields are skipped, as the Go decoder does.
-        let Some(field) = msg.field(tag) else { continue };
+        let Some(field) = msg.field(tag) else {
+            continue;
+        };
         let Field(_, name, kind, flags) = *field;
         if flags & INLINE != 0 {
             if let (Kind::Msg(sub), Raw::Bytes(b)) = (kind, raw) {
@@ -113,7 +137,12 @@ fn message_into(index: u16, bytes: &[u8], depth: usize, out: &mut Map<String, Va
                     for c in b.chunks_exact(8) {
                         let mut a = [0u8; 8];
                         a.copy_from_slice(c);
-                        items.push(scalar(msg, field, kind, Raw::Fixed64(u64::from_le_bytes(a)))?);
+                        items.push(scalar(
+                            msg,
+                            field,
+                            kind,
+                            Raw::Fixed64(u64::from_le_bytes(a)),
+                        )?);
                     }
                 }
                 _ => items.push(value(msg, field, kind, raw, depth)?),
@@ -132,11 +161,22 @@ fn message_into(index: u16, bytes: &[u8], depth: usize, out: &mut Map<String, Va
 }
 
 fn wrong(msg: &'static Message, field: &'static Field, expected: &'static str) -> DecodeError {
-    DecodeError::WrongWireType { message: msg.0, field: field.1, expected }
+    DecodeError::WrongWireType {
+        message: msg.0,
+        field: field.1,
+        expected,
+    }
 }
 
-fn utf8<'a>(msg: &'static Message, field: &'static Field, b: &'a [u8]) -> Result<&'a str, DecodeError> {
-    std::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8 { message: msg.0, field: field.1 })
+fn utf8<'a>(
+    msg: &'static Message,
+    field: &'static Field,
+    b: &'a [u8],
+) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8 {
+        message: msg.0,
+        field: field.1,
+    })
 }
 
 /// One map entry {1: key, 2: value} → (key, JSON value).
@@ -167,7 +207,12 @@ fn map_entry(
 }
 
 /// A varint / fixed64 scalar.
-fn scalar(msg: &'static Message, field: &'static Field, kind: Kind, raw: Raw<'_>) -> Result<Value, DecodeError> {
+fn scalar(
+    msg: &'static Message,
+    field: &'static Field,
+    kind: Kind,
+    raw: Raw<'_>,
+) -> Result<Value, DecodeError> {
     Ok(match (kind, raw) {
         // int32 is sign-extended to 64 bits on the wire; Go truncates back.
         (Kind::I32, Raw::Varint(v)) => Value::from(v as i32),
@@ -175,7 +220,10 @@ fn scalar(msg: &'static Message, field: &'static Field, kind: Kind, raw: Raw<'_>
         (Kind::Bool, Raw::Varint(v)) => Value::Bool(v != 0),
         (Kind::Double, Raw::Fixed64(v)) => Number::from_f64(f64::from_bits(v))
             .map(Value::Number)
-            .ok_or(DecodeError::NonFinite { message: msg.0, field: field.1 })?,
+            .ok_or(DecodeError::NonFinite {
+            message: msg.0,
+            field: field.1,
+        })?,
         (Kind::Double, _) => return Err(wrong(msg, field, "a 64-bit double")),
         _ => return Err(wrong(msg, field, "a varint")),
     })
@@ -190,7 +238,9 @@ fn value(
     depth: usize,
 ) -> Result<Value, DecodeError> {
     let bytes = match (kind, raw) {
-        (Kind::I32 | Kind::I64 | Kind::Bool | Kind::Double, raw) => return scalar(msg, field, kind, raw),
+        (Kind::I32 | Kind::I64 | Kind::Bool | Kind::Double, raw) => {
+            return scalar(msg, field, kind, raw)
+        }
         (_, Raw::Bytes(b)) => b,
         _ => return Err(wrong(msg, field, "length-delimited data")),
     };
@@ -269,9 +319,9 @@ fn value(
             }
             Value::Array(items)
         }
-        Kind::SchemaOrArray(props) | Kind::SchemaOrBool(props) | Kind::SchemaOrStringArray(props) => {
-            schema_or(kind, props, bytes, depth)?
-        }
+        Kind::SchemaOrArray(props)
+        | Kind::SchemaOrBool(props)
+        | Kind::SchemaOrStringArray(props) => schema_or(kind, props, bytes, depth)?,
         // scalars and maps are handled before
         Kind::I32 | Kind::I64 | Kind::Bool | Kind::Double | Kind::Map(_) => Value::Null,
     })
@@ -289,7 +339,9 @@ fn schema_or(kind: Kind, props: u16, bytes: &[u8], depth: usize) -> Result<Value
             (Kind::SchemaOrBool(_), 2, Raw::Bytes(b)) | (_, 1, Raw::Bytes(b)) => {
                 schema = Some(Value::Object(message(props, b, depth + 1)?));
             }
-            (Kind::SchemaOrArray(_), 2, Raw::Bytes(b)) => list.push(Value::Object(message(props, b, depth + 1)?)),
+            (Kind::SchemaOrArray(_), 2, Raw::Bytes(b)) => {
+                list.push(Value::Object(message(props, b, depth + 1)?))
+            }
             (Kind::SchemaOrStringArray(_), 2, Raw::Bytes(b)) => {
                 let s = std::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8 {
                     message: "JSONSchemaPropsOrStringArray",
@@ -469,7 +521,10 @@ mod tests {
             .entry(11, "env", "prod")
             .entry(12, "note", "x")
             .str(14, "kubernetes");
-        let ns = Enc::default().msg(1, meta).msg(2, Enc::default()).msg(3, Enc::default().str(1, "Active"));
+        let ns = Enc::default()
+            .msg(1, meta)
+            .msg(2, Enc::default())
+            .msg(3, Enc::default().str(1, "Active"));
         let v = decode(&envelope_of("v1", "Namespace", ns)).unwrap_or_default();
         assert_eq!(
             v,
@@ -520,7 +575,14 @@ mod tests {
             .str(3, "nginx")
             .str(4, "-g")
             .str(4, "daemon off;")
-            .msg(6, Enc::default().str(1, "http").int(2, 0).int(3, 8080).str(4, "TCP"))
+            .msg(
+                6,
+                Enc::default()
+                    .str(1, "http")
+                    .int(2, 0)
+                    .int(3, 8080)
+                    .str(4, "TCP"),
+            )
             .msg(7, Enc::default().str(1, "MODE").str(2, "prod"))
             .msg(
                 7,
@@ -539,15 +601,29 @@ mod tests {
             .msg(15, Enc::default().int(4, -1).int(5, 1).int(6, 0))
             .int(16, 0);
         let template = Enc::default()
-            .msg(1, Enc::default().entry(11, "app", "web").msg(8, Enc::default()))
-            .msg(2, Enc::default().msg(2, container).int(4, 30).int(11, 0).str(3, "Always"));
+            .msg(
+                1,
+                Enc::default()
+                    .entry(11, "app", "web")
+                    .msg(8, Enc::default()),
+            )
+            .msg(
+                2,
+                Enc::default()
+                    .msg(2, container)
+                    .int(4, 30)
+                    .int(11, 0)
+                    .str(3, "Always"),
+            );
         let spec = Enc::default()
             .int(1, 0)
             .msg(2, Enc::default().entry(1, "app", "web"))
             .msg(3, template)
             .msg(4, Enc::default().str(1, "RollingUpdate"))
             .int(5, 0);
-        let d = Enc::default().msg(1, Enc::default().str(1, "web").str(3, "default")).msg(2, spec);
+        let d = Enc::default()
+            .msg(1, Enc::default().str(1, "web").str(3, "default"))
+            .msg(2, spec);
         let v = decode(&envelope_of("apps/v1", "Deployment", d)).unwrap_or_default();
         assert_eq!(
             v,
@@ -596,7 +672,9 @@ mod tests {
             .msg(1, port(Enc::default().int(1, 1).int(2, 0).str(3, "http")))
             .str(18, "10.0.0.1")
             .str(18, "fd00::1");
-        let svc = Enc::default().msg(1, Enc::default().str(1, "svc")).msg(2, spec);
+        let svc = Enc::default()
+            .msg(1, Enc::default().str(1, "svc"))
+            .msg(2, spec);
         let v = decode(&envelope_of("v1", "Service", svc)).unwrap_or_default();
         assert_eq!(v["spec"]["ports"][0]["targetPort"], 8080);
         assert_eq!(v["spec"]["ports"][1]["targetPort"], "http");
@@ -606,20 +684,29 @@ mod tests {
     #[test]
     fn inline_fields_micro_time_and_duration() {
         // Probe.handler is Go-embedded (inline): its fields sit in the probe itself.
-        let probe = Enc::default().msg(1, Enc::default().msg(1, Enc::default().str(1, "true"))).int(2, 5);
+        let probe = Enc::default()
+            .msg(1, Enc::default().msg(1, Enc::default().str(1, "true")))
+            .int(2, 5);
         let container = Enc::default().str(1, "c").msg(10, probe);
         let v = decode_message("k8s.io.api.core.v1.Container", &container.0).unwrap_or_default();
-        assert_eq!(v["livenessProbe"], json!({"exec": {"command": ["true"]}, "initialDelaySeconds": 5}));
+        assert_eq!(
+            v["livenessProbe"],
+            json!({"exec": {"command": ["true"]}, "initialDelaySeconds": 5})
+        );
 
         let lease = Enc::default()
             .str(1, "node-1")
             .int(2, 40)
             .msg(4, Enc::default().int(1, 1_704_164_645).int(2, 123_456_789));
-        let v = decode_message("k8s.io.api.coordination.v1.LeaseSpec", &lease.0).unwrap_or_default();
+        let v =
+            decode_message("k8s.io.api.coordination.v1.LeaseSpec", &lease.0).unwrap_or_default();
         assert_eq!(v["renewTime"], "2024-01-02T03:04:05.123456Z");
 
         let metrics = Enc::default().msg(3, Enc::default().int(1, 90_000_000_000));
-        let v = decode_message("k8s.io.metrics.pkg.apis.metrics.v1beta1.NodeMetrics", &metrics.0);
+        let v = decode_message(
+            "k8s.io.metrics.pkg.apis.metrics.v1beta1.NodeMetrics",
+            &metrics.0,
+        );
         assert_eq!(v.unwrap_or_default()["window"], "1m30s");
         assert_eq!(go_duration(90_000_000_000), "1m30s");
         assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
@@ -660,7 +747,10 @@ mod tests {
 
         let broken = Enc::default().msg(2, Enc::default().bytes(1, b"{not json"));
         let err = decode(&envelope_of("apps/v1", "ControllerRevision", broken));
-        assert!(matches!(err, Err(DecodeError::InvalidJson { field: "data", .. })));
+        assert!(matches!(
+            err,
+            Err(DecodeError::InvalidJson { field: "data", .. })
+        ));
     }
 
     #[test]
@@ -668,7 +758,9 @@ mod tests {
         // NodeSelectorRequirement-like int lists: ServiceSpec has none, use
         // JobSpec.podFailurePolicy onExitCodes values (int32, repeated).
         let unpacked = Enc::default().str(2, "In").int(3, 1).int(3, -2);
-        let packed = Enc::default().str(2, "In").bytes(3, &Enc::default().varint(1).varint(-2i64 as u64).0);
+        let packed = Enc::default()
+            .str(2, "In")
+            .bytes(3, &Enc::default().varint(1).varint(-2i64 as u64).0);
         let name = "k8s.io.api.batch.v1.PodFailurePolicyOnExitCodesRequirement";
         for body in [unpacked, packed] {
             let v = decode_message(name, &body.0).unwrap_or_default();
@@ -687,8 +779,11 @@ mod tests {
             .msg(30, Enc::default().int(1, 1))
             .entry_msg(29, "name", string_schema.clone())
             .int(38, 1);
-        let v = decode_message("k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps", &props.0)
-            .unwrap_or_default();
+        let v = decode_message(
+            "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps",
+            &props.0,
+        )
+        .unwrap_or_default();
         assert_eq!(v["type"], "object");
         assert_eq!(v["minimum"], 1.5);
         assert_eq!(v["enum"], json!(["a"]));
@@ -700,7 +795,9 @@ mod tests {
 
     #[test]
     fn subresource_with_expected_message() {
-        let scale = Enc::default().msg(1, Enc::default().str(1, "web")).msg(2, Enc::default().int(1, 5));
+        let scale = Enc::default()
+            .msg(1, Enc::default().str(1, "web"))
+            .msg(2, Enc::default().int(1, 5));
         let bytes = envelope_of("autoscaling/v1", "Scale", scale.clone());
         assert_eq!(decode(&bytes).unwrap_or_default()["spec"]["replicas"], 5);
         let no_type = {
@@ -708,15 +805,28 @@ mod tests {
             out.extend_from_slice(&Enc::default().msg(2, scale).0);
             out
         };
-        assert!(matches!(decode(&no_type), Err(DecodeError::MissingTypeMeta)));
+        assert!(matches!(
+            decode(&no_type),
+            Err(DecodeError::MissingTypeMeta)
+        ));
         let v = decode_with(&no_type, Some("k8s.io.api.autoscaling.v1.Scale")).unwrap_or_default();
-        assert_eq!(v, json!({"metadata": {"name": "web"}, "spec": {"replicas": 5}}));
+        assert_eq!(
+            v,
+            json!({"metadata": {"name": "web"}, "spec": {"replicas": 5}})
+        );
     }
 
     #[test]
     fn unknown_fields_are_skipped() {
         let ns = Enc::default()
-            .msg(1, Enc::default().str(1, "a").int(99, 5).double(98, 1.0).str(97, "zzz"))
+            .msg(
+                1,
+                Enc::default()
+                    .str(1, "a")
+                    .int(99, 5)
+                    .double(98, 1.0)
+                    .str(97, "zzz"),
+            )
             .key(96, 5);
         let mut ns = ns;
         ns.0.extend_from_slice(&[1, 2, 3, 4]);
@@ -726,9 +836,19 @@ mod tests {
 
     #[test]
     fn errors_are_reported() {
-        assert!(matches!(decode(b"{\"kind\":\"x\"}"), Err(DecodeError::NotProtobuf)));
-        let ok = envelope_of("v1", "Namespace", Enc::default().msg(1, Enc::default().str(1, "a")));
-        assert!(matches!(decode(&ok[..ok.len() - 1]), Err(DecodeError::Truncated)));
+        assert!(matches!(
+            decode(b"{\"kind\":\"x\"}"),
+            Err(DecodeError::NotProtobuf)
+        ));
+        let ok = envelope_of(
+            "v1",
+            "Namespace",
+            Enc::default().msg(1, Enc::default().str(1, "a")),
+        );
+        assert!(matches!(
+            decode(&ok[..ok.len() - 1]),
+            Err(DecodeError::Truncated)
+        ));
         assert!(matches!(
             decode(&envelope_of("example.com/v1", "Widget", Enc::default())),
             Err(DecodeError::UnknownKind { .. })
@@ -744,14 +864,25 @@ mod tests {
             Err(DecodeError::WrongWireType { field: "name", .. })
         ));
         let mut gz = MAGIC.to_vec();
-        gz.extend_from_slice(&Enc::default().msg(1, Enc::default().str(1, "v1").str(2, "Namespace")).str(3, "gzip").0);
-        assert!(matches!(decode(&gz), Err(DecodeError::UnsupportedEncoding(_))));
+        gz.extend_from_slice(
+            &Enc::default()
+                .msg(1, Enc::default().str(1, "v1").str(2, "Namespace"))
+                .str(3, "gzip")
+                .0,
+        );
+        assert!(matches!(
+            decode(&gz),
+            Err(DecodeError::UnsupportedEncoding(_))
+        ));
         // deeply nested JSONSchemaProps must not overflow the stack
         let mut deep = Enc::default();
         for _ in 0..200 {
             deep = Enc::default().entry_msg(29, "p", deep);
         }
         let name = "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps";
-        assert!(matches!(decode_message(name, &deep.0), Err(DecodeError::TooDeep)));
+        assert!(matches!(
+            decode_message(name, &deep.0),
+            Err(DecodeError::TooDeep)
+        ));
     }
 }

@@ -134,7 +134,8 @@ pub fn decode_with(bytes: &[u8], expected_message: Option<&str>) -> Result<Value
 /// Decodes one bare message (no magic, no envelope) as the named proto
 /// message into JSON; `kind`/`apiVersion` are not added.
 pub fn decode_message(message: &str, bytes: &[u8]) -> Result<Value, DecodeError> {
-    let index = table::index_of(message).ok_or_else(|| DecodeError::UnknownMessage(message.to_string()))?;
+    let index =
+        table::index_of(message).ok_or_else(|| DecodeError::UnknownMessage(message.to_string()))?;
     decode::message(index, bytes, 0).map(Value::Object)
 }
 
@@ -171,7 +172,10 @@ mod fixture_tests {
             Err(e) => panic!("{name}: {e}"),
         };
         // kubectl -o json does not print the namespace it was given with -n
-        if let (Some(ns), Some(meta)) = (got.pointer("/metadata/namespace"), expected.get_mut("metadata")) {
+        if let (Some(ns), Some(meta)) = (
+            got.pointer("/metadata/namespace"),
+            expected.get_mut("metadata"),
+        ) {
             if let Some(m) = meta.as_object_mut() {
                 m.entry("namespace").or_insert(ns.clone());
             }
@@ -186,7 +190,10 @@ mod fixture_tests {
         assert_eq!(v["metadata"]["name"], "demo");
         assert_eq!(v["metadata"]["creationTimestamp"], Value::Null);
         // kind and apiVersion come first, as in Go's JSON
-        let keys: Vec<&String> = v.as_object().map(|m| m.keys().take(2).collect()).unwrap_or_default();
+        let keys: Vec<&String> = v
+            .as_object()
+            .map(|m| m.keys().take(2).collect())
+            .unwrap_or_default();
         assert_eq!(keys, ["kind", "apiVersion"]);
     }
 
@@ -199,25 +206,42 @@ mod fixture_tests {
         assert_eq!(check("secret")["data"]["p"], "cQ==");
         let reg = check("secret_docker");
         assert_eq!(reg["type"], "kubernetes.io/dockerconfigjson");
-        assert!(reg["data"][".dockerconfigjson"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(reg["data"][".dockerconfigjson"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()));
     }
 
     #[test]
     fn workloads() {
         let d = check("deployment");
         assert_eq!(d["spec"]["replicas"], 2);
-        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80);
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+            80
+        );
         let c = check("cronjob");
         assert_eq!(c["spec"]["schedule"], "*/5 * * * *");
-        assert_eq!(c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"], "OnFailure");
+        assert_eq!(
+            c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"],
+            "OnFailure"
+        );
         let j = check("job");
-        assert_eq!(j["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["echo", "hi"]));
+        assert_eq!(
+            j["spec"]["template"]["spec"]["containers"][0]["command"],
+            serde_json::json!(["echo", "hi"])
+        );
     }
 
     #[test]
     fn services() {
-        assert_eq!(check("service_nodeport")["spec"]["ports"][0]["targetPort"], 8080);
-        assert_eq!(check("service_clusterip")["spec"]["ports"][0]["targetPort"], "web");
+        assert_eq!(
+            check("service_nodeport")["spec"]["ports"][0]["targetPort"],
+            8080
+        );
+        assert_eq!(
+            check("service_clusterip")["spec"]["ports"][0]["targetPort"],
+            "web"
+        );
         assert_eq!(check("service_lb")["spec"]["type"], "LoadBalancer");
     }
 
@@ -240,11 +264,19 @@ mod fixture_tests {
 
     #[test]
     fn content_type_detection() {
-        assert!(is_protobuf_content_type("application/vnd.kubernetes.protobuf"));
-        assert!(is_protobuf_content_type("application/vnd.kubernetes.protobuf; charset=utf-8"));
+        assert!(is_protobuf_content_type(
+            "application/vnd.kubernetes.protobuf"
+        ));
+        assert!(is_protobuf_content_type(
+            "application/vnd.kubernetes.protobuf; charset=utf-8"
+        ));
         assert!(!is_protobuf_content_type("application/json"));
-        assert!(is_protobuf_content_type("Application/Vnd.Kubernetes.Protobuf"));
-        assert!(!is_protobuf_content_type("application/vnd.kubernetes.protobuf+json"));
+        assert!(is_protobuf_content_type(
+            "Application/Vnd.Kubernetes.Protobuf"
+        ));
+        assert!(!is_protobuf_content_type(
+            "application/vnd.kubernetes.protobuf+json"
+        ));
     }
 }
 

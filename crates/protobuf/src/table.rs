@@ -125,7 +125,9 @@ mod tests {
     #[test]
     fn messages_are_sorted_so_binary_search_works() {
         assert!(MESSAGES.windows(2).all(|w| w[0].0 < w[1].0));
-        assert!(MESSAGES.iter().all(|m| m.1.windows(2).all(|w| w[0].0 < w[1].0)));
+        assert!(MESSAGES
+            .iter()
+            .all(|m| m.1.windows(2).all(|w| w[0].0 < w[1].0)));
     }
 
     #[test]
@@ -146,26 +148,50 @@ mod tests {
         let names: Vec<&str> = m.unwrap_or_default().iter().map(|f| f.1).collect();
         assert_eq!(names, ["volumeID", "fsType", "partition", "readOnly"]);
         let pod_status = index_of("k8s.io.api.core.v1.PodStatus").and_then(message);
-        let names: Vec<&str> = pod_status.map(|m| m.1).unwrap_or_default().iter().map(|f| f.1).collect();
-        assert!(names.contains(&"podIP") && names.contains(&"podIPs") && names.contains(&"hostIPs"));
+        let names: Vec<&str> = pod_status
+            .map(|m| m.1)
+            .unwrap_or_default()
+            .iter()
+            .map(|f| f.1)
+            .collect();
+        assert!(
+            names.contains(&"podIP") && names.contains(&"podIPs") && names.contains(&"hostIPs")
+        );
     }
 
     #[test]
     fn finds_messages_by_api_version_and_kind() {
         let name = |av, k| index_for(av, k).and_then(message).map(|m| m.0);
-        assert_eq!(name("v1", "Namespace"), Some("k8s.io.api.core.v1.Namespace"));
-        assert_eq!(name("apps/v1", "Deployment"), Some("k8s.io.api.apps.v1.Deployment"));
-        assert_eq!(name("autoscaling/v1", "Scale"), Some("k8s.io.api.autoscaling.v1.Scale"));
-        assert_eq!(name("storage.k8s.io/v1", "CSIDriver"), Some("k8s.io.api.storage.v1.CSIDriver"));
+        assert_eq!(
+            name("v1", "Namespace"),
+            Some("k8s.io.api.core.v1.Namespace")
+        );
+        assert_eq!(
+            name("apps/v1", "Deployment"),
+            Some("k8s.io.api.apps.v1.Deployment")
+        );
+        assert_eq!(
+            name("autoscaling/v1", "Scale"),
+            Some("k8s.io.api.autoscaling.v1.Scale")
+        );
+        assert_eq!(
+            name("storage.k8s.io/v1", "CSIDriver"),
+            Some("k8s.io.api.storage.v1.CSIDriver")
+        );
         assert_eq!(
             name("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
-            Some("k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition")
+            Some(
+                "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition"
+            )
         );
         assert_eq!(
             name("apps/v1", "DeleteOptions"),
             Some("k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions")
         );
-        assert_eq!(name("policy/v1", "Eviction"), Some("k8s.io.api.policy.v1.Eviction"));
+        assert_eq!(
+            name("policy/v1", "Eviction"),
+            Some("k8s.io.api.policy.v1.Eviction")
+        );
         assert_eq!(name("v1", "NoSuchKind"), None);
     }
 }

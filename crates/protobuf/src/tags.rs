@@ -1267,16 +1267,56 @@ pub(crate) static MESSAGES: &[M] = &[
 
 /// (apiVersion, kind, index into MESSAGES) of every top-level resource.
 pub(crate) static RESOURCES: &[R] = &[
-    R("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", 11),
-    R("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy", 20),
-    R("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding", 21),
-    R("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", 28),
-    R("admissionregistration.k8s.io/v1alpha1", "MutatingAdmissionPolicy", 39),
-    R("admissionregistration.k8s.io/v1alpha1", "MutatingAdmissionPolicyBinding", 40),
-    R("admissionregistration.k8s.io/v1beta1", "MutatingAdmissionPolicy", 65),
-    R("admissionregistration.k8s.io/v1beta1", "MutatingAdmissionPolicyBinding", 66),
-    R("admissionregistration.k8s.io/v1beta1", "ValidatingAdmissionPolicy", 80),
-    R("admissionregistration.k8s.io/v1beta1", "ValidatingAdmissionPolicyBinding", 81),
+    R(
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+        11,
+    ),
+    R(
+        "admissionregistration.k8s.io/v1",
+        "ValidatingAdmissionPolicy",
+        20,
+    ),
+    R(
+        "admissionregistration.k8s.io/v1",
+        "ValidatingAdmissionPolicyBinding",
+        21,
+    ),
+    R(
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+        28,
+    ),
+    R(
+        "admissionregistration.k8s.io/v1alpha1",
+        "MutatingAdmissionPolicy",
+        39,
+    ),
+    R(
+        "admissionregistration.k8s.io/v1alpha1",
+        "MutatingAdmissionPolicyBinding",
+        40,
+    ),
+    R(
+        "admissionregistration.k8s.io/v1beta1",
+        "MutatingAdmissionPolicy",
+        65,
+    ),
+    R(
+        "admissionregistration.k8s.io/v1beta1",
+        "MutatingAdmissionPolicyBinding",
+        66,
+    ),
+    R(
+        "admissionregistration.k8s.io/v1beta1",
+        "ValidatingAdmissionPolicy",
+        80,
+    ),
+    R(
+        "admissionregistration.k8s.io/v1beta1",
+        "ValidatingAdmissionPolicyBinding",
+        81,
+    ),
     R("apiextensions.k8s.io/v1", "CustomResourceDefinition", 1120),
     R("apiregistration.k8s.io/v1", "APIService", 1226),
     R("apps/v1", "ControllerRevision", 109),
@@ -1306,7 +1346,11 @@ pub(crate) static RESOURCES: &[R] = &[
     R("discovery.k8s.io/v1", "EndpointSlice", 630),
     R("events.k8s.io/v1", "Event", 642),
     R("flowcontrol.apiserver.k8s.io/v1", "FlowSchema", 695),
-    R("flowcontrol.apiserver.k8s.io/v1", "PriorityLevelConfiguration", 705),
+    R(
+        "flowcontrol.apiserver.k8s.io/v1",
+        "PriorityLevelConfiguration",
+        705,
+    ),
     R("internal.apiserver.k8s.io/v1alpha1", "StorageVersion", 104),
     R("networking.k8s.io/v1", "IPAddress", 791),
     R("networking.k8s.io/v1", "Ingress", 795),
@@ -1345,7 +1389,11 @@ pub(crate) static RESOURCES: &[R] = &[
     R("storage.k8s.io/v1", "VolumeAttributesClass", 1076),
     R("storage.k8s.io/v1alpha1", "VolumeAttributesClass", 1087),
     R("storage.k8s.io/v1beta1", "VolumeAttributesClass", 1107),
-    R("storagemigration.k8s.io/v1beta1", "StorageVersionMigration", 1111),
+    R(
+        "storagemigration.k8s.io/v1beta1",
+        "StorageVersionMigration",
+        1111,
+    ),
     R("v1", "APIGroup", 1170),
     R("v1", "APIGroupList", 1171),
     R("v1", "APIResourceList", 1173),

@@ -82,7 +82,12 @@ impl<'a> Reader<'a> {
                 self.take(4)?;
                 Raw::Fixed32
             }
-            other => return Err(DecodeError::BadWireType { tag, wire_type: other }),
+            other => {
+                return Err(DecodeError::BadWireType {
+                    tag,
+                    wire_type: other,
+                })
+            }
         };
         Ok(Some((tag, raw)))
     }
@@ -108,6 +113,12 @@ mod tests {
         let mut short = Reader::new(&[0x12, 0x05, b'a']);
         assert!(matches!(short.next(), Err(DecodeError::Truncated)));
         let mut bad = Reader::new(&[0x0b]);
-        assert!(matches!(bad.next(), Err(DecodeError::BadWireType { tag: 1, wire_type: 3 })));
+        assert!(matches!(
+            bad.next(),
+            Err(DecodeError::BadWireType {
+                tag: 1,
+                wire_type: 3
+            })
+        ));
     }
 }

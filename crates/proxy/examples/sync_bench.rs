@@ -34,11 +34,20 @@ impl Drop for Netns {
 fn service(i: usize) -> Service {
     let ip = format!("10.43.{}.{}", i / 250, i % 250 + 1);
     Service {
-        metadata: ObjectMeta { namespace: Some("bench".into()), name: Some(format!("svc-{i}")), ..Default::default() },
+        metadata: ObjectMeta {
+            namespace: Some("bench".into()),
+            name: Some(format!("svc-{i}")),
+            ..Default::default()
+        },
         spec: Some(ServiceSpec {
             cluster_ip: Some(ip.clone()),
             cluster_ips: Some(vec![ip]),
-            ports: Some(vec![ServicePort { name: Some("http".into()), protocol: Some("TCP".into()), port: 80, ..Default::default() }]),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                protocol: Some("TCP".into()),
+                port: 80,
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         ..Default::default()
@@ -52,9 +61,18 @@ fn slice(i: usize, m: usize, generation: usize) -> Arc<EndpointSlice> {
         .map(|j| {
             let n = i * m + j + if j == 0 { generation * 7919 } else { 0 };
             Endpoint {
-                addresses: vec![format!("10.{}.{}.{}", 42 + (n / 62_500) % 100, (n / 250) % 250, n % 250 + 1)],
+                addresses: vec![format!(
+                    "10.{}.{}.{}",
+                    42 + (n / 62_500) % 100,
+                    (n / 250) % 250,
+                    n % 250 + 1
+                )],
                 node_name: Some(format!("node-{}", j % 3)),
-                conditions: Some(EndpointConditions { ready: Some(true), serving: Some(true), terminating: Some(false) }),
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
                 ..Default::default()
             }
         })
@@ -68,12 +86,22 @@ fn slice(i: usize, m: usize, generation: usize) -> Arc<EndpointSlice> {
         },
         address_type: "IPv4".into(),
         endpoints,
-        ports: Some(vec![EndpointPort { name: Some("http".into()), protocol: Some("TCP".into()), port: Some(8080), ..Default::default() }]),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            protocol: Some("TCP".into()),
+            port: Some(8080),
+            ..Default::default()
+        }]),
     })
 }
 
 fn model(i: usize, m: usize, generation: usize) -> ProxiedService {
-    match proxied_service(&service(i), &[slice(i, m, generation)], "node-0", IpFamily::V4) {
+    match proxied_service(
+        &service(i),
+        &[slice(i, m, generation)],
+        "node-0",
+        IpFamily::V4,
+    ) {
         Ok(Some(p)) => p,
         other => panic!("bad model for svc-{i}: {other:?}"),
     }
@@ -100,7 +128,12 @@ fn main() {
     while i < args.len() {
         let value = args.get(i + 1).cloned().unwrap_or_default();
         match args[i].as_str() {
-            "--services" => services = value.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+            "--services" => {
+                services = value
+                    .split(',')
+                    .filter_map(|s| s.trim().parse().ok())
+                    .collect()
+            }
             "--endpoints" => endpoints = value.parse().unwrap_or(endpoints),
             "--changes" => changes = value.parse().unwrap_or(changes).max(1),
             other => {
@@ -116,14 +149,28 @@ fn main() {
         return;
     }
     let ns = Netns(format!("rk3sh-proxy-bench-{}", std::process::id()));
-    if !Command::new("ip").args(["netns", "add", &ns.0]).status().is_ok_and(|s| s.success()) {
+    if !Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
         eprintln!("SKIP: cannot create network namespace {}", ns.0);
         return;
     }
     let nft = Nft::in_netns(&ns.0);
-    println!("# proxy sync benchmark: nft {} ; {} endpoints per Service; {} single-Service changes", nft_version(), endpoints, changes);
+    println!(
+        "# proxy sync benchmark: nft {} ; {} endpoints per Service; {} single-Service changes",
+        nft_version(),
+        endpoints,
+        changes
+    );
     for &n in &services {
-        let cfg = RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec![], service_cidr: None };
+        let cfg = RenderConfig {
+            family: IpFamily::V4,
+            cluster_cidr: Cidr::parse("10.42.0.0/16"),
+            node_ips: vec![],
+            service_cidr: None,
+        };
         let mut p = FamilyProxier::new(TABLE, cfg);
         let t = Instant::now();
         let models: Vec<ProxiedService> = (0..n).map(|i| model(i, endpoints, 0)).collect();
@@ -169,5 +216,9 @@ fn main() {
 }
 
 fn nft_version() -> String {
-    Command::new("nft").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new("nft")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }

@@ -55,7 +55,11 @@ pub struct HealthCheck {
 impl HealthServer {
     /// A server listening on `node_ips` (every address when empty).
     pub fn new(node_ips: Vec<IpAddr>) -> Self {
-        HealthServer { node_ips, healthy: Arc::new(AtomicBool::new(true)), instances: HashMap::new() }
+        HealthServer {
+            node_ips,
+            healthy: Arc::new(AtomicBool::new(true)),
+            instances: HashMap::new(),
+        }
     }
 
     /// Sets whether the proxy is healthy (its last sync succeeded); unhealthy makes every
@@ -66,14 +70,21 @@ impl HealthServer {
 
     /// The Services served and their ports.
     pub fn ports(&self) -> HashMap<ServiceKey, u16> {
-        self.instances.iter().map(|(k, i)| (k.clone(), i.port)).collect()
+        self.instances
+            .iter()
+            .map(|(k, i)| (k.clone(), i.port))
+            .collect()
     }
 
     /// Serves exactly `desired`: closes listeners of Services gone or moved, opens new
     /// ones, updates endpoint counts. Returns the Services whose port could not be opened
     /// (tried again at the next call).
-    pub async fn sync(&mut self, desired: &HashMap<ServiceKey, HealthCheck>) -> Vec<(ServiceKey, u16, String)> {
-        self.instances.retain(|k, i| desired.get(k).is_some_and(|d| d.port == i.port));
+    pub async fn sync(
+        &mut self,
+        desired: &HashMap<ServiceKey, HealthCheck>,
+    ) -> Vec<(ServiceKey, u16, String)> {
+        self.instances
+            .retain(|k, i| desired.get(k).is_some_and(|d| d.port == i.port));
         let mut failures = Vec::new();
         for (key, hc) in desired {
             if let Some(i) = self.instances.get(key) {
@@ -95,10 +106,17 @@ impl HealthServer {
         let addrs: Vec<SocketAddr> = if self.node_ips.is_empty() {
             vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), hc.port)]
         } else {
-            self.node_ips.iter().map(|ip| SocketAddr::new(*ip, hc.port)).collect()
+            self.node_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, hc.port))
+                .collect()
         };
         let endpoints = Arc::new(AtomicUsize::new(hc.local_endpoints));
-        let mut instance = Instance { port: hc.port, endpoints: endpoints.clone(), tasks: Vec::new() };
+        let mut instance = Instance {
+            port: hc.port,
+            endpoints: endpoints.clone(),
+            tasks: Vec::new(),
+        };
         for addr in addrs {
             // On error, dropping `instance` closes what was opened so far.
             let listener = TcpListener::bind(addr).await?;
@@ -144,7 +162,12 @@ pub fn response(key: &ServiceKey, local_endpoints: usize, proxy_healthy: bool) -
     )
 }
 
-async fn answer(mut stream: TcpStream, key: &ServiceKey, count: usize, healthy: bool) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    key: &ServiceKey,
+    count: usize,
+    healthy: bool,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     let read = async {
@@ -163,7 +186,9 @@ async fn answer(mut stream: TcpStream, key: &ServiceKey, count: usize, healthy: 
     if tokio::time::timeout(READ_TIMEOUT, read).await.is_err() {
         return Ok(());
     }
-    stream.write_all(response(key, count, healthy).as_bytes()).await?;
+    stream
+        .write_all(response(key, count, healthy).as_bytes())
+        .await?;
     stream.shutdown().await
 }
 
@@ -173,14 +198,20 @@ mod tests {
 
     async fn get(addr: SocketAddr) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     #[test]
@@ -190,8 +221,12 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(r.contains("Content-Type: application/json\r\n"));
         assert!(r.contains("X-Load-Balancing-Endpoint-Weight: 2\r\n"));
-        let body: serde_json::Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-        assert_eq!(body, serde_json::json!({"service": {"namespace": "ns", "name": "web"}, "localEndpoints": 2, "serviceProxyHealthy": true}));
+        let body: serde_json::Value =
+            serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"service": {"namespace": "ns", "name": "web"}, "localEndpoints": 2, "serviceProxyHealthy": true})
+        );
         assert!(response(&key, 0, true).starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
         assert!(response(&key, 3, false).starts_with("HTTP/1.1 503 "));
     }
@@ -201,14 +236,26 @@ mod tests {
         let mut hs = HealthServer::new(vec!["127.0.0.1".parse().unwrap()]);
         let key = ServiceKey::new("ns", "lb");
         let port = free_port();
-        let mut desired = HashMap::from([(key.clone(), HealthCheck { port, local_endpoints: 0 })]);
+        let mut desired = HashMap::from([(
+            key.clone(),
+            HealthCheck {
+                port,
+                local_endpoints: 0,
+            },
+        )]);
         assert!(hs.sync(&desired).await.is_empty());
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let r = get(addr).await;
         assert!(r.starts_with("HTTP/1.1 503"), "{r}");
         assert!(r.contains("\"localEndpoints\": 0"));
 
-        desired.insert(key.clone(), HealthCheck { port, local_endpoints: 2 });
+        desired.insert(
+            key.clone(),
+            HealthCheck {
+                port,
+                local_endpoints: 2,
+            },
+        );
         hs.sync(&desired).await;
         let r = get(addr).await;
         assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
@@ -221,7 +268,13 @@ mod tests {
         // A port taken by someone else is reported, not fatal.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let other = ServiceKey::new("ns", "other");
-        desired.insert(other.clone(), HealthCheck { port: taken.local_addr().unwrap().port(), local_endpoints: 1 });
+        desired.insert(
+            other.clone(),
+            HealthCheck {
+                port: taken.local_addr().unwrap().port(),
+                local_endpoints: 1,
+            },
+        );
         let failures = hs.sync(&desired).await;
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].0, other);

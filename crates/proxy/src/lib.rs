@@ -144,7 +144,9 @@ pub async fn run(client: kube::Client, opts: ProxyOptions) -> Result<(), ProxyEr
     ensure_sysctls();
     let nft = Nft::host();
     if !nft.available() {
-        return Err(ProxyError::NftMissing("`nft --version` failed: install nftables".to_string()));
+        return Err(ProxyError::NftMissing(
+            "`nft --version` failed: install nftables".to_string(),
+        ));
     }
     run_with(client, opts, std::sync::Arc::new(nft)).await
 }
@@ -167,7 +169,10 @@ pub fn cleanup_with(runner: &dyn NftRunner, table: &str) -> Result<(), ProxyErro
 }
 
 /// The sysctls the proxy needs, and their values.
-pub const SYSCTLS: [(&str, &str); 2] = [("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1")];
+pub const SYSCTLS: [(&str, &str); 2] = [
+    ("net/ipv4/ip_forward", "1"),
+    ("net/bridge/bridge-nf-call-iptables", "1"),
+];
 
 /// Sets `net.ipv4.ip_forward=1` and `net.bridge.bridge-nf-call-iptables=1` (loading
 /// `br_netfilter` if the latter is missing); failures are logged, not fatal.
@@ -175,7 +180,10 @@ pub fn ensure_sysctls() {
     for (name, value) in SYSCTLS {
         let path = std::path::Path::new("/proc/sys").join(name);
         if !path.exists() && name.starts_with("net/bridge/") {
-            match std::process::Command::new("modprobe").arg("br_netfilter").status() {
+            match std::process::Command::new("modprobe")
+                .arg("br_netfilter")
+                .status()
+            {
                 Ok(s) if s.success() => {}
                 Ok(s) => tracing::warn!(status = %s, "modprobe br_netfilter failed"),
                 Err(e) => tracing::warn!(error = %e, "could not run modprobe br_netfilter"),
@@ -187,7 +195,9 @@ pub fn ensure_sysctls() {
         }
         match std::fs::write(&path, value) {
             Ok(()) => tracing::info!(sysctl = %name.replace('/', "."), value, "set sysctl"),
-            Err(e) => tracing::warn!(sysctl = %name.replace('/', "."), value, error = %e, "could not set sysctl"),
+            Err(e) => {
+                tracing::warn!(sysctl = %name.replace('/', "."), value, error = %e, "could not set sysctl")
+            }
         }
     }
 }

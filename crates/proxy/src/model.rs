@@ -95,18 +95,27 @@ pub struct ServiceKey {
 impl ServiceKey {
     /// A key from its parts.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ServiceKey { namespace: namespace.into(), name: name.into() }
+        ServiceKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     /// The key of a Service object (empty strings where metadata is missing).
     pub fn of(svc: &Service) -> Self {
-        ServiceKey::new(svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default())
+        ServiceKey::new(
+            svc.metadata.namespace.clone().unwrap_or_default(),
+            svc.metadata.name.clone().unwrap_or_default(),
+        )
     }
 
     /// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
     pub fn of_slice(slice: &EndpointSlice) -> Option<Self> {
         let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-        Some(ServiceKey::new(slice.metadata.namespace.clone().unwrap_or_default(), name.clone()))
+        Some(ServiceKey::new(
+            slice.metadata.namespace.clone().unwrap_or_default(),
+            name.clone(),
+        ))
     }
 }
 
@@ -141,7 +150,10 @@ impl Cidr {
         if prefix > max {
             return None;
         }
-        Some(Cidr { addr: mask(ip, prefix), prefix })
+        Some(Cidr {
+            addr: mask(ip, prefix),
+            prefix,
+        })
     }
 
     /// The family of the range.
@@ -165,12 +177,20 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
-            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix.min(32)))
+            };
             IpAddr::V4((bits & m).into())
         }
         IpAddr::V6(a) => {
             let bits = u128::from(a);
-            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix.min(128)))
+            };
             IpAddr::V6((bits & m).into())
         }
     }
@@ -283,7 +303,12 @@ impl ServicePort {
         if self.uses_cluster_endpoints() {
             out.cluster = self.endpoints.iter().filter(|e| e.ready).cloned().collect();
             if out.cluster.is_empty() {
-                out.cluster = self.endpoints.iter().filter(|e| e.serving && e.terminating).cloned().collect();
+                out.cluster = self
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.serving && e.terminating)
+                    .cloned()
+                    .collect();
                 cluster_complete = false;
             }
             out.has_any = !out.cluster.is_empty();
@@ -305,10 +330,20 @@ impl ServicePort {
         }
         let mut local_uses_terminating = false;
         if local_ready {
-            out.local = self.endpoints.iter().filter(|e| e.local && e.ready).cloned().collect();
+            out.local = self
+                .endpoints
+                .iter()
+                .filter(|e| e.local && e.ready)
+                .cloned()
+                .collect();
         } else if local_serving_terminating {
             local_uses_terminating = true;
-            out.local = self.endpoints.iter().filter(|e| e.local && e.serving && e.terminating).cloned().collect();
+            out.local = self
+                .endpoints
+                .iter()
+                .filter(|e| e.local && e.serving && e.terminating)
+                .cloned()
+                .collect();
         }
         if !self.uses_cluster_endpoints() {
             out.all_reachable = out.local.clone();
@@ -347,9 +382,14 @@ impl ProxiedService {
         self.ports
             .iter()
             .map(|p| {
-                let mut local: Vec<&Endpoint> = p.endpoints.iter().filter(|e| e.local && e.ready).collect();
+                let mut local: Vec<&Endpoint> =
+                    p.endpoints.iter().filter(|e| e.local && e.ready).collect();
                 if local.is_empty() {
-                    local = p.endpoints.iter().filter(|e| e.local && e.serving && e.terminating).collect();
+                    local = p
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.local && e.serving && e.terminating)
+                        .collect();
                 }
                 local.len()
             })
@@ -408,32 +448,48 @@ pub enum ModelError {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
 
 /// Whether `s` may name a service port (an IANA service name, or empty).
 pub fn is_port_name(s: &str) -> bool {
-    s.is_empty() || (s.len() <= 15 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+    s.is_empty()
+        || (s.len() <= 15
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
 }
 
 /// The ClusterIP of `family` (upstream's `GetClusterIPByFamily`): `Ok(None)` when the
 /// Service is headless or has none of this family.
 fn cluster_ip_of(svc: &Service, family: IpFamily) -> Result<Option<IpAddr>, ModelError> {
-    let Some(spec) = svc.spec.as_ref() else { return Ok(None) };
-    let mut ips: Vec<&str> = spec.cluster_ips.iter().flatten().map(String::as_str).collect();
+    let Some(spec) = svc.spec.as_ref() else {
+        return Ok(None);
+    };
+    let mut ips: Vec<&str> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
     if ips.is_empty() {
         if let Some(ip) = spec.cluster_ip.as_deref() {
             ips.push(ip);
         }
     }
-    let Some(first) = ips.first() else { return Ok(None) };
+    let Some(first) = ips.first() else {
+        return Ok(None);
+    };
     if first.is_empty() || *first == "None" {
         return Ok(None);
     }
     for ip in ips {
-        let parsed: IpAddr = ip.trim().parse().map_err(|_| ModelError::InvalidClusterIp(ip.to_string()))?;
+        let parsed: IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| ModelError::InvalidClusterIp(ip.to_string()))?;
         if IpFamily::of(&parsed) == family {
             return Ok(Some(parsed));
         }
@@ -465,7 +521,9 @@ pub fn proxied_service(
     family: IpFamily,
 ) -> Result<Option<ProxiedService>, ModelError> {
     let key = ServiceKey::of(svc);
-    let Some(spec) = svc.spec.as_ref() else { return Ok(None) };
+    let Some(spec) = svc.spec.as_ref() else {
+        return Ok(None);
+    };
     let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
     if svc_type == "ExternalName" {
         return Ok(None);
@@ -476,24 +534,38 @@ pub fn proxied_service(
     if !is_dns_label(&key.name) {
         return Err(ModelError::InvalidName(key.name));
     }
-    let Some(cluster_ip) = cluster_ip_of(svc, family)? else { return Ok(None) };
+    let Some(cluster_ip) = cluster_ip_of(svc, family)? else {
+        return Ok(None);
+    };
 
     let mut external_ips = Vec::new();
     for ip in spec.external_ips.iter().flatten() {
-        let parsed: IpAddr = ip.trim().parse().map_err(|_| ModelError::InvalidExternalIp(ip.clone()))?;
+        let parsed: IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| ModelError::InvalidExternalIp(ip.clone()))?;
         if IpFamily::of(&parsed) == family && !external_ips.contains(&parsed) {
             external_ips.push(parsed);
         }
     }
 
     let mut load_balancer_vips = Vec::new();
-    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
     for ing in ingress.into_iter().flatten() {
-        let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else { continue };
+        let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
         if ing.ip_mode.as_deref().is_some_and(|m| m != "VIP") {
             continue;
         }
-        let parsed: IpAddr = ip.trim().parse().map_err(|_| ModelError::InvalidIngressIp(ip.to_string()))?;
+        let parsed: IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| ModelError::InvalidIngressIp(ip.to_string()))?;
         if IpFamily::of(&parsed) == family && !load_balancer_vips.contains(&parsed) {
             load_balancer_vips.push(parsed);
         }
@@ -521,26 +593,33 @@ pub fn proxied_service(
                 .and_then(|c| c.timeout_seconds)
                 .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECONDS as i32);
             if t <= 0 || t as u32 > MAX_AFFINITY_TIMEOUT_SECONDS {
-                return Err(ModelError::InvalidSessionAffinity(format!("timeoutSeconds {t} is not in 1..={MAX_AFFINITY_TIMEOUT_SECONDS}")));
+                return Err(ModelError::InvalidSessionAffinity(format!(
+                    "timeoutSeconds {t} is not in 1..={MAX_AFFINITY_TIMEOUT_SECONDS}"
+                )));
             }
             Some(t as u32)
         }
-        Some(other) => return Err(ModelError::InvalidSessionAffinity(format!("unknown sessionAffinity {other:?}"))),
+        Some(other) => {
+            return Err(ModelError::InvalidSessionAffinity(format!(
+                "unknown sessionAffinity {other:?}"
+            )))
+        }
     };
 
-    let external_policy_local =
-        matches!(svc_type, "NodePort" | "LoadBalancer") && spec.external_traffic_policy.as_deref() == Some("Local");
+    let external_policy_local = matches!(svc_type, "NodePort" | "LoadBalancer")
+        && spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
 
-    let health_check_node_port = if svc_type == "LoadBalancer" && spec.external_traffic_policy.as_deref() == Some("Local") {
-        match spec.health_check_node_port {
-            None | Some(0) => None,
-            Some(p) if (1..=65535).contains(&p) => Some(p as u16),
-            Some(p) => return Err(ModelError::InvalidHealthCheckNodePort(p)),
-        }
-    } else {
-        None
-    };
+    let health_check_node_port =
+        if svc_type == "LoadBalancer" && spec.external_traffic_policy.as_deref() == Some("Local") {
+            match spec.health_check_node_port {
+                None | Some(0) => None,
+                Some(p) if (1..=65535).contains(&p) => Some(p as u16),
+                Some(p) => return Err(ModelError::InvalidHealthCheckNodePort(p)),
+            }
+        } else {
+            None
+        };
 
     let endpoints_by_port = endpoints_by_port(slices, node_name, family);
 
@@ -551,10 +630,15 @@ pub fn proxied_service(
         if !is_port_name(&port_name) {
             return Err(ModelError::InvalidPortName(port_name));
         }
-        let protocol = Protocol::parse(p.protocol.as_deref()).ok_or_else(|| ModelError::InvalidProtocol {
-            port: if port_name.is_empty() { p.port.to_string() } else { port_name.clone() },
-            protocol: p.protocol.clone().unwrap_or_default(),
-        })?;
+        let protocol =
+            Protocol::parse(p.protocol.as_deref()).ok_or_else(|| ModelError::InvalidProtocol {
+                port: if port_name.is_empty() {
+                    p.port.to_string()
+                } else {
+                    port_name.clone()
+                },
+                protocol: p.protocol.clone().unwrap_or_default(),
+            })?;
         if !(1..=65535).contains(&p.port) {
             return Err(ModelError::InvalidPort(p.port));
         }
@@ -566,7 +650,10 @@ pub fn proxied_service(
         if !seen.insert((port_name.clone(), protocol)) {
             return Err(ModelError::DuplicatePort(port_name));
         }
-        let endpoints = endpoints_by_port.get(&(port_name.clone(), protocol)).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let endpoints = endpoints_by_port
+            .get(&(port_name.clone(), protocol))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
         ports.push(ServicePort {
             service: key.clone(),
             port_name,
@@ -583,26 +670,40 @@ pub fn proxied_service(
             endpoints,
         });
     }
-    Ok(Some(ProxiedService { key, ports, health_check_node_port }))
+    Ok(Some(ProxiedService {
+        key,
+        ports,
+        health_check_node_port,
+    }))
 }
 
 type PortEndpoints = BTreeMap<(String, Protocol), BTreeMap<(IpAddr, u16), Endpoint>>;
 
 /// The endpoints of every (port name, protocol) in the slices of one family, deduplicated
 /// by address and port (a local copy wins, as upstream).
-fn endpoints_by_port(slices: &[Arc<EndpointSlice>], node_name: &str, family: IpFamily) -> PortEndpoints {
+fn endpoints_by_port(
+    slices: &[Arc<EndpointSlice>],
+    node_name: &str,
+    family: IpFamily,
+) -> PortEndpoints {
     let mut out: PortEndpoints = BTreeMap::new();
     for slice in slices {
         if slice.address_type != family.address_type() {
             continue;
         }
         for sp in slice.ports.iter().flatten() {
-            let Some(port) = sp.port.filter(|p| (1..=65535).contains(p)) else { continue };
-            let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else { continue };
+            let Some(port) = sp.port.filter(|p| (1..=65535).contains(p)) else {
+                continue;
+            };
+            let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
+                continue;
+            };
             let name = sp.name.clone().unwrap_or_default();
             let entry = out.entry((name, protocol)).or_default();
             for ep in &slice.endpoints {
-                let Some(addr) = ep.addresses.first() else { continue };
+                let Some(addr) = ep.addresses.first() else {
+                    continue;
+                };
                 let Ok(ip) = addr.parse::<IpAddr>() else {
                     tracing::debug!(slice = ?slice.metadata.name, address = %addr, "skipping endpoint with an invalid address");
                     continue;
@@ -614,8 +715,18 @@ fn endpoints_by_port(slices: &[Arc<EndpointSlice>], node_name: &str, family: IpF
                 let ready = cond.and_then(|c| c.ready).unwrap_or(true);
                 let serving = cond.and_then(|c| c.serving).unwrap_or(true);
                 let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-                let local = ep.node_name.as_deref().is_some_and(|n| !n.is_empty() && n == node_name);
-                let e = Endpoint { ip, port: port as u16, local, ready, serving, terminating };
+                let local = ep
+                    .node_name
+                    .as_deref()
+                    .is_some_and(|n| !n.is_empty() && n == node_name);
+                let e = Endpoint {
+                    ip,
+                    port: port as u16,
+                    local,
+                    ready,
+                    serving,
+                    terminating,
+                };
                 match entry.get(&(ip, e.port)) {
                     Some(existing) if existing.local || !local => {}
                     _ => {
@@ -632,15 +743,21 @@ fn endpoints_by_port(slices: &[Arc<EndpointSlice>], node_name: &str, family: IpF
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, ServicePort as K8sServicePort, ServiceSpec, ServiceStatus,
-        SessionAffinityConfig,
+        ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, ServicePort as K8sServicePort,
+        ServiceSpec, ServiceStatus, SessionAffinityConfig,
     };
-    use k8s_openapi::api::discovery::v1::{Endpoint as K8sEndpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::api::discovery::v1::{
+        Endpoint as K8sEndpoint, EndpointConditions, EndpointPort,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn svc(ports: Vec<(&str, &str, i32)>) -> Service {
         Service {
-            metadata: ObjectMeta { namespace: Some("ns".into()), name: Some("web".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some("web".into()),
+                ..Default::default()
+            },
             spec: Some(ServiceSpec {
                 cluster_ip: Some("10.43.0.10".into()),
                 cluster_ips: Some(vec!["10.43.0.10".into()]),
@@ -661,11 +778,21 @@ mod tests {
         }
     }
 
-    fn ep(ip: &str, node: &str, ready: Option<bool>, serving: Option<bool>, terminating: Option<bool>) -> K8sEndpoint {
+    fn ep(
+        ip: &str,
+        node: &str,
+        ready: Option<bool>,
+        serving: Option<bool>,
+        terminating: Option<bool>,
+    ) -> K8sEndpoint {
         K8sEndpoint {
             addresses: vec![ip.into()],
             node_name: Some(node.into()),
-            conditions: Some(EndpointConditions { ready, serving, terminating }),
+            conditions: Some(EndpointConditions {
+                ready,
+                serving,
+                terminating,
+            }),
             ..Default::default()
         }
     }
@@ -693,20 +820,49 @@ mod tests {
     fn cluster_ip_service_gets_ready_endpoints_matched_by_port_name() {
         let s = svc(vec![("http", "TCP", 80), ("dns", "UDP", 53)]);
         let slices = vec![
-            slice("a", vec![ep("10.42.0.5", "n1", Some(true), None, None), ep("10.42.1.5", "n2", None, None, None)], ("http", "TCP", 8080)),
-            slice("b", vec![ep("10.42.0.6", "n1", Some(true), None, None)], ("dns", "UDP", 5353)),
+            slice(
+                "a",
+                vec![
+                    ep("10.42.0.5", "n1", Some(true), None, None),
+                    ep("10.42.1.5", "n2", None, None, None),
+                ],
+                ("http", "TCP", 8080),
+            ),
+            slice(
+                "b",
+                vec![ep("10.42.0.6", "n1", Some(true), None, None)],
+                ("dns", "UDP", 5353),
+            ),
         ];
-        let p = proxied_service(&s, &slices, "n1", IpFamily::V4).unwrap().unwrap();
+        let p = proxied_service(&s, &slices, "n1", IpFamily::V4)
+            .unwrap()
+            .unwrap();
         assert_eq!(p.ports.len(), 2);
         let http = &p.ports[0];
         assert_eq!(http.cluster_ip, "10.43.0.10".parse::<IpAddr>().unwrap());
         assert_eq!((http.protocol, http.port), (Protocol::Tcp, 80));
         assert_eq!(http.endpoints.len(), 2);
         assert!(http.endpoints.iter().all(|e| e.port == 8080 && e.ready));
-        assert!(http.endpoints.iter().find(|e| e.ip.to_string() == "10.42.0.5").unwrap().local);
-        assert!(!http.endpoints.iter().find(|e| e.ip.to_string() == "10.42.1.5").unwrap().local);
+        assert!(
+            http.endpoints
+                .iter()
+                .find(|e| e.ip.to_string() == "10.42.0.5")
+                .unwrap()
+                .local
+        );
+        assert!(
+            !http
+                .endpoints
+                .iter()
+                .find(|e| e.ip.to_string() == "10.42.1.5")
+                .unwrap()
+                .local
+        );
         let dns = &p.ports[1];
-        assert_eq!((dns.protocol, dns.endpoints.len(), dns.endpoints[0].port), (Protocol::Udp, 1, 5353));
+        assert_eq!(
+            (dns.protocol, dns.endpoints.len(), dns.endpoints[0].port),
+            (Protocol::Udp, 1, 5353)
+        );
     }
 
     #[test]
@@ -727,36 +883,75 @@ mod tests {
     fn bad_input_is_an_error_naming_the_field() {
         let mut s = svc(vec![("", "TCP", 80)]);
         s.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.43.0.300".into()]);
-        assert_eq!(proxied_service(&s, &[], "n", IpFamily::V4), Err(ModelError::InvalidClusterIp("10.43.0.300".into())));
+        assert_eq!(
+            proxied_service(&s, &[], "n", IpFamily::V4),
+            Err(ModelError::InvalidClusterIp("10.43.0.300".into()))
+        );
         let s = svc(vec![("", "TCP", 70000)]);
-        assert_eq!(proxied_service(&s, &[], "n", IpFamily::V4), Err(ModelError::InvalidPort(70000)));
+        assert_eq!(
+            proxied_service(&s, &[], "n", IpFamily::V4),
+            Err(ModelError::InvalidPort(70000))
+        );
         let s = svc(vec![("", "ICMP", 80)]);
-        assert!(matches!(proxied_service(&s, &[], "n", IpFamily::V4), Err(ModelError::InvalidProtocol { .. })));
+        assert!(matches!(
+            proxied_service(&s, &[], "n", IpFamily::V4),
+            Err(ModelError::InvalidProtocol { .. })
+        ));
         let s = svc(vec![("a b", "TCP", 80)]);
-        assert_eq!(proxied_service(&s, &[], "n", IpFamily::V4), Err(ModelError::InvalidPortName("a b".into())));
+        assert_eq!(
+            proxied_service(&s, &[], "n", IpFamily::V4),
+            Err(ModelError::InvalidPortName("a b".into()))
+        );
         let s = svc(vec![("x", "TCP", 80), ("x", "TCP", 81)]);
-        assert_eq!(proxied_service(&s, &[], "n", IpFamily::V4), Err(ModelError::DuplicatePort("x".into())));
+        assert_eq!(
+            proxied_service(&s, &[], "n", IpFamily::V4),
+            Err(ModelError::DuplicatePort("x".into()))
+        );
         let mut s = svc(vec![("", "TCP", 80)]);
         s.spec.as_mut().unwrap().external_ips = Some(vec!["1.2.3".into()]);
-        assert_eq!(proxied_service(&s, &[], "n", IpFamily::V4), Err(ModelError::InvalidExternalIp("1.2.3".into())));
+        assert_eq!(
+            proxied_service(&s, &[], "n", IpFamily::V4),
+            Err(ModelError::InvalidExternalIp("1.2.3".into()))
+        );
         let mut s = svc(vec![("", "TCP", 80)]);
         s.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec!["10.0.0.0/40".into()]);
-        assert!(matches!(proxied_service(&s, &[], "n", IpFamily::V4), Err(ModelError::InvalidSourceRange(_))));
+        assert!(matches!(
+            proxied_service(&s, &[], "n", IpFamily::V4),
+            Err(ModelError::InvalidSourceRange(_))
+        ));
         let mut s = svc(vec![("", "TCP", 80)]);
         s.metadata.name = Some("Bad;Name".into());
-        assert!(matches!(proxied_service(&s, &[], "n", IpFamily::V4), Err(ModelError::InvalidName(_))));
+        assert!(matches!(
+            proxied_service(&s, &[], "n", IpFamily::V4),
+            Err(ModelError::InvalidName(_))
+        ));
         let mut s = svc(vec![("", "TCP", 80)]);
         s.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
-        s.spec.as_mut().unwrap().session_affinity_config =
-            Some(SessionAffinityConfig { client_ip: Some(ClientIPConfig { timeout_seconds: Some(0) }) });
-        assert!(matches!(proxied_service(&s, &[], "n", IpFamily::V4), Err(ModelError::InvalidSessionAffinity(_))));
+        s.spec.as_mut().unwrap().session_affinity_config = Some(SessionAffinityConfig {
+            client_ip: Some(ClientIPConfig {
+                timeout_seconds: Some(0),
+            }),
+        });
+        assert!(matches!(
+            proxied_service(&s, &[], "n", IpFamily::V4),
+            Err(ModelError::InvalidSessionAffinity(_))
+        ));
     }
 
     #[test]
     fn invalid_endpoint_addresses_are_left_out() {
         let s = svc(vec![("", "TCP", 80)]);
-        let slices = vec![slice("a", vec![ep("10.42.0.300", "n", None, None, None), ep("10.42.0.3", "n", None, None, None)], ("", "TCP", 80))];
-        let p = proxied_service(&s, &slices, "n", IpFamily::V4).unwrap().unwrap();
+        let slices = vec![slice(
+            "a",
+            vec![
+                ep("10.42.0.300", "n", None, None, None),
+                ep("10.42.0.3", "n", None, None, None),
+            ],
+            ("", "TCP", 80),
+        )];
+        let p = proxied_service(&s, &slices, "n", IpFamily::V4)
+            .unwrap()
+            .unwrap();
         assert_eq!(p.ports[0].endpoints.len(), 1);
     }
 
@@ -771,26 +966,52 @@ mod tests {
         s.status = Some(ServiceStatus {
             load_balancer: Some(LoadBalancerStatus {
                 ingress: Some(vec![
-                    LoadBalancerIngress { ip: Some("192.0.2.10".into()), ..Default::default() },
-                    LoadBalancerIngress { ip: Some("192.0.2.11".into()), ip_mode: Some("Proxy".into()), ..Default::default() },
-                    LoadBalancerIngress { hostname: Some("lb.example".into()), ..Default::default() },
+                    LoadBalancerIngress {
+                        ip: Some("192.0.2.10".into()),
+                        ..Default::default()
+                    },
+                    LoadBalancerIngress {
+                        ip: Some("192.0.2.11".into()),
+                        ip_mode: Some("Proxy".into()),
+                        ..Default::default()
+                    },
+                    LoadBalancerIngress {
+                        hostname: Some("lb.example".into()),
+                        ..Default::default()
+                    },
                 ]),
             }),
             ..Default::default()
         });
-        let p = proxied_service(&s, &[], "n", IpFamily::V4).unwrap().unwrap();
+        let p = proxied_service(&s, &[], "n", IpFamily::V4)
+            .unwrap()
+            .unwrap();
         assert_eq!(p.health_check_node_port, Some(32000));
         let port = &p.ports[0];
         assert!(port.external_policy_local);
-        assert_eq!(port.load_balancer_vips, vec!["192.0.2.10".parse::<IpAddr>().unwrap()]);
-        assert_eq!(port.load_balancer_source_ranges, vec![Cidr::parse("192.168.1.0/24").unwrap()]);
+        assert_eq!(
+            port.load_balancer_vips,
+            vec!["192.0.2.10".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            port.load_balancer_source_ranges,
+            vec![Cidr::parse("192.168.1.0/24").unwrap()]
+        );
         // 0.0.0.0/0 means "everyone": same as no ranges.
-        s.spec.as_mut().unwrap().load_balancer_source_ranges = Some(vec!["10.0.0.0/8".into(), "0.0.0.0/0".into()]);
-        let p = proxied_service(&s, &[], "n", IpFamily::V4).unwrap().unwrap();
+        s.spec.as_mut().unwrap().load_balancer_source_ranges =
+            Some(vec!["10.0.0.0/8".into(), "0.0.0.0/0".into()]);
+        let p = proxied_service(&s, &[], "n", IpFamily::V4)
+            .unwrap()
+            .unwrap();
         assert!(p.ports[0].load_balancer_source_ranges.is_empty());
     }
 
-    fn port_with(eps: Vec<Endpoint>, itp_local: bool, etp_local: bool, node_port: u16) -> ServicePort {
+    fn port_with(
+        eps: Vec<Endpoint>,
+        itp_local: bool,
+        etp_local: bool,
+        node_port: u16,
+    ) -> ServicePort {
         ServicePort {
             service: ServiceKey::new("ns", "web"),
             port_name: String::new(),
@@ -809,21 +1030,53 @@ mod tests {
     }
 
     fn e(last: u8, local: bool, ready: bool, serving: bool, terminating: bool) -> Endpoint {
-        Endpoint { ip: IpAddr::V4([10, 42, 0, last].into()), port: 80, local, ready, serving, terminating }
+        Endpoint {
+            ip: IpAddr::V4([10, 42, 0, last].into()),
+            port: 80,
+            local,
+            ready,
+            serving,
+            terminating,
+        }
     }
 
     #[test]
     fn categorize_prefers_ready_then_serving_terminating() {
-        let p = port_with(vec![e(1, false, true, true, false), e(2, false, false, true, true), e(3, false, false, false, true)], false, false, 0);
+        let p = port_with(
+            vec![
+                e(1, false, true, true, false),
+                e(2, false, false, true, true),
+                e(3, false, false, false, true),
+            ],
+            false,
+            false,
+            0,
+        );
         let c = p.categorize();
         assert_eq!(c.cluster, vec![e(1, false, true, true, false)]);
         assert!(c.has_any);
         assert!(c.local.is_empty());
-        let p = port_with(vec![e(2, false, false, true, true), e(3, false, false, false, true)], false, false, 0);
+        let p = port_with(
+            vec![
+                e(2, false, false, true, true),
+                e(3, false, false, false, true),
+            ],
+            false,
+            false,
+            0,
+        );
         let c = p.categorize();
         assert_eq!(c.cluster, vec![e(2, false, false, true, true)]);
         assert!(c.has_any);
-        let p = port_with(vec![e(3, false, false, false, true), e(4, false, false, false, false)], false, false, 0);
+        let p = port_with(
+            vec![
+                e(3, false, false, false, true),
+                e(4, false, false, false, false),
+            ],
+            false,
+            false,
+            0,
+        );
         let c = p.categorize();
         assert!(c.cluster.is_empty() && !c.has_any && c.all_reachable.is_empty());
     }
@@ -831,14 +1084,30 @@ mod tests {
     #[test]
     fn categorize_local_policies() {
         // internalTrafficPolicy: Local, no node port: only local endpoints are reachable.
-        let p = port_with(vec![e(1, true, true, true, false), e(2, false, true, true, false)], true, false, 0);
+        let p = port_with(
+            vec![
+                e(1, true, true, true, false),
+                e(2, false, true, true, false),
+            ],
+            true,
+            false,
+            0,
+        );
         let c = p.categorize();
         assert!(c.cluster.is_empty());
         assert_eq!(c.local, vec![e(1, true, true, true, false)]);
         assert_eq!(c.all_reachable, c.local);
         assert!(c.has_any);
         // externalTrafficPolicy: Local with a NodePort: cluster (short-circuit) and local.
-        let p = port_with(vec![e(1, true, false, true, true), e(2, false, true, true, false)], false, true, 30080);
+        let p = port_with(
+            vec![
+                e(1, true, false, true, true),
+                e(2, false, true, true, false),
+            ],
+            false,
+            true,
+            30080,
+        );
         let c = p.categorize();
         assert_eq!(c.cluster, vec![e(2, false, true, true, false)]);
         assert_eq!(c.local, vec![e(1, true, false, true, true)]);
@@ -853,11 +1122,31 @@ mod tests {
     fn duplicate_endpoints_prefer_local_copy_and_conditions_default() {
         let s = svc(vec![("", "TCP", 80)]);
         let slices = vec![
-            slice("a", vec![ep("10.42.0.5", "other", None, None, None)], ("", "TCP", 80)),
-            slice("b", vec![ep("10.42.0.5", "me", None, None, None)], ("", "TCP", 80)),
+            slice(
+                "a",
+                vec![ep("10.42.0.5", "other", None, None, None)],
+                ("", "TCP", 80),
+            ),
+            slice(
+                "b",
+                vec![ep("10.42.0.5", "me", None, None, None)],
+                ("", "TCP", 80),
+            ),
         ];
-        let p = proxied_service(&s, &slices, "me", IpFamily::V4).unwrap().unwrap();
-        assert_eq!(p.ports[0].endpoints, vec![Endpoint { ip: "10.42.0.5".parse().unwrap(), port: 80, local: true, ready: true, serving: true, terminating: false }]);
+        let p = proxied_service(&s, &slices, "me", IpFamily::V4)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            p.ports[0].endpoints,
+            vec![Endpoint {
+                ip: "10.42.0.5".parse().unwrap(),
+                port: 80,
+                local: true,
+                ready: true,
+                serving: true,
+                terminating: false
+            }]
+        );
         assert_eq!(p.local_endpoints(), 1);
     }
 

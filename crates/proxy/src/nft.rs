@@ -27,12 +27,19 @@ const MAX_STDERR: usize = 4096;
 impl Nft {
     /// `nft` from `PATH`, in the caller's network namespace.
     pub fn host() -> Self {
-        Nft { argv: vec!["nft".to_string()] }
+        Nft {
+            argv: vec!["nft".to_string()],
+        }
     }
 
     /// `ip netns exec <netns> nft`: nft inside a named network namespace.
     pub fn in_netns(netns: &str) -> Self {
-        Nft { argv: ["ip", "netns", "exec", netns, "nft"].iter().map(|s| s.to_string()).collect() }
+        Nft {
+            argv: ["ip", "netns", "exec", netns, "nft"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
     }
 
     fn command(&self) -> Command {
@@ -43,7 +50,12 @@ impl Nft {
 
     /// Whether `nft` can be run at all.
     pub fn available(&self) -> bool {
-        self.command().arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        self.command()
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 }
 
@@ -83,16 +95,27 @@ impl NftRunner for Nft {
         };
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            return Err(ProxyError::Nft { code: out.status.code(), stderr: truncate(String::from_utf8_lossy(&out.stderr).into_owned()) });
+            return Err(ProxyError::Nft {
+                code: out.status.code(),
+                stderr: truncate(String::from_utf8_lossy(&out.stderr).into_owned()),
+            });
         }
         write_result?;
         Ok(())
     }
 
     fn output(&self, args: &[&str]) -> Result<String, ProxyError> {
-        let out = self.command().args(args).stdin(Stdio::null()).output().map_err(spawn_error)?;
+        let out = self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(spawn_error)?;
         if !out.status.success() {
-            return Err(ProxyError::Nft { code: out.status.code(), stderr: truncate(String::from_utf8_lossy(&out.stderr).into_owned()) });
+            return Err(ProxyError::Nft {
+                code: out.status.code(),
+                stderr: truncate(String::from_utf8_lossy(&out.stderr).into_owned()),
+            });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -109,7 +132,9 @@ pub fn valid_table_name(table: &str) -> bool {
     !table.is_empty()
         && table.len() <= 255
         && table.as_bytes()[0].is_ascii_alphabetic()
-        && table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 #[cfg(test)]
@@ -127,13 +152,21 @@ mod tests {
 
     #[test]
     fn cleanup_deletes_both_families_unconditionally() {
-        assert_eq!(cleanup_script("t"), "add table ip t\ndelete table ip t\nadd table ip6 t\ndelete table ip6 t\n");
+        assert_eq!(
+            cleanup_script("t"),
+            "add table ip t\ndelete table ip t\nadd table ip6 t\ndelete table ip6 t\n"
+        );
     }
 
     #[test]
     fn missing_binary_is_reported() {
-        let n = Nft { argv: vec!["/nonexistent/nft".into()] };
+        let n = Nft {
+            argv: vec!["/nonexistent/nft".into()],
+        };
         assert!(!n.available());
-        assert!(matches!(n.apply("list ruleset"), Err(ProxyError::NftMissing(_))));
+        assert!(matches!(
+            n.apply("list ruleset"),
+            Err(ProxyError::NftMissing(_))
+        ));
     }
 }

@@ -73,17 +73,37 @@ pub const BASE_CHAINS: [(&str, &str, &str, i32); 8] = [
 
 /// Jumps from base chains to our top-level chains: (destination, source, condition).
 pub const JUMP_CHAINS: [(&str, &str, &str); 11] = [
-    (NODEPORT_ENDPOINTS_CHECK_CHAIN, "filter-input", "ct state new"),
-    (SERVICE_ENDPOINTS_CHECK_CHAIN, "filter-input", "ct state new"),
-    (SERVICE_ENDPOINTS_CHECK_CHAIN, "filter-forward", "ct state new"),
-    (SERVICE_ENDPOINTS_CHECK_CHAIN, "filter-output", "ct state new"),
+    (
+        NODEPORT_ENDPOINTS_CHECK_CHAIN,
+        "filter-input",
+        "ct state new",
+    ),
+    (
+        SERVICE_ENDPOINTS_CHECK_CHAIN,
+        "filter-input",
+        "ct state new",
+    ),
+    (
+        SERVICE_ENDPOINTS_CHECK_CHAIN,
+        "filter-forward",
+        "ct state new",
+    ),
+    (
+        SERVICE_ENDPOINTS_CHECK_CHAIN,
+        "filter-output",
+        "ct state new",
+    ),
     (FIREWALL_CHECK_CHAIN, "filter-prerouting", "ct state new"),
     (FIREWALL_CHECK_CHAIN, "filter-output", "ct state new"),
     (SERVICES_CHAIN, "nat-output", ""),
     (SERVICES_CHAIN, "nat-prerouting", ""),
     (MASQUERADING_CHAIN, "nat-postrouting", ""),
     (CLUSTER_IPS_CHECK_CHAIN, "filter-forward", "ct state new"),
-    (CLUSTER_IPS_CHECK_CHAIN, "filter-output-post-dnat", "ct state new"),
+    (
+        CLUSTER_IPS_CHECK_CHAIN,
+        "filter-output-post-dnat",
+        "ct state new",
+    ),
 ];
 
 /// The sets and verdict maps of the table.
@@ -137,7 +157,9 @@ impl MapName {
             MapName::ServiceIps | MapName::NoEndpointServices | MapName::FirewallIps => {
                 format!("{addr} . inet_proto . inet_service : verdict")
             }
-            MapName::ServiceNodePorts | MapName::NoEndpointNodePorts => "inet_proto . inet_service : verdict".to_string(),
+            MapName::ServiceNodePorts | MapName::NoEndpointNodePorts => {
+                "inet_proto . inet_service : verdict".to_string()
+            }
             MapName::ClusterIps => addr.to_string(),
         }
     }
@@ -146,8 +168,12 @@ impl MapName {
         match self {
             MapName::ServiceIps => "ClusterIP, ExternalIP and LoadBalancer IP traffic",
             MapName::ServiceNodePorts => "NodePort traffic",
-            MapName::NoEndpointServices => "vmap to drop or reject packets to services with no endpoints",
-            MapName::NoEndpointNodePorts => "vmap to drop or reject packets to service nodeports with no endpoints",
+            MapName::NoEndpointServices => {
+                "vmap to drop or reject packets to services with no endpoints"
+            }
+            MapName::NoEndpointNodePorts => {
+                "vmap to drop or reject packets to service nodeports with no endpoints"
+            }
             MapName::FirewallIps => "destinations that are subject to LoadBalancerSourceRanges",
             MapName::ClusterIps => "Active ClusterIPs",
         }
@@ -277,7 +303,13 @@ fn hash_and_truncate(name: &str) -> String {
 
 /// The base of a service port's chain names: `HASH-namespace/name/protocol/portname`.
 pub fn service_port_chain_base(port: &ServicePort) -> String {
-    hash_and_truncate(&format!("{}/{}/{}/{}", port.service.namespace, port.service.name, port.protocol.as_str(), port.port_name))
+    hash_and_truncate(&format!(
+        "{}/{}/{}/{}",
+        port.service.namespace,
+        port.service.name,
+        port.protocol.as_str(),
+        port.port_name
+    ))
 }
 
 /// The base of an endpoint's chain and affinity-set names:
@@ -308,7 +340,10 @@ impl RulesBuilder {
     fn ensure_chain(&mut self, name: &str) {
         if !self.index.contains_key(name) {
             self.index.insert(name.to_string(), self.chains.len());
-            self.chains.push(Chain { name: name.to_string(), rules: Vec::new() });
+            self.chains.push(Chain {
+                name: name.to_string(),
+                rules: Vec::new(),
+            });
         }
     }
 
@@ -320,17 +355,28 @@ impl RulesBuilder {
     }
 
     fn element(&mut self, map: MapName, key: String, value: String, comment: &str) {
-        self.elements.entry((map, key)).or_insert((value, comment.to_string()));
+        self.elements
+            .entry((map, key))
+            .or_insert((value, comment.to_string()));
     }
 
     fn finish(self) -> ServiceRules {
         ServiceRules {
             chains: self.chains,
-            sets: self.sets.into_iter().map(|(name, timeout)| AffinitySet { name, timeout }).collect(),
+            sets: self
+                .sets
+                .into_iter()
+                .map(|(name, timeout)| AffinitySet { name, timeout })
+                .collect(),
             elements: self
                 .elements
                 .into_iter()
-                .map(|((map, key), (value, comment))| Element { map, key, value, comment })
+                .map(|((map, key), (value, comment))| Element {
+                    map,
+                    key,
+                    value,
+                    comment,
+                })
                 .collect(),
         }
     }
@@ -387,42 +433,87 @@ fn render_port(cfg: &RenderConfig, port: &ServicePort, b: &mut RulesBuilder) {
         b.ensure_chain(&external_chain);
     }
     let reject = format!("goto {REJECT_CHAIN}");
-    let (internal_verdict, external_verdict) = if !cat.has_any { (reject.clone(), reject) } else { ("drop".to_string(), "drop".to_string()) };
+    let (internal_verdict, external_verdict) = if !cat.has_any {
+        (reject.clone(), reject)
+    } else {
+        ("drop".to_string(), "drop".to_string())
+    };
 
     let svc_key = |ip: &IpAddr| format!("{ip} . {proto} . {}", port.port);
 
     // ClusterIP.
-    b.element(MapName::ClusterIps, port.cluster_ip.to_string(), String::new(), "");
+    b.element(
+        MapName::ClusterIps,
+        port.cluster_ip.to_string(),
+        String::new(),
+        "",
+    );
     if has_internal {
-        b.element(MapName::ServiceIps, svc_key(&port.cluster_ip), format!("goto {internal_chain}"), "");
+        b.element(
+            MapName::ServiceIps,
+            svc_key(&port.cluster_ip),
+            format!("goto {internal_chain}"),
+            "",
+        );
     } else {
-        b.element(MapName::NoEndpointServices, svc_key(&port.cluster_ip), internal_verdict, &name);
+        b.element(
+            MapName::NoEndpointServices,
+            svc_key(&port.cluster_ip),
+            internal_verdict,
+            &name,
+        );
     }
 
     // externalIPs.
     for ip in &port.external_ips {
         if cat.has_any {
-            b.element(MapName::ServiceIps, svc_key(ip), format!("goto {external_chain}"), "");
+            b.element(
+                MapName::ServiceIps,
+                svc_key(ip),
+                format!("goto {external_chain}"),
+                "",
+            );
         }
         if !has_external {
-            b.element(MapName::NoEndpointServices, svc_key(ip), external_verdict.clone(), &name);
+            b.element(
+                MapName::NoEndpointServices,
+                svc_key(ip),
+                external_verdict.clone(),
+                &name,
+            );
         }
     }
 
     // LoadBalancer ingress IPs, with their source-range firewall.
-    let uses_fw = !port.load_balancer_vips.is_empty() && !port.load_balancer_source_ranges.is_empty();
+    let uses_fw =
+        !port.load_balancer_vips.is_empty() && !port.load_balancer_source_ranges.is_empty();
     if uses_fw {
         b.ensure_chain(&fw_chain);
     }
     for ip in &port.load_balancer_vips {
         if cat.has_any {
-            b.element(MapName::ServiceIps, svc_key(ip), format!("goto {external_chain}"), "");
+            b.element(
+                MapName::ServiceIps,
+                svc_key(ip),
+                format!("goto {external_chain}"),
+                "",
+            );
         }
         if uses_fw {
-            b.element(MapName::FirewallIps, svc_key(ip), format!("goto {fw_chain}"), &name);
+            b.element(
+                MapName::FirewallIps,
+                svc_key(ip),
+                format!("goto {fw_chain}"),
+                &name,
+            );
         }
         if !has_external {
-            b.element(MapName::NoEndpointServices, svc_key(ip), external_verdict.clone(), &name);
+            b.element(
+                MapName::NoEndpointServices,
+                svc_key(ip),
+                external_verdict.clone(),
+                &name,
+            );
         }
     }
 
@@ -430,7 +521,12 @@ fn render_port(cfg: &RenderConfig, port: &ServicePort, b: &mut RulesBuilder) {
     if port.node_port != 0 {
         let key = format!("{proto} . {}", port.node_port);
         if cat.has_any {
-            b.element(MapName::ServiceNodePorts, key.clone(), format!("goto {external_chain}"), "");
+            b.element(
+                MapName::ServiceNodePorts,
+                key.clone(),
+                format!("goto {external_chain}"),
+                "",
+            );
         }
         if !has_external {
             b.element(MapName::NoEndpointNodePorts, key, external_verdict, &name);
@@ -442,7 +538,10 @@ fn render_port(cfg: &RenderConfig, port: &ServicePort, b: &mut RulesBuilder) {
         if let Some(cidr) = cfg.cluster_cidr.filter(|c| c.family() == cfg.family) {
             b.rule(
                 internal_chain,
-                format!("{ipx} daddr {} {proto} dport {} {ipx} saddr != {cidr} jump {MARK_MASQ_CHAIN}", port.cluster_ip, port.port),
+                format!(
+                    "{ipx} daddr {} {proto} dport {} {ipx} saddr != {cidr} jump {MARK_MASQ_CHAIN}",
+                    port.cluster_ip, port.port
+                ),
             );
         }
     }
@@ -465,12 +564,22 @@ fn render_port(cfg: &RenderConfig, port: &ServicePort, b: &mut RulesBuilder) {
 
     // loadBalancerSourceRanges.
     if uses_fw {
-        let mut sources: Vec<String> = port.load_balancer_source_ranges.iter().map(|c| c.to_string()).collect();
-        let allow_from_node = port.load_balancer_source_ranges.iter().any(|c| cfg.node_ips.iter().any(|ip| c.contains(ip)));
+        let mut sources: Vec<String> = port
+            .load_balancer_source_ranges
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let allow_from_node = port
+            .load_balancer_source_ranges
+            .iter()
+            .any(|c| cfg.node_ips.iter().any(|ip| c.contains(ip)));
         if allow_from_node {
             sources.extend(port.load_balancer_vips.iter().map(|ip| ip.to_string()));
         }
-        b.rule(&fw_chain, format!("{ipx} saddr != {{ {} }} drop", sources.join(", ")));
+        b.rule(
+            &fw_chain,
+            format!("{ipx} saddr != {{ {} }} drop", sources.join(", ")),
+        );
     }
 
     // Session affinity sets.
@@ -481,7 +590,15 @@ fn render_port(cfg: &RenderConfig, port: &ServicePort, b: &mut RulesBuilder) {
     }
 
     if uses_cluster_chain {
-        endpoint_choice(b, ipx, port, &cluster_chain, &cat.cluster, &ep_chain, &ep_set);
+        endpoint_choice(
+            b,
+            ipx,
+            port,
+            &cluster_chain,
+            &cat.cluster,
+            &ep_chain,
+            &ep_set,
+        );
     }
     if uses_local_chain {
         endpoint_choice(b, ipx, port, &local_chain, &cat.local, &ep_chain, &ep_set);
@@ -490,11 +607,17 @@ fn render_port(cfg: &RenderConfig, port: &ServicePort, b: &mut RulesBuilder) {
     // Endpoint chains: hairpin masquerade, affinity, DNAT.
     for ep in &cat.all_reachable {
         let chain = ep_chain(ep);
-        b.rule(&chain, format!("{ipx} saddr {} jump {MARK_MASQ_CHAIN}", ep.ip));
+        b.rule(
+            &chain,
+            format!("{ipx} saddr {} jump {MARK_MASQ_CHAIN}", ep.ip),
+        );
         if port.affinity_timeout.is_some() {
             b.rule(&chain, format!("update @{} {{ {ipx} saddr }}", ep_set(ep)));
         }
-        b.rule(&chain, format!("meta l4proto {proto} dnat to {}", ep.addr_port()));
+        b.rule(
+            &chain,
+            format!("meta l4proto {proto} dnat to {}", ep.addr_port()),
+        );
     }
 }
 
@@ -509,7 +632,10 @@ fn endpoint_choice(
 ) {
     if port.affinity_timeout.is_some() {
         for ep in endpoints {
-            b.rule(chain, format!("{ipx} saddr @{} goto {}", ep_set(ep), ep_chain(ep)));
+            b.rule(
+                chain,
+                format!("{ipx} saddr @{} goto {}", ep_set(ep), ep_chain(ep)),
+            );
         }
     }
     let n = endpoints.len();
@@ -517,7 +643,10 @@ fn endpoint_choice(
         if i + 1 == n {
             b.rule(chain, format!("goto {}", ep_chain(ep)));
         } else {
-            b.rule(chain, format!("numgen random mod {} == 0 goto {}", n - i, ep_chain(ep)));
+            b.rule(
+                chain,
+                format!("numgen random mod {} == 0 goto {}", n - i, ep_chain(ep)),
+            );
         }
     }
 }
@@ -532,7 +661,10 @@ pub struct Script {
 impl Script {
     /// An empty script for `<family> <table>`.
     pub fn new(family: IpFamily, table: &str) -> Self {
-        Script { prefix: format!("{} {}", family_keyword(family), table), buf: String::new() }
+        Script {
+            prefix: format!("{} {}", family_keyword(family), table),
+            buf: String::new(),
+        }
     }
 
     /// The script text.
@@ -556,7 +688,11 @@ impl Script {
 
     /// `add table` (with a comment).
     pub fn add_table(&mut self) {
-        let _ = writeln!(self.buf, "add table {} {{ comment \"rules for the rk3s service proxy\" ; }}", self.prefix);
+        let _ = writeln!(
+            self.buf,
+            "add table {} {{ comment \"rules for the rk3s service proxy\" ; }}",
+            self.prefix
+        );
     }
 
     /// `delete table` (must exist: precede with [`Script::add_table`] to make it
@@ -572,7 +708,11 @@ impl Script {
 
     /// `add chain` for a base chain.
     pub fn add_base_chain(&mut self, name: &str, kind: &str, hook: &str, priority: i32) {
-        self.line("add", "chain", format_args!("{name} {{ type {kind} hook {hook} priority {priority} ; }}"));
+        self.line(
+            "add",
+            "chain",
+            format_args!("{name} {{ type {kind} hook {hook} priority {priority} ; }}"),
+        );
     }
 
     /// `flush chain`.
@@ -593,7 +733,16 @@ impl Script {
     /// `add map`/`add set` for one of the table's maps.
     pub fn add_map(&mut self, map: MapName, family: IpFamily) {
         let kind = if map.is_set() { "set" } else { "map" };
-        self.line("add", kind, format_args!("{} {{ type {} ; comment \"{}\" ; }}", map.as_str(), map.key_type(family), map.comment()));
+        self.line(
+            "add",
+            kind,
+            format_args!(
+                "{} {{ type {} ; comment \"{}\" ; }}",
+                map.as_str(),
+                map.key_type(family),
+                map.comment()
+            ),
+        );
     }
 
     /// `flush map`/`flush set`.
@@ -607,7 +756,12 @@ impl Script {
         self.line(
             "add",
             "set",
-            format_args!("{} {{ type {} ; flags dynamic,timeout ; timeout {}s ; }}", set.name, addr_type(family), set.timeout),
+            format_args!(
+                "{} {{ type {} ; flags dynamic,timeout ; timeout {}s ; }}",
+                set.name,
+                addr_type(family),
+                set.timeout
+            ),
         );
     }
 
@@ -618,17 +772,33 @@ impl Script {
 
     /// `add element`.
     pub fn add_element(&mut self, e: &Element) {
-        let comment = if e.comment.is_empty() { String::new() } else { format!(" comment \"{}\"", e.comment) };
-        if e.map.is_set() {
-            self.line("add", "element", format_args!("{} {{ {}{comment} }}", e.map.as_str(), e.key));
+        let comment = if e.comment.is_empty() {
+            String::new()
         } else {
-            self.line("add", "element", format_args!("{} {{ {}{comment} : {} }}", e.map.as_str(), e.key, e.value));
+            format!(" comment \"{}\"", e.comment)
+        };
+        if e.map.is_set() {
+            self.line(
+                "add",
+                "element",
+                format_args!("{} {{ {}{comment} }}", e.map.as_str(), e.key),
+            );
+        } else {
+            self.line(
+                "add",
+                "element",
+                format_args!("{} {{ {}{comment} : {} }}", e.map.as_str(), e.key, e.value),
+            );
         }
     }
 
     /// `delete element` (by key).
     pub fn delete_element(&mut self, map: MapName, key: &str) {
-        self.line("delete", "element", format_args!("{} {{ {key} }}", map.as_str()));
+        self.line(
+            "delete",
+            "element",
+            format_args!("{} {{ {key} }}", map.as_str()),
+        );
     }
 
     /// The fixed part of the table: base chains, top-level chains and their rules, maps.
@@ -651,15 +821,28 @@ impl Script {
         };
         for (dst, src, cond) in JUMP_CHAINS {
             ensure(self, dst);
-            let rule = if cond.is_empty() { format!("jump {dst}") } else { format!("{cond} jump {dst}") };
+            let rule = if cond.is_empty() {
+                format!("jump {dst}")
+            } else {
+                format!("{cond} jump {dst}")
+            };
             self.add_rule(src, &rule);
         }
         for c in [MARK_MASQ_CHAIN, REJECT_CHAIN] {
             ensure(self, c);
         }
-        self.add_rule(MARK_MASQ_CHAIN, &format!("meta mark set meta mark | {MASQUERADE_MARK:#x}"));
-        self.add_rule(MASQUERADING_CHAIN, &format!("meta mark & {MASQUERADE_MARK:#x} == 0 return"));
-        self.add_rule(MASQUERADING_CHAIN, &format!("meta mark set meta mark ^ {MASQUERADE_MARK:#x}"));
+        self.add_rule(
+            MARK_MASQ_CHAIN,
+            &format!("meta mark set meta mark | {MASQUERADE_MARK:#x}"),
+        );
+        self.add_rule(
+            MASQUERADING_CHAIN,
+            &format!("meta mark & {MASQUERADE_MARK:#x} == 0 return"),
+        );
+        self.add_rule(
+            MASQUERADING_CHAIN,
+            &format!("meta mark set meta mark ^ {MASQUERADE_MARK:#x}"),
+        );
         self.add_rule(MASQUERADING_CHAIN, "masquerade fully-random");
         self.add_rule(REJECT_CHAIN, "meta l4proto tcp reject with tcp reset");
         self.add_rule(REJECT_CHAIN, "reject");
@@ -668,23 +851,52 @@ impl Script {
             self.add_map(map, family);
             self.flush_map(map);
         }
-        self.add_rule(CLUSTER_IPS_CHECK_CHAIN, &format!("{ipx} daddr @{} goto {REJECT_CHAIN}", MapName::ClusterIps.as_str()));
+        self.add_rule(
+            CLUSTER_IPS_CHECK_CHAIN,
+            &format!(
+                "{ipx} daddr @{} goto {REJECT_CHAIN}",
+                MapName::ClusterIps.as_str()
+            ),
+        );
         if let Some(cidr) = service_cidr.filter(|c| c.family() == family) {
             self.add_rule(CLUSTER_IPS_CHECK_CHAIN, &format!("{ipx} daddr {cidr} drop"));
         }
         self.add_rule(
             SERVICE_ENDPOINTS_CHECK_CHAIN,
-            &format!("{ipx} daddr . meta l4proto . th dport vmap @{}", MapName::NoEndpointServices.as_str()),
+            &format!(
+                "{ipx} daddr . meta l4proto . th dport vmap @{}",
+                MapName::NoEndpointServices.as_str()
+            ),
         );
         self.add_rule(
             NODEPORT_ENDPOINTS_CHECK_CHAIN,
-            &format!("{} meta l4proto . th dport vmap @{}", no_localhost(family), MapName::NoEndpointNodePorts.as_str()),
+            &format!(
+                "{} meta l4proto . th dport vmap @{}",
+                no_localhost(family),
+                MapName::NoEndpointNodePorts.as_str()
+            ),
         );
-        self.add_rule(FIREWALL_CHECK_CHAIN, &format!("{ipx} daddr . meta l4proto . th dport vmap @{}", MapName::FirewallIps.as_str()));
-        self.add_rule(SERVICES_CHAIN, &format!("{ipx} daddr . meta l4proto . th dport vmap @{}", MapName::ServiceIps.as_str()));
+        self.add_rule(
+            FIREWALL_CHECK_CHAIN,
+            &format!(
+                "{ipx} daddr . meta l4proto . th dport vmap @{}",
+                MapName::FirewallIps.as_str()
+            ),
+        );
         self.add_rule(
             SERVICES_CHAIN,
-            &format!("fib daddr type local {} meta l4proto . th dport vmap @{}", no_localhost(family), MapName::ServiceNodePorts.as_str()),
+            &format!(
+                "{ipx} daddr . meta l4proto . th dport vmap @{}",
+                MapName::ServiceIps.as_str()
+            ),
+        );
+        self.add_rule(
+            SERVICES_CHAIN,
+            &format!(
+                "fib daddr type local {} meta l4proto . th dport vmap @{}",
+                no_localhost(family),
+                MapName::ServiceNodePorts.as_str()
+            ),
         );
     }
 }
@@ -695,11 +907,23 @@ mod tests {
     use crate::model::{Protocol, ServiceKey};
 
     fn cfg() -> RenderConfig {
-        RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec!["192.168.1.5".parse().unwrap()], service_cidr: None }
+        RenderConfig {
+            family: IpFamily::V4,
+            cluster_cidr: Cidr::parse("10.42.0.0/16"),
+            node_ips: vec!["192.168.1.5".parse().unwrap()],
+            service_cidr: None,
+        }
     }
 
     fn ep(last: u8, local: bool) -> Endpoint {
-        Endpoint { ip: IpAddr::V4([10, 42, 0, last].into()), port: 8080, local, ready: true, serving: true, terminating: false }
+        Endpoint {
+            ip: IpAddr::V4([10, 42, 0, last].into()),
+            port: 8080,
+            local,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
     }
 
     fn port(eps: Vec<Endpoint>) -> ServicePort {
@@ -721,15 +945,26 @@ mod tests {
     }
 
     fn svc(p: ServicePort) -> ProxiedService {
-        ProxiedService { key: p.service.clone(), ports: vec![p], health_check_node_port: None }
+        ProxiedService {
+            key: p.service.clone(),
+            ports: vec![p],
+            health_check_node_port: None,
+        }
     }
 
     fn chain<'a>(r: &'a ServiceRules, prefix: &str) -> &'a Chain {
-        r.chains.iter().find(|c| c.name.starts_with(prefix)).unwrap_or_else(|| panic!("no chain {prefix} in {r:#?}"))
+        r.chains
+            .iter()
+            .find(|c| c.name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no chain {prefix} in {r:#?}"))
     }
 
     fn elems(r: &ServiceRules, map: MapName) -> Vec<(String, String)> {
-        r.elements.iter().filter(|e| e.map == map).map(|e| (e.key.clone(), e.value.clone())).collect()
+        r.elements
+            .iter()
+            .filter(|e| e.map == map)
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect()
     }
 
     #[test]
@@ -738,7 +973,9 @@ mod tests {
         let base = service_port_chain_base(&p);
         assert_eq!(base.len(), 8 + 1 + "ns/web/tcp/http".len());
         assert!(base.ends_with("-ns/web/tcp/http"), "{base}");
-        assert!(base[..8].bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+        assert!(base[..8]
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
         let e = endpoint_chain_base(&p, &ep(1, false));
         assert!(e.ends_with("-ns/web/tcp/http__10.42.0.1/8080"), "{e}");
         let mut v6 = ep(1, false);
@@ -751,21 +988,50 @@ mod tests {
 
     #[test]
     fn cluster_ip_with_endpoints() {
-        let r = render_service(&cfg(), &svc(port(vec![ep(1, false), ep(2, false), ep(3, true)])));
+        let r = render_service(
+            &cfg(),
+            &svc(port(vec![ep(1, false), ep(2, false), ep(3, true)])),
+        );
         let svc_chain = chain(&r, "service-");
-        assert_eq!(elems(&r, MapName::ServiceIps), vec![("10.43.0.10 . tcp . 80".into(), format!("goto {}", svc_chain.name))]);
-        assert_eq!(elems(&r, MapName::ClusterIps), vec![("10.43.0.10".into(), String::new())]);
+        assert_eq!(
+            elems(&r, MapName::ServiceIps),
+            vec![(
+                "10.43.0.10 . tcp . 80".into(),
+                format!("goto {}", svc_chain.name)
+            )]
+        );
+        assert_eq!(
+            elems(&r, MapName::ClusterIps),
+            vec![("10.43.0.10".into(), String::new())]
+        );
         assert!(elems(&r, MapName::NoEndpointServices).is_empty());
         assert_eq!(svc_chain.rules.len(), 4);
-        assert_eq!(svc_chain.rules[0], "ip daddr 10.43.0.10 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade");
-        assert!(svc_chain.rules[1].starts_with("numgen random mod 3 == 0 goto endpoint-"), "{}", svc_chain.rules[1]);
+        assert_eq!(
+            svc_chain.rules[0],
+            "ip daddr 10.43.0.10 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade"
+        );
+        assert!(
+            svc_chain.rules[1].starts_with("numgen random mod 3 == 0 goto endpoint-"),
+            "{}",
+            svc_chain.rules[1]
+        );
         assert!(svc_chain.rules[2].starts_with("numgen random mod 2 == 0 goto endpoint-"));
-        assert!(svc_chain.rules[3].starts_with("goto endpoint-") && svc_chain.rules[3].ends_with("__10.42.0.3/8080"));
-        let ep_chains: Vec<&Chain> = r.chains.iter().filter(|c| c.name.starts_with("endpoint-")).collect();
+        assert!(
+            svc_chain.rules[3].starts_with("goto endpoint-")
+                && svc_chain.rules[3].ends_with("__10.42.0.3/8080")
+        );
+        let ep_chains: Vec<&Chain> = r
+            .chains
+            .iter()
+            .filter(|c| c.name.starts_with("endpoint-"))
+            .collect();
         assert_eq!(ep_chains.len(), 3);
         assert_eq!(
             ep_chains[0].rules,
-            vec!["ip saddr 10.42.0.1 jump mark-for-masquerade".to_string(), "meta l4proto tcp dnat to 10.42.0.1:8080".to_string()]
+            vec![
+                "ip saddr 10.42.0.1 jump mark-for-masquerade".to_string(),
+                "meta l4proto tcp dnat to 10.42.0.1:8080".to_string()
+            ]
         );
         // Endpoint chains are created before the chains that jump to them.
         let pos = |p: &str| r.chains.iter().position(|c| c.name.starts_with(p)).unwrap();
@@ -788,8 +1054,15 @@ mod tests {
                 ("192.0.2.1 . tcp . 80".into(), "goto reject-chain".into())
             ]
         );
-        assert_eq!(elems(&r, MapName::NoEndpointNodePorts), vec![("tcp . 30080".into(), "goto reject-chain".into())]);
-        assert!(r.elements.iter().filter(|e| e.map == MapName::NoEndpointServices).all(|e| e.comment == "ns/web:http"));
+        assert_eq!(
+            elems(&r, MapName::NoEndpointNodePorts),
+            vec![("tcp . 30080".into(), "goto reject-chain".into())]
+        );
+        assert!(r
+            .elements
+            .iter()
+            .filter(|e| e.map == MapName::NoEndpointServices)
+            .all(|e| e.comment == "ns/web:http"));
     }
 
     #[test]
@@ -801,17 +1074,29 @@ mod tests {
         let r = render_service(&cfg(), &svc(p));
         let ext = chain(&r, "external-");
         let svc_chain = chain(&r, "service-");
-        assert_eq!(ext.rules, vec!["jump mark-for-masquerade".to_string(), format!("goto {}", svc_chain.name)]);
+        assert_eq!(
+            ext.rules,
+            vec![
+                "jump mark-for-masquerade".to_string(),
+                format!("goto {}", svc_chain.name)
+            ]
+        );
         let goto_ext = format!("goto {}", ext.name);
         assert_eq!(
             elems(&r, MapName::ServiceIps),
             vec![
-                ("10.43.0.10 . tcp . 80".into(), format!("goto {}", svc_chain.name)),
+                (
+                    "10.43.0.10 . tcp . 80".into(),
+                    format!("goto {}", svc_chain.name)
+                ),
                 ("192.0.2.1 . tcp . 80".into(), goto_ext.clone()),
                 ("192.0.2.2 . tcp . 80".into(), goto_ext.clone()),
             ]
         );
-        assert_eq!(elems(&r, MapName::ServiceNodePorts), vec![("tcp . 30080".into(), goto_ext)]);
+        assert_eq!(
+            elems(&r, MapName::ServiceNodePorts),
+            vec![("tcp . 30080".into(), goto_ext)]
+        );
         assert!(elems(&r, MapName::FirewallIps).is_empty());
     }
 
@@ -835,7 +1120,10 @@ mod tests {
         );
         // The local chain has only the local endpoint, and no masquerade.
         assert_eq!(local.rules.len(), 1);
-        assert!(local.rules[0].starts_with("goto endpoint-") && local.rules[0].ends_with("__10.42.0.1/8080"));
+        assert!(
+            local.rules[0].starts_with("goto endpoint-")
+                && local.rules[0].ends_with("__10.42.0.1/8080")
+        );
         assert!(!ext.rules.iter().any(|r| r == "jump mark-for-masquerade"));
 
         // Without local endpoints: external traffic is dropped, pods still short-circuit.
@@ -844,7 +1132,10 @@ mod tests {
         assert!(!r.chains.iter().any(|c| c.name.starts_with("local-")));
         let ext = chain(&r, "external-");
         assert_eq!(ext.rules.len(), 3);
-        assert_eq!(elems(&r, MapName::NoEndpointNodePorts), vec![("tcp . 30080".into(), "drop".into())]);
+        assert_eq!(
+            elems(&r, MapName::NoEndpointNodePorts),
+            vec![("tcp . 30080".into(), "drop".into())]
+        );
         assert_eq!(elems(&r, MapName::ServiceNodePorts).len(), 1);
     }
 
@@ -854,13 +1145,28 @@ mod tests {
         p.internal_policy_local = true;
         let r = render_service(&cfg(), &svc(p.clone()));
         let local = chain(&r, "local-");
-        assert_eq!(elems(&r, MapName::ServiceIps), vec![("10.43.0.10 . tcp . 80".into(), format!("goto {}", local.name))]);
+        assert_eq!(
+            elems(&r, MapName::ServiceIps),
+            vec![(
+                "10.43.0.10 . tcp . 80".into(),
+                format!("goto {}", local.name)
+            )]
+        );
         assert!(!r.chains.iter().any(|c| c.name.starts_with("service-")));
-        assert_eq!(r.chains.iter().filter(|c| c.name.starts_with("endpoint-")).count(), 1);
+        assert_eq!(
+            r.chains
+                .iter()
+                .filter(|c| c.name.starts_with("endpoint-"))
+                .count(),
+            1
+        );
         // No local endpoint: ClusterIP traffic is dropped (not rejected).
         p.endpoints = vec![ep(2, false)];
         let r = render_service(&cfg(), &svc(p));
-        assert_eq!(elems(&r, MapName::NoEndpointServices), vec![("10.43.0.10 . tcp . 80".into(), "drop".into())]);
+        assert_eq!(
+            elems(&r, MapName::NoEndpointServices),
+            vec![("10.43.0.10 . tcp . 80".into(), "drop".into())]
+        );
         assert!(r.chains.is_empty());
     }
 
@@ -870,17 +1176,27 @@ mod tests {
         p.affinity_timeout = Some(600);
         let r = render_service(&cfg(), &svc(p));
         assert_eq!(r.sets.len(), 2);
-        assert!(r.sets.iter().all(|s| s.timeout == 600 && s.name.starts_with("affinity-")));
+        assert!(r
+            .sets
+            .iter()
+            .all(|s| s.timeout == 600 && s.name.starts_with("affinity-")));
         let svc_chain = chain(&r, "service-");
-        assert!(svc_chain.rules[1].starts_with("ip saddr @affinity-") && svc_chain.rules[1].contains(" goto endpoint-"));
+        assert!(
+            svc_chain.rules[1].starts_with("ip saddr @affinity-")
+                && svc_chain.rules[1].contains(" goto endpoint-")
+        );
         assert!(svc_chain.rules[2].starts_with("ip saddr @affinity-"));
         assert!(svc_chain.rules[3].starts_with("numgen random mod 2 == 0 goto "));
         let e = chain(&r, "endpoint-");
         assert_eq!(e.rules.len(), 3);
-        assert!(e.rules[1].starts_with("update @affinity-") && e.rules[1].ends_with(" { ip saddr }"));
+        assert!(
+            e.rules[1].starts_with("update @affinity-") && e.rules[1].ends_with(" { ip saddr }")
+        );
         let mut s = Script::new(IpFamily::V4, "t");
         s.add_affinity_set(&r.sets[0], IpFamily::V4);
-        assert!(s.as_str().ends_with("{ type ipv4_addr ; flags dynamic,timeout ; timeout 600s ; }\n"));
+        assert!(s
+            .as_str()
+            .ends_with("{ type ipv4_addr ; flags dynamic,timeout ; timeout 600s ; }\n"));
     }
 
     #[test]
@@ -890,29 +1206,67 @@ mod tests {
         p.load_balancer_source_ranges = vec![Cidr::parse("198.51.100.0/24").unwrap()];
         let r = render_service(&cfg(), &svc(p.clone()));
         let fw = chain(&r, "firewall-");
-        assert_eq!(fw.rules, vec!["ip saddr != { 198.51.100.0/24 } drop".to_string()]);
-        assert_eq!(elems(&r, MapName::FirewallIps), vec![("192.0.2.2 . tcp . 80".into(), format!("goto {}", fw.name))]);
+        assert_eq!(
+            fw.rules,
+            vec!["ip saddr != { 198.51.100.0/24 } drop".to_string()]
+        );
+        assert_eq!(
+            elems(&r, MapName::FirewallIps),
+            vec![("192.0.2.2 . tcp . 80".into(), format!("goto {}", fw.name))]
+        );
         // A range containing the node admits the LoadBalancer IP itself.
-        p.load_balancer_source_ranges.push(Cidr::parse("192.168.0.0/16").unwrap());
+        p.load_balancer_source_ranges
+            .push(Cidr::parse("192.168.0.0/16").unwrap());
         let r = render_service(&cfg(), &svc(p));
-        assert_eq!(chain(&r, "firewall-").rules, vec!["ip saddr != { 198.51.100.0/24, 192.168.0.0/16, 192.0.2.2 } drop".to_string()]);
+        assert_eq!(
+            chain(&r, "firewall-").rules,
+            vec!["ip saddr != { 198.51.100.0/24, 192.168.0.0/16, 192.0.2.2 } drop".to_string()]
+        );
     }
 
     #[test]
     fn protocols_and_ipv6() {
-        let mut p = port(vec![Endpoint { ip: "fd00:42::5".parse().unwrap(), port: 53, local: false, ready: true, serving: true, terminating: false }]);
+        let mut p = port(vec![Endpoint {
+            ip: "fd00:42::5".parse().unwrap(),
+            port: 53,
+            local: false,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }]);
         p.protocol = Protocol::Sctp;
         p.cluster_ip = "fd00:43::a".parse().unwrap();
-        let c6 = RenderConfig { family: IpFamily::V6, cluster_cidr: Cidr::parse("fd00:42::/56"), node_ips: vec![], service_cidr: None };
+        let c6 = RenderConfig {
+            family: IpFamily::V6,
+            cluster_cidr: Cidr::parse("fd00:42::/56"),
+            node_ips: vec![],
+            service_cidr: None,
+        };
         let r = render_service(&c6, &svc(p));
         let e = chain(&r, "endpoint-");
-        assert_eq!(e.rules, vec!["ip6 saddr fd00:42::5 jump mark-for-masquerade".to_string(), "meta l4proto sctp dnat to [fd00:42::5]:53".to_string()]);
-        assert_eq!(chain(&r, "service-").rules[0], "ip6 daddr fd00:43::a sctp dport 80 ip6 saddr != fd00:42::/56 jump mark-for-masquerade");
-        assert_eq!(elems(&r, MapName::ServiceIps)[0].0, "fd00:43::a . sctp . 80");
+        assert_eq!(
+            e.rules,
+            vec![
+                "ip6 saddr fd00:42::5 jump mark-for-masquerade".to_string(),
+                "meta l4proto sctp dnat to [fd00:42::5]:53".to_string()
+            ]
+        );
+        assert_eq!(
+            chain(&r, "service-").rules[0],
+            "ip6 daddr fd00:43::a sctp dport 80 ip6 saddr != fd00:42::/56 jump mark-for-masquerade"
+        );
+        assert_eq!(
+            elems(&r, MapName::ServiceIps)[0].0,
+            "fd00:43::a . sctp . 80"
+        );
         let mut s = Script::new(IpFamily::V6, "t");
         s.setup(IpFamily::V6, None);
-        assert!(s.as_str().contains("add map ip6 t service-ips { type ipv6_addr . inet_proto . inet_service : verdict ;"));
-        assert!(s.as_str().contains("ip6 daddr != ::1 meta l4proto . th dport vmap @no-endpoint-nodeports"));
+        assert!(s.as_str().contains(
+            "add map ip6 t service-ips { type ipv6_addr . inet_proto . inet_service : verdict ;"
+        ));
+        assert!(s
+            .as_str()
+            .contains("ip6 daddr != ::1 meta l4proto . th dport vmap @no-endpoint-nodeports"));
     }
 
     #[test]
@@ -921,9 +1275,21 @@ mod tests {
         t.ready = false;
         t.terminating = true;
         let r = render_service(&cfg(), &svc(port(vec![ep(1, false), t.clone()])));
-        assert_eq!(r.chains.iter().filter(|c| c.name.starts_with("endpoint-")).count(), 1);
+        assert_eq!(
+            r.chains
+                .iter()
+                .filter(|c| c.name.starts_with("endpoint-"))
+                .count(),
+            1
+        );
         let r = render_service(&cfg(), &svc(port(vec![t])));
-        assert_eq!(r.chains.iter().filter(|c| c.name.starts_with("endpoint-")).count(), 1);
+        assert_eq!(
+            r.chains
+                .iter()
+                .filter(|c| c.name.starts_with("endpoint-"))
+                .count(),
+            1
+        );
         assert_eq!(elems(&r, MapName::ServiceIps).len(), 1);
     }
 
@@ -950,10 +1316,23 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         // Every top-level chain is flushed exactly once before its rules.
-        assert_eq!(text.matches("flush chain ip rk3s-proxy services\n").count(), 1);
+        assert_eq!(
+            text.matches("flush chain ip rk3s-proxy services\n").count(),
+            1
+        );
         let mut e = Script::new(IpFamily::V4, "t");
-        e.add_element(&Element { map: MapName::NoEndpointNodePorts, key: "udp . 30053".into(), value: "drop".into(), comment: "a/b:dns".into() });
-        e.add_element(&Element { map: MapName::ClusterIps, key: "10.43.0.1".into(), value: String::new(), comment: String::new() });
+        e.add_element(&Element {
+            map: MapName::NoEndpointNodePorts,
+            key: "udp . 30053".into(),
+            value: "drop".into(),
+            comment: "a/b:dns".into(),
+        });
+        e.add_element(&Element {
+            map: MapName::ClusterIps,
+            key: "10.43.0.1".into(),
+            value: String::new(),
+            comment: String::new(),
+        });
         e.delete_element(MapName::ServiceIps, "10.43.0.1 . tcp . 443");
         assert_eq!(
             e.as_str(),

@@ -16,9 +16,11 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::mpsc;
 
-use crate::health::{HealthCheck, HealthServer};
 use crate::conntrack::{self, udp_flows, UdpFlow};
-use crate::model::{cluster_ip_families, proxied_service, Cidr, IpFamily, ProxiedService, ServiceKey};
+use crate::health::{HealthCheck, HealthServer};
+use crate::model::{
+    cluster_ip_families, proxied_service, Cidr, IpFamily, ProxiedService, ServiceKey,
+};
 use crate::nft::{valid_table_name, NftRunner};
 use crate::render::RenderConfig;
 use crate::sync::{FamilyProxier, SyncKind};
@@ -47,8 +49,12 @@ impl Drop for Tasks {
     }
 }
 
-async fn watch<K>(api: Api<K>, tx: mpsc::UnboundedSender<Update>, wrap: fn(watcher::Event<K>) -> Update, what: &'static str)
-where
+async fn watch<K>(
+    api: Api<K>,
+    tx: mpsc::UnboundedSender<Update>,
+    wrap: fn(watcher::Event<K>) -> Update,
+    what: &'static str,
+) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K::DynamicType: Default,
 {
@@ -68,8 +74,14 @@ where
 /// The cluster CIDRs of each family.
 fn parse_cluster_cidrs(s: Option<&str>) -> Result<[Option<Cidr>; 2], ProxyError> {
     let mut out = [None, None];
-    for part in s.unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let c = Cidr::parse(part).ok_or_else(|| ProxyError::InvalidOption(format!("cluster CIDR {part:?}")))?;
+    for part in s
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let c = Cidr::parse(part)
+            .ok_or_else(|| ProxyError::InvalidOption(format!("cluster CIDR {part:?}")))?;
         let slot = &mut out[usize::from(c.family() == IpFamily::V6)];
         if slot.is_none() {
             *slot = Some(c);
@@ -104,21 +116,46 @@ struct Loop {
 
 /// [`crate::run`] with a given nft runner (e.g. [`crate::Nft::in_netns`] in tests), without
 /// touching sysctls.
-pub async fn run_with(client: kube::Client, opts: ProxyOptions, runner: Arc<dyn NftRunner>) -> Result<(), ProxyError> {
+pub async fn run_with(
+    client: kube::Client,
+    opts: ProxyOptions,
+    runner: Arc<dyn NftRunner>,
+) -> Result<(), ProxyError> {
     if !valid_table_name(&opts.table) {
-        return Err(ProxyError::InvalidOption(format!("table name {:?}", opts.table)));
+        return Err(ProxyError::InvalidOption(format!(
+            "table name {:?}",
+            opts.table
+        )));
     }
     if opts.full_resync_period.is_zero() {
-        return Err(ProxyError::InvalidOption("full_resync_period must not be zero".into()));
+        return Err(ProxyError::InvalidOption(
+            "full_resync_period must not be zero".into(),
+        ));
     }
     let cidrs = parse_cluster_cidrs(opts.cluster_cidr.as_deref())?;
     let service_cidrs = parse_cluster_cidrs(opts.service_cidr.as_deref())?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _tasks = Tasks(vec![
-        tokio::spawn(watch(Api::<Service>::all(client.clone()), tx.clone(), |e| Update::Service(Box::new(e)), "services")),
-        tokio::spawn(watch(Api::<EndpointSlice>::all(client.clone()), tx, |e| Update::Slice(Box::new(e)), "endpointslices")),
+        tokio::spawn(watch(
+            Api::<Service>::all(client.clone()),
+            tx.clone(),
+            |e| Update::Service(Box::new(e)),
+            "services",
+        )),
+        tokio::spawn(watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            tx,
+            |e| Update::Slice(Box::new(e)),
+            "endpointslices",
+        )),
     ]);
-    let recorder = Recorder::new(client, Reporter { controller: "rk3s-proxy".into(), instance: Some(opts.node_name.clone()) });
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "rk3s-proxy".into(),
+            instance: Some(opts.node_name.clone()),
+        },
+    );
     let mut l = Loop::new(opts, runner, Some(recorder), cidrs, service_cidrs);
 
     let mut next_full = Instant::now() + l.opts.full_resync_period;
@@ -170,14 +207,23 @@ pub async fn run_with(client: kube::Client, opts: ProxyOptions, runner: Arc<dyn 
 }
 
 /// Adds one family's flow targets to those of the other (a Service may have both).
-fn merge_flows(into: &mut HashMap<ServiceKey, BTreeSet<UdpFlow>>, flows: Vec<(ServiceKey, BTreeSet<UdpFlow>)>) {
+fn merge_flows(
+    into: &mut HashMap<ServiceKey, BTreeSet<UdpFlow>>,
+    flows: Vec<(ServiceKey, BTreeSet<UdpFlow>)>,
+) {
     for (k, f) in flows {
         into.entry(k).or_default().extend(f);
     }
 }
 
 impl Loop {
-    fn new(opts: ProxyOptions, runner: Arc<dyn NftRunner>, recorder: Option<Recorder>, cidrs: [Option<Cidr>; 2], service_cidrs: [Option<Cidr>; 2]) -> Self {
+    fn new(
+        opts: ProxyOptions,
+        runner: Arc<dyn NftRunner>,
+        recorder: Option<Recorder>,
+        cidrs: [Option<Cidr>; 2],
+        service_cidrs: [Option<Cidr>; 2],
+    ) -> Self {
         let health = HealthServer::new(opts.node_ips.clone());
         let mut l = Loop {
             opts,
@@ -209,7 +255,13 @@ impl Loop {
         let cfg = RenderConfig {
             family,
             cluster_cidr: self.cidrs[usize::from(family == IpFamily::V6)],
-            node_ips: self.opts.node_ips.iter().filter(|ip| IpFamily::of(ip) == family).copied().collect::<Vec<IpAddr>>(),
+            node_ips: self
+                .opts
+                .node_ips
+                .iter()
+                .filter(|ip| IpFamily::of(ip) == family)
+                .copied()
+                .collect::<Vec<IpAddr>>(),
             service_cidr: self.service_cidrs[usize::from(family == IpFamily::V6)],
         };
         FamilyProxier::new(&self.opts.table, cfg)
@@ -237,7 +289,9 @@ impl Loop {
             watcher::Event::Init => self.service_init = Some(HashMap::new()),
             watcher::Event::InitApply(s) => {
                 let k = ServiceKey::of(&s);
-                self.service_init.get_or_insert_with(HashMap::new).insert(k, Arc::new(s));
+                self.service_init
+                    .get_or_insert_with(HashMap::new)
+                    .insert(k, Arc::new(s));
             }
             watcher::Event::InitDone => {
                 let new = self.service_init.take().unwrap_or_default();
@@ -263,7 +317,10 @@ impl Loop {
         self.slices.remove(&key);
         if let Some(slice) = slice {
             if let Some(owner) = ServiceKey::of_slice(&slice) {
-                self.slices_by_service.entry(owner.clone()).or_default().insert(key.clone());
+                self.slices_by_service
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(key.clone());
                 self.slice_owner.insert(key.clone(), owner.clone());
                 self.dirty.insert(owner);
             }
@@ -272,13 +329,20 @@ impl Loop {
     }
 
     fn apply_slice(&mut self, ev: watcher::Event<EndpointSlice>) {
-        let key_of = |s: &EndpointSlice| (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
+        let key_of = |s: &EndpointSlice| {
+            (
+                s.metadata.namespace.clone().unwrap_or_default(),
+                s.metadata.name.clone().unwrap_or_default(),
+            )
+        };
         match ev {
             watcher::Event::Apply(s) => self.index_slice(key_of(&s), Some(Arc::new(s))),
             watcher::Event::Delete(s) => self.index_slice(key_of(&s), None),
             watcher::Event::Init => self.slice_init = Some(HashMap::new()),
             watcher::Event::InitApply(s) => {
-                self.slice_init.get_or_insert_with(HashMap::new).insert(key_of(&s), Arc::new(s));
+                self.slice_init
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key_of(&s), Arc::new(s));
             }
             watcher::Event::InitDone => {
                 let new = self.slice_init.take().unwrap_or_default();
@@ -294,12 +358,22 @@ impl Loop {
         }
     }
 
-    fn model(&self, key: &ServiceKey, family: IpFamily) -> Result<Option<ProxiedService>, crate::model::ModelError> {
-        let Some(svc) = self.services.get(key) else { return Ok(None) };
+    fn model(
+        &self,
+        key: &ServiceKey,
+        family: IpFamily,
+    ) -> Result<Option<ProxiedService>, crate::model::ModelError> {
+        let Some(svc) = self.services.get(key) else {
+            return Ok(None);
+        };
         let slices: Vec<Arc<EndpointSlice>> = self
             .slices_by_service
             .get(key)
-            .map(|set| set.iter().filter_map(|k| self.slices.get(k).cloned()).collect())
+            .map(|set| {
+                set.iter()
+                    .filter_map(|k| self.slices.get(k).cloned())
+                    .collect()
+            })
             .unwrap_or_default();
         proxied_service(svc, &slices, &self.opts.node_name, family)
     }
@@ -316,7 +390,11 @@ impl Loop {
                 let msg = e.to_string();
                 if self.reported_model.get(key) != Some(&msg) {
                     tracing::warn!(service = %key, error = %msg, "skipping Service: it makes no valid proxy rule");
-                    self.event(key, "FailedToProxy", format!("Service makes no valid proxy rule and is skipped: {msg}"));
+                    self.event(
+                        key,
+                        "FailedToProxy",
+                        format!("Service makes no valid proxy rule and is skipped: {msg}"),
+                    );
                     self.reported_model.insert(key.clone(), msg);
                 }
                 None
@@ -325,7 +403,9 @@ impl Loop {
     }
 
     fn event(&self, key: &ServiceKey, reason: &str, note: String) {
-        let Some(recorder) = self.recorder.clone() else { return };
+        let Some(recorder) = self.recorder.clone() else {
+            return;
+        };
         let uid = self.services.get(key).and_then(|s| s.metadata.uid.clone());
         let reference = ObjectReference {
             api_version: Some("v1".into()),
@@ -335,7 +415,13 @@ impl Loop {
             uid,
             ..Default::default()
         };
-        let ev = Event { type_: EventType::Warning, reason: reason.to_string(), note: Some(note), action: "Proxy".into(), secondary: None };
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Proxy".into(),
+            secondary: None,
+        };
         tokio::spawn(async move {
             if let Err(e) = recorder.publish(&ev, &reference).await {
                 tracing::debug!(error = %e, "could not publish proxy event");
@@ -347,12 +433,24 @@ impl Loop {
     async fn sync(&mut self) -> bool {
         let start = Instant::now();
         let dirty: Vec<ServiceKey> = self.dirty.drain().collect();
-        let has_v6 = self.families.iter().any(|f| f.config().family == IpFamily::V6);
+        let has_v6 = self
+            .families
+            .iter()
+            .any(|f| f.config().family == IpFamily::V6);
         if !has_v6 {
-            let needs_full = self.families.iter().any(|f| f.next_kind() != SyncKind::Incremental);
-            let candidates: Vec<&Arc<Service>> =
-                if needs_full { self.services.values().collect() } else { dirty.iter().filter_map(|k| self.services.get(k)).collect() };
-            if candidates.iter().any(|s| cluster_ip_families(s).contains(&IpFamily::V6)) {
+            let needs_full = self
+                .families
+                .iter()
+                .any(|f| f.next_kind() != SyncKind::Incremental);
+            let candidates: Vec<&Arc<Service>> = if needs_full {
+                self.services.values().collect()
+            } else {
+                dirty.iter().filter_map(|k| self.services.get(k)).collect()
+            };
+            if candidates
+                .iter()
+                .any(|s| cluster_ip_families(s).contains(&IpFamily::V6))
+            {
                 let f = self.family_proxier(IpFamily::V6);
                 self.families.push(f);
             }
@@ -384,7 +482,11 @@ impl Loop {
                 }
                 self.note_health(fi, &keys, &models);
                 ran = true;
-                family_flows = keys.iter().map(|k| (k.clone(), BTreeSet::new())).chain(models.iter().map(|m| (m.key.clone(), udp_flows(m)))).collect();
+                family_flows = keys
+                    .iter()
+                    .map(|k| (k.clone(), BTreeSet::new()))
+                    .chain(models.iter().map(|m| (m.key.clone(), udp_flows(m))))
+                    .collect();
                 full_family = true;
                 self.families[i].plan_full(models.iter(), now)
             } else {
@@ -392,10 +494,17 @@ impl Loop {
                 for k in &dirty {
                     models.push((k.clone(), self.model_or_report(k, family)));
                 }
-                let present: Vec<ProxiedService> = models.iter().filter_map(|(_, m)| m.clone()).collect();
+                let present: Vec<ProxiedService> =
+                    models.iter().filter_map(|(_, m)| m.clone()).collect();
                 self.note_health(fi, &dirty, &present);
-                family_flows = models.iter().map(|(k, m)| (k.clone(), m.as_ref().map(udp_flows).unwrap_or_default())).collect();
-                let changes: Vec<(ServiceKey, Option<&ProxiedService>)> = models.iter().map(|(k, m)| (k.clone(), m.as_ref())).collect();
+                family_flows = models
+                    .iter()
+                    .map(|(k, m)| (k.clone(), m.as_ref().map(udp_flows).unwrap_or_default()))
+                    .collect();
+                let changes: Vec<(ServiceKey, Option<&ProxiedService>)> = models
+                    .iter()
+                    .map(|(k, m)| (k.clone(), m.as_ref()))
+                    .collect();
                 self.families[i].plan_incremental(&changes, now)
             };
             if plan.kind != SyncKind::Incremental {
@@ -436,10 +545,23 @@ impl Loop {
         self.health.set_proxy_healthy(ok);
         self.sync_health().await;
         if ok && ran {
-            let services = self.families.iter().map(FamilyProxier::service_count).max().unwrap_or(0);
+            let services = self
+                .families
+                .iter()
+                .map(FamilyProxier::service_count)
+                .max()
+                .unwrap_or(0);
             let elapsed = start.elapsed();
             tracing::info!(services, changed, bytes, elapsed_ms = elapsed.as_millis() as u64, kind = ?kind, "proxy rules synced");
-            record_sync(SyncStats { services, changed, bytes, elapsed, kind, finished_at: SystemTime::now(), count: 0 });
+            record_sync(SyncStats {
+                services,
+                changed,
+                bytes,
+                elapsed,
+                kind,
+                finished_at: SystemTime::now(),
+                count: 0,
+            });
         }
         ok
     }
@@ -474,7 +596,13 @@ impl Loop {
         }
         for m in models {
             if let Some(port) = m.health_check_node_port {
-                self.health_by_family[fi].insert(m.key.clone(), HealthCheck { port, local_endpoints: m.local_endpoints() });
+                self.health_by_family[fi].insert(
+                    m.key.clone(),
+                    HealthCheck {
+                        port,
+                        local_endpoints: m.local_endpoints(),
+                    },
+                );
             }
         }
     }
@@ -491,7 +619,10 @@ impl Loop {
         }
         self.reported_health.retain(|k, _| desired.contains_key(k));
         for (key, port, err) in self.health.sync(&desired).await {
-            let msg = format!("node {} failed to start healthcheck on port {port}: {err}", self.opts.node_name);
+            let msg = format!(
+                "node {} failed to start healthcheck on port {port}: {err}",
+                self.opts.node_name
+            );
             if self.reported_health.get(&key) != Some(&msg) {
                 tracing::warn!(service = %key, port, error = %err, "failed to start service health check");
                 self.event(&key, "FailedToStartServiceHealthcheck", msg.clone());

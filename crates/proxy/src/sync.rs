@@ -94,7 +94,9 @@ fn chain_hash(rules: &[String]) -> u64 {
 /// Whether the running kernel frees chain references synchronously (6.2 and later), so
 /// a chain can be deleted in the transaction that drops its last reference.
 pub fn kernel_deletes_chains_immediately() -> bool {
-    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else { return false };
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
     let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -153,8 +155,16 @@ impl Sections {
 
 fn applied_of(rules: &ServiceRules) -> AppliedService {
     AppliedService {
-        chains: rules.chains.iter().map(|c| (c.name.clone(), chain_hash(&c.rules))).collect(),
-        sets: rules.sets.iter().map(|s| (s.name.clone(), s.timeout)).collect(),
+        chains: rules
+            .chains
+            .iter()
+            .map(|c| (c.name.clone(), chain_hash(&c.rules)))
+            .collect(),
+        sets: rules
+            .sets
+            .iter()
+            .map(|s| (s.name.clone(), s.timeout))
+            .collect(),
         elements: rules.elements.clone(),
     }
 }
@@ -205,12 +215,19 @@ impl FamilyProxier {
 
     /// When a flushed chain becomes old enough to delete (kernels before 6.2).
     pub fn next_stale_deadline(&self) -> Option<Instant> {
-        self.stale_chains.values().min().map(|t| *t + STALE_CHAIN_DELAY)
+        self.stale_chains
+            .values()
+            .min()
+            .map(|t| *t + STALE_CHAIN_DELAY)
     }
 
     /// Plans a full resync (or a rebuild, if [`FamilyProxier::next_kind`] says so) to
     /// exactly `services`.
-    pub fn plan_full<'a>(&self, services: impl IntoIterator<Item = &'a ProxiedService>, now: Instant) -> Plan {
+    pub fn plan_full<'a>(
+        &self,
+        services: impl IntoIterator<Item = &'a ProxiedService>,
+        now: Instant,
+    ) -> Plan {
         let rebuild = self.next == SyncKind::Rebuild;
         let mut s = Sections::new(&self.cfg, &self.table);
         if rebuild {
@@ -237,16 +254,26 @@ impl FamilyProxier {
                 sets.insert(set.name.clone(), set.timeout);
             }
             for e in &rules.elements {
-                claims.entry((e.map, e.key.clone())).or_default().insert(svc.key.clone(), (e.value.clone(), e.comment.clone()));
+                claims
+                    .entry((e.map, e.key.clone()))
+                    .or_default()
+                    .insert(svc.key.clone(), (e.value.clone(), e.comment.clone()));
             }
             new_services.insert(svc.key.clone(), applied_of(&rules));
         }
 
         // Affinity sets: keep the ones that stay (and their entries); recreate the ones
         // whose timeout changed after the chains referencing them were flushed.
-        let old_sets: BTreeMap<&String, u32> = self.services.values().flat_map(|a| a.sets.iter().map(|(n, t)| (n, *t))).collect();
+        let old_sets: BTreeMap<&String, u32> = self
+            .services
+            .values()
+            .flat_map(|a| a.sets.iter().map(|(n, t)| (n, *t)))
+            .collect();
         for (name, timeout) in &sets {
-            let set = crate::render::AffinitySet { name: name.clone(), timeout: *timeout };
+            let set = crate::render::AffinitySet {
+                name: name.clone(),
+                timeout: *timeout,
+            };
             if !rebuild && old_sets.get(name).is_some_and(|t| t != timeout) {
                 s.delete_sets.delete_set(name);
             }
@@ -263,7 +290,12 @@ impl FamilyProxier {
         let mut kernel_elements: Vec<(ElementKey, Option<(String, String)>)> = Vec::new();
         for (key, c) in &claims {
             if let Some((_, v)) = c.iter().next() {
-                s.add_elements.add_element(&Element { map: key.0, key: key.1.clone(), value: v.0.clone(), comment: v.1.clone() });
+                s.add_elements.add_element(&Element {
+                    map: key.0,
+                    key: key.1.clone(),
+                    value: v.0.clone(),
+                    comment: v.1.clone(),
+                });
                 kernel_elements.push((key.clone(), Some(v.clone())));
             }
         }
@@ -272,8 +304,10 @@ impl FamilyProxier {
         let mut stale_added = Vec::new();
         let mut stale_removed = Vec::new();
         if !rebuild {
-            let wanted_set: std::collections::HashSet<&str> =
-                new_services.values().flat_map(|a| a.chains.keys().map(String::as_str)).collect();
+            let wanted_set: std::collections::HashSet<&str> = new_services
+                .values()
+                .flat_map(|a| a.chains.keys().map(String::as_str))
+                .collect();
             let wanted = |name: &str| wanted_set.contains(name);
             for a in self.services.values() {
                 for name in a.chains.keys() {
@@ -286,7 +320,9 @@ impl FamilyProxier {
             for (name, since) in &self.stale_chains {
                 if wanted(name) {
                     stale_removed.push(name.clone());
-                } else if self.immediate_chain_delete || now.duration_since(*since) >= STALE_CHAIN_DELAY {
+                } else if self.immediate_chain_delete
+                    || now.duration_since(*since) >= STALE_CHAIN_DELAY
+                {
                     s.delete_chains.delete_chain(name);
                     stale_removed.push(name.clone());
                 }
@@ -301,9 +337,16 @@ impl FamilyProxier {
         let changed = new_services.len();
         Plan {
             script: s.finish(),
-            kind: if rebuild { SyncKind::Rebuild } else { SyncKind::Full },
+            kind: if rebuild {
+                SyncKind::Rebuild
+            } else {
+                SyncKind::Full
+            },
             changed,
-            services: new_services.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            services: new_services
+                .into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .collect(),
             claims: claims.into_iter().collect(),
             kernel_elements,
             stale_added,
@@ -313,7 +356,11 @@ impl FamilyProxier {
 
     /// Plans the changes for the given Services (`None`: no longer proxied). Only valid
     /// when [`FamilyProxier::next_kind`] is `Incremental`.
-    pub fn plan_incremental(&self, changes: &[(ServiceKey, Option<&ProxiedService>)], now: Instant) -> Plan {
+    pub fn plan_incremental(
+        &self,
+        changes: &[(ServiceKey, Option<&ProxiedService>)],
+        now: Instant,
+    ) -> Plan {
         let mut s = Sections::new(&self.cfg, &self.table);
         let mut services = Vec::new();
         let mut touched_keys: BTreeMap<ElementKey, Claims> = BTreeMap::new();
@@ -324,7 +371,9 @@ impl FamilyProxier {
 
         for (key, new) in changes {
             let old = self.services.get(key).unwrap_or(&empty);
-            let rules = new.map(|svc| render_service(&self.cfg, svc)).unwrap_or_default();
+            let rules = new
+                .map(|svc| render_service(&self.cfg, svc))
+                .unwrap_or_default();
             let applied = applied_of(&rules);
             if new.is_some() == self.services.contains_key(key) && applied == *old {
                 continue;
@@ -333,7 +382,10 @@ impl FamilyProxier {
 
             // A set whose timeout changes is recreated, so every chain of the Service is
             // rewritten (flushed before the set goes away).
-            let force = applied.sets.iter().any(|(n, t)| old.sets.get(n).is_some_and(|o| o != t));
+            let force = applied
+                .sets
+                .iter()
+                .any(|(n, t)| old.sets.get(n).is_some_and(|o| o != t));
             for c in &rules.chains {
                 let h = applied.chains.get(&c.name).copied().unwrap_or(0);
                 match old.chains.get(&c.name) {
@@ -379,12 +431,16 @@ impl FamilyProxier {
             // Element claims: drop the old ones, add the new ones.
             for e in &old.elements {
                 let k = (e.map, e.key.clone());
-                let c = touched_keys.entry(k.clone()).or_insert_with(|| self.claims.get(&k).cloned().unwrap_or_default());
+                let c = touched_keys
+                    .entry(k.clone())
+                    .or_insert_with(|| self.claims.get(&k).cloned().unwrap_or_default());
                 c.remove(key);
             }
             for e in &applied.elements {
                 let k = (e.map, e.key.clone());
-                let c = touched_keys.entry(k.clone()).or_insert_with(|| self.claims.get(&k).cloned().unwrap_or_default());
+                let c = touched_keys
+                    .entry(k.clone())
+                    .or_insert_with(|| self.claims.get(&k).cloned().unwrap_or_default());
                 c.insert(key.clone(), (e.value.clone(), e.comment.clone()));
             }
             services.push((key.clone(), new.map(|_| applied)));
@@ -401,7 +457,12 @@ impl FamilyProxier {
                 s.delete_elements.delete_element(k.0, &k.1);
             }
             if let Some(v) = want {
-                s.add_elements.add_element(&Element { map: k.0, key: k.1.clone(), value: v.0.clone(), comment: v.1.clone() });
+                s.add_elements.add_element(&Element {
+                    map: k.0,
+                    key: k.1.clone(),
+                    value: v.0.clone(),
+                    comment: v.1.clone(),
+                });
             }
             kernel_elements.push((k.clone(), want.cloned()));
         }
@@ -490,7 +551,12 @@ mod tests {
     use crate::model::{Cidr, Endpoint, IpFamily, Protocol, ServicePort};
 
     fn cfg() -> RenderConfig {
-        RenderConfig { family: IpFamily::V4, cluster_cidr: Cidr::parse("10.42.0.0/16"), node_ips: vec![], service_cidr: None }
+        RenderConfig {
+            family: IpFamily::V4,
+            cluster_cidr: Cidr::parse("10.42.0.0/16"),
+            node_ips: vec![],
+            service_cidr: None,
+        }
     }
 
     fn svc(name: &str, cip: &str, eps: &[u8]) -> ProxiedService {
@@ -512,7 +578,14 @@ mod tests {
                 internal_policy_local: false,
                 endpoints: eps
                     .iter()
-                    .map(|l| Endpoint { ip: format!("10.42.0.{l}").parse().unwrap(), port: 8080, local: false, ready: true, serving: true, terminating: false })
+                    .map(|l| Endpoint {
+                        ip: format!("10.42.0.{l}").parse().unwrap(),
+                        port: 8080,
+                        local: false,
+                        ready: true,
+                        serving: true,
+                        terminating: false,
+                    })
                     .collect(),
             }],
             health_check_node_port: None,
@@ -551,11 +624,19 @@ mod tests {
         let plan = p.plan_incremental(&[(a.key.clone(), Some(&a2))], now);
         assert_eq!(plan.changed, 1);
         let lines: Vec<&str> = plan.script.lines().collect();
-        assert!(lines.iter().any(|l| l.starts_with("add chain ip t endpoint-") && l.ends_with("__10.42.0.4/8080")));
-        assert!(lines.iter().any(|l| l.starts_with("flush chain ip t service-") && l.ends_with("ns/a/tcp/http")));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("add chain ip t endpoint-") && l.ends_with("__10.42.0.4/8080")));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("flush chain ip t service-") && l.ends_with("ns/a/tcp/http")));
         assert!(!plan.script.contains("ns/b/"));
         assert!(!plan.script.contains("element"), "{}", plan.script);
-        assert!(!plan.script.contains("__10.42.0.1/8080 "), "unchanged endpoint chains are not rewritten:\n{}", plan.script);
+        assert!(
+            !plan.script.contains("__10.42.0.1/8080 "),
+            "unchanged endpoint chains are not rewritten:\n{}",
+            plan.script
+        );
         p.commit(plan, now);
 
         // Endpoints to zero: service-ips element replaced by a reject in no-endpoint-services,
@@ -563,18 +644,27 @@ mod tests {
         let a3 = svc("a", "10.43.0.1", &[]);
         let plan = p.plan_incremental(&[(a.key.clone(), Some(&a3))], now);
         let text = &plan.script;
-        let del_elem = text.find("delete element ip t service-ips { 10.43.0.1 . tcp . 80 }").unwrap();
+        let del_elem = text
+            .find("delete element ip t service-ips { 10.43.0.1 . tcp . 80 }")
+            .unwrap();
         let add_rej = text.find("add element ip t no-endpoint-services { 10.43.0.1 . tcp . 80 comment \"ns/a:http\" : goto reject-chain }").unwrap();
         let flush = text.find("flush chain ip t service-").unwrap();
         let delete = text.find("delete chain ip t service-").unwrap();
-        assert!(flush < del_elem && del_elem < delete && add_rej < delete, "{text}");
+        assert!(
+            flush < del_elem && del_elem < delete && add_rej < delete,
+            "{text}"
+        );
         assert_eq!(text.matches("delete chain").count(), 4);
         p.commit(plan, now);
 
         // Deleting b removes everything of b.
         let plan = p.plan_incremental(&[(b.key.clone(), None)], now);
-        assert!(plan.script.contains("delete element ip t cluster-ips { 10.43.0.2 }"));
-        assert!(plan.script.contains("delete element ip t service-ips { 10.43.0.2 . tcp . 80 }"));
+        assert!(plan
+            .script
+            .contains("delete element ip t cluster-ips { 10.43.0.2 }"));
+        assert!(plan
+            .script
+            .contains("delete element ip t service-ips { 10.43.0.2 . tcp . 80 }"));
         assert_eq!(plan.script.matches("delete chain").count(), 2);
         p.commit(plan, now);
         assert_eq!(p.service_count(), 1);
@@ -611,14 +701,26 @@ mod tests {
         b.ports[0].external_ips = vec!["192.0.2.1".parse().unwrap()];
         let now = Instant::now();
         let plan = p.plan_full([&b, &a], now);
-        assert_eq!(plan.script.matches("add element ip t service-ips { 192.0.2.1 . tcp . 80").count(), 1);
-        assert!(plan.script.contains("{ 192.0.2.1 . tcp . 80 : goto external-") && plan.script.contains("-ns/a/tcp/http }"));
+        assert_eq!(
+            plan.script
+                .matches("add element ip t service-ips { 192.0.2.1 . tcp . 80")
+                .count(),
+            1
+        );
+        assert!(
+            plan.script
+                .contains("{ 192.0.2.1 . tcp . 80 : goto external-")
+                && plan.script.contains("-ns/a/tcp/http }")
+        );
         p.commit(plan, now);
         // a goes away: the key moves to b.
         let plan = p.plan_incremental(&[(a.key.clone(), None)], now);
         let text = &plan.script;
         assert!(text.contains("delete element ip t service-ips { 192.0.2.1 . tcp . 80 }"));
-        let add = text.lines().find(|l| l.starts_with("add element ip t service-ips { 192.0.2.1 . tcp . 80")).unwrap();
+        let add = text
+            .lines()
+            .find(|l| l.starts_with("add element ip t service-ips { 192.0.2.1 . tcp . 80"))
+            .unwrap();
         assert!(add.ends_with("-ns/b/tcp/http }"), "{add}");
         p.commit(plan, now);
     }

@@ -40,7 +40,11 @@ fn full(status: u16, v: Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(v.to_string())).map_err(|never| match never {}).boxed_unsync())
+        .body(
+            Full::new(Bytes::from(v.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .unwrap()
 }
 
@@ -49,7 +53,8 @@ impl FakeApi {
     fn push(&self, kind: &'static str, typ: &str, object: Value) {
         let mut st = self.0.lock().unwrap();
         let line = Bytes::from(format!("{}\n", json!({"type": typ, "object": object})));
-        st.watchers.retain(|(k, tx)| *k != kind || tx.send(line.clone()).is_ok());
+        st.watchers
+            .retain(|(k, tx)| *k != kind || tx.send(line.clone()).is_ok());
     }
 
     fn events(&self) -> Vec<Value> {
@@ -60,7 +65,12 @@ impl FakeApi {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         if req.method() == http::Method::POST && path.ends_with("/events") {
-            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             self.0.lock().unwrap().events.push(v.clone());
             return full(201, v);
@@ -68,22 +78,39 @@ impl FakeApi {
         let kind: &'static str = match path.as_str() {
             "/api/v1/services" => "services",
             "/apis/discovery.k8s.io/v1/endpointslices" => "endpointslices",
-            _ => return full(404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})),
+            _ => {
+                return full(
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+                )
+            }
         };
         if query.contains("watch=true") {
             let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
             self.0.lock().unwrap().watchers.push((kind, tx));
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|b| (Ok::<_, std::io::Error>(http_body::Frame::data(b)), rx))
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, std::io::Error>(http_body::Frame::data(b)), rx))
             });
-            return Response::builder().status(200).body(BodyExt::boxed_unsync(StreamBody::new(stream.boxed()))).unwrap();
+            return Response::builder()
+                .status(200)
+                .body(BodyExt::boxed_unsync(StreamBody::new(stream.boxed())))
+                .unwrap();
         }
         let st = self.0.lock().unwrap();
         let (list_kind, api_version, items) = match kind {
             "services" => ("ServiceList", "v1", st.services.clone()),
-            _ => ("EndpointSliceList", "discovery.k8s.io/v1", st.slices.clone()),
+            _ => (
+                "EndpointSliceList",
+                "discovery.k8s.io/v1",
+                st.slices.clone(),
+            ),
         };
-        full(200, json!({"kind": list_kind, "apiVersion": api_version, "metadata": {"resourceVersion": "10"}, "items": items}))
+        full(
+            200,
+            json!({"kind": list_kind, "apiVersion": api_version, "metadata": {"resourceVersion": "10"}, "items": items}),
+        )
     }
 }
 
@@ -112,8 +139,10 @@ fn service(name: &str, cluster_ip: &str, rv: u32) -> Value {
 }
 
 fn slice(service: &str, ips: &[&str], rv: u32) -> Value {
-    let endpoints: Vec<Value> =
-        ips.iter().map(|ip| json!({"addresses": [ip], "nodeName": "node-a", "conditions": {"ready": true}})).collect();
+    let endpoints: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip], "nodeName": "node-a", "conditions": {"ready": true}}))
+        .collect();
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"namespace": "ns", "name": format!("{service}-x"), "resourceVersion": rv.to_string(),
@@ -133,7 +162,10 @@ impl Drop for Netns {
 }
 
 fn list(ns: &Netns) -> String {
-    let out = Command::new("ip").args(["netns", "exec", &ns.0, "nft", "list", "table", "ip", TABLE]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", "list", "table", "ip", TABLE])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -146,8 +178,12 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 async fn http_get(port: u16) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -156,14 +192,25 @@ async fn http_get(port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_follows_the_api_and_skips_bad_services() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Nft::host().available() || Command::new("ip").arg("-V").output().is_err() {
+    if unsafe { libc::geteuid() } != 0
+        || !Nft::host().available()
+        || Command::new("ip").arg("-V").output().is_err()
+    {
         eprintln!("SKIP: needs root, nft and ip");
         return;
     }
     let ns = Netns(format!("rk3sh-proxy-run-{}", std::process::id()));
-    assert!(Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .unwrap()
+        .success());
 
-    let hc_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let hc_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut lb = service("lb", "10.43.0.20", 3);
     lb["spec"]["type"] = json!("LoadBalancer");
     lb["spec"]["externalTrafficPolicy"] = json!("Local");
@@ -173,8 +220,15 @@ async fn run_follows_the_api_and_skips_bad_services() {
     let api = FakeApi::default();
     {
         let mut st = api.0.lock().unwrap();
-        st.services = vec![service("web", "10.43.0.10", 1), service("bad", "not-an-ip", 2), lb];
-        st.slices = vec![slice("web", &["10.42.0.5", "10.42.0.6"], 4), slice("lb", &["10.42.0.7"], 5)];
+        st.services = vec![
+            service("web", "10.43.0.10", 1),
+            service("bad", "not-an-ip", 2),
+            lb,
+        ];
+        st.slices = vec![
+            slice("web", &["10.42.0.5", "10.42.0.6"], 4),
+            slice("lb", &["10.42.0.7"], 5),
+        ];
     }
     let client = kube::Client::new(api.clone(), "default");
     let opts = ProxyOptions {
@@ -186,12 +240,25 @@ async fn run_follows_the_api_and_skips_bad_services() {
         full_resync_period: Duration::from_secs(3600),
         min_sync_interval: Duration::from_millis(10),
     };
-    let task = tokio::spawn(rk3s_proxy::run_with(client, opts, Arc::new(Nft::in_netns(&ns.0))));
+    let task = tokio::spawn(rk3s_proxy::run_with(
+        client,
+        opts,
+        Arc::new(Nft::in_netns(&ns.0)),
+    ));
 
-    wait_for("initial rules", || list(&ns).contains("10.43.0.10 . tcp . 80 : goto service-")).await;
+    wait_for("initial rules", || {
+        list(&ns).contains("10.43.0.10 . tcp . 80 : goto service-")
+    })
+    .await;
     let table = list(&ns);
-    assert!(table.contains("ip daddr 10.43.0.0/16 drop"), "unallocated ClusterIPs are dropped:\n{table}");
-    assert!(table.contains("192.0.2.50 . tcp . 80 : goto external-"), "LoadBalancer ingress IP answers through the table:\n{table}");
+    assert!(
+        table.contains("ip daddr 10.43.0.0/16 drop"),
+        "unallocated ClusterIPs are dropped:\n{table}"
+    );
+    assert!(
+        table.contains("192.0.2.50 . tcp . 80 : goto external-"),
+        "LoadBalancer ingress IP answers through the table:\n{table}"
+    );
     assert!(table.contains("tcp . 31080 : goto external-"), "{table}");
     assert!(!table.contains("/bad/"));
     let stats = rk3s_proxy::last_sync().expect("a sync was recorded");
@@ -200,7 +267,11 @@ async fn run_follows_the_api_and_skips_bad_services() {
 
     // The bad Service is named in a FailedToProxy Event.
     wait_for("FailedToProxy event", || {
-        api.events().iter().any(|e| e["reason"] == "FailedToProxy" && e["regarding"]["name"] == "bad" && e["type"] == "Warning")
+        api.events().iter().any(|e| {
+            e["reason"] == "FailedToProxy"
+                && e["regarding"]["name"] == "bad"
+                && e["type"] == "Warning"
+        })
     })
     .await;
 
@@ -212,7 +283,10 @@ async fn run_follows_the_api_and_skips_bad_services() {
     // Endpoints go away: the ClusterIP is rejected instead.
     let before = rk3s_proxy::last_sync().unwrap().count;
     api.push("endpointslices", "MODIFIED", slice("web", &[], 6));
-    wait_for("reject rule", || list(&ns).contains("10.43.0.10 . tcp . 80 comment \"ns/web:http\" : goto reject-chain")).await;
+    wait_for("reject rule", || {
+        list(&ns).contains("10.43.0.10 . tcp . 80 comment \"ns/web:http\" : goto reject-chain")
+    })
+    .await;
     let stats = rk3s_proxy::last_sync().unwrap();
     assert!(stats.count > before);
     assert_eq!(stats.changed, 1);

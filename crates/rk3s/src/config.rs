@@ -18,7 +18,10 @@ pub fn merge_config_file(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
         return Ok(argv);
     };
     // Only the first positional is the subcommand; `rk3s kubectl get server` must not match.
-    if argv[1..sub_idx].iter().any(|a| !a.to_string_lossy().starts_with('-')) {
+    if argv[1..sub_idx]
+        .iter()
+        .any(|a| !a.to_string_lossy().starts_with('-'))
+    {
         return Ok(argv);
     }
     let mut explicit: Option<PathBuf> = None;
@@ -43,7 +46,8 @@ pub fn merge_config_file(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
             p
         }
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     let extra = config_args(&text).with_context(|| format!("config file {}", path.display()))?;
     let mut out: Vec<OsString> = argv[..=sub_idx].to_vec();
     out.extend(extra.into_iter().map(OsString::from));
@@ -61,7 +65,9 @@ pub fn config_args(text: &str) -> anyhow::Result<Vec<String>> {
     };
     let mut args = Vec::new();
     for (k, v) in map {
-        let Some(key) = k.as_str() else { bail!("keys must be flag names") };
+        let Some(key) = k.as_str() else {
+            bail!("keys must be flag names")
+        };
         let key = key.trim_end_matches('+');
         if key == "config" {
             continue;
@@ -95,7 +101,16 @@ mod tests {
     #[test]
     fn yaml_to_args() {
         let a = config_args("https-listen-port: 7443\ntls-san:\n  - a.example\n  - 10.0.0.1\ndisable-agent: true\nwrite-kubeconfig-mode: \"0644\"\n").expect("valid");
-        assert_eq!(a, vec!["--https-listen-port=7443", "--tls-san=a.example", "--tls-san=10.0.0.1", "--disable-agent", "--write-kubeconfig-mode=0644"]);
+        assert_eq!(
+            a,
+            vec![
+                "--https-listen-port=7443",
+                "--tls-san=a.example",
+                "--tls-san=10.0.0.1",
+                "--disable-agent",
+                "--write-kubeconfig-mode=0644"
+            ]
+        );
         assert!(config_args("- a\n- b\n").is_err());
         assert!(config_args("").expect("empty ok").is_empty());
     }
@@ -105,10 +120,25 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("c.yaml");
         std::fs::write(&f, "https-listen-port: 7443\n").expect("write");
-        let argv: Vec<OsString> = ["rk3s", "server", "--config", f.to_str().unwrap_or_default(), "--https-listen-port=8443"].iter().map(OsString::from).collect();
+        let argv: Vec<OsString> = [
+            "rk3s",
+            "server",
+            "--config",
+            f.to_str().unwrap_or_default(),
+            "--https-listen-port=8443",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         let out = merge_config_file(argv).expect("merged");
-        let s: Vec<String> = out.iter().map(|o| o.to_string_lossy().to_string()).collect();
+        let s: Vec<String> = out
+            .iter()
+            .map(|o| o.to_string_lossy().to_string())
+            .collect();
         assert_eq!(s[2], "--https-listen-port=7443");
-        assert_eq!(s.last().map(String::as_str), Some("--https-listen-port=8443"));
+        assert_eq!(
+            s.last().map(String::as_str),
+            Some("--https-listen-port=8443")
+        );
     }
 }

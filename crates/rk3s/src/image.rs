@@ -106,7 +106,10 @@ fn run_inner(args: ImageArgs) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
 }
 
 /// One argument per occurrence, or a single JSON array.
@@ -120,7 +123,9 @@ fn argv(values: Vec<String>) -> anyhow::Result<Vec<String>> {
 fn build(b: BuildArgs) -> anyhow::Result<()> {
     let mut labels = BTreeMap::new();
     for l in &b.label {
-        let Some((k, v)) = l.split_once('=') else { bail!("bad label {l:?} (want KEY=VALUE)") };
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("bad label {l:?} (want KEY=VALUE)")
+        };
         labels.insert(k.to_string(), v.to_string());
     }
     let opts = ImageConfig {
@@ -133,7 +138,12 @@ fn build(b: BuildArgs) -> anyhow::Result<()> {
         labels,
     };
     let built = build_oci_archive(&b.from, &opts, &b.tag, &b.output)?;
-    println!("{} {} -> {}", built.name, built.manifest_digest, b.output.display());
+    println!(
+        "{} {} -> {}",
+        built.name,
+        built.manifest_digest,
+        b.output.display()
+    );
     Ok(())
 }
 
@@ -153,7 +163,11 @@ fn human_size(size: u64) -> String {
     } else {
         format!("{v:.2}")
     };
-    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
     format!("{s}{}", UNITS[i])
 }
 
@@ -164,12 +178,26 @@ fn format_images(images: &[rk3s_kubelet::cri::types::Image], quiet: bool) -> Str
     if quiet {
         return sorted.iter().map(|i| format!("{}\n", i.id)).collect();
     }
-    let mut rows = vec![["IMAGE".to_string(), "TAG".into(), "IMAGE ID".into(), "SIZE".into()]];
+    let mut rows = vec![[
+        "IMAGE".to_string(),
+        "TAG".into(),
+        "IMAGE ID".into(),
+        "SIZE".into(),
+    ]];
     for img in sorted {
-        let id: String = img.id.trim_start_matches("sha256:").chars().take(13).collect();
+        let id: String = img
+            .id
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(13)
+            .collect();
         let size = human_size(img.size);
         if img.repo_tags.is_empty() {
-            let repo = img.repo_digests.first().and_then(|d| d.split('@').next()).unwrap_or("<none>");
+            let repo = img
+                .repo_digests
+                .first()
+                .and_then(|d| d.split('@').next())
+                .unwrap_or("<none>");
             rows.push([repo.to_string(), "<none>".into(), id.clone(), size.clone()]);
         }
         for t in &img.repo_tags {
@@ -233,16 +261,40 @@ mod tests {
         let t = format_images(&images, false);
         let lines: Vec<&str> = t.lines().collect();
         // First column: 25 characters + 3 of padding; the others the minimum 20.
-        assert_eq!(lines[0], format!("{:<28}{:<20}{:<20}SIZE", "IMAGE", "TAG", "IMAGE ID"));
-        assert_eq!(lines[1], format!("{:<28}{:<20}{:<20}1kB", "docker.io/library/busybox", "1.36", "aaaaaaaaaaaaa"));
-        assert_eq!(lines[2], format!("{:<28}{:<20}{:<20}2.03MB", "rk3s.local/pause", "3.10", "73bdc813e46d8"));
-        assert_eq!(format_images(&images, true), "sha256:aaaaaaaaaaaaaaaaaaaa\nsha256:73bdc813e46d8d1e101d163e51536086\n");
+        assert_eq!(
+            lines[0],
+            format!("{:<28}{:<20}{:<20}SIZE", "IMAGE", "TAG", "IMAGE ID")
+        );
+        assert_eq!(
+            lines[1],
+            format!(
+                "{:<28}{:<20}{:<20}1kB",
+                "docker.io/library/busybox", "1.36", "aaaaaaaaaaaaa"
+            )
+        );
+        assert_eq!(
+            lines[2],
+            format!(
+                "{:<28}{:<20}{:<20}2.03MB",
+                "rk3s.local/pause", "3.10", "73bdc813e46d8"
+            )
+        );
+        assert_eq!(
+            format_images(&images, true),
+            "sha256:aaaaaaaaaaaaaaaaaaaa\nsha256:73bdc813e46d8d1e101d163e51536086\n"
+        );
     }
 
     #[test]
     fn argv_forms() {
-        assert_eq!(argv(vec!["[\"/bin/sh\",\"-c\"]".into()]).ok(), Some(vec!["/bin/sh".to_string(), "-c".into()]));
-        assert_eq!(argv(vec!["/bin/sh".into(), "-c".into()]).ok(), Some(vec!["/bin/sh".to_string(), "-c".into()]));
+        assert_eq!(
+            argv(vec!["[\"/bin/sh\",\"-c\"]".into()]).ok(),
+            Some(vec!["/bin/sh".to_string(), "-c".into()])
+        );
+        assert_eq!(
+            argv(vec!["/bin/sh".into(), "-c".into()]).ok(),
+            Some(vec!["/bin/sh".to_string(), "-c".into()])
+        );
         assert!(argv(vec!["[1]".into()]).is_err());
     }
 }

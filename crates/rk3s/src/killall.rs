@@ -39,7 +39,12 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/rk3s";
 /// The CNI network name rk3s writes in its conflist.
 const NETWORK: &str = rk3s_kubelet::cni::NETWORK_NAME;
 /// Chains the portmap plugin shares between all CNI networks on the host.
-const SHARED_HOSTPORT_CHAINS: [&str; 4] = ["CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SNAT"];
+const SHARED_HOSTPORT_CHAINS: [&str; 4] = [
+    "CNI-HOSTPORT-DNAT",
+    "CNI-HOSTPORT-SETMARK",
+    "CNI-HOSTPORT-MASQ",
+    "CNI-HOSTPORT-SNAT",
+];
 /// Where libcni caches results (containerd's CRI plugin uses the default).
 const CNI_CACHE_DIR: &str = "/var/lib/cni/results";
 
@@ -84,7 +89,10 @@ pub fn run(args: KillallArgs) -> anyhow::Result<()> {
         bail!("{} step(s) failed (see above)", k.failures);
     }
     if k.actions == 0 {
-        println!("nothing to do: no rk3s process, container, mount, interface or rule found for {}", k.data_dir.display());
+        println!(
+            "nothing to do: no rk3s process, container, mount, interface or rule found for {}",
+            k.data_dir.display()
+        );
     } else {
         println!("done: {} action(s)", k.actions);
     }
@@ -101,7 +109,11 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 /// The effective user id of this process, from /proc.
 fn euid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 /// State of one killall run: what it found and did.
@@ -127,18 +139,34 @@ impl Killall {
         let containerd = ContainerdConfig::new(&data_dir).with_state_dir(&state_dir);
         let mut pod_uids = BTreeSet::new();
         // Pods' log dirs (`<ns>_<name>_<uid>`) and volume dirs (`agent/pods/<uid>`).
-        for e in std::fs::read_dir(rk3s_kubelet::pods::log_root(&data_dir)).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(rk3s_kubelet::pods::log_root(&data_dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Some(uid) = pod_uid_from_log_dir(&e.file_name().to_string_lossy()) {
                 pod_uids.insert(uid);
             }
         }
-        for e in std::fs::read_dir(data_dir.join("agent/pods")).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(data_dir.join("agent/pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             pod_uids.insert(e.file_name().to_string_lossy().into_owned());
         }
         // host-local leases: a file per IP holding the sandbox id.
         let mut container_ids = BTreeSet::new();
-        for e in std::fs::read_dir(data_dir.join("agent/cni/networks").join(NETWORK)).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().parse::<std::net::IpAddr>().is_ok() {
+        for e in std::fs::read_dir(data_dir.join("agent/cni/networks").join(NETWORK))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name()
+                .to_string_lossy()
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+            {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
                 if let Some(id) = text.lines().next().map(str::trim).filter(|l| !l.is_empty()) {
                     container_ids.insert(id.to_string());
@@ -175,18 +203,31 @@ impl Killall {
             .into_iter()
             .filter(|p| p.pid != me)
             .filter(|p| {
-                let Some(dirs) = node_process_dirs(&p.args) else { return false };
-                let cwd = std::fs::read_link(format!("/proc/{}/cwd", p.pid)).unwrap_or_else(|_| PathBuf::from("/"));
+                let Some(dirs) = node_process_dirs(&p.args) else {
+                    return false;
+                };
+                let cwd = std::fs::read_link(format!("/proc/{}/cwd", p.pid))
+                    .unwrap_or_else(|_| PathBuf::from("/"));
                 let data = cwd.join(&dirs.data_dir);
                 let state = cwd.join(&dirs.state_dir);
-                same_path(&data, &self.data_dir) || (dirs.agent && same_path(&state, &self.state_dir))
+                same_path(&data, &self.data_dir)
+                    || (dirs.agent && same_path(&state, &self.state_dir))
             })
             .collect();
         if targets.is_empty() {
             return;
         }
         for p in &targets {
-            self.did(format!("stopping {} (pid {})", p.args.iter().take(2).map(|a| basename(a)).collect::<Vec<_>>().join(" "), p.pid));
+            self.did(format!(
+                "stopping {} (pid {})",
+                p.args
+                    .iter()
+                    .take(2)
+                    .map(|a| basename(a))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                p.pid
+            ));
             signal(p.pid, "TERM");
         }
         let pids: Vec<i32> = targets.iter().map(|p| p.pid).collect();
@@ -205,32 +246,58 @@ impl Killall {
         if !socket.exists() {
             return;
         }
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => return self.failed(format!("tokio runtime: {e}")),
         };
         let result: Result<Vec<(String, String, String)>, String> = rt.block_on(async {
-            let connect = tokio::time::timeout(Duration::from_secs(5), rk3s_kubelet::cri::CriClient::connect(&socket)).await;
+            let connect = tokio::time::timeout(
+                Duration::from_secs(5),
+                rk3s_kubelet::cri::CriClient::connect(&socket),
+            )
+            .await;
             let cri = match connect {
                 Ok(Ok(c)) => c.with_timeout(Duration::from_secs(30)),
                 _ => return Ok(Vec::new()),
             };
-            let Ok(list) = cri.list_pod_sandboxes(None).await else { return Ok(Vec::new()) };
+            let Ok(list) = cri.list_pod_sandboxes(None).await else {
+                return Ok(Vec::new());
+            };
             let mut done = Vec::new();
             for sb in list {
-                let (ns, name, uid) = sb.metadata.as_ref().map(|m| (m.namespace.clone(), m.name.clone(), m.uid.clone())).unwrap_or_default();
+                let (ns, name, uid) = sb
+                    .metadata
+                    .as_ref()
+                    .map(|m| (m.namespace.clone(), m.name.clone(), m.uid.clone()))
+                    .unwrap_or_default();
                 let label = format!("{ns}/{name}");
                 if let Err(e) = cri.stop_pod_sandbox(&sb.id).await {
                     if !e.is_not_found() {
-                        return Err(format!("stopping pod sandbox {label} ({}): {e}", short_id(&sb.id)));
+                        return Err(format!(
+                            "stopping pod sandbox {label} ({}): {e}",
+                            short_id(&sb.id)
+                        ));
                     }
                 }
                 if let Err(e) = cri.remove_pod_sandbox(&sb.id).await {
                     if !e.is_not_found() {
-                        return Err(format!("removing pod sandbox {label} ({}): {e}", short_id(&sb.id)));
+                        return Err(format!(
+                            "removing pod sandbox {label} ({}): {e}",
+                            short_id(&sb.id)
+                        ));
                     }
                 }
-                done.push((format!("removed pod sandbox {label} ({}) through CRI", short_id(&sb.id)), uid, sb.id.clone()));
+                done.push((
+                    format!(
+                        "removed pod sandbox {label} ({}) through CRI",
+                        short_id(&sb.id)
+                    ),
+                    uid,
+                    sb.id.clone(),
+                ));
             }
             Ok(done)
         });
@@ -252,9 +319,17 @@ impl Killall {
     /// Shims of rk3s's containerd and all their descendants.
     fn shim_trees(&self, procs: &[Proc]) -> Vec<Proc> {
         let socket = self.containerd.socket.to_string_lossy().into_owned();
-        let roots: BTreeSet<i32> = procs.iter().filter(|p| is_our_shim(&p.args, &socket)).map(|p| p.pid).collect();
+        let roots: BTreeSet<i32> = procs
+            .iter()
+            .filter(|p| is_our_shim(&p.args, &socket))
+            .map(|p| p.pid)
+            .collect();
         let tree = descendants(procs.iter().map(|p| (p.pid, p.ppid)), &roots);
-        procs.iter().filter(|p| tree.contains(&p.pid)).cloned().collect()
+        procs
+            .iter()
+            .filter(|p| tree.contains(&p.pid))
+            .cloned()
+            .collect()
     }
 
     /// Remembers the network namespaces, cgroups and socket files of the shims' trees
@@ -269,12 +344,25 @@ impl Killall {
             let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid)).unwrap_or_default();
             self.pod_uids.extend(pod_uids_in_cgroup_file(&cg));
             if is_our_shim(&p.args, &self.containerd.socket.to_string_lossy()) {
-                if let Some(id) = p.args.windows(2).find(|w| w[0] == "-id").map(|w| w[1].clone()) {
+                if let Some(id) = p
+                    .args
+                    .windows(2)
+                    .find(|w| w[0] == "-id")
+                    .map(|w| w[1].clone())
+                {
                     self.container_ids.insert(id);
                 }
-                for fd in std::fs::read_dir(format!("/proc/{}/fd", p.pid)).into_iter().flatten().flatten() {
+                for fd in std::fs::read_dir(format!("/proc/{}/fd", p.pid))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
                     if let Ok(t) = std::fs::read_link(fd.path()) {
-                        if let Some(i) = t.to_string_lossy().strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                        if let Some(i) = t
+                            .to_string_lossy()
+                            .strip_prefix("socket:[")
+                            .and_then(|s| s.strip_suffix(']'))
+                        {
                             inodes.insert(i.to_string());
                         }
                     }
@@ -295,9 +383,18 @@ impl Killall {
     /// Step 3a: rk3s's containerd.
     fn stop_containerd(&mut self, procs: &[Proc]) {
         let config = self.containerd.config_path().to_string_lossy().into_owned();
-        let mut pids: BTreeSet<i32> = procs.iter().filter(|p| is_our_containerd(&p.args, &config)).map(|p| p.pid).collect();
-        if let Some(pid) = std::fs::read_to_string(self.containerd.pid_path()).ok().and_then(|t| t.trim().parse::<i32>().ok()) {
-            if procs.iter().any(|p| p.pid == pid && p.args.first().is_some_and(|a| basename(a) == "containerd")) {
+        let mut pids: BTreeSet<i32> = procs
+            .iter()
+            .filter(|p| is_our_containerd(&p.args, &config))
+            .map(|p| p.pid)
+            .collect();
+        if let Some(pid) = std::fs::read_to_string(self.containerd.pid_path())
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            if procs.iter().any(|p| {
+                p.pid == pid && p.args.first().is_some_and(|a| basename(a) == "containerd")
+            }) {
                 pids.insert(pid);
             }
         }
@@ -305,7 +402,10 @@ impl Killall {
             return;
         }
         for pid in &pids {
-            self.did(format!("stopping containerd (pid {pid}, {})", self.containerd.socket.display()));
+            self.did(format!(
+                "stopping containerd (pid {pid}, {})",
+                self.containerd.socket.display()
+            ));
             signal(*pid, "TERM");
         }
         let pids: Vec<i32> = pids.into_iter().collect();
@@ -324,14 +424,23 @@ impl Killall {
             return;
         }
         let socket = self.containerd.socket.to_string_lossy().into_owned();
-        let shims = tree.iter().filter(|p| is_our_shim(&p.args, &socket)).count();
-        self.did(format!("killing {shims} containerd shim(s) and {} container process(es)", tree.len() - shims));
+        let shims = tree
+            .iter()
+            .filter(|p| is_our_shim(&p.args, &socket))
+            .count();
+        self.did(format!(
+            "killing {shims} containerd shim(s) and {} container process(es)",
+            tree.len() - shims
+        ));
         for p in tree {
             signal(p.pid, "KILL");
         }
         let pids: Vec<i32> = tree.iter().map(|p| p.pid).collect();
         if !wait_gone(&pids, Duration::from_secs(10)) {
-            self.failed(format!("processes still alive after SIGKILL: {:?}", pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()));
+            self.failed(format!(
+                "processes still alive after SIGKILL: {:?}",
+                pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+            ));
         }
     }
 
@@ -347,7 +456,10 @@ impl Killall {
         if pids.is_empty() {
             return;
         }
-        self.did(format!("killing {} process(es) left in rk3s's pod cgroups", pids.len()));
+        self.did(format!(
+            "killing {} process(es) left in rk3s's pod cgroups",
+            pids.len()
+        ));
         let pids: Vec<i32> = pids.into_iter().collect();
         for pid in &pids {
             signal(*pid, "KILL");
@@ -360,7 +472,10 @@ impl Killall {
     fn unmount(&mut self) {
         for dir in [self.state_dir.clone(), self.data_dir.clone()] {
             let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let n: usize = mounts_strictly_under(&info, &dir).iter().map(|p| rk3s_kubelet::containerd::unmount_under(Path::new(p))).sum();
+            let n: usize = mounts_strictly_under(&info, &dir)
+                .iter()
+                .map(|p| rk3s_kubelet::containerd::unmount_under(Path::new(p)))
+                .sum();
             if n > 0 {
                 self.did(format!("unmounted {n} mount(s) under {}", dir.display()));
             }
@@ -370,8 +485,13 @@ impl Killall {
     /// Step 4b: sandbox network namespaces made by rk3s's containerd.
     fn remove_netns(&mut self) {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let db = self.containerd.root_dir().join("io.containerd.metadata.v1.bolt/meta.db");
-        let known = std::fs::read(&db).map(|b| netns_names_in(&b)).unwrap_or_default();
+        let db = self
+            .containerd
+            .root_dir()
+            .join("io.containerd.metadata.v1.bolt/meta.db");
+        let known = std::fs::read(&db)
+            .map(|b| netns_names_in(&b))
+            .unwrap_or_default();
         for (path, ns) in netns_mounts(&info) {
             let name = basename(&path).to_string();
             if !(self.netns_ids.contains(&ns) || known.contains(&name)) {
@@ -386,8 +506,14 @@ impl Killall {
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let path = e.path();
-                let mounted = netns_mounts(&info).iter().any(|(p, _)| Path::new(p) == path);
-                if known.contains(&name) && !mounted && path.exists() && std::fs::remove_file(&path).is_ok() {
+                let mounted = netns_mounts(&info)
+                    .iter()
+                    .any(|(p, _)| Path::new(p) == path);
+                if known.contains(&name)
+                    && !mounted
+                    && path.exists()
+                    && std::fs::remove_file(&path).is_ok()
+                {
                     self.did(format!("removed {}", path.display()));
                 }
             }
@@ -399,14 +525,24 @@ impl Killall {
     fn other_agent(&self) -> Option<i32> {
         let ours = self.containerd.config_path();
         processes().into_iter().find_map(|p| {
-            let cfg = p.args.windows(2).find(|w| w[0] == "--config").map(|w| PathBuf::from(&w[1]))?;
-            (basename(p.args.first()?) == "containerd" && cfg.ends_with("agent/etc/containerd/config.toml") && !same_path(&cfg, &ours)).then_some(p.pid)
+            let cfg = p
+                .args
+                .windows(2)
+                .find(|w| w[0] == "--config")
+                .map(|w| PathBuf::from(&w[1]))?;
+            (basename(p.args.first()?) == "containerd"
+                && cfg.ends_with("agent/etc/containerd/config.toml")
+                && !same_path(&cfg, &ours))
+            .then_some(p.pid)
         })
     }
 
     /// The CNI bridge rk3s's conflist names (None when the data dir has no conflist).
     fn bridge(&self) -> Option<String> {
-        let conf = self.data_dir.join("agent/etc/cni/net.d").join(rk3s_kubelet::cni::CONFLIST_NAME);
+        let conf = self
+            .data_dir
+            .join("agent/etc/cni/net.d")
+            .join(rk3s_kubelet::cni::CONFLIST_NAME);
         let text = std::fs::read_to_string(conf).ok()?;
         bridge_in_conflist(&text)
     }
@@ -424,7 +560,9 @@ impl Killall {
         for link in our_links(&parse_links(&out), &bridge) {
             match run_status("ip", &["link", "delete", &link]) {
                 Ok(()) => self.did(format!("deleted interface {link}")),
-                Err(e) if !link_exists(&link) => eprintln!("note: {link} went away by itself ({e})"),
+                Err(e) if !link_exists(&link) => {
+                    eprintln!("note: {link} went away by itself ({e})")
+                }
                 Err(e) => self.failed(format!("deleting interface {link}: {e}")),
             }
         }
@@ -433,8 +571,13 @@ impl Killall {
     /// Step 5b: the CNI plugins' iptables chains and rules of the rk3s network.
     fn clean_iptables(&mut self) {
         let ours = self.bridge().is_some() && self.other_agent().is_none();
-        for (family, save, restore) in [("ip", "iptables-save", "iptables-restore"), ("ip6", "ip6tables-save", "ip6tables-restore")] {
-            let Ok(text) = run_output(save, &[]) else { continue };
+        for (family, save, restore) in [
+            ("ip", "iptables-save", "iptables-restore"),
+            ("ip6", "ip6tables-save", "ip6tables-restore"),
+        ] {
+            let Ok(text) = run_output(save, &[]) else {
+                continue;
+            };
             for plan in plan_iptables(&text, NETWORK, &self.container_ids, ours) {
                 let script = plan.script();
                 match run_with_stdin(restore, &["--noflush"], &script) {
@@ -442,11 +585,18 @@ impl Killall {
                         for d in &plan.described {
                             self.did(format!("{save}: {d} (table {})", plan.table));
                         }
-                        if empty_nft_table(family, &plan.table) && run_status("nft", &["delete", "table", family, &plan.table]).is_ok() {
-                            self.did(format!("deleted nftables table {family} {} (left empty by iptables-nft)", plan.table));
+                        if empty_nft_table(family, &plan.table)
+                            && run_status("nft", &["delete", "table", family, &plan.table]).is_ok()
+                        {
+                            self.did(format!(
+                                "deleted nftables table {family} {} (left empty by iptables-nft)",
+                                plan.table
+                            ));
                         }
                     }
-                    Err(e) => self.failed(format!("{restore} (table {}): {e}\n{script}", plan.table)),
+                    Err(e) => {
+                        self.failed(format!("{restore} (table {}): {e}\n{script}", plan.table))
+                    }
                 }
             }
         }
@@ -457,7 +607,9 @@ impl Killall {
         if self.other_agent().is_some() {
             return;
         }
-        let Ok(out) = run_output("nft", &["list", "tables"]) else { return };
+        let Ok(out) = run_output("nft", &["list", "tables"]) else {
+            return;
+        };
         for (family, name) in rk3s_nft_tables(&out) {
             match run_status("nft", &["delete", "table", &family, &name]) {
                 Ok(()) => self.did(format!("deleted nftables table {family} {name}")),
@@ -472,7 +624,10 @@ impl Killall {
         for root in cgroup_roots() {
             let kubepods = root.join("kubepods");
             for dir in walk_dirs(&kubepods) {
-                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 if let Some(uid) = pod_uid_of_cgroup(&name) {
                     if self.pod_uids.contains(&uid) {
                         out.push(dir);
@@ -520,11 +675,19 @@ impl Killall {
             }
         }
         if leases > 0 {
-            self.did(format!("released {leases} pod IP lease(s) in {}", ipam.display()));
+            self.did(format!(
+                "released {leases} pod IP lease(s) in {}",
+                ipam.display()
+            ));
         }
         // libcni's cached results of our sandboxes (`rk3s-<sandbox id>-<ifname>`).
-        for e in std::fs::read_dir(CNI_CACHE_DIR).into_iter().flatten().flatten() {
-            let ours = cni_cache_container(&e.file_name().to_string_lossy(), NETWORK).is_some_and(|id| self.container_ids.contains(id));
+        for e in std::fs::read_dir(CNI_CACHE_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let ours = cni_cache_container(&e.file_name().to_string_lossy(), NETWORK)
+                .is_some_and(|id| self.container_ids.contains(id));
             if ours && std::fs::remove_file(e.path()).is_ok() {
                 self.did(format!("removed {}", e.path().display()));
             }
@@ -536,7 +699,11 @@ impl Killall {
             }
         }
         let run_dir = Path::new("/run/rk3s");
-        let target = if self.state_dir.starts_with(run_dir) { run_dir.to_path_buf() } else { self.state_dir.clone() };
+        let target = if self.state_dir.starts_with(run_dir) {
+            run_dir.to_path_buf()
+        } else {
+            self.state_dir.clone()
+        };
         if target.exists() {
             rk3s_kubelet::containerd::unmount_under(&target);
             match std::fs::remove_dir_all(&target) {
@@ -568,9 +735,15 @@ struct Proc {
 fn processes() -> Vec<Proc> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
-        let Some((state, ppid)) = parse_stat(&stat) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((state, ppid)) = parse_stat(&stat) else {
+            continue;
+        };
         if state == 'Z' || state == 'X' {
             continue;
         }
@@ -592,7 +765,10 @@ fn parse_stat(stat: &str) -> Option<(char, i32)> {
 
 /// `/proc/<pid>/cmdline`: NUL-separated arguments.
 fn parse_cmdline(raw: &[u8]) -> Vec<String> {
-    raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+    raw.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 fn basename(s: &str) -> &str {
@@ -618,7 +794,11 @@ fn node_process_dirs(args: &[String]) -> Option<NodeDirs> {
     if sub != "server" && sub != "agent" {
         return None;
     }
-    let mut dirs = NodeDirs { data_dir: DEFAULT_DATA_DIR.into(), state_dir: DEFAULT_STATE_DIR.into(), agent: true };
+    let mut dirs = NodeDirs {
+        data_dir: DEFAULT_DATA_DIR.into(),
+        state_dir: DEFAULT_STATE_DIR.into(),
+        agent: true,
+    };
     let mut it = args.iter().skip(1).peekable();
     while let Some(a) = it.next() {
         let mut value = |long: &str, short: Option<&str>| -> Option<String> {
@@ -643,17 +823,28 @@ fn node_process_dirs(args: &[String]) -> Option<NodeDirs> {
 
 /// True for the command line of a containerd started with `config` (`--config PATH`).
 fn is_our_containerd(args: &[String], config: &str) -> bool {
-    let Some(first) = args.first() else { return false };
+    let Some(first) = args.first() else {
+        return false;
+    };
     if basename(first) != "containerd" {
         return false;
     }
-    args.windows(2).any(|w| (w[0] == "--config" || w[0] == "-c") && w[1] == config) || args.iter().any(|a| a.strip_prefix("--config=") == Some(config))
+    args.windows(2)
+        .any(|w| (w[0] == "--config" || w[0] == "-c") && w[1] == config)
+        || args
+            .iter()
+            .any(|a| a.strip_prefix("--config=") == Some(config))
 }
 
 /// True for a containerd shim serving the containerd at `socket` (`-address SOCKET`).
 fn is_our_shim(args: &[String], socket: &str) -> bool {
-    let Some(first) = args.first() else { return false };
-    basename(first).starts_with("containerd-shim") && args.windows(2).any(|w| (w[0] == "-address" || w[0] == "--address") && w[1] == socket)
+    let Some(first) = args.first() else {
+        return false;
+    };
+    basename(first).starts_with("containerd-shim")
+        && args
+            .windows(2)
+            .any(|w| (w[0] == "-address" || w[0] == "--address") && w[1] == socket)
 }
 
 /// `roots` and all their descendants, from (pid, ppid) pairs.
@@ -678,11 +869,19 @@ fn same_path(a: &Path, b: &Path) -> bool {
 }
 
 fn signal(pid: i32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| parse_stat(&s)).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| parse_stat(&s))
+        .is_some_and(|(state, _)| state != 'Z' && state != 'X')
 }
 
 /// Polls until none of `pids` is alive; false at the deadline.
@@ -740,7 +939,11 @@ fn pod_uids_in_cgroup_file(text: &str) -> BTreeSet<String> {
     text.lines()
         .filter_map(|l| l.splitn(3, ':').nth(2))
         .filter(|p| p.contains("kubepods"))
-        .flat_map(|p| p.split('/').filter_map(pod_uid_of_cgroup).collect::<Vec<_>>())
+        .flat_map(|p| {
+            p.split('/')
+                .filter_map(pod_uid_of_cgroup)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -781,8 +984,12 @@ fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
 /// Mount points strictly below `dir` (mountinfo escapes ` `, tab, newline and `\` as
 /// octal `\ooo`), outermost first (unmounting one detaches those below it).
 fn mounts_strictly_under(mountinfo: &str, dir: &Path) -> Vec<String> {
-    let mut points: Vec<String> =
-        mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).map(unescape_octal).filter(|p| Path::new(p).starts_with(dir) && Path::new(p) != dir).collect();
+    let mut points: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_octal)
+        .filter(|p| Path::new(p).starts_with(dir) && Path::new(p) != dir)
+        .collect();
     points.sort_by_key(|p| p.len());
     points.dedup();
     points
@@ -793,7 +1000,9 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match oct {
             Some(d) => {
                 out.push(((d[0] - b'0') << 6) | ((d[1] - b'0') << 3) | (d[2] - b'0'));
@@ -815,8 +1024,13 @@ fn netns_mounts(mountinfo: &str) -> Vec<(String, String)> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
             let (root, point) = (f.get(3)?, f.get(4)?);
-            let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1))?;
-            (*fstype == "nsfs" && (point.starts_with("/run/netns/") || point.starts_with("/var/run/netns/"))).then(|| (point.to_string(), root.to_string()))
+            let fstype = f
+                .iter()
+                .position(|x| *x == "-")
+                .and_then(|i| f.get(i + 1))?;
+            (*fstype == "nsfs"
+                && (point.starts_with("/run/netns/") || point.starts_with("/var/run/netns/")))
+            .then(|| (point.to_string(), root.to_string()))
         })
         .collect()
 }
@@ -830,7 +1044,10 @@ fn netns_names_in(bytes: &[u8]) -> BTreeSet<String> {
     while i + needle.len() <= bytes.len() {
         if &bytes[i..i + needle.len()] == needle {
             let start = i + needle.len() - 4; // "cni-"
-            let end = bytes[i + needle.len()..].iter().position(|b| !(b.is_ascii_hexdigit() || *b == b'-')).map_or(bytes.len(), |p| i + needle.len() + p);
+            let end = bytes[i + needle.len()..]
+                .iter()
+                .position(|b| !(b.is_ascii_hexdigit() || *b == b'-'))
+                .map_or(bytes.len(), |p| i + needle.len() + p);
             if end > i + needle.len() {
                 out.insert(String::from_utf8_lossy(&bytes[start..end]).into_owned());
             }
@@ -861,7 +1078,10 @@ fn parse_links(text: &str) -> Vec<Link> {
                 return None;
             }
             let words: Vec<&str> = l.split_whitespace().collect();
-            let master = words.windows(2).find(|w| w[0] == "master").map(|w| w[1].to_string());
+            let master = words
+                .windows(2)
+                .find(|w| w[0] == "master")
+                .map(|w| w[1].to_string());
             Some(Link { name, master })
         })
         .collect()
@@ -869,7 +1089,11 @@ fn parse_links(text: &str) -> Vec<Link> {
 
 /// The links rk3s made: the pods' host-side veths on `bridge`, then the bridge.
 fn our_links(links: &[Link], bridge: &str) -> Vec<String> {
-    let mut out: Vec<String> = links.iter().filter(|l| l.master.as_deref() == Some(bridge)).map(|l| l.name.clone()).collect();
+    let mut out: Vec<String> = links
+        .iter()
+        .filter(|l| l.master.as_deref() == Some(bridge))
+        .map(|l| l.name.clone())
+        .collect();
     if links.iter().any(|l| l.name == bridge) {
         out.push(bridge.to_string());
     }
@@ -879,7 +1103,13 @@ fn our_links(links: &[Link], bridge: &str) -> Vec<String> {
 /// The `bridge` of the conflist's bridge plugin.
 fn bridge_in_conflist(text: &str) -> Option<String> {
     let v: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
-    v.get("plugins")?.as_sequence()?.iter().find(|p| p.get("type").and_then(|t| t.as_str()) == Some("bridge"))?.get("bridge")?.as_str().map(String::from)
+    v.get("plugins")?
+        .as_sequence()?
+        .iter()
+        .find(|p| p.get("type").and_then(|t| t.as_str()) == Some("bridge"))?
+        .get("bridge")?
+        .as_str()
+        .map(String::from)
 }
 
 fn link_exists(name: &str) -> bool {
@@ -918,7 +1148,12 @@ impl TablePlan {
 /// True when a CNI rule comment names `network` and one of `ids` (bridge:
 /// `name: "rk3s" id: "<sandbox id>"`, portmap: `dnat name: "rk3s" id: "<sandbox id>"`).
 fn comment_names_ours(comment: &str, network: &str, ids: &BTreeSet<String>) -> bool {
-    let Some(rest) = comment.split_once(&format!("name: \"{network}\" id: \"")).map(|(_, r)| r) else { return false };
+    let Some(rest) = comment
+        .split_once(&format!("name: \"{network}\" id: \""))
+        .map(|(_, r)| r)
+    else {
+        return false;
+    };
     rest.split('"').next().is_some_and(|id| ids.contains(id))
 }
 
@@ -969,9 +1204,19 @@ fn parse_rule(line: &str) -> Option<Rule> {
         return None;
     }
     let chain = words.get(1)?.clone();
-    let after = |flag: &str| words.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());
+    let after = |flag: &str| {
+        words
+            .windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+    };
     let target = after("-j").or_else(|| after("-g"));
-    Some(Rule { chain, line: line.to_string(), target, comment: after("--comment") })
+    Some(Rule {
+        chain,
+        line: line.to_string(),
+        target,
+        comment: after("--comment"),
+    })
 }
 
 /// From `iptables-save` output, what to remove for the CNI network `network`: rules
@@ -980,7 +1225,12 @@ fn parse_rule(line: &str) -> Option<Rule> {
 /// jump to those chains; and, when `shared_ok` (the host runs rk3s's conflist) and no
 /// other network's rule is left in them, the portmap plugin's shared `CNI-HOSTPORT-*`
 /// chains and the jumps to them. Tables with nothing to remove are left out.
-fn plan_iptables(save: &str, network: &str, ids: &BTreeSet<String>, shared_ok: bool) -> Vec<TablePlan> {
+fn plan_iptables(
+    save: &str,
+    network: &str,
+    ids: &BTreeSet<String>,
+    shared_ok: bool,
+) -> Vec<TablePlan> {
     let mut tables: Vec<(String, Vec<String>, Vec<Rule>)> = Vec::new();
     for line in save.lines() {
         if let Some(t) = line.strip_prefix('*') {
@@ -998,7 +1248,11 @@ fn plan_iptables(save: &str, network: &str, ids: &BTreeSet<String>, shared_ok: b
     let is_shared = |c: &str| SHARED_HOSTPORT_CHAINS.contains(&c);
     let mut plans = Vec::new();
     for (table, chains, rules) in tables {
-        let ours = |r: &Rule| r.comment.as_deref().is_some_and(|c| comment_names_ours(c, network, ids));
+        let ours = |r: &Rule| {
+            r.comment
+                .as_deref()
+                .is_some_and(|c| comment_names_ours(c, network, ids))
+        };
         // Per-container chains of our network: jumped to by, or holding, a rule of ours.
         let mut our_chains: BTreeSet<String> = BTreeSet::new();
         for r in rules.iter().filter(|r| ours(r)) {
@@ -1018,15 +1272,26 @@ fn plan_iptables(save: &str, network: &str, ids: &BTreeSet<String>, shared_ok: b
             .collect();
         // The shared hostPort chains, when nothing but ours was in them.
         let mut drop_chains: Vec<String> = our_chains.iter().cloned().collect();
-        let present_shared: Vec<&str> = SHARED_HOSTPORT_CHAINS.iter().copied().filter(|c| chains.iter().any(|x| x == c)).collect();
+        let present_shared: Vec<&str> = SHARED_HOSTPORT_CHAINS
+            .iter()
+            .copied()
+            .filter(|c| chains.iter().any(|x| x == c))
+            .collect();
         if shared_ok && !present_shared.is_empty() {
             let others_left = rules.iter().any(|r| {
                 is_shared(&r.chain)
                     && !delete.iter().any(|d| std::ptr::eq(*d, r))
-                    && (r.comment.as_deref().is_some_and(comment_names_any_network) || r.target.as_ref().is_some_and(|t| t.starts_with("CNI-DN-") && !our_chains.contains(t)))
+                    && (r.comment.as_deref().is_some_and(comment_names_any_network)
+                        || r.target
+                            .as_ref()
+                            .is_some_and(|t| t.starts_with("CNI-DN-") && !our_chains.contains(t)))
             });
             if !others_left {
-                for r in rules.iter().filter(|r| r.target.as_deref().is_some_and(is_shared) && !is_shared(&r.chain) && !our_chains.contains(&r.chain)) {
+                for r in rules.iter().filter(|r| {
+                    r.target.as_deref().is_some_and(is_shared)
+                        && !is_shared(&r.chain)
+                        && !our_chains.contains(&r.chain)
+                }) {
                     if !delete.iter().any(|d| std::ptr::eq(*d, r)) {
                         delete.push(r);
                     }
@@ -1039,7 +1304,10 @@ fn plan_iptables(save: &str, network: &str, ids: &BTreeSet<String>, shared_ok: b
         if delete.is_empty() && drop_chains.is_empty() {
             continue;
         }
-        let mut plan = TablePlan { table: table.clone(), ..Default::default() };
+        let mut plan = TablePlan {
+            table: table.clone(),
+            ..Default::default()
+        };
         for r in &delete {
             plan.lines.push(r.line.replacen("-A ", "-D ", 1));
             plan.described.push(format!("deleted rule {}", r.line));
@@ -1065,7 +1333,8 @@ fn rk3s_nft_tables(text: &str) -> Vec<(String, String)> {
             let mut w = l.split_whitespace();
             (w.next()? == "table").then_some(())?;
             let (family, name) = (w.next()?, w.next()?);
-            name.starts_with("rk3s").then(|| (family.to_string(), name.to_string()))
+            name.starts_with("rk3s")
+                .then(|| (family.to_string(), name.to_string()))
         })
         .collect()
 }
@@ -1081,7 +1350,11 @@ fn nft_table_is_empty(text: &str) -> bool {
             saw_table = true;
         } else if l.starts_with("chain ") && l.ends_with('{') {
             chain = Some(false);
-        } else if l.starts_with("type ") && l.contains(" hook ") && l.contains("policy accept;") && chain == Some(false) {
+        } else if l.starts_with("type ")
+            && l.contains(" hook ")
+            && l.contains("policy accept;")
+            && chain == Some(false)
+        {
             chain = Some(true);
         } else if l == "}" {
             if chain.take() == Some(false) {
@@ -1101,9 +1374,17 @@ fn empty_nft_table(family: &str, table: &str) -> bool {
 // ---- commands ----
 
 fn run_output(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd).args(args).stdin(Stdio::null()).output().map_err(|e| format!("{cmd}: {e}"))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -1121,11 +1402,17 @@ fn run_with_stdin(cmd: &str, args: &[&str], input: &str) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("{cmd}: {e}"))?;
     if let Some(mut s) = child.stdin.take() {
-        s.write_all(input.as_bytes()).map_err(|e| format!("{cmd}: {e}"))?;
+        s.write_all(input.as_bytes())
+            .map_err(|e| format!("{cmd}: {e}"))?;
     }
-    let out = child.wait_with_output().map_err(|e| format!("{cmd}: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(())
 }
@@ -1144,17 +1431,59 @@ mod tests {
 
     #[test]
     fn node_processes_are_recognised_with_their_dirs() {
-        let d = node_process_dirs(&v(&["/usr/local/bin/rk3s", "server", "--data-dir=/tmp/x", "--containerd-state-dir", "/tmp/x/cs"]));
-        assert_eq!(d, Some(NodeDirs { data_dir: "/tmp/x".into(), state_dir: "/tmp/x/cs".into(), agent: true }));
-        let d = node_process_dirs(&v(&["rk3s", "server", "-d", "/srv/rk3s", "--disable-agent"]));
-        assert_eq!(d, Some(NodeDirs { data_dir: "/srv/rk3s".into(), state_dir: DEFAULT_STATE_DIR.into(), agent: false }));
+        let d = node_process_dirs(&v(&[
+            "/usr/local/bin/rk3s",
+            "server",
+            "--data-dir=/tmp/x",
+            "--containerd-state-dir",
+            "/tmp/x/cs",
+        ]));
+        assert_eq!(
+            d,
+            Some(NodeDirs {
+                data_dir: "/tmp/x".into(),
+                state_dir: "/tmp/x/cs".into(),
+                agent: true
+            })
+        );
+        let d = node_process_dirs(&v(&[
+            "rk3s",
+            "server",
+            "-d",
+            "/srv/rk3s",
+            "--disable-agent",
+        ]));
+        assert_eq!(
+            d,
+            Some(NodeDirs {
+                data_dir: "/srv/rk3s".into(),
+                state_dir: DEFAULT_STATE_DIR.into(),
+                agent: false
+            })
+        );
         let d = node_process_dirs(&v(&["rk3s", "agent", "--server", "https://x:6443"]));
-        assert_eq!(d, Some(NodeDirs { data_dir: DEFAULT_DATA_DIR.into(), state_dir: DEFAULT_STATE_DIR.into(), agent: true }));
+        assert_eq!(
+            d,
+            Some(NodeDirs {
+                data_dir: DEFAULT_DATA_DIR.into(),
+                state_dir: DEFAULT_STATE_DIR.into(),
+                agent: true
+            })
+        );
         // Not a node process: other subcommands, other binaries, killall itself.
-        assert_eq!(node_process_dirs(&v(&["rk3s", "killall", "--data-dir", "/tmp/x"])), None);
-        assert_eq!(node_process_dirs(&v(&["rk3s", "kubectl", "get", "server"])), None);
+        assert_eq!(
+            node_process_dirs(&v(&["rk3s", "killall", "--data-dir", "/tmp/x"])),
+            None
+        );
+        assert_eq!(
+            node_process_dirs(&v(&["rk3s", "kubectl", "get", "server"])),
+            None
+        );
         assert_eq!(node_process_dirs(&v(&["/usr/bin/k3s", "server"])), None);
-        assert_eq!(node_process_dirs(&v(&["/target/debug/deps/agent_e2e-1234", "server"])), None);
+        assert_eq!(
+            node_process_dirs(&v(&["/target/debug/deps/agent_e2e-1234", "server"])),
+            None
+        );
         assert_eq!(node_process_dirs(&[]), None);
     }
 
@@ -1162,14 +1491,39 @@ mod tests {
     fn containerd_and_shims_are_ours_only_by_config_and_socket() {
         let cfg = "/var/lib/rk3s/agent/etc/containerd/config.toml";
         assert!(is_our_containerd(&v(&["containerd", "--config", cfg]), cfg));
-        assert!(is_our_containerd(&v(&["/usr/bin/containerd", &format!("--config={cfg}")]), cfg));
-        assert!(!is_our_containerd(&v(&["/usr/bin/containerd"]), cfg), "the system containerd");
-        assert!(!is_our_containerd(&v(&["containerd", "--config", "/etc/containerd/config.toml"]), cfg));
+        assert!(is_our_containerd(
+            &v(&["/usr/bin/containerd", &format!("--config={cfg}")]),
+            cfg
+        ));
+        assert!(
+            !is_our_containerd(&v(&["/usr/bin/containerd"]), cfg),
+            "the system containerd"
+        );
+        assert!(!is_our_containerd(
+            &v(&["containerd", "--config", "/etc/containerd/config.toml"]),
+            cfg
+        ));
         assert!(!is_our_containerd(&v(&["dockerd", "--config", cfg]), cfg));
         let sock = "/run/rk3s/containerd/containerd.sock";
-        let shim = v(&["/usr/bin/containerd-shim-runc-v2", "-namespace", "k8s.io", "-id", "abc", "-address", sock]);
+        let shim = v(&[
+            "/usr/bin/containerd-shim-runc-v2",
+            "-namespace",
+            "k8s.io",
+            "-id",
+            "abc",
+            "-address",
+            sock,
+        ]);
         assert!(is_our_shim(&shim, sock));
-        let docker = v(&["/usr/bin/containerd-shim-runc-v2", "-namespace", "moby", "-id", "abc", "-address", "/run/containerd/containerd.sock"]);
+        let docker = v(&[
+            "/usr/bin/containerd-shim-runc-v2",
+            "-namespace",
+            "moby",
+            "-id",
+            "abc",
+            "-address",
+            "/run/containerd/containerd.sock",
+        ]);
         assert!(!is_our_shim(&docker, sock));
         assert!(!is_our_shim(&v(&["sleep", "-address", sock]), sock));
     }
@@ -1183,14 +1537,21 @@ mod tests {
                     34 31 0:43 / /var/lib/rk3s/agent/containerd/x/rootfs/dev rw - tmpfs tmpfs rw\n";
         assert_eq!(
             mounts_strictly_under(info, Path::new("/var/lib/rk3s")),
-            v(&["/var/lib/rk3s/agent/containerd/x/rootfs", "/var/lib/rk3s/agent/pods/u/volumes/my vol", "/var/lib/rk3s/agent/containerd/x/rootfs/dev"])
+            v(&[
+                "/var/lib/rk3s/agent/containerd/x/rootfs",
+                "/var/lib/rk3s/agent/pods/u/volumes/my vol",
+                "/var/lib/rk3s/agent/containerd/x/rootfs/dev"
+            ])
         );
         assert!(mounts_strictly_under(info, Path::new("/srv")).is_empty());
     }
 
     #[test]
     fn cni_cache_names() {
-        assert_eq!(cni_cache_container("rk3s-03bdd80f-eth0", "rk3s"), Some("03bdd80f"));
+        assert_eq!(
+            cni_cache_container("rk3s-03bdd80f-eth0", "rk3s"),
+            Some("03bdd80f")
+        );
         assert_eq!(cni_cache_container("other-03bdd80f-eth0", "rk3s"), None);
         assert_eq!(cni_cache_container("rk3s2-03bdd80f-eth0", "rk3s"), None);
         assert_eq!(cni_cache_container("rk3s-eth0", "rk3s"), None);
@@ -1198,27 +1559,48 @@ mod tests {
 
     #[test]
     fn stat_and_cmdline_parse() {
-        assert_eq!(parse_stat("42 (a (weird) name) S 7 42 42 0"), Some(('S', 7)));
+        assert_eq!(
+            parse_stat("42 (a (weird) name) S 7 42 42 0"),
+            Some(('S', 7))
+        );
         assert_eq!(parse_stat("garbage"), None);
-        assert_eq!(parse_cmdline(b"containerd\0--config\0/x y\0"), v(&["containerd", "--config", "/x y"]));
+        assert_eq!(
+            parse_cmdline(b"containerd\0--config\0/x y\0"),
+            v(&["containerd", "--config", "/x y"])
+        );
     }
 
     #[test]
     fn descendants_cover_the_whole_tree() {
         let pairs = [(10, 1), (11, 10), (12, 11), (13, 1), (14, 12)];
         let roots = BTreeSet::from([10]);
-        assert_eq!(descendants(pairs.into_iter(), &roots), BTreeSet::from([10, 11, 12, 14]));
+        assert_eq!(
+            descendants(pairs.into_iter(), &roots),
+            BTreeSet::from([10, 11, 12, 14])
+        );
     }
 
     #[test]
     fn pod_uids_from_logs_and_cgroups() {
-        assert_eq!(pod_uid_from_log_dir("default_web-1_0b6f1c2e-1111-2222-3333-444455556666").as_deref(), Some("0b6f1c2e-1111-2222-3333-444455556666"));
+        assert_eq!(
+            pod_uid_from_log_dir("default_web-1_0b6f1c2e-1111-2222-3333-444455556666").as_deref(),
+            Some("0b6f1c2e-1111-2222-3333-444455556666")
+        );
         assert_eq!(pod_uid_from_log_dir("lost+found"), None);
-        assert_eq!(pod_uid_of_cgroup("pod0b6f1c2e-11").as_deref(), Some("0b6f1c2e-11"));
-        assert_eq!(pod_uid_of_cgroup("kubepods-besteffort-pod0b6f1c2e_11.slice").as_deref(), Some("0b6f1c2e-11"));
+        assert_eq!(
+            pod_uid_of_cgroup("pod0b6f1c2e-11").as_deref(),
+            Some("0b6f1c2e-11")
+        );
+        assert_eq!(
+            pod_uid_of_cgroup("kubepods-besteffort-pod0b6f1c2e_11.slice").as_deref(),
+            Some("0b6f1c2e-11")
+        );
         assert_eq!(pod_uid_of_cgroup("besteffort"), None);
         let cg = "12:memory:/kubepods/besteffort/podaaaa-bbbb/0123456789ab\n11:pids:/kubepods/burstable/podcccc/ff\n1:name=systemd:/user.slice\n0::/\n";
-        assert_eq!(pod_uids_in_cgroup_file(cg), BTreeSet::from(["aaaa-bbbb".to_string(), "cccc".to_string()]));
+        assert_eq!(
+            pod_uids_in_cgroup_file(cg),
+            BTreeSet::from(["aaaa-bbbb".to_string(), "cccc".to_string()])
+        );
     }
 
     #[test]
@@ -1226,9 +1608,18 @@ mod tests {
         let info = "43 27 0:4 net:[4026532177] /run/netns/cni-2ed5207a-8d87 rw - nsfs nsfs rw\n\
                     44 27 0:4 net:[4026532999] /tmp/other rw - nsfs nsfs rw\n\
                     45 27 0:50 / /run/netns rw - tmpfs tmpfs rw\n";
-        assert_eq!(netns_mounts(info), vec![("/run/netns/cni-2ed5207a-8d87".to_string(), "net:[4026532177]".to_string())]);
+        assert_eq!(
+            netns_mounts(info),
+            vec![(
+                "/run/netns/cni-2ed5207a-8d87".to_string(),
+                "net:[4026532177]".to_string()
+            )]
+        );
         let db = b"\x00\x01{\"NetNSPath\":\"/var/run/netns/cni-1234abcd-00ff\",\"x\":1}junk/run/netns/cni-\x00/run/netns/cni-beef";
-        assert_eq!(netns_names_in(db), BTreeSet::from(["cni-1234abcd-00ff".to_string(), "cni-beef".to_string()]));
+        assert_eq!(
+            netns_names_in(db),
+            BTreeSet::from(["cni-1234abcd-00ff".to_string(), "cni-beef".to_string()])
+        );
     }
 
     #[test]
@@ -1241,7 +1632,13 @@ mod tests {
                     8: vethdead@if5: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master docker0 state UP mode DEFAULT group default\n";
         let links = parse_links(text);
         assert_eq!(links.len(), 6);
-        assert_eq!(links[3], Link { name: "veth1a2b3c4d".into(), master: Some("cni0".into()) });
+        assert_eq!(
+            links[3],
+            Link {
+                name: "veth1a2b3c4d".into(),
+                master: Some("cni0".into())
+            }
+        );
         assert_eq!(our_links(&links, "cni0"), v(&["veth1a2b3c4d", "cni0"]));
         assert!(our_links(&parse_links("2: eth0: <UP> mtu 1500\n"), "cni0").is_empty());
         let conf = rk3s_kubelet::cni::conflist("10.42.0.0/24", Path::new("/x")).unwrap_or_default();
@@ -1313,7 +1710,10 @@ COMMIT
         );
         assert_eq!(p.described.len(), 9);
         // The other network's chain, docker's and the user's rules are untouched.
-        assert!(!p.lines.iter().any(|l| l.contains("ffff") || l.contains("DOCKER") || l.contains("172.17") || l.contains("USER")));
+        assert!(!p.lines.iter().any(|l| l.contains("ffff")
+            || l.contains("DOCKER")
+            || l.contains("172.17")
+            || l.contains("USER")));
     }
 
     #[test]
@@ -1327,18 +1727,58 @@ COMMIT
         let plans = plan_iptables(&other, "rk3s", &ids(), true);
         assert_eq!(plans.len(), 1);
         let lines = &plans[0].lines;
-        assert!(lines.iter().any(|l| l.starts_with("-D CNI-HOSTPORT-DNAT") && l.contains("dnat name: \\\"rk3s\\\"")), "{lines:#?}");
-        assert!(lines.iter().any(|l| l == "-X CNI-DN-0123456789abcdef01234"), "{lines:#?}");
-        assert!(!lines.iter().any(|l| l.contains("-F CNI-HOSTPORT") || l.contains("-X CNI-HOSTPORT") || l.contains("ffff") || l.contains("PREROUTING")), "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("-D CNI-HOSTPORT-DNAT")
+                    && l.contains("dnat name: \\\"rk3s\\\"")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines.iter().any(|l| l == "-X CNI-DN-0123456789abcdef01234"),
+            "{lines:#?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("-F CNI-HOSTPORT")
+                || l.contains("-X CNI-HOSTPORT")
+                || l.contains("ffff")
+                || l.contains("PREROUTING")),
+            "{lines:#?}"
+        );
         // Without rk3s's conflist on the host the shared chains stay too.
         let plans = plan_iptables(SAVE, "rk3s", &ids(), false);
-        assert!(!plans[0].lines.iter().any(|l| l.contains("-X CNI-HOSTPORT")), "{:#?}", plans[0].lines);
+        assert!(
+            !plans[0].lines.iter().any(|l| l.contains("-X CNI-HOSTPORT")),
+            "{:#?}",
+            plans[0].lines
+        );
         // Another rk3s on the host (same network name, other sandbox ids): nothing is ours.
-        assert!(plan_iptables(SAVE, "rk3s", &BTreeSet::from(["zzzz".to_string()]), true).is_empty());
-        let plans = plan_iptables(&SAVE.replace("id: \\\"aaaa\\\"\" -m multiport", "id: \\\"dddd\\\"\" -m multiport"), "rk3s", &ids(), true);
-        assert!(!plans[0].lines.iter().any(|l| l.contains("CNI-HOSTPORT-DNAT") || l.contains("CNI-DN-")), "another rk3s's hostPort: {:#?}", plans[0].lines);
+        assert!(
+            plan_iptables(SAVE, "rk3s", &BTreeSet::from(["zzzz".to_string()]), true).is_empty()
+        );
+        let plans = plan_iptables(
+            &SAVE.replace(
+                "id: \\\"aaaa\\\"\" -m multiport",
+                "id: \\\"dddd\\\"\" -m multiport",
+            ),
+            "rk3s",
+            &ids(),
+            true,
+        );
+        assert!(
+            !plans[0]
+                .lines
+                .iter()
+                .any(|l| l.contains("CNI-HOSTPORT-DNAT") || l.contains("CNI-DN-")),
+            "another rk3s's hostPort: {:#?}",
+            plans[0].lines
+        );
         let plans = plan_iptables(SAVE, "rk3s", &ids(), false);
-        assert!(!plans[0].lines.iter().any(|l| l.contains("-X CNI-HOSTPORT")), "{:#?}", plans[0].lines);
+        assert!(
+            !plans[0].lines.iter().any(|l| l.contains("-X CNI-HOSTPORT")),
+            "{:#?}",
+            plans[0].lines
+        );
     }
 
     #[test]
@@ -1346,7 +1786,11 @@ COMMIT
         let save = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 22 -m comment --comment \"ssh\" -j ACCEPT\nCOMMIT\n";
         assert!(plan_iptables(save, "rk3s", &ids(), true).is_empty());
         assert!(plan_iptables("", "rk3s", &ids(), true).is_empty());
-        let p = TablePlan { table: "nat".into(), lines: v(&["-F X", "-X X"]), described: vec![] };
+        let p = TablePlan {
+            table: "nat".into(),
+            lines: v(&["-F X", "-X X"]),
+            described: vec![],
+        };
         assert_eq!(p.script(), "*nat\n-F X\n-X X\nCOMMIT\n");
     }
 
@@ -1354,20 +1798,44 @@ COMMIT
     fn rule_words_keep_quoted_comments() {
         assert_eq!(
             split_rule(r#"-A X -m comment --comment "name: \"rk3s\" id: \"a b\"" -j Y"#),
-            v(&["-A", "X", "-m", "comment", "--comment", r#"name: "rk3s" id: "a b""#, "-j", "Y"])
+            v(&[
+                "-A",
+                "X",
+                "-m",
+                "comment",
+                "--comment",
+                r#"name: "rk3s" id: "a b""#,
+                "-j",
+                "Y"
+            ])
         );
-        assert_eq!(split_rule(r#"-A X --comment "" -j Y"#), v(&["-A", "X", "--comment", "", "-j", "Y"]));
+        assert_eq!(
+            split_rule(r#"-A X --comment "" -j Y"#),
+            v(&["-A", "X", "--comment", "", "-j", "Y"])
+        );
     }
 
     #[test]
     fn nft_tables_of_rk3s_and_empty_tables() {
         let list = "table ip nat\ntable inet rk3s\ntable ip6 rk3s-svc\ntable inet filter\ntable ip docker-rk3s\n";
-        assert_eq!(rk3s_nft_tables(list), vec![("inet".to_string(), "rk3s".to_string()), ("ip6".to_string(), "rk3s-svc".to_string())]);
+        assert_eq!(
+            rk3s_nft_tables(list),
+            vec![
+                ("inet".to_string(), "rk3s".to_string()),
+                ("ip6".to_string(), "rk3s-svc".to_string())
+            ]
+        );
         let empty = "table ip nat {\n\tchain PREROUTING {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n\n\tchain POSTROUTING {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t}\n}\n";
         assert!(nft_table_is_empty(empty));
-        let rule = empty.replace("policy accept;\n\t}\n}", "policy accept;\n\t\tcounter masquerade\n\t}\n}");
+        let rule = empty.replace(
+            "policy accept;\n\t}\n}",
+            "policy accept;\n\t\tcounter masquerade\n\t}\n}",
+        );
         assert!(!nft_table_is_empty(&rule));
-        assert!(!nft_table_is_empty(&empty.replace("prerouting priority dstnat; policy accept", "prerouting priority dstnat; policy drop")));
+        assert!(!nft_table_is_empty(&empty.replace(
+            "prerouting priority dstnat; policy accept",
+            "prerouting priority dstnat; policy drop"
+        )));
         let user_chain = empty.replace("}\n}\n", "}\n\tchain MINE {\n\t}\n}\n");
         assert!(!nft_table_is_empty(&user_chain));
         assert!(!nft_table_is_empty(""));
@@ -1379,6 +1847,12 @@ COMMIT
                  0000000000000000: 00000002 00000000 00010000 0001 01 12345 /run/containerd/s/abcdef\n\
                  0000000000000000: 00000002 00000000 00010000 0001 01 12346 /run/other.sock\n\
                  0000000000000000: 00000003 00000000 00000000 0001 03 12347\n";
-        assert_eq!(unix_socket_paths(t, &BTreeSet::from(["12345".to_string(), "12347".to_string()])), vec![PathBuf::from("/run/containerd/s/abcdef")]);
+        assert_eq!(
+            unix_socket_paths(
+                t,
+                &BTreeSet::from(["12345".to_string(), "12347".to_string()])
+            ),
+            vec![PathBuf::from("/run/containerd/s/abcdef")]
+        );
     }
 }

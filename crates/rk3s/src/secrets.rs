@@ -25,26 +25,36 @@ pub struct DataDir {
 
 /// Runs a subcommand.
 pub fn run(cmd: SecretsCommand) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
     rt.block_on(async move {
         let dir = match &cmd {
             SecretsCommand::Status(d) | SecretsCommand::Reencrypt(d) => d.data_dir.clone(),
         };
         let cfg_path = crate::server::encryption_config_path(&dir);
-        let cfg = rk3s_store::encrypt::EncryptionConfig::load(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+        let cfg = rk3s_store::encrypt::EncryptionConfig::load(&cfg_path)
+            .with_context(|| format!("reading {}", cfg_path.display()))?;
         let db = dir.join("server").join("db").join("state.db");
         if !db.exists() {
             anyhow::bail!("no datastore at {}", db.display());
         }
-        let raw: Arc<dyn rk3s_store::Store> = Arc::new(rk3s_store::sqlite::SqliteStore::open(&db).context("opening the datastore")?);
+        let raw: Arc<dyn rk3s_store::Store> =
+            Arc::new(rk3s_store::sqlite::SqliteStore::open(&db).context("opening the datastore")?);
         match (cmd, cfg) {
             (SecretsCommand::Status(_), None) => {
                 println!("Encryption Status: Disabled, no configuration file found");
                 Ok(())
             }
             (SecretsCommand::Status(_), Some(cfg)) => {
-                let st = rk3s_store::encrypt::encryption_status(raw.as_ref(), &cfg).await.context("reading secrets")?;
-                let current = cfg.write_key().map(|k| k.name.clone()).unwrap_or_else(|| "identity".into());
+                let st = rk3s_store::encrypt::encryption_status(raw.as_ref(), &cfg)
+                    .await
+                    .context("reading secrets")?;
+                let current = cfg
+                    .write_key()
+                    .map(|k| k.name.clone())
+                    .unwrap_or_else(|| "identity".into());
                 println!("Encryption Status: Enabled");
                 println!("Current Rotation Stage: start");
                 println!("Active Key Type: AES-GCM ({current})");
@@ -54,10 +64,14 @@ pub fn run(cmd: SecretsCommand) -> anyhow::Result<()> {
                 println!("Secrets not encrypted: {}", st.plaintext);
                 Ok(())
             }
-            (SecretsCommand::Reencrypt(_), None) => anyhow::bail!("secrets encryption is not configured (start the server with --secrets-encryption)"),
+            (SecretsCommand::Reencrypt(_), None) => anyhow::bail!(
+                "secrets encryption is not configured (start the server with --secrets-encryption)"
+            ),
             (SecretsCommand::Reencrypt(_), Some(cfg)) => {
                 let enc = rk3s_store::encrypt::EncryptingStore::new(raw, cfg);
-                let n = rk3s_store::encrypt::reencrypt_all(&enc).await.context("re-encrypting")?;
+                let n = rk3s_store::encrypt::reencrypt_all(&enc)
+                    .await
+                    .context("re-encrypting")?;
                 println!("re-encrypted {n} secrets");
                 Ok(())
             }

@@ -40,7 +40,13 @@ pub struct ServerArgs {
     #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
     pub write_kubeconfig_mode: u32,
     /// Shared secret used to join agents and servers (default: generated)
-    #[arg(long, short = 't', value_name = "TOKEN", env = "RK3S_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        short = 't',
+        value_name = "TOKEN",
+        env = "RK3S_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// IPv4 network for pod IPs
     #[arg(long, value_name = "CIDR", default_value = "10.42.0.0/16", value_parser = parse_cidr)]
@@ -123,14 +129,23 @@ pub struct ServerArgs {
 }
 
 /// Components `--disable` knows (k3s's names).
-pub const COMPONENTS: &[&str] = &["coredns", "servicelb", "traefik", "local-storage", "metrics-server"];
+pub const COMPONENTS: &[&str] = &[
+    "coredns",
+    "servicelb",
+    "traefik",
+    "local-storage",
+    "metrics-server",
+];
 
 fn parse_component(s: &str) -> Result<String, String> {
     let n = s.trim();
     if COMPONENTS.contains(&n) {
         Ok(n.to_string())
     } else {
-        Err(format!("unknown component {s:?}: expected one of {}", COMPONENTS.join(", ")))
+        Err(format!(
+            "unknown component {s:?}: expected one of {}",
+            COMPONENTS.join(", ")
+        ))
     }
 }
 
@@ -152,7 +167,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("invalid duration {s:?}: expected e.g. 40s, 500ms or 2m");
     let t = s.trim();
-    let (num, unit) = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).map_or((t, "s"), |i| t.split_at(i));
+    let (num, unit) = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((t, "s"), |i| t.split_at(i));
     let n: f64 = num.parse().map_err(|_| bad())?;
     let secs = match unit {
         "ms" => n / 1000.0,
@@ -173,7 +190,9 @@ fn parse_cidr(s: &str) -> Result<String, String> {
     let _: Ipv4Addr = ip.parse().map_err(|_| bad())?;
     let len: u8 = len.parse().map_err(|_| bad())?;
     if !(8..=28).contains(&len) {
-        return Err(format!("invalid CIDR {s:?}: prefix length must be between 8 and 28"));
+        return Err(format!(
+            "invalid CIDR {s:?}: prefix length must be between 8 and 28"
+        ));
     }
     Ok(s.to_string())
 }
@@ -208,12 +227,17 @@ fn primary_ip() -> IpAddr {
 /// Runs the server until SIGINT/SIGTERM.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(log_filter(&args.log_level)).context("invalid --log-level")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(log_filter(&args.log_level))
+                .context("invalid --log-level")?,
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get())))
+        .worker_threads(worker_threads(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ))
         .enable_all()
         .build()
         .context("starting the runtime")?;
@@ -245,7 +269,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
     let server_dir = args.data_dir.join("server");
-    std::fs::create_dir_all(&server_dir).with_context(|| format!("creating {}", server_dir.display()))?;
+    std::fs::create_dir_all(&server_dir)
+        .with_context(|| format!("creating {}", server_dir.display()))?;
     let advertise = args.advertise_address.unwrap_or_else(primary_ip);
     let service_ip = first_ip(&args.service_cidr)?;
     let mut sans = args.tls_san.clone();
@@ -261,13 +286,15 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 
     let db_dir = server_dir.join("db");
     std::fs::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
-    let store = rk3s_store::sqlite::SqliteStore::open(&db_dir.join("state.db")).context("opening the SQLite datastore")?;
+    let store = rk3s_store::sqlite::SqliteStore::open(&db_dir.join("state.db"))
+        .context("opening the SQLite datastore")?;
     let store = Arc::new(store);
     store.spawn_compactor(std::time::Duration::from_secs(300), 1000);
     let store: Arc<dyn rk3s_store::Store> = store;
     let store: Arc<dyn rk3s_store::Store> = if args.secrets_encryption {
         let path = encryption_config_path(&args.data_dir);
-        let cfg = rk3s_store::encrypt::EncryptionConfig::load_or_create(&path).with_context(|| format!("encryption config {}", path.display()))?;
+        let cfg = rk3s_store::encrypt::EncryptionConfig::load_or_create(&path)
+            .with_context(|| format!("encryption config {}", path.display()))?;
         tracing::info!(config = %path.display(), "secrets are encrypted at rest (aesgcm)");
         Arc::new(rk3s_store::encrypt::EncryptingStore::new(store, cfg))
     } else {
@@ -276,8 +303,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let audit = match &args.audit_log_path {
         Some(path) => {
             let policy = match &args.audit_policy_file {
-                Some(p) => rk3s_apiserver::audit::AuditPolicy::parse(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-                    .with_context(|| format!("audit policy {}", p.display()))?,
+                Some(p) => rk3s_apiserver::audit::AuditPolicy::parse(
+                    &std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                )
+                .with_context(|| format!("audit policy {}", p.display()))?,
                 None => rk3s_apiserver::audit::AuditPolicy::default_metadata(),
             };
             let rotate = rk3s_apiserver::audit::RotateOptions {
@@ -285,7 +315,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 max_backups: args.audit_log_maxbackup,
                 max_age_days: args.audit_log_maxage,
             };
-            Some(rk3s_apiserver::audit::AuditLog::open_with_rotation(path, policy, rotate).with_context(|| format!("audit log {}", path.display()))?)
+            Some(
+                rk3s_apiserver::audit::AuditLog::open_with_rotation(path, policy, rotate)
+                    .with_context(|| format!("audit log {}", path.display()))?,
+            )
         }
         None => None,
     };
@@ -307,16 +340,29 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         audit,
         kubelet_client: Some(kubelet_client_config(&pki)?),
         token_auth_file: match &args.token_auth_file {
-            Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading --token-auth-file {}", p.display()))?),
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading --token-auth-file {}", p.display()))?,
+            ),
             None => None,
         },
     };
-    let tls = rk3s_apiserver::server::tls_config(&config.serving_cert_pem, &config.serving_key_pem, &config.client_ca_pem)?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-    let api = rk3s_apiserver::ApiServer::new(&config).await.context("starting the API server")?;
+    let tls = rk3s_apiserver::server::tls_config(
+        &config.serving_cert_pem,
+        &config.serving_key_pem,
+        &config.client_ca_pem,
+    )?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let api = rk3s_apiserver::ApiServer::new(&config)
+        .await
+        .context("starting the API server")?;
     // In-process components are trusted parts of the server (as k3s's supervisor
     // certificates): they act in system:masters.
-    let controller_user = rk3s_apiserver::UserInfo::new("system:kube-controller-manager", &["system:masters"]).with_authenticated_group();
+    let controller_user =
+        rk3s_apiserver::UserInfo::new("system:kube-controller-manager", &["system:masters"])
+            .with_authenticated_group();
     let client = rk3s_controllers::client_over(api.local_service(controller_user));
     // Stable across restarts, so a restarted server takes its own Lease back at once.
     let identity = hostname();
@@ -327,8 +373,15 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         cluster_cidr: args.cluster_cidr.clone(),
         ..Default::default()
     };
-    let cluster_dns = args.cluster_dns.unwrap_or_else(|| Ipv4Addr::from(u32::from(service_ip) + 9));
-    let dns_service = args.enabled("coredns").then(|| rk3s_controllers::clusterdns::ClusterDnsOptions { ip: IpAddr::V4(cluster_dns), domain: args.cluster_domain.clone() });
+    let cluster_dns = args
+        .cluster_dns
+        .unwrap_or_else(|| Ipv4Addr::from(u32::from(service_ip) + 9));
+    let dns_service =
+        args.enabled("coredns")
+            .then(|| rk3s_controllers::clusterdns::ClusterDnsOptions {
+                ip: IpAddr::V4(cluster_dns),
+                domain: args.cluster_domain.clone(),
+            });
     let servicelb = args.enabled("servicelb");
     tokio::spawn(async move {
         let opts = rk3s_controllers::Options {
@@ -344,7 +397,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "controller manager stopped");
         }
     });
-    let scheduler_user = rk3s_apiserver::UserInfo::new("system:kube-scheduler", &["system:masters"]).with_authenticated_group();
+    let scheduler_user =
+        rk3s_apiserver::UserInfo::new("system:kube-scheduler", &["system:masters"])
+            .with_authenticated_group();
     let scheduler_client = rk3s_controllers::client_over(api.local_service(scheduler_user));
     let scheduler_opts = rk3s_scheduler::RunOptions::new(&hostname());
     tokio::spawn(async move {
@@ -356,11 +411,27 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let (kubelet_ca, kubelet_ca_key) = (pki.ca_cert_pem.clone(), pki.ca_key_pem.clone());
     let serving = tokio::spawn(rk3s_apiserver::server::serve(api, listener, tls));
 
-    let host = if args.bind_address.is_unspecified() { "127.0.0.1".to_string() } else { args.bind_address.to_string() };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let host = if args.bind_address.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        args.bind_address.to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     let url = format!("https://{host}:{}", args.https_listen_port);
-    rk3s_pki::write_kubeconfig(&args.write_kubeconfig, args.write_kubeconfig_mode, &url, &pki.ca_cert_pem, &pki.admin_cert_pem, &pki.admin_key_pem, "default")
-        .with_context(|| format!("writing kubeconfig {}", args.write_kubeconfig.display()))?;
+    rk3s_pki::write_kubeconfig(
+        &args.write_kubeconfig,
+        args.write_kubeconfig_mode,
+        &url,
+        &pki.ca_cert_pem,
+        &pki.admin_cert_pem,
+        &pki.admin_key_pem,
+        "default",
+    )
+    .with_context(|| format!("writing kubeconfig {}", args.write_kubeconfig.display()))?;
     tracing::info!(
         %url,
         kubeconfig = %args.write_kubeconfig.display(),
@@ -369,10 +440,18 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         "rk3s API server is up"
     );
     if !args.disable_agent {
-        let node_name = args.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(rk3s_kubelet::node::hostname);
+        let node_name = args
+            .node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(rk3s_kubelet::node::hostname);
         // The node agent acts as its node (system:node:<name>); the API server has no
         // Node authorizer yet, so it also gets system:masters.
-        let node_user = rk3s_apiserver::UserInfo::new(format!("system:node:{node_name}"), &["system:nodes", "system:masters"]).with_authenticated_group();
+        let node_user = rk3s_apiserver::UserInfo::new(
+            format!("system:node:{node_name}"),
+            &["system:nodes", "system:masters"],
+        )
+        .with_authenticated_group();
         let node_client = rk3s_controllers::client_over(api_for_agent.local_service(node_user));
         let opts = rk3s_kubelet::agent::AgentOptions {
             node_name,
@@ -412,7 +491,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         });
     }
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("signal handler")?;
     tokio::select! {
         r = serving => {
             match r {
@@ -428,20 +508,37 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 
 /// Where the secrets-encryption configuration lives.
 pub fn encryption_config_path(data_dir: &std::path::Path) -> PathBuf {
-    data_dir.join("server").join("cred").join("encryption-config.json")
+    data_dir
+        .join("server")
+        .join("cred")
+        .join("encryption-config.json")
 }
 
 /// The API server's client certificate towards kubelets (`pods/log`, `nodes/proxy`),
 /// issued by the cluster CA at each start: CN `kube-apiserver-kubelet-client`, O
 /// `system:masters`.
-fn kubelet_client_config(pki: &rk3s_pki::ServerPki) -> anyhow::Result<rk3s_apiserver::proxy::KubeletClientConfig> {
-    let (cert_pem, key_pem) = rk3s_pki::issue_client_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "kube-apiserver-kubelet-client", &["system:masters"], 365)
-        .context("issuing the kubelet client certificate")?;
-    Ok(rk3s_apiserver::proxy::KubeletClientConfig { cert_pem, key_pem, ca_pem: pki.ca_cert_pem.clone() })
+fn kubelet_client_config(
+    pki: &rk3s_pki::ServerPki,
+) -> anyhow::Result<rk3s_apiserver::proxy::KubeletClientConfig> {
+    let (cert_pem, key_pem) = rk3s_pki::issue_client_cert(
+        &pki.ca_cert_pem,
+        &pki.ca_key_pem,
+        "kube-apiserver-kubelet-client",
+        &["system:masters"],
+        365,
+    )
+    .context("issuing the kubelet client certificate")?;
+    Ok(rk3s_apiserver::proxy::KubeletClientConfig {
+        cert_pem,
+        key_pem,
+        ca_pem: pki.ca_cert_pem.clone(),
+    })
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn first_ip(cidr: &str) -> anyhow::Result<Ipv4Addr> {

@@ -45,22 +45,35 @@ pub struct SimArgs {
 /// Runs the simulated nodes until interrupted.
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RK3S_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RK3S_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async move {
-        let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig).with_context(|| format!("reading {}", args.kubeconfig.display()))?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.context("kubeconfig")?;
+        let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+            .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .context("kubeconfig")?;
         let client = kube::Client::try_from(cfg).context("client")?;
         let mut labels = std::collections::BTreeMap::new();
         for l in &args.labels {
-            let (k, v) = l.split_once('=').with_context(|| format!("label {l:?} is not KEY=VALUE"))?;
+            let (k, v) = l
+                .split_once('=')
+                .with_context(|| format!("label {l:?} is not KEY=VALUE"))?;
             labels.insert(k.to_string(), v.to_string());
         }
         let opts = rk3s_kubelet::sim::SimOptions {
-            nodes: (args.start..args.start + args.count).map(|i| format!("{}-{i}", args.prefix)).collect(),
+            nodes: (args.start..args.start + args.count)
+                .map(|i| format!("{}-{i}", args.prefix))
+                .collect(),
             cpu: args.cpu,
             memory: args.memory,
             pods: args.pods,

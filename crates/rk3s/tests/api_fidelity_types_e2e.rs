@@ -25,12 +25,24 @@ fn conn(c: &Cluster) -> Conn {
 }
 
 fn send(k: &mut Conn, method: &str, path: &str, ct: &str, body: &[u8]) -> (u16, Value) {
-    let (code, out) = k.request_ct(method, path, ct, Some(body)).unwrap_or_else(|e| panic!("{method} {path}: connection failed: {e}"));
-    (code, serde_json::from_slice(&out).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&out).to_string())))
+    let (code, out) = k
+        .request_ct(method, path, ct, Some(body))
+        .unwrap_or_else(|e| panic!("{method} {path}: connection failed: {e}"));
+    (
+        code,
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&out).to_string())),
+    )
 }
 
 fn send_json(k: &mut Conn, method: &str, path: &str, ct: &str, body: &Value) -> (u16, Value) {
-    send(k, method, path, ct, &serde_json::to_vec(body).expect("json"))
+    send(
+        k,
+        method,
+        path,
+        ct,
+        &serde_json::to_vec(body).expect("json"),
+    )
 }
 
 fn deployment(name: &str, replicas: Value) -> Value {
@@ -90,19 +102,37 @@ fn wrong_types_are_400_with_gos_decoding_message_on_create_and_update() {
 
     // The same body as YAML.
     let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: yaml-cm\n  labels: x\n";
-    let (code, status) = send(&mut k, "POST", CONFIGMAPS, "application/yaml", yaml.as_bytes());
+    let (code, status) = send(
+        &mut k,
+        "POST",
+        CONFIGMAPS,
+        "application/yaml",
+        yaml.as_bytes(),
+    );
     assert_bad_request(code, &status, "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: json: cannot unmarshal string into Go struct field ObjectMeta.metadata.labels of type map[string]string");
 
     // int-or-string takes both; integers and quantities as numbers are fine.
     for (name, target) in [("svc-name", json!("http")), ("svc-number", json!(8080))] {
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {"ports": [{"port": 80, "targetPort": target}]}});
-        let (code, created) = send_json(&mut k, "POST", "/api/v1/namespaces/default/services", JSON, &svc);
+        let (code, created) = send_json(
+            &mut k,
+            "POST",
+            "/api/v1/namespaces/default/services",
+            JSON,
+            &svc,
+        );
         assert_eq!(code, 201, "{created}");
         assert_eq!(created["spec"]["ports"][0]["targetPort"], target);
     }
 
     // PUT: refused the same way, the stored object is untouched.
-    let (code, created) = send_json(&mut k, "POST", DEPLOYMENTS, JSON, &deployment("web", json!(2)));
+    let (code, created) = send_json(
+        &mut k,
+        "POST",
+        DEPLOYMENTS,
+        JSON,
+        &deployment("web", json!(2)),
+    );
     assert_eq!(code, 201, "{created}");
     let mut put = created.clone();
     put["spec"]["replicas"] = json!("three");
@@ -110,7 +140,10 @@ fn wrong_types_are_400_with_gos_decoding_message_on_create_and_update() {
     assert_bad_request(code, &status, "Deployment in version \"v1\" cannot be handled as a Deployment: json: cannot unmarshal string into Go struct field DeploymentSpec.spec.replicas of type int32");
     let (_, now) = send(&mut k, "GET", &format!("{DEPLOYMENTS}/web"), JSON, b"");
     assert_eq!(now["spec"]["replicas"], 2);
-    assert_eq!(now["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+    assert_eq!(
+        now["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
 
     // kubectl shows upstream's error.
     let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: kubectl-bad\nspec:\n  replicas: notanumber\n  selector:\n    matchLabels: {app: x}\n  template:\n    metadata:\n      labels: {app: x}\n    spec:\n      containers: [{name: c, image: busybox}]\n";
@@ -127,7 +160,13 @@ fn wrong_types_are_400_with_gos_decoding_message_on_create_and_update() {
 fn wrong_types_in_patches_apply_and_scale_are_refused_and_never_stored() {
     let c = Cluster::start();
     let mut k = conn(&c);
-    let (code, created) = send_json(&mut k, "POST", DEPLOYMENTS, JSON, &deployment("web", json!(1)));
+    let (code, created) = send_json(
+        &mut k,
+        "POST",
+        DEPLOYMENTS,
+        JSON,
+        &deployment("web", json!(1)),
+    );
     assert_eq!(code, 201, "{created}");
     // (Controllers update it meanwhile: compare fields, not resourceVersions.)
     let path = format!("{DEPLOYMENTS}/web");
@@ -135,14 +174,23 @@ fn wrong_types_in_patches_apply_and_scale_are_refused_and_never_stored() {
 
     // JSON and merge patches: upstream decodes the patched document: 422 on `patch`.
     for (ct, patch) in [
-        ("application/merge-patch+json", json!({"spec": {"replicas": "x"}})),
-        ("application/json-patch+json", json!([{"op": "replace", "path": "/spec/replicas", "value": "x"}])),
+        (
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": "x"}}),
+        ),
+        (
+            "application/json-patch+json",
+            json!([{"op": "replace", "path": "/spec/replicas", "value": "x"}]),
+        ),
     ] {
         let (code, status) = send_json(&mut k, "PATCH", &path, ct, &patch);
         assert_eq!(code, 422, "{ct}: {status}");
         assert_eq!(status["reason"], "Invalid", "{status}");
         let message = status["message"].as_str().unwrap_or_default();
-        assert!(message.starts_with(" \"\" is invalid: patch: Invalid value: \"{"), "{ct}: {message}");
+        assert!(
+            message.starts_with(" \"\" is invalid: patch: Invalid value: \"{"),
+            "{ct}: {message}"
+        );
         assert!(message.ends_with(&format!("}}\": {go}")), "{ct}: {message}");
         let cause = &status["details"]["causes"][0];
         assert_eq!(cause["field"], "patch", "{status}");
@@ -150,20 +198,50 @@ fn wrong_types_in_patches_apply_and_scale_are_refused_and_never_stored() {
     }
 
     // Strategic merge patch: the unstructured converter's message, the patch as value.
-    let (code, status) = send_json(&mut k, "PATCH", &path, "application/strategic-merge-patch+json", &json!({"spec": {"replicas": "x"}}));
+    let (code, status) = send_json(
+        &mut k,
+        "PATCH",
+        &path,
+        "application/strategic-merge-patch+json",
+        &json!({"spec": {"replicas": "x"}}),
+    );
     assert_eq!(code, 422, "{status}");
     assert_eq!(status["message"], " \"\" is invalid: patch: Invalid value: \"map[spec:map[replicas:x]]\": unrecognized type: int32", "{status}");
-    let (code, status) = send_json(&mut k, "PATCH", &path, "application/strategic-merge-patch+json", &json!({"metadata": {"labels": "x"}}));
+    let (code, status) = send_json(
+        &mut k,
+        "PATCH",
+        &path,
+        "application/strategic-merge-patch+json",
+        &json!({"metadata": {"labels": "x"}}),
+    );
     assert_eq!(code, 422, "{status}");
     assert_eq!(status["message"], " \"\" is invalid: patch: Invalid value: \"map[metadata:map[labels:x]]\": cannot restore map from string", "{status}");
 
     // Server-side apply onto the object, and creating one.
     let apply = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: notanumber\n";
-    let (code, status) = send(&mut k, "PATCH", &format!("{path}?fieldManager=tester&force=true"), "application/apply-patch+yaml", apply.as_bytes());
-    assert!(code == 400 || code == 500, "server-side apply of a string replicas: {code} {status}");
+    let (code, status) = send(
+        &mut k,
+        "PATCH",
+        &format!("{path}?fieldManager=tester&force=true"),
+        "application/apply-patch+yaml",
+        apply.as_bytes(),
+    );
+    assert!(
+        code == 400 || code == 500,
+        "server-side apply of a string replicas: {code} {status}"
+    );
     let apply_new = apply.replace("name: web", "name: applied");
-    let (code, status) = send(&mut k, "PATCH", &format!("{DEPLOYMENTS}/applied?fieldManager=tester"), "application/apply-patch+yaml", apply_new.as_bytes());
-    assert!(code == 400 || code == 500, "server-side apply create of a string replicas: {code} {status}");
+    let (code, status) = send(
+        &mut k,
+        "PATCH",
+        &format!("{DEPLOYMENTS}/applied?fieldManager=tester"),
+        "application/apply-patch+yaml",
+        apply_new.as_bytes(),
+    );
+    assert!(
+        code == 400 || code == 500,
+        "server-side apply create of a string replicas: {code} {status}"
+    );
     let (code, _) = send(&mut k, "GET", &format!("{DEPLOYMENTS}/applied"), JSON, b"");
     assert_eq!(code, 404, "the applied object was stored");
 
@@ -171,7 +249,13 @@ fn wrong_types_in_patches_apply_and_scale_are_refused_and_never_stored() {
     let scale = json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": "5"}});
     let (code, status) = send_json(&mut k, "PUT", &format!("{path}/scale"), JSON, &scale);
     assert_bad_request(code, &status, "Scale in version \"v1\" cannot be handled as a Scale: json: cannot unmarshal string into Go struct field ScaleSpec.spec.replicas of type int32");
-    let (code, status) = send_json(&mut k, "PATCH", &format!("{path}/scale"), "application/merge-patch+json", &json!({"spec": {"replicas": true}}));
+    let (code, status) = send_json(
+        &mut k,
+        "PATCH",
+        &format!("{path}/scale"),
+        "application/merge-patch+json",
+        &json!({"spec": {"replicas": true}}),
+    );
     assert_eq!(code, 422, "{status}");
     let message = status["message"].as_str().unwrap_or_default();
     assert!(message.ends_with("\": json: cannot unmarshal bool into Go struct field ScaleSpec.spec.replicas of type int32"), "{message}");
@@ -179,10 +263,23 @@ fn wrong_types_in_patches_apply_and_scale_are_refused_and_never_stored() {
     // Nothing of it was stored; a good patch still works.
     let (_, now) = send(&mut k, "GET", &path, JSON, b"");
     assert_eq!(now["spec"]["replicas"], 1, "{now}");
-    let managers: Vec<&Value> = now["metadata"]["managedFields"].as_array().map(|a| a.iter().map(|e| &e["manager"]).collect()).unwrap_or_default();
+    let managers: Vec<&Value> = now["metadata"]["managedFields"]
+        .as_array()
+        .map(|a| a.iter().map(|e| &e["manager"]).collect())
+        .unwrap_or_default();
     assert!(!managers.contains(&&json!("tester")), "{now}");
-    let (code, patched) = send_json(&mut k, "PATCH", &path, "application/strategic-merge-patch+json", &json!({"spec": {"replicas": 3}}));
-    assert_eq!((code, &patched["spec"]["replicas"]), (200, &json!(3)), "{patched}");
+    let (code, patched) = send_json(
+        &mut k,
+        "PATCH",
+        &path,
+        "application/strategic-merge-patch+json",
+        &json!({"spec": {"replicas": 3}}),
+    );
+    assert_eq!(
+        (code, &patched["spec"]["replicas"]),
+        (200, &json!(3)),
+        "{patched}"
+    );
 }
 
 // ---- item 3 ------------------------------------------------------------------------------
@@ -199,7 +296,11 @@ fn managed_paths(obj: &Value) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    for e in obj["metadata"]["managedFields"].as_array().cloned().unwrap_or_default() {
+    for e in obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
         walk(&e["fieldsV1"], "", &mut out);
     }
     out
@@ -211,15 +312,39 @@ fn explicit_nulls_are_dropped_before_storing_and_field_tracking() {
     let mut k = conn(&c);
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": null, "binaryData": null,
         "metadata": {"name": "nulls", "labels": null, "annotations": {"a": "b"}, "finalizers": null}});
-    let (code, created) = send_json(&mut k, "POST", &format!("{CONFIGMAPS}?fieldManager=tester"), JSON, &body);
+    let (code, created) = send_json(
+        &mut k,
+        "POST",
+        &format!("{CONFIGMAPS}?fieldManager=tester"),
+        JSON,
+        &body,
+    );
     assert_eq!(code, 201, "{created}");
-    for obj in [created.clone(), send(&mut k, "GET", &format!("{CONFIGMAPS}/nulls"), JSON, b"").1] {
-        assert!(obj.get("data").is_none() && obj.get("binaryData").is_none(), "{obj}");
+    for obj in [
+        created.clone(),
+        send(&mut k, "GET", &format!("{CONFIGMAPS}/nulls"), JSON, b"").1,
+    ] {
+        assert!(
+            obj.get("data").is_none() && obj.get("binaryData").is_none(),
+            "{obj}"
+        );
         let meta = obj["metadata"].as_object().cloned().unwrap_or_default();
-        assert!(!meta.contains_key("labels") && !meta.contains_key("finalizers"), "{obj}");
+        assert!(
+            !meta.contains_key("labels") && !meta.contains_key("finalizers"),
+            "{obj}"
+        );
         let tracked = managed_paths(&obj);
-        assert!(tracked.iter().any(|p| p == "/f:metadata/f:annotations/f:a"), "{tracked:?}");
-        assert!(!tracked.iter().any(|p| p.contains("f:data") || p.contains("f:labels") || p.contains("f:finalizers") || p.contains("f:binaryData")), "{tracked:?}");
+        assert!(
+            tracked.iter().any(|p| p == "/f:metadata/f:annotations/f:a"),
+            "{tracked:?}"
+        );
+        assert!(
+            !tracked.iter().any(|p| p.contains("f:data")
+                || p.contains("f:labels")
+                || p.contains("f:finalizers")
+                || p.contains("f:binaryData")),
+            "{tracked:?}"
+        );
     }
 
     // PUT and JSON patch: nulls they put in are dropped too.
@@ -227,28 +352,72 @@ fn explicit_nulls_are_dropped_before_storing_and_field_tracking() {
     put["data"] = Value::Null;
     put["metadata"]["labels"] = Value::Null;
     put["metadata"]["annotations"] = json!({"a": "b", "c": "d"});
-    let (code, updated) = send_json(&mut k, "PUT", &format!("{CONFIGMAPS}/nulls?fieldManager=putter"), JSON, &put);
+    let (code, updated) = send_json(
+        &mut k,
+        "PUT",
+        &format!("{CONFIGMAPS}/nulls?fieldManager=putter"),
+        JSON,
+        &put,
+    );
     assert_eq!(code, 200, "{updated}");
-    assert!(updated.get("data").is_none() && updated["metadata"].get("labels").is_none(), "{updated}");
-    assert!(!managed_paths(&updated).iter().any(|p| p.contains("f:data") || p.contains("f:labels")), "{updated}");
-    let (code, patched) = send_json(&mut k, "PATCH", &format!("{CONFIGMAPS}/nulls"), "application/json-patch+json", &json!([{"op": "add", "path": "/data", "value": null}]));
+    assert!(
+        updated.get("data").is_none() && updated["metadata"].get("labels").is_none(),
+        "{updated}"
+    );
+    assert!(
+        !managed_paths(&updated)
+            .iter()
+            .any(|p| p.contains("f:data") || p.contains("f:labels")),
+        "{updated}"
+    );
+    let (code, patched) = send_json(
+        &mut k,
+        "PATCH",
+        &format!("{CONFIGMAPS}/nulls"),
+        "application/json-patch+json",
+        &json!([{"op": "add", "path": "/data", "value": null}]),
+    );
     assert_eq!(code, 200, "{patched}");
     assert!(patched.get("data").is_none(), "{patched}");
 
     // Server-side apply: the stored object holds no nulls.
-    let apply = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\n  labels: null\ndata: null\n";
-    let (code, applied) = send(&mut k, "PATCH", &format!("{CONFIGMAPS}/applied?fieldManager=applier"), "application/apply-patch+yaml", apply.as_bytes());
+    let apply =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\n  labels: null\ndata: null\n";
+    let (code, applied) = send(
+        &mut k,
+        "PATCH",
+        &format!("{CONFIGMAPS}/applied?fieldManager=applier"),
+        "application/apply-patch+yaml",
+        apply.as_bytes(),
+    );
     assert_eq!(code, 201, "{applied}");
     let (_, got) = send(&mut k, "GET", &format!("{CONFIGMAPS}/applied"), JSON, b"");
-    assert!(got.get("data").is_none() && got["metadata"].get("labels").is_none(), "{got}");
+    assert!(
+        got.get("data").is_none() && got["metadata"].get("labels").is_none(),
+        "{got}"
+    );
 
     // A null item of a list of strings is Go's zero value.
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"containers": [{"name": "c", "image": "busybox", "args": ["a", null], "env": null}], "nodeSelector": null}});
-    let (code, created) = send_json(&mut k, "POST", "/api/v1/namespaces/default/pods?dryRun=All", JSON, &pod);
+    let (code, created) = send_json(
+        &mut k,
+        "POST",
+        "/api/v1/namespaces/default/pods?dryRun=All",
+        JSON,
+        &pod,
+    );
     assert_eq!(code, 201, "{created}");
-    assert_eq!(created["spec"]["containers"][0]["args"], json!(["a", ""]), "{created}");
-    assert!(created["spec"]["containers"][0].get("env").is_none() && created["spec"].get("nodeSelector").is_none(), "{created}");
+    assert_eq!(
+        created["spec"]["containers"][0]["args"],
+        json!(["a", ""]),
+        "{created}"
+    );
+    assert!(
+        created["spec"]["containers"][0].get("env").is_none()
+            && created["spec"].get("nodeSelector").is_none(),
+        "{created}"
+    );
 }
 
 // ---- item 4 ------------------------------------------------------------------------------
@@ -260,43 +429,93 @@ fn status_fields_upstream_always_encodes_are_present() {
     let template = json!({"metadata": {"labels": {"app": "z"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
     let selector = json!({"matchLabels": {"app": "z"}});
     let cases = [
-        ("/apis/apps/v1/namespaces/default/statefulsets", json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "z"},
+        (
+            "/apis/apps/v1/namespaces/default/statefulsets",
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "z"},
             "spec": {"replicas": 0, "serviceName": "z", "selector": selector, "template": template}}),
-            json!({"replicas": 0, "availableReplicas": 0})),
-        ("/apis/apps/v1/namespaces/default/daemonsets", json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "z"},
+            json!({"replicas": 0, "availableReplicas": 0}),
+        ),
+        (
+            "/apis/apps/v1/namespaces/default/daemonsets",
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "z"},
             "spec": {"selector": selector, "template": template}}),
-            json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0})),
-        ("/apis/apps/v1/namespaces/default/replicasets", json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "z"},
+            json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}),
+        ),
+        (
+            "/apis/apps/v1/namespaces/default/replicasets",
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "z"},
             "spec": {"replicas": 0, "selector": selector, "template": template}}),
-            json!({"replicas": 0})),
-        ("/api/v1/namespaces/default/replicationcontrollers", json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "z"},
+            json!({"replicas": 0}),
+        ),
+        (
+            "/api/v1/namespaces/default/replicationcontrollers",
+            json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "z"},
             "spec": {"replicas": 0, "selector": {"app": "z"}, "template": template}}),
-            json!({"replicas": 0})),
-        ("/apis/policy/v1/namespaces/default/poddisruptionbudgets", json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "z"},
+            json!({"replicas": 0}),
+        ),
+        (
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "z"},
             "spec": {"minAvailable": 1, "selector": selector}}),
-            json!({"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0})),
+            json!({"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0}),
+        ),
     ];
     for (path, body, want) in &cases {
-        let (code, created) = send_json(&mut k, "POST", &format!("{path}?fieldManager=creator"), JSON, body);
+        let (code, created) = send_json(
+            &mut k,
+            "POST",
+            &format!("{path}?fieldManager=creator"),
+            JSON,
+            body,
+        );
         assert_eq!(code, 201, "{created}");
         for (field, zero) in want.as_object().into_iter().flatten() {
-            assert_eq!(&created["status"][field], zero, "{path}: status.{field} of the created object: {created}");
+            assert_eq!(
+                &created["status"][field], zero,
+                "{path}: status.{field} of the created object: {created}"
+            );
         }
-        assert!(!managed_paths(&created).iter().any(|p| p.starts_with("/f:status")), "the creator owns status fields: {created}");
+        assert!(
+            !managed_paths(&created)
+                .iter()
+                .any(|p| p.starts_with("/f:status")),
+            "the creator owns status fields: {created}"
+        );
         let (_, got) = send(&mut k, "GET", &format!("{path}/z"), JSON, b"");
         for field in want.as_object().into_iter().flatten().map(|(f, _)| f) {
-            assert!(got["status"][field].is_i64(), "{path}: status.{field} missing: {got}");
+            assert!(
+                got["status"][field].is_i64(),
+                "{path}: status.{field} missing: {got}"
+            );
         }
     }
     // A status write that leaves a field out gets its zero value back.
-    let (_, sts) = send(&mut k, "GET", "/apis/apps/v1/namespaces/default/statefulsets/z", JSON, b"");
+    let (_, sts) = send(
+        &mut k,
+        "GET",
+        "/apis/apps/v1/namespaces/default/statefulsets/z",
+        JSON,
+        b"",
+    );
     let mut put = sts.clone();
     put["status"] = json!({"replicas": 0});
-    let (code, updated) = send_json(&mut k, "PUT", "/apis/apps/v1/namespaces/default/statefulsets/z/status", JSON, &put);
+    let (code, updated) = send_json(
+        &mut k,
+        "PUT",
+        "/apis/apps/v1/namespaces/default/statefulsets/z/status",
+        JSON,
+        &put,
+    );
     assert_eq!(code, 200, "{updated}");
     assert_eq!(updated["status"]["availableReplicas"], 0, "{updated}");
     // Deployments omit all their zero status fields, as upstream.
-    let (code, created) = send_json(&mut k, "POST", DEPLOYMENTS, JSON, &deployment("plain", json!(0)));
+    let (code, created) = send_json(
+        &mut k,
+        "POST",
+        DEPLOYMENTS,
+        JSON,
+        &deployment("plain", json!(0)),
+    );
     assert_eq!((code, &created["status"]), (201, &json!({})), "{created}");
 }
 
@@ -304,9 +523,14 @@ fn status_fields_upstream_always_encodes_are_present() {
 
 /// A Python with PyPI's `kubernetes` package, if there is one.
 fn kubernetes_python() -> Option<String> {
-    let candidates = std::env::var("RK3S_TEST_KUBERNETES_PYTHON").into_iter().chain(["python3".to_string()]);
+    let candidates = std::env::var("RK3S_TEST_KUBERNETES_PYTHON")
+        .into_iter()
+        .chain(["python3".to_string()]);
     for py in candidates {
-        let ok = std::process::Command::new(&py).args(["-c", "import kubernetes"]).output().is_ok_and(|o| o.status.success());
+        let ok = std::process::Command::new(&py)
+            .args(["-c", "import kubernetes"])
+            .output()
+            .is_ok_and(|o| o.status.success());
         if ok {
             return Some(py);
         }
@@ -333,10 +557,20 @@ fn a_namespace_with_a_refused_object_still_lists_and_decodes() {
     c.ok(&["create", "namespace", "team"]);
     let good = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: good\n  namespace: team\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {app: good}\n  template:\n    metadata:\n      labels: {app: good}\n    spec:\n      containers: [{name: c, image: busybox}]\n";
     c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(good));
-    let bad = good.replace("name: good", "name: bad").replace("replicas: 2", "replicas: notanumber");
-    for args in [vec!["create", "--validate=false", "-f", "-"], vec!["apply", "--validate=false", "-f", "-"], vec!["apply", "--server-side", "--validate=false", "-f", "-"]] {
+    let bad = good
+        .replace("name: good", "name: bad")
+        .replace("replicas: 2", "replicas: notanumber");
+    for args in [
+        vec!["create", "--validate=false", "-f", "-"],
+        vec!["apply", "--validate=false", "-f", "-"],
+        vec!["apply", "--server-side", "--validate=false", "-f", "-"],
+    ] {
         let out = c.kubectl_with(&common::kubectl_bin(), &args, Some(&bad));
-        assert!(!out.status.success(), "kubectl {args:?} stored the bad deployment: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} stored the bad deployment: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     let bad_cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\n  namespace: team\ndata:\n  a: 1\n";
     let err = c.fails(&["create", "--validate=false", "-f", "-"], Some(bad_cm));
@@ -344,8 +578,14 @@ fn a_namespace_with_a_refused_object_still_lists_and_decodes() {
     // What kubectl itself refuses to send, sent raw.
     let mut k = conn(&c);
     let raw = [
-        ("/api/v1/namespaces/team/configmaps", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bad-labels", "labels": "x"}})),
-        ("/api/v1/namespaces/team/services", json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad"}, "spec": {"ports": [{"port": "eighty"}]}})),
+        (
+            "/api/v1/namespaces/team/configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bad-labels", "labels": "x"}}),
+        ),
+        (
+            "/api/v1/namespaces/team/services",
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad"}, "spec": {"ports": [{"port": "eighty"}]}}),
+        ),
     ];
     for (path, body) in raw {
         let (code, status) = send_json(&mut k, "POST", path, JSON, &body);
@@ -354,10 +594,16 @@ fn a_namespace_with_a_refused_object_still_lists_and_decodes() {
 
     // Every client still reads the namespace: kubectl (unstructured and typed), Python.
     let yaml = c.ok(&["get", "deploy", "-n", "team", "-o", "yaml"]);
-    assert!(yaml.contains("name: good") && !yaml.contains("name: bad"), "{yaml}");
+    assert!(
+        yaml.contains("name: good") && !yaml.contains("name: bad"),
+        "{yaml}"
+    );
     assert!(yaml.contains("replicas: 2"), "{yaml}");
     let described = c.ok(&["describe", "deploy", "-n", "team"]);
-    assert!(described.contains("Name:") && described.contains("good"), "{described}");
+    assert!(
+        described.contains("Name:") && described.contains("good"),
+        "{described}"
+    );
     c.ok(&["get", "configmaps,services", "-n", "team", "-o", "yaml"]);
     match kubernetes_python() {
         Some(py) => {

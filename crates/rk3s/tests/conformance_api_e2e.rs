@@ -20,7 +20,8 @@ fn conn(c: &Cluster) -> Conn {
 }
 
 fn parse(out: &[u8]) -> Value {
-    serde_json::from_slice(out).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(out).to_string()))
+    serde_json::from_slice(out)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(out).to_string()))
 }
 
 fn call(conn: &mut Conn, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -32,7 +33,11 @@ fn call(conn: &mut Conn, method: &str, path: &str, body: Option<&Value>) -> (u16
 fn names(list: &Value) -> Vec<String> {
     let mut v: Vec<String> = list["items"]
         .as_array()
-        .map(|a| a.iter().filter_map(|i| i["metadata"]["name"].as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["metadata"]["name"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -59,23 +64,42 @@ fn events_field_selectors_core_and_events_k8s_io() {
             "reason": reason, "message": "m", "type": typ, "source": {"component": comp},
             "firstTimestamp": "2024-01-01T00:00:00Z", "lastTimestamp": "2024-01-01T00:00:00Z", "count": 1})
     };
-    for ev in [core("e1", "Pod", "Started", "Normal", "kubelet"), core("e2", "Node", "Rebooted", "Warning", "node-controller")] {
-        let (code, out) = call(&mut k, "POST", "/api/v1/namespaces/default/events", Some(&ev));
+    for ev in [
+        core("e1", "Pod", "Started", "Normal", "kubelet"),
+        core("e2", "Node", "Rebooted", "Warning", "node-controller"),
+    ] {
+        let (code, out) = call(
+            &mut k,
+            "POST",
+            "/api/v1/namespaces/default/events",
+            Some(&ev),
+        );
         assert_eq!(code, 201, "{out}");
     }
     let new = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e3", "namespace": "default"},
         "eventTime": "2024-01-01T00:00:00.000000Z", "reportingController": "example.com/ctl", "reportingInstance": "i",
         "action": "Act", "reason": "Scaled", "type": "Normal", "note": "n",
         "regarding": {"kind": "Deployment", "name": "d1", "namespace": "default", "uid": "uid-d1", "apiVersion": "apps/v1"}});
-    let (code, out) = call(&mut k, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", Some(&new));
+    let (code, out) = call(
+        &mut k,
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        Some(&new),
+    );
     assert_eq!(code, 201, "{out}");
 
     let core_cases: &[(&str, &[&str])] = &[
         ("involvedObject.kind=Pod", &["e1"]),
         ("involvedObject.name=e2-obj", &["e2"]),
-        ("involvedObject.namespace=default,involvedObject.uid=uid-e1", &["e1"]),
+        (
+            "involvedObject.namespace=default,involvedObject.uid=uid-e1",
+            &["e1"],
+        ),
         ("involvedObject.apiVersion=apps/v1", &["e3"]),
-        ("involvedObject.resourceVersion=42,involvedObject.fieldPath=spec.containers{c}", &["e1", "e2"]),
+        (
+            "involvedObject.resourceVersion=42,involvedObject.fieldPath=spec.containers{c}",
+            &["e1", "e2"],
+        ),
         ("reason=Rebooted", &["e2"]),
         ("type=Warning", &["e2"]),
         ("source=kubelet", &["e1"]),
@@ -86,7 +110,15 @@ fn events_field_selectors_core_and_events_k8s_io() {
         ("metadata.namespace=default,type!=Normal", &["e2"]),
     ];
     for (sel, want) in core_cases {
-        let (code, out) = call(&mut k, "GET", &format!("/api/v1/namespaces/default/events?fieldSelector={}", enc(sel)), None);
+        let (code, out) = call(
+            &mut k,
+            "GET",
+            &format!(
+                "/api/v1/namespaces/default/events?fieldSelector={}",
+                enc(sel)
+            ),
+            None,
+        );
         assert_eq!(code, 200, "{sel}: {out}");
         assert_eq!(names(&out), want.to_vec(), "core {sel}");
     }
@@ -100,7 +132,15 @@ fn events_field_selectors_core_and_events_k8s_io() {
         ("metadata.name=e2,metadata.namespace=default", &["e2"]),
     ];
     for (sel, want) in new_cases {
-        let (code, out) = call(&mut k, "GET", &format!("/apis/events.k8s.io/v1/namespaces/default/events?fieldSelector={}", enc(sel)), None);
+        let (code, out) = call(
+            &mut k,
+            "GET",
+            &format!(
+                "/apis/events.k8s.io/v1/namespaces/default/events?fieldSelector={}",
+                enc(sel)
+            ),
+            None,
+        );
         assert_eq!(code, 200, "{sel}: {out}");
         assert_eq!(names(&out), want.to_vec(), "events.k8s.io {sel}");
     }
@@ -116,13 +156,31 @@ fn events_field_selectors_core_and_events_k8s_io() {
         .collect();
     assert_eq!(seen, vec!["e2".to_string()]);
     let (code, out) = k
-        .request("GET", &format!("/api/v1/namespaces/default/events?watch=1&timeoutSeconds=1&fieldSelector={}", enc("source=node-controller")), None)
+        .request(
+            "GET",
+            &format!(
+                "/api/v1/namespaces/default/events?watch=1&timeoutSeconds=1&fieldSelector={}",
+                enc("source=node-controller")
+            ),
+            None,
+        )
         .expect("watch");
     assert_eq!(code, 200);
-    assert!(String::from_utf8_lossy(&out).contains("\"e2\"") && !String::from_utf8_lossy(&out).contains("\"e1\""));
+    assert!(
+        String::from_utf8_lossy(&out).contains("\"e2\"")
+            && !String::from_utf8_lossy(&out).contains("\"e1\"")
+    );
     // upstream's errors for names the other version uses
-    for (path, bad) in [("/api/v1/namespaces/default/events", "regarding.kind"), ("/apis/events.k8s.io/v1/namespaces/default/events", "source")] {
-        let (code, out) = call(&mut k, "GET", &format!("{path}?fieldSelector={}", enc(&format!("{bad}=x"))), None);
+    for (path, bad) in [
+        ("/api/v1/namespaces/default/events", "regarding.kind"),
+        ("/apis/events.k8s.io/v1/namespaces/default/events", "source"),
+    ] {
+        let (code, out) = call(
+            &mut k,
+            "GET",
+            &format!("{path}?fieldSelector={}", enc(&format!("{bad}=x"))),
+            None,
+        );
         assert_eq!(code, 400, "{out}");
         assert_eq!(out["message"], format!("field label not supported: {bad}"));
     }
@@ -132,14 +190,21 @@ fn events_field_selectors_core_and_events_k8s_io() {
 fn table_of_a_resource_without_one_is_not_acceptable() {
     let c = Cluster::start();
     let mut k = conn(&c);
-    let sar = serde_json::to_vec(&json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-        "spec": {"nonResourceAttributes": {"path": "/", "verb": "get"}}}))
+    let sar = serde_json::to_vec(
+        &json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"nonResourceAttributes": {"path": "/", "verb": "get"}}}),
+    )
     .expect("json");
     // The harness sends `Accept: application/json` after the Content-Type; a first
     // Accept line (which the server reads) asks for a Table only, as the e2e test does.
     let table_only = "application/json\r\nAccept: application/json;as=Table;v=v1;g=meta.k8s.io";
     let (code, out) = k
-        .request_ct("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", table_only, Some(&sar))
+        .request_ct(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            table_only,
+            Some(&sar),
+        )
         .expect("request");
     let out = parse(&out);
     assert_eq!(code, 406, "{out}");
@@ -147,12 +212,20 @@ fn table_of_a_resource_without_one_is_not_acceptable() {
     assert_eq!(out["reason"], "NotAcceptable");
     assert_eq!(out["code"], 406);
     // a resource with a Table still serves one
-    let (code, out) = k.request_ct("GET", "/api/v1/namespaces", table_only, None).expect("request");
+    let (code, out) = k
+        .request_ct("GET", "/api/v1/namespaces", table_only, None)
+        .expect("request");
     let out = parse(&out);
     assert_eq!(code, 200, "{out}");
     assert_eq!(out["kind"], "Table");
     // and the review itself still works with plain JSON
-    let (code, out) = k.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", Some(&sar)).expect("request");
+    let (code, out) = k
+        .request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            Some(&sar),
+        )
+        .expect("request");
     assert_eq!(code, 201, "{}", String::from_utf8_lossy(&out));
 }
 
@@ -172,10 +245,16 @@ fn version_has_git_commit_tree_state_and_build_date() {
     if in_git {
         assert_eq!(commit.len(), 40, "{v}");
         assert!(commit.chars().all(|c| c.is_ascii_hexdigit()), "{v}");
-        assert!(["clean", "dirty"].contains(&v["gitTreeState"].as_str().unwrap_or_default()), "{v}");
+        assert!(
+            ["clean", "dirty"].contains(&v["gitTreeState"].as_str().unwrap_or_default()),
+            "{v}"
+        );
     }
     assert_ne!(commit, "unknown");
     let date = v["buildDate"].as_str().unwrap_or_default();
     assert_ne!(date, "1970-01-01T00:00:00Z");
-    assert!(date.len() == 20 && date.ends_with('Z') && date.as_bytes()[10] == b'T', "{date}");
+    assert!(
+        date.len() == 20 && date.ends_with('Z') && date.as_bytes()[10] == b'T',
+        "{date}"
+    );
 }

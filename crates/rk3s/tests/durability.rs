@@ -46,22 +46,43 @@ fn kill9_during_concurrent_creates_loses_no_acknowledged_write() {
         let _ = t.join();
     }
     let acked = acked.lock().expect("lock").clone();
-    assert!(acked.len() >= 600, "only {} creates acknowledged", acked.len());
-    assert!(acked.len() < clients * per, "the kill came too late to test anything");
+    assert!(
+        acked.len() >= 600,
+        "only {} creates acknowledged",
+        acked.len()
+    );
+    assert!(
+        acked.len() < clients * per,
+        "the kill came too late to test anything"
+    );
 
     c.restart_after_kill(&[]);
     let mut conn = Conn::connect(&Creds::from_kubeconfig(&c.kubeconfig, c.port)).expect("connect");
-    let (code, body) = conn.request("GET", "/api/v1/namespaces/default/configmaps", None).expect("list");
+    let (code, body) = conn
+        .request("GET", "/api/v1/namespaces/default/configmaps", None)
+        .expect("list");
     assert_eq!(code, 200);
     let list: Value = serde_json::from_slice(&body).expect("json");
     let stored: std::collections::HashMap<String, i64> = list["items"]
         .as_array()
         .expect("items")
         .iter()
-        .map(|o| (o["metadata"]["name"].as_str().unwrap_or("").to_string(), o["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0)))
+        .map(|o| {
+            (
+                o["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            )
+        })
         .collect();
     for (name, rv) in &acked {
-        assert_eq!(stored.get(name), Some(rv), "acknowledged create {name} (rv {rv}) lost or changed");
+        assert_eq!(
+            stored.get(name),
+            Some(rv),
+            "acknowledged create {name} (rv {rv}) lost or changed"
+        );
     }
     // Revisions are unique and strictly increase with later writes.
     let mut revs: Vec<i64> = acked.iter().map(|a| a.1).collect();
@@ -69,11 +90,21 @@ fn kill9_during_concurrent_creates_loses_no_acknowledged_write() {
     revs.dedup();
     assert_eq!(revs.len(), acked.len(), "duplicate resourceVersions");
     let (code, body) = conn
-        .request("POST", "/api/v1/namespaces/default/configmaps", Some(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"after-restart"}}"#))
+        .request(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"after-restart"}}"#),
+        )
         .expect("create after restart");
     assert_eq!(code, 201);
     let v: Value = serde_json::from_slice(&body).expect("json");
-    let rv: i64 = v["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).expect("rv");
+    let rv: i64 = v["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("rv");
     let max_stored = stored.values().copied().max().unwrap_or(0);
-    assert!(rv > max_stored, "revision {rv} after restart is not above {max_stored}");
+    assert!(
+        rv > max_stored,
+        "revision {rv} after restart is not above {max_stored}"
+    );
 }

@@ -104,27 +104,65 @@ fn helm_sdk_install_upgrade_rollback_uninstall() {
 
     assert_eq!(step("install"), "install 1 deployed");
     assert_eq!(greeting(&c), "hi");
-    let ports = c.ok(&["get", "svc", "demo-svc", "-o", "jsonpath={.spec.ports[*].protocol}"]);
+    let ports = c.ok(&[
+        "get",
+        "svc",
+        "demo-svc",
+        "-o",
+        "jsonpath={.spec.ports[*].protocol}",
+    ]);
     assert_eq!(ports, "UDP TCP");
     let secrets = c.ok(&["get", "secrets", "-l", "owner=helm", "-o", "name"]);
-    assert_eq!(secrets.trim(), "secret/sh.helm.release.v1.demo.v1", "Helm's release record");
+    assert_eq!(
+        secrets.trim(),
+        "secret/sh.helm.release.v1.demo.v1",
+        "Helm's release record"
+    );
     writeln!(stdin).expect("next");
 
     assert_eq!(step("upgrade"), "upgrade 2 deployed bye");
     assert_eq!(greeting(&c), "bye");
-    assert_eq!(c.ok(&["get", "deploy", "demo-web", "-o", "jsonpath={.spec.replicas}"]), "2");
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "demo-web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "2"
+    );
     writeln!(stdin).expect("next");
 
-    assert_eq!(step("rollback"), "rollback 1:superseded 2:superseded 3:deployed");
+    assert_eq!(
+        step("rollback"),
+        "rollback 1:superseded 2:superseded 3:deployed"
+    );
     assert_eq!(greeting(&c), "hi");
-    assert_eq!(c.ok(&["get", "deploy", "demo-web", "-o", "jsonpath={.spec.replicas}"]), "1");
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "demo-web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "1"
+    );
     writeln!(stdin).expect("next");
 
     assert_eq!(step("uninstall"), "uninstall 0");
     let status = child.wait().expect("python exits");
     assert!(status.success(), "{status}");
     // Nothing left: no release Secret, no object of the chart.
-    let left = c.ok(&["get", "cm,svc,deploy,secrets", "-l", "owner=helm", "-o", "name"]);
+    let left = c.ok(&[
+        "get",
+        "cm,svc,deploy,secrets",
+        "-l",
+        "owner=helm",
+        "-o",
+        "name",
+    ]);
     assert_eq!(left.trim(), "", "release records left: {left}");
     for obj in ["cm/demo-cm", "svc/demo-svc", "deploy/demo-web"] {
         let o = c.kubectl(&["get", obj]);

@@ -21,9 +21,20 @@ fn server_is_ready_and_has_builtin_namespaces() {
     eprintln!("ready after {:?}", c.ready_after);
     let ns = c.ok(&["get", "namespaces", "-o", "name"]);
     for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        assert!(ns.contains(&format!("namespace/{n}")), "missing {n} in {ns}");
+        assert!(
+            ns.contains(&format!("namespace/{n}")),
+            "missing {n} in {ns}"
+        );
     }
-    let svc = json(&c.ok(&["get", "service", "kubernetes", "-n", "default", "-o", "json"]));
+    let svc = json(&c.ok(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]));
     assert_eq!(svc["spec"]["clusterIP"], "10.43.0.1");
     // Anonymous requests are refused except health and version.
     let v = c.ok(&["version", "-o", "json"]);
@@ -32,35 +43,88 @@ fn server_is_ready_and_has_builtin_namespaces() {
 
 fn api_surface(c: &Cluster, bin: &str) {
     let res = c.ok_with(bin, &["api-resources"], None);
-    for line in ["pods", "deployments", "cronjobs", "ingresses", "customresourcedefinitions", "leases", "endpointslices"] {
-        assert!(res.lines().any(|l| l.starts_with(line)), "api-resources lacks {line}:\n{res}");
+    for line in [
+        "pods",
+        "deployments",
+        "cronjobs",
+        "ingresses",
+        "customresourcedefinitions",
+        "leases",
+        "endpointslices",
+    ] {
+        assert!(
+            res.lines().any(|l| l.starts_with(line)),
+            "api-resources lacks {line}:\n{res}"
+        );
     }
-    let po = res.lines().find(|l| l.starts_with("pods ")).unwrap_or_default();
-    assert!(po.contains(" po ") && po.contains(" v1 ") && po.contains("true") && po.contains("Pod"), "pods line: {po}");
+    let po = res
+        .lines()
+        .find(|l| l.starts_with("pods "))
+        .unwrap_or_default();
+    assert!(
+        po.contains(" po ") && po.contains(" v1 ") && po.contains("true") && po.contains("Pod"),
+        "pods line: {po}"
+    );
     let vers = c.ok_with(bin, &["api-versions"], None);
-    for gv in ["v1", "apps/v1", "batch/v1", "autoscaling/v2", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1"] {
-        assert!(vers.lines().any(|l| l == gv), "api-versions lacks {gv}:\n{vers}");
+    for gv in [
+        "v1",
+        "apps/v1",
+        "batch/v1",
+        "autoscaling/v2",
+        "networking.k8s.io/v1",
+        "rbac.authorization.k8s.io/v1",
+    ] {
+        assert!(
+            vers.lines().any(|l| l == gv),
+            "api-versions lacks {gv}:\n{vers}"
+        );
     }
     let explain = c.ok_with(bin, &["explain", "deployment.spec.strategy"], None);
     assert!(explain.contains("rollingUpdate"), "explain: {explain}");
-    assert!(explain.to_lowercase().contains("deploymentstrategy") || explain.contains("FIELD"), "explain: {explain}");
+    assert!(
+        explain.to_lowercase().contains("deploymentstrategy") || explain.contains("FIELD"),
+        "explain: {explain}"
+    );
 }
 
 fn workflow(c: &Cluster, bin: &str) {
-    let ns = format!("e2e-{}", bin.rsplit('.').next().unwrap_or("x").replace('/', ""));
+    let ns = format!(
+        "e2e-{}",
+        bin.rsplit('.').next().unwrap_or("x").replace('/', "")
+    );
     c.ok_with(bin, &["create", "namespace", &ns], None);
     let applied = c.ok_with(bin, &["apply", "-n", &ns, "-f", "-"], Some(APP));
-    for what in ["configmap/web-config created", "deployment.apps/web created", "service/web created", "cronjob.batch/web-report created", "ingress.networking.k8s.io/web created"] {
-        assert!(applied.contains(what), "apply output lacks {what}:\n{applied}");
+    for what in [
+        "configmap/web-config created",
+        "deployment.apps/web created",
+        "service/web created",
+        "cronjob.batch/web-report created",
+        "ingress.networking.k8s.io/web created",
+    ] {
+        assert!(
+            applied.contains(what),
+            "apply output lacks {what}:\n{applied}"
+        );
     }
     // Apply again with one change: the image of the first container only.
-    let changed = APP.replacen("image: busybox:1.36\n        command: [\"httpd\"", "image: busybox:1.37\n        command: [\"httpd\"", 1);
+    let changed = APP.replacen(
+        "image: busybox:1.36\n        command: [\"httpd\"",
+        "image: busybox:1.37\n        command: [\"httpd\"",
+        1,
+    );
     assert_ne!(changed, APP);
     let again = c.ok_with(bin, &["apply", "-n", &ns, "-f", "-"], Some(&changed));
     assert!(again.contains("deployment.apps/web configured"), "{again}");
     assert!(again.contains("configmap/web-config unchanged"), "{again}");
-    let d = json(&c.ok_with(bin, &["get", "deployment", "web", "-n", &ns, "-o", "json"], None));
-    let containers = d["spec"]["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let d = json(&c.ok_with(
+        bin,
+        &["get", "deployment", "web", "-n", &ns, "-o", "json"],
+        None,
+    ));
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(containers.len(), 2, "{d}");
     assert_eq!(containers[0]["image"], "busybox:1.37");
     assert_eq!(containers[1]["name"], "sidecar");
@@ -68,57 +132,202 @@ fn workflow(c: &Cluster, bin: &str) {
     assert_eq!(d["metadata"]["generation"], 2);
     assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
     assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
-    assert_eq!(containers[0]["terminationMessagePath"], "/dev/termination-log");
+    assert_eq!(
+        containers[0]["terminationMessagePath"],
+        "/dev/termination-log"
+    );
 
     // Output formats.
-    let y = c.ok_with(bin, &["get", "configmap", "web-config", "-n", &ns, "-o", "yaml"], None);
+    let y = c.ok_with(
+        bin,
+        &["get", "configmap", "web-config", "-n", &ns, "-o", "yaml"],
+        None,
+    );
     assert!(y.contains("greeting: hello"), "{y}");
-    let names = c.ok_with(bin, &["get", "deploy,svc,cm", "-n", &ns, "-o", "name"], None);
-    assert!(names.contains("deployment.apps/web") && names.contains("service/web") && names.contains("configmap/web-config"), "{names}");
-    let jp = c.ok_with(bin, &["get", "svc", "web", "-n", &ns, "-o", "jsonpath={.spec.clusterIP}"], None);
+    let names = c.ok_with(
+        bin,
+        &["get", "deploy,svc,cm", "-n", &ns, "-o", "name"],
+        None,
+    );
+    assert!(
+        names.contains("deployment.apps/web")
+            && names.contains("service/web")
+            && names.contains("configmap/web-config"),
+        "{names}"
+    );
+    let jp = c.ok_with(
+        bin,
+        &[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+        None,
+    );
     assert!(jp.starts_with("10.43."), "{jp}");
     let table = c.ok_with(bin, &["get", "deployments", "-n", &ns], None);
-    assert!(table.starts_with("NAME") && table.contains("READY") && table.contains("UP-TO-DATE") && table.contains("AVAILABLE"), "{table}");
+    assert!(
+        table.starts_with("NAME")
+            && table.contains("READY")
+            && table.contains("UP-TO-DATE")
+            && table.contains("AVAILABLE"),
+        "{table}"
+    );
     let wide = c.ok_with(bin, &["get", "deployments", "-n", &ns, "-o", "wide"], None);
-    assert!(wide.contains("CONTAINERS") && wide.contains("web,sidecar") && wide.contains("app=web"), "{wide}");
+    assert!(
+        wide.contains("CONTAINERS") && wide.contains("web,sidecar") && wide.contains("app=web"),
+        "{wide}"
+    );
     let svcs = c.ok_with(bin, &["get", "svc", "-n", &ns], None);
-    assert!(svcs.contains("CLUSTER-IP") && svcs.contains("80/TCP"), "{svcs}");
+    assert!(
+        svcs.contains("CLUSTER-IP") && svcs.contains("80/TCP"),
+        "{svcs}"
+    );
     let all = c.ok_with(bin, &["get", "all", "-A"], None);
-    assert!(all.contains("deployment.apps/web") && all.contains("service/kubernetes") && all.contains("cronjob.batch/web-report"), "{all}");
+    assert!(
+        all.contains("deployment.apps/web")
+            && all.contains("service/kubernetes")
+            && all.contains("cronjob.batch/web-report"),
+        "{all}"
+    );
     let desc = c.ok_with(bin, &["describe", "deployment", "web", "-n", &ns], None);
-    assert!(desc.contains("Name:") && desc.contains("web") && desc.contains("RollingUpdate"), "{desc}");
+    assert!(
+        desc.contains("Name:") && desc.contains("web") && desc.contains("RollingUpdate"),
+        "{desc}"
+    );
 
     // label, annotate, patch.
-    c.ok_with(bin, &["label", "configmap", "web-config", "-n", &ns, "tier=front"], None);
-    c.ok_with(bin, &["annotate", "configmap", "web-config", "-n", &ns, "owner=team-a"], None);
-    let cm = json(&c.ok_with(bin, &["get", "configmap", "web-config", "-n", &ns, "-o", "json"], None));
+    c.ok_with(
+        bin,
+        &["label", "configmap", "web-config", "-n", &ns, "tier=front"],
+        None,
+    );
+    c.ok_with(
+        bin,
+        &[
+            "annotate",
+            "configmap",
+            "web-config",
+            "-n",
+            &ns,
+            "owner=team-a",
+        ],
+        None,
+    );
+    let cm = json(&c.ok_with(
+        bin,
+        &["get", "configmap", "web-config", "-n", &ns, "-o", "json"],
+        None,
+    ));
     assert_eq!(cm["metadata"]["labels"]["tier"], "front");
     assert_eq!(cm["metadata"]["annotations"]["owner"], "team-a");
-    c.ok_with(bin, &["patch", "configmap", "web-config", "-n", &ns, "--type=merge", "-p", r#"{"data":{"extra":"1"}}"#], None);
-    c.ok_with(bin, &["patch", "configmap", "web-config", "-n", &ns, "--type=json", "-p", r#"[{"op":"replace","path":"/data/greeting","value":"hi"}]"#], None);
+    c.ok_with(
+        bin,
+        &[
+            "patch",
+            "configmap",
+            "web-config",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"data":{"extra":"1"}}"#,
+        ],
+        None,
+    );
+    c.ok_with(
+        bin,
+        &[
+            "patch",
+            "configmap",
+            "web-config",
+            "-n",
+            &ns,
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/data/greeting","value":"hi"}]"#,
+        ],
+        None,
+    );
     c.ok_with(bin, &["patch", "deployment", "web", "-n", &ns, "--type=strategic", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox:1.38"}]}}}}"#], None);
-    let cm = json(&c.ok_with(bin, &["get", "configmap", "web-config", "-n", &ns, "-o", "json"], None));
+    let cm = json(&c.ok_with(
+        bin,
+        &["get", "configmap", "web-config", "-n", &ns, "-o", "json"],
+        None,
+    ));
     assert_eq!(cm["data"]["greeting"], "hi");
     assert_eq!(cm["data"]["extra"], "1");
-    let d = json(&c.ok_with(bin, &["get", "deployment", "web", "-n", &ns, "-o", "json"], None));
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][1]["image"], "busybox:1.38");
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1.37");
+    let d = json(&c.ok_with(
+        bin,
+        &["get", "deployment", "web", "-n", &ns, "-o", "json"],
+        None,
+    ));
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][1]["image"],
+        "busybox:1.38"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:1.37"
+    );
 
     // scale (no controller yet: the object's replicas change).
-    c.ok_with(bin, &["scale", "deployment", "web", "-n", &ns, "--replicas=5"], None);
-    let r = c.ok_with(bin, &["get", "deployment", "web", "-n", &ns, "-o", "jsonpath={.spec.replicas}"], None);
+    c.ok_with(
+        bin,
+        &["scale", "deployment", "web", "-n", &ns, "--replicas=5"],
+        None,
+    );
+    let r = c.ok_with(
+        bin,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        None,
+    );
     assert_eq!(r, "5");
 
     // create --dry-run=server stores nothing.
-    let dry = c.ok_with(bin, &["create", "configmap", "dry", "-n", &ns, "--from-literal=a=b", "--dry-run=server", "-o", "json"], None);
+    let dry = c.ok_with(
+        bin,
+        &[
+            "create",
+            "configmap",
+            "dry",
+            "-n",
+            &ns,
+            "--from-literal=a=b",
+            "--dry-run=server",
+            "-o",
+            "json",
+        ],
+        None,
+    );
     assert_eq!(json(&dry)["data"]["a"], "b");
     let missing = c.kubectl_with(bin, &["get", "configmap", "dry", "-n", &ns], None);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("configmaps \"dry\" not found"));
 
     // delete by label, --all, and a namespace.
-    let del = c.ok_with(bin, &["delete", "configmap,secret", "-n", &ns, "-l", "app=web"], None);
-    assert!(del.contains("configmap \"web-config\" deleted") && del.contains("secret \"web-secret\" deleted"), "{del}");
+    let del = c.ok_with(
+        bin,
+        &["delete", "configmap,secret", "-n", &ns, "-l", "app=web"],
+        None,
+    );
+    assert!(
+        del.contains("configmap \"web-config\" deleted")
+            && del.contains("secret \"web-secret\" deleted"),
+        "{del}"
+    );
     c.ok_with(bin, &["delete", "deployments", "--all", "-n", &ns], None);
     let left = c.ok_with(bin, &["get", "deployments", "-n", &ns, "-o", "name"], None);
     assert!(left.trim().is_empty(), "{left}");
@@ -168,9 +377,17 @@ fn get_watch_sees_changes_made_elsewhere() {
     });
     // First the header and the existing object...
     let header = rx.recv_timeout(Duration::from_secs(20)).expect("header");
-    assert!(header.starts_with("EVENT") && header.contains("NAME") && header.contains("DATA"), "{header}");
-    let first = rx.recv_timeout(Duration::from_secs(20)).expect("initial event");
-    assert!(first.starts_with("ADDED") && first.contains("watched"), "{first}");
+    assert!(
+        header.starts_with("EVENT") && header.contains("NAME") && header.contains("DATA"),
+        "{header}"
+    );
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("initial event");
+    assert!(
+        first.starts_with("ADDED") && first.contains("watched"),
+        "{first}"
+    );
     // ...then changes made by another client.
     c.ok(&["label", "configmap", "watched", "x=y"]);
     c.ok(&["delete", "configmap", "watched"]);
@@ -183,8 +400,16 @@ fn get_watch_sees_changes_made_elsewhere() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(seen.iter().any(|l| l.starts_with("MODIFIED") && l.contains("watched")), "{seen:?}");
-    assert!(seen.iter().any(|l| l.starts_with("DELETED") && l.contains("watched")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("MODIFIED") && l.contains("watched")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("DELETED") && l.contains("watched")),
+        "{seen:?}"
+    );
 }
 
 #[test]
@@ -198,13 +423,24 @@ fn invalid_manifests_get_upstream_errors_and_store_nothing() {
     let err = c.fails(&["create", "-f", "-"], Some(no_image));
     assert!(err.contains("The Deployment \"noimg\" is invalid: spec.template.spec.containers[0].image: Required value"), "{err}");
 
-    let unknown = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: strict\ndata: {a: b}\nbogus: 1\n";
+    let unknown =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: strict\ndata: {a: b}\nbogus: 1\n";
     let err = c.fails(&["create", "--validate=strict", "-f", "-"], Some(unknown));
     assert!(err.contains("unknown field \"bogus\""), "{err}");
 
     for n in ["Bad_Name", "noimg", "strict"] {
-        let out = c.kubectl(&["get", "configmap,deployment", n, "--ignore-not-found", "-o", "name"]);
-        assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "{n} was stored");
+        let out = c.kubectl(&[
+            "get",
+            "configmap,deployment",
+            n,
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "{n} was stored"
+        );
     }
 }
 
@@ -212,13 +448,23 @@ fn invalid_manifests_get_upstream_errors_and_store_nothing() {
 fn data_survives_restart() {
     let mut c = Cluster::start();
     c.ok(&["create", "namespace", "keep"]);
-    c.ok(&["create", "configmap", "kept", "-n", "keep", "--from-literal=k=v"]);
+    c.ok(&[
+        "create",
+        "configmap",
+        "kept",
+        "-n",
+        "keep",
+        "--from-literal=k=v",
+    ]);
     let before = json(&c.ok(&["get", "configmap", "kept", "-n", "keep", "-o", "json"]));
     let token_before = std::fs::read_to_string(c.data_dir().join("server/token")).expect("token");
     c.restart(&[]);
     let after = json(&c.ok(&["get", "configmap", "kept", "-n", "keep", "-o", "json"]));
     assert_eq!(before["metadata"]["uid"], after["metadata"]["uid"]);
-    assert_eq!(before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"]);
+    assert_eq!(
+        before["metadata"]["resourceVersion"],
+        after["metadata"]["resourceVersion"]
+    );
     assert_eq!(after["data"]["k"], "v");
     let token_after = std::fs::read_to_string(c.data_dir().join("server/token")).expect("token");
     assert_eq!(token_before, token_after);
@@ -227,15 +473,33 @@ fn data_survives_restart() {
 
 #[test]
 fn bad_flags_exit_1() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rk3s")).args(["server", "--no-such-flag"]).output().expect("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_rk3s"))
+        .args(["server", "--no-such-flag"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    let out = Command::new(env!("CARGO_BIN_EXE_rk3s")).args(["server", "--service-cidr=10.0.0.0/99"]).output().expect("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_rk3s"))
+        .args(["server", "--service-cidr=10.0.0.0/99"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid CIDR"));
-    let out = Command::new(env!("CARGO_BIN_EXE_rk3s")).args(["server", "--help"]).output().expect("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_rk3s"))
+        .args(["server", "--help"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for f in ["--data-dir", "--https-listen-port", "--tls-san", "--write-kubeconfig-mode", "--cluster-cidr", "--disable-agent", "--config", "--token"] {
+    for f in [
+        "--data-dir",
+        "--https-listen-port",
+        "--tls-san",
+        "--write-kubeconfig-mode",
+        "--cluster-cidr",
+        "--disable-agent",
+        "--config",
+        "--token",
+    ] {
         assert!(help.contains(f), "help lacks {f}");
     }
 }
@@ -243,25 +507,61 @@ fn bad_flags_exit_1() {
 #[test]
 fn every_namespace_gets_default_serviceaccount_and_root_ca() {
     let c = Cluster::start();
-    c.ok_with(common::KUBECTL_1_27, &["create", "namespace", "fresh"], None);
+    c.ok_with(
+        common::KUBECTL_1_27,
+        &["create", "namespace", "fresh"],
+        None,
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let sa = c.kubectl(&["get", "serviceaccount", "default", "-n", "fresh", "-o", "name"]);
-        let cm = c.kubectl(&["get", "configmap", "kube-root-ca.crt", "-n", "fresh", "-o", "jsonpath={.data.ca\\.crt}"]);
-        if sa.status.success() && String::from_utf8_lossy(&cm.stdout).contains("BEGIN CERTIFICATE") {
+        let sa = c.kubectl(&[
+            "get",
+            "serviceaccount",
+            "default",
+            "-n",
+            "fresh",
+            "-o",
+            "name",
+        ]);
+        let cm = c.kubectl(&[
+            "get",
+            "configmap",
+            "kube-root-ca.crt",
+            "-n",
+            "fresh",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ]);
+        if sa.status.success() && String::from_utf8_lossy(&cm.stdout).contains("BEGIN CERTIFICATE")
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "no default SA / kube-root-ca.crt in namespace fresh");
+        assert!(
+            Instant::now() < deadline,
+            "no default SA / kube-root-ca.crt in namespace fresh"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Deleted objects come back.
     c.ok(&["delete", "serviceaccount", "default", "-n", "fresh"]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !c.kubectl(&["get", "serviceaccount", "default", "-n", "fresh"]).status.success() {
+    while !c
+        .kubectl(&["get", "serviceaccount", "default", "-n", "fresh"])
+        .status
+        .success()
+    {
         assert!(Instant::now() < deadline, "default SA not recreated");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let lease = c.ok(&["get", "lease", "kube-controller-manager", "-n", "kube-system", "-o", "jsonpath={.spec.holderIdentity}"]);
+    let lease = c.ok(&[
+        "get",
+        "lease",
+        "kube-controller-manager",
+        "-n",
+        "kube-system",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
     assert!(!lease.is_empty());
 }
 
@@ -269,28 +569,89 @@ fn every_namespace_gets_default_serviceaccount_and_root_ca() {
 fn server_side_apply_conflicts_and_force() {
     let c = Cluster::start();
     let m1 = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: ssa\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: ssa}}\n  template:\n    metadata: {labels: {app: ssa}}\n    spec:\n      containers:\n      - name: web\n        image: busybox:1\n";
-    let out = c.ok_with(&kubectl_bin(), &["apply", "--server-side", "--field-manager=team-a", "-f", "-"], Some(m1));
-    assert!(out.contains("deployment.apps/ssa serverside-applied"), "{out}");
+    let out = c.ok_with(
+        &kubectl_bin(),
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-a",
+            "-f",
+            "-",
+        ],
+        Some(m1),
+    );
+    assert!(
+        out.contains("deployment.apps/ssa serverside-applied"),
+        "{out}"
+    );
     // Same config again: no conflict.
-    c.ok_with(&kubectl_bin(), &["apply", "--server-side", "--field-manager=team-a", "-f", "-"], Some(m1));
+    c.ok_with(
+        &kubectl_bin(),
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-a",
+            "-f",
+            "-",
+        ],
+        Some(m1),
+    );
     let m2 = m1.replace("replicas: 2", "replicas: 5");
-    let err = c.kubectl_with(&kubectl_bin(), &["apply", "--server-side", "--field-manager=team-b", "-f", "-"], Some(&m2));
+    let err = c.kubectl_with(
+        &kubectl_bin(),
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-b",
+            "-f",
+            "-",
+        ],
+        Some(&m2),
+    );
     assert!(!err.status.success());
     let stderr = String::from_utf8_lossy(&err.stderr);
-    assert!(stderr.contains("Apply failed with 1 conflict: conflict with \"team-a\": .spec.replicas"), "{stderr}");
+    assert!(
+        stderr.contains("Apply failed with 1 conflict: conflict with \"team-a\": .spec.replicas"),
+        "{stderr}"
+    );
     let d: Value = json(&c.ok(&["get", "deploy", "ssa", "-o", "json"]));
     assert_eq!(d["spec"]["replicas"], 2);
-    c.ok_with(&kubectl_bin(), &["apply", "--server-side", "--field-manager=team-b", "--force-conflicts", "-f", "-"], Some(&m2));
-    let d: Value = json(&c.ok(&["get", "deploy", "ssa", "-o", "json", "--show-managed-fields"]));
+    c.ok_with(
+        &kubectl_bin(),
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=team-b",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(&m2),
+    );
+    let d: Value = json(&c.ok(&[
+        "get",
+        "deploy",
+        "ssa",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]));
     assert_eq!(d["spec"]["replicas"], 5);
-    let mf = d["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    let mf = d["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let owner_of_replicas: Vec<&str> = mf
         .iter()
         .filter(|e| e["fieldsV1"]["f:spec"].get("f:replicas").is_some())
         .filter_map(|e| e["manager"].as_str())
         .collect();
     assert_eq!(owner_of_replicas, vec!["team-b"], "{mf:?}");
-    assert!(mf.iter().any(|e| e["manager"] == "team-a" && e["operation"] == "Apply"), "team-a still owns the rest: {mf:?}");
+    assert!(
+        mf.iter()
+            .any(|e| e["manager"] == "team-a" && e["operation"] == "Apply"),
+        "team-a still owns the rest: {mf:?}"
+    );
 }
 
 #[test]

@@ -41,7 +41,9 @@ fn wait_waiting(c: &Cluster, pod: &str, reason: &str, timeout: Duration) -> Stri
 }
 
 fn pull_pod(name: &str, image: &str, secret: Option<&str>) -> String {
-    let secrets = secret.map(|s| format!("  imagePullSecrets:\n  - name: {s}\n")).unwrap_or_default();
+    let secrets = secret
+        .map(|s| format!("  imagePullSecrets:\n  - name: {s}\n"))
+        .unwrap_or_default();
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n{secrets}  containers:\n  - name: c\n    image: {image}\n    imagePullPolicy: Always\n    command: [\"sleep\", \"3600\"]\n"
     )
@@ -51,36 +53,83 @@ fn pull_pod(name: &str, image: &str, secret: Option<&str>) -> String {
 fn node_image_pull_backoff_and_runtime_classes() {
     run_node_test("node_image_pull_backoff_and_runtime_classes", &[], |c| {
         let image = format!("127.0.0.1:{}/x:1", closed_port());
-        c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pull_pod("unreachable", &image, None)));
+        c.ok_with(
+            &common::kubectl_bin(),
+            &["apply", "-f", "-"],
+            Some(&pull_pod("unreachable", &image, None)),
+        );
         let m = wait_waiting(c, "unreachable", "ErrImagePull", Duration::from_secs(60));
         assert!(m.starts_with("rpc error: code = "), "{m}");
-        assert!(m.contains(&format!("failed to pull and unpack image \"{image}\"")), "{m}");
+        assert!(
+            m.contains(&format!("failed to pull and unpack image \"{image}\"")),
+            "{m}"
+        );
         assert!(m.contains("connection refused"), "{m}");
-        let b = wait_waiting(c, "unreachable", "ImagePullBackOff", Duration::from_secs(30));
-        assert_eq!(b, format!("Back-off pulling image \"{image}\": ErrImagePull: {m}"));
-        assert_eq!(jsonpath(c, &["get", "pod", "unreachable"], "{.status.phase}"), "Pending");
+        let b = wait_waiting(
+            c,
+            "unreachable",
+            "ImagePullBackOff",
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            b,
+            format!("Back-off pulling image \"{image}\": ErrImagePull: {m}")
+        );
+        assert_eq!(
+            jsonpath(c, &["get", "pod", "unreachable"], "{.status.phase}"),
+            "Pending"
+        );
         c.ok(&["delete", "pod", "unreachable", "--timeout=60s"]);
 
         // RuntimeClasses: a missing one, and `crun` (runs, or shows the runtime's refusal).
-        let with_class = |name: &str, class: &str| pod_manifest(name, BUSYBOX_IMAGE, "sleep 3600", "Always").replacen("spec:\n", &format!("spec:\n  runtimeClassName: {class}\n"), 1);
+        let with_class = |name: &str, class: &str| {
+            pod_manifest(name, BUSYBOX_IMAGE, "sleep 3600", "Always").replacen(
+                "spec:\n",
+                &format!("spec:\n  runtimeClassName: {class}\n"),
+                1,
+            )
+        };
         // (A missing one is refused at create by RuntimeClass admission.)
-        let err = c.fails(&["apply", "-f", "-"], Some(&with_class("noclass", "missing")));
-        assert!(err.contains("pods \"noclass\" is forbidden: pod rejected: RuntimeClass \"missing\" not found"), "{err}");
+        let err = c.fails(
+            &["apply", "-f", "-"],
+            Some(&with_class("noclass", "missing")),
+        );
+        assert!(
+            err.contains(
+                "pods \"noclass\" is forbidden: pod rejected: RuntimeClass \"missing\" not found"
+            ),
+            "{err}"
+        );
         if Path::new("/usr/bin/crun").exists() || Path::new("/usr/local/bin/crun").exists() {
             c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some("apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: crun\nhandler: crun\n"));
-            c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&with_class("oncrun", "crun")));
-            let outcome = wait_for("oncrun runs or fails visibly", Duration::from_secs(60), || {
-                let out = jsonpath(c, &["get", "pod", "oncrun"], "{.status.phase}|{.status.containerStatuses[0].state.waiting.reason}|{.status.containerStatuses[0].state.waiting.message}");
-                let mut p = out.splitn(3, '|');
-                let (phase, reason, msg) = (p.next()?.to_string(), p.next()?.to_string(), p.next()?.to_string());
-                if phase == "Running" {
-                    return Some((phase, reason, msg));
-                }
-                (!msg.is_empty()).then_some((phase, reason, msg))
-            });
+            c.ok_with(
+                &common::kubectl_bin(),
+                &["apply", "-f", "-"],
+                Some(&with_class("oncrun", "crun")),
+            );
+            let outcome = wait_for(
+                "oncrun runs or fails visibly",
+                Duration::from_secs(60),
+                || {
+                    let out = jsonpath(c, &["get", "pod", "oncrun"], "{.status.phase}|{.status.containerStatuses[0].state.waiting.reason}|{.status.containerStatuses[0].state.waiting.message}");
+                    let mut p = out.splitn(3, '|');
+                    let (phase, reason, msg) = (
+                        p.next()?.to_string(),
+                        p.next()?.to_string(),
+                        p.next()?.to_string(),
+                    );
+                    if phase == "Running" {
+                        return Some((phase, reason, msg));
+                    }
+                    (!msg.is_empty()).then_some((phase, reason, msg))
+                },
+            );
             eprintln!("crun pod: {outcome:?}");
             if outcome.0 != "Running" {
-                assert!(outcome.2.contains("rpc error: code = "), "the runtime's message: {outcome:?}");
+                assert!(
+                    outcome.2.contains("rpc error: code = "),
+                    "the runtime's message: {outcome:?}"
+                );
             }
         }
         c.ok(&["delete", "pod", "--all", "--timeout=60s"]);
@@ -101,9 +150,17 @@ impl Registry {
     /// Extracts an OCI archive made by `rk3s image build`.
     fn from_archive(archive: &Path, dir: &Path) -> Registry {
         std::fs::create_dir_all(dir).expect("dir");
-        let st = std::process::Command::new("tar").arg("-xf").arg(archive).arg("-C").arg(dir).status().expect("tar");
+        let st = std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dir)
+            .status()
+            .expect("tar");
         assert!(st.success());
-        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json")).expect("json");
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json"))
+                .expect("json");
         let m = &index["manifests"][0];
         Registry {
             blobs: dir.join("blobs/sha256"),
@@ -144,11 +201,14 @@ impl Registry {
             if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                 break;
             }
-            let Some((k, v)) = h.split_once(':') else { continue };
+            let Some((k, v)) = h.split_once(':') else {
+                continue;
+            };
             let v = v.trim();
             if k.eq_ignore_ascii_case("authorization") {
                 use base64::Engine as _;
-                let want = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+                let want =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
                 authorized = v == format!("Basic {want}");
             } else if k.eq_ignore_ascii_case("content-length") {
                 content_length = v.parse().unwrap_or(0);
@@ -156,26 +216,72 @@ impl Registry {
         }
         let mut body = vec![0; content_length];
         let _ = r.read_exact(&mut body);
-        self.log.lock().expect("log").push((port, method.clone(), path.clone(), authorized));
+        self.log
+            .lock()
+            .expect("log")
+            .push((port, method.clone(), path.clone(), authorized));
         let (status, ctype, payload, extra): (&str, String, Vec<u8>, String) = if !authorized {
-            ("401 Unauthorized", "application/json".into(), br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#.to_vec(), "WWW-Authenticate: Basic realm=\"rk3s-test\"\r\n".into())
+            (
+                "401 Unauthorized",
+                "application/json".into(),
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
+                    .to_vec(),
+                "WWW-Authenticate: Basic realm=\"rk3s-test\"\r\n".into(),
+            )
         } else if path == "/v2/" || path == "/v2" {
-            ("200 OK", "application/json".into(), b"{}".to_vec(), String::new())
-        } else if let Some((_, reference)) = path.strip_prefix("/v2/").and_then(|p| p.rsplit_once("/manifests/")) {
+            (
+                "200 OK",
+                "application/json".into(),
+                b"{}".to_vec(),
+                String::new(),
+            )
+        } else if let Some((_, reference)) = path
+            .strip_prefix("/v2/")
+            .and_then(|p| p.rsplit_once("/manifests/"))
+        {
             if reference.starts_with("sha256:") && reference != self.manifest_digest {
-                ("404 Not Found", "application/json".into(), br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#.to_vec(), String::new())
+                (
+                    "404 Not Found",
+                    "application/json".into(),
+                    br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#
+                        .to_vec(),
+                    String::new(),
+                )
             } else {
                 let hex = self.manifest_digest.trim_start_matches("sha256:");
                 let data = std::fs::read(self.blobs.join(hex)).unwrap_or_default();
-                ("200 OK", self.manifest_type.clone(), data, format!("Docker-Content-Digest: {}\r\n", self.manifest_digest))
+                (
+                    "200 OK",
+                    self.manifest_type.clone(),
+                    data,
+                    format!("Docker-Content-Digest: {}\r\n", self.manifest_digest),
+                )
             }
-        } else if let Some((_, digest)) = path.strip_prefix("/v2/").and_then(|p| p.rsplit_once("/blobs/")) {
+        } else if let Some((_, digest)) = path
+            .strip_prefix("/v2/")
+            .and_then(|p| p.rsplit_once("/blobs/"))
+        {
             match std::fs::read(self.blobs.join(digest.trim_start_matches("sha256:"))) {
-                Ok(data) => ("200 OK", "application/octet-stream".into(), data, format!("Docker-Content-Digest: {digest}\r\n")),
-                Err(_) => ("404 Not Found", "application/json".into(), br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}"#.to_vec(), String::new()),
+                Ok(data) => (
+                    "200 OK",
+                    "application/octet-stream".into(),
+                    data,
+                    format!("Docker-Content-Digest: {digest}\r\n"),
+                ),
+                Err(_) => (
+                    "404 Not Found",
+                    "application/json".into(),
+                    br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}"#.to_vec(),
+                    String::new(),
+                ),
             }
         } else {
-            ("404 Not Found", "application/json".into(), br#"{"errors":[{"code":"NAME_UNKNOWN","message":"not found"}]}"#.to_vec(), String::new())
+            (
+                "404 Not Found",
+                "application/json".into(),
+                br#"{"errors":[{"code":"NAME_UNKNOWN","message":"not found"}]}"#.to_vec(),
+                String::new(),
+            )
         };
         let head = format!(
             "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nDocker-Distribution-API-Version: registry/2.0\r\n{extra}Connection: close\r\n\r\n",
@@ -190,7 +296,12 @@ impl Registry {
 
     /// Authorized manifest requests that reached `port`.
     fn authorized_manifest_hits(&self, port: u16) -> usize {
-        self.log.lock().expect("log").iter().filter(|(p, _, path, ok)| *p == port && *ok && path.contains("/manifests/")).count()
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|(p, _, path, ok)| *p == port && *ok && path.contains("/manifests/"))
+            .count()
     }
 }
 
@@ -204,11 +315,18 @@ fn node_registry_mirror_auth_and_pull_secrets() {
     }
     let archive = work.path().join("busybox.tar");
     build_busybox_image(&archive, work.path());
-    let registry = Arc::new(Registry::from_archive(&archive, &work.path().join("layout")));
+    let registry = Arc::new(Registry::from_archive(
+        &archive,
+        &work.path().join("layout"),
+    ));
     // Three endpoints of the same registry: right password in registries.yaml, wrong
     // password, none (credentials come from an imagePullSecret).
     let (good, bad, anon) = (registry.serve(), registry.serve(), registry.serve());
-    let (good_host, bad_host, anon_host) = (format!("127.0.0.1:{}", closed_port()), format!("127.0.0.1:{}", closed_port()), format!("127.0.0.1:{}", closed_port()));
+    let (good_host, bad_host, anon_host) = (
+        format!("127.0.0.1:{}", closed_port()),
+        format!("127.0.0.1:{}", closed_port()),
+        format!("127.0.0.1:{}", closed_port()),
+    );
     let yaml = format!(
         r#"mirrors:
   "{good_host}":
@@ -228,39 +346,103 @@ configs:
     std::fs::write(&reg_file, yaml).expect("registries.yaml");
     let flag = format!("--private-registry={}", reg_file.display());
     let reg = registry.clone();
-    run_node_test("node_registry_mirror_auth_and_pull_secrets", &[&flag], move |c| {
-        // The rendered containerd config: hosts dir and the endpoint's credentials.
-        let certs = c.data_dir().join("agent/etc/containerd/certs.d");
-        let hosts = std::fs::read_to_string(certs.join(&good_host).join("hosts.toml")).expect("hosts.toml");
-        assert!(hosts.contains(&format!("[host.\"http://127.0.0.1:{good}/v2\"]")), "{hosts}");
+    run_node_test(
+        "node_registry_mirror_auth_and_pull_secrets",
+        &[&flag],
+        move |c| {
+            // The rendered containerd config: hosts dir and the endpoint's credentials.
+            let certs = c.data_dir().join("agent/etc/containerd/certs.d");
+            let hosts = std::fs::read_to_string(certs.join(&good_host).join("hosts.toml"))
+                .expect("hosts.toml");
+            assert!(
+                hosts.contains(&format!("[host.\"http://127.0.0.1:{good}/v2\"]")),
+                "{hosts}"
+            );
 
-        // (1) Mirror + configs auth: the pod pulls (Always) and runs.
-        let img_good = format!("{good_host}/rk3s/busybox:reg");
-        c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pull_pod("mirrored", &img_good, None)));
-        wait_for("mirrored Running", Duration::from_secs(90), || (jsonpath(c, &["get", "pod", "mirrored"], "{.status.phase}") == "Running").then_some(()));
-        assert!(reg.authorized_manifest_hits(good) > 0, "the pull went through the mirror with credentials");
-        let image_id = jsonpath(c, &["get", "pod", "mirrored"], "{.status.containerStatuses[0].imageID}");
-        assert!(image_id.contains("sha256:"), "{image_id}");
+            // (1) Mirror + configs auth: the pod pulls (Always) and runs.
+            let img_good = format!("{good_host}/rk3s/busybox:reg");
+            c.ok_with(
+                &common::kubectl_bin(),
+                &["apply", "-f", "-"],
+                Some(&pull_pod("mirrored", &img_good, None)),
+            );
+            wait_for("mirrored Running", Duration::from_secs(90), || {
+                (jsonpath(c, &["get", "pod", "mirrored"], "{.status.phase}") == "Running")
+                    .then_some(())
+            });
+            assert!(
+                reg.authorized_manifest_hits(good) > 0,
+                "the pull went through the mirror with credentials"
+            );
+            let image_id = jsonpath(
+                c,
+                &["get", "pod", "mirrored"],
+                "{.status.containerStatuses[0].imageID}",
+            );
+            assert!(image_id.contains("sha256:"), "{image_id}");
 
-        // (2) Wrong password: ErrImagePull, then ImagePullBackOff carrying the error.
-        let img_bad = format!("{bad_host}/rk3s/busybox:reg");
-        c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pull_pod("wrongpw", &img_bad, None)));
-        let m = wait_waiting(c, "wrongpw", "ErrImagePull", Duration::from_secs(60));
-        assert!(m.starts_with("rpc error: code = "), "{m}");
-        assert!(m.contains(&format!("failed to pull and unpack image \"{img_bad}\"")), "{m}");
-        let b = wait_waiting(c, "wrongpw", "ImagePullBackOff", Duration::from_secs(30));
-        assert!(b.starts_with(&format!("Back-off pulling image \"{img_bad}\": ErrImagePull: rpc error:")), "{b}");
-        assert_eq!(reg.authorized_manifest_hits(bad), 0);
+            // (2) Wrong password: ErrImagePull, then ImagePullBackOff carrying the error.
+            let img_bad = format!("{bad_host}/rk3s/busybox:reg");
+            c.ok_with(
+                &common::kubectl_bin(),
+                &["apply", "-f", "-"],
+                Some(&pull_pod("wrongpw", &img_bad, None)),
+            );
+            let m = wait_waiting(c, "wrongpw", "ErrImagePull", Duration::from_secs(60));
+            assert!(m.starts_with("rpc error: code = "), "{m}");
+            assert!(
+                m.contains(&format!("failed to pull and unpack image \"{img_bad}\"")),
+                "{m}"
+            );
+            let b = wait_waiting(c, "wrongpw", "ImagePullBackOff", Duration::from_secs(30));
+            assert!(
+                b.starts_with(&format!(
+                    "Back-off pulling image \"{img_bad}\": ErrImagePull: rpc error:"
+                )),
+                "{b}"
+            );
+            assert_eq!(reg.authorized_manifest_hits(bad), 0);
 
-        // (3) No configs auth for the endpoint: an imagePullSecret for the image's
-        // registry gives the credentials.
-        let img_anon = format!("{anon_host}/rk3s/busybox:reg");
-        c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pull_pod("nosecret", &img_anon, None)));
-        wait_waiting(c, "nosecret", "ErrImagePull", Duration::from_secs(60));
-        c.ok(&["create", "secret", "docker-registry", "regcred", &format!("--docker-server={anon_host}"), &format!("--docker-username={USER}"), &format!("--docker-password={PASSWORD}")]);
-        c.ok_with(&common::kubectl_bin(), &["apply", "-f", "-"], Some(&pull_pod("withsecret", &img_anon, Some("regcred"))));
-        wait_for("withsecret Running", Duration::from_secs(90), || (jsonpath(c, &["get", "pod", "withsecret"], "{.status.phase}") == "Running").then_some(()));
-        assert!(reg.authorized_manifest_hits(anon) > 0, "the secret's credentials reached the mirror");
-        c.ok(&["delete", "pod", "mirrored", "wrongpw", "nosecret", "withsecret", "--timeout=60s"]);
-    });
+            // (3) No configs auth for the endpoint: an imagePullSecret for the image's
+            // registry gives the credentials.
+            let img_anon = format!("{anon_host}/rk3s/busybox:reg");
+            c.ok_with(
+                &common::kubectl_bin(),
+                &["apply", "-f", "-"],
+                Some(&pull_pod("nosecret", &img_anon, None)),
+            );
+            wait_waiting(c, "nosecret", "ErrImagePull", Duration::from_secs(60));
+            c.ok(&[
+                "create",
+                "secret",
+                "docker-registry",
+                "regcred",
+                &format!("--docker-server={anon_host}"),
+                &format!("--docker-username={USER}"),
+                &format!("--docker-password={PASSWORD}"),
+            ]);
+            c.ok_with(
+                &common::kubectl_bin(),
+                &["apply", "-f", "-"],
+                Some(&pull_pod("withsecret", &img_anon, Some("regcred"))),
+            );
+            wait_for("withsecret Running", Duration::from_secs(90), || {
+                (jsonpath(c, &["get", "pod", "withsecret"], "{.status.phase}") == "Running")
+                    .then_some(())
+            });
+            assert!(
+                reg.authorized_manifest_hits(anon) > 0,
+                "the secret's credentials reached the mirror"
+            );
+            c.ok(&[
+                "delete",
+                "pod",
+                "mirrored",
+                "wrongpw",
+                "nosecret",
+                "withsecret",
+                "--timeout=60s",
+            ]);
+        },
+    );
 }

@@ -50,7 +50,11 @@ fn stream_stdout(child: &mut Child) -> mpsc::Receiver<String> {
 }
 
 /// Waits until the streamed output satisfies `pred`; returns it and the time it took.
-fn recv_until(rx: &mpsc::Receiver<String>, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+fn recv_until(
+    rx: &mpsc::Receiver<String>,
+    timeout: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> Option<String> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
@@ -64,21 +68,38 @@ fn recv_until(rx: &mpsc::Receiver<String>, timeout: Duration, pred: impl Fn(&str
 
 /// The numbers N of the `line-N` lines of `s`.
 fn line_numbers(s: &str) -> Vec<u64> {
-    s.lines().filter_map(|l| l.rsplit("line-").next().filter(|_| l.contains("line-")).and_then(|n| n.trim().parse().ok())).collect()
+    s.lines()
+        .filter_map(|l| {
+            l.rsplit("line-")
+                .next()
+                .filter(|_| l.contains("line-"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .collect()
 }
 
 /// Seconds since the epoch of an RFC 3339 UTC time (`2024-01-02T03:04:05.123Z`).
 fn epoch_secs(t: &str) -> Option<i64> {
     let t = t.strip_suffix('Z')?;
     let (date, time) = t.split_once('T')?;
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
     let hms = time.split('.').next()?;
-    let h: Vec<i64> = hms.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let h: Vec<i64> = hms
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
     if d.len() != 3 || h.len() != 3 {
         return None;
     }
     // Days from the civil date (proleptic Gregorian).
-    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * m + 2) / 5 + d[2] - 1;
@@ -89,7 +110,10 @@ fn epoch_secs(t: &str) -> Option<i64> {
 
 /// RFC 3339 UTC time of `secs` since the epoch.
 fn rfc3339(secs: i64) -> String {
-    let out = Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"]).output().expect("date");
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -146,30 +170,57 @@ fn logs(c: &Cluster) {
     lines.sort_unstable();
     assert_eq!(lines, ["from-side", "side-err"], "{side}");
     let counter = c.ok(&["logs", "two", "-c", "counter"]);
-    assert!(counter.starts_with("line-1\n") && !counter.contains("side"), "{counter}");
+    assert!(
+        counter.starts_with("line-1\n") && !counter.contains("side"),
+        "{counter}"
+    );
     // Without -c kubectl takes the first container (and says so).
     let out = c.kubectl(&["logs", "two"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("line-1\n"));
     // A container that is not in the pod.
     let err = c.fails(&["logs", "two", "-c", "nope"], None);
-    assert!(err.contains("container nope is not valid for pod two"), "{err}");
+    assert!(
+        err.contains("container nope is not valid for pod two"),
+        "{err}"
+    );
 
     // -f: lines written after kubectl started arrive while it runs.
-    wait_for("a few lines", Duration::from_secs(20), || (line_numbers(&c.ok(&["logs", "two", "-c", "counter"])).len() >= 3).then_some(()));
-    let before = line_numbers(&c.ok(&["logs", "two", "-c", "counter"])).into_iter().max().unwrap_or(0);
+    wait_for("a few lines", Duration::from_secs(20), || {
+        (line_numbers(&c.ok(&["logs", "two", "-c", "counter"])).len() >= 3).then_some(())
+    });
+    let before = line_numbers(&c.ok(&["logs", "two", "-c", "counter"]))
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     let started = Instant::now();
     let mut child = kubectl_child(c, &["logs", "-f", "two", "-c", "counter"]);
     let rx = stream_stdout(&mut child);
-    let got = recv_until(&rx, Duration::from_secs(20), |s| line_numbers(s).iter().any(|n| *n > before + 3));
+    let got = recv_until(&rx, Duration::from_secs(20), |s| {
+        line_numbers(s).iter().any(|n| *n > before + 3)
+    });
     let took = started.elapsed();
     let _ = child.kill();
     let _ = child.wait();
     let got = got.expect("kubectl logs -f streams lines written after it started");
     let nums = line_numbers(&got);
-    assert_eq!(nums.first(), Some(&1), "follow starts at the beginning: {got}");
-    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "no line lost or repeated: {nums:?}");
-    eprintln!("logs -f: saw line {} (> {before} + 3) after {took:?}", nums.last().copied().unwrap_or(0));
+    assert_eq!(
+        nums.first(),
+        Some(&1),
+        "follow starts at the beginning: {got}"
+    );
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "no line lost or repeated: {nums:?}"
+    );
+    eprintln!(
+        "logs -f: saw line {} (> {before} + 3) after {took:?}",
+        nums.last().copied().unwrap_or(0)
+    );
     // -f --tail=1 starts at the end.
     let mut child = kubectl_child(c, &["logs", "-f", "--tail=1", "two", "-c", "counter"]);
     let rx = stream_stdout(&mut child);
@@ -194,40 +245,78 @@ fn logs(c: &Cluster) {
     for l in ts.lines() {
         let (t, rest) = l.split_once(' ').unwrap_or(("", ""));
         assert!(rest.starts_with("line-"), "{l}");
-        assert!(t.ends_with('Z') && t.contains('T') && t.contains('.'), "RFC3339Nano: {l}");
+        assert!(
+            t.ends_with('Z') && t.contains('T') && t.contains('.'),
+            "RFC3339Nano: {l}"
+        );
         assert!(epoch_secs(t).is_some(), "{l}");
     }
 
     // --since: only recent lines (their times are within the window).
-    wait_for("more than 4 s of logs", Duration::from_secs(20), || (line_numbers(&c.ok(&["logs", "two", "-c", "counter"])).len() > 15).then_some(()));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    wait_for("more than 4 s of logs", Duration::from_secs(20), || {
+        (line_numbers(&c.ok(&["logs", "two", "-c", "counter"])).len() > 15).then_some(())
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
     let all = line_numbers(&c.ok(&["logs", "two", "-c", "counter"])).len();
     let since = c.ok(&["logs", "--since=2s", "--timestamps", "two", "-c", "counter"]);
     let n = since.lines().count();
-    assert!(n >= 1 && n < all && n <= 10, "--since=2s gave {n} of {all} lines:\n{since}");
+    assert!(
+        n >= 1 && n < all && n <= 10,
+        "--since=2s gave {n} of {all} lines:\n{since}"
+    );
     for l in since.lines() {
         let t = epoch_secs(l.split(' ').next().unwrap_or("")).expect("timestamp");
         assert!(t >= now - 3, "line older than the window: {l} (now {now})");
     }
     let since_time = rfc3339(now - 1);
-    let st = c.ok(&["logs", &format!("--since-time={since_time}"), "two", "-c", "counter"]);
+    let st = c.ok(&[
+        "logs",
+        &format!("--since-time={since_time}"),
+        "two",
+        "-c",
+        "counter",
+    ]);
     assert!(st.lines().count() < all, "--since-time: {st}");
 
     // --previous: the output of the container instance before the restart.
-    wait_for("restarter restarted and running", Duration::from_secs(60), || {
-        let n = jsonpath(c, &["get", "pod", "restarter"], "{.status.containerStatuses[0].restartCount}");
-        let running = jsonpath(c, &["get", "pod", "restarter"], "{.status.containerStatuses[0].state.running.startedAt}");
-        (n == "1" && !running.is_empty()).then_some(())
-    });
+    wait_for(
+        "restarter restarted and running",
+        Duration::from_secs(60),
+        || {
+            let n = jsonpath(
+                c,
+                &["get", "pod", "restarter"],
+                "{.status.containerStatuses[0].restartCount}",
+            );
+            let running = jsonpath(
+                c,
+                &["get", "pod", "restarter"],
+                "{.status.containerStatuses[0].state.running.startedAt}",
+            );
+            (n == "1" && !running.is_empty()).then_some(())
+        },
+    );
     let cur = wait_for("current log", Duration::from_secs(10), || {
         let s = c.ok(&["logs", "restarter"]);
         (!s.is_empty()).then_some(s)
     });
     assert_eq!(cur, "run-2\n");
     assert_eq!(c.ok(&["logs", "--previous", "restarter"]), "run-1\n");
-    assert_eq!(c.ok(&["logs", "-p", "--timestamps", "restarter"]).split_once(' ').map(|(_, l)| l.to_string()).unwrap_or_default(), "run-1\n");
+    assert_eq!(
+        c.ok(&["logs", "-p", "--timestamps", "restarter"])
+            .split_once(' ')
+            .map(|(_, l)| l.to_string())
+            .unwrap_or_default(),
+        "run-1\n"
+    );
     let err = c.fails(&["logs", "--previous", "two", "-c", "side"], None);
-    assert!(err.contains("previous terminated container \"side\" in pod \"two\" not found"), "{err}");
+    assert!(
+        err.contains("previous terminated container \"side\" in pod \"two\" not found"),
+        "{err}"
+    );
     c.ok(&["delete", "pod", "restarter", "--wait=false"]);
 }
 
@@ -296,12 +385,28 @@ sys.stdout.write("\nRESIZED=%s EXIT=%d\n" % (seen, os.waitstatus_to_exitcode(sta
         .expect("python3");
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     eprintln!("exec -it transcript:\n{text}");
-    assert!(text.lines().any(|l| l.starts_with("/dev/pts/") && l["/dev/pts/".len()..].chars().all(|c| c.is_ascii_digit())), "tty shows /dev/pts/N: {text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("/dev/pts/")
+            && l["/dev/pts/".len()..].chars().all(|c| c.is_ascii_digit())),
+        "tty shows /dev/pts/N: {text}"
+    );
     assert!(text.contains("TERM=xterm"), "{text}");
-    assert!(text.lines().any(|l| l.trim() == "30 100"), "initial window size: {text}");
-    assert!(text.contains("RESIZED=True"), "resize reaches the container: {text}");
-    assert!(text.contains("after-resize"), "the session still works after the resize: {text}");
-    assert!(text.contains("EXIT=0"), "kubectl exec ended cleanly after exit: {text}");
+    assert!(
+        text.lines().any(|l| l.trim() == "30 100"),
+        "initial window size: {text}"
+    );
+    assert!(
+        text.contains("RESIZED=True"),
+        "resize reaches the container: {text}"
+    );
+    assert!(
+        text.contains("after-resize"),
+        "the session still works after the resize: {text}"
+    );
+    assert!(
+        text.contains("EXIT=0"),
+        "kubectl exec ended cleanly after exit: {text}"
+    );
 }
 
 /// Runs kubectl with `args` under a pty (python's `pty` module): waits until a shell
@@ -361,26 +466,73 @@ fn cp(c: &Cluster, pod: &str) {
     std::fs::write(dir.join("tree/sub/b.txt"), "b\n").expect("write");
     let up = dir.join("up.txt").display().to_string();
     c.ok(&["cp", &up, &format!("{pod}:/tmp/up.txt"), "-c", pod]);
-    let inside = c.ok(&["exec", pod, "--", "sh", "-c", "busybox wc -c < /tmp/up.txt; head -n 1 /tmp/up.txt"]);
-    assert_eq!(inside.split_whitespace().collect::<Vec<_>>()[..3], [payload.len().to_string().as_str(), "payload", "line"], "{inside}");
+    let inside = c.ok(&[
+        "exec",
+        pod,
+        "--",
+        "sh",
+        "-c",
+        "busybox wc -c < /tmp/up.txt; head -n 1 /tmp/up.txt",
+    ]);
+    assert_eq!(
+        inside.split_whitespace().collect::<Vec<_>>()[..3],
+        [payload.len().to_string().as_str(), "payload", "line"],
+        "{inside}"
+    );
     // A directory, recursively.
-    c.ok(&["cp", &dir.join("tree").display().to_string(), &format!("{pod}:/tmp/tree")]);
-    assert_eq!(c.ok(&["exec", pod, "--", "cat", "/tmp/tree/a.txt", "/tmp/tree/sub/b.txt"]), "a\nb\n");
+    c.ok(&[
+        "cp",
+        &dir.join("tree").display().to_string(),
+        &format!("{pod}:/tmp/tree"),
+    ]);
+    assert_eq!(
+        c.ok(&[
+            "exec",
+            pod,
+            "--",
+            "cat",
+            "/tmp/tree/a.txt",
+            "/tmp/tree/sub/b.txt"
+        ]),
+        "a\nb\n"
+    );
     // And back: a file written in the container.
-    c.ok(&["exec", pod, "--", "sh", "-c", "i=0; while [ $i -lt 500 ]; do echo down $i; i=$((i+1)); done > /tmp/down.txt"]);
+    c.ok(&[
+        "exec",
+        pod,
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 500 ]; do echo down $i; i=$((i+1)); done > /tmp/down.txt",
+    ]);
     let down = dir.join("down.txt");
-    c.ok(&["cp", &format!("{pod}:/tmp/down.txt"), &down.display().to_string()]);
+    c.ok(&[
+        "cp",
+        &format!("{pod}:/tmp/down.txt"),
+        &down.display().to_string(),
+    ]);
     let text = std::fs::read_to_string(&down).expect("copied file");
     assert_eq!(text.lines().count(), 500);
     assert_eq!(text.lines().last(), Some("down 499"));
     // The uploaded file round-trips unchanged.
     let back = dir.join("back.txt");
-    c.ok(&["cp", &format!("{pod}:/tmp/up.txt"), &back.display().to_string()]);
+    c.ok(&[
+        "cp",
+        &format!("{pod}:/tmp/up.txt"),
+        &back.display().to_string(),
+    ]);
     assert_eq!(std::fs::read_to_string(&back).expect("back"), payload);
     // A directory back.
     let tree_back = dir.join("tree-back");
-    c.ok(&["cp", &format!("{pod}:/tmp/tree"), &tree_back.display().to_string()]);
-    assert_eq!(std::fs::read_to_string(tree_back.join("sub/b.txt")).expect("b"), "b\n");
+    c.ok(&[
+        "cp",
+        &format!("{pod}:/tmp/tree"),
+        &tree_back.display().to_string(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(tree_back.join("sub/b.txt")).expect("b"),
+        "b\n"
+    );
 }
 
 #[test]
@@ -388,7 +540,10 @@ fn node_kubectl_logs_exec_cp() {
     run_node_test("node_kubectl_logs_exec_cp", &[], |c| {
         let t0 = Instant::now();
         wait_node_ready(c);
-        apply(c, &pod_manifest("shell", BUSYBOX_IMAGE, "sleep 3600", "Always"));
+        apply(
+            c,
+            &pod_manifest("shell", BUSYBOX_IMAGE, "sleep 3600", "Always"),
+        );
         logs(c);
         eprintln!("logs checks done at {:?}", t0.elapsed());
         wait_running(c, "shell");
@@ -406,7 +561,10 @@ fn kubelet_get(path: &str, token: Option<&str>) -> (u16, String) {
     if let Some(t) = token {
         cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
     }
-    let out = cmd.arg(format!("https://127.0.0.1:10250{path}")).output().expect("curl");
+    let out = cmd
+        .arg(format!("https://127.0.0.1:10250{path}"))
+        .output()
+        .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
@@ -418,11 +576,33 @@ fn kubelet_authz(c: &Cluster) {
     c.ok(&["create", "serviceaccount", "nobody"]);
     c.ok(&["create", "serviceaccount", "kubelet-admin"]);
     c.ok(&["create", "serviceaccount", "pods-reader"]);
-    c.ok(&["create", "clusterrolebinding", "kubelet-admin", "--clusterrole=system:kubelet-api-admin", "--serviceaccount=default:kubelet-admin"]);
-    c.ok(&["create", "clusterrole", "node-pods-reader", "--verb=get", "--resource=nodes/pods"]);
-    c.ok(&["create", "clusterrolebinding", "pods-reader", "--clusterrole=node-pods-reader", "--serviceaccount=default:pods-reader"]);
+    c.ok(&[
+        "create",
+        "clusterrolebinding",
+        "kubelet-admin",
+        "--clusterrole=system:kubelet-api-admin",
+        "--serviceaccount=default:kubelet-admin",
+    ]);
+    c.ok(&[
+        "create",
+        "clusterrole",
+        "node-pods-reader",
+        "--verb=get",
+        "--resource=nodes/pods",
+    ]);
+    c.ok(&[
+        "create",
+        "clusterrolebinding",
+        "pods-reader",
+        "--clusterrole=node-pods-reader",
+        "--serviceaccount=default:pods-reader",
+    ]);
     let token = |sa: &str| c.ok(&["create", "token", sa]).trim().to_string();
-    let (nobody, admin, reader) = (token("nobody"), token("kubelet-admin"), token("pods-reader"));
+    let (nobody, admin, reader) = (
+        token("nobody"),
+        token("kubelet-admin"),
+        token("pods-reader"),
+    );
 
     // Wait for the kubelet API itself (with the admin token).
     let (code, body) = wait_for("kubelet API answers", Duration::from_secs(30), || {
@@ -432,27 +612,50 @@ fn kubelet_authz(c: &Cluster) {
     assert_eq!(code, 200);
     let list: serde_json::Value = serde_json::from_str(&body).expect("PodList JSON");
     assert_eq!(list["kind"], "PodList", "{body}");
-    assert!(list["items"].as_array().is_some_and(|i| !i.is_empty()), "{body}");
+    assert!(
+        list["items"].as_array().is_some_and(|i| !i.is_empty()),
+        "{body}"
+    );
 
     // No credentials, a bad token: 401.
-    assert_eq!(kubelet_get("/pods", None), (401, "Unauthorized".to_string()));
-    assert_eq!(kubelet_get("/pods", Some("not-a-token")), (401, "Unauthorized".to_string()));
+    assert_eq!(
+        kubelet_get("/pods", None),
+        (401, "Unauthorized".to_string())
+    );
+    assert_eq!(
+        kubelet_get("/pods", Some("not-a-token")),
+        (401, "Unauthorized".to_string())
+    );
     // Authenticated, no RBAC: 403 with upstream's message.
     let user = "system:serviceaccount:default:nobody";
     assert_eq!(
         kubelet_get("/pods", Some(&nobody)),
-        (403, format!("Forbidden (user={user}, verb=get, resource=nodes, subresource(s)=[pods proxy])\n"))
+        (
+            403,
+            format!(
+                "Forbidden (user={user}, verb=get, resource=nodes, subresource(s)=[pods proxy])\n"
+            )
+        )
     );
     assert_eq!(
         kubelet_get("/stats/summary", Some(&nobody)),
-        (403, format!("Forbidden (user={user}, verb=get, resource=nodes, subresource(s)=[stats])\n"))
+        (
+            403,
+            format!("Forbidden (user={user}, verb=get, resource=nodes, subresource(s)=[stats])\n")
+        )
     );
     assert_eq!(kubelet_get("/metrics/resource", Some(&nobody)).0, 403);
-    assert_eq!(kubelet_get("/containerLogs/default/shell/shell", Some(&nobody)).0, 403);
+    assert_eq!(
+        kubelet_get("/containerLogs/default/shell/shell", Some(&nobody)).0,
+        403
+    );
     // system:kubelet-api-admin may do everything.
     assert_eq!(kubelet_get("/stats/summary", Some(&admin)).0, 200);
     assert_eq!(kubelet_get("/metrics/resource", Some(&admin)).0, 200);
-    assert_eq!(kubelet_get("/healthz", Some(&admin)), (200, "ok".to_string()));
+    assert_eq!(
+        kubelet_get("/healthz", Some(&admin)),
+        (200, "ok".to_string())
+    );
     // Fine-grained: nodes/pods allows /pods but not the rest.
     assert_eq!(kubelet_get("/pods", Some(&reader)).0, 200);
     assert_eq!(
@@ -467,53 +670,166 @@ fn kubelet_authz(c: &Cluster) {
 /// kubelet starts it in the target container's process namespace and reports it.
 fn debug(c: &Cluster) {
     // The subresource: GET answers the pod.
-    let got = c.ok(&["get", "--raw", "/api/v1/namespaces/default/pods/shell/ephemeralcontainers"]);
+    let got = c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/shell/ephemeralcontainers",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&got).expect("pod JSON");
-    assert_eq!((v["kind"].as_str(), v["metadata"]["name"].as_str()), (Some("Pod"), Some("shell")), "{got}");
+    assert_eq!(
+        (v["kind"].as_str(), v["metadata"]["name"].as_str()),
+        (Some("Pod"), Some("shell")),
+        "{got}"
+    );
 
     // kubectl debug -it with a target, through a pty: the debug shell has a tty and sees
     // the target's processes.
     let transcript = pty_session(
         c,
-        &["debug", "-it", "shell", &format!("--image={BUSYBOX_IMAGE}"), "--image-pull-policy=Never", "--target=shell", "--container=dbg", "--", "sh"],
+        &[
+            "debug",
+            "-it",
+            "shell",
+            &format!("--image={BUSYBOX_IMAGE}"),
+            "--image-pull-policy=Never",
+            "--target=shell",
+            "--container=dbg",
+            "--",
+            "sh",
+        ],
         "tty; ps; echo got-''hello; exit\n",
     );
     assert!(transcript.contains("got-hello"), "{transcript}");
-    assert!(transcript.lines().any(|l| l.starts_with("/dev/pts/")), "{transcript}");
-    assert!(transcript.contains("sleep 3600"), "ps in the debug container shows the target's process: {transcript}");
+    assert!(
+        transcript.lines().any(|l| l.starts_with("/dev/pts/")),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains("sleep 3600"),
+        "ps in the debug container shows the target's process: {transcript}"
+    );
     assert!(transcript.contains("EXIT=0"), "{transcript}");
     // The pod lists it, with its status.
-    assert_eq!(jsonpath(c, &["get", "pod", "shell"], "{.spec.ephemeralContainers[0].name}"), "dbg");
-    assert_eq!(jsonpath(c, &["get", "pod", "shell"], "{.spec.ephemeralContainers[0].targetContainerName}"), "shell");
+    assert_eq!(
+        jsonpath(
+            c,
+            &["get", "pod", "shell"],
+            "{.spec.ephemeralContainers[0].name}"
+        ),
+        "dbg"
+    );
+    assert_eq!(
+        jsonpath(
+            c,
+            &["get", "pod", "shell"],
+            "{.spec.ephemeralContainers[0].targetContainerName}"
+        ),
+        "shell"
+    );
     let reason = wait_for("dbg terminated", Duration::from_secs(30), || {
-        let r = jsonpath(c, &["get", "pod", "shell"], "{.status.ephemeralContainerStatuses[0].state.terminated.reason}");
+        let r = jsonpath(
+            c,
+            &["get", "pod", "shell"],
+            "{.status.ephemeralContainerStatuses[0].state.terminated.reason}",
+        );
         (!r.is_empty()).then_some(r)
     });
     assert_eq!(reason, "Completed");
-    assert_eq!(jsonpath(c, &["get", "pod", "shell"], "{.status.ephemeralContainerStatuses[0].ready}"), "false");
+    assert_eq!(
+        jsonpath(
+            c,
+            &["get", "pod", "shell"],
+            "{.status.ephemeralContainerStatuses[0].ready}"
+        ),
+        "false"
+    );
     // Its log is there too; the pod's own container kept running.
-    assert!(c.ok(&["logs", "shell", "-c", "dbg"]).contains("got-hello"), "the session is in the container's log");
-    assert_eq!(jsonpath(c, &["get", "pod", "shell"], "{.status.containerStatuses[0].restartCount}"), "0");
-    assert!(!jsonpath(c, &["get", "pod", "shell"], "{.status.containerStatuses[0].state.running.startedAt}").is_empty());
+    assert!(
+        c.ok(&["logs", "shell", "-c", "dbg"]).contains("got-hello"),
+        "the session is in the container's log"
+    );
+    assert_eq!(
+        jsonpath(
+            c,
+            &["get", "pod", "shell"],
+            "{.status.containerStatuses[0].restartCount}"
+        ),
+        "0"
+    );
+    assert!(!jsonpath(
+        c,
+        &["get", "pod", "shell"],
+        "{.status.containerStatuses[0].state.running.startedAt}"
+    )
+    .is_empty());
 
     // A second one without a target, non-interactive.
-    c.ok(&["debug", "shell", &format!("--image={BUSYBOX_IMAGE}"), "--image-pull-policy=Never", "--container=dbg2", "--", "sh", "-c", "echo second"]);
+    c.ok(&[
+        "debug",
+        "shell",
+        &format!("--image={BUSYBOX_IMAGE}"),
+        "--image-pull-policy=Never",
+        "--container=dbg2",
+        "--",
+        "sh",
+        "-c",
+        "echo second",
+    ]);
     wait_for("dbg2 ran", Duration::from_secs(30), || {
-        let r = jsonpath(c, &["get", "pod", "shell"], r#"{.status.ephemeralContainerStatuses[?(@.name=="dbg2")].state.terminated.exitCode}"#);
+        let r = jsonpath(
+            c,
+            &["get", "pod", "shell"],
+            r#"{.status.ephemeralContainerStatuses[?(@.name=="dbg2")].state.terminated.exitCode}"#,
+        );
         (r == "0").then_some(())
     });
     assert_eq!(c.ok(&["logs", "shell", "-c", "dbg2"]), "second\n");
 
     // Ephemeral containers can only be added.
     let err = c.fails(
-        &["patch", "pod", "shell", "--subresource=ephemeralcontainers", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/ephemeralContainers/0"}]"#],
+        &[
+            "patch",
+            "pod",
+            "shell",
+            "--subresource=ephemeralcontainers",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/ephemeralContainers/0"}]"#,
+        ],
         None,
     );
-    assert!(err.contains("existing ephemeral containers \"dbg\" may not be removed"), "{err}");
-    let err = c.fails(&["debug", "shell", &format!("--image={BUSYBOX_IMAGE}"), "--container=dbg3", "--target=nope", "--", "true"], None);
-    assert!(err.contains("spec.ephemeralContainers[2].targetContainerName: Not found: \"nope\""), "{err}");
+    assert!(
+        err.contains("existing ephemeral containers \"dbg\" may not be removed"),
+        "{err}"
+    );
+    let err = c.fails(
+        &[
+            "debug",
+            "shell",
+            &format!("--image={BUSYBOX_IMAGE}"),
+            "--container=dbg3",
+            "--target=nope",
+            "--",
+            "true",
+        ],
+        None,
+    );
+    assert!(
+        err.contains("spec.ephemeralContainers[2].targetContainerName: Not found: \"nope\""),
+        "{err}"
+    );
     // Through the main resource the ephemeral containers do not change.
-    let err = c.fails(&["patch", "pod", "shell", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/ephemeralContainers"}]"#], None);
+    let err = c.fails(
+        &[
+            "patch",
+            "pod",
+            "shell",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/ephemeralContainers"}]"#,
+        ],
+        None,
+    );
     assert!(err.contains("Forbidden"), "{err}");
 }
 
@@ -522,7 +838,10 @@ fn node_kubelet_authz_and_debug() {
     run_node_test("node_kubelet_authz_and_debug", &[], |c| {
         let t0 = Instant::now();
         wait_node_ready(c);
-        apply(c, &pod_manifest("shell", BUSYBOX_IMAGE, "sleep 3600", "Always"));
+        apply(
+            c,
+            &pod_manifest("shell", BUSYBOX_IMAGE, "sleep 3600", "Always"),
+        );
         wait_running(c, "shell");
         kubelet_authz(c);
         eprintln!("kubelet authz checks done at {:?}", t0.elapsed());

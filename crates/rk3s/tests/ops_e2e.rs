@@ -23,13 +23,35 @@ fn secrets_are_encrypted_at_rest_and_requests_are_audited() {
     let audit_flag = format!("--audit-log-path={}", audit.display());
     let c = Cluster::start_with(&["--secrets-encryption", &audit_flag]);
     let secret_value = "plaintext-must-not-be-on-disk-9f8e7d";
-    c.ok(&["create", "secret", "generic", "s", &format!("--from-literal=p={secret_value}")]);
-    c.ok(&["create", "configmap", "visible", "--from-literal=c=configmap-value-on-disk-4c3b2a"]);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s",
+        &format!("--from-literal=p={secret_value}"),
+    ]);
+    c.ok(&[
+        "create",
+        "configmap",
+        "visible",
+        "--from-literal=c=configmap-value-on-disk-4c3b2a",
+    ]);
     let got = c.ok(&["get", "secret", "s", "-o", "jsonpath={.data.p}"]);
     use base64::Engine;
-    assert_eq!(base64::engine::general_purpose::STANDARD.decode(got.trim()).expect("base64"), secret_value.as_bytes());
-    assert!(!raw_db_contains(&c, secret_value), "secret value found in the datastore files");
-    assert!(raw_db_contains(&c, "configmap-value-on-disk-4c3b2a"), "the check cannot see plaintext at all");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(got.trim())
+            .expect("base64"),
+        secret_value.as_bytes()
+    );
+    assert!(
+        !raw_db_contains(&c, secret_value),
+        "secret value found in the datastore files"
+    );
+    assert!(
+        raw_db_contains(&c, "configmap-value-on-disk-4c3b2a"),
+        "the check cannot see plaintext at all"
+    );
 
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_rk3s"))
         .args(["secrets-encrypt", "status", "--data-dir"])
@@ -37,7 +59,11 @@ fn secrets_are_encrypted_at_rest_and_requests_are_audited() {
         .output()
         .expect("run");
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     assert!(text.contains("Encryption Status: Enabled"), "{text}");
     assert!(text.contains("Secrets not encrypted: 0"), "{text}");
 
@@ -45,13 +71,21 @@ fn secrets_are_encrypted_at_rest_and_requests_are_audited() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let event = loop {
         let log = std::fs::read_to_string(&audit).unwrap_or_default();
-        let found = log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| {
-            e["verb"] == "create" && e["objectRef"]["resource"] == "secrets" && e["user"]["username"] == "system:admin"
-        });
+        let found = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| {
+                e["verb"] == "create"
+                    && e["objectRef"]["resource"] == "secrets"
+                    && e["user"]["username"] == "system:admin"
+            });
         if let Some(e) = found {
             break e;
         }
-        assert!(Instant::now() < deadline, "no audit event for the create:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "no audit event for the create:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     };
     assert_eq!(event["kind"], "Event");
@@ -59,8 +93,14 @@ fn secrets_are_encrypted_at_rest_and_requests_are_audited() {
     assert_eq!(event["level"], "Metadata");
     assert_eq!(event["user"]["username"], "system:admin");
     assert_eq!(event["responseStatus"]["code"], 201);
-    assert!(event.get("requestObject").is_none(), "Metadata level has no request body");
+    assert!(
+        event.get("requestObject").is_none(),
+        "Metadata level has no request body"
+    );
 
     let metrics = c.ok(&["get", "--raw", "/metrics"]);
-    assert!(metrics.contains("apiserver_request_total{code=\"201\",group=\"\",resource=\"secrets\""), "{metrics}");
+    assert!(
+        metrics.contains("apiserver_request_total{code=\"201\",group=\"\",resource=\"secrets\""),
+        "{metrics}"
+    );
 }

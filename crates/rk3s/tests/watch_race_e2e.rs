@@ -76,12 +76,21 @@ fn parse(b: &[u8]) -> Value {
 }
 
 fn uid_of(v: &Value) -> String {
-    v["metadata"]["uid"].as_str().unwrap_or_default().to_string()
+    v["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn create(conn: &mut Conn, kind: Kind, name: &str) -> Option<String> {
     let body = kind.manifest(name).to_string();
-    let (code, out) = conn.request("POST", &format!("/api/v1/namespaces/default/{}", kind.plural()), Some(body.as_bytes())).ok()?;
+    let (code, out) = conn
+        .request(
+            "POST",
+            &format!("/api/v1/namespaces/default/{}", kind.plural()),
+            Some(body.as_bytes()),
+        )
+        .ok()?;
     (code == 201).then(|| uid_of(&parse(&out)))
 }
 
@@ -106,7 +115,13 @@ fn ms(a: &AtomicU64) -> Duration {
 
 /// Plays the kubelet (or a controller): whenever the object is marked for deletion,
 /// finish the deletion and create it again under the same name, as `timing` says.
-fn recreator(creds: Creds, kind: Kind, name: String, stop: Arc<AtomicBool>, timing: Arc<Timing>) -> thread::JoinHandle<usize> {
+fn recreator(
+    creds: Creds,
+    kind: Kind,
+    name: String,
+    stop: Arc<AtomicBool>,
+    timing: Arc<Timing>,
+) -> thread::JoinHandle<usize> {
     thread::spawn(move || {
         let mut conn = Conn::connect(&creds).expect("connect");
         let mut rounds = 0;
@@ -119,14 +134,24 @@ fn recreator(creds: Creds, kind: Kind, name: String, stop: Arc<AtomicBool>, timi
                     thread::sleep(ms(&timing.hold));
                     let (code, out) = match kind {
                         Kind::ConfigMap => conn
-                            .request_ct("PATCH", &kind.path(&name), "application/merge-patch+json", Some(br#"{"metadata":{"finalizers":null}}"#))
+                            .request_ct(
+                                "PATCH",
+                                &kind.path(&name),
+                                "application/merge-patch+json",
+                                Some(br#"{"metadata":{"finalizers":null}}"#),
+                            )
                             .expect("patch"),
                         Kind::Pod => {
                             let opts = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid_of(&obj)}}).to_string();
-                            conn.request("DELETE", &kind.path(&name), Some(opts.as_bytes())).expect("delete")
+                            conn.request("DELETE", &kind.path(&name), Some(opts.as_bytes()))
+                                .expect("delete")
                         }
                     };
-                    assert!(code == 200 || code == 404, "finishing the deletion: {code} {}", String::from_utf8_lossy(&out));
+                    assert!(
+                        code == 200 || code == 404,
+                        "finishing the deletion: {code} {}",
+                        String::from_utf8_lossy(&out)
+                    );
                     thread::sleep(ms(&timing.gap));
                 }
                 rounds += 1;
@@ -140,10 +165,13 @@ fn recreator(creds: Creds, kind: Kind, name: String, stop: Arc<AtomicBool>, timi
 
 /// The resourceVersion of kubectl's WATCH, from its `-v=6` request log.
 fn watched_rv(stderr: &str) -> Option<String> {
-    stderr.lines().filter(|l| l.contains("watch=true")).find_map(|l| {
-        let at = l.find("resourceVersion=")? + "resourceVersion=".len();
-        Some(l[at..].chars().take_while(|c| c.is_ascii_digit()).collect())
-    })
+    stderr
+        .lines()
+        .filter(|l| l.contains("watch=true"))
+        .find_map(|l| {
+            let at = l.find("resourceVersion=")? + "resourceVersion=".len();
+            Some(l[at..].chars().take_while(|c| c.is_ascii_digit()).collect())
+        })
 }
 
 /// The UIDs the store held under `name` at exactly revision `rv`.
@@ -151,7 +179,10 @@ fn uids_at(conn: &mut Conn, kind: Kind, name: &str, rv: &str) -> Vec<String> {
     let path = format!("/api/v1/namespaces/default/{}?fieldSelector=metadata.name%3D{name}&resourceVersion={rv}&resourceVersionMatch=Exact", kind.plural());
     let (code, out) = conn.request("GET", &path, None).expect("list");
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&out));
-    parse(&out)["items"].as_array().map(|a| a.iter().map(uid_of).collect()).unwrap_or_default()
+    parse(&out)["items"]
+        .as_array()
+        .map(|a| a.iter().map(uid_of).collect())
+        .unwrap_or_default()
 }
 
 /// The (type, uid) of every event a name-selected watch from `rv` gets within a second.
@@ -164,7 +195,10 @@ fn events_from(creds: &Creds, kind: Kind, name: &str, rv: &str) -> Vec<(String, 
         .filter(|l| !l.is_empty())
         .map(|l| {
             let v = parse(l);
-            (v["type"].as_str().unwrap_or_default().to_string(), uid_of(&v["object"]))
+            (
+                v["type"].as_str().unwrap_or_default().to_string(),
+                uid_of(&v["object"]),
+            )
         })
         .collect()
 }
@@ -179,23 +213,44 @@ struct Outcome {
 /// re-creator finishes the deletion and re-creates it 0-7 ms later; in the first
 /// `held` rounds it holds the deletion 60-200 ms (kubectl lists the old object first
 /// and must always finish), in the others it finishes at once (the kubelet's pace).
-fn delete_while_recreated(c: &Cluster, creds: &Creds, kind: Kind, held: usize, immediate: usize) -> Outcome {
+fn delete_while_recreated(
+    c: &Cluster,
+    creds: &Creds,
+    kind: Kind,
+    held: usize,
+    immediate: usize,
+) -> Outcome {
     let iterations = held + immediate;
     let name = format!("race-{}", kind.plural());
     let mut conn = Conn::connect(creds).expect("connect");
-    wait_for("the first object", Duration::from_secs(20), || create(&mut conn, kind, &name));
+    wait_for("the first object", Duration::from_secs(20), || {
+        create(&mut conn, kind, &name)
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let timing = Arc::new(Timing::default());
-    let worker = recreator(creds.clone(), kind, name.clone(), stop.clone(), timing.clone());
+    let worker = recreator(
+        creds.clone(),
+        kind,
+        name.clone(),
+        stop.clone(),
+        timing.clone(),
+    );
     let mut deleted = std::collections::HashSet::new();
-    let mut out = Outcome { ok: 0, client_races: 0, slowest: Duration::ZERO };
+    let mut out = Outcome {
+        ok: 0,
+        client_races: 0,
+        slowest: Duration::ZERO,
+    };
     let mut checks = Vec::new();
     for i in 0..iterations {
         // A live object we have not deleted yet.
         let uid = wait_for("a re-created object", Duration::from_secs(20), || {
             let (code, body) = conn.request("GET", &kind.path(&name), None).ok()?;
             let v = parse(&body);
-            (code == 200 && v["metadata"].get("deletionTimestamp").is_none() && !deleted.contains(&uid_of(&v))).then(|| uid_of(&v))
+            (code == 200
+                && v["metadata"].get("deletionTimestamp").is_none()
+                && !deleted.contains(&uid_of(&v)))
+            .then(|| uid_of(&v))
         });
         // The list a client would take just before the delete, to check the watch from
         // it afterwards.
@@ -203,13 +258,23 @@ fn delete_while_recreated(c: &Cluster, creds: &Creds, kind: Kind, held: usize, i
             .request("GET", &format!("/api/v1/namespaces/default/{}?fieldSelector=metadata.name%3D{name}&resourceVersion=0", kind.plural()), None)
             .expect("list");
         let list = parse(&list);
-        let list_rv = list["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
-        if list["items"].as_array().is_some_and(|a| a.iter().any(|o| uid_of(o) == uid)) {
+        let list_rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if list["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|o| uid_of(o) == uid))
+        {
             checks.push((list_rv, uid.clone()));
         }
         deleted.insert(uid.clone());
         let gap = (i % 8) as u64;
-        let (hold, timeout) = if i < held { (60 + (i as u64 * 140) / held as u64, "--timeout=20s") } else { (0, "--timeout=3s") };
+        let (hold, timeout) = if i < held {
+            (60 + (i as u64 * 140) / held as u64, "--timeout=20s")
+        } else {
+            (0, "--timeout=3s")
+        };
         timing.set(hold, gap);
         let started = Instant::now();
         let res = c.kubectl(&["delete", kind.plural(), &name, timeout, "-v=6"]);
@@ -220,7 +285,9 @@ fn delete_while_recreated(c: &Cluster, creds: &Creds, kind: Kind, held: usize, i
             continue;
         }
         let stderr = String::from_utf8_lossy(&res.stderr).to_string();
-        let rv = watched_rv(&stderr).unwrap_or_else(|| panic!("iteration {i}: kubectl delete failed without watching ({took:?}):\n{stderr}"));
+        let rv = watched_rv(&stderr).unwrap_or_else(|| {
+            panic!("iteration {i}: kubectl delete failed without watching ({took:?}):\n{stderr}")
+        });
         let listed = uids_at(&mut conn, kind, &name, &rv);
         assert!(i >= held, "round {i} (deletion held {hold} ms, re-created {gap} ms later): kubectl delete timed out after {took:?}:\n{stderr}");
         assert!(
@@ -235,7 +302,10 @@ fn delete_while_recreated(c: &Cluster, creds: &Creds, kind: Kind, held: usize, i
     }
     stop.store(true, Ordering::Release);
     let rounds = worker.join().expect("re-creator");
-    assert!(rounds >= iterations, "the re-creator only ran {rounds} rounds");
+    assert!(
+        rounds >= iterations,
+        "the re-creator only ran {rounds} rounds"
+    );
     // Each list taken before a delete, resumed as a watch: the deleted UID's DELETED
     // event comes, once, before any event of the UID that replaced it.
     let handles: Vec<_> = checks
@@ -248,10 +318,22 @@ fn delete_while_recreated(c: &Cluster, creds: &Creds, kind: Kind, held: usize, i
     for h in handles {
         let (events, rv, uid) = h.join().expect("watch check");
         let deleted_at = events.iter().position(|(t, u)| t == "DELETED" && *u == uid);
-        let at = deleted_at.unwrap_or_else(|| panic!("watch from {rv}: no DELETED for {uid} in {events:?}"));
-        assert!(events[..at].iter().all(|(t, u)| *u == uid && t == "MODIFIED"), "watch from {rv}: {events:?}");
-        assert!(events[at + 1..].iter().all(|(_, u)| *u != uid), "watch from {rv}: {uid} after its DELETED: {events:?}");
-        assert!(events.get(at + 1).is_some_and(|(t, _)| t == "ADDED"), "watch from {rv}: no re-creation after the delete: {events:?}");
+        let at = deleted_at
+            .unwrap_or_else(|| panic!("watch from {rv}: no DELETED for {uid} in {events:?}"));
+        assert!(
+            events[..at]
+                .iter()
+                .all(|(t, u)| *u == uid && t == "MODIFIED"),
+            "watch from {rv}: {events:?}"
+        );
+        assert!(
+            events[at + 1..].iter().all(|(_, u)| *u != uid),
+            "watch from {rv}: {uid} after its DELETED: {events:?}"
+        );
+        assert!(
+            events.get(at + 1).is_some_and(|(t, _)| t == "ADDED"),
+            "watch from {rv}: no re-creation after the delete: {events:?}"
+        );
     }
     out
 }
@@ -261,7 +343,9 @@ fn setup() -> (Cluster, Creds) {
     let creds = Creds::from_kubeconfig(&c.kubeconfig, c.port);
     let mut conn = Conn::connect(&creds).expect("connect");
     let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}).to_string();
-    let (code, out) = conn.request("POST", "/api/v1/nodes", Some(node.as_bytes())).expect("node");
+    let (code, out) = conn
+        .request("POST", "/api/v1/nodes", Some(node.as_bytes()))
+        .expect("node");
     assert_eq!(code, 201, "{}", String::from_utf8_lossy(&out));
     (c, creds)
 }
@@ -270,7 +354,10 @@ fn setup() -> (Cluster, Creds) {
 fn kubectl_delete_configmap_while_it_is_recreated() {
     let (c, creds) = setup();
     let out = delete_while_recreated(&c, &creds, Kind::ConfigMap, 30, 10);
-    eprintln!("configmaps: {} waits ok, {} kubectl races, slowest {:?}", out.ok, out.client_races, out.slowest);
+    eprintln!(
+        "configmaps: {} waits ok, {} kubectl races, slowest {:?}",
+        out.ok, out.client_races, out.slowest
+    );
     assert!(out.ok >= 30, "only {} of 40 deletes completed", out.ok);
 }
 
@@ -278,7 +365,10 @@ fn kubectl_delete_configmap_while_it_is_recreated() {
 fn kubectl_delete_pod_while_it_is_recreated() {
     let (c, creds) = setup();
     let out = delete_while_recreated(&c, &creds, Kind::Pod, 30, 10);
-    eprintln!("pods: {} waits ok, {} kubectl races, slowest {:?}", out.ok, out.client_races, out.slowest);
+    eprintln!(
+        "pods: {} waits ok, {} kubectl races, slowest {:?}",
+        out.ok, out.client_races, out.slowest
+    );
     assert!(out.ok >= 30, "only {} of 40 deletes completed", out.ok);
 }
 
@@ -292,7 +382,13 @@ fn kubectl_wait_for_delete_sees_the_delete_before_the_recreation() {
     let mut conn = Conn::connect(&creds).expect("connect");
     let stop = Arc::new(AtomicBool::new(false));
     let timing = Arc::new(Timing::default());
-    let worker = recreator(creds.clone(), kind, name.to_string(), stop.clone(), timing.clone());
+    let worker = recreator(
+        creds.clone(),
+        kind,
+        name.to_string(),
+        stop.clone(),
+        timing.clone(),
+    );
     for i in 0..10 {
         timing.set(0, (i % 4) as u64);
         let uid = wait_for("the object", Duration::from_secs(20), || {
@@ -307,7 +403,13 @@ fn kubectl_wait_for_delete_sees_the_delete_before_the_recreation() {
         let mut child = Command::new(common::kubectl_bin())
             .env("KUBECONFIG", &c.kubeconfig)
             .env("HOME", c.path())
-            .args(["wait", "--for=delete", &format!("configmap/{name}"), "--timeout=20s", "-v=6"])
+            .args([
+                "wait",
+                "--for=delete",
+                &format!("configmap/{name}"),
+                "--timeout=20s",
+                "-v=6",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -326,14 +428,25 @@ fn kubectl_wait_for_delete_sees_the_delete_before_the_recreation() {
             }
             log
         });
-        rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("iteration {i}: kubectl wait never watched"));
-        let (code, out) = conn.request("DELETE", &kind.path(name), None).expect("delete");
+        rx.recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("iteration {i}: kubectl wait never watched"));
+        let (code, out) = conn
+            .request("DELETE", &kind.path(name), None)
+            .expect("delete");
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&out));
         let started = Instant::now();
         let status = child.wait().expect("kubectl wait");
         let log = reader.join().expect("reader");
-        assert!(status.success(), "iteration {i}: kubectl wait --for=delete (uid {uid}) failed after {:?}:\n{log}", started.elapsed());
-        assert!(started.elapsed() < Duration::from_secs(5), "iteration {i}: took {:?}", started.elapsed());
+        assert!(
+            status.success(),
+            "iteration {i}: kubectl wait --for=delete (uid {uid}) failed after {:?}:\n{log}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "iteration {i}: took {:?}",
+            started.elapsed()
+        );
     }
     stop.store(true, Ordering::Release);
     worker.join().expect("re-creator");
@@ -352,14 +465,27 @@ fn kubectl_rollout_status_follows_a_recreated_deployment() {
     .to_string();
     let path = "/apis/apps/v1/namespaces/default/deployments";
     for i in 0..5 {
-        let (code, out) = conn.request("POST", path, Some(deployment.as_bytes())).expect("create");
+        let (code, out) = conn
+            .request("POST", path, Some(deployment.as_bytes()))
+            .expect("create");
         assert_eq!(code, 201, "{}", String::from_utf8_lossy(&out));
         let started = Instant::now();
-        c.ok(&["rollout", "status", "deployment/race-deploy", "--timeout=20s"]);
-        assert!(started.elapsed() < Duration::from_secs(10), "round {i}: rollout status took {:?}", started.elapsed());
+        c.ok(&[
+            "rollout",
+            "status",
+            "deployment/race-deploy",
+            "--timeout=20s",
+        ]);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "round {i}: rollout status took {:?}",
+            started.elapsed()
+        );
         // Delete and re-create at once; the next round's rollout status must see the
         // new object's rollout, not hang on the old one.
-        let (code, out) = conn.request("DELETE", &format!("{path}/race-deploy"), None).expect("delete");
+        let (code, out) = conn
+            .request("DELETE", &format!("{path}/race-deploy"), None)
+            .expect("delete");
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&out));
     }
 }

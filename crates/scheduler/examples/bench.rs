@@ -28,16 +28,38 @@ fn make_node(i: usize) -> Node {
     ]);
     let labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), name.clone()),
-        ("topology.kubernetes.io/zone".to_string(), format!("zone-{}", i % 3)),
-        ("node.kubernetes.io/instance-type".to_string(), if i % 2 == 0 { "large" } else { "xlarge" }.to_string()),
+        (
+            "topology.kubernetes.io/zone".to_string(),
+            format!("zone-{}", i % 3),
+        ),
+        (
+            "node.kubernetes.io/instance-type".to_string(),
+            if i % 2 == 0 { "large" } else { "xlarge" }.to_string(),
+        ),
     ]);
     let taints = (i % 10 == 0).then(|| {
-        vec![Taint { key: "dedicated".into(), value: Some("gpu".into()), effect: "NoSchedule".into(), time_added: None }]
+        vec![Taint {
+            key: "dedicated".into(),
+            value: Some("gpu".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        }]
     });
     Node {
-        metadata: ObjectMeta { name: Some(name), labels: Some(labels), ..Default::default() },
-        spec: Some(NodeSpec { taints, ..Default::default() }),
-        status: Some(NodeStatus { allocatable: Some(alloc.clone()), capacity: Some(alloc), ..Default::default() }),
+        metadata: ObjectMeta {
+            name: Some(name),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            taints,
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            allocatable: Some(alloc.clone()),
+            capacity: Some(alloc),
+            ..Default::default()
+        }),
     }
 }
 
@@ -46,23 +68,37 @@ fn make_pod(i: usize) -> Pod {
         ("cpu".to_string(), q(["100m", "250m", "500m"][i % 3])),
         ("memory".to_string(), q(["128Mi", "256Mi", "512Mi"][i % 3])),
     ]);
-    let node_selector = (i % 4 == 0)
-        .then(|| BTreeMap::from([("topology.kubernetes.io/zone".to_string(), format!("zone-{}", i % 3))]));
+    let node_selector = (i % 4 == 0).then(|| {
+        BTreeMap::from([(
+            "topology.kubernetes.io/zone".to_string(),
+            format!("zone-{}", i % 3),
+        )])
+    });
     let tolerations = (i % 5 == 0).then(|| {
-        vec![Toleration { key: Some("dedicated".into()), operator: Some("Exists".into()), ..Default::default() }]
+        vec![Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }]
     });
     Pod {
         metadata: ObjectMeta {
             name: Some(format!("pod-{i:05}")),
             namespace: Some("default".into()),
-            labels: Some(BTreeMap::from([("app".to_string(), format!("app-{}", i % 50))])),
+            labels: Some(BTreeMap::from([(
+                "app".to_string(),
+                format!("app-{}", i % 50),
+            )])),
             ..Default::default()
         },
         spec: Some(PodSpec {
             containers: vec![Container {
                 name: "main".into(),
                 image: Some(format!("registry.local/app-{}:v1", i % 50)),
-                resources: Some(ResourceRequirements { requests: Some(requests), ..Default::default() }),
+                resources: Some(ResourceRequirements {
+                    requests: Some(requests),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }],
             node_selector,
@@ -93,7 +129,10 @@ fn main() {
         .node_names()
         .filter_map(|n| snap.requested(n).map(|r| r.milli_cpu))
         .collect();
-    let (min, max) = (per_node.iter().min().copied().unwrap_or(0), per_node.iter().max().copied().unwrap_or(0));
+    let (min, max) = (
+        per_node.iter().min().copied().unwrap_or(0),
+        per_node.iter().max().copied().unwrap_or(0),
+    );
     println!(
         "scheduled {} pods on {NODES} nodes in {:.3}s: {:.0} pods/s (snapshot build {:.1} ms, unschedulable {failed}, cpu requested per node min {min}m max {max}m)",
         PODS - failed,

@@ -42,6 +42,6 @@ mod tests;
 pub use plugins::{Weights, MAX_NODE_SCORE};
 pub use quantity::{parse_milli_value, parse_value, QuantityError};
 pub use resources::{pod_non_zero_requests, pod_requests, Resources};
-pub use scheduler::{FitError, Preemption, Scheduler, SchedulerConfig};
 pub use runner::{run, RunOptions, SchedulerError};
+pub use scheduler::{FitError, Preemption, Scheduler, SchedulerConfig};
 pub use snapshot::{pod_key, pod_priority, Snapshot};

@@ -7,7 +7,8 @@ use k8s_openapi::api::core::v1::{Pod, Toleration};
 
 use crate::resources::{pod_non_zero_requests, pod_requests, Resources};
 use crate::selectors::{
-    first_untolerated_hard_taint, tolerations_tolerate, Labels, NodeSelectorMatcher, NodeTerm, Selector,
+    first_untolerated_hard_taint, tolerations_tolerate, Labels, NodeSelectorMatcher, NodeTerm,
+    Selector,
 };
 use crate::snapshot::{pod_host_ports, HostPort, NodeInfo, PodAffinity, PodEntry, Snapshot};
 
@@ -31,7 +32,10 @@ pub(crate) enum Failure {
     PodAntiAffinity,
     ExistingAntiAffinity,
     /// Free-form (preemption messages).
-    Other { msg: String, resolvable: bool },
+    Other {
+        msg: String,
+        resolvable: bool,
+    },
 }
 
 impl Failure {
@@ -46,11 +50,15 @@ impl Failure {
             Failure::Resources(r) => return r.clone(),
             Failure::VolumeNodeAffinity => "node(s) had volume node affinity conflict",
             Failure::VolumeZone => "node(s) had no available volume zone",
-            Failure::SpreadMissingLabel => "node(s) didn't match pod topology spread constraints (missing required label)",
+            Failure::SpreadMissingLabel => {
+                "node(s) didn't match pod topology spread constraints (missing required label)"
+            }
             Failure::Spread => "node(s) didn't match pod topology spread constraints",
             Failure::PodAffinity => "node(s) didn't match pod affinity rules",
             Failure::PodAntiAffinity => "node(s) didn't match pod anti-affinity rules",
-            Failure::ExistingAntiAffinity => "node(s) didn't satisfy existing pods anti-affinity rules",
+            Failure::ExistingAntiAffinity => {
+                "node(s) didn't satisfy existing pods anti-affinity rules"
+            }
             Failure::Other { msg, .. } => return vec![Cow::Owned(msg.clone())],
         };
         vec![Cow::Borrowed(s)]
@@ -83,7 +91,9 @@ fn bump(m: &mut TopoCounts, key: &str, value: &str, by: i64) {
         inner.insert(value.to_string(), by);
         return;
     }
-    m.entry(key.to_string()).or_default().insert(value.to_string(), by);
+    m.entry(key.to_string())
+        .or_default()
+        .insert(value.to_string(), by);
 }
 
 fn get_count(m: &TopoCounts, key: &str, value: &str) -> i64 {
@@ -186,24 +196,44 @@ impl<'a> PodCtx<'a> {
     pub fn new(snap: &Snapshot, pod: &'a Pod) -> Result<Self, PreFilterFailure> {
         let spec = pod.spec.as_ref();
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let tolerations = spec.and_then(|s| s.tolerations.as_deref()).unwrap_or(&NO_TOLERATIONS);
+        let tolerations = spec
+            .and_then(|s| s.tolerations.as_deref())
+            .unwrap_or(&NO_TOLERATIONS);
         let unsched_taint = k8s_openapi::api::core::v1::Taint {
             key: "node.kubernetes.io/unschedulable".into(),
             effect: "NoSchedule".into(),
             ..Default::default()
         };
-        let node_aff = spec.and_then(|s| s.affinity.as_ref()).and_then(|a| a.node_affinity.as_ref());
+        let node_aff = spec
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.node_affinity.as_ref());
         let required_node = node_aff
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .map(NodeSelectorMatcher::new);
         let preferred_node = node_aff
-            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
-            .map(|v| v.iter().filter(|p| p.weight != 0).map(|p| (p.weight, NodeTerm::new(&p.preference))).collect())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|v| {
+                v.iter()
+                    .filter(|p| p.weight != 0)
+                    .map(|p| (p.weight, NodeTerm::new(&p.preference)))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut images = Vec::new();
         let mut num_containers = 0;
         if let Some(s) = spec {
-            for c in s.init_containers.iter().flatten().chain(s.containers.iter()) {
+            for c in s
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+            {
                 num_containers += 1;
                 if let Some(img) = c.image.as_deref() {
                     let n = normalized_image(img);
@@ -219,10 +249,14 @@ impl<'a> PodCtx<'a> {
             labels: pod.metadata.labels.as_ref(),
             requests: pod_requests(pod),
             non_zero: pod_non_zero_requests(pod),
-            node_name: spec.and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()),
+            node_name: spec
+                .and_then(|s| s.node_name.as_deref())
+                .filter(|n| !n.is_empty()),
             tolerations,
             tolerates_unschedulable: tolerations_tolerate(tolerations, &unsched_taint),
-            node_selector: spec.and_then(|s| s.node_selector.as_ref()).filter(|m| !m.is_empty()),
+            node_selector: spec
+                .and_then(|s| s.node_selector.as_ref())
+                .filter(|m| !m.is_empty()),
             required_node,
             preferred_node,
             ports: pod_host_ports(pod),
@@ -247,7 +281,9 @@ impl<'a> PodCtx<'a> {
         };
         let mut unbound_immediate = false;
         for v in vols {
-            let Some(claim) = v.persistent_volume_claim.as_ref() else { continue };
+            let Some(claim) = v.persistent_volume_claim.as_ref() else {
+                continue;
+            };
             let key = format!("{}/{}", self.ns, claim.claim_name);
             let Some(pvc) = snap.pvcs.get(&key) else {
                 return Err(PreFilterFailure {
@@ -257,11 +293,18 @@ impl<'a> PodCtx<'a> {
             };
             if pvc.metadata.deletion_timestamp.is_some() {
                 return Err(PreFilterFailure {
-                    msg: format!("persistentvolumeclaim \"{}\" is being deleted", claim.claim_name),
+                    msg: format!(
+                        "persistentvolumeclaim \"{}\" is being deleted",
+                        claim.claim_name
+                    ),
                     resolvable: false,
                 });
             }
-            let volume_name = pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref()).filter(|s| !s.is_empty());
+            let volume_name = pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .filter(|s| !s.is_empty());
             match volume_name {
                 Some(pv_name) => {
                     let Some(pv) = snap.pvs.get(pv_name) else {
@@ -270,17 +313,29 @@ impl<'a> PodCtx<'a> {
                             resolvable: false,
                         });
                     };
-                    if let Some(req) = pv.spec.as_ref().and_then(|s| s.node_affinity.as_ref()).and_then(|a| a.required.as_ref()) {
+                    if let Some(req) = pv
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_affinity.as_ref())
+                        .and_then(|a| a.required.as_ref())
+                    {
                         self.volume_affinity.push(NodeSelectorMatcher::new(req));
                     }
                     for key in ZONE_LABELS {
                         if let Some(v) = pv.metadata.labels.as_ref().and_then(|l| l.get(key)) {
-                            self.volume_zones.push((key.to_string(), v.split("__").map(str::to_string).collect()));
+                            self.volume_zones.push((
+                                key.to_string(),
+                                v.split("__").map(str::to_string).collect(),
+                            ));
                         }
                     }
                 }
                 None => {
-                    let class = pvc.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()).unwrap_or("");
+                    let class = pvc
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.storage_class_name.as_deref())
+                        .unwrap_or("");
                     let delayed = snap
                         .classes
                         .get(class)
@@ -302,7 +357,12 @@ impl<'a> PodCtx<'a> {
     }
 
     fn spread_constraints(&self, hard: bool) -> Vec<SpreadConstraint> {
-        let Some(list) = self.pod.spec.as_ref().and_then(|s| s.topology_spread_constraints.as_ref()) else {
+        let Some(list) = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.topology_spread_constraints.as_ref())
+        else {
             return Vec::new();
         };
         list.iter()
@@ -321,7 +381,11 @@ impl<'a> PodCtx<'a> {
                     key: c.topology_key.clone(),
                     self_match: selector.matches(self.labels),
                     selector,
-                    min_domains: if hard { i64::from(c.min_domains.unwrap_or(1)) } else { 1 },
+                    min_domains: if hard {
+                        i64::from(c.min_domains.unwrap_or(1))
+                    } else {
+                        1
+                    },
                     honor_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
                     honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
                 }
@@ -333,7 +397,10 @@ impl<'a> PodCtx<'a> {
     pub fn matches_node_affinity(&self, n: &NodeInfo) -> bool {
         let labels = n.labels();
         if let Some(sel) = self.node_selector {
-            if !sel.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v)) {
+            if !sel
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            {
                 return false;
             }
         }
@@ -382,11 +449,15 @@ impl<'a> PodCtx<'a> {
                 *counts[i].entry(v.to_string()).or_insert(0) += cnt;
             }
         }
-        self.spread = Some(HardSpread { constraints, counts });
+        self.spread = Some(HardSpread {
+            constraints,
+            counts,
+        });
     }
 
     fn prefilter_interpod(&mut self, snap: &Snapshot) {
-        let has_required = !self.affinity.required_affinity.is_empty() || !self.affinity.required_anti.is_empty();
+        let has_required =
+            !self.affinity.required_affinity.is_empty() || !self.affinity.required_anti.is_empty();
         let any_existing_anti = snap.nodes.iter().any(|n| n.pods_with_required_anti > 0);
         if !has_required && !any_existing_anti {
             return;
@@ -404,7 +475,14 @@ impl<'a> PodCtx<'a> {
     }
 
     /// Adds (`by = 1`) or removes (`by = -1`) an existing pod's contribution to the inter-pod state.
-    fn account_pod(&self, st: &mut InterPodState, p: &PodEntry, n: &NodeInfo, snap: &Snapshot, by: i64) {
+    fn account_pod(
+        &self,
+        st: &mut InterPodState,
+        p: &PodEntry,
+        n: &NodeInfo,
+        snap: &Snapshot,
+        by: i64,
+    ) {
         for t in &p.affinity.required_anti {
             if let Some(v) = n.label(&t.topology_key) {
                 if t.matches(self.ns, self.labels, &snap.ns_labels) {
@@ -439,7 +517,10 @@ impl<'a> PodCtx<'a> {
             self.interpod = Some(st);
         }
         if let Some(mut sp) = self.spread.take() {
-            if !p.terminating && p.namespace == self.ns && sp.constraints.iter().all(|c| n.label(&c.key).is_some()) {
+            if !p.terminating
+                && p.namespace == self.ns
+                && sp.constraints.iter().all(|c| n.label(&c.key).is_some())
+            {
                 for i in 0..sp.constraints.len() {
                     let c = &sp.constraints[i];
                     if !self.node_included(c, n) || !c.selector.matches(p.labels()) {
@@ -475,13 +556,22 @@ impl<'a> PodCtx<'a> {
             return Err(Failure::NodeAffinity);
         }
         // NodePorts
-        if !self.ports.is_empty() && self.ports.iter().any(|p| n.used_ports.iter().any(|u| u.conflicts(p))) {
+        if !self.ports.is_empty()
+            && self
+                .ports
+                .iter()
+                .any(|p| n.used_ports.iter().any(|u| u.conflicts(p)))
+        {
             return Err(Failure::Ports);
         }
         // NodeResourcesFit
         self.fits_resources(n)?;
         // VolumeBinding (bound PVs' node affinity)
-        if self.volume_affinity.iter().any(|m| !m.matches(&n.name, n.labels())) {
+        if self
+            .volume_affinity
+            .iter()
+            .any(|m| !m.matches(&n.name, n.labels()))
+        {
             return Err(Failure::VolumeNodeAffinity);
         }
         // VolumeZone
@@ -509,7 +599,11 @@ impl<'a> PodCtx<'a> {
         }
         let r = &self.requests;
         if r.is_zero() {
-            return if reasons.is_empty() { Ok(()) } else { Err(Failure::Resources(reasons)) };
+            return if reasons.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure::Resources(reasons))
+            };
         }
         let a = &n.allocatable;
         let u = &n.requested;
@@ -519,14 +613,21 @@ impl<'a> PodCtx<'a> {
         if r.memory > 0 && r.memory > a.memory.saturating_sub(u.memory) {
             reasons.push(Cow::Borrowed("Insufficient memory"));
         }
-        if r.ephemeral_storage > 0 && r.ephemeral_storage > a.ephemeral_storage.saturating_sub(u.ephemeral_storage) {
+        if r.ephemeral_storage > 0
+            && r.ephemeral_storage > a.ephemeral_storage.saturating_sub(u.ephemeral_storage)
+        {
             reasons.push(Cow::Borrowed("Insufficient ephemeral-storage"));
         }
         for (name, q) in &r.scalar {
             if *q == 0 {
                 continue;
             }
-            let avail = a.scalar.get(name).copied().unwrap_or(0).saturating_sub(u.scalar.get(name).copied().unwrap_or(0));
+            let avail = a
+                .scalar
+                .get(name)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(u.scalar.get(name).copied().unwrap_or(0));
             if *q > avail {
                 reasons.push(Cow::Owned(format!("Insufficient {name}")));
             }
@@ -555,7 +656,12 @@ impl<'a> PodCtx<'a> {
         Ok(())
     }
 
-    fn filter_interpod(&self, snap: &Snapshot, st: &InterPodState, n: &NodeInfo) -> Result<(), Failure> {
+    fn filter_interpod(
+        &self,
+        snap: &Snapshot,
+        st: &InterPodState,
+        n: &NodeInfo,
+    ) -> Result<(), Failure> {
         // required affinity
         if !self.affinity.required_affinity.is_empty() {
             let mut pods_exist = true;
@@ -575,7 +681,10 @@ impl<'a> PodCtx<'a> {
                     .required_affinity
                     .iter()
                     .all(|t| t.matches(self.ns, self.labels, &snap.ns_labels));
-                let none = st.affinity_counts.values().all(|m| m.values().all(|c| *c <= 0));
+                let none = st
+                    .affinity_counts
+                    .values()
+                    .all(|m| m.values().all(|c| *c <= 0));
                 if !(none && self_match) {
                     return Err(Failure::PodAffinity);
                 }
@@ -694,23 +803,40 @@ impl PodCtx<'_> {
                 fr[nf] = ((n.requested.memory + rm) as f64 / am as f64).min(1.0);
                 nf += 1;
             }
-            let std = if nf == 2 { ((fr[0] - fr[1]) / 2.0).abs() } else { 0.0 };
+            let std = if nf == 2 {
+                ((fr[0] - fr[1]) / 2.0).abs()
+            } else {
+                0.0
+            };
             // Best-effort pods skip BalancedAllocation (upstream issue 129138).
-            let balanced = if best_effort { 0 } else { ((1.0 - std) * MAX_NODE_SCORE as f64) as i64 };
+            let balanced = if best_effort {
+                0
+            } else {
+                ((1.0 - std) * MAX_NODE_SCORE as f64) as i64
+            };
             total[k] = least * w.node_resources_fit + balanced * w.balanced_allocation;
         }
         // TaintToleration: count of intolerable PreferNoSchedule taints, reversed.
         let prefer_tols: Vec<&Toleration> = self
             .tolerations
             .iter()
-            .filter(|t| t.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule"))
+            .filter(|t| {
+                t.effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
+            })
             .collect();
         let mut any = false;
         for (k, &i) in feasible.iter().enumerate() {
             let c = nodes[i]
                 .taints()
                 .iter()
-                .filter(|t| t.effect == "PreferNoSchedule" && !prefer_tols.iter().any(|tol| crate::selectors::tolerates(tol, t)))
+                .filter(|t| {
+                    t.effect == "PreferNoSchedule"
+                        && !prefer_tols
+                            .iter()
+                            .any(|tol| crate::selectors::tolerates(tol, t))
+                })
                 .count() as i64;
             any |= c > 0;
             buf[k] = c;
@@ -753,7 +879,8 @@ impl PodCtx<'_> {
                 let mut sum: i64 = 0;
                 for img in &self.images {
                     if let Some(size) = n.images.get(img) {
-                        let spread = snap.image_nodes.get(img).copied().unwrap_or(0) as f64 / total_nodes;
+                        let spread =
+                            snap.image_nodes.get(img).copied().unwrap_or(0) as f64 / total_nodes;
                         sum = sum.saturating_add((*size as f64 * spread) as i64);
                     }
                 }
@@ -841,7 +968,8 @@ impl PodCtx<'_> {
 
     /// Returns false when the plugin has nothing to say (skipped).
     fn score_interpod(&self, snap: &Snapshot, feasible: &[usize], out: &mut [i64]) -> bool {
-        let has_pref = !self.affinity.preferred_affinity.is_empty() || !self.affinity.preferred_anti.is_empty();
+        let has_pref = !self.affinity.preferred_affinity.is_empty()
+            || !self.affinity.preferred_anti.is_empty();
         let any_aff = snap.nodes.iter().any(|n| n.pods_with_affinity > 0);
         if !has_pref && !any_aff {
             return false;
@@ -910,7 +1038,11 @@ impl PodCtx<'_> {
         }
         let diff = max - min;
         for s in out.iter_mut() {
-            *s = if diff > 0 { MAX_NODE_SCORE * (*s - min) / diff } else { 0 };
+            *s = if diff > 0 {
+                MAX_NODE_SCORE * (*s - min) / diff
+            } else {
+                0
+            };
         }
         true
     }
@@ -930,7 +1062,10 @@ mod tests {
     fn image_names_are_normalized() {
         assert_eq!(normalized_image("nginx"), "nginx:latest");
         assert_eq!(normalized_image("nginx:1.25"), "nginx:1.25");
-        assert_eq!(normalized_image("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(
+            normalized_image("localhost:5000/app"),
+            "localhost:5000/app:latest"
+        );
         assert_eq!(normalized_image("app@sha256:abc"), "app@sha256:abc");
     }
 

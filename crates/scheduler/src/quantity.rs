@@ -50,7 +50,10 @@ fn parse(s: &str) -> Result<Parsed, QuantityError> {
                     dec_exp = dec_exp.saturating_add(1);
                 }
             } else {
-                match digits.checked_mul(10).and_then(|d| d.checked_add(i128::from(c - b'0'))) {
+                match digits
+                    .checked_mul(10)
+                    .and_then(|d| d.checked_add(i128::from(c - b'0')))
+                {
                     Some(d) => digits = d,
                     None => {
                         overflow = true;
@@ -112,7 +115,13 @@ fn parse(s: &str) -> Result<Parsed, QuantityError> {
             dec_exp = dec_exp.saturating_add(sign * e);
         }
     }
-    Ok(Parsed { negative, digits, overflow, dec_exp, bin_exp })
+    Ok(Parsed {
+        negative,
+        digits,
+        overflow,
+        dec_exp,
+        bin_exp,
+    })
 }
 
 /// `ceil(|value| * 10^scale)` with saturation at `i64::MAX`, sign re-applied
@@ -214,7 +223,10 @@ mod tests {
     #[test]
     fn saturates_and_rejects_garbage() {
         assert_eq!(parse_value("100Ei"), Ok(i64::MAX));
-        assert_eq!(parse_value("99999999999999999999999999999999999999999999"), Ok(i64::MAX));
+        assert_eq!(
+            parse_value("99999999999999999999999999999999999999999999"),
+            Ok(i64::MAX)
+        );
         assert!(parse_value("").is_err());
         assert!(parse_value("abc").is_err());
         assert!(parse_value("1Qi").is_err());

@@ -81,7 +81,12 @@ impl Entry {
             .as_ref()
             .map(|t| t.0.as_millisecond())
             .unwrap_or(i64::MAX);
-        (Reverse(pod_priority(&self.pod)), created, self.seq, key.to_string())
+        (
+            Reverse(pod_priority(&self.pod)),
+            created,
+            self.seq,
+            key.to_string(),
+        )
     }
 }
 
@@ -111,7 +116,10 @@ fn pod_updated(old: &Pod, new: &Pod) -> bool {
 impl SchedulingQueue {
     /// An empty queue.
     pub fn new(config: QueueConfig) -> Self {
-        SchedulingQueue { config, ..Default::default() }
+        SchedulingQueue {
+            config,
+            ..Default::default()
+        }
     }
 
     /// The backoff after `attempts` failed attempts: initial, doubling, capped.
@@ -127,11 +135,14 @@ impl SchedulingQueue {
     }
 
     fn backoff_expiry(&self, e: &Entry) -> Option<Instant> {
-        e.last_failure.map(|t| t + self.backoff_duration(e.attempts))
+        e.last_failure
+            .map(|t| t + self.backoff_duration(e.attempts))
     }
 
     fn detach(&mut self, key: &str) {
-        let Some(e) = self.entries.get(key) else { return };
+        let Some(e) = self.entries.get(key) else {
+            return;
+        };
         match e.state {
             PodState::Active => {
                 let k = e.active_key(key);
@@ -149,7 +160,9 @@ impl SchedulingQueue {
 
     fn set_state(&mut self, key: &str, state: PodState) {
         self.detach(key);
-        let Some(e) = self.entries.get_mut(key) else { return };
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
         e.state = state;
         match state {
             PodState::Active => {
@@ -169,7 +182,9 @@ impl SchedulingQueue {
     /// Moves an entry to the backoff queue if its backoff has not expired yet, else
     /// to the active queue.
     fn activate_or_backoff(&mut self, key: &str, now: Instant) {
-        let Some(e) = self.entries.get(key) else { return };
+        let Some(e) = self.entries.get(key) else {
+            return;
+        };
         match self.backoff_expiry(e) {
             Some(t) if t > now => self.set_state(key, PodState::Backoff(t)),
             _ => self.set_state(key, PodState::Active),
@@ -202,7 +217,14 @@ impl SchedulingQueue {
                 self.seq += 1;
                 self.entries.insert(
                     key.clone(),
-                    Entry { pod: Arc::new(pod), seq: self.seq, attempts: 0, state: PodState::Active, last_failure: None, popped_in_move_cycle: 0 },
+                    Entry {
+                        pod: Arc::new(pod),
+                        seq: self.seq,
+                        attempts: 0,
+                        state: PodState::Active,
+                        last_failure: None,
+                        popped_in_move_cycle: 0,
+                    },
                 );
                 self.set_state(&key, PodState::Active);
             }
@@ -226,7 +248,11 @@ impl SchedulingQueue {
         e.state = PodState::InFlight;
         e.attempts += 1;
         e.popped_in_move_cycle = move_cycle;
-        Some(QueuedPod { pod: e.pod.clone(), key, attempts: e.attempts })
+        Some(QueuedPod {
+            pod: e.pod.clone(),
+            key,
+            attempts: e.attempts,
+        })
     }
 
     /// The pod was bound: forget it.
@@ -238,7 +264,9 @@ impl SchedulingQueue {
     /// one came while it was in flight, then it only waits out its backoff.
     pub fn unschedulable(&mut self, key: &str, now: Instant) {
         let move_cycle = self.move_cycle;
-        let Some(e) = self.entries.get_mut(key) else { return };
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
         if e.state != PodState::InFlight {
             return;
         }
@@ -252,7 +280,9 @@ impl SchedulingQueue {
 
     /// An attempt failed for another reason (e.g. binding): retry after the backoff.
     pub fn requeue_after_error(&mut self, key: &str, now: Instant) {
-        let Some(e) = self.entries.get_mut(key) else { return };
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
         if e.state != PodState::InFlight {
             return;
         }
@@ -294,7 +324,10 @@ impl SchedulingQueue {
     /// When [`SchedulingQueue::flush`] next has something to do.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let backoff = self.backoff.first().map(|b| b.0);
-        let unsched = self.unschedulable.first().map(|u| u.0 + self.config.max_unschedulable);
+        let unsched = self
+            .unschedulable
+            .first()
+            .map(|u| u.0 + self.config.max_unschedulable);
         match (backoff, unsched) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -314,7 +347,12 @@ impl SchedulingQueue {
     /// Number of pods (active, backoff, unschedulable, in flight).
     pub fn counts(&self) -> (usize, usize, usize, usize) {
         let queued = self.active.len() + self.backoff.len() + self.unschedulable.len();
-        (self.active.len(), self.backoff.len(), self.unschedulable.len(), self.entries.len() - queued)
+        (
+            self.active.len(),
+            self.backoff.len(),
+            self.unschedulable.len(),
+            self.entries.len() - queued,
+        )
     }
 }
 
@@ -329,7 +367,9 @@ mod tests {
         if let Some(s) = p.spec.as_mut() {
             s.priority = Some(priority);
         }
-        p.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap_or(Timestamp::UNIX_EPOCH)));
+        p.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(created).unwrap_or(Timestamp::UNIX_EPOCH),
+        ));
         p
     }
 
@@ -347,7 +387,10 @@ mod tests {
         q.add(pod("high-old", 1000, 50), now);
         q.add(pod("low-new-2", 0, 200), now);
         let order: Vec<String> = std::iter::from_fn(|| pop_name(&mut q)).collect();
-        assert_eq!(order, ["high-old", "high-new", "low-old", "low-new", "low-new-2"]);
+        assert_eq!(
+            order,
+            ["high-old", "high-new", "low-old", "low-new", "low-new-2"]
+        );
     }
 
     #[test]
@@ -365,7 +408,10 @@ mod tests {
         let p = q.pop().map(|p| p.key);
         assert_eq!(p.as_deref(), Some("default/a"));
         q.requeue_after_error("default/a", t0);
-        assert_eq!(q.state("default/a"), Some(PodState::Backoff(t0 + Duration::from_secs(1))));
+        assert_eq!(
+            q.state("default/a"),
+            Some(PodState::Backoff(t0 + Duration::from_secs(1)))
+        );
         assert_eq!(q.next_wakeup(), Some(t0 + Duration::from_secs(1)));
         q.flush(t0 + Duration::from_millis(999));
         assert!(!q.has_active());
@@ -375,7 +421,10 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(q.pop().map(|p| p.attempts), Some(2));
         q.requeue_after_error("default/a", t1);
-        assert_eq!(q.state("default/a"), Some(PodState::Backoff(t1 + Duration::from_secs(2))));
+        assert_eq!(
+            q.state("default/a"),
+            Some(PodState::Backoff(t1 + Duration::from_secs(2)))
+        );
     }
 
     #[test]
@@ -399,7 +448,10 @@ mod tests {
         let t1 = t0 + Duration::from_secs(30);
         q.unschedulable("default/a", t1);
         q.move_all_to_active_or_backoff(t1 + Duration::from_millis(500));
-        assert_eq!(q.state("default/a"), Some(PodState::Backoff(t1 + Duration::from_secs(2))));
+        assert_eq!(
+            q.state("default/a"),
+            Some(PodState::Backoff(t1 + Duration::from_secs(2)))
+        );
         q.flush(t1 + Duration::from_secs(2));
         assert_eq!(q.state("default/a"), Some(PodState::Active));
     }
@@ -425,7 +477,10 @@ mod tests {
         q.pop();
         q.move_all_to_active_or_backoff(t0);
         q.unschedulable("default/a", t0);
-        assert_eq!(q.state("default/a"), Some(PodState::Backoff(t0 + Duration::from_secs(1))));
+        assert_eq!(
+            q.state("default/a"),
+            Some(PodState::Backoff(t0 + Duration::from_secs(1)))
+        );
     }
 
     #[test]
@@ -439,7 +494,10 @@ mod tests {
         p.status = Some(Default::default());
         p.metadata.resource_version = Some("7".into());
         q.add(p.clone(), t0 + Duration::from_secs(5));
-        assert!(matches!(q.state("default/a"), Some(PodState::Unschedulable(_))));
+        assert!(matches!(
+            q.state("default/a"),
+            Some(PodState::Unschedulable(_))
+        ));
         p.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
         q.add(p, t0 + Duration::from_secs(5));
         assert_eq!(q.state("default/a"), Some(PodState::Active));

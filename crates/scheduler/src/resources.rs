@@ -45,7 +45,8 @@ impl Resources {
             "pods" => self.allowed_pods = parse_value(&q.0).unwrap_or(0),
             other => {
                 if is_scalar_resource_name(other) {
-                    self.scalar.insert(other.to_string(), parse_value(&q.0).unwrap_or(0));
+                    self.scalar
+                        .insert(other.to_string(), parse_value(&q.0).unwrap_or(0));
                 }
             }
         }
@@ -55,7 +56,9 @@ impl Resources {
     pub fn add(&mut self, other: &Resources) {
         self.milli_cpu = self.milli_cpu.saturating_add(other.milli_cpu);
         self.memory = self.memory.saturating_add(other.memory);
-        self.ephemeral_storage = self.ephemeral_storage.saturating_add(other.ephemeral_storage);
+        self.ephemeral_storage = self
+            .ephemeral_storage
+            .saturating_add(other.ephemeral_storage);
         self.allowed_pods = self.allowed_pods.saturating_add(other.allowed_pods);
         for (k, v) in &other.scalar {
             let e = self.scalar.entry(k.clone()).or_insert(0);
@@ -67,7 +70,9 @@ impl Resources {
     pub fn sub(&mut self, other: &Resources) {
         self.milli_cpu = self.milli_cpu.saturating_sub(other.milli_cpu);
         self.memory = self.memory.saturating_sub(other.memory);
-        self.ephemeral_storage = self.ephemeral_storage.saturating_sub(other.ephemeral_storage);
+        self.ephemeral_storage = self
+            .ephemeral_storage
+            .saturating_sub(other.ephemeral_storage);
         self.allowed_pods = self.allowed_pods.saturating_sub(other.allowed_pods);
         for (k, v) in &other.scalar {
             let e = self.scalar.entry(k.clone()).or_insert(0);
@@ -227,7 +232,10 @@ mod tests {
         }
         Container {
             name: "c".into(),
-            resources: Some(ResourceRequirements { requests: Some(req), ..Default::default() }),
+            resources: Some(ResourceRequirements {
+                requests: Some(req),
+                ..Default::default()
+            }),
             restart_policy: sidecar.then(|| "Always".to_string()),
             ..Default::default()
         }
@@ -235,7 +243,11 @@ mod tests {
 
     fn pod(containers: Vec<Container>, init: Vec<Container>) -> Pod {
         Pod {
-            spec: Some(PodSpec { containers, init_containers: Some(init), ..Default::default() }),
+            spec: Some(PodSpec {
+                containers,
+                init_containers: Some(init),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -243,7 +255,10 @@ mod tests {
     #[test]
     fn init_containers_take_the_max() {
         let p = pod(
-            vec![c(Some("100m"), Some("1Gi"), false), c(Some("200m"), None, false)],
+            vec![
+                c(Some("100m"), Some("1Gi"), false),
+                c(Some("200m"), None, false),
+            ],
             vec![c(Some("500m"), Some("100Mi"), false)],
         );
         let r = pod_requests(&p);
@@ -260,7 +275,10 @@ mod tests {
         );
         assert_eq!(pod_requests(&p).milli_cpu, 400);
         if let Some(spec) = p.spec.as_mut() {
-            spec.overhead = Some(BTreeMap::from([("cpu".to_string(), Quantity("50m".into()))]));
+            spec.overhead = Some(BTreeMap::from([(
+                "cpu".to_string(),
+                Quantity("50m".into()),
+            )]));
         }
         assert_eq!(pod_requests(&p).milli_cpu, 450);
     }
@@ -277,8 +295,14 @@ mod tests {
 
     #[test]
     fn non_zero_defaults_apply_per_container() {
-        let p = pod(vec![c(None, None, false), c(Some("1"), None, false)], vec![]);
-        assert_eq!(pod_non_zero_requests(&p), (1100, 2 * DEFAULT_MEMORY_REQUEST));
+        let p = pod(
+            vec![c(None, None, false), c(Some("1"), None, false)],
+            vec![],
+        );
+        assert_eq!(
+            pod_non_zero_requests(&p),
+            (1100, 2 * DEFAULT_MEMORY_REQUEST)
+        );
         assert_eq!(pod_requests(&p).milli_cpu, 1000);
         assert_eq!(pod_requests(&p).memory, 0);
     }

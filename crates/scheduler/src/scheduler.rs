@@ -26,7 +26,6 @@ pub struct SchedulerConfig {
     pub weights: Weights,
 }
 
-
 /// Pods that preemption would evict so that the pod fits on `node`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preemption {
@@ -56,12 +55,22 @@ pub struct FitError {
 
 impl FitError {
     fn new(num_nodes: usize) -> Self {
-        FitError { num_nodes, reasons: BTreeMap::new(), pre_filter_msg: None, post_filter_msg: None, preemption: None }
+        FitError {
+            num_nodes,
+            reasons: BTreeMap::new(),
+            pre_filter_msg: None,
+            post_filter_msg: None,
+            preemption: None,
+        }
     }
 }
 
 /// The `0/N nodes are available: <sorted "count reason" list>.` part, as upstream builds it.
-fn histogram_message(num_nodes: usize, pre_filter: Option<&str>, reasons: &BTreeMap<String, usize>) -> String {
+fn histogram_message(
+    num_nodes: usize,
+    pre_filter: Option<&str>,
+    reasons: &BTreeMap<String, usize>,
+) -> String {
     let mut msg = format!("0/{num_nodes} nodes are available:");
     if let Some(p) = pre_filter {
         msg.push_str(&format!(" {p}."));
@@ -80,7 +89,11 @@ impl fmt::Display for FitError {
         if self.num_nodes == 0 {
             return f.write_str("no nodes available to schedule pods");
         }
-        f.write_str(&histogram_message(self.num_nodes, self.pre_filter_msg.as_deref(), &self.reasons))?;
+        f.write_str(&histogram_message(
+            self.num_nodes,
+            self.pre_filter_msg.as_deref(),
+            &self.reasons,
+        ))?;
         if let Some(p) = &self.post_filter_msg {
             if p.ends_with('.') {
                 write!(f, " {p}")?;
@@ -111,12 +124,19 @@ impl Default for Scheduler {
 impl Scheduler {
     /// A scheduler with the given configuration.
     pub fn new(config: SchedulerConfig) -> Self {
-        Scheduler { config, next_start: AtomicUsize::new(0), rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15) }
+        Scheduler {
+            config,
+            next_start: AtomicUsize::new(0),
+            rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        }
     }
 
     fn next_random(&self) -> u64 {
         // splitmix64 over an atomic counter
-        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -129,7 +149,9 @@ impl Scheduler {
         }
         let mut pct = self.config.percentage_of_nodes_to_score as usize;
         if pct == 0 {
-            pct = 50usize.saturating_sub(num_all / 125).max(MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND);
+            pct = 50usize
+                .saturating_sub(num_all / 125)
+                .max(MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND);
         }
         let n = num_all * pct.min(100) / 100;
         n.max(MIN_FEASIBLE_NODES_TO_FIND)
@@ -148,8 +170,17 @@ impl Scheduler {
             Err(pf) => {
                 let mut err = FitError::new(n);
                 err.pre_filter_msg = Some(pf.msg.clone());
-                let statuses: Vec<(usize, Failure)> =
-                    (0..n).map(|i| (i, Failure::Other { msg: pf.msg.clone(), resolvable: pf.resolvable })).collect();
+                let statuses: Vec<(usize, Failure)> = (0..n)
+                    .map(|i| {
+                        (
+                            i,
+                            Failure::Other {
+                                msg: pf.msg.clone(),
+                                resolvable: pf.resolvable,
+                            },
+                        )
+                    })
+                    .collect();
                 self.post_filter(snap, pod, None, &statuses, &mut err);
                 return Err(err);
             }
@@ -172,7 +203,8 @@ impl Scheduler {
                 Err(f) => failed.push((i, f)),
             }
         }
-        self.next_start.store((start + processed) % n, Ordering::Relaxed);
+        self.next_start
+            .store((start + processed) % n, Ordering::Relaxed);
         if feasible.is_empty() {
             let mut err = FitError::new(n);
             for (_, f) in &failed {
@@ -215,20 +247,42 @@ impl Scheduler {
     }
 
     /// DefaultPreemption PostFilter: fills `post_filter_msg` or `preemption`.
-    fn post_filter(&self, snap: &Snapshot, pod: &Pod, ctx: Option<&PodCtx<'_>>, failed: &[(usize, Failure)], err: &mut FitError) {
-        if pod.spec.as_ref().and_then(|s| s.preemption_policy.as_deref()) == Some("Never") {
-            err.post_filter_msg = Some("preemption: not eligible due to preemptionPolicy=Never.".into());
+    fn post_filter(
+        &self,
+        snap: &Snapshot,
+        pod: &Pod,
+        ctx: Option<&PodCtx<'_>>,
+        failed: &[(usize, Failure)],
+        err: &mut FitError,
+    ) {
+        if pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.preemption_policy.as_deref())
+            == Some("Never")
+        {
+            err.post_filter_msg =
+                Some("preemption: not eligible due to preemptionPolicy=Never.".into());
             return;
         }
         let priority = crate::snapshot::pod_priority(pod);
-        if let Some(nom) = pod.status.as_ref().and_then(|s| s.nominated_node_name.as_deref()).filter(|s| !s.is_empty()) {
+        if let Some(nom) = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|s| !s.is_empty())
+        {
             let nominated_resolvable = snap
                 .node_index(nom)
                 .and_then(|i| failed.iter().find(|(j, _)| *j == i))
                 .is_some_and(|(_, f)| f.resolvable());
             if nominated_resolvable {
                 if let Some(i) = snap.node_index(nom) {
-                    if snap.nodes[i].pods.iter().any(|p| p.terminating && p.priority < priority) {
+                    if snap.nodes[i]
+                        .pods
+                        .iter()
+                        .any(|p| p.terminating && p.priority < priority)
+                    {
                         err.post_filter_msg =
                             Some("preemption: not eligible due to a terminating pod on the nominated node.".into());
                         return;
@@ -236,7 +290,11 @@ impl Scheduler {
                 }
             }
         }
-        let potential: Vec<usize> = failed.iter().filter(|(_, f)| f.resolvable()).map(|(i, _)| *i).collect();
+        let potential: Vec<usize> = failed
+            .iter()
+            .filter(|(_, f)| f.resolvable())
+            .map(|(i, _)| *i)
+            .collect();
         let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<(Candidate, usize)> = None;
         if !potential.is_empty() {
@@ -251,7 +309,10 @@ impl Scheduler {
                     };
                     *statuses.entry(msg).or_insert(0) += 1;
                 }
-                err.post_filter_msg = Some(format!("preemption: {}", self.preemption_fit_message(snap, potential.len(), &statuses)));
+                err.post_filter_msg = Some(format!(
+                    "preemption: {}",
+                    self.preemption_fit_message(snap, potential.len(), &statuses)
+                ));
                 return;
             };
             let pdb_allowed = pdb_budgets(snap);
@@ -283,16 +344,26 @@ impl Scheduler {
                 }));
             }
             None => {
-                err.post_filter_msg = Some(format!("preemption: {}", self.preemption_fit_message(snap, potential.len(), &statuses)));
+                err.post_filter_msg = Some(format!(
+                    "preemption: {}",
+                    self.preemption_fit_message(snap, potential.len(), &statuses)
+                ));
             }
         }
     }
 
-    fn preemption_fit_message(&self, snap: &Snapshot, evaluated: usize, statuses: &BTreeMap<String, usize>) -> String {
+    fn preemption_fit_message(
+        &self,
+        snap: &Snapshot,
+        evaluated: usize,
+        statuses: &BTreeMap<String, usize>,
+    ) -> String {
         let n = snap.nodes.len();
         let mut reasons = statuses.clone();
         if evaluated < n {
-            *reasons.entry("Preemption is not helpful for scheduling".into()).or_insert(0) += n - evaluated;
+            *reasons
+                .entry("Preemption is not helpful for scheduling".into())
+                .or_insert(0) += n - evaluated;
         }
         histogram_message(n, None, &reasons)
     }
@@ -318,10 +389,17 @@ fn pdb_budgets(snap: &Snapshot) -> Vec<PdbBudget> {
             }
             let status = p.status.as_ref();
             Some(PdbBudget {
-                namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                namespace: p
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
                 selector: crate::selectors::Selector::from_label_selector(Some(sel)),
                 allowed: i64::from(status.map(|s| s.disruptions_allowed).unwrap_or(0)),
-                disrupted: status.and_then(|s| s.disrupted_pods.as_ref()).map(|m| m.keys().cloned().collect()).unwrap_or_default(),
+                disrupted: status
+                    .and_then(|s| s.disrupted_pods.as_ref())
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default(),
             })
         })
         .collect()
@@ -358,7 +436,10 @@ impl Candidate {
     }
 
     fn priority_sum(&self) -> i64 {
-        self.victims.iter().map(|v| i64::from(v.priority) + i64::from(i32::MAX) + 1).sum()
+        self.victims
+            .iter()
+            .map(|v| i64::from(v.priority) + i64::from(i32::MAX) + 1)
+            .sum()
     }
 
     /// Earliest start time among the highest-priority victims.
@@ -404,9 +485,17 @@ fn select_victims(
 ) -> Result<Candidate, Failure> {
     let mut ni: NodeInfo = node.clone();
     let mut cx = ctx.clone();
-    let mut potential: Vec<Arc<PodEntry>> = node.pods.iter().filter(|p| p.priority < priority).cloned().collect();
+    let mut potential: Vec<Arc<PodEntry>> = node
+        .pods
+        .iter()
+        .filter(|p| p.priority < priority)
+        .cloned()
+        .collect();
     if potential.is_empty() {
-        return Err(Failure::Other { msg: "No preemption victims found for incoming pod".into(), resolvable: false });
+        return Err(Failure::Other {
+            msg: "No preemption victims found for incoming pod".into(),
+            resolvable: false,
+        });
     }
     for p in &potential {
         ni.remove_entry(&p.key);
@@ -456,5 +545,8 @@ fn select_victims(
         }
     }
     victims.sort_by(|a, b| more_important(a, b));
-    Ok(Candidate { victims, pdb_violations })
+    Ok(Candidate {
+        victims,
+        pdb_violations,
+    })
 }

@@ -26,12 +26,18 @@ pub struct Selector {
 impl Selector {
     /// A selector matching nothing (what a nil selector means for affinity/spread).
     pub fn nothing() -> Self {
-        Selector { nothing: true, reqs: Vec::new() }
+        Selector {
+            nothing: true,
+            reqs: Vec::new(),
+        }
     }
 
     /// A selector matching everything.
     pub fn everything() -> Self {
-        Selector { nothing: false, reqs: Vec::new() }
+        Selector {
+            nothing: false,
+            reqs: Vec::new(),
+        }
     }
 
     /// Compiles an optional selector: `None` matches nothing, `{}` matches everything,
@@ -55,17 +61,22 @@ impl Selector {
             };
             reqs.push((e.key.clone(), op));
         }
-        Selector { nothing: false, reqs }
+        Selector {
+            nothing: false,
+            reqs,
+        }
     }
 
     /// Adds `key In (value)` (used for `matchLabelKeys`).
     pub fn add_in(&mut self, key: &str, value: &str) {
-        self.reqs.push((key.to_string(), LabelOp::In(vec![value.to_string()])));
+        self.reqs
+            .push((key.to_string(), LabelOp::In(vec![value.to_string()])));
     }
 
     /// Adds `key NotIn (value)` (used for `mismatchLabelKeys`).
     pub fn add_not_in(&mut self, key: &str, value: &str) {
-        self.reqs.push((key.to_string(), LabelOp::NotIn(vec![value.to_string()])));
+        self.reqs
+            .push((key.to_string(), LabelOp::NotIn(vec![value.to_string()])));
     }
 
     /// Whether `labels` satisfy the selector.
@@ -109,8 +120,12 @@ impl NodeOp {
             NodeOp::NotIn(vals) => v.is_none_or(|v| !vals.iter().any(|x| x == v)),
             NodeOp::Exists => v.is_some(),
             NodeOp::DoesNotExist => v.is_none(),
-            NodeOp::Gt(n) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|x| x > *n),
-            NodeOp::Lt(n) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|x| x < *n),
+            NodeOp::Gt(n) => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|x| x > *n),
+            NodeOp::Lt(n) => v
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|x| x < *n),
             NodeOp::Never => false,
         }
     }
@@ -148,7 +163,12 @@ impl NodeTerm {
             .match_expressions
             .iter()
             .flatten()
-            .map(|e| (e.key.clone(), compile_node_op(&e.operator, e.values.as_deref().unwrap_or(&[]))))
+            .map(|e| {
+                (
+                    e.key.clone(),
+                    compile_node_op(&e.operator, e.values.as_deref().unwrap_or(&[])),
+                )
+            })
             .collect();
         let name_exprs = t
             .match_fields
@@ -170,7 +190,9 @@ impl NodeTerm {
         if self.exprs.is_empty() && self.name_exprs.is_empty() {
             return false;
         }
-        self.exprs.iter().all(|(k, op)| op.matches(labels.and_then(|l| l.get(k)).map(String::as_str)))
+        self.exprs
+            .iter()
+            .all(|(k, op)| op.matches(labels.and_then(|l| l.get(k)).map(String::as_str)))
             && self.name_exprs.iter().all(|op| op.matches(Some(name)))
     }
 }
@@ -184,7 +206,9 @@ pub struct NodeSelectorMatcher {
 impl NodeSelectorMatcher {
     /// Compiles a node selector.
     pub fn new(s: &NodeSelector) -> Self {
-        NodeSelectorMatcher { terms: s.node_selector_terms.iter().map(NodeTerm::new).collect() }
+        NodeSelectorMatcher {
+            terms: s.node_selector_terms.iter().map(NodeTerm::new).collect(),
+        }
     }
 
     /// Whether any term matches the node.
@@ -218,7 +242,10 @@ pub fn tolerations_tolerate(tols: &[Toleration], taint: &Taint) -> bool {
 }
 
 /// The first NoSchedule/NoExecute taint not tolerated, if any.
-pub fn first_untolerated_hard_taint<'a>(taints: &'a [Taint], tols: &[Toleration]) -> Option<&'a Taint> {
+pub fn first_untolerated_hard_taint<'a>(
+    taints: &'a [Taint],
+    tols: &[Toleration],
+) -> Option<&'a Taint> {
     taints
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
@@ -232,7 +259,9 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(kv: &[(&str, &str)]) -> Labels {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn req(key: &str, op: &str, values: &[&str]) -> NodeSelectorRequirement {
@@ -247,8 +276,11 @@ mod tests {
     fn node_operators() {
         let l = labels(&[("zone", "a"), ("cores", "8")]);
         let m = |r: NodeSelectorRequirement| {
-            NodeTerm::new(&NodeSelectorTerm { match_expressions: Some(vec![r]), match_fields: None })
-                .matches("n1", Some(&l))
+            NodeTerm::new(&NodeSelectorTerm {
+                match_expressions: Some(vec![r]),
+                match_fields: None,
+            })
+            .matches("n1", Some(&l))
         };
         assert!(m(req("zone", "In", &["a", "b"])));
         assert!(!m(req("zone", "In", &["b"])));
@@ -267,7 +299,10 @@ mod tests {
         // empty term matches nothing
         assert!(!NodeTerm::new(&NodeSelectorTerm::default()).matches("n1", Some(&l)));
         // matchFields on metadata.name
-        let t = NodeSelectorTerm { match_expressions: None, match_fields: Some(vec![req("metadata.name", "In", &["n1"])]) };
+        let t = NodeSelectorTerm {
+            match_expressions: None,
+            match_fields: Some(vec![req("metadata.name", "In", &["n1"])]),
+        };
         assert!(NodeTerm::new(&t).matches("n1", Some(&l)));
         assert!(!NodeTerm::new(&t).matches("n2", Some(&l)));
     }
@@ -291,8 +326,16 @@ mod tests {
 
     #[test]
     fn tolerations() {
-        let taint = Taint { key: "k".into(), value: Some("v".into()), effect: "NoSchedule".into(), time_added: None };
-        let tol = |key: Option<&str>, op: Option<&str>, value: Option<&str>, effect: Option<&str>| Toleration {
+        let taint = Taint {
+            key: "k".into(),
+            value: Some("v".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        };
+        let tol = |key: Option<&str>,
+                   op: Option<&str>,
+                   value: Option<&str>,
+                   effect: Option<&str>| Toleration {
             key: key.map(Into::into),
             operator: op.map(Into::into),
             value: value.map(Into::into),
@@ -300,16 +343,40 @@ mod tests {
             toleration_seconds: None,
         };
         assert!(tolerates(&tol(Some("k"), None, Some("v"), None), &taint));
-        assert!(tolerates(&tol(Some("k"), Some("Equal"), Some("v"), Some("NoSchedule")), &taint));
-        assert!(!tolerates(&tol(Some("k"), Some("Equal"), Some("w"), None), &taint));
-        assert!(!tolerates(&tol(Some("k"), Some("Equal"), Some("v"), Some("NoExecute")), &taint));
-        assert!(tolerates(&tol(Some("k"), Some("Exists"), None, None), &taint));
-        assert!(!tolerates(&tol(Some("other"), Some("Exists"), None, None), &taint));
+        assert!(tolerates(
+            &tol(Some("k"), Some("Equal"), Some("v"), Some("NoSchedule")),
+            &taint
+        ));
+        assert!(!tolerates(
+            &tol(Some("k"), Some("Equal"), Some("w"), None),
+            &taint
+        ));
+        assert!(!tolerates(
+            &tol(Some("k"), Some("Equal"), Some("v"), Some("NoExecute")),
+            &taint
+        ));
+        assert!(tolerates(
+            &tol(Some("k"), Some("Exists"), None, None),
+            &taint
+        ));
+        assert!(!tolerates(
+            &tol(Some("other"), Some("Exists"), None, None),
+            &taint
+        ));
         // empty key + Exists tolerates everything
         assert!(tolerates(&tol(None, Some("Exists"), None, None), &taint));
-        assert!(tolerates(&tol(Some(""), Some("Exists"), None, None), &taint));
-        let pref = Taint { effect: "PreferNoSchedule".into(), ..taint.clone() };
+        assert!(tolerates(
+            &tol(Some(""), Some("Exists"), None, None),
+            &taint
+        ));
+        let pref = Taint {
+            effect: "PreferNoSchedule".into(),
+            ..taint.clone()
+        };
         assert!(first_untolerated_hard_taint(std::slice::from_ref(&pref), &[]).is_none());
-        assert_eq!(first_untolerated_hard_taint(&[pref, taint.clone()], &[]), Some(&taint));
+        assert_eq!(
+            first_untolerated_hard_taint(&[pref, taint.clone()], &[]),
+            Some(&taint)
+        );
     }
 }

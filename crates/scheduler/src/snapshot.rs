@@ -41,8 +41,16 @@ pub(crate) fn pod_host_ports(pod: &Pod) -> Vec<HostPort> {
         .filter_map(|p| {
             let hp = p.host_port.unwrap_or(0);
             (hp > 0).then(|| HostPort {
-                ip: p.host_ip.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0.0".into()),
-                protocol: p.protocol.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "TCP".into()),
+                ip: p
+                    .host_ip
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "0.0.0.0".into()),
+                protocol: p
+                    .protocol
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "TCP".into()),
                 port: hp,
             })
         })
@@ -61,7 +69,10 @@ pub(crate) struct AffinityTerm {
 impl AffinityTerm {
     pub fn new(t: &PodAffinityTerm, own_ns: &str) -> Self {
         let mut namespaces = t.namespaces.clone().unwrap_or_default();
-        let ns_selector = t.namespace_selector.as_ref().map(|s| Selector::from_label_selector(Some(s)));
+        let ns_selector = t
+            .namespace_selector
+            .as_ref()
+            .map(|s| Selector::from_label_selector(Some(s)));
         if namespaces.is_empty() && ns_selector.is_none() {
             namespaces.push(own_ns.to_string());
         }
@@ -74,9 +85,17 @@ impl AffinityTerm {
     }
 
     /// Whether a pod in `ns` with `labels` is selected by this term.
-    pub fn matches(&self, ns: &str, labels: Option<&Labels>, ns_labels: &HashMap<String, Labels>) -> bool {
+    pub fn matches(
+        &self,
+        ns: &str,
+        labels: Option<&Labels>,
+        ns_labels: &HashMap<String, Labels>,
+    ) -> bool {
         let ns_ok = self.namespaces.iter().any(|n| n == ns)
-            || self.ns_selector.as_ref().is_some_and(|s| s.is_everything() || s.matches(ns_labels.get(ns)));
+            || self
+                .ns_selector
+                .as_ref()
+                .is_some_and(|s| s.is_everything() || s.matches(ns_labels.get(ns)));
         ns_ok && self.selector.matches(labels)
     }
 }
@@ -152,7 +171,11 @@ pub(crate) struct PodEntry {
 
 impl PodEntry {
     pub fn new(pod: Arc<Pod>) -> Self {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         PodEntry {
             key: pod_key(&pod),
             namespace,
@@ -215,7 +238,11 @@ impl NodeInfo {
         }
         NodeInfo {
             allocatable: node_allocatable(&node),
-            unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
+            unschedulable: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false),
             node: Arc::new(node),
             name,
             requested: Resources::default(),
@@ -238,7 +265,11 @@ impl NodeInfo {
     }
 
     pub fn taints(&self) -> &[Taint] {
-        self.node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or(&NO_TAINTS)
+        self.node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_deref())
+            .unwrap_or(&NO_TAINTS)
     }
 
     pub fn add_entry(&mut self, e: Arc<PodEntry>) {
@@ -346,16 +377,31 @@ impl Snapshot {
 
     /// Sets the PersistentVolumes, PersistentVolumeClaims and StorageClasses
     /// that the volume plugins consult.
-    pub fn set_volumes(&mut self, pvs: Vec<PersistentVolume>, pvcs: Vec<PersistentVolumeClaim>, classes: Vec<StorageClass>) {
-        self.pvs = pvs.into_iter().filter_map(|p| Some((p.metadata.name.clone()?, p))).collect();
+    pub fn set_volumes(
+        &mut self,
+        pvs: Vec<PersistentVolume>,
+        pvcs: Vec<PersistentVolumeClaim>,
+        classes: Vec<StorageClass>,
+    ) {
+        self.pvs = pvs
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.name.clone()?, p)))
+            .collect();
         self.pvcs = pvcs
             .into_iter()
             .filter_map(|p| {
-                let key = format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or("default"), p.metadata.name.as_deref()?);
+                let key = format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or("default"),
+                    p.metadata.name.as_deref()?
+                );
                 Some((key, p))
             })
             .collect();
-        self.classes = classes.into_iter().filter_map(|c| Some((c.metadata.name.clone()?, c))).collect();
+        self.classes = classes
+            .into_iter()
+            .filter_map(|c| Some((c.metadata.name.clone()?, c)))
+            .collect();
     }
 
     /// Sets the PodDisruptionBudgets that preemption respects.
@@ -388,7 +434,11 @@ impl Snapshot {
         self.pod_nodes.insert(entry.key.clone(), node.to_string());
         match self.index.get(node) {
             Some(&i) => self.nodes[i].add_entry(entry),
-            None => self.orphans.entry(node.to_string()).or_default().push(entry),
+            None => self
+                .orphans
+                .entry(node.to_string())
+                .or_default()
+                .push(entry),
         }
     }
 

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Node, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements, Taint};
+use k8s_openapi::api::core::v1::{
+    Container, Node, NodeSpec, NodeStatus, Pod, PodSpec, ResourceRequirements, Taint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -19,26 +21,40 @@ pub fn node(name: &str, cpu: &str, mem: &str) -> Node {
     Node {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            labels: Some(BTreeMap::from([("kubernetes.io/hostname".to_string(), name.to_string())])),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/hostname".to_string(),
+                name.to_string(),
+            )])),
             ..Default::default()
         },
         spec: Some(NodeSpec::default()),
-        status: Some(NodeStatus { allocatable: Some(alloc.clone()), capacity: Some(alloc), ..Default::default() }),
+        status: Some(NodeStatus {
+            allocatable: Some(alloc.clone()),
+            capacity: Some(alloc),
+            ..Default::default()
+        }),
     }
 }
 
 pub fn label_node(mut n: Node, k: &str, v: &str) -> Node {
-    n.metadata.labels.get_or_insert_with(Default::default).insert(k.into(), v.into());
+    n.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(k.into(), v.into());
     n
 }
 
 pub fn taint_node(mut n: Node, key: &str, value: &str, effect: &str) -> Node {
-    n.spec.get_or_insert_with(Default::default).taints.get_or_insert_with(Vec::new).push(Taint {
-        key: key.into(),
-        value: (!value.is_empty()).then(|| value.to_string()),
-        effect: effect.into(),
-        time_added: None,
-    });
+    n.spec
+        .get_or_insert_with(Default::default)
+        .taints
+        .get_or_insert_with(Vec::new)
+        .push(Taint {
+            key: key.into(),
+            value: (!value.is_empty()).then(|| value.to_string()),
+            effect: effect.into(),
+            time_added: None,
+        });
     n
 }
 
@@ -51,12 +67,19 @@ pub fn pod(name: &str, cpu: &str, mem: &str) -> Pod {
         req.insert("memory".to_string(), q(mem));
     }
     Pod {
-        metadata: ObjectMeta { name: Some(name.into()), namespace: Some("default".into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
         spec: Some(PodSpec {
             containers: vec![Container {
                 name: "c".into(),
                 image: Some("busybox".into()),
-                resources: Some(ResourceRequirements { requests: Some(req), ..Default::default() }),
+                resources: Some(ResourceRequirements {
+                    requests: Some(req),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }],
             ..Default::default()
@@ -66,7 +89,10 @@ pub fn pod(name: &str, cpu: &str, mem: &str) -> Pod {
 }
 
 pub fn label_pod(mut p: Pod, k: &str, v: &str) -> Pod {
-    p.metadata.labels.get_or_insert_with(Default::default).insert(k.into(), v.into());
+    p.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(k.into(), v.into());
     p
 }
 

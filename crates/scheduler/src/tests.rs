@@ -9,11 +9,18 @@ use crate::test_util::*;
 use crate::{Scheduler, SchedulerConfig, Snapshot};
 
 fn all_nodes() -> Scheduler {
-    Scheduler::new(SchedulerConfig { percentage_of_nodes_to_score: 100, ..Default::default() })
+    Scheduler::new(SchedulerConfig {
+        percentage_of_nodes_to_score: 100,
+        ..Default::default()
+    })
 }
 
 fn three_nodes() -> Vec<k8s_openapi::api::core::v1::Node> {
-    vec![node("n1", "2", "4Gi"), node("n2", "2", "4Gi"), node("n3", "2", "4Gi")]
+    vec![
+        node("n1", "2", "4Gi"),
+        node("n2", "2", "4Gi"),
+        node("n3", "2", "4Gi"),
+    ]
 }
 
 fn msg(s: &Scheduler, snap: &Snapshot, p: &Pod) -> String {
@@ -61,40 +68,70 @@ fn counts_sort_as_strings_like_upstream() {
     let mut reasons = BTreeMap::new();
     reasons.insert("Insufficient cpu".to_string(), 10);
     reasons.insert("Insufficient memory".to_string(), 2);
-    let e = crate::FitError { num_nodes: 12, reasons, pre_filter_msg: None, post_filter_msg: None, preemption: None };
-    assert_eq!(e.to_string(), "0/12 nodes are available: 10 Insufficient cpu, 2 Insufficient memory.");
+    let e = crate::FitError {
+        num_nodes: 12,
+        reasons,
+        pre_filter_msg: None,
+        post_filter_msg: None,
+        preemption: None,
+    };
+    assert_eq!(
+        e.to_string(),
+        "0/12 nodes are available: 10 Insufficient cpu, 2 Insufficient memory."
+    );
 }
 
 #[test]
 fn resources_filter_counts_init_containers() {
     let snap = Snapshot::new(vec![node("n1", "1", "4Gi")], vec![]);
     let mut p = pod("p", "100m", "");
-    let mut init = p.spec.as_ref().map(|s| s.containers[0].clone()).unwrap_or_default();
+    let mut init = p
+        .spec
+        .as_ref()
+        .map(|s| s.containers[0].clone())
+        .unwrap_or_default();
     init.resources = Some(from_json(json!({"requests": {"cpu": "2"}})));
     spec(&mut p).init_containers = Some(vec![init]);
     let m = msg(&all_nodes(), &snap, &p);
-    assert!(m.starts_with("0/1 nodes are available: 1 Insufficient cpu."), "{m}");
+    assert!(
+        m.starts_with("0/1 nodes are available: 1 Insufficient cpu."),
+        "{m}"
+    );
     // Existing pods consume capacity.
     let snap = Snapshot::new(vec![node("n1", "1", "4Gi")], vec![]);
     let mut s2 = snap.clone();
     s2.add_pod(&pod("a", "900m", ""), "n1");
-    assert_eq!(all_nodes().schedule(&snap, &pod("b", "200m", "")).ok().as_deref(), Some("n1"));
+    assert_eq!(
+        all_nodes()
+            .schedule(&snap, &pod("b", "200m", ""))
+            .ok()
+            .as_deref(),
+        Some("n1")
+    );
     assert!(all_nodes().schedule(&s2, &pod("b", "200m", "")).is_err());
     // Memory and pods count.
     let m = msg(&all_nodes(), &snap, &pod("m", "", "5Gi"));
-    assert!(m.starts_with("0/1 nodes are available: 1 Insufficient memory."), "{m}");
+    assert!(
+        m.starts_with("0/1 nodes are available: 1 Insufficient memory."),
+        "{m}"
+    );
 }
 
 #[test]
 fn too_many_pods() {
     let mut n = node("n1", "4", "4Gi");
     if let Some(st) = n.status.as_mut() {
-        st.allocatable.get_or_insert_with(Default::default).insert("pods".into(), q("1"));
+        st.allocatable
+            .get_or_insert_with(Default::default)
+            .insert("pods".into(), q("1"));
     }
     let mut snap = Snapshot::new(vec![n], vec![]);
     snap.add_pod(&pod("a", "", ""), "n1");
     let m = msg(&all_nodes(), &snap, &pod("b", "", ""));
-    assert!(m.starts_with("0/1 nodes are available: 1 Too many pods."), "{m}");
+    assert!(
+        m.starts_with("0/1 nodes are available: 1 Too many pods."),
+        "{m}"
+    );
 }
 
 #[test]
@@ -116,15 +153,25 @@ fn node_name_and_unschedulable() {
     // Tolerating the unschedulable taint lets the pod on.
     let mut p = pod("r", "", "");
     spec(&mut p).node_name = Some("n2".into());
-    spec(&mut p).tolerations = Some(vec![from_json(json!({"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}))]);
+    spec(&mut p).tolerations = Some(vec![from_json(
+        json!({"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}),
+    )]);
     assert_eq!(all_nodes().schedule(&snap, &p).ok().as_deref(), Some("n2"));
 }
 
 #[test]
 fn node_affinity_operators() {
     let nodes = vec![
-        label_node(label_node(node("a", "4", "4Gi"), "zone", "z1"), "cores", "4"),
-        label_node(label_node(node("b", "4", "4Gi"), "zone", "z2"), "cores", "16"),
+        label_node(
+            label_node(node("a", "4", "4Gi"), "zone", "z1"),
+            "cores",
+            "4",
+        ),
+        label_node(
+            label_node(node("b", "4", "4Gi"), "zone", "z2"),
+            "cores",
+            "16",
+        ),
         label_node(node("c", "4", "4Gi"), "gpu", "yes"),
     ];
     let snap = Snapshot::new(nodes, vec![]);
@@ -142,13 +189,45 @@ fn node_affinity_operators() {
         out.dedup();
         out
     };
-    assert_eq!(only(&with_req(json!([{"key": "zone", "operator": "In", "values": ["z2"]}]))), vec!["b"]);
-    assert_eq!(only(&with_req(json!([{"key": "zone", "operator": "NotIn", "values": ["z1"]}]))), vec!["b", "c"]);
-    assert_eq!(only(&with_req(json!([{"key": "gpu", "operator": "Exists"}]))), vec!["c"]);
-    assert_eq!(only(&with_req(json!([{"key": "zone", "operator": "DoesNotExist"}]))), vec!["c"]);
-    assert_eq!(only(&with_req(json!([{"key": "cores", "operator": "Gt", "values": ["8"]}]))), vec!["b"]);
-    assert_eq!(only(&with_req(json!([{"key": "cores", "operator": "Lt", "values": ["8"]}]))), vec!["a"]);
-    let m = msg(&s, &snap, &with_req(json!([{"key": "zone", "operator": "In", "values": ["z9"]}])));
+    assert_eq!(
+        only(&with_req(
+            json!([{"key": "zone", "operator": "In", "values": ["z2"]}])
+        )),
+        vec!["b"]
+    );
+    assert_eq!(
+        only(&with_req(
+            json!([{"key": "zone", "operator": "NotIn", "values": ["z1"]}])
+        )),
+        vec!["b", "c"]
+    );
+    assert_eq!(
+        only(&with_req(json!([{"key": "gpu", "operator": "Exists"}]))),
+        vec!["c"]
+    );
+    assert_eq!(
+        only(&with_req(
+            json!([{"key": "zone", "operator": "DoesNotExist"}])
+        )),
+        vec!["c"]
+    );
+    assert_eq!(
+        only(&with_req(
+            json!([{"key": "cores", "operator": "Gt", "values": ["8"]}])
+        )),
+        vec!["b"]
+    );
+    assert_eq!(
+        only(&with_req(
+            json!([{"key": "cores", "operator": "Lt", "values": ["8"]}])
+        )),
+        vec!["a"]
+    );
+    let m = msg(
+        &s,
+        &snap,
+        &with_req(json!([{"key": "zone", "operator": "In", "values": ["z9"]}])),
+    );
     assert_eq!(
         m,
         "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
@@ -181,9 +260,14 @@ fn taints_and_tolerations() {
         p
     };
     // Only the PreferNoSchedule node is feasible without tolerations.
-    assert_eq!(s.schedule(&snap, &pod("p", "", "")).ok().as_deref(), Some("c"));
+    assert_eq!(
+        s.schedule(&snap, &pod("p", "", "")).ok().as_deref(),
+        Some("c")
+    );
     // Equal toleration with the wrong value does not help on a.
-    let p = tol(json!([{"key": "dedicated", "operator": "Equal", "value": "web", "effect": "NoSchedule"}]));
+    let p = tol(
+        json!([{"key": "dedicated", "operator": "Equal", "value": "web", "effect": "NoSchedule"}]),
+    );
     assert_eq!(s.schedule(&snap, &p).ok().as_deref(), Some("c"));
     // Empty key + Exists tolerates everything; then PreferNoSchedule is tolerated too,
     // so every node is possible.
@@ -193,10 +277,15 @@ fn taints_and_tolerations() {
     seen.dedup();
     assert_eq!(seen, vec!["a", "b", "c"]);
     // Tolerating a and b's taints but not c's soft one: c scores lower, so a or b wins.
-    let p = tol(json!([{"key": "dedicated", "operator": "Exists"}, {"key": "maint", "operator": "Exists", "effect": "NoExecute"}]));
+    let p = tol(
+        json!([{"key": "dedicated", "operator": "Exists"}, {"key": "maint", "operator": "Exists", "effect": "NoExecute"}]),
+    );
     for _ in 0..20 {
         let n = s.schedule(&snap, &p).ok();
-        assert!(n.as_deref() == Some("a") || n.as_deref() == Some("b"), "{n:?}");
+        assert!(
+            n.as_deref() == Some("a") || n.as_deref() == Some("b"),
+            "{n:?}"
+        );
     }
 }
 
@@ -218,7 +307,12 @@ fn host_ports_conflict() {
     snap.add_pod(&with_port("x", 8080, None, None), "a");
     let s = all_nodes();
     for _ in 0..10 {
-        assert_eq!(s.schedule(&snap, &with_port("y", 8080, Some("10.0.0.1"), None)).ok().as_deref(), Some("b"));
+        assert_eq!(
+            s.schedule(&snap, &with_port("y", 8080, Some("10.0.0.1"), None))
+                .ok()
+                .as_deref(),
+            Some("b")
+        );
     }
     snap.add_pod(&with_port("z", 8080, Some("10.0.0.2"), Some("TCP")), "b");
     let m = msg(&s, &snap, &with_port("y", 8080, None, None));
@@ -227,8 +321,15 @@ fn host_ports_conflict() {
         "0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."
     );
     // Different protocol or different specific IP is fine.
-    assert!(s.schedule(&snap, &with_port("u", 8080, None, Some("UDP"))).is_ok());
-    assert_eq!(s.schedule(&snap, &with_port("v", 8080, Some("10.0.0.3"), None)).ok().as_deref(), Some("b"));
+    assert!(s
+        .schedule(&snap, &with_port("u", 8080, None, Some("UDP")))
+        .is_ok());
+    assert_eq!(
+        s.schedule(&snap, &with_port("v", 8080, Some("10.0.0.3"), None))
+            .ok()
+            .as_deref(),
+        Some("b")
+    );
 }
 
 fn anti_affinity_pod(name: &str, app: &str, key: &str) -> Pod {
@@ -247,21 +348,34 @@ fn inter_pod_anti_affinity_on_hostname() {
     for i in 0..3 {
         let p = anti_affinity_pod(&format!("w{i}"), "web", "kubernetes.io/hostname");
         let n = s.schedule(&snap, &p).ok();
-        let Some(n) = n else { panic!("w{i} should fit") };
+        let Some(n) = n else {
+            panic!("w{i} should fit")
+        };
         assert!(!used.contains(&n), "{n} used twice");
         snap.add_pod(&p, &n);
         used.push(n);
     }
-    let m = msg(&s, &snap, &anti_affinity_pod("w3", "web", "kubernetes.io/hostname"));
+    let m = msg(
+        &s,
+        &snap,
+        &anti_affinity_pod("w3", "web", "kubernetes.io/hostname"),
+    );
     assert_eq!(
         m,
         "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
     );
     // A plain pod with the label is blocked by the existing pods' anti-affinity.
     let m = msg(&s, &snap, &label_pod(pod("plain", "", ""), "app", "web"));
-    assert!(m.starts_with("0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules."), "{m}");
+    assert!(
+        m.starts_with(
+            "0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules."
+        ),
+        "{m}"
+    );
     // Other apps are fine.
-    assert!(s.schedule(&snap, &label_pod(pod("other", "", ""), "app", "db")).is_ok());
+    assert!(s
+        .schedule(&snap, &label_pod(pod("other", "", ""), "app", "db"))
+        .is_ok());
 }
 
 #[test]
@@ -277,7 +391,10 @@ fn inter_pod_affinity_required() {
     }})));
     let s = all_nodes();
     let m = msg(&s, &snap, &p);
-    assert!(m.starts_with("0/2 nodes are available: 2 node(s) didn't match pod affinity rules."), "{m}");
+    assert!(
+        m.starts_with("0/2 nodes are available: 2 node(s) didn't match pod affinity rules."),
+        "{m}"
+    );
     snap.add_pod(&label_pod(pod("db", "", ""), "app", "db"), "b");
     for _ in 0..10 {
         assert_eq!(s.schedule(&snap, &p).ok().as_deref(), Some("b"));
@@ -313,14 +430,23 @@ fn topology_spread_max_skew_across_three_zones() {
     let mut per_zone: BTreeMap<char, i32> = BTreeMap::new();
     for i in 0..9 {
         let p = spread_pod(&format!("w{i}"));
-        let Ok(n) = s.schedule(&snap, &p) else { panic!("w{i} unschedulable") };
+        let Ok(n) = s.schedule(&snap, &p) else {
+            panic!("w{i} unschedulable")
+        };
         *per_zone.entry(zone_of(&n)).or_insert(0) += 1;
         let max = per_zone.values().max().copied().unwrap_or(0);
-        let min = if per_zone.len() < 3 { 0 } else { per_zone.values().min().copied().unwrap_or(0) };
+        let min = if per_zone.len() < 3 {
+            0
+        } else {
+            per_zone.values().min().copied().unwrap_or(0)
+        };
         assert!(max - min <= 1, "skew too big after w{i}: {per_zone:?}");
         snap.add_pod(&p, &n);
     }
-    assert_eq!(per_zone.values().copied().collect::<Vec<_>>(), vec![3, 3, 3]);
+    assert_eq!(
+        per_zone.values().copied().collect::<Vec<_>>(),
+        vec![3, 3, 3]
+    );
     // Force an imbalance: z1 full of 2 extra pods -> z1 nodes rejected.
     snap.add_pod(&label_pod(pod("x1", "", ""), "app", "web"), "a1");
     let mut p = spread_pod("y");
@@ -346,13 +472,20 @@ fn scoring_prefers_least_allocated() {
     snap.add_pod(&pod("b", "500m", "1Gi"), "n2");
     let s = all_nodes();
     for _ in 0..10 {
-        assert_eq!(s.schedule(&snap, &pod("p", "100m", "100Mi")).ok().as_deref(), Some("n3"));
+        assert_eq!(
+            s.schedule(&snap, &pod("p", "100m", "100Mi"))
+                .ok()
+                .as_deref(),
+            Some("n3")
+        );
     }
     // Spread pods evenly over time.
     let mut snap = Snapshot::new(three_nodes(), vec![]);
     for i in 0..9 {
         let p = pod(&format!("p{i}"), "200m", "256Mi");
-        let Ok(n) = s.schedule(&snap, &p) else { panic!() };
+        let Ok(n) = s.schedule(&snap, &p) else {
+            panic!()
+        };
         snap.add_pod(&p, &n);
     }
     for n in ["n1", "n2", "n3"] {
@@ -363,9 +496,13 @@ fn scoring_prefers_least_allocated() {
 #[test]
 fn image_locality_breaks_ties() {
     let mut n2 = node("n2", "4", "4Gi");
-    n2.status.get_or_insert_with(Default::default).images =
-        Some(vec![from_json(json!({"names": ["registry/app:v1"], "sizeBytes": 800 * 1024 * 1024}))]);
-    let snap = Snapshot::new(vec![node("n1", "4", "4Gi"), n2, node("n3", "4", "4Gi")], vec![]);
+    n2.status.get_or_insert_with(Default::default).images = Some(vec![from_json(
+        json!({"names": ["registry/app:v1"], "sizeBytes": 800 * 1024 * 1024}),
+    )]);
+    let snap = Snapshot::new(
+        vec![node("n1", "4", "4Gi"), n2, node("n3", "4", "4Gi")],
+        vec![],
+    );
     let mut p = pod("p", "100m", "");
     spec(&mut p).containers[0].image = Some("registry/app:v1".into());
     for _ in 0..10 {
@@ -382,7 +519,9 @@ fn percentage_of_nodes_to_score() {
     assert_eq!(s.num_feasible_nodes_to_find(5000), 500);
     assert_eq!(s.num_feasible_nodes_to_find(10000), 500);
     // rotation: consecutive pods on 200 equal nodes start at different offsets
-    let nodes: Vec<_> = (0..200).map(|i| node(&format!("n{i}"), "4", "4Gi")).collect();
+    let nodes: Vec<_> = (0..200)
+        .map(|i| node(&format!("n{i}"), "4", "4Gi"))
+        .collect();
     let snap = Snapshot::new(nodes, vec![]);
     let mut seen = std::collections::BTreeSet::new();
     for i in 0..10 {
@@ -400,12 +539,17 @@ fn preemption_picks_lower_priority_victims() {
     snap.add_pod(&with_priority(pod("high1", "1500m", ""), 1000), "n2");
     let s = all_nodes();
     let p = with_priority(pod("p", "1", ""), 100);
-    let Some((node, victims)) = s.find_preemption(&snap, &p) else { panic!("expected preemption") };
+    let Some((node, victims)) = s.find_preemption(&snap, &p) else {
+        panic!("expected preemption")
+    };
     assert_eq!(node, "n1");
     assert_eq!(victims.len(), 1);
     assert_eq!(victims[0].metadata.name.as_deref(), Some("low1"));
     let err = s.schedule(&snap, &p).err();
-    assert_eq!(err.as_ref().map(|e| e.to_string()).as_deref(), Some("0/2 nodes are available: 2 Insufficient cpu."));
+    assert_eq!(
+        err.as_ref().map(|e| e.to_string()).as_deref(),
+        Some("0/2 nodes are available: 2 Insufficient cpu.")
+    );
     // Equal priority cannot preempt.
     let p = with_priority(pod("q", "1", ""), 10);
     assert!(s.find_preemption(&snap, &p).is_none());
@@ -429,16 +573,24 @@ fn preemption_reprieves_and_prefers_fewer_lower_victims() {
     snap.add_pod(&with_priority(pod("c", "3", ""), 50), "n2");
     let s = all_nodes();
     let p = with_priority(pod("p", "2", ""), 100);
-    let Some((node, victims)) = s.find_preemption(&snap, &p) else { panic!() };
+    let Some((node, victims)) = s.find_preemption(&snap, &p) else {
+        panic!()
+    };
     assert_eq!(node, "n1");
-    let names: Vec<_> = victims.iter().filter_map(|v| v.metadata.name.clone()).collect();
+    let names: Vec<_> = victims
+        .iter()
+        .filter_map(|v| v.metadata.name.clone())
+        .collect();
     assert_eq!(names, vec!["b"]);
 }
 
 #[test]
 fn preemption_respects_pdbs() {
     let mut snap = Snapshot::new(vec![node("n1", "2", "4Gi"), node("n2", "2", "4Gi")], vec![]);
-    snap.add_pod(&label_pod(with_priority(pod("guarded", "1500m", ""), 1), "app", "db"), "n1");
+    snap.add_pod(
+        &label_pod(with_priority(pod("guarded", "1500m", ""), 1), "app", "db"),
+        "n1",
+    );
     snap.add_pod(&with_priority(pod("free", "1500m", ""), 5), "n2");
     snap.set_pdbs(vec![from_json(json!({
         "metadata": {"name": "db", "namespace": "default"},
@@ -446,7 +598,9 @@ fn preemption_respects_pdbs() {
         "status": {"disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}
     }))]);
     let p = with_priority(pod("p", "1", ""), 100);
-    let Some((node, victims)) = all_nodes().find_preemption(&snap, &p) else { panic!() };
+    let Some((node, victims)) = all_nodes().find_preemption(&snap, &p) else {
+        panic!()
+    };
     assert_eq!(node, "n2");
     assert_eq!(victims[0].metadata.name.as_deref(), Some("free"));
 }
@@ -470,12 +624,17 @@ fn volumes_node_affinity_and_missing_claims() {
     );
     let with_claim = |claim: &str| {
         let mut p = pod("p", "", "");
-        spec(&mut p).volumes = Some(vec![from_json(json!({"name": "v", "persistentVolumeClaim": {"claimName": claim}}))]);
+        spec(&mut p).volumes = Some(vec![from_json(
+            json!({"name": "v", "persistentVolumeClaim": {"claimName": claim}}),
+        )]);
         p
     };
     let s = all_nodes();
     for _ in 0..5 {
-        assert_eq!(s.schedule(&snap, &with_claim("data")).ok().as_deref(), Some("b"));
+        assert_eq!(
+            s.schedule(&snap, &with_claim("data")).ok().as_deref(),
+            Some("b")
+        );
     }
     assert!(s.schedule(&snap, &with_claim("lazy")).is_ok());
     assert_eq!(
@@ -508,7 +667,11 @@ fn topology_spread_min_domains_and_schedule_anyway() {
     let s = all_nodes();
     assert!(s.schedule(&snap, &spread_pod("ok")).is_ok());
     let mut p = spread_pod("md");
-    if let Some(c) = spec(&mut p).topology_spread_constraints.as_mut().and_then(|v| v.first_mut()) {
+    if let Some(c) = spec(&mut p)
+        .topology_spread_constraints
+        .as_mut()
+        .and_then(|v| v.first_mut())
+    {
         c.min_domains = Some(3);
     }
     let m = msg(&s, &snap, &p);
@@ -519,7 +682,11 @@ fn topology_spread_min_domains_and_schedule_anyway() {
     // ScheduleAnyway only scores: the emptier zone wins.
     snap.add_pod(&label_pod(pod("z", "", ""), "app", "web"), "a");
     let mut soft = spread_pod("soft");
-    if let Some(c) = spec(&mut soft).topology_spread_constraints.as_mut().and_then(|v| v.first_mut()) {
+    if let Some(c) = spec(&mut soft)
+        .topology_spread_constraints
+        .as_mut()
+        .and_then(|v| v.first_mut())
+    {
         c.when_unsatisfiable = "ScheduleAnyway".into();
         c.max_skew = 1;
     }

@@ -21,9 +21,7 @@ use ring::aead;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Event, KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchStream,
-};
+use crate::{Event, KeyValue, ListOptions, ListResult, Revision, Store, StoreError, WatchStream};
 
 /// The prefix of a value encrypted by the `aesgcm` provider (followed by `<name>:`).
 pub const AESGCM_PREFIX: &str = "k8s:enc:aesgcm:v1:";
@@ -48,7 +46,10 @@ pub struct EncryptionKey {
 
 impl std::fmt::Debug for EncryptionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncryptionKey").field("name", &self.name).field("secret", &"<redacted>").finish()
+        f.debug_struct("EncryptionKey")
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .finish()
     }
 }
 
@@ -56,10 +57,13 @@ impl EncryptionKey {
     /// A new key with random secret bytes.
     pub fn generate(name: impl Into<String>) -> Result<Self, StoreError> {
         let mut secret = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut secret)
-            .map_err(|_| StoreError::Backend("no secure random source for an encryption key".into()))?;
-        Ok(EncryptionKey { name: name.into(), secret })
+        SystemRandom::new().fill(&mut secret).map_err(|_| {
+            StoreError::Backend("no secure random source for an encryption key".into())
+        })?;
+        Ok(EncryptionKey {
+            name: name.into(),
+            secret,
+        })
     }
 }
 
@@ -124,7 +128,10 @@ struct FileKey {
 }
 
 fn cfg_err(path: &Path, msg: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("encryption configuration {}: {msg}", path.display()))
+    StoreError::Backend(format!(
+        "encryption configuration {}: {msg}",
+        path.display()
+    ))
 }
 
 /// `secrets` → `/registry/core/secrets/`, `deployments.apps` → `/registry/apps/deployments/`,
@@ -141,7 +148,9 @@ pub fn resource_to_prefix(resource: &str) -> String {
 
 /// The inverse of [`resource_to_prefix`].
 pub fn prefix_to_resource(prefix: &str) -> String {
-    let rest = prefix.trim_start_matches("/registry/").trim_end_matches('/');
+    let rest = prefix
+        .trim_start_matches("/registry/")
+        .trim_end_matches('/');
     let mut parts = rest.splitn(2, '/');
     let group = parts.next().unwrap_or("");
     match (group, parts.next()) {
@@ -198,7 +207,10 @@ impl EncryptionConfig {
             return Err(format!("kind is {:?}, want {KIND}", file.kind));
         }
         if !file.api_version.is_empty() && file.api_version != API_VERSION {
-            return Err(format!("apiVersion is {:?}, want {API_VERSION}", file.api_version));
+            return Err(format!(
+                "apiVersion is {:?}, want {API_VERSION}",
+                file.api_version
+            ));
         }
         let mut cfg = EncryptionConfig {
             resources: Vec::new(),
@@ -229,13 +241,23 @@ impl EncryptionConfig {
                             .decode(fk.secret.trim())
                             .map_err(|e| format!("key {}: secret is not base64: {e}", fk.name))?;
                         let secret: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
-                            format!("key {}: secret is {} bytes, want 32 (AES-256)", fk.name, raw.len())
+                            format!(
+                                "key {}: secret is {} bytes, want 32 (AES-256)",
+                                fk.name,
+                                raw.len()
+                            )
                         })?;
                         if fk.name.is_empty() || fk.name.contains(':') {
-                            return Err(format!("key name {:?} must be non-empty without ':'", fk.name));
+                            return Err(format!(
+                                "key name {:?} must be non-empty without ':'",
+                                fk.name
+                            ));
                         }
                         if !cfg.keys.iter().any(|k| k.name == fk.name) {
-                            cfg.keys.push(EncryptionKey { name: fk.name.clone(), secret });
+                            cfg.keys.push(EncryptionKey {
+                                name: fk.name.clone(),
+                                secret,
+                            });
                         }
                     }
                 }
@@ -259,7 +281,10 @@ impl EncryptionConfig {
             }),
             ..Default::default()
         };
-        let identity = FileProvider { identity: Some(serde_json::json!({})), ..Default::default() };
+        let identity = FileProvider {
+            identity: Some(serde_json::json!({})),
+            ..Default::default()
+        };
         let mut providers = Vec::new();
         if self.identity_first {
             providers.push(identity);
@@ -278,7 +303,11 @@ impl EncryptionConfig {
             api_version: API_VERSION.into(),
             kind: KIND.into(),
             resources: vec![FileResources {
-                resources: self.resources.iter().map(|p| prefix_to_resource(p)).collect(),
+                resources: self
+                    .resources
+                    .iter()
+                    .map(|p| prefix_to_resource(p))
+                    .collect(),
                 providers,
             }],
         };
@@ -289,9 +318,15 @@ impl EncryptionConfig {
     /// 0600, creating the parent directory.
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
         let text = self.to_file_json()?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| cfg_err(path, e))?;
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -337,9 +372,8 @@ impl EncryptionConfig {
 /// `Some(Err(provider))` for another provider, `None` for plaintext.
 fn classify(value: &[u8]) -> Option<Result<&str, &str>> {
     let rest = value.strip_prefix(ENC_PREFIX.as_bytes())?;
-    let s = std::str::from_utf8(&rest[..rest.len().min(300)]).unwrap_or_else(|e| {
-        std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or("")
-    });
+    let s = std::str::from_utf8(&rest[..rest.len().min(300)])
+        .unwrap_or_else(|e| std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or(""));
     let mut parts = s.splitn(4, ':');
     let provider = parts.next().unwrap_or("");
     let _version = parts.next();
@@ -370,7 +404,8 @@ fn seal(k: &EncryptionKey, storage_key: &str, plain: &[u8]) -> Result<Vec<u8>, S
         &mut buf,
     )
     .map_err(|_| StoreError::Backend(format!("encrypting value of {storage_key} failed")))?;
-    let mut out = Vec::with_capacity(AESGCM_PREFIX.len() + k.name.len() + 1 + NONCE_LEN + buf.len());
+    let mut out =
+        Vec::with_capacity(AESGCM_PREFIX.len() + k.name.len() + 1 + NONCE_LEN + buf.len());
     out.extend_from_slice(AESGCM_PREFIX.as_bytes());
     out.extend_from_slice(k.name.as_bytes());
     out.push(b':');
@@ -383,11 +418,9 @@ fn seal(k: &EncryptionKey, storage_key: &str, plain: &[u8]) -> Result<Vec<u8>, S
 fn open(cfg: &EncryptionConfig, storage_key: &str, stored: Vec<u8>) -> Result<Vec<u8>, StoreError> {
     let name = match classify(&stored) {
         None if cfg.identity_fallback => return Ok(stored),
-        None => {
-            return Err(StoreError::Backend(format!(
-                "value of {storage_key} is not encrypted and the identity provider is not configured"
-            )))
-        }
+        None => return Err(StoreError::Backend(format!(
+            "value of {storage_key} is not encrypted and the identity provider is not configured"
+        ))),
         Some(Err(p)) => {
             return Err(StoreError::Backend(format!(
                 "value of {storage_key} is encrypted with unsupported provider {p:?}"
@@ -402,11 +435,14 @@ fn open(cfg: &EncryptionConfig, storage_key: &str, stored: Vec<u8>) -> Result<Ve
     })?;
     let body = &stored[AESGCM_PREFIX.len() + name.len() + 1..];
     if body.len() < NONCE_LEN + aead::AES_256_GCM.tag_len() {
-        return Err(StoreError::Backend(format!("encrypted value of {storage_key} is truncated")));
+        return Err(StoreError::Backend(format!(
+            "encrypted value of {storage_key} is truncated"
+        )));
     }
     let (nonce, ct) = body.split_at(NONCE_LEN);
-    let nonce = aead::Nonce::try_assume_unique_for_key(nonce)
-        .map_err(|_| StoreError::Backend(format!("encrypted value of {storage_key} has a bad nonce")))?;
+    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| {
+        StoreError::Backend(format!("encrypted value of {storage_key} has a bad nonce"))
+    })?;
     let mut buf = ct.to_vec();
     let plain = aead_key(k)?
         .open_in_place(nonce, aead::Aad::from(storage_key.as_bytes()), &mut buf)
@@ -429,14 +465,19 @@ pub struct EncryptingStore {
 
 impl std::fmt::Debug for EncryptingStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncryptingStore").field("config", &self.config).finish()
+        f.debug_struct("EncryptingStore")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 impl EncryptingStore {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn Store>, config: EncryptionConfig) -> Self {
-        EncryptingStore { inner, config: Arc::new(config) }
+        EncryptingStore {
+            inner,
+            config: Arc::new(config),
+        }
     }
 
     /// The wrapped store (holds the stored, encrypted form).
@@ -474,7 +515,11 @@ impl Store for EncryptingStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.get(key).await?.map(|kv| self.decode_kv(kv)).transpose()
+        self.inner
+            .get(key)
+            .await?
+            .map(|kv| self.decode_kv(kv))
+            .transpose()
     }
 
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListResult, StoreError> {
@@ -507,9 +552,16 @@ impl Store for EncryptingStore {
         self.decode_kv(kv)
     }
 
-    async fn watch(&self, prefix: &str, after_revision: Revision) -> Result<WatchStream, StoreError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+        after_revision: Revision,
+    ) -> Result<WatchStream, StoreError> {
         let stream = self.inner.watch(prefix, after_revision).await?;
-        let this = EncryptingStore { inner: self.inner.clone(), config: self.config.clone() };
+        let this = EncryptingStore {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        };
         Ok(Box::pin(stream.map(move |item| {
             let ev = item?;
             Ok(Event {
@@ -554,7 +606,14 @@ async fn for_each_raw(
     let mut revision = None;
     loop {
         let res = store
-            .list(prefix, ListOptions { revision, limit: Some(PAGE), start_after: start_after.take() })
+            .list(
+                prefix,
+                ListOptions {
+                    revision,
+                    limit: Some(PAGE),
+                    start_after: start_after.take(),
+                },
+            )
             .await?;
         revision = Some(res.revision);
         let last = res.items.last().map(|kv| kv.key.clone());
@@ -570,7 +629,11 @@ async fn for_each_raw(
 fn top_prefixes(cfg: &EncryptionConfig) -> Vec<&str> {
     cfg.resources
         .iter()
-        .filter(|p| !cfg.resources.iter().any(|q| q != *p && p.starts_with(q.as_str())))
+        .filter(|p| {
+            !cfg.resources
+                .iter()
+                .any(|q| q != *p && p.starts_with(q.as_str()))
+        })
         .map(|p| p.as_str())
         .collect()
 }
@@ -618,7 +681,9 @@ pub async fn reencrypt_all(store: &EncryptingStore) -> Result<usize, StoreError>
     for key in keys {
         let mut attempts = 0;
         loop {
-            let Some(kv) = store.get(&key).await? else { break };
+            let Some(kv) = store.get(&key).await? else {
+                break;
+            };
             match store.update(&key, kv.value, kv.mod_revision).await {
                 Ok(_) => {
                     rewritten += 1;
@@ -642,7 +707,10 @@ mod tests {
     use crate::EventKind;
 
     fn key(name: &str, byte: u8) -> EncryptionKey {
-        EncryptionKey { name: name.into(), secret: [byte; 32] }
+        EncryptionKey {
+            name: name.into(),
+            secret: [byte; 32],
+        }
     }
 
     fn config(keys: Vec<EncryptionKey>) -> EncryptionConfig {
@@ -679,11 +747,17 @@ mod tests {
         assert!(!contains(&stored, b"c3VwZXJzZWNyZXQ="));
         assert!(!contains(&stored, b"metadata"));
         // Random nonce: the same plaintext encrypts differently.
-        let kv2 = enc.update(k, SECRET.to_vec(), kv.mod_revision).await.unwrap();
+        let kv2 = enc
+            .update(k, SECRET.to_vec(), kv.mod_revision)
+            .await
+            .unwrap();
         assert_eq!(kv2.value, SECRET);
         let stored2 = raw.get(k).await.unwrap().unwrap().value;
         assert_ne!(stored, stored2);
-        let list = enc.list("/registry/core/secrets/", ListOptions::default()).await.unwrap();
+        let list = enc
+            .list("/registry/core/secrets/", ListOptions::default())
+            .await
+            .unwrap();
         assert_eq!(list.items.len(), 1);
         assert_eq!(list.items[0].value, SECRET);
         let del = enc.delete(k, None).await.unwrap();
@@ -694,21 +768,30 @@ mod tests {
     #[tokio::test]
     async fn other_prefixes_untouched_and_plaintext_still_readable() {
         let (_d, raw) = open_temp();
-        raw.create("/registry/core/secrets/default/old", SECRET.to_vec()).await.unwrap();
+        raw.create("/registry/core/secrets/default/old", SECRET.to_vec())
+            .await
+            .unwrap();
         let enc = EncryptingStore::new(raw.clone(), config(vec![key("k1", 1)]));
         let cm = "/registry/core/configmaps/default/c";
         enc.create(cm, b"{\"data\":{}}".to_vec()).await.unwrap();
         assert_eq!(raw.get(cm).await.unwrap().unwrap().value, b"{\"data\":{}}");
         // A prefix sibling (secretsX) is not covered.
         assert!(!enc.config().covers("/registry/core/secretsx/a"));
-        let old = enc.get("/registry/core/secrets/default/old").await.unwrap().unwrap();
+        let old = enc
+            .get("/registry/core/secrets/default/old")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(old.value, SECRET);
 
         // Without identity, plaintext is refused.
         let mut strict = config(vec![key("k1", 1)]);
         strict.identity_fallback = false;
         let strict = EncryptingStore::new(raw.clone(), strict);
-        let err = strict.get("/registry/core/secrets/default/old").await.unwrap_err();
+        let err = strict
+            .get("/registry/core/secrets/default/old")
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Backend(m) if m.contains("not encrypted")));
     }
 
@@ -721,19 +804,35 @@ mod tests {
         // Same name, other secret.
         let wrong = EncryptingStore::new(raw.clone(), config(vec![key("k1", 2)]));
         let err = wrong.get(k).await.unwrap_err();
-        assert!(matches!(&err, StoreError::Backend(m) if m.contains("failed to decrypt")), "{err}");
-        let err = wrong.list("/registry/", ListOptions::default()).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Backend(m) if m.contains("failed to decrypt")),
+            "{err}"
+        );
+        let err = wrong
+            .list("/registry/", ListOptions::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Backend(_)));
         // Unknown key name.
         let unknown = EncryptingStore::new(raw.clone(), config(vec![key("other", 1)]));
         let err = unknown.get(k).await.unwrap_err();
-        assert!(matches!(&err, StoreError::Backend(m) if m.contains("\"k1\"")), "{err}");
+        assert!(
+            matches!(&err, StoreError::Backend(m) if m.contains("\"k1\"")),
+            "{err}"
+        );
         // Ciphertext moved to another key fails authentication (key is associated data).
         let stored = raw.get(k).await.unwrap().unwrap().value;
-        raw.create("/registry/core/secrets/default/moved", stored.clone()).await.unwrap();
-        assert!(enc.get("/registry/core/secrets/default/moved").await.is_err());
+        raw.create("/registry/core/secrets/default/moved", stored.clone())
+            .await
+            .unwrap();
+        assert!(enc
+            .get("/registry/core/secrets/default/moved")
+            .await
+            .is_err());
         // Truncated value.
-        raw.create("/registry/core/secrets/default/t", stored[..25].to_vec()).await.unwrap();
+        raw.create("/registry/core/secrets/default/t", stored[..25].to_vec())
+            .await
+            .unwrap();
         assert!(enc.get("/registry/core/secrets/default/t").await.is_err());
     }
 
@@ -744,13 +843,22 @@ mod tests {
         let mut w = enc.watch("/registry/", 0).await.unwrap();
         let k = "/registry/core/secrets/default/s";
         let kv = enc.create(k, b"v1".to_vec()).await.unwrap();
-        enc.update(k, b"v2".to_vec(), kv.mod_revision).await.unwrap();
+        enc.update(k, b"v2".to_vec(), kv.mod_revision)
+            .await
+            .unwrap();
         enc.delete(k, None).await.unwrap();
         async fn next(w: &mut WatchStream) -> Event {
-            tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().unwrap().unwrap()
+            tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
         }
         let e1 = next(&mut w).await;
-        assert_eq!((e1.kind, e1.kv.value.as_slice()), (EventKind::Put, &b"v1"[..]));
+        assert_eq!(
+            (e1.kind, e1.kv.value.as_slice()),
+            (EventKind::Put, &b"v1"[..])
+        );
         let e2 = next(&mut w).await;
         assert_eq!(e2.kv.value, b"v2");
         assert_eq!(e2.prev.unwrap().value, b"v1");
@@ -762,29 +870,76 @@ mod tests {
     #[tokio::test]
     async fn status_and_reencrypt_with_rotated_keys() {
         let (_d, raw) = open_temp();
-        raw.create("/registry/core/secrets/a/plain", b"p".to_vec()).await.unwrap();
-        raw.create("/registry/core/configmaps/a/c", b"c".to_vec()).await.unwrap();
+        raw.create("/registry/core/secrets/a/plain", b"p".to_vec())
+            .await
+            .unwrap();
+        raw.create("/registry/core/configmaps/a/c", b"c".to_vec())
+            .await
+            .unwrap();
         let old = EncryptingStore::new(raw.clone(), config(vec![key("old", 1)]));
-        old.create("/registry/core/secrets/a/s1", b"one".to_vec()).await.unwrap();
-        old.create("/registry/core/secrets/b/s2", b"two".to_vec()).await.unwrap();
+        old.create("/registry/core/secrets/a/s1", b"one".to_vec())
+            .await
+            .unwrap();
+        old.create("/registry/core/secrets/b/s2", b"two".to_vec())
+            .await
+            .unwrap();
         let st = encryption_status(raw.as_ref(), old.config()).await.unwrap();
         assert_eq!(st.plaintext, 1);
-        assert_eq!(st.encrypted_by_key, BTreeMap::from([("old".to_string(), 2)]));
+        assert_eq!(
+            st.encrypted_by_key,
+            BTreeMap::from([("old".to_string(), 2)])
+        );
 
         // Rotate: the new key first, the old one still decrypts.
         let rotated = EncryptingStore::new(raw.clone(), config(vec![key("new", 9), key("old", 1)]));
-        assert_eq!(rotated.get("/registry/core/secrets/a/s1").await.unwrap().unwrap().value, b"one");
+        assert_eq!(
+            rotated
+                .get("/registry/core/secrets/a/s1")
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            b"one"
+        );
         assert_eq!(reencrypt_all(&rotated).await.unwrap(), 3);
-        let st = encryption_status(raw.as_ref(), rotated.config()).await.unwrap();
+        let st = encryption_status(raw.as_ref(), rotated.config())
+            .await
+            .unwrap();
         assert_eq!(st.plaintext, 0);
-        assert_eq!(st.encrypted_by_key, BTreeMap::from([("new".to_string(), 3)]));
+        assert_eq!(
+            st.encrypted_by_key,
+            BTreeMap::from([("new".to_string(), 3)])
+        );
         // Idempotent.
         assert_eq!(reencrypt_all(&rotated).await.unwrap(), 0);
         // The old key can now be dropped.
         let only_new = EncryptingStore::new(raw.clone(), config(vec![key("new", 9)]));
-        assert_eq!(only_new.get("/registry/core/secrets/b/s2").await.unwrap().unwrap().value, b"two");
-        assert_eq!(only_new.get("/registry/core/secrets/a/plain").await.unwrap().unwrap().value, b"p");
-        assert_eq!(raw.get("/registry/core/configmaps/a/c").await.unwrap().unwrap().value, b"c");
+        assert_eq!(
+            only_new
+                .get("/registry/core/secrets/b/s2")
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            b"two"
+        );
+        assert_eq!(
+            only_new
+                .get("/registry/core/secrets/a/plain")
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            b"p"
+        );
+        assert_eq!(
+            raw.get("/registry/core/configmaps/a/c")
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            b"c"
+        );
 
         // Disable: identity first decrypts everything back to plaintext.
         let mut off = config(vec![key("new", 9)]);
@@ -793,7 +948,14 @@ mod tests {
         assert_eq!(reencrypt_all(&off).await.unwrap(), 3);
         let st = encryption_status(raw.as_ref(), off.config()).await.unwrap();
         assert_eq!((st.plaintext, st.encrypted_by_key.len()), (3, 0));
-        assert_eq!(raw.get("/registry/core/secrets/a/s1").await.unwrap().unwrap().value, b"one");
+        assert_eq!(
+            raw.get("/registry/core/secrets/a/s1")
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            b"one"
+        );
     }
 
     #[test]
@@ -813,16 +975,29 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(doc["kind"], "EncryptionConfiguration");
         assert_eq!(doc["apiVersion"], "apiserver.config.k8s.io/v1");
-        assert_eq!(doc["resources"][0]["resources"], serde_json::json!(["secrets"]));
-        assert_eq!(doc["resources"][0]["providers"][0]["aesgcm"]["keys"][0]["name"], "aesgcmkey");
-        assert_eq!(doc["resources"][0]["providers"][1], serde_json::json!({"identity": {}}));
+        assert_eq!(
+            doc["resources"][0]["resources"],
+            serde_json::json!(["secrets"])
+        );
+        assert_eq!(
+            doc["resources"][0]["providers"][0]["aesgcm"]["keys"][0]["name"],
+            "aesgcmkey"
+        );
+        assert_eq!(
+            doc["resources"][0]["providers"][1],
+            serde_json::json!({"identity": {}})
+        );
         // Loading again gives the same key (not a new one).
         assert_eq!(EncryptionConfig::load_or_create(&path).unwrap(), created);
         // No temporary file left behind.
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 
     #[test]
@@ -834,14 +1009,20 @@ mod tests {
         let c = EncryptionConfig::parse(&yaml).unwrap();
         assert_eq!(
             c.resources,
-            vec!["/registry/core/secrets/", "/registry/apps/deployments/", "/registry/batch/"]
+            vec![
+                "/registry/core/secrets/",
+                "/registry/apps/deployments/",
+                "/registry/batch/"
+            ]
         );
         assert_eq!(c.keys, vec![key("key2", 7)]);
         assert!(c.identity_first && c.identity_fallback);
         assert!(c.write_key().is_none());
         assert!(EncryptionConfig::parse("kind: Other").is_err());
         let short = yaml.replace(&secret, "AAAA");
-        assert!(EncryptionConfig::parse(&short).unwrap_err().contains("want 32"));
+        assert!(EncryptionConfig::parse(&short)
+            .unwrap_err()
+            .contains("want 32"));
         let cbc = "kind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc: {keys: []}\n";
         assert!(EncryptionConfig::parse(cbc).is_err());
     }

@@ -238,8 +238,8 @@ where
         drop(permit);
         result
     })
-        .await
-        .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    .await
+    .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
 }
 
 /// The embedded SQLite datastore. See the [module documentation](self).

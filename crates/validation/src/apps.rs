@@ -18,7 +18,13 @@ pub(crate) fn go_label_selector(sel: Option<&Value>) -> Value {
         kv.sort_by(|a, b| a.0.cmp(b.0));
         let items: Vec<String> = kv
             .iter()
-            .map(|(k, v)| format!("{}:{}", crate::errors::go_quote(k), crate::errors::go_quote(v.as_str().unwrap_or(""))))
+            .map(|(k, v)| {
+                format!(
+                    "{}:{}",
+                    crate::errors::go_quote(k),
+                    crate::errors::go_quote(v.as_str().unwrap_or(""))
+                )
+            })
             .collect();
         format!("map[string]string{{{}}}", items.join(", "))
     };
@@ -33,7 +39,11 @@ pub(crate) fn go_label_selector(sel: Option<&Value>) -> Value {
                     .iter()
                     .map(|v| crate::errors::go_quote(v.as_str().unwrap_or("")))
                     .collect();
-                let vals = if vals.is_empty() { "[]string(nil)".to_string() } else { format!("[]string{{{}}}", vals.join(", ")) };
+                let vals = if vals.is_empty() {
+                    "[]string(nil)".to_string()
+                } else {
+                    format!("[]string{{{}}}", vals.join(", "))
+                };
                 format!(
                     "v1.LabelSelectorRequirement{{Key:{}, Operator:{}, Values:{}}}",
                     crate::errors::go_quote(gstr(Some(e), "key")),
@@ -58,7 +68,12 @@ fn validate_selector_and_template(spec: Option<&Value>, what: &str, errs: &mut E
         Some(sel) => {
             validate_label_selector(sel, "spec.selector", errs);
             if selector_is_empty(sel) {
-                invalid(errs, "spec.selector", go_label_selector(Some(sel)), format!("empty selector is invalid for {what}"));
+                invalid(
+                    errs,
+                    "spec.selector",
+                    go_label_selector(Some(sel)),
+                    format!("empty selector is invalid for {what}"),
+                );
                 return false;
             }
             true
@@ -67,7 +82,11 @@ fn validate_selector_and_template(spec: Option<&Value>, what: &str, errs: &mut E
 }
 
 /// Template rules shared by the apps controllers (restartPolicy Always, no deadline).
-pub(crate) fn validate_controller_template(spec: Option<&Value>, check_selector: bool, errs: &mut Errs) {
+pub(crate) fn validate_controller_template(
+    spec: Option<&Value>,
+    check_selector: bool,
+    errs: &mut Errs,
+) {
     let tmpl = get(spec, "template");
     let Some(t) = tmpl else {
         required(errs, "spec.template", "");
@@ -90,10 +109,20 @@ pub(crate) fn validate_controller_template(spec: Option<&Value>, check_selector:
     let tspec = get(Some(t), "spec");
     let rp = gstr(tspec, "restartPolicy");
     if rp != "Always" {
-        not_supported(errs, "spec.template.spec.restartPolicy", json!(rp), &["Always"]);
+        not_supported(
+            errs,
+            "spec.template.spec.restartPolicy",
+            json!(rp),
+            &["Always"],
+        );
     }
     if let Some(ads) = get(tspec, "activeDeadlineSeconds") {
-        invalid(errs, "spec.template.spec.activeDeadlineSeconds", ads.clone(), "activeDeadlineSeconds in ReplicaSet is not Supported");
+        invalid(
+            errs,
+            "spec.template.spec.activeDeadlineSeconds",
+            ads.clone(),
+            "activeDeadlineSeconds in ReplicaSet is not Supported",
+        );
     }
 }
 
@@ -104,13 +133,23 @@ fn validate_rolling(ru: Option<&Value>, path: &str, errs: &mut Errs) {
         if let Some(v) = v {
             validate_int_or_percent(errs, v, &child(path, k));
             if percent_of(v).is_some_and(|p| p > 100) {
-                invalid(errs, &child(path, k), v.clone(), "must not be greater than 100%");
+                invalid(
+                    errs,
+                    &child(path, k),
+                    v.clone(),
+                    "must not be greater than 100%",
+                );
             }
         }
     }
     let zero = |v: Option<&Value>| v.is_none_or(|v| v == &json!(0) || percent_of(v) == Some(0));
     if zero(mu) && zero(ms) {
-        invalid(errs, &child(path, "maxUnavailable"), mu.cloned().unwrap_or(json!(0)), "may not be 0 when `maxSurge` is 0");
+        invalid(
+            errs,
+            &child(path, "maxUnavailable"),
+            mu.cloned().unwrap_or(json!(0)),
+            "may not be 0 when `maxSurge` is 0",
+        );
     }
 }
 
@@ -125,24 +164,47 @@ pub(crate) fn validate_deployment(obj: &Value, old: Option<&Value>, errs: &mut E
     match st {
         "Recreate" => {
             if get(strategy, "rollingUpdate").is_some() {
-                forbidden(errs, "spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'");
+                forbidden(
+                    errs,
+                    "spec.strategy.rollingUpdate",
+                    "may not be specified when strategy `type` is 'Recreate'",
+                );
             }
         }
         "RollingUpdate" => {
             if get(strategy, "rollingUpdate").is_some() {
-                validate_rolling(get(strategy, "rollingUpdate"), "spec.strategy.rollingUpdate", errs);
+                validate_rolling(
+                    get(strategy, "rollingUpdate"),
+                    "spec.strategy.rollingUpdate",
+                    errs,
+                );
             }
         }
         "" => required(errs, "spec.strategy.type", ""),
-        other => not_supported(errs, "spec.strategy.type", json!(other), &["Recreate", "RollingUpdate"]),
+        other => not_supported(
+            errs,
+            "spec.strategy.type",
+            json!(other),
+            &["Recreate", "RollingUpdate"],
+        ),
     }
     nonnegative(errs, spec, "revisionHistoryLimit", "spec");
     nonnegative(errs, spec, "minReadySeconds", "spec");
     if let Some(pds) = gint(spec, "progressDeadlineSeconds") {
         if pds < 0 {
-            invalid(errs, "spec.progressDeadlineSeconds", json!(pds), "must be greater than or equal to 0");
+            invalid(
+                errs,
+                "spec.progressDeadlineSeconds",
+                json!(pds),
+                "must be greater than or equal to 0",
+            );
         } else if pds <= gint(spec, "minReadySeconds").unwrap_or(0) {
-            invalid(errs, "spec.progressDeadlineSeconds", json!(pds), "must be greater than minReadySeconds");
+            invalid(
+                errs,
+                "spec.progressDeadlineSeconds",
+                json!(pds),
+                "must be greater than minReadySeconds",
+            );
         }
     }
     if let Some(old) = old {
@@ -153,7 +215,12 @@ pub(crate) fn validate_deployment(obj: &Value, old: Option<&Value>, errs: &mut E
 fn selector_immutable(new: Option<&Value>, old: Option<&Value>, errs: &mut Errs) {
     let (n, o) = (get(new, "selector"), get(old, "selector"));
     if !semantic_eq(n, o) {
-        invalid(errs, "spec.selector", go_label_selector(n), "field is immutable");
+        invalid(
+            errs,
+            "spec.selector",
+            go_label_selector(n),
+            "field is immutable",
+        );
     }
 }
 
@@ -188,7 +255,11 @@ pub(crate) fn validate_stateful_set(obj: &Value, old: Option<&Value>, errs: &mut
             let ru = get(us, "rollingUpdate");
             nonnegative(errs, ru, "partition", "spec.updateStrategy.rollingUpdate");
             if let Some(mu) = get(ru, "maxUnavailable") {
-                validate_int_or_percent(errs, mu, "spec.updateStrategy.rollingUpdate.maxUnavailable");
+                validate_int_or_percent(
+                    errs,
+                    mu,
+                    "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                );
             }
         }
         "OnDelete" => {
@@ -212,7 +283,14 @@ pub(crate) fn validate_stateful_set(obj: &Value, old: Option<&Value>, errs: &mut
     for k in ["whenDeleted", "whenScaled"] {
         let p = get(spec, "persistentVolumeClaimRetentionPolicy");
         if p.is_some() {
-            check_enum(errs, p, k, "spec.persistentVolumeClaimRetentionPolicy", &["Retain", "Delete"], true);
+            check_enum(
+                errs,
+                p,
+                k,
+                "spec.persistentVolumeClaimRetentionPolicy",
+                &["Retain", "Delete"],
+                true,
+            );
         }
     }
     nonnegative(errs, spec, "replicas", "spec");
@@ -230,7 +308,14 @@ pub(crate) fn validate_stateful_set(obj: &Value, old: Option<&Value>, errs: &mut
     if let Some(old) = old {
         let mut masked_old = get(Some(old), "spec").cloned().unwrap_or(json!({}));
         if let (Some(m), Some(n)) = (masked_old.as_object_mut(), spec.and_then(Value::as_object)) {
-            for k in ["replicas", "ordinals", "template", "updateStrategy", "persistentVolumeClaimRetentionPolicy", "minReadySeconds"] {
+            for k in [
+                "replicas",
+                "ordinals",
+                "template",
+                "updateStrategy",
+                "persistentVolumeClaimRetentionPolicy",
+                "minReadySeconds",
+            ] {
                 match n.get(k) {
                     Some(v) => {
                         m.insert(k.into(), v.clone());
@@ -269,7 +354,12 @@ pub(crate) fn validate_daemon_set(obj: &Value, old: Option<&Value>, errs: &mut E
             }
         }
         "" => required(errs, "spec.updateStrategy.type", ""),
-        other => not_supported(errs, "spec.updateStrategy.type", json!(other), &["OnDelete", "RollingUpdate"]),
+        other => not_supported(
+            errs,
+            "spec.updateStrategy.type",
+            json!(other),
+            &["OnDelete", "RollingUpdate"],
+        ),
     }
     if let Some(old) = old {
         selector_immutable(spec, get(Some(old), "spec"), errs);
@@ -316,7 +406,10 @@ mod tests {
         let mut d = deployment(json!({"name": "web", "image": "nginx"}));
         d["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
         d["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
-        let e: Vec<String> = validate_create("apps", "v1", "Deployment", true, &d).iter().map(|e| e.to_string()).collect();
+        let e: Vec<String> = validate_create("apps", "v1", "Deployment", true, &d)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(e, vec![
             "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"other\"}: `selector` does not match template `labels`",
             "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"",
@@ -328,11 +421,17 @@ mod tests {
         let mut d = deployment(json!({"name": "web", "image": "nginx"}));
         d["spec"]["replicas"] = json!(-1);
         d["spec"].as_object_mut().map(|s| s.remove("selector"));
-        let e: Vec<String> = validate_create("apps", "v1", "Deployment", true, &d).iter().map(|e| e.to_string()).collect();
-        assert_eq!(e, vec![
-            "spec.replicas: Invalid value: -1: must be greater than or equal to 0",
-            "spec.selector: Required value",
-        ]);
+        let e: Vec<String> = validate_create("apps", "v1", "Deployment", true, &d)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            e,
+            vec![
+                "spec.replicas: Invalid value: -1: must be greater than or equal to 0",
+                "spec.selector: Required value",
+            ]
+        );
     }
 
     #[test]
@@ -341,7 +440,10 @@ mod tests {
         let mut new = old.clone();
         new["spec"]["selector"] = json!({"matchLabels": {"app": "web", "v": "2"}});
         new["spec"]["template"]["metadata"]["labels"] = json!({"app": "web", "v": "2"});
-        let e: Vec<String> = validate_update("apps", "v1", "Deployment", true, &new, &old).iter().map(|e| e.to_string()).collect();
+        let e: Vec<String> = validate_update("apps", "v1", "Deployment", true, &new, &old)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(e, vec!["spec.selector: Invalid value: v1.LabelSelector{MatchLabels:map[string]string{\"app\":\"web\", \"v\":\"2\"}, MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable"]);
         let mut scaled = old.clone();
         scaled["spec"]["replicas"] = json!(3);
@@ -352,7 +454,10 @@ mod tests {
     fn rolling_update_zero_zero() {
         let mut d = deployment(json!({"name": "web", "image": "nginx"}));
         d["spec"]["strategy"]["rollingUpdate"] = json!({"maxUnavailable": 0, "maxSurge": "0%"});
-        let e: Vec<String> = validate_create("apps", "v1", "Deployment", true, &d).iter().map(|e| e.to_string()).collect();
+        let e: Vec<String> = validate_create("apps", "v1", "Deployment", true, &d)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(e, vec!["spec.strategy.rollingUpdate.maxUnavailable: Invalid value: 0: may not be 0 when `maxSurge` is 0"]);
     }
 
@@ -366,10 +471,15 @@ mod tests {
         s2["spec"]["serviceName"] = json!("other");
         let e = validate_update("apps", "v1", "StatefulSet", true, &s2, &s);
         assert_eq!(e.len(), 1);
-        assert!(e[0].to_string().starts_with("spec: Forbidden: updates to statefulset spec for fields other than"));
+        assert!(e[0]
+            .to_string()
+            .starts_with("spec: Forbidden: updates to statefulset spec for fields other than"));
         let mut ds = json!({"metadata": {"name": "s", "namespace": "d"}, "spec": {"selector": {}, "template": tmpl}});
         apply_defaults("apps", "v1", "DaemonSet", &mut ds);
-        let e: Vec<String> = validate_create("apps", "v1", "DaemonSet", true, &ds).iter().map(|e| e.to_string()).collect();
+        let e: Vec<String> = validate_create("apps", "v1", "DaemonSet", true, &ds)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(e, vec!["spec.selector: Invalid value: v1.LabelSelector{MatchLabels:map[string]string(nil), MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: empty selector is invalid for daemonset"]);
     }
 }

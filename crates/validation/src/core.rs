@@ -28,15 +28,27 @@ pub(crate) fn validate_replication_controller(obj: &Value, _old: Option<&Value>,
     };
     let labels = get(get(Some(t), "metadata"), "labels");
     if !sel_map.is_empty() {
-        let matches = sel_map.iter().all(|(k, v)| labels.and_then(|l| l.get(k.as_str())) == Some(v));
+        let matches = sel_map
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k.as_str())) == Some(v));
         if !matches {
-            invalid(errs, "spec.template.metadata.labels", labels.cloned().unwrap_or(json!({})), "`selector` does not match template `labels`");
+            invalid(
+                errs,
+                "spec.template.metadata.labels",
+                labels.cloned().unwrap_or(json!({})),
+                "`selector` does not match template `labels`",
+            );
         }
     }
     validate_pod_template_spec(Some(t), "spec.template", errs);
     let rp = gstr(get(Some(t), "spec"), "restartPolicy");
     if rp != "Always" {
-        not_supported(errs, "spec.template.spec.restartPolicy", json!(rp), &["Always"]);
+        not_supported(
+            errs,
+            "spec.template.spec.restartPolicy",
+            json!(rp),
+            &["Always"],
+        );
     }
 }
 
@@ -65,16 +77,30 @@ pub(crate) fn validate_service(obj: &Value, old: Option<&Value>, errs: &mut Errs
                 }
             }
             if !cluster_ip.is_empty() {
-                forbidden(errs, "spec.clusterIP", "may not be set for ExternalName services");
+                forbidden(
+                    errs,
+                    "spec.clusterIP",
+                    "may not be set for ExternalName services",
+                );
             }
         }
-        other => not_supported(errs, "spec.type", json!(other), &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]),
+        other => not_supported(
+            errs,
+            "spec.type",
+            json!(other),
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        ),
     }
     if ports.is_empty() && !headless && ty != "ExternalName" {
         required(errs, "spec.ports", "");
     }
     if !cluster_ip.is_empty() && !headless && !is_ip(cluster_ip) {
-        invalid(errs, "spec.clusterIP", json!(cluster_ip), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)");
+        invalid(
+            errs,
+            "spec.clusterIP",
+            json!(cluster_ip),
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        );
     }
     let mut names = HashSet::new();
     let mut seen = HashSet::new();
@@ -94,14 +120,24 @@ pub(crate) fn validate_service(obj: &Value, old: Option<&Value>, errs: &mut Errs
         }
         let port = gint(po, "port").unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            invalid(errs, &child(&pp, "port"), json!(port), inclusive_range_error(1, 65535));
+            invalid(
+                errs,
+                &child(&pp, "port"),
+                json!(port),
+                inclusive_range_error(1, 65535),
+            );
         }
         check_enum(errs, po, "protocol", &pp, &["SCTP", "TCP", "UDP"], true);
         match get(po, "targetPort") {
             Some(Value::Number(n)) => {
                 let n = n.as_i64().unwrap_or(0);
                 if !(1..=65535).contains(&n) {
-                    invalid(errs, &child(&pp, "targetPort"), json!(n), inclusive_range_error(1, 65535));
+                    invalid(
+                        errs,
+                        &child(&pp, "targetPort"),
+                        json!(n),
+                        inclusive_range_error(1, 65535),
+                    );
                 }
             }
             Some(Value::String(s)) => {
@@ -113,9 +149,18 @@ pub(crate) fn validate_service(obj: &Value, old: Option<&Value>, errs: &mut Errs
         }
         if let Some(np) = gint(po, "nodePort") {
             if ty == "ClusterIP" || ty.is_empty() {
-                forbidden(errs, &child(&pp, "nodePort"), "may not be used when `type` is 'ClusterIP'");
+                forbidden(
+                    errs,
+                    &child(&pp, "nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                );
             } else if !(1..=65535).contains(&np) {
-                invalid(errs, &child(&pp, "nodePort"), json!(np), inclusive_range_error(1, 65535));
+                invalid(
+                    errs,
+                    &child(&pp, "nodePort"),
+                    json!(np),
+                    inclusive_range_error(1, 65535),
+                );
             }
         }
         if !seen.insert((port, gstr(po, "protocol").to_string())) {
@@ -123,41 +168,81 @@ pub(crate) fn validate_service(obj: &Value, old: Option<&Value>, errs: &mut Errs
         }
     }
     if get(spec, "sessionAffinity").is_some() {
-        check_enum(errs, spec, "sessionAffinity", "spec", &["ClientIP", "None"], true);
+        check_enum(
+            errs,
+            spec,
+            "sessionAffinity",
+            "spec",
+            &["ClientIP", "None"],
+            true,
+        );
     }
     validate_labels(get(spec, "selector"), "spec.selector", errs);
     if let Some(etp) = get(spec, "externalTrafficPolicy") {
         if ty != "NodePort" && ty != "LoadBalancer" {
-            invalid(errs, "spec.externalTrafficPolicy", etp.clone(), "may only be set when `type` is 'NodePort' or 'LoadBalancer'");
+            invalid(
+                errs,
+                "spec.externalTrafficPolicy",
+                etp.clone(),
+                "may only be set when `type` is 'NodePort' or 'LoadBalancer'",
+            );
         } else if !etp.as_str().is_some_and(|s| s == "Cluster" || s == "Local") {
-            not_supported(errs, "spec.externalTrafficPolicy", etp.clone(), &["Cluster", "Local"]);
+            not_supported(
+                errs,
+                "spec.externalTrafficPolicy",
+                etp.clone(),
+                &["Cluster", "Local"],
+            );
         }
     }
     if ty != "ExternalName" {
         if let Some(itp) = get(spec, "internalTrafficPolicy") {
             if !itp.as_str().is_some_and(|s| s == "Cluster" || s == "Local") {
-                not_supported(errs, "spec.internalTrafficPolicy", itp.clone(), &["Cluster", "Local"]);
+                not_supported(
+                    errs,
+                    "spec.internalTrafficPolicy",
+                    itp.clone(),
+                    &["Cluster", "Local"],
+                );
             }
         }
     }
     for (i, ip) in garr(spec, "externalIPs").iter().enumerate() {
         let s = ip.as_str().unwrap_or("");
         if !is_ip(s) {
-            invalid(errs, &index("spec.externalIPs", i), json!(s), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)");
+            invalid(
+                errs,
+                &index("spec.externalIPs", i),
+                json!(s),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            );
         }
     }
     if let Some(old) = old {
         let os = get(Some(old), "spec");
         let old_ip = gstr(os, "clusterIP");
-        if gstr(os, "type") != "ExternalName" && ty != "ExternalName" && !old_ip.is_empty() && cluster_ip != old_ip {
-            invalid(errs, "spec.clusterIP", json!(cluster_ip), "field is immutable");
+        if gstr(os, "type") != "ExternalName"
+            && ty != "ExternalName"
+            && !old_ip.is_empty()
+            && cluster_ip != old_ip
+        {
+            invalid(
+                errs,
+                "spec.clusterIP",
+                json!(cluster_ip),
+                "field is immutable",
+            );
         }
     }
 }
 
 fn data_size(v: Option<&Value>) -> usize {
     v.and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| k.len() + v.as_str().map(str::len).unwrap_or(0)).sum())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| k.len() + v.as_str().map(str::len).unwrap_or(0))
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -180,7 +265,11 @@ fn immutable_data(obj: &Value, old: Option<&Value>, fields: &[&str], errs: &mut 
         }
     }
     if !gbool(Some(obj), "immutable") {
-        forbidden(errs, "immutable", "field is immutable when `immutable` is set");
+        forbidden(
+            errs,
+            "immutable",
+            "field is immutable when `immutable` is set",
+        );
     }
 }
 
@@ -188,10 +277,18 @@ fn immutable_data(obj: &Value, old: Option<&Value>, fields: &[&str], errs: &mut 
 pub(crate) fn validate_config_map(obj: &Value, old: Option<&Value>, errs: &mut Errs) {
     validate_data_keys(obj, "data", errs);
     validate_data_keys(obj, "binaryData", errs);
-    let data: HashSet<&String> = gobj(Some(obj), "data").into_iter().map(|(k, _)| k).collect();
+    let data: HashSet<&String> = gobj(Some(obj), "data")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     for (k, _) in gobj(Some(obj), "binaryData") {
         if data.contains(k) {
-            invalid(errs, &key("binaryData", k), json!(k), "duplicate of key present in data");
+            invalid(
+                errs,
+                &key("binaryData", k),
+                json!(k),
+                "duplicate of key present in data",
+            );
         }
     }
     // binaryData is base64 in JSON; count decoded bytes approximately (3/4).
@@ -212,26 +309,31 @@ pub(crate) fn validate_secret(obj: &Value, old: Option<&Value>, errs: &mut Errs)
     let has = |k: &str| get(get(o, "data"), k).is_some() || get(get(o, "stringData"), k).is_some();
     match gstr(o, "type") {
         "kubernetes.io/service-account-token"
-            if gstr(get(get(o, "metadata"), "annotations"), "kubernetes.io/service-account.name").is_empty() => {
-                required(errs, "metadata.annotations[kubernetes.io/service-account.name]", "");
-            }
-        "kubernetes.io/dockercfg"
-            if !has(".dockercfg") => {
-                required(errs, "data[.dockercfg]", "");
-            }
-        "kubernetes.io/dockerconfigjson"
-            if !has(".dockerconfigjson") => {
-                required(errs, "data[.dockerconfigjson]", "");
-            }
-        "kubernetes.io/basic-auth"
-            if !has("username") && !has("password") => {
-                required(errs, "data[username]", "");
-                required(errs, "data[password]", "");
-            }
-        "kubernetes.io/ssh-auth"
-            if !has("ssh-privatekey") => {
-                required(errs, "data[ssh-privatekey]", "");
-            }
+            if gstr(
+                get(get(o, "metadata"), "annotations"),
+                "kubernetes.io/service-account.name",
+            )
+            .is_empty() =>
+        {
+            required(
+                errs,
+                "metadata.annotations[kubernetes.io/service-account.name]",
+                "",
+            );
+        }
+        "kubernetes.io/dockercfg" if !has(".dockercfg") => {
+            required(errs, "data[.dockercfg]", "");
+        }
+        "kubernetes.io/dockerconfigjson" if !has(".dockerconfigjson") => {
+            required(errs, "data[.dockerconfigjson]", "");
+        }
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            required(errs, "data[username]", "");
+            required(errs, "data[password]", "");
+        }
+        "kubernetes.io/ssh-auth" if !has("ssh-privatekey") => {
+            required(errs, "data[ssh-privatekey]", "");
+        }
         "kubernetes.io/tls" => {
             if !has("tls.crt") {
                 required(errs, "data[tls.crt]", "");
@@ -257,7 +359,9 @@ pub(crate) fn validate_namespace(obj: &Value, _old: Option<&Value>, errs: &mut E
         let s = f.as_str().unwrap_or("");
         let mut msgs = is_qualified_name(s);
         if msgs.is_empty() && !s.contains('/') && s != "kubernetes" {
-            msgs.push("name is neither a standard finalizer name nor is it fully qualified".to_string());
+            msgs.push(
+                "name is neither a standard finalizer name nor is it fully qualified".to_string(),
+            );
         }
         for m in msgs {
             invalid(errs, "spec.finalizers", json!(s), m);
@@ -274,13 +378,22 @@ pub(crate) fn validate_service_account(obj: &Value, errs: &mut Errs) {
     }
 }
 
-const ACCESS_MODES: &[&str] = &["ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"];
+const ACCESS_MODES: &[&str] = &[
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOnce",
+    "ReadWriteOncePod",
+];
 
 /// PersistentVolumeClaimSpec at `path`.
 pub(crate) fn validate_pvc_spec(spec: Option<&Value>, path: &str, errs: &mut Errs) {
     let modes = garr(spec, "accessModes");
     if modes.is_empty() {
-        required(errs, &child(path, "accessModes"), "at least 1 access mode is required");
+        required(
+            errs,
+            &child(path, "accessModes"),
+            "at least 1 access mode is required",
+        );
     }
     for m in modes {
         if !m.as_str().is_some_and(|s| ACCESS_MODES.contains(&s)) {
@@ -295,17 +408,30 @@ pub(crate) fn validate_pvc_spec(spec: Option<&Value>, path: &str, errs: &mut Err
     match storage {
         None => required(errs, &sp, ""),
         Some(q) => {
-            let s = q.as_str().map(str::to_string).unwrap_or_else(|| q.to_string());
+            let s = q
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| q.to_string());
             match parse_quantity(&s) {
-                Ok(v) if v.value <= 0.0 => invalid(errs, &sp, json!(s), "must be greater than zero"),
+                Ok(v) if v.value <= 0.0 => {
+                    invalid(errs, &sp, json!(s), "must be greater than zero")
+                }
                 Ok(_) => {}
                 Err(e) => invalid(errs, &sp, json!(s), e.to_string()),
             }
         }
     }
     if let Some(vm) = get(spec, "volumeMode") {
-        if !vm.as_str().is_some_and(|s| s == "Block" || s == "Filesystem") {
-            not_supported(errs, &child(path, "volumeMode"), vm.clone(), &["Block", "Filesystem"]);
+        if !vm
+            .as_str()
+            .is_some_and(|s| s == "Block" || s == "Filesystem")
+        {
+            not_supported(
+                errs,
+                &child(path, "volumeMode"),
+                vm.clone(),
+                &["Block", "Filesystem"],
+            );
         }
     }
     let sc = gstr(spec, "storageClassName");
@@ -359,13 +485,42 @@ pub(crate) fn validate_pv(obj: &Value, errs: &mut Errs) {
         required(errs, "spec.capacity", "");
     }
     if let Some(rp) = get(spec, "persistentVolumeReclaimPolicy") {
-        if !rp.as_str().is_some_and(|s| ["Delete", "Recycle", "Retain"].contains(&s)) {
-            not_supported(errs, "spec.persistentVolumeReclaimPolicy", rp.clone(), &["Delete", "Recycle", "Retain"]);
+        if !rp
+            .as_str()
+            .is_some_and(|s| ["Delete", "Recycle", "Retain"].contains(&s))
+        {
+            not_supported(
+                errs,
+                "spec.persistentVolumeReclaimPolicy",
+                rp.clone(),
+                &["Delete", "Recycle", "Retain"],
+            );
         }
     }
-    let sources = ["hostPath", "local", "nfs", "csi", "iscsi", "fc", "rbd", "cephfs", "glusterfs", "azureFile", "azureDisk",
-        "gcePersistentDisk", "awsElasticBlockStore", "cinder", "flexVolume", "vsphereVolume", "portworxVolume", "scaleIO",
-        "storageos", "quobyte", "flocker", "photonPersistentDisk"];
+    let sources = [
+        "hostPath",
+        "local",
+        "nfs",
+        "csi",
+        "iscsi",
+        "fc",
+        "rbd",
+        "cephfs",
+        "glusterfs",
+        "azureFile",
+        "azureDisk",
+        "gcePersistentDisk",
+        "awsElasticBlockStore",
+        "cinder",
+        "flexVolume",
+        "vsphereVolume",
+        "portworxVolume",
+        "scaleIO",
+        "storageos",
+        "quobyte",
+        "flocker",
+        "photonPersistentDisk",
+    ];
     let n = sources.iter().filter(|s| get(spec, s).is_some()).count();
     if n == 0 {
         required(errs, "spec", "must specify a volume type");
@@ -380,7 +535,12 @@ pub(crate) fn validate_endpoints(obj: &Value, errs: &mut Errs) {
             for (j, a) in garr(Some(s), list).iter().enumerate() {
                 let ip = gstr(Some(a), "ip");
                 if !is_ip(ip) {
-                    invalid(errs, &child(&index(&child(&sp, list), j), "ip"), json!(ip), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)");
+                    invalid(
+                        errs,
+                        &child(&index(&child(&sp, list), j), "ip"),
+                        json!(ip),
+                        "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                    );
                 }
             }
         }
@@ -397,9 +557,21 @@ pub(crate) fn validate_endpoints(obj: &Value, errs: &mut Errs) {
             }
             let port = gint(Some(p), "port").unwrap_or(0);
             if !(1..=65535).contains(&port) {
-                invalid(errs, &child(&pp, "port"), json!(port), inclusive_range_error(1, 65535));
+                invalid(
+                    errs,
+                    &child(&pp, "port"),
+                    json!(port),
+                    inclusive_range_error(1, 65535),
+                );
             }
-            check_enum(errs, Some(p), "protocol", &pp, &["SCTP", "TCP", "UDP"], true);
+            check_enum(
+                errs,
+                Some(p),
+                "protocol",
+                &pp,
+                &["SCTP", "TCP", "UDP"],
+                true,
+            );
         }
     }
 }
@@ -411,26 +583,45 @@ pub(crate) fn validate_event(obj: &Value, errs: &mut Errs) {
     let io = get(o, "involvedObject");
     let ins = gstr(io, "namespace");
     if !ins.is_empty() && ins != ns && !ns.is_empty() {
-        invalid(errs, "involvedObject.namespace", json!(ins), "does not match event.namespace");
+        invalid(
+            errs,
+            "involvedObject.namespace",
+            json!(ins),
+            "does not match event.namespace",
+        );
     }
     let t = gstr(o, "type");
     if !t.is_empty() && t != "Normal" && t != "Warning" {
         not_supported(errs, "type", json!(t), &["Normal", "Warning"]);
     }
     if gstr(o, "reason").len() > 128 {
-        invalid(errs, "reason", json!(gstr(o, "reason")), "can have at most 128 characters");
+        invalid(
+            errs,
+            "reason",
+            json!(gstr(o, "reason")),
+            "can have at most 128 characters",
+        );
     }
 }
 
 fn validate_resource_list(list: Option<&Value>, path: &str, errs: &mut Errs) {
-    for (k, q) in list.and_then(Value::as_object).map(|m| m.iter().collect::<Vec<_>>()).unwrap_or_default() {
+    for (k, q) in list
+        .and_then(Value::as_object)
+        .map(|m| m.iter().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
         let p = key(path, k);
         for m in is_qualified_name(k) {
             invalid(errs, &p, json!(k), m);
         }
-        let s = q.as_str().map(str::to_string).unwrap_or_else(|| q.to_string());
+        let s = q
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| q.to_string());
         match parse_quantity(&s) {
-            Ok(v) if v.value < 0.0 => invalid(errs, &p, json!(s), "must be greater than or equal to 0"),
+            Ok(v) if v.value < 0.0 => {
+                invalid(errs, &p, json!(s), "must be greater than or equal to 0")
+            }
             Ok(_) => {}
             Err(e) => invalid(errs, &p, json!(s), e.to_string()),
         }
@@ -450,7 +641,13 @@ pub(crate) fn validate_limit_range(obj: &Value, errs: &mut Errs) {
         if t.is_empty() {
             required(errs, &child(&p, "type"), "");
         }
-        for k in ["max", "min", "default", "defaultRequest", "maxLimitRequestRatio"] {
+        for k in [
+            "max",
+            "min",
+            "default",
+            "defaultRequest",
+            "maxLimitRequestRatio",
+        ] {
             validate_resource_list(get(Some(l), k), &child(&p, k), errs);
         }
     }
@@ -463,23 +660,50 @@ mod tests {
 
     fn msgs(group: &str, kind: &str, namespaced: bool, mut obj: Value) -> Vec<String> {
         apply_defaults(group, "v1", kind, &mut obj);
-        validate_create(group, "v1", kind, namespaced, &obj).iter().map(|e| e.to_string()).collect()
+        validate_create(group, "v1", kind, namespaced, &obj)
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
     fn services() {
         let ok = json!({"metadata": {"name": "web", "namespace": "d"}, "spec": {"selector": {"app": "a"}, "ports": [{"port": 80}]}});
         assert!(msgs("", "Service", true, ok).is_empty());
-        let e = msgs("", "Service", true, json!({"metadata": {"name": "1web", "namespace": "d"}, "spec": {"type": "Weird",
-            "ports": [{"port": 80}, {"port": 70000, "name": "b", "protocol": "HTTP"}]}}));
-        assert!(e[0].starts_with("metadata.name: Invalid value: \"1web\": a DNS-1035 label must consist of"), "{e:?}");
+        let e = msgs(
+            "",
+            "Service",
+            true,
+            json!({"metadata": {"name": "1web", "namespace": "d"}, "spec": {"type": "Weird",
+            "ports": [{"port": 80}, {"port": 70000, "name": "b", "protocol": "HTTP"}]}}),
+        );
+        assert!(
+            e[0].starts_with(
+                "metadata.name: Invalid value: \"1web\": a DNS-1035 label must consist of"
+            ),
+            "{e:?}"
+        );
         assert!(e.contains(&"spec.type: Unsupported value: \"Weird\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"".to_string()));
         assert!(e.contains(&"spec.ports[0].name: Required value".to_string()));
-        assert!(e.contains(&"spec.ports[1].port: Invalid value: 70000: must be between 1 and 65535, inclusive".to_string()));
+        assert!(e.contains(
+            &"spec.ports[1].port: Invalid value: 70000: must be between 1 and 65535, inclusive"
+                .to_string()
+        ));
         assert!(e.contains(&"spec.ports[1].protocol: Unsupported value: \"HTTP\": supported values: \"SCTP\", \"TCP\", \"UDP\"".to_string()));
-        let e = msgs("", "Service", true, json!({"metadata": {"name": "web", "namespace": "d"}, "spec": {}}));
+        let e = msgs(
+            "",
+            "Service",
+            true,
+            json!({"metadata": {"name": "web", "namespace": "d"}, "spec": {}}),
+        );
         assert_eq!(e, vec!["spec.ports: Required value"]);
-        assert!(msgs("", "Service", true, json!({"metadata": {"name": "h", "namespace": "d"}, "spec": {"clusterIP": "None"}})).is_empty());
+        assert!(msgs(
+            "",
+            "Service",
+            true,
+            json!({"metadata": {"name": "h", "namespace": "d"}, "spec": {"clusterIP": "None"}})
+        )
+        .is_empty());
     }
 
     #[test]
@@ -487,31 +711,72 @@ mod tests {
         let old = json!({"metadata": {"name": "w", "namespace": "d"}, "spec": {"clusterIP": "10.43.0.10", "ports": [{"port": 80, "protocol": "TCP"}]}});
         let mut new = old.clone();
         new["spec"]["clusterIP"] = json!("10.43.0.11");
-        let e: Vec<String> = validate_update("", "v1", "Service", true, &new, &old).iter().map(|e| e.to_string()).collect();
-        assert_eq!(e, vec!["spec.clusterIP: Invalid value: \"10.43.0.11\": field is immutable"]);
+        let e: Vec<String> = validate_update("", "v1", "Service", true, &new, &old)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            e,
+            vec!["spec.clusterIP: Invalid value: \"10.43.0.11\": field is immutable"]
+        );
     }
 
     #[test]
     fn configmaps_and_secrets() {
-        let e = msgs("", "ConfigMap", true, json!({"metadata": {"name": "c", "namespace": "d"}, "data": {"bad key": "v", "ok.key": "v"}}));
+        let e = msgs(
+            "",
+            "ConfigMap",
+            true,
+            json!({"metadata": {"name": "c", "namespace": "d"}, "data": {"bad key": "v", "ok.key": "v"}}),
+        );
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("data[bad key]: Invalid value: \"bad key\": a valid config key must consist of alphanumeric characters"));
-        let e = msgs("", "Secret", true, json!({"metadata": {"name": "s", "namespace": "d"}, "type": "kubernetes.io/tls", "data": {"tls.crt": "eA=="}}));
+        let e = msgs(
+            "",
+            "Secret",
+            true,
+            json!({"metadata": {"name": "s", "namespace": "d"}, "type": "kubernetes.io/tls", "data": {"tls.crt": "eA=="}}),
+        );
         assert_eq!(e, vec!["data[tls.key]: Required value"]);
         let old = json!({"metadata": {"name": "c", "namespace": "d"}, "immutable": true, "data": {"a": "1"}});
         let mut new = old.clone();
         new["data"]["a"] = json!("2");
-        let e: Vec<String> = validate_update("", "v1", "ConfigMap", true, &new, &old).iter().map(|e| e.to_string()).collect();
-        assert_eq!(e, vec!["data: Forbidden: field is immutable when `immutable` is set"]);
+        let e: Vec<String> = validate_update("", "v1", "ConfigMap", true, &new, &old)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            e,
+            vec!["data: Forbidden: field is immutable when `immutable` is set"]
+        );
     }
 
     #[test]
     fn namespaces_and_pvcs() {
         assert!(msgs("", "Namespace", false, json!({"metadata": {"name": "dev"}})).is_empty());
-        let e = msgs("", "Namespace", false, json!({"metadata": {"name": "dev", "namespace": "x"}}));
-        assert_eq!(e, vec!["metadata.namespace: Forbidden: not allowed on this type"]);
-        let e = msgs("", "PersistentVolumeClaim", true, json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {}}));
-        assert_eq!(e, vec!["spec.accessModes: Required value: at least 1 access mode is required", "spec.resources[storage]: Required value"]);
+        let e = msgs(
+            "",
+            "Namespace",
+            false,
+            json!({"metadata": {"name": "dev", "namespace": "x"}}),
+        );
+        assert_eq!(
+            e,
+            vec!["metadata.namespace: Forbidden: not allowed on this type"]
+        );
+        let e = msgs(
+            "",
+            "PersistentVolumeClaim",
+            true,
+            json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {}}),
+        );
+        assert_eq!(
+            e,
+            vec![
+                "spec.accessModes: Required value: at least 1 access mode is required",
+                "spec.resources[storage]: Required value"
+            ]
+        );
     }
 
     #[test]

@@ -22,13 +22,25 @@ pub fn apply_defaults(group: &str, version: &str, kind: &str, obj: &mut Value) {
         ("", "ReplicationController") => {
             let spec = obj_at(o, "spec");
             set(spec, "replicas", json!(1));
-            let tmpl_labels = spec.get("template").and_then(|t| t.get("metadata")).and_then(|m| m.get("labels")).cloned();
+            let tmpl_labels = spec
+                .get("template")
+                .and_then(|t| t.get("metadata"))
+                .and_then(|m| m.get("labels"))
+                .cloned();
             if let Some(l) = tmpl_labels.filter(|l| l.as_object().is_some_and(|m| !m.is_empty())) {
-                if spec.get("selector").and_then(Value::as_object).is_none_or(|m| m.is_empty()) {
+                if spec
+                    .get("selector")
+                    .and_then(Value::as_object)
+                    .is_none_or(|m| m.is_empty())
+                {
                     spec.insert("selector".into(), l.clone());
                 }
                 let meta = obj_at(o, "metadata");
-                if meta.get("labels").and_then(Value::as_object).is_none_or(|m| m.is_empty()) {
+                if meta
+                    .get("labels")
+                    .and_then(Value::as_object)
+                    .is_none_or(|m| m.is_empty())
+                {
                     meta.insert("labels".into(), l);
                 }
             }
@@ -38,7 +50,11 @@ pub fn apply_defaults(group: &str, version: &str, kind: &str, obj: &mut Value) {
         }
         ("", "Service") => default_service(obj_at(o, "spec")),
         ("", "Namespace") => {
-            let name = o.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).map(str::to_string);
+            let name = o
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
             if let Some(name) = name {
                 let meta = obj_at(o, "metadata");
                 obj_at(meta, "labels").insert("kubernetes.io/metadata.name".into(), json!(name));
@@ -146,7 +162,11 @@ pub fn apply_defaults(group: &str, version: &str, kind: &str, obj: &mut Value) {
                 .cloned();
             if let Some(l) = tmpl_labels.filter(|l| l.as_object().is_some_and(|m| !m.is_empty())) {
                 let meta = obj_at(o, "metadata");
-                if meta.get("labels").and_then(Value::as_object).is_none_or(|m| m.is_empty()) {
+                if meta
+                    .get("labels")
+                    .and_then(Value::as_object)
+                    .is_none_or(|m| m.is_empty())
+                {
                     meta.insert("labels".into(), l);
                 }
             }
@@ -158,7 +178,11 @@ pub fn apply_defaults(group: &str, version: &str, kind: &str, obj: &mut Value) {
             set(spec, "suspend", json!(false));
             set(spec, "successfulJobsHistoryLimit", json!(3));
             set(spec, "failedJobsHistoryLimit", json!(1));
-            if let Some(t) = spec.get_mut("jobTemplate").and_then(|j| j.get_mut("spec")).and_then(|s| s.get_mut("template")) {
+            if let Some(t) = spec
+                .get_mut("jobTemplate")
+                .and_then(|j| j.get_mut("spec"))
+                .and_then(|s| s.get_mut("template"))
+            {
                 default_template(t);
             }
         }
@@ -175,21 +199,36 @@ pub fn apply_defaults(group: &str, version: &str, kind: &str, obj: &mut Value) {
                     }
                 }
             }
-            if spec.get("policyTypes").and_then(Value::as_array).is_none_or(|a| a.is_empty()) {
+            if spec
+                .get("policyTypes")
+                .and_then(Value::as_array)
+                .is_none_or(|a| a.is_empty())
+            {
                 let mut types = vec![json!("Ingress")];
-                if spec.get("egress").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+                if spec
+                    .get("egress")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+                {
                     types.push(json!("Egress"));
                 }
                 spec.insert("policyTypes".into(), Value::Array(types));
             }
         }
-        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => default_role_binding(o),
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            default_role_binding(o)
+        }
         ("storage.k8s.io", "StorageClass") => {
             set(o, "reclaimPolicy", json!("Delete"));
             set(o, "volumeBindingMode", json!("Immediate"));
         }
-        ("scheduling.k8s.io", "PriorityClass") => set(o, "preemptionPolicy", json!("PreemptLowerPriority")),
-        ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration") => {
+        ("scheduling.k8s.io", "PriorityClass") => {
+            set(o, "preemptionPolicy", json!("PreemptLowerPriority"))
+        }
+        (
+            "admissionregistration.k8s.io",
+            "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration",
+        ) => {
             let mutating = kind == "MutatingWebhookConfiguration";
             for w in arr_mut(o, "webhooks") {
                 if let Some(wo) = w.as_object_mut() {
@@ -206,7 +245,11 @@ pub fn apply_defaults(group: &str, version: &str, kind: &str, obj: &mut Value) {
                             set(ro, "scope", json!("*"));
                         }
                     }
-                    if let Some(svc) = wo.get_mut("clientConfig").and_then(|c| c.get_mut("service")).and_then(Value::as_object_mut) {
+                    if let Some(svc) = wo
+                        .get_mut("clientConfig")
+                        .and_then(|c| c.get_mut("service"))
+                        .and_then(Value::as_object_mut)
+                    {
                         set(svc, "port", json!(443));
                     }
                 }
@@ -256,7 +299,10 @@ fn default_job_spec(spec: &mut Map<String, Value>) {
         spec.insert("parallelism".into(), json!(1));
     }
     set(spec, "parallelism", json!(1));
-    if spec.get("backoffLimitPerIndex").is_some_and(|v| !v.is_null()) {
+    if spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|v| !v.is_null())
+    {
         set(spec, "backoffLimit", json!(i32::MAX));
     } else {
         set(spec, "backoffLimit", json!(6));
@@ -268,7 +314,10 @@ fn default_job_spec(spec: &mut Map<String, Value>) {
     } else {
         set(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
     }
-    if let Some(pfp) = spec.get_mut("podFailurePolicy").and_then(Value::as_object_mut) {
+    if let Some(pfp) = spec
+        .get_mut("podFailurePolicy")
+        .and_then(Value::as_object_mut)
+    {
         for r in arr_mut(pfp, "rules") {
             if let Some(ro) = r.as_object_mut() {
                 for p in arr_mut(ro, "onPodConditions") {
@@ -304,7 +353,9 @@ fn default_role_binding(o: &mut Map<String, Value>) {
         }
     }
     for s in arr_mut(o, "subjects") {
-        let Some(so) = s.as_object_mut() else { continue };
+        let Some(so) = s.as_object_mut() else {
+            continue;
+        };
         if !empty(so.get("apiGroup")) {
             continue;
         }
@@ -322,11 +373,17 @@ fn default_role_binding(o: &mut Map<String, Value>) {
 fn default_service(spec: &mut Map<String, Value>) {
     set(spec, "sessionAffinity", json!("None"));
     set(spec, "type", json!("ClusterIP"));
-    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     for p in arr_mut(spec, "ports") {
         if let Some(po) = p.as_object_mut() {
             set(po, "protocol", json!("TCP"));
-            let port_missing = po.get("targetPort").is_none_or(|t| t.is_null() || t == &json!(0) || t == &json!(""));
+            let port_missing = po
+                .get("targetPort")
+                .is_none_or(|t| t.is_null() || t == &json!(0) || t == &json!(""));
             if port_missing {
                 if let Some(port) = po.get("port").cloned() {
                     po.insert("targetPort".into(), port);
@@ -347,7 +404,10 @@ fn default_service(spec: &mut Map<String, Value>) {
     if ty != "ExternalName" {
         set(spec, "internalTrafficPolicy", json!("Cluster"));
         let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
-        let has_selector = spec.get("selector").and_then(Value::as_object).is_some_and(|m| !m.is_empty());
+        let has_selector = spec
+            .get("selector")
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty());
         if headless && !has_selector {
             set(spec, "ipFamilyPolicy", json!("RequireDualStack"));
         } else {
@@ -364,7 +424,10 @@ fn default_pod_spec(spec: &mut Map<String, Value>) {
     set(spec, "securityContext", json!({}));
     set(spec, "terminationGracePeriodSeconds", json!(30));
     set(spec, "schedulerName", json!("default-scheduler"));
-    let host_network = spec.get("hostNetwork").and_then(Value::as_bool).unwrap_or(false);
+    let host_network = spec
+        .get("hostNetwork")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     for list in ["initContainers", "containers", "ephemeralContainers"] {
         for c in arr_mut(spec, list) {
             if let Some(co) = c.as_object_mut() {
@@ -397,12 +460,20 @@ fn default_container(c: &mut Map<String, Value>, host_network: bool) {
         }
     }
     for e in arr_mut(c, "env") {
-        if let Some(fr) = e.get_mut("valueFrom").and_then(|v| v.get_mut("fieldRef")).and_then(Value::as_object_mut) {
+        if let Some(fr) = e
+            .get_mut("valueFrom")
+            .and_then(|v| v.get_mut("fieldRef"))
+            .and_then(Value::as_object_mut)
+        {
             set(fr, "apiVersion", json!("v1"));
         }
     }
     // Limits without requests: requests default to the limits.
-    let limits = c.get("resources").and_then(|r| r.get("limits")).and_then(Value::as_object).cloned();
+    let limits = c
+        .get("resources")
+        .and_then(|r| r.get("limits"))
+        .and_then(Value::as_object)
+        .cloned();
     if let Some(limits) = limits.filter(|l| !l.is_empty()) {
         let res = obj_at(c, "resources");
         let req = obj_at(res, "requests");
@@ -452,12 +523,41 @@ fn default_pull_policy(image: &str) -> &'static str {
 
 fn default_volume(v: &mut Map<String, Value>) {
     const SOURCES: &[&str] = &[
-        "hostPath", "emptyDir", "gcePersistentDisk", "awsElasticBlockStore", "gitRepo", "secret", "nfs", "iscsi",
-        "glusterfs", "persistentVolumeClaim", "rbd", "flexVolume", "cinder", "cephfs", "flocker", "downwardAPI",
-        "fc", "azureFile", "configMap", "vsphereVolume", "quobyte", "azureDisk", "photonPersistentDisk",
-        "projected", "portworxVolume", "scaleIO", "storageos", "csi", "ephemeral", "image",
+        "hostPath",
+        "emptyDir",
+        "gcePersistentDisk",
+        "awsElasticBlockStore",
+        "gitRepo",
+        "secret",
+        "nfs",
+        "iscsi",
+        "glusterfs",
+        "persistentVolumeClaim",
+        "rbd",
+        "flexVolume",
+        "cinder",
+        "cephfs",
+        "flocker",
+        "downwardAPI",
+        "fc",
+        "azureFile",
+        "configMap",
+        "vsphereVolume",
+        "quobyte",
+        "azureDisk",
+        "photonPersistentDisk",
+        "projected",
+        "portworxVolume",
+        "scaleIO",
+        "storageos",
+        "csi",
+        "ephemeral",
+        "image",
     ];
-    if !SOURCES.iter().any(|s| v.get(*s).is_some_and(|x| !x.is_null())) {
+    if !SOURCES
+        .iter()
+        .any(|s| v.get(*s).is_some_and(|x| !x.is_null()))
+    {
         v.insert("emptyDir".into(), json!({}));
     }
     for k in ["secret", "configMap", "downwardAPI", "projected"] {
@@ -477,7 +577,10 @@ fn default_volume(v: &mut Map<String, Value>) {
     }
     if let Some(p) = v.get_mut("projected").and_then(Value::as_object_mut) {
         for s in arr_mut(p, "sources") {
-            if let Some(sat) = s.get_mut("serviceAccountToken").and_then(Value::as_object_mut) {
+            if let Some(sat) = s
+                .get_mut("serviceAccountToken")
+                .and_then(Value::as_object_mut)
+            {
                 set(sat, "expirationSeconds", json!(3600));
             }
             if let Some(d) = s.get_mut("downwardAPI").and_then(Value::as_object_mut) {
@@ -489,7 +592,11 @@ fn default_volume(v: &mut Map<String, Value>) {
             }
         }
     }
-    if let Some(e) = v.get_mut("ephemeral").and_then(|e| e.get_mut("volumeClaimTemplate")).and_then(Value::as_object_mut) {
+    if let Some(e) = v
+        .get_mut("ephemeral")
+        .and_then(|e| e.get_mut("volumeClaimTemplate"))
+        .and_then(Value::as_object_mut)
+    {
         set(obj_at(e, "spec"), "volumeMode", json!("Filesystem"));
     }
 }
@@ -510,11 +617,15 @@ mod tests {
 
     #[test]
     fn pod_defaults() {
-        let p = defaulted("", "Pod", json!({"metadata": {"name": "p"}, "spec": {"containers": [
+        let p = defaulted(
+            "",
+            "Pod",
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [
             {"name": "a", "image": "nginx", "ports": [{"containerPort": 80}],
              "readinessProbe": {"httpGet": {"port": 80}}},
             {"name": "b", "image": "nginx:1.27"}],
-            "volumes": [{"name": "v"}, {"name": "s", "secret": {"secretName": "x"}}]}}));
+            "volumes": [{"name": "v"}, {"name": "s", "secret": {"secretName": "x"}}]}}),
+        );
         let mut a = container_defaults("a", "nginx", "Always");
         a["ports"] = json!([{"containerPort": 80, "protocol": "TCP"}]);
         a["readinessProbe"] = json!({"httpGet": {"port": 80, "path": "/", "scheme": "HTTP"},
@@ -529,8 +640,12 @@ mod tests {
 
     #[test]
     fn deployment_defaults() {
-        let d = defaulted("apps", "Deployment", json!({"spec": {"selector": {"matchLabels": {"app": "a"}},
-            "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "r/img:latest"}]}}}}));
+        let d = defaulted(
+            "apps",
+            "Deployment",
+            json!({"spec": {"selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "r/img:latest"}]}}}}),
+        );
         let expected = json!({"spec": {"selector": {"matchLabels": {"app": "a"}},
             "template": {"metadata": {"labels": {"app": "a"}}, "spec": {
                 "containers": [container_defaults("c", "r/img:latest", "Always")],
@@ -543,14 +658,29 @@ mod tests {
 
     #[test]
     fn service_defaults() {
-        let s = defaulted("", "Service", json!({"spec": {"selector": {"app": "a"}, "ports": [{"port": 80}]}}));
-        assert_eq!(s, json!({"spec": {"selector": {"app": "a"}, "ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}],
+        let s = defaulted(
+            "",
+            "Service",
+            json!({"spec": {"selector": {"app": "a"}, "ports": [{"port": 80}]}}),
+        );
+        assert_eq!(
+            s,
+            json!({"spec": {"selector": {"app": "a"}, "ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}],
             "sessionAffinity": "None", "type": "ClusterIP", "internalTrafficPolicy": "Cluster",
-            "ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4"]}}));
-        let np = defaulted("", "Service", json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": "http"}]}}));
+            "ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4"]}})
+        );
+        let np = defaulted(
+            "",
+            "Service",
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": "http"}]}}),
+        );
         assert_eq!(np["spec"]["externalTrafficPolicy"], json!("Cluster"));
         assert_eq!(np["spec"]["ports"][0]["targetPort"], json!("http"));
-        let en = defaulted("", "Service", json!({"spec": {"type": "ExternalName", "externalName": "x.com"}}));
+        let en = defaulted(
+            "",
+            "Service",
+            json!({"spec": {"type": "ExternalName", "externalName": "x.com"}}),
+        );
         assert!(en["spec"].get("ipFamilies").is_none());
     }
 
@@ -558,27 +688,54 @@ mod tests {
     fn job_and_cronjob_defaults() {
         let tmpl = json!({"spec": {"containers": [{"name": "c", "image": "busybox:1"}], "restartPolicy": "Never"}});
         let j = defaulted("batch", "Job", json!({"spec": {"template": tmpl}}));
-        for (k, v) in [("completions", json!(1)), ("parallelism", json!(1)), ("backoffLimit", json!(6)),
-                       ("completionMode", json!("NonIndexed")), ("suspend", json!(false)),
-                       ("podReplacementPolicy", json!("TerminatingOrFailed"))] {
+        for (k, v) in [
+            ("completions", json!(1)),
+            ("parallelism", json!(1)),
+            ("backoffLimit", json!(6)),
+            ("completionMode", json!("NonIndexed")),
+            ("suspend", json!(false)),
+            ("podReplacementPolicy", json!("TerminatingOrFailed")),
+        ] {
             assert_eq!(j["spec"][k], v, "{k}");
         }
-        assert_eq!(j["spec"]["template"]["spec"]["restartPolicy"], json!("Never"));
-        assert_eq!(j["spec"]["template"]["spec"]["dnsPolicy"], json!("ClusterFirst"));
-        let j2 = defaulted("batch", "Job", json!({"spec": {"parallelism": 3, "template": tmpl}}));
+        assert_eq!(
+            j["spec"]["template"]["spec"]["restartPolicy"],
+            json!("Never")
+        );
+        assert_eq!(
+            j["spec"]["template"]["spec"]["dnsPolicy"],
+            json!("ClusterFirst")
+        );
+        let j2 = defaulted(
+            "batch",
+            "Job",
+            json!({"spec": {"parallelism": 3, "template": tmpl}}),
+        );
         assert!(j2["spec"].get("completions").is_none());
-        let c = defaulted("batch", "CronJob", json!({"spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": tmpl}}}}));
+        let c = defaulted(
+            "batch",
+            "CronJob",
+            json!({"spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": tmpl}}}}),
+        );
         assert_eq!(c["spec"]["concurrencyPolicy"], json!("Allow"));
         assert_eq!(c["spec"]["suspend"], json!(false));
         assert_eq!(c["spec"]["successfulJobsHistoryLimit"], json!(3));
         assert_eq!(c["spec"]["failedJobsHistoryLimit"], json!(1));
-        assert!(c["spec"]["jobTemplate"]["spec"].get("backoffLimit").is_none());
-        assert_eq!(c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["schedulerName"], json!("default-scheduler"));
+        assert!(c["spec"]["jobTemplate"]["spec"]
+            .get("backoffLimit")
+            .is_none());
+        assert_eq!(
+            c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["schedulerName"],
+            json!("default-scheduler")
+        );
     }
 
     #[test]
     fn role_binding_defaults_and_encoding() {
-        let rb = defaulted("rbac.authorization.k8s.io", "RoleBinding", json!({
+        let rb = defaulted(
+            "rbac.authorization.k8s.io",
+            "RoleBinding",
+            json!({
             "roleRef": {"apiGroup": "", "kind": "Role", "name": "r"},
             "subjects": [
                 {"kind": "ServiceAccount", "name": "sa", "namespace": "ns", "apiGroup": ""},
@@ -586,8 +743,11 @@ mod tests {
                 {"kind": "User", "name": "alice", "apiGroup": ""},
                 {"kind": "Group", "name": "devs"},
                 {"kind": "User", "name": "bob", "apiGroup": "example.com"},
-                {"kind": "Robot", "name": "r2", "apiGroup": null}]}));
-        assert_eq!(rb, json!({
+                {"kind": "Robot", "name": "r2", "apiGroup": null}]}),
+        );
+        assert_eq!(
+            rb,
+            json!({
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
             "subjects": [
                 {"kind": "ServiceAccount", "name": "sa", "namespace": "ns"},
@@ -595,36 +755,81 @@ mod tests {
                 {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"},
                 {"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"},
                 {"kind": "User", "name": "bob", "apiGroup": "example.com"},
-                {"kind": "Robot", "name": "r2"}]}));
+                {"kind": "Robot", "name": "r2"}]})
+        );
         // A missing roleRef.apiGroup defaults too, on both binding kinds; the result validates.
-        let crb = defaulted("rbac.authorization.k8s.io", "ClusterRoleBinding", json!({
+        let crb = defaulted(
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            json!({
             "metadata": {"name": "b"}, "roleRef": {"kind": "ClusterRole", "name": "view"},
-            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "kube-system"}]}));
-        assert_eq!(crb["roleRef"]["apiGroup"], json!("rbac.authorization.k8s.io"));
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "kube-system"}]}),
+        );
+        assert_eq!(
+            crb["roleRef"]["apiGroup"],
+            json!("rbac.authorization.k8s.io")
+        );
         assert!(crb["subjects"][0].get("apiGroup").is_none());
-        let errs = crate::validate_create("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", false, &crb);
+        let errs = crate::validate_create(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            false,
+            &crb,
+        );
         assert!(errs.is_empty(), "{errs:?}");
         // A binding without roleRef gets upstream's zero RoleRef with the group set: only
         // kind and name are then reported.
-        let bare = defaulted("rbac.authorization.k8s.io", "RoleBinding", json!({"metadata": {"name": "b", "namespace": "n"}}));
-        assert_eq!(bare["roleRef"], json!({"apiGroup": "rbac.authorization.k8s.io"}));
-        let fields: Vec<String> = crate::validate_create("rbac.authorization.k8s.io", "v1", "RoleBinding", true, &bare)
-            .iter().map(|e| e.field.clone()).collect();
+        let bare = defaulted(
+            "rbac.authorization.k8s.io",
+            "RoleBinding",
+            json!({"metadata": {"name": "b", "namespace": "n"}}),
+        );
+        assert_eq!(
+            bare["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io"})
+        );
+        let fields: Vec<String> = crate::validate_create(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            true,
+            &bare,
+        )
+        .iter()
+        .map(|e| e.field.clone())
+        .collect();
         assert_eq!(fields, vec!["roleRef.kind", "roleRef.name"]);
     }
 
     #[test]
     fn other_defaults() {
         let ns = defaulted("", "Namespace", json!({"metadata": {"name": "dev"}}));
-        assert_eq!(ns, json!({"metadata": {"name": "dev", "labels": {"kubernetes.io/metadata.name": "dev"}},
-            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}));
+        assert_eq!(
+            ns,
+            json!({"metadata": {"name": "dev", "labels": {"kubernetes.io/metadata.name": "dev"}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+        );
         assert_eq!(defaulted("", "Secret", json!({}))["type"], json!("Opaque"));
         let sts = defaulted("apps", "StatefulSet", json!({"spec": {}}));
-        assert_eq!(sts["spec"]["updateStrategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
-        assert_eq!(sts["spec"]["persistentVolumeClaimRetentionPolicy"], json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
+        assert_eq!(
+            sts["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        );
+        assert_eq!(
+            sts["spec"]["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
         let ds = defaulted("apps", "DaemonSet", json!({"spec": {}}));
-        assert_eq!(ds["spec"]["updateStrategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
-        let np = defaulted("networking.k8s.io", "NetworkPolicy", json!({"spec": {"egress": [{}]}}));
+        assert_eq!(
+            ds["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        );
+        let np = defaulted(
+            "networking.k8s.io",
+            "NetworkPolicy",
+            json!({"spec": {"egress": [{}]}}),
+        );
         assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
         assert_eq!(default_pull_policy("localhost:5000/img"), "Always");
         assert_eq!(default_pull_policy("img@sha256:abc"), "IfNotPresent");

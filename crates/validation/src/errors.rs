@@ -76,9 +76,10 @@ impl FieldError {
     /// `Invalid value: "Foo_Bar": a lowercase RFC 1123 subdomain must consist of ...`.
     pub fn message(&self) -> String {
         let mut s = match self.kind {
-            ErrorKind::Required | ErrorKind::Forbidden | ErrorKind::TooLong | ErrorKind::Internal => {
-                self.kind.text().to_string()
-            }
+            ErrorKind::Required
+            | ErrorKind::Forbidden
+            | ErrorKind::TooLong
+            | ErrorKind::Internal => self.kind.text().to_string(),
             _ => match &self.value {
                 None => self.kind.text().to_string(),
                 Some(v) => format!("{}: {}", self.kind.text(), go_value(v)),
@@ -91,8 +92,18 @@ impl FieldError {
         s
     }
 
-    pub(crate) fn new(kind: ErrorKind, field: &str, value: Option<Value>, detail: impl Into<String>) -> Self {
-        FieldError { kind, field: field.to_string(), value, detail: detail.into() }
+    pub(crate) fn new(
+        kind: ErrorKind,
+        field: &str,
+        value: Option<Value>,
+        detail: impl Into<String>,
+    ) -> Self {
+        FieldError {
+            kind,
+            field: field.to_string(),
+            value,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -109,7 +120,11 @@ impl std::error::Error for FieldError {}
 /// `qualified_kind` is e.g. `Deployment.apps` or `Pod`.
 pub fn invalid_status_message(qualified_kind: &str, name: &str, errs: &[FieldError]) -> String {
     let mut seen = std::collections::HashSet::new();
-    let texts: Vec<String> = errs.iter().map(|e| e.to_string()).filter(|t| seen.insert(t.clone())).collect();
+    let texts: Vec<String> = errs
+        .iter()
+        .map(|e| e.to_string())
+        .filter(|t| seen.insert(t.clone()))
+        .collect();
     let agg = match texts.len() {
         0 => String::new(),
         1 => texts[0].clone(),
@@ -133,7 +148,9 @@ pub(crate) fn go_quote(s: &str) -> String {
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
             '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c if c.is_control() => {
                 if (c as u32) <= 0xffff {
                     out.push_str(&format!("\\u{:04x}", c as u32))
@@ -168,12 +185,21 @@ fn go_value(v: &Value) -> String {
             keys.sort();
             let items: Vec<String> = keys
                 .iter()
-                .map(|k| format!("{}:{}", go_quote(k), go_quote(m[k.as_str()].as_str().unwrap_or_default())))
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        go_quote(k),
+                        go_quote(m[k.as_str()].as_str().unwrap_or_default())
+                    )
+                })
                 .collect();
             format!("map[string]string{{{}}}", items.join(", "))
         }
         Value::Array(a) if a.iter().all(|x| x.is_string()) => {
-            let items: Vec<String> = a.iter().map(|x| go_quote(x.as_str().unwrap_or_default())).collect();
+            let items: Vec<String> = a
+                .iter()
+                .map(|x| go_quote(x.as_str().unwrap_or_default()))
+                .collect();
             format!("[]string{{{}}}", items.join(", "))
         }
         other => other.to_string(),
@@ -197,17 +223,41 @@ mod tests {
             Some(json!("Sometimes")),
             "supported values: \"Always\"",
         );
-        assert_eq!(e.message(), "Unsupported value: \"Sometimes\": supported values: \"Always\"");
-        let e = FieldError::new(ErrorKind::Invalid, "spec.replicas", Some(json!(-1)), "must be greater than or equal to 0");
-        assert_eq!(e.message(), "Invalid value: -1: must be greater than or equal to 0");
-        let e = FieldError::new(ErrorKind::TooLong, "metadata.annotations", Some(json!("x")), "may not be more than 262144 bytes");
+        assert_eq!(
+            e.message(),
+            "Unsupported value: \"Sometimes\": supported values: \"Always\""
+        );
+        let e = FieldError::new(
+            ErrorKind::Invalid,
+            "spec.replicas",
+            Some(json!(-1)),
+            "must be greater than or equal to 0",
+        );
+        assert_eq!(
+            e.message(),
+            "Invalid value: -1: must be greater than or equal to 0"
+        );
+        let e = FieldError::new(
+            ErrorKind::TooLong,
+            "metadata.annotations",
+            Some(json!("x")),
+            "may not be more than 262144 bytes",
+        );
         assert_eq!(e.message(), "Too long: may not be more than 262144 bytes");
     }
 
     #[test]
     fn maps_render_like_go() {
-        let e = FieldError::new(ErrorKind::Invalid, "l", Some(json!({"b": "2", "a": "1"})), "d");
-        assert_eq!(e.message(), "Invalid value: map[string]string{\"a\":\"1\", \"b\":\"2\"}: d");
+        let e = FieldError::new(
+            ErrorKind::Invalid,
+            "l",
+            Some(json!({"b": "2", "a": "1"})),
+            "d",
+        );
+        assert_eq!(
+            e.message(),
+            "Invalid value: map[string]string{\"a\":\"1\", \"b\":\"2\"}: d"
+        );
         assert_eq!(go_quote("a\"b\n"), "\"a\\\"b\\n\"");
     }
 
@@ -215,7 +265,10 @@ mod tests {
     fn status_message_aggregates() {
         let a = FieldError::new(ErrorKind::Required, "a", None, "");
         let b = FieldError::new(ErrorKind::Required, "b", None, "");
-        assert_eq!(invalid_status_message("Pod", "p", std::slice::from_ref(&a)), "Pod \"p\" is invalid: a: Required value");
+        assert_eq!(
+            invalid_status_message("Pod", "p", std::slice::from_ref(&a)),
+            "Pod \"p\" is invalid: a: Required value"
+        );
         assert_eq!(
             invalid_status_message("Deployment.apps", "d", &[a.clone(), b, a]),
             "Deployment.apps \"d\" is invalid: [a: Required value, b: Required value]"

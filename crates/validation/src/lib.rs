@@ -47,7 +47,13 @@ pub fn validate_create(
     let _ = version;
     let mut errs = Vec::new();
     let name_fn = name_validator_for(group, kind);
-    meta::validate_object_meta(obj.get("metadata"), namespaced, name_fn, "metadata", &mut errs);
+    meta::validate_object_meta(
+        obj.get("metadata"),
+        namespaced,
+        name_fn,
+        "metadata",
+        &mut errs,
+    );
     validate_kind(group, kind, obj, None, &mut errs);
     dedup(errs)
 }
@@ -67,13 +73,30 @@ pub fn validate_update(
     let _ = version;
     let mut errs = Vec::new();
     let name_fn = name_validator_for(group, kind);
-    meta::validate_object_meta(new.get("metadata"), namespaced, name_fn, "metadata", &mut errs);
-    meta::validate_object_meta_update(new.get("metadata"), old.get("metadata"), "metadata", &mut errs);
+    meta::validate_object_meta(
+        new.get("metadata"),
+        namespaced,
+        name_fn,
+        "metadata",
+        &mut errs,
+    );
+    meta::validate_object_meta_update(
+        new.get("metadata"),
+        old.get("metadata"),
+        "metadata",
+        &mut errs,
+    );
     validate_kind(group, kind, new, Some(old), &mut errs);
     dedup(errs)
 }
 
-fn validate_kind(group: &str, kind: &str, obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
+fn validate_kind(
+    group: &str,
+    kind: &str,
+    obj: &Value,
+    old: Option<&Value>,
+    errs: &mut Vec<FieldError>,
+) {
     match (group, kind) {
         ("", "Pod") => pod::validate_pod(obj, old, errs),
         ("", "PodTemplate") => pod::validate_pod_template(obj, old, errs),
@@ -113,5 +136,7 @@ fn validate_kind(group: &str, kind: &str, obj: &Value, old: Option<&Value>, errs
 /// Upstream aggregates field errors by their full text, dropping exact duplicates.
 fn dedup(errs: Vec<FieldError>) -> Vec<FieldError> {
     let mut seen = std::collections::HashSet::new();
-    errs.into_iter().filter(|e| seen.insert(e.to_string())).collect()
+    errs.into_iter()
+        .filter(|e| seen.insert(e.to_string()))
+        .collect()
 }

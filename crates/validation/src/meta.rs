@@ -22,7 +22,11 @@ pub(crate) fn validate_object_meta(
     }
     let name = gstr(meta, "name");
     if name.is_empty() {
-        required(errs, &child(path, "name"), "name or generateName is required");
+        required(
+            errs,
+            &child(path, "name"),
+            "name or generateName is required",
+        );
     } else {
         for m in name_fn(name, false) {
             invalid(errs, &child(path, "name"), json!(name), m);
@@ -48,9 +52,17 @@ pub(crate) fn validate_object_meta(
 }
 
 /// The immutable parts of `metadata` on update.
-pub(crate) fn validate_object_meta_update(new: Option<&Value>, old: Option<&Value>, path: &str, errs: &mut Errs) {
+pub(crate) fn validate_object_meta_update(
+    new: Option<&Value>,
+    old: Option<&Value>,
+    path: &str,
+    errs: &mut Errs,
+) {
     if get(old, "deletionTimestamp").is_some() {
-        let old_f: Vec<&str> = garr(old, "finalizers").iter().filter_map(Value::as_str).collect();
+        let old_f: Vec<&str> = garr(old, "finalizers")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         let mut extra: Vec<&str> = garr(new, "finalizers")
             .iter()
             .filter_map(Value::as_str)
@@ -72,10 +84,22 @@ pub(crate) fn validate_object_meta_update(new: Option<&Value>, old: Option<&Valu
     }
     if let (Some(n), Some(o)) = (gint(new, "generation"), gint(old, "generation")) {
         if n < o {
-            invalid(errs, &child(path, "generation"), json!(n), "must not be decremented");
+            invalid(
+                errs,
+                &child(path, "generation"),
+                json!(n),
+                "must not be decremented",
+            );
         }
     }
-    for k in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+    for k in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         immutable(errs, get(new, k), get(old, k), &child(path, k));
     }
 }
@@ -121,20 +145,45 @@ fn validate_owner_references(meta: Option<&Value>, path: &str, errs: &mut Errs) 
         let api_version = gstr(r, "apiVersion");
         let version = api_version.rsplit('/').next().unwrap_or("");
         if version.is_empty() {
-            invalid(errs, &child(path, "apiVersion"), json!(api_version), "version must not be empty");
+            invalid(
+                errs,
+                &child(path, "apiVersion"),
+                json!(api_version),
+                "version must not be empty",
+            );
         }
         let kind = gstr(r, "kind");
         if kind.is_empty() {
-            invalid(errs, &child(path, "kind"), json!(kind), "kind must not be empty");
+            invalid(
+                errs,
+                &child(path, "kind"),
+                json!(kind),
+                "kind must not be empty",
+            );
         }
         if gstr(r, "name").is_empty() {
-            invalid(errs, &child(path, "name"), json!(""), "name must not be empty");
+            invalid(
+                errs,
+                &child(path, "name"),
+                json!(""),
+                "name must not be empty",
+            );
         }
         if gstr(r, "uid").is_empty() {
-            invalid(errs, &child(path, "uid"), json!(""), "uid must not be empty");
+            invalid(
+                errs,
+                &child(path, "uid"),
+                json!(""),
+                "uid must not be empty",
+            );
         }
         if api_version == "v1" && kind == "Event" {
-            invalid(errs, path, r.cloned().unwrap_or(Value::Null), "/v1, Kind=Event is disallowed from being an owner");
+            invalid(
+                errs,
+                path,
+                r.cloned().unwrap_or(Value::Null),
+                "/v1, Kind=Event is disallowed from being an owner",
+            );
         }
         if gbool(r, "controller") {
             let cur = format!("{}/{}", kind, gstr(r, "name"));
@@ -184,15 +233,28 @@ pub(crate) fn validate_label_selector(sel: &Value, path: &str, errs: &mut Errs) 
         match gstr(e, "operator") {
             "In" | "NotIn" => {
                 if values.is_empty() {
-                    required(errs, &child(&p, "values"), "must be specified when `operator` is 'In' or 'NotIn'");
+                    required(
+                        errs,
+                        &child(&p, "values"),
+                        "must be specified when `operator` is 'In' or 'NotIn'",
+                    );
                 }
             }
             "Exists" | "DoesNotExist" => {
                 if !values.is_empty() {
-                    forbidden(errs, &child(&p, "values"), "may not be specified when `operator` is 'Exists' or 'DoesNotExist'");
+                    forbidden(
+                        errs,
+                        &child(&p, "values"),
+                        "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                    );
                 }
             }
-            op => invalid(errs, &child(&p, "operator"), json!(op), "not a valid selector operator"),
+            op => invalid(
+                errs,
+                &child(&p, "operator"),
+                json!(op),
+                "not a valid selector operator",
+            ),
         }
         let k = gstr(e, "key");
         for m in is_qualified_name(k) {
@@ -245,7 +307,13 @@ mod tests {
 
     fn run(meta: Value, namespaced: bool, kind: &str) -> Vec<String> {
         let mut e = Vec::new();
-        validate_object_meta(Some(&meta), namespaced, name_validator_for("", kind), "metadata", &mut e);
+        validate_object_meta(
+            Some(&meta),
+            namespaced,
+            name_validator_for("", kind),
+            "metadata",
+            &mut e,
+        );
         e.iter().map(|x| x.to_string()).collect()
     }
 
@@ -256,15 +324,24 @@ mod tests {
             run(json!({"namespace": "default"}), true, "Pod"),
             vec!["metadata.name: Required value: name or generateName is required"]
         );
-        assert_eq!(run(json!({"name": "a"}), true, "Pod"), vec!["metadata.namespace: Required value"]);
+        assert_eq!(
+            run(json!({"name": "a"}), true, "Pod"),
+            vec!["metadata.namespace: Required value"]
+        );
         assert_eq!(
             run(json!({"name": "a", "namespace": "x"}), false, "Node"),
             vec!["metadata.namespace: Forbidden: not allowed on this type"]
         );
-        let e = run(json!({"name": "Foo_Bar", "namespace": "default"}), true, "Pod");
+        let e = run(
+            json!({"name": "Foo_Bar", "namespace": "default"}),
+            true,
+            "Pod",
+        );
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("metadata.name: Invalid value: \"Foo_Bar\": a lowercase RFC 1123 subdomain must consist of"));
-        assert!(run(json!({"name": "a.b"}), false, "Namespace")[0].ends_with("must not contain dots"));
+        assert!(
+            run(json!({"name": "a.b"}), false, "Namespace")[0].ends_with("must not contain dots")
+        );
     }
 
     #[test]
@@ -280,8 +357,15 @@ mod tests {
         assert!(e[2].starts_with("metadata.annotations: Invalid value: \"x/y/z\""));
         assert!(e[3].starts_with("metadata.finalizers: Invalid value: \"a/b/c\""));
         let big = "x".repeat(300 * 1024);
-        let e = run(json!({"name": "a", "namespace": "d", "annotations": {"k": big}}), true, "Pod");
-        assert_eq!(e, vec!["metadata.annotations: Too long: may not be more than 262144 bytes"]);
+        let e = run(
+            json!({"name": "a", "namespace": "d", "annotations": {"k": big}}),
+            true,
+            "Pod",
+        );
+        assert_eq!(
+            e,
+            vec!["metadata.annotations: Too long: may not be more than 262144 bytes"]
+        );
     }
 
     #[test]
@@ -290,16 +374,26 @@ mod tests {
         let old = json!({"name": "a", "uid": "1"});
         let new = json!({"name": "a", "uid": "2"});
         validate_object_meta_update(Some(&new), Some(&old), "metadata", &mut e);
-        assert_eq!(e[0].to_string(), "metadata.uid: Invalid value: \"2\": field is immutable");
+        assert_eq!(
+            e[0].to_string(),
+            "metadata.uid: Invalid value: \"2\": field is immutable"
+        );
     }
 
     #[test]
     fn selectors() {
         let sel = json!({"matchLabels": {"app": "a"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["x"]}]});
-        assert!(selector_matches(&sel, Some(&json!({"app": "a", "tier": "x"}))));
+        assert!(selector_matches(
+            &sel,
+            Some(&json!({"app": "a", "tier": "x"}))
+        ));
         assert!(!selector_matches(&sel, Some(&json!({"app": "a"}))));
         let mut e = Vec::new();
-        validate_label_selector(&json!({"matchExpressions": [{"key": "k", "operator": "In"}]}), "spec.selector", &mut e);
+        validate_label_selector(
+            &json!({"matchExpressions": [{"key": "k", "operator": "In"}]}),
+            "spec.selector",
+            &mut e,
+        );
         assert_eq!(
             e[0].to_string(),
             "spec.selector.matchExpressions[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'"

@@ -7,7 +7,8 @@ pub type NameValidator = fn(&str, bool) -> Vec<String>;
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
 const DNS1123_LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
-const DNS1123_SUBDOMAIN_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str =
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character";
 const DNS1035_LABEL_FMT: &str = "[a-z]([-a-z0-9]*[a-z0-9])?";
 const QNAME_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
@@ -65,7 +66,8 @@ fn matches_qname_part(s: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
 }
 
 /// RFC 1123 label (namespaces, container names, port names' cousins...).
@@ -78,7 +80,11 @@ pub fn is_dns1123_label(s: &str) -> Vec<String> {
         if matches_dns_subdomain(s) {
             errs.push("must not contain dots".to_string());
         } else {
-            errs.push(regex_error(DNS1123_LABEL_MSG, DNS1123_LABEL_FMT, &["my-name", "123-abc"]));
+            errs.push(regex_error(
+                DNS1123_LABEL_MSG,
+                DNS1123_LABEL_FMT,
+                &["my-name", "123-abc"],
+            ));
         }
     }
     errs
@@ -91,7 +97,11 @@ pub fn is_dns1123_subdomain(s: &str) -> Vec<String> {
         errs.push(max_len_error(253));
     }
     if !matches_dns_subdomain(s) {
-        errs.push(regex_error(DNS1123_SUBDOMAIN_MSG, DNS1123_SUBDOMAIN_FMT, &["example.com"]));
+        errs.push(regex_error(
+            DNS1123_SUBDOMAIN_MSG,
+            DNS1123_SUBDOMAIN_FMT,
+            &["example.com"],
+        ));
     }
     errs
 }
@@ -103,7 +113,11 @@ pub fn is_dns1035_label(s: &str) -> Vec<String> {
         errs.push(max_len_error(63));
     }
     if !(matches_dns_label(s) && s.as_bytes()[0].is_ascii_lowercase()) {
-        errs.push(regex_error(DNS1035_LABEL_MSG, DNS1035_LABEL_FMT, &["my-name", "abc-123"]));
+        errs.push(regex_error(
+            DNS1035_LABEL_MSG,
+            DNS1035_LABEL_FMT,
+            &["my-name", "abc-123"],
+        ));
     }
     errs
 }
@@ -114,7 +128,10 @@ pub fn is_wildcard_dns1123_subdomain(s: &str) -> Vec<String> {
     if s.len() > 253 {
         errs.push(max_len_error(253));
     }
-    let ok = s.strip_prefix("*.").map(matches_dns_subdomain).unwrap_or(false);
+    let ok = s
+        .strip_prefix("*.")
+        .map(matches_dns_subdomain)
+        .unwrap_or(false);
     if !ok {
         errs.push(regex_error(
             "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character",
@@ -156,7 +173,10 @@ pub fn is_qualified_name(s: &str) -> Vec<String> {
         errs.push(format!("name part {}", max_len_error(63)));
     }
     if !matches_qname_part(name) {
-        errs.push(format!("name part {}", regex_error(QNAME_MSG, QNAME_FMT, &["MyName", "my.name", "123-abc"])));
+        errs.push(format!(
+            "name part {}",
+            regex_error(QNAME_MSG, QNAME_FMT, &["MyName", "my.name", "123-abc"])
+        ));
     }
     errs
 }
@@ -168,7 +188,11 @@ pub fn is_valid_label_value(s: &str) -> Vec<String> {
         errs.push(max_len_error(63));
     }
     if !s.is_empty() && !matches_qname_part(s) {
-        errs.push(regex_error(LABEL_VALUE_MSG, &format!("({QNAME_FMT})?"), &["MyValue", "my_value", "12345"]));
+        errs.push(regex_error(
+            LABEL_VALUE_MSG,
+            &format!("({QNAME_FMT})?"),
+            &["MyValue", "my_value", "12345"],
+        ));
     }
     errs
 }
@@ -208,7 +232,8 @@ pub fn is_env_var_name(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     let ok = !b.is_empty()
         && !b[0].is_ascii_digit()
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_');
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_');
     if !ok {
         errs.push(regex_error(
             "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit",
@@ -238,7 +263,9 @@ pub fn is_config_map_key(s: &str) -> Vec<String> {
     if s.len() > 253 {
         errs.push(max_len_error(253));
     }
-    let ok = !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_');
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_');
     if !ok {
         errs.push(regex_error(
             "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
@@ -257,7 +284,9 @@ pub fn is_valid_port_name(s: &str) -> Vec<String> {
         errs.push(max_len_error(15));
     }
     if s.is_empty() || !s.bytes().all(|c| is_lower_alnum(c) || c == b'-') {
-        errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string());
+        errs.push(
+            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".to_string(),
+        );
     }
     if !s.bytes().any(|c| c.is_ascii_lowercase()) {
         errs.push("must contain at least one letter (a-z)".to_string());
@@ -359,7 +388,10 @@ mod tests {
 
     #[test]
     fn label_messages() {
-        assert_eq!(is_dns1123_label("a.b"), vec!["must not contain dots".to_string()]);
+        assert_eq!(
+            is_dns1123_label("a.b"),
+            vec!["must not contain dots".to_string()]
+        );
         assert_eq!(
             is_dns1123_label("-a")[0],
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
@@ -372,12 +404,18 @@ mod tests {
     fn qualified_names_and_values() {
         assert!(is_qualified_name("example.com/My_name").is_empty());
         assert!(is_qualified_name("app").is_empty());
-        assert_eq!(is_qualified_name("/a"), vec!["prefix part must be non-empty".to_string()]);
+        assert_eq!(
+            is_qualified_name("/a"),
+            vec!["prefix part must be non-empty".to_string()]
+        );
         assert!(is_qualified_name("a/b/c")[0].starts_with("a qualified name must consist"));
         assert!(is_qualified_name("-a")[0].starts_with("name part must consist"));
         assert!(is_valid_label_value("").is_empty());
         assert_eq!(is_valid_label_value("a b").len(), 1);
-        assert_eq!(is_valid_label_value(&"a".repeat(64)), vec!["must be no more than 63 characters".to_string()]);
+        assert_eq!(
+            is_valid_label_value(&"a".repeat(64)),
+            vec!["must be no more than 63 characters".to_string()]
+        );
     }
 
     #[test]
@@ -385,10 +423,19 @@ mod tests {
         assert!(is_valid_port_name("http").is_empty());
         assert_eq!(is_valid_port_name("80").len(), 1);
         assert!(is_config_map_key("a.b_C-1").is_empty());
-        assert_eq!(is_config_map_key("..a"), vec!["must not start with '..'".to_string()]);
+        assert_eq!(
+            is_config_map_key("..a"),
+            vec!["must not start with '..'".to_string()]
+        );
         assert!(is_relaxed_env_var_name("1A").is_empty());
         assert_eq!(is_relaxed_env_var_name("A=B").len(), 1);
-        assert_eq!(is_valid_path_segment_name("a/b%"), vec!["may not contain '/'".to_string(), "may not contain '%'".to_string()]);
+        assert_eq!(
+            is_valid_path_segment_name("a/b%"),
+            vec![
+                "may not contain '/'".to_string(),
+                "may not contain '%'".to_string()
+            ]
+        );
         assert!(is_valid_percent("25%").is_empty());
         assert!(!is_valid_percent("x%").is_empty());
         // generateName prefixes may end with a dash

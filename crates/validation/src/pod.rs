@@ -8,10 +8,36 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 
 const VOLUME_SOURCES: &[&str] = &[
-    "hostPath", "emptyDir", "gcePersistentDisk", "awsElasticBlockStore", "gitRepo", "secret", "nfs", "iscsi",
-    "glusterfs", "persistentVolumeClaim", "rbd", "flexVolume", "cinder", "cephfs", "flocker", "downwardAPI", "fc",
-    "azureFile", "configMap", "vsphereVolume", "quobyte", "azureDisk", "photonPersistentDisk", "projected",
-    "portworxVolume", "scaleIO", "storageos", "csi", "ephemeral", "image",
+    "hostPath",
+    "emptyDir",
+    "gcePersistentDisk",
+    "awsElasticBlockStore",
+    "gitRepo",
+    "secret",
+    "nfs",
+    "iscsi",
+    "glusterfs",
+    "persistentVolumeClaim",
+    "rbd",
+    "flexVolume",
+    "cinder",
+    "cephfs",
+    "flocker",
+    "downwardAPI",
+    "fc",
+    "azureFile",
+    "configMap",
+    "vsphereVolume",
+    "quobyte",
+    "azureDisk",
+    "photonPersistentDisk",
+    "projected",
+    "portworxVolume",
+    "scaleIO",
+    "storageos",
+    "csi",
+    "ephemeral",
+    "image",
 ];
 
 const HANDLERS: &[&str] = &["exec", "httpGet", "tcpSocket", "grpc"];
@@ -38,7 +64,9 @@ pub(crate) fn validate_pod_template_spec(tmpl: Option<&Value>, path: &str, errs:
 
 fn validate_pod_spec_update(new: Option<&Value>, old: Option<&Value>, errs: &mut Errs) {
     // Copy the mutable fields from new into old, then compare.
-    let (Some(new), Some(old)) = (new, old) else { return };
+    let (Some(new), Some(old)) = (new, old) else {
+        return;
+    };
     let mut masked = old.clone();
     for list in ["containers", "initContainers"] {
         let news = garr(Some(new), list);
@@ -54,7 +82,10 @@ fn validate_pod_spec_update(new: Option<&Value>, old: Option<&Value>, errs: &mut
     }
     if let Some(m) = masked.as_object_mut() {
         // activeDeadlineSeconds may be set or decreased, never unset or increased.
-        let (na, oa) = (gint(Some(new), "activeDeadlineSeconds"), gint(Some(old), "activeDeadlineSeconds"));
+        let (na, oa) = (
+            gint(Some(new), "activeDeadlineSeconds"),
+            gint(Some(old), "activeDeadlineSeconds"),
+        );
         match (na, oa) {
             (Some(n), Some(o)) if n > 0 && n <= o => {
                 m.insert("activeDeadlineSeconds".into(), json!(n));
@@ -66,7 +97,12 @@ fn validate_pod_spec_update(new: Option<&Value>, old: Option<&Value>, errs: &mut
         }
         if let Some(n) = gint(Some(new), "activeDeadlineSeconds") {
             if oa.is_some_and(|o| n > o) || n <= 0 {
-                invalid(errs, "spec.activeDeadlineSeconds", json!(n), "must be less than or equal to previous value");
+                invalid(
+                    errs,
+                    "spec.activeDeadlineSeconds",
+                    json!(n),
+                    "must be less than or equal to previous value",
+                );
             }
         }
         // tolerations may only be added to.
@@ -77,7 +113,10 @@ fn validate_pod_spec_update(new: Option<&Value>, old: Option<&Value>, errs: &mut
         }
         // schedulingGates may only be removed.
         let new_g = garr(Some(new), "schedulingGates");
-        if new_g.iter().all(|g| garr(Some(old), "schedulingGates").contains(g)) {
+        if new_g
+            .iter()
+            .all(|g| garr(Some(old), "schedulingGates").contains(g))
+        {
             m.insert("schedulingGates".into(), Value::Array(new_g.to_vec()));
         }
         if let Some(n) = gint(Some(new), "terminationGracePeriodSeconds") {
@@ -105,15 +144,49 @@ pub(crate) fn validate_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Err
         required(errs, &child(path, "containers"), "");
     }
     for (i, c) in garr(spec, "initContainers").iter().enumerate() {
-        validate_container(c, &index(&child(path, "initContainers"), i), true, &volumes, &mut names, host_network, errs);
+        validate_container(
+            c,
+            &index(&child(path, "initContainers"), i),
+            true,
+            &volumes,
+            &mut names,
+            host_network,
+            errs,
+        );
     }
     for (i, c) in containers.iter().enumerate() {
-        validate_container(c, &index(&child(path, "containers"), i), false, &volumes, &mut names, host_network, errs);
+        validate_container(
+            c,
+            &index(&child(path, "containers"), i),
+            false,
+            &volumes,
+            &mut names,
+            host_network,
+            errs,
+        );
     }
-    check_enum(errs, spec, "restartPolicy", path, &["Always", "OnFailure", "Never"], true);
-    check_enum(errs, spec, "dnsPolicy", path, &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"], true);
+    check_enum(
+        errs,
+        spec,
+        "restartPolicy",
+        path,
+        &["Always", "OnFailure", "Never"],
+        true,
+    );
+    check_enum(
+        errs,
+        spec,
+        "dnsPolicy",
+        path,
+        &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
+        true,
+    );
     if gstr(spec, "dnsPolicy") == "None" && get(spec, "dnsConfig").is_none() {
-        required(errs, &child(path, "dnsConfig"), "must provide `dnsConfig` when `dnsPolicy` is None");
+        required(
+            errs,
+            &child(path, "dnsConfig"),
+            "must provide `dnsConfig` when `dnsPolicy` is None",
+        );
     }
     if let Some(ns) = get(spec, "nodeSelector") {
         crate::meta::validate_labels(Some(ns), &child(path, "nodeSelector"), errs);
@@ -136,7 +209,12 @@ pub(crate) fn validate_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Err
     }
     if let Some(n) = gint(spec, "activeDeadlineSeconds") {
         if !(1..=i32::MAX as i64).contains(&n) {
-            invalid(errs, &child(path, "activeDeadlineSeconds"), json!(n), inclusive_range_error(1, i32::MAX as i64));
+            invalid(
+                errs,
+                &child(path, "activeDeadlineSeconds"),
+                json!(n),
+                inclusive_range_error(1, i32::MAX as i64),
+            );
         }
     }
     nonnegative(errs, spec, "terminationGracePeriodSeconds", path);
@@ -145,7 +223,11 @@ pub(crate) fn validate_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Err
     }
     for (i, s) in garr(spec, "imagePullSecrets").iter().enumerate() {
         if gstr(Some(s), "name").is_empty() {
-            required(errs, &child(&index(&child(path, "imagePullSecrets"), i), "name"), "");
+            required(
+                errs,
+                &child(&index(&child(path, "imagePullSecrets"), i), "name"),
+                "",
+            );
         }
     }
     if let Some(sc) = get(spec, "securityContext") {
@@ -153,7 +235,15 @@ pub(crate) fn validate_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Err
         for (i, g) in garr(Some(sc), "supplementalGroups").iter().enumerate() {
             if let Some(n) = g.as_i64() {
                 if !(0..=i32::MAX as i64).contains(&n) {
-                    invalid(errs, &index(&child(&child(path, "securityContext"), "supplementalGroups"), i), json!(n), inclusive_range_error(0, i32::MAX as i64));
+                    invalid(
+                        errs,
+                        &index(
+                            &child(&child(path, "securityContext"), "supplementalGroups"),
+                            i,
+                        ),
+                        json!(n),
+                        inclusive_range_error(0, i32::MAX as i64),
+                    );
                 }
             }
         }
@@ -164,7 +254,12 @@ fn validate_ids(sc: Option<&Value>, path: &str, errs: &mut Errs) {
     for k in ["runAsUser", "runAsGroup", "fsGroup"] {
         if let Some(n) = gint(sc, k) {
             if !(0..=i32::MAX as i64).contains(&n) {
-                invalid(errs, &child(path, k), json!(n), inclusive_range_error(0, i32::MAX as i64));
+                invalid(
+                    errs,
+                    &child(path, k),
+                    json!(n),
+                    inclusive_range_error(0, i32::MAX as i64),
+                );
             }
         }
     }
@@ -183,7 +278,12 @@ fn validate_toleration(t: &Value, path: &str, errs: &mut Errs) {
         invalid(errs, &child(path, "operator"), json!(op), "operator must be Exists when `key` is empty, which means \"match all values and all keys\"");
     }
     if get(t, "tolerationSeconds").is_some() && gstr(t, "effect") != "NoExecute" {
-        invalid(errs, &child(path, "effect"), json!(gstr(t, "effect")), "effect must be 'NoExecute' when `tolerationSeconds` is set");
+        invalid(
+            errs,
+            &child(path, "effect"),
+            json!(gstr(t, "effect")),
+            "effect must be 'NoExecute' when `tolerationSeconds` is set",
+        );
     }
     let val = gstr(t, "value");
     match op {
@@ -194,14 +294,29 @@ fn validate_toleration(t: &Value, path: &str, errs: &mut Errs) {
         }
         "Exists" => {
             if !val.is_empty() {
-                invalid(errs, &child(path, "operator"), json!(t.cloned()), "value must be empty when `operator` is 'Exists'");
+                invalid(
+                    errs,
+                    &child(path, "operator"),
+                    json!(t.cloned()),
+                    "value must be empty when `operator` is 'Exists'",
+                );
             }
         }
-        other => not_supported(errs, &child(path, "operator"), json!(other), &["Equal", "Exists"]),
+        other => not_supported(
+            errs,
+            &child(path, "operator"),
+            json!(other),
+            &["Equal", "Exists"],
+        ),
     }
     let eff = gstr(t, "effect");
     if !eff.is_empty() && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&eff) {
-        not_supported(errs, &child(path, "effect"), json!(eff), &["NoSchedule", "PreferNoSchedule", "NoExecute"]);
+        not_supported(
+            errs,
+            &child(path, "effect"),
+            json!(eff),
+            &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+        );
     }
 }
 
@@ -221,11 +336,24 @@ fn validate_volumes(vols: &[Value], path: &str, errs: &mut Errs) -> HashSet<Stri
                 duplicate(errs, &child(&p, "name"), json!(name));
             }
         }
-        let present: Vec<&str> = VOLUME_SOURCES.iter().copied().filter(|k| get(vo, k).is_some()).collect();
+        let present: Vec<&str> = VOLUME_SOURCES
+            .iter()
+            .copied()
+            .filter(|k| get(vo, k).is_some())
+            .collect();
         match present.len() {
             0 => required(errs, &p, "must specify a volume type"),
-            1 => validate_volume_source(present[0], get(vo, present[0]), &child(&p, present[0]), errs),
-            _ => forbidden(errs, &child(&p, present[1]), "may not specify more than 1 volume type"),
+            1 => validate_volume_source(
+                present[0],
+                get(vo, present[0]),
+                &child(&p, present[0]),
+                errs,
+            ),
+            _ => forbidden(
+                errs,
+                &child(&p, present[1]),
+                "may not specify more than 1 volume type",
+            ),
         }
     }
     names
@@ -234,7 +362,12 @@ fn validate_volumes(vols: &[Value], path: &str, errs: &mut Errs) -> HashSet<Stri
 fn validate_mode(src: Option<&Value>, k: &str, path: &str, errs: &mut Errs) {
     if let Some(n) = gint(src, k) {
         if !(0..=0o777).contains(&n) {
-            invalid(errs, &child(path, k), json!(n), "must be a number between 0 and 0777 (octal), both inclusive");
+            invalid(
+                errs,
+                &child(path, k),
+                json!(n),
+                "must be a number between 0 and 0777 (octal), both inclusive",
+            );
         }
     }
 }
@@ -275,7 +408,16 @@ fn validate_volume_source(kind: &str, src: Option<&Value>, path: &str, errs: &mu
                 required(errs, &child(path, "path"), "");
             }
             let t = gstr(src, "type");
-            let ok = ["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"];
+            let ok = [
+                "",
+                "DirectoryOrCreate",
+                "Directory",
+                "FileOrCreate",
+                "File",
+                "Socket",
+                "CharDevice",
+                "BlockDevice",
+            ];
             if !ok.contains(&t) {
                 not_supported(errs, &child(path, "type"), json!(t), &ok);
             }
@@ -299,10 +441,9 @@ fn validate_volume_source(kind: &str, src: Option<&Value>, path: &str, errs: &mu
             validate_mode(src, "defaultMode", path, errs);
             validate_key_to_paths(garr(src, "items"), &child(path, "items"), errs);
         }
-        "persistentVolumeClaim"
-            if gstr(src, "claimName").is_empty() => {
-                required(errs, &child(path, "claimName"), "");
-            }
+        "persistentVolumeClaim" if gstr(src, "claimName").is_empty() => {
+            required(errs, &child(path, "claimName"), "");
+        }
         "nfs" => {
             if gstr(src, "server").is_empty() {
                 required(errs, &child(path, "server"), "");
@@ -311,17 +452,21 @@ fn validate_volume_source(kind: &str, src: Option<&Value>, path: &str, errs: &mu
             if p.is_empty() {
                 required(errs, &child(path, "path"), "");
             } else if !p.starts_with('/') {
-                invalid(errs, &child(path, "path"), json!(p), "must be an absolute path");
+                invalid(
+                    errs,
+                    &child(path, "path"),
+                    json!(p),
+                    "must be an absolute path",
+                );
             }
         }
         "downwardAPI" => validate_mode(src, "defaultMode", path, errs),
         "projected" => {
             validate_mode(src, "defaultMode", path, errs);
         }
-        "csi"
-            if gstr(src, "driver").is_empty() => {
-                required(errs, &child(path, "driver"), "");
-            }
+        "csi" if gstr(src, "driver").is_empty() => {
+            required(errs, &child(path, "driver"), "");
+        }
         _ => {}
     }
 }
@@ -366,8 +511,16 @@ pub(crate) fn validate_resources(res: Option<&Value>, path: &str, errs: &mut Err
         if let Some(v) = validate_quantity_value(q, &p, errs) {
             if let Some((lv, lq)) = limits.get(k.as_str()) {
                 if v > *lv {
-                    let lq = lq.as_str().map(str::to_string).unwrap_or_else(|| lq.to_string());
-                    invalid(errs, &p, q.clone(), format!("must be less than or equal to {k} limit of {lq}"));
+                    let lq = lq
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| lq.to_string());
+                    invalid(
+                        errs,
+                        &p,
+                        q.clone(),
+                        format!("must be less than or equal to {k} limit of {lq}"),
+                    );
                 }
             }
         }
@@ -379,7 +532,12 @@ fn validate_resource_name(name: &str, path: &str, errs: &mut Errs) {
         invalid(errs, path, json!(name), m);
     }
     if !name.contains('/') && !is_standard_container_resource(name) {
-        invalid(errs, path, json!(name), "must be a standard resource for containers");
+        invalid(
+            errs,
+            path,
+            json!(name),
+            "must be a standard resource for containers",
+        );
     }
 }
 
@@ -409,18 +567,43 @@ fn validate_container(
     if image.is_empty() {
         required(errs, &child(path, "image"), "");
     } else if image.trim() != image {
-        invalid(errs, &child(path, "image"), json!(image), "must not have leading or trailing whitespace");
+        invalid(
+            errs,
+            &child(path, "image"),
+            json!(image),
+            "must not have leading or trailing whitespace",
+        );
     }
-    check_enum(errs, co, "imagePullPolicy", path, &["Always", "IfNotPresent", "Never"], true);
+    check_enum(
+        errs,
+        co,
+        "imagePullPolicy",
+        path,
+        &["Always", "IfNotPresent", "Never"],
+        true,
+    );
     match gstr(co, "terminationMessagePolicy") {
         "File" | "FallbackToLogsOnError" => {}
-        "" => required(errs, &child(path, "terminationMessagePolicy"), "must be 'File' or 'FallbackToLogsOnError'"),
-        other => invalid(errs, &child(path, "terminationMessagePolicy"), json!(other), "must be 'File' or 'FallbackToLogsOnError'"),
+        "" => required(
+            errs,
+            &child(path, "terminationMessagePolicy"),
+            "must be 'File' or 'FallbackToLogsOnError'",
+        ),
+        other => invalid(
+            errs,
+            &child(path, "terminationMessagePolicy"),
+            json!(other),
+            "must be 'File' or 'FallbackToLogsOnError'",
+        ),
     }
     let sidecar = init && gstr(co, "restartPolicy") == "Always";
     if let Some(rp) = get(co, "restartPolicy") {
         if !init {
-            forbidden(errs, &child(path, "restartPolicy"), "may not be set for non-init containers");
+            forbidden(
+                errs,
+                &child(path, "restartPolicy"),
+                "may not be set for non-init containers",
+            );
         } else if rp.as_str() != Some("Always") {
             not_supported(errs, &child(path, "restartPolicy"), rp.clone(), &["Always"]);
         }
@@ -430,11 +613,24 @@ fn validate_container(
     for (i, ef) in garr(co, "envFrom").iter().enumerate() {
         let p = index(&child(path, "envFrom"), i);
         let e = Some(ef);
-        let n = ["configMapRef", "secretRef"].iter().filter(|k| get(e, k).is_some()).count();
+        let n = ["configMapRef", "secretRef"]
+            .iter()
+            .filter(|k| get(e, k).is_some())
+            .count();
         if n == 0 {
-            invalid(errs, &p, json!(""), "must specify one of: `configMapRef` or `secretRef`");
+            invalid(
+                errs,
+                &p,
+                json!(""),
+                "must specify one of: `configMapRef` or `secretRef`",
+            );
         } else if n > 1 {
-            invalid(errs, &p, json!(""), "may not have more than one field specified at a time");
+            invalid(
+                errs,
+                &p,
+                json!(""),
+                "may not have more than one field specified at a time",
+            );
         }
         for k in ["configMapRef", "secretRef"] {
             if let Some(r) = get(e, k) {
@@ -487,7 +683,11 @@ fn validate_container(
         if let Some(pr) = get(co, probe) {
             let pp = child(path, probe);
             if init && !sidecar {
-                forbidden(errs, &pp, "may not be set for init containers without restartPolicy=Always");
+                forbidden(
+                    errs,
+                    &pp,
+                    "may not be set for init containers without restartPolicy=Always",
+                );
                 continue;
             }
             validate_probe(pr, &pp, errs);
@@ -510,15 +710,26 @@ fn validate_container(
     }
     if let Some(sc) = get(co, "securityContext") {
         validate_ids(Some(sc), &child(path, "securityContext"), errs);
-        if gbool(Some(sc), "privileged") && get(Some(sc), "allowPrivilegeEscalation").and_then(Value::as_bool) == Some(false) {
-            invalid(errs, &child(path, "securityContext"), sc.clone(), "cannot set `allowPrivilegeEscalation` to false and `privileged` to true");
+        if gbool(Some(sc), "privileged")
+            && get(Some(sc), "allowPrivilegeEscalation").and_then(Value::as_bool) == Some(false)
+        {
+            invalid(
+                errs,
+                &child(path, "securityContext"),
+                sc.clone(),
+                "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
+            );
         }
     }
 }
 
 fn validate_handler(h: &Value, path: &str, kinds: &[&str], errs: &mut Errs) {
     let ho = Some(h);
-    let present: Vec<&str> = kinds.iter().copied().filter(|k| get(ho, k).is_some()).collect();
+    let present: Vec<&str> = kinds
+        .iter()
+        .copied()
+        .filter(|k| get(ho, k).is_some())
+        .collect();
     match present.len() {
         0 => {
             required(errs, path, "must specify a handler type");
@@ -526,22 +737,30 @@ fn validate_handler(h: &Value, path: &str, kinds: &[&str], errs: &mut Errs) {
         }
         1 => {}
         _ => {
-            forbidden(errs, &child(path, present[1]), "may not specify more than 1 handler type");
+            forbidden(
+                errs,
+                &child(path, present[1]),
+                "may not specify more than 1 handler type",
+            );
             return;
         }
     }
     let kp = child(path, present[0]);
     let hv = get(ho, present[0]);
     match present[0] {
-        "exec"
-            if garr(hv, "command").is_empty() => {
-                required(errs, &child(&kp, "command"), "");
-            }
+        "exec" if garr(hv, "command").is_empty() => {
+            required(errs, &child(&kp, "command"), "");
+        }
         "httpGet" => {
             validate_port_ref(get(hv, "port"), &child(&kp, "port"), errs);
             let scheme = gstr(hv, "scheme");
             if !scheme.is_empty() && scheme != "HTTP" && scheme != "HTTPS" {
-                not_supported(errs, &child(&kp, "scheme"), json!(scheme), &["HTTP", "HTTPS"]);
+                not_supported(
+                    errs,
+                    &child(&kp, "scheme"),
+                    json!(scheme),
+                    &["HTTP", "HTTPS"],
+                );
             }
             for (i, hd) in garr(hv, "httpHeaders").iter().enumerate() {
                 let n = gstr(Some(hd), "name");
@@ -551,7 +770,11 @@ fn validate_handler(h: &Value, path: &str, kinds: &[&str], errs: &mut Errs) {
                         errs,
                         &child(&index(&child(&kp, "httpHeaders"), i), "name"),
                         json!(n),
-                        regex_error("a valid HTTP header must consist of alphanumeric characters or '-'", "[-A-Za-z0-9]+", &["X-Header-Name"]),
+                        regex_error(
+                            "a valid HTTP header must consist of alphanumeric characters or '-'",
+                            "[-A-Za-z0-9]+",
+                            &["X-Header-Name"],
+                        ),
                     );
                 }
             }
@@ -560,13 +783,22 @@ fn validate_handler(h: &Value, path: &str, kinds: &[&str], errs: &mut Errs) {
         "grpc" => {
             let port = gint(hv, "port").unwrap_or(0);
             if !(1..=65535).contains(&port) {
-                invalid(errs, &child(&kp, "port"), json!(port), inclusive_range_error(1, 65535));
+                invalid(
+                    errs,
+                    &child(&kp, "port"),
+                    json!(port),
+                    inclusive_range_error(1, 65535),
+                );
             }
         }
-        "sleep"
-            if gint(hv, "seconds").is_some_and(|s| s < 0) => {
-                invalid(errs, &child(&kp, "seconds"), json!(gint(hv, "seconds")), "must be greater than or equal to 0");
-            }
+        "sleep" if gint(hv, "seconds").is_some_and(|s| s < 0) => {
+            invalid(
+                errs,
+                &child(&kp, "seconds"),
+                json!(gint(hv, "seconds")),
+                "must be greater than or equal to 0",
+            );
+        }
         _ => {}
     }
 }
@@ -590,12 +822,23 @@ fn validate_port_ref(port: Option<&Value>, path: &str, errs: &mut Errs) {
 
 fn validate_probe(p: &Value, path: &str, errs: &mut Errs) {
     validate_handler(p, path, HANDLERS, errs);
-    for k in ["initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"] {
+    for k in [
+        "initialDelaySeconds",
+        "timeoutSeconds",
+        "periodSeconds",
+        "successThreshold",
+        "failureThreshold",
+    ] {
         nonnegative(errs, Some(p), k, path);
     }
     if let Some(n) = gint(Some(p), "terminationGracePeriodSeconds") {
         if n <= 0 {
-            invalid(errs, &child(path, "terminationGracePeriodSeconds"), json!(n), "must be greater than 0");
+            invalid(
+                errs,
+                &child(path, "terminationGracePeriodSeconds"),
+                json!(n),
+                "must be greater than 0",
+            );
         }
     }
 }
@@ -618,22 +861,46 @@ fn validate_ports(ports: &[Value], path: &str, host_network: bool, errs: &mut Er
         if cp == 0 {
             required(errs, &child(&pp, "containerPort"), "");
         } else if !(1..=65535).contains(&cp) {
-            invalid(errs, &child(&pp, "containerPort"), json!(cp), inclusive_range_error(1, 65535));
+            invalid(
+                errs,
+                &child(&pp, "containerPort"),
+                json!(cp),
+                inclusive_range_error(1, 65535),
+            );
         }
         let hp = gint(po, "hostPort").unwrap_or(0);
         if hp != 0 && !(1..=65535).contains(&hp) {
-            invalid(errs, &child(&pp, "hostPort"), json!(hp), inclusive_range_error(1, 65535));
+            invalid(
+                errs,
+                &child(&pp, "hostPort"),
+                json!(hp),
+                inclusive_range_error(1, 65535),
+            );
         }
         if host_network && hp != 0 && hp != cp {
-            invalid(errs, &child(&pp, "hostPort"), json!(hp), "must match `containerPort` when `hostNetwork` is true");
+            invalid(
+                errs,
+                &child(&pp, "hostPort"),
+                json!(hp),
+                "must match `containerPort` when `hostNetwork` is true",
+            );
         }
         check_enum(errs, po, "protocol", &pp, &["SCTP", "TCP", "UDP"], true);
     }
 }
 
 const ENV_FIELD_PATHS: &[&str] = &[
-    "metadata.annotations", "metadata.labels", "metadata.name", "metadata.namespace", "metadata.uid",
-    "spec.nodeName", "spec.serviceAccountName", "status.hostIP", "status.hostIPs", "status.podIP", "status.podIPs",
+    "metadata.annotations",
+    "metadata.labels",
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.hostIP",
+    "status.hostIPs",
+    "status.podIP",
+    "status.podIPs",
 ];
 
 fn validate_env(env: &[Value], path: &str, errs: &mut Errs) {
@@ -648,12 +915,29 @@ fn validate_env(env: &[Value], path: &str, errs: &mut Errs) {
                 invalid(errs, &child(&p, "name"), json!(name), m);
             }
         }
-        let Some(vf) = get(eo, "valueFrom") else { continue };
+        let Some(vf) = get(eo, "valueFrom") else {
+            continue;
+        };
         let vp = child(&p, "valueFrom");
-        let kinds = ["fieldRef", "resourceFieldRef", "configMapKeyRef", "secretKeyRef", "fileKeyRef"];
-        let present: Vec<&str> = kinds.iter().copied().filter(|k| get(Some(vf), k).is_some()).collect();
+        let kinds = [
+            "fieldRef",
+            "resourceFieldRef",
+            "configMapKeyRef",
+            "secretKeyRef",
+            "fileKeyRef",
+        ];
+        let present: Vec<&str> = kinds
+            .iter()
+            .copied()
+            .filter(|k| get(Some(vf), k).is_some())
+            .collect();
         if !gstr(eo, "value").is_empty() && !present.is_empty() {
-            invalid(errs, &vp, json!(""), "may not be specified when `value` is not empty");
+            invalid(
+                errs,
+                &vp,
+                json!(""),
+                "may not be specified when `value` is not empty",
+            );
         }
         match present.len() {
             0 => {
@@ -662,7 +946,12 @@ fn validate_env(env: &[Value], path: &str, errs: &mut Errs) {
             }
             1 => {}
             _ => {
-                invalid(errs, &vp, json!(""), "may not have more than one field specified at a time");
+                invalid(
+                    errs,
+                    &vp,
+                    json!(""),
+                    "may not have more than one field specified at a time",
+                );
                 continue;
             }
         }
@@ -680,9 +969,12 @@ fn validate_env(env: &[Value], path: &str, errs: &mut Errs) {
                     let base = fp.split('[').next().unwrap_or("");
                     let subscripted = fp.contains('[');
                     let ok = if subscripted {
-                        (base == "metadata.labels" || base == "metadata.annotations") && fp.ends_with("']")
+                        (base == "metadata.labels" || base == "metadata.annotations")
+                            && fp.ends_with("']")
                     } else {
-                        ENV_FIELD_PATHS.contains(&fp) && fp != "metadata.labels" && fp != "metadata.annotations"
+                        ENV_FIELD_PATHS.contains(&fp)
+                            && fp != "metadata.labels"
+                            && fp != "metadata.annotations"
                     };
                     if !ok {
                         not_supported(errs, &child(&rp, "fieldPath"), json!(fp), ENV_FIELD_PATHS);
@@ -691,10 +983,20 @@ fn validate_env(env: &[Value], path: &str, errs: &mut Errs) {
             }
             "resourceFieldRef" => {
                 let res = gstr(r, "resource");
-                let ok = ["limits.cpu", "limits.ephemeral-storage", "limits.memory", "requests.cpu", "requests.ephemeral-storage", "requests.memory"];
+                let ok = [
+                    "limits.cpu",
+                    "limits.ephemeral-storage",
+                    "limits.memory",
+                    "requests.cpu",
+                    "requests.ephemeral-storage",
+                    "requests.memory",
+                ];
                 if res.is_empty() {
                     required(errs, &child(&rp, "resource"), "");
-                } else if !ok.contains(&res) && !res.starts_with("limits.hugepages-") && !res.starts_with("requests.hugepages-") {
+                } else if !ok.contains(&res)
+                    && !res.starts_with("limits.hugepages-")
+                    && !res.starts_with("requests.hugepages-")
+                {
                     not_supported(errs, &child(&rp, "resource"), json!(res), &ok);
                 }
             }
@@ -728,7 +1030,10 @@ mod tests {
     }
 
     fn errs_of(p: &Value) -> Vec<String> {
-        validate_create("", "v1", "Pod", true, p).iter().map(|e| e.to_string()).collect()
+        validate_create("", "v1", "Pod", true, p)
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -799,10 +1104,24 @@ mod tests {
             "volumes": [{"name": "v", "emptyDir": {}}, {"name": "v", "emptyDir": {}, "hostPath": {"path": "/x"}}, {"name": "Bad_Name", "secret": {}}]
         }));
         let e = errs_of(&p);
-        assert!(e.contains(&"spec.volumes[1].name: Duplicate value: \"v\"".to_string()), "{e:?}");
-        assert!(e.contains(&"spec.volumes[1].emptyDir: Forbidden: may not specify more than 1 volume type".to_string()), "{e:?}");
-        assert!(e.contains(&"spec.volumes[2].secret.secretName: Required value".to_string()), "{e:?}");
-        assert!(e.iter().any(|x| x.starts_with("spec.volumes[2].name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 label")));
+        assert!(
+            e.contains(&"spec.volumes[1].name: Duplicate value: \"v\"".to_string()),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(
+                &"spec.volumes[1].emptyDir: Forbidden: may not specify more than 1 volume type"
+                    .to_string()
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(&"spec.volumes[2].secret.secretName: Required value".to_string()),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|x| x.starts_with(
+            "spec.volumes[2].name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 label"
+        )));
         assert!(e.contains(&"spec.containers[0].env[0].name: Required value".to_string()));
         assert!(e.contains(&"spec.containers[0].env[1].name: Invalid value: \"A=B\": a valid environment variable name must consist only of printable ASCII characters other than '='".to_string()));
         assert!(e.iter().any(|x| x.starts_with("spec.containers[0].env[2].valueFrom.fieldRef.fieldPath: Unsupported value: \"spec.bogus\"")));
@@ -817,6 +1136,8 @@ mod tests {
         new["spec"]["containers"][0]["name"] = json!("d");
         let e = validate_update("", "v1", "Pod", true, &new, &old);
         assert_eq!(e.len(), 1);
-        assert!(e[0].to_string().starts_with("spec: Forbidden: pod updates may not change fields other than"));
+        assert!(e[0]
+            .to_string()
+            .starts_with("spec: Forbidden: pod updates may not change fields other than"));
     }
 }

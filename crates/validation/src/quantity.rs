@@ -28,7 +28,10 @@ pub fn parse_quantity(s: &str) -> Result<Quantity, QuantityError> {
         .unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
     let digits = num.trim_start_matches(['+', '-']);
-    if digits.is_empty() || !digits.bytes().any(|c| c.is_ascii_digit()) || digits.matches('.').count() > 1 {
+    if digits.is_empty()
+        || !digits.bytes().any(|c| c.is_ascii_digit())
+        || digits.matches('.').count() > 1
+    {
         return Err(QuantityError::Format);
     }
     let mantissa: f64 = num.parse().map_err(|_| QuantityError::Format)?;
@@ -50,16 +53,23 @@ pub fn parse_quantity(s: &str) -> Result<Quantity, QuantityError> {
         "Pi" => 1024f64.powi(5),
         "Ei" => 1024f64.powi(6),
         other => {
-            let exp = other.strip_prefix(['e', 'E']).ok_or(QuantityError::Format)?;
+            let exp = other
+                .strip_prefix(['e', 'E'])
+                .ok_or(QuantityError::Format)?;
             let unsigned = exp.trim_start_matches(['+', '-']);
-            if unsigned.is_empty() || !unsigned.bytes().all(|c| c.is_ascii_digit()) || exp.len() - unsigned.len() > 1 {
+            if unsigned.is_empty()
+                || !unsigned.bytes().all(|c| c.is_ascii_digit())
+                || exp.len() - unsigned.len() > 1
+            {
                 return Err(QuantityError::Format);
             }
             let e: i32 = exp.parse().map_err(|_| QuantityError::Format)?;
             10f64.powi(e)
         }
     };
-    Ok(Quantity { value: mantissa * mult })
+    Ok(Quantity {
+        value: mantissa * mult,
+    })
 }
 
 #[cfg(test)]

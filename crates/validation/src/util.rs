@@ -41,12 +41,18 @@ pub(crate) fn gint(v: Option<&Value>, k: &str) -> Option<i64> {
 
 /// An array member (empty when absent).
 pub(crate) fn garr<'a>(v: Option<&'a Value>, k: &str) -> &'a [Value] {
-    get(v, k).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    get(v, k)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// An object member's entries (empty when absent).
 pub(crate) fn gobj<'a>(v: Option<&'a Value>, k: &str) -> Vec<(&'a String, &'a Value)> {
-    get(v, k).and_then(Value::as_object).map(|m| m.iter().collect()).unwrap_or_default()
+    get(v, k)
+        .and_then(Value::as_object)
+        .map(|m| m.iter().collect())
+        .unwrap_or_default()
 }
 
 /// A bool member (false when absent).
@@ -59,7 +65,12 @@ pub(crate) fn required(errs: &mut Errs, path: &str, detail: &str) {
 }
 
 pub(crate) fn invalid(errs: &mut Errs, path: &str, value: Value, detail: impl Into<String>) {
-    errs.push(FieldError::new(ErrorKind::Invalid, path, Some(value), detail));
+    errs.push(FieldError::new(
+        ErrorKind::Invalid,
+        path,
+        Some(value),
+        detail,
+    ));
 }
 
 pub(crate) fn forbidden(errs: &mut Errs, path: &str, detail: impl Into<String>) {
@@ -87,14 +98,29 @@ pub(crate) fn not_supported(errs: &mut Errs, path: &str, value: Value, supported
     let detail = if supported.is_empty() {
         String::new()
     } else {
-        let q: Vec<String> = supported.iter().map(|s| crate::errors::go_quote(s)).collect();
+        let q: Vec<String> = supported
+            .iter()
+            .map(|s| crate::errors::go_quote(s))
+            .collect();
         format!("supported values: {}", q.join(", "))
     };
-    errs.push(FieldError::new(ErrorKind::NotSupported, path, Some(value), detail));
+    errs.push(FieldError::new(
+        ErrorKind::NotSupported,
+        path,
+        Some(value),
+        detail,
+    ));
 }
 
 /// Checks an enum string; "" is Required (when `required`), unknown is NotSupported.
-pub(crate) fn check_enum(errs: &mut Errs, v: Option<&Value>, k: &str, path: &str, allowed: &[&str], required_: bool) {
+pub(crate) fn check_enum(
+    errs: &mut Errs,
+    v: Option<&Value>,
+    k: &str,
+    path: &str,
+    allowed: &[&str],
+    required_: bool,
+) {
     match get(v, k) {
         None => {
             if required_ {
@@ -115,7 +141,12 @@ pub(crate) fn check_enum(errs: &mut Errs, v: Option<&Value>, k: &str, path: &str
 pub(crate) fn nonnegative(errs: &mut Errs, v: Option<&Value>, k: &str, path: &str) {
     if let Some(n) = gint(v, k) {
         if n < 0 {
-            invalid(errs, &child(path, k), json!(n), "must be greater than or equal to 0");
+            invalid(
+                errs,
+                &child(path, k),
+                json!(n),
+                "must be greater than or equal to 0",
+            );
         }
     }
 }
@@ -134,7 +165,12 @@ pub(crate) fn immutable(errs: &mut Errs, new: Option<&Value>, old: Option<&Value
     let n = new.filter(|v| !v.is_null());
     let o = old.filter(|v| !v.is_null());
     if !semantic_eq(n, o) {
-        invalid(errs, path, n.cloned().unwrap_or(Value::Null), "field is immutable");
+        invalid(
+            errs,
+            path,
+            n.cloned().unwrap_or(Value::Null),
+            "field is immutable",
+        );
     }
 }
 
@@ -176,13 +212,20 @@ pub(crate) fn validate_int_or_percent(errs: &mut Errs, v: &Value, path: &str) {
                 invalid(errs, path, v.clone(), "must be greater than or equal to 0");
             }
         }
-        _ => invalid(errs, path, v.clone(), "must be an integer or percentage (e.g '5%')"),
+        _ => invalid(
+            errs,
+            path,
+            v.clone(),
+            "must be an integer or percentage (e.g '5%')",
+        ),
     }
 }
 
 /// Percent value of an int-or-percent, if a percent.
 pub(crate) fn percent_of(v: &Value) -> Option<i64> {
-    v.as_str().and_then(|s| s.strip_suffix('%')).and_then(|n| n.parse().ok())
+    v.as_str()
+        .and_then(|s| s.strip_suffix('%'))
+        .and_then(|n| n.parse().ok())
 }
 
 #[cfg(test)]
@@ -192,7 +235,10 @@ mod tests {
     #[test]
     fn semantic_equality_ignores_empties() {
         assert!(semantic_eq(None, Some(&json!(""))));
-        assert!(semantic_eq(Some(&json!({"a": 1, "b": null})), Some(&json!({"a": 1}))));
+        assert!(semantic_eq(
+            Some(&json!({"a": 1, "b": null})),
+            Some(&json!({"a": 1}))
+        ));
         assert!(!semantic_eq(Some(&json!({"a": 1})), Some(&json!({"a": 2}))));
         assert!(!semantic_eq(Some(&json!("x")), None));
     }
@@ -202,6 +248,9 @@ mod tests {
         let mut e = Vec::new();
         let v = json!({"p": "Sometimes"});
         check_enum(&mut e, Some(&v), "p", "spec", &["Always", "Never"], true);
-        assert_eq!(e[0].to_string(), "spec.p: Unsupported value: \"Sometimes\": supported values: \"Always\", \"Never\"");
+        assert_eq!(
+            e[0].to_string(),
+            "spec.p: Unsupported value: \"Sometimes\": supported values: \"Always\", \"Never\""
+        );
     }
 }

@@ -14,9 +14,20 @@
 use super::{ResourceInfo, Scope, Subresource};
 
 /// Every verb of a normal stored resource, in discovery order.
-const ALL: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const ALL: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 /// Namespaces have no `deletecollection`.
-const NO_COLLECTION_DELETE: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
+const NO_COLLECTION_DELETE: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 /// Virtual, create-only resources (reviews, bindings).
 const CREATE: &[&str] = &["create"];
 /// `componentstatuses`.
@@ -102,7 +113,11 @@ impl Row {
                 definition: definition_name(group, version, kind),
                 // Upstream stores core `events` and `events.k8s.io` events once, in
                 // the core group's form; the API server converts between the two.
-                storage_group: if group == "events.k8s.io" { String::new() } else { group.to_string() },
+                storage_group: if group == "events.k8s.io" {
+                    String::new()
+                } else {
+                    group.to_string()
+                },
                 preferred: true,
             },
         }
@@ -142,71 +157,147 @@ pub fn resources() -> Vec<ResourceInfo> {
     let rows: Vec<Row> = vec![
         // ---- core/v1 ----
         Row::new("", "v1", "Binding", "bindings", N).verbs(CREATE),
-        Row::new("", "v1", "ComponentStatus", "componentstatuses", C).short(&["cs"]).verbs(GET_LIST),
+        Row::new("", "v1", "ComponentStatus", "componentstatuses", C)
+            .short(&["cs"])
+            .verbs(GET_LIST),
         Row::new("", "v1", "ConfigMap", "configmaps", N).short(&["cm"]),
-        Row::new("", "v1", "Endpoints", "endpoints", N).short(&["ep"]).singular("endpoints"),
+        Row::new("", "v1", "Endpoints", "endpoints", N)
+            .short(&["ep"])
+            .singular("endpoints"),
         Row::new("", "v1", "Event", "events", N).short(&["ev"]),
         Row::new("", "v1", "LimitRange", "limitranges", N).short(&["limits"]),
         Row::new("", "v1", "Namespace", "namespaces", C)
             .short(&["ns"])
             .verbs(NO_COLLECTION_DELETE)
-            .subs(vec![sub("finalize", "Namespace", &["update"]), status("Namespace")]),
+            .subs(vec![
+                sub("finalize", "Namespace", &["update"]),
+                status("Namespace"),
+            ]),
         Row::new("", "v1", "Node", "nodes", C)
             .short(&["no"])
-            .subs(vec![sub("proxy", "NodeProxyOptions", PROXY), status("Node")]),
-        Row::new("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", N)
-            .short(&["pvc"])
-            .subs(vec![status("PersistentVolumeClaim")]),
+            .subs(vec![
+                sub("proxy", "NodeProxyOptions", PROXY),
+                status("Node"),
+            ]),
+        Row::new(
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            N,
+        )
+        .short(&["pvc"])
+        .subs(vec![status("PersistentVolumeClaim")]),
         Row::new("", "v1", "PersistentVolume", "persistentvolumes", C)
             .short(&["pv"])
             .subs(vec![status("PersistentVolume")]),
-        Row::new("", "v1", "Pod", "pods", N).short(&["po"]).cat(all).subs(vec![
-            sub("attach", "PodAttachOptions", CONNECT),
-            sub("binding", "Binding", CREATE),
-            sub("ephemeralcontainers", "Pod", GPU),
-            sub_gv("eviction", "policy", "v1", "Eviction", CREATE),
-            sub("exec", "PodExecOptions", CONNECT),
-            sub("log", "Pod", &["get"]),
-            sub("portforward", "PodPortForwardOptions", CONNECT),
-            sub("proxy", "PodProxyOptions", PROXY),
-            sub("resize", "Pod", GPU),
-            status("Pod"),
-        ]),
-        Row::new("", "v1", "PodTemplate", "podtemplates", N),
-        Row::new("", "v1", "ReplicationController", "replicationcontrollers", N)
-            .short(&["rc"])
+        Row::new("", "v1", "Pod", "pods", N)
+            .short(&["po"])
             .cat(all)
-            .subs(vec![scale(), status("ReplicationController")]),
+            .subs(vec![
+                sub("attach", "PodAttachOptions", CONNECT),
+                sub("binding", "Binding", CREATE),
+                sub("ephemeralcontainers", "Pod", GPU),
+                sub_gv("eviction", "policy", "v1", "Eviction", CREATE),
+                sub("exec", "PodExecOptions", CONNECT),
+                sub("log", "Pod", &["get"]),
+                sub("portforward", "PodPortForwardOptions", CONNECT),
+                sub("proxy", "PodProxyOptions", PROXY),
+                sub("resize", "Pod", GPU),
+                status("Pod"),
+            ]),
+        Row::new("", "v1", "PodTemplate", "podtemplates", N),
+        Row::new(
+            "",
+            "v1",
+            "ReplicationController",
+            "replicationcontrollers",
+            N,
+        )
+        .short(&["rc"])
+        .cat(all)
+        .subs(vec![scale(), status("ReplicationController")]),
         Row::new("", "v1", "ResourceQuota", "resourcequotas", N)
             .short(&["quota"])
             .subs(vec![status("ResourceQuota")]),
         Row::new("", "v1", "Secret", "secrets", N),
         Row::new("", "v1", "ServiceAccount", "serviceaccounts", N)
             .short(&["sa"])
-            .subs(vec![sub_gv("token", "authentication.k8s.io", "v1", "TokenRequest", CREATE)]),
+            .subs(vec![sub_gv(
+                "token",
+                "authentication.k8s.io",
+                "v1",
+                "TokenRequest",
+                CREATE,
+            )]),
         Row::new("", "v1", "Service", "services", N)
             .short(&["svc"])
             .cat(all)
-            .subs(vec![sub("proxy", "ServiceProxyOptions", PROXY), status("Service")]),
+            .subs(vec![
+                sub("proxy", "ServiceProxyOptions", PROXY),
+                status("Service"),
+            ]),
         // ---- admissionregistration.k8s.io/v1 ----
-        Row::new("admissionregistration.k8s.io", "v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations", C).cat(ext),
-        Row::new("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", "validatingadmissionpolicies", C)
-            .cat(ext)
-            .subs(vec![status("ValidatingAdmissionPolicy")]),
-        Row::new("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings", C).cat(ext),
-        Row::new("admissionregistration.k8s.io", "v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations", C).cat(ext),
+        Row::new(
+            "admissionregistration.k8s.io",
+            "v1",
+            "MutatingWebhookConfiguration",
+            "mutatingwebhookconfigurations",
+            C,
+        )
+        .cat(ext),
+        Row::new(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicy",
+            "validatingadmissionpolicies",
+            C,
+        )
+        .cat(ext)
+        .subs(vec![status("ValidatingAdmissionPolicy")]),
+        Row::new(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings",
+            C,
+        )
+        .cat(ext),
+        Row::new(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+            C,
+        )
+        .cat(ext),
         // ---- apiextensions.k8s.io/v1 ----
-        Row::new("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", C)
-            .short(&["crd", "crds"])
-            .cat(ext)
-            .subs(vec![status("CustomResourceDefinition")]),
+        Row::new(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            C,
+        )
+        .short(&["crd", "crds"])
+        .cat(ext)
+        .subs(vec![status("CustomResourceDefinition")]),
         // ---- apiregistration.k8s.io/v1 ----
-        Row::new("apiregistration.k8s.io", "v1", "APIService", "apiservices", C)
-            .cat(ext)
-            .subs(vec![status("APIService")]),
+        Row::new(
+            "apiregistration.k8s.io",
+            "v1",
+            "APIService",
+            "apiservices",
+            C,
+        )
+        .cat(ext)
+        .subs(vec![status("APIService")]),
         // ---- apps/v1 ----
         Row::new("apps", "v1", "ControllerRevision", "controllerrevisions", N),
-        Row::new("apps", "v1", "DaemonSet", "daemonsets", N).short(&["ds"]).cat(all).subs(vec![status("DaemonSet")]),
+        Row::new("apps", "v1", "DaemonSet", "daemonsets", N)
+            .short(&["ds"])
+            .cat(all)
+            .subs(vec![status("DaemonSet")]),
         Row::new("apps", "v1", "Deployment", "deployments", N)
             .short(&["deploy"])
             .cat(all)
@@ -220,65 +311,212 @@ pub fn resources() -> Vec<ResourceInfo> {
             .cat(all)
             .subs(vec![scale(), status("StatefulSet")]),
         // ---- authentication.k8s.io/v1 ----
-        Row::new("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", C).verbs(CREATE),
-        Row::new("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", C).verbs(CREATE),
+        Row::new(
+            "authentication.k8s.io",
+            "v1",
+            "SelfSubjectReview",
+            "selfsubjectreviews",
+            C,
+        )
+        .verbs(CREATE),
+        Row::new(
+            "authentication.k8s.io",
+            "v1",
+            "TokenReview",
+            "tokenreviews",
+            C,
+        )
+        .verbs(CREATE),
         // ---- authorization.k8s.io/v1 ----
-        Row::new("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "localsubjectaccessreviews", N).verbs(CREATE),
-        Row::new("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", C).verbs(CREATE),
-        Row::new("authorization.k8s.io", "v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", C).verbs(CREATE),
-        Row::new("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", C).verbs(CREATE),
+        Row::new(
+            "authorization.k8s.io",
+            "v1",
+            "LocalSubjectAccessReview",
+            "localsubjectaccessreviews",
+            N,
+        )
+        .verbs(CREATE),
+        Row::new(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            C,
+        )
+        .verbs(CREATE),
+        Row::new(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectRulesReview",
+            "selfsubjectrulesreviews",
+            C,
+        )
+        .verbs(CREATE),
+        Row::new(
+            "authorization.k8s.io",
+            "v1",
+            "SubjectAccessReview",
+            "subjectaccessreviews",
+            C,
+        )
+        .verbs(CREATE),
         // ---- autoscaling/v2 (preferred) and v1 ----
-        Row::new("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", N)
-            .short(&["hpa"])
-            .cat(all)
-            .subs(vec![status("HorizontalPodAutoscaler")]),
-        Row::new("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", N)
-            .short(&["hpa"])
-            .cat(all)
-            .subs(vec![status("HorizontalPodAutoscaler")])
-            .not_preferred(),
+        Row::new(
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            N,
+        )
+        .short(&["hpa"])
+        .cat(all)
+        .subs(vec![status("HorizontalPodAutoscaler")]),
+        Row::new(
+            "autoscaling",
+            "v1",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            N,
+        )
+        .short(&["hpa"])
+        .cat(all)
+        .subs(vec![status("HorizontalPodAutoscaler")])
+        .not_preferred(),
         // ---- batch/v1 ----
-        Row::new("batch", "v1", "CronJob", "cronjobs", N).short(&["cj"]).cat(all).subs(vec![status("CronJob")]),
-        Row::new("batch", "v1", "Job", "jobs", N).cat(all).subs(vec![status("Job")]),
+        Row::new("batch", "v1", "CronJob", "cronjobs", N)
+            .short(&["cj"])
+            .cat(all)
+            .subs(vec![status("CronJob")]),
+        Row::new("batch", "v1", "Job", "jobs", N)
+            .cat(all)
+            .subs(vec![status("Job")]),
         // ---- certificates.k8s.io/v1 ----
-        Row::new("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", C)
-            .short(&["csr"])
-            .subs(vec![sub("approval", "CertificateSigningRequest", GPU), status("CertificateSigningRequest")]),
+        Row::new(
+            "certificates.k8s.io",
+            "v1",
+            "CertificateSigningRequest",
+            "certificatesigningrequests",
+            C,
+        )
+        .short(&["csr"])
+        .subs(vec![
+            sub("approval", "CertificateSigningRequest", GPU),
+            status("CertificateSigningRequest"),
+        ]),
         // ---- coordination.k8s.io/v1 ----
         Row::new("coordination.k8s.io", "v1", "Lease", "leases", N),
         // ---- discovery.k8s.io/v1 ----
-        Row::new("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", N),
+        Row::new(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            N,
+        ),
         // ---- events.k8s.io/v1 ----
         Row::new("events.k8s.io", "v1", "Event", "events", N).short(&["ev"]),
         // ---- flowcontrol.apiserver.k8s.io/v1 ----
-        Row::new("flowcontrol.apiserver.k8s.io", "v1", "FlowSchema", "flowschemas", C).subs(vec![status("FlowSchema")]),
-        Row::new("flowcontrol.apiserver.k8s.io", "v1", "PriorityLevelConfiguration", "prioritylevelconfigurations", C)
-            .subs(vec![status("PriorityLevelConfiguration")]),
+        Row::new(
+            "flowcontrol.apiserver.k8s.io",
+            "v1",
+            "FlowSchema",
+            "flowschemas",
+            C,
+        )
+        .subs(vec![status("FlowSchema")]),
+        Row::new(
+            "flowcontrol.apiserver.k8s.io",
+            "v1",
+            "PriorityLevelConfiguration",
+            "prioritylevelconfigurations",
+            C,
+        )
+        .subs(vec![status("PriorityLevelConfiguration")]),
         // ---- networking.k8s.io/v1 ----
-        Row::new("networking.k8s.io", "v1", "IngressClass", "ingressclasses", C),
-        Row::new("networking.k8s.io", "v1", "Ingress", "ingresses", N).short(&["ing"]).subs(vec![status("Ingress")]),
+        Row::new(
+            "networking.k8s.io",
+            "v1",
+            "IngressClass",
+            "ingressclasses",
+            C,
+        ),
+        Row::new("networking.k8s.io", "v1", "Ingress", "ingresses", N)
+            .short(&["ing"])
+            .subs(vec![status("Ingress")]),
         Row::new("networking.k8s.io", "v1", "IPAddress", "ipaddresses", C).short(&["ip"]),
-        Row::new("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", N).short(&["netpol"]),
-        Row::new("networking.k8s.io", "v1", "ServiceCIDR", "servicecidrs", C).subs(vec![status("ServiceCIDR")]),
+        Row::new(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            N,
+        )
+        .short(&["netpol"]),
+        Row::new("networking.k8s.io", "v1", "ServiceCIDR", "servicecidrs", C)
+            .subs(vec![status("ServiceCIDR")]),
         // ---- node.k8s.io/v1 ----
         Row::new("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", C),
         // ---- policy/v1 ----
-        Row::new("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", N)
-            .short(&["pdb"])
-            .subs(vec![status("PodDisruptionBudget")]),
+        Row::new(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            N,
+        )
+        .short(&["pdb"])
+        .subs(vec![status("PodDisruptionBudget")]),
         // ---- rbac.authorization.k8s.io/v1 ----
-        Row::new("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", C),
-        Row::new("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", C),
-        Row::new("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", N),
+        Row::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            C,
+        ),
+        Row::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            C,
+        ),
+        Row::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            N,
+        ),
         Row::new("rbac.authorization.k8s.io", "v1", "Role", "roles", N),
         // ---- scheduling.k8s.io/v1 ----
-        Row::new("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", C).short(&["pc"]),
+        Row::new(
+            "scheduling.k8s.io",
+            "v1",
+            "PriorityClass",
+            "priorityclasses",
+            C,
+        )
+        .short(&["pc"]),
         // ---- storage.k8s.io/v1 ----
         Row::new("storage.k8s.io", "v1", "CSIDriver", "csidrivers", C),
         Row::new("storage.k8s.io", "v1", "CSINode", "csinodes", C),
-        Row::new("storage.k8s.io", "v1", "CSIStorageCapacity", "csistoragecapacities", N),
+        Row::new(
+            "storage.k8s.io",
+            "v1",
+            "CSIStorageCapacity",
+            "csistoragecapacities",
+            N,
+        ),
         Row::new("storage.k8s.io", "v1", "StorageClass", "storageclasses", C).short(&["sc"]),
-        Row::new("storage.k8s.io", "v1", "VolumeAttachment", "volumeattachments", C).subs(vec![status("VolumeAttachment")]),
+        Row::new(
+            "storage.k8s.io",
+            "v1",
+            "VolumeAttachment",
+            "volumeattachments",
+            C,
+        )
+        .subs(vec![status("VolumeAttachment")]),
     ];
     rows.into_iter().map(|r| r.info).collect()
 }
@@ -318,8 +556,16 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    fn find<'a>(all: &'a [ResourceInfo], group: &str, version: &str, plural: &str) -> &'a ResourceInfo {
-        match all.iter().find(|r| r.group == group && r.version == version && r.plural == plural) {
+    fn find<'a>(
+        all: &'a [ResourceInfo],
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> &'a ResourceInfo {
+        match all
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+        {
             Some(r) => r,
             None => panic!("missing {group}/{version} {plural}"),
         }
@@ -330,14 +576,30 @@ mod tests {
         let all = resources();
         let mut seen = BTreeSet::new();
         for r in &all {
-            assert!(seen.insert((r.group.clone(), r.version.clone(), r.plural.clone())), "dup {}", r.plural);
+            assert!(
+                seen.insert((r.group.clone(), r.version.clone(), r.plural.clone())),
+                "dup {}",
+                r.plural
+            );
             assert!(!r.verbs.is_empty());
             let mut sorted = r.verbs.clone();
             sorted.sort();
-            assert_eq!(sorted, r.verbs, "verbs of {} not in discovery order", r.plural);
+            assert_eq!(
+                sorted, r.verbs,
+                "verbs of {} not in discovery order",
+                r.plural
+            );
             assert!(!r.definition.is_empty());
-            let expected = if r.group == "events.k8s.io" { "" } else { r.group.as_str() };
-            assert_eq!(r.storage_group, expected, "storage group of {}.{}", r.plural, r.group);
+            let expected = if r.group == "events.k8s.io" {
+                ""
+            } else {
+                r.group.as_str()
+            };
+            assert_eq!(
+                r.storage_group, expected,
+                "storage group of {}.{}",
+                r.plural, r.group
+            );
         }
         assert_eq!(all.len(), 61);
     }
@@ -352,29 +614,58 @@ mod tests {
         let names: Vec<&str> = pods.subresources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            vec!["attach", "binding", "ephemeralcontainers", "eviction", "exec", "log", "portforward", "proxy", "resize", "status"]
+            vec![
+                "attach",
+                "binding",
+                "ephemeralcontainers",
+                "eviction",
+                "exec",
+                "log",
+                "portforward",
+                "proxy",
+                "resize",
+                "status"
+            ]
         );
-        let ev = pods.subresource("eviction").map(|s| (s.group.as_str(), s.version.as_str(), s.kind.as_str()));
+        let ev = pods
+            .subresource("eviction")
+            .map(|s| (s.group.as_str(), s.version.as_str(), s.kind.as_str()));
         assert_eq!(ev, Some(("policy", "v1", "Eviction")));
     }
 
     #[test]
     fn scale_subresources_and_definitions() {
         let all = resources();
-        for (g, p) in [("apps", "deployments"), ("apps", "replicasets"), ("apps", "statefulsets"), ("", "replicationcontrollers")] {
+        for (g, p) in [
+            ("apps", "deployments"),
+            ("apps", "replicasets"),
+            ("apps", "statefulsets"),
+            ("", "replicationcontrollers"),
+        ] {
             let r = find(&all, g, "v1", p);
-            let s = r.subresource("scale").map(|s| (s.group.as_str(), s.version.as_str(), s.kind.as_str()));
+            let s = r
+                .subresource("scale")
+                .map(|s| (s.group.as_str(), s.version.as_str(), s.kind.as_str()));
             assert_eq!(s, Some(("autoscaling", "v1", "Scale")), "{p}");
         }
         assert_eq!(
-            find(&all, "apiextensions.k8s.io", "v1", "customresourcedefinitions").definition,
+            find(
+                &all,
+                "apiextensions.k8s.io",
+                "v1",
+                "customresourcedefinitions"
+            )
+            .definition,
             "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition"
         );
         assert_eq!(
             find(&all, "flowcontrol.apiserver.k8s.io", "v1", "flowschemas").definition,
             "io.k8s.api.flowcontrol.v1.FlowSchema"
         );
-        assert_eq!(find(&all, "networking.k8s.io", "v1", "ingresses").definition, "io.k8s.api.networking.v1.Ingress");
+        assert_eq!(
+            find(&all, "networking.k8s.io", "v1", "ingresses").definition,
+            "io.k8s.api.networking.v1.Ingress"
+        );
         assert_eq!(
             find(&all, "rbac.authorization.k8s.io", "v1", "roles").definition,
             "io.k8s.api.rbac.v1.Role"
@@ -388,10 +679,24 @@ mod tests {
     #[test]
     fn special_verbs() {
         let all = resources();
-        assert_eq!(find(&all, "", "v1", "componentstatuses").verbs, vec!["get", "list"]);
+        assert_eq!(
+            find(&all, "", "v1", "componentstatuses").verbs,
+            vec!["get", "list"]
+        );
         assert_eq!(find(&all, "", "v1", "bindings").verbs, vec!["create"]);
-        assert!(!find(&all, "", "v1", "namespaces").verbs.contains(&"deletecollection".to_string()));
-        assert_eq!(find(&all, "authorization.k8s.io", "v1", "selfsubjectaccessreviews").verbs, vec!["create"]);
+        assert!(!find(&all, "", "v1", "namespaces")
+            .verbs
+            .contains(&"deletecollection".to_string()));
+        assert_eq!(
+            find(
+                &all,
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectaccessreviews"
+            )
+            .verbs,
+            vec!["create"]
+        );
         assert_eq!(find(&all, "", "v1", "endpoints").singular, "endpoints");
     }
 

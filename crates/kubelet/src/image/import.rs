@@ -29,8 +29,13 @@ pub struct ImportOutcome {
 /// True for the file names that are imported from the images directory: `*.tar`,
 /// `*.tar.gz`, `*.tgz`, `*.tar.zst`.
 pub fn is_image_archive(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
-    [".tar", ".tar.gz", ".tgz", ".tar.zst"].iter().any(|s| name.ends_with(s)) && !name.starts_with('.')
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    [".tar", ".tar.gz", ".tgz", ".tar.zst"]
+        .iter()
+        .any(|s| name.ends_with(s))
+        && !name.starts_with('.')
 }
 
 /// Imports `archive` into the containerd at `socket` (`unix://` prefix allowed) with
@@ -46,10 +51,17 @@ pub async fn import(archive: &Path, socket: &Path) -> Result<Vec<String>, ImageE
     }
     let ctr = PathBuf::from("ctr");
     let mut cmd = tokio::process::Command::new(&ctr);
-    cmd.args(["--address", socket, "--namespace", CRI_NAMESPACE, "images", "import"])
-        .args(["--all-platforms", "--snapshotter", "overlayfs", "--"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    cmd.args([
+        "--address",
+        socket,
+        "--namespace",
+        CRI_NAMESPACE,
+        "images",
+        "import",
+    ])
+    .args(["--all-platforms", "--snapshotter", "overlayfs", "--"])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
     // ctr 1.6 reads plain tar only: compressed archives are piped through their
     // decompressor (gzip is always on Debian; zstd is the `zstd` package).
     let mut decompressor = match decompressor_for(archive) {
@@ -65,39 +77,67 @@ pub async fn import(archive: &Path, socket: &Path) -> Result<Vec<String>, ImageE
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
-                .map_err(|source| ImageError::Ctr { binary: PathBuf::from(tool), source })?;
+                .map_err(|source| ImageError::Ctr {
+                    binary: PathBuf::from(tool),
+                    source,
+                })?;
             let Some(pipe) = d.stdout.take() else {
                 return Err(ImageError::Invalid(format!("{tool}: no output pipe")));
             };
-            let pipe: std::process::Stdio =
-                pipe.try_into().map_err(|source| ImageError::Ctr { binary: PathBuf::from(tool), source })?;
+            let pipe: std::process::Stdio = pipe.try_into().map_err(|source| ImageError::Ctr {
+                binary: PathBuf::from(tool),
+                source,
+            })?;
             cmd.arg("-").stdin(pipe);
             Some((tool, d))
         }
     };
-    let out = cmd.output().await.map_err(|source| ImageError::Ctr { binary: ctr, source })?;
+    let out = cmd.output().await.map_err(|source| ImageError::Ctr {
+        binary: ctr,
+        source,
+    })?;
     if let Some((tool, d)) = decompressor.take() {
-        let dout = d.wait_with_output().await.map_err(|source| ImageError::Ctr { binary: PathBuf::from(tool), source })?;
+        let dout = d
+            .wait_with_output()
+            .await
+            .map_err(|source| ImageError::Ctr {
+                binary: PathBuf::from(tool),
+                source,
+            })?;
         if !dout.status.success() {
             return Err(ImageError::ImportFailed {
                 archive: archive.to_path_buf(),
                 code: dout.status.code(),
-                stderr: format!("{tool} -dc: {}", String::from_utf8_lossy(&dout.stderr).trim()),
+                stderr: format!(
+                    "{tool} -dc: {}",
+                    String::from_utf8_lossy(&dout.stderr).trim()
+                ),
             });
         }
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        let stderr = if stderr.is_empty() { stdout.trim().to_string() } else { stderr };
-        return Err(ImageError::ImportFailed { archive: archive.to_path_buf(), code: out.status.code(), stderr });
+        let stderr = if stderr.is_empty() {
+            stdout.trim().to_string()
+        } else {
+            stderr
+        };
+        return Err(ImageError::ImportFailed {
+            archive: archive.to_path_buf(),
+            code: out.status.code(),
+            stderr,
+        });
     }
     Ok(parse_ctr_output(&stdout))
 }
 
 /// The decompressor to pipe an archive through, by file name.
 fn decompressor_for(archive: &Path) -> Option<&'static str> {
-    let name = archive.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = archive
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     if name.ends_with(".gz") || name.ends_with(".tgz") {
         Some("gzip")
     } else if name.ends_with(".zst") {
@@ -120,8 +160,14 @@ fn parse_ctr_output(stdout: &str) -> Vec<String> {
 /// Imports every image archive ([`is_image_archive`]) in `dir`, in name order; a
 /// missing directory imports nothing. One failing archive does not stop the others.
 pub async fn import_dir(dir: &Path, socket: &Path) -> Vec<ImportOutcome> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file() && is_image_archive(p)).collect();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && is_image_archive(p))
+        .collect();
     files.sort();
     let mut out = Vec::new();
     for archive in files {
@@ -132,7 +178,11 @@ pub async fn import_dir(dir: &Path, socket: &Path) -> Vec<ImportOutcome> {
             Ok(names) => info!(archive = %archive.display(), ?names, ?elapsed, "imported images"),
             Err(e) => warn!("{e}"),
         }
-        out.push(ImportOutcome { archive, result, elapsed });
+        out.push(ImportOutcome {
+            archive,
+            result,
+            elapsed,
+        });
     }
     out
 }
@@ -146,7 +196,14 @@ mod tests {
         for ok in ["a.tar", "b.tar.gz", "c.tgz", "d.tar.zst", "/x/y/e.tar"] {
             assert!(is_image_archive(Path::new(ok)), "{ok}");
         }
-        for no in ["a.zip", "b.tar.bz2", "tar", ".hidden.tar", "c.tar.tmp", "d.tar.zstd"] {
+        for no in [
+            "a.zip",
+            "b.tar.bz2",
+            "tar",
+            ".hidden.tar",
+            "c.tar.tmp",
+            "d.tar.zstd",
+        ] {
             assert!(!is_image_archive(Path::new(no)), "{no}");
         }
     }
@@ -162,15 +219,24 @@ mod tests {
     #[test]
     fn ctr_output_names() {
         let out = "unpacking docker.io/library/busybox:1.36 (sha256:abc)...done\nunpacking rk3s.local/pause:3.10 (sha256:def)...done\n";
-        assert_eq!(parse_ctr_output(out), ["docker.io/library/busybox:1.36", "rk3s.local/pause:3.10"]);
+        assert_eq!(
+            parse_ctr_output(out),
+            ["docker.io/library/busybox:1.36", "rk3s.local/pause:3.10"]
+        );
         assert!(parse_ctr_output("").is_empty());
     }
 
     #[tokio::test]
     async fn missing_archive_and_dir() {
-        let Ok(d) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(d) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let r = import(&d.path().join("none.tar"), Path::new("/nonexistent.sock")).await;
         assert!(matches!(r, Err(ImageError::Io { .. })));
-        assert!(import_dir(&d.path().join("missing"), Path::new("/nonexistent.sock")).await.is_empty());
+        assert!(
+            import_dir(&d.path().join("missing"), Path::new("/nonexistent.sock"))
+                .await
+                .is_empty()
+        );
     }
 }

@@ -10,10 +10,12 @@ pub mod pull;
 
 pub use import::{import, import_dir, is_image_archive, ImportOutcome};
 pub use oci::{
-    build_oci_archive, config_json, oci_arch, parse_json_argv, sha256_digest, BuiltImage, ImageConfig, DEFAULT_PATH, EPOCH,
-    MEDIA_CONFIG, MEDIA_INDEX, MEDIA_LAYER_TAR, MEDIA_MANIFEST,
+    build_oci_archive, config_json, oci_arch, parse_json_argv, sha256_digest, BuiltImage,
+    ImageConfig, DEFAULT_PATH, EPOCH, MEDIA_CONFIG, MEDIA_INDEX, MEDIA_LAYER_TAR, MEDIA_MANIFEST,
 };
-pub use pause::{ensure_pause_image, find_static_busybox, is_static_elf, pause_image, PAUSE_ARCHIVE};
+pub use pause::{
+    ensure_pause_image, find_static_busybox, is_static_elf, pause_image, PAUSE_ARCHIVE,
+};
 
 use std::path::PathBuf;
 
@@ -104,8 +106,14 @@ impl ImageRef {
         let bad = |why: &str| ImageError::Invalid(format!("invalid image reference {s:?}: {why}"));
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => {
-                let hexpart = d.strip_prefix("sha256:").ok_or_else(|| bad("digest must be sha256:<64 hex>"))?;
-                if hexpart.len() != 64 || !hexpart.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+                let hexpart = d
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| bad("digest must be sha256:<64 hex>"))?;
+                if hexpart.len() != 64
+                    || !hexpart
+                        .bytes()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+                {
                     return Err(bad("digest must be sha256:<64 hex>"));
                 }
                 (r, Some(d.to_string()))
@@ -120,17 +128,26 @@ impl ImageRef {
         if let Some(t) = tag {
             let ok = !t.is_empty()
                 && t.len() <= 128
-                && t.bytes().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_')
-                && t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-');
+                && t.bytes()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_')
+                && t.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-');
             if !ok {
                 return Err(bad("bad tag"));
             }
         }
         let (domain, path) = match name.split_once('/') {
-            Some((d, p)) if d.contains('.') || d.contains(':') || d == "localhost" => (d.to_string(), p.to_string()),
+            Some((d, p)) if d.contains('.') || d.contains(':') || d == "localhost" => {
+                (d.to_string(), p.to_string())
+            }
             _ => ("docker.io".to_string(), name.to_string()),
         };
-        if domain.is_empty() || domain.bytes().any(|c| !(c.is_ascii_alphanumeric() || b".-:[]".contains(&c))) {
+        if domain.is_empty()
+            || domain
+                .bytes()
+                .any(|c| !(c.is_ascii_alphanumeric() || b".-:[]".contains(&c)))
+        {
             return Err(bad("bad registry host"));
         }
         if let Some((_, port)) = domain.split_once(':') {
@@ -138,16 +155,27 @@ impl ImageRef {
                 return Err(bad("bad registry port"));
             }
         }
-        let path = if domain == "docker.io" && !path.contains('/') { format!("library/{path}") } else { path };
+        let path = if domain == "docker.io" && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path
+        };
         if path.is_empty() || !path.split('/').all(valid_component) {
-            return Err(bad("repository must be lowercase letters, digits and separators"));
+            return Err(bad(
+                "repository must be lowercase letters, digits and separators",
+            ));
         }
         let tag = match (tag, &digest) {
             (Some(t), _) => t.to_string(),
             (None, Some(_)) => String::new(),
             (None, None) => "latest".to_string(),
         };
-        Ok(ImageRef { domain, path, tag, digest })
+        Ok(ImageRef {
+            domain,
+            path,
+            tag,
+            digest,
+        })
     }
 
     /// `domain/path` without tag or digest.
@@ -189,15 +217,35 @@ mod tests {
         assert_eq!(norm("localhost:5000/a/b"), "localhost:5000/a/b:latest");
         assert_eq!(norm("localhost/x:y"), "localhost/x:y");
         let d = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(norm(&format!("busybox@{d}")), format!("docker.io/library/busybox@{d}"));
-        assert_eq!(norm(&format!("busybox:1@{d}")), format!("docker.io/library/busybox:1@{d}"));
+        assert_eq!(
+            norm(&format!("busybox@{d}")),
+            format!("docker.io/library/busybox@{d}")
+        );
+        assert_eq!(
+            norm(&format!("busybox:1@{d}")),
+            format!("docker.io/library/busybox:1@{d}")
+        );
         let r = ImageRef::parse("rk3s.local/pause:3.10").ok();
-        assert_eq!(r.map(|r| (r.repository(), r.tag)), Some(("rk3s.local/pause".to_string(), "3.10".to_string())));
+        assert_eq!(
+            r.map(|r| (r.repository(), r.tag)),
+            Some(("rk3s.local/pause".to_string(), "3.10".to_string()))
+        );
     }
 
     #[test]
     fn bad_names_are_rejected() {
-        for s in ["", "Busybox", "a b", "busybox:", "busybox:-x", "a//b", "a/-b", "x@sha256:12", "a..b", "a:b:c/d"] {
+        for s in [
+            "",
+            "Busybox",
+            "a b",
+            "busybox:",
+            "busybox:-x",
+            "a//b",
+            "a/-b",
+            "x@sha256:12",
+            "a..b",
+            "a:b:c/d",
+        ] {
             assert!(ImageRef::parse(s).is_err(), "{s:?} accepted");
         }
     }

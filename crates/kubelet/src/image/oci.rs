@@ -72,7 +72,8 @@ pub fn oci_arch() -> &'static str {
 
 /// Parses a JSON array of strings (the exec form of `ENTRYPOINT`/`CMD`).
 pub fn parse_json_argv(s: &str) -> Result<Vec<String>, ImageError> {
-    serde_json::from_str(s).map_err(|e| ImageError::Invalid(format!("not a JSON array of strings: {s}: {e}")))
+    serde_json::from_str(s)
+        .map_err(|e| ImageError::Invalid(format!("not a JSON array of strings: {s}: {e}")))
 }
 
 /// A writer that hashes (SHA-256) and counts what passes through.
@@ -100,11 +101,17 @@ fn hex(d: &[u8]) -> String {
 
 /// `sha256:<hex>` of bytes.
 pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex(ring::digest::digest(&SHA256, data).as_ref()))
+    format!(
+        "sha256:{}",
+        hex(ring::digest::digest(&SHA256, data).as_ref())
+    )
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io { path: path.to_path_buf(), source }
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes the root filesystem `rootfs` as a layer tar: entries sorted by path, every
@@ -126,10 +133,15 @@ fn write_layer<W: Write>(rootfs: &Path, out: W) -> Result<W, ImageError> {
         h.set_gid(0);
         h.set_mode(md.mode() & 0o7777);
         h.set_size(0);
-        let name = if ft.is_dir() { format!("{}/", rel.display()) } else { rel.display().to_string() };
+        let name = if ft.is_dir() {
+            format!("{}/", rel.display())
+        } else {
+            rel.display().to_string()
+        };
         if ft.is_dir() {
             h.set_entry_type(tar::EntryType::Directory);
-            b.append_data(&mut h, &name, std::io::empty()).map_err(io(&full))?;
+            b.append_data(&mut h, &name, std::io::empty())
+                .map_err(io(&full))?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&full).map_err(io(&full))?;
             h.set_entry_type(tar::EntryType::Symlink);
@@ -146,7 +158,8 @@ fn write_layer<W: Write>(rootfs: &Path, out: W) -> Result<W, ImageError> {
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(md.len());
             let f = File::open(&full).map_err(io(&full))?;
-            b.append_data(&mut h, &name, f.take(md.len())).map_err(io(&full))?;
+            b.append_data(&mut h, &name, f.take(md.len()))
+                .map_err(io(&full))?;
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
             let kind = if ft.is_char_device() {
                 tar::EntryType::Char
@@ -159,7 +172,8 @@ fn write_layer<W: Write>(rootfs: &Path, out: W) -> Result<W, ImageError> {
             let dev = md.rdev();
             let _ = h.set_device_major(libc::major(dev));
             let _ = h.set_device_minor(libc::minor(dev));
-            b.append_data(&mut h, &name, std::io::empty()).map_err(io(&full))?;
+            b.append_data(&mut h, &name, std::io::empty())
+                .map_err(io(&full))?;
         }
     }
     b.into_inner().map_err(io(rootfs))
@@ -189,8 +203,12 @@ fn ports_object(ports: &[String]) -> Result<Value, ImageError> {
     for p in ports {
         let (num, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
         let proto = proto.to_ascii_lowercase();
-        if num.parse::<u16>().map(|n| n == 0).unwrap_or(true) || !["tcp", "udp", "sctp"].contains(&proto.as_str()) {
-            return Err(ImageError::Invalid(format!("bad port {p:?} (want PORT or PORT/tcp|udp|sctp)")));
+        if num.parse::<u16>().map(|n| n == 0).unwrap_or(true)
+            || !["tcp", "udp", "sctp"].contains(&proto.as_str())
+        {
+            return Err(ImageError::Invalid(format!(
+                "bad port {p:?} (want PORT or PORT/tcp|udp|sctp)"
+            )));
         }
         m.insert(format!("{num}/{proto}"), json!({}));
     }
@@ -202,7 +220,9 @@ pub fn config_json(opts: &ImageConfig, diff_id: &str) -> Result<Vec<u8>, ImageEr
     let mut env = opts.env.clone();
     for e in &env {
         if !e.contains('=') || e.starts_with('=') {
-            return Err(ImageError::Invalid(format!("bad env {e:?} (want KEY=VALUE)")));
+            return Err(ImageError::Invalid(format!(
+                "bad env {e:?} (want KEY=VALUE)"
+            )));
         }
     }
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -224,7 +244,9 @@ pub fn config_json(opts: &ImageConfig, diff_id: &str) -> Result<Vec<u8>, ImageEr
     }
     if let Some(w) = &opts.workdir {
         if !w.starts_with('/') {
-            return Err(ImageError::Invalid(format!("workdir {w:?} must be absolute")));
+            return Err(ImageError::Invalid(format!(
+                "workdir {w:?} must be absolute"
+            )));
         }
         config.insert("WorkingDir".into(), json!(w));
     }
@@ -242,7 +264,12 @@ pub fn config_json(opts: &ImageConfig, diff_id: &str) -> Result<Vec<u8>, ImageEr
     serde_json::to_vec(&v).map_err(|e| ImageError::Invalid(e.to_string()))
 }
 
-fn append_bytes<W: Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8], out: &Path) -> Result<(), ImageError> {
+fn append_bytes<W: Write>(
+    b: &mut tar::Builder<W>,
+    name: &str,
+    data: &[u8],
+    out: &Path,
+) -> Result<(), ImageError> {
     let mut h = tar::Header::new_ustar();
     h.set_mtime(0);
     h.set_uid(0);
@@ -261,7 +288,8 @@ fn append_dir<W: Write>(b: &mut tar::Builder<W>, name: &str, out: &Path) -> Resu
     h.set_mode(0o755);
     h.set_entry_type(tar::EntryType::Directory);
     h.set_size(0);
-    b.append_data(&mut h, name, std::io::empty()).map_err(io(out))
+    b.append_data(&mut h, name, std::io::empty())
+        .map_err(io(out))
 }
 
 /// Builds an OCI image-layout archive (`oci-layout`, `index.json`, `blobs/sha256/...`)
@@ -272,10 +300,21 @@ fn append_dir<W: Write>(b: &mut tar::Builder<W>, name: &str, out: &Path) -> Resu
 /// `docker save` does, so `ctr images import` and `docker load` name it the same.
 ///
 /// The output is deterministic: the same tree and options give the same bytes.
-pub fn build_oci_archive(rootfs: &Path, opts: &ImageConfig, tag: &str, out: &Path) -> Result<BuiltImage, ImageError> {
+pub fn build_oci_archive(
+    rootfs: &Path,
+    opts: &ImageConfig,
+    tag: &str,
+    out: &Path,
+) -> Result<BuiltImage, ImageError> {
     let image = ImageRef::parse(tag)?;
-    if !std::fs::symlink_metadata(rootfs).map_err(io(rootfs))?.is_dir() {
-        return Err(ImageError::Invalid(format!("{} is not a directory", rootfs.display())));
+    if !std::fs::symlink_metadata(rootfs)
+        .map_err(io(rootfs))?
+        .is_dir()
+    {
+        return Err(ImageError::Invalid(format!(
+            "{} is not a directory",
+            rootfs.display()
+        )));
     }
     // The layer goes to a temporary file next to the output, hashed on the way.
     let mut tmp_name = out.as_os_str().to_owned();
@@ -294,7 +333,11 @@ fn build_with_tmp(
     tmp: &Path,
 ) -> Result<BuiltImage, ImageError> {
     let f = File::create(tmp).map_err(io(tmp))?;
-    let hw = HashWriter { inner: BufWriter::new(f), ctx: Context::new(&SHA256), n: 0 };
+    let hw = HashWriter {
+        inner: BufWriter::new(f),
+        ctx: Context::new(&SHA256),
+        n: 0,
+    };
     let mut hw = write_layer(rootfs, hw)?;
     hw.flush().map_err(io(tmp))?;
     let layer_digest = format!("sha256:{}", hex(hw.ctx.finish().as_ref()));
@@ -357,10 +400,21 @@ fn build_with_tmp(
         }
     }
     append_bytes(&mut b, "index.json", &index, out)?;
-    append_bytes(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, out)?;
+    append_bytes(
+        &mut b,
+        "oci-layout",
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+        out,
+    )?;
     let mut w = b.into_inner().map_err(io(out))?;
     w.flush().map_err(io(out))?;
-    Ok(BuiltImage { name, manifest_digest, config_digest, layer_digest, layer_size })
+    Ok(BuiltImage {
+        name,
+        manifest_digest,
+        config_digest,
+        layer_digest,
+        layer_size,
+    })
 }
 
 #[cfg(test)]
@@ -378,13 +432,20 @@ mod tests {
     }
 
     fn entries(archive: &Path) -> BTreeMap<String, Vec<u8>> {
-        let Ok(f) = File::open(archive) else { panic!("open") };
+        let Ok(f) = File::open(archive) else {
+            panic!("open")
+        };
         let mut a = tar::Archive::new(f);
         let mut out = BTreeMap::new();
-        let Ok(es) = a.entries() else { panic!("entries") };
+        let Ok(es) = a.entries() else {
+            panic!("entries")
+        };
         for e in es {
             let Ok(mut e) = e else { panic!("entry") };
-            let name = e.path().map(|p| p.display().to_string()).unwrap_or_default();
+            let name = e
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             let mut data = Vec::new();
             assert!(e.read_to_end(&mut data).is_ok());
             out.insert(name, data);
@@ -394,7 +455,9 @@ mod tests {
 
     #[test]
     fn archive_is_an_oci_layout_with_names_and_digests() {
-        let Ok(d) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(d) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let root = d.path().join("root");
         tree(&root);
         let out = d.path().join("img.tar");
@@ -408,15 +471,23 @@ mod tests {
             labels: [("k".to_string(), "v".to_string())].into_iter().collect(),
         };
         let built = build_oci_archive(&root, &opts, "busybox:1.36", &out);
-        let Ok(built) = built else { panic!("{built:?}") };
+        let Ok(built) = built else {
+            panic!("{built:?}")
+        };
         assert_eq!(built.name, "docker.io/library/busybox:1.36");
         let e = entries(&out);
         let names: Vec<&String> = e.keys().collect();
         assert!(names.contains(&&"oci-layout".to_string()));
         let idx: Value = serde_json::from_slice(&e["index.json"]).unwrap_or_default();
         let m = &idx["manifests"][0];
-        assert_eq!(m["annotations"]["io.containerd.image.name"], "docker.io/library/busybox:1.36");
-        assert_eq!(m["annotations"]["org.opencontainers.image.ref.name"], "1.36");
+        assert_eq!(
+            m["annotations"]["io.containerd.image.name"],
+            "docker.io/library/busybox:1.36"
+        );
+        assert_eq!(
+            m["annotations"]["org.opencontainers.image.ref.name"],
+            "1.36"
+        );
         assert_eq!(m["digest"], built.manifest_digest.as_str());
         // Every blob's name is its digest.
         for (name, data) in &e {
@@ -426,16 +497,25 @@ mod tests {
                 }
             }
         }
-        let cfg_name = format!("blobs/sha256/{}", built.config_digest.trim_start_matches("sha256:"));
+        let cfg_name = format!(
+            "blobs/sha256/{}",
+            built.config_digest.trim_start_matches("sha256:")
+        );
         let cfg: Value = serde_json::from_slice(&e[&cfg_name]).unwrap_or_default();
         assert_eq!(cfg["config"]["Entrypoint"], json!(["/bin/tool"]));
         assert_eq!(cfg["config"]["Env"], json!([DEFAULT_PATH, "A=1"]));
-        assert_eq!(cfg["config"]["ExposedPorts"], json!({"80/tcp": {}, "53/udp": {}}));
+        assert_eq!(
+            cfg["config"]["ExposedPorts"],
+            json!({"80/tcp": {}, "53/udp": {}})
+        );
         assert_eq!(cfg["config"]["User"], "1000:1000");
         assert_eq!(cfg["config"]["WorkingDir"], "/etc");
         assert_eq!(cfg["rootfs"]["diff_ids"][0], built.layer_digest.as_str());
         // Layer: sorted entries, owner 0, mtime 0, symlink and hard link kept.
-        let layer_name = format!("blobs/sha256/{}", built.layer_digest.trim_start_matches("sha256:"));
+        let layer_name = format!(
+            "blobs/sha256/{}",
+            built.layer_digest.trim_start_matches("sha256:")
+        );
         let mut a = tar::Archive::new(e[&layer_name].as_slice());
         let Ok(es) = a.entries() else { panic!("layer") };
         let mut seen = Vec::new();
@@ -444,11 +524,17 @@ mod tests {
             let h = en.header();
             assert_eq!(h.mtime().ok(), Some(0));
             assert_eq!(h.uid().ok(), Some(0));
-            let p = en.path().map(|p| p.display().to_string()).unwrap_or_default();
+            let p = en
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             seen.push((p, h.entry_type()));
         }
         let paths: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
-        assert_eq!(paths, ["bin/", "bin/sh", "bin/tool", "bin/tool2", "etc/", "etc/a"]);
+        assert_eq!(
+            paths,
+            ["bin/", "bin/sh", "bin/tool", "bin/tool2", "etc/", "etc/a"]
+        );
         assert_eq!(seen[1].1, tar::EntryType::Symlink);
         assert_eq!(seen[3].1, tar::EntryType::Link);
         assert!(!d.path().join("img.tar.layer.tmp").exists());
@@ -456,14 +542,19 @@ mod tests {
 
     #[test]
     fn json_argv() {
-        assert_eq!(parse_json_argv(r#"["/bin/sh", "-c"]"#).ok(), Some(vec!["/bin/sh".to_string(), "-c".to_string()]));
+        assert_eq!(
+            parse_json_argv(r#"["/bin/sh", "-c"]"#).ok(),
+            Some(vec!["/bin/sh".to_string(), "-c".to_string()])
+        );
         assert!(parse_json_argv("[1]").is_err());
         assert!(parse_json_argv("/bin/sh").is_err());
     }
 
     #[test]
     fn builds_are_deterministic() {
-        let Ok(d) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(d) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let root = d.path().join("root");
         tree(&root);
         let (a, b) = (d.path().join("a.tar"), d.path().join("b.tar"));
@@ -475,17 +566,42 @@ mod tests {
 
     #[test]
     fn bad_options_are_rejected() {
-        let Ok(d) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(d) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let root = d.path().join("root");
         tree(&root);
         let out = d.path().join("a.tar");
-        let bad_env = ImageConfig { env: vec!["NOEQUALS".into()], ..Default::default() };
-        assert!(matches!(build_oci_archive(&root, &bad_env, "x:1", &out), Err(ImageError::Invalid(_))));
-        let bad_port = ImageConfig { exposed_ports: vec!["http".into()], ..Default::default() };
-        assert!(matches!(build_oci_archive(&root, &bad_port, "x:1", &out), Err(ImageError::Invalid(_))));
-        let bad_wd = ImageConfig { workdir: Some("rel".into()), ..Default::default() };
-        assert!(matches!(build_oci_archive(&root, &bad_wd, "x:1", &out), Err(ImageError::Invalid(_))));
-        assert!(build_oci_archive(&root.join("missing"), &ImageConfig::default(), "x:1", &out).is_err());
-        assert!(matches!(build_oci_archive(&root, &ImageConfig::default(), "Bad Name", &out), Err(ImageError::Invalid(_))));
+        let bad_env = ImageConfig {
+            env: vec!["NOEQUALS".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            build_oci_archive(&root, &bad_env, "x:1", &out),
+            Err(ImageError::Invalid(_))
+        ));
+        let bad_port = ImageConfig {
+            exposed_ports: vec!["http".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            build_oci_archive(&root, &bad_port, "x:1", &out),
+            Err(ImageError::Invalid(_))
+        ));
+        let bad_wd = ImageConfig {
+            workdir: Some("rel".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            build_oci_archive(&root, &bad_wd, "x:1", &out),
+            Err(ImageError::Invalid(_))
+        ));
+        assert!(
+            build_oci_archive(&root.join("missing"), &ImageConfig::default(), "x:1", &out).is_err()
+        );
+        assert!(matches!(
+            build_oci_archive(&root, &ImageConfig::default(), "Bad Name", &out),
+            Err(ImageError::Invalid(_))
+        ));
     }
 }

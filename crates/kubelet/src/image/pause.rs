@@ -15,12 +15,19 @@ use crate::containerd::SANDBOX_IMAGE;
 pub const PAUSE_ARCHIVE: &str = "rk3s-pause-3.10.tar";
 
 /// Places where Debian's busybox-static (and other distributions' static busybox) live.
-const BUSYBOX_CANDIDATES: &[&str] = &["/bin/busybox", "/usr/bin/busybox", "/usr/bin/busybox-static", "/bin/busybox-static"];
+const BUSYBOX_CANDIDATES: &[&str] = &[
+    "/bin/busybox",
+    "/usr/bin/busybox",
+    "/usr/bin/busybox-static",
+    "/bin/busybox-static",
+];
 
 /// True when `path` is an ELF executable without a program interpreter (statically
 /// linked, so it runs in an empty root filesystem).
 pub fn is_static_elf(path: &Path) -> bool {
-    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
     let mut head = vec![0u8; 64];
     if f.read_exact(&mut head).is_err() || &head[..4] != b"\x7fELF" {
         return false;
@@ -30,13 +37,21 @@ pub fn is_static_elf(path: &Path) -> bool {
         return true;
     }
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes([head[32], head[33], head[34], head[35], head[36], head[37], head[38], head[39]]);
+    let phoff = u64::from_le_bytes([
+        head[32], head[33], head[34], head[35], head[36], head[37], head[38], head[39],
+    ]);
     let (phentsize, phnum) = (u16_at(&head, 54), u16_at(&head, 56));
-    let Ok(data) = std::fs::read(path) else { return false };
-    let Ok(phoff) = usize::try_from(phoff) else { return false };
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
     for i in 0..phnum {
         let o = phoff + i * phentsize;
-        let Some(t) = data.get(o..o + 4) else { return false };
+        let Some(t) = data.get(o..o + 4) else {
+            return false;
+        };
         if u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == 3 {
             return false; // PT_INTERP
         }
@@ -52,7 +67,10 @@ pub fn find_static_busybox() -> Result<PathBuf, ImageError> {
             return Ok(p.to_path_buf());
         }
     }
-    Err(ImageError::NoBusybox(format!("looked at {}", BUSYBOX_CANDIDATES.join(", "))))
+    Err(ImageError::NoBusybox(format!(
+        "looked at {}",
+        BUSYBOX_CANDIDATES.join(", ")
+    )))
 }
 
 /// Builds the sandbox image [`SANDBOX_IMAGE`] into `out_dir/`[`PAUSE_ARCHIVE`] (kept
@@ -89,7 +107,10 @@ pub fn pause_image(out_dir: &Path) -> Result<PathBuf, ImageError> {
 /// Makes sure the containerd behind `cri` has the sandbox image: when CRI's
 /// `ImageStatus` does not know it, builds it into `out_dir` and imports it. Returns
 /// true when it was imported now.
-pub async fn ensure_pause_image(cri: &crate::cri::CriClient, out_dir: &Path) -> Result<bool, ImageError> {
+pub async fn ensure_pause_image(
+    cri: &crate::cri::CriClient,
+    out_dir: &Path,
+) -> Result<bool, ImageError> {
     if cri.image_status(SANDBOX_IMAGE).await?.is_some() {
         return Ok(false);
     }
@@ -121,7 +142,9 @@ mod tests {
             eprintln!("SKIP pause_archive_is_built_once: no static busybox (apt-get install busybox-static)");
             return;
         }
-        let Ok(d) = tempfile::tempdir() else { panic!("tempdir") };
+        let Ok(d) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
         let p = pause_image(d.path());
         let Ok(p) = p else { panic!("{p:?}") };
         assert_eq!(p, d.path().join(PAUSE_ARCHIVE));

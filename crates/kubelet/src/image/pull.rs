@@ -65,7 +65,8 @@ pub type DockerConfig = BTreeMap<String, DockerConfigEntry>;
 
 /// Parses a `.dockerconfigjson` (`{"auths": {...}}`).
 pub fn parse_docker_config_json(data: &[u8]) -> Result<DockerConfig, PullError> {
-    let v: serde_json::Value = serde_json::from_slice(data).map_err(|e| PullError::InvalidDockerConfig(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| PullError::InvalidDockerConfig(e.to_string()))?;
     match v.get("auths") {
         None | Some(serde_json::Value::Null) => Ok(DockerConfig::new()),
         Some(auths) => entries(auths),
@@ -74,12 +75,18 @@ pub fn parse_docker_config_json(data: &[u8]) -> Result<DockerConfig, PullError> 
 
 /// Parses a legacy `.dockercfg` (the `auths` map itself).
 pub fn parse_dockercfg(data: &[u8]) -> Result<DockerConfig, PullError> {
-    let v: serde_json::Value = serde_json::from_slice(data).map_err(|e| PullError::InvalidDockerConfig(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| PullError::InvalidDockerConfig(e.to_string()))?;
     entries(&v)
 }
 
 fn entries(v: &serde_json::Value) -> Result<DockerConfig, PullError> {
-    let obj = v.as_object().ok_or_else(|| PullError::InvalidDockerConfig(format!("json: cannot unmarshal {} into Go value of type credentialprovider.DockerConfig", json_kind(v))))?;
+    let obj = v.as_object().ok_or_else(|| {
+        PullError::InvalidDockerConfig(format!(
+            "json: cannot unmarshal {} into Go value of type credentialprovider.DockerConfig",
+            json_kind(v)
+        ))
+    })?;
     let mut out = DockerConfig::new();
     for (registry, e) in obj {
         let eo = e.as_object().ok_or_else(|| {
@@ -95,7 +102,11 @@ fn entries(v: &serde_json::Value) -> Result<DockerConfig, PullError> {
                 ))),
             }
         };
-        let mut entry = DockerConfigEntry { username: field("username")?, password: field("password")?, email: field("email")? };
+        let mut entry = DockerConfigEntry {
+            username: field("username")?,
+            password: field("password")?,
+            email: field("email")?,
+        };
         let auth = field("auth")?;
         if !auth.is_empty() {
             let (u, p) = decode_auth(&auth)?;
@@ -129,7 +140,9 @@ pub fn decode_auth(field: &str) -> Result<(String, String), PullError> {
     let text = String::from_utf8_lossy(&decoded);
     match text.split_once(':') {
         Some((u, p)) => Ok((u.to_string(), p.to_string())),
-        None => Err(PullError::InvalidAuth("must be formatted as base64(username:password)".into())),
+        None => Err(PullError::InvalidAuth(
+            "must be formatted as base64(username:password)".into(),
+        )),
     }
 }
 
@@ -164,7 +177,13 @@ impl Keyring {
         let mut k = Keyring::default();
         for s in secrets {
             let ty = s.type_.as_deref().unwrap_or_default();
-            let data = |key: &str| s.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.as_slice()).filter(|b| !b.is_empty());
+            let data = |key: &str| {
+                s.data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|b| b.0.as_slice())
+                    .filter(|b| !b.is_empty())
+            };
             if ty == SECRET_TYPE_DOCKER_CONFIG_JSON {
                 if let Some(b) = data(DOCKER_CONFIG_JSON_KEY) {
                     k.add(&parse_docker_config_json(b)?);
@@ -193,7 +212,11 @@ impl Keyring {
             }
         }
         if out.is_empty() && is_default_registry_match(repo) {
-            if let Some((_, creds)) = self.entries.iter().find(|(k, _)| k == DEFAULT_REGISTRY_HOST) {
+            if let Some((_, creds)) = self
+                .entries
+                .iter()
+                .find(|(k, _)| k == DEFAULT_REGISTRY_HOST)
+            {
                 out.extend(creds.iter().cloned());
             }
         }
@@ -204,12 +227,19 @@ impl Keyring {
 /// The keyring key of a docker config location: scheme dropped, `/v1/`/`/v2/` API
 /// prefix dropped, `host[:port][/path]`.
 fn keyring_key(loc: &str) -> Option<String> {
-    let rest = loc.strip_prefix("https://").or_else(|| loc.strip_prefix("http://")).unwrap_or(loc);
+    let rest = loc
+        .strip_prefix("https://")
+        .or_else(|| loc.strip_prefix("http://"))
+        .unwrap_or(loc);
     let (host, path) = split_host_path(rest);
     if host.is_empty() {
         return None;
     }
-    let path = if path.starts_with("/v2/") || path.starts_with("/v1/") { &path[3..] } else { path };
+    let path = if path.starts_with("/v2/") || path.starts_with("/v1/") {
+        &path[3..]
+    } else {
+        path
+    };
     if path.is_empty() || path == "/" {
         Some(host.to_string())
     } else {
@@ -257,12 +287,16 @@ pub fn glob_match(pattern: &str, s: &str) -> bool {
 }
 
 fn glob_at(p: &[char], t: &[char]) -> bool {
-    let Some((&c, rest)) = p.split_first() else { return t.is_empty() };
+    let Some((&c, rest)) = p.split_first() else {
+        return t.is_empty();
+    };
     match c {
         '*' => (0..=t.len()).any(|i| glob_at(rest, &t[i..])),
         '?' => !t.is_empty() && glob_at(rest, &t[1..]),
         '[' => {
-            let Some((&ch, trest)) = t.split_first() else { return false };
+            let Some((&ch, trest)) = t.split_first() else {
+                return false;
+            };
             let mut i = 0;
             let negate = matches!(rest.first(), Some('^'));
             if negate {
@@ -346,13 +380,18 @@ pub struct ImageRef {
 
 /// Parses an image reference like upstream's `parsers.ParseImageName`.
 pub fn parse_image_name(image: &str) -> Result<ImageRef, PullError> {
-    let bad = |reason: &str| PullError::InvalidImageName { image: image.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| PullError::InvalidImageName {
+        image: image.to_string(),
+        reason: reason.to_string(),
+    };
     if image.is_empty() {
         return Err(bad("invalid reference format"));
     }
     let (name, digest) = match image.split_once('@') {
         Some((n, d)) => {
-            let ok = d.split_once(':').is_some_and(|(alg, hex)| !alg.is_empty() && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+            let ok = d.split_once(':').is_some_and(|(alg, hex)| {
+                !alg.is_empty() && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            });
             if !ok {
                 return Err(bad("invalid reference format"));
             }
@@ -362,25 +401,61 @@ pub fn parse_image_name(image: &str) -> Result<ImageRef, PullError> {
     };
     let last_slash = name.rfind('/').map(|i| i + 1).unwrap_or(0);
     let (name, tag) = match name[last_slash..].rfind(':') {
-        Some(i) => (&name[..last_slash + i], name[last_slash + i + 1..].to_string()),
+        Some(i) => (
+            &name[..last_slash + i],
+            name[last_slash + i + 1..].to_string(),
+        ),
         None => (name, String::new()),
     };
-    if !tag.is_empty() && (tag.len() > 128 || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) || tag.starts_with(['.', '-'])) {
+    if !tag.is_empty()
+        && (tag.len() > 128
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            || tag.starts_with(['.', '-']))
+    {
         return Err(bad("invalid reference format"));
     }
     let (domain, path) = match name.split_once('/') {
-        Some((d, p)) if d.contains(['.', ':']) || d == "localhost" || d.bytes().any(|b| b.is_ascii_uppercase()) => (d.to_string(), p.to_string()),
+        Some((d, p))
+            if d.contains(['.', ':'])
+                || d == "localhost"
+                || d.bytes().any(|b| b.is_ascii_uppercase()) =>
+        {
+            (d.to_string(), p.to_string())
+        }
         _ => ("docker.io".to_string(), name.to_string()),
     };
-    let path = if domain == "docker.io" && !path.contains('/') { format!("library/{path}") } else { path };
-    if path.is_empty() || path.split('/').any(|c| c.is_empty() || !c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))) {
+    let path = if domain == "docker.io" && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path
+    };
+    if path.is_empty()
+        || path.split('/').any(|c| {
+            c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        })
+    {
         if path.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(bad(&format!("invalid reference format: repository name ({path}) must be lowercase")));
+            return Err(bad(&format!(
+                "invalid reference format: repository name ({path}) must be lowercase"
+            )));
         }
         return Err(bad("invalid reference format"));
     }
-    let tag = if tag.is_empty() && digest.is_empty() { "latest".to_string() } else { tag };
-    Ok(ImageRef { repo: format!("{domain}/{path}"), tag, digest })
+    let tag = if tag.is_empty() && digest.is_empty() {
+        "latest".to_string()
+    } else {
+        tag
+    };
+    Ok(ImageRef {
+        repo: format!("{domain}/{path}"),
+        tag,
+        digest,
+    })
 }
 
 /// The image as pulled: the requested name with `:latest` added when it has neither
@@ -400,12 +475,27 @@ pub fn apply_default_tag(image: &str) -> Result<String, PullError> {
 pub async fn pull_secrets(client: &kube::Client, pod: &Pod) -> Vec<Secret> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let spec = pod.spec.as_ref();
-    let mut names: Vec<String> = spec.and_then(|s| s.image_pull_secrets.as_ref()).into_iter().flatten().map(|r| r.name.clone()).filter(|n| !n.is_empty()).collect();
+    let mut names: Vec<String> = spec
+        .and_then(|s| s.image_pull_secrets.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .filter(|n| !n.is_empty())
+        .collect();
     if names.is_empty() {
-        let sa = spec.and_then(|s| s.service_account_name.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
+        let sa = spec
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
         if let Ok(Some(sa)) = sas.get_opt(&sa).await {
-            names = sa.image_pull_secrets.into_iter().flatten().map(|r| r.name).filter(|n| !n.is_empty()).collect();
+            names = sa
+                .image_pull_secrets
+                .into_iter()
+                .flatten()
+                .map(|r| r.name)
+                .filter(|n| !n.is_empty())
+                .collect();
         }
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -439,16 +529,28 @@ pub fn credentials_for(image: &str, secrets: &[Secret]) -> Result<Vec<AuthConfig
     Ok(keyring
         .lookup(&repo)
         .into_iter()
-        .map(|c| AuthConfig { username: c.username, password: c.password, ..Default::default() })
+        .map(|c| AuthConfig {
+            username: c.username,
+            password: c.password,
+            ..Default::default()
+        })
         .collect())
 }
 
 /// Pulls `image` with each credential in turn (anonymously when there is none) and
 /// returns the image reference, or the error messages joined as Go's aggregate error
 /// does (`fmt_err` renders a CRI error as the Go client prints it).
-pub async fn pull(cri: &CriClient, image: &str, creds: Vec<AuthConfig>, fmt_err: impl Fn(&CriError) -> String) -> Result<String, String> {
+pub async fn pull(
+    cri: &CriClient,
+    image: &str,
+    creds: Vec<AuthConfig>,
+    fmt_err: impl Fn(&CriError) -> String,
+) -> Result<String, String> {
     if creds.is_empty() {
-        return cri.pull_image(image, None, None).await.map_err(|e| fmt_err(&e));
+        return cri
+            .pull_image(image, None, None)
+            .await
+            .map_err(|e| fmt_err(&e));
     }
     let mut errs: Vec<String> = Vec::new();
     for auth in creds {
@@ -532,29 +634,59 @@ mod tests {
     fn docker_config_json_with_auth_and_plain_fields() {
         // "alice:s3cr:et" in base64, padded.
         let b64 = base64::engine::general_purpose::STANDARD.encode("alice:s3cr:et");
-        let cfg = format!(r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{b64}"}},"r.example:5000":{{"username":"bob","password":"pw","email":"b@x"}}}}}}"#);
+        let cfg = format!(
+            r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{b64}"}},"r.example:5000":{{"username":"bob","password":"pw","email":"b@x"}}}}}}"#
+        );
         let c = parse_docker_config_json(cfg.as_bytes()).unwrap();
-        assert_eq!(c["https://index.docker.io/v1/"], DockerConfigEntry { username: "alice".into(), password: "s3cr:et".into(), email: String::new() });
+        assert_eq!(
+            c["https://index.docker.io/v1/"],
+            DockerConfigEntry {
+                username: "alice".into(),
+                password: "s3cr:et".into(),
+                email: String::new()
+            }
+        );
         assert_eq!(c["r.example:5000"].username, "bob");
         assert_eq!(c["r.example:5000"].email, "b@x");
         // Unpadded base64 is accepted too; `auth` wins over username/password.
         let raw = base64::engine::general_purpose::STANDARD_NO_PAD.encode("u:p1");
-        let c = parse_dockercfg(format!(r#"{{"h.io":{{"auth":"{raw}","username":"x"}}}}"#).as_bytes()).unwrap();
-        assert_eq!((c["h.io"].username.as_str(), c["h.io"].password.as_str()), ("u", "p1"));
+        let c =
+            parse_dockercfg(format!(r#"{{"h.io":{{"auth":"{raw}","username":"x"}}}}"#).as_bytes())
+                .unwrap();
+        assert_eq!(
+            (c["h.io"].username.as_str(), c["h.io"].password.as_str()),
+            ("u", "p1")
+        );
         // Errors as upstream words them.
         let no_colon = base64::engine::general_purpose::STANDARD.encode("nocolon");
-        let e = parse_dockercfg(format!(r#"{{"h.io":{{"auth":"{no_colon}"}}}}"#).as_bytes()).unwrap_err();
-        assert_eq!(e.to_string(), "must be formatted as base64(username:password)");
+        let e = parse_dockercfg(format!(r#"{{"h.io":{{"auth":"{no_colon}"}}}}"#).as_bytes())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "must be formatted as base64(username:password)"
+        );
         assert!(parse_docker_config_json(b"{").is_err());
-        assert!(parse_docker_config_json(br#"{"auths":[]}"#).unwrap_err().to_string().contains("cannot unmarshal array"));
+        assert!(parse_docker_config_json(br#"{"auths":[]}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot unmarshal array"));
         assert!(parse_docker_config_json(br#"{}"#).unwrap().is_empty());
     }
 
     #[test]
     fn keyring_keys_drop_scheme_and_api_prefix() {
-        assert_eq!(keyring_key("https://index.docker.io/v1/").as_deref(), Some("index.docker.io"));
-        assert_eq!(keyring_key("http://r.io:5000/v2/team").as_deref(), Some("r.io:5000/team"));
-        assert_eq!(keyring_key("r.io/team/app").as_deref(), Some("r.io/team/app"));
+        assert_eq!(
+            keyring_key("https://index.docker.io/v1/").as_deref(),
+            Some("index.docker.io")
+        );
+        assert_eq!(
+            keyring_key("http://r.io:5000/v2/team").as_deref(),
+            Some("r.io:5000/team")
+        );
+        assert_eq!(
+            keyring_key("r.io/team/app").as_deref(),
+            Some("r.io/team/app")
+        );
         assert_eq!(keyring_key("").as_deref(), None);
     }
 
@@ -580,53 +712,110 @@ mod tests {
     #[test]
     fn image_names_normalize_like_docker() {
         let r = parse_image_name("busybox").unwrap();
-        assert_eq!((r.repo.as_str(), r.tag.as_str()), ("docker.io/library/busybox", "latest"));
-        assert_eq!(parse_image_name("team/app:1").unwrap().repo, "docker.io/team/app");
-        assert_eq!(parse_image_name("localhost/app").unwrap().repo, "localhost/app");
+        assert_eq!(
+            (r.repo.as_str(), r.tag.as_str()),
+            ("docker.io/library/busybox", "latest")
+        );
+        assert_eq!(
+            parse_image_name("team/app:1").unwrap().repo,
+            "docker.io/team/app"
+        );
+        assert_eq!(
+            parse_image_name("localhost/app").unwrap().repo,
+            "localhost/app"
+        );
         let r = parse_image_name("127.0.0.1:5000/a/b:v1.2").unwrap();
-        assert_eq!((r.repo.as_str(), r.tag.as_str()), ("127.0.0.1:5000/a/b", "v1.2"));
+        assert_eq!(
+            (r.repo.as_str(), r.tag.as_str()),
+            ("127.0.0.1:5000/a/b", "v1.2")
+        );
         let d = format!("r.io/app@sha256:{}", "a".repeat(64));
         let r = parse_image_name(&d).unwrap();
         assert_eq!((r.repo.as_str(), r.tag.as_str()), ("r.io/app", ""));
-        assert!(parse_image_name("r.io/App:1").unwrap_err().to_string().contains("must be lowercase"));
+        assert!(parse_image_name("r.io/App:1")
+            .unwrap_err()
+            .to_string()
+            .contains("must be lowercase"));
         assert!(parse_image_name("a b").is_err());
         assert!(parse_image_name("").is_err());
         assert_eq!(apply_default_tag("busybox").unwrap(), "busybox:latest");
         assert_eq!(apply_default_tag("busybox:1.36").unwrap(), "busybox:1.36");
-        assert_eq!(apply_default_tag("127.0.0.1:5000/x").unwrap(), "127.0.0.1:5000/x:latest");
+        assert_eq!(
+            apply_default_tag("127.0.0.1:5000/x").unwrap(),
+            "127.0.0.1:5000/x:latest"
+        );
     }
 
     #[test]
     fn credentials_from_pull_secrets() {
-        let hub = secret(SECRET_TYPE_DOCKER_CONFIG_JSON, DOCKER_CONFIG_JSON_KEY, r#"{"auths":{"https://index.docker.io/v1/":{"username":"hub","password":"h"}}}"#);
-        let team = secret(SECRET_TYPE_DOCKERCFG, DOCKERCFG_KEY, r#"{"r.io/team":{"username":"team","password":"t"},"r.io":{"username":"any","password":"a"}}"#);
-        let opaque = secret("Opaque", DOCKER_CONFIG_JSON_KEY, r#"{"auths":{"r.io":{"username":"no","password":"no"}}}"#);
+        let hub = secret(
+            SECRET_TYPE_DOCKER_CONFIG_JSON,
+            DOCKER_CONFIG_JSON_KEY,
+            r#"{"auths":{"https://index.docker.io/v1/":{"username":"hub","password":"h"}}}"#,
+        );
+        let team = secret(
+            SECRET_TYPE_DOCKERCFG,
+            DOCKERCFG_KEY,
+            r#"{"r.io/team":{"username":"team","password":"t"},"r.io":{"username":"any","password":"a"}}"#,
+        );
+        let opaque = secret(
+            "Opaque",
+            DOCKER_CONFIG_JSON_KEY,
+            r#"{"auths":{"r.io":{"username":"no","password":"no"}}}"#,
+        );
         let secrets = [hub, team, opaque];
-        let users = |image: &str| credentials_for(image, &secrets).unwrap().into_iter().map(|a| a.username).collect::<Vec<_>>();
+        let users = |image: &str| {
+            credentials_for(image, &secrets)
+                .unwrap()
+                .into_iter()
+                .map(|a| a.username)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(users("busybox"), ["hub"]);
         assert_eq!(users("docker.io/library/busybox:1"), ["hub"]);
-        assert_eq!(users("r.io/team/app:1"), ["team", "any"], "most specific first");
+        assert_eq!(
+            users("r.io/team/app:1"),
+            ["team", "any"],
+            "most specific first"
+        );
         assert_eq!(users("r.io/other:1"), ["any"]);
         assert!(users("q.io/x").is_empty());
         let a = &credentials_for("r.io/other", &secrets).unwrap()[0];
         assert_eq!((a.password.as_str(), a.server_address.as_str()), ("a", ""));
         // A broken secret fails the pull as upstream (the JSON error).
-        let bad = secret(SECRET_TYPE_DOCKER_CONFIG_JSON, DOCKER_CONFIG_JSON_KEY, "{nope");
+        let bad = secret(
+            SECRET_TYPE_DOCKER_CONFIG_JSON,
+            DOCKER_CONFIG_JSON_KEY,
+            "{nope",
+        );
         assert!(credentials_for("r.io/x", &[bad]).is_err());
     }
 
     #[test]
     fn backoff_message_carries_the_last_error() {
         let key = backoff_key("uid-test-1", "r.io/x:1");
-        assert_eq!(backoff_message(&key, "r.io/x:1"), "Back-off pulling image \"r.io/x:1\"");
-        remember_error(&key, "ErrImagePull", "rpc error: code = Unknown desc = failed to pull and unpack image");
+        assert_eq!(
+            backoff_message(&key, "r.io/x:1"),
+            "Back-off pulling image \"r.io/x:1\""
+        );
+        remember_error(
+            &key,
+            "ErrImagePull",
+            "rpc error: code = Unknown desc = failed to pull and unpack image",
+        );
         assert_eq!(
             backoff_message(&key, "r.io/x:1"),
             "Back-off pulling image \"r.io/x:1\": ErrImagePull: rpc error: code = Unknown desc = failed to pull and unpack image"
         );
-        assert_eq!(last_error(&key).map(|e| e.0), Some("ErrImagePull".to_string()));
+        assert_eq!(
+            last_error(&key).map(|e| e.0),
+            Some("ErrImagePull".to_string())
+        );
         forget_error(&key);
-        assert_eq!(backoff_message(&key, "r.io/x:1"), "Back-off pulling image \"r.io/x:1\"");
+        assert_eq!(
+            backoff_message(&key, "r.io/x:1"),
+            "Back-off pulling image \"r.io/x:1\""
+        );
         assert_eq!(aggregate(&["a".into(), "b".into()]), "[a, b]");
     }
 }

@@ -75,8 +75,18 @@ pub fn log_root(data_dir: &std::path::Path) -> PathBuf {
 }
 
 /// The log file of a container instance.
-pub fn container_log_path(data_dir: &std::path::Path, ns: &str, pod: &str, uid: &str, container: &str, restart: u32) -> PathBuf {
-    log_root(data_dir).join(format!("{ns}_{pod}_{uid}")).join(container).join(format!("{restart}.log"))
+pub fn container_log_path(
+    data_dir: &std::path::Path,
+    ns: &str,
+    pod: &str,
+    uid: &str,
+    container: &str,
+    restart: u32,
+) -> PathBuf {
+    log_root(data_dir)
+        .join(format!("{ns}_{pod}_{uid}"))
+        .join(container)
+        .join(format!("{restart}.log"))
 }
 
 /// What every worker shares.
@@ -108,15 +118,37 @@ pub async fn run(client: kube::Client, cri: CriClient, cfg: PodConfig) -> Result
         node_memory: host.memory_bytes,
         log_root: cfg.log_root(),
     };
-    let volumes = VolumeManager::new(client.clone(), cfg.pods_root(), cfg.node_ip.clone(), host.cpus, host.memory_bytes);
-    let shared = Arc::new(Shared { client: client.clone(), cri, cfg: cfg.clone(), ctx, volumes, node_cpus: host.cpus, events: crate::events::Recorder::new(client.clone(), &cfg.node_name) });
+    let volumes = VolumeManager::new(
+        client.clone(),
+        cfg.pods_root(),
+        cfg.node_ip.clone(),
+        host.cpus,
+        host.memory_bytes,
+    );
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        cri,
+        cfg: cfg.clone(),
+        ctx,
+        volumes,
+        node_cpus: host.cpus,
+        events: crate::events::Recorder::new(client.clone(), &cfg.node_name),
+    });
     let workers: Workers = Arc::new(Mutex::new(HashMap::new()));
     let pleg = tokio::spawn(relist(shared.clone(), workers.clone()));
     let mut housekeeping: Option<tokio::task::JoinHandle<()>> = None;
 
     // Static pods start at once, before (and without) the API server.
-    let sink = Arc::new(WorkerSink { shared: shared.clone(), workers: workers.clone() });
-    let mut statics = StaticPods::new(client.clone(), &cfg.node_name, static_pods::manifests_dir(&cfg.data_dir), sink);
+    let sink = Arc::new(WorkerSink {
+        shared: shared.clone(),
+        workers: workers.clone(),
+    });
+    let mut statics = StaticPods::new(
+        client.clone(),
+        &cfg.node_name,
+        static_pods::manifests_dir(&cfg.data_dir),
+        sink,
+    );
     statics.scan();
     let (mirror_tx, mirror_rx) = tokio::sync::mpsc::unbounded_channel();
     let static_task = tokio::spawn(statics.run(mirror_rx));
@@ -129,7 +161,9 @@ pub async fn run(client: kube::Client, cri: CriClient, cfg: PodConfig) -> Result
     while let Some(ev) = stream.next().await {
         match ev {
             // Mirror pods stand for static pods: the static pod source handles them.
-            Ok(watcher::Event::InitApply(pod)) if static_pods::is_mirror_pod(&pod) => init_mirrors.push(pod),
+            Ok(watcher::Event::InitApply(pod)) if static_pods::is_mirror_pod(&pod) => {
+                init_mirrors.push(pod)
+            }
             Ok(watcher::Event::Apply(pod)) if static_pods::is_mirror_pod(&pod) => {
                 let _ = mirror_tx.send(MirrorEvent::Apply(pod));
             }
@@ -161,7 +195,10 @@ pub async fn run(client: kube::Client, cri: CriClient, cfg: PodConfig) -> Result
                 // housekeeping. Static pods are not the API's to stop.
                 if let Ok(w) = workers.lock() {
                     for (uid, h) in w.iter() {
-                        let is_static = h.tx.borrow().as_ref().is_some_and(static_pods::is_static_pod);
+                        let is_static =
+                            h.tx.borrow()
+                                .as_ref()
+                                .is_some_and(static_pods::is_static_pod);
                         if !init_seen.contains(uid) && !is_static {
                             let _ = h.tx.send(None);
                         }
@@ -210,7 +247,9 @@ impl static_pods::PodSink for WorkerSink {
 /// added owner reference, ...) are stored for the worker's next sync without waking it,
 /// as upstream's pod config turns status-only updates into reconciles, not syncs.
 fn dispatch(shared: &Arc<Shared>, workers: &Workers, pod: Pod) {
-    let Some(uid) = pod.metadata.uid.clone() else { return };
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
     let Ok(mut w) = workers.lock() else { return };
     if let Some(h) = w.get(&uid) {
         if !h.task.is_finished() {
@@ -309,7 +348,9 @@ async fn housekeep(shared: Arc<Shared>, workers: Workers) {
         };
         if let Ok(sandboxes) = shared.cri.list_pod_sandboxes(None).await {
             for s in sandboxes {
-                let Some(uid) = s.labels.get(LABEL_POD_UID) else { continue };
+                let Some(uid) = s.labels.get(LABEL_POD_UID) else {
+                    continue;
+                };
                 if known.contains(uid) {
                     continue;
                 }
@@ -335,8 +376,13 @@ async fn housekeep(shared: Arc<Shared>, workers: Workers) {
 
 /// Stops every running container of a sandbox with the grace period.
 pub(crate) async fn stop_all_containers(cri: &CriClient, sandbox_id: &str, grace: i64) {
-    let filter = crate::cri::types::ContainerFilter { pod_sandbox_id: sandbox_id.to_string(), ..Default::default() };
-    let Ok(cs) = cri.list_containers(Some(filter)).await else { return };
+    let filter = crate::cri::types::ContainerFilter {
+        pod_sandbox_id: sandbox_id.to_string(),
+        ..Default::default()
+    };
+    let Ok(cs) = cri.list_containers(Some(filter)).await else {
+        return;
+    };
     let futs = cs
         .iter()
         .filter(|c| c.state == crate::cri::types::ContainerState::ContainerRunning as i32)
@@ -345,11 +391,20 @@ pub(crate) async fn stop_all_containers(cri: &CriClient, sandbox_id: &str, grace
 }
 
 /// The sandboxes of a pod (by UID label), newest first.
-pub(crate) async fn pod_sandboxes(cri: &CriClient, uid: &str) -> Vec<crate::cri::types::PodSandbox> {
+pub(crate) async fn pod_sandboxes(
+    cri: &CriClient,
+    uid: &str,
+) -> Vec<crate::cri::types::PodSandbox> {
     let mut sel = HashMap::new();
     sel.insert(LABEL_POD_UID.to_string(), uid.to_string());
-    let filter = PodSandboxFilter { label_selector: sel, ..Default::default() };
-    let mut v = cri.list_pod_sandboxes(Some(filter)).await.unwrap_or_default();
+    let filter = PodSandboxFilter {
+        label_selector: sel,
+        ..Default::default()
+    };
+    let mut v = cri
+        .list_pod_sandboxes(Some(filter))
+        .await
+        .unwrap_or_default();
     v.sort_by_key(|s| std::cmp::Reverse(s.created_at));
     v
 }
@@ -373,13 +428,21 @@ mod tests {
         let old = running_pod();
         let mut new = old.clone();
         new.metadata.resource_version = Some("11".into());
-        new.status = serde_json::from_value(serde_json::json!({"phase": "Running", "podIP": "10.42.0.5",
-            "conditions": [{"type": "Ready", "status": "True"}]})).unwrap();
+        new.status =
+            serde_json::from_value(serde_json::json!({"phase": "Running", "podIP": "10.42.0.5",
+            "conditions": [{"type": "Ready", "status": "True"}]}))
+            .unwrap();
         new.metadata.managed_fields = Some(vec![Default::default()]);
-        assert!(!update_matters(&old, &new), "the kubelet's own status patch");
+        assert!(
+            !update_matters(&old, &new),
+            "the kubelet's own status patch"
+        );
         new.metadata.owner_references = Some(vec![Default::default()]);
         new.metadata.finalizers = Some(vec!["x/y".into()]);
-        assert!(!update_matters(&old, &new), "metadata the kubelet does not act on");
+        assert!(
+            !update_matters(&old, &new),
+            "metadata the kubelet does not act on"
+        );
     }
 
     #[test]
@@ -390,15 +453,38 @@ mod tests {
             f(&mut p);
             update_matters(&old, &p)
         };
-        assert!(changed(&|p| p.metadata.labels.get_or_insert_default().insert("tier".into(), "x".into()).map(|_| ()).unwrap_or(())));
+        assert!(changed(&|p| p
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("tier".into(), "x".into())
+            .map(|_| ())
+            .unwrap_or(())));
         assert!(changed(&|p| p.metadata.annotations = None));
-        assert!(changed(&|p| p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()))));
-        assert!(changed(&|p| p.metadata.deletion_grace_period_seconds = Some(0)));
-        assert!(changed(&|p| p.spec.as_mut().unwrap().containers[0].image = Some("busybox:2".into())));
+        assert!(changed(&|p| p.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
+        )));
+        assert!(changed(
+            &|p| p.metadata.deletion_grace_period_seconds = Some(0)
+        ));
+        assert!(changed(
+            &|p| p.spec.as_mut().unwrap().containers[0].image = Some("busybox:2".into())
+        ));
         // kubectl debug adds an ephemeral container: a spec change (pods/ephemeralcontainers).
-        assert!(changed(&|p| p.spec.as_mut().unwrap().ephemeral_containers =
-            Some(vec![k8s_openapi::api::core::v1::EphemeralContainer { name: "debugger".into(), ..Default::default() }])));
-        assert!(changed(&|p| p.spec.as_mut().unwrap().active_deadline_seconds = Some(5)));
+        assert!(changed(&|p| p
+            .spec
+            .as_mut()
+            .unwrap()
+            .ephemeral_containers =
+            Some(vec![k8s_openapi::api::core::v1::EphemeralContainer {
+                name: "debugger".into(),
+                ..Default::default()
+            }])));
+        assert!(changed(&|p| p
+            .spec
+            .as_mut()
+            .unwrap()
+            .active_deadline_seconds = Some(5)));
         assert!(!changed(&|_| {}));
     }
 
@@ -411,16 +497,35 @@ mod tests {
         let send = |pod: Pod| offer(&tx, pod);
         assert!(!send(status_patch));
         assert!(!rx.has_changed().unwrap(), "no wake-up for a status patch");
-        assert_eq!(rx.borrow().as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()), Some("Running"), "but the worker sees the newest status");
+        assert_eq!(
+            rx.borrow()
+                .as_ref()
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.phase.as_deref()),
+            Some("Running"),
+            "but the worker sees the newest status"
+        );
         let mut deleted = running_pod();
-        deleted.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+        deleted.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
         assert!(send(deleted));
         assert!(rx.has_changed().unwrap());
     }
 
     #[test]
     fn log_layout_is_upstreams() {
-        let p = container_log_path(std::path::Path::new("/var/lib/rk3s"), "default", "web", "u-1", "app", 2);
-        assert_eq!(p, PathBuf::from("/var/lib/rk3s/agent/pod-logs/default_web_u-1/app/2.log"));
+        let p = container_log_path(
+            std::path::Path::new("/var/lib/rk3s"),
+            "default",
+            "web",
+            "u-1",
+            "app",
+            2,
+        );
+        assert_eq!(
+            p,
+            PathBuf::from("/var/lib/rk3s/agent/pod-logs/default_web_u-1/app/2.log")
+        );
     }
 }

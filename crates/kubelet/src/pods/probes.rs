@@ -76,7 +76,11 @@ fn port_of(c: &Container, port: &IntOrString) -> Option<u16> {
             if let Ok(n) = name.parse::<u16>() {
                 return Some(n);
             }
-            c.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name)).and_then(|p| u16::try_from(p.container_port).ok())
+            c.ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name))
+                .and_then(|p| u16::try_from(p.container_port).ok())
         }
     }
 }
@@ -105,15 +109,22 @@ fn dial_error(host: &str, port: u16, e: &std::io::Error) -> String {
             let s = e.to_string();
             let s = s.split(" (os error").next().unwrap_or(&s).to_string();
             let mut c = s.chars();
-            c.next().map(|f| f.to_lowercase().chain(c).collect()).unwrap_or(s)
+            c.next()
+                .map(|f| f.to_lowercase().chain(c).collect())
+                .unwrap_or(s)
         }
     };
     format!("dial tcp {host}:{port}: {why}")
 }
 
 /// Sends an HTTP/1.1 request and reads the response up to the end of its status line.
-async fn response_head<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, req: &str) -> Result<String, String> {
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+async fn response_head<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    req: &str,
+) -> Result<String, String> {
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 1024];
     let mut n = 0;
     while n < buf.len() {
@@ -148,7 +159,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -157,7 +173,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -167,25 +188,45 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
 
 /// The TLS client configuration of HTTPS probes (built once).
 fn insecure_tls_config() -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
-    static CONFIG: std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>> = std::sync::OnceLock::new();
+    static CONFIG: std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
     CONFIG
         .get_or_init(|| {
             let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
             rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
-                .map(|b| std::sync::Arc::new(b.dangerous().with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyCert(provider))).with_no_client_auth()))
+                .map(|b| {
+                    std::sync::Arc::new(
+                        b.dangerous()
+                            .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyCert(
+                                provider,
+                            )))
+                            .with_no_client_auth(),
+                    )
+                })
                 .map_err(|e| e.to_string())
         })
         .clone()
 }
 
 /// Runs a probe once.
-pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe: &Probe, pod_ip: &str) -> Outcome {
+pub async fn run_once(
+    cri: &CriClient,
+    container_id: &str,
+    c: &Container,
+    probe: &Probe,
+    pod_ip: &str,
+) -> Outcome {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     if let Some(e) = &probe.exec {
         let cmd = e.command.clone().unwrap_or_default();
         let timed_out = || Outcome::Failure(format!("command {:?} timed out", cmd.join(" ")));
-        return match tokio::time::timeout(timeout + Duration::from_secs(1), cri.exec_sync(container_id, cmd.clone(), timeout.as_secs() as i64)).await {
+        return match tokio::time::timeout(
+            timeout + Duration::from_secs(1),
+            cri.exec_sync(container_id, cmd.clone(), timeout.as_secs() as i64),
+        )
+        .await
+        {
             Ok(Ok(r)) if r.exit_code == 0 => Outcome::Success,
             // Upstream reports the command's output (stdout, then stderr) as the reason.
             Ok(Ok(r)) => {
@@ -199,8 +240,15 @@ pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe:
     }
     if let Some(t) = &probe.tcp_socket {
         let host = t.host.clone().unwrap_or_else(|| pod_ip.to_string());
-        let Some(port) = port_of(c, &t.port) else { return Outcome::Failure("invalid port".into()) };
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+        let Some(port) = port_of(c, &t.port) else {
+            return Outcome::Failure("invalid port".into());
+        };
+        return match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
             Ok(Ok(_)) => Outcome::Success,
             Ok(Err(e)) => Outcome::Failure(dial_error(&host, port, &e)),
             Err(_) => Outcome::Failure(format!("dial tcp {host}:{port}: i/o timeout")),
@@ -208,22 +256,37 @@ pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe:
     }
     if let Some(h) = &probe.http_get {
         let host = h.host.clone().unwrap_or_else(|| pod_ip.to_string());
-        let Some(port) = port_of(c, &h.port) else { return Outcome::Failure("invalid port".into()) };
+        let Some(port) = port_of(c, &h.port) else {
+            return Outcome::Failure("invalid port".into());
+        };
         let https = h.scheme.as_deref() == Some("HTTPS");
         let path = h.path.clone().unwrap_or_else(|| "/".into());
-        let path = if path.starts_with('/') { path } else { format!("/{path}") };
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        };
         let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
         for hd in h.http_headers.iter().flatten() {
             req.push_str(&format!("{}: {}\r\n", hd.name, hd.value));
         }
         req.push_str("\r\n");
-        let url = format!("{}://{host}:{port}{path}", if https { "https" } else { "http" });
+        let url = format!(
+            "{}://{host}:{port}{path}",
+            if https { "https" } else { "http" }
+        );
         let fut = async {
-            let s = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| dial_error(&host, port, &e))?;
+            let s = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| dial_error(&host, port, &e))?;
             if https {
                 // As upstream: TLS without verifying the pod's certificate.
-                let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-                let s = tokio_rustls::TlsConnector::from(insecure_tls_config()?).connect(name, s).await.map_err(|e| e.to_string())?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| e.to_string())?;
+                let s = tokio_rustls::TlsConnector::from(insecure_tls_config()?)
+                    .connect(name, s)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 response_head(s, &req).await
             } else {
                 response_head(s, &req).await
@@ -240,8 +303,16 @@ pub async fn run_once(cri: &CriClient, container_id: &str, c: &Container, probe:
         };
     }
     if let Some(g) = &probe.grpc {
-        let Ok(port) = u16::try_from(g.port) else { return Outcome::Failure(format!("invalid port {}", g.port)) };
-        return super::grpc_probe::check(pod_ip, port, g.service.as_deref().unwrap_or_default(), timeout).await;
+        let Ok(port) = u16::try_from(g.port) else {
+            return Outcome::Failure(format!("invalid port {}", g.port));
+        };
+        return super::grpc_probe::check(
+            pod_ip,
+            port,
+            g.service.as_deref().unwrap_or_default(),
+            timeout,
+        )
+        .await;
     }
     // A probe without a handler is refused by validation; nothing to run.
     Outcome::Success
@@ -269,7 +340,10 @@ pub async fn probe_loop(
     let (mut ok_run, mut fail_run) = (0, 0);
     loop {
         // Readiness and liveness wait for the startup probe.
-        let started = table.lock().map(|t| t.get(&container_id).map(|r| r.started).unwrap_or(false)).unwrap_or(false);
+        let started = table
+            .lock()
+            .map(|t| t.get(&container_id).map(|r| r.started).unwrap_or(false))
+            .unwrap_or(false);
         if kind == ProbeKind::Startup || started {
             let outcome = run_once(&cri, &container_id, &c, &probe, &pod_ip).await;
             match &outcome {
@@ -281,7 +355,13 @@ pub async fn probe_loop(
                     fail_run += 1;
                     ok_run = 0;
                     tracing::debug!(container = %c.name, ?kind, reason = %why, "probe failed");
-                    events.recorder.container_event(&events.pod, &c.name, EventType::Warning, reason::UNHEALTHY, format!("{} probe failed: {why}", kind.as_str()));
+                    events.recorder.container_event(
+                        &events.pod,
+                        &c.name,
+                        EventType::Warning,
+                        reason::UNHEALTHY,
+                        format!("{} probe failed: {why}", kind.as_str()),
+                    );
                 }
             }
             let mut changed = false;
@@ -302,7 +382,8 @@ pub async fn probe_loop(
                     ProbeKind::Readiness => {
                         if ok_run >= success_threshold {
                             r.ready = Some(true);
-                        } else if fail_run >= failure_threshold || r.ready.is_none() && fail_run > 0 {
+                        } else if fail_run >= failure_threshold || r.ready.is_none() && fail_run > 0
+                        {
                             r.ready = Some(false);
                         }
                     }
@@ -333,7 +414,10 @@ mod tests {
     #[test]
     fn http_status_line() {
         assert_eq!(http_status("HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(http_status("HTTP/1.0 503 Service Unavailable\r\n"), Some(503));
+        assert_eq!(
+            http_status("HTTP/1.0 503 Service Unavailable\r\n"),
+            Some(503)
+        );
         assert_eq!(http_status("garbage"), None);
     }
 
@@ -341,7 +425,11 @@ mod tests {
     fn named_ports() {
         let c = Container {
             name: "c".into(),
-            ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort { name: Some("http".into()), container_port: 8080, ..Default::default() }]),
+            ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+                name: Some("http".into()),
+                container_port: 8080,
+                ..Default::default()
+            }]),
             ..Default::default()
         };
         assert_eq!(port_of(&c, &IntOrString::String("http".into())), Some(8080));
@@ -351,67 +439,134 @@ mod tests {
 
     #[tokio::test]
     async fn http_and_tcp_probes_against_a_local_server() {
-        let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else { return };
+        let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            return;
+        };
         let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
                 let mut b = [0u8; 512];
                 let n = s.read(&mut b).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&b[..n]).to_string();
-                let code = if req.starts_with("GET /healthz ") { "200 OK" } else { "500 Internal Server Error" };
-                let _ = s.write_all(format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                let code = if req.starts_with("GET /healthz ") {
+                    "200 OK"
+                } else {
+                    "500 Internal Server Error"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
             }
         });
-        let Some(cri) = dummy_client().await else { panic!("dummy CRI socket") };
-        let c = Container { name: "c".into(), ..Default::default() };
+        let Some(cri) = dummy_client().await else {
+            panic!("dummy CRI socket")
+        };
+        let c = Container {
+            name: "c".into(),
+            ..Default::default()
+        };
         let get = |path: &str| Probe {
-            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(port as i32), ..Default::default() }),
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::Int(port as i32),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let get_port = |path: &str, port: i32| Probe {
-            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(port), ..Default::default() }),
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::Int(port),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        assert_eq!(run_once(&cri, "x", &c, &get("/healthz"), "127.0.0.1").await, Outcome::Success);
+        assert_eq!(
+            run_once(&cri, "x", &c, &get("/healthz"), "127.0.0.1").await,
+            Outcome::Success
+        );
         let bad = run_once(&cri, "x", &c, &get("/bad"), "127.0.0.1").await;
-        assert!(matches!(&bad, Outcome::Failure(m) if m.contains("statuscode: 500")), "{bad:?}");
+        assert!(
+            matches!(&bad, Outcome::Failure(m) if m.contains("statuscode: 500")),
+            "{bad:?}"
+        );
         let tcp = Probe {
-            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction { port: IntOrString::Int(port as i32), host: None }),
+            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
+                port: IntOrString::Int(port as i32),
+                host: None,
+            }),
             ..Default::default()
         };
-        assert_eq!(run_once(&cri, "x", &c, &tcp, "127.0.0.1").await, Outcome::Success);
+        assert_eq!(
+            run_once(&cri, "x", &c, &tcp, "127.0.0.1").await,
+            Outcome::Success
+        );
         let closed = Probe {
-            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction { port: IntOrString::Int(1), host: None }),
+            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
+                port: IntOrString::Int(1),
+                host: None,
+            }),
             ..Default::default()
         };
-        assert_eq!(run_once(&cri, "x", &c, &closed, "127.0.0.1").await, Outcome::Failure("dial tcp 127.0.0.1:1: connect: connection refused".into()));
+        assert_eq!(
+            run_once(&cri, "x", &c, &closed, "127.0.0.1").await,
+            Outcome::Failure("dial tcp 127.0.0.1:1: connect: connection refused".into())
+        );
         let refused = run_once(&cri, "x", &c, &get_port("/", 1), "127.0.0.1").await;
-        assert_eq!(refused, Outcome::Failure("Get \"http://127.0.0.1:1/\": dial tcp 127.0.0.1:1: connect: connection refused".into()));
+        assert_eq!(
+            refused,
+            Outcome::Failure(
+                "Get \"http://127.0.0.1:1/\": dial tcp 127.0.0.1:1: connect: connection refused"
+                    .into()
+            )
+        );
     }
 
     #[tokio::test]
     async fn https_probes_speak_tls_without_verifying_the_certificate() {
         let tmp = tempfile::tempdir().unwrap();
-        let pki = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(tmp.path().join("server"))).unwrap();
+        let pki =
+            rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(tmp.path().join("server")))
+                .unwrap();
         // A certificate for another name: the prober must not care.
-        let (cert, key) = rk3s_pki::issue_serving_cert(&pki.ca_cert_pem, &pki.ca_key_pem, "pod", &["pod.example".to_string()], 1).unwrap();
+        let (cert, key) = rk3s_pki::issue_serving_cert(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            "pod",
+            &["pod.example".to_string()],
+            1,
+        )
+        .unwrap();
         let cfg = crate::server::tls_config(&cert, &key, &pki.ca_cert_pem).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                let Ok(mut s) = acceptor.accept(s).await else { continue };
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    continue;
+                };
                 let mut b = [0u8; 512];
                 let n = s.read(&mut b).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&b[..n]).to_string();
-                let code = if req.starts_with("GET /ready ") { "204 No Content" } else { "503 Service Unavailable" };
-                let _ = s.write_all(format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                let code = if req.starts_with("GET /ready ") {
+                    "204 No Content"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
                 let _ = s.shutdown().await;
             }
         });
-        let Some(cri) = dummy_client().await else { panic!("dummy CRI socket") };
-        let c = Container { name: "c".into(), ..Default::default() };
+        let Some(cri) = dummy_client().await else {
+            panic!("dummy CRI socket")
+        };
+        let c = Container {
+            name: "c".into(),
+            ..Default::default()
+        };
         let get = |path: &str| Probe {
             http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
                 path: Some(path.into()),
@@ -421,7 +576,10 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(run_once(&cri, "x", &c, &get("/ready"), "127.0.0.1").await, Outcome::Success);
+        assert_eq!(
+            run_once(&cri, "x", &c, &get("/ready"), "127.0.0.1").await,
+            Outcome::Success
+        );
         assert_eq!(
             run_once(&cri, "x", &c, &get("/other"), "127.0.0.1").await,
             Outcome::Failure("HTTP probe failed with statuscode: 503".into())

@@ -44,7 +44,9 @@ pub fn parse_quantity(s: &str) -> Option<f64> {
     if s.is_empty() {
         return None;
     }
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
     let n: f64 = num.parse().ok()?;
     let mult = match suffix {
@@ -72,17 +74,32 @@ pub fn parse_quantity(s: &str) -> Option<f64> {
 
 fn resource(c: &Container, kind: &str, name: &str) -> Option<f64> {
     let r = c.resources.as_ref()?;
-    let m = if kind == "limits" { r.limits.as_ref()? } else { r.requests.as_ref()? };
+    let m = if kind == "limits" {
+        r.limits.as_ref()?
+    } else {
+        r.requests.as_ref()?
+    };
     parse_quantity(&m.get(name)?.0)
 }
 
 /// The pod's QoS class (`Guaranteed`, `Burstable`, `BestEffort`), as upstream computes it.
 pub fn qos_class(spec: &PodSpec) -> &'static str {
-    let all: Vec<&Container> = spec.containers.iter().chain(spec.init_containers.iter().flatten()).collect();
+    let all: Vec<&Container> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .collect();
     let any = all.iter().any(|c| {
         c.resources.as_ref().is_some_and(|r| {
-            r.requests.as_ref().is_some_and(|m| m.iter().any(|(k, v)| (k == "cpu" || k == "memory") && parse_quantity(&v.0).is_some_and(|x| x > 0.0)))
-                || r.limits.as_ref().is_some_and(|m| m.iter().any(|(k, v)| (k == "cpu" || k == "memory") && parse_quantity(&v.0).is_some_and(|x| x > 0.0)))
+            r.requests.as_ref().is_some_and(|m| {
+                m.iter().any(|(k, v)| {
+                    (k == "cpu" || k == "memory") && parse_quantity(&v.0).is_some_and(|x| x > 0.0)
+                })
+            }) || r.limits.as_ref().is_some_and(|m| {
+                m.iter().any(|(k, v)| {
+                    (k == "cpu" || k == "memory") && parse_quantity(&v.0).is_some_and(|x| x > 0.0)
+                })
+            })
         })
     });
     if !any {
@@ -119,7 +136,9 @@ pub fn container_resources(c: &Container, qos: &str, node_memory: u64) -> LinuxC
     let mem_limit = resource(c, "limits", "memory");
     let mem_request = resource(c, "requests", "memory").or(mem_limit);
     let milli = |x: f64| (x * 1000.0).round() as i64;
-    let cpu_shares = cpu_request.map(|r| (milli(r) * 1024 / 1000).max(2)).unwrap_or(2);
+    let cpu_shares = cpu_request
+        .map(|r| (milli(r) * 1024 / 1000).max(2))
+        .unwrap_or(2);
     let (cpu_period, cpu_quota) = match cpu_limit {
         Some(l) => (100_000, (milli(l) * 100_000 / 1000).max(1000)),
         None => (0, 0),
@@ -129,7 +148,10 @@ pub fn container_resources(c: &Container, qos: &str, node_memory: u64) -> LinuxC
         "BestEffort" => 1000,
         _ => {
             let req = mem_request.unwrap_or(0.0) as u64;
-            let adj = (1000 * req).checked_div(node_memory).map(|x| 1000 - x as i64).unwrap_or(999);
+            let adj = (1000 * req)
+                .checked_div(node_memory)
+                .map(|x| 1000 - x as i64)
+                .unwrap_or(999);
             adj.clamp(2, 999)
         }
     };
@@ -184,7 +206,12 @@ pub fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>, Vec<String>) 
         let mut f = line.split_whitespace();
         match f.next() {
             Some("nameserver") => ns.extend(f.next().map(str::to_string)),
-            Some("search") => search = f.filter(|d| *d != ".").map(|d| d.trim_end_matches('.').to_string()).collect(),
+            Some("search") => {
+                search = f
+                    .filter(|d| *d != ".")
+                    .map(|d| d.trim_end_matches('.').to_string())
+                    .collect()
+            }
             Some("options") => opts.extend(f.map(str::to_string)),
             _ => {}
         }
@@ -198,14 +225,22 @@ pub fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>, Vec<String>) 
 /// from a pod), else systemd-resolved's upstream file, else `nameserver 8.8.8.8`.
 pub fn host_resolv_conf() -> String {
     let read = |p: &str| std::fs::read_to_string(p).ok();
-    choose_resolv_conf(read("/etc/resolv.conf"), read("/run/systemd/resolve/resolv.conf"))
+    choose_resolv_conf(
+        read("/etc/resolv.conf"),
+        read("/run/systemd/resolve/resolv.conf"),
+    )
 }
 
 fn choose_resolv_conf(etc: Option<String>, systemd: Option<String>) -> String {
     let usable = |t: &String| {
-        parse_resolv_conf(t).0.iter().any(|n| n.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback() && !ip.is_unspecified()))
+        parse_resolv_conf(t).0.iter().any(|n| {
+            n.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        })
     };
-    etc.filter(usable).or(systemd.filter(usable)).unwrap_or_else(|| "nameserver 8.8.8.8\n".to_string())
+    etc.filter(usable)
+        .or(systemd.filter(usable))
+        .unwrap_or_else(|| "nameserver 8.8.8.8\n".to_string())
 }
 
 fn push_unique(list: &mut Vec<String>, v: &str) {
@@ -219,7 +254,9 @@ pub fn dns_config(pod: &Pod, ctx: &SpecContext) -> DnsConfig {
     let spec = pod.spec.as_ref();
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-    let policy = spec.and_then(|s| s.dns_policy.as_deref()).unwrap_or("ClusterFirst");
+    let policy = spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst");
     let (host_ns, host_search, host_opts) = parse_resolv_conf(&ctx.host_resolv_conf);
     let cluster_first = match policy {
         "ClusterFirstWithHostNet" => true,
@@ -232,11 +269,19 @@ pub fn dns_config(pod: &Pod, ctx: &SpecContext) -> DnsConfig {
         for s in &host_search {
             push_unique(&mut searches, s);
         }
-        DnsConfig { servers: ctx.cluster_dns.clone(), searches, options: vec!["ndots:5".into()] }
+        DnsConfig {
+            servers: ctx.cluster_dns.clone(),
+            searches,
+            options: vec!["ndots:5".into()],
+        }
     } else if policy == "None" {
         DnsConfig::default()
     } else {
-        DnsConfig { servers: host_ns, searches: host_search, options: host_opts }
+        DnsConfig {
+            servers: host_ns,
+            searches: host_search,
+            options: host_opts,
+        }
     };
     if let Some(extra) = spec.and_then(|s| s.dns_config.as_ref()) {
         for s in extra.nameservers.iter().flatten() {
@@ -246,7 +291,9 @@ pub fn dns_config(pod: &Pod, ctx: &SpecContext) -> DnsConfig {
             push_unique(&mut cfg.searches, s);
         }
         for o in extra.options.iter().flatten() {
-            let Some(name) = o.name.as_deref() else { continue };
+            let Some(name) = o.name.as_deref() else {
+                continue;
+            };
             cfg.options.retain(|x| x.split(':').next() != Some(name));
             cfg.options.push(match &o.value {
                 Some(v) => format!("{name}:{v}"),
@@ -293,15 +340,35 @@ pub fn sandbox_config(pod: &Pod, ctx: &SpecContext, attempt: u32) -> PodSandboxC
         h.truncate(63);
         h.trim_end_matches(['-', '.']).to_string()
     };
-    let mut labels: HashMap<String, String> = pod.metadata.labels.clone().unwrap_or_default().into_iter().collect();
+    let mut labels: HashMap<String, String> = pod
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     labels.insert(LABEL_POD_NAME.into(), name.clone());
-    labels.insert(LABEL_POD_NAMESPACE.into(), pod.metadata.namespace.clone().unwrap_or_default());
-    labels.insert(LABEL_POD_UID.into(), pod.metadata.uid.clone().unwrap_or_default());
-    let annotations: HashMap<String, String> = pod.metadata.annotations.clone().unwrap_or_default().into_iter().collect();
+    labels.insert(
+        LABEL_POD_NAMESPACE.into(),
+        pod.metadata.namespace.clone().unwrap_or_default(),
+    );
+    labels.insert(
+        LABEL_POD_UID.into(),
+        pod.metadata.uid.clone().unwrap_or_default(),
+    );
+    let annotations: HashMap<String, String> = pod
+        .metadata
+        .annotations
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut port_mappings = Vec::new();
     for c in &spec.containers {
         for p in c.ports.iter().flatten() {
-            let Some(hp) = p.host_port.filter(|h| *h > 0) else { continue };
+            let Some(hp) = p.host_port.filter(|h| *h > 0) else {
+                continue;
+            };
             let protocol = match p.protocol.as_deref() {
                 Some("UDP") => Protocol::Udp,
                 Some("SCTP") => Protocol::Sctp,
@@ -321,8 +388,18 @@ pub fn sandbox_config(pod: &Pod, ctx: &SpecContext, attempt: u32) -> PodSandboxC
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false));
-    let sysctls = psc.sysctls.iter().flatten().map(|s| (s.name.clone(), s.value.clone())).collect();
+        .any(|c| {
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.privileged)
+                .unwrap_or(false)
+        });
+    let sysctls = psc
+        .sysctls
+        .iter()
+        .flatten()
+        .map(|s| (s.name.clone(), s.value.clone()))
+        .collect();
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name,
@@ -331,7 +408,11 @@ pub fn sandbox_config(pod: &Pod, ctx: &SpecContext, attempt: u32) -> PodSandboxC
             attempt,
         }),
         hostname,
-        log_directory: ctx.log_root.join(pod_log_dir_name(pod)).to_string_lossy().into_owned(),
+        log_directory: ctx
+            .log_root
+            .join(pod_log_dir_name(pod))
+            .to_string_lossy()
+            .into_owned(),
         dns_config: Some(dns_config(pod, ctx)),
         port_mappings,
         labels,
@@ -348,7 +429,11 @@ pub fn sandbox_config(pod: &Pod, ctx: &SpecContext, attempt: u32) -> PodSandboxC
                     } else {
                         NamespaceMode::Container as i32
                     },
-                    ipc: ns_mode(spec.host_ipc.unwrap_or(false), NamespaceMode::Node, NamespaceMode::Pod),
+                    ipc: ns_mode(
+                        spec.host_ipc.unwrap_or(false),
+                        NamespaceMode::Node,
+                        NamespaceMode::Pod,
+                    ),
                     target_id: String::new(),
                 }),
                 run_as_user: psc.run_as_user.map(|value| Int64Value { value }),
@@ -379,20 +464,41 @@ pub fn container_config(
     let spec = pod.spec.clone().unwrap_or_default();
     let lookup: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let get = |k: &str| lookup.get(k).map(|v| v.to_string());
-    let command = c.command.iter().flatten().map(|s| expand(s, &get)).collect();
+    let command = c
+        .command
+        .iter()
+        .flatten()
+        .map(|s| expand(s, &get))
+        .collect();
     let args = c.args.iter().flatten().map(|s| expand(s, &get)).collect();
     let mut labels = HashMap::new();
-    labels.insert(LABEL_POD_NAME.to_string(), pod.metadata.name.clone().unwrap_or_default());
-    labels.insert(LABEL_POD_NAMESPACE.to_string(), pod.metadata.namespace.clone().unwrap_or_default());
-    labels.insert(LABEL_POD_UID.to_string(), pod.metadata.uid.clone().unwrap_or_default());
+    labels.insert(
+        LABEL_POD_NAME.to_string(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
+    labels.insert(
+        LABEL_POD_NAMESPACE.to_string(),
+        pod.metadata.namespace.clone().unwrap_or_default(),
+    );
+    labels.insert(
+        LABEL_POD_UID.to_string(),
+        pod.metadata.uid.clone().unwrap_or_default(),
+    );
     labels.insert(LABEL_CONTAINER_NAME.to_string(), c.name.clone());
     let mut annotations = HashMap::new();
     annotations.insert(ANN_RESTART_COUNT.to_string(), attempt.to_string());
     annotations.insert(
         ANN_TERMINATION_MESSAGE_PATH.to_string(),
-        c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into()),
+        c.termination_message_path
+            .clone()
+            .unwrap_or_else(|| "/dev/termination-log".into()),
     );
-    annotations.insert(ANN_GRACE.to_string(), spec.termination_grace_period_seconds.unwrap_or(30).to_string());
+    annotations.insert(
+        ANN_GRACE.to_string(),
+        spec.termination_grace_period_seconds
+            .unwrap_or(30)
+            .to_string(),
+    );
     let psc = spec.security_context.clone().unwrap_or_default();
     let csc = c.security_context.clone().unwrap_or_default();
     let host_network = spec.host_network.unwrap_or(false);
@@ -417,11 +523,21 @@ pub fn container_config(
         namespace_options: Some(NamespaceOption {
             network: ns_mode(host_network, NamespaceMode::Node, NamespaceMode::Pod),
             pid: pid as i32,
-            ipc: ns_mode(spec.host_ipc.unwrap_or(false), NamespaceMode::Node, NamespaceMode::Pod),
+            ipc: ns_mode(
+                spec.host_ipc.unwrap_or(false),
+                NamespaceMode::Node,
+                NamespaceMode::Pod,
+            ),
             target_id: String::new(),
         }),
-        run_as_user: csc.run_as_user.or(psc.run_as_user).map(|value| Int64Value { value }),
-        run_as_group: csc.run_as_group.or(psc.run_as_group).map(|value| Int64Value { value }),
+        run_as_user: csc
+            .run_as_user
+            .or(psc.run_as_user)
+            .map(|value| Int64Value { value }),
+        run_as_group: csc
+            .run_as_group
+            .or(psc.run_as_group)
+            .map(|value| Int64Value { value }),
         readonly_rootfs: csc.read_only_root_filesystem.unwrap_or(false),
         supplemental_groups: groups,
         no_new_privs: csc.allow_privilege_escalation == Some(false),
@@ -429,12 +545,25 @@ pub fn container_config(
     };
     let qos = qos_class(&spec);
     ContainerConfig {
-        metadata: Some(ContainerMetadata { name: c.name.clone(), attempt }),
-        image: Some(ImageSpec { image: image_ref.to_string(), user_specified_image: c.image.clone().unwrap_or_default(), ..Default::default() }),
+        metadata: Some(ContainerMetadata {
+            name: c.name.clone(),
+            attempt,
+        }),
+        image: Some(ImageSpec {
+            image: image_ref.to_string(),
+            user_specified_image: c.image.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
         command,
         args,
         working_dir: c.working_dir.clone().unwrap_or_default(),
-        envs: env.iter().map(|(k, v)| KeyValue { key: k.clone(), value: v.clone() }).collect(),
+        envs: env
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
         mounts,
         labels,
         annotations,
@@ -451,7 +580,11 @@ pub fn container_config(
 
 /// Service environment variables (`<NAME>_SERVICE_HOST` etc.) for one Service, as
 /// upstream's service links.
-pub fn service_env(name: &str, cluster_ip: &str, ports: &[(Option<String>, i32, String)]) -> BTreeMap<String, String> {
+pub fn service_env(
+    name: &str,
+    cluster_ip: &str,
+    ports: &[(Option<String>, i32, String)],
+) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     if cluster_ip.is_empty() || cluster_ip == "None" || ports.is_empty() {
         return m;
@@ -461,15 +594,24 @@ pub fn service_env(name: &str, cluster_ip: &str, ports: &[(Option<String>, i32, 
     m.insert(format!("{n}_SERVICE_PORT"), ports[0].1.to_string());
     for (pname, port, _) in ports {
         if let Some(pn) = pname.as_deref().filter(|p| !p.is_empty()) {
-            m.insert(format!("{n}_SERVICE_PORT_{}", pn.to_uppercase().replace('-', "_")), port.to_string());
+            m.insert(
+                format!("{n}_SERVICE_PORT_{}", pn.to_uppercase().replace('-', "_")),
+                port.to_string(),
+            );
         }
     }
     let (_, p0, proto0) = &ports[0];
-    m.insert(format!("{n}_PORT"), format!("{}://{cluster_ip}:{p0}", proto0.to_lowercase()));
+    m.insert(
+        format!("{n}_PORT"),
+        format!("{}://{cluster_ip}:{p0}", proto0.to_lowercase()),
+    );
     for (_, port, proto) in ports {
         let pr = proto.to_uppercase();
         let prefix = format!("{n}_PORT_{port}_{pr}");
-        m.insert(prefix.clone(), format!("{}://{cluster_ip}:{port}", proto.to_lowercase()));
+        m.insert(
+            prefix.clone(),
+            format!("{}://{cluster_ip}:{port}", proto.to_lowercase()),
+        );
         m.insert(format!("{prefix}_PROTO"), proto.to_lowercase());
         m.insert(format!("{prefix}_PORT"), port.to_string());
         m.insert(format!("{prefix}_ADDR"), cluster_ip.to_string());
@@ -531,37 +673,78 @@ mod tests {
         let p = pod("team", PodSpec::default());
         let d = dns_config(&p, &ctx());
         assert_eq!(d.servers, vec!["10.43.0.10"]);
-        assert_eq!(d.searches, vec!["team.svc.cluster.local", "svc.cluster.local", "cluster.local", "example.com"]);
+        assert_eq!(
+            d.searches,
+            vec![
+                "team.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "example.com"
+            ]
+        );
         assert_eq!(d.options, vec!["ndots:5"]);
-        let hp = pod("team", PodSpec { host_network: Some(true), ..Default::default() });
+        let hp = pod(
+            "team",
+            PodSpec {
+                host_network: Some(true),
+                ..Default::default()
+            },
+        );
         let d = dns_config(&hp, &ctx());
         assert_eq!(d.servers, vec!["1.1.1.1"]);
         assert_eq!(d.options, vec!["edns0"]);
         assert_eq!(sandbox_config(&hp, &ctx(), 0).hostname, "");
         assert_eq!(sandbox_config(&p, &ctx(), 0).hostname, "web");
-        assert_eq!(sandbox_config(&p, &ctx(), 0).log_directory, "/logs/team_web_u1");
+        assert_eq!(
+            sandbox_config(&p, &ctx(), 0).log_directory,
+            "/logs/team_web_u1"
+        );
     }
 
     #[test]
     fn dns_policies_as_upstream() {
         use k8s_openapi::api::core::v1::{PodDNSConfig, PodDNSConfigOption};
         let with = |policy: &str, host_network: bool, cfg: Option<PodDNSConfig>| {
-            let p = pod("team", PodSpec { dns_policy: Some(policy.into()), host_network: Some(host_network), dns_config: cfg, ..Default::default() });
+            let p = pod(
+                "team",
+                PodSpec {
+                    dns_policy: Some(policy.into()),
+                    host_network: Some(host_network),
+                    dns_config: cfg,
+                    ..Default::default()
+                },
+            );
             dns_config(&p, &ctx())
         };
         // ClusterFirstWithHostNet: cluster DNS also with the host network.
         let d = with("ClusterFirstWithHostNet", true, None);
-        assert_eq!((d.servers, d.options), (vec!["10.43.0.10".to_string()], vec!["ndots:5".to_string()]));
+        assert_eq!(
+            (d.servers, d.options),
+            (vec!["10.43.0.10".to_string()], vec!["ndots:5".to_string()])
+        );
         // Default: the host's file.
         let d = with("Default", false, None);
-        assert_eq!((d.servers, d.searches, d.options), (vec!["1.1.1.1".into()], vec!["example.com".into()], vec!["edns0".into()]));
+        assert_eq!(
+            (d.servers, d.searches, d.options),
+            (
+                vec!["1.1.1.1".into()],
+                vec!["example.com".into()],
+                vec!["edns0".into()]
+            )
+        );
         // None: only dnsConfig.
         let extra = PodDNSConfig {
             nameservers: Some(vec!["192.0.2.1".into(), "192.0.2.1".into()]),
             searches: Some(vec!["my.dns.search.suffix".into()]),
             options: Some(vec![
-                PodDNSConfigOption { name: Some("ndots".into()), value: Some("2".into()) },
-                PodDNSConfigOption { name: Some("edns0".into()), value: None },
+                PodDNSConfigOption {
+                    name: Some("ndots".into()),
+                    value: Some("2".into()),
+                },
+                PodDNSConfigOption {
+                    name: Some("edns0".into()),
+                    value: None,
+                },
             ]),
         };
         let d = with("None", false, Some(extra.clone()));
@@ -571,30 +754,69 @@ mod tests {
         // ClusterFirst + dnsConfig: appended; an option of the same name replaces ours.
         let d = with("ClusterFirst", false, Some(extra));
         assert_eq!(d.servers, vec!["10.43.0.10", "192.0.2.1"]);
-        assert_eq!(d.searches.last().map(String::as_str), Some("my.dns.search.suffix"));
+        assert_eq!(
+            d.searches.last().map(String::as_str),
+            Some("my.dns.search.suffix")
+        );
         assert_eq!(d.options, vec!["ndots:2", "edns0"]);
         // No cluster DNS configured: ClusterFirst falls back to the host's.
         let mut no_dns = ctx();
         no_dns.cluster_dns.clear();
-        assert_eq!(dns_config(&pod("team", PodSpec::default()), &no_dns).servers, vec!["1.1.1.1"]);
+        assert_eq!(
+            dns_config(&pod("team", PodSpec::default()), &no_dns).servers,
+            vec!["1.1.1.1"]
+        );
         // Search domains from the host are not repeated; long lists are cut.
         let mut dup = ctx();
         dup.host_resolv_conf = "nameserver 1.1.1.1\nsearch cluster.local corp.example. .\n".into();
-        assert_eq!(dns_config(&pod("a", PodSpec::default()), &dup).searches, vec!["a.svc.cluster.local", "svc.cluster.local", "cluster.local", "corp.example"]);
+        assert_eq!(
+            dns_config(&pod("a", PodSpec::default()), &dup).searches,
+            vec![
+                "a.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "corp.example"
+            ]
+        );
         let mut long = ctx();
-        long.host_resolv_conf = format!("search {}\n", (0..40).map(|i| format!("d{i}.{}", "x".repeat(100))).collect::<Vec<_>>().join(" "));
-        let d = dns_config(&pod("a", PodSpec { dns_policy: Some("Default".into()), ..Default::default() }), &long);
-        assert!(d.searches.len() <= 32 && d.searches.join(" ").len() <= 2048, "{}", d.searches.len());
+        long.host_resolv_conf = format!(
+            "search {}\n",
+            (0..40)
+                .map(|i| format!("d{i}.{}", "x".repeat(100)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let d = dns_config(
+            &pod(
+                "a",
+                PodSpec {
+                    dns_policy: Some("Default".into()),
+                    ..Default::default()
+                },
+            ),
+            &long,
+        );
+        assert!(
+            d.searches.len() <= 32 && d.searches.join(" ").len() <= 2048,
+            "{}",
+            d.searches.len()
+        );
     }
 
     #[test]
     fn host_resolv_conf_skips_loopback_resolvers() {
         let etc = Some("nameserver 127.0.0.53\noptions edns0\n".to_string());
         let systemd = Some("nameserver 10.0.0.2\nsearch lan\n".to_string());
-        assert_eq!(choose_resolv_conf(etc.clone(), systemd), "nameserver 10.0.0.2\nsearch lan\n");
+        assert_eq!(
+            choose_resolv_conf(etc.clone(), systemd),
+            "nameserver 10.0.0.2\nsearch lan\n"
+        );
         assert_eq!(choose_resolv_conf(etc, None), "nameserver 8.8.8.8\n");
         let good = Some("nameserver 10.255.255.53\n".to_string());
-        assert_eq!(choose_resolv_conf(good.clone(), None), "nameserver 10.255.255.53\n");
+        assert_eq!(
+            choose_resolv_conf(good.clone(), None),
+            "nameserver 10.255.255.53\n"
+        );
     }
 
     #[test]
@@ -604,10 +826,16 @@ mod tests {
         lim.insert("memory".to_string(), Quantity("128Mi".into()));
         let c = Container {
             name: "c".into(),
-            resources: Some(ResourceRequirements { limits: Some(lim), ..Default::default() }),
+            resources: Some(ResourceRequirements {
+                limits: Some(lim),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        let spec = PodSpec { containers: vec![c.clone()], ..Default::default() };
+        let spec = PodSpec {
+            containers: vec![c.clone()],
+            ..Default::default()
+        };
         assert_eq!(qos_class(&spec), "Guaranteed");
         let r = container_resources(&c, "Guaranteed", 1 << 30);
         assert_eq!(r.cpu_shares, 512);
@@ -615,9 +843,18 @@ mod tests {
         assert_eq!(r.cpu_period, 100_000);
         assert_eq!(r.memory_limit_in_bytes, 128 * 1024 * 1024);
         assert_eq!(r.oom_score_adj, -997);
-        let be = PodSpec { containers: vec![Container { name: "c".into(), ..Default::default() }], ..Default::default() };
+        let be = PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         assert_eq!(qos_class(&be), "BestEffort");
-        assert_eq!(container_resources(&be.containers[0], "BestEffort", 1).cpu_shares, 2);
+        assert_eq!(
+            container_resources(&be.containers[0], "BestEffort", 1).cpu_shares,
+            2
+        );
         assert!(cgroup_parent(&pod("d", be)).starts_with("/kubepods/besteffort/pod"));
     }
 
@@ -630,20 +867,53 @@ mod tests {
             args: Some(vec!["echo $(GREETING)".into()]),
             ..Default::default()
         };
-        let p = pod("d", PodSpec { containers: vec![c.clone()], ..Default::default() });
-        let cfg = container_config(&p, &c, 2, &vec![("GREETING".into(), "hi".into())], vec![], "sha256:x", 1);
+        let p = pod(
+            "d",
+            PodSpec {
+                containers: vec![c.clone()],
+                ..Default::default()
+            },
+        );
+        let cfg = container_config(
+            &p,
+            &c,
+            2,
+            &vec![("GREETING".into(), "hi".into())],
+            vec![],
+            "sha256:x",
+            1,
+        );
         assert_eq!(cfg.log_path, "app/2.log");
         assert_eq!(cfg.args, vec!["echo hi"]);
-        assert_eq!(cfg.labels.get(LABEL_CONTAINER_NAME).map(String::as_str), Some("app"));
-        assert_eq!(cfg.annotations.get(ANN_RESTART_COUNT).map(String::as_str), Some("2"));
+        assert_eq!(
+            cfg.labels.get(LABEL_CONTAINER_NAME).map(String::as_str),
+            Some("app")
+        );
+        assert_eq!(
+            cfg.annotations.get(ANN_RESTART_COUNT).map(String::as_str),
+            Some("2")
+        );
     }
 
     #[test]
     fn service_links() {
-        let m = service_env("my-svc", "10.43.0.5", &[(Some("http".into()), 80, "TCP".into())]);
-        assert_eq!(m.get("MY_SVC_SERVICE_HOST").map(String::as_str), Some("10.43.0.5"));
-        assert_eq!(m.get("MY_SVC_SERVICE_PORT_HTTP").map(String::as_str), Some("80"));
-        assert_eq!(m.get("MY_SVC_PORT_80_TCP").map(String::as_str), Some("tcp://10.43.0.5:80"));
+        let m = service_env(
+            "my-svc",
+            "10.43.0.5",
+            &[(Some("http".into()), 80, "TCP".into())],
+        );
+        assert_eq!(
+            m.get("MY_SVC_SERVICE_HOST").map(String::as_str),
+            Some("10.43.0.5")
+        );
+        assert_eq!(
+            m.get("MY_SVC_SERVICE_PORT_HTTP").map(String::as_str),
+            Some("80")
+        );
+        assert_eq!(
+            m.get("MY_SVC_PORT_80_TCP").map(String::as_str),
+            Some("tcp://10.43.0.5:80")
+        );
         assert!(service_env("x", "None", &[(None, 1, "TCP".into())]).is_empty());
     }
 }

@@ -11,7 +11,9 @@ pub fn cri_time(nanos: i64) -> Option<String> {
     if nanos <= 0 {
         return None;
     }
-    jiff::Timestamp::from_nanosecond(nanos as i128).ok().map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+    jiff::Timestamp::from_nanosecond(nanos as i128)
+        .ok()
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 /// What the worker knows about one container of the spec.
@@ -56,7 +58,10 @@ fn terminated(s: &ContainerStatus, message: Option<&str>) -> Value {
     if let Some(v) = cri_time(s.finished_at) {
         t["finishedAt"] = json!(v);
     }
-    let msg = message.filter(|m| !m.is_empty()).map(str::to_string).or_else(|| Some(s.message.clone()).filter(|m| !m.is_empty()));
+    let msg = message
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .or_else(|| Some(s.message.clone()).filter(|m| !m.is_empty()));
     if let Some(m) = msg {
         t["message"] = json!(m);
     }
@@ -66,12 +71,18 @@ fn terminated(s: &ContainerStatus, message: Option<&str>) -> Value {
 impl ContainerView {
     /// True when the current instance runs.
     pub fn running(&self) -> bool {
-        self.current.as_ref().is_some_and(|c| c.state == ContainerState::ContainerRunning as i32)
+        self.current
+            .as_ref()
+            .is_some_and(|c| c.state == ContainerState::ContainerRunning as i32)
     }
 
     /// The restart count (the current instance's attempt).
     pub fn restart_count(&self) -> u32 {
-        self.current.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.attempt).unwrap_or(0)
+        self.current
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .map(|m| m.attempt)
+            .unwrap_or(0)
     }
 
     /// `ready` of the status.
@@ -101,7 +112,9 @@ impl ContainerView {
                 }
                 json!({"waiting": w})
             }
-            (Some(c), None) if c.state == ContainerState::ContainerExited as i32 => terminated(c, self.termination_message.as_deref()),
+            (Some(c), None) if c.state == ContainerState::ContainerExited as i32 => {
+                terminated(c, self.termination_message.as_deref())
+            }
             (Some(_), None) => json!({"waiting": {"reason": "ContainerCreating"}}),
             (None, None) => json!({"waiting": {"reason": self.default_reason}}),
         };
@@ -111,7 +124,8 @@ impl ContainerView {
             st["imageID"] = json!(c.image_ref);
             // A current instance that exited but waits for a restart shows itself as the
             // last state; otherwise the previous instance does.
-            let waiting_over_exited = self.waiting.is_some() && c.state == ContainerState::ContainerExited as i32;
+            let waiting_over_exited =
+                self.waiting.is_some() && c.state == ContainerState::ContainerExited as i32;
             if waiting_over_exited {
                 st["lastState"] = terminated(c, self.termination_message.as_deref());
             } else if let Some(p) = &self.previous {
@@ -123,7 +137,13 @@ impl ContainerView {
 }
 
 /// Phase of a pod from its container views (upstream's `getPhase`).
-pub fn phase(restart_policy: &str, init: &[ContainerView], init_done: bool, init_failed: bool, containers: &[ContainerView]) -> &'static str {
+pub fn phase(
+    restart_policy: &str,
+    init: &[ContainerView],
+    init_done: bool,
+    init_failed: bool,
+    containers: &[ContainerView],
+) -> &'static str {
     if init_failed {
         return "Failed";
     }
@@ -168,9 +188,16 @@ pub fn phase(restart_policy: &str, init: &[ContainerView], init_done: bool, init
 /// Copies the previous lastTransitionTime when a condition's status did not change.
 pub fn condition(pod: &Pod, ty: &str, status: bool, reason: Option<&str>, now: &str) -> Value {
     let s = if status { "True" } else { "False" };
-    let prev = pod.status.as_ref().and_then(|st| st.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == ty));
+    let prev = pod
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == ty));
     let ltt = match prev {
-        Some(p) if p.status == s => p.last_transition_time.as_ref().map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        Some(p) if p.status == s => p
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
         _ => None,
     }
     .unwrap_or_else(|| now.to_string());
@@ -189,17 +216,31 @@ mod tests {
     fn cs(state: ContainerState, exit: i32, attempt: u32) -> ContainerStatus {
         ContainerStatus {
             id: format!("id{attempt}"),
-            metadata: Some(ContainerMetadata { name: "c".into(), attempt }),
+            metadata: Some(ContainerMetadata {
+                name: "c".into(),
+                attempt,
+            }),
             state: state as i32,
             exit_code: exit,
             started_at: 1_700_000_000_000_000_000,
-            finished_at: if state == ContainerState::ContainerExited { 1_700_000_001_000_000_000 } else { 0 },
+            finished_at: if state == ContainerState::ContainerExited {
+                1_700_000_001_000_000_000
+            } else {
+                0
+            },
             ..Default::default()
         }
     }
 
     fn view(c: Option<ContainerStatus>) -> ContainerView {
-        ContainerView { name: "c".into(), current: c, ready_probe: true, started_probe: true, default_reason: "ContainerCreating", ..Default::default() }
+        ContainerView {
+            name: "c".into(),
+            current: c,
+            ready_probe: true,
+            started_probe: true,
+            default_reason: "ContainerCreating",
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -208,12 +249,30 @@ mod tests {
         let ok = view(Some(cs(ContainerState::ContainerExited, 0, 0)));
         let bad = view(Some(cs(ContainerState::ContainerExited, 1, 0)));
         let none = view(None);
-        assert_eq!(phase("Always", &[], true, false, std::slice::from_ref(&run)), "Running");
-        assert_eq!(phase("Never", &[], true, false, std::slice::from_ref(&ok)), "Succeeded");
-        assert_eq!(phase("Never", &[], true, false, std::slice::from_ref(&bad)), "Failed");
-        assert_eq!(phase("OnFailure", &[], true, false, std::slice::from_ref(&bad)), "Running");
-        assert_eq!(phase("Always", &[], true, false, std::slice::from_ref(&ok)), "Running");
-        assert_eq!(phase("Always", &[], true, false, &[run.clone(), none]), "Pending");
+        assert_eq!(
+            phase("Always", &[], true, false, std::slice::from_ref(&run)),
+            "Running"
+        );
+        assert_eq!(
+            phase("Never", &[], true, false, std::slice::from_ref(&ok)),
+            "Succeeded"
+        );
+        assert_eq!(
+            phase("Never", &[], true, false, std::slice::from_ref(&bad)),
+            "Failed"
+        );
+        assert_eq!(
+            phase("OnFailure", &[], true, false, std::slice::from_ref(&bad)),
+            "Running"
+        );
+        assert_eq!(
+            phase("Always", &[], true, false, std::slice::from_ref(&ok)),
+            "Running"
+        );
+        assert_eq!(
+            phase("Always", &[], true, false, &[run.clone(), none]),
+            "Pending"
+        );
         assert_eq!(phase("Always", &[], false, false, &[run]), "Pending");
         assert_eq!(phase("Never", &[], false, true, &[]), "Failed");
     }
@@ -221,7 +280,10 @@ mod tests {
     #[test]
     fn crash_loop_status_shows_last_state() {
         let mut v = view(Some(cs(ContainerState::ContainerExited, 1, 3)));
-        v.waiting = Some(("CrashLoopBackOff".into(), "back-off 40s restarting failed container=c pod=p_d(u)".into()));
+        v.waiting = Some((
+            "CrashLoopBackOff".into(),
+            "back-off 40s restarting failed container=c pod=p_d(u)".into(),
+        ));
         let s = v.to_status();
         assert_eq!(s["state"]["waiting"]["reason"], "CrashLoopBackOff");
         assert_eq!(s["lastState"]["terminated"]["exitCode"], 1);
@@ -230,10 +292,16 @@ mod tests {
         assert_eq!(s["ready"], false);
         let done = view(Some(cs(ContainerState::ContainerExited, 0, 0))).to_status();
         assert_eq!(done["state"]["terminated"]["reason"], "Completed");
-        assert_eq!(done["state"]["terminated"]["finishedAt"], "2023-11-14T22:13:21Z");
+        assert_eq!(
+            done["state"]["terminated"]["finishedAt"],
+            "2023-11-14T22:13:21Z"
+        );
         let run = view(Some(cs(ContainerState::ContainerRunning, 0, 0))).to_status();
         assert_eq!(run["ready"], true);
         assert_eq!(run["state"]["running"]["startedAt"], "2023-11-14T22:13:20Z");
-        assert_eq!(view(None).to_status()["state"]["waiting"]["reason"], "ContainerCreating");
+        assert_eq!(
+            view(None).to_status()["state"]["waiting"]["reason"],
+            "ContainerCreating"
+        );
     }
 }

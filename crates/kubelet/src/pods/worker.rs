@@ -78,7 +78,9 @@ enum Next {
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Runs the worker of one pod until the pod is gone.
@@ -92,7 +94,12 @@ pub(super) async fn run(sh: Arc<Shared>, mut rx: watch::Receiver<Option<Pod>>, w
         let next = match cur {
             None => {
                 if let Some(p) = &last_pod {
-                    let grace = p.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).min(2);
+                    let grace = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                        .unwrap_or(30)
+                        .min(2);
                     terminate(&sh, &mut st, p, grace).await;
                 }
                 return;
@@ -127,10 +134,18 @@ fn pod_key(pod: &Pod) -> String {
 
 fn grpc_message(e: &CriError) -> String {
     match e {
-        CriError::NotFound { message, .. } => format!("rpc error: code = NotFound desc = {message}"),
-        CriError::Timeout { message, .. } => format!("rpc error: code = DeadlineExceeded desc = {message}"),
-        CriError::Unavailable { message, .. } => format!("rpc error: code = Unavailable desc = {message}"),
-        CriError::Status { code, message, .. } => format!("rpc error: code = {code:?} desc = {message}"),
+        CriError::NotFound { message, .. } => {
+            format!("rpc error: code = NotFound desc = {message}")
+        }
+        CriError::Timeout { message, .. } => {
+            format!("rpc error: code = DeadlineExceeded desc = {message}")
+        }
+        CriError::Unavailable { message, .. } => {
+            format!("rpc error: code = Unavailable desc = {message}")
+        }
+        CriError::Status { code, message, .. } => {
+            format!("rpc error: code = {code:?} desc = {message}")
+        }
         other => other.to_string(),
     }
 }
@@ -152,25 +167,42 @@ fn pull_policy(c: &Container) -> String {
 /// The container's image with its default tag applied, and the image's id when it is
 /// present and the pull policy lets the present copy be used (`None`: pull it). Errors
 /// are (reason, message) as upstream's image manager reports them.
-pub(super) async fn present_image(sh: &Shared, c: &Container) -> Result<(String, Option<String>), (String, String)> {
+pub(super) async fn present_image(
+    sh: &Shared,
+    c: &Container,
+) -> Result<(String, Option<String>), (String, String)> {
     let image = c.image.clone().unwrap_or_default();
     let policy = pull_policy(c);
-    let spec = crate::image::pull::apply_default_tag(&image)
-        .map_err(|e| ("InvalidImageName".to_string(), format!("Failed to apply default image tag {image:?}: {e}")))?;
+    let spec = crate::image::pull::apply_default_tag(&image).map_err(|e| {
+        (
+            "InvalidImageName".to_string(),
+            format!("Failed to apply default image tag {image:?}: {e}"),
+        )
+    })?;
     if policy == "Always" {
         return Ok((spec, None));
     }
     match sh.cri.image_status(&spec).await {
         Ok(Some(img)) => Ok((spec, Some(img.id))),
-        Ok(None) if policy == "Never" => Err(("ErrImageNeverPull".into(), format!("Container image {image:?} is not present with pull policy of Never"))),
+        Ok(None) if policy == "Never" => Err((
+            "ErrImageNeverPull".into(),
+            format!("Container image {image:?} is not present with pull policy of Never"),
+        )),
         Ok(None) => Ok((spec, None)),
-        Err(e) => Err(("ErrImageInspect".into(), format!("Failed to inspect image \"\": {}", grpc_message(&e)))),
+        Err(e) => Err((
+            "ErrImageInspect".into(),
+            format!("Failed to inspect image \"\": {}", grpc_message(&e)),
+        )),
     }
 }
 
 /// Pulls `spec` with the pod's pull secrets (logic in [`crate::image::pull`]); the error
 /// is the message of an `ErrImagePull`.
-pub(super) async fn pull_with_secrets(sh: &Shared, pod: &Pod, spec: &str) -> Result<String, String> {
+pub(super) async fn pull_with_secrets(
+    sh: &Shared,
+    pod: &Pod,
+    spec: &str,
+) -> Result<String, String> {
     use crate::image::pull;
     let secrets = pull::pull_secrets(&sh.client, pod).await;
     let creds = pull::credentials_for(spec, &secrets).map_err(|e| e.to_string())?;
@@ -179,7 +211,12 @@ pub(super) async fn pull_with_secrets(sh: &Shared, pod: &Pod, spec: &str) -> Res
 
 /// Makes sure the container's image is present, pulling it as the pull policy says, with
 /// upstream's pull back-off per container.
-async fn ensure_image(sh: &Shared, st: &mut PodState, pod: &Pod, c: &Container) -> Result<String, (String, String)> {
+async fn ensure_image(
+    sh: &Shared,
+    st: &mut PodState,
+    pod: &Pod,
+    c: &Container,
+) -> Result<String, (String, String)> {
     use crate::image::pull;
     let (spec, present) = present_image(sh, c).await?;
     if let Some(id) = present {
@@ -187,8 +224,15 @@ async fn ensure_image(sh: &Shared, st: &mut PodState, pod: &Pod, c: &Container) 
     }
     let image = c.image.clone().unwrap_or_default();
     let key = pull::backoff_key(pod.metadata.uid.as_deref().unwrap_or_default(), &image);
-    if st.pull.get(&c.name).is_some_and(|(until, _)| Instant::now() < *until) {
-        return Err(("ImagePullBackOff".into(), pull::backoff_message(&key, &image)));
+    if st
+        .pull
+        .get(&c.name)
+        .is_some_and(|(until, _)| Instant::now() < *until)
+    {
+        return Err((
+            "ImagePullBackOff".into(),
+            pull::backoff_message(&key, &image),
+        ));
     }
     pull::forget_error(&key);
     match pull_with_secrets(sh, pod, &spec).await {
@@ -197,8 +241,13 @@ async fn ensure_image(sh: &Shared, st: &mut PodState, pod: &Pod, c: &Container) 
             Ok(r)
         }
         Err(msg) => {
-            let delay = st.pull.get(&c.name).map(|(_, d)| (*d * 2).min(BACKOFF_MAX)).unwrap_or(BACKOFF_INITIAL);
-            st.pull.insert(c.name.clone(), (Instant::now() + delay, delay));
+            let delay = st
+                .pull
+                .get(&c.name)
+                .map(|(_, d)| (*d * 2).min(BACKOFF_MAX))
+                .unwrap_or(BACKOFF_INITIAL);
+            st.pull
+                .insert(c.name.clone(), (Instant::now() + delay, delay));
             pull::remember_error(&key, "ErrImagePull", &msg);
             Err(("ErrImagePull".into(), msg))
         }
@@ -211,9 +260,23 @@ async fn service_env(sh: &Shared, ns: &str) -> BTreeMap<String, String> {
         for s in svcs {
             let Some(spec) = s.spec else { continue };
             let name = s.metadata.name.unwrap_or_default();
-            let ports: Vec<(Option<String>, i32, String)> =
-                spec.ports.iter().flatten().map(|p| (p.name.clone(), p.port, p.protocol.clone().unwrap_or_else(|| "TCP".into()))).collect();
-            out.extend(spec::service_env(&name, spec.cluster_ip.as_deref().unwrap_or_default(), &ports));
+            let ports: Vec<(Option<String>, i32, String)> = spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.port,
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    )
+                })
+                .collect();
+            out.extend(spec::service_env(
+                &name,
+                spec.cluster_ip.as_deref().unwrap_or_default(),
+                &ports,
+            ));
         }
     };
     let api: Api<Service> = Api::namespaced(sh.client.clone(), ns);
@@ -258,7 +321,11 @@ async fn build_env(sh: &Shared, pod: &Pod, c: &Container, pod_ip: &str) -> Resul
             match secrets.get_opt(&r.name).await.map_err(|e| e.to_string())? {
                 Some(s) => {
                     for (k, v) in s.data.unwrap_or_default() {
-                        set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned());
+                        set(
+                            &mut env,
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                        );
                     }
                 }
                 None if r.optional.unwrap_or(false) => {}
@@ -272,9 +339,17 @@ async fn build_env(sh: &Shared, pod: &Pod, c: &Container, pod_ip: &str) -> Resul
             s.pod_ip = Some(pod_ip.to_string());
         }
     } else {
-        pod_with_ip.status = Some(k8s_openapi::api::core::v1::PodStatus { pod_ip: Some(pod_ip.to_string()), ..Default::default() });
+        pod_with_ip.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            pod_ip: Some(pod_ip.to_string()),
+            ..Default::default()
+        });
     }
-    let services = if pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true) {
+    let services = if pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true)
+    {
         service_env(sh, ns).await
     } else {
         let mut m = service_env(sh, "default").await;
@@ -283,24 +358,44 @@ async fn build_env(sh: &Shared, pod: &Pod, c: &Container, pod_ip: &str) -> Resul
     };
     for e in c.env.iter().flatten() {
         let value = if let Some(v) = &e.value {
-            let lookup: HashMap<String, String> = services.clone().into_iter().chain(env.iter().cloned()).collect();
+            let lookup: HashMap<String, String> = services
+                .clone()
+                .into_iter()
+                .chain(env.iter().cloned())
+                .collect();
             spec::expand(v, &|k: &str| lookup.get(k).cloned())
         } else if let Some(src) = &e.value_from {
             if let Some(f) = &src.field_ref {
-                crate::volumes::field_value(&pod_with_ip, &f.field_path, &sh.cfg.node_ip).ok_or_else(|| format!("unsupported fieldPath {:?}", f.field_path))?
+                crate::volumes::field_value(&pod_with_ip, &f.field_path, &sh.cfg.node_ip)
+                    .ok_or_else(|| format!("unsupported fieldPath {:?}", f.field_path))?
             } else if let Some(r) = &src.resource_field_ref {
                 let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
-                    Some(n) => pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == n)).unwrap_or(c),
+                    Some(n) => pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.containers.iter().find(|c| c.name == n))
+                        .unwrap_or(c),
                     None => c,
                 };
-                crate::volumes::resource_value(target, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), sh.node_cpus, sh.ctx.node_memory)
-                    .unwrap_or_default()
+                crate::volumes::resource_value(
+                    target,
+                    &r.resource,
+                    r.divisor.as_ref().map(|d| d.0.as_str()),
+                    sh.node_cpus,
+                    sh.ctx.node_memory,
+                )
+                .unwrap_or_default()
             } else if let Some(r) = &src.config_map_key_ref {
                 match cms.get_opt(&r.name).await.map_err(|e| e.to_string())? {
                     Some(cm) => match cm.data.and_then(|d| d.get(&r.key).cloned()) {
                         Some(v) => v,
                         None if r.optional.unwrap_or(false) => continue,
-                        None => return Err(format!("couldn't find key {} in ConfigMap {ns}/{}", r.key, r.name)),
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {ns}/{}",
+                                r.key, r.name
+                            ))
+                        }
                     },
                     None if r.optional.unwrap_or(false) => continue,
                     None => return Err(format!("configmap {:?} not found", r.name)),
@@ -310,7 +405,12 @@ async fn build_env(sh: &Shared, pod: &Pod, c: &Container, pod_ip: &str) -> Resul
                     Some(s) => match s.data.and_then(|d| d.get(&r.key).cloned()) {
                         Some(v) => String::from_utf8_lossy(&v.0).into_owned(),
                         None if r.optional.unwrap_or(false) => continue,
-                        None => return Err(format!("couldn't find key {} in Secret {ns}/{}", r.key, r.name)),
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {ns}/{}",
+                                r.key, r.name
+                            ))
+                        }
                     },
                     None if r.optional.unwrap_or(false) => continue,
                     None => return Err(format!("secret {:?} not found", r.name)),
@@ -332,41 +432,74 @@ async fn build_env(sh: &Shared, pod: &Pod, c: &Container, pod_ip: &str) -> Resul
 }
 
 fn termination_file(sh: &Shared, uid: &str, name: &str, attempt: u32) -> std::path::PathBuf {
-    sh.cfg.pods_root().join(uid).join("containers").join(name).join(attempt.to_string())
+    sh.cfg
+        .pods_root()
+        .join(uid)
+        .join("containers")
+        .join(name)
+        .join(attempt.to_string())
 }
 
 /// [`ensure_image`] with the image manager's events, as upstream records them:
 /// `Pulled` ("already present on machine" / "Successfully pulled"), `Pulling`,
 /// `ErrImageNeverPull`, `BackOff` (pull back-off) and `Failed` (pull failed).
-async fn ensure_image_with_events(sh: &Shared, st: &mut PodState, pod: &Pod, c: &Container) -> Result<String, (String, String)> {
+async fn ensure_image_with_events(
+    sh: &Shared,
+    st: &mut PodState,
+    pod: &Pod,
+    c: &Container,
+) -> Result<String, (String, String)> {
     let image = c.image.clone().unwrap_or_default();
     let policy = pull_policy(c);
     let present = match crate::image::pull::apply_default_tag(&image) {
         Ok(spec) if policy != "Always" => sh.cri.image_status(&spec).await.ok().flatten().is_some(),
         _ => false,
     };
-    let in_backoff = st.pull.get(&c.name).is_some_and(|(until, _)| Instant::now() < *until);
+    let in_backoff = st
+        .pull
+        .get(&c.name)
+        .is_some_and(|(until, _)| Instant::now() < *until);
     let pulling = !present && policy != "Never" && !in_backoff;
     let ev = |ty: EventType, r: &str, m: String| sh.events.container_event(pod, &c.name, ty, r, m);
     if pulling {
-        ev(EventType::Normal, reason::PULLING, format!("Pulling image {image:?}"));
+        ev(
+            EventType::Normal,
+            reason::PULLING,
+            format!("Pulling image {image:?}"),
+        );
     }
     let t = Instant::now();
     match ensure_image(sh, st, pod, c).await {
         Ok(id) => {
             if pulling {
                 let d = t.elapsed();
-                ev(EventType::Normal, reason::PULLED, format!("Successfully pulled image {image:?} in {d:?} ({d:?} including waiting)"));
+                ev(
+                    EventType::Normal,
+                    reason::PULLED,
+                    format!(
+                        "Successfully pulled image {image:?} in {d:?} ({d:?} including waiting)"
+                    ),
+                );
             } else {
-                ev(EventType::Normal, reason::PULLED, format!("Container image {image:?} already present on machine"));
+                ev(
+                    EventType::Normal,
+                    reason::PULLED,
+                    format!("Container image {image:?} already present on machine"),
+                );
             }
             Ok(id)
         }
         Err((r, m)) => {
             match r.as_str() {
-                "ErrImageNeverPull" => ev(EventType::Warning, reason::ERR_IMAGE_NEVER_PULL, m.clone()),
+                "ErrImageNeverPull" => {
+                    ev(EventType::Warning, reason::ERR_IMAGE_NEVER_PULL, m.clone())
+                }
                 "ImagePullBackOff" => ev(EventType::Normal, reason::BACK_OFF, m.clone()),
-                "ErrImagePull" => ev(EventType::Warning, reason::FAILED, format!("Failed to pull image {image:?}: {m}")),
+                "ErrImagePull" => ev(
+                    EventType::Warning,
+                    reason::FAILED,
+                    format!("Failed to pull image {image:?}: {m}"),
+                ),
                 _ => {}
             }
             Err((r, m))
@@ -387,7 +520,14 @@ fn retry_after(reason: &str) -> Duration {
 
 /// The waiting reasons of upstream's image manager.
 fn is_image_error(reason: &str) -> bool {
-    matches!(reason, "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "InvalidImageName" | "ErrImageInspect")
+    matches!(
+        reason,
+        "ErrImagePull"
+            | "ImagePullBackOff"
+            | "ErrImageNeverPull"
+            | "InvalidImageName"
+            | "ErrImageInspect"
+    )
 }
 
 /// Creates and starts one container instance. Errors are (reason, message) for the
@@ -405,14 +545,30 @@ async fn start_container(
 ) -> Result<(), (String, String)> {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     let ev = &sh.events;
-    let failed = |msg: &str| ev.container_event(pod, &c.name, EventType::Warning, reason::FAILED, format!("Error: {msg}"));
-    let image = ensure_image_with_events(sh, st, pod, c).await.inspect_err(|(r, _)| failed(r))?;
-    let env = build_env(sh, pod, c, pod_ip).await.map_err(|m| ("CreateContainerConfigError".to_string(), m)).inspect_err(|(_, m)| failed(m))?;
+    let failed = |msg: &str| {
+        ev.container_event(
+            pod,
+            &c.name,
+            EventType::Warning,
+            reason::FAILED,
+            format!("Error: {msg}"),
+        )
+    };
+    let image = ensure_image_with_events(sh, st, pod, c)
+        .await
+        .inspect_err(|(r, _)| failed(r))?;
+    let env = build_env(sh, pod, c, pod_ip)
+        .await
+        .map_err(|m| ("CreateContainerConfigError".to_string(), m))
+        .inspect_err(|(_, m)| failed(m))?;
     let vols = st.volume_info.clone().unwrap_or_default();
     let mut mounts = crate::volumes::container_mounts(c, &vols)
         .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))
         .inspect_err(|(_, m)| failed(m))?;
-    let tpath = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+    let tpath = c
+        .termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".into());
     if !tpath.is_empty() {
         let f = termination_file(sh, uid, &c.name, attempt);
         if let Some(parent) = f.parent() {
@@ -438,29 +594,73 @@ async fn start_container(
         .await
         .map_err(|e| ("CreateContainerError".to_string(), grpc_message(&e)))
         .inspect_err(|(_, m)| failed(m))?;
-    ev.container_event(pod, &c.name, EventType::Normal, reason::CREATED, format!("Created container: {}", c.name));
+    ev.container_event(
+        pod,
+        &c.name,
+        EventType::Normal,
+        reason::CREATED,
+        format!("Created container: {}", c.name),
+    );
     if let Err(e) = sh.cri.start_container(&id).await {
         failed(&grpc_message(&e));
         return Err(("RunContainerError".to_string(), grpc_message(&e)));
     }
-    ev.container_event(pod, &c.name, EventType::Normal, reason::STARTED, format!("Started container {}", c.name));
+    ev.container_event(
+        pod,
+        &c.name,
+        EventType::Normal,
+        reason::STARTED,
+        format!("Started container {}", c.name),
+    );
     // postStart hooks run right after the start (upstream blocks the container's Running
     // report on them; here they run in the background). A failed hook kills the
     // container, which then restarts as the restartPolicy says.
-    if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()).filter(|h| h.exec.is_some() || h.http_get.is_some() || h.sleep.is_some()) {
-        let action = k8s_openapi::api::core::v1::Probe { exec: hook.exec.clone(), http_get: hook.http_get.clone(), timeout_seconds: Some(30), ..Default::default() };
-        let sleep = hook.sleep.as_ref().map(|s| Duration::from_secs(s.seconds.max(0) as u64));
-        let (cri, events, pod, c, id, pod_ip) = (sh.cri.clone(), sh.events.clone(), pod.clone(), c.clone(), id.clone(), pod_ip.to_string());
-        let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+    if let Some(hook) = c
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+        .filter(|h| h.exec.is_some() || h.http_get.is_some() || h.sleep.is_some())
+    {
+        let action = k8s_openapi::api::core::v1::Probe {
+            exec: hook.exec.clone(),
+            http_get: hook.http_get.clone(),
+            timeout_seconds: Some(30),
+            ..Default::default()
+        };
+        let sleep = hook
+            .sleep
+            .as_ref()
+            .map(|s| Duration::from_secs(s.seconds.max(0) as u64));
+        let (cri, events, pod, c, id, pod_ip) = (
+            sh.cri.clone(),
+            sh.events.clone(),
+            pod.clone(),
+            c.clone(),
+            id.clone(),
+            pod_ip.to_string(),
+        );
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
         tokio::spawn(async move {
             if let Some(d) = sleep {
                 tokio::time::sleep(d).await;
                 return;
             }
-            if let probes::Outcome::Failure(why) = probes::run_once(&cri, &id, &c, &action, &pod_ip).await {
+            if let probes::Outcome::Failure(why) =
+                probes::run_once(&cri, &id, &c, &action, &pod_ip).await
+            {
                 tracing::warn!(pod = %pod_key(&pod), container = %c.name, reason = %why, "postStart hook failed");
                 // The hook's output stays out of the event (it may hold secrets).
-                events.container_event(&pod, &c.name, EventType::Warning, reason::FAILED_POST_START_HOOK, "PostStartHook failed");
+                events.container_event(
+                    &pod,
+                    &c.name,
+                    EventType::Warning,
+                    reason::FAILED_POST_START_HOOK,
+                    "PostStartHook failed",
+                );
                 kill_container(cri, events, pod, c, id, "FailedPostStartHook".into(), grace).await;
             }
         });
@@ -473,12 +673,25 @@ async fn start_container(
 async fn pod_containers(sh: &Shared, uid: &str) -> HashMap<String, Vec<ContainerStatus>> {
     let mut sel = HashMap::new();
     sel.insert(LABEL_POD_UID.to_string(), uid.to_string());
-    let filter = ContainerFilter { label_selector: sel, ..Default::default() };
-    let list = sh.cri.list_containers(Some(filter)).await.unwrap_or_default();
+    let filter = ContainerFilter {
+        label_selector: sel,
+        ..Default::default()
+    };
+    let list = sh
+        .cri
+        .list_containers(Some(filter))
+        .await
+        .unwrap_or_default();
     let mut by_name: HashMap<String, Vec<ContainerStatus>> = HashMap::new();
     for c in list {
-        let Ok(s) = sh.cri.container_status(&c.id).await else { continue };
-        let name = s.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let Ok(s) = sh.cri.container_status(&c.id).await else {
+            continue;
+        };
+        let name = s
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         by_name.entry(name).or_default().push(s);
     }
     for v in by_name.values_mut() {
@@ -518,14 +731,22 @@ fn crash_backoff(st: &PodState, name: &str, finished_at: i64) -> Option<Duration
 }
 
 fn note_restart(st: &mut PodState, name: &str) {
-    let next = st.crash.get(name).map(|d| (*d * 2).min(BACKOFF_MAX)).unwrap_or(BACKOFF_INITIAL);
+    let next = st
+        .crash
+        .get(name)
+        .map(|d| (*d * 2).min(BACKOFF_MAX))
+        .unwrap_or(BACKOFF_INITIAL);
     st.crash.insert(name.to_string(), next);
 }
 
 /// The `BackOff` event of a container waiting to be restarted.
 fn back_off_event(sh: &Shared, pod: &Pod, name: &str) {
-    let msg = format!("Back-off restarting failed container {name} in pod {}", pod_key(pod));
-    sh.events.container_event(pod, name, EventType::Warning, reason::BACK_OFF, msg);
+    let msg = format!(
+        "Back-off restarting failed container {name} in pod {}",
+        pod_key(pod)
+    );
+    sh.events
+        .container_event(pod, name, EventType::Warning, reason::BACK_OFF, msg);
 }
 
 fn fmt_backoff(d: Duration) -> String {
@@ -541,7 +762,9 @@ fn fmt_backoff(d: Duration) -> String {
 
 async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>) -> Next {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let Some(pspec) = pod.spec.clone() else { return Next::After(RESYNC) };
+    let Some(pspec) = pod.spec.clone() else {
+        return Next::After(RESYNC);
+    };
     if pod.metadata.deletion_timestamp.is_some() {
         let grace = pod
             .metadata
@@ -549,13 +772,22 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
             .or(pspec.termination_grace_period_seconds)
             .unwrap_or(30);
         terminate(sh, st, pod, grace).await;
-        let api: Api<Pod> = Api::namespaced(sh.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api: Api<Pod> = Api::namespaced(
+            sh.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
             ..Default::default()
         };
-        match api.delete(pod.metadata.name.as_deref().unwrap_or_default(), &dp).await {
+        match api
+            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &dp)
+            .await
+        {
             Ok(_) => return Next::Done,
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return Next::Done,
             Err(e) => {
@@ -564,7 +796,11 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
             }
         }
     }
-    let phase_now = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    let phase_now = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
     if phase_now == "Succeeded" || phase_now == "Failed" || st.reported_terminal {
         if !st.stopped_terminal {
             for (_, t) in st.probe_tasks.drain() {
@@ -572,7 +808,12 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
             }
             for s in pod_sandboxes(&sh.cri, &uid).await {
                 if s.state == PodSandboxState::SandboxReady as i32 {
-                    stop_all_containers(&sh.cri, &s.id, pspec.termination_grace_period_seconds.unwrap_or(30)).await;
+                    stop_all_containers(
+                        &sh.cri,
+                        &s.id,
+                        pspec.termination_grace_period_seconds.unwrap_or(30),
+                    )
+                    .await;
                     let _ = sh.cri.stop_pod_sandbox(&s.id).await;
                 }
             }
@@ -581,11 +822,21 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
         return Next::After(Duration::from_secs(60));
     }
     if st.start_time.is_none() {
-        st.start_time = Some(pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_else(now_rfc3339));
+        st.start_time = Some(
+            pod.status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_else(now_rfc3339),
+        );
     }
 
     // Volumes (set up once, refreshed periodically).
-    if st.volume_info.is_none() || st.volumes_synced.is_none_or(|t| t.elapsed() >= VOLUME_RESYNC) {
+    if st.volume_info.is_none()
+        || st
+            .volumes_synced
+            .is_none_or(|t| t.elapsed() >= VOLUME_RESYNC)
+    {
         match sh.volumes.setup(pod, &mut st.vols).await {
             Ok(v) => {
                 st.volume_info = Some(v);
@@ -605,11 +856,22 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
 
     // The sandbox.
     let sandboxes = pod_sandboxes(&sh.cri, &uid).await;
-    let ready = sandboxes.iter().find(|s| s.state == PodSandboxState::SandboxReady as i32).cloned();
+    let ready = sandboxes
+        .iter()
+        .find(|s| s.state == PodSandboxState::SandboxReady as i32)
+        .cloned();
     let (sandbox_id, sandbox_attempt) = match ready {
-        Some(s) => (s.id.clone(), s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0)),
+        Some(s) => (
+            s.id.clone(),
+            s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0),
+        ),
         None => {
-            let attempt = sandboxes.iter().filter_map(|s| s.metadata.as_ref()).map(|m| m.attempt + 1).max().unwrap_or(0);
+            let attempt = sandboxes
+                .iter()
+                .filter_map(|s| s.metadata.as_ref())
+                .map(|m| m.attempt + 1)
+                .max()
+                .unwrap_or(0);
             for s in &sandboxes {
                 let _ = sh.cri.stop_pod_sandbox(&s.id).await;
                 let _ = sh.cri.remove_pod_sandbox(&s.id).await;
@@ -656,9 +918,18 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
         0
     } else {
         st.synced_once = true;
-        instances.values().filter(|v| v.first().is_some_and(|s| is(s, ContainerState::ContainerRunning))).count()
+        instances
+            .values()
+            .filter(|v| {
+                v.first()
+                    .is_some_and(|s| is(s, ContainerState::ContainerRunning))
+            })
+            .count()
     };
-    let policy = pspec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let policy = pspec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
     let mut next = RESYNC;
 
     // Init containers, in order.
@@ -668,7 +939,9 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
         let cur = instances.get(&c.name).and_then(|v| v.first()).cloned();
         let sidecar = c.restart_policy.as_deref() == Some("Always");
         match cur {
-            Some(s) if is(&s, ContainerState::ContainerExited) && s.exit_code == 0 && !sidecar => continue,
+            Some(s) if is(&s, ContainerState::ContainerExited) && s.exit_code == 0 && !sidecar => {
+                continue
+            }
             Some(s) if is(&s, ContainerState::ContainerRunning) => {
                 if sidecar {
                     continue;
@@ -687,12 +960,31 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                     back_off_event(sh, pod, &c.name);
                     st.waiting.insert(
                         c.name.clone(),
-                        ("CrashLoopBackOff".into(), format!("back-off {} restarting failed container={} pod={}", fmt_backoff(*st.crash.get(&c.name).unwrap_or(&BACKOFF_INITIAL)), c.name, pod_key(pod))),
+                        (
+                            "CrashLoopBackOff".into(),
+                            format!(
+                                "back-off {} restarting failed container={} pod={}",
+                                fmt_backoff(*st.crash.get(&c.name).unwrap_or(&BACKOFF_INITIAL)),
+                                c.name,
+                                pod_key(pod)
+                            ),
+                        ),
                     );
                     next = next.min(rem);
                 } else {
                     note_restart(st, &c.name);
-                    if let Err(w) = start_container(sh, st, pod, c, attempt, &sandbox_id, sandbox_attempt, &pod_ip).await {
+                    if let Err(w) = start_container(
+                        sh,
+                        st,
+                        pod,
+                        c,
+                        attempt,
+                        &sandbox_id,
+                        sandbox_attempt,
+                        &pod_ip,
+                    )
+                    .await
+                    {
                         next = next.min(retry_after(&w.0));
                         st.waiting.insert(c.name.clone(), w);
                     }
@@ -706,7 +998,9 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
             }
             _ => {
                 init_done = false;
-                if let Err(w) = start_container(sh, st, pod, c, 0, &sandbox_id, sandbox_attempt, &pod_ip).await {
+                if let Err(w) =
+                    start_container(sh, st, pod, c, 0, &sandbox_id, sandbox_attempt, &pod_ip).await
+                {
                     next = next.min(retry_after(&w.0));
                     st.waiting.insert(c.name.clone(), w);
                 }
@@ -721,32 +1015,56 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
             let cur = instances.get(&c.name).and_then(|v| v.first()).cloned();
             match cur {
                 None => {
-                    if let Err(w) = start_container(sh, st, pod, c, 0, &sandbox_id, sandbox_attempt, &pod_ip).await {
+                    if let Err(w) =
+                        start_container(sh, st, pod, c, 0, &sandbox_id, sandbox_attempt, &pod_ip)
+                            .await
+                    {
                         next = next.min(retry_after(&w.0));
                         st.waiting.insert(c.name.clone(), w);
                     }
                 }
                 Some(s) if is(&s, ContainerState::ContainerCreated) => {
                     if let Err(e) = sh.cri.start_container(&s.id).await {
-                        st.waiting.insert(c.name.clone(), ("RunContainerError".into(), grpc_message(&e)));
+                        st.waiting.insert(
+                            c.name.clone(),
+                            ("RunContainerError".into(), grpc_message(&e)),
+                        );
                     }
                 }
                 Some(s) if is(&s, ContainerState::ContainerRunning) => {
                     st.waiting.remove(&c.name);
                     ensure_probes(sh, st, pod, c, &s.id, &pod_ip, wake);
-                    let verdict = st.probes.lock().ok().and_then(|t| t.get(&s.id).filter(|r| r.must_restart).map(|r| r.started));
+                    let verdict =
+                        st.probes.lock().ok().and_then(|t| {
+                            t.get(&s.id).filter(|r| r.must_restart).map(|r| r.started)
+                        });
                     if let Some(started) = verdict.filter(|_| st.killing.insert(s.id.clone())) {
                         // A failed startup probe leaves `started` false; a failed liveness
                         // probe happens after the start.
-                        let (which, probe) = if started { ("liveness", &c.liveness_probe) } else { ("startup", &c.startup_probe) };
+                        let (which, probe) = if started {
+                            ("liveness", &c.liveness_probe)
+                        } else {
+                            ("startup", &c.startup_probe)
+                        };
                         tracing::info!(pod = %pod_key(pod), container = %c.name, probe = which, "probe failed; restarting the container");
                         let grace = probe
                             .as_ref()
                             .and_then(|p| p.termination_grace_period_seconds)
                             .or(pspec.termination_grace_period_seconds)
                             .unwrap_or(30);
-                        let msg = format!("Container {} failed {which} probe, will be restarted", c.name);
-                        tokio::spawn(kill_container(sh.cri.clone(), sh.events.clone(), pod.clone(), c.clone(), s.id.clone(), msg, grace));
+                        let msg = format!(
+                            "Container {} failed {which} probe, will be restarted",
+                            c.name
+                        );
+                        tokio::spawn(kill_container(
+                            sh.cri.clone(),
+                            sh.events.clone(),
+                            pod.clone(),
+                            c.clone(),
+                            s.id.clone(),
+                            msg,
+                            grace,
+                        ));
                     }
                 }
                 Some(s) => {
@@ -761,12 +1079,31 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                         let d = *st.crash.get(&c.name).unwrap_or(&BACKOFF_INITIAL);
                         st.waiting.insert(
                             c.name.clone(),
-                            ("CrashLoopBackOff".into(), format!("back-off {} restarting failed container={} pod={}", fmt_backoff(d), c.name, pod_key(pod))),
+                            (
+                                "CrashLoopBackOff".into(),
+                                format!(
+                                    "back-off {} restarting failed container={} pod={}",
+                                    fmt_backoff(d),
+                                    c.name,
+                                    pod_key(pod)
+                                ),
+                            ),
                         );
                         next = next.min(rem);
                     } else {
                         note_restart(st, &c.name);
-                        if let Err(w) = start_container(sh, st, pod, c, attempt, &sandbox_id, sandbox_attempt, &pod_ip).await {
+                        if let Err(w) = start_container(
+                            sh,
+                            st,
+                            pod,
+                            c,
+                            attempt,
+                            &sandbox_id,
+                            sandbox_attempt,
+                            &pod_ip,
+                        )
+                        .await
+                        {
                             next = next.min(retry_after(&w.0));
                             st.waiting.insert(c.name.clone(), w);
                         }
@@ -781,8 +1118,12 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
         instances = pod_containers(sh, &uid).await;
     }
     // Forget probes of instances that are not running any more.
-    let running: std::collections::HashSet<String> =
-        instances.values().flatten().filter(|s| is(s, ContainerState::ContainerRunning)).map(|s| s.id.clone()).collect();
+    let running: std::collections::HashSet<String> = instances
+        .values()
+        .flatten()
+        .filter(|s| is(s, ContainerState::ContainerRunning))
+        .map(|s| s.id.clone())
+        .collect();
     st.probe_tasks.retain(|(id, _), t| {
         let keep = running.contains(id);
         if !keep {
@@ -795,12 +1136,17 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
     }
     st.killing.retain(|id| running.contains(id));
 
-    let views = |list: &[Container], default_reason: &'static str, st: &PodState| -> Vec<ContainerView> {
+    let views = |list: &[Container],
+                 default_reason: &'static str,
+                 st: &PodState|
+     -> Vec<ContainerView> {
         list.iter()
             .map(|c| {
                 let inst = instances.get(&c.name);
                 let current = inst.and_then(|v| v.first()).cloned();
-                let results = current.as_ref().and_then(|s| st.probes.lock().ok().and_then(|t| t.get(&s.id).cloned()));
+                let results = current
+                    .as_ref()
+                    .and_then(|s| st.probes.lock().ok().and_then(|t| t.get(&s.id).cloned()));
                 let ready_probe = match &c.readiness_probe {
                     Some(_) => results.as_ref().and_then(|r| r.ready).unwrap_or(false),
                     None => true,
@@ -809,15 +1155,30 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                     Some(_) => results.as_ref().is_some_and(|r| r.started),
                     None => true,
                 };
-                let termination_message = current.as_ref().filter(|s| is(s, ContainerState::ContainerExited)).and_then(|s| {
-                    let attempt = s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
-                    let f = termination_file(sh, pod.metadata.uid.as_deref().unwrap_or_default(), &c.name, attempt);
-                    let mut m = std::fs::read(&f).ok().map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned()).unwrap_or_default();
-                    if m.is_empty() && s.exit_code != 0 && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") {
-                        m = crate::containerd::log_tail(std::path::Path::new(&s.log_path), 80);
-                    }
-                    Some(m).filter(|m| !m.is_empty())
-                });
+                let termination_message = current
+                    .as_ref()
+                    .filter(|s| is(s, ContainerState::ContainerExited))
+                    .and_then(|s| {
+                        let attempt = s.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
+                        let f = termination_file(
+                            sh,
+                            pod.metadata.uid.as_deref().unwrap_or_default(),
+                            &c.name,
+                            attempt,
+                        );
+                        let mut m = std::fs::read(&f)
+                            .ok()
+                            .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned())
+                            .unwrap_or_default();
+                        if m.is_empty()
+                            && s.exit_code != 0
+                            && c.termination_message_policy.as_deref()
+                                == Some("FallbackToLogsOnError")
+                        {
+                            m = crate::containerd::log_tail(std::path::Path::new(&s.log_path), 80);
+                        }
+                        Some(m).filter(|m| !m.is_empty())
+                    });
                 ContainerView {
                     name: c.name.clone(),
                     image: c.image.clone().unwrap_or_default(),
@@ -832,10 +1193,33 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
             })
             .collect()
     };
-    let init_views = views(pspec.init_containers.as_deref().unwrap_or_default(), "PodInitializing", st);
-    let views_main = views(&pspec.containers, if init_done { "ContainerCreating" } else { "PodInitializing" }, st);
+    let init_views = views(
+        pspec.init_containers.as_deref().unwrap_or_default(),
+        "PodInitializing",
+        st,
+    );
+    let views_main = views(
+        &pspec.containers,
+        if init_done {
+            "ContainerCreating"
+        } else {
+            "PodInitializing"
+        },
+        st,
+    );
     let sandbox_ready = !pod_ip.is_empty() || host_network;
-    post_status(sh, st, pod, &init_views, &views_main, init_done, init_failed, Some(sandbox_ready), &pod_ip).await;
+    post_status(
+        sh,
+        st,
+        pod,
+        &init_views,
+        &views_main,
+        init_done,
+        init_failed,
+        Some(sandbox_ready),
+        &pod_ip,
+    )
+    .await;
     if adopted > 0 {
         tracing::info!(pod = %pod_key(pod), containers = adopted, "adopted the running containers of the pod");
     }
@@ -847,16 +1231,28 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
 }
 
 async fn runtime_handler(sh: &Shared, class: Option<&str>) -> Result<String, String> {
-    let Some(class) = class.filter(|c| !c.is_empty()) else { return Ok(String::new()) };
+    let Some(class) = class.filter(|c| !c.is_empty()) else {
+        return Ok(String::new());
+    };
     let api: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(sh.client.clone());
     match api.get_opt(class).await {
         Ok(Some(rc)) => Ok(rc.handler),
-        Ok(None) => Err(format!("Failed to create pod sandbox: runtimeclass.node.k8s.io {class:?} not found")),
+        Ok(None) => Err(format!(
+            "Failed to create pod sandbox: runtimeclass.node.k8s.io {class:?} not found"
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
 
-fn ensure_probes(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, c: &Container, id: &str, pod_ip: &str, wake: &Arc<Notify>) {
+fn ensure_probes(
+    sh: &Arc<Shared>,
+    st: &mut PodState,
+    pod: &Pod,
+    c: &Container,
+    id: &str,
+    pod_ip: &str,
+    wake: &Arc<Notify>,
+) {
     if c.startup_probe.is_none() {
         if let Ok(mut t) = st.probes.lock() {
             t.entry(id.to_string()).or_default().started = true;
@@ -881,7 +1277,10 @@ fn ensure_probes(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, c: &Container, 
             probe.clone(),
             kind,
             pod_ip.to_string(),
-            probes::ProbeEvents { recorder: sh.events.clone(), pod: pod.clone() },
+            probes::ProbeEvents {
+                recorder: sh.events.clone(),
+                pod: pod.clone(),
+            },
         ));
         st.probe_tasks.insert(key, task);
     }
@@ -900,7 +1299,10 @@ async fn post_status(
     pod_ip: &str,
 ) {
     let pspec = pod.spec.clone().unwrap_or_default();
-    let policy = pspec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let policy = pspec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
     let containers: Vec<ContainerView> = if containers.is_empty() && init.is_empty() {
         // Before the sandbox exists: every container is waiting to be created.
         pspec
@@ -923,13 +1325,41 @@ async fn post_status(
     let now = now_rfc3339();
     let all_ready = !containers.is_empty() && containers.iter().all(|c| c.ready());
     let terminal = phase == "Succeeded" || phase == "Failed";
-    let not_ready_reason = if terminal { "PodCompleted" } else { "ContainersNotReady" };
+    let not_ready_reason = if terminal {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
     let scheduled = status::condition(pod, "PodScheduled", true, None, &now);
     let mut conds = vec![
-        status::condition(pod, "PodReadyToStartContainers", sandbox_ready.unwrap_or(false) && !terminal, None, &now),
-        status::condition(pod, "Initialized", init_done || terminal && !init_failed, (!init_done).then_some("ContainersNotInitialized"), &now),
-        status::condition(pod, "Ready", all_ready && !terminal, (!all_ready || terminal).then_some(not_ready_reason), &now),
-        status::condition(pod, "ContainersReady", all_ready && !terminal, (!all_ready || terminal).then_some(not_ready_reason), &now),
+        status::condition(
+            pod,
+            "PodReadyToStartContainers",
+            sandbox_ready.unwrap_or(false) && !terminal,
+            None,
+            &now,
+        ),
+        status::condition(
+            pod,
+            "Initialized",
+            init_done || terminal && !init_failed,
+            (!init_done).then_some("ContainersNotInitialized"),
+            &now,
+        ),
+        status::condition(
+            pod,
+            "Ready",
+            all_ready && !terminal,
+            (!all_ready || terminal).then_some(not_ready_reason),
+            &now,
+        ),
+        status::condition(
+            pod,
+            "ContainersReady",
+            all_ready && !terminal,
+            (!all_ready || terminal).then_some(not_ready_reason),
+            &now,
+        ),
         scheduled,
     ];
     if init_done || terminal {
@@ -953,7 +1383,10 @@ async fn post_status(
         s["podIPs"] = json!([{"ip": pod_ip}]);
     }
     if !init.is_empty() {
-        s["initContainerStatuses"] = json!(init.iter().map(ContainerView::to_status).collect::<Vec<_>>());
+        s["initContainerStatuses"] = json!(init
+            .iter()
+            .map(ContainerView::to_status)
+            .collect::<Vec<_>>());
     }
     if let Some(m) = &st.sandbox_error {
         // Shown as the containers' waiting message, as upstream's events would say.
@@ -966,9 +1399,19 @@ async fn post_status(
     if st.last_status.as_ref() == Some(&s) {
         return;
     }
-    let api: Api<Pod> = Api::namespaced(sh.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+    let api: Api<Pod> = Api::namespaced(
+        sh.client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
     let name = pod.metadata.name.as_deref().unwrap_or_default();
-    match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": s}))).await {
+    match api
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": s})),
+        )
+        .await
+    {
         Ok(_) => {
             st.reported_terminal = terminal;
             st.last_status = Some(s);
@@ -980,14 +1423,31 @@ async fn post_status(
 /// Stops one container as upstream's `killContainer`: a `Killing` event, the preStop
 /// hook (bounded by the grace period, whose time it uses up), then `StopContainer`
 /// (SIGTERM, and SIGKILL when what is left of the grace period — at least 2 s — is over).
-async fn kill_container(cri: CriClient, events: Recorder, pod: Pod, c: Container, id: String, message: String, grace: i64) {
+async fn kill_container(
+    cri: CriClient,
+    events: Recorder,
+    pod: Pod,
+    c: Container,
+    id: String,
+    message: String,
+    grace: i64,
+) {
     events.container_event(&pod, &c.name, EventType::Normal, reason::KILLING, message);
     let mut grace = grace;
-    if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).filter(|_| grace > 0) {
+    if let Some(hook) = c
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .filter(|_| grace > 0)
+    {
         let started = Instant::now();
         let limit = Duration::from_secs(grace as u64);
         let failed = if let Some(sleep) = &hook.sleep {
-            let _ = tokio::time::timeout(limit, tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64))).await;
+            let _ = tokio::time::timeout(
+                limit,
+                tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64)),
+            )
+            .await;
             false
         } else if hook.exec.is_some() || hook.http_get.is_some() {
             let action = k8s_openapi::api::core::v1::Probe {
@@ -996,8 +1456,14 @@ async fn kill_container(cri: CriClient, events: Recorder, pod: Pod, c: Container
                 timeout_seconds: Some(grace.min(i32::MAX as i64) as i32),
                 ..Default::default()
             };
-            let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
-            match tokio::time::timeout(limit, probes::run_once(&cri, &id, &c, &action, &pod_ip)).await {
+            let pod_ip = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default();
+            match tokio::time::timeout(limit, probes::run_once(&cri, &id, &c, &action, &pod_ip))
+                .await
+            {
                 Ok(probes::Outcome::Failure(why)) => {
                     tracing::warn!(pod = %pod_key(&pod), container = %c.name, reason = %why, "preStop hook failed");
                     true
@@ -1013,7 +1479,13 @@ async fn kill_container(cri: CriClient, events: Recorder, pod: Pod, c: Container
         };
         if failed {
             // Upstream leaves the hook's output out of the event (it may hold secrets).
-            events.container_event(&pod, &c.name, EventType::Warning, reason::FAILED_PRE_STOP_HOOK, "PreStopHook failed");
+            events.container_event(
+                &pod,
+                &c.name,
+                EventType::Warning,
+                reason::FAILED_PRE_STOP_HOOK,
+                "PreStopHook failed",
+            );
         }
         grace -= started.elapsed().as_secs() as i64;
     }
@@ -1035,18 +1507,53 @@ async fn terminate(sh: &Shared, st: &mut PodState, pod: &Pod, grace: i64) {
     let specs: Vec<Container> = pod
         .spec
         .as_ref()
-        .map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).cloned().collect())
+        .map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default();
     for s in pod_sandboxes(&sh.cri, &uid).await {
         if s.state == PodSandboxState::SandboxReady as i32 {
-            let filter = ContainerFilter { pod_sandbox_id: s.id.clone(), ..Default::default() };
-            let running = sh.cri.list_containers(Some(filter)).await.unwrap_or_default();
-            let kills = running.iter().filter(|c| c.state == ContainerState::ContainerRunning as i32).map(|rc| {
-                let name = rc.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-                let spec = specs.iter().find(|sc| sc.name == name).cloned().unwrap_or_else(|| Container { name: name.clone(), ..Default::default() });
-                let msg = format!("Stopping container {name}");
-                kill_container(sh.cri.clone(), sh.events.clone(), pod.clone(), spec, rc.id.clone(), msg, grace)
-            });
+            let filter = ContainerFilter {
+                pod_sandbox_id: s.id.clone(),
+                ..Default::default()
+            };
+            let running = sh
+                .cri
+                .list_containers(Some(filter))
+                .await
+                .unwrap_or_default();
+            let kills = running
+                .iter()
+                .filter(|c| c.state == ContainerState::ContainerRunning as i32)
+                .map(|rc| {
+                    let name = rc
+                        .metadata
+                        .as_ref()
+                        .map(|m| m.name.clone())
+                        .unwrap_or_default();
+                    let spec = specs
+                        .iter()
+                        .find(|sc| sc.name == name)
+                        .cloned()
+                        .unwrap_or_else(|| Container {
+                            name: name.clone(),
+                            ..Default::default()
+                        });
+                    let msg = format!("Stopping container {name}");
+                    kill_container(
+                        sh.cri.clone(),
+                        sh.events.clone(),
+                        pod.clone(),
+                        spec,
+                        rc.id.clone(),
+                        msg,
+                        grace,
+                    )
+                });
             futures_util::future::join_all(kills).await;
             // Whatever is left (created, not started) goes with the sandbox.
             stop_all_containers(&sh.cri, &s.id, MIN_GRACE).await;
@@ -1067,7 +1574,11 @@ mod tests {
 
     #[test]
     fn pull_policy_defaults() {
-        let c = |img: &str| Container { name: "c".into(), image: Some(img.into()), ..Default::default() };
+        let c = |img: &str| Container {
+            name: "c".into(),
+            image: Some(img.into()),
+            ..Default::default()
+        };
         assert_eq!(pull_policy(&c("busybox")), "Always");
         assert_eq!(pull_policy(&c("busybox:latest")), "Always");
         assert_eq!(pull_policy(&c("busybox:1.36")), "IfNotPresent");
@@ -1089,7 +1600,11 @@ mod tests {
     fn crash_backoff_doubles_to_five_minutes() {
         let mut st = PodState::default();
         let now = jiff::Timestamp::now().as_nanosecond() as i64;
-        assert_eq!(crash_backoff(&st, "c", now), None, "first restart is immediate");
+        assert_eq!(
+            crash_backoff(&st, "c", now),
+            None,
+            "first restart is immediate"
+        );
         note_restart(&mut st, "c");
         assert!(crash_backoff(&st, "c", now).is_some_and(|d| d > Duration::from_secs(9)));
         let long_ago = now - 11_000_000_000;
@@ -1105,7 +1620,12 @@ mod tests {
 
     #[test]
     fn image_errors_wait_for_the_worker_back_off() {
-        for r in ["ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"] {
+        for r in [
+            "ErrImagePull",
+            "ImagePullBackOff",
+            "ErrImageNeverPull",
+            "InvalidImageName",
+        ] {
             assert_eq!(retry_after(r), WORKER_BACKOFF, "{r}");
         }
         assert_eq!(retry_after("CreateContainerConfigError"), START_RETRY);
@@ -1113,7 +1633,14 @@ mod tests {
 
     #[test]
     fn grpc_messages_look_like_go() {
-        let e = CriError::Status { method: "PullImage", code: tonic::Code::Unknown, message: "failed to pull".into() };
-        assert_eq!(grpc_message(&e), "rpc error: code = Unknown desc = failed to pull");
+        let e = CriError::Status {
+            method: "PullImage",
+            code: tonic::Code::Unknown,
+            message: "failed to pull".into(),
+        };
+        assert_eq!(
+            grpc_message(&e),
+            "rpc error: code = Unknown desc = failed to pull"
+        );
     }
 }

@@ -345,9 +345,7 @@ impl FieldSet {
 
     /// The sub-set below `pe` (None when there is no member below it).
     pub(crate) fn child(&self, pe: &PathElement) -> Option<&FieldSet> {
-        self.node(pe)
-            .map(|n| &n.children)
-            .filter(|c| !c.is_empty())
+        self.node(pe).map(|n| &n.children).filter(|c| !c.is_empty())
     }
 
     /// True when `pe` is a member at this level.
@@ -366,9 +364,11 @@ impl FieldSet {
         let mut nodes = Vec::with_capacity(self.nodes.len().max(other.nodes.len()));
         merge_join(&self.nodes, &other.nodes, |a, b| {
             nodes.push(match (a, b) {
-                (Some(a), Some(b)) => {
-                    Node::new(a.pe.clone(), a.member || b.member, a.children.union(&b.children))
-                }
+                (Some(a), Some(b)) => Node::new(
+                    a.pe.clone(),
+                    a.member || b.member,
+                    a.children.union(&b.children),
+                ),
                 (Some(n), None) | (None, Some(n)) => n.clone(),
                 (None, None) => return,
             })

@@ -552,22 +552,62 @@ fn cached_schema_tracks_exactly_like_the_schema() {
     let mut created = with_containers(&[("web", "nginx"), ("log", "busybox")]);
     created["spec"]["selector"] = json!({"matchLabels": {"app": "web"}});
     let mut plain = created.clone();
-    track_update(None, &mut plain, "m", &schema, "Deployment", T1, "apps/v1", None);
+    track_update(
+        None,
+        &mut plain,
+        "m",
+        &schema,
+        "Deployment",
+        T1,
+        "apps/v1",
+        None,
+    );
     // Twice through the cache: filled on the first call, read on the second.
     for _ in 0..2 {
         let mut c = created.clone();
-        track_update(None, &mut c, "m", &cached, "Deployment", T1, "apps/v1", None);
+        track_update(
+            None,
+            &mut c,
+            "m",
+            &cached,
+            "Deployment",
+            T1,
+            "apps/v1",
+            None,
+        );
         assert_eq!(c, plain);
     }
     let mut cfg = with_containers(&[("web", "nginx:2")]);
     cfg["spec"]["selector"] = json!({"matchLabels": {"app": "other"}});
-    let want = server_side_apply(Some(&plain), &cfg, "a", true, &schema, "Deployment", T2, "apps/v1", None);
-    let got = server_side_apply(Some(&plain), &cfg, "a", true, &cached, "Deployment", T2, "apps/v1", None);
+    let want = server_side_apply(
+        Some(&plain),
+        &cfg,
+        "a",
+        true,
+        &schema,
+        "Deployment",
+        T2,
+        "apps/v1",
+        None,
+    );
+    let got = server_side_apply(
+        Some(&plain),
+        &cfg,
+        "a",
+        true,
+        &cached,
+        "Deployment",
+        T2,
+        "apps/v1",
+        None,
+    );
     assert_eq!(got, want);
     // The atomic selector is owned whole, through the cache too.
     let e = entry(&got.unwrap(), "a").unwrap();
     assert!(e.fields.contains(&[f("spec"), f("selector")]));
-    assert!(!e.fields.contains(&[f("spec"), f("selector"), f("matchLabels")]));
+    assert!(!e
+        .fields
+        .contains(&[f("spec"), f("selector"), f("matchLabels")]));
 }
 
 #[test]
@@ -624,7 +664,10 @@ fn field_set_algebra_keeps_a_canonical_form() {
     // Below a member of the other set, recursive difference removes everything.
     let mut spec = FieldSet::new();
     spec.insert(&[f("spec"), f("containers")]);
-    assert_eq!(a.recursive_difference(&spec).paths(), vec![vec![f("spec"), f("replicas")]]);
+    assert_eq!(
+        a.recursive_difference(&spec).paths(),
+        vec![vec![f("spec"), f("replicas")]]
+    );
 }
 
 /// A slice of the Service schema as the OpenAPI documents give it: ports keyed by
@@ -668,7 +711,17 @@ impl PatchSchema for ServiceSchema {
 impl ApplySchema for ServiceSchema {}
 
 fn apply_svc(live: Option<&Value>, cfg: &Value, manager: &str) -> Result<Value, ApplyError> {
-    server_side_apply(live, cfg, manager, false, &ServiceSchema, "Service", T1, "v1", None)
+    server_side_apply(
+        live,
+        cfg,
+        manager,
+        false,
+        &ServiceSchema,
+        "Service",
+        T1,
+        "v1",
+        None,
+    )
 }
 
 fn svc(ports: Value) -> Value {
@@ -686,8 +739,14 @@ fn list_map_keys_from_the_schema_with_defaulted_key_fields() {
     assert_eq!(live["spec"]["ports"], cfg["spec"]["ports"]);
     let fields = entry(&live, "A").unwrap().fields.to_fields_v1();
     let ports = &fields["f:spec"]["f:ports"];
-    assert!(ports.get(r#"k:{"port":53,"protocol":"UDP"}"#).is_some(), "{ports}");
-    assert!(ports.get(r#"k:{"port":53,"protocol":"TCP"}"#).is_some(), "{ports}");
+    assert!(
+        ports.get(r#"k:{"port":53,"protocol":"UDP"}"#).is_some(),
+        "{ports}"
+    );
+    assert!(
+        ports.get(r#"k:{"port":53,"protocol":"TCP"}"#).is_some(),
+        "{ports}"
+    );
     // A second manager applying the same items shares them; changing one conflicts on it alone.
     apply_svc(Some(&live), &cfg, "B").unwrap();
     let changed = svc(json!([
@@ -704,7 +763,12 @@ fn list_map_keys_from_the_schema_with_defaulted_key_fields() {
     let no_proto = svc(json!([{"port": 80}, {"port": 80, "protocol": "UDP"}]));
     let out = apply_svc(None, &no_proto, "A").unwrap();
     let fields = entry(&out, "A").unwrap().fields.to_fields_v1();
-    assert!(fields["f:spec"]["f:ports"].get(r#"k:{"port":80,"protocol":"TCP"}"#).is_some(), "{fields}");
+    assert!(
+        fields["f:spec"]["f:ports"]
+            .get(r#"k:{"port":80,"protocol":"TCP"}"#)
+            .is_some(),
+        "{fields}"
+    );
     // The item with the default and the one spelling it out are the same item.
     let dup = svc(json!([{"port": 80}, {"port": 80, "protocol": "TCP"}]));
     assert_eq!(
@@ -758,10 +822,16 @@ fn list_type_from_field_meta_wins_over_patch_strategy() {
         s.list_type("ServiceSpec", "ports"),
         Some(ListType::Map(vec!["port".into(), "protocol".into()]))
     );
-    assert_eq!(s.list_type("ServiceSpec", "externalIPs"), Some(ListType::Atomic));
+    assert_eq!(
+        s.list_type("ServiceSpec", "externalIPs"),
+        Some(ListType::Atomic)
+    );
     assert!(s.declares_all_fields("ServiceSpec"));
     let cache = TypeCache::new();
-    let cached = CachedApplySchema { schema: &s, cache: &cache };
+    let cached = CachedApplySchema {
+        schema: &s,
+        cache: &cache,
+    };
     assert!(cached.declares_all_fields("Service") && !cached.declares_all_fields("ObjectMeta"));
     // `map` without keys is a set; no list type falls back to the patch strategy.
     struct Keyless;
@@ -775,5 +845,8 @@ fn list_type_from_field_meta_wins_over_patch_strategy() {
     }
     let k = DerivedApplySchema(&Keyless);
     assert_eq!(k.list_type("T", "a"), Some(ListType::Set));
-    assert_eq!(k.list_type("T", "b"), Some(ListType::Map(vec!["name".into()])));
+    assert_eq!(
+        k.list_type("T", "b"),
+        Some(ListType::Map(vec!["name".into()]))
+    );
 }

@@ -173,8 +173,7 @@ pub(crate) fn item_path_element(
                 Err("not supported: associative list with lists as elements".to_string())
             }
             Value::Null => Err(
-                "associative list without keys has an element that's an explicit null"
-                    .to_string(),
+                "associative list without keys has an element that's an explicit null".to_string(),
             ),
             v => Ok(PathElement::Value(v.clone())),
         },
@@ -217,8 +216,8 @@ pub(crate) fn list_items<'v>(
 ) -> Result<Vec<(PathElement, &'v Value)>, String> {
     let mut out: Vec<(PathElement, &Value)> = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let pe = item_path_element(kind, key_defaults, item)
-            .map_err(|e| format!("element {i}: {e}"))?;
+        let pe =
+            item_path_element(kind, key_defaults, item).map_err(|e| format!("element {i}: {e}"))?;
         if out.iter().any(|(p, _)| *p == pe) {
             return Err(format!("duplicate entries for key {pe}"));
         }
@@ -233,14 +232,15 @@ fn shape<'v>(v: &'v Value, ty: &Ty) -> Shape<'v> {
             Shape::Leaf
         }
         (Value::Object(m), Ty::Struct { .. } | Ty::Map { .. } | Ty::Unknown) => Shape::Fields(m),
-        (Value::Array(a), Ty::List { kind, key_defaults, .. })
-            if !matches!(**kind, ListType::Atomic) =>
-        {
-            match list_items(kind, key_defaults, a) {
-                Ok(items) => Shape::Items(items),
-                Err(_) => Shape::Leaf,
-            }
-        }
+        (
+            Value::Array(a),
+            Ty::List {
+                kind, key_defaults, ..
+            },
+        ) if !matches!(**kind, ListType::Atomic) => match list_items(kind, key_defaults, a) {
+            Ok(items) => Shape::Items(items),
+            Err(_) => Shape::Leaf,
+        },
         _ => Shape::Leaf,
     }
 }
@@ -505,14 +505,28 @@ impl Typer<'_> {
                     if skip.skips(k) {
                         continue;
                     }
-                    let c = self.cmp_node(Some(lv), r.get(k), &self.field(ty, k), created, false, skip.child(k));
+                    let c = self.cmp_node(
+                        Some(lv),
+                        r.get(k),
+                        &self.field(ty, k),
+                        created,
+                        false,
+                        skip.child(k),
+                    );
                     below.push(PathElement::Field(k.clone()), c);
                 }
                 for (k, rv) in r {
                     if l.contains_key(k) || skip.skips(k) {
                         continue;
                     }
-                    let c = self.cmp_node(None, Some(rv), &self.field(ty, k), created, false, skip.child(k));
+                    let c = self.cmp_node(
+                        None,
+                        Some(rv),
+                        &self.field(ty, k),
+                        created,
+                        false,
+                        skip.child(k),
+                    );
                     below.push(PathElement::Field(k.clone()), c);
                 }
                 true
@@ -523,7 +537,11 @@ impl Typer<'_> {
                     if skip.skips(k) {
                         continue;
                     }
-                    let (l, r) = if left { (Some(v), None) } else { (None, Some(v)) };
+                    let (l, r) = if left {
+                        (Some(v), None)
+                    } else {
+                        (None, Some(v))
+                    };
                     let c = self.cmp_node(l, r, &self.field(ty, k), created, false, skip.child(k));
                     below.push(PathElement::Field(k.clone()), c);
                 }
@@ -551,7 +569,11 @@ impl Typer<'_> {
                 let ity = items_ty(ty);
                 let left = lhs.is_some();
                 for (pe, v) in items {
-                    let (l, r) = if left { (Some(v), None) } else { (None, Some(v)) };
+                    let (l, r) = if left {
+                        (Some(v), None)
+                    } else {
+                        (None, Some(v))
+                    };
                     let c = self.cmp_node(l, r, &ity, created, true, Skip::None);
                     below.push(pe, c);
                 }
@@ -647,7 +669,10 @@ impl Levels {
         } = c;
         let mut pe = Some(pe);
         // Each set takes the element only when the node or something below it is in it.
-        let mut put = |list: &mut Vec<(PathElement, bool, FieldSet)>, member: bool, set: FieldSet, last: bool| {
+        let mut put = |list: &mut Vec<(PathElement, bool, FieldSet)>,
+                       member: bool,
+                       set: FieldSet,
+                       last: bool| {
             if member || !set.is_empty() {
                 let e = if last { pe.take() } else { pe.clone() };
                 if let Some(e) = e {
@@ -698,7 +723,8 @@ impl Skip {
     fn leaf_eq(self, l: &Value, r: &Value) -> bool {
         match (self, l, r) {
             (Skip::Metadata, Value::Object(a), Value::Object(b)) => {
-                let count = |m: &Map<String, Value>| m.len() - usize::from(m.contains_key("managedFields"));
+                let count =
+                    |m: &Map<String, Value>| m.len() - usize::from(m.contains_key("managedFields"));
                 count(a) == count(b)
                     && a.iter()
                         .filter(|(k, _)| *k != "managedFields")

@@ -18,9 +18,14 @@ pub struct Creds {
 }
 
 fn field(text: &str, name: &str) -> Vec<u8> {
-    let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{name}:"))).expect("kubeconfig field");
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{name}:")))
+        .expect("kubeconfig field");
     let v = line.split_once(':').map(|x| x.1.trim()).unwrap_or_default();
-    base64::engine::general_purpose::STANDARD.decode(v).expect("base64")
+    base64::engine::general_purpose::STANDARD
+        .decode(v)
+        .expect("base64")
 }
 
 impl Creds {
@@ -33,7 +38,9 @@ impl Creds {
         for c in CertificateDer::pem_slice_iter(&ca) {
             roots.add(c.expect("ca pem")).expect("add ca");
         }
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert).map(|c| c.expect("cert")).collect();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
+            .map(|c| c.expect("cert"))
+            .collect();
         let key = PrivateKeyDer::from_pem_slice(&key).expect("key");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -42,7 +49,10 @@ impl Creds {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .expect("client auth");
-        Creds { config: Arc::new(config), port }
+        Creds {
+            config: Arc::new(config),
+            port,
+        }
     }
 
     /// The same server trust, but no client certificate (an anonymous client).
@@ -59,7 +69,10 @@ impl Creds {
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Creds { config: Arc::new(config), port }
+        Creds {
+            config: Arc::new(config),
+            port,
+        }
     }
 }
 
@@ -73,17 +86,31 @@ impl Conn {
         let tcp = TcpStream::connect(("127.0.0.1", c.port))?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-        let conn = rustls::ClientConnection::new(c.config.clone(), name).map_err(std::io::Error::other)?;
-        Ok(Conn { stream: BufReader::new(rustls::StreamOwned::new(conn, tcp)) })
+        let conn =
+            rustls::ClientConnection::new(c.config.clone(), name).map_err(std::io::Error::other)?;
+        Ok(Conn {
+            stream: BufReader::new(rustls::StreamOwned::new(conn, tcp)),
+        })
     }
 
     /// Sends a request; returns (status, body).
-    pub fn request(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, Vec<u8>)> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         self.request_ct(method, path, "application/json", body)
     }
 
     /// Sends a request with a given Content-Type; returns (status, body).
-    pub fn request_ct(&mut self, method: &str, path: &str, content_type: &str, body: Option<&[u8]>) -> std::io::Result<(u16, Vec<u8>)> {
+    pub fn request_ct(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         let b = body.unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -95,7 +122,11 @@ impl Conn {
         s.flush()?;
         let mut line = String::new();
         self.stream.read_line(&mut line)?;
-        let status: u16 = line.split_whitespace().nth(1).and_then(|x| x.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
         let mut len = None;
         let mut chunked = false;
         loop {

@@ -33,7 +33,10 @@ pub struct Cluster {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Cluster {
@@ -53,7 +56,16 @@ impl Cluster {
         let port = free_port();
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let log = dir.path().join(format!("server-{port}.log"));
-        let mut c = Cluster { child: None, dir, port, kubeconfig, log, started: Instant::now(), ready_after: Duration::ZERO, agent: false };
+        let mut c = Cluster {
+            child: None,
+            dir,
+            port,
+            kubeconfig,
+            log,
+            started: Instant::now(),
+            ready_after: Duration::ZERO,
+            agent: false,
+        };
         c.spawn(extra);
         c
     }
@@ -64,8 +76,20 @@ impl Cluster {
         let port = free_port();
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let log = dir.path().join(format!("server-{port}.log"));
-        let mut c = Cluster { child: None, dir, port, kubeconfig, log, started: Instant::now(), ready_after: Duration::ZERO, agent: true };
-        let state = format!("--containerd-state-dir={}", c.containerd_state_dir().display());
+        let mut c = Cluster {
+            child: None,
+            dir,
+            port,
+            kubeconfig,
+            log,
+            started: Instant::now(),
+            ready_after: Duration::ZERO,
+            agent: true,
+        };
+        let state = format!(
+            "--containerd-state-dir={}",
+            c.containerd_state_dir().display()
+        );
         let mut args: Vec<&str> = vec![state.as_str()];
         args.extend_from_slice(extra);
         c.spawn(&args);
@@ -106,7 +130,11 @@ impl Cluster {
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--write-kubeconfig={}", self.kubeconfig.display()))
-            .args(if self.agent { None } else { Some("--disable-agent") })
+            .args(if self.agent {
+                None
+            } else {
+                Some("--disable-agent")
+            })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(logf)
@@ -124,7 +152,10 @@ impl Cluster {
         loop {
             if let Some(ch) = self.child.as_mut() {
                 if let Ok(Some(st)) = ch.try_wait() {
-                    panic!("rk3s server exited with {st}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                    panic!(
+                        "rk3s server exited with {st}: {}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    );
                 }
             }
             if self.kubeconfig.exists() {
@@ -134,7 +165,10 @@ impl Cluster {
                 }
             }
             if Instant::now() > deadline {
-                panic!("rk3s server not ready after {timeout:?}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                panic!(
+                    "rk3s server not ready after {timeout:?}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -152,7 +186,11 @@ impl Cluster {
             .env("HOME", self.dir.path())
             .env_remove("KUBECTL_EXTERNAL_DIFF")
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("run kubectl");
@@ -186,7 +224,12 @@ impl Cluster {
     /// Runs kubectl expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl_with(&kubectl_bin(), args, stdin);
-        assert!(!out.status.success(), "kubectl {} unexpectedly succeeded: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "kubectl {} unexpectedly succeeded: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).to_string()
     }
 
@@ -232,7 +275,10 @@ impl Cluster {
 }
 
 fn unsafe_kill_term(pid: u32) {
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
 }
 
 impl Drop for Cluster {
@@ -254,11 +300,21 @@ pub struct SimNodes {
 impl SimNodes {
     /// Starts `count` nodes named `<prefix>-<i>` against the cluster.
     pub fn start(c: &Cluster, prefix: &str, count: u32) -> SimNodes {
-        let log = std::fs::File::create(c.path().join(format!("sim-{prefix}.log"))).expect("sim log");
+        let log =
+            std::fs::File::create(c.path().join(format!("sim-{prefix}.log"))).expect("sim log");
         let child = Command::new(env!("CARGO_BIN_EXE_rk3s"))
             .args(["sim-nodes", "--kubeconfig"])
             .arg(&c.kubeconfig)
-            .args(["--count", &count.to_string(), "--prefix", prefix, "--lease-interval-ms", "500", "--run-for-ms", "300"])
+            .args([
+                "--count",
+                &count.to_string(),
+                "--prefix",
+                prefix,
+                "--lease-interval-ms",
+                "500",
+                "--run-for-ms",
+                "300",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

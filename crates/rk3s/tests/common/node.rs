@@ -30,15 +30,37 @@ pub fn run_node_test(name: &str, extra: &[&str], scenario: impl FnOnce(&mut Clus
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    build_busybox_image(&dir.path().join("data/agent/images/busybox.tar"), dir.path());
+    build_busybox_image(
+        &dir.path().join("data/agent/images/busybox.tar"),
+        dir.path(),
+    );
     let mut c = Cluster::start_agent_in(dir, extra);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&mut c)));
     if result.is_err() {
-        eprintln!("--- server log ---\n{}", std::fs::read_to_string(&c.log).unwrap_or_default().lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+        eprintln!(
+            "--- server log ---\n{}",
+            std::fs::read_to_string(&c.log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(80)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     // Delete what is left through the agent (so CNI DEL runs), then tear down.
     if c.child.is_some() {
-        let _ = c.kubectl(&["delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--timeout=60s"]);
+        let _ = c.kubectl(&[
+            "delete",
+            "pods",
+            "--all",
+            "--all-namespaces",
+            "--grace-period=1",
+            "--timeout=60s",
+        ]);
     }
     cleanup(&mut c, &before);
     let after = HostSnapshot::take();
@@ -48,11 +70,20 @@ pub fn run_node_test(name: &str, extra: &[&str], scenario: impl FnOnce(&mut Clus
         std::panic::resume_unwind(e);
     }
     assert!(new_links.is_empty(), "links left behind: {new_links:?}");
-    assert!(new_rules.is_empty(), "iptables rules left behind: {new_rules:?}");
+    assert!(
+        new_rules.is_empty(),
+        "iptables rules left behind: {new_rules:?}"
+    );
     let new_netns: Vec<_> = after.netns.difference(&before.netns).collect();
-    assert!(new_netns.is_empty(), "network namespaces left behind: {new_netns:?}");
+    assert!(
+        new_netns.is_empty(),
+        "network namespaces left behind: {new_netns:?}"
+    );
     let new_tables: Vec<_> = after.nft_tables.difference(&before.nft_tables).collect();
-    assert!(new_tables.is_empty(), "nftables tables left behind: {new_tables:?}");
+    assert!(
+        new_tables.is_empty(),
+        "nftables tables left behind: {new_tables:?}"
+    );
 }
 
 pub fn missing_prereqs() -> Option<String> {
@@ -60,13 +91,26 @@ pub fn missing_prereqs() -> Option<String> {
         return Some("not root".into());
     }
     for bin in ["containerd", "runc", "ctr", "iptables-save", "ip"] {
-        if !Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success()) {
-            return Some(format!("{bin} is missing (apt-get install containerd runc iptables iproute2)"));
+        if !Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return Some(format!(
+                "{bin} is missing (apt-get install containerd runc iptables iproute2)"
+            ));
         }
     }
-    for p in ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/portmap", "/usr/lib/cni/loopback"] {
+    for p in [
+        "/usr/lib/cni/bridge",
+        "/usr/lib/cni/host-local",
+        "/usr/lib/cni/portmap",
+        "/usr/lib/cni/loopback",
+    ] {
         if !Path::new(p).exists() {
-            return Some(format!("{p} is missing (apt-get install containernetworking-plugins)"));
+            return Some(format!(
+                "{p} is missing (apt-get install containernetworking-plugins)"
+            ));
         }
     }
     if rk3s_kubelet::image::find_static_busybox().is_err() {
@@ -76,22 +120,46 @@ pub fn missing_prereqs() -> Option<String> {
 }
 
 pub fn unsafe_geteuid() -> u32 {
-    Command::new("id").arg("-u").output().ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(1)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(1)
 }
 
 pub fn sh(cmd: &str) -> String {
-    Command::new("sh").args(["-c", cmd]).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default()
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default()
 }
 
 pub fn iptables_lines() -> BTreeSet<String> {
-    sh("iptables-save 2>/dev/null").lines().filter(|l| l.starts_with('-') || l.starts_with(':') || l.starts_with('*')).map(|l| {
-        // Counters in chain headers change all the time.
-        if l.starts_with(':') { l.split_whitespace().take(2).collect::<Vec<_>>().join(" ") } else { l.to_string() }
-    }).collect()
+    sh("iptables-save 2>/dev/null")
+        .lines()
+        .filter(|l| l.starts_with('-') || l.starts_with(':') || l.starts_with('*'))
+        .map(|l| {
+            // Counters in chain headers change all the time.
+            if l.starts_with(':') {
+                l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect()
 }
 
 pub fn links() -> BTreeSet<String> {
-    sh("ip -o link show").lines().filter_map(|l| l.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("").to_string())).collect()
+    sh("ip -o link show")
+        .lines()
+        .filter_map(|l| {
+            l.split(':')
+                .nth(1)
+                .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+        })
+        .collect()
 }
 
 /// Everything the test must put back as it was.
@@ -111,7 +179,8 @@ impl HostSnapshot {
         HostSnapshot {
             links: links(),
             iptables: iptables_lines(),
-            kubepods: Path::new("/sys/fs/cgroup/memory/kubepods").exists() || Path::new("/sys/fs/cgroup/kubepods").exists(),
+            kubepods: Path::new("/sys/fs/cgroup/memory/kubepods").exists()
+                || Path::new("/sys/fs/cgroup/kubepods").exists(),
             netns: std::fs::read_dir("/run/netns")
                 .into_iter()
                 .flatten()
@@ -119,7 +188,11 @@ impl HostSnapshot {
                 .map(|e| e.file_name().to_string_lossy().to_string())
                 .filter(|n| n.starts_with("cni-"))
                 .collect(),
-            nft_tables: sh("nft list tables 2>/dev/null").lines().filter_map(|l| l.strip_prefix("table ")).map(String::from).collect(),
+            nft_tables: sh("nft list tables 2>/dev/null")
+                .lines()
+                .filter_map(|l| l.strip_prefix("table "))
+                .map(String::from)
+                .collect(),
         }
     }
 }
@@ -135,7 +208,9 @@ pub fn cleanup(c: &mut Cluster, before: &HostSnapshot) {
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
         if cmdline.contains("containerd-shim") && cmdline.contains(&want) {
-            let _ = Command::new("kill").args(["-KILL", &e.file_name().to_string_lossy()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &e.file_name().to_string_lossy()])
+                .status();
         }
     }
     if let Ok(pid) = std::fs::read_to_string(state.join("containerd.pid")) {
@@ -159,12 +234,20 @@ pub fn cleanup(c: &mut Cluster, before: &HostSnapshot) {
         }
         if l.starts_with("-A ") && !before.iptables.contains(l) {
             let args: Vec<String> = shell_words(&l.replacen("-A ", "-D ", 1));
-            let _ = Command::new("iptables").arg("-t").arg(&table).args(&args).status();
+            let _ = Command::new("iptables")
+                .arg("-t")
+                .arg(&table)
+                .args(&args)
+                .status();
         }
         if let Some(h) = l.strip_prefix(':') {
             let name = h.split_whitespace().next().unwrap_or_default().to_string();
             let key = format!(":{name}");
-            if !before.iptables.iter().any(|b| b.split_whitespace().next() == Some(key.as_str())) {
+            if !before
+                .iptables
+                .iter()
+                .any(|b| b.split_whitespace().next() == Some(key.as_str()))
+            {
                 chains.push((table.clone(), name));
             }
         }
@@ -179,21 +262,39 @@ pub fn cleanup(c: &mut Cluster, before: &HostSnapshot) {
     for l in iptables_lines() {
         if let Some(t) = l.strip_prefix('*') {
             if !before.iptables.contains(&l) {
-                let _ = Command::new("nft").args(["delete", "table", "ip", t]).status();
+                let _ = Command::new("nft")
+                    .args(["delete", "table", "ip", t])
+                    .status();
             }
         }
     }
     // Any other table (ip6tables-nft's `ip6 nat` from the portmap plugin, ...).
     let now = HostSnapshot::take();
     for t in now.nft_tables.difference(&before.nft_tables) {
-        let _ = Command::new("sh").args(["-c", &format!("nft delete table {t}")]).status();
+        let _ = Command::new("sh")
+            .args(["-c", &format!("nft delete table {t}")])
+            .status();
     }
     // Network namespaces of sandboxes that were not torn down.
     for n in now.netns.difference(&before.netns) {
         let _ = Command::new("ip").args(["netns", "del", n]).status();
     }
     if !before.kubepods {
-        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/blkio", "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup/devices", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/hugetlb", "/sys/fs/cgroup/net_cls,net_prio", "/sys/fs/cgroup/perf_event"] {
+        for root in [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/cpu",
+            "/sys/fs/cgroup/cpu,cpuacct",
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/blkio",
+            "/sys/fs/cgroup/cpuset",
+            "/sys/fs/cgroup/devices",
+            "/sys/fs/cgroup/freezer",
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/cgroup/hugetlb",
+            "/sys/fs/cgroup/net_cls,net_prio",
+            "/sys/fs/cgroup/perf_event",
+        ] {
             let _ = sh(&format!("[ -d {root}/kubepods ] && find {root}/kubepods -depth -type d -exec rmdir {{}} \\; 2>/dev/null"));
         }
     }
@@ -234,7 +335,42 @@ pub fn build_busybox_image(out: &Path, work: &Path) {
     std::fs::create_dir_all(root.join("tmp")).expect("rootfs tmp");
     std::fs::create_dir_all(root.join("etc")).expect("rootfs etc");
     std::fs::copy(&busybox, root.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "sleep", "echo", "cat", "ls", "true", "false", "httpd", "wget", "env", "id", "hostname", "ip", "tar", "mkdir", "rm", "touch", "kill", "head", "tail", "grep", "date", "ps", "dd", "nc", "mount", "df", "stat", "nslookup", "seq", "wc", "sort", "timeout", "ssl_client"] {
+    for applet in [
+        "sh",
+        "sleep",
+        "echo",
+        "cat",
+        "ls",
+        "true",
+        "false",
+        "httpd",
+        "wget",
+        "env",
+        "id",
+        "hostname",
+        "ip",
+        "tar",
+        "mkdir",
+        "rm",
+        "touch",
+        "kill",
+        "head",
+        "tail",
+        "grep",
+        "date",
+        "ps",
+        "dd",
+        "nc",
+        "mount",
+        "df",
+        "stat",
+        "nslookup",
+        "seq",
+        "wc",
+        "sort",
+        "timeout",
+        "ssl_client",
+    ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
     std::fs::create_dir_all(out.parent().expect("parent")).expect("images dir");
@@ -245,7 +381,11 @@ pub fn build_busybox_image(out: &Path, work: &Path) {
         .arg(out)
         .output()
         .expect("rk3s image build");
-    assert!(o.status.success(), "image build: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "image build: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 pub fn jsonpath(c: &Cluster, args: &[&str], path: &str) -> String {
@@ -276,15 +416,25 @@ spec:
 
 pub fn cidr_contains(cidr: &str, ip: &str) -> bool {
     let parse = |s: &str| s.parse::<std::net::Ipv4Addr>().ok().map(u32::from);
-    let Some((net, len)) = cidr.split_once('/') else { return false };
-    let (Some(net), Some(ip), Ok(len)) = (parse(net), parse(ip), len.parse::<u32>()) else { return false };
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Some(net), Some(ip), Ok(len)) = (parse(net), parse(ip), len.parse::<u32>()) else {
+        return false;
+    };
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     net & mask == ip & mask
 }
 
 pub fn ctr_containers(c: &Cluster) -> usize {
     let sock = c.containerd_state_dir().join("containerd.sock");
-    sh(&format!("ctr --address {} -n k8s.io containers ls -q 2>/dev/null", sock.display())).lines().filter(|l| !l.trim().is_empty()).count()
+    sh(&format!(
+        "ctr --address {} -n k8s.io containers ls -q 2>/dev/null",
+        sock.display()
+    ))
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .count()
 }
 
 /// Waits until this host's node is Ready and the `default` ServiceAccount exists (pods
@@ -292,10 +442,19 @@ pub fn ctr_containers(c: &Cluster) -> usize {
 pub fn wait_node_ready(c: &Cluster) -> String {
     let node = rk3s_kubelet::node::hostname();
     super::wait_for("node Ready", Duration::from_secs(60), || {
-        let s = jsonpath(c, &["get", "node", &node], r#"{.status.conditions[?(@.type=="Ready")].status}"#);
+        let s = jsonpath(
+            c,
+            &["get", "node", &node],
+            r#"{.status.conditions[?(@.type=="Ready")].status}"#,
+        );
         (s == "True").then_some(())
     });
-    super::wait_for("default service account", Duration::from_secs(30), || c.kubectl(&["get", "sa", "default"]).status.success().then_some(()));
+    super::wait_for("default service account", Duration::from_secs(30), || {
+        c.kubectl(&["get", "sa", "default"])
+            .status
+            .success()
+            .then_some(())
+    });
     node
 }
 

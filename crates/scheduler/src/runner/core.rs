@@ -64,7 +64,10 @@ struct Mirror<K> {
 
 impl<K> Default for Mirror<K> {
     fn default() -> Self {
-        Mirror { items: HashMap::new(), relist: None }
+        Mirror {
+            items: HashMap::new(),
+            relist: None,
+        }
     }
 }
 
@@ -93,7 +96,9 @@ impl<K: kube::Resource> Mirror<K> {
                 false
             }
             Event::InitApply(o) => {
-                self.relist.get_or_insert_with(HashMap::new).insert(obj_key(o.meta()), o);
+                self.relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(obj_key(o.meta()), o);
                 false
             }
             Event::InitDone => {
@@ -113,12 +118,17 @@ impl<K: kube::Resource> Mirror<K> {
 
 /// Whether this scheduler is responsible for a pod and the pod waits for a node.
 pub fn wants_scheduling(pod: &Pod, scheduler_name: &str) -> bool {
-    let Some(spec) = pod.spec.as_ref() else { return false };
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
     let name_ok = match spec.scheduler_name.as_deref() {
         None | Some("") => scheduler_name == "default-scheduler",
         Some(n) => n == scheduler_name,
     };
-    let terminal = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed"));
+    let terminal = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    );
     name_ok
         && spec.node_name.as_deref().unwrap_or("").is_empty()
         && pod.metadata.deletion_timestamp.is_none()
@@ -130,14 +140,28 @@ pub fn wants_scheduling(pod: &Pod, scheduler_name: &str) -> bool {
 /// `nodeSchedulingPropertiesChange`): schedulability, allocatable, labels, taints,
 /// or conditions (type/status) changed.
 pub fn node_scheduling_properties_changed(old: &Node, new: &Node) -> bool {
-    let unsched = |n: &Node| n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    let taints = |n: &Node| n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    let unsched = |n: &Node| {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false)
+    };
+    let taints = |n: &Node| {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+    };
     let alloc = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
     let conds = |n: &Node| -> Vec<(String, String)> {
         n.status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
-            .map(|c| c.iter().map(|c| (c.type_.clone(), c.status.clone())).collect())
+            .map(|c| {
+                c.iter()
+                    .map(|c| (c.type_.clone(), c.status.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     unsched(old) != unsched(new)
@@ -251,7 +275,8 @@ impl Core {
     }
 
     fn refresh_volumes(&mut self, now: Instant) {
-        self.snap.set_volumes(self.pvs.values(), self.pvcs.values(), self.classes.values());
+        self.snap
+            .set_volumes(self.pvs.values(), self.pvcs.values(), self.classes.values());
         self.queue.move_all_to_active_or_backoff(now);
     }
 
@@ -266,13 +291,20 @@ impl Core {
             Event::Init => self.node_relist = Some(HashSet::new()),
             Event::InitApply(n) => {
                 if let Some(name) = n.metadata.name.clone() {
-                    self.node_relist.get_or_insert_with(HashSet::new).insert(name);
+                    self.node_relist
+                        .get_or_insert_with(HashSet::new)
+                        .insert(name);
                 }
                 self.apply_node(n, now);
             }
             Event::InitDone => {
                 let seen = self.node_relist.take().unwrap_or_default();
-                let gone: Vec<String> = self.snap.node_names().filter(|n| !seen.contains(*n)).map(String::from).collect();
+                let gone: Vec<String> = self
+                    .snap
+                    .node_names()
+                    .filter(|n| !seen.contains(*n))
+                    .map(String::from)
+                    .collect();
                 for n in gone {
                     self.snap.remove_node(&n);
                 }
@@ -282,7 +314,9 @@ impl Core {
     }
 
     fn apply_node(&mut self, n: Node, now: Instant) {
-        let Some(name) = n.metadata.name.clone() else { return };
+        let Some(name) = n.metadata.name.clone() else {
+            return;
+        };
         let relevant = match self.snap.node_index(&name) {
             Some(i) => node_scheduling_properties_changed(&self.snap.nodes[i].node, &n),
             None => true,
@@ -299,12 +333,19 @@ impl Core {
             Event::Delete(p) => self.delete_pod(&pod_key(&p), now),
             Event::Init => self.pod_relist = Some(HashSet::new()),
             Event::InitApply(p) => {
-                self.pod_relist.get_or_insert_with(HashSet::new).insert(pod_key(&p));
+                self.pod_relist
+                    .get_or_insert_with(HashSet::new)
+                    .insert(pod_key(&p));
                 self.apply_pod(p, now);
             }
             Event::InitDone => {
                 let seen = self.pod_relist.take().unwrap_or_default();
-                let gone: Vec<String> = self.pods.iter().filter(|k| !seen.contains(*k)).cloned().collect();
+                let gone: Vec<String> = self
+                    .pods
+                    .iter()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
                 for k in gone {
                     self.delete_pod(&k, now);
                 }
@@ -315,7 +356,11 @@ impl Core {
 
     fn apply_pod(&mut self, p: Pod, now: Instant) {
         let key = pod_key(&p);
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty());
         match node {
             Some(node) => {
                 self.queue.delete(&key);
@@ -323,7 +368,10 @@ impl Core {
                 let was_assumed = self.assumed.remove(&key).is_some();
                 let known = self.snap.node_of(&key).is_some();
                 let frees = p.metadata.deletion_timestamp.is_some()
-                    || matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed"));
+                    || matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded") | Some("Failed")
+                    );
                 self.pods.insert(key);
                 // add_pod_owned drops finished pods (their resources are free)
                 self.snap.add_pod_owned(p, &node);
@@ -342,7 +390,12 @@ impl Core {
                     return;
                 }
                 if wants_scheduling(&p, &self.scheduler_name) {
-                    match p.status.as_ref().and_then(|s| s.nominated_node_name.clone()).filter(|n| !n.is_empty()) {
+                    match p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.nominated_node_name.clone())
+                        .filter(|n| !n.is_empty())
+                    {
                         Some(n) => {
                             self.nominated.insert(key.clone(), (n, Arc::new(p.clone())));
                         }
@@ -411,7 +464,8 @@ impl Core {
             Err(err) => {
                 self.queue.unschedulable(&qp.key, now);
                 if let Some(p) = &err.preemption {
-                    self.nominated.insert(qp.key.clone(), (p.node.clone(), qp.pod.clone()));
+                    self.nominated
+                        .insert(qp.key.clone(), (p.node.clone(), qp.pod.clone()));
                 }
                 Some(Outcome::Unschedulable { pod: qp.pod, err })
             }
@@ -448,7 +502,11 @@ mod tests {
 
     fn synced_core(nodes: Vec<Node>) -> Core {
         let now = Instant::now();
-        let mut c = Core::new(Scheduler::default(), "default-scheduler", QueueConfig::default());
+        let mut c = Core::new(
+            Scheduler::default(),
+            "default-scheduler",
+            QueueConfig::default(),
+        );
         c.handle(WatchMsg::Node(Event::Init), now);
         for n in nodes {
             c.handle(WatchMsg::Node(Event::InitApply(n)), now);
@@ -479,13 +537,19 @@ mod tests {
         let mut c = synced_core(vec![node("n1", "1", "4Gi")]);
         c.handle(WatchMsg::Pod(Event::Apply(pod("a", "600m", ""))), now);
         c.handle(WatchMsg::Pod(Event::Apply(pod("b", "600m", ""))), now);
-        let Some(Outcome::Bind { node, .. }) = c.schedule_next(now) else { panic!("a should bind") };
+        let Some(Outcome::Bind { node, .. }) = c.schedule_next(now) else {
+            panic!("a should bind")
+        };
         assert_eq!(node, "n1");
         assert_eq!(c.snap.requested("n1").map(|r| r.milli_cpu), Some(600));
         // b does not fit next to the assumed a
         match c.schedule_next(now) {
             Some(Outcome::Unschedulable { err, .. }) => {
-                assert!(err.to_string().starts_with("0/1 nodes are available: 1 Insufficient cpu."), "{err}");
+                assert!(
+                    err.to_string()
+                        .starts_with("0/1 nodes are available: 1 Insufficient cpu."),
+                    "{err}"
+                );
             }
             o => panic!("unexpected {o:?}"),
         }
@@ -493,7 +557,10 @@ mod tests {
         c.handle(WatchMsg::Pod(Event::Apply(pod("a", "600m", ""))), now);
         assert!(!c.queue.has_active());
         c.bind_succeeded("default/a");
-        c.handle(WatchMsg::Pod(Event::Apply(bound(pod("a", "600m", ""), "n1"))), now);
+        c.handle(
+            WatchMsg::Pod(Event::Apply(bound(pod("a", "600m", ""), "n1"))),
+            now,
+        );
         assert_eq!(c.assumed(), 0);
         assert_eq!(c.snap.requested("n1").map(|r| r.milli_cpu), Some(600));
     }
@@ -502,12 +569,21 @@ mod tests {
     fn pod_deletion_retries_unschedulable_pods() {
         let t0 = Instant::now();
         let mut c = synced_core(vec![node("n1", "1", "4Gi")]);
-        c.handle(WatchMsg::Pod(Event::Apply(bound(pod("big", "800m", ""), "n1"))), t0);
+        c.handle(
+            WatchMsg::Pod(Event::Apply(bound(pod("big", "800m", ""), "n1"))),
+            t0,
+        );
         c.handle(WatchMsg::Pod(Event::Apply(pod("p", "500m", ""))), t0);
-        assert!(matches!(c.schedule_next(t0), Some(Outcome::Unschedulable { .. })));
+        assert!(matches!(
+            c.schedule_next(t0),
+            Some(Outcome::Unschedulable { .. })
+        ));
         assert!(!c.queue.has_active());
         let t1 = t0 + std::time::Duration::from_secs(2);
-        c.handle(WatchMsg::Pod(Event::Delete(bound(pod("big", "800m", ""), "n1"))), t1);
+        c.handle(
+            WatchMsg::Pod(Event::Delete(bound(pod("big", "800m", ""), "n1"))),
+            t1,
+        );
         assert!(c.queue.has_active());
         assert!(matches!(c.schedule_next(t1), Some(Outcome::Bind { .. })));
     }
@@ -515,11 +591,20 @@ mod tests {
     #[test]
     fn node_changes_retry_only_when_relevant() {
         let t0 = Instant::now();
-        let mut c = synced_core(vec![taint_node(node("n1", "1", "4Gi"), "k", "v", "NoSchedule")]);
+        let mut c = synced_core(vec![taint_node(
+            node("n1", "1", "4Gi"),
+            "k",
+            "v",
+            "NoSchedule",
+        )]);
         c.handle(WatchMsg::Pod(Event::Apply(pod("p", "100m", ""))), t0);
         match c.schedule_next(t0) {
             Some(Outcome::Unschedulable { err, .. }) => {
-                assert!(err.to_string().contains("1 node(s) had untolerated taint(s)"), "{err}")
+                assert!(
+                    err.to_string()
+                        .contains("1 node(s) had untolerated taint(s)"),
+                    "{err}"
+                )
             }
             o => panic!("unexpected {o:?}"),
         }
@@ -544,7 +629,9 @@ mod tests {
         }
         let mut gated = pod("gated", "", "");
         if let Some(s) = gated.spec.as_mut() {
-            s.scheduling_gates = Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate { name: "g".into() }]);
+            s.scheduling_gates = Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
+                name: "g".into(),
+            }]);
         }
         let mut explicit = pod("explicit", "", "");
         if let Some(s) = explicit.spec.as_mut() {
@@ -567,7 +654,10 @@ mod tests {
     fn nominated_pods_keep_their_place_from_lower_priority_pods() {
         let t0 = Instant::now();
         let mut c = synced_core(vec![node("n1", "1", "4Gi")]);
-        c.handle(WatchMsg::Pod(Event::Apply(bound(pod("victim", "800m", ""), "n1"))), t0);
+        c.handle(
+            WatchMsg::Pod(Event::Apply(bound(pod("victim", "800m", ""), "n1"))),
+            t0,
+        );
         let mut hi = pod("hi", "800m", "");
         if let Some(s) = hi.spec.as_mut() {
             s.priority = Some(100);
@@ -581,17 +671,29 @@ mod tests {
         }
         // the victim goes away while hi backs off; a low-priority pod must not take the room
         let t1 = t0 + std::time::Duration::from_millis(500);
-        c.handle(WatchMsg::Pod(Event::Delete(bound(pod("victim", "800m", ""), "n1"))), t1);
+        c.handle(
+            WatchMsg::Pod(Event::Delete(bound(pod("victim", "800m", ""), "n1"))),
+            t1,
+        );
         c.handle(WatchMsg::Pod(Event::Apply(pod("low", "500m", ""))), t1);
         let name = |o: Option<Outcome>| match o {
-            Some(Outcome::Bind { pod, node }) => format!("{} -> {node}", pod.metadata.name.clone().unwrap_or_default()),
-            Some(Outcome::Unschedulable { pod, .. }) => format!("{} unschedulable", pod.metadata.name.clone().unwrap_or_default()),
+            Some(Outcome::Bind { pod, node }) => format!(
+                "{} -> {node}",
+                pod.metadata.name.clone().unwrap_or_default()
+            ),
+            Some(Outcome::Unschedulable { pod, .. }) => format!(
+                "{} unschedulable",
+                pod.metadata.name.clone().unwrap_or_default()
+            ),
             None => "none".into(),
         };
         assert_eq!(name(c.schedule_next(t1)), "low unschedulable");
         assert_eq!(name(c.schedule_next(t1)), "none");
         c.queue.flush(t0 + std::time::Duration::from_secs(1));
-        assert_eq!(name(c.schedule_next(t0 + std::time::Duration::from_secs(1))), "hi -> n1");
+        assert_eq!(
+            name(c.schedule_next(t0 + std::time::Duration::from_secs(1))),
+            "hi -> n1"
+        );
         assert_eq!(c.snap.requested("n1").map(|r| r.milli_cpu), Some(800));
     }
 
@@ -603,21 +705,32 @@ mod tests {
         assert!(matches!(c.schedule_next(t0), Some(Outcome::Bind { .. })));
         c.bind_failed("default/a", "n1", true, t0);
         assert_eq!(c.snap.requested("n1").map(|r| r.milli_cpu), Some(0));
-        assert_eq!(c.queue.state("default/a"), Some(crate::queue::PodState::Backoff(t0 + std::time::Duration::from_secs(1))));
+        assert_eq!(
+            c.queue.state("default/a"),
+            Some(crate::queue::PodState::Backoff(
+                t0 + std::time::Duration::from_secs(1)
+            ))
+        );
     }
 
     #[test]
     fn relist_drops_vanished_pods_and_nodes() {
         let now = Instant::now();
         let mut c = synced_core(vec![node("n1", "1", "4Gi"), node("n2", "1", "4Gi")]);
-        c.handle(WatchMsg::Pod(Event::Apply(bound(pod("a", "500m", ""), "n1"))), now);
+        c.handle(
+            WatchMsg::Pod(Event::Apply(bound(pod("a", "500m", ""), "n1"))),
+            now,
+        );
         c.handle(WatchMsg::Pod(Event::Apply(pod("q", "", ""))), now);
         c.handle(WatchMsg::Pod(Event::Init), now);
         c.handle(WatchMsg::Pod(Event::InitDone), now);
         assert_eq!(c.snap.requested("n1").map(|r| r.milli_cpu), Some(0));
         assert!(c.queue.state("default/q").is_none());
         c.handle(WatchMsg::Node(Event::Init), now);
-        c.handle(WatchMsg::Node(Event::InitApply(node("n2", "1", "4Gi"))), now);
+        c.handle(
+            WatchMsg::Node(Event::InitApply(node("n2", "1", "4Gi"))),
+            now,
+        );
         c.handle(WatchMsg::Node(Event::InitDone), now);
         assert_eq!(c.snap.node_names().collect::<Vec<_>>(), ["n2"]);
     }

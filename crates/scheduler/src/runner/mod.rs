@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{
+    Binding, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -72,7 +74,13 @@ impl RunOptions {
 /// Runs the scheduler forever: waits for the `kube-scheduler` Lease in `kube-system`,
 /// then schedules until leadership is lost (then waits again).
 pub async fn run(client: kube::Client, opts: RunOptions) -> Result<(), SchedulerError> {
-    let elector = crate::leader::LeaderElector::new(client.clone(), "kube-system", "kube-scheduler", &opts.identity, opts.lease_duration);
+    let elector = crate::leader::LeaderElector::new(
+        client.clone(),
+        "kube-system",
+        "kube-scheduler",
+        &opts.identity,
+        opts.lease_duration,
+    );
     loop {
         let lost = elector.acquire().await;
         tracing::info!(identity = %opts.identity, "scheduler: became leader");
@@ -91,7 +99,12 @@ pub async fn run(client: kube::Client, opts: RunOptions) -> Result<(), Scheduler
 /// Forwards a kind's watch events into the main loop's channel.
 async fn forward<K>(api: Api<K>, tx: mpsc::Sender<WatchMsg>, wrap: fn(Event<K>) -> WatchMsg)
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
 {
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = std::pin::pin!(stream);
@@ -102,7 +115,9 @@ where
                     return;
                 }
             }
-            Err(e) => tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "scheduler: watch failed; retrying"),
+            Err(e) => {
+                tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "scheduler: watch failed; retrying")
+            }
         }
     }
 }
@@ -119,27 +134,51 @@ struct BindDone {
 #[allow(clippy::large_enum_variant)] // moved once through a channel
 enum Effect {
     /// Record an event about an object.
-    Event { regarding: ObjectReference, event: KEvent },
+    Event {
+        regarding: ObjectReference,
+        event: KEvent,
+    },
     /// Mark the pod unschedulable (PodScheduled=False) and/or set its nominated node.
-    PatchStatus { namespace: String, name: String, patch: serde_json::Value },
+    PatchStatus {
+        namespace: String,
+        name: String,
+        patch: serde_json::Value,
+    },
     /// Delete a preemption victim with its grace period.
-    DeleteVictim { namespace: String, name: String, uid: Option<String> },
+    DeleteVictim {
+        namespace: String,
+        name: String,
+        uid: Option<String>,
+    },
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// The status patch upstream sends after a failed attempt: `PodScheduled` False with
 /// reason `Unschedulable` and the FitError text, plus `nominatedNodeName` when
 /// preemption picked a node. `None` when the pod already says exactly that.
-pub fn unschedulable_status_patch(pod: &Pod, message: &str, nominated: Option<&str>, now: &str) -> Option<serde_json::Value> {
+pub fn unschedulable_status_patch(
+    pod: &Pod,
+    message: &str,
+    nominated: Option<&str>,
+    now: &str,
+) -> Option<serde_json::Value> {
     let status = pod.status.as_ref();
-    let cond = status.and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
+    let cond = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
     let same_cond = cond.is_some_and(|c| {
-        c.status == "False" && c.reason.as_deref() == Some("Unschedulable") && c.message.as_deref() == Some(message)
+        c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+            && c.message.as_deref() == Some(message)
     });
-    let current_nominated = status.and_then(|s| s.nominated_node_name.as_deref()).filter(|s| !s.is_empty());
+    let current_nominated = status
+        .and_then(|s| s.nominated_node_name.as_deref())
+        .filter(|s| !s.is_empty());
     let nominated_changes = nominated.is_some() && nominated != current_nominated;
     if same_cond && !nominated_changes {
         return None;
@@ -176,7 +215,11 @@ fn pod_ref(pod: &Pod) -> ObjectReference {
 fn failure_effects(pod: &Pod, err: &FitError) -> Vec<Effect> {
     let mut out = Vec::new();
     let message = err.to_string();
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone().unwrap_or_default();
     if let Some(p) = &err.preemption {
         for v in &p.victims {
@@ -195,7 +238,11 @@ fn failure_effects(pod: &Pod, err: &FitError) -> Vec<Effect> {
                 },
             });
             out.push(Effect::DeleteVictim {
-                namespace: v.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                namespace: v
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
                 name: v.metadata.name.clone().unwrap_or_default(),
                 uid: v.metadata.uid.clone(),
             });
@@ -203,7 +250,11 @@ fn failure_effects(pod: &Pod, err: &FitError) -> Vec<Effect> {
     }
     let nominated = err.preemption.as_ref().map(|p| p.node.as_str());
     if let Some(patch) = unschedulable_status_patch(pod, &message, nominated, &now_rfc3339()) {
-        out.push(Effect::PatchStatus { namespace, name, patch });
+        out.push(Effect::PatchStatus {
+            namespace,
+            name,
+            patch,
+        });
     }
     out.push(Effect::Event {
         regarding: pod_ref(pod),
@@ -242,34 +293,63 @@ async fn apply_effect(client: kube::Client, recorder: Recorder, effect: Effect) 
                 tracing::debug!(error = %e, reason = %event.reason, "scheduler: cannot record event");
             }
         }
-        Effect::PatchStatus { namespace, name, patch } => {
+        Effect::PatchStatus {
+            namespace,
+            name,
+            patch,
+        } => {
             let api: Api<Pod> = Api::namespaced(client, &namespace);
-            if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+            {
                 tracing::debug!(error = %e, pod = %name, "scheduler: cannot update pod status");
             }
         }
-        Effect::DeleteVictim { namespace, name, uid } => {
+        Effect::DeleteVictim {
+            namespace,
+            name,
+            uid,
+        } => {
             let api: Api<Pod> = Api::namespaced(client, &namespace);
             let dp = DeleteParams {
-                preconditions: uid.map(|u| kube::api::Preconditions { uid: Some(u), resource_version: None }),
+                preconditions: uid.map(|u| kube::api::Preconditions {
+                    uid: Some(u),
+                    resource_version: None,
+                }),
                 ..Default::default()
             };
             match api.delete(&name, &dp).await {
-                Ok(_) => tracing::info!(pod = %format!("{namespace}/{name}"), "scheduler: preempted"),
-                Err(e) => tracing::warn!(error = %e, pod = %name, "scheduler: cannot delete preemption victim"),
+                Ok(_) => {
+                    tracing::info!(pod = %format!("{namespace}/{name}"), "scheduler: preempted")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, pod = %name, "scheduler: cannot delete preemption victim")
+                }
             }
         }
     }
 }
 
 /// Runs the effects with bounded concurrency until the channel closes.
-async fn effects_worker(client: kube::Client, recorder: Recorder, rx: mpsc::UnboundedReceiver<Effect>) {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
-    stream.for_each_concurrent(8, |e| apply_effect(client.clone(), recorder.clone(), e)).await;
+async fn effects_worker(
+    client: kube::Client,
+    recorder: Recorder,
+    rx: mpsc::UnboundedReceiver<Effect>,
+) {
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    stream
+        .for_each_concurrent(8, |e| apply_effect(client.clone(), recorder.clone(), e))
+        .await;
 }
 
 async fn bind(client: kube::Client, pod: Arc<Pod>, node: String) -> Result<(), kube::Error> {
-    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone().unwrap_or_default();
     let binding = Binding {
         metadata: ObjectMeta {
@@ -278,10 +358,17 @@ async fn bind(client: kube::Client, pod: Arc<Pod>, node: String) -> Result<(), k
             uid: pod.metadata.uid.clone(),
             ..Default::default()
         },
-        target: ObjectReference { api_version: Some("v1".into()), kind: Some("Node".into()), name: Some(node), ..Default::default() },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node),
+            ..Default::default()
+        },
     };
     let api: Api<Pod> = Api::namespaced(client, &namespace);
-    let _status: serde_json::Value = api.create_subresource("binding", &name, &PostParams::default(), &binding).await?;
+    let _status: serde_json::Value = api
+        .create_subresource("binding", &name, &PostParams::default(), &binding)
+        .await?;
     Ok(())
 }
 
@@ -317,13 +404,41 @@ fn spawn_bind(
 
 fn watch_all(client: &kube::Client, tx: mpsc::Sender<WatchMsg>) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();
-    set.spawn(forward(Api::<Node>::all(client.clone()), tx.clone(), WatchMsg::Node));
-    set.spawn(forward(Api::<Pod>::all(client.clone()), tx.clone(), WatchMsg::Pod));
-    set.spawn(forward(Api::<PersistentVolume>::all(client.clone()), tx.clone(), WatchMsg::Pv));
-    set.spawn(forward(Api::<PersistentVolumeClaim>::all(client.clone()), tx.clone(), WatchMsg::Pvc));
-    set.spawn(forward(Api::<StorageClass>::all(client.clone()), tx.clone(), WatchMsg::Class));
-    set.spawn(forward(Api::<PodDisruptionBudget>::all(client.clone()), tx.clone(), WatchMsg::Pdb));
-    set.spawn(forward(Api::<Namespace>::all(client.clone()), tx, WatchMsg::Namespace));
+    set.spawn(forward(
+        Api::<Node>::all(client.clone()),
+        tx.clone(),
+        WatchMsg::Node,
+    ));
+    set.spawn(forward(
+        Api::<Pod>::all(client.clone()),
+        tx.clone(),
+        WatchMsg::Pod,
+    ));
+    set.spawn(forward(
+        Api::<PersistentVolume>::all(client.clone()),
+        tx.clone(),
+        WatchMsg::Pv,
+    ));
+    set.spawn(forward(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        tx.clone(),
+        WatchMsg::Pvc,
+    ));
+    set.spawn(forward(
+        Api::<StorageClass>::all(client.clone()),
+        tx.clone(),
+        WatchMsg::Class,
+    ));
+    set.spawn(forward(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        tx.clone(),
+        WatchMsg::Pdb,
+    ));
+    set.spawn(forward(
+        Api::<Namespace>::all(client.clone()),
+        tx,
+        WatchMsg::Namespace,
+    ));
     set
 }
 
@@ -332,7 +447,10 @@ fn watch_all(client: &kube::Client, tx: mpsc::Sender<WatchMsg>) -> tokio::task::
 async fn schedule_loop(client: kube::Client, opts: &RunOptions) -> Result<(), SchedulerError> {
     let (tx, mut rx) = mpsc::channel::<WatchMsg>(4096);
     let _watches = watch_all(&client, tx);
-    let reporter = Reporter { controller: opts.scheduler_name.clone(), instance: Some(format!("{}-{}", opts.scheduler_name, opts.identity)) };
+    let reporter = Reporter {
+        controller: opts.scheduler_name.clone(),
+        instance: Some(format!("{}-{}", opts.scheduler_name, opts.identity)),
+    };
     let recorder = Recorder::new(client.clone(), reporter);
     let (effects_tx, effects_rx) = mpsc::unbounded_channel();
     let effects_task = tokio::spawn(effects_worker(client.clone(), recorder, effects_rx));
@@ -340,7 +458,11 @@ async fn schedule_loop(client: kube::Client, opts: &RunOptions) -> Result<(), Sc
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<BindDone>();
     let slots = Arc::new(Semaphore::new(opts.max_in_flight_binds.max(1)));
     let mut permit: Option<OwnedSemaphorePermit> = None;
-    let mut core = Core::new(Scheduler::new(opts.config), &opts.scheduler_name, opts.queue);
+    let mut core = Core::new(
+        Scheduler::new(opts.config),
+        &opts.scheduler_name,
+        opts.queue,
+    );
     let mut was_synced = false;
     loop {
         // 1. everything that already arrived
@@ -348,7 +470,9 @@ async fn schedule_loop(client: kube::Client, opts: &RunOptions) -> Result<(), Sc
             match rx.try_recv() {
                 Ok(m) => core.handle(m, Instant::now()),
                 Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return Err(SchedulerError::Watch("watches ended".into())),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    return Err(SchedulerError::Watch("watches ended".into()))
+                }
             }
         }
         while let Ok(d) = done_rx.try_recv() {
@@ -356,7 +480,10 @@ async fn schedule_loop(client: kube::Client, opts: &RunOptions) -> Result<(), Sc
         }
         if !was_synced && core.synced() {
             was_synced = true;
-            tracing::info!(nodes = core.snap.num_nodes(), "scheduler: caches synced; scheduling");
+            tracing::info!(
+                nodes = core.snap.num_nodes(),
+                "scheduler: caches synced; scheduling"
+            );
         }
         let now = Instant::now();
         core.queue.flush(now);
@@ -368,7 +495,14 @@ async fn schedule_loop(client: kube::Client, opts: &RunOptions) -> Result<(), Sc
             if let Some(p) = permit.take() {
                 match core.schedule_next(now) {
                     Some(Outcome::Bind { pod, node }) => {
-                        spawn_bind(client.clone(), pod, node, p, done_tx.clone(), effects_tx.clone());
+                        spawn_bind(
+                            client.clone(),
+                            pod,
+                            node,
+                            p,
+                            done_tx.clone(),
+                            effects_tx.clone(),
+                        );
                     }
                     Some(Outcome::Unschedulable { pod, err }) => {
                         permit = Some(p);
@@ -428,8 +562,15 @@ mod tests {
     #[test]
     fn status_patch_sets_condition_and_nomination_once() {
         let p = pod("a", "1", "");
-        let patch = unschedulable_status_patch(&p, "0/1 nodes are available: 1 Insufficient cpu.", Some("n1"), "2024-01-01T00:00:00Z");
-        let Some(patch) = patch else { panic!("expected a patch") };
+        let patch = unschedulable_status_patch(
+            &p,
+            "0/1 nodes are available: 1 Insufficient cpu.",
+            Some("n1"),
+            "2024-01-01T00:00:00Z",
+        );
+        let Some(patch) = patch else {
+            panic!("expected a patch")
+        };
         let c = &patch["status"]["conditions"][0];
         assert_eq!(c["type"], "PodScheduled");
         assert_eq!(c["status"], "False");
@@ -438,16 +579,37 @@ mod tests {
         assert_eq!(patch["status"]["nominatedNodeName"], "n1");
         // a pod already showing that condition needs no patch
         let mut p2 = p.clone();
-        let status: k8s_openapi::api::core::v1::PodStatus = match serde_json::from_value(patch["status"].clone()) {
-            Ok(s) => s,
-            Err(e) => panic!("{e}"),
-        };
+        let status: k8s_openapi::api::core::v1::PodStatus =
+            match serde_json::from_value(patch["status"].clone()) {
+                Ok(s) => s,
+                Err(e) => panic!("{e}"),
+            };
         p2.status = Some(status);
-        assert!(unschedulable_status_patch(&p2, "0/1 nodes are available: 1 Insufficient cpu.", Some("n1"), "x").is_none());
-        assert!(unschedulable_status_patch(&p2, "0/1 nodes are available: 1 Insufficient cpu.", None, "x").is_none());
+        assert!(unschedulable_status_patch(
+            &p2,
+            "0/1 nodes are available: 1 Insufficient cpu.",
+            Some("n1"),
+            "x"
+        )
+        .is_none());
+        assert!(unschedulable_status_patch(
+            &p2,
+            "0/1 nodes are available: 1 Insufficient cpu.",
+            None,
+            "x"
+        )
+        .is_none());
         // a different message: patched, keeping the transition time
-        let again = unschedulable_status_patch(&p2, "0/2 nodes are available: 2 Insufficient cpu.", None, "later");
-        assert_eq!(again.map(|v| v["status"]["conditions"][0]["lastTransitionTime"].clone()), Some("2024-01-01T00:00:00Z".into()));
+        let again = unschedulable_status_patch(
+            &p2,
+            "0/2 nodes are available: 2 Insufficient cpu.",
+            None,
+            "later",
+        );
+        assert_eq!(
+            again.map(|v| v["status"]["conditions"][0]["lastTransitionTime"].clone()),
+            Some("2024-01-01T00:00:00Z".into())
+        );
     }
 
     #[test]
@@ -461,7 +623,11 @@ mod tests {
         let notes: Vec<String> = effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Event { event, .. } => Some(format!("{} {}", event.reason, event.note.clone().unwrap_or_default())),
+                Effect::Event { event, .. } => Some(format!(
+                    "{} {}",
+                    event.reason,
+                    event.note.clone().unwrap_or_default()
+                )),
                 _ => None,
             })
             .collect();
@@ -469,7 +635,9 @@ mod tests {
             notes,
             ["FailedScheduling 0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."]
         );
-        assert!(effects.iter().any(|e| matches!(e, Effect::PatchStatus { .. })));
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::PatchStatus { .. })));
 
         // with a lower-priority victim: delete it, nominate the node
         let mut victim = pod("victim", "800m", "");
@@ -486,8 +654,12 @@ mod tests {
             Ok(n) => panic!("scheduled on {n}"),
         };
         let effects = failure_effects(&hi, &err);
-        assert!(effects.iter().any(|e| matches!(e, Effect::DeleteVictim { name, .. } if name == "victim")));
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::DeleteVictim { name, .. } if name == "victim")));
         assert!(effects.iter().any(|e| matches!(e, Effect::PatchStatus { patch, .. } if patch["status"]["nominatedNodeName"] == "n1")));
-        assert!(effects.iter().any(|e| matches!(e, Effect::Event { event, .. } if event.reason == "Preempted")));
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event { event, .. } if event.reason == "Preempted")));
     }
 }
