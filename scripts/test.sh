@@ -26,6 +26,10 @@ if [ -z "${RK3S_TEST_HELM_PYTHON:-}" ] || [ -z "${RK3S_TEST_KUBERNETES_PYTHON:-}
   export RK3S_TEST_KUBERNETES_PYTHON="${RK3S_TEST_KUBERNETES_PYTHON:-$client_venv/bin/python}"
 fi
 
+# Style gates first (seconds): the tree is rustfmt-formatted and clippy-clean.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests: run them first, so the run closes on nextest's summary.
   cargo test --workspace --doc -q
