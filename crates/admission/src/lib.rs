@@ -1,5 +1,5 @@
 //! Admission plugins of rk3s's API server, after upstream Kubernetes:
-//! LimitRanger, ResourceQuota, PodSecurity, DefaultStorageClass and the
+//! LimitRanger, ResourceQuota, PodSecurity, DefaultStorageClass, NodeRestriction and the
 //! Mutating/Validating admission webhooks.
 //!
 //! Every plugin works on `serde_json::Value` objects and is stateless: the
@@ -17,6 +17,7 @@
 //!    `status.used` values the caller writes back to the ResourceQuotas).
 
 pub mod limitranger;
+pub mod noderestriction;
 pub mod podsecurity;
 pub mod quantity;
 pub mod quota;

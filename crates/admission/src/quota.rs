@@ -24,7 +24,7 @@ pub type QuotaUpdate = (String, BTreeMap<String, String>);
 const STORAGE_CLASS_SUFFIX: &str = ".storageclass.storage.k8s.io/";
 
 fn one() -> Quantity {
-    Quantity::from_int(1)
+    Quantity::from_int(1, quantity::Format::DecimalSi)
 }
 
 fn count_name(group: &str, resource: &str) -> String {
@@ -179,7 +179,7 @@ fn service_usage(svc: &Value) -> Usage {
         "NodePort" => {
             out.insert(
                 "services.nodeports".into(),
-                Quantity::from_int(ports.len() as i64),
+                Quantity::from_int(ports.len() as i64, quantity::Format::DecimalSi),
             );
         }
         "LoadBalancer" => {
@@ -191,7 +191,10 @@ fn service_usage(svc: &Value) -> Usage {
             } else {
                 ports.len()
             };
-            out.insert("services.nodeports".into(), Quantity::from_int(n as i64));
+            out.insert(
+                "services.nodeports".into(),
+                Quantity::from_int(n as i64, quantity::Format::DecimalSi),
+            );
             out.insert("services.loadbalancers".into(), one());
         }
         _ => {}

@@ -7,7 +7,8 @@
 //!   `meta.k8s.io/v1` `Status` body with upstream's codes, reasons and messages.
 //! - [`discovery`]: the `/api`, `/apis`, per-group and aggregated (`apidiscovery.k8s.io/v2`)
 //!   discovery documents, built from the registry.
-//! - [`selector`]: label selectors and field selectors, parsed and matched as upstream.
+//! - [`selector`]: label selectors and field selectors, parsed and matched as upstream
+//!   (a re-export of [`rk3s_core::selector`], the one implementation).
 
 pub mod discovery;
 pub mod resource;

@@ -1,17 +1,23 @@
-//! Admission plugins from `rk3s-admission`, in upstream's order, around the REST
-//! handlers: mutating (LimitRanger defaults, DefaultStorageClass, mutating webhooks)
-//! and validating (LimitRanger, PodSecurity, validating webhooks, ResourceQuota, whose
-//! usage is charged to the quota's status before the object is stored).
+//! Admission: an ordered chain ([`CHAIN`]) of plugins with one interface ([`Plugin`]:
+//! a mutating and a validating phase), in upstream's order, around the REST handlers:
+//! mutating (new Pods: ServiceAccount, Priority, DefaultTolerationSeconds, RuntimeClass
+//! in `pod.rs`; LimitRanger defaults, DefaultStorageClass, mutating webhooks) and
+//! validating (LimitRanger, PodSecurity, validating webhooks, ResourceQuota, whose
+//! usage is charged to the quota's status before the object is stored). The rules
+//! themselves are in `rk3s-admission`; a new plugin is one `Plugin` value in the chain.
 
 use std::net::SocketAddr;
 
+use async_trait::async_trait;
 use rk3s_admission::webhook;
 use rk3s_api::{ApiError, ResourceInfo};
 use rk3s_store::StoreError;
 use serde_json::{json, Value};
 
-use crate::handler::Inner;
 use crate::object;
+use crate::state::Inner;
+
+mod pod;
 
 fn values(inner: &Inner, prefix: &str) -> Vec<Value> {
     inner
@@ -166,7 +172,306 @@ fn denied(d: webhook::AdmissionDenied) -> ApiError {
     ApiError::new(d.code, &d.reason, d.message)
 }
 
-/// Mutating admission. Returns warnings.
+/// What an admission plugin is told about a write (upstream's `admission.Attributes`).
+pub struct Attributes<'a> {
+    /// Server state.
+    pub inner: &'a Inner,
+    /// The resource written.
+    pub res: &'a ResourceInfo,
+    /// The subresource written, if any.
+    pub sub: Option<&'a str>,
+    /// `CREATE` or `UPDATE`.
+    pub op: &'a str,
+    /// The stored object an update replaces.
+    pub old: Option<&'a Value>,
+    /// Who writes.
+    pub user: &'a rk3s_auth::UserInfo,
+    /// A dry run (no side effects, e.g. no quota charge).
+    pub dry_run: bool,
+}
+
+impl Attributes<'_> {
+    fn is_create_of(&self, plural: &str) -> bool {
+        self.op == "CREATE"
+            && self.sub.is_none()
+            && self.res.group.is_empty()
+            && self.res.plural == plural
+    }
+}
+
+/// One admission plugin: a mutating phase, a validating phase, or both. Each returns
+/// the warnings it adds; an error denies the write.
+#[async_trait]
+pub trait Plugin: Send + Sync {
+    /// Upstream's name of the plugin.
+    fn name(&self) -> &'static str;
+
+    /// The mutating phase (before validation).
+    async fn admit(&self, _a: &Attributes<'_>, _obj: &mut Value) -> Result<Vec<String>, ApiError> {
+        Ok(Vec::new())
+    }
+
+    /// The validating phase (after validation).
+    async fn validate(&self, _a: &Attributes<'_>, _obj: &Value) -> Result<Vec<String>, ApiError> {
+        Ok(Vec::new())
+    }
+}
+
+/// New Pods: ServiceAccount, Priority, DefaultTolerationSeconds, RuntimeClass.
+struct PodDefaults;
+
+#[async_trait]
+impl Plugin for PodDefaults {
+    fn name(&self) -> &'static str {
+        "ServiceAccount,Priority,DefaultTolerationSeconds,RuntimeClass"
+    }
+
+    async fn admit(&self, a: &Attributes<'_>, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+        if a.is_create_of("pods") {
+            pod::admit(a.inner, obj).await?;
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// LimitRanger: defaults of new pods, limits of new pods and claims.
+struct LimitRanger;
+
+#[async_trait]
+impl Plugin for LimitRanger {
+    fn name(&self) -> &'static str {
+        "LimitRanger"
+    }
+
+    async fn admit(&self, a: &Attributes<'_>, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+        if a.is_create_of("pods") {
+            let ns = object::namespace(obj).unwrap_or("").to_string();
+            let lrs = values_live(a.inner, &format!("/registry/core/limitranges/{ns}/")).await;
+            if !lrs.is_empty() {
+                rk3s_admission::LimitRanger::default_pod(&lrs, obj);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    async fn validate(&self, a: &Attributes<'_>, obj: &Value) -> Result<Vec<String>, ApiError> {
+        if a.is_create_of("pods") || a.is_create_of("persistentvolumeclaims") {
+            let ns = object::namespace(obj).unwrap_or("").to_string();
+            let lrs = values_live(a.inner, &format!("/registry/core/limitranges/{ns}/")).await;
+            if !lrs.is_empty() {
+                let mut copy = obj.clone();
+                rk3s_admission::LimitRanger::apply(&lrs, &a.res.plural, a.op, &mut copy)
+                    .map_err(ApiError::forbidden)?;
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// DefaultStorageClass: new claims without a class get the default one.
+struct DefaultStorageClass;
+
+#[async_trait]
+impl Plugin for DefaultStorageClass {
+    fn name(&self) -> &'static str {
+        "DefaultStorageClass"
+    }
+
+    async fn admit(&self, a: &Attributes<'_>, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+        if a.is_create_of("persistentvolumeclaims") {
+            let classes = values_live(a.inner, "/registry/storage.k8s.io/storageclasses/").await;
+            rk3s_admission::default_storage_class(obj, &classes);
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// PodSecurity: the namespace's Pod Security Standards levels.
+struct PodSecurity;
+
+#[async_trait]
+impl Plugin for PodSecurity {
+    fn name(&self) -> &'static str {
+        "PodSecurity"
+    }
+
+    async fn validate(&self, a: &Attributes<'_>, obj: &Value) -> Result<Vec<String>, ApiError> {
+        let ns = object::namespace(obj).unwrap_or("").to_string();
+        if ns.is_empty() || !matches!(a.sub, None | Some("ephemeralcontainers")) {
+            return Ok(Vec::new());
+        }
+        let Some(labels) = namespace_labels(a.inner, &ns) else {
+            return Ok(Vec::new());
+        };
+        let d = rk3s_admission::podsecurity::evaluate(&labels, &a.res.kind, obj, a.old);
+        d.enforce.map_err(ApiError::forbidden)?;
+        Ok(d.warnings)
+    }
+}
+
+/// MutatingAdmissionWebhook and ValidatingAdmissionWebhook.
+struct Webhooks;
+
+#[async_trait]
+impl Plugin for Webhooks {
+    fn name(&self) -> &'static str {
+        "MutatingAdmissionWebhook,ValidatingAdmissionWebhook"
+    }
+
+    async fn admit(&self, a: &Attributes<'_>, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+        let configs = webhook_configs(a.inner);
+        if configs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = request(a.res, a.sub, a.op, Some(obj), a.old, a.user, a.dry_run);
+        let labels = namespace_labels(a.inner, &req.namespace);
+        let resolve = |n: &str, s: &str, p: u16| resolve_service(a.inner, n, s, p);
+        let (patched, warnings) = webhook::run_mutating(&configs, &req, labels.as_ref(), &resolve)
+            .await
+            .map_err(denied)?;
+        if let Some(p) = patched {
+            *obj = p;
+        }
+        Ok(warnings)
+    }
+
+    async fn validate(&self, a: &Attributes<'_>, obj: &Value) -> Result<Vec<String>, ApiError> {
+        let configs = webhook_configs(a.inner);
+        if configs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = request(a.res, a.sub, a.op, Some(obj), a.old, a.user, a.dry_run);
+        let labels = namespace_labels(a.inner, &req.namespace);
+        let resolve = |n: &str, s: &str, p: u16| resolve_service(a.inner, n, s, p);
+        webhook::run_validating(&configs, &req, labels.as_ref(), &resolve)
+            .await
+            .map_err(denied)
+    }
+}
+
+/// ResourceQuota: the write must fit every quota of its namespace; the usage is
+/// charged to the quotas' status (unless a dry run).
+struct ResourceQuota;
+
+#[async_trait]
+impl Plugin for ResourceQuota {
+    fn name(&self) -> &'static str {
+        "ResourceQuota"
+    }
+
+    async fn validate(&self, a: &Attributes<'_>, obj: &Value) -> Result<Vec<String>, ApiError> {
+        let ns = object::namespace(obj).unwrap_or("").to_string();
+        if ns.is_empty() || a.sub.is_some() {
+            return Ok(Vec::new());
+        }
+        let quotas = values_live(a.inner, &format!("/registry/core/resourcequotas/{ns}/")).await;
+        if !quotas.is_empty() {
+            let charges =
+                rk3s_admission::quota::check(&quotas, &a.res.group, &a.res.plural, obj, a.old)
+                    .map_err(ApiError::forbidden)?;
+            if !a.dry_run {
+                for (name, used) in charges {
+                    set_quota_used(a.inner, &ns, &name, used).await;
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// NodeRestriction: a node's writes touch only its own Node, Lease and pods (see
+/// `rk3s_admission::noderestriction`).
+struct NodeRestriction;
+
+/// Upstream's admission Forbidden: `<resource> "<name>" is forbidden: <why>`.
+pub fn node_restriction_error(res: &ResourceInfo, name: &str, why: String) -> ApiError {
+    let mut e = ApiError::forbidden(format!("{} {name:?} is forbidden: {why}", res.plural));
+    e.name = (!name.is_empty()).then(|| name.to_string());
+    e.group = Some(res.group.clone());
+    e.kind = Some(res.plural.clone());
+    e
+}
+
+/// Runs NodeRestriction for a write by `user` (CREATE, UPDATE or DELETE).
+pub fn node_restriction(
+    res: &ResourceInfo,
+    sub: Option<&str>,
+    op: rk3s_admission::noderestriction::Operation,
+    obj: Option<&Value>,
+    old: Option<&Value>,
+    user: &rk3s_auth::UserInfo,
+) -> Result<(), ApiError> {
+    if rk3s_admission::noderestriction::node_of(&user.name, &user.groups).is_none() {
+        return Ok(());
+    }
+    let meta = |o: Option<&Value>, k: &str| -> String {
+        o.and_then(|o| o.pointer(&format!("/metadata/{k}")))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let name = {
+        let n = meta(obj, "name");
+        if n.is_empty() {
+            meta(old, "name")
+        } else {
+            n
+        }
+    };
+    let namespace = {
+        let n = meta(obj, "namespace");
+        if n.is_empty() {
+            meta(old, "namespace")
+        } else {
+            n
+        }
+    };
+    let attrs = rk3s_admission::noderestriction::Attributes {
+        user: &user.name,
+        groups: &user.groups,
+        operation: op,
+        group: &res.group,
+        resource: &res.plural,
+        subresource: sub.unwrap_or(""),
+        namespace: &namespace,
+        name: &name,
+        object: obj,
+        old_object: old,
+    };
+    rk3s_admission::noderestriction::admit(&attrs)
+        .map_err(|why| node_restriction_error(res, &name, why))
+}
+
+#[async_trait]
+impl Plugin for NodeRestriction {
+    fn name(&self) -> &'static str {
+        "NodeRestriction"
+    }
+
+    async fn admit(&self, a: &Attributes<'_>, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+        use rk3s_admission::noderestriction::Operation;
+        let op = match a.op {
+            "CREATE" => Operation::Create,
+            "UPDATE" => Operation::Update,
+            _ => return Ok(Vec::new()),
+        };
+        node_restriction(a.res, a.sub, op, Some(obj), a.old, a.user)?;
+        Ok(Vec::new())
+    }
+}
+
+/// The plugins, in upstream's order; each phase runs them in this order.
+pub const CHAIN: &[&dyn Plugin] = &[
+    &PodDefaults,
+    &NodeRestriction,
+    &LimitRanger,
+    &DefaultStorageClass,
+    &PodSecurity,
+    &Webhooks,
+    &ResourceQuota,
+];
+
+/// Mutating admission: every plugin's mutating phase, in order. Returns warnings.
 #[allow(clippy::too_many_arguments)]
 pub async fn mutate(
     inner: &Inner,
@@ -178,40 +483,24 @@ pub async fn mutate(
     user: &rk3s_auth::UserInfo,
     dry_run: bool,
 ) -> Result<Vec<String>, ApiError> {
-    let ns = object::namespace(obj).unwrap_or("").to_string();
-    if op == "CREATE" && sub.is_none() && res.group.is_empty() {
-        match res.plural.as_str() {
-            "pods" => {
-                let lrs = values_live(inner, &format!("/registry/core/limitranges/{ns}/")).await;
-                if !lrs.is_empty() {
-                    rk3s_admission::LimitRanger::default_pod(&lrs, obj);
-                }
-            }
-            "persistentvolumeclaims" => {
-                let classes = values_live(inner, "/registry/storage.k8s.io/storageclasses/").await;
-                rk3s_admission::default_storage_class(obj, &classes);
-            }
-            _ => {}
-        }
-    }
-    let configs = webhook_configs(inner);
-    if configs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let req = request(res, sub, op, Some(obj), old, user, dry_run);
-    let labels = namespace_labels(inner, &req.namespace);
-    let resolve = |n: &str, s: &str, p: u16| resolve_service(inner, n, s, p);
-    let (patched, warnings) = webhook::run_mutating(&configs, &req, labels.as_ref(), &resolve)
-        .await
-        .map_err(denied)?;
-    if let Some(p) = patched {
-        *obj = p;
+    let a = Attributes {
+        inner,
+        res,
+        sub,
+        op,
+        old,
+        user,
+        dry_run,
+    };
+    let mut warnings = Vec::new();
+    for plugin in CHAIN {
+        warnings.extend(plugin.admit(&a, obj).await?);
     }
     Ok(warnings)
 }
 
-/// Validating admission (after defaulting and validation). Returns warnings. Charges
-/// ResourceQuota usage (unless `dry_run`).
+/// Validating admission (after defaulting and validation): every plugin's validating
+/// phase, in order. Returns warnings. Charges ResourceQuota usage (unless `dry_run`).
 #[allow(clippy::too_many_arguments)]
 pub async fn validate(
     inner: &Inner,
@@ -223,49 +512,18 @@ pub async fn validate(
     user: &rk3s_auth::UserInfo,
     dry_run: bool,
 ) -> Result<Vec<String>, ApiError> {
+    let a = Attributes {
+        inner,
+        res,
+        sub,
+        op,
+        old,
+        user,
+        dry_run,
+    };
     let mut warnings = Vec::new();
-    let ns = object::namespace(obj).unwrap_or("").to_string();
-    if sub.is_none()
-        && res.group.is_empty()
-        && matches!(res.plural.as_str(), "pods" | "persistentvolumeclaims")
-        && op == "CREATE"
-    {
-        let lrs = values_live(inner, &format!("/registry/core/limitranges/{ns}/")).await;
-        if !lrs.is_empty() {
-            let mut copy = obj.clone();
-            rk3s_admission::LimitRanger::apply(&lrs, &res.plural, op, &mut copy)
-                .map_err(ApiError::forbidden)?;
-        }
-    }
-    if !ns.is_empty() && matches!(sub, None | Some("ephemeralcontainers")) {
-        if let Some(labels) = namespace_labels(inner, &ns) {
-            let d = rk3s_admission::podsecurity::evaluate(&labels, &res.kind, obj, old);
-            warnings.extend(d.warnings);
-            d.enforce.map_err(ApiError::forbidden)?;
-        }
-    }
-    let configs = webhook_configs(inner);
-    if !configs.is_empty() {
-        let req = request(res, sub, op, Some(obj), old, user, dry_run);
-        let labels = namespace_labels(inner, &req.namespace);
-        let resolve = |n: &str, s: &str, p: u16| resolve_service(inner, n, s, p);
-        warnings.extend(
-            webhook::run_validating(&configs, &req, labels.as_ref(), &resolve)
-                .await
-                .map_err(denied)?,
-        );
-    }
-    if !ns.is_empty() && sub.is_none() {
-        let quotas = values_live(inner, &format!("/registry/core/resourcequotas/{ns}/")).await;
-        if !quotas.is_empty() {
-            let charges = rk3s_admission::quota::check(&quotas, &res.group, &res.plural, obj, old)
-                .map_err(ApiError::forbidden)?;
-            if !dry_run {
-                for (name, used) in charges {
-                    set_quota_used(inner, &ns, &name, used).await;
-                }
-            }
-        }
+    for plugin in CHAIN {
+        warnings.extend(plugin.validate(&a, obj).await?);
     }
     Ok(warnings)
 }
@@ -306,7 +564,7 @@ async fn set_quota_used(
 pub fn quota_status(inner: &Inner, quota: &Value) -> Value {
     let ns = object::namespace(quota).unwrap_or("").to_string();
     let mut objs: Vec<(String, String, Value)> = Vec::new();
-    for r in inner.registry.all() {
+    for r in inner.schemas.registry.all() {
         if !r.namespaced() || !r.preferred || r.storage_group != r.group {
             continue;
         }
@@ -337,5 +595,30 @@ pub async fn refresh_quotas(inner: &Inner, ns: &str) {
                 set_quota_used(inner, ns, name, used).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_runs_in_upstreams_order() {
+        let names: Vec<&str> = CHAIN.iter().map(|p| p.name()).collect();
+        let pos = |n: &str| {
+            names
+                .iter()
+                .position(|x| x.split(',').any(|p| p == n))
+                .unwrap_or(usize::MAX)
+        };
+        // Upstream's recommended order: ServiceAccount, ..., LimitRanger, ...,
+        // DefaultStorageClass, ..., PodSecurity, ..., webhooks, ResourceQuota last.
+        assert!(pos("ServiceAccount") < pos("NodeRestriction"));
+        assert!(pos("NodeRestriction") < pos("LimitRanger"));
+        assert!(pos("LimitRanger") < pos("DefaultStorageClass"));
+        assert!(pos("DefaultStorageClass") < pos("PodSecurity"));
+        assert!(pos("PodSecurity") < pos("ValidatingAdmissionWebhook"));
+        assert!(pos("ValidatingAdmissionWebhook") < pos("ResourceQuota"));
+        assert_eq!(pos("ResourceQuota"), names.len() - 1);
     }
 }

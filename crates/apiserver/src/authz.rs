@@ -11,8 +11,8 @@ use rk3s_api::ApiError;
 use rk3s_auth::{Attributes, Decision, RbacSnapshot, TokenVerifier, UserInfo};
 use serde_json::{json, Value};
 
-use crate::handler::Inner;
 use crate::request::{Query, RequestInfo};
+use crate::state::Inner;
 
 /// Token authentication settings.
 pub struct TokenAuth {
@@ -43,7 +43,7 @@ impl Inner {
     /// The current RBAC snapshot.
     pub fn rbac(&self) -> Arc<RbacSnapshot> {
         let gen = self.cache.rbac_generation.load(Ordering::Acquire);
-        if let Ok(cur) = self.rbac_cache.current.lock() {
+        if let Ok(cur) = self.auth.rbac_cache.current.lock() {
             if let Some((g, snap)) = cur.as_ref() {
                 if *g == gen {
                     return snap.clone();
@@ -56,7 +56,7 @@ impl Inner {
             &values(self, "rolebindings"),
             &values(self, "clusterrolebindings"),
         ));
-        if let Ok(mut cur) = self.rbac_cache.current.lock() {
+        if let Ok(mut cur) = self.auth.rbac_cache.current.lock() {
             *cur = Some((gen, snap.clone()));
         }
         snap
@@ -66,7 +66,7 @@ impl Inner {
     /// and secret must still exist), then the static token file.
     pub fn authenticate_token(&self, token: &str) -> Option<UserInfo> {
         let now = jiff::Timestamp::now().as_second();
-        if let Some(v) = &self.token_auth.verifier {
+        if let Some(v) = &self.auth.token_auth.verifier {
             if let Ok(vt) = v.verify(token, now) {
                 let user = vt.user.clone();
                 let (ns, sa) = match user
@@ -127,7 +127,7 @@ impl Inner {
                 return Some(user);
             }
         }
-        if let Some(tf) = &self.token_auth.token_file {
+        if let Some(tf) = &self.auth.token_auth.token_file {
             if let Some(u) = tf.authenticate(token) {
                 return Some(u.with_authenticated_group());
             }
@@ -417,7 +417,7 @@ pub fn review(
             let token = spec.get("token").and_then(|t| t.as_str()).unwrap_or("");
             match inner.authenticate_token(token) {
                 Some(u) => {
-                    json!({"authenticated": true, "user": user_json(&u), "audiences": inner.token_auth.audiences})
+                    json!({"authenticated": true, "user": user_json(&u), "audiences": inner.auth.token_auth.audiences})
                 }
                 None => json!({"authenticated": false, "error": "invalid bearer token"}),
             }

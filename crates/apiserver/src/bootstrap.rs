@@ -10,7 +10,8 @@ use rk3s_store::StoreError;
 use serde_json::{json, Value};
 
 use crate::cache::CacheEventKind;
-use crate::handler::{prepare_create, ApiServer, Inner};
+use crate::handler::ApiServer;
+use crate::state::Inner;
 use crate::{object, ApiServerError, Config};
 
 async fn ensure(inner: &Inner, key: &str, mut obj: Value) -> Result<(), ApiServerError> {
@@ -66,7 +67,7 @@ async fn reconcile(
 /// Creates the built-in objects that are missing and starts the namespace finalizer.
 pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError> {
     let inner = api.inner();
-    let ns_res = inner.registry.get("", "v1", "namespaces");
+    let ns_res = inner.schemas.registry.get("", "v1", "namespaces");
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let mut obj = json!({
             "kind": "Namespace", "apiVersion": "v1",
@@ -74,7 +75,7 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
             "spec": {"finalizers": ["kubernetes"]},
         });
         if let Some(r) = &ns_res {
-            prepare_create(r, &mut obj);
+            crate::strategy::for_resource(r).prepare_for_create(r, &mut obj);
         }
         ensure(inner, &format!("/registry/core/namespaces/{ns}"), obj).await?;
     }
@@ -94,6 +95,11 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
         }),
     )
     .await?;
+    // Mark what the Services hold (IPAddresses, node-port bitmap): allocations made
+    // before a restart, or by a version that allocated in memory, stay taken.
+    if let Err(e) = inner.alloc.repair().await {
+        tracing::warn!(error = %e, "service IP / node port repair failed");
+    }
     reconcile(
         inner,
         "/registry/core/endpoints/default/kubernetes",
@@ -136,6 +142,7 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
             .unwrap_or("")
             .to_string();
         let Some(res) = inner
+            .schemas
             .registry
             .by_kind("rbac.authorization.k8s.io", "v1", &kind)
         else {
@@ -147,6 +154,15 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
     }
     let a = api.clone();
     tokio::spawn(async move { namespace_finalizer(a).await });
+    let repair = inner.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(crate::alloc::REPAIR_INTERVAL).await;
+            if let Err(e) = repair.alloc.repair().await {
+                tracing::warn!(error = %e, "service IP / node port repair failed");
+            }
+        }
+    });
     Ok(())
 }
 
@@ -188,7 +204,7 @@ async fn finalize_namespace(inner: &Inner, ns: &str) {
     }
     for attempt in 0..300u32 {
         let mut remaining = 0usize;
-        for res in inner.registry.all() {
+        for res in inner.schemas.registry.all() {
             if !res.namespaced() || !res.preferred || !res.has_verb("delete") {
                 continue;
             }
@@ -260,5 +276,95 @@ async fn finalize_namespace(inner: &Inner, ns: &str) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::testutil::{call, server};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_cluster_has_its_built_in_objects_and_their_allocations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = server(dir.path()).await;
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let (code, obj) = call(&api, "GET", &format!("/api/v1/namespaces/{ns}"), None).await;
+            assert_eq!(code, 200, "{obj}");
+            assert_eq!(obj["status"]["phase"], "Active");
+            assert_eq!(obj["spec"]["finalizers"], json!(["kubernetes"]));
+        }
+        let (_, svc) = call(
+            &api,
+            "GET",
+            "/api/v1/namespaces/default/services/kubernetes",
+            None,
+        )
+        .await;
+        assert_eq!(svc["spec"]["clusterIP"], "10.43.0.1");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 6443);
+        let (_, eps) = call(
+            &api,
+            "GET",
+            "/api/v1/namespaces/default/endpoints/kubernetes",
+            None,
+        )
+        .await;
+        assert_eq!(eps["subsets"][0]["addresses"][0]["ip"], "192.0.2.7");
+        // The start-up repair gave the `kubernetes` Service's IP its IPAddress.
+        let (code, ip) = call(
+            &api,
+            "GET",
+            "/apis/networking.k8s.io/v1/ipaddresses/10.43.0.1",
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "{ip}");
+        assert_eq!(
+            ip["spec"]["parentRef"],
+            json!({"group": "", "resource": "services", "namespace": "default", "name": "kubernetes"})
+        );
+        // The default RBAC policy is there.
+        let (code, _) = call(
+            &api,
+            "GET",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles/cluster-admin",
+            None,
+        )
+        .await;
+        assert_eq!(code, 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_namespace_is_emptied_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = server(dir.path()).await;
+        let (code, _) = call(
+            &api,
+            "POST",
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": "gone"}})),
+        )
+        .await;
+        assert_eq!(code, 201);
+        let cm = json!({"metadata": {"name": "c"}, "data": {"a": "b"}});
+        let (code, _) = call(&api, "POST", "/api/v1/namespaces/gone/configmaps", Some(cm)).await;
+        assert_eq!(code, 201);
+        let (code, ns) = call(&api, "DELETE", "/api/v1/namespaces/gone", None).await;
+        assert_eq!(code, 200);
+        assert_eq!(ns["status"]["phase"], "Terminating");
+        let mut gone = false;
+        for _ in 0..100 {
+            let (code, _) = call(&api, "GET", "/api/v1/namespaces/gone", None).await;
+            if code == 404 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(gone, "the namespace finalizer removed the namespace");
+        let (code, _) = call(&api, "GET", "/api/v1/namespaces/gone/configmaps/c", None).await;
+        assert_eq!(code, 404);
     }
 }

@@ -18,8 +18,9 @@ use rk3s_api::ApiError;
 use serde_json::{json, Value};
 
 use crate::body::{self, Response};
-use crate::handler::{partial_metadata, Inner, Output};
+use crate::output::{partial_metadata, Output};
 use crate::rest::{with_warnings, Call, Filter};
+use crate::state::Inner;
 
 /// The `Warning` upstream sends with every ComponentStatus answer.
 pub const DEPRECATION: &str = "v1 ComponentStatus is deprecated in v1.19+";

@@ -11,8 +11,9 @@ use rk3s_store::StoreError;
 use serde_json::{json, Value};
 
 use crate::cache::CacheEventKind;
-use crate::handler::{ApiServer, Inner};
+use crate::handler::ApiServer;
 use crate::object;
+use crate::state::Inner;
 
 /// The finalizer that makes deleting a CRD delete its objects first.
 pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
@@ -128,8 +129,15 @@ async fn run(api: ApiServer) {
 }
 
 fn rebuild_openapi(inner: &Inner) {
-    let resources: Vec<ResourceInfo> = inner.registry.all().iter().map(|r| (**r).clone()).collect();
+    let resources: Vec<ResourceInfo> = inner
+        .schemas
+        .registry
+        .all()
+        .iter()
+        .map(|r| (**r).clone())
+        .collect();
     let custom = inner
+        .schemas
         .crds
         .schemas
         .read()
@@ -138,7 +146,7 @@ fn rebuild_openapi(inner: &Inner) {
     match rk3s_openapi::OpenApi::build_with_schemas(&resources, crate::KUBERNETES_VERSION, &custom)
     {
         Ok(doc) => {
-            if let Ok(mut w) = inner.openapi_docs.write() {
+            if let Ok(mut w) = inner.schemas.openapi_docs.write() {
                 *w = Arc::new(doc);
             }
         }
@@ -148,6 +156,7 @@ fn rebuild_openapi(inner: &Inner) {
 
 fn uninstall(inner: &Inner, name: &str) {
     let removed = inner
+        .schemas
         .crds
         .installed
         .write()
@@ -155,11 +164,14 @@ fn uninstall(inner: &Inner, name: &str) {
         .and_then(|mut m| m.remove(name));
     if let Some(resources) = removed {
         for r in &resources {
-            inner.registry.remove(&r.group, &r.version, &r.plural);
-            if let Ok(mut v) = inner.crds.versions.write() {
+            inner
+                .schemas
+                .registry
+                .remove(&r.group, &r.version, &r.plural);
+            if let Ok(mut v) = inner.schemas.crds.versions.write() {
                 v.remove(&(r.group.clone(), r.version.clone(), r.plural.clone()));
             }
-            if let Ok(mut s) = inner.crds.schemas.write() {
+            if let Ok(mut s) = inner.schemas.crds.schemas.write() {
                 s.remove(&rk3s_openapi::crd_definition_name(
                     &r.group, &r.version, &r.kind,
                 ));
@@ -175,6 +187,7 @@ async fn reconcile(inner: &Inner, crd: &Value) {
     if object::meta(crd).is_some_and(|m| m.contains_key("deletionTimestamp")) {
         // Stop serving, delete every object, then drop the cleanup finalizer.
         let resources = inner
+            .schemas
             .crds
             .installed
             .read()
@@ -221,6 +234,7 @@ async fn reconcile(inner: &Inner, crd: &Value) {
         }
     };
     let old = inner
+        .schemas
         .crds
         .installed
         .read()
@@ -232,7 +246,10 @@ async fn reconcile(inner: &Inner, crd: &Value) {
             .iter()
             .any(|n| n.group == r.group && n.version == r.version && n.plural == r.plural)
         {
-            inner.registry.remove(&r.group, &r.version, &r.plural);
+            inner
+                .schemas
+                .registry
+                .remove(&r.group, &r.version, &r.plural);
         }
     }
     for r in &resources {
@@ -241,24 +258,24 @@ async fn reconcile(inner: &Inner, crd: &Value) {
             scale: rk3s_crd::scale_spec(&with_status, &r.version),
             columns: rk3s_crd::printer_columns(&with_status, &r.version),
         };
-        if let Ok(mut v) = inner.crds.versions.write() {
+        if let Ok(mut v) = inner.schemas.crds.versions.write() {
             v.insert(
                 (r.group.clone(), r.version.clone(), r.plural.clone()),
                 Arc::new(version),
             );
         }
         if let Some(schema) = rk3s_crd::openapi_schema(&with_status, &r.version) {
-            if let Ok(mut s) = inner.crds.schemas.write() {
+            if let Ok(mut s) = inner.schemas.crds.schemas.write() {
                 s.insert(
                     rk3s_openapi::crd_definition_name(&r.group, &r.version, &r.kind),
                     schema,
                 );
             }
         }
-        inner.registry.add(r.clone());
+        inner.schemas.registry.add(r.clone());
     }
     let changed = old != resources;
-    if let Ok(mut m) = inner.crds.installed.write() {
+    if let Ok(mut m) = inner.schemas.crds.installed.write() {
         m.insert(name.clone(), resources);
     }
     if changed {

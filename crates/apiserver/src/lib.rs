@@ -6,14 +6,25 @@
 //!   version, discovery, OpenAPI) and dispatch of resource requests.
 //! - [`request`]: path → [`request::RequestInfo`] (group, version, namespace, resource,
 //!   name, subresource, verb), as upstream's RequestInfoFactory.
-//! - [`rest`]: the verbs on resources (get, list, create, update, patch, delete,
-//!   deletecollection), object semantics (uid, generation, finalizers, ...), subresources.
+//! - [`rest`]: the generic REST layer: the verbs on resources (get, list, create,
+//!   update, patch, delete, deletecollection), object semantics (uid, generation,
+//!   finalizers, ...), subresources; it never names a kind, it asks the [`strategy`].
+//! - [`state`]: [`state::Inner`], the shared state (store, cache, schemas, authn/authz,
+//!   allocators, metrics and audit).
+//! - [`storage`]: resources that are not store objects (componentstatuses, bindings,
+//!   eviction, TokenRequest) behind one [`storage::RestStorage`] trait.
+//! - [`output`]: JSON / Table / PartialObjectMetadata rendering by Accept header.
+//! - [`fields`]: managedFields of writes that are not server-side apply.
 //! - [`watch`]: watch streams served from the [`cache`].
 //! - [`cache`]: the watch cache fed by one store watch.
+//! - [`strategy`]: the rules of each kind (upstream's registry strategies), one file
+//!   per kind; the generic REST layer in [`rest`] calls them.
 //! - [`convert`]: API form <-> stored form (events.k8s.io Events are stored as core Events).
 //! - [`crd`]: CustomResourceDefinitions: the CRD controller and custom-resource schemas.
-//! - [`admission`]: LimitRanger, DefaultStorageClass, PodSecurity, webhooks, ResourceQuota.
-//! - [`alloc`]: Service cluster IPs and node ports.
+//! - [`admission`]: Pod admission (ServiceAccount, Priority, DefaultTolerationSeconds,
+//!   RuntimeClass), LimitRanger, DefaultStorageClass, PodSecurity, webhooks, ResourceQuota.
+//! - [`alloc`]: Service cluster IPs (IPAddress objects) and node ports (a bitmap), in
+//!   the store so that API servers sharing it never collide.
 //! - [`authz`]: bearer tokens, impersonation, Node + RBAC authorization, review APIs.
 //! - [`audit`]: the audit log (upstream policy and event formats).
 //! - [`metrics`]: `/metrics` (request counts and latencies, cached objects, memory).
@@ -23,7 +34,9 @@
 //! - [`local`]: the in-process transport (a `tower::Service`) for components in this process.
 //!
 //! Invariants: every object in the store is JSON without `metadata.resourceVersion`;
-//! the resourceVersion a client sees is the store's mod revision of the key.
+//! the resourceVersion a client sees is the store's mod revision of the key. Modules
+//! depend one way: `handler -> {rest, watch} -> {strategy, output, fields, state}`;
+//! per-kind rules live in `strategy/<kind>.rs` or in an admission plugin.
 
 // ApiError (a Status with causes) is large, and errors are the rare path: not worth boxing.
 #![allow(clippy::result_large_err)]
@@ -39,16 +52,23 @@ pub mod componentstatus;
 pub mod convert;
 pub mod crd;
 pub mod ephemeral;
+pub mod fields;
 pub mod handler;
 pub mod local;
 pub mod metrics;
 pub mod object;
+pub mod output;
 pub mod proxy;
 pub mod request;
 pub mod resize;
 pub mod rest;
 pub mod runtimeclass;
 pub mod server;
+pub mod state;
+pub mod storage;
+pub mod strategy;
+#[cfg(test)]
+mod testutil;
 pub mod watch;
 
 use std::net::{IpAddr, SocketAddr};

@@ -40,8 +40,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 
 use crate::body::{self, Response, ResponseBody};
-use crate::handler::Inner;
 use crate::request::{Query, RequestInfo};
+use crate::state::Inner;
 use crate::ApiServerError;
 
 /// The kubelet port when a Node does not say.
@@ -554,9 +554,8 @@ pub async fn pod_log(
             "at most one of sinceTime or sinceSeconds may be specified",
         ));
     }
-    let pod = inner
-        .cache
-        .get(&format!("/registry/core/pods/{ns}/{name}"))
+    let pod = cached_pod(inner, ns, name)
+        .await
         .map(|o| (*o.object).clone())
         .ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
     let container = choose_container(&pod, query.get("container"))?;
@@ -1034,6 +1033,20 @@ pub async fn node_proxy(
     forward(target, &parts.method, &path, &parts.headers, body).await
 }
 
+/// A pod from the watch cache; when it is not there, once the cache has caught up with
+/// the store (a consistent read: a pod whose create was just acknowledged is found).
+async fn cached_pod(inner: &Inner, ns: &str, name: &str) -> Option<crate::cache::CachedObject> {
+    let key = format!("/registry/core/pods/{ns}/{name}");
+    if let Some(pod) = inner.cache.get(&key) {
+        return Some(pod);
+    }
+    let _ = inner
+        .cache
+        .wait_fresh(std::time::Duration::from_secs(3))
+        .await;
+    inner.cache.get(&key)
+}
+
 /// Serves `pods/{id}/proxy/{path...}`.
 pub async fn pod_proxy(
     inner: &Inner,
@@ -1044,9 +1057,8 @@ pub async fn pod_proxy(
 ) -> Result<Response, ApiError> {
     let (scheme, name, port) = split_scheme_name_port(id)
         .ok_or_else(|| ApiError::bad_request(format!("invalid pod request {id:?}")))?;
-    let pod = inner
-        .cache
-        .get(&format!("/registry/core/pods/{ns}/{name}"))
+    let pod = cached_pod(inner, ns, name)
+        .await
         .ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
     let target = pod_target(&pod.object, scheme, port)?;
     let path = path_and_query(
@@ -1092,9 +1104,8 @@ pub async fn pod_stream(
     let Some(on_upgrade) = parts.extensions.get::<hyper::upgrade::OnUpgrade>().cloned() else {
         return Err(ApiError::bad_request("Upgrade request required"));
     };
-    let pod = inner
-        .cache
-        .get(&format!("/registry/core/pods/{ns}/{name}"))
+    let pod = cached_pod(inner, ns, name)
+        .await
         .map(|o| (*o.object).clone())
         .ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
     let phase = pod

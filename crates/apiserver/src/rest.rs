@@ -1,8 +1,6 @@
 //! The verbs on resources: get, list, create, update, patch, delete, deletecollection,
 //! and the `status` and `scale` subresources, with upstream's object semantics.
 
-use std::collections::HashSet;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +12,15 @@ use serde_json::{json, Map, Value};
 
 use crate::body::{self, Response};
 use crate::cache::{decode, set_resource_version};
-use crate::handler::{Inner, Output};
+use crate::output::{list_object, Output};
+use crate::state::Inner;
+use crate::strategy::DeleteMode;
 
 use crate::object::{self, meta_mut};
 use crate::request::{Query, RequestInfo};
 
 /// How long a consistent read waits for the watch cache to catch up.
-const FRESH_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const FRESH_WAIT: Duration = Duration::from_secs(3);
 
 /// One resource request, parsed.
 pub struct Call<'a> {
@@ -115,7 +115,7 @@ fn same_but_resource_version(a: &Value, b: &Value) -> bool {
     })
 }
 
-fn kv_to_object(kv: &KeyValue) -> Result<Value, ApiError> {
+pub(crate) fn kv_to_object(kv: &KeyValue) -> Result<Value, ApiError> {
     decode(&kv.value, kv.mod_revision)
         .ok_or_else(|| ApiError::internal(format!("object at {} cannot be decoded", kv.key)))
 }
@@ -177,30 +177,6 @@ impl Filter {
         }
         true
     }
-}
-
-/// The list object for items.
-pub fn list_object(
-    res: &ResourceInfo,
-    items: Vec<Value>,
-    rv: i64,
-    cont: Option<String>,
-    remaining: Option<usize>,
-) -> Value {
-    let mut meta = Map::new();
-    meta.insert("resourceVersion".into(), json!(rv.to_string()));
-    if let Some(c) = cont {
-        meta.insert("continue".into(), json!(c));
-    }
-    if let Some(r) = remaining {
-        meta.insert("remainingItemCount".into(), json!(r));
-    }
-    json!({
-        "kind": format!("{}List", res.kind),
-        "apiVersion": res.api_version(),
-        "metadata": Value::Object(meta),
-        "items": items,
-    })
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -269,7 +245,9 @@ fn decoded_as<'p>(patch_kind: &str, patch: Option<&'p Value>) -> Decoded<'p> {
 impl<'a> Call<'a> {
     /// Renders one object (custom resources use their CRD's printer columns).
     pub fn render_one(&self, obj: Value, code: u16) -> Response {
-        if let (Output::Table(inc), Some(v)) = (&self.output, self.inner.crds.version(&self.res)) {
+        if let (Output::Table(inc), Some(v)) =
+            (&self.output, self.inner.schemas.crds.version(&self.res))
+        {
             let rv = object::meta_str(&obj, "resourceVersion")
                 .unwrap_or("")
                 .to_string();
@@ -289,7 +267,9 @@ impl<'a> Call<'a> {
         cont: Option<String>,
         remaining: Option<usize>,
     ) -> Response {
-        if let (Output::Table(inc), Some(v)) = (&self.output, self.inner.crds.version(&self.res)) {
+        if let (Output::Table(inc), Some(v)) =
+            (&self.output, self.inner.schemas.crds.version(&self.res))
+        {
             return body::json(
                 200,
                 &crate::crd::table(&v, &items, &rv.to_string(), cont.as_deref(), *inc),
@@ -328,7 +308,7 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.info.name.as_deref().unwrap_or("")
     }
 
@@ -344,7 +324,7 @@ impl<'a> Call<'a> {
         self.res.key(self.ns(), self.name())
     }
 
-    fn dry_run(&self) -> bool {
+    pub(crate) fn dry_run(&self) -> bool {
         self.query.get("dryRun").is_some()
     }
 
@@ -714,7 +694,8 @@ impl<'a> Call<'a> {
             &self.res.api_version(),
             Decoded::Body,
         )?;
-        crate::handler::normalize_input(&self.res, &mut obj);
+        let strategy = crate::strategy::for_resource(&self.res);
+        strategy.normalize_input(&mut obj);
         // metadata
         let ns = self.ns().map(String::from);
         {
@@ -773,7 +754,7 @@ impl<'a> Call<'a> {
             m.remove("deletionTimestamp");
             m.remove("deletionGracePeriodSeconds");
             m.remove("selfLink");
-            if crate::handler::tracks_generation(&self.res) {
+            if strategy.tracks_generation(&self.res) {
                 m.insert("generation".into(), json!(1));
             } else {
                 m.remove("generation");
@@ -785,30 +766,14 @@ impl<'a> Call<'a> {
                 .check_namespace_open(ns, &self.res, &name)
                 .await?;
         }
-        let is_service = self.res.plural == "services" && self.res.group.is_empty();
-        // The IP family fields the client did not set are the allocator's (upstream sets
-        // them when it allocates, after field tracking), even where defaulting fills them.
-        let allocator_fields: Vec<&str> = if is_service {
-            ["ipFamilies", "ipFamilyPolicy"]
-                .into_iter()
-                .filter(|k| {
-                    obj.pointer(&format!("/spec/{k}"))
-                        .is_none_or(|v| v.is_null())
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let allocator_fields = strategy.allocator_fields(&obj);
         rk3s_validation::apply_defaults(
             &self.res.group,
             &self.res.version,
             &self.res.kind,
             &mut obj,
         );
-        crate::handler::prepare_create(&self.res, &mut obj);
-        if self.res.group.is_empty() && self.res.plural == "pods" {
-            crate::handler::admit_pod(self.inner, &mut obj).await?;
-        }
+        strategy.prepare_for_create(&self.res, &mut obj);
         let mut warnings = warnings;
         warnings.extend(
             crate::admission::mutate(
@@ -823,28 +788,14 @@ impl<'a> Call<'a> {
             )
             .await?,
         );
-        if self.res.group.is_empty() && self.res.plural == "resourcequotas" {
-            obj["status"] = crate::admission::quota_status(self.inner, &obj);
-        }
-        crate::handler::check_rbac_escalation(self.inner, &self.res, &self.user, &obj)?;
-        if self.res.group == "apiextensions.k8s.io"
-            && self.res.plural == "customresourcedefinitions"
-        {
-            crate::crd::prepare_create(&mut obj);
-            crate::crd::apply_defaults(&mut obj);
-            crate::crd::validate(&self.res, &obj, None)?;
-        }
-        if let Some(v) = self.inner.crds.version(&self.res) {
+        strategy.derive_status(self.inner, &mut obj, None);
+        strategy.check_write(self.inner, &self.res, &self.user, &obj)?;
+        strategy.validate_object(&self.res, None, &mut obj, None)?;
+        if let Some(v) = self.inner.schemas.crds.version(&self.res) {
             let pruned = crate::crd::admit_custom_resource(&v, &self.res, &mut obj)?;
             warnings.extend(self.unknown_field_policy(&pruned)?);
         }
-        let errs = rk3s_validation::validate_create(
-            &self.res.group,
-            &self.res.version,
-            &self.res.kind,
-            self.res.namespaced(),
-            &obj,
-        );
+        let errs = strategy.validate_create(&self.res, &obj);
         if !errs.is_empty() {
             return Err(self.invalid(&name, errs));
         }
@@ -871,7 +822,7 @@ impl<'a> Call<'a> {
                         .collect(),
                     None => Vec::new(),
                 };
-            crate::handler::update_managed_fields(
+            crate::fields::update_managed_fields(
                 self.inner,
                 &self.res,
                 &mut obj,
@@ -887,10 +838,9 @@ impl<'a> Call<'a> {
         // After field tracking, as upstream's Service storage allocates: the allocated
         // clusterIP(s), ipFamilies, ipFamilyPolicy and node ports have no owner, so a
         // later server-side apply without them does not drop them.
-        if is_service {
-            self.inner
-                .allocate_service(&mut obj, None, &self.res, &name)?;
-        }
+        let allocated = strategy
+            .allocate(self.inner, &self.res, &name, &mut obj, None, self.dry_run())
+            .await?;
         // The status fields upstream always encodes, after field tracking (the status a
         // create resets is owned by no one).
         rk3s_openapi::decode::fill_always_encoded_status(&self.res.definition, &mut obj);
@@ -907,11 +857,22 @@ impl<'a> Call<'a> {
             }
             return Ok(with_warnings(self.render_one(obj, 201), &warnings));
         }
-        let staged = self.stage(&key, obj, false)?;
+        let staged = match self.stage(&key, obj, false) {
+            Ok(s) => s,
+            Err(e) => {
+                strategy
+                    .release(self.inner, ns.as_deref(), &name, &allocated)
+                    .await;
+                return Err(e);
+            }
+        };
         let kv = match self.inner.store.create(&key, staged.stored.to_vec()).await {
             Ok(kv) => kv,
             Err(e) => {
                 self.unstage(&key, &staged);
+                strategy
+                    .release(self.inner, ns.as_deref(), &name, &allocated)
+                    .await;
                 return Err(store_err(&self.res, &name, e));
             }
         };
@@ -977,6 +938,7 @@ impl<'a> Call<'a> {
 
     /// PUT and PATCH (and their `status`/`scale` forms).
     pub async fn update_or_patch(&self, patch: bool) -> Result<Response, ApiError> {
+        let strategy = crate::strategy::for_resource(&self.res);
         let name = self.name().to_string();
         let key = self.key();
         let sub = self.info.subresource.clone();
@@ -1077,7 +1039,7 @@ impl<'a> Call<'a> {
                         &self.res.api_version(),
                         decoded_as(&patch_kind, patch_body.as_ref()),
                     )?;
-                    crate::handler::normalize_input(&self.res, &mut d);
+                    strategy.normalize_input(&mut d);
                     d
                 }
             };
@@ -1101,7 +1063,7 @@ impl<'a> Call<'a> {
                 }
             }
             let mut new_obj =
-                crate::handler::prepare_update(&self.res, sub.as_deref(), &cur_obj, &mut desired);
+                crate::strategy::prepare_update(&self.res, sub.as_deref(), &cur_obj, &mut desired);
             rk3s_validation::apply_defaults(
                 &self.res.group,
                 &self.res.version,
@@ -1111,15 +1073,7 @@ impl<'a> Call<'a> {
             // Zero-valued status fields a writer left out are there, as after upstream's
             // typed decoding (so field tracking sees no change for them).
             rk3s_openapi::decode::fill_always_encoded_status(&self.res.definition, &mut new_obj);
-            let is_namespace = self.res.group.is_empty() && self.res.plural == "namespaces";
-            if is_namespace {
-                crate::handler::namespace_finalizers(
-                    sub.as_deref(),
-                    &desired,
-                    &cur_obj,
-                    &mut new_obj,
-                );
-            }
+            strategy.after_defaults_on_update(sub.as_deref(), &desired, &cur_obj, &mut new_obj);
             if new_obj == cur_obj {
                 // No-op updates are not written (upstream skips them too).
                 return Ok(with_warnings(self.answer_update(cur_obj)?, &warnings));
@@ -1137,41 +1091,11 @@ impl<'a> Call<'a> {
                 )
                 .await?,
             );
-            if self.res.group.is_empty()
-                && self.res.plural == "resourcequotas"
-                && new_obj.pointer("/spec/hard") != cur_obj.pointer("/spec/hard")
-            {
-                new_obj["status"] = crate::admission::quota_status(self.inner, &new_obj);
-            }
-            let is_service = self.res.plural == "services" && self.res.group.is_empty();
-            if is_service {
-                // Values the server allocated that the client left out are kept (upstream's
-                // patchAllocatedValues), before validation checks their immutability.
-                crate::handler::patch_allocated_values(&mut new_obj, &cur_obj);
-            }
-            let errs = if sub.as_deref() == Some("ephemeralcontainers") {
-                crate::ephemeral::validate_update(&new_obj, &cur_obj)
-            } else if sub.as_deref() == Some("resize") {
-                // The pod as a whole must be valid; then upstream's resize rules (the
-                // rules of a pod update, which forbid changing resources, do not apply).
-                let spec_errors = rk3s_validation::validate_create(
-                    &self.res.group,
-                    &self.res.version,
-                    &self.res.kind,
-                    self.res.namespaced(),
-                    &new_obj,
-                );
-                crate::resize::validate(&new_obj, &cur_obj, spec_errors)
-            } else {
-                rk3s_validation::validate_update(
-                    &self.res.group,
-                    &self.res.version,
-                    &self.res.kind,
-                    self.res.namespaced(),
-                    &new_obj,
-                    &cur_obj,
-                )
-            };
+            strategy.derive_status(self.inner, &mut new_obj, Some(&cur_obj));
+            // Values the server allocated that the client left out are kept (upstream's
+            // patchAllocatedValues), before validation checks their immutability.
+            strategy.patch_allocated_values(&mut new_obj, &cur_obj);
+            let errs = strategy.validate_update(&self.res, sub.as_deref(), &new_obj, &cur_obj);
             if !errs.is_empty() {
                 return Err(self.invalid(&name, errs));
             }
@@ -1188,20 +1112,14 @@ impl<'a> Call<'a> {
                 )
                 .await?,
             );
-            crate::handler::check_rbac_escalation(self.inner, &self.res, &self.user, &new_obj)?;
-            if self.res.group == "apiextensions.k8s.io"
-                && self.res.plural == "customresourcedefinitions"
-                && sub.is_none()
-            {
-                crate::crd::apply_defaults(&mut new_obj);
-                crate::crd::validate(&self.res, &new_obj, Some(&cur_obj))?;
-            }
-            if let Some(v) = self.inner.crds.version(&self.res) {
+            strategy.check_write(self.inner, &self.res, &self.user, &new_obj)?;
+            strategy.validate_object(&self.res, sub.as_deref(), &mut new_obj, Some(&cur_obj))?;
+            if let Some(v) = self.inner.schemas.crds.version(&self.res) {
                 let pruned = crate::crd::admit_custom_resource(&v, &self.res, &mut new_obj)?;
                 warnings.extend(self.unknown_field_policy(&pruned)?);
             }
             if patch_kind != "application/apply-patch+yaml" {
-                crate::handler::update_managed_fields(
+                crate::fields::update_managed_fields(
                     self.inner,
                     &self.res,
                     &mut new_obj,
@@ -1211,13 +1129,25 @@ impl<'a> Call<'a> {
                     sub.as_deref(),
                 );
             }
-            if is_service {
-                // New allocations (e.g. node ports of a Service that became NodePort) come
-                // after field tracking, as on create: nobody owns them.
-                self.inner
-                    .allocate_service(&mut new_obj, Some(&cur_obj), &self.res, &name)?;
-            }
+            // New allocations (e.g. node ports of a Service that became NodePort) come
+            // after field tracking, as on create: nobody owns them. What the write drops
+            // is released once it is done; what it allocated, if it is not done.
+            let held_before = strategy.held(self.inner, &cur_obj);
+            let allocated = strategy
+                .allocate(
+                    self.inner,
+                    &self.res,
+                    &name,
+                    &mut new_obj,
+                    Some(&cur_obj),
+                    self.dry_run(),
+                )
+                .await?;
+            let ns_ref = self.ns();
             if same_but_resource_version(&new_obj, &cur_obj) {
+                strategy
+                    .release(self.inner, ns_ref, &name, &allocated)
+                    .await;
                 // As upstream's GuaranteedUpdate: an update that leaves the object as it
                 // is stored is not written (no new resourceVersion, no watch event).
                 return Ok(with_warnings(self.answer_update(cur_obj)?, &warnings));
@@ -1230,18 +1160,21 @@ impl<'a> Call<'a> {
             // ShouldDeleteNamespaceDuringUpdate).
             let deleting =
                 object::meta(&new_obj).is_some_and(|m| m.contains_key("deletionTimestamp"));
-            let spec_finalizers_left = is_namespace
-                && new_obj
-                    .pointer("/spec/finalizers")
-                    .and_then(|f| f.as_array())
-                    .is_some_and(|f| !f.is_empty());
-            if deleting && object::finalizers(&new_obj).is_empty() && !spec_finalizers_left {
-                match self
+            if deleting
+                && object::finalizers(&new_obj).is_empty()
+                && !strategy.holds_deletion(&new_obj)
+            {
+                let result = self
                     .inner
                     .store
                     .delete(&key, Some(current.mod_revision))
-                    .await
-                {
+                    .await;
+                let release = match &result {
+                    Ok(_) => held_before.union(&strategy.held(self.inner, &new_obj)),
+                    _ => allocated,
+                };
+                strategy.release(self.inner, ns_ref, &name, &release).await;
+                match result {
                     Ok(kv) => {
                         set_resource_version(&mut new_obj, kv.mod_revision);
                         return Ok(with_warnings(self.answer_update(new_obj)?, &warnings));
@@ -1253,7 +1186,16 @@ impl<'a> Call<'a> {
             if let Some(m) = meta_mut(&mut new_obj) {
                 m.remove("resourceVersion");
             }
-            let staged = self.stage(&key, new_obj, sub.as_deref() == Some("scale"))?;
+            let held_after = strategy.held(self.inner, &new_obj);
+            let staged = match self.stage(&key, new_obj, sub.as_deref() == Some("scale")) {
+                Ok(s) => s,
+                Err(e) => {
+                    strategy
+                        .release(self.inner, ns_ref, &name, &allocated)
+                        .await;
+                    return Err(e);
+                }
+            };
             let result = self
                 .inner
                 .store
@@ -1261,6 +1203,13 @@ impl<'a> Call<'a> {
                 .await;
             if result.is_err() {
                 self.unstage(&key, &staged);
+                strategy
+                    .release(self.inner, ns_ref, &name, &allocated)
+                    .await;
+            } else {
+                strategy
+                    .release(self.inner, ns_ref, &name, &held_before.minus(&held_after))
+                    .await;
             }
             match result {
                 Ok(kv) => {
@@ -1330,7 +1279,7 @@ impl<'a> Call<'a> {
         }
         let oa = self.inner.openapi();
         let derived = rk3s_patch::DerivedApplySchema(&*oa);
-        let cache = crate::handler::apply_type_cache(&oa);
+        let cache = crate::fields::apply_type_cache(&oa);
         let schema = rk3s_patch::CachedApplySchema {
             schema: &derived,
             cache: &cache,
@@ -1413,6 +1362,7 @@ impl<'a> Call<'a> {
         };
         match self
             .inner
+            .schemas
             .crds
             .version(&self.res)
             .and_then(|v| v.scale.clone())
@@ -1481,6 +1431,19 @@ impl<'a> Call<'a> {
     pub async fn delete(&self) -> Result<Response, ApiError> {
         let name = self.name().to_string();
         let opts = self.delete_options()?;
+        if rk3s_admission::noderestriction::node_of(&self.user.name, &self.user.groups).is_some() {
+            let key = self.res.key(self.ns(), &name);
+            if let Some(old) = self.inner.cache.get(&key) {
+                crate::admission::node_restriction(
+                    &self.res,
+                    None,
+                    rk3s_admission::noderestriction::Operation::Delete,
+                    None,
+                    Some(&old.object),
+                    &self.user,
+                )?;
+            }
+        }
         let (code, obj) = self
             .inner
             .delete_object(&self.res, self.ns(), &name, &opts, options_dry_run(&opts))
@@ -1549,7 +1512,7 @@ impl<'a> Call<'a> {
 
 /// Whether DeleteOptions ask for a dry run (`dryRun: ["All"]`, in the body or from the
 /// query), as upstream honours both.
-fn options_dry_run(opts: &Value) -> bool {
+pub(crate) fn options_dry_run(opts: &Value) -> bool {
     opts.get("dryRun")
         .and_then(|d| d.as_array())
         .is_some_and(|d| d.iter().any(|x| x == "All"))
@@ -1607,352 +1570,6 @@ pub fn remove_path(obj: &mut Value, path: &str) {
     }
 }
 
-impl Call<'_> {
-    /// `pods/binding` (and the `bindings` resource): assigns a pod to a node, as the
-    /// scheduler does. 409 if the pod is already bound.
-    pub async fn bind(&self) -> Result<Response, ApiError> {
-        let binding = self.body_object()?;
-        let pod_name = match &self.info.name {
-            Some(n) => n.clone(),
-            None => object::name(&binding).unwrap_or("").to_string(),
-        };
-        let node = binding
-            .pointer("/target/name")
-            .and_then(|n| n.as_str())
-            .unwrap_or("")
-            .to_string();
-        let pods = self
-            .inner
-            .registry
-            .get("", "v1", "pods")
-            .ok_or_else(|| ApiError::internal("pods resource missing"))?;
-        if node.is_empty() {
-            return Err(ApiError::invalid(
-                &pods,
-                &pod_name,
-                vec![Cause {
-                    reason: "FieldValueRequired".into(),
-                    message: "Required value".into(),
-                    field: "target.name".into(),
-                }],
-            ));
-        }
-        let key = pods.key(self.info.namespace.as_deref(), &pod_name);
-        for _ in 0..16 {
-            let kv = self
-                .inner
-                .store
-                .get(&key)
-                .await
-                .map_err(|e| store_err(&pods, &pod_name, e))?;
-            let kv = kv.ok_or_else(|| ApiError::not_found(&pods, &pod_name))?;
-            let mut pod = kv_to_object(&kv)?;
-            if object::meta(&pod).is_some_and(|m| m.contains_key("deletionTimestamp")) {
-                return Err(ApiError::conflict_msg(
-                    &pods,
-                    &pod_name,
-                    format!("pod {pod_name} is being deleted, cannot be assigned to a host"),
-                ));
-            }
-            if let Some(cur) = pod
-                .pointer("/spec/nodeName")
-                .and_then(|n| n.as_str())
-                .filter(|n| !n.is_empty())
-            {
-                return Err(ApiError::conflict_msg(
-                    &pods,
-                    &pod_name,
-                    format!("pod {pod_name} is already assigned to node \"{cur}\""),
-                ));
-            }
-            if let Some(uid) = binding.pointer("/metadata/uid").and_then(|u| u.as_str()) {
-                if object::meta_str(&pod, "uid") != Some(uid) {
-                    return Err(ApiError::conflict_msg(
-                        &pods,
-                        &pod_name,
-                        "Precondition failed: UID in precondition does not match the pod",
-                    ));
-                }
-            }
-            if let Some(spec) = pod.get_mut("spec").and_then(|s| s.as_object_mut()) {
-                spec.insert("nodeName".into(), json!(node));
-            }
-            let now = object::now_rfc3339();
-            let status = pod
-                .as_object_mut()
-                .map(|o| o.entry("status").or_insert_with(|| json!({})));
-            if let Some(st) = status.and_then(|s| s.as_object_mut()) {
-                let conds = st.entry("conditions").or_insert_with(|| json!([]));
-                if let Some(arr) = conds.as_array_mut() {
-                    arr.retain(|c| c.get("type").and_then(|t| t.as_str()) != Some("PodScheduled"));
-                    arr.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
-                }
-            }
-            if let Some(m) = meta_mut(&mut pod) {
-                m.remove("resourceVersion");
-            }
-            if self.dry_run() {
-                return Ok(body::json(201, &crate::rest::success(None)));
-            }
-            let bytes = serde_json::to_vec(&pod).map_err(|e| ApiError::internal(e.to_string()))?;
-            match self.inner.store.update(&key, bytes, kv.mod_revision).await {
-                Ok(_) => return Ok(body::json(201, &crate::rest::success(None))),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_err(&pods, &pod_name, e)),
-            }
-        }
-        Err(ApiError::conflict(&pods, &pod_name))
-    }
-
-    /// `pods/eviction`: deletes the pod unless a PodDisruptionBudget forbids it
-    /// (429 with upstream's message), as upstream's eviction subresource.
-    pub async fn evict(&self) -> Result<Response, ApiError> {
-        let eviction = body::decode_eviction(body::content_type(&self.headers), &self.body)
-            .map_err(|e| e.to_create_error("Eviction", &self.body))?;
-        let ns = self.info.namespace.clone().unwrap_or_default();
-        let name = self.name().to_string();
-        if eviction
-            .pointer("/metadata/name")
-            .and_then(|n| n.as_str())
-            .unwrap_or("")
-            != name
-        {
-            return Err(ApiError::bad_request(
-                "name in URL does not match name in Eviction object",
-            ));
-        }
-        let pods = self
-            .inner
-            .registry
-            .get("", "v1", "pods")
-            .ok_or_else(|| ApiError::internal("pods resource missing"))?;
-        let kv = self
-            .inner
-            .store
-            .get(&pods.key(Some(&ns), &name))
-            .await
-            .map_err(|e| store_err(&pods, &name, e))?;
-        let pod = kv
-            .as_ref()
-            .map(kv_to_object)
-            .transpose()?
-            .ok_or_else(|| ApiError::not_found(&pods, &name))?;
-        let phase = pod
-            .pointer("/status/phase")
-            .and_then(|p| p.as_str())
-            .unwrap_or("");
-        let terminal = matches!(phase, "Succeeded" | "Failed");
-        if !terminal {
-            let _ = self.inner.cache.wait_fresh(FRESH_WAIT).await;
-            let (pdbs, _) = self
-                .inner
-                .cache
-                .list(&format!("/registry/policy/poddisruptionbudgets/{ns}/"));
-            for pdb in pdbs {
-                let Some(sel) = pdb.object.pointer("/spec/selector") else {
-                    continue;
-                };
-                let Ok(sel) = LabelSelector::from_json(sel) else {
-                    continue;
-                };
-                if sel.is_empty() || !sel.matches_json(object::labels(&pod)) {
-                    continue;
-                }
-                let allowed = pdb
-                    .object
-                    .pointer("/status/disruptionsAllowed")
-                    .and_then(|d| d.as_i64())
-                    .unwrap_or(0);
-                if allowed <= 0 {
-                    let pdb_name = object::name(&pdb.object).unwrap_or("");
-                    let mut e = ApiError::new(
-                        429,
-                        "TooManyRequests",
-                        "Cannot evict pod as it would violate the pod's disruption budget.",
-                    );
-                    e.causes = vec![Cause { reason: "DisruptionBudget".into(), message: format!("The disruption budget {pdb_name} needs {} healthy pods and has {} currently", pdb.object.pointer("/status/desiredHealthy").and_then(|d| d.as_i64()).unwrap_or(0), pdb.object.pointer("/status/currentHealthy").and_then(|d| d.as_i64()).unwrap_or(0)), field: String::new() }];
-                    e.retry_after_seconds = Some(10);
-                    return Err(e);
-                }
-            }
-        }
-        let mut opts = eviction
-            .get("deleteOptions")
-            .cloned()
-            .filter(|o| o.is_object())
-            .unwrap_or_else(|| json!({}));
-        if self.dry_run() {
-            opts["dryRun"] = json!(["All"]);
-        }
-        self.inner
-            .delete_object(&pods, Some(&ns), &name, &opts, options_dry_run(&opts))
-            .await?;
-        Ok(body::json(201, &crate::rest::success(None)))
-    }
-}
-
-impl Call<'_> {
-    /// `serviceaccounts/token` (TokenRequest): a bound service-account token, optionally
-    /// bound to a Pod or Secret, as `kubectl create token`.
-    pub async fn token_request(&self) -> Result<Response, ApiError> {
-        let mut req = body::decode_token_request(body::content_type(&self.headers), &self.body)
-            .map_err(|e| e.to_create_error("TokenRequest", &self.body))?;
-        let ns = self.info.namespace.clone().unwrap_or_default();
-        let name = self.name().to_string();
-        let sas = self
-            .inner
-            .registry
-            .get("", "v1", "serviceaccounts")
-            .ok_or_else(|| ApiError::internal("serviceaccounts resource missing"))?;
-        let kv = self
-            .inner
-            .store
-            .get(&sas.key(Some(&ns), &name))
-            .await
-            .map_err(|e| store_err(&sas, &name, e))?;
-        let sa = kv
-            .as_ref()
-            .map(kv_to_object)
-            .transpose()?
-            .ok_or_else(|| ApiError::not_found(&sas, &name))?;
-        let issuer = self
-            .inner
-            .token_auth
-            .issuer
-            .as_ref()
-            .ok_or_else(|| ApiError::internal("no service-account signing key"))?;
-        let spec = req
-            .get("spec")
-            .cloned()
-            .filter(|s| s.is_object())
-            .unwrap_or_else(|| json!({}));
-        let mut audiences: Vec<String> = spec
-            .get("audiences")
-            .and_then(|a| a.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if audiences.is_empty() {
-            audiences = self.inner.token_auth.audiences.clone();
-        }
-        let exp = spec
-            .get("expirationSeconds")
-            .and_then(|e| e.as_i64())
-            .unwrap_or(3600);
-        if exp < 600 {
-            let tr = self
-                .inner
-                .registry
-                .get("", "v1", "serviceaccounts")
-                .ok_or_else(|| ApiError::internal("missing"))?;
-            return Err(ApiError::invalid(
-                &tr,
-                &name,
-                vec![Cause {
-                    reason: "FieldValueInvalid".into(),
-                    message: format!(
-                        "Invalid value: {exp}: may not specify a duration less than 10 minutes"
-                    ),
-                    field: "spec.expirationSeconds".into(),
-                }],
-            ));
-        }
-        let now = jiff::Timestamp::now().as_second();
-        let uid = object::meta_str(&sa, "uid").unwrap_or("").to_string();
-        let mut claims = rk3s_auth::SaClaims::bound(&ns, &name, &uid, audiences.clone(), now, exp);
-        if let Some(bref) = spec.get("boundObjectRef") {
-            let kind = bref.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-            let bname = bref
-                .get("name")
-                .and_then(|k| k.as_str())
-                .unwrap_or("")
-                .to_string();
-            let (prefix, slot) = match kind {
-                "Pod" => ("pods", 0),
-                "Secret" => ("secrets", 1),
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "cannot bind token to object of kind {other}"
-                    )))
-                }
-            };
-            let obj = self
-                .inner
-                .cache
-                .get(&format!("/registry/core/{prefix}/{ns}/{bname}"))
-                .ok_or_else(|| ApiError::not_found_named(prefix, "", &bname))?;
-            let ouid = object::meta_str(&obj.object, "uid")
-                .unwrap_or("")
-                .to_string();
-            if let Some(want) = bref
-                .get("uid")
-                .and_then(|u| u.as_str())
-                .filter(|u| !u.is_empty())
-            {
-                if want != ouid {
-                    return Err(ApiError::conflict_msg(&sas, &name, format!("the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated")));
-                }
-            }
-            let r = rk3s_auth::ObjectRef {
-                name: bname,
-                uid: ouid,
-            };
-            if slot == 0 {
-                if let Some(node) = obj
-                    .object
-                    .pointer("/spec/nodeName")
-                    .and_then(|n| n.as_str())
-                    .filter(|n| !n.is_empty())
-                {
-                    let nuid = self
-                        .inner
-                        .cache
-                        .get(&format!("/registry/core/nodes/{node}"))
-                        .and_then(|n| object::meta_str(&n.object, "uid").map(String::from))
-                        .unwrap_or_default();
-                    claims.bound.node = Some(rk3s_auth::ObjectRef {
-                        name: node.to_string(),
-                        uid: nuid,
-                    });
-                }
-                claims.bound.pod = Some(r);
-            } else {
-                claims.bound.secret = Some(r);
-            }
-        }
-        let token = issuer
-            .issue(&claims)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let expires = jiff::Timestamp::from_second(now + exp)
-            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-            .unwrap_or_default();
-        if let Some(o) = req.as_object_mut() {
-            o.insert("kind".into(), json!("TokenRequest"));
-            o.insert("apiVersion".into(), json!("authentication.k8s.io/v1"));
-            o.insert(
-                "metadata".into(),
-                json!({"name": name, "namespace": ns, "creationTimestamp": null}),
-            );
-            let mut spec = spec.clone();
-            spec["audiences"] = json!(audiences);
-            spec["expirationSeconds"] = json!(exp);
-            // TokenRequestSpec's fields have no omitempty: an absent ref is `null`.
-            if let Some(m) = spec.as_object_mut() {
-                m.entry("boundObjectRef").or_insert(Value::Null);
-            }
-            o.insert("spec".into(), spec);
-            o.insert(
-                "status".into(),
-                json!({"token": token, "expirationTimestamp": expires}),
-            );
-        }
-        Ok(body::json(201, &req))
-    }
-}
-
 /// A success `Status`.
 pub fn success(details: Option<Value>) -> Value {
     rk3s_api::status::success_status(details)
@@ -1969,77 +1586,12 @@ pub fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
     r
 }
 
-/// The string form of a `LabelSelector` object, as upstream's `metav1.FormatLabelSelector`.
+/// The string form of a `LabelSelector` object, as upstream's `LabelSelectorAsSelector`
+/// then `String()` (with [`rk3s_core::LabelSelector`]; "" when it does not parse).
 pub fn selector_string(sel: &Value) -> String {
-    let mut parts = Vec::new();
-    if let Some(ml) = sel.get("matchLabels").and_then(|m| m.as_object()) {
-        let mut kv: Vec<_> = ml.iter().collect();
-        kv.sort_by(|a, b| a.0.cmp(b.0));
-        for (k, v) in kv {
-            parts.push(format!("{k}={}", v.as_str().unwrap_or("")));
-        }
-    }
-    if let Some(exprs) = sel.get("matchExpressions").and_then(|m| m.as_array()) {
-        for e in exprs {
-            let key = e.get("key").and_then(|k| k.as_str()).unwrap_or("");
-            let op = e.get("operator").and_then(|k| k.as_str()).unwrap_or("");
-            let mut vals: Vec<String> = e
-                .get("values")
-                .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            vals.sort();
-            match op {
-                "In" => parts.push(format!("{key} in ({})", vals.join(","))),
-                "NotIn" => parts.push(format!("{key} notin ({})", vals.join(","))),
-                "Exists" => parts.push(key.to_string()),
-                "DoesNotExist" => parts.push(format!("!{key}")),
-                _ => {}
-            }
-        }
-    }
-    parts.join(",")
-}
-
-/// IPv4 addresses and node ports of Services, as seen in the cache.
-pub fn services_in_use(objs: &[crate::cache::CachedObject]) -> (HashSet<Ipv4Addr>, HashSet<u16>) {
-    let mut ips = HashSet::new();
-    let mut ports = HashSet::new();
-    for o in objs {
-        if let Some(ip) = o
-            .object
-            .pointer("/spec/clusterIP")
-            .and_then(|v| v.as_str())
-            .and_then(|s| s.parse().ok())
-        {
-            ips.insert(ip);
-        }
-        if let Some(list) = o
-            .object
-            .pointer("/spec/clusterIPs")
-            .and_then(|v| v.as_array())
-        {
-            for ip in list
-                .iter()
-                .filter_map(|v| v.as_str())
-                .filter_map(|s| s.parse().ok())
-            {
-                ips.insert(ip);
-            }
-        }
-        if let Some(ps) = o.object.pointer("/spec/ports").and_then(|v| v.as_array()) {
-            for p in ps {
-                if let Some(np) = p.get("nodePort").and_then(|v| v.as_u64()) {
-                    ports.insert(np as u16);
-                }
-            }
-        }
-    }
-    (ips, ports)
+    rk3s_core::LabelSelector::from_json(sel)
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }
 
 /// Upstream's version check of server-side apply: the applied configuration must name
@@ -2058,6 +1610,182 @@ fn check_applied_type(applied: &Value, api_version: &str, kind: &str) -> Result<
     Err(ApiError::bad_request(format!(
         "invalid object type: {group}/{version}, Kind={k}"
     )))
+}
+
+impl Inner {
+    /// 404 if the namespace does not exist, 403 if it is terminating.
+    pub async fn check_namespace_open(
+        &self,
+        ns: &str,
+        res: &ResourceInfo,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let kv = self
+            .store
+            .get(&format!("/registry/core/namespaces/{ns}"))
+            .await
+            .map_err(|e| store_err(res, name, e))?;
+        let Some(kv) = kv else {
+            return Err(ApiError::not_found_named("namespaces", "", ns));
+        };
+        let phase = serde_json::from_slice::<Value>(&kv.value)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/status/phase")
+                    .and_then(|p| p.as_str())
+                    .map(String::from)
+            });
+        if phase.as_deref() == Some("Terminating") {
+            let mut e = ApiError::forbidden(format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                res.qualified_plural(),
+                name
+            ));
+            e.name = Some(name.to_string());
+            e.kind = Some(res.plural.clone());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Deletes one object with upstream's semantics: finalizers and graceful deletion
+    /// set `deletionTimestamp` instead; preconditions are checked. Returns the HTTP code
+    /// and the object (as deleted, or as now marked for deletion).
+    pub async fn delete_object(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &Value,
+        dry_run: bool,
+    ) -> Result<(u16, Value), ApiError> {
+        let key = res.key(ns, name);
+        let strategy = crate::strategy::for_resource(res);
+        for _ in 0..16 {
+            let kv = self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| store_err(res, name, e))?;
+            let kv = kv.ok_or_else(|| ApiError::not_found(res, name))?;
+            let mut obj = crate::cache::decode(&kv.value, kv.mod_revision)
+                .ok_or_else(|| ApiError::internal("undecodable object"))?;
+            if let Some(uid) = opts.pointer("/preconditions/uid").and_then(|u| u.as_str()) {
+                if object::meta_str(&obj, "uid") != Some(uid) {
+                    return Err(ApiError::conflict_msg(
+                        res,
+                        name,
+                        format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        object::meta_str(&obj, "uid").unwrap_or("")
+                    ),
+                    ));
+                }
+            }
+            if let Some(rv) = opts
+                .pointer("/preconditions/resourceVersion")
+                .and_then(|u| u.as_str())
+            {
+                if rv != kv.mod_revision.to_string() {
+                    return Err(ApiError::conflict_msg(res, name, format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        kv.mod_revision
+                    )));
+                }
+            }
+            let already = object::meta(&obj).is_some_and(|m| m.contains_key("deletionTimestamp"));
+            let mode = strategy.delete_mode(&obj, opts);
+            let graceful = matches!(mode, DeleteMode::Graceful { .. });
+            // Foreground and orphan deletion are carried out by the garbage collector
+            // through these finalizers, as upstream.
+            let policy = opts
+                .get("propagationPolicy")
+                .and_then(|p| p.as_str())
+                .map(String::from)
+                .or_else(|| {
+                    (opts.get("orphanDependents").and_then(|o| o.as_bool()) == Some(true))
+                        .then(|| "Orphan".to_string())
+                });
+            let gc_finalizer = match policy.as_deref() {
+                Some("Foreground") => Some("foregroundDeletion"),
+                Some("Orphan") => Some("orphan"),
+                _ => None,
+            };
+            if let Some(f) = gc_finalizer {
+                if !already && !object::finalizers(&obj).iter().any(|x| x == f) {
+                    if let Some(m) = meta_mut(&mut obj) {
+                        let list = m.entry("finalizers").or_insert_with(|| json!([]));
+                        if let Some(a) = list.as_array_mut() {
+                            a.push(json!(f));
+                        }
+                    }
+                }
+            }
+            let has_finalizers = !object::finalizers(&obj).is_empty();
+            if has_finalizers || mode != DeleteMode::Immediate {
+                if already {
+                    return Ok((if graceful { 202 } else { 200 }, obj));
+                }
+                let grace = match mode {
+                    DeleteMode::Graceful { seconds } => seconds,
+                    _ => 0,
+                };
+                let ts = jiff::Timestamp::now()
+                    .checked_add(jiff::SignedDuration::from_secs(grace))
+                    .unwrap_or_else(|_| jiff::Timestamp::now())
+                    .strftime("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string();
+                if let Some(m) = meta_mut(&mut obj) {
+                    m.insert("deletionTimestamp".into(), json!(ts));
+                    m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                    m.remove("resourceVersion");
+                }
+                strategy.mark_deleting(&mut obj);
+                if dry_run {
+                    return Ok((200, obj));
+                }
+                let bytes =
+                    serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+                match self.store.update(&key, bytes, kv.mod_revision).await {
+                    Ok(nkv) => {
+                        set_resource_version(&mut obj, nkv.mod_revision);
+                        return Ok((if graceful { 202 } else { 200 }, obj));
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(store_err(res, name, e)),
+                }
+            }
+            if dry_run {
+                return Ok((200, obj));
+            }
+            match self.store.delete(&key, Some(kv.mod_revision)).await {
+                Ok(dkv) => {
+                    strategy
+                        .release(self, ns, name, &strategy.held(self, &obj))
+                        .await;
+                    set_resource_version(&mut obj, dkv.mod_revision);
+                    if let Some(ns) = ns {
+                        if !self
+                            .cache
+                            .list(&format!("/registry/core/resourcequotas/{ns}/"))
+                            .0
+                            .is_empty()
+                        {
+                            self.cache
+                                .wait_for(dkv.mod_revision, Duration::from_secs(2))
+                                .await;
+                            crate::admission::refresh_quotas(self, ns).await;
+                        }
+                    }
+                    return Ok((200, obj));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::NotFound(_)) => return Err(ApiError::not_found(res, name)),
+                Err(e) => return Err(store_err(res, name, e)),
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
 }
 
 #[cfg(test)]

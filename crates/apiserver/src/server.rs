@@ -146,11 +146,64 @@ pub fn client_cert_identity(
     }
 }
 
+/// Requests served on the API port beside the Kubernetes API, before its authentication:
+/// rk3s's supervisor (`/cacerts`, `/ping`, `/v1-rk3s/...`, the join protocol of agents).
+pub trait SideRoutes: Send + Sync + 'static {
+    /// Whether `path` is served here rather than by the Kubernetes API.
+    fn claims(&self, path: &str) -> bool;
+    /// Answers a claimed request (its body read whole, at most 1 MiB).
+    /// `client_cert_user` is the verified client-certificate identity, if any.
+    fn serve(
+        &self,
+        req: http::Request<bytes::Bytes>,
+        client_cert_user: Option<UserInfo>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = http::Response<bytes::Bytes>> + Send + 'static>,
+    >;
+}
+
+/// The largest body a side route reads.
+const SIDE_ROUTE_BODY_LIMIT: usize = 1 << 20;
+
+async fn serve_side_route(
+    side: &dyn SideRoutes,
+    req: hyper::Request<Incoming>,
+    user: Option<UserInfo>,
+) -> crate::body::Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, SIDE_ROUTE_BODY_LIMIT);
+    let body = match limited.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return crate::body::bytes_response(
+                400,
+                "text/plain",
+                &b"request body too large or unreadable\n"[..],
+            );
+        }
+    };
+    side.serve(http::Request::from_parts(parts, body), user)
+        .await
+        .map(crate::body::ResponseBody::full)
+}
+
 /// Accepts connections on `listener` forever, serving `api`.
 pub async fn serve(
     api: ApiServer,
     listener: TcpListener,
     tls: rustls::ServerConfig,
+) -> Result<(), ApiServerError> {
+    serve_with(api, listener, tls, None).await
+}
+
+/// Accepts connections on `listener` forever, serving `api` and, for the paths they
+/// claim, `side` routes.
+pub async fn serve_with(
+    api: ApiServer,
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    side: Option<Arc<dyn SideRoutes>>,
 ) -> Result<(), ApiServerError> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     loop {
@@ -165,6 +218,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let api = api.clone();
+        let side = side.clone();
         tokio::spawn(async move {
             let stream = match acceptor.accept(tcp).await {
                 Ok(s) => s,
@@ -173,7 +227,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let identity = match &api.inner().client_cert_verifier {
+            let identity = match &api.inner().auth.client_cert_verifier {
                 Some(v) => client_cert_identity(v.as_ref(), stream.get_ref().1.peer_certificates()),
                 None if stream
                     .get_ref()
@@ -196,7 +250,18 @@ pub async fn serve(
             let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let api = api.clone();
                 let user = user.clone();
+                let side = side.clone();
                 async move {
+                    if let Some(side) = side.as_deref().filter(|s| s.claims(req.uri().path())) {
+                        if invalid_cert {
+                            return Ok(crate::body::bytes_response(
+                                401,
+                                "text/plain",
+                                &b"Unauthorized\n"[..],
+                            ));
+                        }
+                        return Ok(serve_side_route(side, req, user).await);
+                    }
                     if invalid_cert {
                         return Ok::<_, Infallible>(crate::body::error(
                             &rk3s_api::ApiError::unauthorized(),

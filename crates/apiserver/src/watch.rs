@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::body::{Response, ResponseBody};
 use crate::cache::{CacheEvent, CacheEventKind};
-use crate::handler::{partial_metadata, Output};
+use crate::output::{partial_metadata, Output};
 use crate::rest::{Call, Filter};
 
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
@@ -150,7 +150,7 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
         res: call.res.clone(),
         output: call.output.clone(),
         first: true,
-        crd: call.inner.crds.version(&call.res),
+        crd: call.inner.schemas.crds.version(&call.res),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
 

@@ -1,6 +1,8 @@
 //! The default RBAC policy that upstream's API server reconciles at start: the
 //! ClusterRoles, ClusterRoleBindings, Roles and RoleBindings labelled
-//! `kubernetes.io/bootstrapping: rbac-defaults`.
+//! `kubernetes.io/bootstrapping: rbac-defaults`, plus rk3s's own
+//! `system:rk3s-controller` (the node's network services; k3s ships
+//! `system:k3s-controller` for the same purpose).
 //!
 //! The facts (names, rules, subjects) are kept in a compact table of our own; see
 //! [`POLICY`] for its syntax.
@@ -156,6 +158,12 @@ r list,watch ~ endpoints,services
 r R ~ nodes
 ev
 r list,watch discovery.k8s.io endpointslices
+cr system:rk3s-controller
+r R ~ nodes,pods,namespaces,services,endpoints,configmaps
+r patch ~ nodes
+r R discovery.k8s.io endpointslices
+r R networking.k8s.io networkpolicies
+ev
 cr system:kube-scheduler
 ev
 r create coordination.k8s.io leases
@@ -376,6 +384,7 @@ crb system:discovery system:discovery G:system:authenticated
 crb system:basic-user system:basic-user G:system:authenticated
 crb system:public-info-viewer system:public-info-viewer G:system:authenticated G:system:unauthenticated
 crb system:node-proxier system:node-proxier U:system:kube-proxy
+crb system:rk3s-controller system:rk3s-controller U:system:rk3s-controller
 crb system:kube-controller-manager system:kube-controller-manager U:system:kube-controller-manager
 crb system:kube-dns system:kube-dns SA:kube-system/kube-dns
 crb system:kube-scheduler system:kube-scheduler U:system:kube-scheduler

@@ -453,23 +453,12 @@ fn authorize_node(node: &str, a: &Attributes) -> Decision {
     }
 }
 
-/// True when the field selector has the requirement `field=value` (or `==`).
+/// True when the field selector has the requirement `field=value` (or `==`), parsed by
+/// [`rk3s_core::FieldSelector`] (upstream's `RequiresExactMatch`).
 fn field_selector_equals(selector: Option<&str>, field: &str, value: &str) -> bool {
-    selector.is_some_and(|s| {
-        s.split(',').any(|req| {
-            if req.contains("!=") {
-                return false;
-            }
-            let (k, v) = match req.split_once("==") {
-                Some(kv) => kv,
-                None => match req.split_once('=') {
-                    Some(kv) => kv,
-                    None => return false,
-                },
-            };
-            k.trim() == field && v.trim() == value
-        })
-    })
+    selector
+        .and_then(|s| rk3s_core::FieldSelector::parse(s).ok())
+        .is_some_and(|s| s.required_value(field) == Some(value))
 }
 
 #[cfg(test)]

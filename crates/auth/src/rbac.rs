@@ -605,30 +605,14 @@ struct ClusterRoleInfo {
     rules: Vec<PolicyRule>,
 }
 
+/// Whether a `clusterRoleSelectors` entry selects a role's labels (an invalid selector
+/// selects nothing, as upstream's aggregation controller skips it).
 fn label_selector_matches(sel: &Value, labels: &HashMap<String, String>) -> bool {
-    if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
-        for (k, v) in ml {
-            if labels.get(k).map(String::as_str) != v.as_str() {
-                return false;
-            }
-        }
-    }
-    for e in arr(sel, "matchExpressions") {
-        let key = str_at(e, &["key"]);
-        let values = str_list(e, "values");
-        let val = labels.get(key);
-        let ok = match str_at(e, &["operator"]) {
-            "In" => val.is_some_and(|v| has(&values, v)),
-            "NotIn" => !val.is_some_and(|v| has(&values, v)),
-            "Exists" => val.is_some(),
-            "DoesNotExist" => val.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+    let parsed = match sel {
+        Value::Null => Ok(rk3s_core::LabelSelector::everything()),
+        s => rk3s_core::LabelSelector::from_json(s),
+    };
+    parsed.is_ok_and(|s| s.matches_with(|k| labels.get(k).map(String::as_str)))
 }
 
 fn aggregate_internal(cluster_roles: &[Value]) -> Vec<ClusterRoleInfo> {

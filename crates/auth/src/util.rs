@@ -2,32 +2,7 @@
 
 use serde_json::Value;
 
-/// Quotes like Go's `%q` / `strconv.Quote` for the characters that occur in names.
-pub(crate) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Go's `%q` of a `[]string`: `["a" "b"]`.
-pub(crate) fn go_quote_list(items: &[String]) -> String {
-    let parts: Vec<String> = items.iter().map(|s| go_quote(s)).collect();
-    format!("[{}]", parts.join(" "))
-}
+pub(crate) use rk3s_core::{go_quote, go_quote_list};
 
 /// The string at a JSON pointer-like path of object keys, or "".
 pub(crate) fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {

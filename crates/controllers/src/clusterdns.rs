@@ -25,7 +25,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -37,8 +36,8 @@ use serde_json::{json, Value};
 use crate::endpointslice::{MANAGED_BY_LABEL, SERVICE_NAME_LABEL, ZONE_LABEL};
 use crate::informers::{Change, SharedInformers};
 use crate::workload_util::{ignore_not_found, is_conflict, is_not_found};
-use crate::workqueue::WorkQueue;
 use crate::ControllerError;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
 /// Namespace of the DNS Service and its slice.
 pub const NAMESPACE: &str = "kube-system";
@@ -569,7 +568,7 @@ pub async fn run(
             failures = failures.saturating_add(1);
             tracing::debug!(error = %e, "cluster DNS cleanup failed; retrying");
             tokio::time::sleep(
-                crate::workqueue::backoff(failures)
+                rk3s_runtime::queue::backoff(failures)
                     .max(Duration::from_millis(500))
                     .min(Duration::from_secs(60)),
             )
@@ -605,24 +604,17 @@ pub async fn run(
     });
     let queue: WorkQueue<()> = WorkQueue::new();
     queue.add(());
-    let (q1, q2, q3) = (queue.clone(), queue.clone(), queue.clone());
-    let is = |meta: &ObjectMeta, name: &str| {
+    fn is(meta: &ObjectMeta, name: &str) -> bool {
         meta.namespace.as_deref() == Some(NAMESPACE) && meta.name.as_deref() == Some(name)
-    };
-    tokio::join!(
-        svc_changes.for_each(|s| {
-            if is(&s.metadata, SERVICE_NAME) {
-                q1.add(());
-            }
-            async {}
+    }
+    let triggers = vec![
+        Trigger::map(svc_changes, |s: Arc<Service>| {
+            is(&s.metadata, SERVICE_NAME).then_some(())
         }),
-        slice_changes.for_each(|s| {
-            if is(&s.metadata, SLICE_NAME) {
-                q2.add(());
-            }
-            async {}
+        Trigger::map(slice_changes, |s: Arc<EndpointSlice>| {
+            is(&s.metadata, SLICE_NAME).then_some(())
         }),
-        node_changes.for_each(|c| {
+        Trigger::map(node_changes, move |c: Change<Node>| {
             let changed = match c {
                 Change::Applied(n) => {
                     let fp = node_fingerprint(&n);
@@ -646,16 +638,14 @@ pub async fn run(
                     true
                 }
             };
-            if changed {
-                q3.add(());
-            }
-            async {}
+            changed.then_some(())
         }),
-        queue.run(1, "clusterdns", move |_: ()| {
-            let ctx = ctx.clone();
-            async move { sync(&ctx).await }
-        }),
-    );
+    ];
+    run_controller("clusterdns", 1, queue, triggers, move |_: ()| {
+        let ctx = ctx.clone();
+        async move { sync(&ctx).await.map(Action::requeue_after) }
+    })
+    .await;
     Ok(())
 }
 

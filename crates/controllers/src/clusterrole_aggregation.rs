@@ -4,18 +4,16 @@
 //! select, kept up to date as those change (so `admin`, `edit` and `view` show the
 //! aggregated rules, as upstream).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 
-use crate::endpoints::wait_next;
 use crate::workload_util::ignore_not_found;
 use crate::ControllerError;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
 /// The aggregated roles whose rules must change: `(name, new rules)`, given all
 /// ClusterRoles as JSON.
@@ -71,21 +69,24 @@ pub async fn run(
     client: kube::Client,
     informers: crate::informers::SharedInformers,
 ) -> Result<(), ControllerError> {
-    let notify = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
     // The shared ClusterRole informer; every change wakes the loop.
-    let roles = informers.cache::<ClusterRole>(&notify, &mut tasks).await;
+    let changes = Trigger::changes(&informers, |_: &ClusterRole| Some(()));
+    let roles = informers.store::<ClusterRole>().await;
     let api: Api<ClusterRole> = Api::all(client.clone());
-    loop {
-        let r = sync(&api, &roles).await;
-        wait_next(
-            "clusterrole-aggregation",
-            &notify,
-            Duration::from_secs(60),
-            r,
-        )
-        .await;
-    }
+    // One key: a pass over every aggregated role, on a change or every minute.
+    let triggers = vec![changes, Trigger::every(Duration::from_secs(60), ())];
+    run_controller(
+        "clusterrole-aggregation",
+        1,
+        WorkQueue::new(),
+        triggers,
+        move |()| {
+            let (api, roles) = (api.clone(), roles.clone());
+            async move { sync(&api, &roles).await.map(Action::requeue_after) }
+        },
+    )
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,22 +5,23 @@
 //! the successful/failed history limits, and keeps `status.active`,
 //! `lastScheduleTime` and `lastSuccessfulTime`.
 //!
-//! Schedules are parsed by [`Schedule::parse`]; the decisions are in the pure [`plan`],
+//! Schedules are parsed by [`parse_schedule`] (the one parser of `rk3s_core::cron`, shared
+//! with validation); the decisions are in the pure [`plan`],
 //! which takes `now` so tests step a fake clock.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use jiff::tz::TimeZone;
-use jiff::{Timestamp, Zoned};
+use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+
+use rk3s_runtime::{for_objects, run_controller, Action, Trigger, WorkQueue};
 
 use crate::informers::{OwnedCache, SharedInformers};
 use crate::workload_util::{self as wu, Events, PlannedEvent};
@@ -30,209 +31,19 @@ use crate::ControllerError;
 /// CronJob's time zone).
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 
-/// Why a schedule is invalid.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ScheduleError {
-    /// Not 5 fields (or an unknown `@` descriptor).
-    #[error("expected exactly 5 fields, found {0}: {1:?}")]
-    FieldCount(usize, String),
-    /// A field is malformed or out of range.
-    #[error("{0}")]
-    Field(String),
-    /// `CRON_TZ=`/`TZ=` is not allowed; `spec.timeZone` is the way to choose a zone.
-    #[error(
-        "CRON_TZ or TZ used in schedule {0:?} is not supported, use spec.timeZone field instead"
-    )]
-    TimeZonePrefix(String),
-}
+pub use rk3s_core::cron::{Schedule, ScheduleError};
 
-/// A parsed 5-field cron schedule (minute hour day-of-month month day-of-week), with
-/// ranges, steps, lists, month and weekday names and the `@hourly`-style descriptors.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Schedule {
-    minute: u64,
-    hour: u64,
-    dom: u64,
-    month: u64,
-    dow: u64,
-    dom_star: bool,
-    dow_star: bool,
-}
-
-const MONTHS: [&str; 12] = [
-    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-];
-const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-
-fn parse_value(s: &str, min: u32, names: &[&str], name_base: u32) -> Result<u32, ScheduleError> {
-    let lower = s.to_ascii_lowercase();
-    if let Some(i) = names.iter().position(|n| *n == lower) {
-        return Ok(u32::try_from(i).unwrap_or(0) + name_base);
+/// Parses `spec.schedule` with the one cron parser ([`rk3s_core::cron`]), the same that
+/// validation uses. A `CRON_TZ=`/`TZ=` prefix is refused: `spec.timeZone` is the way to
+/// choose a zone (validation refuses it too).
+pub fn parse_schedule(spec: &str) -> Result<Schedule, String> {
+    let sched = Schedule::parse(spec).map_err(|e| e.to_string())?;
+    if sched.time_zone().is_some() {
+        return Err(format!(
+            "CRON_TZ or TZ used in schedule {spec:?} is not supported, use spec.timeZone field instead"
+        ));
     }
-    let v: u32 = s
-        .parse()
-        .map_err(|_| ScheduleError::Field(format!("failed to parse int from {s}")))?;
-    let _ = min;
-    Ok(v)
-}
-
-/// Parses one field into a bit set; returns (bits, star).
-fn parse_field(
-    field: &str,
-    min: u32,
-    max: u32,
-    names: &[&str],
-    name_base: u32,
-) -> Result<(u64, bool), ScheduleError> {
-    let mut bits = 0u64;
-    let mut star = false;
-    for part in field.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, s)) => {
-                let step: u32 = s
-                    .parse()
-                    .map_err(|_| ScheduleError::Field(format!("failed to parse int from {s}")))?;
-                if step == 0 {
-                    return Err(ScheduleError::Field(format!(
-                        "step of range should be a positive number: {part}"
-                    )));
-                }
-                (r, Some(step))
-            }
-            None => (part, None),
-        };
-        let (start, end, is_star) = if range == "*" || range == "?" {
-            (min, max, true)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (
-                parse_value(a, min, names, name_base)?,
-                parse_value(b, min, names, name_base)?,
-                false,
-            )
-        } else {
-            let v = parse_value(range, min, names, name_base)?;
-            (v, if step.is_some() { max } else { v }, false)
-        };
-        if start < min {
-            return Err(ScheduleError::Field(format!(
-                "beginning of range ({start}) below minimum ({min}): {part}"
-            )));
-        }
-        if end > max {
-            return Err(ScheduleError::Field(format!(
-                "end of range ({end}) above maximum ({max}): {part}"
-            )));
-        }
-        if start > end {
-            return Err(ScheduleError::Field(format!(
-                "beginning of range ({start}) beyond end of range ({end}): {part}"
-            )));
-        }
-        let step = step.unwrap_or(1);
-        star |= is_star && step == 1;
-        let mut v = start;
-        while v <= end {
-            bits |= 1 << v;
-            v += step;
-        }
-    }
-    Ok((bits, star))
-}
-
-impl Schedule {
-    /// Parses a schedule as upstream's cron parser (robfig/cron standard syntax).
-    pub fn parse(spec: &str) -> Result<Schedule, ScheduleError> {
-        let s = spec.trim();
-        if s.starts_with("CRON_TZ=") || s.starts_with("TZ=") {
-            return Err(ScheduleError::TimeZonePrefix(spec.to_string()));
-        }
-        let expanded = match s {
-            "@yearly" | "@annually" => "0 0 1 1 *",
-            "@monthly" => "0 0 1 * *",
-            "@weekly" => "0 0 * * 0",
-            "@daily" | "@midnight" => "0 0 * * *",
-            "@hourly" => "0 * * * *",
-            other => other,
-        };
-        let fields: Vec<&str> = expanded.split_whitespace().collect();
-        if fields.len() != 5 {
-            return Err(ScheduleError::FieldCount(fields.len(), spec.to_string()));
-        }
-        let (minute, _) = parse_field(fields[0], 0, 59, &[], 0)?;
-        let (hour, _) = parse_field(fields[1], 0, 23, &[], 0)?;
-        let (dom, dom_star) = parse_field(fields[2], 1, 31, &[], 0)?;
-        let (month, _) = parse_field(fields[3], 1, 12, &MONTHS, 1)?;
-        let (dow, dow_star) = parse_field(fields[4], 0, 6, &DAYS, 0)?;
-        Ok(Schedule {
-            minute,
-            hour,
-            dom,
-            month,
-            dow,
-            dom_star,
-            dow_star,
-        })
-    }
-
-    fn day_matches(&self, z: &Zoned) -> bool {
-        let dom = self.dom & (1 << z.day()) != 0;
-        let dow = self.dow & (1 << z.weekday().to_sunday_zero_offset()) != 0;
-        if self.dom_star || self.dow_star {
-            dom && dow
-        } else {
-            dom || dow
-        }
-    }
-
-    /// The first schedule time strictly after `after`, in `tz`; None when there is none
-    /// within five years (e.g. February 30th). Like upstream, a wall-clock time skipped
-    /// by a DST change does not run, and one repeated runs twice.
-    pub fn next(&self, after: Timestamp, tz: &TimeZone) -> Option<Timestamp> {
-        let start = (after.as_second().div_euclid(60) + 1) * 60;
-        let mut z = Timestamp::from_second(start).ok()?.to_zoned(tz.clone());
-        let limit = z.year() + 5;
-        'wrap: loop {
-            if z.year() > limit {
-                return None;
-            }
-            while self.month & (1 << z.month()) == 0 {
-                let d = z
-                    .date()
-                    .first_of_month()
-                    .checked_add(jiff::Span::new().months(1))
-                    .ok()?;
-                z = d.to_zoned(tz.clone()).ok()?;
-                if z.month() == 1 {
-                    continue 'wrap;
-                }
-            }
-            while !self.day_matches(&z) {
-                z = z.date().tomorrow().ok()?.to_zoned(tz.clone()).ok()?;
-                if z.day() == 1 {
-                    continue 'wrap;
-                }
-            }
-            while self.hour & (1 << z.hour()) == 0 {
-                let hour_start =
-                    z.timestamp().as_second() - i64::from(z.minute()) * 60 - i64::from(z.second());
-                z = Timestamp::from_second(hour_start + 3600)
-                    .ok()?
-                    .to_zoned(tz.clone());
-                if z.hour() == 0 {
-                    continue 'wrap;
-                }
-            }
-            while self.minute & (1 << z.minute()) == 0 {
-                z = Timestamp::from_second(z.timestamp().as_second() + 60)
-                    .ok()?
-                    .to_zoned(tz.clone());
-                if z.minute() == 0 {
-                    continue 'wrap;
-                }
-            }
-            return Some(z.timestamp());
-        }
-    }
+    Ok(sched)
 }
 
 /// The most recent schedule time in `(earliest, now]` and how many times were missed.
@@ -463,7 +274,7 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
             return out;
         }
     };
-    let sched = match Schedule::parse(&spec.schedule) {
+    let sched = match parse_schedule(&spec.schedule) {
         Ok(s) => s,
         Err(e) => {
             out.events.push(PlannedEvent::warning(
@@ -472,9 +283,6 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
             ));
             return out;
         }
-    };
-    let requeue = |out: &mut CronPlan| {
-        out.requeue_after = sched.next(now, &tz).map(|n| secs_until(n, now));
     };
     let mut earliest = status
         .last_schedule_time
@@ -491,6 +299,16 @@ pub fn plan(cj: &CronJob, jobs: &[Job], now: Timestamp) -> CronPlan {
         (None, 0)
     } else {
         most_recent_schedule(&sched, &tz, earliest, now)
+    };
+    // As upstream, the next time follows the most recent one (else the earliest): the
+    // same as following `now` for calendar schedules, not for `@every`.
+    let anchor = scheduled.unwrap_or(earliest).min(now);
+    let requeue = |out: &mut CronPlan| {
+        let next = sched
+            .next(anchor, &tz)
+            .filter(|n| *n > now)
+            .or_else(|| sched.next(now, &tz));
+        out.requeue_after = next.map(|n| secs_until(n, now));
     };
     if missed > 100 {
         out.events.push(PlannedEvent::warning(
@@ -690,11 +508,6 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Controller
     })
 }
 
-fn error_policy(_cj: Arc<CronJob>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action {
-    tracing::debug!(error = %err, "cronjob controller: requeue");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Runs the CronJob controller until the watches end (CronJobs and Jobs from the shared
 /// informers).
 pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(), ControllerError> {
@@ -708,13 +521,20 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
         client,
         jobs,
     });
-    Controller::for_shared_stream(cj_changes, cjs)
-        .owns_shared_stream(job_changes)
+    let triggers = vec![
+        Trigger::for_each(cj_changes),
+        Trigger::owners(job_changes),
         // The CronJobs listed before this controller subscribed.
-        .reconcile_all_on(futures_util::stream::once(async {}))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        Trigger::all_in(&cjs),
+    ];
+    run_controller(
+        "cronjob",
+        4,
+        WorkQueue::new(),
+        triggers,
+        for_objects(cjs, ctx, reconcile),
+    )
+    .await;
     Ok(())
 }
 
@@ -725,108 +545,6 @@ mod tests {
 
     fn utc(s: &str) -> Timestamp {
         s.parse().unwrap_or(Timestamp::UNIX_EPOCH)
-    }
-
-    fn next(spec: &str, after: &str, tz: &str) -> Option<String> {
-        let tz = TimeZone::get(tz).ok()?;
-        Schedule::parse(spec)
-            .ok()?
-            .next(utc(after), &tz)
-            .map(|t| t.to_string())
-    }
-
-    #[test]
-    fn parses_fields_names_and_descriptors() {
-        assert!(Schedule::parse("*/15 9-17 * JAN-mar mon,wed,FRI").is_ok());
-        assert_eq!(Schedule::parse("@hourly"), Schedule::parse("0 * * * *"));
-        assert_eq!(Schedule::parse("@weekly"), Schedule::parse("0 0 * * sun"));
-        assert!(matches!(
-            Schedule::parse("* * * *"),
-            Err(ScheduleError::FieldCount(4, _))
-        ));
-        assert!(Schedule::parse("60 * * * *").is_err());
-        assert!(Schedule::parse("* * 0 * *").is_err());
-        assert!(Schedule::parse("* * * * 7").is_err());
-        assert!(Schedule::parse("*/0 * * * *").is_err());
-        assert!(Schedule::parse("5-2 * * * *").is_err());
-        assert!(matches!(
-            Schedule::parse("CRON_TZ=UTC * * * * *"),
-            Err(ScheduleError::TimeZonePrefix(_))
-        ));
-        assert!(matches!(
-            Schedule::parse("TZ=Europe/Paris 0 * * * *"),
-            Err(ScheduleError::TimeZonePrefix(_))
-        ));
-    }
-
-    #[test]
-    fn next_times_in_utc() {
-        assert_eq!(
-            next("*/1 * * * *", "2024-01-01T10:00:30Z", "UTC").as_deref(),
-            Some("2024-01-01T10:01:00Z")
-        );
-        assert_eq!(
-            next("*/15 * * * *", "2024-01-01T10:00:00Z", "UTC").as_deref(),
-            Some("2024-01-01T10:15:00Z")
-        );
-        assert_eq!(
-            next("5/20 * * * *", "2024-01-01T10:26:00Z", "UTC").as_deref(),
-            Some("2024-01-01T10:45:00Z")
-        );
-        assert_eq!(
-            next("@daily", "2024-01-31T23:59:00Z", "UTC").as_deref(),
-            Some("2024-02-01T00:00:00Z")
-        );
-        assert_eq!(
-            next("0 0 29 2 *", "2024-03-01T00:00:00Z", "UTC").as_deref(),
-            Some("2028-02-29T00:00:00Z")
-        );
-        assert_eq!(next("0 0 30 2 *", "2024-03-01T00:00:00Z", "UTC"), None);
-        // 2024-01-01 is a Monday: both day fields restricted => either matches.
-        assert_eq!(
-            next("0 0 15 * FRI", "2024-01-01T00:00:00Z", "UTC").as_deref(),
-            Some("2024-01-05T00:00:00Z")
-        );
-        // Day-of-month `*` => the weekday alone decides.
-        assert_eq!(
-            next("0 12 * * 3", "2024-01-01T00:00:00Z", "UTC").as_deref(),
-            Some("2024-01-03T12:00:00Z")
-        );
-        assert_eq!(
-            next("30 8 1 jan *", "2024-01-01T08:30:00Z", "UTC").as_deref(),
-            Some("2025-01-01T08:30:00Z")
-        );
-    }
-
-    #[test]
-    fn next_times_in_a_time_zone_and_across_dst() {
-        // 09:00 in Paris is 08:00 UTC in winter and 07:00 UTC in summer.
-        assert_eq!(
-            next("0 9 * * *", "2024-01-10T12:00:00Z", "Europe/Paris").as_deref(),
-            Some("2024-01-11T08:00:00Z")
-        );
-        assert_eq!(
-            next("0 9 * * *", "2024-07-10T12:00:00Z", "Europe/Paris").as_deref(),
-            Some("2024-07-11T07:00:00Z")
-        );
-        // New York springs forward on 2024-03-10 at 02:00: 02:30 does not exist that day.
-        assert_eq!(
-            next("30 2 * * *", "2024-03-09T12:00:00Z", "America/New_York").as_deref(),
-            Some("2024-03-11T06:30:00Z")
-        );
-        // And falls back on 2024-11-03: 01:30 happens twice (EDT then EST).
-        assert_eq!(
-            next("30 1 * * *", "2024-11-03T04:00:00Z", "America/New_York").as_deref(),
-            Some("2024-11-03T05:30:00Z")
-        );
-        assert_eq!(
-            next("30 1 * * *", "2024-11-03T05:30:00Z", "America/New_York").as_deref(),
-            Some("2024-11-03T06:30:00Z")
-        );
-        assert_eq!(
-            next("30 1 * * *", "2024-11-03T06:30:00Z", "America/New_York").as_deref(),
-            Some("2024-11-04T06:30:00Z")
-        );
     }
 
     fn cronjob(schedule: &str) -> CronJob {
@@ -1044,6 +762,26 @@ mod tests {
             .active
             .iter()
             .any(|r| r.name == Some(name("2024-01-01T06:00:00Z"))));
+    }
+
+    #[test]
+    fn every_schedule_gets_a_next_time_and_runs() {
+        // validation admits `@every 5m`; the controller must run it (it did not)
+        let cj = cronjob("@every 5m");
+        let p = plan(&cj, &[], utc("2024-01-01T00:03:00Z"));
+        assert!(p.create.is_none());
+        assert!(p.events.is_empty(), "{:?}", p.events);
+        // next time: creation (00:00) + 5m, so requeue in 2 minutes
+        assert_eq!(p.requeue_after, Some(Duration::from_millis(120_100)));
+        let p = plan(&cj, &[], utc("2024-01-01T00:05:30Z"));
+        let scheduled = utc("2024-01-01T00:05:00Z");
+        assert_eq!(
+            p.create.and_then(|j| j.metadata.name),
+            Some(format!("hello-{}", scheduled.as_second() / 60))
+        );
+        assert_eq!(p.last_schedule_time, Some(Time(scheduled)));
+        assert_eq!(p.requeue_after, Some(Duration::from_millis(270_100)));
+        assert!(parse_schedule("CRON_TZ=UTC @every 5m").is_err());
     }
 
     #[test]

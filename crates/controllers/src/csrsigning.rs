@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
 use kube::ResourceExt;
 use serde_json::json;
+
+use rk3s_runtime::{for_objects, run_controller, Action, Trigger, WorkQueue};
 
 use crate::ControllerError;
 
@@ -94,15 +94,6 @@ async fn reconcile(
     Ok(Action::await_change())
 }
 
-fn error_policy(
-    _csr: Arc<CertificateSigningRequest>,
-    err: &ControllerError,
-    _ctx: Arc<Ctx>,
-) -> Action {
-    tracing::debug!(error = %err, "csrsigning: requeue");
-    Action::requeue(std::time::Duration::from_secs(2))
-}
-
 /// Runs the signer until the watch ends (CSRs from the shared informer).
 pub async fn run(
     client: kube::Client,
@@ -118,11 +109,18 @@ pub async fn run(
         ca_cert,
         ca_key,
     });
-    Controller::for_shared_stream(changes, csrs)
+    let triggers = vec![
+        Trigger::for_each(changes),
         // The CSRs listed before this controller subscribed.
-        .reconcile_all_on(futures_util::stream::once(async {}))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        Trigger::all_in(&csrs),
+    ];
+    run_controller(
+        "csrsigning",
+        2,
+        WorkQueue::new(),
+        triggers,
+        for_objects(csrs, ctx, reconcile),
+    )
+    .await;
     Ok(())
 }

@@ -22,12 +22,13 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use rk3s_runtime::{for_objects, run_controller, Action, Trigger, WorkQueue};
+
 use crate::expectations::{Expectations, MetaOf};
-use crate::informers::OwnedCache;
+use crate::informers::{OwnedCache, OwnedMatching};
 use crate::workload_util::{self as wu, Events, CONTROLLER_REVISION_HASH};
 use crate::ControllerError;
 
@@ -76,46 +77,14 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     exists || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or(&[]);
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(w)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|w| w.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > w
-            } else {
-                v < w
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether a node matches a node selector (terms ORed; expressions on labels and fields
-/// on `metadata.name` ANDed within a term; an empty term matches nothing).
+/// Whether a node matches a node selector (with [`rk3s_core::selector::NodeSelectorMatcher`]:
+/// terms ORed; expressions on labels and fields on `metadata.name` ANDed within a term;
+/// an empty or invalid term matches nothing).
 pub fn node_selector_matches(sel: &NodeSelector, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let name = node.metadata.name.as_deref();
-    sel.node_selector_terms.iter().any(|term| {
-        let exprs = term.match_expressions.as_deref().unwrap_or(&[]);
-        let fields = term.match_fields.as_deref().unwrap_or(&[]);
-        (!exprs.is_empty() || !fields.is_empty())
-            && exprs
-                .iter()
-                .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-            && fields
-                .iter()
-                .all(|r| r.key == "metadata.name" && requirement_matches(r, name))
-    })
+    rk3s_core::selector::NodeSelectorMatcher::new(sel).matches(
+        node.metadata.name.as_deref().unwrap_or(""),
+        node.metadata.labels.as_ref(),
+    )
 }
 
 /// Whether a daemon pod should run on a node, and whether one already there should keep
@@ -649,11 +618,6 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
     Ok(Action::await_change())
 }
 
-fn error_policy(_ds: Arc<DaemonSet>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action {
-    tracing::debug!(error = %err, "daemonset controller: requeue");
-    Action::requeue(Duration::from_secs(1))
-}
-
 /// Runs the DaemonSet controller until the watch ends (node changes resync every set).
 pub async fn run(
     client: kube::Client,
@@ -691,11 +655,13 @@ pub async fn run(
         expectations,
     });
     let store = dss.clone();
-    Controller::for_shared_stream(ds_changes, dss)
-        .owns_shared_stream(pod_changes)
-        .owns_shared_stream(rev_changes)
-        .reconcile_all_on(futures_util::stream::once(async {}))
-        .watches_shared_stream(node_changes, move |node: Arc<Node>| {
+    let all = Trigger::all_in(&dss);
+    let triggers = vec![
+        Trigger::for_each(ds_changes),
+        Trigger::owners(pod_changes),
+        Trigger::owners(rev_changes),
+        all,
+        Trigger::map(node_changes, move |node: Arc<Node>| {
             let fp = node_fingerprint(&node);
             // A deleted node is no longer in the store (the stream gives it as last seen).
             let deleted = node_store.get(&ObjectRef::from_obj(&*node)).is_none();
@@ -715,10 +681,16 @@ pub async fn run(
             } else {
                 Vec::new()
             }
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        }),
+    ];
+    run_controller(
+        "daemonset",
+        4,
+        WorkQueue::new(),
+        triggers,
+        for_objects(dss, ctx, reconcile),
+    )
+    .await;
     Ok(())
 }
 

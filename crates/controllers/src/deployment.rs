@@ -7,11 +7,9 @@
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
@@ -19,10 +17,11 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{self, Action};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
+use rk3s_runtime::events::{EventRecorder, EventType};
+
+use rk3s_runtime::{for_objects, run_controller, Action, Trigger, WorkQueue};
 
 use crate::podutil;
 use crate::ControllerError;
@@ -764,28 +763,16 @@ pub fn history_to_delete(d: &Deployment, old: &[ReplicaSet]) -> Vec<String> {
 struct Ctx {
     client: kube::Client,
     rss: Store<ReplicaSet>,
-    recorder: Recorder,
+    recorder: EventRecorder,
 }
 
 impl Ctx {
     async fn event(&self, d: &Deployment, type_: EventType, reason: &str, note: String) {
-        // The recorder aggregates by (reason, action, object): carry the message in the
-        // action so distinct messages stay distinct events, as upstream's recorder does.
-        let action: String = note.chars().take(128).collect();
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action,
-            secondary: None,
-        };
-        if let Err(e) = self
-            .recorder
-            .publish(&ev, &kube::Resource::object_ref(d, &()))
-            .await
-        {
-            tracing::debug!(error = %e, "deployment controller: event not recorded");
-        }
+        // Distinct messages stay distinct events (see `rk3s_runtime::events::event`).
+        let warning = type_ == EventType::Warning;
+        self.recorder
+            .record(&kube::Resource::object_ref(d, &()), warning, reason, note)
+            .await;
     }
 
     /// Sets a ReplicaSet's replicas (and desired/max annotations), recording the
@@ -1367,20 +1354,6 @@ async fn reconcile(obj: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Contro
     }
 }
 
-fn error_policy(d: Arc<Deployment>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action {
-    tracing::debug!(name = %d.name_any(), error = %err, "deployment controller: requeue");
-    Action::requeue(Duration::from_millis(500))
-}
-
-fn queue_stream(
-    rx: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Deployment>>,
-) -> impl Stream<Item = Result<ObjectRef<Deployment>, Infallible>> + Send {
-    futures_util::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|r| (Ok(r), rx)) },
-    )
-}
-
 /// Deployments a ReplicaSet event concerns: its controller, or for an orphan every
 /// Deployment in its namespace whose selector matches it.
 fn deployments_of_rs(rs: &ReplicaSet, ds: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
@@ -1418,52 +1391,30 @@ pub async fn run(
     let rs_changes = informers.subscribe::<ReplicaSet>();
     let d_store = informers.store::<Deployment>().await;
     let rs_store = informers.store::<ReplicaSet>().await;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    // Every Deployment listed before this controller subscribed.
-    for d in d_store.state() {
-        let _ = tx.send(ObjectRef::from_obj(&*d));
-    }
-    let deployments = {
-        let tx = tx.clone();
-        async move {
-            futures_util::pin_mut!(d_changes);
-            while let Some(d) = d_changes.next().await {
-                let _ = tx.send(ObjectRef::from_obj(&*d));
-            }
-        }
-    };
-    let replicasets = {
-        let d_store = d_store.clone();
-        async move {
-            futures_util::pin_mut!(rs_changes);
-            while let Some(o) = rs_changes.next().await {
-                for r in deployments_of_rs(&o, &d_store) {
-                    let _ = tx.send(r);
-                }
-            }
-        }
-    };
+    let triggers = vec![
+        Trigger::for_each(d_changes),
+        // Every Deployment listed before this controller subscribed.
+        Trigger::all_in(&d_store),
+        {
+            let d_store = d_store.clone();
+            Trigger::map(rs_changes, move |o: Arc<ReplicaSet>| {
+                deployments_of_rs(&o, &d_store)
+            })
+        },
+    ];
     let ctx = Arc::new(Ctx {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "deployment-controller".into(),
-                instance: None,
-            },
-        ),
+        recorder: EventRecorder::new(client.clone(), "deployment-controller"),
         client,
         rss: rs_store,
     });
-    let applier = controller::applier(
-        |o, c| Box::pin(reconcile(o, c)),
-        error_policy,
-        ctx,
-        d_store,
-        queue_stream(rx),
-        controller::Config::default().concurrency(4),
+    run_controller(
+        "deployment",
+        4,
+        WorkQueue::new(),
+        triggers,
+        for_objects(d_store, ctx, reconcile),
     )
-    .for_each(|_| async {});
-    tokio::join!(deployments, replicasets, applier);
+    .await;
     Ok(())
 }
 

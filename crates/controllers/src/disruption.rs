@@ -23,8 +23,8 @@ use crate::endpoints::key_of;
 use crate::informers::Index;
 use crate::podutil::{controller_of, is_pod_ready, selector_matches};
 use crate::workload_util::is_not_found;
-use crate::workqueue::WorkQueue;
 use crate::ControllerError;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
 /// Upstream's `GetScaledValueFromIntOrPercent`: an integer as is, or a percentage of
 /// `total`, rounded up or down. `None` for a malformed percentage.
@@ -362,15 +362,11 @@ pub async fn run(
     for p in pdbs.state() {
         queue.add(key_of(&p.metadata));
     }
-    let (q1, q2) = (queue.clone(), queue.clone());
     let mut last: HashMap<String, HashSet<String>> = HashMap::new();
     let store = pdbs.clone();
-    tokio::join!(
-        pdb_changes.for_each(|p| {
-            q1.add(key_of(&p.metadata));
-            async {}
-        }),
-        pod_changes.for_each(|p| {
+    let triggers = vec![
+        Trigger::from_stream(pdb_changes.map(|p| key_of(&p.metadata))),
+        Trigger::from_stream(pod_changes.flat_map(move |p| {
             let pkey = key_of(&p.metadata);
             let now: HashSet<String> = pdbs_by_ns
                 .get(p.metadata.namespace.as_deref().unwrap_or_default())
@@ -384,16 +380,18 @@ pub async fn run(
             } else {
                 last.insert(pkey, now.clone())
             };
-            for k in before.into_iter().flatten().chain(now) {
-                q2.add(k);
-            }
-            async {}
-        }),
-        queue.run(2, "disruption", move |key: String| {
-            let (client, store, pods_by_ns) = (client.clone(), store.clone(), pods_by_ns.clone());
-            async move { sync_pdb(&client, &store, &pods_by_ns, &key).await }
-        }),
-    );
+            futures_util::stream::iter(before.into_iter().flatten().chain(now))
+        })),
+    ];
+    run_controller("disruption", 2, queue, triggers, move |key: String| {
+        let (client, store, pods_by_ns) = (client.clone(), store.clone(), pods_by_ns.clone());
+        async move {
+            sync_pdb(&client, &store, &pods_by_ns, &key)
+                .await
+                .map(Action::requeue_after)
+        }
+    })
+    .await;
     Ok(())
 }
 

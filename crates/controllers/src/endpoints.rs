@@ -3,9 +3,8 @@
 //! selected pods — ready ones in `addresses`, others in `notReadyAddresses` — with the
 //! ports resolved from the Service's `targetPort` (a number, or a container port name).
 //!
-//! Also home of the small watch-cache helpers ([`cache`], [`wait_next`]) the node,
-//! storage and policy controllers of this crate share: reflector stores that wake one
-//! debounced resync pass on every change ([`wait_next`]).
+//! Its loop is the controller runtime's (`rk3s_runtime::run_controller`): a queue of
+//! Service keys fed by Service, Endpoints and pod changes.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -20,88 +19,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
-use tokio::sync::Notify;
 
 use crate::informers::Index;
 use crate::workload_util::{ignore_not_found, is_conflict, rfc3339};
-use crate::workqueue::WorkQueue;
 use crate::ControllerError;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
 /// Annotation with the time of the last pod or service change reflected in an Endpoints.
 pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 /// Label set on the Endpoints/EndpointSlices of headless Services.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
-
-/// Starts a reflector for `api` into a new store; every watch event wakes `notify`. The
-/// watch runs as a task of `tasks` until it is aborted.
-pub fn cache<K>(
-    api: Api<K>,
-    cfg: watcher::Config,
-    notify: &Arc<Notify>,
-    tasks: &mut tokio::task::JoinSet<()>,
-) -> Store<K>
-where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (reader, writer) = reflector::store();
-    let notify = notify.clone();
-    tasks.spawn(async move {
-        reflector::reflector(writer, watcher(api, cfg).default_backoff())
-            .for_each(|ev| {
-                if let Err(e) = ev {
-                    tracing::debug!(error = %e, "watch error");
-                }
-                notify.notify_one();
-                async {}
-            })
-            .await;
-    });
-    reader
-}
-
-/// Waits until a store holds its first complete list.
-pub async fn ready<K>(store: &Store<K>) -> Result<(), ControllerError>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store
-        .wait_until_ready()
-        .await
-        .map_err(|e| ControllerError::Watch(e.to_string()))
-}
-
-/// Waits for the next pass of a resync loop: until a change is signalled on `notify`
-/// (then 50 ms more, to batch bursts) or until `period` — sooner when the last pass
-/// asked for a retry delay, and after at most a second when it failed.
-pub async fn wait_next(
-    name: &str,
-    notify: &Notify,
-    period: Duration,
-    last: Result<Option<Duration>, ControllerError>,
-) {
-    let wait = match last {
-        Ok(Some(d)) => d.min(period),
-        Ok(None) => period,
-        Err(e) => {
-            tracing::debug!(controller = name, error = %e, "sync failed; retrying");
-            Duration::from_secs(1).min(period)
-        }
-    };
-    tokio::select! {
-        _ = notify.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
-        _ = tokio::time::sleep(wait) => {}
-    }
-}
 
 /// `namespace/name` of an object.
 pub fn key_of(meta: &ObjectMeta) -> String {
@@ -526,27 +454,18 @@ pub async fn run(
         seen: std::sync::Mutex::new(HashSet::new()),
     });
     let mut mapper = PodServiceMapper::new(services_by_ns, pods);
-    let (q1, q2, q3) = (queue.clone(), queue.clone(), queue.clone());
-    tokio::join!(
-        svc_changes.for_each(|s| {
-            q1.add(key_of(&s.metadata));
-            async {}
-        }),
-        ep_changes.for_each(|e| {
-            q2.add(key_of(&e.metadata));
-            async {}
-        }),
-        pod_changes.for_each(|p| {
-            for k in mapper.services_of(&p) {
-                q3.add(k);
-            }
-            async {}
-        }),
-        queue.run(4, "endpoints", move |key: String| {
-            let ctx = ctx.clone();
-            async move { sync_service(&ctx, &key).await }
-        }),
-    );
+    let triggers = vec![
+        Trigger::from_stream(svc_changes.map(|s| key_of(&s.metadata))),
+        Trigger::from_stream(ep_changes.map(|e| key_of(&e.metadata))),
+        Trigger::from_stream(
+            pod_changes.flat_map(move |p| futures_util::stream::iter(mapper.services_of(&p))),
+        ),
+    ];
+    run_controller("endpoints", 4, queue, triggers, move |key: String| {
+        let ctx = ctx.clone();
+        async move { sync_service(&ctx, &key).await.map(Action::requeue_after) }
+    })
+    .await;
     Ok(())
 }
 

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -24,8 +23,8 @@ use crate::endpoints::{
 use crate::expectations::{Expectations, MetaOf};
 use crate::informers::Index;
 use crate::workload_util::{ignore_not_found, rfc3339};
-use crate::workqueue::WorkQueue;
 use crate::ControllerError;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
 /// Label naming the Service of an EndpointSlice.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -394,40 +393,31 @@ pub async fn run(
         expectations: Expectations::new(),
     });
     let mut mapper = PodServiceMapper::new(services_by_ns, pods);
-    let (q1, q2, q3, q4) = (queue.clone(), queue.clone(), queue.clone(), queue.clone());
-    tokio::join!(
-        svc_changes.for_each(|s| {
-            q1.add(key_of(&s.metadata));
-            async {}
+    let triggers = vec![
+        Trigger::map(svc_changes, |s: Arc<Service>| Some(key_of(&s.metadata))),
+        Trigger::map(slice_changes, |s: Arc<EndpointSlice>| {
+            crate::endpointslice::slices_by_service(&s)
         }),
-        slice_changes.for_each(|s| {
-            for k in crate::endpointslice::slices_by_service(&s) {
-                q2.add(k);
-            }
-            async {}
-        }),
-        pod_changes.for_each(|p| {
-            for k in mapper.services_of(&p) {
-                q3.add(k);
-            }
-            async {}
-        }),
-        node_changes.for_each(|_| {
+        Trigger::map(pod_changes, move |p: Arc<Pod>| mapper.services_of(&p)),
+        Trigger::map(node_changes, move |_: Arc<Node>| {
             // Heartbeats change nothing here: only a change of node zones resyncs.
             let z = zones(&nodes);
-            if z != last_zones {
-                last_zones = z;
-                for s in services.state() {
-                    q4.add(key_of(&s.metadata));
-                }
+            if z == last_zones {
+                return Vec::new();
             }
-            async {}
+            last_zones = z;
+            services
+                .state()
+                .iter()
+                .map(|s| key_of(&s.metadata))
+                .collect()
         }),
-        queue.run(4, "endpointslice", move |key: String| {
-            let ctx = ctx.clone();
-            async move { sync_service(&ctx, &key).await }
-        }),
-    );
+    ];
+    run_controller("endpointslice", 4, queue, triggers, move |key: String| {
+        let ctx = ctx.clone();
+        async move { sync_service(&ctx, &key).await.map(Action::requeue_after) }
+    })
+    .await;
     Ok(())
 }
 

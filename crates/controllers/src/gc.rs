@@ -40,6 +40,7 @@ use kube::core::{ApiResource, GroupVersion};
 use kube::discovery::{verbs, Discovery, Scope};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
+use rk3s_runtime::{run_controller, Action, WorkQueue};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -260,9 +261,7 @@ impl Graph {
 struct Gc {
     client: kube::Client,
     graph: Mutex<Graph>,
-    queue: mpsc::UnboundedSender<String>,
-    pending: Mutex<HashSet<String>>,
-    failures: Mutex<HashMap<String, u32>>,
+    queue: WorkQueue<String>,
 }
 
 fn api_for(
@@ -330,11 +329,7 @@ impl Gc {
     }
 
     fn enqueue(&self, uid: String) {
-        if let Ok(mut p) = self.pending.lock() {
-            if p.insert(uid.clone()) {
-                let _ = self.queue.send(uid);
-            }
-        }
+        self.queue.add(uid);
     }
 
     fn node(&self, uid: &str) -> Option<(Node, ApiResource, bool)> {
@@ -730,13 +725,11 @@ async fn discover(
 
 /// Runs the garbage collector until it fails (or is dropped: its watches stop with it).
 pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(), ControllerError> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let queue: WorkQueue<String> = WorkQueue::new();
     let gc = Arc::new(Gc {
         client,
         graph: Mutex::new(Graph::default()),
-        queue: tx,
-        pending: Mutex::new(HashSet::new()),
-        failures: Mutex::new(HashMap::new()),
+        queue: queue.clone(),
     });
     let (synced_tx, mut synced_rx) = mpsc::unbounded_channel::<()>();
     let mut started = HashSet::new();
@@ -778,35 +771,18 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
             }
         }
     };
-    let worker = async {
-        while let Some(uid) = rx.recv().await {
-            if let Ok(mut p) = gc.pending.lock() {
-                p.remove(&uid);
-            }
-            match gc.process(&uid).await {
-                Ok(()) => {
-                    if let Ok(mut f) = gc.failures.lock() {
-                        f.remove(&uid);
-                    }
-                }
-                Err(e) => {
-                    let n = gc.failures.lock().map(|mut f| {
-                        let n = f.entry(uid.clone()).or_insert(0);
-                        *n += 1;
-                        *n
-                    });
-                    let n = n.unwrap_or(1);
-                    let delay = Duration::from_millis((100u64 << n.min(8)).min(30_000));
-                    tracing::debug!(uid = %uid, error = %e, ?delay, "garbage collector: retry");
-                    let gc = gc.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        gc.enqueue(uid);
-                    });
-                }
-            }
-        }
-    };
+    // The runtime's worker (one, as before: the graph is processed in order), failures
+    // retried with the per-key back-off.
+    let worker = run_controller(
+        "garbage-collector",
+        1,
+        queue,
+        Vec::new(),
+        move |uid: String| {
+            let gc = gc.clone();
+            async move { gc.process(&uid).await.map(|()| Action::AwaitChange) }
+        },
+    );
     tokio::join!(rediscover, worker);
     Ok(())
 }

@@ -5,7 +5,6 @@
 //! `ScalingActive=False` with reason `FailedGetResourceMetric`, as upstream does when the
 //! resource metrics API is not served.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::autoscaling::v2::{
@@ -16,11 +15,10 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::Resource;
 use serde_json::json;
-use tokio::sync::Notify;
 
-use crate::endpoints::wait_next;
 use crate::workload_util::{is_not_found, Events};
 use crate::ControllerError;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
 /// Upstream's HPA sync period.
 pub const SYNC_PERIOD: Duration = Duration::from_secs(15);
@@ -342,16 +340,21 @@ pub async fn run(
     client: kube::Client,
     informers: crate::informers::SharedInformers,
 ) -> Result<(), ControllerError> {
-    let notify = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
-    let hpas = informers
-        .cache::<HorizontalPodAutoscaler>(&notify, &mut tasks)
-        .await;
+    let changes = Trigger::changes(&informers, |_: &HorizontalPodAutoscaler| Some(()));
+    let hpas = informers.store::<HorizontalPodAutoscaler>().await;
     let events = Events::new(client.clone(), "horizontal-pod-autoscaler");
-    loop {
-        let r = sync(&client, &events, &hpas).await;
-        wait_next("hpa", &notify, SYNC_PERIOD, r).await;
-    }
+    // One key: a pass over every HPA, on a change or every sync period.
+    let triggers = vec![changes, Trigger::every(SYNC_PERIOD, ())];
+    run_controller("hpa", 1, WorkQueue::new(), triggers, move |()| {
+        let (client, events, hpas) = (client.clone(), events.clone(), hpas.clone());
+        async move {
+            sync(&client, &events, &hpas)
+                .await
+                .map(Action::requeue_after)
+        }
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,12 +19,13 @@ use k8s_openapi::api::batch::v1::{
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
+use rk3s_runtime::{for_objects, run_controller, Action, Trigger, WorkQueue};
+
 use crate::expectations::{Expectations, MetaOf};
-use crate::informers::OwnedCache;
+use crate::informers::{OwnedCache, OwnedMatching};
 use crate::workload_util::{self as wu, Events, PlannedEvent};
 use crate::ControllerError;
 
@@ -862,11 +863,6 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     })
 }
 
-fn error_policy(_job: Arc<Job>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action {
-    tracing::debug!(error = %err, "job controller: requeue");
-    Action::requeue(Duration::from_secs(1))
-}
-
 /// Whether a pod keeps the tracking finalizer although its Job is gone (or replaced by
 /// another of the same name): then nobody else would ever remove it.
 pub fn orphaned_tracking(pod: &Pod, job: Option<&Job>) -> bool {
@@ -892,11 +888,6 @@ async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Controlle
         wu::remove_finalizer(&pods, &pod.metadata, TRACKING_FINALIZER).await?;
     }
     Ok(Action::await_change())
-}
-
-fn pod_error_policy(_pod: Arc<Pod>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action {
-    tracing::debug!(error = %err, "job controller (pods): requeue");
-    Action::requeue(Duration::from_secs(1))
 }
 
 /// Runs the Job controller until the watch ends (plus a pod watch that releases the
@@ -938,11 +929,18 @@ pub async fn run(
             }
         }
     });
-    let main = Controller::for_shared_stream(job_changes, jobs)
-        .owns_shared_stream(pod_changes)
-        .reconcile_all_on(futures_util::stream::once(async {}))
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {});
+    let triggers = vec![
+        Trigger::for_each(job_changes),
+        Trigger::owners(pod_changes),
+        Trigger::all_in(&jobs),
+    ];
+    let main = run_controller(
+        "job",
+        4,
+        WorkQueue::new(),
+        triggers,
+        for_objects(jobs, ctx.clone(), reconcile),
+    );
     // Pods of Jobs only (upstream's label selector on the orphan watch), and only those
     // still holding the tracking finalizer.
     let job_pods = orphan_changes.filter(|p| {
@@ -958,9 +956,13 @@ pub async fn run(
                 .any(|f| f == TRACKING_FINALIZER);
         futures_util::future::ready(tracked)
     });
-    let orphans = Controller::for_shared_stream(job_pods, pods.store.clone())
-        .run(reconcile_pod, pod_error_policy, ctx)
-        .for_each(|_| async {});
+    let orphans = run_controller(
+        "job-orphan-pods",
+        2,
+        WorkQueue::new(),
+        vec![Trigger::for_each(job_pods)],
+        for_objects(pods.store.clone(), ctx, reconcile_pod),
+    );
     futures_util::future::join(main, orphans).await;
     Ok(())
 }

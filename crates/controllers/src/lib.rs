@@ -3,8 +3,13 @@
 //! server's in-process transport), started once this process holds the
 //! `kube-controller-manager` Lease in `kube-system`.
 //!
-//! Map: [`leader`] (Lease-based leader election), [`serviceaccount`] (a `default`
-//! ServiceAccount and the `kube-root-ca.crt` ConfigMap in every namespace).
+//! Every controller runs on the controller runtime (`rk3s-runtime`): one
+//! [`rk3s_runtime::run_controller`] each (a per-key work queue with exponential per-key
+//! back-off, triggers mapping object changes to keys), reading the shared informers of
+//! the leadership term ([`informers`]) and recording writes in flight with
+//! [`expectations`]. Map: [`leader`] (Lease-based leader election), one module per
+//! controller ([`serviceaccount`], [`replicaset`], [`deployment`], [`gc`], ...), and the
+//! pure helpers they share ([`podutil`], [`workload_util`]).
 
 pub mod clusterdns;
 pub mod clusterrole_aggregation;
@@ -15,12 +20,13 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
-pub mod expectations;
+/// Expectations (writes in flight per controller key), from the controller runtime.
+pub use rk3s_runtime::expectations;
 pub mod gc;
 pub mod hpa;
 pub mod informers;
-/// Leader election (shared with the scheduler).
-pub use rk3s_leader as leader;
+/// Leader election (shared with the scheduler), from the controller runtime.
+pub use rk3s_runtime::leader;
 pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -33,7 +39,6 @@ pub mod servicelb;
 pub mod statefulset;
 pub mod ttlafterfinished;
 pub mod workload_util;
-pub mod workqueue;
 
 use std::time::Duration;
 
@@ -67,6 +72,10 @@ pub struct Options {
     pub servicelb: bool,
     /// The cluster DNS Service and its endpoints; `None` with `--disable coredns`.
     pub cluster_dns: Option<clusterdns::ClusterDnsOptions>,
+    /// Shared informers to read instead of a registry of each leadership term's own
+    /// (e.g. one registry for the controller manager and the scheduler of a process);
+    /// they keep running when leadership is lost.
+    pub informers: Option<informers::SharedInformers>,
 }
 
 /// Runs the controller manager forever: waits for leadership, then runs every
@@ -83,8 +92,12 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
         let lost = elector.acquire().await;
         tracing::info!(identity = %opts.identity, "controller manager: became leader");
         let mut tasks = tokio::task::JoinSet::new();
-        // One watch per resource type for every controller of this term.
-        let informers = informers::SharedInformers::new(client.clone());
+        // One watch per resource type for every controller of this term (or of the
+        // process, when given).
+        let informers = opts
+            .informers
+            .clone()
+            .unwrap_or_else(|| informers::SharedInformers::new(client.clone()));
         tasks.spawn(serviceaccount::run(
             client.clone(),
             opts.root_ca_pem.clone(),
@@ -150,7 +163,9 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
             }
         }
         tasks.abort_all();
-        informers.stop();
+        if opts.informers.is_none() {
+            informers.stop();
+        }
     }
 }
 

@@ -5,7 +5,6 @@
 //! range and restarts never hand out a range twice.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,46 +12,36 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::Resource;
+use rk3s_core::Cidr;
 use serde_json::json;
-use tokio::sync::Notify;
 
-use crate::endpoints::wait_next;
 use crate::workload_util::Events;
 use crate::ControllerError;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
-/// An IPv4 network split into equal per-node subnets.
+/// A cluster CIDR split into equal per-node subnets (on [`rk3s_core::Cidr`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CidrSet {
-    base: u32,
-    prefix: u8,
+    cluster: Cidr,
     node_prefix: u8,
 }
 
 impl CidrSet {
     /// The subnets of prefix length `node_prefix` of `cidr` (`a.b.c.d/len`); `None` when
-    /// the CIDR is invalid or the node prefix is shorter than the cluster prefix.
+    /// the CIDR is invalid or the node prefix does not fit in it.
     pub fn new(cidr: &str, node_prefix: u8) -> Option<CidrSet> {
-        let (ip, len) = cidr.split_once('/')?;
-        let ip: Ipv4Addr = ip.parse().ok()?;
-        let prefix: u8 = len.parse().ok()?;
-        if prefix > 32 || node_prefix > 32 || node_prefix < prefix {
-            return None;
-        }
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
+        let cluster = Cidr::parse(cidr).ok()?;
+        cluster.subnet_count(node_prefix).ok()?;
         Some(CidrSet {
-            base: u32::from(ip) & mask,
-            prefix,
+            cluster,
             node_prefix,
         })
     }
 
-    /// How many node subnets there are.
+    /// How many node subnets there are (saturating).
     pub fn len(&self) -> u64 {
-        1u64 << (self.node_prefix - self.prefix)
+        let n = self.cluster.subnet_count(self.node_prefix).unwrap_or(0);
+        u64::try_from(n).unwrap_or(u64::MAX)
     }
 
     /// Always false: a set has at least one subnet.
@@ -62,25 +51,20 @@ impl CidrSet {
 
     /// The subnet with this index, as `a.b.c.d/len`.
     pub fn subnet(&self, index: u64) -> Option<String> {
-        if index >= self.len() {
-            return None;
-        }
-        let size: u64 = 1u64 << (32 - u32::from(self.node_prefix));
-        let addr = u64::from(self.base) + index * size;
-        let addr = u32::try_from(addr).ok()?;
-        Some(format!("{}/{}", Ipv4Addr::from(addr), self.node_prefix))
+        let sub = self
+            .cluster
+            .subnet(self.node_prefix, u128::from(index))
+            .ok()??;
+        Some(sub.to_string())
     }
 
     /// The index of a subnet of this set (`None` for anything else).
     pub fn index_of(&self, cidr: &str) -> Option<u64> {
-        let (ip, len) = cidr.split_once('/')?;
-        if len.parse::<u8>().ok()? != self.node_prefix {
+        let (addr, sub) = Cidr::parse_with_addr(cidr).ok()?;
+        if sub.prefix() != self.node_prefix || addr != sub.addr() {
             return None;
         }
-        let ip = u32::from(ip.parse::<Ipv4Addr>().ok()?);
-        let size: u64 = 1u64 << (32 - u32::from(self.node_prefix));
-        let off = u64::from(ip.checked_sub(self.base)?);
-        (off % size == 0 && off / size < self.len()).then_some(off / size)
+        u64::try_from(self.cluster.subnet_index(&sub)?).ok()
     }
 
     /// The lowest index not in `used`.
@@ -163,18 +147,33 @@ pub async fn run(
         std::future::pending::<()>().await;
         return Ok(());
     };
-    let notify = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
-    // The shared Node informer; every change wakes the loop.
-    let nodes = informers.cache::<Node>(&notify, &mut tasks).await;
+    // The shared Node informer; every change queues a pass.
+    let changes = Trigger::changes(&informers, |_: &Node| Some(()));
+    let nodes = informers.store::<Node>().await;
     let events = Events::new(client.clone(), "node-controller");
     let api: Api<Node> = Api::all(client.clone());
     // Subnets patched but possibly not yet in the cache.
-    let mut pending: HashMap<String, u64> = HashMap::new();
-    loop {
-        let r = sync(&api, &set, &nodes, &mut pending, &events).await;
-        wait_next("nodeipam", &notify, Duration::from_secs(30), r).await;
-    }
+    let pending = Arc::new(tokio::sync::Mutex::new(HashMap::<String, u64>::new()));
+    let set = Arc::new(set);
+    // One key: a pass over every node, on a change or every 30 s.
+    let triggers = vec![changes, Trigger::every(Duration::from_secs(30), ())];
+    run_controller("nodeipam", 1, WorkQueue::new(), triggers, move |()| {
+        let (api, set, nodes, pending, events) = (
+            api.clone(),
+            set.clone(),
+            nodes.clone(),
+            pending.clone(),
+            events.clone(),
+        );
+        async move {
+            let mut pending = pending.lock().await;
+            sync(&api, &set, &nodes, &mut pending, &events)
+                .await
+                .map(Action::requeue_after)
+        }
+    })
+    .await;
+    Ok(())
 }
 
 async fn sync(
@@ -258,6 +257,11 @@ mod tests {
         assert_eq!(s26.subnet(3).as_deref(), Some("10.0.0.192/26"));
         assert!(CidrSet::new("10.0.0.0/24", 16).is_none());
         assert!(CidrSet::new("nonsense", 24).is_none());
+        assert!(CidrSet::new("10.0.0.0/24", 33).is_none());
+        let v6 = CidrSet::new("fd00:42::/56", 64).unwrap();
+        assert_eq!(v6.len(), 256);
+        assert_eq!(v6.subnet(1).as_deref(), Some("fd00:42:0:1::/64"));
+        assert_eq!(v6.index_of("fd00:42:0:9::/64"), Some(9));
     }
 
     #[test]

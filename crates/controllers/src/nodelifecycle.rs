@@ -22,13 +22,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Resource;
 use serde_json::json;
-use tokio::sync::Notify;
 
-use crate::endpoints::wait_next;
 use crate::informers::Index;
 use crate::workload_util::{ignore_not_found, Events};
 use crate::ControllerError;
-use futures_util::StreamExt;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
 /// Taint of nodes whose Ready condition is False.
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -513,58 +511,51 @@ pub async fn run(
     opts: NodeOptions,
     informers: crate::informers::SharedInformers,
 ) -> Result<(), ControllerError> {
-    let notify = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
-    let nodes = informers.cache::<Node>(&notify, &mut tasks).await;
+    let node_changes = Trigger::changes(&informers, |_: &Node| Some(()));
+    let nodes = informers.store::<Node>().await;
     // Node Leases (the shared Lease informer also sees leader-election Leases, which
-    // must not wake the loop).
+    // must not queue a pass).
     let lease_changes = informers.subscribe::<Lease>();
     let pod_changes = informers.subscribe::<Pod>();
     let leases = informers.store::<Lease>().await;
-    {
-        // A renewal only matters at once for a node not Ready (it may recover); for a Ready
-        // node it moves the deadline that the periodic monitor checks anyway.
-        let (notify, nodes) = (notify.clone(), nodes.clone());
-        tasks.spawn(lease_changes.for_each(move |l| {
-            if l.metadata.namespace.as_deref() == Some("kube-node-lease") {
-                let node = l
-                    .metadata
-                    .name
-                    .as_deref()
-                    .and_then(|n| nodes.get(&ObjectRef::new(n)));
-                if node.is_none_or(|n| ready_status(&n) != Some("True")) {
-                    notify.notify_one();
-                }
-            }
-            async {}
-        }));
-    }
-    {
-        // A pod change matters only on a node with a NoExecute taint (taint eviction);
-        // everything else is the periodic node monitor's business.
-        let (notify, nodes) = (notify.clone(), nodes.clone());
-        tasks.spawn(pod_changes.for_each(move |p| {
+    // A renewal only matters at once for a node not Ready (it may recover); for a Ready
+    // node it moves the deadline that the periodic monitor checks anyway.
+    let lease_changes = {
+        let nodes = nodes.clone();
+        Trigger::map(lease_changes, move |l: Arc<Lease>| {
+            let node_lease = l.metadata.namespace.as_deref() == Some("kube-node-lease");
+            let node = l
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|n| nodes.get(&ObjectRef::new(n)));
+            (node_lease && node.is_none_or(|n| ready_status(&n) != Some("True"))).then_some(())
+        })
+    };
+    // A pod change matters only on a node with a NoExecute taint (taint eviction);
+    // everything else is the periodic node monitor's business.
+    let pod_changes = {
+        let nodes = nodes.clone();
+        Trigger::map(pod_changes, move |p: Arc<Pod>| {
             let node = p
                 .spec
                 .as_ref()
                 .and_then(|s| s.node_name.as_deref())
                 .and_then(|n| nodes.get(&ObjectRef::new(n)));
-            if node.is_some_and(|n| {
+            node.is_some_and(|n| {
                 n.spec
                     .as_ref()
                     .and_then(|s| s.taints.as_ref())
                     .is_some_and(|t| t.iter().any(|t| t.effect == "NoExecute"))
-            }) {
-                notify.notify_one();
-            }
-            async {}
-        }));
-    }
+            })
+            .then_some(())
+        })
+    };
     let pods_by_node = informers.index::<Pod>(crate::informers::pods_by_node).await;
     let node_events = Events::new(client.clone(), "node-controller");
     let pod_events = Events::new(client.clone(), "node-controller");
     let evict_events = Events::new(client.clone(), "taint-eviction-controller");
-    let mut st = State {
+    let st = State {
         started: Timestamp::now(),
         last_ready: HashMap::new(),
         node_events,
@@ -574,24 +565,45 @@ pub async fn run(
     // Upstream's node monitor period is 5 s; a short grace period (tests) checks sooner.
     let period = (opts.node_monitor_grace_period / 8)
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let started = std::time::Instant::now();
-        let r = sync(&client, &opts, &nodes, &leases, &pods_by_node, &mut st).await;
-        // A pass reads the shared stores only (no LIST); its cost, for idle-CPU checks.
-        tracing::trace!(
-            elapsed_us = started.elapsed().as_micros() as u64,
-            nodes = nodes.len(),
-            "node lifecycle: pass"
+    let st = Arc::new(tokio::sync::Mutex::new((st, None::<std::time::Instant>)));
+    // One key: a pass over every node, on a change that matters or every monitor period.
+    let triggers = vec![
+        node_changes,
+        lease_changes,
+        pod_changes,
+        Trigger::every(period, ()),
+    ];
+    run_controller("nodelifecycle", 1, WorkQueue::new(), triggers, move |()| {
+        let (client, opts, nodes, leases, pods_by_node, st) = (
+            client.clone(),
+            opts.clone(),
+            nodes.clone(),
+            leases.clone(),
+            pods_by_node.clone(),
+            st.clone(),
         );
-        // Lease renewals wake the loop often; don't spin faster than the monitor period.
-        wait_next(
-            "nodelifecycle",
-            &notify,
-            period,
-            r.map(|d| Some(d.unwrap_or(period).max(period / 2))),
-        )
-        .await;
-    }
+        async move {
+            let mut guard = st.lock().await;
+            let (st, last) = &mut *guard;
+            // Lease renewals wake the controller often; don't pass faster than half
+            // the monitor period.
+            let started = std::time::Instant::now();
+            if let Some(wait) = last.and_then(|l| (period / 2).checked_sub(l.elapsed())) {
+                return Ok(Action::requeue(wait));
+            }
+            *last = Some(started);
+            let r = sync(&client, &opts, &nodes, &leases, &pods_by_node, st).await;
+            // A pass reads the shared stores only (no LIST); its cost, for idle-CPU checks.
+            tracing::trace!(
+                elapsed_us = started.elapsed().as_micros() as u64,
+                nodes = nodes.len(),
+                "node lifecycle: pass"
+            );
+            r.map(|d| Action::requeue(d.unwrap_or(period).max(period / 2)))
+        }
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

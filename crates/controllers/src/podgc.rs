@@ -14,11 +14,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use serde_json::json;
-use tokio::sync::Notify;
 
-use crate::endpoints::{ready, wait_next};
 use crate::workload_util::{ignore_not_found, is_not_found};
 use crate::ControllerError;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
 /// How long a node must be missing before its pods are collected (upstream's 40 s).
 pub const QUARANTINE: Duration = Duration::from_secs(40);
@@ -246,32 +245,41 @@ pub async fn run(
     informers: crate::informers::SharedInformers,
 ) -> Result<(), ControllerError> {
     // Upstream runs on a timer; changes to pods and nodes are batched into the next pass.
-    let notify = Arc::new(Notify::new());
-    let idle = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
-    let pods = informers.cache::<Pod>(&idle, &mut tasks).await;
-    let nodes = informers.cache::<Node>(&notify, &mut tasks).await;
-    ready(&pods).await?;
-    ready(&nodes).await?;
-    let mut missing_since = HashMap::new();
-    loop {
-        let started = std::time::Instant::now();
-        let r = sync(
-            &client,
-            terminated_pod_gc_threshold,
-            &pods,
-            &nodes,
-            &mut missing_since,
-        )
-        .await;
-        // A pass reads the shared stores only (no LIST); its cost, for idle-CPU checks.
-        tracing::trace!(
-            elapsed_us = started.elapsed().as_micros() as u64,
-            pods = pods.len(),
-            "pod GC: pass"
+    let node_changes = Trigger::changes(&informers, |_: &Node| Some(()));
+    let pods = informers.store::<Pod>().await;
+    let nodes = informers.store::<Node>().await;
+    let missing_since = Arc::new(tokio::sync::Mutex::new(HashMap::new()));
+    // One key: a pass over every pod, on a node change or every GC period.
+    let triggers = vec![node_changes, Trigger::every(GC_PERIOD, ())];
+    run_controller("podgc", 1, WorkQueue::new(), triggers, move |()| {
+        let (client, pods, nodes, missing_since) = (
+            client.clone(),
+            pods.clone(),
+            nodes.clone(),
+            missing_since.clone(),
         );
-        wait_next("podgc", &notify, GC_PERIOD, r).await;
-    }
+        async move {
+            let started = std::time::Instant::now();
+            let mut missing_since = missing_since.lock().await;
+            let r = sync(
+                &client,
+                terminated_pod_gc_threshold,
+                &pods,
+                &nodes,
+                &mut missing_since,
+            )
+            .await;
+            // A pass reads the shared stores only (no LIST); its cost, for idle-CPU checks.
+            tracing::trace!(
+                elapsed_us = started.elapsed().as_micros() as u64,
+                pods = pods.len(),
+                "pod GC: pass"
+            );
+            r.map(Action::requeue_after)
+        }
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

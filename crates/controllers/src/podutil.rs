@@ -4,49 +4,18 @@
 //! references, and pods made from a `PodTemplateSpec` with upstream's naming.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 /// Annotation with a pod's deletion cost (lower is deleted first).
 pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
-/// Whether `labels` match `sel` as a label selector (matchLabels and matchExpressions
-/// with In, NotIn, Exists, DoesNotExist). An empty selector matches everything; an
-/// unknown operator matches nothing.
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    if let Some(ml) = &sel.match_labels {
-        for (k, v) in ml {
-            if labels.get(k) != Some(v) {
-                return false;
-            }
-        }
-    }
-    if let Some(exprs) = &sel.match_expressions {
-        for e in exprs {
-            let val = labels.get(&e.key);
-            let values = e.values.as_deref().unwrap_or(&[]);
-            let ok = match e.operator.as_str() {
-                "In" => val.is_some_and(|v| values.contains(v)),
-                "NotIn" => val.is_none_or(|v| !values.contains(v)),
-                "Exists" => val.is_some(),
-                "DoesNotExist" => val.is_none(),
-                _ => false,
-            };
-            if !ok {
-                return false;
-            }
-        }
-    }
-    true
-}
-
-/// Whether a selector selects nothing in particular (no labels, no expressions).
-pub fn selector_is_empty(sel: &LabelSelector) -> bool {
-    sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
-        && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty())
-}
+/// Label-selector matching and emptiness: the one implementation of
+/// [`rk3s_core::selector`] (an invalid selector matches nothing, `{}` everything).
+pub use rk3s_core::selector::{
+    k8s_selector_is_empty as selector_is_empty, k8s_selector_matches as selector_matches,
+};
 
 /// The `Ready` condition of a pod, if any.
 fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
@@ -226,7 +195,10 @@ pub fn deletion_order(a: &Pod, b: &Pod) -> Ordering {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelector, LabelSelectorRequirement, Time,
+    };
+    use std::collections::BTreeMap;
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter()

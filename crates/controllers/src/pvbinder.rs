@@ -19,12 +19,11 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Resource;
 use serde_json::json;
-use tokio::sync::Notify;
 
-use crate::endpoints::wait_next;
 use crate::podutil::selector_matches;
 use crate::workload_util::{is_not_found, Events};
 use crate::ControllerError;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
 /// Claim annotation: binding finished.
 pub const ANN_BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
@@ -35,30 +34,9 @@ pub const ANN_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 /// Volume annotation naming the provisioner that created it.
 pub const ANN_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
-/// Parses a quantity to bytes (decimal and binary suffixes; fractions allowed).
+/// A quantity's value in bytes (through [`rk3s_core::quantity`]); `None` when malformed.
 pub fn quantity_bytes(q: &Quantity) -> Option<f64> {
-    let s = q.0.trim();
-    let idx = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let (num, suf) = s.split_at(idx);
-    let n: f64 = num.parse().ok()?;
-    let mul = match suf {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0f64.powi(2),
-        "Gi" => 1024.0f64.powi(3),
-        "Ti" => 1024.0f64.powi(4),
-        "Pi" => 1024.0f64.powi(5),
-        "Ei" => 1024.0f64.powi(6),
-        "m" => 1e-3,
-        _ => return None,
-    };
-    Some(n * mul)
+    rk3s_core::Quantity::try_from(q).ok().map(|q| q.as_f64())
 }
 
 fn pv_capacity(pv: &PersistentVolume) -> Option<f64> {
@@ -516,25 +494,34 @@ pub async fn run(
     client: kube::Client,
     informers: crate::informers::SharedInformers,
 ) -> Result<(), ControllerError> {
-    let notify = Arc::new(Notify::new());
-    let mut tasks = tokio::task::JoinSet::new();
-    // The shared informers; every change wakes the loop.
-    let pvs = informers
-        .cache::<PersistentVolume>(&notify, &mut tasks)
-        .await;
-    let pvcs = informers
-        .cache::<PersistentVolumeClaim>(&notify, &mut tasks)
-        .await;
-    let classes = informers.cache::<StorageClass>(&notify, &mut tasks).await;
-    let mut ctx = Ctx {
+    // The shared informers; every change queues a pass.
+    let changes = [
+        Trigger::changes(&informers, |_: &PersistentVolume| Some(())),
+        Trigger::changes(&informers, |_: &PersistentVolumeClaim| Some(())),
+        Trigger::changes(&informers, |_: &StorageClass| Some(())),
+    ];
+    let pvs = informers.store::<PersistentVolume>().await;
+    let pvcs = informers.store::<PersistentVolumeClaim>().await;
+    let classes = informers.store::<StorageClass>().await;
+    let ctx = Arc::new(tokio::sync::Mutex::new(Ctx {
         events: Events::new(client.clone(), "persistentvolume-controller"),
         client,
         reported: HashSet::new(),
-    };
-    loop {
-        let r = sync(&mut ctx, &pvs, &pvcs, &classes).await;
-        wait_next("pvbinder", &notify, Duration::from_secs(15), r).await;
-    }
+    }));
+    // One key: a pass over every volume and claim, on a change or every 15 s.
+    let mut triggers = Vec::from(changes);
+    triggers.push(Trigger::every(Duration::from_secs(15), ()));
+    run_controller("pvbinder", 1, WorkQueue::new(), triggers, move |()| {
+        let (ctx, pvs, pvcs, classes) = (ctx.clone(), pvs.clone(), pvcs.clone(), classes.clone());
+        async move {
+            let mut ctx = ctx.lock().await;
+            sync(&mut ctx, &pvs, &pvcs, &classes)
+                .await
+                .map(Action::requeue_after)
+        }
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -590,6 +577,9 @@ mod tests {
         assert_eq!(quantity_bytes(&Quantity("1.5Ki".into())), Some(1536.0));
         assert_eq!(quantity_bytes(&Quantity("12".into())), Some(12.0));
         assert_eq!(quantity_bytes(&Quantity("1Q".into())), None);
+        // the old copy here rejected exponents that validation admits
+        assert_eq!(quantity_bytes(&Quantity("1e9".into())), Some(1e9));
+        assert_eq!(quantity_bytes(&Quantity("1E3".into())), Some(1e3));
     }
 
     #[test]

@@ -9,7 +9,6 @@
 //! controller from acting twice on a cache that has not yet seen its own writes.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +21,13 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{self, Action};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
+use rk3s_runtime::events::{EventRecorder, EventType};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use rk3s_runtime::{for_objects, run_controller, Action, Trigger, WorkQueue};
 
 use crate::expectations::{Expectations, MetaOf};
 use crate::informers::Index;
@@ -348,7 +348,7 @@ struct Ctx<K: ReplicaOwner> {
     by_owner: Arc<Index<Pod>>,
     /// Pods without a controller, by namespace.
     orphans: Arc<Index<Pod>>,
-    recorder: Recorder,
+    recorder: EventRecorder,
     expectations: Expectations,
     _k: std::marker::PhantomData<K>,
 }
@@ -362,19 +362,12 @@ impl<K: ReplicaOwner> Ctx<K> {
     }
 
     async fn event(&self, owner: &K, type_: EventType, reason: &str, action: &str, note: String) {
-        // The recorder aggregates by (reason, action, object): keep distinct messages apart.
+        // Distinct messages stay distinct events (see `rk3s_runtime::events::event`).
         let _ = action;
-        let action: String = note.chars().take(128).collect();
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action,
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &owner.object_ref(&())).await {
-            tracing::debug!(error = %e, "replicaset controller: event not recorded");
-        }
+        let warning = type_ == EventType::Warning;
+        self.recorder
+            .record(&owner.object_ref(&()), warning, reason, note)
+            .await;
     }
 }
 
@@ -640,15 +633,6 @@ async fn update_status<K: ReplicaOwner>(
     Ok(())
 }
 
-fn error_policy<K: ReplicaOwner>(
-    owner: Arc<K>,
-    err: &ControllerError,
-    _ctx: Arc<Ctx<K>>,
-) -> Action {
-    tracing::debug!(kind = K::KIND, name = %owner.name_any(), error = %err, "requeue");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Owners of `K` a pod event concerns: its controller (when of kind `K`), or for an
 /// orphan, every owner in its namespace whose selector matches it.
 fn owners_of_pod<K: ReplicaOwner>(pod: &Pod, owners: &Store<K>) -> Vec<ObjectRef<K>> {
@@ -675,41 +659,22 @@ fn owners_of_pod<K: ReplicaOwner>(pod: &Pod, owners: &Store<K>) -> Vec<ObjectRef
     }
 }
 
-type Queue<K> = tokio::sync::mpsc::UnboundedSender<ObjectRef<K>>;
-
-fn queue_stream<K: ReplicaOwner>(
-    rx: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<K>>,
-) -> impl Stream<Item = Result<ObjectRef<K>, Infallible>> + Send {
-    futures_util::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|r| (Ok(r), rx)) },
-    )
-}
-
-/// Queues each changed object of `K` (from its shared informer) for reconciling.
-async fn queue_owners<K: ReplicaOwner>(changes: impl Stream<Item = Arc<K>> + Send, tx: Queue<K>) {
-    futures_util::pin_mut!(changes);
-    while let Some(o) = changes.next().await {
-        let _ = tx.send(ObjectRef::from_obj(&*o));
-    }
-}
+type Queue<K> = WorkQueue<ObjectRef<K>>;
 
 fn run_applier<K: ReplicaOwner>(
     client: kube::Client,
     pods: (Store<Pod>, Arc<Index<Pod>>, Arc<Index<Pod>>),
     store: Store<K>,
-    rx: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<K>>,
+    queue: Queue<K>,
+    changes: impl Stream<Item = Arc<K>> + Send + 'static,
     expectations: Expectations,
 ) -> impl std::future::Future<Output = ()> + Send {
+    // Each changed owner, and every owner once at start (the subscription only carries
+    // later changes); pod changes are queued by `run` on clones of `queue`.
+    let triggers = vec![Trigger::for_each(changes), Trigger::all_in(&store)];
     let (pods, by_owner, orphans) = pods;
     let ctx = Arc::new(Ctx::<K> {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: K::REPORTER.into(),
-                instance: None,
-            },
-        ),
+        recorder: EventRecorder::new(client.clone(), K::REPORTER),
         client,
         pods,
         by_owner,
@@ -717,15 +682,13 @@ fn run_applier<K: ReplicaOwner>(
         expectations,
         _k: std::marker::PhantomData,
     });
-    controller::applier(
-        |o, c| Box::pin(reconcile::<K>(o, c)),
-        error_policy::<K>,
-        ctx,
-        store,
-        queue_stream(rx),
-        controller::Config::default().concurrency(4),
+    run_controller(
+        K::REPORTER,
+        4,
+        queue,
+        triggers,
+        for_objects(store, ctx, reconcile::<K>),
     )
-    .for_each(|_| async {})
 }
 
 /// Runs the ReplicaSet and ReplicationController controllers (on the shared pod
@@ -747,15 +710,9 @@ pub async fn run(
         .await;
     let rs_store = informers.store::<ReplicaSet>().await;
     let rc_store = informers.store::<ReplicationController>().await;
-    let (rs_tx, rs_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (rc_tx, rc_rx) = tokio::sync::mpsc::unbounded_channel();
-    // Every owner once at start (the subscriptions only carry later changes).
-    for o in rs_store.state() {
-        let _ = rs_tx.send(ObjectRef::from_obj(&*o));
-    }
-    for o in rc_store.state() {
-        let _ = rc_tx.send(ObjectRef::from_obj(&*o));
-    }
+    let rs_tx: Queue<ReplicaSet> = WorkQueue::new();
+    let rc_tx: Queue<ReplicationController> = WorkQueue::new();
+    let (rs_rx, rc_rx) = (rs_tx.clone(), rc_tx.clone());
 
     let (rs_exp, rc_exp) = (Expectations::new(), Expectations::new());
     let pods_task = {
@@ -788,10 +745,10 @@ pub async fn run(
                     }
                 }
                 for r in owners_of_pod::<ReplicaSet>(&p, &rs_store) {
-                    let _ = rs_tx.send(r);
+                    rs_tx.add(r);
                 }
                 for r in owners_of_pod::<ReplicationController>(&p, &rc_store) {
-                    let _ = rc_tx.send(r);
+                    rc_tx.add(r);
                 }
             }
         }
@@ -799,10 +756,22 @@ pub async fn run(
     let pods = (pod_store, by_owner, orphans);
     tokio::join!(
         pods_task,
-        queue_owners::<ReplicaSet>(rs_changes, rs_tx),
-        queue_owners::<ReplicationController>(rc_changes, rc_tx),
-        run_applier::<ReplicaSet>(client.clone(), pods.clone(), rs_store, rs_rx, rs_exp),
-        run_applier::<ReplicationController>(client.clone(), pods, rc_store, rc_rx, rc_exp),
+        run_applier::<ReplicaSet>(
+            client.clone(),
+            pods.clone(),
+            rs_store,
+            rs_rx,
+            rs_changes,
+            rs_exp
+        ),
+        run_applier::<ReplicationController>(
+            client.clone(),
+            pods,
+            rc_store,
+            rc_rx,
+            rc_changes,
+            rc_exp
+        ),
     );
     Ok(())
 }

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
+
+use rk3s_runtime::{for_objects, run_controller, Action, Trigger, WorkQueue};
 
 use crate::ControllerError;
 
@@ -74,11 +74,6 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Controll
     Ok(Action::await_change())
 }
 
-fn error_policy(_ns: Arc<Namespace>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action {
-    tracing::debug!(error = %err, "serviceaccount controller: requeue");
-    Action::requeue(std::time::Duration::from_secs(2))
-}
-
 /// The namespace of `obj` when it is named `name` (the only ServiceAccount / ConfigMap
 /// this controller keeps).
 fn namespace_if_named<K: kube::Resource>(obj: &K, name: &str) -> Option<ObjectRef<Namespace>> {
@@ -104,17 +99,24 @@ pub async fn run(
         client: client.clone(),
         ca,
     });
-    Controller::for_shared_stream(ns_changes, namespaces)
-        .watches_shared_stream(sa_changes, |sa: Arc<ServiceAccount>| {
+    let triggers = vec![
+        Trigger::for_each(ns_changes),
+        Trigger::map(sa_changes, |sa: Arc<ServiceAccount>| {
             namespace_if_named(&*sa, "default")
-        })
-        .watches_shared_stream(cm_changes, |cm: Arc<ConfigMap>| {
+        }),
+        Trigger::map(cm_changes, |cm: Arc<ConfigMap>| {
             namespace_if_named(&*cm, ROOT_CA_CONFIGMAP)
-        })
+        }),
         // The namespaces listed before this controller subscribed.
-        .reconcile_all_on(futures_util::stream::once(async {}))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        Trigger::all_in(&namespaces),
+    ];
+    run_controller(
+        "serviceaccount",
+        4,
+        WorkQueue::new(),
+        triggers,
+        for_objects(namespaces, ctx, reconcile),
+    )
+    .await;
     Ok(())
 }

@@ -40,7 +40,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{
     LoadBalancerIngress, Node, PodSpec, PodTemplateSpec, Service, Toleration,
 };
@@ -53,8 +52,8 @@ use crate::endpoints::{key_of, service_ref};
 use crate::endpointslice::SERVICE_NAME_LABEL;
 use crate::informers::{Change, Index, SharedInformers};
 use crate::workload_util::{is_conflict, is_not_found, Events, PlannedEvent};
-use crate::workqueue::WorkQueue;
 use crate::ControllerError;
+use rk3s_runtime::{run_controller, Action, Trigger, WorkQueue};
 
 /// Node label that opts nodes in (k3s): once any node has it, only `=true` nodes serve.
 pub const ENABLE_LB_LABEL: &str = "svccontroller.k3s.cattle.io/enablelb";
@@ -465,12 +464,14 @@ fn concerned(svc: &Service) -> bool {
     wants_load_balancer(svc) || (!is_load_balancer(svc) && !current_ingress(svc).is_empty())
 }
 
-fn queue_concerned(queue: &WorkQueue<String>, services: &Store<Service>) {
-    for s in services.state() {
-        if concerned(&s) {
-            queue.add(key_of(&s.metadata));
-        }
-    }
+/// The keys of the Services that may need a status write ([`concerned`]).
+fn concerned_keys(services: &Store<Service>) -> Vec<String> {
+    services
+        .state()
+        .iter()
+        .filter(|s| concerned(s))
+        .map(|s| key_of(&s.metadata))
+        .collect()
 }
 
 struct Ctx {
@@ -545,7 +546,9 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
         .index::<EndpointSlice>(slices_by_service_name)
         .await;
     let queue: WorkQueue<String> = WorkQueue::new();
-    queue_concerned(&queue, &services);
+    for k in concerned_keys(&services) {
+        queue.add(k);
+    }
     let mut claims: HashMap<String, String> = services
         .state()
         .iter()
@@ -568,10 +571,10 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
         slices_by_service,
         events: Events::new(client, EVENT_COMPONENT),
     });
-    let (q1, q2, q3) = (queue.clone(), queue.clone(), queue.clone());
     let (services1, services2) = (services.clone(), services);
-    tokio::join!(
-        svc_changes.for_each(|c| {
+    let triggers = vec![
+        Trigger::map(svc_changes, move |c: Change<Service>| {
+            let mut keys = Vec::new();
             let (changed, claims_changed): (Vec<Arc<Service>>, bool) = match c {
                 Change::Applied(s) => {
                     let fp = claim_fingerprint(&s);
@@ -597,16 +600,14 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
                     (all, moved)
                 }
             };
-            for s in changed {
-                q1.add(key_of(&s.metadata));
-            }
+            keys.extend(changed.iter().map(|s| key_of(&s.metadata)));
             if claims_changed {
                 // Host ports freed or taken: the placement of the others may move.
-                queue_concerned(&q1, &services1);
+                keys.extend(concerned_keys(&services1));
             }
-            async {}
+            keys
         }),
-        node_changes.for_each(|c| {
+        Trigger::map(node_changes, move |c: Change<Node>| {
             let changed = match c {
                 Change::Applied(n) => {
                     let fp = node_fingerprint(&n);
@@ -633,21 +634,20 @@ pub async fn run(client: kube::Client, informers: SharedInformers) -> Result<(),
                 }
             };
             if changed {
-                queue_concerned(&q2, &services2);
+                concerned_keys(&services2)
+            } else {
+                Vec::new()
             }
-            async {}
         }),
-        slice_changes.for_each(|s| {
-            for k in slices_by_service_name(&s) {
-                q3.add(k);
-            }
-            async {}
+        Trigger::map(slice_changes, |s: Arc<EndpointSlice>| {
+            slices_by_service_name(&s)
         }),
-        queue.run(2, "servicelb", move |key: String| {
-            let ctx = ctx.clone();
-            async move { sync(&ctx, &key).await }
-        }),
-    );
+    ];
+    run_controller("servicelb", 2, queue, triggers, move |key: String| {
+        let ctx = ctx.clone();
+        async move { sync(&ctx, &key).await.map(Action::requeue_after) }
+    })
+    .await;
     Ok(())
 }
 

@@ -22,12 +22,13 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use rk3s_runtime::{for_objects, run_controller, Action, Trigger, WorkQueue};
+
 use crate::expectations::{Expectations, MetaOf};
-use crate::informers::OwnedCache;
+use crate::informers::{OwnedCache, OwnedMatching};
 use crate::workload_util::{self as wu, Events, CONTROLLER_REVISION_HASH};
 use crate::ControllerError;
 
@@ -549,11 +550,6 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
     Ok(Action::await_change())
 }
 
-fn error_policy(_set: Arc<StatefulSet>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action {
-    tracing::debug!(error = %err, "statefulset controller: requeue");
-    Action::requeue(Duration::from_secs(1))
-}
-
 /// Runs the StatefulSet controller until the watch ends.
 pub async fn run(
     client: kube::Client,
@@ -579,13 +575,20 @@ pub async fn run(
         revs,
         expectations,
     });
-    Controller::for_shared_stream(set_changes, sets)
-        .owns_shared_stream(pod_changes)
-        .owns_shared_stream(rev_changes)
-        .reconcile_all_on(futures_util::stream::once(async {}))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+    let triggers = vec![
+        Trigger::for_each(set_changes),
+        Trigger::owners(pod_changes),
+        Trigger::owners(rev_changes),
+        Trigger::all_in(&sets),
+    ];
+    run_controller(
+        "statefulset",
+        4,
+        WorkQueue::new(),
+        triggers,
+        for_objects(sets, ctx, reconcile),
+    )
+    .await;
     Ok(())
 }
 

@@ -10,9 +10,10 @@ use futures_util::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
+
+use rk3s_runtime::{for_objects, run_controller, Action, Trigger, WorkQueue};
 
 use crate::workload_util as wu;
 use crate::ControllerError;
@@ -78,11 +79,6 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     }
 }
 
-fn error_policy(_job: Arc<Job>, err: &ControllerError, _ctx: Arc<Ctx>) -> Action {
-    tracing::debug!(error = %err, "ttl-after-finished controller: requeue");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// Runs the TTL-after-finished controller until the watch ends (Jobs from the shared
 /// informer).
 pub async fn run(
@@ -101,12 +97,19 @@ pub async fn run(
         .filter(|j| has_ttl(j))
         .map(|j| ObjectRef::from_obj(&*j))
         .collect::<Vec<_>>();
-    Controller::for_shared_stream(with_ttl, jobs)
+    let triggers = vec![
+        Trigger::for_each(with_ttl),
         // The Jobs listed before this controller subscribed.
-        .reconcile_on(futures_util::stream::iter(initial))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        Trigger::from_stream(futures_util::stream::iter(initial)),
+    ];
+    run_controller(
+        "ttlafterfinished",
+        2,
+        WorkQueue::new(),
+        triggers,
+        for_objects(jobs, ctx, reconcile),
+    )
+    .await;
     Ok(())
 }
 

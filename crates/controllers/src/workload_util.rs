@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::{json, Value};
 
 use crate::ControllerError;
@@ -17,45 +16,9 @@ use crate::ControllerError;
 /// Label carrying the revision of a pod (StatefulSet: the revision name; DaemonSet: the hash).
 pub const CONTROLLER_REVISION_HASH: &str = "controller-revision-hash";
 
-/// Records events for one controller (upstream's event recorder with the controller's
-/// component name as the reporter). Failures to record are logged, never returned.
-#[derive(Clone)]
-pub struct Events {
-    recorder: Recorder,
-}
-
-impl Events {
-    /// A recorder reporting as `controller` (e.g. `job-controller`).
-    pub fn new(client: kube::Client, controller: &str) -> Self {
-        Events {
-            recorder: Recorder::new(
-                client,
-                Reporter {
-                    controller: controller.to_string(),
-                    instance: None,
-                },
-            ),
-        }
-    }
-
-    /// Records an event about `obj`.
-    pub async fn record(&self, obj: &ObjectReference, warning: bool, reason: &str, note: String) {
-        let ev = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_string(),
-            note: Some(note),
-            action: reason.to_string(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, obj).await {
-            tracing::debug!(error = %e, reason, "could not record event");
-        }
-    }
-}
+/// Records events for one controller (the controller runtime's recorder, reporting as
+/// the controller's component name). Failures to record are logged, never returned.
+pub use rk3s_runtime::events::EventRecorder as Events;
 
 /// An event decided by a pure planning function: (warning?, reason, message).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,23 +50,13 @@ impl PlannedEvent {
     }
 }
 
-/// A label selector rendered as a `labelSelector` query (`k=v,k in (a,b),!k,k`).
+/// A label selector rendered as a `labelSelector` query (`k=v,k in (a,b),!k,k`, sorted by
+/// key, as upstream's `LabelSelectorAsSelector(sel).String()`); "" for an invalid
+/// selector, which [`selector_matches`] then matches against nothing.
 pub fn selector_query(sel: &LabelSelector) -> String {
-    let mut parts = Vec::new();
-    for (k, v) in sel.match_labels.iter().flatten() {
-        parts.push(format!("{k}={v}"));
-    }
-    for e in sel.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        match e.operator.as_str() {
-            "In" => parts.push(format!("{} in ({values})", e.key)),
-            "NotIn" => parts.push(format!("{} notin ({values})", e.key)),
-            "Exists" => parts.push(e.key.clone()),
-            "DoesNotExist" => parts.push(format!("!{}", e.key)),
-            _ => {}
-        }
-    }
-    parts.join(",")
+    rk3s_core::LabelSelector::from_k8s(sel)
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }
 
 /// Whether an API error is a 409 AlreadyExists/Conflict.
@@ -198,24 +151,8 @@ pub fn controller_ref(owner: &ObjectMeta, api_version: &str, kind: &str) -> Owne
     }
 }
 
-/// Whether `labels` match a label selector (matchLabels and In/NotIn/Exists/DoesNotExist).
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    sel.match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v))
-        && sel.match_expressions.iter().flatten().all(|e| {
-            let val = labels.get(&e.key);
-            let values = e.values.as_deref().unwrap_or(&[]);
-            match e.operator.as_str() {
-                "In" => val.is_some_and(|v| values.contains(v)),
-                "NotIn" => val.is_none_or(|v| !values.contains(v)),
-                "Exists" => val.is_some(),
-                "DoesNotExist" => val.is_none(),
-                _ => false,
-            }
-        })
-}
+/// Label-selector matching: the one implementation of [`rk3s_core::selector`].
+pub use rk3s_core::selector::k8s_selector_matches as selector_matches;
 
 /// A pod's phase ("" when unknown).
 pub fn pod_phase(pod: &Pod) -> &str {

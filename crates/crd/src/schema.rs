@@ -618,14 +618,8 @@ fn format_ok(format: &str, s: &str) -> bool {
         "byte" => is_base64(s),
         "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
         "ipv6" => s.parse::<std::net::Ipv6Addr>().is_ok(),
-        "cidr" => match s.split_once('/') {
-            Some((ip, bits)) => match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
-                (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
-                (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
-                _ => false,
-            },
-            None => false,
-        },
+        // go-openapi's strfmt: Go's net.ParseCIDR
+        "cidr" => rk3s_core::Cidr::parse(s).is_ok(),
         "mac" => {
             let parts: Vec<&str> = s.split([':', '-']).collect();
             (parts.len() == 6 || parts.len() == 8)

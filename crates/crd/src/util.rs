@@ -49,26 +49,7 @@ pub(crate) fn go_repr(text: impl Into<String>) -> Value {
     Value::Object(m)
 }
 
-/// Go's `strconv.Quote` for the common cases.
-pub(crate) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+pub(crate) use rk3s_core::go_quote;
 
 /// Go's `%v` of a float64 (JSON numbers are float64 in go-openapi's messages).
 pub(crate) fn go_float(f: f64) -> String {

@@ -40,6 +40,12 @@ pub struct AgentOptions {
     pub control_plane: bool,
     /// Extra node labels.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Taints to register the node with (`--node-taint`).
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// Masquerade and MTU of the pods' bridge (set when flannel runs).
+    pub pod_network: crate::cni::PodNetwork,
+    /// The node's ExternalIP (`--node-external-ip`).
+    pub external_ip: Option<IpAddr>,
     /// The kubelet API (`:10250`): where to listen and the cluster CA (cert, key) that
     /// issues its serving certificate and verifies clients. None: no kubelet API.
     pub kubelet_api: Option<KubeletApiOptions>,
@@ -50,10 +56,24 @@ pub struct AgentOptions {
 pub struct KubeletApiOptions {
     /// Listen address (upstream: 0.0.0.0:10250).
     pub listen: std::net::SocketAddr,
-    /// Cluster CA certificate (PEM).
+    /// Cluster CA certificate (PEM): verifies the API server's client certificate.
     pub ca_cert_pem: String,
-    /// Cluster CA key (PEM), to issue the kubelet's serving certificate.
-    pub ca_key_pem: String,
+    /// Where the kubelet's serving certificate comes from.
+    pub serving: KubeletServing,
+}
+
+/// The kubelet API's serving certificate.
+#[derive(Clone, Debug)]
+pub enum KubeletServing {
+    /// Issue one at start with the cluster CA key (PEM): a server's own node.
+    IssueWithCaKey(String),
+    /// Use this certificate and key (PEM): an agent's, issued by the supervisor.
+    Provided {
+        /// Certificate (PEM).
+        cert_pem: String,
+        /// Private key (PEM).
+        key_pem: String,
+    },
 }
 
 /// Errors of the agent's start-up.
@@ -145,6 +165,8 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
         data_dir: opts.data_dir.clone(),
         control_plane: opts.control_plane,
         labels: opts.labels.clone(),
+        taints: opts.taints.clone(),
+        external_ip: opts.external_ip,
     };
     let node = loop {
         match crate::node::register(&client, &node_cfg).await {
@@ -163,13 +185,19 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
             "localhost".to_string(),
             "127.0.0.1".to_string(),
         ];
-        match rk3s_pki::issue_serving_cert(
-            &api.ca_cert_pem,
-            &api.ca_key_pem,
-            &opts.node_name,
-            &sans,
-            365,
-        ) {
+        let serving = match &api.serving {
+            KubeletServing::IssueWithCaKey(ca_key_pem) => rk3s_pki::issue_serving_cert(
+                &api.ca_cert_pem,
+                ca_key_pem,
+                &opts.node_name,
+                &sans,
+                365,
+            ),
+            KubeletServing::Provided { cert_pem, key_pem } => {
+                Ok((cert_pem.clone(), key_pem.clone()))
+            }
+        };
+        match serving {
             Ok((cert, key)) => {
                 let sopts = crate::server::KubeletServerOptions {
                     listen: api.listen,
@@ -224,7 +252,7 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
         }
     };
     let ipam_dir = opts.data_dir.join("agent/cni/networks");
-    if crate::cni::write_config(&conf_dir, &cidr, &ipam_dir)? {
+    if crate::cni::write_config(&conf_dir, &cidr, &ipam_dir, opts.pod_network)? {
         tracing::info!(pod_cidr = %cidr, dir = %conf_dir.display(), "CNI config written");
     }
     // containerd picks the config up by itself; the node turns Ready when it reports

@@ -4,7 +4,7 @@
 //! `/usr/lib/cni`) from the conf dir the supervisor configured; loopback is set up by
 //! containerd itself.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -32,30 +32,54 @@ pub enum CniError {
     },
 }
 
-/// Parses `a.b.c.d/len` into the network address and prefix length.
+/// Parses `a.b.c.d/len` (with [`rk3s_core::Cidr`]) into the network address and prefix
+/// length; only IPv4 networks of /1 to /30 can hold pods.
 pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), CniError> {
-    let bad = || CniError::BadCidr(cidr.to_string());
-    let (ip, len) = cidr.split_once('/').ok_or_else(bad)?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    if !(1..=30).contains(&len) {
-        return Err(bad());
+    match rk3s_core::Cidr::parse(cidr).map(|c| (c.addr(), c.prefix())) {
+        Ok((IpAddr::V4(net), len)) if (1..=30).contains(&len) => Ok((net, len)),
+        _ => Err(CniError::BadCidr(cidr.to_string())),
     }
-    let mask = u32::MAX << (32 - len);
-    Ok((Ipv4Addr::from(u32::from(ip) & mask), len))
 }
 
 /// True when `ip` lies in `cidr`.
 pub fn cidr_contains(cidr: &str, ip: &str) -> bool {
-    let (Ok((net, len)), Ok(ip)) = (parse_cidr(cidr), ip.parse::<Ipv4Addr>()) else {
+    let (Ok(net), Ok(ip)) = (rk3s_core::Cidr::parse(cidr), ip.parse::<IpAddr>()) else {
         return false;
     };
-    let mask = u32::MAX << (32 - len);
-    u32::from(ip) & mask == u32::from(net)
+    net.contains(&ip)
+}
+
+/// How the node's pods reach beyond their bridge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodNetwork {
+    /// The bridge plugin masquerades traffic leaving the node's podCIDR. Off when the
+    /// pod network across nodes (flannel) runs: it masquerades only traffic leaving the
+    /// cluster CIDR, so pod -> pod across nodes keeps its source address.
+    pub ip_masq: bool,
+    /// The pods' MTU (the uplink's less the tunnel overhead); None: the default.
+    pub mtu: Option<u32>,
+}
+
+impl Default for PodNetwork {
+    fn default() -> Self {
+        PodNetwork {
+            ip_masq: true,
+            mtu: None,
+        }
+    }
 }
 
 /// The conflist text for a podCIDR; host-local keeps its leases in `ipam_dir`.
 pub fn conflist(pod_cidr: &str, ipam_dir: &Path) -> Result<String, CniError> {
+    conflist_for(pod_cidr, ipam_dir, PodNetwork::default())
+}
+
+/// The conflist text for a podCIDR and pod network settings.
+pub fn conflist_for(
+    pod_cidr: &str,
+    ipam_dir: &Path,
+    pod_net: PodNetwork,
+) -> Result<String, CniError> {
     let (net, len) = parse_cidr(pod_cidr)?;
     let gateway = Ipv4Addr::from(u32::from(net) + 1);
     let v = json!({
@@ -66,7 +90,7 @@ pub fn conflist(pod_cidr: &str, ipam_dir: &Path) -> Result<String, CniError> {
                 "type": "bridge",
                 "bridge": BRIDGE,
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": pod_net.ip_masq,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
@@ -78,13 +102,22 @@ pub fn conflist(pod_cidr: &str, ipam_dir: &Path) -> Result<String, CniError> {
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
         ],
     });
+    let mut v = v;
+    if let Some(mtu) = pod_net.mtu {
+        v["plugins"][0]["mtu"] = mtu.into();
+    }
     serde_json::to_string_pretty(&v).map_err(|e| CniError::BadCidr(e.to_string()))
 }
 
 /// Writes `<conf_dir>/10-rk3s.conflist` for the podCIDR (atomically, and only when it
 /// differs from what is there). Returns true when the file changed.
-pub fn write_config(conf_dir: &Path, pod_cidr: &str, ipam_dir: &Path) -> Result<bool, CniError> {
-    let text = conflist(pod_cidr, ipam_dir)?;
+pub fn write_config(
+    conf_dir: &Path,
+    pod_cidr: &str,
+    ipam_dir: &Path,
+    net: PodNetwork,
+) -> Result<bool, CniError> {
+    let text = conflist_for(pod_cidr, ipam_dir, net)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CniError::Io { path, source }
@@ -128,6 +161,23 @@ mod tests {
     #[test]
     fn bad_cidrs_are_rejected() {
         assert!(conflist("10.42.0.0", Path::new("/x")).is_err());
+        let flannel = conflist_for(
+            "10.42.3.0/24",
+            Path::new("/x"),
+            PodNetwork {
+                ip_masq: false,
+                mtu: Some(1450),
+            },
+        )
+        .expect("conflist");
+        let v: serde_json::Value = serde_json::from_str(&flannel).expect("json");
+        assert_eq!(v["plugins"][0]["ipMasq"], false);
+        assert_eq!(v["plugins"][0]["mtu"], 1450);
+        let plain: serde_json::Value =
+            serde_json::from_str(&conflist("10.42.3.0/24", Path::new("/x")).expect("c"))
+                .expect("j");
+        assert_eq!(plain["plugins"][0]["ipMasq"], true);
+        assert!(plain["plugins"][0].get("mtu").is_none());
         assert!(conflist("fd00::/64", Path::new("/x")).is_err());
         assert!(parse_cidr("10.42.0.7/24")
             .is_ok_and(|(n, l)| n == Ipv4Addr::new(10, 42, 0, 0) && l == 24));
@@ -145,9 +195,27 @@ mod tests {
         let Ok(d) = tempfile::tempdir() else {
             panic!("tempdir")
         };
-        assert!(write_config(d.path(), "10.42.0.0/24", Path::new("/x")).is_ok_and(|c| c));
-        assert!(write_config(d.path(), "10.42.0.0/24", Path::new("/x")).is_ok_and(|c| !c));
-        assert!(write_config(d.path(), "10.42.1.0/24", Path::new("/x")).is_ok_and(|c| c));
+        assert!(write_config(
+            d.path(),
+            "10.42.0.0/24",
+            Path::new("/x"),
+            PodNetwork::default()
+        )
+        .is_ok_and(|c| c));
+        assert!(write_config(
+            d.path(),
+            "10.42.0.0/24",
+            Path::new("/x"),
+            PodNetwork::default()
+        )
+        .is_ok_and(|c| !c));
+        assert!(write_config(
+            d.path(),
+            "10.42.1.0/24",
+            Path::new("/x"),
+            PodNetwork::default()
+        )
+        .is_ok_and(|c| c));
         assert!(d.path().join(CONFLIST_NAME).exists());
     }
 }

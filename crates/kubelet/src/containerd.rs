@@ -5,7 +5,10 @@
 //! Layout, as k3s does it (renamed):
 //! - config `<data-dir>/agent/etc/containerd/config.toml`,
 //! - root `<data-dir>/agent/containerd`, log `<data-dir>/agent/containerd/containerd.log`,
-//! - state `/run/rk3s/containerd`, socket `/run/rk3s/containerd/containerd.sock`,
+//! - state `/run/rk3s/containerd`, socket `/run/rk3s/containerd/containerd.sock` for
+//!   the default data dir; any other data dir gets its own
+//!   `/run/rk3s/<12 hex of sha256(data dir)>/containerd` ([`default_state_dir`]), so
+//!   several rk3s nodes on one machine never share a containerd,
 //! - CNI config dir `<data-dir>/agent/etc/cni/net.d`, plugins from Debian's
 //!   `containernetworking-plugins` (`/usr/lib/cni`).
 //!
@@ -25,8 +28,32 @@ use tracing::{info, warn};
 
 use crate::cri::CriClient;
 
-/// Default state directory of the node's containerd.
+/// Default state directory of the node's containerd (for the default data dir).
 pub const DEFAULT_STATE_DIR: &str = "/run/rk3s/containerd";
+/// The default rk3s data dir, whose containerd uses [`DEFAULT_STATE_DIR`].
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/rk3s";
+/// Where the per-data-dir containerd state dirs live.
+pub const RUN_DIR: &str = "/run/rk3s";
+
+/// The containerd state dir of the rk3s node with `data_dir`: [`DEFAULT_STATE_DIR`] for
+/// [`DEFAULT_DATA_DIR`], else `/run/rk3s/<first 12 hex digits of the SHA-256 of the
+/// absolute data dir>/containerd`. Short whatever the data dir (the socket path stays
+/// far below the 108-byte unix socket limit), on tmpfs like k3s's `/run/k3s`, and
+/// distinct per data dir, so two nodes on one machine never share a containerd.
+pub fn default_state_dir(data_dir: &Path) -> PathBuf {
+    let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    // components() drops repeated and trailing separators and "." parts.
+    let norm: PathBuf = abs.components().collect();
+    if norm == Path::new(DEFAULT_DATA_DIR) {
+        return PathBuf::from(DEFAULT_STATE_DIR);
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, norm.as_os_str().as_encoded_bytes());
+    let hex: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Path::new(RUN_DIR).join(hex).join("containerd")
+}
 /// Default CRI/containerd socket of the node's containerd.
 pub const DEFAULT_SOCKET: &str = "/run/rk3s/containerd/containerd.sock";
 /// The sandbox ("pause") image, built by rk3s and imported, never pulled.
@@ -102,9 +129,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerdError + '_ {
 pub struct ContainerdConfig {
     /// The rk3s data dir (`/var/lib/rk3s`).
     pub data_dir: PathBuf,
-    /// containerd's state dir (`/run/rk3s/containerd`).
+    /// containerd's state dir ([`default_state_dir`] of the data dir).
     pub state_dir: PathBuf,
-    /// The gRPC socket (`/run/rk3s/containerd/containerd.sock`).
+    /// The gRPC socket (`<state dir>/containerd.sock`).
     pub socket: PathBuf,
     /// The containerd binary (`containerd`, from PATH).
     pub binary: PathBuf,
@@ -123,9 +150,10 @@ pub struct ContainerdConfig {
 }
 
 impl ContainerdConfig {
-    /// The defaults for a data dir.
+    /// The defaults for a data dir (state dir: [`default_state_dir`]).
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
+        let state_dir = default_state_dir(&data_dir);
         let crun = ["/usr/bin/crun", "/usr/local/bin/crun"]
             .iter()
             .map(PathBuf::from)
@@ -133,8 +161,8 @@ impl ContainerdConfig {
         ContainerdConfig {
             cni_conf_dir: data_dir.join("agent/etc/cni/net.d"),
             data_dir,
-            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
-            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket: state_dir.join("containerd.sock"),
+            state_dir,
             binary: PathBuf::from("containerd"),
             sandbox_image: SANDBOX_IMAGE.to_string(),
             cni_bin_dir: PathBuf::from(DEBIAN_CNI_BIN_DIR),
@@ -1161,6 +1189,42 @@ configs:
         );
         c.crun = None;
         assert!(!c.render().contains("crun"));
+    }
+
+    #[test]
+    fn state_dir_follows_the_data_dir() {
+        // The default data dir keeps k3s's layout.
+        for d in ["/var/lib/rk3s", "/var/lib/rk3s/", "/var/lib//rk3s/."] {
+            assert_eq!(
+                default_state_dir(Path::new(d)),
+                Path::new(DEFAULT_STATE_DIR),
+                "{d}"
+            );
+        }
+        assert_eq!(
+            ContainerdConfig::new("/var/lib/rk3s").socket,
+            Path::new(DEFAULT_SOCKET)
+        );
+        // Any other data dir: its own short dir under /run/rk3s, stable per dir.
+        let a = default_state_dir(Path::new("/tmp/node-a"));
+        let b = default_state_dir(Path::new("/tmp/node-b"));
+        assert_ne!(a, b);
+        assert_ne!(a, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(a, default_state_dir(Path::new("/tmp/node-a/")));
+        assert!(a.starts_with(RUN_DIR) && a.ends_with("containerd"), "{a:?}");
+        let hash = a.parent().and_then(|p| p.file_name()).unwrap_or_default();
+        assert_eq!(hash.len(), 12);
+        // A relative data dir is taken from the current directory.
+        let cwd = std::env::current_dir().unwrap_or_default();
+        assert_eq!(
+            default_state_dir(Path::new("rel/dir")),
+            default_state_dir(&cwd.join("rel/dir"))
+        );
+        // The socket stays short whatever the data dir.
+        let long = "/x".repeat(200);
+        let c = ContainerdConfig::new(&long);
+        assert!(c.socket.as_os_str().len() < 108, "{:?}", c.socket);
+        assert_eq!(c.socket, c.state_dir.join("containerd.sock"));
     }
 
     #[test]

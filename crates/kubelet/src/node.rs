@@ -41,6 +41,21 @@ pub struct NodeConfig {
     pub control_plane: bool,
     /// Extra labels (`--node-label`).
     pub labels: BTreeMap<String, String>,
+    /// Taints the node registers with (`--node-taint`; applied when the Node is created,
+    /// as upstream's `--register-with-taints`).
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// ExternalIP of the node (`--node-external-ip`).
+    pub external_ip: Option<IpAddr>,
+}
+
+/// The Node's `status.addresses`: InternalIP, ExternalIP (when set), Hostname.
+fn node_addresses(cfg: &NodeConfig) -> Value {
+    let mut a = vec![json!({"type": "InternalIP", "address": cfg.ip.to_string()})];
+    if let Some(e) = cfg.external_ip {
+        a.push(json!({"type": "ExternalIP", "address": e.to_string()}));
+    }
+    a.push(json!({"type": "Hostname", "address": cfg.name}));
+    Value::Array(a)
 }
 
 /// The host's resources.
@@ -262,10 +277,7 @@ fn status_body(cfg: &NodeConfig, host: &HostResources, facts: &RuntimeFacts) -> 
     json!({
         "capacity": host.capacity(),
         "allocatable": host.allocatable(),
-        "addresses": [
-            {"type": "InternalIP", "address": cfg.ip.to_string()},
-            {"type": "Hostname", "address": cfg.name},
-        ],
+        "addresses": node_addresses(cfg),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
         "nodeInfo": {
             "machineID": machine_id,
@@ -357,7 +369,10 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> Result<Node, K
             annotations: Some(annotations),
             ..Default::default()
         },
-        spec: Some(Default::default()),
+        spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+            taints: (!cfg.taints.is_empty()).then(|| cfg.taints.clone()),
+            ..Default::default()
+        }),
         status: None,
     };
     match api.create(&PostParams::default(), &node).await {
@@ -529,6 +544,8 @@ mod tests {
             data_dir: "/tmp".into(),
             control_plane: true,
             labels: BTreeMap::from([("a".to_string(), "b".to_string())]),
+            taints: Vec::new(),
+            external_ip: None,
         };
         let l = node_labels(&cfg);
         assert_eq!(

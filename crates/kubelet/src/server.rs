@@ -1005,12 +1005,14 @@ impl KubeletApi {
             };
             match guessed {
                 Some(p) => p,
-                None => return text(
-                    400,
-                    format!(
+                None => {
+                    return text(
+                        400,
+                        format!(
                         "previous terminated container \"{container}\" in pod \"{pod}\" not found"
                     ),
-                ),
+                    )
+                }
             }
         } else {
             match self.cri.container_status(&current.id).await {

@@ -402,30 +402,12 @@ fn selector_json(sel: &LabelSelector) -> String {
     serde_json::to_string(sel).unwrap_or_default()
 }
 
-/// Parses `a.b.c.d/n` or `x::/n` into an inclusive range (host bits ignored, as
-/// upstream's ParseCIDR masks them).
+/// Parses `a.b.c.d/n` or `x::/n` (with [`rk3s_core::Cidr`]) into an inclusive range
+/// (host bits ignored, as upstream's ParseCIDR masks them).
 fn parse_cidr(s: &str) -> Option<(bool, u128, u128)> {
-    let (addr, len) = s.trim().split_once('/')?;
-    let len: u32 = len.parse().ok()?;
-    let ip: IpAddr = addr.parse().ok()?;
-    let (v6, bits, width) = match ip {
-        IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32u32),
-        IpAddr::V6(a) => (true, u128::from(a), 128u32),
-    };
-    if len > width {
-        return None;
-    }
-    let host_bits = width - len;
-    let host_mask: u128 = if host_bits == 0 {
-        0
-    } else if host_bits >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << host_bits) - 1
-    };
-    let lo = bits & !host_mask;
-    let hi = lo | host_mask;
-    Some((v6, lo, hi))
+    let c = rk3s_core::Cidr::parse(s.trim()).ok()?;
+    let (lo, hi) = c.range();
+    Some((c.is_ipv6(), lo, hi))
 }
 
 fn to_ip(v6: bool, x: u128) -> IpAddr {

@@ -1,133 +1,36 @@
-//! Label selector matching (`metav1.LabelSelector`), as upstream's
-//! `LabelSelectorAsSelector`: `matchLabels` and `matchExpressions` with the operators
-//! `In`, `NotIn`, `Exists` and `DoesNotExist`, all requirements ANDed; an empty
-//! selector matches everything.
-//!
-//! NOTE: this helper is local to the netpol crate for now; a later refactor moves it to
-//! a shared core crate (the controllers and the scheduler have their own copies).
+//! Label selector matching (`metav1.LabelSelector`) for policies: the one
+//! implementation is [`rk3s_core::selector`] (upstream's `LabelSelectorAsSelector`:
+//! `matchLabels` and `matchExpressions` with `In`, `NotIn`, `Exists`, `DoesNotExist`,
+//! all ANDed; an empty selector matches everything); this wrapper keeps the policy
+//! model's vocabulary.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// Why a label selector cannot be used (upstream rejects it at validation; a policy
-/// carrying one is skipped).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SelectorError {
-    /// An operator other than `In`, `NotIn`, `Exists`, `DoesNotExist`.
-    #[error("unknown label selector operator {0:?}")]
-    UnknownOperator(String),
-    /// `In` / `NotIn` without values.
-    #[error("operator {operator} on key {key:?} needs at least one value")]
-    MissingValues {
-        /// The requirement's operator.
-        operator: String,
-        /// The requirement's key.
-        key: String,
-    },
-    /// `Exists` / `DoesNotExist` with values.
-    #[error("operator {operator} on key {key:?} takes no values")]
-    UnexpectedValues {
-        /// The requirement's operator.
-        operator: String,
-        /// The requirement's key.
-        key: String,
-    },
-    /// An empty key.
-    #[error("label selector requirement with an empty key")]
-    EmptyKey,
-}
-
-/// One compiled requirement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Requirement {
-    Equals(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
-
-impl Requirement {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        match self {
-            Requirement::Equals(k, v) => labels.get(k) == Some(v),
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
-        }
-    }
-}
+/// carrying one is skipped). The message is upstream's.
+pub use rk3s_core::selector::SelectorError;
 
 /// A validated label selector, ready to match label sets.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Selector {
-    reqs: Vec<Requirement>,
-}
+pub struct Selector(rk3s_core::LabelSelector);
 
 impl Selector {
     /// Compiles `sel`; an invalid requirement is an error (never "matches nothing"
     /// silently, so the caller can report it).
     pub fn compile(sel: &LabelSelector) -> Result<Self, SelectorError> {
-        let mut reqs = Vec::new();
-        for (k, v) in sel.match_labels.iter().flatten() {
-            if k.is_empty() {
-                return Err(SelectorError::EmptyKey);
-            }
-            reqs.push(Requirement::Equals(k.clone(), v.clone()));
-        }
-        for e in sel.match_expressions.iter().flatten() {
-            if e.key.is_empty() {
-                return Err(SelectorError::EmptyKey);
-            }
-            let values = e.values.clone().unwrap_or_default();
-            let need_values = |values: Vec<String>| {
-                if values.is_empty() {
-                    Err(SelectorError::MissingValues {
-                        operator: e.operator.clone(),
-                        key: e.key.clone(),
-                    })
-                } else {
-                    Ok(values)
-                }
-            };
-            let no_values = || {
-                if values.is_empty() {
-                    Ok(())
-                } else {
-                    Err(SelectorError::UnexpectedValues {
-                        operator: e.operator.clone(),
-                        key: e.key.clone(),
-                    })
-                }
-            };
-            let r = match e.operator.as_str() {
-                "In" => Requirement::In(e.key.clone(), need_values(values.clone())?),
-                "NotIn" => Requirement::NotIn(e.key.clone(), need_values(values.clone())?),
-                "Exists" => {
-                    no_values()?;
-                    Requirement::Exists(e.key.clone())
-                }
-                "DoesNotExist" => {
-                    no_values()?;
-                    Requirement::DoesNotExist(e.key.clone())
-                }
-                other => return Err(SelectorError::UnknownOperator(other.to_string())),
-            };
-            reqs.push(r);
-        }
-        Ok(Selector { reqs })
+        rk3s_core::LabelSelector::from_k8s(sel).map(Selector)
     }
 
     /// Whether every requirement holds for `labels` (an empty selector matches all).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.reqs.iter().all(|r| r.matches(labels))
+        self.0.matches(labels)
     }
 
     /// Whether the selector has no requirement (selects everything).
     pub fn is_empty(&self) -> bool {
-        self.reqs.is_empty()
+        self.0.is_empty()
     }
 }
 

@@ -211,65 +211,13 @@ pub fn base64_error_offset(s: &str) -> Option<usize> {
     }
 }
 
-/// Checks a quantity string as upstream's `ParseQuantity` (after trimming spaces):
-/// the syntax of number and suffix, and a known suffix.
+/// Checks a quantity string as upstream's `ParseQuantity` (after trimming spaces, as
+/// JSON decoding does) with the one parser, [`rk3s_core::Quantity`].
 pub fn check_quantity(s: &str) -> Result<(), &'static str> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(QUANTITY_FORMAT_ERROR);
-    }
-    let b = s.as_bytes();
-    let mut pos = 0;
-    if matches!(b[0], b'+' | b'-') {
-        pos = 1;
-    }
-    while pos < b.len() && b[pos].is_ascii_digit() {
-        pos += 1;
-    }
-    if pos < b.len() && b[pos] == b'.' {
-        pos += 1;
-        while pos < b.len() && b[pos].is_ascii_digit() {
-            pos += 1;
-        }
-    }
-    let suffix_start = pos;
-    while pos < b.len() && b"eEinumkKMGTP".contains(&b[pos]) {
-        pos += 1;
-    }
-    if pos < b.len() && matches!(b[pos], b'+' | b'-') {
-        pos += 1;
-    }
-    while pos < b.len() && b[pos].is_ascii_digit() {
-        pos += 1;
-    }
-    if pos < b.len() {
-        return Err(QUANTITY_FORMAT_ERROR);
-    }
-    let suffix = &s[suffix_start..];
-    let known = matches!(
-        suffix,
-        "" | "n"
-            | "u"
-            | "m"
-            | "k"
-            | "M"
-            | "G"
-            | "T"
-            | "P"
-            | "E"
-            | "Ki"
-            | "Mi"
-            | "Gi"
-            | "Ti"
-            | "Pi"
-            | "Ei"
-    );
-    let exponent =
-        suffix.len() > 1 && suffix.starts_with(['e', 'E']) && suffix[1..].parse::<i64>().is_ok();
-    if known || exponent {
-        Ok(())
-    } else {
-        Err(QUANTITY_SUFFIX_ERROR)
+    match rk3s_core::Quantity::parse(s.trim()) {
+        Ok(_) => Ok(()),
+        Err(rk3s_core::QuantityError::Suffix) => Err(QUANTITY_SUFFIX_ERROR),
+        Err(_) => Err(QUANTITY_FORMAT_ERROR),
     }
 }
 
@@ -766,30 +714,8 @@ pub fn fill_always_encoded_status(definition: &str, obj: &mut Value) {
     }
 }
 
-/// Go's `strconv.Quote` of `s` (`%q`), for messages that quote values.
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{b}' => out.push_str("\\v"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+/// Go's `strconv.Quote` (re-exported from [`rk3s_core::quote`]).
+pub use rk3s_core::go_quote;
 
 /// Go's `%v` of a value decoded from JSON into `interface{}` (`map[k:v]` with sorted
 /// keys, `[a b]`, bare strings, `<nil>`), as upstream prints a patch in messages.

@@ -181,61 +181,15 @@ pub(crate) fn format_labels(v: Option<&Value>) -> String {
     pairs.join(",")
 }
 
-/// Converts a metav1.LabelSelector to its selector string ("" when it
-/// selects everything or is absent); `None` when the selector is invalid.
+/// Converts a metav1.LabelSelector to its selector string ("" when it selects everything
+/// or is absent) with [`rk3s_core::LabelSelector`]; `None` when the selector is invalid.
 pub(crate) fn selector_string(sel: Option<&Value>) -> Option<String> {
     let Some(sel) = sel else {
         return Some(String::new());
     };
-    let mut reqs: Vec<(String, String)> = Vec::new();
-    if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
-        for (k, v) in m {
-            reqs.push((k.clone(), format!("{k}={}", v.as_str().unwrap_or(""))));
-        }
-    }
-    for e in arr(sel, &["matchExpressions"]) {
-        let key = s(e, &["key"]).to_string();
-        let mut values: Vec<String> = arr(e, &["values"])
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect();
-        values.sort();
-        values.dedup();
-        let text = match s(e, &["operator"]) {
-            "In" | "NotIn" => {
-                if values.is_empty() {
-                    return None;
-                }
-                let op = if s(e, &["operator"]) == "In" {
-                    "in"
-                } else {
-                    "notin"
-                };
-                format!("{key} {op} ({})", values.join(","))
-            }
-            "Exists" => {
-                if !values.is_empty() {
-                    return None;
-                }
-                key.clone()
-            }
-            "DoesNotExist" => {
-                if !values.is_empty() {
-                    return None;
-                }
-                format!("!{key}")
-            }
-            _ => return None,
-        };
-        reqs.push((key, text));
-    }
-    reqs.sort_by(|a, b| a.0.cmp(&b.0));
-    Some(
-        reqs.into_iter()
-            .map(|(_, t)| t)
-            .collect::<Vec<_>>()
-            .join(","),
-    )
+    rk3s_core::LabelSelector::from_json(sel)
+        .ok()
+        .map(|s| s.to_string())
 }
 
 /// upstream's FormatLabelSelector: "<none>" when empty, "<error>" if invalid.

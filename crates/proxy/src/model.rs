@@ -135,24 +135,19 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    /// Parses `a.b.c.d/n` or `x::y/n` (surrounding whitespace ignored, as upstream does for
-    /// `loadBalancerSourceRanges`); a bare address is a host route.
+    /// Parses `a.b.c.d/n` or `x::y/n` (with [`rk3s_core::Cidr`]; surrounding whitespace
+    /// ignored, as upstream does for `loadBalancerSourceRanges`); a bare address is a
+    /// host route.
     pub fn parse(s: &str) -> Option<Cidr> {
         let s = s.trim();
-        let (ip, prefix) = match s.split_once('/') {
-            Some((ip, p)) => (ip.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
-            None => {
-                let ip = s.parse::<IpAddr>().ok()?;
-                (ip, if ip.is_ipv4() { 32 } else { 128 })
-            }
+        let c = match rk3s_core::Cidr::parse(s) {
+            Ok(c) => c,
+            Err(_) if !s.contains('/') => rk3s_core::Cidr::host(s.parse().ok()?),
+            Err(_) => return None,
         };
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return None;
-        }
         Some(Cidr {
-            addr: mask(ip, prefix),
-            prefix,
+            addr: c.addr(),
+            prefix: c.prefix(),
         })
     }
 
@@ -163,36 +158,13 @@ impl Cidr {
 
     /// Whether `ip` lies in the range.
     pub fn contains(&self, ip: &IpAddr) -> bool {
-        IpFamily::of(ip) == self.family() && mask(*ip, self.prefix) == self.addr
+        rk3s_core::Cidr::new(self.addr, self.prefix).is_some_and(|c| c.contains(ip))
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let m = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix.min(32)))
-            };
-            IpAddr::V4((bits & m).into())
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let m = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix.min(128)))
-            };
-            IpAddr::V6((bits & m).into())
-        }
     }
 }
 

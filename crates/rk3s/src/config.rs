@@ -14,7 +14,7 @@ pub const DEFAULT_KUBECONFIG: &str = "/etc/rk3s/rk3s.yaml";
 
 /// Returns argv with the config file's settings inserted after the subcommand.
 pub fn merge_config_file(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
-    let Some(sub_idx) = argv.iter().position(|a| a == "server") else {
+    let Some(sub_idx) = argv.iter().position(|a| a == "server" || a == "agent") else {
         return Ok(argv);
     };
     // Only the first positional is the subcommand; `rk3s kubectl get server` must not match.

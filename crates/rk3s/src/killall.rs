@@ -20,7 +20,10 @@
 //!    tables named `rk3s*`, and iptables-nft tables left empty by the above;
 //! 6. the pod cgroups (`kubepods/.../pod<uid>`) of rk3s's pods, and `kubepods` itself
 //!    when empty; host-local IP leases under the data dir; libcni's cache entries of
-//!    the `rk3s` network; `/run/rk3s` (or the state dir).
+//!    the `rk3s` network; containerd's state dir (`/run/rk3s/containerd` for the default
+//!    data dir, `/run/rk3s/<hash>/containerd` for another: see
+//!    [`rk3s_kubelet::containerd::default_state_dir`]) and `/run/rk3s` once empty.
+//!    Another data dir's node on the same machine is left alone.
 //!
 //! Every action is printed; running it again finds nothing to do and exits 0.
 
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use rk3s_kubelet::containerd::{ContainerdConfig, DEFAULT_STATE_DIR};
+use rk3s_kubelet::containerd::{default_state_dir, ContainerdConfig, RUN_DIR};
 
 /// Default data dir (as `rk3s server --data-dir`).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/rk3s";
@@ -54,9 +57,10 @@ pub struct KillallArgs {
     /// Data dir of the rk3s whose pods, containerd and network to remove (as given to `rk3s server --data-dir`)
     #[arg(long, short = 'd', value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// State dir of rk3s's containerd (as given to `rk3s server --containerd-state-dir`)
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    pub containerd_state_dir: PathBuf,
+    /// State dir of rk3s's containerd (as given to `rk3s server --containerd-state-dir`;
+    /// default: derived from the data dir as `rk3s server` does)
+    #[arg(long, value_name = "DIR")]
+    pub containerd_state_dir: Option<PathBuf>,
 }
 
 /// Runs `rk3s killall`.
@@ -65,7 +69,10 @@ pub fn run(args: KillallArgs) -> anyhow::Result<()> {
         bail!("must be run as root");
     }
     let data_dir = absolute(&args.data_dir)?;
-    let state_dir = absolute(&args.containerd_state_dir)?;
+    let state_dir = match &args.containerd_state_dir {
+        Some(d) => absolute(d)?,
+        None => default_state_dir(&data_dir),
+    };
     if data_dir.components().count() < 2 || state_dir.components().count() < 2 {
         bail!("refusing to clean up the root directory");
     }
@@ -209,7 +216,10 @@ impl Killall {
                 let cwd = std::fs::read_link(format!("/proc/{}/cwd", p.pid))
                     .unwrap_or_else(|_| PathBuf::from("/"));
                 let data = cwd.join(&dirs.data_dir);
-                let state = cwd.join(&dirs.state_dir);
+                let state = match &dirs.state_dir {
+                    Some(s) => cwd.join(s),
+                    None => default_state_dir(&data),
+                };
                 same_path(&data, &self.data_dir)
                     || (dirs.agent && same_path(&state, &self.state_dir))
             })
@@ -602,7 +612,7 @@ impl Killall {
         }
     }
 
-    /// Step 5c: nftables tables rk3s created (named `rk3s*`).
+    /// Step 5c: nftables tables rk3s created (named `rk3s*`) and the VXLAN device.
     fn clean_nftables(&mut self) {
         if self.other_agent().is_some() {
             return;
@@ -614,6 +624,13 @@ impl Killall {
             match run_status("nft", &["delete", "table", &family, &name]) {
                 Ok(()) => self.did(format!("deleted nftables table {family} {name}")),
                 Err(e) => self.failed(format!("nft delete table {family} {name}: {e}")),
+            }
+        }
+        // The pod network's VXLAN device (its routes, neighbour and FDB entries go with it).
+        if Path::new("/sys/class/net/flannel.1").exists() {
+            match run_status("ip", &["link", "delete", "flannel.1"]) {
+                Ok(()) => self.did("deleted the pod network's VXLAN device flannel.1".to_string()),
+                Err(e) => self.failed(format!("ip link delete flannel.1: {e}")),
             }
         }
     }
@@ -698,12 +715,8 @@ impl Killall {
                 self.did(format!("removed shim socket {}", s.display()));
             }
         }
-        let run_dir = Path::new("/run/rk3s");
-        let target = if self.state_dir.starts_with(run_dir) {
-            run_dir.to_path_buf()
-        } else {
-            self.state_dir.clone()
-        };
+        // Only this node's state dir: other data dirs' nodes keep theirs under /run/rk3s.
+        let target = self.state_dir.clone();
         if target.exists() {
             rk3s_kubelet::containerd::unmount_under(&target);
             match std::fs::remove_dir_all(&target) {
@@ -711,7 +724,28 @@ impl Killall {
                 Err(e) => self.failed(format!("removing {}: {e}", target.display())),
             }
         }
+        for dir in empty_parents_to_remove(&target) {
+            // remove_dir fails on a non-empty dir: another node's state stays.
+            if std::fs::remove_dir(&dir).is_ok() {
+                self.did(format!("removed {}", dir.display()));
+            }
+        }
     }
+}
+
+/// The parents of a containerd state dir under `/run/rk3s` (innermost first, `/run/rk3s`
+/// itself last) that killall removes when they are empty.
+fn empty_parents_to_remove(state_dir: &Path) -> Vec<PathBuf> {
+    let run = Path::new(RUN_DIR);
+    if !state_dir.starts_with(run) {
+        return Vec::new();
+    }
+    state_dir
+        .ancestors()
+        .skip(1)
+        .take_while(|p| p.starts_with(run))
+        .map(Path::to_path_buf)
+        .collect()
 }
 
 /// The container id in a libcni cache file name `<network>-<id>-<ifname>`.
@@ -779,7 +813,8 @@ fn basename(s: &str) -> &str {
 #[derive(Debug, PartialEq)]
 struct NodeDirs {
     data_dir: PathBuf,
-    state_dir: PathBuf,
+    /// `--containerd-state-dir` when given (else derived from the data dir).
+    state_dir: Option<PathBuf>,
     /// True when it runs the node agent (an agent, or a server without `--disable-agent`).
     agent: bool,
 }
@@ -796,7 +831,7 @@ fn node_process_dirs(args: &[String]) -> Option<NodeDirs> {
     }
     let mut dirs = NodeDirs {
         data_dir: DEFAULT_DATA_DIR.into(),
-        state_dir: DEFAULT_STATE_DIR.into(),
+        state_dir: None,
         agent: true,
     };
     let mut it = args.iter().skip(1).peekable();
@@ -813,7 +848,7 @@ fn node_process_dirs(args: &[String]) -> Option<NodeDirs> {
         if let Some(v) = value("--data-dir", Some("-d")) {
             dirs.data_dir = v.into();
         } else if let Some(v) = value("--containerd-state-dir", None) {
-            dirs.state_dir = v.into();
+            dirs.state_dir = Some(v.into());
         } else if a == "--disable-agent" || a == "--disable-agent=true" {
             dirs.agent = sub == "agent";
         }
@@ -1442,7 +1477,7 @@ mod tests {
             d,
             Some(NodeDirs {
                 data_dir: "/tmp/x".into(),
-                state_dir: "/tmp/x/cs".into(),
+                state_dir: Some("/tmp/x/cs".into()),
                 agent: true
             })
         );
@@ -1457,7 +1492,7 @@ mod tests {
             d,
             Some(NodeDirs {
                 data_dir: "/srv/rk3s".into(),
-                state_dir: DEFAULT_STATE_DIR.into(),
+                state_dir: None,
                 agent: false
             })
         );
@@ -1466,7 +1501,7 @@ mod tests {
             d,
             Some(NodeDirs {
                 data_dir: DEFAULT_DATA_DIR.into(),
-                state_dir: DEFAULT_STATE_DIR.into(),
+                state_dir: None,
                 agent: true
             })
         );
@@ -1485,6 +1520,26 @@ mod tests {
             None
         );
         assert_eq!(node_process_dirs(&[]), None);
+    }
+
+    #[test]
+    fn only_empty_run_dirs_of_the_state_dir_are_removed() {
+        assert_eq!(
+            empty_parents_to_remove(Path::new("/run/rk3s/containerd")),
+            [PathBuf::from("/run/rk3s")]
+        );
+        assert_eq!(
+            empty_parents_to_remove(Path::new("/run/rk3s/0123456789ab/containerd")),
+            [
+                PathBuf::from("/run/rk3s/0123456789ab"),
+                PathBuf::from("/run/rk3s")
+            ]
+        );
+        assert!(empty_parents_to_remove(Path::new("/tmp/x/cs")).is_empty());
+        // Two data dirs: two state dirs, neither inside the other.
+        let a = default_state_dir(Path::new(DEFAULT_DATA_DIR));
+        let b = default_state_dir(Path::new("/srv/rk3s-2"));
+        assert!(!a.starts_with(&b) && !b.starts_with(&a));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `image`, `secrets-encrypt`, `killall`, `check-config`, `kubectl` (runs kubectl with
 //! the admin kubeconfig) and the hidden `sim-nodes`.
 
+mod agent;
 mod check_config;
 mod config;
 mod image;
@@ -12,6 +13,7 @@ mod node_network;
 mod secrets;
 mod server;
 mod sim;
+mod token;
 
 use std::process::ExitCode;
 
@@ -31,10 +33,17 @@ enum Command {
     /// --disable-agent) the node agent with its own containerd, the Service proxy, cluster
     /// DNS and NetworkPolicy enforcement.
     Server(Box<server::ServerArgs>),
+    /// Run an agent: join a server's cluster with a token (`--server URL --token T`) and run
+    /// this machine's node: containerd, pods, the Service proxy, cluster DNS, NetworkPolicy
+    /// and the pod network, with the node's own least-privilege credentials.
+    Agent(Box<agent::AgentArgs>),
     /// Simulated nodes for tests and benchmarks (registers N nodes, keeps their Leases
     /// fresh, moves their pods through their phases without containers)
     #[command(hide = true)]
     SimNodes(sim::SimArgs),
+    /// Bootstrap tokens that join agents: create, list, delete, generate
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Secrets encryption at rest: status and re-encryption
     #[command(subcommand)]
     SecretsEncrypt(secrets::SecretsCommand),
@@ -79,10 +88,24 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Agent(args) => match agent::run(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s agent: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::SimNodes(args) => match sim::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rk3s sim-nodes: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Token(cmd) => match token::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s token: {e:#}");
                 ExitCode::from(1)
             }
         },

@@ -1,6 +1,6 @@
-//! The per-node network services that run beside the node agent: the Service proxy
-//! (`rk3s-proxy`), the cluster DNS server (`rk3s-dns`) and the NetworkPolicy enforcer
-//! (`rk3s-netpol`). Each is a Kubernetes API client acting as the node; each is
+//! The per-node network services that run beside the node agent: the pod network across
+//! nodes (`rk3s-flannel`), the Service proxy (`rk3s-proxy`), the cluster DNS server
+//! (`rk3s-dns`) and the NetworkPolicy enforcer (`rk3s-netpol`). Each is a Kubernetes API client acting as the node; each is
 //! restarted with back-off when it stops with an error, and one failing never stops the
 //! others.
 
@@ -35,10 +35,66 @@ pub struct NodeNetworkOptions {
     pub network_policy: bool,
     /// Upstream resolvers of the DNS server (`--resolv-conf`).
     pub resolv_conf: Option<PathBuf>,
+    /// The pod network backend between nodes (`--flannel-backend`).
+    pub flannel_backend: rk3s_flannel::Backend,
+    /// The uplink of the pod network (`--flannel-iface`).
+    pub flannel_iface: Option<String>,
+}
+
+/// The settings of the node's pod bridge that go with the pod network: with flannel, the
+/// bridge does not masquerade (flannel masquerades only what leaves the cluster CIDR) and
+/// pods get the uplink's MTU less the tunnel's overhead.
+pub async fn pod_network(opts: &NodeNetworkOptions) -> rk3s_kubelet::cni::PodNetwork {
+    let IpAddr::V4(ip) = opts.node_ip else {
+        return Default::default();
+    };
+    if opts.flannel_backend == rk3s_flannel::Backend::None {
+        return Default::default();
+    }
+    let uplink_mtu = match rk3s_flannel::Kernel::new() {
+        Ok(k) => match k.uplink(ip, opts.flannel_iface.as_deref()).await {
+            Ok(u) => u.mtu,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the uplink's MTU; assuming 1500");
+                1500
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "netlink unavailable; assuming an MTU of 1500");
+            1500
+        }
+    };
+    rk3s_kubelet::cni::PodNetwork {
+        ip_masq: false,
+        mtu: Some(rk3s_flannel::pod_mtu(opts.flannel_backend, uplink_mtu)),
+    }
+}
+
+/// The API identities the node's network services act as (k3s's): the Service proxy as
+/// `system:kube-proxy` (ClusterRole `system:node-proxier`), DNS and the NetworkPolicy
+/// enforcer as `system:rk3s-controller` (ClusterRole `system:rk3s-controller`).
+#[derive(Clone)]
+pub struct NodeNetworkClients {
+    /// The Service proxy's client.
+    pub proxy: kube::Client,
+    /// The client of cluster DNS, NetworkPolicy and the pod network.
+    pub controller: kube::Client,
 }
 
 /// Starts the enabled services as background tasks.
-pub fn spawn(client: kube::Client, opts: NodeNetworkOptions) {
+pub fn spawn(clients: NodeNetworkClients, opts: NodeNetworkOptions) {
+    if let (IpAddr::V4(ip), false) = (
+        opts.node_ip,
+        opts.flannel_backend == rk3s_flannel::Backend::None,
+    ) {
+        let mut fopts = rk3s_flannel::FlannelOptions::new(&opts.node_name, ip, &opts.cluster_cidr);
+        fopts.backend = opts.flannel_backend;
+        fopts.iface = opts.flannel_iface.clone();
+        let c = clients.controller.clone();
+        supervise("pod network", move || {
+            rk3s_flannel::run(c.clone(), fopts.clone())
+        });
+    }
     if opts.proxy {
         let popts = rk3s_proxy::ProxyOptions {
             node_name: opts.node_name.clone(),
@@ -49,7 +105,7 @@ pub fn spawn(client: kube::Client, opts: NodeNetworkOptions) {
             full_resync_period: Duration::from_secs(3600),
             min_sync_interval: Duration::from_millis(10),
         };
-        let c = client.clone();
+        let c = clients.proxy.clone();
         supervise("service proxy", move || {
             rk3s_proxy::run(c.clone(), popts.clone())
         });
@@ -62,7 +118,7 @@ pub fn spawn(client: kube::Client, opts: NodeNetworkOptions) {
             ttl: 5,
             custom_config: Some(("kube-system".to_string(), "coredns-custom".to_string())),
         };
-        let c = client.clone();
+        let c = clients.controller.clone();
         supervise("cluster DNS", move || {
             rk3s_dns::run(c.clone(), dopts.clone())
         });
@@ -79,7 +135,7 @@ pub fn spawn(client: kube::Client, opts: NodeNetworkOptions) {
                 Vec::new()
             },
         };
-        let c = client;
+        let c = clients.controller.clone();
         supervise("network policy", move || {
             rk3s_netpol::run(c.clone(), nopts.clone())
         });

@@ -77,6 +77,13 @@ pub struct ServerArgs {
     /// Do not enforce NetworkPolicies
     #[arg(long)]
     pub disable_network_policy: bool,
+    /// Pod network between nodes: vxlan (flannel-compatible), host-gw (nodes on one L2
+    /// segment) or none (bring your own CNI)
+    #[arg(long, value_name = "BACKEND", default_value = "vxlan", value_parser = ["vxlan", "host-gw", "none"])]
+    pub flannel_backend: String,
+    /// Interface of the pod network between nodes (default: the node IP's interface)
+    #[arg(long, value_name = "IFACE")]
+    pub flannel_iface: Option<String>,
     /// Upstream resolvers of the cluster DNS (default: /etc/resolv.conf, or systemd-resolved's
     /// upstream file when it names only a loopback stub)
     #[arg(long, value_name = "FILE", env = "RK3S_RESOLV_CONF")]
@@ -184,12 +191,15 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// A `--cluster-cidr`/`--service-cidr` value (checked with [`rk3s_core::Cidr`]): an
+/// IPv4 network of /8 to /28.
 fn parse_cidr(s: &str) -> Result<String, String> {
     let bad = || format!("invalid CIDR {s:?}: expected an IPv4 network such as 10.42.0.0/16");
-    let (ip, len) = s.split_once('/').ok_or_else(bad)?;
-    let _: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    if !(8..=28).contains(&len) {
+    let c = rk3s_core::Cidr::parse(s).map_err(|_| bad())?;
+    if !c.is_ipv4() {
+        return Err(bad());
+    }
+    if !(8..=28).contains(&c.prefix()) {
         return Err(format!(
             "invalid CIDR {s:?}: prefix length must be between 8 and 28"
         ));
@@ -246,7 +256,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 /// The log filter: the user's, with the DNS server library's per-query lines off unless
 /// the user asks for them.
-fn log_filter(user: &str) -> String {
+pub(crate) fn log_filter(user: &str) -> String {
     if user.contains("hickory") {
         user.to_string()
     } else {
@@ -383,6 +393,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 domain: args.cluster_domain.clone(),
             });
     let servicelb = args.enabled("servicelb");
+    // One watch per resource type for the controller manager and the scheduler.
+    let informers = rk3s_controllers::informers::SharedInformers::new(client.clone());
+    let controller_informers = informers.clone();
     tokio::spawn(async move {
         let opts = rk3s_controllers::Options {
             identity,
@@ -392,6 +405,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             nodes,
             servicelb,
             cluster_dns: dns_service,
+            informers: Some(controller_informers),
         };
         if let Err(e) = rk3s_controllers::run(client, opts).await {
             tracing::error!(error = %e, "controller manager stopped");
@@ -401,7 +415,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         rk3s_apiserver::UserInfo::new("system:kube-scheduler", &["system:masters"])
             .with_authenticated_group();
     let scheduler_client = rk3s_controllers::client_over(api.local_service(scheduler_user));
-    let scheduler_opts = rk3s_scheduler::RunOptions::new(&hostname());
+    let mut scheduler_opts = rk3s_scheduler::RunOptions::new(&hostname());
+    scheduler_opts.informers = Some(informers);
     tokio::spawn(async move {
         if let Err(e) = rk3s_scheduler::run(scheduler_client, scheduler_opts).await {
             tracing::error!(error = %e, "scheduler stopped");
@@ -409,7 +424,43 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     });
     let api_for_agent = api.clone();
     let (kubelet_ca, kubelet_ca_key) = (pki.ca_cert_pem.clone(), pki.ca_key_pem.clone());
-    let serving = tokio::spawn(rk3s_apiserver::server::serve(api, listener, tls));
+    // The supervisor (k3s's join protocol) on the API port: agents fetch the CA, their
+    // certificates and the cluster's settings from it. It acts in-process as a trusted
+    // part of the server.
+    let supervisor_user =
+        rk3s_apiserver::UserInfo::new("system:rk3s-supervisor", &["system:masters"])
+            .with_authenticated_group();
+    let supervisor_client = rk3s_controllers::client_over(api.local_service(supervisor_user));
+    let supervisor = rk3s_supervisor::Supervisor::new(
+        rk3s_supervisor::SupervisorOptions {
+            ca_cert_pem: pki.ca_cert_pem.clone(),
+            ca_key_pem: pki.ca_key_pem.clone(),
+            token_secret: pki.token_secret.clone(),
+            agent_config: rk3s_supervisor::AgentConfig {
+                cluster_cidr: args.cluster_cidr.clone(),
+                service_cidr: args.service_cidr.clone(),
+                cluster_dns: cluster_dns.to_string(),
+                cluster_domain: args.cluster_domain.clone(),
+                flannel_backend: args.flannel_backend.clone(),
+                disable_kube_proxy: args.disable_kube_proxy,
+                disable_network_policy: args.disable_network_policy,
+                disable_cluster_dns: !args.enabled("coredns"),
+                service_node_port_range: format!(
+                    "{}-{}",
+                    args.service_node_port_range.0, args.service_node_port_range.1
+                ),
+            },
+            cert_validity_secs: 365 * 24 * 3600,
+        },
+        Arc::new(supervisor_client),
+    );
+    let side: Arc<dyn rk3s_apiserver::server::SideRoutes> = Arc::new(SupervisorRoutes(supervisor));
+    let serving = tokio::spawn(rk3s_apiserver::server::serve_with(
+        api,
+        listener,
+        tls,
+        Some(side),
+    ));
 
     let host = if args.bind_address.is_unspecified() {
         "127.0.0.1".to_string()
@@ -445,15 +496,14 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(rk3s_kubelet::node::hostname);
-        // The node agent acts as its node (system:node:<name>); the API server has no
-        // Node authorizer yet, so it also gets system:masters.
-        let node_user = rk3s_apiserver::UserInfo::new(
-            format!("system:node:{node_name}"),
-            &["system:nodes", "system:masters"],
-        )
-        .with_authenticated_group();
+        // The node agent acts as its node (system:node:<name> in system:nodes) with the
+        // same least privilege as an agent's: the Node authorizer and NodeRestriction
+        // decide what it may read and write.
+        let node_user =
+            rk3s_apiserver::UserInfo::new(format!("system:node:{node_name}"), &["system:nodes"])
+                .with_authenticated_group();
         let node_client = rk3s_controllers::client_over(api_for_agent.local_service(node_user));
-        let opts = rk3s_kubelet::agent::AgentOptions {
+        let mut opts = rk3s_kubelet::agent::AgentOptions {
             node_name,
             node_ip: args.node_ip.unwrap_or(advertise),
             data_dir: args.data_dir.clone(),
@@ -464,26 +514,44 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             private_registry: Some(args.private_registry.clone()),
             control_plane: true,
             labels: Default::default(),
+            taints: Vec::new(),
+            external_ip: None,
+            pod_network: Default::default(),
             kubelet_api: Some(rk3s_kubelet::agent::KubeletApiOptions {
                 listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 10250),
                 ca_cert_pem: kubelet_ca.clone(),
-                ca_key_pem: kubelet_ca_key.clone(),
+                serving: rk3s_kubelet::agent::KubeletServing::IssueWithCaKey(
+                    kubelet_ca_key.clone(),
+                ),
             }),
         };
-        crate::node_network::spawn(
-            node_client.clone(),
-            crate::node_network::NodeNetworkOptions {
-                node_name: opts.node_name.clone(),
-                node_ip: opts.node_ip,
-                cluster_cidr: args.cluster_cidr.clone(),
-                service_cidr: args.service_cidr.clone(),
-                cluster_domain: args.cluster_domain.clone(),
-                proxy: !args.disable_kube_proxy,
-                dns: args.enabled("coredns"),
-                network_policy: !args.disable_network_policy,
-                resolv_conf: args.resolv_conf.clone(),
-            },
-        );
+        // The node's network services act as k3s's agents' do: the Service proxy as
+        // system:kube-proxy, DNS and NetworkPolicy as system:rk3s-controller.
+        let as_user =
+            |name: &str| {
+                rk3s_controllers::client_over(api_for_agent.local_service(
+                    rk3s_apiserver::UserInfo::new(name, &[]).with_authenticated_group(),
+                ))
+            };
+        let network_clients = crate::node_network::NodeNetworkClients {
+            proxy: as_user(rk3s_supervisor::KUBE_PROXY_USER),
+            controller: as_user(rk3s_supervisor::CONTROLLER_USER),
+        };
+        let network_opts = crate::node_network::NodeNetworkOptions {
+            node_name: opts.node_name.clone(),
+            node_ip: opts.node_ip,
+            cluster_cidr: args.cluster_cidr.clone(),
+            service_cidr: args.service_cidr.clone(),
+            cluster_domain: args.cluster_domain.clone(),
+            proxy: !args.disable_kube_proxy,
+            dns: args.enabled("coredns"),
+            network_policy: !args.disable_network_policy,
+            resolv_conf: args.resolv_conf.clone(),
+            flannel_backend: args.flannel_backend.parse().unwrap_or_default(),
+            flannel_iface: args.flannel_iface.clone(),
+        };
+        opts.pod_network = crate::node_network::pod_network(&network_opts).await;
+        crate::node_network::spawn(network_clients, network_opts);
         tokio::spawn(async move {
             if let Err(e) = rk3s_kubelet::agent::run(node_client, opts).await {
                 tracing::error!(error = %e, "node agent stopped");
@@ -542,11 +610,31 @@ fn hostname() -> String {
 }
 
 fn first_ip(cidr: &str) -> anyhow::Result<Ipv4Addr> {
-    let (ip, len) = cidr.split_once('/').context("CIDR without prefix length")?;
-    let ip: Ipv4Addr = ip.parse().context("CIDR address")?;
-    let len: u32 = len.parse().context("CIDR prefix length")?;
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    Ok(Ipv4Addr::from((u32::from(ip) & mask) + 1))
+    let net = rk3s_core::Cidr::parse(cidr)?;
+    match net.nth(1) {
+        Some(IpAddr::V4(ip)) => Ok(ip),
+        _ => bail!("{cidr}: no first IPv4 address"),
+    }
+}
+
+/// The supervisor as the API server's side routes.
+struct SupervisorRoutes(rk3s_supervisor::Supervisor);
+
+impl rk3s_apiserver::server::SideRoutes for SupervisorRoutes {
+    fn claims(&self, path: &str) -> bool {
+        rk3s_supervisor::Supervisor::claims(path)
+    }
+
+    fn serve(
+        &self,
+        req: http::Request<bytes::Bytes>,
+        client_cert_user: Option<rk3s_apiserver::UserInfo>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = http::Response<bytes::Bytes>> + Send + 'static>,
+    > {
+        let s = self.0.clone();
+        Box::pin(async move { s.handle(req, client_cert_user).await })
+    }
 }
 
 #[cfg(test)]

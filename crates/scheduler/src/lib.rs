@@ -9,9 +9,11 @@
 //! PodTopologySpread 2, InterPodAffinity 2, BalancedAllocation 1, ImageLocality 1.
 //! PostFilter: DefaultPreemption (with PodDisruptionBudgets).
 //!
-//! The component ([`run`]) holds the `kube-scheduler` Lease, watches nodes, pods,
-//! volumes, PDBs and namespaces, keeps a [`Snapshot`] and a [`queue::SchedulingQueue`]
-//! current, and binds pods through `pods/binding` (see [`runner`]).
+//! The component ([`run`]) holds the `kube-scheduler` Lease, follows nodes, pods,
+//! volumes, PDBs and namespaces through the controller runtime's shared informers
+//! (`rk3s-runtime`; no watch of its own), keeps a [`Snapshot`] and a
+//! [`queue::SchedulingQueue`] current, and binds pods through `pods/binding` (see
+//! [`runner`]).
 //!
 //! ```no_run
 //! # use rk3s_scheduler::{Scheduler, Snapshot};
@@ -24,8 +26,8 @@
 //! }
 //! ```
 
-/// Leader election (shared with the controller manager).
-pub use rk3s_leader as leader;
+/// Leader election (shared with the controller manager), from the controller runtime.
+pub use rk3s_runtime::leader;
 mod plugins;
 pub mod quantity;
 pub mod queue;

@@ -382,9 +382,7 @@ fn pdb_budgets(snap: &Snapshot) -> Vec<PdbBudget> {
         .iter()
         .filter_map(|p| {
             let sel = p.spec.as_ref()?.selector.as_ref()?;
-            let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
-                && sel.match_expressions.as_ref().is_none_or(|m| m.is_empty());
-            if empty {
+            if rk3s_core::selector::k8s_selector_is_empty(sel) {
                 return None; // an empty selector matches nothing here, as upstream
             }
             let status = p.status.as_ref();

@@ -2,220 +2,67 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{NodeSelector, NodeSelectorTerm, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use rk3s_core::selector::{Operator, Requirement};
 
 /// Labels as stored on objects.
 pub type Labels = BTreeMap<String, String>;
 
+/// A compiled `metav1.LabelSelector` (the one implementation in
+/// [`rk3s_core::selector`]), with the additions affinity terms need.
 #[derive(Debug, Clone, PartialEq)]
-enum LabelOp {
-    In(Vec<String>),
-    NotIn(Vec<String>),
-    Exists,
-    DoesNotExist,
-}
-
-/// A compiled `metav1.LabelSelector`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Selector {
-    nothing: bool,
-    reqs: Vec<(String, LabelOp)>,
-}
+pub struct Selector(rk3s_core::LabelSelector);
 
 impl Selector {
     /// A selector matching nothing (what a nil selector means for affinity/spread).
     pub fn nothing() -> Self {
-        Selector {
-            nothing: true,
-            reqs: Vec::new(),
-        }
+        Selector(rk3s_core::LabelSelector::nothing())
     }
 
     /// A selector matching everything.
     pub fn everything() -> Self {
-        Selector {
-            nothing: false,
-            reqs: Vec::new(),
-        }
+        Selector(rk3s_core::LabelSelector::everything())
     }
 
     /// Compiles an optional selector: `None` matches nothing, `{}` matches everything,
-    /// an invalid operator makes the selector match nothing (as upstream's error path).
+    /// an invalid selector matches nothing (as upstream's error path).
     pub fn from_label_selector(sel: Option<&LabelSelector>) -> Self {
-        let Some(sel) = sel else {
-            return Self::nothing();
-        };
-        let mut reqs = Vec::new();
-        for (k, v) in sel.match_labels.iter().flatten() {
-            reqs.push((k.clone(), LabelOp::In(vec![v.clone()])));
-        }
-        for e in sel.match_expressions.iter().flatten() {
-            let values = e.values.clone().unwrap_or_default();
-            let op = match e.operator.as_str() {
-                "In" => LabelOp::In(values),
-                "NotIn" => LabelOp::NotIn(values),
-                "Exists" => LabelOp::Exists,
-                "DoesNotExist" => LabelOp::DoesNotExist,
-                _ => return Self::nothing(),
-            };
-            reqs.push((e.key.clone(), op));
-        }
-        Selector {
-            nothing: false,
-            reqs,
+        sel.and_then(|s| rk3s_core::LabelSelector::from_k8s(s).ok())
+            .map_or_else(Self::nothing, Selector)
+    }
+
+    fn add(&mut self, key: &str, op: Operator, value: &str) {
+        if let Ok(r) = Requirement::new(key, op, vec![value.to_string()]) {
+            self.0.add(r);
         }
     }
 
     /// Adds `key In (value)` (used for `matchLabelKeys`).
     pub fn add_in(&mut self, key: &str, value: &str) {
-        self.reqs
-            .push((key.to_string(), LabelOp::In(vec![value.to_string()])));
+        self.add(key, Operator::In, value);
     }
 
     /// Adds `key NotIn (value)` (used for `mismatchLabelKeys`).
     pub fn add_not_in(&mut self, key: &str, value: &str) {
-        self.reqs
-            .push((key.to_string(), LabelOp::NotIn(vec![value.to_string()])));
+        self.add(key, Operator::NotIn, value);
     }
 
     /// Whether `labels` satisfy the selector.
     pub fn matches(&self, labels: Option<&Labels>) -> bool {
-        if self.nothing {
-            return false;
-        }
-        self.reqs.iter().all(|(k, op)| {
-            let v = labels.and_then(|l| l.get(k));
-            match op {
-                LabelOp::In(vals) => v.is_some_and(|v| vals.iter().any(|x| x == v)),
-                LabelOp::NotIn(vals) => v.is_none_or(|v| !vals.iter().any(|x| x == v)),
-                LabelOp::Exists => v.is_some(),
-                LabelOp::DoesNotExist => v.is_none(),
-            }
-        })
+        self.0
+            .matches_with(|k| labels.and_then(|l| l.get(k)).map(String::as_str))
     }
 
     /// True when the selector matches every label set.
     pub fn is_everything(&self) -> bool {
-        !self.nothing && self.reqs.is_empty()
+        self.0.is_empty()
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum NodeOp {
-    In(Vec<String>),
-    NotIn(Vec<String>),
-    Exists,
-    DoesNotExist,
-    Gt(i64),
-    Lt(i64),
-    /// An unparsable requirement: never matches.
-    Never,
-}
-
-impl NodeOp {
-    fn matches(&self, v: Option<&str>) -> bool {
-        match self {
-            NodeOp::In(vals) => v.is_some_and(|v| vals.iter().any(|x| x == v)),
-            NodeOp::NotIn(vals) => v.is_none_or(|v| !vals.iter().any(|x| x == v)),
-            NodeOp::Exists => v.is_some(),
-            NodeOp::DoesNotExist => v.is_none(),
-            NodeOp::Gt(n) => v
-                .and_then(|v| v.parse::<i64>().ok())
-                .is_some_and(|x| x > *n),
-            NodeOp::Lt(n) => v
-                .and_then(|v| v.parse::<i64>().ok())
-                .is_some_and(|x| x < *n),
-            NodeOp::Never => false,
-        }
-    }
-}
-
-fn compile_node_op(op: &str, values: &[String]) -> NodeOp {
-    match op {
-        "In" => NodeOp::In(values.to_vec()),
-        "NotIn" => NodeOp::NotIn(values.to_vec()),
-        "Exists" => NodeOp::Exists,
-        "DoesNotExist" => NodeOp::DoesNotExist,
-        "Gt" | "Lt" => {
-            let [v] = values else { return NodeOp::Never };
-            match v.parse::<i64>() {
-                Ok(n) if op == "Gt" => NodeOp::Gt(n),
-                Ok(n) => NodeOp::Lt(n),
-                Err(_) => NodeOp::Never,
-            }
-        }
-        _ => NodeOp::Never,
-    }
-}
-
-/// A compiled `NodeSelectorTerm`: label expressions and `metadata.name` field expressions, ANDed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeTerm {
-    exprs: Vec<(String, NodeOp)>,
-    name_exprs: Vec<NodeOp>,
-}
-
-impl NodeTerm {
-    /// Compiles one term.
-    pub fn new(t: &NodeSelectorTerm) -> Self {
-        let exprs = t
-            .match_expressions
-            .iter()
-            .flatten()
-            .map(|e| {
-                (
-                    e.key.clone(),
-                    compile_node_op(&e.operator, e.values.as_deref().unwrap_or(&[])),
-                )
-            })
-            .collect();
-        let name_exprs = t
-            .match_fields
-            .iter()
-            .flatten()
-            .map(|e| {
-                if e.key == "metadata.name" && (e.operator == "In" || e.operator == "NotIn") {
-                    compile_node_op(&e.operator, e.values.as_deref().unwrap_or(&[]))
-                } else {
-                    NodeOp::Never
-                }
-            })
-            .collect();
-        NodeTerm { exprs, name_exprs }
-    }
-
-    /// Whether a node with `name` and `labels` matches. An empty term matches nothing.
-    pub fn matches(&self, name: &str, labels: Option<&Labels>) -> bool {
-        if self.exprs.is_empty() && self.name_exprs.is_empty() {
-            return false;
-        }
-        self.exprs
-            .iter()
-            .all(|(k, op)| op.matches(labels.and_then(|l| l.get(k)).map(String::as_str)))
-            && self.name_exprs.iter().all(|op| op.matches(Some(name)))
-    }
-}
-
-/// A compiled `NodeSelector`: terms ORed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeSelectorMatcher {
-    terms: Vec<NodeTerm>,
-}
-
-impl NodeSelectorMatcher {
-    /// Compiles a node selector.
-    pub fn new(s: &NodeSelector) -> Self {
-        NodeSelectorMatcher {
-            terms: s.node_selector_terms.iter().map(NodeTerm::new).collect(),
-        }
-    }
-
-    /// Whether any term matches the node.
-    pub fn matches(&self, name: &str, labels: Option<&Labels>) -> bool {
-        self.terms.iter().any(|t| t.matches(name, labels))
-    }
-}
+/// Compiled `NodeSelectorTerm` and `NodeSelector` (node affinity): the one implementation
+/// of [`rk3s_core::selector`]. A term that is empty or does not parse matches nothing.
+pub use rk3s_core::selector::{NodeSelectorMatcher, NodeSelectorTermMatcher as NodeTerm};
 
 /// Whether one toleration tolerates one taint (upstream `Toleration.ToleratesTaint`).
 pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
@@ -255,7 +102,7 @@ pub fn first_untolerated_hard_taint<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::NodeSelectorRequirement;
+    use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(kv: &[(&str, &str)]) -> Labels {

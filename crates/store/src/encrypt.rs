@@ -418,9 +418,11 @@ fn seal(k: &EncryptionKey, storage_key: &str, plain: &[u8]) -> Result<Vec<u8>, S
 fn open(cfg: &EncryptionConfig, storage_key: &str, stored: Vec<u8>) -> Result<Vec<u8>, StoreError> {
     let name = match classify(&stored) {
         None if cfg.identity_fallback => return Ok(stored),
-        None => return Err(StoreError::Backend(format!(
+        None => {
+            return Err(StoreError::Backend(format!(
             "value of {storage_key} is not encrypted and the identity provider is not configured"
-        ))),
+        )))
+        }
         Some(Err(p)) => {
             return Err(StoreError::Backend(format!(
                 "value of {storage_key} is encrypted with unsupported provider {p:?}"

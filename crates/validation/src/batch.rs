@@ -164,96 +164,12 @@ pub(crate) fn validate_cron_job(obj: &Value, _old: Option<&Value>, errs: &mut Er
     validate_job_spec(get(jt, "spec"), "spec.jobTemplate.spec", errs);
 }
 
-/// A basic cron check: five fields of numbers, ranges, steps, lists, names or `*`/`?`,
-/// or one of the `@` descriptors.
+/// Checks a schedule with the one cron parser ([`rk3s_core::cron`]); the message is
+/// robfig/cron's, as upstream's.
 fn check_cron(s: &str) -> Result<(), String> {
-    let s = s.trim();
-    if let Some(d) = s.strip_prefix('@') {
-        return match d {
-            "yearly" | "annually" | "monthly" | "weekly" | "daily" | "midnight" | "hourly" => {
-                Ok(())
-            }
-            _ if d.starts_with("every ") => {
-                let dur = d["every ".len()..].trim();
-                if !dur.is_empty()
-                    && dur.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
-                    && dur.chars().any(|c| c.is_ascii_digit())
-                {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "failed to parse duration @every {dur}: time: invalid duration {}",
-                        crate::errors::go_quote(dur)
-                    ))
-                }
-            }
-            _ => Err(format!("unrecognized descriptor: @{d}")),
-        };
-    }
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(format!(
-            "expected exactly 5 fields, found {}: [{}]",
-            fields.len(),
-            fields.join(" ")
-        ));
-    }
-    let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
-    for (f, (lo, hi)) in fields.iter().zip(ranges) {
-        for part in f.split(',') {
-            let (range, step) = match part.split_once('/') {
-                Some((r, st)) => (r, Some(st)),
-                None => (part, None),
-            };
-            if let Some(st) = step {
-                if st.parse::<u32>().map_or(true, |n| n == 0) {
-                    return Err(format!(
-                        "failed to parse int from {st}: strconv.Atoi: parsing {}: invalid syntax",
-                        crate::errors::go_quote(st)
-                    ));
-                }
-            }
-            if range == "*" || range == "?" {
-                continue;
-            }
-            let bounds: Vec<&str> = range.split('-').collect();
-            if bounds.len() > 2 {
-                return Err(format!("too many hyphens: {part}"));
-            }
-            for b in bounds {
-                let n = match b.parse::<i64>() {
-                    Ok(n) => n,
-                    Err(_) => match name_value(b) {
-                        Some(n) => n,
-                        None => {
-                            return Err(format!("failed to parse int from {b}: strconv.Atoi: parsing {}: invalid syntax", crate::errors::go_quote(b)))
-                        }
-                    },
-                };
-                if n < lo || n > hi {
-                    return Err(if n < lo {
-                        format!("beginning of range ({n}) below minimum ({lo}): {part}")
-                    } else {
-                        format!("end of range ({n}) above maximum ({hi}): {part}")
-                    });
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn name_value(s: &str) -> Option<i64> {
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-    let l = s.to_ascii_lowercase();
-    MONTHS
-        .iter()
-        .position(|m| *m == l)
-        .map(|i| i as i64 + 1)
-        .or_else(|| DAYS.iter().position(|d| *d == l).map(|i| i as i64))
+    rk3s_core::Schedule::parse(s)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -303,6 +219,12 @@ mod tests {
         );
         assert!(check_cron("61 * * * *").is_err());
         assert!(check_cron("@sometimes").is_err());
+        // one parser with the controller: what validation admits, the controller runs
+        assert_eq!(
+            check_cron("0 0 * * 7"),
+            Err("end of range (7) above maximum (6): 7".to_string())
+        );
+        assert!(check_cron("CRON_TZ=UTC 0 * * * *").is_ok());
         let mut c = json!({"metadata": {"name": "c", "namespace": "d"}, "spec": {"schedule": "bad", "jobTemplate": {"spec": {"template": {"spec": {
             "containers": [{"name": "c", "image": "busybox"}], "restartPolicy": "OnFailure"}}}}}});
         apply_defaults("batch", "v1", "CronJob", &mut c);

@@ -268,30 +268,12 @@ pub(crate) fn selector_is_empty(sel: &Value) -> bool {
     gobj(Some(sel), "matchLabels").is_empty() && garr(Some(sel), "matchExpressions").is_empty()
 }
 
-/// Whether a `LabelSelector` matches a label set.
+/// Whether a `LabelSelector` matches a label set; an absent or invalid selector (the
+/// latter reported by [`validate_label_selector`]) counts as matching, as upstream skips
+/// the check then.
 pub(crate) fn selector_matches(sel: &Value, labels: Option<&Value>) -> bool {
-    let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    for (k, v) in gobj(Some(sel), "matchLabels") {
-        if label(k) != v.as_str() {
-            return false;
-        }
-    }
-    for expr in garr(Some(sel), "matchExpressions") {
-        let e = Some(expr);
-        let k = gstr(e, "key");
-        let vals: Vec<&str> = garr(e, "values").iter().filter_map(Value::as_str).collect();
-        let ok = match gstr(e, "operator") {
-            "In" => label(k).is_some_and(|l| vals.contains(&l)),
-            "NotIn" => label(k).is_none_or(|l| !vals.contains(&l)),
-            "Exists" => label(k).is_some(),
-            "DoesNotExist" => label(k).is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+    sel.is_null()
+        || rk3s_core::LabelSelector::from_json(sel).map_or(true, |s| s.matches_json(labels))
 }
 
 /// Template metadata: labels and annotations.

@@ -304,14 +304,7 @@ pub(crate) fn validate_network_policy(obj: &Value, errs: &mut Errs) {
 }
 
 fn is_cidr(s: &str) -> bool {
-    let Some((ip, bits)) = s.split_once('/') else {
-        return false;
-    };
-    let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
-        return false;
-    };
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    bits.parse::<u8>().is_ok_and(|b| b <= max)
+    rk3s_core::Cidr::parse(s).is_ok()
 }
 
 /// Role / ClusterRole rules.

@@ -38,38 +38,12 @@ pub struct SpecContext {
     pub log_root: std::path::PathBuf,
 }
 
-/// A Kubernetes quantity in its base unit (cores, bytes...), or None when malformed.
+/// A Kubernetes quantity in its base unit (cores, bytes...), or None when malformed
+/// (parsed by [`rk3s_core::Quantity`]).
 pub fn parse_quantity(s: &str) -> Option<f64> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse::<i32>().ok()?),
-        _ => return None,
-    };
-    Some(n * mult)
+    rk3s_core::Quantity::parse(s.trim())
+        .ok()
+        .map(|q| q.as_f64())
 }
 
 fn resource(c: &Container, kind: &str, name: &str) -> Option<f64> {
@@ -656,6 +630,9 @@ mod tests {
         assert_eq!(parse_quantity("1G"), Some(1e9));
         assert_eq!(parse_quantity("1e3"), Some(1000.0));
         assert_eq!(parse_quantity("x"), None);
+        assert_eq!(parse_quantity("1E3"), Some(1000.0));
+        assert_eq!(parse_quantity("1.5.5"), None);
+        assert_eq!(parse_quantity("1 Ki"), None);
     }
 
     #[test]

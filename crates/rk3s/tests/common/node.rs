@@ -415,15 +415,10 @@ spec:
 }
 
 pub fn cidr_contains(cidr: &str, ip: &str) -> bool {
-    let parse = |s: &str| s.parse::<std::net::Ipv4Addr>().ok().map(u32::from);
-    let Some((net, len)) = cidr.split_once('/') else {
+    let (Ok(net), Ok(ip)) = (rk3s_core::Cidr::parse(cidr), ip.parse()) else {
         return false;
     };
-    let (Some(net), Some(ip), Ok(len)) = (parse(net), parse(ip), len.parse::<u32>()) else {
-        return false;
-    };
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    net & mask == ip & mask
+    net.contains(&ip)
 }
 
 pub fn ctr_containers(c: &Cluster) -> usize {

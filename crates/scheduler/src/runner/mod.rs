@@ -1,4 +1,5 @@
-//! The scheduler component: holds the `kube-scheduler` Lease, watches the cluster,
+//! The scheduler component: holds the `kube-scheduler` Lease, follows the cluster
+//! through the controller runtime's shared informers (one watch per kind),
 //! schedules the queued pods one at a time and binds them concurrently.
 //!
 //! One task owns the [`core::Core`] (snapshot + queue): it applies watch events, then
@@ -10,6 +11,7 @@ pub mod core;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::Stream;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{
     Binding, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
@@ -19,10 +21,10 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::Event;
 use kube::Resource;
+use rk3s_runtime::events::{Event as KEvent, EventRecorder, EventType};
+use rk3s_runtime::SharedInformers;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use self::core::{Core, Outcome, WatchMsg};
@@ -55,6 +57,9 @@ pub struct RunOptions {
     pub config: SchedulerConfig,
     /// Queue backoff settings.
     pub queue: QueueConfig,
+    /// Shared informers to read (e.g. the controller manager's, in one process);
+    /// `None`: a registry of its own per leadership term.
+    pub informers: Option<SharedInformers>,
 }
 
 impl RunOptions {
@@ -67,6 +72,7 @@ impl RunOptions {
             max_in_flight_binds: 16,
             config: SchedulerConfig::default(),
             queue: QueueConfig::default(),
+            informers: None,
         }
     }
 }
@@ -96,30 +102,19 @@ pub async fn run(client: kube::Client, opts: RunOptions) -> Result<(), Scheduler
     }
 }
 
-/// Forwards a kind's watch events into the main loop's channel.
-async fn forward<K>(api: Api<K>, tx: mpsc::Sender<WatchMsg>, wrap: fn(Event<K>) -> WatchMsg)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    let mut stream = std::pin::pin!(stream);
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(ev) => {
-                if tx.send(wrap(ev)).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(kind = K::kind(&()).as_ref(), error = %e, "scheduler: watch failed; retrying")
-            }
+/// Forwards a kind's events (from the shared informer) into the main loop's channel.
+async fn forward<K: Resource<DynamicType = ()>>(
+    events: impl Stream<Item = Event<K>> + Send,
+    tx: mpsc::UnboundedSender<WatchMsg>,
+    wrap: fn(Event<K>) -> WatchMsg,
+) {
+    let mut events = std::pin::pin!(events);
+    while let Some(ev) = events.next().await {
+        if tx.send(wrap(ev)).is_err() {
+            return;
         }
     }
+    tracing::debug!(kind = K::kind(&()).as_ref(), "scheduler: informer ended")
 }
 
 /// The result of a binding, reported to the main loop.
@@ -286,12 +281,10 @@ fn scheduled_event(pod: &Pod, node: &str) -> Effect {
     }
 }
 
-async fn apply_effect(client: kube::Client, recorder: Recorder, effect: Effect) {
+async fn apply_effect(client: kube::Client, recorder: EventRecorder, effect: Effect) {
     match effect {
         Effect::Event { regarding, event } => {
-            if let Err(e) = recorder.publish(&event, &regarding).await {
-                tracing::debug!(error = %e, reason = %event.reason, "scheduler: cannot record event");
-            }
+            recorder.publish(&event, &regarding).await;
         }
         Effect::PatchStatus {
             namespace,
@@ -334,7 +327,7 @@ async fn apply_effect(client: kube::Client, recorder: Recorder, effect: Effect) 
 /// Runs the effects with bounded concurrency until the channel closes.
 async fn effects_worker(
     client: kube::Client,
-    recorder: Recorder,
+    recorder: EventRecorder,
     rx: mpsc::UnboundedReceiver<Effect>,
 ) {
     let stream =
@@ -402,40 +395,45 @@ fn spawn_bind(
     });
 }
 
-fn watch_all(client: &kube::Client, tx: mpsc::Sender<WatchMsg>) -> tokio::task::JoinSet<()> {
+/// Follows the seven kinds the scheduler needs through the shared informers, each
+/// forwarded (unbounded: the informers never wait for the scheduler) to the main loop.
+fn watch_all(
+    informers: &SharedInformers,
+    tx: mpsc::UnboundedSender<WatchMsg>,
+) -> tokio::task::JoinSet<()> {
     let mut set = tokio::task::JoinSet::new();
     set.spawn(forward(
-        Api::<Node>::all(client.clone()),
+        informers.events::<Node>(),
         tx.clone(),
         WatchMsg::Node,
     ));
     set.spawn(forward(
-        Api::<Pod>::all(client.clone()),
+        informers.events::<Pod>(),
         tx.clone(),
         WatchMsg::Pod,
     ));
     set.spawn(forward(
-        Api::<PersistentVolume>::all(client.clone()),
+        informers.events::<PersistentVolume>(),
         tx.clone(),
         WatchMsg::Pv,
     ));
     set.spawn(forward(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
+        informers.events::<PersistentVolumeClaim>(),
         tx.clone(),
         WatchMsg::Pvc,
     ));
     set.spawn(forward(
-        Api::<StorageClass>::all(client.clone()),
+        informers.events::<StorageClass>(),
         tx.clone(),
         WatchMsg::Class,
     ));
     set.spawn(forward(
-        Api::<PodDisruptionBudget>::all(client.clone()),
+        informers.events::<PodDisruptionBudget>(),
         tx.clone(),
         WatchMsg::Pdb,
     ));
     set.spawn(forward(
-        Api::<Namespace>::all(client.clone()),
+        informers.events::<Namespace>(),
         tx,
         WatchMsg::Namespace,
     ));
@@ -445,13 +443,19 @@ fn watch_all(client: &kube::Client, tx: mpsc::Sender<WatchMsg>) -> tokio::task::
 /// The main loop: apply events, schedule while binding slots are free, sleep until
 /// something happens (an event, a binding result, a free slot, a backoff expiring).
 async fn schedule_loop(client: kube::Client, opts: &RunOptions) -> Result<(), SchedulerError> {
-    let (tx, mut rx) = mpsc::channel::<WatchMsg>(4096);
-    let _watches = watch_all(&client, tx);
-    let reporter = Reporter {
-        controller: opts.scheduler_name.clone(),
-        instance: Some(format!("{}-{}", opts.scheduler_name, opts.identity)),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let (tx, mut rx) = mpsc::unbounded_channel::<WatchMsg>();
+    // The shared informers, or this term's own (their watches stop when they are dropped
+    // with this loop).
+    let informers = opts
+        .informers
+        .clone()
+        .unwrap_or_else(|| SharedInformers::new(client.clone()));
+    let _watches = watch_all(&informers, tx);
+    let recorder = EventRecorder::with_instance(
+        client.clone(),
+        &opts.scheduler_name,
+        Some(format!("{}-{}", opts.scheduler_name, opts.identity)),
+    );
     let (effects_tx, effects_rx) = mpsc::unbounded_channel();
     let effects_task = tokio::spawn(effects_worker(client.clone(), recorder, effects_rx));
     let _abort_effects = AbortOnDrop(effects_task);
@@ -558,6 +562,48 @@ impl Drop for AbortOnDrop {
 mod tests {
     use super::*;
     use crate::test_util::{node, pod};
+
+    fn list<K>(objs: Vec<K>) -> impl Stream<Item = Event<K>> + Send + 'static
+    where
+        K: Send + 'static,
+    {
+        let mut v = vec![Event::Init];
+        v.extend(objs.into_iter().map(Event::InitApply));
+        v.push(Event::InitDone);
+        futures_util::stream::iter(v)
+    }
+
+    #[tokio::test]
+    async fn the_scheduler_follows_the_shared_informers() {
+        let informers = SharedInformers::fake();
+        informers.feed(list(vec![node("n1", "1", "4Gi")]));
+        informers.feed(list(vec![pod("a", "500m", "")]));
+        informers.feed(list::<PersistentVolume>(vec![]));
+        informers.feed(list::<PersistentVolumeClaim>(vec![]));
+        informers.feed(list::<StorageClass>(vec![]));
+        informers.feed(list::<PodDisruptionBudget>(vec![]));
+        informers.feed(list::<Namespace>(vec![]));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watches = watch_all(&informers, tx);
+        let mut core = Core::new(
+            Scheduler::default(),
+            "default-scheduler",
+            QueueConfig::default(),
+        );
+        while !core.synced() {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(m)) => core.handle(m, Instant::now()),
+                other => panic!("informers did not sync: {}", other.is_ok()),
+            }
+        }
+        match core.schedule_next(Instant::now()) {
+            Some(Outcome::Bind { pod, node }) => {
+                assert_eq!(pod.metadata.name.as_deref(), Some("a"));
+                assert_eq!(node, "n1");
+            }
+            o => panic!("unexpected {o:?}"),
+        }
+    }
 
     #[test]
     fn status_patch_sets_condition_and_nomination_once() {

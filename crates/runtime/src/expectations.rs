@@ -270,7 +270,7 @@ mod tests {
         );
         let mut terminating = meta("p2", "u2");
         assert!(!e.satisfied("k", cache(&[meta("p1", "u1"), terminating.clone()])));
-        terminating.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        terminating.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         assert!(!e.satisfied("k", cache(&[meta("p1", "u1"), terminating.clone()])));
         // p1 gone, or replaced by another object of that name.
         assert!(e.satisfied("k", cache(&[meta("p1", "other"), terminating])));

@@ -1,0 +1,406 @@
+//! Services: cluster IP and node-port allocation through [`crate::alloc`] (after field
+//! tracking, as upstream's Service storage: allocated values have no owner), values
+//! an update leaves out kept (upstream's `patchAllocatedValues`), released when the
+//! Service is deleted or an update drops them.
+
+use async_trait::async_trait;
+use rk3s_api::{ApiError, ResourceInfo};
+use serde_json::{json, Value};
+
+use super::Strategy;
+use crate::alloc::{Held, ServiceRef};
+use crate::object;
+use crate::state::Inner;
+
+/// The strategy of `services`.
+pub struct ServiceStrategy;
+
+#[async_trait]
+impl Strategy for ServiceStrategy {
+    /// The IP family fields the client did not set are the allocator's (upstream sets
+    /// them when it allocates, after field tracking), even where defaulting fills them.
+    fn allocator_fields(&self, obj: &Value) -> Vec<&'static str> {
+        ["ipFamilies", "ipFamilyPolicy"]
+            .into_iter()
+            .filter(|k| {
+                obj.pointer(&format!("/spec/{k}"))
+                    .is_none_or(|v| v.is_null())
+            })
+            .collect()
+    }
+
+    fn patch_allocated_values(&self, new: &mut Value, old: &Value) {
+        patch_allocated_values(new, old);
+    }
+
+    async fn allocate(
+        &self,
+        inner: &Inner,
+        res: &ResourceInfo,
+        name: &str,
+        obj: &mut Value,
+        old: Option<&Value>,
+        dry_run: bool,
+    ) -> Result<Held, ApiError> {
+        let owner = ServiceRef {
+            namespace: object::namespace(obj).unwrap_or("").to_string(),
+            name: name.to_string(),
+        };
+        let mut fresh = Held::default();
+        let result = allocate_into(inner, obj, old, res, &owner, dry_run, &mut fresh).await;
+        if result.is_err() {
+            inner.alloc.release(&fresh, &owner).await;
+        }
+        result.map(|()| fresh)
+    }
+
+    fn held(&self, inner: &Inner, obj: &Value) -> Held {
+        inner.alloc.held_by(obj)
+    }
+
+    async fn release(&self, inner: &Inner, ns: Option<&str>, name: &str, held: &Held) {
+        if held.is_empty() {
+            return;
+        }
+        let owner = ServiceRef {
+            namespace: ns.unwrap_or("").to_string(),
+            name: name.to_string(),
+        };
+        inner.alloc.release(held, &owner).await;
+    }
+}
+
+/// Gives a Service its cluster IP(s) and node ports (keeping those of `old`), recording
+/// in `fresh` what it newly took.
+async fn allocate_into(
+    inner: &Inner,
+    obj: &mut Value,
+    old: Option<&Value>,
+    res: &ResourceInfo,
+    owner: &ServiceRef,
+    dry_run: bool,
+    fresh: &mut Held,
+) -> Result<(), ApiError> {
+    let name = owner.name.as_str();
+    let invalid = |field: &str, msg: String| {
+        ApiError::invalid(
+            res,
+            name,
+            vec![rk3s_api::Cause {
+                reason: "FieldValueInvalid".into(),
+                message: msg,
+                field: field.into(),
+            }],
+        )
+    };
+    let typ = obj
+        .pointer("/spec/type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("ClusterIP")
+        .to_string();
+    if typ != "ExternalName" {
+        let old_ip = old
+            .and_then(|o| o.pointer("/spec/clusterIP"))
+            .and_then(|v| v.as_str())
+            .map(String::from);
+        let want = obj
+            .pointer("/spec/clusterIP")
+            .and_then(|v| v.as_str())
+            .map(String::from);
+        let ip = match (want.as_deref(), old_ip) {
+            (Some("None"), _) => "None".to_string(),
+            (Some(w), Some(o)) if !w.is_empty() && w == o => o,
+            (None | Some(""), Some(o)) => o,
+            (Some(w), _) if !w.is_empty() => {
+                let parsed = w.parse().map_err(|_| {
+                    invalid(
+                        "spec.clusterIPs[0]",
+                        format!("Invalid value: \"{w}\": must be a valid IP address"),
+                    )
+                })?;
+                let ip = inner
+                    .alloc
+                    .allocate_ip(Some(parsed), owner, dry_run)
+                    .await
+                    .map_err(|e| match e {
+                        crate::alloc::AllocError::Store(_) => ApiError::internal(format!(
+                            "failed to allocate a serviceIP: {e}"
+                        )),
+                        e => invalid("spec.clusterIPs", format!("Invalid value: []string{{\"{w}\"}}: failed to allocate IP {w}: {e}")),
+                    })?;
+                if !dry_run {
+                    fresh.ips.push(ip);
+                }
+                ip.to_string()
+            }
+            _ => {
+                let ip = inner
+                    .alloc
+                    .allocate_ip(None, owner, dry_run)
+                    .await
+                    .map_err(|e| {
+                        ApiError::internal(format!("failed to allocate a serviceIP: {e}"))
+                    })?;
+                if !dry_run {
+                    fresh.ips.push(ip);
+                }
+                ip.to_string()
+            }
+        };
+        if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
+            spec.insert("clusterIP".into(), json!(ip));
+            spec.insert("clusterIPs".into(), json!([ip]));
+            if ip != "None" || !spec.contains_key("ipFamilies") {
+                spec.insert("ipFamilies".into(), json!(["IPv4"]));
+            }
+            spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
+        }
+    }
+    if typ == "NodePort" || typ == "LoadBalancer" {
+        let old_ports: Vec<Value> = old
+            .and_then(|o| o.pointer("/spec/ports"))
+            .and_then(|p| p.as_array())
+            .cloned()
+            .unwrap_or_default();
+        // Ports the old Service holds are its own: asking for one of them again
+        // (e.g. swapping two ports' values) needs no allocation.
+        let mut old_held = old
+            .map(|o| inner.alloc.held_by(o).ports)
+            .unwrap_or_default();
+        let mut used_here = std::collections::HashSet::new();
+        // Per port entry: the node port kept, or the index of its allocation.
+        let mut plan: Vec<Result<u16, usize>> = Vec::new();
+        let mut wanted: Vec<Option<u16>> = Vec::new();
+        let mut wanted_at: Vec<usize> = Vec::new();
+        if let Some(ps) = obj.pointer("/spec/ports").and_then(|p| p.as_array()) {
+            for (i, p) in ps.iter().enumerate() {
+                let want = p.get("nodePort").and_then(|v| v.as_u64()).map(|v| v as u16);
+                let port = p.get("port").cloned();
+                let keep = old_ports
+                    .iter()
+                    .find(|op| op.get("port") == port.as_ref())
+                    .and_then(|op| op.get("nodePort"))
+                    .and_then(|v| v.as_u64())
+                    .map(|v| v as u16);
+                let kept = match (want, keep) {
+                    (Some(w), Some(k)) if w == k => Some(k),
+                    (None, Some(k)) => Some(k),
+                    (Some(w), _) if !used_here.contains(&w) && old_held.contains(&w) => Some(w),
+                    _ => None,
+                };
+                match kept {
+                    Some(k) => {
+                        old_held.retain(|x| *x != k);
+                        used_here.insert(k);
+                        plan.push(Ok(k));
+                    }
+                    None => {
+                        plan.push(Err(wanted.len()));
+                        wanted.push(want);
+                        wanted_at.push(i);
+                    }
+                }
+            }
+        }
+        let got = inner
+            .alloc
+            .allocate_ports(&wanted, dry_run)
+            .await
+            .map_err(|(j, e)| match e {
+                crate::alloc::AllocError::Store(_) => {
+                    ApiError::internal(format!("failed to allocate a nodePort: {e}"))
+                }
+                e => invalid(
+                    &format!(
+                        "spec.ports[{}].nodePort",
+                        wanted_at.get(j).copied().unwrap_or(0)
+                    ),
+                    format!(
+                        "Invalid value: {}: {e}",
+                        wanted
+                            .get(j)
+                            .copied()
+                            .flatten()
+                            .map(|x| x.to_string())
+                            .unwrap_or_default()
+                    ),
+                ),
+            })?;
+        if !dry_run {
+            fresh.ports.extend(got.iter().copied());
+        }
+        if let Some(ps) = obj
+            .pointer_mut("/spec/ports")
+            .and_then(|p| p.as_array_mut())
+        {
+            for (p, step) in ps.iter_mut().zip(plan) {
+                let np = match step {
+                    Ok(k) => k,
+                    Err(j) => got.get(j).copied().unwrap_or_default(),
+                };
+                p["nodePort"] = json!(np);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the values the server allocated to a Service that an update leaves out, as
+/// upstream's `patchAllocatedValues` (before validation, so that e.g. `kubectl replace`
+/// of a manifest without `clusterIP` is not an immutable-field change): `clusterIP`,
+/// `clusterIPs`, `ipFamilies` and `ipFamilyPolicy` while both need a cluster IP, node
+/// ports by port name while both need node ports (unless the new ports use that value
+/// already), `healthCheckNodePort` while both need one.
+fn patch_allocated_values(new: &mut Value, old: &Value) {
+    let typ = |v: &Value| {
+        v.pointer("/spec/type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("ClusterIP")
+            .to_string()
+    };
+    let (new_type, old_type) = (typ(new), typ(old));
+    let needs_ip = |t: &str| t != "ExternalName";
+    let needs_node_port = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    let needs_hc = |v: &Value, t: &str| {
+        t == "LoadBalancer"
+            && v.pointer("/spec/externalTrafficPolicy")
+                .and_then(|p| p.as_str())
+                == Some("Local")
+    };
+    let old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
+    let needs_hc_both = needs_hc(old, &old_type) && needs_hc(new, &new_type);
+    let Some(spec) = new.get_mut("spec").and_then(|s| s.as_object_mut()) else {
+        return;
+    };
+    let missing = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Number(n)) => n.as_i64() == Some(0),
+        _ => false,
+    };
+    if needs_ip(&old_type) && needs_ip(&new_type) {
+        for k in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            if missing(spec.get(k)) && !missing(old_spec.get(k)) {
+                if let Some(v) = old_spec.get(k) {
+                    spec.insert(k.to_string(), v.clone());
+                }
+            }
+        }
+    }
+    if needs_node_port(&old_type) && needs_node_port(&new_type) {
+        let node_ports = |ports: Option<&Value>| -> std::collections::HashSet<i64> {
+            ports
+                .and_then(|p| p.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.get("nodePort").and_then(|n| n.as_i64()))
+                        .filter(|n| *n != 0)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let used: std::collections::HashSet<i64> = node_ports(old_spec.get("ports"))
+            .intersection(&node_ports(spec.get("ports")))
+            .copied()
+            .collect();
+        let by_name: std::collections::HashMap<String, i64> = old_spec
+            .get("ports")
+            .and_then(|p| p.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        (
+                            p.get("name")
+                                .and_then(|n| n.as_str())
+                                .unwrap_or("")
+                                .to_string(),
+                            p.get("nodePort").and_then(|n| n.as_i64()).unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(ports) = spec.get_mut("ports").and_then(|p| p.as_array_mut()) {
+            for p in ports.iter_mut() {
+                if !missing(p.get("nodePort")) {
+                    continue;
+                }
+                let name = p
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                if let Some(&np) = by_name
+                    .get(&name)
+                    .filter(|np| **np != 0 && !used.contains(np))
+                {
+                    if let Some(po) = p.as_object_mut() {
+                        po.insert("nodePort".into(), json!(np));
+                    }
+                }
+            }
+        }
+    }
+    if needs_hc_both
+        && missing(spec.get("healthCheckNodePort"))
+        && !missing(old_spec.get("healthCheckNodePort"))
+    {
+        if let Some(v) = old_spec.get("healthCheckNodePort") {
+            spec.insert("healthCheckNodePort".into(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_keeps_the_allocated_values_it_leaves_out() {
+        let old = json!({"spec": {"type": "NodePort", "clusterIP": "10.43.0.9", "clusterIPs": ["10.43.0.9"], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+            "ports": [{"name": "http", "port": 80, "nodePort": 30080}, {"name": "https", "port": 443, "nodePort": 30443}]}});
+        // A manifest without any of them (kubectl replace, or apply that dropped them).
+        let mut new = json!({"spec": {"type": "NodePort", "ports": [{"name": "http", "port": 8080}, {"name": "https", "port": 443, "nodePort": 30080}, {"name": "extra", "port": 9}]}});
+        patch_allocated_values(&mut new, &old);
+        assert_eq!(new["spec"]["clusterIP"], "10.43.0.9");
+        assert_eq!(new["spec"]["clusterIPs"], json!(["10.43.0.9"]));
+        assert_eq!(new["spec"]["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(new["spec"]["ipFamilyPolicy"], "SingleStack");
+        // `http` would get 30080, but `https` uses that value now: it stays unset (the
+        // allocator gives it a new one); a port without an old one gets nothing either.
+        assert!(new["spec"]["ports"][0].get("nodePort").is_none(), "{new}");
+        assert_eq!(new["spec"]["ports"][1]["nodePort"], 30080);
+        assert!(new["spec"]["ports"][2].get("nodePort").is_none());
+        let mut renamed = json!({"spec": {"type": "LoadBalancer", "clusterIP": "", "ports": [{"name": "https", "port": 443}]}});
+        patch_allocated_values(&mut renamed, &old);
+        assert_eq!(
+            renamed["spec"]["clusterIP"], "10.43.0.9",
+            "an empty value counts as left out"
+        );
+        assert_eq!(renamed["spec"]["ports"][0]["nodePort"], 30443);
+        // Values the client sets are its own; a type that needs none gets none.
+        let mut set = json!({"spec": {"type": "NodePort", "clusterIP": "10.43.0.10", "ports": [{"name": "http", "port": 80, "nodePort": 31000}]}});
+        patch_allocated_values(&mut set, &old);
+        assert_eq!(
+            (
+                set["spec"]["clusterIP"].as_str(),
+                set["spec"]["ports"][0]["nodePort"].as_i64()
+            ),
+            (Some("10.43.0.10"), Some(31000))
+        );
+        let mut external = json!({"spec": {"type": "ExternalName", "externalName": "example.com"}});
+        patch_allocated_values(&mut external, &old);
+        assert!(external["spec"].get("clusterIP").is_none());
+        let mut cluster_ip = json!({"spec": {"ports": [{"name": "http", "port": 80}]}});
+        patch_allocated_values(&mut cluster_ip, &old);
+        assert!(
+            cluster_ip["spec"]["ports"][0].get("nodePort").is_none(),
+            "ClusterIP Services have no node ports"
+        );
+        let hc_old = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000}});
+        let mut hc = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"}});
+        patch_allocated_values(&mut hc, &hc_old);
+        assert_eq!(hc["spec"]["healthCheckNodePort"], 32000);
+    }
+}

@@ -1,0 +1,65 @@
+//! Test helpers: a whole API server on a fresh SQLite store, and requests to it as the
+//! cluster admin (no TLS, no socket: [`ApiServer::handle`]).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use crate::{ApiServer, Config, UserInfo};
+
+/// A server on a new store in `dir` (service CIDR `10.43.0.0/24`, node ports
+/// 30000-30099).
+pub async fn server(dir: &std::path::Path) -> ApiServer {
+    let store: Arc<dyn rk3s_store::Store> =
+        Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.join("state.db")).expect("store"));
+    let pki =
+        rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.join("server"))).expect("pki");
+    let config = Config {
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        advertise_address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+        advertise_port: 6443,
+        serving_cert_pem: pki.serving_cert_pem,
+        serving_key_pem: pki.serving_key_pem,
+        client_ca_pem: pki.ca_cert_pem,
+        store,
+        service_cidr: "10.43.0.0/24".into(),
+        node_port_range: (30000, 30099),
+        service_account_key_pem: pki.sa_key_pem,
+        service_account_pub_pem: pki.sa_pub_pem,
+        service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
+        token_auth_file: None,
+        audit: None,
+        kubelet_client: None,
+    };
+    ApiServer::new(&config).await.expect("server")
+}
+
+/// `method path` with a JSON body, as `system:admin`: the status code and JSON answer.
+pub async fn call(api: &ApiServer, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (parts, ()) = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(())
+        .expect("request")
+        .into_parts();
+    let body = body
+        .map(|b| Bytes::from(serde_json::to_vec(&b).expect("json")))
+        .unwrap_or_default();
+    let admin = UserInfo::new("system:admin", &["system:masters", "system:authenticated"]);
+    let resp = api.handle(parts, body, Some(admin)).await;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
