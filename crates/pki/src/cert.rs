@@ -746,7 +746,19 @@ pub fn sign_csr(
 ) -> Result<String, PkiError> {
     let ca = Ca::load(ca_cert_pem, ca_key_pem)?;
     let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
-    let params = &mut csr.params;
+    leaf_extensions(&mut csr.params, usage, validity_secs)?;
+    let cert = csr.signed_by(&ca.issuer)?;
+    Ok(cert.pem())
+}
+
+/// The extensions and validity of a leaf signed from a request: not a CA, digital
+/// signature + key encipherment, the usage's EKU, authority key id, a random serial,
+/// back-dated an hour, valid `validity_secs` (at least ten minutes).
+fn leaf_extensions(
+    params: &mut CertificateParams,
+    usage: CsrUsage,
+    validity_secs: i64,
+) -> Result<(), PkiError> {
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -761,8 +773,7 @@ pub fn sign_csr(
     let now = now_unix();
     params.not_before = date(now - BACKDATE_SECS)?;
     params.not_after = date(now + validity_secs.max(600))?;
-    let cert = csr.signed_by(&ca.issuer)?;
-    Ok(cert.pem())
+    Ok(())
 }
 
 /// Signs the public key of a PKCS#10 request (PEM) with the CA for an identity the
@@ -800,20 +811,7 @@ pub fn sign_csr_for(
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.subject_alt_names = parsed.iter().map(San::to_rcgen).collect::<Result<_, _>>()?;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![match usage {
-        CsrUsage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        CsrUsage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-    }];
-    params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(random_serial()?);
-    let now = now_unix();
-    params.not_before = date(now - BACKDATE_SECS)?;
-    params.not_after = date(now + validity_secs.max(600))?;
+    leaf_extensions(&mut params, usage, validity_secs)?;
     csr.params = params;
     let cert = csr.signed_by(&ca.issuer)?;
     if organizations.len() > 1 {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::node::{build_busybox_image, missing_prereqs, sh, BUSYBOX_IMAGE};
+use common::node::{build_busybox_image, kill_containerd, missing_prereqs, sh, BUSYBOX_IMAGE};
 use common::wait_for;
 
 const SUBNET: &str = "198.18.0";
@@ -329,20 +329,7 @@ impl MultiNode {
             self.nodes[i].stop();
         }
         for n in &self.nodes {
-            let state = n.containerd_state();
-            let want = format!("-address\0{}", state.join("containerd.sock").display());
-            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline);
-                if cmdline.contains("containerd-shim") && cmdline.contains(&want) {
-                    let _ = Command::new("kill")
-                        .args(["-KILL", &e.file_name().to_string_lossy()])
-                        .status();
-                }
-            }
-            if let Ok(pid) = std::fs::read_to_string(state.join("containerd.pid")) {
-                let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
-            }
+            kill_containerd(&n.containerd_state());
         }
         std::thread::sleep(Duration::from_millis(300));
         for n in &self.nodes {
@@ -662,9 +649,39 @@ spec:
             }
         }
         assert_eq!(seen.len(), 3, "the Service answered from {seen:?} only");
+        // kubectl port-forward to a pod on agent-2 (API server -> agent-2's kubelet).
+        let (pf_pod, _, _) = web
+            .iter()
+            .find(|(_, node, _)| node == "agent-2")
+            .expect("a web pod on agent-2")
+            .clone();
+        let mut pf = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", mn.nodes[0].netns))
+            .arg(common::kubectl_bin())
+            .arg(format!("--kubeconfig={}", mn.kubeconfig.display()))
+            .args(["port-forward", &format!("pod/{pf_pod}"), "18080:8080"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("port-forward");
+        let busybox = rk3s_kubelet::image::find_static_busybox().expect("busybox");
+        let forwarded = wait_for("port-forward answers", Duration::from_secs(30), || {
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", mn.nodes[0].netns))
+                .args(["timeout", "5"])
+                .arg(&busybox)
+                .args(["wget", "-qO-", "http://127.0.0.1:18080/"])
+                .output()
+                .ok()?;
+            let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            (!body.is_empty()).then_some(body)
+        });
+        let _ = pf.kill();
+        let _ = pf.wait();
+        assert_eq!(forwarded, pf_pod);
+
         // The NodePort answers on every node's IP.
         let node_port = mn.jsonpath(&["get", "svc", "web"], "{.spec.ports[0].nodePort}");
-        let busybox = rk3s_kubelet::image::find_static_busybox().expect("busybox");
         for n in &mn.nodes {
             let out = Command::new("nsenter")
                 .arg(format!("--net=/run/netns/{}", mn.nodes[0].netns))

@@ -197,13 +197,10 @@ impl HostSnapshot {
     }
 }
 
-/// Stops the cluster and removes what the agent left on the host.
-pub fn cleanup(c: &mut Cluster, before: &HostSnapshot) {
-    let state = c.containerd_state_dir();
-    let socket = state.join("containerd.sock");
-    c.stop();
-    // Shims of our containerd (their command line names its socket), then containerd.
-    let want = format!("-address\0{}", socket.display());
+/// Kills the containerd whose state dir is `state` and its shims (their command line
+/// names its socket).
+pub fn kill_containerd(state: &Path) {
+    let want = format!("-address\0{}", state.join("containerd.sock").display());
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
@@ -216,6 +213,13 @@ pub fn cleanup(c: &mut Cluster, before: &HostSnapshot) {
     if let Ok(pid) = std::fs::read_to_string(state.join("containerd.pid")) {
         let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
     }
+}
+
+/// Stops the cluster and removes what the agent left on the host.
+pub fn cleanup(c: &mut Cluster, before: &HostSnapshot) {
+    let state = c.containerd_state_dir();
+    c.stop();
+    kill_containerd(&state);
     std::thread::sleep(Duration::from_millis(300));
     rk3s_kubelet::containerd::unmount_under(&state);
     rk3s_kubelet::containerd::unmount_under(&c.data_dir());
