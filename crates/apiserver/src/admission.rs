@@ -579,25 +579,6 @@ pub fn quota_status(inner: &Inner, quota: &Value) -> Value {
     json!({"hard": quota.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({})), "used": used})
 }
 
-/// Recomputes the usage of every quota in `ns` (after deletes, which admission never
-/// sees as charges).
-pub async fn refresh_quotas(inner: &Inner, ns: &str) {
-    for q in values(inner, &format!("/registry/core/resourcequotas/{ns}/")) {
-        let st = quota_status(inner, &q);
-        if q.get("status") != Some(&st) {
-            if let (Some(name), Some(used)) =
-                (object::name(&q), st.get("used").and_then(|u| u.as_object()))
-            {
-                let used = used
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect();
-                set_quota_used(inner, ns, name, used).await;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,13 @@
 //! Objects every cluster has from the start: the `default`, `kube-system`, `kube-public`
 //! and `kube-node-lease` namespaces, the `default/kubernetes` Service with its Endpoints and
-//! EndpointSlice (kept at the advertised address);
-//! and the namespace finalizer that empties a deleted namespace (until the controller
-//! manager takes that job over).
-
-use std::time::Duration;
+//! EndpointSlice (kept at the advertised address), the default RBAC policy, and the
+//! periodic repair of Service IP / NodePort allocations. Emptying a deleted namespace is
+//! the controller manager's namespace controller's job (`rk3s_controllers::namespace`,
+//! leader-elected), not the API server's.
 
 use rk3s_store::StoreError;
 use serde_json::{json, Value};
 
-use crate::cache::CacheEventKind;
 use crate::handler::ApiServer;
 use crate::state::Inner;
 use crate::{object, ApiServerError, Config};
@@ -64,7 +62,7 @@ async fn reconcile(
     }
 }
 
-/// Creates the built-in objects that are missing and starts the namespace finalizer.
+/// Creates the built-in objects that are missing and starts the allocation repair loop.
 pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError> {
     let inner = api.inner();
     let ns_res = inner.schemas.registry.get("", "v1", "namespaces");
@@ -152,8 +150,6 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
         let key = res.key(object::namespace(&obj), &name);
         ensure(inner, &key, obj).await?;
     }
-    let a = api.clone();
-    tokio::spawn(async move { namespace_finalizer(a).await });
     let repair = inner.clone();
     tokio::spawn(async move {
         loop {
@@ -164,119 +160,6 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
         }
     });
     Ok(())
-}
-
-/// Empties namespaces marked for deletion, then removes them.
-async fn namespace_finalizer(api: ApiServer) {
-    let inner = api.inner().clone();
-    loop {
-        let (items, _rev, mut live) = inner
-            .cache
-            .snapshot_and_subscribe("/registry/core/namespaces/");
-        for o in items {
-            if object::meta(&o.object).is_some_and(|m| m.contains_key("deletionTimestamp")) {
-                finalize_namespace(&inner, object::name(&o.object).unwrap_or("")).await;
-            }
-        }
-        loop {
-            match live.recv().await {
-                Ok(ev) => {
-                    if ev.kind != CacheEventKind::Deleted
-                        && ev.key.starts_with("/registry/core/namespaces/")
-                        && object::meta(&ev.object)
-                            .is_some_and(|m| m.contains_key("deletionTimestamp"))
-                    {
-                        let name = object::name(&ev.object).unwrap_or("").to_string();
-                        let inner = inner.clone();
-                        tokio::spawn(async move { finalize_namespace(&inner, &name).await });
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
-}
-
-async fn finalize_namespace(inner: &Inner, ns: &str) {
-    if ns.is_empty() {
-        return;
-    }
-    for attempt in 0..300u32 {
-        let mut remaining = 0usize;
-        for res in inner.schemas.registry.all() {
-            if !res.namespaced() || !res.preferred || !res.has_verb("delete") {
-                continue;
-            }
-            let (objs, _) = inner.cache.list(&res.namespace_prefix(Some(ns)));
-            for o in objs {
-                remaining += 1;
-                let name = object::name(&o.object).unwrap_or("").to_string();
-                let opts = json!({"propagationPolicy": "Background", "gracePeriodSeconds": 0});
-                if let Err(e) = inner
-                    .delete_object(&res, Some(ns), &name, &opts, false)
-                    .await
-                {
-                    if e.code != 404 {
-                        tracing::debug!(namespace = ns, object = %name, error = %e.message, "namespace finalizer: delete failed");
-                    }
-                }
-            }
-        }
-        if remaining == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(20) + 1))).await;
-    }
-    // Drop the `kubernetes` finalizer and delete the namespace.
-    let key = format!("/registry/core/namespaces/{ns}");
-    for _ in 0..16 {
-        let Ok(Some(kv)) = inner.store.get(&key).await else {
-            return;
-        };
-        let Ok(mut obj) = serde_json::from_slice::<Value>(&kv.value) else {
-            return;
-        };
-        let mut removed = false;
-        if let Some(f) = obj
-            .pointer_mut("/spec/finalizers")
-            .and_then(|f| f.as_array_mut())
-        {
-            let before = f.len();
-            f.retain(|x| x.as_str() != Some("kubernetes"));
-            removed = f.len() != before;
-        }
-        let spec_empty = obj
-            .pointer("/spec/finalizers")
-            .and_then(|f| f.as_array())
-            .is_none_or(|f| f.is_empty());
-        let result = if spec_empty && object::finalizers(&obj).is_empty() {
-            inner
-                .store
-                .delete(&key, Some(kv.mod_revision))
-                .await
-                .map(|_| ())
-        } else if !removed {
-            // Held by other finalizers (e.g. a user's, cleared with `namespaces/x/finalize`):
-            // nothing to write. Writing anyway would be an event that runs this again.
-            return;
-        } else {
-            let bytes = serde_json::to_vec(&obj).unwrap_or_default();
-            inner
-                .store
-                .update(&key, bytes, kv.mod_revision)
-                .await
-                .map(|_| ())
-        };
-        match result {
-            Ok(()) => return,
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => {
-                tracing::warn!(namespace = ns, error = %e, "namespace finalizer failed");
-                return;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -337,7 +220,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_deleted_namespace_is_emptied_and_removed() {
+    async fn a_deleted_namespace_waits_for_the_namespace_controller() {
         let dir = tempfile::tempdir().expect("tempdir");
         let api = server(dir.path()).await;
         let (code, _) = call(
@@ -354,17 +237,23 @@ mod tests {
         let (code, ns) = call(&api, "DELETE", "/api/v1/namespaces/gone", None).await;
         assert_eq!(code, 200);
         assert_eq!(ns["status"]["phase"], "Terminating");
-        let mut gone = false;
-        for _ in 0..100 {
-            let (code, _) = call(&api, "GET", "/api/v1/namespaces/gone", None).await;
-            if code == 404 {
-                gone = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert!(gone, "the namespace finalizer removed the namespace");
+        // The API server itself empties nothing (that is the leader-elected namespace
+        // controller's job): the namespace and its content stay.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (code, ns) = call(&api, "GET", "/api/v1/namespaces/gone", None).await;
+        assert_eq!(code, 200);
+        assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
         let (code, _) = call(&api, "GET", "/api/v1/namespaces/gone/configmaps/c", None).await;
-        assert_eq!(code, 404);
+        assert_eq!(code, 200);
+        // What the controller does: empty it, then drop `kubernetes` through `finalize`.
+        let (code, _) = call(&api, "DELETE", "/api/v1/namespaces/gone/configmaps/c", None).await;
+        assert_eq!(code, 200);
+        let mut body = ns.clone();
+        body["spec"]["finalizers"] = json!([]);
+        let (code, out) = call(&api, "PUT", "/api/v1/namespaces/gone/finalize", Some(body)).await;
+        assert_eq!(code, 200, "{out}");
+        let (code, _) = call(&api, "GET", "/api/v1/namespaces/gone", None).await;
+        let gone = code == 404;
+        assert!(gone, "finalizing an emptied namespace removed it");
     }
 }

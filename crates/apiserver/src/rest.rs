@@ -1764,19 +1764,8 @@ impl Inner {
                         .release(self, ns, name, &strategy.held(self, &obj))
                         .await;
                     set_resource_version(&mut obj, dkv.mod_revision);
-                    if let Some(ns) = ns {
-                        if !self
-                            .cache
-                            .list(&format!("/registry/core/resourcequotas/{ns}/"))
-                            .0
-                            .is_empty()
-                        {
-                            self.cache
-                                .wait_for(dkv.mod_revision, Duration::from_secs(2))
-                                .await;
-                            crate::admission::refresh_quotas(self, ns).await;
-                        }
-                    }
+                    // The usage a delete frees is released by the leader-elected
+                    // resource quota controller (`rk3s_controllers::resourcequota`).
                     return Ok((200, obj));
                 }
                 Err(StoreError::Conflict { .. }) => continue,

@@ -28,12 +28,14 @@ pub mod informers;
 /// Leader election (shared with the scheduler), from the controller runtime.
 pub use rk3s_runtime::leader;
 pub mod job;
+pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod podutil;
 pub mod pvbinder;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
@@ -103,6 +105,8 @@ pub async fn run(client: kube::Client, opts: Options) -> Result<(), ControllerEr
             opts.root_ca_pem.clone(),
             informers.clone(),
         ));
+        tasks.spawn(namespace::run(client.clone(), informers.clone()));
+        tasks.spawn(resourcequota::run(client.clone(), informers.clone()));
         tasks.spawn(endpoints::run(client.clone(), informers.clone()));
         tasks.spawn(endpointslice::run(client.clone(), informers.clone()));
         if opts.servicelb {

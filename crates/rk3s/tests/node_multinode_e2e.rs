@@ -488,6 +488,28 @@ fn node_multinode_agents_join() {
             mn.jsonpath(&["get", "node", "agent-2"], "{.metadata.labels.tier}"),
             "edge"
         );
+        // flannel's annotations, so flannel and rk3s nodes peer.
+        for name in ["server", "agent-1", "agent-2"] {
+            let data = wait_for(
+                &format!("{name}'s flannel annotations"),
+                Duration::from_secs(30),
+                || {
+                    let backend = mn.jsonpath(
+                        &["get", "node", name],
+                        r#"{.metadata.annotations.flannel\.alpha\.coreos\.com/backend-type}"#,
+                    );
+                    let data = mn.jsonpath(
+                        &["get", "node", name],
+                        r#"{.metadata.annotations.flannel\.alpha\.coreos\.com/backend-data}"#,
+                    );
+                    (backend == "vxlan").then_some(data)
+                },
+            );
+            assert!(
+                data.contains("\"VNI\":1") && data.contains("VtepMAC"),
+                "{name}: {data}"
+            );
+        }
         assert!(mn
             .ok(&["get", "secret", "-n", "kube-system"])
             .contains("agent-1.node-password.rk3s"));
@@ -507,6 +529,37 @@ fn node_multinode_agents_join() {
         let err = mn.agent_must_fail(2, &args);
         assert!(err.contains("node password rejected"), "{err}");
         assert!(err.contains("--with-node-id"), "{err}");
+        // With --with-node-id the same machine joins under a name of its own.
+        let state = other.join("run-containerd");
+        args.push("--with-node-id".into());
+        args.push("--lb-server-port=6445".into());
+        for a in args.iter_mut() {
+            if a.starts_with("--containerd-state-dir=") {
+                *a = format!("--containerd-state-dir={}", state.display());
+            }
+        }
+        let mut intruder = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", mn.nodes[2].netns))
+            .arg(env!("CARGO_BIN_EXE_rk3s"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent --with-node-id");
+        let id_name = wait_for("a node named agent-1-<id>", Duration::from_secs(60), || {
+            mn.jsonpath(&["get", "nodes"], "{.items[*].metadata.name}")
+                .split_whitespace()
+                .find(|n| n.starts_with("agent-1-") && n.len() == "agent-1-".len() + 8)
+                .map(String::from)
+        });
+        let _ = Command::new("kill")
+            .args(["-TERM", &intruder.id().to_string()])
+            .status();
+        let _ = intruder.wait();
+        kill_containerd(&state);
+        rk3s_kubelet::containerd::unmount_under(&state);
+        rk3s_kubelet::containerd::unmount_under(&other);
+        mn.ok(&["delete", "node", &id_name]);
 
         // Pods run on the agents: logs and exec go through the API server to their kubelets.
         mn.apply(&format!(
@@ -800,6 +853,24 @@ spec:
                 (live.len() == 6 && !live.iter().any(|l| l.starts_with("agent-2 "))).then_some(())
             },
         );
+        // The Service keeps answering from the pods on the nodes that are up.
+        for _ in 0..10 {
+            let got = mn.ok(&[
+                "exec",
+                &on_agent,
+                "--",
+                "timeout",
+                "10",
+                "wget",
+                "-qO-",
+                "http://web.default.svc.cluster.local/",
+            ]);
+            assert!(
+                web.iter()
+                    .any(|(p, node, _)| *p == got.trim() && node != "agent-2"),
+                "{got:?}"
+            );
+        }
         // Start it again: the same node (no new registration) comes back Ready.
         let args = mn.agent_args(2, &bootstrap, &["--node-label=tier=edge"]);
         mn.spawn(2, &args);
