@@ -121,6 +121,22 @@ fn deployment_lifecycle_rollout_history_and_background_gc() {
         events.contains(&format!("Scaled up replica set web-{hash} from 0 to 3")),
         "{events}"
     );
+    // Controllers' Events carry upstream's legacy fields: kubectl sorts by them.
+    let sorted = c.ok(&[
+        "get",
+        "events",
+        "--sort-by=.lastTimestamp",
+        "--field-selector",
+        "involvedObject.name=web",
+        "-o",
+        "jsonpath={range .items[*]}{.reason} {.count} {.source.component} {.firstTimestamp}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        sorted
+            .lines()
+            .any(|l| l.starts_with("ScalingReplicaSet 1 deployment-controller 20")),
+        "{sorted}"
+    );
 
     // Scale to 0 and back.
     c.ok(&["scale", "deployment/web", "--replicas=0"]);
