@@ -15,6 +15,7 @@
 mod cert;
 mod error;
 mod fsutil;
+mod insecure;
 mod kubeconfig;
 mod server;
 mod token;
@@ -24,6 +25,7 @@ pub use cert::{
     sign_csr_for, verify_issued_by, ClientIdentity, CsrUsage,
 };
 pub use error::PkiError;
+pub use insecure::unverified_client_config;
 pub use kubeconfig::{kubeconfig_yaml, write_kubeconfig};
 pub use server::{
     ensure_server_pki, PkiOptions, ServerPki, ADMIN_CERT_FILE, ADMIN_KEY_FILE, CA_CERT_FILE,

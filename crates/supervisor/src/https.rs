@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::JoinError;
 
@@ -60,73 +60,19 @@ impl ServerUrl {
     }
 }
 
-/// Accepts any server certificate: used only to fetch `/cacerts`, whose answer is then
-/// checked against the token's CA hash before anything is trusted.
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// TLS that trusts nothing but checks nothing: only for `/cacerts`.
+/// TLS that trusts nothing but checks nothing: only for `/cacerts`, whose answer is
+/// then checked against the token's CA hash before anything is trusted.
 pub(crate) fn insecure_tls() -> Result<Arc<rustls::ClientConfig>, JoinError> {
-    let p = provider();
-    let cfg = rustls::ClientConfig::builder_with_provider(p.clone())
-        .with_safe_default_protocol_versions()
+    rk3s_pki::unverified_client_config()
+        .map(Arc::new)
         .map_err(|e| JoinError::Transport {
             what: "TLS".into(),
             reason: e.to_string(),
-        })?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(p)))
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
+        })
 }
 
 /// TLS that trusts exactly the cluster CA `ca_pem`.

@@ -137,73 +137,14 @@ async fn response_head<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// Accepts any server certificate: HTTPS probes do not verify, as upstream's prober.
-#[derive(Debug)]
-struct AcceptAnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// The TLS client configuration of HTTPS probes (built once).
 fn insecure_tls_config() -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
     static CONFIG: std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>> =
         std::sync::OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-            rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    std::sync::Arc::new(
-                        b.dangerous()
-                            .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyCert(
-                                provider,
-                            )))
-                            .with_no_client_auth(),
-                    )
-                })
+            // HTTPS probes do not verify the certificate, as upstream's prober.
+            rk3s_pki::unverified_client_config()
+                .map(std::sync::Arc::new)
                 .map_err(|e| e.to_string())
         })
         .clone()
