@@ -1,7 +1,7 @@
 //! `rk3s`: a lightweight, Kubernetes-compatible distribution in one binary.
 //!
 //! Subcommands: `server` (API server + datastore, controllers, scheduler, node agent),
-//! `image`, `secrets-encrypt`, `killall`, `check-config`, `kubectl` (runs kubectl with
+//! `image`, `etcd-snapshot`, `secrets-encrypt`, `killall`, `check-config`, `kubectl` (runs kubectl with
 //! the admin kubeconfig) and the hidden `sim-nodes`.
 
 mod agent;
@@ -13,6 +13,7 @@ mod node_network;
 mod secrets;
 mod server;
 mod sim;
+mod snapshot;
 mod token;
 
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     /// Secrets encryption at rest: status and re-encryption
     #[command(subcommand)]
     SecretsEncrypt(secrets::SecretsCommand),
+    /// Datastore snapshots (k3s's command): save, ls, delete, prune
+    EtcdSnapshot(snapshot::SnapshotArgs),
     /// Images on this node: build an OCI archive from a directory, import, list.
     Image(image::ImageArgs),
     /// Stop all pods, rk3s's containerd and rk3s itself, and remove the mounts, network
@@ -116,6 +119,13 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::EtcdSnapshot(args) => match snapshot::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s etcd-snapshot: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Image(args) => match image::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -178,4 +188,13 @@ fn find_kubectl() -> Option<std::path::PathBuf> {
 fn is_executable(p: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        // clap's own checks: duplicate names or aliases, conflicting flags.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

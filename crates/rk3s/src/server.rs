@@ -106,6 +106,27 @@ pub struct ServerArgs {
     /// Datastore: empty for the embedded SQLite (only SQLite is supported so far)
     #[arg(long, value_name = "URL")]
     pub datastore_endpoint: Option<String>,
+    /// Take no scheduled snapshots of the datastore
+    #[arg(long)]
+    pub etcd_disable_snapshots: bool,
+    /// When to take scheduled snapshots (cron, UTC)
+    #[arg(long, value_name = "CRON", default_value = "0 */12 * * *", value_parser = parse_schedule)]
+    pub etcd_snapshot_schedule_cron: String,
+    /// Scheduled snapshots to keep
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub etcd_snapshot_retention: usize,
+    /// Folder of snapshots (default: <data-dir>/server/db/snapshots)
+    #[arg(long, value_name = "DIR")]
+    pub etcd_snapshot_dir: Option<PathBuf>,
+    /// Name prefix of scheduled snapshots
+    #[arg(long, value_name = "NAME", default_value = "etcd-snapshot")]
+    pub etcd_snapshot_name: String,
+    /// Reset the datastore: with --cluster-reset-restore-path, restore that snapshot, then exit
+    #[arg(long)]
+    pub cluster_reset: bool,
+    /// Snapshot file to restore with --cluster-reset
+    #[arg(long, value_name = "FILE", requires = "cluster_reset")]
+    pub cluster_reset_restore_path: Option<PathBuf>,
     /// Encrypt Secrets at rest (AES-GCM; key in <data-dir>/server/cred/encryption-config.json)
     #[arg(long)]
     pub secrets_encryption: bool,
@@ -161,6 +182,12 @@ impl ServerArgs {
     pub fn enabled(&self, component: &str) -> bool {
         !self.disable.iter().any(|d| d == component)
     }
+}
+
+fn parse_schedule(s: &str) -> Result<String, String> {
+    rk3s_core::cron::Schedule::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("invalid schedule {s:?}: {e}"))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -281,6 +308,19 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let server_dir = args.data_dir.join("server");
     std::fs::create_dir_all(&server_dir)
         .with_context(|| format!("creating {}", server_dir.display()))?;
+    if args.cluster_reset {
+        // k3s: reset (here: restore the snapshot into the datastore), then exit so the
+        // user restarts without the flags.
+        let Some(snapshot) = &args.cluster_reset_restore_path else {
+            bail!("--cluster-reset on the embedded SQLite datastore needs --cluster-reset-restore-path=FILE (a snapshot to restore)");
+        };
+        crate::snapshot::restore(&args.data_dir, snapshot)?;
+        eprintln!(
+            "The datastore was restored from {}; restart without --cluster-reset now.",
+            snapshot.display()
+        );
+        return Ok(());
+    }
     let advertise = args.advertise_address.unwrap_or_else(primary_ip);
     let service_ip = first_ip(&args.service_cidr)?;
     let mut sans = args.tls_san.clone();
@@ -300,6 +340,20 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .context("opening the SQLite datastore")?;
     let store = Arc::new(store);
     store.spawn_compactor(std::time::Duration::from_secs(300), 1000);
+    if !args.etcd_disable_snapshots {
+        let schedule = rk3s_core::cron::Schedule::parse(&args.etcd_snapshot_schedule_cron)
+            .context("--etcd-snapshot-schedule-cron")?;
+        tokio::spawn(crate::snapshot::run_schedule(
+            args.data_dir.clone(),
+            args.etcd_snapshot_dir
+                .clone()
+                .unwrap_or_else(|| crate::snapshot::default_dir(&args.data_dir)),
+            args.etcd_snapshot_name.clone(),
+            args.node_name.clone().unwrap_or_else(hostname),
+            schedule,
+            args.etcd_snapshot_retention,
+        ));
+    }
     let store: Arc<dyn rk3s_store::Store> = store;
     let store: Arc<dyn rk3s_store::Store> = if args.secrets_encryption {
         let path = encryption_config_path(&args.data_dir);

@@ -11,23 +11,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::node::*;
 use common::{wait_for, Cluster};
-
-/// The address the kernel would use to leave this machine (never sent to): the node IP.
-fn primary_ip() -> Ipv4Addr {
-    let s = UdpSocket::bind("0.0.0.0:0").expect("udp socket");
-    s.connect("10.255.255.255:1").expect("route lookup");
-    match s.local_addr().expect("local addr").ip() {
-        std::net::IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified() => v4,
-        other => panic!("no usable IPv4 node address (got {other})"),
-    }
-}
 
 /// A minimal DNS server on 127.0.0.77:53 for the test's "outside world": A questions
 /// for `outside.example.` get 198.51.100.7 (a documentation address, never contacted);
@@ -286,32 +276,7 @@ fn import_kubectl_image(c: &Cluster) {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
     std::fs::copy(common::kubectl_bin(), root.join("bin/kubectl")).expect("copy kubectl");
-    let archive = c.path().join("kubectl-image.tar");
-    let rk3s = env!("CARGO_BIN_EXE_rk3s");
-    let o = std::process::Command::new(rk3s)
-        .args(["image", "build", "--from"])
-        .arg(&root)
-        .args(["--tag", KUBECTL_IMAGE, "-o"])
-        .arg(&archive)
-        .output()
-        .expect("image build");
-    assert!(
-        o.status.success(),
-        "image build: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let sock = c.containerd_state_dir().join("containerd.sock");
-    let o = std::process::Command::new(rk3s)
-        .args(["image", "import", "--address"])
-        .arg(&sock)
-        .arg(&archive)
-        .output()
-        .expect("image import");
-    assert!(
-        o.status.success(),
-        "image import: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    build_and_import_image(c, &root, KUBECTL_IMAGE, &[]);
 }
 
 const KUBECTL_IMAGE: &str = "rk3s.test/kubectl:e2e";

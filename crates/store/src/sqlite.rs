@@ -56,6 +56,11 @@ const WATCH_PAGE: usize = 1000;
 /// Read connections (and reads running at once).
 const MAX_READERS: usize = 4;
 
+/// The size (bytes) a checkpointed WAL file is truncated to when SQLite reuses it.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+/// Free pages returned to the file system after each compaction (8 MiB of 4 KiB pages).
+const VACUUM_PAGES_PER_ROUND: i64 = 2048;
+
 /// k3s's default compaction interval (5 minutes), for [`SqliteStore::spawn_compactor`].
 pub const DEFAULT_COMPACT_INTERVAL: Duration = Duration::from_secs(300);
 /// k3s's default number of revisions kept by compaction, for
@@ -296,6 +301,23 @@ impl SqliteStore {
         }
         let conn = Connection::open(path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        // Free pages go back to the file system after compaction (see `housekeeping`):
+        // new stores are created with incremental auto-vacuum; an older store is
+        // converted once (VACUUM rewrites the file).
+        let auto_vacuum: i64 = conn
+            .query_row("PRAGMA auto_vacuum", [], |row| row.get(0))
+            .map_err(db_err)?;
+        if auto_vacuum != 2 {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                .map_err(db_err)?;
+            let has_tables: i64 = conn
+                .query_row("SELECT COUNT(*) FROM sqlite_master", [], |row| row.get(0))
+                .map_err(db_err)?;
+            if has_tables > 0 {
+                tracing::info!(path = %path.display(), "converting the datastore to incremental auto-vacuum (once)");
+                conn.execute_batch("VACUUM").map_err(db_err)?;
+            }
+        }
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
             .map_err(db_err)?;
@@ -305,6 +327,9 @@ impl SqliteStore {
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        // A checkpointed WAL is cut back to this size when it is reused.
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         let current: i64 = conn
@@ -769,6 +794,45 @@ impl Writer {
         }
     }
 
+    /// After a compaction: hand free pages back to the file system (a bounded number per
+    /// round, so a write batch never waits long) and checkpoint and empty the WAL unless
+    /// readers are in it, so the database and its WAL keep a steady size under churn.
+    fn housekeeping(&mut self) {
+        // The pragma frees one page per step: step it to the end.
+        let vacuum = self
+            .conn
+            .prepare(&format!(
+                "PRAGMA incremental_vacuum({VACUUM_PAGES_PER_ROUND})"
+            ))
+            .and_then(|mut stmt| {
+                let mut rows = stmt.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            });
+        if let Err(e) = vacuum {
+            tracing::warn!(error = %e, "sqlite incremental vacuum failed");
+        }
+        // TRUNCATE empties the WAL file; with readers in it, it gives up at once (no busy
+        // wait here: writes queue behind this thread) and the next round tries again.
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        let checkpoint = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            });
+        let _ = self.conn.busy_timeout(Duration::from_secs(5));
+        match checkpoint {
+            Ok((busy, log, done)) => {
+                tracing::debug!(busy, log, checkpointed = done, "sqlite WAL checkpoint")
+            }
+            Err(e) => tracing::debug!(error = %e, "sqlite WAL checkpoint deferred"),
+        }
+    }
+
     fn compaction_step(&mut self) {
         let Some(c) = self.compaction.as_mut() else {
             return;
@@ -782,6 +846,7 @@ impl Writer {
                 tracing::trace!(from = c.cursor, to = end, deleted, "compaction chunk");
                 c.cursor = end;
                 if c.cursor > c.target {
+                    self.housekeeping();
                     if let Some(done) = self.compaction.take() {
                         for reply in done.replies {
                             let _ = reply.send(Ok(()));
@@ -1166,5 +1231,9 @@ impl Store for SqliteStore {
     }
 }
 
+pub mod snapshot;
+
+#[cfg(test)]
+mod housekeeping_tests;
 #[cfg(test)]
 mod tests;

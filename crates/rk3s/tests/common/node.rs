@@ -392,6 +392,48 @@ pub fn build_busybox_image(out: &Path, work: &Path) {
     );
 }
 
+/// The address the kernel would use to leave this machine (never sent to): the node IP.
+pub fn primary_ip() -> std::net::Ipv4Addr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    s.connect("10.255.255.255:1").expect("route lookup");
+    match s.local_addr().expect("local addr").ip() {
+        std::net::IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified() => v4,
+        other => panic!("no usable IPv4 node address (got {other})"),
+    }
+}
+
+/// Builds an image from the root filesystem `root` (`rk3s image build`, `extra` flags such
+/// as `--entrypoint`) and imports it into the cluster's containerd.
+pub fn build_and_import_image(c: &Cluster, root: &Path, tag: &str, extra: &[&str]) {
+    let archive = root.with_extension("tar");
+    let rk3s = env!("CARGO_BIN_EXE_rk3s");
+    let o = Command::new(rk3s)
+        .args(["image", "build", "--from"])
+        .arg(root)
+        .args(["--tag", tag, "-o"])
+        .arg(&archive)
+        .args(extra)
+        .output()
+        .expect("image build");
+    assert!(
+        o.status.success(),
+        "image build: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let sock = c.containerd_state_dir().join("containerd.sock");
+    let o = Command::new(rk3s)
+        .args(["image", "import", "--address"])
+        .arg(&sock)
+        .arg(&archive)
+        .output()
+        .expect("image import");
+    assert!(
+        o.status.success(),
+        "image import: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 pub fn jsonpath(c: &Cluster, args: &[&str], path: &str) -> String {
     let p = format!("jsonpath={path}");
     let mut a: Vec<&str> = args.to_vec();
