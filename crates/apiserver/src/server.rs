@@ -85,6 +85,70 @@ impl ClientCertVerifier for DeferredClientCertVerifier {
     }
 }
 
+/// The API server's serving certificate, replaceable while the server runs (certificate
+/// renewal without a restart): every TLS handshake reads the current one.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ServingCert {
+    /// A serving certificate from PEM (the chain, leaf first, and its key).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<ServingCert, ApiServerError> {
+        Ok(ServingCert {
+            current: std::sync::RwLock::new(Arc::new(certified_key(cert_pem, key_pem)?)),
+        })
+    }
+
+    /// Replaces the certificate: new handshakes present it, open connections keep theirs.
+    pub fn update(&self, cert_pem: &str, key_pem: &str) -> Result<(), ApiServerError> {
+        let key = Arc::new(certified_key(cert_pem, key_pem)?);
+        match self.current.write() {
+            Ok(mut g) => *g = key,
+            Err(poisoned) => *poisoned.into_inner() = key,
+        }
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<rustls::sign::CertifiedKey> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::sign::CertifiedKey, ApiServerError> {
+    let tls = |e: &dyn std::fmt::Display| ApiServerError::Tls(e.to_string());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls(&e))?;
+    if certs.is_empty() {
+        return Err(ApiServerError::Tls(
+            "no certificate in the serving certificate PEM".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| tls(&e))?;
+    Ok(rustls::sign::CertifiedKey::new(certs, signing))
+}
+
 /// Builds the rustls server configuration: our serving cert, optional client certs
 /// (their chain is verified against the cluster CA by [`serve`], after the handshake,
 /// so only use this configuration with [`serve`]), ALPN h2 and http/1.1.
@@ -93,11 +157,18 @@ pub fn tls_config(
     key_pem: &str,
     client_ca_pem: &str,
 ) -> Result<rustls::ServerConfig, ApiServerError> {
+    tls_config_with(
+        Arc::new(ServingCert::from_pem(cert_pem, key_pem)?),
+        client_ca_pem,
+    )
+}
+
+/// [`tls_config`] with a serving certificate that can be replaced while serving.
+pub fn tls_config_with(
+    serving: Arc<ServingCert>,
+    client_ca_pem: &str,
+) -> Result<rustls::ServerConfig, ApiServerError> {
     let tls = |e: &dyn std::fmt::Display| ApiServerError::Tls(e.to_string());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| tls(&e))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
     let verifier = Arc::new(DeferredClientCertVerifier(client_cert_verifier(
         client_ca_pem,
     )?));
@@ -106,8 +177,7 @@ pub fn tls_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| tls(&e))?;
+        .with_cert_resolver(serving);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

@@ -100,9 +100,13 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
 }
 
 fn validity(params: &mut CertificateParams, days: u32) -> Result<(), PkiError> {
+    validity_secs(params, i64::from(days) * 86_400)
+}
+
+fn validity_secs(params: &mut CertificateParams, secs: i64) -> Result<(), PkiError> {
     let now = now_unix();
     params.not_before = date(now - BACKDATE_SECS)?;
-    params.not_after = date(now + i64::from(days) * 86_400)?;
+    params.not_after = date(now + secs.max(1))?;
     Ok(())
 }
 
@@ -154,6 +158,65 @@ pub(crate) fn pem_to_der(pem: &str, what: &str) -> Result<Vec<u8>, PkiError> {
         });
     }
     Ok(block.contents)
+}
+
+/// One certificate of a PEM file, as `rk3s certificate check` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSummary {
+    /// Subject common name (empty when there is none).
+    pub common_name: String,
+    /// Subject organizations (groups, for client certificates).
+    pub organizations: Vec<String>,
+    /// `CertSign` for a CA, else the extended key usages (`ServerAuth`, `ClientAuth`).
+    pub usages: Vec<String>,
+    /// Start of validity, unix seconds.
+    pub not_before: i64,
+    /// End of validity, unix seconds.
+    pub not_after: i64,
+    /// A CA certificate.
+    pub is_ca: bool,
+}
+
+/// Every `CERTIFICATE` block of `pem`, described (other blocks are skipped).
+pub fn describe_certificates(pem: &str, what: &str) -> Result<Vec<CertificateSummary>, PkiError> {
+    let mut out = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.map_err(|e| PkiError::InvalidCertificate {
+            what: what.to_string(),
+            reason: format!("not PEM: {e}"),
+        })?;
+        if block.label != "CERTIFICATE" {
+            continue;
+        }
+        let cert = parse_der(&block.contents, what)?;
+        let (common_name, organizations) = subject_names(&cert, what)?;
+        let is_ca = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|bc| bc.value.ca);
+        let mut usages = Vec::new();
+        if is_ca {
+            usages.push("CertSign".to_string());
+        }
+        if let Ok(Some(eku)) = cert.extended_key_usage() {
+            if eku.value.server_auth {
+                usages.push("ServerAuth".to_string());
+            }
+            if eku.value.client_auth {
+                usages.push("ClientAuth".to_string());
+            }
+        }
+        out.push(CertificateSummary {
+            common_name: common_name.unwrap_or_default(),
+            organizations,
+            usages,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+            is_ca,
+        });
+    }
+    Ok(out)
 }
 
 fn parse_der<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, PkiError> {
@@ -295,6 +358,24 @@ impl Ca {
         usage: ExtendedKeyUsagePurpose,
         days: u32,
     ) -> Result<(String, String), PkiError> {
+        self.issue_for_secs(
+            common_name,
+            organizations,
+            sans,
+            usage,
+            i64::from(days) * 86_400,
+        )
+    }
+
+    /// [`Ca::issue`] with a validity in seconds.
+    pub(crate) fn issue_for_secs(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+        sans: &[San],
+        usage: ExtendedKeyUsagePurpose,
+        validity: i64,
+    ) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         // rcgen's DistinguishedName holds one value per attribute type; with several
@@ -314,7 +395,7 @@ impl Ca {
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
-        validity(&mut params, days)?;
+        validity_secs(&mut params, validity)?;
         let cert = params.signed_by(&key, &self.issuer)?;
         if organizations.len() > 1 {
             let subject = encode_subject(common_name, organizations);

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Everything that can go wrong while creating, loading or using the cluster PKI.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// Certificate lifetimes that contradict each other.
+    #[error("invalid certificate lifetimes: {0}")]
+    InvalidValidity(String),
     /// A file or directory operation failed.
     #[error("{}: {source}", path.display())]
     Io {

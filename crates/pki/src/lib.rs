@@ -21,8 +21,8 @@ mod server;
 mod token;
 
 pub use cert::{
-    client_identity, issue_client_cert, issue_serving_cert, new_key_and_csr, sign_csr,
-    sign_csr_for, verify_issued_by, ClientIdentity, CsrUsage,
+    client_identity, describe_certificates, issue_client_cert, issue_serving_cert, new_key_and_csr,
+    sign_csr, sign_csr_for, verify_issued_by, CertificateSummary, ClientIdentity, CsrUsage,
 };
 pub use error::PkiError;
 pub use insecure::unverified_client_config;

@@ -59,6 +59,11 @@ pub struct PkiOptions {
     pub service_ip: IpAddr,
     /// `--token`: the server secret, or a full `K10…` token whose secret part is used.
     pub token: Option<String>,
+    /// Validity of newly issued leaf certificates (default [`LEAF_VALIDITY_DAYS`]).
+    pub leaf_validity: std::time::Duration,
+    /// Leaf certificates expiring within this are re-issued (default
+    /// [`RENEW_BEFORE_DAYS`]); must be shorter than `leaf_validity`.
+    pub renew_before: std::time::Duration,
 }
 
 impl PkiOptions {
@@ -70,6 +75,8 @@ impl PkiOptions {
             cluster_domain: "cluster.local".to_string(),
             service_ip: IpAddr::from([10, 43, 0, 1]),
             token: None,
+            leaf_validity: std::time::Duration::from_secs(u64::from(LEAF_VALIDITY_DAYS) * 86_400),
+            renew_before: std::time::Duration::from_secs(u64::from(RENEW_BEFORE_DAYS) * 86_400),
         }
     }
 }
@@ -149,6 +156,16 @@ pub fn ensure_server_pki(opts: &PkiOptions) -> Result<ServerPki, PkiError> {
         validate_secret(&g.secret)?;
     }
     let sans = serving_sans(opts)?;
+    if opts.renew_before >= opts.leaf_validity {
+        return Err(PkiError::InvalidValidity(format!(
+            "the renewal window ({:?}) must be shorter than the validity of leaf certificates ({:?})",
+            opts.renew_before, opts.leaf_validity
+        )));
+    }
+    let lifetimes = Lifetimes {
+        validity: opts.leaf_validity.as_secs() as i64,
+        renew_before: opts.renew_before.as_secs() as i64,
+    };
 
     let tls_dir = opts.server_dir.join(TLS_DIR);
     ensure_dir(&opts.server_dir, 0o700)?;
@@ -167,6 +184,7 @@ pub fn ensure_server_pki(opts: &PkiOptions) -> Result<ServerPki, PkiError> {
 
     let (serving_cert_pem, serving_key_pem) = ensure_leaf(
         &ca,
+        &lifetimes,
         &tls_dir,
         SERVING_CERT_FILE,
         SERVING_KEY_FILE,
@@ -179,6 +197,7 @@ pub fn ensure_server_pki(opts: &PkiOptions) -> Result<ServerPki, PkiError> {
     )?;
     let (admin_cert_pem, admin_key_pem) = ensure_leaf(
         &ca,
+        &lifetimes,
         &tls_dir,
         ADMIN_CERT_FILE,
         ADMIN_KEY_FILE,
@@ -320,8 +339,20 @@ struct Leaf<'a> {
     usage: ExtendedKeyUsagePurpose,
 }
 
+/// How long leaf certificates live, and when they are renewed (seconds).
+struct Lifetimes {
+    validity: i64,
+    renew_before: i64,
+}
+
 /// Why an existing leaf certificate cannot be reused, or `None` if it can.
-fn leaf_problem(ca: &Ca, cert_pem: &str, key_pem: &str, want: &Leaf<'_>) -> Option<String> {
+fn leaf_problem(
+    ca: &Ca,
+    lifetimes: &Lifetimes,
+    cert_pem: &str,
+    key_pem: &str,
+    want: &Leaf<'_>,
+) -> Option<String> {
     let info = match CertInfo::from_pem(cert_pem, "certificate") {
         Ok(i) => i,
         Err(e) => return Some(e.to_string()),
@@ -336,8 +367,11 @@ fn leaf_problem(ca: &Ca, cert_pem: &str, key_pem: &str, want: &Leaf<'_>) -> Opti
     if !ca.issued(&info) {
         return Some("not issued by the current cluster CA".into());
     }
-    if info.not_after - now_unix() < i64::from(RENEW_BEFORE_DAYS) * 86_400 {
-        return Some(format!("expires within {RENEW_BEFORE_DAYS} days"));
+    if info.not_after - now_unix() < lifetimes.renew_before {
+        return Some(format!(
+            "expires within {}",
+            human_duration(lifetimes.renew_before)
+        ));
     }
     if info.common_name.as_deref() != Some(want.common_name)
         || info
@@ -354,8 +388,18 @@ fn leaf_problem(ca: &Ca, cert_pem: &str, key_pem: &str, want: &Leaf<'_>) -> Opti
     None
 }
 
+/// `90 days`, `20s`: a renewal window for log lines.
+fn human_duration(secs: i64) -> String {
+    if secs % 86_400 == 0 {
+        format!("{} days", secs / 86_400)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 fn ensure_leaf(
     ca: &Ca,
+    lifetimes: &Lifetimes,
     tls_dir: &Path,
     cert_file: &str,
     key_file: &str,
@@ -365,17 +409,17 @@ fn ensure_leaf(
     let key_path = tls_dir.join(key_file);
     if let (Some(cert_pem), Some(key_pem)) = (read_optional(&cert_path)?, read_optional(&key_path)?)
     {
-        match leaf_problem(ca, &cert_pem, &key_pem, want) {
+        match leaf_problem(ca, lifetimes, &cert_pem, &key_pem, want) {
             None => return Ok((cert_pem, key_pem)),
             Some(why) => tracing::info!("re-issuing {}: {why}", cert_path.display()),
         }
     }
-    let (cert_pem, key_pem) = ca.issue(
+    let (cert_pem, key_pem) = ca.issue_for_secs(
         want.common_name,
         want.organizations,
         want.sans,
         want.usage.clone(),
-        LEAF_VALIDITY_DAYS,
+        lifetimes.validity,
     )?;
     write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
     write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)?;

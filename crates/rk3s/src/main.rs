@@ -1,12 +1,15 @@
 //! `rk3s`: a lightweight, Kubernetes-compatible distribution in one binary.
 //!
 //! Subcommands: `server` (API server + datastore, controllers, scheduler, node agent),
-//! `image`, `etcd-snapshot`, `secrets-encrypt`, `killall`, `check-config`, `kubectl` (runs kubectl with
+//! `image`, `certificate`, `etcd-snapshot`, `secrets-encrypt`, `killall`, `check-config`, `kubectl` (runs kubectl with
 //! the admin kubeconfig) and the hidden `sim-nodes`.
 
 mod agent;
+mod certificate;
 mod check_config;
 mod config;
+#[allow(dead_code)] // until server.rs opens the datastore through it
+mod datastore;
 mod image;
 mod killall;
 mod node_network;
@@ -48,6 +51,9 @@ enum Command {
     /// Secrets encryption at rest: status and re-encryption
     #[command(subcommand)]
     SecretsEncrypt(secrets::SecretsCommand),
+    /// Certificates: check their expiry, rotate the server's
+    #[command(alias = "cert")]
+    Certificate(certificate::CertificateArgs),
     /// Datastore snapshots (k3s's command): save, ls, delete, prune
     EtcdSnapshot(snapshot::SnapshotArgs),
     /// Images on this node: build an OCI archive from a directory, import, list.
@@ -116,6 +122,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rk3s secrets-encrypt: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Certificate(args) => match certificate::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s certificate: {e:#}");
                 ExitCode::from(1)
             }
         },

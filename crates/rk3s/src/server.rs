@@ -106,6 +106,15 @@ pub struct ServerArgs {
     /// Datastore: empty for the embedded SQLite (only SQLite is supported so far)
     #[arg(long, value_name = "URL")]
     pub datastore_endpoint: Option<String>,
+    /// Validity of issued leaf certificates (tests use short ones)
+    #[arg(long, value_name = "DURATION", default_value = "8760h", value_parser = parse_duration, hide = true)]
+    pub leaf_cert_validity: std::time::Duration,
+    /// Leaf certificates expiring within this are renewed, on start and while running
+    #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = parse_duration, hide = true)]
+    pub cert_renew_before: std::time::Duration,
+    /// How often certificates are checked for renewal while running
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration, hide = true)]
+    pub cert_check_interval: std::time::Duration,
     /// Take no scheduled snapshots of the datastore
     #[arg(long)]
     pub etcd_disable_snapshots: bool,
@@ -325,14 +334,16 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let service_ip = first_ip(&args.service_cidr)?;
     let mut sans = args.tls_san.clone();
     sans.push(advertise.to_string());
-    let pki = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions {
+    let pki_opts = rk3s_pki::PkiOptions {
         server_dir: server_dir.clone(),
         sans,
         cluster_domain: args.cluster_domain.clone(),
         service_ip: IpAddr::V4(service_ip),
         token: args.token.clone(),
-    })
-    .context("setting up the cluster PKI")?;
+        leaf_validity: args.leaf_cert_validity,
+        renew_before: args.cert_renew_before,
+    };
+    let pki = rk3s_pki::ensure_server_pki(&pki_opts).context("setting up the cluster PKI")?;
 
     let db_dir = server_dir.join("db");
     std::fs::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
@@ -411,11 +422,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             None => None,
         },
     };
-    let tls = rk3s_apiserver::server::tls_config(
+    let serving_cert = Arc::new(rk3s_apiserver::server::ServingCert::from_pem(
         &config.serving_cert_pem,
         &config.serving_key_pem,
-        &config.client_ca_pem,
-    )?;
+    )?);
+    let tls = rk3s_apiserver::server::tls_config_with(serving_cert.clone(), &config.client_ca_pem)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -537,6 +548,18 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         "default",
     )
     .with_context(|| format!("writing kubeconfig {}", args.write_kubeconfig.display()))?;
+    tokio::spawn(renew_certificates(
+        pki_opts,
+        args.cert_check_interval,
+        serving_cert,
+        pki.serving_cert_pem.clone(),
+        pki.admin_cert_pem.clone(),
+        KubeconfigTarget {
+            path: args.write_kubeconfig.clone(),
+            mode: args.write_kubeconfig_mode,
+            url: url.clone(),
+        },
+    ));
     tracing::info!(
         %url,
         kubeconfig = %args.write_kubeconfig.display(),
@@ -655,6 +678,68 @@ fn kubelet_client_config(
         key_pem,
         ca_pem: pki.ca_cert_pem.clone(),
     })
+}
+
+/// Where the admin kubeconfig goes (rewritten when its client certificate is renewed).
+struct KubeconfigTarget {
+    path: PathBuf,
+    mode: u32,
+    url: String,
+}
+
+/// Renews the server's leaf certificates while it runs: every `interval`, those within
+/// the renewal window are re-issued on disk (as on start), a new serving certificate is
+/// presented to new connections at once and the admin kubeconfig is rewritten, so a
+/// long-running server never serves an expired certificate.
+async fn renew_certificates(
+    opts: rk3s_pki::PkiOptions,
+    interval: std::time::Duration,
+    serving: Arc<rk3s_apiserver::server::ServingCert>,
+    mut serving_pem: String,
+    mut admin_pem: String,
+    kubeconfig: KubeconfigTarget,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let o = opts.clone();
+        let pki = match tokio::task::spawn_blocking(move || rk3s_pki::ensure_server_pki(&o)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "certificate renewal check failed");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate renewal task failed");
+                continue;
+            }
+        };
+        if pki.serving_cert_pem != serving_pem {
+            match serving.update(&pki.serving_cert_pem, &pki.serving_key_pem) {
+                Ok(()) => {
+                    tracing::info!("serving certificate renewed; new connections get it");
+                    serving_pem = pki.serving_cert_pem.clone();
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot load the renewed serving certificate"),
+            }
+        }
+        if pki.admin_cert_pem != admin_pem {
+            match rk3s_pki::write_kubeconfig(
+                &kubeconfig.path,
+                kubeconfig.mode,
+                &kubeconfig.url,
+                &pki.ca_cert_pem,
+                &pki.admin_cert_pem,
+                &pki.admin_key_pem,
+                "default",
+            ) {
+                Ok(()) => {
+                    tracing::info!(kubeconfig = %kubeconfig.path.display(), "admin certificate renewed");
+                    admin_pem = pki.admin_cert_pem.clone();
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot rewrite the admin kubeconfig"),
+            }
+        }
+    }
 }
 
 fn hostname() -> String {
