@@ -27,41 +27,6 @@ async fn ensure(inner: &Inner, key: &str, mut obj: Value) -> Result<(), ApiServe
     }
 }
 
-/// Creates `key` with `obj` when missing; when it exists and the fields named in
-/// `fields` differ from `obj`'s, writes them (compare-and-swap on the mod revision, so a
-/// concurrent writer wins and the next start reconciles again). Upstream's apiserver
-/// reconciles the `kubernetes` Endpoints/EndpointSlice this way when its address changes.
-async fn reconcile(
-    inner: &Inner,
-    key: &str,
-    obj: Value,
-    fields: &[&str],
-) -> Result<(), ApiServerError> {
-    let Some(kv) = inner.store.get(key).await? else {
-        return ensure(inner, key, obj).await;
-    };
-    let Ok(mut cur) = serde_json::from_slice::<Value>(&kv.value) else {
-        return Ok(());
-    };
-    let mut changed = false;
-    for f in fields {
-        if cur.get(*f) != obj.get(*f) {
-            if let (Some(c), Some(v)) = (cur.as_object_mut(), obj.get(*f)) {
-                c.insert((*f).to_string(), v.clone());
-                changed = true;
-            }
-        }
-    }
-    if !changed {
-        return Ok(());
-    }
-    let bytes = serde_json::to_vec(&cur).map_err(|e| ApiServerError::Config(e.to_string()))?;
-    match inner.store.update(key, bytes, kv.mod_revision).await {
-        Ok(_) | Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Creates the built-in objects that are missing and starts the allocation repair loop.
 pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError> {
     let inner = api.inner();
@@ -98,39 +63,18 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
     if let Err(e) = inner.alloc.repair().await {
         tracing::warn!(error = %e, "service IP / node port repair failed");
     }
-    reconcile(
+    // The `kubernetes` Endpoints/EndpointSlice: this server and every other live one.
+    crate::apiserver_endpoints::reconcile_once(
         inner,
-        "/registry/core/endpoints/default/kubernetes",
-        json!({
-            "kind": "Endpoints", "apiVersion": "v1",
-            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-            "subsets": [{
-                "addresses": [{"ip": config.advertise_address.to_string()}],
-                "ports": [{"name": "https", "port": config.advertise_port, "protocol": "TCP"}],
-            }],
-        }),
-        &["subsets"],
+        config.advertise_address,
+        config.advertise_port,
     )
     .await?;
-    // The EndpointSlice the service proxies read (upstream's reconciler writes both).
-    let family = if config.advertise_address.is_ipv6() {
-        "IPv6"
-    } else {
-        "IPv4"
-    };
-    reconcile(
-        inner,
-        "/registry/discovery.k8s.io/endpointslices/default/kubernetes",
-        json!({
-            "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
-            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
-            "addressType": family,
-            "endpoints": [{"addresses": [config.advertise_address.to_string()], "conditions": {"ready": true}}],
-            "ports": [{"name": "https", "port": config.advertise_port, "protocol": "TCP"}],
-        }),
-        &["addressType", "endpoints", "ports"],
-    )
-    .await?;
+    crate::apiserver_endpoints::spawn(
+        inner.clone(),
+        config.advertise_address,
+        config.advertise_port,
+    );
     // Upstream's default RBAC roles and bindings (created when missing; like upstream's
     // reconciliation with autoupdate, a missing one is recreated at every start).
     for obj in rk3s_auth::bootstrap_policy() {

@@ -43,6 +43,7 @@
 
 pub mod admission;
 pub mod alloc;
+pub mod apiserver_endpoints;
 pub mod audit;
 pub mod authz;
 pub mod body;
