@@ -435,6 +435,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "rk3s agent is up"
     );
+    crate::install::notify_ready();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("signal handler")?;
     tokio::select! {

@@ -1,7 +1,7 @@
 //! `rk3s`: a lightweight, Kubernetes-compatible distribution in one binary.
 //!
 //! Subcommands: `server` (API server + datastore, controllers, scheduler, node agent),
-//! `image`, `certificate`, `etcd-snapshot`, `secrets-encrypt`, `killall`, `check-config`, `kubectl` (runs kubectl with
+//! `install`, `image`, `certificate`, `etcd-snapshot`, `secrets-encrypt`, `killall`, `check-config`, `kubectl` (runs kubectl with
 //! the admin kubeconfig) and the hidden `sim-nodes`.
 
 mod agent;
@@ -11,6 +11,7 @@ mod config;
 #[allow(dead_code)] // until server.rs opens the datastore through it
 mod datastore;
 mod image;
+mod install;
 mod killall;
 mod node_network;
 mod secrets;
@@ -51,6 +52,9 @@ enum Command {
     /// Secrets encryption at rest: status and re-encryption
     #[command(subcommand)]
     SecretsEncrypt(secrets::SecretsCommand),
+    /// Install this binary as a service (systemd unit, or a background start without
+    /// systemd), with killall and uninstall scripts; re-run to upgrade
+    Install(install::InstallArgs),
     /// Certificates: check their expiry, rotate the server's
     #[command(alias = "cert")]
     Certificate(certificate::CertificateArgs),
@@ -122,6 +126,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rk3s secrets-encrypt: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Install(args) => match install::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rk3s install: {e:#}");
                 ExitCode::from(1)
             }
         },

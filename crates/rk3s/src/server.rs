@@ -136,8 +136,9 @@ pub struct ServerArgs {
     /// Snapshot file to restore with --cluster-reset
     #[arg(long, value_name = "FILE", requires = "cluster_reset")]
     pub cluster_reset_restore_path: Option<PathBuf>,
-    /// Encrypt Secrets at rest (AES-GCM; key in <data-dir>/server/cred/encryption-config.json)
-    #[arg(long)]
+    /// Encrypt Secrets at rest (AES-GCM; key in <data-dir>/server/cred/encryption-config.json);
+    /// on by default, `--secrets-encryption=false` stores them in plain text
+    #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub secrets_encryption: bool,
     /// Write an audit log to this file ("-" for standard output)
     #[arg(long, value_name = "FILE")]
@@ -567,6 +568,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "rk3s API server is up"
     );
+    crate::install::notify_ready();
     if !args.disable_agent {
         let node_name = args
             .node_name
