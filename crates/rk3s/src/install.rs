@@ -227,6 +227,7 @@ impl Plan {
     /// binary, the scripts, the configuration, the data dir, logs and pid file.
     pub fn uninstall_script(&self) -> String {
         let q = |p: &Path| shell_quote(&p.display().to_string());
+        let killall = format!("{} killall", q(&self.binary()));
         format!(
             "#!/bin/sh\n\
              # Removes {name} and everything it made (written by `rk3s install`).\n\
@@ -244,7 +245,7 @@ impl Plan {
              rm -f {killall_sh} {bin} \"$0\"\n",
             name = self.name,
             pid = q(&self.pid_file()),
-            killall = format!("{} killall", q(&self.binary())),
+            killall = killall,
             data = q(&self.data_dir),
             config = q(&self.config_dir),
             lib = q(&self.lib_dir()),
