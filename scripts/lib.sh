@@ -6,15 +6,45 @@ RK3S_NODE_PKGS=(containerd runc containernetworking-plugins iptables nftables co
 
 # Installs the Debian packages named in "$@" that are missing.
 rk3s_apt_install() {
-  local missing=()
+  local missing=() opts=()
   for p in "$@"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    case "$p" in
+      -*) opts+=("$p") ;;
+      *) dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p") ;;
+    esac
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "==> installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt-get install -y -qq "${opts[@]}" "${missing[@]}" >/dev/null
+}
+
+# Datastores the store tests run on loopback (they start their own servers).
+RK3S_DATASTORE_PKGS=(etcd-server postgresql-15 mariadb-server)
+
+# Installs the Debian packages named in "$@" that are missing without letting their
+# services start (a policy-rc.d that denies it for the time of the install), and leaves
+# the packaged services stopped: the tests start their own servers on loopback.
+rk3s_apt_install_no_start() {
+  local missing=()
+  for p in "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  rk3s_apt_install --no-install-recommends "${missing[@]}" || { [ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d; return 1; }
+  [ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d
+  for s in etcd postgresql mariadb; do
+    service "$s" stop >/dev/null 2>&1 || true
+    if [ -d /run/systemd/system ]; then systemctl disable --now "$s" >/dev/null 2>&1 || true; fi
+  done
+  return 0
 }
 
 # Where rk3s keeps the kubectl it installs (`rk3s kubectl` looks here too).

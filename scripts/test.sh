@@ -9,6 +9,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 command -v cc >/dev/null 2>&1 && command -v pkg-config >/dev/null 2>&1 || rk3s_apt_install build-essential pkg-config
 # The end-to-end tests run real pods, Services, DNS and NetworkPolicies: the node packages.
 rk3s_apt_install "${RK3S_NODE_PKGS[@]}"
+# The datastore backends' tests start Debian's etcd, PostgreSQL and MariaDB on loopback.
+rk3s_apt_install_no_start "${RK3S_DATASTORE_PKGS[@]}"
 if [ -z "${RK3S_TEST_KUBECTL:-}" ]; then
   rk3s_ensure_kubectl
   export RK3S_TEST_KUBECTL="$(command -v kubectl)"

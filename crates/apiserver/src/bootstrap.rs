@@ -94,6 +94,8 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
         let key = res.key(object::namespace(&obj), &name);
         ensure(inner, &key, obj).await?;
     }
+    // The local APIServices of the built-in groups (`kubectl get apiservices`).
+    crate::local_group::ensure_builtin_apiservices(inner).await?;
     let repair = inner.clone();
     tokio::spawn(async move {
         loop {

@@ -128,7 +128,8 @@ async fn run(api: ApiServer) {
     }
 }
 
-fn rebuild_openapi(inner: &Inner) {
+/// Rebuilds the OpenAPI documents from the registry and the CRD schemas.
+pub(crate) fn rebuild_openapi(inner: &Inner) {
     let resources: Vec<ResourceInfo> = inner
         .schemas
         .registry

@@ -99,6 +99,7 @@ impl ApiServer {
                 .as_ref()
                 .map(crate::proxy::KubeletClient::new)
                 .transpose()?,
+            local_groups: Default::default(),
         });
         let api = ApiServer { inner };
         crate::bootstrap::run(&api, config).await?;
@@ -527,6 +528,11 @@ impl ApiServer {
             as_create.verb = "create".into();
             self.inner
                 .authorize(&crate::authz::resource_attributes(user, &as_create, &query))?;
+        }
+        if let Some(r) =
+            crate::local_group::dispatch(&self.inner, &parts.headers, &info, &query, user).await
+        {
+            return r;
         }
         if let Some(r) = crate::proxy::dispatch(&self.inner, parts, &info, &query, &body).await {
             return r;

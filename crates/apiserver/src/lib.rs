@@ -32,6 +32,8 @@
 //! - [`componentstatus`]: the (deprecated) `componentstatuses` of the control plane.
 //! - [`resize`]: `pods/{name}/resize` (in-place resize of container resources).
 //! - [`local`]: the in-process transport (a `tower::Service`) for components in this process.
+//! - [`local_group`]: API groups served by code in this process ([`local_group::LocalApiGroup`],
+//!   e.g. `metrics.k8s.io`), with their local APIServices.
 //!
 //! Invariants: every object in the store is JSON without `metadata.resourceVersion`;
 //! the resourceVersion a client sees is the store's mod revision of the key. Modules
@@ -56,6 +58,7 @@ pub mod ephemeral;
 pub mod fields;
 pub mod handler;
 pub mod local;
+pub mod local_group;
 pub mod metrics;
 pub mod object;
 pub mod output;

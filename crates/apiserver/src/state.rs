@@ -31,6 +31,8 @@ pub struct Inner {
     pub advertise: String,
     /// The client for kubelet-backed subresources, if configured.
     pub kubelet_client: Option<crate::proxy::KubeletClient>,
+    /// API groups served by code in this process (`metrics.k8s.io`).
+    pub local_groups: crate::local_group::LocalGroups,
 }
 
 /// The served resources and their schemas.

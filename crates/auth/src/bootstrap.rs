@@ -163,6 +163,13 @@ r R ~ nodes,pods,namespaces,services,endpoints,configmaps
 r patch ~ nodes
 r R discovery.k8s.io endpointslices
 r R networking.k8s.io networkpolicies
+r R networking.k8s.io ingresses,ingressclasses
+r patch,update networking.k8s.io ingresses/status
+r R ~ secrets
+r create,patch,update discovery.k8s.io endpointslices
+r R ~ persistentvolumeclaims
+r R,create,delete ~ persistentvolumes
+r R storage.k8s.io storageclasses
 ev
 cr system:kube-scheduler
 ev

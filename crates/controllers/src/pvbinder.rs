@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -31,6 +31,10 @@ pub const ANN_BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
 pub const ANN_BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
 /// Claim annotation set by the scheduler for `WaitForFirstConsumer` classes.
 pub const ANN_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+/// Claim annotation naming the provisioner expected to provision it.
+pub const ANN_STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
+/// The deprecated beta form of [`ANN_STORAGE_PROVISIONER`], still set by upstream.
+pub const ANN_BETA_STORAGE_PROVISIONER: &str = "volume.beta.kubernetes.io/storage-provisioner";
 /// Volume annotation naming the provisioner that created it.
 pub const ANN_PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
@@ -204,6 +208,30 @@ struct Ctx {
     client: kube::Client,
     events: Events,
     reported: HashSet<String>,
+    nodes: Store<Node>,
+}
+
+/// Whether a volume's required node affinity admits the node a delayed-binding claim
+/// was scheduled to (`selected`, with its labels when known; `kubernetes.io/hostname`
+/// defaults to the name). Volumes without node affinity admit every node.
+pub fn fits_selected_node(
+    pv: &PersistentVolume,
+    selected: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let Some(req) = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_affinity.as_ref())
+        .and_then(|a| a.required.as_ref())
+    else {
+        return true;
+    };
+    let mut labels = labels.cloned().unwrap_or_default();
+    labels
+        .entry("kubernetes.io/hostname".to_string())
+        .or_insert_with(|| selected.to_string());
+    rk3s_core::selector::NodeSelectorMatcher::new(req).matches(selected, Some(&labels))
 }
 
 async fn bind(
@@ -379,9 +407,24 @@ async fn sync(
                     }
                     continue;
                 }
+                // A claim scheduled to a node only takes volumes that node can use
+                // (volumes pre-bound to it are taken as they are, as upstream's).
+                let selected = pvc
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANN_SELECTED_NODE));
+                let node_labels = selected
+                    .and_then(|n| ctx.nodes.get(&ObjectRef::new(n)))
+                    .and_then(|n| n.metadata.labels.clone());
                 let candidates: Vec<Arc<PersistentVolume>> = volumes
                     .iter()
                     .filter(|v| !taken.contains(v.metadata.name.as_deref().unwrap_or("")))
+                    .filter(|v| {
+                        selected.is_none_or(|n| {
+                            prebound_to(v, pvc) || fits_selected_node(v, n, node_labels.as_ref())
+                        })
+                    })
                     .cloned()
                     .collect();
                 match find_volume(pvc, &candidates) {
@@ -391,6 +434,24 @@ async fn sync(
                         bound_now.insert(pv.metadata.name.clone().unwrap_or_default());
                     }
                     None => {
+                        let class = claim_class(pvc);
+                        let provisioner = (!class.is_empty())
+                            .then(|| classes.get(&ObjectRef::new(class)))
+                            .flatten()
+                            .map(|c| c.provisioner.clone());
+                        if let Some(p) = &provisioner {
+                            // Upstream's setClaimProvisioner: the external provisioner
+                            // finds its claims by this annotation.
+                            let ann = pvc.metadata.annotations.as_ref();
+                            if ann.and_then(|a| a.get(ANN_STORAGE_PROVISIONER)) != Some(p) {
+                                // An update (the binder's role has no patch on claims).
+                                let mut c = (**pvc).clone();
+                                let a = c.metadata.annotations.get_or_insert_with(BTreeMap::new);
+                                a.insert(ANN_STORAGE_PROVISIONER.into(), p.clone());
+                                a.insert(ANN_BETA_STORAGE_PROVISIONER.into(), p.clone());
+                                pvc_api.replace(&name, &PostParams::default(), &c).await?;
+                            }
+                        }
                         if phase.is_empty() {
                             pvc_api
                                 .patch_status(
@@ -400,11 +461,6 @@ async fn sync(
                                 )
                                 .await?;
                         }
-                        let class = claim_class(pvc);
-                        let provisioner = (!class.is_empty())
-                            .then(|| classes.get(&ObjectRef::new(class)))
-                            .flatten()
-                            .map(|c| c.provisioner.clone());
                         let (reason, msg) = match (class.is_empty(), provisioner) {
                             (true, _) => ("FailedBinding", "no persistent volumes available for this claim and no storage class is set".to_string()),
                             (false, Some(p)) => ("ExternalProvisioning", format!("Waiting for a volume to be created either by the external provisioner '{p}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.")),
@@ -503,10 +559,12 @@ pub async fn run(
     let pvs = informers.store::<PersistentVolume>().await;
     let pvcs = informers.store::<PersistentVolumeClaim>().await;
     let classes = informers.store::<StorageClass>().await;
+    let nodes = informers.store::<Node>().await;
     let ctx = Arc::new(tokio::sync::Mutex::new(Ctx {
         events: Events::new(client.clone(), "persistentvolume-controller"),
         client,
         reported: HashSet::new(),
+        nodes,
     }));
     // One key: a pass over every volume and claim, on a change or every 15 s.
     let mut triggers = Vec::from(changes);
@@ -647,6 +705,32 @@ mod tests {
             find_volume(&c, &vols).and_then(|v| v.metadata.name.as_deref()),
             Some("free")
         );
+    }
+
+    #[test]
+    fn selected_node_must_fit_the_volume() {
+        let mut v = (*pv("v", "1Gi", None, &["ReadWriteOnce"])).clone();
+        assert!(fits_selected_node(&v, "a", None), "no affinity: any node");
+        v.spec.as_mut().unwrap().node_affinity = Some(
+            serde_json::from_value(json!({
+            "required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}]}]}}))
+            .unwrap(),
+        );
+        assert!(fits_selected_node(&v, "b", None));
+        assert!(!fits_selected_node(&v, "a", None));
+        let labels: BTreeMap<String, String> =
+            [("kubernetes.io/hostname".to_string(), "b".to_string())].into();
+        assert!(fits_selected_node(&v, "node-b", Some(&labels)));
+        v.spec.as_mut().unwrap().node_affinity = Some(
+            serde_json::from_value(json!({
+            "required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "zone", "operator": "In", "values": ["z1"]}]}]}}))
+            .unwrap(),
+        );
+        let zoned: BTreeMap<String, String> = [("zone".to_string(), "z1".to_string())].into();
+        assert!(fits_selected_node(&v, "a", Some(&zoned)));
+        assert!(!fits_selected_node(&v, "a", None));
     }
 
     #[test]

@@ -416,6 +416,8 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             format!("the server's flannel backend {:?}", config.flannel_backend)
         })?,
         flannel_iface: args.flannel_iface.clone(),
+        ingress: !config.disable_ingress,
+        local_storage: (!config.disable_local_storage).then(|| args.data_dir.join("storage")),
     };
     opts.pod_network = crate::node_network::pod_network(&network_opts).await;
     crate::node_network::spawn(

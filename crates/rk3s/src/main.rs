@@ -8,7 +8,6 @@ mod agent;
 mod certificate;
 mod check_config;
 mod config;
-#[allow(dead_code)] // until server.rs opens the datastore through it
 mod datastore;
 mod image;
 mod install;

@@ -1,6 +1,7 @@
-//! The per-node network services that run beside the node agent: the pod network across
+//! The per-node services that run beside the node agent: the pod network across
 //! nodes (`rk3s-flannel`), the Service proxy (`rk3s-proxy`), the cluster DNS server
-//! (`rk3s-dns`) and the NetworkPolicy enforcer (`rk3s-netpol`). Each is a Kubernetes API client acting as the node; each is
+//! (`rk3s-dns`), the NetworkPolicy enforcer (`rk3s-netpol`), the Ingress controller
+//! (`rk3s-ingress`, ports 80/443) and the local-path volume provisioner (`rk3s-local-path`). Each is a Kubernetes API client acting as the node; each is
 //! restarted with back-off when it stops with an error, and one failing never stops the
 //! others.
 
@@ -39,6 +40,11 @@ pub struct NodeNetworkOptions {
     pub flannel_backend: rk3s_flannel::Backend,
     /// The uplink of the pod network (`--flannel-iface`).
     pub flannel_iface: Option<String>,
+    /// Serve Ingresses on ports 80/443 (no `--disable traefik`/`ingress`).
+    pub ingress: bool,
+    /// Provision local-path volumes under this folder (`<data-dir>/storage`; None with
+    /// `--disable local-storage`).
+    pub local_storage: Option<PathBuf>,
 }
 
 /// The settings of the node's pod bridge that go with the pod network: with flannel, the
@@ -121,6 +127,20 @@ pub fn spawn(clients: NodeNetworkClients, opts: NodeNetworkOptions) {
         let c = clients.controller.clone();
         supervise("cluster DNS", move || {
             rk3s_dns::run(c.clone(), dopts.clone())
+        });
+    }
+    if opts.ingress {
+        let iopts = rk3s_ingress::IngressOptions::new(opts.node_name.clone(), vec![opts.node_ip]);
+        let c = clients.controller.clone();
+        supervise("ingress", move || {
+            rk3s_ingress::run(c.clone(), iopts.clone())
+        });
+    }
+    if let Some(path) = &opts.local_storage {
+        let lopts = rk3s_local_path::LocalPathOptions::new(&opts.node_name, path.clone());
+        let c = clients.controller.clone();
+        supervise("local-path provisioner", move || {
+            rk3s_local_path::run(c.clone(), lopts.clone())
         });
     }
     if opts.network_policy {

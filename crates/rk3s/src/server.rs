@@ -67,8 +67,9 @@ pub struct ServerArgs {
     #[arg(long)]
     pub disable_agent: bool,
     /// Do not deploy a packaged component (repeatable or comma-separated): coredns
-    /// (cluster DNS), servicelb (LoadBalancer Services on node IPs), traefik, local-storage,
-    /// metrics-server
+    /// (cluster DNS), servicelb (LoadBalancer Services on node IPs), traefik or ingress (the
+    /// built-in Ingress controller), local-storage (the local-path StorageClass),
+    /// metrics-server (the metrics API)
     #[arg(long, value_name = "NAME", value_delimiter = ',', action = clap::ArgAction::Append, value_parser = parse_component)]
     pub disable: Vec<String>,
     /// Do not run the service proxy (ClusterIP, NodePort, LoadBalancer rules in nftables)
@@ -103,9 +104,20 @@ pub struct ServerArgs {
     /// State dir (and socket) of rk3s's own containerd (tests run several side by side)
     #[arg(long, value_name = "DIR", hide = true)]
     pub containerd_state_dir: Option<PathBuf>,
-    /// Datastore: empty for the embedded SQLite (only SQLite is supported so far)
-    #[arg(long, value_name = "URL")]
+    /// Datastore: empty (or sqlite://PATH) for the embedded SQLite; http(s)://HOST:PORT[,...]
+    /// for etcd; postgres://USER:PASS@HOST:PORT/DB for PostgreSQL; mysql://USER:PASS@tcp(HOST:PORT)/DB
+    /// for MySQL or MariaDB
+    #[arg(long, value_name = "URL", env = "RK3S_DATASTORE_ENDPOINT")]
     pub datastore_endpoint: Option<String>,
+    /// CA certificate file of the datastore (TLS)
+    #[arg(long, value_name = "FILE", env = "RK3S_DATASTORE_CAFILE")]
+    pub datastore_cafile: Option<PathBuf>,
+    /// Client certificate file for the datastore (TLS)
+    #[arg(long, value_name = "FILE", env = "RK3S_DATASTORE_CERTFILE")]
+    pub datastore_certfile: Option<PathBuf>,
+    /// Client key file for the datastore (TLS)
+    #[arg(long, value_name = "FILE", env = "RK3S_DATASTORE_KEYFILE")]
+    pub datastore_keyfile: Option<PathBuf>,
     /// Validity of issued leaf certificates (tests use short ones)
     #[arg(long, value_name = "DURATION", default_value = "8760h", value_parser = parse_duration, hide = true)]
     pub leaf_cert_validity: std::time::Duration,
@@ -115,6 +127,12 @@ pub struct ServerArgs {
     /// How often certificates are checked for renewal while running
     #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration, hide = true)]
     pub cert_check_interval: std::time::Duration,
+    /// Do not run the HelmChart controller (helm.cattle.io HelmChart / HelmChartConfig)
+    #[arg(long)]
+    pub disable_helm_controller: bool,
+    /// Image of the HelmChart install/delete Jobs (default: helm-controller's klipper-helm)
+    #[arg(long, value_name = "IMAGE", default_value = "")]
+    pub helm_job_image: String,
     /// Take no scheduled snapshots of the datastore
     #[arg(long)]
     pub etcd_disable_snapshots: bool,
@@ -171,6 +189,7 @@ pub const COMPONENTS: &[&str] = &[
     "coredns",
     "servicelb",
     "traefik",
+    "ingress",
     "local-storage",
     "metrics-server",
 ];
@@ -191,6 +210,11 @@ impl ServerArgs {
     /// True unless `--disable NAME` names the component.
     pub fn enabled(&self, component: &str) -> bool {
         !self.disable.iter().any(|d| d == component)
+    }
+
+    /// The built-in Ingress controller runs unless `--disable traefik` or `--disable ingress`.
+    pub fn ingress_enabled(&self) -> bool {
+        self.enabled("traefik") && self.enabled("ingress")
     }
 }
 
@@ -310,14 +334,15 @@ fn worker_threads(cores: usize) -> usize {
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    if let Some(ep) = &args.datastore_endpoint {
-        if !ep.is_empty() {
-            bail!("--datastore-endpoint {ep:?}: external datastores (etcd, PostgreSQL) are not supported yet; leave it empty for the embedded SQLite datastore");
-        }
-    }
+    let datastore =
+        crate::datastore::parse_endpoint(args.datastore_endpoint.as_deref().unwrap_or(""))?;
+    let embedded_sqlite = matches!(datastore, crate::datastore::DatastoreEndpoint::Sqlite(None));
     let server_dir = args.data_dir.join("server");
     std::fs::create_dir_all(&server_dir)
         .with_context(|| format!("creating {}", server_dir.display()))?;
+    if args.cluster_reset && !embedded_sqlite {
+        bail!("--cluster-reset restores snapshots of the embedded SQLite datastore only (use the external datastore's own backup tools)");
+    }
     if args.cluster_reset {
         // k3s: reset (here: restore the snapshot into the datastore), then exit so the
         // user restarts without the flags.
@@ -346,13 +371,17 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     };
     let pki = rk3s_pki::ensure_server_pki(&pki_opts).context("setting up the cluster PKI")?;
 
-    let db_dir = server_dir.join("db");
-    std::fs::create_dir_all(&db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
-    let store = rk3s_store::sqlite::SqliteStore::open(&db_dir.join("state.db"))
-        .context("opening the SQLite datastore")?;
-    let store = Arc::new(store);
-    store.spawn_compactor(std::time::Duration::from_secs(300), 1000);
-    if !args.etcd_disable_snapshots {
+    let store = crate::datastore::open(
+        &datastore,
+        &crate::datastore::DatastoreTls {
+            ca_file: args.datastore_cafile.clone(),
+            cert_file: args.datastore_certfile.clone(),
+            key_file: args.datastore_keyfile.clone(),
+        },
+        &args.data_dir,
+    )
+    .await?;
+    if !args.etcd_disable_snapshots && embedded_sqlite {
         let schedule = rk3s_core::cron::Schedule::parse(&args.etcd_snapshot_schedule_cron)
             .context("--etcd-snapshot-schedule-cron")?;
         tokio::spawn(crate::snapshot::run_schedule(
@@ -440,6 +469,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         rk3s_apiserver::UserInfo::new("system:kube-controller-manager", &["system:masters"])
             .with_authenticated_group();
     let client = rk3s_controllers::client_over(api.local_service(controller_user));
+    let addon_client = client.clone();
     // Stable across restarts, so a restarted server takes its own Lease back at once.
     let identity = hostname();
     let ca = pki.ca_cert_pem.clone();
@@ -462,6 +492,20 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     // One watch per resource type for the controller manager and the scheduler.
     let informers = rk3s_controllers::informers::SharedInformers::new(client.clone());
     let controller_informers = informers.clone();
+    if args.enabled("metrics-server") {
+        let (metrics_api, metrics_informers) = (api.clone(), informers.clone());
+        tokio::spawn(async move {
+            if let Err(e) = rk3s_metrics::run(
+                metrics_api,
+                metrics_informers,
+                rk3s_metrics::MetricsOptions::default(),
+            )
+            .await
+            {
+                tracing::error!(error = %e, "metrics API stopped");
+            }
+        });
+    }
     tokio::spawn(async move {
         let opts = rk3s_controllers::Options {
             identity,
@@ -477,6 +521,58 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "controller manager stopped");
         }
     });
+    // Add-ons as data: the bundled manifests are staged in <data-dir>/server/manifests and
+    // that folder is applied and followed (k3s's deploy controller, on every server); the
+    // HelmChart controller runs on the leader of its own Lease.
+    let disabled = rk3s_deploy::Disabled::from_names(&args.disable);
+    let placeholders = rk3s_deploy::k3s_placeholders(
+        &cluster_dns.to_string(),
+        &args.cluster_domain,
+        &args.data_dir.join("storage").display().to_string(),
+        "",
+    );
+    rk3s_deploy::stage_bundled(
+        &rk3s_deploy::manifests_dir(&args.data_dir),
+        &placeholders,
+        &disabled,
+    )
+    .context("staging the bundled add-on manifests")?;
+    let deploy_opts = rk3s_deploy::DeployOptions::new(&args.data_dir, disabled);
+    let deploy_client = addon_client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = rk3s_deploy::run(deploy_client, deploy_opts).await {
+            tracing::error!(error = %e, "the manifests folder is not followed");
+        }
+    });
+    if !args.disable_helm_controller {
+        let helm_opts = rk3s_helm_controller::HelmControllerOptions::new(
+            &args.helm_job_image,
+            args.https_listen_port,
+        );
+        let helm_client = addon_client.clone();
+        let identity = hostname();
+        tokio::spawn(async move {
+            let elector = rk3s_runtime::leader::LeaderElector::new(
+                helm_client.clone(),
+                "kube-system",
+                "rk3s-helm-controller",
+                &identity,
+                std::time::Duration::from_secs(15),
+            );
+            loop {
+                let lost = elector.acquire().await;
+                let c = helm_client.clone();
+                let o = helm_opts.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = rk3s_helm_controller::run(c, o).await {
+                        tracing::error!(error = %e, "helm controller stopped");
+                    }
+                });
+                let _ = lost.await;
+                task.abort();
+            }
+        });
+    }
     let scheduler_user =
         rk3s_apiserver::UserInfo::new("system:kube-scheduler", &["system:masters"])
             .with_authenticated_group();
@@ -515,6 +611,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                     "{}-{}",
                     args.service_node_port_range.0, args.service_node_port_range.1
                 ),
+                disable_ingress: !args.ingress_enabled(),
+                disable_local_storage: !args.enabled("local-storage"),
             },
             cert_validity_secs: 365 * 24 * 3600,
         },
@@ -628,6 +726,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             resolv_conf: args.resolv_conf.clone(),
             flannel_backend: args.flannel_backend.parse().unwrap_or_default(),
             flannel_iface: args.flannel_iface.clone(),
+            ingress: args.ingress_enabled(),
+            local_storage: args
+                .enabled("local-storage")
+                .then(|| args.data_dir.join("storage")),
         };
         opts.pod_network = crate::node_network::pod_network(&network_opts).await;
         crate::node_network::spawn(network_clients, network_opts);

@@ -25,6 +25,7 @@ pub(crate) enum Failure {
     Ports,
     Resources(Vec<Cow<'static, str>>),
     VolumeNodeAffinity,
+    VolumeBindConflict,
     VolumeZone,
     SpreadMissingLabel,
     Spread,
@@ -49,6 +50,9 @@ impl Failure {
             Failure::Ports => "node(s) didn't have free ports for the requested pod ports",
             Failure::Resources(r) => return r.clone(),
             Failure::VolumeNodeAffinity => "node(s) had volume node affinity conflict",
+            Failure::VolumeBindConflict => {
+                "node(s) didn't find available persistent volumes to bind"
+            }
             Failure::VolumeZone => "node(s) had no available volume zone",
             Failure::SpreadMissingLabel => {
                 "node(s) didn't match pod topology spread constraints (missing required label)"
@@ -153,6 +157,8 @@ pub(crate) struct PodCtx<'a> {
     pub preferred_node: Vec<(i32, NodeTerm)>,
     pub ports: Vec<HostPort>,
     pub volume_affinity: Vec<NodeSelectorMatcher>,
+    /// Nodes already selected for unbound `WaitForFirstConsumer` claims.
+    pub selected_nodes: Vec<String>,
     pub volume_zones: Vec<(String, Vec<String>)>,
     pub spread: Option<HardSpread>,
     pub soft_spread: Vec<SpreadConstraint>,
@@ -261,6 +267,7 @@ impl<'a> PodCtx<'a> {
             preferred_node,
             ports: pod_host_ports(pod),
             volume_affinity: Vec::new(),
+            selected_nodes: Vec::new(),
             volume_zones: Vec::new(),
             spread: None,
             soft_spread: Vec::new(),
@@ -343,6 +350,14 @@ impl<'a> PodCtx<'a> {
                         .is_some_and(|m| m == "WaitForFirstConsumer");
                     if !delayed {
                         unbound_immediate = true;
+                    } else if let Some(n) = pvc
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("volume.kubernetes.io/selected-node"))
+                    {
+                        // being provisioned there: only that node fits
+                        self.selected_nodes.push(n.clone());
                     }
                 }
             }
@@ -573,6 +588,9 @@ impl<'a> PodCtx<'a> {
             .any(|m| !m.matches(&n.name, n.labels()))
         {
             return Err(Failure::VolumeNodeAffinity);
+        }
+        if self.selected_nodes.iter().any(|s| *s != n.name) {
+            return Err(Failure::VolumeBindConflict);
         }
         // VolumeZone
         for (key, values) in &self.volume_zones {

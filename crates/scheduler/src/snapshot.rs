@@ -404,6 +404,37 @@ impl Snapshot {
             .collect();
     }
 
+    /// The claims (`(namespace, name)`) of `pod` that are unbound with a
+    /// `WaitForFirstConsumer` class: binding the pod first selects its node for them
+    /// (upstream's VolumeBinding PreBind sets `volume.kubernetes.io/selected-node`).
+    pub fn delayed_claims(&self, pod: &Pod) -> Vec<(String, String)> {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let vols = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+        vols.into_iter()
+            .flatten()
+            .filter_map(|v| v.persistent_volume_claim.as_ref())
+            .filter(|c| {
+                let Some(pvc) = self.pvcs.get(&format!("{ns}/{}", c.claim_name)) else {
+                    return false;
+                };
+                let spec = pvc.spec.as_ref();
+                let unbound = spec
+                    .and_then(|s| s.volume_name.as_deref())
+                    .is_none_or(str::is_empty);
+                let class = spec
+                    .and_then(|s| s.storage_class_name.as_deref())
+                    .unwrap_or_default();
+                unbound
+                    && self
+                        .classes
+                        .get(class)
+                        .and_then(|c| c.volume_binding_mode.as_deref())
+                        == Some("WaitForFirstConsumer")
+            })
+            .map(|c| (ns.to_string(), c.claim_name.clone()))
+            .collect()
+    }
+
     /// Sets the PodDisruptionBudgets that preemption respects.
     pub fn set_pdbs(&mut self, pdbs: Vec<PodDisruptionBudget>) {
         self.pdbs = pdbs;

@@ -656,6 +656,62 @@ fn volumes_node_affinity_and_missing_claims() {
 }
 
 #[test]
+fn delayed_claims_get_a_node_and_keep_it() {
+    let nodes = vec![node("a", "4", "4Gi"), node("b", "4", "4Gi")];
+    let mut snap = Snapshot::new(nodes, vec![]);
+    snap.set_volumes(
+        vec![],
+        vec![
+            from_json(json!({"metadata": {"name": "lazy", "namespace": "default"}, "spec": {"storageClassName": "local-path"}})),
+            from_json(json!({"metadata": {"name": "placed", "namespace": "default",
+                "annotations": {"volume.kubernetes.io/selected-node": "b"}}, "spec": {"storageClassName": "local-path"}})),
+            from_json(json!({"metadata": {"name": "bound", "namespace": "default"}, "spec": {"storageClassName": "local-path", "volumeName": "pv9"}})),
+        ],
+        vec![from_json(
+            json!({"metadata": {"name": "local-path"}, "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer"}),
+        )],
+    );
+    let with_claims = |claims: &[&str]| {
+        let mut p = pod("p", "", "");
+        spec(&mut p).volumes = Some(
+            claims
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    from_json(
+                        json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": c}}),
+                    )
+                })
+                .collect(),
+        );
+        p
+    };
+    // Unbound delayed claims are the ones binding selects a node for.
+    assert_eq!(
+        snap.delayed_claims(&with_claims(&["lazy", "bound", "placed"])),
+        vec![
+            ("default".to_string(), "lazy".to_string()),
+            ("default".to_string(), "placed".to_string())
+        ]
+    );
+    // A claim already being provisioned on b keeps its pods on b.
+    let s = all_nodes();
+    for _ in 0..5 {
+        assert_eq!(
+            s.schedule(&snap, &with_claims(&["placed"])).ok().as_deref(),
+            Some("b")
+        );
+    }
+    let mut p = with_claims(&["placed"]);
+    spec(&mut p).node_name = Some("a".into());
+    let m = msg(&s, &snap, &p);
+    assert!(
+        m.starts_with("0/2 nodes are available: 1 node(s) didn't find available persistent volumes to bind, 1 node(s) didn't match the requested node name."),
+        "{m}"
+    );
+}
+
+#[test]
 fn topology_spread_min_domains_and_schedule_anyway() {
     let nodes = vec![
         label_node(node("a", "8", "8Gi"), "zone", "z1"),

@@ -9,12 +9,15 @@
 //! A write is acknowledged (its future resolves `Ok`) only once it is durable.
 //!
 //! Backends: [`sqlite::SqliteStore`] (the default, embedded). External backends (etcd,
-//! PostgreSQL) implement the same [`Store`] trait.
+//! PostgreSQL) implement the same [`Store`] trait, and every backend's tests run the same
+//! conformance suite (`conformance` module, feature `conformance`).
 
 use std::pin::Pin;
 
 use futures_util::Stream;
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod encrypt;
 pub mod sqlite;
 

@@ -34,6 +34,12 @@ pub struct AgentConfig {
     /// The NodePort range (`--service-node-port-range`), e.g. `30000-32767`.
     #[serde(rename = "ServiceNodePortRange", default)]
     pub service_node_port_range: String,
+    /// `--disable traefik` / `--disable ingress`: agents serve no Ingress (rk3s's own).
+    #[serde(rename = "DisableIngress", default)]
+    pub disable_ingress: bool,
+    /// `--disable local-storage`: agents provision no local-path volumes (rk3s's own).
+    #[serde(rename = "DisableLocalStorage", default)]
+    pub disable_local_storage: bool,
 }
 
 #[cfg(test)]
@@ -52,6 +58,8 @@ mod tests {
             disable_network_policy: true,
             disable_cluster_dns: false,
             service_node_port_range: "30000-32767".into(),
+            disable_ingress: false,
+            disable_local_storage: true,
         };
         let v = serde_json::to_value(&c).expect("encode");
         assert_eq!(v["ClusterIPRange"], "10.42.0.0/16");

@@ -365,16 +365,93 @@ async fn bind(client: kube::Client, pod: Arc<Pod>, node: String) -> Result<(), k
     Ok(())
 }
 
+/// Annotation naming the node chosen for a `WaitForFirstConsumer` claim.
+const ANN_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+
+/// How long binding waits for the pod's delayed claims to be bound (upstream's
+/// VolumeBinding `bindTimeoutSeconds`).
+const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Upstream's VolumeBinding PreBind for claims to provision: sets the selected node on
+/// each claim (`namespace`, `name`), then waits until every one is bound (`volumeName`
+/// set, phase `Bound`). Fails when a claim goes away, its selected node is reset (the
+/// provisioner asks for another node) or the timeout passes.
+async fn bind_volumes(
+    client: &kube::Client,
+    claims: &[(String, String)],
+    node: &str,
+) -> Result<(), String> {
+    for (ns, name) in claims {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        let patch = serde_json::json!({"metadata": {"annotations": {ANN_SELECTED_NODE: node}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| format!("persistentvolumeclaim {ns}/{name}: {e}"))?;
+    }
+    let deadline = tokio::time::Instant::now() + VOLUME_BIND_TIMEOUT;
+    let mut delay = Duration::from_millis(20);
+    for (ns, name) in claims {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        loop {
+            let pvc = api
+                .get_opt(name)
+                .await
+                .map_err(|e| format!("persistentvolumeclaim {ns}/{name}: {e}"))?
+                .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+            let bound = pvc
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .is_some_and(|v| !v.is_empty())
+                && pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+            if bound {
+                break;
+            }
+            let selected = pvc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANN_SELECTED_NODE));
+            if selected.map(String::as_str) != Some(node) {
+                return Err(format!("selectedNode annotation reset for PVC {name:?}"));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "binding volumes: timed out waiting for the condition (PVC {ns}/{name})"
+                ));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+    Ok(())
+}
+
 fn spawn_bind(
     client: kube::Client,
     pod: Arc<Pod>,
     node: String,
+    claims: Vec<(String, String)>,
     permit: OwnedSemaphorePermit,
     done: mpsc::UnboundedSender<BindDone>,
     effects: mpsc::UnboundedSender<Effect>,
 ) {
     tokio::spawn(async move {
         let key = pod_key(&pod);
+        let mut permit = Some(permit);
+        if !claims.is_empty() {
+            // waiting for a provisioner must not hold a binding slot
+            permit = None;
+            if let Err(e) = bind_volumes(&client, &claims, &node).await {
+                tracing::warn!(pod = %key, node = %node, error = %e, "scheduler: binding volumes failed");
+                let _ = done.send(BindDone {
+                    key,
+                    node,
+                    failed: Some(true),
+                });
+                return;
+            }
+        }
         let failed = match bind(client, pod.clone(), node.clone()).await {
             Ok(()) => {
                 let _ = effects.send(scheduled_event(&pod, &node));
@@ -499,10 +576,12 @@ async fn schedule_loop(client: kube::Client, opts: &RunOptions) -> Result<(), Sc
             if let Some(p) = permit.take() {
                 match core.schedule_next(now) {
                     Some(Outcome::Bind { pod, node }) => {
+                        let claims = core.snap.delayed_claims(&pod);
                         spawn_bind(
                             client.clone(),
                             pod,
                             node,
+                            claims,
                             p,
                             done_tx.clone(),
                             effects_tx.clone(),

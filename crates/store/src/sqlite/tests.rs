@@ -1135,3 +1135,18 @@ async fn bench_figures() {
     assert!(e.revision() > 9_000);
     println!("watch start near head: {:?}", t0.elapsed());
 }
+
+/// The backend-independent conformance suite, on a fresh SQLite store per check.
+mod conformance {
+    use std::sync::Arc;
+
+    use crate::Store;
+
+    async fn open_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = super::SqliteStore::open(&dir.path().join("state.db")).expect("open store");
+        (Arc::new(store), dir)
+    }
+
+    crate::store_conformance_tests!(open_store);
+}
