@@ -98,6 +98,46 @@ pub fn parse_cri_line(line: &[u8]) -> Result<LogRecord, LogError> {
     })
 }
 
+/// The kubelet's limits for a termination message taken from the log
+/// (`FallbackToLogsOnError`): the last 80 lines, at most 2048 bytes.
+pub const FALLBACK_MESSAGE_LINES: usize = 80;
+/// See [`FALLBACK_MESSAGE_LINES`].
+pub const FALLBACK_MESSAGE_BYTES: usize = 2048;
+
+/// The text a container wrote, as `kubectl logs` shows it (CRI framing removed, partial
+/// records joined), limited to its last `lines` lines and last `max_bytes` bytes: the
+/// termination message of `terminationMessagePolicy: FallbackToLogsOnError`. Lines that
+/// are not CRI records are skipped; an unreadable file gives an empty text.
+pub fn tail_text(path: &std::path::Path, lines: usize, max_bytes: usize) -> String {
+    let Ok(raw) = std::fs::read(path) else {
+        return String::new();
+    };
+    let mut text: Vec<u8> = Vec::new();
+    for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if let Ok(rec) = parse_cri_line(line) {
+            text.extend_from_slice(&rec.text);
+        }
+    }
+    // The last `lines` lines (a final newline does not start another line).
+    let body = text.strip_suffix(b"\n").unwrap_or(&text);
+    let mut start = 0;
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == lines {
+                start = i + 1;
+                break;
+            }
+        }
+    }
+    let mut tail = &text[start..];
+    if tail.len() > max_bytes {
+        tail = &tail[tail.len() - max_bytes..];
+    }
+    String::from_utf8_lossy(tail).into_owned()
+}
+
 /// Options of a log read (upstream's `PodLogOptions` as the kubelet uses them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogOptions {
@@ -428,6 +468,31 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn termination_message_from_the_log_is_the_text() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("0.log");
+        let mut lines = String::new();
+        for i in 0..100 {
+            lines.push_str(&format!(
+                "2026-01-01T00:00:00.000000000Z stdout F line {i}\n"
+            ));
+        }
+        lines.push_str("2026-01-01T00:00:01.000000000Z stderr P half \n");
+        lines.push_str("2026-01-01T00:00:01.000000000Z stderr F and half\n");
+        std::fs::write(&p, lines).expect("write");
+        let t = tail_text(&p, FALLBACK_MESSAGE_LINES, FALLBACK_MESSAGE_BYTES);
+        assert!(t.ends_with("line 99\nhalf and half\n"), "{t:?}");
+        assert!(t.starts_with("line 21\n"), "80 lines: {t:?}");
+        assert!(
+            !t.contains("stdout") && !t.contains(" F "),
+            "no CRI framing: {t:?}"
+        );
+        let short = tail_text(&p, 80, 10);
+        assert_eq!(short, " and half\n", "the last 10 bytes");
+        assert_eq!(tail_text(&dir.path().join("missing"), 80, 2048), "");
+    }
+
     use super::*;
 
     fn ts(s: &str) -> jiff::Timestamp {

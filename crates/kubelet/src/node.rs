@@ -295,6 +295,32 @@ fn status_body(cfg: &NodeConfig, host: &HostResources, facts: &RuntimeFacts) -> 
     })
 }
 
+/// Copies the extended resources (names with a domain, not `kubernetes.io/` ones the
+/// kubelet owns) of the Node's current `capacity` into the status body's capacity and
+/// allocatable.
+pub fn add_extended_resources(
+    body: &mut Value,
+    current: &std::collections::BTreeMap<
+        String,
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+    >,
+) {
+    for (name, q) in current {
+        let extended = name.contains('/')
+            && !name.starts_with("kubernetes.io/")
+            && !name.starts_with("hugepages-")
+            && !name.starts_with("attachable-volumes-");
+        if !extended {
+            continue;
+        }
+        for field in ["capacity", "allocatable"] {
+            if let Some(m) = body[field].as_object_mut() {
+                m.entry(name.clone()).or_insert_with(|| json!(q.0));
+            }
+        }
+    }
+}
+
 /// The node's conditions: (type, status, reason, message).
 pub fn conditions(facts: &RuntimeFacts) -> Vec<(&'static str, &'static str, &'static str, String)> {
     let ready = if !facts.runtime_ready {
@@ -416,7 +442,13 @@ pub async fn run_status(
     let mut last_post = Instant::now();
     loop {
         let facts = runtime_facts(&cri).await;
-        let body = status_body(&cfg, &host, &facts);
+        let mut body = status_body(&cfg, &host, &facts);
+        // Extended resources someone put in the Node's capacity are allocatable too
+        // (upstream's kubelet keeps them, as no device plugin manages them here).
+        if let Ok(node) = api.get(&cfg.name).await {
+            let current = node.status.and_then(|s| s.capacity).unwrap_or_default();
+            add_extended_resources(&mut body, &current);
+        }
         let conds = conditions(&facts);
         let due = last_post.elapsed() >= STATUS_HEARTBEAT;
         if last_body.as_ref() != Some(&body) || last_conds != conds || due {
@@ -583,6 +615,27 @@ mod tests {
         let c = conditions(&f);
         assert_eq!((c[3].1, c[3].2), ("False", "KubeletNotReady"));
         assert_eq!(c[3].3, "cni plugin not initialized");
+    }
+
+    #[test]
+    fn extended_resources_in_capacity_are_allocatable() {
+        let mut body = json!({"capacity": {"cpu": "2"}, "allocatable": {"cpu": "2"}});
+        let mut cur = std::collections::BTreeMap::new();
+        cur.insert(
+            "example.com/fakecpu".to_string(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("1k".into()),
+        );
+        cur.insert(
+            "cpu".to_string(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("64".into()),
+        );
+        add_extended_resources(&mut body, &cur);
+        assert_eq!(body["allocatable"]["example.com/fakecpu"], "1k");
+        assert_eq!(body["capacity"]["example.com/fakecpu"], "1k");
+        assert_eq!(
+            body["capacity"]["cpu"], "2",
+            "the kubelet's own figures win"
+        );
     }
 
     #[test]

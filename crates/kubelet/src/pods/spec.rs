@@ -302,6 +302,51 @@ fn ns_mode(b: bool, node: NamespaceMode, otherwise: NamespaceMode) -> i32 {
     }
 }
 
+/// The pod's `/etc/hosts`, as upstream's kubelet writes it for a pod on the pod network:
+/// the loopback and IPv6 names, the pod's own IP with its hostname (and its FQDN when the
+/// pod has a subdomain), then the `hostAliases`. `None` for host-network pods (they see
+/// the node's file) and before the pod has an IP.
+pub fn etc_hosts(pod: &Pod, pod_ip: &str, cluster_domain: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network.unwrap_or(false) || pod_ip.is_empty() {
+        return None;
+    }
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let mut hostname = spec.hostname.clone().unwrap_or(name);
+    hostname.truncate(63);
+    let hostname = hostname.trim_end_matches(['-', '.']).to_string();
+    let mut out = String::from(
+        "# Kubernetes-managed hosts file.\n\
+         127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         fe00::0\tip6-mcastprefix\n\
+         fe00::1\tip6-allnodes\n\
+         fe00::2\tip6-allrouters\n",
+    );
+    match spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
+        Some(sub) => {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            out.push_str(&format!(
+                "{pod_ip}\t{hostname}.{sub}.{ns}.svc.{cluster_domain}\t{hostname}\n"
+            ));
+        }
+        None => out.push_str(&format!("{pod_ip}\t{hostname}\n")),
+    }
+    let aliases = spec.host_aliases.as_deref().unwrap_or_default();
+    if !aliases.is_empty() {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for a in aliases {
+            let names = a.hostnames.as_deref().unwrap_or_default();
+            if names.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("{}\t{}\n", a.ip, names.join("\t")));
+        }
+    }
+    Some(out)
+}
+
 /// The sandbox config of a pod; `attempt` counts sandboxes created before for it.
 pub fn sandbox_config(pod: &Pod, ctx: &SpecContext, attempt: u32) -> PodSandboxConfig {
     let spec = pod.spec.clone().unwrap_or_default();
@@ -595,6 +640,45 @@ pub fn service_env(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn etc_hosts_as_upstream_writes_it() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "shop"},
+            "spec": {
+                "containers": [{"name": "c"}],
+                "hostname": "web-0", "subdomain": "web",
+                "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["foo.local", "bar.local"]}]
+            }
+        }))
+        .expect("pod");
+        let h = etc_hosts(&pod, "10.42.0.7", "cluster.local").expect("hosts");
+        assert!(
+            h.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"),
+            "{h}"
+        );
+        assert!(
+            h.contains("\n10.42.0.7\tweb-0.web.shop.svc.cluster.local\tweb-0\n"),
+            "{h}"
+        );
+        assert!(
+            h.ends_with("# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"),
+            "{h}"
+        );
+        let plain: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}
+        }))
+        .expect("pod");
+        assert!(etc_hosts(&plain, "10.42.0.8", "cluster.local")
+            .expect("hosts")
+            .contains("\n10.42.0.8\tp\n"));
+        assert_eq!(etc_hosts(&plain, "", "cluster.local"), None);
+        let hostnet: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h"}, "spec": {"hostNetwork": true, "containers": [{"name": "c"}]}
+        }))
+        .expect("pod");
+        assert_eq!(etc_hosts(&hostnet, "192.0.2.2", "cluster.local"), None);
+    }
+
     use super::*;
     use k8s_openapi::api::core::v1::ResourceRequirements;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;

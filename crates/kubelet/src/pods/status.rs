@@ -90,6 +90,27 @@ impl ContainerView {
         self.running() && self.started_probe && self.ready_probe
     }
 
+    /// True when the current instance exited with code 0 and is not to be restarted.
+    pub fn completed(&self) -> bool {
+        self.waiting.is_none()
+            && self.current.as_ref().is_some_and(|c| {
+                c.state == ContainerState::ContainerExited as i32 && c.exit_code == 0
+            })
+    }
+
+    /// `ready` of an init container's status: as upstream, a completed init container is
+    /// ready (a restartable one, a sidecar, is ready as a regular container).
+    pub fn init_ready(&self) -> bool {
+        self.ready() || self.completed()
+    }
+
+    /// The status entry of an init container (`initContainerStatuses[]`).
+    pub fn to_init_status(&self) -> Value {
+        let mut st = self.to_status();
+        st["ready"] = json!(self.init_ready());
+        st
+    }
+
     /// The status entry (`containerStatuses[]`).
     pub fn to_status(&self) -> Value {
         let mut st = json!({
@@ -185,6 +206,12 @@ pub fn phase(
     "Pending"
 }
 
+/// Upstream's message for a condition listing containers: `containers with incomplete
+/// status: [a b]` (Go's formatting of a string slice).
+pub fn containers_message(what: &str, names: &[&str]) -> Option<String> {
+    (!names.is_empty()).then(|| format!("containers with {what} status: [{}]", names.join(" ")))
+}
+
 /// Copies the previous lastTransitionTime when a condition's status did not change.
 pub fn condition(pod: &Pod, ty: &str, status: bool, reason: Option<&str>, now: &str) -> Value {
     let s = if status { "True" } else { "False" };
@@ -275,6 +302,30 @@ mod tests {
         );
         assert_eq!(phase("Always", &[], false, false, &[run]), "Pending");
         assert_eq!(phase("Never", &[], false, true, &[]), "Failed");
+    }
+
+    #[test]
+    fn completed_init_containers_are_ready() {
+        let done = view(Some(cs(ContainerState::ContainerExited, 0, 0)));
+        assert!(
+            !done.ready(),
+            "a regular container that exited is not ready"
+        );
+        assert_eq!(done.to_init_status()["ready"], true);
+        let failed = view(Some(cs(ContainerState::ContainerExited, 1, 0)));
+        assert_eq!(failed.to_init_status()["ready"], false);
+        let running = view(Some(cs(ContainerState::ContainerRunning, 0, 0)));
+        assert_eq!(
+            running.to_init_status()["ready"],
+            true,
+            "a sidecar that runs"
+        );
+        assert_eq!(view(None).to_init_status()["ready"], false);
+        assert_eq!(
+            containers_message("incomplete", &["init1", "init2"]).as_deref(),
+            Some("containers with incomplete status: [init1 init2]")
+        );
+        assert_eq!(containers_message("unready", &[]), None);
     }
 
     #[test]

@@ -108,10 +108,12 @@ pub(super) async fn run(sh: Arc<Shared>, mut rx: watch::Receiver<Option<Pod>>, w
                 syncs += 1;
                 tracing::debug!(pod = %pod_key(&pod), syncs, cause, "pod sync");
                 let r = sync(&sh, &mut st, &pod, &wake).await;
+                let deadline = active_deadline_left(&pod, &st);
                 last_pod = Some(pod);
                 match r {
                     Next::Done => return,
-                    Next::After(d) => d,
+                    // Wake up when activeDeadlineSeconds runs out.
+                    Next::After(d) => deadline.map_or(d, |left| d.min(left)),
                 }
             }
         };
@@ -120,6 +122,64 @@ pub(super) async fn run(sh: Arc<Shared>, mut rx: watch::Receiver<Option<Pod>>, w
             _ = wake.notified() => "runtime",
             _ = tokio::time::sleep(next) => "timer",
         };
+    }
+}
+
+/// Time left before the pod's `activeDeadlineSeconds` (counted from its start time) runs
+/// out: `None` without a deadline or start time, zero once exceeded.
+fn active_deadline_left(pod: &Pod, st: &PodState) -> Option<Duration> {
+    let deadline = pod.spec.as_ref()?.active_deadline_seconds?;
+    let started: jiff::Timestamp = st.start_time.as_deref()?.parse().ok()?;
+    let elapsed = jiff::Timestamp::now().as_second() - started.as_second();
+    Some(Duration::from_secs(
+        u64::try_from(deadline.saturating_sub(elapsed)).unwrap_or(0),
+    ))
+}
+
+/// Upstream's active-deadline handling: the pod's containers are stopped and it fails
+/// with reason `DeadlineExceeded` (an Event says so).
+async fn deadline_exceeded(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod) -> Next {
+    const MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
+    sh.events
+        .pod_event(pod, EventType::Normal, "DeadlineExceeded", MESSAGE);
+    for (_, t) in st.probe_tasks.drain() {
+        t.abort();
+    }
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    for s in pod_sandboxes(&sh.cri, &uid).await {
+        if s.state == PodSandboxState::SandboxReady as i32 {
+            stop_all_containers(&sh.cri, &s.id, grace).await;
+            let _ = sh.cri.stop_pod_sandbox(&s.id).await;
+        }
+    }
+    let api: Api<Pod> = Api::namespaced(
+        sh.client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let patch =
+        json!({"status": {"phase": "Failed", "reason": "DeadlineExceeded", "message": MESSAGE}});
+    match api
+        .patch_status(
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            st.reported_terminal = true;
+            st.stopped_terminal = true;
+            Next::After(Duration::from_secs(60))
+        }
+        Err(e) => {
+            tracing::warn!(pod = %pod_key(pod), error = %e, "reporting DeadlineExceeded failed; retrying");
+            Next::After(Duration::from_secs(1))
+        }
     }
 }
 
@@ -584,6 +644,25 @@ async fn start_container(
             });
         }
     }
+    // The kubelet-managed /etc/hosts (unless the container mounts its own there).
+    if !mounts.iter().any(|m| m.container_path == "/etc/hosts") {
+        if let Some(text) = spec::etc_hosts(pod, pod_ip, &sh.ctx.cluster_domain) {
+            let f = sh.cfg.pods_root().join(uid).join("etc-hosts");
+            if let Some(parent) = f.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            match std::fs::write(&f, text) {
+                Ok(()) => mounts.push(crate::cri::types::Mount {
+                    container_path: "/etc/hosts".into(),
+                    host_path: f.to_string_lossy().into_owned(),
+                    ..Default::default()
+                }),
+                Err(e) => {
+                    tracing::warn!(pod = %pod_key(pod), error = %e, "cannot write the pod's /etc/hosts")
+                }
+            }
+        }
+    }
     let sandbox_config = spec::sandbox_config(pod, &sh.ctx, sandbox_attempt);
     let log_dir = std::path::Path::new(&sandbox_config.log_directory).join(&c.name);
     let _ = std::fs::create_dir_all(&log_dir);
@@ -829,6 +908,9 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                 .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
                 .unwrap_or_else(now_rfc3339),
         );
+    }
+    if active_deadline_left(pod, st) == Some(Duration::ZERO) {
+        return deadline_exceeded(sh, st, pod).await;
     }
 
     // Volumes (set up once, refreshed periodically).
@@ -1175,7 +1257,11 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                             && c.termination_message_policy.as_deref()
                                 == Some("FallbackToLogsOnError")
                         {
-                            m = crate::containerd::log_tail(std::path::Path::new(&s.log_path), 80);
+                            m = crate::logs::tail_text(
+                                std::path::Path::new(&s.log_path),
+                                crate::logs::FALLBACK_MESSAGE_LINES,
+                                crate::logs::FALLBACK_MESSAGE_BYTES,
+                            );
                         }
                         Some(m).filter(|m| !m.is_empty())
                     });
@@ -1368,6 +1454,27 @@ async fn post_status(
                 o.remove("reason");
             }
         }
+    } else {
+        // Upstream names the init containers that have not completed.
+        let incomplete: Vec<&str> = init
+            .iter()
+            .filter(|c| !c.init_ready())
+            .map(|c| c.name.as_str())
+            .collect();
+        if let Some(m) = status::containers_message("incomplete", &incomplete) {
+            conds[1]["message"] = json!(m);
+        }
+    }
+    if !all_ready && !terminal {
+        let unready: Vec<&str> = containers
+            .iter()
+            .filter(|c| !c.ready())
+            .map(|c| c.name.as_str())
+            .collect();
+        if let Some(m) = status::containers_message("unready", &unready) {
+            conds[2]["message"] = json!(m.clone());
+            conds[3]["message"] = json!(m);
+        }
     }
     let mut s = json!({
         "phase": phase,
@@ -1385,7 +1492,7 @@ async fn post_status(
     if !init.is_empty() {
         s["initContainerStatuses"] = json!(init
             .iter()
-            .map(ContainerView::to_status)
+            .map(ContainerView::to_init_status)
             .collect::<Vec<_>>());
     }
     if let Some(m) = &st.sandbox_error {

@@ -1,0 +1,140 @@
+//! Pod details the upstream conformance suite checks (issue 17, node agent groups 15, 17,
+//! 18): completed init containers are ready and `Initialized` names the incomplete ones,
+//! the kubelet-managed `/etc/hosts` (pod IP, hostname, FQDN, hostAliases), and
+//! `FallbackToLogsOnError` takes the log's text; `activeDeadlineSeconds` set on a running
+//! pod is enforced (group 19).
+//!
+//! Needs root, containerd, runc, busybox-static and the CNI plugins; skips otherwise.
+
+mod common;
+
+use std::time::Duration;
+
+use common::node::*;
+use common::wait_for;
+
+#[test]
+fn node_pod_status_details() {
+    run_node_test("node_pod_status_details", &[], |c| {
+        wait_node_ready(c);
+        apply(
+            c,
+            &format!(
+                r#"apiVersion: v1
+kind: Pod
+metadata: {{name: inits}}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostname: web-0
+  subdomain: web
+  hostAliases: [{{ip: "10.1.2.3", hostnames: [foo.local, bar.local]}}]
+  initContainers:
+  - {{name: first, image: {BUSYBOX_IMAGE}, imagePullPolicy: Never, command: ["true"]}}
+  - {{name: second, image: {BUSYBOX_IMAGE}, imagePullPolicy: Never, command: ["sh", "-c", "test -e /tmp/go || sleep 3"]}}
+  containers:
+  - {{name: main, image: {BUSYBOX_IMAGE}, imagePullPolicy: Never, command: ["sleep", "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: deadline}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: {BUSYBOX_IMAGE}, imagePullPolicy: Never, command: ["sleep", "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fallback}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX_IMAGE}
+    imagePullPolicy: Never
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: ["sh", "-c", "printf DONE; exit 1"]
+"#
+            ),
+        );
+        // While `second` runs, Initialized names it (and only it).
+        let msg = wait_for(
+            "Initialized=False with a message",
+            Duration::from_secs(60),
+            || {
+                let m = jsonpath(
+                    c,
+                    &["get", "pod", "inits"],
+                    r#"{.status.conditions[?(@.type=="Initialized")].reason}|{.status.conditions[?(@.type=="Initialized")].message}"#,
+                );
+                m.contains("second").then_some(m)
+            },
+        );
+        assert_eq!(
+            msg,
+            "ContainersNotInitialized|containers with incomplete status: [second]"
+        );
+        wait_running(c, "inits");
+        assert_eq!(
+            jsonpath(
+                c,
+                &["get", "pod", "inits"],
+                "{.status.initContainerStatuses[*].ready}"
+            ),
+            "true true",
+            "completed init containers are ready"
+        );
+        assert_eq!(
+            jsonpath(
+                c,
+                &["get", "pod", "inits"],
+                r#"{.status.conditions[?(@.type=="Initialized")].status}"#
+            ),
+            "True"
+        );
+
+        // The kubelet-managed /etc/hosts.
+        let ip = jsonpath(c, &["get", "pod", "inits"], "{.status.podIP}");
+        let hosts = c.ok(&["exec", "inits", "-c", "main", "--", "cat", "/etc/hosts"]);
+        assert!(
+            hosts.starts_with("# Kubernetes-managed hosts file."),
+            "{hosts}"
+        );
+        assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
+        assert!(
+            hosts.contains(&format!("{ip}\tweb-0.web.default.svc.cluster.local\tweb-0")),
+            "{hosts}"
+        );
+        assert!(hosts.contains("10.1.2.3\tfoo.local\tbar.local"), "{hosts}");
+
+        // activeDeadlineSeconds added to a running pod: it fails with DeadlineExceeded.
+        wait_running(c, "deadline");
+        c.ok(&[
+            "patch",
+            "pod",
+            "deadline",
+            "-p",
+            r#"{"spec":{"activeDeadlineSeconds":5}}"#,
+        ]);
+        let st = wait_for("DeadlineExceeded", Duration::from_secs(60), || {
+            let s = jsonpath(
+                c,
+                &["get", "pod", "deadline"],
+                "{.status.phase}|{.status.reason}",
+            );
+            s.starts_with("Failed").then_some(s)
+        });
+        assert_eq!(st, "Failed|DeadlineExceeded");
+
+        // FallbackToLogsOnError: the text of the log, without CRI framing.
+        let message = wait_for("fallback terminated", Duration::from_secs(60), || {
+            let m = jsonpath(
+                c,
+                &["get", "pod", "fallback"],
+                "{.status.containerStatuses[0].state.terminated.message}",
+            );
+            (!m.is_empty()).then_some(m)
+        });
+        assert_eq!(message.trim_end(), "DONE");
+        assert!(!message.contains("stdout"), "{message:?}");
+    });
+}
