@@ -161,6 +161,68 @@ pub struct AuditPolicy {
     pub omit_managed_fields: bool,
 }
 
+/// rk3s's default audit policy (used without `--audit-policy-file`), in the spirit of
+/// upstream's GCE policy: health checks and `/version` are not recorded; nor are reads
+/// of leases, events, endpoints and EndpointSlices and Lease renewals by the cluster's
+/// own components (nodes, kube-system service accounts, the in-process controllers,
+/// scheduler, proxy and supervisor); Secrets, ConfigMaps, tokens and reviews that carry
+/// credentials are recorded at `Metadata` whatever a later rule says; the rest at
+/// `Metadata`. The `RequestReceived` stage is omitted (one event per request).
+pub const DEFAULT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  nonResourceURLs: ["/healthz*", "/livez*", "/readyz*", "/version", "/version/"]
+- level: None
+  users: &system
+  - system:kube-controller-manager
+  - system:kube-scheduler
+  - system:kube-proxy
+  - system:rk3s-controller
+  - system:rk3s-supervisor
+  - system:apiserver
+  verbs: [get, list, watch, update, patch]
+  resources:
+  - group: coordination.k8s.io
+    resources: [leases]
+- level: None
+  userGroups: &systemGroups [system:nodes, "system:serviceaccounts:kube-system"]
+  verbs: [get, list, watch, update, patch]
+  resources:
+  - group: coordination.k8s.io
+    resources: [leases]
+- level: None
+  users: *system
+  verbs: [get, list, watch]
+  resources:
+  - group: ""
+    resources: [events, endpoints]
+  - group: events.k8s.io
+    resources: [events]
+  - group: discovery.k8s.io
+    resources: [endpointslices]
+- level: None
+  userGroups: *systemGroups
+  verbs: [get, list, watch]
+  resources:
+  - group: ""
+    resources: [events, endpoints]
+  - group: events.k8s.io
+    resources: [events]
+  - group: discovery.k8s.io
+    resources: [endpointslices]
+- level: Metadata
+  resources:
+  - group: ""
+    resources: [secrets, configmaps, serviceaccounts/token]
+  - group: authentication.k8s.io
+    resources: [tokenreviews]
+  - group: authorization.k8s.io
+    resources: [subjectaccessreviews, selfsubjectaccessreviews, localsubjectaccessreviews]
+- level: Metadata
+"#;
+
 /// What a request is, for policy matching (upstream's authorizer attributes).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditAttributes {
@@ -295,6 +357,19 @@ impl AuditPolicy {
             }],
             omit_stages: vec![],
             omit_managed_fields: false,
+        }
+    }
+
+    /// rk3s's default policy ([`DEFAULT_POLICY`]): the noisiest read-only and heartbeat
+    /// traffic of the cluster's own components is not recorded, everything else is at
+    /// `Metadata` (no request or response bodies, so never a Secret's data).
+    pub fn rk3s_default() -> Self {
+        match Self::parse(DEFAULT_POLICY) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "the built-in audit policy does not parse; logging every request at Metadata");
+                Self::default_metadata()
+            }
         }
     }
 
@@ -495,6 +570,17 @@ fn insert_nonempty(m: &mut Map<String, Value>, k: &str, v: &str) {
     }
 }
 
+/// The request URI as upstream records it: path and query. HTTP/2 requests carry the
+/// scheme and authority in their URI (`https://host:6443/api/...`); those are dropped.
+fn request_uri(uri: &str) -> &str {
+    match uri.split_once("://") {
+        Some((scheme, rest)) if !scheme.contains('/') && !scheme.contains('?') => {
+            rest.find('/').map_or("/", |i| &rest[i..])
+        }
+        _ => uri,
+    }
+}
+
 /// Renders the event of `rec` at `level` (the JSON object written as one line).
 pub fn render_event(
     rec: &AuditRecord<'_>,
@@ -533,7 +619,7 @@ pub fn render_event(
         json!(rec.audit_id.clone().unwrap_or_else(new_audit_id)),
     );
     ev.insert("stage".into(), json!(rec.stage.as_str()));
-    ev.insert("requestURI".into(), json!(rec.request_uri));
+    ev.insert("requestURI".into(), json!(request_uri(&rec.request_uri)));
     ev.insert("verb".into(), json!(a.verb));
     ev.insert("user".into(), user_json(&rec.user));
     if let Some(imp) = &rec.impersonated_user {
@@ -653,12 +739,7 @@ const QUEUE: usize = 10_000;
 
 enum Sink {
     Stdout,
-    File {
-        path: PathBuf,
-        file: std::io::BufWriter<std::fs::File>,
-        size: u64,
-        rotate: RotateOptions,
-    },
+    File(RotatingFile),
 }
 
 fn open_append(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
@@ -689,6 +770,116 @@ fn backup_parts(path: &Path) -> (String, String) {
     }
 }
 
+/// A log file rotated by size, as lumberjack (used by upstream's audit log and k3s's
+/// `--log`) does: appended to (created 0600 with its folders); a record that would grow
+/// it past `max_size_mb` first moves it to `<name>-<UTC time>.<ext>` beside it and starts
+/// a new one, then backups beyond `max_backups` or older than `max_age_days` are
+/// deleted. A record is never split across two files. The audit log and `rk3s`'s own
+/// `--log` share this one implementation. Writes are buffered: call `flush`.
+pub struct RotatingFile {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    size: u64,
+    rotate: RotateOptions,
+}
+
+impl std::fmt::Debug for RotatingFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotatingFile")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("rotate", &self.rotate)
+            .finish()
+    }
+}
+
+impl RotatingFile {
+    /// Opens (appends to) `path`, creating it (mode 0600) and its parent folders.
+    pub fn open(path: &Path, rotate: RotateOptions) -> std::io::Result<Self> {
+        let (f, size) = open_append(path)?;
+        Ok(RotatingFile {
+            path: path.to_path_buf(),
+            file: std::io::BufWriter::new(f),
+            size,
+            rotate,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record (whole: a line, or a block of lines), rotating first when it
+    /// would grow the file past the limit.
+    pub fn append(&mut self, record: &[u8]) -> std::io::Result<()> {
+        let n = record.len() as u64;
+        let limit = self.rotate.max_size_mb.saturating_mul(1024 * 1024);
+        if limit > 0 && self.size > 0 && self.size.saturating_add(n) > limit {
+            self.file.flush()?;
+            rotate_file(&self.path, self.rotate)?;
+            let (f, s) = open_append(&self.path)?;
+            self.file = std::io::BufWriter::new(f);
+            self.size = s;
+        }
+        self.file.write_all(record)?;
+        self.size = self.size.saturating_add(n);
+        Ok(())
+    }
+
+    /// Writes buffered records to the file.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Moves `path` to its time-stamped backup name and prunes old backups.
+fn rotate_file(path: &Path, opts: RotateOptions) -> std::io::Result<()> {
+    let (stem, ext) = backup_parts(path);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H-%M-%S%.3f")
+        .to_string();
+    std::fs::rename(path, dir.join(format!("{stem}-{stamp}{ext}")))?;
+    // Prune: names sort by time. A backup's name is the stem, a dash, a time stamp
+    // (starting with the year's digit) and the extension, so `rk3s-agent.log` is never
+    // taken for a backup of `rk3s.log`.
+    let prefix = format!("{stem}-");
+    let mut backups: Vec<(String, std::time::SystemTime)> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let is_backup = n.len() > prefix.len() + ext.len()
+                && n.starts_with(&prefix)
+                && n.ends_with(&ext)
+                && n[prefix.len()..].starts_with(|c: char| c.is_ascii_digit());
+            let mtime = e.metadata().ok()?.modified().ok()?;
+            is_backup.then_some((n, mtime))
+        })
+        .collect();
+    backups.sort();
+    let now = std::time::SystemTime::now();
+    let keep_from = if opts.max_backups > 0 {
+        backups.len().saturating_sub(opts.max_backups)
+    } else {
+        0
+    };
+    for (i, (n, mtime)) in backups.iter().enumerate() {
+        let too_old = opts.max_age_days > 0
+            && now
+                .duration_since(*mtime)
+                .map(|d| d.as_secs() > opts.max_age_days.saturating_mul(86_400))
+                .unwrap_or(false);
+        if i < keep_from || too_old {
+            let _ = std::fs::remove_file(dir.join(n));
+        }
+    }
+    Ok(())
+}
+
 impl Sink {
     fn write_line(&mut self, line: &str) -> std::io::Result<()> {
         match self {
@@ -697,78 +888,19 @@ impl Sink {
                 out.write_all(line.as_bytes())?;
                 out.write_all(b"\n")
             }
-            Sink::File {
-                path,
-                file,
-                size,
-                rotate,
-            } => {
-                let n = line.len() as u64 + 1;
-                if rotate.max_size_mb > 0
-                    && *size > 0
-                    && *size + n > rotate.max_size_mb * 1024 * 1024
-                {
-                    file.flush()?;
-                    Self::rotate(path, *rotate)?;
-                    let (f, s) = open_append(path)?;
-                    *file = std::io::BufWriter::new(f);
-                    *size = s;
-                }
-                file.write_all(line.as_bytes())?;
-                file.write_all(b"\n")?;
-                *size += n;
-                Ok(())
+            Sink::File(f) => {
+                let mut rec = Vec::with_capacity(line.len() + 1);
+                rec.extend_from_slice(line.as_bytes());
+                rec.push(b'\n');
+                f.append(&rec)
             }
         }
-    }
-
-    fn rotate(path: &Path, opts: RotateOptions) -> std::io::Result<()> {
-        let (stem, ext) = backup_parts(path);
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let stamp = jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H-%M-%S%.3f")
-            .to_string();
-        std::fs::rename(path, dir.join(format!("{stem}-{stamp}{ext}")))?;
-        // Prune: names sort by time.
-        let prefix = format!("{stem}-");
-        let mut backups: Vec<(String, std::time::SystemTime)> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                let is_backup = n.starts_with(&prefix)
-                    && n.ends_with(&ext)
-                    && n.len() > prefix.len() + ext.len();
-                let mtime = e.metadata().ok()?.modified().ok()?;
-                is_backup.then_some((n, mtime))
-            })
-            .collect();
-        backups.sort();
-        let now = std::time::SystemTime::now();
-        let keep_from = if opts.max_backups > 0 {
-            backups.len().saturating_sub(opts.max_backups)
-        } else {
-            0
-        };
-        for (i, (n, mtime)) in backups.iter().enumerate() {
-            let too_old = opts.max_age_days > 0
-                && now
-                    .duration_since(*mtime)
-                    .map(|d| d.as_secs() > opts.max_age_days * 86_400)
-                    .unwrap_or(false);
-            if i < keep_from || too_old {
-                let _ = std::fs::remove_file(dir.join(n));
-            }
-        }
-        Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Sink::Stdout => std::io::stdout().flush(),
-            Sink::File { file, .. } => file.flush(),
+            Sink::File(f) => f.flush(),
         }
     }
 }
@@ -819,16 +951,12 @@ impl AuditLog {
         let sink = if path.as_os_str() == "-" {
             Sink::Stdout
         } else {
-            let (f, size) = open_append(path).map_err(|source| AuditError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            Sink::File {
-                path: path.to_path_buf(),
-                file: std::io::BufWriter::new(f),
-                size,
-                rotate,
-            }
+            Sink::File(
+                RotatingFile::open(path, rotate).map_err(|source| AuditError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            )
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
@@ -932,6 +1060,67 @@ mod tests {
             path: path.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn request_uri_is_path_and_query() {
+        assert_eq!(
+            request_uri("https://127.0.0.1:6443/api/v1/secrets?limit=1"),
+            "/api/v1/secrets?limit=1"
+        );
+        assert_eq!(request_uri("https://h:1"), "/");
+        assert_eq!(request_uri("/api?x=https://y/z"), "/api?x=https://y/z");
+        assert_eq!(request_uri("/healthz"), "/healthz");
+    }
+
+    #[test]
+    fn the_default_policy_skips_noise_and_keeps_the_rest_at_metadata() {
+        let p = AuditPolicy::parse(DEFAULT_POLICY).unwrap();
+        assert_eq!(p, AuditPolicy::rk3s_default());
+        assert_eq!(p.omit_stages, [Stage::RequestReceived]);
+        let lvl = |a: &AuditAttributes| p.level_for(a).0;
+        let on = |mut a: AuditAttributes, group: &str, resource: &str| {
+            a.api_group = group.into();
+            a.resource = resource.into();
+            a
+        };
+        for path in ["/healthz", "/readyz", "/livez/ping", "/version"] {
+            assert_eq!(lvl(&non_resource(path)), Level::None, "{path}");
+        }
+        assert_eq!(lvl(&non_resource("/metrics")), Level::Metadata);
+        assert_eq!(lvl(&non_resource("/apis")), Level::Metadata);
+        let node = attrs("system:node:n1", &["system:nodes"], "update");
+        assert_eq!(
+            lvl(&on(node.clone(), "coordination.k8s.io", "leases")),
+            Level::None
+        );
+        let kcm = attrs(
+            "system:kube-controller-manager",
+            &["system:masters"],
+            "watch",
+        );
+        for (g, r) in [
+            ("", "events"),
+            ("", "endpoints"),
+            ("discovery.k8s.io", "endpointslices"),
+            ("coordination.k8s.io", "leases"),
+        ] {
+            assert_eq!(lvl(&on(kcm.clone(), g, r)), Level::None, "{g}/{r}");
+        }
+        // Writes of those by components, and any request by a person, are recorded.
+        let mut create = on(kcm.clone(), "", "events");
+        create.verb = "create".into();
+        assert_eq!(lvl(&create), Level::Metadata);
+        let admin = attrs("system:admin", &["system:masters"], "list");
+        assert_eq!(lvl(&on(admin.clone(), "", "events")), Level::Metadata);
+        assert_eq!(
+            lvl(&on(admin.clone(), "coordination.k8s.io", "leases")),
+            Level::Metadata
+        );
+        // Secrets never above Metadata, pods at Metadata.
+        assert_eq!(lvl(&on(admin.clone(), "", "secrets")), Level::Metadata);
+        assert_eq!(lvl(&admin), Level::Metadata);
+        assert_eq!(lvl(&node), Level::Metadata);
     }
 
     const POLICY: &str = r#"
@@ -1324,5 +1513,51 @@ rules:
         assert_eq!(backups, 2, "{names:?}");
         assert!(std::fs::metadata(&path).unwrap().len() <= 1024 * 1024);
         assert!(read_lines(&path).iter().all(|l| l["kind"] == "Event"));
+    }
+
+    #[test]
+    fn rotating_file_keeps_records_whole_and_other_logs_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rk3s.log");
+        let other = dir.path().join("rk3s-agent.log");
+        std::fs::write(&other, "agent\n").unwrap();
+        let opts = RotateOptions {
+            max_size_mb: 1,
+            max_backups: 1,
+            max_age_days: 0,
+        };
+        let mut f = RotatingFile::open(&path, opts).unwrap();
+        let block = vec![b'x'; 400 * 1024];
+        for i in 0..5u8 {
+            let mut rec = block.clone();
+            rec.push(b'0' + i);
+            rec.push(b'\n');
+            f.append(&rec).unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        f.flush().unwrap();
+        // 5 records of 400 KiB in files of at most 1 MiB: rotated twice, one backup kept.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names.contains(&"rk3s-agent.log".to_string()));
+        assert!(names.contains(&"rk3s.log".to_string()));
+        let backup = names
+            .iter()
+            .find(|n| n.starts_with("rk3s-2"))
+            .expect("a backup");
+        let current = std::fs::read(&path).unwrap();
+        assert_eq!(current.len(), 400 * 1024 + 2);
+        assert!(current.ends_with(b"4\n"));
+        let b = std::fs::read(dir.path().join(backup)).unwrap();
+        assert_eq!(b.len(), 2 * (400 * 1024 + 2));
+        assert!(b.ends_with(b"3\n"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

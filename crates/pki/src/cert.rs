@@ -376,6 +376,19 @@ impl Ca {
         usage: ExtendedKeyUsagePurpose,
         validity: i64,
     ) -> Result<(String, String), PkiError> {
+        self.issue_with_usages(common_name, organizations, sans, vec![usage], validity)
+    }
+
+    /// [`Ca::issue_for_secs`] with several extended key usages (etcd's certificates are
+    /// both server and client certificates).
+    pub(crate) fn issue_with_usages(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+        sans: &[San],
+        usages: Vec<ExtendedKeyUsagePurpose>,
+        validity: i64,
+    ) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         // rcgen's DistinguishedName holds one value per attribute type; with several
@@ -392,7 +405,7 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
         validity_secs(&mut params, validity)?;

@@ -7,6 +7,8 @@
 //! - [`write_kubeconfig`] writes a k3s-style kubeconfig with embedded credentials.
 //! - [`issue_client_cert`] / [`issue_serving_cert`] sign further certificates with the CA
 //!   (node and user client certificates, kubelet serving certificates).
+//! - [`ensure_etcd_certs`] issues the embedded etcd's server, peer and client certificates
+//!   under `<data-dir>/server/tls/etcd/`.
 //! - [`client_identity`] maps a verified client certificate to a user and groups, as the
 //!   upstream x509 authenticator does (CN is the user name, O values are the groups).
 //! - [`parse_token`] / [`token_matches`] handle k3s tokens
@@ -14,6 +16,7 @@
 
 mod cert;
 mod error;
+mod etcd;
 mod fsutil;
 mod insecure;
 mod kubeconfig;
@@ -25,6 +28,7 @@ pub use cert::{
     sign_csr, sign_csr_for, verify_issued_by, CertificateSummary, ClientIdentity, CsrUsage,
 };
 pub use error::PkiError;
+pub use etcd::{ensure_etcd_certs, EtcdCerts, ETCD_TLS_DIR};
 pub use insecure::unverified_client_config;
 pub use kubeconfig::{kubeconfig_yaml, write_kubeconfig};
 pub use server::{

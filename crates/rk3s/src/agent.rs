@@ -80,6 +80,9 @@ pub struct AgentArgs {
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `rk3s_kubelet=debug`)
     #[arg(long, value_name = "FILTER", env = "RK3S_LOG", default_value = "info")]
     pub log_level: String,
+    /// Log file (`--log`, `--alsologtostderr`)
+    #[command(flatten)]
+    pub logging: crate::logging::LogArgs,
 }
 
 /// A `--node-label` value.
@@ -293,20 +296,18 @@ async fn follow_apiservers(client: kube::Client, lb: rk3s_supervisor::LoadBalanc
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(crate::server::log_filter(&args.log_level))
-                .context("invalid --log-level")?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    crate::logging::init(&crate::server::log_filter(&args.log_level), &args.logging)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4)))
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(serve(args))
+    let logging = args.logging.clone();
+    let r = rt.block_on(serve(args));
+    if let Err(e) = &r {
+        crate::logging::log_fatal(&logging, "rk3s agent", e);
+    }
+    r
 }
 
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {

@@ -2,7 +2,8 @@
 //! binary in `/usr/local/bin`, a systemd unit (`rk3s.service`, or `rk3s-agent.service` when
 //! `RK3S_URL` is set) with k3s's unit settings, `rk3s-killall.sh` and an uninstall script —
 //! then enables and (re)starts it. Without systemd it starts the server in the background
-//! (pid file in `/run`, log in `/var/log`), as `scripts/up.sh` did. Re-running it with a new
+//! (pid file in `/run`; `--log /var/log/<name>.log`: the server writes and rotates its own
+//! log), as `scripts/up.sh` did. Re-running it with a new
 //! build is the upgrade: the binary is replaced atomically and the service restarted;
 //! containerd and the pods keep running (the unit kills only the main process).
 //!
@@ -241,7 +242,7 @@ impl Plan {
              rm -f {unit} {envf}\n\
              if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then systemctl daemon-reload; fi\n\
              rm -rf {data} {config} {lib}\n\
-             rm -f {log} {log}.*\n\
+             rm -f {log} {log}.* {log_backups}\n\
              rm -f {killall_sh} {bin} \"$0\"\n",
             name = self.name,
             pid = q(&self.pid_file()),
@@ -252,6 +253,11 @@ impl Plan {
             unit = q(&self.unit_path()),
             envf = q(&self.env_path()),
             log = q(&self.log_file()),
+            log_backups = {
+                // Rotated logs: `<name>-<time>.log` (never `<name>-agent.log`).
+                let dir = self.log_file().parent().map(Path::to_path_buf).unwrap_or_default();
+                format!("{}[0-9]*.log", q(&dir.join(format!("{}-", self.name))))
+            },
             killall_sh = q(&self.killall_path()),
             bin = q(&self.binary()),
         )
@@ -345,27 +351,49 @@ fn stop_background(pid_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `rk3s <command> <flags>` in the background (new session, log appended), records
-/// its pid.
+/// The command line of the background start: the plan's, with `--log <log file>` (k3s's
+/// flag: the server writes and rotates its own log) unless the flags name a log already.
+pub fn background_args(plan: &Plan) -> Vec<String> {
+    let mut args = vec![plan.command.clone()];
+    args.extend(plan.flags.iter().cloned());
+    let has_log = plan
+        .flags
+        .iter()
+        .any(|f| f == "--log" || f == "-l" || f.starts_with("--log="));
+    if !has_log {
+        args.push("--log".into());
+        args.push(plan.log_file().display().to_string());
+    }
+    args
+}
+
+/// Starts `rk3s <command> <flags> --log FILE` in the background (new session), records
+/// its pid; fails if it stops within its first second (a bad flag, a busy port).
 fn start_background(plan: &Plan) -> anyhow::Result<u32> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(plan.log_file())
-        .with_context(|| format!("opening {}", plan.log_file().display()))?;
     let mut cmd = Command::new(plan.binary());
-    cmd.arg(&plan.command)
-        .args(&plan.flags)
+    cmd.args(background_args(plan))
         .envs(plan.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", plan.binary().display()))?;
     let pid = child.id();
     write_file(&plan.pid_file(), &format!("{pid}\n"), 0o644)?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{} {} stopped at once ({status}); see {} or run it in the foreground",
+                plan.binary().display(),
+                plan.command,
+                plan.log_file().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     Ok(pid)
 }
 
@@ -518,5 +546,30 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("systemctl disable --now rk3s.service"), "{s}");
+    }
+
+    #[test]
+    fn the_background_start_logs_to_a_rotated_file() {
+        assert_eq!(
+            background_args(&plan(&["--disable", "traefik"])),
+            [
+                "server",
+                "--disable",
+                "traefik",
+                "--log",
+                "/var/log/rk3s.log"
+            ]
+        );
+        assert_eq!(
+            background_args(&plan(&["--log=/srv/x.log"])),
+            ["server", "--log=/srv/x.log"]
+        );
+        let s = plan(&[]).uninstall_script();
+        assert!(
+            s.contains(
+                "rm -f '/var/log/rk3s.log' '/var/log/rk3s.log'.* '/var/log/rk3s-'[0-9]*.log"
+            ),
+            "{s}"
+        );
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! In order:
 //! 1. `rk3s server` / `rk3s agent` processes using this data dir or state dir: SIGTERM,
-//!    SIGKILL after 10 s (so nothing restarts pods behind our back);
+//!    SIGKILL after 10 s (so nothing restarts pods behind our back), and the embedded
+//!    etcd of `--cluster-init` if one outlived its server;
 //! 2. every pod sandbox through CRI, while rk3s's containerd answers (this runs CNI DEL,
 //!    which removes the pod's veth, IP lease and iptables rules cleanly);
 //! 3. rk3s's containerd (pid file / `--config` of the data dir), then every shim started
@@ -247,6 +248,31 @@ impl Killall {
                 signal(*pid, "KILL");
             }
             wait_gone(&pids, Duration::from_secs(5));
+        }
+        self.stop_embedded_etcd();
+    }
+
+    /// The embedded etcd of `--cluster-init` (it dies with its rk3s; one left behind is
+    /// found by its pid file `<data-dir>/server/db/etcd.pid`).
+    fn stop_embedded_etcd(&mut self) {
+        let pid_file = self.data_dir.join("server/db/etcd.pid");
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|p| *p > 1 && alive(*p))
+        else {
+            return;
+        };
+        let is_etcd =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "etcd");
+        if !is_etcd {
+            return;
+        }
+        self.did(format!("stopping the embedded etcd (pid {pid})"));
+        signal(pid, "TERM");
+        if !wait_gone(&[pid], Duration::from_secs(10)) {
+            signal(pid, "KILL");
+            wait_gone(&[pid], Duration::from_secs(5));
         }
     }
 

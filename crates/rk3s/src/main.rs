@@ -5,13 +5,16 @@
 //! the admin kubeconfig) and the hidden `sim-nodes`.
 
 mod agent;
+mod bootstrap_data;
 mod certificate;
 mod check_config;
 mod config;
 mod datastore;
+mod embedded_etcd;
 mod image;
 mod install;
 mod killall;
+mod logging;
 mod node_network;
 mod secrets;
 mod server;

@@ -48,6 +48,12 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Start a new cluster on the embedded etcd (this server is its first member)
+    #[arg(long)]
+    pub cluster_init: bool,
+    /// Join the cluster of this server (https://HOST:6443) as another server on its embedded etcd (needs --token)
+    #[arg(long, short = 's', value_name = "URL")]
+    pub server: Option<String>,
     /// IPv4 network for pod IPs
     #[arg(long, value_name = "CIDR", default_value = "10.42.0.0/16", value_parser = parse_cidr)]
     pub cluster_cidr: String,
@@ -158,10 +164,12 @@ pub struct ServerArgs {
     /// on by default, `--secrets-encryption=false` stores them in plain text
     #[arg(long, value_name = "BOOL", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub secrets_encryption: bool,
-    /// Write an audit log to this file ("-" for standard output)
+    /// Write the audit log to this file ("-" for standard output, "" for no audit log);
+    /// default: <data-dir>/server/logs/audit.log
     #[arg(long, value_name = "FILE")]
-    pub audit_log_path: Option<PathBuf>,
-    /// Audit policy (audit.k8s.io/v1 Policy); default: every request at Metadata level
+    pub audit_log_path: Option<String>,
+    /// Audit policy (audit.k8s.io/v1 Policy); default: rk3s's (health checks and the
+    /// components' lease/event/endpoint reads not recorded, the rest at Metadata level)
     #[arg(long, value_name = "FILE")]
     pub audit_policy_file: Option<PathBuf>,
     /// Rotate the audit log at this size in megabytes (0: never)
@@ -182,6 +190,9 @@ pub struct ServerArgs {
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `rk3s_apiserver=debug`)
     #[arg(long, value_name = "FILTER", env = "RK3S_LOG", default_value = "info")]
     pub log_level: String,
+    /// Log file (`--log`, `--alsologtostderr`)
+    #[command(flatten)]
+    pub logging: crate::logging::LogArgs,
 }
 
 /// Components `--disable` knows (k3s's names).
@@ -297,14 +308,7 @@ fn primary_ip() -> IpAddr {
 
 /// Runs the server until SIGINT/SIGTERM.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(log_filter(&args.log_level))
-                .context("invalid --log-level")?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    crate::logging::init(&log_filter(&args.log_level), &args.logging)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads(
             std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -312,7 +316,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(serve(args))
+    let logging = args.logging.clone();
+    let r = rt.block_on(serve(args));
+    if let Err(e) = &r {
+        crate::logging::log_fatal(&logging, "rk3s server", e);
+    }
+    r
 }
 
 /// The log filter: the user's, with the DNS server library's per-query lines off unless
@@ -334,12 +343,13 @@ fn worker_threads(cores: usize) -> usize {
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let mut phases = crate::logging::StartupPhases::new();
     let datastore =
         crate::datastore::parse_endpoint(args.datastore_endpoint.as_deref().unwrap_or(""))?;
-    let embedded_sqlite = matches!(datastore, crate::datastore::DatastoreEndpoint::Sqlite(None));
+    let embedded_sqlite = matches!(datastore, crate::datastore::DatastoreEndpoint::Sqlite(None))
+        && !crate::embedded_etcd::enabled(&args);
     let server_dir = args.data_dir.join("server");
-    std::fs::create_dir_all(&server_dir)
-        .with_context(|| format!("creating {}", server_dir.display()))?;
+    restrict_state_dirs(&args.data_dir)?;
     if args.cluster_reset && !embedded_sqlite {
         bail!("--cluster-reset restores snapshots of the embedded SQLite datastore only (use the external datastore's own backup tools)");
     }
@@ -369,18 +379,39 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         leaf_validity: args.leaf_cert_validity,
         renew_before: args.cert_renew_before,
     };
-    let pki = rk3s_pki::ensure_server_pki(&pki_opts).context("setting up the cluster PKI")?;
-
-    let store = crate::datastore::open(
-        &datastore,
-        &crate::datastore::DatastoreTls {
-            ca_file: args.datastore_cafile.clone(),
-            cert_file: args.datastore_certfile.clone(),
-            key_file: args.datastore_keyfile.clone(),
-        },
-        &args.data_dir,
-    )
-    .await?;
+    // --cluster-init / --server: the embedded etcd is the datastore (embedded_etcd.rs).
+    let embedded_etcd = crate::embedded_etcd::start(&args, advertise, &pki_opts).await?;
+    let (datastore, datastore_tls) = match &embedded_etcd {
+        Some(etcd) => (etcd.datastore(), etcd.datastore_tls()),
+        None => (
+            datastore,
+            crate::datastore::DatastoreTls {
+                ca_file: args.datastore_cafile.clone(),
+                cert_file: args.datastore_certfile.clone(),
+                key_file: args.datastore_keyfile.clone(),
+            },
+        ),
+    };
+    let store = crate::datastore::open(&datastore, &datastore_tls, &args.data_dir).await?;
+    phases.done("datastore");
+    let pki = if matches!(datastore, crate::datastore::DatastoreEndpoint::Sqlite(_)) {
+        rk3s_pki::ensure_server_pki(&pki_opts).context("setting up the cluster PKI")?
+    } else {
+        // Servers sharing an external datastore share its CA, service-account key and
+        // secrets-encryption key: bootstrap data in the datastore (bootstrap_data.rs).
+        let encryption_config = encryption_config_path(&args.data_dir);
+        crate::bootstrap_data::sync(&*store, &server_dir, args.token.as_deref(), || {
+            let pki =
+                rk3s_pki::ensure_server_pki(&pki_opts).context("setting up the cluster PKI")?;
+            rk3s_store::encrypt::EncryptionConfig::load_or_create(&encryption_config)
+                .with_context(|| format!("encryption config {}", encryption_config.display()))?;
+            let secret = pki.token_secret.clone();
+            Ok::<_, anyhow::Error>((pki, secret))
+        })
+        .await
+        .context("bootstrap data on the external datastore")?
+    };
+    phases.done("PKI");
     if !args.etcd_disable_snapshots && embedded_sqlite {
         let schedule = rk3s_core::cron::Schedule::parse(&args.etcd_snapshot_schedule_cron)
             .context("--etcd-snapshot-schedule-cron")?;
@@ -405,27 +436,31 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         store
     };
-    let audit = match &args.audit_log_path {
+    let audit = match audit_log_path(&args) {
         Some(path) => {
+            let path = path.as_path();
             let policy = match &args.audit_policy_file {
                 Some(p) => rk3s_apiserver::audit::AuditPolicy::parse(
                     &std::fs::read_to_string(p)
                         .with_context(|| format!("reading {}", p.display()))?,
                 )
                 .with_context(|| format!("audit policy {}", p.display()))?,
-                None => rk3s_apiserver::audit::AuditPolicy::default_metadata(),
+                None => rk3s_apiserver::audit::AuditPolicy::rk3s_default(),
             };
             let rotate = rk3s_apiserver::audit::RotateOptions {
                 max_size_mb: args.audit_log_maxsize,
                 max_backups: args.audit_log_maxbackup,
                 max_age_days: args.audit_log_maxage,
             };
-            Some(
-                rk3s_apiserver::audit::AuditLog::open_with_rotation(path, policy, rotate)
-                    .with_context(|| format!("audit log {}", path.display()))?,
-            )
+            let log = rk3s_apiserver::audit::AuditLog::open_with_rotation(path, policy, rotate)
+                .with_context(|| format!("audit log {}", path.display()))?;
+            tracing::info!(path = %path.display(), "audit log on");
+            Some(log)
         }
-        None => None,
+        None => {
+            tracing::info!("audit log off (--audit-log-path=\"\")");
+            None
+        }
     };
 
     let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
@@ -463,6 +498,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let api = rk3s_apiserver::ApiServer::new(&config)
         .await
         .context("starting the API server")?;
+    phases.done("API server");
     // In-process components are trusted parts of the server (as k3s's supervisor
     // certificates): they act in system:masters.
     let controller_user =
@@ -471,7 +507,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let client = rk3s_controllers::client_over(api.local_service(controller_user));
     let addon_client = client.clone();
     // Stable across restarts, so a restarted server takes its own Lease back at once.
-    let identity = hostname();
+    let identity = leader_identity(&args.data_dir);
     let ca = pki.ca_cert_pem.clone();
     let ca_key = pki.ca_key_pem.clone();
     let nodes = rk3s_controllers::nodelifecycle::NodeOptions {
@@ -510,7 +546,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         let opts = rk3s_controllers::Options {
             identity,
             root_ca_pem: ca,
-            lease_duration: std::time::Duration::from_secs(15),
+            // A 10 s lease (renewed every ~3 s, retried every 2 s): another server takes
+            // over within 15 s of this one's death.
+            lease_duration: std::time::Duration::from_secs(10),
             ca_key_pem: ca_key,
             nodes,
             servicelb,
@@ -550,7 +588,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             args.https_listen_port,
         );
         let helm_client = addon_client.clone();
-        let identity = hostname();
+        let identity = leader_identity(&args.data_dir);
         tokio::spawn(async move {
             let elector = rk3s_runtime::leader::LeaderElector::new(
                 helm_client.clone(),
@@ -577,7 +615,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         rk3s_apiserver::UserInfo::new("system:kube-scheduler", &["system:masters"])
             .with_authenticated_group();
     let scheduler_client = rk3s_controllers::client_over(api.local_service(scheduler_user));
-    let mut scheduler_opts = rk3s_scheduler::RunOptions::new(&hostname());
+    let mut scheduler_opts = rk3s_scheduler::RunOptions::new(&leader_identity(&args.data_dir));
+    scheduler_opts.lease_duration = std::time::Duration::from_secs(10);
     scheduler_opts.informers = Some(informers);
     tokio::spawn(async move {
         if let Err(e) = rk3s_scheduler::run(scheduler_client, scheduler_opts).await {
@@ -618,6 +657,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         },
         Arc::new(supervisor_client),
     );
+    let supervisor = match &embedded_etcd {
+        Some(etcd) => {
+            etcd.spawn_member_cleanup(addon_client.clone());
+            supervisor.with_server_join(etcd.server_join(&pki))
+        }
+        None => supervisor,
+    };
     let side: Arc<dyn rk3s_apiserver::server::SideRoutes> = Arc::new(SupervisorRoutes(supervisor));
     let serving = tokio::spawn(rk3s_apiserver::server::serve_with(
         api,
@@ -666,6 +712,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "rk3s API server is up"
     );
+    phases.done("controllers, scheduler, add-ons, serving");
     crate::install::notify_ready();
     if !args.disable_agent {
         let node_name = args
@@ -733,6 +780,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         };
         opts.pod_network = crate::node_network::pod_network(&network_opts).await;
         crate::node_network::spawn(network_clients, network_opts);
+        tokio::spawn(crate::logging::log_node_ready(
+            node_client.clone(),
+            opts.node_name.clone(),
+            phases.started(),
+        ));
         tokio::spawn(async move {
             if let Err(e) = rk3s_kubelet::agent::run(node_client, opts).await {
                 tracing::error!(error = %e, "node agent stopped");
@@ -752,6 +804,37 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; shutting down"); Ok(()) }
         _ = term.recv() => { tracing::info!("terminated; shutting down"); Ok(()) }
+    }
+}
+
+/// Creates the data dir and the server's state folders (`server`, `server/db`, `cred`,
+/// `tls`, `logs`) with mode 0700, and restricts them to 0700 if they exist: keys, the
+/// datastore, the token and the audit log are root's alone (CIS 1.1.11/1.1.12, as k3s).
+fn restrict_state_dirs(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let server = data_dir.join("server");
+    for d in [
+        data_dir.to_path_buf(),
+        server.clone(),
+        server.join("db"),
+        server.join("cred"),
+        server.join("tls"),
+        server.join("logs"),
+    ] {
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to 0700", d.display()))?;
+    }
+    Ok(())
+}
+
+/// The audit log's path: `--audit-log-path` (`-`: standard output), none when it is
+/// empty, else `<data-dir>/server/logs/audit.log` (where k3s puts it).
+fn audit_log_path(args: &ServerArgs) -> Option<PathBuf> {
+    match args.audit_log_path.as_deref() {
+        Some("") => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(args.data_dir.join("server").join("logs").join("audit.log")),
     }
 }
 
@@ -846,6 +929,20 @@ async fn renew_certificates(
     }
 }
 
+/// The identity this server holds leader-election Leases under: the host name and 8 hex
+/// of a hash of the data dir, so servers that share a host name and a datastore never
+/// take each other for the holder, while a restarted server (same data dir) takes its own
+/// Lease back at once.
+fn leader_identity(data_dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = ring::digest::digest(&ring::digest::SHA256, dir.as_os_str().as_encoded_bytes());
+    let hex: String = digest.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}_{hex}", hostname())
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -883,6 +980,75 @@ impl rk3s_apiserver::server::SideRoutes for SupervisorRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(flags: &[&str]) -> ServerArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            server: ServerArgs,
+        }
+        let argv = std::iter::once("rk3s").chain(flags.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().server
+    }
+
+    #[test]
+    fn the_audit_log_is_on_by_default_and_off_with_an_empty_path() {
+        assert_eq!(
+            audit_log_path(&parse(&["-d", "/srv/r"])),
+            Some(PathBuf::from("/srv/r/server/logs/audit.log"))
+        );
+        assert_eq!(audit_log_path(&parse(&["--audit-log-path="])), None);
+        assert_eq!(audit_log_path(&parse(&["--audit-log-path", ""])), None);
+        assert_eq!(
+            audit_log_path(&parse(&["--audit-log-path=-"])),
+            Some(PathBuf::from("-"))
+        );
+        assert_eq!(
+            audit_log_path(&parse(&["--audit-log-path=/var/log/a.log"])),
+            Some(PathBuf::from("/var/log/a.log"))
+        );
+    }
+
+    #[test]
+    fn log_flags_as_k3s() {
+        let a = parse(&[]);
+        assert_eq!(a.logging.log, None);
+        let a = parse(&["--log", "/var/log/rk3s.log", "--alsologtostderr"]);
+        assert_eq!(a.logging.log, Some(PathBuf::from("/var/log/rk3s.log")));
+        assert!(a.logging.alsologtostderr);
+        assert_eq!(
+            parse(&["-l", "/x.log"]).logging.log,
+            Some(PathBuf::from("/x.log"))
+        );
+    }
+
+    #[test]
+    fn state_dirs_are_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("server/db")).unwrap();
+        std::fs::set_permissions(
+            data.join("server/db"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        restrict_state_dirs(&data).unwrap();
+        for d in [
+            "",
+            "server",
+            "server/db",
+            "server/cred",
+            "server/tls",
+            "server/logs",
+        ] {
+            let m = std::fs::metadata(data.join(d))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(m & 0o777, 0o700, "{d}");
+        }
+    }
 
     #[test]
     fn one_worker_per_core_up_to_four() {

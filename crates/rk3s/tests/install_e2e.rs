@@ -108,6 +108,15 @@ fn install_upgrade_and_uninstall_without_systemd() {
         .trim()
         .to_string();
     assert!(alive(&pid1));
+    // The background server writes its own log (`--log`): start-up phases with durations.
+    let log = std::fs::read_to_string(&log_file).expect("log file");
+    for phase in [
+        "phase=\"datastore\"",
+        "phase=\"PKI\"",
+        "phase=\"API server\"",
+    ] {
+        assert!(log.contains(phase), "{phase} in the log:\n{log}");
+    }
     assert!(
         kubectl(&["create", "configmap", "kept", "--from-literal=a=b"])
             .status

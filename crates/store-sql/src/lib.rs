@@ -64,6 +64,8 @@ mod backend;
 pub mod dsn;
 mod mysql;
 mod postgres;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tls;
 
 use backend::{Backend, KeyRange, Write};

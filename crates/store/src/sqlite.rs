@@ -16,7 +16,8 @@
 //!
 //! An index on `(key, id)` serves "latest row of a key", "latest rows under a prefix (as
 //! of a revision)"; the primary key serves "events after revision R". A `meta` table holds
-//! the compacted revision. `AUTOINCREMENT` (and compaction never deleting the newest row)
+//! the compacted revision and the schema version ([`schema`]: a newer binary upgrades an
+//! older store, an older binary refuses a newer one). `AUTOINCREMENT` (and compaction never deleting the newest row)
 //! make sure revisions are never reused, even across restarts.
 //!
 //! # Writes
@@ -299,8 +300,10 @@ impl SqliteStore {
                 })?;
             }
         }
-        let conn = Connection::open(path).map_err(db_err)?;
+        let mut conn = Connection::open(path).map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        // A store written by a newer binary is refused before anything touches it.
+        let stored_schema = schema::check_not_newer(&conn, schema::SCHEMA_VERSION)?;
         // Free pages go back to the file system after compaction (see `housekeeping`):
         // new stores are created with incremental auto-vacuum; an older store is
         // converted once (VACUUM rewrites the file).
@@ -332,6 +335,12 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        match stored_schema {
+            None => schema::set_version(&conn, schema::SCHEMA_VERSION)?,
+            Some(_) => {
+                schema::migrate(&mut conn, schema::MIGRATIONS, schema::SCHEMA_VERSION)?;
+            }
+        }
         let current: i64 = conn
             .query_row(
                 "SELECT MAX(COALESCE((SELECT MAX(id) FROM kv), 0), \
@@ -1231,6 +1240,7 @@ impl Store for SqliteStore {
     }
 }
 
+pub mod schema;
 pub mod snapshot;
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //!   rk3s-controller client certificates (each for a key the agent keeps: the agent posts a
 //!   PKCS#10 request, the server chooses the identity), the CA, the agent configuration
 //!   ([`AgentConfig`]), the list of API servers and readiness.
+//! - Servers joining servers, [`servers`]: the CA and keys a server started with `--server`
+//!   needs (`/v1-rk3s/server-bootstrap`) and its embedded-etcd membership
+//!   (`/v1-rk3s/etcd/member-add`), to the server token only.
 //! - Node passwords ([`password`]): the first agent to ask for a node name's kubelet
 //!   certificates stores the hash of its password in the immutable Secret
 //!   `kube-system/<node>.node-password.rk3s`; another machine asking for that name with
@@ -33,12 +36,16 @@ mod join;
 pub mod loadbalancer;
 pub mod password;
 mod server;
+pub mod servers;
 
 pub use config::AgentConfig;
 pub use error::{JoinError, SupervisorError};
 pub use join::{join, read_or_create_node_password, IssuedCert, JoinOptions, Joined};
 pub use loadbalancer::LoadBalancer;
 pub use server::{Supervisor, SupervisorOptions};
+pub use servers::{
+    fetch_server_bootstrap, request_etcd_member, EtcdMembership, ServerBootstrap, ServerJoin,
+};
 
 /// The program name in paths and headers (k3s uses `k3s`).
 pub const PROGRAM: &str = "rk3s";

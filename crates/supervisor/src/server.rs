@@ -122,6 +122,8 @@ pub struct SupervisorOptions {
 pub struct Supervisor {
     opts: Arc<SupervisorOptions>,
     cluster: Arc<dyn ClusterAccess>,
+    /// Answers to joining servers (None: `/v1-rk3s/server-bootstrap` is not served).
+    servers: Option<Arc<crate::servers::ServerJoin>>,
 }
 
 /// Who is calling.
@@ -185,7 +187,7 @@ fn csr_pem(body: &[u8]) -> Result<String, SupervisorError> {
 }
 
 /// A node name as upstream validates it (a DNS subdomain), lower-cased as k3s does.
-fn node_name(raw: &str) -> Result<String, SupervisorError> {
+pub(crate) fn node_name(raw: &str) -> Result<String, SupervisorError> {
     let n = raw.to_ascii_lowercase();
     let ok = !n.is_empty()
         && n.len() <= 253
@@ -214,7 +216,15 @@ impl Supervisor {
         Supervisor {
             opts: Arc::new(opts),
             cluster,
+            servers: None,
         }
+    }
+
+    /// Serves joining servers too: `/v1-rk3s/server-bootstrap` and, with an embedded
+    /// etcd, `/v1-rk3s/etcd/member-add` (see [`crate::servers`]).
+    pub fn with_server_join(mut self, join: crate::servers::ServerJoin) -> Supervisor {
+        self.servers = Some(Arc::new(join));
+        self
     }
 
     /// Whether `path` belongs to the supervisor rather than to the Kubernetes API.
@@ -256,6 +266,16 @@ impl Supervisor {
         let Some(sub) = path.strip_prefix(PATH_PREFIX) else {
             return Err(SupervisorError::NotFound);
         };
+        if crate::servers::claims(sub) {
+            return crate::servers::serve(
+                self.servers.as_deref(),
+                &self.opts.token_secret,
+                &self.opts.ca_cert_pem,
+                req,
+                sub,
+            )
+            .await;
+        }
         let caller = self.authenticate(req, cert_user.as_ref()).await?;
         let post_only = |m: &Method| -> Result<(), SupervisorError> {
             if m == Method::POST {
