@@ -71,8 +71,8 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod strategy;
-#[cfg(test)]
-mod testutil;
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
 pub mod watch;
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,5 +1,6 @@
 //! Test helpers: a whole API server on a fresh SQLite store, and requests to it as the
-//! cluster admin (no TLS, no socket: [`ApiServer::handle`]).
+//! cluster admin (no TLS, no socket: [`ApiServer::handle`]). Other crates' tests use them
+//! through the `testutil` feature (a dev-dependency); they panic on set-up failures.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -10,31 +11,50 @@ use serde_json::Value;
 
 use crate::{ApiServer, Config, UserInfo};
 
-/// A server on a new store in `dir` (service CIDR `10.43.0.0/24`, node ports
-/// 30000-30099).
-pub async fn server(dir: &std::path::Path) -> ApiServer {
-    let store: Arc<dyn rk3s_store::Store> =
-        Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.join("state.db")).expect("store"));
+/// The configuration of a test server on `store`, with a PKI made in `dir/server`
+/// (advertised at 192.0.2.7:6443, service CIDR `10.43.0.0/24`, node ports 30000-30099).
+pub fn config(
+    dir: &std::path::Path,
+    store: Arc<dyn rk3s_store::Store>,
+) -> (Config, rk3s_pki::ServerPki) {
     let pki =
         rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.join("server"))).expect("pki");
     let config = Config {
         listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
         advertise_address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
         advertise_port: 6443,
-        serving_cert_pem: pki.serving_cert_pem,
-        serving_key_pem: pki.serving_key_pem,
-        client_ca_pem: pki.ca_cert_pem,
+        serving_cert_pem: pki.serving_cert_pem.clone(),
+        serving_key_pem: pki.serving_key_pem.clone(),
+        client_ca_pem: pki.ca_cert_pem.clone(),
         store,
         service_cidr: "10.43.0.0/24".into(),
         node_port_range: (30000, 30099),
-        service_account_key_pem: pki.sa_key_pem,
-        service_account_pub_pem: pki.sa_pub_pem,
+        service_account_key_pem: pki.sa_key_pem.clone(),
+        service_account_pub_pem: pki.sa_pub_pem.clone(),
         service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
         token_auth_file: None,
         audit: None,
         kubelet_client: None,
     };
-    ApiServer::new(&config).await.expect("server")
+    (config, pki)
+}
+
+/// A server on a new SQLite store in `dir`, and its PKI.
+pub async fn server_with_pki(dir: &std::path::Path) -> (ApiServer, rk3s_pki::ServerPki) {
+    let store: Arc<dyn rk3s_store::Store> =
+        Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.join("state.db")).expect("store"));
+    let (config, pki) = config(dir, store);
+    (ApiServer::new(&config).await.expect("server"), pki)
+}
+
+/// A server on a new SQLite store in `dir` (see [`config`]).
+pub async fn server(dir: &std::path::Path) -> ApiServer {
+    server_with_pki(dir).await.0
+}
+
+/// The cluster admin (`system:admin` in `system:masters`).
+pub fn admin() -> UserInfo {
+    UserInfo::new("system:admin", &["system:masters", "system:authenticated"])
 }
 
 /// `method path` with a JSON body, as `system:admin`: the status code and JSON answer.

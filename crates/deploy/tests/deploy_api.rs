@@ -1,41 +1,15 @@
 //! The deploy controller against a real in-process API server: files applied, edited,
 //! documents removed, bad files, CRDs with their objects, disabled add-ons.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use rk3s_apiserver::{ApiServer, Config, UserInfo};
+use rk3s_apiserver::testutil::server;
+use rk3s_apiserver::{ApiServer, UserInfo};
 use rk3s_deploy::{DeployOptions, Disabled};
-
-async fn server(dir: &Path) -> ApiServer {
-    let store: Arc<dyn rk3s_store::Store> =
-        Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.join("state.db")).expect("store"));
-    let pki =
-        rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.join("pki"))).expect("pki");
-    let config = Config {
-        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-        advertise_address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
-        advertise_port: 6443,
-        serving_cert_pem: pki.serving_cert_pem,
-        serving_key_pem: pki.serving_key_pem,
-        client_ca_pem: pki.ca_cert_pem,
-        store,
-        service_cidr: "10.43.0.0/24".into(),
-        node_port_range: (30000, 30099),
-        service_account_key_pem: pki.sa_key_pem,
-        service_account_pub_pem: pki.sa_pub_pem,
-        service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
-        token_auth_file: None,
-        audit: None,
-        kubelet_client: None,
-    };
-    ApiServer::new(&config).await.expect("server")
-}
 
 fn client(api: &ApiServer) -> kube::Client {
     let admin = UserInfo::new("system:admin", &["system:masters", "system:authenticated"]);
@@ -349,7 +323,10 @@ async fn disabled_addons_are_removed_with_their_objects() {
         addons(&c).get_opt("ingress").await.ok().flatten().is_none()
     })
     .await;
-    assert!(!dir.join("ingress.yaml").exists());
+    until(5, "disabled file removed", || async {
+        !dir.join("ingress.yaml").exists()
+    })
+    .await;
     assert!(cm(&c, "default", "keep-cm").await.is_some());
     task.abort();
 }

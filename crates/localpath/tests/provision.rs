@@ -4,43 +4,17 @@
 //! a released `Delete` volume loses its folder and is deleted, a `Retain` one stays; an
 //! invalid configuration is ignored; a restarted provisioner creates nothing twice.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use rk3s_apiserver::{ApiServer, Config, UserInfo};
+use rk3s_apiserver::testutil::server;
+use rk3s_apiserver::UserInfo;
 use rk3s_local_path::LocalPathOptions;
 use serde_json::json;
-
-async fn server(dir: &Path) -> ApiServer {
-    let store: Arc<dyn rk3s_store::Store> =
-        Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.join("state.db")).expect("store"));
-    let pki =
-        rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.join("server"))).expect("pki");
-    let config = Config {
-        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-        advertise_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        advertise_port: 6443,
-        serving_cert_pem: pki.serving_cert_pem,
-        serving_key_pem: pki.serving_key_pem,
-        client_ca_pem: pki.ca_cert_pem,
-        store,
-        service_cidr: "10.43.0.0/24".into(),
-        node_port_range: (30000, 30099),
-        service_account_key_pem: pki.sa_key_pem,
-        service_account_pub_pem: pki.sa_pub_pem,
-        service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
-        token_auth_file: None,
-        audit: None,
-        kubelet_client: None,
-    };
-    ApiServer::new(&config).await.expect("server")
-}
 
 fn claim(name: &str, class: &str, modes: &[&str], node: &str) -> PersistentVolumeClaim {
     serde_json::from_value(json!({

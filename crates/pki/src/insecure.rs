@@ -8,9 +8,18 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-/// Accepts any server certificate; handshake signatures are still checked.
+/// Accepts any server certificate; handshake signatures are still checked (with the
+/// given provider's algorithms). Also for peers whose certificate the user chose not to
+/// verify (e.g. a datastore with `sslmode=require`).
 #[derive(Debug)]
-struct AcceptAnyServerCert(Arc<CryptoProvider>);
+pub struct AcceptAnyServerCert(Arc<CryptoProvider>);
+
+impl AcceptAnyServerCert {
+    /// The verifier, checking handshake signatures with `provider`'s algorithms.
+    pub fn new(provider: Arc<CryptoProvider>) -> Arc<Self> {
+        Arc::new(AcceptAnyServerCert(provider))
+    }
+}
 
 impl ServerCertVerifier for AcceptAnyServerCert {
     fn verify_server_cert(

@@ -29,7 +29,7 @@ pub use cert::{
 };
 pub use error::PkiError;
 pub use etcd::{ensure_etcd_certs, EtcdCerts, ETCD_TLS_DIR};
-pub use insecure::unverified_client_config;
+pub use insecure::{unverified_client_config, AcceptAnyServerCert};
 pub use kubeconfig::{kubeconfig_yaml, write_kubeconfig};
 pub use server::{
     ensure_server_pki, PkiOptions, ServerPki, ADMIN_CERT_FILE, ADMIN_KEY_FILE, CA_CERT_FILE,

@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,40 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use k8s_openapi::api::core::v1::Node;
-use rk3s_apiserver::{ApiServer, Config, UserInfo};
+#[allow(unused_imports)] // each test binary uses some
+pub use rk3s_apiserver::testutil::{server, server_with_pki};
+use rk3s_apiserver::{ApiServer, UserInfo};
 use rk3s_metrics::{KubeletScraper, MetricsError};
 use serde_json::{json, Value};
-
-/// A server on a new store in `dir`.
-pub async fn server(dir: &std::path::Path) -> ApiServer {
-    server_with_pki(dir).await.0
-}
-
-/// A server on a new store in `dir`, and its PKI.
-pub async fn server_with_pki(dir: &std::path::Path) -> (ApiServer, rk3s_pki::ServerPki) {
-    let store: Arc<dyn rk3s_store::Store> =
-        Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.join("state.db")).expect("store"));
-    let pki =
-        rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.join("server"))).expect("pki");
-    let config = Config {
-        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-        advertise_address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
-        advertise_port: 6443,
-        serving_cert_pem: pki.serving_cert_pem.clone(),
-        serving_key_pem: pki.serving_key_pem.clone(),
-        client_ca_pem: pki.ca_cert_pem.clone(),
-        store,
-        service_cidr: "10.43.0.0/24".into(),
-        node_port_range: (30000, 30099),
-        service_account_key_pem: pki.sa_key_pem.clone(),
-        service_account_pub_pem: pki.sa_pub_pem.clone(),
-        service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
-        token_auth_file: None,
-        audit: None,
-        kubelet_client: None,
-    };
-    (ApiServer::new(&config).await.expect("server"), pki)
-}
 
 /// GET `path` as the cluster admin: status and JSON.
 pub async fn get(api: &ApiServer, path: &str) -> (u16, Value) {
