@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: free ports, process figures, the admin client's TLS
-context from a kubeconfig, percentiles, and waiting for the API server."""
-import base64, http.client, os, re, socket, ssl, time
+context from a kubeconfig, percentiles, waiting for the API server, a busybox image, and
+entering a network namespace."""
+import base64, ctypes, http.client, os, re, shutil, socket, ssl, subprocess, time
 
 
 def free_port():
@@ -64,3 +65,37 @@ def wait_ready(port, kubeconfig, tmp, t0, timeout=60):
                 pass
         time.sleep(0.01)
     raise SystemExit(f"API server not ready after {timeout} s")
+
+
+BUSYBOX_APPLETS = ("sh", "sleep", "echo", "cat", "ls", "true", "false", "httpd", "wget", "env", "mkdir",
+                   "rm", "touch", "kill", "head", "tail", "grep", "date", "ps", "nc", "nslookup", "seq", "wc")
+
+
+def build_busybox_image(binary, work, out, tag, applets=BUSYBOX_APPLETS):
+    """Builds an OCI archive `out` of the static busybox with `applets` linked in /bin
+    (`rk3s image build --from ROOTFS`, as crates/rk3s/tests/common/node.rs does)."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    root = os.path.join(work, "busybox-rootfs")
+    for d in ("bin", "tmp", "etc"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    shutil.copy(busybox, os.path.join(root, "bin/busybox"))
+    for applet in applets:
+        link = os.path.join(root, "bin", applet)
+        if not os.path.lexists(link):
+            os.symlink("busybox", link)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    subprocess.run([binary, "image", "build", "--from", root, "--tag", tag, "-o", out],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def enter_netns(name):
+    """Moves the calling thread (call it from the main thread before starting any other)
+    into the network namespace /run/netns/NAME; children started later inherit it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)

@@ -55,6 +55,7 @@ pub mod componentstatus;
 pub mod convert;
 pub mod crd;
 pub mod ephemeral;
+pub mod event_ttl;
 pub mod fields;
 pub mod handler;
 pub mod local;

@@ -139,6 +139,9 @@ pub struct ServerArgs {
     /// Image of the HelmChart install/delete Jobs (default: helm-controller's klipper-helm)
     #[arg(long, value_name = "IMAGE", default_value = "")]
     pub helm_job_image: String,
+    /// How long Events are kept after they were last seen (kube-apiserver's --event-ttl)
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub event_ttl: std::time::Duration,
     /// Take no scheduled snapshots of the datastore
     #[arg(long)]
     pub etcd_disable_snapshots: bool,
@@ -498,6 +501,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let api = rk3s_apiserver::ApiServer::new(&config)
         .await
         .context("starting the API server")?;
+    rk3s_apiserver::event_ttl::spawn(api.inner().clone(), args.event_ttl);
     phases.done("API server");
     // In-process components are trusted parts of the server (as k3s's supervisor
     // certificates): they act in system:masters.
