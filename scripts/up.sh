@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds rk3s and starts a single-node cluster on the embedded SQLite datastore.
+# Builds rk3s, installs it as a service (`rk3s install`) and starts a single-node cluster on
+# the embedded SQLite datastore.
 # For a fresh Debian 12 machine, run as root. Installs what it needs from Debian's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,17 +21,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 log "building rk3s (release)"
 cargo build --release -p rk3s
-install -m 0755 "${CARGO_TARGET_DIR:-target}/release/rk3s" /usr/local/bin/rk3s
 
-if [ -f /run/rk3s.pid ] && kill -0 "$(cat /run/rk3s.pid)" 2>/dev/null; then
-  log "stopping the running rk3s server"
-  kill "$(cat /run/rk3s.pid)" || true
-  for _ in $(seq 1 100); do kill -0 "$(cat /run/rk3s.pid)" 2>/dev/null || break; sleep 0.1; done
-fi
-
-log "starting rk3s server (log: /var/log/rk3s.log)"
-nohup /usr/local/bin/rk3s server "$@" >>/var/log/rk3s.log 2>&1 &
-echo $! > /run/rk3s.pid
+# Installs it as a service (rk3s.service under systemd; without systemd a background start
+# with its log in /var/log/rk3s.log and pid in /run/rk3s.pid); re-running upgrades it.
+log "installing rk3s (rk3s install)"
+"${CARGO_TARGET_DIR:-target}/release/rk3s" install "$@"
 
 export KUBECONFIG=/etc/rk3s/rk3s.yaml
 tls=/var/lib/rk3s/server/tls
@@ -50,8 +45,10 @@ for _ in $(seq 1 300); do
     log "rk3s is ready: export KUBECONFIG=$KUBECONFIG (or use 'rk3s kubectl ...' if kubectl is installed)"
     exit 0
   fi
-  kill -0 "$(cat /run/rk3s.pid)" 2>/dev/null || { echo "rk3s server exited; see /var/log/rk3s.log" >&2; tail -n 20 /var/log/rk3s.log >&2; exit 1; }
+  if [ -f /run/rk3s.pid ] && ! kill -0 "$(cat /run/rk3s.pid)" 2>/dev/null; then
+    echo "rk3s server exited; see /var/log/rk3s.log" >&2; tail -n 20 /var/log/rk3s.log >&2; exit 1
+  fi
   sleep 0.1
 done
-echo "rk3s server did not become ready in 30 s; see /var/log/rk3s.log" >&2
+echo "rk3s server did not become ready in 30 s; see /var/log/rk3s.log (or journalctl -u rk3s)" >&2
 exit 1
