@@ -327,9 +327,18 @@ fn node_workloads_probes_oom_and_events() {
             (jsonpath(c, &["get", "pod", "hooked"], "{.status.phase}") == "Failed").then_some(())
         });
 
-        // Stopping a container for a deletion: Killing "Stopping container X".
+        // Stopping a container for a deletion: Killing "Stopping container X" (only a
+        // running container is stopped: wait for one between its liveness restarts).
+        wait_for("probed running", Duration::from_secs(60), || {
+            let started = jsonpath(
+                c,
+                &["get", "pod", "probed"],
+                "{.status.containerStatuses[0].state.running.startedAt}",
+            );
+            (!started.is_empty()).then_some(())
+        });
         c.ok(&["delete", "pod", "probed", "--timeout=60s"]);
-        let stop = wait_for("Killing on delete", Duration::from_secs(10), || {
+        let stop = wait_for("Killing on delete", Duration::from_secs(30), || {
             find_event(c, "probed", "Killing", "Stopping container")
         });
         assert_kubelet_event(&stop, "probed", "live", "Normal");
