@@ -262,6 +262,23 @@ pub struct Proposal {
     pub average: i64,
 }
 
+/// Upstream's shortcut shared by both replica calculations: with no missing pod and no
+/// unready pod holding back a scale-up, the usage ratio alone decides (no change within
+/// the tolerance). `None` when missing or unready pods must be accounted for first.
+fn from_ratio_alone(groups: &PodGroups, ratio: f64, keep: Proposal) -> Option<Proposal> {
+    let scale_up_with_unready = !groups.unready.is_empty() && ratio > 1.0;
+    if scale_up_with_unready || !groups.missing.is_empty() {
+        return None;
+    }
+    if (1.0 - ratio).abs() <= TOLERANCE {
+        return Some(keep);
+    }
+    Some(Proposal {
+        replicas: ceil_i32(ratio * groups.ready as f64),
+        ..keep
+    })
+}
+
 fn ceil_i32(x: f64) -> i32 {
     let c = x.ceil();
     if c >= f64::from(i32::MAX) {
@@ -302,14 +319,8 @@ pub fn resource_replicas(
         average,
     };
     let scale_up_with_unready = !groups.unready.is_empty() && ratio > 1.0;
-    if !scale_up_with_unready && groups.missing.is_empty() {
-        if (1.0 - ratio).abs() <= TOLERANCE {
-            return Ok(keep);
-        }
-        return Ok(Proposal {
-            replicas: ceil_i32(ratio * groups.ready as f64),
-            ..keep
-        });
+    if let Some(p) = from_ratio_alone(&groups, ratio, keep) {
+        return Ok(p);
     }
     let at = |value| PodMetric {
         value,
@@ -379,14 +390,8 @@ pub fn average_value_replicas(
         average,
     };
     let scale_up_with_unready = !groups.unready.is_empty() && ratio > 1.0;
-    if !scale_up_with_unready && groups.missing.is_empty() {
-        if (1.0 - ratio).abs() <= TOLERANCE {
-            return Ok(keep);
-        }
-        return Ok(Proposal {
-            replicas: ceil_i32(ratio * groups.ready as f64),
-            ..keep
-        });
+    if let Some(p) = from_ratio_alone(&groups, ratio, keep) {
+        return Ok(p);
     }
     let at = |value| PodMetric {
         value,
