@@ -189,7 +189,11 @@ impl ApiServer {
                     _ => None,
                 };
                 let is_watch = info.as_ref().is_some_and(|i| i.verb == "watch");
-                let req_bytes = if level >= crate::audit::Level::Request {
+                // A create names its object only in the body: upstream completes
+                // `objectRef` from the request object at every level, so creates
+                // pass their body even at Metadata level (not logged there).
+                let is_create = info.as_ref().is_some_and(|i| i.verb == "create");
+                let req_bytes = if level >= crate::audit::Level::Request || is_create {
                     audit_body.as_deref()
                 } else {
                     None

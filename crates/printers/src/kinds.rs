@@ -89,6 +89,7 @@ pub(crate) const ALL_KINDS: &[(&str, &str)] = &[
     ("resource.k8s.io", "ResourceClaim"),
     ("resource.k8s.io", "ResourceClaimTemplate"),
     ("resource.k8s.io", "ResourceSlice"),
+    ("apiregistration.k8s.io", "APIService"),
 ];
 
 // ---------------------------------------------------------------- columns
@@ -560,6 +561,19 @@ pub(crate) fn lookup(group: &str, kind: &str) -> Option<(Vec<Column>, CellFn)> {
                 wide("VolumeMode", "string", "Filesystem or Block volume."),
             ],
             persistent_volume_claim,
+        ),
+        ("apiregistration.k8s.io", "APIService") => (
+            vec![
+                name_col(),
+                col(
+                    "Service",
+                    "string",
+                    "The service that serves this API (Local: the API server itself).",
+                ),
+                col("Available", "string", "Whether this API is available."),
+                age_col(),
+            ],
+            api_service,
         ),
         ("", "ComponentStatus") => (
             vec![
@@ -1912,6 +1926,24 @@ fn component_status(o: &Value, _now: Timestamp) -> Vec<Value> {
     vec![json!(name(o)), json!(status), json!(message), json!(error)]
 }
 
+/// An APIService row as the aggregator prints it: `Local` or `namespace/name` of the
+/// backing service; the `Available` condition's status, with its reason when not True.
+fn api_service(o: &Value, now: Timestamp) -> Vec<Value> {
+    let service = match get(o, &["spec", "service"]).filter(|v| v.is_object()) {
+        Some(svc) => format!("{}/{}", s(svc, &["namespace"]), s(svc, &["name"])),
+        None => "Local".to_string(),
+    };
+    let available = match arr(o, &["status", "conditions"])
+        .iter()
+        .find(|c| s(c, &["type"]) == "Available")
+    {
+        None => "Unknown".to_string(),
+        Some(c) if s(c, &["status"]) == "True" => "True".to_string(),
+        Some(c) => format!("{} ({})", s(c, &["status"]), s(c, &["reason"])),
+    };
+    vec![json!(name(o)), json!(service), json!(available), json!(age(o, now))]
+}
+
 fn resource_quota(o: &Value, now: Timestamp) -> Vec<Value> {
     let mut names: Vec<&String> = match get(o, &["status", "hard"]).and_then(Value::as_object) {
         Some(m) => m.keys().collect(),
@@ -2440,6 +2472,35 @@ mod tests {
 
     fn meta(n: &str) -> Value {
         json!({"name": n, "namespace": "default", "creationTimestamp": "2024-05-01T11:00:00Z"})
+    }
+
+    #[test]
+    fn api_service_rows() {
+        let local = json!({
+            "metadata": meta("v1.apps"),
+            "spec": {"group": "apps", "version": "v1"},
+            "status": {"conditions": [{"type": "Available", "status": "True", "reason": "Local"}]}
+        });
+        assert_eq!(
+            row("apiregistration.k8s.io", "APIService", local),
+            vec![json!("v1.apps"), json!("Local"), json!("True"), json!("60m")]
+        );
+        let remote = json!({
+            "metadata": meta("v1beta1.metrics.k8s.io"),
+            "spec": {"service": {"namespace": "kube-system", "name": "metrics-server"}},
+            "status": {"conditions": [
+                {"type": "Available", "status": "False", "reason": "MissingEndpoints"}
+            ]}
+        });
+        assert_eq!(
+            row("apiregistration.k8s.io", "APIService", remote),
+            vec![
+                json!("v1beta1.metrics.k8s.io"),
+                json!("kube-system/metrics-server"),
+                json!("False (MissingEndpoints)"),
+                json!("60m")
+            ]
+        );
     }
 
     #[test]

@@ -79,6 +79,23 @@ fn api_surface(c: &Cluster, bin: &str) {
             "api-versions lacks {gv}:\n{vers}"
         );
     }
+    // The aggregator's columns: NAME SERVICE AVAILABLE AGE; built-in groups are Local.
+    let apis = c.ok_with(bin, &["get", "apiservices"], None);
+    let header: Vec<&str> = apis
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "SERVICE", "AVAILABLE", "AGE"], "{apis}");
+    let apps = apis
+        .lines()
+        .find(|l| l.starts_with("v1.apps "))
+        .unwrap_or_default();
+    assert!(
+        apps.split_whitespace().collect::<Vec<_>>().get(1..3) == Some(&["Local", "True"][..]),
+        "v1.apps line: {apps}\n{apis}"
+    );
     let explain = c.ok_with(bin, &["explain", "deployment.spec.strategy"], None);
     assert!(explain.contains("rollingUpdate"), "explain: {explain}");
     assert!(

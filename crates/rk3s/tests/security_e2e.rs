@@ -288,6 +288,9 @@ fn check_secrets_and_audit(c: &Cluster) {
         "{event}"
     );
     assert!(event.get("requestObject").is_none());
+    // As upstream, the created object's name comes from the request body even at
+    // Metadata level (the URL of a create names no object).
+    assert_eq!(event["objectRef"]["name"], "cis", "{event}");
     assert_eq!(mode(&audit), 0o600);
 }
 
