@@ -1,7 +1,11 @@
 //! Conversion between an API form and the stored form of resources that upstream
-//! stores once for several groups: `events.k8s.io/v1` Events are stored as core/v1
-//! Events (so `kubectl describe` sees the events that kube-rs recorders write, and
-//! core clients see the new ones).
+//! stores once for several groups or versions: `events.k8s.io/v1` Events are stored
+//! as core/v1 Events (so `kubectl describe` sees the events that kube-rs recorders
+//! write, and core clients see the new ones); `autoscaling/v1` HorizontalPodAutoscalers
+//! are stored as `autoscaling/v2` ([`hpa`]), so the autoscaler sees a v1 client's CPU
+//! target and a v1 client sees what v2 holds.
+
+mod hpa;
 
 use rk3s_api::ResourceInfo;
 use serde_json::{Map, Value};
@@ -19,7 +23,18 @@ const EVENT_FIELDS: &[(&str, &str)] = &[
 
 /// Whether objects of `res` are stored in another group's form.
 pub fn needs_conversion(res: &ResourceInfo) -> bool {
-    res.group == "events.k8s.io"
+    res.group == "events.k8s.io" || is_hpa(res)
+}
+
+/// A converted HPA with v2's defaults (upstream defaults the stored v2 form on read:
+/// a v1 HPA without a CPU target reads with v2's default metric in both versions).
+fn v2_defaulted(mut obj: Value) -> Value {
+    rk3s_validation::apply_defaults("autoscaling", "v2", "HorizontalPodAutoscaler", &mut obj);
+    obj
+}
+
+fn is_hpa(res: &ResourceInfo) -> bool {
+    res.group == "autoscaling" && res.plural == "horizontalpodautoscalers"
 }
 
 fn rename(
@@ -54,6 +69,13 @@ pub fn to_storage(res: &ResourceInfo, obj: Value) -> Value {
     if !needs_conversion(res) {
         return obj;
     }
+    if is_hpa(res) {
+        return if hpa::is_v1(&obj) {
+            v2_defaulted(hpa::v1_to_v2(obj, "autoscaling/v2"))
+        } else {
+            obj
+        };
+    }
     rename(&obj, EVENT_FIELDS, true, "Event", "v1")
 }
 
@@ -61,6 +83,15 @@ pub fn to_storage(res: &ResourceInfo, obj: Value) -> Value {
 pub fn from_storage(res: &ResourceInfo, obj: Value) -> Value {
     if !needs_conversion(res) {
         return obj;
+    }
+    if is_hpa(res) {
+        // Objects written before HPAs were stored as v2 may still be v1.
+        return match (res.version.as_str(), hpa::is_v1(&obj)) {
+            ("v1", false) => hpa::v2_to_v1(obj),
+            ("v1", true) => obj,
+            (_, true) => v2_defaulted(hpa::v1_to_v2(obj, &res.api_version())),
+            (_, false) => obj,
+        };
     }
     let mut v = rename(&obj, EVENT_FIELDS, false, "Event", &res.api_version());
     // core Events written by old clients have no eventTime; events.k8s.io requires one.

@@ -621,3 +621,159 @@ fn a_namespace_with_a_refused_object_still_lists_and_decodes() {
         None => eprintln!("SKIP Python part: no Python with the `kubernetes` package (set RK3S_TEST_KUBERNETES_PYTHON)"),
     }
 }
+
+/// HorizontalPodAutoscalers are stored once, as autoscaling/v2: a v1 client's CPU
+/// target is the autoscaler's metric, what the autoscaler writes through v2 reads back
+/// in v1's fields, and v2-only fields survive a v1 read-modify-write (in annotations).
+#[test]
+fn autoscaling_v1_and_v2_are_one_object() {
+    let c = Cluster::start();
+    let mut k = conn(&c);
+    let v1_path = "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers";
+    let v2_path = "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers";
+    let (code, created) = send_json(
+        &mut k,
+        "POST",
+        v1_path,
+        JSON,
+        &json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 1, "maxReplicas": 4, "targetCPUUtilizationPercentage": 55}}),
+    );
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["apiVersion"], "autoscaling/v1");
+    assert_eq!(created["spec"]["targetCPUUtilizationPercentage"], 55);
+
+    let (code, v2) = send(&mut k, "GET", &format!("{v2_path}/web"), JSON, b"");
+    assert_eq!(code, 200, "{v2}");
+    assert_eq!(v2["apiVersion"], "autoscaling/v2");
+    assert!(
+        v2["spec"].get("targetCPUUtilizationPercentage").is_none(),
+        "{v2}"
+    );
+    assert_eq!(
+        v2["spec"]["metrics"],
+        json!([{"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": 55}}}]),
+        "{v2}"
+    );
+
+    // v2 adds a memory metric and a behavior. The autoscaler writes status conditions
+    // concurrently (its Deployment does not exist): every write retries on 409.
+    let put_retrying = |k: &mut Conn, path: &str, edit: &dyn Fn(&mut Value)| {
+        for _ in 0..50 {
+            let (code, mut obj) = send(k, "GET", path, JSON, b"");
+            assert_eq!(code, 200, "{obj}");
+            edit(&mut obj);
+            let (code, out) = send_json(k, "PUT", path, JSON, &obj);
+            match code {
+                200 => return out,
+                409 => continue,
+                _ => panic!("PUT {path}: {code} {out}"),
+            }
+        }
+        panic!("PUT {path}: conflicts never ended");
+    };
+    put_retrying(&mut k, &format!("{v2_path}/web"), &|o| {
+        if let Some(m) = o["spec"]["metrics"].as_array_mut() {
+            m.push(json!({"type": "Resource", "resource": {"name": "memory",
+                "target": {"type": "AverageValue", "averageValue": "64Mi"}}}));
+        }
+        o["spec"]["behavior"] = json!({"scaleDown": {"stabilizationWindowSeconds": 30}});
+    });
+
+    // The autoscaler's v2 status conditions read in v1 as upstream's annotation.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let v1 = loop {
+        let (code, v1) = send(&mut k, "GET", &format!("{v1_path}/web"), JSON, b"");
+        assert_eq!(code, 200, "{v1}");
+        if v1["metadata"]["annotations"]
+            .get("autoscaling.alpha.kubernetes.io/conditions")
+            .is_some()
+        {
+            break v1;
+        }
+        assert!(std::time::Instant::now() < deadline, "no conditions: {v1}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(v1["apiVersion"], "autoscaling/v1");
+    assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 55, "{v1}");
+    assert!(v1["spec"].get("metrics").is_none(), "{v1}");
+    assert!(
+        v1.get("status")
+            .is_some_and(|s| s.get("conditions").is_none()),
+        "{v1}"
+    );
+    let ann = &v1["metadata"]["annotations"];
+    assert!(
+        ann["autoscaling.alpha.kubernetes.io/metrics"]
+            .as_str()
+            .is_some_and(|m| m.contains("memory") && m.contains("targetAverageValue")),
+        "{v1}"
+    );
+
+    // A v1 update (kubectl edit through v1) changes the CPU target and keeps the rest.
+    put_retrying(&mut k, &format!("{v1_path}/web"), &|o| {
+        o["spec"]["targetCPUUtilizationPercentage"] = json!(70);
+    });
+    let (_, v2) = send(&mut k, "GET", &format!("{v2_path}/web"), JSON, b"");
+    let metrics = v2["spec"]["metrics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(metrics.len(), 2, "{v2}");
+    assert!(
+        metrics.iter().any(|m| m["resource"]["name"] == "memory"),
+        "{v2}"
+    );
+    assert!(
+        metrics
+            .iter()
+            .any(|m| m["resource"]["target"]["averageUtilization"] == 70),
+        "{v2}"
+    );
+    assert_eq!(
+        v2["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        30
+    );
+    assert!(
+        v2["metadata"]["annotations"]
+            .get("autoscaling.alpha.kubernetes.io/metrics")
+            .is_none(),
+        "{v2}"
+    );
+
+    // kubectl reads and lists it through either version.
+    let out = c.ok(&[
+        "get",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "web",
+        "-o",
+        "jsonpath={.spec.targetCPUUtilizationPercentage}",
+    ]);
+    assert_eq!(out.trim(), "70");
+    let table = c.ok(&["get", "hpa", "web"]);
+    assert!(table.contains("Deployment/web"), "{table}");
+
+    // Defaults as upstream: v1's minReplicas, and v2's 80 % CPU target, seen in both.
+    let (code, bare) = send_json(
+        &mut k,
+        "POST",
+        v1_path,
+        JSON,
+        &json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "bare"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "bare"},
+                "maxReplicas": 2}}),
+    );
+    assert_eq!(code, 201, "{bare}");
+    assert_eq!(bare["spec"]["minReplicas"], 1, "{bare}");
+    let (_, bare) = send(&mut k, "GET", &format!("{v1_path}/bare"), JSON, b"");
+    assert_eq!(bare["spec"]["targetCPUUtilizationPercentage"], 80, "{bare}");
+    let (_, bare2) = send(&mut k, "GET", &format!("{v2_path}/bare"), JSON, b"");
+    assert_eq!(
+        bare2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80,
+        "{bare2}"
+    );
+}

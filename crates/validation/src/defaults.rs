@@ -6,7 +6,6 @@ use serde_json::{json, Map, Value};
 /// alone. Values the API server allocates itself (clusterIP, nodePorts, UID, the
 /// service-account admission's volumes, priority...) are not set here.
 pub fn apply_defaults(group: &str, version: &str, kind: &str, obj: &mut Value) {
-    let _ = version;
     let Some(o) = obj.as_object_mut() else { return };
     match (group, kind) {
         ("", "Pod") => {
@@ -222,6 +221,7 @@ pub fn apply_defaults(group: &str, version: &str, kind: &str, obj: &mut Value) {
             set(o, "reclaimPolicy", json!("Delete"));
             set(o, "volumeBindingMode", json!("Immediate"));
         }
+        ("autoscaling", "HorizontalPodAutoscaler") => default_hpa(version, obj_at(o, "spec")),
         ("scheduling.k8s.io", "PriorityClass") => {
             set(o, "preemptionPolicy", json!("PreemptLowerPriority"))
         }
@@ -256,6 +256,50 @@ pub fn apply_defaults(group: &str, version: &str, kind: &str, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// HorizontalPodAutoscaler: `minReplicas` 1 (both versions); v2 also defaults an
+/// empty metric list to 80 % CPU utilization and fills a given `behavior`'s missing
+/// rules with upstream's (scale up: no window, max of 4 pods or 100 % per 15 s; scale
+/// down: 300 s window, 100 % per 15 s).
+fn default_hpa(version: &str, spec: &mut Map<String, Value>) {
+    set(spec, "minReplicas", json!(1));
+    if version != "v2" {
+        return;
+    }
+    if spec
+        .get("metrics")
+        .and_then(Value::as_array)
+        .is_none_or(|m| m.is_empty())
+    {
+        spec.insert(
+            "metrics".into(),
+            json!([{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+        );
+    }
+    let Some(behavior) = spec.get_mut("behavior").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let rules = [
+        (
+            "scaleUp",
+            0,
+            json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+                {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+        ),
+        (
+            "scaleDown",
+            300,
+            json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]),
+        ),
+    ];
+    for (direction, window, policies) in rules {
+        let r = obj_at(behavior, direction);
+        set(r, "stabilizationWindowSeconds", json!(window));
+        set(r, "selectPolicy", json!("Max"));
+        set(r, "policies", policies);
     }
 }
 
@@ -613,6 +657,36 @@ mod tests {
     fn container_defaults(name: &str, image: &str, policy: &str) -> Value {
         json!({"name": name, "image": image, "imagePullPolicy": policy,
                "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"})
+    }
+
+    #[test]
+    fn hpa_defaults_per_version() {
+        let v1 = defaulted(
+            "autoscaling",
+            "HorizontalPodAutoscaler",
+            json!({"spec": {"maxReplicas": 3}}),
+        );
+        assert_eq!(v1["spec"], json!({"maxReplicas": 3, "minReplicas": 1}));
+        let mut v2 = json!({"spec": {"minReplicas": 2, "maxReplicas": 3,
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 10}}}});
+        apply_defaults("autoscaling", "v2", "HorizontalPodAutoscaler", &mut v2);
+        assert_eq!(v2["spec"]["minReplicas"], 2);
+        assert_eq!(
+            v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            80
+        );
+        let down = &v2["spec"]["behavior"]["scaleDown"];
+        assert_eq!(down["stabilizationWindowSeconds"], 10);
+        assert_eq!(down["selectPolicy"], "Max");
+        assert_eq!(down["policies"][0]["type"], "Percent");
+        let up = &v2["spec"]["behavior"]["scaleUp"];
+        assert_eq!(up["stabilizationWindowSeconds"], 0);
+        assert_eq!(up["policies"].as_array().map(Vec::len), Some(2));
+        // Without a behavior none is made up; given metrics are kept.
+        let mut plain = json!({"spec": {"maxReplicas": 3, "metrics": [{"type": "Pods"}]}});
+        apply_defaults("autoscaling", "v2", "HorizontalPodAutoscaler", &mut plain);
+        assert!(plain["spec"].get("behavior").is_none());
+        assert_eq!(plain["spec"]["metrics"], json!([{"type": "Pods"}]));
     }
 
     #[test]
