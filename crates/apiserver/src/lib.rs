@@ -64,6 +64,7 @@ pub mod metrics;
 pub mod object;
 pub mod output;
 pub mod proxy;
+pub mod proxy_rewrite;
 pub mod request;
 pub mod resize;
 pub mod rest;

@@ -680,7 +680,31 @@ pub async fn forward(
     headers: &http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    forward_rewriting(target, method, path_and_query, headers, body, None).await
+}
+
+/// [`forward`], rewriting the answer's links to the API server's path when `prefix`
+/// is given (see [`crate::proxy_rewrite`]): HTML pages (not content-encoded), the
+/// `Location` of redirects; CORS headers of the target are dropped, as upstream's
+/// proxy transport does.
+pub async fn forward_rewriting(
+    target: ProxyTarget,
+    method: &http::Method,
+    path_and_query: &str,
+    headers: &http::HeaderMap,
+    body: Bytes,
+    prefix: Option<String>,
+) -> Result<Response, ApiError> {
     let addr = host_port(&target.host, target.port);
+    let rewriter = prefix.map(|prefix| crate::proxy_rewrite::Rewriter {
+        prefix,
+        target_host: addr.clone(),
+        request_host: headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+    });
     let unreachable = |e: &dyn std::fmt::Display| {
         ApiError::new(
             503,
@@ -745,7 +769,52 @@ pub async fn forward(
         .body(http_body_util::Full::new(body))
         .map_err(|e| ApiError::bad_request(format!("invalid proxy request: {e}")))?;
     let resp = send.send_request(req).await.map_err(|e| unreachable(&e))?;
-    let (parts, mut incoming) = resp.into_parts();
+    let (mut parts, mut incoming) = resp.into_parts();
+    if let Some(rw) = &rewriter {
+        for cors in [
+            "access-control-allow-credentials",
+            "access-control-allow-headers",
+            "access-control-allow-methods",
+            "access-control-allow-origin",
+        ] {
+            parts.headers.remove(cors);
+        }
+        if parts.status.is_redirection() {
+            let location = parts
+                .headers
+                .get(http::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(|l| rw.rewrite_url(l));
+            if let Some(v) = location.and_then(|l| http::HeaderValue::from_str(&l).ok()) {
+                parts.headers.insert(http::header::LOCATION, v);
+            }
+        }
+        let html = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|c| c.to_str().ok())
+            .is_some_and(crate::proxy_rewrite::is_html);
+        let encoded = parts
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .and_then(|c| c.to_str().ok())
+            .is_some_and(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+        if html && !encoded {
+            let page = incoming
+                .collect()
+                .await
+                .map_err(|e| unreachable(&e))?
+                .to_bytes();
+            let mut r = http::Response::new(ResponseBody::full(rw.rewrite_html(&page)));
+            *r.status_mut() = parts.status;
+            for (k, v) in &parts.headers {
+                if forwarded(k) {
+                    r.headers_mut().append(k.clone(), v.clone());
+                }
+            }
+            return Ok(r);
+        }
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         while let Some(frame) = incoming.frame().await {
@@ -979,7 +1048,19 @@ pub async fn node_proxy(
         proxied_path(parts.uri.path(), "nodes", id),
         parts.uri.query(),
     );
-    forward(target, &parts.method, &path, &parts.headers, body).await
+    let prefix = crate::proxy_rewrite::path_prefix(
+        parts.uri.path(),
+        &proxied_path(parts.uri.path(), "nodes", id),
+    );
+    forward_rewriting(
+        target,
+        &parts.method,
+        &path,
+        &parts.headers,
+        body,
+        Some(prefix),
+    )
+    .await
 }
 
 /// A pod from the watch cache; when it is not there, once the cache has caught up with
@@ -1014,7 +1095,19 @@ pub async fn pod_proxy(
         proxied_path(parts.uri.path(), "pods", id),
         parts.uri.query(),
     );
-    forward(target, &parts.method, &path, &parts.headers, body).await
+    let prefix = crate::proxy_rewrite::path_prefix(
+        parts.uri.path(),
+        &proxied_path(parts.uri.path(), "pods", id),
+    );
+    forward_rewriting(
+        target,
+        &parts.method,
+        &path,
+        &parts.headers,
+        body,
+        Some(prefix),
+    )
+    .await
 }
 
 /// Serves `services/{id}/proxy/{path...}`.
@@ -1030,7 +1123,19 @@ pub async fn service_proxy(
         proxied_path(parts.uri.path(), "services", id),
         parts.uri.query(),
     );
-    forward(target, &parts.method, &path, &parts.headers, body).await
+    let prefix = crate::proxy_rewrite::path_prefix(
+        parts.uri.path(),
+        &proxied_path(parts.uri.path(), "services", id),
+    );
+    forward_rewriting(
+        target,
+        &parts.method,
+        &path,
+        &parts.headers,
+        body,
+        Some(prefix),
+    )
+    .await
 }
 
 /// Every value of a repeated query parameter, in order (`command=sh&command=-c`).
@@ -1277,6 +1382,76 @@ mod tests {
         let no_ports =
             json!({"spec": {"containers": [{"name": "a"}]}, "status": {"podIP": "10.42.0.8"}});
         assert_eq!(pod_target(&no_ports, "", "").map(|t| t.port).ok(), Some(80));
+    }
+
+    #[tokio::test]
+    async fn forwarded_html_and_redirects_link_through_the_api_server() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let answers: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\naccess-control-allow-origin: *\r\ncontent-length: 33\r\nconnection: close\r\n\r\n<a href=\"/rewriteme\">test</a>\r\n\r\n",
+            b"HTTP/1.1 302 Found\r\nlocation: /login/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 20\r\nconnection: close\r\n\r\n<a href=\"/x\">y</a>\r\n",
+        ];
+        let server = tokio::spawn(async move {
+            for a in answers {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await.expect("read");
+                s.write_all(a).await.expect("write");
+            }
+        });
+        let prefix = "/api/v1/namespaces/ns/pods/p/proxy".to_string();
+        let target = || ProxyTarget {
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+        };
+        let body_of = |resp: Response| async move {
+            match resp.into_body() {
+                ResponseBody::Full(b) => b.map(|b| b.to_vec()).unwrap_or_default(),
+                ResponseBody::Stream(mut rx) => {
+                    let mut body = Vec::new();
+                    while let Some(chunk) = rx.recv().await {
+                        body.extend_from_slice(&chunk);
+                    }
+                    body
+                }
+            }
+        };
+        let no_headers = http::HeaderMap::new();
+        let get = |prefix: &String| {
+            forward_rewriting(
+                target(),
+                &http::Method::GET,
+                "/",
+                &no_headers,
+                Bytes::new(),
+                Some(prefix.clone()),
+            )
+        };
+        let page = get(&prefix).await.expect("page");
+        assert!(page.headers().get("access-control-allow-origin").is_none());
+        assert_eq!(
+            String::from_utf8(body_of(page).await).expect("utf-8"),
+            format!("<a href=\"{prefix}/rewriteme\">test</a>\r\n\r\n")
+        );
+        let redirect = get(&prefix).await.expect("redirect");
+        assert_eq!(redirect.status(), 302);
+        assert_eq!(
+            redirect
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|l| l.to_str().ok()),
+            Some(format!("{prefix}/login/").as_str())
+        );
+        // Not HTML: byte for byte.
+        let text = get(&prefix).await.expect("text");
+        assert_eq!(body_of(text).await, b"<a href=\"/x\">y</a>\r\n");
+        server.await.expect("server");
     }
 
     #[tokio::test]
