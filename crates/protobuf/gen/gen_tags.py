@@ -254,6 +254,31 @@ def main():
         full[(mod, rust)] = "k8s.io.%s.%s" % (pkg, name)
         info[(mod, rust)] = defs.get(key) if key else None
 
+    # JSON spellings of every field name of every definition: messages that have no
+    # OpenAPI definition of their own (Go structs inlined into another, e.g.
+    # VolumeSource into Volume) take their field names from there (`downwardAPI`,
+    # `scaleIO`), when the spelling is unambiguous.
+    spellings = {}
+    for d in defs.values():
+        for n, j in d["json"].items():
+            if norm(j) == n:
+                spellings.setdefault(n, set()).add(j)
+    known_json = {n: next(iter(js)) for n, js in spellings.items() if len(js) == 1}
+
+    def spelling_for(snake):
+        """The known spelling of a prost field name, if its word boundaries agree
+        (prost's `sub_resource` is `subResource`, never the known `subresource`)."""
+        plain = snake[2:] if snake.startswith("r#") else snake
+        j = known_json.get(norm(plain))
+        if j is None:
+            return None
+        pos = 0
+        for part in plain.split("_")[:-1]:
+            pos += len(part)
+            if pos >= len(j) or not j[pos].isupper():
+                return None
+        return j
+
     order = sorted(messages, key=lambda k: full[k])
     index = {k: i for i, k in enumerate(order)}
     unmatched = []
@@ -315,6 +340,8 @@ def main():
                     )
                 if json is None and not inline:
                     unmatched.append("%s.%s" % (full[key], f["name"]))
+            if json is None and not d:
+                json = spelling_for(f["name"])
             if json is None:
                 json = snake_to_camel(f["name"])
             required = bool(d) and norm(json) in d["required"]

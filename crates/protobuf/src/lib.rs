@@ -342,4 +342,56 @@ mod options_tests {
             );
         }
     }
+
+    /// Length-delimited field `n` holding `body`.
+    fn ld(n: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut varint = |mut v: u64| loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                break;
+            } else {
+                out.push(b | 0x80);
+            }
+        };
+        varint(u64::from(n) << 3 | 2);
+        varint(body.len() as u64);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Fields of structs upstream inlines (VolumeSource into Volume, ...) keep their
+    /// JSON spelling: a protobuf Pod's downwardAPI volume is not lost (it was read as
+    /// `downwardApi`, dropped, and the volume defaulted to an emptyDir).
+    #[test]
+    fn inlined_sources_keep_upstream_json_names() {
+        let selector = [ld(2, b"metadata.name")].concat();
+        let item = [ld(1, b"podname"), ld(2, &selector)].concat();
+        let downward = ld(1, &item);
+        let source = ld(16, &downward);
+        let volume = [ld(1, b"podinfo"), ld(2, &source)].concat();
+        let v = decode_message("k8s.io.api.core.v1.Volume", &volume).expect("decodes");
+        assert_eq!(
+            v,
+            json!({"name": "podinfo", "downwardAPI": {"items": [
+                {"path": "podname", "fieldRef": {"fieldPath": "metadata.name"}}]}})
+        );
+        let scale_io = ld(2, &ld(19, &ld(1, b"gw")));
+        let v =
+            decode_message("k8s.io.api.core.v1.PersistentVolumeSpec", &scale_io).expect("decodes");
+        assert_eq!(v["scaleIO"]["gateway"], "gw", "{v}");
+        // APIService (no OpenAPI definition in k8s-openapi): `insecureSkipTLSVerify`.
+        let spec = [ld(2, b"metrics.k8s.io"), vec![4 << 3, 1]].concat();
+        let v = decode_message(
+            "k8s.io.kube_aggregator.pkg.apis.apiregistration.v1.APIServiceSpec",
+            &spec,
+        )
+        .expect("decodes");
+        assert_eq!(
+            v,
+            json!({"group": "metrics.k8s.io", "insecureSkipTLSVerify": true})
+        );
+    }
 }
