@@ -656,11 +656,21 @@ pub async fn call(
     req: &Request,
     resolve: ServiceResolver<'_>,
 ) -> Result<Response, WebhookError> {
-    let t = target(hook, resolve)?;
     let body = serde_json::to_vec(&admission_review(req)).map_err(|e| WebhookError::Response {
         webhook: hook.name.clone(),
         reason: e.to_string(),
     })?;
+    let bytes = post_to(hook, body, resolve).await?;
+    parse_response(hook, req, &bytes)
+}
+
+/// Posts `body` to `hook` within its timeout; the answer's body when it is a 2xx.
+async fn post_to(
+    hook: &MatchedWebhook,
+    body: Vec<u8>,
+    resolve: ServiceResolver<'_>,
+) -> Result<Bytes, WebhookError> {
+    let t = target(hook, resolve)?;
     let call_err = |reason: String| WebhookError::Call {
         webhook: hook.name.clone(),
         url: t.url.clone(),
@@ -679,7 +689,25 @@ pub async fn call(
             reason: format!("an error on the server (\"{}\") has prevented the request from succeeding (status {status})", text.trim()),
         });
     }
-    parse_response(hook, req, &bytes)
+    Ok(bytes)
+}
+
+/// Posts `body` (a review object: `ConversionReview`, ...) to the webhook with
+/// client config `client_config` (the JSON of a `WebhookClientConfig`: `url` or
+/// `service`, `caBundle`) and returns the answer's body: the transport admission
+/// webhooks use, for the API server's other webhooks (CRD conversion). `name` is the
+/// webhook's name in errors.
+pub async fn post_review(
+    name: &str,
+    client_config: &Value,
+    timeout: Duration,
+    body: Vec<u8>,
+    resolve: ServiceResolver<'_>,
+) -> Result<Bytes, WebhookError> {
+    let mut hook = parse_webhook("", false, &json!({"clientConfig": client_config}));
+    hook.name = name.to_string();
+    hook.timeout = timeout;
+    post_to(&hook, body, resolve).await
 }
 
 // ------------------------------------------------------------- phases

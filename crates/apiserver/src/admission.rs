@@ -331,6 +331,9 @@ impl Plugin for Webhooks {
             .map_err(denied)?;
         if let Some(p) = patched {
             *obj = p;
+            // Upstream decodes a patched object again, which defaults what the webhook
+            // added (an init container without imagePullPolicy, ...).
+            rk3s_validation::apply_defaults(&a.res.group, &a.res.version, &a.res.kind, obj);
         }
         Ok(warnings)
     }
@@ -526,6 +529,103 @@ pub async fn validate(
         warnings.extend(plugin.validate(&a, obj).await?);
     }
     Ok(warnings)
+}
+
+/// Validating admission of a DELETE (`old`: the object being deleted, in the request's
+/// version): the validating webhooks, called as upstream calls them (operation
+/// `DELETE`, `oldObject` set, no `object`), so a webhook can refuse a deletion.
+pub async fn validate_delete(
+    inner: &Inner,
+    res: &ResourceInfo,
+    old: &Value,
+    user: &rk3s_auth::UserInfo,
+    dry_run: bool,
+) -> Result<Vec<String>, ApiError> {
+    let configs = webhook_configs(inner);
+    if configs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let req = request(res, None, "DELETE", None, Some(old), user, dry_run);
+    let labels = namespace_labels(inner, &req.namespace);
+    let resolve = |n: &str, s: &str, p: u16| resolve_service(inner, n, s, p);
+    webhook::run_validating(&configs, &req, labels.as_ref(), &resolve)
+        .await
+        .map_err(denied)
+}
+
+/// Validating admission of a CONNECT (`pods/exec`, `pods/attach`, `pods/portforward`):
+/// the validating webhooks get operation `CONNECT` with the request's options object
+/// (`PodExecOptions`, `PodAttachOptions`, `PodPortForwardOptions`, from the query), as
+/// upstream sends them, so a webhook can refuse `kubectl exec` or `attach`.
+pub async fn validate_connect(
+    inner: &Inner,
+    ns: &str,
+    pod: &str,
+    subresource: &str,
+    raw_query: Option<&str>,
+    user: &rk3s_auth::UserInfo,
+) -> Result<(), ApiError> {
+    let configs = webhook_configs(inner);
+    if configs.is_empty() {
+        return Ok(());
+    }
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw_query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let one = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let flag = |k: &str| one(k).is_some_and(|v| matches!(v, "1" | "true" | "True"));
+    let all = |k: &str| -> Vec<Value> {
+        pairs
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| json!(v))
+            .collect()
+    };
+    let (kind, mut options) = match subresource {
+        "exec" => (
+            "PodExecOptions",
+            json!({"stdin": flag("stdin"), "stdout": flag("stdout"), "stderr": flag("stderr"),
+                "tty": flag("tty"), "command": all("command")}),
+        ),
+        "attach" => (
+            "PodAttachOptions",
+            json!({"stdin": flag("stdin"), "stdout": flag("stdout"), "stderr": flag("stderr"),
+                "tty": flag("tty")}),
+        ),
+        _ => ("PodPortForwardOptions", json!({"ports": all("ports")})),
+    };
+    if let Some(c) = one("container").filter(|c| !c.is_empty()) {
+        options["container"] = json!(c);
+    }
+    options["kind"] = json!(kind);
+    options["apiVersion"] = json!("v1");
+    let req = webhook::Request {
+        uid: object::new_uid(),
+        operation: "CONNECT".into(),
+        group: String::new(),
+        version: "v1".into(),
+        kind: kind.into(),
+        resource: "pods".into(),
+        subresource: subresource.into(),
+        name: pod.into(),
+        namespace: ns.into(),
+        object: Some(options),
+        old_object: None,
+        user: webhook::UserInfo {
+            username: user.name.clone(),
+            uid: user.uid.clone(),
+            groups: user.groups.clone(),
+            extra: user.extra.clone(),
+        },
+        dry_run: false,
+        options: None,
+    };
+    let labels = namespace_labels(inner, ns);
+    let resolve = |n: &str, s: &str, p: u16| resolve_service(inner, n, s, p);
+    webhook::run_validating(&configs, &req, labels.as_ref(), &resolve)
+        .await
+        .map(|_| ())
+        .map_err(denied)
 }
 
 async fn set_quota_used(

@@ -533,6 +533,23 @@ impl ApiServer {
             self.inner
                 .authorize(&crate::authz::resource_attributes(user, &as_create, &query))?;
         }
+        if info.group.is_empty()
+            && info.resource == "pods"
+            && matches!(
+                info.subresource.as_deref(),
+                Some("exec" | "attach" | "portforward")
+            )
+        {
+            crate::admission::validate_connect(
+                &self.inner,
+                info.namespace.as_deref().unwrap_or(""),
+                info.name.as_deref().unwrap_or(""),
+                info.subresource.as_deref().unwrap_or(""),
+                parts.uri.query(),
+                user,
+            )
+            .await?;
+        }
         if let Some(r) =
             crate::local_group::dispatch(&self.inner, &parts.headers, &info, &query, user).await
         {

@@ -1444,6 +1444,18 @@ impl<'a> Call<'a> {
                 )?;
             }
         }
+        let key = self.res.key(self.ns(), &name);
+        if let Some(old) = self.inner.cache.get(&key) {
+            let old = crate::convert::from_storage(&self.res, (*old.object).clone());
+            crate::admission::validate_delete(
+                &self.inner,
+                &self.res,
+                &old,
+                &self.user,
+                options_dry_run(&opts),
+            )
+            .await?;
+        }
         let (code, obj) = self
             .inner
             .delete_object(&self.res, self.ns(), &name, &opts, options_dry_run(&opts))
