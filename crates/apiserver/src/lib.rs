@@ -54,6 +54,7 @@ pub mod cache;
 pub mod componentstatus;
 pub mod convert;
 pub mod crd;
+pub mod crd_conversion;
 pub mod ephemeral;
 pub mod event_ttl;
 pub mod fields;
@@ -76,6 +77,7 @@ pub mod strategy;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod watch;
+pub mod websocket;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -522,6 +522,80 @@ fn no_address(node: &str) -> ApiError {
 /// Serves `GET pods/{name}/log`.
 pub async fn pod_log(
     inner: &Inner,
+    parts: &http::request::Parts,
+    ns: &str,
+    name: &str,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let answer = pod_log_answer(inner, ns, name, query).await?;
+    if !crate::websocket::is_websocket_request(&parts.headers) {
+        return Ok(answer);
+    }
+    log_over_websocket(parts, answer)
+}
+
+/// The log answer streamed over a WebSocket (as upstream serves `pods/log` to clients
+/// that ask for one): 101, then one frame per chunk and a close frame. An error answer
+/// is returned as it is.
+fn log_over_websocket(
+    parts: &http::request::Parts,
+    answer: Response,
+) -> Result<Response, ApiError> {
+    if !answer.status().is_success() {
+        return Ok(answer);
+    }
+    let key = parts
+        .headers
+        .get(http::header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| k.to_str().ok())
+        .ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
+    let (protocol, protocol_name) = crate::websocket::choose_reader_protocol(&parts.headers)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "unable to upgrade: none of the requested WebSocket protocols is supported",
+            )
+        })?;
+    let on_upgrade = parts
+        .extensions
+        .get::<hyper::upgrade::OnUpgrade>()
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request("Upgrade request required"))?;
+    let rx = match answer.into_body() {
+        ResponseBody::Stream(rx) => rx,
+        ResponseBody::Full(b) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            if let Some(b) = b {
+                let _ = tx.try_send(b);
+            }
+            rx
+        }
+    };
+    tokio::spawn(crate::websocket::stream_frames(on_upgrade, protocol, rx));
+    let mut r = http::Response::new(ResponseBody::Full(None));
+    *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&crate::websocket::accept_key(key)) {
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&protocol_name) {
+        if !protocol_name.is_empty() {
+            h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+    Ok(r)
+}
+
+/// The plain HTTP answer of `pods/log`.
+async fn pod_log_answer(
+    inner: &Inner,
     ns: &str,
     name: &str,
     query: &Query,
@@ -1275,7 +1349,7 @@ pub async fn dispatch(
     }
     match (info.group.as_str(), info.resource.as_str(), sub) {
         ("", "pods", "log") => Some(match info.verb.as_str() {
-            "get" => pod_log(inner, ns, name, query).await,
+            "get" => pod_log(inner, parts, ns, name, query).await,
             _ => Err(ApiError::method_not_allowed(
                 "the server does not allow this method on the requested resource",
             )),

@@ -1448,7 +1448,7 @@ impl<'a> Call<'a> {
         if let Some(old) = self.inner.cache.get(&key) {
             let old = crate::convert::from_storage(&self.res, (*old.object).clone());
             crate::admission::validate_delete(
-                &self.inner,
+                self.inner,
                 &self.res,
                 &old,
                 &self.user,

@@ -2,7 +2,7 @@
 //! 18): completed init containers are ready and `Initialized` names the incomplete ones,
 //! the kubelet-managed `/etc/hosts` (pod IP, hostname, FQDN, hostAliases), and
 //! `FallbackToLogsOnError` takes the log's text; `activeDeadlineSeconds` set on a running
-//! pod is enforced (group 19).
+//! pod is enforced (group 19); `pods/log` is served over a WebSocket (group 22).
 //!
 //! Needs root, containerd, runc, busybox-static and the CNI plugins; skips otherwise.
 
@@ -136,5 +136,47 @@ spec:
         });
         assert_eq!(message.trim_end(), "DONE");
         assert!(!message.contains("stdout"), "{message:?}");
+
+        // pods/log over a WebSocket (group 22: upstream's binary.k8s.io reader protocol).
+        let creds = common::http::Creds::from_kubeconfig(&c.kubeconfig, c.port);
+        let mut conn = common::http::Conn::connect(&creds).expect("connect");
+        let raw = conn
+            .get_until_close(
+                "/api/v1/namespaces/default/pods/fallback/log?container=c",
+                "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: binary.k8s.io\r\n",
+            )
+            .expect("websocket log");
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        assert!(
+            head.contains("sec-websocket-protocol: binary.k8s.io"),
+            "{head}"
+        );
+        let (mut text, mut closed, mut i) = (Vec::new(), false, split + 4);
+        while i + 2 <= raw.len() {
+            let opcode = raw[i] & 0x0f;
+            let (len, hdr) = match raw[i + 1] & 0x7f {
+                126 => (usize::from(u16::from_be_bytes([raw[i + 2], raw[i + 3]])), 4),
+                n => (usize::from(n), 2),
+            };
+            let payload = &raw[i + hdr..(i + hdr + len).min(raw.len())];
+            match opcode {
+                2 => text.extend_from_slice(payload),
+                8 => closed = true,
+                other => panic!("unexpected frame opcode {other}"),
+            }
+            i += hdr + len;
+        }
+        assert!(closed, "no close frame");
+        assert_eq!(String::from_utf8_lossy(&text), "DONE");
     });
 }

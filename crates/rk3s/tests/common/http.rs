@@ -93,6 +93,28 @@ impl Conn {
         })
     }
 
+    /// Sends a GET with `extra` header lines (each ending in CRLF) and returns all the
+    /// server sends until it closes the connection (a WebSocket answer: the 101 head,
+    /// then frames).
+    pub fn get_until_close(&mut self, path: &str, extra: &str) -> std::io::Result<Vec<u8>> {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n");
+        let s = self.stream.get_mut();
+        s.write_all(head.as_bytes())?;
+        s.flush()?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                // A peer that closes without close_notify: keep what arrived.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Sends a request; returns (status, body).
     pub fn request(
         &mut self,
