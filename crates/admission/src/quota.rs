@@ -595,22 +595,37 @@ pub fn check(
 
 /// The `status.used` of a quota from all objects of its namespace (for the
 /// quota status controller): every hard resource is present, zero when unused.
-/// `objects` yields `(group, resource, object)`.
+/// `objects` yields `(group, resource, object)`. The quota always counts itself under
+/// `resourcequotas` (as upstream, whose controller computes it once the quota exists),
+/// also when `objects` was read before it was stored (its status computed on create).
 pub fn compute_used<'a>(
     quota: &Value,
     objects: impl Iterator<Item = (&'a str, &'a str, &'a Value)>,
 ) -> BTreeMap<String, String> {
     let hard = hard_of(quota);
     let mut used: Usage = hard.keys().map(|k| (k.clone(), Quantity::ZERO)).collect();
-    for (group, resource, obj) in objects {
+    let mut add = |group: &str, resource: &str, obj: &Value| {
         if !quota_matches(quota, group, resource, obj, &hard) {
-            continue;
+            return;
         }
         for (k, v) in usage(group, resource, obj) {
             if let Some(u) = used.get_mut(&k) {
                 *u = if u.is_zero() { v } else { u.add(&v) };
             }
         }
+    };
+    let mut itself = false;
+    for (group, resource, obj) in objects {
+        if group.is_empty()
+            && resource == "resourcequotas"
+            && object_name(obj) == object_name(quota)
+        {
+            itself = true;
+        }
+        add(group, resource, obj);
+    }
+    if !itself {
+        add("", "resourcequotas", quota);
     }
     used.into_iter().map(|(k, v)| (k, v.to_string())).collect()
 }
@@ -758,6 +773,24 @@ mod tests {
         );
         hp["spec"]["priorityClassName"] = json!("high");
         assert!(check(std::slice::from_ref(&pq), "", "pods", &hp, None).is_err());
+    }
+
+    #[test]
+    fn a_quota_counts_itself_once() {
+        let q = json!({"metadata": {"name": "q", "namespace": "ns"}, "spec": {"hard": {
+            "resourcequotas": "2", "count/resourcequotas": "2"
+        }}});
+        let other = json!({"metadata": {"name": "other", "namespace": "ns"}, "spec": {"hard": {"pods": "1"}}});
+        // Computed on create, before the quota is stored: it still counts itself.
+        let used = compute_used(&q, [("", "resourcequotas", &other)].into_iter());
+        assert_eq!(used["resourcequotas"], "2");
+        assert_eq!(used["count/resourcequotas"], "2");
+        // Listed among the namespace's quotas: not counted twice.
+        let objs = [("", "resourcequotas", &other), ("", "resourcequotas", &q)];
+        let used = compute_used(&q, objs.into_iter());
+        assert_eq!(used["resourcequotas"], "2");
+        let alone = compute_used(&q, std::iter::empty());
+        assert_eq!(alone["resourcequotas"], "1");
     }
 
     #[test]

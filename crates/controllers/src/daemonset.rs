@@ -4,7 +4,9 @@
 //! for its node with a required node affinity on the `metadata.name` field
 //! (`matchFields`) and is bound by the scheduler, not by setting `spec.nodeName`.
 //! RollingUpdate (`maxUnavailable`, `maxSurge`) or OnDelete updates, ControllerRevisions
-//! for template history, and upstream's status counters.
+//! for template history in upstream's encoding ([`crate::workload_util::revision_data`]:
+//! the bytes `kubectl rollout history|undo` and upstream's `daemon.Match` compare, with
+//! the set's annotations), and upstream's status counters.
 //!
 //! The decisions are in the pure [`plan`] and [`compute_status`]; [`run`] applies them.
 
@@ -515,8 +517,16 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Controll
         .as_ref()
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
-    let (rev, collision) =
-        wu::ensure_revision(&revs_api, &owner, labels, &spec.template, collision, &revs).await?;
+    let (rev, collision) = wu::ensure_revision(
+        &revs_api,
+        &owner,
+        labels,
+        ds.metadata.annotations.clone(),
+        &spec.template,
+        collision,
+        &revs,
+    )
+    .await?;
     let hash = rev
         .metadata
         .labels

@@ -5,7 +5,10 @@
 //! owners deleted with `propagationPolicy: Foreground` keep the `foregroundDeletion`
 //! finalizer until their blocking dependents are gone; owners deleted with `Orphan` keep
 //! the `orphan` finalizer until their dependents no longer reference them. The API server
-//! adds those finalizers on DELETE; this controller removes them.
+//! adds those finalizers on DELETE; this controller removes them. An ownerReference cycle
+//! under foreground deletion resolves as upstream's: a dependent whose owner waits for its
+//! dependents and that has a dependent waiting for its own dependents first makes its
+//! blocking references non-blocking, then is deleted in the foreground.
 //!
 //! Resources the other controllers already watch through [`SharedInformers`] (pods,
 //! ReplicaSets, Jobs, ControllerRevisions, ... see [`shared_resource`]) feed the graph from
@@ -72,13 +75,19 @@ pub enum DependentAction {
     RemoveOwners(Vec<String>),
     /// Delete it with this propagation policy.
     Delete(PropagationPolicy),
+    /// Make its blocking owner references non-blocking, then delete it in the foreground:
+    /// an owner and one of its own dependents are both waiting for their dependents, so
+    /// they may wait on each other in a cycle (upstream's cycle breaking).
+    UnblockThenDeleteForeground,
 }
 
 /// Upstream's `attemptToDeleteItem` decision for an object given the state of each of
-/// its owners, whether it has dependents itself, and its finalizers.
+/// its owners, whether it has dependents itself (and whether one of them is itself
+/// waiting for its dependents, `dependent_waiting`), and its finalizers.
 pub fn decide_dependent(
     owners: &[(OwnerReference, OwnerState)],
     has_dependents: bool,
+    dependent_waiting: bool,
     finalizers: &[String],
 ) -> DependentAction {
     if owners.is_empty() {
@@ -105,6 +114,9 @@ pub fn decide_dependent(
         return DependentAction::RemoveOwners(remove);
     }
     if !waiting.is_empty() && has_dependents {
+        if dependent_waiting {
+            return DependentAction::UnblockThenDeleteForeground;
+        }
         return DependentAction::Delete(PropagationPolicy::Foreground);
     }
     let policy = if finalizers.iter().any(|f| f == ORPHAN_FINALIZER) {
@@ -196,6 +208,22 @@ impl Graph {
             for r in &o.owners {
                 if let Some(s) = self.dependents.get_mut(&r.uid) {
                     s.remove(&uid);
+                }
+                // A blocking reference removed or made non-blocking: an owner waiting
+                // for its dependents may be free now (upstream's
+                // addUnblockedOwnersToDeleteQueue).
+                let still_blocks = node
+                    .owners
+                    .iter()
+                    .any(|n| n.uid == r.uid && n.block_owner_deletion == Some(true));
+                if r.block_owner_deletion == Some(true)
+                    && !still_blocks
+                    && self
+                        .nodes
+                        .get(&r.uid)
+                        .is_some_and(|n| n.deleting_dependents())
+                {
+                    out.push(r.uid.clone());
                 }
             }
         }
@@ -523,8 +551,28 @@ impl Gc {
                 self.owner_state(r, node.namespace.as_deref()).await?,
             ));
         }
-        match decide_dependent(&states, !dependents.is_empty(), &node.finalizers) {
+        let dependent_waiting = self.graph.lock().is_ok_and(|g| {
+            dependents
+                .iter()
+                .any(|d| g.nodes.get(d).is_some_and(|n| n.deleting_dependents()))
+        });
+        match decide_dependent(
+            &states,
+            !dependents.is_empty(),
+            dependent_waiting,
+            &node.finalizers,
+        ) {
             DependentAction::Keep => Ok(()),
+            DependentAction::UnblockThenDeleteForeground => {
+                if node.deleting {
+                    return Ok(());
+                }
+                tracing::debug!(kind = %ar.kind, name = %node.name,
+                    "garbage collector: a dependent waits for its own dependents, unblocking owner references to break a possible cycle");
+                self.unblock_owner_refs(&api, &node.name, uid).await?;
+                self.delete_object(&api, &ar, &node.name, uid, PropagationPolicy::Foreground)
+                    .await
+            }
             DependentAction::RemoveOwners(uids) => {
                 self.remove_owner_refs(&api, &node.name, uid, &uids).await
             }
@@ -532,23 +580,71 @@ impl Gc {
                 if node.deleting {
                     return Ok(());
                 }
-                tracing::debug!(kind = %ar.kind, name = %node.name, "garbage collector: deleting");
-                let dp = DeleteParams {
-                    propagation_policy: Some(policy),
-                    preconditions: Some(Preconditions {
-                        uid: Some(uid.to_string()),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                match api.delete(&node.name, &dp).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
+                self.delete_object(&api, &ar, &node.name, uid, policy).await
             }
         }
     }
+
+    /// Deletes an object (only the one of `uid`) with a propagation policy.
+    async fn delete_object(
+        &self,
+        api: &Api<DynamicObject>,
+        ar: &ApiResource,
+        name: &str,
+        uid: &str,
+        policy: PropagationPolicy,
+    ) -> Result<(), ControllerError> {
+        tracing::debug!(kind = %ar.kind, name = %name, "garbage collector: deleting");
+        let dp = DeleteParams {
+            propagation_policy: Some(policy),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sets `blockOwnerDeletion: false` on every blocking owner reference of an object.
+    async fn unblock_owner_refs(
+        &self,
+        api: &Api<DynamicObject>,
+        name: &str,
+        uid: &str,
+    ) -> Result<(), ControllerError> {
+        self.patch_meta_list(api, name, "/metadata/ownerReferences", |m| {
+            if m.uid.as_deref() != Some(uid) {
+                return None;
+            }
+            unblocked(m.owner_references.as_deref().unwrap_or_default())
+                .map(|refs| serde_json::json!(refs))
+        })
+        .await
+    }
+}
+
+/// The owner references with every `blockOwnerDeletion: true` made false, or None when
+/// none blocks.
+pub fn unblocked(refs: &[OwnerReference]) -> Option<Vec<OwnerReference>> {
+    if !refs.iter().any(|r| r.block_owner_deletion == Some(true)) {
+        return None;
+    }
+    Some(
+        refs.iter()
+            .map(|r| {
+                let mut r = r.clone();
+                if r.block_owner_deletion == Some(true) {
+                    r.block_owner_deletion = Some(false);
+                }
+                r
+            })
+            .collect(),
+    )
 }
 
 fn node_of(res: usize, m: &ObjectMeta) -> Option<(String, Node)> {
@@ -806,7 +902,7 @@ mod tests {
     fn background_collects_when_all_owners_gone() {
         let owners = [(oref("a", true), OwnerState::Dangling)];
         assert_eq!(
-            decide_dependent(&owners, false, &[]),
+            decide_dependent(&owners, false, false, &[]),
             DependentAction::Delete(PropagationPolicy::Background)
         );
         let mixed = [
@@ -814,27 +910,33 @@ mod tests {
             (oref("b", false), OwnerState::Solid),
         ];
         assert_eq!(
-            decide_dependent(&mixed, false, &[]),
+            decide_dependent(&mixed, false, false, &[]),
             DependentAction::RemoveOwners(vec!["a".into()])
         );
         let solid = [(oref("b", false), OwnerState::Solid)];
-        assert_eq!(decide_dependent(&solid, false, &[]), DependentAction::Keep);
-        assert_eq!(decide_dependent(&[], false, &[]), DependentAction::Keep);
+        assert_eq!(
+            decide_dependent(&solid, false, false, &[]),
+            DependentAction::Keep
+        );
+        assert_eq!(
+            decide_dependent(&[], false, false, &[]),
+            DependentAction::Keep
+        );
     }
 
     #[test]
     fn foreground_owner_deletes_dependents_in_foreground_when_they_have_dependents() {
         let waiting = [(oref("d", true), OwnerState::Waiting)];
         assert_eq!(
-            decide_dependent(&waiting, true, &[]),
+            decide_dependent(&waiting, true, false, &[]),
             DependentAction::Delete(PropagationPolicy::Foreground)
         );
         assert_eq!(
-            decide_dependent(&waiting, false, &[]),
+            decide_dependent(&waiting, false, false, &[]),
             DependentAction::Delete(PropagationPolicy::Background)
         );
         assert_eq!(
-            decide_dependent(&waiting, false, &[ORPHAN_FINALIZER.into()]),
+            decide_dependent(&waiting, false, false, &[ORPHAN_FINALIZER.into()]),
             DependentAction::Delete(PropagationPolicy::Orphan)
         );
     }
@@ -957,5 +1059,46 @@ mod tests {
         assert_eq!(g.remove("p"), vec!["rs".to_string()]);
         // Owner gone: its (no longer present) dependents are none.
         assert!(g.remove("rs").is_empty());
+    }
+
+    #[test]
+    fn a_dependent_waiting_on_its_own_dependents_is_unblocked_then_deleted() {
+        // A owns B, B owns A (a cycle); A is deleted in the foreground, so B's owner is
+        // waiting and B's dependent (A) waits for its dependents too.
+        let waiting = [(oref("a", true), OwnerState::Waiting)];
+        assert_eq!(
+            decide_dependent(&waiting, true, true, &[]),
+            DependentAction::UnblockThenDeleteForeground
+        );
+        let refs = vec![oref("a", true), oref("b", false)];
+        let un = unblocked(&refs).expect("a blocking reference");
+        assert!(un.iter().all(|r| r.block_owner_deletion == Some(false)));
+        assert_eq!(un.len(), 2);
+        assert_eq!(unblocked(&un), None);
+    }
+
+    #[test]
+    fn an_unblocked_reference_wakes_the_waiting_owner() {
+        let mut g = Graph::default();
+        let node = |owners: Vec<OwnerReference>, deleting: bool| Node {
+            res: 0,
+            namespace: Some("ns".into()),
+            name: "x".into(),
+            owners,
+            deleting,
+            finalizers: if deleting {
+                vec![FOREGROUND_FINALIZER.into()]
+            } else {
+                vec![]
+            },
+        };
+        g.upsert("a".into(), node(vec![], true));
+        g.upsert("b".into(), node(vec![oref("a", true)], false));
+        // B's reference to A no longer blocks: A (waiting for its dependents) is woken.
+        let todo = g.upsert("b".into(), node(vec![oref("a", false)], false));
+        assert!(todo.contains(&"a".to_string()), "{todo:?}");
+        // A non-blocking reference changing again wakes nobody but B itself.
+        let todo = g.upsert("b".into(), node(vec![oref("a", false)], true));
+        assert!(!todo.contains(&"a".to_string()), "{todo:?}");
     }
 }

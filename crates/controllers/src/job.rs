@@ -4,6 +4,10 @@
 //! `activeDeadlineSeconds`, `podFailurePolicy`, `suspend`, and finalizer-based tracking
 //! (`batch.kubernetes.io/job-tracking` on every pod, terminated pods recorded in
 //! `status.uncountedTerminatedPods` before their finalizer is removed and they are counted).
+//! Like the ReplicaSet controller (one implementation, [`crate::podutil::PodClaimer`]) it
+//! adopts orphan pods its selector matches and releases its pods that no longer match,
+//! adding and removing the tracking finalizer with the owner reference; a pod whose Job is
+//! gone or finished, or that no Job controls, never keeps the finalizer.
 //!
 //! The decisions are in the pure [`plan`]; [`run`] applies them.
 
@@ -22,10 +26,11 @@ use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
-use rk3s_runtime::{for_objects, run_controller, Action, Trigger, WorkQueue};
+use rk3s_runtime::{for_objects, run_controller, Action, Change, Trigger, WorkQueue};
 
 use crate::expectations::{Expectations, MetaOf};
-use crate::informers::{OwnedCache, OwnedMatching};
+use crate::informers::{Index, OwnedCache};
+use crate::podutil;
 use crate::workload_util::{self as wu, Events, PlannedEvent};
 use crate::ControllerError;
 
@@ -743,6 +748,8 @@ struct Ctx {
     events: Events,
     /// Pods from the shared informer, by controller.
     pods: OwnedCache<Pod>,
+    /// Pods without a controller, by namespace (orphans a Job may adopt).
+    orphans: Arc<Index<Pod>>,
     /// The shared Job store.
     jobs: Store<Job>,
     /// Pod creations, deletions and finalizer removals not yet seen in `pods`.
@@ -765,7 +772,30 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
         return Ok(Action::requeue(left + Duration::from_millis(100)));
     }
     let uid = job.metadata.uid.clone().unwrap_or_default();
-    let pods = ctx.pods.owned_matching(&uid, &ns, &job_selector(&job));
+    // Adopt matching orphans and release pods that no longer match (upstream's
+    // ClaimPods with the tracking finalizer); a finished Job changes no ownership.
+    let selector = job_selector(&job);
+    let candidates = ctx
+        .pods
+        .by_owner
+        .get(&uid)
+        .into_iter()
+        .chain(ctx.orphans.get(&ns))
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()));
+    let mut pods: Vec<Pod> = podutil::PodClaimer {
+        owner: &job.metadata,
+        api_version: "batch/v1",
+        kind: "Job",
+        selector: &selector,
+        finalizers: &[TRACKING_FINALIZER],
+        may_change: !is_finished(&job),
+    }
+    .claim(&pods_api, candidates)
+    .await?
+    .into_iter()
+    .map(|p| (*p).clone())
+    .collect();
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let now = Timestamp::now();
     let p = plan(&job, &pods, now);
     let oref = job.object_ref(&());
@@ -863,18 +893,29 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, ControllerErr
     })
 }
 
-/// Whether a pod keeps the tracking finalizer although its Job is gone (or replaced by
-/// another of the same name): then nobody else would ever remove it.
+/// Whether a pod keeps the tracking finalizer although no live Job tracks it: it has no
+/// controller (released, or orphaned), or its Job is gone, replaced by another of the
+/// same name or finished (upstream's `syncOrphanPod`). A pod controlled by something
+/// other than a batch/v1 Job keeps it (not ours to touch).
 pub fn orphaned_tracking(pod: &Pod, job: Option<&Job>) -> bool {
     let has = pod
         .metadata
         .finalizers
         .as_ref()
         .is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER));
-    let Some(owner) = wu::controller_of(&pod.metadata).filter(|o| o.kind == "Job") else {
-        return has;
+    if !has {
+        return false;
+    }
+    let Some(owner) = wu::controller_of(&pod.metadata) else {
+        return true;
     };
-    has && job.is_none_or(|j| j.metadata.uid.as_deref() != Some(owner.uid.as_str()))
+    if owner.kind != "Job" || owner.api_version != "batch/v1" {
+        return false;
+    }
+    match job {
+        Some(j) if j.metadata.uid.as_deref() == Some(owner.uid.as_str()) => is_finished(j),
+        _ => true,
+    }
 }
 
 async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
@@ -890,6 +931,31 @@ async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, Controlle
     Ok(Action::await_change())
 }
 
+/// The Jobs a pod change concerns: its controlling Job, or for an orphan every Job of its
+/// namespace whose selector matches it.
+pub fn jobs_of_pod(pod: &Pod, jobs: &Store<Job>) -> Vec<ObjectRef<Job>> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    match wu::controller_of(&pod.metadata) {
+        Some(r) if r.kind == "Job" && r.api_version == "batch/v1" => {
+            vec![ObjectRef::new(&r.name).within(&ns)]
+        }
+        Some(_) => Vec::new(),
+        None => {
+            let none = BTreeMap::new();
+            let labels = pod.metadata.labels.as_ref().unwrap_or(&none);
+            jobs.state()
+                .iter()
+                .filter(|j| j.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .filter(|j| {
+                    let sel = job_selector(j);
+                    !podutil::selector_is_empty(&sel) && podutil::selector_matches(&sel, labels)
+                })
+                .map(|j| ObjectRef::from_obj(&**j))
+                .collect()
+        }
+    }
+}
+
 /// Runs the Job controller until the watch ends (plus a pod watch that releases the
 /// tracking finalizer of pods whose Job was deleted).
 pub async fn run(
@@ -899,14 +965,18 @@ pub async fn run(
     // Subscribe before reading the stores: no change after the first list is missed.
     let job_changes = informers.subscribe::<Job>();
     let pod_changes = informers.subscribe::<Pod>();
-    let orphan_changes = informers.subscribe::<Pod>();
+    let orphan_changes = informers.subscribe_all::<Pod>();
     let jobs = informers.store::<Job>().await;
     let pods = informers.owned_cache::<Pod>().await;
+    let orphans = informers
+        .index::<Pod>(crate::informers::orphans_by_namespace)
+        .await;
     let expectations = Expectations::new();
     let ctx = Arc::new(Ctx {
         events: Events::new(client.clone(), "job-controller"),
         client,
         pods: pods.clone(),
+        orphans,
         jobs: jobs.clone(),
         expectations: expectations.clone(),
     });
@@ -929,9 +999,12 @@ pub async fn run(
             }
         }
     });
+    // A pod queues its Job; an orphan queues every Job whose selector matches it (to
+    // be adopted).
+    let job_store = jobs.clone();
     let triggers = vec![
         Trigger::for_each(job_changes),
-        Trigger::owners(pod_changes),
+        Trigger::map(pod_changes, move |p: Arc<Pod>| jobs_of_pod(&p, &job_store)),
         Trigger::all_in(&jobs),
     ];
     let main = run_controller(
@@ -941,26 +1014,41 @@ pub async fn run(
         triggers,
         for_objects(jobs, ctx.clone(), reconcile),
     );
-    // Pods of Jobs only (upstream's label selector on the orphan watch), and only those
-    // still holding the tracking finalizer.
+    // Pods still holding the tracking finalizer (a released pod may have lost every
+    // label, so no label narrows this).
     let job_pods = orphan_changes.filter(|p| {
         let tracked = p
             .metadata
-            .labels
-            .as_ref()
-            .is_some_and(|l| l.contains_key(JOB_NAME_LABEL))
-            && p.metadata
-                .finalizers
-                .iter()
-                .flatten()
-                .any(|f| f == TRACKING_FINALIZER);
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == TRACKING_FINALIZER);
         futures_util::future::ready(tracked)
+    });
+    // A Job gone (or finished) looks at its pods again: their own changes may have come
+    // while the Job was still cached.
+    let by_owner = pods.by_owner.clone();
+    let job_gone = Trigger::on_change::<Job, _, _>(&informers, move |c: &Change<Job>| {
+        let job = match c {
+            Change::Deleted(j) => Some(j),
+            Change::Applied(j) if is_finished(j) => Some(j),
+            _ => None,
+        };
+        job.and_then(|j| j.metadata.uid.clone())
+            .map(|uid| {
+                by_owner
+                    .get(&uid)
+                    .iter()
+                    .map(|p| ObjectRef::from_obj(&**p))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
     });
     let orphans = run_controller(
         "job-orphan-pods",
         2,
         WorkQueue::new(),
-        vec![Trigger::for_each(job_pods)],
+        vec![Trigger::for_each(job_pods), job_gone],
         for_objects(pods.store.clone(), ctx, reconcile_pod),
     );
     futures_util::future::join(main, orphans).await;
@@ -1454,6 +1542,27 @@ mod tests {
         let mut released = p.clone();
         released.metadata.finalizers = Some(vec![]);
         assert!(!orphaned_tracking(&released, None));
+        // A released pod (no controller) and a pod of a finished Job let go of it too;
+        // a pod controlled by something else keeps it.
+        let mut orphan = p.clone();
+        orphan.metadata.owner_references = None;
+        assert!(orphaned_tracking(&orphan, None));
+        let mut done = j.clone();
+        done.status = Some(JobStatus {
+            conditions: Some(vec![JobCondition {
+                type_: "Complete".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert!(orphaned_tracking(&p, Some(&done)));
+        let mut foreign = p.clone();
+        if let Some(r) = foreign.metadata.owner_references.as_mut() {
+            r[0].kind = "ReplicaSet".into();
+            r[0].api_version = "apps/v1".into();
+        }
+        assert!(!orphaned_tracking(&foreign, None));
         // A Job being deleted releases its pods.
         let mut deleting = j.clone();
         deleting.metadata.deletion_timestamp = Some(Time(ts(0)));
@@ -1461,6 +1570,25 @@ mod tests {
             plan(&deleting, &[p], ts(1)).remove_finalizer,
             vec!["a".to_string()]
         );
+    }
+
+    #[test]
+    fn orphan_pods_queue_the_jobs_that_match_them() {
+        let (writer_store, mut writer) = {
+            let w = kube::runtime::reflector::store::Writer::<Job>::default();
+            (w.as_reader(), w)
+        };
+        let mut j = job(Some(1), 1);
+        j.spec.as_mut().expect("spec").selector = Some(job_selector(&j));
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(j.clone()));
+        let p = pod("a", "Running", 0);
+        let want = vec![ObjectRef::new("pi").within("default")];
+        assert_eq!(jobs_of_pod(&p, &writer_store), want, "its controller");
+        let mut orphan = p.clone();
+        orphan.metadata.owner_references = None;
+        assert_eq!(jobs_of_pod(&orphan, &writer_store), want, "a matching Job");
+        orphan.metadata.labels = None;
+        assert!(jobs_of_pod(&orphan, &writer_store).is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 
 /// Annotation with a pod's deletion cost (lower is deleted first).
 pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -89,6 +89,184 @@ pub fn controller_ref(owner: &ObjectMeta, api_version: &str, kind: &str) -> Owne
         uid: owner.uid.clone().unwrap_or_default(),
         controller: Some(true),
         block_owner_deletion: Some(true),
+    }
+}
+
+/// What [`PodClaimer::step`] does with one candidate pod (upstream's `ClaimObject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimStep {
+    /// Ours and matching: keep it.
+    Keep,
+    /// An orphan the selector matches: take it (add our controller reference).
+    Adopt,
+    /// Ours but no longer matching: let it go (drop our controller reference).
+    Release,
+    /// Not ours, or nothing may change now.
+    Ignore,
+}
+
+/// A controller claiming pods as upstream's `PodControllerRefManager`: adopts orphans
+/// its selector matches and releases its pods the selector no longer matches. The one
+/// implementation for ReplicaSets, ReplicationControllers and Jobs.
+pub struct PodClaimer<'a> {
+    /// The owner's metadata (name, uid, deletionTimestamp).
+    pub owner: &'a ObjectMeta,
+    /// The owner's apiVersion, e.g. `apps/v1`.
+    pub api_version: &'a str,
+    /// The owner's kind, e.g. `ReplicaSet`.
+    pub kind: &'a str,
+    /// The owner's pod selector.
+    pub selector: &'a LabelSelector,
+    /// Finalizers added on adoption and removed on release (the Job's tracking
+    /// finalizer; none for ReplicaSets).
+    pub finalizers: &'a [&'a str],
+    /// False when nothing may be adopted or released (e.g. a finished Job); an owner
+    /// being deleted never adopts or releases either.
+    pub may_change: bool,
+}
+
+/// The tests a claim patch starts with: the pod's uid, and its resourceVersion (the
+/// patch carries lists computed from this copy; a changed pod fails the test and its
+/// change queues the owner again).
+fn guards(pod: &Pod) -> Vec<serde_json::Value> {
+    let mut ops =
+        vec![serde_json::json!({"op": "test", "path": "/metadata/uid", "value": pod.metadata.uid})];
+    if let Some(rv) = &pod.metadata.resource_version {
+        ops.push(
+            serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}),
+        );
+    }
+    ops
+}
+
+impl PodClaimer<'_> {
+    fn frozen(&self) -> bool {
+        !self.may_change || self.owner.deletion_timestamp.is_some()
+    }
+
+    /// The decision for one pod.
+    pub fn step(&self, pod: &Pod) -> ClaimStep {
+        let uid = self.owner.uid.as_deref().unwrap_or_default();
+        let none = std::collections::BTreeMap::new();
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&none);
+        let matches = selector_matches(self.selector, labels);
+        match controller_of(&pod.metadata) {
+            Some(r) if r.uid == uid => {
+                if matches {
+                    ClaimStep::Keep
+                } else if self.frozen() {
+                    ClaimStep::Ignore
+                } else {
+                    ClaimStep::Release
+                }
+            }
+            Some(_) => ClaimStep::Ignore,
+            None => {
+                if matches
+                    && !self.frozen()
+                    && pod.metadata.deletion_timestamp.is_none()
+                    && !selector_is_empty(self.selector)
+                {
+                    ClaimStep::Adopt
+                } else {
+                    ClaimStep::Ignore
+                }
+            }
+        }
+    }
+
+    /// The JSON patch that adopts `pod` (guarded by its uid): our controller reference
+    /// and finalizers added.
+    pub fn adopt_patch(&self, pod: &Pod) -> serde_json::Value {
+        let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+        refs.push(controller_ref(self.owner, self.api_version, self.kind));
+        let mut ops = guards(pod);
+        ops.push(
+            serde_json::json!({"op": "add", "path": "/metadata/ownerReferences", "value": refs}),
+        );
+        let mut fins = pod.metadata.finalizers.clone().unwrap_or_default();
+        let before = fins.len();
+        for f in self.finalizers {
+            if !fins.iter().any(|x| x == f) {
+                fins.push(f.to_string());
+            }
+        }
+        if fins.len() != before {
+            ops.push(
+                serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": fins}),
+            );
+        }
+        serde_json::Value::Array(ops)
+    }
+
+    /// The JSON patch that releases `pod` (guarded by its uid): our references and
+    /// finalizers removed.
+    pub fn release_patch(&self, pod: &Pod) -> serde_json::Value {
+        let uid = self.owner.uid.as_deref().unwrap_or_default();
+        let refs: Vec<&OwnerReference> = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|r| r.uid != uid)
+            .collect();
+        let mut ops = guards(pod);
+        ops.push(
+            serde_json::json!({"op": "replace", "path": "/metadata/ownerReferences", "value": refs}),
+        );
+        let fins = pod.metadata.finalizers.clone().unwrap_or_default();
+        let kept: Vec<&String> = fins
+            .iter()
+            .filter(|f| !self.finalizers.contains(&f.as_str()))
+            .collect();
+        if kept.len() != fins.len() {
+            ops.push(
+                serde_json::json!({"op": "replace", "path": "/metadata/finalizers", "value": kept}),
+            );
+        }
+        serde_json::Value::Array(ops)
+    }
+
+    /// Claims `candidates` (the owner's pods and the namespace's orphans) through `api`:
+    /// adopts and releases as [`Self::step`] decides; returns the pods it owns
+    /// afterwards (adopted ones as the API server returned them). A pod gone or changed
+    /// meanwhile (404, failed uid test) is skipped: its change queues the owner again.
+    pub async fn claim(
+        &self,
+        api: &kube::Api<Pod>,
+        candidates: impl IntoIterator<Item = std::sync::Arc<Pod>>,
+    ) -> Result<Vec<std::sync::Arc<Pod>>, crate::ControllerError> {
+        let mut owned = Vec::new();
+        for pod in candidates {
+            let patch = match self.step(&pod) {
+                ClaimStep::Keep => {
+                    owned.push(pod);
+                    continue;
+                }
+                ClaimStep::Ignore => continue,
+                ClaimStep::Adopt => self.adopt_patch(&pod),
+                ClaimStep::Release => self.release_patch(&pod),
+            };
+            let adopt = self.step(&pod) == ClaimStep::Adopt;
+            let patch = serde_json::from_value(patch)
+                .map_err(|e| crate::ControllerError::Watch(e.to_string()))?;
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            tracing::debug!(kind = self.kind, owner = ?self.owner.name, pod = %name, adopt, "claiming pod");
+            match api
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Json::<()>(patch),
+                )
+                .await
+            {
+                Ok(p) if adopt => owned.push(std::sync::Arc::new(p)),
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(owned)
     }
 }
 
@@ -315,5 +493,66 @@ mod tests {
             controller_of(&p.metadata).map(|o| o.uid.as_str()),
             Some("u1")
         );
+    }
+
+    #[test]
+    fn claimer_adopts_matching_orphans_and_releases_non_matching_pods() {
+        let owner = ObjectMeta {
+            name: Some("j".into()),
+            uid: Some("u1".into()),
+            ..Default::default()
+        };
+        let sel = LabelSelector {
+            match_labels: Some(labels(&[("app", "web")])),
+            match_expressions: None,
+        };
+        let claimer = PodClaimer {
+            owner: &owner,
+            api_version: "batch/v1",
+            kind: "Job",
+            selector: &sel,
+            finalizers: &["batch.kubernetes.io/job-tracking"],
+            may_change: true,
+        };
+        let mut orphan = Pod::default();
+        orphan.metadata.uid = Some("p1".into());
+        orphan.metadata.resource_version = Some("7".into());
+        orphan.metadata.labels = Some(labels(&[("app", "web")]));
+        assert_eq!(claimer.step(&orphan), ClaimStep::Adopt);
+        let adopt = claimer.adopt_patch(&orphan);
+        assert_eq!(
+            adopt[1],
+            serde_json::json!({"op": "test", "path": "/metadata/resourceVersion", "value": "7"})
+        );
+        assert_eq!(adopt[2]["value"][0]["uid"], "u1");
+        assert_eq!(adopt[2]["value"][0]["controller"], true);
+        assert_eq!(
+            adopt[3]["value"],
+            serde_json::json!(["batch.kubernetes.io/job-tracking"])
+        );
+        let mut owned = orphan.clone();
+        owned.metadata.owner_references = Some(vec![controller_ref(&owner, "batch/v1", "Job")]);
+        owned.metadata.finalizers = Some(vec![
+            "batch.kubernetes.io/job-tracking".into(),
+            "other".into(),
+        ]);
+        assert_eq!(claimer.step(&owned), ClaimStep::Keep);
+        owned.metadata.labels = None;
+        assert_eq!(claimer.step(&owned), ClaimStep::Release);
+        let release = claimer.release_patch(&owned);
+        assert_eq!(release[2]["value"], serde_json::json!([]));
+        assert_eq!(release[3]["value"], serde_json::json!(["other"]));
+        // Another controller's pod, a deleting orphan, a frozen owner: nothing changes.
+        let mut foreign = orphan.clone();
+        let mut other = controller_ref(&owner, "apps/v1", "ReplicaSet");
+        other.uid = "u2".into();
+        foreign.metadata.owner_references = Some(vec![other]);
+        assert_eq!(claimer.step(&foreign), ClaimStep::Ignore);
+        let frozen = PodClaimer {
+            may_change: false,
+            ..claimer
+        };
+        assert_eq!(frozen.step(&orphan), ClaimStep::Ignore);
+        assert_eq!(frozen.step(&owned), ClaimStep::Ignore);
     }
 }

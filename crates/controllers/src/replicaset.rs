@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::{
     Pod, PodTemplateSpec, ReplicationController, ReplicationControllerCondition,
     ReplicationControllerStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use rk3s_runtime::events::{EventRecorder, EventType};
@@ -380,90 +380,24 @@ async fn claim_pods<K: ReplicaOwner>(
     ns: &str,
 ) -> Result<Vec<Arc<Pod>>, ControllerError> {
     let uid = owner.meta().uid.clone().unwrap_or_default();
-    let deleting = owner.meta().deletion_timestamp.is_some();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let mut owned = Vec::new();
     // Only our own pods and the namespace's orphans can be ours (no scan of every pod).
     let candidates = ctx
         .by_owner
         .get(&uid)
         .into_iter()
-        .chain(ctx.orphans.get(ns));
-    for pod in candidates.filter(|p| p.metadata.namespace.as_deref() == Some(ns)) {
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let matches = podutil::selector_matches(sel, &labels);
-        match podutil::controller_of(&pod.metadata) {
-            Some(r) if r.uid == uid => {
-                if matches {
-                    owned.push(pod);
-                } else if !deleting {
-                    // Release: drop our controller reference.
-                    let refs: Vec<&OwnerReference> = pod
-                        .metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .filter(|r| r.uid != uid)
-                        .collect();
-                    let patch = serde_json::json!([
-                        {"op": "test", "path": "/metadata/uid", "value": pod.metadata.uid},
-                        {"op": "replace", "path": "/metadata/ownerReferences", "value": refs},
-                    ]);
-                    match api
-                        .patch(
-                            &pod.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Json::<()>(
-                                serde_json::from_value(patch)
-                                    .map_err(|e| ControllerError::Watch(e.to_string()))?,
-                            ),
-                        )
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-            Some(_) => {}
-            None => {
-                if matches
-                    && !deleting
-                    && pod.metadata.deletion_timestamp.is_none()
-                    && !podutil::selector_is_empty(sel)
-                {
-                    let mut refs: Vec<OwnerReference> =
-                        pod.metadata.owner_references.clone().unwrap_or_default();
-                    refs.push(podutil::controller_ref(
-                        owner.meta(),
-                        K::API_VERSION,
-                        K::KIND,
-                    ));
-                    let patch = serde_json::json!([
-                        {"op": "test", "path": "/metadata/uid", "value": pod.metadata.uid},
-                        {"op": "add", "path": "/metadata/ownerReferences", "value": refs},
-                    ]);
-                    match api
-                        .patch(
-                            &pod.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Json::<()>(
-                                serde_json::from_value(patch)
-                                    .map_err(|e| ControllerError::Watch(e.to_string()))?,
-                            ),
-                        )
-                        .await
-                    {
-                        Ok(p) => owned.push(Arc::new(p)),
-                        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-        }
+        .chain(ctx.orphans.get(ns))
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns));
+    podutil::PodClaimer {
+        owner: owner.meta(),
+        api_version: K::API_VERSION,
+        kind: K::KIND,
+        selector: sel,
+        finalizers: &[],
+        may_change: true,
     }
-    Ok(owned)
+    .claim(&api, candidates)
+    .await
 }
 
 async fn reconcile<K: ReplicaOwner>(

@@ -4,8 +4,12 @@
 //!
 //! A namespace is recomputed when one of its quotas changes, when an object of a kind
 //! the quota evaluators track (pods, services, persistentvolumeclaims, configmaps,
-//! secrets, replicationcontrollers) changes or is deleted in it, and every
-//! [`RESYNC_PERIOD`] (which also catches `count/<resource>.<group>` of other kinds).
+//! secrets, replicationcontrollers) or of a workload kind the controller manager watches
+//! anyway ([`WATCHED_COUNTS`]: ReplicaSets, Deployments, StatefulSets, DaemonSets, Jobs,
+//! CronJobs) is deleted or changes in a way that releases usage there ([`Replenishment`],
+//! upstream's replenishment: creations are charged by admission), every [`COUNT_PERIOD`] when one of its quotas
+//! counts another kind (`count/<resource>.<group>`: usage released soon after a delete,
+//! as upstream's replenishment), and every [`RESYNC_PERIOD`].
 //! The API server's ResourceQuota admission still charges usage at write time; this
 //! controller is what releases it after deletes and repairs any drift.
 //!
@@ -15,6 +19,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, ReplicationController, ResourceQuota, Secret, Service,
 };
@@ -32,6 +38,27 @@ use crate::ControllerError;
 
 /// How often every namespace with quotas is recomputed (upstream's default resync).
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(300);
+
+/// How often a namespace is recomputed whose quotas count a kind no trigger follows.
+pub const COUNT_PERIOD: Duration = Duration::from_secs(10);
+
+/// The `(group, plural)` of the kinds besides [`CORE`] whose changes queue their
+/// namespace (the workload kinds the controller manager's informers hold anyway).
+pub const WATCHED_COUNTS: [(&str, &str); 6] = [
+    ("apps", "replicasets"),
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+    ("batch", "jobs"),
+    ("batch", "cronjobs"),
+];
+
+/// Whether some quota in `quotas` counts a kind that no trigger follows.
+pub fn counts_unwatched(quotas: &[Value]) -> bool {
+    extra_counted(quotas)
+        .iter()
+        .any(|(g, p)| !WATCHED_COUNTS.contains(&(g.as_str(), p.as_str())))
+}
 
 /// The resources (`""` group) whose objects the controller lists for every namespace.
 const CORE: [&str; 7] = [
@@ -189,18 +216,112 @@ async fn reconcile(ns: String, ctx: Arc<Ctx>) -> Result<Action, ControllerError>
     Ok(Action::await_change())
 }
 
-/// A trigger queuing the namespace of every changed (or deleted) object of `K`, when a
-/// quota exists there.
-fn namespace_of<K: InformerResource>(
+/// What of an object can release quota usage when it changes (upstream's replenishment
+/// update filter): a pod's phase (terminal pods count no compute), a Service's type, a
+/// claim's requested storage; nothing for other kinds (only their deletion does).
+pub trait UsageClass {
+    /// The value whose change may release usage.
+    fn usage_class(&self) -> String {
+        String::new()
+    }
+}
+
+impl UsageClass for Pod {
+    fn usage_class(&self) -> String {
+        let phase = self.status.as_ref().and_then(|s| s.phase.as_deref());
+        matches!(phase, Some("Succeeded" | "Failed")).to_string()
+    }
+}
+
+impl UsageClass for Service {
+    fn usage_class(&self) -> String {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.type_.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl UsageClass for PersistentVolumeClaim {
+    fn usage_class(&self) -> String {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl UsageClass for ConfigMap {}
+impl UsageClass for Secret {}
+impl UsageClass for ReplicationController {}
+impl UsageClass for ReplicaSet {}
+impl UsageClass for Deployment {}
+impl UsageClass for StatefulSet {}
+impl UsageClass for DaemonSet {}
+impl UsageClass for Job {}
+impl UsageClass for CronJob {}
+
+/// Decides which changes of one kind queue their namespace: a deletion, or an update
+/// that changes the object's [`UsageClass`]. Creations and other updates do not (as
+/// upstream: usage is charged by admission, and recomputing on every write would undo
+/// the charges of objects admitted but not stored yet).
+#[derive(Default)]
+pub struct Replenishment {
+    seen: std::collections::HashMap<String, String>,
+}
+
+impl Replenishment {
+    /// Whether this change may have released usage.
+    pub fn releases<K: kube::Resource + UsageClass>(&mut self, change: &Change<K>) -> bool {
+        match change {
+            Change::Applied(o) => {
+                let Some(uid) = o.meta().uid.clone() else {
+                    return false;
+                };
+                let class = o.usage_class();
+                self.seen
+                    .insert(uid, class.clone())
+                    .is_some_and(|old| old != class)
+            }
+            Change::Deleted(o) => {
+                if let Some(uid) = &o.meta().uid {
+                    self.seen.remove(uid);
+                }
+                true
+            }
+            Change::Resync(all) => {
+                self.seen = all
+                    .iter()
+                    .filter_map(|o| Some((o.meta().uid.clone()?, o.usage_class())))
+                    .collect();
+                false
+            }
+        }
+    }
+}
+
+/// A trigger queuing the namespace (when a quota exists there) of every object of `K`
+/// whose change may release usage ([`Replenishment`]).
+fn namespace_of<K: InformerResource + UsageClass>(
     informers: &crate::informers::SharedInformers,
     quotas: Store<ResourceQuota>,
 ) -> Trigger<String> {
-    Trigger::changes::<K, _, _>(informers, move |o: &K| {
-        o.meta().namespace.clone().filter(|ns| {
-            quotas
-                .state()
-                .iter()
-                .any(|q| q.namespace().as_deref() == Some(ns.as_str()))
+    let mut replenishment = Replenishment::default();
+    Trigger::on_change::<K, _, _>(informers, move |c: &Change<K>| {
+        let ns = match c {
+            Change::Applied(o) | Change::Deleted(o) => o.meta().namespace.clone(),
+            Change::Resync(_) => None,
+        };
+        let releases = replenishment.releases(c);
+        ns.filter(|ns| {
+            releases
+                && quotas
+                    .state()
+                    .iter()
+                    .any(|q| q.namespace().as_deref() == Some(ns.as_str()))
         })
     })
 }
@@ -232,6 +353,26 @@ pub async fn run(
         tokio::time::sleep(RESYNC_PERIOD).await;
         Some(((), ()))
     });
+    let counting = {
+        let quotas = quotas.clone();
+        move |_: ()| -> Vec<String> {
+            let mut by_ns: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+            for q in quotas.state().iter() {
+                if let (Some(ns), Ok(v)) = (q.namespace(), serde_json::to_value(&**q)) {
+                    by_ns.entry(ns).or_default().push(v);
+                }
+            }
+            by_ns
+                .into_iter()
+                .filter(|(_, qs)| counts_unwatched(qs))
+                .map(|(ns, _)| ns)
+                .collect()
+        }
+    };
+    let count_ticks = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(COUNT_PERIOD).await;
+        Some(((), ()))
+    });
     let triggers = vec![
         // Every quota listed before this controller subscribed, then the quotas whose
         // spec.hard is not their status.hard (new ones, spec changes). Status updates
@@ -249,6 +390,13 @@ pub async fn run(
         namespace_of::<ConfigMap>(&informers, quotas.clone()),
         namespace_of::<Secret>(&informers, quotas.clone()),
         namespace_of::<ReplicationController>(&informers, quotas.clone()),
+        namespace_of::<ReplicaSet>(&informers, quotas.clone()),
+        namespace_of::<Deployment>(&informers, quotas.clone()),
+        namespace_of::<StatefulSet>(&informers, quotas.clone()),
+        namespace_of::<DaemonSet>(&informers, quotas.clone()),
+        namespace_of::<Job>(&informers, quotas.clone()),
+        namespace_of::<CronJob>(&informers, quotas.clone()),
+        Trigger::map(count_ticks, counting),
         Trigger::map(resync, all_namespaces),
     ];
     run_controller(
@@ -329,6 +477,70 @@ mod tests {
             ..Default::default()
         });
         assert!(hard_changed(&q));
+    }
+
+    #[test]
+    fn only_deletions_and_releasing_updates_replenish() {
+        use k8s_openapi::api::core::v1::{PodStatus, ServiceSpec};
+        let mut r = Replenishment::default();
+        let mut p = Pod::default();
+        p.metadata.uid = Some("p".into());
+        p.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
+        assert!(
+            !r.releases(&Change::Applied(Arc::new(p.clone()))),
+            "a create"
+        );
+        assert!(
+            !r.releases(&Change::Applied(Arc::new(p.clone()))),
+            "no change"
+        );
+        p.status = Some(PodStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        });
+        assert!(
+            r.releases(&Change::Applied(Arc::new(p.clone()))),
+            "terminal"
+        );
+        assert!(r.releases(&Change::Deleted(Arc::new(p))));
+        let mut s = Service::default();
+        s.metadata.uid = Some("s".into());
+        s.spec = Some(ServiceSpec {
+            type_: Some("NodePort".into()),
+            ..Default::default()
+        });
+        assert!(!r.releases(&Change::Applied(Arc::new(s.clone()))));
+        s.spec = Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            ..Default::default()
+        });
+        assert!(r.releases(&Change::Applied(Arc::new(s))), "type changed");
+        let mut rs = ReplicaSet::default();
+        rs.metadata.uid = Some("rs".into());
+        assert!(!r.releases(&Change::Applied(Arc::new(rs.clone()))));
+        rs.metadata.generation = Some(2);
+        assert!(
+            !r.releases(&Change::Applied(Arc::new(rs))),
+            "a status or spec update"
+        );
+    }
+
+    #[test]
+    fn only_counts_of_unwatched_kinds_need_the_short_period() {
+        let q = |hard: Value| quota(hard, json!({}));
+        assert!(!counts_unwatched(&[q(
+            json!({"pods": "1", "count/secrets": "1"})
+        )]));
+        assert!(!counts_unwatched(&[q(
+            json!({"count/replicasets.apps": "1", "count/jobs.batch": "1"})
+        )]));
+        assert!(counts_unwatched(&[
+            q(json!({"pods": "1"})),
+            q(json!({"count/leases.coordination.k8s.io": "1"}))
+        ]));
     }
 
     #[test]

@@ -381,8 +381,16 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Contr
         .as_ref()
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
-    let (update, collision) =
-        wu::ensure_revision(&revs_api, &owner, labels, &spec.template, collision, &revs).await?;
+    let (update, collision) = wu::ensure_revision(
+        &revs_api,
+        &owner,
+        labels,
+        set.metadata.annotations.clone(),
+        &spec.template,
+        collision,
+        &revs,
+    )
+    .await?;
     let update_name = update.metadata.name.clone().unwrap_or_default();
     let current = set
         .status

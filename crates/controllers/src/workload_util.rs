@@ -208,14 +208,103 @@ pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp)
 
 // ----- ControllerRevision history -----
 
-/// The data a ControllerRevision stores for a pod template (upstream's patch form:
-/// `{"spec":{"template":{...,"$patch":"replace"}}}`).
+/// The data a ControllerRevision stores for a pod template, in upstream's encoding (the
+/// daemon set and stateful set controllers' `getPatch`):
+/// `{"spec":{"template":{...,"$patch":"replace"}}}` with the template as Go's
+/// `encoding/json` writes the typed object (every object's keys sorted, the fields Go
+/// always writes present: `metadata.creationTimestamp: null`, each container's
+/// `resources`), so clients comparing it byte for byte with their own `getPatch` of the
+/// owner (`kubectl rollout undo`, upstream's e2e `daemon.Match`) find it equal.
 pub fn revision_data(template: &PodTemplateSpec) -> Value {
     let mut t = serde_json::to_value(template).unwrap_or_else(|_| json!({}));
+    go_typed_template(&mut t);
     if let Some(o) = t.as_object_mut() {
         o.insert("$patch".into(), json!("replace"));
     }
-    json!({"spec": {"template": t}})
+    sorted(json!({"spec": {"template": t}}))
+}
+
+/// Adds to a pod template the fields Go's encoder writes although they are empty
+/// (struct-typed fields, which `omitempty` never omits).
+fn go_typed_template(t: &mut Value) {
+    let Some(o) = t.as_object_mut() else {
+        return;
+    };
+    let meta = o.entry("metadata").or_insert_with(|| json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        m.entry("creationTimestamp").or_insert(Value::Null);
+    }
+    let Some(spec) = o.get_mut("spec").and_then(|s| s.as_object_mut()) else {
+        return;
+    };
+    for list in ["initContainers", "containers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(|c| c.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(c) = c.as_object_mut() {
+                c.entry("resources").or_insert_with(|| json!({}));
+                for e in c
+                    .get_mut("env")
+                    .and_then(|e| e.as_array_mut())
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(r) = e
+                        .pointer_mut("/valueFrom/resourceFieldRef")
+                        .and_then(|r| r.as_object_mut())
+                    {
+                        r.entry("divisor").or_insert_with(|| json!("0"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A copy of `v` with every object's keys in byte order (as Go writes a map).
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
+/// Revision data without what does not change the pod template's meaning (nulls, empty
+/// objects, a zero divisor, the `$patch` directive, key order): two revisions of one template, one
+/// written before [`revision_data`] took upstream's encoding, compare equal.
+fn normalized(v: &Value) -> Option<Value> {
+    match v {
+        Value::Null => None,
+        Value::Object(m) => {
+            let out: serde_json::Map<String, Value> = m
+                .iter()
+                .filter(|(k, _)| k.as_str() != "$patch")
+                // Go writes an unset resourceFieldRef divisor as "0"
+                .filter(|(k, v)| !(k.as_str() == "divisor" && v.as_str() == Some("0")))
+                .filter_map(|(k, v)| normalized(v).map(|v| (k.clone(), v)))
+                .collect();
+            (!out.is_empty()).then(|| sorted(Value::Object(out)))
+        }
+        Value::Array(a) => Some(Value::Array(
+            a.iter()
+                .map(|x| normalized(x).unwrap_or(Value::Null))
+                .collect(),
+        )),
+        other => Some(other.clone()),
+    }
+}
+
+/// Whether two revision datas describe the same pod template (see [`normalized`]).
+pub fn same_revision_data(a: &Value, b: &Value) -> bool {
+    a == b || normalized(a) == normalized(b)
 }
 
 /// The pod template stored in a ControllerRevision made by [`revision_data`].
@@ -223,27 +312,36 @@ pub fn template_of_revision(rev: &ControllerRevision) -> Option<PodTemplateSpec>
     let mut t = rev.data.as_ref()?.0.get("spec")?.get("template")?.clone();
     if let Some(o) = t.as_object_mut() {
         o.remove("$patch");
+        if let Some(m) = o.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            m.retain(|_, v| !v.is_null());
+        }
     }
     serde_json::from_value(t).ok()
 }
 
-/// The hash of revision data and a collision count: FNV-1a (32 bits) of the JSON,
-/// rendered as a decimal string mapped onto the alphabet of generated names (no vowels).
+/// The hash naming a revision (upstream's `HashControllerRevision`): FNV-1 (32 bits) of
+/// the data as written (compact JSON), then the collision count in decimal when there
+/// is one, rendered as a decimal string mapped onto the alphabet of generated names.
 pub fn revision_hash(data: &Value, collision_count: Option<i32>) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u32::from(*b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    };
-    feed(data.to_string().as_bytes());
+    let mut bytes = data.to_string().into_bytes();
     if let Some(c) = collision_count {
-        feed(&c.to_le_bytes());
+        bytes.extend_from_slice(c.to_string().as_bytes());
     }
+    safe_encode(&fnv1_32(&bytes).to_string())
+}
+
+/// FNV-1 32-bit (Go's `hash/fnv.New32`).
+fn fnv1_32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        h.wrapping_mul(0x0100_0193) ^ u32::from(*b)
+    })
+}
+
+/// Upstream's `rand.SafeEncodeString`: each byte mapped onto the alphabet of generated
+/// names (no vowels, no look-alikes).
+fn safe_encode(s: &str) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    h.to_string()
-        .bytes()
+    s.bytes()
         .map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char)
         .collect()
 }
@@ -260,25 +358,35 @@ pub fn owned_revisions(revs: Vec<ControllerRevision>, owner_uid: &str) -> Vec<Co
 
 /// Finds or creates the revision of `template` for an owner and returns it with the
 /// collision count to record (upstream's `getStatefulSetRevisions`/`constructHistory`):
-/// an equal existing revision is reused (bumped to the newest number when older),
-/// otherwise a new one `<owner>-<hash>` is created; a name taken by different data
-/// raises the collision count.
+/// an equal existing revision is reused (bumped to the newest number when older; one
+/// with exactly this data first, else one of the same template in an older encoding,
+/// so pods keep their hash), otherwise a new one `<owner>-<hash>` is created carrying
+/// the owner's `annotations` (where `kubectl rollout history` reads the change cause);
+/// a name taken by different data raises the collision count.
 #[allow(clippy::too_many_arguments)]
 pub async fn ensure_revision(
     api: &Api<ControllerRevision>,
     owner: &OwnerReference,
     labels: BTreeMap<String, String>,
+    annotations: Option<BTreeMap<String, String>>,
     template: &PodTemplateSpec,
     mut collision_count: i32,
     existing: &[ControllerRevision],
 ) -> Result<(ControllerRevision, i32), ControllerError> {
     let data = revision_data(template);
     let max = existing.iter().map(|r| r.revision).max().unwrap_or(0);
-    if let Some(found) = existing
+    let exact = existing
         .iter()
         .rev()
-        .find(|r| r.data.as_ref().map(|d| &d.0) == Some(&data))
-    {
+        .find(|r| r.data.as_ref().map(|d| &d.0) == Some(&data));
+    let same = || {
+        existing.iter().rev().find(|r| {
+            r.data
+                .as_ref()
+                .is_some_and(|d| same_revision_data(&d.0, &data))
+        })
+    };
+    if let Some(found) = exact.or_else(same) {
         if found.revision == max {
             return Ok((found.clone(), collision_count));
         }
@@ -301,6 +409,7 @@ pub async fn ensure_revision(
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 labels: Some(l),
+                annotations: annotations.clone().filter(|a| !a.is_empty()),
                 owner_references: Some(vec![owner.clone()]),
                 ..Default::default()
             },
@@ -311,7 +420,11 @@ pub async fn ensure_revision(
             Ok(r) => return Ok((r, collision_count)),
             Err(e) if is_conflict(&e) => {
                 let other = api.get(&name).await?;
-                if other.data.as_ref().map(|d| &d.0) == Some(&data) {
+                if other
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| same_revision_data(&d.0, &data))
+                {
                     return Ok((other, collision_count));
                 }
                 collision_count += 1;
@@ -405,6 +518,54 @@ mod tests {
             ..Default::default()
         });
         assert_ne!(h, revision_hash(&revision_data(&t2), None));
+    }
+
+    #[test]
+    fn revision_data_is_upstreams_encoding() {
+        let t: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"labels": {"daemonset-name": "ds"}},
+            "spec": {"terminationGracePeriodSeconds": 30, "restartPolicy": "Always",
+                "containers": [{"name": "app", "image": "img", "ports": [{"containerPort": 9376, "protocol": "TCP"}],
+                    "env": [{"name": "L", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}]}]}
+        }))
+        .expect("template");
+        let data = revision_data(&t);
+        assert_eq!(
+            data.to_string(),
+            concat!(
+                r#"{"spec":{"template":{"$patch":"replace","metadata":{"creationTimestamp":null,"labels":{"daemonset-name":"ds"}},"#,
+                r#""spec":{"containers":[{"env":[{"name":"L","valueFrom":{"resourceFieldRef":{"divisor":"0","resource":"limits.cpu"}}}],"#,
+                r#""image":"img","name":"app","ports":[{"containerPort":9376,"protocol":"TCP"}],"resources":{}}],"#,
+                r#""restartPolicy":"Always","terminationGracePeriodSeconds":30}}}}"#
+            )
+        );
+        // The same template in the encoding older rk3s wrote is the same revision.
+        let mut old = serde_json::to_value(&t).expect("json");
+        old["$patch"] = json!("replace");
+        let old = json!({"spec": {"template": old}});
+        assert_ne!(old, data);
+        assert!(same_revision_data(&old, &data));
+        let mut other = t.clone();
+        if let Some(s) = other.spec.as_mut() {
+            s.containers[0].image = Some("img2".into());
+        }
+        assert!(!same_revision_data(&revision_data(&other), &data));
+    }
+
+    #[test]
+    fn revision_hash_is_fnv1_of_the_data_and_the_collision_count() {
+        // Go's hash/fnv New32 test vectors.
+        assert_eq!(fnv1_32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1_32(b"a"), 0x050c_5d7e);
+        assert_eq!(fnv1_32(b"ab"), 0x7077_2d38);
+        assert_eq!(safe_encode("0123"), "4567");
+        let d = json!({"a": 1});
+        let mut with = br#"{"a":1}"#.to_vec();
+        with.extend_from_slice(b"2");
+        assert_eq!(
+            revision_hash(&d, Some(2)),
+            safe_encode(&fnv1_32(&with).to_string())
+        );
     }
 
     #[test]
