@@ -1,7 +1,7 @@
 //! CustomResourceDefinitions: the CRD controller inside the API server (names accepted,
 //! established, resources registered, OpenAPI rebuilt, objects deleted with the CRD) and
 //! what the REST handlers need to serve custom resources (schemas, scale paths, printer
-//! columns).
+//! columns, schema defaults applied on read).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -27,6 +27,9 @@ pub struct CrdVersion {
     pub scale: Option<rk3s_crd::ScaleSpec>,
     /// Printer columns.
     pub columns: Vec<rk3s_crd::PrinterColumn>,
+    /// The schema has defaults: reads apply them to stored objects (upstream's
+    /// decoder defaults what it reads from storage).
+    pub defaults_on_read: bool,
 }
 
 /// Served custom resources, by (group, version, plural).
@@ -35,8 +38,9 @@ pub struct CrdState {
     versions: RwLock<HashMap<(String, String, String), Arc<CrdVersion>>>,
     /// The resources each CRD registered, by CRD name.
     installed: RwLock<HashMap<String, Vec<ResourceInfo>>>,
-    /// OpenAPI schemas of custom resources, by definition name.
-    schemas: RwLock<BTreeMap<String, Value>>,
+    /// OpenAPI schemas of custom resources, by definition name: (v3 / neutral form,
+    /// Swagger 2.0 form).
+    schemas: RwLock<BTreeMap<String, (Value, Value)>>,
 }
 
 impl CrdState {
@@ -51,6 +55,27 @@ impl CrdState {
             .get(&(res.group.clone(), res.version.clone(), res.plural.clone()))
             .cloned()
     }
+}
+
+/// Whether reads of `res` (served as custom resource version `crd`, if it is one)
+/// return something else than the stored objects.
+pub fn changes_on_read(res: &ResourceInfo, crd: Option<&CrdVersion>) -> bool {
+    crate::convert::needs_conversion(res) || crd.is_some_and(|v| v.defaults_on_read)
+}
+
+/// Stored form → what a read (get, list, watch, the object an update starts from)
+/// returns: [`crate::convert::from_storage`], then the schema defaults of custom
+/// resource version `crd`, as upstream's storage decoder applies them, so an object
+/// stored before a default was added reads with it.
+pub fn read(res: &ResourceInfo, crd: Option<&CrdVersion>, obj: Value) -> Value {
+    let mut obj = crate::convert::from_storage(res, obj);
+    if let Some(schema) = crd
+        .filter(|v| v.defaults_on_read)
+        .and_then(|v| v.schema.as_ref())
+    {
+        schema.apply_defaults(&mut obj);
+    }
+    obj
 }
 
 /// Validates a CRD write (422 with upstream's causes).
@@ -137,15 +162,23 @@ pub(crate) fn rebuild_openapi(inner: &Inner) {
         .iter()
         .map(|r| (**r).clone())
         .collect();
-    let custom = inner
+    let (custom, custom_v2): (BTreeMap<String, Value>, BTreeMap<String, Value>) = inner
         .schemas
         .crds
         .schemas
         .read()
-        .map(|s| s.clone())
+        .map(|s| {
+            s.iter()
+                .map(|(k, (v3, v2))| ((k.clone(), v3.clone()), (k.clone(), v2.clone())))
+                .unzip()
+        })
         .unwrap_or_default();
-    match rk3s_openapi::OpenApi::build_with_schemas(&resources, crate::KUBERNETES_VERSION, &custom)
-    {
+    match rk3s_openapi::OpenApi::build_with_crd_schemas(
+        &resources,
+        crate::KUBERNETES_VERSION,
+        &custom,
+        &custom_v2,
+    ) {
         Ok(doc) => {
             if let Ok(mut w) = inner.schemas.openapi_docs.write() {
                 *w = Arc::new(doc);
@@ -165,21 +198,24 @@ fn uninstall(inner: &Inner, name: &str) {
         .and_then(|mut m| m.remove(name));
     if let Some(resources) = removed {
         for r in &resources {
-            inner
-                .schemas
-                .registry
-                .remove(&r.group, &r.version, &r.plural);
-            if let Ok(mut v) = inner.schemas.crds.versions.write() {
-                v.remove(&(r.group.clone(), r.version.clone(), r.plural.clone()));
-            }
-            if let Ok(mut s) = inner.schemas.crds.schemas.write() {
-                s.remove(&rk3s_openapi::crd_definition_name(
-                    &r.group, &r.version, &r.kind,
-                ));
-            }
+            stop_serving(inner, r);
         }
         rebuild_openapi(inner);
         tracing::info!(crd = name, "custom resource no longer served");
+    }
+}
+
+/// Stops serving one version of a custom resource: REST, discovery, its schema.
+fn stop_serving(inner: &Inner, r: &ResourceInfo) {
+    inner
+        .schemas
+        .registry
+        .remove(&r.group, &r.version, &r.plural);
+    if let Ok(mut v) = inner.schemas.crds.versions.write() {
+        v.remove(&(r.group.clone(), r.version.clone(), r.plural.clone()));
+    }
+    if let Ok(mut s) = inner.schemas.crds.schemas.write() {
+        s.remove(&def_name(r));
     }
 }
 
@@ -242,20 +278,21 @@ async fn reconcile(inner: &Inner, crd: &Value) {
         .ok()
         .and_then(|m| m.get(&name).cloned())
         .unwrap_or_default();
+    // Versions no longer served (renamed, `served: false`, or a new kind name) go
+    // with their schemas, so the OpenAPI documents drop them at once.
     for r in &old {
-        if !resources
-            .iter()
-            .any(|n| n.group == r.group && n.version == r.version && n.plural == r.plural)
-        {
-            inner
-                .schemas
-                .registry
-                .remove(&r.group, &r.version, &r.plural);
+        if !resources.iter().any(|n| {
+            n.group == r.group && n.version == r.version && n.plural == r.plural && n.kind == r.kind
+        }) {
+            stop_serving(inner, r);
         }
     }
+    let mut schemas_changed = false;
     for r in &resources {
+        let schema = rk3s_crd::Schema::from_crd(&with_status, &r.version).ok();
         let version = CrdVersion {
-            schema: rk3s_crd::Schema::from_crd(&with_status, &r.version).ok(),
+            defaults_on_read: schema.as_ref().is_some_and(|s| s.has_defaults()),
+            schema,
             scale: rk3s_crd::scale_spec(&with_status, &r.version),
             columns: rk3s_crd::printer_columns(&with_status, &r.version),
         };
@@ -265,17 +302,19 @@ async fn reconcile(inner: &Inner, crd: &Value) {
                 Arc::new(version),
             );
         }
-        if let Some(schema) = rk3s_crd::openapi_schema(&with_status, &r.version) {
-            if let Ok(mut s) = inner.schemas.crds.schemas.write() {
-                s.insert(
-                    rk3s_openapi::crd_definition_name(&r.group, &r.version, &r.kind),
-                    schema,
-                );
-            }
+        let def = def_name(r);
+        let published = rk3s_crd::openapi_schema(&with_status, &r.version)
+            .zip(rk3s_crd::openapi_v2_schema(&with_status, &r.version));
+        if let Ok(mut s) = inner.schemas.crds.schemas.write() {
+            let before = match published {
+                Some(p) => s.insert(def.clone(), p),
+                None => s.remove(&def),
+            };
+            schemas_changed |= before.as_ref() != s.get(&def);
         }
         inner.schemas.registry.add(r.clone());
     }
-    let changed = old != resources;
+    let changed = old != resources || schemas_changed;
     if let Ok(mut m) = inner.schemas.crds.installed.write() {
         m.insert(name.clone(), resources);
     }
@@ -283,6 +322,10 @@ async fn reconcile(inner: &Inner, crd: &Value) {
         rebuild_openapi(inner);
         tracing::info!(crd = %name, "custom resource served");
     }
+}
+
+fn def_name(r: &ResourceInfo) -> String {
+    rk3s_openapi::crd_definition_name(&r.group, &r.version, &r.kind)
 }
 
 async fn update_status(inner: &Inner, name: &str, status: Value) {
@@ -438,4 +481,210 @@ pub fn table(
         "columnDefinitions": version.columns.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
         "rows": rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use crate::testutil::{call, call_with_type, server};
+    use crate::ApiServer;
+
+    const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    const JSON_PATCH: &str = "application/json-patch+json";
+
+    fn version(name: &str, storage: bool, schema: Value) -> Value {
+        json!({"name": name, "served": true, "storage": storage, "schema": {"openAPIV3Schema": schema}})
+    }
+
+    fn crd(versions: Vec<Value>) -> Value {
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "things.e2e.example.com"},
+            "spec": {"group": "e2e.example.com", "scope": "Cluster",
+                "names": {"plural": "things", "singular": "thing", "kind": "Thing", "listKind": "ThingList"},
+                "versions": versions}})
+    }
+
+    /// Polls `check` (every 20 ms, up to 10 s) until it returns `Some`.
+    async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        for _ in 0..500 {
+            if let Some(t) = check().await {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    async fn definitions(api: &ApiServer) -> Value {
+        let (code, doc) = call(api, "GET", "/openapi/v2", None).await;
+        assert_eq!(code, 200);
+        doc["definitions"].clone()
+    }
+
+    /// Upstream e2e "custom resource defaulting for requests and from storage works":
+    /// an object stored before its schema had a default reads with it (get and list),
+    /// the stored bytes stay as they were.
+    #[tokio::test]
+    async fn schema_defaults_apply_on_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = server(dir.path()).await;
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}}});
+        let (code, out) = call(
+            &api,
+            "POST",
+            CRDS,
+            Some(crd(vec![version("v1", true, schema)])),
+        )
+        .await;
+        assert_eq!(code, 201, "{out}");
+        let things = "/apis/e2e.example.com/v1/things";
+        eventually("the resource", || async {
+            (call(&api, "GET", things, None).await.0 == 200).then_some(())
+        })
+        .await;
+        let (code, out) = call(
+            &api,
+            "POST",
+            things,
+            Some(json!({"apiVersion": "e2e.example.com/v1",
+            "kind": "Thing", "metadata": {"name": "t1"}})),
+        )
+        .await;
+        assert_eq!(code, 201, "{out}");
+        assert!(out.get("a").is_none());
+        let (code, out) = call_with_type(&api, "PATCH", &format!("{CRDS}/things.e2e.example.com"), JSON_PATCH,
+            Some(json!([{"op": "add", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/a/default", "value": "A"}]))).await;
+        assert_eq!(code, 200, "{out}");
+        let got = eventually("the default on read", || async {
+            let (_, t) = call(&api, "GET", &format!("{things}/t1"), None).await;
+            (t["a"] == "A").then_some(t)
+        })
+        .await;
+        assert!(got.get("b").is_none(), "{got}");
+        let (_, list) = call(&api, "GET", things, None).await;
+        assert_eq!(list["items"][0]["a"], "A", "{list}");
+        let (_, paged) = call(&api, "GET", &format!("{things}?limit=1"), None).await;
+        assert_eq!(paged["items"][0]["a"], "A", "{paged}");
+        let stored = api
+            .inner()
+            .store
+            .get("/registry/e2e.example.com/things/t1")
+            .await
+            .expect("store")
+            .expect("stored");
+        let stored: Value = serde_json::from_slice(&stored.value).expect("json");
+        assert!(stored.get("a").is_none(), "not written back: {stored}");
+        // Removing that default and adding another: the new one applies on read.
+        let (code, out) = call_with_type(&api, "PATCH", &format!("{CRDS}/things.e2e.example.com"), JSON_PATCH,
+            Some(json!([{"op": "remove", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/a/default"},
+                {"op": "add", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/b/default", "value": "B"}]))).await;
+        assert_eq!(code, 200, "{out}");
+        let got = eventually("the second default", || async {
+            let (_, t) = call(&api, "GET", &format!("{things}/t1"), None).await;
+            (t["b"] == "B").then_some(t)
+        })
+        .await;
+        assert!(got.get("a").is_none(), "a's default is gone: {got}");
+    }
+
+    /// Upstream e2e "CustomResourcePublishOpenAPI": `/openapi/v2` publishes each served
+    /// version in its v2 form, and drops a renamed or unserved version at once.
+    #[tokio::test]
+    async fn openapi_v2_follows_the_served_versions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = server(dir.path()).await;
+        let root_preserving = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+            "properties": {"spec": {"type": "object"}}});
+        let nested = json!({"type": "object", "description": "Thing", "properties": {
+            "spec": {"type": "object", "description": "Spec", "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {"known": {"type": "string"}}}}});
+        let (code, out) = call(
+            &api,
+            "POST",
+            CRDS,
+            Some(crd(vec![
+                version("v2", true, root_preserving),
+                version("v3", false, nested),
+            ])),
+        )
+        .await;
+        assert_eq!(code, 201, "{out}");
+        let (v2, v3) = ("com.example.e2e.v2.Thing", "com.example.e2e.v3.Thing");
+        let defs = eventually("both definitions", || async {
+            let d = definitions(&api).await;
+            (d.get(v2).is_some() && d.get(v3).is_some()).then_some(d)
+        })
+        .await;
+        assert_eq!(
+            defs[v2],
+            json!({"type": "object", "x-kubernetes-group-version-kind":
+                [{"group": "e2e.example.com", "kind": "Thing", "version": "v2"}]})
+        );
+        assert_eq!(
+            defs[v3]["properties"]["spec"],
+            json!({"description": "Spec", "x-kubernetes-preserve-unknown-fields": true})
+        );
+        // v3 keeps the whole schema.
+        let (_, doc) = call(&api, "GET", "/openapi/v3/apis/e2e.example.com/v3", None).await;
+        assert_eq!(
+            doc["components"]["schemas"][v3]["properties"]["spec"]["properties"]["known"]["type"],
+            "string"
+        );
+        // Renamed: v3 -> v4.
+        let (code, out) = call_with_type(
+            &api,
+            "PATCH",
+            &format!("{CRDS}/things.e2e.example.com"),
+            JSON_PATCH,
+            Some(json!([{"op": "replace", "path": "/spec/versions/1/name", "value": "v4"}])),
+        )
+        .await;
+        assert_eq!(code, 200, "{out}");
+        let v4 = "com.example.e2e.v4.Thing";
+        eventually("v3 replaced by v4", || async {
+            let d = definitions(&api).await;
+            (d.get(v4).is_some() && d.get(v3).is_none()).then_some(())
+        })
+        .await;
+        // Not served any more.
+        let (code, out) = call_with_type(
+            &api,
+            "PATCH",
+            &format!("{CRDS}/things.e2e.example.com"),
+            JSON_PATCH,
+            Some(json!([{"op": "replace", "path": "/spec/versions/1/served", "value": false}])),
+        )
+        .await;
+        assert_eq!(code, 200, "{out}");
+        eventually("v4 gone", || async {
+            let d = definitions(&api).await;
+            (d.get(v4).is_none() && d.get(v2).is_some()).then_some(())
+        })
+        .await;
+        // A schema change alone is published too.
+        let (code, out) = call_with_type(
+            &api,
+            "PATCH",
+            &format!("{CRDS}/things.e2e.example.com"),
+            JSON_PATCH,
+            Some(
+                json!([{"op": "replace", "path": "/spec/versions/0/schema/openAPIV3Schema",
+                "value": {"type": "object", "description": "now with a schema"}}]),
+            ),
+        )
+        .await;
+        assert_eq!(code, 200, "{out}");
+        eventually("the new v2 schema", || async {
+            let d = definitions(&api).await;
+            (d[v2]["description"] == "now with a schema").then_some(())
+        })
+        .await;
+    }
 }

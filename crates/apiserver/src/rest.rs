@@ -328,6 +328,12 @@ impl<'a> Call<'a> {
         self.query.get("dryRun").is_some()
     }
 
+    /// A stored object as reads return it (see [`crate::crd::read`]).
+    fn read(&self, stored: Value) -> Value {
+        let crd = self.inner.schemas.crds.version(&self.res);
+        crate::crd::read(&self.res, crd.as_deref(), stored)
+    }
+
     /// GET of one object (or its `status`).
     pub async fn get(&self) -> Result<Response, ApiError> {
         let kv = self
@@ -337,7 +343,7 @@ impl<'a> Call<'a> {
             .await
             .map_err(|e| store_err(&self.res, self.name(), e))?;
         let kv = kv.ok_or_else(|| ApiError::not_found(&self.res, self.name()))?;
-        let obj = crate::convert::from_storage(&self.res, kv_to_object(&kv)?);
+        let obj = self.read(kv_to_object(&kv)?);
         if self.info.subresource.as_deref() == Some("scale") {
             return Ok(body::json(200, &self.to_scale(&obj)?));
         }
@@ -433,10 +439,11 @@ impl<'a> Call<'a> {
             }
             return self.list_from_store(&prefix, &filter, 0, None, None).await;
         }
-        if crate::convert::needs_conversion(&self.res) {
+        let crd = self.inner.schemas.crds.version(&self.res);
+        if crate::crd::changes_on_read(&self.res, crd.as_deref()) {
             let items: Vec<Value> = items
                 .into_iter()
-                .map(|o| crate::convert::from_storage(&self.res, (*o.object).clone()))
+                .map(|o| crate::crd::read(&self.res, crd.as_deref(), (*o.object).clone()))
                 .filter(|o| filter.matches(o))
                 .collect();
             return Ok(self.render_list(items, rv, None, None));
@@ -499,7 +506,7 @@ impl<'a> Call<'a> {
             remaining = page.remaining;
             for kv in &page.items {
                 last_key = kv.key.clone();
-                let obj = crate::convert::from_storage(&self.res, kv_to_object(kv)?);
+                let obj = self.read(kv_to_object(kv)?);
                 if filter.matches(&obj) {
                     items.push(obj);
                 }
@@ -982,7 +989,7 @@ impl<'a> Call<'a> {
                 }
                 return Err(ApiError::not_found(&self.res, &name));
             };
-            let cur_obj = crate::convert::from_storage(&self.res, kv_to_object(&current)?);
+            let cur_obj = self.read(kv_to_object(&current)?);
             // The object as the client wants it.
             let mut desired = match sub.as_deref() {
                 Some("scale") => {
@@ -1446,7 +1453,7 @@ impl<'a> Call<'a> {
         }
         let key = self.res.key(self.ns(), &name);
         if let Some(old) = self.inner.cache.get(&key) {
-            let old = crate::convert::from_storage(&self.res, (*old.object).clone());
+            let old = self.read((*old.object).clone());
             crate::admission::validate_delete(
                 self.inner,
                 &self.res,
@@ -1460,7 +1467,7 @@ impl<'a> Call<'a> {
             .inner
             .delete_object(&self.res, self.ns(), &name, &opts, options_dry_run(&opts))
             .await?;
-        Ok(self.render_one(crate::convert::from_storage(&self.res, obj), code))
+        Ok(self.render_one(self.read(obj), code))
     }
 
     /// The DeleteOptions of a DELETE: the body (JSON, YAML or protobuf, typed as

@@ -59,10 +59,21 @@ pub fn admin() -> UserInfo {
 
 /// `method path` with a JSON body, as `system:admin`: the status code and JSON answer.
 pub async fn call(api: &ApiServer, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    call_with_type(api, method, path, "application/json", body).await
+}
+
+/// Like [`call`], with the body's `content_type` (e.g. a patch type).
+pub async fn call_with_type(
+    api: &ApiServer,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let (parts, ()) = http::Request::builder()
         .method(method)
         .uri(path)
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .body(())
         .expect("request")
         .into_parts();

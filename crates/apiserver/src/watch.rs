@@ -26,6 +26,16 @@ struct Encoder {
 }
 
 impl Encoder {
+    /// Whether events carry something else than the stored objects.
+    fn changes_on_read(&self) -> bool {
+        crate::crd::changes_on_read(&self.res, self.crd.as_deref())
+    }
+
+    /// A stored object as reads return it.
+    fn read(&self, stored: Value) -> Value {
+        crate::crd::read(&self.res, self.crd.as_deref(), stored)
+    }
+
     fn event(&mut self, typ: &str, obj: &Value) -> Bytes {
         let object = match &self.output {
             Output::Json => obj.clone(),
@@ -236,7 +246,7 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
             }
         };
         for o in &initial_items {
-            if !crate::convert::needs_conversion(&enc.res) && enc.output == Output::Json {
+            if !enc.changes_on_read() && enc.output == Output::Json {
                 if filter.matches(&o.object)
                     && tx.send(enc.event_raw("ADDED", &o.raw)).await.is_err()
                 {
@@ -244,8 +254,8 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
                 }
                 continue;
             }
-            let obj = if crate::convert::needs_conversion(&enc.res) {
-                crate::convert::from_storage(&enc.res, (*o.object).clone())
+            let obj = if enc.changes_on_read() {
+                enc.read((*o.object).clone())
             } else {
                 (*o.object).clone()
             };
@@ -342,12 +352,10 @@ fn next_event(
 
 fn encode_event(enc: &mut Encoder, filter: &Filter, ev: &CacheEvent) -> Option<Bytes> {
     let converted;
-    let (object, prev) = if crate::convert::needs_conversion(&enc.res) {
+    let (object, prev) = if enc.changes_on_read() {
         converted = (
-            crate::convert::from_storage(&enc.res, (*ev.object).clone()),
-            ev.prev
-                .as_ref()
-                .map(|p| crate::convert::from_storage(&enc.res, (**p).clone())),
+            enc.read((*ev.object).clone()),
+            ev.prev.as_ref().map(|p| enc.read((**p).clone())),
         );
         (&converted.0, converted.1.as_ref())
     } else {
@@ -365,7 +373,7 @@ fn encode_event(enc: &mut Encoder, filter: &Filter, ev: &CacheEvent) -> Option<B
         },
         CacheEventKind::Deleted => (before || now).then_some("DELETED"),
     }?;
-    if !crate::convert::needs_conversion(&enc.res) && enc.output == Output::Json {
+    if !enc.changes_on_read() && enc.output == Output::Json {
         return Some(enc.event_raw(typ, &ev.raw));
     }
     Some(enc.event(typ, object))

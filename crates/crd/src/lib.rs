@@ -10,7 +10,8 @@
 //! - [`Schema`]: a version's structural schema: pruning, defaulting and value
 //!   validation of custom objects;
 //! - [`printer_columns`] / [`printer_cells`]: `additionalPrinterColumns` for Tables;
-//! - [`openapi_schema`]: the OpenAPI definition of a version (`kubectl explain`).
+//! - [`openapi_schema`] / [`openapi_v2_schema`]: the OpenAPI v3 / v2 definition of a
+//!   version (`kubectl explain`, kubectl's client-side validation).
 
 mod crd;
 mod jsonpath;
@@ -24,7 +25,7 @@ pub use crd::{
     resources_of, scale_spec, served_versions, storage_version, validate_crd, ScaleSpec,
 };
 pub use jsonpath::{JsonPath, JsonPathError};
-pub use openapi::{crd_definition_name, openapi_schema};
+pub use openapi::{crd_definition_name, openapi_schema, openapi_v2_schema};
 pub use printer::{printer_cells, printer_columns, PrinterColumn};
 pub use schema::Schema;
 pub use status::crd_status;

@@ -171,6 +171,12 @@ impl Schema {
         default(obj, &self.root);
     }
 
+    /// Whether [`Schema::apply_defaults`] can change anything: some property, item or
+    /// `additionalProperties` schema has a `default`.
+    pub fn has_defaults(&self) -> bool {
+        has_defaults(&self.root)
+    }
+
     /// Validates an object against the schema, with upstream's field errors.
     pub fn validate(&self, obj: &Value) -> Vec<FieldError> {
         let mut errs = Vec::new();
@@ -769,6 +775,14 @@ fn prune(
 }
 
 /// Applies defaults of `s` to `x`, recursively.
+fn has_defaults(s: &Value) -> bool {
+    props(s).is_some_and(|p| {
+        p.values()
+            .any(|sub| sub.get("default").is_some() || has_defaults(sub))
+    }) || s.get("items").is_some_and(has_defaults)
+        || additional(s).is_some_and(has_defaults)
+}
+
 fn default(x: &mut Value, s: &Value) {
     match x {
         Value::Object(m) => {
@@ -966,6 +980,23 @@ mod tests {
         let mut o = json!({"spec": {"replicas": null}});
         s.apply_defaults(&mut o);
         assert_eq!(o["spec"]["replicas"], json!(1));
+    }
+
+    #[test]
+    fn schemas_know_whether_they_have_defaults() {
+        assert!(schema().has_defaults());
+        let none = Schema::new(json!({"type": "object", "properties": {
+            "default": {"type": "object", "properties": {"a": {"type": "string"}}},
+            "list": {"type": "array", "items": {"type": "object", "properties": {"b": {"type": "string"}}}}}}))
+        .expect("schema");
+        assert!(
+            !none.has_defaults(),
+            "a property named default is no default"
+        );
+        let deep = Schema::new(json!({"type": "object", "properties": {
+            "m": {"type": "object", "additionalProperties": {"type": "object", "properties": {"c": {"type": "string", "default": "x"}}}}}}))
+        .expect("schema");
+        assert!(deep.has_defaults());
     }
 
     #[test]

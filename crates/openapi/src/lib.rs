@@ -13,6 +13,10 @@
 //! merge patch (`x-kubernetes-patch-strategy` / `x-kubernetes-patch-merge-key`).
 //! [`decode`] checks built-in objects against the definitions as upstream's typed decoding
 //! does (JSON types, Go's messages) and drops explicit nulls.
+//! Extra definitions (CRD schemas) come with [`OpenApi::build_with_crd_schemas`], which
+//! also takes their Swagger 2.0 form where it is not the v3 one converted (upstream
+//! publishes CRD schemas in v2 so that kubectl's client-side validation accepts what the
+//! schema preserves).
 
 pub mod decode;
 pub mod facts;
@@ -65,6 +69,9 @@ struct Inner {
     /// v3 document path -> hash of its JSON.
     v3_hashes: OnceLock<BTreeMap<String, String>>,
     missing: Vec<String>,
+    /// Definitions whose Swagger 2.0 form is not derived from the neutral one (CRD
+    /// schemas, as upstream publishes them for kubectl's validation).
+    v2_overrides: BTreeMap<String, Value>,
 }
 
 /// The OpenAPI documents of the served API. Cheap to clone (an `Arc` inside).
@@ -153,6 +160,18 @@ impl OpenApi {
         resources: &[ResourceInfo],
         git_version: &str,
         custom: &BTreeMap<String, Value>,
+    ) -> Result<OpenApi, OpenApiError> {
+        Self::build_with_crd_schemas(resources, git_version, custom, &BTreeMap::new())
+    }
+
+    /// Like [`OpenApi::build_with_schemas`], with `custom_v2`: the Swagger 2.0
+    /// (`/openapi/v2`) form of some of the `custom` definitions where it is not the
+    /// neutral one converted (a CRD schema as upstream publishes it in v2).
+    pub fn build_with_crd_schemas(
+        resources: &[ResourceInfo],
+        git_version: &str,
+        custom: &BTreeMap<String, Value>,
+        custom_v2: &BTreeMap<String, Value>,
     ) -> Result<OpenApi, OpenApiError> {
         let kinds = kinds::all();
         let by_name: HashMap<String, usize> = kinds
@@ -278,6 +297,22 @@ impl OpenApi {
             }
         }
 
+        // The v2 forms carry the same group-version-kinds.
+        let v2_overrides: BTreeMap<String, Value> = custom_v2
+            .iter()
+            .filter_map(|(name, s)| {
+                let mut s = s.clone();
+                let gvk = definitions
+                    .get(name)?
+                    .get("x-kubernetes-group-version-kind")
+                    .cloned();
+                if let (Some(gvk), Some(m)) = (gvk, s.as_object_mut()) {
+                    m.insert("x-kubernetes-group-version-kind".into(), gvk);
+                }
+                Some((name.clone(), s))
+            })
+            .collect();
+
         // 2. Paths.
         let mut items: Vec<PathItem> = paths::root_paths();
         let groups: BTreeSet<&str> = served_gvs
@@ -318,6 +353,7 @@ impl OpenApi {
                 v3,
                 v3_hashes: OnceLock::new(),
                 missing,
+                v2_overrides,
             }),
         })
     }
@@ -353,7 +389,12 @@ impl OpenApi {
             }
         }
         for name in schema::reachable(definitions, roots) {
-            if let Some(d) = definitions.get(&name) {
+            if let Some(d) = self
+                .inner
+                .v2_overrides
+                .get(&name)
+                .or_else(|| definitions.get(&name))
+            {
                 emit(V2Part::Definition, &name, &schema::to_v2(&name, d));
             }
         }

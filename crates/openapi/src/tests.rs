@@ -381,6 +381,21 @@ fn custom_schema_for_crd() {
         "metadata": {"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
         "spec": {"type": "object", "properties": {"cronSpec": {"type": "string"}}}}}),
     );
+    let mut custom_v2 = BTreeMap::new();
+    custom_v2.insert(name.clone(), json!({"type": "object"}));
+    let o = OpenApi::build_with_crd_schemas(&[r.clone()], "v1.33.0", &custom, &custom_v2)
+        .expect("build");
+    // v2 takes the v2 form (with the group-version-kind), v3 the neutral one.
+    let v2: Value = serde_json::from_slice(&o.v2_json()).expect("v2");
+    assert_eq!(
+        v2["definitions"][&name],
+        json!({"type": "object", "x-kubernetes-group-version-kind": [{"group": "stable.example.com", "kind": "CronTab", "version": "v1"}]})
+    );
+    let d = v3(&o, "apis/stable.example.com/v1");
+    assert_eq!(
+        d["components"]["schemas"][&name]["properties"]["spec"]["properties"]["cronSpec"]["type"],
+        "string"
+    );
     let o = OpenApi::build_with_schemas(&[r], "v1.33.0", &custom).expect("build");
     let d = v3(&o, "apis/stable.example.com/v1");
     let s = &d["components"]["schemas"]["com.example.stable.v1.CronTab"];

@@ -1941,7 +1941,12 @@ fn api_service(o: &Value, now: Timestamp) -> Vec<Value> {
         Some(c) if s(c, &["status"]) == "True" => "True".to_string(),
         Some(c) => format!("{} ({})", s(c, &["status"]), s(c, &["reason"])),
     };
-    vec![json!(name(o)), json!(service), json!(available), json!(age(o, now))]
+    vec![
+        json!(name(o)),
+        json!(service),
+        json!(available),
+        json!(age(o, now)),
+    ]
 }
 
 fn resource_quota(o: &Value, now: Timestamp) -> Vec<Value> {
@@ -2483,7 +2488,12 @@ mod tests {
         });
         assert_eq!(
             row("apiregistration.k8s.io", "APIService", local),
-            vec![json!("v1.apps"), json!("Local"), json!("True"), json!("60m")]
+            vec![
+                json!("v1.apps"),
+                json!("Local"),
+                json!("True"),
+                json!("60m")
+            ]
         );
         let remote = json!({
             "metadata": meta("v1beta1.metrics.k8s.io"),

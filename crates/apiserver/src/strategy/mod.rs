@@ -241,9 +241,59 @@ pub fn generation_table(res: &ResourceInfo) -> bool {
     ) || res.definition.is_empty()
 }
 
+/// The metadata a `status` update takes from the stored object rather than the request,
+/// as upstream's status strategies (their PrepareForUpdate copies `spec` and these):
+/// `None` = all of it (custom resources, FlowSchemas and PriorityLevelConfigurations);
+/// most kinds keep none, so labels and annotations change through `status` (one table
+/// rather than a line in each kind's file).
+pub fn status_kept_metadata(res: &ResourceInfo) -> Option<&'static [&'static str]> {
+    const RESET_FOR_STATUS: &[&str] = &["labels", "annotations", "finalizers", "ownerReferences"];
+    match (res.group.as_str(), res.kind.as_str()) {
+        _ if res.definition.is_empty() => None,
+        ("flowcontrol.apiserver.k8s.io", _) => None,
+        ("apps", "Deployment") => Some(&["labels"]),
+        ("", "Pod") => Some(&["ownerReferences"]),
+        ("apiextensions.k8s.io", "CustomResourceDefinition")
+        | ("apiregistration.k8s.io", "APIService")
+        | ("storage.k8s.io", "VolumeAttachment") => Some(RESET_FOR_STATUS),
+        _ => Some(&[]),
+    }
+}
+
+/// A `status` update: the request's status (the stored one if it has none) and
+/// metadata (but `kept`'s keys, or all of it for `None`, from `old`), every other
+/// top-level field (the spec) from `old`.
+pub fn status_update(old: &Value, new: &Value, kept: Option<&[&str]>) -> Value {
+    let mut out = old.clone();
+    let Some(oo) = out.as_object_mut() else {
+        return out;
+    };
+    if let Some(s) = new.get("status") {
+        oo.insert("status".into(), s.clone());
+    }
+    let (Some(kept), Some(new_meta)) = (kept, new.get("metadata").and_then(|m| m.as_object()))
+    else {
+        return out;
+    };
+    let old_meta = object::meta(old).cloned().unwrap_or_default();
+    let mut meta = new_meta.clone();
+    for k in kept {
+        match old_meta.get(*k) {
+            Some(v) => {
+                meta.insert((*k).into(), v.clone());
+            }
+            None => {
+                meta.remove(*k);
+            }
+        }
+    }
+    oo.insert("metadata".into(), Value::Object(meta));
+    out
+}
+
 /// Builds the stored form of an update (upstream's PrepareForUpdate): immutable metadata
 /// comes from `old`; a main-resource update keeps `old`'s status, a `status` update keeps
-/// everything but status; `generation` is bumped when the spec changes.
+/// `old`'s spec (see [`status_update`]); `generation` is bumped when the spec changes.
 pub fn prepare_update(
     res: &ResourceInfo,
     sub: Option<&str>,
@@ -254,13 +304,7 @@ pub fn prepare_update(
     let kind_update = sub.and_then(|s| strategy.prepare_subresource_update(s, old, new));
     let mut out = match sub {
         _ if kind_update.is_some() => kind_update.unwrap_or_default(),
-        Some("status") => {
-            let mut o = old.clone();
-            if let (Some(oo), Some(s)) = (o.as_object_mut(), new.get("status")) {
-                oo.insert("status".into(), s.clone());
-            }
-            o
-        }
+        Some("status") => status_update(old, new, status_kept_metadata(res)),
         _ => {
             let mut n = new.clone();
             if res.subresource("status").is_some() {
@@ -350,6 +394,120 @@ mod tests {
         assert_eq!(out["spec"], json!({"replicas": 1}));
         assert_eq!(out["status"], json!({"replicas": 9}));
         assert_eq!(out["metadata"]["generation"], 3);
+    }
+
+    #[test]
+    fn a_status_update_takes_metadata_as_upstreams_status_strategies() {
+        let old = json!({"metadata": {"name": "x", "uid": "u", "labels": {"l": "old"}, "annotations": {"a": "old"},
+            "ownerReferences": [{"uid": "o"}]}, "spec": {"s": 1}, "status": {"st": 1}});
+        let mut new = json!({"metadata": {"name": "x", "uid": "other", "labels": {"l": "new"}, "annotations": {"a": "new"},
+            "ownerReferences": []}, "spec": {"s": 2}, "status": {"st": 2}});
+        let meta = |out: &Value| {
+            (
+                out["metadata"]["labels"]["l"].clone(),
+                out["metadata"]["annotations"]["a"].clone(),
+            )
+        };
+        // Most kinds: labels and annotations through status, never the spec.
+        let ingress = res("networking.k8s.io", "v1", "ingresses");
+        let out = prepare_update(&ingress, Some("status"), &old, &mut new);
+        assert_eq!(meta(&out), (json!("new"), json!("new")));
+        assert_eq!(
+            (out["spec"]["s"].clone(), out["status"]["st"].clone()),
+            (json!(1), json!(2))
+        );
+        assert_eq!(out["metadata"]["uid"], "u");
+        // Deployments keep their labels, pods their owners, APIServices their labels,
+        // annotations, finalizers and owners.
+        let deploy = res("apps", "v1", "deployments");
+        let out = prepare_update(&deploy, Some("status"), &old, &mut new);
+        assert_eq!(meta(&out), (json!("old"), json!("new")));
+        let pod = res("", "v1", "pods");
+        let out = prepare_update(&pod, Some("status"), &old, &mut new);
+        assert_eq!(meta(&out), (json!("new"), json!("new")));
+        assert_eq!(out["metadata"]["ownerReferences"][0]["uid"], "o");
+        let apiservice = res("apiregistration.k8s.io", "v1", "apiservices");
+        let out = prepare_update(&apiservice, Some("status"), &old, &mut new);
+        assert_eq!(meta(&out), (json!("old"), json!("old")));
+        // Custom resources keep all of their metadata.
+        let mut cr = deploy.clone();
+        cr.definition.clear();
+        let out = prepare_update(&cr, Some("status"), &old, &mut new);
+        assert_eq!(meta(&out), (json!("old"), json!("old")));
+        assert_eq!(out["status"]["st"], 2);
+    }
+
+    /// Upstream e2e "Ingress API" and "CertificateSigningRequest API": merge patches of
+    /// `/status` and `/approval` carry annotations along with the status.
+    #[tokio::test]
+    async fn status_and_approval_patches_keep_their_metadata_changes() {
+        use crate::testutil::{call, call_with_type, server};
+        const MERGE: &str = "application/merge-patch+json";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = server(dir.path()).await;
+        let ing = "/apis/networking.k8s.io/v1/namespaces/default/ingresses";
+        let (code, out) = call(&api, "POST", ing, Some(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "i"}, "spec": {"defaultBackend": {"service": {"name": "s", "port": {"number": 80}}}}}))).await;
+        assert_eq!(code, 201, "{out}");
+        let (code, out) = call_with_type(&api, "PATCH", &format!("{ing}/i/status"), MERGE,
+            Some(json!({"metadata": {"annotations": {"patchedstatus": "true"}, "labels": {"l": "v"}},
+                "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.9"}]}},
+                "spec": {"defaultBackend": {"service": {"name": "changed", "port": {"number": 80}}}}}))).await;
+        assert_eq!(code, 200, "{out}");
+        assert_eq!(out["metadata"]["annotations"]["patchedstatus"], "true");
+        assert_eq!(out["metadata"]["labels"]["l"], "v");
+        assert_eq!(
+            out["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "192.0.2.9"
+        );
+        assert_eq!(out["spec"]["defaultBackend"]["service"]["name"], "s");
+        let (_, got) = call(&api, "GET", &format!("{ing}/i"), None).await;
+        assert_eq!(got["metadata"]["annotations"]["patchedstatus"], "true");
+
+        // Deployments keep their labels (upstream's deployment status strategy).
+        let deploy = "/apis/apps/v1/namespaces/default/deployments";
+        let (code, out) = call(&api, "POST", deploy, Some(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "labels": {"l": "old"}}, "spec": {"selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}))).await;
+        assert_eq!(code, 201, "{out}");
+        let (code, out) = call_with_type(&api, "PATCH", &format!("{deploy}/d/status"), MERGE,
+            Some(json!({"metadata": {"annotations": {"patchedstatus": "true"}, "labels": {"l": "new"}},
+                "status": {"replicas": 3}}))).await;
+        assert_eq!(code, 200, "{out}");
+        assert_eq!(out["metadata"]["annotations"]["patchedstatus"], "true");
+        assert_eq!(out["metadata"]["labels"]["l"], "old");
+        assert_eq!(out["status"]["replicas"], 3);
+
+        let csr = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+        let (code, out) = call(&api, "POST", csr, Some(json!({"apiVersion": "certificates.k8s.io/v1",
+            "kind": "CertificateSigningRequest", "metadata": {"name": "c"},
+            "spec": {"request": "Y3Ny", "signerName": "example.com/e2e", "usages": ["client auth"]}}))).await;
+        assert_eq!(code, 201, "{out}");
+        let (code, out) = call_with_type(&api, "PATCH", &format!("{csr}/c/approval"), MERGE,
+            Some(json!({"metadata": {"annotations": {"patchedapproval": "true"}},
+                "status": {"conditions": [{"type": "ApprovalPatch", "status": "True", "reason": "e2e"}]}}))).await;
+        assert_eq!(code, 200, "{out}");
+        assert_eq!(out["metadata"]["annotations"]["patchedapproval"], "true");
+        assert_eq!(out["status"]["conditions"][0]["type"], "ApprovalPatch");
+        assert!(
+            out["status"]["conditions"][0]["lastUpdateTime"].is_string(),
+            "{out}"
+        );
+        let (code, out) = call_with_type(
+            &api,
+            "PATCH",
+            &format!("{csr}/c/status"),
+            MERGE,
+            Some(
+                json!({"metadata": {"annotations": {"patchedstatus": "true"}},
+                "status": {"certificate": "Y2VydA=="}}),
+            ),
+        )
+        .await;
+        assert_eq!(code, 200, "{out}");
+        assert_eq!(out["metadata"]["annotations"]["patchedstatus"], "true");
+        assert_eq!(out["metadata"]["annotations"]["patchedapproval"], "true");
+        assert_eq!(out["status"]["certificate"], "Y2VydA==");
     }
 
     #[test]

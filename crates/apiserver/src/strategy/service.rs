@@ -1,6 +1,7 @@
 //! Services: cluster IP and node-port allocation through [`crate::alloc`] (after field
 //! tracking, as upstream's Service storage: allocated values have no owner), values
-//! an update leaves out kept (upstream's `patchAllocatedValues`), released when the
+//! an update leaves out kept (upstream's `patchAllocatedValues`), fields a type change
+//! leaves without use wiped (upstream's `dropTypeDependentFields`), released when the
 //! Service is deleted or an update drops them.
 
 use async_trait::async_trait;
@@ -31,6 +32,18 @@ impl Strategy for ServiceStrategy {
 
     fn patch_allocated_values(&self, new: &mut Value, old: &Value) {
         patch_allocated_values(new, old);
+    }
+
+    fn after_defaults_on_update(
+        &self,
+        sub: Option<&str>,
+        _request: &Value,
+        old: &Value,
+        new: &mut Value,
+    ) {
+        if sub.is_none() {
+            drop_type_dependent_fields(new, old);
+        }
     }
 
     async fn allocate(
@@ -245,6 +258,101 @@ async fn allocate_into(
     Ok(())
 }
 
+/// Wipes what a type change leaves without use, as upstream's `dropTypeDependentFields`
+/// (PrepareForUpdate): a field goes only when the old type needed it, the new one does
+/// not, and the update left it as it was (a value the client changed is validation's
+/// to judge). Cluster IPs and node ports wiped here are released by the update.
+fn drop_type_dependent_fields(new: &mut Value, old: &Value) {
+    let typ = |v: &Value| {
+        v.pointer("/spec/type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("ClusterIP")
+            .to_string()
+    };
+    let (new_type, old_type) = (typ(new), typ(old));
+    let spec_of = |v: &Value, k: &str| -> Value {
+        match v.pointer(&format!("/spec/{k}")) {
+            None | Some(Value::Null) => Value::Null,
+            Some(x) => x.clone(),
+        }
+    };
+    let needs_cluster_ip = |t: &str| t != "ExternalName";
+    let needs_node_port = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    let needs_hc = |v: &Value, t: &str| {
+        t == "LoadBalancer" && spec_of(v, "externalTrafficPolicy") == json!("Local")
+    };
+    let externally_accessible = |v: &Value, t: &str| {
+        needs_node_port(t)
+            || (t == "ClusterIP"
+                && spec_of(v, "externalIPs")
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty()))
+    };
+    let same = |k: &str, new: &Value| spec_of(new, k) == spec_of(old, k);
+    let mut wipe: Vec<&str> = Vec::new();
+    if needs_cluster_ip(&old_type) && !needs_cluster_ip(&new_type) {
+        if same("clusterIP", new) && same("clusterIPs", new) {
+            wipe.extend(["clusterIP", "clusterIPs"]);
+        }
+        for k in ["ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy"] {
+            if same(k, new) {
+                wipe.push(k);
+            }
+        }
+    }
+    // The set of node ports in use (upstream's sameNodePorts compares sets).
+    let node_ports = |v: &Value| -> std::collections::BTreeSet<i64> {
+        spec_of(v, "ports")
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
+                    .filter(|n| *n != 0)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let wipe_node_ports = needs_node_port(&old_type)
+        && !needs_node_port(&new_type)
+        && node_ports(new) == node_ports(old);
+    if needs_hc(old, &old_type) && !needs_hc(new, &new_type) && same("healthCheckNodePort", new) {
+        wipe.push("healthCheckNodePort");
+    }
+    if old_type == "LoadBalancer" && new_type != "LoadBalancer" {
+        for k in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
+            if same(k, new) {
+                wipe.push(k);
+            }
+        }
+    }
+    if externally_accessible(old, &old_type)
+        && !externally_accessible(new, &new_type)
+        && same("externalTrafficPolicy", new)
+    {
+        wipe.push("externalTrafficPolicy");
+    }
+    if let Some(spec) = new.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        for k in wipe {
+            spec.remove(k);
+        }
+        if wipe_node_ports {
+            if let Some(ports) = spec.get_mut("ports").and_then(|p| p.as_array_mut()) {
+                for p in ports.iter_mut().filter_map(|p| p.as_object_mut()) {
+                    p.remove("nodePort");
+                }
+            }
+        }
+    }
+    // The load balancer's status goes with the type.
+    if new_type != "LoadBalancer" {
+        if let Some(st) = new.get_mut("status").and_then(|s| s.as_object_mut()) {
+            if st.contains_key("loadBalancer") {
+                st.insert("loadBalancer".into(), json!({}));
+            }
+        }
+    }
+}
+
 /// Keeps the values the server allocated to a Service that an update leaves out, as
 /// upstream's `patchAllocatedValues` (before validation, so that e.g. `kubectl replace`
 /// of a manifest without `clusterIP` is not an immutable-field change): `clusterIP`,
@@ -355,6 +463,125 @@ fn patch_allocated_values(new: &mut Value, old: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Upstream e2e "should be able to change the type from ExternalName to
+    /// ClusterIP/NodePort" and "from ClusterIP/NodePort to ExternalName", as the e2e jig
+    /// does them (GET, change the type, PUT the whole object back).
+    #[tokio::test]
+    async fn type_changes_to_and_from_external_name_release_and_allocate() {
+        use crate::testutil::{call, server};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = server(dir.path()).await;
+        let path = "/api/v1/namespaces/default/services";
+        let (code, svc) = call(&api, "POST", path, Some(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "s"}, "spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
+            "ports": [{"name": "http", "port": 80}]}}))).await;
+        assert_eq!(code, 201, "{svc}");
+        let ip = svc["spec"]["clusterIP"].as_str().expect("ip").to_string();
+        let node_port = svc["spec"]["ports"][0]["nodePort"]
+            .as_u64()
+            .expect("nodePort");
+        let mut external = svc.clone();
+        external["spec"]["type"] = json!("ExternalName");
+        external["spec"]["externalName"] = json!("example.com");
+        let (code, out) = call(&api, "PUT", &format!("{path}/s"), Some(external)).await;
+        assert_eq!(code, 200, "{out}");
+        let spec = out["spec"].as_object().expect("spec");
+        for k in [
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "externalTrafficPolicy",
+            "healthCheckNodePort",
+        ] {
+            assert!(!spec.contains_key(k), "{k} kept: {out}");
+        }
+        assert!(out["spec"]["ports"][0].get("nodePort").is_none(), "{out}");
+        // Released: the IPAddress is gone, the node port can be taken again.
+        let (code, _) = call(
+            &api,
+            "GET",
+            &format!("/apis/networking.k8s.io/v1/ipaddresses/{ip}"),
+            None,
+        )
+        .await;
+        assert_eq!(code, 404, "the cluster IP is released");
+        let (code, other) = call(
+            &api,
+            "POST",
+            path,
+            Some(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "other"}, "spec": {"type": "NodePort",
+            "ports": [{"port": 80, "nodePort": node_port}]}})),
+        )
+        .await;
+        assert_eq!(code, 201, "the node port is released: {other}");
+        // Back to ClusterIP: a cluster IP is allocated again.
+        let mut back = out.clone();
+        back["spec"]["type"] = json!("ClusterIP");
+        back["spec"]["externalName"] = json!("");
+        let (code, back) = call(&api, "PUT", &format!("{path}/s"), Some(back)).await;
+        assert_eq!(code, 200, "{back}");
+        let ip = back["spec"]["clusterIP"].as_str().unwrap_or("");
+        assert!(ip.starts_with("10.43.0."), "{back}");
+        assert_eq!(back["spec"]["clusterIPs"], json!([ip]));
+        assert_eq!(back["spec"]["ipFamilies"], json!(["IPv4"]));
+        let (code, _) = call(
+            &api,
+            "GET",
+            &format!("/apis/networking.k8s.io/v1/ipaddresses/{ip}"),
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "the new cluster IP is held");
+    }
+
+    #[test]
+    fn a_type_change_drops_what_the_new_type_does_not_use() {
+        let old = json!({"spec": {"type": "LoadBalancer", "clusterIP": "10.43.0.9", "clusterIPs": ["10.43.0.9"],
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster",
+            "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000, "allocateLoadBalancerNodePorts": true,
+            "ports": [{"port": 80, "nodePort": 30080}]}, "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+        // A read-modify-write to ExternalName: everything allocated goes.
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("ExternalName");
+        new["spec"]["externalName"] = json!("example.com");
+        drop_type_dependent_fields(&mut new, &old);
+        let spec = new["spec"].as_object().expect("spec");
+        for k in [
+            "clusterIP",
+            "clusterIPs",
+            "ipFamilies",
+            "ipFamilyPolicy",
+            "internalTrafficPolicy",
+            "externalTrafficPolicy",
+            "healthCheckNodePort",
+            "allocateLoadBalancerNodePorts",
+        ] {
+            assert!(!spec.contains_key(k), "{k} kept: {new}");
+        }
+        assert!(new["spec"]["ports"][0].get("nodePort").is_none());
+        assert_eq!(new["status"]["loadBalancer"], json!({}));
+        // To ClusterIP: the cluster IP stays, node ports and external policy go.
+        let mut cip = old.clone();
+        cip["spec"]["type"] = json!("ClusterIP");
+        drop_type_dependent_fields(&mut cip, &old);
+        assert_eq!(cip["spec"]["clusterIP"], "10.43.0.9");
+        assert_eq!(cip["spec"]["internalTrafficPolicy"], "Cluster");
+        assert!(cip["spec"].get("externalTrafficPolicy").is_none());
+        assert!(cip["spec"]["ports"][0].get("nodePort").is_none());
+        // A value the client changed in the same update is left for validation.
+        let mut changed = old.clone();
+        changed["spec"]["type"] = json!("ExternalName");
+        changed["spec"]["clusterIP"] = json!("10.43.0.10");
+        drop_type_dependent_fields(&mut changed, &old);
+        assert_eq!(changed["spec"]["clusterIP"], "10.43.0.10");
+        // No type change: nothing dropped.
+        let mut same = old.clone();
+        drop_type_dependent_fields(&mut same, &old);
+        assert_eq!(same, old);
+    }
 
     #[test]
     fn an_update_keeps_the_allocated_values_it_leaves_out() {
