@@ -219,6 +219,16 @@ pub fn reset_status(res: &ResourceInfo, obj: &mut Value) {
     }
 }
 
+/// Kinds whose annotation changes also bump `metadata.generation` on a main-resource
+/// update (upstream's Deployment strategy: its annotations are copied to its
+/// ReplicaSets, so the controller must see them as a new generation).
+pub fn annotations_bump_generation(res: &ResourceInfo) -> bool {
+    matches!(
+        (res.group.as_str(), res.kind.as_str()),
+        ("apps", "Deployment")
+    )
+}
+
 /// Kinds whose `metadata.generation` upstream maintains (the default of
 /// [`Strategy::tracks_generation`]; one table rather than a line in each kind's file).
 pub fn generation_table(res: &ResourceInfo) -> bool {
@@ -351,7 +361,17 @@ pub fn prepare_update(
         );
         m.remove("selfLink");
     }
-    if strategy.tracks_generation(res) && object::spec_part(&out) != object::spec_part(old) {
+    let annotations = |o: &Value| {
+        object::meta(o)
+            .and_then(|m| m.get("annotations"))
+            .filter(|a| a.as_object().is_some_and(|m| !m.is_empty()))
+            .cloned()
+    };
+    let annotations_changed =
+        sub.is_none() && annotations_bump_generation(res) && annotations(&out) != annotations(old);
+    if strategy.tracks_generation(res)
+        && (annotations_changed || object::spec_part(&out) != object::spec_part(old))
+    {
         let g = old_meta
             .get("generation")
             .and_then(|g| g.as_i64())
@@ -393,6 +413,16 @@ mod tests {
         let out = prepare_update(&deploy, Some("status"), &old, &mut new);
         assert_eq!(out["spec"], json!({"replicas": 1}));
         assert_eq!(out["status"], json!({"replicas": 9}));
+        assert_eq!(out["metadata"]["generation"], 3);
+        // A Deployment's annotations count as a new generation (not a ReplicaSet's).
+        let mut annotated = old.clone();
+        annotated["metadata"]["annotations"] = json!({"kubernetes.io/change-cause": "x"});
+        let out = prepare_update(&deploy, None, &old, &mut annotated.clone());
+        assert_eq!(out["metadata"]["generation"], 4);
+        let out = prepare_update(&deploy, Some("status"), &old, &mut annotated.clone());
+        assert_eq!(out["metadata"]["generation"], 3);
+        let rs = res("apps", "v1", "replicasets");
+        let out = prepare_update(&rs, None, &old, &mut annotated);
         assert_eq!(out["metadata"]["generation"], 3);
     }
 
