@@ -388,7 +388,11 @@ impl ServiceAllocators {
             .and_then(|v| v.as_array())
             .into_iter()
             .flatten()
-            .filter_map(|p| p.get("nodePort").and_then(|v| v.as_u64()));
+            .filter_map(|p| p.get("nodePort").and_then(|v| v.as_u64()))
+            .chain(
+                svc.pointer("/spec/healthCheckNodePort")
+                    .and_then(|v| v.as_u64()),
+            );
         for p in ports {
             if let Ok(p) = u16::try_from(p) {
                 if p >= self.ports.0 && p <= self.ports.1 && !held.ports.contains(&p) {

@@ -255,6 +255,48 @@ async fn allocate_into(
             }
         }
     }
+    // A LoadBalancer that keeps traffic on the node gets a health-check node port
+    // (upstream's `needsHealthCheck`): the one asked for, else the old one, else any.
+    let local = obj
+        .pointer("/spec/externalTrafficPolicy")
+        .and_then(|v| v.as_str())
+        == Some("Local");
+    if typ == "LoadBalancer" && local {
+        let port_of = |v: Option<&Value>| {
+            v.and_then(|o| o.pointer("/spec/healthCheckNodePort"))
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u16::try_from(v).ok())
+        };
+        let (want, had) = (port_of(Some(obj)), port_of(old));
+        let hc = match (want, had) {
+            (Some(w), Some(h)) if w == h => h,
+            (None, Some(h)) => h,
+            _ => {
+                let got = inner.alloc.allocate_ports(&[want], dry_run).await.map_err(
+                    |(_, e)| match e {
+                        crate::alloc::AllocError::Store(_) => ApiError::internal(format!(
+                            "failed to allocate a healthCheckNodePort: {e}"
+                        )),
+                        e => invalid(
+                            "spec.healthCheckNodePort",
+                            format!(
+                                "Invalid value: {}: {e}",
+                                want.map(|w| w.to_string()).unwrap_or_default()
+                            ),
+                        ),
+                    },
+                )?;
+                let p = got.first().copied().unwrap_or_default();
+                if !dry_run {
+                    fresh.ports.push(p);
+                }
+                p
+            }
+        };
+        if let Some(spec) = obj.get_mut("spec").and_then(|s| s.as_object_mut()) {
+            spec.insert("healthCheckNodePort".into(), json!(hc));
+        }
+    }
     Ok(())
 }
 
@@ -463,6 +505,55 @@ fn patch_allocated_values(new: &mut Value, old: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A LoadBalancer with `externalTrafficPolicy: Local` gets a health-check node port
+    /// (kept by updates, released when the policy goes back to Cluster).
+    #[tokio::test]
+    async fn local_load_balancers_get_a_health_check_node_port() {
+        use crate::testutil::{call, server};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = server(dir.path()).await;
+        let path = "/api/v1/namespaces/default/services";
+        let (code, svc) = call(&api, "POST", path, Some(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}]}}))).await;
+        assert_eq!(code, 201, "{svc}");
+        let hc = svc["spec"]["healthCheckNodePort"]
+            .as_u64()
+            .expect("allocated");
+        assert!((30000..=32767).contains(&hc), "{svc}");
+        assert_ne!(Some(hc), svc["spec"]["ports"][0]["nodePort"].as_u64());
+        let mut upd = svc.clone();
+        upd["metadata"]["labels"] = json!({"a": "b"});
+        let (code, out) = call(&api, "PUT", &format!("{path}/lb"), Some(upd)).await;
+        assert_eq!(code, 200, "{out}");
+        assert_eq!(out["spec"]["healthCheckNodePort"].as_u64(), Some(hc));
+        // Taken: nobody else gets it.
+        let (code, clash) = call(
+            &api,
+            "POST",
+            path,
+            Some(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "clash"}, "spec": {"type": "NodePort",
+            "ports": [{"port": 80, "nodePort": hc}]}})),
+        )
+        .await;
+        assert_eq!(code, 422, "{clash}");
+        let (code, cluster) = call(
+            &api,
+            "POST",
+            path,
+            Some(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "cluster"}, "spec": {"type": "LoadBalancer",
+            "ports": [{"port": 80}]}})),
+        )
+        .await;
+        assert_eq!(code, 201, "{cluster}");
+        assert!(
+            cluster["spec"].get("healthCheckNodePort").is_none(),
+            "{cluster}"
+        );
+    }
 
     /// Upstream e2e "should be able to change the type from ExternalName to
     /// ClusterIP/NodePort" and "from ClusterIP/NodePort to ExternalName", as the e2e jig
