@@ -1060,9 +1060,11 @@ async fn set_deployment_revision(
     }
     let api: Api<Deployment> =
         Api::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default());
+    // Through `status`, as upstream's controller writes it: annotations are taken from
+    // a Deployment's status update, and the generation does not move.
     let patch = serde_json::json!({"metadata": {"annotations": {REVISION_ANNOTATION: rev}}});
     let updated = api
-        .patch(
+        .patch_status(
             &d.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),

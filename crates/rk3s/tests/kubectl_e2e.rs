@@ -671,6 +671,25 @@ fn server_side_apply_conflicts_and_force() {
     );
 }
 
+/// The kubectl releases between 1.27 and 1.33 (whichever are installed), one after
+/// another on one server: the same outputs as upstream's for each.
+#[test]
+fn kubectl_workflow_1_28_to_1_32() {
+    let bins: Vec<String> = (28..=32)
+        .map(|m| format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{m}"))
+        .filter(|b| std::path::Path::new(b).exists())
+        .collect();
+    if bins.is_empty() {
+        eprintln!("skipping: no kubectl 1.28-1.32 installed");
+        return;
+    }
+    let c = Cluster::start();
+    for bin in &bins {
+        api_surface(&c, bin);
+        workflow(&c, bin);
+    }
+}
+
 #[test]
 fn kubectl_workflow_1_33() {
     let bin = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
