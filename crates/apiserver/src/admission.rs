@@ -73,10 +73,24 @@ fn webhook_configs(inner: &Inner) -> Vec<Value> {
 
 /// Resolves a Service to one ready endpoint (upstream's endpoint routing, as k3s
 /// enables it), falling back to the cluster IP.
-fn resolve_service(inner: &Inner, ns: &str, name: &str, port: u16) -> Option<SocketAddr> {
-    let svc = inner
-        .cache
-        .get(&format!("/registry/core/services/{ns}/{name}"))?;
+pub(crate) fn resolve_service(
+    inner: &Inner,
+    ns: &str,
+    name: &str,
+    port: u16,
+) -> Option<SocketAddr> {
+    resolve_service_in(&inner.cache, ns, name, port)
+}
+
+/// [`resolve_service`] through the watch cache alone (for tasks that outlive a
+/// request, e.g. watches converting custom resources).
+pub(crate) fn resolve_service_in(
+    cache: &crate::cache::WatchCache,
+    ns: &str,
+    name: &str,
+    port: u16,
+) -> Option<SocketAddr> {
+    let svc = cache.get(&format!("/registry/core/services/{ns}/{name}"))?;
     let ports = svc
         .object
         .pointer("/spec/ports")
@@ -86,10 +100,7 @@ fn resolve_service(inner: &Inner, ns: &str, name: &str, port: u16) -> Option<Soc
     let sp = ports
         .iter()
         .find(|p| p.get("port").and_then(|x| x.as_u64()) == Some(u64::from(port)));
-    if let Some(ep) = inner
-        .cache
-        .get(&format!("/registry/core/endpoints/{ns}/{name}"))
-    {
+    if let Some(ep) = cache.get(&format!("/registry/core/endpoints/{ns}/{name}")) {
         let target_name = sp
             .and_then(|p| p.get("name"))
             .and_then(|n| n.as_str())

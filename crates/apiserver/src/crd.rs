@@ -1,7 +1,9 @@
 //! CustomResourceDefinitions: the CRD controller inside the API server (names accepted,
 //! established, resources registered, OpenAPI rebuilt, objects deleted with the CRD) and
 //! what the REST handlers need to serve custom resources (schemas, scale paths, printer
-//! columns, schema defaults applied on read).
+//! columns, schema defaults applied on read, conversion between the CRD's versions:
+//! objects are stored in the storage version and read in the requested one, converted
+//! before that version's defaults apply).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -10,7 +12,8 @@ use rk3s_api::{ApiError, ResourceInfo};
 use rk3s_store::StoreError;
 use serde_json::{json, Value};
 
-use crate::cache::CacheEventKind;
+use crate::cache::{CacheEventKind, WatchCache};
+use crate::crd_conversion::Conversion;
 use crate::handler::ApiServer;
 use crate::object;
 use crate::state::Inner;
@@ -30,6 +33,9 @@ pub struct CrdVersion {
     /// The schema has defaults: reads apply them to stored objects (upstream's
     /// decoder defaults what it reads from storage).
     pub defaults_on_read: bool,
+    /// How objects convert between the CRD's versions, when it has more than one
+    /// (objects are stored in the storage version and read in the requested one).
+    pub conversion: Option<Arc<Conversion>>,
 }
 
 /// Served custom resources, by (group, version, plural).
@@ -60,7 +66,53 @@ impl CrdState {
 /// Whether reads of `res` (served as custom resource version `crd`, if it is one)
 /// return something else than the stored objects.
 pub fn changes_on_read(res: &ResourceInfo, crd: Option<&CrdVersion>) -> bool {
-    crate::convert::needs_conversion(res) || crd.is_some_and(|v| v.defaults_on_read)
+    crate::convert::needs_conversion(res)
+        || crd.is_some_and(|v| v.defaults_on_read || v.conversion.is_some())
+}
+
+/// `objects` (custom resources of version `crd`, in whatever version they were
+/// stored or sent) in `api_version`, converted as their CRD says (one conversion
+/// call for all that need it). Webhook Services resolve through `cache`. A failing
+/// conversion is upstream's 500 `InternalError` with the conversion error.
+pub async fn convert_to(
+    cache: &WatchCache,
+    crd: Option<&CrdVersion>,
+    objects: Vec<Value>,
+    api_version: &str,
+) -> Result<Vec<Value>, ApiError> {
+    let Some(conversion) = crd.and_then(|v| v.conversion.as_deref()) else {
+        return Ok(objects);
+    };
+    let resolve = |ns: &str, name: &str, port: u16| {
+        crate::admission::resolve_service_in(cache, ns, name, port)
+    };
+    conversion
+        .convert(objects, api_version, &resolve)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "custom resource conversion failed");
+            ApiError::internal(e.to_string())
+        })
+}
+
+/// [`convert_to`] of one object.
+pub async fn convert_one(
+    cache: &WatchCache,
+    crd: Option<&CrdVersion>,
+    object: Value,
+    api_version: &str,
+) -> Result<Value, ApiError> {
+    convert_to(cache, crd, vec![object], api_version)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("conversion returned no object"))
+}
+
+/// The `apiVersion` a write of version `crd` is stored in (its CRD's storage
+/// version), if that is another version than `api_version`.
+pub fn storage_api_version(crd: Option<&CrdVersion>, api_version: &str) -> Option<String> {
+    let storage = crd?.conversion.as_ref()?.storage_api_version();
+    (storage != api_version).then_some(storage)
 }
 
 /// Stored form → what a read (get, list, watch, the object an update starts from)
@@ -288,6 +340,15 @@ async fn reconcile(inner: &Inner, crd: &Value) {
         }
     }
     let mut schemas_changed = false;
+    // Only a CRD with several versions converts (objects of a CRD with one version
+    // are all stored in it).
+    let several_versions = with_status
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .is_some_and(|v| v.len() > 1);
+    let conversion = Conversion::from_crd(&with_status)
+        .filter(|_| several_versions)
+        .map(Arc::new);
     for r in &resources {
         let schema = rk3s_crd::Schema::from_crd(&with_status, &r.version).ok();
         let version = CrdVersion {
@@ -295,6 +356,7 @@ async fn reconcile(inner: &Inner, crd: &Value) {
             schema,
             scale: rk3s_crd::scale_spec(&with_status, &r.version),
             columns: rk3s_crd::printer_columns(&with_status, &r.version),
+            conversion: conversion.clone(),
         };
         if let Ok(mut v) = inner.schemas.crds.versions.write() {
             v.insert(
@@ -592,6 +654,185 @@ mod tests {
         })
         .await;
         assert!(got.get("a").is_none(), "a's default is gone: {got}");
+    }
+
+    /// A raw answer (e.g. a watch stream) of `GET path` as the cluster admin.
+    async fn raw_get(api: &ApiServer, path: &str) -> String {
+        use http_body_util::BodyExt;
+        let (parts, ()) = http::Request::builder()
+            .uri(path)
+            .body(())
+            .expect("request")
+            .into_parts();
+        let resp = api
+            .handle(parts, bytes::Bytes::new(), Some(crate::testutil::admin()))
+            .await;
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    async fn stored(api: &ApiServer, name: &str) -> Value {
+        let kv = api
+            .inner()
+            .store
+            .get(&format!("/registry/e2e.example.com/things/{name}"))
+            .await
+            .expect("store")
+            .expect("stored");
+        serde_json::from_slice(&kv.value).expect("json")
+    }
+
+    /// A CRD with versions v1 (storage) and v2 (with a default), converted with
+    /// `conversion`; waits until v2 is served.
+    async fn two_versions(api: &ApiServer, conversion: Value) {
+        let open = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+        let mut v2 = open.clone();
+        v2["properties"] = json!({"b": {"type": "string", "default": "B"}});
+        let mut body = crd(vec![version("v1", true, open), version("v2", false, v2)]);
+        body["spec"]["conversion"] = conversion;
+        let (code, out) = call(api, "POST", CRDS, Some(body)).await;
+        assert_eq!(code, 201, "{out}");
+        eventually("v2 served", || async {
+            (call(api, "GET", "/apis/e2e.example.com/v2/things", None)
+                .await
+                .0
+                == 200)
+                .then_some(())
+        })
+        .await;
+    }
+
+    fn thing(version: &str, name: &str) -> Value {
+        json!({"apiVersion": format!("e2e.example.com/{version}"), "kind": "Thing",
+            "metadata": {"name": name}, "a": "A"})
+    }
+
+    /// Objects are stored in the storage version and read in the requested one (get,
+    /// list, paged list, watch, the object a patch starts from), converted before the
+    /// requested version's defaults apply.
+    #[tokio::test]
+    async fn objects_are_stored_in_the_storage_version_and_served_in_every_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = server(dir.path()).await;
+        two_versions(&api, json!({"strategy": "None"})).await;
+        let (v1, v2) = (
+            "/apis/e2e.example.com/v1/things",
+            "/apis/e2e.example.com/v2/things",
+        );
+        let (code, out) = call(&api, "POST", v1, Some(thing("v1", "t1"))).await;
+        assert_eq!(code, 201, "{out}");
+        let (code, out) = call(&api, "POST", v2, Some(thing("v2", "t2"))).await;
+        assert_eq!(code, 201, "{out}");
+        assert_eq!(out["apiVersion"], "e2e.example.com/v2", "{out}");
+        assert_eq!(out["b"], "B", "{out}");
+        assert!(out["metadata"]["resourceVersion"].is_string(), "{out}");
+        let raw = stored(&api, "t2").await;
+        assert_eq!(raw["apiVersion"], "e2e.example.com/v1", "{raw}");
+
+        let (code, got) = call(&api, "GET", &format!("{v2}/t1"), None).await;
+        assert_eq!(code, 200, "{got}");
+        assert_eq!(got["apiVersion"], "e2e.example.com/v2");
+        assert_eq!(
+            got["b"], "B",
+            "v2's default applies after the conversion: {got}"
+        );
+        let (_, got) = call(&api, "GET", &format!("{v1}/t2"), None).await;
+        assert_eq!(got["apiVersion"], "e2e.example.com/v1");
+        for path in [v2.to_string(), format!("{v2}?limit=1")] {
+            let (code, list) = call(&api, "GET", &path, None).await;
+            assert_eq!(code, 200, "{list}");
+            let items = list["items"].as_array().expect("items");
+            assert!(!items.is_empty(), "{list}");
+            assert!(
+                items
+                    .iter()
+                    .all(|i| i["apiVersion"] == "e2e.example.com/v2"),
+                "{list}"
+            );
+        }
+
+        // A patch through v2 of an object stored as v1.
+        let (code, out) = call_with_type(
+            &api,
+            "PATCH",
+            &format!("{v2}/t1"),
+            "application/merge-patch+json",
+            Some(json!({"a": "patched"})),
+        )
+        .await;
+        assert_eq!(code, 200, "{out}");
+        assert_eq!(out["apiVersion"], "e2e.example.com/v2");
+        let raw = stored(&api, "t1").await;
+        assert_eq!(raw["apiVersion"], "e2e.example.com/v1", "{raw}");
+        assert_eq!(raw["a"], "patched", "{raw}");
+
+        // Watch through v2: initial and live events in v2.
+        let rv = out["metadata"]["resourceVersion"].as_str().expect("rv");
+        let watch = {
+            let api = api.clone();
+            let path = format!("{v2}?watch=true&timeoutSeconds=2&resourceVersion={rv}");
+            tokio::spawn(async move { raw_get(&api, &path).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (code, out) = call(&api, "POST", v1, Some(thing("v1", "t3"))).await;
+        assert_eq!(code, 201, "{out}");
+        let initial = raw_get(&api, &format!("{v2}?watch=true&timeoutSeconds=1")).await;
+        let live = watch.await.expect("watch");
+        for (stream, want) in [(initial, 3), (live, 1)] {
+            let events: Vec<Value> = stream
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("event"))
+                .collect();
+            assert_eq!(events.len(), want, "{stream}");
+            assert!(
+                events
+                    .iter()
+                    .all(|e| e["object"]["apiVersion"] == "e2e.example.com/v2"
+                        && e["object"]["b"] == "B"),
+                "{stream}"
+            );
+        }
+        // Deleting through v2 answers in v2.
+        let (code, out) = call(&api, "DELETE", &format!("{v2}/t3"), None).await;
+        assert_eq!(code, 200, "{out}");
+        assert_eq!(out["apiVersion"], "e2e.example.com/v2", "{out}");
+    }
+
+    /// A conversion webhook that cannot be called: reads and writes that need it are
+    /// upstream's 500 InternalError with the conversion error; others work.
+    #[tokio::test]
+    async fn failing_conversion_webhook_is_an_internal_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = server(dir.path()).await;
+        two_versions(
+            &api,
+            json!({"strategy": "Webhook", "webhook": {"conversionReviewVersions": ["v1"],
+                "clientConfig": {"url": "https://127.0.0.1:1/convert"}}}),
+        )
+        .await;
+        let (v1, v2) = (
+            "/apis/e2e.example.com/v1/things",
+            "/apis/e2e.example.com/v2/things",
+        );
+        let (code, out) = call(&api, "POST", v1, Some(thing("v1", "t1"))).await;
+        assert_eq!(code, 201, "{out}");
+        for (method, path, body) in [
+            ("GET", format!("{v2}/t1"), None),
+            ("GET", v2.to_string(), None),
+            ("POST", v2.to_string(), Some(thing("v2", "t2"))),
+        ] {
+            let (code, out) = call(&api, method, &path, body).await;
+            assert_eq!(code, 500, "{method} {path}: {out}");
+            assert_eq!(out["reason"], "InternalError", "{out}");
+            let msg = out["message"].as_str().unwrap_or("");
+            assert!(
+                msg.starts_with("Internal error occurred: conversion webhook for e2e.example.com/"),
+                "{msg}"
+            );
+        }
+        let (code, list) = call(&api, "GET", v1, None).await;
+        assert_eq!(code, 200, "{list}");
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
     }
 
     /// Upstream e2e "CustomResourcePublishOpenAPI": `/openapi/v2` publishes each served

@@ -86,6 +86,9 @@ struct Staged {
     object: Option<Value>,
     /// Whether the watch cache was handed the object.
     handed: bool,
+    /// The object was converted to its CRD's storage version: the answer converts it
+    /// back (`object` is the stored object).
+    converted: bool,
 }
 
 /// Whether two objects are equal but for `metadata.resourceVersion` (an update that
@@ -328,10 +331,34 @@ impl<'a> Call<'a> {
         self.query.get("dryRun").is_some()
     }
 
-    /// A stored object as reads return it (see [`crate::crd::read`]).
-    fn read(&self, stored: Value) -> Value {
+    /// A stored object as reads return it: a custom resource converted to the
+    /// requested version, then [`crate::crd::read`].
+    async fn read(&self, stored: Value) -> Result<Value, ApiError> {
         let crd = self.inner.schemas.crds.version(&self.res);
-        crate::crd::read(&self.res, crd.as_deref(), stored)
+        let obj = crate::crd::convert_one(
+            &self.inner.cache,
+            crd.as_deref(),
+            stored,
+            &self.res.api_version(),
+        )
+        .await?;
+        Ok(crate::crd::read(&self.res, crd.as_deref(), obj))
+    }
+
+    /// [`Call::read`] of many stored objects (custom resources converted in one call).
+    async fn read_all(&self, stored: Vec<Value>) -> Result<Vec<Value>, ApiError> {
+        let crd = self.inner.schemas.crds.version(&self.res);
+        let objs = crate::crd::convert_to(
+            &self.inner.cache,
+            crd.as_deref(),
+            stored,
+            &self.res.api_version(),
+        )
+        .await?;
+        Ok(objs
+            .into_iter()
+            .map(|o| crate::crd::read(&self.res, crd.as_deref(), o))
+            .collect())
     }
 
     /// GET of one object (or its `status`).
@@ -343,7 +370,7 @@ impl<'a> Call<'a> {
             .await
             .map_err(|e| store_err(&self.res, self.name(), e))?;
         let kv = kv.ok_or_else(|| ApiError::not_found(&self.res, self.name()))?;
-        let obj = self.read(kv_to_object(&kv)?);
+        let obj = self.read(kv_to_object(&kv)?).await?;
         if self.info.subresource.as_deref() == Some("scale") {
             return Ok(body::json(200, &self.to_scale(&obj)?));
         }
@@ -441,9 +468,10 @@ impl<'a> Call<'a> {
         }
         let crd = self.inner.schemas.crds.version(&self.res);
         if crate::crd::changes_on_read(&self.res, crd.as_deref()) {
-            let items: Vec<Value> = items
+            let items: Vec<Value> = self
+                .read_all(items.into_iter().map(|o| (*o.object).clone()).collect())
+                .await?
                 .into_iter()
-                .map(|o| crate::crd::read(&self.res, crd.as_deref(), (*o.object).clone()))
                 .filter(|o| filter.matches(o))
                 .collect();
             return Ok(self.render_list(items, rv, None, None));
@@ -504,9 +532,12 @@ impl<'a> Call<'a> {
             read_rev = Some(page.revision);
             more = page.more;
             remaining = page.remaining;
+            let mut stored = Vec::with_capacity(page.items.len());
             for kv in &page.items {
                 last_key = kv.key.clone();
-                let obj = self.read(kv_to_object(kv)?);
+                stored.push(kv_to_object(kv)?);
+            }
+            for obj in self.read_all(stored).await? {
                 if filter.matches(&obj) {
                     items.push(obj);
                 }
@@ -864,7 +895,7 @@ impl<'a> Call<'a> {
             }
             return Ok(with_warnings(self.render_one(obj, 201), &warnings));
         }
-        let staged = match self.stage(&key, obj, false) {
+        let staged = match self.stage_stored(&key, obj, false).await {
             Ok(s) => s,
             Err(e) => {
                 strategy
@@ -884,9 +915,10 @@ impl<'a> Call<'a> {
             }
         };
         Ok(with_warnings(
-            self.written(staged, kv.mod_revision, 201, |obj| {
+            self.written_back(staged, kv.mod_revision, 201, |obj| {
                 Ok(self.render_one(obj, 201))
-            })?,
+            })
+            .await?,
             &warnings,
         ))
     }
@@ -903,6 +935,7 @@ impl<'a> Call<'a> {
                 stored,
                 object: Some(obj),
                 handed: false,
+                converted: false,
             });
         }
         let object = (need_object || self.output != Output::Json).then(|| obj.clone());
@@ -911,7 +944,48 @@ impl<'a> Call<'a> {
             stored,
             object,
             handed: true,
+            converted: false,
         })
+    }
+
+    /// [`Call::stage`] of an object in the request's version: a custom resource is
+    /// converted to its CRD's storage version first (upstream stores every object of a
+    /// CRD in the storage version).
+    async fn stage_stored(
+        &self,
+        key: &str,
+        obj: Value,
+        need_object: bool,
+    ) -> Result<Staged, ApiError> {
+        let crd = self.inner.schemas.crds.version(&self.res);
+        let Some(storage) =
+            crate::crd::storage_api_version(crd.as_deref(), &self.res.api_version())
+        else {
+            return self.stage(key, obj, need_object);
+        };
+        let stored =
+            crate::crd::convert_one(&self.inner.cache, crd.as_deref(), obj, &storage).await?;
+        let mut staged = self.stage(key, stored, true)?;
+        staged.converted = true;
+        Ok(staged)
+    }
+
+    /// [`Call::written`] of a write staged by [`Call::stage_stored`]: a converted
+    /// object is answered in the request's version, read back as upstream does.
+    async fn written_back(
+        &self,
+        mut staged: Staged,
+        revision: i64,
+        code: u16,
+        render: impl FnOnce(Value) -> Result<Response, ApiError>,
+    ) -> Result<Response, ApiError> {
+        if staged.converted {
+            if let Some(mut obj) = staged.object.take() {
+                set_resource_version(&mut obj, revision);
+                return render(self.read(obj).await?);
+            }
+        }
+        self.written(staged, revision, code, render)
     }
 
     /// Withdraws a staged write that did not happen.
@@ -989,7 +1063,7 @@ impl<'a> Call<'a> {
                 }
                 return Err(ApiError::not_found(&self.res, &name));
             };
-            let cur_obj = self.read(kv_to_object(&current)?);
+            let cur_obj = self.read(kv_to_object(&current)?).await?;
             // The object as the client wants it.
             let mut desired = match sub.as_deref() {
                 Some("scale") => {
@@ -1194,7 +1268,10 @@ impl<'a> Call<'a> {
                 m.remove("resourceVersion");
             }
             let held_after = strategy.held(self.inner, &new_obj);
-            let staged = match self.stage(&key, new_obj, sub.as_deref() == Some("scale")) {
+            let staged = match self
+                .stage_stored(&key, new_obj, sub.as_deref() == Some("scale"))
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     strategy
@@ -1221,7 +1298,10 @@ impl<'a> Call<'a> {
             match result {
                 Ok(kv) => {
                     return Ok(with_warnings(
-                        self.written(staged, kv.mod_revision, 200, |obj| self.answer_update(obj))?,
+                        self.written_back(staged, kv.mod_revision, 200, |obj| {
+                            self.answer_update(obj)
+                        })
+                        .await?,
                         &warnings,
                     ))
                 }
@@ -1453,7 +1533,7 @@ impl<'a> Call<'a> {
         }
         let key = self.res.key(self.ns(), &name);
         if let Some(old) = self.inner.cache.get(&key) {
-            let old = self.read((*old.object).clone());
+            let old = self.read((*old.object).clone()).await?;
             crate::admission::validate_delete(
                 self.inner,
                 &self.res,
@@ -1467,7 +1547,7 @@ impl<'a> Call<'a> {
             .inner
             .delete_object(&self.res, self.ns(), &name, &opts, options_dry_run(&opts))
             .await?;
-        Ok(self.render_one(self.read(obj), code))
+        Ok(self.render_one(self.read(obj).await?, code))
     }
 
     /// The DeleteOptions of a DELETE: the body (JSON, YAML or protobuf, typed as
@@ -1525,6 +1605,7 @@ impl<'a> Call<'a> {
                 Err(e) => return Err(e),
             }
         }
+        let deleted = self.read_all(deleted).await?;
         Ok(self.render_list(deleted, rev, None, None))
     }
 }

@@ -23,6 +23,9 @@ struct Encoder {
     output: Output,
     first: bool,
     crd: Option<Arc<crate::crd::CrdVersion>>,
+    /// The watch cache, to resolve conversion webhook Services (`None`: custom
+    /// resources are not converted).
+    cache: Option<Arc<crate::cache::WatchCache>>,
 }
 
 impl Encoder {
@@ -34,6 +37,56 @@ impl Encoder {
     /// A stored object as reads return it.
     fn read(&self, stored: Value) -> Value {
         crate::crd::read(&self.res, self.crd.as_deref(), stored)
+    }
+
+    /// Whether custom resources may need a conversion to the watched version.
+    fn converts(&self) -> Option<(&crate::cache::WatchCache, &crate::crd::CrdVersion)> {
+        let crd = self.crd.as_deref().filter(|v| v.conversion.is_some())?;
+        Some((self.cache.as_deref()?, crd))
+    }
+
+    /// Stored objects as reads return them, custom resources converted to the
+    /// watched version in one call.
+    async fn read_all(&self, stored: Vec<Value>) -> Result<Vec<Value>, ApiError> {
+        let objs = match self.converts() {
+            Some((cache, crd)) => {
+                crate::crd::convert_to(cache, Some(crd), stored, &self.res.api_version()).await?
+            }
+            None => stored,
+        };
+        Ok(objs.into_iter().map(|o| self.read(o)).collect())
+    }
+
+    /// `ev` with its objects converted to the watched version (custom resources of a
+    /// CRD with several versions), else `ev` itself.
+    async fn convert_event(&self, ev: &Arc<CacheEvent>) -> Result<Arc<CacheEvent>, ApiError> {
+        let Some((cache, crd)) = self.converts() else {
+            return Ok(ev.clone());
+        };
+        let want = self.res.api_version();
+        let mut objs = vec![(*ev.object).clone()];
+        objs.extend(ev.prev.as_deref().cloned());
+        if objs
+            .iter()
+            .all(|o| o.get("apiVersion").and_then(Value::as_str) == Some(want.as_str()))
+        {
+            return Ok(ev.clone());
+        }
+        let mut out = crate::crd::convert_to(cache, Some(crd), objs, &want)
+            .await?
+            .into_iter();
+        let object = out
+            .next()
+            .ok_or_else(|| ApiError::internal("conversion returned no object"))?;
+        let prev = ev.prev.as_ref().and_then(|_| out.next()).map(Arc::new);
+        Ok(Arc::new(CacheEvent {
+            kind: ev.kind,
+            key: ev.key.clone(),
+            revision: ev.revision,
+            object: Arc::new(object),
+            prev,
+            raw: ev.raw.clone(),
+        }))
     }
 
     fn event(&mut self, typ: &str, obj: &Value) -> Bytes {
@@ -161,6 +214,7 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
         output: call.output.clone(),
         first: true,
         crd: call.inner.schemas.crds.version(&call.res),
+        cache: Some(call.inner.cache.clone()),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
 
@@ -245,22 +299,32 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
                 k.starts_with(&res_key_prefix)
             }
         };
-        for o in &initial_items {
-            if !enc.changes_on_read() && enc.output == Output::Json {
-                if filter.matches(&o.object)
-                    && tx.send(enc.event_raw("ADDED", &o.raw)).await.is_err()
-                {
+        if enc.changes_on_read() {
+            let stored = initial_items.iter().map(|o| (*o.object).clone()).collect();
+            let objs = match enc.read_all(stored).await {
+                Ok(objs) => objs,
+                Err(e) => {
+                    let _ = tx.send(enc.error(&e)).await;
                     return;
                 }
-                continue;
-            }
-            let obj = if enc.changes_on_read() {
-                enc.read((*o.object).clone())
-            } else {
-                (*o.object).clone()
             };
-            if filter.matches(&obj) && tx.send(enc.event("ADDED", &obj)).await.is_err() {
-                return;
+            for obj in objs {
+                if filter.matches(&obj) && tx.send(enc.event("ADDED", &obj)).await.is_err() {
+                    return;
+                }
+            }
+        } else {
+            for o in &initial_items {
+                let sent = if enc.output == Output::Json {
+                    !filter.matches(&o.object)
+                        || tx.send(enc.event_raw("ADDED", &o.raw)).await.is_ok()
+                } else {
+                    !filter.matches(&o.object)
+                        || tx.send(enc.event("ADDED", &o.object)).await.is_ok()
+                };
+                if !sent {
+                    return;
+                }
             }
         }
         if send_initial == Some(true) && tx.send(enc.bookmark(start_rev, true)).await.is_err() {
@@ -268,7 +332,12 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
         }
         let mut last = start_rev;
         for ev in backlog {
-            if let Some(b) = next_event(&mut enc, &filter, &matches_key, &ev, &mut last) {
+            if let Some(b) =
+                match converted_event(&mut enc, &filter, &matches_key, &ev, &mut last, &tx).await {
+                    Ok(b) => b,
+                    Err(()) => return,
+                }
+            {
                 if tx.send(b).await.is_err() {
                     return;
                 }
@@ -292,7 +361,7 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
                     loop {
                         match live.try_recv() {
                             Ok(ev) => {
-                                if let Some(b) = next_event(&mut enc, &filter, &matches_key, &ev, &mut last) {
+                                if let Some(b) = match converted_event(&mut enc, &filter, &matches_key, &ev, &mut last, &tx).await { Ok(b) => b, Err(()) => return } {
                                     if tx.send(b).await.is_err() {
                                         return;
                                     }
@@ -312,7 +381,7 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
                 }
                 ev = live.recv() => match ev {
                     Ok(ev) => {
-                        if let Some(b) = next_event(&mut enc, &filter, &matches_key, &ev, &mut last) {
+                        if let Some(b) = match converted_event(&mut enc, &filter, &matches_key, &ev, &mut last, &tx).await { Ok(b) => b, Err(()) => return } {
                             if tx.send(b).await.is_err() {
                                 return;
                             }
@@ -328,6 +397,29 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
         }
     });
     Ok(resp)
+}
+
+/// [`next_event`] with the event's objects converted to the watched version first.
+/// `Err` ends the stream: a failed conversion was sent as an ERROR event (or the
+/// watcher is gone).
+async fn converted_event(
+    enc: &mut Encoder,
+    filter: &Filter,
+    matches_key: &impl Fn(&str) -> bool,
+    ev: &Arc<CacheEvent>,
+    last: &mut i64,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<Option<Bytes>, ()> {
+    if ev.revision <= *last || !matches_key(&ev.key) {
+        return Ok(next_event(enc, filter, matches_key, ev, last));
+    }
+    match enc.convert_event(ev).await {
+        Ok(ev) => Ok(next_event(enc, filter, matches_key, &ev, last)),
+        Err(e) => {
+            let _ = tx.send(enc.error(&e)).await;
+            Err(())
+        }
+    }
 }
 
 /// The watch line for the next cache event, if this watcher gets one: events at or
@@ -393,6 +485,7 @@ mod tests {
             output: Output::Json,
             first: true,
             crd: None,
+            cache: None,
         }
     }
 

@@ -254,3 +254,170 @@ fn admission_webhooks_see_defaults_and_deletes() {
     let other = c.fails(&["exec", "to-be-mutated", "--", "echo", "fine"], None);
     assert!(!other.contains("deny-connect"), "{other}");
 }
+
+/// A CRD of `group` with versions v1 (storage) and v2 (served), `Widget`s in
+/// namespaces, converted as `conversion` says.
+fn two_version_crd(group: &str, v1_spec: Value, v2_spec: Value, conversion: Value) -> Value {
+    let version = |name: &str, storage: bool, spec: Value| {
+        json!({"name": name, "served": true, "storage": storage, "schema": {"openAPIV3Schema":
+            {"type": "object", "properties": {"spec": spec}}}})
+    };
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("widgets.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [version("v1", true, v1_spec), version("v2", false, v2_spec)],
+            "conversion": conversion}})
+}
+
+fn get_json(c: &Cluster, path: &str) -> Value {
+    serde_json::from_str(&c.ok(&["get", "--raw", path])).expect("json")
+}
+
+#[test]
+fn crd_conversion_webhook_serves_every_version() {
+    let c = Cluster::start();
+    let w = start_webhooks();
+    let string = json!({"type": "string"});
+    let crd = two_version_crd(
+        "conv.example.com",
+        json!({"type": "object", "properties": {"hostPort": string}}),
+        json!({"type": "object", "properties": {"host": string, "port": string}}),
+        json!({"strategy": "Webhook", "webhook": {"conversionReviewVersions": ["v1", "v1beta1"],
+            "clientConfig": client_config(&w, "/convert")}}),
+    );
+    c.ok_with(
+        &common::kubectl_bin(),
+        &["create", "-f", "-"],
+        Some(&crd.to_string()),
+    );
+    let (v1, v2) = (
+        "/apis/conv.example.com/v1/namespaces/default/widgets",
+        "/apis/conv.example.com/v2/namespaces/default/widgets",
+    );
+    let created = wait_for("v2 served", Duration::from_secs(30), || {
+        let o = c.kubectl_with(
+            &common::kubectl_bin(),
+            &["create", "-f", "-", "-o", "json"],
+            Some(
+                &json!({"apiVersion": "conv.example.com/v2", "kind": "Widget",
+                    "metadata": {"name": "from-v2"}, "spec": {"host": "localhost", "port": "8080"}})
+                .to_string(),
+            ),
+        );
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).expect("json"))
+    });
+    // The answer is in the request's version.
+    assert_eq!(created["apiVersion"], "conv.example.com/v2", "{created}");
+    assert_eq!(
+        created["spec"],
+        json!({"host": "localhost", "port": "8080"})
+    );
+    c.ok_with(
+        &common::kubectl_bin(),
+        &["create", "-f", "-"],
+        Some(
+            &json!({"apiVersion": "conv.example.com/v1", "kind": "Widget",
+                "metadata": {"name": "from-v1"}, "spec": {"hostPort": "example.org:443"}})
+            .to_string(),
+        ),
+    );
+
+    // Each through the other version.
+    let got = get_json(&c, &format!("{v1}/from-v2"));
+    assert_eq!(got["apiVersion"], "conv.example.com/v1", "{got}");
+    assert_eq!(got["spec"], json!({"hostPort": "localhost:8080"}), "{got}");
+    let got = get_json(&c, &format!("{v2}/from-v1"));
+    assert_eq!(got["apiVersion"], "conv.example.com/v2", "{got}");
+    assert_eq!(
+        got["spec"],
+        json!({"host": "example.org", "port": "443"}),
+        "{got}"
+    );
+
+    // A list through v2: every item in v2 (one stored as v1 by each path).
+    let list = get_json(&c, v2);
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{list}");
+    for item in items {
+        assert_eq!(item["apiVersion"], "conv.example.com/v2", "{list}");
+        assert!(
+            item["spec"]["host"].is_string() && item["spec"]["port"].is_string(),
+            "{list}"
+        );
+        assert!(item["spec"].get("hostPort").is_none(), "{list}");
+    }
+    // The stored form is v1: listing through v1 needs no conversion and shows hostPort.
+    let list = get_json(&c, v1);
+    let items = list["items"].as_array().expect("items");
+    assert!(
+        items
+            .iter()
+            .all(|i| i["apiVersion"] == "conv.example.com/v1" && i["spec"]["hostPort"].is_string()),
+        "{list}"
+    );
+
+    // A merge patch through v2 of an object stored as v1.
+    let patched: Value = serde_json::from_str(&c.ok(&[
+        "patch",
+        "widgets.v2.conv.example.com",
+        "from-v1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"port":"8443"}}"#,
+        "-o",
+        "json",
+    ]))
+    .expect("json");
+    assert_eq!(patched["apiVersion"], "conv.example.com/v2", "{patched}");
+    assert_eq!(
+        patched["spec"],
+        json!({"host": "example.org", "port": "8443"}),
+        "{patched}"
+    );
+    let got = get_json(&c, &format!("{v1}/from-v1"));
+    assert_eq!(
+        got["spec"],
+        json!({"hostPort": "example.org:8443"}),
+        "{got}"
+    );
+
+    // Strategy None: only apiVersion changes.
+    let open = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    let crd = two_version_crd(
+        "plain.example.com",
+        open.clone(),
+        open,
+        json!({"strategy": "None"}),
+    );
+    c.ok_with(
+        &common::kubectl_bin(),
+        &["create", "-f", "-"],
+        Some(&crd.to_string()),
+    );
+    wait_for("plain v2 served", Duration::from_secs(30), || {
+        let o = c.kubectl_with(
+            &common::kubectl_bin(),
+            &["create", "-f", "-"],
+            Some(
+                &json!({"apiVersion": "plain.example.com/v2", "kind": "Widget",
+                    "metadata": {"name": "w"}, "spec": {"anything": "kept"}})
+                .to_string(),
+            ),
+        );
+        o.status.success().then_some(())
+    });
+    let got = get_json(
+        &c,
+        "/apis/plain.example.com/v1/namespaces/default/widgets/w",
+    );
+    assert_eq!(got["apiVersion"], "plain.example.com/v1", "{got}");
+    assert_eq!(got["spec"], json!({"anything": "kept"}), "{got}");
+    let list = get_json(&c, "/apis/plain.example.com/v2/namespaces/default/widgets");
+    assert_eq!(
+        list["items"][0]["apiVersion"], "plain.example.com/v2",
+        "{list}"
+    );
+}
