@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -715,7 +715,10 @@ enum Msg {
 }
 
 struct Inner {
-    tx: mpsc::SyncSender<Msg>,
+    tx: mpsc::Sender<Msg>,
+    /// Lines sent and not yet taken by the writer (bounded by [`QUEUE`]; the channel
+    /// itself is unbounded so that its slots are allocated as lines come, not up front).
+    queued: Arc<AtomicUsize>,
     policy: AuditPolicy,
     dropped: AtomicU64,
 }
@@ -905,7 +908,7 @@ impl Sink {
     }
 }
 
-fn writer_loop(rx: mpsc::Receiver<Msg>, mut sink: Sink) {
+fn writer_loop(rx: mpsc::Receiver<Msg>, queued: Arc<AtomicUsize>, mut sink: Sink) {
     let mut failed = false;
     let mut handle = |r: std::io::Result<()>| {
         if let Err(e) = r {
@@ -922,7 +925,10 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, mut sink: Sink) {
         let mut waiters = Vec::new();
         while let Some(m) = msg.take() {
             match m {
-                Msg::Line(l) => handle(sink.write_line(&l)),
+                Msg::Line(l) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    handle(sink.write_line(&l))
+                }
                 Msg::Flush(w) => waiters.push(w),
             }
             msg = rx.try_recv().ok();
@@ -958,10 +964,12 @@ impl AuditLog {
                 })?,
             )
         };
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer_queued = Arc::clone(&queued);
         std::thread::Builder::new()
             .name("audit-log".into())
-            .spawn(move || writer_loop(rx, sink))
+            .spawn(move || writer_loop(rx, writer_queued, sink))
             .map_err(|source| AuditError::Io {
                 path: path.to_path_buf(),
                 source,
@@ -969,6 +977,7 @@ impl AuditLog {
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tx,
+                queued,
                 policy,
                 dropped: AtomicU64::new(0),
             }),
@@ -1009,7 +1018,17 @@ impl AuditLog {
                 return;
             }
         };
-        if let Err(mpsc::TrySendError::Full(_)) = self.inner.tx.try_send(Msg::Line(line)) {
+        let queued = &self.inner.queued;
+        let full = queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < QUEUE).then_some(n + 1)
+            })
+            .is_err();
+        if !full && self.inner.tx.send(Msg::Line(line)).is_err() {
+            // The writer is gone: nothing will take the line.
+            queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        if full {
             let n = self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             if n.checked_rem(1000) == Some(0) {
                 tracing::warn!("audit log writer is behind: {} events dropped", n + 1);
@@ -1481,6 +1500,39 @@ rules:
             );
             assert_eq!(read_lines(&p2).len(), 1);
         }
+    }
+
+    #[test]
+    fn queue_is_bounded_and_drains() {
+        let mut r = record(None, None, 200);
+        r.attributes = non_resource("/healthz");
+        // No writer: lines past QUEUE are dropped and counted.
+        let (tx, rx) = mpsc::channel();
+        let stalled = AuditLog {
+            inner: Arc::new(Inner {
+                tx,
+                queued: Arc::new(AtomicUsize::new(0)),
+                policy: AuditPolicy::default_metadata(),
+                dropped: AtomicU64::new(0),
+            }),
+        };
+        for _ in 0..QUEUE + 5 {
+            stalled.record(r.clone());
+        }
+        assert_eq!(stalled.dropped(), 5);
+        assert_eq!(stalled.inner.queued.load(Ordering::Relaxed), QUEUE);
+        assert_eq!(rx.try_iter().count(), QUEUE);
+        // With a writer, the count returns to zero once the lines are written.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path, AuditPolicy::default_metadata()).unwrap();
+        for _ in 0..100 {
+            log.record(r.clone());
+        }
+        log.flush();
+        assert_eq!(log.inner.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(log.dropped(), 0);
+        assert_eq!(read_lines(&path).len(), 100);
     }
 
     #[test]

@@ -439,6 +439,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         "rk3s agent is up"
     );
     crate::install::notify_ready();
+    crate::heap::spawn_trimmer();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("signal handler")?;
     tokio::select! {

@@ -11,6 +11,7 @@ mod check_config;
 mod config;
 mod datastore;
 mod embedded_etcd;
+mod heap;
 mod image;
 mod install;
 mod killall;

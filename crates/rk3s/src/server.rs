@@ -718,6 +718,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     );
     phases.done("controllers, scheduler, add-ons, serving");
     crate::install::notify_ready();
+    crate::heap::spawn_trimmer();
     if !args.disable_agent {
         let node_name = args
             .node_name
