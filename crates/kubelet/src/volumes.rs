@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+    VolumeMount,
 };
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
@@ -952,10 +953,112 @@ pub fn pv_host_path(pv: &PersistentVolume) -> Result<PathBuf, String> {
     ))
 }
 
-/// CRI mounts of a container from its volumeMounts.
+/// The sub-path of a volume mount, as upstream's kubelet resolves it: `subPathExpr`
+/// with its `$(VAR)` references expanded from the container's environment (`$$` is an
+/// escaped `$`; a variable that is unset or empty is an error, "missing value for A, B"),
+/// else `subPath`. The result must be relative and must not step out with `..`; the
+/// errors carry upstream's messages. `None` when the mount uses the whole volume.
+pub fn mount_sub_path(
+    m: &VolumeMount,
+    env: &[(String, String)],
+) -> Result<Option<String>, VolumeError> {
+    let sub = match m.sub_path_expr.as_deref().filter(|e| !e.is_empty()) {
+        Some(expr) => {
+            let missing = std::cell::RefCell::new(std::collections::BTreeSet::new());
+            let expanded = crate::pods::spec::expand(expr, &|name: &str| {
+                let value = env
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                if value.is_empty() {
+                    missing.borrow_mut().insert(name.to_string());
+                }
+                Some(value)
+            });
+            let missing = missing.into_inner();
+            if !missing.is_empty() {
+                return Err(VolumeError::Invalid(format!(
+                    "missing value for {}",
+                    missing.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            expanded
+        }
+        None => m.sub_path.clone().unwrap_or_default(),
+    };
+    if sub.is_empty() {
+        return Ok(None);
+    }
+    if sub.starts_with('/') {
+        return Err(VolumeError::Invalid(format!(
+            "error SubPath `{sub}` must not be an absolute path"
+        )));
+    }
+    if sub.split('/').any(|c| c == "..") {
+        return Err(VolumeError::Invalid(format!(
+            "unable to provision SubPath `{sub}`: must not contain '..'"
+        )));
+    }
+    Ok(Some(sub))
+}
+
+/// The host path of `sub` inside the volume at `root`, created (as a directory with the
+/// volume's mode, like upstream's kubelet) when missing and the volume is writable.
+/// Refuses a path that leaves the volume through a symbolic link.
+fn sub_path_on_host(
+    root: &Path,
+    sub: &str,
+    writable: bool,
+    mount: &str,
+    container: &str,
+) -> Result<PathBuf, VolumeError> {
+    let host = root.join(sub);
+    let failed = || {
+        VolumeError::Invalid(format!(
+            "failed to create subPath directory for volumeMount {mount:?} of container {container:?}"
+        ))
+    };
+    let inside = |p: &Path| match (root.canonicalize(), p.canonicalize()) {
+        (Ok(r), Ok(p)) => p.starts_with(r),
+        _ => false,
+    };
+    if std::fs::symlink_metadata(&host).is_err() && writable {
+        let mode = std::fs::metadata(root)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o755);
+        let mut dir = root.to_path_buf();
+        for part in sub.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            dir.push(part);
+            if let Ok(md) = std::fs::symlink_metadata(&dir) {
+                if md.file_type().is_symlink() && !inside(&dir) {
+                    tracing::warn!(path = %dir.display(), "subPath leaves its volume through a symbolic link");
+                    return Err(failed());
+                }
+            } else {
+                std::fs::create_dir(&dir).map_err(|e| {
+                    tracing::warn!(path = %dir.display(), error = %e, "cannot create a subPath directory");
+                    failed()
+                })?;
+                // The umask does not apply: the directory gets the volume's mode.
+                let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode));
+            }
+        }
+    }
+    if host.exists() && !inside(&host) {
+        tracing::warn!(path = %host.display(), "subPath leaves its volume through a symbolic link");
+        return Err(failed());
+    }
+    Ok(host)
+}
+
+/// CRI mounts of a container from its volumeMounts; `env` is the container's resolved
+/// environment (for `subPathExpr`).
 pub fn container_mounts(
     c: &Container,
     vols: &HashMap<String, VolumeInfo>,
+    env: &[(String, String)],
 ) -> Result<Vec<Mount>, VolumeError> {
     let mut out = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
@@ -963,13 +1066,8 @@ pub fn container_mounts(
             .get(&m.name)
             .ok_or_else(|| VolumeError::Missing(format!("volume {:?} not found", m.name)))?;
         let mut host = v.host_path.clone();
-        let sub = m.sub_path.as_deref().filter(|s| !s.is_empty());
-        if let Some(sub) = sub {
-            check_rel_path(sub)?;
-            host = host.join(sub);
-            if !host.exists() && !v.read_only {
-                std::fs::create_dir_all(&host).map_err(io(&host))?;
-            }
+        if let Some(sub) = mount_sub_path(m, env)? {
+            host = sub_path_on_host(&host, &sub, !v.read_only, &m.name, &c.name)?;
         }
         let propagation = match m.mount_propagation.as_deref() {
             Some("HostToContainer") => crate::cri::types::MountPropagation::HostToContainer,
@@ -1197,5 +1295,122 @@ mod tests {
             Some("1.2.3.4")
         );
         assert_eq!(field_value(&pod, "spec.bogus", ""), None);
+    }
+
+    fn mount(expr: Option<&str>, plain: Option<&str>) -> VolumeMount {
+        VolumeMount {
+            name: "workdir1".into(),
+            mount_path: "/subpath_mount".into(),
+            sub_path_expr: expr.map(Into::into),
+            sub_path: plain.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sub_path_expr_expands_from_the_environment() {
+        let e = env(&[("POD_NAME", "foo"), ("ANNOTATION", "mypath")]);
+        let got = mount_sub_path(&mount(Some("$(ANNOTATION)/$(POD_NAME)"), None), &e);
+        assert_eq!(got.ok().flatten().as_deref(), Some("mypath/foo"));
+        // `$$` escapes a `$`; a plain subPath is used as it is.
+        let got = mount_sub_path(&mount(Some("a$$(POD_NAME)"), None), &e);
+        assert_eq!(got.ok().flatten().as_deref(), Some("a$(POD_NAME)"));
+        let got = mount_sub_path(&mount(None, Some("x/y")), &e);
+        assert_eq!(got.ok().flatten().as_deref(), Some("x/y"));
+        assert!(mount_sub_path(&mount(None, None), &e).is_ok_and(|s| s.is_none()));
+        // A component that only starts with `..` stays in the volume.
+        let got = mount_sub_path(&mount(None, Some("..a/b")), &e);
+        assert_eq!(got.ok().flatten().as_deref(), Some("..a/b"));
+    }
+
+    #[test]
+    fn sub_path_expr_errors_have_upstreams_messages() {
+        let msg = |m: VolumeMount, e: &[(&str, &str)]| {
+            mount_sub_path(&m, &env(e)).err().map(|e| e.to_string())
+        };
+        // An unset or empty variable: the annotation is not there yet.
+        assert_eq!(
+            msg(
+                mount(Some("$(ANNOTATION)/$(POD_NAME)/$(B)"), None),
+                &[("POD_NAME", "foo"), ("ANNOTATION", "")]
+            )
+            .as_deref(),
+            Some("missing value for ANNOTATION, B")
+        );
+        assert_eq!(
+            msg(mount(Some("$(POD_NAME)"), None), &[("POD_NAME", "/tmp")]).as_deref(),
+            Some("error SubPath `/tmp` must not be an absolute path")
+        );
+        assert_eq!(
+            msg(mount(Some("$(POD_NAME)"), None), &[("POD_NAME", "..")]).as_deref(),
+            Some("unable to provision SubPath `..`: must not contain '..'")
+        );
+        assert_eq!(
+            msg(mount(None, Some("a/../../b")), &[]).as_deref(),
+            Some("unable to provision SubPath `a/../../b`: must not contain '..'")
+        );
+    }
+
+    #[test]
+    fn sub_path_directories_are_created_with_the_volumes_mode() {
+        let Ok(d) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let root = d.path().join("vol");
+        assert!(std::fs::create_dir(&root).is_ok());
+        assert!(std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).is_ok());
+        let vols = HashMap::from([(
+            "workdir1".to_string(),
+            VolumeInfo {
+                host_path: root.clone(),
+                read_only: false,
+            },
+        )]);
+        let c = Container {
+            name: "dapi-container".into(),
+            volume_mounts: Some(vec![
+                mount(Some("$(ANNOTATION)/$(POD_NAME)"), None),
+                VolumeMount {
+                    name: "workdir1".into(),
+                    mount_path: "/volume_mount".into(),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        let e = env(&[("POD_NAME", "foo"), ("ANNOTATION", "mypath")]);
+        let Ok(mounts) = container_mounts(&c, &vols, &e) else {
+            panic!("mounts")
+        };
+        let want = root.join("mypath/foo");
+        assert_eq!(mounts[0].host_path, want.to_string_lossy());
+        assert_eq!(mounts[1].host_path, root.to_string_lossy());
+        assert!(want.is_dir());
+        for p in [root.join("mypath"), want] {
+            let mode = std::fs::metadata(&p).map(|m| m.permissions().mode() & 0o7777);
+            assert_eq!(mode.ok(), Some(0o777), "{}", p.display());
+        }
+        // Without the variable the container cannot be created.
+        let e = env(&[("POD_NAME", "foo")]);
+        let err = container_mounts(&c, &vols, &e).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("missing value for ANNOTATION"));
+        // A symbolic link inside the volume does not lead out of it.
+        let outside = d.path().join("outside");
+        assert!(std::fs::create_dir(&outside).is_ok());
+        assert!(std::os::unix::fs::symlink(&outside, root.join("link")).is_ok());
+        let e = env(&[("POD_NAME", "foo"), ("ANNOTATION", "link")]);
+        let err = container_mounts(&c, &vols, &e).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("failed to create subPath directory for volumeMount \"workdir1\" of container \"dapi-container\"")
+        );
+        assert!(!outside.join("foo").exists(), "nothing created outside");
     }
 }

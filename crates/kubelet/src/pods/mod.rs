@@ -15,6 +15,7 @@
 //! Static pods (manifest files, [`crate::static_pods`]) run on the same workers; mirror
 //! pods seen by the watch go to the static pod source instead of a worker.
 
+pub mod admission;
 mod ephemeral;
 pub mod grpc_probe;
 pub mod probes;
@@ -104,6 +105,8 @@ struct WorkerHandle {
     tx: watch::Sender<Option<Pod>>,
     wake: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
+    /// The pod passed admission (false: the task reports its rejection).
+    admitted: bool,
 }
 
 type Workers = Arc<Mutex<HashMap<String, WorkerHandle>>>;
@@ -246,6 +249,10 @@ impl static_pods::PodSink for WorkerSink {
 /// only when [`update_matters`]; other updates (the kubelet's own status patches, an
 /// added owner reference, ...) are stored for the worker's next sync without waking it,
 /// as upstream's pod config turns status-only updates into reconciles, not syncs.
+///
+/// A new pod is admitted first ([`admission`]), against the active pods admitted
+/// before it (one at a time: the watch calls this in order); a rejected pod gets no
+/// worker, only its `Failed` status.
 fn dispatch(shared: &Arc<Shared>, workers: &Workers, pod: Pod) {
     let Some(uid) = pod.metadata.uid.clone() else {
         return;
@@ -259,10 +266,38 @@ fn dispatch(shared: &Arc<Shared>, workers: &Workers, pod: Pod) {
         // A finished worker whose pod is still there (e.g. a terminal pod being deleted
         // again): start over; every step is idempotent.
     }
-    let (tx, rx) = watch::channel(Some(pod));
+    let verdict = if admission::needs_admission(&pod) {
+        let active: Vec<Pod> = w
+            .iter()
+            .filter(|(other, h)| **other != uid && h.admitted && !h.task.is_finished())
+            .filter_map(|(_, h)| h.tx.borrow().clone())
+            .filter(admission::is_active)
+            .collect();
+        admission::admit(&pod, &active)
+    } else {
+        Ok(())
+    };
+    let (tx, rx) = watch::channel(Some(pod.clone()));
     let wake = Arc::new(Notify::new());
-    let task = tokio::spawn(worker::run(shared.clone(), rx, wake.clone()));
-    w.insert(uid, WorkerHandle { tx, wake, task });
+    let (task, admitted) = match verdict {
+        Ok(()) => (
+            tokio::spawn(worker::run(shared.clone(), rx, wake.clone())),
+            true,
+        ),
+        Err(r) => (
+            tokio::spawn(admission::reject(shared.clone(), pod, r)),
+            false,
+        ),
+    };
+    w.insert(
+        uid,
+        WorkerHandle {
+            tx,
+            wake,
+            task,
+            admitted,
+        },
+    );
 }
 
 /// Stores the newest version of a pod for its worker; wakes the worker (and returns

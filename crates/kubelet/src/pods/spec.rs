@@ -22,6 +22,9 @@ pub const ANN_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
 pub const ANN_TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
 /// CRI annotation: grace period of the pod.
 pub const ANN_GRACE: &str = "io.kubernetes.pod.terminationGracePeriod";
+/// CRI annotation: the image of the container spec an instance was created from (the
+/// pod's `status` reports what runs, not a spec image changed since).
+pub const ANN_IMAGE: &str = "io.rk3s.container.image";
 
 /// Node-level settings that shape the CRI configs.
 #[derive(Clone, Debug)]
@@ -506,6 +509,7 @@ pub fn container_config(
     labels.insert(LABEL_CONTAINER_NAME.to_string(), c.name.clone());
     let mut annotations = HashMap::new();
     annotations.insert(ANN_RESTART_COUNT.to_string(), attempt.to_string());
+    annotations.insert(ANN_IMAGE.to_string(), c.image.clone().unwrap_or_default());
     annotations.insert(
         ANN_TERMINATION_MESSAGE_PATH.to_string(),
         c.termination_message_path

@@ -21,7 +21,7 @@ pub fn cri_time(nanos: i64) -> Option<String> {
 pub struct ContainerView {
     /// Container name.
     pub name: String,
-    /// Image of the spec.
+    /// Image of the spec (reported until an instance says which image it runs).
     pub image: String,
     /// Latest instance (CRI status), if any.
     pub current: Option<ContainerStatus>,
@@ -111,11 +111,21 @@ impl ContainerView {
         st
     }
 
+    /// The image the status reports: the one the current instance was created from (as
+    /// upstream reports the runtime's), else the spec's.
+    pub fn status_image(&self) -> &str {
+        self.current
+            .as_ref()
+            .and_then(|c| c.annotations.get(crate::pods::spec::ANN_IMAGE))
+            .filter(|i| !i.is_empty())
+            .map_or(self.image.as_str(), String::as_str)
+    }
+
     /// The status entry (`containerStatuses[]`).
     pub fn to_status(&self) -> Value {
         let mut st = json!({
             "name": self.name,
-            "image": self.image,
+            "image": self.status_image(),
             "imageID": "",
             "ready": self.ready(),
             "restartCount": self.restart_count(),
@@ -204,6 +214,28 @@ pub fn phase(
         return "Failed";
     }
     "Pending"
+}
+
+/// The strategic merge patch that writes the status `s` the kubelet computed, as
+/// upstream's status manager patches (never a PUT, so no conflict with other writers):
+/// `conditions` merge by `type`, so conditions the kubelet does not own (readiness
+/// gates, `DisruptionTarget`, ...) stay; a `reason` or `message` a condition no longer
+/// has is removed (explicit null); `podIPs` and `hostIPs` are replaced whole.
+pub fn status_patch(s: &Value) -> Value {
+    let mut s = s.clone();
+    if let Some(conds) = s.get_mut("conditions").and_then(Value::as_array_mut) {
+        for c in conds.iter_mut().filter_map(Value::as_object_mut) {
+            for k in ["reason", "message"] {
+                c.entry(k).or_insert(Value::Null);
+            }
+        }
+    }
+    for k in ["podIPs", "hostIPs"] {
+        if let Some(list) = s.get_mut(k).and_then(Value::as_array_mut) {
+            list.insert(0, json!({"$patch": "replace"}));
+        }
+    }
+    json!({ "status": s })
 }
 
 /// Upstream's message for a condition listing containers: `containers with incomplete
@@ -302,6 +334,97 @@ mod tests {
         );
         assert_eq!(phase("Always", &[], false, false, &[run]), "Pending");
         assert_eq!(phase("Never", &[], false, true, &[]), "Failed");
+    }
+
+    #[test]
+    fn status_reports_the_image_the_instance_runs() {
+        let mut v = view(Some(cs(ContainerState::ContainerRunning, 0, 0)));
+        v.image = "httpd:2".into();
+        // An instance created before the annotation existed: the spec's image.
+        assert_eq!(v.to_status()["image"], "httpd:2");
+        if let Some(c) = v.current.as_mut() {
+            c.annotations.insert(
+                crate::pods::spec::ANN_IMAGE.to_string(),
+                "agnhost:2.20".into(),
+            );
+        }
+        // The spec changed to httpd, the container still runs agnhost.
+        assert_eq!(v.to_status()["image"], "agnhost:2.20");
+        v.current = None;
+        assert_eq!(v.to_status()["image"], "httpd:2");
+    }
+
+    /// Patch strategies of the fields the status patch touches (upstream's).
+    struct PodSchema;
+
+    impl rk3s_patch::PatchSchema for PodSchema {
+        fn field(&self, type_name: &str, field: &str) -> Option<rk3s_patch::FieldMeta> {
+            let (ty, key) = match (type_name, field) {
+                ("Pod", "status") => ("PodStatus", None),
+                ("PodStatus", "conditions") => ("PodCondition", Some("type")),
+                ("PodStatus", "podIPs") => ("PodIP", Some("ip")),
+                ("PodStatus", "hostIPs") => ("HostIP", Some("ip")),
+                _ => return None,
+            };
+            Some(rk3s_patch::FieldMeta {
+                type_name: Some(ty.to_string()),
+                is_list: key.is_some(),
+                patch_strategy: key.map(|_| vec!["merge".to_string()]).unwrap_or_default(),
+                merge_key: key.map(str::to_string),
+                ..Default::default()
+            })
+        }
+    }
+
+    #[test]
+    fn status_patch_keeps_what_others_wrote() {
+        let stored = json!({
+            "metadata": {"name": "p"},
+            "status": {
+                "phase": "Running",
+                "podIPs": [{"ip": "10.42.0.5"}],
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                     "message": "containers with unready status: [c]"},
+                    {"type": "example.com/gate", "status": "True"},
+                ],
+            },
+        });
+        let kubelet = json!({
+            "phase": "Running",
+            "podIP": "10.42.0.9",
+            "podIPs": [{"ip": "10.42.0.9"}],
+            "conditions": [
+                {"type": "Ready", "status": "True", "lastProbeTime": null},
+            ],
+        });
+        let patched = rk3s_patch::apply_strategic_merge_patch(
+            &stored,
+            &status_patch(&kubelet),
+            &PodSchema,
+            "Pod",
+        );
+        let Ok(p) = patched else {
+            panic!("patch failed: {patched:?}")
+        };
+        let conds = p["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(conds.len(), 2, "{conds:?}");
+        let ready = conds.iter().find(|c| c["type"] == "Ready");
+        assert_eq!(
+            ready,
+            Some(&json!({"type": "Ready", "status": "True"})),
+            "the kubelet's condition is written whole, without the old reason"
+        );
+        assert!(
+            conds
+                .iter()
+                .any(|c| c["type"] == "example.com/gate" && c["status"] == "True"),
+            "a readiness gate's condition stays"
+        );
+        assert_eq!(p["status"]["podIPs"], json!([{"ip": "10.42.0.9"}]));
     }
 
     #[test]

@@ -622,7 +622,7 @@ async fn start_container(
         .map_err(|m| ("CreateContainerConfigError".to_string(), m))
         .inspect_err(|(_, m)| failed(m))?;
     let vols = st.volume_info.clone().unwrap_or_default();
-    let mut mounts = crate::volumes::container_mounts(c, &vols)
+    let mut mounts = crate::volumes::container_mounts(c, &vols, &env)
         .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))
         .inspect_err(|(_, m)| failed(m))?;
     let tpath = c
@@ -1515,7 +1515,7 @@ async fn post_status(
         .patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(&json!({"status": s})),
+            &Patch::Strategic(status::status_patch(&s)),
         )
         .await
     {
