@@ -53,10 +53,22 @@ spec:
     imagePullPolicy: Never
     terminationMessagePolicy: FallbackToLogsOnError
     command: ["sh", "-c", "printf DONE; exit 1"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: initfail}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - {{name: init1, image: {BUSYBOX_IMAGE}, imagePullPolicy: Never, command: ["false"]}}
+  - {{name: init2, image: {BUSYBOX_IMAGE}, imagePullPolicy: Never, command: ["true"]}}
+  containers:
+  - {{name: main, image: {BUSYBOX_IMAGE}, imagePullPolicy: Never, command: ["true"]}}
 "#
             ),
         );
-        // While `second` runs, Initialized names it (and only it).
+        // Once `first` completed and while `second` runs, Initialized names it (and only it).
         let msg = wait_for(
             "Initialized=False with a message",
             Duration::from_secs(60),
@@ -66,7 +78,7 @@ spec:
                     &["get", "pod", "inits"],
                     r#"{.status.conditions[?(@.type=="Initialized")].reason}|{.status.conditions[?(@.type=="Initialized")].message}"#,
                 );
-                m.contains("second").then_some(m)
+                m.ends_with("[second]").then_some(m)
             },
         );
         assert_eq!(
@@ -136,6 +148,21 @@ spec:
         });
         assert_eq!(message.trim_end(), "DONE");
         assert!(!message.contains("stdout"), "{message:?}");
+
+        // A failed init container (restartPolicy Never): the pod fails and stays
+        // not initialized, naming the failed and the never-run init containers.
+        let init = wait_for("initfail failed", Duration::from_secs(60), || {
+            let m = jsonpath(
+                c,
+                &["get", "pod", "initfail"],
+                r#"{.status.phase}|{.status.conditions[?(@.type=="Initialized")].status}|{.status.conditions[?(@.type=="Initialized")].reason}|{.status.conditions[?(@.type=="Initialized")].message}"#,
+            );
+            m.starts_with("Failed|").then_some(m)
+        });
+        assert_eq!(
+            init,
+            "Failed|False|ContainersNotInitialized|containers with incomplete status: [init1 init2]"
+        );
 
         // pods/log over a WebSocket (group 22: upstream's binary.k8s.io reader protocol).
         let creds = common::http::Creds::from_kubeconfig(&c.kubeconfig, c.port);

@@ -98,16 +98,21 @@ impl ContainerView {
             })
     }
 
-    /// `ready` of an init container's status: as upstream, a completed init container is
-    /// ready (a restartable one, a sidecar, is ready as a regular container).
-    pub fn init_ready(&self) -> bool {
-        self.ready() || self.completed()
+    /// `ready` of an init container's status, as upstream reports it: a regular init
+    /// container is ready once it completed (not while it runs); a restartable one (a
+    /// sidecar) while it runs and passes its probes, like a regular container.
+    pub fn init_ready(&self, restartable: bool) -> bool {
+        if restartable {
+            self.ready()
+        } else {
+            self.completed()
+        }
     }
 
     /// The status entry of an init container (`initContainerStatuses[]`).
-    pub fn to_init_status(&self) -> Value {
+    pub fn to_init_status(&self, restartable: bool) -> Value {
         let mut st = self.to_status();
-        st["ready"] = json!(self.init_ready());
+        st["ready"] = json!(self.init_ready(restartable));
         st
     }
 
@@ -434,16 +439,21 @@ mod tests {
             !done.ready(),
             "a regular container that exited is not ready"
         );
-        assert_eq!(done.to_init_status()["ready"], true);
+        assert_eq!(done.to_init_status(false)["ready"], true);
         let failed = view(Some(cs(ContainerState::ContainerExited, 1, 0)));
-        assert_eq!(failed.to_init_status()["ready"], false);
+        assert_eq!(failed.to_init_status(false)["ready"], false);
         let running = view(Some(cs(ContainerState::ContainerRunning, 0, 0)));
         assert_eq!(
-            running.to_init_status()["ready"],
+            running.to_init_status(true)["ready"],
             true,
             "a sidecar that runs"
         );
-        assert_eq!(view(None).to_init_status()["ready"], false);
+        assert_eq!(
+            running.to_init_status(false)["ready"],
+            false,
+            "a regular init container is not ready while it runs"
+        );
+        assert_eq!(view(None).to_init_status(false)["ready"], false);
         assert_eq!(
             containers_message("incomplete", &["init1", "init2"]).as_deref(),
             Some("containers with incomplete status: [init1 init2]")

@@ -1416,6 +1416,37 @@ async fn post_status(
     } else {
         "ContainersNotReady"
     };
+    // Upstream's Initialized condition: every regular init container exited 0 and every
+    // sidecar started; else False naming the incomplete ones (a failed one included),
+    // whatever the phase; a Succeeded pod is initialized (PodCompleted).
+    let spec_inits = pspec.init_containers.clone().unwrap_or_default();
+    let restartable = |name: &str| {
+        spec_inits
+            .iter()
+            .any(|c| c.name == name && c.restart_policy.as_deref() == Some("Always"))
+    };
+    let incomplete: Vec<&str> = if init_done {
+        Vec::new()
+    } else {
+        spec_inits
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|name| {
+                init.iter()
+                    .find(|v| v.name == *name)
+                    .is_none_or(|v| !v.init_ready(restartable(name)))
+            })
+            .collect()
+    };
+    let succeeded = phase == "Succeeded";
+    let initialized = succeeded || incomplete.is_empty();
+    let initialized_reason = if succeeded {
+        Some("PodCompleted")
+    } else if !incomplete.is_empty() {
+        Some("ContainersNotInitialized")
+    } else {
+        None
+    };
     let scheduled = status::condition(pod, "PodScheduled", true, None, &now);
     let mut conds = vec![
         status::condition(
@@ -1425,13 +1456,7 @@ async fn post_status(
             None,
             &now,
         ),
-        status::condition(
-            pod,
-            "Initialized",
-            init_done || terminal && !init_failed,
-            (!init_done).then_some("ContainersNotInitialized"),
-            &now,
-        ),
+        status::condition(pod, "Initialized", initialized, initialized_reason, &now),
         status::condition(
             pod,
             "Ready",
@@ -1448,19 +1473,7 @@ async fn post_status(
         ),
         scheduled,
     ];
-    if init_done || terminal {
-        if let Some(c) = conds.get_mut(1) {
-            if let Some(o) = c.as_object_mut() {
-                o.remove("reason");
-            }
-        }
-    } else {
-        // Upstream names the init containers that have not completed.
-        let incomplete: Vec<&str> = init
-            .iter()
-            .filter(|c| !c.init_ready())
-            .map(|c| c.name.as_str())
-            .collect();
+    if !initialized {
         if let Some(m) = status::containers_message("incomplete", &incomplete) {
             conds[1]["message"] = json!(m);
         }
@@ -1492,7 +1505,7 @@ async fn post_status(
     if !init.is_empty() {
         s["initContainerStatuses"] = json!(init
             .iter()
-            .map(ContainerView::to_init_status)
+            .map(|v| v.to_init_status(restartable(&v.name)))
             .collect::<Vec<_>>());
     }
     if let Some(m) = &st.sandbox_error {
