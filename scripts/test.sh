@@ -30,6 +30,8 @@ fi
 
 # Style gates first (seconds): the tree is rustfmt-formatted and clippy-clean.
 cargo fmt --all --check
+# The conformance report tool's own parsing and table logic (pure Python, stdlib).
+python3 -m unittest discover -s bench/conformance -q
 cargo clippy --workspace --all-targets -q -- -D warnings
 
 if cargo nextest --version >/dev/null 2>&1; then
