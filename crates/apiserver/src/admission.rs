@@ -378,18 +378,75 @@ impl Plugin for ResourceQuota {
         if ns.is_empty() || a.sub.is_some() {
             return Ok(Vec::new());
         }
-        let quotas = values_live(a.inner, &format!("/registry/core/resourcequotas/{ns}/")).await;
-        if !quotas.is_empty() {
+        let prefix = format!("/registry/core/resourcequotas/{ns}/");
+        if a.dry_run {
+            let quotas = values_live(a.inner, &prefix).await;
+            if !quotas.is_empty() {
+                rk3s_admission::quota::check(&quotas, &a.res.group, &a.res.plural, obj, a.old)
+                    .map_err(ApiError::forbidden)?;
+            }
+            return Ok(Vec::new());
+        }
+        if values(a.inner, &prefix).is_empty() && values_live(a.inner, &prefix).await.is_empty() {
+            return Ok(Vec::new());
+        }
+        // As upstream's quota evaluator: check against the stored usage and charge it
+        // with a compare-and-swap; a concurrent charge makes the check run again, so
+        // two writes racing for the last unit cannot both pass.
+        for _ in 0..16 {
+            let Ok(list) = a.inner.store.list(&prefix, Default::default()).await else {
+                return Err(ApiError::internal("unable to read the namespace's quotas"));
+            };
+            let stored: Vec<(String, rk3s_store::Revision, Value)> = list
+                .items
+                .iter()
+                .filter_map(|kv| {
+                    let v = serde_json::from_slice::<Value>(&kv.value).ok()?;
+                    Some((kv.key.clone(), kv.mod_revision, v))
+                })
+                .collect();
+            if stored.is_empty() {
+                return Ok(Vec::new());
+            }
+            let quotas: Vec<Value> = stored.iter().map(|(_, _, v)| v.clone()).collect();
             let charges =
                 rk3s_admission::quota::check(&quotas, &a.res.group, &a.res.plural, obj, a.old)
                     .map_err(ApiError::forbidden)?;
-            if !a.dry_run {
-                for (name, used) in charges {
-                    set_quota_used(a.inner, &ns, &name, used).await;
+            let mut raced = false;
+            for (name, used) in charges {
+                let Some((key, rev, q)) = stored
+                    .iter()
+                    .find(|(_, _, q)| object::name(q) == Some(name.as_str()))
+                else {
+                    continue;
+                };
+                let mut q = q.clone();
+                q["status"]["used"] = json!(used);
+                match a
+                    .inner
+                    .store
+                    .update(key, serde_json::to_vec(&q).unwrap_or_default(), *rev)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(StoreError::Conflict { .. }) => {
+                        raced = true;
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(ApiError::internal(format!(
+                            "unable to charge quota {name}: {e}"
+                        )))
+                    }
                 }
             }
+            if !raced {
+                return Ok(Vec::new());
+            }
         }
-        Ok(Vec::new())
+        Err(ApiError::internal(
+            "too many concurrent writes to the namespace's quotas, try again",
+        ))
     }
 }
 
@@ -639,37 +696,6 @@ pub async fn validate_connect(
         .map_err(denied)
 }
 
-async fn set_quota_used(
-    inner: &Inner,
-    ns: &str,
-    name: &str,
-    used: std::collections::BTreeMap<String, String>,
-) {
-    let key = format!("/registry/core/resourcequotas/{ns}/{name}");
-    for _ in 0..8 {
-        let Ok(Some(kv)) = inner.store.get(&key).await else {
-            return;
-        };
-        let Ok(mut q) = serde_json::from_slice::<Value>(&kv.value) else {
-            return;
-        };
-        q["status"]["used"] = json!(used);
-        match inner
-            .store
-            .update(
-                &key,
-                serde_json::to_vec(&q).unwrap_or_default(),
-                kv.mod_revision,
-            )
-            .await
-        {
-            Ok(_) => return,
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(_) => return,
-        }
-    }
-}
-
 /// A ResourceQuota's status as the quota controller computes it: `hard` from the spec,
 /// `used` from the namespace's objects.
 pub fn quota_status(inner: &Inner, quota: &Value) -> Value {
@@ -693,6 +719,56 @@ pub fn quota_status(inner: &Inner, quota: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes racing for a quota's last units: as many pass as the quota allows (the
+    /// charge is a compare-and-swap on the stored usage), the others get upstream's 403.
+    #[tokio::test]
+    async fn concurrent_creates_cannot_overrun_a_quota() {
+        use crate::testutil::{call, server};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api = server(dir.path()).await;
+        let (code, q) = call(
+            &api,
+            "POST",
+            "/api/v1/namespaces/default/resourcequotas",
+            Some(
+                json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "two"},
+                "spec": {"hard": {"pods": "2"}}}),
+            ),
+        )
+        .await;
+        assert_eq!(code, 201, "{q}");
+        let creates = (0..6).map(|i| {
+            let api = api.clone();
+            async move {
+                call(
+                    &api,
+                    "POST",
+                    "/api/v1/namespaces/default/pods",
+                    Some(json!({
+                    "apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i}")},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}})),
+                )
+                .await
+            }
+        });
+        let results = futures_util::future::join_all(creates).await;
+        let created = results.iter().filter(|(c, _)| *c == 201).count();
+        let refused: Vec<&Value> = results
+            .iter()
+            .filter(|(c, _)| *c == 403)
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(created, 2, "{results:?}");
+        assert_eq!(refused.len(), 4, "{results:?}");
+        assert!(
+            refused[0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("exceeded quota: two")),
+            "{}",
+            refused[0]
+        );
+    }
 
     #[test]
     fn the_chain_runs_in_upstreams_order() {
