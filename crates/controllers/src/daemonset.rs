@@ -284,10 +284,11 @@ pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], hash: &str, now: Times
     let mut desired: Vec<(&str, Vec<&Pod>)> = Vec::new();
     for node in nodes {
         let nname = node.metadata.name.as_deref().unwrap_or("");
-        let on: Vec<&Pod> = map
-            .get(nname)
-            .cloned()
-            .unwrap_or_default()
+        let all_on = map.get(nname).cloned().unwrap_or_default();
+        // As upstream: a node with any daemon pod left (one being deleted or a failed one
+        // deleted now included) gets its new pod on a later sync, once those are gone.
+        let any_on = !all_on.is_empty();
+        let on: Vec<&Pod> = all_on
             .into_iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .collect();
@@ -305,7 +306,7 @@ pub fn plan(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], hash: &str, now: Times
                 running.push(p);
             }
         }
-        if run && running.is_empty() {
+        if run && running.is_empty() && !any_on {
             out.create.push(nname.to_string());
         }
         if run {
@@ -1129,8 +1130,15 @@ mod tests {
         if let Some(s) = f.status.as_mut() {
             s.phase = Some("Failed".into());
         }
-        let p = plan(&d, &nodes, &[f], "h1", now());
+        let p = plan(&d, &nodes, &[f.clone()], "h1", now());
         assert_eq!(p.delete, vec!["agent-x".to_string()]);
+        assert!(p.create.is_empty(), "replaced once it is gone: {p:?}");
+        // Being deleted: still no new pod on the node (upstream waits for it to go).
+        f.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let p = plan(&d, &nodes, &[f], "h1", now());
+        assert!(p.create.is_empty() && p.delete.is_empty(), "{p:?}");
+        // Gone: created.
+        let p = plan(&d, &nodes, &[], "h1", now());
         assert_eq!(p.create, vec!["a".to_string()]);
     }
 

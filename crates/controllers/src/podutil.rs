@@ -229,8 +229,9 @@ impl PodClaimer<'_> {
 
     /// Claims `candidates` (the owner's pods and the namespace's orphans) through `api`:
     /// adopts and releases as [`Self::step`] decides; returns the pods it owns
-    /// afterwards (adopted ones as the API server returned them). A pod gone or changed
-    /// meanwhile (404, failed uid test) is skipped: its change queues the owner again.
+    /// afterwards (adopted ones as the API server returned them). A pod gone meanwhile
+    /// (404) is skipped; one changed meanwhile (a failed resourceVersion or uid test)
+    /// fails the claim, so the owner's sync runs again on fresh data.
     pub async fn claim(
         &self,
         api: &kube::Api<Pod>,
@@ -262,7 +263,10 @@ impl PodClaimer<'_> {
             {
                 Ok(p) if adopt => owned.push(std::sync::Arc::new(p)),
                 Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                // A stale copy (failed resourceVersion/uid test): as upstream's claim, the
+                // sync fails and runs again on fresh data, rather than counting the pod
+                // as not owned (which would create a replacement for it).
                 Err(e) => return Err(e.into()),
             }
         }
