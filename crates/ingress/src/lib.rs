@@ -364,7 +364,10 @@ async fn write_loop(
     let mut reported: BTreeSet<Warning> = BTreeSet::new();
     // The resourceVersion each write was based on: not written again until the watch
     // shows a newer object (a change arriving before our own write's event).
-    let mut status_written: HashMap<routes::ObjectKey, Option<String>> = HashMap::new();
+    // Per served Ingress: its generation and the status last written for it. A status
+    // someone else wrote since is left alone until the Ingress's spec or the load
+    // balancer's addresses change (no fight with other writers of /status).
+    let mut status_written: HashMap<routes::ObjectKey, sync::StatusMark> = HashMap::new();
     let mut slice_written: HashMap<String, Option<String>> = HashMap::new();
     let web_port = opts.http_listen.first().map(|a| a.port()).unwrap_or(80);
     let websecure_port = opts.https_listen.first().map(|a| a.port()).unwrap_or(443);
@@ -405,13 +408,13 @@ async fn write_loop(
             else {
                 continue;
             };
-            let rv = ing.metadata.resource_version.clone();
-            if !sync::status_differs(&ing, &desired) || status_written.get(key) == Some(&rv) {
+            if !sync::should_write_status(&ing, &desired, status_written.get(key)) {
                 continue;
             }
+            let mark = (ing.metadata.generation, desired.clone());
             match sync::patch_status(&client, &key.namespace, &key.name, &desired).await {
                 Ok(()) => {
-                    status_written.insert(key.clone(), rv);
+                    status_written.insert(key.clone(), mark);
                 }
                 Err(e) => {
                     tracing::debug!(ingress = %key, error = %e, "ingress: cannot update the status")

@@ -205,6 +205,26 @@ pub fn status_differs(ing: &Ingress, desired: &[IngressLoadBalancerIngress]) -> 
     current != desired
 }
 
+/// What a status write is remembered by: the Ingress's generation and the value
+/// written.
+pub type StatusMark = (Option<i64>, Vec<IngressLoadBalancerIngress>);
+
+/// Whether to write `desired` into an Ingress's status, given the mark of the last
+/// write (`None`: never written). Only when it differs and either nothing was written
+/// yet, the Ingress's spec changed (generation) or `desired` changed: a status someone
+/// else wrote since is not overwritten again and again (no fight with other writers,
+/// as upstream's controllers, which write on their own changes).
+pub fn should_write_status(
+    ing: &Ingress,
+    desired: &[IngressLoadBalancerIngress],
+    last: Option<&StatusMark>,
+) -> bool {
+    status_differs(ing, desired)
+        && last.is_none_or(|(generation, written)| {
+            *generation != ing.metadata.generation || written.as_slice() != desired
+        })
+}
+
 /// Writes an Ingress's `status.loadBalancer.ingress` (merge patch on `/status`).
 pub async fn patch_status(
     client: &kube::Client,
@@ -339,6 +359,38 @@ mod tests {
         let mut cur = want.clone();
         cur.ports.as_mut().unwrap()[0].port = Some(8080);
         assert!(!slice_up_to_date(&cur, &want));
+    }
+
+    #[test]
+    fn status_writes_do_not_fight_other_writers() {
+        let lb = |ip: &str| IngressLoadBalancerIngress {
+            ip: Some(ip.into()),
+            ..Default::default()
+        };
+        let mut ing = Ingress::default();
+        ing.metadata.generation = Some(1);
+        let desired = vec![lb("192.0.2.2")];
+        assert!(should_write_status(&ing, &desired, None), "first write");
+        let mark: StatusMark = (Some(1), desired.clone());
+        // Someone else set another address: left alone...
+        ing.status = Some(IngressStatus {
+            load_balancer: Some(IngressLoadBalancerStatus {
+                ingress: Some(vec![lb("203.0.113.1")]),
+            }),
+        });
+        assert!(!should_write_status(&ing, &desired, Some(&mark)));
+        // ... until the spec or the load balancer's addresses change.
+        let moved = vec![lb("192.0.2.3")];
+        assert!(should_write_status(&ing, &moved, Some(&mark)));
+        ing.metadata.generation = Some(2);
+        assert!(should_write_status(&ing, &desired, Some(&mark)));
+        // Equal already: nothing to write.
+        ing.status = Some(IngressStatus {
+            load_balancer: Some(IngressLoadBalancerStatus {
+                ingress: Some(desired.clone()),
+            }),
+        });
+        assert!(!should_write_status(&ing, &desired, None));
     }
 
     #[test]
