@@ -9,6 +9,7 @@
 //!   their next fire times.
 //! - [`cidr`]: IPv4/IPv6 CIDRs: parse, contain, first/last address, split into subnets.
 //! - [`quote`]: Go's `strconv.Quote` (`%q`), for upstream-identical messages.
+//! - [`hostport`]: pods' host ports and upstream's conflict rule between them.
 //!
 //! Invariants: no I/O, no async, no global state, no panics on any input; this crate
 //! depends on no other rk3s crate (every rk3s crate may depend on it). Behaviour follows
@@ -19,6 +20,7 @@
 
 pub mod cidr;
 pub mod cron;
+pub mod hostport;
 pub mod quantity;
 pub mod quote;
 pub mod selector;

@@ -13,49 +13,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use crate::resources::{node_allocatable, pod_non_zero_requests, pod_requests, Resources};
 use crate::selectors::{Labels, Selector};
 
-/// A host port a pod uses (`hostIP` defaults to `0.0.0.0`, protocol to `TCP`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct HostPort {
-    pub ip: String,
-    pub protocol: String,
-    pub port: i32,
-}
-
-impl HostPort {
-    pub fn conflicts(&self, other: &HostPort) -> bool {
-        self.port == other.port
-            && self.protocol == other.protocol
-            && (self.ip == other.ip || self.ip == "0.0.0.0" || other.ip == "0.0.0.0")
-    }
-}
-
-/// Host ports of a pod's containers (and init containers, as upstream's `GetHostPorts`).
-pub(crate) fn pod_host_ports(pod: &Pod) -> Vec<HostPort> {
-    let Some(spec) = pod.spec.as_ref() else {
-        return Vec::new();
-    };
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            let hp = p.host_port.unwrap_or(0);
-            (hp > 0).then(|| HostPort {
-                ip: p
-                    .host_ip
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "0.0.0.0".into()),
-                protocol: p
-                    .protocol
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "TCP".into()),
-                port: hp,
-            })
-        })
-        .collect()
-}
+pub(crate) use rk3s_core::hostport::{pod_host_ports, HostPort};
 
 /// A compiled pod (anti-)affinity term.
 #[derive(Debug, Clone)]

@@ -26,53 +26,7 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// One host port a pod asks for: `hostIP` (`0.0.0.0` when empty, all addresses), the
-/// protocol (`TCP` when empty) and the port.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostPort {
-    /// Host address, `0.0.0.0` for all.
-    pub ip: String,
-    /// `TCP`, `UDP` or `SCTP`.
-    pub protocol: String,
-    /// The port (> 0).
-    pub port: i32,
-}
-
-impl HostPort {
-    /// Upstream's `HostPortInfo` conflict rule: same protocol and port, and the same
-    /// address or either of them on every address.
-    pub fn conflicts(&self, other: &HostPort) -> bool {
-        self.port == other.port
-            && self.protocol == other.protocol
-            && (self.ip == other.ip || self.ip == "0.0.0.0" || other.ip == "0.0.0.0")
-    }
-}
-
-/// The host ports of a pod's containers and init containers (ports without a
-/// `hostPort` take none).
-pub fn host_ports(pod: &Pod) -> Vec<HostPort> {
-    let Some(spec) = pod.spec.as_ref() else {
-        return Vec::new();
-    };
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            let port = p.host_port.filter(|h| *h > 0)?;
-            let or = |v: &Option<String>, d: &str| {
-                v.clone()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| d.to_string())
-            };
-            Some(HostPort {
-                ip: or(&p.host_ip, "0.0.0.0"),
-                protocol: or(&p.protocol, "TCP"),
-                port,
-            })
-        })
-        .collect()
-}
+pub use rk3s_core::hostport::{pod_host_ports as host_ports, HostPort};
 
 /// Whether a pod that just reached this node goes through admission: not when it is
 /// being deleted, already finished, or already started here (admitted before, e.g.
