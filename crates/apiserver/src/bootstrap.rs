@@ -94,6 +94,13 @@ pub async fn run(api: &ApiServer, config: &Config) -> Result<(), ApiServerError>
         let key = res.key(object::namespace(&obj), &name);
         ensure(inner, &key, obj).await?;
     }
+    // What extension API servers read to trust this server's front proxy.
+    crate::aggregator::ensure_authentication_configmap(
+        inner,
+        &config.client_ca_pem,
+        config.front_proxy.as_ref(),
+    )
+    .await?;
     // The local APIServices of the built-in groups (`kubectl get apiservices`).
     crate::local_group::ensure_builtin_apiservices(inner).await?;
     let repair = inner.clone();

@@ -100,10 +100,13 @@ impl ApiServer {
                 .map(crate::proxy::KubeletClient::new)
                 .transpose()?,
             local_groups: Default::default(),
+            aggregator: crate::aggregator::Aggregator::new(config.front_proxy.as_ref())
+                .map_err(|e| ApiServerError::Config(e.to_string()))?,
         });
         let api = ApiServer { inner };
         crate::bootstrap::run(&api, config).await?;
         crate::crd::start(&api);
+        crate::aggregator::start(api.inner.clone());
         Ok(api)
     }
 
@@ -320,6 +323,9 @@ impl ApiServer {
             allowed: true,
             reason: String::new(),
         });
+        if let Some(r) = crate::aggregator::dispatch(&self.inner, parts, path, &body, &user).await {
+            return r;
+        }
         if path == "/metrics" {
             return body::bytes_response(
                 200,
@@ -413,13 +419,20 @@ impl ApiServer {
                 ),
             }),
             "/apis" => Some(match aggregated {
-                Some(v) => body::bytes_response(
-                    200,
-                    &agg_ct(v),
-                    serde_json::to_vec(&rk3s_api::discovery::aggregated_apis(reg, v))
-                        .unwrap_or_default(),
-                ),
-                None => body::json(200, &rk3s_api::discovery::api_group_list(reg)),
+                Some(v) => {
+                    let mut list = rk3s_api::discovery::aggregated_apis(reg, v);
+                    crate::aggregator::add_aggregated_groups(&self.inner, &mut list);
+                    body::bytes_response(
+                        200,
+                        &agg_ct(v),
+                        serde_json::to_vec(&list).unwrap_or_default(),
+                    )
+                }
+                None => {
+                    let mut list = rk3s_api::discovery::api_group_list(reg);
+                    crate::aggregator::add_groups(&self.inner, &mut list);
+                    body::json(200, &list)
+                }
             }),
             _ => {
                 let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -428,10 +441,14 @@ impl ApiServer {
                         Some(doc) => body::json(200, &doc),
                         None => body::bytes_response(404, "text/plain", "404 page not found\n"),
                     }),
-                    ["apis", g] => Some(match rk3s_api::discovery::api_group(reg, g) {
-                        Some(doc) => body::json(200, &doc),
-                        None => body::bytes_response(404, "text/plain", "404 page not found\n"),
-                    }),
+                    ["apis", g] => Some(
+                        match rk3s_api::discovery::api_group(reg, g)
+                            .or_else(|| crate::aggregator::api_group(&self.inner, g))
+                        {
+                            Some(doc) => body::json(200, &doc),
+                            None => body::bytes_response(404, "text/plain", "404 page not found\n"),
+                        },
+                    ),
                     ["apis", g, v] => {
                         Some(match rk3s_api::discovery::api_resource_list(reg, g, v) {
                             Some(doc) => body::json(200, &doc),

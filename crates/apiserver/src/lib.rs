@@ -44,6 +44,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admission;
+pub mod aggregator;
 pub mod alloc;
 pub mod apiserver_endpoints;
 pub mod audit;
@@ -144,6 +145,9 @@ pub struct Config {
     pub audit: Option<audit::AuditLog>,
     /// Client certificate and CA for talking to kubelets (`pods/log`, `nodes/proxy`).
     pub kubelet_client: Option<proxy::KubeletClientConfig>,
+    /// The front proxy's client certificate towards extension API servers (APIServices
+    /// with `spec.service`); `None`: they are called without a client certificate.
+    pub front_proxy: Option<aggregator::FrontProxyConfig>,
 }
 
 /// The Kubernetes version this server speaks.

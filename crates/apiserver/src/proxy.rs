@@ -743,6 +743,8 @@ pub struct ProxyTarget {
     pub port: u16,
     /// TLS towards the target (`None`: plain HTTP).
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// The name the target's certificate must carry (`None`: `host`).
+    pub server_name: Option<String>,
 }
 
 /// Forwards a request to `target` and streams its answer back unchanged (status,
@@ -799,11 +801,10 @@ pub async fn forward_rewriting(
     let mut send: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>> =
         match target.tls {
             Some(tls) => {
-                let name = match target.host.parse::<IpAddr>() {
+                let host = target.server_name.as_ref().unwrap_or(&target.host);
+                let name = match host.parse::<IpAddr>() {
                     Ok(ip) => ServerName::IpAddress(ip.into()),
-                    Err(_) => {
-                        ServerName::try_from(target.host.clone()).map_err(|e| unreachable(&e))?
-                    }
+                    Err(_) => ServerName::try_from(host.clone()).map_err(|e| unreachable(&e))?,
                 };
                 let stream = tls.connect(name, tcp).await.map_err(|e| unreachable(&e))?;
                 let (send, conn) =
@@ -944,6 +945,7 @@ pub fn pod_target(pod: &Value, scheme: &str, port: &str) -> Result<ProxyTarget, 
         host: ip.to_string(),
         port,
         tls: (scheme == "https").then(insecure_tls),
+        server_name: None,
     })
 }
 
@@ -1043,6 +1045,7 @@ pub fn service_target(inner: &Inner, ns: &str, id: &str) -> Result<ProxyTarget, 
                         host: ip.to_string(),
                         port,
                         tls: (scheme == "https").then(insecure_tls),
+                        server_name: None,
                     });
                 }
             }
@@ -1111,11 +1114,13 @@ pub async fn node_proxy(
             host,
             port: p,
             tls: (scheme == "https").then(insecure_tls),
+            server_name: None,
         },
         _ => ProxyTarget {
             host,
             port: kubelet_port,
             tls: Some(client(inner)?.tls.clone()),
+            server_name: None,
         },
     };
     let path = path_and_query(
@@ -1483,6 +1488,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             tls: None,
+            server_name: None,
         };
         let body_of = |resp: Response| async move {
             match resp.into_body() {
@@ -1568,6 +1574,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             tls: None,
+            server_name: None,
         };
         let resp = forward(
             target,
@@ -1621,6 +1628,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port,
                 tls: None,
+                server_name: None,
             },
             &http::Method::GET,
             "/",

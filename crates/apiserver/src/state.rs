@@ -33,6 +33,8 @@ pub struct Inner {
     pub kubelet_client: Option<crate::proxy::KubeletClient>,
     /// API groups served by code in this process (`metrics.k8s.io`).
     pub local_groups: crate::local_group::LocalGroups,
+    /// Remote API groups (APIServices with `spec.service`) and the front proxy.
+    pub aggregator: crate::aggregator::Aggregator,
 }
 
 /// The served resources and their schemas.

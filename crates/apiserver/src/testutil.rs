@@ -35,6 +35,7 @@ pub fn config(
         token_auth_file: None,
         audit: None,
         kubelet_client: None,
+        front_proxy: None,
     };
     (config, pki)
 }

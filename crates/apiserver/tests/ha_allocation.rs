@@ -31,6 +31,7 @@ fn config(dir: &std::path::Path, store: Arc<dyn rk3s_store::Store>) -> Config {
         token_auth_file: None,
         audit: None,
         kubelet_client: None,
+        front_proxy: None,
     }
 }
 

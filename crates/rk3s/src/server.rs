@@ -482,6 +482,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         service_account_issuer: format!("https://kubernetes.default.svc.{}", args.cluster_domain),
         audit,
         kubelet_client: Some(kubelet_client_config(&pki)?),
+        front_proxy: Some(front_proxy_config(&pki)?),
         token_auth_file: match &args.token_auth_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -932,6 +933,28 @@ async fn renew_certificates(
             }
         }
     }
+}
+
+/// The front proxy's client certificate towards extension API servers (APIServices with
+/// `spec.service`), issued by the cluster CA at each start: CN `system:auth-proxy` (k3s's
+/// name), the only name extension servers accept on `X-Remote-*` headers.
+fn front_proxy_config(
+    pki: &rk3s_pki::ServerPki,
+) -> anyhow::Result<rk3s_apiserver::aggregator::FrontProxyConfig> {
+    let (cert_pem, key_pem) = rk3s_pki::issue_client_cert(
+        &pki.ca_cert_pem,
+        &pki.ca_key_pem,
+        "system:auth-proxy",
+        &[],
+        365,
+    )
+    .context("issuing the front-proxy client certificate")?;
+    Ok(rk3s_apiserver::aggregator::FrontProxyConfig {
+        cert_pem,
+        key_pem,
+        requestheader_ca_pem: pki.ca_cert_pem.clone(),
+        allowed_names: vec!["system:auth-proxy".into()],
+    })
 }
 
 /// The identity this server holds leader-election Leases under: the host name and 8 hex
