@@ -2,7 +2,8 @@
 //! 18): completed init containers are ready and `Initialized` names the incomplete ones,
 //! the kubelet-managed `/etc/hosts` (pod IP, hostname, FQDN, hostAliases), and
 //! `FallbackToLogsOnError` takes the log's text; `activeDeadlineSeconds` set on a running
-//! pod is enforced (group 19); `pods/log` is served over a WebSocket (group 22).
+//! pod is enforced (group 19); `pods/log` is served over a WebSocket (group 22); a changed
+//! image restarts the container from the new image.
 //!
 //! Needs root, containerd, runc, busybox-static and the CNI plugins; skips otherwise.
 
@@ -205,5 +206,65 @@ spec:
         }
         assert!(closed, "no close frame");
         assert_eq!(String::from_utf8_lossy(&text), "DONE");
+
+        // A changed image of a running container (`kubectl set image` on a bare pod):
+        // the container is killed and started again from the new image, even with
+        // `restartPolicy: Never`, and the status reports the new image with one restart.
+        let root = c.dir.path().join("busybox-v2");
+        std::fs::create_dir_all(root.join("bin")).expect("v2 rootfs");
+        let busybox = rk3s_kubelet::image::find_static_busybox().expect("static busybox");
+        std::fs::copy(&busybox, root.join("bin/busybox")).expect("copy busybox");
+        for applet in ["sh", "sleep", "cat"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet");
+        }
+        std::fs::write(root.join("version"), "v2\n").expect("marker");
+        build_and_import_image(c, &root, "rk3s.test/busybox:e2e-v2", &[]);
+        apply(
+            c,
+            &format!(
+                r#"apiVersion: v1
+kind: Pod
+metadata: {{name: retag}}
+spec:
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - {{name: c, image: {BUSYBOX_IMAGE}, imagePullPolicy: Never, command: ["sleep", "3600"]}}
+"#
+            ),
+        );
+        wait_running(c, "retag");
+        c.ok(&["set", "image", "pod/retag", "c=rk3s.test/busybox:e2e-v2"]);
+        wait_for(
+            "the container to run the new image",
+            Duration::from_secs(60),
+            || {
+                let s = jsonpath(
+                c,
+                &["get", "pod", "retag"],
+                "{.status.containerStatuses[0].image} {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.running.startedAt} {.status.phase}",
+            );
+                let f: Vec<&str> = s.split_whitespace().collect();
+                (f.len() == 4
+                    && f[0] == "rk3s.test/busybox:e2e-v2"
+                    && f[1] == "1"
+                    && f[3] == "Running")
+                    .then_some(())
+            },
+        );
+        let out = c.ok(&["exec", "retag", "--", "cat", "/version"]);
+        assert_eq!(out.trim(), "v2");
+        let events = c.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=retag,reason=Killing",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        assert!(
+            events.contains("Container c definition changed, will be restarted"),
+            "{events}"
+        );
     });
 }

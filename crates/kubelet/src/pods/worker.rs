@@ -62,6 +62,9 @@ struct PodState {
     reported_terminal: bool,
     /// A sync reached the containers once.
     synced_once: bool,
+    /// Containers killed because their definition (image) changed: started again at
+    /// once, whatever the restart policy and back-off.
+    definition_changed: std::collections::HashSet<String>,
 }
 
 impl Drop for PodState {
@@ -749,6 +752,16 @@ async fn start_container(
 }
 
 /// The instances of each container of the pod (newest first), by name.
+/// Whether the container instance was created from another definition than `c`: its
+/// image (the one field of a running pod's container that needs a new container; an
+/// instance without the annotation, made by an older agent, is left alone).
+fn definition_changed(instance: &ContainerStatus, c: &Container) -> bool {
+    instance
+        .annotations
+        .get(crate::pods::spec::ANN_IMAGE)
+        .is_some_and(|created| created.as_str() != c.image.as_deref().unwrap_or(""))
+}
+
 async fn pod_containers(sh: &Shared, uid: &str) -> HashMap<String, Vec<ContainerStatus>> {
     let mut sel = HashMap::new();
     sel.insert(LABEL_POD_UID.to_string(), uid.to_string());
@@ -1113,6 +1126,26 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                         );
                     }
                 }
+                Some(s)
+                    if is(&s, ContainerState::ContainerRunning)
+                        && definition_changed(&s, c)
+                        && st.killing.insert(s.id.clone()) =>
+                {
+                    // As upstream's kubelet: a running container whose spec changed (the
+                    // image, the one mutable field that needs a new container) is killed
+                    // and started again from the new definition.
+                    tracing::info!(pod = %pod_key(pod), container = %c.name, image = c.image.as_deref().unwrap_or(""), "container definition changed; restarting it");
+                    st.definition_changed.insert(c.name.clone());
+                    tokio::spawn(kill_container(
+                        sh.cri.clone(),
+                        sh.events.clone(),
+                        pod.clone(),
+                        c.clone(),
+                        s.id.clone(),
+                        format!("Container {} definition changed, will be restarted", c.name),
+                        pspec.termination_grace_period_seconds.unwrap_or(30),
+                    ));
+                }
                 Some(s) if is(&s, ContainerState::ContainerRunning) => {
                     st.waiting.remove(&c.name);
                     ensure_probes(sh, st, pod, c, &s.id, &pod_ip, wake);
@@ -1151,12 +1184,18 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                 }
                 Some(s) => {
                     // Exited.
-                    if !should_restart(&policy, s.exit_code) {
+                    let changed = st.definition_changed.contains(&c.name);
+                    if !changed && !should_restart(&policy, s.exit_code) {
                         st.waiting.remove(&c.name);
                         continue;
                     }
                     let attempt = s.metadata.as_ref().map(|m| m.attempt + 1).unwrap_or(1);
-                    if let Some(rem) = crash_backoff(st, &c.name, s.finished_at) {
+                    let backoff = if changed {
+                        None
+                    } else {
+                        crash_backoff(st, &c.name, s.finished_at)
+                    };
+                    if let Some(rem) = backoff {
                         back_off_event(sh, pod, &c.name);
                         let d = *st.crash.get(&c.name).unwrap_or(&BACKOFF_INITIAL);
                         st.waiting.insert(
@@ -1174,7 +1213,7 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                         next = next.min(rem);
                     } else {
                         note_restart(st, &c.name);
-                        if let Err(w) = start_container(
+                        match start_container(
                             sh,
                             st,
                             pod,
@@ -1186,8 +1225,13 @@ async fn sync(sh: &Arc<Shared>, st: &mut PodState, pod: &Pod, wake: &Arc<Notify>
                         )
                         .await
                         {
-                            next = next.min(retry_after(&w.0));
-                            st.waiting.insert(c.name.clone(), w);
+                            Ok(()) => {
+                                st.definition_changed.remove(&c.name);
+                            }
+                            Err(w) => {
+                                next = next.min(retry_after(&w.0));
+                                st.waiting.insert(c.name.clone(), w);
+                            }
                         }
                     }
                 }
@@ -1691,6 +1735,29 @@ async fn terminate(sh: &Shared, st: &mut PodState, pod: &Pod, grace: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_image_is_a_changed_definition() {
+        let c = |img: &str| Container {
+            name: "c".into(),
+            image: Some(img.into()),
+            ..Default::default()
+        };
+        let made_from = |img: Option<&str>| ContainerStatus {
+            annotations: img
+                .map(|i| {
+                    [(crate::pods::spec::ANN_IMAGE.to_string(), i.to_string())]
+                        .into_iter()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        assert!(!definition_changed(&made_from(Some("busybox:1")), &c("busybox:1")));
+        assert!(definition_changed(&made_from(Some("busybox:1")), &c("busybox:2")));
+        // Made by an agent that did not record the image: left alone.
+        assert!(!definition_changed(&made_from(None), &c("busybox:2")));
+    }
 
     #[test]
     fn pull_policy_defaults() {
