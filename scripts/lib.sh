@@ -21,7 +21,7 @@ rk3s_apt_install() {
 }
 
 # Datastores the store tests run on loopback (they start their own servers).
-RK3S_DATASTORE_PKGS=(etcd-server postgresql-15 mariadb-server)
+RK3S_DATASTORE_PKGS=(etcd-server etcd-client postgresql-15 mariadb-server)
 
 # Installs the Debian packages named in "$@" that are missing without letting their
 # services start (a policy-rc.d that denies it for the time of the install), and leaves

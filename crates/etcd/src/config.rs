@@ -296,12 +296,14 @@ mod tests {
                 name: "s1".into(),
                 peer_urls: vec!["https://10.0.0.1:2380".into()],
                 client_urls: vec![],
+                is_learner: false,
             },
             crate::Member {
                 id: 7,
                 name: String::new(),
                 peer_urls: vec!["https://10.0.0.2:2380".into()],
                 client_urls: vec![],
+                is_learner: false,
             },
         ];
         assert_eq!(

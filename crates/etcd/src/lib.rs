@@ -12,8 +12,9 @@
 //!   and its pid in `etcd.pid`. etcd never outlives rk3s: it runs in its own process group
 //!   with `PR_SET_PDEATHSIG(SIGKILL)`, set from a thread that lives as long as the
 //!   process (the death signal follows the thread that forked).
-//! - [`members`]: [`ClusterClient`], etcd's Cluster API (MemberAdd, MemberList,
-//!   MemberRemove) over TLS with the client certificate.
+//! - [`members`]: [`ClusterClient`], etcd's Cluster API (MemberAdd as a learner,
+//!   MemberPromote retried until the learner has caught up, MemberList, MemberRemove)
+//!   over TLS with the client certificate.
 //!
 //! Invariants: depends on no crate of ours; speaks etcd's gRPC through hand-written
 //! `prost` messages (no `protoc`); never panics on an answer of etcd or on any input.

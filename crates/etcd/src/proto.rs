@@ -1,5 +1,5 @@
 //! etcd's v3 Cluster service (`etcdserverpb.Cluster`: MemberAdd, MemberRemove,
-//! MemberList), written by hand with `prost` (field numbers from etcd's `rpc.proto`), so
+//! MemberList, MemberPromote) and the Maintenance service's Status, written by hand with `prost` (field numbers from etcd's `rpc.proto`), so
 //! building needs no `protoc`.
 
 /// gRPC method paths.
@@ -7,6 +7,8 @@ pub(crate) mod path {
     pub(crate) const MEMBER_ADD: &str = "/etcdserverpb.Cluster/MemberAdd";
     pub(crate) const MEMBER_REMOVE: &str = "/etcdserverpb.Cluster/MemberRemove";
     pub(crate) const MEMBER_LIST: &str = "/etcdserverpb.Cluster/MemberList";
+    pub(crate) const MEMBER_PROMOTE: &str = "/etcdserverpb.Cluster/MemberPromote";
+    pub(crate) const STATUS: &str = "/etcdserverpb.Maintenance/Status";
 }
 
 /// `etcdserverpb.ResponseHeader`.
@@ -87,4 +89,37 @@ pub(crate) struct MemberListResponse {
     pub header: Option<ResponseHeader>,
     #[prost(message, repeated, tag = "2")]
     pub members: Vec<Member>,
+}
+
+/// `etcdserverpb.MemberPromoteRequest` (etcd 3.4+).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MemberPromoteRequest {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+/// `etcdserverpb.MemberPromoteResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MemberPromoteResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    #[prost(message, repeated, tag = "2")]
+    pub members: Vec<Member>,
+}
+
+/// `etcdserverpb.StatusRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StatusRequest {}
+
+/// `etcdserverpb.StatusResponse` (the fields used here; a learner answers it).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StatusResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    #[prost(string, tag = "2")]
+    pub version: String,
+    #[prost(uint64, tag = "4")]
+    pub leader: u64,
+    #[prost(bool, tag = "10")]
+    pub is_learner: bool,
 }

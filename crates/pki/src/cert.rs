@@ -89,7 +89,7 @@ fn date(unix: i64) -> Result<time::OffsetDateTime, PkiError> {
     time::OffsetDateTime::from_unix_timestamp(unix).map_err(|_| PkiError::DateOutOfRange)
 }
 
-fn random_serial() -> Result<SerialNumber, PkiError> {
+pub(crate) fn random_serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
@@ -99,7 +99,7 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-fn validity(params: &mut CertificateParams, days: u32) -> Result<(), PkiError> {
+pub(crate) fn validity(params: &mut CertificateParams, days: u32) -> Result<(), PkiError> {
     validity_secs(params, i64::from(days) * 86_400)
 }
 
@@ -235,6 +235,7 @@ pub(crate) struct CertInfo {
     pub(crate) subject_raw: Vec<u8>,
     pub(crate) issuer_raw: Vec<u8>,
     pub(crate) spki: Vec<u8>,
+    pub(crate) not_before: i64,
     pub(crate) not_after: i64,
     pub(crate) sans: Vec<San>,
     pub(crate) common_name: Option<String>,
@@ -245,7 +246,11 @@ pub(crate) struct CertInfo {
 impl CertInfo {
     /// Parses a PEM certificate.
     pub(crate) fn from_pem(pem: &str, what: &str) -> Result<CertInfo, PkiError> {
-        let der = pem_to_der(pem, what)?;
+        Self::from_der(pem_to_der(pem, what)?, what)
+    }
+
+    /// Parses a DER certificate.
+    pub(crate) fn from_der(der: Vec<u8>, what: &str) -> Result<CertInfo, PkiError> {
         let cert = parse_der(&der, what)?;
         let invalid = |reason: String| PkiError::InvalidCertificate {
             what: what.to_string(),
@@ -280,6 +285,7 @@ impl CertInfo {
             subject_raw: cert.subject().as_raw().to_vec(),
             issuer_raw: cert.issuer().as_raw().to_vec(),
             spki: cert.public_key().raw.to_vec(),
+            not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
             sans,
             common_name,
@@ -322,6 +328,32 @@ pub(crate) fn key_matches(key: &KeyPair, spki: &[u8]) -> bool {
     key.subject_public_key_info() == spki
 }
 
+/// The key of a CA key file that matches the CA certificate's public key `spki`: a file
+/// may hold several PKCS#8 keys (a rotated CA: the intermediate's and the root's; during
+/// the switch-over of shared bootstrap data, the new and the old CA's), any may match.
+fn ca_key_for(key_pem: &str, spki: &[u8]) -> Result<KeyPair, PkiError> {
+    let mismatch = || PkiError::InvalidKey {
+        what: "CA key".into(),
+        reason: "does not match the CA certificate".into(),
+    };
+    let first = load_key(key_pem, "CA key")?;
+    if key_matches(&first, spki) {
+        return Ok(first);
+    }
+    for block in x509_parser::pem::Pem::iter_from_buffer(key_pem.as_bytes()).skip(1) {
+        let Ok(block) = block else { break };
+        if block.label != "PRIVATE KEY" {
+            continue;
+        }
+        if let Ok(key) = KeyPair::try_from(block.contents.as_slice()) {
+            if key_matches(&key, spki) {
+                return Ok(key);
+            }
+        }
+    }
+    Err(mismatch())
+}
+
 /// The cluster CA, loaded and ready to sign.
 pub(crate) struct Ca {
     pub(crate) info: CertInfo,
@@ -338,15 +370,14 @@ impl Ca {
                 reason: "basicConstraints does not mark it as a CA".into(),
             });
         }
-        let key = load_key(key_pem, "CA key")?;
-        if !key_matches(&key, &info.spki) {
-            return Err(PkiError::InvalidKey {
-                what: "CA key".into(),
-                reason: "does not match the CA certificate".into(),
-            });
-        }
+        let key = ca_key_for(key_pem, &info.spki)?;
         let issuer = Issuer::from_ca_cert_der(&info.der.as_slice().into(), key)?;
         Ok(Ca { info, issuer })
+    }
+
+    /// The issuer (certificate and key) for rcgen.
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
     }
 
     /// Signs a new leaf certificate for a fresh ECDSA P-256 key; returns (cert PEM, key PEM).
@@ -544,7 +575,7 @@ fn der_to_pem(der: &[u8]) -> String {
 
 /// Checks the signature of `child_der` with the public key of `ca_der`. `None` when the
 /// signature algorithm is not one ring verifies here (ECDSA SHA-256/384, RSA PKCS#1 SHA-256).
-fn verify_signature(child_der: &[u8], ca_der: &[u8]) -> Option<bool> {
+pub(crate) fn verify_signature(child_der: &[u8], ca_der: &[u8]) -> Option<bool> {
     use ring::signature as sig;
     use x509_parser::oid_registry as oids;
     let child = parse_der(child_der, "certificate").ok()?;
@@ -709,6 +740,18 @@ mod tests {
             Err(PkiError::InvalidKey { .. })
         ));
         assert!(Ca::load("garbage", &other_key).is_err());
+        // a file of several keys: the one matching the certificate is used, wherever it is
+        let (cert2, key2) = test_ca();
+        let both = format!("{other_key}{key2}");
+        let ca = Ca::load(&cert2, &both).expect("second key matches");
+        let (leaf, _) = ca
+            .issue("u", &[], &[], ExtendedKeyUsagePurpose::ClientAuth, 1)
+            .unwrap();
+        assert!(verify_issued_by(&leaf, &cert2).unwrap());
+        assert!(matches!(
+            Ca::load(&cert, &both),
+            Err(PkiError::InvalidKey { .. })
+        ));
     }
 
     #[test]
@@ -829,8 +872,8 @@ pub enum CsrUsage {
 
 /// Signs a PKCS#10 certificate signing request (PEM) with the CA, keeping its subject
 /// and subject alternative names, for `validity_secs` seconds (as upstream's
-/// csrsigning controller does for the `kubernetes.io/*` signers). Returns the
-/// certificate PEM.
+/// csrsigning controller does for the `kubernetes.io/*` signers; at least ten minutes,
+/// upstream's minimum `expirationSeconds`). Returns the certificate PEM.
 pub fn sign_csr(
     ca_cert_pem: &str,
     ca_key_pem: &str,
@@ -840,18 +883,19 @@ pub fn sign_csr(
 ) -> Result<String, PkiError> {
     let ca = Ca::load(ca_cert_pem, ca_key_pem)?;
     let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
-    leaf_extensions(&mut csr.params, usage, validity_secs)?;
+    leaf_extensions(&mut csr.params, usage, validity_secs, 600)?;
     let cert = csr.signed_by(&ca.issuer)?;
     Ok(cert.pem())
 }
 
 /// The extensions and validity of a leaf signed from a request: not a CA, digital
 /// signature + key encipherment, the usage's EKU, authority key id, a random serial,
-/// back-dated an hour, valid `validity_secs` (at least ten minutes).
+/// back-dated an hour, valid `validity_secs` (at least `min_secs`).
 fn leaf_extensions(
     params: &mut CertificateParams,
     usage: CsrUsage,
     validity_secs: i64,
+    min_secs: i64,
 ) -> Result<(), PkiError> {
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
@@ -866,7 +910,7 @@ fn leaf_extensions(
     params.serial_number = Some(random_serial()?);
     let now = now_unix();
     params.not_before = date(now - BACKDATE_SECS)?;
-    params.not_after = date(now + validity_secs.max(600))?;
+    params.not_after = date(now + validity_secs.max(min_secs))?;
     Ok(())
 }
 
@@ -875,7 +919,8 @@ fn leaf_extensions(
 /// and `organizations` become the subject, `sans` (IP addresses or DNS names) the
 /// subject alternative names. This is how the supervisor issues kubelet and component
 /// certificates to joining agents: the agent proves it holds the key, the server decides
-/// who it is. Valid for `validity_secs` seconds (at least ten minutes). Returns the
+/// who it is. Valid for `validity_secs` seconds (the server's leaf validity, which tests
+/// shorten to seconds to exercise renewal). Returns the
 /// certificate PEM.
 #[allow(clippy::too_many_arguments)]
 pub fn sign_csr_for(
@@ -905,7 +950,7 @@ pub fn sign_csr_for(
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.subject_alt_names = parsed.iter().map(San::to_rcgen).collect::<Result<_, _>>()?;
-    leaf_extensions(&mut params, usage, validity_secs)?;
+    leaf_extensions(&mut params, usage, validity_secs, 1)?;
     csr.params = params;
     let cert = csr.signed_by(&ca.issuer)?;
     if organizations.len() > 1 {
@@ -965,6 +1010,21 @@ mod csr_tests {
         )
         .expect("serving");
         let info = CertInfo::from_pem(&serving, "serving").expect("parse");
+        assert!((3595..=3600).contains(&(info.not_after - now_unix())));
+        // the server's (short, in tests) validity is kept; CSR API requests get >= 10 min
+        let short = sign_csr_for(&ca_cert, &ca_key, &csr, CsrUsage::Client, 30, "u", &[], &[])
+            .expect("short");
+        let left = CertInfo::from_pem(&short, "short")
+            .expect("parse")
+            .not_after
+            - now_unix();
+        assert!((25..=30).contains(&left), "{left}");
+        let csr_api = sign_csr(&ca_cert, &ca_key, &csr, CsrUsage::Client, 30).expect("csr api");
+        let left = CertInfo::from_pem(&csr_api, "csr")
+            .expect("parse")
+            .not_after
+            - now_unix();
+        assert!(left >= 595, "{left}");
         assert!(!info.is_ca);
         assert!(sign_csr_for(
             &ca_cert,

@@ -88,6 +88,9 @@ pub enum PkiError {
     /// The system random number generator failed.
     #[error("the system random number generator failed")]
     Random,
+    /// New CA material cannot replace the current CA (see `check_ca_rotation`).
+    #[error("CA rotation refused: {0}")]
+    CaRotation(String),
     /// A date is out of the range certificates can express.
     #[error("certificate date out of range")]
     DateOutOfRange,

@@ -182,6 +182,11 @@ pub fn ensure_server_pki(opts: &PkiOptions) -> Result<ServerPki, PkiError> {
         }
     }
 
+    let serving_chain = if ca_cert_pem.matches("-----BEGIN CERTIFICATE-----").count() > 1 {
+        ca_cert_pem.as_str()
+    } else {
+        ""
+    };
     let (serving_cert_pem, serving_key_pem) = ensure_leaf(
         &ca,
         &lifetimes,
@@ -193,6 +198,7 @@ pub fn ensure_server_pki(opts: &PkiOptions) -> Result<ServerPki, PkiError> {
             organizations: &[],
             sans: &sans,
             usage: ExtendedKeyUsagePurpose::ServerAuth,
+            chain: serving_chain,
         },
     )?;
     let (admin_cert_pem, admin_key_pem) = ensure_leaf(
@@ -206,6 +212,7 @@ pub fn ensure_server_pki(opts: &PkiOptions) -> Result<ServerPki, PkiError> {
             organizations: &[ADMIN_ORG],
             sans: &[],
             usage: ExtendedKeyUsagePurpose::ClientAuth,
+            chain: "",
         },
     )?;
     let (sa_key_pem, sa_pub_pem) = ensure_sa_key(&tls_dir)?;
@@ -337,6 +344,10 @@ struct Leaf<'a> {
     organizations: &'a [&'a str],
     sans: &'a [San],
     usage: ExtendedKeyUsagePurpose,
+    /// Appended to a newly issued certificate: the CA bundle when the CA is a rotated
+    /// bundle (intermediate first), so clients that trust only the old CA or only the new
+    /// root can build a path; empty for a single self-signed CA.
+    chain: &'a str,
 }
 
 /// How long leaf certificates live, and when they are renewed (seconds).
@@ -367,7 +378,7 @@ fn leaf_problem(
     if !ca.issued(&info) {
         return Some("not issued by the current cluster CA".into());
     }
-    if info.not_after - now_unix() < lifetimes.renew_before {
+    if crate::rotation::due(info.not_after, now_unix(), lifetimes.renew_before) {
         return Some(format!(
             "expires within {}",
             human_duration(lifetimes.renew_before)
@@ -414,13 +425,19 @@ fn ensure_leaf(
             Some(why) => tracing::info!("re-issuing {}: {why}", cert_path.display()),
         }
     }
-    let (cert_pem, key_pem) = ca.issue_for_secs(
+    let (mut cert_pem, key_pem) = ca.issue_for_secs(
         want.common_name,
         want.organizations,
         want.sans,
         want.usage.clone(),
         lifetimes.validity,
     )?;
+    if !want.chain.is_empty() {
+        cert_pem.push_str(want.chain.trim_start());
+        if !cert_pem.ends_with('\n') {
+            cert_pem.push('\n');
+        }
+    }
     write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
     write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)?;
     Ok((cert_pem, key_pem))
@@ -741,6 +758,69 @@ mod tests {
         assert_ne!(second.admin_cert_pem, c);
         let info = CertInfo::from_pem(&second.admin_cert_pem, "a").unwrap();
         assert!(info.not_after - now_unix() > 300 * 86_400);
+    }
+
+    /// Verifies the serving chain as a TLS client that trusts only `root_pem` does.
+    fn server_trusted_by(serving_pem: &str, root_pem: &str) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .unwrap();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(serving_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &ServerName::try_from("localhost").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .is_ok()
+    }
+
+    #[test]
+    fn rotated_ca_reissues_leaves_trusted_by_old_and_new_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path());
+        let first = ensure_server_pki(&o).unwrap();
+        let (bundle, keys) = crate::cross_signed_ca(&first.ca_cert_pem, &first.ca_key_pem).unwrap();
+        std::fs::write(first.tls_path(CA_CERT_FILE), &bundle).unwrap();
+        std::fs::write(first.tls_path(CA_KEY_FILE), &keys).unwrap();
+        let second = ensure_server_pki(&o).unwrap();
+        assert_eq!(second.ca_cert_pem, bundle);
+        assert_ne!(second.serving_cert_pem, first.serving_cert_pem);
+        assert_ne!(second.admin_cert_pem, first.admin_cert_pem);
+        assert_ne!(second.token, first.token, "the token names the new CA hash");
+        assert_eq!(second.token_secret, first.token_secret);
+        let root_new = bundle
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .nth(1)
+            .unwrap();
+        assert!(server_trusted_by(
+            &second.serving_cert_pem,
+            &first.ca_cert_pem
+        ));
+        assert!(server_trusted_by(&second.serving_cert_pem, root_new));
+        assert!(!server_trusted_by(
+            &second.serving_cert_pem,
+            &cert::generate_ca("other", 1).unwrap().0
+        ));
+        // the serving file is the leaf and the bundle; a restart reuses it unchanged
+        assert!(second.serving_cert_pem.ends_with(&bundle));
+        let third = ensure_server_pki(&o).unwrap();
+        assert_eq!(third.serving_cert_pem, second.serving_cert_pem);
+        assert_eq!(third.admin_cert_pem, second.admin_cert_pem);
     }
 
     #[test]

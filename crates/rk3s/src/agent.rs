@@ -3,6 +3,17 @@
 //! node and runs the node agent with its own containerd, the Service proxy, cluster DNS,
 //! NetworkPolicy enforcement and the pod network — acting as `system:node:<name>`,
 //! `system:kube-proxy` and `system:rk3s-controller`, never as a cluster admin.
+//!
+//! Its certificates are renewed while it runs ([`AgentCredentials`]): every
+//! `--cert-check-interval` the agent checks them with the server's rule
+//! (`rk3s_pki::renewal_due`, the same 90-day window) and, when one is due, requests all of
+//! them again from the supervisor exactly as the join did (through the local load
+//! balancer, authenticated by the token and the node password, for fresh keys), rewrites
+//! the files and swaps the clients' credentials in memory: new requests go out over new
+//! connections with the new certificates, open watches finish on theirs. This reuses the
+//! join protocol rather than CertificateSigningRequests (upstream kubelet's rotation):
+//! the supervisor already chooses each identity, checks the node password and needs no
+//! approver, and it also covers the proxy's and controller's certificates.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -77,6 +88,12 @@ pub struct AgentArgs {
     /// Upstream resolvers of the cluster DNS (default: /etc/resolv.conf)
     #[arg(long, value_name = "FILE", env = "RK3S_RESOLV_CONF")]
     pub resolv_conf: Option<PathBuf>,
+    /// Certificates expiring within this are renewed while running (the server's window)
+    #[arg(long, value_name = "DURATION", default_value = "2160h", value_parser = crate::server::parse_duration, hide = true)]
+    pub cert_renew_before: Duration,
+    /// How often certificates are checked for renewal while running
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = crate::server::parse_duration, hide = true)]
+    pub cert_check_interval: Duration,
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `rk3s_kubelet=debug`)
     #[arg(long, value_name = "FILTER", env = "RK3S_LOG", default_value = "info")]
     pub log_level: String,
@@ -203,26 +220,175 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Keeps what the server issued in `<data-dir>/agent/` (as k3s's agent does) and returns
-/// a kube client for each identity.
-async fn clients(
+/// A kube client whose credentials can be replaced while it is in use: every request goes
+/// to the current inner client (its own connection pool), so after [`LiveClient::swap`]
+/// new requests open connections with the new certificate while requests and watches in
+/// flight finish on the old one.
+#[derive(Clone)]
+struct LiveClient {
+    current: std::sync::Arc<std::sync::RwLock<kube::Client>>,
+}
+
+impl LiveClient {
+    fn new(inner: kube::Client) -> LiveClient {
+        LiveClient {
+            current: std::sync::Arc::new(std::sync::RwLock::new(inner)),
+        }
+    }
+
+    fn get(&self) -> kube::Client {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn swap(&self, inner: kube::Client) {
+        match self.current.write() {
+            Ok(mut g) => *g = inner,
+            Err(p) => *p.into_inner() = inner,
+        }
+    }
+
+    /// The client the node's components hold.
+    fn client(&self) -> kube::Client {
+        kube::Client::new(self.clone(), "default")
+    }
+}
+
+impl tower_service::Service<http::Request<kube::client::Body>> for LiveClient {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+        let inner = self.get();
+        Box::pin(async move { inner.send(req).await })
+    }
+}
+
+/// The identities of an agent: (kubeconfig name, certificate file stem).
+const IDENTITIES: [(&str, &str); 3] = [
+    ("kubelet", "client-kubelet"),
+    ("kubeproxy", "client-kube-proxy"),
+    ("rk3s-controller", "client-rk3s-controller"),
+];
+
+/// What the server issued this agent, kept in `<data-dir>/agent/` (as k3s's agent does)
+/// and in its clients, renewed while it runs.
+struct AgentCredentials {
+    dir: PathBuf,
+    /// The API server URL in the kubeconfigs (the local load balancer).
+    server: String,
+    /// Kubelet, kube-proxy and rk3s-controller clients, in [`IDENTITIES`] order.
+    clients: [LiveClient; 3],
+    /// The certificates in use.
+    current: std::sync::Mutex<rk3s_supervisor::Joined>,
+}
+
+impl AgentCredentials {
+    /// Writes what the join brought and builds the clients.
+    async fn new(
+        dir: &Path,
+        server: &str,
+        joined: &rk3s_supervisor::Joined,
+    ) -> anyhow::Result<AgentCredentials> {
+        let [a, b, c] = write_credentials(dir, server, joined).await?;
+        Ok(AgentCredentials {
+            dir: dir.to_path_buf(),
+            server: server.to_string(),
+            clients: [LiveClient::new(a), LiveClient::new(b), LiveClient::new(c)],
+            current: std::sync::Mutex::new(joined.clone()),
+        })
+    }
+
+    /// The kubelet, kube-proxy and rk3s-controller clients.
+    fn clients(&self) -> (kube::Client, kube::Client, kube::Client) {
+        let [a, b, c] = &self.clients;
+        (a.client(), b.client(), c.client())
+    }
+
+    fn current(&self) -> rk3s_supervisor::Joined {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The certificates inside the renewal window.
+    fn due(&self, renew_before: Duration) -> Vec<&'static str> {
+        let j = self.current();
+        [
+            ("client-kubelet", &j.kubelet_client),
+            ("serving-kubelet", &j.kubelet_serving),
+            ("client-kube-proxy", &j.kube_proxy),
+            ("client-rk3s-controller", &j.controller),
+        ]
+        .into_iter()
+        // an unreadable certificate is renewed too
+        .filter(|(_, c)| rk3s_pki::renewal_due(&c.cert_pem, renew_before).unwrap_or(true))
+        .map(|(name, _)| name)
+        .collect()
+    }
+
+    /// Puts newly issued certificates in use: files first, then the clients.
+    async fn install(&self, joined: rk3s_supervisor::Joined) -> anyhow::Result<()> {
+        let new = write_credentials(&self.dir, &self.server, &joined).await?;
+        for (live, client) in self.clients.iter().zip(new) {
+            live.swap(client);
+        }
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = joined;
+        Ok(())
+    }
+
+    /// Renews the certificates if one is inside the window: requests them all again from
+    /// the supervisor as the join did and installs them. Returns whether it renewed.
+    async fn renew_if_due(
+        &self,
+        join: &rk3s_supervisor::JoinOptions,
+        renew_before: Duration,
+    ) -> anyhow::Result<bool> {
+        let due = self.due(renew_before);
+        if due.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(certificates = ?due, "agent certificates inside the renewal window; requesting new ones");
+        let joined = rk3s_supervisor::join(join)
+            .await
+            .context("requesting new certificates from the server")?;
+        self.install(joined).await?;
+        tracing::info!(
+            "agent certificates renewed; clients use them for new connections (the kubelet \
+             API's serving certificate is written and used from the next start)"
+        );
+        Ok(true)
+    }
+}
+
+/// Writes the CA, the certificates, keys and kubeconfigs of `joined` under `dir` and
+/// returns a kube client for each identity of [`IDENTITIES`].
+async fn write_credentials(
     dir: &Path,
     server: &str,
     joined: &rk3s_supervisor::Joined,
-) -> anyhow::Result<(kube::Client, kube::Client, kube::Client)> {
+) -> anyhow::Result<[kube::Client; 3]> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_private(&dir.join("client-ca.crt"), &joined.ca_pem)?;
     let mut out = Vec::new();
-    for (name, cert) in [
-        ("kubelet", &joined.kubelet_client),
-        ("kubeproxy", &joined.kube_proxy),
-        ("rk3s-controller", &joined.controller),
-    ] {
-        let file = match name {
-            "kubelet" => "client-kubelet",
-            "kubeproxy" => "client-kube-proxy",
-            _ => "client-rk3s-controller",
-        };
+    for ((name, file), cert) in IDENTITIES.iter().zip([
+        &joined.kubelet_client,
+        &joined.kube_proxy,
+        &joined.controller,
+    ]) {
         write_private(&dir.join(format!("{file}.crt")), &cert.cert_pem)?;
         write_private(&dir.join(format!("{file}.key")), &cert.key_pem)?;
         let yaml = rk3s_pki::kubeconfig_yaml(
@@ -233,11 +399,7 @@ async fn clients(
             "default",
         )?;
         write_private(&dir.join(format!("{name}.kubeconfig")), &yaml)?;
-        let kc = kube::config::Kubeconfig::from_yaml(&yaml).context("kubeconfig")?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .context("client configuration")?;
-        out.push(kube::Client::try_from(cfg).context("API client")?);
+        out.push(client_from_kubeconfig(&yaml).await?);
     }
     write_private(
         &dir.join("serving-kubelet.crt"),
@@ -247,10 +409,17 @@ async fn clients(
         &dir.join("serving-kubelet.key"),
         &joined.kubelet_serving.key_pem,
     )?;
-    let controller = out.pop().context("controller client")?;
-    let proxy = out.pop().context("proxy client")?;
-    let kubelet = out.pop().context("kubelet client")?;
-    Ok((kubelet, proxy, controller))
+    out.try_into()
+        .map_err(|_| anyhow::anyhow!("one client per identity"))
+}
+
+/// A kube client from kubeconfig YAML with embedded credentials.
+async fn client_from_kubeconfig(yaml: &str) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::from_yaml(yaml).context("kubeconfig")?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .context("client configuration")?;
+    kube::Client::try_from(cfg).context("API client")
 }
 
 /// Keeps the load balancer's server list equal to the ready endpoints of the
@@ -375,8 +544,28 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         )
     })?;
     lb.set_servers(joined.apiservers.clone());
-    let (kubelet_client, proxy_client, controller_client) =
-        clients(&agent_dir, &lb.url(), &joined).await?;
+    let credentials =
+        std::sync::Arc::new(AgentCredentials::new(&agent_dir, &lb.url(), &joined).await?);
+    let (kubelet_client, proxy_client, controller_client) = credentials.clients();
+    // Renewal asks whichever API server the load balancer reaches, as the join did.
+    let renew_join = rk3s_supervisor::JoinOptions {
+        server: lb.url(),
+        ..join_opts.clone()
+    };
+    let renew_before = args.cert_renew_before;
+    tokio::spawn(crate::certificate::renewal_loop(
+        "agent",
+        args.cert_check_interval,
+        move || {
+            let (credentials, join) = (credentials.clone(), renew_join.clone());
+            async move {
+                credentials
+                    .renew_if_due(&join, renew_before)
+                    .await
+                    .map(drop)
+            }
+        },
+    ));
     tokio::spawn(follow_apiservers(controller_client.clone(), lb.clone()));
     let config = joined.config.clone();
 
@@ -452,6 +641,169 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `--disable-agent` server in this process with 20 s leaf certificates.
+    async fn short_lived_server(dir: &Path) -> String {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            server: crate::server::ServerArgs,
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, "").expect("config");
+        let args = Cli::parse_from([
+            "server".to_string(),
+            format!("--config={}", config.display()),
+            format!("--data-dir={}", dir.join("server-data").display()),
+            format!("--https-listen-port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--write-kubeconfig={}", dir.join("admin.yaml").display()),
+            "--disable-agent".into(),
+            "--leaf-cert-validity=20s".into(),
+            "--cert-renew-before=12s".into(),
+            // the server renews its serving certificate as often
+            "--cert-check-interval=1s".into(),
+        ])
+        .server;
+        tokio::spawn(async move {
+            if let Err(e) = crate::server::serve(args).await {
+                panic!("server stopped: {e:#}");
+            }
+        });
+        format!("https://127.0.0.1:{port}")
+    }
+
+    /// The user the API server sees behind `client` (a SelfSubjectReview).
+    async fn whoami(client: kube::Client) -> Result<String, kube::Error> {
+        use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+        let api: kube::Api<SelfSubjectReview> = kube::Api::all(client);
+        let r = api
+            .create(&Default::default(), &SelfSubjectReview::default())
+            .await?;
+        Ok(r.status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username)
+            .unwrap_or_default())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_certificates_are_renewed_while_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = short_lived_server(dir.path()).await;
+        let token_file = dir.path().join("server-data/server/token");
+        let agent_dir = dir.path().join("agent");
+        let password_file = agent_dir.join("node-password");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut join = rk3s_supervisor::JoinOptions {
+            server: server.clone(),
+            token: String::new(),
+            node_name: "renewing-node".into(),
+            node_password: rk3s_supervisor::read_or_create_node_password(&password_file)
+                .expect("password"),
+            node_password_file: password_file,
+            node_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        };
+        let joined = loop {
+            if let Ok(t) = std::fs::read_to_string(&token_file) {
+                join.token = t.trim().to_string();
+                match rk3s_supervisor::join(&join).await {
+                    Ok(j) => break j,
+                    Err(e) if std::time::Instant::now() > deadline => panic!("join: {e}"),
+                    Err(_) => {}
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no server token");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        };
+        let old_expiry = rk3s_pki::not_after(&joined.kubelet_client.cert_pem).expect("expiry");
+        assert!(
+            old_expiry - now() <= 21,
+            "20 s certificates: {}",
+            old_expiry - now()
+        );
+        let creds = AgentCredentials::new(&agent_dir, &server, &joined)
+            .await
+            .expect("credentials");
+        let (kubelet, proxy, _) = creds.clients();
+        assert_eq!(
+            whoami(kubelet.clone()).await.expect("kubelet"),
+            "system:node:renewing-node"
+        );
+        let window = Duration::from_secs(12);
+        // 20 s certificates: not due yet
+        assert!(!creds.renew_if_due(&join, window).await.expect("check"));
+        let old_kubeconfig =
+            std::fs::read_to_string(agent_dir.join("kubelet.kubeconfig")).expect("kubeconfig");
+
+        // once inside the window, one round renews every certificate
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let renewed = loop {
+            if creds.renew_if_due(&join, window).await.expect("renew") {
+                break creds.current();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never due: expires at {old_expiry}, now {}",
+                now()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_ne!(
+            renewed.kubelet_client.cert_pem,
+            joined.kubelet_client.cert_pem
+        );
+        assert_ne!(
+            renewed.kubelet_client.key_pem,
+            joined.kubelet_client.key_pem
+        );
+        assert_ne!(
+            renewed.kubelet_serving.cert_pem,
+            joined.kubelet_serving.cert_pem
+        );
+        assert!(rk3s_pki::not_after(&renewed.kubelet_client.cert_pem).expect("new") > old_expiry);
+        assert_eq!(
+            std::fs::read_to_string(agent_dir.join("client-kubelet.crt")).expect("file"),
+            renewed.kubelet_client.cert_pem
+        );
+        assert_eq!(
+            std::fs::read_to_string(agent_dir.join("serving-kubelet.crt")).expect("file"),
+            renewed.kubelet_serving.cert_pem
+        );
+        assert!(creds.due(window).is_empty());
+
+        // after the old certificate expired: it is refused, the clients the node's
+        // components hold (created before the renewal) keep working
+        while now() <= old_expiry + 1 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let stale = client_from_kubeconfig(&old_kubeconfig)
+            .await
+            .expect("stale");
+        match whoami(stale).await {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 401, "{status:?}"),
+            other => panic!("the expired certificate is refused with 401: {other:?}"),
+        }
+        assert_eq!(
+            whoami(kubelet).await.expect("kubelet after renewal"),
+            "system:node:renewing-node"
+        );
+        assert_eq!(
+            whoami(proxy).await.expect("proxy after renewal"),
+            rk3s_supervisor::KUBE_PROXY_USER
+        );
+    }
 
     #[test]
     fn labels_and_taints() {

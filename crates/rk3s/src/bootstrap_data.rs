@@ -10,6 +10,13 @@
 //! beside), under [`BOOTSTRAP_PREFIX`]`<12 hex of sha256(secret)>`, outside `/registry/`
 //! (no API object, not in the watch cache).
 //!
+//! Changes after the first copy (a secrets-encryption key prepared or rotated with
+//! `rk3s secrets-encrypt`, secrets.rs) go through [`update_file`]: the record is
+//! rewritten with a compare-and-swap on its revision. Running servers watch the record
+//! and put a new encryption configuration in effect at once (secrets.rs,
+//! `ReloadingStore`; only that file is taken live); every server takes the whole record
+//! when it starts again (as k3s, whose servers reconcile bootstrap data at start-up).
+//!
 //! Invariants: the datastore's copy wins over the local files (a server that joins, or
 //! loses the race to be first, writes the stored files before its PKI is set up, so its
 //! leaf certificates are re-issued by the shared CA); the first server creates the key
@@ -94,6 +101,15 @@ pub enum BootstrapError {
     /// The system's random source or the cipher failed.
     #[error("bootstrap data encryption failed")]
     Crypto,
+    /// The datastore holds no bootstrap data for this token.
+    #[error(
+        "the datastore holds no bootstrap data for this server's token ({key}): start a \
+         server on it first"
+    )]
+    NotStored {
+        /// The datastore key looked up.
+        key: String,
+    },
     /// The data was stored by another server meanwhile, again and again.
     #[error("could not agree on the bootstrap data in the datastore after {ATTEMPTS} attempts")]
     Contended,
@@ -318,6 +334,53 @@ pub async fn save(
     }
 }
 
+/// Changes one shared file (`name`, one of [`SHARED_FILES`]) in this token's bootstrap
+/// data and in `server_dir`, as k3s's `secrets-encrypt` writes a new encryption config
+/// to its bootstrap data: the stored copy is written into `server_dir` first, `change`
+/// gets the path of the local file (now equal to the stored one) and returns the new
+/// content, and the record is rewritten with a compare-and-swap on its revision (a
+/// concurrent change by another server makes this start over, at most [`ATTEMPTS`]
+/// times). Returns the new content. Running servers reload the encryption
+/// configuration from the record (secrets.rs); all read it again when they start
+/// ([`sync`]).
+pub async fn update_file<E>(
+    store: &dyn Store,
+    server_dir: &Path,
+    secret: &str,
+    name: &str,
+    mut change: impl FnMut(&Path) -> Result<String, E>,
+) -> anyhow::Result<String>
+where
+    E: Into<anyhow::Error>,
+{
+    if !SHARED_FILES.iter().any(|(n, _)| *n == name) {
+        anyhow::bail!("{name} is not a shared bootstrap file");
+    }
+    let key = key_for(secret);
+    for _ in 0..ATTEMPTS {
+        let Some(kv) = store.get(&key).await? else {
+            return Err(BootstrapError::NotStored { key }.into());
+        };
+        let mut files = open(&kv.value, secret, &key)?;
+        write_files(server_dir, &files)?;
+        let content = change(&server_dir.join(name)).map_err(Into::into)?;
+        files.insert(name.to_string(), content.clone());
+        let sealed = seal(&files, secret)?;
+        match store.update(&key, sealed, kv.mod_revision).await {
+            Ok(_) => {
+                write_files(server_dir, &files)?;
+                tracing::info!(%key, file = name, "bootstrap data: rewritten in the datastore");
+                return Ok(content);
+            }
+            Err(StoreError::Conflict { .. }) => {
+                tracing::info!(%key, "bootstrap data changed meanwhile; reading it again");
+            }
+            Err(e) => return Err(BootstrapError::Store(e).into()),
+        }
+    }
+    Err(BootstrapError::Contended.into())
+}
+
 /// Makes `server_dir` hold the cluster's shared files before and after `setup` (which
 /// creates or loads the PKI and encryption config from the files and returns its result
 /// and the token secret): the datastore's copy is written first when there is one;
@@ -463,6 +526,70 @@ mod tests {
         let err = load(&*store, c.path(), None).await.unwrap_err();
         assert!(matches!(err, BootstrapError::NeedToken { .. }), "{err}");
         assert!(read_files(c.path()).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn update_file_rewrites_the_record_with_cas_and_others_load_it() {
+        let (store, _db) = store();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        const ENC: &str = "cred/encryption-config.json";
+        let err = update_file(&*store, a.path(), "tok", ENC, |_| {
+            Ok::<_, anyhow::Error>("x".into())
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("no bootstrap data"), "{err}");
+        write_files(a.path(), &files("a")).unwrap();
+        assert!(save(&*store, a.path(), "tok").await.unwrap());
+        assert!(update_file(&*store, a.path(), "tok", "tls/other", |_| {
+            Ok::<_, anyhow::Error>("x".into())
+        })
+        .await
+        .is_err());
+        // B changes the file; its first attempt loses a race against another writer
+        // (which rewrites the record meanwhile), so it reads the record again.
+        let mut calls = 0;
+        let other = store.clone();
+        let new = update_file(&*store, b.path(), "tok", ENC, |path| {
+            calls += 1;
+            let seen = std::fs::read_to_string(path)?;
+            if calls == 1 {
+                assert_eq!(seen, format!("{ENC}:a"), "the stored copy is read first");
+                let other = other.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        let kv = other.get(&key_for("tok")).await.unwrap().unwrap();
+                        let mut f = files("a");
+                        f.insert(ENC.into(), "concurrent".into());
+                        let sealed = seal(&f, "tok").unwrap();
+                        other
+                            .update(&key_for("tok"), sealed, kv.mod_revision)
+                            .await
+                            .unwrap();
+                    })
+                })
+                .join()
+                .unwrap();
+            }
+            Ok::<_, anyhow::Error>(format!("{seen}+rotated"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(calls, 2);
+        assert_eq!(new, "concurrent+rotated", "built on the concurrent change");
+        assert_eq!(read_files(b.path()).unwrap()[ENC], new);
+        // A (restarting) loads the new copy; the other files are unchanged.
+        assert_eq!(
+            load(&*store, a.path(), Some("tok")).await.unwrap(),
+            Loaded::Stored { changed: true }
+        );
+        let mut want = files("a");
+        want.insert(ENC.into(), new);
+        assert_eq!(read_files(a.path()).unwrap(), want);
     }
 
     #[tokio::test]

@@ -1,6 +1,13 @@
-//! `rk3s certificate check|rotate` (k3s's command): the certificates under the data dir
-//! with their expiry, and the off-line rotation of the server's leaf certificates (backed
-//! up, then issued anew by the next start — or by the running server's renewal check).
+//! `rk3s certificate check|rotate|rotate-ca` (k3s's command): the certificates under the
+//! data dir with their expiry, the off-line rotation of the server's leaf certificates
+//! (backed up, then issued anew by the next start — or by the running server's renewal
+//! check), and the replacement of the cluster CA (`rotate-ca`: checked by
+//! `rk3s_pki::check_ca_rotation`, a cross-signed CA unless `--force`, installed for the
+//! next start).
+//!
+//! Renewal while running, one rule (`rk3s_pki::renewal_due`) and one loop
+//! ([`renewal_loop`]) for every holder: the server's own leaves
+//! ([`renew_server_certificates`]) and an agent's certificates (`agent.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +48,65 @@ enum CertificateCommand {
         #[arg(long = "service", short = 's', value_name = "NAME", value_parser = ["admin", "api-server"])]
         services: Vec<String>,
     },
+    /// Replace the cluster CA with the one staged in --path (tls/server-ca.crt and
+    /// tls/server-ca.key); it must be cross-signed by the current CA unless --force.
+    /// Restart the servers, then the agents, afterwards
+    #[command(name = "rotate-ca")]
+    RotateCa {
+        /// Folder holding the new CA: <path>/tls/server-ca.{crt,key} (or <path>/server-ca.{crt,key})
+        #[arg(long, value_name = "DIR")]
+        path: PathBuf,
+        /// Accept a CA that is not cross-signed by the current one (disruptive: every node
+        /// then needs the new token)
+        #[arg(long)]
+        force: bool,
+        /// First create, in --path, a new CA cross-signed by the current one
+        #[arg(long)]
+        generate: bool,
+        /// The servers' datastore when not the embedded SQLite (as `rk3s server
+        /// --datastore-endpoint`): the new CA goes into its bootstrap data, which every
+        /// server loads when it starts
+        #[arg(long, value_name = "ENDPOINT")]
+        datastore_endpoint: Option<String>,
+        /// TLS CA file of the datastore
+        #[arg(long, value_name = "FILE")]
+        datastore_cafile: Option<PathBuf>,
+        /// TLS client certificate of the datastore
+        #[arg(long, value_name = "FILE")]
+        datastore_certfile: Option<PathBuf>,
+        /// TLS client key of the datastore
+        #[arg(long, value_name = "FILE")]
+        datastore_keyfile: Option<PathBuf>,
+        /// The servers' token (default: <data-dir>/server/token)
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+    },
+}
+
+/// The bootstrap data the servers share the CA through: the datastore and the token's
+/// secret.
+struct SharedCa {
+    store: std::sync::Arc<dyn rk3s_store::Store>,
+    secret: String,
+}
+
+impl SharedCa {
+    /// Opens `--datastore-endpoint` when it names an external datastore.
+    async fn open(
+        data_dir: &Path,
+        endpoint: Option<&str>,
+        tls: crate::datastore::DatastoreTls,
+        token: Option<&str>,
+    ) -> anyhow::Result<Option<SharedCa>> {
+        let endpoint = crate::datastore::parse_endpoint(endpoint.unwrap_or(""))?;
+        if matches!(endpoint, crate::datastore::DatastoreEndpoint::Sqlite(_)) {
+            return Ok(None);
+        }
+        let store = crate::datastore::open(&endpoint, &tls, data_dir).await?;
+        let secret = crate::bootstrap_data::local_secret(&data_dir.join("server"), token)
+            .context("no token: give --token or the data dir of a server")?;
+        Ok(Some(SharedCa { store, secret }))
+    }
 }
 
 /// One certificate found on disk.
@@ -184,13 +250,9 @@ fn service_files(service: &str) -> &'static [&'static str] {
     }
 }
 
-/// Copies the TLS folder to `tls-<unix seconds>` and removes the chosen leaf files; returns
-/// the backup folder and the removed files.
-fn rotate(data_dir: &Path, services: &[String]) -> anyhow::Result<(PathBuf, Vec<String>)> {
+/// Copies the TLS folder to `tls-<unix seconds>`; returns the backup folder.
+fn backup_tls(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let tls = data_dir.join("server").join(rk3s_pki::TLS_DIR);
-    if !tls.join(rk3s_pki::CA_CERT_FILE).is_file() {
-        bail!("no server certificates in {}", tls.display());
-    }
     let mut backup = data_dir.join("server").join(format!("tls-{}", now()));
     let mut n = 1;
     while backup.exists() {
@@ -207,6 +269,17 @@ fn rotate(data_dir: &Path, services: &[String]) -> anyhow::Result<(PathBuf, Vec<
                 .with_context(|| format!("backing up {}", e.path().display()))?;
         }
     }
+    Ok(backup)
+}
+
+/// Copies the TLS folder to `tls-<unix seconds>` and removes the chosen leaf files; returns
+/// the backup folder and the removed files.
+fn rotate(data_dir: &Path, services: &[String]) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    let tls = data_dir.join("server").join(rk3s_pki::TLS_DIR);
+    if !tls.join(rk3s_pki::CA_CERT_FILE).is_file() {
+        bail!("no server certificates in {}", tls.display());
+    }
+    let backup = backup_tls(data_dir)?;
     let chosen: Vec<&str> = if services.is_empty() {
         ["admin", "api-server"]
             .iter()
@@ -261,6 +334,58 @@ pub fn run(args: CertificateArgs) -> anyhow::Result<()> {
                 print!("{}", table(&found, &args.data_dir, now));
             }
         }
+        CertificateCommand::RotateCa {
+            path,
+            force,
+            generate,
+            datastore_endpoint,
+            datastore_cafile,
+            datastore_certfile,
+            datastore_keyfile,
+            token,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            let tls = crate::datastore::DatastoreTls {
+                ca_file: datastore_cafile,
+                cert_file: datastore_certfile,
+                key_file: datastore_keyfile,
+            };
+            let done = rt.block_on(async {
+                let shared = SharedCa::open(
+                    &args.data_dir,
+                    datastore_endpoint.as_deref(),
+                    tls,
+                    token.as_deref(),
+                )
+                .await?;
+                rotate_ca(&args.data_dir, &path, force, generate, shared.as_ref()).await
+            })?;
+            println!(
+                "The cluster CA in {} was replaced ({}); the old files are in {}.",
+                args.data_dir.join("server/tls").display(),
+                if done.rotation.cross_signed {
+                    "cross-signed by the old CA: nodes and clients that trust the old CA keep working"
+                } else {
+                    "NOT cross-signed (--force): nodes and clients must trust the new CA"
+                },
+                done.backup.display()
+            );
+            println!(
+                "Restart every rk3s server, then the agents: leaf certificates are issued by \
+                 the new CA at start{}.",
+                if done.shared {
+                    " (every server loads it from the datastore's bootstrap data)"
+                } else {
+                    ""
+                }
+            );
+            if let Some(token) = done.token {
+                println!("The server token from now on (nodes joined with a full token need it): {token}");
+            }
+        }
         CertificateCommand::Rotate { services } => {
             let (backup, removed) = rotate(&args.data_dir, &services)?;
             println!(
@@ -271,6 +396,265 @@ pub fn run(args: CertificateArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `rotate-ca` did.
+#[derive(Debug)]
+struct CaRotated {
+    rotation: rk3s_pki::CaRotation,
+    backup: PathBuf,
+    /// Whether it went into the datastore's bootstrap data.
+    shared: bool,
+    /// The server token with the new CA hash, when the data dir holds a token.
+    token: Option<String>,
+}
+
+/// Writes `data` to `path` atomically (temporary file + rename) with `mode`.
+fn write_file(path: &Path, data: &str, mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("rotate-tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(data.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `rotate-ca`: checks the CA staged in `path` against the current one and installs it
+/// (the old TLS folder backed up) for the next start, which re-issues every leaf from it
+/// (they are no longer issued by the current CA) and writes the token with its hash.
+/// With `shared` (an external datastore) the current CA is the bootstrap data's, and the
+/// new one is written there (and here): the key file first gains the new keys beside the
+/// current one, then the certificate is replaced, then the old key dropped, so the stored
+/// pair matches at every step (a CA key file may hold several keys).
+async fn rotate_ca(
+    data_dir: &Path,
+    path: &Path,
+    force: bool,
+    generate: bool,
+    shared: Option<&SharedCa>,
+) -> anyhow::Result<CaRotated> {
+    let server_dir = data_dir.join("server");
+    if let Some(shared) = shared {
+        match crate::bootstrap_data::load(&*shared.store, &server_dir, Some(&shared.secret)).await?
+        {
+            crate::bootstrap_data::Loaded::Stored { .. } => {}
+            crate::bootstrap_data::Loaded::Missing => {
+                bail!("the datastore holds no bootstrap data for this token: start a server first")
+            }
+        }
+    }
+    let tls = data_dir.join("server").join(rk3s_pki::TLS_DIR);
+    let cert_path = tls.join(rk3s_pki::CA_CERT_FILE);
+    let key_path = tls.join(rk3s_pki::CA_KEY_FILE);
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let current = read(&cert_path)?;
+    if shared.is_none() && crate::snapshot::embedded_etcd_present(data_dir) {
+        // Its servers share the CA through the bootstrap data in etcd, whose copy wins
+        // over these files at the next start.
+        bail!(
+            "{} is a member of an embedded etcd cluster: its CA is shared through the \
+             datastore's bootstrap data: give --datastore-endpoint (and its TLS files)",
+            data_dir.display()
+        );
+    }
+    let staged_dir = if path.join(rk3s_pki::TLS_DIR).is_dir() || generate {
+        path.join(rk3s_pki::TLS_DIR)
+    } else {
+        path.to_path_buf()
+    };
+    if std::fs::canonicalize(&staged_dir).ok() == std::fs::canonicalize(&tls).ok()
+        && staged_dir.exists()
+    {
+        bail!(
+            "--path must not be the data dir's own TLS folder {}: stage the new CA elsewhere",
+            tls.display()
+        );
+    }
+    let new_cert_path = staged_dir.join(rk3s_pki::CA_CERT_FILE);
+    let new_key_path = staged_dir.join(rk3s_pki::CA_KEY_FILE);
+    if generate {
+        if new_cert_path.exists() || new_key_path.exists() {
+            bail!(
+                "--generate: {} already holds a CA; remove it or drop --generate",
+                staged_dir.display()
+            );
+        }
+        std::fs::create_dir_all(&staged_dir)
+            .with_context(|| format!("creating {}", staged_dir.display()))?;
+        std::fs::set_permissions(
+            &staged_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .with_context(|| format!("chmod {}", staged_dir.display()))?;
+        let (bundle, keys) = rk3s_pki::cross_signed_ca(&current, &read(&key_path)?)?;
+        write_file(&new_key_path, &keys, 0o600)?;
+        write_file(&new_cert_path, &bundle, 0o644)?;
+    }
+    let rotation = rk3s_pki::check_ca_rotation(
+        &current,
+        &read(&new_cert_path)?,
+        &read(&new_key_path)?,
+        force,
+    )?;
+    let backup = backup_tls(data_dir)?;
+    match shared {
+        Some(shared) => {
+            let (store, secret) = (&*shared.store, shared.secret.as_str());
+            let (new_cert, new_key) = (&rotation.ca_cert_pem, &rotation.ca_key_pem);
+            use crate::bootstrap_data::update_file;
+            update_file(
+                store,
+                &server_dir,
+                secret,
+                "tls/server-ca.key",
+                |p: &Path| anyhow::Ok(format!("{new_key}{}", std::fs::read_to_string(p)?)),
+            )
+            .await?;
+            update_file(
+                store,
+                &server_dir,
+                secret,
+                "tls/server-ca.crt",
+                |_: &Path| anyhow::Ok(new_cert.clone()),
+            )
+            .await?;
+            update_file(
+                store,
+                &server_dir,
+                secret,
+                "tls/server-ca.key",
+                |_: &Path| anyhow::Ok(new_key.clone()),
+            )
+            .await?;
+        }
+        None => {
+            write_file(&key_path, &rotation.ca_key_pem, 0o600)?;
+            write_file(&cert_path, &rotation.ca_cert_pem, 0o644)?;
+        }
+    }
+    tracing::info!(
+        cross_signed = rotation.cross_signed,
+        ca_hash = %rotation.ca_hash,
+        "cluster CA replaced; restart the servers, then the agents"
+    );
+    let token = std::fs::read_to_string(data_dir.join("server").join(rk3s_pki::TOKEN_FILE))
+        .ok()
+        .and_then(|t| rk3s_pki::parse_token(t.trim()).ok())
+        .map(|t| rk3s_pki::format_token(&rotation.ca_cert_pem, &t.secret));
+    Ok(CaRotated {
+        rotation,
+        backup,
+        shared: shared.is_some(),
+        token,
+    })
+}
+
+/// Runs `step` every `interval` for as long as the process lives, logging its failures
+/// (the next round tries again): the renewal loop of the server and of agents.
+pub(crate) async fn renewal_loop<F, Fut>(
+    what: &'static str,
+    interval: std::time::Duration,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = step().await {
+            let error = format!("{e:#}");
+            tracing::warn!(%error, "{what}: certificate renewal failed; retrying in {interval:?}");
+        }
+    }
+}
+
+/// Where the admin kubeconfig goes (rewritten when its client certificate is renewed).
+#[derive(Clone)]
+pub(crate) struct KubeconfigTarget {
+    /// The kubeconfig file.
+    pub(crate) path: PathBuf,
+    /// Its mode.
+    pub(crate) mode: u32,
+    /// The server URL in it.
+    pub(crate) url: String,
+}
+
+/// Renews the server's leaf certificates while it runs: every `interval`, those within
+/// the renewal window are re-issued on disk (as on start), a new serving certificate is
+/// presented to new connections at once and the admin kubeconfig is rewritten, so a
+/// long-running server never serves an expired certificate. A CA replaced on disk
+/// (`rotate-ca`) stops the renewal until the restart that puts it in use.
+pub(crate) async fn renew_server_certificates(
+    opts: rk3s_pki::PkiOptions,
+    interval: std::time::Duration,
+    serving: std::sync::Arc<rk3s_apiserver::server::ServingCert>,
+    serving_pem: String,
+    admin_pem: String,
+    kubeconfig: KubeconfigTarget,
+) {
+    let ca_path = opts
+        .server_dir
+        .join(rk3s_pki::TLS_DIR)
+        .join(rk3s_pki::CA_CERT_FILE);
+    let ca_in_use = std::fs::read_to_string(&ca_path).unwrap_or_default();
+    let state = std::sync::Arc::new(std::sync::Mutex::new((serving_pem, admin_pem)));
+    renewal_loop("server", interval, move || {
+        let (opts, serving, state, ca_path, ca_in_use) = (
+            opts.clone(),
+            serving.clone(),
+            state.clone(),
+            ca_path.clone(),
+            ca_in_use.clone(),
+        );
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            if std::fs::read_to_string(&ca_path).unwrap_or_default() != ca_in_use {
+                tracing::warn!(ca = %ca_path.display(), "the cluster CA changed on disk (rotate-ca): restart the server to use it; no renewal until then");
+                return Ok(());
+            }
+            let pki = tokio::task::spawn_blocking(move || rk3s_pki::ensure_server_pki(&opts))
+                .await
+                .context("renewal task")??;
+            let (serving_pem, admin_pem) = {
+                let g = state.lock().unwrap_or_else(|p| p.into_inner());
+                g.clone()
+            };
+            if pki.serving_cert_pem != serving_pem {
+                serving
+                    .update(&pki.serving_cert_pem, &pki.serving_key_pem)
+                    .context("loading the renewed serving certificate")?;
+                tracing::info!("serving certificate renewed; new connections get it");
+                state.lock().unwrap_or_else(|p| p.into_inner()).0 = pki.serving_cert_pem.clone();
+            }
+            if pki.admin_cert_pem != admin_pem {
+                rk3s_pki::write_kubeconfig(
+                    &kubeconfig.path,
+                    kubeconfig.mode,
+                    &kubeconfig.url,
+                    &pki.ca_cert_pem,
+                    &pki.admin_cert_pem,
+                    &pki.admin_key_pem,
+                    "default",
+                )
+                .context("rewriting the admin kubeconfig")?;
+                tracing::info!(kubeconfig = %kubeconfig.path.display(), "admin certificate renewed");
+                state.lock().unwrap_or_else(|p| p.into_inner()).1 = pki.admin_cert_pem.clone();
+            }
+            Ok(())
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -322,6 +706,110 @@ mod tests {
         assert_ne!(again.serving_cert_pem, pki.serving_cert_pem, "re-issued");
         assert_eq!(again.admin_cert_pem, pki.admin_cert_pem, "not chosen: kept");
         assert_eq!(again.ca_cert_pem, pki.ca_cert_pem, "the CA is kept");
+    }
+
+    #[tokio::test]
+    async fn rotate_ca_checks_backs_up_and_installs_a_cross_signed_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path();
+        let opts = rk3s_pki::PkiOptions::new(data.join("server"));
+        let pki = rk3s_pki::ensure_server_pki(&opts).expect("pki");
+        let tls = data.join("server/tls");
+        // the TLS folder in use is not a staging folder
+        assert!(rotate_ca(data, &data.join("server"), false, false, None)
+            .await
+            .is_err());
+        // an unrelated CA is refused without --force and changes nothing
+        let other = data.join("other");
+        std::fs::create_dir_all(&other).expect("dir");
+        let foreign = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(data.join("x")))
+            .expect("foreign");
+        std::fs::write(other.join("server-ca.crt"), &foreign.ca_cert_pem).expect("w");
+        std::fs::write(other.join("server-ca.key"), &foreign.ca_key_pem).expect("w");
+        let err = rotate_ca(data, &other, false, false, None)
+            .await
+            .expect_err("refused");
+        assert!(format!("{err:#}").contains("cross-signed"), "{err:#}");
+        assert_eq!(
+            std::fs::read_to_string(tls.join("server-ca.crt")).expect("ca"),
+            pki.ca_cert_pem
+        );
+        // a generated cross-signed CA is installed; the old files are backed up
+        let staged = data.join("staged");
+        let done = rotate_ca(data, &staged, false, true, None)
+            .await
+            .expect("rotate-ca");
+        assert!(done.rotation.cross_signed);
+        assert!(staged.join("tls/server-ca.crt").is_file());
+        assert_eq!(
+            std::fs::read_to_string(done.backup.join("server-ca.crt")).expect("backup"),
+            pki.ca_cert_pem
+        );
+        let installed = std::fs::read_to_string(tls.join("server-ca.crt")).expect("ca");
+        assert_eq!(installed, done.rotation.ca_cert_pem);
+        // --generate refuses to overwrite staged material
+        assert!(rotate_ca(data, &staged, false, true, None).await.is_err());
+        // the next start issues the leaves from the new CA and writes the printed token
+        let again = rk3s_pki::ensure_server_pki(&opts).expect("restart");
+        assert_eq!(again.ca_cert_pem, installed);
+        assert_ne!(again.serving_cert_pem, pki.serving_cert_pem);
+        assert_eq!(done.token.as_deref(), Some(again.token.as_str()));
+        // --force accepts an unrelated CA
+        let forced = rotate_ca(data, &other, true, false, None)
+            .await
+            .expect("forced");
+        assert!(!forced.rotation.cross_signed);
+    }
+
+    #[tokio::test]
+    async fn rotate_ca_writes_the_shared_bootstrap_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("a");
+        let server_dir = data.join("server");
+        let pki =
+            rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(&server_dir)).expect("pki");
+        let store: std::sync::Arc<dyn rk3s_store::Store> = std::sync::Arc::new(
+            rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("store"),
+        );
+        assert!(
+            crate::bootstrap_data::save(&*store, &server_dir, &pki.token_secret)
+                .await
+                .expect("save")
+        );
+        let shared = SharedCa {
+            store: store.clone(),
+            secret: pki.token_secret.clone(),
+        };
+        let done = rotate_ca(
+            &data,
+            &dir.path().join("staged"),
+            false,
+            true,
+            Some(&shared),
+        )
+        .await
+        .expect("rotate-ca");
+        assert!(done.shared && done.rotation.cross_signed);
+        // another server loads the new CA from the datastore and issues from it
+        let other = dir.path().join("b/server");
+        crate::bootstrap_data::load(&*store, &other, Some(&pki.token_secret))
+            .await
+            .expect("load");
+        let theirs = std::fs::read_to_string(other.join("tls/server-ca.crt")).expect("ca");
+        assert_eq!(theirs, done.rotation.ca_cert_pem);
+        assert_eq!(
+            std::fs::read_to_string(other.join("tls/server-ca.key")).expect("key"),
+            done.rotation.ca_key_pem
+        );
+        let mut opts = rk3s_pki::PkiOptions::new(&other);
+        opts.token = Some(pki.token_secret.clone());
+        let again = rk3s_pki::ensure_server_pki(&opts).expect("pki from the stored CA");
+        assert_eq!(again.ca_cert_pem, theirs);
+        // this server's files were updated too
+        assert_eq!(
+            std::fs::read_to_string(server_dir.join("tls/server-ca.crt")).expect("ca"),
+            theirs
+        );
     }
 
     #[test]

@@ -246,7 +246,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 /// A duration like Go's (`40s`, `500ms`, `2m`, `1h`) or plain seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("invalid duration {s:?}: expected e.g. 40s, 500ms or 2m");
     let t = s.trim();
     let (num, unit) = t
@@ -344,7 +344,7 @@ fn worker_threads(cores: usize) -> usize {
     cores.clamp(1, 4)
 }
 
-async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+pub(crate) async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut phases = crate::logging::StartupPhases::new();
     let datastore =
@@ -353,6 +353,22 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         && !crate::embedded_etcd::enabled(&args);
     let server_dir = args.data_dir.join("server");
     restrict_state_dirs(&args.data_dir)?;
+    if args.cluster_reset {
+        if matches!(datastore, crate::datastore::DatastoreEndpoint::Etcd(_)) {
+            bail!("--cluster-reset does not apply to an external etcd (--datastore-endpoint): restore it with etcd's own tools (etcdctl snapshot restore on each member), then start rk3s on it");
+        }
+        if matches!(datastore, crate::datastore::DatastoreEndpoint::Sqlite(None))
+            && (crate::embedded_etcd::enabled(&args)
+                || crate::snapshot::embedded_etcd_present(&args.data_dir))
+        {
+            // The embedded etcd (embedded_etcd.rs): restore the snapshot, or make this
+            // member a cluster of one; then exit, as k3s does.
+            let advertise = args.advertise_address.unwrap_or_else(primary_ip);
+            let done = crate::embedded_etcd::cluster_reset(&args, advertise).await?;
+            eprintln!("{done}; restart without --cluster-reset now.");
+            return Ok(());
+        }
+    }
     if args.cluster_reset && !embedded_sqlite {
         bail!("--cluster-reset restores snapshots of the embedded SQLite datastore only (use the external datastore's own backup tools)");
     }
@@ -415,11 +431,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .context("bootstrap data on the external datastore")?
     };
     phases.done("PKI");
-    if !args.etcd_disable_snapshots && embedded_sqlite {
+    let snapshot_source =
+        crate::snapshot::Source::for_datastore(&datastore, &datastore_tls, &args.data_dir);
+    if let (false, Some(source)) = (args.etcd_disable_snapshots, snapshot_source) {
         let schedule = rk3s_core::cron::Schedule::parse(&args.etcd_snapshot_schedule_cron)
             .context("--etcd-snapshot-schedule-cron")?;
         tokio::spawn(crate::snapshot::run_schedule(
-            args.data_dir.clone(),
+            source,
             args.etcd_snapshot_dir
                 .clone()
                 .unwrap_or_else(|| crate::snapshot::default_dir(&args.data_dir)),
@@ -435,7 +453,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         let cfg = rk3s_store::encrypt::EncryptionConfig::load_or_create(&path)
             .with_context(|| format!("encryption config {}", path.display()))?;
         tracing::info!(config = %path.display(), "secrets are encrypted at rest (aesgcm)");
-        Arc::new(rk3s_store::encrypt::EncryptingStore::new(store, cfg))
+        // Shared datastore: a new configuration in the bootstrap data takes effect live.
+        let shared = (!matches!(datastore, crate::datastore::DatastoreEndpoint::Sqlite(_)))
+            .then(|| (server_dir.clone(), pki.token_secret.clone()));
+        Arc::new(crate::secrets::ReloadingStore::start(store, cfg, shared))
     } else {
         store
     };
@@ -658,7 +679,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 disable_ingress: !args.ingress_enabled(),
                 disable_local_storage: !args.enabled("local-storage"),
             },
-            cert_validity_secs: 365 * 24 * 3600,
+            cert_validity_secs: args.leaf_cert_validity.as_secs() as i64,
         },
         Arc::new(supervisor_client),
     );
@@ -698,13 +719,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         "default",
     )
     .with_context(|| format!("writing kubeconfig {}", args.write_kubeconfig.display()))?;
-    tokio::spawn(renew_certificates(
+    tokio::spawn(crate::certificate::renew_server_certificates(
         pki_opts,
         args.cert_check_interval,
         serving_cert,
         pki.serving_cert_pem.clone(),
         pki.admin_cert_pem.clone(),
-        KubeconfigTarget {
+        crate::certificate::KubeconfigTarget {
             path: args.write_kubeconfig.clone(),
             mode: args.write_kubeconfig_mode,
             url: url.clone(),
@@ -871,68 +892,6 @@ fn kubelet_client_config(
         key_pem,
         ca_pem: pki.ca_cert_pem.clone(),
     })
-}
-
-/// Where the admin kubeconfig goes (rewritten when its client certificate is renewed).
-struct KubeconfigTarget {
-    path: PathBuf,
-    mode: u32,
-    url: String,
-}
-
-/// Renews the server's leaf certificates while it runs: every `interval`, those within
-/// the renewal window are re-issued on disk (as on start), a new serving certificate is
-/// presented to new connections at once and the admin kubeconfig is rewritten, so a
-/// long-running server never serves an expired certificate.
-async fn renew_certificates(
-    opts: rk3s_pki::PkiOptions,
-    interval: std::time::Duration,
-    serving: Arc<rk3s_apiserver::server::ServingCert>,
-    mut serving_pem: String,
-    mut admin_pem: String,
-    kubeconfig: KubeconfigTarget,
-) {
-    loop {
-        tokio::time::sleep(interval).await;
-        let o = opts.clone();
-        let pki = match tokio::task::spawn_blocking(move || rk3s_pki::ensure_server_pki(&o)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "certificate renewal check failed");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "certificate renewal task failed");
-                continue;
-            }
-        };
-        if pki.serving_cert_pem != serving_pem {
-            match serving.update(&pki.serving_cert_pem, &pki.serving_key_pem) {
-                Ok(()) => {
-                    tracing::info!("serving certificate renewed; new connections get it");
-                    serving_pem = pki.serving_cert_pem.clone();
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot load the renewed serving certificate"),
-            }
-        }
-        if pki.admin_cert_pem != admin_pem {
-            match rk3s_pki::write_kubeconfig(
-                &kubeconfig.path,
-                kubeconfig.mode,
-                &kubeconfig.url,
-                &pki.ca_cert_pem,
-                &pki.admin_cert_pem,
-                &pki.admin_key_pem,
-                "default",
-            ) {
-                Ok(()) => {
-                    tracing::info!(kubeconfig = %kubeconfig.path.display(), "admin certificate renewed");
-                    admin_pem = pki.admin_cert_pem.clone();
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot rewrite the admin kubeconfig"),
-            }
-        }
-    }
 }
 
 /// The front proxy's client certificate towards extension API servers (APIServices with

@@ -47,6 +47,38 @@ fn eventually_ok(c: &Cluster, args: &[&str]) -> String {
     )
 }
 
+/// etcd's member list through `c`'s etcd at `ip` (etcdctl with its client certificate):
+/// `(name, is learner)` per member.
+fn etcd_members(c: &Cluster, ip: &str) -> Vec<(String, bool)> {
+    let tls = c.data_dir().join("server/tls/etcd");
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://{ip}:2379"))
+        .arg(format!("--cacert={}", tls.join("server-ca.crt").display()))
+        .arg(format!("--cert={}", tls.join("client.crt").display()))
+        .arg(format!("--key={}", tls.join("client.key").display()))
+        .args(["member", "list", "-w", "json"])
+        .output()
+        .expect("etcdctl (Debian's etcd-client)");
+    assert!(
+        out.status.success(),
+        "etcdctl member list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("member list JSON");
+    v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["isLearner"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
 fn joining(first: &Cluster, token: &str, name: &str, ip: &str) -> Cluster {
     Cluster::start_with(&[
         &format!("--server=https://127.0.0.1:{}", first.port),
@@ -114,6 +146,23 @@ fn run(pids: &mut Vec<u32>) {
         assert_eq!(v, "v1");
         eventually_ok(c, &["get", "nodes"]);
     }
+    // Joined as learners, promoted once caught up: three voting members.
+    let mut members = etcd_members(&s1, "127.0.0.1");
+    members.sort();
+    assert_eq!(
+        members,
+        vec![
+            ("s1".to_string(), false),
+            ("s2".to_string(), false),
+            ("s3".to_string(), false)
+        ],
+        "no learner left"
+    );
+    assert!(
+        log(&s2).contains("learner is a voting member now"),
+        "{}",
+        log(&s2)
+    );
     s3.ok(&["create", "configmap", "from-s3", "--from-literal=k=v3"]);
     let v = eventually_ok(
         &s2,
@@ -162,6 +211,18 @@ fn run(pids: &mut Vec<u32>) {
         1,
         "s3 was added once only"
     );
+    // raft's configuration went through "learners=(<id>)" (members joined as learners).
+    assert!(
+        etcd_log
+            .split("learners=(")
+            .skip(1)
+            .any(|rest| rest.starts_with(|c: char| c.is_ascii_digit())),
+        "joined as learners"
+    );
+    let mut members = etcd_members(&s2, "127.0.0.2");
+    members.sort();
+    assert_eq!(members.len(), 3, "no second member for s3: {members:?}");
+    assert!(members.iter().all(|(_, learner)| !learner), "{members:?}");
     let s3_etcd = etcd_pid(&s3);
     s3.kill9();
     wait_for("s3's etcd to die with it", Duration::from_secs(10), || {
@@ -199,4 +260,7 @@ fn run(pids: &mut Vec<u32>) {
         ],
     );
     assert_eq!(v, "v");
+    let members = etcd_members(&s1, "127.0.0.1");
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(members.iter().all(|(_, learner)| !learner), "{members:?}");
 }

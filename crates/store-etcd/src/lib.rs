@@ -26,6 +26,12 @@
 //! never applied twice. `https://` endpoints use TLS with the given CA, client
 //! certificate and key (k3s's `--datastore-cafile/-certfile/-keyfile`).
 //!
+//! # Snapshots
+//!
+//! [`EtcdStore::snapshot_to_file`] streams a member's database through etcd's
+//! Maintenance/Snapshot RPC into a file (what `etcdctl snapshot save` writes);
+//! [`snapshot_revision`] reads the revision such a file holds.
+//!
 //! Invariants: depends on no crate of ours but `rk3s-store`; speaks etcd's gRPC API
 //! through hand-written `prost` messages (no `protoc`); never panics on any answer from
 //! the server.
@@ -43,7 +49,12 @@ use rk3s_store::{
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+mod bolt;
 mod proto;
+mod snapshot;
+
+pub use bolt::snapshot_revision;
+pub use snapshot::SnapshotStats;
 
 #[cfg(test)]
 mod testing;
@@ -132,6 +143,17 @@ pub enum EtcdError {
     /// The TLS files do not fit together (a certificate without its key, ...).
     #[error("etcd TLS: {0}")]
     Tls(String),
+    /// A file could not be written.
+    #[error("writing {path}: {source}")]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A snapshot could not be taken.
+    #[error("etcd snapshot: {0}")]
+    Snapshot(String),
     /// No member answered in time.
     #[error("no etcd member of {endpoints:?} answered within {waited:?}: {last_error}")]
     Unreachable {

@@ -8,6 +8,7 @@ pub(crate) mod path {
     pub(crate) const TXN: &str = "/etcdserverpb.KV/Txn";
     pub(crate) const COMPACT: &str = "/etcdserverpb.KV/Compact";
     pub(crate) const WATCH: &str = "/etcdserverpb.Watch/Watch";
+    pub(crate) const SNAPSHOT: &str = "/etcdserverpb.Maintenance/Snapshot";
 }
 
 /// `etcdserverpb.ResponseHeader`.
@@ -279,4 +280,19 @@ pub(crate) struct WatchResponse {
     pub cancel_reason: String,
     #[prost(message, repeated, tag = "11")]
     pub events: Vec<Event>,
+}
+
+/// `etcdserverpb.SnapshotRequest` (no fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SnapshotRequest {}
+
+/// `etcdserverpb.SnapshotResponse`: one chunk of the member's backend database.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SnapshotResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    #[prost(uint64, tag = "2")]
+    pub remaining_bytes: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub blob: Vec<u8>,
 }

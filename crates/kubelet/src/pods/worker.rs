@@ -1753,8 +1753,14 @@ mod tests {
                 .unwrap_or_default(),
             ..Default::default()
         };
-        assert!(!definition_changed(&made_from(Some("busybox:1")), &c("busybox:1")));
-        assert!(definition_changed(&made_from(Some("busybox:1")), &c("busybox:2")));
+        assert!(!definition_changed(
+            &made_from(Some("busybox:1")),
+            &c("busybox:1")
+        ));
+        assert!(definition_changed(
+            &made_from(Some("busybox:1")),
+            &c("busybox:2")
+        ));
         // Made by an agent that did not record the image: left alone.
         assert!(!definition_changed(&made_from(None), &c("busybox:2")));
     }
