@@ -6,7 +6,8 @@ Subcommands (see README.md beside this file):
   build    fetch Debian bookworm's `kubernetes` source package (1.20.2) through a private apt
            sources list, install Debian's Go 1.19 if missing, build `e2e.test` and `kubectl`
   images   build the images the conformance tests use as OCI archives with `rk3s image build`
-  run      start an agent-mode `rk3s server` (under the node lock), run every [Conformance]
+  run      start an agent-mode `rk3s server` (under the node lock) and, with --agents N, N
+           `rk3s agent` nodes each in a network namespace of its own, run every [Conformance]
            test in its own e2e.test process (a pool, then the [Serial] tests alone), stop and
            clean up with `rk3s killall`, print the report
   report   per-SIG table, failed tests with their first failure line, JSON summary
@@ -32,6 +33,8 @@ import time
 
 DEFAULT_CACHE = "/var/cache/rk3s-conformance-bench"
 DEFAULT_LOCK = "/var/cache/rk3s-conformance/node.lock"
+# Agent nodes per subcommand when --agents is not given.
+DEFAULT_AGENTS = {"run": 0, "all": 1}
 K8S_VERSION = "1.20.2"
 SUITE = "bookworm"
 GO_BIN = "/usr/lib/go-1.19/bin"
@@ -952,6 +955,203 @@ class Node:
         return left
 
 
+# Agent nodes (--agents N): each `rk3s agent` runs in a network namespace of its own, joined to
+# the host by a veth pair: host end 198.18.(AGENT_NET_BASE+i).1/24, namespace end .2 (the node
+# IP), default route through the host end. The server stays on the host network, so the agent
+# reaches the API server and supervisor at the server's node IP through that route, and
+# flannel's VXLAN runs between the server's node IP and the veth addresses.
+AGENT_NET_BASE = 201
+AGENT_SUBNET = "198.18"
+
+
+def agent_count(cmd, given):
+    """The number of agent nodes: --agents when given, else the subcommand's default."""
+    n = DEFAULT_AGENTS.get(cmd, 0) if given is None else given
+    if not 0 <= n <= 50:
+        raise SystemExit(f"--agents {n}: from 0 to 50")
+    return n
+
+
+def agent_network(i, port):
+    """Names and addresses of agent i's (0-based) namespace and veth pair. Names carry the
+    port so that they are this tool's; interface names stay within Linux's 15 characters."""
+    if not 0 <= i < 50:
+        raise ValueError(f"agent index {i} out of range (at most 50 agents)")
+    net = f"{AGENT_SUBNET}.{AGENT_NET_BASE + i}"
+    return {"netns": f"rk3sconf-{port}-a{i}", "host_if": f"rk3scf{port % 10000}a{i}"[:15],
+            "host_ip": f"{net}.1", "ip": f"{net}.2", "prefix": 24, "name": f"conformance-agent-{i + 1}"}
+
+
+def network_setup_cmds(n):
+    """The `ip` commands that create agent network `n` (from agent_network)."""
+    ns, hif = n["netns"], n["host_if"]
+    return [["ip", "netns", "add", ns],
+            ["ip", "-n", ns, "link", "set", "lo", "up"],
+            ["ip", "link", "add", hif, "type", "veth", "peer", "name", "eth0", "netns", ns],
+            ["ip", "addr", "add", f"{n['host_ip']}/{n['prefix']}", "dev", hif],
+            ["ip", "link", "set", hif, "up"],
+            ["ip", "-n", ns, "addr", "add", f"{n['ip']}/{n['prefix']}", "dev", "eth0"],
+            ["ip", "-n", ns, "link", "set", "eth0", "up"],
+            ["ip", "-n", ns, "route", "add", "default", "via", n["host_ip"]]]
+
+
+def rk3s_nft_tables(text):
+    """(family, name) of the nftables tables named rk3s* in `nft list tables` output."""
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) == 3 and f[0] == "table" and f[2].startswith("rk3s"):
+            out.append((f[1], f[2]))
+    return out
+
+
+def network_leftovers(netns_names=(), links=(), host_links=("cni0", "flannel.1"), before=()):
+    """What a run left of the network: these namespaces, these host interfaces, and the pod
+    network's host interfaces (`host_links`) and rk3s's nftables tables on the host that were
+    not there `before` (this function's answer before the node started: another node's)."""
+    return new_leftovers(_network_state(netns_names, links, host_links), before, netns_names, links)
+
+
+def new_leftovers(now, before, netns_names, links):
+    """The items of `now` that are not in `before`, and always those naming one of our own
+    namespaces or veths (they are recreated by every run, so never another node's)."""
+    ours = {f"network namespace {ns}" for ns in netns_names} | {f"host interface {l}" for l in links}
+    return [x for x in now if x in ours or x not in set(before)]
+
+
+def _network_state(netns_names, links, host_links):
+    out = []
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    present = {l.split()[0] for l in r.stdout.splitlines() if l.strip()}
+    out += [f"network namespace {ns}" for ns in netns_names if ns in present]
+    out += [f"host interface {l}" for l in list(links) + list(host_links) if os.path.exists(f"/sys/class/net/{l}")]
+    r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    out += [f"nftables table {fam} {name}" for fam, name in rk3s_nft_tables(r.stdout)]
+    return out
+
+
+class Agent:
+    """An `rk3s agent` node in its own network namespace, with its own data dir, containerd
+    state dir and (under it) runtime dir, joined to the run's server."""
+
+    def __init__(self, i, rk3s, workdir, port, kubectl, kubeconfig, agent_args):
+        self.i, self.rk3s, self.kubectl, self.kubeconfig, self.agent_args = i, rk3s, kubectl, kubeconfig, agent_args
+        self.net = agent_network(i, port)
+        self.name = self.net["name"]
+        self.dir = os.path.join(workdir, f"agent-{i + 1}")
+        self.data = os.path.join(self.dir, "data")
+        self.state = f"/run/rk3s-conformance-{port}-a{i + 1}"
+        self.proc = None
+        self.netns_made = False
+
+    def nsenter(self):
+        return ["nsenter", f"--net=/run/netns/{self.net['netns']}"]
+
+    def setup_network(self):
+        if os.path.exists(f"/run/netns/{self.net['netns']}"):
+            log(f"removing the namespace {self.net['netns']} a previous run left")
+            subprocess.run(["ip", "netns", "del", self.net["netns"]], capture_output=True)
+        if os.path.exists(f"/sys/class/net/{self.net['host_if']}"):
+            subprocess.run(["ip", "link", "del", self.net["host_if"]], capture_output=True)
+        self.netns_made = True
+        for cmd in network_setup_cmds(self.net):
+            run_cmd(cmd, capture_output=True, text=True)
+
+    def start(self, archives, server_url, token, lock_fd):
+        self.setup_network()
+        images = os.path.join(self.data, "agent", "images")
+        os.makedirs(images, exist_ok=True)
+        for f in archives:
+            dst = os.path.join(images, os.path.basename(f))
+            if not os.path.exists(dst):
+                try:
+                    os.link(f, dst)  # the archives are only read: no 400 MB copy per agent
+                except OSError:
+                    shutil.copy2(f, dst)
+        cmd = self.nsenter() + [self.rk3s, "agent", "--server", server_url,
+                                "--token", token, "--data-dir", self.data, "--containerd-state-dir", self.state,
+                                "--node-ip", self.net["ip"], "--node-name", self.name] + self.agent_args
+        log(f"starting rk3s agent {self.name} in namespace {self.net['netns']} ({self.net['ip']}, data {self.data}, "
+            f"containerd state {self.state})")
+        with open(os.path.join(self.dir, "agent.log"), "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, pass_fds=(lock_fd.fileno(),))
+
+    def ready(self):
+        r = subprocess.run([self.kubectl, "--kubeconfig", self.kubeconfig, "--request-timeout=10s", "get", "node",
+                            self.name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"],
+                           capture_output=True, text=True)
+        return r.returncode == 0 and r.stdout.strip() == "True"
+
+    def images(self):
+        r = subprocess.run([self.kubectl, "--kubeconfig", self.kubeconfig, "--request-timeout=10s", "get", "node",
+                            self.name, "-o", "jsonpath={.status.images[*].names[*]}"], capture_output=True, text=True)
+        return set(r.stdout.split()) if r.returncode == 0 else set()
+
+    def stop_process(self):
+        if self.proc and self.proc.poll() is None:
+            log(f"stopping rk3s agent {self.name} (pid {self.proc.pid})")
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                log(f"rk3s agent {self.name} still alive after 60s: SIGKILL")
+                self.proc.kill()
+                self.proc.wait()
+
+    def clean(self):
+        """`rk3s killall` for this node inside its namespace, then the namespace (with the
+        veth pair, cni0, flannel.1 and the nftables tables in it); returns what is left."""
+        left = []
+        if self.proc is not None:
+            r = subprocess.run(self.nsenter() + [self.rk3s, "killall", "--data-dir", self.data,
+                                                 "--containerd-state-dir", self.state], capture_output=True, text=True)
+            with open(os.path.join(self.dir, "killall.log"), "w") as f:
+                f.write(r.stdout + r.stderr + f"\nexit code {r.returncode}\n")
+            if r.returncode != 0:
+                left.append(f"rk3s killall of {self.name} exited with {r.returncode} (see {self.dir}/killall.log)")
+        if self.netns_made:
+            subprocess.run(["ip", "netns", "del", self.net["netns"]], capture_output=True)
+            if os.path.exists(f"/sys/class/net/{self.net['host_if']}"):
+                subprocess.run(["ip", "link", "del", self.net["host_if"]], capture_output=True)
+        left += leftovers([self.data, self.state])
+        for item in left:
+            log(f"LEFT OVER ({self.name}): " + item)
+        if not left:
+            log(f"rk3s killall of {self.name} and its namespace: nothing left over")
+        return left
+
+
+def start_agents(agents, node, archives, timeout=300):
+    """Starts the agents against the running server `node` and waits until each is Ready and
+    lists every imported image."""
+    r = subprocess.run([node.kubectl, "--kubeconfig", node.kubeconfig, "get", "nodes", "-o",
+                        "jsonpath={.items[0].status.addresses[?(@.type==\"InternalIP\")].address}"],
+                       capture_output=True, text=True)
+    server_ip = r.stdout.split()[0] if r.returncode == 0 and r.stdout.split() else None
+    if not server_ip:
+        raise SystemExit(f"no InternalIP on the server's node: {r.stderr.strip()}")
+    url = f"https://{server_ip}:{node.port}"
+    token = read_text(os.path.join(node.data, "server", "token")).strip()
+    for ag in agents:
+        ag.start(archives, url, token, node.lock_fd)
+    tags = {t for f in archives for t in archive_tags(f)}
+    t0 = time.time()
+    pending = list(agents)
+    while pending and time.time() - t0 < timeout:
+        for ag in list(pending):
+            if ag.proc.poll() is not None:
+                raise SystemExit(f"rk3s agent {ag.name} exited ({ag.proc.returncode}); see {ag.dir}/agent.log")
+            if ag.ready() and not tags - ag.images():
+                log(f"agent {ag.name} Ready with all {len(tags)} images after {time.time() - t0:.0f}s")
+                pending.remove(ag)
+        if pending:
+            time.sleep(2)
+    if pending:
+        raise SystemExit(f"agents not Ready with their images after {timeout}s: "
+                         + ", ".join(f"{ag.name} (see {ag.dir}/agent.log)" for ag in pending))
+
+
 def ancestors(pid):
     """pid and its parents (their command lines may name the paths too)."""
     out = set()
@@ -1162,19 +1362,25 @@ def cmd_run(a):
         return 0
     state = a.containerd_state_dir or f"/run/rk3s-conformance-{a.port}"
     node = Node(rk3s, workdir, a.port, state, a.lock, kubectl, a.server_arg)
+    agents = [Agent(i, rk3s, workdir, a.port, kubectl, node.kubeconfig, a.agent_arg) for i in range(a.agents)]
     with open(os.path.join(workdir, "run.json"), "w") as f:
         json.dump({"rk3s": rk3s, "e2e": e2e, "kubectl": kubectl, "images": archives, "e2e_args": a.e2e_args,
-                   "jobs": a.jobs, "timeout": a.timeout, "only": a.only, "exclude": a.exclude,
+                   "jobs": a.jobs, "agents": a.agents, "timeout": a.timeout, "only": a.only, "exclude": a.exclude,
                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f, indent=1)
 
     def on_term(signum, frame):
         raise Interrupted()
     old = signal.signal(signal.SIGTERM, on_term)
-    left, interrupted = [], False
+    left, interrupted, net_before = [], False, []
     t0 = time.time()
     try:
         node.lock()
+        net_before = network_leftovers(host_links=("cni0", "flannel.1"))
+        for item in net_before:
+            log(f"NOTE: before the run already on the host: {item} (not counted as left over)")
         node.start(archives)
+        if agents:
+            start_agents(agents, node, archives)
         pool = Pool(a, e2e, kubectl, node.kubeconfig, results_dir, set(selected), time.time())
         if parallel:
             pool.run(parallel, index, a.jobs)
@@ -1186,14 +1392,26 @@ def cmd_run(a):
         interrupted = True
     finally:
         try:
+            for ag in agents:
+                ag.stop_process()
+            for ag in agents:
+                left += ag.clean()
             if node.proc is not None:
-                left = node.stop()
+                left += node.stop()
+                # the pod network on the host and the agents' namespaces and veths
+                net = network_leftovers([ag.net["netns"] for ag in agents], [ag.net["host_if"] for ag in agents],
+                                        before=net_before)
+                for item in net:
+                    log("LEFT OVER: " + item)
+                left += net
         finally:
             node.unlock()
             signal.signal(signal.SIGTERM, old)
     if node.proc is not None and not left and not a.keep_data:
         # the node's state (image copies, containerd's content, pod volumes): ~1.5 GB a run
         shutil.rmtree(node.data, ignore_errors=True)
+        for ag in agents:
+            shutil.rmtree(ag.data, ignore_errors=True)
     summary = write_report(workdir, selected)
     summary["leftovers"] = left
     with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -1302,6 +1520,11 @@ def parser():
     r.add_argument("--server-arg", action="append", default=[], help="extra `rk3s server` flag (repeatable)")
     r.add_argument("--keep-data", action="store_true",
                    help="keep the node's data dir after the run (default: removed when the clean-up left nothing)")
+    r.add_argument("--agents", type=int, default=None,
+                   help="agent nodes to start besides the server, each `rk3s agent` in a network namespace of "
+                        "its own (agent i=1..N: veth 198.18.(200+i).1/24 on the host, .2 its node IP); the tests that need two "
+                        "schedulable nodes run only with >= 1 (default: 0 for run, 1 for all)")
+    r.add_argument("--agent-arg", action="append", default=[], help="extra `rk3s agent` flag (repeatable)")
     r.add_argument("--port", type=int, default=26543, help="API server port (default 26543)")
     r.add_argument("--containerd-state-dir", help="containerd state dir (default /run/rk3s-conformance-PORT)")
     r.add_argument("--lock", default=DEFAULT_LOCK,
@@ -1325,6 +1548,8 @@ def main(argv=None):
     a = parser().parse_args(argv)
     if hasattr(a, "e2e_extra"):
         a.e2e_args = DEFAULT_E2E_ARGS + a.e2e_extra
+    if hasattr(a, "agents"):
+        a.agents = agent_count(a.cmd, a.agents)
     return a.fn(a)
 
 

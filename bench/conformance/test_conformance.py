@@ -251,3 +251,54 @@ class MiscTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AgentsTest(unittest.TestCase):
+    def test_agent_count_defaults_per_subcommand(self):
+        self.assertEqual(c.agent_count("run", None), 0)
+        self.assertEqual(c.agent_count("all", None), c.DEFAULT_AGENTS["all"])
+        self.assertEqual(c.agent_count("all", 0), 0)
+        self.assertEqual(c.agent_count("run", 2), 2)
+        with self.assertRaises(SystemExit):
+            c.agent_count("run", -1)
+        with self.assertRaises(SystemExit):
+            c.agent_count("run", 51)
+        a = c.parser().parse_args(["run", "--agents", "3", "--agent-arg=--node-label=x=y"])
+        self.assertEqual((a.agents, a.agent_arg), (3, ["--node-label=x=y"]))
+        self.assertIsNone(c.parser().parse_args(["all"]).agents)
+
+    def test_agent_networks_are_distinct_and_short(self):
+        nets = [c.agent_network(i, 26543) for i in range(50)]
+        for key in ("netns", "host_if", "host_ip", "ip", "name"):
+            self.assertEqual(len({n[key] for n in nets}), 50, key)
+        for n in nets:
+            self.assertLessEqual(len(n["host_if"]), 15, n)  # IFNAMSIZ - 1
+            self.assertEqual(n["host_ip"].rsplit(".", 1)[0], n["ip"].rsplit(".", 1)[0])
+        self.assertEqual(nets[0]["host_ip"], "198.18.201.1")
+        self.assertEqual(nets[0]["ip"], "198.18.201.2")
+        self.assertNotEqual(c.agent_network(0, 26543)["netns"], c.agent_network(0, 26544)["netns"])
+        with self.assertRaises(ValueError):
+            c.agent_network(50, 26543)
+
+    def test_network_setup_puts_the_node_ip_in_the_namespace(self):
+        n = c.agent_network(1, 26543)
+        cmds = [" ".join(x) for x in c.network_setup_cmds(n)]
+        self.assertEqual(cmds[0], f"ip netns add {n['netns']}")
+        self.assertIn(f"ip -n {n['netns']} addr add 198.18.202.2/24 dev eth0", cmds)
+        self.assertIn(f"ip addr add 198.18.202.1/24 dev {n['host_if']}", cmds)
+        self.assertEqual(cmds[-1], f"ip -n {n['netns']} route add default via 198.18.202.1")
+        veth = next(x for x in cmds if " veth " in x)
+        self.assertTrue(veth.endswith(f"peer name eth0 netns {n['netns']}"), veth)
+
+    def test_rk3s_nft_tables(self):
+        text = "table ip6 nat\ntable inet rk3s-proxy\ntable ip rk3s\ntable inet filter\n\n"
+        self.assertEqual(c.rk3s_nft_tables(text), [("inet", "rk3s-proxy"), ("ip", "rk3s")])
+        self.assertEqual(c.rk3s_nft_tables(""), [])
+
+    def test_new_leftovers_ignore_what_was_there_but_not_our_own(self):
+        before = ["host interface cni0", "nftables table ip rk3s-proxy", "network namespace rk3sconf-1-a0"]
+        now = ["host interface cni0", "host interface flannel.1", "nftables table ip rk3s-proxy",
+               "network namespace rk3sconf-1-a0", "host interface rk3scf1a0"]
+        self.assertEqual(c.new_leftovers(now, before, ["rk3sconf-1-a0"], ["rk3scf1a0"]),
+                         ["host interface flannel.1", "network namespace rk3sconf-1-a0", "host interface rk3scf1a0"])
+        self.assertEqual(c.new_leftovers([], before, ["rk3sconf-1-a0"], []), [])
