@@ -35,7 +35,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 
 use crate::body::{self, Response};
@@ -64,11 +64,10 @@ const RECHECK_AVAILABLE: Duration = Duration::from_secs(30);
 /// The front proxy's identity towards extension API servers.
 #[derive(Clone)]
 pub struct FrontProxyConfig {
-    /// Client certificate (PEM) presented to extension API servers (upstream's
-    /// `--proxy-client-cert-file`).
-    pub cert_pem: String,
-    /// Its key (PEM).
-    pub key_pem: String,
+    /// Client certificate and key presented to extension API servers (upstream's
+    /// `--proxy-client-cert-file`); read by every new connection, so a renewal
+    /// (`LiveCert::update`) is used without a restart.
+    pub client_cert: Arc<rk3s_pki::LiveCert>,
     /// The CA that signed it (`requestheader-client-ca-file`).
     pub requestheader_ca_pem: String,
     /// The common names extension servers accept (`requestheader-allowed-names`).
@@ -142,7 +141,7 @@ struct Remote {
 /// The remote APIs and the front proxy's identity (part of [`Inner`]).
 #[derive(Default)]
 pub struct Aggregator {
-    client: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+    client: Option<Arc<rk3s_pki::LiveCert>>,
     remotes: RwLock<BTreeMap<(String, String), Remote>>,
 }
 
@@ -157,23 +156,7 @@ pub enum AggregatorError {
 impl Aggregator {
     /// An aggregator presenting `front_proxy`'s certificate (none: no client certificate).
     pub fn new(front_proxy: Option<&FrontProxyConfig>) -> Result<Aggregator, AggregatorError> {
-        let client = match front_proxy {
-            None => None,
-            Some(fp) => {
-                let err =
-                    |e: &dyn std::fmt::Display| AggregatorError::ClientCertificate(e.to_string());
-                let certs: Vec<CertificateDer<'static>> =
-                    CertificateDer::pem_slice_iter(fp.cert_pem.as_bytes())
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| err(&e))?;
-                if certs.is_empty() {
-                    return Err(err(&"no certificate in PEM"));
-                }
-                let key =
-                    PrivateKeyDer::from_pem_slice(fp.key_pem.as_bytes()).map_err(|e| err(&e))?;
-                Some((certs, Arc::new(key)))
-            }
-        };
+        let client = front_proxy.map(|fp| fp.client_cert.clone());
         Ok(Aggregator {
             client,
             remotes: RwLock::new(BTreeMap::new()),
@@ -227,18 +210,13 @@ impl Aggregator {
             }
             builder.with_root_certificates(roots)
         };
-        let config = match &self.client {
-            Some((certs, key)) => {
-                match builder.with_client_auth_cert(certs.clone(), key.clone_key()) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "front-proxy client certificate unusable");
-                        return empty_connector();
-                    }
-                }
-            }
+        let mut config = match &self.client {
+            Some(live) => builder.with_client_cert_resolver(live.clone()),
             None => builder.with_no_client_auth(),
         };
+        // Full handshakes only: a resumed session would keep a renewed certificate's
+        // predecessor as the identity (Go's client resumes only with a session cache).
+        config.resumption = rustls::client::Resumption::disabled();
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 
@@ -964,6 +942,90 @@ mod tests {
     /// `sample-api.ns.svc` from `ca`: it answers its discovery document and, for any
     /// other path, echoes what it was told (client certificate CN, X-Remote-* headers,
     /// whether credentials reached it).
+    #[tokio::test]
+    async fn a_renewed_front_proxy_certificate_is_presented_on_new_connections() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pki = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.path())).expect("pki");
+        let issue = || {
+            rk3s_pki::issue_client_cert_for(
+                &pki.ca_cert_pem,
+                &pki.ca_key_pem,
+                "system:auth-proxy",
+                &[],
+                Duration::from_secs(30),
+            )
+            .expect("front-proxy cert")
+        };
+        let (c1, k1) = issue();
+        let live = Arc::new(rk3s_pki::LiveCert::from_pem(&c1, &k1).expect("live"));
+        let aggregator = Aggregator::new(Some(&FrontProxyConfig {
+            client_cert: live.clone(),
+            requestheader_ca_pem: pki.ca_cert_pem.clone(),
+            allowed_names: vec!["system:auth-proxy".into()],
+        }))
+        .expect("aggregator");
+        // An extension server that records the client certificate of each connection.
+        let (cert, key) = rk3s_pki::issue_serving_cert(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            "sample-api",
+            &["localhost".to_string()],
+            1,
+        )
+        .expect("serving");
+        let tls = crate::server::tls_config(&cert, &key, &pki.ca_cert_pem).expect("tls");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+        let record = seen.clone();
+        let server = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                if let Ok(mut s) = acceptor.accept(tcp).await {
+                    if let Some(c) = s.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                        record.lock().expect("lock").push(c.to_vec());
+                    }
+                    // an answer: the client also reads the session tickets sent after
+                    // the handshake
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"ok").await;
+                    let _ = tokio::io::AsyncWriteExt::flush(&mut s).await;
+                    open.push(s);
+                }
+            }
+        });
+        // one connector per APIService, built once: it follows the renewal
+        let bundle = base64::engine::general_purpose::STANDARD.encode(&pki.ca_cert_pem);
+        let connector = aggregator.connector(&bundle, false);
+        let connect = || async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let mut s = connector.connect(name, tcp).await.expect("handshake");
+            let mut answer = [0u8; 2];
+            tokio::io::AsyncReadExt::read_exact(&mut s, &mut answer)
+                .await
+                .expect("answer");
+            assert_eq!(&answer, b"ok");
+            s
+        };
+        let der = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .next()
+                .expect("pem")
+                .expect("der")
+                .to_vec()
+        };
+        let _first = connect().await;
+        let (c2, k2) = issue();
+        live.update(&c2, &k2).expect("renewed");
+        let _second = connect().await;
+        assert_eq!(*seen.lock().expect("lock"), [der(&c1), der(&c2)]);
+        assert!(rk3s_pki::not_after(&c2).expect("c2") >= rk3s_pki::not_after(&c1).expect("c1"));
+        server.abort();
+    }
+
     async fn extension_server(ca: &rk3s_pki::ServerPki, client_ca: &str) -> u16 {
         let Ok((cert, key)) = rk3s_pki::issue_serving_cert(
             &ca.ca_cert_pem,
@@ -1089,8 +1151,7 @@ mod tests {
         )
         .expect("front-proxy cert");
         config.front_proxy = Some(FrontProxyConfig {
-            cert_pem: fp_cert,
-            key_pem: fp_key,
+            client_cert: Arc::new(rk3s_pki::LiveCert::from_pem(&fp_cert, &fp_key).expect("live")),
             requestheader_ca_pem: pki.ca_cert_pem.clone(),
             allowed_names: vec!["system:auth-proxy".into()],
         });

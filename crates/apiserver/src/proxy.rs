@@ -36,7 +36,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use rk3s_api::ApiError;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
 use crate::body::{self, Response, ResponseBody};
@@ -50,10 +50,10 @@ pub const DEFAULT_KUBELET_PORT: u16 = 10250;
 /// TLS material the API server uses towards kubelets.
 #[derive(Clone)]
 pub struct KubeletClientConfig {
-    /// Client certificate (PEM), e.g. CN `kube-apiserver-kubelet-client`, O `system:masters`.
-    pub cert_pem: String,
-    /// Its key (PEM).
-    pub key_pem: String,
+    /// Client certificate and key, e.g. CN `kube-apiserver-kubelet-client`, O
+    /// `system:masters`; read by every new connection, so a renewal
+    /// (`LiveCert::update`) is used without a restart.
+    pub client_cert: Arc<rk3s_pki::LiveCert>,
     /// The CA that signs kubelet serving certificates (PEM).
     pub ca_pem: String,
 }
@@ -79,18 +79,15 @@ impl KubeletClient {
         for c in CertificateDer::pem_slice_iter(cfg.ca_pem.as_bytes()) {
             roots.add(c.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
         }
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cfg.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| tls(&e))?;
-        let key = PrivateKeyDer::from_pem_slice(cfg.key_pem.as_bytes()).map_err(|e| tls(&e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(&e))?
             .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| tls(&e))?;
+            .with_client_cert_resolver(cfg.client_cert.clone());
+        // Every connection is a full handshake (as Go's client without a session cache):
+        // a resumed session would carry on the identity of a certificate since renewed.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(KubeletClient {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
         })
@@ -1796,14 +1793,100 @@ mod tests {
         ) else {
             panic!("client cert")
         };
+        let Ok(live) = rk3s_pki::LiveCert::from_pem(&cert_pem, &key_pem) else {
+            panic!("live cert")
+        };
         let Ok(client) = KubeletClient::new(&KubeletClientConfig {
-            cert_pem,
-            key_pem,
+            client_cert: Arc::new(live),
             ca_pem: pki.ca_cert_pem.clone(),
         }) else {
             panic!("client")
         };
         (dir, pki, client)
+    }
+
+    #[tokio::test]
+    async fn kubelet_client_presents_a_renewed_certificate_on_new_connections() {
+        use std::convert::Infallible;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.path())).expect("pki");
+        let issue = || {
+            rk3s_pki::issue_client_cert_for(
+                &pki.ca_cert_pem,
+                &pki.ca_key_pem,
+                "kube-apiserver-kubelet-client",
+                &["system:masters"],
+                Duration::from_secs(30),
+            )
+            .expect("client cert")
+        };
+        let (c1, k1) = issue();
+        let live = Arc::new(rk3s_pki::LiveCert::from_pem(&c1, &k1).expect("live"));
+        let client = KubeletClient::new(&KubeletClientConfig {
+            client_cert: live.clone(),
+            ca_pem: pki.ca_cert_pem.clone(),
+        })
+        .expect("client");
+        // A kubelet that records the client certificate of each connection.
+        let (cert, key) = rk3s_pki::issue_serving_cert(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            "node",
+            &["127.0.0.1".to_string()],
+            1,
+        )
+        .expect("serving");
+        let tls = crate::server::tls_config(&cert, &key, &pki.ca_cert_pem).expect("tls");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+        let record = seen.clone();
+        let kubelet = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                if let Some(c) = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                {
+                    record.lock().expect("lock").push(c.to_vec());
+                }
+                let svc = hyper::service::service_fn(
+                    |_req: hyper::Request<hyper::body::Incoming>| async {
+                        Ok::<_, Infallible>(body::bytes_response(200, "text/plain", "ok"))
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+            }
+        });
+        let der = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .next()
+                .expect("pem")
+                .expect("der")
+                .to_vec()
+        };
+        let first_der = der(&c1);
+        let r = client.get("127.0.0.1", port, "/healthz").await;
+        assert_eq!(r.map(|r| r.status().as_u16()).ok(), Some(200));
+        let (c2, k2) = issue();
+        live.update(&c2, &k2).expect("renewed");
+        let second_der = der(&c2);
+        assert_ne!(first_der, second_der);
+        let r = client.get("127.0.0.1", port, "/healthz").await;
+        assert_eq!(r.map(|r| r.status().as_u16()).ok(), Some(200));
+        assert_eq!(*seen.lock().expect("lock"), [first_der, second_der]);
+        assert!(rk3s_pki::not_after(&c2).expect("c2") >= rk3s_pki::not_after(&c1).expect("c1"));
+        kubelet.abort();
     }
 
     #[tokio::test]

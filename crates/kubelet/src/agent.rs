@@ -46,8 +46,8 @@ pub struct AgentOptions {
     pub pod_network: crate::cni::PodNetwork,
     /// The node's ExternalIP (`--node-external-ip`).
     pub external_ip: Option<IpAddr>,
-    /// The kubelet API (`:10250`): where to listen and the cluster CA (cert, key) that
-    /// issues its serving certificate and verifies clients. None: no kubelet API.
+    /// The kubelet API (`:10250`): where to listen, the cluster CA that verifies clients
+    /// and the serving certificate. None: no kubelet API.
     pub kubelet_api: Option<KubeletApiOptions>,
 }
 
@@ -65,15 +65,16 @@ pub struct KubeletApiOptions {
 /// The kubelet API's serving certificate.
 #[derive(Clone, Debug)]
 pub enum KubeletServing {
-    /// Issue one at start with the cluster CA key (PEM): a server's own node.
-    IssueWithCaKey(String),
-    /// Use this certificate and key (PEM): an agent's, issued by the supervisor.
+    /// Use this certificate and key (PEM), fixed for the process's life.
     Provided {
         /// Certificate (PEM).
         cert_pem: String,
         /// Private key (PEM).
         key_pem: String,
     },
+    /// Present whatever this holds at each handshake: its owner renews it while the
+    /// kubelet runs (an agent's from the supervisor, a server's own node's from the CA).
+    Live(Arc<rk3s_pki::LiveCert>),
 }
 
 /// Errors of the agent's start-up.
@@ -179,31 +180,18 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
     };
     tracing::info!(node = %opts.node_name, elapsed_ms = t0.elapsed().as_millis() as u64, "node registered");
     if let Some(api) = &opts.kubelet_api {
-        let sans = vec![
-            opts.node_name.clone(),
-            opts.node_ip.to_string(),
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ];
         let serving = match &api.serving {
-            KubeletServing::IssueWithCaKey(ca_key_pem) => rk3s_pki::issue_serving_cert(
-                &api.ca_cert_pem,
-                ca_key_pem,
-                &opts.node_name,
-                &sans,
-                365,
-            ),
             KubeletServing::Provided { cert_pem, key_pem } => {
-                Ok((cert_pem.clone(), key_pem.clone()))
+                rk3s_pki::LiveCert::from_pem(cert_pem, key_pem).map(Arc::new)
             }
+            KubeletServing::Live(live) => Ok(live.clone()),
         };
         match serving {
-            Ok((cert, key)) => {
+            Ok(serving) => {
                 let sopts = crate::server::KubeletServerOptions {
                     listen: api.listen,
                     node_name: opts.node_name.clone(),
-                    serving_cert_pem: cert,
-                    serving_key_pem: key,
+                    serving,
                     client_ca_pem: api.ca_cert_pem.clone(),
                     cri: cri.clone(),
                     authorizer: Some(Arc::new(crate::server::WebhookAuth::new(client.clone()))),
@@ -225,7 +213,7 @@ pub async fn run(client: kube::Client, opts: AgentOptions) -> Result<(), AgentEr
                 });
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot issue the kubelet serving certificate; no kubelet API")
+                tracing::error!(error = %e, "unusable kubelet serving certificate; no kubelet API")
             }
         }
     }

@@ -17,6 +17,9 @@
 //! `Forbidden (user=..., verb=..., resource=nodes, subresource(s)=[...])`. Answers are
 //! cached as upstream does (tokens 2 min; allowed 5 min, denied 30 s). See
 //! [`WebhookAuth`]; [`default_authorizer`] is the fallback without an API server.
+//!
+//! The serving certificate is a `rk3s_pki::LiveCert` read at each handshake: its owner
+//! (the agent, the server for its own node) renews it while the API serves.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -36,7 +39,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpListener;
@@ -304,10 +307,9 @@ pub struct KubeletServerOptions {
     pub listen: SocketAddr,
     /// This node's name (the `name` of authorization requests).
     pub node_name: String,
-    /// Serving certificate (PEM), e.g. from `rk3s_pki::issue_serving_cert`.
-    pub serving_cert_pem: String,
-    /// Serving key (PEM).
-    pub serving_key_pem: String,
+    /// Serving certificate and key, read by every TLS handshake: a renewal
+    /// (`LiveCert::update`) is presented to new connections without a restart.
+    pub serving: Arc<rk3s_pki::LiveCert>,
     /// CA that signs client certificates (PEM).
     pub client_ca_pem: String,
     /// The container runtime.
@@ -326,11 +328,17 @@ pub fn tls_config(
     key_pem: &str,
     client_ca_pem: &str,
 ) -> Result<rustls::ServerConfig, ServerError> {
+    let serving = rk3s_pki::LiveCert::from_pem(cert_pem, key_pem)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    tls_config_with(Arc::new(serving), client_ca_pem)
+}
+
+/// [`tls_config`] presenting whatever `serving` holds at each handshake.
+pub fn tls_config_with(
+    serving: Arc<rk3s_pki::LiveCert>,
+    client_ca_pem: &str,
+) -> Result<rustls::ServerConfig, ServerError> {
     let tls = |e: &dyn std::fmt::Display| ServerError::Tls(e.to_string());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| tls(&e))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
         roots.add(ca.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
@@ -347,8 +355,7 @@ pub fn tls_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| tls(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| tls(&e))?;
+        .with_cert_resolver(serving);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -369,11 +376,7 @@ pub async fn serve_listener(
     listener: TcpListener,
     opts: KubeletServerOptions,
 ) -> Result<(), ServerError> {
-    let tls = tls_config(
-        &opts.serving_cert_pem,
-        &opts.serving_key_pem,
-        &opts.client_ca_pem,
-    )?;
+    let tls = tls_config_with(opts.serving.clone(), &opts.client_ca_pem)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let api = Arc::new(KubeletApi::new(opts));
     loop {
@@ -1207,6 +1210,72 @@ fn boot_time() -> Option<String> {
 mod tests {
     use super::*;
     use crate::cri::types::PodSandboxMetadata;
+
+    /// The serving certificate (DER) a new TLS connection to `addr` is shown.
+    async fn presented(addr: SocketAddr, ca_pem: &str) -> Vec<u8> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.expect("ca")).expect("root");
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_renewed_serving_certificate_is_presented_to_new_connections() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.path())).expect("pki");
+        let issue = || {
+            rk3s_pki::issue_serving_cert_for(
+                &pki.ca_cert_pem,
+                &pki.ca_key_pem,
+                "node1",
+                &["localhost".to_string()],
+                Duration::from_secs(30),
+            )
+            .expect("serving")
+        };
+        let (c1, k1) = issue();
+        let live = Arc::new(rk3s_pki::LiveCert::from_pem(&c1, &k1).expect("live"));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+            tls_config_with(live.clone(), &pki.ca_cert_pem).expect("tls"),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                if let Ok(s) = acceptor.accept(tcp).await {
+                    open.push(s);
+                }
+            }
+        });
+        let der = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .next()
+                .expect("pem")
+                .expect("der")
+                .to_vec()
+        };
+        assert_eq!(presented(addr, &pki.ca_cert_pem).await, der(&c1));
+        let (c2, k2) = issue();
+        live.update(&c2, &k2).expect("renewed");
+        assert_eq!(presented(addr, &pki.ca_cert_pem).await, der(&c2));
+        assert!(rk3s_pki::not_after(&c2).expect("c2") >= rk3s_pki::not_after(&c1).expect("c1"));
+        server.abort();
+    }
 
     fn subs(method: http::Method, path: &str) -> Vec<String> {
         request_attributes(&method, path, "n")

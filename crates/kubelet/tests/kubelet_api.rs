@@ -330,8 +330,7 @@ async fn body(cri: &CriClient, tmp: &Path, data: &Path, socket: &Path) {
     let opts = KubeletServerOptions {
         listen: addr,
         node_name: "node1".into(),
-        serving_cert_pem: cert,
-        serving_key_pem: key,
+        serving: std::sync::Arc::new(rk3s_pki::LiveCert::from_pem(&cert, &key).expect("serving")),
         client_ca_pem: ca.clone(),
         cri: cri.clone(),
         authorizer: None,

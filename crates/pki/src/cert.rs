@@ -664,6 +664,55 @@ pub fn issue_serving_cert(
     )
 }
 
+/// [`issue_client_cert`] valid for `validity` (the server's `--leaf-cert-validity`, which
+/// tests make seconds short).
+pub fn issue_client_cert_for(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    common_name: &str,
+    organizations: &[&str],
+    validity: std::time::Duration,
+) -> Result<(String, String), PkiError> {
+    let ca = Ca::load(ca_cert_pem, ca_key_pem)?;
+    ca.issue_for_secs(
+        common_name,
+        organizations,
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        secs(validity),
+    )
+}
+
+/// [`issue_serving_cert`] valid for `validity`.
+pub fn issue_serving_cert_for(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    common_name: &str,
+    sans: &[String],
+    validity: std::time::Duration,
+) -> Result<(String, String), PkiError> {
+    let ca = Ca::load(ca_cert_pem, ca_key_pem)?;
+    let mut parsed: Vec<San> = Vec::new();
+    for s in sans {
+        let san = San::parse(s)?;
+        if !parsed.contains(&san) {
+            parsed.push(san);
+        }
+    }
+    ca.issue_for_secs(
+        common_name,
+        &[],
+        &parsed,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        secs(validity),
+    )
+}
+
+/// A validity in whole seconds (saturating).
+fn secs(validity: std::time::Duration) -> i64 {
+    i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
 /// The identity a client certificate authenticates as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdentity {
@@ -691,6 +740,33 @@ mod tests {
 
     fn test_ca() -> (String, String) {
         generate_ca("test-ca@1", 3650).unwrap()
+    }
+
+    #[test]
+    fn leaves_for_a_duration_expire_then() {
+        let (ca, ca_key) = test_ca();
+        let (c, _) = issue_client_cert_for(
+            &ca,
+            &ca_key,
+            "u",
+            &["g"],
+            std::time::Duration::from_secs(20),
+        )
+        .unwrap();
+        let info = CertInfo::from_pem(&c, "client").unwrap();
+        assert!((19..=21).contains(&(info.not_after - now_unix())));
+        assert_eq!(client_identity(&info.der).unwrap().user, "u");
+        let (s, _) = issue_serving_cert_for(
+            &ca,
+            &ca_key,
+            "node",
+            &["node".into(), "10.0.0.5".into()],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        let info = CertInfo::from_pem(&s, "serving").unwrap();
+        assert!((3599..=3601).contains(&(info.not_after - now_unix())));
+        assert!(verify_issued_by(&s, &ca).unwrap());
     }
 
     #[test]

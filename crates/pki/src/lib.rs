@@ -6,7 +6,8 @@
 //!   `<data-dir>/server/tls/` and `<data-dir>/server/token`.
 //! - [`write_kubeconfig`] writes a k3s-style kubeconfig with embedded credentials.
 //! - [`issue_client_cert`] / [`issue_serving_cert`] sign further certificates with the CA
-//!   (node and user client certificates, kubelet serving certificates).
+//!   (node and user client certificates, kubelet serving certificates); the `_for`
+//!   variants take the validity as a duration (the server's `--leaf-cert-validity`).
 //! - [`ensure_etcd_certs`] issues the embedded etcd's server, peer and client certificates
 //!   under `<data-dir>/server/tls/etcd/`.
 //! - [`client_identity`] maps a verified client certificate to a user and groups, as the
@@ -36,8 +37,9 @@ mod server;
 mod token;
 
 pub use cert::{
-    client_identity, describe_certificates, issue_client_cert, issue_serving_cert, new_key_and_csr,
-    sign_csr, sign_csr_for, verify_issued_by, CertificateSummary, ClientIdentity, CsrUsage,
+    client_identity, describe_certificates, issue_client_cert, issue_client_cert_for,
+    issue_serving_cert, issue_serving_cert_for, new_key_and_csr, sign_csr, sign_csr_for,
+    verify_issued_by, CertificateSummary, ClientIdentity, CsrUsage,
 };
 pub use error::PkiError;
 pub use etcd::{ensure_etcd_certs, EtcdCerts, ETCD_TLS_DIR};

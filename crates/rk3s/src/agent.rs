@@ -10,7 +10,8 @@
 //! them again from the supervisor exactly as the join did (through the local load
 //! balancer, authenticated by the token and the node password, for fresh keys), rewrites
 //! the files and swaps the clients' credentials in memory: new requests go out over new
-//! connections with the new certificates, open watches finish on theirs. This reuses the
+//! connections with the new certificates, open watches finish on theirs; the kubelet
+//! API presents its new serving certificate to new connections. This reuses the
 //! join protocol rather than CertificateSigningRequests (upstream kubelet's rotation):
 //! the supervisor already chooses each identity, checks the node password and needs no
 //! approver, and it also covers the proxy's and controller's certificates.
@@ -293,6 +294,8 @@ struct AgentCredentials {
     clients: [LiveClient; 3],
     /// The certificates in use.
     current: std::sync::Mutex<rk3s_supervisor::Joined>,
+    /// The kubelet API's serving certificate, presented to new connections.
+    serving: std::sync::Arc<rk3s_pki::LiveCert>,
 }
 
 impl AgentCredentials {
@@ -303,11 +306,15 @@ impl AgentCredentials {
         joined: &rk3s_supervisor::Joined,
     ) -> anyhow::Result<AgentCredentials> {
         let [a, b, c] = write_credentials(dir, server, joined).await?;
+        let serving = &joined.kubelet_serving;
+        let serving = rk3s_pki::LiveCert::from_pem(&serving.cert_pem, &serving.key_pem)
+            .context("the kubelet serving certificate")?;
         Ok(AgentCredentials {
             dir: dir.to_path_buf(),
             server: server.to_string(),
             clients: [LiveClient::new(a), LiveClient::new(b), LiveClient::new(c)],
             current: std::sync::Mutex::new(joined.clone()),
+            serving: std::sync::Arc::new(serving),
         })
     }
 
@@ -346,6 +353,8 @@ impl AgentCredentials {
         for (live, client) in self.clients.iter().zip(new) {
             live.swap(client);
         }
+        let serving = &joined.kubelet_serving;
+        self.serving.update(&serving.cert_pem, &serving.key_pem)?;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = joined;
         Ok(())
     }
@@ -367,8 +376,7 @@ impl AgentCredentials {
             .context("requesting new certificates from the server")?;
         self.install(joined).await?;
         tracing::info!(
-            "agent certificates renewed; clients use them for new connections (the kubelet \
-             API's serving certificate is written and used from the next start)"
+            "agent certificates renewed; clients and the kubelet API use them for new connections"
         );
         Ok(true)
     }
@@ -547,6 +555,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let credentials =
         std::sync::Arc::new(AgentCredentials::new(&agent_dir, &lb.url(), &joined).await?);
     let (kubelet_client, proxy_client, controller_client) = credentials.clients();
+    let kubelet_serving = credentials.serving.clone();
     // Renewal asks whichever API server the load balancer reaches, as the join did.
     let renew_join = rk3s_supervisor::JoinOptions {
         server: lb.url(),
@@ -586,10 +595,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         kubelet_api: Some(rk3s_kubelet::agent::KubeletApiOptions {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 10250),
             ca_cert_pem: joined.ca_pem.clone(),
-            serving: rk3s_kubelet::agent::KubeletServing::Provided {
-                cert_pem: joined.kubelet_serving.cert_pem.clone(),
-                key_pem: joined.kubelet_serving.key_pem.clone(),
-            },
+            serving: rk3s_kubelet::agent::KubeletServing::Live(kubelet_serving),
         }),
     };
     let network_opts = crate::node_network::NodeNetworkOptions {
@@ -737,6 +743,22 @@ mod tests {
             .await
             .expect("credentials");
         let (kubelet, proxy, _) = creds.clients();
+        // the kubelet API as the agent runs it: its serving certificate as a new
+        // connection (the API server's, which trusts the cluster CA) sees it
+        use crate::certificate::test_tls::{client_config, der, handshake};
+        let kubelet_api = std::sync::Arc::new(
+            rk3s_kubelet::server::tls_config_with(creds.serving.clone(), &joined.ca_pem)
+                .expect("kubelet TLS"),
+        );
+        let presented = || {
+            handshake(
+                kubelet_api.clone(),
+                client_config(&joined.ca_pem, None),
+                "127.0.0.1",
+            )
+            .1
+        };
+        assert_eq!(presented(), der(&joined.kubelet_serving.cert_pem));
         assert_eq!(
             whoami(kubelet.clone()).await.expect("kubelet"),
             "system:node:renewing-node"
@@ -782,6 +804,8 @@ mod tests {
             renewed.kubelet_serving.cert_pem
         );
         assert!(creds.due(window).is_empty());
+        // the running kubelet API presents the renewed serving certificate
+        assert_eq!(presented(), der(&renewed.kubelet_serving.cert_pem));
 
         // after the old certificate expired: it is refused, the clients the node's
         // components hold (created before the renewal) keep working

@@ -7,7 +7,9 @@
 //!
 //! Renewal while running, one rule (`rk3s_pki::renewal_due`) and one loop
 //! ([`renewal_loop`]) for every holder: the server's own leaves
-//! ([`renew_server_certificates`]) and an agent's certificates (`agent.rs`).
+//! ([`renew_server_certificates`]: the files, and the [`IssuedLeaf`]s it holds only in
+//! memory: its node's kubelet serving certificate, the API server's client certificates
+//! towards kubelets and extension API servers) and an agent's certificates (`agent.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -579,6 +581,95 @@ pub(crate) async fn renewal_loop<F, Fut>(
     }
 }
 
+/// How an [`IssuedLeaf`] is issued: (certificate PEM, key PEM).
+type Issue = Box<dyn Fn() -> Result<(String, String), rk3s_pki::PkiError> + Send + Sync>;
+
+/// A leaf certificate the server issues for itself at each start and holds only in
+/// memory, in a [`rk3s_pki::LiveCert`] its TLS configurations read at each handshake: the
+/// API server's client certificates towards kubelets and extension API servers, and the
+/// kubelet serving certificate of the server's own node. [`renew_server_certificates`]
+/// re-issues it inside the renewal window, so new connections present the new one.
+pub(crate) struct IssuedLeaf {
+    what: &'static str,
+    live: std::sync::Arc<rk3s_pki::LiveCert>,
+    cert_pem: std::sync::Mutex<String>,
+    issue: Issue,
+}
+
+impl IssuedLeaf {
+    /// Issues the first certificate with `issue`, which also issues its renewals.
+    pub(crate) fn new(
+        what: &'static str,
+        issue: impl Fn() -> Result<(String, String), rk3s_pki::PkiError> + Send + Sync + 'static,
+    ) -> anyhow::Result<std::sync::Arc<IssuedLeaf>> {
+        let (cert_pem, key_pem) = issue().with_context(|| format!("issuing the {what}"))?;
+        let live = rk3s_pki::LiveCert::from_pem(&cert_pem, &key_pem)
+            .with_context(|| format!("loading the {what}"))?;
+        Ok(std::sync::Arc::new(IssuedLeaf {
+            what,
+            live: std::sync::Arc::new(live),
+            cert_pem: std::sync::Mutex::new(cert_pem),
+            issue: Box::new(issue),
+        }))
+    }
+
+    /// The certificate the TLS configurations read.
+    pub(crate) fn live(&self) -> std::sync::Arc<rk3s_pki::LiveCert> {
+        self.live.clone()
+    }
+
+    /// The certificate in use (PEM).
+    fn cert_pem(&self) -> String {
+        self.cert_pem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-issues the certificate when it is inside the renewal window (the one rule,
+    /// `rk3s_pki::renewal_due`); returns whether it did.
+    pub(crate) fn renew_if_due(&self, renew_before: std::time::Duration) -> anyhow::Result<bool> {
+        // an unreadable certificate is renewed too
+        if !rk3s_pki::renewal_due(&self.cert_pem(), renew_before).unwrap_or(true) {
+            return Ok(false);
+        }
+        let what = self.what;
+        let (cert_pem, key_pem) = (self.issue)().with_context(|| format!("renewing the {what}"))?;
+        self.live
+            .update(&cert_pem, &key_pem)
+            .with_context(|| format!("loading the renewed {what}"))?;
+        *self.cert_pem.lock().unwrap_or_else(|p| p.into_inner()) = cert_pem;
+        tracing::info!("{what} renewed; new connections use it");
+        Ok(true)
+    }
+}
+
+/// The kubelet serving certificate of the server's own node (as an agent's from the
+/// supervisor: valid for the node name, its IP, `localhost` and `127.0.0.1`), issued by
+/// the cluster CA for `validity` and renewed with the server's other leaves.
+pub(crate) fn kubelet_serving_leaf(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    node_name: &str,
+    node_ip: std::net::IpAddr,
+    validity: std::time::Duration,
+) -> anyhow::Result<std::sync::Arc<IssuedLeaf>> {
+    let sans = vec![
+        node_name.to_string(),
+        node_ip.to_string(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ];
+    let (ca, key, name) = (
+        ca_cert_pem.to_string(),
+        ca_key_pem.to_string(),
+        node_name.to_string(),
+    );
+    IssuedLeaf::new("kubelet serving certificate", move || {
+        rk3s_pki::issue_serving_cert_for(&ca, &key, &name, &sans, validity)
+    })
+}
+
 /// Where the admin kubeconfig goes (rewritten when its client certificate is renewed).
 #[derive(Clone)]
 pub(crate) struct KubeconfigTarget {
@@ -593,8 +684,9 @@ pub(crate) struct KubeconfigTarget {
 /// Renews the server's leaf certificates while it runs: every `interval`, those within
 /// the renewal window are re-issued on disk (as on start), a new serving certificate is
 /// presented to new connections at once and the admin kubeconfig is rewritten, so a
-/// long-running server never serves an expired certificate. A CA replaced on disk
-/// (`rotate-ca`) stops the renewal until the restart that puts it in use.
+/// long-running server never serves an expired certificate. The in-memory `leaves`
+/// are re-issued by the CA in use. A CA replaced on disk (`rotate-ca`) stops the
+/// renewal of the files until the restart that puts it in use.
 pub(crate) async fn renew_server_certificates(
     opts: rk3s_pki::PkiOptions,
     interval: std::time::Duration,
@@ -602,6 +694,7 @@ pub(crate) async fn renew_server_certificates(
     serving_pem: String,
     admin_pem: String,
     kubeconfig: KubeconfigTarget,
+    leaves: Vec<std::sync::Arc<IssuedLeaf>>,
 ) {
     let ca_path = opts
         .server_dir
@@ -618,10 +711,24 @@ pub(crate) async fn renew_server_certificates(
             ca_in_use.clone(),
         );
         let kubeconfig = kubeconfig.clone();
+        let leaves = leaves.clone();
         async move {
+            let renew_before = opts.renew_before;
+            // each leaf is tried; the first failure is reported after the files'
+            let leaves_renewed = tokio::task::spawn_blocking(move || {
+                let mut failed = None;
+                for leaf in &leaves {
+                    if let Err(e) = leaf.renew_if_due(renew_before) {
+                        failed.get_or_insert(e);
+                    }
+                }
+                failed.map_or(Ok(()), Err)
+            })
+            .await
+            .context("renewal task")?;
             if std::fs::read_to_string(&ca_path).unwrap_or_default() != ca_in_use {
-                tracing::warn!(ca = %ca_path.display(), "the cluster CA changed on disk (rotate-ca): restart the server to use it; no renewal until then");
-                return Ok(());
+                tracing::warn!(ca = %ca_path.display(), "the cluster CA changed on disk (rotate-ca): restart the server to use it; no renewal of its files until then");
+                return leaves_renewed;
             }
             let pki = tokio::task::spawn_blocking(move || rk3s_pki::ensure_server_pki(&opts))
                 .await
@@ -651,15 +758,213 @@ pub(crate) async fn renew_server_certificates(
                 tracing::info!(kubeconfig = %kubeconfig.path.display(), "admin certificate renewed");
                 state.lock().unwrap_or_else(|p| p.into_inner()).1 = pki.admin_cert_pem.clone();
             }
-            Ok(())
+            leaves_renewed
         }
     })
     .await
 }
 
+/// TLS handshakes in memory, to see which certificates each side presents.
+#[cfg(test)]
+pub(crate) mod test_tls {
+    use std::sync::Arc;
+
+    /// The first certificate (DER) of a PEM chain.
+    pub(crate) fn der(pem: &str) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .expect("a certificate")
+            .expect("PEM")
+            .to_vec()
+    }
+
+    /// A client configuration trusting `ca_pem`, presenting `client_cert` if any.
+    pub(crate) fn client_config(
+        ca_pem: &str,
+        client_cert: Option<Arc<rk3s_pki::LiveCert>>,
+    ) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.expect("CA")).expect("root");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+        let mut config = match client_cert {
+            Some(live) => builder.with_client_cert_resolver(live),
+            None => builder.with_no_client_auth(),
+        };
+        // full handshakes, as the API server's clients do
+        config.resumption = rustls::client::Resumption::disabled();
+        Arc::new(config)
+    }
+
+    /// A full handshake of a new connection to `server_name`: (the client certificate the
+    /// server saw, the serving certificate the client saw), both DER.
+    pub(crate) fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> (Option<Vec<u8>>, Vec<u8>) {
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).expect("name");
+        let mut c = rustls::ClientConnection::new(client, name).expect("client");
+        let mut s = rustls::ServerConnection::new(server).expect("server");
+        for _ in 0..16 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).expect("client write");
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).expect("server read");
+                s.process_new_packets().expect("server handshake");
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).expect("server write");
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).expect("client read");
+                c.process_new_packets().expect("client handshake");
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+        }
+        assert!(
+            !c.is_handshaking() && !s.is_handshaking(),
+            "handshake incomplete"
+        );
+        let seen_by_server = s
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec());
+        let seen_by_client = c.peer_certificates().expect("server certificate")[0].to_vec();
+        (seen_by_server, seen_by_client)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn in_memory_leaves_follow_the_validity_and_are_renewed_while_running() {
+        use std::sync::Arc;
+        use test_tls::{client_config, der, handshake};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = rk3s_pki::PkiOptions::new(dir.path().join("server"));
+        opts.leaf_validity = std::time::Duration::from_secs(4);
+        opts.renew_before = std::time::Duration::from_secs(3);
+        let pki = rk3s_pki::ensure_server_pki(&opts).expect("pki");
+        let (kubelet_client, kc_leaf) =
+            crate::server::kubelet_client_config(&pki, opts.leaf_validity).expect("kubelet client");
+        let (front_proxy, fp_leaf) =
+            crate::server::front_proxy_config(&pki, opts.leaf_validity).expect("front proxy");
+        let node_ip = std::net::IpAddr::from([10, 0, 0, 5]);
+        let node_leaf = kubelet_serving_leaf(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            "node1",
+            node_ip,
+            opts.leaf_validity,
+        )
+        .expect("node serving");
+        for leaf in [&kc_leaf, &fp_leaf, &node_leaf] {
+            let left = rk3s_pki::not_after(&leaf.cert_pem()).expect("expiry") - now();
+            assert!((2..=5).contains(&left), "{}: {left} s", leaf.what);
+            assert!(!leaf
+                .renew_if_due(std::time::Duration::from_secs(1))
+                .expect("check"));
+        }
+        let first: Vec<String> = [&kc_leaf, &fp_leaf, &node_leaf]
+            .iter()
+            .map(|l| l.cert_pem())
+            .collect();
+
+        // TLS as the API server and the node's kubelet use these certificates
+        let peer = rk3s_pki::issue_serving_cert(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            "peer",
+            &["localhost".to_string()],
+            1,
+        )
+        .expect("peer");
+        let recorder = Arc::new(
+            rk3s_kubelet::server::tls_config(&peer.0, &peer.1, &pki.ca_cert_pem).expect("tls"),
+        );
+        let kubelet = Arc::new(
+            rk3s_kubelet::server::tls_config_with(node_leaf.live(), &pki.ca_cert_pem)
+                .expect("kubelet tls"),
+        );
+        let kubelet_client_tls =
+            client_config(&pki.ca_cert_pem, Some(kubelet_client.client_cert.clone()));
+        let front_proxy_tls =
+            client_config(&pki.ca_cert_pem, Some(front_proxy.client_cert.clone()));
+        let plain = client_config(&pki.ca_cert_pem, None);
+        let seen = || {
+            [
+                handshake(recorder.clone(), kubelet_client_tls.clone(), "localhost").0,
+                handshake(recorder.clone(), front_proxy_tls.clone(), "localhost").0,
+                Some(handshake(kubelet.clone(), plain.clone(), &node_ip.to_string()).1),
+            ]
+        };
+        let expected = |pems: &[String]| pems.iter().map(|p| Some(der(p))).collect::<Vec<_>>();
+        assert_eq!(seen().to_vec(), expected(&first));
+
+        // the server's renewal loop re-issues them inside the window (after ~1 s)
+        let kubeconfig = KubeconfigTarget {
+            path: dir.path().join("admin.yaml"),
+            mode: 0o600,
+            url: "https://127.0.0.1:6443".into(),
+        };
+        let serving = Arc::new(
+            rk3s_apiserver::server::ServingCert::from_pem(
+                &pki.serving_cert_pem,
+                &pki.serving_key_pem,
+            )
+            .expect("serving"),
+        );
+        let renewal = tokio::spawn(renew_server_certificates(
+            opts.clone(),
+            std::time::Duration::from_millis(200),
+            serving,
+            pki.serving_cert_pem.clone(),
+            pki.admin_cert_pem.clone(),
+            kubeconfig,
+            vec![kc_leaf.clone(), fp_leaf.clone(), node_leaf.clone()],
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let current = || -> Vec<String> {
+            [&kc_leaf, &fp_leaf, &node_leaf]
+                .iter()
+                .map(|l| l.cert_pem())
+                .collect()
+        };
+        while current().iter().zip(&first).any(|(a, b)| a == b) {
+            assert!(std::time::Instant::now() < deadline, "not renewed");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        renewal.abort();
+        // a round in progress finishes
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let renewed = current();
+        // new connections present the new certificates (same TLS configurations)
+        assert_eq!(seen().to_vec(), expected(&renewed));
+        for (new, old) in renewed.iter().zip(&first) {
+            // issued at least a second later for the same validity
+            assert!(
+                rk3s_pki::not_after(new).expect("new") > rk3s_pki::not_after(old).expect("old")
+            );
+        }
+    }
 
     #[test]
     fn check_lists_the_server_pki_and_rotate_renews_it() {

@@ -488,6 +488,11 @@ pub(crate) async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     };
 
     let listen = SocketAddr::new(args.bind_address, args.https_listen_port);
+    // The API server's own client certificates, renewed while it runs (below).
+    let (kubelet_client, kubelet_client_leaf) =
+        kubelet_client_config(&pki, args.leaf_cert_validity)?;
+    let (front_proxy, front_proxy_leaf) = front_proxy_config(&pki, args.leaf_cert_validity)?;
+    let mut issued_leaves = vec![kubelet_client_leaf, front_proxy_leaf];
     let config = rk3s_apiserver::Config {
         listen,
         advertise_address: advertise,
@@ -502,8 +507,8 @@ pub(crate) async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         service_account_pub_pem: pki.sa_pub_pem.clone(),
         service_account_issuer: format!("https://kubernetes.default.svc.{}", args.cluster_domain),
         audit,
-        kubelet_client: Some(kubelet_client_config(&pki)?),
-        front_proxy: Some(front_proxy_config(&pki)?),
+        kubelet_client: Some(kubelet_client),
+        front_proxy: Some(front_proxy),
         token_auth_file: match &args.token_auth_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -719,6 +724,26 @@ pub(crate) async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         "default",
     )
     .with_context(|| format!("writing kubeconfig {}", args.write_kubeconfig.display()))?;
+    // The kubelet serving certificate of this server's own node, renewed with the others.
+    let node_name = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(rk3s_kubelet::node::hostname);
+    let node_ip = args.node_ip.unwrap_or(advertise);
+    let node_serving = if args.disable_agent {
+        None
+    } else {
+        let leaf = crate::certificate::kubelet_serving_leaf(
+            &kubelet_ca,
+            &kubelet_ca_key,
+            &node_name,
+            node_ip,
+            args.leaf_cert_validity,
+        )?;
+        issued_leaves.push(leaf.clone());
+        Some(leaf.live())
+    };
     tokio::spawn(crate::certificate::renew_server_certificates(
         pki_opts,
         args.cert_check_interval,
@@ -730,6 +755,7 @@ pub(crate) async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             mode: args.write_kubeconfig_mode,
             url: url.clone(),
         },
+        issued_leaves,
     ));
     tracing::info!(
         %url,
@@ -741,12 +767,7 @@ pub(crate) async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     phases.done("controllers, scheduler, add-ons, serving");
     crate::install::notify_ready();
     crate::heap::spawn_trimmer();
-    if !args.disable_agent {
-        let node_name = args
-            .node_name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(rk3s_kubelet::node::hostname);
+    if let Some(node_serving) = node_serving {
         // The node agent acts as its node (system:node:<name> in system:nodes) with the
         // same least privilege as an agent's: the Node authorizer and NodeRestriction
         // decide what it may read and write.
@@ -756,7 +777,7 @@ pub(crate) async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         let node_client = rk3s_controllers::client_over(api_for_agent.local_service(node_user));
         let mut opts = rk3s_kubelet::agent::AgentOptions {
             node_name,
-            node_ip: args.node_ip.unwrap_or(advertise),
+            node_ip,
             data_dir: args.data_dir.clone(),
             cluster_dns: vec![cluster_dns.to_string()],
             cluster_domain: args.cluster_domain.clone(),
@@ -771,9 +792,7 @@ pub(crate) async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             kubelet_api: Some(rk3s_kubelet::agent::KubeletApiOptions {
                 listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 10250),
                 ca_cert_pem: kubelet_ca.clone(),
-                serving: rk3s_kubelet::agent::KubeletServing::IssueWithCaKey(
-                    kubelet_ca_key.clone(),
-                ),
+                serving: rk3s_kubelet::agent::KubeletServing::Live(node_serving),
             }),
         };
         // The node's network services act as k3s's agents' do: the Service proxy as
@@ -874,46 +893,53 @@ pub fn encryption_config_path(data_dir: &std::path::Path) -> PathBuf {
 }
 
 /// The API server's client certificate towards kubelets (`pods/log`, `nodes/proxy`),
-/// issued by the cluster CA at each start: CN `kube-apiserver-kubelet-client`, O
-/// `system:masters`.
-fn kubelet_client_config(
+/// issued by the cluster CA at each start for `validity` and renewed while running: CN
+/// `kube-apiserver-kubelet-client`, O `system:masters`.
+pub(crate) fn kubelet_client_config(
     pki: &rk3s_pki::ServerPki,
-) -> anyhow::Result<rk3s_apiserver::proxy::KubeletClientConfig> {
-    let (cert_pem, key_pem) = rk3s_pki::issue_client_cert(
-        &pki.ca_cert_pem,
-        &pki.ca_key_pem,
-        "kube-apiserver-kubelet-client",
-        &["system:masters"],
-        365,
-    )
-    .context("issuing the kubelet client certificate")?;
-    Ok(rk3s_apiserver::proxy::KubeletClientConfig {
-        cert_pem,
-        key_pem,
+    validity: std::time::Duration,
+) -> anyhow::Result<(
+    rk3s_apiserver::proxy::KubeletClientConfig,
+    Arc<crate::certificate::IssuedLeaf>,
+)> {
+    let (ca, key) = (pki.ca_cert_pem.clone(), pki.ca_key_pem.clone());
+    let leaf = crate::certificate::IssuedLeaf::new("kubelet client certificate", move || {
+        rk3s_pki::issue_client_cert_for(
+            &ca,
+            &key,
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+            validity,
+        )
+    })?;
+    let config = rk3s_apiserver::proxy::KubeletClientConfig {
+        client_cert: leaf.live(),
         ca_pem: pki.ca_cert_pem.clone(),
-    })
+    };
+    Ok((config, leaf))
 }
 
 /// The front proxy's client certificate towards extension API servers (APIServices with
-/// `spec.service`), issued by the cluster CA at each start: CN `system:auth-proxy` (k3s's
-/// name), the only name extension servers accept on `X-Remote-*` headers.
-fn front_proxy_config(
+/// `spec.service`), issued by the cluster CA at each start for `validity` and renewed
+/// while running: CN `system:auth-proxy` (k3s's name), the only name extension servers
+/// accept on `X-Remote-*` headers.
+pub(crate) fn front_proxy_config(
     pki: &rk3s_pki::ServerPki,
-) -> anyhow::Result<rk3s_apiserver::aggregator::FrontProxyConfig> {
-    let (cert_pem, key_pem) = rk3s_pki::issue_client_cert(
-        &pki.ca_cert_pem,
-        &pki.ca_key_pem,
-        "system:auth-proxy",
-        &[],
-        365,
-    )
-    .context("issuing the front-proxy client certificate")?;
-    Ok(rk3s_apiserver::aggregator::FrontProxyConfig {
-        cert_pem,
-        key_pem,
+    validity: std::time::Duration,
+) -> anyhow::Result<(
+    rk3s_apiserver::aggregator::FrontProxyConfig,
+    Arc<crate::certificate::IssuedLeaf>,
+)> {
+    let (ca, key) = (pki.ca_cert_pem.clone(), pki.ca_key_pem.clone());
+    let leaf = crate::certificate::IssuedLeaf::new("front-proxy client certificate", move || {
+        rk3s_pki::issue_client_cert_for(&ca, &key, "system:auth-proxy", &[], validity)
+    })?;
+    let config = rk3s_apiserver::aggregator::FrontProxyConfig {
+        client_cert: leaf.live(),
         requestheader_ca_pem: pki.ca_cert_pem.clone(),
         allowed_names: vec!["system:auth-proxy".into()],
-    })
+    };
+    Ok((config, leaf))
 }
 
 /// The identity this server holds leader-election Leases under: the host name and 8 hex
