@@ -24,6 +24,11 @@ use tokio::sync::{broadcast, watch};
 /// How many recent events the cache keeps for watches that start in the past.
 const HISTORY: usize = 20_000;
 
+/// How many of the newest history events keep their parsed objects; older ones keep only
+/// their JSON and are parsed again for the (rare) watch that starts that far back, so the
+/// history costs its events' bytes, not their much larger parsed trees.
+const PARSED_HISTORY: usize = 1_000;
+
 /// How each resource's window of events grows and shrinks (upstream's watch cache
 /// capacity rules; [`WindowPolicy::default`] has upstream's values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -359,11 +364,79 @@ pub struct CacheEvent {
     pub prev: Option<Arc<Value>>,
     /// `object` serialized once (JSON), shared by every watcher.
     pub raw: bytes::Bytes,
+    /// `prev` serialized (JSON), when the cache had it.
+    pub prev_raw: Option<bytes::Bytes>,
+}
+
+/// One event of the cache's history: parsed (the newest [`PARSED_HISTORY`]) or only
+/// its JSON.
+enum HistoryEntry {
+    Parsed(Arc<CacheEvent>),
+    Compact {
+        kind: CacheEventKind,
+        key: String,
+        revision: Revision,
+        raw: bytes::Bytes,
+        prev_raw: Option<bytes::Bytes>,
+    },
+}
+
+impl HistoryEntry {
+    fn revision(&self) -> Revision {
+        match self {
+            HistoryEntry::Parsed(e) => e.revision,
+            HistoryEntry::Compact { revision, .. } => *revision,
+        }
+    }
+
+    /// Drops the parsed objects, keeping what is needed to parse them again.
+    fn compact(&mut self) {
+        if let HistoryEntry::Parsed(e) = self {
+            let compact = HistoryEntry::Compact {
+                kind: e.kind,
+                key: e.key.clone(),
+                revision: e.revision,
+                raw: e.raw.clone(),
+                prev_raw: e.prev_raw.clone(),
+            };
+            *self = compact;
+        }
+    }
+
+    /// The event (parsed again from its JSON when compact; `None` if that fails, which
+    /// cannot happen for JSON the cache produced itself).
+    fn event(&self) -> Option<Arc<CacheEvent>> {
+        match self {
+            HistoryEntry::Parsed(e) => Some(e.clone()),
+            HistoryEntry::Compact {
+                kind,
+                key,
+                revision,
+                raw,
+                prev_raw,
+            } => {
+                let object: Value = serde_json::from_slice(raw).ok()?;
+                let prev = match prev_raw {
+                    Some(p) => Some(Arc::new(serde_json::from_slice::<Value>(p).ok()?)),
+                    None => None,
+                };
+                Some(Arc::new(CacheEvent {
+                    kind: *kind,
+                    key: key.clone(),
+                    revision: *revision,
+                    object: Arc::new(object),
+                    prev,
+                    raw: raw.clone(),
+                    prev_raw: prev_raw.clone(),
+                }))
+            }
+        }
+    }
 }
 
 struct State {
     objects: BTreeMap<String, CachedObject>,
-    history: VecDeque<Arc<CacheEvent>>,
+    history: VecDeque<HistoryEntry>,
     revision: Revision,
     /// Events older than this revision are no longer in `history`.
     oldest: Revision,
@@ -573,7 +646,10 @@ impl WatchCache {
             Ok(s) => s,
             Err(_) => return,
         };
-        let prev = st.objects.get(&ev.kv.key).map(|o| o.object.clone());
+        let (prev, prev_raw) = match st.objects.get(&ev.kv.key) {
+            Some(o) => (Some(o.object.clone()), Some(o.raw.clone())),
+            None => (None, None),
+        };
         let kind = match ev.kind {
             EventKind::Delete => {
                 st.objects.remove(&ev.kv.key);
@@ -611,6 +687,7 @@ impl WatchCache {
             object,
             prev,
             raw,
+            prev_raw,
         });
         if let Some(resource) = resource_prefix(&cev.key) {
             let policy = self.policy;
@@ -622,10 +699,16 @@ impl WatchCache {
                 window.record(rev, std::time::Instant::now(), &policy);
             }
         }
-        st.history.push_back(cev.clone());
+        st.history.push_back(HistoryEntry::Parsed(cev.clone()));
+        let len = st.history.len();
+        if len > PARSED_HISTORY {
+            if let Some(e) = st.history.get_mut(len - 1 - PARSED_HISTORY) {
+                e.compact();
+            }
+        }
         while st.history.len() > HISTORY {
             if let Some(old) = st.history.pop_front() {
-                st.oldest = old.revision;
+                st.oldest = old.revision();
             }
         }
         st.revision = rev;
@@ -729,11 +812,12 @@ impl WatchCache {
         if after < oldest {
             return Err(oldest);
         }
+        // The history is in revision order: only its tail after `after` is parsed.
+        let start = st.history.partition_point(|e| e.revision() <= after);
         let backlog: Vec<Arc<CacheEvent>> = st
             .history
-            .iter()
-            .filter(|e| e.revision > after)
-            .cloned()
+            .range(start..)
+            .filter_map(HistoryEntry::event)
             .collect();
         Ok((Subscription { backlog, live }, st.revision))
     }

@@ -86,6 +86,7 @@ impl Encoder {
             object: Arc::new(object),
             prev,
             raw: ev.raw.clone(),
+            prev_raw: None,
         }))
     }
 
@@ -521,6 +522,7 @@ mod tests {
             object,
             prev,
             raw,
+            prev_raw: None,
         }
     }
 
