@@ -1191,6 +1191,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn old_history_events_are_parsed_again_with_their_previous_object() {
+        let (_dir, store, cache) = open().await;
+        let first = store.create(KEY, cm("u1", "0")).await.expect("create");
+        let mut rev = first.mod_revision;
+        let n = PARSED_HISTORY + 300;
+        for i in 1..=n {
+            rev = store
+                .update(KEY, cm("u1", &i.to_string()), rev)
+                .await
+                .expect("update")
+                .mod_revision;
+        }
+        cache.wait_for(rev, Duration::from_secs(30)).await;
+        {
+            let st = cache.state.read().expect("state");
+            let parsed = st
+                .history
+                .iter()
+                .filter(|e| matches!(e, HistoryEntry::Parsed(_)))
+                .count();
+            assert_eq!(parsed, PARSED_HISTORY, "only the newest events stay parsed");
+        }
+        // A watch from the first revision gets every update, in order, each with the
+        // object and the previous object as they were.
+        let (sub, _) = cache
+            .subscribe(Some(first.mod_revision))
+            .expect("subscribe");
+        assert_eq!(sub.backlog.len(), n);
+        for (i, ev) in sub.backlog.iter().enumerate() {
+            let want = (i + 1).to_string();
+            assert_eq!(ev.kind, CacheEventKind::Modified);
+            assert_eq!(ev.object["data"]["v"], json!(want));
+            assert_eq!(
+                ev.object["metadata"]["resourceVersion"],
+                json!(ev.revision.to_string())
+            );
+            let prev = ev.prev.as_ref().expect("prev");
+            assert_eq!(prev["data"]["v"], json!(i.to_string()));
+            let reparsed: Value = serde_json::from_slice(&ev.raw).expect("raw is JSON");
+            assert_eq!(reparsed, *ev.object);
+        }
+        // A watch from the middle starts right after it.
+        let mid = sub.backlog[n / 2].revision;
+        let (sub2, _) = cache.subscribe(Some(mid)).expect("subscribe");
+        assert_eq!(
+            sub2.backlog.first().map(|e| e.revision),
+            Some(sub.backlog[n / 2 + 1].revision)
+        );
+    }
+
+    #[tokio::test]
     async fn list_then_watch_from_its_revision_sees_delete_and_recreate_exactly_once() {
         let (_dir, store, cache) = open().await;
         let kv = store.create(KEY, cm("old", "1")).await.expect("create");
