@@ -522,6 +522,25 @@ impl SharedInformers {
         .flatten()
     }
 
+    /// As [`Self::events`], with the shared store's own `Arc`s instead of copies: for a
+    /// consumer that keeps the objects (a mirror such as the scheduler's snapshot), one
+    /// copy of each object in the process instead of two.
+    pub fn shared_events<K: InformerResource>(
+        &self,
+    ) -> impl Stream<Item = watcher::Event<Arc<K>>> + Send + 'static {
+        let (store, tx, synced, _) = self.informer::<K>();
+        futures_util::stream::once(async move {
+            let mut synced = synced;
+            let _ = synced.wait_for(|s| *s).await;
+            let rx = tx.subscribe();
+            futures_util::stream::iter(relist_shared(store.state())).chain(
+                change_subscription(store, rx)
+                    .flat_map(|c| futures_util::stream::iter(as_shared_events(c))),
+            )
+        })
+        .flatten()
+    }
+
     /// A stream of the changes of `K` from now on, each saying whether the object was
     /// applied or deleted; a subscriber that falls too far behind gets
     /// [`Change::Resync`] with the whole store. Subscribe before reading the store (e.g.
@@ -539,6 +558,24 @@ fn as_events<K: Clone>(c: Change<K>) -> Vec<watcher::Event<K>> {
         Change::Deleted(o) => vec![watcher::Event::Delete((*o).clone())],
         Change::Resync(all) => relist(all),
     }
+}
+
+/// A change as watch events of the store's `Arc`s (a resync as a whole new list).
+fn as_shared_events<K>(c: Change<K>) -> Vec<watcher::Event<Arc<K>>> {
+    match c {
+        Change::Applied(o) => vec![watcher::Event::Apply(o)],
+        Change::Deleted(o) => vec![watcher::Event::Delete(o)],
+        Change::Resync(all) => relist_shared(all),
+    }
+}
+
+/// [`relist`] without copying the objects.
+fn relist_shared<K>(all: Vec<Arc<K>>) -> Vec<watcher::Event<Arc<K>>> {
+    let mut v = Vec::with_capacity(all.len() + 2);
+    v.push(watcher::Event::Init);
+    v.extend(all.into_iter().map(watcher::Event::InitApply));
+    v.push(watcher::Event::InitDone);
+    v
 }
 
 /// A whole list as watch events: `Init`, `InitApply` of each object, `InitDone`.
@@ -779,6 +816,38 @@ mod tests {
         // A second feed of a fed informer is ignored (the store keeps its source).
         informers.feed(futures_util::stream::iter([watcher::Event::<Pod>::Init]));
         assert_eq!(informers.store::<Pod>().await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn shared_events_carry_the_stores_own_objects() {
+        let informers = SharedInformers::fake();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<watcher::Event<Pod>>();
+        let rx =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|e| (e, rx)) },
+            );
+        let mut events = std::pin::pin!(informers.shared_events::<Pod>());
+        informers.feed(rx);
+        let send = |e| tx.send(e).ok();
+        send(watcher::Event::Init);
+        send(watcher::Event::InitApply((*pod("a")).clone()));
+        send(watcher::Event::InitDone);
+        send(watcher::Event::Apply((*pod("b")).clone()));
+        let store = informers.store::<Pod>().await;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            match events.next().await {
+                Some(watcher::Event::InitApply(p)) | Some(watcher::Event::Apply(p)) => got.push(p),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        assert_eq!(got.len(), 2);
+        for p in got {
+            let held = store.get(&ObjectRef::from_obj(&*p)).expect("in the store");
+            assert!(Arc::ptr_eq(&held, &p), "the store's Arc, not a copy");
+        }
     }
 
     #[tokio::test]

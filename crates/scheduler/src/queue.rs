@@ -193,7 +193,8 @@ impl SchedulingQueue {
 
     /// Adds a new unassigned pod (to the active queue) or updates a queued one; an
     /// unschedulable pod whose spec or labels changed is retried (after its backoff).
-    pub fn add(&mut self, pod: Pod, now: Instant) {
+    pub fn add(&mut self, pod: impl Into<Arc<Pod>>, now: Instant) {
+        let pod: Arc<Pod> = pod.into();
         let key = pod_key(&pod);
         match self.entries.get_mut(&key) {
             Some(e) => {
@@ -203,12 +204,12 @@ impl SchedulingQueue {
                     // the sort key may change (e.g. priority): re-insert
                     self.detach(&key);
                     if let Some(e) = self.entries.get_mut(&key) {
-                        e.pod = Arc::new(pod);
+                        e.pod = pod;
                     }
                     self.set_state(&key, PodState::Active);
                     return;
                 }
-                e.pod = Arc::new(pod);
+                e.pod = pod;
                 if updated && matches!(state, PodState::Unschedulable(_)) {
                     self.activate_or_backoff(&key, now);
                 }
@@ -218,7 +219,7 @@ impl SchedulingQueue {
                 self.entries.insert(
                     key.clone(),
                     Entry {
-                        pod: Arc::new(pod),
+                        pod,
                         seq: self.seq,
                         attempts: 0,
                         state: PodState::Active,

@@ -412,13 +412,14 @@ impl Snapshot {
         self.add_pod_owned(pod.clone(), node);
     }
 
-    /// As [`Snapshot::add_pod`], taking the pod by value (no clone).
-    pub fn add_pod_owned(&mut self, pod: Pod, node: &str) {
+    /// As [`Snapshot::add_pod`], taking the pod by value or shared (no clone).
+    pub fn add_pod_owned(&mut self, pod: impl Into<Arc<Pod>>, node: &str) {
+        let pod: Arc<Pod> = pod.into();
         if is_terminated(&pod) {
             self.remove_pod(&pod_key(&pod));
             return;
         }
-        let entry = Arc::new(PodEntry::new(Arc::new(pod)));
+        let entry = Arc::new(PodEntry::new(pod));
         self.remove_pod(&entry.key);
         self.pod_nodes.insert(entry.key.clone(), node.to_string());
         match self.index.get(node) {

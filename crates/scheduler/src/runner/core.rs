@@ -19,8 +19,8 @@ use crate::{pod_key, FitError, Scheduler, Snapshot};
 pub enum WatchMsg {
     /// Nodes.
     Node(Event<Node>),
-    /// Pods of every namespace.
-    Pod(Event<Pod>),
+    /// Pods of every namespace (the shared informer's own objects).
+    Pod(Event<Arc<Pod>>),
     /// PersistentVolumes.
     Pv(Event<PersistentVolume>),
     /// PersistentVolumeClaims.
@@ -327,7 +327,7 @@ impl Core {
         }
     }
 
-    fn on_pod(&mut self, ev: Event<Pod>, now: Instant) {
+    fn on_pod(&mut self, ev: Event<Arc<Pod>>, now: Instant) {
         match ev {
             Event::Apply(p) => self.apply_pod(p, now),
             Event::Delete(p) => self.delete_pod(&pod_key(&p), now),
@@ -354,7 +354,7 @@ impl Core {
         }
     }
 
-    fn apply_pod(&mut self, p: Pod, now: Instant) {
+    fn apply_pod(&mut self, p: Arc<Pod>, now: Instant) {
         let key = pod_key(&p);
         let node = p
             .spec
@@ -397,7 +397,7 @@ impl Core {
                         .filter(|n| !n.is_empty())
                     {
                         Some(n) => {
-                            self.nominated.insert(key.clone(), (n, Arc::new(p.clone())));
+                            self.nominated.insert(key.clone(), (n, p.clone()));
                         }
                         None => {
                             self.nominated.remove(&key);
@@ -497,6 +497,16 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
+    /// A watch event of owned pods as the shared informer delivers it.
+    fn shared(ev: Event<Pod>) -> Event<Arc<Pod>> {
+        match ev {
+            Event::Apply(p) => Event::Apply(Arc::new(p)),
+            Event::Delete(p) => Event::Delete(Arc::new(p)),
+            Event::InitApply(p) => Event::InitApply(Arc::new(p)),
+            Event::Init => Event::Init,
+            Event::InitDone => Event::InitDone,
+        }
+    }
     use super::*;
     use crate::test_util::{node, pod, taint_node};
 
@@ -512,8 +522,8 @@ mod tests {
             c.handle(WatchMsg::Node(Event::InitApply(n)), now);
         }
         c.handle(WatchMsg::Node(Event::InitDone), now);
-        c.handle(WatchMsg::Pod(Event::Init), now);
-        c.handle(WatchMsg::Pod(Event::InitDone), now);
+        c.handle(WatchMsg::Pod(shared(Event::Init)), now);
+        c.handle(WatchMsg::Pod(shared(Event::InitDone)), now);
         c.handle(WatchMsg::Pv(Event::InitDone), now);
         c.handle(WatchMsg::Pvc(Event::InitDone), now);
         c.handle(WatchMsg::Class(Event::InitDone), now);
@@ -535,8 +545,14 @@ mod tests {
     fn assumed_pods_count_before_the_watch_confirms() {
         let now = Instant::now();
         let mut c = synced_core(vec![node("n1", "1", "4Gi")]);
-        c.handle(WatchMsg::Pod(Event::Apply(pod("a", "600m", ""))), now);
-        c.handle(WatchMsg::Pod(Event::Apply(pod("b", "600m", ""))), now);
+        c.handle(
+            WatchMsg::Pod(shared(Event::Apply(pod("a", "600m", "")))),
+            now,
+        );
+        c.handle(
+            WatchMsg::Pod(shared(Event::Apply(pod("b", "600m", "")))),
+            now,
+        );
         let Some(Outcome::Bind { node, .. }) = c.schedule_next(now) else {
             panic!("a should bind")
         };
@@ -554,11 +570,14 @@ mod tests {
             o => panic!("unexpected {o:?}"),
         }
         // a late unassigned event for a is ignored; the assigned one confirms it
-        c.handle(WatchMsg::Pod(Event::Apply(pod("a", "600m", ""))), now);
+        c.handle(
+            WatchMsg::Pod(shared(Event::Apply(pod("a", "600m", "")))),
+            now,
+        );
         assert!(!c.queue.has_active());
         c.bind_succeeded("default/a");
         c.handle(
-            WatchMsg::Pod(Event::Apply(bound(pod("a", "600m", ""), "n1"))),
+            WatchMsg::Pod(shared(Event::Apply(bound(pod("a", "600m", ""), "n1")))),
             now,
         );
         assert_eq!(c.assumed(), 0);
@@ -570,10 +589,13 @@ mod tests {
         let t0 = Instant::now();
         let mut c = synced_core(vec![node("n1", "1", "4Gi")]);
         c.handle(
-            WatchMsg::Pod(Event::Apply(bound(pod("big", "800m", ""), "n1"))),
+            WatchMsg::Pod(shared(Event::Apply(bound(pod("big", "800m", ""), "n1")))),
             t0,
         );
-        c.handle(WatchMsg::Pod(Event::Apply(pod("p", "500m", ""))), t0);
+        c.handle(
+            WatchMsg::Pod(shared(Event::Apply(pod("p", "500m", "")))),
+            t0,
+        );
         assert!(matches!(
             c.schedule_next(t0),
             Some(Outcome::Unschedulable { .. })
@@ -581,7 +603,7 @@ mod tests {
         assert!(!c.queue.has_active());
         let t1 = t0 + std::time::Duration::from_secs(2);
         c.handle(
-            WatchMsg::Pod(Event::Delete(bound(pod("big", "800m", ""), "n1"))),
+            WatchMsg::Pod(shared(Event::Delete(bound(pod("big", "800m", ""), "n1")))),
             t1,
         );
         assert!(c.queue.has_active());
@@ -597,7 +619,10 @@ mod tests {
             "v",
             "NoSchedule",
         )]);
-        c.handle(WatchMsg::Pod(Event::Apply(pod("p", "100m", ""))), t0);
+        c.handle(
+            WatchMsg::Pod(shared(Event::Apply(pod("p", "100m", "")))),
+            t0,
+        );
         match c.schedule_next(t0) {
             Some(Outcome::Unschedulable { err, .. }) => {
                 assert!(
@@ -638,7 +663,7 @@ mod tests {
             s.scheduler_name = Some("default-scheduler".into());
         }
         for p in [other, gated.clone(), explicit] {
-            c.handle(WatchMsg::Pod(Event::Apply(p)), now);
+            c.handle(WatchMsg::Pod(shared(Event::Apply(p))), now);
         }
         assert_eq!(c.queue.counts().0, 1);
         assert!(c.queue.state("default/explicit").is_some());
@@ -646,7 +671,7 @@ mod tests {
         if let Some(s) = gated.spec.as_mut() {
             s.scheduling_gates = None;
         }
-        c.handle(WatchMsg::Pod(Event::Apply(gated)), now);
+        c.handle(WatchMsg::Pod(shared(Event::Apply(gated))), now);
         assert_eq!(c.queue.counts().0, 2);
     }
 
@@ -655,14 +680,14 @@ mod tests {
         let t0 = Instant::now();
         let mut c = synced_core(vec![node("n1", "1", "4Gi")]);
         c.handle(
-            WatchMsg::Pod(Event::Apply(bound(pod("victim", "800m", ""), "n1"))),
+            WatchMsg::Pod(shared(Event::Apply(bound(pod("victim", "800m", ""), "n1")))),
             t0,
         );
         let mut hi = pod("hi", "800m", "");
         if let Some(s) = hi.spec.as_mut() {
             s.priority = Some(100);
         }
-        c.handle(WatchMsg::Pod(Event::Apply(hi)), t0);
+        c.handle(WatchMsg::Pod(shared(Event::Apply(hi))), t0);
         match c.schedule_next(t0) {
             Some(Outcome::Unschedulable { err, .. }) => {
                 assert_eq!(err.preemption.as_ref().map(|p| p.node.as_str()), Some("n1"))
@@ -672,10 +697,16 @@ mod tests {
         // the victim goes away while hi backs off; a low-priority pod must not take the room
         let t1 = t0 + std::time::Duration::from_millis(500);
         c.handle(
-            WatchMsg::Pod(Event::Delete(bound(pod("victim", "800m", ""), "n1"))),
+            WatchMsg::Pod(shared(Event::Delete(bound(
+                pod("victim", "800m", ""),
+                "n1",
+            )))),
             t1,
         );
-        c.handle(WatchMsg::Pod(Event::Apply(pod("low", "500m", ""))), t1);
+        c.handle(
+            WatchMsg::Pod(shared(Event::Apply(pod("low", "500m", "")))),
+            t1,
+        );
         let name = |o: Option<Outcome>| match o {
             Some(Outcome::Bind { pod, node }) => format!(
                 "{} -> {node}",
@@ -701,7 +732,10 @@ mod tests {
     fn bind_failure_forgets_the_assumption_and_backs_off() {
         let t0 = Instant::now();
         let mut c = synced_core(vec![node("n1", "1", "4Gi")]);
-        c.handle(WatchMsg::Pod(Event::Apply(pod("a", "600m", ""))), t0);
+        c.handle(
+            WatchMsg::Pod(shared(Event::Apply(pod("a", "600m", "")))),
+            t0,
+        );
         assert!(matches!(c.schedule_next(t0), Some(Outcome::Bind { .. })));
         c.bind_failed("default/a", "n1", true, t0);
         assert_eq!(c.snap.requested("n1").map(|r| r.milli_cpu), Some(0));
@@ -718,12 +752,12 @@ mod tests {
         let now = Instant::now();
         let mut c = synced_core(vec![node("n1", "1", "4Gi"), node("n2", "1", "4Gi")]);
         c.handle(
-            WatchMsg::Pod(Event::Apply(bound(pod("a", "500m", ""), "n1"))),
+            WatchMsg::Pod(shared(Event::Apply(bound(pod("a", "500m", ""), "n1")))),
             now,
         );
-        c.handle(WatchMsg::Pod(Event::Apply(pod("q", "", ""))), now);
-        c.handle(WatchMsg::Pod(Event::Init), now);
-        c.handle(WatchMsg::Pod(Event::InitDone), now);
+        c.handle(WatchMsg::Pod(shared(Event::Apply(pod("q", "", "")))), now);
+        c.handle(WatchMsg::Pod(shared(Event::Init)), now);
+        c.handle(WatchMsg::Pod(shared(Event::InitDone)), now);
         assert_eq!(c.snap.requested("n1").map(|r| r.milli_cpu), Some(0));
         assert!(c.queue.state("default/q").is_none());
         c.handle(WatchMsg::Node(Event::Init), now);

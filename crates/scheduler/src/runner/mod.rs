@@ -117,6 +117,21 @@ async fn forward<K: Resource<DynamicType = ()>>(
     tracing::debug!(kind = K::kind(&()).as_ref(), "scheduler: informer ended")
 }
 
+/// As [`forward`], for a kind whose events carry the shared informer's own objects.
+async fn forward_shared<K: Resource<DynamicType = ()>>(
+    events: impl Stream<Item = Event<Arc<K>>> + Send,
+    tx: mpsc::UnboundedSender<WatchMsg>,
+    wrap: fn(Event<Arc<K>>) -> WatchMsg,
+) {
+    let mut events = std::pin::pin!(events);
+    while let Some(ev) = events.next().await {
+        if tx.send(wrap(ev)).is_err() {
+            return;
+        }
+    }
+    tracing::debug!(kind = K::kind(&()).as_ref(), "scheduler: informer ended")
+}
+
 /// The result of a binding, reported to the main loop.
 struct BindDone {
     key: String,
@@ -484,8 +499,8 @@ fn watch_all(
         tx.clone(),
         WatchMsg::Node,
     ));
-    set.spawn(forward(
-        informers.events::<Pod>(),
+    set.spawn(forward_shared(
+        informers.shared_events::<Pod>(),
         tx.clone(),
         WatchMsg::Pod,
     ));
