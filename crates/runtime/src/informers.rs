@@ -9,7 +9,9 @@
 //! [`SharedInformers::subscribe_all`] the same after every object of the store;
 //! [`SharedInformers::changes`] the changes with their kind (applied, deleted, resync);
 //! [`SharedInformers::events`] the changes as `watcher::Event`s (a list, then changes,
-//! a new list after a lag) for consumers that mirror a kind (the scheduler).
+//! a new list after a lag) for consumers that mirror a kind (the scheduler);
+//! [`SharedInformers::shared_events`] the same with the store's own `Arc`s. Objects are
+//! stored without `metadata.managedFields` (as upstream's components strip them).
 //!
 //! Invariants: a store, its indexes and its subscribers see the same events in the same
 //! order; an index registered late is filled from the store under the lock that the
@@ -22,7 +24,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -649,6 +651,10 @@ async fn run_informer<K: InformerResource>(
     indexes: Indexes<K>,
 ) {
     tracing::debug!(kind = %K::kind(&()), "shared informer started");
+    // As upstream's kube-scheduler and controller manager (TransformStripManagedFields):
+    // no consumer reads field ownership, and it is a large part of every object. An
+    // update sent without it keeps the server's (a dropped `managedFields` is unchanged).
+    let events = events.map_ok(|ev| ev.modify(|o| o.meta_mut().managed_fields = None));
     let mut stream = std::pin::pin!(events.reflect(writer));
     // The store's content when a (re)list began, to find what it dropped.
     let mut before: Vec<Arc<K>> = Vec::new();
@@ -833,7 +839,9 @@ mod tests {
         send(watcher::Event::Init);
         send(watcher::Event::InitApply((*pod("a")).clone()));
         send(watcher::Event::InitDone);
-        send(watcher::Event::Apply((*pod("b")).clone()));
+        let mut b = (*pod("b")).clone();
+        b.metadata.managed_fields = Some(vec![Default::default()]);
+        send(watcher::Event::Apply(b));
         let store = informers.store::<Pod>().await;
         let mut got = Vec::new();
         for _ in 0..4 {
@@ -847,6 +855,10 @@ mod tests {
         for p in got {
             let held = store.get(&ObjectRef::from_obj(&*p)).expect("in the store");
             assert!(Arc::ptr_eq(&held, &p), "the store's Arc, not a copy");
+            assert_eq!(
+                p.metadata.managed_fields, None,
+                "managed fields are stripped"
+            );
         }
     }
 
