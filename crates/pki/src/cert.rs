@@ -380,7 +380,9 @@ impl Ca {
         &self.issuer
     }
 
-    /// Signs a new leaf certificate for a fresh ECDSA P-256 key; returns (cert PEM, key PEM).
+    /// Signs a new leaf certificate for a fresh ECDSA P-256 key, valid for `days`; returns
+    /// (cert PEM, key PEM).
+    #[cfg(test)]
     pub(crate) fn issue(
         &self,
         common_name: &str,
@@ -398,7 +400,7 @@ impl Ca {
         )
     }
 
-    /// [`Ca::issue`] with a validity in seconds.
+    /// Issues a leaf certificate for a fresh ECDSA P-256 key, valid for `validity` seconds.
     pub(crate) fn issue_for_secs(
         &self,
         common_name: &str,
@@ -627,13 +629,12 @@ pub fn issue_client_cert(
     organizations: &[&str],
     validity_days: u32,
 ) -> Result<(String, String), PkiError> {
-    let ca = Ca::load(ca_cert_pem, ca_key_pem)?;
-    ca.issue(
+    issue_client_cert_for(
+        ca_cert_pem,
+        ca_key_pem,
         common_name,
         organizations,
-        &[],
-        ExtendedKeyUsagePurpose::ClientAuth,
-        validity_days,
+        days(validity_days),
     )
 }
 
@@ -647,21 +648,17 @@ pub fn issue_serving_cert(
     sans: &[String],
     validity_days: u32,
 ) -> Result<(String, String), PkiError> {
-    let ca = Ca::load(ca_cert_pem, ca_key_pem)?;
-    let mut parsed: Vec<San> = Vec::new();
-    for s in sans {
-        let san = San::parse(s)?;
-        if !parsed.contains(&san) {
-            parsed.push(san);
-        }
-    }
-    ca.issue(
+    issue_serving_cert_for(
+        ca_cert_pem,
+        ca_key_pem,
         common_name,
-        &[],
-        &parsed,
-        ExtendedKeyUsagePurpose::ServerAuth,
-        validity_days,
+        sans,
+        days(validity_days),
     )
+}
+
+fn days(n: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(n) * 86_400)
 }
 
 /// [`issue_client_cert`] valid for `validity` (the server's `--leaf-cert-validity`, which

@@ -511,17 +511,7 @@ impl SharedInformers {
     pub fn events<K: InformerResource>(
         &self,
     ) -> impl Stream<Item = watcher::Event<K>> + Send + 'static {
-        let (store, tx, synced, _) = self.informer::<K>();
-        futures_util::stream::once(async move {
-            let mut synced = synced;
-            let _ = synced.wait_for(|s| *s).await;
-            let rx = tx.subscribe();
-            futures_util::stream::iter(relist(store.state())).chain(
-                change_subscription(store, rx)
-                    .flat_map(|c| futures_util::stream::iter(as_events(c))),
-            )
-        })
-        .flatten()
+        self.shared_events::<K>().map(owned)
     }
 
     /// As [`Self::events`], with the shared store's own `Arc`s instead of copies: for a
@@ -553,12 +543,14 @@ impl SharedInformers {
     }
 }
 
-/// A change as watch events (a resync as a whole new list).
-fn as_events<K: Clone>(c: Change<K>) -> Vec<watcher::Event<K>> {
-    match c {
-        Change::Applied(o) => vec![watcher::Event::Apply((*o).clone())],
-        Change::Deleted(o) => vec![watcher::Event::Delete((*o).clone())],
-        Change::Resync(all) => relist(all),
+/// A watch event of the store's `Arc` as an owned copy.
+fn owned<K: Clone>(ev: watcher::Event<Arc<K>>) -> watcher::Event<K> {
+    match ev {
+        watcher::Event::Apply(o) => watcher::Event::Apply((*o).clone()),
+        watcher::Event::Delete(o) => watcher::Event::Delete((*o).clone()),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply((*o).clone()),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
     }
 }
 
@@ -571,20 +563,12 @@ fn as_shared_events<K>(c: Change<K>) -> Vec<watcher::Event<Arc<K>>> {
     }
 }
 
-/// [`relist`] without copying the objects.
+/// A whole list as watch events (`Init`, `InitApply` of each object, `InitDone`) of the
+/// store's `Arc`s.
 fn relist_shared<K>(all: Vec<Arc<K>>) -> Vec<watcher::Event<Arc<K>>> {
     let mut v = Vec::with_capacity(all.len() + 2);
     v.push(watcher::Event::Init);
     v.extend(all.into_iter().map(watcher::Event::InitApply));
-    v.push(watcher::Event::InitDone);
-    v
-}
-
-/// A whole list as watch events: `Init`, `InitApply` of each object, `InitDone`.
-fn relist<K: Clone>(all: Vec<Arc<K>>) -> Vec<watcher::Event<K>> {
-    let mut v = Vec::with_capacity(all.len() + 2);
-    v.push(watcher::Event::Init);
-    v.extend(all.iter().map(|o| watcher::Event::InitApply((**o).clone())));
     v.push(watcher::Event::InitDone);
     v
 }
@@ -916,8 +900,8 @@ mod tests {
         tx.send(Change::Applied(pod("2"))).ok();
         drop(tx);
         let seen: Vec<String> = change_subscription(store, rx)
-            .flat_map(|c| futures_util::stream::iter(as_events(c)))
-            .map(|e| name_of(&e))
+            .flat_map(|c| futures_util::stream::iter(as_shared_events(c)))
+            .map(|e| name_of(&owned(e)))
             .collect()
             .await;
         assert_eq!(seen, ["init", "list x", "done", "+2"]);
