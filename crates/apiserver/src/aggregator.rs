@@ -932,16 +932,11 @@ pub async fn ensure_authentication_configmap(
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
 
     use super::*;
     use crate::testutil::{admin, call};
     use crate::ApiServer;
 
-    /// An extension API server on 127.0.0.1 with a serving certificate for
-    /// `sample-api.ns.svc` from `ca`: it answers its discovery document and, for any
-    /// other path, echoes what it was told (client certificate CN, X-Remote-* headers,
-    /// whether credentials reached it).
     #[tokio::test]
     async fn a_renewed_front_proxy_certificate_is_presented_on_new_connections() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -1026,78 +1021,47 @@ mod tests {
         server.abort();
     }
 
+    /// An extension API server on 127.0.0.1 with a serving certificate for
+    /// `sample-api.ns.svc` from `ca`: it answers its discovery document and, for any
+    /// other path, echoes what it was told (client certificate CN, X-Remote-* headers,
+    /// whether credentials reached it).
     async fn extension_server(ca: &rk3s_pki::ServerPki, client_ca: &str) -> u16 {
-        let Ok((cert, key)) = rk3s_pki::issue_serving_cert(
+        let addr = crate::testutil::https_server(
             &ca.ca_cert_pem,
             &ca.ca_key_pem,
-            "sample-api",
-            &["sample-api.ns.svc".to_string()],
-            1,
-        ) else {
-            panic!("cert")
-        };
-        let Ok(tls) = crate::server::tls_config(&cert, &key, client_ca) else {
-            panic!("tls")
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
-            panic!("bind")
-        };
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    continue;
+            &["sample-api.ns.svc"],
+            client_ca,
+            |peer, req| async move {
+                let h = |n: &str| -> Vec<String> {
+                    req.headers()
+                        .get_all(n)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok().map(String::from))
+                        .collect()
                 };
-                let cn = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|d| rk3s_pki::client_identity(d.as_ref()).ok())
-                    .map(|i| i.user)
-                    .unwrap_or_default();
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let cn = cn.clone();
-                        async move {
-                            let h = |n: &str| -> Vec<String> {
-                                req.headers()
-                                    .get_all(n)
-                                    .iter()
-                                    .filter_map(|v| v.to_str().ok().map(String::from))
-                                    .collect()
-                            };
-                            let answer = if req.uri().path() == "/apis/wardle.example.com/v1alpha1"
-                            {
-                                json!({"kind": "APIResourceList", "apiVersion": "v1",
-                                "groupVersion": "wardle.example.com/v1alpha1",
-                                "resources": [
-                                    {"name": "flunders", "singularName": "flunder", "namespaced": true, "kind": "Flunder", "verbs": ["get", "list", "create"]},
-                                    {"name": "flunders/status", "singularName": "", "namespaced": true, "kind": "Flunder", "verbs": ["get"]},
-                                ]})
-                            } else {
-                                json!({
-                                    "cn": cn,
-                                    "path": req.uri().to_string(),
-                                    "method": req.method().as_str(),
-                                    "user": h("x-remote-user"),
-                                    "groups": h("x-remote-group"),
-                                    "extra": h("x-remote-extra-scopes"),
-                                    "authorization": h("authorization"),
-                                })
-                            };
-                            Ok::<_, Infallible>(body::json(200, &answer))
-                        }
-                    },
-                );
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-                );
-            }
-        });
-        port
+                let answer = if req.uri().path() == "/apis/wardle.example.com/v1alpha1" {
+                    json!({"kind": "APIResourceList", "apiVersion": "v1",
+                        "groupVersion": "wardle.example.com/v1alpha1",
+                        "resources": [
+                            {"name": "flunders", "singularName": "flunder", "namespaced": true, "kind": "Flunder", "verbs": ["get", "list", "create"]},
+                            {"name": "flunders/status", "singularName": "", "namespaced": true, "kind": "Flunder", "verbs": ["get"]},
+                        ]})
+                } else {
+                    json!({
+                        "cn": crate::testutil::client_cn(peer.as_deref()),
+                        "path": req.uri().to_string(),
+                        "method": req.method().as_str(),
+                        "user": h("x-remote-user"),
+                        "groups": h("x-remote-group"),
+                        "extra": h("x-remote-extra-scopes"),
+                        "authorization": h("authorization"),
+                    })
+                };
+                body::json(200, &answer)
+            },
+        )
+        .await;
+        addr.port()
     }
 
     async fn put(api: &ApiServer, key: &str, v: Value) {

@@ -1711,69 +1711,34 @@ mod tests {
     /// A fake kubelet: TLS with a CA-signed serving cert, client certs required; echoes
     /// the client's CN and the path, streams two chunks, or fails for `/fail`.
     async fn fake_kubelet(ca: &str, ca_key: &str) -> std::net::SocketAddr {
-        use std::convert::Infallible;
-        let Ok((cert, key)) =
-            rk3s_pki::issue_serving_cert(ca, ca_key, "node", &["127.0.0.1".to_string()], 1)
-        else {
-            panic!("cert")
-        };
-        let Ok(tls) = crate::server::tls_config(&cert, &key, ca) else {
-            panic!("tls")
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
-            panic!("bind")
-        };
-        let Ok(addr) = listener.local_addr() else {
-            panic!("addr")
-        };
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    continue;
-                };
-                let cn = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|d| rk3s_pki::client_identity(d.as_ref()).ok())
-                    .map(|i| i.user)
-                    .unwrap_or_default();
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let cn = cn.clone();
-                        async move {
-                            let pq = req
-                                .uri()
-                                .path_and_query()
-                                .map(|p| p.to_string())
-                                .unwrap_or_default();
-                            if pq == "/fail" {
-                                return Ok::<_, Infallible>(body::bytes_response(400, "text/plain", "container \"c\" in pod \"p\" is waiting to start: ContainerCreating\n"));
-                            }
-                            let (tx, rx) = tokio::sync::mpsc::channel(2);
-                            tokio::spawn(async move {
-                                let _ = tx.send(Bytes::from(format!("{cn} {pq}\n"))).await;
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                let _ = tx.send(Bytes::from_static(b"more\n")).await;
-                            });
-                            let mut r = http::Response::new(ResponseBody::Stream(rx));
-                            r.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("text/plain"),
-                            );
-                            Ok(r)
-                        }
-                    },
-                );
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+        crate::testutil::https_server(ca, ca_key, &["127.0.0.1"], ca, |peer, req| async move {
+            let cn = crate::testutil::client_cn(peer.as_deref());
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            if pq == "/fail" {
+                return body::bytes_response(
+                    400,
+                    "text/plain",
+                    "container \"c\" in pod \"p\" is waiting to start: ContainerCreating\n",
                 );
             }
-        });
-        addr
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from(format!("{cn} {pq}\n"))).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tx.send(Bytes::from_static(b"more\n")).await;
+            });
+            let mut r = http::Response::new(ResponseBody::Stream(rx));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+            r
+        })
+        .await
     }
 
     /// A cluster PKI in a temp dir and the API server's kubelet client built from it.
@@ -1807,7 +1772,6 @@ mod tests {
 
     #[tokio::test]
     async fn kubelet_client_presents_a_renewed_certificate_on_new_connections() {
-        use std::convert::Infallible;
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = rk3s_pki::ensure_server_pki(&rk3s_pki::PkiOptions::new(dir.path())).expect("pki");
         let issue = || {
@@ -1828,46 +1792,28 @@ mod tests {
         })
         .expect("client");
         // A kubelet that records the client certificate of each connection.
-        let (cert, key) = rk3s_pki::issue_serving_cert(
-            &pki.ca_cert_pem,
-            &pki.ca_key_pem,
-            "node",
-            &["127.0.0.1".to_string()],
-            1,
-        )
-        .expect("serving");
-        let tls = crate::server::tls_config(&cert, &key, &pki.ca_cert_pem).expect("tls");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
         let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
         let record = seen.clone();
-        let kubelet = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    continue;
-                };
-                if let Some(c) = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                {
-                    record.lock().expect("lock").push(c.to_vec());
+        let addr = crate::testutil::https_server(
+            &pki.ca_cert_pem,
+            &pki.ca_key_pem,
+            &["127.0.0.1"],
+            &pki.ca_cert_pem,
+            move |peer, _req| {
+                let record = record.clone();
+                async move {
+                    if let Some(c) = peer {
+                        let mut seen = record.lock().expect("lock");
+                        if seen.last() != Some(&c) {
+                            seen.push(c);
+                        }
+                    }
+                    body::bytes_response(200, "text/plain", "ok")
                 }
-                let svc = hyper::service::service_fn(
-                    |_req: hyper::Request<hyper::body::Incoming>| async {
-                        Ok::<_, Infallible>(body::bytes_response(200, "text/plain", "ok"))
-                    },
-                );
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-                );
-            }
-        });
+            },
+        )
+        .await;
+        let port = addr.port();
         let der = |pem: &str| {
             CertificateDer::pem_slice_iter(pem.as_bytes())
                 .next()
@@ -1886,7 +1832,6 @@ mod tests {
         assert_eq!(r.map(|r| r.status().as_u16()).ok(), Some(200));
         assert_eq!(*seen.lock().expect("lock"), [first_der, second_der]);
         assert!(rk3s_pki::not_after(&c2).expect("c2") >= rk3s_pki::not_after(&c1).expect("c1"));
-        kubelet.abort();
     }
 
     #[tokio::test]

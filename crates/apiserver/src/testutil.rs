@@ -95,3 +95,65 @@ pub async fn call_with_type(
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
 }
+
+/// An HTTPS server on 127.0.0.1 for tests (a fake kubelet or extension API server): a
+/// serving certificate for `names` from the CA `ca_cert_pem`/`ca_key_pem`, client
+/// certificates verified against `client_ca_pem` (optional), every request answered by
+/// `answer(client certificate DER, request)`. Returns its address; it serves until the
+/// runtime ends.
+pub async fn https_server<F, Fut>(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    names: &[&str],
+    client_ca_pem: &str,
+    answer: F,
+) -> SocketAddr
+where
+    F: Fn(Option<Vec<u8>>, hyper::Request<hyper::body::Incoming>) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = crate::body::Response> + Send + 'static,
+{
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let (cert, key) =
+        rk3s_pki::issue_serving_cert(ca_cert_pem, ca_key_pem, "test-server", &names, 1)
+            .expect("serving certificate");
+    let tls = crate::server::tls_config(&cert, &key, client_ca_pem).expect("tls");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let peer = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec());
+            let answer = answer.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let (answer, peer) = (answer.clone(), peer.clone());
+                async move { Ok::<_, std::convert::Infallible>(answer(peer, req).await) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+/// The user name (subject CN) of a client certificate, empty if none or unreadable.
+pub fn client_cn(der: Option<&[u8]>) -> String {
+    der.and_then(|d| rk3s_pki::client_identity(d).ok())
+        .map(|i| i.user)
+        .unwrap_or_default()
+}
