@@ -2,8 +2,9 @@
 //! and 20): `subPathExpr` expanded from the container's environment (the sub-directory
 //! created; unset variables, absolute paths and `..` fail the container with
 //! `CreateContainerConfigError` and upstream's messages; a pod fixed by a later
-//! annotation starts), the agent's status writes keep conditions written by others and
-//! do not follow a spec-only image change, and a pod bound directly to the node whose
+//! annotation starts), the agent's status writes keep conditions written by others, an
+//! image change restarts the container for its new definition, and a pod bound directly
+//! to the node whose
 //! host port is taken is rejected at admission (`Failed`, reason `NodePorts`).
 //!
 //! Needs root, containerd, runc, busybox-static and the CNI plugins; skips otherwise.
@@ -227,33 +228,35 @@ spec:
             "the agent's status write kept the condition it does not own"
         );
 
-        // A spec-only image change (the container keeps running what it runs): the
-        // status does not change, so the agent writes nothing that would make a
-        // concurrent status update by someone else conflict.
+        // An image change of a running container: as upstream's kubelet, the container is
+        // killed for its new definition and started again from the new image; with
+        // `imagePullPolicy: Never` and the image absent that start waits with
+        // `ErrImageNeverPull` (the old instance is the last state).
         wait_running(c, "steady");
-        std::thread::sleep(Duration::from_secs(2));
-        let rv = c.ok(&[
+        c.ok(&[
             "patch",
             "pod",
             "steady",
             "-p",
             r#"{"metadata":{"labels":{"test-pod":"patched"}},"spec":{"containers":[{"name":"c","image":"rk3s.test/other:e2e"}]}}"#,
-            "-o",
-            "jsonpath={.metadata.resourceVersion}",
         ]);
-        std::thread::sleep(Duration::from_secs(3));
-        assert_eq!(
-            jsonpath(c, &["get", "pod", "steady"], "{.metadata.resourceVersion}"),
-            rv,
-            "no status write followed the spec change"
+        wait_for(
+            "the container to be stopped for its new image",
+            Duration::from_secs(60),
+            || {
+                let s = jsonpath(
+                    c,
+                    &["get", "pod", "steady"],
+                    "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].lastState.terminated.reason}",
+                );
+                s.starts_with("ErrImageNeverPull ").then_some(())
+            },
         );
-        assert_eq!(
-            jsonpath(
-                c,
-                &["get", "pod", "steady"],
-                "{.status.containerStatuses[0].image}"
-            ),
-            BUSYBOX_IMAGE
+        let message = jsonpath(
+            c,
+            &["get", "pod", "steady"],
+            "{.status.containerStatuses[0].state.waiting.message}",
         );
+        assert!(message.contains("rk3s.test/other:e2e"), "{message}");
     });
 }
