@@ -124,6 +124,17 @@ fn routing_of(apiservice: &Value) -> Option<((String, String), Routing)> {
     ))
 }
 
+/// `spec.groupPriorityMinimum` and `spec.versionPriority` of an APIService.
+fn priorities(apiservice: &Value) -> (i64, i64) {
+    let get = |f: &str| {
+        apiservice
+            .pointer(&format!("/spec/{f}"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    (get("groupPriorityMinimum"), get("versionPriority"))
+}
+
 /// One remote group/version (an APIService with `spec.service`).
 #[derive(Clone)]
 struct Remote {
@@ -224,43 +235,39 @@ impl Aggregator {
     /// available), changed ones reset, removed ones dropped.
     fn refresh(&self, inner: &Inner) {
         let (items, _) = inner.cache.list(APISERVICE_PREFIX);
-        let mut seen = BTreeMap::new();
-        for o in items {
-            if let Some(r) = self.remote_of(&o.object) {
-                seen.insert((r.group.clone(), r.version.clone()), r);
-            }
-        }
         let Ok(mut remotes) = self.remotes.write() else {
             return;
         };
-        remotes.retain(|k, _| seen.contains_key(k));
-        for (k, fresh) in seen {
-            match remotes.get_mut(&k) {
-                Some(cur) if cur.routing == fresh.routing => {
-                    cur.group_priority_minimum = fresh.group_priority_minimum;
-                    cur.version_priority = fresh.version_priority;
+        let mut seen = std::collections::BTreeSet::new();
+        for o in items {
+            let Some((key, routing)) = routing_of(&o.object) else {
+                continue;
+            };
+            let priorities = priorities(&o.object);
+            match remotes.get_mut(&key) {
+                // Unchanged routing: keep the TLS client and the last check's result.
+                Some(cur) if cur.routing == routing => {
+                    (cur.group_priority_minimum, cur.version_priority) = priorities;
                 }
                 _ => {
-                    remotes.insert(k, fresh);
+                    if let Some(fresh) = self.remote_of(&o.object) {
+                        remotes.insert(key.clone(), fresh);
+                    }
                 }
             }
+            seen.insert(key);
         }
+        remotes.retain(|k, _| seen.contains(k));
     }
 
     fn remote_of(&self, apiservice: &Value) -> Option<Remote> {
         let ((group, version), routing) = routing_of(apiservice)?;
-        let spec = apiservice.get("spec")?;
+        let (group_priority_minimum, version_priority) = priorities(apiservice);
         Some(Remote {
             group,
             version,
-            group_priority_minimum: spec
-                .get("groupPriorityMinimum")
-                .and_then(Value::as_i64)
-                .unwrap_or(0),
-            version_priority: spec
-                .get("versionPriority")
-                .and_then(Value::as_i64)
-                .unwrap_or(0),
+            group_priority_minimum,
+            version_priority,
             tls: self.connector(&routing.ca_bundle, routing.insecure),
             routing,
             available: false,
@@ -437,6 +444,8 @@ pub async fn dispatch(
     let mut it = rest.splitn(3, '/');
     let group = it.next().filter(|g| !g.is_empty())?;
     let version = it.next().filter(|v| !v.is_empty())?;
+    // The remote map first: it is usually empty, and every `/apis` request comes here.
+    let remote = inner.aggregator.get(group, version)?;
     if !inner
         .schemas
         .registry
@@ -445,7 +454,6 @@ pub async fn dispatch(
     {
         return None;
     }
-    let remote = inner.aggregator.get(group, version)?;
     if !remote.available {
         return Some(body::bytes_response(
             503,
