@@ -290,14 +290,9 @@ pub async fn load(
     server_dir: &Path,
     secret: Option<&str>,
 ) -> Result<Loaded, BootstrapError> {
-    if let Some(secret) = secret {
-        let key = key_for(secret);
-        if let Some(kv) = store.get(&key).await? {
-            let files = open(&kv.value, secret, &key)?;
-            let changed = write_files(server_dir, &files)?;
-            return Ok(Loaded::Stored { changed });
-        }
-    }
+    // What else is stored is read first: a server storing the first copy right now makes
+    // its record appear between two reads, and read in this order it is then found by
+    // the `get` below (in the other order it looked like another token's record).
     let others = store
         .list(
             BOOTSTRAP_PREFIX,
@@ -307,6 +302,14 @@ pub async fn load(
             },
         )
         .await?;
+    if let Some(secret) = secret {
+        let key = key_for(secret);
+        if let Some(kv) = store.get(&key).await? {
+            let files = open(&kv.value, secret, &key)?;
+            let changed = write_files(server_dir, &files)?;
+            return Ok(Loaded::Stored { changed });
+        }
+    }
     match (others.items.first(), secret) {
         (Some(kv), Some(_)) => Err(BootstrapError::OtherToken {
             key: kv.key.clone(),
