@@ -178,9 +178,23 @@ struct FakeUpstream {
 type Respond = fn(&Message, bool) -> Option<Message>;
 
 async fn fake_upstream(respond: Respond) -> FakeUpstream {
-    let udp = UdpSocket::bind(LOCAL).await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
+    // A free UDP port can be a busy TCP port (another test's listener): try another.
+    let mut attempt = 0;
+    let (udp, addr, tcp) = loop {
+        let udp = UdpSocket::bind(LOCAL).await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, addr, tcp),
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                eprintln!(
+                    "fake upstream: TCP port {} busy ({e}); another port",
+                    addr.port()
+                );
+            }
+            Err(e) => panic!("no port free for UDP and TCP: {e}"),
+        }
+    };
     let queries = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     let q = queries.clone();
