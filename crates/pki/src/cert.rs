@@ -110,9 +110,8 @@ fn validity_secs(params: &mut CertificateParams, secs: i64) -> Result<(), PkiErr
     Ok(())
 }
 
-/// Creates a self-signed CA certificate (ECDSA P-256); returns (cert PEM, key PEM).
-pub(crate) fn generate_ca(common_name: &str, days: u32) -> Result<(String, String), PkiError> {
-    let key = KeyPair::generate()?;
+/// Parameters of a CA certificate (`days` long, fresh serial, CA key usages).
+pub(crate) fn ca_params(common_name: &str, days: u32) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -125,7 +124,13 @@ pub(crate) fn generate_ca(common_name: &str, days: u32) -> Result<(String, Strin
     ];
     params.serial_number = Some(random_serial()?);
     validity(&mut params, days)?;
-    let cert = params.self_signed(&key)?;
+    Ok(params)
+}
+
+/// Creates a self-signed CA certificate (ECDSA P-256); returns (cert PEM, key PEM).
+pub(crate) fn generate_ca(common_name: &str, days: u32) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let cert = ca_params(common_name, days)?.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 

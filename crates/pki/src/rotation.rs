@@ -11,10 +11,7 @@
 
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, Issuer, KeyPair};
 
 use crate::cert::{self, now_unix, CertInfo};
 use crate::server::CA_VALIDITY_DAYS;
@@ -149,21 +146,11 @@ pub fn check_ca_rotation(
     })
 }
 
-/// Parameters of a CA certificate (ECDSA P-256, `days` long, fresh serial).
+/// Parameters of a CA certificate (ECDSA P-256, `days` long, fresh serial) that names
+/// its issuer's key (a cross-signed CA has one other than its own).
 fn ca_params(common_name: &str, days: u32) -> Result<CertificateParams, PkiError> {
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-        KeyUsagePurpose::KeyCertSign,
-    ];
+    let mut params = cert::ca_params(common_name, days)?;
     params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(cert::random_serial()?);
-    cert::validity(&mut params, days)?;
     Ok(params)
 }
 
