@@ -25,7 +25,7 @@ fn values(inner: &Inner, prefix: &str) -> Vec<Value> {
         .list(prefix)
         .0
         .into_iter()
-        .map(|o| (*o.object).clone())
+        .map(|o| o.value())
         .collect()
 }
 
@@ -52,7 +52,7 @@ fn namespace_labels(inner: &Inner, ns: &str) -> Option<Value> {
         .cache
         .get(&format!("/registry/core/namespaces/{ns}"))
         .map(|o| {
-            o.object
+            o.object()
                 .pointer("/metadata/labels")
                 .cloned()
                 .unwrap_or_else(|| json!({}))
@@ -92,7 +92,7 @@ pub(crate) fn resolve_service_in(
 ) -> Option<SocketAddr> {
     let svc = cache.get(&format!("/registry/core/services/{ns}/{name}"))?;
     let ports = svc
-        .object
+        .object()
         .pointer("/spec/ports")
         .and_then(|p| p.as_array())
         .cloned()
@@ -106,7 +106,7 @@ pub(crate) fn resolve_service_in(
             .and_then(|n| n.as_str())
             .unwrap_or("");
         for subset in ep
-            .object
+            .object()
             .get("subsets")
             .and_then(|s| s.as_array())
             .into_iter()
@@ -133,7 +133,7 @@ pub(crate) fn resolve_service_in(
         }
     }
     let ip = svc
-        .object
+        .object()
         .pointer("/spec/clusterIP")
         .and_then(|i| i.as_str())?
         .parse()
@@ -706,7 +706,7 @@ pub fn quota_status(inner: &Inner, quota: &Value) -> Value {
             continue;
         }
         for o in inner.cache.list(&r.namespace_prefix(Some(&ns))).0 {
-            objs.push((r.group.clone(), r.plural.clone(), (*o.object).clone()));
+            objs.push((r.group.clone(), r.plural.clone(), o.value()));
         }
     }
     let used = rk3s_admission::quota::compute_used(

@@ -240,17 +240,17 @@ impl Aggregator {
         };
         let mut seen = std::collections::BTreeSet::new();
         for o in items {
-            let Some((key, routing)) = routing_of(&o.object) else {
+            let Some((key, routing)) = routing_of(&o.object()) else {
                 continue;
             };
-            let priorities = priorities(&o.object);
+            let priorities = priorities(&o.object());
             match remotes.get_mut(&key) {
                 // Unchanged routing: keep the TLS client and the last check's result.
                 Some(cur) if cur.routing == routing => {
                     (cur.group_priority_minimum, cur.version_priority) = priorities;
                 }
                 _ => {
-                    if let Some(fresh) = self.remote_of(&o.object) {
+                    if let Some(fresh) = self.remote_of(&o.object()) {
                         remotes.insert(key.clone(), fresh);
                     }
                 }
@@ -306,7 +306,7 @@ fn resolve(inner: &Inner, ns: &str, name: &str, port: u16) -> Result<(String, u1
             message: format!("service/{name} in {ns:?} is not present"),
         })?;
     let port_name = svc
-        .object
+        .object()
         .pointer("/spec/ports")
         .and_then(Value::as_array)
         .and_then(|ps| {
@@ -332,7 +332,7 @@ fn resolve(inner: &Inner, ns: &str, name: &str, port: u16) -> Result<(String, u1
         })?;
     let mut candidates = Vec::new();
     for ss in eps
-        .object
+        .object()
         .get("subsets")
         .and_then(Value::as_array)
         .into_iter()
@@ -674,8 +674,10 @@ impl Aggregator {
     /// Whether the remote APIServices in the cache differ from the ones held.
     fn spec_changed(&self, inner: &Inner) -> bool {
         let (items, _) = inner.cache.list(APISERVICE_PREFIX);
-        let fresh: BTreeMap<(String, String), Routing> =
-            items.iter().filter_map(|o| routing_of(&o.object)).collect();
+        let fresh: BTreeMap<(String, String), Routing> = items
+            .iter()
+            .filter_map(|o| routing_of(&o.object()))
+            .collect();
         let held = match self.remotes.read() {
             Ok(r) => r,
             Err(_) => return true,

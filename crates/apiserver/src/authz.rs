@@ -36,7 +36,7 @@ fn values(inner: &Inner, plural: &str) -> Vec<Value> {
     let (items, _) = inner
         .cache
         .list(&format!("/registry/rbac.authorization.k8s.io/{plural}/"));
-    items.into_iter().map(|o| (*o.object).clone()).collect()
+    items.into_iter().map(|o| o.value()).collect()
 }
 
 impl Inner {
@@ -62,6 +62,25 @@ impl Inner {
         snap
     }
 
+    /// The Node authorizer's graph for one node: the pods bound to it (picked by their
+    /// cached `spec.nodeName`, so only those are parsed) and the persistent volumes.
+    /// Every edge of the graph starts at a pod bound to the asking node, so the other
+    /// pods change none of its answers.
+    fn node_graph(&self, node: &str) -> rk3s_auth::NodeGraph {
+        let pods: Vec<Value> = self
+            .cache
+            .select("/registry/core/pods/", |o| match o.selectable() {
+                Some(s) => s.field("spec.nodeName") == Some(node),
+                None => o.object().pointer("/spec/nodeName").and_then(Value::as_str) == Some(node),
+            })
+            .into_iter()
+            .map(|o| o.value())
+            .collect();
+        let (pvs, _) = self.cache.list("/registry/core/persistentvolumes/");
+        let pvs: Vec<Value> = pvs.into_iter().map(|o| o.value()).collect();
+        rk3s_auth::NodeGraph::new(&pods, &pvs, &[])
+    }
+
     /// Authenticates a bearer token: service-account JWTs (whose service account, pod
     /// and secret must still exist), then the static token file.
     pub fn authenticate_token(&self, token: &str) -> Option<UserInfo> {
@@ -81,7 +100,7 @@ impl Inner {
                     .cache
                     .get(&format!("/registry/core/serviceaccounts/{ns}/{sa}"))?;
                 if !user.uid.is_empty()
-                    && crate::object::meta_str(&sa_obj.object, "uid") != Some(user.uid.as_str())
+                    && crate::object::meta_str(&sa_obj.object(), "uid") != Some(user.uid.as_str())
                 {
                     return None;
                 }
@@ -91,7 +110,7 @@ impl Inner {
                             .cache
                             .get(&format!("/registry/core/pods/{ns}/{}", pod.name))?;
                         if !pod.uid.is_empty()
-                            && crate::object::meta_str(&p.object, "uid") != Some(pod.uid.as_str())
+                            && crate::object::meta_str(&p.object(), "uid") != Some(pod.uid.as_str())
                         {
                             return None;
                         }
@@ -101,7 +120,7 @@ impl Inner {
                             .cache
                             .get(&format!("/registry/core/secrets/{ns}/{}", sec.name))?;
                         if !sec.uid.is_empty()
-                            && crate::object::meta_str(&s.object, "uid") != Some(sec.uid.as_str())
+                            && crate::object::meta_str(&s.object(), "uid") != Some(sec.uid.as_str())
                         {
                             return None;
                         }
@@ -111,8 +130,8 @@ impl Inner {
                     let s = self
                         .cache
                         .get(&format!("/registry/core/secrets/{sns}/{sname}"))?;
+                    let s = s.object();
                     let stored = s
-                        .object
                         .pointer("/data/token")
                         .and_then(|t| t.as_str())
                         .unwrap_or("");
@@ -139,7 +158,7 @@ impl Inner {
             {
                 return rk3s_auth::authenticate_bootstrap_token(
                     token,
-                    &sec.object,
+                    &sec.object(),
                     jiff::Timestamp::now().as_second(),
                 );
             }
@@ -159,12 +178,8 @@ impl Inner {
             .iter()
             .any(|g| g == rk3s_auth::GROUP_NODES)
         {
-            let (pods, _) = self.cache.list("/registry/core/pods/");
-            let pods: Vec<Value> = pods.into_iter().map(|o| (*o.object).clone()).collect();
-            let (pvs, _) = self.cache.list("/registry/core/persistentvolumes/");
-            let pvs: Vec<Value> = pvs.into_iter().map(|o| (*o.object).clone()).collect();
-            let graph = rk3s_auth::NodeGraph::new(&pods, &pvs, &[]);
-            let d = graph.authorize(attrs);
+            let node = attrs.user.name.strip_prefix("system:node:").unwrap_or("");
+            let d = self.node_graph(node).authorize(attrs);
             if d.is_allowed() {
                 return d;
             }

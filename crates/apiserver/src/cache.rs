@@ -10,7 +10,7 @@
 //! than what its resource's ring still holds (or than the revision the cache loaded,
 //! while nothing was dropped) gets `410 Expired` ([`WatchCache::subscribe_to`]); the
 //! events themselves are kept once, in one global history of at most 20,000 events,
-//! which bounds every ring too.
+//! which bounds every ring too, and of at most 32 MiB of the objects' JSON.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,6 +23,10 @@ use tokio::sync::{broadcast, watch};
 
 /// How many recent events the cache keeps for watches that start in the past.
 const HISTORY: usize = 20_000;
+
+/// How many bytes of JSON (the events' objects) the history holds at most: with large
+/// objects, fewer than [`HISTORY`] events.
+const HISTORY_BYTES: usize = 32 << 20;
 
 /// How many of the newest history events keep their parsed objects; older ones keep only
 /// their JSON and are parsed again for the (rare) watch that starts that far back, so the
@@ -119,30 +123,186 @@ pub fn resource_prefix(key: &str) -> Option<&str> {
     Some(&key[.."/registry/".len() + group_end + 1 + plural_len + 1])
 }
 
-/// A cached object: its key, revision and parsed JSON (with `metadata.resourceVersion`).
+/// The resources whose objects the cache keeps only as JSON plus what selectors read
+/// ([`Selectable`]): the kinds a cluster has thousands of. Their parsed trees would cost
+/// several times their JSON; readers that need one parse it again
+/// ([`CachedObject::object`]). Other kinds (few objects, read on every request by
+/// admission and authorization) stay parsed.
+const COMPACT_RESOURCES: &[&str] = &[
+    "/registry/core/pods/",
+    "/registry/core/events/",
+    "/registry/core/configmaps/",
+    "/registry/core/secrets/",
+    "/registry/core/nodes/",
+    "/registry/core/endpoints/",
+    "/registry/apps/replicasets/",
+    "/registry/apps/controllerrevisions/",
+    "/registry/batch/jobs/",
+    "/registry/discovery.k8s.io/endpointslices/",
+    "/registry/coordination.k8s.io/leases/",
+];
+
+/// Whether the cache keeps the objects at `key` compact (see [`COMPACT_RESOURCES`]).
+fn is_compact_key(key: &str) -> bool {
+    resource_prefix(key).is_some_and(|r| COMPACT_RESOURCES.contains(&r))
+}
+
+/// What label and field selectors read of an object, kept for compact objects so that
+/// filtering a list or a watch needs no parse.
+#[derive(Debug)]
+pub struct Selectable {
+    /// API group of the object (from its `apiVersion`; empty for the core group).
+    group: Box<str>,
+    /// Its kind.
+    kind: Box<str>,
+    /// `metadata.labels`, sorted by key.
+    labels: Vec<(Box<str>, Box<str>)>,
+    /// Every selectable field of the kind ([`rk3s_api::selector::supported_fields`]) with
+    /// its value as field selectors compare it.
+    fields: Vec<(&'static str, Box<str>)>,
+}
+
+impl Selectable {
+    /// What selectors read of `obj`.
+    pub fn of(obj: &Value) -> Selectable {
+        let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+        let mut labels: Vec<(Box<str>, Box<str>)> = obj
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.as_str().into(), v.as_str()?.into())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        labels.sort();
+        let fields = rk3s_api::selector::supported_fields(group, kind)
+            .iter()
+            .filter_map(|f| {
+                let v = rk3s_api::selector::field_value(group, kind, obj, f)?;
+                Some((*f, v.into_boxed_str()))
+            })
+            .collect();
+        Selectable {
+            group: group.into(),
+            kind: kind.into(),
+            labels,
+            fields,
+        }
+    }
+
+    /// Whether these are the fields of `group`/`kind` objects.
+    pub fn is_of(&self, group: &str, kind: &str) -> bool {
+        &*self.group == group && &*self.kind == kind
+    }
+
+    /// A label's value.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .and_then(|i| self.labels.get(i))
+            .map(|(_, v)| &**v)
+    }
+
+    /// A selectable field's value (`None`: not a field of the kind).
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(f, _)| *f == name)
+            .map(|(_, v)| &**v)
+    }
+}
+
+/// How the cache holds an object besides its JSON.
+#[derive(Clone, Debug)]
+enum Form {
+    /// Parsed, shared by every reader.
+    Parsed(Arc<Value>),
+    /// Only what selectors read; readers parse the JSON again.
+    Compact(Arc<Selectable>),
+}
+
+/// A cached object: its key, revision and JSON (with `metadata.resourceVersion`), parsed
+/// or compact (see [`COMPACT_RESOURCES`]).
 #[derive(Clone, Debug)]
 pub struct CachedObject {
     /// Store key.
     pub key: String,
     /// Mod revision.
     pub revision: Revision,
-    /// The object, with `metadata.resourceVersion` set.
-    pub object: Arc<Value>,
-    /// `object` serialized (JSON), so lists are answered without re-encoding.
+    /// The object serialized (JSON, with `metadata.resourceVersion`), so lists and
+    /// watches are answered without re-encoding.
     pub raw: bytes::Bytes,
+    form: Form,
 }
 
 impl CachedObject {
     /// From the stored bytes: parsed once; `raw` is spliced from `stored`, not re-encoded.
     fn decode(key: String, revision: Revision, stored: &[u8]) -> Option<CachedObject> {
-        let object = Arc::new(decode(stored, revision)?);
+        let object = decode(stored, revision)?;
         let raw = encoded_with_resource_version(stored, revision, &object);
-        Some(CachedObject {
+        Some(CachedObject::new(key, revision, raw, Arc::new(object)))
+    }
+
+    /// `object` (whose JSON is `raw`) as the cache keeps it at `key`.
+    fn new(key: String, revision: Revision, raw: bytes::Bytes, object: Arc<Value>) -> Self {
+        let form = if is_compact_key(&key) {
+            Form::Compact(Arc::new(Selectable::of(&object)))
+        } else {
+            Form::Parsed(object)
+        };
+        CachedObject {
             key,
             revision,
-            object,
             raw,
-        })
+            form,
+        }
+    }
+
+    /// `object` (with its resourceVersion set) as the cache would hold it at `key`.
+    pub fn from_value(key: String, revision: Revision, object: Value) -> CachedObject {
+        let raw = bytes::Bytes::from(serde_json::to_vec(&object).unwrap_or_default());
+        CachedObject::new(key, revision, raw, Arc::new(object))
+    }
+
+    /// The object, with `metadata.resourceVersion` set: shared when the cache keeps it
+    /// parsed, else parsed from `raw` for this caller.
+    pub fn object(&self) -> Arc<Value> {
+        match &self.form {
+            Form::Parsed(v) => v.clone(),
+            Form::Compact(_) => Arc::new(self.value()),
+        }
+    }
+
+    /// The object as an owned value (a copy, or a fresh parse for a compact object).
+    pub fn value(&self) -> Value {
+        match &self.form {
+            Form::Parsed(v) => (**v).clone(),
+            Form::Compact(_) => serde_json::from_slice(&self.raw).unwrap_or_else(|e| {
+                // `raw` is JSON the cache itself produced.
+                tracing::error!(key = %self.key, error = %e, "watch cache: unparsable cached JSON");
+                Value::Null
+            }),
+        }
+    }
+
+    /// What selectors read, when the object is kept compact.
+    pub fn selectable(&self) -> Option<&Selectable> {
+        match &self.form {
+            Form::Parsed(_) => None,
+            Form::Compact(s) => Some(s),
+        }
+    }
+
+    /// The object's parse, when the cache keeps it parsed.
+    pub fn parsed(&self) -> Option<&Arc<Value>> {
+        match &self.form {
+            Form::Parsed(v) => Some(v),
+            Form::Compact(_) => None,
+        }
     }
 }
 
@@ -360,12 +520,10 @@ pub struct CacheEvent {
     /// The object after the change (for a delete: the last state, with the delete's
     /// resourceVersion).
     pub object: Arc<Value>,
-    /// The object before the change, if any.
-    pub prev: Option<Arc<Value>>,
+    /// The object before the change, as the cache held it, if any.
+    pub prev: Option<CachedObject>,
     /// `object` serialized once (JSON), shared by every watcher.
     pub raw: bytes::Bytes,
-    /// `prev` serialized (JSON), when the cache had it.
-    pub prev_raw: Option<bytes::Bytes>,
 }
 
 /// One event of the cache's history: parsed (the newest [`PARSED_HISTORY`]) or only
@@ -377,7 +535,8 @@ enum HistoryEntry {
         key: String,
         revision: Revision,
         raw: bytes::Bytes,
-        prev_raw: Option<bytes::Bytes>,
+        /// The previous object's revision and JSON.
+        prev_raw: Option<(Revision, bytes::Bytes)>,
     },
 }
 
@@ -389,6 +548,15 @@ impl HistoryEntry {
         }
     }
 
+    /// The bytes of the event's object, as [`HISTORY_BYTES`] counts them (the previous
+    /// object's JSON is the previous event's, shared).
+    fn bytes(&self) -> usize {
+        match self {
+            HistoryEntry::Parsed(e) => e.raw.len(),
+            HistoryEntry::Compact { raw, .. } => raw.len(),
+        }
+    }
+
     /// Drops the parsed objects, keeping what is needed to parse them again.
     fn compact(&mut self) {
         if let HistoryEntry::Parsed(e) = self {
@@ -397,7 +565,7 @@ impl HistoryEntry {
                 key: e.key.clone(),
                 revision: e.revision,
                 raw: e.raw.clone(),
-                prev_raw: e.prev_raw.clone(),
+                prev_raw: e.prev.as_ref().map(|p| (p.revision, p.raw.clone())),
             };
             *self = compact;
         }
@@ -417,7 +585,10 @@ impl HistoryEntry {
             } => {
                 let object: Value = serde_json::from_slice(raw).ok()?;
                 let prev = match prev_raw {
-                    Some(p) => Some(Arc::new(serde_json::from_slice::<Value>(p).ok()?)),
+                    Some((rev, p)) => {
+                        let v = serde_json::from_slice::<Value>(p).ok()?;
+                        Some(CachedObject::new(key.clone(), *rev, p.clone(), Arc::new(v)))
+                    }
                     None => None,
                 };
                 Some(Arc::new(CacheEvent {
@@ -427,7 +598,6 @@ impl HistoryEntry {
                     object: Arc::new(object),
                     prev,
                     raw: raw.clone(),
-                    prev_raw: prev_raw.clone(),
                 }))
             }
         }
@@ -437,6 +607,8 @@ impl HistoryEntry {
 struct State {
     objects: BTreeMap<String, CachedObject>,
     history: VecDeque<HistoryEntry>,
+    /// The sum of the history's [`HistoryEntry::bytes`].
+    history_bytes: usize,
     revision: Revision,
     /// Events older than this revision are no longer in `history`.
     oldest: Revision,
@@ -520,6 +692,7 @@ impl WatchCache {
             state: RwLock::new(State {
                 objects,
                 history: VecDeque::new(),
+                history_bytes: 0,
                 revision: list.revision,
                 oldest: list.revision,
                 windows: HashMap::new(),
@@ -576,6 +749,7 @@ impl WatchCache {
         if let Ok(mut st) = self.state.write() {
             st.objects = objects;
             st.history.clear();
+            st.history_bytes = 0;
             st.windows.clear();
             st.revision = list.revision;
             st.oldest = list.revision;
@@ -642,35 +816,28 @@ impl WatchCache {
         };
         let object = Arc::new(object);
         let raw = encoded_with_resource_version(&ev.kv.value, rev, &object);
+        // Built before taking the lock: a compact object's selectable fields cost a walk.
+        let cached = match ev.kind {
+            EventKind::Put => Some(CachedObject::new(
+                ev.kv.key.clone(),
+                rev,
+                raw.clone(),
+                object.clone(),
+            )),
+            EventKind::Delete => None,
+        };
         let mut st = match self.state.write() {
             Ok(s) => s,
             Err(_) => return,
         };
-        let (prev, prev_raw) = match st.objects.get(&ev.kv.key) {
-            Some(o) => (Some(o.object.clone()), Some(o.raw.clone())),
-            None => (None, None),
-        };
         let kind = match ev.kind {
-            EventKind::Delete => {
-                st.objects.remove(&ev.kv.key);
-                CacheEventKind::Deleted
-            }
-            EventKind::Put => {
-                st.objects.insert(
-                    ev.kv.key.clone(),
-                    CachedObject {
-                        key: ev.kv.key.clone(),
-                        revision: rev,
-                        object: object.clone(),
-                        raw: raw.clone(),
-                    },
-                );
-                if prev.is_some() {
-                    CacheEventKind::Modified
-                } else {
-                    CacheEventKind::Added
-                }
-            }
+            EventKind::Delete => CacheEventKind::Deleted,
+            EventKind::Put if st.objects.contains_key(&ev.kv.key) => CacheEventKind::Modified,
+            EventKind::Put => CacheEventKind::Added,
+        };
+        let prev = match cached {
+            None => st.objects.remove(&ev.kv.key),
+            Some(cached) => st.objects.insert(ev.kv.key.clone(), cached),
         };
         if ev
             .kv
@@ -687,7 +854,6 @@ impl WatchCache {
             object,
             prev,
             raw,
-            prev_raw,
         });
         if let Some(resource) = resource_prefix(&cev.key) {
             let policy = self.policy;
@@ -699,6 +865,7 @@ impl WatchCache {
                 window.record(rev, std::time::Instant::now(), &policy);
             }
         }
+        st.history_bytes += cev.raw.len();
         st.history.push_back(HistoryEntry::Parsed(cev.clone()));
         let len = st.history.len();
         if len > PARSED_HISTORY {
@@ -706,10 +873,15 @@ impl WatchCache {
                 e.compact();
             }
         }
-        while st.history.len() > HISTORY {
-            if let Some(old) = st.history.pop_front() {
-                st.oldest = old.revision();
-            }
+        // The newest event always stays, however large.
+        while st.history.len() > HISTORY
+            || (st.history_bytes > HISTORY_BYTES && st.history.len() > 1)
+        {
+            let Some(old) = st.history.pop_front() else {
+                break;
+            };
+            st.history_bytes = st.history_bytes.saturating_sub(old.bytes());
+            st.oldest = old.revision();
         }
         st.revision = rev;
         // Broadcast while still holding the write lock: whoever reads `revision() >= rev`
@@ -766,6 +938,20 @@ impl WatchCache {
             .map(|(_, v)| v.clone())
             .collect();
         (items, st.revision)
+    }
+
+    /// The objects under `prefix` that `pick` selects, in key order (only those are
+    /// copied out).
+    pub fn select(&self, prefix: &str, pick: impl Fn(&CachedObject) -> bool) -> Vec<CachedObject> {
+        let Ok(st) = self.state.read() else {
+            return Vec::new();
+        };
+        st.objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, o)| pick(o))
+            .map(|(_, o)| o.clone())
+            .collect()
     }
 
     /// How many objects the cache holds.
@@ -881,7 +1067,7 @@ mod tests {
         }
         let (items, rev) = cache.list("/registry/core/configmaps/");
         assert_eq!(items.len(), 5);
-        assert_eq!(items[0].object["metadata"]["resourceVersion"], "1");
+        assert_eq!(items[0].object()["metadata"]["resourceVersion"], "1");
         assert!(rev >= 5);
         let (sub, _) = cache
             .subscribe(Some(2))
@@ -1011,6 +1197,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_history_holds_at_most_its_bytes_of_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            Arc::new(rk3s_store::sqlite::SqliteStore::open(&dir.path().join("db")).expect("open"));
+        let cache = WatchCache::start(store.clone()).await.expect("cache");
+        // 1 MiB objects: 40 of them are more than the history may hold.
+        let big = "x".repeat(1 << 20);
+        let mut revs = Vec::new();
+        for i in 0..40 {
+            let value = serde_json::to_vec(
+                &json!({"metadata": {"name": format!("c{i}")}, "data": {"v": big}}),
+            )
+            .expect("json");
+            let kv = store
+                .create(&format!("/registry/core/configmaps/default/c{i}"), value)
+                .await
+                .expect("create");
+            revs.push(kv.mod_revision);
+        }
+        let last = *revs.last().expect("revisions");
+        cache.wait_for(last, Duration::from_secs(30)).await;
+        assert_eq!(cache.revision(), last);
+        let held = cache
+            .state
+            .read()
+            .map(|s| (s.history.len(), s.history_bytes))
+            .expect("state");
+        assert!(held.1 <= HISTORY_BYTES, "history holds {} bytes", held.1);
+        assert!(
+            held.0 < 40 && held.0 >= 30,
+            "history holds {} events",
+            held.0
+        );
+        // A watch from the first events is too old; one from the recent ones is served.
+        assert!(cache.subscribe(Some(revs[0])).is_err());
+        let (sub, _) = cache
+            .subscribe(Some(revs[35]))
+            .map_err(|_| "expired")
+            .expect("recent events are kept");
+        assert_eq!(sub.backlog.len(), 4);
+    }
+
+    #[tokio::test]
     async fn a_watch_from_before_its_resources_window_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> =
@@ -1088,23 +1317,25 @@ mod tests {
     #[tokio::test]
     async fn a_handed_over_write_is_used_only_for_the_event_with_its_bytes() {
         let (_dir, store, cache) = open().await;
+        // A kind the cache keeps parsed (a compact one is parsed again from its JSON).
+        const PARSED_KEY: &str = "/registry/core/services/default/x";
         // Handed over: the cache takes the writer's parse (a marker proves it was used).
         let stored = cm("u1", "1");
         let mut parsed: Value = serde_json::from_slice(&stored).expect("json");
         parsed["marker"] = json!("handed");
-        cache.expect_write(KEY, bytes::Bytes::from(stored.clone()), parsed);
-        let kv = store.create(KEY, stored).await.expect("create");
+        cache.expect_write(PARSED_KEY, bytes::Bytes::from(stored.clone()), parsed);
+        let kv = store.create(PARSED_KEY, stored).await.expect("create");
         cache
             .wait_for(kv.mod_revision, Duration::from_secs(10))
             .await;
-        let o = cache.get(KEY).expect("cached");
-        assert_eq!(o.object["marker"], "handed");
+        let o = cache.get(PARSED_KEY).expect("cached");
+        assert_eq!(o.object()["marker"], "handed");
         assert_eq!(
-            o.object["metadata"]["resourceVersion"],
+            o.object()["metadata"]["resourceVersion"],
             kv.mod_revision.to_string()
         );
         // raw comes from the written bytes (which lack the marker), resourceVersion spliced.
-        let mut want = (*o.object).clone();
+        let mut want = o.value();
         want.as_object_mut().expect("object").remove("marker");
         assert_eq!(
             o.raw,
@@ -1117,23 +1348,23 @@ mod tests {
         // Handed over for different bytes than were written: the cache parses the event.
         let mut other: Value = serde_json::from_slice(&cm("u1", "3")).expect("json");
         other["marker"] = json!("stale");
-        cache.expect_write(KEY, bytes::Bytes::from(cm("u1", "3")), other);
+        cache.expect_write(PARSED_KEY, bytes::Bytes::from(cm("u1", "3")), other);
         let kv = store
-            .update(KEY, cm("u1", "2"), kv.mod_revision)
+            .update(PARSED_KEY, cm("u1", "2"), kv.mod_revision)
             .await
             .expect("update");
         cache
             .wait_for(kv.mod_revision, Duration::from_secs(10))
             .await;
-        let o = cache.get(KEY).expect("cached");
-        assert!(o.object.get("marker").is_none());
-        assert_eq!(o.object["data"]["v"], "2");
+        let o = cache.get(PARSED_KEY).expect("cached");
+        assert!(o.object().get("marker").is_none());
+        assert_eq!(o.object()["data"]["v"], "2");
         assert_eq!(
             o.raw,
-            bytes::Bytes::from(serde_json::to_vec(&*o.object).expect("json"))
+            bytes::Bytes::from(serde_json::to_vec(&*o.object()).expect("json"))
         );
         // A failed write is withdrawn.
-        cache.forget_write(KEY, &cm("u1", "3"));
+        cache.forget_write(PARSED_KEY, &cm("u1", "3"));
         assert!(cache.pending.lock().expect("lock").is_empty());
     }
 
@@ -1228,7 +1459,7 @@ mod tests {
                 json!(ev.revision.to_string())
             );
             let prev = ev.prev.as_ref().expect("prev");
-            assert_eq!(prev["data"]["v"], json!(i.to_string()));
+            assert_eq!(prev.object()["data"]["v"], json!(i.to_string()));
             let reparsed: Value = serde_json::from_slice(&ev.raw).expect("raw is JSON");
             assert_eq!(reparsed, *ev.object);
         }
@@ -1254,7 +1485,7 @@ mod tests {
             "the list is labelled with the state it shows"
         );
         assert_eq!(
-            items.iter().map(|o| uid(&o.object)).collect::<Vec<_>>(),
+            items.iter().map(|o| uid(&o.object())).collect::<Vec<_>>(),
             vec!["old"]
         );
 
@@ -1309,7 +1540,10 @@ mod tests {
         assert_eq!(d.kind, CacheEventKind::Deleted);
         assert_eq!(d.object["metadata"]["resourceVersion"], (r + 1).to_string());
         assert_eq!(d.object["metadata"]["name"], "x");
-        assert_eq!(d.prev.as_ref().map(|p| uid(p)), Some("old".to_string()));
+        assert_eq!(
+            d.prev.as_ref().map(|p| uid(&p.object())),
+            Some("old".to_string())
+        );
         // A watch from r + 1 (a list taken after the delete) starts at the re-creation.
         let (sub, _) = cache
             .subscribe(Some(r + 1))
@@ -1361,7 +1595,7 @@ mod tests {
                 .map_err(|_| "expired")
                 .expect("subscribe")
                 .0;
-            taken.push((items.first().map(|o| uid(&o.object)), r, sub));
+            taken.push((items.first().map(|o| uid(&o.object())), r, sub));
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let end = writer.await.expect("writer");

@@ -125,15 +125,13 @@ pub async fn component(inner: &Inner, name: &str) -> Option<Value> {
     let (_, lease) = COMPONENTS.iter().find(|(n, _)| *n == name)?;
     Some(match lease {
         Some(lease_name) => {
-            let cached = inner.cache.get(&format!(
-                "/registry/coordination.k8s.io/leases/kube-system/{lease_name}"
-            ));
-            lease_status(
-                name,
-                lease_name,
-                cached.as_ref().map(|c| &*c.object),
-                jiff::Timestamp::now(),
-            )
+            let cached = inner
+                .cache
+                .get(&format!(
+                    "/registry/coordination.k8s.io/leases/kube-system/{lease_name}"
+                ))
+                .map(|c| c.object());
+            lease_status(name, lease_name, cached.as_deref(), jiff::Timestamp::now())
         }
         None => store_status(inner, name).await,
     })

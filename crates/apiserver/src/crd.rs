@@ -187,7 +187,7 @@ async fn run(api: ApiServer) {
     loop {
         let (items, _rev, mut live) = inner.cache.snapshot_and_subscribe(CRD_PREFIX);
         for o in items {
-            reconcile(&inner, &o.object).await;
+            reconcile(&inner, &o.object()).await;
         }
         loop {
             match live.recv().await {
@@ -296,8 +296,8 @@ async fn reconcile(inner: &Inner, crd: &Value) {
         .list(CRD_PREFIX)
         .0
         .into_iter()
-        .filter(|o| object::name(&o.object) != Some(name.as_str()))
-        .map(|o| (*o.object).clone())
+        .filter(|o| object::name(&o.object()) != Some(name.as_str()))
+        .map(|o| o.value())
         .collect();
     let status = rk3s_crd::crd_status(crd, &others, &object::now_rfc3339());
     if crd.get("status") != Some(&status) {

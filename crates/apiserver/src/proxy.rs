@@ -506,7 +506,7 @@ fn node(inner: &Inner, name: &str) -> Result<Value, ApiError> {
     inner
         .cache
         .get(&format!("/registry/core/nodes/{name}"))
-        .map(|o| (*o.object).clone())
+        .map(|o| o.value())
         .ok_or_else(|| ApiError::not_found_named("nodes", "", name))
 }
 
@@ -627,7 +627,7 @@ async fn pod_log_answer(
     }
     let pod = cached_pod(inner, ns, name)
         .await
-        .map(|o| (*o.object).clone())
+        .map(|o| o.value())
         .ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
     let container = choose_container(&pod, query.get("container"))?;
     let node_name = pod
@@ -959,7 +959,7 @@ pub fn service_target(inner: &Inner, ns: &str, id: &str) -> Result<ProxyTarget, 
             .get(&format!("/registry/core/services/{ns}/{name}"))
             .ok_or_else(|| ApiError::not_found_named("services", "", name))?;
         let ports = svc
-            .object
+            .object()
             .pointer("/spec/ports")
             .and_then(Value::as_array)
             .cloned()
@@ -989,7 +989,7 @@ pub fn service_target(inner: &Inner, ns: &str, id: &str) -> Result<ProxyTarget, 
         .get(&format!("/registry/core/endpoints/{ns}/{name}"))
         .ok_or_else(|| ApiError::not_found_named("endpoints", "", name))?;
     let subsets = eps
-        .object
+        .object()
         .get("subsets")
         .and_then(Value::as_array)
         .cloned()
@@ -1077,7 +1077,7 @@ fn valid_endpoint_address(inner: &Inner, ns: &str, addr: &Value, ip: &str) -> bo
         return false;
     };
     let ips = pod
-        .object
+        .object()
         .pointer("/status/podIPs")
         .and_then(Value::as_array)
         .cloned()
@@ -1166,7 +1166,7 @@ pub async fn pod_proxy(
     let pod = cached_pod(inner, ns, name)
         .await
         .ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
-    let target = pod_target(&pod.object, scheme, port)?;
+    let target = pod_target(&pod.object(), scheme, port)?;
     let path = path_and_query(
         proxied_path(parts.uri.path(), "pods", id),
         parts.uri.query(),
@@ -1236,7 +1236,7 @@ pub async fn pod_stream(
     };
     let pod = cached_pod(inner, ns, name)
         .await
-        .map(|o| (*o.object).clone())
+        .map(|o| o.value())
         .ok_or_else(|| ApiError::not_found_named("pods", "", name))?;
     let phase = pod
         .pointer("/status/phase")

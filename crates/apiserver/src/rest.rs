@@ -11,7 +11,7 @@ use rk3s_store::{KeyValue, ListOptions, StoreError};
 use serde_json::{json, Map, Value};
 
 use crate::body::{self, Response};
-use crate::cache::{decode, set_resource_version};
+use crate::cache::{decode, set_resource_version, CachedObject};
 use crate::output::{list_object, Output};
 use crate::state::Inner;
 use crate::strategy::DeleteMode;
@@ -179,6 +179,30 @@ impl Filter {
             }
         }
         true
+    }
+
+    /// Whether a cached object matches, read from its selectable fields when the cache
+    /// keeps it compact (no parse), else from its parse.
+    pub fn matches_cached(&self, o: &CachedObject) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        match o.selectable() {
+            Some(sel) if sel.is_of(&self.group, &self.kind) => {
+                if let Some(l) = &self.label {
+                    if !l.matches_with(|k| sel.label(k)) {
+                        return false;
+                    }
+                }
+                if let Some(f) = &self.field {
+                    if !f.matches(|field| sel.field(field).map(String::from)) {
+                        return false;
+                    }
+                }
+                true
+            }
+            _ => self.matches(&o.object()),
+        }
     }
 }
 
@@ -469,7 +493,7 @@ impl<'a> Call<'a> {
         let crd = self.inner.schemas.crds.version(&self.res);
         if crate::crd::changes_on_read(&self.res, crd.as_deref()) {
             let items: Vec<Value> = self
-                .read_all(items.into_iter().map(|o| (*o.object).clone()).collect())
+                .read_all(items.into_iter().map(|o| o.value()).collect())
                 .await?
                 .into_iter()
                 .filter(|o| filter.matches(o))
@@ -486,7 +510,7 @@ impl<'a> Call<'a> {
             // `head` ends with `"items":[]}`: reopen the array.
             out.extend_from_slice(&head[..head.len().saturating_sub(2)]);
             let mut first = true;
-            for o in items.iter().filter(|o| filter.matches(&o.object)) {
+            for o in items.iter().filter(|o| filter.matches_cached(o)) {
                 if !first {
                     out.push(b',');
                 }
@@ -498,8 +522,8 @@ impl<'a> Call<'a> {
         }
         let items: Vec<Value> = items
             .into_iter()
-            .filter(|o| filter.matches(&o.object))
-            .map(|o| (*o.object).clone())
+            .filter(|o| filter.matches_cached(o))
+            .map(|o| o.value())
             .collect();
         Ok(self.render_list(items, rv, None, None))
     }
@@ -1526,14 +1550,14 @@ impl<'a> Call<'a> {
                     None,
                     rk3s_admission::noderestriction::Operation::Delete,
                     None,
-                    Some(&old.object),
+                    Some(&old.object()),
                     &self.user,
                 )?;
             }
         }
         let key = self.res.key(self.ns(), &name);
         if let Some(old) = self.inner.cache.get(&key) {
-            let old = self.read((*old.object).clone()).await?;
+            let old = self.read(old.value()).await?;
             crate::admission::validate_delete(
                 self.inner,
                 &self.res,
@@ -1584,11 +1608,13 @@ impl<'a> Call<'a> {
         let (items, rev) = self.inner.cache.list(&prefix);
         let mut deleted = Vec::new();
         for o in items {
-            if !filter.matches(&o.object) {
+            if !filter.matches_cached(&o) {
                 continue;
             }
-            let name = object::name(&o.object).unwrap_or("").to_string();
-            let ns = object::namespace(&o.object).map(String::from);
+            // The key ends with `<namespace>/<name>` (namespaced) or `<name>`.
+            let obj = o.object();
+            let name = object::name(&obj).unwrap_or("").to_string();
+            let ns = object::namespace(&obj).map(String::from);
             match self
                 .inner
                 .delete_object(
@@ -1879,6 +1905,63 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    /// Selectors read a compact cached object (its selectable fields) exactly as they
+    /// read its parse.
+    #[test]
+    fn compact_objects_are_selected_as_their_parse() {
+        use super::{CachedObject, Filter};
+        use crate::request::Query;
+        use serde_json::json;
+        let res = rk3s_api::Registry::builtin()
+            .get("", "v1", "pods")
+            .expect("pods");
+        let pods = [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "default", "labels": {"app": "web", "tier": "1"}},
+                   "spec": {"nodeName": "n1", "hostNetwork": true, "restartPolicy": "Always"}, "status": {"phase": "Running", "podIPs": [{"ip": "10.42.0.5"}]}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b", "namespace": "kube-system"},
+                   "spec": {"schedulerName": "other"}, "status": {"phase": "Pending"}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c", "namespace": "default", "labels": {"app": "db"}}, "spec": {"nodeName": "n2"}}),
+        ];
+        let cached: Vec<CachedObject> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let key = format!("/registry/core/pods/default/{i}");
+                CachedObject::from_value(key, i as i64 + 1, p.clone())
+            })
+            .collect();
+        assert!(
+            cached.iter().all(|o| o.selectable().is_some()),
+            "pods are kept compact"
+        );
+        let queries = [
+            "labelSelector=app%3Dweb",
+            "labelSelector=app",
+            "labelSelector=!app",
+            "labelSelector=app+notin+(web)",
+            "labelSelector=tier%3E0",
+            "fieldSelector=spec.nodeName%3Dn1",
+            "fieldSelector=spec.nodeName%3D",
+            "fieldSelector=spec.nodeName!%3Dn1,status.phase%3DPending",
+            "fieldSelector=spec.hostNetwork%3Dfalse",
+            "fieldSelector=status.podIP%3D10.42.0.5",
+            "fieldSelector=metadata.namespace%3Ddefault&labelSelector=app+in+(db,web)",
+            "fieldSelector=spec.schedulerName%3Ddefault-scheduler",
+            "fieldSelector=spec.restartPolicy%3DAlways",
+        ];
+        for q in queries {
+            let f = Filter::from_query(&res, &Query::parse(Some(q))).expect("selectors");
+            let by_parse: Vec<bool> = pods.iter().map(|p| f.matches(p)).collect();
+            let by_cache: Vec<bool> = cached.iter().map(|o| f.matches_cached(o)).collect();
+            assert_eq!(by_cache, by_parse, "{q}");
+        }
+        // The compact object still reads back as what was cached.
+        let mut want = pods[0].clone();
+        assert_eq!(*cached[0].object(), want);
+        want["metadata"]["name"] = json!("changed");
+        assert_ne!(cached[0].value(), want);
+    }
+
     #[test]
     fn apply_must_name_the_endpoints_type() {
         use serde_json::json;

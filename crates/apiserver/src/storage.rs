@@ -240,7 +240,8 @@ impl Call<'_> {
                 .cache
                 .list(&format!("/registry/policy/poddisruptionbudgets/{ns}/"));
             for pdb in pdbs {
-                let Some(sel) = pdb.object.pointer("/spec/selector") else {
+                let pdb = pdb.object();
+                let Some(sel) = pdb.pointer("/spec/selector") else {
                     continue;
                 };
                 let Ok(sel) = LabelSelector::from_json(sel) else {
@@ -250,18 +251,17 @@ impl Call<'_> {
                     continue;
                 }
                 let allowed = pdb
-                    .object
                     .pointer("/status/disruptionsAllowed")
                     .and_then(|d| d.as_i64())
                     .unwrap_or(0);
                 if allowed <= 0 {
-                    let pdb_name = object::name(&pdb.object).unwrap_or("");
+                    let pdb_name = object::name(&pdb).unwrap_or("");
                     let mut e = ApiError::new(
                         429,
                         "TooManyRequests",
                         "Cannot evict pod as it would violate the pod's disruption budget.",
                     );
-                    e.causes = vec![Cause { reason: "DisruptionBudget".into(), message: format!("The disruption budget {pdb_name} needs {} healthy pods and has {} currently", pdb.object.pointer("/status/desiredHealthy").and_then(|d| d.as_i64()).unwrap_or(0), pdb.object.pointer("/status/currentHealthy").and_then(|d| d.as_i64()).unwrap_or(0)), field: String::new() }];
+                    e.causes = vec![Cause { reason: "DisruptionBudget".into(), message: format!("The disruption budget {pdb_name} needs {} healthy pods and has {} currently", pdb.pointer("/status/desiredHealthy").and_then(|d| d.as_i64()).unwrap_or(0), pdb.pointer("/status/currentHealthy").and_then(|d| d.as_i64()).unwrap_or(0)), field: String::new() }];
                     e.retry_after_seconds = Some(10);
                     return Err(e);
                 }
@@ -377,10 +377,9 @@ impl Call<'_> {
                 .inner
                 .cache
                 .get(&format!("/registry/core/{prefix}/{ns}/{bname}"))
-                .ok_or_else(|| ApiError::not_found_named(prefix, "", &bname))?;
-            let ouid = object::meta_str(&obj.object, "uid")
-                .unwrap_or("")
-                .to_string();
+                .ok_or_else(|| ApiError::not_found_named(prefix, "", &bname))?
+                .object();
+            let ouid = object::meta_str(&obj, "uid").unwrap_or("").to_string();
             if let Some(want) = bref
                 .get("uid")
                 .and_then(|u| u.as_str())
@@ -396,7 +395,6 @@ impl Call<'_> {
             };
             if slot == 0 {
                 if let Some(node) = obj
-                    .object
                     .pointer("/spec/nodeName")
                     .and_then(|n| n.as_str())
                     .filter(|n| !n.is_empty())
@@ -405,7 +403,7 @@ impl Call<'_> {
                         .inner
                         .cache
                         .get(&format!("/registry/core/nodes/{node}"))
-                        .and_then(|n| object::meta_str(&n.object, "uid").map(String::from))
+                        .and_then(|n| object::meta_str(&n.object(), "uid").map(String::from))
                         .unwrap_or_default();
                     claims.bound.node = Some(rk3s_auth::ObjectRef {
                         name: node.to_string(),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::body::{Response, ResponseBody};
-use crate::cache::{CacheEvent, CacheEventKind};
+use crate::cache::{CacheEvent, CacheEventKind, CachedObject};
 use crate::output::{partial_metadata, Output};
 use crate::rest::{Call, Filter};
 
@@ -65,7 +65,7 @@ impl Encoder {
         };
         let want = self.res.api_version();
         let mut objs = vec![(*ev.object).clone()];
-        objs.extend(ev.prev.as_deref().cloned());
+        objs.extend(ev.prev.as_ref().map(|p| p.value()));
         if objs
             .iter()
             .all(|o| o.get("apiVersion").and_then(Value::as_str) == Some(want.as_str()))
@@ -78,7 +78,13 @@ impl Encoder {
         let object = out
             .next()
             .ok_or_else(|| ApiError::internal("conversion returned no object"))?;
-        let prev = ev.prev.as_ref().and_then(|_| out.next()).map(Arc::new);
+        let prev = ev.prev.as_ref().and_then(|p| {
+            Some(CachedObject::from_value(
+                p.key.clone(),
+                p.revision,
+                out.next()?,
+            ))
+        });
         Ok(Arc::new(CacheEvent {
             kind: ev.kind,
             key: ev.key.clone(),
@@ -86,7 +92,6 @@ impl Encoder {
             object: Arc::new(object),
             prev,
             raw: ev.raw.clone(),
-            prev_raw: None,
         }))
     }
 
@@ -301,7 +306,7 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
             }
         };
         if enc.changes_on_read() {
-            let stored = initial_items.iter().map(|o| (*o.object).clone()).collect();
+            let stored = initial_items.iter().map(|o| o.value()).collect();
             let objs = match enc.read_all(stored).await {
                 Ok(objs) => objs,
                 Err(e) => {
@@ -317,11 +322,11 @@ pub async fn serve(call: &Call<'_>) -> Result<Response, ApiError> {
         } else {
             for o in &initial_items {
                 let sent = if enc.output == Output::Json {
-                    !filter.matches(&o.object)
+                    !filter.matches_cached(o)
                         || tx.send(enc.event_raw("ADDED", &o.raw)).await.is_ok()
                 } else {
-                    !filter.matches(&o.object)
-                        || tx.send(enc.event("ADDED", &o.object)).await.is_ok()
+                    !filter.matches_cached(o)
+                        || tx.send(enc.event("ADDED", &o.object())).await.is_ok()
                 };
                 if !sent {
                     return;
@@ -445,17 +450,18 @@ fn next_event(
 
 fn encode_event(enc: &mut Encoder, filter: &Filter, ev: &CacheEvent) -> Option<Bytes> {
     let converted;
-    let (object, prev) = if enc.changes_on_read() {
-        converted = (
-            enc.read((*ev.object).clone()),
-            ev.prev.as_ref().map(|p| enc.read((**p).clone())),
-        );
-        (&converted.0, converted.1.as_ref())
+    let (object, before) = if enc.changes_on_read() {
+        converted = enc.read((*ev.object).clone());
+        let before = ev
+            .prev
+            .as_ref()
+            .is_some_and(|p| filter.matches(&enc.read(p.value())));
+        (&converted, before)
     } else {
-        (&*ev.object, ev.prev.as_deref())
+        let before = ev.prev.as_ref().is_some_and(|p| filter.matches_cached(p));
+        (&*ev.object, before)
     };
     let now = filter.matches(object);
-    let before = prev.map(|p| filter.matches(p)).unwrap_or(false);
     let typ = match ev.kind {
         CacheEventKind::Added => now.then_some("ADDED"),
         CacheEventKind::Modified => match (before, now) {
@@ -515,14 +521,15 @@ mod tests {
             .unwrap_or_default()
             .to_string();
         let raw = Bytes::from(serde_json::to_vec(&*object).expect("json"));
+        let key = format!("/registry/core/configmaps/default/{name}");
+        let prev = prev.map(|p| CachedObject::from_value(key.clone(), revision - 1, (*p).clone()));
         CacheEvent {
             kind,
-            key: format!("/registry/core/configmaps/default/{name}"),
+            key,
             revision,
             object,
             prev,
             raw,
-            prev_raw: None,
         }
     }
 

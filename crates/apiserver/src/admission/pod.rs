@@ -51,7 +51,7 @@ pub async fn admit(inner: &Inner, obj: &mut Value) -> Result<(), ApiError> {
 async fn runtime_class(inner: &Inner, name: &str) -> Result<Option<Value>, ApiError> {
     let key = format!("/registry/node.k8s.io/runtimeclasses/{name}");
     if let Some(c) = inner.cache.get(&key) {
-        return Ok(Some((*c.object).clone()));
+        return Ok(Some(c.value()));
     }
     match inner.store.get(&key).await {
         Ok(kv) => Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok())),
@@ -71,10 +71,11 @@ fn admit_service_account(inner: &Inner, ns: &str, spec: &mut serde_json::Map<Str
     spec.insert("serviceAccount".into(), json!(sa_name));
     let sa = inner
         .cache
-        .get(&format!("/registry/core/serviceaccounts/{ns}/{sa_name}"));
+        .get(&format!("/registry/core/serviceaccounts/{ns}/{sa_name}"))
+        .map(|s| s.object());
     let sa_automount = sa
         .as_ref()
-        .and_then(|s| s.object.get("automountServiceAccountToken"))
+        .and_then(|s| s.get("automountServiceAccountToken"))
         .and_then(|a| a.as_bool());
     let pod_automount = spec
         .get("automountServiceAccountToken")
@@ -88,7 +89,7 @@ fn admit_service_account(inner: &Inner, ns: &str, spec: &mut serde_json::Map<Str
     if !pod_secrets {
         if let Some(secrets) = sa
             .as_ref()
-            .and_then(|s| s.object.get("imagePullSecrets"))
+            .and_then(|s| s.get("imagePullSecrets"))
             .and_then(|s| s.as_array())
             .filter(|a| !a.is_empty())
         {
@@ -147,8 +148,11 @@ fn admit_priority_and_tolerations(inner: &Inner, spec: &mut serde_json::Map<Stri
             .get(&format!("/registry/scheduling.k8s.io/priorityclasses/{c}"))
         {
             Some(pc) => (
-                pc.object.get("value").and_then(|v| v.as_i64()).unwrap_or(0),
-                pc.object
+                pc.object()
+                    .get("value")
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(0),
+                pc.object()
                     .get("preemptionPolicy")
                     .and_then(|v| v.as_str())
                     .unwrap_or("PreemptLowerPriority")

@@ -86,7 +86,7 @@ fn check_rbac_escalation(
                         "/registry/rbac.authorization.k8s.io/roles/{ns}/{rname}"
                     ))
                     .and_then(|r| {
-                        r.object
+                        r.object()
                             .get("rules")
                             .and_then(|r| r.as_array())
                             .map(|a| a.iter().map(rk3s_auth::PolicyRule::from_json).collect())
