@@ -265,10 +265,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The byte offset where the last `n` lines of the file start (0 for fewer lines; the
-/// file length for `n == 0`). A last line without its newline counts as a line.
-pub async fn tail_start(file: &mut tokio::fs::File, n: u64) -> std::io::Result<u64> {
-    let len = file.seek(SeekFrom::End(0)).await?;
+/// The byte offset where the last `n` lines of the file's first `len` bytes start (0 for
+/// fewer lines; `len` for `n == 0`). A last line without its newline counts as a line.
+pub async fn tail_start(file: &mut tokio::fs::File, n: u64, len: u64) -> std::io::Result<u64> {
     if n == 0 {
         return Ok(len);
     }
@@ -377,12 +376,16 @@ where
     };
     let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
     let mut ident = inode(&file.metadata().await.map_err(read_err)?);
+    // Without `follow` the answer is the file as it is now: lines the container writes
+    // while it is read are not added (`tailLines=2` answers two lines).
+    let len = file.seek(SeekFrom::End(0)).await.map_err(read_err)?;
     let start = match opts.tail_lines {
-        Some(n) => tail_start(&mut file, n).await.map_err(read_err)?,
+        Some(n) => tail_start(&mut file, n, len).await.map_err(read_err)?,
         None => 0,
     };
     file.seek(SeekFrom::Start(start)).await.map_err(read_err)?;
-    let mut reader = BufReader::new(file);
+    let limit = if opts.follow { u64::MAX } else { len - start };
+    let mut reader = BufReader::new(file.take(limit));
     let mut w = Writer {
         out,
         opts,
@@ -439,7 +442,7 @@ where
             match tokio::fs::File::open(path).await {
                 Ok(f) => {
                     ident = inode(&f.metadata().await.map_err(read_err)?);
-                    reader = BufReader::new(f);
+                    reader = BufReader::new(f.take(u64::MAX));
                     pending.clear();
                     continue;
                 }
