@@ -58,6 +58,17 @@ pub fn default_state_dir(data_dir: &Path) -> PathBuf {
 pub const DEFAULT_SOCKET: &str = "/run/rk3s/containerd/containerd.sock";
 /// The sandbox ("pause") image, built by rk3s and imported, never pulled.
 pub const SANDBOX_IMAGE: &str = "rk3s.local/pause:3.10";
+/// containerd plugins the node agent has no use for (it runs pods through CRI on the
+/// overlayfs snapshotter with the runc v2 shim). Unknown names are ignored by containerd.
+pub const DISABLED_PLUGINS: &[&str] = &[
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.tracing.processor.v1.otlp",
+    "io.containerd.internal.v1.tracing",
+];
+
 /// Where Debian's `containernetworking-plugins` installs the CNI plugins.
 pub const DEBIAN_CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// The containerd namespace of the CRI plugin.
@@ -220,6 +231,18 @@ impl ContainerdConfig {
             "# Written by rk3s at every start; edits are overwritten."
         );
         let _ = writeln!(s, "version = 2");
+        // Plugins rk3s never uses (other snapshotters, tracing) are not loaded. (The v1
+        // runtime stays: containerd 1.6's task service needs it.) Measured idle RSS is the
+        // same either way (~38 MB, mostly containerd's own text).
+        let _ = writeln!(
+            s,
+            "disabled_plugins = [{}]",
+            DISABLED_PLUGINS
+                .iter()
+                .map(|p| toml_str(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let _ = writeln!(s, "root = {}", toml_str(&self.root_dir().to_string_lossy()));
         let _ = writeln!(s, "state = {}", toml_str(&self.state_dir.to_string_lossy()));
         let _ = writeln!(
