@@ -9,14 +9,18 @@ built by `rk3s image build` into the images folder, then prints:
     measured from the POST to the watch event that shows it Running (image present);
   - RSS of rk3s and containerd (+ shims) with the first --keep pods running;
   - the time for a burst of --burst pods created at once to all be Running.
-Cleans up with `rk3s killall`. Prints figures; never fails on a slow machine.
+Cleans up with `rk3s killall`. With --baseline BINARY the same workload runs on that binary
+too (after, on a fresh data dir) and each figure prints as `current | baseline | ratio`.
+Prints figures; never fails on a slow machine.
 
-Usage: bench/pod_bench.py [--binary target/release/rk3s] [--pods 100] [--keep 30] [--burst 20]
+Usage: bench/pod_bench.py [--binary target/release/rk3s] [--baseline BINARY] [--pods 100]
+                          [--keep 30] [--burst 20]
 """
 import argparse, http.client, json, os, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import ctx, free_port, pct, rss_mb, wait_ready  # noqa: E402
+from benchlib import (Figures, build_busybox_image, ctx, pct, print_figures, rss_mb,  # noqa: E402
+                      start_server, wait_ready)
 
 
 def pids_with_cmdline(needle):
@@ -31,18 +35,6 @@ def pids_with_cmdline(needle):
         if needle in cmd:
             out.append(int(e))
     return out
-
-
-def build_image(binary, tmp, out):
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    root = os.path.join(tmp, "rootfs")
-    os.makedirs(os.path.join(root, "bin")); os.makedirs(os.path.join(root, "tmp"))
-    shutil.copy(busybox, os.path.join(root, "bin/busybox"))
-    for applet in ("sh", "sleep", "true"):
-        os.symlink("busybox", os.path.join(root, "bin", applet))
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    subprocess.run([binary, "image", "build", "--from", root, "--tag", "rk3s.bench/busybox:1", "-o", out],
-                   check=True, stdout=subprocess.DEVNULL)
 
 
 class Watch(threading.Thread):
@@ -111,29 +103,17 @@ def pod(name):
                             "command": ["sleep", "3600"]}]}})
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", default="target/release/rk3s")
-    ap.add_argument("--pods", type=int, default=100)
-    ap.add_argument("--keep", type=int, default=30)
-    ap.add_argument("--burst", type=int, default=20)
-    a = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("pod_bench needs root (real containers)")
-    binary = os.path.abspath(a.binary)
+def measure(binary, label, a):
+    """Runs the whole workload on a fresh server (and containerd) of `binary`; returns its Figures."""
+    fig = Figures(label)
     tmp = tempfile.mkdtemp(prefix="rk3s-podbench-")
     data = os.path.join(tmp, "data")
     state = os.path.join(tmp, "containerd")
-    build_image(binary, tmp, os.path.join(data, "agent/images/busybox.tar"))
-    port = free_port()
-    kc = os.path.join(tmp, "kubeconfig")
-    open(os.path.join(tmp, "config.yaml"), "w").write("{}\n")
+    build_busybox_image(binary, tmp, os.path.join(data, "agent/images/busybox.tar"), "rk3s.bench/busybox:1",
+                        applets=("sh", "sleep", "true"))
     t0 = time.perf_counter()
-    srv = subprocess.Popen([binary, "server", f"--config={tmp}/config.yaml", f"--data-dir={data}",
-                            f"--https-listen-port={port}", "--bind-address=127.0.0.1",
-                            "--advertise-address=127.0.0.1", f"--write-kubeconfig={kc}",
-                            f"--containerd-state-dir={state}", "--log-level=warn"],
-                           stderr=open(os.path.join(tmp, "log"), "w"))
+    srv, port, kc = start_server(binary, tmp, extra=[f"--containerd-state-dir={state}"], log="log")
+    paths, w = None, None
     try:
         paths, api_ready = wait_ready(port, kc, tmp, t0)
         c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
@@ -146,8 +126,10 @@ def main():
                 node_ready = time.perf_counter() - t0
                 break
             time.sleep(0.05)
+        fig.add("API ready after start", api_ready * 1000, "ms")
+        fig.add("node Ready after start", node_ready * 1000 if node_ready else None, "ms")
         if node_ready is None:
-            sys.exit("node never became Ready; see " + os.path.join(tmp, "log"))
+            raise SystemExit("node never became Ready; see " + os.path.join(tmp, "log"))
         sock = os.path.join(state, "containerd.sock")
 
         def containerd_rss():
@@ -162,8 +144,9 @@ def main():
                 break
             time.sleep(0.05)
         time.sleep(3.0)  # let start-up work (image import, first syncs) settle before measuring idle
-        idle_rk3s = rss_mb(srv.pid)
-        idle_cd, idle_shims, _ = containerd_rss()
+        idle_cd, _, _ = containerd_rss()
+        fig.add("idle RSS, 0 pods: rk3s", rss_mb(srv.pid), "MB", "{:.1f}")
+        fig.add("idle RSS, 0 pods: containerd", idle_cd, "MB", "{:.1f}")
         w = Watch(port, paths, "default"); w.start()
         time.sleep(0.2)
         lat = []
@@ -173,15 +156,23 @@ def main():
             c.request("POST", "/api/v1/namespaces/default/pods", pod(name), {"Content-Type": "application/json"})
             r = c.getresponse(); r.read()
             if r.status != 201:
-                sys.exit(f"create {name}: {r.status}")
+                raise SystemExit(f"create {name}: {r.status}")
             if not w.wait_running([name], 60):
-                sys.exit(f"{name} not Running after 60 s")
+                raise SystemExit(f"{name} not Running after 60 s")
             lat.append(w.running[name] - t)
             if i + 1 == a.keep:
                 time.sleep(2.0)
-                keep_rk3s = rss_mb(srv.pid)
                 keep_cd, keep_shims, nshims = containerd_rss()
-        rss_all = (rss_mb(srv.pid), containerd_rss()[0])
+                fig.add(f"RSS with {a.keep} pods: rk3s", rss_mb(srv.pid), "MB", "{:.1f}")
+                fig.add(f"RSS with {a.keep} pods: containerd", keep_cd, "MB", "{:.1f}")
+                fig.add(f"RSS with {a.keep} pods: {nshims} shims", keep_shims, "MB", "{:.1f}")
+        what = f"create -> Running, {a.pods} pods one by one"
+        fig.add(f"{what}: p50", pct(lat, .5) * 1000, "ms")
+        fig.add(f"{what}: p99", pct(lat, .99) * 1000, "ms")
+        fig.add(f"{what}: max", max(lat) * 1000, "ms")
+        fig.add(f"{what}: mean", statistics.mean(lat) * 1000, "ms")
+        fig.add(f"RSS with {a.pods} pods: rk3s", rss_mb(srv.pid), "MB", "{:.1f}")
+        fig.add(f"RSS with {a.pods} pods: containerd", containerd_rss()[0], "MB", "{:.1f}")
         # Delete them all (graceful, 0 s), then a burst of N pods at once.
         t = time.perf_counter()
         c.request("DELETE", "/api/v1/namespaces/default/pods"); c.getresponse().read()
@@ -190,48 +181,59 @@ def main():
             if not json.loads(r.read()).get("items"):
                 break
             time.sleep(0.05)
-        delete_all = time.perf_counter() - t
+        fig.add(f"delete {a.pods} pods (until gone)", time.perf_counter() - t, "s", "{:.2f}")
         names = [f"b-{i}" for i in range(a.burst)]
         t = time.perf_counter()
         for n in names:
             c.request("POST", "/api/v1/namespaces/default/pods", pod(n), {"Content-Type": "application/json"})
             r = c.getresponse(); r.read()
         burst_ok = w.wait_running(names, 180)
-        burst = time.perf_counter() - t
-        print(f"API ready after start:            {api_ready*1000:.0f} ms")
-        print(f"node Ready after start:           {node_ready*1000:.0f} ms")
-        print(f"idle RSS, 0 pods:                 rk3s {idle_rk3s:.1f} MB, containerd {idle_cd:.1f} MB")
-        print(f"create -> Running, {a.pods} pods one by one: p50 {pct(lat,.5)*1000:.0f} ms, "
-              f"p99 {pct(lat,.99)*1000:.0f} ms, max {max(lat)*1000:.0f} ms, mean {statistics.mean(lat)*1000:.0f} ms")
-        if a.keep <= a.pods:
-            print(f"RSS with {a.keep} pods:               rk3s {keep_rk3s:.1f} MB, containerd {keep_cd:.1f} MB, "
-                  f"{nshims} shims {keep_shims:.1f} MB")
-        print(f"RSS with {a.pods} pods:              rk3s {rss_all[0]:.1f} MB, containerd {rss_all[1]:.1f} MB")
-        print(f"delete {a.pods} pods (until gone):    {delete_all:.2f} s")
+        fig.add(f"burst of {a.burst} pods all Running", time.perf_counter() - t if burst_ok else None, "s", "{:.2f}")
+        if not burst_ok:
+            fig.note(f"the burst of {a.burst} pods TIMED OUT after 180 s")
         if w.ends:
-            print(f"(the pod watch ended {w.ends} time(s) and was resumed)")
-        print(f"burst of {a.burst} pods all Running:     {burst:.2f} s" + ("" if burst_ok else " (TIMED OUT)"))
+            fig.note(f"the pod watch ended {w.ends} time(s) and was resumed")
+    except (OSError, ValueError, KeyError, http.client.HTTPException, SystemExit) as e:
+        fig.note(f"run stopped early: {e}")
     finally:
         try:
-            c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
-            c.request("DELETE", "/api/v1/namespaces/default/pods"); c.getresponse().read()
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                c.request("GET", "/api/v1/namespaces/default/pods"); r = c.getresponse()
-                if not json.loads(r.read()).get("items"):
-                    break
-                time.sleep(0.5)
+            if paths is not None:
+                c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx(paths))
+                c.request("DELETE", "/api/v1/namespaces/default/pods"); c.getresponse().read()
+                deadline = time.time() + 120
+                while time.time() < deadline:
+                    c.request("GET", "/api/v1/namespaces/default/pods"); r = c.getresponse()
+                    if not json.loads(r.read()).get("items"):
+                        break
+                    time.sleep(0.5)
         except Exception as e:  # best effort: killall below cleans up anyway
             print(f"(pod deletion: {e})", file=sys.stderr)
-        if 'w' in locals():
+        if w is not None:
             w.stop = True
         if srv.poll() is not None:
-            print(f"rk3s server exited with {srv.returncode}; its log is kept at {tmp}/log.saved", file=sys.stderr)
+            fig.note(f"rk3s server exited with {srv.returncode}; its log is kept at /tmp/pod_bench_server.log")
             shutil.copy(os.path.join(tmp, "log"), "/tmp/pod_bench_server.log")
         srv.send_signal(signal.SIGKILL); srv.wait()
         subprocess.run([binary, "killall", f"--data-dir={data}", f"--containerd-state-dir={state}"],
                        stdout=subprocess.DEVNULL)
         shutil.rmtree(tmp, ignore_errors=True)
+    return fig
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="target/release/rk3s")
+    ap.add_argument("--baseline", help="another rk3s binary: the same workload runs on it after, "
+                                       "and each figure prints as current | baseline | ratio")
+    ap.add_argument("--pods", type=int, default=100)
+    ap.add_argument("--keep", type=int, default=30)
+    ap.add_argument("--burst", type=int, default=20)
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("pod_bench needs root (real containers)")
+    cur = measure(os.path.abspath(a.binary), "current", a)
+    base = measure(os.path.abspath(a.baseline), "baseline", a) if a.baseline else None
+    print_figures(cur, base)
 
 
 if __name__ == "__main__":
