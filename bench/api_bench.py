@@ -14,7 +14,7 @@ Usage: bench/api_bench.py [--binary target/release/rk3s] [--baseline BINARY] [--
 import argparse, http.client, json, os, shutil, signal, statistics, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (Figures, client_figures, cpu_seconds, ctx, load, loadgen, print_figures,  # noqa: E402
+from benchlib import (Figures, add_binary_args, client_figures, cpu_seconds, ctx, load, loadgen, print_figures,  # noqa: E402
                       rss_mb, start_server, wait_ready)
 
 
@@ -85,16 +85,11 @@ def measure(binary, label, a, lg):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", default="target/release/rk3s")
-    ap.add_argument("--baseline", help="another rk3s binary: the same workload runs on it after, "
-                                       "and each figure prints as current | baseline | ratio")
+    add_binary_args(ap)
     ap.add_argument("--objects", type=int, default=10000)
     ap.add_argument("--clients", type=int, default=8, help="requests in flight for the headline creates and gets")
     ap.add_argument("--concurrency", type=int, default=64,
                     help="requests in flight for the saturation creates (0: skip them)")
-    ap.add_argument("--loadgen", help="rk3s-loadgen binary (default: cargo build --release -p rk3s-loadgen)")
-    ap.add_argument("--python-clients", action="store_true", help="use the Python clients, not rk3s-loadgen")
-    ap.add_argument("--http2", action="store_true", help="rk3s-loadgen speaks HTTP/2")
     a = ap.parse_args()
     lg = None if a.python_clients else loadgen(a.loadgen)
     print(f"rk3s API bench: {a.objects} ConfigMaps, client {lg or 'python'}", flush=True)

@@ -84,6 +84,18 @@ def start_server(binary, tmp, extra=("--disable-agent",), log="server.log"):
     return srv, port, kc
 
 
+def add_binary_args(ap, client=True):
+    """The options every bench shares: --binary and --baseline, and with `client` those that
+    pick the load generator (--loadgen, --python-clients, --http2)."""
+    ap.add_argument("--binary", default="target/release/rk3s")
+    ap.add_argument("--baseline", help="another rk3s binary: the same workload runs on it after, "
+                                       "and each figure prints as current | baseline | ratio")
+    if client:
+        ap.add_argument("--loadgen", help="rk3s-loadgen binary (default: cargo build --release -p rk3s-loadgen)")
+        ap.add_argument("--python-clients", action="store_true", help="use the Python clients, not rk3s-loadgen")
+        ap.add_argument("--http2", action="store_true", help="rk3s-loadgen speaks HTTP/2")
+
+
 def children_cpu():
     """User + system CPU seconds of the children waited for so far (the load generator's)."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -19,7 +19,7 @@ Usage: bench/pod_bench.py [--binary target/release/rk3s] [--baseline BINARY] [--
 import argparse, http.client, json, os, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (Figures, build_busybox_image, ctx, pct, print_figures, rss_mb,  # noqa: E402
+from benchlib import (Figures, add_binary_args, build_busybox_image, ctx, pct, print_figures, rss_mb,  # noqa: E402
                       start_server, wait_ready)
 
 
@@ -222,9 +222,7 @@ def measure(binary, label, a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", default="target/release/rk3s")
-    ap.add_argument("--baseline", help="another rk3s binary: the same workload runs on it after, "
-                                       "and each figure prints as current | baseline | ratio")
+    add_binary_args(ap, client=False)
     ap.add_argument("--pods", type=int, default=100)
     ap.add_argument("--keep", type=int, default=30)
     ap.add_argument("--burst", type=int, default=20)

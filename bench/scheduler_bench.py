@@ -14,7 +14,7 @@ import argparse, http.client, json, multiprocessing as mp, os, shutil, signal
 import subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (Figures, client_figures, cpu_seconds, ctx, load, loadgen, print_figures,  # noqa: E402
+from benchlib import (Figures, add_binary_args, client_figures, cpu_seconds, ctx, load, loadgen, print_figures,  # noqa: E402
                       rss_mb, start_server, wait_ready)
 
 # What one simulated node offers (`rk3s sim-nodes`): 4 CPUs, 16 GiB, 110 pods.
@@ -215,17 +215,12 @@ def deployment(fig, c, srv, a, label, cpu_pods):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--binary", default="target/release/rk3s")
-    ap.add_argument("--baseline", help="another rk3s binary: the same workload runs on it after, "
-                                       "and each figure prints as current | baseline | ratio")
+    add_binary_args(ap)
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--pods", type=int, default=10000)
     ap.add_argument("--concurrency", type=int, default=64, help="pod creates in flight (rk3s-loadgen)")
     ap.add_argument("--clients", type=int, default=4,
                     help="Python processes for the cordons, and for the creates without rk3s-loadgen")
-    ap.add_argument("--loadgen", help="rk3s-loadgen binary (default: cargo build --release -p rk3s-loadgen)")
-    ap.add_argument("--python-clients", action="store_true", help="use the Python clients, not rk3s-loadgen")
-    ap.add_argument("--http2", action="store_true", help="rk3s-loadgen speaks HTTP/2")
     ap.add_argument("--deadline", type=float, default=600.0, help="seconds to wait for all pods to be bound")
     ap.add_argument("--deployment-replicas", type=int, default=1000,
                     help="then time a Deployment of this many replicas until available (0: skip)")
