@@ -285,8 +285,10 @@ async fn disabled_addons_are_removed_with_their_objects() {
         c.clone(),
         options(tmp.path(), Disabled::default()),
     ));
-    until(15, "ingress applied", || async {
+    // Both manifests applied before the restart (keep.yaml comes after ingress.yaml).
+    until(15, "ingress and keep applied", || async {
         cm(&c, "kube-system", "ingress-cm").await.is_some()
+            && cm(&c, "default", "keep-cm").await.is_some()
     })
     .await;
     assert_eq!(
