@@ -1611,7 +1611,7 @@ impl<'a> Call<'a> {
             if !filter.matches_cached(&o) {
                 continue;
             }
-            // The key ends with `<namespace>/<name>` (namespaced) or `<name>`.
+            // One parse per deleted object (compact kinds are cached as JSON).
             let obj = o.object();
             let name = object::name(&obj).unwrap_or("").to_string();
             let ns = object::namespace(&obj).map(String::from);
